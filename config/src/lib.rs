@@ -1,0 +1,499 @@
+//! Keyward configuration.
+//!
+//! One TOML file, overridable from the environment, validated before anything
+//! touches the HSM or the database. Error messages name the offending key and
+//! never echo its value: a misplaced PIN or database password must not end up in
+//! a log line.
+//!
+//! # Layout
+//! - [`Config`] and its sections: the schema (`deny_unknown_fields` everywhere).
+//! - [`Config::load`]: file → environment overrides (`KEYWARD__SECTION__KEY`) → validation.
+//! - [`HsmConfig::pin`]: the user PIN, read from a file or an environment variable, never inline.
+//! - [`ConfigError`]: what can go wrong, each variant naming a key or a path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Prefix of environment variables that override file settings:
+/// `KEYWARD__HSM__SESSIONS=4` sets `hsm.sessions`.
+pub const ENV_PREFIX: &str = "KEYWARD__";
+
+/// Why a configuration was refused. Messages carry key names and paths, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML (line {line})")]
+    Syntax { path: PathBuf, line: usize },
+    #[error("config key `{key}`: {problem}")]
+    Key { key: String, problem: String },
+    #[error("environment override {var} does not name a config key")]
+    BadOverride { var: String },
+    #[error("cannot read the HSM PIN from {source_name}: {reason}")]
+    Pin { source_name: String, reason: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the embedded database and local state; relative paths in
+    /// the file are resolved against the config file's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub hsm: HsmConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How to reach the PKCS#11 token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Token label. Slots are chosen by label only: slot numbers change between
+    /// HSM restarts and SoftHSM derives them from the token serial.
+    pub token_label: String,
+    /// File holding the user PIN (first line). Exactly one of `pin_file`, `pin_env`.
+    pub pin_file: Option<PathBuf>,
+    /// Name of an environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// Worker threads, each owning one long-lived session.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Jobs that may wait for a worker before callers get a "busy" error.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Derived per-device keys kept as session objects (LRU).
+    #[serde(default = "default_derived_key_cache")]
+    pub derived_key_cache: usize,
+    /// Mechanism numbers to use instead of the PKCS#11 standard ones, for
+    /// HSMs that expose an operation under a vendor code.
+    #[serde(default)]
+    pub mechanisms: MechanismOverrides,
+}
+
+/// Per-operation PKCS#11 mechanism numbers. `None` means the standard mechanism
+/// (or, for the retail MAC, the portable emulation).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MechanismOverrides {
+    /// `CKM_DES3_ECB_ENCRYPT_DATA` (0x1102) replacement.
+    pub des3_ecb_encrypt_data: Option<u64>,
+    /// `CKM_AES_ECB_ENCRYPT_DATA` (0x1104) replacement.
+    pub aes_ecb_encrypt_data: Option<u64>,
+    /// `CKM_DES3_CMAC` (0x138) replacement.
+    pub des3_cmac: Option<u64>,
+    /// A vendor ANSI X9.19 retail-MAC mechanism (e.g. `CKM_VENDOR_DEFINED + 0x150`);
+    /// without one the MAC is built from single-DES-equivalent DES2 keys.
+    pub des3_retail_mac: Option<u64>,
+}
+
+/// Where the key catalog lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded default) or `postgres://…`. A relative SQLite
+    /// path is resolved against `data_dir`.
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_database_url(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `keyward_kms=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` for people, `json` for log shippers.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("var")
+}
+fn default_sessions() -> usize {
+    2
+}
+fn default_queue_depth() -> usize {
+    4096
+}
+fn default_derived_key_cache() -> usize {
+    10_000
+}
+fn default_database_url() -> String {
+    "sqlite://keyward.db".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseConfig {
+    /// The backend the URL selects; validation guarantees one of the two.
+    pub fn kind(&self) -> DatabaseKind {
+        if self.url.starts_with("sqlite:") {
+            DatabaseKind::Sqlite
+        } else {
+            DatabaseKind::Postgres
+        }
+    }
+}
+
+impl HsmConfig {
+    /// Reads the user PIN from its file or environment variable.
+    pub fn pin(&self) -> Result<SecretString, ConfigError> {
+        let (source_name, raw) = match (&self.pin_file, &self.pin_env) {
+            (Some(path), None) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Pin {
+                    source_name: path.display().to_string(),
+                    reason: e.kind().to_string(),
+                })?,
+            ),
+            (None, Some(var)) => (
+                format!("${var}"),
+                std::env::var(var).map_err(|_| ConfigError::Pin {
+                    source_name: format!("${var}"),
+                    reason: "variable is not set or not UTF-8".into(),
+                })?,
+            ),
+            _ => {
+                return Err(ConfigError::key(
+                    "hsm.pin_file",
+                    "exactly one of hsm.pin_file and hsm.pin_env must be set",
+                ));
+            }
+        };
+        let pin = raw.lines().next().unwrap_or("").trim().to_owned();
+        if pin.is_empty() {
+            return Err(ConfigError::Pin {
+                source_name,
+                reason: "it is empty".into(),
+            });
+        }
+        Ok(SecretString::from(pin))
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies `KEYWARD__…` overrides from the process
+    /// environment, resolves relative paths against the file's directory and
+    /// validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_parts(&text, path, &env, base)
+    }
+
+    /// [`Config::load`] without touching the filesystem or the process
+    /// environment (for tests and tools).
+    pub fn from_parts(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+        base_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+            }
+        })?;
+        for (var, value) in env {
+            apply_override(&mut table, var, value)?;
+        }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::key(e.path().to_string(), redact_serde(e.inner())))?;
+        config.resolve_paths(base_dir);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.data_dir.is_relative() {
+            self.data_dir = base.join(&self.data_dir);
+        }
+        if let Some(pin_file) = &self.hsm.pin_file {
+            if pin_file.is_relative() {
+                self.hsm.pin_file = Some(base.join(pin_file));
+            }
+        }
+        if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
+            let p = Path::new(rest.split('?').next().unwrap_or(rest));
+            if p.is_relative() && rest != ":memory:" {
+                let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
+                self.database.url = format!("sqlite://{}{}", self.data_dir.join(p).display(), query);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let hsm = &self.hsm;
+        if hsm.token_label.is_empty() || hsm.token_label.len() > 32 {
+            return Err(ConfigError::key(
+                "hsm.token_label",
+                "must be 1 to 32 characters (PKCS#11 label length)",
+            ));
+        }
+        if hsm.pin_file.is_some() == hsm.pin_env.is_some() {
+            return Err(ConfigError::key(
+                "hsm.pin_file",
+                "exactly one of hsm.pin_file and hsm.pin_env must be set (the PIN is never inline)",
+            ));
+        }
+        if !(1..=256).contains(&hsm.sessions) {
+            return Err(ConfigError::key("hsm.sessions", "must be between 1 and 256"));
+        }
+        if hsm.queue_depth < hsm.sessions {
+            return Err(ConfigError::key(
+                "hsm.queue_depth",
+                "must be at least hsm.sessions",
+            ));
+        }
+        if hsm.derived_key_cache == 0 {
+            return Err(ConfigError::key("hsm.derived_key_cache", "must be at least 1"));
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite://")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::key(
+                "database.url",
+                "must start with sqlite://, postgres:// or postgresql://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::key("database.max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `KEYWARD__HSM__SESSIONS=4` → `hsm.sessions = 4`. The value is read as a TOML
+/// scalar when it parses as one (numbers, booleans), else as a string.
+fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadOverride { var: var.to_owned() };
+    let path: Vec<String> = var
+        .strip_prefix(ENV_PREFIX)
+        .ok_or_else(bad)?
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(bad());
+    }
+    let (last, parents) = path.split_last().ok_or_else(bad)?;
+    let mut cursor = table;
+    for part in parents {
+        cursor = cursor
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(bad)?;
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table() && !v.is_array())
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    cursor.insert(last.clone(), parsed);
+    Ok(())
+}
+
+/// Keeps serde's description of what was expected and drops what was found,
+/// which may be a secret typed into the wrong key.
+fn redact_serde(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+        return msg.split(", expected").next().unwrap_or(msg).to_owned();
+    }
+    match (msg.split(':').next(), msg.rsplit_once(", expected ")) {
+        (Some(kind), Some((_, expected))) => format!("{kind}, expected {expected}"),
+        (Some(kind), None) => kind.to_owned(),
+        _ => "invalid value".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "keyward"
+pin_env = "KW_PIN"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(text, Path::new("/etc/keyward/keyward.toml"), &env, Path::new("/etc/keyward"))
+    }
+
+    #[test]
+    fn defaults_resolve_against_the_config_dir() -> Result<(), ConfigError> {
+        let c = parse(MINIMAL, &[])?;
+        assert_eq!(c.data_dir, Path::new("/etc/keyward/var"));
+        assert_eq!(c.database.url, "sqlite:///etc/keyward/var/keyward.db");
+        assert_eq!(c.database.kind(), DatabaseKind::Sqlite);
+        assert_eq!(c.hsm.sessions, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn env_overrides_typed_values() -> Result<(), ConfigError> {
+        let c = parse(
+            MINIMAL,
+            &[
+                ("KEYWARD__HSM__SESSIONS", "4"),
+                ("KEYWARD__DATABASE__URL", "postgres://u:p@127.0.0.1/db"),
+                ("KEYWARD__HSM__MECHANISMS__DES3_RETAIL_MAC", "0x80000150"),
+            ],
+        )?;
+        assert_eq!(c.hsm.sessions, 4);
+        assert_eq!(c.database.kind(), DatabaseKind::Postgres);
+        assert_eq!(c.hsm.mechanisms.des3_retail_mac, Some(0x8000_0150));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse(&format!("{MINIMAL}\nsesions = 3\n"), &[]).map(|_| ()).err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("sesions"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_not_value() {
+        let text = MINIMAL.replace("token_label = \"keyward\"", "token_label = \"keyward\"\nsessions = \"s3cr3t-1234\"");
+        let msg = parse(&text, &[]).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("hsm.sessions"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn inline_pin_is_refused_and_not_echoed() {
+        let text = MINIMAL.replace("pin_env = \"KW_PIN\"", "pin = \"987654\"");
+        let msg = parse(&text, &[]).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("pin"), "{msg}");
+        assert!(!msg.contains("987654"), "{msg}");
+    }
+
+    #[test]
+    fn exactly_one_pin_source() {
+        let text = MINIMAL.replace("pin_env = \"KW_PIN\"", "");
+        let msg = parse(&text, &[]).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("hsm.pin_file"), "{msg}");
+    }
+
+    #[test]
+    fn bad_database_scheme() {
+        let msg = parse(MINIMAL, &[("KEYWARD__DATABASE__URL", "mysql://x")])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("database.url"), "{msg}");
+        assert!(!msg.contains("mysql://x"), "{msg}");
+    }
+
+    #[test]
+    fn pin_from_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "1234\n")?;
+        let text = MINIMAL.replace("pin_env = \"KW_PIN\"", &format!("pin_file = {:?}", pin));
+        let c = parse(&text, &[])?;
+        use secrecy::ExposeSecret;
+        assert_eq!(c.hsm.pin()?.expose_secret(), "1234");
+        Ok(())
+    }
+
+    #[test]
+    fn shipped_examples_parse() -> Result<(), ConfigError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for name in ["example.toml", "dev.toml"] {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_parts(&text, &path, &BTreeMap::new(), dir)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The PKCS#11 seam: one synchronous, object-safe trait ([`Hsm`]) and its
+//! one implementation over `cryptoki` ([`Pkcs11Hsm`]).
+//!
+//! Everything above this module speaks in [`ObjectId`]s and the small enums
+//! below, never in `cryptoki` types. Vendors differ only by configuration
+//! (mechanism overrides), never by `if vendor == …`.
+//!
+//! The trait is blocking: callers on an async runtime go through
+//! [`crate::pool::HsmPool`], whose worker threads are the only ones that call it.
+
+mod pkcs11;
+mod raw;
+
+pub use pkcs11::Pkcs11Hsm;
+
+use crate::error::Result;
+
+/// A key object on the token, valid in every session of this process until the
+/// token restarts (see [`Hsm::epoch`]). Never persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectId {
+    pub(crate) handle: u64,
+    pub(crate) epoch: u64,
+}
+
+/// Secret key types Keyward creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// 2-key TDES (16 bytes; PKCS#11 `CKK_DES2`).
+    Des2,
+    /// AES with the given length in bytes (16, 24 or 32).
+    Aes(usize),
+}
+
+/// What a key may be used for. Each key gets only what its role needs: an
+/// `encrypt` right on a derivation key would print derived keys in clear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub encrypt: bool,
+    pub decrypt: bool,
+    pub sign: bool,
+    pub verify: bool,
+    pub derive: bool,
+    pub wrap: bool,
+}
+
+impl Usage {
+    pub const DERIVE: Usage = Usage {
+        derive: true,
+        ..Usage::NONE
+    };
+    pub const ENCRYPT: Usage = Usage {
+        encrypt: true,
+        ..Usage::NONE
+    };
+    pub const MAC: Usage = Usage {
+        sign: true,
+        verify: true,
+        ..Usage::NONE
+    };
+    pub const NONE: Usage = Usage {
+        encrypt: false,
+        decrypt: false,
+        sign: false,
+        verify: false,
+        derive: false,
+        wrap: false,
+    };
+}
+
+/// Where a new key lives and whether it may ever leave the HSM (wrapped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    pub kind: SecretKind,
+    pub usage: Usage,
+    /// `Some(label)`: a persistent token object; `None`: a session object that
+    /// disappears with the process.
+    pub token_label: Option<String>,
+    /// Only keys that must travel (wrapped) are extractable. Always sensitive.
+    pub extractable: bool,
+}
+
+impl KeySpec {
+    /// A session object with the given usage, not extractable.
+    pub fn session(kind: SecretKind, usage: Usage) -> Self {
+        Self {
+            kind,
+            usage,
+            token_label: None,
+            extractable: false,
+        }
+    }
+}
+
+/// Key derivation by encrypting data under the base key, inside the HSM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derivation {
+    /// `CKM_DES3_ECB_ENCRYPT_DATA`: 3DES-ECB, odd parity forced on the result.
+    Des3Ecb,
+    /// `CKM_AES_ECB_ENCRYPT_DATA`.
+    AesEcb,
+}
+
+/// Raw block-cipher encryption (the building block of CBC-MAC emulation,
+/// KCVs and challenge responses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    Des3Ecb,
+    Des3Cbc([u8; 8]),
+    AesEcb,
+    AesCbc([u8; 16]),
+}
+
+/// MAC mechanisms with a native PKCS#11 form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacMechanism {
+    /// `CKM_DES3_CMAC` (8-byte output).
+    Des3Cmac,
+    /// `CKM_AES_CMAC` (16-byte output).
+    AesCmac,
+    /// A vendor ANSI X9.19 retail MAC (8-byte output), configured by number.
+    Des3RetailVendor,
+}
+
+/// How a key is wrapped for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrapMechanism {
+    /// RFC 3394 AES key wrap (`CKM_AES_KEY_WRAP`).
+    AesKeyWrap,
+    /// RSA-OAEP with SHA-1 and MGF1-SHA-1.
+    RsaOaepSha1,
+}
+
+/// A public key as it travels: P-256 uncompressed point or RSA modulus/exponent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// `04 || X || Y`, 65 bytes.
+    P256(Vec<u8>),
+    Rsa {
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+    },
+}
+
+/// Mechanisms Keyward can ask the token about (see [`Hsm::supports`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MechanismId {
+    Des2KeyGen,
+    AesKeyGen,
+    Des3Ecb,
+    Des3Cbc,
+    AesEcb,
+    AesCbc,
+    Des3EcbEncryptData,
+    AesEcbEncryptData,
+    Des3Cmac,
+    AesCmac,
+    Des3RetailVendor,
+    AesKeyWrap,
+    RsaOaep,
+    EcKeyPairGen,
+    Ecdh1Derive,
+    Ecdsa,
+}
+
+/// The one trait at the PKCS#11 seam. Blocking; implementations are shared
+/// between worker threads (`Send + Sync`) and pick a session per call.
+pub trait Hsm: Send + Sync + std::fmt::Debug {
+    /// Increases every time the implementation had to reopen its sessions
+    /// (HSM restart, failover). Cached [`ObjectId`]s of an older epoch are stale.
+    fn epoch(&self) -> u64;
+    /// Cheap liveness check (session info), for readiness probes.
+    fn ping(&self) -> Result<()>;
+    /// The mechanism number this implementation will use for `m`, after
+    /// overrides; `None` when it is not configured at all.
+    fn mechanism_number(&self, m: MechanismId) -> Option<u64>;
+    /// Whether the token offers `m`.
+    fn supports(&self, m: MechanismId) -> Result<bool>;
+    /// Bytes from the token's RNG.
+    fn random(&self, len: usize) -> Result<Vec<u8>>;
+    /// A secret-key token object by label.
+    fn find_key(&self, label: &str) -> Result<Option<ObjectId>>;
+    /// A new random secret key, generated inside the HSM.
+    fn generate_key(&self, spec: &KeySpec) -> Result<ObjectId>;
+    /// A secret key from clear bytes: for known-answer tests and key-component
+    /// ceremonies only. Never reachable from a network API.
+    fn import_key(&self, spec: &KeySpec, value: &[u8]) -> Result<ObjectId>;
+    /// `E_base(data)` as a new key, inside the HSM.
+    fn derive_key(
+        &self,
+        base: ObjectId,
+        how: Derivation,
+        data: &[u8],
+        spec: &KeySpec,
+    ) -> Result<ObjectId>;
+    fn encrypt(&self, key: ObjectId, cipher: Cipher, data: &[u8]) -> Result<Vec<u8>>;
+    fn mac(&self, key: ObjectId, mech: MacMechanism, data: &[u8]) -> Result<Vec<u8>>;
+    /// An ephemeral P-256 key pair as session objects; returns the private key
+    /// and the public point.
+    fn generate_ephemeral_p256(&self) -> Result<(ObjectId, Vec<u8>)>;
+    /// ECDH (null KDF) of `private` with the peer's uncompressed point, giving
+    /// a session AES key of `spec`.
+    fn ecdh_derive(&self, private: ObjectId, peer_point: &[u8], spec: &KeySpec)
+    -> Result<ObjectId>;
+    /// Imports a public key as a session object (to wrap keys for a device).
+    fn import_public_key(&self, key: &PublicKey) -> Result<ObjectId>;
+    fn wrap_key(&self, wrapping: ObjectId, mech: WrapMechanism, key: ObjectId) -> Result<Vec<u8>>;
+    fn destroy(&self, obj: ObjectId) -> Result<()>;
+}

@@ -1,0 +1,11 @@
+//! Test support for Keyward's cross-crate tests: SoftHSM tokens made per test,
+//! test databases (SQLite, or PostgreSQL when `KEYWARD_TEST_DATABASE_URL` is
+//! set), and the published vectors of `../shared/vectors/`.
+//!
+//! # Layout
+//! - [`softhsm`]: a fresh SoftHSM token per test.
+//! - [`db`]: a fresh, migrated catalog database per test.
+//! - [`vectors`]: loader for `vectors.json`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod softhsm;
