@@ -52,6 +52,13 @@ pub enum KmsError {
     },
     #[error("key version {version} is {state}, not usable")]
     KeyVersionNotUsable { version: KeyVersion, state: String },
+    /// A pending version older than the active one: activating it would roll
+    /// the device back to keys it has already replaced.
+    #[error("key version {version} is older than the active version {active}")]
+    KeyVersionSuperseded {
+        version: KeyVersion,
+        active: KeyVersion,
+    },
     #[error("KCV mismatch for key version {0}")]
     KcvMismatch(KeyVersion),
     /// Bad input from a caller: `field` names what was wrong, never its value.
@@ -74,6 +81,10 @@ pub enum KmsError {
     Database(#[from] sqlx::Error),
     #[error("key catalog migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored value that does not parse back (the name says which column):
+    /// the database was edited by hand or by a newer release.
+    #[error("key catalog holds a malformed {0}")]
+    CorruptRecord(&'static str),
 }
 
 impl KmsError {
@@ -93,12 +104,13 @@ impl KmsError {
             Self::IssuerExists(_) => "issuer_exists",
             Self::UnknownKeyVersion { .. } => "unknown_key_version",
             Self::KeyVersionNotUsable { .. } => "key_version_not_usable",
+            Self::KeyVersionSuperseded { .. } => "key_version_superseded",
             Self::KcvMismatch(_) => "kcv_mismatch",
             Self::Invalid { .. } => "invalid_input",
             Self::MessageTooLong { .. } => "message_too_long",
             Self::AlgorithmFamily { .. } => "algorithm_family_mismatch",
             Self::ChallengeInvalid => "challenge_invalid",
-            Self::Database(_) | Self::Migration(_) => "database_error",
+            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
         }
     }
 
@@ -111,6 +123,7 @@ impl KmsError {
                 | Self::IssuerExists(_)
                 | Self::UnknownKeyVersion { .. }
                 | Self::KeyVersionNotUsable { .. }
+                | Self::KeyVersionSuperseded { .. }
                 | Self::KcvMismatch(_)
                 | Self::Invalid { .. }
                 | Self::MessageTooLong { .. }

@@ -9,20 +9,26 @@
 //!   `MacAlgorithm`, …) that the layers above speak in.
 //! - [`keys`]: the key hierarchy of PROTOCOL.md — issuer master keys,
 //!   diversification, working keys, KCVs, the derived-key cache.
-//! - [`mac`]: transaction MACs (ISO 9797-1 M1/M3, CMAC, CUP-ECB) built on HSM
-//!   primitives; [`bulk`]: batch verification.
+//! - [`mac`]: transaction MACs (ISO 9797-1 M1/M3, CMAC, CUP-ECB) and KCVs built
+//!   on HSM primitives; [`bulk`]: batch verification.
 //! - [`wrap`]: the init package — keys wrapped to a device public key.
 //! - [`catalog`]: the key catalog in SQLite or PostgreSQL (labels, KCVs,
 //!   versions, states; never key bytes).
-//! - [`Kms`]: the facade the server uses.
+//! - [`service`]: [`Kms`], the facade the server uses.
 //!
 //! Must not: expose a `cryptoki` type above [`hsm`]; hold key bytes outside
 //! the HSM; log or format a key, PIN or MAC value.
 
+pub mod bulk;
 pub mod catalog;
 pub mod error;
 pub mod hsm;
+pub mod keys;
+pub mod mac;
 pub mod pool;
+pub mod service;
 pub mod types;
+pub mod wrap;
 
 pub use error::{KmsError, Result};
+pub use service::{Kms, MacItem, MacOutcome, OfferedKey, WorkingKeyOffer};

@@ -158,6 +158,9 @@ pub enum KcvMethod {
     Tdes,
     /// `KCV-CMAC`: `AES-CMAC_K(0^16)[0:3]` (X9.24-1:2017).
     Cmac,
+    /// `KCV-AES-ECB`: `E_K(0^16)[0:3]`, the legacy AES method and PKCS#11's
+    /// `CKA_CHECK_VALUE`; used only for AES master keys, which may not encrypt.
+    AesEcb,
 }
 
 impl KcvMethod {
@@ -165,6 +168,7 @@ impl KcvMethod {
         match self {
             Self::Tdes => "KCV-TDES",
             Self::Cmac => "KCV-CMAC",
+            Self::AesEcb => "KCV-AES-ECB",
         }
     }
 }
@@ -175,7 +179,11 @@ impl FromStr for KcvMethod {
         match s {
             "KCV-TDES" => Ok(Self::Tdes),
             "KCV-CMAC" => Ok(Self::Cmac),
-            _ => Err(KmsError::invalid("kcv_method", "must be KCV-TDES or KCV-CMAC")),
+            "KCV-AES-ECB" => Ok(Self::AesEcb),
+            _ => Err(KmsError::invalid(
+                "kcv_method",
+                "must be KCV-TDES, KCV-CMAC or KCV-AES-ECB",
+            )),
         }
     }
 }

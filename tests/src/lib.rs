@@ -3,9 +3,13 @@
 //! set), and the published vectors of `../shared/vectors/`.
 //!
 //! # Layout
+//! - [`device`]: the device side of PROTOCOL.md in software.
 //! - [`softhsm`]: a fresh SoftHSM token per test.
 //! - [`db`]: a fresh, migrated catalog database per test.
 //! - [`vectors`]: loader for `vectors.json`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod db;
+pub mod device;
 pub mod softhsm;
+pub mod vectors;

@@ -1,1 +1,751 @@
-pub struct _X;
+//! The key catalog: issuers, their master-key labels and KCVs, and every
+//! working-key version of every (issuer, device) with its `R`s, KCVs and state.
+//! It never holds key bytes: the HSM re-derives any key from what is here
+//! (PROTOCOL.md, "Working-key delivery").
+//!
+//! # Layout
+//! - [`Catalog`]: the store, on SQLite (embedded default) or PostgreSQL,
+//!   through sqlx's Any driver with plain runtime SQL that both accept.
+//! - `model`: the records and states it speaks in ([`IssuerRecord`],
+//!   [`WorkingKeyRecord`], [`KeyState`], …), re-exported here.
+//! - `migrate`: the two schema directories (`kms/migrations/{sqlite,postgres}`),
+//!   embedded in the binary.
+//!
+//! # Consistency
+//! Every write is one transaction: `BEGIN IMMEDIATE` on SQLite (the write lock
+//! is taken up front, so writers queue on `busy_timeout` instead of failing),
+//! `SERIALIZABLE` on PostgreSQL, retried on serialization failures and
+//! deadlocks. The schema backs the rules the code keeps: at most one active
+//! version per (issuer, device), states and hex fields checked, and a master-key
+//! label recorded once.
+//!
+//! Must not: store or log key bytes; leave a version half-written.
+
+mod migrate;
+mod model;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keyward_config::{DatabaseConfig, DatabaseKind};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+
+use crate::error::{KmsError, Result};
+use crate::types::{DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, WorkingKeyRole};
+
+#[doc(inline)]
+pub use model::{
+    IssuerRecord, KeyState, MasterKeyRecord, MasterKeyRole, NewWorkingKey, VersionRecord,
+    WorkingKeyRecord,
+};
+
+/// How long a SQLite writer waits for the write lock before giving up (5 s).
+const BUSY_TIMEOUT_PRAGMA: &str = "PRAGMA busy_timeout = 5000";
+/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// The key catalog. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    kind: DatabaseKind,
+}
+
+impl Catalog {
+    /// Connects and brings the schema up to date, so a process never runs
+    /// against a catalog older than its code. For SQLite the file and its
+    /// directory are created when missing and the journal is switched to WAL
+    /// (readers do not block the writer).
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Catalog> {
+        sqlx::any::install_default_drivers();
+        let kind = cfg.kind();
+        let url = match kind {
+            DatabaseKind::Sqlite => prepare_sqlite(&cfg.url).await?,
+            DatabaseKind::Postgres => cfg.url.clone(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(cfg.max_connections.max(1))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DatabaseKind::Sqlite {
+                        // Per-connection settings; sqlx's defaults agree today,
+                        // this keeps them true if those defaults change.
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query(BUSY_TIMEOUT_PRAGMA).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        migrate::run(&pool, kind).await?;
+        Ok(Catalog { pool, kind })
+    }
+
+    /// Readiness: the database answers a query.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Which backend this catalog runs on, for reports and health output.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    // ---- issuers -----------------------------------------------------------
+
+    /// Records an issuer with its master keys in one transaction, so an issuer
+    /// never exists without its keys. [`KmsError::IssuerExists`] if the id is
+    /// taken; [`KmsError::Invalid`] (`label`) if a label is already recorded
+    /// for another key, since two records would then name one HSM object.
+    pub async fn create_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
+        validate_master_keys(&issuer.master_keys)?;
+        match self
+            .retrying(false, || self.try_create_issuer(issuer))
+            .await
+        {
+            Err(KmsError::Database(sqlx::Error::Database(ref db))) if db.is_unique_violation() => {
+                // Lost a race, or a label clash: say which, after the rollback.
+                if self.issuer(&issuer.id).await?.is_some() {
+                    Err(KmsError::IssuerExists(issuer.id.clone()))
+                } else {
+                    Err(KmsError::invalid(
+                        "label",
+                        "already recorded for another master key",
+                    ))
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn try_create_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let exists = sqlx::query("SELECT 1 FROM issuers WHERE id = $1")
+            .bind(issuer.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if exists {
+            return Err(KmsError::IssuerExists(issuer.id.clone()));
+        }
+        sqlx::query("INSERT INTO issuers (id, family, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(issuer.id.as_str())
+            .bind(issuer.family.as_str())
+            .bind(issuer.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        for key in &issuer.master_keys {
+            sqlx::query(
+                "INSERT INTO master_keys (issuer_id, role, label, kcv_method, kcv) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(issuer.id.as_str())
+            .bind(key.role.as_str())
+            .bind(key.label.as_str())
+            .bind(key.kcv.method.as_str())
+            .bind(key.kcv.hex())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One issuer with its master keys; `None` lets the caller choose the error.
+    pub async fn issuer(&self, id: &IssuerId) -> Result<Option<IssuerRecord>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.family, i.created_at_ms, m.role, m.label, m.kcv_method, m.kcv \
+             FROM issuers i LEFT JOIN master_keys m ON m.issuer_id = i.id \
+             WHERE i.id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(issuers_from_rows(&rows)?.pop())
+    }
+
+    /// All issuers, ordered by id, for startup checks and the admin listing.
+    pub async fn issuers(&self) -> Result<Vec<IssuerRecord>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.family, i.created_at_ms, m.role, m.label, m.kcv_method, m.kcv \
+             FROM issuers i LEFT JOIN master_keys m ON m.issuer_id = i.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        issuers_from_rows(&rows)
+    }
+
+    // ---- working keys --------------------------------------------------------
+
+    /// Records the keys offered to a device as the next version (the highest so
+    /// far plus one, 1 for a new device), `pending` until the device confirms
+    /// their KCVs. All keys or none are written. [`KmsError::UnknownIssuer`] if
+    /// the issuer is not recorded; [`KmsError::Invalid`] for an empty list, a
+    /// repeated role, or a KCV method that is not the issuer family's.
+    pub async fn add_pending_version(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        keys: &[NewWorkingKey],
+    ) -> Result<KeyVersion> {
+        if keys.is_empty() {
+            return Err(KmsError::invalid("keys", "at least one working key"));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|o| o.role == k.role) {
+                return Err(KmsError::invalid(
+                    "role",
+                    "each working-key role at most once",
+                ));
+            }
+        }
+        // On PostgreSQL two offers to one device can both read the same highest
+        // version; the loser hits the primary key and simply tries again.
+        self.retrying(true, || self.try_add_pending_version(issuer, device, keys))
+            .await
+    }
+
+    async fn try_add_pending_version(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        keys: &[NewWorkingKey],
+    ) -> Result<KeyVersion> {
+        let device_hex = device.to_string();
+        let mut tx = self.begin_write().await?;
+        let family: KeyFamily = match sqlx::query("SELECT family FROM issuers WHERE id = $1")
+            .bind(issuer.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            Some(row) => parse_col(&row, "family", "issuers.family")?,
+            None => return Err(KmsError::UnknownIssuer(issuer.clone())),
+        };
+        if keys.iter().any(|k| k.kcv.method != family.kcv_method()) {
+            return Err(KmsError::invalid(
+                "kcv_method",
+                format!(
+                    "working keys of a {family} issuer carry {}",
+                    family.kcv_method().as_str()
+                ),
+            ));
+        }
+        let highest: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0) AS highest FROM working_key_versions \
+             WHERE issuer_id = $1 AND device_id = $2",
+        )
+        .bind(issuer.as_str())
+        .bind(device_hex.as_str())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("highest")?;
+        let version = highest
+            .checked_add(1)
+            .and_then(|v| u32::try_from(v).ok())
+            .map(KeyVersion)
+            .ok_or_else(|| KmsError::invalid("version", "version numbers exhausted"))?;
+        sqlx::query(
+            "INSERT INTO working_key_versions \
+             (issuer_id, device_id, version, state, created_at_ms) \
+             VALUES ($1, $2, $3, 'pending', $4)",
+        )
+        .bind(issuer.as_str())
+        .bind(device_hex.as_str())
+        .bind(i64::from(version.0))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        for k in keys {
+            sqlx::query(
+                "INSERT INTO working_keys \
+                 (issuer_id, device_id, version, role, r, kcv_method, kcv) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(issuer.as_str())
+            .bind(device_hex.as_str())
+            .bind(i64::from(version.0))
+            .bind(k.role.as_str())
+            .bind(hex::encode_upper(k.r))
+            .bind(k.kcv.method.as_str())
+            .bind(k.kcv.hex())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// One working key with its version's state, whatever that state is: the
+    /// caller decides (a MAC check wants [`KeyState::usable`], a confirmation
+    /// wants [`KeyState::Pending`]).
+    pub async fn working_key(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        role: WorkingKeyRole,
+    ) -> Result<Option<WorkingKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT k.r, k.kcv_method, k.kcv, v.state, v.created_at_ms \
+             FROM working_keys k JOIN working_key_versions v \
+               ON v.issuer_id = k.issuer_id AND v.device_id = k.device_id \
+              AND v.version = k.version \
+             WHERE k.issuer_id = $1 AND k.device_id = $2 AND k.version = $3 AND k.role = $4",
+        )
+        .bind(issuer.as_str())
+        .bind(device.to_string())
+        .bind(i64::from(version.0))
+        .bind(role.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let r_hex: String = row.try_get("r")?;
+        let mut r = [0u8; 16];
+        hex::decode_to_slice(&r_hex, &mut r)
+            .map_err(|_| KmsError::CorruptRecord("working_keys.r"))?;
+        Ok(Some(WorkingKeyRecord {
+            issuer: issuer.clone(),
+            device,
+            version,
+            role,
+            r,
+            kcv: kcv_from(&row, "working_keys.kcv")?,
+            state: parse_col(&row, "state", "working_key_versions.state")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+        }))
+    }
+
+    /// Every version of a device's working keys, newest first: the history an
+    /// operator reads, and where login finds the active version.
+    pub async fn versions(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+    ) -> Result<Vec<VersionRecord>> {
+        let rows = sqlx::query(
+            "SELECT version, state, created_at_ms, activated_at_ms, retire_at_ms \
+             FROM working_key_versions WHERE issuer_id = $1 AND device_id = $2 \
+             ORDER BY version DESC",
+        )
+        .bind(issuer.as_str())
+        .bind(device.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(VersionRecord {
+                    version: version_col(row)?,
+                    state: parse_col(row, "state", "working_key_versions.state")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    activated_at_ms: row.try_get("activated_at_ms")?,
+                    retire_at_ms: row.try_get("retire_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The device confirmed the KCVs of a pending version: it becomes active,
+    /// and the version it replaces stays accepted for `grace` (`retiring`) for
+    /// transactions made before the switch. Both changes commit together.
+    /// [`KmsError::UnknownKeyVersion`] if absent; [`KmsError::KeyVersionNotUsable`]
+    /// if it is not pending; [`KmsError::KeyVersionSuperseded`] if a newer
+    /// version is already active (activating it would roll the device back).
+    pub async fn activate_version(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        grace: Duration,
+    ) -> Result<()> {
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.retrying(false, || async {
+            let device_hex = device.to_string();
+            let mut tx = self.begin_write().await?;
+            self.expect_pending(&mut tx, issuer, device, version)
+                .await?;
+            let active = sqlx::query(
+                "SELECT version FROM working_key_versions \
+                 WHERE issuer_id = $1 AND device_id = $2 AND state = 'active'",
+            )
+            .bind(issuer.as_str())
+            .bind(device_hex.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = active {
+                let active = version_col(&row)?;
+                if active > version {
+                    return Err(KmsError::KeyVersionSuperseded { version, active });
+                }
+            }
+            let now = now_ms();
+            // Retire first: the schema allows one active version per device
+            // at every statement, not only at commit.
+            sqlx::query(
+                "UPDATE working_key_versions SET state = 'retiring', retire_at_ms = $3 \
+                 WHERE issuer_id = $1 AND device_id = $2 AND state = 'active'",
+            )
+            .bind(issuer.as_str())
+            .bind(device_hex.as_str())
+            .bind(now.saturating_add(grace_ms))
+            .execute(&mut *tx)
+            .await?;
+            set_state_from_pending(
+                &mut tx,
+                issuer,
+                &device_hex,
+                version,
+                KeyState::Active,
+                Some(now),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The device reported a KCV mismatch for a pending version (an intrusion
+    /// signal, PROTOCOL.md): the version is closed for good so it can never be
+    /// activated. Same errors as [`Catalog::activate_version`] for a version
+    /// that is absent or not pending.
+    pub async fn reject_version(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+    ) -> Result<()> {
+        self.retrying(false, || async {
+            let mut tx = self.begin_write().await?;
+            self.expect_pending(&mut tx, issuer, device, version)
+                .await?;
+            set_state_from_pending(
+                &mut tx,
+                issuer,
+                &device.to_string(),
+                version,
+                KeyState::Rejected,
+                None,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends the grace period of every `retiring` version whose time is up
+    /// (`retire_at_ms <= now_ms`), so their keys stop being accepted; returns
+    /// how many. Run periodically; works in batches so a fleet-wide rotation
+    /// never holds the write lock for one huge statement.
+    pub async fn retire_due(&self, now_ms: i64) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .retrying(false, || async {
+                    let mut tx = self.begin_write().await?;
+                    let done = sqlx::query(
+                        "UPDATE working_key_versions SET state = 'retired' \
+                         WHERE state = 'retiring' AND retire_at_ms <= $1 \
+                           AND (issuer_id, device_id, version) IN ( \
+                             SELECT issuer_id, device_id, version FROM working_key_versions \
+                             WHERE state = 'retiring' AND retire_at_ms <= $1 LIMIT 1000)",
+                    )
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    tx.commit().await?;
+                    Ok(done)
+                })
+                .await?;
+            total += n;
+            if n < RETIRE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    // ---- plumbing ------------------------------------------------------------
+
+    /// A write transaction that cannot deadlock on lock upgrades (SQLite) and
+    /// sees a serial order (PostgreSQL).
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        let tx = match self.kind {
+            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DatabaseKind::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    .await?
+            }
+        };
+        Ok(tx)
+    }
+
+    /// Runs `op` (one whole transaction) again while PostgreSQL reports a
+    /// serialization failure or deadlock, and also a unique violation when
+    /// `unique_is_race` says one means a lost race rather than bad input.
+    async fn retrying<T, F, Fut>(&self, unique_is_race: bool, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if attempt < MAX_ATTEMPTS && self.is_race(&e, unique_is_race) => {
+                    tracing::debug!(attempt, "catalog transaction lost a race; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_race(&self, e: &KmsError, unique_is_race: bool) -> bool {
+        let KmsError::Database(sqlx::Error::Database(db)) = e else {
+            return false;
+        };
+        match self.kind {
+            // BEGIN IMMEDIATE serialises writers: there are no races to retry.
+            DatabaseKind::Sqlite => false,
+            DatabaseKind::Postgres => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+                    || (unique_is_race && db.is_unique_violation())
+            }
+        }
+    }
+
+    /// Errors unless `version` exists and is pending.
+    async fn expect_pending(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+    ) -> Result<()> {
+        let row = sqlx::query(
+            "SELECT state FROM working_key_versions \
+             WHERE issuer_id = $1 AND device_id = $2 AND version = $3",
+        )
+        .bind(issuer.as_str())
+        .bind(device.to_string())
+        .bind(i64::from(version.0))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(KmsError::UnknownKeyVersion {
+                issuer: issuer.clone(),
+                device,
+                version,
+            });
+        };
+        let state: KeyState = parse_col(&row, "state", "working_key_versions.state")?;
+        if state != KeyState::Pending {
+            return Err(KmsError::KeyVersionNotUsable {
+                version,
+                state: state.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Rows per retirement batch; also the `LIMIT` in [`Catalog::retire_due`].
+const RETIRE_BATCH: u64 = 1000;
+
+/// Moves a version the caller has just seen pending to `state`.
+async fn set_state_from_pending(
+    tx: &mut Transaction<'static, Any>,
+    issuer: &IssuerId,
+    device_hex: &str,
+    version: KeyVersion,
+    state: KeyState,
+    activated_at_ms: Option<i64>,
+) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE working_key_versions SET state = $4, activated_at_ms = $5 \
+         WHERE issuer_id = $1 AND device_id = $2 AND version = $3 AND state = 'pending'",
+    )
+    .bind(issuer.as_str())
+    .bind(device_hex)
+    .bind(i64::from(version.0))
+    .bind(state.as_str())
+    .bind(activated_at_ms)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if done == 1 {
+        Ok(())
+    } else {
+        // Read as pending in this very transaction: only a broken isolation
+        // level gets here.
+        Err(KmsError::CorruptRecord("working_key_versions.state"))
+    }
+}
+
+/// Makes a SQLite URL ready to open: creates the file's directory, asks for
+/// the file to be created (`mode=rwc`) unless the URL chose a mode, and turns
+/// on WAL once (it is a property of the file, not of a connection).
+async fn prepare_sqlite(url: &str) -> Result<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let param = |name: &str| {
+        query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        })
+    };
+    let mode = param("mode");
+    if path.is_empty() || path == ":memory:" || mode == Some("memory") {
+        return Ok(url.to_owned());
+    }
+    if let Some(dir) = Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+            sqlx::Error::Configuration(
+                format!(
+                    "cannot create directory {} for the catalog: {e}",
+                    dir.display()
+                )
+                .into(),
+            )
+        })?;
+    }
+    let url = match (mode, query) {
+        (Some(_), _) => url.to_owned(),
+        (None, Some(_)) => format!("{url}&mode=rwc"),
+        (None, None) => format!("{url}?mode=rwc"),
+    };
+    if mode != Some("ro") {
+        let mut conn = sqlx::AnyConnection::connect(&url).await?;
+        let row = sqlx::query("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut conn)
+            .await?;
+        let journal: String = row.try_get(0)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal = %journal, "SQLite refused WAL journaling; writers will block readers");
+        }
+        conn.close().await?;
+    }
+    Ok(url)
+}
+
+/// Folds issuer rows joined with their master keys into records, sorted by id
+/// (bytewise, the same on both backends whatever the collation).
+fn issuers_from_rows(rows: &[AnyRow]) -> Result<Vec<IssuerRecord>> {
+    let mut out: BTreeMap<String, IssuerRecord> = BTreeMap::new();
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let rec = match out.entry(id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let rec = IssuerRecord {
+                    id: e
+                        .key()
+                        .parse()
+                        .map_err(|_| KmsError::CorruptRecord("issuers.id"))?,
+                    family: parse_col(row, "family", "issuers.family")?,
+                    master_keys: Vec::new(),
+                    created_at_ms: row.try_get("created_at_ms")?,
+                };
+                e.insert(rec)
+            }
+        };
+        let role: Option<String> = row.try_get("role")?;
+        if let Some(role) = role {
+            rec.master_keys.push(MasterKeyRecord {
+                role: role
+                    .parse()
+                    .map_err(|_| KmsError::CorruptRecord("master_keys.role"))?,
+                label: row.try_get("label")?,
+                kcv: kcv_from(row, "master_keys.kcv")?,
+            });
+        }
+    }
+    Ok(out
+        .into_values()
+        .map(|mut rec| {
+            rec.master_keys.sort_by_key(|k| k.role);
+            rec
+        })
+        .collect())
+}
+
+/// A text column parsed into a domain type; a bad value names its column.
+fn parse_col<T: std::str::FromStr>(row: &AnyRow, col: &str, what: &'static str) -> Result<T> {
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(|_| KmsError::CorruptRecord(what))
+}
+
+fn kcv_from(row: &AnyRow, what: &'static str) -> Result<Kcv> {
+    let method: String = row.try_get("kcv_method")?;
+    let value: String = row.try_get("kcv")?;
+    Kcv::parse(&method, &value).map_err(|_| KmsError::CorruptRecord(what))
+}
+
+fn version_col(row: &AnyRow) -> Result<KeyVersion> {
+    let v: i64 = row.try_get("version")?;
+    u32::try_from(v)
+        .ok()
+        .filter(|v| *v > 0)
+        .map(KeyVersion)
+        .ok_or(KmsError::CorruptRecord("working_key_versions.version"))
+}
+
+/// Refuses master keys that would make an ambiguous issuer record.
+fn validate_master_keys(keys: &[MasterKeyRecord]) -> Result<()> {
+    for (i, k) in keys.iter().enumerate() {
+        if k.label.is_empty() {
+            return Err(KmsError::invalid("label", "must not be empty"));
+        }
+        if keys[..i].iter().any(|o| o.role == k.role) {
+            return Err(KmsError::invalid(
+                "role",
+                "each master-key role at most once",
+            ));
+        }
+        if keys[..i].iter().any(|o| o.label == k.label) {
+            return Err(KmsError::invalid(
+                "label",
+                "each master key needs its own label",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Wall-clock unix milliseconds: what the catalog's timestamps are compared
+/// against, also by other processes sharing the database.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Growing, jittered pause between attempts so racing transactions spread out.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 4_000_000)
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
+}

@@ -12,6 +12,7 @@ mod pkcs11;
 mod raw;
 
 pub use pkcs11::Pkcs11Hsm;
+pub(crate) use pkcs11::mechanism_name;
 
 use crate::error::Result;
 
@@ -185,6 +186,9 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     /// A secret key from clear bytes: for known-answer tests and key-component
     /// ceremonies only. Never reachable from a network API.
     fn import_key(&self, spec: &KeySpec, value: &[u8]) -> Result<ObjectId>;
+    /// The token's `CKA_CHECK_VALUE` of a generated or imported key (never
+    /// trust it on derived keys: SoftHSM 2.6.1 gets derived DES2 keys wrong).
+    fn check_value(&self, key: ObjectId) -> Result<Option<[u8; 3]>>;
     /// `E_base(data)` as a new key, inside the HSM.
     fn derive_key(
         &self,

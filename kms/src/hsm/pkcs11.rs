@@ -464,6 +464,16 @@ impl Hsm for Pkcs11Hsm {
         self.create(&[], |s| s.create_object(&template))
     }
 
+    fn check_value(&self, key: ObjectId) -> Result<Option<[u8; 3]>> {
+        let attrs = self.with_session(&[key], |s| {
+            s.get_attributes(Self::handle(key), &[AttributeType::CheckValue])
+        })?;
+        Ok(attrs.into_iter().find_map(|a| match a {
+            Attribute::CheckValue(v) if v.len() >= 3 => Some([v[0], v[1], v[2]]),
+            _ => None,
+        }))
+    }
+
     fn derive_key(
         &self,
         base: ObjectId,
