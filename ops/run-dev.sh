@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Keyward locally on the dev SoftHSM token and SQLite (config/dev.toml).
 #
-#   ./ops/run-dev.sh                 keyward init, then keyward serve
+#   ./ops/run-dev.sh                 keyward init, then keyward check
 #   ./ops/run-dev.sh issuer list     any other keyward command, passed through
 #   ./ops/run-dev.sh check           probe the HSM and the database
 #
@@ -20,7 +20,7 @@ keyward=(cargo run --release -p keyward-server --bin keyward -- --config config/
 if (($# == 0)); then
     kw_banner "keyward init"
     "${keyward[@]}" init
-    kw_banner "keyward serve"
-    exec "${keyward[@]}" serve
+    kw_banner "keyward check"
+    exec "${keyward[@]}" check
 fi
 exec "${keyward[@]}" "$@"

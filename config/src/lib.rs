@@ -279,19 +279,16 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        if self.data_dir.is_relative() {
-            self.data_dir = base.join(&self.data_dir);
-        }
+        self.data_dir = normalize(&base.join(&self.data_dir));
         if let Some(pin_file) = &self.hsm.pin_file {
-            if pin_file.is_relative() {
-                self.hsm.pin_file = Some(base.join(pin_file));
-            }
+            self.hsm.pin_file = Some(normalize(&base.join(pin_file)));
         }
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let p = Path::new(rest.split('?').next().unwrap_or(rest));
             if p.is_relative() && rest != ":memory:" {
                 let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
-                self.database.url = format!("sqlite://{}{}", self.data_dir.join(p).display(), query);
+                self.database.url =
+                    format!("sqlite://{}{}", self.data_dir.join(p).display(), query);
             }
         }
     }
@@ -311,7 +308,10 @@ impl Config {
             ));
         }
         if !(1..=256).contains(&hsm.sessions) {
-            return Err(ConfigError::key("hsm.sessions", "must be between 1 and 256"));
+            return Err(ConfigError::key(
+                "hsm.sessions",
+                "must be between 1 and 256",
+            ));
         }
         if hsm.queue_depth < hsm.sessions {
             return Err(ConfigError::key(
@@ -320,7 +320,10 @@ impl Config {
             ));
         }
         if hsm.derived_key_cache == 0 {
-            return Err(ConfigError::key("hsm.derived_key_cache", "must be at least 1"));
+            return Err(ConfigError::key(
+                "hsm.derived_key_cache",
+                "must be at least 1",
+            ));
         }
         let url = &self.database.url;
         if !(url.starts_with("sqlite://")
@@ -333,16 +336,40 @@ impl Config {
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::key("database.max_connections", "must be at least 1"));
+            return Err(ConfigError::key(
+                "database.max_connections",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
 }
 
+/// Removes `.` and `..` lexically: SQLite URLs with `..` in the path do not
+/// open, and paths in messages read better without them.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// `KEYWARD__HSM__SESSIONS=4` → `hsm.sessions = 4`. The value is read as a TOML
 /// scalar when it parses as one (numbers, booleans), else as a string.
 fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadOverride { var: var.to_owned() };
+    let bad = || ConfigError::BadOverride {
+        var: var.to_owned(),
+    };
     let path: Vec<String> = var
         .strip_prefix(ENV_PREFIX)
         .ok_or_else(bad)?
@@ -401,7 +428,12 @@ pin_env = "KW_PIN"
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_parts(text, Path::new("/etc/keyward/keyward.toml"), &env, Path::new("/etc/keyward"))
+        Config::from_parts(
+            text,
+            Path::new("/etc/keyward/keyward.toml"),
+            &env,
+            Path::new("/etc/keyward"),
+        )
     }
 
     #[test]
@@ -411,6 +443,11 @@ pin_env = "KW_PIN"
         assert_eq!(c.database.url, "sqlite:///etc/keyward/var/keyward.db");
         assert_eq!(c.database.kind(), DatabaseKind::Sqlite);
         assert_eq!(c.hsm.sessions, 2);
+        let up = parse(
+            &MINIMAL.replace("[hsm]", "data_dir = \"../var\"\n[hsm]"),
+            &[],
+        )?;
+        assert_eq!(up.database.url, "sqlite:///etc/var/keyward.db");
         Ok(())
     }
 
@@ -432,15 +469,24 @@ pin_env = "KW_PIN"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse(&format!("{MINIMAL}\nsesions = 3\n"), &[]).map(|_| ()).err();
+        let err = parse(&format!("{MINIMAL}\nsesions = 3\n"), &[])
+            .map(|_| ())
+            .err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("sesions"), "{msg}");
     }
 
     #[test]
     fn wrong_type_names_key_not_value() {
-        let text = MINIMAL.replace("token_label = \"keyward\"", "token_label = \"keyward\"\nsessions = \"s3cr3t-1234\"");
-        let msg = parse(&text, &[]).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        let text = MINIMAL.replace(
+            "token_label = \"keyward\"",
+            "token_label = \"keyward\"\nsessions = \"s3cr3t-1234\"",
+        );
+        let msg = parse(&text, &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("hsm.sessions"), "{msg}");
         assert!(!msg.contains("s3cr3t"), "{msg}");
     }
@@ -448,7 +494,11 @@ pin_env = "KW_PIN"
     #[test]
     fn inline_pin_is_refused_and_not_echoed() {
         let text = MINIMAL.replace("pin_env = \"KW_PIN\"", "pin = \"987654\"");
-        let msg = parse(&text, &[]).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = parse(&text, &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("pin"), "{msg}");
         assert!(!msg.contains("987654"), "{msg}");
     }
@@ -456,7 +506,11 @@ pin_env = "KW_PIN"
     #[test]
     fn exactly_one_pin_source() {
         let text = MINIMAL.replace("pin_env = \"KW_PIN\"", "");
-        let msg = parse(&text, &[]).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = parse(&text, &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("hsm.pin_file"), "{msg}");
     }
 

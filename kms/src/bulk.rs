@@ -83,12 +83,18 @@ pub(crate) async fn verify(kms: &Kms, items: Vec<MacItem>) -> Vec<MacOutcome> {
                     Ok(chunk
                         .iter()
                         .map(|r| {
-                            let outcome =
-                                match verify_one(hsm, &cache, &r.issuer, r.r, &r.item, retail_vendor) {
-                                    Ok(true) => MacOutcome::Valid,
-                                    Ok(false) => MacOutcome::Invalid,
-                                    Err(e) => MacOutcome::Error(e.code()),
-                                };
+                            let outcome = match verify_one(
+                                hsm,
+                                &cache,
+                                &r.issuer,
+                                r.r,
+                                &r.item,
+                                retail_vendor,
+                            ) {
+                                Ok(true) => MacOutcome::Valid,
+                                Ok(false) => MacOutcome::Invalid,
+                                Err(e) => MacOutcome::Error(e.code()),
+                            };
                             (r.index, outcome)
                         })
                         .collect::<Vec<_>>())

@@ -63,10 +63,7 @@ pub enum KmsError {
     KcvMismatch(KeyVersion),
     /// Bad input from a caller: `field` names what was wrong, never its value.
     #[error("invalid {field}: {reason}")]
-    Invalid {
-        field: &'static str,
-        reason: String,
-    },
+    Invalid { field: &'static str, reason: String },
     #[error("message of {len} bytes exceeds the {max}-byte limit")]
     MessageTooLong { len: usize, max: usize },
     #[error("algorithm {algorithm} does not apply to {family} keys")]

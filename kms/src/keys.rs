@@ -208,7 +208,14 @@ impl KeyCache {
         };
         self.derived(hsm, key, || {
             let imk = self.master(hsm, &master_label(&issuer.id, MasterKeyRole::ImkTmk))?;
-            derive(hsm, imk, issuer.family, &device.diversification_block(), Usage::DERIVE, false)
+            derive(
+                hsm,
+                imk,
+                issuer.family,
+                &device.diversification_block(),
+                Usage::DERIVE,
+                false,
+            )
         })
     }
 
@@ -227,7 +234,14 @@ impl KeyCache {
         };
         self.derived(hsm, key, || {
             let imk = self.master(hsm, &master_label(&issuer.id, MasterKeyRole::ImkAuth))?;
-            derive(hsm, imk, issuer.family, &device.diversification_block(), usage, false)
+            derive(
+                hsm,
+                imk,
+                issuer.family,
+                &device.diversification_block(),
+                usage,
+                false,
+            )
         })
     }
 

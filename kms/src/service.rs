@@ -1,7 +1,8 @@
 //! [`Kms`]: the facade the server and the provisioning pipeline call. Async,
 //! speaks domain types only, and keeps the catalog and the HSM consistent.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keyward_config::Config;
@@ -64,6 +65,9 @@ pub struct Kms {
     pool: HsmPool,
     catalog: Catalog,
     cache: Arc<KeyCache>,
+    /// Issuers never change once created, so their family is cached here and
+    /// the hot paths read one catalog row (the working key), not two.
+    issuers: Arc<RwLock<HashMap<IssuerId, IssuerKeys>>>,
     retail_vendor: bool,
     grace: Duration,
 }
@@ -89,8 +93,14 @@ pub fn required_mechanisms(family: KeyFamily) -> &'static [(MechanismId, &'stati
 
 /// Mechanisms the init package needs, whatever the family.
 pub const INIT_PACKAGE_MECHANISMS: &[(MechanismId, &str)] = &[
-    (MechanismId::EcKeyPairGen, "init package (ephemeral ECDH key)"),
-    (MechanismId::Ecdh1Derive, "init package (ECDH key agreement)"),
+    (
+        MechanismId::EcKeyPairGen,
+        "init package (ephemeral ECDH key)",
+    ),
+    (
+        MechanismId::Ecdh1Derive,
+        "init package (ECDH key agreement)",
+    ),
     (MechanismId::AesKeyWrap, "init package (RFC 3394 key wrap)"),
     (MechanismId::RsaOaep, "init package for RSA devices"),
 ];
@@ -99,7 +109,10 @@ impl Kms {
     /// Opens the HSM and the catalog from configuration, and refuses to start
     /// when the token lacks a mechanism the catalog's issuers need.
     pub async fn open(config: &Config) -> Result<Self> {
-        let pin = config.hsm.pin().map_err(|e| KmsError::Login(e.to_string()))?;
+        let pin = config
+            .hsm
+            .pin()
+            .map_err(|e| KmsError::Login(e.to_string()))?;
         let hsm_config = config.hsm.clone();
         let hsm = tokio::task::spawn_blocking(move || Pkcs11Hsm::open(&hsm_config, pin))
             .await
@@ -116,11 +129,17 @@ impl Kms {
     }
 
     /// Assembles a service from parts (tests, tools).
-    pub fn new(pool: HsmPool, catalog: Catalog, cache_capacity: usize, retail_vendor: bool) -> Self {
+    pub fn new(
+        pool: HsmPool,
+        catalog: Catalog,
+        cache_capacity: usize,
+        retail_vendor: bool,
+    ) -> Self {
         Self {
             pool,
             catalog,
             cache: Arc::new(KeyCache::new(cache_capacity)),
+            issuers: Arc::default(),
             retail_vendor,
             grace: DEFAULT_ROTATION_GRACE,
         }
@@ -167,7 +186,10 @@ impl Kms {
             }
         }
         if self.retail_vendor {
-            needed.push((MechanismId::Des3RetailVendor, "X9.19 retail MAC (configured)"));
+            needed.push((
+                MechanismId::Des3RetailVendor,
+                "X9.19 retail MAC (configured)",
+            ));
         }
         self.pool
             .run(move |hsm| {
@@ -247,11 +269,7 @@ impl Kms {
         };
         if let Err(e) = self.catalog.create_issuer(&record).await {
             // Leave no orphan master keys behind that this call created.
-            let created: Vec<_> = generated
-                .iter()
-                .filter(|g| g.2)
-                .map(|g| g.1)
-                .collect();
+            let created: Vec<_> = generated.iter().filter(|g| g.2).map(|g| g.1).collect();
             let _ = self
                 .pool
                 .run(move |hsm| {
@@ -276,11 +294,24 @@ impl Kms {
     }
 
     async fn issuer_keys(&self, id: &IssuerId) -> Result<IssuerKeys> {
+        if let Some(ik) = self
+            .issuers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(ik.clone());
+        }
         let rec = self.issuer(id).await?;
-        Ok(IssuerKeys {
+        let ik = IssuerKeys {
             id: rec.id,
             family: rec.family,
-        })
+        };
+        self.issuers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), ik.clone());
+        Ok(ik)
     }
 
     /// Draws fresh `R`s (HSM RNG) for TPK, TAK and TDK, computes their KCVs in
@@ -324,7 +355,10 @@ impl Kms {
                 kcv: k.kcv,
             })
             .collect();
-        let version = self.catalog.add_pending_version(issuer, device, &new).await?;
+        let version = self
+            .catalog
+            .add_pending_version(issuer, device, &new)
+            .await?;
         Ok(WorkingKeyOffer { version, keys })
     }
 
@@ -442,7 +476,10 @@ impl Kms {
         let ik = self.issuer_keys(issuer).await?;
         let block = ik.family.block_len();
         if challenge.len() != block {
-            return Err(KmsError::invalid("challenge", "wrong length for the issuer's family"));
+            return Err(KmsError::invalid(
+                "challenge",
+                "wrong length for the issuer's family",
+            ));
         }
         if response.len() != block {
             return Ok(false);
@@ -483,7 +520,15 @@ pub(crate) fn verify_one(
         });
     }
     with_fresh_handles(cache, || {
-        let keys = mac_keys(hsm, cache, ik, item.device, r, item.algorithm, retail_vendor)?;
+        let keys = mac_keys(
+            hsm,
+            cache,
+            ik,
+            item.device,
+            r,
+            item.algorithm,
+            retail_vendor,
+        )?;
         mac::verify(
             hsm,
             &keys,

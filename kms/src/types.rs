@@ -24,8 +24,7 @@ impl FromStr for IssuerId {
     fn from_str(s: &str) -> Result<Self, KmsError> {
         let ok = !s.is_empty()
             && s.len() <= 32
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(Self(s.to_owned()))
@@ -350,7 +349,7 @@ impl Padding {
         out.extend_from_slice(data);
         match self {
             Self::Method1 => {
-                if out.is_empty() || out.len() % block != 0 {
+                if out.is_empty() || !out.len().is_multiple_of(block) {
                     out.resize(out.len().div_ceil(block).max(1) * block, 0);
                 }
             }

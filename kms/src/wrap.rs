@@ -167,7 +167,10 @@ fn build(
     };
     let data = device.diversification_block();
     let mut out = Vec::new();
-    for (name, role) in [("TMK", MasterKeyRole::ImkTmk), ("AUTH", MasterKeyRole::ImkAuth)] {
+    for (name, role) in [
+        ("TMK", MasterKeyRole::ImkTmk),
+        ("AUTH", MasterKeyRole::ImkAuth),
+    ] {
         let imk = cache.master(hsm, &master_label(issuer, role))?;
         let copy = scratch.keep(keys::derive(hsm, imk, family, &data, Usage::NONE, true)?);
         let wrapped = hsm.wrap_key(kek, mech, copy)?;

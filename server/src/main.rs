@@ -15,10 +15,20 @@ use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version, about = "HSM-backed authentication and key-management server")]
+#[command(
+    name = "keyward",
+    version,
+    about = "HSM-backed authentication and key-management server"
+)]
 struct Cli {
     /// Configuration file (see config/example.toml).
-    #[arg(long, short, env = "KEYWARD_CONFIG", global = true, default_value = "config/dev.toml")]
+    #[arg(
+        long,
+        short,
+        env = "KEYWARD_CONFIG",
+        global = true,
+        default_value = "config/dev.toml"
+    )]
     config: PathBuf,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -64,7 +74,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keyward: cannot start the runtime: {e}");
@@ -83,7 +96,9 @@ fn main() -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -95,7 +110,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     }
-    let kms = Kms::open(&config).await.context("opening the HSM and the key catalog")?;
+    let kms = Kms::open(&config)
+        .await
+        .context("opening the HSM and the key catalog")?;
     match cli.command {
         Command::Check => {
             kms.ready().await?;
@@ -123,13 +140,17 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Init => {
             // Kms::open has run the migrations and the mechanism probe.
             let issuers = kms.catalog().issuers().await?;
-            output(cli.json, &serde_json::json!({"changed": false, "issuers": issuers.len()}), || {
-                format!(
-                    "catalog schema is up to date; HSM token {:?} is ready; {} issuer(s). Create one with: keyward issuer create ID --family tdes|aes",
-                    config.hsm.token_label,
-                    issuers.len()
-                )
-            });
+            output(
+                cli.json,
+                &serde_json::json!({"changed": false, "issuers": issuers.len()}),
+                || {
+                    format!(
+                        "catalog schema is up to date; HSM token {:?} is ready; {} issuer(s). Create one with: keyward issuer create ID --family tdes|aes",
+                        config.hsm.token_label,
+                        issuers.len()
+                    )
+                },
+            );
         }
         Command::Issuer(IssuerCommand::Create { id, family }) => {
             let id: IssuerId = id.parse()?;

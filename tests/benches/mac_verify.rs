@@ -20,7 +20,12 @@ use keyward_tests::softhsm::TestToken;
 const RUN: Duration = Duration::from_secs(3);
 const MSG: &[u8; 64] = b"0200 4000000000000123 000000010000 156 20261122 0001 TERMINAL01.";
 
-fn raw_loop(hsm: &Arc<Pkcs11Hsm>, threads: usize, mech: MacMechanism, key: keyward_kms::hsm::ObjectId) -> f64 {
+fn raw_loop(
+    hsm: &Arc<Pkcs11Hsm>,
+    threads: usize,
+    mech: MacMechanism,
+    key: keyward_kms::hsm::ObjectId,
+) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
@@ -53,7 +58,10 @@ async fn kms_single(kms: &Kms, tasks: usize, items: &[MacItem]) -> f64 {
         set.spawn(async move {
             let mut i = t;
             while !stop.load(Ordering::Relaxed) {
-                let ok = kms.verify_mac(items[i % items.len()].clone()).await.unwrap();
+                let ok = kms
+                    .verify_mac(items[i % items.len()].clone())
+                    .await
+                    .unwrap();
                 assert!(ok);
                 count.fetch_add(1, Ordering::Relaxed);
                 i += 1;
@@ -72,9 +80,16 @@ async fn setup(token: &TestToken, sessions: usize) -> (Kms, Vec<MacItem>, Vec<Ma
     let hsm = Arc::new(Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap());
     let pool = HsmPool::start(hsm, sessions, 100_000).unwrap();
     let db = Box::leak(Box::new(test_database().await.unwrap()));
-    let kms = Kms::new(pool, Catalog::connect(&db.config).await.unwrap(), 10_000, false);
+    let kms = Kms::new(
+        pool,
+        Catalog::connect(&db.config).await.unwrap(),
+        10_000,
+        false,
+    );
     let issuer: IssuerId = format!("bench-{sessions}").parse().unwrap();
-    kms.create_issuer(issuer.clone(), KeyFamily::Tdes).await.unwrap();
+    kms.create_issuer(issuer.clone(), KeyFamily::Tdes)
+        .await
+        .unwrap();
     let mut cmac = Vec::new();
     let mut x919 = Vec::new();
     for d in 0..16u8 {
@@ -83,7 +98,11 @@ async fn setup(token: &TestToken, sessions: usize) -> (Kms, Vec<MacItem>, Vec<Ma
         // it asks for the init package and unwraps it in software.
         let secret = p256::SecretKey::random(&mut rand::thread_rng());
         use p256::elliptic_curve::sec1::ToEncodedPoint;
-        let point = secret.public_key().to_encoded_point(false).as_bytes().to_vec();
+        let point = secret
+            .public_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
         let pkg = kms
             .init_package(&issuer, device, keyward_kms::hsm::PublicKey::P256(point))
             .await
@@ -94,17 +113,28 @@ async fn setup(token: &TestToken, sessions: usize) -> (Kms, Vec<MacItem>, Vec<Ma
             .as_slice()
             .try_into()
             .unwrap();
-        let tmk: [u8; 16] = device::aes_kw_unwrap(&kek, &pkg.keys[0].wrapped).unwrap().try_into().unwrap();
+        let tmk: [u8; 16] = device::aes_kw_unwrap(&kek, &pkg.keys[0].wrapped)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let offer = kms.offer_working_keys(&issuer, device).await.unwrap();
         let kcvs: Vec<_> = offer
             .keys
             .iter()
             .map(|k| {
                 let key = device::diversify(Family::Tdes, &tmk, &k.r);
-                (k.role, Kcv { method: k.kcv.method, value: device::kcv(Family::Tdes, &key) })
+                (
+                    k.role,
+                    Kcv {
+                        method: k.kcv.method,
+                        value: device::kcv(Family::Tdes, &key),
+                    },
+                )
             })
             .collect();
-        kms.confirm_working_keys(&issuer, device, offer.version, &kcvs).await.unwrap();
+        kms.confirm_working_keys(&issuer, device, offer.version, &kcvs)
+            .await
+            .unwrap();
         let tak = device::diversify(Family::Tdes, &tmk, &offer.keys[1].r);
         let base = MacItem {
             issuer: issuer.clone(),
@@ -127,27 +157,55 @@ async fn setup(token: &TestToken, sessions: usize) -> (Kms, Vec<MacItem>, Vec<Ma
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    println!("MAC verification on SoftHSM, 64-byte messages, {}s per figure, {} cores", RUN.as_secs(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "MAC verification on SoftHSM, 64-byte messages, {}s per figure, {} cores",
+        RUN.as_secs(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("{:<58} {:>12}", "what", "ops/s");
+    // SoftHSM only sees tokens that exist when the module is first loaded.
+    let token = TestToken::create().unwrap();
     for sessions in [1usize, 2] {
-        let token = TestToken::create().unwrap();
         // Raw loop: the same C_SignInit+C_Sign on one cached DES2 key, no pool.
         let cfg = token.hsm_config(sessions);
         let hsm = Arc::new(Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap());
         let key = hsm
-            .generate_key(&KeySpec::session(SecretKind::Des2, Usage { sign: true, ..Usage::NONE }))
+            .generate_key(&KeySpec::session(
+                SecretKind::Des2,
+                Usage {
+                    sign: true,
+                    ..Usage::NONE
+                },
+            ))
             .unwrap();
         let raw = raw_loop(&hsm, sessions, MacMechanism::Des3Cmac, key);
-        println!("{:<58} {:>12.0}", format!("raw PKCS#11 loop, CMAC-TDES, {sessions} thread(s)"), raw);
+        println!(
+            "{:<58} {:>12.0}",
+            format!("raw PKCS#11 loop, CMAC-TDES, {sessions} thread(s)"),
+            raw
+        );
 
         let (kms, cmac, x919) = rt.block_on(setup(&token, sessions));
         for tasks in [1usize, 64] {
             let r = rt.block_on(kms_single(&kms, tasks, &cmac));
-            println!("{:<58} {:>12.0}", format!("kms verify_mac CMAC-TDES, {sessions} worker(s), {tasks} task(s)"), r);
+            println!(
+                "{:<58} {:>12.0}",
+                format!("kms verify_mac CMAC-TDES, {sessions} worker(s), {tasks} task(s)"),
+                r
+            );
         }
         let r = rt.block_on(kms_single(&kms, 64, &x919));
-        println!("{:<58} {:>12.0}", format!("kms verify_mac X9.19 (2 HSM calls), {sessions} worker(s), 64 tasks"), r);
+        println!(
+            "{:<58} {:>12.0}",
+            format!("kms verify_mac X9.19 (2 HSM calls), {sessions} worker(s), 64 tasks"),
+            r
+        );
         let batch: Vec<MacItem> = (0..10_000).map(|i| cmac[i % cmac.len()].clone()).collect();
         let start = Instant::now();
         let mut n = 0usize;
@@ -156,6 +214,10 @@ fn main() {
             assert!(out.iter().all(|o| *o == MacOutcome::Valid));
             n += batch.len();
         }
-        println!("{:<58} {:>12.0}", format!("kms verify_macs bulk (10k items), {sessions} worker(s)"), n as f64 / start.elapsed().as_secs_f64());
+        println!(
+            "{:<58} {:>12.0}",
+            format!("kms verify_macs bulk (10k items), {sessions} worker(s)"),
+            n as f64 / start.elapsed().as_secs_f64()
+        );
     }
 }

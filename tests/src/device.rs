@@ -102,7 +102,7 @@ pub fn pad(msg: &[u8], method: u8) -> Vec<u8> {
     if method == 2 {
         v.push(0x80);
     }
-    while v.is_empty() || v.len() % 8 != 0 {
+    while v.is_empty() || !v.len().is_multiple_of(8) {
         v.push(0);
     }
     v
@@ -164,7 +164,10 @@ pub fn mac_cup_ecb(key: &[u8; 16], msg: &[u8]) -> [u8; 8] {
 
 /// RFC 3394 AES key unwrap (AES-256 KEK), for keys of 16 or 24 bytes.
 pub fn aes_kw_unwrap(kek: &[u8; 32], wrapped: &[u8]) -> Result<Vec<u8>> {
-    ensure!(wrapped.len() % 8 == 0 && wrapped.len() >= 24, "bad wrapped length");
+    ensure!(
+        wrapped.len().is_multiple_of(8) && wrapped.len() >= 24,
+        "bad wrapped length"
+    );
     let cipher = aes::Aes256::new(GenericArray::from_slice(kek));
     let n = wrapped.len() / 8 - 1;
     let mut a = [0u8; 8];

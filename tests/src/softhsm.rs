@@ -1,11 +1,10 @@
 //! A fresh SoftHSM token for each test.
 //!
-//! SoftHSM reads `SOFTHSM2_CONF` when the library is first initialised, so the
-//! token directory is fixed per process; each test then creates its own token
-//! (unique label) in it with `softhsm2-util`, before it opens the HSM. `ops/test.sh`
-//! points `SOFTHSM2_CONF` at a temp dir made for the test run; when it is unset
-//! (a developer running `cargo nextest run` directly) the first token made in
-//! this process sets one up under the system temp dir.
+//! SoftHSM reads `SOFTHSM2_CONF` when the library is first initialised and
+//! does not see tokens created after that, so each test process gets its own
+//! token directory (inside the temp dir `ops/test.sh` made for the run, or the
+//! system temp dir) and creates its tokens there before opening the HSM. Tests
+//! therefore run one per process: use `cargo nextest run`, as `ops/test.sh` does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,25 +32,30 @@ fn softhsm_conf() -> Result<&'static Path> {
     if let Some(p) = CONF.get() {
         return Ok(p);
     }
-    let path = match std::env::var_os("SOFTHSM2_CONF") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("keyward-softhsm-")
-                .tempdir()?
-                .keep();
-            let conf = write_conf(&dir)?;
-            #[allow(unsafe_code)]
-            // SAFETY: set once, before this process loads the PKCS#11 module and
-            // before any other thread of the test reads the environment
-            // (nextest runs each test in its own process, on one thread).
-            unsafe {
-                std::env::set_var("SOFTHSM2_CONF", &conf)
-            };
-            conf
-        }
+    // Parallel `softhsm2-util --init-token` runs in one token directory race
+    // ("Could not get info about the token"), so every test process gets its
+    // own directory: under the run's dir when ops/test.sh set one, else under
+    // the system temp dir.
+    let run_dir = match std::env::var_os("SOFTHSM2_CONF") {
+        Some(p) => PathBuf::from(p)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir),
+        None => std::env::temp_dir(),
     };
-    Ok(CONF.get_or_init(|| path))
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("kw-p{}-", std::process::id()))
+        .tempdir_in(&run_dir)?
+        .keep();
+    let conf = write_conf(&dir)?;
+    #[allow(unsafe_code)]
+    // SAFETY: set once per process, before it loads the PKCS#11 module (which
+    // reads SOFTHSM2_CONF) and before other threads read the environment:
+    // nextest runs each test in its own process.
+    unsafe {
+        std::env::set_var("SOFTHSM2_CONF", &conf)
+    };
+    Ok(CONF.get_or_init(|| conf))
 }
 
 /// Writes a SoftHSM config whose tokens live in `dir/tokens`.
@@ -74,7 +78,9 @@ impl TestToken {
         static N: AtomicU32 = AtomicU32::new(0);
         let conf = softhsm_conf()?;
         if !Path::new(SOFTHSM_MODULE).exists() {
-            bail!("SoftHSM is not installed ({SOFTHSM_MODULE} missing): run ops/test.sh, or apt-get install softhsm2");
+            bail!(
+                "SoftHSM is not installed ({SOFTHSM_MODULE} missing): run ops/test.sh, or apt-get install softhsm2"
+            );
         }
         let label = format!(
             "kwt-{}-{}",

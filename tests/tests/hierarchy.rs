@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_kms::catalog::{Catalog, KeyState};
-use keyward_kms::hsm::{Hsm, Pkcs11Hsm, PublicKey};
+use keyward_kms::hsm::{Pkcs11Hsm, PublicKey};
 use keyward_kms::pool::HsmPool;
 use keyward_kms::types::{
     DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, MacAlgorithm, Padding, WorkingKeyRole,
@@ -68,7 +68,11 @@ fn kcv_of(family: KeyFamily, key: &[u8; 16]) -> Kcv {
 async fn init_device(kms: &Kms, issuer: &IssuerId, family: KeyFamily, id: &str) -> SimDevice {
     let id: DeviceId = id.parse().unwrap();
     let secret = p256::SecretKey::random(&mut rand::thread_rng());
-    let point = secret.public_key().to_encoded_point(false).as_bytes().to_vec();
+    let point = secret
+        .public_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec();
     let pkg = kms
         .init_package(issuer, id, PublicKey::P256(point))
         .await
@@ -158,54 +162,121 @@ async fn tdes_issuer_end_to_end() {
 
     let msg = b"0200 4000000000000123 000000010000 156 20261122";
     let cases: Vec<(MacAlgorithm, Option<u8>, Vec<u8>)> = vec![
-        (MacAlgorithm::Iso9797M1Tdes, Some(1), device::mac_m1_tdes(&tak, msg, 1).to_vec()),
-        (MacAlgorithm::Iso9797M1Tdes, Some(2), device::mac_m1_tdes(&tak, msg, 2)[..4].to_vec()),
-        (MacAlgorithm::Iso9797M3, Some(1), device::mac_x919(&tak, msg, 1).to_vec()),
-        (MacAlgorithm::Iso9797M3, Some(2), device::mac_x919(&tak, msg, 2)[..4].to_vec()),
-        (MacAlgorithm::CmacTdes, None, device::cmac_tdes(&tak, msg).to_vec()),
-        (MacAlgorithm::CupEcb, None, device::mac_cup_ecb(&tak, msg).to_vec()),
+        (
+            MacAlgorithm::Iso9797M1Tdes,
+            Some(1),
+            device::mac_m1_tdes(&tak, msg, 1).to_vec(),
+        ),
+        (
+            MacAlgorithm::Iso9797M1Tdes,
+            Some(2),
+            device::mac_m1_tdes(&tak, msg, 2)[..4].to_vec(),
+        ),
+        (
+            MacAlgorithm::Iso9797M3,
+            Some(1),
+            device::mac_x919(&tak, msg, 1).to_vec(),
+        ),
+        (
+            MacAlgorithm::Iso9797M3,
+            Some(2),
+            device::mac_x919(&tak, msg, 2)[..4].to_vec(),
+        ),
+        (
+            MacAlgorithm::CmacTdes,
+            None,
+            device::cmac_tdes(&tak, msg).to_vec(),
+        ),
+        (
+            MacAlgorithm::CupEcb,
+            None,
+            device::mac_cup_ecb(&tak, msg).to_vec(),
+        ),
     ];
     for (alg, pad, mac) in &cases {
         let good = item(&issuer, &dev, v1, *alg, *pad, msg, mac.clone());
         assert!(kms.verify_mac(good.clone()).await.unwrap(), "{alg} valid");
         let mut bad = good.clone();
         bad.message[3] ^= 1;
-        assert!(!kms.verify_mac(bad).await.unwrap(), "{alg} tampered message");
+        assert!(
+            !kms.verify_mac(bad).await.unwrap(),
+            "{alg} tampered message"
+        );
         let mut bad = good;
         bad.mac[0] ^= 0x10;
         assert!(!kms.verify_mac(bad).await.unwrap(), "{alg} tampered MAC");
     }
 
     // Wrong family, wrong length, unknown version: typed errors.
-    let wrong_family = item(&issuer, &dev, v1, MacAlgorithm::CmacAes, None, msg, vec![0; 8]);
+    let wrong_family = item(
+        &issuer,
+        &dev,
+        v1,
+        MacAlgorithm::CmacAes,
+        None,
+        msg,
+        vec![0; 8],
+    );
     assert!(matches!(
         kms.verify_mac(wrong_family).await,
         Err(KmsError::AlgorithmFamily { .. })
     ));
-    let wrong_len = item(&issuer, &dev, v1, MacAlgorithm::CmacTdes, None, msg, vec![0; 5]);
-    assert_eq!(kms.verify_mac(wrong_len).await.unwrap_err().code(), "invalid_input");
-    let unknown = item(&issuer, &dev, KeyVersion(9), MacAlgorithm::CmacTdes, None, msg, vec![0; 8]);
+    let wrong_len = item(
+        &issuer,
+        &dev,
+        v1,
+        MacAlgorithm::CmacTdes,
+        None,
+        msg,
+        vec![0; 5],
+    );
+    assert_eq!(
+        kms.verify_mac(wrong_len).await.unwrap_err().code(),
+        "invalid_input"
+    );
+    let unknown = item(
+        &issuer,
+        &dev,
+        KeyVersion(9),
+        MacAlgorithm::CmacTdes,
+        None,
+        msg,
+        vec![0; 8],
+    );
     assert!(matches!(
         kms.verify_mac(unknown).await,
         Err(KmsError::UnknownKeyVersion { .. })
     ));
-    let too_long = item(&issuer, &dev, v1, MacAlgorithm::CmacTdes, None, &vec![0u8; 70_000], vec![0; 8]);
-    assert_eq!(kms.verify_mac(too_long).await.unwrap_err().code(), "message_too_long");
+    let too_long = item(
+        &issuer,
+        &dev,
+        v1,
+        MacAlgorithm::CmacTdes,
+        None,
+        &vec![0u8; 70_000],
+        vec![0; 8],
+    );
+    assert_eq!(
+        kms.verify_mac(too_long).await.unwrap_err().code(),
+        "message_too_long"
+    );
 
     // Challenge / response with AUTH_d.
     let challenge = kms.challenge(&issuer).await.unwrap();
     assert_eq!(challenge.len(), 8);
     let response = device::tdes_encrypt_block(&dev.auth, challenge.clone().try_into().unwrap());
-    assert!(kms
-        .verify_challenge_response(&issuer, dev.id, &challenge, &response)
-        .await
-        .unwrap());
+    assert!(
+        kms.verify_challenge_response(&issuer, dev.id, &challenge, &response)
+            .await
+            .unwrap()
+    );
     let mut wrong = response;
     wrong[7] ^= 1;
-    assert!(!kms
-        .verify_challenge_response(&issuer, dev.id, &challenge, &wrong)
-        .await
-        .unwrap());
+    assert!(
+        !kms.verify_challenge_response(&issuer, dev.id, &challenge, &wrong)
+            .await
+            .unwrap()
+    );
 
     // Rotation: v2 active, v1 still valid during its grace period.
     let (v2, tak2) = rotate(kms, &issuer, &dev).await;
@@ -214,9 +285,33 @@ async fn tdes_issuer_end_to_end() {
     assert_eq!(versions[0].state, KeyState::Active);
     assert_eq!(versions[1].state, KeyState::Retiring);
     let m2 = device::cmac_tdes(&tak2, msg).to_vec();
-    assert!(kms.verify_mac(item(&issuer, &dev, v2, MacAlgorithm::CmacTdes, None, msg, m2)).await.unwrap());
+    assert!(
+        kms.verify_mac(item(
+            &issuer,
+            &dev,
+            v2,
+            MacAlgorithm::CmacTdes,
+            None,
+            msg,
+            m2
+        ))
+        .await
+        .unwrap()
+    );
     let m1 = device::cmac_tdes(&tak, msg).to_vec();
-    assert!(kms.verify_mac(item(&issuer, &dev, v1, MacAlgorithm::CmacTdes, None, msg, m1)).await.unwrap());
+    assert!(
+        kms.verify_mac(item(
+            &issuer,
+            &dev,
+            v1,
+            MacAlgorithm::CmacTdes,
+            None,
+            msg,
+            m1
+        ))
+        .await
+        .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,7 +319,9 @@ async fn kcv_mismatch_rejects_the_version() {
     let f = fixture(1).await;
     let kms = &f.kms;
     let issuer: IssuerId = "bank-b".parse().unwrap();
-    kms.create_issuer(issuer.clone(), KeyFamily::Tdes).await.unwrap();
+    kms.create_issuer(issuer.clone(), KeyFamily::Tdes)
+        .await
+        .unwrap();
     let dev = init_device(kms, &issuer, KeyFamily::Tdes, "1111222233334444").await;
     let offer = kms.offer_working_keys(&issuer, dev.id).await.unwrap();
     let mut kcvs: Vec<(WorkingKeyRole, Kcv)> = offer.keys.iter().map(|k| (k.role, k.kcv)).collect();
@@ -238,12 +335,24 @@ async fn kcv_mismatch_rejects_the_version() {
     assert_eq!(versions[0].state, KeyState::Rejected);
     // A rejected version can never be confirmed or used afterwards.
     let good: Vec<(WorkingKeyRole, Kcv)> = offer.keys.iter().map(|k| (k.role, k.kcv)).collect();
-    assert!(kms
-        .confirm_working_keys(&issuer, dev.id, offer.version, &good)
-        .await
-        .is_err());
-    let m = item(&issuer, &dev, offer.version, MacAlgorithm::CmacTdes, None, b"x", vec![0; 8]);
-    assert_eq!(kms.verify_mac(m).await.unwrap_err().code(), "key_version_not_usable");
+    assert!(
+        kms.confirm_working_keys(&issuer, dev.id, offer.version, &good)
+            .await
+            .is_err()
+    );
+    let m = item(
+        &issuer,
+        &dev,
+        offer.version,
+        MacAlgorithm::CmacTdes,
+        None,
+        b"x",
+        vec![0; 8],
+    );
+    assert_eq!(
+        kms.verify_mac(m).await.unwrap_err().code(),
+        "key_version_not_usable"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,19 +360,38 @@ async fn aes_issuer_end_to_end() {
     let f = fixture(2).await;
     let kms = &f.kms;
     let issuer: IssuerId = "bank-aes".parse().unwrap();
-    let rec = kms.create_issuer(issuer.clone(), KeyFamily::Aes).await.unwrap();
+    let rec = kms
+        .create_issuer(issuer.clone(), KeyFamily::Aes)
+        .await
+        .unwrap();
     assert_eq!(rec.master_keys[0].kcv.method.as_str(), "KCV-AES-ECB");
     let dev = init_device(kms, &issuer, KeyFamily::Aes, "A0A1A2A3A4A5A6A7").await;
     let (v, tak) = rotate(kms, &issuer, &dev).await;
     let msg = b"load 100.00 EUR";
     for len in [4usize, 8, 16] {
         let mac = device::cmac_aes(&tak, msg)[..len].to_vec();
-        assert!(kms.verify_mac(item(&issuer, &dev, v, MacAlgorithm::CmacAes, None, msg, mac)).await.unwrap());
+        assert!(
+            kms.verify_mac(item(
+                &issuer,
+                &dev,
+                v,
+                MacAlgorithm::CmacAes,
+                None,
+                msg,
+                mac
+            ))
+            .await
+            .unwrap()
+        );
     }
     let challenge = kms.challenge(&issuer).await.unwrap();
     assert_eq!(challenge.len(), 16);
     let response = device::aes_encrypt_block(&dev.auth, challenge.clone().try_into().unwrap());
-    assert!(kms.verify_challenge_response(&issuer, dev.id, &challenge, &response).await.unwrap());
+    assert!(
+        kms.verify_challenge_response(&issuer, dev.id, &challenge, &response)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,7 +400,9 @@ async fn rsa_device_gets_an_oaep_package() {
     let f = fixture(1).await;
     let kms = &f.kms;
     let issuer: IssuerId = "bank-rsa".parse().unwrap();
-    kms.create_issuer(issuer.clone(), KeyFamily::Tdes).await.unwrap();
+    kms.create_issuer(issuer.clone(), KeyFamily::Tdes)
+        .await
+        .unwrap();
     let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
     let public = PublicKey::Rsa {
         modulus: private.n().to_bytes_be(),
@@ -309,10 +439,18 @@ async fn bulk_verify_answers_in_order() {
     let f = fixture(2).await;
     let kms = &f.kms;
     let issuer: IssuerId = "bank-bulk".parse().unwrap();
-    kms.create_issuer(issuer.clone(), KeyFamily::Tdes).await.unwrap();
+    kms.create_issuer(issuer.clone(), KeyFamily::Tdes)
+        .await
+        .unwrap();
     let mut devices = Vec::new();
     for i in 0..4u8 {
-        let dev = init_device(kms, &issuer, KeyFamily::Tdes, &format!("00000000000000{i:02X}")).await;
+        let dev = init_device(
+            kms,
+            &issuer,
+            KeyFamily::Tdes,
+            &format!("00000000000000{i:02X}"),
+        )
+        .await;
         let (v, tak) = rotate(kms, &issuer, &dev).await;
         devices.push((dev, v, tak));
     }
@@ -330,7 +468,15 @@ async fn bulk_verify_answers_in_order() {
             1 => (KeyVersion(77), MacOutcome::Error("unknown_key_version")),
             _ => (*v, MacOutcome::Valid),
         };
-        items.push(item(&issuer, dev, version, MacAlgorithm::Iso9797M3, Some(2), &msg, mac));
+        items.push(item(
+            &issuer,
+            dev,
+            version,
+            MacAlgorithm::Iso9797M3,
+            Some(2),
+            &msg,
+            mac,
+        ));
         expected.push(want);
     }
     items.push(MacItem {
@@ -340,20 +486,35 @@ async fn bulk_verify_answers_in_order() {
     expected.push(MacOutcome::Error("unknown_issuer"));
     let outcomes = kms.verify_macs(items).await;
     assert_eq!(outcomes, expected);
-    assert!(kms.cache().stats.hits.load(std::sync::atomic::Ordering::Relaxed) > 1000);
+    assert!(
+        kms.cache()
+            .stats
+            .hits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 1000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn master_keys_are_locked_down_on_the_token() {
     let f = fixture(1).await;
     let issuer: IssuerId = "bank-c".parse().unwrap();
-    f.kms.create_issuer(issuer.clone(), KeyFamily::Tdes).await.unwrap();
+    f.kms
+        .create_issuer(issuer.clone(), KeyFamily::Tdes)
+        .await
+        .unwrap();
     // pkcs11-tool (opensc) shows what an auditor would see.
     let conf = TestToken::conf_path().unwrap();
     let out = std::process::Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", conf)
         .args(["--module", keyward_tests::softhsm::SOFTHSM_MODULE])
-        .args(["--token-label", &f._token.label, "--login", "--pin", keyward_tests::softhsm::TEST_PIN])
+        .args([
+            "--token-label",
+            &f._token.label,
+            "--login",
+            "--pin",
+            keyward_tests::softhsm::TEST_PIN,
+        ])
         .args(["--list-objects", "--type", "secrkey"])
         .output()
         .expect("pkcs11-tool (opensc) must be installed");
@@ -361,13 +522,24 @@ async fn master_keys_are_locked_down_on_the_token() {
     assert!(text.contains("keyward/bank-c/IMK-TMK"), "{text}");
     assert!(text.contains("keyward/bank-c/IMK-AUTH"), "{text}");
     for block in text.split("Secret Key Object").skip(1) {
-        assert!(block.contains("Usage:") && block.contains("derive"), "{block}");
-        assert!(!block.contains("encrypt"), "master key must not encrypt: {block}");
-        assert!(block.contains("Access:") && block.contains("sensitive"), "{block}");
+        assert!(
+            block.contains("Usage:") && block.contains("derive"),
+            "{block}"
+        );
+        assert!(
+            !block.contains("encrypt"),
+            "master key must not encrypt: {block}"
+        );
+        assert!(
+            block.contains("Access:") && block.contains("sensitive"),
+            "{block}"
+        );
         assert!(block.contains("never extractable"), "{block}");
     }
     // The probe names a missing mechanism instead of failing later.
-    let hsm_ok = f.kms.probe_families(&[KeyFamily::Tdes, KeyFamily::Aes]).await;
+    let hsm_ok = f
+        .kms
+        .probe_families(&[KeyFamily::Tdes, KeyFamily::Aes])
+        .await;
     assert!(hsm_ok.is_ok());
-    let _ = f.kms.pool().hsm().epoch();
 }

@@ -29,8 +29,14 @@ async fn many_tasks_share_few_sessions() {
         tasks.spawn(async move {
             for i in 0..100u8 {
                 let block = [t ^ i; 16];
-                let a = pool.run(move |h| h.encrypt(key, Cipher::AesEcb, &block)).await.unwrap();
-                let b = pool.run(move |h| h.encrypt(key, Cipher::AesEcb, &block)).await.unwrap();
+                let a = pool
+                    .run(move |h| h.encrypt(key, Cipher::AesEcb, &block))
+                    .await
+                    .unwrap();
+                let b = pool
+                    .run(move |h| h.encrypt(key, Cipher::AesEcb, &block))
+                    .await
+                    .unwrap();
                 assert_eq!(a, b);
                 assert_eq!(a.len(), 16);
             }
@@ -39,7 +45,12 @@ async fn many_tasks_share_few_sessions() {
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
-    assert_eq!(pool.stats().rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        pool.stats()
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +105,10 @@ async fn the_pool_heals_after_the_token_drops_every_session() {
     .unwrap();
     let l3 = label.clone();
     let key = pool.run(move |h| h.find_key(&l3)).await.unwrap().unwrap();
-    let before = pool.run(move |h| h.encrypt(key, Cipher::Des3Ecb, &[0; 8])).await.unwrap();
+    let before = pool
+        .run(move |h| h.encrypt(key, Cipher::Des3Ecb, &[0; 8]))
+        .await
+        .unwrap();
     let epoch = hsm.epoch();
 
     // What an HSM restart or failover looks like to the application: every
@@ -105,11 +119,20 @@ async fn the_pool_heals_after_the_token_drops_every_session() {
     assert_eq!(pool.run(|h| h.random(16)).await.unwrap().len(), 16);
     assert!(hsm.epoch() > epoch);
     // An old handle is refused as stale, never used against another object...
-    let stale = pool.run(move |h| h.encrypt(key, Cipher::Des3Ecb, &[0; 8])).await;
+    let stale = pool
+        .run(move |h| h.encrypt(key, Cipher::Des3Ecb, &[0; 8]))
+        .await;
     assert!(matches!(stale, Err(KmsError::Stale)), "{stale:?}");
     // ...and looking the key up again gives the same key.
-    let key = pool.run(move |h| h.find_key(&label)).await.unwrap().unwrap();
-    let after = pool.run(move |h| h.encrypt(key, Cipher::Des3Ecb, &[0; 8])).await.unwrap();
+    let key = pool
+        .run(move |h| h.find_key(&label))
+        .await
+        .unwrap()
+        .unwrap();
+    let after = pool
+        .run(move |h| h.encrypt(key, Cipher::Des3Ecb, &[0; 8]))
+        .await
+        .unwrap();
     assert_eq!(before, after);
     pool.run(|h| h.ping()).await.unwrap();
 }

@@ -651,9 +651,7 @@ fn software_cross_check_all_lengths() {
         for i in 0..8 {
             t[i] = e1[i] ^ hx[8 + i];
         }
-        let want = hex::encode_upper(tdes_block(&tdes_key, t))[..8]
-            .as_bytes()
-            .to_vec();
+        let want = hex::encode_upper(tdes_block(&tdes_key, t)).as_bytes()[..8].to_vec();
         let got = mac::compute(&k.hsm, &m1, MacAlgorithm::CupEcb, None, &msg, false).unwrap();
         assert_eq!(got, want, "CUP-ECB len {len}");
     }

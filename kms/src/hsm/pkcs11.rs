@@ -342,18 +342,16 @@ impl Pkcs11Hsm {
 fn handle_from_raw(h: u64) -> ObjectHandle {
     // SAFETY: `new_from_raw` is unsafe only because an arbitrary number may not
     // name an object; callers pass handles this module returned in this epoch.
-    unsafe {
-        ObjectHandle::new_from_raw(h)
-    }
+    unsafe { ObjectHandle::new_from_raw(h) }
 }
 
 fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
     let slots = ctx.get_slots_with_token().map_err(map_err)?;
     for slot in slots {
-        if let Ok(info) = ctx.get_token_info(slot) {
-            if info.label().trim_end() == label {
-                return Ok(slot);
-            }
+        if let Ok(info) = ctx.get_token_info(slot)
+            && info.label().trim_end() == label
+        {
+            return Ok(slot);
         }
     }
     Err(KmsError::TokenNotFound(label.to_owned()))
@@ -485,7 +483,7 @@ impl Hsm for Pkcs11Hsm {
             Derivation::Des3Ecb => (self.mech(MechanismId::Des3EcbEncryptData)?, 8),
             Derivation::AesEcb => (self.mech(MechanismId::AesEcbEncryptData)?, 16),
         };
-        if data.is_empty() || data.len() % block != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(block) {
             return Err(KmsError::invalid(
                 "derivation data",
                 "must be a non-empty multiple of the block size",
@@ -518,7 +516,9 @@ impl Hsm for Pkcs11Hsm {
                     MacMechanism::Des3Cmac => MechanismId::Des3Cmac,
                     _ => MechanismId::Des3RetailVendor,
                 })?;
-                self.with_session(&[key], |s| self.raw.sign(s, number, Self::handle(key), data))
+                self.with_session(&[key], |s| {
+                    self.raw.sign(s, number, Self::handle(key), data)
+                })
             }
         }
     }
@@ -541,7 +541,8 @@ impl Hsm for Pkcs11Hsm {
         let _guard = lock(&self.objects);
         let epoch = self.epoch();
         let (point, private) = self.with_session(&[], |s| {
-            let (pubh, privh) = s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
+            let (pubh, privh) =
+                s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
             let attrs = s.get_attributes(pubh, &[AttributeType::EcPoint]);
             s.destroy_object(pubh)?;
             let point = match attrs?.into_iter().next() {

@@ -49,13 +49,19 @@ impl RawModule {
         let mut count: CK_ULONG = 0;
         // SAFETY: a null list pointer asks for the count only.
         check(
-            unsafe { self.lib.C_GetMechanismList(slot, std::ptr::null_mut(), &mut count) },
+            unsafe {
+                self.lib
+                    .C_GetMechanismList(slot, std::ptr::null_mut(), &mut count)
+            },
             Function::GetMechanismList,
         )?;
         let mut list = vec![0 as CK_ULONG; count as usize];
         // SAFETY: `list` holds `count` elements.
         check(
-            unsafe { self.lib.C_GetMechanismList(slot, list.as_mut_ptr(), &mut count) },
+            unsafe {
+                self.lib
+                    .C_GetMechanismList(slot, list.as_mut_ptr(), &mut count)
+            },
             Function::GetMechanismList,
         )?;
         list.truncate(count as usize);
@@ -118,7 +124,10 @@ impl RawModule {
         };
         // SAFETY: `mech` outlives the call; the key handle belongs to this application.
         check(
-            unsafe { self.lib.C_SignInit(session.handle(), &mut mech, key.handle()) },
+            unsafe {
+                self.lib
+                    .C_SignInit(session.handle(), &mut mech, key.handle())
+            },
             Function::SignInit,
         )?;
         let mut out = vec![0u8; 64];
