@@ -14,6 +14,7 @@
 //! - [`wrap`]: the init package — keys wrapped to a device public key.
 //! - [`catalog`]: the key catalog in SQLite or PostgreSQL (labels, KCVs,
 //!   versions, states; never key bytes).
+//! - [`signing`]: token key pairs (CA, TLS, permits) signing through the pool.
 //! - [`service`]: [`Kms`], the facade the server uses.
 //!
 //! Must not: expose a `cryptoki` type above [`hsm`]; hold key bytes outside
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod mac;
 pub mod pool;
 pub mod service;
+pub mod signing;
 pub mod types;
 pub mod wrap;
 

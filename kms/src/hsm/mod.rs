@@ -143,6 +143,26 @@ pub enum PublicKey {
     },
 }
 
+/// Asymmetric key pairs Keyward keeps on the token (CA, TLS, permit signing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPairKind {
+    P256,
+    /// RSA with the modulus size in bits (public exponent 65537).
+    Rsa(u32),
+}
+
+/// Signature mechanisms for token key pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignMechanism {
+    /// ECDSA P-256 over SHA-256: the host hashes, the HSM signs the digest
+    /// (`CKM_ECDSA`; SoftHSM has no `CKM_ECDSA_SHA256`). Output: raw `r || s`.
+    EcdsaSha256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (`CKM_SHA256_RSA_PKCS`).
+    RsaPkcs1Sha256,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256, 32-byte salt (TLS 1.3).
+    RsaPssSha256,
+}
+
 /// Mechanisms Keyward can ask the token about (see [`Hsm::supports`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MechanismId {
@@ -162,6 +182,9 @@ pub enum MechanismId {
     EcKeyPairGen,
     Ecdh1Derive,
     Ecdsa,
+    RsaKeyPairGen,
+    Sha256RsaPkcs,
+    Sha256RsaPkcsPss,
 }
 
 /// The one trait at the PKCS#11 seam. Blocking; implementations are shared
@@ -210,4 +233,13 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     fn import_public_key(&self, key: &PublicKey) -> Result<ObjectId>;
     fn wrap_key(&self, wrapping: ObjectId, mech: WrapMechanism, key: ObjectId) -> Result<Vec<u8>>;
     fn destroy(&self, obj: ObjectId) -> Result<()>;
+    /// A key pair generated inside the HSM as token objects labelled `label`:
+    /// the private key sensitive, never extractable, sign-only.
+    fn generate_key_pair(&self, kind: KeyPairKind, label: &str) -> Result<(ObjectId, PublicKey)>;
+    /// A private key token object by label.
+    fn find_private_key(&self, label: &str) -> Result<Option<ObjectId>>;
+    /// The public half of the key pair labelled `label`.
+    fn public_key(&self, label: &str) -> Result<Option<PublicKey>>;
+    /// Signs `data` (the whole message; hashing is part of the mechanism).
+    fn sign(&self, key: ObjectId, mech: SignMechanism, data: &[u8]) -> Result<Vec<u8>>;
 }

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
-use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
@@ -20,8 +20,8 @@ use secrecy::SecretString;
 
 use super::raw::RawModule;
 use super::{
-    Cipher, Derivation, Hsm, KeySpec, MacMechanism, MechanismId, ObjectId, PublicKey, SecretKind,
-    WrapMechanism,
+    Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId, ObjectId, PublicKey,
+    SecretKind, SignMechanism, WrapMechanism,
 };
 use crate::error::{KmsError, Result};
 
@@ -345,6 +345,16 @@ fn handle_from_raw(h: u64) -> ObjectHandle {
     unsafe { ObjectHandle::new_from_raw(h) }
 }
 
+/// `CKA_EC_POINT` is a DER OCTET STRING around the 65-byte uncompressed point
+/// (some modules return the bare point).
+fn strip_ec_point(p: &[u8]) -> Option<Vec<u8>> {
+    match p {
+        [0x04, 0x41, rest @ ..] if rest.len() == 65 => Some(rest.to_vec()),
+        p if p.len() == 65 && p[0] == 0x04 => Some(p.to_vec()),
+        _ => None,
+    }
+}
+
 fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
     let slots = ctx.get_slots_with_token().map_err(map_err)?;
     for slot in slots {
@@ -376,6 +386,9 @@ pub(crate) fn mechanism_name(m: MechanismId) -> &'static str {
         MechanismId::EcKeyPairGen => "CKM_EC_KEY_PAIR_GEN",
         MechanismId::Ecdh1Derive => "CKM_ECDH1_DERIVE",
         MechanismId::Ecdsa => "CKM_ECDSA",
+        MechanismId::RsaKeyPairGen => "CKM_RSA_PKCS_KEY_PAIR_GEN",
+        MechanismId::Sha256RsaPkcs => "CKM_SHA256_RSA_PKCS",
+        MechanismId::Sha256RsaPkcsPss => "CKM_SHA256_RSA_PKCS_PSS",
     }
 }
 
@@ -411,6 +424,9 @@ impl Hsm for Pkcs11Hsm {
             MechanismId::EcKeyPairGen => MechanismType::ECC_KEY_PAIR_GEN.into(),
             MechanismId::Ecdh1Derive => MechanismType::ECDH1_DERIVE.into(),
             MechanismId::Ecdsa => MechanismType::ECDSA.into(),
+            MechanismId::RsaKeyPairGen => MechanismType::RSA_PKCS_KEY_PAIR_GEN.into(),
+            MechanismId::Sha256RsaPkcs => MechanismType::SHA256_RSA_PKCS.into(),
+            MechanismId::Sha256RsaPkcsPss => MechanismType::SHA256_RSA_PKCS_PSS.into(),
         })
     }
 
@@ -551,17 +567,10 @@ impl Hsm for Pkcs11Hsm {
             };
             Ok((point, privh))
         })?;
-        // CKA_EC_POINT is a DER OCTET STRING around the 65-byte point.
-        let point = match point.as_slice() {
-            [0x04, 0x41, rest @ ..] if rest.len() == 65 => rest.to_vec(),
-            p if p.len() == 65 => p.to_vec(),
-            _ => {
-                return Err(KmsError::Hsm {
-                    function: "GetAttributeValue".into(),
-                    rv: "unexpected CKA_EC_POINT encoding".into(),
-                });
-            }
-        };
+        let point = strip_ec_point(&point).ok_or_else(|| KmsError::Hsm {
+            function: "GetAttributeValue".into(),
+            rv: "unexpected CKA_EC_POINT encoding".into(),
+        })?;
         Ok((self.id(private, epoch), point))
     }
 
@@ -627,6 +636,143 @@ impl Hsm for Pkcs11Hsm {
             // Already gone with its session or epoch: nothing left to destroy.
             Err(KmsError::Stale) => Ok(()),
             other => other,
+        }
+    }
+
+    fn generate_key_pair(&self, kind: KeyPairKind, label: &str) -> Result<(ObjectId, PublicKey)> {
+        let id = label.as_bytes().to_vec();
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(id.clone()),
+            Attribute::Id(id.clone()),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+        ];
+        let private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(id.clone()),
+            Attribute::Id(id),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Derive(false),
+            Attribute::Unwrap(false),
+        ];
+        let mech = match kind {
+            KeyPairKind::P256 => {
+                public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
+                Mechanism::EccKeyPairGen
+            }
+            KeyPairKind::Rsa(bits) => {
+                public.push(Attribute::ModulusBits(u64::from(bits).into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+        };
+        let private_id = self.create(&[], |s| {
+            s.generate_key_pair(&mech, &public, &private)
+                .map(|(_, privh)| privh)
+        })?;
+        let public = self
+            .public_key(label)?
+            .ok_or_else(|| KmsError::KeyMissing(label.to_owned()))?;
+        Ok((private_id, public))
+    }
+
+    fn find_private_key(&self, label: &str) -> Result<Option<ObjectId>> {
+        let _guard = lock(&self.objects);
+        let epoch = self.epoch();
+        let template = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let found = self.with_session(&[], |s| s.find_objects(&template))?;
+        Ok(found.first().map(|h| self.id(*h, epoch)))
+    }
+
+    fn public_key(&self, label: &str) -> Result<Option<PublicKey>> {
+        let _guard = lock(&self.objects);
+        let template = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let attrs = self.with_session(&[], |s| {
+            let Some(h) = s.find_objects(&template)?.first().copied() else {
+                return Ok(None);
+            };
+            s.get_attributes(
+                h,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::EcPoint,
+                    AttributeType::Modulus,
+                    AttributeType::PublicExponent,
+                ],
+            )
+            .map(Some)
+        })?;
+        let Some(attrs) = attrs else { return Ok(None) };
+        let (mut point, mut modulus, mut exponent, mut key_type) = (None, None, None, None);
+        for a in attrs {
+            match a {
+                Attribute::KeyType(k) => key_type = Some(k),
+                Attribute::EcPoint(p) => point = Some(p),
+                Attribute::Modulus(m) => modulus = Some(m),
+                Attribute::PublicExponent(e) => exponent = Some(e),
+                _ => {}
+            }
+        }
+        let bad = |what: &str| KmsError::Hsm {
+            function: "GetAttributeValue".into(),
+            rv: format!("public key {what}"),
+        };
+        match key_type {
+            Some(KeyType::EC) => {
+                let p = point.ok_or_else(|| bad("without CKA_EC_POINT"))?;
+                Ok(Some(PublicKey::P256(
+                    strip_ec_point(&p).ok_or_else(|| bad("point encoding"))?,
+                )))
+            }
+            Some(KeyType::RSA) => Ok(Some(PublicKey::Rsa {
+                modulus: modulus.ok_or_else(|| bad("without CKA_MODULUS"))?,
+                exponent: exponent.ok_or_else(|| bad("without CKA_PUBLIC_EXPONENT"))?,
+            })),
+            _ => Err(bad("of an unsupported type")),
+        }
+    }
+
+    fn sign(&self, key: ObjectId, mech: SignMechanism, data: &[u8]) -> Result<Vec<u8>> {
+        use sha2::Digest;
+        match mech {
+            SignMechanism::EcdsaSha256 => {
+                let digest = sha2::Sha256::digest(data);
+                self.with_session(&[key], |s| {
+                    s.sign(&Mechanism::Ecdsa, Self::handle(key), &digest)
+                })
+            }
+            SignMechanism::RsaPkcs1Sha256 => self.with_session(&[key], |s| {
+                s.sign(&Mechanism::Sha256RsaPkcs, Self::handle(key), data)
+            }),
+            SignMechanism::RsaPssSha256 => {
+                let params = PkcsPssParams {
+                    hash_alg: MechanismType::SHA256,
+                    mgf: PkcsMgfType::MGF1_SHA256,
+                    s_len: 32u64.into(),
+                };
+                self.with_session(&[key], |s| {
+                    s.sign(
+                        &Mechanism::Sha256RsaPkcsPss(params),
+                        Self::handle(key),
+                        data,
+                    )
+                })
+            }
         }
     }
 }
