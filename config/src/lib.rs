@@ -61,6 +61,135 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub ca: CaConfig,
+}
+
+/// The network service: a public mTLS listener for devices and a separate
+/// admin listener (admin API over mTLS with operator certificates, plus
+/// `/metrics`, `/live`, `/ready`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_public_listen")]
+    pub public_listen: String,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// DNS names and IP addresses put in the server TLS certificate.
+    #[serde(default = "default_public_names")]
+    pub public_names: Vec<String>,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Requests served at once; more are shed with 503.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// How often the CRL used for client-certificate checks is rebuilt.
+    #[serde(default = "default_crl_refresh_secs")]
+    pub crl_refresh_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            public_listen: default_public_listen(),
+            admin_listen: default_admin_listen(),
+            public_names: default_public_names(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_body_bytes: default_max_body_bytes(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            crl_refresh_secs: default_crl_refresh_secs(),
+        }
+    }
+}
+
+/// Keyward's certificate authority.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Key algorithm of the CA keys: `p256` or `rsa3072`.
+    #[serde(default = "default_ca_key_algorithm")]
+    pub key_algorithm: String,
+    /// Organisation (O) in CA and issued subjects.
+    #[serde(default = "default_ca_organization")]
+    pub organization: String,
+    #[serde(default = "default_root_validity_days")]
+    pub root_validity_days: u32,
+    #[serde(default = "default_issuing_validity_days")]
+    pub issuing_validity_days: u32,
+    #[serde(default = "default_device_validity_days")]
+    pub device_validity_days: u32,
+    #[serde(default = "default_server_validity_days")]
+    pub server_validity_days: u32,
+    #[serde(default = "default_operator_validity_days")]
+    pub operator_validity_days: u32,
+    /// CRL next-update distance; the CRL is re-signed well before it.
+    #[serde(default = "default_crl_validity_hours")]
+    pub crl_validity_hours: u32,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            key_algorithm: default_ca_key_algorithm(),
+            organization: default_ca_organization(),
+            root_validity_days: default_root_validity_days(),
+            issuing_validity_days: default_issuing_validity_days(),
+            device_validity_days: default_device_validity_days(),
+            server_validity_days: default_server_validity_days(),
+            operator_validity_days: default_operator_validity_days(),
+            crl_validity_hours: default_crl_validity_hours(),
+        }
+    }
+}
+
+fn default_public_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9443".into()
+}
+fn default_public_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_concurrent_requests() -> usize {
+    1024
+}
+fn default_crl_refresh_secs() -> u64 {
+    60
+}
+fn default_ca_key_algorithm() -> String {
+    "p256".into()
+}
+fn default_ca_organization() -> String {
+    "Keyward".into()
+}
+fn default_root_validity_days() -> u32 {
+    7300
+}
+fn default_issuing_validity_days() -> u32 {
+    3650
+}
+fn default_device_validity_days() -> u32 {
+    1825
+}
+fn default_server_validity_days() -> u32 {
+    397
+}
+fn default_operator_validity_days() -> u32 {
+    365
+}
+fn default_crl_validity_hours() -> u32 {
+    24
 }
 
 /// How to reach the PKCS#11 token.
@@ -333,6 +462,26 @@ impl Config {
             return Err(ConfigError::key(
                 "database.url",
                 "must start with sqlite://, postgres:// or postgresql://",
+            ));
+        }
+        if !matches!(self.ca.key_algorithm.as_str(), "p256" | "rsa3072") {
+            return Err(ConfigError::key(
+                "ca.key_algorithm",
+                "must be p256 or rsa3072",
+            ));
+        }
+        for (key, addr) in [
+            ("server.public_listen", &self.server.public_listen),
+            ("server.admin_listen", &self.server.admin_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::key(key, "must be an IP:port socket address"));
+            }
+        }
+        if self.server.public_names.is_empty() {
+            return Err(ConfigError::key(
+                "server.public_names",
+                "must name at least one host",
             ));
         }
         if self.database.max_connections == 0 {
