@@ -40,7 +40,7 @@ pub(crate) async fn verify(kms: &Kms, items: Vec<MacItem>) -> Vec<MacOutcome> {
         let ik = match issuers.get(&issuer) {
             Some(r) => r.clone(),
             None => {
-                let r = kms.issuer_keys_pub(&issuer).await.map_err(|e| e.code());
+                let r = kms.issuer_keys(&issuer).await.map_err(|e| e.code());
                 issuers.insert(issuer.clone(), r.clone());
                 r
             }

@@ -166,14 +166,13 @@ impl Kms {
     /// Checks that the token offers every mechanism the catalog's issuers (and
     /// the init package) need; the error names the first one missing.
     pub async fn probe(&self) -> Result<()> {
-        let mut families: Vec<KeyFamily> = self
+        let families: Vec<KeyFamily> = self
             .catalog
             .issuers()
             .await?
             .into_iter()
             .map(|i| i.family)
             .collect();
-        families.dedup();
         self.probe_families(&families).await
     }
 
@@ -293,7 +292,7 @@ impl Kms {
             .ok_or_else(|| KmsError::UnknownIssuer(id.clone()))
     }
 
-    async fn issuer_keys(&self, id: &IssuerId) -> Result<IssuerKeys> {
+    pub(crate) async fn issuer_keys(&self, id: &IssuerId) -> Result<IssuerKeys> {
         if let Some(ik) = self
             .issuers
             .read()
@@ -442,10 +441,6 @@ impl Kms {
             });
         }
         Ok(rec)
-    }
-
-    pub(crate) async fn issuer_keys_pub(&self, id: &IssuerId) -> Result<IssuerKeys> {
-        self.issuer_keys(id).await
     }
 
     pub(crate) fn cache_arc(&self) -> Arc<KeyCache> {

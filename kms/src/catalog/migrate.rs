@@ -38,9 +38,11 @@ fn embedded(kind: DatabaseKind) -> &'static [Embedded] {
     }
 }
 
-/// The migrator for one backend.
+/// The migrator for one backend. Other crates (the CA) keep their own
+/// migrations, in their own version range, in the same `_sqlx_migrations`
+/// table; `ignore_missing` lets this migrator pass over their rows.
 pub(super) fn migrator(kind: DatabaseKind) -> Migrator {
-    Migrator::with_migrations(
+    let mut migrator = Migrator::with_migrations(
         embedded(kind)
             .iter()
             .map(|&(version, description, sql)| {
@@ -53,7 +55,9 @@ pub(super) fn migrator(kind: DatabaseKind) -> Migrator {
                 )
             })
             .collect(),
-    )
+    );
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 /// Applies what is missing; a second run changes nothing. Concurrent starts

@@ -101,6 +101,12 @@ impl Catalog {
         self.kind
     }
 
+    /// The connection pool, for crates that keep their own tables in the same
+    /// database (the CA's registry); they follow the transaction rules above.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     // ---- issuers -----------------------------------------------------------
 
     /// Records an issuer with its master keys in one transaction, so an issuer

@@ -1,0 +1,43 @@
+-- Audit trail (SQLite). Append-only and hash-chained: each record's `hash` is
+-- SHA-256(prev_hash || canonical record) (see server/src/audit.rs), so an
+-- edited, removed or reordered record breaks the chain at that record.
+-- `audit_head` holds the last seq and hash; writers lock it (BEGIN IMMEDIATE
+-- here, SELECT ... FOR UPDATE on PostgreSQL) so appends are serialised.
+-- Times are unix milliseconds. Keep in step with ../postgres/2001_audit.sql.
+-- Versions 2001+ belong to the server (kms uses 1.., the CA 1001..).
+
+CREATE TABLE audit_log (
+    seq         INTEGER NOT NULL PRIMARY KEY CHECK (seq > 0),
+    at_ms       INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,
+    action      TEXT    NOT NULL,
+    target      TEXT    NOT NULL,
+    outcome     TEXT    NOT NULL,
+    request_id  TEXT    NOT NULL,
+    detail_json TEXT    NOT NULL,
+    prev_hash   TEXT    NOT NULL CHECK (length(prev_hash) = 64),
+    hash        TEXT    NOT NULL CHECK (length(hash) = 64)
+) STRICT;
+
+CREATE INDEX audit_log_at ON audit_log (at_ms);
+
+CREATE TABLE audit_head (
+    id   INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL CHECK (seq >= 0),
+    hash TEXT    NOT NULL CHECK (length(hash) = 64)
+) STRICT;
+
+INSERT INTO audit_head (id, seq, hash)
+VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+-- The application never updates or deletes a record; neither may anyone else
+-- without first dropping these triggers (which the hash chain then reveals).
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;

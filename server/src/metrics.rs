@@ -1,0 +1,352 @@
+//! Prometheus metrics: one registry owned by the server, rendered in the text
+//! format on the admin listener's `/metrics`.
+//!
+//! Names follow `keyward_<subsystem>_<what>_<unit>`; counters end in `_total`.
+//! Labels are bounded: HTTP routes are the matched route *templates*
+//! (`/admin/v1/ca/certificates/{serial}`), never raw paths, and no device id,
+//! serial or peer address is ever a label value.
+//!
+//! Counters kept by lower crates as plain atomics (HSM pool, derived-key
+//! cache) are copied into the registry when `/metrics` is scraped
+//! ([`Metrics::sample`]), so `kms` needs no metrics dependency.
+
+use std::time::Duration;
+
+use keyward_kms::Kms;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the server exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub hsm_pool_busy: IntGauge,
+    pub hsm_pool_queued: IntGauge,
+    pub hsm_pool_workers: IntGauge,
+    pub hsm_jobs_rejected: IntCounter,
+    pub hsm_jobs_completed: IntCounter,
+    pub hsm_op_duration: HistogramVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_evictions: IntCounter,
+    pub certificates_issued: IntCounterVec,
+    pub certificates_revoked: IntCounter,
+    pub crl_age_seconds: IntGauge,
+    pub crl_number: IntGauge,
+    pub tls_config_reloads: IntCounter,
+    pub db_pool_connections: IntGaugeVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub audit_records: IntCounterVec,
+    pub audit_write_failures: IntCounter,
+    pub audit_suppressed: IntCounterVec,
+}
+
+/// The listener a connection arrived on (a bounded label value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+impl Listener {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(name, help))?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(Opts::new(name, help))?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        // 0.5 ms .. ~16 s: covers a cached MAC check and a slow RSA keygen.
+        let latency = prometheus::exponential_buckets(0.0005, 2.0, 16)?;
+        let m = Self {
+            http_requests: counter_vec(
+                &r,
+                "keyward_http_requests_total",
+                "HTTP requests answered, by matched route template and status code.",
+                &["listener", "route", "status"],
+            )?,
+            http_duration: histogram_vec(
+                &r,
+                "keyward_http_request_duration_seconds",
+                "Time from request to response head, by matched route template.",
+                &["listener", "route"],
+                latency.clone(),
+            )?,
+            hsm_pool_busy: gauge(
+                &r,
+                "keyward_hsm_pool_busy",
+                "HSM worker sessions running a job now.",
+            )?,
+            hsm_pool_queued: gauge(
+                &r,
+                "keyward_hsm_pool_queued",
+                "HSM jobs waiting for a worker session.",
+            )?,
+            hsm_pool_workers: gauge(
+                &r,
+                "keyward_hsm_pool_workers",
+                "HSM worker sessions (configured hsm.sessions).",
+            )?,
+            hsm_jobs_rejected: counter(
+                &r,
+                "keyward_hsm_jobs_rejected_total",
+                "HSM jobs refused because the queue was full (answered 503 hsm_busy).",
+            )?,
+            hsm_jobs_completed: counter(
+                &r,
+                "keyward_hsm_jobs_completed_total",
+                "HSM jobs finished, with any outcome.",
+            )?,
+            hsm_op_duration: histogram_vec(
+                &r,
+                "keyward_hsm_operation_duration_seconds",
+                "Latency of HSM-backed operations called by the server, by operation and outcome.",
+                &["operation", "outcome"],
+                latency,
+            )?,
+            cache_hits: counter(
+                &r,
+                "keyward_hsm_derived_key_cache_hits_total",
+                "Derived-key cache hits.",
+            )?,
+            cache_misses: counter(
+                &r,
+                "keyward_hsm_derived_key_cache_misses_total",
+                "Derived-key cache misses (a derivation in the HSM).",
+            )?,
+            cache_evictions: counter(
+                &r,
+                "keyward_hsm_derived_key_cache_evictions_total",
+                "Derived keys evicted from the cache (session object destroyed).",
+            )?,
+            certificates_issued: counter_vec(
+                &r,
+                "keyward_certificates_issued_total",
+                "Certificates issued by this process, by profile.",
+                &["profile"],
+            )?,
+            certificates_revoked: counter(
+                &r,
+                "keyward_certificates_revoked_total",
+                "Certificates revoked by this process.",
+            )?,
+            crl_age_seconds: gauge(
+                &r,
+                "keyward_crl_age_seconds",
+                "Seconds since thisUpdate of the CRL the TLS listeners check client certificates against.",
+            )?,
+            crl_number: gauge(
+                &r,
+                "keyward_crl_number",
+                "CRL number in force on the TLS listeners.",
+            )?,
+            tls_config_reloads: counter(
+                &r,
+                "keyward_tls_config_reloads_total",
+                "TLS server configurations rebuilt for a new CRL.",
+            )?,
+            db_pool_connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "keyward_db_pool_connections",
+                        "Database pool connections by state (idle, in_use).",
+                    ),
+                    &["state"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            tls_handshake_failures: counter_vec(
+                &r,
+                "keyward_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out, by listener.",
+                &["listener"],
+            )?,
+            audit_records: counter_vec(
+                &r,
+                "keyward_audit_records_total",
+                "Audit records written, by action.",
+                &["action"],
+            )?,
+            audit_write_failures: counter(
+                &r,
+                "keyward_audit_write_failures_total",
+                "Audit records that could not be written (the operation was refused).",
+            )?,
+            audit_suppressed: counter_vec(
+                &r,
+                "keyward_audit_suppressed_total",
+                "Refused-TLS-client audit records not written because of the rate limit, by listener.",
+                &["listener"],
+            )?,
+            registry: r,
+        };
+        Ok(m)
+    }
+
+    /// Copies the kms counters and gauges into the registry.
+    pub fn sample(&self, kms: &Kms) {
+        let pool = kms.pool();
+        let stats = pool.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.hsm_pool_busy
+            .set(i64::try_from(stats.busy.load(Relaxed)).unwrap_or(i64::MAX));
+        self.hsm_pool_queued
+            .set(i64::try_from(pool.queued()).unwrap_or(i64::MAX));
+        self.hsm_pool_workers
+            .set(i64::try_from(pool.workers()).unwrap_or(i64::MAX));
+        catch_up(&self.hsm_jobs_rejected, stats.rejected.load(Relaxed));
+        catch_up(&self.hsm_jobs_completed, stats.completed.load(Relaxed));
+        let cache = &kms.cache().stats;
+        catch_up(&self.cache_hits, cache.hits.load(Relaxed));
+        catch_up(&self.cache_misses, cache.misses.load(Relaxed));
+        catch_up(&self.cache_evictions, cache.evictions.load(Relaxed));
+        let db = kms.catalog().pool();
+        let size = i64::from(db.size());
+        let idle = i64::try_from(db.num_idle()).unwrap_or(i64::MAX);
+        self.db_pool_connections.with_label_values(&["idle"]).set(idle);
+        self.db_pool_connections
+            .with_label_values(&["in_use"])
+            .set((size - idle).max(0));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> (String, String) {
+        let encoder = TextEncoder::new();
+        let mut out = String::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        (encoder.format_type().to_owned(), out)
+    }
+
+    /// Records one HSM-backed operation's latency and outcome.
+    pub fn observe_hsm(&self, operation: &'static str, outcome: &'static str, took: Duration) {
+        self.hsm_op_duration
+            .with_label_values(&[operation, outcome])
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Raises `counter` to `total` (counters only go up; a lower total, after a
+/// restart of the source, is ignored).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// Times an HSM-backed future and records it under `operation`; the outcome
+/// label is `ok`, `busy` (queue full) or `error`.
+pub async fn timed_hsm<T, E, F>(metrics: &Metrics, operation: &'static str, fut: F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: HsmOutcome,
+{
+    let start = std::time::Instant::now();
+    let out = fut.await;
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    };
+    metrics.observe_hsm(operation, outcome, start.elapsed());
+    out
+}
+
+/// Classifies an error for the `outcome` label.
+pub trait HsmOutcome {
+    fn outcome(&self) -> &'static str;
+}
+
+impl HsmOutcome for keyward_kms::KmsError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            keyward_kms::KmsError::Busy => "busy",
+            e if e.is_client_error() => "rejected",
+            _ => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_renders_every_family() {
+        let m = Metrics::new().unwrap();
+        m.http_requests
+            .with_label_values(&["admin", "/live", "200"])
+            .inc();
+        m.observe_hsm("tls_sign", "ok", Duration::from_millis(2));
+        m.certificates_issued.with_label_values(&["device"]).inc();
+        m.tls_handshake_failures
+            .with_label_values(&["public"])
+            .inc();
+        let (ct, text) = m.render();
+        assert!(ct.starts_with("text/plain"));
+        for name in [
+            "keyward_http_requests_total",
+            "keyward_hsm_operation_duration_seconds_bucket",
+            "keyward_certificates_issued_total",
+            "keyward_tls_handshake_failures_total",
+            "keyward_hsm_pool_busy",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn catch_up_only_rises() {
+        let c = IntCounter::new("x_total", "x").unwrap();
+        catch_up(&c, 5);
+        catch_up(&c, 3);
+        catch_up(&c, 7);
+        assert_eq!(c.get(), 7);
+    }
+}
