@@ -31,8 +31,8 @@ pub fn verified_csr_key(input: &[u8]) -> Result<SubjectKey> {
     }
     let pem_der;
     let der = if looks_like_pem(input) {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(input)
-            .map_err(|_| CaError::CsrInvalid("bad PEM"))?;
+        let (_, pem) =
+            x509_parser::pem::parse_x509_pem(input).map_err(|_| CaError::CsrInvalid("bad PEM"))?;
         if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
             return Err(CaError::CsrInvalid("PEM label is not CERTIFICATE REQUEST"));
         }
@@ -82,9 +82,7 @@ pub(crate) fn subject_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<SubjectKey>
             Some(c) if c == OID_NIST_EC_P384 => {
                 SubjectKey::ec(raw, &rcgen::PKCS_ECDSA_P384_SHA384, 97)
             }
-            _ => Err(CaError::UnsupportedKey(
-                "EC keys must be on P-256 or P-384",
-            )),
+            _ => Err(CaError::UnsupportedKey("EC keys must be on P-256 or P-384")),
         }
     } else {
         Err(CaError::UnsupportedKey(

@@ -1,5 +1,5 @@
 //! rcgen's view of a key pair that lives in the HSM: [`HsmKey`] implements
-//! rcgen's `PublicKeyData` and `SigningKey` over a kms [`SigningKey`], so rcgen
+//! rcgen's `PublicKeyData` and `SigningKey` over a kms `SigningKey`, so rcgen
 //! builds the to-be-signed bytes and the HSM signs them. The private key never
 //! leaves the token. Also [`SubjectKey`], a public key to be certified (from a
 //! CSR or from kms), in the same form.
@@ -18,7 +18,7 @@ use crate::error::{CaError, Result};
 const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 
 /// An HSM key pair as an rcgen signer. Cheap to clone; each signing
-/// operation takes its own [`HsmKey::for_operation`] copy so that a failure's
+/// operation takes its own copy (`for_operation`) so that a failure's
 /// kms error can be reported instead of rcgen's opaque `RemoteKeyError`.
 #[derive(Clone)]
 pub struct HsmKey {
@@ -131,11 +131,7 @@ impl SubjectKey {
         }
     }
 
-    pub(crate) fn ec(
-        point: Vec<u8>,
-        alg: &'static SignatureAlgorithm,
-        len: usize,
-    ) -> Result<Self> {
+    pub(crate) fn ec(point: Vec<u8>, alg: &'static SignatureAlgorithm, len: usize) -> Result<Self> {
         if point.len() != len || point.first() != Some(&0x04) {
             return Err(CaError::UnsupportedKey(
                 "EC keys must be uncompressed points on their curve",
@@ -250,7 +246,9 @@ mod tests {
         let der = rsa_public_key_der(&[0x00, 0x80, 0x01], &[0x01, 0x00, 0x01]);
         assert_eq!(
             der,
-            [0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01]
+            [
+                0x30, 0x0a, 0x02, 0x03, 0x00, 0x80, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01
+            ]
         );
         let modulus = vec![0xC5; 384];
         let der = rsa_public_key_der(&modulus, &[1, 0, 1]);

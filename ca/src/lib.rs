@@ -1,8 +1,45 @@
-//! Keyward's certificate authority: a root and an issuing CA whose private
-//! keys live in the HSM, issuing device, server-TLS, operator and
-//! load-permit certificates, with revocation, CRLs and OCSP.
+//! Keyward's certificate authority: a root CA and an issuing CA whose private
+//! keys live in the HSM (signing goes through `keyward-kms`; no private key
+//! ever leaves the token), certificates issued from CSRs or HSM public keys
+//! under fixed profiles, a registry of every certificate in the catalog
+//! database, revocation, and CRLs signed by the issuing CA.
 //!
 //! # Layout
-//! Empty until the CA issue lands; it will sign only through `keyward-kms`
-//! (no private key ever leaves the HSM) and use `rcgen` and `x509-parser`,
-//! which no other crate may depend on.
+//! - [`Ca`] (`authority`): bootstrap (idempotent: keys `keyward/ca/root` and
+//!   `keyward/ca/issuing`, the two CA certificates, the first CRL), issuance,
+//!   registry queries, revocation, CRL signing and refresh.
+//! - [`profile`]: [`Profile`] (`device`, `server-tls`, `operator`,
+//!   `load-permit`), [`Role`], [`IssueRequest`]: the profile alone decides a
+//!   certificate's subject, extensions and validity.
+//! - `csr`: CSR parsing and signature check; only the public key is kept.
+//! - [`hsm_key`]: [`HsmKey`], an HSM key pair as rcgen's `SigningKey`, and
+//!   [`SubjectKey`], a public key to certify.
+//! - [`registry`]: [`Serial`], [`CertRecord`], [`CertStatus`],
+//!   [`RevocationReason`], [`CertFilter`].
+//! - `store` and `migrate`: the CA's tables (`ca_authorities`, `certificates`,
+//!   `ca_crl`) in the catalog database (`ca/migrations/{sqlite,postgres}`,
+//!   versions 101..=199 in the shared `_sqlx_migrations` table).
+//! - [`error`]: [`CaError`] with stable codes.
+//!
+//! OCSP is not provided: relying parties use the CRL (or, inside Keyward, the
+//! registry via [`Ca::is_revoked`]).
+//!
+//! Must not: sign with anything but an HSM key; trust a CSR for anything but
+//! its public key; reuse a serial; let a CRL number go backwards; put key
+//! bytes in an error or log line. No other crate depends on `rcgen`.
+
+mod authority;
+mod csr;
+pub mod error;
+pub mod hsm_key;
+mod migrate;
+pub mod profile;
+pub mod registry;
+mod store;
+
+pub use authority::{BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL};
+pub use csr::verified_csr_key;
+pub use error::{CaError, Result};
+pub use hsm_key::{HsmKey, SubjectKey};
+pub use profile::{IssueRequest, Profile, Role};
+pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};

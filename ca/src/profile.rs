@@ -138,7 +138,7 @@ pub struct IssueRequest {
     /// Server-TLS profile only, at least one: DNS names and IP literals.
     pub dns_names: Vec<String>,
     /// Load-permit profile only, optional: the subject CN (default
-    /// "<organization> Load Permit").
+    /// "`<organization>` Load Permit").
     pub common_name: Option<String>,
 }
 
@@ -309,7 +309,9 @@ fn is_dns_name(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -347,6 +349,9 @@ mod tests {
         for r in Role::ALL {
             assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
         }
-        assert_eq!("root".parse::<Profile>().unwrap_err().code(), "invalid_input");
+        assert_eq!(
+            "root".parse::<Profile>().unwrap_err().code(),
+            "invalid_input"
+        );
     }
 }

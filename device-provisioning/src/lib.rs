@@ -1,8 +1,119 @@
-//! Device provisioning (seed CN102004977A): manufacturing intake, the
-//! genuine-device check, original keys and the init package, customer
-//! registration with maker-checker review, and PSAM/ESAM binding.
+//! Device provisioning (seed CN102004977A steps 1-2, CN101957958A): the
+//! domain layer between the factory and an issued device. Manufacturing
+//! intake with device certificates, the genuine-device check, original keys
+//! through the init package, customer registration with maker-checker
+//! review, PSAM/ESAM binding to a customer per issuer, and the device
+//! lifecycle.
+//!
+//! [`Provisioning`] is the async API the server's admin routes and `kwctl`
+//! call. Every state-changing operation returns a [`Decision`]: the value
+//! with an [`AuditNote`] (actor, action, target, outcome, details), or a
+//! [`Refused`] holding the note and the typed [`ProvisioningError`] (stable
+//! [`ProvisioningError::code`], [`ProvisioningError::is_client_error`]). The
+//! server writes the note to its audit trail; this crate keeps no audit table.
+//!
+//! ```text
+//! import_batch ─▶ manufactured ─begin_check/complete_check─▶ verified
+//!   ─init_package/confirm_init─▶ initialised ─bind─▶ issued ⇄ suspended
+//!   (any state) ─transition─▶ retired (certificate revoked)
+//! apply ─▶ submitted ─approve (another operator)─▶ approved customer
+//!                    └reject─▶ rejected ─correct_and_resubmit / close
+//! ```
 //!
 //! # Layout
-//! Empty until the provisioning issue lands; it will build on `keyward-kms`
-//! (`Kms::init_package`, the key hierarchy) and `keyward-ca` (device
-//! certificates).
+//! - [`types`]: validated ids and values ([`BatchId`], [`OperatorId`],
+//!   [`DeviceState`] and its edges, [`CustomerApplication`], the redacted
+//!   [`NationalId`] and [`Contact`], …).
+//! - [`intake`]: the manifest format, all-or-nothing batch import, the
+//!   row-by-row [`ImportReport`].
+//! - [`check`]: HSM-random challenges and proof of possession of the
+//!   certified key (ECDSA P-256 / RSA PKCS#1, SHA-256, software verification).
+//! - [`init`]: init packages (`Kms::init_package`) per (device, issuer),
+//!   KCV confirmation, operator reinit.
+//! - [`customers`]: applications, review, approve/reject/resubmit/close.
+//! - [`binding`]: binding a device's secure element(s) to a customer.
+//! - [`lifecycle`]: the registry's read side and operator transitions.
+//! - [`certifier`]: [`DeviceCertifier`], the CA as provisioning uses it, and
+//!   its implementation for [`keyward_ca::Ca`].
+//! - [`audit`]: [`AuditNote`], [`Decision`], [`Refused`].
+//! - `store`: migrations (`migrations/{sqlite,postgres}`, versions 3001+,
+//!   tables `prov_*`) and the transaction rules of the key catalog.
+//! - [`error`]: [`ProvisioningError`], [`CertifierError`].
+//!
+//! Must not: hold or log key bytes (only the KCVs an init package announced
+//! are stored); log or audit a national id or contact address; move a device
+//! along an evidence edge without its evidence; hold a database transaction
+//! across an HSM or CA call.
+
+pub mod audit;
+pub mod binding;
+pub mod certifier;
+pub mod check;
+pub mod customers;
+pub mod error;
+pub mod init;
+pub mod intake;
+pub mod lifecycle;
+mod store;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_kms::Kms;
+
+pub use audit::{Action, Actor, AuditNote, Audited, Decision, Outcome, Refused};
+pub use binding::{BindRequest, Binding};
+pub use certifier::{
+    CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceKeyKind, RevokeReason,
+};
+pub use check::{CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, verify_signature};
+pub use customers::{ApplicationView, Customer};
+pub use error::{CertifierError, ProvisioningError, Result};
+pub use init::{InitRecord, InitState};
+pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
+pub use lifecycle::DeviceRecord;
+pub use types::{
+    Account, ApplicationId, ApplicationState, BatchId, Contact, ContactKind, CustomerApplication,
+    CustomerId, DeviceState, NationalId, OperatorId, Reason, SeSerial, SecureElement,
+};
+
+/// The provisioning service. Cheap to clone: clones share the HSM pool, the
+/// database pool and the certifier.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    kms: Kms,
+    certifier: Arc<dyn DeviceCertifier>,
+    store: store::Store,
+    challenge_ttl: Duration,
+}
+
+impl Provisioning {
+    /// Brings the provisioning tables up to date in the catalog's database
+    /// (the kms catalog must be migrated first: `Kms::open` does that) and
+    /// returns the service.
+    pub async fn new(kms: Kms, certifier: Arc<dyn DeviceCertifier>) -> Result<Self> {
+        let store = store::Store::new(kms.catalog());
+        store.migrate().await?;
+        Ok(Self {
+            kms,
+            certifier,
+            store,
+            challenge_ttl: DEFAULT_CHALLENGE_TTL,
+        })
+    }
+
+    /// Sets how long a genuine-device challenge stays valid.
+    pub fn with_challenge_ttl(mut self, ttl: Duration) -> Self {
+        self.challenge_ttl = ttl;
+        self
+    }
+
+    pub fn kms(&self) -> &Kms {
+        &self.kms
+    }
+
+    pub fn certifier(&self) -> &Arc<dyn DeviceCertifier> {
+        &self.certifier
+    }
+}

@@ -313,6 +313,16 @@ impl HsmOutcome for keyward_kms::KmsError {
     }
 }
 
+impl HsmOutcome for keyward_ca::CaError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            keyward_ca::CaError::Kms(e) => e.outcome(),
+            e if e.is_client_error() => "rejected",
+            _ => "error",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

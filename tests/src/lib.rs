@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`device`]: the device side of PROTOCOL.md in software.
+//! - [`simulator`]: a whole software device for provisioning tests (key pair,
+//!   CSR, challenge signatures, init package, working keys, MACs).
 //! - [`softhsm`]: a fresh SoftHSM token per test.
 //! - [`db`]: a fresh, migrated catalog database per test.
 //! - [`vectors`]: loader for `vectors.json`.
@@ -11,5 +13,6 @@
 
 pub mod db;
 pub mod device;
+pub mod simulator;
 pub mod softhsm;
 pub mod vectors;

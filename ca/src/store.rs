@@ -1,0 +1,465 @@
+//! The CA's tables, in the key catalog's database through the same sqlx Any
+//! pool, with the catalog's transaction rules: every multi-statement write is
+//! one transaction, `BEGIN IMMEDIATE` on SQLite and `SERIALIZABLE` on
+//! PostgreSQL, retried when PostgreSQL reports a serialization failure or
+//! deadlock.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keyward_config::DatabaseKind;
+use keyward_kms::catalog::Catalog;
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::error::{CaError, Result};
+use crate::profile::{Profile, Role};
+use crate::registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};
+
+/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
+const MAX_ATTEMPTS: u32 = 8;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// A CA certificate as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthorityRow {
+    pub serial: String,
+    pub pem: String,
+}
+
+/// A certificate to register.
+#[derive(Debug, Clone)]
+pub(crate) struct NewCert<'a> {
+    pub serial: &'a Serial,
+    pub profile: Profile,
+    pub subject: &'a str,
+    pub device_id: Option<String>,
+    pub role: Option<Role>,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+    pub pem: &'a str,
+}
+
+/// A revoked certificate as a CRL lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct RevokedEntry {
+    pub serial: Serial,
+    pub revoked_at_ms: i64,
+    pub reason: RevocationReason,
+}
+
+/// What one CRL is built from: its number and a consistent snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct CrlSnapshot {
+    pub number: i64,
+    pub revision: i64,
+    pub revoked: Vec<RevokedEntry>,
+}
+
+/// The CRL state row.
+#[derive(Debug, Clone)]
+pub(crate) struct CrlState {
+    pub revision: i64,
+    pub latest: Option<StoredCrl>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StoredCrl {
+    pub number: i64,
+    pub covers_revision: i64,
+    pub this_update_ms: i64,
+    pub next_update_ms: i64,
+    pub der: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    pool: AnyPool,
+    kind: DatabaseKind,
+}
+
+impl Store {
+    pub fn new(catalog: &Catalog) -> Self {
+        Self {
+            pool: catalog.pool().clone(),
+            kind: catalog.kind(),
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        crate::migrate::run(&self.pool, self.kind).await
+    }
+
+    // ---- CA certificates -----------------------------------------------------
+
+    pub async fn authority(&self, name: &'static str) -> Result<Option<AuthorityRow>> {
+        let row = sqlx::query("SELECT serial, pem FROM ca_authorities WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(AuthorityRow {
+                serial: r.try_get("serial")?,
+                pem: r.try_get("pem")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a CA certificate unless one is already recorded under `name`
+    /// (another replica won the race); returns whether this one was written.
+    pub async fn insert_authority(
+        &self,
+        name: &'static str,
+        serial: &Serial,
+        pem: &str,
+        not_before_ms: i64,
+        not_after_ms: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO ca_authorities \
+             (name, serial, pem, not_before_ms, not_after_ms, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(serial.as_str())
+        .bind(pem)
+        .bind(not_before_ms)
+        .bind(not_after_ms)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    // ---- registry --------------------------------------------------------------
+
+    pub async fn serial_taken(&self, serial: &Serial) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM certificates WHERE serial = $1")
+            .bind(serial.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    /// Registers a certificate; `Ok(false)` if its serial is already taken
+    /// (the caller signs again with a new serial).
+    pub async fn insert_certificate(&self, c: &NewCert<'_>) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO certificates \
+             (serial, profile, subject, device_id, operator_role, not_before_ms, not_after_ms, \
+              issued_at_ms, status, pem) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'valid', $9)",
+        )
+        .bind(c.serial.as_str())
+        .bind(c.profile.as_str())
+        .bind(c.subject)
+        .bind(c.device_id.clone())
+        .bind(c.role.map(|r| r.as_str()))
+        .bind(c.not_before_ms)
+        .bind(c.not_after_ms)
+        .bind(now_ms())
+        .bind(c.pem)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn certificate(&self, serial: &Serial) -> Result<Option<CertRecord>> {
+        let row = sqlx::query(
+            "SELECT serial, profile, subject, device_id, operator_role, not_before_ms, \
+             not_after_ms, issued_at_ms, status, revoked_at_ms, reason, pem \
+             FROM certificates WHERE serial = $1",
+        )
+        .bind(serial.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    pub async fn list(&self, f: &CertFilter) -> Result<Vec<CertRecord>> {
+        let limit = f.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let rows = sqlx::query(
+            "SELECT serial, profile, subject, device_id, operator_role, not_before_ms, \
+             not_after_ms, issued_at_ms, status, revoked_at_ms, reason, pem \
+             FROM certificates \
+             WHERE ($1 IS NULL OR profile = $1) AND ($2 IS NULL OR status = $2) \
+               AND ($3 IS NULL OR device_id = $3) \
+             ORDER BY issued_at_ms DESC, serial LIMIT $4 OFFSET $5",
+        )
+        .bind(f.profile.map(|p| p.as_str()))
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.device_id.map(|d| d.to_string()))
+        .bind(i64::from(limit))
+        .bind(i64::from(f.offset.unwrap_or(0)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    /// The newest valid, unexpired certificate of a device.
+    pub async fn device_certificate(
+        &self,
+        device_hex: &str,
+        now_ms: i64,
+    ) -> Result<Option<CertRecord>> {
+        let row = sqlx::query(
+            "SELECT serial, profile, subject, device_id, operator_role, not_before_ms, \
+             not_after_ms, issued_at_ms, status, revoked_at_ms, reason, pem \
+             FROM certificates \
+             WHERE device_id = $1 AND status = 'valid' AND profile = 'device' \
+               AND not_after_ms > $2 \
+             ORDER BY not_before_ms DESC, issued_at_ms DESC, serial LIMIT 1",
+        )
+        .bind(device_hex)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    /// Marks a certificate revoked and bumps the CRL revision, in one
+    /// transaction.
+    pub async fn revoke(
+        &self,
+        serial: &Serial,
+        reason: RevocationReason,
+        at_ms: i64,
+    ) -> Result<()> {
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query("SELECT status FROM certificates WHERE serial = $1")
+                .bind(serial.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Err(CaError::UnknownSerial(serial.clone()));
+            };
+            let status: String = row.try_get("status")?;
+            match status
+                .parse::<CertStatus>()
+                .map_err(|_| CaError::CorruptRecord("certificates.status"))?
+            {
+                CertStatus::Revoked => return Err(CaError::AlreadyRevoked(serial.clone())),
+                CertStatus::Valid => {}
+            }
+            sqlx::query(
+                "UPDATE certificates SET status = 'revoked', revoked_at_ms = $2, reason = $3 \
+                 WHERE serial = $1 AND status = 'valid'",
+            )
+            .bind(serial.as_str())
+            .bind(at_ms)
+            .bind(reason.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE ca_crl SET revision = revision + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- CRL -------------------------------------------------------------------
+
+    /// Takes the next CRL number and, in the same transaction, the revocation
+    /// list it will carry (certificates still unexpired at `now_ms`), so a
+    /// higher number never lists less than a lower one.
+    pub async fn allocate_crl(&self, now_ms: i64) -> Result<CrlSnapshot> {
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            sqlx::query("UPDATE ca_crl SET last_number = last_number + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query("SELECT last_number, revision FROM ca_crl WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(CaError::CorruptRecord("ca_crl"))?;
+            let number: i64 = row.try_get("last_number")?;
+            let revision: i64 = row.try_get("revision")?;
+            let rows = sqlx::query(
+                "SELECT serial, revoked_at_ms, reason FROM certificates \
+                 WHERE status = 'revoked' AND not_after_ms > $1 ORDER BY serial",
+            )
+            .bind(now_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let revoked = rows
+                .iter()
+                .map(|r| {
+                    let serial: String = r.try_get("serial")?;
+                    let at: Option<i64> = r.try_get("revoked_at_ms")?;
+                    let reason: Option<String> = r.try_get("reason")?;
+                    Ok(RevokedEntry {
+                        serial: serial
+                            .parse()
+                            .map_err(|_| CaError::CorruptRecord("certificates.serial"))?,
+                        revoked_at_ms: at
+                            .ok_or(CaError::CorruptRecord("certificates.revoked_at_ms"))?,
+                        reason: reason
+                            .as_deref()
+                            .unwrap_or("unspecified")
+                            .parse()
+                            .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(CrlSnapshot {
+                number,
+                revision,
+                revoked,
+            })
+        })
+        .await
+    }
+
+    /// Stores a signed CRL as the latest unless a higher-numbered one is
+    /// already stored; returns whether it was.
+    pub async fn publish_crl(&self, crl: &StoredCrl) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE ca_crl SET number = $1, covers_revision = $2, this_update_ms = $3, \
+             next_update_ms = $4, der = $5 \
+             WHERE id = 1 AND (number IS NULL OR number < $1)",
+        )
+        .bind(crl.number)
+        .bind(crl.covers_revision)
+        .bind(crl.this_update_ms)
+        .bind(crl.next_update_ms)
+        .bind(crl.der.clone())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    pub async fn crl_state(&self) -> Result<CrlState> {
+        let row = sqlx::query(
+            "SELECT revision, number, covers_revision, this_update_ms, next_update_ms, der \
+             FROM ca_crl WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(CaError::CorruptRecord("ca_crl"))?;
+        let revision: i64 = row.try_get("revision")?;
+        let number: Option<i64> = row.try_get("number")?;
+        let latest = match number {
+            None => None,
+            Some(number) => {
+                let get = |col: &'static str| -> Result<i64> {
+                    let v: Option<i64> = row.try_get(col)?;
+                    v.ok_or(CaError::CorruptRecord("ca_crl"))
+                };
+                let der: Option<Vec<u8>> = row.try_get("der")?;
+                Some(StoredCrl {
+                    number,
+                    covers_revision: get("covers_revision")?,
+                    this_update_ms: get("this_update_ms")?,
+                    next_update_ms: get("next_update_ms")?,
+                    der: der.ok_or(CaError::CorruptRecord("ca_crl.der"))?,
+                })
+            }
+        };
+        Ok(CrlState { revision, latest })
+    }
+
+    // ---- plumbing ----------------------------------------------------------------
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        let tx = match self.kind {
+            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DatabaseKind::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    .await?
+            }
+        };
+        Ok(tx)
+    }
+
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if attempt < MAX_ATTEMPTS && self.is_race(&e) => {
+                    tracing::debug!(attempt, "CA registry transaction lost a race; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_race(&self, e: &CaError) -> bool {
+        let CaError::Database(sqlx::Error::Database(db)) = e else {
+            return false;
+        };
+        self.kind == DatabaseKind::Postgres
+            && matches!(db.code().as_deref(), Some("40001" | "40P01"))
+    }
+}
+
+fn cert_from_row(row: &AnyRow) -> Result<CertRecord> {
+    let text = |col: &'static str| -> Result<String> { Ok(row.try_get::<String, _>(col)?) };
+    let opt_text = |col: &'static str| -> Result<Option<String>> {
+        Ok(row.try_get::<Option<String>, _>(col)?)
+    };
+    Ok(CertRecord {
+        serial: text("serial")?
+            .parse()
+            .map_err(|_| CaError::CorruptRecord("certificates.serial"))?,
+        profile: text("profile")?
+            .parse()
+            .map_err(|_| CaError::CorruptRecord("certificates.profile"))?,
+        subject: text("subject")?,
+        device_id: opt_text("device_id")?
+            .map(|d| d.parse())
+            .transpose()
+            .map_err(|_| CaError::CorruptRecord("certificates.device_id"))?,
+        operator_role: opt_text("operator_role")?
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(|_| CaError::CorruptRecord("certificates.operator_role"))?,
+        not_before_ms: row.try_get("not_before_ms")?,
+        not_after_ms: row.try_get("not_after_ms")?,
+        issued_at_ms: row.try_get("issued_at_ms")?,
+        status: text("status")?
+            .parse()
+            .map_err(|_| CaError::CorruptRecord("certificates.status"))?,
+        revoked_at_ms: row.try_get("revoked_at_ms")?,
+        reason: opt_text("reason")?
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
+        pem: text("pem")?,
+    })
+}
+
+/// Wall-clock unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Growing, jittered pause between attempts so racing transactions spread out.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 4_000_000)
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
+}

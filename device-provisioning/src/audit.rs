@@ -1,0 +1,212 @@
+//! Audit notes: what every provisioning decision hands back so the server can
+//! write it to its audit trail (this crate keeps no audit table).
+//!
+//! Each state-changing operation returns a [`Decision`]: on success an
+//! [`Audited`] value with its note, on refusal or failure a [`Refused`] with
+//! the note and the error. The note is built when the operation starts, so a
+//! refusal is noted exactly like a success (same actor, action and target),
+//! and holds no key bytes, national ids or contact addresses.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use keyward_kms::types::DeviceId;
+
+use crate::error::ProvisioningError;
+use crate::types::OperatorId;
+
+/// Who acted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An operator, by the name from their client certificate.
+    Operator(OperatorId),
+    /// A device acting for itself (the genuine-device check, init package).
+    Device(DeviceId),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Operator(o) => write!(f, "operator:{o}"),
+            Self::Device(d) => write!(f, "device:{d}"),
+        }
+    }
+}
+
+/// What was done; [`Action::as_str`] is the stable name for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    ImportBatch,
+    BeginCheck,
+    CompleteCheck,
+    InitPackage,
+    Reinit,
+    ConfirmInit,
+    Apply,
+    Approve,
+    Reject,
+    Resubmit,
+    Close,
+    Bind,
+    Transition,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ImportBatch => "provisioning.import_batch",
+            Self::BeginCheck => "provisioning.begin_check",
+            Self::CompleteCheck => "provisioning.complete_check",
+            Self::InitPackage => "provisioning.init_package",
+            Self::Reinit => "provisioning.reinit",
+            Self::ConfirmInit => "provisioning.confirm_init",
+            Self::Apply => "customer.apply",
+            Self::Approve => "customer.approve",
+            Self::Reject => "customer.reject",
+            Self::Resubmit => "customer.resubmit",
+            Self::Close => "customer.close",
+            Self::Bind => "device.bind",
+            Self::Transition => "device.transition",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Refused on the request's merits (a client error); `code` is
+    /// [`ProvisioningError::code`].
+    Refused {
+        code: &'static str,
+    },
+    /// Failed on the server's side (database, HSM, CA unavailable).
+    Failed {
+        code: &'static str,
+    },
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Refused { .. } => "refused",
+            Self::Failed { .. } => "failed",
+        }
+    }
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Success => None,
+            Self::Refused { code } | Self::Failed { code } => Some(code),
+        }
+    }
+}
+
+/// One auditable decision: actor, action, target, outcome and a few named
+/// details (states, serials, the operator's reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditNote {
+    pub actor: Actor,
+    pub action: Action,
+    /// `device:<id>`, `batch:<id>`, `application:<id>`, …
+    pub target: String,
+    pub outcome: Outcome,
+    pub details: Vec<(&'static str, String)>,
+}
+
+impl AuditNote {
+    pub(crate) fn new(actor: Actor, action: Action, target: String) -> Self {
+        Self {
+            actor,
+            action,
+            target,
+            outcome: Outcome::Success,
+            details: Vec::new(),
+        }
+    }
+
+    pub(crate) fn detail(&mut self, name: &'static str, value: impl fmt::Display) {
+        self.details.push((name, value.to_string()));
+    }
+
+    /// The value of a detail, if noted.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.details
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Seals the note with the operation's result.
+    pub(crate) fn finish<T>(mut self, result: Result<T, ProvisioningError>) -> Decision<T> {
+        match result {
+            Ok(value) => Ok(Audited { value, note: self }),
+            Err(error) => {
+                let code = error.code();
+                self.outcome = if error.is_client_error() {
+                    Outcome::Refused { code }
+                } else {
+                    Outcome::Failed { code }
+                };
+                Err(Box::new(Refused { note: self, error }))
+            }
+        }
+    }
+}
+
+/// A successful decision's value and its note.
+#[derive(Debug, Clone)]
+pub struct Audited<T> {
+    pub value: T,
+    pub note: AuditNote,
+}
+
+impl<T> Audited<T> {
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+/// A refused or failed decision: the note to write and the error to answer.
+#[derive(Debug)]
+pub struct Refused {
+    pub note: AuditNote,
+    pub error: ProvisioningError,
+}
+
+impl Refused {
+    pub fn code(&self) -> &'static str {
+        self.error.code()
+    }
+    pub fn is_client_error(&self) -> bool {
+        self.error.is_client_error()
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl StdError for Refused {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.error.source()
+    }
+}
+
+impl From<Box<Refused>> for ProvisioningError {
+    fn from(r: Box<Refused>) -> Self {
+        r.error
+    }
+}
+
+/// What a state-changing operation returns. The refusal is boxed: it is the
+/// rare path, and a note plus an error would make every `Result` large.
+pub type Decision<T> = Result<Audited<T>, Box<Refused>>;

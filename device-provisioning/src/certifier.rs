@@ -1,0 +1,312 @@
+//! The certificate authority as provisioning sees it: a small, object-safe
+//! trait ([`DeviceCertifier`]) so the pipeline does not care how the CA is
+//! reached, and its implementation for the Keyward CA ([`keyward_ca::Ca`]).
+//!
+//! The implementation for [`keyward_ca::Ca`] does more than forward: a
+//! certificate handed back by [`DeviceCertifier::certificate`] has been
+//! re-parsed from the CA registry and checked to be a device certificate for
+//! that device, signed by the issuing CA, inside its validity period and not
+//! revoked; only then is its public key returned.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use keyward_ca::{CaError, CertStatus, IssueRequest, Profile, RevocationReason, Serial};
+use keyward_kms::hsm::PublicKey;
+use keyward_kms::types::DeviceId;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey as ParsedKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::error::CertifierError;
+
+/// A boxed future, so the trait stays object safe (`Arc<dyn DeviceCertifier>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The kinds of device key provisioning accepts: what the init package can
+/// wrap to (PROTOCOL.md, "Identities").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKeyKind {
+    /// ECDSA P-256.
+    P256,
+    /// RSA, 2048 bits or more.
+    Rsa,
+}
+
+impl DeviceKeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P256 => "p256",
+            Self::Rsa => "rsa",
+        }
+    }
+}
+
+impl FromStr for DeviceKeyKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "p256" => Ok(Self::P256),
+            "rsa" => Ok(Self::Rsa),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A device certificate, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCertificate {
+    /// Upper-case hex.
+    pub serial: String,
+    pub public_key: PublicKey,
+    pub not_after_ms: i64,
+}
+
+/// What the CA says about a device's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Issued by the CA for this device, chains to it, in validity, not revoked.
+    Good(DeviceCertificate),
+    Revoked,
+    /// The CA never issued this serial.
+    Unknown,
+    /// Issued, but not acceptable (expired, another device's, does not chain).
+    Invalid(&'static str),
+}
+
+/// Why provisioning revokes a device certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevokeReason {
+    /// The device was retired.
+    Retired,
+    /// The certificate was issued by an import that did not complete; the
+    /// device was never registered.
+    ImportAborted,
+}
+
+/// The certificate authority behind provisioning.
+pub trait DeviceCertifier: Send + Sync + fmt::Debug {
+    /// Verifies a CSR (DER or PEM) — its self-signature and that its key is
+    /// one a device may hold — without issuing anything.
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceKeyKind, CertifierError>;
+
+    /// Issues the device certificate for the CSR's key (subject serial number
+    /// = the device id).
+    fn certify<'a>(
+        &'a self,
+        csr: &'a [u8],
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>>;
+
+    /// The certificate `serial`, checked for `device`.
+    fn certificate<'a>(
+        &'a self,
+        serial: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>>;
+
+    /// Revokes `serial` for good. Revoking an already revoked certificate
+    /// succeeds (retries are safe).
+    fn revoke<'a>(
+        &'a self,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<(), CertifierError>>;
+}
+
+fn ca_err(e: CaError) -> CertifierError {
+    CertifierError::new(e.code(), e.is_client_error(), e)
+}
+
+fn refuse(code: &'static str, reason: &'static str) -> CertifierError {
+    CertifierError::new(code, true, reason)
+}
+
+impl DeviceCertifier for keyward_ca::Ca {
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceKeyKind, CertifierError> {
+        let key = keyward_ca::verified_csr_key(csr).map_err(ca_err)?;
+        let spki = key.spki_der();
+        let (_, spki) = SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|_| refuse("csr_invalid", "subject public key does not parse"))?;
+        public_key(&spki).map(|(kind, _)| kind)
+    }
+
+    fn certify<'a>(
+        &'a self,
+        csr: &'a [u8],
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
+        Box::pin(async move {
+            // Refuse what the init package cannot serve before anything is signed.
+            self.check_csr(csr)?;
+            let cert = self
+                .issue_from_csr(csr, IssueRequest::device(device))
+                .await
+                .map_err(ca_err)?;
+            let parsed = parse_checked(self, &cert.der, device)?;
+            Ok(DeviceCertificate {
+                serial: cert.serial.to_string(),
+                public_key: parsed.1,
+                not_after_ms: cert.not_after_ms,
+            })
+        })
+    }
+
+    fn certificate<'a>(
+        &'a self,
+        serial: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>> {
+        Box::pin(async move {
+            let Ok(serial) = Serial::from_str(serial) else {
+                return Ok(CertificateStatus::Unknown);
+            };
+            let Some(rec) = self.get(&serial).await.map_err(ca_err)? else {
+                return Ok(CertificateStatus::Unknown);
+            };
+            if rec.status == CertStatus::Revoked {
+                return Ok(CertificateStatus::Revoked);
+            }
+            if rec.profile != Profile::Device || rec.device_id != Some(device) {
+                return Ok(CertificateStatus::Invalid("not this device's certificate"));
+            }
+            let der = match x509_parser::pem::parse_x509_pem(rec.pem.as_bytes()) {
+                Ok((_, pem)) => pem.contents,
+                Err(_) => {
+                    return Ok(CertificateStatus::Invalid(
+                        "stored certificate does not parse",
+                    ));
+                }
+            };
+            match parse_checked(self, &der, device) {
+                Ok((not_after_ms, public_key)) => Ok(CertificateStatus::Good(DeviceCertificate {
+                    serial: rec.serial.to_string(),
+                    public_key,
+                    not_after_ms,
+                })),
+                Err(e) if e.is_client_error() => Ok(CertificateStatus::Invalid(reason_of(&e))),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        Box::pin(async move {
+            let serial = Serial::from_str(serial).map_err(ca_err)?;
+            let reason = match reason {
+                RevokeReason::Retired => RevocationReason::CessationOfOperation,
+                RevokeReason::ImportAborted => RevocationReason::Superseded,
+            };
+            match keyward_ca::Ca::revoke(self, &serial, reason).await {
+                Ok(()) | Err(CaError::AlreadyRevoked(_)) => Ok(()),
+                Err(e) => Err(ca_err(e)),
+            }
+        })
+    }
+}
+
+/// Reasons [`parse_checked`] gives, recovered for [`CertificateStatus::Invalid`].
+fn reason_of(e: &CertifierError) -> &'static str {
+    match e.code() {
+        "certificate_expired" => "outside its validity period",
+        "certificate_chain" => "does not chain to the issuing CA",
+        "certificate_subject" => "subject is not the device id",
+        _ => "does not parse",
+    }
+}
+
+/// Parses a device certificate and checks it against the issuing CA: its
+/// signature, issuer name, validity now, and the device id in the subject's
+/// serialNumber. Returns notAfter (ms) and the subject key.
+fn parse_checked(
+    ca: &keyward_ca::Ca,
+    der: &[u8],
+    device: DeviceId,
+) -> Result<(i64, PublicKey), CertifierError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| refuse("certificate_parse", "device certificate does not parse"))?;
+    let (_, issuing) = X509Certificate::from_der(ca.issuing_der()).map_err(|_| {
+        CertifierError::new(
+            "ca_key_mismatch",
+            false,
+            "issuing CA certificate does not parse",
+        )
+    })?;
+    if cert.issuer() != issuing.subject()
+        || cert.verify_signature(Some(issuing.public_key())).is_err()
+    {
+        return Err(refuse("certificate_chain", "not signed by the issuing CA"));
+    }
+    if !cert.validity().is_valid() {
+        return Err(refuse("certificate_expired", "outside its validity period"));
+    }
+    let want = device.to_string();
+    let subject_ok = cert
+        .subject()
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+        .any(|a| a.as_str().is_ok_and(|s| s.eq_ignore_ascii_case(&want)));
+    if !subject_ok {
+        return Err(refuse(
+            "certificate_subject",
+            "subject serialNumber is not the device id",
+        ));
+    }
+    let not_after_ms = cert.validity().not_after.timestamp().saturating_mul(1000);
+    let (_, key) = public_key(cert.public_key())?;
+    Ok((not_after_ms, key))
+}
+
+/// The kms form of a device's public key: a P-256 point or an RSA key of at
+/// least 2048 bits; anything else is refused.
+fn public_key(
+    spki: &SubjectPublicKeyInfo<'_>,
+) -> Result<(DeviceKeyKind, PublicKey), CertifierError> {
+    let alg = &spki.algorithm.algorithm;
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        let point = spki.subject_public_key.data.to_vec();
+        if curve.as_ref() != Some(&OID_EC_P256) || point.len() != 65 || point[0] != 0x04 {
+            return Err(refuse(
+                "unsupported_key",
+                "device EC keys must be uncompressed P-256 points",
+            ));
+        }
+        Ok((DeviceKeyKind::P256, PublicKey::P256(point)))
+    } else if *alg == OID_PKCS1_RSAENCRYPTION {
+        let Ok(ParsedKey::RSA(rsa)) = spki.parsed() else {
+            return Err(refuse("unsupported_key", "malformed RSA public key"));
+        };
+        let strip = |b: &[u8]| {
+            let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+            b[start..].to_vec()
+        };
+        let modulus = strip(rsa.modulus);
+        if modulus.len() * 8 < keyward_kms::wrap::MIN_RSA_BITS {
+            return Err(refuse(
+                "unsupported_key",
+                "device RSA keys need 2048 bits or more",
+            ));
+        }
+        Ok((
+            DeviceKeyKind::Rsa,
+            PublicKey::Rsa {
+                modulus,
+                exponent: strip(rsa.exponent),
+            },
+        ))
+    } else {
+        Err(refuse("unsupported_key", "device keys are P-256 or RSA"))
+    }
+}

@@ -1,0 +1,315 @@
+//! The genuine-device check (seed CN102004977A, "is it a valid device?").
+//!
+//! [`Provisioning::begin_check`] draws 32 random bytes from the HSM and keeps
+//! them as the device's one outstanding challenge (a new one replaces it),
+//! valid for the challenge TTL. The device signs exactly those 32 bytes with
+//! its certified key: ECDSA P-256 with SHA-256 (DER `Ecdsa-Sig-Value`) or
+//! RSASSA-PKCS1-v1_5 with SHA-256. [`Provisioning::complete_check`] consumes
+//! the challenge first (right or wrong, it is gone), then requires:
+//!
+//! 1. the device registered, from a completed batch, and still `manufactured`
+//!    (a device already verified or initialised elsewhere is refused);
+//! 2. its registered certificate known to the CA, issued for this device,
+//!    chaining to the issuing CA, in validity and not revoked;
+//! 3. the signature verifying under that certificate's public key
+//!    (software verification: public key only).
+//!
+//! Pass: `manufactured → verified`. Fail: a typed refusal, and the device's
+//! failure counter goes up.
+
+use std::time::Duration;
+
+use keyward_kms::hsm::PublicKey;
+use keyward_kms::types::DeviceId;
+use sqlx::Row;
+
+use crate::Provisioning;
+use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::certifier::{CertificateStatus, DeviceCertificate};
+use crate::error::{ProvisioningError, Result};
+use crate::store::now_ms;
+use crate::types::DeviceState;
+
+/// Bytes of a genuine-device challenge.
+pub const CHALLENGE_LEN: usize = 32;
+/// Default life of a challenge.
+pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);
+
+/// A challenge for the device to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub device: DeviceId,
+    pub bytes: [u8; CHALLENGE_LEN],
+    pub expires_at_ms: i64,
+}
+
+impl Provisioning {
+    /// Starts a genuine-device check: a fresh HSM random challenge, replacing
+    /// any earlier one. Refused unless the device is registered, its batch is
+    /// complete, and it is `manufactured`.
+    pub async fn begin_check(&self, device: DeviceId) -> Decision<Challenge> {
+        let note = AuditNote::new(
+            Actor::Device(device),
+            Action::BeginCheck,
+            format!("device:{device}"),
+        );
+        let result = self.begin(device).await;
+        note.finish(result)
+    }
+
+    async fn begin(&self, device: DeviceId) -> Result<Challenge> {
+        let rec = self.checkable(device).await?;
+        if rec.state != DeviceState::Manufactured {
+            return Err(ProvisioningError::DeviceState {
+                device,
+                state: rec.state,
+                needed: "manufactured",
+            });
+        }
+        let random = self.kms.pool().run(|h| h.random(CHALLENGE_LEN)).await?;
+        let bytes: [u8; CHALLENGE_LEN] = random.try_into().map_err(|_| {
+            ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
+                function: "C_GenerateRandom".into(),
+                rv: "short read".into(),
+            })
+        })?;
+        let now = now_ms();
+        let ttl = i64::try_from(self.challenge_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = now.saturating_add(ttl);
+        self.store
+            .retrying(|| async {
+                let mut tx = self.store.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO prov_challenges (device_id, challenge, created_at_ms, expires_at_ms) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (device_id) DO UPDATE SET challenge = excluded.challenge, \
+                     created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms",
+                )
+                .bind(device.to_string())
+                .bind(hex::encode_upper(bytes))
+                .bind(now)
+                .bind(expires_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await?;
+        Ok(Challenge {
+            device,
+            bytes,
+            expires_at_ms,
+        })
+    }
+
+    /// Completes the check with the device's signature over the challenge.
+    /// Pass: the device becomes `verified` (the note's `cert_serial` names the
+    /// certificate that proved it).
+    pub async fn complete_check(&self, device: DeviceId, signature_der: &[u8]) -> Decision<()> {
+        let mut note = AuditNote::new(
+            Actor::Device(device),
+            Action::CompleteCheck,
+            format!("device:{device}"),
+        );
+        let result = self.complete_inner(device, signature_der, &mut note).await;
+        if let Err(e) = &result
+            && e.is_client_error()
+            && !matches!(e, ProvisioningError::UnknownDevice(_))
+            && let Err(db) = self.count_check_failure(device).await
+        {
+            tracing::warn!(device = %device, code = db.code(), error = %db,
+                "could not count a failed genuine-device check");
+        }
+        note.finish(result)
+    }
+
+    async fn complete_inner(
+        &self,
+        device: DeviceId,
+        signature_der: &[u8],
+        note: &mut AuditNote,
+    ) -> Result<()> {
+        let rec = self.checkable(device).await?;
+        let challenge = self.take_challenge(device).await?;
+        if rec.state != DeviceState::Manufactured {
+            return Err(ProvisioningError::DeviceState {
+                device,
+                state: rec.state,
+                needed: "manufactured",
+            });
+        }
+        let serial = rec
+            .cert_serial
+            .as_deref()
+            .ok_or(ProvisioningError::CertificateInvalid(
+                "no certificate recorded",
+            ))?;
+        note.detail("cert_serial", serial);
+        let cert = self.good_certificate(serial, device).await?;
+        if !verify_signature(&cert.public_key, &challenge, signature_der) {
+            return Err(ProvisioningError::ProofOfPossession);
+        }
+        let done = self
+            .store
+            .retrying(|| async {
+                let now = now_ms();
+                let mut tx = self.store.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE prov_devices SET state = 'verified', verified_at_ms = $2, \
+                     state_changed_at_ms = $2 WHERE device_id = $1 AND state = 'manufactured'",
+                )
+                .bind(device.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            })
+            .await?;
+        if done != 1 {
+            return Err(ProvisioningError::Conflict(
+                "the device changed state during the check",
+            ));
+        }
+        note.detail("from", DeviceState::Manufactured);
+        note.detail("to", DeviceState::Verified);
+        Ok(())
+    }
+
+    /// The device's registered certificate, if the CA vouches for it.
+    pub(crate) async fn good_certificate(
+        &self,
+        serial: &str,
+        device: DeviceId,
+    ) -> Result<DeviceCertificate> {
+        match self.certifier.certificate(serial, device).await? {
+            CertificateStatus::Good(cert) => Ok(cert),
+            CertificateStatus::Revoked => Err(ProvisioningError::CertificateInvalid(
+                "the certificate is revoked",
+            )),
+            CertificateStatus::Unknown => Err(ProvisioningError::CertificateInvalid(
+                "the CA has no record of the certificate",
+            )),
+            CertificateStatus::Invalid(why) => Err(ProvisioningError::CertificateInvalid(why)),
+        }
+    }
+
+    /// Deletes and returns the device's challenge if it has not expired.
+    async fn take_challenge(&self, device: DeviceId) -> Result<[u8; CHALLENGE_LEN]> {
+        let row = self
+            .store
+            .retrying(|| async {
+                let mut tx = self.store.begin_write().await?;
+                let row = sqlx::query(
+                    "DELETE FROM prov_challenges WHERE device_id = $1 \
+                     RETURNING challenge, expires_at_ms",
+                )
+                .bind(device.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(row)
+            })
+            .await?;
+        let Some(row) = row else {
+            return Err(ProvisioningError::ChallengeInvalid);
+        };
+        let expires: i64 = row.try_get("expires_at_ms")?;
+        if now_ms() >= expires {
+            return Err(ProvisioningError::ChallengeInvalid);
+        }
+        let hex_text: String = row.try_get("challenge")?;
+        let mut out = [0u8; CHALLENGE_LEN];
+        hex::decode_to_slice(&hex_text, &mut out)
+            .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
+        Ok(out)
+    }
+
+    async fn count_check_failure(&self, device: DeviceId) -> Result<()> {
+        self.store
+            .retrying(|| async {
+                let mut tx = self.store.begin_write().await?;
+                sqlx::query(
+                    "UPDATE prov_devices SET check_failures = check_failures + 1 \
+                     WHERE device_id = $1",
+                )
+                .bind(device.to_string())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// Verifies a proof-of-possession signature over `message` (hashed once with
+/// SHA-256) with a device's public key. Any malformed input is a `false`.
+pub fn verify_signature(key: &PublicKey, message: &[u8], signature_der: &[u8]) -> bool {
+    match key {
+        PublicKey::P256(point) => {
+            use p256::ecdsa::signature::Verifier;
+            let Ok(vk) = p256::ecdsa::VerifyingKey::from_sec1_bytes(point) else {
+                return false;
+            };
+            let Ok(sig) = p256::ecdsa::Signature::from_der(signature_der) else {
+                return false;
+            };
+            vk.verify(message, &sig).is_ok()
+        }
+        PublicKey::Rsa { modulus, exponent } => {
+            use rsa::signature::Verifier;
+            let n = rsa::BigUint::from_bytes_be(modulus);
+            let e = rsa::BigUint::from_bytes_be(exponent);
+            let Ok(pk) = rsa::RsaPublicKey::new(n, e) else {
+                return false;
+            };
+            let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk);
+            let Ok(sig) = rsa::pkcs1v15::Signature::try_from(signature_der) else {
+                return false;
+            };
+            vk.verify(message, &sig).is_ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::Signer;
+
+    #[test]
+    fn p256_proof_of_possession() {
+        let sk = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+        let point = sk
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let key = PublicKey::P256(point);
+        let msg = [7u8; 32];
+        let sig: p256::ecdsa::Signature = sk.sign(&msg);
+        let der = sig.to_der();
+        assert!(verify_signature(&key, &msg, der.as_bytes()));
+        assert!(!verify_signature(&key, &[8u8; 32], der.as_bytes()));
+        assert!(!verify_signature(&key, &msg, &sig.to_bytes()));
+        assert!(!verify_signature(&key, &msg, b""));
+    }
+
+    #[test]
+    fn rsa_proof_of_possession() {
+        use rsa::signature::{SignatureEncoding, Signer};
+        use rsa::traits::PublicKeyParts;
+        let sk = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let key = PublicKey::Rsa {
+            modulus: sk.n().to_bytes_be(),
+            exponent: sk.e().to_bytes_be(),
+        };
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(sk);
+        let msg = [9u8; 32];
+        let sig = signer.sign(&msg).to_vec();
+        assert!(verify_signature(&key, &msg, &sig));
+        assert!(!verify_signature(&key, &[1u8; 32], &sig));
+    }
+}

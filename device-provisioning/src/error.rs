@@ -1,0 +1,231 @@
+//! Errors of provisioning. Each variant has a stable machine-readable code
+//! ([`ProvisioningError::code`]) that the server maps to HTTP/CLI errors, and
+//! [`ProvisioningError::is_client_error`] splits refusals (4xx) from trouble
+//! on our side (5xx). Messages name fields and ids, never personal data
+//! (national ids, contact addresses) or key material.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use keyward_kms::KmsError;
+use keyward_kms::types::{DeviceId, IssuerId};
+
+use crate::intake::ImportReport;
+use crate::types::{
+    ApplicationId, ApplicationState, BatchId, CustomerId, DeviceState, SecureElement,
+};
+
+/// Why a provisioning operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisioningError {
+    /// Bad input: `field` names what was wrong, never its value.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("batch {0} already exists")]
+    BatchExists(BatchId),
+    /// At least one row of a manufacturing file was refused, so none was
+    /// registered; the report says which rows and why.
+    #[error("batch {} refused: {} of {} rows rejected", .0.batch_id, .0.rejected(), .0.rows.len())]
+    BatchRejected(Box<ImportReport>),
+    #[error("device {0} is not registered")]
+    UnknownDevice(DeviceId),
+    /// The device is in the wrong lifecycle state for the operation.
+    #[error("device {device} is {state}; the operation needs {needed}")]
+    DeviceState {
+        device: DeviceId,
+        state: DeviceState,
+        needed: &'static str,
+    },
+    #[error("challenge unknown, used or expired")]
+    ChallengeInvalid,
+    /// The device certificate is missing, revoked, not the registered one, or
+    /// does not chain to the Keyward CA.
+    #[error("device certificate not acceptable: {0}")]
+    CertificateInvalid(&'static str),
+    /// The signature over the challenge does not verify with the certified key.
+    #[error("proof of possession of the certified key failed")]
+    ProofOfPossession,
+    #[error("no init package is pending for device {device} at issuer {issuer}")]
+    NoPendingInit { device: DeviceId, issuer: IssuerId },
+    /// Original keys were already delivered (and confirmed or refused) for this
+    /// issuer: only an operator's reinit allows another package.
+    #[error(
+        "device {device} has had original keys for issuer {issuer}: an operator reinit is required"
+    )]
+    ReinitRequired { device: DeviceId, issuer: IssuerId },
+    /// The device reported KCVs that differ from the package's: an intrusion
+    /// signal (seed CN102004977A). Recorded; the device is not initialised.
+    #[error("device {device} reported KCVs that do not match the init package for issuer {issuer}")]
+    KcvMismatch { device: DeviceId, issuer: IssuerId },
+    #[error("unknown application {0}")]
+    UnknownApplication(ApplicationId),
+    #[error("application {id} is {state}; the operation needs {needed}")]
+    ApplicationState {
+        id: ApplicationId,
+        state: ApplicationState,
+        needed: &'static str,
+    },
+    /// Maker-checker: the operator who submitted an application may not decide it.
+    #[error("an application cannot be approved or rejected by the operator who submitted it")]
+    SelfApproval,
+    /// Another approved customer has the same national id.
+    #[error("a customer with this national id is already registered")]
+    CustomerExists,
+    #[error("unknown customer {0}")]
+    UnknownCustomer(CustomerId),
+    #[error("customer {customer} is not approved (application {state})")]
+    CustomerNotApproved {
+        customer: CustomerId,
+        state: ApplicationState,
+    },
+    #[error("a bound account is not among the customer's accounts")]
+    AccountsNotHeld,
+    #[error("the device has no {} serial to bind", .0.as_str())]
+    SecureElementMissing(SecureElement),
+    #[error("device {device} has no confirmed original keys for issuer {issuer}")]
+    IssuerNotInitialised { device: DeviceId, issuer: IssuerId },
+    #[error("device {0} is bound to another customer")]
+    BoundToOtherCustomer(DeviceId),
+    #[error("device {device} is already bound for issuer {issuer}")]
+    AlreadyBound { device: DeviceId, issuer: IssuerId },
+    #[error("no lifecycle transition from {from} to {to} by an operator")]
+    InvalidTransition { from: DeviceState, to: DeviceState },
+    /// A concurrent change won: read again and retry.
+    #[error("conflicting concurrent change: {0}")]
+    Conflict(&'static str),
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    #[error(transparent)]
+    Certifier(#[from] CertifierError),
+    #[error("provisioning registry: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("provisioning registry migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored value that does not parse back (the name says which column).
+    #[error("provisioning registry holds a malformed {0}")]
+    CorruptRecord(&'static str),
+}
+
+impl ProvisioningError {
+    /// Stable code for clients, audit outcomes and metrics; never changes once
+    /// released.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid_input",
+            Self::BatchExists(_) => "batch_exists",
+            Self::BatchRejected(_) => "batch_rejected",
+            Self::UnknownDevice(_) => "unknown_device",
+            Self::DeviceState { .. } => "device_state",
+            Self::ChallengeInvalid => "challenge_invalid",
+            Self::CertificateInvalid(_) => "certificate_invalid",
+            Self::ProofOfPossession => "proof_of_possession_failed",
+            Self::NoPendingInit { .. } => "no_pending_init",
+            Self::ReinitRequired { .. } => "reinit_required",
+            Self::KcvMismatch { .. } => "kcv_mismatch",
+            Self::UnknownApplication(_) => "unknown_application",
+            Self::ApplicationState { .. } => "application_state",
+            Self::SelfApproval => "self_approval",
+            Self::CustomerExists => "customer_exists",
+            Self::UnknownCustomer(_) => "unknown_customer",
+            Self::CustomerNotApproved { .. } => "customer_not_approved",
+            Self::AccountsNotHeld => "accounts_not_held",
+            Self::SecureElementMissing(_) => "secure_element_missing",
+            Self::IssuerNotInitialised { .. } => "issuer_not_initialised",
+            Self::BoundToOtherCustomer(_) => "device_bound_elsewhere",
+            Self::AlreadyBound { .. } => "already_bound",
+            Self::InvalidTransition { .. } => "invalid_transition",
+            Self::Conflict(_) => "conflict",
+            Self::Kms(e) => e.code(),
+            Self::Certifier(e) => e.code(),
+            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
+        }
+    }
+
+    /// True when the caller's input or the state of the records refused the
+    /// operation (a 4xx), false for trouble on the server's side (a 5xx).
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            Self::Kms(e) => e.is_client_error(),
+            Self::Certifier(e) => e.is_client_error(),
+            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => false,
+            _ => true,
+        }
+    }
+
+    /// The row-by-row report of a refused batch.
+    pub fn import_report(&self) -> Option<&ImportReport> {
+        match self {
+            Self::BatchRejected(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = ProvisioningError> = std::result::Result<T, E>;
+
+/// What the certificate authority behind [`crate::DeviceCertifier`] answered
+/// when it did not do what was asked. The cause is kept as a source (never
+/// stringified), with the CA's own stable code.
+#[derive(Debug)]
+pub struct CertifierError {
+    code: &'static str,
+    client: bool,
+    source: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl CertifierError {
+    /// `code` is the CA's stable code (e.g. `csr_signature`); `client` says
+    /// whether the request was at fault rather than the CA.
+    pub fn new(
+        code: &'static str,
+        client: bool,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            code,
+            client,
+            source: source.into(),
+        }
+    }
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+    pub fn is_client_error(&self) -> bool {
+        self.client
+    }
+}
+
+impl fmt::Display for CertifierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "certificate authority: {} ({})", self.source, self.code)
+    }
+}
+
+impl StdError for CertifierError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_classified() {
+        assert_eq!(ProvisioningError::SelfApproval.code(), "self_approval");
+        assert!(ProvisioningError::SelfApproval.is_client_error());
+        let e = ProvisioningError::InvalidTransition {
+            from: DeviceState::Manufactured,
+            to: DeviceState::Issued,
+        };
+        assert_eq!(e.code(), "invalid_transition");
+        assert!(!ProvisioningError::CorruptRecord("x").is_client_error());
+        let c = CertifierError::new("csr_signature", true, "bad signature");
+        assert_eq!(ProvisioningError::from(c).code(), "csr_signature");
+    }
+}

@@ -1,0 +1,428 @@
+//! Original keys (seed CN102004977A, "generate its original key information"
+//! → "initialise the device"), per (device, issuer).
+//!
+//! [`Provisioning::init_package`] wraps `TMK_d` and `AUTH_d` to the public key
+//! of the device's certificate (re-checked with the CA: a revoked
+//! certificate gets nothing) and records the package's KCVs as `pending`.
+//! [`Provisioning::confirm_init`] takes the device's KCVs: all match →
+//! `initialised` (and the device `verified → initialised`); any mismatch →
+//! `refused`, recorded, and [`ProvisioningError::KcvMismatch`].
+//!
+//! A package is served when the device is `verified`, or when it is already
+//! `initialised`/`issued` and this issuer is new to it (one device, many
+//! issuers: seed CN101957958A). Once an issuer's keys were confirmed or
+//! refused, another package needs an operator's [`Provisioning::reinit`],
+//! which the next package consumes. A package still `pending` may be fetched
+//! again (it is wrapped to the device's key and carries the same keys).
+
+use keyward_kms::types::{DeviceId, IssuerId, Kcv, KcvMethod};
+use keyward_kms::wrap::InitPackage;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::Provisioning;
+use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::error::{ProvisioningError, Result};
+use crate::store::{now_ms, parse_col};
+use crate::types::{DeviceState, OperatorId, Reason};
+
+/// Where an issuer's original keys for a device are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InitState {
+    /// A package was delivered; the device has not confirmed its KCVs.
+    Pending,
+    /// The device confirmed every KCV.
+    Initialised,
+    /// The device reported a KCV mismatch (an intrusion signal).
+    Refused,
+}
+
+impl InitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Initialised => "initialised",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl std::str::FromStr for InitState {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "initialised" => Ok(Self::Initialised),
+            "refused" => Ok(Self::Refused),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The original-key record of one (device, issuer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitRecord {
+    pub device: DeviceId,
+    pub issuer: IssuerId,
+    pub state: InitState,
+    pub tmk_kcv: Kcv,
+    pub auth_kcv: Kcv,
+    /// Packages delivered so far.
+    pub packages: u32,
+    pub packaged_at_ms: i64,
+    pub confirmed_at_ms: Option<i64>,
+    /// An operator's reinit waiting to be used by the next package.
+    pub reinit_by: Option<String>,
+}
+
+/// The package's key names, in the order PROTOCOL.md lists them.
+const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
+
+impl Provisioning {
+    /// Builds the init package for `device` under `issuer` (rules in the
+    /// module docs) and records it as pending.
+    pub async fn init_package(&self, device: DeviceId, issuer: &IssuerId) -> Decision<InitPackage> {
+        let mut note = AuditNote::new(
+            Actor::Device(device),
+            Action::InitPackage,
+            format!("device:{device}"),
+        );
+        note.detail("issuer", issuer);
+        let result = self.package(device, issuer, &mut note).await;
+        note.finish(result)
+    }
+
+    async fn package(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        note: &mut AuditNote,
+    ) -> Result<InitPackage> {
+        let rec = self.checkable(device).await?;
+        package_allowed(device, rec.state)?;
+        if let Some(init) = self.init_record(device, issuer).await?
+            && init.state != InitState::Pending
+            && init.reinit_by.is_none()
+        {
+            return Err(ProvisioningError::ReinitRequired {
+                device,
+                issuer: issuer.clone(),
+            });
+        }
+        let serial = rec
+            .cert_serial
+            .as_deref()
+            .ok_or(ProvisioningError::CertificateInvalid(
+                "no certificate recorded",
+            ))?;
+        let cert = self.good_certificate(serial, device).await?;
+        let pkg = self
+            .kms
+            .init_package(issuer, device, cert.public_key)
+            .await?;
+        let (tmk, auth) = package_kcvs(&pkg)?;
+        note.detail("scheme", pkg.scheme.as_str());
+        note.detail("tmk_kcv", tmk);
+        note.detail("auth_kcv", auth);
+
+        let written = self
+            .store
+            .retrying(|| async {
+                let now = now_ms();
+                let mut tx = self.store.begin_write().await?;
+                let state: Option<DeviceState> =
+                    sqlx::query("SELECT state FROM prov_devices WHERE device_id = $1")
+                        .bind(device.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| parse_col(&r, "state", "prov_devices.state"))
+                        .transpose()?;
+                let state = state.ok_or(ProvisioningError::UnknownDevice(device))?;
+                package_allowed(device, state)?;
+                // A confirmed or refused record is overwritten only with an
+                // operator's reinit, which this consumes.
+                let n = sqlx::query(
+                    "INSERT INTO prov_inits (device_id, issuer_id, state, kcv_method, tmk_kcv, \
+                     auth_kcv, packages, packaged_at_ms) \
+                     VALUES ($1, $2, 'pending', $3, $4, $5, 1, $6) \
+                     ON CONFLICT (device_id, issuer_id) DO UPDATE SET state = 'pending', \
+                       kcv_method = excluded.kcv_method, tmk_kcv = excluded.tmk_kcv, \
+                       auth_kcv = excluded.auth_kcv, packages = prov_inits.packages + 1, \
+                       packaged_at_ms = excluded.packaged_at_ms, confirmed_at_ms = NULL, \
+                       reinit_by = NULL, reinit_reason = NULL \
+                     WHERE prov_inits.state = 'pending' OR prov_inits.reinit_by IS NOT NULL",
+                )
+                .bind(device.to_string())
+                .bind(issuer.as_str())
+                .bind(tmk.method.as_str())
+                .bind(tmk.hex())
+                .bind(auth.hex())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            })
+            .await?;
+        if written != 1 {
+            return Err(ProvisioningError::ReinitRequired {
+                device,
+                issuer: issuer.clone(),
+            });
+        }
+        Ok(pkg)
+    }
+
+    /// An operator allows one more init package for (device, issuer) after
+    /// its keys were confirmed or refused (a device reset, a replaced secure
+    /// element, a mismatch investigated and cleared).
+    pub async fn reinit(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Decision<()> {
+        let mut note = AuditNote::new(
+            Actor::Operator(operator.clone()),
+            Action::Reinit,
+            format!("device:{device}"),
+        );
+        note.detail("issuer", issuer);
+        note.detail("reason", reason);
+        let result = async {
+            let rec = self.device(device).await?;
+            package_allowed(device, rec.state)?;
+            let init = self.init_record(device, issuer).await?.ok_or(
+                ProvisioningError::NoPendingInit {
+                    device,
+                    issuer: issuer.clone(),
+                },
+            )?;
+            note.detail("init_state", init.state.as_str());
+            let n = self
+                .store
+                .retrying(|| async {
+                    let mut tx = self.store.begin_write().await?;
+                    let n = sqlx::query(
+                        "UPDATE prov_inits SET reinit_by = $3, reinit_reason = $4 \
+                         WHERE device_id = $1 AND issuer_id = $2 \
+                           AND state IN ('initialised', 'refused')",
+                    )
+                    .bind(device.to_string())
+                    .bind(issuer.as_str())
+                    .bind(operator.as_str())
+                    .bind(reason.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    tx.commit().await?;
+                    Ok(n)
+                })
+                .await?;
+            if n == 1 {
+                Ok(())
+            } else {
+                // Pending: the device can fetch the package again without a reinit.
+                Err(ProvisioningError::Invalid {
+                    field: "reinit",
+                    reason: "the package is still pending; no reinit is needed",
+                })
+            }
+        }
+        .await;
+        note.finish(result)
+    }
+
+    /// The device's KCVs for the pending package, by key name (`TMK`,
+    /// `AUTH`). Every one must match, each name once and no other: then the
+    /// issuer's keys are `initialised` and a `verified` device becomes
+    /// `initialised`. Otherwise the record becomes `refused` (kept, an
+    /// intrusion signal) and [`ProvisioningError::KcvMismatch`] is returned.
+    pub async fn confirm_init<S: AsRef<str>>(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        kcvs: &[(S, Kcv)],
+    ) -> Decision<()> {
+        let mut note = AuditNote::new(
+            Actor::Device(device),
+            Action::ConfirmInit,
+            format!("device:{device}"),
+        );
+        note.detail("issuer", issuer);
+        let result = self.confirm(device, issuer, kcvs, &mut note).await;
+        note.finish(result)
+    }
+
+    async fn confirm<S: AsRef<str>>(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        kcvs: &[(S, Kcv)],
+        note: &mut AuditNote,
+    ) -> Result<()> {
+        let init = match self.init_record(device, issuer).await? {
+            Some(i) if i.state == InitState::Pending => i,
+            _ => {
+                return Err(ProvisioningError::NoPendingInit {
+                    device,
+                    issuer: issuer.clone(),
+                });
+            }
+        };
+        // Every comparison runs, whatever the earlier ones gave.
+        let mut all_match = kcvs.len() == KEY_NAMES.len();
+        for (name, expected) in KEY_NAMES.iter().zip([&init.tmk_kcv, &init.auth_kcv]) {
+            let mut found = 0usize;
+            for (n, k) in kcvs {
+                if n.as_ref() == *name {
+                    found += 1;
+                    all_match &= k.matches(expected);
+                }
+            }
+            all_match &= found == 1;
+        }
+        let new_state = if all_match {
+            InitState::Initialised
+        } else {
+            InitState::Refused
+        };
+        let from = self
+            .store
+            .retrying(|| async {
+                let now = now_ms();
+                let mut tx = self.store.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE prov_inits SET state = $3, confirmed_at_ms = $4 \
+                     WHERE device_id = $1 AND issuer_id = $2 AND state = 'pending' \
+                       AND packages = $5",
+                )
+                .bind(device.to_string())
+                .bind(issuer.as_str())
+                .bind(new_state.as_str())
+                .bind(now)
+                .bind(i64::from(init.packages))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Err(ProvisioningError::Conflict(
+                        "the init package changed during confirmation",
+                    ));
+                }
+                let mut from = None;
+                if new_state == InitState::Initialised {
+                    let moved = sqlx::query(
+                        "UPDATE prov_devices SET state = 'initialised', state_changed_at_ms = $2 \
+                         WHERE device_id = $1 AND state = 'verified'",
+                    )
+                    .bind(device.to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 1 {
+                        from = Some(DeviceState::Verified);
+                    }
+                }
+                tx.commit().await?;
+                Ok(from)
+            })
+            .await?;
+        if !all_match {
+            tracing::warn!(device = %device, issuer = %issuer,
+                "device reported init-package KCVs that do not match: intrusion signal, keys refused");
+            return Err(ProvisioningError::KcvMismatch {
+                device,
+                issuer: issuer.clone(),
+            });
+        }
+        if let Some(from) = from {
+            note.detail("from", from);
+            note.detail("to", DeviceState::Initialised);
+        }
+        Ok(())
+    }
+
+    /// The original-key record of (device, issuer), if any.
+    pub async fn init_record(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+    ) -> Result<Option<InitRecord>> {
+        let row = sqlx::query(
+            "SELECT issuer_id, state, kcv_method, tmk_kcv, auth_kcv, packages, packaged_at_ms, \
+             confirmed_at_ms, reinit_by FROM prov_inits WHERE device_id = $1 AND issuer_id = $2",
+        )
+        .bind(device.to_string())
+        .bind(issuer.as_str())
+        .fetch_optional(&self.store.pool)
+        .await?;
+        row.map(|r| init_from_row(device, &r)).transpose()
+    }
+
+    /// Every issuer's original-key record of a device.
+    pub async fn init_records(&self, device: DeviceId) -> Result<Vec<InitRecord>> {
+        let rows = sqlx::query(
+            "SELECT issuer_id, state, kcv_method, tmk_kcv, auth_kcv, packages, packaged_at_ms, \
+             confirmed_at_ms, reinit_by FROM prov_inits WHERE device_id = $1 ORDER BY issuer_id",
+        )
+        .bind(device.to_string())
+        .fetch_all(&self.store.pool)
+        .await?;
+        rows.iter().map(|r| init_from_row(device, r)).collect()
+    }
+}
+
+/// Device states in which an init package may be served.
+fn package_allowed(device: DeviceId, state: DeviceState) -> Result<()> {
+    match state {
+        DeviceState::Verified | DeviceState::Initialised | DeviceState::Issued => Ok(()),
+        _ => Err(ProvisioningError::DeviceState {
+            device,
+            state,
+            needed: "verified, initialised or issued",
+        }),
+    }
+}
+
+/// The TMK and AUTH KCVs a package announces.
+fn package_kcvs(pkg: &InitPackage) -> Result<(Kcv, Kcv)> {
+    let find = |name: &str| {
+        pkg.keys
+            .iter()
+            .find(|k| k.name == name)
+            .map(|k| k.kcv)
+            .ok_or_else(|| {
+                ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
+                    function: "init_package".into(),
+                    rv: format!("package lacks the {name} key"),
+                })
+            })
+    };
+    Ok((find(KEY_NAMES[0])?, find(KEY_NAMES[1])?))
+}
+
+fn init_from_row(device: DeviceId, row: &AnyRow) -> Result<InitRecord> {
+    let method: KcvMethod = parse_col(row, "kcv_method", "prov_inits.kcv_method")?;
+    let kcv = |col: &str| -> Result<Kcv> {
+        let v: String = row.try_get(col)?;
+        Kcv::parse(method.as_str(), &v)
+            .map_err(|_| ProvisioningError::CorruptRecord("prov_inits.kcv"))
+    };
+    let packages: i64 = row.try_get("packages")?;
+    Ok(InitRecord {
+        device,
+        issuer: parse_col(row, "issuer_id", "prov_inits.issuer_id")?,
+        state: parse_col(row, "state", "prov_inits.state")?,
+        tmk_kcv: kcv("tmk_kcv")?,
+        auth_kcv: kcv("auth_kcv")?,
+        packages: u32::try_from(packages)
+            .map_err(|_| ProvisioningError::CorruptRecord("prov_inits.packages"))?,
+        packaged_at_ms: row.try_get("packaged_at_ms")?,
+        confirmed_at_ms: row.try_get("confirmed_at_ms")?,
+        reinit_by: row.try_get("reinit_by")?,
+    })
+}

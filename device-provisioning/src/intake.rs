@@ -1,0 +1,608 @@
+//! Manufacturing intake: a batch file from the factory becomes registered
+//! devices, each with a device certificate from the CA.
+//!
+//! # The manifest format
+//! UTF-8 text, one device per line, comma-separated, no quoting (no field may
+//! contain a comma). Blank lines and lines starting with `#` are ignored. The
+//! first other line is the header, exactly:
+//!
+//! ```text
+//! device_id,psam_serial,esam_serial,model,firmware,csr
+//! ```
+//!
+//! - `device_id`: 16 hex digits (the secure element's 8-byte serial).
+//! - `psam_serial`, `esam_serial`: 1-32 characters of `A-Z 0-9`; either may be
+//!   empty, not both. Each serial belongs to one device.
+//! - `model`, `firmware`: 1-64 printable characters.
+//! - `csr`: the device's PKCS#10 request, base64 (standard alphabet) of its
+//!   DER or of its PEM text. The server never reads a path from a manifest;
+//!   `kwctl` may expand `@file` names into base64 before sending.
+//!
+//! At most [`MAX_ROWS`] devices per batch.
+//!
+//! # All or nothing
+//! A batch is registered whole or not at all. Every row is checked first
+//! (format, duplicates in the file and in the registry, CSR signature and key
+//! type) without any side effect; one bad row refuses the batch with a
+//! row-by-row [`ImportReport`]
+//! ([`ProvisioningError::BatchRejected`]). A partial import would leave the
+//! factory, the bank and the audit trail disagreeing about which devices of a
+//! batch exist; all-or-nothing keeps one answer per batch, and a corrected
+//! file is simply imported again.
+//!
+//! Then the batch and its devices are reserved in one transaction (state
+//! `importing`, so none can be checked yet), each CSR is certified, and the
+//! certificate serials are recorded as the batch becomes `complete`. If
+//! certification fails half-way (CA or HSM trouble), the certificates already
+//! issued are revoked and the reservation removed: the batch is again absent.
+
+use std::collections::HashSet;
+
+use base64::Engine;
+use keyward_kms::types::DeviceId;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::Provisioning;
+use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::certifier::{DeviceKeyKind, RevokeReason};
+use crate::error::{ProvisioningError, Result};
+use crate::store::{is_unique_violation, now_ms, parse_col};
+use crate::types::{BatchId, OperatorId, SeSerial};
+
+/// Most devices one batch may hold.
+pub const MAX_ROWS: usize = 10_000;
+/// The manifest's header line.
+pub const MANIFEST_HEADER: &str = "device_id,psam_serial,esam_serial,model,firmware,csr";
+/// Largest CSR accepted, decoded.
+const MAX_CSR_LEN: usize = 16 * 1024;
+/// Ids per `IN (…)` list when looking rows up in bulk.
+const LOOKUP_CHUNK: usize = 400;
+
+/// What happened to one manifest row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Registered, with its device certificate.
+    Registered { cert_serial: String },
+    /// Nothing wrong with the row, but the batch was refused.
+    Valid,
+    /// This row refused the batch: `code` is stable, `reason` says what is
+    /// wrong without quoting the input.
+    Rejected {
+        code: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// One row of the report, by its line number in the manifest (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowReport {
+    pub line: usize,
+    /// `None` when the row's device id did not parse.
+    pub device_id: Option<DeviceId>,
+    pub outcome: RowOutcome,
+}
+
+/// Row-by-row result of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub batch_id: BatchId,
+    pub rows: Vec<RowReport>,
+}
+
+impl ImportReport {
+    /// Rows that refused the batch.
+    pub fn rejected(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| matches!(r.outcome, RowOutcome::Rejected { .. }))
+            .count()
+    }
+    /// Whether every row was registered.
+    pub fn accepted(&self) -> bool {
+        !self.rows.is_empty()
+            && self
+                .rows
+                .iter()
+                .all(|r| matches!(r.outcome, RowOutcome::Registered { .. }))
+    }
+}
+
+/// A row that passed every check.
+struct GoodRow {
+    device: DeviceId,
+    psam: Option<SeSerial>,
+    esam: Option<SeSerial>,
+    model: String,
+    firmware: String,
+    csr: Vec<u8>,
+    key_kind: DeviceKeyKind,
+}
+
+/// A parsed row, before registry checks.
+enum Parsed {
+    Good(Box<GoodRow>),
+    Bad {
+        device: Option<DeviceId>,
+        code: &'static str,
+        reason: &'static str,
+    },
+}
+
+fn bad(device: Option<DeviceId>, code: &'static str, reason: &'static str) -> Parsed {
+    Parsed::Bad {
+        device,
+        code,
+        reason,
+    }
+}
+
+fn text_field(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control)
+}
+
+/// Where a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Certificates are being issued; its devices cannot be checked yet.
+    Importing,
+    Complete,
+}
+
+/// A registered batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub id: BatchId,
+    pub state: BatchState,
+    pub device_count: u32,
+    pub imported_by: String,
+    pub imported_at_ms: i64,
+    pub completed_at_ms: Option<i64>,
+}
+
+impl Provisioning {
+    /// Imports a manufacturing batch (format and rules in the module docs).
+    /// On success every row is `Registered` and every device is
+    /// `manufactured` with a device certificate.
+    pub async fn import_batch(
+        &self,
+        batch_id: &BatchId,
+        manifest: &str,
+        operator: &OperatorId,
+    ) -> Decision<ImportReport> {
+        let mut note = AuditNote::new(
+            Actor::Operator(operator.clone()),
+            Action::ImportBatch,
+            format!("batch:{batch_id}"),
+        );
+        let result = self.import(batch_id, manifest, operator, &mut note).await;
+        note.finish(result)
+    }
+
+    async fn import(
+        &self,
+        batch_id: &BatchId,
+        manifest: &str,
+        operator: &OperatorId,
+        note: &mut AuditNote,
+    ) -> Result<ImportReport> {
+        let lines = manifest_lines(manifest)?;
+        note.detail("rows", lines.len());
+        if self.batch(batch_id).await?.is_some() {
+            return Err(ProvisioningError::BatchExists(batch_id.clone()));
+        }
+
+        // 1. Every row on its own (no side effects).
+        let mut parsed: Vec<(usize, Parsed)> = lines
+            .iter()
+            .map(|(line, text)| (*line, self.parse_row(text)))
+            .collect();
+
+        // 2. Duplicates inside the file, then against the registry.
+        let mut seen_ids = HashSet::new();
+        let mut seen_se = HashSet::new();
+        for (_, p) in &mut parsed {
+            let Parsed::Good(row) = p else { continue };
+            let dup_id = !seen_ids.insert(row.device);
+            let dup_se = [&row.psam, &row.esam]
+                .into_iter()
+                .flatten()
+                .any(|s| !seen_se.insert(s.as_str().to_owned()));
+            if dup_id || dup_se {
+                *p = bad(
+                    Some(row.device),
+                    "duplicate_in_file",
+                    if dup_id {
+                        "device id appears earlier in the file"
+                    } else {
+                        "secure-element serial appears earlier in the file"
+                    },
+                );
+            }
+        }
+        let ids: Vec<String> = good(&parsed).map(|r| r.device.to_string()).collect();
+        let taken_ids = self.existing("device_id", &ids).await?;
+        let ses: Vec<String> = good(&parsed)
+            .flat_map(|r| [&r.psam, &r.esam])
+            .flatten()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let taken_psam = self.existing("psam_serial", &ses).await?;
+        let taken_esam = self.existing("esam_serial", &ses).await?;
+        for (_, p) in &mut parsed {
+            let Parsed::Good(row) = p else { continue };
+            let se_taken = [&row.psam, &row.esam]
+                .into_iter()
+                .flatten()
+                .any(|s| taken_psam.contains(s.as_str()) || taken_esam.contains(s.as_str()));
+            if taken_ids.contains(&row.device.to_string()) {
+                *p = bad(
+                    Some(row.device),
+                    "already_registered",
+                    "device id is already registered",
+                );
+            } else if se_taken {
+                *p = bad(
+                    Some(row.device),
+                    "already_registered",
+                    "secure-element serial is already registered",
+                );
+            }
+        }
+
+        let refused = parsed.iter().any(|(_, p)| matches!(p, Parsed::Bad { .. }));
+        if refused {
+            let report = ImportReport {
+                batch_id: batch_id.clone(),
+                rows: parsed
+                    .into_iter()
+                    .map(|(line, p)| match p {
+                        Parsed::Good(r) => RowReport {
+                            line,
+                            device_id: Some(r.device),
+                            outcome: RowOutcome::Valid,
+                        },
+                        Parsed::Bad {
+                            device,
+                            code,
+                            reason,
+                        } => RowReport {
+                            line,
+                            device_id: device,
+                            outcome: RowOutcome::Rejected { code, reason },
+                        },
+                    })
+                    .collect(),
+            };
+            note.detail("rejected", report.rejected());
+            return Err(ProvisioningError::BatchRejected(Box::new(report)));
+        }
+        let rows: Vec<(usize, Box<GoodRow>)> = parsed
+            .into_iter()
+            .filter_map(|(line, p)| match p {
+                Parsed::Good(r) => Some((line, r)),
+                Parsed::Bad { .. } => None,
+            })
+            .collect();
+
+        // 3. Reserve, certify, complete.
+        self.reserve(batch_id, &rows, operator).await?;
+        let mut serials: Vec<String> = Vec::with_capacity(rows.len());
+        for (_, row) in &rows {
+            match self.certifier.certify(&row.csr, row.device).await {
+                Ok(cert) => serials.push(cert.serial),
+                Err(e) => {
+                    self.abort_import(batch_id, &serials).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Err(e) = self.complete(batch_id, &rows, &serials).await {
+            self.abort_import(batch_id, &serials).await;
+            return Err(e);
+        }
+        note.detail("registered", rows.len());
+        Ok(ImportReport {
+            batch_id: batch_id.clone(),
+            rows: rows
+                .iter()
+                .zip(serials)
+                .map(|((line, row), cert_serial)| RowReport {
+                    line: *line,
+                    device_id: Some(row.device),
+                    outcome: RowOutcome::Registered { cert_serial },
+                })
+                .collect(),
+        })
+    }
+
+    fn parse_row(&self, text: &str) -> Parsed {
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [id, psam, esam, model, firmware, csr] = fields[..] else {
+            return bad(None, "malformed", "expected 6 comma-separated fields");
+        };
+        let Ok(device) = id.parse::<DeviceId>() else {
+            return bad(None, "malformed", "device_id must be 16 hex digits");
+        };
+        let d = Some(device);
+        let se = |s: &str| -> std::result::Result<Option<SeSerial>, ()> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|_| ())
+            }
+        };
+        let (Ok(psam), Ok(esam)) = (se(psam), se(esam)) else {
+            return bad(
+                d,
+                "malformed",
+                "secure-element serials are 1-32 characters of A-Z and 0-9",
+            );
+        };
+        if psam.is_none() && esam.is_none() {
+            return bad(d, "malformed", "a PSAM or an ESAM serial is required");
+        }
+        if !text_field(model) || !text_field(firmware) {
+            return bad(
+                d,
+                "malformed",
+                "model and firmware are 1-64 printable characters",
+            );
+        }
+        let csr = match base64::engine::general_purpose::STANDARD.decode(csr) {
+            Ok(b) if !b.is_empty() && b.len() <= MAX_CSR_LEN => b,
+            _ => return bad(d, "malformed", "csr must be base64 of a DER or PEM request"),
+        };
+        let key_kind = match self.certifier.check_csr(&csr) {
+            Ok(k) => k,
+            Err(e) if e.is_client_error() => {
+                let code = match e.code() {
+                    "csr_signature" => "csr_signature",
+                    "unsupported_key" => "unsupported_key",
+                    _ => "csr_invalid",
+                };
+                let reason = match code {
+                    "csr_signature" => "CSR signature does not verify",
+                    "unsupported_key" => "device keys must be P-256 or RSA of 2048 bits or more",
+                    _ => "CSR is malformed",
+                };
+                return bad(d, code, reason);
+            }
+            Err(_) => return bad(d, "csr_check_failed", "the CA could not check the CSR"),
+        };
+        Parsed::Good(Box::new(GoodRow {
+            device,
+            psam,
+            esam,
+            model: model.to_owned(),
+            firmware: firmware.to_owned(),
+            csr,
+            key_kind,
+        }))
+    }
+
+    /// Which of `values` are already in `prov_devices.<column>`.
+    async fn existing(&self, column: &'static str, values: &[String]) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for chunk in values.chunks(LOOKUP_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            // `column` is one of three constants; the values are bound.
+            let sql = format!(
+                "SELECT {column} AS v FROM prov_devices WHERE {column} IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for v in chunk {
+                q = q.bind(v.as_str());
+            }
+            for row in q.fetch_all(&self.store.pool).await? {
+                out.insert(row.try_get::<String, _>("v")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the batch (`importing`) and its devices (`manufactured`, no
+    /// certificate yet) in one transaction.
+    async fn reserve(
+        &self,
+        batch_id: &BatchId,
+        rows: &[(usize, Box<GoodRow>)],
+        operator: &OperatorId,
+    ) -> Result<()> {
+        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let r = self
+            .store
+            .retrying(|| async {
+                let now = now_ms();
+                let mut tx = self.store.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO prov_batches (id, state, device_count, imported_by, imported_at_ms) \
+                     VALUES ($1, 'importing', $2, $3, $4)",
+                )
+                .bind(batch_id.as_str())
+                .bind(count)
+                .bind(operator.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                for (_, row) in rows {
+                    sqlx::query(
+                        "INSERT INTO prov_devices (device_id, batch_id, psam_serial, esam_serial, \
+                         model, firmware, key_kind, state, created_at_ms, state_changed_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'manufactured', $8, $8)",
+                    )
+                    .bind(row.device.to_string())
+                    .bind(batch_id.as_str())
+                    .bind(row.psam.as_ref().map(|s| s.as_str().to_owned()))
+                    .bind(row.esam.as_ref().map(|s| s.as_str().to_owned()))
+                    .bind(row.model.as_str())
+                    .bind(row.firmware.as_str())
+                    .bind(row.key_kind.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(ProvisioningError::Conflict(
+                "a device or the batch was registered concurrently; import again for a report",
+            )),
+            other => other,
+        }
+    }
+
+    /// Records the certificate serials and completes the batch.
+    async fn complete(
+        &self,
+        batch_id: &BatchId,
+        rows: &[(usize, Box<GoodRow>)],
+        serials: &[String],
+    ) -> Result<()> {
+        self.store
+            .retrying(|| async {
+                let mut tx = self.store.begin_write().await?;
+                for ((_, row), serial) in rows.iter().zip(serials) {
+                    sqlx::query(
+                        "UPDATE prov_devices SET cert_serial = $2 \
+                         WHERE device_id = $1 AND batch_id = $3",
+                    )
+                    .bind(row.device.to_string())
+                    .bind(serial.as_str())
+                    .bind(batch_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE prov_batches SET state = 'complete', completed_at_ms = $2 \
+                     WHERE id = $1 AND state = 'importing'",
+                )
+                .bind(batch_id.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Undoes a failed import: revokes what was issued, removes the
+    /// reservation. Best effort; what cannot be undone is logged by serial.
+    async fn abort_import(&self, batch_id: &BatchId, serials: &[String]) {
+        for serial in serials {
+            if let Err(e) = self
+                .certifier
+                .revoke(serial, RevokeReason::ImportAborted)
+                .await
+            {
+                tracing::error!(batch = %batch_id, serial = %serial, code = e.code(), error = %e,
+                    "could not revoke a certificate of an aborted import; revoke it by hand");
+            }
+        }
+        let removed = self
+            .store
+            .retrying(|| async {
+                let mut tx = self.store.begin_write().await?;
+                sqlx::query("DELETE FROM prov_devices WHERE batch_id = $1")
+                    .bind(batch_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM prov_batches WHERE id = $1 AND state = 'importing'")
+                    .bind(batch_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = removed {
+            tracing::error!(batch = %batch_id, code = e.code(), error = %e,
+                "could not remove the reservation of an aborted import; its devices stay uncheckable");
+        }
+    }
+
+    /// A batch by id.
+    pub async fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
+        let row = sqlx::query(
+            "SELECT id, state, device_count, imported_by, imported_at_ms, completed_at_ms \
+             FROM prov_batches WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.store.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state")?;
+        let count: i64 = row.try_get("device_count")?;
+        Ok(Some(BatchRecord {
+            id: parse_col(&row, "id", "prov_batches.id")?,
+            state: match state.as_str() {
+                "importing" => BatchState::Importing,
+                "complete" => BatchState::Complete,
+                _ => return Err(ProvisioningError::CorruptRecord("prov_batches.state")),
+            },
+            device_count: u32::try_from(count)
+                .map_err(|_| ProvisioningError::CorruptRecord("prov_batches.device_count"))?,
+            imported_by: row.try_get("imported_by")?,
+            imported_at_ms: row.try_get("imported_at_ms")?,
+            completed_at_ms: row.try_get("completed_at_ms")?,
+        }))
+    }
+}
+
+fn good(parsed: &[(usize, Parsed)]) -> impl Iterator<Item = &GoodRow> {
+    parsed.iter().filter_map(|(_, p)| match p {
+        Parsed::Good(r) => Some(&**r),
+        Parsed::Bad { .. } => None,
+    })
+}
+
+/// The data lines of a manifest with their 1-based line numbers, after the
+/// header. A missing or wrong header, no rows, or too many rows refuse the
+/// whole file.
+fn manifest_lines(manifest: &str) -> Result<Vec<(usize, &str)>> {
+    let mut lines = manifest
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let header_ok = lines
+        .next()
+        .is_some_and(|(_, h)| h.split(',').map(str::trim).eq(MANIFEST_HEADER.split(',')));
+    if !header_ok {
+        return Err(ProvisioningError::Invalid {
+            field: "manifest",
+            reason: "the first line must be the header device_id,psam_serial,esam_serial,model,firmware,csr",
+        });
+    }
+    let rows: Vec<(usize, &str)> = lines.collect();
+    if rows.is_empty() {
+        return Err(ProvisioningError::Invalid {
+            field: "manifest",
+            reason: "no device rows",
+        });
+    }
+    if rows.len() > MAX_ROWS {
+        return Err(ProvisioningError::Invalid {
+            field: "manifest",
+            reason: "more than 10000 device rows",
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_header_and_limits() {
+        assert!(manifest_lines("").is_err());
+        assert!(manifest_lines("device_id,psam\n1,2").is_err());
+        assert!(manifest_lines(&format!("{MANIFEST_HEADER}\n")).is_err());
+        let m = format!("# factory run 7\n\n{MANIFEST_HEADER}\n# a comment\nA,B\n\nC,D\n");
+        assert_eq!(manifest_lines(&m).unwrap(), vec![(5, "A,B"), (7, "C,D")]);
+    }
+}

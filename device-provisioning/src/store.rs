@@ -1,0 +1,210 @@
+//! The provisioning tables' plumbing: embedded migrations and the
+//! transaction rules the key catalog uses (kms `catalog` module docs).
+//!
+//! Every write is one transaction: `BEGIN IMMEDIATE` on SQLite (writers queue
+//! on the write lock instead of failing on a lock upgrade), `SERIALIZABLE` on
+//! PostgreSQL, retried on serialization failures and deadlocks. No
+//! transaction is held open across an HSM or CA call: the CA writes to the
+//! same database, and on SQLite that would wait on our own write lock.
+//!
+//! The migrations (`device-provisioning/migrations/{sqlite,postgres}`) use
+//! versions 3001..=3999 of the shared `_sqlx_migrations` table; like the
+//! catalog's and the CA's migrators, this one sets `ignore_missing` so the
+//! other crates' rows do not trip it. Adding a migration means adding a file
+//! to BOTH directories and a line to BOTH lists below.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keyward_config::DatabaseKind;
+use keyward_kms::catalog::Catalog;
+use sqlx::any::AnyRow;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, Row, SqlSafeStr, Transaction};
+
+use crate::error::{ProvisioningError, Result};
+
+/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// `(version, description, sql)`, as sqlx reads `<version>_<description>.sql`.
+type Embedded = (i64, &'static str, &'static str);
+
+const SQLITE: &[Embedded] = &[(
+    3001,
+    "provisioning",
+    include_str!("../migrations/sqlite/3001_provisioning.sql"),
+)];
+
+const POSTGRES: &[Embedded] = &[(
+    3001,
+    "provisioning",
+    include_str!("../migrations/postgres/3001_provisioning.sql"),
+)];
+
+fn migrator(kind: DatabaseKind) -> Migrator {
+    let list = match kind {
+        DatabaseKind::Sqlite => SQLITE,
+        DatabaseKind::Postgres => POSTGRES,
+    };
+    let mut migrator = Migrator::with_migrations(
+        list.iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// The provisioning tables in the catalog's database.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    pub(crate) pool: AnyPool,
+    kind: DatabaseKind,
+}
+
+impl Store {
+    pub(crate) fn new(catalog: &Catalog) -> Self {
+        Self {
+            pool: catalog.pool().clone(),
+            kind: catalog.kind(),
+        }
+    }
+
+    /// Applies what is missing; a second run changes nothing.
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        migrator(self.kind).run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A write transaction (see the module docs).
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        let tx = match self.kind {
+            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DatabaseKind::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    .await?
+            }
+        };
+        Ok(tx)
+    }
+
+    /// Runs `op` (one whole transaction) again while PostgreSQL reports a
+    /// serialization failure or deadlock.
+    pub(crate) async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(e) if attempt < MAX_ATTEMPTS && self.is_race(&e) => {
+                    tracing::debug!(attempt, "provisioning transaction lost a race; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_race(&self, e: &ProvisioningError) -> bool {
+        let ProvisioningError::Database(sqlx::Error::Database(db)) = e else {
+            return false;
+        };
+        self.kind == DatabaseKind::Postgres
+            && matches!(db.code().as_deref(), Some("40001" | "40P01"))
+    }
+}
+
+/// Whether an error is a unique-constraint violation (a lost race on insert).
+pub(crate) fn is_unique_violation(e: &ProvisioningError) -> bool {
+    matches!(e, ProvisioningError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
+}
+
+/// A text column parsed into a domain type; a bad value names its column.
+pub(crate) fn parse_col<T: std::str::FromStr>(
+    row: &AnyRow,
+    col: &str,
+    what: &'static str,
+) -> Result<T> {
+    let s: String = row.try_get(col)?;
+    s.parse()
+        .map_err(|_| ProvisioningError::CorruptRecord(what))
+}
+
+/// An optional text column parsed into a domain type.
+pub(crate) fn parse_opt<T: std::str::FromStr>(
+    row: &AnyRow,
+    col: &str,
+    what: &'static str,
+) -> Result<Option<T>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| {
+        s.parse()
+            .map_err(|_| ProvisioningError::CorruptRecord(what))
+    })
+    .transpose()
+}
+
+/// Wall-clock unix milliseconds, comparable across processes sharing the
+/// database.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Growing, jittered pause between attempts so racing transactions spread out.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 4_000_000)
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn listed(list: &[Embedded]) -> Vec<String> {
+        list.iter()
+            .map(|(v, d, _)| format!("{v:04}_{d}.sql"))
+            .collect()
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded_in_range() {
+        assert_eq!(files("migrations/sqlite"), listed(SQLITE));
+        assert_eq!(files("migrations/postgres"), listed(POSTGRES));
+        for (v, _, _) in SQLITE.iter().chain(POSTGRES) {
+            assert!((3001..=3999).contains(v));
+        }
+        let versions = |l: &[Embedded]| l.iter().map(|(v, d, _)| (*v, *d)).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE), versions(POSTGRES));
+    }
+}

@@ -1,0 +1,559 @@
+//! Domain types of provisioning. Each validates on construction, so a bad
+//! value is refused at the edge with [`ProvisioningError::Invalid`] naming the
+//! field (never quoting the value).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::ProvisioningError;
+
+fn invalid(field: &'static str, reason: &'static str) -> ProvisioningError {
+    ProvisioningError::Invalid { field, reason }
+}
+
+/// Printable text without control characters, `1..=max` characters.
+fn printable(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control) && s.trim() == s
+}
+
+/// A manufacturing batch: 1-64 characters of `A-Z a-z 0-9 . _ -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId(String);
+
+impl BatchId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for BatchId {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(invalid(
+                "batch_id",
+                "must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+            ))
+        }
+    }
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The operator an action is attributed to: the name the server took from the
+/// operator's client certificate. 1-64 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OperatorId(String);
+
+impl OperatorId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for OperatorId {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        if printable(s, 64) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(invalid("operator", "must be 1-64 printable characters"))
+        }
+    }
+}
+
+impl fmt::Display for OperatorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an operator acts (reinit, reject, close, transitions): 1-256 printable
+/// characters. It goes to the audit trail, so it must not hold personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason(String);
+
+impl Reason {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Reason {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        if printable(s, 256) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(invalid("reason", "must be 1-256 printable characters"))
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a device is in its life. The edges:
+///
+/// ```text
+/// manufactured ─check─▶ verified ─confirm_init─▶ initialised ─bind─▶ issued ⇄ suspended
+///      └──────────────────┴─────────────────────────┴──────────────────┴─────────┴──▶ retired
+/// ```
+///
+/// The first three edges carry evidence (a proof of possession, matching
+/// KCVs, an approved customer) and are taken only by their operations;
+/// `issued ⇄ suspended` and `→ retired` are operator transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceState {
+    Manufactured,
+    Verified,
+    Initialised,
+    Issued,
+    Suspended,
+    Retired,
+}
+
+impl DeviceState {
+    pub const ALL: [DeviceState; 6] = [
+        Self::Manufactured,
+        Self::Verified,
+        Self::Initialised,
+        Self::Issued,
+        Self::Suspended,
+        Self::Retired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manufactured => "manufactured",
+            Self::Verified => "verified",
+            Self::Initialised => "initialised",
+            Self::Issued => "issued",
+            Self::Suspended => "suspended",
+            Self::Retired => "retired",
+        }
+    }
+
+    /// Whether `self → to` is an edge of the lifecycle at all.
+    pub fn has_edge(self, to: DeviceState) -> bool {
+        use DeviceState::*;
+        matches!(
+            (self, to),
+            (Manufactured, Verified)
+                | (Verified, Initialised)
+                | (Initialised, Issued)
+                | (Issued, Suspended)
+                | (Suspended, Issued)
+        ) || (to == Retired && self != Retired)
+    }
+
+    /// Whether an operator may take `self → to` with [`crate::Provisioning::transition`]:
+    /// the edges that need no evidence beyond the operator's decision.
+    pub fn operator_edge(self, to: DeviceState) -> bool {
+        use DeviceState::*;
+        self.has_edge(to)
+            && matches!(
+                (self, to),
+                (Issued, Suspended) | (Suspended, Issued) | (_, Retired)
+            )
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| invalid("state", "unknown device state"))
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secure-element serial (PSAM or ESAM): 1-32 characters of `A-Z 0-9`
+/// (lower case is folded to upper).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeSerial(String);
+
+impl SeSerial {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SeSerial {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        if !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(Self(s.to_ascii_uppercase()))
+        } else {
+            Err(invalid(
+                "secure_element_serial",
+                "must be 1-32 characters of A-Z and 0-9",
+            ))
+        }
+    }
+}
+
+impl fmt::Display for SeSerial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which of a device's secure elements a binding covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecureElement {
+    Psam,
+    Esam,
+    Both,
+}
+
+impl SecureElement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Psam => "psam",
+            Self::Esam => "esam",
+            Self::Both => "both",
+        }
+    }
+    pub fn includes_psam(self) -> bool {
+        matches!(self, Self::Psam | Self::Both)
+    }
+    pub fn includes_esam(self) -> bool {
+        matches!(self, Self::Esam | Self::Both)
+    }
+}
+
+impl FromStr for SecureElement {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        match s {
+            "psam" => Ok(Self::Psam),
+            "esam" => Ok(Self::Esam),
+            "both" => Ok(Self::Both),
+            _ => Err(invalid("secure_element", "must be psam, esam or both")),
+        }
+    }
+}
+
+/// A national identity number, stored as given. `Debug` redacts it and it has
+/// no `Display`: it never reaches a log line or an audit note by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NationalId(String);
+
+impl NationalId {
+    /// 1-64 printable characters.
+    pub fn new(s: impl Into<String>) -> Result<Self, ProvisioningError> {
+        let s = s.into();
+        if printable(&s, 64) {
+            Ok(Self(s))
+        } else {
+            Err(invalid("national_id", "must be 1-64 printable characters"))
+        }
+    }
+    /// The value, for the reviewer's screen and the database only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NationalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NationalId(<redacted>)")
+    }
+}
+
+/// A bank account number: 6-34 characters of `A-Z 0-9` (card numbers, IBANs;
+/// lower case is folded to upper).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Account(String);
+
+impl Account {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Account {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        if (6..=34).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(Self(s.to_ascii_uppercase()))
+        } else {
+            Err(invalid("account", "must be 6-34 characters of A-Z and 0-9"))
+        }
+    }
+}
+
+/// Most accounts one application may list.
+pub const MAX_ACCOUNTS: usize = 32;
+
+/// The second channel a customer is reached on (seed CN101184107A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContactKind {
+    Sms,
+    Email,
+    Im,
+}
+
+impl ContactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Email => "email",
+            Self::Im => "im",
+        }
+    }
+}
+
+impl FromStr for ContactKind {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        match s {
+            "sms" => Ok(Self::Sms),
+            "email" => Ok(Self::Email),
+            "im" => Ok(Self::Im),
+            _ => Err(invalid("contact.kind", "must be sms, email or im")),
+        }
+    }
+}
+
+/// A second-channel address. Personal data: never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub kind: ContactKind,
+    address: String,
+}
+
+impl Contact {
+    /// `sms`: `+` and 6-20 digits or digits alone; `email`: `local@domain`,
+    /// at most 254 characters; `im`: 1-128 printable characters.
+    pub fn new(kind: ContactKind, address: impl Into<String>) -> Result<Self, ProvisioningError> {
+        let address = address.into();
+        let ok = match kind {
+            ContactKind::Sms => {
+                let digits = address.strip_prefix('+').unwrap_or(&address);
+                (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+            }
+            ContactKind::Email => {
+                printable(&address, 254)
+                    && !address.contains(char::is_whitespace)
+                    && address
+                        .split_once('@')
+                        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'))
+            }
+            ContactKind::Im => printable(&address, 128),
+        };
+        if ok {
+            Ok(Self { kind, address })
+        } else {
+            Err(invalid(
+                "contact.address",
+                "not a valid address for its kind",
+            ))
+        }
+    }
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl fmt::Debug for Contact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Contact")
+            .field("kind", &self.kind)
+            .field("address", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What a customer hands in (seed CN102004977A, customer registration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerApplication {
+    /// Full name, 1-128 printable characters.
+    pub name: String,
+    pub national_id: NationalId,
+    /// 1 to [`MAX_ACCOUNTS`] accounts, no repeats.
+    pub accounts: Vec<Account>,
+    pub contact: Contact,
+}
+
+impl CustomerApplication {
+    pub(crate) fn validate(&self) -> Result<(), ProvisioningError> {
+        if !printable(&self.name, 128) {
+            return Err(invalid("name", "must be 1-128 printable characters"));
+        }
+        if self.accounts.is_empty() || self.accounts.len() > MAX_ACCOUNTS {
+            return Err(invalid("accounts", "between 1 and 32 accounts"));
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if self.accounts[..i].contains(a) {
+                return Err(invalid("accounts", "an account is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub(crate) fn generate() -> Self {
+                Self(format!(concat!($prefix, "{}"), hex::encode(rand::random::<[u8; 12]>())))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ProvisioningError;
+            fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+                match s.strip_prefix($prefix) {
+                    Some(h) if h.len() == 24
+                        && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                    {
+                        Ok(Self(s.to_owned()))
+                    }
+                    _ => Err(invalid($field, concat!("must be '", $prefix, "' and 24 lower-case hex digits"))),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+random_id!(
+    /// A customer application; its customer id is allocated with it.
+    ApplicationId,
+    "app-",
+    "application_id"
+);
+random_id!(
+    /// A registered customer: the customer id of an approved application.
+    CustomerId,
+    "cust-",
+    "customer_id"
+);
+
+/// Where an application is in review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApplicationState {
+    /// Waiting for a checker.
+    Submitted,
+    /// The customer exists and may be bound to devices.
+    Approved,
+    /// Sent back: the maker corrects and resubmits, or closes it.
+    Rejected,
+    /// Ended for good.
+    Closed,
+}
+
+impl ApplicationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl FromStr for ApplicationState {
+    type Err = ProvisioningError;
+    fn from_str(s: &str) -> Result<Self, ProvisioningError> {
+        match s {
+            "submitted" => Ok(Self::Submitted),
+            "approved" => Ok(Self::Approved),
+            "rejected" => Ok(Self::Rejected),
+            "closed" => Ok(Self::Closed),
+            _ => Err(invalid("state", "unknown application state")),
+        }
+    }
+}
+
+impl fmt::Display for ApplicationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_edges() {
+        use DeviceState::*;
+        let edges: Vec<(DeviceState, DeviceState)> = DeviceState::ALL
+            .into_iter()
+            .flat_map(|a| DeviceState::ALL.into_iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.has_edge(*b))
+            .collect();
+        assert_eq!(edges.len(), 5 + 5);
+        assert!(Manufactured.has_edge(Verified));
+        assert!(!Manufactured.has_edge(Initialised));
+        assert!(!Verified.has_edge(Issued));
+        assert!(!Retired.has_edge(Issued));
+        assert!(!Issued.has_edge(Initialised));
+        assert!(Issued.operator_edge(Suspended));
+        assert!(Suspended.operator_edge(Issued));
+        assert!(Manufactured.operator_edge(Retired));
+        assert!(!Manufactured.operator_edge(Verified));
+        assert!(!Initialised.operator_edge(Issued));
+        assert!(!Retired.operator_edge(Retired));
+    }
+
+    #[test]
+    fn ids_validate() {
+        assert!("BATCH-2024.01_a".parse::<BatchId>().is_ok());
+        assert!("batch 1".parse::<BatchId>().is_err());
+        let a = ApplicationId::generate();
+        assert_eq!(a.as_str().parse::<ApplicationId>().unwrap(), a);
+        assert!("cust-00".parse::<CustomerId>().is_err());
+        assert!(a.as_str().parse::<CustomerId>().is_err());
+        assert!("6222020200112233".parse::<Account>().is_ok());
+        assert!("62-22".parse::<Account>().is_err());
+        assert!(" alice".parse::<OperatorId>().is_err());
+    }
+
+    #[test]
+    fn personal_data_is_redacted() {
+        let n = NationalId::new("110101199001011234").unwrap();
+        assert!(!format!("{n:?}").contains("1234"));
+        let c = Contact::new(ContactKind::Email, "a@example.com").unwrap();
+        assert!(!format!("{c:?}").contains("example"));
+        assert!(Contact::new(ContactKind::Sms, "+8613800138000").is_ok());
+        assert!(Contact::new(ContactKind::Sms, "call me").is_err());
+        assert!(Contact::new(ContactKind::Email, "nobody").is_err());
+    }
+}

@@ -1,0 +1,328 @@
+//! `/admin/v1/ca/*`: the certificate registry, issuance, revocation, the CRL.
+//!
+//! Issuance and revocation write a `requested` audit record before they act
+//! (and do not act if it cannot be written), run to completion in their own
+//! task (a request timeout does not cut a revocation in half), then record
+//! the result.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use keyward_ca::{
+    CertFilter, CertRecord, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial,
+};
+use keyward_kms::types::DeviceId;
+use serde::Deserialize;
+
+use super::Operator;
+use crate::audit::{AuditEvent, Outcome};
+use crate::http::ApiError;
+use crate::metrics::timed_hsm;
+use crate::state::AppState;
+
+const ALL_ROLES: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
+
+/// A registry record as JSON (`pem` only when asked for).
+pub fn record_json(r: &CertRecord, with_pem: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "serial": r.serial.as_str(),
+        "profile": r.profile.as_str(),
+        "subject": r.subject,
+        "device_id": r.device_id.map(|d| d.to_string()),
+        "role": r.operator_role.map(Role::as_str),
+        "status": r.status.as_str(),
+        "not_before_ms": r.not_before_ms,
+        "not_after_ms": r.not_after_ms,
+        "issued_at_ms": r.issued_at_ms,
+        "revoked_at_ms": r.revoked_at_ms,
+        "reason": r.reason.map(RevocationReason::as_str),
+    });
+    if with_pem && let Some(obj) = v.as_object_mut() {
+        obj.insert("certificate_pem".into(), r.pem.clone().into());
+    }
+    v
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    profile: Option<String>,
+    status: Option<String>,
+    device_id: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+/// `GET /admin/v1/ca/certificates`: newest first, filtered.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    op.require(&state, ALL_ROLES).await?;
+    let filter = CertFilter {
+        profile: q.profile.as_deref().map(str::parse::<Profile>).transpose()?,
+        status: q.status.as_deref().map(str::parse::<CertStatus>).transpose()?,
+        device_id: q
+            .device_id
+            .as_deref()
+            .map(str::parse::<DeviceId>)
+            .transpose()?,
+        limit: q.limit,
+        offset: q.offset,
+    };
+    op.audit(
+        &state,
+        &AuditEvent::OperatorAction {
+            action: "certificates.list",
+            target: "-".into(),
+        },
+        Outcome::Success,
+    )
+    .await?;
+    let records = state.ca.list(&filter).await?;
+    Ok(Json(serde_json::json!({
+        "certificates": records.iter().map(|r| record_json(r, false)).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /admin/v1/ca/certificates/{serial}`: one record with its PEM.
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(serial): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    op.require(&state, ALL_ROLES).await?;
+    let serial: Serial = serial.parse()?;
+    op.audit(
+        &state,
+        &AuditEvent::OperatorAction {
+            action: "certificates.show",
+            target: serial.to_string(),
+        },
+        Outcome::Success,
+    )
+    .await?;
+    match state.ca.get(&serial).await? {
+        Some(r) => Ok(Json(record_json(&r, true))),
+        None => Err(keyward_ca::CaError::UnknownSerial(serial).into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// PKCS#10 request, PEM.
+    csr_pem: String,
+    /// `device`, `server-tls` or `load-permit` (operators: `/admin/v1/operators`).
+    profile: String,
+    device_id: Option<String>,
+    #[serde(default)]
+    dns_names: Vec<String>,
+    common_name: Option<String>,
+}
+
+/// `POST /admin/v1/ca/certificates`: certify the key of a CSR.
+pub async fn issue(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Json(body): Json<IssueBody>,
+) -> Result<Response, ApiError> {
+    let profile: Profile = body.profile.parse()?;
+    let allowed: &[Role] = match profile {
+        Profile::Device => &[Role::Admin, Role::Operator],
+        Profile::ServerTls | Profile::LoadPermit => &[Role::Admin],
+        Profile::Operator => {
+            return Err(ApiError::bad_request(
+                "use_operators_endpoint",
+                "operator certificates are issued by POST /admin/v1/operators",
+            ));
+        }
+    };
+    op.require(&state, allowed).await?;
+    let req = IssueRequest {
+        profile,
+        device_id: body
+            .device_id
+            .as_deref()
+            .map(str::parse::<DeviceId>)
+            .transpose()?,
+        operator: None,
+        dns_names: body.dns_names,
+        common_name: body.common_name,
+    };
+    let subject = match (&req.device_id, req.dns_names.first(), &req.common_name) {
+        (Some(d), _, _) => d.to_string(),
+        (None, Some(n), _) => n.clone(),
+        (None, None, Some(cn)) => cn.clone(),
+        _ => "-".into(),
+    };
+    issue_and_record(&state, &op, body.csr_pem.into_bytes(), req, subject)
+        .await
+        .map(|json| (StatusCode::CREATED, Json(json)).into_response())
+}
+
+/// Shared by certificate and operator issuance: audit `requested`, issue in
+/// a task of its own, audit the result, count it.
+pub async fn issue_and_record(
+    state: &AppState,
+    op: &Operator,
+    csr: Vec<u8>,
+    req: IssueRequest,
+    subject: String,
+) -> Result<serde_json::Value, ApiError> {
+    let profile = req.profile;
+    op.audit(
+        state,
+        &AuditEvent::CertificateIssued {
+            serial: None,
+            profile: profile.as_str().into(),
+            subject: subject.clone(),
+        },
+        Outcome::Requested,
+    )
+    .await?;
+    let (st, op2) = (state.clone(), op.clone());
+    let task = tokio::spawn(async move {
+        let issued = timed_hsm(
+            &st.metrics,
+            "certificate_issue",
+            st.ca.issue_from_csr(&csr, req),
+        )
+        .await;
+        match issued {
+            Ok(cert) => {
+                st.metrics
+                    .certificates_issued
+                    .with_label_values(&[profile.as_str()])
+                    .inc();
+                let recorded = op2
+                    .audit(
+                        &st,
+                        &AuditEvent::CertificateIssued {
+                            serial: Some(cert.serial.to_string()),
+                            profile: profile.as_str().into(),
+                            subject: cert.subject.clone(),
+                        },
+                        Outcome::Success,
+                    )
+                    .await;
+                if let Err(e) = recorded {
+                    // Issued, and the `requested` record stands; say so loudly.
+                    tracing::error!(serial = %cert.serial, code = %e.code,
+                        "certificate issued but its success record could not be written");
+                }
+                Ok(serde_json::json!({
+                    "serial": cert.serial.as_str(),
+                    "profile": cert.profile.as_str(),
+                    "subject": cert.subject,
+                    "not_before_ms": cert.not_before_ms,
+                    "not_after_ms": cert.not_after_ms,
+                    "certificate_pem": cert.pem,
+                    "chain_pem": st.ca.chain_pem(),
+                }))
+            }
+            Err(e) => {
+                let err = ApiError::from(e);
+                op2.audit_failure(&st, "certificate.issue", &err).await;
+                Err(err)
+            }
+        }
+    });
+    task.await.map_err(ApiError::internal)?
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// RFC 5280 reason name; default `unspecified`.
+    reason: Option<String>,
+}
+
+/// `POST /admin/v1/ca/certificates/{serial}/revoke`.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(serial): Path<String>,
+    body: Option<Json<RevokeBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    op.require(&state, &[Role::Admin, Role::Operator]).await?;
+    let serial: Serial = serial.parse()?;
+    let reason: RevocationReason = body
+        .and_then(|Json(b)| b.reason)
+        .as_deref()
+        .unwrap_or("unspecified")
+        .parse()?;
+    let record = state
+        .ca
+        .get(&serial)
+        .await?
+        .ok_or_else(|| keyward_ca::CaError::UnknownSerial(serial.clone()))?;
+    if record.profile != Profile::Device && op.role != Role::Admin {
+        return op.refuse(&state, "admin").await;
+    }
+    let event = AuditEvent::CertificateRevoked {
+        serial: serial.to_string(),
+        reason: reason.as_str().into(),
+    };
+    op.audit(&state, &event, Outcome::Requested).await?;
+    let (st, op2) = (state.clone(), op.clone());
+    let task = tokio::spawn(async move {
+        let revoked = timed_hsm(
+            &st.metrics,
+            "certificate_revoke",
+            st.ca.revoke(&serial, reason),
+        )
+        .await;
+        if let Err(e) = revoked {
+            let err = ApiError::from(e);
+            op2.audit_failure(&st, "certificate.revoke", &err).await;
+            return Err(err);
+        }
+        st.metrics.certificates_revoked.inc();
+        if let Err(e) = op2.audit(&st, &event, Outcome::Success).await {
+            tracing::error!(serial = %serial, code = %e.code,
+                "certificate revoked but its success record could not be written");
+        }
+        // Both listeners refuse the certificate from now on.
+        if let Err(e) = crate::pki::refresh_crl(&st).await {
+            tracing::error!(error = format!("{e:#}"),
+                "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries");
+        }
+        Ok(serde_json::json!({
+            "serial": serial.as_str(),
+            "status": "revoked",
+            "reason": reason.as_str(),
+            "crl_number": st.tls.crl().number,
+        }))
+    });
+    task.await.map_err(ApiError::internal)?.map(Json)
+}
+
+/// `GET /admin/v1/ca/crl`: the current CRL, PEM.
+pub async fn crl(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+) -> Result<Response, ApiError> {
+    op.require(&state, ALL_ROLES).await?;
+    op.audit(
+        &state,
+        &AuditEvent::OperatorAction {
+            action: "crl.get",
+            target: "-".into(),
+        },
+        Outcome::Success,
+    )
+    .await?;
+    let crl = timed_hsm(&state.metrics, "crl_get", state.ca.crl()).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pem-file"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crl.pem,
+    )
+        .into_response())
+}

@@ -1,0 +1,63 @@
+//! `/live`, `/ready`, `/metrics`: for Prometheus and orchestrators, reachable
+//! without a client certificate.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::metrics::timed_hsm;
+use crate::pki::update_crl_metrics;
+use crate::state::AppState;
+
+/// The process is up and serving HTTP.
+pub async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "live" }))
+}
+
+/// Ready when the HSM answers (through the worker pool), the database
+/// answers, and the service is not shutting down. 503 with the failing
+/// check otherwise (no error detail: the logs have it).
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    if state.draining() {
+        ok = false;
+        checks.insert("shutdown".into(), "draining".into());
+    }
+    match timed_hsm(&state.metrics, "ready_ping", state.kms.ready()).await {
+        Ok(()) => {
+            checks.insert("hsm_and_database".into(), "ok".into());
+        }
+        Err(e) => {
+            ok = false;
+            tracing::warn!(error = %e, "readiness check failed");
+            checks.insert("hsm_and_database".into(), e.code().into());
+        }
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": checks,
+        "crl_number": state.tls.crl().number,
+    });
+    // Not an error document: a 503 here is an answer, not a failure.
+    let mut resp = (status, Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.sample(&state.kms);
+    update_crl_metrics(&state.metrics, &state.tls.crl());
+    let (content_type, body) = state.metrics.render();
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}

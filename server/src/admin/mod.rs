@@ -1,0 +1,203 @@
+//! The admin listener: health and metrics for Prometheus, and the admin API
+//! for operators (docs/admin-api.md).
+//!
+//! - `health`: `/live`, `/ready`, `/metrics`, reachable without a client
+//!   certificate (the admin listener's TLS verifier allows that).
+//! - `/admin/v1/*`: the [`require_operator`] middleware admits only
+//!   connections with an operator certificate carrying a role (OU); each
+//!   handler then checks the role it needs with [`Operator::require`].
+//!   Refusals are audited (`access.refused`).
+//! - `certificates`, `operators`, `trail`: the handlers.
+//!
+//! Roles: `admin` may do everything; `operator` lists, reads, issues and
+//! revokes device certificates and reads the CRL; `auditor` lists and reads
+//! certificates, reads the CRL and the audit trail, and verifies the chain.
+
+mod certificates;
+mod health;
+mod operators;
+mod trail;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use keyward_ca::Role;
+
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::http::layers::{self, request_id};
+use crate::http::{ApiError, stack_config};
+use crate::identity::ClientIdentity;
+use crate::metrics::Listener;
+use crate::state::AppState;
+
+/// Routes of the admin listener, with the middleware stack.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/admin/v1/whoami", get(whoami))
+        .route(
+            "/admin/v1/ca/certificates",
+            get(certificates::list).post(certificates::issue),
+        )
+        .route("/admin/v1/ca/certificates/{serial}", get(certificates::show))
+        .route(
+            "/admin/v1/ca/certificates/{serial}/revoke",
+            post(certificates::revoke),
+        )
+        .route("/admin/v1/ca/crl", get(certificates::crl))
+        .route("/admin/v1/operators", post(operators::issue))
+        .route("/admin/v1/audit", get(trail::recent))
+        .route("/admin/v1/audit/verify", get(trail::verify))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ));
+    let router = Router::new()
+        .route("/live", get(health::live))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .merge(api)
+        .with_state(state.clone());
+    layers::apply(
+        router,
+        &stack_config(&state, Listener::Admin),
+        state.metrics.clone(),
+    )
+}
+
+/// The operator behind an admin API request, from its client certificate.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub name: String,
+    pub role: Role,
+    pub serial: String,
+    pub actor: Actor,
+    pub request_id: String,
+    method: String,
+    route: String,
+}
+
+/// Admits only operator certificates with a role; audits every refusal.
+async fn require_operator(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let rid = request_id(req.extensions());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = req.method().to_string();
+    let identity = req.extensions().get::<ClientIdentity>().cloned();
+    let cert = identity.as_ref().and_then(|i| i.cert.clone());
+    let (actor, refusal) = match (&identity, &cert) {
+        (Some(id), Some(c)) => match c.role() {
+            Some(role) => {
+                req.extensions_mut().insert(Operator {
+                    name: c.common_name.clone(),
+                    role,
+                    serial: c.serial.clone(),
+                    actor: id.actor(),
+                    request_id: rid,
+                    method,
+                    route,
+                });
+                return next.run(req).await;
+            }
+            // A device (or other) certificate: known, but no operator.
+            None => (id.actor(), ApiError::forbidden_role("an operator")),
+        },
+        (Some(id), None) => (id.actor(), ApiError::certificate_required()),
+        (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
+    };
+    let event = AuditEvent::AccessRefused {
+        method,
+        route,
+        code: if refusal.status == axum::http::StatusCode::FORBIDDEN {
+            "forbidden_role"
+        } else {
+            "client_certificate_required"
+        },
+        role: None,
+    };
+    let _ = state
+        .audit
+        .append(&actor, &event, Outcome::Refused, &rid)
+        .await;
+    refusal.into_response()
+}
+
+impl Operator {
+    /// Refuses (403 `forbidden_role`, audited) unless the role is in `allowed`.
+    pub async fn require(&self, state: &AppState, allowed: &[Role]) -> Result<(), ApiError> {
+        if allowed.contains(&self.role) {
+            return Ok(());
+        }
+        let needed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        self.refuse(state, &needed.join(" or ")).await
+    }
+
+    /// Refuses with 403 `forbidden_role`, audited.
+    pub async fn refuse<T>(&self, state: &AppState, needed: &str) -> Result<T, ApiError> {
+        let event = AuditEvent::AccessRefused {
+            method: self.method.clone(),
+            route: self.route.clone(),
+            code: "forbidden_role",
+            role: Some(self.role.as_str().to_owned()),
+        };
+        let _ = state
+            .audit
+            .append(&self.actor, &event, Outcome::Refused, &self.request_id)
+            .await;
+        Err(ApiError::forbidden_role(needed))
+    }
+
+    /// Writes an audit record for this operator; the caller stops (fail
+    /// closed, 503 `audit_unavailable`) if it cannot be written.
+    pub async fn audit(
+        &self,
+        state: &AppState,
+        event: &AuditEvent,
+        outcome: Outcome,
+    ) -> Result<(), ApiError> {
+        state
+            .audit
+            .append(&self.actor, event, outcome, &self.request_id)
+            .await
+            .map(drop)
+            .map_err(ApiError::audit_unavailable)
+    }
+
+    /// Records a failure after a `requested` record (best effort: the
+    /// operation did not happen, so nothing is left to protect).
+    pub async fn audit_failure(&self, state: &AppState, action: &str, err: &ApiError) {
+        let event = AuditEvent::OperationFailed {
+            action: action.to_owned(),
+            code: err.code.to_string(),
+        };
+        let _ = state
+            .audit
+            .append(&self.actor, &event, Outcome::Failure, &self.request_id)
+            .await;
+    }
+}
+
+/// `GET /admin/v1/whoami`: the operator the server sees.
+async fn whoami(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    op.audit(
+        &state,
+        &AuditEvent::OperatorAction {
+            action: "whoami",
+            target: "-".into(),
+        },
+        Outcome::Success,
+    )
+    .await?;
+    Ok(Json(serde_json::json!({
+        "name": op.name,
+        "role": op.role.as_str(),
+        "serial": op.serial,
+    })))
+}

@@ -1,0 +1,327 @@
+//! Start-up shared by the commands, and `keyward init`.
+//!
+//! [`open`] brings up what every command needs: the HSM and the key catalog
+//! (kms migrations, mechanism probe), the server's own migrations (audit
+//! trail), and the CA (idempotent bootstrap). [`init`] then makes sure the
+//! server can serve: the TLS key in the HSM and its certificate on disk, and
+//! a first `admin` operator certificate and key for whoever runs it. A second
+//! run finds everything and changes nothing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use keyward_ca::{BootstrapReport, Ca, CertFilter, CertStatus, IssueRequest, Profile, Role};
+use keyward_config::{Config, DatabaseKind};
+use keyward_kms::Kms;
+use keyward_kms::hsm::{KeyPairKind, PublicKey};
+
+use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::metrics::Metrics;
+use crate::pki::{self, TlsPaths};
+use crate::tls::{TLS_KEY_LABEL, p256_spki};
+
+/// Name (CN) of the operator `init` creates.
+pub const FIRST_ADMIN_NAME: &str = "admin";
+
+/// Everything opened.
+#[derive(Debug)]
+pub struct Opened {
+    pub kms: Kms,
+    pub ca: Ca,
+    pub ca_report: BootstrapReport,
+    pub audit: AuditLog,
+    /// Server migrations applied by this start.
+    pub migrated: Vec<i64>,
+}
+
+/// Opens the HSM, the database (all migrations) and the CA.
+pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<Opened> {
+    if config.database.kind() == DatabaseKind::Sqlite {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    }
+    let kms = Kms::open(config)
+        .await
+        .context("opening the HSM and the key catalog")?;
+    kms.ready().await.context("HSM or database not ready")?;
+    let pool = kms.catalog().pool().clone();
+    let kind = kms.catalog().kind();
+    let migrated = crate::migrate::run(&pool, kind)
+        .await
+        .context("applying the server's migrations (audit trail)")?;
+    let (ca, ca_report) = Ca::bootstrap(&kms, kms.catalog(), &config.ca)
+        .await
+        .context("bringing up the CA")?;
+    let audit = AuditLog::new(pool, kind, metrics);
+    Ok(Opened {
+        kms,
+        ca,
+        ca_report,
+        audit,
+        migrated,
+    })
+}
+
+/// What `init` did.
+#[derive(Debug, Default)]
+pub struct InitReport {
+    /// One line per thing created or replaced.
+    pub created: Vec<String>,
+    pub tls_dir: PathBuf,
+    pub operator_dir: PathBuf,
+    pub server_serial: Option<String>,
+    pub admin_serial: Option<String>,
+}
+
+impl InitReport {
+    pub fn changed(&self) -> bool {
+        !self.created.is_empty()
+    }
+}
+
+/// `keyward init`: idempotent bootstrap.
+pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
+    let o = open(config, None).await?;
+    let mut report = InitReport {
+        tls_dir: TlsPaths::new(config).dir,
+        operator_dir: config.data_dir.join("operators"),
+        ..Default::default()
+    };
+    for v in &o.migrated {
+        report
+            .created
+            .push(format!("server schema migration {v} (audit trail)"));
+    }
+    let r = &o.ca_report;
+    for (done, what) in [
+        (r.root_key_created, "CA root key keyward/ca/root (HSM)"),
+        (r.root_cert_created, "CA root certificate"),
+        (r.issuing_key_created, "CA issuing key keyward/ca/issuing (HSM)"),
+        (r.issuing_cert_created, "CA issuing certificate"),
+        (r.crl_created, "first CRL"),
+    ] {
+        if done {
+            report.created.push(what.to_owned());
+            record(&o.audit, "ca", what, Outcome::Success).await?;
+        }
+    }
+    ensure_server_tls(config, &o, &mut report).await?;
+    ensure_first_admin(config, &o, &mut report).await?;
+    Ok(report)
+}
+
+async fn record(
+    audit: &AuditLog,
+    component: &str,
+    detail: &str,
+    outcome: Outcome,
+) -> anyhow::Result<()> {
+    audit
+        .append(
+            &Actor::Cli,
+            &AuditEvent::Bootstrap {
+                component: component.to_owned(),
+                detail: detail.to_owned(),
+            },
+            outcome,
+            "init",
+        )
+        .await
+        .context("writing the audit trail")?;
+    Ok(())
+}
+
+/// The HSM TLS key and a current certificate for it in `data_dir/tls/`.
+async fn ensure_server_tls(
+    config: &Config,
+    o: &Opened,
+    report: &mut InitReport,
+) -> anyhow::Result<()> {
+    let (key, created) = o
+        .kms
+        .ensure_signing_key(TLS_KEY_LABEL, KeyPairKind::P256)
+        .await
+        .context("the server TLS key")?;
+    let PublicKey::P256(point) = key.public_key() else {
+        bail!("HSM key {TLS_KEY_LABEL} exists but is not an ECDSA P-256 key");
+    };
+    if created {
+        let what = format!("server TLS key {TLS_KEY_LABEL} (HSM, P-256)");
+        record(&o.audit, "tls", &what, Outcome::Success).await?;
+        report.created.push(what);
+    }
+    let paths = TlsPaths::new(config);
+    let chain = pki::read_pem_chain(&paths.server_pem).unwrap_or_default();
+    let spki = p256_spki(point);
+    let problem = pki::server_cert_problem(
+        &o.ca,
+        &chain,
+        &spki,
+        &config.server.public_names,
+        pki::RENEW_BEFORE_DAYS,
+    )
+    .await?;
+    if let Some(problem) = problem {
+        let what = format!(
+            "server TLS certificate for {} ({problem})",
+            config.server.public_names.join(", ")
+        );
+        record(&o.audit, "tls", &what, Outcome::Requested).await?;
+        let cert = o
+            .ca
+            .issue_for_public_key(
+                key.public_key(),
+                IssueRequest::server_tls(config.server.public_names.iter().cloned()),
+            )
+            .await
+            .context("issuing the server TLS certificate")?;
+        private_dir(&paths.dir)?;
+        write_file(
+            &paths.server_pem,
+            format!("{}{}", cert.pem, o.ca.issuing_pem()).as_bytes(),
+            0o644,
+        )?;
+        record(
+            &o.audit,
+            "tls",
+            &format!("{what}: serial {}", cert.serial),
+            Outcome::Success,
+        )
+        .await?;
+        report.server_serial = Some(cert.serial.to_string());
+        report.created.push(format!(
+            "{what} -> {} (serial {})",
+            paths.server_pem.display(),
+            cert.serial
+        ));
+    }
+    if std::fs::read_to_string(&paths.ca_pem).ok().as_deref() != Some(o.ca.root_pem()) {
+        private_dir(&paths.dir)?;
+        write_file(&paths.ca_pem, o.ca.root_pem().as_bytes(), 0o644)?;
+        report
+            .created
+            .push(format!("root certificate -> {}", paths.ca_pem.display()));
+    }
+    Ok(())
+}
+
+/// Whether a valid, unexpired operator certificate with the admin role exists.
+async fn admin_exists(ca: &Ca) -> anyhow::Result<bool> {
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let mut offset = 0;
+    loop {
+        let page = ca
+            .list(&CertFilter {
+                profile: Some(Profile::Operator),
+                status: Some(CertStatus::Valid),
+                limit: Some(1000),
+                offset: Some(offset),
+                ..Default::default()
+            })
+            .await?;
+        if page
+            .iter()
+            .any(|c| c.operator_role == Some(Role::Admin) && c.not_after_ms > now_ms)
+        {
+            return Ok(true);
+        }
+        if page.len() < 1000 {
+            return Ok(false);
+        }
+        offset += 1000;
+    }
+}
+
+/// The first admin operator: a software key (the admin takes it away; it is
+/// not an HSM key) and its certificate, unless an admin certificate exists.
+async fn ensure_first_admin(
+    config: &Config,
+    o: &Opened,
+    report: &mut InitReport,
+) -> anyhow::Result<()> {
+    if admin_exists(&o.ca).await? {
+        return Ok(());
+    }
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = secret.public_key().to_encoded_point(false).as_bytes().to_vec();
+    let key_pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|_| anyhow::anyhow!("encoding the operator key"))?;
+
+    let what = format!("operator certificate {FIRST_ADMIN_NAME} (role admin)");
+    record(&o.audit, "operator", &what, Outcome::Requested).await?;
+    let cert = o
+        .ca
+        .issue_for_public_key(
+            &PublicKey::P256(point),
+            IssueRequest::operator(FIRST_ADMIN_NAME, Role::Admin),
+        )
+        .await
+        .context("issuing the first operator certificate")?;
+    let dir = config.data_dir.join("operators");
+    private_dir(&dir)?;
+    write_file(&dir.join("admin.key"), key_pem.as_bytes(), 0o600)?;
+    write_file(
+        &dir.join("admin.pem"),
+        format!("{}{}", cert.pem, o.ca.issuing_pem()).as_bytes(),
+        0o644,
+    )?;
+    write_file(&dir.join("ca.pem"), o.ca.root_pem().as_bytes(), 0o644)?;
+    record(
+        &o.audit,
+        "operator",
+        &format!("{what}: serial {}", cert.serial),
+        Outcome::Success,
+    )
+    .await?;
+    report.admin_serial = Some(cert.serial.to_string());
+    report.created.push(format!(
+        "{what}, serial {} -> {}/admin.key (0600), admin.pem, ca.pem",
+        cert.serial,
+        dir.display()
+    ));
+    Ok(())
+}
+
+/// Creates `dir` (mode 0700 when new).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes `path` atomically (temp file + rename) with `mode`.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

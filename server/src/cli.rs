@@ -1,0 +1,247 @@
+//! The command line: `check`, `init`, `serve`, `issuer …`, `audit verify`.
+//! One function per command; output as text, or JSON with `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyward_config::{Config, DatabaseKind};
+use keyward_kms::Kms;
+use keyward_kms::catalog::IssuerRecord;
+use keyward_kms::types::{IssuerId, KeyFamily};
+
+use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "HSM-backed authentication and key-management server"
+)]
+pub struct Cli {
+    /// Configuration file (see config/example.toml).
+    #[arg(
+        long,
+        short,
+        env = "KEYWARD_CONFIG",
+        global = true,
+        default_value = "config/dev.toml"
+    )]
+    pub config: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the HSM token, its mechanisms and the key catalog, and report.
+    Check,
+    /// Create what is missing: schemas, CA, server TLS key and certificate,
+    /// the first admin operator. A second run changes nothing.
+    Init,
+    /// Run the service: the public (device) and admin TLS listeners.
+    Serve,
+    /// Issuers (banks / payment systems) and their HSM master keys.
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssuerCommand {
+    /// Generate an issuer's master keys in the HSM and record them.
+    Create {
+        /// Issuer id: 1-32 characters of a-z, 0-9 and '-'.
+        id: String,
+        /// Key family: tdes (2-key TDES) or aes (AES-128).
+        #[arg(long)]
+        family: String,
+    },
+    /// List issuers.
+    List,
+    /// Show one issuer with its master-key labels and KCVs.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain; exit status 1 and the first bad record if broken.
+    Verify,
+}
+
+/// Runs a command. `Ok(false)` means it ran but found a problem (exit 1).
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Serve => crate::serve::serve(config).await.map(|()| true),
+        Command::Init => init(cli.json, &config).await,
+        Command::Audit(AuditCommand::Verify) => audit_verify(cli.json, &config).await,
+        Command::Check => check(cli.json, &config).await,
+        Command::Issuer(cmd) => issuer(cli.json, &config, cmd).await,
+    }
+}
+
+async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
+    if config.database.kind() == DatabaseKind::Sqlite {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    }
+    Kms::open(config)
+        .await
+        .context("opening the HSM and the key catalog")
+}
+
+async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {
+    let kms = open_kms(config).await?;
+    kms.ready().await?;
+    let issuers = kms.catalog().issuers().await?;
+    let report = serde_json::json!({
+        "hsm": {
+            "token_label": config.hsm.token_label,
+            "module": config.hsm.module,
+            "workers": kms.pool().workers(),
+            "mechanisms": "all required mechanisms present",
+        },
+        "database": { "kind": format!("{:?}", kms.catalog().kind()).to_lowercase() },
+        "issuers": issuers.len(),
+    });
+    output(json, &report, || {
+        format!(
+            "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present\nkey catalog ({:?}): reachable, {} issuer(s)",
+            config.hsm.token_label,
+            kms.pool().workers(),
+            kms.catalog().kind(),
+            issuers.len()
+        )
+    });
+    Ok(true)
+}
+
+async fn init(json: bool, config: &Config) -> anyhow::Result<bool> {
+    let report = crate::bootstrap::init(config).await?;
+    let value = serde_json::json!({
+        "changed": report.changed(),
+        "created": report.created,
+        "tls_dir": report.tls_dir,
+        "operator_dir": report.operator_dir,
+        "server_certificate_serial": report.server_serial,
+        "admin_certificate_serial": report.admin_serial,
+    });
+    output(json, &value, || {
+        if report.changed() {
+            let mut lines = vec!["created:".to_owned()];
+            lines.extend(report.created.iter().map(|c| format!("  {c}")));
+            if report.admin_serial.is_some() {
+                lines.push(format!(
+                    "The admin's key is in {}/admin.key: move it to the admin's machine and delete it here.",
+                    report.operator_dir.display()
+                ));
+            }
+            lines.push("next: keyward serve".to_owned());
+            lines.join("\n")
+        } else {
+            "nothing changed: schemas, CA, server TLS certificate and admin operator are in place"
+                .to_owned()
+        }
+    });
+    Ok(true)
+}
+
+async fn audit_verify(json: bool, config: &Config) -> anyhow::Result<bool> {
+    let kms = open_kms(config).await?;
+    let pool = kms.catalog().pool().clone();
+    let kind = kms.catalog().kind();
+    crate::migrate::run(&pool, kind).await?;
+    let audit = AuditLog::new(pool, kind, None);
+    let report = audit.verify_chain().await?;
+    let _ = audit
+        .append(
+            &Actor::Cli,
+            &AuditEvent::AuditVerified {
+                records: report.records,
+                first_bad: report.first_bad,
+            },
+            if report.ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+            "cli",
+        )
+        .await;
+    let value = serde_json::json!({
+        "ok": report.ok(),
+        "records": report.records,
+        "first_bad": report.first_bad,
+        "problem": report.problem,
+        "head_seq": report.head_seq,
+    });
+    output(json, &value, || match report.first_bad {
+        None => format!("audit trail OK: {} record(s), chain intact", report.records),
+        Some(seq) => format!(
+            "audit trail BROKEN at record {seq}: {} ({} record(s) read)",
+            report.problem.as_deref().unwrap_or("?"),
+            report.records
+        ),
+    });
+    Ok(report.ok())
+}
+
+async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Result<bool> {
+    let kms = open_kms(config).await?;
+    match cmd {
+        IssuerCommand::Create { id, family } => {
+            let id: IssuerId = id.parse()?;
+            let family: KeyFamily = family.parse()?;
+            let rec = kms.create_issuer(id, family).await?;
+            output(json, &issuer_json(&rec), || issuer_text(&rec));
+        }
+        IssuerCommand::List => {
+            let list = kms.catalog().issuers().await?;
+            let value = serde_json::Value::Array(list.iter().map(issuer_json).collect());
+            output(json, &value, || {
+                list.iter().map(issuer_text).collect::<Vec<_>>().join("\n")
+            });
+        }
+        IssuerCommand::Show { id } => {
+            let rec = kms.issuer(&id.parse()?).await?;
+            output(json, &issuer_json(&rec), || issuer_text(&rec));
+        }
+    }
+    Ok(true)
+}
+
+fn output(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn issuer_json(rec: &IssuerRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": rec.id.as_str(),
+        "family": rec.family.as_str(),
+        "created_at_ms": rec.created_at_ms,
+        "master_keys": rec.master_keys.iter().map(|k| serde_json::json!({
+            "role": k.role.as_str(),
+            "label": k.label,
+            "kcv_method": k.kcv.method.as_str(),
+            "kcv": k.kcv.hex(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn issuer_text(rec: &IssuerRecord) -> String {
+    let keys: Vec<String> = rec
+        .master_keys
+        .iter()
+        .map(|k| format!("  {:<9} {:<28} {}", k.role.as_str(), k.label, k.kcv))
+        .collect();
+    format!("{} ({})\n{}", rec.id, rec.family, keys.join("\n"))
+}

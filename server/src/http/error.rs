@@ -1,0 +1,272 @@
+//! Errors → HTTP responses, in one place.
+//!
+//! Every failure becomes `{"error": {"code", "message", "request_id"}}` with
+//! the right status. Client errors (4xx) say what was wrong with the request;
+//! server errors (5xx) say only "internal error" (or that the HSM is busy) and
+//! the full error chain is logged under the same request id. Messages of the
+//! lower crates never carry key material, so a 4xx may quote them.
+//!
+//! [`ApiError::into_response`] does not know the request id; it leaves an
+//! [`ErrorBody`] in the response extensions, and the `normalize` middleware
+//! (`http/layers.rs`) renders it with the id. The same middleware turns bare
+//! error responses made elsewhere (timeouts, body limit, axum rejections) into
+//! the same JSON shape.
+
+use std::borrow::Cow;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keyward_ca::CaError;
+use keyward_kms::KmsError;
+
+use crate::audit::AuditError;
+
+/// What the client is told (the request id is added by `normalize`).
+#[derive(Debug, Clone)]
+pub struct ErrorBody {
+    pub code: Cow<'static, str>,
+    pub message: Cow<'static, str>,
+}
+
+/// An error on its way to becoming a response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub message: Cow<'static, str>,
+    /// The cause, logged (never sent) for server errors.
+    source: Option<anyhow::Error>,
+}
+
+const INTERNAL: &str = "internal error; quote the request id to the operator";
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// The operator's role does not allow the action.
+    pub fn forbidden_role(needed: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            format!("this action needs the {needed} role"),
+        )
+    }
+
+    /// No (operator) client certificate on a route that needs one.
+    pub fn certificate_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "an operator client certificate is required",
+        )
+    }
+
+    /// A server-side failure: generic message, cause logged.
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal_error".into(),
+            message: INTERNAL.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Load shed or concurrency limit.
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is at its request limit; retry later",
+        )
+    }
+
+    /// The audit record for a security operation could not be written, so the
+    /// operation was not done (fail closed).
+    pub fn audit_unavailable(source: AuditError) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "audit_unavailable".into(),
+            message: "the audit trail cannot be written; the operation was not performed".into(),
+            source: Some(source.into()),
+        }
+    }
+
+    fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+}
+
+impl From<KmsError> for ApiError {
+    fn from(e: KmsError) -> Self {
+        if matches!(e, KmsError::Busy) {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hsm_busy",
+                "the HSM is at capacity; retry later",
+            )
+            .with_source(e);
+        }
+        if e.is_client_error() {
+            let status = match &e {
+                KmsError::UnknownIssuer(_) | KmsError::UnknownKeyVersion { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                KmsError::IssuerExists(_) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return Self::new(status, e.code(), e.to_string());
+        }
+        let code = e.code();
+        Self::internal(e).with_code(code)
+    }
+}
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        if let CaError::Kms(k) = e {
+            return k.into();
+        }
+        if e.is_client_error() {
+            let status = match &e {
+                CaError::UnknownSerial(_) => StatusCode::NOT_FOUND,
+                CaError::AlreadyRevoked(_) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return Self::new(status, e.code(), e.to_string());
+        }
+        let code = e.code();
+        Self::internal(e).with_code(code)
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        Self::internal(e).with_code("audit_error")
+    }
+}
+
+impl ApiError {
+    /// Keeps the stable code of a server error (the message stays generic).
+    fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code.into();
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Runs inside the request's trace span, which carries the request id.
+        if self.status.is_server_error() {
+            match &self.source {
+                Some(src) => tracing::error!(
+                    status = self.status.as_u16(),
+                    code = %self.code,
+                    error = format!("{src:#}"),
+                    "request failed"
+                ),
+                None => tracing::warn!(status = self.status.as_u16(), code = %self.code, "request failed"),
+            }
+        } else {
+            tracing::info!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request refused");
+        }
+        let body = ErrorBody {
+            code: self.code,
+            message: self.message,
+        };
+        let mut resp = (self.status, render(&body, None)).into_response();
+        resp.extensions_mut().insert(body);
+        resp
+    }
+}
+
+/// The JSON error document.
+pub fn render(body: &ErrorBody, request_id: Option<&str>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "error": {
+            "code": body.code,
+            "message": body.message,
+            "request_id": request_id,
+        }
+    }))
+}
+
+/// The error body for a bare status made outside the handlers.
+pub fn body_for_status(status: StatusCode) -> ErrorBody {
+    let (code, message): (&'static str, &'static str) = match status {
+        StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
+        StatusCode::UNAUTHORIZED => ("unauthorized", "authentication required"),
+        StatusCode::FORBIDDEN => ("forbidden", "not allowed"),
+        StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body exceeds the limit"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "the request body does not fit the schema"),
+        StatusCode::SERVICE_UNAVAILABLE => ("timeout", "the request took too long"),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
+        s if s.is_client_error() => ("bad_request", "the request was refused"),
+        _ => ("internal_error", INTERNAL),
+    };
+    ErrorBody {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_busy_is_503_hsm_busy() {
+        let e: ApiError = KmsError::Busy.into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "hsm_busy");
+    }
+
+    #[test]
+    fn server_errors_hide_their_cause() {
+        let e: ApiError = KmsError::Hsm {
+            function: "C_Sign".into(),
+            rv: "CKR_DEVICE_ERROR".into(),
+        }
+        .into();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.code, "hsm_error");
+        assert!(!e.message.contains("C_Sign"));
+    }
+
+    #[test]
+    fn client_errors_say_what_was_wrong() {
+        let e: ApiError = KmsError::Invalid {
+            field: "device_id",
+            reason: "16 hex digits".into(),
+        }
+        .into();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.code, "invalid_input");
+        assert!(e.message.contains("device_id"));
+    }
+}

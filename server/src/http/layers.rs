@@ -1,0 +1,209 @@
+//! The tower middleware stack shared by both listeners (STACK.md §8), outermost
+//! first:
+//!
+//! 1. catch-panic (safety net for the layers below; the inner one answers)
+//! 2. request id: an incoming `x-request-id` is kept only if it is 1-64 of
+//!    `[A-Za-z0-9._-]`, else a UUID is made; echoed on the response
+//! 3. sensitive request headers (`authorization`, `cookie`) hidden from logs
+//! 4. trace: one span per request carrying the request id
+//! 5. metrics: `keyward_http_requests_total{listener,route,status}` and the
+//!    duration histogram, with the matched route template as `route`
+//! 6. normalize: every error response becomes the JSON error document with
+//!    the request id
+//! 7. catch-panic (500 through normalize, so it has a request id and JSON)
+//! 8. timeout → 503 `timeout`
+//! 9. body limit → 413 `body_too_large`
+//! 10. load-shed + concurrency limit (one semaphore per listener) → 503
+//!     `overloaded`
+//!
+//! The stack is added with `Router::layer`, which wraps every route after
+//! routing, so `MatchedPath` is known to the metrics layer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use super::error::{ApiError, ErrorBody, body_for_status, render};
+use crate::metrics::{Listener, Metrics};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Limits of one listener's stack.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub listener: Listener,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone)]
+struct MetricsCtx {
+    metrics: Metrics,
+    listener: Listener,
+}
+
+/// Wraps every route of `router` in the stack.
+pub fn apply<S>(router: Router<S>, cfg: &StackConfig, metrics: Metrics) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let ctx = Arc::new(MetricsCtx {
+        metrics,
+        listener: cfg.listener,
+    });
+    let listener = cfg.listener.as_str();
+    let stack = ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(sanitize_request_id))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::PROXY_AUTHORIZATION,
+        ]))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(move |req: &Request| {
+                let request_id = req
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!(
+                    "request",
+                    listener,
+                    method = %req.method(),
+                    path = req.uri().path(),
+                    request_id,
+                )
+            }),
+        )
+        .layer(middleware::from_fn_with_state(ctx, record_metrics))
+        .layer(middleware::from_fn(normalize))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            cfg.request_timeout,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            cfg.max_body_bytes,
+        ))
+        .layer(HandleErrorLayer::new(|err: tower::BoxError| async move {
+            if err.is::<tower::load_shed::error::Overloaded>() {
+                ApiError::overloaded()
+            } else {
+                ApiError::internal(anyhow::anyhow!("middleware: {err}"))
+            }
+        }))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(cfg.max_concurrent_requests));
+    // axum's own 2 MB extractor limit would undercut the configured one.
+    router
+        .layer(stack)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
+/// Keeps a well-formed caller request id (so calls can be correlated across
+/// systems) and drops anything that could forge log lines.
+async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .map(|v| {
+            let b = v.as_bytes();
+            (1..=64).contains(&b.len())
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        })
+        .unwrap_or(true);
+    if !ok {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    next.run(req).await
+}
+
+async fn record_metrics(State(ctx): State<Arc<MetricsCtx>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let listener = ctx.listener.as_str();
+    ctx.metrics
+        .http_duration
+        .with_label_values(&[listener, &route])
+        .observe(start.elapsed().as_secs_f64());
+    ctx.metrics
+        .http_requests
+        .with_label_values(&[listener, &route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// The request id the stack assigned, for handlers (audit records).
+pub fn request_id(req_ext: &axum::http::Extensions) -> String {
+    req_ext
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+async fn normalize(req: Request, next: Next) -> Response {
+    let rid = request_id(req.extensions());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let error = match parts.extensions.remove::<ErrorBody>() {
+        Some(e) => e,
+        None => {
+            let is_json = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if is_json {
+                return Response::from_parts(parts, body);
+            }
+            body_for_status(status)
+        }
+    };
+    drop(body);
+    let mut out = render(&error, Some(&rid)).into_response();
+    *out.status_mut() = status;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in &parts.headers {
+        out.headers_mut().insert(name.clone(), value.clone());
+    }
+    *out.extensions_mut() = parts.extensions;
+    out
+}

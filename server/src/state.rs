@@ -1,0 +1,68 @@
+//! What every handler and background task shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keyward_ca::Ca;
+use keyward_config::Config;
+use keyward_kms::Kms;
+
+use crate::audit::AuditLog;
+use crate::metrics::Metrics;
+use crate::tls::TlsState;
+
+/// Cheap to clone: one `Arc`.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub kms: Kms,
+    pub ca: Ca,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    pub tls: TlsState,
+    draining: AtomicBool,
+    /// Serialises CRL refresh + TLS swap (a revocation and the schedule may
+    /// race otherwise).
+    pub crl_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        kms: Kms,
+        ca: Ca,
+        audit: AuditLog,
+        metrics: Metrics,
+        tls: TlsState,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            config,
+            kms,
+            ca,
+            audit,
+            metrics,
+            tls,
+            draining: AtomicBool::new(false),
+            crl_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Marks the service as shutting down: `/ready` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
