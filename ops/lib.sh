@@ -12,6 +12,9 @@ KW_SOFTHSM_MODULE=/usr/lib/softhsm/libsofthsm2.so
 # The packages every script here needs: SoftHSM and pkcs11-tool.
 # shellcheck disable=SC2034
 KW_HSM_PACKAGES=(softhsm2 opensc)
+# What the end-to-end tests drive as a user would: curl, openssl, promtool.
+# shellcheck disable=SC2034
+KW_TEST_PACKAGES=(curl openssl prometheus)
 
 kw_banner() { printf '\n==> %s\n' "$*" >&2; }
 kw_info() { printf '    %s\n' "$*" >&2; }
@@ -29,6 +32,9 @@ kw_has_package() {
     case "$1" in
         softhsm2) command -v softhsm2-util >/dev/null && [[ -e "$KW_SOFTHSM_MODULE" ]] ;;
         opensc) command -v pkcs11-tool >/dev/null ;;
+        curl) command -v curl >/dev/null ;;
+        openssl) command -v openssl >/dev/null ;;
+        prometheus) command -v promtool >/dev/null ;;
         *) dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' ;;
     esac
 }

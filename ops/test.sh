@@ -42,8 +42,8 @@ pg_url_given="${KEYWARD_TEST_DATABASE_URL:-}"
 unset KEYWARD_TEST_DATABASE_URL
 
 # --- 1. prerequisites --------------------------------------------------------
-kw_banner "prerequisites: softhsm2, opensc, cargo, cargo-nextest"
-kw_ensure_packages "${KW_HSM_PACKAGES[@]}"
+kw_banner "prerequisites: softhsm2, opensc, curl, openssl, promtool, cargo, cargo-nextest"
+kw_ensure_packages "${KW_HSM_PACKAGES[@]}" "${KW_TEST_PACKAGES[@]}"
 command -v cargo >/dev/null || kw_die "cargo not found: install Rust stable (rustup)"
 if ! cargo nextest --version >/dev/null 2>&1; then
     kw_info "cargo-nextest missing: cargo install cargo-nextest --locked"

@@ -107,7 +107,10 @@ pub enum AuditEvent {
     /// A certificate revoked (or about to be).
     CertificateRevoked { serial: String, reason: String },
     /// A read or other action by an operator (`certificates.list`, `crl.get`, …).
-    OperatorAction { action: &'static str, target: String },
+    OperatorAction {
+        action: &'static str,
+        target: String,
+    },
     /// A request refused by the admin API's authorisation (`forbidden_role`,
     /// `client_certificate_required`).
     AccessRefused {
@@ -129,7 +132,10 @@ pub enum AuditEvent {
         first_bad: Option<i64>,
     },
     /// The service started or stopped listening.
-    Service { action: &'static str, detail: String },
+    Service {
+        action: &'static str,
+        detail: String,
+    },
     /// A failure after an authorised `requested` record (the effect did not happen).
     OperationFailed { action: String, code: String },
 }
@@ -426,7 +432,10 @@ impl AuditLog {
                 report.records += 1;
                 if report.first_bad.is_none() {
                     let problem = if rec.seq != expected_seq {
-                        Some(format!("records {expected_seq}..{} are missing", rec.seq - 1))
+                        Some(format!(
+                            "records {expected_seq}..{} are missing",
+                            rec.seq - 1
+                        ))
                     } else if rec.prev_hash != running {
                         Some("prev_hash does not match the previous record".to_owned())
                     } else if rec.compute_hash() != rec.hash {

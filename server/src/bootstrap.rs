@@ -35,8 +35,16 @@ pub struct Opened {
     pub migrated: Vec<i64>,
 }
 
-/// Opens the HSM, the database (all migrations) and the CA.
-pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<Opened> {
+/// Opens the HSM and the key catalog for a command.
+///
+/// The HSM worker pool is kept alive until the process exits: when the last
+/// `Kms` clone is dropped, a worker thread closes the PKCS#11 sessions, and if
+/// that overlaps SoftHSM's own exit handlers (main has returned) the process
+/// dies with SIGSEGV in `C_CloseSession` (seen under load with SoftHSM 2.6.1).
+/// With the pool held, its workers stay parked on their queue and never call
+/// into the module during exit. (The proper fix is a joinable
+/// `HsmPool::shutdown` in kms.)
+pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     if config.database.kind() == DatabaseKind::Sqlite {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -44,6 +52,13 @@ pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<O
     let kms = Kms::open(config)
         .await
         .context("opening the HSM and the key catalog")?;
+    std::mem::forget(kms.clone());
+    Ok(kms)
+}
+
+/// Opens the HSM, the database (all migrations) and the CA.
+pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<Opened> {
+    let kms = open_kms(config).await?;
     kms.ready().await.context("HSM or database not ready")?;
     let pool = kms.catalog().pool().clone();
     let kind = kms.catalog().kind();
@@ -97,7 +112,10 @@ pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
     for (done, what) in [
         (r.root_key_created, "CA root key keyward/ca/root (HSM)"),
         (r.root_cert_created, "CA root certificate"),
-        (r.issuing_key_created, "CA issuing key keyward/ca/issuing (HSM)"),
+        (
+            r.issuing_key_created,
+            "CA issuing key keyward/ca/issuing (HSM)",
+        ),
         (r.issuing_cert_created, "CA issuing certificate"),
         (r.crl_created, "first CRL"),
     ] {
@@ -168,9 +186,8 @@ async fn ensure_server_tls(
             config.server.public_names.join(", ")
         );
         record(&o.audit, "tls", &what, Outcome::Requested).await?;
-        let cert = o
-            .ca
-            .issue_for_public_key(
+        let cert =
+            o.ca.issue_for_public_key(
                 key.public_key(),
                 IssueRequest::server_tls(config.server.public_names.iter().cloned()),
             )
@@ -246,16 +263,19 @@ async fn ensure_first_admin(
     use p256::elliptic_curve::sec1::ToEncodedPoint;
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let point = secret.public_key().to_encoded_point(false).as_bytes().to_vec();
+    let point = secret
+        .public_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec();
     let key_pem = secret
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|_| anyhow::anyhow!("encoding the operator key"))?;
 
     let what = format!("operator certificate {FIRST_ADMIN_NAME} (role admin)");
     record(&o.audit, "operator", &what, Outcome::Requested).await?;
-    let cert = o
-        .ca
-        .issue_for_public_key(
+    let cert =
+        o.ca.issue_for_public_key(
             &PublicKey::P256(point),
             IssueRequest::operator(FIRST_ADMIN_NAME, Role::Admin),
         )

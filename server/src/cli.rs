@@ -3,14 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use keyward_config::{Config, DatabaseKind};
-use keyward_kms::Kms;
+use keyward_config::Config;
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::bootstrap::open_kms;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,16 +82,6 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
         Command::Check => check(cli.json, &config).await,
         Command::Issuer(cmd) => issuer(cli.json, &config, cmd).await,
     }
-}
-
-async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
-    if config.database.kind() == DatabaseKind::Sqlite {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    }
-    Kms::open(config)
-        .await
-        .context("opening the HSM and the key catalog")
 }
 
 async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {

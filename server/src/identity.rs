@@ -102,10 +102,6 @@ impl ClientIdentity {
         Self { peer, cert }
     }
 
-    pub fn role(&self) -> Option<Role> {
-        self.cert.as_ref().and_then(PeerCertificate::role)
-    }
-
     /// The audit actor for this peer.
     pub fn actor(&self) -> Actor {
         match &self.cert {

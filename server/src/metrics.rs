@@ -248,7 +248,9 @@ impl Metrics {
         let db = kms.catalog().pool();
         let size = i64::from(db.size());
         let idle = i64::try_from(db.num_idle()).unwrap_or(i64::MAX);
-        self.db_pool_connections.with_label_values(&["idle"]).set(idle);
+        self.db_pool_connections
+            .with_label_values(&["idle"])
+            .set(idle);
         self.db_pool_connections
             .with_label_values(&["in_use"])
             .set((size - idle).max(0));

@@ -149,12 +149,7 @@ fn wanted_names(names: &[String]) -> BTreeSet<String> {
 /// changed. Serialised: a revocation and the schedule may call it at once.
 pub async fn refresh_crl(state: &AppState) -> anyhow::Result<bool> {
     let _guard = state.crl_lock.lock().await;
-    timed_hsm(
-        &state.metrics,
-        "crl_refresh",
-        state.ca.refresh_crl_if_due(),
-    )
-    .await?;
+    timed_hsm(&state.metrics, "crl_refresh", state.ca.refresh_crl_if_due()).await?;
     let crl = timed_hsm(&state.metrics, "crl_get", state.ca.crl()).await?;
     apply_crl(state, &crl)
 }

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::Router;
-use keyward_config::Config;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use keyward_config::Config;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -102,7 +102,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let public = TcpListener::bind(&config.server.public_listen)
         .await
-        .with_context(|| format!("binding server.public_listen {}", config.server.public_listen))?;
+        .with_context(|| {
+            format!(
+                "binding server.public_listen {}",
+                config.server.public_listen
+            )
+        })?;
     let admin = TcpListener::bind(&config.server.admin_listen)
         .await
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
@@ -132,7 +137,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
         out.flush()?;
     }
-    run(state.clone(), Listeners { public, admin }, shutdown_signal()).await?;
+    run(
+        state.clone(),
+        Listeners { public, admin },
+        shutdown_signal(),
+    )
+    .await?;
     let _ = state
         .audit
         .append(
@@ -221,7 +231,9 @@ async fn connection(
     let acceptor = TlsAcceptor::from(state.tls.config(listener));
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return refused(&state, &limiter, listener, peer, &handshake_reason(&e)).await,
+        Ok(Err(e)) => {
+            return refused(&state, &limiter, listener, peer, &handshake_reason(&e)).await;
+        }
         Err(_) => return refused(&state, &limiter, listener, peer, "handshake timed out").await,
     };
     let identity = ClientIdentity::from_peer_certs(peer, tls.get_ref().1.peer_certificates());
@@ -314,8 +326,7 @@ impl RefusalLimiter {
     fn admit(&self, listener: Listener, now: Instant) -> Option<u64> {
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = &mut w[listener as usize];
-        if w
-            .started
+        if w.started
             .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60))
         {
             w.started = Some(now);

@@ -102,7 +102,11 @@ struct HsmTlsSigner(HsmTlsKey);
 impl rustls::sign::Signer for HsmTlsSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
         let start = Instant::now();
-        let run = || self.0.key.sign_blocking(SignMechanism::EcdsaSha256, message);
+        let run = || {
+            self.0
+                .key
+                .sign_blocking(SignMechanism::EcdsaSha256, message)
+        };
         // On a multi-thread runtime, hand this worker's other tasks to another
         // thread while the HSM works; elsewhere just wait.
         let result = match tokio::runtime::Handle::try_current() {

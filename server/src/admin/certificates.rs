@@ -5,11 +5,11 @@
 //! task (a request timeout does not cut a revocation in half), then record
 //! the result.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use keyward_ca::{
     CertFilter, CertRecord, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial,
 };
@@ -63,8 +63,16 @@ pub async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     op.require(&state, ALL_ROLES).await?;
     let filter = CertFilter {
-        profile: q.profile.as_deref().map(str::parse::<Profile>).transpose()?,
-        status: q.status.as_deref().map(str::parse::<CertStatus>).transpose()?,
+        profile: q
+            .profile
+            .as_deref()
+            .map(str::parse::<Profile>)
+            .transpose()?,
+        status: q
+            .status
+            .as_deref()
+            .map(str::parse::<CertStatus>)
+            .transpose()?,
         device_id: q
             .device_id
             .as_deref()
@@ -288,8 +296,10 @@ pub async fn revoke(
         }
         // Both listeners refuse the certificate from now on.
         if let Err(e) = crate::pki::refresh_crl(&st).await {
-            tracing::error!(error = format!("{e:#}"),
-                "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries"
+            );
         }
         Ok(serde_json::json!({
             "serial": serial.as_str(),

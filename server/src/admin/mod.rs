@@ -23,12 +23,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use keyward_ca::Role;
+use keyward_ca::{Role, Serial};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::http::layers::{self, request_id};
 use crate::http::{ApiError, stack_config};
-use crate::identity::ClientIdentity;
+use crate::identity::{ClientIdentity, PeerCertificate};
 use crate::metrics::Listener;
 use crate::state::AppState;
 
@@ -40,7 +40,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/ca/certificates",
             get(certificates::list).post(certificates::issue),
         )
-        .route("/admin/v1/ca/certificates/{serial}", get(certificates::show))
+        .route(
+            "/admin/v1/ca/certificates/{serial}",
+            get(certificates::show),
+        )
         .route(
             "/admin/v1/ca/certificates/{serial}/revoke",
             post(certificates::revoke),
@@ -90,8 +93,8 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
     let identity = req.extensions().get::<ClientIdentity>().cloned();
     let cert = identity.as_ref().and_then(|i| i.cert.clone());
     let (actor, refusal) = match (&identity, &cert) {
-        (Some(id), Some(c)) => match c.role() {
-            Some(role) => {
+        (Some(id), Some(c)) => match (c.role(), still_valid(&state, c).await) {
+            (Some(role), Ok(())) => {
                 req.extensions_mut().insert(Operator {
                     name: c.common_name.clone(),
                     role,
@@ -103,8 +106,9 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
                 });
                 return next.run(req).await;
             }
+            (Some(_), Err(e)) => (id.actor(), e),
             // A device (or other) certificate: known, but no operator.
-            None => (id.actor(), ApiError::forbidden_role("an operator")),
+            (None, _) => (id.actor(), ApiError::forbidden_role("an operator")),
         },
         (Some(id), None) => (id.actor(), ApiError::certificate_required()),
         (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
@@ -112,10 +116,11 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
     let event = AuditEvent::AccessRefused {
         method,
         route,
-        code: if refusal.status == axum::http::StatusCode::FORBIDDEN {
-            "forbidden_role"
-        } else {
-            "client_certificate_required"
+        code: match refusal.code.as_ref() {
+            "certificate_revoked" => "certificate_revoked",
+            "forbidden_role" => "forbidden_role",
+            "client_certificate_required" => "client_certificate_required",
+            _ => "registry_unavailable",
         },
         role: None,
     };
@@ -124,6 +129,30 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
         .append(&actor, &event, Outcome::Refused, &rid)
         .await;
     refusal.into_response()
+}
+
+/// A connection outlives a revocation (HTTP/2 and keep-alive reuse the
+/// handshake), so each admin request also asks the registry: the certificate
+/// must be registered here, not revoked and not expired. Fails closed: a
+/// registry that does not answer refuses the request (5xx).
+async fn still_valid(state: &AppState, cert: &PeerCertificate) -> Result<(), ApiError> {
+    let revoked = || {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "certificate_revoked",
+            "this operator certificate is revoked, expired or unknown",
+        )
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if cert.not_after <= now {
+        return Err(revoked());
+    }
+    let serial: Serial = cert.serial.parse().map_err(|_| revoked())?;
+    match state.ca.is_revoked(&serial).await {
+        Ok(false) => Ok(()),
+        Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => Err(revoked()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Operator {

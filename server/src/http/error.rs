@@ -58,10 +58,6 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
     /// The operator's role does not allow the action.
     pub fn forbidden_role(needed: &str) -> Self {
         Self::new(
@@ -184,7 +180,9 @@ impl IntoResponse for ApiError {
                     error = format!("{src:#}"),
                     "request failed"
                 ),
-                None => tracing::warn!(status = self.status.as_u16(), code = %self.code, "request failed"),
+                None => {
+                    tracing::warn!(status = self.status.as_u16(), code = %self.code, "request failed")
+                }
             }
         } else {
             tracing::info!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request refused");
@@ -217,13 +215,18 @@ pub fn body_for_status(status: StatusCode) -> ErrorBody {
         StatusCode::UNAUTHORIZED => ("unauthorized", "authentication required"),
         StatusCode::FORBIDDEN => ("forbidden", "not allowed"),
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this route")
+        }
         StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body exceeds the limit"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
-        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "the request body does not fit the schema"),
+        StatusCode::UNPROCESSABLE_ENTITY => (
+            "invalid_request",
+            "the request body does not fit the schema",
+        ),
         StatusCode::SERVICE_UNAVAILABLE => ("timeout", "the request took too long"),
         StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
         s if s.is_client_error() => ("bad_request", "the request was refused"),

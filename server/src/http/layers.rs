@@ -71,7 +71,10 @@ where
     let stack = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(sanitize_request_id))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
@@ -112,7 +115,9 @@ where
             }
         }))
         .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(cfg.max_concurrent_requests));
+        .layer(GlobalConcurrencyLimitLayer::new(
+            cfg.max_concurrent_requests,
+        ));
     // axum's own 2 MB extractor limit would undercut the configured one.
     router
         .layer(stack)

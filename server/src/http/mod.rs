@@ -58,5 +58,9 @@ async fn ping(Extension(id): Extension<ClientIdentity>) -> Json<serde_json::Valu
             "serial": c.serial,
         })
     });
-    Json(serde_json::json!({ "pong": true, "client": client }))
+    Json(serde_json::json!({
+        "pong": true,
+        "peer": id.peer.to_string(),
+        "client": client,
+    }))
 }

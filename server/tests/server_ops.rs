@@ -1,0 +1,204 @@
+//! Operations: health and metrics for Prometheus, the audit trail's hash
+//! chain, error documents, graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{Options, Server, require_tool, sample};
+use sqlx::Connection;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_live_and_metrics_that_promtool_accepts() {
+    require_tool("promtool", "prometheus");
+    let s = Server::started().await;
+    // Traffic first, so the labelled families have samples.
+    assert_eq!(s.admin("/admin/v1/ca/certificates", &[]).status, 200);
+    let _ = s.curl(&s.public.clone(), "/v1/ping", &[]);
+
+    let ready = s.curl(&s.admin.clone(), "/ready", &[]);
+    assert_eq!(ready.status, 200, "{ready:?}\n{}", s.log());
+    assert_eq!(ready.json()["status"], "ready");
+    assert_eq!(s.curl(&s.admin.clone(), "/live", &[]).status, 200);
+
+    let text = s.metrics();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for family in [
+        "keyward_http_requests_total",
+        "keyward_http_request_duration_seconds_bucket",
+        "keyward_hsm_pool_busy",
+        "keyward_hsm_pool_queued",
+        "keyward_hsm_jobs_rejected_total",
+        "keyward_hsm_derived_key_cache_hits_total",
+        "keyward_hsm_derived_key_cache_misses_total",
+        "keyward_hsm_derived_key_cache_evictions_total",
+        "keyward_hsm_operation_duration_seconds_bucket",
+        "keyward_certificates_revoked_total",
+        "keyward_crl_age_seconds",
+        "keyward_db_pool_connections",
+        "keyward_tls_handshake_failures_total",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    // Route templates, never raw paths.
+    assert!(
+        text.contains(r#"route="/admin/v1/ca/certificates""#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="/ready",status="200""#), "{text}");
+    // The TLS handshakes signed in the HSM were timed.
+    assert!(
+        sample(
+            &text,
+            r#"keyward_hsm_operation_duration_seconds_count{operation="tls_handshake_sign",outcome="ok"}"#
+        )
+        .unwrap()
+            >= 1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_chain_verifies_and_names_the_first_tampered_record() {
+    let mut s = Server::started().await;
+    s.new_operator("carol", "auditor");
+    let v = s.admin("/admin/v1/audit/verify", &[]).json();
+    assert_eq!(v["ok"], true, "{v}");
+    let records = v["records"].as_u64().unwrap();
+    assert!(records >= 5, "{v}");
+    assert!(
+        s.stop().success(),
+        "serve did not exit cleanly:\n{}",
+        s.log()
+    );
+
+    let ok = s.keyward(&["--json", "audit", "verify"]);
+    assert!(ok.status.success());
+    let ok: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["first_bad"], serde_json::Value::Null);
+
+    // The table refuses edits; whoever drops the guard is still caught.
+    let target = 3i64;
+    let catalog = s.db.catalog().await.unwrap();
+    let pool = catalog.pool();
+    let blocked = sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = $1")
+        .bind(target)
+        .execute(pool)
+        .await;
+    assert!(blocked.is_err(), "audit_log accepted an UPDATE");
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    match s.db.kind() {
+        keyward_config::DatabaseKind::Sqlite => {
+            sqlx::query("DROP TRIGGER audit_log_no_update")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        keyward_config::DatabaseKind::Postgres => {
+            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = $1")
+        .bind(target)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+
+    let bad = s.keyward(&["--json", "audit", "verify"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "verify must fail on a broken chain"
+    );
+    let bad: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(bad["first_bad"], target, "{bad}");
+    let text = s.keyward(&["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("BROKEN at record {target}")));
+
+    // The API says the same once the server is back.
+    s.start();
+    let api = s.admin("/admin/v1/audit/verify", &[]).json();
+    assert_eq!(api["ok"], false);
+    assert_eq!(api["first_bad"], target);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_json_with_the_request_id() {
+    let s = Server::started_with(Options {
+        max_body_bytes: 4096,
+        ..Options::default()
+    })
+    .await;
+    // An unknown route.
+    let r = s.admin("/admin/v1/nope", &["-i"]);
+    assert_eq!(r.status, 404);
+    let lower = r.body.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id:"), "{}", r.body);
+    let json_start = r.body.find('{').unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body[json_start..]).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    let rid = v["error"]["request_id"].as_str().unwrap();
+    assert!(
+        lower.contains(&format!("x-request-id: {rid}")),
+        "{}",
+        r.body
+    );
+
+    // A caller's well-formed request id is kept; a malformed one replaced.
+    let r = s.admin("/admin/v1/nope", &["-H", "x-request-id: trace-42"]);
+    assert_eq!(r.json()["error"]["request_id"], "trace-42");
+    let r = s.admin("/admin/v1/nope", &["-H", "x-request-id: bad id\twith tab"]);
+    assert_ne!(r.json()["error"]["request_id"], "bad id\twith tab");
+
+    // Too large a body: 413, answered before the body is read. (Over HTTP/2
+    // the server then resets the stream, which curl may report instead of
+    // the answer if it is still sending; HTTP/1.1 shows the answer.)
+    let big = serde_json::json!({ "csr_pem": "A".repeat(10_000), "name": "x", "role": "admin" });
+    let r = s.admin_post_with("/admin/v1/operators", &big, &["--http1.1"]);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "body_too_large");
+
+    // Bad input: 400 with the CA's code.
+    let r = s.admin_post(
+        "/admin/v1/operators",
+        &serde_json::json!({ "csr_pem": "not a csr", "name": "x", "role": "admin" }),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "csr_invalid");
+    let r = s.admin_post(
+        "/admin/v1/operators",
+        &serde_json::json!({ "csr_pem": "x", "name": "x", "role": "root" }),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_input");
+}

@@ -1,0 +1,329 @@
+//! The two mTLS listeners, driven with curl: client certificates required,
+//! operator roles, revocation through the CRL, TLS 1.2 and 1.3.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Options, Server, sample};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_admin_reaches_the_admin_api_with_curl() {
+    let s = Server::started().await;
+    // The command an operator types.
+    let r = s.admin("/admin/v1/ca/certificates", &[]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.log());
+    let list = r.json();
+    let profiles: Vec<&str> = list["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["profile"].as_str().unwrap())
+        .collect();
+    assert!(profiles.contains(&"operator") && profiles.contains(&"server-tls"));
+
+    let who = s.admin("/admin/v1/whoami", &[]).json();
+    assert_eq!(who["name"], "admin");
+    assert_eq!(who["role"], "admin");
+
+    // Both protocol versions, both HTTP versions.
+    for args in [
+        &["--tlsv1.3"][..],
+        &["--tlsv1.2", "--tls-max", "1.2"][..],
+        &["--http1.1"][..],
+    ] {
+        let r = s.admin("/admin/v1/whoami", args);
+        assert_eq!(r.status, 200, "{args:?}: {r:?}");
+    }
+
+    // One certificate by serial, with its PEM; an unknown serial is a JSON 404.
+    let serial = who["serial"].as_str().unwrap();
+    let one = s
+        .admin(&format!("/admin/v1/ca/certificates/{serial}"), &[])
+        .json();
+    assert!(
+        one["certificate_pem"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let missing = s.admin("/admin/v1/ca/certificates/0ABC", &[]);
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"]["code"], "unknown_serial");
+
+    // The CRL, PEM.
+    let crl = s.admin("/admin/v1/ca/crl", &[]);
+    assert_eq!(crl.status, 200);
+    assert!(crl.body.contains("BEGIN X509 CRL"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_listener_refuses_a_handshake_without_client_certificate() {
+    let s = Server::started().await;
+    let r = s.curl(&s.public.clone(), "/v1/ping", &[]);
+    assert_eq!(
+        r.status, 0,
+        "got an HTTP answer without a certificate: {r:?}"
+    );
+    assert_ne!(r.exit, 0);
+
+    // With the admin's certificate (signed by the same CA) the ping answers
+    // with the identity the server saw.
+    let ops = s.operators();
+    let cert = ops.join("admin.pem");
+    let key = ops.join("admin.key");
+    let ok = s.curl(
+        &s.public.clone(),
+        "/v1/ping",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["client"]["role"], "admin");
+
+    // Counted and audited.
+    let m = s.metrics();
+    assert!(
+        sample(
+            &m,
+            r#"keyward_tls_handshake_failures_total{listener="public"}"#
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+    let trail = s.admin("/admin/v1/audit?limit=100", &[]).json();
+    assert!(
+        trail["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| { r["action"] == "tls.client_refused" && r["target"] == "listener:public" }),
+        "{trail}"
+    );
+
+    // The admin listener lets Prometheus in without a certificate, but not
+    // into the API.
+    let anon = s.curl(&s.admin.clone(), "/admin/v1/ca/certificates", &[]);
+    assert_eq!(anon.status, 401, "{anon:?}");
+    assert_eq!(anon.json()["error"]["code"], "client_certificate_required");
+    assert_eq!(s.curl(&s.admin.clone(), "/live", &[]).status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_operator_is_refused_after_the_crl_refresh() {
+    let s = Server::started_with(Options {
+        crl_refresh_secs: 1,
+        ..Options::default()
+    })
+    .await;
+    let dir = s.dir.path().to_owned();
+    let serial = s.new_operator("bob", "operator");
+    let before = s.admin_as(&dir, "bob", "/admin/v1/whoami", &[]);
+    assert_eq!(before.status, 200, "{before:?}");
+    assert_eq!(before.json()["role"], "operator");
+
+    let crl_before = sample(&s.metrics(), "keyward_crl_number").unwrap();
+    let r = s.admin_post(
+        &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+        &serde_json::json!({ "reason": "keyCompromise" }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "revoked");
+    // Revoking twice is a conflict, not a second revocation.
+    let again = s.admin_post(
+        &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+        &serde_json::json!({ "reason": "keyCompromise" }),
+    );
+    assert_eq!(again.status, 409, "{again:?}");
+
+    // The new CRL is in force on both listeners: the handshake fails.
+    let after = s.admin_as(&dir, "bob", "/admin/v1/whoami", &[]);
+    assert_eq!(
+        after.status, 0,
+        "revoked certificate still accepted: {after:?}"
+    );
+    // (curl's own message depends on when the alert arrives; the server's
+    // log says why.)
+    assert!(s.log().contains("Revoked"), "{}\n{}", after.stderr, s.log());
+    let bob_cert = dir.join("bob.pem");
+    let bob_key = dir.join("bob.key");
+    let public = s.curl(
+        &s.public.clone(),
+        "/v1/ping",
+        &[
+            "--cert",
+            bob_cert.to_str().unwrap(),
+            "--key",
+            bob_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(public.status, 0, "{public:?}");
+
+    // Still refused after scheduled refreshes; the admin is unaffected.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(s.admin_as(&dir, "bob", "/admin/v1/whoami", &[]).status, 0);
+    assert_eq!(s.admin("/admin/v1/whoami", &[]).status, 200);
+    let m = s.metrics();
+    assert!(
+        sample(&m, "keyward_crl_number").unwrap() > crl_before,
+        "{m}"
+    );
+    assert!(sample(&m, "keyward_certificates_revoked_total").unwrap() >= 1.0);
+    assert!(
+        sample(
+            &m,
+            r#"keyward_tls_handshake_failures_total{listener="admin"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_decide_what_an_operator_may_do() {
+    let s = Server::started().await;
+    let dir = s.dir.path().to_owned();
+    s.new_operator("olga", "operator");
+    s.new_operator("aude", "auditor");
+
+    // Auditors read and verify, but do not issue or revoke.
+    let v = s.admin_as(&dir, "aude", "/admin/v1/audit/verify", &[]);
+    assert_eq!(v.status, 200, "{v:?}");
+    assert_eq!(v.json()["ok"], true);
+    assert_eq!(
+        s.admin_as(&dir, "aude", "/admin/v1/ca/certificates", &[])
+            .status,
+        200
+    );
+
+    // Operators do not verify the audit trail or create operators.
+    let refused = s.admin_as(&dir, "olga", "/admin/v1/audit/verify", &[]);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let err = refused.json();
+    assert_eq!(err["error"]["code"], "forbidden_role");
+    assert!(err["error"]["request_id"].as_str().unwrap().len() > 8);
+
+    // An operator issues a device certificate from a CSR…
+    let (dev_key, csr) = s.openssl_csr("device");
+    let body = dir.join("device-req.json");
+    std::fs::write(
+        &body,
+        serde_json::json!({
+            "csr_pem": csr, "profile": "device", "device_id": "0102030405060708"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let at = format!("@{}", body.display());
+    let issued = s.admin_as(
+        &dir,
+        "olga",
+        "/admin/v1/ca/certificates",
+        &["-H", "content-type: application/json", "--data-binary", &at],
+    );
+    assert_eq!(issued.status, 201, "{issued:?}");
+    let issued = issued.json();
+    let dev_pem = dir.join("device.pem");
+    std::fs::write(
+        &dev_pem,
+        format!(
+            "{}{}",
+            issued["certificate_pem"].as_str().unwrap(),
+            issued["chain_pem"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // …which the public listener then sees as that device,
+    let ping = s.curl(
+        &s.public.clone(),
+        "/v1/ping",
+        &[
+            "--cert",
+            dev_pem.to_str().unwrap(),
+            "--key",
+            dev_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ping.status, 200, "{ping:?}");
+    assert_eq!(ping.json()["client"]["device_id"], "0102030405060708");
+    // and which the admin API refuses (a device is no operator).
+    let as_device = s.admin_as(&dir, "device", "/admin/v1/whoami", &[]);
+    assert_eq!(as_device.status, 403, "{as_device:?}");
+
+    // An operator may not revoke an operator certificate; the admin may.
+    let aude_serial = s.admin_as(&dir, "aude", "/admin/v1/whoami", &[]).json()["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/admin/v1/ca/certificates/{aude_serial}/revoke");
+    let r = s.admin_as(&dir, "olga", &path, &["-X", "POST"]);
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // Every refusal left a record.
+    let trail = s.admin("/admin/v1/audit?limit=200", &[]).json();
+    let refusals = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "access.refused")
+        .count();
+    assert!(refusals >= 3, "{trail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_does_not_outlive_its_revocation() {
+    let s = Server::started().await;
+    let dir = s.dir.path().to_owned();
+    let serial = s.new_operator("dave", "admin");
+    let (ca, cert, key) = (s.ca_pem(), dir.join("dave.pem"), dir.join("dave.key"));
+    let base = format!("https://{}", s.admin);
+    let tls = |args: &mut Vec<String>| {
+        for a in [
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+        ] {
+            args.push(a.to_owned());
+        }
+        args.extend(["--key".to_owned(), key.to_str().unwrap().to_owned()]);
+        args.extend(["-w".into(), "\n%{http_code} %{num_connects}\n".into()]);
+    };
+    // Three requests on one connection: who am I, revoke myself, who am I.
+    let mut args: Vec<String> = vec!["-sS".into()];
+    tls(&mut args);
+    args.push(format!("{base}/admin/v1/whoami"));
+    args.push("--next".into());
+    tls(&mut args);
+    args.extend(["-X".into(), "POST".into()]);
+    args.push(format!("{base}/admin/v1/ca/certificates/{serial}/revoke"));
+    args.push("--next".into());
+    tls(&mut args);
+    args.push(format!("{base}/admin/v1/whoami"));
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.len() > 3 && l.as_bytes()[3] == b' ')
+        .collect();
+    assert_eq!(
+        codes.len(),
+        3,
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(codes[0], "200 1", "{text}");
+    assert!(codes[1].starts_with("200"), "{text}");
+    // Same connection (no new connect), yet refused.
+    assert_eq!(codes[2], "403 0", "{text}");
+    assert!(text.contains("certificate_revoked"), "{text}");
+}
