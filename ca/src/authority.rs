@@ -258,6 +258,11 @@ impl Ca {
         &self.inner.issuing.der
     }
 
+    /// The issuing CA's HSM key (OCSP responses are signed with it).
+    pub(crate) fn issuing_key(&self) -> &HsmKey {
+        &self.inner.issuing.key
+    }
+
     /// Issuing then root certificate, PEM: what follows a leaf in a chain.
     pub fn chain_pem(&self) -> String {
         format!("{}{}", self.inner.issuing.pem, self.inner.root.pem)

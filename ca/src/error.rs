@@ -59,6 +59,10 @@ pub enum CaError {
     /// (an HSM fault): it is discarded, never handed out.
     #[error("self-check of a freshly signed {0} failed")]
     SelfCheck(&'static str),
+    /// An OCSP response could not be DER-encoded (a malformed request is
+    /// not an error: it is answered with `malformedRequest`).
+    #[error("OCSP response encoding failed")]
+    OcspEncoding(#[source] der::Error),
     #[error(transparent)]
     Kms(#[from] KmsError),
     #[error("CA registry: {0}")]
@@ -88,6 +92,7 @@ impl CaError {
             Self::CaExpired => "ca_expired",
             Self::Config { .. } => "ca_config",
             Self::Encoding(_) => "certificate_encoding",
+            Self::OcspEncoding(_) => "ocsp_encoding",
             Self::SelfCheck(_) => "ca_self_check",
             Self::Kms(e) => e.code(),
             Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",

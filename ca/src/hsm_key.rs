@@ -55,6 +55,20 @@ impl HsmKey {
         &self.public
     }
 
+    /// The mechanism this key signs with (ECDSA-SHA-256 or PKCS#1 v1.5
+    /// SHA-256), for callers that encode the signature algorithm themselves.
+    pub(crate) fn mechanism(&self) -> SignMechanism {
+        self.mechanism
+    }
+
+    /// Signs `data` in the HSM (ECDSA signatures come back DER-encoded).
+    pub(crate) async fn sign(&self, data: &[u8]) -> Result<Vec<u8>> {
+        self.key
+            .sign(self.mechanism, data)
+            .await
+            .map_err(CaError::Kms)
+    }
+
     /// A copy with its own error slot, for one signing operation.
     pub(crate) fn for_operation(&self) -> Self {
         Self {

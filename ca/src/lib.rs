@@ -21,8 +21,10 @@
 //!   versions 101..=199 in the shared `_sqlx_migrations` table).
 //! - [`error`]: [`CaError`] with stable codes.
 //!
-//! OCSP is not provided: relying parties use the CRL (or, inside Keyward, the
-//! registry via [`Ca::is_revoked`]).
+//! - [`ocsp`]: an OCSP responder (RFC 6960) for certificates of the issuing
+//!   CA, [`Ca::ocsp_response`], answers signed with the issuing CA's HSM key.
+//!   Relying parties may also use the CRL (or, inside Keyward, the registry
+//!   via [`Ca::is_revoked`]).
 //!
 //! Must not: sign with anything but an HSM key; trust a CSR for anything but
 //! its public key; reuse a serial; let a CRL number go backwards; put key
@@ -33,6 +35,7 @@ mod csr;
 pub mod error;
 pub mod hsm_key;
 mod migrate;
+pub mod ocsp;
 pub mod profile;
 pub mod registry;
 mod store;
@@ -41,5 +44,6 @@ pub use authority::{BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROO
 pub use csr::verified_csr_key;
 pub use error::{CaError, Result};
 pub use hsm_key::{HsmKey, SubjectKey};
+pub use ocsp::{OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, malformed_request_der};
 pub use profile::{IssueRequest, Profile, Role};
 pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};

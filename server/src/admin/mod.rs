@@ -3,6 +3,8 @@
 //!
 //! - `health`: `/live`, `/ready`, `/metrics`, reachable without a client
 //!   certificate (the admin listener's TLS verifier allows that).
+//! - `ocsp`: `POST /ocsp` and `GET /ocsp/{request}`, the OCSP responder for
+//!   the issuing CA's certificates, also without a client certificate.
 //! - `/admin/v1/*`: the [`require_operator`] middleware admits only
 //!   connections with an operator certificate carrying a role (OU); each
 //!   handler then checks the role it needs with [`Operator::require`].
@@ -15,6 +17,7 @@
 
 mod certificates;
 mod health;
+mod ocsp;
 mod operators;
 mod trail;
 
@@ -60,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route("/ocsp", post(ocsp::post))
+        .route("/ocsp/{*request}", get(ocsp::get))
         .merge(api)
         .with_state(state.clone());
     layers::apply(
