@@ -13,57 +13,31 @@
 //! other crates' rows do not trip it. Adding a migration means adding a file
 //! to BOTH directories and a line to BOTH lists below.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyward_config::DatabaseKind;
-use keyward_kms::catalog::Catalog;
+use keyward_kms::catalog::{Catalog, EmbeddedMigrations};
 use sqlx::any::AnyRow;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{Any, AnyPool, Row, SqlSafeStr, Transaction};
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::error::{ProvisioningError, Result};
 
 /// Attempts of a PostgreSQL transaction that keeps losing serialization races.
 const MAX_ATTEMPTS: u32 = 8;
 
-/// `(version, description, sql)`, as sqlx reads `<version>_<description>.sql`.
-type Embedded = (i64, &'static str, &'static str);
-
-const SQLITE: &[Embedded] = &[(
-    3001,
-    "provisioning",
-    include_str!("../migrations/sqlite/3001_provisioning.sql"),
-)];
-
-const POSTGRES: &[Embedded] = &[(
-    3001,
-    "provisioning",
-    include_str!("../migrations/postgres/3001_provisioning.sql"),
-)];
-
-fn migrator(kind: DatabaseKind) -> Migrator {
-    let list = match kind {
-        DatabaseKind::Sqlite => SQLITE,
-        DatabaseKind::Postgres => POSTGRES,
-    };
-    let mut migrator = Migrator::with_migrations(
-        list.iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    );
-    migrator.set_ignore_missing(true);
-    migrator
-}
+const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
+    sqlite: &[(
+        3001,
+        "provisioning",
+        include_str!("../migrations/sqlite/3001_provisioning.sql"),
+    )],
+    postgres: &[(
+        3001,
+        "provisioning",
+        include_str!("../migrations/postgres/3001_provisioning.sql"),
+    )],
+};
 
 /// The provisioning tables in the catalog's database.
 #[derive(Debug, Clone)]
@@ -82,7 +56,7 @@ impl Store {
 
     /// Applies what is missing; a second run changes nothing.
     pub(crate) async fn migrate(&self) -> Result<()> {
-        migrator(self.kind).run(&self.pool).await?;
+        MIGRATIONS.run(&self.pool, self.kind).await?;
         Ok(())
     }
 
@@ -180,31 +154,13 @@ fn backoff(attempt: u32) -> Duration {
 mod tests {
     use super::*;
 
-    fn files(dir: &str) -> Vec<String> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-        let mut names: Vec<String> = std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn listed(list: &[Embedded]) -> Vec<String> {
-        list.iter()
-            .map(|(v, d, _)| format!("{v:04}_{d}.sql"))
-            .collect()
-    }
-
     #[test]
     fn every_migration_file_is_embedded_in_range() {
-        assert_eq!(files("migrations/sqlite"), listed(SQLITE));
-        assert_eq!(files("migrations/postgres"), listed(POSTGRES));
-        for (v, _, _) in SQLITE.iter().chain(POSTGRES) {
-            assert!((3001..=3999).contains(v));
-        }
-        let versions = |l: &[Embedded]| l.iter().map(|(v, d, _)| (*v, *d)).collect::<Vec<_>>();
-        assert_eq!(versions(SQLITE), versions(POSTGRES));
+        MIGRATIONS
+            .check(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+                3001..=3999,
+            )
+            .unwrap();
     }
 }

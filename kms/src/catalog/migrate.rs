@@ -5,65 +5,118 @@
 //! leaves off; this builds the same [`Migrator`] (same versions, descriptions
 //! and checksums, so `sqlx-cli` agrees with it) from `include_str!`. Adding a
 //! migration means adding a file to BOTH directories and a line to BOTH lists
-//! below; the unit test fails if a file is not listed.
+//! of the crate's [`EmbeddedMigrations`]; its unit test fails if a file is not
+//! listed. The other crates with tables use the same type.
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use keyward_config::DatabaseKind;
 use sqlx::AnyPool;
 use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 
 use crate::error::Result;
 
 /// `(version, description, sql)`, as `sqlx` reads `<version>_<description>.sql`.
-type Embedded = (i64, &'static str, &'static str);
+pub type Embedded = (i64, &'static str, &'static str);
 
-const SQLITE: &[Embedded] = &[(
-    1,
-    "catalog",
-    include_str!("../../migrations/sqlite/0001_catalog.sql"),
-)];
+/// One crate's migrations for both backends. Every crate that owns tables
+/// (kms 1.., CA 101.., server 2001.., provisioning 3001..) declares one, in
+/// its own version range; they share sqlx's `_sqlx_migrations` table and each
+/// migrator ignores the versions it does not know.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedMigrations {
+    pub sqlite: &'static [Embedded],
+    pub postgres: &'static [Embedded],
+}
 
-const POSTGRES: &[Embedded] = &[(
-    1,
-    "catalog",
-    include_str!("../../migrations/postgres/0001_catalog.sql"),
-)];
+impl EmbeddedMigrations {
+    fn list(&self, kind: DatabaseKind) -> &'static [Embedded] {
+        match kind {
+            DatabaseKind::Sqlite => self.sqlite,
+            DatabaseKind::Postgres => self.postgres,
+        }
+    }
 
-fn embedded(kind: DatabaseKind) -> &'static [Embedded] {
-    match kind {
-        DatabaseKind::Sqlite => SQLITE,
-        DatabaseKind::Postgres => POSTGRES,
+    /// The migrator for one backend.
+    pub fn migrator(&self, kind: DatabaseKind) -> Migrator {
+        let mut migrator = Migrator::with_migrations(
+            self.list(kind)
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        );
+        migrator.set_ignore_missing(true);
+        migrator
+    }
+
+    /// Applies what is missing; a second run changes nothing. Concurrent
+    /// starts are serialised by sqlx's migration lock (an advisory lock on
+    /// PostgreSQL).
+    pub async fn run(&self, pool: &AnyPool, kind: DatabaseKind) -> Result<(), MigrateError> {
+        self.migrator(kind).run(pool).await
+    }
+
+    /// For each owner's unit test: every `.sql` file under
+    /// `crate_dir/migrations/{sqlite,postgres}` is embedded, both backends have
+    /// the same versions, and they stay within `versions`.
+    pub fn check(
+        &self,
+        crate_dir: &Path,
+        versions: std::ops::RangeInclusive<i64>,
+    ) -> std::result::Result<(), String> {
+        for (dir, list) in [("sqlite", self.sqlite), ("postgres", self.postgres)] {
+            let path = crate_dir.join("migrations").join(dir);
+            let mut files: Vec<String> = std::fs::read_dir(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".sql"))
+                .collect();
+            files.sort();
+            let listed: Vec<String> = list
+                .iter()
+                .map(|(v, d, _)| format!("{v:04}_{}.sql", d.replace(' ', "_")))
+                .collect();
+            if files != listed {
+                return Err(format!("{dir}: files {files:?} but embedded {listed:?}"));
+            }
+            if let Some((v, _, _)) = list.iter().find(|(v, _, _)| !versions.contains(v)) {
+                return Err(format!("{dir}: version {v} outside {versions:?}"));
+            }
+        }
+        let key = |l: &[Embedded]| l.iter().map(|(v, d, _)| (*v, *d)).collect::<Vec<_>>();
+        if key(self.sqlite) != key(self.postgres) {
+            return Err("SQLite and PostgreSQL migrations differ in versions".into());
+        }
+        Ok(())
     }
 }
 
-/// The migrator for one backend. Other crates (the CA) keep their own
-/// migrations, in their own version range, in the same `_sqlx_migrations`
-/// table; `ignore_missing` lets this migrator pass over their rows.
-pub(super) fn migrator(kind: DatabaseKind) -> Migrator {
-    let mut migrator = Migrator::with_migrations(
-        embedded(kind)
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    );
-    migrator.set_ignore_missing(true);
-    migrator
-}
+/// The key catalog's own tables.
+pub(super) const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
+    sqlite: &[(
+        1,
+        "catalog",
+        include_str!("../../migrations/sqlite/0001_catalog.sql"),
+    )],
+    postgres: &[(
+        1,
+        "catalog",
+        include_str!("../../migrations/postgres/0001_catalog.sql"),
+    )],
+};
 
-/// Applies what is missing; a second run changes nothing. Concurrent starts
-/// are serialised by sqlx's migration lock (an advisory lock on PostgreSQL).
 pub(super) async fn run(pool: &AnyPool, kind: DatabaseKind) -> Result<()> {
-    migrator(kind).run(pool).await?;
+    MIGRATIONS.run(pool, kind).await?;
     Ok(())
 }
 
@@ -71,32 +124,10 @@ pub(super) async fn run(pool: &AnyPool, kind: DatabaseKind) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn files(dir: &str) -> Vec<String> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-        let mut names: Vec<String> = std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn listed(list: &[Embedded]) -> Vec<String> {
-        list.iter()
-            .map(|(v, d, _)| format!("{v:04}_{}.sql", d.replace(' ', "_")))
-            .collect()
-    }
-
     #[test]
     fn every_migration_file_is_embedded() {
-        assert_eq!(files("migrations/sqlite"), listed(SQLITE));
-        assert_eq!(files("migrations/postgres"), listed(POSTGRES));
-    }
-
-    #[test]
-    fn both_backends_have_the_same_versions() {
-        let versions = |l: &[Embedded]| l.iter().map(|(v, d, _)| (*v, *d)).collect::<Vec<_>>();
-        assert_eq!(versions(SQLITE), versions(POSTGRES));
+        MIGRATIONS
+            .check(Path::new(env!("CARGO_MANIFEST_DIR")), 1..=100)
+            .unwrap();
     }
 }

@@ -22,6 +22,7 @@
 //! Must not: store or log key bytes; leave a version half-written.
 
 mod migrate;
+pub use migrate::{Embedded, EmbeddedMigrations};
 mod model;
 
 use std::collections::BTreeMap;
