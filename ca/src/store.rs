@@ -5,10 +5,10 @@
 //! deadlock.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyward_config::DatabaseKind;
-use keyward_kms::catalog::Catalog;
+use keyward_kms::catalog::{Catalog, tx};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
@@ -16,8 +16,6 @@ use crate::error::{CaError, Result};
 use crate::profile::{Profile, Role};
 use crate::registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};
 
-/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
-const MAX_ATTEMPTS: u32 = 8;
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
@@ -373,41 +371,19 @@ impl Store {
     // ---- plumbing ----------------------------------------------------------------
 
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        let tx = match self.kind {
-            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            DatabaseKind::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                    .await?
-            }
-        };
-        Ok(tx)
+        Ok(tx::begin_write(&self.pool, self.kind).await?)
     }
 
-    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Err(e) if attempt < MAX_ATTEMPTS && self.is_race(&e) => {
-                    tracing::debug!(attempt, "CA registry transaction lost a race; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        tx::retrying("CA registry", |e| self.is_race(e), op).await
     }
 
     fn is_race(&self, e: &CaError) -> bool {
-        let CaError::Database(sqlx::Error::Database(db)) = e else {
-            return false;
-        };
-        self.kind == DatabaseKind::Postgres
-            && matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        matches!(e, CaError::Database(err) if tx::is_serialization_failure(self.kind, err))
     }
 }
 
@@ -453,13 +429,4 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Growing, jittered pause between attempts so racing transactions spread out.
-fn backoff(attempt: u32) -> Duration {
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 4_000_000)
-        .unwrap_or(0);
-    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
 }

@@ -14,17 +14,14 @@
 //! to BOTH directories and a line to BOTH lists below.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyward_config::DatabaseKind;
-use keyward_kms::catalog::{Catalog, EmbeddedMigrations};
+use keyward_kms::catalog::{Catalog, EmbeddedMigrations, tx};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::error::{ProvisioningError, Result};
-
-/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
-const MAX_ATTEMPTS: u32 = 8;
 
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
     sqlite: &[(
@@ -62,43 +59,21 @@ impl Store {
 
     /// A write transaction (see the module docs).
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        let tx = match self.kind {
-            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            DatabaseKind::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                    .await?
-            }
-        };
-        Ok(tx)
+        Ok(tx::begin_write(&self.pool, self.kind).await?)
     }
 
     /// Runs `op` (one whole transaction) again while PostgreSQL reports a
     /// serialization failure or deadlock.
-    pub(crate) async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Err(e) if attempt < MAX_ATTEMPTS && self.is_race(&e) => {
-                    tracing::debug!(attempt, "provisioning transaction lost a race; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        tx::retrying("provisioning", |e| self.is_race(e), op).await
     }
 
     fn is_race(&self, e: &ProvisioningError) -> bool {
-        let ProvisioningError::Database(sqlx::Error::Database(db)) = e else {
-            return false;
-        };
-        self.kind == DatabaseKind::Postgres
-            && matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        matches!(e, ProvisioningError::Database(err) if tx::is_serialization_failure(self.kind, err))
     }
 }
 
@@ -139,15 +114,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Growing, jittered pause between attempts so racing transactions spread out.
-fn backoff(attempt: u32) -> Duration {
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 4_000_000)
-        .unwrap_or(0);
-    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
 }
 
 #[cfg(test)]

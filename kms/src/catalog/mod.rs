@@ -22,6 +22,7 @@
 //! Must not: store or log key bytes; leave a version half-written.
 
 mod migrate;
+pub mod tx;
 pub use migrate::{Embedded, EmbeddedMigrations};
 mod model;
 
@@ -45,8 +46,6 @@ pub use model::{
 
 /// How long a SQLite writer waits for the write lock before giving up (5 s).
 const BUSY_TIMEOUT_PRAGMA: &str = "PRAGMA busy_timeout = 5000";
-/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
-const MAX_ATTEMPTS: u32 = 8;
 
 /// The key catalog. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
@@ -484,53 +483,29 @@ impl Catalog {
 
     // ---- plumbing ------------------------------------------------------------
 
-    /// A write transaction that cannot deadlock on lock upgrades (SQLite) and
-    /// sees a serial order (PostgreSQL).
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        let tx = match self.kind {
-            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            DatabaseKind::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                    .await?
-            }
-        };
-        Ok(tx)
+        Ok(tx::begin_write(&self.pool, self.kind).await?)
     }
 
-    /// Runs `op` (one whole transaction) again while PostgreSQL reports a
-    /// serialization failure or deadlock, and also a unique violation when
-    /// `unique_is_race` says one means a lost race rather than bad input.
-    async fn retrying<T, F, Fut>(&self, unique_is_race: bool, mut op: F) -> Result<T>
+    /// [`tx::retrying`], also treating a unique violation as a lost race when
+    /// `unique_is_race` says it means that rather than bad input.
+    async fn retrying<T, F, Fut>(&self, unique_is_race: bool, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Err(e) if attempt < MAX_ATTEMPTS && self.is_race(&e, unique_is_race) => {
-                    tracing::debug!(attempt, "catalog transaction lost a race; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        tx::retrying("catalog", |e| self.is_race(e, unique_is_race), op).await
     }
 
     fn is_race(&self, e: &KmsError, unique_is_race: bool) -> bool {
         let KmsError::Database(sqlx::Error::Database(db)) = e else {
             return false;
         };
-        match self.kind {
-            // BEGIN IMMEDIATE serialises writers: there are no races to retry.
-            DatabaseKind::Sqlite => false,
-            DatabaseKind::Postgres => {
-                matches!(db.code().as_deref(), Some("40001" | "40P01"))
-                    || (unique_is_race && db.is_unique_violation())
-            }
-        }
+        let KmsError::Database(err) = e else {
+            return false;
+        };
+        tx::is_serialization_failure(self.kind, err)
+            || (self.kind == DatabaseKind::Postgres && unique_is_race && db.is_unique_violation())
     }
 
     /// Errors unless `version` exists and is pending.
@@ -746,13 +721,4 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Growing, jittered pause between attempts so racing transactions spread out.
-fn backoff(attempt: u32) -> Duration {
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 4_000_000)
-        .unwrap_or(0);
-    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
 }
