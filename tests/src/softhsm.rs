@@ -121,6 +121,31 @@ impl TestToken {
         }
     }
 
+    /// What an auditor sees: `pkcs11-tool --list-objects --type KIND` (`secrkey`,
+    /// `privkey`, ...) on this token, logged in.
+    pub fn list_objects(&self, kind: &str) -> Result<String> {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", softhsm_conf()?)
+            .args(["--module", SOFTHSM_MODULE, "--token-label", &self.label])
+            .args([
+                "--login",
+                "--pin",
+                TEST_PIN,
+                "--list-objects",
+                "--type",
+                kind,
+            ])
+            .output()
+            .context("running pkcs11-tool (apt-get install opensc)")?;
+        if !out.status.success() {
+            bail!(
+                "pkcs11-tool failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The `SOFTHSM2_CONF` in force for this process.
     pub fn conf_path() -> Result<&'static Path> {
         softhsm_conf()

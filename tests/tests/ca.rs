@@ -17,7 +17,7 @@ use keyward_kms::hsm::{KeyPairKind, Pkcs11Hsm};
 use keyward_kms::pool::HsmPool;
 use keyward_kms::types::DeviceId;
 use keyward_tests::db::{TestDb, test_database};
-use keyward_tests::softhsm::{SOFTHSM_MODULE, TEST_PIN, TestToken};
+use keyward_tests::softhsm::TestToken;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, PublicKeyData,
@@ -673,20 +673,7 @@ async fn rsa3072_ca_issues_verifiable_chains() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ca_private_keys_stay_in_the_hsm() {
     let e = env().await;
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
-        .args(["--module", SOFTHSM_MODULE, "--token-label", &e.token.label])
-        .args([
-            "--login",
-            "--pin",
-            TEST_PIN,
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = e.token.list_objects("privkey").unwrap();
     let blocks: Vec<&str> = text.split("Private Key Object").skip(1).collect();
     assert_eq!(blocks.len(), 2, "{text}");
     for label in [keyward_ca::ROOT_KEY_LABEL, keyward_ca::ISSUING_KEY_LABEL] {

@@ -504,21 +504,7 @@ async fn master_keys_are_locked_down_on_the_token() {
         .await
         .unwrap();
     // pkcs11-tool (opensc) shows what an auditor would see.
-    let conf = TestToken::conf_path().unwrap();
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", conf)
-        .args(["--module", keyward_tests::softhsm::SOFTHSM_MODULE])
-        .args([
-            "--token-label",
-            &f._token.label,
-            "--login",
-            "--pin",
-            keyward_tests::softhsm::TEST_PIN,
-        ])
-        .args(["--list-objects", "--type", "secrkey"])
-        .output()
-        .expect("pkcs11-tool (opensc) must be installed");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = f._token.list_objects("secrkey").unwrap();
     assert!(text.contains("keyward/bank-c/IMK-TMK"), "{text}");
     assert!(text.contains("keyward/bank-c/IMK-AUTH"), "{text}");
     for block in text.split("Secret Key Object").skip(1) {

@@ -9,7 +9,7 @@ use keyward_kms::catalog::Catalog;
 use keyward_kms::hsm::{KeyPairKind, Pkcs11Hsm, PublicKey, SignMechanism};
 use keyward_kms::pool::HsmPool;
 use keyward_tests::db::test_database;
-use keyward_tests::softhsm::{SOFTHSM_MODULE, TEST_PIN, TestToken};
+use keyward_tests::softhsm::TestToken;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn p256_and_rsa_keys_sign_in_the_hsm() {
@@ -88,20 +88,7 @@ async fn p256_and_rsa_keys_sign_in_the_hsm() {
     );
 
     // What an auditor sees: private keys sensitive, never extractable, sign-only.
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
-        .args(["--module", SOFTHSM_MODULE, "--token-label", &token.label])
-        .args([
-            "--login",
-            "--pin",
-            TEST_PIN,
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = token.list_objects("privkey").unwrap();
     let blocks: Vec<&str> = text.split("Private Key Object").skip(1).collect();
     assert_eq!(blocks.len(), 2, "{text}");
     for b in blocks {
