@@ -148,6 +148,15 @@ pub enum BatchState {
     Complete,
 }
 
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Importing => "importing",
+            Self::Complete => "complete",
+        }
+    }
+}
+
 /// A registered batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRecord {

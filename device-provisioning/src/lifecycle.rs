@@ -8,7 +8,8 @@
 //! [`Provisioning::complete_check`], `verified → initialised` by
 //! [`Provisioning::confirm_init`], `initialised → issued` by
 //! [`Provisioning::bind`]. Retiring revokes the device certificate first
-//! (fail closed: a device is never retired with a valid certificate).
+//! (fail closed: a device is never retired with a valid certificate), then
+//! closes every working-key version of the device at every issuer.
 
 use keyward_kms::types::DeviceId;
 use sqlx::Row;
@@ -63,6 +64,53 @@ impl Provisioning {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(batch.as_str())
             .bind(i64::from(limit.clamp(1, MAX_DEVICE_LISTING)))
+            .fetch_all(&self.store.pool)
+            .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    /// Registered devices by device id, optionally only those in `state`
+    /// and/or of `batch`; paged with `limit` (capped at
+    /// [`MAX_DEVICE_LISTING`]) and `offset`.
+    pub async fn devices(
+        &self,
+        state: Option<DeviceState>,
+        batch: Option<&BatchId>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<DeviceRecord>> {
+        // Only the filters given become placeholders: an untyped NULL
+        // parameter is not portable between SQLite and PostgreSQL.
+        let mut conditions = Vec::new();
+        let mut values: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("d.state", state.map(DeviceState::as_str)),
+            ("d.batch_id", batch.map(BatchId::as_str)),
+        ] {
+            if let Some(v) = value {
+                values.push(v);
+                conditions.push(format!("{column} = ${}", values.len()));
+            }
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let n = values.len();
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM prov_devices d JOIN prov_batches b ON b.id = d.batch_id \
+             {filter} ORDER BY d.device_id LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in values {
+            query = query.bind(v);
+        }
+        let rows = query
+            .bind(i64::from(limit.clamp(1, MAX_DEVICE_LISTING)))
+            .bind(i64::from(offset))
             .fetch_all(&self.store.pool)
             .await?;
         rows.iter().map(device_from_row).collect()
@@ -130,6 +178,11 @@ impl Provisioning {
         {
             self.certifier.revoke(serial, RevokeReason::Retired).await?;
             note.detail("revoked_cert_serial", serial);
+        }
+        if to == DeviceState::Retired {
+            // One identity: the symmetric keys go with the certificate.
+            let keys = self.kms.catalog().retire_device(device, now_ms()).await?;
+            note.detail("key_versions_closed", keys);
         }
         let n = self
             .store

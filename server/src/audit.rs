@@ -20,6 +20,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyward_config::DatabaseKind;
+use keyward_device_provisioning::AuditNote;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
@@ -104,6 +105,11 @@ pub enum AuditEvent {
         profile: String,
         subject: String,
     },
+    /// An issuer and its master keys created (or about to be).
+    IssuerCreated {
+        issuer: String,
+        family: &'static str,
+    },
     /// A certificate revoked (or about to be).
     CertificateRevoked { serial: String, reason: String },
     /// A read or other action by an operator (`certificates.list`, `crl.get`, …).
@@ -138,6 +144,10 @@ pub enum AuditEvent {
     },
     /// A failure after an authorised `requested` record (the effect did not happen).
     OperationFailed { action: String, code: String },
+    /// A provisioning decision, as the provisioning layer noted it. The
+    /// note's own actor (the device or operator it acted for) goes in the
+    /// detail as `subject`; the record's actor is whoever made the call.
+    Provisioning(AuditNote),
 }
 
 impl AuditEvent {
@@ -157,6 +167,11 @@ impl AuditEvent {
                 "certificate.issue".into(),
                 serial.clone().unwrap_or_else(|| "-".into()),
                 json!({ "profile": profile, "subject": subject }),
+            ),
+            Self::IssuerCreated { issuer, family } => (
+                "issuer.create".into(),
+                format!("issuer:{issuer}"),
+                json!({ "family": family }),
             ),
             Self::CertificateRevoked { serial, reason } => (
                 "certificate.revoke".into(),
@@ -197,6 +212,21 @@ impl AuditEvent {
             ),
             Self::OperationFailed { action, code } => {
                 (action.clone(), "-".into(), json!({ "code": code }))
+            }
+            Self::Provisioning(note) => {
+                let mut detail = serde_json::Map::new();
+                detail.insert("subject".into(), note.actor.to_string().into());
+                if let Some(code) = note.outcome.code() {
+                    detail.insert("code".into(), code.into());
+                }
+                for (name, value) in &note.details {
+                    detail.insert((*name).to_owned(), value.clone().into());
+                }
+                (
+                    note.action.as_str().to_owned(),
+                    note.target.clone(),
+                    serde_json::Value::Object(detail),
+                )
             }
         }
     }

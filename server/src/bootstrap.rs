@@ -2,17 +2,20 @@
 //!
 //! [`open`] brings up what every command needs: the HSM and the key catalog
 //! (kms migrations, mechanism probe), the server's own migrations (audit
-//! trail), and the CA (idempotent bootstrap). [`init`] then makes sure the
+//! trail), the CA (idempotent bootstrap) and the provisioning registry (its
+//! migrations). [`init`] then makes sure the
 //! server can serve: the TLS key in the HSM and its certificate on disk, and
 //! a first `admin` operator certificate and key for whoever runs it. A second
 //! run finds everything and changes nothing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use keyward_ca::{BootstrapReport, Ca, CertFilter, CertStatus, IssueRequest, Profile, Role};
 use keyward_config::{Config, DatabaseKind};
+use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
 
@@ -30,6 +33,7 @@ pub struct Opened {
     pub kms: Kms,
     pub ca: Ca,
     pub ca_report: BootstrapReport,
+    pub provisioning: Provisioning,
     pub audit: AuditLog,
     /// Server migrations applied by this start.
     pub migrated: Vec<i64>,
@@ -56,7 +60,7 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     Ok(kms)
 }
 
-/// Opens the HSM, the database (all migrations) and the CA.
+/// Opens the HSM, the database (all migrations), the CA and provisioning.
 pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<Opened> {
     let kms = open_kms(config).await?;
     kms.ready().await.context("HSM or database not ready")?;
@@ -68,11 +72,15 @@ pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<O
     let (ca, ca_report) = Ca::bootstrap(&kms, kms.catalog(), &config.ca)
         .await
         .context("bringing up the CA")?;
+    let provisioning = Provisioning::new(kms.clone(), Arc::new(ca.clone()))
+        .await
+        .context("bringing up the provisioning registry")?;
     let audit = AuditLog::new(pool, kind, metrics);
     Ok(Opened {
         kms,
         ca,
         ca_report,
+        provisioning,
         audit,
         migrated,
     })

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyward_config::Config;
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
+use crate::admin::issuer_json;
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::bootstrap::open_kms;
 
@@ -186,7 +188,24 @@ async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Resu
         IssuerCommand::Create { id, family } => {
             let id: IssuerId = id.parse()?;
             let family: KeyFamily = family.parse()?;
+            let (pool, kind) = (kms.catalog().pool().clone(), kms.catalog().kind());
+            crate::migrate::run(&pool, kind).await?;
+            let audit = AuditLog::new(pool, kind, None);
+            let event = AuditEvent::IssuerCreated {
+                issuer: id.to_string(),
+                family: family.as_str(),
+            };
+            audit
+                .append(&Actor::Cli, &event, Outcome::Requested, "cli")
+                .await
+                .context("writing the audit trail (nothing was created)")?;
             let rec = kms.create_issuer(id, family).await?;
+            if let Err(e) = audit
+                .append(&Actor::Cli, &event, Outcome::Success, "cli")
+                .await
+            {
+                tracing::error!(error = %e, "issuer created but its success record could not be written");
+            }
             output(json, &issuer_json(&rec), || issuer_text(&rec));
         }
         IssuerCommand::List => {
@@ -210,20 +229,6 @@ fn output(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) 
     } else {
         println!("{}", text());
     }
-}
-
-fn issuer_json(rec: &IssuerRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": rec.id.as_str(),
-        "family": rec.family.as_str(),
-        "created_at_ms": rec.created_at_ms,
-        "master_keys": rec.master_keys.iter().map(|k| serde_json::json!({
-            "role": k.role.as_str(),
-            "label": k.label,
-            "kcv_method": k.kcv.method.as_str(),
-            "kcv": k.kcv.hex(),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn issuer_text(rec: &IssuerRecord) -> String {

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     pub certificates_issued: IntCounterVec,
     pub certificates_revoked: IntCounter,
+    pub provisioning_decisions: IntCounterVec,
     pub crl_age_seconds: IntGauge,
     pub crl_number: IntGauge,
     pub tls_config_reloads: IntCounter,
@@ -168,6 +169,12 @@ impl Metrics {
                 "keyward_certificates_issued_total",
                 "Certificates issued by this process, by profile.",
                 &["profile"],
+            )?,
+            provisioning_decisions: counter_vec(
+                &r,
+                "keyward_provisioning_decisions_total",
+                "Provisioning decisions (import, check, init, customer review, bind, lifecycle), by action and outcome.",
+                &["action", "outcome"],
             )?,
             certificates_revoked: counter(
                 &r,

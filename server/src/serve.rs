@@ -112,7 +112,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
     let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
-    let state = AppState::new(config, opened.kms, opened.ca, opened.audit, metrics, tls);
+    let state = AppState::new(
+        config,
+        opened.kms,
+        opened.ca,
+        opened.provisioning,
+        opened.audit,
+        metrics,
+        tls,
+    );
     let started = format!("public {public_addr}, admin {admin_addr}");
     state
         .audit

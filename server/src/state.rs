@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use keyward_ca::Ca;
 use keyward_config::Config;
+use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
@@ -20,6 +21,7 @@ pub struct Inner {
     pub config: Config,
     pub kms: Kms,
     pub ca: Ca,
+    pub provisioning: Provisioning,
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub tls: TlsState,
@@ -34,6 +36,7 @@ impl AppState {
         config: Config,
         kms: Kms,
         ca: Ca,
+        provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
         tls: TlsState,
@@ -42,6 +45,7 @@ impl AppState {
             config,
             kms,
             ca,
+            provisioning,
             audit,
             metrics,
             tls,

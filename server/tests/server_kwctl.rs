@@ -47,7 +47,9 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
     assert!(who.status.success(), "{who:?}");
     assert!(json(&who).to_string().contains("admin"));
 
-    // Issue a device certificate from an openssl CSR, then revoke it.
+    // Issue a device certificate from an openssl CSR for a registered
+    // device, then revoke it.
+    s.register_device("0011223344556677");
     let (_, csr) = s.openssl_csr("dev1");
     let csr_path = s.dir.path().join("dev1.csr.pem");
     std::fs::write(&csr_path, csr).unwrap();

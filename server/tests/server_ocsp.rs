@@ -46,6 +46,7 @@ async fn openssl_ocsp_sees_good_revoked_and_unknown() {
     let dir = s.dir.path().to_owned();
 
     // Issue a device certificate through the admin API.
+    s.register_device("0011223344556677");
     let (_, csr) = s.openssl_csr("dev1");
     let r = s.admin_post(
         "/admin/v1/ca/certificates",

@@ -209,8 +209,16 @@ async fn roles_decide_what_an_operator_may_do() {
     assert_eq!(err["error"]["code"], "forbidden_role");
     assert!(err["error"]["request_id"].as_str().unwrap().len() > 8);
 
-    // An operator issues a device certificate from a CSR…
+    // An operator issues a device certificate from a CSR, for a registered
+    // device only…
     let (dev_key, csr) = s.openssl_csr("device");
+    let unknown = s.admin_post(
+        "/admin/v1/ca/certificates",
+        &serde_json::json!({"csr_pem": csr, "profile": "device", "device_id": "0102030405060708"}),
+    );
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(unknown.json()["error"]["code"], "unknown_device");
+    s.register_device("0102030405060708");
     let body = dir.join("device-req.json");
     std::fs::write(
         &body,

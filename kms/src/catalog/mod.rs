@@ -481,6 +481,37 @@ impl Catalog {
         }
     }
 
+    /// A retired device keeps no usable key: its pending versions become
+    /// `rejected` and its active and retiring ones `retired` at `now_ms`, at
+    /// every issuer, in one transaction. Returns how many versions changed.
+    pub async fn retire_device(&self, device: DeviceId, now_ms: i64) -> Result<u64> {
+        self.retrying(false, || async {
+            let mut tx = self.begin_write().await?;
+            let rejected = sqlx::query(
+                "UPDATE working_key_versions SET state = 'rejected' \
+                 WHERE device_id = $1 AND state = 'pending'",
+            )
+            .bind(device.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let retired = sqlx::query(
+                "UPDATE working_key_versions SET state = 'retired', \
+                 retire_at_ms = CASE WHEN state = 'retiring' AND retire_at_ms < $2 \
+                                THEN retire_at_ms ELSE $2 END \
+                 WHERE device_id = $1 AND state IN ('active', 'retiring')",
+            )
+            .bind(device.to_string())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(rejected + retired)
+        })
+        .await
+    }
+
     // ---- plumbing ------------------------------------------------------------
 
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {

@@ -13,16 +13,15 @@ use axum::response::{IntoResponse, Response};
 use keyward_ca::{
     CertFilter, CertRecord, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial,
 };
+use keyward_device_provisioning::{DeviceState, ProvisioningError};
 use keyward_kms::types::DeviceId;
 use serde::Deserialize;
 
-use super::Operator;
+use super::{ALL_ROLES, Operator};
 use crate::audit::{AuditEvent, Outcome};
 use crate::http::ApiError;
 use crate::metrics::timed_hsm;
 use crate::state::AppState;
-
-const ALL_ROLES: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
 
 /// A registry record as JSON (`pem` only when asked for).
 pub fn record_json(r: &CertRecord, with_pem: bool) -> serde_json::Value {
@@ -150,13 +149,17 @@ pub async fn issue(
         }
     };
     op.require(&state, allowed).await?;
+    let device_id = body
+        .device_id
+        .as_deref()
+        .map(str::parse::<DeviceId>)
+        .transpose()?;
+    if profile == Profile::Device {
+        registered_device(&state, device_id).await?;
+    }
     let req = IssueRequest {
         profile,
-        device_id: body
-            .device_id
-            .as_deref()
-            .map(str::parse::<DeviceId>)
-            .transpose()?,
+        device_id,
         operator: None,
         dns_names: body.dns_names,
         common_name: body.common_name,
@@ -170,6 +173,27 @@ pub async fn issue(
     issue_and_record(&state, &op, body.csr_pem.into_bytes(), req, subject)
         .await
         .map(|json| (StatusCode::CREATED, Json(json)).into_response())
+}
+
+/// A device certificate is only for a device the factory registered
+/// (`device import`) and the bank has not retired: a CSR naming an unknown
+/// device is refused (404 `unknown_device`), so the CA cannot be used to mint
+/// identities outside the registry.
+async fn registered_device(state: &AppState, device: Option<DeviceId>) -> Result<(), ApiError> {
+    let Some(device) = device else {
+        // The CA refuses a device profile without an id (profile_requirements).
+        return Ok(());
+    };
+    let rec = state.provisioning.device(device).await?;
+    if rec.state == DeviceState::Retired {
+        return Err(ProvisioningError::DeviceState {
+            device,
+            state: rec.state,
+            needed: "a registered device that is not retired",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Shared by certificate and operator issuance: audit `requested`, issue in

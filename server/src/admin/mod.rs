@@ -9,17 +9,27 @@
 //!   connections with an operator certificate carrying a role (OU); each
 //!   handler then checks the role it needs with [`Operator::require`].
 //!   Refusals are audited (`access.refused`).
-//! - `certificates`, `operators`, `trail`: the handlers.
+//! - `certificates`, `operators`, `trail`: the CA and the audit trail.
+//! - `issuers`, `devices`, `customers`: provisioning (issuers and their
+//!   master keys, manufacturing batches, the genuine-device check, init
+//!   packages, lifecycle, customer review, bindings).
 //!
 //! Roles: `admin` may do everything; `operator` lists, reads, issues and
-//! revokes device certificates and reads the CRL; `auditor` lists and reads
-//! certificates, reads the CRL and the audit trail, and verifies the chain.
+//! revokes device certificates, reads the CRL, and runs provisioning (all but
+//! creating issuers); `auditor` reads everything that is not a secret and
+//! the audit trail, and verifies the chain.
 
 mod certificates;
+mod customers;
+mod devices;
 mod health;
+mod issuers;
 mod ocsp;
 mod operators;
 mod trail;
+
+pub use devices::report_rows;
+pub use issuers::issuer_json;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
@@ -27,6 +37,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use keyward_ca::{Role, Serial};
+
+use keyward_device_provisioning::{Action, Decision, OperatorId};
+use keyward_kms::types::Kcv;
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::http::layers::{self, request_id};
@@ -53,6 +66,44 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/v1/ca/crl", get(certificates::crl))
         .route("/admin/v1/operators", post(operators::issue))
+        .route(
+            "/admin/v1/issuers",
+            get(issuers::list).post(issuers::create),
+        )
+        .route("/admin/v1/issuers/{id}", get(issuers::show))
+        .route("/admin/v1/batches", post(devices::import_batch))
+        .route("/admin/v1/batches/{id}", get(devices::batch))
+        .route("/admin/v1/devices", get(devices::list))
+        .route("/admin/v1/devices/{id}", get(devices::show))
+        .route("/admin/v1/devices/{id}/challenge", post(devices::challenge))
+        .route("/admin/v1/devices/{id}/check", post(devices::check))
+        .route("/admin/v1/devices/{id}/init", post(devices::init))
+        .route(
+            "/admin/v1/devices/{id}/init/confirm",
+            post(devices::confirm),
+        )
+        .route("/admin/v1/devices/{id}/reinit", post(devices::reinit))
+        .route("/admin/v1/devices/{id}/state", post(devices::set_state))
+        .route("/admin/v1/devices/{id}/bindings", post(devices::bind))
+        .route(
+            "/admin/v1/applications",
+            get(customers::list).post(customers::apply),
+        )
+        .route("/admin/v1/applications/{id}", get(customers::review))
+        .route(
+            "/admin/v1/applications/{id}/approve",
+            post(customers::approve),
+        )
+        .route(
+            "/admin/v1/applications/{id}/reject",
+            post(customers::reject),
+        )
+        .route(
+            "/admin/v1/applications/{id}/resubmit",
+            post(customers::resubmit),
+        )
+        .route("/admin/v1/applications/{id}/close", post(customers::close))
+        .route("/admin/v1/customers/{id}", get(customers::show))
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
         .route_layer(middleware::from_fn_with_state(
@@ -72,6 +123,16 @@ pub fn router(state: AppState) -> Router {
         &stack_config(&state, Listener::Admin),
         state.metrics.clone(),
     )
+}
+
+/// Every role: the reads.
+pub const ALL_ROLES: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
+/// The roles that run provisioning.
+pub const PROVISIONERS: &[Role] = &[Role::Admin, Role::Operator];
+
+/// A KCV as it travels: `{"method", "value"}`.
+pub fn kcv_json(kcv: &Kcv) -> serde_json::Value {
+    serde_json::json!({ "method": kcv.method.as_str(), "value": kcv.hex() })
 }
 
 /// The operator behind an admin API request, from its client certificate.
@@ -199,6 +260,85 @@ impl Operator {
             .await
             .map(drop)
             .map_err(ApiError::audit_unavailable)
+    }
+
+    /// Checks the role and records the read before answering it (a read that
+    /// cannot be recorded is not answered).
+    pub async fn read(
+        &self,
+        state: &AppState,
+        allowed: &[Role],
+        action: &'static str,
+        target: &str,
+    ) -> Result<(), ApiError> {
+        self.require(state, allowed).await?;
+        let event = AuditEvent::OperatorAction {
+            action,
+            target: target.to_owned(),
+        };
+        self.audit(state, &event, Outcome::Success).await
+    }
+
+    /// The operator as provisioning names them: the certificate's CN, which
+    /// maker-checker compares.
+    pub fn operator_id(&self) -> Result<OperatorId, ApiError> {
+        Ok(self.name.parse()?)
+    }
+
+    /// Runs a provisioning decision the way every state change runs here: a
+    /// `requested` record first (no record, no action), the decision in its
+    /// own task (a client timeout does not cut it in half), then the
+    /// decision's own note as a record, refusals included. The note's record
+    /// comes after the effect, so if it cannot be written the effect stands
+    /// and the failure is logged with the `requested` record as its trace.
+    pub async fn decide<T, F>(
+        &self,
+        state: &AppState,
+        action: Action,
+        target: String,
+        decision: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Decision<T>> + Send + 'static,
+    {
+        let requested = AuditEvent::OperatorAction {
+            action: action.as_str(),
+            target,
+        };
+        self.audit(state, &requested, Outcome::Requested).await?;
+        let decided = tokio::spawn(decision).await.map_err(ApiError::internal)?;
+        let (note, result) = match decided {
+            Ok(done) => (done.note, Ok(done.value)),
+            Err(refused) => {
+                let refused = *refused;
+                (refused.note, Err(ApiError::from(refused.error)))
+            }
+        };
+        let outcome = match note.outcome {
+            keyward_device_provisioning::Outcome::Success => Outcome::Success,
+            keyward_device_provisioning::Outcome::Refused { .. } => Outcome::Refused,
+            keyward_device_provisioning::Outcome::Failed { .. } => Outcome::Failure,
+        };
+        state
+            .metrics
+            .provisioning_decisions
+            .with_label_values(&[action.as_str(), note.outcome.as_str()])
+            .inc();
+        let recorded = state
+            .audit
+            .append(
+                &self.actor,
+                &AuditEvent::Provisioning(note),
+                outcome,
+                &self.request_id,
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(action = action.as_str(), error = %e,
+                "provisioning decision taken but its audit record could not be written");
+        }
+        result
     }
 
     /// Records a failure after a `requested` record (best effort: the

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_ca::CaError;
+use keyward_device_provisioning::ProvisioningError;
 use keyward_kms::KmsError;
 
 use crate::audit::AuditError;
@@ -26,6 +27,8 @@ use crate::audit::AuditError;
 pub struct ErrorBody {
     pub code: Cow<'static, str>,
     pub message: Cow<'static, str>,
+    /// More members of the error object (a batch report's `rows`).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// An error on its way to becoming a response.
@@ -34,6 +37,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: Cow<'static, str>,
     pub message: Cow<'static, str>,
+    /// More members of the error object, for client errors that carry a report.
+    extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// The cause, logged (never sent) for server errors.
     source: Option<anyhow::Error>,
 }
@@ -50,8 +55,17 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            extra: None,
             source: None,
         }
+    }
+
+    /// Adds a member to the error object (client errors only).
+    pub fn with_member(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(name.to_owned(), value);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -82,6 +96,7 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal_error".into(),
             message: INTERNAL.into(),
+            extra: None,
             source: Some(source.into()),
         }
     }
@@ -102,6 +117,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "audit_unavailable".into(),
             message: "the audit trail cannot be written; the operation was not performed".into(),
+            extra: None,
             source: Some(source.into()),
         }
     }
@@ -155,6 +171,47 @@ impl From<CaError> for ApiError {
     }
 }
 
+impl From<ProvisioningError> for ApiError {
+    fn from(e: ProvisioningError) -> Self {
+        use ProvisioningError as P;
+        if let P::Kms(k) = e {
+            return k.into();
+        }
+        if let Some(report) = e.import_report() {
+            let rows = crate::admin::report_rows(report);
+            return Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+                .with_member("rows", rows);
+        }
+        if !e.is_client_error() {
+            let code = e.code();
+            return Self::internal(e).with_code(code);
+        }
+        let status = match &e {
+            P::UnknownDevice(_) | P::UnknownApplication(_) | P::UnknownCustomer(_) => {
+                StatusCode::NOT_FOUND
+            }
+            P::CertificateInvalid(_) | P::ProofOfPossession | P::SelfApproval => {
+                StatusCode::FORBIDDEN
+            }
+            P::BatchExists(_)
+            | P::DeviceState { .. }
+            | P::NoPendingInit { .. }
+            | P::ReinitRequired { .. }
+            | P::KcvMismatch { .. }
+            | P::ApplicationState { .. }
+            | P::CustomerExists
+            | P::CustomerNotApproved { .. }
+            | P::IssuerNotInitialised { .. }
+            | P::BoundToOtherCustomer(_)
+            | P::AlreadyBound { .. }
+            | P::InvalidTransition { .. }
+            | P::Conflict(_) => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         Self::internal(e).with_code("audit_error")
@@ -190,6 +247,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code: self.code,
             message: self.message,
+            extra: self.extra.filter(|_| self.status.is_client_error()),
         };
         let mut resp = (self.status, render(&body, None)).into_response();
         resp.extensions_mut().insert(body);
@@ -199,13 +257,11 @@ impl IntoResponse for ApiError {
 
 /// The JSON error document.
 pub fn render(body: &ErrorBody, request_id: Option<&str>) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({
-        "error": {
-            "code": body.code,
-            "message": body.message,
-            "request_id": request_id,
-        }
-    }))
+    let mut error = body.extra.clone().unwrap_or_default();
+    error.insert("code".into(), body.code.clone().into());
+    error.insert("message".into(), body.message.clone().into());
+    error.insert("request_id".into(), request_id.into());
+    axum::Json(serde_json::json!({ "error": error }))
 }
 
 /// The error body for a bare status made outside the handlers.
@@ -235,6 +291,7 @@ pub fn body_for_status(status: StatusCode) -> ErrorBody {
     ErrorBody {
         code: code.into(),
         message: message.into(),
+        extra: None,
     }
 }
 
@@ -259,6 +316,38 @@ mod tests {
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(e.code, "hsm_error");
         assert!(!e.message.contains("C_Sign"));
+    }
+
+    #[test]
+    fn provisioning_refusals_keep_their_code_and_report() {
+        use keyward_device_provisioning::{ImportReport, RowOutcome, RowReport};
+        let e: ApiError = ProvisioningError::SelfApproval.into();
+        assert_eq!(
+            (e.status, e.code.as_ref()),
+            (StatusCode::FORBIDDEN, "self_approval")
+        );
+        let report = ImportReport {
+            batch_id: "B1".parse().unwrap(),
+            rows: vec![RowReport {
+                line: 2,
+                device_id: None,
+                outcome: RowOutcome::Rejected {
+                    code: "csr_signature",
+                    reason: "the CSR signature does not verify",
+                },
+            }],
+        };
+        let e: ApiError = ProvisioningError::BatchRejected(Box::new(report)).into();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let body = ErrorBody {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            extra: e.extra.clone(),
+        };
+        let json = render(&body, Some("rid")).0;
+        assert_eq!(json["error"]["code"], "batch_rejected");
+        assert_eq!(json["error"]["rows"][0]["code"], "csr_signature");
+        assert_eq!(json["error"]["request_id"], "rid");
     }
 
     #[test]

@@ -327,6 +327,24 @@ crl_refresh_secs = {crl_refresh}
         (key, std::fs::read_to_string(csr).unwrap())
     }
 
+    /// Registers `device_id` (16 hex digits) in a one-device manufacturing
+    /// batch, as the factory would: the CA certifies device keys only for
+    /// registered devices.
+    pub fn register_device(&self, device_id: &str) {
+        use base64::Engine;
+        let (_, csr) = self.openssl_csr(&format!("factory-{device_id}"));
+        let csr = base64::engine::general_purpose::STANDARD.encode(csr);
+        let manifest = format!(
+            "{}\n{device_id},P{device_id},,TEST-MODEL,1.0,{csr}\n",
+            keyward_device_provisioning::MANIFEST_HEADER
+        );
+        let r = self.admin_post(
+            "/admin/v1/batches",
+            &serde_json::json!({ "batch_id": format!("factory-{device_id}"), "manifest": manifest }),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+
     /// Has the admin issue an operator certificate with `role` for a fresh
     /// key; writes `NAME.pem` (leaf + chain) and `NAME.key` in the temp dir.
     /// Returns the serial.
