@@ -5,7 +5,10 @@
 //! # Layout
 //! - [`device`]: the device side of PROTOCOL.md in software.
 //! - [`simulator`]: a whole software device for provisioning tests (key pair,
-//!   CSR, challenge signatures, init package, working keys, MACs).
+//!   CSR, challenge signatures, init package, working keys, MACs), kept on
+//!   disk for the `kwsim` binary (the device agent of demos and e2e tests).
+//! - [`wire`]: the admin API's init package and confirm JSON, parsed on the
+//!   device side without the server's code.
 //! - [`softhsm`]: a fresh SoftHSM token per test.
 //! - [`db`]: a fresh, migrated catalog database per test.
 //! - [`vectors`]: loader for `vectors.json`.
@@ -16,3 +19,4 @@ pub mod device;
 pub mod simulator;
 pub mod softhsm;
 pub mod vectors;
+pub mod wire;

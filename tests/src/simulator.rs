@@ -8,8 +8,15 @@
 //! login challenges and computes MACs. All of its cryptography comes from
 //! [`crate::device`] and RustCrypto; it shares no code path with the server
 //! (kms types are used only as containers for what travels).
+//!
+//! [`SimDevice::save`] and [`SimDevice::load`] keep a device in a JSON file
+//! (`<dir>/<device_id>.json`, mode 0600) so a process can pick it up again
+//! (the `kwsim` device agent). That file is the emulated secure element's
+//! storage: it holds the private key and the issuer keys.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
@@ -57,6 +64,15 @@ pub struct InitAnswer {
     pub accepted: bool,
 }
 
+/// The keys a device holds for one issuer, as KCVs only ([`SimDevice::held_keys`]).
+#[derive(Debug, Clone)]
+pub struct HeldKeys {
+    pub issuer: String,
+    pub family: KeyFamily,
+    /// `TMK`, `AUTH`, then the working keys (`TPK`, `TAK`, `TDK`) it holds.
+    pub kcvs: Vec<(String, Kcv)>,
+}
+
 /// A simulated security device.
 #[derive(Debug)]
 pub struct SimDevice {
@@ -74,6 +90,13 @@ fn family_of(f: KeyFamily) -> Family {
     match f {
         KeyFamily::Tdes => Family::Tdes,
         KeyFamily::Aes => Family::Aes,
+    }
+}
+
+fn key_family(f: Family) -> KeyFamily {
+    match f {
+        Family::Tdes => KeyFamily::Tdes,
+        Family::Aes => KeyFamily::Aes,
     }
 }
 
@@ -283,6 +306,272 @@ impl SimDevice {
     }
 }
 
+/// Version of the saved-device file format.
+const STATE_FORMAT: u32 = 1;
+
+/// Largest saved-device file [`SimDevice::load`] reads.
+const STATE_MAX_BYTES: u64 = 1 << 20;
+
+/// A saved device: the emulated secure element's storage.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredDevice {
+    format: u32,
+    device_id: String,
+    /// `p256` or `rsa`.
+    key_kind: String,
+    /// The PKCS#8 DER of the private key, base64.
+    private_key_pkcs8: String,
+    psam: Option<String>,
+    esam: Option<String>,
+    model: String,
+    firmware: String,
+    /// The CSR, base64 of the DER.
+    csr: String,
+    /// By issuer id.
+    issuers: BTreeMap<String, StoredIssuer>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredIssuer {
+    /// `tdes` or `aes`.
+    family: String,
+    /// Hex of the 16 key bytes, like the working keys.
+    tmk: String,
+    auth: String,
+    /// By role (`TPK`, `TAK`, `TDK`).
+    working: BTreeMap<String, String>,
+}
+
+fn key16(hex_text: &str, what: &str) -> Result<[u8; 16]> {
+    let mut k = [0u8; 16];
+    hex::decode_to_slice(hex_text, &mut k)
+        .map_err(|_| anyhow::anyhow!("{what} is not 32 hex digits"))?;
+    Ok(k)
+}
+
+/// Makes `dir` (and its parents) if needed, private to the user on unix.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+impl SimDevice {
+    /// `p256` or `rsa`, as the admin API names the device's key kind.
+    pub fn key_kind(&self) -> &'static str {
+        match self.key {
+            DeviceKey::P256(_) => "p256",
+            DeviceKey::Rsa(_) => "rsa",
+        }
+    }
+
+    /// The issuers it holds keys for (by issuer id), with the KCVs of those
+    /// keys; never the keys.
+    pub fn held_keys(&self) -> Vec<HeldKeys> {
+        let mut out: Vec<HeldKeys> = self
+            .issuers
+            .iter()
+            .map(|(issuer, k)| {
+                let kcv = |key: &[u8; 16]| Kcv {
+                    method: kcv_method(k.family),
+                    value: device::kcv(k.family, key),
+                };
+                let mut kcvs = vec![
+                    ("TMK".to_owned(), kcv(&k.tmk)),
+                    ("AUTH".to_owned(), kcv(&k.auth)),
+                ];
+                for role in WorkingKeyRole::ALL {
+                    if let Some(key) = k.working.get(role.as_str()) {
+                        kcvs.push((role.as_str().to_owned(), kcv(key)));
+                    }
+                }
+                HeldKeys {
+                    issuer: issuer.clone(),
+                    family: key_family(k.family),
+                    kcvs,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        out
+    }
+
+    /// The file [`save`](Self::save) writes for device `id` under `dir`.
+    pub fn state_path(dir: &Path, id: DeviceId) -> PathBuf {
+        dir.join(format!("{id}.json"))
+    }
+
+    /// The public key as it appears in the CSR: the uncompressed P-256 point,
+    /// or the RSA modulus.
+    fn public_bytes(&self) -> Vec<u8> {
+        match &self.key {
+            DeviceKey::P256(sk) => sk
+                .verifying_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
+            DeviceKey::Rsa(sk) => rsa::traits::PublicKeyParts::n(&**sk).to_bytes_be(),
+        }
+    }
+
+    /// Writes the whole device (private key, CSR, serials and every issuer
+    /// key) to `<dir>/<device_id>.json`, mode 0600 on unix, replacing an
+    /// earlier save atomically. Makes `dir` (0700) if needed.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pkcs8 = match &self.key {
+            DeviceKey::P256(sk) => sk.to_pkcs8_der().context("encoding the device key")?,
+            DeviceKey::Rsa(sk) => rsa::pkcs8::EncodePrivateKey::to_pkcs8_der(&**sk)
+                .context("encoding the device key")?,
+        };
+        let issuers = self
+            .issuers
+            .iter()
+            .map(|(issuer, k)| {
+                let working = k
+                    .working
+                    .iter()
+                    .map(|(role, key)| ((*role).to_owned(), hex::encode_upper(key)))
+                    .collect();
+                let stored = StoredIssuer {
+                    family: key_family(k.family).as_str().to_owned(),
+                    tmk: hex::encode_upper(k.tmk),
+                    auth: hex::encode_upper(k.auth),
+                    working,
+                };
+                (issuer.clone(), stored)
+            })
+            .collect();
+        let stored = StoredDevice {
+            format: STATE_FORMAT,
+            device_id: self.id.to_string(),
+            key_kind: self.key_kind().to_owned(),
+            private_key_pkcs8: b64.encode(pkcs8.as_bytes()),
+            psam: self.psam.clone(),
+            esam: self.esam.clone(),
+            model: self.model.clone(),
+            firmware: self.firmware.clone(),
+            csr: b64.encode(&self.csr_der),
+            issuers,
+        };
+        let mut text = serde_json::to_vec_pretty(&stored)?;
+        text.push(b'\n');
+        make_private_dir(dir)?;
+        let path = Self::state_path(dir, self.id);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".kwsim-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        tmp.write_all(&text)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Reads back the device `id` that [`save`](Self::save) wrote under `dir`.
+    pub fn load(dir: &Path, id: DeviceId) -> Result<Self> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let path = Self::state_path(dir, id);
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("device {id} not found: cannot open {}", path.display()))?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, STATE_MAX_BYTES + 1),
+            &mut text,
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+        ensure!(
+            text.len() as u64 <= STATE_MAX_BYTES,
+            "{} is too large for a saved device",
+            path.display()
+        );
+        let bad = || format!("{} is not a saved device", path.display());
+        let st: StoredDevice = serde_json::from_slice(&text).with_context(bad)?;
+        ensure!(
+            st.format == STATE_FORMAT,
+            "{}: unknown format {}",
+            path.display(),
+            st.format
+        );
+        let stored_id: DeviceId = st.device_id.parse().with_context(bad)?;
+        ensure!(
+            stored_id == id,
+            "{} holds device {stored_id}, not {id}",
+            path.display()
+        );
+        let pkcs8 = b64
+            .decode(&st.private_key_pkcs8)
+            .context("private key is not base64")?;
+        let key = match st.key_kind.as_str() {
+            "p256" => DeviceKey::P256(
+                p256::ecdsa::SigningKey::from_pkcs8_der(&pkcs8)
+                    .map_err(|e| anyhow::anyhow!("bad P-256 private key: {e}"))?,
+            ),
+            "rsa" => {
+                let sk = rsa::RsaPrivateKey::from_pkcs8_der(&pkcs8)
+                    .map_err(|e| anyhow::anyhow!("bad RSA private key: {e}"))?;
+                sk.validate().context("bad RSA private key")?;
+                DeviceKey::Rsa(Box::new(sk))
+            }
+            other => bail!("unknown key kind {other:?} (p256 or rsa)"),
+        };
+        let csr_der = b64.decode(&st.csr).context("csr is not base64")?;
+        let mut issuers = HashMap::new();
+        for (issuer, k) in st.issuers {
+            let issuer_id: keyward_kms::types::IssuerId =
+                issuer.parse().context("bad issuer id")?;
+            let family: KeyFamily = k.family.parse().context("bad issuer family")?;
+            let mut working = HashMap::new();
+            for (role, key) in k.working {
+                let role: WorkingKeyRole = role.parse().context("bad working key role")?;
+                working.insert(role.as_str(), key16(&key, role.as_str())?);
+            }
+            issuers.insert(
+                issuer_id.to_string(),
+                IssuerKeys {
+                    family: family_of(family),
+                    tmk: key16(&k.tmk, "TMK")?,
+                    auth: key16(&k.auth, "AUTH")?,
+                    working,
+                },
+            );
+        }
+        let dev = Self {
+            id,
+            psam: st.psam,
+            esam: st.esam,
+            model: st.model,
+            firmware: st.firmware,
+            key,
+            csr_der,
+            issuers,
+        };
+        let public = dev.public_bytes();
+        ensure!(
+            dev.csr_der
+                .windows(public.len())
+                .any(|w| w == public.as_slice()),
+            "{}: the private key does not match the CSR",
+            path.display()
+        );
+        Ok(dev)
+    }
+}
+
 /// A CSR whose subject public key was swapped for another device's after
 /// signing: well-formed, but its signature does not verify (a forged request
 /// for a key the requester does not hold). Both must be P-256 devices.
@@ -305,4 +594,259 @@ pub fn forged_csr(signer: &SimDevice, victim: &SimDevice) -> Result<Vec<u8>> {
         .context("public key not found in the CSR")?;
     csr[at..at + theirs.len()].copy_from_slice(&theirs);
     Ok(csr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
+    use keyward_kms::types::IssuerId;
+    use keyward_kms::wrap::{WrapScheme, WrappedKey};
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+
+    fn id(n: u8) -> DeviceId {
+        DeviceId::from_bytes([0xF0, 0, 0, 0, 0, 0, 0, n])
+    }
+
+    /// RFC 3394 AES key wrap (AES-256 KEK), the server's side in software.
+    fn aes_kw_wrap(kek: &[u8; 32], key: &[u8]) -> Vec<u8> {
+        let cipher = aes::Aes256::new(GenericArray::from_slice(kek));
+        let n = key.len() / 8;
+        let mut a = [0xA6u8; 8];
+        let mut r: Vec<[u8; 8]> = key.chunks(8).map(|c| c.try_into().unwrap()).collect();
+        for j in 0..6 {
+            for (i, ri) in r.iter_mut().enumerate() {
+                let mut block = [0u8; 16];
+                block[..8].copy_from_slice(&a);
+                block[8..].copy_from_slice(ri);
+                let mut b = GenericArray::from(block);
+                cipher.encrypt_block(&mut b);
+                let t = (n * j + i + 1) as u64;
+                for (k, byte) in t.to_be_bytes().iter().enumerate() {
+                    a[k] = b[k] ^ byte;
+                }
+                ri.copy_from_slice(&b[8..]);
+            }
+        }
+        [a.to_vec(), r.concat()].concat()
+    }
+
+    /// An init package for `dev` built in software, with the right KCVs
+    /// (or a wrong `AUTH` KCV when `spoil`).
+    fn package(dev: &SimDevice, issuer: &str, family: Family, spoil: bool) -> InitPackage {
+        let (tmk, auth) = ([0x11u8; 16], [0x22u8; 16]);
+        let mut rng = rand::thread_rng();
+        type Wrap = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+        let (scheme, ephemeral_point, wrap): (_, _, Wrap) = match &dev.key {
+            DeviceKey::P256(sk) => {
+                let eph = p256::SecretKey::random(&mut rng);
+                let shared = p256::ecdh::diffie_hellman(
+                    eph.to_nonzero_scalar(),
+                    sk.verifying_key().as_affine(),
+                );
+                let kek: [u8; 32] = shared.raw_secret_bytes().as_slice().try_into().unwrap();
+                let point = eph.public_key().to_encoded_point(false).as_bytes().to_vec();
+                (
+                    WrapScheme::EcdhP256AesKw,
+                    Some(point),
+                    Box::new(move |k| aes_kw_wrap(&kek, k)),
+                )
+            }
+            DeviceKey::Rsa(sk) => {
+                let public = sk.to_public_key();
+                (
+                    WrapScheme::RsaOaepSha1,
+                    None,
+                    Box::new(move |k| {
+                        public
+                            .encrypt(&mut rand::thread_rng(), rsa::Oaep::new::<sha1::Sha1>(), k)
+                            .unwrap()
+                    }),
+                )
+            }
+        };
+        let kcv = |k: &[u8; 16]| Kcv {
+            method: kcv_method(family),
+            value: device::kcv(family, k),
+        };
+        let mut auth_kcv = kcv(&auth);
+        if spoil {
+            auth_kcv.value[0] ^= 1;
+        }
+        InitPackage {
+            issuer: issuer.parse::<IssuerId>().unwrap(),
+            device: dev.id,
+            family: key_family(family),
+            scheme,
+            ephemeral_point,
+            keys: vec![
+                WrappedKey {
+                    name: "TMK",
+                    wrapped: wrap(&tmk),
+                    kcv: kcv(&tmk),
+                },
+                WrappedKey {
+                    name: "AUTH",
+                    wrapped: wrap(&auth),
+                    kcv: auth_kcv,
+                },
+            ],
+        }
+    }
+
+    fn same_device(a: &SimDevice, b: &SimDevice) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.psam, b.psam);
+        assert_eq!(a.esam, b.esam);
+        assert_eq!(a.model, b.model);
+        assert_eq!(a.firmware, b.firmware);
+        assert_eq!(a.csr_der, b.csr_der);
+        assert_eq!(a.key_kind(), b.key_kind());
+        assert_eq!(a.public_bytes(), b.public_bytes());
+        assert_eq!(a.manifest_row(), b.manifest_row());
+        let mut ai: Vec<_> = a.issuers.iter().collect();
+        let mut bi: Vec<_> = b.issuers.iter().collect();
+        ai.sort_by_key(|(k, _)| k.as_str());
+        bi.sort_by_key(|(k, _)| k.as_str());
+        assert_eq!(ai.len(), bi.len());
+        for ((an, ak), (bn, bk)) in ai.into_iter().zip(bi) {
+            assert_eq!(an, bn);
+            assert_eq!(ak.family, bk.family);
+            assert_eq!(ak.tmk, bk.tmk);
+            assert_eq!(ak.auth, bk.auth);
+            assert_eq!(ak.working, bk.working);
+        }
+    }
+
+    fn round_trip(mut dev: SimDevice) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("devices");
+        dev.esam = Some("ESAM0001".into());
+        // Issuer keys through a real (software) package, both families; the
+        // first one as it travels (JSON).
+        let pkg = package(&dev, "bank-a", Family::Tdes, false);
+        let json = serde_json::to_string(&crate::wire::init_package_to_json(&pkg)).unwrap();
+        let pkg =
+            crate::wire::init_package_from_json(&serde_json::from_str(&json).unwrap()).unwrap();
+        let answer = dev.load_init_package(&pkg).unwrap();
+        assert!(answer.accepted);
+        let confirm = crate::wire::confirm_body("bank-a", &answer);
+        for (i, k) in pkg.keys.iter().enumerate() {
+            assert_eq!(confirm["kcvs"][i]["name"], k.name);
+            assert_eq!(confirm["kcvs"][i]["method"], k.kcv.method.as_str());
+            assert_eq!(confirm["kcvs"][i]["value"], k.kcv.hex());
+        }
+        let answer = dev
+            .load_init_package(&package(&dev, "bank-b", Family::Aes, false))
+            .unwrap();
+        assert!(answer.accepted);
+        dev.issuers
+            .get_mut("bank-a")
+            .unwrap()
+            .working
+            .insert("TAK", [0x33; 16]);
+        dev.save(&state).unwrap();
+
+        let path = SimDevice::state_path(&state, dev.id);
+        assert!(path.ends_with(format!("{}.json", dev.id)));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let back = SimDevice::load(&state, dev.id).unwrap();
+        same_device(&dev, &back);
+        assert!(back.has_keys_for("bank-a") && back.has_keys_for("bank-b"));
+        assert_eq!(
+            back.auth_response("bank-a", &[5; 8]).unwrap(),
+            dev.auth_response("bank-a", &[5; 8]).unwrap()
+        );
+        assert_eq!(
+            back.cmac("bank-a", b"msg").unwrap(),
+            dev.cmac("bank-a", b"msg").unwrap()
+        );
+        let held = back.held_keys();
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].issuer, "bank-a");
+        let names: Vec<_> = held[0].kcvs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["TMK", "AUTH", "TAK"]);
+        assert_eq!(held[1].family, KeyFamily::Aes);
+
+        // Saving again replaces the file; a refused package changes nothing.
+        let mut back = back;
+        let refused = back
+            .load_init_package(&package(&back, "bank-c", Family::Tdes, true))
+            .unwrap();
+        assert!(!refused.accepted);
+        back.save(&state).unwrap();
+        same_device(&dev, &SimDevice::load(&state, dev.id).unwrap());
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn save_and_load_round_trip_p256() {
+        round_trip(SimDevice::p256(id(1)).unwrap());
+    }
+
+    #[test]
+    fn save_and_load_round_trip_rsa() {
+        round_trip(SimDevice::rsa(id(2)).unwrap());
+    }
+
+    #[test]
+    fn loaded_device_signs_with_its_key() {
+        use p256::ecdsa::signature::Verifier as _;
+        let dir = tempfile::tempdir().unwrap();
+        let dev = SimDevice::p256(id(3)).unwrap();
+        dev.save(dir.path()).unwrap();
+        let back = SimDevice::load(dir.path(), dev.id).unwrap();
+        let DeviceKey::P256(sk) = &dev.key else {
+            unreachable!()
+        };
+        let sig = back.sign_challenge(&[9; 32]);
+        let sig = p256::ecdsa::Signature::from_der(&sig).unwrap();
+        sk.verifying_key().verify(&[9; 32], &sig).unwrap();
+    }
+
+    #[test]
+    fn load_refuses_bad_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SimDevice::p256(id(4)).unwrap();
+        let b = SimDevice::p256(id(5)).unwrap();
+        assert!(SimDevice::load(dir.path(), a.id).is_err(), "missing file");
+        a.save(dir.path()).unwrap();
+        b.save(dir.path()).unwrap();
+        let pa = SimDevice::state_path(dir.path(), a.id);
+        let pb = SimDevice::state_path(dir.path(), b.id);
+        let text = std::fs::read_to_string(&pa).unwrap();
+        let va: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let vb: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&pb).unwrap()).unwrap();
+        let write = |v: &serde_json::Value| std::fs::write(&pa, v.to_string()).unwrap();
+
+        // Another device's file under this id.
+        std::fs::copy(&pb, &pa).unwrap();
+        assert!(SimDevice::load(dir.path(), a.id).is_err());
+        // A key that is not the CSR's.
+        let mut v = va.clone();
+        v["private_key_pkcs8"] = vb["private_key_pkcs8"].clone();
+        write(&v);
+        assert!(SimDevice::load(dir.path(), a.id).is_err());
+        // Wrong kind, unknown field, junk.
+        let mut v = va.clone();
+        v["key_kind"] = "rsa".into();
+        write(&v);
+        assert!(SimDevice::load(dir.path(), a.id).is_err());
+        let mut v = va.clone();
+        v["extra"] = 1.into();
+        write(&v);
+        assert!(SimDevice::load(dir.path(), a.id).is_err());
+        std::fs::write(&pa, "not json").unwrap();
+        assert!(SimDevice::load(dir.path(), a.id).is_err());
+        // And the original loads.
+        write(&va);
+        SimDevice::load(dir.path(), a.id).unwrap();
+    }
 }

@@ -1,0 +1,311 @@
+//! `kwsim`: software secure devices (PSAM/ESAM terminals) kept on disk, for
+//! demos and end-to-end tests. It is the factory that makes devices and their
+//! manufacturing manifest, and the device agent a provisioning station
+//! (`kwctl`) calls to reach a device.
+//!
+//! Every command takes `--state DIR` (env `KWSIM_STATE`, default
+//! `var/devices`), given before or after the subcommand; each device lives in
+//! `DIR/<device_id>.json` (mode 0600: it is the emulated secure element's
+//! storage, private key and issuer keys included).
+//!
+//! - `make --count N [--key p256|rsa] [--first-id HEX16] [--manifest FILE]`:
+//!   makes N devices with consecutive ids (default from `F000000000000001`),
+//!   PSAM `PSAM<last 8 hex of id>`, ESAM `ESAM<same>`, model `KW-SIM-1`,
+//!   firmware `1.0.0`, and writes their manifest (header
+//!   `device_id,psam_serial,esam_serial,model,firmware,csr`) to FILE or
+//!   stdout. Refuses ids already in DIR.
+//! - `sign-challenge DEVICE_ID CHALLENGE_HEX`: the device's signature over the
+//!   challenge bytes (ECDSA P-256/SHA-256 DER, or RSASSA-PKCS1-v1_5/SHA-256),
+//!   standard base64, one line.
+//! - `load-init DEVICE_ID`: reads the init package JSON (admin API
+//!   `POST /admin/v1/devices/{id}/init`) on stdin, opens it, keeps the keys
+//!   only if every KCV matches, and prints the `init/confirm` body on one line.
+//!   A KCV mismatch still exits 0 with the device's KCVs (the server decides),
+//!   with a warning on stderr.
+//! - `show DEVICE_ID`: a JSON summary (id, key kind, serials, the issuers it
+//!   holds keys for, with their KCVs); never key bytes.
+//! - `forge-csr --signer ID --victim ID`: a manifest row for the victim whose
+//!   CSR carries the victim's key but is signed by the signer's (both P-256),
+//!   so a batch holding it is refused (`csr_signature`).
+//!
+//! Agent contract (what `kwctl` relies on):
+//! `kwsim --state DIR sign-challenge <device_id> <challenge_hex>` → stdout:
+//! base64 DER signature; `kwsim --state DIR load-init <device_id>` with the
+//! package JSON on stdin → stdout: confirm JSON. Errors: `kwsim: <message>` on
+//! stderr, exit status 2.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
+use clap::{Parser, Subcommand, ValueEnum};
+use keyward_kms::types::DeviceId;
+use keyward_tests::simulator::{SimDevice, forged_csr};
+use keyward_tests::wire;
+use serde_json::json;
+
+/// Largest init package read from stdin.
+const MAX_PACKAGE_BYTES: u64 = 1 << 20;
+/// Largest challenge accepted, in bytes.
+const MAX_CHALLENGE_BYTES: usize = 4096;
+/// Most devices one `make` makes.
+const MAX_COUNT: u64 = 100_000;
+const MANIFEST_HEADER: &str = "device_id,psam_serial,esam_serial,model,firmware,csr";
+
+/// Software secure devices: factory and device agent.
+#[derive(Debug, Parser)]
+#[command(name = "kwsim", version)]
+struct Cli {
+    /// Directory holding the devices.
+    #[arg(
+        long,
+        global = true,
+        env = "KWSIM_STATE",
+        default_value = "var/devices",
+        value_name = "DIR"
+    )]
+    state: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyKind {
+    P256,
+    Rsa,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Make devices and print their manufacturing manifest.
+    Make {
+        /// How many devices.
+        #[arg(long)]
+        count: u64,
+        /// Key pair kind.
+        #[arg(long, value_enum, default_value = "p256")]
+        key: KeyKind,
+        /// Id of the first device (16 hex digits); the others follow it.
+        #[arg(long, value_name = "HEX16", default_value = "F000000000000001")]
+        first_id: String,
+        /// Write the manifest here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// Sign a genuine-device challenge; prints the base64 DER signature.
+    SignChallenge {
+        device_id: String,
+        challenge_hex: String,
+    },
+    /// Load an init package (JSON on stdin); prints the init/confirm body.
+    LoadInit { device_id: String },
+    /// Print a JSON summary of a device (no key bytes).
+    Show { device_id: String },
+    /// Print a manifest row for VICTIM with a CSR signed by SIGNER's key.
+    ForgeCsr {
+        #[arg(long, value_name = "ID")]
+        signer: String,
+        #[arg(long, value_name = "ID")]
+        victim: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "kwsim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn device_id(s: &str) -> Result<DeviceId> {
+    s.parse()
+        .with_context(|| format!("bad device id {s:?} (16 hex digits)"))
+}
+
+/// Writes `text` and a newline to stdout.
+fn out(text: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{text}")
+        .and_then(|()| o.flush())
+        .context("writing to stdout")
+}
+
+fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr(), "kwsim: {text}");
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = cli.state.as_path();
+    match cli.cmd {
+        Cmd::Make {
+            count,
+            key,
+            first_id,
+            manifest,
+        } => make(dir, count, key, &first_id, manifest.as_deref()),
+        Cmd::SignChallenge {
+            device_id: id,
+            challenge_hex,
+        } => {
+            let dev = SimDevice::load(dir, device_id(&id)?)?;
+            let challenge = hex::decode(challenge_hex.trim())
+                .context("the challenge is not hex (an even number of hex digits)")?;
+            ensure!(!challenge.is_empty(), "the challenge is empty");
+            ensure!(
+                challenge.len() <= MAX_CHALLENGE_BYTES,
+                "the challenge is longer than {MAX_CHALLENGE_BYTES} bytes"
+            );
+            let sig = dev.sign_challenge(&challenge);
+            out(&base64::engine::general_purpose::STANDARD.encode(sig))
+        }
+        Cmd::LoadInit { device_id: id } => load_init(dir, device_id(&id)?),
+        Cmd::Show { device_id: id } => show(dir, device_id(&id)?),
+        Cmd::ForgeCsr { signer, victim } => {
+            let (signer, victim) = (device_id(&signer)?, device_id(&victim)?);
+            ensure!(signer != victim, "the signer and the victim must differ");
+            let signer = SimDevice::load(dir, signer)?;
+            let victim = SimDevice::load(dir, victim)?;
+            let csr = forged_csr(&signer, &victim)?;
+            out(&victim.manifest_row_with_csr(&csr))
+        }
+    }
+}
+
+fn make(
+    dir: &Path,
+    count: u64,
+    key: KeyKind,
+    first_id: &str,
+    manifest: Option<&Path>,
+) -> Result<()> {
+    ensure!(
+        (1..=MAX_COUNT).contains(&count),
+        "--count must be 1 to {MAX_COUNT}"
+    );
+    let first = u64::from_be_bytes(device_id(first_id)?.bytes());
+    let ids: Vec<DeviceId> = (0..count)
+        .map(|i| {
+            first
+                .checked_add(i)
+                .map(|n| DeviceId::from_bytes(n.to_be_bytes()))
+        })
+        .collect::<Option<_>>()
+        .context("the device ids run past FFFFFFFFFFFFFFFF")?;
+    for id in &ids {
+        let path = SimDevice::state_path(dir, *id);
+        if path.exists() {
+            bail!("device {id} already exists ({})", path.display());
+        }
+    }
+    let mut text = String::from(MANIFEST_HEADER);
+    text.push('\n');
+    for id in &ids {
+        let mut dev = match key {
+            KeyKind::P256 => SimDevice::p256(*id),
+            KeyKind::Rsa => SimDevice::rsa(*id),
+        }
+        .with_context(|| format!("making device {id}"))?;
+        let tail = &id.to_string()[8..];
+        dev.psam = Some(format!("PSAM{tail}"));
+        dev.esam = Some(format!("ESAM{tail}"));
+        dev.model = "KW-SIM-1".into();
+        dev.firmware = "1.0.0".into();
+        dev.save(dir)
+            .with_context(|| format!("saving device {id}"))?;
+        text.push_str(&dev.manifest_row());
+        text.push('\n');
+    }
+    match manifest {
+        Some(path) => std::fs::write(path, &text)
+            .with_context(|| format!("writing the manifest to {}", path.display()))?,
+        None => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(text.as_bytes())
+                .and_then(|()| o.flush())
+                .context("writing to stdout")?;
+        }
+    }
+    let (lo, hi) = (ids.first(), ids.last());
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        warn(&format!(
+            "made {count} {} device(s) {lo}..{hi} in {}",
+            match key {
+                KeyKind::P256 => "p256",
+                KeyKind::Rsa => "rsa",
+            },
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn load_init(dir: &Path, id: DeviceId) -> Result<()> {
+    let mut text = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_PACKAGE_BYTES + 1)
+        .read_to_end(&mut text)
+        .context("reading the init package from stdin")?;
+    ensure!(
+        text.len() as u64 <= MAX_PACKAGE_BYTES,
+        "the init package is larger than {MAX_PACKAGE_BYTES} bytes"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).context("the init package is not JSON")?;
+    let pkg = wire::init_package_from_json(&v)?;
+    ensure!(
+        pkg.device == id,
+        "the init package is for device {}, not {id}",
+        pkg.device
+    );
+    let mut dev = SimDevice::load(dir, id)?;
+    let answer = dev
+        .load_init_package(&pkg)
+        .context("opening the init package")?;
+    if answer.accepted {
+        dev.save(dir)
+            .with_context(|| format!("saving device {id}"))?;
+    } else {
+        warn(&format!(
+            "warning: device {id} refused the {} keys: a KCV does not match the package (keys not kept)",
+            pkg.issuer
+        ));
+    }
+    out(&wire::confirm_body(pkg.issuer.as_str(), &answer).to_string())
+}
+
+fn show(dir: &Path, id: DeviceId) -> Result<()> {
+    let dev = SimDevice::load(dir, id)?;
+    let issuers: Vec<_> = dev
+        .held_keys()
+        .iter()
+        .map(|h| {
+            json!({
+                "issuer_id": h.issuer,
+                "family": h.family.as_str(),
+                "kcvs": h.kcvs.iter().map(|(name, kcv)| json!({
+                    "name": name, "method": kcv.method.as_str(), "value": kcv.hex(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let summary = json!({
+        "device_id": dev.id.to_string(),
+        "key_kind": dev.key_kind(),
+        "psam_serial": dev.psam,
+        "esam_serial": dev.esam,
+        "model": dev.model,
+        "firmware": dev.firmware,
+        "issuers": issuers,
+    });
+    out(&serde_json::to_string_pretty(&summary)?)
+}
