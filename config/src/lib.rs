@@ -87,6 +87,14 @@ pub struct ServerConfig {
     /// Requests served at once; more are shed with 503.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Time limit of a manufacturing batch import (`POST /admin/v1/batches`),
+    /// which certifies every device of the batch in the HSM.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
+    /// Largest batch import body: a 10 000-device manifest with base64 CSRs
+    /// is about 7 MB.
+    #[serde(default = "default_batch_max_body_bytes")]
+    pub batch_max_body_bytes: usize,
     /// How often the CRL used for client-certificate checks is rebuilt.
     #[serde(default = "default_crl_refresh_secs")]
     pub crl_refresh_secs: u64,
@@ -101,6 +109,8 @@ impl Default for ServerConfig {
             request_timeout_ms: default_request_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
             max_concurrent_requests: default_max_concurrent_requests(),
+            batch_timeout_ms: default_batch_timeout_ms(),
+            batch_max_body_bytes: default_batch_max_body_bytes(),
             crl_refresh_secs: default_crl_refresh_secs(),
         }
     }
@@ -163,6 +173,12 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_max_concurrent_requests() -> usize {
     1024
+}
+fn default_batch_timeout_ms() -> u64 {
+    15 * 60 * 1000
+}
+fn default_batch_max_body_bytes() -> usize {
+    32 * 1024 * 1024
 }
 fn default_crl_refresh_secs() -> u64 {
     60

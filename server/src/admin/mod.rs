@@ -71,7 +71,6 @@ pub fn router(state: AppState) -> Router {
             get(issuers::list).post(issuers::create),
         )
         .route("/admin/v1/issuers/{id}", get(issuers::show))
-        .route("/admin/v1/batches", post(devices::import_batch))
         .route("/admin/v1/batches/{id}", get(devices::batch))
         .route("/admin/v1/devices", get(devices::list))
         .route("/admin/v1/devices/{id}", get(devices::show))
@@ -110,6 +109,19 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_operator,
         ));
+    // Batch imports certify thousands of devices: their own body limit and
+    // time limit, the rest of the stack the same.
+    let batches = Router::new()
+        .route("/admin/v1/batches", post(devices::import_batch))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ))
+        .with_state(state.clone());
+    let mut batch_stack = stack_config(&state, Listener::Admin);
+    batch_stack.request_timeout =
+        std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
+    batch_stack.max_body_bytes = state.config.server.batch_max_body_bytes;
     let router = Router::new()
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
@@ -123,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         &stack_config(&state, Listener::Admin),
         state.metrics.clone(),
     )
+    .merge(layers::apply(batches, &batch_stack, state.metrics.clone()))
 }
 
 /// Every role: the reads.

@@ -1,0 +1,206 @@
+//! The admin API over mutual TLS: one [`Call`] per request, a 2xx answer as
+//! JSON, anything else as a [`Refused`] error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+
+/// One admin API call.
+#[derive(Debug)]
+pub struct Call {
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+}
+
+/// `GET /admin/v1{path}`.
+pub fn get(path: impl AsRef<str>) -> Call {
+    Call {
+        method: "GET",
+        path: format!("/admin/v1{}", path.as_ref()),
+        body: None,
+    }
+}
+
+/// `POST /admin/v1{path}` with a JSON body.
+pub fn post(path: impl AsRef<str>, body: Value) -> Call {
+    Call {
+        method: "POST",
+        path: format!("/admin/v1{}", path.as_ref()),
+        body: Some(body),
+    }
+}
+
+/// `POST /admin/v1{path}` without a body.
+pub fn post_empty(path: impl AsRef<str>) -> Call {
+    Call {
+        method: "POST",
+        path: format!("/admin/v1{}", path.as_ref()),
+        body: None,
+    }
+}
+
+/// `?k=v&…` for the pairs that have a value.
+pub fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The server answered with an error status. `error` is the `error` object
+/// of the body (`code`, `message`, `request_id`, and e.g. `rows`), or the
+/// whole body when it has none.
+#[derive(Debug, thiserror::Error)]
+#[error("{} {}: {}", .status.as_u16(), self.code(), self.message())]
+pub struct Refused {
+    pub status: StatusCode,
+    pub error: Value,
+}
+
+impl Refused {
+    pub fn code(&self) -> &str {
+        self.error
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or("error")
+    }
+
+    pub fn message(&self) -> &str {
+        self.error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.error
+            .get("request_id")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+    }
+}
+
+/// A mutual-TLS HTTP/1.1 client for the admin API.
+pub struct Client {
+    host: String,
+    port: u16,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(server: &str, ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let rest = server
+            .strip_prefix("https://")
+            .context("--server must be an https:// URL")?
+            .trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().context("bad port in --server")?),
+            None => (rest.to_owned(), 443),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("reading {}", ca.display()))?
+        {
+            roots.add(c?)?;
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("reading {}", cert.display()))?
+            .collect::<Result<_, _>>()?;
+        if chain.is_empty() {
+            bail!("{} holds no certificate", cert.display());
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading {}", key.display()))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+        Ok(Self {
+            host,
+            port,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Sends one call: the body of a 2xx answer as JSON (a body that is not
+    /// JSON, such as the CRL's PEM, as a JSON string); any other status is a
+    /// [`Refused`] error, trouble on the way an ordinary one.
+    pub async fn call(&self, call: Call) -> anyhow::Result<Value> {
+        let (status, body) = self.send(call).await?;
+        let value: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        if !status.is_success() {
+            let error = value.get("error").cloned().unwrap_or(value);
+            return Err(Refused { status, error }.into());
+        }
+        Ok(value)
+    }
+
+    async fn send(&self, call: Call) -> anyhow::Result<(StatusCode, Bytes)> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
+        let name = ServerName::try_from(self.host.clone())?;
+        let tls = self.connector.connect(name, tcp).await.context(
+            "TLS handshake with the admin API (is the operator certificate valid and not revoked?)",
+        )?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(call.method)
+            .uri(&call.path)
+            .header(HOST, format!("{}:{}", self.host, self.port));
+        let body = match &call.body {
+            Some(v) => {
+                req = req.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(v)?)
+            }
+            None => Bytes::new(),
+        };
+        let resp = sender
+            .send_request(req.body(Full::new(body))?)
+            .await
+            .with_context(|| format!("{} {}", call.method, call.path))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+}

@@ -1,0 +1,370 @@
+//! `kwctl device …` and `kwctl bind`: manufacturing batches, the
+//! genuine-device check, original keys (init packages), the lifecycle, and
+//! binding to a customer.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::agent::Agent;
+use crate::client::{encode, get, post, post_empty, query};
+use crate::{Ctx, arg_name, manifest};
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Import a manufacturing batch from a factory manifest (all or nothing).
+    ///
+    /// The manifest is the factory's CSV (header
+    /// device_id,psam_serial,esam_serial,model,firmware,csr; at most 10000
+    /// rows). A csr field `@path` is replaced by the base64 of that file,
+    /// read relative to the manifest's directory. If any row is bad the
+    /// server refuses the whole batch and kwctl prints the rejected rows.
+    Import {
+        /// The batch id, e.g. B2026-001.
+        #[arg(long)]
+        batch_id: String,
+        manifest: PathBuf,
+    },
+    /// Show a manufacturing batch.
+    Batch { batch_id: String },
+    /// List devices, by device id.
+    List {
+        #[arg(long, value_enum)]
+        state: Option<DeviceState>,
+        #[arg(long)]
+        batch_id: Option<String>,
+        /// At most this many (server default 100, at most 10000).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        offset: Option<u32>,
+    },
+    /// Show a device with its inits and bindings.
+    Show { device_id: String },
+    /// The genuine-device check.
+    ///
+    /// Without options: start a check and print the challenge (hex) for a
+    /// station that talks to the device itself. With --signature: submit the
+    /// device's signature over the challenge. With --agent: both, the agent
+    /// signing (`AGENT sign-challenge <device_id> <challenge_hex>` prints the
+    /// base64 DER signature).
+    Check {
+        device_id: String,
+        /// The device's signature over the challenge, base64 of DER.
+        #[arg(long, conflicts_with = "agent")]
+        signature: Option<String>,
+        /// Device agent command line (split on whitespace, run without a shell).
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Load an issuer's original keys into a device (init package).
+    ///
+    /// Gets a new init package and prints it; with --package-out, writes it
+    /// to a file instead; with --agent, loads it through the agent
+    /// (`AGENT load-init <device_id>`, package on stdin, confirm body on
+    /// stdout) and sends the device's KCVs for confirmation. --confirm alone
+    /// sends a confirm body (a file, or literal JSON) without a new package.
+    Init {
+        device_id: String,
+        /// Issuer whose keys to load.
+        #[arg(long, required_unless_present = "confirm")]
+        issuer: Option<String>,
+        /// Device agent command line (split on whitespace, run without a shell).
+        #[arg(long, conflicts_with_all = ["package_out", "confirm"])]
+        agent: Option<String>,
+        /// Write the package (JSON) to this file and stop.
+        #[arg(long, conflicts_with = "confirm")]
+        package_out: Option<PathBuf>,
+        /// Confirm body `{"issuer_id", "kcvs": […]}`: a file, or the JSON itself.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Allow one more init package for an issuer's keys.
+    Reinit {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Suspend an issued device.
+    Suspend(Transition),
+    /// Resume a suspended device (back to issued).
+    Resume(Transition),
+    /// Retire a device for good: its certificate is revoked and its working
+    /// keys retired at every issuer.
+    Retire(Transition),
+}
+
+#[derive(Debug, Args)]
+pub struct Transition {
+    device_id: String,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceState {
+    Manufactured,
+    Verified,
+    Initialised,
+    Issued,
+    Suspended,
+    Retired,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    device_id: String,
+    /// The customer id (cust-…) of an approved application.
+    #[arg(long)]
+    customer: String,
+    /// Issuer whose keys the device holds (initialised).
+    #[arg(long)]
+    issuer: String,
+    /// Secure element(s) to bind.
+    #[arg(long, value_enum)]
+    element: SecureElement,
+    /// Account of the customer the binding serves (repeat for more).
+    #[arg(long = "account", value_name = "ACCOUNT", required = true)]
+    accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SecureElement {
+    Psam,
+    Esam,
+    Both,
+}
+
+/// Columns of `device list`.
+const LIST_COLUMNS: &[&str] = &[
+    "device_id",
+    "state",
+    "batch_id",
+    "psam_serial",
+    "esam_serial",
+    "model",
+    "firmware",
+    "key_kind",
+];
+
+/// How many devices the server lists without --limit.
+const SERVER_LIST_LIMIT: usize = 100;
+
+fn device_path(id: &str, rest: &str) -> String {
+    format!("/devices/{}{rest}", encode(id))
+}
+
+pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::Import { batch_id, manifest } => {
+            manifest::import(ctx, &batch_id, &manifest).await?;
+        }
+        DeviceCommand::Batch { batch_id } => {
+            ctx.show(get(format!("/batches/{}", encode(&batch_id))))
+                .await?;
+        }
+        DeviceCommand::List {
+            state,
+            batch_id,
+            limit,
+            offset,
+        } => {
+            let q = query(&[
+                ("state", state.map(arg_name)),
+                ("batch_id", batch_id),
+                ("limit", limit.map(|l| l.to_string())),
+                ("offset", offset.map(|o| o.to_string())),
+            ]);
+            let v = ctx
+                .show_list(get(format!("/devices{q}")), LIST_COLUMNS)
+                .await?;
+            let shown = v["devices"].as_array().map_or(0, Vec::len);
+            if shown > 0 && shown == limit.map_or(SERVER_LIST_LIMIT, |l| l as usize) {
+                ctx.note(format!(
+                    "{shown} shown: there may be more (--limit, --offset)"
+                ));
+            }
+        }
+        DeviceCommand::Show { device_id } => {
+            ctx.show(get(device_path(&device_id, ""))).await?;
+        }
+        DeviceCommand::Check {
+            device_id,
+            signature,
+            agent,
+        } => check(ctx, &device_id, signature, agent).await?,
+        DeviceCommand::Init {
+            device_id,
+            issuer,
+            agent,
+            package_out,
+            confirm,
+        } => match confirm {
+            Some(body) => confirm_init(ctx, &device_id, issuer.as_deref(), &body).await?,
+            None => init(ctx, &device_id, issuer, agent, package_out).await?,
+        },
+        DeviceCommand::Reinit {
+            device_id,
+            issuer,
+            reason,
+        } => {
+            let body = json!({ "issuer_id": issuer, "reason": reason });
+            ctx.show(post(device_path(&device_id, "/reinit"), body))
+                .await?;
+        }
+        DeviceCommand::Suspend(t) => transition(ctx, t, "suspended").await?,
+        DeviceCommand::Resume(t) => transition(ctx, t, "issued").await?,
+        DeviceCommand::Retire(t) => transition(ctx, t, "retired").await?,
+    }
+    Ok(())
+}
+
+async fn transition(ctx: &Ctx, t: Transition, to: &str) -> anyhow::Result<()> {
+    let body = json!({ "to": to, "reason": t.reason });
+    ctx.show(post(device_path(&t.device_id, "/state"), body))
+        .await?;
+    Ok(())
+}
+
+/// The device id as the server spells it in an answer, else as given.
+fn canonical_id(answer: &Value, given: &str) -> String {
+    answer
+        .get("device_id")
+        .and_then(Value::as_str)
+        .unwrap_or(given)
+        .to_owned()
+}
+
+async fn check(
+    ctx: &Ctx,
+    device_id: &str,
+    signature: Option<String>,
+    agent: Option<String>,
+) -> anyhow::Result<()> {
+    let agent = agent.as_deref().map(Agent::parse).transpose()?;
+    let signature = match (signature, agent) {
+        (Some(signature), _) => signature,
+        (None, None) => {
+            let challenge = post_empty(device_path(device_id, "/challenge"));
+            ctx.show(challenge).await?;
+            return Ok(());
+        }
+        (None, Some(agent)) => {
+            let challenge = ctx
+                .call(post_empty(device_path(device_id, "/challenge")))
+                .await?;
+            let hex = challenge
+                .get("challenge")
+                .and_then(Value::as_str)
+                .context("the challenge answer has no challenge")?;
+            let id = canonical_id(&challenge, device_id);
+            ctx.note(format!("challenge {hex} for device {id}: asking the agent"));
+            agent.sign_challenge(&id, hex)?
+        }
+    };
+    let body = json!({ "signature": signature.trim() });
+    ctx.show(post(device_path(device_id, "/check"), body))
+        .await?;
+    Ok(())
+}
+
+async fn init(
+    ctx: &Ctx,
+    device_id: &str,
+    issuer: Option<String>,
+    agent: Option<String>,
+    package_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    // clap requires --issuer without --confirm.
+    let issuer = issuer.context("--issuer is required")?;
+    let agent = agent.as_deref().map(Agent::parse).transpose()?;
+    let body = json!({ "issuer_id": issuer });
+    let package = ctx
+        .call(post(device_path(device_id, "/init"), body))
+        .await?;
+    if let Some(path) = package_out {
+        std::fs::write(&path, format!("{package:#}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        ctx.note(format!("wrote the init package to {}", path.display()));
+        return ctx.print_with(&package, || summary(&package));
+    }
+    let Some(agent) = agent else {
+        return ctx.print(&package);
+    };
+    let id = canonical_id(&package, device_id);
+    ctx.note(format!(
+        "{}\nloading the package into device {id} through the agent",
+        summary(&package)
+    ));
+    let confirm = agent
+        .load_init(&id, &package)
+        .context("the init package was not loaded (run the command again for a new one)")?;
+    ctx.show(post(device_path(device_id, "/init/confirm"), confirm))
+        .await?;
+    Ok(())
+}
+
+/// An init package for people: who, which keys and their KCVs, without the
+/// wrapped key material.
+fn summary(package: &Value) -> String {
+    let mut v = package.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("ephemeral_point");
+        if let Some(Value::Array(keys)) = m.get_mut("keys") {
+            for key in keys.iter_mut().filter_map(Value::as_object_mut) {
+                key.remove("wrapped");
+            }
+        }
+    }
+    crate::output::render(&v)
+}
+
+/// `--confirm FILE_OR_JSON`: a confirm body sent as it is (its `issuer_id`
+/// filled from --issuer when it has none).
+async fn confirm_init(
+    ctx: &Ctx,
+    device_id: &str,
+    issuer: Option<&str>,
+    arg: &str,
+) -> anyhow::Result<()> {
+    let text = if arg.trim_start().starts_with('{') {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg).with_context(|| format!("reading {arg}"))?
+    };
+    let mut body: Value = serde_json::from_str(&text).context("--confirm is not JSON")?;
+    let obj = body
+        .as_object_mut()
+        .context("--confirm must be a JSON object {\"issuer_id\", \"kcvs\"}")?;
+    match (obj.get("issuer_id").and_then(Value::as_str), issuer) {
+        (Some(a), Some(b)) if a != b => {
+            bail!("--confirm is for issuer {a}, --issuer says {b}")
+        }
+        (Some(_), _) => {}
+        (None, Some(b)) => {
+            obj.insert("issuer_id".into(), b.into());
+        }
+        (None, None) => bail!("--confirm has no issuer_id: give --issuer"),
+    }
+    ctx.show(post(device_path(device_id, "/init/confirm"), body))
+        .await?;
+    Ok(())
+}
+
+/// `kwctl bind`.
+pub async fn bind(ctx: &Ctx, args: BindArgs) -> anyhow::Result<()> {
+    let body = json!({
+        "customer_id": args.customer,
+        "issuer_id": args.issuer,
+        "secure_element": arg_name(args.element),
+        "accounts": args.accounts,
+    });
+    ctx.show(post(device_path(&args.device_id, "/bindings"), body))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `kwctl issuer …`: card issuers and their master keys.
+
+use clap::{Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::client::{encode, get, post};
+use crate::{Ctx, arg_name};
+
+#[derive(Debug, Subcommand)]
+pub enum IssuerCommand {
+    /// Create an issuer and its master keys in the HSM (admin only).
+    Create {
+        /// Issuer id, e.g. bank-a.
+        issuer_id: String,
+        /// Key family of the issuer's keys.
+        #[arg(long, value_enum)]
+        family: Family,
+    },
+    /// List the issuers.
+    List,
+    /// Show one issuer with its master keys' KCVs.
+    Show { issuer_id: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Family {
+    Tdes,
+    Aes,
+}
+
+pub async fn run(ctx: &Ctx, cmd: IssuerCommand) -> anyhow::Result<()> {
+    match cmd {
+        IssuerCommand::Create { issuer_id, family } => {
+            let body = json!({ "issuer_id": issuer_id, "family": arg_name(family) });
+            ctx.show(post("/issuers", body)).await?;
+        }
+        IssuerCommand::List => {
+            ctx.show_list(get("/issuers"), &["issuer_id", "family", "created_at_ms"])
+                .await?;
+        }
+        IssuerCommand::Show { issuer_id } => {
+            ctx.show(get(format!("/issuers/{}", encode(&issuer_id))))
+                .await?;
+        }
+    }
+    Ok(())
+}
