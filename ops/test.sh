@@ -174,6 +174,11 @@ if ((lint)); then
 fi
 
 # --- 5. tests ----------------------------------------------------------------
+# The end-to-end tests run binaries of other packages too (kwsim, the device
+# simulator, drives provisioning next to keyward and kwctl).
+kw_banner "cargo build --workspace --bins"
+cargo build --workspace --bins
+
 nextest=(cargo nextest run --workspace)
 ((ci)) && nextest+=(--profile ci)
 

@@ -7,33 +7,14 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{Server, require_tool};
-
-const KWCTL: &str = env!("CARGO_BIN_EXE_kwctl");
+use common::{KWCTL, Server, require_tool, stdout_json};
 
 fn kwctl(s: &Server, dir: &Path, name: &str, args: &[&str]) -> Output {
-    Command::new(KWCTL)
-        .arg("--server")
-        .arg(format!("https://{}", s.admin))
-        .arg("--ca-cert")
-        .arg(s.ca_pem())
-        .arg("--cert")
-        .arg(dir.join(format!("{name}.pem")))
-        .arg("--key")
-        .arg(dir.join(format!("{name}.key")))
-        .args(args)
-        .output()
-        .unwrap()
+    s.kwctl(dir, name, args)
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    stdout_json(out)
 }
 
 #[tokio::test(flavor = "multi_thread")]

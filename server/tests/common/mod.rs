@@ -22,6 +22,7 @@ use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::softhsm::TestToken;
 
 pub const KEYWARD: &str = env!("CARGO_BIN_EXE_keyward");
+pub const KWCTL: &str = env!("CARGO_BIN_EXE_kwctl");
 
 /// Fails the test with an install hint when a command-line tool is missing.
 pub fn require_tool(tool: &str, package: &str) {
@@ -365,6 +366,23 @@ crl_refresh_secs = {crl_refresh}
         v["serial"].as_str().unwrap().to_owned()
     }
 
+    /// `kwctl` against this server as operator `name` (`NAME.pem` and
+    /// `NAME.key` in `dir`).
+    pub fn kwctl(&self, dir: &Path, name: &str, args: &[&str]) -> Output {
+        Command::new(KWCTL)
+            .arg("--server")
+            .arg(format!("https://{}", self.admin))
+            .arg("--ca-cert")
+            .arg(self.ca_pem())
+            .arg("--cert")
+            .arg(dir.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(dir.join(format!("{name}.key")))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// GET /metrics (no client certificate).
     pub fn metrics(&self) -> String {
         let r = self.curl(&self.admin.clone(), "/metrics", &[]);
@@ -380,6 +398,18 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A command's stdout as JSON (`kwctl -o json` prints one document, also
+/// for errors).
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 fn rand_suffix() -> String {
