@@ -319,7 +319,7 @@ async fn device_goes_from_factory_to_issued_and_retired() {
         message: msg.to_vec(),
         mac: mac[..8].to_vec(),
     };
-    assert!(env.kms.verify_mac(item).await.unwrap());
+    assert!(env.kms.verify_mac(item.clone()).await.unwrap());
     let ch = env.kms.challenge(&bank_a).await.unwrap();
     let resp = d1.auth_response("bank-a", &ch).unwrap();
     assert!(
@@ -389,6 +389,10 @@ async fn device_goes_from_factory_to_issued_and_retired() {
         env.prov.device(d1.id).await.unwrap().state,
         DeviceState::Retired
     );
+    // …and its working keys are closed with it: its MACs no longer verify.
+    assert_eq!(retired.note.get("key_versions_closed"), Some("1"));
+    let err = env.kms.verify_mac(item).await.unwrap_err();
+    assert_eq!(err.code(), "key_version_not_usable", "{err}");
     let note = refused(
         env.prov
             .transition(d1.id, DeviceState::Issued, &op("dave"), &reason("undo"))

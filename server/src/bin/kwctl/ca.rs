@@ -160,21 +160,16 @@ fn read_pem(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Writes the first PEM block of an answer (a certificate or the CRL).
+/// Writes the PEM of an answer: an issued certificate followed by its chain
+/// (issuing CA, root), which is what a TLS client sends; or the CRL.
 fn save_pem(ctx: &Ctx, v: &Value, out: Option<&Path>) -> anyhow::Result<()> {
     let Some(path) = out else { return Ok(()) };
-    let pem = find_pem(v).context("the response carries no PEM to write")?;
+    let pem = match (v["certificate_pem"].as_str(), v.as_str()) {
+        (Some(cert), _) => format!("{cert}{}", v["chain_pem"].as_str().unwrap_or_default()),
+        (None, Some(text)) if text.contains("-----BEGIN") => text.to_owned(),
+        _ => anyhow::bail!("the response carries no PEM to write"),
+    };
     std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
     ctx.note(format!("wrote {}", path.display()));
     Ok(())
-}
-
-/// The first PEM block in a response (a certificate or a CRL).
-fn find_pem(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) if s.contains("-----BEGIN") => Some(s),
-        Value::Object(m) => m.values().find_map(find_pem),
-        Value::Array(a) => a.iter().find_map(find_pem),
-        _ => None,
-    }
 }
