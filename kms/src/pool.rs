@@ -2,10 +2,16 @@
 //! of [`Hsm`], fed by a bounded queue. Async callers await a oneshot and never
 //! block a tokio worker; a full queue is [`KmsError::Busy`] at once, so the
 //! server can shed load instead of piling up requests.
+//!
+//! [`HsmPool::shutdown`] finishes the queued jobs and joins the workers. A
+//! process calls it before it exits: a worker still inside the PKCS#11
+//! module while the process runs its exit handlers can crash it (seen with
+//! SoftHSM 2.6.1 in `C_CloseSession`).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -13,6 +19,20 @@ use crate::error::{KmsError, Result};
 use crate::hsm::Hsm;
 
 type Job = Box<dyn FnOnce(&dyn Hsm) + Send>;
+
+/// What a worker receives.
+enum Msg {
+    Job(Job),
+    /// Exit after the jobs queued before this one.
+    Stop,
+}
+
+/// The workers' threads, for [`HsmPool::shutdown`].
+#[derive(Default)]
+struct Workers {
+    closed: AtomicBool,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
 
 /// Counters for metrics and readiness.
 #[derive(Debug, Default)]
@@ -28,9 +48,10 @@ pub struct PoolStats {
 /// Cheap to clone; all clones feed the same workers.
 #[derive(Clone)]
 pub struct HsmPool {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     hsm: Arc<dyn Hsm>,
     workers: usize,
+    threads: Arc<Workers>,
     stats: Arc<PoolStats>,
 }
 
@@ -46,16 +67,17 @@ impl std::fmt::Debug for HsmPool {
 impl HsmPool {
     /// Starts `workers` threads and a queue of `queue_depth` waiting jobs.
     pub fn start(hsm: Arc<dyn Hsm>, workers: usize, queue_depth: usize) -> Result<Self> {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_depth);
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
         let stats = Arc::new(PoolStats::default());
+        let threads = Arc::new(Workers::default());
         for i in 0..workers.max(1) {
             let rx = rx.clone();
             let hsm = hsm.clone();
             let stats = stats.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("hsm-worker-{i}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
+                    while let Ok(Msg::Job(job)) = rx.recv() {
                         stats.busy.fetch_add(1, Ordering::Relaxed);
                         // A panicking job must not take the worker with it; its
                         // caller sees the dropped reply as an HSM failure.
@@ -68,13 +90,38 @@ impl HsmPool {
                     function: "spawn worker".into(),
                     rv: e.to_string(),
                 })?;
+            if let Ok(mut handles) = threads.handles.lock() {
+                handles.push(handle);
+            }
         }
         Ok(Self {
             tx,
             hsm,
             workers: workers.max(1),
+            threads,
             stats,
         })
+    }
+
+    /// Runs the jobs already queued, stops the workers and waits for them.
+    /// Jobs submitted afterwards are refused ([`KmsError::PoolClosed`]).
+    /// Blocks: call it outside the async runtime, as the process ends.
+    /// A second call does nothing.
+    pub fn shutdown(&self) {
+        if self.threads.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for _ in 0..self.workers {
+            // Blocks while the queue is full; fails only if every worker is gone.
+            let _ = self.tx.send(Msg::Stop);
+        }
+        let handles = match self.threads.handles.lock() {
+            Ok(mut h) => std::mem::take(&mut *h),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for h in handles {
+            let _ = h.join();
+        }
     }
 
     /// Runs `f` on a worker and awaits its result.
@@ -105,7 +152,10 @@ impl HsmPool {
     }
 
     fn submit(&self, job: Job) -> Result<()> {
-        self.tx.try_send(job).map_err(|e| match e {
+        if self.threads.closed.load(Ordering::SeqCst) {
+            return Err(KmsError::PoolClosed);
+        }
+        self.tx.try_send(Msg::Job(job)).map_err(|e| match e {
             TrySendError::Full(_) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 KmsError::Busy

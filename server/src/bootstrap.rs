@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
 use keyward_ca::{BootstrapReport, Ca, CertFilter, CertStatus, IssueRequest, Profile, Role};
@@ -18,6 +18,7 @@ use keyward_config::{Config, DatabaseKind};
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
+use keyward_kms::pool::HsmPool;
 
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
@@ -39,15 +40,10 @@ pub struct Opened {
     pub migrated: Vec<i64>,
 }
 
+/// The HSM pool of this process, joined by [`close_hsm`] as the process ends.
+static HSM_POOL: OnceLock<HsmPool> = OnceLock::new();
+
 /// Opens the HSM and the key catalog for a command.
-///
-/// The HSM worker pool is kept alive until the process exits: when the last
-/// `Kms` clone is dropped, a worker thread closes the PKCS#11 sessions, and if
-/// that overlaps SoftHSM's own exit handlers (main has returned) the process
-/// dies with SIGSEGV in `C_CloseSession` (seen under load with SoftHSM 2.6.1).
-/// With the pool held, its workers stay parked on their queue and never call
-/// into the module during exit. (The proper fix is a joinable
-/// `HsmPool::shutdown` in kms.)
 pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     if config.database.kind() == DatabaseKind::Sqlite {
         std::fs::create_dir_all(&config.data_dir)
@@ -56,8 +52,18 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     let kms = Kms::open(config)
         .await
         .context("opening the HSM and the key catalog")?;
-    std::mem::forget(kms.clone());
+    let _ = HSM_POOL.set(kms.pool().clone());
     Ok(kms)
+}
+
+/// Finishes the HSM jobs and joins the pool's workers. `main` calls it after
+/// the runtime is gone and before returning: a worker still inside the
+/// PKCS#11 module while the process runs its exit handlers can crash it
+/// (SoftHSM 2.6.1, `C_CloseSession`).
+pub fn close_hsm() {
+    if let Some(pool) = HSM_POOL.get() {
+        pool.shutdown();
+    }
 }
 
 /// Opens the HSM, the database (all migrations), the CA and provisioning.

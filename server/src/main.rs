@@ -56,7 +56,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli, config)) {
+    let outcome = runtime.block_on(cli::run(cli, config));
+    drop(runtime);
+    bootstrap::close_hsm();
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -153,3 +153,34 @@ fn missing_module_and_token_are_typed_errors() {
     assert_eq!(err.code(), "hsm_login");
     assert!(!err.to_string().contains("0000"));
 }
+
+#[test]
+fn shutdown_finishes_queued_jobs_then_refuses() {
+    let token = TestToken::create().unwrap();
+    let pool = HsmPool::start(open(&token, 2), 2, 100).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let (pool, done) = (pool.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = pool.run_blocking(|h| h.random(8));
+                if r.is_ok() {
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                r.map(drop)
+            })
+        })
+        .collect();
+    // Every job submitted is answered, by a worker or as refused.
+    std::thread::sleep(Duration::from_millis(50));
+    pool.shutdown();
+    for w in waiters {
+        if let Err(e) = w.join().unwrap() {
+            assert!(matches!(e, KmsError::PoolClosed), "{e}");
+        }
+    }
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let after = pool.run_blocking(|h| h.random(8));
+    assert!(matches!(after, Err(KmsError::PoolClosed)), "{after:?}");
+    pool.shutdown(); // a second call does nothing
+}
