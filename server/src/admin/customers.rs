@@ -184,28 +184,14 @@ pub async fn approve(
     Ok(Json(customer_json(&customer, &[])))
 }
 
-/// `POST /admin/v1/applications/{id}/reject`.
+/// `POST /admin/v1/applications/{id}/reject`: back to the applicant.
 pub async fn reject(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
     Json(body): Json<ReasonBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    op.require(&state, PROVISIONERS).await?;
-    let id: ApplicationId = id.parse()?;
-    let reason: Reason = body.reason.parse()?;
-    let operator = op.operator_id()?;
-    let (p, i) = (state.provisioning.clone(), id.clone());
-    op.decide(
-        &state,
-        Action::Reject,
-        format!("application:{id}"),
-        async move { p.reject(&i, &operator, &reason).await },
-    )
-    .await?;
-    Ok(Json(application_json(
-        &state.provisioning.review(&id).await?,
-    )))
+    decide_with_reason(state, op, &id, &body.reason, Action::Reject).await
 }
 
 /// `POST /admin/v1/applications/{id}/resubmit`: a rejected application,
@@ -230,24 +216,37 @@ pub async fn resubmit(
     Ok(Json(application_json(&view)))
 }
 
-/// `POST /admin/v1/applications/{id}/close`.
+/// `POST /admin/v1/applications/{id}/close`: ended for good.
 pub async fn close(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
     Json(body): Json<ReasonBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    decide_with_reason(state, op, &id, &body.reason, Action::Close).await
+}
+
+/// Reject or close: an operator's decision with a reason; answers with the
+/// application as it now stands.
+async fn decide_with_reason(
+    state: AppState,
+    op: Operator,
+    id: &str,
+    reason: &str,
+    action: Action,
+) -> Result<Json<serde_json::Value>, ApiError> {
     op.require(&state, PROVISIONERS).await?;
     let id: ApplicationId = id.parse()?;
-    let reason: Reason = body.reason.parse()?;
+    let reason: Reason = reason.parse()?;
     let operator = op.operator_id()?;
     let (p, i) = (state.provisioning.clone(), id.clone());
-    op.decide(
-        &state,
-        Action::Close,
-        format!("application:{id}"),
-        async move { p.close(&i, &operator, &reason).await },
-    )
+    op.decide(&state, action, format!("application:{id}"), async move {
+        if action == Action::Reject {
+            p.reject(&i, &operator, &reason).await
+        } else {
+            p.close(&i, &operator, &reason).await
+        }
+    })
     .await?;
     Ok(Json(application_json(
         &state.provisioning.review(&id).await?,
