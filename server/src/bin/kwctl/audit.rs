@@ -16,14 +16,30 @@ pub enum AuditCommand {
     Verify,
 }
 
+/// What people read in a record; the hashes are for `audit verify` (and
+/// `-o json`).
+const LIST_COLUMNS: &[&str] = &[
+    "seq",
+    "at_ms",
+    "actor",
+    "action",
+    "target",
+    "outcome",
+    "detail_json",
+];
+
 pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> anyhow::Result<()> {
-    let call = match cmd {
-        AuditCommand::List { limit } => get(format!(
-            "/audit{}",
-            query(&[("limit", limit.map(|l| l.to_string()))])
-        )),
-        AuditCommand::Verify => get("/audit/verify"),
-    };
-    ctx.show(call).await?;
+    match cmd {
+        AuditCommand::List { limit } => {
+            let call = get(format!(
+                "/audit{}",
+                query(&[("limit", limit.map(|l| l.to_string()))])
+            ));
+            ctx.show_list(call, LIST_COLUMNS).await?;
+        }
+        AuditCommand::Verify => {
+            ctx.show(get("/audit/verify")).await?;
+        }
+    }
     Ok(())
 }
