@@ -10,12 +10,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_ca::{Ca, Serial};
+use keyward_ca::{Ca, CertFilter, CertStatus, Profile, Serial};
 use keyward_config::CaConfig;
+use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason};
 use keyward_device_provisioning::{
     Account, Action, Actor, ApplicationState, AuditNote, BatchId, BindRequest, Contact,
     ContactKind, CustomerApplication, CustomerId, DeviceState, InitState, NationalId, OperatorId,
     Outcome, Provisioning, Reason, Refused, RowOutcome, SecureElement,
+};
+use keyward_device_provisioning::{
+    CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier, DeviceKeyKind,
 };
 use keyward_kms::catalog::Catalog;
 use keyward_kms::hsm::Pkcs11Hsm;
@@ -1027,5 +1031,115 @@ async fn lifecycle_allows_only_its_edges() {
             .transition(dev.id, DeviceState::Retired, &who, &why)
             .await,
         "invalid_transition",
+    );
+}
+
+/// The real CA, except that its `fail_at`-th certification fails as an HSM
+/// outage would: fault injection for the import's undo path.
+#[derive(Debug)]
+struct OutageAt {
+    ca: Ca,
+    fail_at: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl DeviceCertifier for OutageAt {
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceKeyKind, CertifierError> {
+        DeviceCertifier::check_csr(&self.ca, csr)
+    }
+    fn certify<'a>(
+        &'a self,
+        csr: &'a [u8],
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.fail_at {
+            return Box::pin(async {
+                Err(CertifierError::new(
+                    "hsm_error",
+                    false,
+                    "injected HSM outage",
+                ))
+            });
+        }
+        DeviceCertifier::certify(&self.ca, csr, device)
+    }
+    fn certificate<'a>(
+        &'a self,
+        serial: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>> {
+        DeviceCertifier::certificate(&self.ca, serial, device)
+    }
+    fn revoke<'a>(
+        &'a self,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        DeviceCertifier::revoke(&self.ca, serial, reason)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_cut_short_by_the_ca_leaves_no_device_and_no_valid_certificate() {
+    let env = env().await;
+    let devs: Vec<SimDevice> = (0..6)
+        .map(|i| SimDevice::p256(dev_id(0xA0 + i)).unwrap())
+        .collect();
+    let refs: Vec<&SimDevice> = devs.iter().collect();
+    let failing = Provisioning::new(
+        env.kms.clone(),
+        Arc::new(OutageAt {
+            ca: env.ca.clone(),
+            fail_at: 4,
+            calls: Default::default(),
+        }),
+    )
+    .await
+    .unwrap();
+    let r = failing
+        .import_batch(
+            &batch("B-OUTAGE"),
+            &devices_manifest(&refs),
+            &op("factory-desk"),
+        )
+        .await
+        .expect_err("the CA failed half-way");
+    assert_eq!(r.code(), "hsm_error");
+    assert!(!r.is_client_error());
+    assert!(matches!(r.note.outcome, Outcome::Failed { .. }));
+
+    // Nothing registered, and whatever was certified before the outage is revoked.
+    assert!(env.prov.batch(&batch("B-OUTAGE")).await.unwrap().is_none());
+    for d in &devs {
+        let e = env.prov.device(d.id).await.unwrap_err();
+        assert_eq!(e.code(), "unknown_device");
+    }
+    let issued = env
+        .ca
+        .list(&CertFilter {
+            profile: Some(Profile::Device),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        !issued.is_empty(),
+        "some devices were certified before the outage"
+    );
+    assert!(
+        issued.iter().all(|c| c.status == CertStatus::Revoked),
+        "{issued:?}"
+    );
+
+    // The same file imports cleanly once the CA is back.
+    import(&env, "B-OUTAGE", &refs).await;
+    assert_eq!(
+        env.prov
+            .batch_devices(&batch("B-OUTAGE"), 100)
+            .await
+            .unwrap()
+            .len(),
+        6
     );
 }
