@@ -31,12 +31,14 @@
 //! file is simply imported again.
 //!
 //! Then the batch and its devices are reserved in one transaction (state
-//! `importing`, so none can be checked yet), each CSR is certified, and the
-//! certificate serials are recorded as the batch becomes `complete`. If
-//! certification fails half-way (CA or HSM trouble), the certificates already
-//! issued are revoked and the reservation removed: the batch is again absent.
+//! `importing`, so none can be checked yet), the CSRs are certified (as many
+//! at once as the HSM pool has workers), and the certificate serials are
+//! recorded as the batch becomes `complete`. If certification fails half-way
+//! (CA or HSM trouble), the certificates already issued are revoked and the
+//! reservation removed: the batch is again absent.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use base64::Engine;
 use keyward_kms::types::DeviceId;
@@ -45,6 +47,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
+use crate::error::CertifierError;
 use crate::error::{ProvisioningError, Result};
 use crate::store::{is_unique_violation, now_ms, parse_col};
 use crate::types::{BatchId, OperatorId, SeSerial};
@@ -295,16 +298,13 @@ impl Provisioning {
 
         // 3. Reserve, certify, complete.
         self.reserve(batch_id, &rows, operator).await?;
-        let mut serials: Vec<String> = Vec::with_capacity(rows.len());
-        for (_, row) in &rows {
-            match self.certifier.certify(&row.csr, row.device).await {
-                Ok(cert) => serials.push(cert.serial),
-                Err(e) => {
-                    self.abort_import(batch_id, &serials).await;
-                    return Err(e.into());
-                }
+        let serials = match self.certify_all(&rows).await {
+            Ok(serials) => serials,
+            Err((issued, e)) => {
+                self.abort_import(batch_id, &issued).await;
+                return Err(e.into());
             }
-        }
+        };
         if let Err(e) = self.complete(batch_id, &rows, &serials).await {
             self.abort_import(batch_id, &serials).await;
             return Err(e);
@@ -460,6 +460,51 @@ impl Provisioning {
                 "a device or the batch was registered concurrently; import again for a report",
             )),
             other => other,
+        }
+    }
+
+    /// Certifies every row, as many at once as the HSM has workers, and
+    /// returns the serials in row order. On the first failure it starts no
+    /// more, waits for those in flight, and returns every serial issued so
+    /// far with the error, for [`Self::abort_import`] to revoke.
+    async fn certify_all(
+        &self,
+        rows: &[(usize, Box<GoodRow>)],
+    ) -> std::result::Result<Vec<String>, (Vec<String>, CertifierError)> {
+        let parallel = self.kms.pool().workers().max(1);
+        let mut serials: Vec<Option<String>> = vec![None; rows.len()];
+        let mut running = tokio::task::JoinSet::new();
+        let mut next = 0;
+        let mut failure = None;
+        loop {
+            while failure.is_none() && next < rows.len() && running.len() < parallel {
+                let certifier = Arc::clone(&self.certifier);
+                let (csr, device) = (rows[next].1.csr.clone(), rows[next].1.device);
+                let index = next;
+                running.spawn(async move { (index, certifier.certify(&csr, device).await) });
+                next += 1;
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((index, Ok(cert))) => serials[index] = Some(cert.serial),
+                Ok((_, Err(e))) => {
+                    failure.get_or_insert(e);
+                }
+                Err(task) => {
+                    failure.get_or_insert(CertifierError::new("internal_error", false, task));
+                }
+            }
+        }
+        let issued: Vec<String> = serials.iter().flatten().cloned().collect();
+        match failure {
+            None if issued.len() == rows.len() => Ok(issued),
+            None => Err((
+                issued,
+                CertifierError::new("internal_error", false, "a certification left no result"),
+            )),
+            Some(e) => Err((issued, e)),
         }
     }
 
