@@ -6,8 +6,6 @@
 //! - [`init_package_from_json`]: the `201` answer of
 //!   `POST /admin/v1/devices/{id}/init`.
 //! - [`confirm_body`]: the body of `POST /admin/v1/devices/{id}/init/confirm`.
-//! - [`init_package_to_json`]: the reverse of the first, for tests that build
-//!   a package by hand.
 //!
 //! Every documented field is required and checked (types, ids, base64, KCV
 //! syntax, scheme against the ephemeral point, exactly one `TMK` and one
@@ -132,22 +130,6 @@ pub fn init_package_from_json(v: &Value) -> Result<InitPackage> {
     })
 }
 
-/// The init package as the server documents it (for tests that build one).
-pub fn init_package_to_json(pkg: &InitPackage) -> Value {
-    json!({
-        "device_id": pkg.device.to_string(),
-        "issuer_id": pkg.issuer.as_str(),
-        "family": pkg.family.as_str(),
-        "scheme": pkg.scheme.as_str(),
-        "ephemeral_point": pkg.ephemeral_point.as_ref().map(|p| B64.encode(p)),
-        "keys": pkg.keys.iter().map(|k| json!({
-            "name": k.name,
-            "wrapped": B64.encode(&k.wrapped),
-            "kcv": {"method": k.kcv.method.as_str(), "value": k.kcv.hex()},
-        })).collect::<Vec<_>>(),
-    })
-}
-
 /// The body of `POST /admin/v1/devices/{id}/init/confirm`: the KCVs the
 /// device computed, in the order it computed them.
 pub fn confirm_body(issuer: &str, answer: &InitAnswer) -> Value {
@@ -164,6 +146,23 @@ pub fn confirm_body(issuer: &str, answer: &InitAnswer) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The init package as the server documents it, to make test cases.
+    fn init_package_to_json(pkg: &InitPackage) -> Value {
+        json!({
+            "device_id": pkg.device.to_string(),
+            "issuer_id": pkg.issuer.as_str(),
+            "family": pkg.family.as_str(),
+            "scheme": pkg.scheme.as_str(),
+            "ephemeral_point": pkg.ephemeral_point.as_ref().map(|p| B64.encode(p)),
+            "keys": pkg.keys.iter().map(|k| json!({
+                "name": k.name,
+                "wrapped": B64.encode(&k.wrapped),
+                "kcv": {"method": k.kcv.method.as_str(), "value": k.kcv.hex()},
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     use keyward_kms::types::KcvMethod;
 
     fn by_hand(scheme: WrapScheme) -> InitPackage {
