@@ -228,6 +228,8 @@ pub enum SecureElement {
 }
 
 impl SecureElement {
+    pub const ALL: [SecureElement; 3] = [Self::Psam, Self::Esam, Self::Both];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Psam => "psam",
@@ -316,6 +318,8 @@ pub enum ContactKind {
 }
 
 impl ContactKind {
+    pub const ALL: [ContactKind; 3] = [Self::Sms, Self::Email, Self::Im];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sms => "sms",
@@ -478,6 +482,13 @@ pub enum ApplicationState {
 }
 
 impl ApplicationState {
+    pub const ALL: [ApplicationState; 4] = [
+        Self::Submitted,
+        Self::Approved,
+        Self::Rejected,
+        Self::Closed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Submitted => "submitted",

@@ -110,6 +110,8 @@ pub enum KeyFamily {
 }
 
 impl KeyFamily {
+    pub const ALL: [KeyFamily; 2] = [Self::Tdes, Self::Aes];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tdes => "tdes",

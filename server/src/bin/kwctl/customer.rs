@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+use keyward_device_provisioning::{ApplicationState, ContactKind};
 use serde_json::{Value, json};
 
 use crate::client::{encode, get, post, post_empty, query};
-use crate::{Ctx, arg_name};
+use crate::{Ctx, one_of};
 
 #[derive(Debug, Subcommand)]
 pub enum CustomerCommand {
@@ -19,7 +20,7 @@ pub enum CustomerCommand {
     /// The review queue, oldest first.
     List {
         /// Applications in this state (server default: submitted).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = one_of::<ApplicationState>(ApplicationState::ALL.map(ApplicationState::as_str)))]
         state: Option<ApplicationState>,
         #[arg(long)]
         limit: Option<u32>,
@@ -66,7 +67,11 @@ pub struct Application {
     )]
     accounts: Vec<String>,
     /// How to reach the customer.
-    #[arg(long, value_enum, required_unless_present = "file")]
+    #[arg(
+        long,
+        required_unless_present = "file",
+        value_parser = one_of::<ContactKind>(ContactKind::ALL.map(ContactKind::as_str))
+    )]
     contact_kind: Option<ContactKind>,
     /// Phone number, e-mail or IM address, as --contact-kind says.
     #[arg(long, required_unless_present = "file")]
@@ -75,21 +80,6 @@ pub struct Application {
     /// "contact": {"kind", "address"}}.
     #[arg(long, conflicts_with_all = ["name", "national_id", "accounts", "contact_kind", "contact"])]
     file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ContactKind {
-    Sms,
-    Email,
-    Im,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ApplicationState {
-    Submitted,
-    Approved,
-    Rejected,
-    Closed,
 }
 
 impl Application {
@@ -115,7 +105,7 @@ impl Application {
             "name": name,
             "national_id": national_id,
             "accounts": self.accounts,
-            "contact": { "kind": arg_name(kind), "address": address },
+            "contact": { "kind": kind.as_str(), "address": address },
         }))
     }
 }
@@ -142,7 +132,7 @@ pub async fn run(ctx: &Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
         CustomerCommand::Review { application_id } => get(app_path(&application_id, "")),
         CustomerCommand::List { state, limit } => {
             let q = query(&[
-                ("state", state.map(arg_name)),
+                ("state", state.map(|s| s.as_str().to_owned())),
                 ("limit", limit.map(|l| l.to_string())),
             ]);
             ctx.show_list(get(format!("/applications{q}")), LIST_COLUMNS)

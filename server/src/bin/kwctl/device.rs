@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+use keyward_device_provisioning::{DeviceState, SecureElement};
 use serde_json::{Value, json};
 
 use crate::agent::Agent;
 use crate::client::{encode, get, post, post_empty, query};
-use crate::{Ctx, arg_name, manifest};
+use crate::{Ctx, manifest, one_of};
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
@@ -31,7 +32,7 @@ pub enum DeviceCommand {
     Batch { batch_id: String },
     /// List devices, by device id.
     List {
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = one_of::<DeviceState>(DeviceState::ALL.map(DeviceState::as_str)))]
         state: Option<DeviceState>,
         #[arg(long)]
         batch_id: Option<String>,
@@ -106,16 +107,6 @@ pub struct Transition {
     reason: String,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceState {
-    Manufactured,
-    Verified,
-    Initialised,
-    Issued,
-    Suspended,
-    Retired,
-}
-
 #[derive(Debug, Args)]
 pub struct BindArgs {
     device_id: String,
@@ -126,18 +117,11 @@ pub struct BindArgs {
     #[arg(long)]
     issuer: String,
     /// Secure element(s) to bind.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of::<SecureElement>(SecureElement::ALL.map(SecureElement::as_str)))]
     element: SecureElement,
     /// Account of the customer the binding serves (repeat for more).
     #[arg(long = "account", value_name = "ACCOUNT", required = true)]
     accounts: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SecureElement {
-    Psam,
-    Esam,
-    Both,
 }
 
 /// Columns of `device list`.
@@ -175,7 +159,7 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
             offset,
         } => {
             let q = query(&[
-                ("state", state.map(arg_name)),
+                ("state", state.map(|s| s.as_str().to_owned())),
                 ("batch_id", batch_id),
                 ("limit", limit.map(|l| l.to_string())),
                 ("offset", offset.map(|o| o.to_string())),
@@ -361,7 +345,7 @@ pub async fn bind(ctx: &Ctx, args: BindArgs) -> anyhow::Result<()> {
     let body = json!({
         "customer_id": args.customer,
         "issuer_id": args.issuer,
-        "secure_element": arg_name(args.element),
+        "secure_element": args.element.as_str(),
         "accounts": args.accounts,
     });
     ctx.show(post(device_path(&args.device_id, "/bindings"), body))

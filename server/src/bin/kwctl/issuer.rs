@@ -1,10 +1,11 @@
 //! `kwctl issuer …`: card issuers and their master keys.
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
+use keyward_kms::types::KeyFamily;
 use serde_json::json;
 
 use crate::client::{encode, get, post};
-use crate::{Ctx, arg_name};
+use crate::{Ctx, one_of};
 
 #[derive(Debug, Subcommand)]
 pub enum IssuerCommand {
@@ -13,8 +14,8 @@ pub enum IssuerCommand {
         /// Issuer id, e.g. bank-a.
         issuer_id: String,
         /// Key family of the issuer's keys.
-        #[arg(long, value_enum)]
-        family: Family,
+        #[arg(long, value_parser = one_of::<KeyFamily>(KeyFamily::ALL.map(KeyFamily::as_str)))]
+        family: KeyFamily,
     },
     /// List the issuers.
     List,
@@ -22,16 +23,10 @@ pub enum IssuerCommand {
     Show { issuer_id: String },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Family {
-    Tdes,
-    Aes,
-}
-
 pub async fn run(ctx: &Ctx, cmd: IssuerCommand) -> anyhow::Result<()> {
     match cmd {
         IssuerCommand::Create { issuer_id, family } => {
-            let body = json!({ "issuer_id": issuer_id, "family": arg_name(family) });
+            let body = json!({ "issuer_id": issuer_id, "family": family.as_str() });
             ctx.show(post("/issuers", body)).await?;
         }
         IssuerCommand::List => {

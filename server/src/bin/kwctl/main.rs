@@ -21,7 +21,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::client::{Call, Client, Refused};
@@ -239,9 +239,16 @@ impl Ctx {
     }
 }
 
-/// A value-enum argument as the command line (and the API) spells it.
-pub fn arg_name(v: impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_owned())
-        .unwrap_or_default()
+/// A flag taking one of a domain type's values: the names go to `--help`
+/// and completions, and the domain type parses them, so kwctl speaks the
+/// server's vocabulary instead of a copy of it.
+pub fn one_of<T>(
+    names: impl IntoIterator<Item = &'static str>,
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names).try_map(|s: String| s.parse::<T>())
 }
