@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keyward_config::Config;
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
-use crate::admin::issuer_json;
+use crate::admin::{create_recorded, issuer_json};
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::bootstrap::open_kms;
 
@@ -191,21 +190,7 @@ async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Resu
             let (pool, kind) = (kms.catalog().pool().clone(), kms.catalog().kind());
             crate::migrate::run(&pool, kind).await?;
             let audit = AuditLog::new(pool, kind, None);
-            let event = AuditEvent::IssuerCreated {
-                issuer: id.to_string(),
-                family: family.as_str(),
-            };
-            audit
-                .append(&Actor::Cli, &event, Outcome::Requested, "cli")
-                .await
-                .context("writing the audit trail (nothing was created)")?;
-            let rec = kms.create_issuer(id, family).await?;
-            if let Err(e) = audit
-                .append(&Actor::Cli, &event, Outcome::Success, "cli")
-                .await
-            {
-                tracing::error!(error = %e, "issuer created but its success record could not be written");
-            }
+            let rec = create_recorded(&kms, &audit, None, &Actor::Cli, "cli", id, family).await?;
             output(json, &issuer_json(&rec), || issuer_text(&rec));
         }
         IssuerCommand::List => {

@@ -104,3 +104,40 @@ async fn serve_refuses_to_start_before_init() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("keyward init"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issuer_create_at_the_console_is_audited() {
+    let s = Server::new().await;
+    s.init();
+    let out = s.keyward(&["--json", "issuer", "create", "bank-x", "--family", "aes"]);
+    assert!(out.status.success());
+    let issuer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(issuer["issuer_id"], "bank-x");
+    assert_eq!(issuer["master_keys"].as_array().unwrap().len(), 2);
+    // A second one is refused, and that too is on record.
+    let again = s.keyward(&["issuer", "create", "bank-x", "--family", "aes"]);
+    assert!(!again.status.success());
+
+    let catalog = keyward_kms::catalog::Catalog::connect(&s.db.config)
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT actor, action, outcome FROM audit_log WHERE action LIKE 'issuer.%' ORDER BY seq",
+    )
+    .fetch_all(catalog.pool())
+    .await
+    .unwrap();
+    let got: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("cli", "issuer.create", "requested"),
+            ("cli", "issuer.create", "success"),
+            ("cli", "issuer.create", "requested"),
+            ("cli", "issuer.create", "failure"),
+        ]
+    );
+}

@@ -8,12 +8,13 @@ use axum::{Extension, Json};
 use keyward_ca::Role;
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
+use keyward_kms::{Kms, KmsError};
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator};
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::http::ApiError;
-use crate::metrics::timed_hsm;
+use crate::metrics::{Metrics, timed_hsm};
 use crate::state::AppState;
 
 /// An issuer as JSON: also what `keyward issuer` prints.
@@ -38,7 +39,68 @@ pub struct CreateBody {
     family: String,
 }
 
-/// `POST /admin/v1/issuers`: generates the issuer's master keys in the HSM.
+/// Why [`create_recorded`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The `requested` record could not be written: nothing was created.
+    #[error("the audit trail cannot be written; no issuer was created: {0}")]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+}
+
+/// Creates an issuer and its master keys between their audit records, for
+/// the admin API and `keyward issuer create` alike: `requested` first
+/// (nothing is created if it cannot be written), then success, or the
+/// failure's code. The HSM work is timed in `metrics` when given.
+pub async fn create_recorded(
+    kms: &Kms,
+    audit: &AuditLog,
+    metrics: Option<&Metrics>,
+    actor: &Actor,
+    request_id: &str,
+    id: IssuerId,
+    family: KeyFamily,
+) -> Result<IssuerRecord, CreateError> {
+    let event = AuditEvent::IssuerCreated {
+        issuer: id.to_string(),
+        family: family.as_str(),
+    };
+    audit
+        .append(actor, &event, Outcome::Requested, request_id)
+        .await?;
+    let created = match metrics {
+        Some(m) => timed_hsm(m, "issuer_create", kms.create_issuer(id, family)).await,
+        None => kms.create_issuer(id, family).await,
+    };
+    let (event, outcome) = match created {
+        Ok(rec) => {
+            let recorded = audit
+                .append(actor, &event, Outcome::Success, request_id)
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(issuer = %rec.id, error = %e,
+                    "issuer created but its success record could not be written");
+            }
+            return Ok(rec);
+        }
+        Err(e) => (
+            AuditEvent::OperationFailed {
+                action: "issuer.create".into(),
+                code: e.code().into(),
+            },
+            e,
+        ),
+    };
+    // Best effort: nothing was created, so nothing is left to protect.
+    let _ = audit
+        .append(actor, &event, Outcome::Failure, request_id)
+        .await;
+    Err(outcome.into())
+}
+
+/// `POST /admin/v1/issuers`: generates the issuer's master keys in the HSM,
+/// in a task of its own (a client timeout does not cut it in half).
 pub async fn create(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
@@ -47,36 +109,25 @@ pub async fn create(
     op.require(&state, &[Role::Admin]).await?;
     let id: IssuerId = body.issuer_id.parse()?;
     let family: KeyFamily = body.family.parse()?;
-    let event = AuditEvent::IssuerCreated {
-        issuer: id.to_string(),
-        family: family.as_str(),
-    };
-    op.audit(&state, &event, Outcome::Requested).await?;
-    let (st, op2) = (state.clone(), op.clone());
+    let st = state.clone();
     let task = tokio::spawn(async move {
-        match timed_hsm(
-            &st.metrics,
-            "issuer_create",
-            st.kms.create_issuer(id, family),
+        let metrics = Some(&st.metrics);
+        create_recorded(
+            &st.kms,
+            &st.audit,
+            metrics,
+            &op.actor,
+            &op.request_id,
+            id,
+            family,
         )
         .await
-        {
-            Ok(rec) => {
-                if let Err(e) = op2.audit(&st, &event, Outcome::Success).await {
-                    tracing::error!(issuer = %rec.id, code = %e.code,
-                        "issuer created but its success record could not be written");
-                }
-                Ok(issuer_json(&rec))
-            }
-            Err(e) => {
-                let err = ApiError::from(e);
-                op2.audit_failure(&st, "issuer.create", &err).await;
-                Err(err)
-            }
-        }
     });
-    let json = task.await.map_err(ApiError::internal)??;
-    Ok((StatusCode::CREATED, Json(json)).into_response())
+    match task.await.map_err(ApiError::internal)? {
+        Ok(rec) => Ok((StatusCode::CREATED, Json(issuer_json(&rec))).into_response()),
+        Err(CreateError::Audit(e)) => Err(ApiError::audit_unavailable(e)),
+        Err(CreateError::Kms(e)) => Err(e.into()),
+    }
 }
 
 /// `GET /admin/v1/issuers`.

@@ -29,7 +29,7 @@ mod operators;
 mod trail;
 
 pub use devices::report_rows;
-pub use issuers::issuer_json;
+pub use issuers::{create_recorded, issuer_json};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
