@@ -2,15 +2,63 @@
 //! One function per command; output as text, or JSON with `--json`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keyward_config::Config;
+use keyward_config::{Config, LogFormat};
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
 use crate::admin::{create_recorded, issuer_json};
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::bootstrap::open_kms;
+
+/// The `keyward` binary: parse the command line, load the config, run the
+/// command on a multi-threaded runtime, close the HSM.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keyward: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keyward: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(cli, config));
+    drop(runtime);
+    crate::bootstrap::close_hsm();
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("keyward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -158,7 +206,9 @@ async fn audit_verify(json: bool, config: &Config) -> anyhow::Result<bool> {
             if report.ok() {
                 Outcome::Success
             } else {
-                Outcome::Failure
+                Outcome::Failed {
+                    code: "audit_chain_broken",
+                }
             },
             "cli",
         )

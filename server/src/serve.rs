@@ -173,8 +173,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let public_router = crate::http::public_router(state.clone());
-    let admin_router = crate::admin::router(state.clone());
+    let public_router = crate::public_app(state.clone());
+    let admin_router = crate::admin_app(state.clone());
     let graceful = GracefulShutdown::new();
     let limiter = std::sync::Arc::new(RefusalLimiter::default());
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
@@ -303,7 +303,9 @@ async fn refused(
                 .append(
                     &Actor::Peer(peer.ip().to_string()),
                     &event,
-                    Outcome::Refused,
+                    Outcome::Refused {
+                        code: "tls_handshake_refused",
+                    },
                     "-",
                 )
                 .await;

@@ -206,64 +206,47 @@ pub async fn issue_and_record(
     subject: String,
 ) -> Result<serde_json::Value, ApiError> {
     let profile = req.profile;
-    op.audit(
-        state,
-        &AuditEvent::CertificateIssued {
-            serial: None,
-            profile: profile.as_str().into(),
-            subject: subject.clone(),
-        },
-        Outcome::Requested,
-    )
-    .await?;
-    let (st, op2) = (state.clone(), op.clone());
-    let task = tokio::spawn(async move {
-        let issued = timed_hsm(
+    let requested = AuditEvent::CertificateIssued {
+        serial: None,
+        profile: profile.as_str().into(),
+        subject,
+    };
+    let st = state.clone();
+    let issue = async move {
+        let cert = timed_hsm(
             &st.metrics,
             "certificate_issue",
             st.ca.issue_from_csr(&csr, req),
         )
-        .await;
-        match issued {
-            Ok(cert) => {
-                st.metrics
-                    .certificates_issued
-                    .with_label_values(&[profile.as_str()])
-                    .inc();
-                let recorded = op2
-                    .audit(
-                        &st,
-                        &AuditEvent::CertificateIssued {
-                            serial: Some(cert.serial.to_string()),
-                            profile: profile.as_str().into(),
-                            subject: cert.subject.clone(),
-                        },
-                        Outcome::Success,
-                    )
-                    .await;
-                if let Err(e) = recorded {
-                    // Issued, and the `requested` record stands; say so loudly.
-                    tracing::error!(serial = %cert.serial, code = %e.code,
-                        "certificate issued but its success record could not be written");
-                }
-                Ok(serde_json::json!({
-                    "serial": cert.serial.as_str(),
-                    "profile": cert.profile.as_str(),
-                    "subject": cert.subject,
-                    "not_before_ms": cert.not_before_ms,
-                    "not_after_ms": cert.not_after_ms,
-                    "certificate_pem": cert.pem,
-                    "chain_pem": st.ca.chain_pem(),
-                }))
-            }
-            Err(e) => {
-                let err = ApiError::from(e);
-                op2.audit_failure(&st, "certificate.issue", &err).await;
-                Err(err)
-            }
-        }
-    });
-    task.await.map_err(ApiError::internal)?
+        .await?;
+        st.metrics
+            .certificates_issued
+            .with_label_values(&[profile.as_str()])
+            .inc();
+        Ok::<_, keyward_ca::CaError>(serde_json::json!({
+            "serial": cert.serial.as_str(),
+            "profile": cert.profile.as_str(),
+            "subject": cert.subject,
+            "not_before_ms": cert.not_before_ms,
+            "not_after_ms": cert.not_after_ms,
+            "certificate_pem": cert.pem,
+            "chain_pem": st.ca.chain_pem(),
+        }))
+    };
+    let issued = op
+        .recorded(state, requested, issue, move |r| match r {
+            Ok(cert) => (
+                AuditEvent::CertificateIssued {
+                    serial: cert["serial"].as_str().map(str::to_owned),
+                    profile: profile.as_str().into(),
+                    subject: cert["subject"].as_str().unwrap_or_default().to_owned(),
+                },
+                Outcome::Success,
+            ),
+            Err(e) => AuditEvent::failed("certificate.issue", e.code()),
+        })
+        .await?;
+    Ok(issued?)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,25 +282,15 @@ pub async fn revoke(
         serial: serial.to_string(),
         reason: reason.as_str().into(),
     };
-    op.audit(&state, &event, Outcome::Requested).await?;
-    let (st, op2) = (state.clone(), op.clone());
-    let task = tokio::spawn(async move {
-        let revoked = timed_hsm(
+    let st = state.clone();
+    let revoke = async move {
+        timed_hsm(
             &st.metrics,
             "certificate_revoke",
             st.ca.revoke(&serial, reason),
         )
-        .await;
-        if let Err(e) = revoked {
-            let err = ApiError::from(e);
-            op2.audit_failure(&st, "certificate.revoke", &err).await;
-            return Err(err);
-        }
+        .await?;
         st.metrics.certificates_revoked.inc();
-        if let Err(e) = op2.audit(&st, &event, Outcome::Success).await {
-            tracing::error!(serial = %serial, code = %e.code,
-                "certificate revoked but its success record could not be written");
-        }
         // Both listeners refuse the certificate from now on.
         if let Err(e) = crate::pki::refresh_crl(&st).await {
             tracing::error!(
@@ -325,14 +298,21 @@ pub async fn revoke(
                 "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries"
             );
         }
-        Ok(serde_json::json!({
+        Ok::<_, keyward_ca::CaError>(serde_json::json!({
             "serial": serial.as_str(),
             "status": "revoked",
             "reason": reason.as_str(),
             "crl_number": st.tls.crl().number,
         }))
-    });
-    task.await.map_err(ApiError::internal)?.map(Json)
+    };
+    let done = event.clone();
+    let revoked = op
+        .recorded(&state, event, revoke, move |r| match r {
+            Ok(_) => (done, Outcome::Success),
+            Err(e) => AuditEvent::failed("certificate.revoke", e.code()),
+        })
+        .await?;
+    Ok(Json(revoked?))
 }
 
 /// `GET /admin/v1/ca/crl`: the current CRL, PEM.

@@ -26,7 +26,7 @@ pub fn issuer_json(rec: &IssuerRecord) -> serde_json::Value {
         "master_keys": rec.master_keys.iter().map(|k| serde_json::json!({
             "role": k.role.as_str(),
             "label": k.label,
-            "kcv": super::kcv_json(&k.kcv),
+            "kcv": crate::wire::Kcv::from(&k.kcv),
         })).collect::<Vec<_>>(),
     })
 }
@@ -66,37 +66,19 @@ pub async fn create_recorded(
         issuer: id.to_string(),
         family: family.as_str(),
     };
-    audit
-        .append(actor, &event, Outcome::Requested, request_id)
-        .await?;
-    let created = match metrics {
-        Some(m) => timed_hsm(m, "issuer_create", kms.create_issuer(id, family)).await,
-        None => kms.create_issuer(id, family).await,
-    };
-    let (event, outcome) = match created {
-        Ok(rec) => {
-            let recorded = audit
-                .append(actor, &event, Outcome::Success, request_id)
-                .await;
-            if let Err(e) = recorded {
-                tracing::error!(issuer = %rec.id, error = %e,
-                    "issuer created but its success record could not be written");
-            }
-            return Ok(rec);
+    let create = async {
+        match metrics {
+            Some(m) => timed_hsm(m, "issuer_create", kms.create_issuer(id, family)).await,
+            None => kms.create_issuer(id, family).await,
         }
-        Err(e) => (
-            AuditEvent::OperationFailed {
-                action: "issuer.create".into(),
-                code: e.code().into(),
-            },
-            e,
-        ),
     };
-    // Best effort: nothing was created, so nothing is left to protect.
-    let _ = audit
-        .append(actor, &event, Outcome::Failure, request_id)
-        .await;
-    Err(outcome.into())
+    let created = audit
+        .recorded(actor, request_id, &event, create, |r| match r {
+            Ok(_) => (event.clone(), Outcome::Success),
+            Err(e) => AuditEvent::failed("issuer.create", e.code()),
+        })
+        .await?;
+    Ok(created?)
 }
 
 /// `POST /admin/v1/issuers`: generates the issuer's master keys in the HSM,

@@ -29,7 +29,9 @@ pub async fn verify(
         if report.ok() {
             Outcome::Success
         } else {
-            Outcome::Failure
+            Outcome::Failed {
+                code: "audit_chain_broken",
+            }
         },
     )
     .await?;
