@@ -1,6 +1,6 @@
 //! Test support for Keyward's cross-crate tests: SoftHSM tokens made per test,
 //! test databases (SQLite, or PostgreSQL when `KEYWARD_TEST_DATABASE_URL` is
-//! set), and the published vectors of `../shared/vectors/`.
+//! set), and the published vectors vendored in `tests/vectors/`.
 //!
 //! # Layout
 //! - [`device`]: the device side of PROTOCOL.md in software.

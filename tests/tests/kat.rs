@@ -1,6 +1,6 @@
 //! Known-answer tests of `keyward_kms::mac` (MACs, KCVs) and of in-HSM
 //! diversification, run through SoftHSM with the published vectors of
-//! `shared/vectors/vectors.json`.
+//! `tests/vectors/vectors.json` (vendored; see `tests/vectors/README.md`).
 //!
 //! Each HSM test makes its own token and opens one `Pkcs11Hsm` (1 session);
 //! known keys are imported as session objects, test-only. Vectors are looked up
