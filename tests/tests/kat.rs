@@ -57,7 +57,7 @@ const PADDING: &[&str] = &[
     "iso9797-pad1-empty",
     "iso9797-pad2-1234",
 ];
-/// DES3_ECB_ENCRYPT_DATA over 16 bytes: PBOC `D || ~D` (PROTOCOL.md), EMV
+/// DES3_ECB_ENCRYPT_DATA over 16 bytes: PBOC `D || ~D` (docs/protocol.md §3.2), EMV
 /// option A (`Y || ~Y`, the same construction) and the EMV common session key.
 const DIVERSIFICATION: &[&str] = &[
     "pboc-div-1234567890123456",

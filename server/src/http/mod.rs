@@ -1,7 +1,7 @@
 //! HTTP plumbing shared by the listeners, and the public (device) router.
 //!
 //! - `error`: [`ApiError`], the one place errors become responses.
-//! - `layers`: the tower middleware stack (STACK.md §8 order).
+//! - `layers`: the tower middleware stack (docs/stack-notes.md §8 order).
 //! - [`public_router`]: the device listener's routes. Device protocols come
 //!   later; `/v1/ping` answers with the identity the TLS layer saw.
 
