@@ -1,7 +1,7 @@
 //! Reading a certificate signing request: DER or PEM, its self-signature
 //! verified, and only its subject public key kept. Everything else the CSR
 //! asks for (subject, CA flag, key usages, EKUs, SANs, validity) is ignored:
-//! the profile decides (STACK.md §11.8).
+//! the profile decides (docs/stack-notes.md §11.8).
 //!
 //! The check is x509-parser's `verify_signature`, the same call rcgen's
 //! `CertificateSigningRequestParams::from_der` makes; rcgen's parser is not

@@ -28,7 +28,7 @@ use crate::error::CertifierError;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The kinds of device key provisioning accepts: what the init package can
-/// wrap to (PROTOCOL.md, "Identities").
+/// wrap to (docs/protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceKeyKind {
     /// ECDSA P-256.

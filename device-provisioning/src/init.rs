@@ -75,7 +75,7 @@ pub struct InitRecord {
     pub reinit_by: Option<String>,
 }
 
-/// The package's key names, in the order PROTOCOL.md lists them.
+/// The package's key names, in the order docs/protocol.md §5.2 lists them.
 const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
 
 impl Provisioning {

@@ -1,4 +1,4 @@
-//! The network service: two TLS listeners driven by hand (STACK.md §8).
+//! The network service: two TLS listeners driven by hand (docs/stack-notes.md §8).
 //!
 //! accept → spawn → TLS handshake (time-limited) → read the client
 //! certificate → [`ClientIdentity`] in every request's extensions → hyper-util

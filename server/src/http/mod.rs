@@ -1,7 +1,7 @@
 //! HTTP plumbing shared by the two listeners.
 //!
 //! - `error`: [`ApiError`], the one place errors become responses.
-//! - `layers`: the tower middleware stack (STACK.md §8 order).
+//! - `layers`: the tower middleware stack (docs/stack-notes.md §8 order).
 
 pub mod error;
 pub mod layers;
