@@ -113,7 +113,11 @@ impl InitReport {
 
 /// `keyward init`: idempotent bootstrap.
 pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
-    let o = open(config, None).await?;
+    init_opened(config, &open(config, None).await?).await
+}
+
+/// [`init`] on an installation already opened.
+pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitReport> {
     let mut report = InitReport {
         tls_dir: TlsPaths::new(config).dir,
         operator_dir: config.data_dir.join("operators"),
@@ -140,8 +144,8 @@ pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
             record(&o.audit, "ca", what).await?;
         }
     }
-    ensure_server_tls(config, &o, &mut report).await?;
-    ensure_first_admin(config, &o, &mut report).await?;
+    ensure_server_tls(config, o, &mut report).await?;
+    ensure_first_admin(config, o, &mut report).await?;
     Ok(report)
 }
 
