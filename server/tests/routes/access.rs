@@ -2,10 +2,12 @@
 //! API only with a valid operator certificate and the right role, refusals
 //! audited; the public listener's ping.
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use keyward_ca::Role;
+use serde_json::json;
 
-use crate::harness::{App, anonymous, call, der_of_pem, identity_of};
+use crate::harness::{App, anonymous, call, der_of_pem, identity_of, send};
 
 #[tokio::test]
 async fn health_and_metrics_need_no_certificate() {
@@ -135,4 +137,62 @@ async fn the_public_ping_names_the_client() {
     let client = ping.client.unwrap();
     assert_eq!(client.kind, "operator");
     assert_eq!(client.role.as_deref(), Some("admin"));
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_request_id() {
+    let app = App::new().await;
+    let get = |rid: Option<&str>| {
+        let mut b = Request::builder().method(Method::GET).uri("/admin/v1/nope");
+        if let Some(rid) = rid {
+            b = b.header("x-request-id", rid);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    // An unknown route: the id in the header and in the body agree.
+    let a = send(&app.admin, &app.root, get(None)).await;
+    a.refused(StatusCode::NOT_FOUND, "not_found");
+    let rid = a.body["error"]["request_id"].as_str().unwrap();
+    assert_eq!(a.headers["x-request-id"], rid);
+    // A caller's well-formed request id is kept; a malformed one replaced.
+    let a = send(&app.admin, &app.root, get(Some("trace-42"))).await;
+    assert_eq!(a.body["error"]["request_id"], "trace-42");
+    let a = send(&app.admin, &app.root, get(Some("bad id with space"))).await;
+    assert_ne!(a.body["error"]["request_id"], "bad id with space");
+
+    // Too large a body: 413 (the installation's limit is 1 MiB).
+    let big = json!({ "csr_pem": "A".repeat(2 << 20), "name": "x", "role": "admin" });
+    app.post(&app.root, "/admin/v1/operators", big)
+        .await
+        .refused(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    // Bad input: 400 with the layer's code.
+    app.post(
+        &app.root,
+        "/admin/v1/operators",
+        json!({ "csr_pem": "not a csr", "name": "x", "role": "admin" }),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "csr_invalid");
+    app.post(
+        &app.root,
+        "/admin/v1/operators",
+        json!({ "csr_pem": "x", "name": "x", "role": "root" }),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "invalid_input");
+}
+
+#[tokio::test]
+async fn operators_revoke_device_certificates_only() {
+    let app = App::new().await;
+    let dave = app.operator("dave", Role::Operator).await;
+    let carol = app.operator("carol", Role::Auditor).await;
+    let serial = carol.cert.as_ref().unwrap().serial.clone();
+    let path = format!("/admin/v1/ca/certificates/{serial}/revoke");
+    app.post(&dave, &path, json!({}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    app.post(&app.root, &path, json!({}))
+        .await
+        .expect(StatusCode::OK);
 }

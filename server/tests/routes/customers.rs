@@ -115,9 +115,12 @@ async fn closing_and_refusals_are_typed() {
         )
         .await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
-    app.get(&alice, "/admin/v1/applications/app-000000000000000000000000")
-        .await
-        .refused(StatusCode::NOT_FOUND, "unknown_application");
+    app.get(
+        &alice,
+        "/admin/v1/applications/app-000000000000000000000000",
+    )
+    .await
+    .refused(StatusCode::NOT_FOUND, "unknown_application");
     app.get(&alice, "/admin/v1/customers/cust-000000000000000000000000")
         .await
         .refused(StatusCode::NOT_FOUND, "unknown_customer");

@@ -196,6 +196,23 @@ impl App {
     }
 }
 
+/// `req` to `router` as `who`.
+pub async fn send(router: &Router, who: &ClientIdentity, mut req: Request<Body>) -> Answer {
+    req.extensions_mut().insert(who.clone());
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
 /// One request to `router` as `who`.
 pub async fn call(
     router: &Router,
@@ -212,18 +229,5 @@ pub async fn call(
         }
         None => Body::empty(),
     };
-    let mut req = req.body(body).unwrap();
-    req.extensions_mut().insert(who.clone());
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-        text,
-    }
+    send(router, who, req.body(body).unwrap()).await
 }
