@@ -191,8 +191,8 @@ impl AuditEvent {
     }
 }
 
-/// One record as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One record as stored (and as `GET /admin/v1/audit` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at_ms: i64,
@@ -314,6 +314,30 @@ impl AuditLog {
                 "operation done but its outcome record could not be written");
         }
         Ok(result)
+    }
+
+    /// Recomputes the chain and records that it did (after the check, so the
+    /// check covers what came before it). A record that cannot be written is
+    /// logged; the report stands.
+    pub async fn verify_and_record(
+        &self,
+        actor: &Actor,
+        request_id: &str,
+    ) -> Result<VerifyReport, AuditError> {
+        let report = self.verify_chain().await?;
+        let outcome = if report.ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failed {
+                code: "audit_chain_broken",
+            }
+        };
+        let event = AuditEvent::AuditVerified {
+            records: report.records,
+            first_bad: report.first_bad,
+        };
+        let _ = self.append(actor, &event, outcome, request_id).await;
+        Ok(report)
     }
 
     /// Appends one record and returns it. On error nothing was written.
