@@ -282,16 +282,20 @@ mod tests {
     }
 
     /// An HSM busy answers "busy" on every path it can reach provisioning by:
-    /// from kms directly (challenge randomness, init packages), from the CA
-    /// (a certificate lookup), and from the CA wrapped in the certifier's
-    /// error (certification during a batch import, revocation).
+    /// from kms directly (challenge randomness, init packages, retiring
+    /// keys), and from the CA wrapped in the certifier's error (certifying
+    /// during a batch import, certificate lookups, revocation), also when a
+    /// certifier reports it without a CA error behind it.
     #[test]
     fn busy_passes_through_every_wrapping() {
         let direct = ProvisioningError::Kms(KmsError::Busy);
-        let via_ca = ProvisioningError::Certifier(CaError::Kms(KmsError::Busy).into());
-        let via_certifier =
-            ProvisioningError::from(CertifierError::from(CaError::Kms(KmsError::Busy)));
-        for e in [direct, via_ca, via_certifier] {
+        let via_ca = ProvisioningError::from(CertifierError::from(CaError::Kms(KmsError::Busy)));
+        let certifier_own = ProvisioningError::from(CertifierError::new(
+            "hsm_busy",
+            ErrorKind::Busy,
+            "queue full",
+        ));
+        for e in [direct, via_ca, certifier_own] {
             assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
             assert_eq!(e.code(), "hsm_busy", "{e}");
             assert!(!e.is_client_error(), "{e}");
