@@ -1,16 +1,12 @@
 //! The genuine-device check on SoftHSM with the real Keyward CA: challenges,
 //! proof of possession, and its refusals.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use std::time::Duration;
 
 use keyward_ca::Serial;
 use keyward_device_provisioning::DeviceState;
 use keyward_tests::simulator::SimDevice;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn genuine_device_check_refusals() {

@@ -1,9 +1,5 @@
 //! A device from the factory to issued and retired, end to end, and the
 //! lifecycle's operator edges.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use keyward_ca::Serial;
 use keyward_device_provisioning::{
     Action, Actor, ApplicationState, BindRequest, DeviceState, InitState, RowOutcome, SecureElement,
@@ -12,7 +8,7 @@ use keyward_kms::MacItem;
 use keyward_kms::types::{KeyFamily, MacAlgorithm};
 use keyward_tests::simulator::SimDevice;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn device_goes_from_factory_to_issued_and_retired() {

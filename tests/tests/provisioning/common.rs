@@ -1,9 +1,8 @@
-//! Shared set-up of the provisioning tests (`provisioning_*.rs`): a SoftHSM
+//! Shared set-up of the provisioning tests (one file per workflow step): a SoftHSM
 //! token, the test database, the real Keyward CA and the provisioning
 //! service, plus the steps one test file needs from another's workflow
 //! (import, check, initialise, an approved customer). Not every test file
 //! uses every helper.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 

@@ -1,14 +1,10 @@
 //! Original keys: init packages opened by the simulated device, KCV
 //! confirmation, reinit, for P-256 and RSA devices.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use keyward_device_provisioning::{DeviceState, InitState};
 use keyward_kms::types::{IssuerId, KeyFamily};
 use keyward_tests::simulator::SimDevice;
 
-use common::*;
+use crate::common::*;
 
 fn dev_kcv() -> keyward_kms::types::Kcv {
     keyward_kms::types::Kcv::parse("KCV-TDES", "000000").unwrap()

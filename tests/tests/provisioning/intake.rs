@@ -1,10 +1,6 @@
 //! Manufacturing intake on SoftHSM with the real Keyward CA: all-or-nothing
 //! batches with a row-by-row report, and an import cut short by the CA (an
 //! HSM busy) undone. SQLite, or PostgreSQL with `KEYWARD_TEST_DATABASE_URL`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use std::sync::Arc;
 
 use keyward_ca::CaError;
@@ -18,7 +14,7 @@ use keyward_kms::KmsError;
 use keyward_kms::types::DeviceId;
 use keyward_tests::simulator::{SimDevice, forged_csr};
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn a_batch_with_one_bad_row_registers_nothing() {

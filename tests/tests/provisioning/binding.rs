@@ -1,14 +1,10 @@
 //! Binding a device's secure element(s) to an approved customer, and its
 //! refusals.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use keyward_device_provisioning::{CustomerId, DeviceState, SecureElement};
 use keyward_kms::types::KeyFamily;
 use keyward_tests::simulator::SimDevice;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn binding_refusals() {

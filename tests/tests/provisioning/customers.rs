@@ -1,11 +1,7 @@
 //! Customer registration with maker-checker review.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use keyward_device_provisioning::ApplicationState;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn customer_review_is_maker_checker() {
