@@ -77,10 +77,16 @@ const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
 
 impl Provisioning {
     /// Builds the init package for `device` under `issuer` (rules in the
-    /// module docs) and records it as pending.
-    pub async fn init_package(&self, device: DeviceId, issuer: &IssuerId) -> Decision<InitPackage> {
+    /// module docs) and records it as pending. `operator` is the one at the
+    /// provisioning station who asked for it (the audit note's subject).
+    pub async fn init_package(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        operator: &OperatorId,
+    ) -> Decision<InitPackage> {
         let mut note = AuditNote::new(
-            Actor::Device(device),
+            Actor::Operator(operator.clone()),
             Action::InitPackage,
             format!("device:{device}"),
         );

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use keyward_ca::{Ca, ISSUING_KEY_LABEL};
 use keyward_config::{CaConfig, DatabaseKind};
-use keyward_device_provisioning::{BatchId, DeviceState, Provisioning, RowOutcome};
+use keyward_device_provisioning::{BatchId, DeviceState, OperatorId, Provisioning, RowOutcome};
 use keyward_kms::Kms;
 use keyward_kms::catalog::Catalog;
 use keyward_kms::hsm::{Pkcs11Hsm, SignMechanism};
@@ -132,11 +132,18 @@ async fn inits(
     for _ in 0..tasks {
         let (prov, ids, next, issuer) = (prov.clone(), ids.clone(), next.clone(), issuer.clone());
         set.spawn(async move {
+            let station: OperatorId = "station".parse().unwrap();
             let mut out: Vec<(usize, InitPackage)> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(id) = ids.get(i) else { break };
-                out.push((i, prov.init_package(*id, &issuer).await.unwrap().value));
+                out.push((
+                    i,
+                    prov.init_package(*id, &issuer, &station)
+                        .await
+                        .unwrap()
+                        .value,
+                ));
             }
             out
         });

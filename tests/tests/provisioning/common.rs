@@ -120,7 +120,12 @@ pub async fn verify(env: &Env, dev: &SimDevice) {
 
 /// Init package opened by the simulator, KCVs confirmed.
 pub async fn initialise(env: &Env, dev: &mut SimDevice, issuer: &IssuerId) {
-    let pkg = env.prov.init_package(dev.id, issuer).await.unwrap().value;
+    let pkg = env
+        .prov
+        .init_package(dev.id, issuer, &op("station"))
+        .await
+        .unwrap()
+        .value;
     let answer = dev.load_init_package(&pkg).unwrap();
     assert!(answer.accepted);
     env.prov

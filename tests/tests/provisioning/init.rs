@@ -17,7 +17,11 @@ async fn rsa_device_is_checked_and_initialised() {
     let mut dev = SimDevice::rsa(dev_id(9)).unwrap();
     import(&env, "RSA-1", &[&dev]).await;
     verify(&env, &dev).await;
-    let pkg = env.prov.init_package(dev.id, &bank).await.unwrap();
+    let pkg = env
+        .prov
+        .init_package(dev.id, &bank, &op("station"))
+        .await
+        .unwrap();
     assert_eq!(pkg.note.get("scheme"), Some("RSA-OAEP-SHA1"));
     let answer = dev.load_init_package(&pkg.value).unwrap();
     assert!(answer.accepted);
@@ -39,7 +43,10 @@ async fn init_package_needs_a_verified_device_and_matching_kcvs() {
     import(&env, "B1", &[&dev]).await;
 
     // Not yet verified.
-    refused(env.prov.init_package(dev.id, &bank).await, "device_state");
+    refused(
+        env.prov.init_package(dev.id, &bank, &op("station")).await,
+        "device_state",
+    );
     verify(&env, &dev).await;
     refused(
         env.prov
@@ -49,12 +56,19 @@ async fn init_package_needs_a_verified_device_and_matching_kcvs() {
     );
     let unknown: IssuerId = "nobody".parse().unwrap();
     refused(
-        env.prov.init_package(dev.id, &unknown).await,
+        env.prov
+            .init_package(dev.id, &unknown, &op("station"))
+            .await,
         "unknown_issuer",
     );
 
     // The device reports a wrong KCV: refused, recorded, not initialised.
-    let pkg = env.prov.init_package(dev.id, &bank).await.unwrap().value;
+    let pkg = env
+        .prov
+        .init_package(dev.id, &bank, &op("station"))
+        .await
+        .unwrap()
+        .value;
     let mut answer = dev.load_init_package(&pkg).unwrap();
     answer.kcvs[1].1.value[0] ^= 0xFF;
     refused(
@@ -77,7 +91,7 @@ async fn init_package_needs_a_verified_device_and_matching_kcvs() {
 
     // Another package needs an operator's reinit, used once.
     refused(
-        env.prov.init_package(dev.id, &bank).await,
+        env.prov.init_package(dev.id, &bank, &op("station")).await,
         "reinit_required",
     );
     let r = env
@@ -94,7 +108,7 @@ async fn init_package_needs_a_verified_device_and_matching_kcvs() {
     let rec = env.prov.init_record(dev.id, &bank).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.packages), (InitState::Initialised, 2));
     refused(
-        env.prov.init_package(dev.id, &bank).await,
+        env.prov.init_package(dev.id, &bank, &op("station")).await,
         "reinit_required",
     );
 
@@ -103,7 +117,12 @@ async fn init_package_needs_a_verified_device_and_matching_kcvs() {
         .reinit(dev.id, &bank, &op("dave"), &reason("device reset"))
         .await
         .unwrap();
-    let pkg = env.prov.init_package(dev.id, &bank).await.unwrap().value;
+    let pkg = env
+        .prov
+        .init_package(dev.id, &bank, &op("station"))
+        .await
+        .unwrap()
+        .value;
     let answer = dev.load_init_package(&pkg).unwrap();
     refused(
         env.prov

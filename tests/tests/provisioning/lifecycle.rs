@@ -70,7 +70,11 @@ async fn device_goes_from_factory_to_issued_and_retired() {
     );
 
     // Original keys for bank A: the simulator unwraps and confirms.
-    let pkg = env.prov.init_package(d1.id, &bank_a).await.unwrap();
+    let pkg = env
+        .prov
+        .init_package(d1.id, &bank_a, &op("station"))
+        .await
+        .unwrap();
     assert_eq!(pkg.note.get("scheme"), Some("ECDH-P256+AES-KW"));
     assert_eq!(
         env.prov
@@ -328,7 +332,10 @@ async fn lifecycle_allows_only_its_edges() {
         .await
         .unwrap();
     let bank = create_issuer(&env, "bank-a", KeyFamily::Tdes).await;
-    refused(env.prov.init_package(dev.id, &bank).await, "device_state");
+    refused(
+        env.prov.init_package(dev.id, &bank, &op("station")).await,
+        "device_state",
+    );
     refused(
         env.prov
             .transition(dev.id, DeviceState::Retired, &who, &why)
