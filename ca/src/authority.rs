@@ -8,7 +8,7 @@ use std::sync::Arc;
 use base64::Engine;
 use keyward_config::CaConfig;
 use keyward_kms::Kms;
-use keyward_kms::catalog::Catalog;
+use keyward_kms::db::{Database, now_ms};
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
 use keyward_kms::types::DeviceId;
 use rcgen::{
@@ -27,7 +27,7 @@ use crate::error::{CaError, Result};
 use crate::hsm_key::{HsmKey, SubjectKey};
 use crate::profile::{self, IssueRequest, Profile};
 use crate::registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};
-use crate::store::{NewCert, Store, StoredCrl, now_ms};
+use crate::store::{NewCert, Store, StoredCrl};
 
 /// HSM label of the root CA key pair.
 pub const ROOT_KEY_LABEL: &str = "keyward/ca/root";
@@ -150,11 +150,11 @@ impl Ca {
     /// ([`CaError::CaKeyMismatch`]).
     pub async fn bootstrap(
         kms: &Kms,
-        catalog: &Catalog,
+        db: &Database,
         cfg: &CaConfig,
     ) -> Result<(Ca, BootstrapReport)> {
         let kind = validate_config(cfg)?;
-        let store = Store::new(catalog);
+        let store = Store::new(db);
         store.migrate().await?;
 
         let (root_key, root_key_created) = kms.ensure_signing_key(ROOT_KEY_LABEL, kind).await?;

@@ -5,10 +5,8 @@
 //! deadlock.
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyward_config::DatabaseKind;
-use keyward_kms::catalog::{Catalog, tx};
+use keyward_kms::db::{self, Database};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
@@ -74,19 +72,19 @@ pub(crate) struct StoredCrl {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     pool: AnyPool,
-    kind: DatabaseKind,
+    db: Database,
 }
 
 impl Store {
-    pub fn new(catalog: &Catalog) -> Self {
+    pub fn new(db: &Database) -> Self {
         Self {
-            pool: catalog.pool().clone(),
-            kind: catalog.kind(),
+            pool: db.pool().clone(),
+            db: db.clone(),
         }
     }
 
     pub async fn migrate(&self) -> Result<()> {
-        crate::migrate::run(&self.pool, self.kind).await
+        crate::migrate::run(&self.db).await
     }
 
     // ---- CA certificates -----------------------------------------------------
@@ -125,7 +123,7 @@ impl Store {
         .bind(pem)
         .bind(not_before_ms)
         .bind(not_after_ms)
-        .bind(now_ms())
+        .bind(db::now_ms())
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -158,7 +156,7 @@ impl Store {
         .bind(c.role.map(|r| r.as_str()))
         .bind(c.not_before_ms)
         .bind(c.not_after_ms)
-        .bind(now_ms())
+        .bind(db::now_ms())
         .bind(c.pem)
         .execute(&self.pool)
         .await;
@@ -371,7 +369,7 @@ impl Store {
     // ---- plumbing ----------------------------------------------------------------
 
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(tx::begin_write(&self.pool, self.kind).await?)
+        Ok(self.db.begin_write().await?)
     }
 
     async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
@@ -379,11 +377,11 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        tx::retrying("CA registry", |e| self.is_race(e), op).await
+        db::retrying("CA registry", |e| self.is_race(e), op).await
     }
 
     fn is_race(&self, e: &CaError) -> bool {
-        matches!(e, CaError::Database(err) if tx::is_serialization_failure(self.kind, err))
+        matches!(e, CaError::Database(err) if self.db.is_serialization_failure(err))
     }
 }
 
@@ -421,12 +419,4 @@ fn cert_from_row(row: &AnyRow) -> Result<CertRecord> {
             .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
         pem: text("pem")?,
     })
-}
-
-/// Wall-clock unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -17,8 +17,9 @@ use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::customers::split_accounts;
 use crate::error::{ProvisioningError, Result};
 use crate::init::InitState;
-use crate::store::{is_unique_violation, now_ms, parse_col, parse_opt};
+use crate::store::is_unique_violation;
 use crate::types::{Account, CustomerId, DeviceState, OperatorId, SeSerial, SecureElement};
+use keyward_kms::db::{now_ms, parse_col, parse_opt};
 
 /// What [`Provisioning::bind`] is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

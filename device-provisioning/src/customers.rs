@@ -26,11 +26,12 @@ use sqlx::any::AnyRow;
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{is_unique_violation, now_ms, parse_col};
+use crate::store::is_unique_violation;
 use crate::types::{
     Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
     OperatorId, Reason,
 };
+use keyward_kms::db::{now_ms, parse_col};
 
 /// An application as the reviewer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +386,7 @@ impl Provisioning {
         .fetch_all(&self.store.pool)
         .await?;
         rows.iter()
-            .map(|r| parse_col(r, "device_id", "prov_bindings.device_id"))
+            .map(|r| Ok(parse_col(r, "device_id", "prov_bindings.device_id")?))
             .collect()
     }
 

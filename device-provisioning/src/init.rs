@@ -23,8 +23,8 @@ use sqlx::any::AnyRow;
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{now_ms, parse_col};
 use crate::types::{DeviceState, OperatorId, Reason};
+use keyward_kms::db::{now_ms, parse_col};
 
 /// Where an issuer's original keys for a device are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -397,8 +397,8 @@ fn package_kcvs(pkg: &InitPackage) -> Result<(Kcv, Kcv)> {
             .map(|k| k.kcv)
             .ok_or_else(|| {
                 ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
-                    function: "init_package".into(),
-                    rv: format!("package lacks the {name} key"),
+                    function: "init_package",
+                    problem: "package lacks a key",
                 })
             })
     };

@@ -49,8 +49,9 @@ use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
 use crate::error::CertifierError;
 use crate::error::{ProvisioningError, Result};
-use crate::store::{is_unique_violation, now_ms, parse_col};
+use crate::store::is_unique_violation;
 use crate::types::{BatchId, OperatorId, SeSerial};
+use keyward_kms::db::{now_ms, parse_col};
 
 /// Most devices one batch may hold.
 pub const MAX_ROWS: usize = 10_000;
@@ -471,7 +472,7 @@ impl Provisioning {
         &self,
         rows: &[(usize, Box<GoodRow>)],
     ) -> std::result::Result<Vec<String>, (Vec<String>, CertifierError)> {
-        let parallel = self.kms.pool().workers().max(1);
+        let parallel = self.kms.hsm_workers().max(1);
         let mut serials: Vec<Option<String>> = vec![None; rows.len()];
         let mut running = tokio::task::JoinSet::new();
         let mut next = 0;

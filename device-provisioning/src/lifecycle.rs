@@ -19,8 +19,8 @@ use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{now_ms, parse_col, parse_opt};
 use crate::types::{BatchId, DeviceState, OperatorId, Reason, SeSerial};
+use keyward_kms::db::{now_ms, parse_col, parse_opt};
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +181,7 @@ impl Provisioning {
         }
         if to == DeviceState::Retired {
             // One identity: the symmetric keys go with the certificate.
-            let keys = self.kms.catalog().retire_device(device, now_ms()).await?;
+            let keys = self.kms.retire_device_keys(device).await?;
             note.detail("key_versions_closed", keys);
         }
         let n = self

@@ -175,4 +175,3 @@ async fn prepare_sqlite(url: &str) -> Result<String, sqlx::Error> {
     }
     Ok(url)
 }
-

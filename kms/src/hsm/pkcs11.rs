@@ -21,8 +21,8 @@ use secrecy::SecretString;
 use super::raw::RawModule;
 use super::rv::classify;
 use super::{
-    Capabilities, Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId, ObjectId, PublicKey,
-    SecretKind, SignMechanism, WrapMechanism,
+    Capabilities, Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId,
+    ObjectId, PublicKey, SecretKind, SignMechanism, WrapMechanism,
 };
 use crate::error::{KmsError, Result};
 

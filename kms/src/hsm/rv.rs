@@ -75,12 +75,10 @@ pub(crate) fn classify(e: CkError) -> KmsError {
     };
     match rv {
         RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => KmsError::Stale,
-        RvError::SessionCount | RvError::DeviceMemory | RvError::HostMemory => {
-            KmsError::HsmBusy {
-                function,
-                rv: Rv(rv_code(rv)),
-            }
-        }
+        RvError::SessionCount | RvError::DeviceMemory | RvError::HostMemory => KmsError::HsmBusy {
+            function,
+            rv: Rv(rv_code(rv)),
+        },
         RvError::DeviceRemoved
         | RvError::DeviceError
         | RvError::TokenNotPresent
@@ -418,24 +416,36 @@ mod tests {
 
     #[test]
     fn return_values_are_sorted_by_meaning() {
-        let busy = classify(CkError::Pkcs11(RvError::SessionCount, Function::OpenSession));
+        let busy = classify(CkError::Pkcs11(
+            RvError::SessionCount,
+            Function::OpenSession,
+        ));
         assert_eq!(busy.kind(), crate::ErrorKind::Busy);
         assert_eq!(busy.code(), "hsm_busy");
         let gone = classify(CkError::Pkcs11(RvError::DeviceRemoved, Function::Sign));
         assert_eq!(gone.kind(), crate::ErrorKind::Unavailable);
         assert!(matches!(
-            classify(CkError::Pkcs11(RvError::KeyHandleInvalid, Function::Encrypt)),
+            classify(CkError::Pkcs11(
+                RvError::KeyHandleInvalid,
+                Function::Encrypt
+            )),
             KmsError::Stale
         ));
         assert!(matches!(
-            classify(CkError::Pkcs11(RvError::MechanismInvalid, Function::SignInit)),
+            classify(CkError::Pkcs11(
+                RvError::MechanismInvalid,
+                Function::SignInit
+            )),
             KmsError::MechanismRejected {
                 function: "C_SignInit"
             }
         ));
         let other = classify(CkError::Pkcs11(RvError::DataLenRange, Function::Encrypt));
         assert_eq!(other.kind(), crate::ErrorKind::Internal);
-        assert_eq!(other.to_string(), "HSM call C_Encrypt failed: CKR_DATA_LEN_RANGE");
+        assert_eq!(
+            other.to_string(),
+            "HSM call C_Encrypt failed: CKR_DATA_LEN_RANGE"
+        );
     }
 
     #[test]

@@ -144,12 +144,12 @@ impl Kms {
                         Ok(chunk
                             .iter()
                             .map(|r| {
-                                let outcome =
-                                    match verify_one(hsm, &cache, &r.issuer, r.r, &r.item) {
-                                        Ok(true) => MacOutcome::Valid,
-                                        Ok(false) => MacOutcome::Invalid,
-                                        Err(e) => MacOutcome::Error(e.code()),
-                                    };
+                                let outcome = match verify_one(hsm, &cache, &r.issuer, r.r, &r.item)
+                                {
+                                    Ok(true) => MacOutcome::Valid,
+                                    Ok(false) => MacOutcome::Invalid,
+                                    Err(e) => MacOutcome::Error(e.code()),
+                                };
                                 (r.index, outcome)
                             })
                             .collect::<Vec<_>>())

@@ -136,7 +136,7 @@ pub async fn list(
     Extension(op): Extension<Operator>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     op.read(&state, ALL_ROLES, "issuers.list", "-").await?;
-    let list = state.kms.catalog().issuers().await?;
+    let list = state.kms.issuers().await?;
     Ok(Json(serde_json::json!({
         "issuers": list.iter().map(issuer_json).collect::<Vec<_>>(),
     })))
