@@ -237,11 +237,7 @@ impl Store {
             let Some(row) = row else {
                 return Err(CaError::UnknownSerial(serial.clone()));
             };
-            let status: String = row.try_get("status")?;
-            match status
-                .parse::<CertStatus>()
-                .map_err(|_| CaError::CorruptRecord("certificates.status"))?
-            {
+            match db::parse_col::<CertStatus>(&row, "status", "certificates.status")? {
                 CertStatus::Revoked => return Err(CaError::AlreadyRevoked(serial.clone())),
                 CertStatus::Valid => {}
             }
@@ -291,13 +287,10 @@ impl Store {
             let revoked = rows
                 .iter()
                 .map(|r| {
-                    let serial: String = r.try_get("serial")?;
                     let at: Option<i64> = r.try_get("revoked_at_ms")?;
                     let reason: Option<String> = r.try_get("reason")?;
                     Ok(RevokedEntry {
-                        serial: serial
-                            .parse()
-                            .map_err(|_| CaError::CorruptRecord("certificates.serial"))?,
+                        serial: db::parse_col(r, "serial", "certificates.serial")?,
                         revoked_at_ms: at
                             .ok_or(CaError::CorruptRecord("certificates.revoked_at_ms"))?,
                         reason: reason
@@ -386,37 +379,19 @@ impl Store {
 }
 
 fn cert_from_row(row: &AnyRow) -> Result<CertRecord> {
-    let text = |col: &'static str| -> Result<String> { Ok(row.try_get::<String, _>(col)?) };
-    let opt_text = |col: &'static str| -> Result<Option<String>> {
-        Ok(row.try_get::<Option<String>, _>(col)?)
-    };
+    use db::{parse_col, parse_opt};
     Ok(CertRecord {
-        serial: text("serial")?
-            .parse()
-            .map_err(|_| CaError::CorruptRecord("certificates.serial"))?,
-        profile: text("profile")?
-            .parse()
-            .map_err(|_| CaError::CorruptRecord("certificates.profile"))?,
-        subject: text("subject")?,
-        device_id: opt_text("device_id")?
-            .map(|d| d.parse())
-            .transpose()
-            .map_err(|_| CaError::CorruptRecord("certificates.device_id"))?,
-        operator_role: opt_text("operator_role")?
-            .map(|r| r.parse())
-            .transpose()
-            .map_err(|_| CaError::CorruptRecord("certificates.operator_role"))?,
+        serial: parse_col(row, "serial", "certificates.serial")?,
+        profile: parse_col(row, "profile", "certificates.profile")?,
+        subject: row.try_get("subject")?,
+        device_id: parse_opt(row, "device_id", "certificates.device_id")?,
+        operator_role: parse_opt(row, "operator_role", "certificates.operator_role")?,
         not_before_ms: row.try_get("not_before_ms")?,
         not_after_ms: row.try_get("not_after_ms")?,
         issued_at_ms: row.try_get("issued_at_ms")?,
-        status: text("status")?
-            .parse()
-            .map_err(|_| CaError::CorruptRecord("certificates.status"))?,
+        status: parse_col(row, "status", "certificates.status")?,
         revoked_at_ms: row.try_get("revoked_at_ms")?,
-        reason: opt_text("reason")?
-            .map(|r| r.parse())
-            .transpose()
-            .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
-        pem: text("pem")?,
+        reason: parse_opt(row, "reason", "certificates.reason")?,
+        pem: row.try_get("pem")?,
     })
 }

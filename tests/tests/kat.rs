@@ -123,7 +123,7 @@ fn import(hsm: &dyn Hsm, kind: SecretKind, usage: Usage, key: &[u8]) -> ObjectId
         .expect("importing a test key")
 }
 
-/// TAK for a TDES algorithm, with only the usage `service.rs` grants: sign for
+/// TAK for a TDES algorithm, with only the usage `kms::service::verify` grants: sign for
 /// CMAC, encrypt otherwise; plus K1K1 for the ISO9797-1-M3 emulation.
 fn tdes_keys(hsm: &dyn Hsm, alg: MacAlgorithm, key: &[u8]) -> MacKeys {
     let key = as_des2(key);
