@@ -8,6 +8,49 @@ use keyward_kms::KmsError;
 use crate::profile::Profile;
 use crate::registry::Serial;
 
+// TODO(merge): use keyward_kms::ErrorKind
+/// What sort of failure an error is, so the edge maps errors with one match
+/// and a wrapped error keeps the kind of its cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The caller's input is malformed or not acceptable.
+    Invalid,
+    NotFound,
+    /// The records' state refuses the operation (or a concurrent change won).
+    Conflict,
+    /// The caller may not do this (or failed to prove who it is).
+    Forbidden,
+    /// Overloaded (the HSM queue is full): retry later.
+    Busy,
+    /// A dependency (the HSM pool) is not available.
+    Unavailable,
+    /// Trouble on our side.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether the caller was at fault (a 4xx), rather than the server.
+    pub fn is_client(self) -> bool {
+        matches!(
+            self,
+            Self::Invalid | Self::NotFound | Self::Conflict | Self::Forbidden
+        )
+    }
+}
+
+// TODO(merge): use KmsError::kind()
+/// The kind of a kms error.
+pub fn kms_error_kind(e: &KmsError) -> ErrorKind {
+    match e {
+        KmsError::Busy => ErrorKind::Busy,
+        KmsError::PoolClosed => ErrorKind::Unavailable,
+        KmsError::UnknownIssuer(_) | KmsError::UnknownKeyVersion { .. } => ErrorKind::NotFound,
+        KmsError::IssuerExists(_) => ErrorKind::Conflict,
+        e if e.is_client_error() => ErrorKind::Invalid,
+        _ => ErrorKind::Internal,
+    }
+}
+
 /// What went wrong in the CA.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -109,20 +152,35 @@ impl CaError {
         }
     }
 
-    /// True when the caller's input was at fault (a 4xx), false for server-side
-    /// trouble (a 5xx).
-    pub fn is_client_error(&self) -> bool {
+    /// What sort of failure this is; a kms error keeps its own kind (an HSM
+    /// busy is [`ErrorKind::Busy`] however it reached the CA).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::CsrInvalid(_)
             | Self::CsrSignature
             | Self::UnsupportedKey(_)
             | Self::ProfileRequirements { .. }
-            | Self::Invalid { .. }
-            | Self::UnknownSerial(_)
-            | Self::AlreadyRevoked(_) => true,
-            Self::Kms(e) => e.is_client_error(),
-            _ => false,
+            | Self::Invalid { .. } => ErrorKind::Invalid,
+            Self::UnknownSerial(_) => ErrorKind::NotFound,
+            Self::AlreadyRevoked(_) => ErrorKind::Conflict,
+            Self::Kms(e) => kms_error_kind(e),
+            Self::CaKeyMismatch { .. }
+            | Self::CaExpired
+            | Self::Config { .. }
+            | Self::Encoding(_)
+            | Self::SelfCheck(_)
+            | Self::OcspEncoding(_)
+            | Self::Database(_)
+            | Self::Migration(_)
+            | Self::CorruptRecord(_)
+            | Self::Task(_) => ErrorKind::Internal,
         }
+    }
+
+    /// True when the caller's input was at fault (a 4xx), false for server-side
+    /// trouble (a 5xx).
+    pub fn is_client_error(&self) -> bool {
+        self.kind().is_client()
     }
 
     pub(crate) fn profile(profile: Profile, reason: &'static str) -> Self {
@@ -132,3 +190,23 @@ impl CaError {
 
 /// Result alias of this crate.
 pub type Result<T, E = CaError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_busy_passes_through() {
+        assert_eq!(CaError::CsrSignature.kind(), ErrorKind::Invalid);
+        assert_eq!(CaError::CorruptRecord("x").kind(), ErrorKind::Internal);
+        let busy = CaError::Kms(KmsError::Busy);
+        assert_eq!(busy.kind(), ErrorKind::Busy);
+        assert_eq!(busy.code(), "hsm_busy");
+        assert!(!busy.is_client_error());
+        assert_eq!(
+            CaError::Kms(KmsError::PoolClosed).kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(CaError::AlreadyRevoked(Serial::random()).is_client_error());
+    }
+}

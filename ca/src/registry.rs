@@ -131,7 +131,7 @@ pub enum RevocationReason {
     AffiliationChanged,
     Superseded,
     CessationOfOperation,
-    /// E.g. a device locked after ten failed logins (PROTOCOL.md).
+    /// E.g. a device locked after ten failed logins (docs/protocol.md §7).
     PrivilegeWithdrawn,
 }
 

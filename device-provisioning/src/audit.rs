@@ -1,5 +1,7 @@
-//! Audit notes: what every provisioning decision hands back so the server can
-//! write it to its audit trail (this crate keeps no audit table).
+//! The audit vocabulary every layer writes in ([`Actor`], [`Outcome`]), and
+//! audit notes: what every provisioning decision hands back so the server can
+//! write it to its audit trail (this crate keeps no audit table; the trail
+//! itself is `server/src/audit.rs`).
 //!
 //! Each state-changing operation returns a [`Decision`]: on success an
 //! [`Audited`] value with its note, on refusal or failure a [`Refused`] with
@@ -15,13 +17,33 @@ use keyward_kms::types::DeviceId;
 use crate::error::ProvisioningError;
 use crate::types::OperatorId;
 
-/// Who acted.
+/// Who acted: one vocabulary for every audit record of every layer, whether
+/// an operator, a device, a back-end service or the server itself did it.
+/// Provisioning names the operator or device a decision is for; the server
+/// names the certificate that made the call. [`Actor`]'s `Display` is the
+/// form stored in the trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     /// An operator, by the name from their client certificate.
     Operator(OperatorId),
-    /// A device acting for itself (the genuine-device check, init package).
+    /// A device acting for itself (the genuine-device check, login, MACs).
     Device(DeviceId),
+    /// A verified client certificate: `kind` is `operator`, `device` or
+    /// `certificate` (another profile); `name` the subject CN; `serial` the
+    /// certificate serial (upper-case hex).
+    Certificate {
+        kind: &'static str,
+        name: String,
+        serial: String,
+    },
+    /// The server itself (bootstrap, schedules, background tasks).
+    System,
+    /// A command run by whoever holds the config and the HSM PIN.
+    Cli,
+    /// A TLS client without a certificate.
+    Anonymous,
+    /// A network peer that did not complete the TLS handshake.
+    Peer(String),
 }
 
 impl fmt::Display for Actor {
@@ -29,6 +51,11 @@ impl fmt::Display for Actor {
         match self {
             Self::Operator(o) => write!(f, "operator:{o}"),
             Self::Device(d) => write!(f, "device:{d}"),
+            Self::Certificate { kind, name, serial } => write!(f, "{kind}:{name}#{serial}"),
+            Self::System => f.write_str("system"),
+            Self::Cli => f.write_str("cli"),
+            Self::Anonymous => f.write_str("anonymous"),
+            Self::Peer(addr) => write!(f, "peer:{addr}"),
         }
     }
 }
@@ -77,12 +104,16 @@ impl fmt::Display for Action {
     }
 }
 
-/// How it ended.
+/// How it ended: one vocabulary for every audit record. A security
+/// operation writes `Requested` before its effect and one of the others
+/// after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Authorised and about to happen.
+    Requested,
     Success,
-    /// Refused on the request's merits (a client error); `code` is
-    /// [`ProvisioningError::code`].
+    /// Refused on the request's merits (a client error); `code` is the
+    /// stable error code the client was given.
     Refused {
         code: &'static str,
     },
@@ -93,16 +124,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The stored form (and the metric label).
     pub fn as_str(&self) -> &'static str {
         match self {
+            Self::Requested => "requested",
             Self::Success => "success",
             Self::Refused { .. } => "refused",
-            Self::Failed { .. } => "failed",
+            Self::Failed { .. } => "failure",
         }
     }
+
+    /// The error code of a refusal or failure.
     pub fn code(&self) -> Option<&'static str> {
         match self {
-            Self::Success => None,
+            Self::Requested | Self::Success => None,
             Self::Refused { code } | Self::Failed { code } => Some(code),
         }
     }

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
-use sqlx::Row;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
 use crate::error::{ProvisioningError, Result};
+use crate::store::StoredChallenge;
 use crate::types::DeviceState;
 use keyward_kms::db::now_ms;
 
@@ -70,25 +70,11 @@ impl Provisioning {
         let now = now_ms();
         let ttl = i64::try_from(self.challenge_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now.saturating_add(ttl);
-        self.store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO prov_challenges (device_id, challenge, created_at_ms, expires_at_ms) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (device_id) DO UPDATE SET challenge = excluded.challenge, \
-                     created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms",
-                )
-                .bind(device.to_string())
-                .bind(hex::encode_upper(bytes))
-                .bind(now)
-                .bind(expires_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await?;
+        let stored = StoredChallenge {
+            bytes,
+            expires_at_ms,
+        };
+        self.store.put_challenge(device, &stored, now).await?;
         Ok(Challenge {
             device,
             bytes,
@@ -109,7 +95,7 @@ impl Provisioning {
         if let Err(e) = &result
             && e.is_client_error()
             && !matches!(e, ProvisioningError::UnknownDevice(_))
-            && let Err(db) = self.count_check_failure(device).await
+            && let Err(db) = self.store.count_check_failure(device).await
         {
             tracing::warn!(device = %device, code = db.code(), error = %db,
                 "could not count a failed genuine-device check");
@@ -143,25 +129,8 @@ impl Provisioning {
         if !verify_signature(&cert.public_key, &challenge, signature_der) {
             return Err(ProvisioningError::ProofOfPossession);
         }
-        let done = self
-            .store
-            .retrying(|| async {
-                let now = now_ms();
-                let mut tx = self.store.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE prov_devices SET state = 'verified', verified_at_ms = $2, \
-                     state_changed_at_ms = $2 WHERE device_id = $1 AND state = 'manufactured'",
-                )
-                .bind(device.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
-            })
-            .await?;
-        if done != 1 {
+        let done = self.store.mark_verified(device).await?;
+        if !done {
             return Err(ProvisioningError::Conflict(
                 "the device changed state during the check",
             ));
@@ -191,50 +160,10 @@ impl Provisioning {
 
     /// Deletes and returns the device's challenge if it has not expired.
     async fn take_challenge(&self, device: DeviceId) -> Result<[u8; CHALLENGE_LEN]> {
-        let row = self
-            .store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                let row = sqlx::query(
-                    "DELETE FROM prov_challenges WHERE device_id = $1 \
-                     RETURNING challenge, expires_at_ms",
-                )
-                .bind(device.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(row)
-            })
-            .await?;
-        let Some(row) = row else {
-            return Err(ProvisioningError::ChallengeInvalid);
-        };
-        let expires: i64 = row.try_get("expires_at_ms")?;
-        if now_ms() >= expires {
-            return Err(ProvisioningError::ChallengeInvalid);
+        match self.store.take_challenge(device).await? {
+            Some(c) if now_ms() < c.expires_at_ms => Ok(c.bytes),
+            _ => Err(ProvisioningError::ChallengeInvalid),
         }
-        let hex_text: String = row.try_get("challenge")?;
-        let mut out = [0u8; CHALLENGE_LEN];
-        hex::decode_to_slice(&hex_text, &mut out)
-            .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
-        Ok(out)
-    }
-
-    async fn count_check_failure(&self, device: DeviceId) -> Result<()> {
-        self.store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                sqlx::query(
-                    "UPDATE prov_devices SET check_failures = check_failures + 1 \
-                     WHERE device_id = $1",
-                )
-                .bind(device.to_string())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await
     }
 }
 

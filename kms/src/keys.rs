@@ -1,4 +1,4 @@
-//! The key hierarchy of PROTOCOL.md, inside the HSM.
+//! The key hierarchy of docs/protocol.md §3, inside the HSM.
 //!
 //! ```text
 //! IMK-TMK, IMK-AUTH (token objects, derive-only)      per issuer

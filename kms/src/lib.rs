@@ -8,7 +8,7 @@
 //! - [`pool`]: worker threads that own the HSM calls, fed by a bounded queue.
 //! - [`types`]: domain types (`IssuerId`, `DeviceId`, `KeyVersion`, `Kcv`,
 //!   `MacAlgorithm`, …) that the layers above speak in.
-//! - [`keys`]: the key hierarchy of PROTOCOL.md — issuer master keys,
+//! - [`keys`]: the key hierarchy of docs/protocol.md §3 — issuer master keys,
 //!   diversification, working keys, KCVs, the derived-key cache.
 //! - [`mac`]: transaction MACs (ISO 9797-1 M1/M3, CMAC, CUP-ECB) and KCVs built
 //!   on HSM primitives.

@@ -42,7 +42,7 @@ impl SigningKey {
     }
 
     /// Signs `data`. ECDSA signatures come back DER-encoded (`Ecdsa-Sig-Value`),
-    /// as X.509, TLS and PROTOCOL.md carry them.
+    /// as X.509, TLS and docs/protocol.md §1 carry them.
     pub async fn sign(&self, mech: SignMechanism, data: &[u8]) -> Result<Vec<u8>> {
         let (label, data, handle) = (self.label.clone(), data.to_vec(), self.handle.clone());
         self.pool

@@ -43,7 +43,7 @@ impl fmt::Display for IssuerId {
     }
 }
 
-/// The 8-byte serial of a device's secure element; `D` in PROTOCOL.md.
+/// The 8-byte serial of a device's secure element; `D` in docs/protocol.md §2.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId([u8; 8]);
 
@@ -54,7 +54,7 @@ impl DeviceId {
     pub fn bytes(&self) -> [u8; 8] {
         self.0
     }
-    /// `D || ~D`, the diversification input of PROTOCOL.md.
+    /// `D || ~D`, the diversification input of docs/protocol.md §3.2.
     pub fn diversification_block(&self) -> [u8; 16] {
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&self.0);
@@ -259,7 +259,7 @@ impl FromStr for WorkingKeyRole {
     }
 }
 
-/// Transaction MAC algorithms of PROTOCOL.md.
+/// Transaction MAC algorithms of docs/protocol.md §6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MacAlgorithm {
     /// ISO 9797-1 algorithm 1, CBC-MAC with 3DES on every block.

@@ -19,6 +19,7 @@
 
 use keyward_config::DatabaseKind;
 use keyward_device_provisioning::AuditNote;
+pub use keyward_device_provisioning::{Actor, Outcome};
 use keyward_kms::db::now_ms;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -36,60 +37,6 @@ pub enum AuditError {
     Database(#[from] sqlx::Error),
     #[error("audit head row is missing (migration 2001 not applied?)")]
     NoHead,
-}
-
-/// Who did it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actor {
-    /// The server itself (bootstrap, schedules).
-    System,
-    /// A command run by whoever holds the config and the HSM PIN.
-    Cli,
-    /// A client certificate: `kind` is `operator` or `device`; `name` the
-    /// subject CN; `serial` the certificate serial (hex).
-    Certificate {
-        kind: &'static str,
-        name: String,
-        serial: String,
-    },
-    /// A TLS client without a certificate (admin listener only).
-    Anonymous,
-    /// A network peer that did not complete the TLS handshake.
-    Peer(String),
-}
-
-impl Actor {
-    fn render(&self) -> String {
-        match self {
-            Self::System => "system".into(),
-            Self::Cli => "cli".into(),
-            Self::Certificate { kind, name, serial } => format!("{kind}:{name}#{serial}"),
-            Self::Anonymous => "anonymous".into(),
-            Self::Peer(addr) => format!("peer:{addr}"),
-        }
-    }
-}
-
-/// How it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Authorised and about to happen (written before a security operation).
-    Requested,
-    Success,
-    Failure,
-    /// Refused: wrong role, no certificate, failed handshake.
-    Refused,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Requested => "requested",
-            Self::Success => "success",
-            Self::Failure => "failure",
-            Self::Refused => "refused",
-        }
-    }
 }
 
 /// What happened. Each variant gives an `action`, a `target` and a detail
@@ -150,6 +97,18 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
+    /// The outcome record of an operation that failed with `code` after its
+    /// `requested` record (the effect did not happen).
+    pub fn failed(action: &str, code: &'static str) -> (Self, Outcome) {
+        (
+            Self::OperationFailed {
+                action: action.to_owned(),
+                code: code.to_owned(),
+            },
+            Outcome::Failed { code },
+        )
+    }
+
     fn parts(&self) -> (String, String, serde_json::Value) {
         use serde_json::json;
         match self {
@@ -231,8 +190,8 @@ impl AuditEvent {
     }
 }
 
-/// One record as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One record as stored (and as `GET /admin/v1/audit` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at_ms: i64,
@@ -317,6 +276,62 @@ impl AuditLog {
         }
     }
 
+    /// The one way an operation with an effect is recorded, whoever the
+    /// actor: `requested` first — if it cannot be written the effect does not
+    /// run (fail closed) — then the effect, then the outcome record `settle`
+    /// names for its result (refusals and failures included). The outcome
+    /// record is best effort: the effect has happened by then, so a write
+    /// that fails is logged, with the `requested` record as its trace.
+    ///
+    /// Callers whose effect must survive a client timeout run the whole call
+    /// in a task of its own.
+    pub async fn recorded<T, E, Fut>(
+        &self,
+        actor: &Actor,
+        request_id: &str,
+        requested: &AuditEvent,
+        effect: Fut,
+        settle: impl FnOnce(&Result<T, E>) -> (AuditEvent, Outcome),
+    ) -> Result<Result<T, E>, AuditError>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.append(actor, requested, Outcome::Requested, request_id)
+            .await?;
+        let result = effect.await;
+        let (event, outcome) = settle(&result);
+        if let Err(e) = self.append(actor, &event, outcome, request_id).await {
+            let (action, target, _) = event.parts();
+            tracing::error!(action, target, outcome = outcome.as_str(), error = %e,
+                "operation done but its outcome record could not be written");
+        }
+        Ok(result)
+    }
+
+    /// Recomputes the chain and records that it did (after the check, so the
+    /// check covers what came before it). A record that cannot be written is
+    /// logged; the report stands.
+    pub async fn verify_and_record(
+        &self,
+        actor: &Actor,
+        request_id: &str,
+    ) -> Result<VerifyReport, AuditError> {
+        let report = self.verify_chain().await?;
+        let outcome = if report.ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failed {
+                code: "audit_chain_broken",
+            }
+        };
+        let event = AuditEvent::AuditVerified {
+            records: report.records,
+            first_bad: report.first_bad,
+        };
+        let _ = self.append(actor, &event, outcome, request_id).await;
+        Ok(report)
+    }
+
     /// Appends one record and returns it. On error nothing was written.
     pub async fn append(
         &self,
@@ -328,7 +343,7 @@ impl AuditLog {
         let (action, target, detail) = event.parts();
         let result = self
             .try_append(
-                actor.render(),
+                actor.to_string(),
                 action.clone(),
                 target,
                 outcome,

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
-use keyward_ca::{BootstrapReport, Ca, CertFilter, CertStatus, IssueRequest, Profile, Role};
+use keyward_ca::{
+    BootstrapReport, Ca, CertFilter, CertStatus, IssueRequest, IssuedCert, Profile, Role,
+};
 use keyward_config::{Config, DatabaseKind};
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
@@ -111,7 +113,11 @@ impl InitReport {
 
 /// `keyward init`: idempotent bootstrap.
 pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
-    let o = open(config, None).await?;
+    init_opened(config, &open(config, None).await?).await
+}
+
+/// [`init`] on an installation already opened.
+pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitReport> {
     let mut report = InitReport {
         tls_dir: TlsPaths::new(config).dir,
         operator_dir: config.data_dir.join("operators"),
@@ -135,33 +141,59 @@ pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
     ] {
         if done {
             report.created.push(what.to_owned());
-            record(&o.audit, "ca", what, Outcome::Success).await?;
+            record(&o.audit, "ca", what).await?;
         }
     }
-    ensure_server_tls(config, &o, &mut report).await?;
-    ensure_first_admin(config, &o, &mut report).await?;
+    ensure_server_tls(config, o, &mut report).await?;
+    ensure_first_admin(config, o, &mut report).await?;
     Ok(report)
 }
 
-async fn record(
-    audit: &AuditLog,
-    component: &str,
-    detail: &str,
-    outcome: Outcome,
-) -> anyhow::Result<()> {
+fn bootstrap_event(component: &str, detail: String) -> AuditEvent {
+    AuditEvent::Bootstrap {
+        component: component.to_owned(),
+        detail,
+    }
+}
+
+/// Records something `init` found created (by the CA's own bootstrap).
+async fn record(audit: &AuditLog, component: &str, detail: &str) -> anyhow::Result<()> {
     audit
         .append(
             &Actor::Cli,
-            &AuditEvent::Bootstrap {
-                component: component.to_owned(),
-                detail: detail.to_owned(),
-            },
-            outcome,
+            &bootstrap_event(component, detail.to_owned()),
+            Outcome::Success,
             "init",
         )
         .await
         .context("writing the audit trail")?;
     Ok(())
+}
+
+/// Issues a certificate `init` needs between its audit records (the
+/// `requested → effect → outcome` sequence of [`AuditLog::recorded`]).
+async fn recorded(
+    audit: &AuditLog,
+    component: &str,
+    what: &str,
+    issue: impl std::future::Future<Output = anyhow::Result<IssuedCert>>,
+) -> anyhow::Result<IssuedCert> {
+    audit
+        .recorded(
+            &Actor::Cli,
+            "init",
+            &bootstrap_event(component, what.to_owned()),
+            issue,
+            |r| match r {
+                Ok(cert) => (
+                    bootstrap_event(component, format!("{what}: serial {}", cert.serial)),
+                    Outcome::Success,
+                ),
+                Err(_) => AuditEvent::failed("bootstrap", "bootstrap_failed"),
+            },
+        )
+        .await
+        .context("writing the audit trail")?
 }
 
 /// The HSM TLS key and a current certificate for it in `data_dir/tls/`.
@@ -180,7 +212,7 @@ async fn ensure_server_tls(
     };
     if created {
         let what = format!("server TLS key {TLS_KEY_LABEL} (HSM, P-256)");
-        record(&o.audit, "tls", &what, Outcome::Success).await?;
+        record(&o.audit, "tls", &what).await?;
         report.created.push(what);
     }
     let paths = TlsPaths::new(config);
@@ -199,27 +231,23 @@ async fn ensure_server_tls(
             "server TLS certificate for {} ({problem})",
             config.server.public_names.join(", ")
         );
-        record(&o.audit, "tls", &what, Outcome::Requested).await?;
-        let cert =
-            o.ca.issue_for_public_key(
-                key.public_key(),
-                IssueRequest::server_tls(config.server.public_names.iter().cloned()),
-            )
-            .await
-            .context("issuing the server TLS certificate")?;
-        private_dir(&paths.dir)?;
-        write_file(
-            &paths.server_pem,
-            format!("{}{}", cert.pem, o.ca.issuing_pem()).as_bytes(),
-            0o644,
-        )?;
-        record(
-            &o.audit,
-            "tls",
-            &format!("{what}: serial {}", cert.serial),
-            Outcome::Success,
-        )
-        .await?;
+        let issue = async {
+            let cert =
+                o.ca.issue_for_public_key(
+                    key.public_key(),
+                    IssueRequest::server_tls(config.server.public_names.iter().cloned()),
+                )
+                .await
+                .context("issuing the server TLS certificate")?;
+            private_dir(&paths.dir)?;
+            write_file(
+                &paths.server_pem,
+                format!("{}{}", cert.pem, o.ca.issuing_pem()).as_bytes(),
+                0o644,
+            )?;
+            Ok(cert)
+        };
+        let cert = recorded(&o.audit, "tls", &what, issue).await?;
         report.server_serial = Some(cert.serial.to_string());
         report.created.push(format!(
             "{what} -> {} (serial {})",
@@ -287,30 +315,27 @@ async fn ensure_first_admin(
         .map_err(|_| anyhow::anyhow!("encoding the operator key"))?;
 
     let what = format!("operator certificate {FIRST_ADMIN_NAME} (role admin)");
-    record(&o.audit, "operator", &what, Outcome::Requested).await?;
-    let cert =
-        o.ca.issue_for_public_key(
-            &PublicKey::P256(point),
-            IssueRequest::operator(FIRST_ADMIN_NAME, Role::Admin),
-        )
-        .await
-        .context("issuing the first operator certificate")?;
+    let issue = async {
+        let cert =
+            o.ca.issue_for_public_key(
+                &PublicKey::P256(point),
+                IssueRequest::operator(FIRST_ADMIN_NAME, Role::Admin),
+            )
+            .await
+            .context("issuing the first operator certificate")?;
+        let dir = config.data_dir.join("operators");
+        private_dir(&dir)?;
+        write_file(&dir.join("admin.key"), key_pem.as_bytes(), 0o600)?;
+        write_file(
+            &dir.join("admin.pem"),
+            format!("{}{}", cert.pem, o.ca.issuing_pem()).as_bytes(),
+            0o644,
+        )?;
+        write_file(&dir.join("ca.pem"), o.ca.root_pem().as_bytes(), 0o644)?;
+        Ok(cert)
+    };
+    let cert = recorded(&o.audit, "operator", &what, issue).await?;
     let dir = config.data_dir.join("operators");
-    private_dir(&dir)?;
-    write_file(&dir.join("admin.key"), key_pem.as_bytes(), 0o600)?;
-    write_file(
-        &dir.join("admin.pem"),
-        format!("{}{}", cert.pem, o.ca.issuing_pem()).as_bytes(),
-        0o644,
-    )?;
-    write_file(&dir.join("ca.pem"), o.ca.root_pem().as_bytes(), 0o644)?;
-    record(
-        &o.audit,
-        "operator",
-        &format!("{what}: serial {}", cert.serial),
-        Outcome::Success,
-    )
-    .await?;
     report.admin_serial = Some(cert.serial.to_string());
     report.created.push(format!(
         "{what}, serial {} -> {}/admin.key (0600), admin.pem, ca.pem",

@@ -2,15 +2,64 @@
 //! One function per command; output as text, or JSON with `--json`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keyward_config::Config;
+use keyward_config::{Config, LogFormat};
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
-use crate::admin::{create_recorded, issuer_json};
-use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::admin::create_recorded;
+use crate::audit::{Actor, AuditLog};
 use crate::bootstrap::open_kms;
+use crate::wire::issuers::Issuer;
+
+/// The `keyward` binary: parse the command line, load the config, run the
+/// command on a multi-threaded runtime, close the HSM.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keyward: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keyward: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(cli, config));
+    drop(runtime);
+    crate::bootstrap::close_hsm();
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("keyward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,29 +196,8 @@ async fn audit_verify(json: bool, config: &Config) -> anyhow::Result<bool> {
     let kind = kms.db().kind();
     crate::migrate::run(&pool, kind).await?;
     let audit = AuditLog::new(pool, kind, None);
-    let report = audit.verify_chain().await?;
-    let _ = audit
-        .append(
-            &Actor::Cli,
-            &AuditEvent::AuditVerified {
-                records: report.records,
-                first_bad: report.first_bad,
-            },
-            if report.ok() {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-            "cli",
-        )
-        .await;
-    let value = serde_json::json!({
-        "ok": report.ok(),
-        "records": report.records,
-        "first_bad": report.first_bad,
-        "problem": report.problem,
-        "head_seq": report.head_seq,
-    });
+    let report = audit.verify_and_record(&Actor::Cli, "cli").await?;
+    let value = serde_json::to_value(crate::wire::AuditVerified::from(&report))?;
     output(json, &value, || match report.first_bad {
         None => format!("audit trail OK: {} record(s), chain intact", report.records),
         Some(seq) => format!(
@@ -191,26 +219,26 @@ async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Resu
             crate::migrate::run(&pool, kind).await?;
             let audit = AuditLog::new(pool, kind, None);
             let rec = create_recorded(&kms, &audit, None, &Actor::Cli, "cli", id, family).await?;
-            output(json, &issuer_json(&rec), || issuer_text(&rec));
+            output(json, &Issuer::from(&rec), || issuer_text(&rec));
         }
         IssuerCommand::List => {
             let list = kms.issuers().await?;
-            let value = serde_json::Value::Array(list.iter().map(issuer_json).collect());
+            let value: Vec<Issuer> = list.iter().map(Issuer::from).collect();
             output(json, &value, || {
                 list.iter().map(issuer_text).collect::<Vec<_>>().join("\n")
             });
         }
         IssuerCommand::Show { id } => {
             let rec = kms.issuer(&id.parse()?).await?;
-            output(json, &issuer_json(&rec), || issuer_text(&rec));
+            output(json, &Issuer::from(&rec), || issuer_text(&rec));
         }
     }
     Ok(true)
 }
 
-fn output(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) {
+fn output(json: bool, value: &impl serde::Serialize, text: impl FnOnce() -> String) {
     if json {
-        println!("{value}");
+        println!("{}", serde_json::to_string(value).unwrap_or_default());
     } else {
         println!("{}", text());
     }

@@ -1,4 +1,4 @@
-//! The network service: two TLS listeners driven by hand (STACK.md §8).
+//! The network service: two TLS listeners driven by hand (docs/stack-notes.md §8).
 //!
 //! accept → spawn → TLS handshake (time-limited) → read the client
 //! certificate → [`ClientIdentity`] in every request's extensions → hyper-util
@@ -53,12 +53,22 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// `keyward serve`: opens everything, binds both listeners, prints their
-/// addresses as one JSON line on stdout (`{"listening": {"public": …,
-/// "admin": …}}`, useful with port 0), and serves until SIGTERM or ctrl-c.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Opens everything a serving replica needs — HSM, database, CA, the server
+/// TLS key and certificate, the CRL — and checks it, as `keyward serve` does
+/// before it binds. Route tests build their router on the same state.
+pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let metrics = Metrics::new().context("creating the metrics registry")?;
     let opened = bootstrap::open(&config, Some(metrics.clone())).await?;
+    state_from(config, opened, metrics).await
+}
+
+/// [`open_state`] on an installation already opened (with `metrics`), for a
+/// process that also ran `init` on it (tests: one HSM open per process).
+pub async fn state_from(
+    config: Config,
+    opened: bootstrap::Opened,
+    metrics: Metrics,
+) -> anyhow::Result<AppState> {
     if opened.ca_report.created_anything() || !opened.migrated.is_empty() {
         tracing::warn!("serve created CA or schema objects: run `keyward init` before `serve`");
     }
@@ -99,20 +109,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         crl_info.clone(),
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
-
-    let public = TcpListener::bind(&config.server.public_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding server.public_listen {}",
-                config.server.public_listen
-            )
-        })?;
-    let admin = TcpListener::bind(&config.server.admin_listen)
-        .await
-        .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
-    let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
-    let state = AppState::new(
+    Ok(AppState::new(
         config,
         opened.kms,
         opened.ca,
@@ -120,7 +117,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         opened.audit,
         metrics,
         tls,
-    );
+    ))
+}
+
+/// `keyward serve`: opens everything, binds both listeners, prints their
+/// addresses as one JSON line on stdout (`{"listening": {"public": …,
+/// "admin": …}}`, useful with port 0), and serves until SIGTERM or ctrl-c.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = open_state(config).await?;
+    let server = &state.config.server;
+    let public = TcpListener::bind(&server.public_listen)
+        .await
+        .with_context(|| format!("binding server.public_listen {}", server.public_listen))?;
+    let admin = TcpListener::bind(&server.admin_listen)
+        .await
+        .with_context(|| format!("binding server.admin_listen {}", server.admin_listen))?;
+    let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
     let started = format!("public {public_addr}, admin {admin_addr}");
     state
         .audit
@@ -173,8 +185,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let public_router = crate::http::public_router(state.clone());
-    let admin_router = crate::admin::router(state.clone());
+    let public_router = crate::public_app(state.clone());
+    let admin_router = crate::admin_app(state.clone());
     let graceful = GracefulShutdown::new();
     let limiter = std::sync::Arc::new(RefusalLimiter::default());
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
@@ -303,7 +315,9 @@ async fn refused(
                 .append(
                     &Actor::Peer(peer.ip().to_string()),
                     &event,
-                    Outcome::Refused,
+                    Outcome::Refused {
+                        code: "tls_handshake_refused",
+                    },
                     "-",
                 )
                 .await;

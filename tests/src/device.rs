@@ -1,6 +1,6 @@
-//! The device side of PROTOCOL.md in software: what a PSAM/ESAM computes.
+//! The device side of docs/protocol.md in software: what a PSAM/ESAM computes.
 //!
-//! Written from PROTOCOL.md alone, with RustCrypto primitives, and sharing no
+//! Written from docs/protocol.md alone, with RustCrypto primitives, and sharing no
 //! code path with the server, so a test that has the server (HSM) and this
 //! module agree checks interoperability, not one implementation against itself.
 
@@ -47,7 +47,7 @@ fn odd_parity(mut k: [u8; 16]) -> [u8; 16] {
     k
 }
 
-/// `DIV(K, data)` / `DIV'(K, data)` of PROTOCOL.md.
+/// `DIV(K, data)` / `DIV'(K, data)` of docs/protocol.md §3.2.
 pub fn diversify(family: Family, key: &[u8; 16], data: &[u8; 16]) -> [u8; 16] {
     match family {
         Family::Tdes => {
@@ -73,7 +73,7 @@ pub fn div_block(device: [u8; 8]) -> [u8; 16] {
     out
 }
 
-/// KCV of a key the way PROTOCOL.md names it for the family.
+/// KCV of a key the way docs/protocol.md §3.4 names it for the family.
 pub fn kcv(family: Family, key: &[u8; 16]) -> [u8; 3] {
     let full: Vec<u8> = match family {
         Family::Tdes => tdes_encrypt_block(key, [0; 8]).to_vec(),

@@ -1,9 +1,9 @@
 //! Test support for Keyward's cross-crate tests: SoftHSM tokens made per test,
 //! test databases (SQLite, or PostgreSQL when `KEYWARD_TEST_DATABASE_URL` is
-//! set), and the published vectors of `../shared/vectors/`.
+//! set), and the published vectors vendored in `tests/vectors/`.
 //!
 //! # Layout
-//! - [`device`]: the device side of PROTOCOL.md in software.
+//! - [`device`]: the device side of docs/protocol.md in software.
 //! - [`simulator`]: a whole software device for provisioning tests (key pair,
 //!   CSR, challenge signatures, init package, working keys, MACs), kept on
 //!   disk for the `kwsim` binary (the device agent of demos and e2e tests).

@@ -1,5 +1,5 @@
-//! Loader for the published test vectors, `shared/vectors/vectors.json` beside
-//! the repository (see `shared/vectors/README.md`).
+//! Loader for the published test vectors, vendored in this repository as
+//! `tests/vectors/vectors.json` (sources and licences: `tests/vectors/README.md`).
 //!
 //! Format: `{generated_by, hex, vectors: [{id, algorithm, inputs{…}, expected,
 //! source, checked_with[], notes?}]}`; all hex is upper case. Lookups are by
@@ -16,13 +16,10 @@ use serde_json::Value;
 /// Environment variable that overrides [`default_path`].
 pub const PATH_ENV: &str = "KEYWARD_VECTORS";
 
-/// `$CARGO_MANIFEST_DIR/../../shared/vectors/vectors.json`: the `shared/`
-/// folder beside the repository.
+/// `$CARGO_MANIFEST_DIR/vectors/vectors.json`: the copy vendored in the
+/// repository, so a clone alone runs every known-answer test.
 pub fn default_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .join("shared")
         .join("vectors")
         .join("vectors.json")
 }
@@ -128,8 +125,8 @@ impl Vectors {
         let path = path();
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "cannot read the published test vectors at {} (expected the shared/ \
-                 folder beside the repository; set {PATH_ENV} to override)",
+                "cannot read the published test vectors at {} (vendored as \
+                 tests/vectors/vectors.json; set {PATH_ENV} to override)",
                 path.display()
             )
         })?;
@@ -242,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shared_file_loads() {
+    fn the_vendored_file_loads() {
         let v = Vectors::load().unwrap();
         assert!(v.get("kcv-tdes-1").is_ok());
     }

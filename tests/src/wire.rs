@@ -1,151 +1,45 @@
-//! The JSON wire formats of device provisioning, written from
-//! `docs/admin-api.md` ("Provisioning", "Devices") alone and sharing no code
-//! with the server, so an end-to-end test that feeds the server's answers
-//! through here checks the documented format, not the server against itself.
-//!
-//! - [`init_package_from_json`]: the `201` answer of
-//!   `POST /admin/v1/devices/{id}/init`.
-//! - [`confirm_body`]: the body of `POST /admin/v1/devices/{id}/init/confirm`.
-//!
-//! Every documented field is required and checked (types, ids, base64, KCV
-//! syntax, scheme against the ephemeral point, exactly one `TMK` and one
-//! `AUTH`); fields the document does not name are ignored. Whether a KCV's
-//! method fits the family is left to the device, which compares the KCVs.
+//! The device side of the provisioning wire formats: the simulator's answers
+//! as `keyward_server::wire` bodies, and the init package it receives checked
+//! and turned into the kms type it opens.
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyFamily};
-use keyward_kms::wrap::{InitPackage, WrapScheme, WrappedKey};
-use serde_json::{Map, Value, json};
+use anyhow::{Context, Result};
+use keyward_kms::wrap::InitPackage;
+use keyward_server::wire::devices::{self as wire, ConfirmRequest, NamedKcv};
 
 use crate::simulator::InitAnswer;
 
-/// Names of the keys an init package carries, as `&'static str`.
-const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
-
-fn field<'a>(obj: &'a Map<String, Value>, name: &str, what: &str) -> Result<&'a Value> {
-    obj.get(name)
-        .with_context(|| format!("{what}: missing field {name:?}"))
-}
-
-fn str_field<'a>(obj: &'a Map<String, Value>, name: &str, what: &str) -> Result<&'a str> {
-    field(obj, name, what)?
-        .as_str()
-        .with_context(|| format!("{what}: field {name:?} must be a string"))
-}
-
-fn b64_field(obj: &Map<String, Value>, name: &str, what: &str) -> Result<Vec<u8>> {
-    B64.decode(str_field(obj, name, what)?)
-        .with_context(|| format!("{what}: field {name:?} is not base64"))
-}
-
-fn parse_scheme(s: &str) -> Result<WrapScheme> {
-    [WrapScheme::EcdhP256AesKw, WrapScheme::RsaOaepSha1]
-        .into_iter()
-        .find(|w| w.as_str() == s)
-        .ok_or_else(|| anyhow!("init package: unknown scheme {s:?}"))
-}
-
-fn parse_kcv(v: &Value, what: &str) -> Result<Kcv> {
-    let obj = v
-        .as_object()
-        .with_context(|| format!("{what}: \"kcv\" must be an object"))?;
-    let method = str_field(obj, "method", what)?;
-    let value = str_field(obj, "value", what)?;
-    Kcv::parse(method, value).with_context(|| format!("{what}: bad kcv"))
-}
-
-/// Parses the init package JSON of `POST /admin/v1/devices/{id}/init`.
-pub fn init_package_from_json(v: &Value) -> Result<InitPackage> {
-    const WHAT: &str = "init package";
-    let obj = v.as_object().context("init package: not a JSON object")?;
-    let device: DeviceId = str_field(obj, "device_id", WHAT)?
-        .parse()
-        .context("init package: bad device_id")?;
-    let issuer: IssuerId = str_field(obj, "issuer_id", WHAT)?
-        .parse()
-        .context("init package: bad issuer_id")?;
-    let family: KeyFamily = str_field(obj, "family", WHAT)?
-        .parse()
-        .context("init package: bad family")?;
-    let scheme = parse_scheme(str_field(obj, "scheme", WHAT)?)?;
-    let ephemeral_point = match field(obj, "ephemeral_point", WHAT)? {
-        Value::Null => None,
-        Value::String(s) => Some(
-            B64.decode(s)
-                .context("init package: ephemeral_point is not base64")?,
-        ),
-        _ => bail!("init package: ephemeral_point must be a string or null"),
-    };
-    match (scheme, &ephemeral_point) {
-        (WrapScheme::EcdhP256AesKw, Some(p)) => ensure!(
-            p.len() == 65 && p[0] == 0x04,
-            "init package: ephemeral_point must be an uncompressed P-256 point (65 bytes, 04||X||Y)"
-        ),
-        (WrapScheme::EcdhP256AesKw, None) => {
-            bail!("init package: scheme ECDH-P256+AES-KW needs an ephemeral_point")
-        }
-        (WrapScheme::RsaOaepSha1, Some(_)) => {
-            bail!("init package: scheme RSA-OAEP-SHA1 has \"ephemeral_point\": null")
-        }
-        (WrapScheme::RsaOaepSha1, None) => {}
-    }
-    let list = field(obj, "keys", WHAT)?
-        .as_array()
-        .context("init package: \"keys\" must be an array")?;
-    let mut keys: Vec<WrappedKey> = Vec::with_capacity(list.len());
-    for (i, k) in list.iter().enumerate() {
-        let what = format!("init package: keys[{i}]");
-        let ko = k
-            .as_object()
-            .with_context(|| format!("{what}: not an object"))?;
-        let given = str_field(ko, "name", &what)?;
-        let name = KEY_NAMES
-            .into_iter()
-            .find(|n| *n == given)
-            .with_context(|| format!("{what}: unknown key name {given:?} (TMK or AUTH)"))?;
-        ensure!(
-            keys.iter().all(|k| k.name != name),
-            "{what}: key {name} appears twice"
-        );
-        let wrapped = b64_field(ko, "wrapped", &what)?;
-        ensure!(!wrapped.is_empty(), "{what}: \"wrapped\" is empty");
-        let kcv = parse_kcv(field(ko, "kcv", &what)?, &what)?;
-        keys.push(WrappedKey { name, wrapped, kcv });
-    }
-    for name in KEY_NAMES {
-        ensure!(
-            keys.iter().any(|k| k.name == name),
-            "init package: key {name} is missing"
-        );
-    }
-    Ok(InitPackage {
-        issuer,
-        device,
-        family,
-        scheme,
-        ephemeral_point,
-        keys,
-    })
+/// Parses and checks the init package JSON of `POST /admin/v1/devices/{id}/init`.
+pub fn init_package_from_json(v: &serde_json::Value) -> Result<InitPackage> {
+    let pkg: wire::InitPackage =
+        serde_json::from_value(v.clone()).context("init package: not the documented shape")?;
+    Ok(InitPackage::try_from(&pkg)?)
 }
 
 /// The body of `POST /admin/v1/devices/{id}/init/confirm`: the KCVs the
 /// device computed, in the order it computed them.
-pub fn confirm_body(issuer: &str, answer: &InitAnswer) -> Value {
-    json!({
-        "issuer_id": issuer,
-        "kcvs": answer.kcvs.iter().map(|(name, kcv)| json!({
-            "name": name,
-            "method": kcv.method.as_str(),
-            "value": kcv.hex(),
-        })).collect::<Vec<_>>(),
-    })
+pub fn confirm_body(issuer: &str, answer: &InitAnswer) -> ConfirmRequest {
+    ConfirmRequest {
+        issuer_id: issuer.to_owned(),
+        kcvs: answer
+            .kcvs
+            .iter()
+            .map(|(name, kcv)| NamedKcv {
+                name: name.clone(),
+                method: kcv.method.as_str().to_owned(),
+                value: kcv.hex(),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use keyward_kms::types::{Kcv, KeyFamily};
+    use keyward_kms::wrap::{WrapScheme, WrappedKey};
+    use serde_json::{Value, json};
 
     /// The init package as the server documents it, to make test cases.
     fn init_package_to_json(pkg: &InitPackage) -> Value {
@@ -296,7 +190,7 @@ mod tests {
             accepted: true,
         };
         assert_eq!(
-            confirm_body("bank-a", &answer),
+            serde_json::to_value(confirm_body("bank-a", &answer)).unwrap(),
             json!({"issuer_id": "bank-a", "kcvs": [
                 {"name": "TMK", "method": "KCV-TDES", "value": "A1B2C3"},
                 {"name": "AUTH", "method": "KCV-TDES", "value": "0A0B0C"},

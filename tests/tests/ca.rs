@@ -10,7 +10,7 @@ use std::sync::Arc;
 use keyward_ca::{
     Ca, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial,
 };
-use keyward_config::CaConfig;
+use keyward_config::{CaConfig, CaKeyAlgorithm};
 use keyward_kms::Kms;
 use keyward_kms::catalog::Catalog;
 use keyward_kms::hsm::{KeyPairKind, Pkcs11Hsm};
@@ -36,9 +36,9 @@ struct Env {
     ca: Ca,
 }
 
-fn config(alg: &str) -> CaConfig {
+fn config(alg: CaKeyAlgorithm) -> CaConfig {
     CaConfig {
-        key_algorithm: alg.into(),
+        key_algorithm: alg,
         organization: ORG.into(),
         ..CaConfig::default()
     }
@@ -65,7 +65,7 @@ async fn env_with(cfg: &CaConfig) -> Env {
 }
 
 async fn env() -> Env {
-    env_with(&config("p256")).await
+    env_with(&config(CaKeyAlgorithm::P256)).await
 }
 
 fn device(n: u8) -> DeviceId {
@@ -132,7 +132,7 @@ fn verify(dir: &Path, leaf: &str, crl: bool) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_is_idempotent_and_fails_closed() {
-    let cfg = config("p256");
+    let cfg = config(CaKeyAlgorithm::P256);
     let e = env_with(&cfg).await;
     let crl1 = e.ca.crl().await.unwrap();
 
@@ -175,7 +175,7 @@ async fn bootstrap_is_idempotent_and_fails_closed() {
     root.verify_signature(None).unwrap();
 
     // Another algorithm than the keys in the HSM: refused, naming the key.
-    let err = Ca::bootstrap(&e.kms, e.kms.db(), &config("rsa3072"))
+    let err = Ca::bootstrap(&e.kms, e.kms.db(), &config(CaKeyAlgorithm::Rsa3072))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "ca_config", "{err}");
@@ -446,9 +446,13 @@ async fn openssl_verifies_chains_and_sees_revocations() {
     assert!(!ok && text.contains("certificate revoked"), "{text}");
 
     // A restart (new bootstrap on a new connection) never goes back.
-    let (again, _) = Ca::bootstrap(&e.kms, e.db.catalog().await.unwrap().db(), &config("p256"))
-        .await
-        .unwrap();
+    let (again, _) = Ca::bootstrap(
+        &e.kms,
+        e.db.catalog().await.unwrap().db(),
+        &config(CaKeyAlgorithm::P256),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.crl().await.unwrap().number, crl2.number);
 }
 
@@ -643,7 +647,7 @@ async fn revocation_errors_are_typed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rsa3072_ca_issues_verifiable_chains() {
-    let e = env_with(&config("rsa3072")).await;
+    let e = env_with(&config(CaKeyAlgorithm::Rsa3072)).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("root.pem"), e.ca.root_pem()).unwrap();

@@ -1,6 +1,6 @@
 //! Known-answer tests of `keyward_kms::mac` (MACs, KCVs) and of in-HSM
 //! diversification, run through SoftHSM with the published vectors of
-//! `shared/vectors/vectors.json`.
+//! `tests/vectors/vectors.json` (vendored; see `tests/vectors/README.md`).
 //!
 //! Each HSM test makes its own token and opens one `Pkcs11Hsm` (1 session);
 //! known keys are imported as session objects, test-only. Vectors are looked up
@@ -57,7 +57,7 @@ const PADDING: &[&str] = &[
     "iso9797-pad1-empty",
     "iso9797-pad2-1234",
 ];
-/// DES3_ECB_ENCRYPT_DATA over 16 bytes: PBOC `D || ~D` (PROTOCOL.md), EMV
+/// DES3_ECB_ENCRYPT_DATA over 16 bytes: PBOC `D || ~D` (docs/protocol.md §3.2), EMV
 /// option A (`Y || ~Y`, the same construction) and the EMV common session key.
 const DIVERSIFICATION: &[&str] = &[
     "pboc-div-1234567890123456",

@@ -1,7 +1,7 @@
 //! The key catalog: issuers, their master-key labels and KCVs, and every
 //! working-key version of every (issuer, device) with its `R`s, KCVs and state.
 //! It never holds key bytes: the HSM re-derives any key from what is here
-//! (PROTOCOL.md, "Working-key delivery").
+//! (docs/protocol.md §3.3).
 //!
 //! # Layout
 //! - [`Catalog`]: the store, on SQLite (embedded default) or PostgreSQL,
@@ -405,7 +405,7 @@ impl Catalog {
     }
 
     /// The device reported a KCV mismatch for a pending version (an intrusion
-    /// signal, PROTOCOL.md): the version is closed for good so it can never be
+    /// signal, docs/protocol.md §3.3): the version is closed for good so it can never be
     /// activated. Same errors as [`Catalog::activate_version`] for a version
     /// that is absent or not pending.
     pub async fn reject_version(

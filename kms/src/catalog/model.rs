@@ -34,7 +34,7 @@ pub struct MasterKeyRecord {
     pub kcv: Kcv,
 }
 
-/// Which issuer master derivation key (PROTOCOL.md, "Key hierarchy").
+/// Which issuer master derivation key (docs/protocol.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MasterKeyRole {
     /// Derives `TMK_d`, which protects working-key delivery.

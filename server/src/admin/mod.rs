@@ -28,8 +28,7 @@ mod ocsp;
 mod operators;
 mod trail;
 
-pub use devices::report_rows;
-pub use issuers::{create_recorded, issuer_json};
+pub use issuers::create_recorded;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
@@ -39,7 +38,6 @@ use axum::{Extension, Json, Router};
 use keyward_ca::{Role, Serial};
 
 use keyward_device_provisioning::{Action, Decision, OperatorId};
-use keyward_kms::types::Kcv;
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::http::layers::{self, request_id};
@@ -143,11 +141,6 @@ pub const ALL_ROLES: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
 /// The roles that run provisioning.
 pub const PROVISIONERS: &[Role] = &[Role::Admin, Role::Operator];
 
-/// A KCV as it travels: `{"method", "value"}`.
-pub fn kcv_json(kcv: &Kcv) -> serde_json::Value {
-    serde_json::json!({ "method": kcv.method.as_str(), "value": kcv.hex() })
-}
-
 /// The operator behind an admin API request, from its client certificate.
 #[derive(Debug, Clone)]
 pub struct Operator {
@@ -192,21 +185,20 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
         (Some(id), None) => (id.actor(), ApiError::certificate_required()),
         (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
     };
+    let code = match refusal.code.as_ref() {
+        "certificate_revoked" => "certificate_revoked",
+        "forbidden_role" => "forbidden_role",
+        "client_certificate_required" => "client_certificate_required",
+        _ => "registry_unavailable",
+    };
     let event = AuditEvent::AccessRefused {
         method,
         route,
-        code: match refusal.code.as_ref() {
-            "certificate_revoked" => "certificate_revoked",
-            "forbidden_role" => "forbidden_role",
-            "client_certificate_required" => "client_certificate_required",
-            _ => "registry_unavailable",
-        },
+        code,
         role: None,
     };
-    let _ = state
-        .audit
-        .append(&actor, &event, Outcome::Refused, &rid)
-        .await;
+    let outcome = Outcome::Refused { code };
+    let _ = state.audit.append(&actor, &event, outcome, &rid).await;
     refusal.into_response()
 }
 
@@ -252,9 +244,12 @@ impl Operator {
             code: "forbidden_role",
             role: Some(self.role.as_str().to_owned()),
         };
+        let outcome = Outcome::Refused {
+            code: "forbidden_role",
+        };
         let _ = state
             .audit
-            .append(&self.actor, &event, Outcome::Refused, &self.request_id)
+            .append(&self.actor, &event, outcome, &self.request_id)
             .await;
         Err(ApiError::forbidden_role(needed))
     }
@@ -298,12 +293,42 @@ impl Operator {
         Ok(self.name.parse()?)
     }
 
-    /// Runs a provisioning decision the way every state change runs here: a
-    /// `requested` record first (no record, no action), the decision in its
-    /// own task (a client timeout does not cut it in half), then the
-    /// decision's own note as a record, refusals included. The note's record
-    /// comes after the effect, so if it cannot be written the effect stands
-    /// and the failure is logged with the `requested` record as its trace.
+    /// Runs an operation between this operator's audit records
+    /// ([`AuditLog::recorded`](crate::audit::AuditLog::recorded)), in a task
+    /// of its own so that a client timeout does not cut it in half. If the
+    /// `requested` record cannot be written nothing is done (503
+    /// `audit_unavailable`).
+    pub async fn recorded<T, E, Fut, S>(
+        &self,
+        state: &AppState,
+        requested: AuditEvent,
+        effect: Fut,
+        settle: S,
+    ) -> Result<Result<T, E>, ApiError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        S: FnOnce(&Result<T, E>) -> (AuditEvent, Outcome) + Send + 'static,
+    {
+        let (audit, actor, rid) = (
+            state.audit.clone(),
+            self.actor.clone(),
+            self.request_id.clone(),
+        );
+        let task = tokio::spawn(async move {
+            audit
+                .recorded(&actor, &rid, &requested, effect, settle)
+                .await
+        });
+        task.await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::audit_unavailable)
+    }
+
+    /// Runs a provisioning decision the way every state change runs here
+    /// ([`Self::recorded`]): the decision's own note is the outcome record,
+    /// refusals included.
     pub async fn decide<T, F>(
         &self,
         state: &AppState,
@@ -319,52 +344,23 @@ impl Operator {
             action: action.as_str(),
             target,
         };
-        self.audit(state, &requested, Outcome::Requested).await?;
-        let decided = tokio::spawn(decision).await.map_err(ApiError::internal)?;
-        let (note, result) = match decided {
-            Ok(done) => (done.note, Ok(done.value)),
-            Err(refused) => {
-                let refused = *refused;
-                (refused.note, Err(ApiError::from(refused.error)))
-            }
-        };
-        let outcome = match note.outcome {
-            keyward_device_provisioning::Outcome::Success => Outcome::Success,
-            keyward_device_provisioning::Outcome::Refused { .. } => Outcome::Refused,
-            keyward_device_provisioning::Outcome::Failed { .. } => Outcome::Failure,
-        };
-        state
-            .metrics
-            .provisioning_decisions
-            .with_label_values(&[action.as_str(), note.outcome.as_str()])
-            .inc();
-        let recorded = state
-            .audit
-            .append(
-                &self.actor,
-                &AuditEvent::Provisioning(note),
-                outcome,
-                &self.request_id,
-            )
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!(action = action.as_str(), error = %e,
-                "provisioning decision taken but its audit record could not be written");
-        }
-        result
-    }
-
-    /// Records a failure after a `requested` record (best effort: the
-    /// operation did not happen, so nothing is left to protect).
-    pub async fn audit_failure(&self, state: &AppState, action: &str, err: &ApiError) {
-        let event = AuditEvent::OperationFailed {
-            action: action.to_owned(),
-            code: err.code.to_string(),
-        };
-        let _ = state
-            .audit
-            .append(&self.actor, &event, Outcome::Failure, &self.request_id)
-            .await;
+        let metrics = state.metrics.clone();
+        let decided = self
+            .recorded(state, requested, decision, move |decided| {
+                let note = match decided {
+                    Ok(done) => &done.note,
+                    Err(refused) => &refused.note,
+                };
+                metrics
+                    .provisioning_decisions
+                    .with_label_values(&[action.as_str(), note.outcome.as_str()])
+                    .inc();
+                (AuditEvent::Provisioning(note.clone()), note.outcome)
+            })
+            .await?;
+        decided
+            .map(|done| done.value)
+            .map_err(|refused| ApiError::from(refused.error))
     }
 }
 
@@ -372,7 +368,7 @@ impl Operator {
 async fn whoami(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::wire::WhoAmI>, ApiError> {
     op.audit(
         &state,
         &AuditEvent::OperatorAction {
@@ -382,9 +378,9 @@ async fn whoami(
         Outcome::Success,
     )
     .await?;
-    Ok(Json(serde_json::json!({
-        "name": op.name,
-        "role": op.role.as_str(),
-        "serial": op.serial,
-    })))
+    Ok(Json(crate::wire::WhoAmI {
+        name: op.name,
+        role: op.role.as_str().to_owned(),
+        serial: op.serial,
+    }))
 }

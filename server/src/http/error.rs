@@ -178,7 +178,8 @@ impl From<ProvisioningError> for ApiError {
             return k.into();
         }
         if let Some(report) = e.import_report() {
-            let rows = crate::admin::report_rows(report);
+            let rows = serde_json::to_value(crate::wire::devices::ReportRow::all(report))
+                .unwrap_or_default();
             return Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
                 .with_member("rows", rows);
         }

@@ -1,4 +1,4 @@
-//! The tower middleware stack shared by both listeners (STACK.md §8), outermost
+//! The tower middleware stack shared by both listeners (docs/stack-notes.md §8), outermost
 //! first:
 //!
 //! 1. catch-panic (safety net for the layers below; the inner one answers)

@@ -280,7 +280,10 @@ fn load_init(dir: &Path, id: DeviceId) -> Result<()> {
             pkg.issuer
         ));
     }
-    out(&wire::confirm_body(pkg.issuer.as_str(), &answer).to_string())
+    out(&serde_json::to_string(&wire::confirm_body(
+        pkg.issuer.as_str(),
+        &answer,
+    ))?)
 }
 
 fn show(dir: &Path, id: DeviceId) -> Result<()> {

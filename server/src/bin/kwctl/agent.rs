@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use base64::Engine;
+use keyward_server::wire::devices::ConfirmRequest;
 use serde_json::Value;
 
 /// An agent command line, split on ASCII whitespace (no shell, no quoting).
@@ -52,22 +53,15 @@ impl Agent {
 
     /// `AGENT load-init <device_id>` with the package on stdin: the confirm
     /// body it prints.
-    pub fn load_init(&self, device_id: &str, package: &Value) -> anyhow::Result<Value> {
+    pub fn load_init(&self, device_id: &str, package: &Value) -> anyhow::Result<ConfirmRequest> {
         let input = serde_json::to_vec(package)?;
         let out = self.run("load-init", &[device_id], Some(input))?;
-        let confirm: Value = serde_json::from_str(out.trim()).with_context(|| {
+        serde_json::from_str(out.trim()).with_context(|| {
             format!(
-                "agent `{}` load-init printed no JSON confirm body",
+                "agent `{}` load-init printed no JSON confirm body {{\"issuer_id\", \"kcvs\"}}",
                 self.program
             )
-        })?;
-        if !confirm.is_object() {
-            bail!(
-                "agent `{}` load-init printed JSON that is not an object",
-                self.program
-            );
-        }
-        Ok(confirm)
+        })
     }
 
     /// Runs `AGENT VERB ARGS…`, `stdin` on its standard input; its stdout.

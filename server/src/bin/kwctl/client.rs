@@ -31,12 +31,13 @@ pub fn get(path: impl AsRef<str>) -> Call {
     }
 }
 
-/// `POST /admin/v1{path}` with a JSON body.
-pub fn post(path: impl AsRef<str>, body: Value) -> Call {
+/// `POST /admin/v1{path}` with a JSON body (a `keyward_server::wire` type).
+pub fn post(path: impl AsRef<str>, body: impl serde::Serialize) -> Call {
     Call {
         method: "POST",
         path: format!("/admin/v1{}", path.as_ref()),
-        body: Some(body),
+        // Wire types are plain structs: serialising them cannot fail.
+        body: Some(serde_json::to_value(body).unwrap_or_default()),
     }
 }
 

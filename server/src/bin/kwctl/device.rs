@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use keyward_device_provisioning::{DeviceState, SecureElement};
-use serde_json::{Value, json};
+use keyward_server::wire::devices as wire;
+use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::client::{encode, get, post, post_empty, query};
@@ -197,7 +198,10 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
             issuer,
             reason,
         } => {
-            let body = json!({ "issuer_id": issuer, "reason": reason });
+            let body = wire::ReinitRequest {
+                issuer_id: issuer,
+                reason,
+            };
             ctx.show(post(device_path(&device_id, "/reinit"), body))
                 .await?;
         }
@@ -209,19 +213,13 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
 }
 
 async fn transition(ctx: &Ctx, t: Transition, to: &str) -> anyhow::Result<()> {
-    let body = json!({ "to": to, "reason": t.reason });
+    let body = wire::StateRequest {
+        to: to.to_owned(),
+        reason: t.reason,
+    };
     ctx.show(post(device_path(&t.device_id, "/state"), body))
         .await?;
     Ok(())
-}
-
-/// The device id as the server spells it in an answer, else as given.
-fn canonical_id(answer: &Value, given: &str) -> String {
-    answer
-        .get("device_id")
-        .and_then(Value::as_str)
-        .unwrap_or(given)
-        .to_owned()
 }
 
 async fn check(
@@ -239,19 +237,19 @@ async fn check(
             return Ok(());
         }
         (None, Some(agent)) => {
-            let challenge = ctx
+            let answer = ctx
                 .call(post_empty(device_path(device_id, "/challenge")))
                 .await?;
-            let hex = challenge
-                .get("challenge")
-                .and_then(Value::as_str)
-                .context("the challenge answer has no challenge")?;
-            let id = canonical_id(&challenge, device_id);
+            let challenge: wire::ChallengeAnswer =
+                serde_json::from_value(answer).context("the challenge answer")?;
+            let (id, hex) = (&challenge.device_id, &challenge.challenge);
             ctx.note(format!("challenge {hex} for device {id}: asking the agent"));
-            agent.sign_challenge(&id, hex)?
+            agent.sign_challenge(id, hex)?
         }
     };
-    let body = json!({ "signature": signature.trim() });
+    let body = wire::CheckRequest {
+        signature: signature.trim().to_owned(),
+    };
     ctx.show(post(device_path(device_id, "/check"), body))
         .await?;
     Ok(())
@@ -267,10 +265,13 @@ async fn init(
     // clap requires --issuer without --confirm.
     let issuer = issuer.context("--issuer is required")?;
     let agent = agent.as_deref().map(Agent::parse).transpose()?;
-    let body = json!({ "issuer_id": issuer });
+    let body = wire::InitRequest { issuer_id: issuer };
     let package = ctx
         .call(post(device_path(device_id, "/init"), body))
         .await?;
+    let id = serde_json::from_value::<wire::InitPackage>(package.clone())
+        .context("the init package answer")?
+        .device_id;
     if let Some(path) = package_out {
         std::fs::write(&path, format!("{package:#}\n"))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -280,7 +281,6 @@ async fn init(
     let Some(agent) = agent else {
         return ctx.print(&package);
     };
-    let id = canonical_id(&package, device_id);
     ctx.note(format!(
         "{}\nloading the package into device {id} through the agent",
         summary(&package)
@@ -342,12 +342,12 @@ async fn confirm_init(
 
 /// `kwctl bind`.
 pub async fn bind(ctx: &Ctx, args: BindArgs) -> anyhow::Result<()> {
-    let body = json!({
-        "customer_id": args.customer,
-        "issuer_id": args.issuer,
-        "secure_element": args.element.as_str(),
-        "accounts": args.accounts,
-    });
+    let body = wire::BindRequest {
+        customer_id: args.customer,
+        issuer_id: args.issuer,
+        secure_element: args.element.as_str().to_owned(),
+        accounts: args.accounts,
+    };
     ctx.show(post(device_path(&args.device_id, "/bindings"), body))
         .await?;
     Ok(())

@@ -1,5 +1,17 @@
-//! The provisioning tables' plumbing: embedded migrations and the
-//! transaction rules the key catalog uses (kms `catalog` module docs).
+//! The provisioning tables: every SQL statement of the crate, behind typed
+//! functions, one file per table group, as the key catalog and the CA keep
+//! theirs:
+//!
+//! - `batches`: `prov_batches`, and the import's reserve / complete / undo
+//!   (a batch and its devices in one transaction);
+//! - `devices`: `prov_devices`, the registry and its state changes;
+//! - `checks`: `prov_challenges`, the genuine-device challenges;
+//! - `inits`: `prov_inits`, original-key records per (device, issuer);
+//! - `customers`: `prov_applications`, applications and customers;
+//! - `bindings`: `prov_bindings`.
+//!
+//! This file holds the migrations, the transaction rules the key catalog
+//! uses (kms `catalog` module docs) and the column helpers.
 //!
 //! Every write is one transaction: `BEGIN IMMEDIATE` on SQLite (writers queue
 //! on the write lock instead of failing on a lock upgrade), `SERIALIZABLE` on
@@ -13,6 +25,13 @@
 //! other crates' rows do not trip it. Adding a migration means adding a file
 //! to BOTH directories and a line to BOTH lists below.
 
+mod batches;
+mod bindings;
+mod checks;
+mod customers;
+mod devices;
+mod inits;
+
 use std::future::Future;
 
 use keyward_kms::db::{self, Database, EmbeddedMigrations};
@@ -20,23 +39,27 @@ use sqlx::{Any, AnyPool, Transaction};
 
 use crate::error::{ProvisioningError, Result};
 
+pub(crate) use batches::NewDevice;
+pub(crate) use checks::StoredChallenge;
+pub(crate) use devices::UniqueColumn;
+
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
     sqlite: &[(
         3001,
         "provisioning",
-        include_str!("../migrations/sqlite/3001_provisioning.sql"),
+        include_str!("../../migrations/sqlite/3001_provisioning.sql"),
     )],
     postgres: &[(
         3001,
         "provisioning",
-        include_str!("../migrations/postgres/3001_provisioning.sql"),
+        include_str!("../../migrations/postgres/3001_provisioning.sql"),
     )],
 };
 
 /// The provisioning tables in the catalog's database.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pub(crate) pool: AnyPool,
+    pool: AnyPool,
     db: Database,
 }
 
@@ -55,13 +78,13 @@ impl Store {
     }
 
     /// A write transaction (see the module docs).
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         Ok(self.db.begin_write().await?)
     }
 
     /// Runs `op` (one whole transaction) again while PostgreSQL reports a
     /// serialization failure or deadlock.
-    pub(crate) async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,

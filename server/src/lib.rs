@@ -1,0 +1,59 @@
+//! The Keyward server as a library: the two listeners' routers, the service
+//! loop and everything they share. The binaries (`keyward`, `kwctl`) are thin
+//! shells over it, and route tests drive the routers in process.
+//!
+//! # Layout
+//! - [`public`]: the **public (device) listener**'s routes, one file per
+//!   device protocol (login, transactions, confirmations, loads, secure
+//!   channel as they arrive); [`public_app`] builds its router.
+//! - [`admin`]: the **admin listener**: health, metrics, OCSP and the admin
+//!   API for operators (roles); [`admin_app`] builds its router.
+//! - [`online`]: the **online protocols' domain logic** — sessions and
+//!   challenges, rotation policy, confirmations, the e-purse ledger, the
+//!   secure channel — with its own error type and store; routes in
+//!   [`public`] call it, it never sees HTTP.
+//! - [`wire`]: request and response bodies of both APIs, defined once and
+//!   used by the routes, `kwctl`, `kwsim` and the tests.
+//! - [`http`]: plumbing both listeners share: the middleware stack and
+//!   [`http::ApiError`], the one place errors become responses.
+//! - [`serve`]: the TLS listeners, connection handling, graceful shutdown
+//!   ([`run`]); [`tls`]: the HSM-backed rustls key and client verification;
+//!   [`pki`]: server certificate checks and CRL refresh; [`identity`]: the
+//!   client certificate seen on a connection.
+//! - [`audit`]: the hash-chained audit trail; [`migrate`]: its schema.
+//! - [`metrics`]: the Prometheus registry; [`state`]: what handlers share.
+//! - [`bootstrap`]: opening HSM, database and CA; `init`. [`cli`]: the
+//!   `keyward` commands.
+//!
+//! Must not: hold a server or CA private key outside the HSM; send an
+//! internal error's detail to a client; perform a security operation whose
+//! audit record could not be written.
+
+pub mod admin;
+pub mod audit;
+pub mod bootstrap;
+pub mod cli;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod migrate;
+pub mod online;
+pub mod pki;
+pub mod public;
+pub mod serve;
+pub mod state;
+pub mod tls;
+pub mod wire;
+
+pub use serve::{Listeners, run};
+pub use state::AppState;
+
+/// The public (device) listener's router, with its middleware stack.
+pub fn public_app(state: AppState) -> axum::Router {
+    public::router(state)
+}
+
+/// The admin listener's router, with its middleware stack.
+pub fn admin_app(state: AppState) -> axum::Router {
+    admin::router(state)
+}
