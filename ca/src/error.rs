@@ -120,6 +120,15 @@ pub enum CaError {
     Task(#[source] tokio::task::JoinError),
 }
 
+impl From<keyward_kms::db::ColumnError> for CaError {
+    fn from(e: keyward_kms::db::ColumnError) -> Self {
+        match e {
+            keyward_kms::db::ColumnError::Read(e) => Self::Database(e),
+            keyward_kms::db::ColumnError::Corrupt(what) => Self::CorruptRecord(what),
+        }
+    }
+}
+
 impl CaError {
     /// Stable code for clients and metrics; never changes once released.
     pub fn code(&self) -> &'static str {

@@ -14,8 +14,9 @@ use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::error::{ProvisioningError, Result};
 use crate::init::InitState;
-use crate::store::{is_unique_violation, now_ms};
+use crate::store::is_unique_violation;
 use crate::types::{Account, CustomerId, DeviceState, OperatorId, SeSerial, SecureElement};
+use keyward_kms::db::now_ms;
 
 /// What [`Provisioning::bind`] is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,8 +26,9 @@ use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{StoredChallenge, now_ms};
+use crate::store::StoredChallenge;
 use crate::types::DeviceState;
+use keyward_kms::db::now_ms;
 
 /// Bytes of a genuine-device challenge.
 pub const CHALLENGE_LEN: usize = 32;
@@ -65,13 +66,7 @@ impl Provisioning {
                 needed: "manufactured",
             });
         }
-        let random = self.kms.pool().run(|h| h.random(CHALLENGE_LEN)).await?;
-        let bytes: [u8; CHALLENGE_LEN] = random.try_into().map_err(|_| {
-            ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
-                function: "C_GenerateRandom".into(),
-                rv: "short read".into(),
-            })
-        })?;
+        let bytes: [u8; CHALLENGE_LEN] = self.kms.random().await?;
         let now = now_ms();
         let ttl = i64::try_from(self.challenge_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now.saturating_add(ttl);

@@ -24,11 +24,12 @@ use keyward_kms::types::DeviceId;
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{is_unique_violation, now_ms};
+use crate::store::is_unique_violation;
 use crate::types::{
     Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
     OperatorId, Reason,
 };
+use keyward_kms::db::now_ms;
 
 /// An application as the reviewer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -118,6 +118,15 @@ pub enum ProvisioningError {
     CorruptRecord(&'static str),
 }
 
+impl From<keyward_kms::db::ColumnError> for ProvisioningError {
+    fn from(e: keyward_kms::db::ColumnError) -> Self {
+        match e {
+            keyward_kms::db::ColumnError::Read(e) => Self::Database(e),
+            keyward_kms::db::ColumnError::Corrupt(what) => Self::CorruptRecord(what),
+        }
+    }
+}
+
 impl ProvisioningError {
     /// Stable code for clients, audit outcomes and metrics; never changes once
     /// released.

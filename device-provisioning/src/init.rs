@@ -297,8 +297,8 @@ fn package_kcvs(pkg: &InitPackage) -> Result<(Kcv, Kcv)> {
             .map(|k| k.kcv)
             .ok_or_else(|| {
                 ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
-                    function: "init_package".into(),
-                    rv: format!("package lacks the {name} key"),
+                    function: "init_package",
+                    problem: "package lacks a key",
                 })
             })
     };

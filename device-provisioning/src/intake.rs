@@ -422,7 +422,7 @@ impl Provisioning {
         &self,
         rows: &[(usize, Box<GoodRow>)],
     ) -> std::result::Result<Vec<String>, (Vec<String>, CertifierError)> {
-        let parallel = self.kms.pool().workers().max(1);
+        let parallel = self.kms.hsm_workers().max(1);
         let mut serials: Vec<Option<String>> = vec![None; rows.len()];
         let mut running = tokio::task::JoinSet::new();
         let mut next = 0;

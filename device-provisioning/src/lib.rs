@@ -98,7 +98,7 @@ impl Provisioning {
     /// (the kms catalog must be migrated first: `Kms::open` does that) and
     /// returns the service.
     pub async fn new(kms: Kms, certifier: Arc<dyn DeviceCertifier>) -> Result<Self> {
-        let store = store::Store::new(kms.catalog());
+        let store = store::Store::new(kms.db());
         store.migrate().await?;
         Ok(Self {
             kms,

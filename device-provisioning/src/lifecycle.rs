@@ -18,7 +18,6 @@ use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
 use crate::error::{ProvisioningError, Result};
 use crate::intake::BatchState;
-use crate::store::now_ms;
 use crate::types::{BatchId, DeviceState, OperatorId, Reason, SeSerial};
 
 /// A registered device.
@@ -127,7 +126,7 @@ impl Provisioning {
         }
         if to == DeviceState::Retired {
             // One identity: the symmetric keys go with the certificate.
-            let keys = self.kms.catalog().retire_device(device, now_ms()).await?;
+            let keys = self.kms.retire_device_keys(device).await?;
             note.detail("key_versions_closed", keys);
         }
         let changed = if to == DeviceState::Retired {

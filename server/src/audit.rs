@@ -17,11 +17,10 @@
 //! Must not: put key bytes, PINs, private keys or CSR/certificate bodies in a
 //! record. Details carry serials, profiles, names, roles and error codes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use keyward_config::DatabaseKind;
 use keyward_device_provisioning::AuditNote;
 pub use keyward_device_provisioning::{Actor, Outcome};
+use keyward_kms::db::now_ms;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
@@ -265,13 +264,6 @@ pub struct AuditLog {
     pool: AnyPool,
     kind: DatabaseKind,
     metrics: Option<Metrics>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl AuditLog {

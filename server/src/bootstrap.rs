@@ -20,7 +20,6 @@ use keyward_config::{Config, DatabaseKind};
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
-use keyward_kms::pool::HsmPool;
 
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
@@ -42,8 +41,9 @@ pub struct Opened {
     pub migrated: Vec<i64>,
 }
 
-/// The HSM pool of this process, joined by [`close_hsm`] as the process ends.
-static HSM_POOL: OnceLock<HsmPool> = OnceLock::new();
+/// The key service of this process, whose HSM workers [`close_hsm`] joins
+/// as the process ends.
+static KMS: OnceLock<Kms> = OnceLock::new();
 
 /// Opens the HSM and the key catalog for a command.
 pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
@@ -54,7 +54,7 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     let kms = Kms::open(config)
         .await
         .context("opening the HSM and the key catalog")?;
-    let _ = HSM_POOL.set(kms.pool().clone());
+    let _ = KMS.set(kms.clone());
     Ok(kms)
 }
 
@@ -63,8 +63,8 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
 /// PKCS#11 module while the process runs its exit handlers can crash it
 /// (SoftHSM 2.6.1, `C_CloseSession`).
 pub fn close_hsm() {
-    if let Some(pool) = HSM_POOL.get() {
-        pool.shutdown();
+    if let Some(kms) = KMS.get() {
+        kms.shutdown();
     }
 }
 
@@ -72,12 +72,12 @@ pub fn close_hsm() {
 pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<Opened> {
     let kms = open_kms(config).await?;
     kms.ready().await.context("HSM or database not ready")?;
-    let pool = kms.catalog().pool().clone();
-    let kind = kms.catalog().kind();
+    let pool = kms.db().pool().clone();
+    let kind = kms.db().kind();
     let migrated = crate::migrate::run(&pool, kind)
         .await
         .context("applying the server's migrations (audit trail)")?;
-    let (ca, ca_report) = Ca::bootstrap(&kms, kms.catalog(), &config.ca)
+    let (ca, ca_report) = Ca::bootstrap(&kms, kms.db(), &config.ca)
         .await
         .context("bringing up the CA")?;
     let provisioning = Provisioning::new(kms.clone(), Arc::new(ca.clone()))

@@ -137,23 +137,23 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
 async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {
     let kms = open_kms(config).await?;
     kms.ready().await?;
-    let issuers = kms.catalog().issuers().await?;
+    let issuers = kms.issuers().await?;
     let report = serde_json::json!({
         "hsm": {
             "token_label": config.hsm.token_label,
             "module": config.hsm.module,
-            "workers": kms.pool().workers(),
+            "workers": kms.hsm_workers(),
             "mechanisms": "all required mechanisms present",
         },
-        "database": { "kind": format!("{:?}", kms.catalog().kind()).to_lowercase() },
+        "database": { "kind": format!("{:?}", kms.db().kind()).to_lowercase() },
         "issuers": issuers.len(),
     });
     output(json, &report, || {
         format!(
             "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present\nkey catalog ({:?}): reachable, {} issuer(s)",
             config.hsm.token_label,
-            kms.pool().workers(),
-            kms.catalog().kind(),
+            kms.hsm_workers(),
+            kms.db().kind(),
             issuers.len()
         )
     });
@@ -192,8 +192,8 @@ async fn init(json: bool, config: &Config) -> anyhow::Result<bool> {
 
 async fn audit_verify(json: bool, config: &Config) -> anyhow::Result<bool> {
     let kms = open_kms(config).await?;
-    let pool = kms.catalog().pool().clone();
-    let kind = kms.catalog().kind();
+    let pool = kms.db().pool().clone();
+    let kind = kms.db().kind();
     crate::migrate::run(&pool, kind).await?;
     let audit = AuditLog::new(pool, kind, None);
     let report = audit.verify_and_record(&Actor::Cli, "cli").await?;
@@ -215,14 +215,14 @@ async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Resu
         IssuerCommand::Create { id, family } => {
             let id: IssuerId = id.parse()?;
             let family: KeyFamily = family.parse()?;
-            let (pool, kind) = (kms.catalog().pool().clone(), kms.catalog().kind());
+            let (pool, kind) = (kms.db().pool().clone(), kms.db().kind());
             crate::migrate::run(&pool, kind).await?;
             let audit = AuditLog::new(pool, kind, None);
             let rec = create_recorded(&kms, &audit, None, &Actor::Cli, "cli", id, family).await?;
             output(json, &Issuer::from(&rec), || issuer_text(&rec));
         }
         IssuerCommand::List => {
-            let list = kms.catalog().issuers().await?;
+            let list = kms.issuers().await?;
             let value: Vec<Issuer> = list.iter().map(Issuer::from).collect();
             output(json, &value, || {
                 list.iter().map(issuer_text).collect::<Vec<_>>().join("\n")

@@ -103,7 +103,7 @@ async fn audit_chain_verifies_and_names_the_first_tampered_record() {
     // The table refuses edits; whoever drops the guard is still caught.
     let target = 3i64;
     let catalog = s.db.catalog().await.unwrap();
-    let pool = catalog.pool();
+    let pool = catalog.db().pool();
     let blocked = sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = $1")
         .bind(target)
         .execute(pool)

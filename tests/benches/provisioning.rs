@@ -77,13 +77,8 @@ async fn setup(token: &TestToken) -> (Provisioning, TestDb) {
     let hsm = Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap();
     let pool = HsmPool::start(Arc::new(hsm), SESSIONS, 100_000).unwrap();
     let db = test_database().await.unwrap();
-    let kms = Kms::new(
-        pool,
-        Catalog::connect(&db.config).await.unwrap(),
-        10_000,
-        false,
-    );
-    let (ca, _) = Ca::bootstrap(&kms, kms.catalog(), &CaConfig::default())
+    let kms = Kms::new(pool, Catalog::connect(&db.config).await.unwrap(), 10_000);
+    let (ca, _) = Ca::bootstrap(&kms, kms.db(), &CaConfig::default())
         .await
         .unwrap();
     let prov = Provisioning::new(kms, Arc::new(ca)).await.unwrap();

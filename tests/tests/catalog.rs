@@ -9,6 +9,7 @@ use keyward_kms::KmsError;
 use keyward_kms::catalog::{
     Catalog, IssuerRecord, KeyState, MasterKeyRecord, MasterKeyRole, NewWorkingKey,
 };
+use keyward_kms::db::now_ms;
 use keyward_kms::types::{
     DeviceId, IssuerId, Kcv, KcvMethod, KeyFamily, KeyVersion, WorkingKeyRole,
 };
@@ -81,7 +82,7 @@ async fn states(c: &Catalog, i: &IssuerId, d: DeviceId) -> Vec<(u32, KeyState)> 
 #[tokio::test(flavor = "multi_thread")]
 async fn issuers_create_get_list_and_refuse_duplicates() {
     let (db, c) = setup().await;
-    assert_eq!(c.kind(), db.kind());
+    assert_eq!(c.db().kind(), db.kind());
     c.ping().await.unwrap();
     assert!(c.issuers().await.unwrap().is_empty());
     assert_eq!(c.issuer(&issuer_id("bank-b")).await.unwrap(), None);
@@ -583,11 +584,4 @@ fn futures_are_send(c: &Catalog, i: &IssuerId, d: DeviceId, keys: &[NewWorkingKe
     send(c.retire_due(0));
     send(c.working_key(i, d, KeyVersion(1), WorkingKeyRole::Tak));
     send(c.issuers());
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

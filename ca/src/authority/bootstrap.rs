@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keyward_config::{CaConfig, CaKeyAlgorithm};
 use keyward_kms::Kms;
-use keyward_kms::catalog::Catalog;
+use keyward_kms::db::{Database, now_ms};
 use keyward_kms::hsm::KeyPairKind;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
@@ -26,7 +26,7 @@ use super::{
 use crate::error::{CaError, Result};
 use crate::hsm_key::HsmKey;
 use crate::registry::Serial;
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 
 /// What [`Ca::bootstrap`] did: `*_created` is false for what it found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,11 +78,11 @@ impl Ca {
     /// ([`CaError::CaKeyMismatch`]).
     pub async fn bootstrap(
         kms: &Kms,
-        catalog: &Catalog,
+        db: &Database,
         cfg: &CaConfig,
     ) -> Result<(Ca, BootstrapReport)> {
         let kind = validate_config(cfg)?;
-        let store = Store::new(catalog);
+        let store = Store::new(db);
         store.migrate().await?;
 
         let (root_key, root_key_created) = kms.ensure_signing_key(ROOT_KEY_LABEL, kind).await?;

@@ -13,7 +13,8 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use super::{Ca, blocking, from_ms, ms, now_s, pem_encode};
 use crate::error::{CaError, Result};
 use crate::registry::{RevocationReason, Serial};
-use crate::store::{StoredCrl, now_ms};
+use crate::store::StoredCrl;
+use keyward_kms::db::now_ms;
 
 /// A CRL signed by the issuing CA.
 #[derive(Debug, Clone, PartialEq, Eq)]

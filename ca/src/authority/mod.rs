@@ -23,7 +23,8 @@ use time::OffsetDateTime;
 use crate::error::{CaError, Result};
 use crate::hsm_key::HsmKey;
 use crate::registry::{CertFilter, CertRecord, CertStatus, Serial};
-use crate::store::{Store, now_ms};
+use crate::store::Store;
+use keyward_kms::db::now_ms;
 
 pub use bootstrap::BootstrapReport;
 pub use crl::Crl;

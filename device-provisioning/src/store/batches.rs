@@ -7,11 +7,12 @@ use keyward_kms::types::DeviceId;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, count_col, now_ms, parse_col};
+use super::Store;
 use crate::certifier::DeviceKeyKind;
 use crate::error::{ProvisioningError, Result};
 use crate::intake::{BatchRecord, BatchState};
 use crate::types::{BatchId, OperatorId, SeSerial};
+use keyward_kms::db::{int_col, now_ms, parse_col};
 
 /// A device to reserve with its batch.
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +151,7 @@ fn batch_from_row(row: &AnyRow) -> Result<BatchRecord> {
     Ok(BatchRecord {
         id: parse_col(row, "id", "prov_batches.id")?,
         state: batch_state(row, "state")?,
-        device_count: count_col(row, "device_count", "prov_batches.device_count")?,
+        device_count: int_col(row, "device_count", "prov_batches.device_count")?,
         imported_by: row.try_get("imported_by")?,
         imported_at_ms: row.try_get("imported_at_ms")?,
         completed_at_ms: row.try_get("completed_at_ms")?,

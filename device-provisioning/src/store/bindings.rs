@@ -5,12 +5,13 @@ use keyward_kms::types::{DeviceId, IssuerId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::Store;
 use super::customers::{join_accounts, split_accounts};
 use super::devices::{advance_in, state_in};
-use super::{Store, parse_col, parse_opt};
 use crate::binding::Binding;
 use crate::error::Result;
 use crate::types::{CustomerId, DeviceState};
+use keyward_kms::db::{parse_col, parse_opt};
 
 const BINDING_COLUMNS: &str = "device_id, issuer_id, customer_id, secure_element, psam_serial, \
      esam_serial, accounts, bound_by, bound_at_ms";
@@ -97,7 +98,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| parse_col(r, "device_id", "prov_bindings.device_id"))
+            .map(|r| Ok(parse_col(r, "device_id", "prov_bindings.device_id")?))
             .collect()
     }
 }

@@ -4,13 +4,14 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, count_col, parse_col};
+use super::Store;
 use crate::customers::ApplicationView;
 use crate::error::{ProvisioningError, Result};
 use crate::types::{
     Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
     OperatorId, Reason,
 };
+use keyward_kms::db::{int_col, parse_col};
 
 const APP_COLUMNS: &str = "id, customer_id, state, name, national_id, accounts, contact_kind, \
      contact_address, revision, submitted_by, submitted_at_ms, decided_by, decided_at_ms, \
@@ -216,7 +217,7 @@ fn view_from_row(row: &AnyRow) -> Result<ApplicationView> {
             )
             .map_err(corrupt("prov_applications.contact_address"))?,
         },
-        revision: count_col(row, "revision", "prov_applications.revision")?,
+        revision: int_col(row, "revision", "prov_applications.revision")?,
         submitted_by: row.try_get("submitted_by")?,
         submitted_at_ms: row.try_get("submitted_at_ms")?,
         decided_by: row.try_get("decided_by")?,

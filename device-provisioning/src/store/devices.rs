@@ -8,12 +8,13 @@ use keyward_kms::types::DeviceId;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
+use super::Store;
 use super::batches::batch_state;
-use super::{Store, now_ms, parse_col, parse_opt};
 use crate::error::{ProvisioningError, Result};
 use crate::intake::BatchState;
 use crate::lifecycle::DeviceRecord;
 use crate::types::{BatchId, DeviceState};
+use keyward_kms::db::{now_ms, parse_col, parse_opt};
 
 /// Ids per `IN (…)` list when looking rows up in bulk.
 const LOOKUP_CHUNK: usize = 400;
@@ -235,7 +236,7 @@ pub(super) async fn state_in(conn: &mut AnyConnection, device: DeviceId) -> Resu
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(ProvisioningError::UnknownDevice(device))?;
-    parse_col(&row, "state", "prov_devices.state")
+    Ok(parse_col(&row, "state", "prov_devices.state")?)
 }
 
 /// Moves a device `initialised → issued` (its first binding) or

@@ -6,11 +6,12 @@ use keyward_kms::types::{DeviceId, IssuerId, Kcv, KcvMethod};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::Store;
 use super::devices::{advance_in, state_in};
-use super::{Store, count_col, now_ms, parse_col};
 use crate::error::{ProvisioningError, Result};
 use crate::init::{InitRecord, InitState};
 use crate::types::{DeviceState, OperatorId, Reason};
+use keyward_kms::db::{int_col, now_ms, parse_col};
 
 const INIT_COLUMNS: &str = "issuer_id, state, kcv_method, tmk_kcv, auth_kcv, packages, \
      packaged_at_ms, confirmed_at_ms, reinit_by";
@@ -184,7 +185,7 @@ fn init_from_row(device: DeviceId, row: &AnyRow) -> Result<InitRecord> {
         state: parse_col(row, "state", "prov_inits.state")?,
         tmk_kcv: kcv("tmk_kcv")?,
         auth_kcv: kcv("auth_kcv")?,
-        packages: count_col(row, "packages", "prov_inits.packages")?,
+        packages: int_col(row, "packages", "prov_inits.packages")?,
         packaged_at_ms: row.try_get("packaged_at_ms")?,
         confirmed_at_ms: row.try_get("confirmed_at_ms")?,
         reinit_by: row.try_get("reinit_by")?,

@@ -33,12 +33,9 @@ mod devices;
 mod inits;
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyward_config::DatabaseKind;
-use keyward_kms::catalog::{Catalog, EmbeddedMigrations, tx};
-use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use keyward_kms::db::{self, Database, EmbeddedMigrations};
+use sqlx::{Any, AnyPool, Transaction};
 
 use crate::error::{ProvisioningError, Result};
 
@@ -63,26 +60,26 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     pool: AnyPool,
-    kind: DatabaseKind,
+    db: Database,
 }
 
 impl Store {
-    pub(crate) fn new(catalog: &Catalog) -> Self {
+    pub(crate) fn new(db: &Database) -> Self {
         Self {
-            pool: catalog.pool().clone(),
-            kind: catalog.kind(),
+            pool: db.pool().clone(),
+            db: db.clone(),
         }
     }
 
     /// Applies what is missing; a second run changes nothing.
     pub(crate) async fn migrate(&self) -> Result<()> {
-        MIGRATIONS.run(&self.pool, self.kind).await?;
+        self.db.migrate(&MIGRATIONS).await?;
         Ok(())
     }
 
     /// A write transaction (see the module docs).
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(tx::begin_write(&self.pool, self.kind).await?)
+        Ok(self.db.begin_write().await?)
     }
 
     /// Runs `op` (one whole transaction) again while PostgreSQL reports a
@@ -92,53 +89,17 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        tx::retrying("provisioning", |e| self.is_race(e), op).await
+        db::retrying("provisioning", |e| self.is_race(e), op).await
     }
 
     fn is_race(&self, e: &ProvisioningError) -> bool {
-        matches!(e, ProvisioningError::Database(err) if tx::is_serialization_failure(self.kind, err))
+        matches!(e, ProvisioningError::Database(err) if self.db.is_serialization_failure(err))
     }
 }
 
 /// Whether an error is a unique-constraint violation (a lost race on insert).
 pub(crate) fn is_unique_violation(e: &ProvisioningError) -> bool {
     matches!(e, ProvisioningError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
-}
-
-/// A text column parsed into a domain type; a bad value names its column.
-fn parse_col<T: std::str::FromStr>(row: &AnyRow, col: &str, what: &'static str) -> Result<T> {
-    let s: String = row.try_get(col)?;
-    s.parse()
-        .map_err(|_| ProvisioningError::CorruptRecord(what))
-}
-
-/// An optional text column parsed into a domain type.
-fn parse_opt<T: std::str::FromStr>(
-    row: &AnyRow,
-    col: &str,
-    what: &'static str,
-) -> Result<Option<T>> {
-    let s: Option<String> = row.try_get(col)?;
-    s.map(|s| {
-        s.parse()
-            .map_err(|_| ProvisioningError::CorruptRecord(what))
-    })
-    .transpose()
-}
-
-/// A count column (never negative: the schema checks it) as a `u32`.
-fn count_col(row: &AnyRow, col: &str, what: &'static str) -> Result<u32> {
-    let n: i64 = row.try_get(col)?;
-    u32::try_from(n).map_err(|_| ProvisioningError::CorruptRecord(what))
-}
-
-/// Wall-clock unix milliseconds, comparable across processes sharing the
-/// database.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

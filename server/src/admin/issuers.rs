@@ -96,7 +96,7 @@ pub async fn list(
     Extension(op): Extension<Operator>,
 ) -> Result<Json<wire::IssuerList>, ApiError> {
     op.read(&state, ALL_ROLES, "issuers.list", "-").await?;
-    let list = state.kms.catalog().issuers().await?;
+    let list = state.kms.issuers().await?;
     Ok(Json(wire::IssuerList {
         issuers: list.iter().map(wire::Issuer::from).collect(),
     }))

@@ -309,9 +309,9 @@ mod tests {
 
     #[test]
     fn server_errors_hide_their_cause() {
-        let e: ApiError = KmsError::Hsm {
-            function: "C_Sign".into(),
-            rv: "CKR_DEVICE_ERROR".into(),
+        let e: ApiError = KmsError::Pkcs11 {
+            function: "C_Sign",
+            rv: keyward_kms::hsm::Rv::new(0x6), // CKR_FUNCTION_FAILED
         }
         .into();
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);

@@ -35,13 +35,8 @@ pub async fn env() -> Env {
     let hsm = Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap();
     let pool = HsmPool::start(Arc::new(hsm), 2, 1000).unwrap();
     let db = test_database().await.unwrap();
-    let kms = Kms::new(
-        pool,
-        Catalog::connect(&db.config).await.unwrap(),
-        1000,
-        false,
-    );
-    let (ca, _) = Ca::bootstrap(&kms, kms.catalog(), &CaConfig::default())
+    let kms = Kms::new(pool, Catalog::connect(&db.config).await.unwrap(), 1000);
+    let (ca, _) = Ca::bootstrap(&kms, kms.db(), &CaConfig::default())
         .await
         .unwrap();
     let prov = Provisioning::new(kms.clone(), Arc::new(ca.clone()))
