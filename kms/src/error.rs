@@ -29,6 +29,14 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Whether the caller was at fault (a 4xx), rather than the server.
+    pub fn is_client(self) -> bool {
+        matches!(
+            self,
+            Self::Invalid | Self::NotFound | Self::Conflict | Self::Forbidden
+        )
+    }
+
     /// Stable lower-case name, for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
