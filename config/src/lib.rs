@@ -287,6 +287,11 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// How long a request waits for the database — a pooled connection, a
+    /// new connection, SQLite's write lock — before it is answered `503
+    /// database_unavailable` instead of hanging until the request timeout.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -294,8 +299,13 @@ impl Default for DatabaseConfig {
         Self {
             url: default_database_url(),
             max_connections: default_max_connections(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
         }
     }
+}
+
+fn default_acquire_timeout_ms() -> u64 {
+    1500
 }
 
 /// Log output.

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub certificates_issued: IntCounterVec,
     pub certificates_revoked: IntCounter,
     pub provisioning_decisions: IntCounterVec,
+    /// 503 answers because a dependency (`database`, `hsm`) was away or full.
+    pub dependency_unavailable: IntCounterVec,
     pub crl_age_seconds: IntGauge,
     pub crl_number: IntGauge,
     pub tls_config_reloads: IntCounter,
@@ -175,6 +177,12 @@ impl Metrics {
                 "keyward_provisioning_decisions_total",
                 "Provisioning decisions (import, check, init, customer review, bind, lifecycle), by action and outcome.",
                 &["action", "outcome"],
+            )?,
+            dependency_unavailable: counter_vec(
+                &r,
+                "keyward_dependency_unavailable_total",
+                "Requests answered 503 because a dependency was unavailable or at capacity, by dependency (database, hsm).",
+                &["dependency"],
             )?,
             certificates_revoked: counter(
                 &r,

@@ -762,4 +762,3 @@ mod tests {
         SimDevice::load(dir.path(), a.id).unwrap();
     }
 }
-

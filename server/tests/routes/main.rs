@@ -19,6 +19,7 @@ mod harness;
 mod access;
 mod ca;
 mod customers;
+mod database;
 mod devices;
 mod issuers;
 mod trail;
