@@ -98,6 +98,11 @@ pub struct ServerConfig {
     /// How often the CRL used for client-certificate checks is rebuilt.
     #[serde(default = "default_crl_refresh_secs")]
     pub crl_refresh_secs: u64,
+    /// How often a replica looks in the database for a revocation made by
+    /// another replica (one small read); a revocation reaches every replica's
+    /// TLS verifier within about this long.
+    #[serde(default = "default_revocation_poll_ms")]
+    pub revocation_poll_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +117,7 @@ impl Default for ServerConfig {
             batch_timeout_ms: default_batch_timeout_ms(),
             batch_max_body_bytes: default_batch_max_body_bytes(),
             crl_refresh_secs: default_crl_refresh_secs(),
+            revocation_poll_ms: default_revocation_poll_ms(),
         }
     }
 }
@@ -208,6 +214,10 @@ fn default_batch_timeout_ms() -> u64 {
 fn default_batch_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
+fn default_revocation_poll_ms() -> u64 {
+    1000
+}
+
 fn default_crl_refresh_secs() -> u64 {
     60
 }
