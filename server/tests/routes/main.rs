@@ -21,5 +21,6 @@ mod ca;
 mod customers;
 mod database;
 mod devices;
+mod idempotency;
 mod issuers;
 mod trail;
