@@ -45,5 +45,5 @@ pub use csr::verified_csr_key;
 pub use error::{CaError, Result};
 pub use hsm_key::{HsmKey, SubjectKey};
 pub use ocsp::{OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, malformed_request_der};
-pub use profile::{IssueRequest, Profile, Role};
+pub use profile::{IssueRequest, Profile, Role, normal_name};
 pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};
