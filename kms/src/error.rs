@@ -78,6 +78,19 @@ pub enum KmsError {
     Database(#[from] sqlx::Error),
     #[error("key catalog migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A file or directory holding catalog data (national ids, contacts, key
+    /// metadata) that other users of the machine may read.
+    #[error(
+        "{} is accessible to other users (mode {mode:03o}); fix it with `chmod {fix} {}` \
+         (Keyward creates it {fix})",
+        path.display(),
+        path.display()
+    )]
+    InsecurePermissions {
+        path: std::path::PathBuf,
+        mode: u32,
+        fix: &'static str,
+    },
     /// A stored value that does not parse back (the name says which column):
     /// the database was edited by hand or by a newer release.
     #[error("key catalog holds a malformed {0}")]
@@ -107,6 +120,7 @@ impl KmsError {
             Self::MessageTooLong { .. } => "message_too_long",
             Self::AlgorithmFamily { .. } => "algorithm_family_mismatch",
             Self::ChallengeInvalid => "challenge_invalid",
+            Self::InsecurePermissions { .. } => "insecure_permissions",
             Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
         }
     }

@@ -591,3 +591,31 @@ fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Issue 9 §5: the SQLite catalog (national ids, contacts) is created 0600 in
+/// a 0700 directory, and a catalog file other users can read is refused with
+/// its path and the fix. SQLite only: the file is what is checked.
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_catalog_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data").join("keyward.db");
+    let cfg = keyward_config::DatabaseConfig {
+        url: format!("sqlite://{}", path.display()),
+        max_connections: 2,
+    };
+    let catalog = Catalog::connect(&cfg).await.unwrap();
+    drop(catalog);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Catalog::connect(&cfg).await.map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, KmsError::InsecurePermissions { path: p, .. } if p == &path),
+        "{err}"
+    );
+    assert_eq!(err.code(), "insecure_permissions");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}

@@ -95,7 +95,8 @@ pub async fn list(
     })))
 }
 
-/// `GET /admin/v1/ca/certificates/{serial}`: one record with its PEM.
+/// `GET /admin/v1/ca/certificates/{serial}`: one record with its PEM and the
+/// chain above it (`chain_pem`: issuing CA, then root).
 pub async fn show(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
@@ -113,7 +114,13 @@ pub async fn show(
     )
     .await?;
     match state.ca.get(&serial).await? {
-        Some(r) => Ok(Json(record_json(&r, true))),
+        Some(r) => {
+            // What a device (or its station) needs to present the
+            // certificate: the chain above it, issuing CA then root.
+            let mut v = record_json(&r, true);
+            v["chain_pem"] = serde_json::Value::String(state.ca.chain_pem());
+            Ok(Json(v))
+        }
         None => Err(keyward_ca::CaError::UnknownSerial(serial).into()),
     }
 }

@@ -180,7 +180,7 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
             }
             (Some(_), Err(e)) => (id.actor(), e),
             // A device (or other) certificate: known, but no operator.
-            (None, _) => (id.actor(), ApiError::forbidden_role("an operator")),
+            (None, _) => (id.actor(), no_operator_role()),
         },
         (Some(id), None) => (id.actor(), ApiError::certificate_required()),
         (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
@@ -200,6 +200,11 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
     let outcome = Outcome::Refused { code };
     let _ = state.audit.append(&actor, &event, outcome, &rid).await;
     refusal.into_response()
+}
+
+/// The refusal of a certificate without an operator role (a device's, say).
+fn no_operator_role() -> ApiError {
+    ApiError::forbidden_role("admin, operator or auditor")
 }
 
 /// A connection outlives a revocation (HTTP/2 and keep-alive reuse the
@@ -383,4 +388,20 @@ async fn whoami(
         "role": op.role.as_str(),
         "serial": op.serial,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9 §5: the refusal read "needs the an operator role".
+    #[test]
+    fn refusal_without_an_operator_role_reads_well() {
+        let e = no_operator_role();
+        assert_eq!(e.code, "forbidden_role");
+        assert_eq!(
+            e.message,
+            "this action needs the admin, operator or auditor role"
+        );
+    }
 }
