@@ -375,6 +375,12 @@ impl Ca {
         self.inner.store.certificate(serial).await
     }
 
+    /// Changes with every revocation and every CRL: what cached OCSP
+    /// answers are keyed under (`ocsp::OcspResponder`).
+    pub(crate) async fn crl_generation(&self) -> Result<(i64, Option<i64>)> {
+        self.inner.store.crl_generation().await
+    }
+
     /// Whether a certificate is revoked. A serial this CA never issued is
     /// [`CaError::UnknownSerial`]: callers must refuse it, not treat it as good.
     pub async fn is_revoked(&self, serial: &Serial) -> Result<bool> {

@@ -22,7 +22,8 @@
 //! - [`error`]: [`CaError`] with stable codes.
 //!
 //! - [`ocsp`]: an OCSP responder (RFC 6960) for certificates of the issuing
-//!   CA, [`Ca::ocsp_response`], answers signed with the issuing CA's HSM key.
+//!   CA, [`OcspResponder`]: bounded requests, answers signed with the issuing
+//!   CA's HSM key once and cached until the registry changes.
 //!   Relying parties may also use the CRL (or, inside Keyward, the registry
 //!   via [`Ca::is_revoked`]).
 //!
@@ -44,6 +45,9 @@ pub use authority::{BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROO
 pub use csr::verified_csr_key;
 pub use error::{CaError, Result};
 pub use hsm_key::{HsmKey, SubjectKey};
-pub use ocsp::{OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, malformed_request_der};
+pub use ocsp::{
+    OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, OcspAnswer, OcspLimits, OcspResponder,
+    OcspSource, malformed_request_der,
+};
 pub use profile::{IssueRequest, Profile, Role, normal_name};
 pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};

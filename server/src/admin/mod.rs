@@ -119,13 +119,21 @@ pub fn router(state: AppState) -> Router {
     let mut batch_stack = stack_config(&state, Listener::Admin);
     batch_stack.request_timeout =
         std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
+    batch_stack.body_read_timeout = batch_stack.request_timeout;
     batch_stack.max_body_bytes = state.config.server.batch_max_body_bytes;
+    // Anonymous OCSP: a concurrency budget and body limit of its own, so a
+    // flood of it cannot make health, metrics or the admin API answer 503.
+    let ocsp_routes = Router::new()
+        .route("/ocsp", post(ocsp::post))
+        .route("/ocsp/{*request}", get(ocsp::get))
+        .with_state(state.clone());
+    let mut ocsp_stack = stack_config(&state, Listener::Admin);
+    ocsp_stack.max_concurrent_requests = state.config.server.ocsp_max_concurrent_requests.max(1);
+    ocsp_stack.max_body_bytes = state.config.server.ocsp_max_body_bytes;
     let router = Router::new()
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .route("/ocsp", post(ocsp::post))
-        .route("/ocsp/{*request}", get(ocsp::get))
         .merge(api)
         .with_state(state.clone());
     layers::apply(
@@ -134,6 +142,11 @@ pub fn router(state: AppState) -> Router {
         state.metrics.clone(),
     )
     .merge(layers::apply(batches, &batch_stack, state.metrics.clone()))
+    .merge(layers::apply(
+        ocsp_routes,
+        &ocsp_stack,
+        state.metrics.clone(),
+    ))
 }
 
 /// Every role: the reads.
