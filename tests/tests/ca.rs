@@ -789,11 +789,8 @@ async fn ocsp_answers_are_cached_until_the_registry_changes() {
         .await
         .unwrap();
     assert_eq!(b.source, OcspSource::Throttled);
-    assert!(
-        ocsp_text(dir.path(), &b.der).contains("tryLater"),
-        "{}",
-        ocsp_text(dir.path(), &b.der)
-    );
+    let t = ocsp_text(dir.path(), &b.der);
+    assert!(t.to_ascii_lowercase().contains("trylater"), "{t}");
     // The cached answer is still served.
     let c = tight
         .respond(&ocsp_request(&e, dir.path(), &unknown, true))
