@@ -787,6 +787,30 @@ pin_env = "KW_PIN"
         Ok(())
     }
 
+    /// Issue 9 §3: the slow-client and OCSP limits have defaults and refuse 0.
+    #[test]
+    fn traffic_limits_default_and_refuse_zero() -> Result<(), ConfigError> {
+        let c = parse(MINIMAL, &[])?;
+        assert_eq!(c.server.ocsp_max_concurrent_requests, 64);
+        assert_eq!(c.server.idle_timeout_ms, 60_000);
+        assert_eq!(c.server.max_connections_per_address, 128);
+        for key in [
+            "OCSP_MAX_CONCURRENT_REQUESTS",
+            "IDLE_TIMEOUT_MS",
+            "MAX_CONNECTIONS_PER_ADDRESS",
+            "OCSP_SIGNATURES_PER_SECOND",
+        ] {
+            let var = format!("KEYWARD__SERVER__{key}");
+            let msg = parse(MINIMAL, &[(var.as_str(), "0")])
+                .map(|_| ())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(msg.contains(&key.to_ascii_lowercase()), "{key}: {msg}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn shipped_examples_parse() -> Result<(), ConfigError> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
