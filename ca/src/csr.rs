@@ -23,9 +23,32 @@ use crate::hsm_key::{SubjectKey, bit_len};
 /// Largest CSR accepted, DER or PEM (an RSA-8192 CSR is about 2.2 KiB DER).
 const MAX_CSR_LEN: usize = 16 * 1024;
 
+/// A certificate signing request whose self-signature verified, reduced to
+/// the key to certify. Only [`VerifiedCsr::parse`] makes one, so holding it
+/// means the check was done: callers pass it along (to
+/// [`crate::Ca::issue_from_verified_csr`]) instead of the bytes, and no CSR is
+/// parsed or verified twice.
+#[derive(Debug, Clone)]
+pub struct VerifiedCsr {
+    key: SubjectKey,
+}
+
+impl VerifiedCsr {
+    /// Parses a CSR (DER, or PEM `CERTIFICATE REQUEST`) and verifies its
+    /// signature.
+    pub fn parse(input: &[u8]) -> Result<Self> {
+        verified_csr_key(input).map(|key| Self { key })
+    }
+
+    /// The key to certify.
+    pub fn key(&self) -> &SubjectKey {
+        &self.key
+    }
+}
+
 /// Parses a CSR (DER, or PEM `CERTIFICATE REQUEST`), verifies its signature
 /// and returns the key to certify.
-pub fn verified_csr_key(input: &[u8]) -> Result<SubjectKey> {
+fn verified_csr_key(input: &[u8]) -> Result<SubjectKey> {
     if input.len() > MAX_CSR_LEN {
         return Err(CaError::CsrInvalid("larger than 16 KiB"));
     }

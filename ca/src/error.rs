@@ -3,6 +3,7 @@
 //! Messages never carry key material: a CSR problem is described, never
 //! quoted.
 
+pub use keyward_kms::ErrorKind;
 use keyward_kms::KmsError;
 
 use crate::profile::Profile;
@@ -77,6 +78,15 @@ pub enum CaError {
     Task(#[source] tokio::task::JoinError),
 }
 
+impl From<keyward_kms::db::ColumnError> for CaError {
+    fn from(e: keyward_kms::db::ColumnError) -> Self {
+        match e {
+            keyward_kms::db::ColumnError::Read(e) => Self::Database(e),
+            keyward_kms::db::ColumnError::Corrupt(what) => Self::CorruptRecord(what),
+        }
+    }
+}
+
 impl CaError {
     /// Stable code for clients and metrics; never changes once released.
     pub fn code(&self) -> &'static str {
@@ -100,20 +110,35 @@ impl CaError {
         }
     }
 
-    /// True when the caller's input was at fault (a 4xx), false for server-side
-    /// trouble (a 5xx).
-    pub fn is_client_error(&self) -> bool {
+    /// What sort of failure this is; a kms error keeps its own kind (an HSM
+    /// busy is [`ErrorKind::Busy`] however it reached the CA).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::CsrInvalid(_)
             | Self::CsrSignature
             | Self::UnsupportedKey(_)
             | Self::ProfileRequirements { .. }
-            | Self::Invalid { .. }
-            | Self::UnknownSerial(_)
-            | Self::AlreadyRevoked(_) => true,
-            Self::Kms(e) => e.is_client_error(),
-            _ => false,
+            | Self::Invalid { .. } => ErrorKind::Invalid,
+            Self::UnknownSerial(_) => ErrorKind::NotFound,
+            Self::AlreadyRevoked(_) => ErrorKind::Conflict,
+            Self::Kms(e) => e.kind(),
+            Self::CaKeyMismatch { .. }
+            | Self::CaExpired
+            | Self::Config { .. }
+            | Self::Encoding(_)
+            | Self::SelfCheck(_)
+            | Self::OcspEncoding(_)
+            | Self::Database(_)
+            | Self::Migration(_)
+            | Self::CorruptRecord(_)
+            | Self::Task(_) => ErrorKind::Internal,
         }
+    }
+
+    /// True when the caller's input was at fault (a 4xx), false for server-side
+    /// trouble (a 5xx).
+    pub fn is_client_error(&self) -> bool {
+        self.kind().is_client()
     }
 
     pub(crate) fn profile(profile: Profile, reason: &'static str) -> Self {
@@ -123,3 +148,23 @@ impl CaError {
 
 /// Result alias of this crate.
 pub type Result<T, E = CaError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_busy_passes_through() {
+        assert_eq!(CaError::CsrSignature.kind(), ErrorKind::Invalid);
+        assert_eq!(CaError::CorruptRecord("x").kind(), ErrorKind::Internal);
+        let busy = CaError::Kms(KmsError::Busy);
+        assert_eq!(busy.kind(), ErrorKind::Busy);
+        assert_eq!(busy.code(), "hsm_busy");
+        assert!(!busy.is_client_error());
+        assert_eq!(
+            CaError::Kms(KmsError::PoolClosed).kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(CaError::AlreadyRevoked(Serial::random()).is_client_error());
+    }
+}

@@ -5,13 +5,16 @@
 //! database, revocation, and CRLs signed by the issuing CA.
 //!
 //! # Layout
-//! - [`Ca`] (`authority`): bootstrap (idempotent: keys `keyward/ca/root` and
-//!   `keyward/ca/issuing`, the two CA certificates, the first CRL), issuance,
-//!   registry queries, revocation, CRL signing and refresh.
+//! - [`Ca`] (`authority/`): `mod.rs` the CA value and registry queries;
+//!   `bootstrap.rs` (idempotent: keys `keyward/ca/root` and
+//!   `keyward/ca/issuing`, the two CA certificates, the first CRL);
+//!   `issue.rs` issuance and the leaf self-check; `crl.rs` revocation, CRL
+//!   signing and refresh.
 //! - [`profile`]: [`Profile`] (`device`, `server-tls`, `operator`,
 //!   `load-permit`), [`Role`], [`IssueRequest`]: the profile alone decides a
 //!   certificate's subject, extensions and validity.
-//! - `csr`: CSR parsing and signature check; only the public key is kept.
+//! - `csr`: [`VerifiedCsr`], a CSR parsed and its signature checked once;
+//!   only the public key is kept.
 //! - [`hsm_key`]: [`HsmKey`], an HSM key pair as rcgen's `SigningKey`, and
 //!   [`SubjectKey`], a public key to certify.
 //! - [`registry`]: [`Serial`], [`CertRecord`], [`CertStatus`],
@@ -19,7 +22,7 @@
 //! - `store` and `migrate`: the CA's tables (`ca_authorities`, `certificates`,
 //!   `ca_crl`) in the catalog database (`ca/migrations/{sqlite,postgres}`,
 //!   versions 101..=199 in the shared `_sqlx_migrations` table).
-//! - [`error`]: [`CaError`] with stable codes.
+//! - [`error`]: [`CaError`] with stable codes and an [`ErrorKind`].
 //!
 //! - [`ocsp`]: an OCSP responder (RFC 6960) for certificates of the issuing
 //!   CA, [`OcspResponder`]: bounded requests, answers signed with the issuing
@@ -42,8 +45,8 @@ pub mod registry;
 mod store;
 
 pub use authority::{BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL};
-pub use csr::verified_csr_key;
-pub use error::{CaError, Result};
+pub use csr::VerifiedCsr;
+pub use error::{CaError, ErrorKind, Result};
 pub use hsm_key::{HsmKey, SubjectKey};
 pub use ocsp::{
     OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, OcspAnswer, OcspLimits, OcspResponder,

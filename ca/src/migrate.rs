@@ -7,9 +7,7 @@
 //! `ignore_missing`, so neither trips over the other's rows. Adding a
 //! migration means adding a file to BOTH directories and a line to BOTH lists.
 
-use keyward_config::DatabaseKind;
-use keyward_kms::catalog::EmbeddedMigrations;
-use sqlx::AnyPool;
+use keyward_kms::db::{Database, EmbeddedMigrations};
 
 use crate::error::Result;
 
@@ -23,8 +21,8 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
 };
 
 /// Applies what is missing; a second run changes nothing.
-pub(crate) async fn run(pool: &AnyPool, kind: DatabaseKind) -> Result<()> {
-    MIGRATIONS.run(pool, kind).await?;
+pub(crate) async fn run(db: &Database) -> Result<()> {
+    db.migrate(&MIGRATIONS).await?;
     Ok(())
 }
 

@@ -5,10 +5,8 @@
 //! deadlock.
 
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyward_config::DatabaseKind;
-use keyward_kms::catalog::{Catalog, tx};
+use keyward_kms::db::{self, Database};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
@@ -74,19 +72,19 @@ pub(crate) struct StoredCrl {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     pool: AnyPool,
-    kind: DatabaseKind,
+    db: Database,
 }
 
 impl Store {
-    pub fn new(catalog: &Catalog) -> Self {
+    pub fn new(db: &Database) -> Self {
         Self {
-            pool: catalog.pool().clone(),
-            kind: catalog.kind(),
+            pool: db.pool().clone(),
+            db: db.clone(),
         }
     }
 
     pub async fn migrate(&self) -> Result<()> {
-        crate::migrate::run(&self.pool, self.kind).await
+        crate::migrate::run(&self.db).await
     }
 
     // ---- CA certificates -----------------------------------------------------
@@ -125,7 +123,7 @@ impl Store {
         .bind(pem)
         .bind(not_before_ms)
         .bind(not_after_ms)
-        .bind(now_ms())
+        .bind(db::now_ms())
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -158,7 +156,7 @@ impl Store {
         .bind(c.role.map(|r| r.as_str()))
         .bind(c.not_before_ms)
         .bind(c.not_after_ms)
-        .bind(now_ms())
+        .bind(db::now_ms())
         .bind(c.pem)
         .execute(&self.pool)
         .await;
@@ -239,11 +237,7 @@ impl Store {
             let Some(row) = row else {
                 return Err(CaError::UnknownSerial(serial.clone()));
             };
-            let status: String = row.try_get("status")?;
-            match status
-                .parse::<CertStatus>()
-                .map_err(|_| CaError::CorruptRecord("certificates.status"))?
-            {
+            match db::parse_col::<CertStatus>(&row, "status", "certificates.status")? {
                 CertStatus::Revoked => return Err(CaError::AlreadyRevoked(serial.clone())),
                 CertStatus::Valid => {}
             }
@@ -293,13 +287,10 @@ impl Store {
             let revoked = rows
                 .iter()
                 .map(|r| {
-                    let serial: String = r.try_get("serial")?;
                     let at: Option<i64> = r.try_get("revoked_at_ms")?;
                     let reason: Option<String> = r.try_get("reason")?;
                     Ok(RevokedEntry {
-                        serial: serial
-                            .parse()
-                            .map_err(|_| CaError::CorruptRecord("certificates.serial"))?,
+                        serial: db::parse_col(r, "serial", "certificates.serial")?,
                         revoked_at_ms: at
                             .ok_or(CaError::CorruptRecord("certificates.revoked_at_ms"))?,
                         reason: reason
@@ -381,7 +372,7 @@ impl Store {
     // ---- plumbing ----------------------------------------------------------------
 
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(tx::begin_write(&self.pool, self.kind).await?)
+        Ok(self.db.begin_write().await?)
     }
 
     async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
@@ -389,54 +380,28 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        tx::retrying("CA registry", |e| self.is_race(e), op).await
+        db::retrying("CA registry", |e| self.is_race(e), op).await
     }
 
     fn is_race(&self, e: &CaError) -> bool {
-        matches!(e, CaError::Database(err) if tx::is_serialization_failure(self.kind, err))
+        matches!(e, CaError::Database(err) if self.db.is_serialization_failure(err))
     }
 }
 
 fn cert_from_row(row: &AnyRow) -> Result<CertRecord> {
-    let text = |col: &'static str| -> Result<String> { Ok(row.try_get::<String, _>(col)?) };
-    let opt_text = |col: &'static str| -> Result<Option<String>> {
-        Ok(row.try_get::<Option<String>, _>(col)?)
-    };
+    use db::{parse_col, parse_opt};
     Ok(CertRecord {
-        serial: text("serial")?
-            .parse()
-            .map_err(|_| CaError::CorruptRecord("certificates.serial"))?,
-        profile: text("profile")?
-            .parse()
-            .map_err(|_| CaError::CorruptRecord("certificates.profile"))?,
-        subject: text("subject")?,
-        device_id: opt_text("device_id")?
-            .map(|d| d.parse())
-            .transpose()
-            .map_err(|_| CaError::CorruptRecord("certificates.device_id"))?,
-        operator_role: opt_text("operator_role")?
-            .map(|r| r.parse())
-            .transpose()
-            .map_err(|_| CaError::CorruptRecord("certificates.operator_role"))?,
+        serial: parse_col(row, "serial", "certificates.serial")?,
+        profile: parse_col(row, "profile", "certificates.profile")?,
+        subject: row.try_get("subject")?,
+        device_id: parse_opt(row, "device_id", "certificates.device_id")?,
+        operator_role: parse_opt(row, "operator_role", "certificates.operator_role")?,
         not_before_ms: row.try_get("not_before_ms")?,
         not_after_ms: row.try_get("not_after_ms")?,
         issued_at_ms: row.try_get("issued_at_ms")?,
-        status: text("status")?
-            .parse()
-            .map_err(|_| CaError::CorruptRecord("certificates.status"))?,
+        status: parse_col(row, "status", "certificates.status")?,
         revoked_at_ms: row.try_get("revoked_at_ms")?,
-        reason: opt_text("reason")?
-            .map(|r| r.parse())
-            .transpose()
-            .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
-        pem: text("pem")?,
+        reason: parse_opt(row, "reason", "certificates.reason")?,
+        pem: row.try_get("pem")?,
     })
-}
-
-/// Wall-clock unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -158,8 +158,8 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// Key algorithm of the CA keys: `p256` or `rsa3072`.
-    #[serde(default = "default_ca_key_algorithm")]
-    pub key_algorithm: String,
+    #[serde(default)]
+    pub key_algorithm: CaKeyAlgorithm,
     /// Organisation (O) in CA and issued subjects.
     #[serde(default = "default_ca_organization")]
     pub organization: String,
@@ -178,10 +178,38 @@ pub struct CaConfig {
     pub crl_validity_hours: u32,
 }
 
+/// Key algorithm of the CA key pairs in the HSM. Typed here so that a bad
+/// value stops the start in [`Config::load`], before the HSM is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaKeyAlgorithm {
+    /// ECDSA P-256.
+    #[default]
+    P256,
+    /// RSA, 3072 bits.
+    Rsa3072,
+}
+
+impl CaKeyAlgorithm {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P256 => "p256",
+            Self::Rsa3072 => "rsa3072",
+        }
+    }
+}
+
+impl std::fmt::Display for CaKeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Default for CaConfig {
     fn default() -> Self {
         Self {
-            key_algorithm: default_ca_key_algorithm(),
+            key_algorithm: CaKeyAlgorithm::default(),
             organization: default_ca_organization(),
             root_validity_days: default_root_validity_days(),
             issuing_validity_days: default_issuing_validity_days(),
@@ -243,9 +271,6 @@ fn default_idle_timeout_ms() -> u64 {
 }
 fn default_max_connections_per_address() -> usize {
     128
-}
-fn default_ca_key_algorithm() -> String {
-    "p256".into()
 }
 fn default_ca_organization() -> String {
     "Keyward".into()
@@ -541,12 +566,6 @@ impl Config {
                 "must start with sqlite://, postgres:// or postgresql://",
             ));
         }
-        if !matches!(self.ca.key_algorithm.as_str(), "p256" | "rsa3072") {
-            return Err(ConfigError::key(
-                "ca.key_algorithm",
-                "must be p256 or rsa3072",
-            ));
-        }
         for (key, addr) in [
             ("server.public_listen", &self.server.public_listen),
             ("server.admin_listen", &self.server.admin_listen),
@@ -654,6 +673,13 @@ fn redact_serde(e: &toml::de::Error) -> String {
     let msg = e.message();
     if msg.starts_with("unknown field") || msg.starts_with("missing field") {
         return msg.split(", expected").next().unwrap_or(msg).to_owned();
+    }
+    if msg.starts_with("unknown variant") {
+        // "unknown variant `<value>`, expected …": keep only what was expected.
+        return match msg.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("unknown variant, expected {expected}"),
+            None => "unknown variant".to_owned(),
+        };
     }
     match (msg.split(':').next(), msg.rsplit_once(", expected ")) {
         (Some(kind), Some((_, expected))) => format!("{kind}, expected {expected}"),
@@ -773,6 +799,32 @@ pin_env = "KW_PIN"
             .unwrap_or_default();
         assert!(msg.contains("database.url"), "{msg}");
         assert!(!msg.contains("mysql://x"), "{msg}");
+    }
+
+    #[test]
+    fn ca_key_algorithm_is_typed_at_load() -> Result<(), ConfigError> {
+        assert_eq!(parse(MINIMAL, &[])?.ca.key_algorithm, CaKeyAlgorithm::P256);
+        let rsa = parse(
+            &format!("{MINIMAL}\n[ca]\nkey_algorithm = \"rsa3072\"\n"),
+            &[],
+        )?;
+        assert_eq!(rsa.ca.key_algorithm, CaKeyAlgorithm::Rsa3072);
+        let env = parse(MINIMAL, &[("KEYWARD__CA__KEY_ALGORITHM", "rsa3072")])?;
+        assert_eq!(env.ca.key_algorithm, CaKeyAlgorithm::Rsa3072);
+        // A bad value is refused by the load (before any HSM is opened),
+        // naming the key and the choices, never the value.
+        let msg = parse(
+            &format!("{MINIMAL}\n[ca]\nkey_algorithm = \"s3cr3t-ed25519\"\n"),
+            &[],
+        )
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(msg.contains("ca.key_algorithm"), "{msg}");
+        assert!(msg.contains("p256") && msg.contains("rsa3072"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        Ok(())
     }
 
     #[test]

@@ -9,16 +9,14 @@
 //! binding moves the device `initialised → issued`.
 
 use keyward_kms::types::{DeviceId, IssuerId};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
-use crate::customers::split_accounts;
 use crate::error::{ProvisioningError, Result};
 use crate::init::InitState;
-use crate::store::{is_unique_violation, now_ms, parse_col, parse_opt};
+use crate::store::is_unique_violation;
 use crate::types::{Account, CustomerId, DeviceState, OperatorId, SeSerial, SecureElement};
+use keyward_kms::db::now_ms;
 
 /// What [`Provisioning::bind`] is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,74 +113,23 @@ impl Provisioning {
             bound_by: operator.as_str().to_owned(),
             bound_at_ms: now_ms(),
         };
+        // All of a device's bindings name one customer, one per issuer.
         let r = self
             .store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                let state: DeviceState =
-                    match sqlx::query("SELECT state FROM prov_devices WHERE device_id = $1")
-                        .bind(device.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await?
-                    {
-                        Some(row) => parse_col(&row, "state", "prov_devices.state")?,
-                        None => return Err(ProvisioningError::UnknownDevice(device)),
-                    };
+            .bind(&binding, |state, existing| {
                 bind_allowed(device, state)?;
-                let existing = sqlx::query(
-                    "SELECT issuer_id, customer_id FROM prov_bindings WHERE device_id = $1",
-                )
-                .bind(device.to_string())
-                .fetch_all(&mut *tx)
-                .await?;
-                for row in &existing {
-                    let customer: String = row.try_get("customer_id")?;
-                    if customer != req.customer.as_str() {
+                for (issuer, customer) in existing {
+                    if *customer != req.customer {
                         return Err(ProvisioningError::BoundToOtherCustomer(device));
                     }
-                    let issuer: String = row.try_get("issuer_id")?;
-                    if issuer == req.issuer.as_str() {
+                    if *issuer == req.issuer {
                         return Err(ProvisioningError::AlreadyBound {
                             device,
                             issuer: req.issuer.clone(),
                         });
                     }
                 }
-                sqlx::query(
-                    "INSERT INTO prov_bindings (device_id, issuer_id, customer_id, secure_element, \
-                     psam_serial, esam_serial, accounts, bound_by, bound_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(device.to_string())
-                .bind(binding.issuer.as_str())
-                .bind(binding.customer.as_str())
-                .bind(se.as_str())
-                .bind(binding.psam_serial.as_ref().map(|s| s.as_str().to_owned()))
-                .bind(binding.esam_serial.as_ref().map(|s| s.as_str().to_owned()))
-                .bind(
-                    binding
-                        .accounts
-                        .iter()
-                        .map(Account::as_str)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )
-                .bind(binding.bound_by.as_str())
-                .bind(binding.bound_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                if state == DeviceState::Initialised {
-                    sqlx::query(
-                        "UPDATE prov_devices SET state = 'issued', state_changed_at_ms = $2 \
-                         WHERE device_id = $1 AND state = 'initialised'",
-                    )
-                    .bind(device.to_string())
-                    .bind(binding.bound_at_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(state)
+                Ok(())
             })
             .await;
         let from = match r {
@@ -203,15 +150,7 @@ impl Provisioning {
 
     /// Every binding of a device, by issuer.
     pub async fn bindings(&self, device: DeviceId) -> Result<Vec<Binding>> {
-        let rows = sqlx::query(
-            "SELECT device_id, issuer_id, customer_id, secure_element, psam_serial, esam_serial, \
-             accounts, bound_by, bound_at_ms FROM prov_bindings WHERE device_id = $1 \
-             ORDER BY issuer_id",
-        )
-        .bind(device.to_string())
-        .fetch_all(&self.store.pool)
-        .await?;
-        rows.iter().map(binding_from_row).collect()
+        self.store.bindings(device).await
     }
 }
 
@@ -224,19 +163,4 @@ fn bind_allowed(device: DeviceId, state: DeviceState) -> Result<()> {
             needed: "initialised (or issued, for a further issuer)",
         }),
     }
-}
-
-fn binding_from_row(row: &AnyRow) -> Result<Binding> {
-    let accounts: String = row.try_get("accounts")?;
-    Ok(Binding {
-        device: parse_col(row, "device_id", "prov_bindings.device_id")?,
-        issuer: parse_col(row, "issuer_id", "prov_bindings.issuer_id")?,
-        customer: parse_col(row, "customer_id", "prov_bindings.customer_id")?,
-        secure_element: parse_col(row, "secure_element", "prov_bindings.secure_element")?,
-        psam_serial: parse_opt(row, "psam_serial", "prov_bindings.psam_serial")?,
-        esam_serial: parse_opt(row, "esam_serial", "prov_bindings.esam_serial")?,
-        accounts: split_accounts(&accounts, "prov_bindings.accounts")?,
-        bound_by: row.try_get("bound_by")?,
-        bound_at_ms: row.try_get("bound_at_ms")?,
-    })
 }

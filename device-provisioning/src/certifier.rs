@@ -2,6 +2,12 @@
 //! trait ([`DeviceCertifier`]) so the pipeline does not care how the CA is
 //! reached, and its implementation for the Keyward CA ([`keyward_ca::Ca`]).
 //!
+//! A CSR is parsed and its signature verified once, by
+//! [`DeviceCertifier::check_csr`], which returns a [`DeviceCsr`]; certifying
+//! takes that value back, so neither provisioning nor the CA parses the CSR
+//! again. A freshly issued certificate is verified once, by the CA's own
+//! self-check before it hands it out.
+//!
 //! The implementation for [`keyward_ca::Ca`] does more than forward: a
 //! certificate handed back by [`DeviceCertifier::certificate`] has been
 //! re-parsed from the CA registry and checked to be a device certificate for
@@ -13,7 +19,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
 
-use keyward_ca::{CaError, CertStatus, IssueRequest, Profile, RevocationReason, Serial};
+use keyward_ca::{
+    CaError, CertStatus, IssueRequest, Profile, RevocationReason, Serial, VerifiedCsr,
+};
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
 use x509_parser::certificate::X509Certificate;
@@ -22,7 +30,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::error::CertifierError;
+use crate::error::{CertifierError, ErrorKind};
 
 /// A boxed future, so the trait stays object safe (`Arc<dyn DeviceCertifier>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,6 +62,46 @@ impl FromStr for DeviceKeyKind {
             "rsa" => Ok(Self::Rsa),
             _ => Err(()),
         }
+    }
+}
+
+/// A device's CSR, checked once: its self-signature verified and its key one
+/// a device may hold. Only [`DeviceCsr::new`] (from a [`VerifiedCsr`]) makes
+/// one, so holding it means both checks were done.
+#[derive(Debug, Clone)]
+pub struct DeviceCsr {
+    csr: VerifiedCsr,
+    kind: DeviceKeyKind,
+    public_key: PublicKey,
+}
+
+impl DeviceCsr {
+    /// Accepts a verified CSR whose key a device may hold (P-256, or RSA of
+    /// 2048 bits or more: what the init package can wrap to).
+    pub fn new(csr: VerifiedCsr) -> Result<Self, CertifierError> {
+        let spki = csr.key().spki_der();
+        let (_, parsed) = SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|_| refuse("csr_invalid", "subject public key does not parse"))?;
+        let (kind, public_key) = public_key(&parsed)?;
+        Ok(Self {
+            csr,
+            kind,
+            public_key,
+        })
+    }
+
+    /// The verified request, for the CA.
+    pub fn verified(&self) -> &VerifiedCsr {
+        &self.csr
+    }
+
+    pub fn key_kind(&self) -> DeviceKeyKind {
+        self.kind
+    }
+
+    /// The device's public key in kms form (what the certificate will carry).
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
     }
 }
 
@@ -92,13 +140,13 @@ pub enum RevokeReason {
 pub trait DeviceCertifier: Send + Sync + fmt::Debug {
     /// Verifies a CSR (DER or PEM) — its self-signature and that its key is
     /// one a device may hold — without issuing anything.
-    fn check_csr(&self, csr: &[u8]) -> Result<DeviceKeyKind, CertifierError>;
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError>;
 
-    /// Issues the device certificate for the CSR's key (subject serial number
-    /// = the device id).
+    /// Issues the device certificate for a checked CSR's key (subject serial
+    /// number = the device id).
     fn certify<'a>(
         &'a self,
-        csr: &'a [u8],
+        csr: &'a DeviceCsr,
         device: DeviceId,
     ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>>;
 
@@ -118,39 +166,31 @@ pub trait DeviceCertifier: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), CertifierError>>;
 }
 
-fn ca_err(e: CaError) -> CertifierError {
-    CertifierError::new(e.code(), e.is_client_error(), e)
-}
-
 fn refuse(code: &'static str, reason: &'static str) -> CertifierError {
-    CertifierError::new(code, true, reason)
+    CertifierError::new(code, ErrorKind::Invalid, reason)
 }
 
 impl DeviceCertifier for keyward_ca::Ca {
-    fn check_csr(&self, csr: &[u8]) -> Result<DeviceKeyKind, CertifierError> {
-        let key = keyward_ca::verified_csr_key(csr).map_err(ca_err)?;
-        let spki = key.spki_der();
-        let (_, spki) = SubjectPublicKeyInfo::from_der(&spki)
-            .map_err(|_| refuse("csr_invalid", "subject public key does not parse"))?;
-        public_key(&spki).map(|(kind, _)| kind)
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError> {
+        DeviceCsr::new(VerifiedCsr::parse(csr)?)
     }
 
     fn certify<'a>(
         &'a self,
-        csr: &'a [u8],
+        csr: &'a DeviceCsr,
         device: DeviceId,
     ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
         Box::pin(async move {
-            // Refuse what the init package cannot serve before anything is signed.
-            self.check_csr(csr)?;
+            // The CA self-checks the certificate before handing it out (its
+            // signature under the issuing key, the CSR's key, no CA flag), and
+            // its device profile puts the device id in the subject: the key
+            // it certifies is the one the CSR check returned.
             let cert = self
-                .issue_from_csr(csr, IssueRequest::device(device))
-                .await
-                .map_err(ca_err)?;
-            let parsed = parse_checked(self, &cert.der, device)?;
+                .issue_from_verified_csr(csr.verified(), IssueRequest::device(device))
+                .await?;
             Ok(DeviceCertificate {
                 serial: cert.serial.to_string(),
-                public_key: parsed.1,
+                public_key: csr.public_key().clone(),
                 not_after_ms: cert.not_after_ms,
             })
         })
@@ -165,7 +205,7 @@ impl DeviceCertifier for keyward_ca::Ca {
             let Ok(serial) = Serial::from_str(serial) else {
                 return Ok(CertificateStatus::Unknown);
             };
-            let Some(rec) = self.get(&serial).await.map_err(ca_err)? else {
+            let Some(rec) = self.get(&serial).await? else {
                 return Ok(CertificateStatus::Unknown);
             };
             if rec.status == CertStatus::Revoked {
@@ -200,14 +240,14 @@ impl DeviceCertifier for keyward_ca::Ca {
         reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), CertifierError>> {
         Box::pin(async move {
-            let serial = Serial::from_str(serial).map_err(ca_err)?;
+            let serial = Serial::from_str(serial)?;
             let reason = match reason {
                 RevokeReason::Retired => RevocationReason::CessationOfOperation,
                 RevokeReason::ImportAborted => RevocationReason::Superseded,
             };
             match keyward_ca::Ca::revoke(self, &serial, reason).await {
                 Ok(()) | Err(CaError::AlreadyRevoked(_)) => Ok(()),
-                Err(e) => Err(ca_err(e)),
+                Err(e) => Err(e.into()),
             }
         })
     }
@@ -236,7 +276,7 @@ fn parse_checked(
     let (_, issuing) = X509Certificate::from_der(ca.issuing_der()).map_err(|_| {
         CertifierError::new(
             "ca_key_mismatch",
-            false,
+            ErrorKind::Internal,
             "issuing CA certificate does not parse",
         )
     })?;

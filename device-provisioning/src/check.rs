@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
-use sqlx::Row;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
 use crate::error::{ProvisioningError, Result};
-use crate::store::now_ms;
+use crate::store::StoredChallenge;
 use crate::types::DeviceState;
+use keyward_kms::db::now_ms;
 
 /// Bytes of a genuine-device challenge.
 pub const CHALLENGE_LEN: usize = 32;
@@ -66,35 +66,15 @@ impl Provisioning {
                 needed: "manufactured",
             });
         }
-        let random = self.kms.pool().run(|h| h.random(CHALLENGE_LEN)).await?;
-        let bytes: [u8; CHALLENGE_LEN] = random.try_into().map_err(|_| {
-            ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
-                function: "C_GenerateRandom".into(),
-                rv: "short read".into(),
-            })
-        })?;
+        let bytes: [u8; CHALLENGE_LEN] = self.kms.random().await?;
         let now = now_ms();
         let ttl = i64::try_from(self.challenge_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now.saturating_add(ttl);
-        self.store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO prov_challenges (device_id, challenge, created_at_ms, expires_at_ms) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (device_id) DO UPDATE SET challenge = excluded.challenge, \
-                     created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms",
-                )
-                .bind(device.to_string())
-                .bind(hex::encode_upper(bytes))
-                .bind(now)
-                .bind(expires_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await?;
+        let stored = StoredChallenge {
+            bytes,
+            expires_at_ms,
+        };
+        self.store.put_challenge(device, &stored, now).await?;
         Ok(Challenge {
             device,
             bytes,
@@ -115,7 +95,7 @@ impl Provisioning {
         if let Err(e) = &result
             && e.is_client_error()
             && !matches!(e, ProvisioningError::UnknownDevice(_))
-            && let Err(db) = self.count_check_failure(device).await
+            && let Err(db) = self.store.count_check_failure(device).await
         {
             tracing::warn!(device = %device, code = db.code(), error = %db,
                 "could not count a failed genuine-device check");
@@ -149,25 +129,8 @@ impl Provisioning {
         if !verify_signature(&cert.public_key, &challenge, signature_der) {
             return Err(ProvisioningError::ProofOfPossession);
         }
-        let done = self
-            .store
-            .retrying(|| async {
-                let now = now_ms();
-                let mut tx = self.store.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE prov_devices SET state = 'verified', verified_at_ms = $2, \
-                     state_changed_at_ms = $2 WHERE device_id = $1 AND state = 'manufactured'",
-                )
-                .bind(device.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
-            })
-            .await?;
-        if done != 1 {
+        let done = self.store.mark_verified(device).await?;
+        if !done {
             return Err(ProvisioningError::Conflict(
                 "the device changed state during the check",
             ));
@@ -197,50 +160,10 @@ impl Provisioning {
 
     /// Deletes and returns the device's challenge if it has not expired.
     async fn take_challenge(&self, device: DeviceId) -> Result<[u8; CHALLENGE_LEN]> {
-        let row = self
-            .store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                let row = sqlx::query(
-                    "DELETE FROM prov_challenges WHERE device_id = $1 \
-                     RETURNING challenge, expires_at_ms",
-                )
-                .bind(device.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(row)
-            })
-            .await?;
-        let Some(row) = row else {
-            return Err(ProvisioningError::ChallengeInvalid);
-        };
-        let expires: i64 = row.try_get("expires_at_ms")?;
-        if now_ms() >= expires {
-            return Err(ProvisioningError::ChallengeInvalid);
+        match self.store.take_challenge(device).await? {
+            Some(c) if now_ms() < c.expires_at_ms => Ok(c.bytes),
+            _ => Err(ProvisioningError::ChallengeInvalid),
         }
-        let hex_text: String = row.try_get("challenge")?;
-        let mut out = [0u8; CHALLENGE_LEN];
-        hex::decode_to_slice(&hex_text, &mut out)
-            .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
-        Ok(out)
-    }
-
-    async fn count_check_failure(&self, device: DeviceId) -> Result<()> {
-        self.store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                sqlx::query(
-                    "UPDATE prov_devices SET check_failures = check_failures + 1 \
-                     WHERE device_id = $1",
-                )
-                .bind(device.to_string())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await
     }
 }
 

@@ -20,17 +20,16 @@
 //! the reviewer, and never logged or put in an audit note.
 
 use keyward_kms::types::DeviceId;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{is_unique_violation, now_ms, parse_col};
+use crate::store::is_unique_violation;
 use crate::types::{
     Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
     OperatorId, Reason,
 };
+use keyward_kms::db::now_ms;
 
 /// An application as the reviewer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +64,6 @@ pub struct Customer {
 /// Most applications one listing returns.
 pub const MAX_LISTING: u32 = 1000;
 
-const APP_COLUMNS: &str = "id, customer_id, state, name, national_id, accounts, contact_kind, \
-     contact_address, revision, submitted_by, submitted_at_ms, decided_by, decided_at_ms, \
-     decision_reason";
-
 impl Provisioning {
     /// Records a customer's application, submitted by `submitted_by` (the maker).
     pub async fn apply(
@@ -88,27 +83,7 @@ impl Provisioning {
             note.detail("customer_id", &customer_id);
             let now = now_ms();
             self.store
-                .retrying(|| async {
-                    let mut tx = self.store.begin_write().await?;
-                    sqlx::query(
-                        "INSERT INTO prov_applications (id, customer_id, state, name, national_id, \
-                         accounts, contact_kind, contact_address, revision, submitted_by, \
-                         submitted_at_ms) VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, 1, $8, $9)",
-                    )
-                    .bind(id.as_str())
-                    .bind(customer_id.as_str())
-                    .bind(application.name.as_str())
-                    .bind(application.national_id.expose())
-                    .bind(join_accounts(&application.accounts))
-                    .bind(application.contact.kind.as_str())
-                    .bind(application.contact.address())
-                    .bind(submitted_by.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    Ok(())
-                })
+                .insert_application(&id, &customer_id, &application, submitted_by, now)
                 .await?;
             Ok(ApplicationView {
                 id: id.clone(),
@@ -129,13 +104,10 @@ impl Provisioning {
 
     /// One application, for the checker's review.
     pub async fn review(&self, id: &ApplicationId) -> Result<ApplicationView> {
-        let sql = format!("SELECT {APP_COLUMNS} FROM prov_applications WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .fetch_optional(&self.store.pool)
+        self.store
+            .application(id)
             .await?
-            .ok_or_else(|| ProvisioningError::UnknownApplication(id.clone()))?;
-        view_from_row(&row)
+            .ok_or_else(|| ProvisioningError::UnknownApplication(id.clone()))
     }
 
     /// Applications in `state`, oldest first (the review queue), at most
@@ -145,16 +117,9 @@ impl Provisioning {
         state: ApplicationState,
         limit: u32,
     ) -> Result<Vec<ApplicationView>> {
-        let sql = format!(
-            "SELECT {APP_COLUMNS} FROM prov_applications WHERE state = $1 \
-             ORDER BY submitted_at_ms, id LIMIT $2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(state.as_str())
-            .bind(i64::from(limit.clamp(1, MAX_LISTING)))
-            .fetch_all(&self.store.pool)
-            .await?;
-        rows.iter().map(view_from_row).collect()
+        self.store
+            .applications(state, limit.clamp(1, MAX_LISTING))
+            .await
     }
 
     /// The checker approves: the customer exists from now on.
@@ -254,35 +219,11 @@ impl Provisioning {
             let revision = app.revision + 1;
             note.detail("revision", revision);
             let now = now_ms();
-            let n = self
+            let resubmitted = self
                 .store
-                .retrying(|| async {
-                    let mut tx = self.store.begin_write().await?;
-                    let n = sqlx::query(
-                        "UPDATE prov_applications SET state = 'submitted', name = $3, \
-                         national_id = $4, accounts = $5, contact_kind = $6, contact_address = $7, \
-                         revision = $8, submitted_by = $9, submitted_at_ms = $10, \
-                         decided_by = NULL, decided_at_ms = NULL, decision_reason = NULL \
-                         WHERE id = $1 AND state = 'rejected' AND revision = $2",
-                    )
-                    .bind(id.as_str())
-                    .bind(i64::from(app.revision))
-                    .bind(corrected.name.as_str())
-                    .bind(corrected.national_id.expose())
-                    .bind(join_accounts(&corrected.accounts))
-                    .bind(corrected.contact.kind.as_str())
-                    .bind(corrected.contact.address())
-                    .bind(i64::from(revision))
-                    .bind(operator.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    tx.commit().await?;
-                    Ok(n)
-                })
+                .resubmit(id, app.revision, &corrected, revision, operator, now)
                 .await?;
-            if n != 1 {
+            if !resubmitted {
                 return Err(ProvisioningError::Conflict(
                     "the application changed meanwhile",
                 ));
@@ -347,13 +288,11 @@ impl Provisioning {
     /// A registered customer; [`ProvisioningError::CustomerNotApproved`] if
     /// the application behind the id is not approved.
     pub async fn customer(&self, id: &CustomerId) -> Result<Customer> {
-        let sql = format!("SELECT {APP_COLUMNS} FROM prov_applications WHERE customer_id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .fetch_optional(&self.store.pool)
+        let app = self
+            .store
+            .application_of_customer(id)
             .await?
             .ok_or_else(|| ProvisioningError::UnknownCustomer(id.clone()))?;
-        let app = view_from_row(&row)?;
         if app.state != ApplicationState::Approved {
             return Err(ProvisioningError::CustomerNotApproved {
                 customer: id.clone(),
@@ -378,15 +317,7 @@ impl Provisioning {
 
     /// The devices bound to a customer.
     pub async fn customer_devices(&self, id: &CustomerId) -> Result<Vec<DeviceId>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT device_id FROM prov_bindings WHERE customer_id = $1 ORDER BY device_id",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.store.pool)
-        .await?;
-        rows.iter()
-            .map(|r| parse_col(r, "device_id", "prov_bindings.device_id"))
-            .collect()
+        self.store.customer_devices(id).await
     }
 
     /// A submitted application that `operator` may decide.
@@ -420,33 +351,11 @@ impl Provisioning {
         reason: Option<&Reason>,
         now: i64,
     ) -> Result<()> {
-        let from_states = match to {
-            ApplicationState::Closed => "('submitted', 'rejected')",
-            _ => "('submitted')",
-        };
-        let sql = format!(
-            "UPDATE prov_applications SET state = $3, decided_by = $4, decided_at_ms = $5, \
-             decision_reason = $6 WHERE id = $1 AND revision = $2 AND state IN {from_states}"
-        );
-        let n = self
+        let decided = self
             .store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(id.as_str())
-                    .bind(i64::from(revision))
-                    .bind(to.as_str())
-                    .bind(operator.as_str())
-                    .bind(now)
-                    .bind(reason.map(|r| r.as_str().to_owned()))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                Ok(n)
-            })
+            .decide(id, revision, to, operator, reason, now)
             .await?;
-        if n == 1 {
+        if decided {
             Ok(())
         } else {
             Err(ProvisioningError::Conflict(
@@ -454,54 +363,4 @@ impl Provisioning {
             ))
         }
     }
-}
-
-fn join_accounts(accounts: &[Account]) -> String {
-    accounts
-        .iter()
-        .map(Account::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub(crate) fn split_accounts(s: &str, what: &'static str) -> Result<Vec<Account>> {
-    s.split(',')
-        .map(|a| {
-            a.parse()
-                .map_err(|_| ProvisioningError::CorruptRecord(what))
-        })
-        .collect()
-}
-
-fn corrupt<E>(what: &'static str) -> impl FnOnce(E) -> ProvisioningError {
-    move |_| ProvisioningError::CorruptRecord(what)
-}
-
-fn view_from_row(row: &AnyRow) -> Result<ApplicationView> {
-    let accounts: String = row.try_get("accounts")?;
-    let national_id: String = row.try_get("national_id")?;
-    let address: String = row.try_get("contact_address")?;
-    let revision: i64 = row.try_get("revision")?;
-    Ok(ApplicationView {
-        id: parse_col(row, "id", "prov_applications.id")?,
-        customer_id: parse_col(row, "customer_id", "prov_applications.customer_id")?,
-        state: parse_col(row, "state", "prov_applications.state")?,
-        application: CustomerApplication {
-            name: row.try_get("name")?,
-            national_id: NationalId::new(national_id)
-                .map_err(corrupt("prov_applications.national_id"))?,
-            accounts: split_accounts(&accounts, "prov_applications.accounts")?,
-            contact: Contact::new(
-                parse_col(row, "contact_kind", "prov_applications.contact_kind")?,
-                address,
-            )
-            .map_err(corrupt("prov_applications.contact_address"))?,
-        },
-        revision: u32::try_from(revision).map_err(corrupt("prov_applications.revision"))?,
-        submitted_by: row.try_get("submitted_by")?,
-        submitted_at_ms: row.try_get("submitted_at_ms")?,
-        decided_by: row.try_get("decided_by")?,
-        decided_at_ms: row.try_get("decided_at_ms")?,
-        decision_reason: row.try_get("decision_reason")?,
-    })
 }

@@ -1,5 +1,7 @@
 //! Errors of provisioning. Each variant has a stable machine-readable code
-//! ([`ProvisioningError::code`]) that the server maps to HTTP/CLI errors, and
+//! ([`ProvisioningError::code`]) and a kind ([`ProvisioningError::kind`])
+//! that the server maps to HTTP/CLI errors; a wrapped kms or CA error keeps
+//! its kind (an HSM busy is [`ErrorKind::Busy`] whichever path it took).
 //! [`ProvisioningError::is_client_error`] splits refusals (4xx) from trouble
 //! on our side (5xx). Messages name fields and ids, never personal data
 //! (national ids, contact addresses) or key material.
@@ -7,6 +9,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
+use keyward_ca::CaError;
 use keyward_kms::KmsError;
 use keyward_kms::types::{DeviceId, IssuerId};
 
@@ -14,6 +17,10 @@ use crate::intake::ImportReport;
 use crate::types::{
     ApplicationId, ApplicationState, BatchId, CustomerId, DeviceState, SecureElement,
 };
+
+/// What sort of failure an error is: the workspace's one classification, so a
+/// kms or CA error's kind passes through unchanged.
+pub use keyward_kms::ErrorKind;
 
 /// Why a provisioning operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +116,15 @@ pub enum ProvisioningError {
     CorruptRecord(&'static str),
 }
 
+impl From<keyward_kms::db::ColumnError> for ProvisioningError {
+    fn from(e: keyward_kms::db::ColumnError) -> Self {
+        match e {
+            keyward_kms::db::ColumnError::Read(e) => Self::Database(e),
+            keyward_kms::db::ColumnError::Corrupt(what) => Self::CorruptRecord(what),
+        }
+    }
+}
+
 impl ProvisioningError {
     /// Stable code for clients, audit outcomes and metrics; never changes once
     /// released.
@@ -144,15 +160,43 @@ impl ProvisioningError {
         }
     }
 
+    /// What sort of failure this is; a kms or CA error keeps its own kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid { .. }
+            | Self::BatchRejected(_)
+            | Self::ChallengeInvalid
+            | Self::AccountsNotHeld
+            | Self::SecureElementMissing(_) => ErrorKind::Invalid,
+            Self::UnknownDevice(_) | Self::UnknownApplication(_) | Self::UnknownCustomer(_) => {
+                ErrorKind::NotFound
+            }
+            Self::CertificateInvalid(_) | Self::ProofOfPossession | Self::SelfApproval => {
+                ErrorKind::Forbidden
+            }
+            Self::BatchExists(_)
+            | Self::DeviceState { .. }
+            | Self::NoPendingInit { .. }
+            | Self::ReinitRequired { .. }
+            | Self::KcvMismatch { .. }
+            | Self::ApplicationState { .. }
+            | Self::CustomerExists
+            | Self::CustomerNotApproved { .. }
+            | Self::IssuerNotInitialised { .. }
+            | Self::BoundToOtherCustomer(_)
+            | Self::AlreadyBound { .. }
+            | Self::InvalidTransition { .. }
+            | Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Kms(e) => e.kind(),
+            Self::Certifier(e) => e.kind(),
+            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => ErrorKind::Internal,
+        }
+    }
+
     /// True when the caller's input or the state of the records refused the
     /// operation (a 4xx), false for trouble on the server's side (a 5xx).
     pub fn is_client_error(&self) -> bool {
-        match self {
-            Self::Kms(e) => e.is_client_error(),
-            Self::Certifier(e) => e.is_client_error(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => false,
-            _ => true,
-        }
+        self.kind().is_client()
     }
 
     /// The row-by-row report of a refused batch.
@@ -169,33 +213,43 @@ pub type Result<T, E = ProvisioningError> = std::result::Result<T, E>;
 
 /// What the certificate authority behind [`crate::DeviceCertifier`] answered
 /// when it did not do what was asked. The cause is kept as a source (never
-/// stringified), with the CA's own stable code.
+/// stringified), with the CA's own stable code and kind.
 #[derive(Debug)]
 pub struct CertifierError {
     code: &'static str,
-    client: bool,
+    kind: ErrorKind,
     source: Box<dyn StdError + Send + Sync + 'static>,
 }
 
 impl CertifierError {
-    /// `code` is the CA's stable code (e.g. `csr_signature`); `client` says
-    /// whether the request was at fault rather than the CA.
+    /// `code` is the CA's stable code (e.g. `csr_signature`); `kind` says
+    /// what sort of failure it is (the request at fault, the HSM busy, …).
     pub fn new(
         code: &'static str,
-        client: bool,
+        kind: ErrorKind,
         source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
     ) -> Self {
         Self {
             code,
-            client,
+            kind,
             source: source.into(),
         }
     }
     pub fn code(&self) -> &'static str {
         self.code
     }
+    /// The kind of the CA's error, unchanged (an HSM busy stays busy).
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
     pub fn is_client_error(&self) -> bool {
-        self.client
+        self.kind.is_client()
+    }
+}
+
+impl From<CaError> for CertifierError {
+    fn from(e: CaError) -> Self {
+        Self::new(e.code(), e.kind(), e)
     }
 }
 
@@ -225,7 +279,38 @@ mod tests {
         };
         assert_eq!(e.code(), "invalid_transition");
         assert!(!ProvisioningError::CorruptRecord("x").is_client_error());
-        let c = CertifierError::new("csr_signature", true, "bad signature");
+        let c = CertifierError::new("csr_signature", ErrorKind::Invalid, "bad signature");
         assert_eq!(ProvisioningError::from(c).code(), "csr_signature");
+        assert_eq!(
+            ProvisioningError::UnknownDevice(DeviceId::from_bytes([1; 8])).kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(ProvisioningError::SelfApproval.kind(), ErrorKind::Forbidden);
+    }
+
+    /// An HSM busy answers "busy" on every path it can reach provisioning by:
+    /// from kms directly (challenge randomness, init packages, retiring
+    /// keys), and from the CA wrapped in the certifier's error (certifying
+    /// during a batch import, certificate lookups, revocation), also when a
+    /// certifier reports it without a CA error behind it.
+    #[test]
+    fn busy_passes_through_every_wrapping() {
+        let direct = ProvisioningError::Kms(KmsError::Busy);
+        let via_ca = ProvisioningError::from(CertifierError::from(CaError::Kms(KmsError::Busy)));
+        let certifier_own = ProvisioningError::from(CertifierError::new(
+            "hsm_busy",
+            ErrorKind::Busy,
+            "queue full",
+        ));
+        for e in [direct, via_ca, certifier_own] {
+            assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+            assert_eq!(e.code(), "hsm_busy", "{e}");
+            assert!(!e.is_client_error(), "{e}");
+        }
+        let closed = ProvisioningError::Certifier(CaError::Kms(KmsError::PoolClosed).into());
+        assert_eq!(closed.kind(), ErrorKind::Unavailable);
+        let refused = ProvisioningError::Certifier(CaError::CsrSignature.into());
+        assert_eq!(refused.kind(), ErrorKind::Invalid);
+        assert!(refused.is_client_error());
     }
 }

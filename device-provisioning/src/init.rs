@@ -15,15 +15,12 @@
 //! which the next package consumes. A package still `pending` may be fetched
 //! again (it is wrapped to the device's key and carries the same keys).
 
-use keyward_kms::types::{DeviceId, IssuerId, Kcv, KcvMethod};
+use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use keyward_kms::wrap::InitPackage;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{now_ms, parse_col};
 use crate::types::{DeviceState, OperatorId, Reason};
 
 /// Where an issuer's original keys for a device are.
@@ -80,10 +77,16 @@ const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
 
 impl Provisioning {
     /// Builds the init package for `device` under `issuer` (rules in the
-    /// module docs) and records it as pending.
-    pub async fn init_package(&self, device: DeviceId, issuer: &IssuerId) -> Decision<InitPackage> {
+    /// module docs) and records it as pending. `operator` is the one at the
+    /// provisioning station who asked for it (the audit note's subject).
+    pub async fn init_package(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        operator: &OperatorId,
+    ) -> Decision<InitPackage> {
         let mut note = AuditNote::new(
-            Actor::Device(device),
+            Actor::Operator(operator.clone()),
             Action::InitPackage,
             format!("device:{device}"),
         );
@@ -127,45 +130,11 @@ impl Provisioning {
 
         let written = self
             .store
-            .retrying(|| async {
-                let now = now_ms();
-                let mut tx = self.store.begin_write().await?;
-                let state: Option<DeviceState> =
-                    sqlx::query("SELECT state FROM prov_devices WHERE device_id = $1")
-                        .bind(device.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| parse_col(&r, "state", "prov_devices.state"))
-                        .transpose()?;
-                let state = state.ok_or(ProvisioningError::UnknownDevice(device))?;
-                package_allowed(device, state)?;
-                // A confirmed or refused record is overwritten only with an
-                // operator's reinit, which this consumes.
-                let n = sqlx::query(
-                    "INSERT INTO prov_inits (device_id, issuer_id, state, kcv_method, tmk_kcv, \
-                     auth_kcv, packages, packaged_at_ms) \
-                     VALUES ($1, $2, 'pending', $3, $4, $5, 1, $6) \
-                     ON CONFLICT (device_id, issuer_id) DO UPDATE SET state = 'pending', \
-                       kcv_method = excluded.kcv_method, tmk_kcv = excluded.tmk_kcv, \
-                       auth_kcv = excluded.auth_kcv, packages = prov_inits.packages + 1, \
-                       packaged_at_ms = excluded.packaged_at_ms, confirmed_at_ms = NULL, \
-                       reinit_by = NULL, reinit_reason = NULL \
-                     WHERE prov_inits.state = 'pending' OR prov_inits.reinit_by IS NOT NULL",
-                )
-                .bind(device.to_string())
-                .bind(issuer.as_str())
-                .bind(tmk.method.as_str())
-                .bind(tmk.hex())
-                .bind(auth.hex())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+            .record_package(device, issuer, tmk, auth, |state| {
+                package_allowed(device, state)
             })
             .await?;
-        if written != 1 {
+        if !written {
             return Err(ProvisioningError::ReinitRequired {
                 device,
                 issuer: issuer.clone(),
@@ -201,27 +170,11 @@ impl Provisioning {
                 },
             )?;
             note.detail("init_state", init.state.as_str());
-            let n = self
+            let allowed = self
                 .store
-                .retrying(|| async {
-                    let mut tx = self.store.begin_write().await?;
-                    let n = sqlx::query(
-                        "UPDATE prov_inits SET reinit_by = $3, reinit_reason = $4 \
-                         WHERE device_id = $1 AND issuer_id = $2 \
-                           AND state IN ('initialised', 'refused')",
-                    )
-                    .bind(device.to_string())
-                    .bind(issuer.as_str())
-                    .bind(operator.as_str())
-                    .bind(reason.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    tx.commit().await?;
-                    Ok(n)
-                })
+                .allow_reinit(device, issuer, operator, reason)
                 .await?;
-            if n == 1 {
+            if allowed {
                 Ok(())
             } else {
                 // Pending: the device can fetch the package again without a reinit.
@@ -289,47 +242,9 @@ impl Provisioning {
         } else {
             InitState::Refused
         };
-        let from = self
+        let moved = self
             .store
-            .retrying(|| async {
-                let now = now_ms();
-                let mut tx = self.store.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE prov_inits SET state = $3, confirmed_at_ms = $4 \
-                     WHERE device_id = $1 AND issuer_id = $2 AND state = 'pending' \
-                       AND packages = $5",
-                )
-                .bind(device.to_string())
-                .bind(issuer.as_str())
-                .bind(new_state.as_str())
-                .bind(now)
-                .bind(i64::from(init.packages))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n != 1 {
-                    return Err(ProvisioningError::Conflict(
-                        "the init package changed during confirmation",
-                    ));
-                }
-                let mut from = None;
-                if new_state == InitState::Initialised {
-                    let moved = sqlx::query(
-                        "UPDATE prov_devices SET state = 'initialised', state_changed_at_ms = $2 \
-                         WHERE device_id = $1 AND state = 'verified'",
-                    )
-                    .bind(device.to_string())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if moved == 1 {
-                        from = Some(DeviceState::Verified);
-                    }
-                }
-                tx.commit().await?;
-                Ok(from)
-            })
+            .settle_package(device, issuer, new_state, init.packages)
             .await?;
         if !all_match {
             tracing::warn!(device = %device, issuer = %issuer,
@@ -339,8 +254,8 @@ impl Provisioning {
                 issuer: issuer.clone(),
             });
         }
-        if let Some(from) = from {
-            note.detail("from", from);
+        if moved {
+            note.detail("from", DeviceState::Verified);
             note.detail("to", DeviceState::Initialised);
         }
         Ok(())
@@ -352,27 +267,12 @@ impl Provisioning {
         device: DeviceId,
         issuer: &IssuerId,
     ) -> Result<Option<InitRecord>> {
-        let row = sqlx::query(
-            "SELECT issuer_id, state, kcv_method, tmk_kcv, auth_kcv, packages, packaged_at_ms, \
-             confirmed_at_ms, reinit_by FROM prov_inits WHERE device_id = $1 AND issuer_id = $2",
-        )
-        .bind(device.to_string())
-        .bind(issuer.as_str())
-        .fetch_optional(&self.store.pool)
-        .await?;
-        row.map(|r| init_from_row(device, &r)).transpose()
+        self.store.init_record(device, issuer).await
     }
 
     /// Every issuer's original-key record of a device.
     pub async fn init_records(&self, device: DeviceId) -> Result<Vec<InitRecord>> {
-        let rows = sqlx::query(
-            "SELECT issuer_id, state, kcv_method, tmk_kcv, auth_kcv, packages, packaged_at_ms, \
-             confirmed_at_ms, reinit_by FROM prov_inits WHERE device_id = $1 ORDER BY issuer_id",
-        )
-        .bind(device.to_string())
-        .fetch_all(&self.store.pool)
-        .await?;
-        rows.iter().map(|r| init_from_row(device, r)).collect()
+        self.store.init_records(device).await
     }
 }
 
@@ -397,32 +297,10 @@ fn package_kcvs(pkg: &InitPackage) -> Result<(Kcv, Kcv)> {
             .map(|k| k.kcv)
             .ok_or_else(|| {
                 ProvisioningError::Kms(keyward_kms::KmsError::Hsm {
-                    function: "init_package".into(),
-                    rv: format!("package lacks the {name} key"),
+                    function: "init_package",
+                    problem: "package lacks a key",
                 })
             })
     };
     Ok((find(KEY_NAMES[0])?, find(KEY_NAMES[1])?))
-}
-
-fn init_from_row(device: DeviceId, row: &AnyRow) -> Result<InitRecord> {
-    let method: KcvMethod = parse_col(row, "kcv_method", "prov_inits.kcv_method")?;
-    let kcv = |col: &str| -> Result<Kcv> {
-        let v: String = row.try_get(col)?;
-        Kcv::parse(method.as_str(), &v)
-            .map_err(|_| ProvisioningError::CorruptRecord("prov_inits.kcv"))
-    };
-    let packages: i64 = row.try_get("packages")?;
-    Ok(InitRecord {
-        device,
-        issuer: parse_col(row, "issuer_id", "prov_inits.issuer_id")?,
-        state: parse_col(row, "state", "prov_inits.state")?,
-        tmk_kcv: kcv("tmk_kcv")?,
-        auth_kcv: kcv("auth_kcv")?,
-        packages: u32::try_from(packages)
-            .map_err(|_| ProvisioningError::CorruptRecord("prov_inits.packages"))?,
-        packaged_at_ms: row.try_get("packaged_at_ms")?,
-        confirmed_at_ms: row.try_get("confirmed_at_ms")?,
-        reinit_by: row.try_get("reinit_by")?,
-    })
 }

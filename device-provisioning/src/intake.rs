@@ -42,14 +42,12 @@ use std::sync::Arc;
 
 use base64::Engine;
 use keyward_kms::types::DeviceId;
-use sqlx::{AssertSqlSafe, Row};
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
-use crate::certifier::{DeviceKeyKind, RevokeReason};
-use crate::error::CertifierError;
-use crate::error::{ProvisioningError, Result};
-use crate::store::{is_unique_violation, now_ms, parse_col};
+use crate::certifier::{DeviceCsr, RevokeReason};
+use crate::error::{CertifierError, ErrorKind, ProvisioningError, Result};
+use crate::store::{NewDevice, UniqueColumn, is_unique_violation};
 use crate::types::{BatchId, OperatorId, SeSerial};
 
 /// Most devices one batch may hold.
@@ -58,8 +56,6 @@ pub const MAX_ROWS: usize = 10_000;
 pub const MANIFEST_HEADER: &str = "device_id,psam_serial,esam_serial,model,firmware,csr";
 /// Largest CSR accepted, decoded.
 const MAX_CSR_LEN: usize = 16 * 1024;
-/// Ids per `IN (…)` list when looking rows up in bulk.
-const LOOKUP_CHUNK: usize = 400;
 
 /// What happened to one manifest row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,15 +106,28 @@ impl ImportReport {
     }
 }
 
-/// A row that passed every check.
+/// A row that passed every check; its CSR was checked once, here, and is
+/// certified as it is.
 struct GoodRow {
     device: DeviceId,
     psam: Option<SeSerial>,
     esam: Option<SeSerial>,
     model: String,
     firmware: String,
-    csr: Vec<u8>,
-    key_kind: DeviceKeyKind,
+    csr: DeviceCsr,
+}
+
+impl GoodRow {
+    fn new_device(&self) -> NewDevice<'_> {
+        NewDevice {
+            device: self.device,
+            psam: self.psam.as_ref(),
+            esam: self.esam.as_ref(),
+            model: &self.model,
+            firmware: &self.firmware,
+            key_kind: self.csr.key_kind(),
+        }
+    }
 }
 
 /// A parsed row, before registry checks.
@@ -232,14 +241,14 @@ impl Provisioning {
             }
         }
         let ids: Vec<String> = good(&parsed).map(|r| r.device.to_string()).collect();
-        let taken_ids = self.existing("device_id", &ids).await?;
+        let taken_ids = self.store.existing(UniqueColumn::DeviceId, &ids).await?;
         let ses: Vec<String> = good(&parsed)
             .flat_map(|r| [&r.psam, &r.esam])
             .flatten()
             .map(|s| s.as_str().to_owned())
             .collect();
-        let taken_psam = self.existing("psam_serial", &ses).await?;
-        let taken_esam = self.existing("esam_serial", &ses).await?;
+        let taken_psam = self.store.existing(UniqueColumn::PsamSerial, &ses).await?;
+        let taken_esam = self.store.existing(UniqueColumn::EsamSerial, &ses).await?;
         for (_, p) in &mut parsed {
             let Parsed::Good(row) = p else { continue };
             let se_taken = [&row.psam, &row.esam]
@@ -361,8 +370,8 @@ impl Provisioning {
             Ok(b) if !b.is_empty() && b.len() <= MAX_CSR_LEN => b,
             _ => return bad(d, "malformed", "csr must be base64 of a DER or PEM request"),
         };
-        let key_kind = match self.certifier.check_csr(&csr) {
-            Ok(k) => k,
+        let csr = match self.certifier.check_csr(&csr) {
+            Ok(checked) => checked,
             Err(e) if e.is_client_error() => {
                 let code = match e.code() {
                     "csr_signature" => "csr_signature",
@@ -385,29 +394,7 @@ impl Provisioning {
             model: model.to_owned(),
             firmware: firmware.to_owned(),
             csr,
-            key_kind,
         }))
-    }
-
-    /// Which of `values` are already in `prov_devices.<column>`.
-    async fn existing(&self, column: &'static str, values: &[String]) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
-        for chunk in values.chunks(LOOKUP_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            // `column` is one of three constants; the values are bound.
-            let sql = format!(
-                "SELECT {column} AS v FROM prov_devices WHERE {column} IN ({})",
-                placeholders.join(", ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for v in chunk {
-                q = q.bind(v.as_str());
-            }
-            for row in q.fetch_all(&self.store.pool).await? {
-                out.insert(row.try_get::<String, _>("v")?);
-            }
-        }
-        Ok(out)
     }
 
     /// Writes the batch (`importing`) and its devices (`manufactured`, no
@@ -418,44 +405,8 @@ impl Provisioning {
         rows: &[(usize, Box<GoodRow>)],
         operator: &OperatorId,
     ) -> Result<()> {
-        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-        let r = self
-            .store
-            .retrying(|| async {
-                let now = now_ms();
-                let mut tx = self.store.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO prov_batches (id, state, device_count, imported_by, imported_at_ms) \
-                     VALUES ($1, 'importing', $2, $3, $4)",
-                )
-                .bind(batch_id.as_str())
-                .bind(count)
-                .bind(operator.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                for (_, row) in rows {
-                    sqlx::query(
-                        "INSERT INTO prov_devices (device_id, batch_id, psam_serial, esam_serial, \
-                         model, firmware, key_kind, state, created_at_ms, state_changed_at_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'manufactured', $8, $8)",
-                    )
-                    .bind(row.device.to_string())
-                    .bind(batch_id.as_str())
-                    .bind(row.psam.as_ref().map(|s| s.as_str().to_owned()))
-                    .bind(row.esam.as_ref().map(|s| s.as_str().to_owned()))
-                    .bind(row.model.as_str())
-                    .bind(row.firmware.as_str())
-                    .bind(row.key_kind.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            })
-            .await;
-        match r {
+        let devices: Vec<NewDevice<'_>> = rows.iter().map(|(_, r)| r.new_device()).collect();
+        match self.store.reserve_batch(batch_id, &devices, operator).await {
             Err(e) if is_unique_violation(&e) => Err(ProvisioningError::Conflict(
                 "a device or the batch was registered concurrently; import again for a report",
             )),
@@ -471,7 +422,7 @@ impl Provisioning {
         &self,
         rows: &[(usize, Box<GoodRow>)],
     ) -> std::result::Result<Vec<String>, (Vec<String>, CertifierError)> {
-        let parallel = self.kms.pool().workers().max(1);
+        let parallel = self.kms.hsm_workers().max(1);
         let mut serials: Vec<Option<String>> = vec![None; rows.len()];
         let mut running = tokio::task::JoinSet::new();
         let mut next = 0;
@@ -493,7 +444,11 @@ impl Provisioning {
                     failure.get_or_insert(e);
                 }
                 Err(task) => {
-                    failure.get_or_insert(CertifierError::new("internal_error", false, task));
+                    failure.get_or_insert(CertifierError::new(
+                        "internal_error",
+                        ErrorKind::Internal,
+                        task,
+                    ));
                 }
             }
         }
@@ -502,7 +457,11 @@ impl Provisioning {
             None if issued.len() == rows.len() => Ok(issued),
             None => Err((
                 issued,
-                CertifierError::new("internal_error", false, "a certification left no result"),
+                CertifierError::new(
+                    "internal_error",
+                    ErrorKind::Internal,
+                    "a certification left no result",
+                ),
             )),
             Some(e) => Err((issued, e)),
         }
@@ -515,32 +474,12 @@ impl Provisioning {
         rows: &[(usize, Box<GoodRow>)],
         serials: &[String],
     ) -> Result<()> {
-        self.store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                for ((_, row), serial) in rows.iter().zip(serials) {
-                    sqlx::query(
-                        "UPDATE prov_devices SET cert_serial = $2 \
-                         WHERE device_id = $1 AND batch_id = $3",
-                    )
-                    .bind(row.device.to_string())
-                    .bind(serial.as_str())
-                    .bind(batch_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                sqlx::query(
-                    "UPDATE prov_batches SET state = 'complete', completed_at_ms = $2 \
-                     WHERE id = $1 AND state = 'importing'",
-                )
-                .bind(batch_id.as_str())
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await
+        let certs: Vec<(DeviceId, &str)> = rows
+            .iter()
+            .zip(serials)
+            .map(|((_, row), serial)| (row.device, serial.as_str()))
+            .collect();
+        self.store.complete_batch(batch_id, &certs).await
     }
 
     /// Undoes a failed import: revokes what was issued, removes the
@@ -556,22 +495,7 @@ impl Provisioning {
                     "could not revoke a certificate of an aborted import; revoke it by hand");
             }
         }
-        let removed = self
-            .store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                sqlx::query("DELETE FROM prov_devices WHERE batch_id = $1")
-                    .bind(batch_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM prov_batches WHERE id = $1 AND state = 'importing'")
-                    .bind(batch_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(())
-            })
-            .await;
+        let removed = self.store.remove_reservation(batch_id).await;
         if let Err(e) = removed {
             tracing::error!(batch = %batch_id, code = e.code(), error = %e,
                 "could not remove the reservation of an aborted import; its devices stay uncheckable");
@@ -580,29 +504,7 @@ impl Provisioning {
 
     /// A batch by id.
     pub async fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
-        let row = sqlx::query(
-            "SELECT id, state, device_count, imported_by, imported_at_ms, completed_at_ms \
-             FROM prov_batches WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.store.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state: String = row.try_get("state")?;
-        let count: i64 = row.try_get("device_count")?;
-        Ok(Some(BatchRecord {
-            id: parse_col(&row, "id", "prov_batches.id")?,
-            state: match state.as_str() {
-                "importing" => BatchState::Importing,
-                "complete" => BatchState::Complete,
-                _ => return Err(ProvisioningError::CorruptRecord("prov_batches.state")),
-            },
-            device_count: u32::try_from(count)
-                .map_err(|_| ProvisioningError::CorruptRecord("prov_batches.device_count"))?,
-            imported_by: row.try_get("imported_by")?,
-            imported_at_ms: row.try_get("imported_at_ms")?,
-            completed_at_ms: row.try_get("completed_at_ms")?,
-        }))
+        self.store.batch(id).await
     }
 }
 

@@ -5,11 +5,13 @@
 //! review, PSAM/ESAM binding to a customer per issuer, and the device
 //! lifecycle.
 //!
-//! [`Provisioning`] is the async API the server's admin routes and `kwctl`
-//! call. Every state-changing operation returns a [`Decision`]: the value
+//! [`Provisioning`] is the async API the server's admin routes call (`kwctl`
+//! reaches it only through those routes, over the admin API; it links this
+//! crate for its domain types and the manifest format, never the service).
+//! Every state-changing operation returns a [`Decision`]: the value
 //! with an [`AuditNote`] (actor, action, target, outcome, details), or a
 //! [`Refused`] holding the note and the typed [`ProvisioningError`] (stable
-//! [`ProvisioningError::code`], [`ProvisioningError::is_client_error`]). The
+//! [`ProvisioningError::code`], [`ProvisioningError::kind`]). The
 //! server writes the note to its audit trail; this crate keeps no audit table.
 //!
 //! ```text
@@ -36,9 +38,12 @@
 //! - [`certifier`]: [`DeviceCertifier`], the CA as provisioning uses it, and
 //!   its implementation for [`keyward_ca::Ca`].
 //! - [`audit`]: [`AuditNote`], [`Decision`], [`Refused`].
-//! - `store`: migrations (`migrations/{sqlite,postgres}`, versions 3001+,
-//!   tables `prov_*`) and the transaction rules of the key catalog.
-//! - [`error`]: [`ProvisioningError`], [`CertifierError`].
+//! - `store/`: every SQL statement of the crate, one file per table group
+//!   (`batches`, `devices`, `checks`, `inits`, `customers`, `bindings`), each
+//!   write one transaction under the key catalog's rules; `mod.rs` holds the
+//!   migrations (`migrations/{sqlite,postgres}`, versions 3001+, tables
+//!   `prov_*`). The domain modules above hold no SQL.
+//! - [`error`]: [`ProvisioningError`], [`CertifierError`], [`ErrorKind`].
 //!
 //! Must not: hold or log key bytes (only the KCVs an init package announced
 //! are stored); log or audit a national id or contact address; move a device
@@ -65,11 +70,11 @@ use keyward_kms::Kms;
 pub use audit::{Action, Actor, AuditNote, Audited, Decision, Outcome, Refused};
 pub use binding::{BindRequest, Binding};
 pub use certifier::{
-    CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceKeyKind, RevokeReason,
+    CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceCsr, DeviceKeyKind, RevokeReason,
 };
 pub use check::{CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, verify_signature};
 pub use customers::{ApplicationView, Customer};
-pub use error::{CertifierError, ProvisioningError, Result};
+pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
 pub use init::{InitRecord, InitState};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
 pub use lifecycle::DeviceRecord;
@@ -93,7 +98,7 @@ impl Provisioning {
     /// (the kms catalog must be migrated first: `Kms::open` does that) and
     /// returns the service.
     pub async fn new(kms: Kms, certifier: Arc<dyn DeviceCertifier>) -> Result<Self> {
-        let store = store::Store::new(kms.catalog());
+        let store = store::Store::new(kms.db());
         store.migrate().await?;
         Ok(Self {
             kms,

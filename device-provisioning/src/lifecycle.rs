@@ -12,14 +12,12 @@
 //! closes every working-key version of the device at every issuer.
 
 use keyward_kms::types::DeviceId;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{now_ms, parse_col, parse_opt};
+use crate::intake::BatchState;
 use crate::types::{BatchId, DeviceState, OperatorId, Reason, SeSerial};
 
 /// A registered device.
@@ -42,10 +40,6 @@ pub struct DeviceRecord {
     pub state_changed_at_ms: i64,
 }
 
-const DEVICE_COLUMNS: &str = "d.device_id, d.batch_id, d.psam_serial, d.esam_serial, d.model, \
-     d.firmware, d.key_kind, d.cert_serial, d.state, d.check_failures, d.verified_at_ms, \
-     d.created_at_ms, d.state_changed_at_ms, b.state AS batch_state";
-
 /// Most devices one listing returns.
 pub const MAX_DEVICE_LISTING: u32 = 10_000;
 
@@ -57,16 +51,7 @@ impl Provisioning {
 
     /// The devices of a batch, by device id.
     pub async fn batch_devices(&self, batch: &BatchId, limit: u32) -> Result<Vec<DeviceRecord>> {
-        let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM prov_devices d JOIN prov_batches b ON b.id = d.batch_id \
-             WHERE d.batch_id = $1 ORDER BY d.device_id LIMIT $2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(batch.as_str())
-            .bind(i64::from(limit.clamp(1, MAX_DEVICE_LISTING)))
-            .fetch_all(&self.store.pool)
-            .await?;
-        rows.iter().map(device_from_row).collect()
+        self.devices(None, Some(batch), limit, 0).await
     }
 
     /// Registered devices by device id, optionally only those in `state`
@@ -79,55 +64,15 @@ impl Provisioning {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<DeviceRecord>> {
-        // Only the filters given become placeholders: an untyped NULL
-        // parameter is not portable between SQLite and PostgreSQL.
-        let mut conditions = Vec::new();
-        let mut values: Vec<&str> = Vec::new();
-        for (column, value) in [
-            ("d.state", state.map(DeviceState::as_str)),
-            ("d.batch_id", batch.map(BatchId::as_str)),
-        ] {
-            if let Some(v) = value {
-                values.push(v);
-                conditions.push(format!("{column} = ${}", values.len()));
-            }
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-        let n = values.len();
-        let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM prov_devices d JOIN prov_batches b ON b.id = d.batch_id \
-             {filter} ORDER BY d.device_id LIMIT ${} OFFSET ${}",
-            n + 1,
-            n + 2
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in values {
-            query = query.bind(v);
-        }
-        let rows = query
-            .bind(i64::from(limit.clamp(1, MAX_DEVICE_LISTING)))
-            .bind(i64::from(offset))
-            .fetch_all(&self.store.pool)
-            .await?;
-        rows.iter().map(device_from_row).collect()
+        let limit = limit.clamp(1, MAX_DEVICE_LISTING);
+        self.store.devices(state, batch, limit, offset).await
     }
 
-    async fn device_and_batch_state(&self, device: DeviceId) -> Result<(DeviceRecord, String)> {
-        let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM prov_devices d JOIN prov_batches b ON b.id = d.batch_id \
-             WHERE d.device_id = $1"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(device.to_string())
-            .fetch_optional(&self.store.pool)
+    async fn device_and_batch_state(&self, device: DeviceId) -> Result<(DeviceRecord, BatchState)> {
+        self.store
+            .device(device)
             .await?
-            .ok_or(ProvisioningError::UnknownDevice(device))?;
-        let batch_state: String = row.try_get("batch_state")?;
-        Ok((device_from_row(&row)?, batch_state))
+            .ok_or(ProvisioningError::UnknownDevice(device))
     }
 
     /// A device from a completed batch, with its certificate recorded: what
@@ -135,7 +80,7 @@ impl Provisioning {
     /// importing is not registered yet.
     pub(crate) async fn checkable(&self, device: DeviceId) -> Result<DeviceRecord> {
         let (rec, batch_state) = self.device_and_batch_state(device).await?;
-        if batch_state != "complete" || rec.cert_serial.is_none() {
+        if batch_state != BatchState::Complete || rec.cert_serial.is_none() {
             return Err(ProvisioningError::UnknownDevice(device));
         }
         Ok(rec)
@@ -181,71 +126,20 @@ impl Provisioning {
         }
         if to == DeviceState::Retired {
             // One identity: the symmetric keys go with the certificate.
-            let keys = self.kms.catalog().retire_device(device, now_ms()).await?;
+            let keys = self.kms.retire_device_keys(device).await?;
             note.detail("key_versions_closed", keys);
         }
-        let n = self
-            .store
-            .retrying(|| async {
-                let mut tx = self.store.begin_write().await?;
-                // Retiring wins over any concurrent change but a retirement;
-                // suspend/resume need the state just read.
-                let n = if to == DeviceState::Retired {
-                    sqlx::query(
-                        "UPDATE prov_devices SET state = 'retired', state_changed_at_ms = $2 \
-                         WHERE device_id = $1 AND state <> 'retired'",
-                    )
-                    .bind(device.to_string())
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await?
-                } else {
-                    sqlx::query(
-                        "UPDATE prov_devices SET state = $2, state_changed_at_ms = $3 \
-                         WHERE device_id = $1 AND state = $4",
-                    )
-                    .bind(device.to_string())
-                    .bind(to.as_str())
-                    .bind(now_ms())
-                    .bind(from.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                }
-                .rows_affected();
-                if to == DeviceState::Retired {
-                    sqlx::query("DELETE FROM prov_challenges WHERE device_id = $1")
-                        .bind(device.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(n)
-            })
-            .await?;
-        if n != 1 {
+        let changed = if to == DeviceState::Retired {
+            self.store.retire(device).await?
+        } else {
+            // Suspend/resume need the state just read.
+            self.store.change_state(device, from, to).await?
+        };
+        if !changed {
             return Err(ProvisioningError::Conflict(
                 "the device changed state meanwhile",
             ));
         }
         Ok(from)
     }
-}
-
-fn device_from_row(row: &AnyRow) -> Result<DeviceRecord> {
-    let failures: i64 = row.try_get("check_failures")?;
-    Ok(DeviceRecord {
-        device_id: parse_col(row, "device_id", "prov_devices.device_id")?,
-        batch_id: parse_col(row, "batch_id", "prov_devices.batch_id")?,
-        psam_serial: parse_opt(row, "psam_serial", "prov_devices.psam_serial")?,
-        esam_serial: parse_opt(row, "esam_serial", "prov_devices.esam_serial")?,
-        model: row.try_get("model")?,
-        firmware: row.try_get("firmware")?,
-        key_kind: parse_col(row, "key_kind", "prov_devices.key_kind")?,
-        cert_serial: row.try_get("cert_serial")?,
-        state: parse_col(row, "state", "prov_devices.state")?,
-        check_failures: u32::try_from(failures).unwrap_or(u32::MAX),
-        verified_at_ms: row.try_get("verified_at_ms")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        state_changed_at_ms: row.try_get("state_changed_at_ms")?,
-    })
 }

@@ -1,8 +1,61 @@
 //! Errors of the kms crate. Each variant has a stable machine-readable code
-//! ([`KmsError::code`]) that the server maps to HTTP/CLI errors at the edge.
+//! ([`KmsError::code`]) and a kind ([`KmsError::kind`], an [`ErrorKind`]) that
+//! the edge maps to HTTP/CLI errors with one match; the crates above give
+//! their errors the same [`ErrorKind`], and a wrapped error keeps its kind.
 //! Messages never carry key material, PINs or MAC values.
 
+use crate::db::ColumnError;
+use crate::hsm::Rv;
 use crate::types::{DeviceId, IssuerId, KeyVersion};
+
+/// What sort of failure an error is, for the edge to answer with one match
+/// (a status code, a retry hint) whatever crate the error comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The caller's input is wrong; retrying it unchanged fails again.
+    Invalid,
+    /// What the caller named does not exist.
+    NotFound,
+    /// The request clashes with the current state (exists already, wrong state).
+    Conflict,
+    /// The caller may not do this, or failed a check of its identity.
+    Forbidden,
+    /// At capacity: retry shortly.
+    Busy,
+    /// A dependency (HSM, database) is not reachable right now: retry later.
+    Unavailable,
+    /// Our fault (a bug, a corrupt record, a misconfiguration).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether the caller was at fault (a 4xx), rather than the server.
+    pub fn is_client(self) -> bool {
+        matches!(
+            self,
+            Self::Invalid | Self::NotFound | Self::Conflict | Self::Forbidden
+        )
+    }
+
+    /// Stable lower-case name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::Forbidden => "forbidden",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What went wrong below the server.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +76,26 @@ pub enum KmsError {
         number: u64,
         purpose: &'static str,
     },
-    /// A PKCS#11 call failed; `function` and `rv` name the call and return code.
+    /// The token refused a mechanism at call time (`CKR_MECHANISM_INVALID`).
+    #[error("HSM refused the mechanism of {function}")]
+    MechanismRejected { function: &'static str },
+    /// A PKCS#11 call failed with a return value that means neither busy nor
+    /// gone (see `hsm::rv::classify`).
     #[error("HSM call {function} failed: {rv}")]
-    Hsm { function: String, rv: String },
+    Pkcs11 { function: &'static str, rv: Rv },
+    /// The token is at its limit (sessions, memory): retry shortly.
+    #[error("HSM busy: {function} returned {rv}")]
+    HsmBusy { function: &'static str, rv: Rv },
+    /// The token is gone or not usable (removed, device error, logged out).
+    #[error("HSM unavailable: {function} returned {rv}")]
+    HsmUnavailable { function: &'static str, rv: Rv },
+    /// The HSM or its worker gave no usable answer (no return value to
+    /// show): `problem` says what was wrong, never with key bytes.
+    #[error("HSM call {function}: {problem}")]
+    Hsm {
+        function: &'static str,
+        problem: &'static str,
+    },
     /// An object handle outlived its session epoch (HSM restart); the caller
     /// looks the key up or derives it again.
     #[error("HSM object handle is stale after a reconnect")]
@@ -71,26 +141,14 @@ pub enum KmsError {
         algorithm: &'static str,
         family: &'static str,
     },
-    #[error("challenge unknown, used or expired")]
-    ChallengeInvalid,
+    /// A bulk request over [`crate::service::MAX_BULK_ITEMS`]; nothing was checked.
+    #[error("{len} items exceed the {max}-item limit of one bulk request")]
+    TooManyItems { len: usize, max: usize },
 
     #[error("key catalog: {0}")]
     Database(#[from] sqlx::Error),
     #[error("key catalog migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    /// A file or directory holding catalog data (national ids, contacts, key
-    /// metadata) that other users of the machine may read.
-    #[error(
-        "{} is accessible to other users (mode {mode:03o}); fix it with `chmod {fix} {}` \
-         (Keyward creates it {fix})",
-        path.display(),
-        path.display()
-    )]
-    InsecurePermissions {
-        path: std::path::PathBuf,
-        mode: u32,
-        fix: &'static str,
-    },
     /// A stored value that does not parse back (the name says which column):
     /// the database was edited by hand or by a newer release.
     #[error("key catalog holds a malformed {0}")]
@@ -104,8 +162,12 @@ impl KmsError {
             Self::Module { .. } => "hsm_module",
             Self::TokenNotFound(_) => "hsm_token_not_found",
             Self::Login(_) => "hsm_login",
-            Self::MechanismMissing { .. } => "hsm_mechanism_missing",
-            Self::Hsm { .. } => "hsm_error",
+            Self::MechanismMissing { .. } | Self::MechanismRejected { .. } => {
+                "hsm_mechanism_missing"
+            }
+            Self::Pkcs11 { .. } | Self::Hsm { .. } => "hsm_error",
+            Self::HsmBusy { .. } => "hsm_busy",
+            Self::HsmUnavailable { .. } => "hsm_unavailable",
             Self::Stale => "hsm_error",
             Self::Busy => "hsm_busy",
             Self::PoolClosed => "hsm_unavailable",
@@ -119,27 +181,52 @@ impl KmsError {
             Self::Invalid { .. } => "invalid_input",
             Self::MessageTooLong { .. } => "message_too_long",
             Self::AlgorithmFamily { .. } => "algorithm_family_mismatch",
-            Self::ChallengeInvalid => "challenge_invalid",
-            Self::InsecurePermissions { .. } => "insecure_permissions",
+            Self::TooManyItems { .. } => "too_many_items",
             Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
         }
     }
 
+    /// What sort of failure this is. Refusals of the caller's input are
+    /// [`ErrorKind::Invalid`] unless a more precise kind applies (today's
+    /// 400s); a full queue or a token at its limit is [`ErrorKind::Busy`]; a
+    /// token or pool that is gone is [`ErrorKind::Unavailable`].
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        match self {
+            Self::UnknownIssuer(_) | Self::UnknownKeyVersion { .. } => K::NotFound,
+            Self::IssuerExists(_) => K::Conflict,
+            Self::KeyVersionNotUsable { .. }
+            | Self::KeyVersionSuperseded { .. }
+            | Self::KcvMismatch(_)
+            | Self::Invalid { .. }
+            | Self::MessageTooLong { .. }
+            | Self::AlgorithmFamily { .. }
+            | Self::TooManyItems { .. } => K::Invalid,
+            Self::Busy | Self::HsmBusy { .. } => K::Busy,
+            Self::PoolClosed
+            | Self::HsmUnavailable { .. }
+            | Self::Stale
+            | Self::Module { .. }
+            | Self::TokenNotFound(_)
+            | Self::Login(_) => K::Unavailable,
+            Self::MechanismMissing { .. }
+            | Self::MechanismRejected { .. }
+            | Self::Pkcs11 { .. }
+            | Self::Hsm { .. }
+            | Self::KeyMissing(_)
+            | Self::Database(_)
+            | Self::Migration(_)
+            | Self::CorruptRecord(_) => K::Internal,
+        }
+    }
+
     /// True when the caller's input was at fault (a 4xx), false for server-side
-    /// trouble (a 5xx).
+    /// trouble (a 5xx). The same as a kind of invalid, not found, conflict or
+    /// forbidden.
     pub fn is_client_error(&self) -> bool {
         matches!(
-            self,
-            Self::UnknownIssuer(_)
-                | Self::IssuerExists(_)
-                | Self::UnknownKeyVersion { .. }
-                | Self::KeyVersionNotUsable { .. }
-                | Self::KeyVersionSuperseded { .. }
-                | Self::KcvMismatch(_)
-                | Self::Invalid { .. }
-                | Self::MessageTooLong { .. }
-                | Self::AlgorithmFamily { .. }
-                | Self::ChallengeInvalid
+            self.kind(),
+            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Forbidden
         )
     }
 
@@ -147,6 +234,15 @@ impl KmsError {
         Self::Invalid {
             field,
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<ColumnError> for KmsError {
+    fn from(e: ColumnError) -> Self {
+        match e {
+            ColumnError::Read(e) => Self::Database(e),
+            ColumnError::Corrupt(what) => Self::CorruptRecord(what),
         }
     }
 }

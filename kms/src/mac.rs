@@ -42,15 +42,15 @@ pub struct MacKeys {
 /// its 8 ASCII hex characters.
 ///
 /// `padding` is required (method 1 or 2) for the ISO 9797-1 algorithms and
-/// refused for the others. `retail_vendor` selects the vendor X9.19 mechanism
-/// for `ISO9797-1-M3` instead of the two-key emulation.
+/// refused for the others. A token with a vendor X9.19 mechanism
+/// ([`crate::hsm::Capabilities::vendor_retail_mac`]) computes `ISO9797-1-M3`
+/// with it instead of the two-key emulation.
 pub fn compute(
     hsm: &dyn Hsm,
     keys: &MacKeys,
     alg: MacAlgorithm,
     padding: Option<Padding>,
     msg: &[u8],
-    retail_vendor: bool,
 ) -> Result<Vec<u8>> {
     let input = prepare(alg, padding, msg)?;
     match alg {
@@ -58,7 +58,7 @@ pub fn compute(
             let out = hsm.encrypt(keys.tak, Cipher::Des3Cbc(ZERO_IV), &input)?;
             Ok(last_block(&out, input.len(), "C_Encrypt")?.to_vec())
         }
-        MacAlgorithm::Iso9797M3 if retail_vendor => {
+        MacAlgorithm::Iso9797M3 if hsm.capabilities().vendor_retail_mac => {
             let out = hsm.mac(keys.tak, MacMechanism::Des3RetailVendor, &input)?;
             Ok(leading(&out, DES_BLOCK, "C_Sign")?.to_vec())
         }
@@ -93,7 +93,6 @@ pub fn verify(
     padding: Option<Padding>,
     msg: &[u8],
     mac: &[u8],
-    retail_vendor: bool,
 ) -> Result<bool> {
     if !alg.allows_len(mac.len()) {
         return Err(KmsError::invalid(
@@ -101,7 +100,7 @@ pub fn verify(
             format!("{} bytes is not an allowed length for {alg}", mac.len()),
         ));
     }
-    let full = compute(hsm, keys, alg, padding, msg, retail_vendor)?;
+    let full = compute(hsm, keys, alg, padding, msg)?;
     Ok(truncated_eq(&full, mac))
 }
 
@@ -225,22 +224,22 @@ fn truncated_eq(full: &[u8], mac: &[u8]) -> bool {
 
 /// The first `len` bytes of an HSM output, or an error naming the call if the
 /// HSM returned less (never the bytes themselves).
-fn leading<'a>(out: &'a [u8], len: usize, function: &str) -> Result<&'a [u8]> {
+fn leading<'a>(out: &'a [u8], len: usize, function: &'static str) -> Result<&'a [u8]> {
     out.get(..len).ok_or_else(|| short_output(function))
 }
 
 /// The last 8-byte block of a CBC ciphertext that must be exactly `expected` long.
-fn last_block<'a>(out: &'a [u8], expected: usize, function: &str) -> Result<&'a [u8]> {
+fn last_block<'a>(out: &'a [u8], expected: usize, function: &'static str) -> Result<&'a [u8]> {
     if out.len() != expected || expected < DES_BLOCK {
         return Err(short_output(function));
     }
     Ok(&out[expected - DES_BLOCK..])
 }
 
-fn short_output(function: &str) -> KmsError {
+fn short_output(function: &'static str) -> KmsError {
     KmsError::Hsm {
-        function: function.to_owned(),
-        rv: "unexpected output length".into(),
+        function,
+        problem: "unexpected output length",
     }
 }
 

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::error::{KmsError, Result};
-use crate::hsm::Hsm;
+use crate::hsm::{Capabilities, Hsm};
 
 type Job = Box<dyn FnOnce(&dyn Hsm) + Send>;
 
@@ -49,7 +49,7 @@ pub struct PoolStats {
 #[derive(Clone)]
 pub struct HsmPool {
     tx: Sender<Msg>,
-    hsm: Arc<dyn Hsm>,
+    caps: Capabilities,
     workers: usize,
     threads: Arc<Workers>,
     stats: Arc<PoolStats>,
@@ -67,6 +67,7 @@ impl std::fmt::Debug for HsmPool {
 impl HsmPool {
     /// Starts `workers` threads and a queue of `queue_depth` waiting jobs.
     pub fn start(hsm: Arc<dyn Hsm>, workers: usize, queue_depth: usize) -> Result<Self> {
+        let caps = hsm.capabilities();
         let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
         let stats = Arc::new(PoolStats::default());
         let threads = Arc::new(Workers::default());
@@ -86,9 +87,12 @@ impl HsmPool {
                         stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
                 })
-                .map_err(|e| KmsError::Hsm {
-                    function: "spawn worker".into(),
-                    rv: e.to_string(),
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot start an HSM worker thread");
+                    KmsError::Hsm {
+                        function: "spawn worker",
+                        problem: "the OS refused a thread",
+                    }
                 })?;
             if let Ok(mut handles) = threads.handles.lock() {
                 handles.push(handle);
@@ -96,7 +100,7 @@ impl HsmPool {
         }
         Ok(Self {
             tx,
-            hsm,
+            caps,
             workers: workers.max(1),
             threads,
             stats,
@@ -164,9 +168,9 @@ impl HsmPool {
         })
     }
 
-    /// The HSM behind the pool, for start-up work before serving.
-    pub fn hsm(&self) -> &Arc<dyn Hsm> {
-        &self.hsm
+    /// The vendor differences of the HSM behind the pool.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
     }
 
     pub fn workers(&self) -> usize {
@@ -185,7 +189,7 @@ impl HsmPool {
 
 fn worker_failed() -> KmsError {
     KmsError::Hsm {
-        function: "worker".into(),
-        rv: "job ended without a result".into(),
+        function: "worker",
+        problem: "job ended without a result",
     }
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use crate::error::{KmsError, Result};
 use crate::hsm::{Hsm, KeyPairKind, ObjectId, PublicKey, SignMechanism};
 use crate::pool::HsmPool;
-use crate::service::Kms;
 
 /// A token key pair by label, ready to sign through the worker pool.
 #[derive(Debug, Clone)]
@@ -21,6 +20,17 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
+    /// The key pair `label` of `kind`, signing through `pool`.
+    pub(crate) fn new(label: &str, kind: KeyPairKind, public: PublicKey, pool: HsmPool) -> Self {
+        Self {
+            label: label.into(),
+            kind,
+            public,
+            pool,
+            handle: Arc::default(),
+        }
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -87,8 +97,8 @@ fn sign_job(
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     if raw.is_empty() || !raw.len().is_multiple_of(2) || raw.len() > 132 {
         return Err(KmsError::Hsm {
-            function: "Sign".into(),
-            rv: "ECDSA signature of unexpected length".into(),
+            function: "C_Sign",
+            problem: "ECDSA signature of unexpected length",
         });
     }
     let (r, s) = raw.split_at(raw.len() / 2);
@@ -116,55 +126,6 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     out.extend(r);
     out.extend(s);
     Ok(out)
-}
-
-impl Kms {
-    /// The key pair labelled `label`, generating it in the HSM when absent.
-    /// Returns whether it was created, so bootstrap can report what it did.
-    pub async fn ensure_signing_key(
-        &self,
-        label: &str,
-        kind: KeyPairKind,
-    ) -> Result<(SigningKey, bool)> {
-        let l = label.to_owned();
-        let (public, created) = self
-            .pool()
-            .run(move |hsm| match hsm.public_key(&l)? {
-                Some(p) if hsm.find_private_key(&l)?.is_some() => Ok((p, false)),
-                Some(_) => Err(KmsError::KeyMissing(l.clone())),
-                None => hsm.generate_key_pair(kind, &l).map(|(_, p)| (p, true)),
-            })
-            .await?;
-        let kind = match (&public, kind) {
-            (PublicKey::P256(_), _) => KeyPairKind::P256,
-            (PublicKey::Rsa { modulus, .. }, _) => KeyPairKind::Rsa((modulus.len() * 8) as u32),
-        };
-        Ok((self.signing_key_from(label, kind, public), created))
-    }
-
-    /// An existing key pair by label, or [`KmsError::KeyMissing`].
-    pub async fn signing_key(&self, label: &str) -> Result<SigningKey> {
-        let l = label.to_owned();
-        let public = self
-            .pool()
-            .run(move |hsm| hsm.public_key(&l)?.ok_or(KmsError::KeyMissing(l)))
-            .await?;
-        let kind = match &public {
-            PublicKey::P256(_) => KeyPairKind::P256,
-            PublicKey::Rsa { modulus, .. } => KeyPairKind::Rsa((modulus.len() * 8) as u32),
-        };
-        Ok(self.signing_key_from(label, kind, public))
-    }
-
-    fn signing_key_from(&self, label: &str, kind: KeyPairKind, public: PublicKey) -> SigningKey {
-        SigningKey {
-            label: label.into(),
-            kind,
-            public,
-            pool: self.pool().clone(),
-            handle: Arc::default(),
-        }
-    }
 }
 
 #[cfg(test)]

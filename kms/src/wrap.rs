@@ -8,9 +8,10 @@
 //! destroyed before the job ends, on success or failure.
 
 use crate::catalog::MasterKeyRole;
-use crate::error::{KmsError, Result};
+use crate::error::Result;
 use crate::hsm::{Hsm, KeySpec, ObjectId, PublicKey, SecretKind, Usage, WrapMechanism};
-use crate::keys::{self, master_label, with_fresh_handles};
+use crate::keys::{self, master_label};
+#[cfg(doc)]
 use crate::service::Kms;
 use crate::types::{DeviceId, IssuerId, Kcv, KeyFamily};
 
@@ -79,60 +80,9 @@ impl Drop for Scratch<'_> {
 /// Smallest RSA modulus accepted for wrapping (bits).
 pub const MIN_RSA_BITS: usize = 2048;
 
-impl Kms {
-    /// Builds the init package for `device` under `issuer`, wrapped to
-    /// `device_key` (the public key of its certificate).
-    pub async fn init_package(
-        &self,
-        issuer: &IssuerId,
-        device: DeviceId,
-        device_key: PublicKey,
-    ) -> Result<InitPackage> {
-        let scheme = match &device_key {
-            PublicKey::P256(point) => {
-                if point.len() != 65 || point[0] != 0x04 {
-                    return Err(KmsError::invalid(
-                        "device public key",
-                        "must be an uncompressed P-256 point",
-                    ));
-                }
-                WrapScheme::EcdhP256AesKw
-            }
-            PublicKey::Rsa { modulus, .. } => {
-                let bits = modulus.iter().skip_while(|b| **b == 0).count() * 8;
-                if bits < MIN_RSA_BITS {
-                    return Err(KmsError::invalid(
-                        "device public key",
-                        "RSA modulus shorter than 2048 bits",
-                    ));
-                }
-                WrapScheme::RsaOaepSha1
-            }
-        };
-        let rec = self.issuer(issuer).await?;
-        let family = rec.family;
-        let issuer_id = rec.id.clone();
-        let cache = self.cache_arc();
-        let (ephemeral_point, keys) = self
-            .pool()
-            .run(move |hsm| {
-                with_fresh_handles(&cache, || {
-                    build(hsm, &cache, &issuer_id, family, device, &device_key)
-                })
-            })
-            .await?;
-        Ok(InitPackage {
-            issuer: rec.id,
-            device,
-            family,
-            scheme,
-            ephemeral_point,
-            keys,
-        })
-    }
-}
-
-fn build(
+/// The HSM job of [`Kms::init_package`]: the wrapped keys and, for ECDH
+/// packages, the ephemeral point.
+pub(crate) fn build(
     hsm: &dyn Hsm,
     cache: &keys::KeyCache,
     issuer: &IssuerId,

@@ -17,11 +17,10 @@
 //! Must not: put key bytes, PINs, private keys or CSR/certificate bodies in a
 //! record. Details carry serials, profiles, names, roles and error codes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use keyward_config::DatabaseKind;
 use keyward_device_provisioning::AuditNote;
 pub use keyward_device_provisioning::{Actor, Outcome};
+use keyward_kms::db::now_ms;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
@@ -191,8 +190,8 @@ impl AuditEvent {
     }
 }
 
-/// One record as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One record as stored (and as `GET /admin/v1/audit` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at_ms: i64,
@@ -267,13 +266,6 @@ pub struct AuditLog {
     metrics: Option<Metrics>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl AuditLog {
     /// The trail on `pool` (migrations must have run).
     pub fn new(pool: AnyPool, kind: DatabaseKind, metrics: Option<Metrics>) -> Self {
@@ -314,6 +306,30 @@ impl AuditLog {
                 "operation done but its outcome record could not be written");
         }
         Ok(result)
+    }
+
+    /// Recomputes the chain and records that it did (after the check, so the
+    /// check covers what came before it). A record that cannot be written is
+    /// logged; the report stands.
+    pub async fn verify_and_record(
+        &self,
+        actor: &Actor,
+        request_id: &str,
+    ) -> Result<VerifyReport, AuditError> {
+        let report = self.verify_chain().await?;
+        let outcome = if report.ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failed {
+                code: "audit_chain_broken",
+            }
+        };
+        let event = AuditEvent::AuditVerified {
+            records: report.records,
+            first_bad: report.first_bad,
+        };
+        let _ = self.append(actor, &event, outcome, request_id).await;
+        Ok(report)
     }
 
     /// Appends one record and returns it. On error nothing was written.

@@ -20,7 +20,6 @@ use keyward_config::{Config, DatabaseKind};
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
-use keyward_kms::pool::HsmPool;
 
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
@@ -42,22 +41,23 @@ pub struct Opened {
     pub migrated: Vec<i64>,
 }
 
-/// The HSM pool of this process, joined by [`close_hsm`] as the process ends.
-static HSM_POOL: OnceLock<HsmPool> = OnceLock::new();
+/// The key service of this process, whose HSM workers [`close_hsm`] joins
+/// as the process ends.
+static KMS: OnceLock<Kms> = OnceLock::new();
 
 /// Opens the HSM and the key catalog for a command.
 pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     // The data dir holds the SQLite catalog (national ids, contacts), the
     // TLS certificate and the first operator's key: the owner's only.
     if config.database.kind() == DatabaseKind::Sqlite {
-        keyward_kms::catalog::create_private_dir(&config.data_dir)
+        keyward_kms::db::create_private_dir(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     }
-    keyward_kms::catalog::refuse_shared(&config.data_dir, true)?;
+    keyward_kms::db::refuse_shared(&config.data_dir, true)?;
     let kms = Kms::open(config)
         .await
         .context("opening the HSM and the key catalog")?;
-    let _ = HSM_POOL.set(kms.pool().clone());
+    let _ = KMS.set(kms.clone());
     Ok(kms)
 }
 
@@ -66,8 +66,8 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
 /// PKCS#11 module while the process runs its exit handlers can crash it
 /// (SoftHSM 2.6.1, `C_CloseSession`).
 pub fn close_hsm() {
-    if let Some(pool) = HSM_POOL.get() {
-        pool.shutdown();
+    if let Some(kms) = KMS.get() {
+        kms.shutdown();
     }
 }
 
@@ -75,12 +75,12 @@ pub fn close_hsm() {
 pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<Opened> {
     let kms = open_kms(config).await?;
     kms.ready().await.context("HSM or database not ready")?;
-    let pool = kms.catalog().pool().clone();
-    let kind = kms.catalog().kind();
+    let pool = kms.db().pool().clone();
+    let kind = kms.db().kind();
     let migrated = crate::migrate::run(&pool, kind)
         .await
         .context("applying the server's migrations (audit trail)")?;
-    let (ca, ca_report) = Ca::bootstrap(&kms, kms.catalog(), &config.ca)
+    let (ca, ca_report) = Ca::bootstrap(&kms, kms.db(), &config.ca)
         .await
         .context("bringing up the CA")?;
     let provisioning = Provisioning::new(kms.clone(), Arc::new(ca.clone()))
@@ -116,7 +116,11 @@ impl InitReport {
 
 /// `keyward init`: idempotent bootstrap.
 pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
-    let o = open(config, None).await?;
+    init_opened(config, &open(config, None).await?).await
+}
+
+/// [`init`] on an installation already opened.
+pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitReport> {
     let mut report = InitReport {
         tls_dir: TlsPaths::new(config).dir,
         operator_dir: config.data_dir.join("operators"),
@@ -143,8 +147,8 @@ pub async fn init(config: &Config) -> anyhow::Result<InitReport> {
             record(&o.audit, "ca", what).await?;
         }
     }
-    ensure_server_tls(config, &o, &mut report).await?;
-    ensure_first_admin(config, &o, &mut report).await?;
+    ensure_server_tls(config, o, &mut report).await?;
+    ensure_first_admin(config, o, &mut report).await?;
     Ok(report)
 }
 
@@ -346,8 +350,7 @@ async fn ensure_first_admin(
 
 /// Creates `dir` (mode 0700 when new).
 fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    keyward_kms::catalog::create_private_dir(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+    keyward_kms::db::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Writes `path` atomically (temp file + rename) with `mode`.

@@ -9,9 +9,10 @@ use keyward_config::{Config, LogFormat};
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
-use crate::admin::{create_recorded, issuer_json};
-use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::admin::create_recorded;
+use crate::audit::{Actor, AuditLog};
 use crate::bootstrap::open_kms;
+use crate::wire::issuers::Issuer;
 
 /// The `keyward` binary: parse the command line, load the config, run the
 /// command on a multi-threaded runtime, close the HSM.
@@ -136,23 +137,23 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
 async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {
     let kms = open_kms(config).await?;
     kms.ready().await?;
-    let issuers = kms.catalog().issuers().await?;
+    let issuers = kms.issuers().await?;
     let report = serde_json::json!({
         "hsm": {
             "token_label": config.hsm.token_label,
             "module": config.hsm.module,
-            "workers": kms.pool().workers(),
+            "workers": kms.hsm_workers(),
             "mechanisms": "all required mechanisms present",
         },
-        "database": { "kind": format!("{:?}", kms.catalog().kind()).to_lowercase() },
+        "database": { "kind": format!("{:?}", kms.db().kind()).to_lowercase() },
         "issuers": issuers.len(),
     });
     output(json, &report, || {
         format!(
             "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present\nkey catalog ({:?}): reachable, {} issuer(s)",
             config.hsm.token_label,
-            kms.pool().workers(),
-            kms.catalog().kind(),
+            kms.hsm_workers(),
+            kms.db().kind(),
             issuers.len()
         )
     });
@@ -191,35 +192,12 @@ async fn init(json: bool, config: &Config) -> anyhow::Result<bool> {
 
 async fn audit_verify(json: bool, config: &Config) -> anyhow::Result<bool> {
     let kms = open_kms(config).await?;
-    let pool = kms.catalog().pool().clone();
-    let kind = kms.catalog().kind();
+    let pool = kms.db().pool().clone();
+    let kind = kms.db().kind();
     crate::migrate::run(&pool, kind).await?;
     let audit = AuditLog::new(pool, kind, None);
-    let report = audit.verify_chain().await?;
-    let _ = audit
-        .append(
-            &Actor::Cli,
-            &AuditEvent::AuditVerified {
-                records: report.records,
-                first_bad: report.first_bad,
-            },
-            if report.ok() {
-                Outcome::Success
-            } else {
-                Outcome::Failed {
-                    code: "audit_chain_broken",
-                }
-            },
-            "cli",
-        )
-        .await;
-    let value = serde_json::json!({
-        "ok": report.ok(),
-        "records": report.records,
-        "first_bad": report.first_bad,
-        "problem": report.problem,
-        "head_seq": report.head_seq,
-    });
+    let report = audit.verify_and_record(&Actor::Cli, "cli").await?;
+    let value = serde_json::to_value(crate::wire::AuditVerified::from(&report))?;
     output(json, &value, || match report.first_bad {
         None => format!("audit trail OK: {} record(s), chain intact", report.records),
         Some(seq) => format!(
@@ -237,30 +215,30 @@ async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Resu
         IssuerCommand::Create { id, family } => {
             let id: IssuerId = id.parse()?;
             let family: KeyFamily = family.parse()?;
-            let (pool, kind) = (kms.catalog().pool().clone(), kms.catalog().kind());
+            let (pool, kind) = (kms.db().pool().clone(), kms.db().kind());
             crate::migrate::run(&pool, kind).await?;
             let audit = AuditLog::new(pool, kind, None);
             let rec = create_recorded(&kms, &audit, None, &Actor::Cli, "cli", id, family).await?;
-            output(json, &issuer_json(&rec), || issuer_text(&rec));
+            output(json, &Issuer::from(&rec), || issuer_text(&rec));
         }
         IssuerCommand::List => {
-            let list = kms.catalog().issuers().await?;
-            let value = serde_json::Value::Array(list.iter().map(issuer_json).collect());
+            let list = kms.issuers().await?;
+            let value: Vec<Issuer> = list.iter().map(Issuer::from).collect();
             output(json, &value, || {
                 list.iter().map(issuer_text).collect::<Vec<_>>().join("\n")
             });
         }
         IssuerCommand::Show { id } => {
             let rec = kms.issuer(&id.parse()?).await?;
-            output(json, &issuer_json(&rec), || issuer_text(&rec));
+            output(json, &Issuer::from(&rec), || issuer_text(&rec));
         }
     }
     Ok(true)
 }
 
-fn output(json: bool, value: &serde_json::Value, text: impl FnOnce() -> String) {
+fn output(json: bool, value: &impl serde::Serialize, text: impl FnOnce() -> String) {
     if json {
-        println!("{value}");
+        println!("{}", serde_json::to_string(value).unwrap_or_default());
     } else {
         println!("{}", text());
     }

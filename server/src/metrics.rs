@@ -258,24 +258,20 @@ impl Metrics {
 
     /// Copies the kms counters and gauges into the registry.
     pub fn sample(&self, kms: &Kms) {
-        let pool = kms.pool();
-        let stats = pool.stats();
-        use std::sync::atomic::Ordering::Relaxed;
+        let stats = kms.stats();
         self.hsm_pool_busy
-            .set(i64::try_from(stats.busy.load(Relaxed)).unwrap_or(i64::MAX));
+            .set(i64::try_from(stats.hsm_busy).unwrap_or(i64::MAX));
         self.hsm_pool_queued
-            .set(i64::try_from(pool.queued()).unwrap_or(i64::MAX));
+            .set(i64::try_from(stats.hsm_queued).unwrap_or(i64::MAX));
         self.hsm_pool_workers
-            .set(i64::try_from(pool.workers()).unwrap_or(i64::MAX));
-        catch_up(&self.hsm_jobs_rejected, stats.rejected.load(Relaxed));
-        catch_up(&self.hsm_jobs_completed, stats.completed.load(Relaxed));
-        let cache = &kms.cache().stats;
-        catch_up(&self.cache_hits, cache.hits.load(Relaxed));
-        catch_up(&self.cache_misses, cache.misses.load(Relaxed));
-        catch_up(&self.cache_evictions, cache.evictions.load(Relaxed));
-        let db = kms.catalog().pool();
-        let size = i64::from(db.size());
-        let idle = i64::try_from(db.num_idle()).unwrap_or(i64::MAX);
+            .set(i64::try_from(stats.hsm_workers).unwrap_or(i64::MAX));
+        catch_up(&self.hsm_jobs_rejected, stats.hsm_rejected);
+        catch_up(&self.hsm_jobs_completed, stats.hsm_completed);
+        catch_up(&self.cache_hits, stats.cache_hits);
+        catch_up(&self.cache_misses, stats.cache_misses);
+        catch_up(&self.cache_evictions, stats.cache_evictions);
+        let size = i64::from(stats.db_connections);
+        let idle = i64::try_from(stats.db_idle).unwrap_or(i64::MAX);
         self.db_pool_connections
             .with_label_values(&["idle"])
             .set(idle);

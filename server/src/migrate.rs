@@ -1,5 +1,5 @@
 //! The server's own schema (the audit trail), embedded at compile time like
-//! `kms/src/catalog/migrate.rs` does it (same versions, descriptions and
+//! the key catalog does it with `keyward_kms::db::EmbeddedMigrations` (same versions, descriptions and
 //! checksums as `sqlx-cli` would compute).
 //!
 //! The server shares sqlx's `_sqlx_migrations` table with the key catalog
@@ -11,7 +11,7 @@
 //! BOTH lists below; the unit test fails if a file is not listed.
 
 use keyward_config::DatabaseKind;
-use keyward_kms::catalog::EmbeddedMigrations;
+use keyward_kms::db::EmbeddedMigrations;
 use sqlx::AnyPool;
 use sqlx::migrate::MigrateError;
 

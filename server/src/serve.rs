@@ -69,12 +69,22 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// `keyward serve`: opens everything, binds both listeners, prints their
-/// addresses as one JSON line on stdout (`{"listening": {"public": …,
-/// "admin": …}}`, useful with port 0), and serves until SIGTERM or ctrl-c.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Opens everything a serving replica needs — HSM, database, CA, the server
+/// TLS key and certificate, the CRL — and checks it, as `keyward serve` does
+/// before it binds. Route tests build their router on the same state.
+pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
     let metrics = Metrics::new().context("creating the metrics registry")?;
     let opened = bootstrap::open(&config, Some(metrics.clone())).await?;
+    state_from(config, opened, metrics).await
+}
+
+/// [`open_state`] on an installation already opened (with `metrics`), for a
+/// process that also ran `init` on it (tests: one HSM open per process).
+pub async fn state_from(
+    config: Config,
+    opened: bootstrap::Opened,
+    metrics: Metrics,
+) -> anyhow::Result<AppState> {
     if opened.ca_report.created_anything() || !opened.migrated.is_empty() {
         tracing::warn!("serve created CA or schema objects: run `keyward init` before `serve`");
     }
@@ -115,20 +125,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         crl_info.clone(),
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
-
-    let public = TcpListener::bind(&config.server.public_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding server.public_listen {}",
-                config.server.public_listen
-            )
-        })?;
-    let admin = TcpListener::bind(&config.server.admin_listen)
-        .await
-        .with_context(|| format!("binding server.admin_listen {}", config.server.admin_listen))?;
-    let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
-    let state = AppState::new(
+    Ok(AppState::new(
         config,
         opened.kms,
         opened.ca,
@@ -137,7 +134,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         tls,
     )
-    .context("bringing up the OCSP responder")?;
+    .context("bringing up the OCSP responder")?)
+}
+
+/// `keyward serve`: opens everything, binds both listeners, prints their
+/// addresses as one JSON line on stdout (`{"listening": {"public": …,
+/// "admin": …}}`, useful with port 0), and serves until SIGTERM or ctrl-c.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = open_state(config).await?;
+    let server = &state.config.server;
+    let public = TcpListener::bind(&server.public_listen)
+        .await
+        .with_context(|| format!("binding server.public_listen {}", server.public_listen))?;
+    let admin = TcpListener::bind(&server.admin_listen)
+        .await
+        .with_context(|| format!("binding server.admin_listen {}", server.admin_listen))?;
+    let (public_addr, admin_addr) = (public.local_addr()?, admin.local_addr()?);
     let started = format!("public {public_addr}, admin {admin_addr}");
     state
         .audit

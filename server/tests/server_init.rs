@@ -118,13 +118,13 @@ async fn issuer_create_at_the_console_is_audited() {
     let again = s.keyward(&["issuer", "create", "bank-x", "--family", "aes"]);
     assert!(!again.status.success());
 
-    let catalog = keyward_kms::catalog::Catalog::connect(&s.db.config)
+    let db = keyward_kms::db::Database::connect(&s.db.config)
         .await
         .unwrap();
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT actor, action, outcome FROM audit_log WHERE action LIKE 'issuer.%' ORDER BY seq",
     )
-    .fetch_all(catalog.pool())
+    .fetch_all(db.pool())
     .await
     .unwrap();
     let got: Vec<(&str, &str, &str)> = rows

@@ -80,12 +80,7 @@ async fn setup(token: &TestToken, sessions: usize) -> (Kms, Vec<MacItem>, Vec<Ma
     let hsm = Arc::new(Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap());
     let pool = HsmPool::start(hsm, sessions, 100_000).unwrap();
     let db = Box::leak(Box::new(test_database().await.unwrap()));
-    let kms = Kms::new(
-        pool,
-        Catalog::connect(&db.config).await.unwrap(),
-        10_000,
-        false,
-    );
+    let kms = Kms::new(pool, Catalog::connect(&db.config).await.unwrap(), 10_000);
     let issuer: IssuerId = format!("bench-{sessions}").parse().unwrap();
     kms.create_issuer(issuer.clone(), KeyFamily::Tdes)
         .await
@@ -210,7 +205,7 @@ fn main() {
         let start = Instant::now();
         let mut n = 0usize;
         while start.elapsed() < RUN {
-            let out = rt.block_on(kms.verify_macs(batch.clone()));
+            let out = rt.block_on(kms.verify_macs(batch.clone())).unwrap();
             assert!(out.iter().all(|o| *o == MacOutcome::Valid));
             n += batch.len();
         }

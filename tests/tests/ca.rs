@@ -10,7 +10,7 @@ use std::sync::Arc;
 use keyward_ca::{
     Ca, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial,
 };
-use keyward_config::CaConfig;
+use keyward_config::{CaConfig, CaKeyAlgorithm};
 use keyward_kms::Kms;
 use keyward_kms::catalog::Catalog;
 use keyward_kms::hsm::{KeyPairKind, Pkcs11Hsm};
@@ -36,9 +36,9 @@ struct Env {
     ca: Ca,
 }
 
-fn config(alg: &str) -> CaConfig {
+fn config(alg: CaKeyAlgorithm) -> CaConfig {
     CaConfig {
-        key_algorithm: alg.into(),
+        key_algorithm: alg,
         organization: ORG.into(),
         ..CaConfig::default()
     }
@@ -50,13 +50,8 @@ async fn env_with(cfg: &CaConfig) -> Env {
     let hsm = Pkcs11Hsm::open(&hcfg, hcfg.pin().unwrap()).unwrap();
     let pool = HsmPool::start(Arc::new(hsm), 2, 100).unwrap();
     let db = test_database().await.unwrap();
-    let kms = Kms::new(
-        pool,
-        Catalog::connect(&db.config).await.unwrap(),
-        100,
-        false,
-    );
-    let (ca, report) = Ca::bootstrap(&kms, kms.catalog(), cfg).await.unwrap();
+    let kms = Kms::new(pool, Catalog::connect(&db.config).await.unwrap(), 100);
+    let (ca, report) = Ca::bootstrap(&kms, kms.db(), cfg).await.unwrap();
     assert!(
         report.root_key_created && report.issuing_key_created,
         "{report}"
@@ -70,7 +65,7 @@ async fn env_with(cfg: &CaConfig) -> Env {
 }
 
 async fn env() -> Env {
-    env_with(&config("p256")).await
+    env_with(&config(CaKeyAlgorithm::P256)).await
 }
 
 fn device(n: u8) -> DeviceId {
@@ -137,13 +132,16 @@ fn verify(dir: &Path, leaf: &str, crl: bool) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_is_idempotent_and_fails_closed() {
-    let cfg = config("p256");
+    let cfg = config(CaKeyAlgorithm::P256);
     let e = env_with(&cfg).await;
     let crl1 = e.ca.crl().await.unwrap();
 
     // Same process, and a "restart" on a fresh catalog connection.
-    for catalog in [e.kms.catalog().clone(), e.db.catalog().await.unwrap()] {
-        let (again, report) = Ca::bootstrap(&e.kms, &catalog, &cfg).await.unwrap();
+    for db in [
+        e.kms.db().clone(),
+        e.db.catalog().await.unwrap().db().clone(),
+    ] {
+        let (again, report) = Ca::bootstrap(&e.kms, &db, &cfg).await.unwrap();
         assert!(!report.created_anything(), "{report}");
         assert_eq!(again.root_pem(), e.ca.root_pem());
         assert_eq!(again.issuing_pem(), e.ca.issuing_pem());
@@ -177,7 +175,7 @@ async fn bootstrap_is_idempotent_and_fails_closed() {
     root.verify_signature(None).unwrap();
 
     // Another algorithm than the keys in the HSM: refused, naming the key.
-    let err = Ca::bootstrap(&e.kms, e.kms.catalog(), &config("rsa3072"))
+    let err = Ca::bootstrap(&e.kms, e.kms.db(), &config(CaKeyAlgorithm::Rsa3072))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "ca_config", "{err}");
@@ -188,12 +186,10 @@ async fn bootstrap_is_idempotent_and_fails_closed() {
         "UPDATE ca_authorities SET pem = (SELECT pem FROM ca_authorities WHERE name = 'issuing') \
          WHERE name = 'root'",
     )
-    .execute(e.kms.catalog().pool())
+    .execute(e.kms.db().pool())
     .await
     .unwrap();
-    let err = Ca::bootstrap(&e.kms, e.kms.catalog(), &cfg)
-        .await
-        .unwrap_err();
+    let err = Ca::bootstrap(&e.kms, e.kms.db(), &cfg).await.unwrap_err();
     assert_eq!(err.code(), "ca_key_mismatch", "{err}");
     assert!(!err.is_client_error());
 }
@@ -450,9 +446,13 @@ async fn openssl_verifies_chains_and_sees_revocations() {
     assert!(!ok && text.contains("certificate revoked"), "{text}");
 
     // A restart (new bootstrap on a new connection) never goes back.
-    let (again, _) = Ca::bootstrap(&e.kms, &e.db.catalog().await.unwrap(), &config("p256"))
-        .await
-        .unwrap();
+    let (again, _) = Ca::bootstrap(
+        &e.kms,
+        e.db.catalog().await.unwrap().db(),
+        &config(CaKeyAlgorithm::P256),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.crl().await.unwrap().number, crl2.number);
 }
 
@@ -647,7 +647,7 @@ async fn revocation_errors_are_typed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rsa3072_ca_issues_verifiable_chains() {
-    let e = env_with(&config("rsa3072")).await;
+    let e = env_with(&config(CaKeyAlgorithm::Rsa3072)).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("root.pem"), e.ca.root_pem()).unwrap();

@@ -9,6 +9,7 @@ use keyward_kms::KmsError;
 use keyward_kms::catalog::{
     Catalog, IssuerRecord, KeyState, MasterKeyRecord, MasterKeyRole, NewWorkingKey,
 };
+use keyward_kms::db::now_ms;
 use keyward_kms::types::{
     DeviceId, IssuerId, Kcv, KcvMethod, KeyFamily, KeyVersion, WorkingKeyRole,
 };
@@ -81,7 +82,7 @@ async fn states(c: &Catalog, i: &IssuerId, d: DeviceId) -> Vec<(u32, KeyState)> 
 #[tokio::test(flavor = "multi_thread")]
 async fn issuers_create_get_list_and_refuse_duplicates() {
     let (db, c) = setup().await;
-    assert_eq!(c.kind(), db.kind());
+    assert_eq!(c.db().kind(), db.kind());
     c.ping().await.unwrap();
     assert!(c.issuers().await.unwrap().is_empty());
     assert_eq!(c.issuer(&issuer_id("bank-b")).await.unwrap(), None);
@@ -585,13 +586,6 @@ fn futures_are_send(c: &Catalog, i: &IssuerId, d: DeviceId, keys: &[NewWorkingKe
     send(c.issuers());
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Issue 9 §5: the SQLite catalog (national ids, contacts) is created 0600 in
 /// a 0700 directory, and a catalog file other users can read is refused with
 /// its path and the fix. SQLite only: the file is what is checked.
@@ -611,11 +605,17 @@ async fn sqlite_catalog_file_is_private() {
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(path.parent().unwrap()), 0o700);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Catalog::connect(&cfg).await.map(|_| ()).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::InsecurePermissions { path: p, .. } if p == &path),
-        "{err}"
-    );
-    assert_eq!(err.code(), "insecure_permissions");
-    assert!(err.to_string().contains("chmod 600"), "{err}");
+    let err = keyward_kms::db::Database::connect(&cfg)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let sqlx::Error::Configuration(inner) = &err else {
+        panic!("{err}");
+    };
+    let refused = inner
+        .downcast_ref::<keyward_kms::db::InsecurePermissions>()
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(refused.path, path);
+    assert!(refused.to_string().contains("chmod 600"), "{refused}");
+    assert!(Catalog::connect(&cfg).await.is_err());
 }

@@ -14,7 +14,7 @@ use keyward_kms::types::{
     DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, MacAlgorithm, Padding, WorkingKeyRole,
 };
 use keyward_kms::wrap::WrapScheme;
-use keyward_kms::{Kms, KmsError, MacItem, MacOutcome};
+use keyward_kms::{ErrorKind, Kms, KmsError, MAX_BULK_ITEMS, MacItem, MacOutcome};
 use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::device::{self, Family};
 use keyward_tests::softhsm::TestToken;
@@ -34,7 +34,7 @@ async fn fixture(sessions: usize) -> Fixture {
     let pool = HsmPool::start(Arc::new(hsm), sessions, 4096).unwrap();
     let db = test_database().await.unwrap();
     let catalog = Catalog::connect(&db.config).await.unwrap();
-    let kms = Kms::new(pool, catalog, 1000, false).with_rotation_grace(Duration::from_secs(60));
+    let kms = Kms::new(pool, catalog, 1000).with_rotation_grace(Duration::from_secs(60));
     Fixture {
         kms,
         _db: db,
@@ -281,7 +281,7 @@ async fn tdes_issuer_end_to_end() {
     // Rotation: v2 active, v1 still valid during its grace period.
     let (v2, tak2) = rotate(kms, &issuer, &dev).await;
     assert_eq!(v2, KeyVersion(2));
-    let versions = kms.catalog().versions(&issuer, dev.id).await.unwrap();
+    let versions = kms.key_versions(&issuer, dev.id).await.unwrap();
     assert_eq!(versions[0].state, KeyState::Active);
     assert_eq!(versions[1].state, KeyState::Retiring);
     let m2 = device::cmac_tdes(&tak2, msg).to_vec();
@@ -331,7 +331,7 @@ async fn kcv_mismatch_rejects_the_version() {
         .await
         .unwrap_err();
     assert!(matches!(err, KmsError::KcvMismatch(_)));
-    let versions = kms.catalog().versions(&issuer, dev.id).await.unwrap();
+    let versions = kms.key_versions(&issuer, dev.id).await.unwrap();
     assert_eq!(versions[0].state, KeyState::Rejected);
     // A rejected version can never be confirmed or used afterwards.
     let good: Vec<(WorkingKeyRole, Kcv)> = offer.keys.iter().map(|k| (k.role, k.kcv)).collect();
@@ -484,15 +484,48 @@ async fn bulk_verify_answers_in_order() {
         ..items[2].clone()
     });
     expected.push(MacOutcome::Error("unknown_issuer"));
-    let outcomes = kms.verify_macs(items).await;
+    let outcomes = kms.verify_macs(items).await.unwrap();
     assert_eq!(outcomes, expected);
-    assert!(
-        kms.cache()
-            .stats
-            .hits
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 1000
+    assert!(kms.stats().cache_hits > 1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_verify_refuses_a_batch_over_the_limit() {
+    let f = fixture(1).await;
+    let kms = &f.kms;
+    let issuer: IssuerId = "bank-limit".parse().unwrap();
+    kms.create_issuer(issuer.clone(), KeyFamily::Tdes)
+        .await
+        .unwrap();
+    let dev = init_device(kms, &issuer, KeyFamily::Tdes, "00000000000000AA").await;
+    let (v, tak) = rotate(kms, &issuer, &dev).await;
+    let one = item(
+        &issuer,
+        &dev,
+        v,
+        MacAlgorithm::Iso9797M3,
+        Some(2),
+        b"txn",
+        device::mac_x919(&tak, b"txn", 2).to_vec(),
     );
+
+    let over = vec![one.clone(); MAX_BULK_ITEMS + 1];
+    let before = kms.stats().hsm_completed;
+    let err = kms.verify_macs(over).await.unwrap_err();
+    assert!(
+        matches!(err, KmsError::TooManyItems { len, max } if len == MAX_BULK_ITEMS + 1 && max == MAX_BULK_ITEMS),
+        "{err}"
+    );
+    assert_eq!(err.code(), "too_many_items");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    // Nothing was checked: no HSM job ran for the refused batch.
+    assert_eq!(kms.stats().hsm_completed, before);
+
+    // At the limit is fine.
+    let at = vec![one; MAX_BULK_ITEMS];
+    let outcomes = kms.verify_macs(at).await.unwrap();
+    assert_eq!(outcomes.len(), MAX_BULK_ITEMS);
+    assert!(outcomes.iter().all(|o| *o == MacOutcome::Valid));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -123,7 +123,7 @@ fn import(hsm: &dyn Hsm, kind: SecretKind, usage: Usage, key: &[u8]) -> ObjectId
         .expect("importing a test key")
 }
 
-/// TAK for a TDES algorithm, with only the usage `service.rs` grants: sign for
+/// TAK for a TDES algorithm, with only the usage `kms::service::verify` grants: sign for
 /// CMAC, encrypt otherwise; plus K1K1 for the ISO9797-1-M3 emulation.
 fn tdes_keys(hsm: &dyn Hsm, alg: MacAlgorithm, key: &[u8]) -> MacKeys {
     let key = as_des2(key);
@@ -157,8 +157,7 @@ fn check_mac(hsm: &dyn Hsm, v: &Vector, alg: MacAlgorithm, keys: &MacKeys, pad: 
         .or_else(|_| v.input_hex("message"))
         .unwrap();
     let expected = v.expected_hex().unwrap();
-    let got =
-        mac::compute(hsm, keys, alg, pad, &data, false).unwrap_or_else(|e| panic!("{}: {e}", v.id));
+    let got = mac::compute(hsm, keys, alg, pad, &data).unwrap_or_else(|e| panic!("{}: {e}", v.id));
     assert!(got.len() >= expected.len(), "{}: MAC too short", v.id);
     assert_eq!(
         hex::encode_upper(&got[..expected.len()]),
@@ -309,7 +308,7 @@ fn tdes_cmac_two_key() {
         let alg = MacAlgorithm::CmacTdes;
         let keys = tdes_keys(&k.hsm, alg, &v.input_hex("key").unwrap());
         if *id == "kcv-tdes-cmac-1" {
-            let got = mac::compute(&k.hsm, &keys, alg, None, &[0u8; 8], false).unwrap();
+            let got = mac::compute(&k.hsm, &keys, alg, None, &[0u8; 8]).unwrap();
             assert_eq!(got[..5].to_vec(), v.expected_hex().unwrap(), "{id}");
         } else {
             check_mac(&k.hsm, v, alg, &keys, None);
@@ -326,15 +325,7 @@ fn cup_ecb_mac() {
         let v = k.v.get(id).unwrap();
         let alg = MacAlgorithm::CupEcb;
         let keys = tdes_keys(&k.hsm, alg, &v.input_hex("mak").unwrap());
-        let got = mac::compute(
-            &k.hsm,
-            &keys,
-            alg,
-            None,
-            &v.input_hex("mab").unwrap(),
-            false,
-        )
-        .unwrap();
+        let got = mac::compute(&k.hsm, &keys, alg, None, &v.input_hex("mab").unwrap()).unwrap();
         assert_eq!(got, v.expected_str("mac_ascii").unwrap().as_bytes(), "{id}");
         assert_eq!(got, v.expected_field_hex("mac_field_hex").unwrap(), "{id}");
     }
@@ -442,25 +433,25 @@ fn verify_accepts_truncations_and_rejects_a_flipped_bit() {
         for &len in *lens {
             let good = &full[..len];
             assert!(
-                mac::verify(&k.hsm, &keys, *alg, pad, &msg, good, false).unwrap(),
+                mac::verify(&k.hsm, &keys, *alg, pad, &msg, good).unwrap(),
                 "{id}: {len}-byte MAC refused"
             );
             for bit in [0, len * 8 - 1] {
                 let mut bad = good.to_vec();
                 bad[bit / 8] ^= 1 << (bit % 8);
                 assert!(
-                    !mac::verify(&k.hsm, &keys, *alg, pad, &msg, &bad, false).unwrap(),
+                    !mac::verify(&k.hsm, &keys, *alg, pad, &msg, &bad).unwrap(),
                     "{id}: {len}-byte MAC with bit {bit} flipped accepted"
                 );
             }
             // The message matters too.
             let mut other = msg.clone();
             other.push(0x01);
-            assert!(!mac::verify(&k.hsm, &keys, *alg, pad, &other, good, false).unwrap());
+            assert!(!mac::verify(&k.hsm, &keys, *alg, pad, &other, good).unwrap());
         }
         for len in [0, 3, 5, 7, 9, 17] {
             let mac = vec![0u8; len];
-            let err = mac::verify(&k.hsm, &keys, *alg, pad, &msg, &mac, false).unwrap_err();
+            let err = mac::verify(&k.hsm, &keys, *alg, pad, &msg, &mac).unwrap_err();
             assert!(
                 matches!(err, KmsError::Invalid { field: "mac", .. }),
                 "{id}: {len}-byte MAC: {err}"
@@ -480,7 +471,7 @@ fn input_rules_through_the_hsm() {
     let data = v.input_hex("data").unwrap();
 
     // No padding for an ISO 9797-1 algorithm; padding for CMAC / CUP.
-    let err = mac::compute(&k.hsm, &m3, MacAlgorithm::Iso9797M3, None, &data, false).unwrap_err();
+    let err = mac::compute(&k.hsm, &m3, MacAlgorithm::Iso9797M3, None, &data).unwrap_err();
     assert!(matches!(
         err,
         KmsError::Invalid {
@@ -490,8 +481,7 @@ fn input_rules_through_the_hsm() {
     ));
     let cmac = tdes_keys(&k.hsm, MacAlgorithm::CmacTdes, &key);
     for alg in [MacAlgorithm::CmacTdes, MacAlgorithm::CupEcb] {
-        let err =
-            mac::compute(&k.hsm, &cmac, alg, Some(Padding::Method1), &data, false).unwrap_err();
+        let err = mac::compute(&k.hsm, &cmac, alg, Some(Padding::Method1), &data).unwrap_err();
         assert!(matches!(
             err,
             KmsError::Invalid {
@@ -503,7 +493,7 @@ fn input_rules_through_the_hsm() {
 
     // Too long.
     let long = vec![0u8; mac::MAX_MESSAGE_LEN + 1];
-    let err = mac::compute(&k.hsm, &cmac, MacAlgorithm::CmacTdes, None, &long, false).unwrap_err();
+    let err = mac::compute(&k.hsm, &cmac, MacAlgorithm::CmacTdes, None, &long).unwrap_err();
     assert!(matches!(err, KmsError::MessageTooLong { .. }));
     assert!(
         mac::compute(
@@ -511,8 +501,7 @@ fn input_rules_through_the_hsm() {
             &m3,
             MacAlgorithm::Iso9797M3,
             Some(Padding::Method1),
-            &long[1..],
-            false
+            &long[1..]
         )
         .is_ok()
     );
@@ -528,7 +517,6 @@ fn input_rules_through_the_hsm() {
         MacAlgorithm::Iso9797M3,
         Some(Padding::Method1),
         &data,
-        false,
     )
     .unwrap_err();
     assert!(matches!(err, KmsError::KeyMissing(_)));
@@ -538,7 +526,6 @@ fn input_rules_through_the_hsm() {
         MacAlgorithm::Iso9797M3,
         Some(Padding::Method1),
         b"12345678",
-        false,
     )
     .unwrap();
     let with_half = mac::compute(
@@ -547,19 +534,27 @@ fn input_rules_through_the_hsm() {
         MacAlgorithm::Iso9797M3,
         Some(Padding::Method1),
         b"12345678",
-        false,
     )
     .unwrap();
     assert_eq!(one, with_half);
 
-    // SoftHSM has no vendor X9.19 mechanism and none is configured.
+    // A vendor X9.19 mechanism configured (a capability of the module) that
+    // the token does not offer: the token refuses it, and the seam says so.
+    let mut retail_config = k._token.hsm_config(1);
+    retail_config.mechanisms.des3_retail_mac = Some(0x8000_0150);
+    let retail = Pkcs11Hsm::open(&retail_config, retail_config.pin().expect("test PIN"))
+        .expect("opening SoftHSM");
+    assert!(retail.capabilities().vendor_retail_mac);
+    let retail_keys = MacKeys {
+        tak: import(&retail, SecretKind::Des2, SIGN, &as_des2(&key)),
+        k1k1: None,
+    };
     let err = mac::compute(
-        &k.hsm,
-        &m3,
+        &retail,
+        &retail_keys,
         MacAlgorithm::Iso9797M3,
         Some(Padding::Method1),
         &data,
-        true,
     )
     .unwrap_err();
     assert_eq!(err.code(), "hsm_mechanism_missing", "{err}");
@@ -601,28 +596,20 @@ fn software_cross_check_all_lengths() {
         for pad in [Padding::Method1, Padding::Method2] {
             let padded = pad.apply(&msg, 8);
             let want1 = cbc(&tdes_key, [0; 8], &padded);
-            let got = mac::compute(
-                &k.hsm,
-                &m1,
-                MacAlgorithm::Iso9797M1Tdes,
-                Some(pad),
-                &msg,
-                false,
-            )
-            .unwrap();
+            let got =
+                mac::compute(&k.hsm, &m1, MacAlgorithm::Iso9797M1Tdes, Some(pad), &msg).unwrap();
             assert_eq!(got, want1, "M1 len {len} {pad:?}");
 
             let split = padded.len() - 8;
             let h = cbc(&k1k1, [0; 8], &padded[..split]);
             let want3 = cbc(&tdes_key, h, &padded[split..]);
-            let got =
-                mac::compute(&k.hsm, &m3, MacAlgorithm::Iso9797M3, Some(pad), &msg, false).unwrap();
+            let got = mac::compute(&k.hsm, &m3, MacAlgorithm::Iso9797M3, Some(pad), &msg).unwrap();
             assert_eq!(got, want3, "M3 len {len} {pad:?}");
         }
 
         let mut c = <cmac::Cmac<des::TdesEde2> as KeyInit>::new_from_slice(&tdes_key).unwrap();
         c.update(&msg);
-        let got = mac::compute(&k.hsm, &ct, MacAlgorithm::CmacTdes, None, &msg, false).unwrap();
+        let got = mac::compute(&k.hsm, &ct, MacAlgorithm::CmacTdes, None, &msg).unwrap();
         assert_eq!(
             got,
             c.finalize().into_bytes().to_vec(),
@@ -631,7 +618,7 @@ fn software_cross_check_all_lengths() {
 
         let mut c = <cmac::Cmac<aes::Aes128> as KeyInit>::new_from_slice(&aes_key).unwrap();
         c.update(&msg);
-        let got = mac::compute(&k.hsm, &ca, MacAlgorithm::CmacAes, None, &msg, false).unwrap();
+        let got = mac::compute(&k.hsm, &ca, MacAlgorithm::CmacAes, None, &msg).unwrap();
         assert_eq!(
             got,
             c.finalize().into_bytes().to_vec(),
@@ -652,7 +639,7 @@ fn software_cross_check_all_lengths() {
             t[i] = e1[i] ^ hx[8 + i];
         }
         let want = hex::encode_upper(tdes_block(&tdes_key, t)).as_bytes()[..8].to_vec();
-        let got = mac::compute(&k.hsm, &m1, MacAlgorithm::CupEcb, None, &msg, false).unwrap();
+        let got = mac::compute(&k.hsm, &m1, MacAlgorithm::CupEcb, None, &msg).unwrap();
         assert_eq!(got, want, "CUP-ECB len {len}");
     }
 }

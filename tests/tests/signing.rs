@@ -18,12 +18,7 @@ async fn p256_and_rsa_keys_sign_in_the_hsm() {
     let hsm = Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap();
     let pool = HsmPool::start(Arc::new(hsm), 2, 100).unwrap();
     let db = test_database().await.unwrap();
-    let kms = Kms::new(
-        pool,
-        Catalog::connect(&db.config).await.unwrap(),
-        100,
-        false,
-    );
+    let kms = Kms::new(pool, Catalog::connect(&db.config).await.unwrap(), 100);
 
     let (ec, created) = kms
         .ensure_signing_key("ca/root", KeyPairKind::P256)

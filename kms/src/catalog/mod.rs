@@ -8,8 +8,12 @@
 //!   through sqlx's Any driver with plain runtime SQL that both accept.
 //! - `model`: the records and states it speaks in ([`IssuerRecord`],
 //!   [`WorkingKeyRecord`], [`KeyState`], …), re-exported here.
-//! - `migrate`: the two schema directories (`kms/migrations/{sqlite,postgres}`),
-//!   embedded in the binary.
+//! - its migrations: the two schema directories
+//!   (`kms/migrations/{sqlite,postgres}`), embedded in the binary through
+//!   [`crate::db::EmbeddedMigrations`].
+//!
+//! The connection, transaction and column plumbing it shares with the other
+//! crates' stores is in [`crate::db`].
 //!
 //! # Consistency
 //! Every write is one transaction: `BEGIN IMMEDIATE` on SQLite (the write lock
@@ -21,20 +25,17 @@
 //!
 //! Must not: store or log key bytes; leave a version half-written.
 
-mod migrate;
-pub mod tx;
-pub use migrate::{Embedded, EmbeddedMigrations};
 mod model;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keyward_config::{DatabaseConfig, DatabaseKind};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
+use crate::db::{self, Database, EmbeddedMigrations, now_ms, parse_col};
 use crate::error::{KmsError, Result};
 use crate::types::{DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, WorkingKeyRole};
 
@@ -44,67 +45,50 @@ pub use model::{
     WorkingKeyRecord,
 };
 
-/// How long a SQLite writer waits for the write lock before giving up (5 s).
-const BUSY_TIMEOUT_PRAGMA: &str = "PRAGMA busy_timeout = 5000";
+/// The key catalog's own tables (versions 1..=100 of the shared table).
+const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
+    sqlite: &[(
+        1,
+        "catalog",
+        include_str!("../../migrations/sqlite/0001_catalog.sql"),
+    )],
+    postgres: &[(
+        1,
+        "catalog",
+        include_str!("../../migrations/postgres/0001_catalog.sql"),
+    )],
+};
 
 /// The key catalog. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    pool: AnyPool,
-    kind: DatabaseKind,
+    db: Database,
 }
 
 impl Catalog {
     /// Connects and brings the schema up to date, so a process never runs
-    /// against a catalog older than its code. For SQLite the file and its
-    /// directory are created when missing and the journal is switched to WAL
-    /// (readers do not block the writer).
+    /// against a catalog older than its code (see [`Database::connect`] for
+    /// what happens to a SQLite file).
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Catalog> {
-        sqlx::any::install_default_drivers();
-        let kind = cfg.kind();
-        let url = match kind {
-            DatabaseKind::Sqlite => prepare_sqlite(&cfg.url).await?,
-            DatabaseKind::Postgres => cfg.url.clone(),
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(cfg.max_connections.max(1))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if kind == DatabaseKind::Sqlite {
-                        // Per-connection settings; sqlx's defaults agree today,
-                        // this keeps them true if those defaults change.
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = FULL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query(BUSY_TIMEOUT_PRAGMA).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        migrate::run(&pool, kind).await?;
-        Ok(Catalog { pool, kind })
+        Self::open(Database::connect(cfg).await?).await
+    }
+
+    /// The catalog on an already connected database, migrated.
+    pub async fn open(db: Database) -> Result<Catalog> {
+        db.migrate(&MIGRATIONS).await?;
+        Ok(Catalog { db })
     }
 
     /// Readiness: the database answers a query.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        Ok(self.db.ping().await?)
     }
 
-    /// Which backend this catalog runs on, for reports and health output.
-    pub fn kind(&self) -> DatabaseKind {
-        self.kind
-    }
-
-    /// The connection pool, for crates that keep their own tables in the same
-    /// database (the CA's registry); they follow the transaction rules above.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// The database the catalog lives in, shared with the crates that keep
+    /// their own tables there (CA, provisioning, audit); they follow the
+    /// transaction rules above.
+    pub fn db(&self) -> &Database {
+        &self.db
     }
 
     // ---- issuers -----------------------------------------------------------
@@ -175,7 +159,7 @@ impl Catalog {
              WHERE i.id = $1",
         )
         .bind(id.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await?;
         Ok(issuers_from_rows(&rows)?.pop())
     }
@@ -186,7 +170,7 @@ impl Catalog {
             "SELECT i.id, i.family, i.created_at_ms, m.role, m.label, m.kcv_method, m.kcv \
              FROM issuers i LEFT JOIN master_keys m ON m.issuer_id = i.id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await?;
         issuers_from_rows(&rows)
     }
@@ -312,7 +296,7 @@ impl Catalog {
         .bind(device.to_string())
         .bind(i64::from(version.0))
         .bind(role.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
         let r_hex: String = row.try_get("r")?;
@@ -345,7 +329,7 @@ impl Catalog {
         )
         .bind(issuer.as_str())
         .bind(device.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await?;
         rows.iter()
             .map(|row| {
@@ -515,17 +499,17 @@ impl Catalog {
     // ---- plumbing ------------------------------------------------------------
 
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(tx::begin_write(&self.pool, self.kind).await?)
+        Ok(self.db.begin_write().await?)
     }
 
-    /// [`tx::retrying`], also treating a unique violation as a lost race when
+    /// [`db::retrying`], also treating a unique violation as a lost race when
     /// `unique_is_race` says it means that rather than bad input.
     async fn retrying<T, F, Fut>(&self, unique_is_race: bool, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        tx::retrying("catalog", |e| self.is_race(e, unique_is_race), op).await
+        db::retrying("catalog", |e| self.is_race(e, unique_is_race), op).await
     }
 
     fn is_race(&self, e: &KmsError, unique_is_race: bool) -> bool {
@@ -535,8 +519,10 @@ impl Catalog {
         let KmsError::Database(err) = e else {
             return false;
         };
-        tx::is_serialization_failure(self.kind, err)
-            || (self.kind == DatabaseKind::Postgres && unique_is_race && db.is_unique_violation())
+        self.db.is_serialization_failure(err)
+            || (self.db.kind() == DatabaseKind::Postgres
+                && unique_is_race
+                && db.is_unique_violation())
     }
 
     /// Errors unless `version` exists and is pending.
@@ -607,116 +593,6 @@ async fn set_state_from_pending(
     }
 }
 
-/// Creates `dir` (and missing parents) readable by the owner only (0700).
-/// An existing directory is left as it is.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
-
-/// Creates `file` empty with mode 0600 unless it exists (SQLite then opens
-/// it, and gives its `-wal` and `-shm` files the same mode).
-fn create_private_file(file: &Path) -> std::io::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    match o.open(file) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Refuses (typed [`KmsError::InsecurePermissions`], naming the path and the
-/// `chmod` that fixes it) a catalog file or data directory that other users
-/// may read, write or enter. A path that does not exist passes.
-pub fn refuse_shared(path: &Path, is_dir: bool) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let Ok(meta) = std::fs::metadata(path) else {
-            return Ok(());
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o007 != 0 {
-            return Err(KmsError::InsecurePermissions {
-                path: path.to_owned(),
-                mode,
-                fix: if is_dir { "700" } else { "600" },
-            });
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (path, is_dir);
-    Ok(())
-}
-
-/// Makes a SQLite URL ready to open: creates the file's directory (0700) and
-/// the file (0600), refuses a file other users may read
-/// ([`refuse_shared`]), asks for the file to be created (`mode=rwc`) unless
-/// the URL chose a mode, and turns on WAL once (it is a property of the
-/// file, not of a connection).
-async fn prepare_sqlite(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
-    let param = |name: &str| {
-        query.and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-        })
-    };
-    let mode = param("mode");
-    if path.is_empty() || path == ":memory:" || mode == Some("memory") {
-        return Ok(url.to_owned());
-    }
-    if let Some(dir) = Path::new(path).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        create_private_dir(dir).map_err(|e| {
-            sqlx::Error::Configuration(
-                format!(
-                    "cannot create directory {} for the catalog: {e}",
-                    dir.display()
-                )
-                .into(),
-            )
-        })?;
-    }
-    if mode != Some("ro") {
-        create_private_file(Path::new(path)).map_err(|e| {
-            sqlx::Error::Configuration(format!("cannot create the catalog file {path}: {e}").into())
-        })?;
-    }
-    refuse_shared(Path::new(path), false)?;
-    let url = match (mode, query) {
-        (Some(_), _) => url.to_owned(),
-        (None, Some(_)) => format!("{url}&mode=rwc"),
-        (None, None) => format!("{url}?mode=rwc"),
-    };
-    if mode != Some("ro") {
-        let mut conn = sqlx::AnyConnection::connect(&url).await?;
-        let row = sqlx::query("PRAGMA journal_mode = WAL")
-            .fetch_one(&mut conn)
-            .await?;
-        let journal: String = row.try_get(0)?;
-        if !journal.eq_ignore_ascii_case("wal") {
-            tracing::warn!(journal = %journal, "SQLite refused WAL journaling; writers will block readers");
-        }
-        conn.close().await?;
-    }
-    Ok(url)
-}
-
 /// Folds issuer rows joined with their master keys into records, sorted by id
 /// (bytewise, the same on both backends whatever the collation).
 fn issuers_from_rows(rows: &[AnyRow]) -> Result<Vec<IssuerRecord>> {
@@ -758,12 +634,6 @@ fn issuers_from_rows(rows: &[AnyRow]) -> Result<Vec<IssuerRecord>> {
         .collect())
 }
 
-/// A text column parsed into a domain type; a bad value names its column.
-fn parse_col<T: std::str::FromStr>(row: &AnyRow, col: &str, what: &'static str) -> Result<T> {
-    let s: String = row.try_get(col)?;
-    s.parse().map_err(|_| KmsError::CorruptRecord(what))
-}
-
 fn kcv_from(row: &AnyRow, what: &'static str) -> Result<Kcv> {
     let method: String = row.try_get("kcv_method")?;
     let value: String = row.try_get("kcv")?;
@@ -771,12 +641,12 @@ fn kcv_from(row: &AnyRow, what: &'static str) -> Result<Kcv> {
 }
 
 fn version_col(row: &AnyRow) -> Result<KeyVersion> {
-    let v: i64 = row.try_get("version")?;
-    u32::try_from(v)
-        .ok()
-        .filter(|v| *v > 0)
-        .map(KeyVersion)
-        .ok_or(KmsError::CorruptRecord("working_key_versions.version"))
+    const WHAT: &str = "working_key_versions.version";
+    let v: u32 = db::int_col(row, "version", WHAT)?;
+    if v == 0 {
+        return Err(KmsError::CorruptRecord(WHAT));
+    }
+    Ok(KeyVersion(v))
 }
 
 /// Refuses master keys that would make an ambiguous issuer record.
@@ -801,11 +671,14 @@ fn validate_master_keys(keys: &[MasterKeyRecord]) -> Result<()> {
     Ok(())
 }
 
-/// Wall-clock unix milliseconds: what the catalog's timestamps are compared
-/// against, also by other processes sharing the database.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded() {
+        MIGRATIONS
+            .check(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), 1..=100)
+            .unwrap();
+    }
 }

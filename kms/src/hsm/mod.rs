@@ -3,18 +3,51 @@
 //!
 //! Everything above this module speaks in [`ObjectId`]s and the small enums
 //! below, never in `cryptoki` types. Vendors differ only by configuration
-//! (mechanism overrides), never by `if vendor == …`.
+//! (mechanism overrides) and by one [`Capabilities`] value built when the
+//! module is opened, never by `if vendor == …`. PKCS#11 return values are
+//! sorted into typed errors in one place (`rv`, [`Rv`]).
 //!
 //! The trait is blocking: callers on an async runtime go through
 //! [`crate::pool::HsmPool`], whose worker threads are the only ones that call it.
 
 mod pkcs11;
 mod raw;
+mod rv;
 
 pub use pkcs11::Pkcs11Hsm;
 pub(crate) use pkcs11::mechanism_name;
+pub use rv::Rv;
+
+use keyward_config::MechanismOverrides;
 
 use crate::error::Result;
+
+/// What this token offers beyond the standard mechanisms and what it needs
+/// worked around: one value per module, built when it is opened, that the
+/// operations consult (as Cosmian KMS's `HsmCapabilities`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A vendor ANSI X9.19 retail-MAC mechanism is configured
+    /// (`[hsm.mechanisms] des3_retail_mac`, checked against the token at
+    /// start): `ISO9797-1-M3` uses it, with `sign` on the TAK, instead of the
+    /// two-key emulation.
+    pub vendor_retail_mac: bool,
+    /// Serialise object creation, lookup and destruction on one lock.
+    /// SoftHSM 2.6.1 races between object creation and `C_FindObjects`
+    /// (SoftHSMv2 #573). On for every module: no other module has been
+    /// measured without it, and the lock covers no cryptographic operation.
+    pub serialize_object_ops: bool,
+}
+
+impl Capabilities {
+    /// The capabilities that follow from the configured mechanism overrides.
+    pub fn from_config(mechanisms: &MechanismOverrides) -> Self {
+        Self {
+            vendor_retail_mac: mechanisms.des3_retail_mac.is_some(),
+            serialize_object_ops: true,
+        }
+    }
+}
 
 /// A key object on the token, valid in every session of this process until the
 /// token restarts (see [`Hsm::epoch`]). Never persisted.
@@ -190,6 +223,8 @@ pub enum MechanismId {
 /// The one trait at the PKCS#11 seam. Blocking; implementations are shared
 /// between worker threads (`Send + Sync`) and pick a session per call.
 pub trait Hsm: Send + Sync + std::fmt::Debug {
+    /// The module's vendor differences, fixed when it was opened.
+    fn capabilities(&self) -> Capabilities;
     /// Increases every time the implementation had to reopen its sessions
     /// (HSM restart, failover). Cached [`ObjectId`]s of an older epoch are stale.
     fn epoch(&self) -> u64;

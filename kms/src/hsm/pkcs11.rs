@@ -19,9 +19,10 @@ use keyward_config::{HsmConfig, MechanismOverrides};
 use secrecy::SecretString;
 
 use super::raw::RawModule;
+use super::rv::classify;
 use super::{
-    Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId, ObjectId, PublicKey,
-    SecretKind, SignMechanism, WrapMechanism,
+    Capabilities, Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId,
+    ObjectId, PublicKey, SecretKind, SignMechanism, WrapMechanism,
 };
 use crate::error::{KmsError, Result};
 
@@ -76,8 +77,9 @@ pub struct Pkcs11Hsm {
     slot: Mutex<Slot>,
     sessions: Mutex<Sessions>,
     epoch: AtomicU64,
-    /// SoftHSM 2.6.1 races between object creation and C_FindObjects (#573):
-    /// every call that creates, finds or destroys objects holds this.
+    caps: Capabilities,
+    /// Held by every call that creates, finds or destroys objects when
+    /// [`Capabilities::serialize_object_ops`] says so (see [`Pkcs11Hsm::object_lock`]).
     objects: Mutex<()>,
 }
 
@@ -110,22 +112,6 @@ fn session_lost(e: &CkError) -> bool {
             _
         )
     )
-}
-
-fn map_err(e: CkError) -> KmsError {
-    match e {
-        CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _) => {
-            KmsError::Stale
-        }
-        CkError::Pkcs11(rv, function) => KmsError::Hsm {
-            function: format!("{function:?}"),
-            rv: format!("{rv:?}"),
-        },
-        other => KmsError::Hsm {
-            function: "cryptoki".into(),
-            rv: other.to_string(),
-        },
-    }
 }
 
 fn bool_attrs(spec: &KeySpec) -> [Attribute; 7] {
@@ -190,6 +176,7 @@ impl Pkcs11Hsm {
                 idle: Vec::new(),
             }),
             epoch: AtomicU64::new(0),
+            caps: Capabilities::from_config(&config.mechanisms),
             objects: Mutex::new(()),
         };
         hsm.reconnect(&mut lock(&hsm.sessions))?;
@@ -206,7 +193,7 @@ impl Pkcs11Hsm {
     /// to drop a wedged HSM connection, and for the healing tests.
     pub fn close_all_sessions(&self) -> Result<()> {
         let slot = *lock(&self.slot);
-        self.raw.close_all_sessions(slot.id()).map_err(map_err)
+        self.raw.close_all_sessions(slot.id()).map_err(classify)
     }
 
     /// Opens the anchor session and logs in; drops whatever sessions there were.
@@ -217,17 +204,16 @@ impl Pkcs11Hsm {
         // from the serial), so look the label up again.
         let slot = find_slot(&self.ctx, &self.token_label)?;
         *lock(&self.slot) = slot;
-        let anchor = self.ctx.open_rw_session(slot).map_err(map_err)?;
+        let anchor = self.ctx.open_rw_session(slot).map_err(classify)?;
         match anchor.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(CkError::Pkcs11(rv, _)) => {
-                return Err(KmsError::Login(match rv {
-                    RvError::PinIncorrect => "PIN incorrect".into(),
-                    RvError::PinLocked => "PIN locked".into(),
-                    other => format!("{other:?}"),
-                }));
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(KmsError::Login("PIN incorrect".into()));
             }
-            Err(e) => return Err(KmsError::Login(e.to_string())),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(KmsError::Login("PIN locked".into()));
+            }
+            Err(e) => return Err(classify(e)),
         }
         s.anchor = Some(anchor);
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -255,7 +241,7 @@ impl Pkcs11Hsm {
             return Ok((session, epoch));
         }
         let slot = *lock(&self.slot);
-        let session = self.ctx.open_rw_session(slot).map_err(map_err)?;
+        let session = self.ctx.open_rw_session(slot).map_err(classify)?;
         Ok((session, epoch))
     }
 
@@ -295,7 +281,7 @@ impl Pkcs11Hsm {
                 }
                 Err(e) => {
                     self.checkin(session, epoch);
-                    return Err(map_err(e));
+                    return Err(classify(e));
                 }
             }
         }
@@ -324,6 +310,11 @@ impl Pkcs11Hsm {
         })
     }
 
+    /// The object lock, when this module needs object operations serialised.
+    fn object_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        self.caps.serialize_object_ops.then(|| lock(&self.objects))
+    }
+
     /// Creates an object under the object lock, tagging it with the epoch the
     /// session belonged to.
     fn create(
@@ -331,7 +322,7 @@ impl Pkcs11Hsm {
         objects: &[ObjectId],
         op: impl Fn(&Session) -> std::result::Result<ObjectHandle, CkError>,
     ) -> Result<ObjectId> {
-        let _guard = lock(&self.objects);
+        let _guard = self.object_lock();
         let epoch = self.epoch();
         let h = self.with_session(objects, op)?;
         Ok(self.id(h, epoch))
@@ -356,7 +347,7 @@ fn strip_ec_point(p: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
-    let slots = ctx.get_slots_with_token().map_err(map_err)?;
+    let slots = ctx.get_slots_with_token().map_err(classify)?;
     for slot in slots {
         if let Ok(info) = ctx.get_token_info(slot)
             && info.label().trim_end() == label
@@ -397,6 +388,10 @@ impl Hsm for Pkcs11Hsm {
         self.epoch.load(Ordering::Acquire)
     }
 
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
     fn ping(&self) -> Result<()> {
         self.with_session(&[], |s| s.get_session_info().map(|_| ()))
     }
@@ -435,7 +430,7 @@ impl Hsm for Pkcs11Hsm {
             return Ok(false);
         };
         let slot = *lock(&self.slot);
-        let list = self.raw.mechanism_list(slot.id()).map_err(map_err)?;
+        let list = self.raw.mechanism_list(slot.id()).map_err(classify)?;
         Ok(list.contains(&number))
     }
 
@@ -445,7 +440,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn find_key(&self, label: &str) -> Result<Option<ObjectId>> {
-        let _guard = lock(&self.objects);
+        let _guard = self.object_lock();
         let epoch = self.epoch();
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -554,7 +549,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Derive(true),
             Attribute::Sign(false),
         ];
-        let _guard = lock(&self.objects);
+        let _guard = self.object_lock();
         let epoch = self.epoch();
         let (point, private) = self.with_session(&[], |s| {
             let (pubh, privh) =
@@ -567,9 +562,9 @@ impl Hsm for Pkcs11Hsm {
             };
             Ok((point, privh))
         })?;
-        let point = strip_ec_point(&point).ok_or_else(|| KmsError::Hsm {
-            function: "GetAttributeValue".into(),
-            rv: "unexpected CKA_EC_POINT encoding".into(),
+        let point = strip_ec_point(&point).ok_or(KmsError::Hsm {
+            function: "C_GetAttributeValue",
+            problem: "unexpected CKA_EC_POINT encoding",
         })?;
         Ok((self.id(private, epoch), point))
     }
@@ -631,7 +626,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn destroy(&self, obj: ObjectId) -> Result<()> {
-        let _guard = lock(&self.objects);
+        let _guard = self.object_lock();
         match self.with_session(&[obj], |s| s.destroy_object(Self::handle(obj))) {
             // Already gone with its session or epoch: nothing left to destroy.
             Err(KmsError::Stale) => Ok(()),
@@ -684,7 +679,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn find_private_key(&self, label: &str) -> Result<Option<ObjectId>> {
-        let _guard = lock(&self.objects);
+        let _guard = self.object_lock();
         let epoch = self.epoch();
         let template = [
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -696,7 +691,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn public_key(&self, label: &str) -> Result<Option<PublicKey>> {
-        let _guard = lock(&self.objects);
+        let _guard = self.object_lock();
         let template = [
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::Token(true),
@@ -728,22 +723,22 @@ impl Hsm for Pkcs11Hsm {
                 _ => {}
             }
         }
-        let bad = |what: &str| KmsError::Hsm {
-            function: "GetAttributeValue".into(),
-            rv: format!("public key {what}"),
+        let bad = |problem: &'static str| KmsError::Hsm {
+            function: "C_GetAttributeValue",
+            problem,
         };
         match key_type {
             Some(KeyType::EC) => {
-                let p = point.ok_or_else(|| bad("without CKA_EC_POINT"))?;
+                let p = point.ok_or_else(|| bad("public key without CKA_EC_POINT"))?;
                 Ok(Some(PublicKey::P256(
-                    strip_ec_point(&p).ok_or_else(|| bad("point encoding"))?,
+                    strip_ec_point(&p).ok_or_else(|| bad("public key point encoding"))?,
                 )))
             }
             Some(KeyType::RSA) => Ok(Some(PublicKey::Rsa {
-                modulus: modulus.ok_or_else(|| bad("without CKA_MODULUS"))?,
-                exponent: exponent.ok_or_else(|| bad("without CKA_PUBLIC_EXPONENT"))?,
+                modulus: modulus.ok_or_else(|| bad("public key without CKA_MODULUS"))?,
+                exponent: exponent.ok_or_else(|| bad("public key without CKA_PUBLIC_EXPONENT"))?,
             })),
-            _ => Err(bad("of an unsupported type")),
+            _ => Err(bad("public key of an unsupported type")),
         }
     }
 

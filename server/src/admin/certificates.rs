@@ -10,9 +10,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyward_ca::{
-    CertFilter, CertRecord, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial,
-};
+use keyward_ca::{CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial};
 use keyward_device_provisioning::{DeviceState, ProvisioningError};
 use keyward_kms::types::DeviceId;
 use serde::Deserialize;
@@ -22,27 +20,7 @@ use crate::audit::{AuditEvent, Outcome};
 use crate::http::ApiError;
 use crate::metrics::timed_hsm;
 use crate::state::AppState;
-
-/// A registry record as JSON (`pem` only when asked for).
-pub fn record_json(r: &CertRecord, with_pem: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "serial": r.serial.as_str(),
-        "profile": r.profile.as_str(),
-        "subject": r.subject,
-        "device_id": r.device_id.map(|d| d.to_string()),
-        "role": r.operator_role.map(Role::as_str),
-        "status": r.status.as_str(),
-        "not_before_ms": r.not_before_ms,
-        "not_after_ms": r.not_after_ms,
-        "issued_at_ms": r.issued_at_ms,
-        "revoked_at_ms": r.revoked_at_ms,
-        "reason": r.reason.map(RevocationReason::as_str),
-    });
-    if with_pem && let Some(obj) = v.as_object_mut() {
-        obj.insert("certificate_pem".into(), r.pem.clone().into());
-    }
-    v
-}
+use crate::wire::ca as wire;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +37,7 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::CertificateList>, ApiError> {
     op.require(&state, ALL_ROLES).await?;
     let filter = CertFilter {
         profile: q
@@ -90,9 +68,12 @@ pub async fn list(
     )
     .await?;
     let records = state.ca.list(&filter).await?;
-    Ok(Json(serde_json::json!({
-        "certificates": records.iter().map(|r| record_json(r, false)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(wire::CertificateList {
+        certificates: records
+            .iter()
+            .map(|r| wire::Certificate::new(r, false))
+            .collect(),
+    }))
 }
 
 /// `GET /admin/v1/ca/certificates/{serial}`: one record with its PEM and the
@@ -101,7 +82,7 @@ pub async fn show(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(serial): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::Certificate>, ApiError> {
     op.require(&state, ALL_ROLES).await?;
     let serial: Serial = serial.parse()?;
     op.audit(
@@ -117,32 +98,19 @@ pub async fn show(
         Some(r) => {
             // What a device (or its station) needs to present the
             // certificate: the chain above it, issuing CA then root.
-            let mut v = record_json(&r, true);
-            v["chain_pem"] = serde_json::Value::String(state.ca.chain_pem());
-            Ok(Json(v))
+            let mut c = wire::Certificate::new(&r, true);
+            c.chain_pem = Some(state.ca.chain_pem());
+            Ok(Json(c))
         }
         None => Err(keyward_ca::CaError::UnknownSerial(serial).into()),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IssueBody {
-    /// PKCS#10 request, PEM.
-    csr_pem: String,
-    /// `device`, `server-tls` or `load-permit` (operators: `/admin/v1/operators`).
-    profile: String,
-    device_id: Option<String>,
-    #[serde(default)]
-    dns_names: Vec<String>,
-    common_name: Option<String>,
 }
 
 /// `POST /admin/v1/ca/certificates`: certify the key of a CSR.
 pub async fn issue(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-    Json(body): Json<IssueBody>,
+    Json(body): Json<wire::IssueRequest>,
 ) -> Result<Response, ApiError> {
     let profile: Profile = body.profile.parse()?;
     let allowed: &[Role] = match profile {
@@ -211,7 +179,7 @@ pub async fn issue_and_record(
     csr: Vec<u8>,
     req: IssueRequest,
     subject: String,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<wire::Issued, ApiError> {
     let profile = req.profile;
     let requested = AuditEvent::CertificateIssued {
         serial: None,
@@ -230,23 +198,15 @@ pub async fn issue_and_record(
             .certificates_issued
             .with_label_values(&[profile.as_str()])
             .inc();
-        Ok::<_, keyward_ca::CaError>(serde_json::json!({
-            "serial": cert.serial.as_str(),
-            "profile": cert.profile.as_str(),
-            "subject": cert.subject,
-            "not_before_ms": cert.not_before_ms,
-            "not_after_ms": cert.not_after_ms,
-            "certificate_pem": cert.pem,
-            "chain_pem": st.ca.chain_pem(),
-        }))
+        Ok::<_, keyward_ca::CaError>(wire::Issued::new(&cert, &st.ca.chain_pem()))
     };
     let issued = op
         .recorded(state, requested, issue, move |r| match r {
             Ok(cert) => (
                 AuditEvent::CertificateIssued {
-                    serial: cert["serial"].as_str().map(str::to_owned),
+                    serial: Some(cert.serial.clone()),
                     profile: profile.as_str().into(),
-                    subject: cert["subject"].as_str().unwrap_or_default().to_owned(),
+                    subject: cert.subject.clone(),
                 },
                 Outcome::Success,
             ),
@@ -256,20 +216,13 @@ pub async fn issue_and_record(
     Ok(issued?)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeBody {
-    /// RFC 5280 reason name; default `unspecified`.
-    reason: Option<String>,
-}
-
 /// `POST /admin/v1/ca/certificates/{serial}/revoke`.
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(serial): Path<String>,
-    body: Option<Json<RevokeBody>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    body: Option<Json<wire::RevokeRequest>>,
+) -> Result<Json<wire::Revoked>, ApiError> {
     op.require(&state, &[Role::Admin, Role::Operator]).await?;
     let serial: Serial = serial.parse()?;
     let reason: RevocationReason = body
@@ -305,12 +258,12 @@ pub async fn revoke(
                 "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries"
             );
         }
-        Ok::<_, keyward_ca::CaError>(serde_json::json!({
-            "serial": serial.as_str(),
-            "status": "revoked",
-            "reason": reason.as_str(),
-            "crl_number": st.tls.crl().number,
-        }))
+        Ok::<_, keyward_ca::CaError>(wire::Revoked {
+            serial: serial.as_str().to_owned(),
+            status: "revoked".to_owned(),
+            reason: reason.as_str().to_owned(),
+            crl_number: st.tls.crl().number,
+        })
     };
     let done = event.clone();
     let revoked = op

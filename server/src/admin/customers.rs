@@ -11,104 +11,38 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use keyward_device_provisioning::{
-    Action, ApplicationId, ApplicationState, ApplicationView, Contact, Customer,
-    CustomerApplication, CustomerId, NationalId, Reason,
+    Action, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
+    Reason,
 };
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
 use crate::http::ApiError;
 use crate::state::AppState;
+use crate::wire::customers as wire;
 
-fn application_json(a: &ApplicationView) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "application_id": a.id.as_str(),
-        "customer_id": a.customer_id.as_str(),
-        "state": a.state.as_str(),
-        "revision": a.revision,
-        "submitted_by": a.submitted_by,
-        "submitted_at_ms": a.submitted_at_ms,
-        "decided_by": a.decided_by,
-        "decided_at_ms": a.decided_at_ms,
-        "decision_reason": a.decision_reason,
-    });
-    if let (Some(obj), serde_json::Value::Object(fields)) =
-        (v.as_object_mut(), person_json(&a.application))
-    {
-        obj.extend(fields);
-    }
-    v
-}
-
-fn person_json(a: &CustomerApplication) -> serde_json::Value {
-    serde_json::json!({
-        "name": a.name,
-        "national_id": a.national_id.expose(),
-        "accounts": a.accounts.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
-        "contact": { "kind": a.contact.kind.as_str(), "address": a.contact.address() },
+/// The applicant's data, checked.
+fn application(body: wire::ApplicationRequest) -> Result<CustomerApplication, ApiError> {
+    Ok(CustomerApplication {
+        name: body.name,
+        national_id: NationalId::new(body.national_id)?,
+        accounts: body
+            .accounts
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()?,
+        contact: Contact::new(body.contact.kind.parse()?, body.contact.address)?,
     })
-}
-
-fn customer_json(c: &Customer, devices: &[keyward_kms::types::DeviceId]) -> serde_json::Value {
-    serde_json::json!({
-        "customer_id": c.id.as_str(),
-        "application_id": c.application_id.as_str(),
-        "name": c.name,
-        "national_id": c.national_id.expose(),
-        "accounts": c.accounts.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
-        "contact": { "kind": c.contact.kind.as_str(), "address": c.contact.address() },
-        "approved_by": c.approved_by,
-        "approved_at_ms": c.approved_at_ms,
-        "devices": devices.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })
-}
-
-/// What an applicant gives (apply and resubmit).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApplicationBody {
-    name: String,
-    national_id: String,
-    accounts: Vec<String>,
-    contact: ContactBody,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContactBody {
-    kind: String,
-    address: String,
-}
-
-impl ApplicationBody {
-    fn into_application(self) -> Result<CustomerApplication, ApiError> {
-        Ok(CustomerApplication {
-            name: self.name,
-            national_id: NationalId::new(self.national_id)?,
-            accounts: self
-                .accounts
-                .iter()
-                .map(|a| a.parse())
-                .collect::<Result<_, _>>()?,
-            contact: Contact::new(self.contact.kind.parse()?, self.contact.address)?,
-        })
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReasonBody {
-    reason: String,
 }
 
 /// `POST /admin/v1/applications`: the caller is the maker.
 pub async fn apply(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-    Json(body): Json<ApplicationBody>,
+    Json(body): Json<wire::ApplicationRequest>,
 ) -> Result<Response, ApiError> {
     op.require(&state, PROVISIONERS).await?;
-    let application = body.into_application()?;
+    let application = application(body)?;
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let view = op
@@ -119,7 +53,7 @@ pub async fn apply(
             async move { p.apply(application, &operator).await },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(application_json(&view))).into_response())
+    Ok((StatusCode::CREATED, Json(wire::Application::from(&view))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,16 +68,16 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::ApplicationList>, ApiError> {
     let st: ApplicationState = q.state.as_deref().unwrap_or("submitted").parse()?;
     op.read(&state, ALL_ROLES, "applications.list", "-").await?;
     let list = state
         .provisioning
         .applications(st, q.limit.unwrap_or(100))
         .await?;
-    Ok(Json(serde_json::json!({
-        "applications": list.iter().map(application_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(wire::ApplicationList {
+        applications: list.iter().map(wire::Application::from).collect(),
+    }))
 }
 
 /// `GET /admin/v1/applications/{id}`: the review.
@@ -151,7 +85,7 @@ pub async fn review(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::Application>, ApiError> {
     let id: ApplicationId = id.parse()?;
     op.read(
         &state,
@@ -160,7 +94,7 @@ pub async fn review(
         &format!("application:{id}"),
     )
     .await?;
-    Ok(Json(application_json(
+    Ok(Json(wire::Application::from(
         &state.provisioning.review(&id).await?,
     )))
 }
@@ -170,7 +104,7 @@ pub async fn approve(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::Customer>, ApiError> {
     op.require(&state, PROVISIONERS).await?;
     let id: ApplicationId = id.parse()?;
     let operator = op.operator_id()?;
@@ -181,7 +115,7 @@ pub async fn approve(
             p.approve(&id, &operator).await
         })
         .await?;
-    Ok(Json(customer_json(&customer, &[])))
+    Ok(Json(wire::Customer::new(&customer, &[])))
 }
 
 /// `POST /admin/v1/applications/{id}/reject`: back to the applicant.
@@ -189,8 +123,8 @@ pub async fn reject(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-    Json(body): Json<ReasonBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Json(body): Json<wire::ReasonRequest>,
+) -> Result<Json<wire::Application>, ApiError> {
     decide_with_reason(state, op, &id, &body.reason, Action::Reject).await
 }
 
@@ -200,11 +134,11 @@ pub async fn resubmit(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-    Json(body): Json<ApplicationBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Json(body): Json<wire::ApplicationRequest>,
+) -> Result<Json<wire::Application>, ApiError> {
     op.require(&state, PROVISIONERS).await?;
     let id: ApplicationId = id.parse()?;
-    let corrected = body.into_application()?;
+    let corrected = application(body)?;
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let target = format!("application:{id}");
@@ -213,7 +147,7 @@ pub async fn resubmit(
             p.correct_and_resubmit(&id, corrected, &operator).await
         })
         .await?;
-    Ok(Json(application_json(&view)))
+    Ok(Json(wire::Application::from(&view)))
 }
 
 /// `POST /admin/v1/applications/{id}/close`: ended for good.
@@ -221,8 +155,8 @@ pub async fn close(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-    Json(body): Json<ReasonBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Json(body): Json<wire::ReasonRequest>,
+) -> Result<Json<wire::Application>, ApiError> {
     decide_with_reason(state, op, &id, &body.reason, Action::Close).await
 }
 
@@ -234,7 +168,7 @@ async fn decide_with_reason(
     id: &str,
     reason: &str,
     action: Action,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::Application>, ApiError> {
     op.require(&state, PROVISIONERS).await?;
     let id: ApplicationId = id.parse()?;
     let reason: Reason = reason.parse()?;
@@ -248,7 +182,7 @@ async fn decide_with_reason(
         }
     })
     .await?;
-    Ok(Json(application_json(
+    Ok(Json(wire::Application::from(
         &state.provisioning.review(&id).await?,
     )))
 }
@@ -258,7 +192,7 @@ pub async fn show(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::Customer>, ApiError> {
     let id: CustomerId = id.parse()?;
     op.read(
         &state,
@@ -269,5 +203,5 @@ pub async fn show(
     .await?;
     let customer = state.provisioning.customer(&id).await?;
     let devices = state.provisioning.customer_devices(&id).await?;
-    Ok(Json(customer_json(&customer, &devices)))
+    Ok(Json(wire::Customer::new(&customer, &devices)))
 }

@@ -198,13 +198,14 @@ pub async fn init(
     op.require(&state, PROVISIONERS).await?;
     let device: DeviceId = id.parse()?;
     let issuer: IssuerId = body.issuer_id.parse()?;
+    let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let package = op
         .decide(
             &state,
             Action::InitPackage,
             format!("device:{device}"),
-            async move { p.init_package(device, &issuer).await },
+            async move { p.init_package(device, &issuer, &operator).await },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::InitPackage::from(&package))).into_response())

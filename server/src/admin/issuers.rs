@@ -9,35 +9,13 @@ use keyward_ca::Role;
 use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 use keyward_kms::{Kms, KmsError};
-use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator};
 use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::http::ApiError;
 use crate::metrics::{Metrics, timed_hsm};
 use crate::state::AppState;
-
-/// An issuer as JSON: also what `keyward issuer` prints.
-pub fn issuer_json(rec: &IssuerRecord) -> serde_json::Value {
-    serde_json::json!({
-        "issuer_id": rec.id.as_str(),
-        "family": rec.family.as_str(),
-        "created_at_ms": rec.created_at_ms,
-        "master_keys": rec.master_keys.iter().map(|k| serde_json::json!({
-            "role": k.role.as_str(),
-            "label": k.label,
-            "kcv": crate::wire::Kcv::from(&k.kcv),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    issuer_id: String,
-    /// `tdes` or `aes`.
-    family: String,
-}
+use crate::wire::issuers as wire;
 
 /// Why [`create_recorded`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +64,7 @@ pub async fn create_recorded(
 pub async fn create(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-    Json(body): Json<CreateBody>,
+    Json(body): Json<wire::CreateIssuer>,
 ) -> Result<Response, ApiError> {
     op.require(&state, &[Role::Admin]).await?;
     let id: IssuerId = body.issuer_id.parse()?;
@@ -106,7 +84,7 @@ pub async fn create(
         .await
     });
     match task.await.map_err(ApiError::internal)? {
-        Ok(rec) => Ok((StatusCode::CREATED, Json(issuer_json(&rec))).into_response()),
+        Ok(rec) => Ok((StatusCode::CREATED, Json(wire::Issuer::from(&rec))).into_response()),
         Err(CreateError::Audit(e)) => Err(ApiError::audit_unavailable(e)),
         Err(CreateError::Kms(e)) => Err(e.into()),
     }
@@ -116,12 +94,12 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::IssuerList>, ApiError> {
     op.read(&state, ALL_ROLES, "issuers.list", "-").await?;
-    let list = state.kms.catalog().issuers().await?;
-    Ok(Json(serde_json::json!({
-        "issuers": list.iter().map(issuer_json).collect::<Vec<_>>(),
-    })))
+    let list = state.kms.issuers().await?;
+    Ok(Json(wire::IssuerList {
+        issuers: list.iter().map(wire::Issuer::from).collect(),
+    }))
 }
 
 /// `GET /admin/v1/issuers/{id}`.
@@ -129,9 +107,9 @@ pub async fn show(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<wire::Issuer>, ApiError> {
     let id: IssuerId = id.parse()?;
     op.read(&state, ALL_ROLES, "issuers.show", id.as_str())
         .await?;
-    Ok(Json(issuer_json(&state.kms.issuer(&id).await?)))
+    Ok(Json(wire::Issuer::from(&state.kms.issuer(&id).await?)))
 }

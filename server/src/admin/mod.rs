@@ -28,7 +28,7 @@ mod ocsp;
 mod operators;
 mod trail;
 
-pub use issuers::{create_recorded, issuer_json};
+pub use issuers::create_recorded;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
@@ -386,7 +386,7 @@ impl Operator {
 async fn whoami(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::wire::WhoAmI>, ApiError> {
     op.audit(
         &state,
         &AuditEvent::OperatorAction {
@@ -396,11 +396,11 @@ async fn whoami(
         Outcome::Success,
     )
     .await?;
-    Ok(Json(serde_json::json!({
-        "name": op.name,
-        "role": op.role.as_str(),
-        "serial": op.serial,
-    })))
+    Ok(Json(crate::wire::WhoAmI {
+        name: op.name,
+        role: op.role.as_str().to_owned(),
+        serial: op.serial,
+    }))
 }
 
 #[cfg(test)]

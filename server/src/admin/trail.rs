@@ -9,6 +9,7 @@ use super::Operator;
 use crate::audit::{AuditEvent, Outcome};
 use crate::http::ApiError;
 use crate::state::AppState;
+use crate::wire::{AuditRecords, AuditVerified};
 
 const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
@@ -16,32 +17,13 @@ const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 pub async fn verify(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditVerified>, ApiError> {
     op.require(&state, READERS).await?;
-    let report = state.audit.verify_chain().await?;
-    // Recorded after the check, so the check covers what came before it.
-    op.audit(
-        &state,
-        &AuditEvent::AuditVerified {
-            records: report.records,
-            first_bad: report.first_bad,
-        },
-        if report.ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failed {
-                code: "audit_chain_broken",
-            }
-        },
-    )
-    .await?;
-    Ok(Json(serde_json::json!({
-        "ok": report.ok(),
-        "records": report.records,
-        "first_bad": report.first_bad,
-        "problem": report.problem,
-        "head_seq": report.head_seq,
-    })))
+    let report = state
+        .audit
+        .verify_and_record(&op.actor, &op.request_id)
+        .await?;
+    Ok(Json(AuditVerified::from(&report)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,7 +37,7 @@ pub async fn recent(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
     Query(q): Query<RecentQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditRecords>, ApiError> {
     op.require(&state, READERS).await?;
     op.audit(
         &state,
@@ -68,5 +50,5 @@ pub async fn recent(
     .await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let records = state.audit.recent(limit).await?;
-    Ok(Json(serde_json::json!({ "records": records })))
+    Ok(Json(AuditRecords { records }))
 }

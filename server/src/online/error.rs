@@ -1,6 +1,6 @@
 //! [`OnlineError`]: why an online-protocol step failed.
 
-use keyward_kms::KmsError;
+use keyward_kms::{ErrorKind, KmsError};
 
 /// Why an online-protocol step failed. Device-caused refusals carry a stable
 /// code; infrastructure failures keep their cause for the log only.
@@ -20,6 +20,14 @@ impl OnlineError {
         match self {
             Self::Kms(e) => e.code(),
             Self::Database(_) => "database_error",
+        }
+    }
+
+    /// What sort of failure it is (mapped to HTTP once, in `http/error.rs`).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Kms(e) => e.kind(),
+            Self::Database(_) => ErrorKind::Internal,
         }
     }
 }

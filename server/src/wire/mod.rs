@@ -10,9 +10,21 @@
 //!
 //! - [`devices`]: batches, devices, the genuine-device check, init packages,
 //!   lifecycle and bindings (`/admin/v1/batches`, `/admin/v1/devices`).
+//! - [`customers`]: customer review (`/admin/v1/applications`,
+//!   `/admin/v1/customers`).
+//! - [`issuers`]: issuers and their master keys (`/admin/v1/issuers`).
+//! - [`ca`]: certificates, revocation, operators (`/admin/v1/ca`,
+//!   `/admin/v1/operators`).
+//! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`]: the operator and the
+//!   audit trail.
 //! - [`Ping`]: `GET /v1/ping` on the public listener.
 
+pub mod ca;
+pub mod customers;
 pub mod devices;
+pub mod issuers;
+
+pub use crate::audit::AuditRecord;
 
 use keyward_kms::types::Kcv as DomainKcv;
 use serde::{Deserialize, Serialize};
@@ -58,4 +70,41 @@ pub struct PingClient {
     pub device_id: Option<String>,
     pub role: Option<String>,
     pub serial: String,
+}
+
+/// `GET /admin/v1/whoami`: the operator the server sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: String,
+    pub serial: String,
+}
+
+/// `GET /admin/v1/audit`: the most recent records, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRecords {
+    pub records: Vec<AuditRecord>,
+}
+
+/// `GET /admin/v1/audit/verify` (and `keyward audit verify --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerified {
+    pub ok: bool,
+    pub records: u64,
+    /// The first record whose link or hash is wrong.
+    pub first_bad: Option<i64>,
+    pub problem: Option<String>,
+    pub head_seq: i64,
+}
+
+impl From<&crate::audit::VerifyReport> for AuditVerified {
+    fn from(r: &crate::audit::VerifyReport) -> Self {
+        Self {
+            ok: r.ok(),
+            records: r.records,
+            first_bad: r.first_bad,
+            problem: r.problem.clone(),
+            head_seq: r.head_seq,
+        }
+    }
 }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use serde_json::{Value, json};
+use keyward_server::wire::ca as wire;
+use serde_json::Value;
 
 use crate::Ctx;
 use crate::client::{encode, get, post, query};
@@ -111,13 +112,13 @@ pub async fn run(ctx: &Ctx, cmd: CaCommand) -> anyhow::Result<()> {
             common_name,
             out,
         } => {
-            let body = json!({
-                "csr_pem": read_pem(&csr)?,
-                "profile": profile,
-                "device_id": device_id,
-                "dns_names": dns_names,
-                "common_name": common_name,
-            });
+            let body = wire::IssueRequest {
+                csr_pem: read_pem(&csr)?,
+                profile,
+                device_id,
+                dns_names,
+                common_name,
+            };
             let v = ctx.call(post("/ca/certificates", body)).await?;
             save_pem(ctx, &v, out.as_deref())?;
             ctx.print(&v)?;
@@ -140,7 +141,11 @@ pub async fn run_operator(ctx: &Ctx, cmd: OperatorCommand) -> anyhow::Result<()>
             role,
             out,
         } => {
-            let body = json!({ "csr_pem": read_pem(&csr)?, "name": name, "role": role });
+            let body = wire::OperatorRequest {
+                csr_pem: read_pem(&csr)?,
+                name,
+                role,
+            };
             let v = ctx.call(post("/operators", body)).await?;
             save_pem(ctx, &v, out.as_deref())?;
             ctx.print(&v)?;
@@ -152,7 +157,7 @@ pub async fn run_operator(ctx: &Ctx, cmd: OperatorCommand) -> anyhow::Result<()>
 
 async fn revoke(ctx: &Ctx, serial: &str, reason: Option<String>) -> anyhow::Result<()> {
     let path = format!("/ca/certificates/{}/revoke", encode(serial));
-    ctx.show(post(path, json!({ "reason": reason }))).await?;
+    ctx.show(post(path, wire::RevokeRequest { reason })).await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use keyward_device_provisioning::{ApplicationState, ContactKind};
-use serde_json::{Value, json};
+use keyward_server::wire::customers::{ApplicationRequest, Contact, ReasonRequest};
 
 use crate::client::{encode, get, post, post_empty, query};
 use crate::{Ctx, one_of};
@@ -84,16 +84,16 @@ pub struct Application {
 
 impl Application {
     /// The request body.
-    fn body(self) -> anyhow::Result<Value> {
+    fn body(self) -> anyhow::Result<ApplicationRequest> {
         if let Some(path) = self.file {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let body: Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not JSON", path.display()))?;
-            if !body.is_object() {
-                bail!("{} must hold a JSON object", path.display());
-            }
-            return Ok(body);
+            return serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not an application {{\"name\", \"national_id\", \"accounts\", \"contact\"}}",
+                    path.display()
+                )
+            });
         }
         // clap requires every field without --file.
         let (Some(name), Some(national_id), Some(kind), Some(address)) =
@@ -101,12 +101,15 @@ impl Application {
         else {
             bail!("give --name, --national-id, --account, --contact-kind and --contact, or --file");
         };
-        Ok(json!({
-            "name": name,
-            "national_id": national_id,
-            "accounts": self.accounts,
-            "contact": { "kind": kind.as_str(), "address": address },
-        }))
+        Ok(ApplicationRequest {
+            name,
+            national_id,
+            accounts: self.accounts,
+            contact: Contact {
+                kind: kind.as_str().to_owned(),
+                address,
+            },
+        })
     }
 }
 
@@ -147,7 +150,7 @@ pub async fn run(ctx: &Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
             reason,
         } => post(
             app_path(&application_id, "/reject"),
-            json!({ "reason": reason }),
+            ReasonRequest { reason },
         ),
         CustomerCommand::Resubmit {
             application_id,
@@ -158,7 +161,7 @@ pub async fn run(ctx: &Ctx, cmd: CustomerCommand) -> anyhow::Result<()> {
             reason,
         } => post(
             app_path(&application_id, "/close"),
-            json!({ "reason": reason }),
+            ReasonRequest { reason },
         ),
         CustomerCommand::Show { customer_id } => {
             get(format!("/customers/{}", encode(&customer_id)))

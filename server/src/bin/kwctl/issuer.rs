@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use keyward_kms::types::KeyFamily;
-use serde_json::json;
+use keyward_server::wire::issuers::CreateIssuer;
 
 use crate::client::{encode, get, post};
 use crate::{Ctx, one_of};
@@ -26,7 +26,10 @@ pub enum IssuerCommand {
 pub async fn run(ctx: &Ctx, cmd: IssuerCommand) -> anyhow::Result<()> {
     match cmd {
         IssuerCommand::Create { issuer_id, family } => {
-            let body = json!({ "issuer_id": issuer_id, "family": family.as_str() });
+            let body = CreateIssuer {
+                issuer_id,
+                family: family.as_str().to_owned(),
+            };
             ctx.show(post("/issuers", body)).await?;
         }
         IssuerCommand::List => {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine;
 use keyward_device_provisioning::intake::{MANIFEST_HEADER, MAX_ROWS};
-use serde_json::{Value, json};
+use keyward_server::wire::devices::ImportRequest;
+use serde_json::Value;
 
 use crate::Ctx;
 use crate::client::{Refused, post};
@@ -36,7 +37,10 @@ pub async fn import(ctx: &Ctx, batch_id: &str, path: &Path) -> anyhow::Result<()
     let manifest = read(ctx, path)?;
     let call = post(
         "/batches",
-        json!({ "batch_id": batch_id, "manifest": manifest.text }),
+        ImportRequest {
+            batch_id: batch_id.to_owned(),
+            manifest: manifest.text.clone(),
+        },
     );
     let started = Instant::now();
     let what = format!(

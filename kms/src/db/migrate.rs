@@ -16,8 +16,6 @@ use sqlx::AnyPool;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 
-use crate::error::Result;
-
 /// `(version, description, sql)`, as `sqlx` reads `<version>_<description>.sql`.
 pub type Embedded = (i64, &'static str, &'static str);
 
@@ -73,7 +71,7 @@ impl EmbeddedMigrations {
         &self,
         crate_dir: &Path,
         versions: std::ops::RangeInclusive<i64>,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<(), String> {
         for (dir, list) in [("sqlite", self.sqlite), ("postgres", self.postgres)] {
             let path = crate_dir.join("migrations").join(dir);
             let mut files: Vec<String> = std::fs::read_dir(&path)
@@ -98,36 +96,5 @@ impl EmbeddedMigrations {
             return Err("SQLite and PostgreSQL migrations differ in versions".into());
         }
         Ok(())
-    }
-}
-
-/// The key catalog's own tables.
-pub(super) const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
-    sqlite: &[(
-        1,
-        "catalog",
-        include_str!("../../migrations/sqlite/0001_catalog.sql"),
-    )],
-    postgres: &[(
-        1,
-        "catalog",
-        include_str!("../../migrations/postgres/0001_catalog.sql"),
-    )],
-};
-
-pub(super) async fn run(pool: &AnyPool, kind: DatabaseKind) -> Result<()> {
-    MIGRATIONS.run(pool, kind).await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_migration_file_is_embedded() {
-        MIGRATIONS
-            .check(Path::new(env!("CARGO_MANIFEST_DIR")), 1..=100)
-            .unwrap();
     }
 }

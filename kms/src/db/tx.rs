@@ -1,6 +1,6 @@
-//! Write transactions shared by every crate that keeps tables in the
-//! catalog's database (kms, CA, provisioning): how to begin one on each
-//! backend, and how to retry one that lost a race.
+//! Write transactions shared by every crate that keeps tables in the shared
+//! database (kms, CA, provisioning, server): how to begin one on each backend,
+//! and how to retry one that lost a race.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

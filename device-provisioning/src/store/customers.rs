@@ -1,0 +1,227 @@
+//! `prov_applications`: customer applications; an approved application is
+//! the customer record. Accounts are stored comma-separated.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::Store;
+use crate::customers::ApplicationView;
+use crate::error::{ProvisioningError, Result};
+use crate::types::{
+    Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
+    OperatorId, Reason,
+};
+use keyward_kms::db::{int_col, parse_col};
+
+const APP_COLUMNS: &str = "id, customer_id, state, name, national_id, accounts, contact_kind, \
+     contact_address, revision, submitted_by, submitted_at_ms, decided_by, decided_at_ms, \
+     decision_reason";
+
+impl Store {
+    /// Records a new application (`submitted`, revision 1).
+    pub(crate) async fn insert_application(
+        &self,
+        id: &ApplicationId,
+        customer_id: &CustomerId,
+        application: &CustomerApplication,
+        submitted_by: &OperatorId,
+        now: i64,
+    ) -> Result<()> {
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO prov_applications (id, customer_id, state, name, national_id, \
+                 accounts, contact_kind, contact_address, revision, submitted_by, \
+                 submitted_at_ms) VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, 1, $8, $9)",
+            )
+            .bind(id.as_str())
+            .bind(customer_id.as_str())
+            .bind(application.name.as_str())
+            .bind(application.national_id.expose())
+            .bind(join_accounts(&application.accounts))
+            .bind(application.contact.kind.as_str())
+            .bind(application.contact.address())
+            .bind(submitted_by.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One application by id.
+    pub(crate) async fn application(&self, id: &ApplicationId) -> Result<Option<ApplicationView>> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM prov_applications WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(view_from_row).transpose()
+    }
+
+    /// The application that allocated a customer id.
+    pub(crate) async fn application_of_customer(
+        &self,
+        id: &CustomerId,
+    ) -> Result<Option<ApplicationView>> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM prov_applications WHERE customer_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(view_from_row).transpose()
+    }
+
+    /// Applications in `state`, oldest first, at most `limit`.
+    pub(crate) async fn applications(
+        &self,
+        state: ApplicationState,
+        limit: u32,
+    ) -> Result<Vec<ApplicationView>> {
+        let sql = format!(
+            "SELECT {APP_COLUMNS} FROM prov_applications WHERE state = $1 \
+             ORDER BY submitted_at_ms, id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(state.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(view_from_row).collect()
+    }
+
+    /// A rejected application of `revision`, corrected and submitted again
+    /// as `new_revision` by `operator`; false if it changed meanwhile.
+    pub(crate) async fn resubmit(
+        &self,
+        id: &ApplicationId,
+        revision: u32,
+        corrected: &CustomerApplication,
+        new_revision: u32,
+        operator: &OperatorId,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .retrying(|| async {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE prov_applications SET state = 'submitted', name = $3, \
+                     national_id = $4, accounts = $5, contact_kind = $6, contact_address = $7, \
+                     revision = $8, submitted_by = $9, submitted_at_ms = $10, \
+                     decided_by = NULL, decided_at_ms = NULL, decision_reason = NULL \
+                     WHERE id = $1 AND state = 'rejected' AND revision = $2",
+                )
+                .bind(id.as_str())
+                .bind(i64::from(revision))
+                .bind(corrected.name.as_str())
+                .bind(corrected.national_id.expose())
+                .bind(join_accounts(&corrected.accounts))
+                .bind(corrected.contact.kind.as_str())
+                .bind(corrected.contact.address())
+                .bind(i64::from(new_revision))
+                .bind(operator.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Moves an application of `revision` to a decided state (approved and
+    /// rejected from `submitted`, closed from `submitted` or `rejected`);
+    /// false if it changed meanwhile. Approving a second customer with the
+    /// same national id is a unique violation.
+    pub(crate) async fn decide(
+        &self,
+        id: &ApplicationId,
+        revision: u32,
+        to: ApplicationState,
+        operator: &OperatorId,
+        reason: Option<&Reason>,
+        now: i64,
+    ) -> Result<bool> {
+        let from_states = match to {
+            ApplicationState::Closed => "('submitted', 'rejected')",
+            _ => "('submitted')",
+        };
+        let sql = format!(
+            "UPDATE prov_applications SET state = $3, decided_by = $4, decided_at_ms = $5, \
+             decision_reason = $6 WHERE id = $1 AND revision = $2 AND state IN {from_states}"
+        );
+        let n = self
+            .retrying(|| async {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(id.as_str())
+                    .bind(i64::from(revision))
+                    .bind(to.as_str())
+                    .bind(operator.as_str())
+                    .bind(now)
+                    .bind(reason.map(|r| r.as_str().to_owned()))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            })
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+/// Accounts as one column (accounts are alphanumeric: no comma).
+pub(super) fn join_accounts(accounts: &[Account]) -> String {
+    accounts
+        .iter()
+        .map(Account::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An accounts column read back.
+pub(super) fn split_accounts(s: &str, what: &'static str) -> Result<Vec<Account>> {
+    s.split(',')
+        .map(|a| {
+            a.parse()
+                .map_err(|_| ProvisioningError::CorruptRecord(what))
+        })
+        .collect()
+}
+
+fn corrupt<E>(what: &'static str) -> impl FnOnce(E) -> ProvisioningError {
+    move |_| ProvisioningError::CorruptRecord(what)
+}
+
+fn view_from_row(row: &AnyRow) -> Result<ApplicationView> {
+    let accounts: String = row.try_get("accounts")?;
+    let national_id: String = row.try_get("national_id")?;
+    let address: String = row.try_get("contact_address")?;
+    Ok(ApplicationView {
+        id: parse_col(row, "id", "prov_applications.id")?,
+        customer_id: parse_col(row, "customer_id", "prov_applications.customer_id")?,
+        state: parse_col(row, "state", "prov_applications.state")?,
+        application: CustomerApplication {
+            name: row.try_get("name")?,
+            national_id: NationalId::new(national_id)
+                .map_err(corrupt("prov_applications.national_id"))?,
+            accounts: split_accounts(&accounts, "prov_applications.accounts")?,
+            contact: Contact::new(
+                parse_col(row, "contact_kind", "prov_applications.contact_kind")?,
+                address,
+            )
+            .map_err(corrupt("prov_applications.contact_address"))?,
+        },
+        revision: int_col(row, "revision", "prov_applications.revision")?,
+        submitted_by: row.try_get("submitted_by")?,
+        submitted_at_ms: row.try_get("submitted_at_ms")?,
+        decided_by: row.try_get("decided_by")?,
+        decided_at_ms: row.try_get("decided_at_ms")?,
+        decision_reason: row.try_get("decision_reason")?,
+    })
+}

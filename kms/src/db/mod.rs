@@ -1,0 +1,247 @@
+//! Database plumbing shared by every crate that keeps tables in Keyward's one
+//! database (kms's key catalog, the CA registry, provisioning, the server's
+//! audit trail). It lives here, at the lowest layer that needs it, but outside
+//! the key catalog: the catalog is one user of it like the others.
+//!
+//! # Layout
+//! - [`Database`]: the connection pool and its backend, opened once per
+//!   process and shared by every store.
+//! - `tx`: write transactions ([`begin_write`]) and their retry on lost races
+//!   ([`retrying`], [`is_serialization_failure`], [`MAX_ATTEMPTS`]).
+//! - `migrate`: [`EmbeddedMigrations`], one crate's migrations for both
+//!   backends, sharing sqlx's `_sqlx_migrations` table in disjoint version
+//!   ranges.
+//! - `column`: reading text columns back into domain types ([`parse_col`],
+//!   [`parse_opt`], [`int_col`], [`ColumnError`]).
+//! - [`now_ms`]: the one wall clock every stored timestamp is written with.
+//!
+//! Must not: know any crate's tables; hold a transaction across an HSM call.
+
+mod column;
+mod migrate;
+mod tx;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use keyward_config::{DatabaseConfig, DatabaseKind};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+
+pub use column::{ColumnError, int_col, parse_col, parse_opt};
+pub use migrate::{Embedded, EmbeddedMigrations};
+pub use tx::{MAX_ATTEMPTS, begin_write, is_serialization_failure, retrying};
+
+/// How long a SQLite writer waits for the write lock before giving up (5 s).
+const BUSY_TIMEOUT_PRAGMA: &str = "PRAGMA busy_timeout = 5000";
+
+/// The shared database: one connection pool and the backend it speaks to.
+/// Cheap to clone; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    kind: DatabaseKind,
+}
+
+impl Database {
+    /// Connects (no migrations: each owner runs its own). For SQLite the file
+    /// and its directory are created when missing and the journal is switched
+    /// to WAL (readers do not block the writer).
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let kind = cfg.kind();
+        let url = match kind {
+            DatabaseKind::Sqlite => prepare_sqlite(&cfg.url).await?,
+            DatabaseKind::Postgres => cfg.url.clone(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(cfg.max_connections.max(1))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DatabaseKind::Sqlite {
+                        // Per-connection settings; sqlx's defaults agree today,
+                        // this keeps them true if those defaults change.
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query(BUSY_TIMEOUT_PRAGMA).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(Self { pool, kind })
+    }
+
+    /// The connection pool, for stores' queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which backend this is, for SQL that differs and for reports.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// Readiness: the database answers a query.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// [`begin_write`] on this database.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        begin_write(&self.pool, self.kind).await
+    }
+
+    /// [`is_serialization_failure`] for this database's backend.
+    pub fn is_serialization_failure(&self, e: &sqlx::Error) -> bool {
+        is_serialization_failure(self.kind, e)
+    }
+
+    /// Applies `migrations` for this backend; a second run changes nothing.
+    pub async fn migrate(
+        &self,
+        migrations: &EmbeddedMigrations,
+    ) -> Result<(), sqlx::migrate::MigrateError> {
+        migrations.run(&self.pool, self.kind).await
+    }
+}
+
+/// Wall-clock unix milliseconds: what every stored timestamp is written with
+/// and compared against, also by other processes sharing the database. A
+/// clock before 1970 reads 0; one past the year 292 million saturates.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A file or directory holding catalog data (national ids, contacts, key
+/// metadata) that other users of the machine may read: start-up refuses it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} is accessible to other users (mode {mode:03o}); fix it with `chmod {fix} {}` \
+     (Keyward creates it {fix})",
+    path.display(),
+    path.display()
+)]
+pub struct InsecurePermissions {
+    pub path: std::path::PathBuf,
+    pub mode: u32,
+    pub fix: &'static str,
+}
+
+/// Creates `dir` (and missing parents) readable by the owner only (0700).
+/// An existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates `file` empty with mode 0600 unless it exists (SQLite then opens
+/// it, and gives its `-wal` and `-shm` files the same mode).
+fn create_private_file(file: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses ([`InsecurePermissions`], naming the path and the `chmod` that
+/// fixes it) a catalog file or data directory that other users may read,
+/// write or enter. A path that does not exist passes.
+pub fn refuse_shared(path: &Path, is_dir: bool) -> Result<(), InsecurePermissions> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o007 != 0 {
+            return Err(InsecurePermissions {
+                path: path.to_owned(),
+                mode,
+                fix: if is_dir { "700" } else { "600" },
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, is_dir);
+    Ok(())
+}
+
+/// Makes a SQLite URL ready to open: creates the file's directory (0700) and
+/// the file (0600), refuses a file other users may read ([`refuse_shared`]),
+/// asks for the file to be created (`mode=rwc`) unless the URL chose a mode,
+/// and turns on WAL once (it is a property of the file, not of a connection).
+async fn prepare_sqlite(url: &str) -> Result<String, sqlx::Error> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let param = |name: &str| {
+        query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        })
+    };
+    let mode = param("mode");
+    if path.is_empty() || path == ":memory:" || mode == Some("memory") {
+        return Ok(url.to_owned());
+    }
+    if let Some(dir) = Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        create_private_dir(dir).map_err(|e| {
+            sqlx::Error::Configuration(
+                format!(
+                    "cannot create directory {} for the catalog: {e}",
+                    dir.display()
+                )
+                .into(),
+            )
+        })?;
+    }
+    if mode != Some("ro") {
+        create_private_file(Path::new(path)).map_err(|e| {
+            sqlx::Error::Configuration(format!("cannot create the catalog file {path}: {e}").into())
+        })?;
+    }
+    refuse_shared(Path::new(path), false).map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+    let url = match (mode, query) {
+        (Some(_), _) => url.to_owned(),
+        (None, Some(_)) => format!("{url}&mode=rwc"),
+        (None, None) => format!("{url}?mode=rwc"),
+    };
+    if mode != Some("ro") {
+        let mut conn = sqlx::AnyConnection::connect(&url).await?;
+        let row = sqlx::query("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut conn)
+            .await?;
+        let journal: String = row.try_get(0)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal = %journal, "SQLite refused WAL journaling; writers will block readers");
+        }
+        conn.close().await?;
+    }
+    Ok(url)
+}

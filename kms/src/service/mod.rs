@@ -1,0 +1,257 @@
+//! [`Kms`]: the facade the server and the provisioning pipeline call. Async,
+//! speaks domain types only, and keeps the catalog and the HSM consistent.
+//! It offers operations, not its parts: callers never reach into its worker
+//! pool, key catalog or derived-key cache.
+//!
+//! # Layout
+//! One file per operation family, each an `impl Kms` block:
+//! - `mod.rs` (here): the struct, opening, probing, readiness, shutdown,
+//!   statistics, random bytes and the shared database handle;
+//! - `issuers.rs`: creating and listing issuers;
+//! - `working_keys.rs`: offering, confirming, listing and retiring a
+//!   device's working-key versions;
+//! - `verify.rs`: transaction-MAC verification, one and in bulk;
+//! - `challenges.rs`: challenge/response login primitives;
+//! - `init_package.rs`: the init package (its HSM job is in [`crate::wrap`]);
+//! - `signing.rs`: token key pairs (the signer is [`crate::signing`]).
+
+mod challenges;
+mod init_package;
+mod issuers;
+mod signing;
+mod verify;
+mod working_keys;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use keyward_config::Config;
+
+pub use verify::{MAX_BULK_ITEMS, MacItem, MacOutcome};
+pub use working_keys::{OfferedKey, WorkingKeyOffer};
+
+use crate::catalog::Catalog;
+use crate::db::Database;
+use crate::error::{KmsError, Result};
+use crate::hsm::{MechanismId, Pkcs11Hsm};
+use crate::keys::{IssuerKeys, KeyCache};
+use crate::pool::HsmPool;
+use crate::types::{IssuerId, KeyFamily};
+
+/// Default time a replaced working-key version stays valid.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// The key-management service: HSM pool, derived-key cache and key catalog.
+#[derive(Debug, Clone)]
+pub struct Kms {
+    pool: HsmPool,
+    catalog: Catalog,
+    cache: Arc<KeyCache>,
+    /// Issuers never change once created, so their family is cached here and
+    /// the hot paths read one catalog row (the working key), not two.
+    issuers: Arc<RwLock<HashMap<IssuerId, IssuerKeys>>>,
+    grace: Duration,
+}
+
+/// A snapshot of the service's counters and gauges, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KmsStats {
+    /// HSM worker threads (one session each).
+    pub hsm_workers: usize,
+    /// Jobs running on a worker.
+    pub hsm_busy: usize,
+    /// Jobs waiting for a worker.
+    pub hsm_queued: usize,
+    /// Jobs refused because the queue was full (since start).
+    pub hsm_rejected: u64,
+    /// Jobs finished with any outcome (since start).
+    pub hsm_completed: u64,
+    /// Derived-key cache hits, misses and evictions (since start).
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_evictions: u64,
+    /// Database connections open, and how many of them are idle.
+    pub db_connections: u32,
+    pub db_idle: usize,
+}
+
+/// Mechanisms every issuer of a family needs.
+pub fn required_mechanisms(family: KeyFamily) -> &'static [(MechanismId, &'static str)] {
+    match family {
+        KeyFamily::Tdes => &[
+            (MechanismId::Des2KeyGen, "TDES issuer master keys"),
+            (MechanismId::Des3EcbEncryptData, "TDES key diversification"),
+            (MechanismId::Des3Ecb, "TDES KCVs and challenge responses"),
+            (MechanismId::Des3Cbc, "ISO 9797-1 CBC-MACs"),
+            (MechanismId::Des3Cmac, "CMAC-TDES"),
+        ],
+        KeyFamily::Aes => &[
+            (MechanismId::AesKeyGen, "AES issuer master keys"),
+            (MechanismId::AesEcbEncryptData, "AES key diversification"),
+            (MechanismId::AesEcb, "AES challenge responses"),
+            (MechanismId::AesCmac, "CMAC-AES and AES KCVs"),
+        ],
+    }
+}
+
+/// Mechanisms the init package needs, whatever the family.
+pub const INIT_PACKAGE_MECHANISMS: &[(MechanismId, &str)] = &[
+    (
+        MechanismId::EcKeyPairGen,
+        "init package (ephemeral ECDH key)",
+    ),
+    (
+        MechanismId::Ecdh1Derive,
+        "init package (ECDH key agreement)",
+    ),
+    (MechanismId::AesKeyWrap, "init package (RFC 3394 key wrap)"),
+    (MechanismId::RsaOaep, "init package for RSA devices"),
+];
+
+impl Kms {
+    /// Opens the HSM and the catalog from configuration, and refuses to start
+    /// when the token lacks a mechanism the catalog's issuers need.
+    pub async fn open(config: &Config) -> Result<Self> {
+        let pin = config
+            .hsm
+            .pin()
+            .map_err(|e| KmsError::Login(e.to_string()))?;
+        let hsm_config = config.hsm.clone();
+        let hsm = tokio::task::spawn_blocking(move || Pkcs11Hsm::open(&hsm_config, pin))
+            .await
+            .map_err(|_| KmsError::Hsm {
+                function: "open",
+                problem: "the thread opening the module failed",
+            })??;
+        let pool = HsmPool::start(Arc::new(hsm), config.hsm.sessions, config.hsm.queue_depth)?;
+        let catalog = Catalog::connect(&config.database).await?;
+        let kms = Self::new(pool, catalog, config.hsm.derived_key_cache);
+        kms.probe().await?;
+        Ok(kms)
+    }
+
+    /// Assembles a service from parts (tests, tools). The HSM's vendor
+    /// differences come with the pool ([`HsmPool::capabilities`]).
+    pub fn new(pool: HsmPool, catalog: Catalog, cache_capacity: usize) -> Self {
+        Self {
+            pool,
+            catalog,
+            cache: Arc::new(KeyCache::new(cache_capacity)),
+            issuers: Arc::default(),
+            grace: DEFAULT_ROTATION_GRACE,
+        }
+    }
+
+    /// Sets how long a replaced working-key version stays valid.
+    pub fn with_rotation_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The database the key catalog lives in, for the crates that keep their
+    /// own tables there (CA, provisioning, audit). They follow the
+    /// transaction rules of [`crate::db`].
+    pub fn db(&self) -> &Database {
+        self.catalog.db()
+    }
+
+    /// Checks that the token offers every mechanism the catalog's issuers (and
+    /// the init package) need; the error names the first one missing.
+    pub async fn probe(&self) -> Result<()> {
+        let families: Vec<KeyFamily> = self
+            .catalog
+            .issuers()
+            .await?
+            .into_iter()
+            .map(|i| i.family)
+            .collect();
+        self.probe_families(&families).await
+    }
+
+    /// [`Kms::probe`] for explicit families.
+    pub async fn probe_families(&self, families: &[KeyFamily]) -> Result<()> {
+        let mut needed: Vec<(MechanismId, &'static str)> = INIT_PACKAGE_MECHANISMS.to_vec();
+        for f in [KeyFamily::Tdes, KeyFamily::Aes] {
+            if families.contains(&f) {
+                needed.extend_from_slice(required_mechanisms(f));
+            }
+        }
+        if self.pool.capabilities().vendor_retail_mac {
+            needed.push((
+                MechanismId::Des3RetailVendor,
+                "X9.19 retail MAC (configured)",
+            ));
+        }
+        self.pool
+            .run(move |hsm| {
+                for (m, purpose) in needed {
+                    if !hsm.supports(m)? {
+                        return Err(KmsError::MechanismMissing {
+                            name: crate::hsm::mechanism_name(m),
+                            number: hsm.mechanism_number(m).unwrap_or(0),
+                            purpose,
+                        });
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Ready when the HSM and the catalog both answer.
+    pub async fn ready(&self) -> Result<()> {
+        self.pool.run(|hsm| hsm.ping()).await?;
+        self.catalog.ping().await
+    }
+
+    /// `N` bytes from the HSM's random number generator (challenges, nonces).
+    pub async fn random<const N: usize>(&self) -> Result<[u8; N]> {
+        let bytes = self.pool.run(|hsm| hsm.random(N)).await?;
+        bytes.try_into().map_err(|_| KmsError::Hsm {
+            function: "C_GenerateRandom",
+            problem: "short read",
+        })
+    }
+
+    /// HSM worker threads, which is how many HSM operations run at once:
+    /// callers size their own parallelism by it.
+    pub fn hsm_workers(&self) -> usize {
+        self.pool.workers()
+    }
+
+    /// A snapshot of the pool, cache and database counters.
+    pub fn stats(&self) -> KmsStats {
+        let pool = self.pool.stats();
+        let cache = &self.cache.stats;
+        let db = self.db().pool();
+        KmsStats {
+            hsm_workers: self.pool.workers(),
+            hsm_busy: pool.busy.load(Relaxed),
+            hsm_queued: self.pool.queued(),
+            hsm_rejected: pool.rejected.load(Relaxed),
+            hsm_completed: pool.completed.load(Relaxed),
+            cache_hits: cache.hits.load(Relaxed),
+            cache_misses: cache.misses.load(Relaxed),
+            cache_evictions: cache.evictions.load(Relaxed),
+            db_connections: db.size(),
+            db_idle: db.num_idle(),
+        }
+    }
+
+    /// Finishes the queued HSM jobs and joins the workers
+    /// ([`HsmPool::shutdown`]); blocks. A process calls it as it ends, after
+    /// its runtime is gone; a second call does nothing.
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+    }
+
+    pub(crate) fn pool(&self) -> &HsmPool {
+        &self.pool
+    }
+
+    pub(crate) fn cache_arc(&self) -> Arc<KeyCache> {
+        self.cache.clone()
+    }
+}

@@ -1,0 +1,141 @@
+//! Working keys: versions offered to a device, confirmed by its KCVs,
+//! replaced with a grace period, and closed when the device is retired.
+
+use crate::catalog::{KeyState, NewWorkingKey, VersionRecord, WorkingKeyRecord};
+use crate::db::now_ms;
+use crate::error::{KmsError, Result};
+use crate::keys::{self, with_fresh_handles};
+use crate::service::Kms;
+use crate::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
+
+/// A working key offered to a device: it derives `DIV'(TMK_d, r)` and checks `kcv`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedKey {
+    pub role: WorkingKeyRole,
+    pub r: [u8; 16],
+    pub kcv: Kcv,
+}
+
+/// A new, pending working-key version.
+#[derive(Debug, Clone)]
+pub struct WorkingKeyOffer {
+    pub version: KeyVersion,
+    pub keys: Vec<OfferedKey>,
+}
+
+impl Kms {
+    /// Draws fresh `R`s (HSM RNG) for TPK, TAK and TDK, computes their KCVs in
+    /// the HSM and records a pending version. Nothing is active until the
+    /// device confirms the KCVs ([`Kms::confirm_working_keys`]).
+    pub async fn offer_working_keys(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+    ) -> Result<WorkingKeyOffer> {
+        let ik = self.issuer_keys(issuer).await?;
+        let cache = self.cache.clone();
+        let keys = self
+            .pool
+            .run(move |hsm| {
+                with_fresh_handles(&cache, || {
+                    let tmk = cache.tmk(hsm, &ik, device)?;
+                    WorkingKeyRole::ALL
+                        .iter()
+                        .map(|role| {
+                            let r: [u8; 16] = hsm
+                                .random(16)?
+                                .try_into()
+                                .map_err(|_| KmsError::invalid("random", "short read"))?;
+                            let kcv = keys::kcv_of_derived(hsm, tmk, ik.family, &r)?;
+                            Ok(OfferedKey {
+                                role: *role,
+                                r,
+                                kcv,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .await?;
+        let new: Vec<NewWorkingKey> = keys
+            .iter()
+            .map(|k| NewWorkingKey {
+                role: k.role,
+                r: k.r,
+                kcv: k.kcv,
+            })
+            .collect();
+        let version = self
+            .catalog
+            .add_pending_version(issuer, device, &new)
+            .await?;
+        Ok(WorkingKeyOffer { version, keys })
+    }
+
+    /// The device's KCVs for a pending version. All match: the version becomes
+    /// active and the previous one enters its grace period. Any mismatch (or a
+    /// missing role) is an intrusion signal: the version is rejected for good
+    /// and [`KmsError::KcvMismatch`] is returned.
+    pub async fn confirm_working_keys(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        device_kcvs: &[(WorkingKeyRole, Kcv)],
+    ) -> Result<()> {
+        let mut all_match = true;
+        for role in WorkingKeyRole::ALL {
+            let rec = self.working_key(issuer, device, version, role).await?;
+            if rec.state != KeyState::Pending {
+                return Err(KmsError::KeyVersionNotUsable {
+                    version,
+                    state: rec.state.as_str().to_owned(),
+                });
+            }
+            let reported = device_kcvs.iter().find(|(r, _)| *r == role).map(|(_, k)| k);
+            all_match &= reported.is_some_and(|k| k.matches(&rec.kcv));
+        }
+        if all_match {
+            self.catalog
+                .activate_version(issuer, device, version, self.grace)
+                .await
+        } else {
+            self.catalog.reject_version(issuer, device, version).await?;
+            tracing::warn!(issuer = %issuer, device = %device, version = %version, "working-key KCV mismatch reported by device; version rejected");
+            Err(KmsError::KcvMismatch(version))
+        }
+    }
+
+    /// Every working-key version of a device at an issuer, newest first.
+    pub async fn key_versions(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+    ) -> Result<Vec<VersionRecord>> {
+        self.catalog.versions(issuer, device).await
+    }
+
+    /// A retired device keeps no usable key: its pending versions are
+    /// rejected and its active and retiring ones retired now, at every
+    /// issuer, in one transaction. Returns how many versions changed.
+    pub async fn retire_device_keys(&self, device: DeviceId) -> Result<u64> {
+        self.catalog.retire_device(device, now_ms()).await
+    }
+
+    pub(super) async fn working_key(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        role: WorkingKeyRole,
+    ) -> Result<WorkingKeyRecord> {
+        self.catalog
+            .working_key(issuer, device, version, role)
+            .await?
+            .ok_or_else(|| KmsError::UnknownKeyVersion {
+                issuer: issuer.clone(),
+                device,
+                version,
+            })
+    }
+}

@@ -1,0 +1,185 @@
+//! `/admin/v1/ca/*` and `/admin/v1/operators`: the CA's certificates, their
+//! revocation, the CRL, new operators; OCSP on the admin listener.
+
+use axum::http::{Method, StatusCode};
+use keyward_ca::Role;
+use serde_json::json;
+
+use crate::harness::{App, anonymous, der_of_pem, identity_of};
+
+fn csr_pem() -> String {
+    keyward_tests::simulator::client_csr_pem().unwrap()
+}
+
+#[tokio::test]
+async fn an_admin_issues_lists_shows_and_revokes_certificates() {
+    let app = App::new().await;
+    let issued = app
+        .post(
+            &app.root,
+            "/admin/v1/ca/certificates",
+            json!({"csr_pem": csr_pem(), "profile": "load-permit", "common_name": "permit-1"}),
+        )
+        .await;
+    let body = issued.expect(StatusCode::CREATED).clone();
+    let serial = body["serial"].as_str().unwrap().to_owned();
+    assert_eq!(body["profile"], "load-permit");
+    assert!(
+        body["chain_pem"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(app.audited("certificate.issue", "requested").await);
+    assert!(app.audited("certificate.issue", "success").await);
+
+    let list = app
+        .get(&app.root, "/admin/v1/ca/certificates?profile=load-permit")
+        .await;
+    let certs = list.expect(StatusCode::OK)["certificates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(certs.iter().any(|c| c["serial"] == serial.as_str()));
+    let show = app
+        .get(&app.root, &format!("/admin/v1/ca/certificates/{serial}"))
+        .await;
+    assert_eq!(show.expect(StatusCode::OK)["status"], "valid");
+
+    let revoked = app
+        .post(
+            &app.root,
+            &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+            json!({"reason": "superseded"}),
+        )
+        .await;
+    assert_eq!(revoked.expect(StatusCode::OK)["status"], "revoked");
+    // The CRL the listeners now use lists it.
+    let crl = app.get(&app.root, "/admin/v1/ca/crl").await;
+    assert_eq!(crl.status, StatusCode::OK, "{}", crl.text);
+    assert!(app.audited("certificate.revoke", "success").await);
+    // Twice is a conflict.
+    app.post(
+        &app.root,
+        &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+        json!({}),
+    )
+    .await
+    .refused(StatusCode::CONFLICT, "already_revoked");
+}
+
+#[tokio::test]
+async fn certificate_refusals_are_typed() {
+    let app = App::new().await;
+    let dave = app.operator("dave", Role::Operator).await;
+    // Server and permit certificates are an admin's.
+    app.post(
+        &dave,
+        "/admin/v1/ca/certificates",
+        json!({"csr_pem": csr_pem(), "profile": "server-tls", "dns_names": ["x.example"]}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    // Operators have their own endpoint.
+    app.post(
+        &app.root,
+        "/admin/v1/ca/certificates",
+        json!({"csr_pem": csr_pem(), "profile": "operator"}),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "use_operators_endpoint");
+    // A device certificate only for a registered device.
+    app.post(
+        &app.root,
+        "/admin/v1/ca/certificates",
+        json!({"csr_pem": csr_pem(), "profile": "device", "device_id": "0102030405060708"}),
+    )
+    .await
+    .refused(StatusCode::NOT_FOUND, "unknown_device");
+    // Not a CSR.
+    let a = app
+        .post(
+            &app.root,
+            "/admin/v1/ca/certificates",
+            json!({"csr_pem": "garbage", "profile": "load-permit", "common_name": "p"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    // Unknown serial.
+    app.get(&app.root, "/admin/v1/ca/certificates/0A0B0C0D")
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_serial");
+    // A revoked serial that was never issued here.
+    app.post(
+        &app.root,
+        "/admin/v1/ca/certificates/0A0B0C0D/revoke",
+        json!({}),
+    )
+    .await
+    .refused(StatusCode::NOT_FOUND, "unknown_serial");
+}
+
+#[tokio::test]
+async fn an_admin_certifies_a_new_operator_who_can_then_act() {
+    let app = App::new().await;
+    let issued = app
+        .post(
+            &app.root,
+            "/admin/v1/operators",
+            json!({"csr_pem": csr_pem(), "name": "erin", "role": "auditor"}),
+        )
+        .await;
+    let body = issued.expect(StatusCode::CREATED).clone();
+    let erin = identity_of(&der_of_pem(body["certificate_pem"].as_str().unwrap()));
+    let me = app.get(&erin, "/admin/v1/whoami").await;
+    assert_eq!(me.expect(StatusCode::OK)["role"], "auditor");
+    // Only an admin makes operators.
+    app.post(
+        &erin,
+        "/admin/v1/operators",
+        json!({"csr_pem": csr_pem(), "name": "frank", "role": "admin"}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    let a = app
+        .post(
+            &app.root,
+            "/admin/v1/operators",
+            json!({"csr_pem": csr_pem(), "name": "frank", "role": "root"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+}
+
+#[tokio::test]
+async fn ocsp_answers_anonymous_clients() {
+    let app = App::new().await;
+    // A body that is no OCSP request: a signed-nothing malformedRequest
+    // answer, not an HTTP error.
+    let mut req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/ocsp")
+        .header("content-type", "application/ocsp-request")
+        .body(axum::body::Body::from(vec![0x30, 0x00]))
+        .unwrap();
+    req.extensions_mut().insert(anonymous());
+    let res = tower::ServiceExt::oneshot(app.admin.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["content-type"],
+        keyward_ca::OCSP_RESPONSE_CONTENT_TYPE
+    );
+    let bytes = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        bytes.as_ref(),
+        keyward_ca::malformed_request_der().as_slice()
+    );
+    // GET with a base64 request that is not one.
+    let a = app.get(&anonymous(), "/ocsp/AAAA").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+}

@@ -1,0 +1,273 @@
+//! `/admin/v1/batches`, `/admin/v1/devices`: intake, the genuine-device
+//! check, init packages, lifecycle, bindings, each through its route with
+//! the simulator playing the device.
+
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use keyward_ca::Role;
+use keyward_server::wire::devices as wire;
+use keyward_tests::simulator::SimDevice;
+use serde_json::{Value, json};
+
+use crate::harness::App;
+
+fn device(n: u8) -> SimDevice {
+    SimDevice::p256(format!("01020304050607{n:02X}").parse().unwrap()).unwrap()
+}
+
+fn path(d: &SimDevice, tail: &str) -> String {
+    format!("/admin/v1/devices/{}{tail}", d.id)
+}
+
+/// Challenge, signature, check: the device is `verified`.
+async fn check(app: &App, d: &SimDevice) {
+    let c = app.post(&app.root, &path(d, "/challenge"), json!({})).await;
+    let c: wire::ChallengeAnswer =
+        serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+    let sig = d.sign_challenge(&hex::decode(&c.challenge).unwrap());
+    let done = app
+        .post(
+            &app.root,
+            &path(d, "/check"),
+            json!({"signature": B64.encode(sig)}),
+        )
+        .await;
+    assert_eq!(done.expect(StatusCode::OK)["state"], "verified");
+}
+
+/// An init package for `issuer`, loaded by the device; the confirm body.
+async fn init(app: &App, d: &mut SimDevice, issuer: &str) -> Value {
+    let pkg = app
+        .post(&app.root, &path(d, "/init"), json!({"issuer_id": issuer}))
+        .await;
+    let pkg = keyward_tests::wire::init_package_from_json(pkg.expect(StatusCode::CREATED)).unwrap();
+    let answer = d.load_init_package(&pkg).unwrap();
+    assert!(answer.accepted);
+    serde_json::to_value(keyward_tests::wire::confirm_body(issuer, &answer)).unwrap()
+}
+
+/// A customer applied for by one operator and approved by another.
+async fn customer(app: &App, account: &str) -> String {
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let applied = app
+        .post(
+            &alice,
+            "/admin/v1/applications",
+            json!({"name": "Li Lei", "national_id": "110101199003071234",
+                   "accounts": [account], "contact": {"kind": "sms", "address": "+8613800138000"}}),
+        )
+        .await;
+    let id = applied.expect(StatusCode::CREATED)["application_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approved = app
+        .post(
+            &bob,
+            &format!("/admin/v1/applications/{id}/approve"),
+            json!({}),
+        )
+        .await;
+    approved.expect(StatusCode::OK)["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_device_goes_from_the_factory_to_issued_and_retired_through_the_routes() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let mut d1 = device(1);
+    let d2 = device(2);
+
+    // Intake.
+    let imported = app.import("F-1", &[&d1, &d2]).await;
+    let report: wire::ImportAnswer =
+        serde_json::from_value(imported.expect(StatusCode::CREATED).clone()).unwrap();
+    assert_eq!(report.state, "complete");
+    assert!(report.rows.iter().all(|r| r.outcome == "registered"));
+    let batch = app.get(&app.root, "/admin/v1/batches/F-1").await;
+    let batch: wire::Batch = serde_json::from_value(batch.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(batch.device_count, 2);
+    let list = app
+        .get(
+            &app.root,
+            "/admin/v1/devices?state=manufactured&batch_id=F-1&limit=1",
+        )
+        .await;
+    let list: wire::DeviceList =
+        serde_json::from_value(list.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(list.devices.len(), 1);
+
+    // Check, original keys, confirmation.
+    check(&app, &d1).await;
+    let confirm = init(&app, &mut d1, "bank-a").await;
+    let done = app
+        .post(&app.root, &path(&d1, "/init/confirm"), confirm)
+        .await;
+    assert_eq!(done.expect(StatusCode::OK)["state"], "initialised");
+
+    // Binding to an approved customer.
+    let customer = customer(&app, "6222020200112233").await;
+    let bound = app
+        .post(
+            &app.root,
+            &path(&d1, "/bindings"),
+            json!({"customer_id": customer, "issuer_id": "bank-a",
+                   "secure_element": "psam", "accounts": ["6222020200112233"]}),
+        )
+        .await;
+    let binding: wire::Binding =
+        serde_json::from_value(bound.expect(StatusCode::CREATED).clone()).unwrap();
+    assert_eq!(binding.customer_id, customer);
+    let shown = app.get(&app.root, &path(&d1, "")).await;
+    let shown: wire::DeviceDetail =
+        serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(shown.device.state, "issued");
+    assert_eq!(shown.inits.len(), 1);
+    assert_eq!(shown.bindings.len(), 1);
+    let cust = app
+        .get(&app.root, &format!("/admin/v1/customers/{customer}"))
+        .await;
+    assert_eq!(
+        cust.expect(StatusCode::OK)["devices"],
+        json!([d1.id.to_string()])
+    );
+
+    // Reinit allows one more package.
+    let reinit = app
+        .post(
+            &app.root,
+            &path(&d1, "/reinit"),
+            json!({"issuer_id": "bank-a", "reason": "keys lost in repair"}),
+        )
+        .await;
+    reinit.expect(StatusCode::OK);
+
+    // Lifecycle: suspend, resume, retire (its certificate revoked).
+    for (to, from) in [
+        ("suspended", "issued"),
+        ("issued", "suspended"),
+        ("retired", "issued"),
+    ] {
+        let a = app
+            .post(
+                &app.root,
+                &path(&d1, "/state"),
+                json!({"to": to, "reason": "route test"}),
+            )
+            .await;
+        let a: wire::StateAnswer =
+            serde_json::from_value(a.expect(StatusCode::OK).clone()).unwrap();
+        assert_eq!((a.from.as_str(), a.state.as_str()), (from, to));
+    }
+    let cert = app
+        .get(
+            &app.root,
+            &format!(
+                "/admin/v1/ca/certificates/{}",
+                shown.device.cert_serial.unwrap()
+            ),
+        )
+        .await;
+    assert_eq!(cert.expect(StatusCode::OK)["status"], "revoked");
+    assert!(app.audited("device.transition", "success").await);
+}
+
+#[tokio::test]
+async fn device_refusals_are_typed_and_audited() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let d1 = device(1);
+    app.import("F-1", &[&d1]).await.expect(StatusCode::CREATED);
+
+    // The same batch again: conflict; a bad row rejects the whole batch.
+    app.import("F-1", &[&device(2)])
+        .await
+        .refused(StatusCode::CONFLICT, "batch_exists");
+    let bad = app
+        .post(
+            &app.root,
+            "/admin/v1/batches",
+            json!({"batch_id": "F-2", "manifest": format!("{}\nnot,a,row\n", keyward_device_provisioning::MANIFEST_HEADER)}),
+        )
+        .await;
+    bad.refused(StatusCode::UNPROCESSABLE_ENTITY, "batch_rejected");
+    assert!(
+        bad.body["error"]["rows"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    app.get(&app.root, "/admin/v1/batches/F-2")
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_batch");
+
+    // Unknown device, bad id.
+    app.get(&app.root, "/admin/v1/devices/0A0A0A0A0A0A0A0A")
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_device");
+    let a = app.get(&app.root, "/admin/v1/devices/xyz").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+
+    // A signature by another key fails the check.
+    app.post(&app.root, &path(&d1, "/challenge"), json!({}))
+        .await
+        .expect(StatusCode::CREATED);
+    let other = device(3).sign_challenge(&[0u8; 32]);
+    app.post(
+        &app.root,
+        &path(&d1, "/check"),
+        json!({"signature": B64.encode(other)}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "proof_of_possession_failed");
+    app.post(&app.root, &path(&d1, "/check"), json!({"signature": "%%%"}))
+        .await
+        .refused(StatusCode::BAD_REQUEST, "invalid_input");
+
+    // No init package before the check; no binding before issue.
+    app.post(
+        &app.root,
+        &path(&d1, "/init"),
+        json!({"issuer_id": "bank-a"}),
+    )
+    .await
+    .refused(StatusCode::CONFLICT, "device_state");
+    let a = app
+        .post(
+            &app.root,
+            &path(&d1, "/state"),
+            json!({"to": "suspended", "reason": "x"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    let auditor = app.operator("carol", Role::Auditor).await;
+    app.post(
+        &auditor,
+        &path(&d1, "/init"),
+        json!({"issuer_id": "bank-a"}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    assert!(app.audited("provisioning.complete_check", "refused").await);
+}
+
+#[tokio::test]
+async fn a_wrong_kcv_confirms_nothing() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let mut d1 = device(1);
+    app.import("F-1", &[&d1]).await.expect(StatusCode::CREATED);
+    check(&app, &d1).await;
+    let mut confirm = init(&app, &mut d1, "bank-a").await;
+    confirm["kcvs"][0]["value"] = json!("000000");
+    let a = app
+        .post(&app.root, &path(&d1, "/init/confirm"), confirm)
+        .await;
+    a.refused(StatusCode::CONFLICT, "kcv_mismatch");
+    let shown = app.get(&app.root, &path(&d1, "")).await;
+    assert_eq!(shown.expect(StatusCode::OK)["state"], "verified");
+}

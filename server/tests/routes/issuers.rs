@@ -1,0 +1,71 @@
+//! `/admin/v1/issuers`: creating issuers (their master keys in the HSM) and
+//! reading them.
+
+use axum::http::StatusCode;
+use keyward_ca::Role;
+use serde_json::json;
+
+use crate::harness::App;
+
+#[tokio::test]
+async fn an_admin_creates_issuers_everyone_reads_them() {
+    let app = App::new().await;
+    let created = app
+        .post(
+            &app.root,
+            "/admin/v1/issuers",
+            json!({"issuer_id": "bank-a", "family": "aes"}),
+        )
+        .await;
+    let body = created.expect(StatusCode::CREATED).clone();
+    assert_eq!(body["issuer_id"], "bank-a");
+    assert_eq!(body["family"], "aes");
+    let keys = body["master_keys"].as_array().unwrap();
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|k| k["kcv"]["method"].is_string()));
+    assert!(app.audited("issuer.create", "requested").await);
+    assert!(app.audited("issuer.create", "success").await);
+
+    let carol = app.operator("carol", Role::Auditor).await;
+    let list = app.get(&carol, "/admin/v1/issuers").await;
+    let issuers = list.expect(StatusCode::OK)["issuers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(issuers.len(), 1);
+    let show = app.get(&carol, "/admin/v1/issuers/bank-a").await;
+    assert_eq!(
+        show.expect(StatusCode::OK)["master_keys"],
+        body["master_keys"]
+    );
+}
+
+#[tokio::test]
+async fn issuer_refusals_are_typed_and_audited() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    app.post(
+        &app.root,
+        "/admin/v1/issuers",
+        json!({"issuer_id": "bank-a", "family": "tdes"}),
+    )
+    .await
+    .refused(StatusCode::CONFLICT, "issuer_exists");
+    assert!(app.audited("issuer.create", "failure").await);
+    for body in [
+        json!({"issuer_id": "Bank A", "family": "tdes"}),
+        json!({"issuer_id": "bank-b", "family": "des"}),
+        json!({"issuer_id": "bank-b", "family": "tdes", "extra": 1}),
+    ] {
+        let a = app.post(&app.root, "/admin/v1/issuers", body).await;
+        assert!(a.status.is_client_error(), "{}", a.text);
+        assert!(
+            ["invalid_input", "invalid_request"].contains(&a.code()),
+            "{}",
+            a.text
+        );
+    }
+    app.get(&app.root, "/admin/v1/issuers/bank-z")
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_issuer");
+}

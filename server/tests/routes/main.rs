@@ -1,0 +1,24 @@
+//! Route tests: every route of both listeners, in process against the
+//! routers (`admin_app`, `public_app`) on a real installation (SoftHSM token,
+//! test database, `init`), without TLS or a spawned binary. The TLS layer's
+//! part — who the client is — is played by the `ClientIdentity` each request
+//! carries; the listeners themselves are tested end to end in
+//! `server_tls.rs` and the other `server_*.rs` files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    unreachable_pub
+)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod access;
+mod ca;
+mod customers;
+mod devices;
+mod issuers;
+mod trail;

@@ -1,0 +1,214 @@
+//! Manufacturing intake on SoftHSM with the real Keyward CA: all-or-nothing
+//! batches with a row-by-row report, and an import cut short by the CA (an
+//! HSM busy) undone. SQLite, or PostgreSQL with `KEYWARD_TEST_DATABASE_URL`.
+use std::sync::Arc;
+
+use keyward_ca::CaError;
+use keyward_ca::{Ca, CertFilter, CertStatus, Profile};
+use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason};
+use keyward_device_provisioning::{
+    CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier, DeviceCsr, ErrorKind,
+};
+use keyward_device_provisioning::{Outcome, Provisioning, RowOutcome};
+use keyward_kms::KmsError;
+use keyward_kms::types::DeviceId;
+use keyward_tests::simulator::{SimDevice, forged_csr};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_batch_with_one_bad_row_registers_nothing() {
+    let env = env().await;
+    let old = SimDevice::p256(dev_id(1)).unwrap();
+    import(&env, "OLD", &[&old]).await;
+
+    let good = SimDevice::p256(dev_id(2)).unwrap();
+    let forger = SimDevice::p256(dev_id(3)).unwrap();
+    let forged = forged_csr(&forger, &good).unwrap();
+    let mut corrupt = SimDevice::p256(dev_id(4)).unwrap().csr_der().to_vec();
+    corrupt.truncate(corrupt.len() / 2);
+    let dup = SimDevice::p256(dev_id(2)).unwrap();
+    let mut no_se = SimDevice::p256(dev_id(6)).unwrap();
+    no_se.psam = None;
+    let rows = vec![
+        good.manifest_row(),                   // line 3: valid
+        forger.manifest_row_with_csr(&forged), // 4: forged CSR
+        "0123456789ABCDEF,P1,,M,1.0".into(),   // 5: 5 fields
+        "XYZ,P1,,M,1.0,AAAA".into(),           // 6: bad id
+        SimDevice::p256(dev_id(4))
+            .unwrap()
+            .manifest_row_with_csr(&corrupt), // 7
+        dup.manifest_row(),                    // 8: id repeated
+        old.manifest_row(),                    // 9: registered
+        no_se.manifest_row(),                  // 10: no SE
+        format!("{},P77,,M,1.0,!!notbase64!!", dev_id(7)), // 11
+    ];
+    let r = env
+        .prov
+        .import_batch(&batch("NEW"), &manifest(&rows), &op("factory-desk"))
+        .await
+        .unwrap_err();
+    assert_eq!(r.code(), "batch_rejected");
+    assert_eq!(r.note.get("rejected"), Some("8"));
+    let report = r.error.import_report().unwrap();
+    let codes: Vec<(usize, &str)> = report
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row.line,
+                match &row.outcome {
+                    RowOutcome::Rejected { code, .. } => *code,
+                    RowOutcome::Valid => "valid",
+                    RowOutcome::Registered { .. } => "registered",
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (3, "valid"),
+            (4, "csr_signature"),
+            (5, "malformed"),
+            (6, "malformed"),
+            (7, "csr_invalid"),
+            (8, "duplicate_in_file"),
+            (9, "already_registered"),
+            (10, "malformed"),
+            (11, "malformed"),
+        ]
+    );
+    // Nothing of the refused batch exists.
+    assert!(env.prov.batch(&batch("NEW")).await.unwrap().is_none());
+    assert_eq!(
+        env.prov.device(good.id).await.unwrap_err().code(),
+        "unknown_device"
+    );
+    // The same file without its bad rows goes through; a batch id is used once.
+    import(&env, "NEW", &[&good]).await;
+    refused(
+        env.prov
+            .import_batch(
+                &batch("NEW"),
+                &devices_manifest(&[&forger]),
+                &op("factory-desk"),
+            )
+            .await,
+        "batch_exists",
+    );
+    assert_eq!(
+        env.prov
+            .import_batch(&batch("EMPTY"), "device_id,psam\n", &op("factory-desk"))
+            .await
+            .unwrap_err()
+            .code(),
+        "invalid_input"
+    );
+}
+
+/// outage would: fault injection for the import's undo path.
+#[derive(Debug)]
+struct OutageAt {
+    ca: Ca,
+    fail_at: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl DeviceCertifier for OutageAt {
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError> {
+        DeviceCertifier::check_csr(&self.ca, csr)
+    }
+    fn certify<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.fail_at {
+            return Box::pin(async { Err(CaError::Kms(KmsError::Busy).into()) });
+        }
+        DeviceCertifier::certify(&self.ca, csr, device)
+    }
+    fn certificate<'a>(
+        &'a self,
+        serial: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>> {
+        DeviceCertifier::certificate(&self.ca, serial, device)
+    }
+    fn revoke<'a>(
+        &'a self,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        DeviceCertifier::revoke(&self.ca, serial, reason)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_cut_short_by_the_ca_leaves_no_device_and_no_valid_certificate() {
+    let env = env().await;
+    let devs: Vec<SimDevice> = (0..6)
+        .map(|i| SimDevice::p256(dev_id(0xA0 + i)).unwrap())
+        .collect();
+    let refs: Vec<&SimDevice> = devs.iter().collect();
+    let failing = Provisioning::new(
+        env.kms.clone(),
+        Arc::new(OutageAt {
+            ca: env.ca.clone(),
+            fail_at: 4,
+            calls: Default::default(),
+        }),
+    )
+    .await
+    .unwrap();
+    let r = failing
+        .import_batch(
+            &batch("B-OUTAGE"),
+            &devices_manifest(&refs),
+            &op("factory-desk"),
+        )
+        .await
+        .expect_err("the CA failed half-way");
+    // The HSM busy keeps its kind through CaError and CertifierError (the
+    // server answers it with 503 and retry-after, not 500).
+    assert_eq!(r.code(), "hsm_busy");
+    assert_eq!(r.error.kind(), ErrorKind::Busy);
+    assert!(!r.is_client_error());
+    assert!(matches!(r.note.outcome, Outcome::Failed { .. }));
+
+    // Nothing registered, and whatever was certified before the outage is revoked.
+    assert!(env.prov.batch(&batch("B-OUTAGE")).await.unwrap().is_none());
+    for d in &devs {
+        let e = env.prov.device(d.id).await.unwrap_err();
+        assert_eq!(e.code(), "unknown_device");
+    }
+    let issued = env
+        .ca
+        .list(&CertFilter {
+            profile: Some(Profile::Device),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        !issued.is_empty(),
+        "some devices were certified before the outage"
+    );
+    assert!(
+        issued.iter().all(|c| c.status == CertStatus::Revoked),
+        "{issued:?}"
+    );
+
+    // The same file imports cleanly once the CA is back.
+    import(&env, "B-OUTAGE", &refs).await;
+    assert_eq!(
+        env.prov
+            .batch_devices(&batch("B-OUTAGE"), 100)
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+}
