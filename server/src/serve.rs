@@ -125,7 +125,7 @@ pub async fn state_from(
         crl_info.clone(),
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
-    Ok(AppState::new(
+    AppState::new(
         config,
         opened.kms,
         opened.ca,
@@ -134,7 +134,7 @@ pub async fn state_from(
         metrics,
         tls,
     )
-    .context("bringing up the OCSP responder")?)
+    .context("bringing up the OCSP responder")
 }
 
 /// `keyward serve`: opens everything, binds both listeners, prints their
