@@ -329,8 +329,9 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// `(revision, number)` of the CRL row: cheap to poll (no DER).
-    pub async fn crl_marker(&self) -> Result<(i64, Option<i64>)> {
+    /// `(revision, latest CRL number)`: changes with every revocation and
+    /// every CRL, without reading the CRL itself (OCSP asks on each request).
+    pub async fn crl_generation(&self) -> Result<(i64, Option<i64>)> {
         let row = sqlx::query("SELECT revision, number FROM ca_crl WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?

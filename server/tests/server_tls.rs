@@ -48,6 +48,9 @@ async fn first_admin_reaches_the_admin_api_with_curl() {
             .unwrap()
             .contains("BEGIN CERTIFICATE")
     );
+    // Issue 9 §5: and the chain above it (issuing CA, then root).
+    let chain = one["chain_pem"].as_str().unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
     let missing = s.admin("/admin/v1/ca/certificates/0ABC", &[]);
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["code"], "unknown_serial");

@@ -86,9 +86,9 @@ impl Ca {
 
     /// What changes when any replica revokes or signs a CRL: the revocation
     /// revision and the latest CRL number. One small read, for replicas to
-    /// poll.
+    /// poll and for cached OCSP answers to be keyed under.
     pub async fn revocation_marker(&self) -> Result<RevocationMarker> {
-        let (revision, crl_number) = self.inner.store.crl_marker().await?;
+        let (revision, crl_number) = self.inner.store.crl_generation().await?;
         Ok(RevocationMarker {
             revision,
             crl_number,

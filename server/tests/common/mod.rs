@@ -47,6 +47,9 @@ fn toml_str(s: &str) -> String {
 pub struct Options {
     pub crl_refresh_secs: u64,
     pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+    /// More `[server]` lines, verbatim.
+    pub extra_server: String,
 }
 
 impl Default for Options {
@@ -54,6 +57,8 @@ impl Default for Options {
         Self {
             crl_refresh_secs: 1,
             max_body_bytes: 1 << 20,
+            max_concurrent_requests: 64,
+            extra_server: String::new(),
         }
     }
 }
@@ -129,8 +134,9 @@ admin_listen = "127.0.0.1:0"
 public_names = ["localhost", "127.0.0.1"]
 request_timeout_ms = 10000
 max_body_bytes = {max_body}
-max_concurrent_requests = 64
+max_concurrent_requests = {max_concurrent}
 crl_refresh_secs = {crl_refresh}
+{extra_server}
 "#,
             data = toml_str(&data.display().to_string()),
             module = toml_str(&hsm.module.display().to_string()),
@@ -141,6 +147,8 @@ crl_refresh_secs = {crl_refresh}
             url = toml_str(&db.config.url),
             max_body = opts.max_body_bytes,
             crl_refresh = opts.crl_refresh_secs,
+            max_concurrent = opts.max_concurrent_requests,
+            extra_server = opts.extra_server,
         );
         std::fs::write(&config, text).unwrap();
         Self {
