@@ -154,17 +154,36 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// One more failed genuine-device check.
-    pub(crate) async fn count_check_failure(&self, device: DeviceId) -> Result<()> {
+    /// One more failed genuine-device check; returns the new count.
+    pub(crate) async fn count_check_failure(&self, device: DeviceId) -> Result<u32> {
+        let n: i64 = self
+            .retrying(|| async {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(
+                    "UPDATE prov_devices SET check_failures = check_failures + 1 \
+                     WHERE device_id = $1 RETURNING check_failures",
+                )
+                .bind(device.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(match row {
+                    Some(row) => row.try_get("check_failures")?,
+                    None => 0,
+                })
+            })
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Clears a device's failed-check counter.
+    pub(crate) async fn reset_check_failures(&self, device: DeviceId) -> Result<()> {
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "UPDATE prov_devices SET check_failures = check_failures + 1 \
-                 WHERE device_id = $1",
-            )
-            .bind(device.to_string())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
+                .bind(device.to_string())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(())
         })
