@@ -36,6 +36,7 @@ pub struct Metrics {
     pub certificates_issued: IntCounterVec,
     pub certificates_revoked: IntCounter,
     pub provisioning_decisions: IntCounterVec,
+    pub security_events: IntCounterVec,
     pub crl_age_seconds: IntGauge,
     pub crl_number: IntGauge,
     pub tls_config_reloads: IntCounter,
@@ -176,6 +177,12 @@ impl Metrics {
                 "Provisioning decisions (import, check, init, customer review, bind, lifecycle), by action and outcome.",
                 &["action", "outcome"],
             )?,
+            security_events: counter_vec(
+                &r,
+                "keyward_security_events_total",
+                "Intrusion signals (security.* audit records), by kind; alert on any increase.",
+                &["kind"],
+            )?,
             certificates_revoked: counter(
                 &r,
                 "keyward_certificates_revoked_total",
@@ -232,6 +239,11 @@ impl Metrics {
             )?,
             registry: r,
         };
+        // Every security event kind is exported from the start (as 0), so an
+        // alert on `increase(...) > 0` sees the first one.
+        for kind in crate::security::SecurityKind::ALL {
+            m.security_events.with_label_values(&[kind.as_str()]);
+        }
         Ok(m)
     }
 

@@ -206,6 +206,10 @@ impl From<ProvisioningError> for ApiError {
             | P::BoundToOtherCustomer(_)
             | P::AlreadyBound { .. }
             | P::InvalidTransition { .. }
+            | P::CheckLocked(_)
+            | P::PublicKeyReused
+            | P::NoPendingRecertification(_)
+            | P::RecertificationPending(_)
             | P::Conflict(_) => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         };
