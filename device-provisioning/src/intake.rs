@@ -269,14 +269,6 @@ impl Provisioning {
         let taken_keys = self.store.registered_keys(&keys).await?;
         for (_, p) in &mut parsed {
             let Parsed::Good(row) = p else { continue };
-            if taken_keys.contains(row.csr.spki_sha256()) {
-                *p = bad(
-                    Some(row.device),
-                    "public_key_reused",
-                    "the CSR's public key is already registered to a device",
-                );
-                continue;
-            }
             let se_taken = [&row.psam, &row.esam]
                 .into_iter()
                 .flatten()
@@ -292,6 +284,12 @@ impl Provisioning {
                     Some(row.device),
                     "already_registered",
                     "secure-element serial is already registered",
+                );
+            } else if taken_keys.contains(row.csr.spki_sha256()) {
+                *p = bad(
+                    Some(row.device),
+                    "public_key_reused",
+                    "the CSR's public key is already registered to a device",
                 );
             }
         }
