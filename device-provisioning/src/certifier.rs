@@ -305,16 +305,16 @@ async fn valid_device_serials(
     ca: &keyward_ca::Ca,
     device: DeviceId,
 ) -> Result<Vec<String>, CertifierError> {
-        const PAGE: u32 = 1000;
-        let mut out = Vec::new();
-        for page in 0u32.. {
-            let filter = CertFilter {
-                profile: Some(Profile::Device),
-                status: Some(CertStatus::Valid),
-                device_id: Some(device),
-                limit: Some(PAGE),
-                offset: Some(page.saturating_mul(PAGE)),
-            };
+    const PAGE: u32 = 1000;
+    let mut out = Vec::new();
+    for page in 0u32.. {
+        let filter = CertFilter {
+            profile: Some(Profile::Device),
+            status: Some(CertStatus::Valid),
+            device_id: Some(device),
+            limit: Some(PAGE),
+            offset: Some(page.saturating_mul(PAGE)),
+        };
         let records = ca.list(&filter).await?;
         let n = records.len();
         out.extend(records.into_iter().map(|r| r.serial.to_string()));

@@ -59,8 +59,8 @@
 
 pub mod audit;
 pub mod binding;
-pub mod challenges;
 pub mod certifier;
+pub mod challenges;
 pub mod check;
 pub mod customers;
 pub mod error;
@@ -85,12 +85,12 @@ pub use challenges::{ChallengeId, ChallengePurpose, Challenges, IssuedChallenge}
 pub use check::{
     CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECK_ATTEMPT_LIMIT, verify_signature,
 };
-pub use recertify::Recertification;
 pub use customers::{ApplicationView, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
 pub use init::{InitRecord, InitState};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
 pub use lifecycle::DeviceRecord;
+pub use recertify::Recertification;
 pub use types::{
     Account, ApplicationId, ApplicationState, BatchId, Contact, ContactKind, CustomerApplication,
     CustomerId, DeviceState, NationalId, OperatorId, Reason, SeSerial, SecureElement,

@@ -44,8 +44,8 @@ use crate::error::{ProvisioningError, Result};
 
 pub(crate) use batches::NewDevice;
 pub(crate) use checks::StoredChallenge;
-pub(crate) use keys::PendingRecertification;
 pub(crate) use devices::UniqueColumn;
+pub(crate) use keys::PendingRecertification;
 
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
     sqlite: &[

@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_device_provisioning::{
-    Action, BatchId, BindRequest, ChallengeId, DeviceState, Reason,
-};
+use keyward_device_provisioning::{Action, BatchId, BindRequest, ChallengeId, DeviceState, Reason};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use serde::Deserialize;
 

@@ -167,10 +167,9 @@ async fn current_device(
     }
     match state.ca.is_revoked(&serial).await {
         Ok(false) => Ok((device, rec.state)),
-        Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => Err(refusal(
-            REVOKED,
-            "this device certificate is revoked",
-        )),
+        Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {
+            Err(refusal(REVOKED, "this device certificate is revoked"))
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -149,7 +149,9 @@ async fn device_identity(app: &App, d: &keyward_tests::simulator::SimDevice) -> 
 async fn the_public_ping_names_the_device() {
     let app = App::new().await;
     let d = keyward_tests::simulator::SimDevice::p256("0102030405060701".parse().unwrap()).unwrap();
-    app.import("B-PING", &[&d]).await.expect(StatusCode::CREATED);
+    app.import("B-PING", &[&d])
+        .await
+        .expect(StatusCode::CREATED);
     let who = device_identity(&app, &d).await;
     let a = call(&app.public, &who, Method::GET, "/v1/ping", None).await;
     let body = a.expect(StatusCode::OK);
@@ -178,7 +180,8 @@ async fn the_public_listener_takes_only_current_device_certificates() {
             .await
             .refused(StatusCode::FORBIDDEN, "device_certificate_required");
     }
-    let permit_key = keyward_tests::simulator::SimDevice::p256("0A0A0A0A0A0A0A0A".parse().unwrap()).unwrap();
+    let permit_key =
+        keyward_tests::simulator::SimDevice::p256("0A0A0A0A0A0A0A0A".parse().unwrap()).unwrap();
     let permit = app
         .state
         .ca

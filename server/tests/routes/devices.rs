@@ -214,7 +214,9 @@ async fn device_refusals_are_typed_and_audited() {
 
     // A signature by another key fails the check; the same challenge again
     // (used) and an unknown one are `challenge_invalid`.
-    let c = app.post(&app.root, &path(&d1, "/challenge"), json!({})).await;
+    let c = app
+        .post(&app.root, &path(&d1, "/challenge"), json!({}))
+        .await;
     let cid = c.expect(StatusCode::CREATED)["challenge_id"].clone();
     let other = device(3).sign_challenge(&[0u8; 32]);
     app.post(
@@ -332,7 +334,9 @@ async fn a_parked_device_is_reset_by_an_operator() {
     app.import("F-1", &[&d1]).await.expect(StatusCode::CREATED);
     let thief = device(9);
     for _ in 0..5 {
-        let c = app.post(&app.root, &path(&d1, "/challenge"), json!({})).await;
+        let c = app
+            .post(&app.root, &path(&d1, "/challenge"), json!({}))
+            .await;
         let c: wire::ChallengeAnswer =
             serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
         let sig = thief.sign_challenge(&hex::decode(&c.challenge).unwrap());

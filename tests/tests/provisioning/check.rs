@@ -123,14 +123,28 @@ async fn two_outstanding_challenges_answered_in_either_order_both_pass() {
     let ch = env.prov.challenges();
     for newest_first in [true, false] {
         let one = ch
-            .issue(a.id, ChallengePurpose::GenuineDevice, &[1; 32], Duration::from_secs(60))
+            .issue(
+                a.id,
+                ChallengePurpose::GenuineDevice,
+                &[1; 32],
+                Duration::from_secs(60),
+            )
             .await
             .unwrap();
         let two = ch
-            .issue(a.id, ChallengePurpose::GenuineDevice, &[2; 32], Duration::from_secs(60))
+            .issue(
+                a.id,
+                ChallengePurpose::GenuineDevice,
+                &[2; 32],
+                Duration::from_secs(60),
+            )
             .await
             .unwrap();
-        let order = if newest_first { [&two, &one] } else { [&one, &two] };
+        let order = if newest_first {
+            [&two, &one]
+        } else {
+            [&one, &two]
+        };
         for c in order {
             let bytes = ch
                 .answer(&c.id, a.id, ChallengePurpose::GenuineDevice)
@@ -196,9 +210,14 @@ async fn outstanding_challenges_are_bounded_oldest_evicted() {
     let mut issued = Vec::new();
     for n in 0..5u8 {
         issued.push(
-            ch.issue(dev.id, ChallengePurpose::GenuineDevice, &[n; 32], Duration::from_secs(60))
-                .await
-                .unwrap(),
+            ch.issue(
+                dev.id,
+                ChallengePurpose::GenuineDevice,
+                &[n; 32],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap(),
         );
         // Distinct creation times, so "oldest" is well defined.
         tokio::time::sleep(Duration::from_millis(3)).await;
@@ -224,14 +243,20 @@ async fn concurrent_answers_to_one_challenge_succeed_at_most_once() {
     let ch = env.prov.challenges().clone();
     for round in 0..10u8 {
         let c = ch
-            .issue(dev.id, ChallengePurpose::GenuineDevice, &[round; 32], Duration::from_secs(60))
+            .issue(
+                dev.id,
+                ChallengePurpose::GenuineDevice,
+                &[round; 32],
+                Duration::from_secs(60),
+            )
             .await
             .unwrap();
         let tasks: Vec<_> = (0..2)
             .map(|_| {
                 let (ch, id, device) = (ch.clone(), c.id.clone(), dev.id);
                 tokio::spawn(async move {
-                    ch.answer(&id, device, ChallengePurpose::GenuineDevice).await
+                    ch.answer(&id, device, ChallengePurpose::GenuineDevice)
+                        .await
                 })
             })
             .collect();

@@ -254,8 +254,8 @@ async fn one_key_one_device_and_the_csr_names_only_its_device() {
     let rows = vec![
         a.manifest_row_with_csr(&b.csr_with_serial_number(&b.id.to_string()).unwrap()), // 3
         c.manifest_row_with_csr(&c.csr_with_serial_number(&c.id.to_string()).unwrap()), // 4
-        d.manifest_row(),                                                              // 5
-        e.manifest_row_with_csr(d.csr_der()),                                          // 6
+        d.manifest_row(),                                                               // 5
+        e.manifest_row_with_csr(d.csr_der()),                                           // 6
     ];
     let r = env
         .prov
@@ -287,16 +287,29 @@ async fn one_key_one_device_and_the_csr_names_only_its_device() {
         .unwrap_err();
     assert_eq!(
         row_codes(&r),
-        vec![(3, "public_key_reused"), (4, "public_key_reused"), (5, "valid")]
+        vec![
+            (3, "public_key_reused"),
+            (4, "public_key_reused"),
+            (5, "valid")
+        ]
     );
     // Even after its device is retired, a key stays its device's.
     env.prov
-        .transition(d.id, keyward_device_provisioning::DeviceState::Retired, &op("ops"), &reason("scrapped"))
+        .transition(
+            d.id,
+            keyward_device_provisioning::DeviceState::Retired,
+            &op("ops"),
+            &reason("scrapped"),
+        )
         .await
         .unwrap();
     let r = env
         .prov
-        .import_batch(&batch("B-3"), &manifest(&[e.manifest_row_with_csr(d.csr_der())]), &op("factory-desk"))
+        .import_batch(
+            &batch("B-3"),
+            &manifest(&[e.manifest_row_with_csr(d.csr_der())]),
+            &op("factory-desk"),
+        )
         .await
         .unwrap_err();
     assert_eq!(row_codes(&r), vec![(3, "public_key_reused")]);

@@ -62,7 +62,11 @@ async fn device_goes_from_factory_to_issued_and_retired() {
     let begun = env.prov.begin_check(d1.id).await.unwrap();
     assert_eq!(begun.note.actor, Actor::Device(d1.id));
     let sig = d1.sign_challenge(&begun.value.bytes);
-    let done = env.prov.complete_check(d1.id, &begun.value.id, &sig).await.unwrap();
+    let done = env
+        .prov
+        .complete_check(d1.id, &begun.value.id, &sig)
+        .await
+        .unwrap();
     assert_eq!(done.note.get("cert_serial"), Some(cert_serial.as_str()));
     assert_eq!(
         env.prov.device(d1.id).await.unwrap().state,
@@ -420,7 +424,12 @@ async fn recertification_needs_a_second_operator_and_revokes_the_rest() {
     );
     let asked = env
         .prov
-        .request_recertify(d1.id, renewed.csr_der(), &op("alice"), &reason("key rotated"))
+        .request_recertify(
+            d1.id,
+            renewed.csr_der(),
+            &op("alice"),
+            &reason("key rotated"),
+        )
         .await
         .unwrap();
     assert_eq!(asked.note.action, Action::RequestRecertify);
@@ -440,7 +449,10 @@ async fn recertification_needs_a_second_operator_and_revokes_the_rest() {
     let new = done.value.cert_serial.clone().unwrap();
     assert_eq!(done.value.revoked, vec![old.clone()]);
     assert_eq!(done.note.get("requested_by"), Some("alice"));
-    assert_eq!(env.prov.device(d1.id).await.unwrap().cert_serial, Some(new.clone()));
+    assert_eq!(
+        env.prov.device(d1.id).await.unwrap().cert_serial,
+        Some(new.clone())
+    );
     let all = env
         .ca
         .list(&keyward_ca::CertFilter {
