@@ -266,7 +266,7 @@ impl Provisioning {
         let keys: Vec<String> = good(&parsed)
             .map(|r| r.csr.spki_sha256().to_owned())
             .collect();
-        let taken_keys = self.store.registered_keys(&keys).await?;
+        let taken_keys = self.store.existing(UniqueColumn::DeviceKey, &keys).await?;
         for (_, p) in &mut parsed {
             let Parsed::Good(row) = p else { continue };
             let se_taken = [&row.psam, &row.esam]

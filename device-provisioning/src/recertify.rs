@@ -21,7 +21,7 @@ use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceCsr, RevokeReason};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{PendingRecertification, is_unique_violation};
+use crate::store::{PendingRecertification, UniqueColumn, is_unique_violation};
 use crate::types::{DeviceState, OperatorId, Reason};
 
 /// A re-certification, pending or done.
@@ -170,7 +170,7 @@ impl Provisioning {
         let fingerprint = checked.spki_sha256().to_owned();
         if !self
             .store
-            .registered_keys(std::slice::from_ref(&fingerprint))
+            .existing(UniqueColumn::DeviceKey, std::slice::from_ref(&fingerprint))
             .await?
             .is_empty()
         {

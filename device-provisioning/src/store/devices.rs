@@ -23,38 +23,43 @@ const DEVICE_COLUMNS: &str = "d.device_id, d.batch_id, d.psam_serial, d.esam_ser
      d.firmware, d.key_kind, d.cert_serial, d.state, d.check_failures, d.verified_at_ms, \
      d.created_at_ms, d.state_changed_at_ms, b.state AS batch_state";
 
-/// A `prov_devices` column whose values are unique, for bulk lookups.
+/// A column of the device registry whose values are unique, for bulk
+/// lookups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UniqueColumn {
     DeviceId,
     PsamSerial,
     EsamSerial,
+    /// `prov_device_keys.spki_sha256`: every key a device ever had.
+    DeviceKey,
 }
 
 impl UniqueColumn {
-    fn name(self) -> &'static str {
+    /// (table, column).
+    fn name(self) -> (&'static str, &'static str) {
         match self {
-            Self::DeviceId => "device_id",
-            Self::PsamSerial => "psam_serial",
-            Self::EsamSerial => "esam_serial",
+            Self::DeviceId => ("prov_devices", "device_id"),
+            Self::PsamSerial => ("prov_devices", "psam_serial"),
+            Self::EsamSerial => ("prov_devices", "esam_serial"),
+            Self::DeviceKey => ("prov_device_keys", "spki_sha256"),
         }
     }
 }
 
 impl Store {
-    /// Which of `values` are already in `prov_devices.<column>`.
+    /// Which of `values` are already in `column`.
     pub(crate) async fn existing(
         &self,
         column: UniqueColumn,
         values: &[String],
     ) -> Result<HashSet<String>> {
-        let column = column.name();
+        let (table, column) = column.name();
         let mut out = HashSet::new();
         for chunk in values.chunks(LOOKUP_CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            // `column` is one of three constants; the values are bound.
+            // `table` and `column` are constants; the values are bound.
             let sql = format!(
-                "SELECT {column} AS v FROM prov_devices WHERE {column} IN ({})",
+                "SELECT {column} AS v FROM {table} WHERE {column} IN ({})",
                 placeholders.join(", ")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));

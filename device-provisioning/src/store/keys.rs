@@ -2,17 +2,12 @@
 //! one key, one device, ever) and `prov_recertifications` (a re-certification
 //! waiting for its second operator).
 
-use std::collections::HashSet;
-
 use keyward_kms::types::DeviceId;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use super::Store;
 use crate::error::{ProvisioningError, Result};
 use keyward_kms::db::now_ms;
-
-/// Fingerprints per `IN (…)` list.
-const LOOKUP_CHUNK: usize = 400;
 
 /// A re-certification as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,26 +22,6 @@ pub(crate) struct PendingRecertification {
 }
 
 impl Store {
-    /// Which of `fingerprints` are registered to a device.
-    pub(crate) async fn registered_keys(&self, fingerprints: &[String]) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
-        for chunk in fingerprints.chunks(LOOKUP_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT spki_sha256 FROM prov_device_keys WHERE spki_sha256 IN ({})",
-                placeholders.join(", ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for v in chunk {
-                q = q.bind(v.as_str());
-            }
-            for row in q.fetch_all(&self.pool).await? {
-                out.insert(row.try_get::<String, _>("spki_sha256")?);
-            }
-        }
-        Ok(out)
-    }
-
     /// Keeps a re-certification request; [`ProvisioningError::RecertificationPending`]
     /// if the device has one already.
     pub(crate) async fn put_recertification(&self, r: &PendingRecertification) -> Result<()> {
