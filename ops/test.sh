@@ -33,6 +33,8 @@ for arg in "$@"; do
 done
 ci=0
 [[ "${CI:-}" == true ]] && ci=1
+# A CI build is always cold: incremental caches would only cost time and disk.
+((ci)) && export CARGO_INCREMENTAL=0
 
 PG_VERSION=15
 PG_CLUSTER=main

@@ -3,53 +3,11 @@
 //! Messages never carry key material: a CSR problem is described, never
 //! quoted.
 
+pub use keyward_kms::ErrorKind;
 use keyward_kms::KmsError;
 
 use crate::profile::Profile;
 use crate::registry::Serial;
-
-// TODO(merge): use keyward_kms::ErrorKind
-/// What sort of failure an error is, so the edge maps errors with one match
-/// and a wrapped error keeps the kind of its cause.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// The caller's input is malformed or not acceptable.
-    Invalid,
-    NotFound,
-    /// The records' state refuses the operation (or a concurrent change won).
-    Conflict,
-    /// The caller may not do this (or failed to prove who it is).
-    Forbidden,
-    /// Overloaded (the HSM queue is full): retry later.
-    Busy,
-    /// A dependency (the HSM pool) is not available.
-    Unavailable,
-    /// Trouble on our side.
-    Internal,
-}
-
-impl ErrorKind {
-    /// Whether the caller was at fault (a 4xx), rather than the server.
-    pub fn is_client(self) -> bool {
-        matches!(
-            self,
-            Self::Invalid | Self::NotFound | Self::Conflict | Self::Forbidden
-        )
-    }
-}
-
-// TODO(merge): use KmsError::kind()
-/// The kind of a kms error.
-pub fn kms_error_kind(e: &KmsError) -> ErrorKind {
-    match e {
-        KmsError::Busy => ErrorKind::Busy,
-        KmsError::PoolClosed => ErrorKind::Unavailable,
-        KmsError::UnknownIssuer(_) | KmsError::UnknownKeyVersion { .. } => ErrorKind::NotFound,
-        KmsError::IssuerExists(_) => ErrorKind::Conflict,
-        e if e.is_client_error() => ErrorKind::Invalid,
-        _ => ErrorKind::Internal,
-    }
-}
 
 /// What went wrong in the CA.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +105,8 @@ impl CaError {
             Self::OcspEncoding(_) => "ocsp_encoding",
             Self::SelfCheck(_) => "ca_self_check",
             Self::Kms(e) => e.code(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
+            Self::Database(e) => keyward_kms::db::error_code(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
             Self::Task(_) => "internal_error",
         }
     }
@@ -163,14 +122,14 @@ impl CaError {
             | Self::Invalid { .. } => ErrorKind::Invalid,
             Self::UnknownSerial(_) => ErrorKind::NotFound,
             Self::AlreadyRevoked(_) => ErrorKind::Conflict,
-            Self::Kms(e) => kms_error_kind(e),
+            Self::Kms(e) => e.kind(),
+            Self::Database(e) => keyward_kms::db::error_kind(e),
             Self::CaKeyMismatch { .. }
             | Self::CaExpired
             | Self::Config { .. }
             | Self::Encoding(_)
             | Self::SelfCheck(_)
             | Self::OcspEncoding(_)
-            | Self::Database(_)
             | Self::Migration(_)
             | Self::CorruptRecord(_)
             | Self::Task(_) => ErrorKind::Internal,

@@ -43,7 +43,9 @@ pub mod profile;
 pub mod registry;
 mod store;
 
-pub use authority::{BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL};
+pub use authority::{
+    BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL, RevocationMarker,
+};
 pub use csr::VerifiedCsr;
 pub use error::{CaError, ErrorKind, Result};
 pub use hsm_key::{HsmKey, SubjectKey};

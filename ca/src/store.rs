@@ -329,6 +329,15 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// `(revision, number)` of the CRL row: cheap to poll (no DER).
+    pub async fn crl_marker(&self) -> Result<(i64, Option<i64>)> {
+        let row = sqlx::query("SELECT revision, number FROM ca_crl WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CaError::CorruptRecord("ca_crl"))?;
+        Ok((row.try_get("revision")?, row.try_get("number")?))
+    }
+
     pub async fn crl_state(&self) -> Result<CrlState> {
         let row = sqlx::query(
             "SELECT revision, number, covers_revision, this_update_ms, next_update_ms, der \

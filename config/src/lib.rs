@@ -122,6 +122,11 @@ pub struct ServerConfig {
     /// How often the CRL used for client-certificate checks is rebuilt.
     #[serde(default = "default_crl_refresh_secs")]
     pub crl_refresh_secs: u64,
+    /// How often a replica looks in the database for a revocation made by
+    /// another replica (one small read); a revocation reaches every replica's
+    /// TLS verifier within about this long.
+    #[serde(default = "default_revocation_poll_ms")]
+    pub revocation_poll_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +141,7 @@ impl Default for ServerConfig {
             batch_timeout_ms: default_batch_timeout_ms(),
             batch_max_body_bytes: default_batch_max_body_bytes(),
             crl_refresh_secs: default_crl_refresh_secs(),
+            revocation_poll_ms: default_revocation_poll_ms(),
         }
     }
 }
@@ -232,6 +238,10 @@ fn default_batch_timeout_ms() -> u64 {
 fn default_batch_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
+fn default_revocation_poll_ms() -> u64 {
+    1000
+}
+
 fn default_crl_refresh_secs() -> u64 {
     60
 }
@@ -311,6 +321,11 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// How long a request waits for the database — a pooled connection, a
+    /// new connection, SQLite's write lock — before it is answered `503
+    /// database_unavailable` instead of hanging until the request timeout.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -318,8 +333,13 @@ impl Default for DatabaseConfig {
         Self {
             url: default_database_url(),
             max_connections: default_max_connections(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
         }
     }
+}
+
+fn default_acquire_timeout_ms() -> u64 {
+    1500
 }
 
 /// Log output.

@@ -10,7 +10,6 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use keyward_ca::CaError;
-use keyward_ca::error::kms_error_kind;
 use keyward_kms::KmsError;
 use keyward_kms::types::{DeviceId, IssuerId};
 
@@ -19,10 +18,9 @@ use crate::types::{
     ApplicationId, ApplicationState, BatchId, CustomerId, DeviceState, SecureElement,
 };
 
-// TODO(merge): use keyward_kms::ErrorKind
-/// What sort of failure an error is (the CA's, which has the shape the whole
-/// workspace uses, so a CA error's kind passes through unchanged).
-pub use keyward_ca::ErrorKind;
+/// What sort of failure an error is: the workspace's one classification, so a
+/// kms or CA error's kind passes through unchanged.
+pub use keyward_kms::ErrorKind;
 
 /// Why a provisioning operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +176,8 @@ impl ProvisioningError {
             Self::Conflict(_) => "conflict",
             Self::Kms(e) => e.code(),
             Self::Certifier(e) => e.code(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
+            Self::Database(e) => keyward_kms::db::error_code(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
         }
     }
 
@@ -214,9 +213,10 @@ impl ProvisioningError {
             | Self::NoPendingRecertification(_)
             | Self::RecertificationPending(_)
             | Self::Conflict(_) => ErrorKind::Conflict,
-            Self::Kms(e) => kms_error_kind(e),
+            Self::Kms(e) => e.kind(),
             Self::Certifier(e) => e.kind(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => ErrorKind::Internal,
+            Self::Database(e) => keyward_kms::db::error_kind(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => ErrorKind::Internal,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub certificates_revoked: IntCounter,
     pub provisioning_decisions: IntCounterVec,
     pub security_events: IntCounterVec,
+    /// 503 answers because a dependency (`database`, `hsm`) was away or full.
+    pub dependency_unavailable: IntCounterVec,
     pub crl_age_seconds: IntGauge,
     pub crl_number: IntGauge,
     pub tls_config_reloads: IntCounter,
@@ -182,6 +184,12 @@ impl Metrics {
                 "keyward_security_events_total",
                 "Intrusion signals (security.* audit records), by kind; alert on any increase.",
                 &["kind"],
+            )?,
+            dependency_unavailable: counter_vec(
+                &r,
+                "keyward_dependency_unavailable_total",
+                "Requests answered 503 because a dependency was unavailable or at capacity, by dependency (database, hsm).",
+                &["dependency"],
             )?,
             certificates_revoked: counter(
                 &r,

@@ -16,16 +16,30 @@ use sqlx::AnyPool;
 use sqlx::migrate::MigrateError;
 
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
-    sqlite: &[(
-        2001,
-        "audit",
-        include_str!("../migrations/sqlite/2001_audit.sql"),
-    )],
-    postgres: &[(
-        2001,
-        "audit",
-        include_str!("../migrations/postgres/2001_audit.sql"),
-    )],
+    sqlite: &[
+        (
+            2001,
+            "audit",
+            include_str!("../migrations/sqlite/2001_audit.sql"),
+        ),
+        (
+            2010,
+            "idempotency",
+            include_str!("../migrations/sqlite/2010_idempotency.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            2001,
+            "audit",
+            include_str!("../migrations/postgres/2001_audit.sql"),
+        ),
+        (
+            2010,
+            "idempotency",
+            include_str!("../migrations/postgres/2010_idempotency.sql"),
+        ),
+    ],
 };
 
 /// Versions this binary would apply, for reports.

@@ -190,6 +190,7 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let limiter = std::sync::Arc::new(RefusalLimiter::default());
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
+    let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -224,6 +225,7 @@ pub async fn run(
 
     state.set_draining();
     refresher.abort();
+    purger.abort();
     drop(listeners);
     tracing::info!(
         connections = graceful.count(),

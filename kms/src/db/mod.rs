@@ -13,11 +13,14 @@
 //!   ranges.
 //! - `column`: reading text columns back into domain types ([`parse_col`],
 //!   [`parse_opt`], [`int_col`], [`ColumnError`]).
+//! - `error`: what a database error means for the caller ([`error_kind`],
+//!   [`error_code`]): away or saturated is `Unavailable` (503), the rest 500.
 //! - [`now_ms`]: the one wall clock every stored timestamp is written with.
 //!
 //! Must not: know any crate's tables; hold a transaction across an HSM call.
 
 mod column;
+mod error;
 mod migrate;
 mod tx;
 
@@ -29,11 +32,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 pub use column::{ColumnError, int_col, parse_col, parse_opt};
+pub use error::{ERROR_CODE, UNAVAILABLE_CODE, error_code, error_kind};
 pub use migrate::{Embedded, EmbeddedMigrations};
 pub use tx::{MAX_ATTEMPTS, begin_write, is_serialization_failure, retrying};
-
-/// How long a SQLite writer waits for the write lock before giving up (5 s).
-const BUSY_TIMEOUT_PRAGMA: &str = "PRAGMA busy_timeout = 5000";
 
 /// The shared database: one connection pool and the backend it speaks to.
 /// Cheap to clone; clones share the pool.
@@ -54,8 +55,12 @@ impl Database {
             DatabaseKind::Sqlite => prepare_sqlite(&cfg.url).await?,
             DatabaseKind::Postgres => cfg.url.clone(),
         };
+        let wait = cfg.acquire_timeout_ms.max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(cfg.max_connections.max(1))
+            // Bounds getting a connection, including opening one: a database
+            // that is away is a fast 503, not a request timeout.
+            .acquire_timeout(std::time::Duration::from_millis(wait))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DatabaseKind::Sqlite {
@@ -67,7 +72,12 @@ impl Database {
                         sqlx::query("PRAGMA synchronous = FULL")
                             .execute(&mut *conn)
                             .await?;
-                        sqlx::query(BUSY_TIMEOUT_PRAGMA).execute(&mut *conn).await?;
+                        // A writer waits this long for the write lock, then
+                        // SQLITE_BUSY (503 database_unavailable).
+                        // `wait` is a number from the config, not text.
+                        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {wait}")))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })

@@ -40,6 +40,7 @@ use keyward_ca::{Role, Serial};
 use keyward_device_provisioning::{Action, Decision, OperatorId};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::http::idempotency;
 use crate::http::layers::{self, request_id};
 use crate::http::{ApiError, stack_config};
 use crate::identity::{ClientIdentity, PeerCertificate};
@@ -112,6 +113,11 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/customers/{id}", get(customers::show))
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
+        // Inside the operator check: answers are keyed by the operator.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::admin,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
@@ -120,6 +126,10 @@ pub fn router(state: AppState) -> Router {
     // time limit, the rest of the stack the same.
     let batches = Router::new()
         .route("/admin/v1/batches", post(devices::import_batch))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::admin,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,

@@ -18,9 +18,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_ca::CaError;
 use keyward_device_provisioning::ProvisioningError;
-use keyward_kms::KmsError;
+use keyward_kms::{ErrorKind, KmsError};
 
 use crate::audit::AuditError;
+use crate::online::OnlineError;
 
 /// What the client is told (the request id is added by `normalize`).
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct ApiError {
     extra: Option<serde_json::Map<String, serde_json::Value>>,
     /// The cause, logged (never sent) for server errors.
     source: Option<anyhow::Error>,
+    /// `Retry-After` seconds, for answers a client should retry.
+    retry_after: Option<u32>,
 }
 
 const INTERNAL: &str = "internal error; quote the request id to the operator";
@@ -57,6 +60,7 @@ impl ApiError {
             message: message.into(),
             extra: None,
             source: None,
+            retry_after: None,
         }
     }
 
@@ -98,6 +102,7 @@ impl ApiError {
             message: INTERNAL.into(),
             extra: None,
             source: Some(source.into()),
+            retry_after: None,
         }
     }
 
@@ -108,6 +113,7 @@ impl ApiError {
             "overloaded",
             "the server is at its request limit; retry later",
         )
+        .retry_after(RETRY_AFTER_SECS)
     }
 
     /// The audit record for a security operation could not be written, so the
@@ -119,7 +125,14 @@ impl ApiError {
             message: "the audit trail cannot be written; the operation was not performed".into(),
             extra: None,
             source: Some(source.into()),
+            retry_after: Some(RETRY_AFTER_SECS),
         }
+    }
+
+    /// Asks the client to retry after `secs` (`Retry-After`).
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
@@ -128,98 +141,97 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait after a busy or unavailable answer.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+impl ApiError {
+    /// The one mapping from an error's kind to an answer. Client kinds say
+    /// what was wrong (the lower crates' messages never carry key material);
+    /// busy and unavailable are 503 with `Retry-After` and keep their code;
+    /// internal errors keep their code but not their message, and the cause
+    /// is logged.
+    pub fn from_kind(
+        kind: ErrorKind,
+        code: &'static str,
+        source: impl Into<anyhow::Error> + std::fmt::Display,
+    ) -> Self {
+        let status = match kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Busy => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "the service is at capacity; retry later",
+                )
+                .retry_after(RETRY_AFTER_SECS)
+                .with_source(source);
+            }
+            ErrorKind::Unavailable => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "a service this request needs is unavailable; retry later",
+                )
+                .retry_after(RETRY_AFTER_SECS)
+                .with_source(source);
+            }
+            ErrorKind::Internal => return Self::internal(source).with_code(code),
+        };
+        let message = source.to_string();
+        Self::new(status, code, message)
+    }
+}
+
 impl From<KmsError> for ApiError {
     fn from(e: KmsError) -> Self {
-        if matches!(e, KmsError::Busy) {
-            return Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "hsm_busy",
-                "the HSM is at capacity; retry later",
-            )
-            .with_source(e);
-        }
-        if e.is_client_error() {
-            let status = match &e {
-                KmsError::UnknownIssuer(_) | KmsError::UnknownKeyVersion { .. } => {
-                    StatusCode::NOT_FOUND
-                }
-                KmsError::IssuerExists(_) => StatusCode::CONFLICT,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return Self::new(status, e.code(), e.to_string());
-        }
-        let code = e.code();
-        Self::internal(e).with_code(code)
+        Self::from_kind(e.kind(), e.code(), e)
     }
 }
 
 impl From<CaError> for ApiError {
     fn from(e: CaError) -> Self {
-        if let CaError::Kms(k) = e {
-            return k.into();
-        }
-        if e.is_client_error() {
-            let status = match &e {
-                CaError::UnknownSerial(_) => StatusCode::NOT_FOUND,
-                CaError::AlreadyRevoked(_) => StatusCode::CONFLICT,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return Self::new(status, e.code(), e.to_string());
-        }
-        let code = e.code();
-        Self::internal(e).with_code(code)
+        Self::from_kind(e.kind(), e.code(), e)
     }
 }
 
 impl From<ProvisioningError> for ApiError {
+    /// By kind; a rejected batch is 422 with its row-by-row report.
     fn from(e: ProvisioningError) -> Self {
-        use ProvisioningError as P;
-        if let P::Kms(k) = e {
-            return k.into();
-        }
         if let Some(report) = e.import_report() {
             let rows = serde_json::to_value(crate::wire::devices::ReportRow::all(report))
                 .unwrap_or_default();
             return Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
                 .with_member("rows", rows);
         }
-        if !e.is_client_error() {
-            let code = e.code();
-            return Self::internal(e).with_code(code);
-        }
-        let status = match &e {
-            P::UnknownDevice(_) | P::UnknownApplication(_) | P::UnknownCustomer(_) => {
-                StatusCode::NOT_FOUND
-            }
-            P::CertificateInvalid(_) | P::ProofOfPossession | P::SelfApproval => {
-                StatusCode::FORBIDDEN
-            }
-            P::BatchExists(_)
-            | P::DeviceState { .. }
-            | P::NoPendingInit { .. }
-            | P::ReinitRequired { .. }
-            | P::KcvMismatch { .. }
-            | P::ApplicationState { .. }
-            | P::CustomerExists
-            | P::CustomerNotApproved { .. }
-            | P::IssuerNotInitialised { .. }
-            | P::BoundToOtherCustomer(_)
-            | P::AlreadyBound { .. }
-            | P::InvalidTransition { .. }
-            | P::CheckLocked(_)
-            | P::PublicKeyReused
-            | P::NoPendingRecertification(_)
-            | P::RecertificationPending(_)
-            | P::Conflict(_) => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(status, e.code(), e.to_string())
+        Self::from_kind(e.kind(), e.code(), e)
+    }
+}
+
+impl From<OnlineError> for ApiError {
+    fn from(e: OnlineError) -> Self {
+        Self::from_kind(e.kind(), e.code(), e)
     }
 }
 
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
-        Self::internal(e).with_code("audit_error")
+        match &e {
+            AuditError::Database(db) => {
+                let (kind, code) = (
+                    keyward_kms::db::error_kind(db),
+                    keyward_kms::db::error_code(db),
+                );
+                if kind == ErrorKind::Internal {
+                    Self::internal(e).with_code("audit_error")
+                } else {
+                    Self::from_kind(kind, code, e)
+                }
+            }
+            _ => Self::internal(e).with_code("audit_error"),
+        }
     }
 }
 
@@ -255,6 +267,10 @@ impl IntoResponse for ApiError {
             extra: self.extra.filter(|_| self.status.is_client_error()),
         };
         let mut resp = (self.status, render(&body, None)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         resp.extensions_mut().insert(body);
         resp
     }
@@ -304,11 +320,33 @@ pub fn body_for_status(status: StatusCode) -> ErrorBody {
 mod tests {
     use super::*;
 
+    fn assert_retry_later(e: ApiError, code: &str) {
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+        assert_eq!(e.code, code);
+        let resp = e.into_response();
+        assert_eq!(resp.headers()["retry-after"], "1");
+    }
+
+    /// An HSM at capacity is 503 + `Retry-After` whichever layer it came
+    /// through: kms directly, the CA, provisioning, provisioning through its
+    /// certifier (a batch import: it answered 500 before), the online layer.
     #[test]
-    fn kms_busy_is_503_hsm_busy() {
-        let e: ApiError = KmsError::Busy.into();
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.code, "hsm_busy");
+    fn hsm_busy_is_503_retry_after_from_every_path() {
+        use keyward_device_provisioning::CertifierError;
+        assert_retry_later(KmsError::Busy.into(), "hsm_busy");
+        assert_retry_later(CaError::Kms(KmsError::Busy).into(), "hsm_busy");
+        assert_retry_later(ProvisioningError::Kms(KmsError::Busy).into(), "hsm_busy");
+        let certifier: CertifierError = CaError::Kms(KmsError::Busy).into();
+        assert_retry_later(ProvisioningError::Certifier(certifier).into(), "hsm_busy");
+        assert_retry_later(OnlineError::Kms(KmsError::Busy).into(), "hsm_busy");
+        // An HSM that is gone: 503 too, with its own code.
+        let gone = KmsError::HsmUnavailable {
+            function: "C_Sign",
+            rv: keyward_kms::hsm::Rv::new(0x32), // CKR_DEVICE_REMOVED
+        };
+        let code = gone.code();
+        assert_retry_later(gone.into(), code);
+        assert_retry_later(ApiError::overloaded(), "overloaded");
     }
 
     #[test]

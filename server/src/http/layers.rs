@@ -157,6 +157,16 @@ async fn record_metrics(State(ctx): State<Arc<MetricsCtx>>, req: Request, next: 
     let start = Instant::now();
     let resp = next.run(req).await;
     let listener = ctx.listener.as_str();
+    if let Some(dependency) = resp
+        .extensions()
+        .get::<ErrorBody>()
+        .and_then(|e| unavailable_dependency(&e.code))
+    {
+        ctx.metrics
+            .dependency_unavailable
+            .with_label_values(&[dependency])
+            .inc();
+    }
     ctx.metrics
         .http_duration
         .with_label_values(&[listener, &route])
@@ -166,6 +176,15 @@ async fn record_metrics(State(ctx): State<Arc<MetricsCtx>>, req: Request, next: 
         .with_label_values(&[listener, &route, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// Which dependency an error code says was unavailable or full, if any.
+fn unavailable_dependency(code: &str) -> Option<&'static str> {
+    match code {
+        keyward_kms::db::UNAVAILABLE_CODE => Some("database"),
+        "hsm_busy" | "hsm_unavailable" => Some("hsm"),
+        _ => None,
+    }
 }
 
 /// The request id the stack assigned, for handlers (audit records).
@@ -210,5 +229,7 @@ async fn normalize(req: Request, next: Next) -> Response {
         out.headers_mut().insert(name.clone(), value.clone());
     }
     *out.extensions_mut() = parts.extensions;
+    // Kept for the metrics layer outside (its code says which dependency).
+    out.extensions_mut().insert(error);
     out
 }

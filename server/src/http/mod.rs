@@ -2,8 +2,10 @@
 //!
 //! - `error`: [`ApiError`], the one place errors become responses.
 //! - `layers`: the tower middleware stack (docs/stack-notes.md §8 order).
+//! - [`idempotency`]: `Idempotency-Key` on mutating requests.
 
 pub mod error;
+pub mod idempotency;
 pub mod layers;
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! [`OnlineError`]: why an online-protocol step failed.
 
-use keyward_kms::KmsError;
+use keyward_kms::{ErrorKind, KmsError};
 
 /// Why an online-protocol step failed. Device-caused refusals carry a stable
 /// code; infrastructure failures keep their cause for the log only.
@@ -19,7 +19,15 @@ impl OnlineError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Kms(e) => e.code(),
-            Self::Database(_) => "database_error",
+            Self::Database(e) => keyward_kms::db::error_code(e),
+        }
+    }
+
+    /// What sort of failure it is (mapped to HTTP once, in `http/error.rs`).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Kms(e) => e.kind(),
+            Self::Database(e) => keyward_kms::db::error_kind(e),
         }
     }
 }

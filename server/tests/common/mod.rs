@@ -197,7 +197,30 @@ crl_refresh_secs = {crl_refresh}
     /// Spawns `keyward serve` and reads the listening line.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
+        let (child, public, admin) = self.spawn_serve("serve.log");
+        self.child = Some(child);
+        self.public = public;
+        self.admin = admin;
+    }
+
+    /// A second `keyward serve` on the same configuration — the same
+    /// database and HSM token, its own ports and log: another replica.
+    pub fn replica(&self, name: &str) -> Replica {
+        let log = format!("serve-{name}.log");
+        let (child, public, admin) = self.spawn_serve(&log);
+        Replica {
+            child,
+            public,
+            admin,
+            log: self.dir.path().join(log),
+        }
+    }
+
+    /// Spawns `keyward serve`, logging to `log` in the test dir, and reads
+    /// the listening line: `(child, public addr, admin addr)`.
+    fn spawn_serve(&self, log: &str) -> (Child, String, String) {
+        let log_path = self.dir.path().join(log);
+        let log_file = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(KEYWARD)
             .arg("--config")
             .arg(&self.config)
@@ -206,7 +229,7 @@ crl_refresh_secs = {crl_refresh}
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log_file)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -217,11 +240,14 @@ crl_refresh_secs = {crl_refresh}
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        self.child = Some(child);
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("serve did not start: {line:?}\n{}", self.log()));
-        self.public = v["listening"]["public"].as_str().unwrap().to_owned();
-        self.admin = v["listening"]["admin"].as_str().unwrap().to_owned();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        });
+        let addr = |which: &str| v["listening"][which].as_str().unwrap().to_owned();
+        (child, addr("public"), addr("admin"))
     }
 
     /// The serve process's log so far.
@@ -414,6 +440,21 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
 
 fn rand_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
+}
+
+/// Another `keyward serve` of the same installation; killed when dropped.
+pub struct Replica {
+    child: Child,
+    pub public: String,
+    pub admin: String,
+    pub log: PathBuf,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {
