@@ -65,6 +65,30 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub ca: CaConfig,
+    #[serde(default)]
+    pub provisioning: ProvisioningConfig,
+}
+
+/// Device provisioning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// Failed genuine-device checks after which a device is parked until an
+    /// operator resets it (`kwctl device check-reset`).
+    #[serde(default = "default_check_attempt_limit")]
+    pub check_attempt_limit: u32,
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        Self {
+            check_attempt_limit: default_check_attempt_limit(),
+        }
+    }
+}
+
+fn default_check_attempt_limit() -> u32 {
+    5
 }
 
 /// The network service: a public mTLS listener for devices and a separate
@@ -545,6 +569,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100).contains(&self.provisioning.check_attempt_limit) {
+            return Err(ConfigError::key(
+                "provisioning.check_attempt_limit",
+                "must be 1 to 100",
+            ));
+        }
         let hsm = &self.hsm;
         if hsm.token_label.is_empty() || hsm.token_label.len() > 32 {
             return Err(ConfigError::key(

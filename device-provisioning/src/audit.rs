@@ -76,6 +76,13 @@ pub enum Action {
     Close,
     Bind,
     Transition,
+    /// An operator clears a device parked by failed genuine-device checks.
+    ResetCheck,
+    /// One operator asks for a new device certificate for a new key.
+    RequestRecertify,
+    /// A second operator approves it: the new certificate is issued and
+    /// every other certificate of the device revoked.
+    ApproveRecertify,
 }
 
 impl Action {
@@ -94,6 +101,9 @@ impl Action {
             Self::Close => "customer.close",
             Self::Bind => "device.bind",
             Self::Transition => "device.transition",
+            Self::ResetCheck => "provisioning.reset_check",
+            Self::RequestRecertify => "provisioning.recertify_request",
+            Self::ApproveRecertify => "provisioning.recertify_approve",
         }
     }
 }

@@ -20,11 +20,12 @@ use std::pin::Pin;
 use std::str::FromStr;
 
 use keyward_ca::{
-    CaError, CertStatus, IssueRequest, Profile, RevocationReason, Serial, VerifiedCsr,
+    CaError, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Serial, VerifiedCsr,
 };
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedKey;
@@ -73,6 +74,8 @@ pub struct DeviceCsr {
     csr: VerifiedCsr,
     kind: DeviceKeyKind,
     public_key: PublicKey,
+    spki_sha256: String,
+    subject_serial_numbers: Vec<Option<String>>,
 }
 
 impl DeviceCsr {
@@ -83,11 +86,36 @@ impl DeviceCsr {
         let (_, parsed) = SubjectPublicKeyInfo::from_der(&spki)
             .map_err(|_| refuse("csr_invalid", "subject public key does not parse"))?;
         let (kind, public_key) = public_key(&parsed)?;
+        let spki_sha256 = hex::encode_upper(<sha2::Sha256 as sha2::Digest>::digest(&spki));
         Ok(Self {
             csr,
             kind,
             public_key,
+            spki_sha256,
+            subject_serial_numbers: Vec::new(),
         })
+    }
+
+    /// Records the serialNumber attributes of the CSR's subject (`None` for
+    /// one that is not a string), for [`Self::names_only`].
+    pub fn with_subject_serial_numbers(mut self, values: Vec<Option<String>>) -> Self {
+        self.subject_serial_numbers = values;
+        self
+    }
+
+    /// Whether every serialNumber in the CSR's subject, if there is any, is
+    /// `device` (a CSR without one names no device and is fine).
+    pub fn names_only(&self, device: DeviceId) -> bool {
+        let want = device.to_string();
+        self.subject_serial_numbers
+            .iter()
+            .all(|v| v.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&want)))
+    }
+
+    /// SHA-256 of the key's SubjectPublicKeyInfo DER, upper-case hex: what
+    /// makes "one key, one device, ever" checkable.
+    pub fn spki_sha256(&self) -> &str {
+        &self.spki_sha256
     }
 
     /// The verified request, for the CA.
@@ -134,6 +162,8 @@ pub enum RevokeReason {
     /// The certificate was issued by an import that did not complete; the
     /// device was never registered.
     ImportAborted,
+    /// The device was re-certified: a newer certificate replaces this one.
+    Superseded,
 }
 
 /// The certificate authority behind provisioning.
@@ -164,6 +194,13 @@ pub trait DeviceCertifier: Send + Sync + fmt::Debug {
         serial: &'a str,
         reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), CertifierError>>;
+
+    /// Serials of every device certificate of `device` that is not revoked
+    /// (retiring, locking and re-certifying revoke them all).
+    fn valid_certificates<'a>(
+        &'a self,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>>;
 }
 
 fn refuse(code: &'static str, reason: &'static str) -> CertifierError {
@@ -172,7 +209,8 @@ fn refuse(code: &'static str, reason: &'static str) -> CertifierError {
 
 impl DeviceCertifier for keyward_ca::Ca {
     fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError> {
-        DeviceCsr::new(VerifiedCsr::parse(csr)?)
+        let checked = DeviceCsr::new(VerifiedCsr::parse(csr)?)?;
+        Ok(checked.with_subject_serial_numbers(subject_serial_numbers(csr)?))
     }
 
     fn certify<'a>(
@@ -243,7 +281,9 @@ impl DeviceCertifier for keyward_ca::Ca {
             let serial = Serial::from_str(serial)?;
             let reason = match reason {
                 RevokeReason::Retired => RevocationReason::CessationOfOperation,
-                RevokeReason::ImportAborted => RevocationReason::Superseded,
+                RevokeReason::ImportAborted | RevokeReason::Superseded => {
+                    RevocationReason::Superseded
+                }
             };
             match keyward_ca::Ca::revoke(self, &serial, reason).await {
                 Ok(()) | Err(CaError::AlreadyRevoked(_)) => Ok(()),
@@ -251,6 +291,59 @@ impl DeviceCertifier for keyward_ca::Ca {
             }
         })
     }
+
+    fn valid_certificates<'a>(
+        &'a self,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>> {
+        Box::pin(valid_device_serials(self, device))
+    }
+}
+
+/// Every valid device certificate of `device`, newest first, by pages.
+async fn valid_device_serials(
+    ca: &keyward_ca::Ca,
+    device: DeviceId,
+) -> Result<Vec<String>, CertifierError> {
+    const PAGE: u32 = 1000;
+    let mut out = Vec::new();
+    for page in 0u32.. {
+        let filter = CertFilter {
+            profile: Some(Profile::Device),
+            status: Some(CertStatus::Valid),
+            device_id: Some(device),
+            limit: Some(PAGE),
+            offset: Some(page.saturating_mul(PAGE)),
+        };
+        let records = ca.list(&filter).await?;
+        let n = records.len();
+        out.extend(records.into_iter().map(|r| r.serial.to_string()));
+        if n < PAGE as usize {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The serialNumber attributes of a CSR's subject (`None` for one that is
+/// not a string). The CSR's signature was verified by the caller.
+fn subject_serial_numbers(input: &[u8]) -> Result<Vec<Option<String>>, CertifierError> {
+    let bad = || refuse("csr_invalid", "not a PKCS#10 request");
+    let pem_der;
+    let der = if input.trim_ascii_start().starts_with(b"-----BEGIN ") {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(input).map_err(|_| bad())?;
+        pem_der = pem.contents;
+        &pem_der[..]
+    } else {
+        input
+    };
+    let (_, csr) = X509CertificationRequest::from_der(der).map_err(|_| bad())?;
+    Ok(csr
+        .certification_request_info
+        .subject
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+        .map(|a| a.as_str().ok().map(str::to_owned))
+        .collect())
 }
 
 /// Reasons [`parse_checked`] gives, recovered for [`CertificateStatus::Invalid`].

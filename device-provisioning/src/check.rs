@@ -1,21 +1,29 @@
 //! The genuine-device check (seed CN102004977A, "is it a valid device?").
 //!
 //! [`Provisioning::begin_check`] draws 32 random bytes from the HSM and keeps
-//! them as the device's one outstanding challenge (a new one replaces it),
-//! valid for the challenge TTL. The device signs exactly those 32 bytes with
-//! its certified key: ECDSA P-256 with SHA-256 (DER `Ecdsa-Sig-Value`) or
-//! RSASSA-PKCS1-v1_5 with SHA-256. [`Provisioning::complete_check`] consumes
-//! the challenge first (right or wrong, it is gone), then requires:
+//! them as a challenge with its own id ([`crate::challenges`]: up to four
+//! outstanding per device, the oldest evicted), valid for the challenge TTL.
+//! The device signs exactly those 32 bytes with its certified key: ECDSA
+//! P-256 with SHA-256 (DER `Ecdsa-Sig-Value`) or RSASSA-PKCS1-v1_5 with
+//! SHA-256. [`Provisioning::complete_check`] names the challenge it answers
+//! and consumes that one challenge first (right or wrong, it is gone; the
+//! others stay), then requires:
 //!
-//! 1. the device registered, from a completed batch, and still `manufactured`
-//!    (a device already verified or initialised elsewhere is refused);
+//! 1. the device registered, from a completed batch, still `manufactured`
+//!    (a device already verified or initialised elsewhere is refused), and
+//!    not locked;
 //! 2. its registered certificate known to the CA, issued for this device,
 //!    chaining to the issuing CA, in validity and not revoked;
 //! 3. the signature verifying under that certificate's public key
 //!    (software verification: public key only).
 //!
-//! Pass: `manufactured → verified`. Fail: a typed refusal, and the device's
-//! failure counter goes up.
+//! Pass: `manufactured → verified`. A refusal after a challenge was consumed
+//! counts one failed attempt; an answer naming an unknown, used, expired or
+//! evicted challenge is `challenge_invalid` and counts nothing (it cannot be
+//! a guess). After [`DEFAULT_CHECK_ATTEMPT_LIMIT`] (configurable) failed
+//! attempts the device is parked: new challenges and answers are refused
+//! with `check_locked` and its outstanding challenges dropped, until an
+//! operator's [`Provisioning::reset_check`] (audited) clears the counter.
 
 use std::time::Duration;
 
@@ -25,28 +33,32 @@ use keyward_kms::types::DeviceId;
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
+use crate::challenges::{ChallengeId, ChallengePurpose};
 use crate::error::{ProvisioningError, Result};
-use crate::store::StoredChallenge;
-use crate::types::DeviceState;
-use keyward_kms::db::now_ms;
+use crate::types::{DeviceState, OperatorId, Reason};
 
 /// Bytes of a genuine-device challenge.
 pub const CHALLENGE_LEN: usize = 32;
 /// Default life of a challenge.
 pub const DEFAULT_CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// Failed genuine-device checks after which a device is parked.
+pub const DEFAULT_CHECK_ATTEMPT_LIMIT: u32 = 5;
 
 /// A challenge for the device to sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
+    /// Carried in the answer.
+    pub id: ChallengeId,
     pub device: DeviceId,
     pub bytes: [u8; CHALLENGE_LEN],
     pub expires_at_ms: i64,
 }
 
 impl Provisioning {
-    /// Starts a genuine-device check: a fresh HSM random challenge, replacing
-    /// any earlier one. Refused unless the device is registered, its batch is
-    /// complete, and it is `manufactured`.
+    /// Starts a genuine-device check: a fresh HSM random challenge with its
+    /// own id (earlier ones stay, up to four). Refused unless the device is
+    /// registered, its batch is complete, it is `manufactured` and not
+    /// locked.
     pub async fn begin_check(&self, device: DeviceId) -> Decision<Challenge> {
         let note = AuditNote::new(
             Actor::Device(device),
@@ -66,39 +78,70 @@ impl Provisioning {
                 needed: "manufactured",
             });
         }
+        if rec.check_failures >= self.check_attempt_limit {
+            return Err(ProvisioningError::CheckLocked(device));
+        }
         let bytes: [u8; CHALLENGE_LEN] = self.kms.random().await?;
-        let now = now_ms();
-        let ttl = i64::try_from(self.challenge_ttl.as_millis()).unwrap_or(i64::MAX);
-        let expires_at_ms = now.saturating_add(ttl);
-        let stored = StoredChallenge {
-            bytes,
-            expires_at_ms,
-        };
-        self.store.put_challenge(device, &stored, now).await?;
+        let issued = self
+            .challenges
+            .issue(
+                device,
+                ChallengePurpose::GenuineDevice,
+                &bytes,
+                self.challenge_ttl,
+            )
+            .await?;
         Ok(Challenge {
+            id: issued.id,
             device,
             bytes,
-            expires_at_ms,
+            expires_at_ms: issued.expires_at_ms,
         })
     }
 
-    /// Completes the check with the device's signature over the challenge.
-    /// Pass: the device becomes `verified` (the note's `cert_serial` names the
-    /// certificate that proved it).
-    pub async fn complete_check(&self, device: DeviceId, signature_der: &[u8]) -> Decision<()> {
+    /// Completes the check with the device's signature over challenge `id`.
+    /// Pass: the device becomes `verified` (the note's `cert_serial` names
+    /// the certificate that proved it).
+    pub async fn complete_check(
+        &self,
+        device: DeviceId,
+        id: &ChallengeId,
+        signature_der: &[u8],
+    ) -> Decision<()> {
         let mut note = AuditNote::new(
             Actor::Device(device),
             Action::CompleteCheck,
             format!("device:{device}"),
         );
-        let result = self.complete_inner(device, signature_der, &mut note).await;
+        note.detail("challenge_id", id);
+        let mut consumed = false;
+        let result = self
+            .complete_inner(device, id, signature_der, &mut note, &mut consumed)
+            .await;
         if let Err(e) = &result
+            && consumed
             && e.is_client_error()
-            && !matches!(e, ProvisioningError::UnknownDevice(_))
-            && let Err(db) = self.store.count_check_failure(device).await
         {
-            tracing::warn!(device = %device, code = db.code(), error = %db,
-                "could not count a failed genuine-device check");
+            match self.store.count_check_failure(device).await {
+                Ok(failures) => {
+                    note.detail("check_failures", failures);
+                    if failures >= self.check_attempt_limit {
+                        note.detail("locked", true);
+                        if let Err(e) = self
+                            .challenges
+                            .drop_all(device, ChallengePurpose::GenuineDevice)
+                            .await
+                        {
+                            tracing::warn!(device = %device, code = e.code(),
+                                "could not drop the challenges of a locked device");
+                        }
+                    }
+                }
+                Err(db) => {
+                    tracing::warn!(device = %device, code = db.code(), error = %db,
+                        "could not count a failed genuine-device check");
+                }
+            }
         }
         note.finish(result)
     }
@@ -106,11 +149,20 @@ impl Provisioning {
     async fn complete_inner(
         &self,
         device: DeviceId,
+        id: &ChallengeId,
         signature_der: &[u8],
         note: &mut AuditNote,
+        consumed: &mut bool,
     ) -> Result<()> {
         let rec = self.checkable(device).await?;
-        let challenge = self.take_challenge(device).await?;
+        if rec.check_failures >= self.check_attempt_limit {
+            return Err(ProvisioningError::CheckLocked(device));
+        }
+        let challenge = self
+            .challenges
+            .answer(id, device, ChallengePurpose::GenuineDevice)
+            .await?;
+        *consumed = true;
         if rec.state != DeviceState::Manufactured {
             return Err(ProvisioningError::DeviceState {
                 device,
@@ -140,6 +192,30 @@ impl Provisioning {
         Ok(())
     }
 
+    /// An operator clears a device's failed-check counter (a parked device
+    /// may be challenged again). Returns the count it cleared.
+    pub async fn reset_check(
+        &self,
+        device: DeviceId,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Decision<u32> {
+        let mut note = AuditNote::new(
+            Actor::Operator(operator.clone()),
+            Action::ResetCheck,
+            format!("device:{device}"),
+        );
+        note.detail("reason", reason);
+        let result = async {
+            let rec = self.device(device).await?;
+            note.detail("check_failures", rec.check_failures);
+            self.store.reset_check_failures(device).await?;
+            Ok(rec.check_failures)
+        }
+        .await;
+        note.finish(result)
+    }
+
     /// The device's registered certificate, if the CA vouches for it.
     pub(crate) async fn good_certificate(
         &self,
@@ -155,14 +231,6 @@ impl Provisioning {
                 "the CA has no record of the certificate",
             )),
             CertificateStatus::Invalid(why) => Err(ProvisioningError::CertificateInvalid(why)),
-        }
-    }
-
-    /// Deletes and returns the device's challenge if it has not expired.
-    async fn take_challenge(&self, device: DeviceId) -> Result<[u8; CHALLENGE_LEN]> {
-        match self.store.take_challenge(device).await? {
-            Some(c) if now_ms() < c.expires_at_ms => Ok(c.bytes),
-            _ => Err(ProvisioningError::ChallengeInvalid),
         }
     }
 }

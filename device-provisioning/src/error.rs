@@ -48,6 +48,21 @@ pub enum ProvisioningError {
     },
     #[error("challenge unknown, used or expired")]
     ChallengeInvalid,
+    /// The device failed the genuine-device check as often as allowed: it
+    /// is parked until an operator resets it.
+    #[error("device {0} is locked after too many failed genuine-device checks")]
+    CheckLocked(DeviceId),
+    /// A CSR's subject serialNumber is not the device id of its row.
+    #[error("the CSR's subject serialNumber is not the device id")]
+    CsrSubjectMismatch,
+    /// The public key is already registered to a device (a key belongs to at
+    /// most one device, ever).
+    #[error("the public key is already registered to a device")]
+    PublicKeyReused,
+    #[error("no re-certification is pending for device {0}")]
+    NoPendingRecertification(DeviceId),
+    #[error("a re-certification is already pending for device {0}")]
+    RecertificationPending(DeviceId),
     /// The device certificate is missing, revoked, not the registered one, or
     /// does not chain to the Keyward CA.
     #[error("device certificate not acceptable: {0}")]
@@ -136,6 +151,11 @@ impl ProvisioningError {
             Self::UnknownDevice(_) => "unknown_device",
             Self::DeviceState { .. } => "device_state",
             Self::ChallengeInvalid => "challenge_invalid",
+            Self::CheckLocked(_) => "check_locked",
+            Self::CsrSubjectMismatch => "csr_subject_mismatch",
+            Self::PublicKeyReused => "public_key_reused",
+            Self::NoPendingRecertification(_) => "no_pending_recertification",
+            Self::RecertificationPending(_) => "recertification_pending",
             Self::CertificateInvalid(_) => "certificate_invalid",
             Self::ProofOfPossession => "proof_of_possession_failed",
             Self::NoPendingInit { .. } => "no_pending_init",
@@ -167,6 +187,7 @@ impl ProvisioningError {
             Self::Invalid { .. }
             | Self::BatchRejected(_)
             | Self::ChallengeInvalid
+            | Self::CsrSubjectMismatch
             | Self::AccountsNotHeld
             | Self::SecureElementMissing(_) => ErrorKind::Invalid,
             Self::UnknownDevice(_) | Self::UnknownApplication(_) | Self::UnknownCustomer(_) => {
@@ -187,6 +208,10 @@ impl ProvisioningError {
             | Self::BoundToOtherCustomer(_)
             | Self::AlreadyBound { .. }
             | Self::InvalidTransition { .. }
+            | Self::CheckLocked(_)
+            | Self::PublicKeyReused
+            | Self::NoPendingRecertification(_)
+            | Self::RecertificationPending(_)
             | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Kms(e) => e.kind(),
             Self::Certifier(e) => e.kind(),

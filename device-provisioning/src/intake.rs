@@ -16,7 +16,11 @@
 //! - `model`, `firmware`: 1-64 printable characters.
 //! - `csr`: the device's PKCS#10 request, base64 (standard alphabet) of its
 //!   DER or of its PEM text. The server never reads a path from a manifest;
-//!   `kwctl` may expand `@file` names into base64 before sending.
+//!   `kwctl` may expand `@file` names into base64 before sending. A
+//!   serialNumber in the CSR's subject, when present, must be the row's
+//!   device id (`csr_subject_mismatch`); the CSR's public key must be in no
+//!   other row and registered to no device, ever (`public_key_reused`: a
+//!   key belongs to at most one device, by the SHA-256 of its SPKI).
 //!
 //! At most [`MAX_ROWS`] devices per batch.
 //!
@@ -126,6 +130,7 @@ impl GoodRow {
             model: &self.model,
             firmware: &self.firmware,
             key_kind: self.csr.key_kind(),
+            spki_sha256: self.csr.spki_sha256(),
         }
     }
 }
@@ -221,8 +226,17 @@ impl Provisioning {
         // 2. Duplicates inside the file, then against the registry.
         let mut seen_ids = HashSet::new();
         let mut seen_se = HashSet::new();
+        let mut seen_keys = HashSet::new();
         for (_, p) in &mut parsed {
             let Parsed::Good(row) = p else { continue };
+            if !seen_keys.insert(row.csr.spki_sha256().to_owned()) {
+                *p = bad(
+                    Some(row.device),
+                    "public_key_reused",
+                    "the CSR's public key appears earlier in the file",
+                );
+                continue;
+            }
             let dup_id = !seen_ids.insert(row.device);
             let dup_se = [&row.psam, &row.esam]
                 .into_iter()
@@ -249,6 +263,10 @@ impl Provisioning {
             .collect();
         let taken_psam = self.store.existing(UniqueColumn::PsamSerial, &ses).await?;
         let taken_esam = self.store.existing(UniqueColumn::EsamSerial, &ses).await?;
+        let keys: Vec<String> = good(&parsed)
+            .map(|r| r.csr.spki_sha256().to_owned())
+            .collect();
+        let taken_keys = self.store.existing(UniqueColumn::DeviceKey, &keys).await?;
         for (_, p) in &mut parsed {
             let Parsed::Good(row) = p else { continue };
             let se_taken = [&row.psam, &row.esam]
@@ -266,6 +284,12 @@ impl Provisioning {
                     Some(row.device),
                     "already_registered",
                     "secure-element serial is already registered",
+                );
+            } else if taken_keys.contains(row.csr.spki_sha256()) {
+                *p = bad(
+                    Some(row.device),
+                    "public_key_reused",
+                    "the CSR's public key is already registered to a device",
                 );
             }
         }
@@ -387,6 +411,13 @@ impl Provisioning {
             }
             Err(_) => return bad(d, "csr_check_failed", "the CA could not check the CSR"),
         };
+        if !csr.names_only(device) {
+            return bad(
+                d,
+                "csr_subject_mismatch",
+                "the CSR's subject serialNumber is not the row's device id",
+            );
+        }
         Parsed::Good(Box::new(GoodRow {
             device,
             psam,

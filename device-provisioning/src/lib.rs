@@ -28,8 +28,15 @@
 //!   [`NationalId`] and [`Contact`], …).
 //! - [`intake`]: the manifest format, all-or-nothing batch import, the
 //!   row-by-row [`ImportReport`].
+//! - [`challenges`]: [`Challenges`], challenges by id for every purpose
+//!   (bounded outstanding per device, single use, expiry), the one mechanism
+//!   the genuine-device check and login's random-auth call.
 //! - [`check`]: HSM-random challenges and proof of possession of the
-//!   certified key (ECDSA P-256 / RSA PKCS#1, SHA-256, software verification).
+//!   certified key (ECDSA P-256 / RSA PKCS#1, SHA-256, software
+//!   verification), with an attempt limit per device.
+//! - [`recertify`]: a new certificate for a new key of a registered device,
+//!   requested by one operator and approved by another; every other
+//!   certificate of the device is revoked.
 //! - [`init`]: init packages (`Kms::init_package`) per (device, issuer),
 //!   KCV confirmation, operator reinit.
 //! - [`customers`]: applications, review, approve/reject/resubmit/close.
@@ -53,12 +60,14 @@
 pub mod audit;
 pub mod binding;
 pub mod certifier;
+pub mod challenges;
 pub mod check;
 pub mod customers;
 pub mod error;
 pub mod init;
 pub mod intake;
 pub mod lifecycle;
+pub mod recertify;
 mod store;
 pub mod types;
 
@@ -72,12 +81,16 @@ pub use binding::{BindRequest, Binding};
 pub use certifier::{
     CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceCsr, DeviceKeyKind, RevokeReason,
 };
-pub use check::{CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, verify_signature};
+pub use challenges::{ChallengeId, ChallengePurpose, Challenges, IssuedChallenge};
+pub use check::{
+    CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECK_ATTEMPT_LIMIT, verify_signature,
+};
 pub use customers::{ApplicationView, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
 pub use init::{InitRecord, InitState};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
 pub use lifecycle::DeviceRecord;
+pub use recertify::Recertification;
 pub use types::{
     Account, ApplicationId, ApplicationState, BatchId, Contact, ContactKind, CustomerApplication,
     CustomerId, DeviceState, NationalId, OperatorId, Reason, SeSerial, SecureElement,
@@ -90,7 +103,9 @@ pub struct Provisioning {
     kms: Kms,
     certifier: Arc<dyn DeviceCertifier>,
     store: store::Store,
+    challenges: Challenges,
     challenge_ttl: Duration,
+    check_attempt_limit: u32,
 }
 
 impl Provisioning {
@@ -103,9 +118,23 @@ impl Provisioning {
         Ok(Self {
             kms,
             certifier,
+            challenges: Challenges::new(store.clone()),
             store,
             challenge_ttl: DEFAULT_CHALLENGE_TTL,
+            check_attempt_limit: DEFAULT_CHECK_ATTEMPT_LIMIT,
         })
+    }
+
+    /// Sets how many failed genuine-device checks park a device (at least 1).
+    pub fn with_check_attempt_limit(mut self, limit: u32) -> Self {
+        self.check_attempt_limit = limit.max(1);
+        self
+    }
+
+    /// The challenge mechanism, for every purpose (login's random-auth
+    /// challenges use it too).
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
     }
 
     /// Sets how long a genuine-device challenge stays valid.

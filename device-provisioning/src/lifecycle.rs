@@ -7,9 +7,10 @@
 //! with `invalid_transition`: `manufactured → verified` is taken only by
 //! [`Provisioning::complete_check`], `verified → initialised` by
 //! [`Provisioning::confirm_init`], `initialised → issued` by
-//! [`Provisioning::bind`]. Retiring revokes the device certificate first
-//! (fail closed: a device is never retired with a valid certificate), then
-//! closes every working-key version of the device at every issuer.
+//! [`Provisioning::bind`]. Retiring revokes every certificate the CA holds
+//! for the device id first (fail closed: a device is never retired with a
+//! valid certificate), then closes every working-key version of the device
+//! at every issuer.
 
 use keyward_kms::types::DeviceId;
 
@@ -86,6 +87,29 @@ impl Provisioning {
         Ok(rec)
     }
 
+    /// Revokes every valid certificate the CA holds for `device` (and its
+    /// registered one, whatever the CA lists) but `keep`; returns the
+    /// serials revoked. Retiring, locking and re-certifying all go through
+    /// here: a certificate minted for the device id any other way dies too.
+    pub(crate) async fn revoke_device_certificates(
+        &self,
+        device: DeviceId,
+        reason: RevokeReason,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let mut serials = self.certifier.valid_certificates(device).await?;
+        if let Some(registered) = self.device(device).await?.cert_serial
+            && !serials.contains(&registered)
+        {
+            serials.push(registered);
+        }
+        serials.retain(|s| Some(s.as_str()) != keep);
+        for serial in &serials {
+            self.certifier.revoke(serial, reason).await?;
+        }
+        Ok(serials)
+    }
+
     /// An operator moves a device along an operator edge (module docs);
     /// returns the state it left.
     pub async fn transition(
@@ -118,11 +142,14 @@ impl Provisioning {
         if !from.operator_edge(to) {
             return Err(ProvisioningError::InvalidTransition { from, to });
         }
-        if to == DeviceState::Retired
-            && let Some(serial) = &rec.cert_serial
-        {
-            self.certifier.revoke(serial, RevokeReason::Retired).await?;
-            note.detail("revoked_cert_serial", serial);
+        if to == DeviceState::Retired {
+            let revoked = self
+                .revoke_device_certificates(device, RevokeReason::Retired, None)
+                .await?;
+            if let Some(serial) = &rec.cert_serial {
+                note.detail("revoked_cert_serial", serial);
+            }
+            note.detail("certificates_revoked", revoked.len());
         }
         if to == DeviceState::Retired {
             // One identity: the symmetric keys go with the certificate.

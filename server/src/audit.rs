@@ -94,6 +94,12 @@ pub enum AuditEvent {
     /// note's own actor (the device or operator it acted for) goes in the
     /// detail as `subject`; the record's actor is whoever made the call.
     Provisioning(AuditNote),
+    /// An intrusion signal ([`crate::security`]): action `security.<kind>`.
+    Security {
+        kind: crate::security::SecurityKind,
+        target: String,
+        detail: serde_json::Value,
+    },
 }
 
 impl AuditEvent {
@@ -171,6 +177,15 @@ impl AuditEvent {
             Self::OperationFailed { action, code } => {
                 (action.clone(), "-".into(), json!({ "code": code }))
             }
+            Self::Security {
+                kind,
+                target,
+                detail,
+            } => (
+                format!("security.{}", kind.as_str()),
+                target.clone(),
+                detail.clone(),
+            ),
             Self::Provisioning(note) => {
                 let mut detail = serde_json::Map::new();
                 detail.insert("subject".into(), note.actor.to_string().into());

@@ -85,7 +85,8 @@ pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<O
         .context("bringing up the CA")?;
     let provisioning = Provisioning::new(kms.clone(), Arc::new(ca.clone()))
         .await
-        .context("bringing up the provisioning registry")?;
+        .context("bringing up the provisioning registry")?
+        .with_check_attempt_limit(config.provisioning.check_attempt_limit);
     let audit = AuditLog::new(pool, kind, metrics);
     Ok(Opened {
         kms,

@@ -20,7 +20,9 @@
 //!   ([`run`]); [`tls`]: the HSM-backed rustls key and client verification;
 //!   [`pki`]: server certificate checks and CRL refresh; [`identity`]: the
 //!   client certificate seen on a connection.
-//! - [`audit`]: the hash-chained audit trail; [`migrate`]: its schema.
+//! - [`audit`]: the hash-chained audit trail; [`migrate`]: its schema;
+//!   [`security`]: intrusion signals (audit record, metric, log) raised the
+//!   same way wherever they are detected.
 //! - [`metrics`]: the Prometheus registry; [`state`]: what handlers share.
 //! - [`bootstrap`]: opening HSM, database and CA; `init`. [`cli`]: the
 //!   `keyward` commands.
@@ -40,6 +42,7 @@ pub mod migrate;
 pub mod online;
 pub mod pki;
 pub mod public;
+pub mod security;
 pub mod serve;
 pub mod state;
 pub mod tls;

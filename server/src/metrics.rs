@@ -36,6 +36,7 @@ pub struct Metrics {
     pub certificates_issued: IntCounterVec,
     pub certificates_revoked: IntCounter,
     pub provisioning_decisions: IntCounterVec,
+    pub security_events: IntCounterVec,
     /// 503 answers because a dependency (`database`, `hsm`) was away or full.
     pub dependency_unavailable: IntCounterVec,
     pub crl_age_seconds: IntGauge,
@@ -181,6 +182,12 @@ impl Metrics {
                 "Provisioning decisions (import, check, init, customer review, bind, lifecycle), by action and outcome.",
                 &["action", "outcome"],
             )?,
+            security_events: counter_vec(
+                &r,
+                "keyward_security_events_total",
+                "Intrusion signals (security.* audit records), by kind; alert on any increase.",
+                &["kind"],
+            )?,
             dependency_unavailable: counter_vec(
                 &r,
                 "keyward_dependency_unavailable_total",
@@ -261,6 +268,11 @@ impl Metrics {
             )?,
             registry: r,
         };
+        // Every security event kind is exported from the start (as 0), so an
+        // alert on `increase(...) > 0` sees the first one.
+        for kind in crate::security::SecurityKind::ALL {
+            m.security_events.with_label_values(&[kind.as_str()]);
+        }
         Ok(m)
     }
 

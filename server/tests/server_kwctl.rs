@@ -28,14 +28,15 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
     assert!(who.status.success(), "{who:?}");
     assert!(json(&who).to_string().contains("admin"));
 
-    // Issue a device certificate from an openssl CSR for a registered
-    // device, then revoke it.
+    // A device certificate is refused (they come only from provisioning,
+    // even for a registered device); a load permit from an openssl CSR is
+    // issued, then revoked.
     s.register_device("0011223344556677");
     let (_, csr) = s.openssl_csr("dev1");
     let csr_path = s.dir.path().join("dev1.csr.pem");
     std::fs::write(&csr_path, csr).unwrap();
     let cert_out = s.dir.path().join("dev1.pem");
-    let issued = admin(&[
+    let device = admin(&[
         "-o",
         "json",
         "ca",
@@ -46,6 +47,20 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
         "device",
         "--device-id",
         "0011223344556677",
+    ]);
+    assert_eq!(device.status.code(), Some(1), "{device:?}");
+    assert_eq!(json(&device)["code"], "device_certificates_by_provisioning");
+    let issued = admin(&[
+        "-o",
+        "json",
+        "ca",
+        "issue",
+        "--csr",
+        csr_path.to_str().unwrap(),
+        "--profile",
+        "load-permit",
+        "--common-name",
+        "kwctl test permit",
         "--out",
         cert_out.to_str().unwrap(),
     ]);
@@ -57,7 +72,7 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
             .contains("BEGIN CERTIFICATE")
     );
 
-    let list = admin(&["ca", "list", "--profile", "device"]);
+    let list = admin(&["ca", "list", "--profile", "load-permit"]);
     assert!(list.status.success(), "{list:?}");
     let table = String::from_utf8_lossy(&list.stdout);
     assert!(table.contains(&serial), "{table}");

@@ -71,8 +71,8 @@ async fn public_listener_refuses_a_handshake_without_client_certificate() {
     );
     assert_ne!(r.exit, 0);
 
-    // With the admin's certificate (signed by the same CA) the ping answers
-    // with the identity the server saw.
+    // With the admin's certificate (signed by the same CA) the handshake
+    // completes, but the public listener serves devices only: 403.
     let ops = s.operators();
     let cert = ops.join("admin.pem");
     let key = ops.join("admin.key");
@@ -86,8 +86,8 @@ async fn public_listener_refuses_a_handshake_without_client_certificate() {
             key.to_str().unwrap(),
         ],
     );
-    assert_eq!(ok.status, 200, "{ok:?}");
-    assert_eq!(ok.json()["client"]["role"], "admin");
+    assert_eq!(ok.status, 403, "{ok:?}");
+    assert_eq!(ok.json()["error"]["code"], "device_certificate_required");
 
     // Counted and audited.
     let m = s.metrics();

@@ -99,7 +99,7 @@ async fn checks(prov: &Provisioning, devs: Arc<Vec<SimDevice>>, tasks: usize) ->
                 let Some(dev) = devs.get(i) else { break };
                 let ch = prov.begin_check(dev.id).await.unwrap().value;
                 let sig = dev.sign_challenge(&ch.bytes);
-                prov.complete_check(dev.id, &sig).await.unwrap();
+                prov.complete_check(dev.id, &ch.id, &sig).await.unwrap();
             }
         });
     }

@@ -162,6 +162,31 @@ impl SimDevice {
         &self.csr_der
     }
 
+    /// A CSR for this device's key whose subject also carries an X.520
+    /// serialNumber of `serial_number` (the device id, or another device's
+    /// for the mismatch tests).
+    pub fn csr_with_serial_number(&self, serial_number: &str) -> Result<Vec<u8>> {
+        let (pkcs8, alg) = match &self.key {
+            DeviceKey::P256(sk) => (
+                sk.to_pkcs8_der()?.as_bytes().to_vec(),
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+            ),
+            DeviceKey::Rsa(sk) => (
+                rsa::pkcs8::EncodePrivateKey::to_pkcs8_der(&**sk)?
+                    .as_bytes()
+                    .to_vec(),
+                &rcgen::PKCS_RSA_SHA256,
+            ),
+        };
+        let kp = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_slice().into(), alg)?;
+        let mut params = subject(self.id)?;
+        params.distinguished_name.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            DnValue::PrintableString(serial_number.try_into()?),
+        );
+        Ok(params.serialize_request(&kp)?.der().to_vec())
+    }
+
     /// Its line in a manufacturing manifest (`intake` module of
     /// keyward-device-provisioning), CSR as base64 of the DER.
     pub fn manifest_row(&self) -> String {

@@ -23,6 +23,8 @@ pub(crate) struct NewDevice<'a> {
     pub model: &'a str,
     pub firmware: &'a str,
     pub key_kind: DeviceKeyKind,
+    /// SHA-256 of the certified key's SPKI (`prov_device_keys`).
+    pub spki_sha256: &'a str,
 }
 
 impl Store {
@@ -77,6 +79,15 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query(
+                    "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(d.spki_sha256)
+                .bind(d.device.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             Ok(())
@@ -122,6 +133,13 @@ impl Store {
     pub(crate) async fn remove_reservation(&self, batch_id: &BatchId) -> Result<()> {
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
+            sqlx::query(
+                "DELETE FROM prov_device_keys WHERE device_id IN \
+                 (SELECT device_id FROM prov_devices WHERE batch_id = $1)",
+            )
+            .bind(batch_id.as_str())
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM prov_devices WHERE batch_id = $1")
                 .bind(batch_id.as_str())
                 .execute(&mut *tx)

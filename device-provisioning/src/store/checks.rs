@@ -1,40 +1,59 @@
-//! `prov_challenges`: a device's one outstanding genuine-device challenge.
+//! `prov_challenges`: challenges by id, several outstanding per (device,
+//! purpose), each used once. The domain rules are in `crate::challenges`.
 
 use keyward_kms::types::DeviceId;
 use sqlx::Row;
 
 use super::Store;
-use crate::check::CHALLENGE_LEN;
 use crate::error::{ProvisioningError, Result};
 
 /// A challenge as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredChallenge {
-    pub bytes: [u8; CHALLENGE_LEN],
+    /// 32 upper-case hex digits.
+    pub id: String,
+    pub device: DeviceId,
+    pub purpose: &'static str,
+    pub bytes: Vec<u8>,
     pub expires_at_ms: i64,
 }
 
 impl Store {
-    /// Keeps `challenge` as the device's one outstanding challenge, replacing
-    /// any earlier one.
+    /// Keeps `challenge`, and in the same transaction drops the device's
+    /// expired challenges of that purpose and the oldest ones beyond
+    /// `max_outstanding`.
     pub(crate) async fn put_challenge(
         &self,
-        device: DeviceId,
         challenge: &StoredChallenge,
         now: i64,
+        max_outstanding: u32,
     ) -> Result<()> {
+        let device = challenge.device.to_string();
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
             sqlx::query(
-                "INSERT INTO prov_challenges (device_id, challenge, created_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (device_id) DO UPDATE SET challenge = excluded.challenge, \
-                 created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms",
+                "INSERT INTO prov_challenges \
+                 (id, device_id, purpose, challenge, created_at_ms, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(device.to_string())
-            .bind(hex::encode_upper(challenge.bytes))
+            .bind(challenge.id.as_str())
+            .bind(device.as_str())
+            .bind(challenge.purpose)
+            .bind(hex::encode_upper(&challenge.bytes))
             .bind(now)
             .bind(challenge.expires_at_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
+                 AND (expires_at_ms <= $3 OR id NOT IN (\
+                   SELECT id FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
+                   ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
+            )
+            .bind(device.as_str())
+            .bind(challenge.purpose)
+            .bind(now)
+            .bind(i64::from(max_outstanding))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -43,17 +62,25 @@ impl Store {
         .await
     }
 
-    /// Deletes and returns the device's challenge (expired or not): a
-    /// challenge is used once.
-    pub(crate) async fn take_challenge(&self, device: DeviceId) -> Result<Option<StoredChallenge>> {
+    /// Deletes and returns challenge `id` if it is `device`'s for `purpose`
+    /// (expired or not): one conditional `DELETE … RETURNING`, so of two
+    /// concurrent answers at most one gets the row.
+    pub(crate) async fn take_challenge(
+        &self,
+        id: &str,
+        device: DeviceId,
+        purpose: &'static str,
+    ) -> Result<Option<StoredChallenge>> {
         let row = self
             .retrying(|| async {
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(
-                    "DELETE FROM prov_challenges WHERE device_id = $1 \
+                    "DELETE FROM prov_challenges WHERE id = $1 AND device_id = $2 AND purpose = $3 \
                      RETURNING challenge, expires_at_ms",
                 )
+                .bind(id)
                 .bind(device.to_string())
+                .bind(purpose)
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -62,12 +89,29 @@ impl Store {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let hex_text: String = row.try_get("challenge")?;
-        let mut bytes = [0u8; CHALLENGE_LEN];
-        hex::decode_to_slice(&hex_text, &mut bytes)
+        let bytes = hex::decode(&hex_text)
             .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
         Ok(Some(StoredChallenge {
+            id: id.to_owned(),
+            device,
+            purpose,
             bytes,
             expires_at_ms: row.try_get("expires_at_ms")?,
         }))
+    }
+
+    /// Drops every outstanding challenge of `device` for `purpose`.
+    pub(crate) async fn drop_challenges(&self, device: DeviceId, purpose: &str) -> Result<()> {
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            sqlx::query("DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2")
+                .bind(device.to_string())
+                .bind(purpose)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -23,38 +23,43 @@ const DEVICE_COLUMNS: &str = "d.device_id, d.batch_id, d.psam_serial, d.esam_ser
      d.firmware, d.key_kind, d.cert_serial, d.state, d.check_failures, d.verified_at_ms, \
      d.created_at_ms, d.state_changed_at_ms, b.state AS batch_state";
 
-/// A `prov_devices` column whose values are unique, for bulk lookups.
+/// A column of the device registry whose values are unique, for bulk
+/// lookups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UniqueColumn {
     DeviceId,
     PsamSerial,
     EsamSerial,
+    /// `prov_device_keys.spki_sha256`: every key a device ever had.
+    DeviceKey,
 }
 
 impl UniqueColumn {
-    fn name(self) -> &'static str {
+    /// (table, column).
+    fn name(self) -> (&'static str, &'static str) {
         match self {
-            Self::DeviceId => "device_id",
-            Self::PsamSerial => "psam_serial",
-            Self::EsamSerial => "esam_serial",
+            Self::DeviceId => ("prov_devices", "device_id"),
+            Self::PsamSerial => ("prov_devices", "psam_serial"),
+            Self::EsamSerial => ("prov_devices", "esam_serial"),
+            Self::DeviceKey => ("prov_device_keys", "spki_sha256"),
         }
     }
 }
 
 impl Store {
-    /// Which of `values` are already in `prov_devices.<column>`.
+    /// Which of `values` are already in `column`.
     pub(crate) async fn existing(
         &self,
         column: UniqueColumn,
         values: &[String],
     ) -> Result<HashSet<String>> {
-        let column = column.name();
+        let (table, column) = column.name();
         let mut out = HashSet::new();
         for chunk in values.chunks(LOOKUP_CHUNK) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            // `column` is one of three constants; the values are bound.
+            // `table` and `column` are constants; the values are bound.
             let sql = format!(
-                "SELECT {column} AS v FROM prov_devices WHERE {column} IN ({})",
+                "SELECT {column} AS v FROM {table} WHERE {column} IN ({})",
                 placeholders.join(", ")
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -154,17 +159,36 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// One more failed genuine-device check.
-    pub(crate) async fn count_check_failure(&self, device: DeviceId) -> Result<()> {
+    /// One more failed genuine-device check; returns the new count.
+    pub(crate) async fn count_check_failure(&self, device: DeviceId) -> Result<u32> {
+        let n: i64 = self
+            .retrying(|| async {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(
+                    "UPDATE prov_devices SET check_failures = check_failures + 1 \
+                     WHERE device_id = $1 RETURNING check_failures",
+                )
+                .bind(device.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(match row {
+                    Some(row) => row.try_get("check_failures")?,
+                    None => 0,
+                })
+            })
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Clears a device's failed-check counter.
+    pub(crate) async fn reset_check_failures(&self, device: DeviceId) -> Result<()> {
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "UPDATE prov_devices SET check_failures = check_failures + 1 \
-                 WHERE device_id = $1",
-            )
-            .bind(device.to_string())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
+                .bind(device.to_string())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(())
         })

@@ -5,7 +5,9 @@
 //! - `batches`: `prov_batches`, and the import's reserve / complete / undo
 //!   (a batch and its devices in one transaction);
 //! - `devices`: `prov_devices`, the registry and its state changes;
-//! - `checks`: `prov_challenges`, the genuine-device challenges;
+//! - `checks`: `prov_challenges`, challenges by id for every purpose;
+//! - `keys`: `prov_device_keys` (a public key belongs to one device, ever)
+//!   and `prov_recertifications`;
 //! - `inits`: `prov_inits`, original-key records per (device, issuer);
 //! - `customers`: `prov_applications`, applications and customers;
 //! - `bindings`: `prov_bindings`.
@@ -31,6 +33,7 @@ mod checks;
 mod customers;
 mod devices;
 mod inits;
+mod keys;
 
 use std::future::Future;
 
@@ -42,18 +45,33 @@ use crate::error::{ProvisioningError, Result};
 pub(crate) use batches::NewDevice;
 pub(crate) use checks::StoredChallenge;
 pub(crate) use devices::UniqueColumn;
+pub(crate) use keys::PendingRecertification;
 
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
-    sqlite: &[(
-        3001,
-        "provisioning",
-        include_str!("../../migrations/sqlite/3001_provisioning.sql"),
-    )],
-    postgres: &[(
-        3001,
-        "provisioning",
-        include_str!("../../migrations/postgres/3001_provisioning.sql"),
-    )],
+    sqlite: &[
+        (
+            3001,
+            "provisioning",
+            include_str!("../../migrations/sqlite/3001_provisioning.sql"),
+        ),
+        (
+            3002,
+            "device identity",
+            include_str!("../../migrations/sqlite/3002_device_identity.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            3001,
+            "provisioning",
+            include_str!("../../migrations/postgres/3001_provisioning.sql"),
+        ),
+        (
+            3002,
+            "device identity",
+            include_str!("../../migrations/postgres/3002_device_identity.sql"),
+        ),
+    ],
 };
 
 /// The provisioning tables in the catalog's database.

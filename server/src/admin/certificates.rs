@@ -11,7 +11,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyward_ca::{CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial};
-use keyward_device_provisioning::{DeviceState, ProvisioningError};
 use keyward_kms::types::DeviceId;
 use serde::Deserialize;
 
@@ -114,7 +113,7 @@ pub async fn issue(
 ) -> Result<Response, ApiError> {
     let profile: Profile = body.profile.parse()?;
     let allowed: &[Role] = match profile {
-        Profile::Device => &[Role::Admin, Role::Operator],
+        Profile::Device => return refuse_device_profile(&state, &op).await,
         Profile::ServerTls | Profile::LoadPermit => &[Role::Admin],
         Profile::Operator => {
             return Err(ApiError::bad_request(
@@ -129,9 +128,6 @@ pub async fn issue(
         .as_deref()
         .map(str::parse::<DeviceId>)
         .transpose()?;
-    if profile == Profile::Device {
-        registered_device(&state, device_id).await?;
-    }
     let req = IssueRequest {
         profile,
         device_id,
@@ -150,25 +146,24 @@ pub async fn issue(
         .map(|json| (StatusCode::CREATED, Json(json)).into_response())
 }
 
-/// A device certificate is only for a device the factory registered
-/// (`device import`) and the bank has not retired: a CSR naming an unknown
-/// device is refused (404 `unknown_device`), so the CA cannot be used to mint
-/// identities outside the registry.
-async fn registered_device(state: &AppState, device: Option<DeviceId>) -> Result<(), ApiError> {
-    let Some(device) = device else {
-        // The CA refuses a device profile without an id (profile_requirements).
-        return Ok(());
+/// Device certificates come only from the provisioning pipeline (batch
+/// import, or a re-certification a second operator approves): one operator
+/// must not mint a second identity for a device with a key of their choice.
+/// Refused with 403 `device_certificates_by_provisioning`, audited.
+async fn refuse_device_profile(state: &AppState, op: &Operator) -> Result<Response, ApiError> {
+    const CODE: &str = "device_certificates_by_provisioning";
+    let event = AuditEvent::OperatorAction {
+        action: "certificate.issue",
+        target: "profile:device".into(),
     };
-    let rec = state.provisioning.device(device).await?;
-    if rec.state == DeviceState::Retired {
-        return Err(ProvisioningError::DeviceState {
-            device,
-            state: rec.state,
-            needed: "a registered device that is not retired",
-        }
-        .into());
-    }
-    Ok(())
+    op.audit(state, &event, Outcome::Refused { code: CODE })
+        .await?;
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        CODE,
+        "device certificates come from batch import (POST /admin/v1/batches) or \
+         re-certification (POST /admin/v1/devices/{id}/recertify)",
+    ))
 }
 
 /// Shared by certificate and operator issuance: audit `requested`, issue in

@@ -12,12 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_device_provisioning::{Action, BatchId, BindRequest, DeviceState, Reason};
+use keyward_device_provisioning::{Action, BatchId, BindRequest, ChallengeId, DeviceState, Reason};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
 use crate::http::ApiError;
+use crate::security::SecurityKind;
 use crate::state::AppState;
 use crate::wire::devices as wire;
 
@@ -169,6 +170,7 @@ pub async fn check(
 ) -> Result<Json<wire::DeviceState>, ApiError> {
     op.require(&state, PROVISIONERS).await?;
     let device: DeviceId = id.parse()?;
+    let challenge: ChallengeId = body.challenge_id.trim().parse()?;
     let signature = B64
         .decode(body.signature.trim())
         .map_err(|_| ApiError::bad_request("invalid_input", "signature: must be base64"))?;
@@ -177,13 +179,107 @@ pub async fn check(
         &state,
         Action::CompleteCheck,
         format!("device:{device}"),
-        async move { p.complete_check(device, &signature).await },
+        async move { p.complete_check(device, &challenge, &signature).await },
     )
     .await?;
     Ok(Json(wire::DeviceState {
         device_id: device.to_string(),
         state: DeviceState::Verified.as_str().to_owned(),
     }))
+}
+
+/// `POST /admin/v1/devices/{id}/check/reset`: clears the failed-check
+/// counter of a device parked by failed checks.
+pub async fn reset_check(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+    Json(body): Json<wire::ResetCheckRequest>,
+) -> Result<Json<wire::ResetCheckAnswer>, ApiError> {
+    op.require(&state, PROVISIONERS).await?;
+    let device: DeviceId = id.parse()?;
+    let reason: Reason = body.reason.parse()?;
+    let operator = op.operator_id()?;
+    let p = state.provisioning.clone();
+    let cleared = op
+        .decide(
+            &state,
+            Action::ResetCheck,
+            format!("device:{device}"),
+            async move { p.reset_check(device, &operator, &reason).await },
+        )
+        .await?;
+    Ok(Json(wire::ResetCheckAnswer {
+        device_id: device.to_string(),
+        check_failures_cleared: cleared,
+    }))
+}
+
+// ---- re-certification ---------------------------------------------------------
+
+/// `POST /admin/v1/devices/{id}/recertify`: one operator asks for a
+/// certificate for the device's new key.
+pub async fn recertify(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+    Json(body): Json<wire::RecertifyRequest>,
+) -> Result<Response, ApiError> {
+    op.require(&state, PROVISIONERS).await?;
+    let device: DeviceId = id.parse()?;
+    let reason: Reason = body.reason.parse()?;
+    let operator = op.operator_id()?;
+    let p = state.provisioning.clone();
+    let pending = op
+        .decide(
+            &state,
+            Action::RequestRecertify,
+            format!("device:{device}"),
+            async move {
+                p.request_recertify(device, body.csr_pem.as_bytes(), &operator, &reason)
+                    .await
+            },
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(wire::RecertifyAnswer::from(&pending)),
+    )
+        .into_response())
+}
+
+/// `POST /admin/v1/devices/{id}/recertify/approve`: a second operator
+/// approves; the new certificate is issued, every other one revoked.
+pub async fn approve_recertify(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+) -> Result<Json<wire::RecertifyAnswer>, ApiError> {
+    op.require(&state, PROVISIONERS).await?;
+    let device: DeviceId = id.parse()?;
+    let operator = op.operator_id()?;
+    let p = state.provisioning.clone();
+    let done = op
+        .decide(
+            &state,
+            Action::ApproveRecertify,
+            format!("device:{device}"),
+            async move { p.approve_recertify(device, &operator).await },
+        )
+        .await?;
+    refresh_crl_after(&state, "device re-certified").await;
+    Ok(Json(wire::RecertifyAnswer::from(&done)))
+}
+
+/// Both listeners refuse revoked certificates from now on; a failure is
+/// logged and left to the schedule.
+async fn refresh_crl_after(state: &AppState, what: &str) {
+    if let Err(e) = crate::pki::refresh_crl(state).await {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "{what}, but the TLS listeners could not load the new CRL yet; the schedule retries"
+        );
+    }
 }
 
 // ---- original keys ------------------------------------------------------------
@@ -227,13 +323,30 @@ pub async fn confirm(
         .map(|k| Ok((k.name, Kcv::parse(&k.method, &k.value)?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
     let (p, i) = (state.provisioning.clone(), issuer.clone());
-    op.decide(
-        &state,
-        Action::ConfirmInit,
-        format!("device:{device}"),
-        async move { p.confirm_init(device, &i, &kcvs).await },
-    )
-    .await?;
+    let confirmed = op
+        .decide(
+            &state,
+            Action::ConfirmInit,
+            format!("device:{device}"),
+            async move { p.confirm_init(device, &i, &kcvs).await },
+        )
+        .await;
+    if let Err(e) = &confirmed
+        && e.code == "kcv_mismatch"
+    {
+        let detail = serde_json::json!({ "issuer": issuer.as_str(), "step": "init_confirm" });
+        crate::security::raise(
+            &state,
+            &op.actor,
+            &op.request_id,
+            SecurityKind::KcvMismatch,
+            format!("device:{device}"),
+            detail,
+        )
+        .await
+        .map_err(ApiError::audit_unavailable)?;
+    }
+    confirmed?;
     Ok(Json(wire::DeviceIssuerState {
         device_id: device.to_string(),
         issuer_id: issuer.as_str().to_owned(),
@@ -292,13 +405,7 @@ pub async fn set_state(
         )
         .await?;
     if to == DeviceState::Retired {
-        // Both listeners refuse the revoked device certificate from now on.
-        if let Err(e) = crate::pki::refresh_crl(&state).await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "device retired, but the TLS listeners could not load the new CRL yet; the schedule retries"
-            );
-        }
+        refresh_crl_after(&state, "device retired").await;
     }
     Ok(Json(wire::StateAnswer {
         device_id: device.to_string(),

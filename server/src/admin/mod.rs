@@ -75,6 +75,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/devices/{id}", get(devices::show))
         .route("/admin/v1/devices/{id}/challenge", post(devices::challenge))
         .route("/admin/v1/devices/{id}/check", post(devices::check))
+        .route(
+            "/admin/v1/devices/{id}/check/reset",
+            post(devices::reset_check),
+        )
+        .route("/admin/v1/devices/{id}/recertify", post(devices::recertify))
+        .route(
+            "/admin/v1/devices/{id}/recertify/approve",
+            post(devices::approve_recertify),
+        )
         .route("/admin/v1/devices/{id}/init", post(devices::init))
         .route(
             "/admin/v1/devices/{id}/init/confirm",

@@ -3,15 +3,35 @@
 //! `admin/`). Handlers here only translate HTTP to the domain: the protocol
 //! logic lives in [`crate::online`].
 //!
-//! - `ping`: `GET /v1/ping`, the identity the TLS layer saw (a device's
-//!   first connectivity check).
+//! Every route sits behind [`require_device`]: the TLS layer has verified
+//! the chain and the CRL at the handshake, and this middleware checks, per
+//! request, that the client certificate is a **device** certificate (not an
+//! operator's, a load permit's or the server's) and that it is the device's
+//! **current registered** one and not revoked — so a revocation, a
+//! retirement or a re-certification stops a kept-alive connection at its
+//! next request. It puts a [`Device`] in the request's extensions for the
+//! handlers. Refusals are `403` with a stable code, audited
+//! (`access.refused`).
+//!
+//! - `ping`: `GET /v1/ping`, the identity the server saw (a device's first
+//!   connectivity check).
 
 mod ping;
 
 use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use keyward_ca::Serial;
+use keyward_device_provisioning::{DeviceState, ProvisioningError};
+use keyward_kms::types::DeviceId;
 
-use crate::http::{layers, stack_config};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::http::layers::{self, request_id};
+use crate::http::{ApiError, stack_config};
+use crate::identity::{CertKind, ClientIdentity, PeerCertificate};
 use crate::metrics::Listener;
 use crate::state::AppState;
 
@@ -19,10 +39,137 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/v1/ping", get(ping::ping))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_device,
+        ))
         .with_state(state.clone());
     layers::apply(
         router,
         &stack_config(&state, Listener::Public),
         state.metrics.clone(),
     )
+}
+
+/// The device behind a public request: its registered, unrevoked device
+/// certificate. What the device routes act for.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub device_id: DeviceId,
+    /// The certificate's serial, upper-case hex: the registry's
+    /// `cert_serial` for the device.
+    pub serial: String,
+    pub state: DeviceState,
+    /// The audit actor (`device:ID#SERIAL`).
+    pub actor: Actor,
+    pub request_id: String,
+}
+
+/// Why a public request was refused (the stable codes).
+const DEVICE_REQUIRED: &str = "device_certificate_required";
+const NOT_CURRENT: &str = "device_certificate_not_current";
+const REVOKED: &str = "certificate_revoked";
+
+fn refusal(code: &'static str, message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, code, message)
+}
+
+/// Admits only a device's current, unrevoked device certificate; audits
+/// every refusal. Cost: two primary-key reads per request (the device's
+/// registry row, the certificate's CA record), no cache — a revocation is
+/// seen at the very next request.
+async fn require_device(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let rid = request_id(req.extensions());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = req.method().to_string();
+    let identity = req.extensions().get::<ClientIdentity>().cloned();
+    let (actor, refused) = match &identity {
+        None => (Actor::Anonymous, ApiError::certificate_required()),
+        Some(id) => match &id.cert {
+            None => (id.actor(), ApiError::certificate_required()),
+            Some(cert) => match current_device(&state, cert).await {
+                Ok((device_id, device_state)) => {
+                    req.extensions_mut().insert(Device {
+                        device_id,
+                        serial: cert.serial.clone(),
+                        state: device_state,
+                        actor: id.actor(),
+                        request_id: rid,
+                    });
+                    return next.run(req).await;
+                }
+                Err(e) => (id.actor(), e),
+            },
+        },
+    };
+    let code = match refused.code.as_ref() {
+        DEVICE_REQUIRED => DEVICE_REQUIRED,
+        NOT_CURRENT => NOT_CURRENT,
+        REVOKED => REVOKED,
+        "client_certificate_required" => "client_certificate_required",
+        _ => "registry_unavailable",
+    };
+    let event = AuditEvent::AccessRefused {
+        method,
+        route,
+        code,
+        role: None,
+    };
+    let _ = state
+        .audit
+        .append(&actor, &event, Outcome::Refused { code }, &rid)
+        .await;
+    refused.into_response()
+}
+
+/// The device a verified client certificate stands for, if it is a device
+/// certificate, in validity, the device's registered one, of a device that
+/// is not retired, and not revoked. Fails closed: a registry that does not
+/// answer refuses the request (5xx).
+async fn current_device(
+    state: &AppState,
+    cert: &PeerCertificate,
+) -> Result<(DeviceId, DeviceState), ApiError> {
+    let CertKind::Device { device_id } = &cert.kind else {
+        return Err(refusal(
+            DEVICE_REQUIRED,
+            "this listener accepts device certificates only",
+        ));
+    };
+    let not_current = || {
+        refusal(
+            NOT_CURRENT,
+            "this is not the device's current registered certificate",
+        )
+    };
+    let device: DeviceId = device_id.parse().map_err(|_| not_current())?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if cert.not_after <= now {
+        return Err(refusal(REVOKED, "this device certificate has expired"));
+    }
+    let rec = match state.provisioning.device(device).await {
+        Ok(rec) => rec,
+        Err(ProvisioningError::UnknownDevice(_)) => return Err(not_current()),
+        Err(e) => return Err(e.into()),
+    };
+    let serial: Serial = cert.serial.parse().map_err(|_| not_current())?;
+    let registered = rec
+        .cert_serial
+        .as_deref()
+        .and_then(|s| s.parse::<Serial>().ok())
+        .is_some_and(|s| s == serial);
+    if !registered || rec.state == DeviceState::Retired {
+        return Err(not_current());
+    }
+    match state.ca.is_revoked(&serial).await {
+        Ok(false) => Ok((device, rec.state)),
+        Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {
+            Err(refusal(REVOKED, "this device certificate is revoked"))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_device_provisioning::{
     BatchRecord, Binding as DomainBinding, Challenge, DeviceRecord, ImportReport,
-    InitRecord as DomainInitRecord, RowOutcome,
+    InitRecord as DomainInitRecord, Recertification, RowOutcome,
 };
 use keyward_kms::types::{DeviceId, IssuerId, KeyFamily};
 use keyward_kms::wrap::{InitPackage as DomainPackage, WrapScheme, WrappedKey as DomainWrapped};
@@ -226,6 +226,8 @@ impl From<&DomainBinding> for Binding {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChallengeAnswer {
     pub device_id: String,
+    /// The challenge's id (32 hex digits), carried in the answer.
+    pub challenge_id: String,
     /// Upper-case hex of the bytes the device signs.
     pub challenge: String,
     pub expires_at_ms: i64,
@@ -235,6 +237,7 @@ impl From<&Challenge> for ChallengeAnswer {
     fn from(c: &Challenge) -> Self {
         Self {
             device_id: c.device.to_string(),
+            challenge_id: c.id.to_string(),
             challenge: hex::encode_upper(c.bytes),
             expires_at_ms: c.expires_at_ms,
         }
@@ -245,8 +248,72 @@ impl From<&Challenge> for ChallengeAnswer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
+    /// The id of the challenge answered (from [`ChallengeAnswer`]).
+    pub challenge_id: String,
     /// Base64 of the DER signature over the challenge bytes.
     pub signature: String,
+}
+
+/// `POST /admin/v1/devices/{id}/check/reset`: clears the failed-check
+/// counter of a parked device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetCheckRequest {
+    pub reason: String,
+}
+
+/// The answer of `POST /admin/v1/devices/{id}/check/reset`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetCheckAnswer {
+    pub device_id: String,
+    /// The failed attempts the reset cleared.
+    pub check_failures_cleared: u32,
+}
+
+// ---- re-certification -----------------------------------------------------------
+
+/// `POST /admin/v1/devices/{id}/recertify`: asks for a certificate for the
+/// device's new key; a second operator approves it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecertifyRequest {
+    /// The device's new PKCS#10 request, PEM.
+    pub csr_pem: String,
+    pub reason: String,
+}
+
+/// The answer of `POST /admin/v1/devices/{id}/recertify` (`pending`) and of
+/// `…/recertify/approve` (`done`, with the new certificate and what it
+/// revoked).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecertifyAnswer {
+    pub device_id: String,
+    /// `pending` or `done`.
+    pub state: String,
+    pub requested_by: String,
+    pub requested_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_serial: Option<String>,
+    #[serde(default)]
+    pub revoked: Vec<String>,
+}
+
+impl From<&Recertification> for RecertifyAnswer {
+    fn from(r: &Recertification) -> Self {
+        Self {
+            device_id: r.device.to_string(),
+            state: if r.cert_serial.is_some() {
+                "done"
+            } else {
+                "pending"
+            }
+            .to_owned(),
+            requested_by: r.requested_by.clone(),
+            requested_at_ms: r.requested_at_ms,
+            cert_serial: r.cert_serial.clone(),
+            revoked: r.revoked.clone(),
+        }
+    }
 }
 
 /// A device and the state an operation left it in.

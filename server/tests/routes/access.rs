@@ -7,6 +7,8 @@ use axum::http::{Method, Request, StatusCode};
 use keyward_ca::Role;
 use serde_json::json;
 
+use keyward_server::identity::ClientIdentity;
+
 use crate::harness::{App, anonymous, call, der_of_pem, identity_of, send};
 
 #[tokio::test]
@@ -127,16 +129,107 @@ async fn unknown_routes_and_bad_bodies_are_typed_json_errors() {
     assert!(a.body["error"]["request_id"].is_string(), "{}", a.text);
 }
 
+/// The identity of device `d`'s registered certificate.
+async fn device_identity(app: &App, d: &keyward_tests::simulator::SimDevice) -> ClientIdentity {
+    let serial: keyward_ca::Serial = app
+        .state
+        .provisioning
+        .device(d.id)
+        .await
+        .unwrap()
+        .cert_serial
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rec = app.state.ca.get(&serial).await.unwrap().unwrap();
+    identity_of(&der_of_pem(&rec.pem))
+}
+
 #[tokio::test]
-async fn the_public_ping_names_the_client() {
+async fn the_public_ping_names_the_device() {
     let app = App::new().await;
-    let a = call(&app.public, &app.root, Method::GET, "/v1/ping", None).await;
+    let d = keyward_tests::simulator::SimDevice::p256("0102030405060701".parse().unwrap()).unwrap();
+    app.import("B-PING", &[&d])
+        .await
+        .expect(StatusCode::CREATED);
+    let who = device_identity(&app, &d).await;
+    let a = call(&app.public, &who, Method::GET, "/v1/ping", None).await;
     let body = a.expect(StatusCode::OK);
     let ping: keyward_server::wire::Ping = serde_json::from_value(body.clone()).unwrap();
     assert!(ping.pong);
     let client = ping.client.unwrap();
-    assert_eq!(client.kind, "operator");
-    assert_eq!(client.role.as_deref(), Some("admin"));
+    assert_eq!(client.kind, "device");
+    assert_eq!(client.device_id.as_deref(), Some(d.id.to_string().as_str()));
+}
+
+/// Issue 9 §1: the public listener takes exactly the device profile, and
+/// only the device's current registered certificate that is not revoked —
+/// checked per request, so a kept-alive connection does not outlive a
+/// revocation.
+#[tokio::test]
+async fn the_public_listener_takes_only_current_device_certificates() {
+    let app = App::new().await;
+    let ping = |who: ClientIdentity| {
+        let public = app.public.clone();
+        async move { call(&public, &who, Method::GET, "/v1/ping", None).await }
+    };
+    // Operator and admin certificates, a load permit: refused, audited.
+    let dave = app.operator("dave", Role::Operator).await;
+    for who in [app.root.clone(), dave] {
+        ping(who)
+            .await
+            .refused(StatusCode::FORBIDDEN, "device_certificate_required");
+    }
+    let permit_key =
+        keyward_tests::simulator::SimDevice::p256("0A0A0A0A0A0A0A0A".parse().unwrap()).unwrap();
+    let permit = app
+        .state
+        .ca
+        .issue_from_csr(
+            permit_key.csr_der(),
+            keyward_ca::IssueRequest {
+                profile: keyward_ca::Profile::LoadPermit,
+                device_id: None,
+                operator: None,
+                dns_names: vec![],
+                common_name: Some("permit".into()),
+            },
+        )
+        .await
+        .unwrap();
+    ping(identity_of(&permit.der))
+        .await
+        .refused(StatusCode::FORBIDDEN, "device_certificate_required");
+    assert!(app.audited("access.refused", "refused").await);
+
+    // A device's registered certificate passes; a second certificate minted
+    // for the same device id (not the registered one) does not.
+    let d = keyward_tests::simulator::SimDevice::p256("0102030405060701".parse().unwrap()).unwrap();
+    app.import("B-PUB", &[&d]).await.expect(StatusCode::CREATED);
+    let who = device_identity(&app, &d).await;
+    ping(who.clone()).await.expect(StatusCode::OK);
+    let clone = app
+        .state
+        .ca
+        .issue_from_csr(permit_key.csr_der(), keyward_ca::IssueRequest::device(d.id))
+        .await
+        .unwrap();
+    ping(identity_of(&clone.der))
+        .await
+        .refused(StatusCode::FORBIDDEN, "device_certificate_not_current");
+
+    // Revoked: refused on the same identity (a kept-alive connection).
+    let serial = who.cert.as_ref().unwrap().serial.clone();
+    app.post(
+        &app.root,
+        &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+        json!({"reason": "keyCompromise"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    ping(who)
+        .await
+        .refused(StatusCode::FORBIDDEN, "certificate_revoked");
 }
 
 #[tokio::test]

@@ -88,14 +88,16 @@ async fn certificate_refusals_are_typed() {
     )
     .await
     .refused(StatusCode::BAD_REQUEST, "use_operators_endpoint");
-    // A device certificate only for a registered device.
+    // Device certificates come only from provisioning (issue 9 §1), for
+    // an admin too; the refusal is audited.
     app.post(
         &app.root,
         "/admin/v1/ca/certificates",
         json!({"csr_pem": csr_pem(), "profile": "device", "device_id": "0102030405060708"}),
     )
     .await
-    .refused(StatusCode::NOT_FOUND, "unknown_device");
+    .refused(StatusCode::FORBIDDEN, "device_certificates_by_provisioning");
+    assert!(app.audited("certificate.issue", "refused").await);
     // Not a CSR.
     let a = app
         .post(

@@ -30,7 +30,7 @@ async fn check(app: &App, d: &SimDevice) {
         .post(
             &app.root,
             &path(d, "/check"),
-            json!({"signature": B64.encode(sig)}),
+            json!({"challenge_id": c.challenge_id, "signature": B64.encode(sig)}),
         )
         .await;
     assert_eq!(done.expect(StatusCode::OK)["state"], "verified");
@@ -212,21 +212,36 @@ async fn device_refusals_are_typed_and_audited() {
     let a = app.get(&app.root, "/admin/v1/devices/xyz").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
 
-    // A signature by another key fails the check.
-    app.post(&app.root, &path(&d1, "/challenge"), json!({}))
-        .await
-        .expect(StatusCode::CREATED);
+    // A signature by another key fails the check; the same challenge again
+    // (used) and an unknown one are `challenge_invalid`.
+    let c = app
+        .post(&app.root, &path(&d1, "/challenge"), json!({}))
+        .await;
+    let cid = c.expect(StatusCode::CREATED)["challenge_id"].clone();
     let other = device(3).sign_challenge(&[0u8; 32]);
     app.post(
         &app.root,
         &path(&d1, "/check"),
-        json!({"signature": B64.encode(other)}),
+        json!({"challenge_id": cid, "signature": B64.encode(&other)}),
     )
     .await
     .refused(StatusCode::FORBIDDEN, "proof_of_possession_failed");
-    app.post(&app.root, &path(&d1, "/check"), json!({"signature": "%%%"}))
+    for id in [cid.clone(), json!("00112233445566778899AABBCCDDEEFF")] {
+        app.post(
+            &app.root,
+            &path(&d1, "/check"),
+            json!({"challenge_id": id, "signature": B64.encode(&other)}),
+        )
         .await
-        .refused(StatusCode::BAD_REQUEST, "invalid_input");
+        .refused(StatusCode::BAD_REQUEST, "challenge_invalid");
+    }
+    app.post(
+        &app.root,
+        &path(&d1, "/check"),
+        json!({"challenge_id": cid, "signature": "%%%"}),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "invalid_input");
 
     // No init package before the check; no binding before issue.
     app.post(
@@ -270,4 +285,135 @@ async fn a_wrong_kcv_confirms_nothing() {
     a.refused(StatusCode::CONFLICT, "kcv_mismatch");
     let shown = app.get(&app.root, &path(&d1, "")).await;
     assert_eq!(shown.expect(StatusCode::OK)["state"], "verified");
+}
+
+/// Issue 9 §1: a KCV mismatch is an intrusion event: its own audit action
+/// and the `keyward_security_events_total{kind="kcv_mismatch"}` counter.
+#[tokio::test]
+async fn a_kcv_mismatch_is_a_security_event() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let mut d1 = device(1);
+    app.import("F-1", &[&d1]).await.expect(StatusCode::CREATED);
+    let before = app.get(&crate::harness::anonymous(), "/metrics").await;
+    assert!(
+        before
+            .text
+            .contains(r#"keyward_security_events_total{kind="kcv_mismatch"} 0"#),
+        "the counter is exported before the first event"
+    );
+    check(&app, &d1).await;
+    let mut confirm = init(&app, &mut d1, "bank-a").await;
+    confirm["kcvs"][0]["value"] = json!("000000");
+    app.post(&app.root, &path(&d1, "/init/confirm"), confirm)
+        .await
+        .refused(StatusCode::CONFLICT, "kcv_mismatch");
+    let trail = app.trail().await;
+    let event = trail
+        .iter()
+        .find(|r| r["action"] == "security.kcv_mismatch")
+        .expect("a security.kcv_mismatch record");
+    assert_eq!(event["target"], format!("device:{}", d1.id));
+    assert_eq!(event["outcome"], "refused");
+    let after = app.get(&crate::harness::anonymous(), "/metrics").await;
+    assert!(
+        after
+            .text
+            .contains(r#"keyward_security_events_total{kind="kcv_mismatch"} 1"#),
+        "{}",
+        after.text
+    );
+}
+
+/// Issue 9 §1: failed checks park the device (`check_locked`) until an
+/// operator resets it through the audited route.
+#[tokio::test]
+async fn a_parked_device_is_reset_by_an_operator() {
+    let app = App::new().await;
+    let d1 = device(1);
+    app.import("F-1", &[&d1]).await.expect(StatusCode::CREATED);
+    let thief = device(9);
+    for _ in 0..5 {
+        let c = app
+            .post(&app.root, &path(&d1, "/challenge"), json!({}))
+            .await;
+        let c: wire::ChallengeAnswer =
+            serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+        let sig = thief.sign_challenge(&hex::decode(&c.challenge).unwrap());
+        app.post(
+            &app.root,
+            &path(&d1, "/check"),
+            json!({"challenge_id": c.challenge_id, "signature": B64.encode(sig)}),
+        )
+        .await
+        .refused(StatusCode::FORBIDDEN, "proof_of_possession_failed");
+    }
+    app.post(&app.root, &path(&d1, "/challenge"), json!({}))
+        .await
+        .refused(StatusCode::CONFLICT, "check_locked");
+    let auditor = app.operator("carol", Role::Auditor).await;
+    app.post(&auditor, &path(&d1, "/check/reset"), json!({"reason": "x"}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    let reset = app
+        .post(
+            &app.root,
+            &path(&d1, "/check/reset"),
+            json!({"reason": "device inspected"}),
+        )
+        .await;
+    assert_eq!(reset.expect(StatusCode::OK)["check_failures_cleared"], 5);
+    assert!(app.audited("provisioning.reset_check", "success").await);
+    check(&app, &d1).await;
+}
+
+/// Issue 9 §1: re-certification through the routes, maker-checker.
+#[tokio::test]
+async fn recertification_is_requested_by_one_operator_and_approved_by_another() {
+    let app = App::new().await;
+    let d1 = device(1);
+    app.import("F-1", &[&d1]).await.expect(StatusCode::CREATED);
+    let old = app.get(&app.root, &path(&d1, "")).await.body["cert_serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let renewed = SimDevice::p256(d1.id).unwrap();
+    let b64 = B64.encode(renewed.csr_der());
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        lines.join("\n")
+    );
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let asked = app
+        .post(
+            &alice,
+            &path(&d1, "/recertify"),
+            json!({"csr_pem": pem, "reason": "key rotated"}),
+        )
+        .await;
+    assert_eq!(asked.expect(StatusCode::ACCEPTED)["state"], "pending");
+    app.post(&alice, &path(&d1, "/recertify/approve"), json!({}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "self_approval");
+    let done = app
+        .post(&bob, &path(&d1, "/recertify/approve"), json!({}))
+        .await;
+    let done: wire::RecertifyAnswer =
+        serde_json::from_value(done.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!(done.revoked, vec![old.clone()]);
+    let cert = app
+        .get(&app.root, &format!("/admin/v1/ca/certificates/{old}"))
+        .await;
+    assert_eq!(cert.expect(StatusCode::OK)["status"], "revoked");
+    assert!(
+        app.audited("provisioning.recertify_approve", "success")
+            .await
+    );
 }

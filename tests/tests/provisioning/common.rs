@@ -108,7 +108,7 @@ pub async fn import(env: &Env, id: &str, devs: &[&SimDevice]) {
 pub async fn verify(env: &Env, dev: &SimDevice) {
     let ch = env.prov.begin_check(dev.id).await.unwrap().value;
     let sig = dev.sign_challenge(&ch.bytes);
-    let done = env.prov.complete_check(dev.id, &sig).await.unwrap();
+    let done = env.prov.complete_check(dev.id, &ch.id, &sig).await.unwrap();
     assert_eq!(done.note.action, Action::CompleteCheck);
     assert_eq!(done.note.get("to"), Some("verified"));
 }

@@ -144,6 +144,12 @@ impl DeviceCertifier for OutageAt {
     ) -> BoxFuture<'a, Result<(), CertifierError>> {
         DeviceCertifier::revoke(&self.ca, serial, reason)
     }
+    fn valid_certificates<'a>(
+        &'a self,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>> {
+        DeviceCertifier::valid_certificates(&self.ca, device)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,4 +217,100 @@ async fn an_import_cut_short_by_the_ca_leaves_no_device_and_no_valid_certificate
             .len(),
         6
     );
+}
+
+fn row_codes(r: &keyward_device_provisioning::Refused) -> Vec<(usize, &'static str)> {
+    r.error
+        .import_report()
+        .unwrap()
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row.line,
+                match &row.outcome {
+                    RowOutcome::Rejected { code, .. } => *code,
+                    RowOutcome::Valid => "valid",
+                    RowOutcome::Registered { .. } => "registered",
+                },
+            )
+        })
+        .collect()
+}
+
+/// Issue 9 §1: a CSR naming another device, a key in two rows, a key
+/// already registered to any device: each refused with its own code, so
+/// one key can never pass two devices' checks.
+#[tokio::test]
+async fn one_key_one_device_and_the_csr_names_only_its_device() {
+    let env = env().await;
+    let a = SimDevice::p256(dev_id(1)).unwrap();
+    let b = SimDevice::p256(dev_id(2)).unwrap();
+    let c = SimDevice::p256(dev_id(3)).unwrap();
+    let d = SimDevice::p256(dev_id(4)).unwrap();
+    // B's genuine CSR (naming B) in A's row; C's CSR naming C itself is fine;
+    // D's key in D's row and again in E's row.
+    let e = SimDevice::p256(dev_id(5)).unwrap();
+    let rows = vec![
+        a.manifest_row_with_csr(&b.csr_with_serial_number(&b.id.to_string()).unwrap()), // 3
+        c.manifest_row_with_csr(&c.csr_with_serial_number(&c.id.to_string()).unwrap()), // 4
+        d.manifest_row(),                                                               // 5
+        e.manifest_row_with_csr(d.csr_der()),                                           // 6
+    ];
+    let r = env
+        .prov
+        .import_batch(&batch("B-KEYS"), &manifest(&rows), &op("factory-desk"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        row_codes(&r),
+        vec![
+            (3, "csr_subject_mismatch"),
+            (4, "valid"),
+            (5, "valid"),
+            (6, "public_key_reused"),
+        ]
+    );
+
+    // Across batches: D's key registered, then offered again for another
+    // device (and B's own key, without a serialNumber, in A's row).
+    import(&env, "B-1", &[&d, &b]).await;
+    let rows = vec![
+        e.manifest_row_with_csr(d.csr_der()), // 3
+        a.manifest_row_with_csr(b.csr_der()), // 4
+        c.manifest_row(),                     // 5
+    ];
+    let r = env
+        .prov
+        .import_batch(&batch("B-2"), &manifest(&rows), &op("factory-desk"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        row_codes(&r),
+        vec![
+            (3, "public_key_reused"),
+            (4, "public_key_reused"),
+            (5, "valid")
+        ]
+    );
+    // Even after its device is retired, a key stays its device's.
+    env.prov
+        .transition(
+            d.id,
+            keyward_device_provisioning::DeviceState::Retired,
+            &op("ops"),
+            &reason("scrapped"),
+        )
+        .await
+        .unwrap();
+    let r = env
+        .prov
+        .import_batch(
+            &batch("B-3"),
+            &manifest(&[e.manifest_row_with_csr(d.csr_der())]),
+            &op("factory-desk"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(row_codes(&r), vec![(3, "public_key_reused")]);
 }

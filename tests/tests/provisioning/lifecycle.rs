@@ -62,7 +62,11 @@ async fn device_goes_from_factory_to_issued_and_retired() {
     let begun = env.prov.begin_check(d1.id).await.unwrap();
     assert_eq!(begun.note.actor, Actor::Device(d1.id));
     let sig = d1.sign_challenge(&begun.value.bytes);
-    let done = env.prov.complete_check(d1.id, &sig).await.unwrap();
+    let done = env
+        .prov
+        .complete_check(d1.id, &begun.value.id, &sig)
+        .await
+        .unwrap();
     assert_eq!(done.note.get("cert_serial"), Some(cert_serial.as_str()));
     assert_eq!(
         env.prov.device(d1.id).await.unwrap().state,
@@ -342,4 +346,141 @@ async fn lifecycle_allows_only_its_edges() {
             .await,
         "invalid_transition",
     );
+}
+
+fn status(records: &[keyward_ca::CertRecord], serial: &str) -> keyward_ca::CertStatus {
+    records
+        .iter()
+        .find(|r| r.serial.as_str() == serial)
+        .map(|r| r.status)
+        .unwrap()
+}
+
+/// Issue 9 §1: retiring revokes every certificate the CA holds for the
+/// device id, not only the registered one (a clone minted another way dies
+/// with it).
+#[tokio::test]
+async fn retiring_revokes_every_certificate_of_the_device() {
+    let env = env().await;
+    let d1 = SimDevice::p256(dev_id(1)).unwrap();
+    let clone_key = SimDevice::p256(dev_id(9)).unwrap();
+    import(&env, "B1", &[&d1]).await;
+    let registered = env.prov.device(d1.id).await.unwrap().cert_serial.unwrap();
+    let clone = env
+        .ca
+        .issue_from_csr(clone_key.csr_der(), keyward_ca::IssueRequest::device(d1.id))
+        .await
+        .unwrap();
+    let retired = env
+        .prov
+        .transition(d1.id, DeviceState::Retired, &op("ops"), &reason("stolen"))
+        .await
+        .unwrap();
+    assert_eq!(retired.note.get("certificates_revoked"), Some("2"));
+    let all = env
+        .ca
+        .list(&keyward_ca::CertFilter {
+            device_id: Some(d1.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&all, &registered), keyward_ca::CertStatus::Revoked);
+    assert_eq!(
+        status(&all, clone.serial.as_str()),
+        keyward_ca::CertStatus::Revoked
+    );
+}
+
+/// Re-certification: maker-checker, a key no device ever had, and every
+/// other certificate of the device revoked.
+#[tokio::test]
+async fn recertification_needs_a_second_operator_and_revokes_the_rest() {
+    let env = env().await;
+    let d1 = SimDevice::p256(dev_id(1)).unwrap();
+    let d2 = SimDevice::p256(dev_id(2)).unwrap();
+    import(&env, "B1", &[&d1, &d2]).await;
+    let old = env.prov.device(d1.id).await.unwrap().cert_serial.unwrap();
+    let renewed = SimDevice::p256(d1.id).unwrap();
+
+    // Another device's key, or a CSR naming another device: refused.
+    refused(
+        env.prov
+            .request_recertify(d1.id, d2.csr_der(), &op("alice"), &reason("new key"))
+            .await,
+        "public_key_reused",
+    );
+    let naming_d2 = renewed.csr_with_serial_number(&d2.id.to_string()).unwrap();
+    refused(
+        env.prov
+            .request_recertify(d1.id, &naming_d2, &op("alice"), &reason("new key"))
+            .await,
+        "csr_subject_mismatch",
+    );
+    // Approval without a request; the request; one pending at a time.
+    refused(
+        env.prov.approve_recertify(d1.id, &op("bob")).await,
+        "no_pending_recertification",
+    );
+    let asked = env
+        .prov
+        .request_recertify(
+            d1.id,
+            renewed.csr_der(),
+            &op("alice"),
+            &reason("key rotated"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(asked.note.action, Action::RequestRecertify);
+    assert!(asked.value.cert_serial.is_none());
+    refused(
+        env.prov
+            .request_recertify(d1.id, renewed.csr_der(), &op("carol"), &reason("again"))
+            .await,
+        "recertification_pending",
+    );
+    // The maker cannot approve; a second operator can.
+    refused(
+        env.prov.approve_recertify(d1.id, &op("alice")).await,
+        "self_approval",
+    );
+    let done = env.prov.approve_recertify(d1.id, &op("bob")).await.unwrap();
+    let new = done.value.cert_serial.clone().unwrap();
+    assert_eq!(done.value.revoked, vec![old.clone()]);
+    assert_eq!(done.note.get("requested_by"), Some("alice"));
+    assert_eq!(
+        env.prov.device(d1.id).await.unwrap().cert_serial,
+        Some(new.clone())
+    );
+    let all = env
+        .ca
+        .list(&keyward_ca::CertFilter {
+            device_id: Some(d1.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&all, &old), keyward_ca::CertStatus::Revoked);
+    assert_eq!(status(&all, &new), keyward_ca::CertStatus::Valid);
+    // The new key passes the check; the old one cannot.
+    let ch = env.prov.begin_check(d1.id).await.unwrap().value;
+    refused(
+        env.prov
+            .complete_check(d1.id, &ch.id, &d1.sign_challenge(&ch.bytes))
+            .await,
+        "proof_of_possession_failed",
+    );
+    let ch = env.prov.begin_check(d1.id).await.unwrap().value;
+    env.prov
+        .complete_check(d1.id, &ch.id, &renewed.sign_challenge(&ch.bytes))
+        .await
+        .unwrap();
+    // The renewed key is now registered: it cannot be used again, even for
+    // the same device.
+    let again = env
+        .prov
+        .request_recertify(d1.id, renewed.csr_der(), &op("alice"), &reason("again"))
+        .await;
+    refused(again, "public_key_reused");
 }

@@ -32,7 +32,9 @@ pub enum CaCommand {
         /// PKCS#10 request (PEM).
         #[arg(long)]
         csr: PathBuf,
-        /// device, server-tls or load-permit.
+        /// server-tls or load-permit. `device` is refused by the server
+        /// (`device_certificates_by_provisioning`): device certificates come
+        /// from `device import` or `device recertify`.
         #[arg(long)]
         profile: String,
         #[arg(long)]

@@ -47,15 +47,19 @@ pub enum DeviceCommand {
     Show { device_id: String },
     /// The genuine-device check.
     ///
-    /// Without options: start a check and print the challenge (hex) for a
-    /// station that talks to the device itself. With --signature: submit the
-    /// device's signature over the challenge. With --agent: both, the agent
-    /// signing (`AGENT sign-challenge <device_id> <challenge_hex>` prints the
-    /// base64 DER signature).
+    /// Without options: start a check and print the challenge (its id and
+    /// hex bytes) for a station that talks to the device itself. With
+    /// --challenge-id and --signature: submit the device's signature over
+    /// that challenge. With --agent: both, the agent signing (`AGENT
+    /// sign-challenge <device_id> <challenge_hex>` prints the base64 DER
+    /// signature).
     Check {
         device_id: String,
+        /// The id of the challenge signed (from the challenge printed).
+        #[arg(long, requires = "signature", conflicts_with = "agent")]
+        challenge_id: Option<String>,
         /// The device's signature over the challenge, base64 of DER.
-        #[arg(long, conflicts_with = "agent")]
+        #[arg(long, requires = "challenge_id", conflicts_with = "agent")]
         signature: Option<String>,
         /// Device agent command line (split on whitespace, run without a shell).
         #[arg(long)]
@@ -83,6 +87,26 @@ pub enum DeviceCommand {
         #[arg(long)]
         confirm: Option<String>,
     },
+    /// Clear the failed-check counter of a device parked after too many
+    /// failed genuine-device checks (audited).
+    CheckReset {
+        device_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Ask for a certificate for a device's new key; a second operator
+    /// approves it with `device recertify-approve`.
+    Recertify {
+        device_id: String,
+        /// The device's new PKCS#10 request (PEM file).
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Approve another operator's re-certification: the new certificate is
+    /// issued and every other certificate of the device revoked.
+    RecertifyApprove { device_id: String },
     /// Allow one more init package for an issuer's keys.
     Reinit {
         device_id: String,
@@ -180,9 +204,33 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
         }
         DeviceCommand::Check {
             device_id,
+            challenge_id,
             signature,
             agent,
-        } => check(ctx, &device_id, signature, agent).await?,
+        } => {
+            let answered = challenge_id.zip(signature);
+            check(ctx, &device_id, answered, agent).await?
+        }
+        DeviceCommand::CheckReset { device_id, reason } => {
+            let body = wire::ResetCheckRequest { reason };
+            ctx.show(post(device_path(&device_id, "/check/reset"), body))
+                .await?;
+        }
+        DeviceCommand::Recertify {
+            device_id,
+            csr,
+            reason,
+        } => {
+            let csr_pem = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading {}", csr.display()))?;
+            let body = wire::RecertifyRequest { csr_pem, reason };
+            ctx.show(post(device_path(&device_id, "/recertify"), body))
+                .await?;
+        }
+        DeviceCommand::RecertifyApprove { device_id } => {
+            ctx.show(post_empty(device_path(&device_id, "/recertify/approve")))
+                .await?;
+        }
         DeviceCommand::Init {
             device_id,
             issuer,
@@ -225,12 +273,12 @@ async fn transition(ctx: &Ctx, t: Transition, to: &str) -> anyhow::Result<()> {
 async fn check(
     ctx: &Ctx,
     device_id: &str,
-    signature: Option<String>,
+    answered: Option<(String, String)>,
     agent: Option<String>,
 ) -> anyhow::Result<()> {
     let agent = agent.as_deref().map(Agent::parse).transpose()?;
-    let signature = match (signature, agent) {
-        (Some(signature), _) => signature,
+    let (challenge_id, signature) = match (answered, agent) {
+        (Some(answered), _) => answered,
         (None, None) => {
             let challenge = post_empty(device_path(device_id, "/challenge"));
             ctx.show(challenge).await?;
@@ -244,10 +292,14 @@ async fn check(
                 serde_json::from_value(answer).context("the challenge answer")?;
             let (id, hex) = (&challenge.device_id, &challenge.challenge);
             ctx.note(format!("challenge {hex} for device {id}: asking the agent"));
-            agent.sign_challenge(id, hex)?
+            (
+                challenge.challenge_id.clone(),
+                agent.sign_challenge(id, hex)?,
+            )
         }
     };
     let body = wire::CheckRequest {
+        challenge_id: challenge_id.trim().to_owned(),
         signature: signature.trim().to_owned(),
     };
     ctx.show(post(device_path(device_id, "/check"), body))
