@@ -16,16 +16,30 @@ use sqlx::AnyPool;
 use sqlx::migrate::MigrateError;
 
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
-    sqlite: &[(
-        2001,
-        "audit",
-        include_str!("../migrations/sqlite/2001_audit.sql"),
-    )],
-    postgres: &[(
-        2001,
-        "audit",
-        include_str!("../migrations/postgres/2001_audit.sql"),
-    )],
+    sqlite: &[
+        (
+            2001,
+            "audit",
+            include_str!("../migrations/sqlite/2001_audit.sql"),
+        ),
+        (
+            2002,
+            "audit keyed",
+            include_str!("../migrations/sqlite/2002_audit_keyed.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            2001,
+            "audit",
+            include_str!("../migrations/postgres/2001_audit.sql"),
+        ),
+        (
+            2002,
+            "audit keyed",
+            include_str!("../migrations/postgres/2002_audit_keyed.sql"),
+        ),
+    ],
 };
 
 /// Versions this binary would apply, for reports.

@@ -23,6 +23,8 @@ pub const AUDIT_MAC_LABEL: &str = "keyward/audit/mac";
 pub const AUDIT_CHECKPOINT_LABEL: &str = "keyward/audit/checkpoint";
 /// Largest checkpoint value accepted (the server writes 80 bytes).
 const MAX_CHECKPOINT: usize = 1024;
+/// MACs computed in one HSM job (about 10 ms of SoftHSM time).
+pub const MAX_MACS_PER_JOB: usize = 256;
 
 /// Mechanisms the audit trail needs, whatever the issuers.
 pub const AUDIT_MECHANISMS: &[(MechanismId, &str)] = &[
@@ -100,11 +102,44 @@ impl Kms {
             .await
     }
 
+    /// The audit MACs of several inputs in one HSM job (one `C_Sign` each),
+    /// in order: an append MACs its record and the new head together.
+    pub async fn audit_macs(&self, inputs: Vec<Vec<u8>>) -> Result<Vec<[u8; 32]>> {
+        if inputs.len() > MAX_MACS_PER_JOB {
+            return Err(KmsError::invalid("audit MACs", "too many in one job"));
+        }
+        let cache = self.audit_key.clone();
+        self.pool()
+            .run(move |hsm| inputs.iter().map(|d| mac_job(hsm, &cache, d)).collect())
+            .await
+    }
+
     /// Whether `mac` is the audit MAC of `data`; the comparison is constant
     /// time, so a caller probing MACs learns nothing from timing.
     pub async fn audit_mac_verify(&self, data: &[u8], mac: &[u8]) -> Result<bool> {
         let expected = self.audit_mac(data).await?;
         Ok(expected.ct_eq(mac).into())
+    }
+
+    /// [`Kms::audit_mac_verify`] for many `(data, mac)` pairs in HSM jobs of
+    /// at most [`MAX_MACS_PER_JOB`], so verifying a long trail does not pay
+    /// a queue round trip per record nor hold a worker for long.
+    pub async fn audit_macs_verify(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(MAX_MACS_PER_JOB) {
+            let (cache, chunk) = (self.audit_key.clone(), chunk.to_vec());
+            let part: Vec<bool> = self
+                .pool()
+                .run(move |hsm| {
+                    chunk
+                        .iter()
+                        .map(|(d, m)| mac_job(hsm, &cache, d).map(|e| e.ct_eq(m).into()))
+                        .collect()
+                })
+                .await?;
+            out.extend(part);
+        }
+        Ok(out)
     }
 
     /// The audit checkpoint stored on the token, if one was written.
