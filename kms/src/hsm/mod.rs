@@ -15,7 +15,7 @@ mod raw;
 mod rv;
 
 pub use pkcs11::Pkcs11Hsm;
-pub(crate) use pkcs11::mechanism_name;
+pub use pkcs11::mechanism_name;
 pub use rv::Rv;
 
 use keyward_config::MechanismOverrides;

@@ -374,7 +374,7 @@ fn data_template(label: &str) -> Vec<Attribute> {
 }
 
 /// Human name of a mechanism for error messages.
-pub(crate) fn mechanism_name(m: MechanismId) -> &'static str {
+pub fn mechanism_name(m: MechanismId) -> &'static str {
     match m {
         MechanismId::Des2KeyGen => "CKM_DES2_KEY_GEN",
         MechanismId::AesKeyGen => "CKM_AES_KEY_GEN",

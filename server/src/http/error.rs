@@ -218,7 +218,7 @@ impl From<OnlineError> for ApiError {
 
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
-        Self::internal(e).with_code("audit_error")
+        Self::from_kind(e.kind(), e.code(), e)
     }
 }
 
