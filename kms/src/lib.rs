@@ -44,6 +44,6 @@ pub mod wrap;
 
 pub use error::{ErrorKind, KmsError, Result};
 pub use service::{
-    AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS, Kms, KmsStats, MAX_BULK_ITEMS, MacItem,
-    MacOutcome, OfferedKey, WorkingKeyOffer,
+    AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS, Kms, KmsStats, MAX_BULK_ITEMS,
+    MacItem, MacOutcome, OfferedKey, WorkingKeyOffer,
 };

@@ -130,7 +130,11 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
     }
     // The audit keys come first: every record from here on is MACed.
     let mut audit_keys = Vec::new();
-    if o.kms.ensure_audit_key().await.context("the audit MAC key")? {
+    if o.kms
+        .ensure_audit_key()
+        .await
+        .context("the audit MAC key")?
+    {
         audit_keys.push(format!(
             "audit MAC key {} (HSM, HMAC-SHA256)",
             keyward_kms::AUDIT_MAC_LABEL

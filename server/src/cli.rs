@@ -224,17 +224,17 @@ async fn audit_verify(
     config: &Config,
     against: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
-    let stored: Option<SignedCheckpoint> = match &against {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a signed audit checkpoint", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    let stored: Option<SignedCheckpoint> =
+        match &against {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Some(serde_json::from_str(&text).with_context(|| {
+                    format!("{} is not a signed audit checkpoint", path.display())
+                })?)
+            }
+            None => None,
+        };
     let kms = open_kms(config).await?;
     let pool = kms.db().pool().clone();
     let kind = kms.db().kind();

@@ -284,9 +284,12 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     fn public_key(&self, label: &str) -> Result<Option<PublicKey>>;
     /// Signs `data` (the whole message; hashing is part of the mechanism).
     fn sign(&self, key: ObjectId, mech: SignMechanism, data: &[u8]) -> Result<Vec<u8>>;
-    /// The value of the private token data object (`CKO_DATA`) labelled
+    /// The values of the private token data objects (`CKO_DATA`) labelled
     /// `label`: state kept outside the database (the audit checkpoint).
-    fn read_data(&self, label: &str) -> Result<Option<Vec<u8>>>;
-    /// Creates the private token data object `label`, or replaces its value.
+    /// Usually one; two when a process ended inside [`Hsm::write_data`].
+    fn read_data(&self, label: &str) -> Result<Vec<Vec<u8>>>;
+    /// Replaces the data object `label`: creates the new one, then destroys
+    /// the old ones (SoftHSM makes `CKA_VALUE` read-only, so it cannot be
+    /// updated in place; this order never leaves the token without one).
     fn write_data(&self, label: &str, value: &[u8]) -> Result<()>;
 }

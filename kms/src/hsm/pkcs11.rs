@@ -794,18 +794,19 @@ impl Hsm for Pkcs11Hsm {
         }
     }
 
-    fn read_data(&self, label: &str) -> Result<Option<Vec<u8>>> {
+    fn read_data(&self, label: &str) -> Result<Vec<Vec<u8>>> {
         let _guard = self.object_lock();
         let template = data_template(label);
         self.with_session(&[], |s| {
-            let Some(h) = s.find_objects(&template)?.first().copied() else {
-                return Ok(None);
-            };
-            let attrs = s.get_attributes(h, &[AttributeType::Value])?;
-            Ok(attrs.into_iter().find_map(|a| match a {
-                Attribute::Value(v) => Some(v),
-                _ => None,
-            }))
+            let mut values = Vec::new();
+            for h in s.find_objects(&template)? {
+                for a in s.get_attributes(h, &[AttributeType::Value])? {
+                    if let Attribute::Value(v) = a {
+                        values.push(v);
+                    }
+                }
+            }
+            Ok(values)
         })
     }
 
@@ -813,16 +814,16 @@ impl Hsm for Pkcs11Hsm {
         let _guard = self.object_lock();
         let template = data_template(label);
         self.with_session(&[], |s| {
-            match s.find_objects(&template)?.first().copied() {
-                Some(h) => s.update_attributes(h, &[Attribute::Value(value.to_vec())]),
-                None => {
-                    let mut t = template.clone();
-                    t.push(Attribute::Private(true));
-                    t.push(Attribute::Application(b"keyward".to_vec()));
-                    t.push(Attribute::Value(value.to_vec()));
-                    s.create_object(&t).map(|_| ())
-                }
+            let old = s.find_objects(&template)?;
+            let mut t = template.clone();
+            t.push(Attribute::Private(true));
+            t.push(Attribute::Application(b"keyward".to_vec()));
+            t.push(Attribute::Value(value.to_vec()));
+            s.create_object(&t)?;
+            for h in old {
+                s.destroy_object(h)?;
             }
+            Ok(())
         })
     }
 }

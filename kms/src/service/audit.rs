@@ -142,8 +142,10 @@ impl Kms {
         Ok(out)
     }
 
-    /// The audit checkpoint stored on the token, if one was written.
-    pub async fn audit_checkpoint(&self) -> Result<Option<Vec<u8>>> {
+    /// The audit checkpoints stored on the token: none before the first
+    /// write, usually one, two when a process ended in the middle of
+    /// replacing it (the caller takes the newest that verifies).
+    pub async fn audit_checkpoint(&self) -> Result<Vec<Vec<u8>>> {
         self.pool()
             .run(|hsm| hsm.read_data(AUDIT_CHECKPOINT_LABEL))
             .await

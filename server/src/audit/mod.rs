@@ -505,12 +505,11 @@ impl AuditLog {
                 keyed::head_input(rec.seq, keyed_from, &rec.hash),
             ])
             .await?;
-        let [record_mac, head_mac] = <[[u8; 32]; 2]>::try_from(macs).map_err(|_| {
-            KmsError::Hsm {
+        let [record_mac, head_mac] =
+            <[[u8; 32]; 2]>::try_from(macs).map_err(|_| KmsError::Hsm {
                 function: "C_Sign",
                 problem: "wrong number of audit MACs",
-            }
-        })?;
+            })?;
         rec.mac = Some(hex::encode(record_mac));
         let head_mac = hex::encode(head_mac);
         sqlx::query(
@@ -563,7 +562,6 @@ impl AuditLog {
         Ok(rows.iter().map(record_of).collect::<Result<_, _>>()?)
     }
 }
-
 
 fn record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, sqlx::Error> {
     Ok(AuditRecord {

@@ -12,9 +12,9 @@
 //! checkpoint and the records after it.
 
 use base64::Engine;
+use keyward_kms::KmsError;
 use keyward_kms::db::now_ms;
 use keyward_kms::hsm::{PublicKey, SignMechanism};
-use keyward_kms::KmsError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -112,8 +112,10 @@ fn signature_valid(point: &[u8], msg: &[u8], sig_b64: &str) -> bool {
     let Ok(der) = base64::engine::general_purpose::STANDARD.decode(sig_b64) else {
         return false;
     };
-    let (Ok(key), Ok(sig)) = (VerifyingKey::from_sec1_bytes(point), Signature::from_der(&der))
-    else {
+    let (Ok(key), Ok(sig)) = (
+        VerifyingKey::from_sec1_bytes(point),
+        Signature::from_der(&der),
+    ) else {
         return false;
     };
     key.verify(msg, &sig).is_ok()
@@ -149,24 +151,25 @@ impl AuditLog {
         self.verify(true).await
     }
 
-    /// The HSM checkpoint, if one was written and its MAC holds.
+    /// The newest HSM checkpoint whose MAC holds, if one was written.
     async fn hsm_checkpoint(
         &self,
         report: &mut VerifyReport,
     ) -> Result<Option<Checkpoint>, AuditError> {
-        let Some(bytes) = self.kms.audit_checkpoint().await? else {
-            return Ok(None);
-        };
-        match Checkpoint::decode(&bytes) {
-            Some(cp) if self.kms.audit_mac_verify(&cp.mac_input(), &cp.mac).await? => {
-                report.checkpoint_seq = Some(cp.seq);
-                Ok(Some(cp))
-            }
-            _ => {
-                report.flag(1, "the HSM checkpoint does not verify under the audit key");
-                Ok(None)
+        let stored = self.kms.audit_checkpoint().await?;
+        let mut best: Option<Checkpoint> = None;
+        for bytes in &stored {
+            match Checkpoint::decode(bytes) {
+                Some(cp) if self.kms.audit_mac_verify(&cp.mac_input(), &cp.mac).await? => {
+                    if best.as_ref().is_none_or(|b| b.seq < cp.seq) {
+                        best = Some(cp);
+                    }
+                }
+                _ => report.flag(1, "an HSM checkpoint does not verify under the audit key"),
             }
         }
+        report.checkpoint_seq = best.as_ref().map(|cp| cp.seq);
+        Ok(best)
     }
 
     async fn verify(&self, from_checkpoint: bool) -> Result<VerifyReport, AuditError> {
@@ -307,10 +310,15 @@ impl AuditLog {
             .try_into()
             .map_err(|_| AuditError::InvalidCheckpoint("head MAC of the wrong length"))?;
         // Never move the checkpoint back (replicas on one database).
-        if let Some(current) = self.kms.audit_checkpoint().await?
-            && let Some(current) = Checkpoint::decode(&current)
-            && current.seq >= seq
-        {
+        let newest = self
+            .kms
+            .audit_checkpoint()
+            .await?
+            .iter()
+            .filter_map(|b| Checkpoint::decode(b))
+            .map(|cp| cp.seq)
+            .max();
+        if newest.is_some_and(|n| n >= seq) {
             *done = seq;
             return Ok(false);
         }
@@ -437,7 +445,11 @@ pub async fn check_at_start(audit: &AuditLog, allow_broken: bool) -> anyhow::Res
              --allow-broken-audit only once the break is understood"
         );
     }
-    tracing::error!(first_bad = seq, problem, "audit trail broken; serving anyway (--allow-broken-audit)");
+    tracing::error!(
+        first_bad = seq,
+        problem,
+        "audit trail broken; serving anyway (--allow-broken-audit)"
+    );
     let event = AuditEvent::AuditVerified {
         records: report.records,
         first_bad: report.first_bad,
