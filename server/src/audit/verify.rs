@@ -242,6 +242,22 @@ impl AuditLog {
             }
         }
 
+        // First, so that its reason is the one given when several agree.
+        if let Some(cp) = &cp {
+            if head.seq < cp.seq {
+                report.flag(
+                    head.seq + 1,
+                    format!(
+                        "the trail ends at record {} but the HSM checkpoint names record {}: \
+                         records were removed",
+                        head.seq, cp.seq
+                    ),
+                );
+            }
+            if head.keyed_from != Some(cp.keyed_from) {
+                report.flag(cp.keyed_from, "keyed_from differs from the HSM checkpoint");
+            }
+        }
         let log_end = expected_seq - 1;
         if log_end != head.seq || running.as_deref() != Some(head.hash.as_str()) {
             report.flag(
@@ -265,21 +281,6 @@ impl AuditLog {
             (Some(_), None) => report.flag(head.seq + 1, "the head has no MAC"),
             (None, Some(_)) => report.flag(head.seq + 1, "the head has a MAC but no keyed_from"),
             (None, None) => {}
-        }
-        if let Some(cp) = &cp {
-            if head.seq < cp.seq {
-                report.flag(
-                    head.seq + 1,
-                    format!(
-                        "the trail ends at record {} but the HSM checkpoint names record {}: \
-                         records were removed",
-                        head.seq, cp.seq
-                    ),
-                );
-            }
-            if head.keyed_from != Some(cp.keyed_from) {
-                report.flag(cp.keyed_from, "keyed_from differs from the HSM checkpoint");
-            }
         }
         Ok(report)
     }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tamper;
+
 use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::softhsm::TestToken;
 
@@ -196,12 +198,18 @@ crl_refresh_secs = {crl_refresh}
 
     /// Spawns `keyward serve` and reads the listening line.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Server::start`] with more `serve` arguments.
+    pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
         let mut child = Command::new(KEYWARD)
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
+            .args(args)
             .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -222,6 +230,36 @@ crl_refresh_secs = {crl_refresh}
             .unwrap_or_else(|_| panic!("serve did not start: {line:?}\n{}", self.log()));
         self.public = v["listening"]["public"].as_str().unwrap().to_owned();
         self.admin = v["listening"]["admin"].as_str().unwrap().to_owned();
+    }
+
+    /// Runs `keyward serve` expecting it to refuse to start: its exit status
+    /// and stderr (fails the test if it is still running after 60 s).
+    pub fn serve_refused(&self) -> (std::process::ExitStatus, String) {
+        let err = self.dir.path().join("refused.log");
+        let mut child = Command::new(KEYWARD)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve started although it should have refused");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, std::fs::read_to_string(err).unwrap_or_default())
     }
 
     /// The serve process's log so far.

@@ -4,10 +4,12 @@
 use axum::http::StatusCode;
 use keyward_ca::Role;
 use keyward_config::DatabaseKind;
-use keyward_server::audit::AuditRecord;
 use serde_json::Value;
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 
+use crate::common::tamper::{
+    append_forged, drop_guards, exec, head, records, rewrite_and_rechain, set_head, strip_keying,
+};
 use crate::harness::App;
 
 #[tokio::test]
@@ -53,117 +55,6 @@ fn db(app: &App) -> (AnyPool, DatabaseKind) {
     (db.pool().clone(), db.kind())
 }
 
-async fn exec(pool: &AnyPool, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .map(|_| ())
-}
-
-/// What a writer with DDL rights does first: drop (disable) the triggers.
-async fn drop_guards(app: &App) {
-    let (pool, kind) = db(app);
-    match kind {
-        DatabaseKind::Sqlite => {
-            for t in [
-                "audit_log_no_update",
-                "audit_log_no_delete",
-                "audit_log_append_at_head",
-                "audit_head_advance_only",
-                "audit_head_no_delete",
-                "audit_head_no_insert",
-            ] {
-                exec(&pool, &format!("DROP TRIGGER {t}")).await.unwrap();
-            }
-        }
-        DatabaseKind::Postgres => {
-            for t in ["audit_log", "audit_head"] {
-                exec(&pool, &format!("ALTER TABLE {t} DISABLE TRIGGER USER"))
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
-
-async fn head(pool: &AnyPool) -> (i64, String, Option<i64>, Option<String>) {
-    let r = sqlx::query("SELECT seq, hash, keyed_from, mac FROM audit_head WHERE id = 1")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    (
-        r.get::<i64, _>(0),
-        r.get::<String, _>(1),
-        r.get::<Option<i64>, _>(2),
-        r.get::<Option<String>, _>(3),
-    )
-}
-
-async fn records(pool: &AnyPool) -> Vec<AuditRecord> {
-    let rows = sqlx::query(
-        "SELECT seq, at_ms, actor, action, target, outcome, request_id, detail_json, \
-         prev_hash, hash, mac FROM audit_log ORDER BY seq",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    rows.iter()
-        .map(|r| AuditRecord {
-            seq: r.get(0),
-            at_ms: r.get(1),
-            actor: r.get(2),
-            action: r.get(3),
-            target: r.get(4),
-            outcome: r.get(5),
-            request_id: r.get(6),
-            detail_json: r.get(7),
-            prev_hash: r.get(8),
-            hash: r.get(9),
-            mac: r.get(10),
-        })
-        .collect()
-}
-
-async fn insert(pool: &AnyPool, r: &AuditRecord) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at_ms, actor, action, target, outcome, request_id, \
-         detail_json, prev_hash, hash, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(r.seq)
-    .bind(r.at_ms)
-    .bind(r.actor.as_str())
-    .bind(r.action.as_str())
-    .bind(r.target.as_str())
-    .bind(r.outcome.as_str())
-    .bind(r.request_id.as_str())
-    .bind(r.detail_json.as_str())
-    .bind(r.prev_hash.as_str())
-    .bind(r.hash.as_str())
-    .bind(r.mac.as_deref())
-    .execute(pool)
-    .await
-    .map(|_| ())
-}
-
-async fn set_head(
-    pool: &AnyPool,
-    seq: i64,
-    hash: &str,
-    keyed_from: Option<i64>,
-    mac: Option<&str>,
-) {
-    sqlx::query(
-        "UPDATE audit_head SET seq = $1, hash = $2, keyed_from = $3, mac = $4 WHERE id = 1",
-    )
-    .bind(seq)
-    .bind(hash)
-    .bind(keyed_from)
-    .bind(mac)
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
 /// The API's verdict, and the start-up check's (from the HSM checkpoint),
 /// taken first: the API's check appends its own record.
 async fn verdicts(app: &App) -> (Value, Option<i64>) {
@@ -187,31 +78,13 @@ async fn a_forged_but_correctly_chained_record_is_detected() {
     let app = App::new().await;
     grow(&app, 3).await;
     let (pool, _) = db(&app);
-    let (seq, hash, keyed_from, mac) = head(&pool).await;
-    let mut forged = AuditRecord {
-        seq: seq + 1,
-        at_ms: 1_800_000_000_000,
-        actor: "operator:admin#01".into(),
-        action: "certificate.revoke".into(),
-        target: "0A1B".into(),
-        outcome: "success".into(),
-        request_id: "forged".into(),
-        detail_json: r#"{"reason":"key_compromise"}"#.into(),
-        prev_hash: hash,
-        hash: String::new(),
-        // Any 64 hex digits: only the HSM can make the right ones.
-        mac: Some("ab".repeat(32)),
-    };
-    forged.hash = forged.compute_hash();
     // The triggers cannot check a MAC: this append passes them.
-    insert(&pool, &forged).await.unwrap();
-    set_head(&pool, forged.seq, &forged.hash, keyed_from, mac.as_deref()).await;
-
+    let forged = append_forged(&pool).await;
     let (api, start) = verdicts(&app).await;
     assert_eq!(api["ok"], false, "{api}");
-    assert_eq!(api["first_bad"], forged.seq, "{api}");
+    assert_eq!(api["first_bad"], forged, "{api}");
     assert!(api["problem"].as_str().unwrap().contains("MAC"), "{api}");
-    assert_eq!(start, Some(forged.seq));
+    assert_eq!(start, Some(forged));
     // No signed checkpoint vouches for a broken trail.
     app.get(&app.root, "/admin/v1/audit/checkpoint")
         .await
@@ -258,7 +131,8 @@ async fn the_last_ten_records_deleted_and_an_old_valid_head_restored_are_detecte
     );
     // ...so the writer drops them, cuts the tail and restores the head row as
     // it was (a once-valid head, MAC and all: only the HSM checkpoint knows).
-    drop_guards(&app).await;
+    let (p, k) = db(&app);
+    drop_guards(&p, k).await;
     exec(
         &pool,
         &format!("DELETE FROM audit_log WHERE seq > {}", old.0),
@@ -316,29 +190,10 @@ async fn an_old_record_rewritten_and_rechained_is_detected() {
     let app = App::new().await;
     grow(&app, 5).await;
     let (pool, _) = db(&app);
-    drop_guards(&app).await;
+    let (p, k) = db(&app);
+    drop_guards(&p, k).await;
     let target = 3i64;
-    let mut all = records(&pool).await;
-    let mut prev = String::new();
-    for r in all.iter_mut().filter(|r| r.seq >= target) {
-        if r.seq == target {
-            r.actor = "operator:someone-else#99".into();
-        } else {
-            r.prev_hash = prev.clone();
-        }
-        r.hash = r.compute_hash();
-        prev = r.hash.clone();
-        sqlx::query("UPDATE audit_log SET actor = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
-            .bind(r.actor.as_str())
-            .bind(r.prev_hash.as_str())
-            .bind(r.hash.as_str())
-            .bind(r.seq)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    let (seq, _, keyed_from, mac) = head(&pool).await;
-    set_head(&pool, seq, &prev, keyed_from, mac.as_deref()).await;
+    rewrite_and_rechain(&pool, target).await;
     // The SHA-256 chain alone holds again...
     let mut running = "0".repeat(64);
     for r in records(&pool).await {
@@ -373,10 +228,9 @@ async fn the_head_row_is_guarded_and_rewriting_it_is_detected() {
     assert_eq!(api["ok"], true, "{api}");
 
     // Without the guards: claim the trail was never keyed.
-    drop_guards(&app).await;
-    exec(&pool, "UPDATE audit_head SET keyed_from = NULL, mac = NULL")
-        .await
-        .unwrap();
+    let (p, k) = db(&app);
+    drop_guards(&p, k).await;
+    strip_keying(&pool).await;
     let (api, start) = verdicts(&app).await;
     assert_eq!(api["ok"], false, "{api}");
     assert_eq!(api["first_bad"], 1, "{api}");
