@@ -7,7 +7,8 @@
 //! [`Audited`] value with its note, on refusal or failure a [`Refused`] with
 //! the note and the error. The note is built when the operation starts, so a
 //! refusal is noted exactly like a success (same actor, action and target),
-//! and holds no key bytes, national ids or contact addresses.
+//! and holds no key bytes, national ids or contact addresses; operator free
+//! text goes in through [`redact_free_text`].
 
 use std::error::Error as StdError;
 use std::fmt;

@@ -25,6 +25,9 @@ use super::{AUDIT_SIGNING_LABEL, AuditError, AuditLog, GENESIS, Head, record_of}
 /// Records read per query.
 const VERIFY_PAGE: i64 = 1000;
 
+/// A MAC to check: its input and the MAC stored.
+type MacCheck = (Vec<u8>, Vec<u8>);
+
 /// The result of a verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
@@ -196,7 +199,7 @@ impl AuditLog {
             if rows.is_empty() {
                 break;
             }
-            let mut macs: Vec<(i64, (Vec<u8>, Vec<u8>))> = Vec::new();
+            let mut macs: Vec<(i64, MacCheck)> = Vec::new();
             for row in &rows {
                 let rec = record_of(row)?;
                 report.records += 1;
