@@ -66,6 +66,19 @@ impl VerifyReport {
         self.first_bad.is_none()
     }
 
+    /// Notes that the trail ends before record `named` of a checkpoint
+    /// (`which`: `HSM` or `stored`): records after the head were removed.
+    fn cut(&mut self, which: &str, named: i64) {
+        let head = self.head_seq;
+        self.flag(
+            head + 1,
+            format!(
+                "the trail ends at record {head} but the {which} checkpoint names record \
+                 {named}: records were removed"
+            ),
+        );
+    }
+
     /// Notes a problem at `seq`; the report keeps the lowest.
     fn flag(&mut self, seq: i64, problem: impl Into<String>) {
         if self.first_bad.is_none_or(|b| seq < b) {
@@ -248,14 +261,7 @@ impl AuditLog {
         // First, so that its reason is the one given when several agree.
         if let Some(cp) = &cp {
             if head.seq < cp.seq {
-                report.flag(
-                    head.seq + 1,
-                    format!(
-                        "the trail ends at record {} but the HSM checkpoint names record {}: \
-                         records were removed",
-                        head.seq, cp.seq
-                    ),
-                );
+                report.cut("HSM", cp.seq);
             }
             if head.keyed_from != Some(cp.keyed_from) {
                 report.flag(cp.keyed_from, "keyed_from differs from the HSM checkpoint");
@@ -405,14 +411,7 @@ impl AuditLog {
             );
         }
         if report.head_seq < stored.seq {
-            report.flag(
-                report.head_seq + 1,
-                format!(
-                    "the trail ends at record {} but the stored checkpoint names record {}: \
-                     records were removed",
-                    report.head_seq, stored.seq
-                ),
-            );
+            report.cut("stored", stored.seq);
         } else {
             let hash: Option<String> =
                 sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
