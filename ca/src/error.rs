@@ -105,7 +105,8 @@ impl CaError {
             Self::OcspEncoding(_) => "ocsp_encoding",
             Self::SelfCheck(_) => "ca_self_check",
             Self::Kms(e) => e.code(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
+            Self::Database(e) => keyward_kms::db::error_code(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
             Self::Task(_) => "internal_error",
         }
     }
@@ -122,13 +123,13 @@ impl CaError {
             Self::UnknownSerial(_) => ErrorKind::NotFound,
             Self::AlreadyRevoked(_) => ErrorKind::Conflict,
             Self::Kms(e) => e.kind(),
+            Self::Database(e) => keyward_kms::db::error_kind(e),
             Self::CaKeyMismatch { .. }
             | Self::CaExpired
             | Self::Config { .. }
             | Self::Encoding(_)
             | Self::SelfCheck(_)
             | Self::OcspEncoding(_)
-            | Self::Database(_)
             | Self::Migration(_)
             | Self::CorruptRecord(_)
             | Self::Task(_) => ErrorKind::Internal,

@@ -25,7 +25,8 @@
 //! - [`error`]: [`CaError`] with stable codes and an [`ErrorKind`].
 //!
 //! - [`ocsp`]: an OCSP responder (RFC 6960) for certificates of the issuing
-//!   CA, [`Ca::ocsp_response`], answers signed with the issuing CA's HSM key.
+//!   CA, [`OcspResponder`]: bounded requests, answers signed with the issuing
+//!   CA's HSM key once and cached until the registry changes.
 //!   Relying parties may also use the CRL (or, inside Keyward, the registry
 //!   via [`Ca::is_revoked`]).
 //!
@@ -43,10 +44,15 @@ pub mod profile;
 pub mod registry;
 mod store;
 
-pub use authority::{BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL};
+pub use authority::{
+    BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL, RevocationMarker,
+};
 pub use csr::VerifiedCsr;
 pub use error::{CaError, ErrorKind, Result};
 pub use hsm_key::{HsmKey, SubjectKey};
-pub use ocsp::{OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, malformed_request_der};
-pub use profile::{IssueRequest, Profile, Role};
+pub use ocsp::{
+    OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, OcspAnswer, OcspLimits, OcspResponder,
+    OcspSource, malformed_request_der,
+};
+pub use profile::{IssueRequest, Profile, Role, normal_name};
 pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};

@@ -1,29 +1,46 @@
-//! An OCSP responder (RFC 6960) for certificates issued by the issuing CA.
+//! An OCSP responder (RFC 6960) for certificates issued by the issuing CA,
+//! reachable by anyone: every answer is bounded and most cost no signature.
 //!
-//! [`Ca::ocsp_response`] takes a DER `OCSPRequest` and returns a DER
+//! [`OcspResponder::respond`] takes a DER `OCSPRequest` and returns a DER
 //! `OCSPResponse`:
-//! - a request that does not parse, or lists no certificate, is answered
-//!   with `malformedRequest` (unsigned), never with an error;
+//! - a request that does not parse (a serial longer than 20 octets, RFC 5280
+//!   §4.1.2.2, does not parse), lists no certificate or more than
+//!   [`MAX_CERT_IDS`], carries a `CertID` whose hashes are not the length of
+//!   its hash algorithm, or a nonce that is not an OCTET STRING of 1 to
+//!   [`MAX_NONCE_LEN`] octets (RFC 8954 §2.1) is answered `malformedRequest`
+//!   (unsigned), never with an error;
 //! - each `CertID` whose `issuerNameHash`/`issuerKeyHash` (SHA-1 or SHA-256)
 //!   match the issuing CA is answered `good` (issued here, not revoked),
 //!   `revoked` (revocation time, and the reason unless `unspecified`, as on
-//!   the CRL) or `unknown` (serial never issued here);
-//! - foreign `CertID`s (another issuer, or a hash algorithm other than SHA-1
-//!   and SHA-256): if *no* `CertID` of the request is ours the whole request
-//!   is answered `unauthorized` (RFC 6960 §2.3: this responder cannot answer
-//!   authoritatively for it); in a request that mixes ours and foreign ones
-//!   the foreign ones are answered `unknown` (§2.2: "an unrecognized issuer
-//!   that is not served by this responder");
-//! - `thisUpdate` = `producedAt` = now, `nextUpdate` = now + 1 hour; the
-//!   request's nonce extension is echoed; `responderID` is `byKey` (SHA-1 of
-//!   the issuing CA's public key bits); the issuing CA signs directly
-//!   (ecdsa-with-SHA256 or sha256WithRSAEncryption, matching its HSM key),
-//!   so no certificates are included. Request signatures are ignored.
+//!   the CRL) or `unknown` (serial never issued here, or zero or negative);
+//! - a request with a `CertID` under another hash algorithm (or with hash
+//!   parameters other than NULL), or with no `CertID` of ours, is answered
+//!   `unauthorized` (RFC 6960 §2.3: not authoritative for it); in a request
+//!   that mixes ours with another issuer's (SHA-1/SHA-256, hashes of the
+//!   right length, so at most a few hundred bytes are echoed) the foreign
+//!   ones are answered `unknown` (§2.2);
+//! - **nonces are not echoed.** The nonce is optional for a responder (RFC
+//!   6960 §4.4.1; the lightweight profile, RFC 5019 §2.2.1, leaves it out so
+//!   that responses can be produced ahead): answers are signed once per set
+//!   of `CertID`s and served from a cache until the registry changes (a
+//!   revocation or a new CRL) or half their validity has passed, so an
+//!   anonymous request does not cost an HSM signature. A nonce'd request is
+//!   answered from the same cache, without the nonce; a client that insists
+//!   on one gets a fresh `thisUpdate` no older than [`VALIDITY`]` / 2`.
+//! - cache misses are signed at most [`OcspLimits::signatures_per_second`]
+//!   times a second; past that the answer is `tryLater` (unsigned, §2.3).
+//! - `thisUpdate` = `producedAt` = signing time, `nextUpdate` = that + 1 hour;
+//!   `responderID` is `byKey` (SHA-1 of the issuing CA's public key bits);
+//!   the issuing CA signs directly (ecdsa-with-SHA256 or
+//!   sha256WithRSAEncryption, matching its HSM key), so no certificates are
+//!   included. Request signatures are ignored.
 //!
 //! Server-side failures (database, HSM) are errors ([`CaError`]); the caller
 //! decides how to report them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use der::asn1::{BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
 use der::{Any, Decode, Encode};
@@ -31,7 +48,6 @@ use keyward_kms::hsm::SignMechanism;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
-use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::CrlReason;
 use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_ocsp::{
@@ -50,8 +66,13 @@ pub const OCSP_RESPONSE_CONTENT_TYPE: &str = "application/ocsp-response";
 
 /// How long an answer may be cached: `nextUpdate - thisUpdate`.
 pub const VALIDITY: Duration = Duration::from_secs(3600);
-/// Most `CertID`s answered in one request (more is `malformedRequest`).
-pub const MAX_CERT_IDS: usize = 64;
+/// Most `CertID`s answered in one request (more is `malformedRequest`): a
+/// relying party asks about one certificate, a browser-style client about
+/// its chain.
+pub const MAX_CERT_IDS: usize = 8;
+/// Longest nonce accepted, in octets (RFC 8954 §2.1; longer is
+/// `malformedRequest`).
+pub const MAX_NONCE_LEN: usize = 32;
 
 const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
@@ -112,7 +133,8 @@ impl IssuerHashes {
         &self.sha1_key
     }
 
-    /// Whether `id` names a certificate of this issuer.
+    /// Whether `id` names a certificate of this issuer (its hashes were
+    /// checked by [`hash_len`] first).
     fn matches(&self, id: &CertId) -> bool {
         let (name, key) = if id.hash_algorithm.oid == ID_SHA1 {
             (&self.sha1_name, &self.sha1_key)
@@ -139,14 +161,33 @@ pub(crate) enum Query {
 /// A parsed request, or the response status that refuses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Parsed {
-    Queries {
-        queries: Vec<Query>,
-        nonce: Option<Extension>,
-    },
+    Queries(Vec<Query>),
     Refused(x509_ocsp::OcspResponseStatus),
 }
 
-/// Parses and classifies a DER `OCSPRequest`.
+/// The digest length of a `CertID`'s hash algorithm, `None` for an algorithm
+/// this responder does not use (or one with parameters other than NULL,
+/// which could carry anything).
+fn hash_len(id: &CertId) -> Option<usize> {
+    let params_ok = id
+        .hash_algorithm
+        .parameters
+        .as_ref()
+        .is_none_or(|p| der::Tagged::tag(p) == der::Tag::Null && p.value().is_empty());
+    if !params_ok {
+        return None;
+    }
+    if id.hash_algorithm.oid == ID_SHA1 {
+        Some(20)
+    } else if id.hash_algorithm.oid == ID_SHA256 {
+        Some(32)
+    } else {
+        None
+    }
+}
+
+/// Parses and classifies a DER `OCSPRequest` (the module documentation says
+/// what is refused and how).
 pub(crate) fn parse_request(der: &[u8], issuer: &IssuerHashes) -> Parsed {
     use x509_ocsp::OcspResponseStatus as S;
     let Ok(req) = OcspRequest::from_der(der) else {
@@ -156,32 +197,42 @@ pub(crate) fn parse_request(der: &[u8], issuer: &IssuerHashes) -> Parsed {
     if list.is_empty() || list.len() > MAX_CERT_IDS {
         return Parsed::Refused(S::MalformedRequest);
     }
-    let queries: Vec<Query> = list
-        .into_iter()
-        .map(|r| {
-            let id = r.req_cert;
-            if issuer.matches(&id) {
-                let serial = serial_of(&id);
-                Query::Ours(id, serial)
-            } else {
-                Query::Foreign(id)
+    let mut unsupported = false;
+    let mut queries = Vec::with_capacity(list.len());
+    for r in list {
+        let id = r.req_cert;
+        match hash_len(&id) {
+            None => unsupported = true,
+            Some(n)
+                if id.issuer_name_hash.as_bytes().len() != n
+                    || id.issuer_key_hash.as_bytes().len() != n =>
+            {
+                return Parsed::Refused(S::MalformedRequest);
             }
-        })
-        .collect();
-    if !queries.iter().any(|q| matches!(q, Query::Ours(..))) {
-        return Parsed::Refused(S::Unauthorized);
+            Some(_) if issuer.matches(&id) => {
+                let serial = serial_of(&id);
+                queries.push(Query::Ours(id, serial));
+            }
+            Some(_) => queries.push(Query::Foreign(id)),
+        }
     }
-    let nonce = req
+    let nonce_ok = req
         .tbs_request
         .request_extensions
         .unwrap_or_default()
-        .into_iter()
-        .find(|e| e.extn_id == ID_PKIX_OCSP_NONCE)
-        .map(|e| Extension {
-            critical: false,
-            ..e
+        .iter()
+        .filter(|e| e.extn_id == ID_PKIX_OCSP_NONCE)
+        .all(|e| {
+            OctetString::from_der(e.extn_value.as_bytes())
+                .is_ok_and(|n| (1..=MAX_NONCE_LEN).contains(&n.as_bytes().len()))
         });
-    Parsed::Queries { queries, nonce }
+    if !nonce_ok {
+        return Parsed::Refused(S::MalformedRequest);
+    }
+    if unsupported || !queries.iter().any(|q| matches!(q, Query::Ours(..))) {
+        return Parsed::Refused(S::Unauthorized);
+    }
+    Parsed::Queries(queries)
 }
 
 /// The registry serial of a `CertID`, if it can be one (positive, ≤ 20 bytes).
@@ -233,7 +284,6 @@ fn gtime(unix_s: u64) -> Result<OcspGeneralizedTime> {
 pub(crate) fn response_data(
     issuer: &IssuerHashes,
     answers: Vec<(CertId, CertStatus)>,
-    nonce: Option<Extension>,
     now_s: u64,
 ) -> Result<ResponseData> {
     let this_update = gtime(now_s)?;
@@ -255,7 +305,7 @@ pub(crate) fn response_data(
         ),
         produced_at: this_update,
         responses,
-        response_extensions: nonce.map(|n| vec![n]),
+        response_extensions: None,
     })
 }
 
@@ -298,27 +348,168 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
-impl Ca {
+/// Limits of an [`OcspResponder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OcspLimits {
+    /// Signed answers kept (one per distinct set of `CertID`s); when full the
+    /// cache starts over.
+    pub cache_entries: usize,
+    /// Cache misses signed per second (also the burst); past it `tryLater`.
+    pub signatures_per_second: u32,
+}
+
+/// Where an answer came from, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspSource {
+    /// Refused (`malformedRequest`, `unauthorized`): nothing to sign.
+    Refused,
+    /// Served from the cache: no signature.
+    Cached,
+    /// Signed in the HSM now.
+    Signed,
+    /// `tryLater`: the signing budget was spent.
+    Throttled,
+}
+
+impl OcspSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Cached => "cached",
+            Self::Signed => "signed",
+            Self::Throttled => "throttled",
+        }
+    }
+}
+
+/// One answer.
+#[derive(Debug, Clone)]
+pub struct OcspAnswer {
+    /// The DER `OCSPResponse`.
+    pub der: Vec<u8>,
+    pub source: OcspSource,
+}
+
+/// The issuing CA's OCSP responder: parsing, a cache of signed answers keyed
+/// by the request's `CertID`s and invalidated by the registry's revision and
+/// CRL number, and a signing budget. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct OcspResponder {
+    ca: Ca,
+    issuer: IssuerHashes,
+    limits: OcspLimits,
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// The registry generation the entries were signed under.
+    generation: Option<crate::RevocationMarker>,
+    entries: HashMap<Vec<u8>, Cached>,
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    der: Vec<u8>,
+    produced_s: u64,
+}
+
+impl CacheState {
+    /// Takes one signature from the budget (token bucket, burst = rate).
+    fn take_token(&mut self, rate: u32, now: Instant) -> bool {
+        let rate = f64::from(rate.max(1));
+        let elapsed = self
+            .refilled
+            .map_or(rate, |t| now.duration_since(t).as_secs_f64() * rate);
+        self.tokens = (self.tokens + elapsed).min(rate);
+        self.refilled = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl OcspResponder {
+    pub fn new(ca: Ca, limits: OcspLimits) -> Result<Self> {
+        let issuer = IssuerHashes::from_cert_der(ca.issuing_der())?;
+        Ok(Self {
+            ca,
+            issuer,
+            limits,
+            state: Mutex::new(CacheState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Answers a DER `OCSPRequest` with a DER `OCSPResponse` (see the module
-    /// documentation). A malformed request gets `malformedRequest`, a request
-    /// about no certificate of this CA gets `unauthorized`; `Err` only for
-    /// the registry or the HSM failing.
-    pub async fn ocsp_response(&self, request_der: &[u8]) -> Result<Vec<u8>> {
-        let issuer = IssuerHashes::from_cert_der(self.issuing_der())?;
-        let (queries, nonce) = match parse_request(request_der, &issuer) {
-            Parsed::Queries { queries, nonce } => (queries, nonce),
-            Parsed::Refused(status) => {
-                return Ok(unsigned(OcspResponse {
-                    response_status: status,
-                    response_bytes: None,
-                }));
-            }
+    /// documentation). `Err` only for the registry or the HSM failing.
+    pub async fn respond(&self, request_der: &[u8]) -> Result<OcspAnswer> {
+        use x509_ocsp::OcspResponseStatus as S;
+        let queries = match parse_request(request_der, &self.issuer) {
+            Parsed::Queries(q) => q,
+            Parsed::Refused(status) => return Ok(refusal(status, OcspSource::Refused)),
         };
+        let mut key = Vec::new();
+        for q in &queries {
+            let (Query::Ours(id, _) | Query::Foreign(id)) = q;
+            id.encode_to_vec(&mut key).map_err(CaError::OcspEncoding)?;
+        }
+        // Read before the records: an answer is never filed under a newer
+        // generation than the registry it was built from.
+        let generation = self.ca.revocation_marker().await?;
+        let now = now_s();
+        {
+            let mut st = self.lock();
+            if st.generation != Some(generation) {
+                st.entries.clear();
+                st.generation = Some(generation);
+            }
+            if let Some(c) = st.entries.get(&key)
+                && now < c.produced_s + VALIDITY.as_secs() / 2
+            {
+                return Ok(OcspAnswer {
+                    der: c.der.clone(),
+                    source: OcspSource::Cached,
+                });
+            }
+            if !st.take_token(self.limits.signatures_per_second, Instant::now()) {
+                return Ok(refusal(S::TryLater, OcspSource::Throttled));
+            }
+        }
+        let der = self.sign(queries, now).await?;
+        let mut st = self.lock();
+        if st.generation == Some(generation) {
+            if st.entries.len() >= self.limits.cache_entries.max(1) {
+                st.entries.clear();
+            }
+            st.entries.insert(
+                key,
+                Cached {
+                    der: der.clone(),
+                    produced_s: now,
+                },
+            );
+        }
+        Ok(OcspAnswer {
+            der,
+            source: OcspSource::Signed,
+        })
+    }
+
+    async fn sign(&self, queries: Vec<Query>, now: u64) -> Result<Vec<u8>> {
         let mut answers = Vec::with_capacity(queries.len());
         for q in queries {
             match q {
                 Query::Ours(id, Some(serial)) => {
-                    let record = self.get(&serial).await?;
+                    let record = self.ca.get(&serial).await?;
                     answers.push((id, cert_status(record.as_ref())?));
                 }
                 Query::Ours(id, None) | Query::Foreign(id) => {
@@ -326,11 +517,21 @@ impl Ca {
                 }
             }
         }
-        let tbs = response_data(&issuer, answers, nonce, now_s())?;
+        let tbs = response_data(&self.issuer, answers, now)?;
         let tbs_der = tbs.to_der().map_err(CaError::OcspEncoding)?;
-        let key = self.issuing_key();
+        let key = self.ca.issuing_key();
         let signature = key.sign(&tbs_der).await?;
         successful(tbs, key.mechanism(), &signature)
+    }
+}
+
+fn refusal(status: x509_ocsp::OcspResponseStatus, source: OcspSource) -> OcspAnswer {
+    OcspAnswer {
+        der: unsigned(OcspResponse {
+            response_status: status,
+            response_bytes: None,
+        }),
+        source,
     }
 }
 
@@ -338,6 +539,7 @@ impl Ca {
 mod tests {
     use super::*;
     use crate::profile::Profile;
+    use x509_cert::ext::Extension;
     use x509_cert::serial_number::SerialNumber;
     use x509_ocsp::{OcspResponseStatus, Request, TbsRequest};
 
@@ -426,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn classifies_cert_ids_and_echoes_the_nonce() {
+    fn classifies_cert_ids() {
         let i = issuer();
         let sha1 = cert_id(ID_SHA1, &[1; 20], &[2; 20], &[0x0a, 0x0b]);
         let sha256 = cert_id(ID_SHA256, &[3; 32], &[4; 32], &[0x00, 0x8f]);
@@ -437,32 +639,131 @@ mod tests {
             vec![sha1.clone(), sha256.clone(), foreign.clone(), zero.clone()],
             Some(b"0123456789abcdef"),
         );
-        let Parsed::Queries { queries, nonce } = parse_request(&der, &i) else {
+        let Parsed::Queries(queries) = parse_request(&der, &i) else {
             panic!("not parsed");
         };
         assert_eq!(
             queries,
             vec![
-                Query::Ours(sha1, Some("0A0B".parse().unwrap())),
+                Query::Ours(sha1.clone(), Some("0A0B".parse().unwrap())),
                 Query::Ours(sha256, Some("8F".parse().unwrap())),
                 Query::Foreign(foreign.clone()),
                 Query::Ours(zero, None),
             ]
         );
-        let nonce = nonce.unwrap();
-        assert_eq!(nonce.extn_id, ID_PKIX_OCSP_NONCE);
-        assert!(!nonce.critical);
 
         // Only foreign CertIDs (another key, or an unsupported hash): unauthorized.
         let md5 = cert_id(
             ObjectIdentifier::new_unwrap("1.2.840.113549.2.5"),
-            &[1; 20],
-            &[2; 20],
+            &[1; 16],
+            &[2; 16],
             &[1],
         );
         assert_eq!(
-            parse_request(&request(vec![foreign, md5], None), &i),
+            parse_request(&request(vec![foreign, md5.clone()], None), &i),
             Parsed::Refused(OcspResponseStatus::Unauthorized)
+        );
+        // An unsupported hash next to ours: not echoed, unauthorized.
+        assert_eq!(
+            parse_request(&request(vec![sha1, md5], None), &i),
+            Parsed::Refused(OcspResponseStatus::Unauthorized)
+        );
+    }
+
+    /// Issue 9 §3: attacker-sized data is refused before anything is signed.
+    #[test]
+    fn oversized_parts_are_refused() {
+        let i = issuer();
+        let ours = cert_id(ID_SHA1, &[1; 20], &[2; 20], &[0x0a]);
+        // Nonce: 1 to 32 octets (RFC 8954), an OCTET STRING.
+        for ok in [&[7u8; 1][..], &[7; 32]] {
+            assert!(matches!(
+                parse_request(&request(vec![ours.clone()], Some(ok)), &i),
+                Parsed::Queries(_)
+            ));
+        }
+        for bad in [&[7u8; 33][..], &[7; 1 << 20], &[]] {
+            assert_eq!(
+                parse_request(&request(vec![ours.clone()], Some(bad)), &i),
+                Parsed::Refused(OcspResponseStatus::MalformedRequest),
+                "nonce of {} bytes",
+                bad.len()
+            );
+        }
+        // A foreign CertID with a 60 kB "hash".
+        let huge = cert_id(ID_SHA1, &vec![5; 60_000], &[2; 20], &[0x0a]);
+        assert_eq!(
+            parse_request(&request(vec![ours.clone(), huge], None), &i),
+            Parsed::Refused(OcspResponseStatus::MalformedRequest)
+        );
+        let short = cert_id(ID_SHA256, &[3; 20], &[4; 32], &[0x0a]);
+        assert_eq!(
+            parse_request(&request(vec![ours.clone(), short], None), &i),
+            Parsed::Refused(OcspResponseStatus::MalformedRequest)
+        );
+        // Hash parameters other than NULL: not ours to interpret.
+        let mut odd = ours.clone();
+        odd.hash_algorithm.parameters =
+            Some(Any::encode_from(&OctetString::new(vec![0; 64]).unwrap()).unwrap());
+        assert_eq!(
+            parse_request(&request(vec![ours.clone(), odd], None), &i),
+            Parsed::Refused(OcspResponseStatus::Unauthorized)
+        );
+        // At most MAX_CERT_IDS CertIDs.
+        let ids = |n: usize| vec![ours.clone(); n];
+        assert!(matches!(
+            parse_request(&request(ids(MAX_CERT_IDS), None), &i),
+            Parsed::Queries(_)
+        ));
+        assert_eq!(
+            parse_request(&request(ids(MAX_CERT_IDS + 1), None), &i),
+            Parsed::Refused(OcspResponseStatus::MalformedRequest)
+        );
+    }
+
+    /// A serial longer than 20 octets (RFC 5280) does not parse:
+    /// `malformedRequest`, as docs/admin-api.md says.
+    #[test]
+    fn a_40_byte_serial_is_a_malformed_request() {
+        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            let n = content.len();
+            if n < 0x80 {
+                out.push(n as u8);
+            } else {
+                out.extend([0x82, (n >> 8) as u8, n as u8]);
+            }
+            out.extend(content);
+            out
+        }
+        let der_of = |serial: &[u8]| {
+            let alg = tlv(
+                0x30,
+                &[ID_SHA1.to_der().unwrap(), vec![0x05, 0x00]].concat(),
+            );
+            let cert_id = tlv(
+                0x30,
+                &[
+                    alg,
+                    tlv(0x04, &[1; 20]),
+                    tlv(0x04, &[2; 20]),
+                    tlv(0x02, serial),
+                ]
+                .concat(),
+            );
+            let list = tlv(0x30, &tlv(0x30, &cert_id));
+            tlv(0x30, &tlv(0x30, &list))
+        };
+        let i = issuer();
+        assert!(matches!(
+            parse_request(&der_of(&[0x0a]), &i),
+            Parsed::Queries(_)
+        ));
+        let mut long = vec![0x01];
+        long.extend([0x22; 39]);
+        assert_eq!(
+            parse_request(&der_of(&long), &i),
+            Parsed::Refused(OcspResponseStatus::MalformedRequest)
         );
     }
 
@@ -497,18 +798,7 @@ mod tests {
     fn response_round_trip() {
         let i = issuer();
         let id = cert_id(ID_SHA1, &[1; 20], &[2; 20], &[0x0a]);
-        let nonce = Extension {
-            extn_id: ID_PKIX_OCSP_NONCE,
-            critical: false,
-            extn_value: OctetString::new(vec![4, 2, 0xaa, 0xbb]).unwrap(),
-        };
-        let tbs = response_data(
-            &i,
-            vec![(id.clone(), CertStatus::good())],
-            Some(nonce.clone()),
-            1_700_000_000,
-        )
-        .unwrap();
+        let tbs = response_data(&i, vec![(id.clone(), CertStatus::good())], 1_700_000_000).unwrap();
         let der = successful(tbs, SignMechanism::EcdsaSha256, &[0x30, 0x00]).unwrap();
         let resp = OcspResponse::from_der(&der).unwrap();
         assert_eq!(resp.response_status, OcspResponseStatus::Successful);
@@ -521,7 +811,8 @@ mod tests {
             data.responder_id,
             ResponderId::ByKey(OctetString::new(vec![2; 20]).unwrap())
         );
-        assert_eq!(data.response_extensions, Some(vec![nonce]));
+        // Nonces are not echoed (answers are cached).
+        assert_eq!(data.response_extensions, None);
         let single = &data.responses[0];
         assert_eq!(single.cert_id, id);
         assert_eq!(single.cert_status, CertStatus::good());

@@ -277,18 +277,23 @@ pub(crate) fn params_for(
             let Some((name, role)) = &req.operator else {
                 return refuse("an operator name and role are required");
             };
-            if !is_display_name(name) {
-                return refuse("operator name must be 1 to 64 printable characters");
-            }
+            let Some(name) = normal_name(name, MAX_NAME_CHARS) else {
+                return refuse(
+                    "operator name must be 1 to 64 printable characters, without \
+                     format, zero-width or bidi-control characters",
+                );
+            };
             dn.push(DnType::OrganizationalUnitName, role.as_str());
-            dn.push(DnType::CommonName, name.as_str());
+            dn.push(DnType::CommonName, name);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             facts.role = Some(*role);
         }
         Profile::LoadPermit => {
             let cn = match &req.common_name {
-                Some(cn) if is_display_name(cn) => cn.clone(),
-                Some(_) => return refuse("common name must be 1 to 64 printable characters"),
+                Some(cn) => match normal_name(cn, MAX_NAME_CHARS) {
+                    Some(cn) => cn,
+                    None => return refuse("common name must be 1 to 64 printable characters"),
+                },
                 None => format!("{organization} Load Permit"),
             };
             dn.push(DnType::CommonName, cn);
@@ -315,11 +320,60 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-/// A name fit for a CN or OU: 1 to 64 characters, no control characters, no
-/// leading or trailing space.
+/// A name or identifier typed by a person, in the one form it is compared
+/// in: NFKC (fullwidth `ａｌｉｃｅ` and `１２３` become `alice` and `123`),
+/// 1 to `max_chars` characters, no leading or trailing space, and none of the
+/// characters that make two different strings look the same ([`invisible`]).
+/// `None` when `s` cannot be such a name.
+///
+/// Operator names (certificate CN, which maker-checker compares), customer
+/// names and identifiers all go through it, so `alice` followed by U+200B is
+/// refused rather than taken for a second person.
+pub fn normal_name(s: &str, max_chars: usize) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization;
+    if s.chars().any(invisible) {
+        return None;
+    }
+    let n: String = s.nfkc().collect();
+    let count = n.chars().count();
+    let ok = (1..=max_chars).contains(&count) && n.trim() == n && !n.chars().any(invisible);
+    ok.then_some(n)
+}
+
+/// Characters refused in names: controls (Cc), format characters (Cf: zero
+/// width space and joiners, bidi embeddings, overrides and isolates, the
+/// BOM, soft hyphen), line and paragraph separators, private-use, surrogate
+/// and unassigned code points, and the default-ignorable characters that are
+/// not Cf (combining grapheme joiner, Hangul fillers, variation selectors).
+fn invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        G::Control
+            | G::Format
+            | G::LineSeparator
+            | G::ParagraphSeparator
+            | G::PrivateUse
+            | G::Surrogate
+            | G::Unassigned
+    ) || matches!(
+        c,
+        '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+#[cfg(test)]
 fn is_display_name(s: &str) -> bool {
-    let n = s.chars().count();
-    (1..=MAX_NAME_CHARS).contains(&n) && !s.chars().any(char::is_control) && s.trim() == s
+    normal_name(s, MAX_NAME_CHARS).is_some()
 }
 
 #[cfg(test)]
@@ -339,6 +393,26 @@ mod tests {
         assert!(!is_display_name(" x"));
         assert!(!is_display_name(""));
         assert!(!is_display_name("a\nb"));
+        // Look-alikes: invisible and bidi characters are refused, compatibility
+        // forms are folded.
+        for bad in [
+            "alice\u{200B}",
+            "al\u{200D}ice",
+            "\u{202E}ecila",
+            "alice\u{2066}",
+            "\u{FEFF}alice",
+            "ali\u{00AD}ce",
+            "alice\u{FE0F}",
+            "alice\u{E0061}",
+        ] {
+            assert_eq!(normal_name(bad, 64), None, "{bad:?}");
+        }
+        assert_eq!(normal_name("ａｌｉｃｅ", 64).as_deref(), Some("alice"));
+        assert_eq!(normal_name("１１０１", 64).as_deref(), Some("1101"));
+        assert_eq!(
+            normal_name("Zhang Wei 张伟", 64).as_deref(),
+            Some("Zhang Wei 张伟")
+        );
     }
 
     #[test]

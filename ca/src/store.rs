@@ -329,6 +329,16 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// `(revision, latest CRL number)`: changes with every revocation and
+    /// every CRL, without reading the CRL itself (OCSP asks on each request).
+    pub async fn crl_generation(&self) -> Result<(i64, Option<i64>)> {
+        let row = sqlx::query("SELECT revision, number FROM ca_crl WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(CaError::CorruptRecord("ca_crl"))?;
+        Ok((row.try_get("revision")?, row.try_get("number")?))
+    }
+
     pub async fn crl_state(&self) -> Result<CrlState> {
         let row = sqlx::query(
             "SELECT revision, number, covers_revision, this_update_ms, next_update_ms, der \

@@ -98,6 +98,40 @@ pub struct ServerConfig {
     /// How often the CRL used for client-certificate checks is rebuilt.
     #[serde(default = "default_crl_refresh_secs")]
     pub crl_refresh_secs: u64,
+    /// How often a replica looks in the database for a revocation made by
+    /// another replica (one small read); a revocation reaches every replica's
+    /// TLS verifier within about this long.
+    #[serde(default = "default_revocation_poll_ms")]
+    pub revocation_poll_ms: u64,
+    /// Anonymous OCSP requests served at once, a budget of their own so that
+    /// a flood of them cannot make `/ready`, `/metrics` or the admin API
+    /// answer 503.
+    #[serde(default = "default_ocsp_max_concurrent_requests")]
+    pub ocsp_max_concurrent_requests: usize,
+    /// Largest OCSP request body (8 CertIDs are well under 1 KiB).
+    #[serde(default = "default_ocsp_max_body_bytes")]
+    pub ocsp_max_body_bytes: usize,
+    /// OCSP answers signed per second on cache misses; past it `tryLater`.
+    #[serde(default = "default_ocsp_signatures_per_second")]
+    pub ocsp_signatures_per_second: u32,
+    /// Signed OCSP answers kept until the registry changes.
+    #[serde(default = "default_ocsp_cache_entries")]
+    pub ocsp_cache_entries: usize,
+    /// Time a client has to send a request's headers (HTTP/1.1, also while a
+    /// kept-alive connection waits for its next request).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body, from its headers
+    /// (batch imports: `batch_timeout_ms`).
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Open connections per client IP address on each listener; more are
+    /// closed before the TLS handshake.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +146,15 @@ impl Default for ServerConfig {
             batch_timeout_ms: default_batch_timeout_ms(),
             batch_max_body_bytes: default_batch_max_body_bytes(),
             crl_refresh_secs: default_crl_refresh_secs(),
+            revocation_poll_ms: default_revocation_poll_ms(),
+            ocsp_max_concurrent_requests: default_ocsp_max_concurrent_requests(),
+            ocsp_max_body_bytes: default_ocsp_max_body_bytes(),
+            ocsp_signatures_per_second: default_ocsp_signatures_per_second(),
+            ocsp_cache_entries: default_ocsp_cache_entries(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_read_timeout_ms: default_body_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections_per_address: default_max_connections_per_address(),
         }
     }
 }
@@ -208,8 +251,36 @@ fn default_batch_timeout_ms() -> u64 {
 fn default_batch_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
+fn default_revocation_poll_ms() -> u64 {
+    1000
+}
+
 fn default_crl_refresh_secs() -> u64 {
     60
+}
+fn default_ocsp_max_concurrent_requests() -> usize {
+    64
+}
+fn default_ocsp_max_body_bytes() -> usize {
+    8 * 1024
+}
+fn default_ocsp_signatures_per_second() -> u32 {
+    50
+}
+fn default_ocsp_cache_entries() -> usize {
+    10_000
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections_per_address() -> usize {
+    128
 }
 fn default_ca_organization() -> String {
     "Keyward".into()
@@ -287,6 +358,11 @@ pub struct DatabaseConfig {
     pub url: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// How long a request waits for the database — a pooled connection, a
+    /// new connection, SQLite's write lock — before it is answered `503
+    /// database_unavailable` instead of hanging until the request timeout.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -294,8 +370,13 @@ impl Default for DatabaseConfig {
         Self {
             url: default_database_url(),
             max_connections: default_max_connections(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
         }
     }
+}
+
+fn default_acquire_timeout_ms() -> u64 {
+    1500
 }
 
 /// Log output.
@@ -518,6 +599,30 @@ impl Config {
                 "server.public_names",
                 "must name at least one host",
             ));
+        }
+        let srv = &self.server;
+        for (key, value) in [
+            (
+                "server.ocsp_max_concurrent_requests",
+                srv.ocsp_max_concurrent_requests as u64,
+            ),
+            ("server.ocsp_max_body_bytes", srv.ocsp_max_body_bytes as u64),
+            (
+                "server.ocsp_signatures_per_second",
+                u64::from(srv.ocsp_signatures_per_second),
+            ),
+            ("server.ocsp_cache_entries", srv.ocsp_cache_entries as u64),
+            ("server.header_read_timeout_ms", srv.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", srv.body_read_timeout_ms),
+            ("server.idle_timeout_ms", srv.idle_timeout_ms),
+            (
+                "server.max_connections_per_address",
+                srv.max_connections_per_address as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
         }
         if self.database.max_connections == 0 {
             return Err(ConfigError::key(
@@ -751,6 +856,30 @@ pin_env = "KW_PIN"
         let c = parse(&text, &[])?;
         use secrecy::ExposeSecret;
         assert_eq!(c.hsm.pin()?.expose_secret(), "1234");
+        Ok(())
+    }
+
+    /// Issue 9 §3: the slow-client and OCSP limits have defaults and refuse 0.
+    #[test]
+    fn traffic_limits_default_and_refuse_zero() -> Result<(), ConfigError> {
+        let c = parse(MINIMAL, &[])?;
+        assert_eq!(c.server.ocsp_max_concurrent_requests, 64);
+        assert_eq!(c.server.idle_timeout_ms, 60_000);
+        assert_eq!(c.server.max_connections_per_address, 128);
+        for key in [
+            "OCSP_MAX_CONCURRENT_REQUESTS",
+            "IDLE_TIMEOUT_MS",
+            "MAX_CONNECTIONS_PER_ADDRESS",
+            "OCSP_SIGNATURES_PER_SECOND",
+        ] {
+            let var = format!("KEYWARD__SERVER__{key}");
+            let msg = parse(MINIMAL, &[(var.as_str(), "0")])
+                .map(|_| ())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(msg.contains(&key.to_ascii_lowercase()), "{key}: {msg}");
+        }
         Ok(())
     }
 

@@ -68,7 +68,7 @@ impl Provisioning {
     /// Records a customer's application, submitted by `submitted_by` (the maker).
     pub async fn apply(
         &self,
-        application: CustomerApplication,
+        mut application: CustomerApplication,
         submitted_by: &OperatorId,
     ) -> Decision<ApplicationView> {
         let id = ApplicationId::generate();
@@ -198,7 +198,7 @@ impl Provisioning {
     pub async fn correct_and_resubmit(
         &self,
         id: &ApplicationId,
-        corrected: CustomerApplication,
+        mut corrected: CustomerApplication,
         operator: &OperatorId,
     ) -> Decision<ApplicationView> {
         let mut note = AuditNote::new(

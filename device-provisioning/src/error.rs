@@ -156,7 +156,8 @@ impl ProvisioningError {
             Self::Conflict(_) => "conflict",
             Self::Kms(e) => e.code(),
             Self::Certifier(e) => e.code(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
+            Self::Database(e) => keyward_kms::db::error_code(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
         }
     }
 
@@ -189,7 +190,8 @@ impl ProvisioningError {
             | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Kms(e) => e.kind(),
             Self::Certifier(e) => e.kind(),
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => ErrorKind::Internal,
+            Self::Database(e) => keyward_kms::db::error_kind(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => ErrorKind::Internal,
         }
     }
 

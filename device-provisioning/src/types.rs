@@ -16,6 +16,13 @@ fn printable(s: &str, max: usize) -> bool {
     !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control) && s.trim() == s
 }
 
+/// A name or identifier in the form it is stored and compared in (NFKC, no
+/// format, zero-width or bidi-control characters:
+/// [`keyward_ca::normal_name`]), or `None`.
+fn normal(s: &str, max: usize) -> Option<String> {
+    keyward_ca::normal_name(s, max)
+}
+
 /// A manufacturing batch: 1-64 characters of `A-Z a-z 0-9 . _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId(String);
@@ -51,7 +58,10 @@ impl fmt::Display for BatchId {
 }
 
 /// The operator an action is attributed to: the name the server took from the
-/// operator's client certificate. 1-64 printable characters.
+/// operator's client certificate. 1-64 printable characters, in NFKC, without
+/// format, zero-width or bidi-control characters, so that maker-checker
+/// compares people, not byte strings (`alice` + U+200B is refused,
+/// fullwidth `ａｌｉｃｅ` is `alice`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OperatorId(String);
 
@@ -64,10 +74,12 @@ impl OperatorId {
 impl FromStr for OperatorId {
     type Err = ProvisioningError;
     fn from_str(s: &str) -> Result<Self, ProvisioningError> {
-        if printable(s, 64) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(invalid("operator", "must be 1-64 printable characters"))
+        match normal(s, 64) {
+            Some(n) => Ok(Self(n)),
+            None => Err(invalid(
+                "operator",
+                "must be 1-64 printable characters without format, zero-width or bidi-control characters",
+            )),
         }
     }
 }
@@ -257,19 +269,23 @@ impl FromStr for SecureElement {
     }
 }
 
-/// A national identity number, stored as given. `Debug` redacts it and it has
-/// no `Display`: it never reaches a log line or an audit note by accident.
+/// A national identity number, stored in normal form: NFKC (fullwidth digits
+/// are digits), upper case (a check character `x` is `X`), no format,
+/// zero-width or bidi-control characters. One customer per national id is
+/// enforced on that form. `Debug` redacts it and it has no `Display`: it never
+/// reaches a log line or an audit note by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NationalId(String);
 
 impl NationalId {
-    /// 1-64 printable characters.
+    /// 1-64 printable characters, normalised (see the type).
     pub fn new(s: impl Into<String>) -> Result<Self, ProvisioningError> {
-        let s = s.into();
-        if printable(&s, 64) {
-            Ok(Self(s))
-        } else {
-            Err(invalid("national_id", "must be 1-64 printable characters"))
+        match normal(&s.into(), 64) {
+            Some(n) => Ok(Self(n.to_uppercase())),
+            None => Err(invalid(
+                "national_id",
+                "must be 1-64 printable characters without format, zero-width or bidi-control characters",
+            )),
         }
     }
     /// The value, for the reviewer's screen and the database only.
@@ -393,7 +409,8 @@ impl fmt::Debug for Contact {
 /// What a customer hands in (seed CN102004977A, customer registration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerApplication {
-    /// Full name, 1-128 printable characters.
+    /// Full name, 1-128 printable characters; stored in NFKC, format,
+    /// zero-width and bidi-control characters refused.
     pub name: String,
     pub national_id: NationalId,
     /// 1 to [`MAX_ACCOUNTS`] accounts, no repeats.
@@ -402,10 +419,14 @@ pub struct CustomerApplication {
 }
 
 impl CustomerApplication {
-    pub(crate) fn validate(&self) -> Result<(), ProvisioningError> {
-        if !printable(&self.name, 128) {
-            return Err(invalid("name", "must be 1-128 printable characters"));
-        }
+    /// Checks the application and puts the name in normal form.
+    pub(crate) fn validate(&mut self) -> Result<(), ProvisioningError> {
+        self.name = normal(&self.name, 128).ok_or_else(|| {
+            invalid(
+                "name",
+                "must be 1-128 printable characters without format, zero-width or bidi-control characters",
+            )
+        })?;
         if self.accounts.is_empty() || self.accounts.len() > MAX_ACCOUNTS {
             return Err(invalid("accounts", "between 1 and 32 accounts"));
         }
@@ -555,6 +576,34 @@ mod tests {
         assert!("6222020200112233".parse::<Account>().is_ok());
         assert!("62-22".parse::<Account>().is_err());
         assert!(" alice".parse::<OperatorId>().is_err());
+    }
+
+    #[test]
+    fn look_alikes_are_refused_or_folded() {
+        assert!("alice\u{200B}".parse::<OperatorId>().is_err());
+        assert!("\u{202E}ecila".parse::<OperatorId>().is_err());
+        assert_eq!(
+            "ａｌｉｃｅ".parse::<OperatorId>().unwrap(),
+            "alice".parse::<OperatorId>().unwrap()
+        );
+        let plain = NationalId::new("11010119900307123X").unwrap();
+        assert_eq!(
+            NationalId::new("１１０１０１１９９００３０７１２３ｘ").unwrap(),
+            plain
+        );
+        assert_eq!(NationalId::new("11010119900307123x").unwrap(), plain);
+        assert!(NationalId::new("110101199003071234\u{200B}").is_err());
+        assert!(NationalId::new("\u{2067}110101199003071234").is_err());
+        let mut app = CustomerApplication {
+            name: "Ｌｉ Lei".into(),
+            national_id: plain,
+            accounts: vec!["6222020200112233".parse().unwrap()],
+            contact: Contact::new(ContactKind::Sms, "+8613800138000").unwrap(),
+        };
+        app.validate().unwrap();
+        assert_eq!(app.name, "Li Lei");
+        app.name = "Li\u{200B} Lei".into();
+        assert!(app.validate().is_err());
     }
 
     #[test]

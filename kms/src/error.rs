@@ -182,7 +182,8 @@ impl KmsError {
             Self::MessageTooLong { .. } => "message_too_long",
             Self::AlgorithmFamily { .. } => "algorithm_family_mismatch",
             Self::TooManyItems { .. } => "too_many_items",
-            Self::Database(_) | Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
+            Self::Database(e) => crate::db::error_code(e),
+            Self::Migration(_) | Self::CorruptRecord(_) => "database_error",
         }
     }
 
@@ -203,6 +204,7 @@ impl KmsError {
             | Self::AlgorithmFamily { .. }
             | Self::TooManyItems { .. } => K::Invalid,
             Self::Busy | Self::HsmBusy { .. } => K::Busy,
+            Self::Database(e) => crate::db::error_kind(e),
             Self::PoolClosed
             | Self::HsmUnavailable { .. }
             | Self::Stale
@@ -214,7 +216,6 @@ impl KmsError {
             | Self::Pkcs11 { .. }
             | Self::Hsm { .. }
             | Self::KeyMissing(_)
-            | Self::Database(_)
             | Self::Migration(_)
             | Self::CorruptRecord(_) => K::Internal,
         }

@@ -47,10 +47,13 @@ static KMS: OnceLock<Kms> = OnceLock::new();
 
 /// Opens the HSM and the key catalog for a command.
 pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
+    // The data dir holds the SQLite catalog (national ids, contacts), the
+    // TLS certificate and the first operator's key: the owner's only.
     if config.database.kind() == DatabaseKind::Sqlite {
-        std::fs::create_dir_all(&config.data_dir)
+        keyward_kms::db::create_private_dir(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     }
+    keyward_kms::db::refuse_shared(&config.data_dir, true)?;
     let kms = Kms::open(config)
         .await
         .context("opening the HSM and the key catalog")?;
@@ -377,18 +380,7 @@ async fn ensure_first_admin(
 
 /// Creates `dir` (mode 0700 when new).
 fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+    keyward_kms::db::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Writes `path` atomically (temp file + rename) with `mode`.
@@ -413,4 +405,44 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9 §5: a data dir other users can read is refused at start-up,
+    /// with the path and the fix; a new one is made 0700.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn shared_data_dir_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "data_dir = {:?}\n[hsm]\nmodule = \"/nonexistent.so\"\ntoken_label = \"t\"\npin_env = \"KW_TEST_NO_PIN\"\n",
+            tmp.path().join("var").display().to_string()
+        );
+        let config = Config::from_parts(
+            &text,
+            &tmp.path().join("k.toml"),
+            &Default::default(),
+            tmp.path(),
+        )
+        .unwrap();
+        // A fresh data dir is created 0700 (opening the HSM then fails).
+        let _ = open_kms(&config).await;
+        let mode = std::fs::metadata(&config.data_dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = open_kms(&config).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains(&config.data_dir.display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("chmod 700"), "{msg}");
+    }
 }

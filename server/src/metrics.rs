@@ -36,6 +36,8 @@ pub struct Metrics {
     pub certificates_issued: IntCounterVec,
     pub certificates_revoked: IntCounter,
     pub provisioning_decisions: IntCounterVec,
+    /// 503 answers because a dependency (`database`, `hsm`) was away or full.
+    pub dependency_unavailable: IntCounterVec,
     pub crl_age_seconds: IntGauge,
     pub crl_number: IntGauge,
     pub tls_config_reloads: IntCounter,
@@ -44,6 +46,9 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     pub audit_write_failures: IntCounter,
     pub audit_suppressed: IntCounterVec,
+    pub log_suppressed: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub ocsp_responses: IntCounterVec,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -176,6 +181,12 @@ impl Metrics {
                 "Provisioning decisions (import, check, init, customer review, bind, lifecycle), by action and outcome.",
                 &["action", "outcome"],
             )?,
+            dependency_unavailable: counter_vec(
+                &r,
+                "keyward_dependency_unavailable_total",
+                "Requests answered 503 because a dependency was unavailable or at capacity, by dependency (database, hsm).",
+                &["dependency"],
+            )?,
             certificates_revoked: counter(
                 &r,
                 "keyward_certificates_revoked_total",
@@ -229,6 +240,24 @@ impl Metrics {
                 "keyward_audit_suppressed_total",
                 "Refused-TLS-client audit records not written because of the rate limit, by listener.",
                 &["listener"],
+            )?,
+            log_suppressed: counter_vec(
+                &r,
+                "keyward_log_suppressed_total",
+                "Refused-connection log lines not written because of the rate limit, by listener.",
+                &["listener"],
+            )?,
+            connections_refused: counter_vec(
+                &r,
+                "keyward_connections_refused_total",
+                "Connections closed before the TLS handshake, by listener and reason (per_address_limit).",
+                &["listener", "reason"],
+            )?,
+            ocsp_responses: counter_vec(
+                &r,
+                "keyward_ocsp_responses_total",
+                "OCSP answers by source (cached, signed, refused, throttled).",
+                &["source"],
             )?,
             registry: r,
         };

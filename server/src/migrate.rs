@@ -27,6 +27,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "audit keyed",
             include_str!("../migrations/sqlite/2002_audit_keyed.sql"),
         ),
+        (
+            2010,
+            "idempotency",
+            include_str!("../migrations/sqlite/2010_idempotency.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -38,6 +43,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2002,
             "audit keyed",
             include_str!("../migrations/postgres/2002_audit_keyed.sql"),
+        ),
+        (
+            2010,
+            "idempotency",
+            include_str!("../migrations/postgres/2010_idempotency.sql"),
         ),
     ],
 };

@@ -184,17 +184,39 @@ pub fn update_crl_metrics(metrics: &Metrics, crl: &CrlInUse) {
     metrics.crl_number.set(crl.number);
 }
 
-/// Refreshes the CRL every `server.crl_refresh_secs` until aborted.
+/// Until aborted: every `server.revocation_poll_ms`, looks whether any
+/// replica revoked something or stored a newer CRL and, if so, loads it into
+/// the TLS verifiers at once; and every `server.crl_refresh_secs` refreshes
+/// the CRL regardless (re-signing it when due). A revocation on one replica
+/// thus reaches every replica's handshakes within about one poll.
 pub async fn crl_refresh_loop(state: AppState) {
+    let poll = Duration::from_millis(state.config.server.revocation_poll_ms.max(50));
     let every = Duration::from_secs(state.config.server.crl_refresh_secs.max(1));
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; the CRL was just loaded
+    let mut seen = state.ca.revocation_marker().await.ok();
+    let mut refreshed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if let Err(e) = refresh_crl(&state).await {
-            // The configs in force keep the last good CRL.
-            tracing::error!(error = format!("{e:#}"), "CRL refresh failed");
+        let marker = match state.ca.revocation_marker().await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the revocation marker");
+                None
+            }
+        };
+        let changed = marker.is_some() && marker != seen;
+        if !changed && refreshed.elapsed() < every {
+            continue;
+        }
+        match refresh_crl(&state).await {
+            Ok(_) => {
+                seen = marker;
+                refreshed = tokio::time::Instant::now();
+            }
+            // The configs in force keep the last good CRL; retried next poll.
+            Err(e) => tracing::error!(error = format!("{e:#}"), "CRL refresh failed"),
         }
     }
 }

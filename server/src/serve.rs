@@ -7,23 +7,36 @@
 //! listeners stop accepting, in-flight requests finish (up to
 //! [`DRAIN_TIMEOUT`]) and the process exits.
 //!
+//! Slow and idle clients: at most `server.max_connections_per_address` open
+//! connections per client IP and listener (more are closed before the
+//! handshake); HTTP/1.1 headers within `server.header_read_timeout_ms`
+//! (also between requests on a kept-alive connection); bodies within
+//! `server.body_read_timeout_ms` (a layer, [`crate::http::layers`]); and a
+//! connection with no request in flight for `server.idle_timeout_ms` is shut
+//! down gracefully, then closed [`CLOSE_GRACE`] later if the client ignores
+//! that (an HTTP/2 client, or one that never sent a byte).
+//!
 //! Failed handshakes are counted per listener and written to the audit trail
 //! as `tls.client_refused`, at most [`REFUSALS_PER_MINUTE`] records per
 //! listener per minute (a port scan must not flood the trail); the records
 //! that were skipped are counted in `keyward_audit_suppressed_total` and in
-//! the next record's `suppressed_before`.
+//! the next record's `suppressed_before`. The log lines of refused
+//! connections are limited the same way, with their own budget: the lines
+//! skipped are counted in `keyward_log_suppressed_total` and in the next
+//! line's `suppressed_before`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use keyward_config::Config;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
@@ -43,8 +56,11 @@ use crate::tls::{HsmTlsKey, TLS_KEY_LABEL, TlsMaterial, TlsState};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time in-flight requests get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Refused-client audit records per listener per minute.
+/// Refused-client audit records (and, separately, log lines) per listener
+/// per minute.
 pub const REFUSALS_PER_MINUTE: u32 = 30;
+/// Time an idle connection that was asked to close gets before it is cut.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The two bound listeners.
 #[derive(Debug)]
@@ -115,7 +131,7 @@ pub async fn state_from(
         crl_info.clone(),
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
-    Ok(AppState::new(
+    AppState::new(
         config,
         opened.kms,
         opened.ca,
@@ -123,7 +139,8 @@ pub async fn state_from(
         opened.audit,
         metrics,
         tls,
-    ))
+    )
+    .context("bringing up the OCSP responder")
 }
 
 /// `keyward serve`: opens everything, verifies the audit trail from its HSM
@@ -208,9 +225,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let public_router = crate::public_app(state.clone());
     let admin_router = crate::admin_app(state.clone());
-    let graceful = GracefulShutdown::new();
-    let limiter = std::sync::Arc::new(RefusalLimiter::default());
+    // Every connection holds a receiver; `closed()` is all of them gone.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = Arc::new(Limits::new(&state));
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
+    let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -228,6 +247,23 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(slot) = limits.per_address.acquire(listener, peer.ip()) else {
+            state
+                .metrics
+                .connections_refused
+                .with_label_values(&[listener.as_str(), "per_address_limit"])
+                .inc();
+            if let Some(suppressed_before) = limits.admit_log(&state, listener) {
+                tracing::info!(
+                    listener = listener.as_str(),
+                    %peer,
+                    suppressed_before,
+                    "connection refused: too many from this address"
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let router = match listener {
             Listener::Public => public_router.clone(),
             Listener::Admin => admin_router.clone(),
@@ -238,19 +274,23 @@ pub async fn run(
             stream,
             peer,
             router,
-            graceful.watcher(),
-            limiter.clone(),
+            stop_rx.clone(),
+            limits.clone(),
+            slot,
         ));
     }
 
     state.set_draining();
     refresher.abort();
+    purger.abort();
     drop(listeners);
+    drop(stop_rx);
     tracing::info!(
-        connections = graceful.count(),
+        connections = stop_tx.receiver_count(),
         "shutting down: draining connections"
     );
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, stop_tx.closed())
         .await
         .is_err()
     {
@@ -259,23 +299,155 @@ pub async fn run(
     Ok(())
 }
 
+/// What every connection task shares: the per-address counts and the
+/// refusal limiters.
+#[derive(Debug)]
+struct Limits {
+    per_address: AddressSlots,
+    audit: RefusalLimiter,
+    log: RefusalLimiter,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Limits {
+    fn new(state: &AppState) -> Self {
+        let s = &state.config.server;
+        Self {
+            per_address: AddressSlots::new(s.max_connections_per_address.max(1)),
+            audit: RefusalLimiter::default(),
+            log: RefusalLimiter::default(),
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms.max(1)),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a refusal may be
+    /// logged; counts the line in `keyward_log_suppressed_total` otherwise.
+    fn admit_log(&self, state: &AppState, listener: Listener) -> Option<u64> {
+        let admitted = self.log.admit(listener, Instant::now());
+        if admitted.is_none() {
+            state
+                .metrics
+                .log_suppressed
+                .with_label_values(&[listener.as_str()])
+                .inc();
+        }
+        admitted
+    }
+}
+
+/// Open connections per (listener, client address).
+#[derive(Debug)]
+struct AddressSlots {
+    max: usize,
+    open: Arc<Mutex<HashMap<(usize, IpAddr), usize>>>,
+}
+
+/// One open connection's place in [`AddressSlots`], given back on drop.
+#[derive(Debug)]
+struct Slot {
+    key: (usize, IpAddr),
+    open: Arc<Mutex<HashMap<(usize, IpAddr), usize>>>,
+}
+
+impl AddressSlots {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    fn acquire(&self, listener: Listener, ip: IpAddr) -> Option<Slot> {
+        let key = (listener as usize, ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            key,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+/// One request in flight ([`Activity::start`]).
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn start(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// How long nothing has been in flight (zero while something is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     state: AppState,
     listener: Listener,
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    watcher: Watcher,
-    limiter: std::sync::Arc<RefusalLimiter>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    limits: Arc<Limits>,
+    _slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let acceptor = TlsAcceptor::from(state.tls.config(listener));
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            return refused(&state, &limiter, listener, peer, &handshake_reason(&e)).await;
+            return refused(&state, &limits, listener, peer, &handshake_reason(&e)).await;
         }
-        Err(_) => return refused(&state, &limiter, listener, peer, "handshake timed out").await,
+        Err(_) => return refused(&state, &limits, listener, peer, "handshake timed out").await,
     };
     let identity = ClientIdentity::from_peer_certs(peer, tls.get_ref().1.peer_certificates());
     tracing::debug!(
@@ -284,14 +456,54 @@ async fn connection(
         client = identity.cert.as_ref().map(|c| c.common_name.as_str()).unwrap_or("-"),
         "connection"
     );
+    let activity = Activity::new();
+    let seen = activity.clone();
     let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(identity.clone());
-        router.clone().oneshot(req)
+        let busy = seen.start();
+        let call = router.clone().oneshot(req);
+        async move {
+            let out = call.await;
+            drop(busy);
+            out
+        }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    tokio::pin!(conn);
+    let idle = limits.idle_timeout;
+    let mut tick =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    // Why the connection was asked to close, and when.
+    let mut closing: Option<(bool, Instant)> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some((false, Instant::now()));
+            }
+            _ = tick.tick() => match closing {
+                None if activity.idle_for() >= idle => {
+                    tracing::debug!(%peer, listener = listener.as_str(), "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some((true, Instant::now()));
+                }
+                // An idle client that ignores the close (or never spoke).
+                Some((true, at)) if at.elapsed() >= CLOSE_GRACE && activity.idle_for() > Duration::ZERO => break,
+                _ => {}
+            },
+        }
     }
 }
 
@@ -312,7 +524,7 @@ fn handshake_reason(e: &std::io::Error) -> String {
 
 async fn refused(
     state: &AppState,
-    limiter: &RefusalLimiter,
+    limits: &Limits,
     listener: Listener,
     peer: SocketAddr,
     reason: &str,
@@ -322,8 +534,16 @@ async fn refused(
         .tls_handshake_failures
         .with_label_values(&[listener.as_str()])
         .inc();
-    tracing::info!(listener = listener.as_str(), %peer, reason, "TLS handshake refused");
-    match limiter.admit(listener, Instant::now()) {
+    if let Some(suppressed_before) = limits.admit_log(state, listener) {
+        tracing::info!(
+            listener = listener.as_str(),
+            %peer,
+            reason,
+            suppressed_before,
+            "TLS handshake refused"
+        );
+    }
+    match limits.audit.admit(listener, Instant::now()) {
         Some(suppressed) => {
             let event = AuditEvent::TlsClientRefused {
                 listener: listener.as_str(),
@@ -351,7 +571,8 @@ async fn refused(
     }
 }
 
-/// At most [`REFUSALS_PER_MINUTE`] refusal records per listener per minute.
+/// At most [`REFUSALS_PER_MINUTE`] refusals (audit records, or log lines)
+/// per listener per minute.
 #[derive(Debug, Default)]
 struct RefusalLimiter {
     windows: Mutex<[Window; 2]>,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use keyward_ca::Ca;
+use keyward_ca::{Ca, OcspLimits, OcspResponder};
 use keyward_config::Config;
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
@@ -25,6 +25,8 @@ pub struct Inner {
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub tls: TlsState,
+    /// The OCSP responder and its cache of signed answers.
+    pub ocsp: OcspResponder,
     draining: AtomicBool,
     /// Serialises CRL refresh + TLS swap (a revocation and the schedule may
     /// race otherwise).
@@ -40,8 +42,15 @@ impl AppState {
         audit: AuditLog,
         metrics: Metrics,
         tls: TlsState,
-    ) -> Self {
-        Self(Arc::new(Inner {
+    ) -> Result<Self, keyward_ca::CaError> {
+        let ocsp = OcspResponder::new(
+            ca.clone(),
+            OcspLimits {
+                cache_entries: config.server.ocsp_cache_entries,
+                signatures_per_second: config.server.ocsp_signatures_per_second,
+            },
+        )?;
+        Ok(Self(Arc::new(Inner {
             config,
             kms,
             ca,
@@ -49,9 +58,10 @@ impl AppState {
             audit,
             metrics,
             tls,
+            ocsp,
             draining: AtomicBool::new(false),
             crl_lock: tokio::sync::Mutex::new(()),
-        }))
+        })))
     }
 
     /// Marks the service as shutting down: `/ready` answers 503 from now on.

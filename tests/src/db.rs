@@ -12,6 +12,11 @@ use keyward_config::{DatabaseConfig, DatabaseKind};
 use keyward_kms::catalog::Catalog;
 use sqlx::{AssertSqlSafe, Connection};
 
+/// Tests wait longer for SQLite's write lock than the service default
+/// (`database.acquire_timeout_ms`, 1.5 s): two test processes share the 2
+/// cores of a CI machine, and a slow test must not turn into a 503.
+pub const TEST_ACQUIRE_TIMEOUT_MS: u64 = 5000;
+
 /// Environment variable naming the PostgreSQL database tests may use.
 pub const TEST_DATABASE_URL_ENV: &str = "KEYWARD_TEST_DATABASE_URL";
 
@@ -59,6 +64,7 @@ fn sqlite() -> Result<TestDb> {
         config: DatabaseConfig {
             url: format!("sqlite://{}", path.display()),
             max_connections: 4,
+            acquire_timeout_ms: TEST_ACQUIRE_TIMEOUT_MS,
         },
         cleanup: Cleanup::Sqlite(dir),
     })
@@ -87,6 +93,7 @@ async fn postgres(admin_url: &str) -> Result<TestDb> {
         config: DatabaseConfig {
             url,
             max_connections: 4,
+            acquire_timeout_ms: TEST_ACQUIRE_TIMEOUT_MS,
         },
         cleanup: Cleanup::Postgres {
             admin_url: admin_url.to_owned(),

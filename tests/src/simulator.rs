@@ -596,6 +596,16 @@ pub fn forged_csr(signer: &SimDevice, victim: &SimDevice) -> Result<Vec<u8>> {
     Ok(csr)
 }
 
+/// A PKCS#10 request (PEM) over a fresh P-256 key with an empty subject: what
+/// a new operator or a service sends to be certified (the CA sets the
+/// subject from the request's profile).
+pub fn client_csr_pem() -> Result<String> {
+    let key = KeyPair::generate()?;
+    Ok(CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)?
+        .pem()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

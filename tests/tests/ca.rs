@@ -689,3 +689,112 @@ async fn ca_private_keys_stay_in_the_hsm() {
         );
     }
 }
+
+/// An OCSP request made by `openssl ocsp` (with its default nonce unless
+/// `no_nonce`) for `serial` under the issuing CA.
+fn ocsp_request(e: &Env, dir: &Path, serial: &Serial, no_nonce: bool) -> Vec<u8> {
+    std::fs::write(dir.join("issuing.pem"), e.ca.issuing_pem()).unwrap();
+    let serial = format!("0x{serial}");
+    let mut args = vec![
+        "ocsp",
+        "-issuer",
+        "issuing.pem",
+        "-serial",
+        &serial,
+        "-reqout",
+        "req.der",
+    ];
+    if no_nonce {
+        args.push("-no_nonce");
+    }
+    let (ok, text) = openssl(&args, dir);
+    assert!(ok, "{text}");
+    std::fs::read(dir.join("req.der")).unwrap()
+}
+
+fn ocsp_text(dir: &Path, der: &[u8]) -> String {
+    std::fs::write(dir.join("resp.der"), der).unwrap();
+    let (_, text) = openssl(
+        &["ocsp", "-respin", "resp.der", "-resp_text", "-noverify"],
+        dir,
+    );
+    text
+}
+
+/// Issue 9 §3: an anonymous OCSP request does not cost an HSM signature each
+/// time. Answers are signed once, served from the cache (nonce or not) until
+/// a revocation changes the registry, and cache misses beyond the signing
+/// budget are `tryLater`.
+#[tokio::test]
+async fn ocsp_answers_are_cached_until_the_registry_changes() {
+    use keyward_ca::{OcspLimits, OcspResponder, OcspSource};
+    let e = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        e.ca.issue_from_csr(&plain_csr(&p256_key()), IssueRequest::device(device(9)))
+            .await
+            .unwrap();
+    let ocsp = OcspResponder::new(
+        e.ca.clone(),
+        OcspLimits {
+            cache_entries: 100,
+            signatures_per_second: 1000,
+        },
+    )
+    .unwrap();
+    let first = ocsp
+        .respond(&ocsp_request(&e, dir.path(), &cert.serial, false))
+        .await
+        .unwrap();
+    assert_eq!(first.source, OcspSource::Signed);
+    assert!(ocsp_text(dir.path(), &first.der).contains("Cert Status: good"));
+    // Another nonce, or none: the same signed answer, no signature.
+    for no_nonce in [false, true] {
+        let again = ocsp
+            .respond(&ocsp_request(&e, dir.path(), &cert.serial, no_nonce))
+            .await
+            .unwrap();
+        assert_eq!(again.source, OcspSource::Cached);
+        assert_eq!(again.der, first.der);
+    }
+    // A revocation invalidates the cache.
+    e.ca.revoke(&cert.serial, RevocationReason::KeyCompromise)
+        .await
+        .unwrap();
+    let after = ocsp
+        .respond(&ocsp_request(&e, dir.path(), &cert.serial, true))
+        .await
+        .unwrap();
+    assert_eq!(after.source, OcspSource::Signed);
+    assert!(ocsp_text(dir.path(), &after.der).contains("Cert Status: revoked"));
+
+    // The signing budget: one a second here; the next miss is tryLater.
+    let tight = OcspResponder::new(
+        e.ca.clone(),
+        OcspLimits {
+            cache_entries: 100,
+            signatures_per_second: 1,
+        },
+    )
+    .unwrap();
+    let unknown: Serial = "0123456789ABCDEF".parse().unwrap();
+    let other: Serial = "0123456789ABCDEE".parse().unwrap();
+    let a = tight
+        .respond(&ocsp_request(&e, dir.path(), &unknown, true))
+        .await
+        .unwrap();
+    assert_eq!(a.source, OcspSource::Signed);
+    let b = tight
+        .respond(&ocsp_request(&e, dir.path(), &other, true))
+        .await
+        .unwrap();
+    assert_eq!(b.source, OcspSource::Throttled);
+    let t = ocsp_text(dir.path(), &b.der);
+    assert!(t.to_ascii_lowercase().contains("trylater"), "{t}");
+    // The cached answer is still served.
+    let c = tight
+        .respond(&ocsp_request(&e, dir.path(), &unknown, true))
+        .await
+        .unwrap();
+    assert_eq!(c.source, OcspSource::Cached);
+}

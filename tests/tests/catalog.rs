@@ -585,3 +585,38 @@ fn futures_are_send(c: &Catalog, i: &IssuerId, d: DeviceId, keys: &[NewWorkingKe
     send(c.working_key(i, d, KeyVersion(1), WorkingKeyRole::Tak));
     send(c.issuers());
 }
+
+/// Issue 9 §5: the SQLite catalog (national ids, contacts) is created 0600 in
+/// a 0700 directory, and a catalog file other users can read is refused with
+/// its path and the fix. SQLite only: the file is what is checked.
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_catalog_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data").join("keyward.db");
+    let cfg = keyward_config::DatabaseConfig {
+        url: format!("sqlite://{}", path.display()),
+        max_connections: 2,
+        acquire_timeout_ms: keyward_tests::db::TEST_ACQUIRE_TIMEOUT_MS,
+    };
+    let catalog = Catalog::connect(&cfg).await.unwrap();
+    drop(catalog);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = keyward_kms::db::Database::connect(&cfg)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let sqlx::Error::Configuration(inner) = &err else {
+        panic!("{err}");
+    };
+    let refused = inner
+        .downcast_ref::<keyward_kms::db::InsecurePermissions>()
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(refused.path, path);
+    assert!(refused.to_string().contains("chmod 600"), "{refused}");
+    assert!(Catalog::connect(&cfg).await.is_err());
+}

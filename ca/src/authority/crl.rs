@@ -39,6 +39,15 @@ impl Crl {
     }
 }
 
+/// See [`Ca::revocation_marker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationMarker {
+    /// Counts revocations.
+    pub revision: i64,
+    /// The newest CRL stored, if any.
+    pub crl_number: Option<i64>,
+}
+
 impl Ca {
     /// Revokes a certificate for good, then re-signs the CRL.
     /// [`CaError::UnknownSerial`] or [`CaError::AlreadyRevoked`] otherwise.
@@ -73,6 +82,17 @@ impl Ca {
             }
             _ => self.generate_crl().await,
         }
+    }
+
+    /// What changes when any replica revokes or signs a CRL: the revocation
+    /// revision and the latest CRL number. One small read, for replicas to
+    /// poll and for cached OCSP answers to be keyed under.
+    pub async fn revocation_marker(&self) -> Result<RevocationMarker> {
+        let (revision, crl_number) = self.inner.store.crl_generation().await?;
+        Ok(RevocationMarker {
+            revision,
+            crl_number,
+        })
     }
 
     /// For a schedule: re-signs the CRL when half its validity has passed or a

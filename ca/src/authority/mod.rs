@@ -27,7 +27,7 @@ use crate::store::Store;
 use keyward_kms::db::now_ms;
 
 pub use bootstrap::BootstrapReport;
-pub use crl::Crl;
+pub use crl::{Crl, RevocationMarker};
 pub use issue::IssuedCert;
 
 /// HSM label of the root CA key pair.

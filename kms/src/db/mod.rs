@@ -13,11 +13,14 @@
 //!   ranges.
 //! - `column`: reading text columns back into domain types ([`parse_col`],
 //!   [`parse_opt`], [`int_col`], [`ColumnError`]).
+//! - `error`: what a database error means for the caller ([`error_kind`],
+//!   [`error_code`]): away or saturated is `Unavailable` (503), the rest 500.
 //! - [`now_ms`]: the one wall clock every stored timestamp is written with.
 //!
 //! Must not: know any crate's tables; hold a transaction across an HSM call.
 
 mod column;
+mod error;
 mod migrate;
 mod tx;
 
@@ -29,11 +32,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 
 pub use column::{ColumnError, int_col, parse_col, parse_opt};
+pub use error::{ERROR_CODE, UNAVAILABLE_CODE, error_code, error_kind};
 pub use migrate::{Embedded, EmbeddedMigrations};
 pub use tx::{MAX_ATTEMPTS, begin_write, is_serialization_failure, retrying};
-
-/// How long a SQLite writer waits for the write lock before giving up (5 s).
-const BUSY_TIMEOUT_PRAGMA: &str = "PRAGMA busy_timeout = 5000";
 
 /// The shared database: one connection pool and the backend it speaks to.
 /// Cheap to clone; clones share the pool.
@@ -54,8 +55,12 @@ impl Database {
             DatabaseKind::Sqlite => prepare_sqlite(&cfg.url).await?,
             DatabaseKind::Postgres => cfg.url.clone(),
         };
+        let wait = cfg.acquire_timeout_ms.max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(cfg.max_connections.max(1))
+            // Bounds getting a connection, including opening one: a database
+            // that is away is a fast 503, not a request timeout.
+            .acquire_timeout(std::time::Duration::from_millis(wait))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DatabaseKind::Sqlite {
@@ -67,7 +72,12 @@ impl Database {
                         sqlx::query("PRAGMA synchronous = FULL")
                             .execute(&mut *conn)
                             .await?;
-                        sqlx::query(BUSY_TIMEOUT_PRAGMA).execute(&mut *conn).await?;
+                        // A writer waits this long for the write lock, then
+                        // SQLITE_BUSY (503 database_unavailable).
+                        // `wait` is a number from the config, not text.
+                        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {wait}")))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -122,9 +132,73 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Makes a SQLite URL ready to open: creates the file's directory, asks for
-/// the file to be created (`mode=rwc`) unless the URL chose a mode, and turns
-/// on WAL once (it is a property of the file, not of a connection).
+/// A file or directory holding catalog data (national ids, contacts, key
+/// metadata) that other users of the machine may read: start-up refuses it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} is accessible to other users (mode {mode:03o}); fix it with `chmod {fix} {}` \
+     (Keyward creates it {fix})",
+    path.display(),
+    path.display()
+)]
+pub struct InsecurePermissions {
+    pub path: std::path::PathBuf,
+    pub mode: u32,
+    pub fix: &'static str,
+}
+
+/// Creates `dir` (and missing parents) readable by the owner only (0700).
+/// An existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates `file` empty with mode 0600 unless it exists (SQLite then opens
+/// it, and gives its `-wal` and `-shm` files the same mode).
+fn create_private_file(file: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses ([`InsecurePermissions`], naming the path and the `chmod` that
+/// fixes it) a catalog file or data directory that other users may read,
+/// write or enter. A path that does not exist passes.
+pub fn refuse_shared(path: &Path, is_dir: bool) -> Result<(), InsecurePermissions> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o007 != 0 {
+            return Err(InsecurePermissions {
+                path: path.to_owned(),
+                mode,
+                fix: if is_dir { "700" } else { "600" },
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, is_dir);
+    Ok(())
+}
+
+/// Makes a SQLite URL ready to open: creates the file's directory (0700) and
+/// the file (0600), refuses a file other users may read ([`refuse_shared`]),
+/// asks for the file to be created (`mode=rwc`) unless the URL chose a mode,
+/// and turns on WAL once (it is a property of the file, not of a connection).
 async fn prepare_sqlite(url: &str) -> Result<String, sqlx::Error> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -147,7 +221,7 @@ async fn prepare_sqlite(url: &str) -> Result<String, sqlx::Error> {
     if let Some(dir) = Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+        create_private_dir(dir).map_err(|e| {
             sqlx::Error::Configuration(
                 format!(
                     "cannot create directory {} for the catalog: {e}",
@@ -157,6 +231,12 @@ async fn prepare_sqlite(url: &str) -> Result<String, sqlx::Error> {
             )
         })?;
     }
+    if mode != Some("ro") {
+        create_private_file(Path::new(path)).map_err(|e| {
+            sqlx::Error::Configuration(format!("cannot create the catalog file {path}: {e}").into())
+        })?;
+    }
+    refuse_shared(Path::new(path), false).map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
     let url = match (mode, query) {
         (Some(_), _) => url.to_owned(),
         (None, Some(_)) => format!("{url}&mode=rwc"),

@@ -76,7 +76,8 @@ pub async fn list(
     }))
 }
 
-/// `GET /admin/v1/ca/certificates/{serial}`: one record with its PEM.
+/// `GET /admin/v1/ca/certificates/{serial}`: one record with its PEM and the
+/// chain above it (`chain_pem`: issuing CA, then root).
 pub async fn show(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
@@ -94,7 +95,13 @@ pub async fn show(
     )
     .await?;
     match state.ca.get(&serial).await? {
-        Some(r) => Ok(Json(wire::Certificate::new(&r, true))),
+        Some(r) => {
+            // What a device (or its station) needs to present the
+            // certificate: the chain above it, issuing CA then root.
+            let mut c = wire::Certificate::new(&r, true);
+            c.chain_pem = Some(state.ca.chain_pem());
+            Ok(Json(c))
+        }
         None => Err(keyward_ca::CaError::UnknownSerial(serial).into()),
     }
 }

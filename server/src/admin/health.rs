@@ -15,6 +15,10 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "live" }))
 }
 
+/// How long `/ready` waits for the HSM and the database: an orchestrator
+/// must hear `not_ready` quickly, not after its own probe timeout.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
+
 /// Ready when the HSM answers (through the worker pool), the database
 /// answers, and the service is not shutting down. 503 with the failing
 /// check otherwise (no error detail: the logs have it).
@@ -25,14 +29,20 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         ok = false;
         checks.insert("shutdown".into(), "draining".into());
     }
-    match timed_hsm(&state.metrics, "ready_ping", state.kms.ready()).await {
-        Ok(()) => {
+    let ping = timed_hsm(&state.metrics, "ready_ping", state.kms.ready());
+    match tokio::time::timeout(READY_TIMEOUT, ping).await {
+        Ok(Ok(())) => {
             checks.insert("hsm_and_database".into(), "ok".into());
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             ok = false;
             tracing::warn!(error = %e, "readiness check failed");
             checks.insert("hsm_and_database".into(), e.code().into());
+        }
+        Err(_) => {
+            ok = false;
+            tracing::warn!("readiness check timed out");
+            checks.insert("hsm_and_database".into(), "timeout".into());
         }
     }
     let status = if ok {

@@ -40,6 +40,7 @@ use keyward_ca::{Role, Serial};
 use keyward_device_provisioning::{Action, Decision, OperatorId};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::http::idempotency;
 use crate::http::layers::{self, request_id};
 use crate::http::{ApiError, stack_config};
 use crate::identity::{ClientIdentity, PeerCertificate};
@@ -104,6 +105,11 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
         .route("/admin/v1/audit/checkpoint", get(trail::checkpoint))
+        // Inside the operator check: answers are keyed by the operator.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::admin,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
@@ -114,19 +120,31 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/batches", post(devices::import_batch))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            idempotency::admin,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             require_operator,
         ))
         .with_state(state.clone());
     let mut batch_stack = stack_config(&state, Listener::Admin);
     batch_stack.request_timeout =
         std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
+    batch_stack.body_read_timeout = batch_stack.request_timeout;
     batch_stack.max_body_bytes = state.config.server.batch_max_body_bytes;
+    // Anonymous OCSP: a concurrency budget and body limit of its own, so a
+    // flood of it cannot make health, metrics or the admin API answer 503.
+    let ocsp_routes = Router::new()
+        .route("/ocsp", post(ocsp::post))
+        .route("/ocsp/{*request}", get(ocsp::get))
+        .with_state(state.clone());
+    let mut ocsp_stack = stack_config(&state, Listener::Admin);
+    ocsp_stack.max_concurrent_requests = state.config.server.ocsp_max_concurrent_requests.max(1);
+    ocsp_stack.max_body_bytes = state.config.server.ocsp_max_body_bytes;
     let router = Router::new()
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .route("/ocsp", post(ocsp::post))
-        .route("/ocsp/{*request}", get(ocsp::get))
         .merge(api)
         .with_state(state.clone());
     layers::apply(
@@ -135,6 +153,11 @@ pub fn router(state: AppState) -> Router {
         state.metrics.clone(),
     )
     .merge(layers::apply(batches, &batch_stack, state.metrics.clone()))
+    .merge(layers::apply(
+        ocsp_routes,
+        &ocsp_stack,
+        state.metrics.clone(),
+    ))
 }
 
 /// Every role: the reads.
@@ -181,7 +204,7 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
             }
             (Some(_), Err(e)) => (id.actor(), e),
             // A device (or other) certificate: known, but no operator.
-            (None, _) => (id.actor(), ApiError::forbidden_role("an operator")),
+            (None, _) => (id.actor(), no_operator_role()),
         },
         (Some(id), None) => (id.actor(), ApiError::certificate_required()),
         (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
@@ -201,6 +224,11 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
     let outcome = Outcome::Refused { code };
     let _ = state.audit.append(&actor, &event, outcome, &rid).await;
     refusal.into_response()
+}
+
+/// The refusal of a certificate without an operator role (a device's, say).
+fn no_operator_role() -> ApiError {
+    ApiError::forbidden_role("admin, operator or auditor")
 }
 
 /// A connection outlives a revocation (HTTP/2 and keep-alive reuse the
@@ -384,4 +412,20 @@ async fn whoami(
         role: op.role.as_str().to_owned(),
         serial: op.serial,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9 §5: the refusal read "needs the an operator role".
+    #[test]
+    fn refusal_without_an_operator_role_reads_well() {
+        let e = no_operator_role();
+        assert_eq!(e.code, "forbidden_role");
+        assert_eq!(
+            e.message,
+            "this action needs the admin, operator or auditor role"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! `POST /ocsp` and `GET /ocsp/{request}`: the OCSP responder (RFC 6960) for
 //! certificates of the issuing CA, reachable without a client certificate
-//! (relying parties are not operators). The CA builds and signs the answer
-//! ([`keyward_ca::Ca::ocsp_response`]); a malformed request is an OCSP
+//! (relying parties are not operators), on a concurrency budget and body
+//! limit of their own (`server.ocsp_*`). The CA's responder builds the
+//! answer, signed once and then cached ([`keyward_ca::OcspResponder`]); a
+//! malformed request is an OCSP
 //! `malformedRequest` response (HTTP 200), not an HTTP error. Only a
 //! server-side failure (HSM, database) is an HTTP error, mapped as usual.
 
@@ -56,20 +58,20 @@ pub async fn get(
 }
 
 async fn answer(state: &AppState, request_der: &[u8]) -> Result<Response, ApiError> {
-    let der = timed_hsm(
-        &state.metrics,
-        "ocsp_sign",
-        state.ca.ocsp_response(request_der),
-    )
-    .await?;
-    Ok(ocsp_reply(der))
+    let answer = timed_hsm(&state.metrics, "ocsp_sign", state.ocsp.respond(request_der)).await?;
+    state
+        .metrics
+        .ocsp_responses
+        .with_label_values(&[answer.source.as_str()])
+        .inc();
+    Ok(ocsp_reply(answer.der))
 }
 
 fn ocsp_reply(der: Vec<u8>) -> Response {
     (
         [
             (header::CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE),
-            // Every answer is fresh (and may echo a nonce): not for caches.
+            // Answers are short-lived and not for shared caches.
             (header::CACHE_CONTROL, "no-store"),
         ],
         der,

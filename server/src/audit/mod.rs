@@ -93,6 +93,9 @@ impl AuditError {
     /// The stable code a client sees.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Database(e) if keyward_kms::db::error_kind(e) != ErrorKind::Internal => {
+                keyward_kms::db::error_code(e)
+            }
             Self::Database(_) | Self::NoHead => "audit_error",
             Self::Kms(e) => e.code(),
             Self::Broken { .. } => "audit_chain_broken",
@@ -103,7 +106,8 @@ impl AuditError {
     /// What sort of failure it is (mapped to HTTP once, in `http/error.rs`).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Database(_) | Self::NoHead => ErrorKind::Internal,
+            Self::Database(e) => keyward_kms::db::error_kind(e),
+            Self::NoHead => ErrorKind::Internal,
             Self::Kms(e) => e.kind(),
             Self::Broken { .. } => ErrorKind::Conflict,
             Self::InvalidCheckpoint(_) => ErrorKind::Invalid,

@@ -125,7 +125,7 @@ impl ApiError {
             message: "the audit trail cannot be written; the operation was not performed".into(),
             extra: None,
             source: Some(source.into()),
-            retry_after: None,
+            retry_after: Some(RETRY_AFTER_SECS),
         }
     }
 
@@ -218,7 +218,20 @@ impl From<OnlineError> for ApiError {
 
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
-        Self::from_kind(e.kind(), e.code(), e)
+        match &e {
+            AuditError::Database(db) => {
+                let (kind, code) = (
+                    keyward_kms::db::error_kind(db),
+                    keyward_kms::db::error_code(db),
+                );
+                if kind == ErrorKind::Internal {
+                    Self::internal(e).with_code("audit_error")
+                } else {
+                    Self::from_kind(kind, code, e)
+                }
+            }
+            _ => Self::from_kind(e.kind(), e.code(), e),
+        }
     }
 }
 

@@ -12,8 +12,13 @@
 //!    the request id
 //! 7. catch-panic (500 through normalize, so it has a request id and JSON)
 //! 8. timeout → 503 `timeout`
-//! 9. body limit → 413 `body_too_large`
-//! 10. load-shed + concurrency limit (one semaphore per listener) → 503
+//! 9. body read: the whole body is read within `body_read_timeout` of the
+//!    headers (→ 408 `body_timeout`) and within the body limit (→ 413
+//!    `body_too_large`), *before* a concurrency permit is taken, so slow
+//!    senders hold no permit
+//! 10. body limit → 413 `body_too_large`
+//! 11. load-shed + concurrency limit (one semaphore per stack: the admin API
+//!     with health and metrics, anonymous OCSP, batch imports) → 503
 //!     `overloaded`
 //!
 //! The stack is added with `Router::layer`, which wraps every route after
@@ -50,6 +55,7 @@ pub struct StackConfig {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +110,13 @@ where
             StatusCode::SERVICE_UNAVAILABLE,
             cfg.request_timeout,
         ))
+        .layer(middleware::from_fn_with_state(
+            BodyLimits {
+                timeout: cfg.body_read_timeout,
+                max_bytes: cfg.max_body_bytes,
+            },
+            read_body,
+        ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             cfg.max_body_bytes,
         ))
@@ -122,6 +135,53 @@ where
     router
         .layer(stack)
         .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+/// Reads the whole request body within the time and size limits, so that a
+/// handler (and the concurrency permit it holds) never waits on a slow
+/// sender.
+async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, limits.max_bytes);
+    match tokio::time::timeout(limits.timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if too_large(&e) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body exceeds the limit",
+        )
+        .into_response(),
+        Ok(Err(_)) => {
+            ApiError::bad_request("body_unreadable", "the request body could not be read")
+                .into_response()
+        }
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )
+        .into_response(),
+    }
+}
+
+fn too_large(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -157,6 +217,16 @@ async fn record_metrics(State(ctx): State<Arc<MetricsCtx>>, req: Request, next: 
     let start = Instant::now();
     let resp = next.run(req).await;
     let listener = ctx.listener.as_str();
+    if let Some(dependency) = resp
+        .extensions()
+        .get::<ErrorBody>()
+        .and_then(|e| unavailable_dependency(&e.code))
+    {
+        ctx.metrics
+            .dependency_unavailable
+            .with_label_values(&[dependency])
+            .inc();
+    }
     ctx.metrics
         .http_duration
         .with_label_values(&[listener, &route])
@@ -166,6 +236,15 @@ async fn record_metrics(State(ctx): State<Arc<MetricsCtx>>, req: Request, next: 
         .with_label_values(&[listener, &route, resp.status().as_str()])
         .inc();
     resp
+}
+
+/// Which dependency an error code says was unavailable or full, if any.
+fn unavailable_dependency(code: &str) -> Option<&'static str> {
+    match code {
+        keyward_kms::db::UNAVAILABLE_CODE => Some("database"),
+        "hsm_busy" | "hsm_unavailable" => Some("hsm"),
+        _ => None,
+    }
 }
 
 /// The request id the stack assigned, for handlers (audit records).
@@ -210,5 +289,7 @@ async fn normalize(req: Request, next: Next) -> Response {
         out.headers_mut().insert(name.clone(), value.clone());
     }
     *out.extensions_mut() = parts.extensions;
+    // Kept for the metrics layer outside (its code says which dependency).
+    out.extensions_mut().insert(error);
     out
 }

@@ -2,8 +2,10 @@
 //!
 //! - `error`: [`ApiError`], the one place errors become responses.
 //! - `layers`: the tower middleware stack (docs/stack-notes.md §8 order).
+//! - [`idempotency`]: `Idempotency-Key` on mutating requests.
 
 pub mod error;
+pub mod idempotency;
 pub mod layers;
 
 use std::time::Duration;
@@ -21,5 +23,6 @@ pub fn stack_config(state: &AppState, listener: Listener) -> layers::StackConfig
         request_timeout: Duration::from_millis(s.request_timeout_ms),
         max_body_bytes: s.max_body_bytes,
         max_concurrent_requests: s.max_concurrent_requests.max(1),
+        body_read_timeout: Duration::from_millis(s.body_read_timeout_ms.max(1)),
     }
 }

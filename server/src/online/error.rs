@@ -19,7 +19,7 @@ impl OnlineError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Kms(e) => e.code(),
-            Self::Database(_) => "database_error",
+            Self::Database(e) => keyward_kms::db::error_code(e),
         }
     }
 
@@ -27,7 +27,7 @@ impl OnlineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Kms(e) => e.kind(),
-            Self::Database(_) => ErrorKind::Internal,
+            Self::Database(e) => keyward_kms::db::error_kind(e),
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct Certificate {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_pem: Option<String>,
+    /// The chain above it (issuing CA, then root), on the single lookup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_pem: Option<String>,
 }
 
 impl Certificate {
@@ -94,6 +97,7 @@ impl Certificate {
             revoked_at_ms: r.revoked_at_ms,
             reason: r.reason.map(|x| x.as_str().to_owned()),
             certificate_pem: with_pem.then(|| r.pem.clone()),
+            chain_pem: None,
         }
     }
 }

@@ -49,6 +49,9 @@ fn toml_str(s: &str) -> String {
 pub struct Options {
     pub crl_refresh_secs: u64,
     pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+    /// More `[server]` lines, verbatim.
+    pub extra_server: String,
 }
 
 impl Default for Options {
@@ -56,6 +59,8 @@ impl Default for Options {
         Self {
             crl_refresh_secs: 1,
             max_body_bytes: 1 << 20,
+            max_concurrent_requests: 64,
+            extra_server: String::new(),
         }
     }
 }
@@ -131,8 +136,9 @@ admin_listen = "127.0.0.1:0"
 public_names = ["localhost", "127.0.0.1"]
 request_timeout_ms = 10000
 max_body_bytes = {max_body}
-max_concurrent_requests = 64
+max_concurrent_requests = {max_concurrent}
 crl_refresh_secs = {crl_refresh}
+{extra_server}
 "#,
             data = toml_str(&data.display().to_string()),
             module = toml_str(&hsm.module.display().to_string()),
@@ -143,6 +149,8 @@ crl_refresh_secs = {crl_refresh}
             url = toml_str(&db.config.url),
             max_body = opts.max_body_bytes,
             crl_refresh = opts.crl_refresh_secs,
+            max_concurrent = opts.max_concurrent_requests,
+            extra_server = opts.extra_server,
         );
         std::fs::write(&config, text).unwrap();
         Self {
@@ -204,7 +212,30 @@ crl_refresh_secs = {crl_refresh}
     /// [`Server::start`] with more `serve` arguments.
     pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
+        let (child, public, admin) = self.spawn_serve("serve.log", args);
+        self.child = Some(child);
+        self.public = public;
+        self.admin = admin;
+    }
+
+    /// A second `keyward serve` on the same configuration — the same
+    /// database and HSM token, its own ports and log: another replica.
+    pub fn replica(&self, name: &str) -> Replica {
+        let log = format!("serve-{name}.log");
+        let (child, public, admin) = self.spawn_serve(&log, &[]);
+        Replica {
+            child,
+            public,
+            admin,
+            log: self.dir.path().join(log),
+        }
+    }
+
+    /// Spawns `keyward serve ARGS`, logging to `log` in the test dir, and
+    /// reads the listening line: `(child, public addr, admin addr)`.
+    fn spawn_serve(&self, log: &str, args: &[&str]) -> (Child, String, String) {
+        let log_path = self.dir.path().join(log);
+        let log_file = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(KEYWARD)
             .arg("--config")
             .arg(&self.config)
@@ -214,7 +245,7 @@ crl_refresh_secs = {crl_refresh}
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log_file)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -225,11 +256,14 @@ crl_refresh_secs = {crl_refresh}
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        self.child = Some(child);
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("serve did not start: {line:?}\n{}", self.log()));
-        self.public = v["listening"]["public"].as_str().unwrap().to_owned();
-        self.admin = v["listening"]["admin"].as_str().unwrap().to_owned();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        });
+        let addr = |which: &str| v["listening"][which].as_str().unwrap().to_owned();
+        (child, addr("public"), addr("admin"))
     }
 
     /// Runs `keyward serve` expecting it to refuse to start: its exit status
@@ -452,6 +486,21 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
 
 fn rand_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
+}
+
+/// Another `keyward serve` of the same installation; killed when dropped.
+pub struct Replica {
+    child: Child,
+    pub public: String,
+    pub admin: String,
+    pub log: PathBuf,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {

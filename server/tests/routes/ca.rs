@@ -7,15 +7,8 @@ use serde_json::json;
 
 use crate::harness::{App, anonymous, der_of_pem, identity_of};
 
-/// A PKCS#10 request over a fresh P-256 key, PEM.
 fn csr_pem() -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap()
+    keyward_tests::simulator::client_csr_pem().unwrap()
 }
 
 #[tokio::test]

@@ -97,8 +97,14 @@ pub fn anonymous() -> ClientIdentity {
 
 impl App {
     pub async fn new() -> Self {
+        Self::with_config(|_| {}).await
+    }
+
+    /// An installation whose configuration `edit` changes before it opens.
+    pub async fn with_config(edit: impl FnOnce(&mut Config)) -> Self {
         let install = Server::new().await;
-        let config = Config::load(&install.config).unwrap();
+        let mut config = Config::load(&install.config).unwrap();
+        edit(&mut config);
         let metrics = Metrics::new().unwrap();
         let opened = bootstrap::open(&config, Some(metrics.clone()))
             .await

@@ -19,6 +19,8 @@ mod harness;
 mod access;
 mod ca;
 mod customers;
+mod database;
 mod devices;
+mod idempotency;
 mod issuers;
 mod trail;

@@ -1,5 +1,5 @@
 //! Customer registration with maker-checker review.
-use keyward_device_provisioning::ApplicationState;
+use keyward_device_provisioning::{ApplicationState, NationalId, OperatorId};
 
 use crate::common::*;
 
@@ -117,4 +117,47 @@ async fn customer_review_is_maker_checker() {
             .await,
         "application_state",
     );
+}
+
+/// Issue 9 §4: look-alike operator names and national ids are one identity
+/// (or refused), not a second person or a second customer.
+#[tokio::test]
+async fn look_alike_names_and_national_ids_are_one_identity() {
+    let env = env().await;
+    // alice + U+200B is not a name at all.
+    assert!("alice\u{200B}".parse::<OperatorId>().is_err());
+    let app = env
+        .prov
+        .apply(
+            application("110101199003071234", &["6222020200112233"]),
+            &op("alice"),
+        )
+        .await
+        .unwrap()
+        .value;
+    // Fullwidth alice is alice: still her own application.
+    refused(
+        env.prov.approve(&app.id, &op("ａｌｉｃｅ")).await,
+        "self_approval",
+    );
+    env.prov.approve(&app.id, &op("bob")).await.unwrap();
+    // The same national id in fullwidth digits: the same customer.
+    let twin = env
+        .prov
+        .apply(
+            application(
+                "１１０１０１１９９００３０７１２３４",
+                &["6222020200999999"],
+            ),
+            &op("alice"),
+        )
+        .await
+        .unwrap()
+        .value;
+    refused(
+        env.prov.approve(&twin.id, &op("bob")).await,
+        "customer_exists",
+    );
+    // With a zero-width space it is refused outright.
+    assert!(NationalId::new("110101199003071234\u{200B}").is_err());
 }

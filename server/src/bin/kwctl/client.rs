@@ -14,12 +14,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
-/// One admin API call.
+/// One admin API call. A mutating call carries its own `Idempotency-Key`,
+/// so that sending it again (after a lost answer) cannot do the work twice.
 #[derive(Debug)]
 pub struct Call {
     method: &'static str,
     path: String,
     body: Option<Value>,
+    idempotency_key: Option<String>,
+}
+
+fn new_key() -> Option<String> {
+    Some(format!("kwctl-{}", uuid::Uuid::new_v4()))
 }
 
 /// `GET /admin/v1{path}`.
@@ -28,6 +34,7 @@ pub fn get(path: impl AsRef<str>) -> Call {
         method: "GET",
         path: format!("/admin/v1{}", path.as_ref()),
         body: None,
+        idempotency_key: None,
     }
 }
 
@@ -38,6 +45,7 @@ pub fn post(path: impl AsRef<str>, body: impl serde::Serialize) -> Call {
         path: format!("/admin/v1{}", path.as_ref()),
         // Wire types are plain structs: serialising them cannot fail.
         body: Some(serde_json::to_value(body).unwrap_or_default()),
+        idempotency_key: new_key(),
     }
 }
 
@@ -47,6 +55,7 @@ pub fn post_empty(path: impl AsRef<str>) -> Call {
         method: "POST",
         path: format!("/admin/v1{}", path.as_ref()),
         body: None,
+        idempotency_key: new_key(),
     }
 }
 
@@ -189,6 +198,9 @@ impl Client {
             .method(call.method)
             .uri(&call.path)
             .header(HOST, format!("{}:{}", self.host, self.port));
+        if let Some(key) = &call.idempotency_key {
+            req = req.header("idempotency-key", key);
+        }
         let body = match &call.body {
             Some(v) => {
                 req = req.header(CONTENT_TYPE, "application/json");

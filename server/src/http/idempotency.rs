@@ -1,0 +1,320 @@
+//! `Idempotency-Key` on mutating requests: a retry with the same key gets the
+//! first answer instead of doing the work twice.
+//!
+//! A client that did not hear the answer — its connection dropped, the request
+//! timed out while the effect went on, a load balancer retried — sends the
+//! same request again with the same key. The first request's handler runs in
+//! a task of its own (a client that goes away does not cut it in half) and
+//! its successful answer is stored in the database under (principal, key), so
+//! any replica replays it. While the first is still running a retry gets
+//! `409 request_in_progress` with `Retry-After`; the same key with another
+//! method, path or body is `422 idempotency_key_reused`. Refusals and failures
+//! (4xx, 5xx) are not stored: they had no effect, and a retry is tried anew.
+//! Keys are 1–128 characters of `[A-Za-z0-9._:-]` (a UUID fits) and are kept
+//! for [`KEEP`].
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyward_kms::db::{Database, now_ms};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tracing::Instrument;
+
+use super::error::{ApiError, RETRY_AFTER_SECS};
+use crate::admin::Operator;
+use crate::state::AppState;
+
+/// The request header.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a replayed answer.
+pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// How long a key and its answer are kept.
+pub const KEEP: Duration = Duration::from_secs(24 * 3600);
+/// Largest answer stored for replay (bigger ones are answered, not stored).
+const MAX_STORED_ANSWER: usize = 16 << 20;
+
+/// What the store knew of a key when a request arrived with it.
+enum Begun {
+    /// First use: the request runs.
+    New,
+    /// Done before: its answer.
+    Replay {
+        status: u16,
+        content_type: Option<String>,
+        body: Vec<u8>,
+    },
+    /// The first request with this key is still running.
+    Running,
+    /// The key was used for another request.
+    Mismatch,
+}
+
+/// The `http_idempotency` table.
+#[derive(Debug, Clone)]
+struct Store {
+    db: Database,
+}
+
+impl Store {
+    async fn begin(
+        &self,
+        principal: &str,
+        key: &str,
+        method: &str,
+        path: &str,
+        body_sha256: &str,
+    ) -> Result<Begun, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO http_idempotency \
+             (principal, key, method, path, body_sha256, state, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(method)
+        .bind(path)
+        .bind(body_sha256)
+        .bind(now_ms())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Begun::New);
+        }
+        let row = sqlx::query(
+            "SELECT method, path, body_sha256, state, status, content_type, body \
+             FROM http_idempotency WHERE principal = $1 AND key = $2",
+        )
+        .bind(principal)
+        .bind(key)
+        .fetch_optional(self.db.pool())
+        .await?;
+        // Purged between the two statements: treat as running (retry later).
+        let Some(row) = row else {
+            return Ok(Begun::Running);
+        };
+        let same = row.try_get::<String, _>("method")? == method
+            && row.try_get::<String, _>("path")? == path
+            && row.try_get::<String, _>("body_sha256")? == body_sha256;
+        if !same {
+            return Ok(Begun::Mismatch);
+        }
+        if row.try_get::<String, _>("state")? != "done" {
+            return Ok(Begun::Running);
+        }
+        let status: i64 = row.try_get::<Option<i64>, _>("status")?.unwrap_or(200);
+        Ok(Begun::Replay {
+            status: u16::try_from(status).unwrap_or(200),
+            content_type: row.try_get("content_type")?,
+            body: row
+                .try_get::<Option<Vec<u8>>, _>("body")?
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn finish(
+        &self,
+        principal: &str,
+        key: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE http_idempotency SET state = 'done', status = $3, content_type = $4, \
+             body = $5 WHERE principal = $1 AND key = $2",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(i64::from(status))
+        .bind(content_type)
+        .bind(body)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn forget(&self, principal: &str, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM http_idempotency WHERE principal = $1 AND key = $2")
+            .bind(principal)
+            .bind(key)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn purge(&self, older_than_ms: i64) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("DELETE FROM http_idempotency WHERE created_at_ms < $1")
+                .bind(older_than_ms)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+}
+
+fn valid_key(v: &HeaderValue) -> Option<String> {
+    let b = v.as_bytes();
+    let ok = (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| String::from_utf8_lossy(b).into_owned())
+}
+
+fn mutating(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// The middleware, for routes behind the operator check (it keys answers by
+/// the operator's certificate).
+pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(raw) = req.headers().get(&IDEMPOTENCY_KEY).cloned() else {
+        return next.run(req).await;
+    };
+    if !mutating(req.method()) {
+        return next.run(req).await;
+    }
+    let Some(key) = valid_key(&raw) else {
+        return ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key: 1-128 characters of A-Z a-z 0-9 . _ : -",
+        )
+        .into_response();
+    };
+    let Some(principal) = req
+        .extensions()
+        .get::<Operator>()
+        .map(|o| o.actor.to_string())
+    else {
+        return next.run(req).await;
+    };
+    let store = Store {
+        db: state.kms.db().clone(),
+    };
+    let (parts, body) = req.into_parts();
+    // The body limit layer outside has already bounded the body.
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::bad_request("invalid_request", "the request body could not be read")
+                .into_response();
+        }
+    };
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+    match store.begin(&principal, &key, &method, &path, &hash).await {
+        Err(e) => return ApiError::from(keyward_kms::KmsError::Database(e)).into_response(),
+        Ok(Begun::New) => {}
+        Ok(Begun::Replay {
+            status,
+            content_type,
+            body,
+        }) => return replay(status, content_type.as_deref(), body),
+        Ok(Begun::Running) => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still running; retry later",
+            )
+            .retry_after(RETRY_AFTER_SECS)
+            .into_response();
+        }
+        Ok(Begun::Mismatch) => {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for another request",
+            )
+            .into_response();
+        }
+    }
+    let req = Request::from_parts(parts, Body::from(bytes));
+    // In a task of its own: a client that goes away (or a timeout) does not
+    // stop the work, and its answer is still stored for the retry.
+    let task = tokio::spawn(
+        async move {
+            let resp = next.run(req).await;
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, MAX_STORED_ANSWER)
+                .await
+                .unwrap_or_else(|_| Bytes::new());
+            let stored = if parts.status.is_success() && !bytes.is_empty() {
+                let ct = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                store
+                    .finish(&principal, &key, parts.status.as_u16(), ct, &bytes)
+                    .await
+            } else {
+                store.forget(&principal, &key).await
+            };
+            if let Err(e) = stored {
+                // The key stays `running` until purged: retries get 409.
+                tracing::error!(error = %e, "idempotency key not settled");
+            }
+            Response::from_parts(parts, Body::from(bytes))
+        }
+        .instrument(tracing::Span::current()),
+    );
+    task.await
+        .unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+fn replay(status: u16, content_type: Option<&str>, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, body).into_response();
+    if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(c).ok()) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    resp.headers_mut()
+        .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
+    resp
+}
+
+/// Deletes keys older than [`KEEP`], hourly, until aborted. Idempotent, so
+/// every replica may run it.
+pub async fn purge_loop(state: AppState) {
+    let store = Store {
+        db: state.kms.db().clone(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let keep_ms = i64::try_from(KEEP.as_millis()).unwrap_or(i64::MAX);
+        match store.purge(now_ms().saturating_sub(keep_ms)).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "idempotency keys purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_short_and_plain() {
+        assert!(
+            valid_key(&HeaderValue::from_static(
+                "3f6a1c1e-7c1b-4b0e-9d1e-2a4c6e8f0a1b"
+            ))
+            .is_some()
+        );
+        assert!(valid_key(&HeaderValue::from_static("kwctl:device:42")).is_some());
+        assert!(valid_key(&HeaderValue::from_static("")).is_none());
+        assert!(valid_key(&HeaderValue::from_static("has space")).is_none());
+        let long = "k".repeat(129);
+        assert!(valid_key(&HeaderValue::from_str(&long).unwrap()).is_none());
+    }
+}
