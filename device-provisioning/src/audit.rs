@@ -7,7 +7,8 @@
 //! [`Audited`] value with its note, on refusal or failure a [`Refused`] with
 //! the note and the error. The note is built when the operation starts, so a
 //! refusal is noted exactly like a success (same actor, action and target),
-//! and holds no key bytes, national ids or contact addresses.
+//! and holds no key bytes, national ids or contact addresses; operator free
+//! text goes in through [`redact_free_text`].
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -15,7 +16,8 @@ use std::fmt;
 use keyward_kms::types::DeviceId;
 
 use crate::error::ProvisioningError;
-use crate::types::OperatorId;
+use crate::types::{OperatorId, Reason};
+use unicode_normalization::UnicodeNormalization;
 
 /// Who acted: one vocabulary for every audit record of every layer, whether
 /// an operator, a device, a back-end service or the server itself did it.
@@ -180,6 +182,13 @@ impl AuditNote {
         self.details.push((name, value.to_string()));
     }
 
+    /// Notes an operator's free-text reason, redacted
+    /// ([`redact_free_text`]): the trail is permanent and must not keep the
+    /// national id or account number someone typed into it.
+    pub(crate) fn reason(&mut self, reason: &Reason) {
+        self.detail("reason", redact_free_text(reason.as_str()));
+    }
+
     /// The value of a detail, if noted.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.details
@@ -255,3 +264,108 @@ impl From<Box<Refused>> for ProvisioningError {
 /// What a state-changing operation returns. The refusal is boxed: it is the
 /// rare path, and a note plus an error would make every `Result` large.
 pub type Decision<T> = Result<Audited<T>, Box<Refused>>;
+
+/// What a redacted run of digits becomes in the trail.
+pub const REDACTED: &str = "[redacted]";
+/// Digits in a run from which it is taken for a national id, an account,
+/// card or phone number.
+pub const REDACT_MIN_DIGITS: usize = 8;
+
+/// Characters that render as nothing (zero-width, bidi controls, soft
+/// hyphen): dropped first, so `1234\u{200B}5678` is one run.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// Separators people type inside one number (`1234 5678`, `138-0013-8000`).
+fn joiner(c: char) -> bool {
+    matches!(c, ' ' | '-' | '.' | '/' | '_')
+}
+
+/// `2024-05-01`, `01/05/2024`, `2024.05.01`: eight digits that are a date.
+fn is_date(groups: &[usize], seps: &[char]) -> bool {
+    let same_sep = seps.len() == 2 && seps[0] == seps[1] && matches!(seps[0], '-' | '/' | '.');
+    same_sep && (groups == [4, 2, 2] || groups == [2, 2, 4])
+}
+
+/// The one filter for operator free text on its way into the audit trail:
+/// after NFKC (fullwidth digits become ASCII) and with invisible characters
+/// removed, every run of at least [`REDACT_MIN_DIGITS`] digits — single
+/// separators between digits allowed, a trailing check letter `X`
+/// included — becomes [`REDACTED`]. Shorter numbers (dates, counts, ticket
+/// numbers) stay readable.
+pub fn redact_free_text(text: &str) -> String {
+    let chars: Vec<char> = text.nfkc().filter(|c| !invisible(*c)).collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_numeric() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let (start, mut end, mut digits, mut j) = (i, i, 0usize, i);
+        // Digit groups and the separators between them, to tell dates apart.
+        let (mut groups, mut seps) = (vec![0usize], Vec::new());
+        while j < chars.len() {
+            if chars[j].is_numeric() {
+                digits += 1;
+                if let Some(g) = groups.last_mut() {
+                    *g += 1;
+                }
+                j += 1;
+                end = j;
+            } else if joiner(chars[j]) && chars.get(j + 1).is_some_and(|c| c.is_numeric()) {
+                seps.push(chars[j]);
+                groups.push(0);
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if digits >= REDACT_MIN_DIGITS && !is_date(&groups, &seps) {
+            let check_letter = matches!(chars.get(end), Some('X' | 'x'))
+                && !chars.get(end + 1).is_some_and(|c| c.is_alphanumeric());
+            if check_letter {
+                end += 1;
+            }
+            out.push_str(REDACTED);
+        } else {
+            out.extend(&chars[start..end]);
+        }
+        i = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_digit_runs_are_redacted_short_ones_kept() {
+        for (input, expected) in [
+            ("id 110101199003074578 wrong", "id [redacted] wrong"),
+            ("id 11010119900307457X wrong", "id [redacted] wrong"),
+            ("call +86 138-0013-8000", "call +[redacted]"),
+            ("acct 6222 0202 0000 1234", "acct [redacted]"),
+            // Fullwidth digits and a zero-width space do not hide a number.
+            ("id １１０１０１１９９００３", "id [redacted]"),
+            ("id 1101\u{200B}0119", "id [redacted]"),
+            ("ticket 1234567, 2024-05-01", "ticket 1234567, 2024-05-01"),
+            ("ssn 123-45-6789", "ssn [redacted]"),
+            ("no digits at all", "no digits at all"),
+        ] {
+            assert_eq!(redact_free_text(input), expected, "{input:?}");
+        }
+    }
+}

@@ -175,7 +175,7 @@ impl Provisioning {
             Action::Reject,
             format!("application:{id}"),
         );
-        note.detail("reason", reason);
+        note.reason(reason);
         let result = async {
             let app = self.decidable(id, operator).await?;
             note.detail("revision", app.revision);
@@ -257,7 +257,7 @@ impl Provisioning {
             Action::Close,
             format!("application:{id}"),
         );
-        note.detail("reason", reason);
+        note.reason(reason);
         let result = async {
             let app = self.review(id).await?;
             if !matches!(

@@ -159,7 +159,7 @@ impl Provisioning {
             format!("device:{device}"),
         );
         note.detail("issuer", issuer);
-        note.detail("reason", reason);
+        note.reason(reason);
         let result = async {
             let rec = self.device(device).await?;
             package_allowed(device, rec.state)?;

@@ -125,7 +125,7 @@ impl Provisioning {
             format!("device:{device}"),
         );
         note.detail("to", to);
-        note.detail("reason", reason);
+        note.reason(reason);
         let result = self.transition_inner(device, to, &mut note).await;
         note.finish(result)
     }

@@ -22,7 +22,8 @@
 //!   versions, states; never key bytes), on [`db`].
 //! - [`service`]: [`Kms`], the facade the crates above use, one file per
 //!   operation family (issuers, working keys, MAC verification incl. bulk,
-//!   challenges, init package, signing); it does not hand out its pool,
+//!   challenges, init package, signing, the audit trail's HMAC key and
+//!   checkpoint); it does not hand out its pool,
 //!   catalog or cache.
 //! - [`error`]: [`KmsError`] with a stable code and an [`ErrorKind`].
 //!
@@ -43,5 +44,6 @@ pub mod wrap;
 
 pub use error::{ErrorKind, KmsError, Result};
 pub use service::{
-    Kms, KmsStats, MAX_BULK_ITEMS, MacItem, MacOutcome, OfferedKey, WorkingKeyOffer,
+    AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS, Kms, KmsStats, MAX_BULK_ITEMS,
+    MacItem, MacOutcome, OfferedKey, WorkingKeyOffer,
 };

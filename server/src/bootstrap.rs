@@ -21,7 +21,7 @@ use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
 
-use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::audit::{AUDIT_SIGNING_LABEL, Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
 use crate::pki::{self, TlsPaths};
 use crate::tls::{TLS_KEY_LABEL, p256_spki};
@@ -87,7 +87,7 @@ pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<O
         .await
         .context("bringing up the provisioning registry")?
         .with_check_attempt_limit(config.provisioning.check_attempt_limit);
-    let audit = AuditLog::new(pool, kind, metrics);
+    let audit = AuditLog::new(&kms, metrics);
     Ok(Opened {
         kms,
         ca,
@@ -132,6 +132,32 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
             .created
             .push(format!("server schema migration {v} (audit trail)"));
     }
+    // The audit keys come first: every record from here on is MACed.
+    let mut audit_keys = Vec::new();
+    if o.kms
+        .ensure_audit_key()
+        .await
+        .context("the audit MAC key")?
+    {
+        audit_keys.push(format!(
+            "audit MAC key {} (HSM, HMAC-SHA256)",
+            keyward_kms::AUDIT_MAC_LABEL
+        ));
+    }
+    let (_, created) = o
+        .kms
+        .ensure_signing_key(AUDIT_SIGNING_LABEL, KeyPairKind::P256)
+        .await
+        .context("the audit signing key")?;
+    if created {
+        audit_keys.push(format!(
+            "audit checkpoint signing key {AUDIT_SIGNING_LABEL} (HSM, P-256)"
+        ));
+    }
+    for what in audit_keys {
+        record(&o.audit, "audit", &what).await?;
+        report.created.push(what);
+    }
     let r = &o.ca_report;
     for (done, what) in [
         (r.root_key_created, "CA root key keyward/ca/root (HSM)"),
@@ -150,6 +176,10 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
     }
     ensure_server_tls(config, o, &mut report).await?;
     ensure_first_admin(config, o, &mut report).await?;
+    o.audit
+        .checkpoint()
+        .await
+        .context("writing the audit checkpoint to the HSM")?;
     Ok(report)
 }
 

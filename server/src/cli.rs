@@ -10,7 +10,9 @@ use keyward_kms::catalog::IssuerRecord;
 use keyward_kms::types::{IssuerId, KeyFamily};
 
 use crate::admin::create_recorded;
-use crate::audit::{Actor, AuditLog};
+use anyhow::Context;
+
+use crate::audit::{Actor, AuditLog, SignedCheckpoint};
 use crate::bootstrap::open_kms;
 use crate::wire::issuers::Issuer;
 
@@ -91,8 +93,15 @@ pub enum Command {
     /// Create what is missing: schemas, CA, server TLS key and certificate,
     /// the first admin operator. A second run changes nothing.
     Init,
-    /// Run the service: the public (device) and admin TLS listeners.
-    Serve,
+    /// Run the service: the public (device) and admin TLS listeners. Verifies
+    /// the audit trail from its HSM checkpoint first and refuses to serve on
+    /// a break.
+    Serve {
+        /// Serve even when the audit trail does not verify (the break is
+        /// logged and recorded): for an operator who has looked into it.
+        #[arg(long)]
+        allow_broken_audit: bool,
+    },
     /// Issuers (banks / payment systems) and their HSM master keys.
     #[command(subcommand)]
     Issuer(IssuerCommand),
@@ -119,16 +128,27 @@ pub enum IssuerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain; exit status 1 and the first bad record if broken.
-    Verify,
+    /// Recompute the hash chain, every HSM MAC and the head, and compare with
+    /// the HSM checkpoint; exit status 1 and the first bad record if broken.
+    Verify {
+        /// Also check a signed checkpoint stored elsewhere (the JSON that
+        /// `kwctl audit checkpoint` printed): its signature, and that the
+        /// trail still holds that record.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+    },
 }
 
 /// Runs a command. `Ok(false)` means it ran but found a problem (exit 1).
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Serve => crate::serve::serve(config).await.map(|()| true),
+        Command::Serve { allow_broken_audit } => crate::serve::serve(config, allow_broken_audit)
+            .await
+            .map(|()| true),
         Command::Init => init(cli.json, &config).await,
-        Command::Audit(AuditCommand::Verify) => audit_verify(cli.json, &config).await,
+        Command::Audit(AuditCommand::Verify { against }) => {
+            audit_verify(cli.json, &config, against).await
+        }
         Command::Check => check(cli.json, &config).await,
         Command::Issuer(cmd) => issuer(cli.json, &config, cmd).await,
     }
@@ -144,15 +164,24 @@ async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {
             "module": config.hsm.module,
             "workers": kms.hsm_workers(),
             "mechanisms": "all required mechanisms present",
+            "audit_mechanisms": keyward_kms::AUDIT_MECHANISMS
+                .iter()
+                .map(|(m, purpose)| format!("{} ({purpose})", keyward_kms::hsm::mechanism_name(*m)))
+                .collect::<Vec<_>>(),
         },
         "database": { "kind": format!("{:?}", kms.db().kind()).to_lowercase() },
         "issuers": issuers.len(),
     });
     output(json, &report, || {
         format!(
-            "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present\nkey catalog ({:?}): reachable, {} issuer(s)",
+            "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present (audit trail: {})\nkey catalog ({:?}): reachable, {} issuer(s)",
             config.hsm.token_label,
             kms.hsm_workers(),
+            keyward_kms::AUDIT_MECHANISMS
+                .iter()
+                .map(|(m, _)| keyward_kms::hsm::mechanism_name(*m))
+                .collect::<Vec<_>>()
+                .join(", "),
             kms.db().kind(),
             issuers.len()
         )
@@ -190,13 +219,31 @@ async fn init(json: bool, config: &Config) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-async fn audit_verify(json: bool, config: &Config) -> anyhow::Result<bool> {
+async fn audit_verify(
+    json: bool,
+    config: &Config,
+    against: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let stored: Option<SignedCheckpoint> =
+        match &against {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Some(serde_json::from_str(&text).with_context(|| {
+                    format!("{} is not a signed audit checkpoint", path.display())
+                })?)
+            }
+            None => None,
+        };
     let kms = open_kms(config).await?;
     let pool = kms.db().pool().clone();
     let kind = kms.db().kind();
     crate::migrate::run(&pool, kind).await?;
-    let audit = AuditLog::new(pool, kind, None);
-    let report = audit.verify_and_record(&Actor::Cli, "cli").await?;
+    let audit = AuditLog::new(&kms, None);
+    let report = audit
+        .verify_and_record(&Actor::Cli, "cli", stored.as_ref())
+        .await?;
+    audit.checkpoint().await?;
     let value = serde_json::to_value(crate::wire::AuditVerified::from(&report))?;
     output(json, &value, || match report.first_bad {
         None => format!("audit trail OK: {} record(s), chain intact", report.records),
@@ -217,8 +264,9 @@ async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Resu
             let family: KeyFamily = family.parse()?;
             let (pool, kind) = (kms.db().pool().clone(), kms.db().kind());
             crate::migrate::run(&pool, kind).await?;
-            let audit = AuditLog::new(pool, kind, None);
+            let audit = AuditLog::new(&kms, None);
             let rec = create_recorded(&kms, &audit, None, &Actor::Cli, "cli", id, family).await?;
+            audit.checkpoint().await?;
             output(json, &Issuer::from(&rec), || issuer_text(&rec));
         }
         IssuerCommand::List => {

@@ -20,7 +20,8 @@
 //!   ([`run`]); [`tls`]: the HSM-backed rustls key and client verification;
 //!   [`pki`]: server certificate checks and CRL refresh; [`identity`]: the
 //!   client certificate seen on a connection.
-//! - [`audit`]: the hash-chained audit trail; [`migrate`]: its schema;
+//! - [`audit`]: the audit trail, hash-chained and keyed by HSM MACs, with
+//!   its HSM checkpoint and signed checkpoints; [`migrate`]: its schema;
 //!   [`security`]: intrusion signals (audit record, metric, log) raised the
 //!   same way wherever they are detected.
 //! - [`metrics`]: the Prometheus registry; [`state`]: what handlers share.

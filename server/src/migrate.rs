@@ -23,6 +23,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../migrations/sqlite/2001_audit.sql"),
         ),
         (
+            2002,
+            "audit keyed",
+            include_str!("../migrations/sqlite/2002_audit_keyed.sql"),
+        ),
+        (
             2010,
             "idempotency",
             include_str!("../migrations/sqlite/2010_idempotency.sql"),
@@ -33,6 +38,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2001,
             "audit",
             include_str!("../migrations/postgres/2001_audit.sql"),
+        ),
+        (
+            2002,
+            "audit keyed",
+            include_str!("../migrations/postgres/2002_audit_keyed.sql"),
         ),
         (
             2010,

@@ -88,6 +88,12 @@ pub async fn state_from(
     if opened.ca_report.created_anything() || !opened.migrated.is_empty() {
         tracing::warn!("serve created CA or schema objects: run `keyward init` before `serve`");
     }
+    if !opened.kms.has_audit_key().await? {
+        bail!(
+            "no audit MAC key {} in the HSM: run `keyward init` first",
+            keyward_kms::AUDIT_MAC_LABEL
+        );
+    }
     let key = match opened.kms.signing_key(TLS_KEY_LABEL).await {
         Ok(k) => k,
         Err(keyward_kms::KmsError::KeyMissing(_)) => {
@@ -137,11 +143,15 @@ pub async fn state_from(
     .context("bringing up the OCSP responder")
 }
 
-/// `keyward serve`: opens everything, binds both listeners, prints their
-/// addresses as one JSON line on stdout (`{"listening": {"public": …,
-/// "admin": …}}`, useful with port 0), and serves until SIGTERM or ctrl-c.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// `keyward serve`: opens everything, verifies the audit trail from its HSM
+/// checkpoint (refusing to serve on a break unless `allow_broken_audit`),
+/// binds both listeners, prints their addresses as one JSON line on stdout
+/// (`{"listening": {"public": …, "admin": …}}`, useful with port 0), and
+/// serves until SIGTERM or ctrl-c, writing the audit checkpoint as it goes
+/// and once more at the end.
+pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<()> {
     let state = open_state(config).await?;
+    crate::audit::verify::check_at_start(&state.audit, allow_broken_audit).await?;
     let server = &state.config.server;
     let public = TcpListener::bind(&server.public_listen)
         .await
@@ -174,12 +184,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
         out.flush()?;
     }
-    run(
+    let checkpoints = tokio::spawn(
+        state
+            .audit
+            .clone()
+            .checkpoint_loop(crate::audit::CHECKPOINT_INTERVAL),
+    );
+    let served = run(
         state.clone(),
         Listeners { public, admin },
         shutdown_signal(),
     )
-    .await?;
+    .await;
+    checkpoints.abort();
+    served?;
     let _ = state
         .audit
         .append(
@@ -192,6 +210,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             "-",
         )
         .await;
+    if let Err(e) = state.audit.checkpoint().await {
+        tracing::error!(error = %e, "the last audit checkpoint could not be written");
+    }
     tracing::info!("stopped");
     Ok(())
 }

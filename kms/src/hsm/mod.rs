@@ -15,7 +15,7 @@ mod raw;
 mod rv;
 
 pub use pkcs11::Pkcs11Hsm;
-pub(crate) use pkcs11::mechanism_name;
+pub use pkcs11::mechanism_name;
 pub use rv::Rv;
 
 use keyward_config::MechanismOverrides;
@@ -64,6 +64,9 @@ pub enum SecretKind {
     Des2,
     /// AES with the given length in bytes (16, 24 or 32).
     Aes(usize),
+    /// A generic secret of the given length in bytes (`CKK_GENERIC_SECRET`),
+    /// the key type of HMAC keys (the audit trail's MAC key).
+    GenericSecret(usize),
 }
 
 /// What a key may be used for. Each key gets only what its role needs: an
@@ -154,6 +157,8 @@ pub enum MacMechanism {
     AesCmac,
     /// A vendor ANSI X9.19 retail MAC (8-byte output), configured by number.
     Des3RetailVendor,
+    /// `CKM_SHA256_HMAC` (32-byte output) on a generic secret.
+    HmacSha256,
 }
 
 /// How a key is wrapped for a device.
@@ -218,6 +223,8 @@ pub enum MechanismId {
     RsaKeyPairGen,
     Sha256RsaPkcs,
     Sha256RsaPkcsPss,
+    GenericSecretKeyGen,
+    Sha256Hmac,
 }
 
 /// The one trait at the PKCS#11 seam. Blocking; implementations are shared
@@ -277,4 +284,12 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     fn public_key(&self, label: &str) -> Result<Option<PublicKey>>;
     /// Signs `data` (the whole message; hashing is part of the mechanism).
     fn sign(&self, key: ObjectId, mech: SignMechanism, data: &[u8]) -> Result<Vec<u8>>;
+    /// The values of the private token data objects (`CKO_DATA`) labelled
+    /// `label`: state kept outside the database (the audit checkpoint).
+    /// Usually one; two when a process ended inside [`Hsm::write_data`].
+    fn read_data(&self, label: &str) -> Result<Vec<Vec<u8>>>;
+    /// Replaces the data object `label`: creates the new one, then destroys
+    /// the old ones (SoftHSM makes `CKA_VALUE` read-only, so it cannot be
+    /// updated in place; this order never leaves the token without one).
+    fn write_data(&self, label: &str, value: &[u8]) -> Result<()>;
 }

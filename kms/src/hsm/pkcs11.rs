@@ -146,6 +146,12 @@ fn secret_template(spec: &KeySpec, with_len: bool) -> Vec<Attribute> {
                 t.push(Attribute::ValueLen((len as u64).into()));
             }
         }
+        SecretKind::GenericSecret(len) => {
+            t.push(Attribute::KeyType(KeyType::GENERIC_SECRET));
+            if with_len {
+                t.push(Attribute::ValueLen((len as u64).into()));
+            }
+        }
     }
     if let Some(label) = &spec.token_label {
         t.push(Attribute::Label(label.as_bytes().to_vec()));
@@ -358,8 +364,17 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
     Err(KmsError::TokenNotFound(label.to_owned()))
 }
 
+/// The search template of the token data object `label`.
+fn data_template(label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
 /// Human name of a mechanism for error messages.
-pub(crate) fn mechanism_name(m: MechanismId) -> &'static str {
+pub fn mechanism_name(m: MechanismId) -> &'static str {
     match m {
         MechanismId::Des2KeyGen => "CKM_DES2_KEY_GEN",
         MechanismId::AesKeyGen => "CKM_AES_KEY_GEN",
@@ -380,6 +395,8 @@ pub(crate) fn mechanism_name(m: MechanismId) -> &'static str {
         MechanismId::RsaKeyPairGen => "CKM_RSA_PKCS_KEY_PAIR_GEN",
         MechanismId::Sha256RsaPkcs => "CKM_SHA256_RSA_PKCS",
         MechanismId::Sha256RsaPkcsPss => "CKM_SHA256_RSA_PKCS_PSS",
+        MechanismId::GenericSecretKeyGen => "CKM_GENERIC_SECRET_KEY_GEN",
+        MechanismId::Sha256Hmac => "CKM_SHA256_HMAC",
     }
 }
 
@@ -422,6 +439,8 @@ impl Hsm for Pkcs11Hsm {
             MechanismId::RsaKeyPairGen => MechanismType::RSA_PKCS_KEY_PAIR_GEN.into(),
             MechanismId::Sha256RsaPkcs => MechanismType::SHA256_RSA_PKCS.into(),
             MechanismId::Sha256RsaPkcsPss => MechanismType::SHA256_RSA_PKCS_PSS.into(),
+            MechanismId::GenericSecretKeyGen => MechanismType::GENERIC_SECRET_KEY_GEN.into(),
+            MechanismId::Sha256Hmac => MechanismType::SHA256_HMAC.into(),
         })
     }
 
@@ -455,6 +474,7 @@ impl Hsm for Pkcs11Hsm {
         let mech = match spec.kind {
             SecretKind::Des2 => Mechanism::Des2KeyGen,
             SecretKind::Aes(_) => Mechanism::AesKeyGen,
+            SecretKind::GenericSecret(_) => Mechanism::GenericSecretKeyGen,
         };
         let template = secret_template(spec, true);
         self.create(&[], |s| s.generate_key(&mech, &template))
@@ -463,7 +483,7 @@ impl Hsm for Pkcs11Hsm {
     fn import_key(&self, spec: &KeySpec, value: &[u8]) -> Result<ObjectId> {
         let expected = match spec.kind {
             SecretKind::Des2 => 16,
-            SecretKind::Aes(len) => len,
+            SecretKind::Aes(len) | SecretKind::GenericSecret(len) => len,
         };
         if value.len() != expected {
             return Err(KmsError::invalid("key", "wrong length for the key type"));
@@ -521,6 +541,9 @@ impl Hsm for Pkcs11Hsm {
         match mech {
             MacMechanism::AesCmac => self.with_session(&[key], |s| {
                 s.sign(&Mechanism::AesCMac, Self::handle(key), data)
+            }),
+            MacMechanism::HmacSha256 => self.with_session(&[key], |s| {
+                s.sign(&Mechanism::Sha256Hmac, Self::handle(key), data)
             }),
             MacMechanism::Des3Cmac | MacMechanism::Des3RetailVendor => {
                 let number = self.mech(match mech {
@@ -769,5 +792,38 @@ impl Hsm for Pkcs11Hsm {
                 })
             }
         }
+    }
+
+    fn read_data(&self, label: &str) -> Result<Vec<Vec<u8>>> {
+        let _guard = self.object_lock();
+        let template = data_template(label);
+        self.with_session(&[], |s| {
+            let mut values = Vec::new();
+            for h in s.find_objects(&template)? {
+                for a in s.get_attributes(h, &[AttributeType::Value])? {
+                    if let Attribute::Value(v) = a {
+                        values.push(v);
+                    }
+                }
+            }
+            Ok(values)
+        })
+    }
+
+    fn write_data(&self, label: &str, value: &[u8]) -> Result<()> {
+        let _guard = self.object_lock();
+        let template = data_template(label);
+        self.with_session(&[], |s| {
+            let old = s.find_objects(&template)?;
+            let mut t = template.clone();
+            t.push(Attribute::Private(true));
+            t.push(Attribute::Application(b"keyward".to_vec()));
+            t.push(Attribute::Value(value.to_vec()));
+            s.create_object(&t)?;
+            for h in old {
+                s.destroy_object(h)?;
+            }
+            Ok(())
+        })
     }
 }

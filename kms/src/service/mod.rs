@@ -13,8 +13,10 @@
 //! - `verify.rs`: transaction-MAC verification, one and in bulk;
 //! - `challenges.rs`: challenge/response login primitives;
 //! - `init_package.rs`: the init package (its HSM job is in [`crate::wrap`]);
-//! - `signing.rs`: token key pairs (the signer is [`crate::signing`]).
+//! - `signing.rs`: token key pairs (the signer is [`crate::signing`]);
+//! - `audit.rs`: the audit trail's HMAC key and its checkpoint on the token.
 
+mod audit;
 mod challenges;
 mod init_package;
 mod issuers;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use keyward_config::Config;
 
+pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
 pub use verify::{MAX_BULK_ITEMS, MacItem, MacOutcome};
 pub use working_keys::{OfferedKey, WorkingKeyOffer};
 
@@ -53,6 +56,8 @@ pub struct Kms {
     /// the hot paths read one catalog row (the working key), not two.
     issuers: Arc<RwLock<HashMap<IssuerId, IssuerKeys>>>,
     grace: Duration,
+    /// The audit MAC key's handle, once found.
+    audit_key: audit::AuditKeyCache,
 }
 
 /// A snapshot of the service's counters and gauges, for metrics.
@@ -141,6 +146,7 @@ impl Kms {
             cache: Arc::new(KeyCache::new(cache_capacity)),
             issuers: Arc::default(),
             grace: DEFAULT_ROTATION_GRACE,
+            audit_key: Arc::default(),
         }
     }
 
@@ -173,6 +179,7 @@ impl Kms {
     /// [`Kms::probe`] for explicit families.
     pub async fn probe_families(&self, families: &[KeyFamily]) -> Result<()> {
         let mut needed: Vec<(MechanismId, &'static str)> = INIT_PACKAGE_MECHANISMS.to_vec();
+        needed.extend_from_slice(AUDIT_MECHANISMS);
         for f in [KeyFamily::Tdes, KeyFamily::Aes] {
             if families.contains(&f) {
                 needed.extend_from_slice(required_mechanisms(f));

@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/customers/{id}", get(customers::show))
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
+        .route("/admin/v1/audit/checkpoint", get(trail::checkpoint))
         // Inside the operator check: answers are keyed by the operator.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -6,24 +6,97 @@ use keyward_ca::Role;
 use serde::Deserialize;
 
 use super::Operator;
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::{AuditError, AuditEvent, Outcome};
 use crate::http::ApiError;
 use crate::state::AppState;
-use crate::wire::{AuditRecords, AuditVerified};
+use crate::wire::{AuditCheckpoint, AuditRecords, AuditVerified};
 
 const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
-/// `GET /admin/v1/audit/verify`: recomputes the hash chain.
+/// `GET /admin/v1/audit/verify`: recomputes the hash chain and its MACs and
+/// compares with the HSM checkpoint. With the fields of a stored signed
+/// checkpoint as query parameters (`seq`, `hash`, `at_ms`, `signature`,
+/// `key`, `key_sha256`), also checks the trail against it.
 pub async fn verify(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
+    Query(against): Query<AgainstQuery>,
 ) -> Result<Json<AuditVerified>, ApiError> {
     op.require(&state, READERS).await?;
+    let stored = against.checkpoint()?;
     let report = state
         .audit
-        .verify_and_record(&op.actor, &op.request_id)
+        .verify_and_record(&op.actor, &op.request_id, stored.as_ref())
         .await?;
     Ok(Json(AuditVerified::from(&report)))
+}
+
+/// A stored checkpoint, as query parameters: all or none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgainstQuery {
+    seq: Option<i64>,
+    hash: Option<String>,
+    at_ms: Option<i64>,
+    signature: Option<String>,
+    key: Option<String>,
+    key_sha256: Option<String>,
+}
+
+impl AgainstQuery {
+    fn checkpoint(self) -> Result<Option<AuditCheckpoint>, ApiError> {
+        match self {
+            Self {
+                seq: None,
+                hash: None,
+                at_ms: None,
+                signature: None,
+                key: None,
+                key_sha256: None,
+            } => Ok(None),
+            Self {
+                seq: Some(seq),
+                hash: Some(hash),
+                at_ms: Some(at_ms),
+                signature: Some(signature),
+                key: Some(key),
+                key_sha256: Some(key_sha256),
+            } => Ok(Some(AuditCheckpoint {
+                seq,
+                hash,
+                at_ms,
+                signature,
+                key,
+                key_sha256,
+            })),
+            _ => Err(AuditError::InvalidCheckpoint(
+                "give all of seq, hash, at_ms, signature, key and key_sha256, or none",
+            )
+            .into()),
+        }
+    }
+}
+
+/// `GET /admin/v1/audit/checkpoint`: the head, verified from the HSM
+/// checkpoint and signed by the HSM audit signing key, for the operator to
+/// store outside the installation (409 `audit_chain_broken` while the trail
+/// does not verify).
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+) -> Result<Json<AuditCheckpoint>, ApiError> {
+    op.require(&state, READERS).await?;
+    let signed = state.audit.signed_checkpoint().await?;
+    op.audit(
+        &state,
+        &AuditEvent::OperatorAction {
+            action: "audit.checkpoint",
+            target: format!("seq:{}", signed.seq),
+        },
+        Outcome::Success,
+    )
+    .await?;
+    Ok(Json(signed))
 }
 
 #[derive(Debug, Deserialize)]

@@ -230,7 +230,7 @@ impl From<AuditError> for ApiError {
                     Self::from_kind(kind, code, e)
                 }
             }
-            _ => Self::internal(e).with_code("audit_error"),
+            _ => Self::from_kind(e.kind(), e.code(), e),
         }
     }
 }

@@ -15,8 +15,8 @@
 //! - [`issuers`]: issuers and their master keys (`/admin/v1/issuers`).
 //! - [`ca`]: certificates, revocation, operators (`/admin/v1/ca`,
 //!   `/admin/v1/operators`).
-//! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`]: the operator and the
-//!   audit trail.
+//! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`], [`AuditCheckpoint`]:
+//!   the operator and the audit trail.
 //! - [`Ping`]: `GET /v1/ping` on the public listener.
 
 pub mod ca;
@@ -25,6 +25,9 @@ pub mod devices;
 pub mod issuers;
 
 pub use crate::audit::AuditRecord;
+/// `GET /admin/v1/audit/checkpoint`: a signed head to store elsewhere, and
+/// what `verify --against` reads back.
+pub use crate::audit::SignedCheckpoint as AuditCheckpoint;
 
 use keyward_kms::types::Kcv as DomainKcv;
 use serde::{Deserialize, Serialize};
@@ -91,10 +94,17 @@ pub struct AuditRecords {
 pub struct AuditVerified {
     pub ok: bool,
     pub records: u64,
-    /// The first record whose link or hash is wrong.
+    /// The first record whose link, hash or MAC is wrong (or where records
+    /// are missing).
     pub first_bad: Option<i64>,
     pub problem: Option<String>,
     pub head_seq: i64,
+    /// The first record with an HSM MAC (`None`: not keyed yet).
+    #[serde(default)]
+    pub keyed_from: Option<i64>,
+    /// The HSM checkpoint compared against.
+    #[serde(default)]
+    pub checkpoint_seq: Option<i64>,
 }
 
 impl From<&crate::audit::VerifyReport> for AuditVerified {
@@ -105,6 +115,8 @@ impl From<&crate::audit::VerifyReport> for AuditVerified {
             first_bad: r.first_bad,
             problem: r.problem.clone(),
             head_seq: r.head_seq,
+            keyed_from: r.keyed_from,
+            checkpoint_seq: r.checkpoint_seq,
         }
     }
 }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tamper;
+
 use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::softhsm::TestToken;
 
@@ -204,8 +206,13 @@ crl_refresh_secs = {crl_refresh}
 
     /// Spawns `keyward serve` and reads the listening line.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Server::start`] with more `serve` arguments.
+    pub fn start_with(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "already running");
-        let (child, public, admin) = self.spawn_serve("serve.log");
+        let (child, public, admin) = self.spawn_serve("serve.log", args);
         self.child = Some(child);
         self.public = public;
         self.admin = admin;
@@ -215,7 +222,7 @@ crl_refresh_secs = {crl_refresh}
     /// database and HSM token, its own ports and log: another replica.
     pub fn replica(&self, name: &str) -> Replica {
         let log = format!("serve-{name}.log");
-        let (child, public, admin) = self.spawn_serve(&log);
+        let (child, public, admin) = self.spawn_serve(&log, &[]);
         Replica {
             child,
             public,
@@ -224,15 +231,16 @@ crl_refresh_secs = {crl_refresh}
         }
     }
 
-    /// Spawns `keyward serve`, logging to `log` in the test dir, and reads
-    /// the listening line: `(child, public addr, admin addr)`.
-    fn spawn_serve(&self, log: &str) -> (Child, String, String) {
+    /// Spawns `keyward serve ARGS`, logging to `log` in the test dir, and
+    /// reads the listening line: `(child, public addr, admin addr)`.
+    fn spawn_serve(&self, log: &str, args: &[&str]) -> (Child, String, String) {
         let log_path = self.dir.path().join(log);
         let log_file = std::fs::File::create(&log_path).unwrap();
         let mut child = Command::new(KEYWARD)
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
+            .args(args)
             .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -256,6 +264,36 @@ crl_refresh_secs = {crl_refresh}
         });
         let addr = |which: &str| v["listening"][which].as_str().unwrap().to_owned();
         (child, addr("public"), addr("admin"))
+    }
+
+    /// Runs `keyward serve` expecting it to refuse to start: its exit status
+    /// and stderr (fails the test if it is still running after 60 s).
+    pub fn serve_refused(&self) -> (std::process::ExitStatus, String) {
+        let err = self.dir.path().join("refused.log");
+        let mut child = Command::new(KEYWARD)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("serve started although it should have refused");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, std::fs::read_to_string(err).unwrap_or_default())
     }
 
     /// The serve process's log so far.

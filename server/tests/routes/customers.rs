@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use keyward_ca::Role;
+use keyward_server::identity::ClientIdentity;
 use serde_json::{Value, json};
 
 use crate::harness::App;
@@ -13,22 +14,27 @@ fn application(national_id: &str) -> Value {
            "contact": {"kind": "email", "address": "han@example.com"}})
 }
 
+/// An application by `maker`; its id.
+async fn apply(app: &App, maker: &ClientIdentity) -> String {
+    let applied = app
+        .post(
+            maker,
+            "/admin/v1/applications",
+            application("110101198001010011"),
+        )
+        .await;
+    applied.expect(StatusCode::CREATED)["application_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn review_is_maker_checker_through_the_routes() {
     let app = App::new().await;
     let alice = app.operator("alice", Role::Operator).await;
     let bob = app.operator("bob", Role::Operator).await;
-    let applied = app
-        .post(
-            &alice,
-            "/admin/v1/applications",
-            application("110101198001010011"),
-        )
-        .await;
-    let id = applied.expect(StatusCode::CREATED)["application_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = apply(&app, &alice).await;
     let queue = app
         .get(&bob, "/admin/v1/applications?state=submitted&limit=10")
         .await;
@@ -136,4 +142,41 @@ async fn closing_and_refusals_are_typed() {
     )
     .await
     .refused(StatusCode::FORBIDDEN, "forbidden_role");
+}
+
+#[tokio::test]
+async fn a_national_id_typed_into_a_reject_reason_is_stored_redacted() {
+    let app = App::new().await;
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let id = apply(&app, &alice).await;
+    // Fullwidth digits and a zero-width space must not slip past the filter.
+    let reason =
+        "scan shows 110101198001010011, not １１０１０１\u{200B}198001010012; call 138-0013-8000";
+    app.post(
+        &bob,
+        &format!("/admin/v1/applications/{id}/reject"),
+        json!({ "reason": reason }),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let trail = app.trail().await;
+    let rejected = trail
+        .iter()
+        .find(|r| r["action"] == "customer.reject" && r["outcome"] == "success")
+        .expect("a reject record");
+    let detail: Value = serde_json::from_str(rejected["detail_json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        detail["reason"], "scan shows [redacted], not [redacted]; call [redacted]",
+        "{detail}"
+    );
+    let text = serde_json::to_string(&trail).unwrap();
+    for digits in [
+        "110101198001010011",
+        "198001010012",
+        "13800138000",
+        "0013-8000",
+    ] {
+        assert!(!text.contains(digits), "{digits} reached the trail");
+    }
 }

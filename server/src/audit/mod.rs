@@ -9,6 +9,22 @@
 //! hex. [`AuditLog::verify_chain`] recomputes the chain and names the first
 //! record that does not fit.
 //!
+//! The chain is keyed in the HSM (issue 9 §2): a database writer can
+//! recompute SHA-256, so each record appended since migration 2002 also
+//! carries `mac = HMAC-SHA256(K, "keyward-audit-record-v1\0" || hash)` under
+//! the non-extractable token key `keyward/audit/mac`, and the head row its
+//! own MAC over `(seq, keyed_from, hash)` (`keyed_from`: the first record
+//! with a MAC, which anchors every older record). A checkpoint of the head
+//! is kept on the token (outside the database), written at most every
+//! [`CHECKPOINT_INTERVAL`] and on shutdown, so a tail cut back to an older,
+//! once-valid head shows too. See [`verify`] and docs/threat-model.md.
+//!
+//! # Layout
+//! - `mod.rs` (here): events, records, appending;
+//! - [`keyed`]: what the MACs cover and the checkpoint's encoding;
+//! - [`verify`]: verification (full, from the checkpoint, against a stored
+//!   signed checkpoint), the checkpoint writer and the signed checkpoint.
+//!
 //! Appends are serialised on the one-row `audit_head` table (`BEGIN IMMEDIATE`
 //! on SQLite, `SELECT … FOR UPDATE` on PostgreSQL), so the chain never forks.
 //! Security operations write their record *before* the effect and are refused
@@ -17,18 +33,42 @@
 //! Must not: put key bytes, PINs, private keys or CSR/certificate bodies in a
 //! record. Details carry serials, profiles, names, roles and error codes.
 
+/// The columns [`record_of`] reads, in order (a macro, for `concat!`).
+macro_rules! record_columns {
+    () => {
+        "seq, at_ms, actor, action, target, outcome, request_id, detail_json, prev_hash, hash, mac"
+    };
+}
+
+pub mod keyed;
+pub mod verify;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use keyward_config::DatabaseKind;
 use keyward_device_provisioning::AuditNote;
 pub use keyward_device_provisioning::{Actor, Outcome};
 use keyward_kms::db::now_ms;
+use keyward_kms::{ErrorKind, Kms, KmsError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
 
+pub use verify::{SignedCheckpoint, VerifyReport};
+
 use crate::metrics::Metrics;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const VERIFY_PAGE: i64 = 1000;
+
+/// How often serve writes the HSM checkpoint when the trail has grown: the
+/// window in which the newest records could be cut off unseen by a
+/// database writer (see docs/threat-model.md).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Label of the P-256 token key that signs checkpoints for external storage
+/// (`GET /admin/v1/audit/checkpoint`), created by `keyward init`.
+pub const AUDIT_SIGNING_LABEL: &str = "keyward/audit/sign";
 
 /// Why an audit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +77,42 @@ pub enum AuditError {
     Database(#[from] sqlx::Error),
     #[error("audit head row is missing (migration 2001 not applied?)")]
     NoHead,
+    /// The HSM could not MAC, sign or keep the checkpoint.
+    #[error("audit trail HSM operation: {0}")]
+    Kms(#[from] KmsError),
+    /// The chain does not verify, so the operation (a signed checkpoint)
+    /// was refused.
+    #[error("audit trail broken at record {seq}: {problem}")]
+    Broken { seq: i64, problem: String },
+    /// A stored checkpoint given to verify against is not one.
+    #[error("invalid audit checkpoint: {0}")]
+    InvalidCheckpoint(&'static str),
+}
+
+impl AuditError {
+    /// The stable code a client sees.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Database(e) if keyward_kms::db::error_kind(e) != ErrorKind::Internal => {
+                keyward_kms::db::error_code(e)
+            }
+            Self::Database(_) | Self::NoHead => "audit_error",
+            Self::Kms(e) => e.code(),
+            Self::Broken { .. } => "audit_chain_broken",
+            Self::InvalidCheckpoint(_) => "invalid_checkpoint",
+        }
+    }
+
+    /// What sort of failure it is (mapped to HTTP once, in `http/error.rs`).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Database(e) => keyward_kms::db::error_kind(e),
+            Self::NoHead => ErrorKind::Internal,
+            Self::Kms(e) => e.kind(),
+            Self::Broken { .. } => ErrorKind::Conflict,
+            Self::InvalidCheckpoint(_) => ErrorKind::Invalid,
+        }
+    }
 }
 
 /// What happened. Each variant gives an `action`, a `target` and a detail
@@ -218,6 +294,10 @@ pub struct AuditRecord {
     pub detail_json: String,
     pub prev_hash: String,
     pub hash: String,
+    /// HMAC of `hash` under the HSM audit key (hex); `None` on records from
+    /// before the trail was keyed.
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 impl AuditRecord {
@@ -253,41 +333,43 @@ fn chain_hash(prev_hash: &str, seq: i64, at_ms: i64, fields: [&str; 6]) -> Strin
     hex::encode(h.finalize())
 }
 
-/// The result of [`AuditLog::verify_chain`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    /// Records read.
-    pub records: u64,
-    /// The first record whose link or hash is wrong (or the seq where records
-    /// are missing); `None` when the whole chain holds.
-    pub first_bad: Option<i64>,
-    /// What was wrong with `first_bad`.
-    pub problem: Option<String>,
-    /// The head row's seq (the last record written).
-    pub head_seq: i64,
+/// The head row: the last record's seq and hash, where keying began, and
+/// the head's MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: i64,
+    pub hash: String,
+    pub keyed_from: Option<i64>,
+    pub mac: Option<String>,
 }
 
-impl VerifyReport {
-    pub fn ok(&self) -> bool {
-        self.first_bad.is_none()
-    }
-}
-
-/// The audit trail on the catalog's database. Cheap to clone.
+/// The audit trail on the key catalog's database, keyed by the HSM. Cheap
+/// to clone; clones share what this process has written.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     pool: AnyPool,
     kind: DatabaseKind,
     metrics: Option<Metrics>,
+    kms: Kms,
+    /// The newest head this process wrote: the only state the checkpoint
+    /// writer puts on the token (never a head read back from the database,
+    /// which a writer could have forged).
+    written: Arc<Mutex<Option<Head>>>,
+    /// Serialises checkpoint writes; holds the seq last checkpointed.
+    checkpointed: Arc<tokio::sync::Mutex<i64>>,
 }
 
 impl AuditLog {
-    /// The trail on `pool` (migrations must have run).
-    pub fn new(pool: AnyPool, kind: DatabaseKind, metrics: Option<Metrics>) -> Self {
+    /// The trail in `kms`'s database (migrations must have run), MACed with
+    /// its audit key.
+    pub fn new(kms: &Kms, metrics: Option<Metrics>) -> Self {
         Self {
-            pool,
-            kind,
+            pool: kms.db().pool().clone(),
+            kind: kms.db().kind(),
             metrics,
+            kms: kms.clone(),
+            written: Arc::default(),
+            checkpointed: Arc::default(),
         }
     }
 
@@ -323,15 +405,20 @@ impl AuditLog {
         Ok(result)
     }
 
-    /// Recomputes the chain and records that it did (after the check, so the
-    /// check covers what came before it). A record that cannot be written is
-    /// logged; the report stands.
+    /// Recomputes the chain (and checks `against`, a stored signed
+    /// checkpoint, when given) and records that it did (after the check, so
+    /// the check covers what came before it). A record that cannot be
+    /// written is logged; the report stands.
     pub async fn verify_and_record(
         &self,
         actor: &Actor,
         request_id: &str,
+        against: Option<&SignedCheckpoint>,
     ) -> Result<VerifyReport, AuditError> {
-        let report = self.verify_chain().await?;
+        let report = match against {
+            Some(stored) => self.verify_against(stored).await?,
+            None => self.verify_chain().await?,
+        };
         let outcome = if report.ok() {
             Outcome::Success
         } else {
@@ -378,6 +465,14 @@ impl AuditLog {
         result
     }
 
+    /// Records that this process wrote `head` (keeps the newest).
+    fn note_written(&self, head: Head) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if w.as_ref().is_none_or(|h| h.seq < head.seq) {
+            *w = Some(head);
+        }
+    }
+
     async fn try_append(
         &self,
         actor: String,
@@ -392,8 +487,10 @@ impl AuditLog {
             DatabaseKind::Postgres => self.pool.begin().await?,
         };
         let head_sql = match self.kind {
-            DatabaseKind::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
-            DatabaseKind::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+            DatabaseKind::Sqlite => "SELECT seq, hash, keyed_from FROM audit_head WHERE id = 1",
+            DatabaseKind::Postgres => {
+                "SELECT seq, hash, keyed_from FROM audit_head WHERE id = 1 FOR UPDATE"
+            }
         };
         let head = sqlx::query(head_sql)
             .fetch_optional(&mut *tx)
@@ -401,6 +498,7 @@ impl AuditLog {
             .ok_or(AuditError::NoHead)?;
         let prev_seq: i64 = head.try_get(0)?;
         let prev_hash: String = head.try_get(1)?;
+        let keyed_from: Option<i64> = head.try_get(2)?;
         let mut rec = AuditRecord {
             seq: prev_seq + 1,
             at_ms: now_ms(),
@@ -412,11 +510,31 @@ impl AuditLog {
             detail_json,
             prev_hash,
             hash: String::new(),
+            mac: None,
         };
         rec.hash = rec.compute_hash();
+        // The first record written with the key anchors every older one.
+        let keyed_from = keyed_from.unwrap_or(rec.seq);
+        // Both MACs in one HSM job, while the head is locked (the inputs
+        // depend on it). Two C_Sign per append.
+        let macs = self
+            .kms
+            .audit_macs(vec![
+                keyed::record_input(&rec.hash),
+                keyed::head_input(rec.seq, keyed_from, &rec.hash),
+            ])
+            .await?;
+        let [record_mac, head_mac] =
+            <[[u8; 32]; 2]>::try_from(macs).map_err(|_| KmsError::Hsm {
+                function: "C_Sign",
+                problem: "wrong number of audit MACs",
+            })?;
+        rec.mac = Some(hex::encode(record_mac));
+        let head_mac = hex::encode(head_mac);
         sqlx::query(
             "INSERT INTO audit_log (seq, at_ms, actor, action, target, outcome, request_id, \
-             detail_json, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             detail_json, prev_hash, hash, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(rec.seq)
         .bind(rec.at_ms)
@@ -428,120 +546,56 @@ impl AuditLog {
         .bind(rec.detail_json.as_str())
         .bind(rec.prev_hash.as_str())
         .bind(rec.hash.as_str())
+        .bind(rec.mac.as_deref())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(rec.seq)
-            .bind(rec.hash.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE audit_head SET seq = $1, hash = $2, keyed_from = $3, mac = $4 WHERE id = 1",
+        )
+        .bind(rec.seq)
+        .bind(rec.hash.as_str())
+        .bind(keyed_from)
+        .bind(head_mac.as_str())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
+        self.note_written(Head {
+            seq: rec.seq,
+            hash: rec.hash.clone(),
+            keyed_from: Some(keyed_from),
+            mac: Some(head_mac),
+        });
         Ok(rec)
-    }
-
-    /// Recomputes the whole chain, page by page.
-    pub async fn verify_chain(&self) -> Result<VerifyReport, AuditError> {
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(AuditError::NoHead)?;
-        let head_seq: i64 = head.try_get(0)?;
-        let head_hash: String = head.try_get(1)?;
-
-        let mut report = VerifyReport {
-            records: 0,
-            first_bad: None,
-            problem: None,
-            head_seq,
-        };
-        let mut running = GENESIS.to_owned();
-        let mut expected_seq = 1i64;
-        loop {
-            let rows = sqlx::query(
-                "SELECT seq, at_ms, actor, action, target, outcome, request_id, detail_json, \
-                 prev_hash, hash FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
-            )
-            .bind(expected_seq)
-            .bind(VERIFY_PAGE)
-            .fetch_all(&self.pool)
-            .await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                let rec = AuditRecord {
-                    seq: row.try_get(0)?,
-                    at_ms: row.try_get(1)?,
-                    actor: row.try_get(2)?,
-                    action: row.try_get(3)?,
-                    target: row.try_get(4)?,
-                    outcome: row.try_get(5)?,
-                    request_id: row.try_get(6)?,
-                    detail_json: row.try_get(7)?,
-                    prev_hash: row.try_get(8)?,
-                    hash: row.try_get(9)?,
-                };
-                report.records += 1;
-                if report.first_bad.is_none() {
-                    let problem = if rec.seq != expected_seq {
-                        Some(format!(
-                            "records {expected_seq}..{} are missing",
-                            rec.seq - 1
-                        ))
-                    } else if rec.prev_hash != running {
-                        Some("prev_hash does not match the previous record".to_owned())
-                    } else if rec.compute_hash() != rec.hash {
-                        Some("record does not match its hash".to_owned())
-                    } else {
-                        None
-                    };
-                    if let Some(p) = problem {
-                        // For a gap, the first missing seq is the first bad one.
-                        report.first_bad = Some(expected_seq.min(rec.seq));
-                        report.problem = Some(p);
-                    }
-                }
-                // Follow the stored chain so one bad record is reported once.
-                running = rec.hash.clone();
-                expected_seq = rec.seq + 1;
-            }
-        }
-        if report.first_bad.is_none() && (expected_seq - 1 != head_seq || running != head_hash) {
-            let last = expected_seq - 1;
-            report.first_bad = Some(last.min(head_seq) + 1);
-            report.problem = Some(format!(
-                "the head names record {head_seq} but the log ends at {last}"
-            ));
-        }
-        Ok(report)
     }
 
     /// The last `limit` records, newest first (admin listing).
     pub async fn recent(&self, limit: i64) -> Result<Vec<AuditRecord>, AuditError> {
-        let rows = sqlx::query(
-            "SELECT seq, at_ms, actor, action, target, outcome, request_id, detail_json, \
-             prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT $1",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM audit_log ORDER BY seq DESC LIMIT $1"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    seq: row.try_get(0)?,
-                    at_ms: row.try_get(1)?,
-                    actor: row.try_get(2)?,
-                    action: row.try_get(3)?,
-                    target: row.try_get(4)?,
-                    outcome: row.try_get(5)?,
-                    request_id: row.try_get(6)?,
-                    detail_json: row.try_get(7)?,
-                    prev_hash: row.try_get(8)?,
-                    hash: row.try_get(9)?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(record_of).collect::<Result<_, _>>()?)
     }
+}
+
+fn record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        seq: row.try_get(0)?,
+        at_ms: row.try_get(1)?,
+        actor: row.try_get(2)?,
+        action: row.try_get(3)?,
+        target: row.try_get(4)?,
+        outcome: row.try_get(5)?,
+        request_id: row.try_get(6)?,
+        detail_json: row.try_get(7)?,
+        prev_hash: row.try_get(8)?,
+        hash: row.try_get(9)?,
+        mac: row.try_get(10)?,
+    })
 }
 
 #[cfg(test)]
@@ -560,6 +614,7 @@ mod tests {
             detail_json: r#"{"reason":"key_compromise"}"#.into(),
             prev_hash: prev.into(),
             hash: String::new(),
+            mac: None,
         };
         r.hash = r.compute_hash();
         r
