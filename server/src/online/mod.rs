@@ -15,6 +15,7 @@
 //! lower crates' errors and mapped to HTTP once, in `http/error.rs`.
 
 pub mod error;
+pub mod login;
 pub mod store;
 
 pub use error::OnlineError;
