@@ -230,6 +230,7 @@ pub async fn run(
     let limits = Arc::new(Limits::new(&state));
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
     let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
+    let online_jobs = tokio::spawn(crate::online::jobs::run(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -283,6 +284,7 @@ pub async fn run(
     state.set_draining();
     refresher.abort();
     purger.abort();
+    online_jobs.abort();
     drop(listeners);
     drop(stop_rx);
     tracing::info!(

@@ -59,6 +59,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "device identity",
             include_str!("../../migrations/sqlite/3002_device_identity.sql"),
         ),
+        (
+            3004,
+            "challenge scope",
+            include_str!("../../migrations/sqlite/3004_challenge_scope.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -70,6 +75,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             3002,
             "device identity",
             include_str!("../../migrations/postgres/3002_device_identity.sql"),
+        ),
+        (
+            3004,
+            "challenge scope",
+            include_str!("../../migrations/postgres/3004_challenge_scope.sql"),
         ),
     ],
 };
