@@ -302,8 +302,13 @@ async fn check_binding(
             Err(e) => e.into(),
         });
     };
+    // Every serial the binding holds must be sent, and be the same; a serial
+    // the binding does not hold (an ESAM beside a PSAM-only binding) is not
+    // the issuer's to judge.
     let same = |bound: &Option<keyward_device_provisioning::SeSerial>, sent: &Option<String>| {
-        bound.as_ref().map(|s| s.as_str()) == sent.as_deref()
+        bound
+            .as_ref()
+            .is_none_or(|b| sent.as_deref() == Some(b.as_str()))
     };
     if !same(&binding.psam_serial, &req.psam_serial)
         || !same(&binding.esam_serial, &req.esam_serial)

@@ -28,6 +28,18 @@
 //!   CSR carries the victim's key but is signed by the signer's (both P-256),
 //!   so a batch holding it is refused (`csr_signature`).
 //!
+//! - `login DEVICE_ID --issuer I --server URL --ca FILE --cert FILE
+//!   [--wrong-response] [--times N]`: the device's login (docs/protocol.md
+//!   §10) over mutual TLS with its own key and certificate chain (FILE, PEM,
+//!   e.g. from `kwctl ca show SERIAL --out`): start, take and confirm a key
+//!   update if one is offered (the new keys are kept only if every KCV
+//!   matches), answer the challenge. Prints one JSON line per login: the
+//!   server's answer (without the session token) or its refusal; exits 1 if
+//!   the last login was refused. `--wrong-response` answers wrongly (the
+//!   lockout demo).
+//! - `tamper DEVICE_ID --issuer I`: corrupts the device's `TMK_d` for the
+//!   issuer, so its next key update shows a KCV mismatch (intrusion demo).
+//!
 //! Agent contract (what `kwctl` relies on):
 //! `kwsim --state DIR sign-challenge <device_id> <challenge_hex>` → stdout:
 //! base64 DER signature; `kwsim --state DIR load-init <device_id>` with the
@@ -103,6 +115,33 @@ enum Cmd {
     LoadInit { device_id: String },
     /// Print a JSON summary of a device (no key bytes).
     Show { device_id: String },
+    /// Log in to the public listener as the device (mutual TLS).
+    Login {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+        /// Public listener URL.
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+        /// CA certificate(s) the server's TLS certificate chains to (PEM).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The device certificate and its chain (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Answer the challenge wrongly.
+        #[arg(long)]
+        wrong_response: bool,
+        /// Log in this many times in a row.
+        #[arg(long, default_value_t = 1)]
+        times: u32,
+    },
+    /// Corrupt the device's TMK for an issuer (its next key update mismatches).
+    Tamper {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+    },
     /// Print a manifest row for VICTIM with a CSR signed by SIGNER's key.
     ForgeCsr {
         #[arg(long, value_name = "ID")]
@@ -143,6 +182,55 @@ fn warn(text: &str) {
     let _ = writeln!(std::io::stderr(), "kwsim: {text}");
 }
 
+/// `kwsim login`: see the module docs. Whether the last login was refused.
+#[allow(clippy::too_many_arguments)]
+fn login(
+    dir: &Path,
+    id: DeviceId,
+    issuer: &str,
+    server: &str,
+    ca: &Path,
+    cert: &Path,
+    wrong_response: bool,
+    times: u32,
+) -> Result<bool> {
+    use keyward_tests::terminal::{self, LoginOptions, Terminal};
+    let mut dev = SimDevice::load(dir, id)?;
+    let ca_pem =
+        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let chain =
+        std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let term = Terminal::new(server, &ca_pem, &chain, &dev)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut refused = false;
+    for _ in 0..times.max(1) {
+        let outcome = runtime.block_on(terminal::login(
+            &term,
+            &mut dev,
+            issuer,
+            LoginOptions { wrong_response },
+        ))?;
+        dev.save(dir)?;
+        if outcome.keys_matched == Some(false) {
+            warn("the offered working keys do not match this device's TMK (KCV mismatch)");
+        }
+        let mut shown = outcome.finish.body.clone();
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("session_token");
+            o.insert("status".into(), json!(outcome.finish.status.as_u16()));
+            o.insert(
+                "offered_version".into(),
+                json!(outcome.challenge.key_update.as_ref().map(|u| u.version)),
+            );
+        }
+        out(&shown.to_string())?;
+        refused = !outcome.finish.status.is_success();
+    }
+    Ok(refused)
+}
+
 fn run(cli: Cli) -> Result<()> {
     let dir = cli.state.as_path();
     match cli.cmd {
@@ -169,6 +257,32 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::LoadInit { device_id: id } => load_init(dir, device_id(&id)?),
         Cmd::Show { device_id: id } => show(dir, device_id(&id)?),
+        Cmd::Login {
+            device_id: id,
+            issuer,
+            server,
+            ca,
+            cert,
+            wrong_response,
+            times,
+        } => {
+            let id = device_id(&id)?;
+            if login(dir, id, &issuer, &server, &ca, &cert, wrong_response, times)? {
+                // The refusal is on stdout; 1 tells a script it was one.
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Tamper {
+            device_id: id,
+            issuer,
+        } => {
+            let mut dev = SimDevice::load(dir, device_id(&id)?)?;
+            dev.tamper_tmk(&issuer)?;
+            dev.save(dir)?;
+            warn(&format!("device {id}: TMK for {issuer} corrupted"));
+            Ok(())
+        }
         Cmd::ForgeCsr { signer, victim } => {
             let (signer, victim) = (device_id(&signer)?, device_id(&victim)?);
             ensure!(signer != victim, "the signer and the victim must differ");

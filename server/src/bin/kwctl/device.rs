@@ -122,6 +122,23 @@ pub enum DeviceCommand {
     /// Retire a device for good: its certificate is revoked and its working
     /// keys retired at every issuer.
     Retire(Transition),
+    /// Lift a login lockout of a device's credential for one issuer (admin
+    /// only). Where the lockout revoked the certificate, the device must be
+    /// re-certified before it can connect again (`device recertify`).
+    Unlock {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// A device's login credential for one issuer: failures, lock.
+    Credential {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +273,35 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Suspend(t) => transition(ctx, t, "suspended").await?,
         DeviceCommand::Resume(t) => transition(ctx, t, "issued").await?,
         DeviceCommand::Retire(t) => transition(ctx, t, "retired").await?,
+        DeviceCommand::Unlock {
+            device_id,
+            issuer,
+            reason,
+        } => {
+            let path = device_path(
+                &device_id,
+                &format!("/credentials/{}/unlock", encode(&issuer)),
+            );
+            let v = ctx
+                .show(post(
+                    path,
+                    keyward_server::wire::login::UnlockRequest { reason },
+                ))
+                .await?;
+            if v["recertification_required"] == true && !ctx.json() {
+                eprintln!(
+                    "note: the lockout revoked the device certificate; re-certify the device \
+                     (kwctl device recertify) before it can log in"
+                );
+            }
+        }
+        DeviceCommand::Credential { device_id, issuer } => {
+            ctx.show(get(device_path(
+                &device_id,
+                &format!("/credentials/{}", encode(&issuer)),
+            )))
+            .await?;
+        }
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //!
 //! Modules by noun: [`ca`] (certificates, operators), [`audit`], [`issuer`],
 //! [`device`] (devices, batches, bindings; the manifest upload in
-//! [`manifest`], device agents in [`agent`]), [`customer`]. The admin API
+//! [`manifest`], device agents in [`agent`]; login credentials), [`key`]
+//! (working-key versions and rotation), [`customer`]. The admin API
 //! client is [`client`]; everything printed goes through [`output`].
 
 mod agent;
@@ -15,6 +16,7 @@ mod client;
 mod customer;
 mod device;
 mod issuer;
+mod key;
 mod manifest;
 mod output;
 
@@ -122,6 +124,9 @@ enum Command {
     /// Devices: batch import, genuine-device check, init, lifecycle.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Working-key versions and rotation.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Bind a device's secure element(s) to an approved customer.
     Bind(device::BindArgs),
     /// Customer applications (maker-checker) and customers.
@@ -176,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operator(cmd) => ca::run_operator(&ctx, cmd).await,
         Command::Issuer(cmd) => issuer::run(&ctx, cmd).await,
         Command::Device(cmd) => device::run(&ctx, cmd).await,
+        Command::Key(cmd) => key::run(&ctx, cmd).await,
         Command::Bind(args) => device::bind(&ctx, args).await,
         Command::Customer(cmd) => customer::run(&ctx, cmd).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd).await,

@@ -1,0 +1,368 @@
+//! Issue 10 end to end: a terminal (the simulator, over real mutual TLS with
+//! its own key and certificate) logs in to `keyward serve` on SoftHSM after
+//! a provisioning through `kwctl`/`kwsim`; rotation through `kwctl key`;
+//! the lockout seen in `openssl ocsp`-backed revocation; and two replicas on
+//! one database and token sharing every piece of login state: a login
+//! started on one is finished on the other, and failures on both count
+//! towards one lockout.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{KWCTL, Server, require_tool, stdout_json};
+use keyward_kms::types::DeviceId;
+use keyward_server::wire::login as wire;
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::terminal::{self, LoginOptions, Terminal};
+use serde_json::{Value, json};
+
+const D1: &str = "F000000000000001";
+const D2: &str = "F000000000000002";
+const ACCOUNT: &str = "6222020200112233";
+
+fn kwsim_path() -> PathBuf {
+    Path::new(KWCTL).with_file_name("kwsim")
+}
+
+/// The provisioning station: `kwctl -o json` as an operator, `kwsim`.
+struct Station<'a> {
+    s: &'a Server,
+    devices: PathBuf,
+}
+
+impl Station<'_> {
+    fn ok(&self, who: &str, args: &[&str]) -> Value {
+        let dir = if who == "admin" {
+            self.s.operators()
+        } else {
+            self.s.dir.path().to_owned()
+        };
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.s.kwctl(&dir, who, &all);
+        let v = stdout_json(&out);
+        assert!(
+            out.status.success(),
+            "kwctl {args:?}: {v}\n{}",
+            self.s.log()
+        );
+        v
+    }
+
+    fn kwsim(&self, args: &[&str]) -> Output {
+        Command::new(kwsim_path())
+            .arg("--state")
+            .arg(&self.devices)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn agent(&self) -> String {
+        format!(
+            "{} --state {}",
+            kwsim_path().display(),
+            self.devices.display()
+        )
+    }
+
+    /// D1 and D2 made, imported, checked, keyed for `issuers` and bound to
+    /// one approved customer.
+    fn provision(&self, issuers: &[(&str, &str)]) {
+        for (issuer, family) in issuers {
+            self.ok("admin", &["issuer", "create", issuer, "--family", family]);
+        }
+        let manifest = self.s.dir.path().join("batch.csv");
+        let made = self.kwsim(&[
+            "make",
+            "--count",
+            "2",
+            "--first-id",
+            D1,
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ]);
+        assert!(made.status.success(), "{made:?}");
+        self.ok(
+            "alice",
+            &[
+                "device",
+                "import",
+                "--batch-id",
+                "B-1",
+                manifest.to_str().unwrap(),
+            ],
+        );
+        let agent = self.agent();
+        let app = self.ok(
+            "alice",
+            &[
+                "customer",
+                "apply",
+                "--name",
+                "Li Lei",
+                "--national-id",
+                "110101199003071234",
+                "--account",
+                ACCOUNT,
+                "--contact-kind",
+                "sms",
+                "--contact",
+                "+8613800138000",
+            ],
+        );
+        let app_id = app["application_id"].as_str().unwrap().to_owned();
+        let customer = app["customer_id"].as_str().unwrap().to_owned();
+        self.ok("bob", &["customer", "approve", &app_id]);
+        for d in [D1, D2] {
+            self.ok("alice", &["device", "check", d, "--agent", &agent]);
+            for (issuer, _) in issuers {
+                self.ok(
+                    "alice",
+                    &["device", "init", d, "--issuer", issuer, "--agent", &agent],
+                );
+                self.ok(
+                    "alice",
+                    &[
+                        "bind",
+                        d,
+                        "--customer",
+                        &customer,
+                        "--issuer",
+                        issuer,
+                        "--element",
+                        "both",
+                        "--account",
+                        ACCOUNT,
+                    ],
+                );
+            }
+        }
+    }
+
+    /// The device's certificate and chain (PEM), as its terminal presents it.
+    fn chain(&self, device: &str) -> String {
+        let shown = self.ok("alice", &["device", "show", device]);
+        let serial = shown["cert_serial"].as_str().unwrap().to_owned();
+        let cert = self.ok("alice", &["ca", "show", &serial]);
+        format!(
+            "{}{}",
+            cert["certificate_pem"].as_str().unwrap(),
+            cert["chain_pem"].as_str().unwrap()
+        )
+    }
+
+    fn terminal(&self, public: &str, device: &SimDevice, chain: &str) -> Terminal {
+        let ca = std::fs::read_to_string(self.s.ca_pem()).unwrap();
+        Terminal::new(&format!("https://{public}"), &ca, chain, device).unwrap()
+    }
+
+    fn device(&self, id: &str) -> SimDevice {
+        SimDevice::load(&self.devices, id.parse::<DeviceId>().unwrap()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_logs_in_rotates_and_is_locked_out_over_mtls() {
+    require_tool("openssl", "openssl");
+    let s = Server::started().await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision(&[("bank-a", "tdes")]);
+    let chain = st.chain(D1);
+    let chain_file = s.dir.path().join("d1.pem");
+    std::fs::write(&chain_file, &chain).unwrap();
+
+    // kwsim logs in: the first login takes and confirms the first keys.
+    let login = |extra: &[&str]| {
+        let mut args = vec![
+            "login",
+            D1,
+            "--issuer",
+            "bank-a",
+            "--server",
+            &format!("https://{}", s.public),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(
+            [
+                "--ca",
+                s.ca_pem().to_str().unwrap(),
+                "--cert",
+                chain_file.to_str().unwrap(),
+            ]
+            .map(str::to_owned),
+        );
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        st.kwsim(&refs)
+    };
+    let out = login(&[]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["key_update"], "activated", "{first}");
+    assert_eq!(first["key_version"], 1);
+
+    // A rotation asked for with kwctl reaches the device at its next login.
+    st.ok(
+        "alice",
+        &["key", "rotate", "--issuer", "bank-a", "--device", D1],
+    );
+    let pending = st.ok("alice", &["key", "pending", "--issuer", "bank-a"]);
+    assert!(pending.to_string().contains(D1), "{pending}");
+    let out = login(&[]);
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            second["offered_version"].clone(),
+            second["key_update"].clone()
+        ),
+        (json!(2), json!("activated")),
+        "{second}"
+    );
+    let keys = st.ok(
+        "alice",
+        &["key", "list", "--device", D1, "--issuer", "bank-a"],
+    );
+    assert_eq!(keys["versions"][0]["state"], "active");
+    assert_eq!(keys["versions"][1]["state"], "retiring");
+
+    // The session works over this certificate, through the real listener.
+    let mut d1 = st.device(D1);
+    let term = st.terminal(&s.public, &d1, &chain);
+    let o = terminal::login(&term, &mut d1, "bank-a", LoginOptions::default())
+        .await
+        .unwrap();
+    let token = o.answer().unwrap().session_token;
+    let info = term
+        .call(hyper::Method::GET, "/v1/session", None, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(info.status, 200, "{:?}", info.body);
+    // Another device's certificate with this token: refused.
+    let d2 = st.device(D2);
+    let term2 = st.terminal(&s.public, &d2, &st.chain(D2));
+    let other = term2
+        .call(hyper::Method::GET, "/v1/session", None, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(other.code(), "session_device_mismatch", "{:?}", other.body);
+
+    // Ten wrong answers: locked, the certificate revoked (OCSP says so).
+    let out = login(&["--wrong-response", "--times", "10"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let last = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        last.lines().last().unwrap().contains("credential_locked"),
+        "{last}"
+    );
+    let serial = st.ok("alice", &["device", "show", D1])["cert_serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cert = st.ok("alice", &["ca", "show", &serial]);
+    assert_eq!(cert["status"], "revoked");
+    assert_eq!(cert["reason"], "privilegeWithdrawn");
+    // The listener refuses the handshake's certificate from now on.
+    let refused = terminal::login(&term, &mut d1, "bank-a", LoginOptions::default()).await;
+    assert!(refused.is_err() || refused.unwrap().finish.status != 200);
+    let unlocked = st.ok(
+        "admin",
+        &[
+            "device", "unlock", D1, "--issuer", "bank-a", "--reason", "repaired",
+        ],
+    );
+    assert_eq!(unlocked["recertification_required"], true);
+    let metrics = s.metrics();
+    for series in [
+        "keyward_logins_total{outcome=\"success\"}",
+        "keyward_login_lockouts_total{issuer=\"bank-a\"}",
+        "keyward_key_rotations_total{issuer=\"bank-a\",trigger=\"requested\"}",
+        "keyward_login_challenges_total{event=\"issued\"}",
+    ] {
+        assert!(
+            common::sample(&metrics, series).unwrap_or(0.0) >= 1.0,
+            "{series}\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_challenges_sessions_and_the_failure_count() {
+    let s = Server::started().await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision(&[("bank-a", "aes")]);
+    let b = s.replica("b");
+    let mut d = st.device(D1);
+    let chain = st.chain(D1);
+    let on_a = st.terminal(&s.public, &d, &chain);
+    let on_b = st.terminal(&b.public, &d, &chain);
+
+    // First login (keys) on A; then started on A, finished on B.
+    terminal::login(&on_a, &mut d, "bank-a", LoginOptions::default())
+        .await
+        .unwrap()
+        .answer()
+        .unwrap();
+    let c = on_a
+        .post(
+            "/v1/login/start",
+            &serde_json::to_value(terminal::start_body(&d, "bank-a")).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.status, 201, "{:?}", c.body);
+    let c: wire::LoginChallenge = serde_json::from_value(c.body).unwrap();
+    let f = serde_json::to_value(
+        terminal::finish_body(&d, "bank-a", &c, None, LoginOptions::default()).unwrap(),
+    )
+    .unwrap();
+    let done = on_b.post("/v1/login/finish", &f).await.unwrap();
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    let token = done.body["session_token"].as_str().unwrap().to_owned();
+    // The session opened on B is good on A; the challenge is gone on both.
+    let seen = on_a
+        .call(hyper::Method::GET, "/v1/session", None, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(seen.status, 200, "{:?}", seen.body);
+    let again = on_a.post("/v1/login/finish", &f).await.unwrap();
+    assert_eq!(again.code(), "challenge_invalid");
+
+    // Failures alternate between the replicas and lock at ten in all.
+    let wrong = LoginOptions {
+        wrong_response: true,
+    };
+    for i in 0..10 {
+        let term = if i % 2 == 0 { &on_a } else { &on_b };
+        let o = terminal::login(term, &mut d, "bank-a", wrong)
+            .await
+            .unwrap();
+        let want = if i == 9 {
+            "credential_locked"
+        } else {
+            "response_invalid"
+        };
+        assert_eq!(o.finish.code(), want, "failure {i}: {:?}", o.finish.body);
+    }
+    let cred = st.ok("alice", &["device", "credential", D1, "--issuer", "bank-a"]);
+    assert_eq!(
+        (cred["failures"].clone(), cred["locked"].clone()),
+        (json!(10), json!(true))
+    );
+    drop(b);
+}
