@@ -12,7 +12,15 @@
 # 4. each device passes the genuine-device check and receives bank-a's
 #    original keys (init package, KCVs confirmed);
 # 5. alice registers a customer, cannot approve her own application, bob
-#    approves; alice binds the first device's PSAM and ESAM: it is issued.
+#    approves; alice binds the first device's PSAM and ESAM: it is issued
+#    (and the second device, for the intrusion step);
+# 6. the device logs in over mutual TLS (kwsim login) and takes its first
+#    working keys; alice forces a rotation (kwctl key rotate), the device logs
+#    in again and confirms the new keys (kwctl key list);
+# 7. a device with tampered keys logs in: the KCV mismatch is an intrusion
+#    event, the offered version is rejected;
+# 8. ten wrong answers lock the first device's credential and revoke its
+#    certificate: `openssl ocsp` says revoked.
 # Everything lands in the audit trail (`kwctl audit list`). Files go to
 # var/demo/ (operator keys 0600, device state).
 set -euo pipefail
@@ -94,10 +102,51 @@ customer=$(field customer_id <<<"$app")
 as alice customer approve "$app_id" || true
 as bob customer approve "$app_id"
 
-kw_banner "bind ${ids[0]} (PSAM and ESAM) to $customer for bank-a"
-as alice bind "${ids[0]}" --customer "$customer" --issuer bank-a --element both \
-    --account 6222020200112233
+kw_banner "bind ${ids[0]} and ${ids[1]} (PSAM and ESAM) to $customer for bank-a"
+for id in "${ids[0]}" "${ids[1]}"; do
+    as alice bind "$id" --customer "$customer" --issuer bank-a --element both \
+        --account 6222020200112233
+done
 as alice device show "${ids[0]}"
 as alice device list --batch-id "$batch"
+
+# The device's certificate and chain, as its terminal presents them; the
+# issuing CA alone, for openssl ocsp.
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]], end="")' "$1"; }
+for id in "${ids[0]}" "${ids[1]}"; do
+    serial=$(as alice -o json device show "$id" | json_field cert_serial)
+    cert=$(as alice -o json ca show "$serial")
+    { json_field certificate_pem <<<"$cert"; json_field chain_pem <<<"$cert"; } >"$demo/$id.pem"
+    json_field chain_pem <<<"$cert" >"$demo/chain.pem"
+done
+openssl x509 -in "$demo/chain.pem" -out "$demo/issuing.pem"
+public=${KEYWARD_DEMO_PUBLIC:-https://127.0.0.1:8443}
+admin_url=${KWCTL_SERVER:-https://127.0.0.1:9443}
+login() {
+    local id=$1
+    shift
+    "${kwsim[@]}" login "$id" --issuer bank-a --server "$public" \
+        --ca var/operators/ca.pem --cert "$demo/$id.pem" "$@"
+}
+
+kw_banner "${ids[0]} logs in over mutual TLS: its first working keys"
+login "${ids[0]}"
+kw_banner "alice forces a rotation; the next login takes and confirms version 2"
+as alice key rotate --issuer bank-a --device "${ids[0]}"
+as alice key pending --issuer bank-a
+login "${ids[0]}"
+as alice key list --device "${ids[0]}" --issuer bank-a
+
+kw_banner "${ids[1]} has tampered keys: its key update is an intrusion event"
+"${kwsim[@]}" tamper "${ids[1]}" --issuer bank-a
+login "${ids[1]}" || true
+as alice key list --device "${ids[1]}" --issuer bank-a
+
+kw_banner "ten wrong answers: ${ids[0]} is locked and its certificate revoked"
+login "${ids[0]}" --wrong-response --times 10 || true
+as alice device credential "${ids[0]}" --issuer bank-a
+openssl ocsp -issuer "$demo/issuing.pem" -cert "$demo/${ids[0]}.pem" \
+    -CAfile "$demo/chain.pem" -url "$admin_url/ocsp" -timeout 10 2>&1 |
+    grep -E "${ids[0]}|: (good|revoked|unknown)|Reason" || true
 kw_banner "the audit trail (newest first)"
 as admin audit list --limit 12
