@@ -527,3 +527,103 @@ async fn one_challenge_answered_twice_at_once_succeeds_once() {
         other.refused(StatusCode::FORBIDDEN, "challenge_invalid");
     }
 }
+
+#[tokio::test]
+async fn expired_challenges_and_sessions_are_refused() {
+    let app = App::with_config(|c| c.online.challenge_ttl_ms = 1_000).await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 7, &["bank-a"]).await;
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let token = a.expect(StatusCode::OK)["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let c = start(&app, &who, start_body(&d, "bank-a")).await;
+    let c: wire::LoginChallenge =
+        serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let f = serde_json::to_value(
+        terminal::finish_body(&d, "bank-a", &c, None, LoginOptions::default()).unwrap(),
+    )
+    .unwrap();
+    finish(&app, &who, f)
+        .await
+        .refused(StatusCode::FORBIDDEN, "challenge_invalid");
+    // An expired challenge counts no failure.
+    let cred = app
+        .state
+        .online
+        .store
+        .credential(&"bank-a".parse().unwrap(), d.id)
+        .await
+        .unwrap();
+    assert_eq!(cred.failures, 0);
+
+    // A session past its expiry (moved back in the shared table).
+    sqlx::query("UPDATE online_sessions SET expires_at_ms = 1")
+        .execute(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    session(&app, &who, &token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_expired");
+
+    // The maintenance job sweeps both (an unanswered challenge left to
+    // expire, the expired session), on the replica holding its lease.
+    start(&app, &who, start_body(&d, "bank-a"))
+        .await
+        .expect(StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let ran = keyward_server::online::jobs::once(&app.state, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(ran);
+    session(&app, &who, &token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_invalid");
+    let metrics = app.state.metrics.render().1;
+    assert!(
+        metrics.contains("keyward_login_challenges_total{event=\"expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_replica_at_a_time_holds_the_maintenance_lease() {
+    let app = App::new().await;
+    let store = &app.state.online.store;
+    let now = keyward_kms::db::now_ms();
+    assert!(store.claim_job("t", "replica-a", now, 1_000).await.unwrap());
+    assert!(
+        !store
+            .claim_job("t", "replica-b", now + 10, 1_000)
+            .await
+            .unwrap()
+    );
+    // The holder renews; another takes over only once the lease lapsed.
+    assert!(
+        store
+            .claim_job("t", "replica-a", now + 500, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_job("t", "replica-b", now + 1_400, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_job("t", "replica-b", now + 1_600, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_job("t", "replica-a", now + 1_700, 1_000)
+            .await
+            .unwrap()
+    );
+}
