@@ -585,7 +585,12 @@ impl Provisioning {
     /// it. Best effort; what cannot be undone is logged by serial, and an
     /// unremoved reservation is recovered once its lease runs out.
     async fn abort_import(&self, batch_id: &BatchId, importer: &str, serials: &[String]) {
-        for serial in serials {
+        let all = self
+            .certifier
+            .revoke_all(serials, RevokeReason::ImportAborted)
+            .await;
+        // One by one after all, to name each serial that cannot be revoked.
+        for serial in serials.iter().filter(|_| all.is_err()) {
             if let Err(e) = self
                 .certifier
                 .revoke(serial, RevokeReason::ImportAborted)

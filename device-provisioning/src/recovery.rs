@@ -252,6 +252,8 @@ impl Provisioning {
         }))
     }
 
+    /// Revokes every valid certificate of `devices`, in chunks (one CRL
+    /// each), as long as the claim holds.
     async fn revoke_devices(
         &self,
         batch_id: &BatchId,
@@ -259,16 +261,19 @@ impl Provisioning {
         keeper: &LeaseKeeper,
         revoked: &mut usize,
     ) -> Result<()> {
+        const CHUNK: usize = 250;
+        let mut serials = Vec::new();
         for device in devices {
+            serials.extend(self.certifier.valid_certificates(*device).await?);
+        }
+        for chunk in serials.chunks(CHUNK) {
             if keeper.lost() {
                 return Err(ProvisioningError::ImportAborted(batch_id.clone()));
             }
-            for serial in self.certifier.valid_certificates(*device).await? {
-                self.certifier
-                    .revoke(&serial, RevokeReason::ImportAborted)
-                    .await?;
-                *revoked += 1;
-            }
+            *revoked += self
+                .certifier
+                .revoke_all(chunk, RevokeReason::ImportAborted)
+                .await?;
         }
         Ok(())
     }
