@@ -49,7 +49,9 @@ impl AppState {
                 cache_entries: config.server.ocsp_cache_entries,
                 signatures_per_second: config.server.ocsp_signatures_per_second,
             },
-        )?;
+        )?
+        // Device certificates of imports that never completed are not `good`.
+        .with_standing(Arc::new(provisioning.clone()));
         Ok(Self(Arc::new(Inner {
             config,
             kms,
