@@ -14,14 +14,17 @@
 //! device's or purpose's is [`ProvisioningError::ChallengeInvalid`].
 //!
 //! The caller verifies the answer and counts failures (the genuine-device
-//! check: [`crate::check`]); this module only keeps the bytes.
+//! check: [`crate::check`]; login: the server's `online::login`); this
+//! module only keeps the bytes. A login challenge is scoped to its issuer
+//! ([`ChallengePurpose::Login`]): an answer given for another issuer finds
+//! no challenge.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use keyward_kms::db::now_ms;
-use keyward_kms::types::DeviceId;
+use keyward_kms::types::{DeviceId, IssuerId};
 use rand::RngCore;
 
 use crate::error::{ProvisioningError, Result};
@@ -32,18 +35,30 @@ pub const MAX_OUTSTANDING: u32 = 4;
 /// Largest challenge kept, in bytes.
 pub const MAX_CHALLENGE_BYTES: usize = 64;
 
-/// What a challenge is for: an answer counts only for the purpose it was
-/// issued for. The stored name ([`ChallengePurpose::as_str`]) never changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a challenge is for: an answer counts only for the purpose (and
+/// scope) it was issued for. The stored names ([`ChallengePurpose::as_str`],
+/// [`ChallengePurpose::scope`]) never change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ChallengePurpose {
     /// The genuine-device check (proof of possession of the certified key).
     GenuineDevice,
+    /// Login's random authentication for one issuer (`E_AUTH_d(challenge)`).
+    Login(IssuerId),
 }
 
 impl ChallengePurpose {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::GenuineDevice => "genuine_device",
+            Self::Login(_) => "login",
+        }
+    }
+
+    /// What the purpose is narrowed to (the issuer of a login), `""` for none.
+    pub fn scope(&self) -> &str {
+        match self {
+            Self::GenuineDevice => "",
+            Self::Login(issuer) => issuer.as_str(),
         }
     }
 }
@@ -135,6 +150,7 @@ impl Challenges {
             id: issued.id.0.clone(),
             device,
             purpose: purpose.as_str(),
+            scope: purpose.scope().to_owned(),
             bytes: bytes.to_vec(),
             expires_at_ms: issued.expires_at_ms,
         };
@@ -155,7 +171,7 @@ impl Challenges {
     ) -> Result<Vec<u8>> {
         match self
             .store
-            .take_challenge(id.as_str(), device, purpose.as_str())
+            .take_challenge(id.as_str(), device, &purpose)
             .await?
         {
             Some(c) if now_ms() < c.expires_at_ms => Ok(c.bytes),
@@ -166,7 +182,16 @@ impl Challenges {
     /// Drops every outstanding challenge of `device` for `purpose` (a locked
     /// or retired device answers none).
     pub async fn drop_all(&self, device: DeviceId, purpose: ChallengePurpose) -> Result<()> {
-        self.store.drop_challenges(device, purpose.as_str()).await
+        self.store.drop_challenges(device, &purpose).await
+    }
+}
+
+impl Challenges {
+    /// Deletes every expired challenge; returns how many, by purpose name
+    /// (`genuine_device`, `login`). A periodic sweep: expired challenges
+    /// are refused anyway, this only keeps the table small.
+    pub async fn purge_expired(&self) -> Result<Vec<(String, u64)>> {
+        self.store.purge_expired_challenges(now_ms()).await
     }
 }
 

@@ -52,6 +52,14 @@ pub struct Metrics {
     pub ocsp_responses: IntCounterVec,
     /// Unfinished imports taken over (by recovery or an operator's abort).
     pub import_recoveries: IntCounterVec,
+    /// Login steps by outcome (`success` or the refusal code).
+    pub logins: IntCounterVec,
+    /// Login challenges by event (`issued`, `expired`).
+    pub login_challenges: IntCounterVec,
+    pub login_lockouts: IntCounterVec,
+    /// New working-key versions offered, by issuer and trigger.
+    pub key_rotations: IntCounterVec,
+    pub sessions_active: IntGauge,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -274,8 +282,41 @@ impl Metrics {
                 "Batch imports whose process died, taken over and undone (certificates revoked, batch removed), by outcome (success, failure).",
                 &["outcome"],
             )?,
+            logins: counter_vec(
+                &r,
+                "keyward_logins_total",
+                "Device login steps by outcome: success, or the refusal code.",
+                &["outcome"],
+            )?,
+            login_challenges: counter_vec(
+                &r,
+                "keyward_login_challenges_total",
+                "Login challenges issued, and expired unanswered.",
+                &["event"],
+            )?,
+            login_lockouts: counter_vec(
+                &r,
+                "keyward_login_lockouts_total",
+                "Credentials locked after consecutive failed responses, by issuer.",
+                &["issuer"],
+            )?,
+            key_rotations: counter_vec(
+                &r,
+                "keyward_key_rotations_total",
+                "New working-key versions offered at login, by issuer and trigger (initial, requested, fleet, age).",
+                &["issuer", "trigger"],
+            )?,
+            sessions_active: gauge(
+                &r,
+                "keyward_sessions_active",
+                "Unexpired device sessions (every replica reads the shared table).",
+            )?,
             registry: r,
         };
+        for event in ["issued", "expired"] {
+            m.login_challenges.with_label_values(&[event]);
+        }
+        m.logins.with_label_values(&["success"]);
         // Every security event kind is exported from the start (as 0), so an
         // alert on `increase(...) > 0` sees the first one.
         for kind in crate::security::SecurityKind::ALL {

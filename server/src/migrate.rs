@@ -32,6 +32,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "idempotency",
             include_str!("../migrations/sqlite/2010_idempotency.sql"),
         ),
+        (
+            2020,
+            "login",
+            include_str!("../migrations/sqlite/2020_login.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -48,6 +53,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2010,
             "idempotency",
             include_str!("../migrations/postgres/2010_idempotency.sql"),
+        ),
+        (
+            2020,
+            "login",
+            include_str!("../migrations/postgres/2020_login.sql"),
         ),
     ],
 };

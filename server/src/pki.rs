@@ -154,6 +154,18 @@ pub async fn refresh_crl(state: &AppState) -> anyhow::Result<bool> {
     apply_crl(state, &crl)
 }
 
+/// [`refresh_crl`] after a revocation this process made, so its own TLS
+/// listeners refuse the certificate at once; a failure is logged (the
+/// revocation stands, and the schedule and the poll retry).
+pub async fn refresh_crl_logged(state: &AppState, what: &str) {
+    if let Err(e) = refresh_crl(state).await {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "{what}, but the TLS listeners could not load the new CRL yet; the schedule retries"
+        );
+    }
+}
+
 fn apply_crl(state: &AppState, crl: &Crl) -> anyhow::Result<bool> {
     let info = crl_in_use(crl)?;
     let changed = state

@@ -241,6 +241,7 @@ pub async fn run(
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
     let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
     let recoverer = tokio::spawn(import_recovery_loop(state.clone()));
+    let online_jobs = tokio::spawn(crate::online::jobs::run(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -295,6 +296,7 @@ pub async fn run(
     refresher.abort();
     purger.abort();
     recoverer.abort();
+    online_jobs.abort();
     drop(listeners);
     drop(stop_rx);
     tracing::info!(

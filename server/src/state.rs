@@ -10,6 +10,7 @@ use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
+use crate::online::Online;
 use crate::tls::TlsState;
 
 /// Cheap to clone: one `Arc`.
@@ -22,6 +23,8 @@ pub struct Inner {
     pub kms: Kms,
     pub ca: Ca,
     pub provisioning: Provisioning,
+    /// The online service (login, sessions, rotation).
+    pub online: Online,
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub tls: TlsState,
@@ -52,7 +55,9 @@ impl AppState {
         )?
         // Device certificates of imports that never completed are not `good`.
         .with_standing(Arc::new(provisioning.clone()));
+        let online = Online::new(kms.db(), config.online.clone());
         Ok(Self(Arc::new(Inner {
+            online,
             config,
             kms,
             ca,

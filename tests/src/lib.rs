@@ -7,6 +7,8 @@
 //! - [`simulator`]: a whole software device for provisioning tests (key pair,
 //!   CSR, challenge signatures, init package, working keys, MACs), kept on
 //!   disk for the `kwsim` binary (the device agent of demos and e2e tests).
+//! - [`terminal`]: a terminal's mTLS client of the public listener and the
+//!   login flow, done the device's way.
 //! - [`wire`]: the admin API's init package and confirm JSON, parsed on the
 //!   device side without the server's code.
 //! - [`softhsm`]: a fresh SoftHSM token per test.
@@ -18,5 +20,6 @@ pub mod db;
 pub mod device;
 pub mod simulator;
 pub mod softhsm;
+pub mod terminal;
 pub mod vectors;
 pub mod wire;

@@ -52,6 +52,8 @@ struct IssuerKeys {
     auth: [u8; 16],
     /// Working keys by role, of the last confirmed offer.
     working: HashMap<&'static str, [u8; 16]>,
+    /// The working-key version those keys are (login reports it).
+    version: Option<u32>,
 }
 
 /// What the device answers to an init package.
@@ -271,6 +273,7 @@ impl SimDevice {
                     tmk: *tmk,
                     auth: *auth,
                     working: HashMap::new(),
+                    version: None,
                 },
             );
         }
@@ -307,7 +310,65 @@ impl SimDevice {
             out.push((*role, mine));
         }
         keys.working = derived;
+        keys.version = Some(offer.version.0);
         Ok(out)
+    }
+
+    /// A login's key update (PROTOCOL.md "Working-key delivery"): derives
+    /// each offered key from `TMK_d` and its `R`, and answers with the KCVs
+    /// it computed. Only if every one matches the announced KCV does the
+    /// device switch to the new keys and `version`; otherwise it keeps its
+    /// old keys (the server sees the mismatch in the KCVs). Returns the
+    /// computed KCVs and whether they all matched.
+    pub fn take_key_update(
+        &mut self,
+        issuer: &str,
+        version: u32,
+        offered: &[(WorkingKeyRole, [u8; 16], Kcv)],
+    ) -> Result<(Vec<(WorkingKeyRole, Kcv)>, bool)> {
+        let keys = self.issuers.get_mut(issuer).context("no keys for issuer")?;
+        let mut kcvs = Vec::new();
+        let mut derived = HashMap::new();
+        let mut all = true;
+        for (role, r, announced) in offered {
+            let key = device::diversify(keys.family, &keys.tmk, r);
+            let mine = Kcv {
+                method: kcv_method(keys.family),
+                value: device::kcv(keys.family, &key),
+            };
+            all &= mine.matches(announced);
+            derived.insert(role.as_str(), key);
+            kcvs.push((*role, mine));
+        }
+        if all {
+            keys.working = derived;
+            keys.version = Some(version);
+        }
+        Ok((kcvs, all))
+    }
+
+    /// The working-key version the device holds for `issuer`.
+    pub fn key_version(&self, issuer: &str) -> Option<u32> {
+        self.issuers.get(issuer).and_then(|k| k.version)
+    }
+
+    /// Corrupts the device's `TMK_d` for `issuer` (a tampered or swapped
+    /// secure element): its next key update will not match.
+    pub fn tamper_tmk(&mut self, issuer: &str) -> Result<()> {
+        let keys = self.issuers.get_mut(issuer).context("no keys for issuer")?;
+        keys.tmk[0] ^= 0x10;
+        Ok(())
+    }
+
+    /// The device's private key, PKCS#8 DER: what its TLS client presents
+    /// with its certificate (it never leaves the emulated secure element).
+    pub fn private_key_pkcs8(&self) -> Result<Vec<u8>> {
+        Ok(match &self.key {
+            DeviceKey::P256(sk) => sk.to_pkcs8_der()?.as_bytes().to_vec(),
+            DeviceKey::Rsa(sk) => rsa::pkcs8::EncodePrivateKey::to_pkcs8_der(&**sk)?
+                .as_bytes()
+                .to_vec(),
+        })
     }
 
     /// `E_AUTH_d(challenge)`: the login challenge response.
@@ -367,6 +428,9 @@ struct StoredIssuer {
     auth: String,
     /// By role (`TPK`, `TAK`, `TDK`).
     working: BTreeMap<String, String>,
+    /// The working-key version of `working`.
+    #[serde(default)]
+    version: Option<u32>,
 }
 
 fn key16(hex_text: &str, what: &str) -> Result<[u8; 16]> {
@@ -468,6 +532,7 @@ impl SimDevice {
                     tmk: hex::encode_upper(k.tmk),
                     auth: hex::encode_upper(k.auth),
                     working,
+                    version: k.version,
                 };
                 (issuer.clone(), stored)
             })
@@ -572,6 +637,7 @@ impl SimDevice {
                     tmk: key16(&k.tmk, "TMK")?,
                     auth: key16(&k.auth, "AUTH")?,
                     working,
+                    version: k.version,
                 },
             );
         }

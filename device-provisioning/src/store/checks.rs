@@ -1,10 +1,11 @@
 //! `prov_challenges`: challenges by id, several outstanding per (device,
-//! purpose), each used once. The domain rules are in `crate::challenges`.
+//! purpose, scope), each used once. The domain rules are in `crate::challenges`.
 
 use keyward_kms::types::DeviceId;
 use sqlx::Row;
 
 use super::Store;
+use crate::challenges::ChallengePurpose;
 use crate::error::{ProvisioningError, Result};
 
 /// A challenge as stored.
@@ -14,13 +15,15 @@ pub(crate) struct StoredChallenge {
     pub id: String,
     pub device: DeviceId,
     pub purpose: &'static str,
+    /// The issuer of a login challenge, `""` otherwise.
+    pub scope: String,
     pub bytes: Vec<u8>,
     pub expires_at_ms: i64,
 }
 
 impl Store {
     /// Keeps `challenge`, and in the same transaction drops the device's
-    /// expired challenges of that purpose and the oldest ones beyond
+    /// expired challenges of that purpose and scope and the oldest ones beyond
     /// `max_outstanding`.
     pub(crate) async fn put_challenge(
         &self,
@@ -33,12 +36,13 @@ impl Store {
             let mut tx = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO prov_challenges \
-                 (id, device_id, purpose, challenge, created_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 (id, device_id, purpose, scope, challenge, created_at_ms, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(challenge.id.as_str())
             .bind(device.as_str())
             .bind(challenge.purpose)
+            .bind(challenge.scope.as_str())
             .bind(hex::encode_upper(&challenge.bytes))
             .bind(now)
             .bind(challenge.expires_at_ms)
@@ -46,14 +50,15 @@ impl Store {
             .await?;
             sqlx::query(
                 "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
-                 AND (expires_at_ms <= $3 OR id NOT IN (\
+                 AND scope = $5 AND (expires_at_ms <= $3 OR id NOT IN (\
                    SELECT id FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
-                   ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
+                   AND scope = $5 ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
             )
             .bind(device.as_str())
             .bind(challenge.purpose)
             .bind(now)
             .bind(i64::from(max_outstanding))
+            .bind(challenge.scope.as_str())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -63,24 +68,26 @@ impl Store {
     }
 
     /// Deletes and returns challenge `id` if it is `device`'s for `purpose`
+    /// and its scope
     /// (expired or not): one conditional `DELETE … RETURNING`, so of two
     /// concurrent answers at most one gets the row.
     pub(crate) async fn take_challenge(
         &self,
         id: &str,
         device: DeviceId,
-        purpose: &'static str,
+        purpose: &ChallengePurpose,
     ) -> Result<Option<StoredChallenge>> {
         let row = self
             .retrying(|| async {
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(
                     "DELETE FROM prov_challenges WHERE id = $1 AND device_id = $2 AND purpose = $3 \
-                     RETURNING challenge, expires_at_ms",
+                     AND scope = $4 RETURNING challenge, expires_at_ms",
                 )
                 .bind(id)
                 .bind(device.to_string())
-                .bind(purpose)
+                .bind(purpose.as_str())
+                .bind(purpose.scope())
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -94,23 +101,56 @@ impl Store {
         Ok(Some(StoredChallenge {
             id: id.to_owned(),
             device,
-            purpose,
+            purpose: purpose.as_str(),
+            scope: purpose.scope().to_owned(),
             bytes,
             expires_at_ms: row.try_get("expires_at_ms")?,
         }))
     }
 
     /// Drops every outstanding challenge of `device` for `purpose`.
-    pub(crate) async fn drop_challenges(&self, device: DeviceId, purpose: &str) -> Result<()> {
+    pub(crate) async fn drop_challenges(
+        &self,
+        device: DeviceId,
+        purpose: &ChallengePurpose,
+    ) -> Result<()> {
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
-            sqlx::query("DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2")
-                .bind(device.to_string())
-                .bind(purpose)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 AND scope = $3",
+            )
+            .bind(device.to_string())
+            .bind(purpose.as_str())
+            .bind(purpose.scope())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Deletes every expired challenge (any device, any purpose); returns
+    /// how many, by purpose name.
+    pub(crate) async fn purge_expired_challenges(&self, now: i64) -> Result<Vec<(String, u64)>> {
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            let rows = sqlx::query(
+                "DELETE FROM prov_challenges WHERE expires_at_ms <= $1 RETURNING purpose",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let mut counts: Vec<(String, u64)> = Vec::new();
+            for row in rows {
+                let purpose: String = row.try_get("purpose")?;
+                match counts.iter_mut().find(|(p, _)| *p == purpose) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((purpose, 1)),
+                }
+            }
+            Ok(counts)
         })
         .await
     }

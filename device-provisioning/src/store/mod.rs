@@ -65,6 +65,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "import lease",
             include_str!("../../migrations/sqlite/3003_import_lease.sql"),
         ),
+        (
+            3004,
+            "challenge scope",
+            include_str!("../../migrations/sqlite/3004_challenge_scope.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -81,6 +86,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             3003,
             "import lease",
             include_str!("../../migrations/postgres/3003_import_lease.sql"),
+        ),
+        (
+            3004,
+            "challenge scope",
+            include_str!("../../migrations/postgres/3004_challenge_scope.sql"),
         ),
     ],
 };

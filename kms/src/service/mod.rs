@@ -132,7 +132,8 @@ impl Kms {
             })??;
         let pool = HsmPool::start(Arc::new(hsm), config.hsm.sessions, config.hsm.queue_depth)?;
         let catalog = Catalog::connect(&config.database).await?;
-        let kms = Self::new(pool, catalog, config.hsm.derived_key_cache);
+        let kms = Self::new(pool, catalog, config.hsm.derived_key_cache)
+            .with_rotation_grace(Duration::from_secs(config.online.rotation_grace_secs));
         kms.probe().await?;
         Ok(kms)
     }

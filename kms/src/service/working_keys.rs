@@ -106,6 +106,43 @@ impl Kms {
         }
     }
 
+    /// The newest `pending` version of a device's working keys as it was
+    /// offered (same `R`s and KCVs), to send again to a device that has not
+    /// confirmed it yet; `None` without one. Re-sending instead of offering
+    /// anew keeps a device that fails to answer from piling up versions.
+    pub async fn pending_offer(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+    ) -> Result<Option<WorkingKeyOffer>> {
+        let versions = self.catalog.versions(issuer, device).await?;
+        let Some(pending) = versions.iter().find(|v| v.state == KeyState::Pending) else {
+            return Ok(None);
+        };
+        let mut keys = Vec::with_capacity(WorkingKeyRole::ALL.len());
+        for role in WorkingKeyRole::ALL {
+            let rec = self
+                .working_key(issuer, device, pending.version, role)
+                .await?;
+            keys.push(OfferedKey {
+                role,
+                r: rec.r,
+                kcv: rec.kcv,
+            });
+        }
+        Ok(Some(WorkingKeyOffer {
+            version: pending.version,
+            keys,
+        }))
+    }
+
+    /// Ends the grace period of every replaced version whose time is up
+    /// (`retiring` → `retired`); returns how many. A background job runs it
+    /// on one replica at a time.
+    pub async fn end_grace_periods(&self) -> Result<u64> {
+        self.catalog.retire_due(now_ms()).await
+    }
+
     /// Every working-key version of a device at an issuer, newest first.
     pub async fn key_versions(
         &self,

@@ -319,12 +319,7 @@ pub async fn approve_recertify(
 /// Both listeners refuse revoked certificates from now on; a failure is
 /// logged and left to the schedule.
 async fn refresh_crl_after(state: &AppState, what: &str) {
-    if let Err(e) = crate::pki::refresh_crl(state).await {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "{what}, but the TLS listeners could not load the new CRL yet; the schedule retries"
-        );
-    }
+    crate::pki::refresh_crl_logged(state, what).await;
 }
 
 // ---- original keys ------------------------------------------------------------

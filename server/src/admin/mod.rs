@@ -24,6 +24,7 @@ mod customers;
 mod devices;
 mod health;
 mod issuers;
+mod keys;
 mod ocsp;
 mod operators;
 mod trail;
@@ -115,6 +116,20 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
         .route("/admin/v1/audit/checkpoint", get(trail::checkpoint))
+        .route("/admin/v1/devices/{id}/keys", get(keys::versions))
+        .route(
+            "/admin/v1/devices/{id}/credentials/{issuer}",
+            get(keys::show_credential),
+        )
+        .route(
+            "/admin/v1/devices/{id}/credentials/{issuer}/unlock",
+            post(keys::unlock),
+        )
+        .route("/admin/v1/issuers/{id}/rotations", post(keys::rotate))
+        .route(
+            "/admin/v1/issuers/{id}/rotations/pending",
+            get(keys::pending),
+        )
         // Inside the operator check: answers are keyed by the operator.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -170,6 +170,14 @@ pub enum AuditEvent {
     /// note's own actor (the device or operator it acted for) goes in the
     /// detail as `subject`; the record's actor is whoever made the call.
     Provisioning(AuditNote),
+    /// A step of an online protocol (`login.start`, `login.lockout`,
+    /// `key.activate`, `credential.unlock`, …): `detail` holds identifiers
+    /// only (issuer, version, counts), never a challenge, response or token.
+    Online {
+        action: &'static str,
+        target: String,
+        detail: serde_json::Value,
+    },
     /// An intrusion signal ([`crate::security`]): action `security.<kind>`.
     Security {
         kind: crate::security::SecurityKind,
@@ -253,6 +261,11 @@ impl AuditEvent {
             Self::OperationFailed { action, code } => {
                 (action.clone(), "-".into(), json!({ "code": code }))
             }
+            Self::Online {
+                action,
+                target,
+                detail,
+            } => ((*action).to_owned(), target.clone(), detail.clone()),
             Self::Security {
                 kind,
                 target,

@@ -15,15 +15,20 @@
 //!
 //! - `ping`: `GET /v1/ping`, the identity the server saw (a device's first
 //!   connectivity check).
+//! - `login`: `POST /v1/login/start`, `POST /v1/login/finish`.
+//! - `session`: `GET|DELETE /v1/session`, behind
+//!   [`session::require_session`] like every session-bound route to come.
 
+mod login;
 mod ping;
+pub mod session;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use keyward_ca::Serial;
 use keyward_device_provisioning::{DeviceState, ProvisioningError};
 use keyward_kms::types::DeviceId;
@@ -37,8 +42,17 @@ use crate::state::AppState;
 
 /// Routes of the public (device) listener, with the middleware stack.
 pub fn router(state: AppState) -> Router {
+    let with_session = Router::new()
+        .route("/v1/session", get(session::show).delete(session::end))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            session::require_session,
+        ));
     let router = Router::new()
         .route("/v1/ping", get(ping::ping))
+        .route("/v1/login/start", post(login::start))
+        .route("/v1/login/finish", post(login::finish))
+        .merge(with_session)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_device,
@@ -51,19 +65,7 @@ pub fn router(state: AppState) -> Router {
     )
 }
 
-/// The device behind a public request: its registered, unrevoked device
-/// certificate. What the device routes act for.
-#[derive(Debug, Clone)]
-pub struct Device {
-    pub device_id: DeviceId,
-    /// The certificate's serial, upper-case hex: the registry's
-    /// `cert_serial` for the device.
-    pub serial: String,
-    pub state: DeviceState,
-    /// The audit actor (`device:ID#SERIAL`).
-    pub actor: Actor,
-    pub request_id: String,
-}
+pub use crate::online::Device;
 
 /// Why a public request was refused (the stable codes).
 const DEVICE_REQUIRED: &str = "device_certificate_required";

@@ -15,6 +15,8 @@
 //! - [`issuers`]: issuers and their master keys (`/admin/v1/issuers`).
 //! - [`ca`]: certificates, revocation, operators (`/admin/v1/ca`,
 //!   `/admin/v1/operators`).
+//! - [`login`]: device login and sessions (`/v1/login`, `/v1/session`), and
+//!   the operators' key-rotation and credential routes.
 //! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`], [`AuditCheckpoint`]:
 //!   the operator and the audit trail.
 //! - [`Ping`]: `GET /v1/ping` on the public listener.
@@ -23,6 +25,7 @@ pub mod ca;
 pub mod customers;
 pub mod devices;
 pub mod issuers;
+pub mod login;
 
 pub use crate::audit::AuditRecord;
 /// `GET /admin/v1/audit/checkpoint`: a signed head to store elsewhere, and

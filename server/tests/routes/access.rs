@@ -130,7 +130,10 @@ async fn unknown_routes_and_bad_bodies_are_typed_json_errors() {
 }
 
 /// The identity of device `d`'s registered certificate.
-async fn device_identity(app: &App, d: &keyward_tests::simulator::SimDevice) -> ClientIdentity {
+pub(crate) async fn device_identity(
+    app: &App,
+    d: &keyward_tests::simulator::SimDevice,
+) -> ClientIdentity {
     let serial: keyward_ca::Serial = app
         .state
         .provisioning

@@ -21,7 +21,7 @@ fn path(d: &SimDevice, tail: &str) -> String {
 }
 
 /// Challenge, signature, check: the device is `verified`.
-async fn check(app: &App, d: &SimDevice) {
+pub(crate) async fn check(app: &App, d: &SimDevice) {
     let c = app.post(&app.root, &path(d, "/challenge"), json!({})).await;
     let c: wire::ChallengeAnswer =
         serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
@@ -37,7 +37,7 @@ async fn check(app: &App, d: &SimDevice) {
 }
 
 /// An init package for `issuer`, loaded by the device; the confirm body.
-async fn init(app: &App, d: &mut SimDevice, issuer: &str) -> Value {
+pub(crate) async fn init(app: &App, d: &mut SimDevice, issuer: &str) -> Value {
     let pkg = app
         .post(&app.root, &path(d, "/init"), json!({"issuer_id": issuer}))
         .await;

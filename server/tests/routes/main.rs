@@ -23,4 +23,5 @@ mod database;
 mod devices;
 mod idempotency;
 mod issuers;
+mod login;
 mod trail;

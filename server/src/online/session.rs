@@ -1,0 +1,98 @@
+//! Sessions: what a login opens and every later online call (MAC, PIN,
+//! confirmation, load) presents as `Authorization: Bearer <token>`.
+//!
+//! A session is bound to the device, the issuer and the TLS client
+//! certificate it was opened over: [`authorize`] refuses a token presented
+//! by another device or over another certificate. It is checked against the
+//! database on every call, together with the device's state and the
+//! credential's lock, and the public listener re-checks the certificate
+//! (registered, not revoked) per request: suspending, retiring, revoking or
+//! locking ends a device's sessions at its very next call, with no cache.
+
+use keyward_device_provisioning::DeviceState;
+use keyward_kms::types::{DeviceId, IssuerId};
+
+use crate::online::login::session_token_hash;
+use crate::online::{Device, OnlineError};
+use crate::state::AppState;
+
+type Result<T> = std::result::Result<T, OnlineError>;
+
+/// An open session, as a handler of a session-bound route sees it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub device: DeviceId,
+    pub issuer: IssuerId,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// The stored form of the token (for logout), never the token.
+    pub token_hash: String,
+}
+
+fn refuse(code: &'static str, message: &'static str) -> OnlineError {
+    OnlineError::forbidden(code, message)
+}
+
+/// The session `token` opens for `device`, or why not.
+pub async fn authorize(state: &AppState, device: &Device, token: Option<&str>) -> Result<Session> {
+    let token = token.ok_or_else(|| {
+        refuse(
+            "session_required",
+            "this call needs a session: log in and send Authorization: Bearer <token>",
+        )
+    })?;
+    if token.is_empty() || token.len() > 128 {
+        return Err(refuse("session_invalid", "no such session"));
+    }
+    let hash = session_token_hash(token);
+    let stored = state
+        .online
+        .store
+        .session(&hash)
+        .await?
+        .ok_or_else(|| refuse("session_invalid", "no such session"))?;
+    if stored.device != device.device_id {
+        return Err(refuse(
+            "session_device_mismatch",
+            "this session belongs to another device",
+        ));
+    }
+    // Serials are public: a plain comparison. The token itself was matched
+    // by its hash (a primary-key lookup), never compared as a secret.
+    if stored.cert_serial != device.serial {
+        return Err(refuse(
+            "session_certificate_mismatch",
+            "this session was opened over another client certificate",
+        ));
+    }
+    if stored.expires_at_ms <= keyward_kms::db::now_ms() {
+        return Err(refuse(
+            "session_expired",
+            "the session has expired: log in again",
+        ));
+    }
+    if device.state != DeviceState::Issued {
+        return Err(refuse("device_suspended", "the device is not in service"));
+    }
+    let cred = state
+        .online
+        .store
+        .credential(&stored.issuer, device.device_id)
+        .await?;
+    if cred.locked_at_ms.is_some() {
+        return Err(refuse("credential_locked", "this credential is locked"));
+    }
+    Ok(Session {
+        device: stored.device,
+        issuer: stored.issuer,
+        created_at_ms: stored.created_at_ms,
+        expires_at_ms: stored.expires_at_ms,
+        token_hash: hash,
+    })
+}
+
+/// Ends `session` (logout).
+pub async fn end(state: &AppState, session: &Session) -> Result<()> {
+    state.online.store.end_session(&session.token_hash).await?;
+    Ok(())
+}

@@ -1,0 +1,529 @@
+//! Issue 10: device login on the public router — start, key update, random
+//! auth, session, lockout, rotation — with the simulator playing the device
+//! (its responses and KCVs are its own), and every bad input a typed 4xx.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use keyward_ca::Role;
+use keyward_server::identity::ClientIdentity;
+use keyward_server::wire::login as wire;
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::terminal::{self, LoginOptions};
+use serde_json::{Value, json};
+
+use crate::access::device_identity;
+use crate::devices::{check, init};
+use crate::harness::{Answer, App, call, send};
+
+/// A device from the factory to `issued` for `issuers` (the first one
+/// bound through its PSAM), and the identity of its certificate.
+async fn issued(app: &App, n: u8, issuers: &[&str]) -> (SimDevice, ClientIdentity) {
+    let mut d = SimDevice::p256(format!("0A0B0C0D0E0F10{n:02X}").parse().unwrap()).unwrap();
+    app.import(&format!("L-{n}"), &[&d])
+        .await
+        .expect(StatusCode::CREATED);
+    check(app, &d).await;
+    let cust = customer(app, n).await;
+    for issuer in issuers {
+        let confirm = init(app, &mut d, issuer).await;
+        app.post(
+            &app.root,
+            &format!("/admin/v1/devices/{}/init/confirm", d.id),
+            confirm,
+        )
+        .await
+        .expect(StatusCode::OK);
+        app.post(
+            &app.root,
+            &format!("/admin/v1/devices/{}/bindings", d.id),
+            json!({"customer_id": cust, "issuer_id": issuer, "secure_element": "psam",
+                   "accounts": [format!("62220202001122{n:02}")]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    }
+    let who = device_identity(app, &d).await;
+    (d, who)
+}
+
+/// Customer `n`, applied for by one operator and approved by another.
+async fn customer(app: &App, n: u8) -> String {
+    let alice = app.operator(&format!("alice-{n}"), Role::Operator).await;
+    let bob = app.operator(&format!("bob-{n}"), Role::Operator).await;
+    let applied = app
+        .post(
+            &alice,
+            "/admin/v1/applications",
+            json!({"name": "Li Lei", "national_id": format!("1101011990030712{n:02}"),
+                   "accounts": [format!("62220202001122{n:02}")],
+                   "contact": {"kind": "sms", "address": "+8613800138000"}}),
+        )
+        .await;
+    let id = applied.expect(StatusCode::CREATED)["application_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approved = app
+        .post(
+            &bob,
+            &format!("/admin/v1/applications/{id}/approve"),
+            json!({}),
+        )
+        .await;
+    approved.expect(StatusCode::OK)["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn start(app: &App, who: &ClientIdentity, body: Value) -> Answer {
+    call(
+        &app.public,
+        who,
+        Method::POST,
+        "/v1/login/start",
+        Some(body),
+    )
+    .await
+}
+
+async fn finish(app: &App, who: &ClientIdentity, body: Value) -> Answer {
+    call(
+        &app.public,
+        who,
+        Method::POST,
+        "/v1/login/finish",
+        Some(body),
+    )
+    .await
+}
+
+fn start_body(d: &SimDevice, issuer: &str) -> Value {
+    serde_json::to_value(terminal::start_body(d, issuer)).unwrap()
+}
+
+/// A whole login as the device does it; the finish answer.
+async fn login(
+    app: &App,
+    who: &ClientIdentity,
+    d: &mut SimDevice,
+    issuer: &str,
+    opts: LoginOptions,
+) -> (wire::LoginChallenge, Answer) {
+    let c = start(app, who, start_body(d, issuer)).await;
+    let c: wire::LoginChallenge =
+        serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+    let confirmation = c
+        .key_update
+        .as_ref()
+        .map(|u| terminal::confirm_update(d, issuer, u).unwrap().0);
+    let body = terminal::finish_body(d, issuer, &c, confirmation, opts).unwrap();
+    let a = finish(app, who, serde_json::to_value(body).unwrap()).await;
+    (c, a)
+}
+
+async fn session(app: &App, who: &ClientIdentity, token: &str) -> Answer {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("/v1/session")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    send(&app.public, who, req).await
+}
+
+#[tokio::test]
+async fn a_device_logs_in_takes_its_first_keys_and_rotates_on_demand() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 1, &["bank-a"]).await;
+
+    // First login: no active version, so the answer carries keys.
+    let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    assert_eq!(c.key_version, None);
+    let update = c.key_update.expect("first login offers keys");
+    assert_eq!(update.keys.len(), 3);
+    assert_eq!(c.challenge.len(), 12, "8 bytes, base64");
+    let ok: wire::LoginAnswer = serde_json::from_value(a.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(ok.key_update.as_deref(), Some("activated"));
+    assert_eq!(ok.key_version, Some(update.version));
+    assert_eq!(d.key_version("bank-a"), Some(update.version));
+    let s = session(&app, &who, &ok.session_token).await;
+    let info: wire::SessionInfo = serde_json::from_value(s.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(info.device_id, d.id.to_string());
+    assert!(app.audited("key.activate", "success").await);
+
+    // Second login: nothing due.
+    let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    assert!(c.key_update.is_none());
+    a.expect(StatusCode::OK);
+
+    // An operator asks for a rotation; the next login carries it.
+    let pending = app
+        .get(&app.root, "/admin/v1/issuers/bank-a/rotations/pending")
+        .await;
+    assert_eq!(pending.expect(StatusCode::OK)["devices"], json!([]));
+    app.post(
+        &app.root,
+        "/admin/v1/issuers/bank-a/rotations",
+        json!({"device_id": d.id.to_string()}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let pending = app
+        .get(&app.root, "/admin/v1/issuers/bank-a/rotations/pending")
+        .await;
+    assert_eq!(
+        pending.expect(StatusCode::OK)["devices"][0]["reason"],
+        "requested"
+    );
+    let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let v2 = c.key_update.expect("rotation offered").version;
+    assert_eq!(v2, update.version + 1);
+    assert_eq!(a.expect(StatusCode::OK)["key_update"], "activated");
+    let keys = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
+        )
+        .await;
+    let keys: wire::KeyVersions =
+        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
+    let states: Vec<(u32, &str)> = keys
+        .versions
+        .iter()
+        .map(|v| (v.version, v.state.as_str()))
+        .collect();
+    assert_eq!(states, vec![(v2, "active"), (update.version, "retiring")]);
+    // Served: the request is not pending any more.
+    let (c, _) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    assert!(c.key_update.is_none());
+
+    // A fleet-wide rotation reaches the device lazily, at its next login.
+    app.post(&app.root, "/admin/v1/issuers/bank-a/rotations", json!({}))
+        .await
+        .expect(StatusCode::OK);
+    let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    assert_eq!(c.key_update.map(|u| u.version), Some(v2 + 1));
+    a.expect(StatusCode::OK);
+
+    // Logout ends the session.
+    let req = Request::builder()
+        .method(Method::DELETE)
+        .uri("/v1/session")
+        .header("authorization", format!("Bearer {}", ok.session_token))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&app.public, &who, req).await.status,
+        StatusCode::NO_CONTENT
+    );
+    session(&app, &who, &ok.session_token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_invalid");
+}
+
+#[tokio::test]
+async fn login_refusals_are_typed_audited_and_change_nothing() {
+    let app = App::new().await;
+    app.issuer("bank-a", "aes").await;
+    app.issuer("bank-z", "aes").await;
+    let (mut d, who) = issued(&app, 2, &["bank-a"]).await;
+    let (mut other, other_who) = issued(&app, 3, &["bank-a"]).await;
+
+    let mut body = start_body(&d, "bank-a");
+    body["device_id"] = json!(other.id.to_string());
+    start(&app, &who, body)
+        .await
+        .refused(StatusCode::FORBIDDEN, "device_id_mismatch");
+    start(&app, &who, start_body(&d, "bank-nowhere"))
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_issuer");
+    start(&app, &who, start_body(&d, "bank-z"))
+        .await
+        .refused(StatusCode::FORBIDDEN, "issuer_not_bound");
+    let mut body = start_body(&d, "bank-a");
+    body["psam_serial"] = json!("PSAMOTHER1");
+    start(&app, &who, body)
+        .await
+        .refused(StatusCode::FORBIDDEN, "secure_element_mismatch");
+    let mut body = start_body(&d, "bank-a");
+    body["key_version"] = json!(42);
+    start(&app, &who, body)
+        .await
+        .refused(StatusCode::CONFLICT, "unknown_key_version");
+    let mut body = start_body(&d, "bank-a");
+    body["extra"] = json!(1);
+    assert!(start(&app, &who, body).await.status.is_client_error());
+    let a = call(&app.public, &who, Method::POST, "/v1/login/start", None).await;
+    assert!(a.status.is_client_error(), "{}", a.text);
+
+    // Log in once so later starts carry no key update.
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let token = a.expect(StatusCode::OK)["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, a) = login(
+        &app,
+        &other_who,
+        &mut other,
+        "bank-a",
+        LoginOptions::default(),
+    )
+    .await;
+    a.expect(StatusCode::OK);
+
+    // A replayed challenge.
+    let c = start(&app, &who, start_body(&d, "bank-a")).await;
+    let c: wire::LoginChallenge =
+        serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+    let f = serde_json::to_value(
+        terminal::finish_body(&d, "bank-a", &c, None, LoginOptions::default()).unwrap(),
+    )
+    .unwrap();
+    finish(&app, &who, f.clone()).await.expect(StatusCode::OK);
+    finish(&app, &who, f.clone())
+        .await
+        .refused(StatusCode::FORBIDDEN, "challenge_invalid");
+    // Another device's challenge, answered by this one.
+    let c = start(&app, &other_who, start_body(&other, "bank-a")).await;
+    let c: wire::LoginChallenge =
+        serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+    let f = serde_json::to_value(
+        terminal::finish_body(&d, "bank-a", &c, None, LoginOptions::default()).unwrap(),
+    )
+    .unwrap();
+    finish(&app, &who, f)
+        .await
+        .refused(StatusCode::FORBIDDEN, "challenge_invalid");
+    // A confirmation of a version never offered.
+    let c = start(&app, &who, start_body(&d, "bank-a")).await;
+    let c: wire::LoginChallenge =
+        serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+    let mut f = serde_json::to_value(
+        terminal::finish_body(&d, "bank-a", &c, None, LoginOptions::default()).unwrap(),
+    )
+    .unwrap();
+    f["key_confirmation"] = json!({"version": 99, "kcvs": []});
+    finish(&app, &who, f)
+        .await
+        .refused(StatusCode::CONFLICT, "unknown_key_version");
+    let mut f = json!({"issuer_id": "bank-a", "challenge_id": c.challenge_id, "response": "!!"});
+    finish(&app, &who, f.clone())
+        .await
+        .refused(StatusCode::BAD_REQUEST, "invalid_response");
+    f["challenge_id"] = json!("nope");
+    finish(&app, &who, f)
+        .await
+        .refused(StatusCode::BAD_REQUEST, "invalid_challenge_id");
+
+    // Sessions: none, another device's, garbage.
+    let req = Request::builder()
+        .uri("/v1/session")
+        .body(Body::empty())
+        .unwrap();
+    send(&app.public, &who, req)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_required");
+    session(&app, &other_who, &token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_device_mismatch");
+    session(&app, &who, "not-a-token")
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_invalid");
+
+    // Suspending the device ends its session at its next call.
+    app.post(
+        &app.root,
+        &format!("/admin/v1/devices/{}/state", d.id),
+        json!({"to": "suspended", "reason": "route test"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    session(&app, &who, &token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "device_suspended");
+    start(&app, &who, start_body(&d, "bank-a"))
+        .await
+        .refused(StatusCode::FORBIDDEN, "device_suspended");
+    assert!(app.audited("login.start", "refused").await);
+    assert!(app.audited("login.finish", "refused").await);
+    assert!(app.audited("session.refused", "refused").await);
+}
+
+#[tokio::test]
+async fn ten_wrong_answers_lock_the_credential_and_revoke_the_certificate() {
+    let app = App::with_config(|c| {
+        c.online.issuers.insert(
+            "bank-b".into(),
+            keyward_config::IssuerPolicyConfig {
+                revoke_on_lockout: Some(false),
+                max_login_failures: Some(3),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    app.issuer("bank-a", "tdes").await;
+    app.issuer("bank-b", "aes").await;
+    let (mut d, who) = issued(&app, 4, &["bank-a", "bank-b"]).await;
+    let wrong = LoginOptions {
+        wrong_response: true,
+    };
+
+    // bank-b: no revocation by policy; 3 failures lock it, bank-a unaffected.
+    for _ in 0..2 {
+        let (_, a) = login(&app, &who, &mut d, "bank-b", wrong).await;
+        a.refused(StatusCode::FORBIDDEN, "response_invalid");
+    }
+    let (_, a) = login(&app, &who, &mut d, "bank-b", wrong).await;
+    a.refused(StatusCode::FORBIDDEN, "credential_locked");
+    start(&app, &who, start_body(&d, "bank-b"))
+        .await
+        .refused(StatusCode::FORBIDDEN, "credential_locked");
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let token = a.expect(StatusCode::OK)["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A success resets the count: 9 failures, a success, 9 more stay open.
+    for _ in 0..9 {
+        let (_, a) = login(&app, &who, &mut d, "bank-a", wrong).await;
+        a.refused(StatusCode::FORBIDDEN, "response_invalid");
+    }
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    a.expect(StatusCode::OK);
+    let cred = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/credentials/bank-a", d.id),
+        )
+        .await;
+    assert_eq!(cred.expect(StatusCode::OK)["failures"], 0);
+    for _ in 0..9 {
+        let (_, a) = login(&app, &who, &mut d, "bank-a", wrong).await;
+        a.refused(StatusCode::FORBIDDEN, "response_invalid");
+    }
+    // The tenth locks and revokes: the certificate is refused from now on.
+    let (_, a) = login(&app, &who, &mut d, "bank-a", wrong).await;
+    a.refused(StatusCode::FORBIDDEN, "credential_locked");
+    let serial = who.cert.as_ref().unwrap().serial.parse().unwrap();
+    assert!(app.state.ca.is_revoked(&serial).await.unwrap());
+    session(&app, &who, &token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "certificate_revoked");
+    assert!(app.audited("login.lockout", "refused").await);
+    let cred = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/credentials/bank-a", d.id),
+        )
+        .await;
+    let cred: wire::Credential =
+        serde_json::from_value(cred.expect(StatusCode::OK).clone()).unwrap();
+    assert!(cred.locked);
+    assert_eq!(
+        cred.revoked_serial.as_deref(),
+        Some(who.cert.as_ref().unwrap().serial.as_str())
+    );
+
+    // Only an admin unlocks; bank-b's lock stays.
+    let alice = app.operator("alice-op", Role::Operator).await;
+    let path = format!("/admin/v1/devices/{}/credentials/bank-a/unlock", d.id);
+    app.post(&alice, &path, json!({"reason": "terminal repaired"}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    let u = app
+        .post(&app.root, &path, json!({"reason": "terminal repaired"}))
+        .await;
+    let u: wire::UnlockAnswer = serde_json::from_value(u.expect(StatusCode::OK).clone()).unwrap();
+    assert!(!u.credential.locked && u.recertification_required);
+    app.post(&app.root, &path, json!({"reason": "again"}))
+        .await
+        .refused(StatusCode::CONFLICT, "credential_not_locked");
+    let b = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/credentials/bank-b", d.id),
+        )
+        .await;
+    assert_eq!(b.expect(StatusCode::OK)["locked"], true);
+    assert!(app.audited("credential.unlock", "success").await);
+}
+
+#[tokio::test]
+async fn a_kcv_mismatch_on_a_key_update_is_an_intrusion() {
+    let app = App::with_config(|c| {
+        c.online.issuers.insert(
+            "bank-s".into(),
+            keyward_config::IssuerPolicyConfig {
+                suspend_on_kcv_mismatch: Some(true),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    app.issuer("bank-a", "tdes").await;
+    app.issuer("bank-s", "aes").await;
+    let (mut d, who) = issued(&app, 5, &["bank-a", "bank-s"]).await;
+    d.tamper_tmk("bank-a").unwrap();
+    let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let offered = c.key_update.unwrap().version;
+    let a: wire::LoginAnswer = serde_json::from_value(a.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(a.key_update.as_deref(), Some("rejected"));
+    assert_eq!(a.key_version, None);
+    let keys = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
+        )
+        .await;
+    assert_eq!(
+        keys.expect(StatusCode::OK)["versions"][0]["state"],
+        "rejected"
+    );
+    assert_eq!(keys.body["versions"][0]["version"], offered);
+    assert!(app.audited("security.kcv_mismatch", "refused").await);
+    let metrics = app.state.metrics.render().1;
+    assert!(
+        metrics.contains("keyward_security_events_total{kind=\"kcv_mismatch\"} 1"),
+        "{metrics}"
+    );
+
+    // With the suspend policy, the device is suspended at once.
+    d.tamper_tmk("bank-s").unwrap();
+    let (_, a) = login(&app, &who, &mut d, "bank-s", LoginOptions::default()).await;
+    a.refused(StatusCode::FORBIDDEN, "kcv_mismatch");
+    let shown = app
+        .get(&app.root, &format!("/admin/v1/devices/{}", d.id))
+        .await;
+    assert_eq!(shown.expect(StatusCode::OK)["state"], "suspended");
+}
+
+#[tokio::test]
+async fn one_challenge_answered_twice_at_once_succeeds_once() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 6, &["bank-a"]).await;
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    a.expect(StatusCode::OK);
+    for _ in 0..5 {
+        let c = start(&app, &who, start_body(&d, "bank-a")).await;
+        let c: wire::LoginChallenge =
+            serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+        let f = serde_json::to_value(
+            terminal::finish_body(&d, "bank-a", &c, None, LoginOptions::default()).unwrap(),
+        )
+        .unwrap();
+        let (x, y) = tokio::join!(finish(&app, &who, f.clone()), finish(&app, &who, f));
+        let ok = [&x, &y]
+            .iter()
+            .filter(|a| a.status == StatusCode::OK)
+            .count();
+        assert_eq!(ok, 1, "{} / {}", x.text, y.text);
+        let other = if x.status == StatusCode::OK { &y } else { &x };
+        other.refused(StatusCode::FORBIDDEN, "challenge_invalid");
+    }
+}
