@@ -13,6 +13,12 @@
 //!   match the issuing CA is answered `good` (issued here, not revoked),
 //!   `revoked` (revocation time, and the reason unless `unspecified`, as on
 //!   the CRL) or `unknown` (serial never issued here, or zero or negative);
+//! - a device certificate the registry holds as valid is answered `good` only
+//!   if the [`CertStanding`] given with [`OcspResponder::with_standing`]
+//!   agrees (the server passes provisioning's: the registered certificate of
+//!   a device in a completed batch), else `unknown`: a certificate issued by
+//!   an import that never completed is no credential. Such answers are not
+//!   cached (the batch may complete a moment later);
 //! - a request with a `CertID` under another hash algorithm (or with hash
 //!   parameters other than NULL), or with no `CertID` of ours, is answered
 //!   `unauthorized` (RFC 6960 §2.3: not authoritative for it); in a request
@@ -39,7 +45,10 @@
 //! decides how to report them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use der::asn1::{BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
@@ -57,7 +66,26 @@ use x509_ocsp::{
 
 use crate::authority::Ca;
 use crate::error::{CaError, Result};
+use crate::profile::Profile;
 use crate::registry::{CertRecord, CertStatus as RegistryStatus, RevocationReason, Serial};
+use keyward_kms::types::DeviceId;
+
+/// What [`CertStanding::device_certificate_stands`] returns.
+pub type StandingFuture<'a> = Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>>;
+
+/// Whether a device certificate the registry holds as valid stands as a
+/// credential, asked by the responder before it answers `good`. The CA
+/// knows certificates, not devices: whoever registers devices answers
+/// (provisioning, wired in by the server), so this crate does not depend
+/// on it.
+pub trait CertStanding: Send + Sync + fmt::Debug {
+    /// `true` when `serial` is `device`'s certificate in good standing.
+    fn device_certificate_stands<'a>(
+        &'a self,
+        device: DeviceId,
+        serial: &'a Serial,
+    ) -> StandingFuture<'a>;
+}
 
 /// Media type of an OCSP request body (RFC 6960 A.1).
 pub const OCSP_REQUEST_CONTENT_TYPE: &str = "application/ocsp-request";
@@ -399,6 +427,7 @@ pub struct OcspResponder {
     issuer: IssuerHashes,
     limits: OcspLimits,
     state: Mutex<CacheState>,
+    standing: Option<Arc<dyn CertStanding>>,
 }
 
 #[derive(Debug, Default)]
@@ -442,7 +471,14 @@ impl OcspResponder {
             issuer,
             limits,
             state: Mutex::new(CacheState::default()),
+            standing: None,
         })
+    }
+
+    /// Asks `standing` before answering `good` for a device certificate.
+    pub fn with_standing(mut self, standing: Arc<dyn CertStanding>) -> Self {
+        self.standing = Some(standing);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -484,9 +520,9 @@ impl OcspResponder {
                 return Ok(refusal(S::TryLater, OcspSource::Throttled));
             }
         }
-        let der = self.sign(queries, now).await?;
+        let (der, cacheable) = self.sign(queries, now).await?;
         let mut st = self.lock();
-        if st.generation == Some(generation) {
+        if cacheable && st.generation == Some(generation) {
             if st.entries.len() >= self.limits.cache_entries.max(1) {
                 st.entries.clear();
             }
@@ -504,13 +540,24 @@ impl OcspResponder {
         })
     }
 
-    async fn sign(&self, queries: Vec<Query>, now: u64) -> Result<Vec<u8>> {
+    /// Signs the answers; `false` with them when one was held back by
+    /// [`CertStanding`] (not to be cached: it may stand a moment later).
+    async fn sign(&self, queries: Vec<Query>, now: u64) -> Result<(Vec<u8>, bool)> {
         let mut answers = Vec::with_capacity(queries.len());
+        let mut cacheable = true;
         for q in queries {
             match q {
                 Query::Ours(id, Some(serial)) => {
                     let record = self.ca.get(&serial).await?;
-                    answers.push((id, cert_status(record.as_ref())?));
+                    let mut status = cert_status(record.as_ref())?;
+                    if let Some(rec) = &record
+                        && rec.status != RegistryStatus::Revoked
+                        && !self.stands(rec).await?
+                    {
+                        status = CertStatus::unknown();
+                        cacheable = false;
+                    }
+                    answers.push((id, status));
                 }
                 Query::Ours(id, None) | Query::Foreign(id) => {
                     answers.push((id, CertStatus::unknown()))
@@ -521,7 +568,23 @@ impl OcspResponder {
         let tbs_der = tbs.to_der().map_err(CaError::OcspEncoding)?;
         let key = self.ca.issuing_key();
         let signature = key.sign(&tbs_der).await?;
-        successful(tbs, key.mechanism(), &signature)
+        Ok((successful(tbs, key.mechanism(), &signature)?, cacheable))
+    }
+
+    /// Whether a valid certificate may be answered `good`: always, but for a
+    /// device certificate when a [`CertStanding`] is set.
+    async fn stands(&self, rec: &CertRecord) -> Result<bool> {
+        match (&self.standing, rec.profile) {
+            (Some(standing), Profile::Device) => match rec.device_id {
+                Some(device) => {
+                    standing
+                        .device_certificate_stands(device, &rec.serial)
+                        .await
+                }
+                None => Ok(false),
+            },
+            _ => Ok(true),
+        }
     }
 }
 

@@ -167,14 +167,25 @@ pub struct ProvisioningConfig {
     /// operator resets it (`kwctl device check-reset`).
     #[serde(default = "default_check_attempt_limit")]
     pub check_attempt_limit: u32,
+    /// How long a batch import holds its batch without renewing (renewed
+    /// every sixth of it). A process killed mid-import leaves a batch that
+    /// is taken over and undone once this has passed; it is also how often
+    /// `serve` looks for such batches.
+    #[serde(default = "default_import_lease_ms")]
+    pub import_lease_ms: u64,
 }
 
 impl Default for ProvisioningConfig {
     fn default() -> Self {
         Self {
             check_attempt_limit: default_check_attempt_limit(),
+            import_lease_ms: default_import_lease_ms(),
         }
     }
+}
+
+fn default_import_lease_ms() -> u64 {
+    30_000
 }
 
 fn default_check_attempt_limit() -> u32 {
@@ -695,6 +706,12 @@ impl Config {
             return Err(ConfigError::key(
                 "provisioning.check_attempt_limit",
                 "must be 1 to 100",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.provisioning.import_lease_ms) {
+            return Err(ConfigError::key(
+                "provisioning.import_lease_ms",
+                "must be 100 to 3600000 (one hour)",
             ));
         }
         let hsm = &self.hsm;

@@ -85,6 +85,11 @@ pub enum Action {
     /// A second operator approves it: the new certificate is issued and
     /// every other certificate of the device revoked.
     ApproveRecertify,
+    /// The server took over an import whose lease ran out (its process died):
+    /// certificates revoked, reservation removed.
+    RecoverImport,
+    /// An operator aborted an import whose lease ran out, the same way.
+    AbortImport,
 }
 
 impl Action {
@@ -106,6 +111,8 @@ impl Action {
             Self::ResetCheck => "provisioning.reset_check",
             Self::RequestRecertify => "provisioning.recertify_request",
             Self::ApproveRecertify => "provisioning.recertify_approve",
+            Self::RecoverImport => "provisioning.recover_import",
+            Self::AbortImport => "provisioning.abort_import",
         }
     }
 }

@@ -195,6 +195,23 @@ pub trait DeviceCertifier: Send + Sync + fmt::Debug {
         reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), CertifierError>>;
 
+    /// Revokes every one of `serials` for good (already revoked ones are
+    /// skipped) and returns how many this call revoked. The CA behind it
+    /// re-signs its CRL once, not once per certificate: undoing an import
+    /// revokes hundreds.
+    fn revoke_all<'a>(
+        &'a self,
+        serials: &'a [String],
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<usize, CertifierError>> {
+        Box::pin(async move {
+            for serial in serials {
+                self.revoke(serial, reason).await?;
+            }
+            Ok(serials.len())
+        })
+    }
+
     /// Serials of every device certificate of `device` that is not revoked
     /// (retiring, locking and re-certifying revoke them all).
     fn valid_certificates<'a>(
@@ -279,16 +296,24 @@ impl DeviceCertifier for keyward_ca::Ca {
     ) -> BoxFuture<'a, Result<(), CertifierError>> {
         Box::pin(async move {
             let serial = Serial::from_str(serial)?;
-            let reason = match reason {
-                RevokeReason::Retired => RevocationReason::CessationOfOperation,
-                RevokeReason::ImportAborted | RevokeReason::Superseded => {
-                    RevocationReason::Superseded
-                }
-            };
-            match keyward_ca::Ca::revoke(self, &serial, reason).await {
+            match keyward_ca::Ca::revoke(self, &serial, ca_reason(reason)).await {
                 Ok(()) | Err(CaError::AlreadyRevoked(_)) => Ok(()),
                 Err(e) => Err(e.into()),
             }
+        })
+    }
+
+    fn revoke_all<'a>(
+        &'a self,
+        serials: &'a [String],
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<usize, CertifierError>> {
+        Box::pin(async move {
+            let serials = serials
+                .iter()
+                .map(|s| Serial::from_str(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keyward_ca::Ca::revoke_all(self, &serials, ca_reason(reason)).await?)
         })
     }
 
@@ -297,6 +322,14 @@ impl DeviceCertifier for keyward_ca::Ca {
         device: DeviceId,
     ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>> {
         Box::pin(valid_device_serials(self, device))
+    }
+}
+
+/// The CRL reason provisioning's reasons are published under.
+fn ca_reason(reason: RevokeReason) -> RevocationReason {
+    match reason {
+        RevokeReason::Retired => RevocationReason::CessationOfOperation,
+        RevokeReason::ImportAborted | RevokeReason::Superseded => RevocationReason::Superseded,
     }
 }
 

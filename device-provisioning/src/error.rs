@@ -33,6 +33,18 @@ pub enum ProvisioningError {
     },
     #[error("batch {0} already exists")]
     BatchExists(BatchId),
+    #[error("batch {0} is not registered")]
+    UnknownBatch(BatchId),
+    /// An abort asked for a batch that already completed.
+    #[error("batch {0} is complete; retire its devices instead")]
+    BatchComplete(BatchId),
+    /// An abort asked for a batch whose import still holds a live lease.
+    #[error("batch {0} is still being imported; abort it once its lease has run out")]
+    ImportRunning(BatchId),
+    /// This import lost its batch (its lease was taken over by recovery or an
+    /// operator's abort): it stopped issuing and did not complete.
+    #[error("the import of batch {0} was taken over; its certificates are revoked")]
+    ImportAborted(BatchId),
     /// At least one row of a manufacturing file was refused, so none was
     /// registered; the report says which rows and why.
     #[error("batch {} refused: {} of {} rows rejected", .0.batch_id, .0.rejected(), .0.rows.len())]
@@ -147,6 +159,10 @@ impl ProvisioningError {
         match self {
             Self::Invalid { .. } => "invalid_input",
             Self::BatchExists(_) => "batch_exists",
+            Self::UnknownBatch(_) => "unknown_batch",
+            Self::BatchComplete(_) => "batch_complete",
+            Self::ImportRunning(_) => "import_running",
+            Self::ImportAborted(_) => "import_aborted",
             Self::BatchRejected(_) => "batch_rejected",
             Self::UnknownDevice(_) => "unknown_device",
             Self::DeviceState { .. } => "device_state",
@@ -190,13 +206,17 @@ impl ProvisioningError {
             | Self::CsrSubjectMismatch
             | Self::AccountsNotHeld
             | Self::SecureElementMissing(_) => ErrorKind::Invalid,
-            Self::UnknownDevice(_) | Self::UnknownApplication(_) | Self::UnknownCustomer(_) => {
-                ErrorKind::NotFound
-            }
+            Self::UnknownDevice(_)
+            | Self::UnknownBatch(_)
+            | Self::UnknownApplication(_)
+            | Self::UnknownCustomer(_) => ErrorKind::NotFound,
             Self::CertificateInvalid(_) | Self::ProofOfPossession | Self::SelfApproval => {
                 ErrorKind::Forbidden
             }
             Self::BatchExists(_)
+            | Self::BatchComplete(_)
+            | Self::ImportRunning(_)
+            | Self::ImportAborted(_)
             | Self::DeviceState { .. }
             | Self::NoPendingInit { .. }
             | Self::ReinitRequired { .. }

@@ -40,6 +40,17 @@
 //! recorded as the batch becomes `complete`. If certification fails half-way
 //! (CA or HSM trouble), the certificates already issued are revoked and the
 //! reservation removed: the batch is again absent.
+//!
+//! # A killed import
+//! The reservation carries a lease held by this import attempt (a random
+//! `importer` id) and renewed on a timer of its own while certificates are
+//! issued, so a stalled HSM does not let it lapse. If the process dies the
+//! lease runs out and [`Provisioning::recover_stale_imports`]
+//! (`crate::recovery`) takes the batch over: the certificates issued for
+//! its devices are revoked and the reservation removed, so the same file
+//! imports again under the same batch id. Completing is conditional on still
+//! holding the lease; an attempt that lost it stops issuing, revokes what it
+//! issued and fails with [`ProvisioningError::ImportAborted`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -51,7 +62,8 @@ use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceCsr, RevokeReason};
 use crate::error::{CertifierError, ErrorKind, ProvisioningError, Result};
-use crate::store::{NewDevice, UniqueColumn, is_unique_violation};
+use crate::recovery::{LeaseKeeper, new_importer_id};
+use crate::store::{Lease, NewDevice, UniqueColumn, is_unique_violation};
 use crate::types::{BatchId, OperatorId, SeSerial};
 
 /// Most devices one batch may hold.
@@ -329,18 +341,60 @@ impl Provisioning {
             })
             .collect();
 
-        // 3. Reserve, certify, complete.
-        self.reserve(batch_id, &rows, operator).await?;
-        let serials = match self.certify_all(&rows).await {
+        // 3. Reserve (with this attempt's lease), certify while the lease is
+        // kept on its own timer, complete only if it is still ours.
+        let importer = new_importer_id();
+        let lease = Lease {
+            importer: &importer,
+            ms: self.lease_ms(),
+        };
+        self.reserve(batch_id, &rows, operator, &lease).await?;
+        note.detail("importer", &importer);
+        let keeper = LeaseKeeper::start(
+            self.store.clone(),
+            batch_id.clone(),
+            importer.clone(),
+            self.import_lease,
+        );
+        let serials = match self.certify_all(batch_id, &rows, &keeper).await {
             Ok(serials) => serials,
             Err((issued, e)) => {
-                self.abort_import(batch_id, &issued).await;
-                return Err(e.into());
+                drop(keeper);
+                self.abort_import(batch_id, &importer, &issued).await;
+                return Err(e);
             }
         };
-        if let Err(e) = self.complete(batch_id, &rows, &serials).await {
-            self.abort_import(batch_id, &serials).await;
-            return Err(e);
+        let completed = self.complete(batch_id, &importer, &rows, &serials).await;
+        drop(keeper);
+        match completed {
+            Ok(true) => {}
+            Ok(false) => {
+                // Taken over: whoever holds the batch now revokes its devices'
+                // certificates; ours are revoked here too, in case they were
+                // issued after its look.
+                self.abort_import(batch_id, &importer, &serials).await;
+                return Err(ProvisioningError::ImportAborted(batch_id.clone()));
+            }
+            Err(e) => {
+                // The commit may have happened all the same: undo only a batch
+                // that is certainly not complete; if that cannot be read, the
+                // lease runs out and recovery decides.
+                match self.store.batch(batch_id).await {
+                    Ok(Some(b)) if b.state == BatchState::Complete => {
+                        tracing::warn!(batch = %batch_id, code = e.code(), error = %e,
+                            "completing the batch reported an error, but it is complete");
+                    }
+                    Ok(_) => {
+                        self.abort_import(batch_id, &importer, &serials).await;
+                        return Err(e);
+                    }
+                    Err(read) => {
+                        tracing::error!(batch = %batch_id, code = read.code(), error = %read,
+                            "could not tell whether the batch completed; recovery will decide once its lease runs out");
+                        return Err(e);
+                    }
+                }
+            }
         }
         note.detail("registered", rows.len());
         Ok(ImportReport {
@@ -435,9 +489,14 @@ impl Provisioning {
         batch_id: &BatchId,
         rows: &[(usize, Box<GoodRow>)],
         operator: &OperatorId,
+        lease: &Lease<'_>,
     ) -> Result<()> {
         let devices: Vec<NewDevice<'_>> = rows.iter().map(|(_, r)| r.new_device()).collect();
-        match self.store.reserve_batch(batch_id, &devices, operator).await {
+        match self
+            .store
+            .reserve_batch(batch_id, &devices, operator, lease)
+            .await
+        {
             Err(e) if is_unique_violation(&e) => Err(ProvisioningError::Conflict(
                 "a device or the batch was registered concurrently; import again for a report",
             )),
@@ -446,19 +505,25 @@ impl Provisioning {
     }
 
     /// Certifies every row, as many at once as the HSM has workers, and
-    /// returns the serials in row order. On the first failure it starts no
-    /// more, waits for those in flight, and returns every serial issued so
-    /// far with the error, for [`Self::abort_import`] to revoke.
+    /// returns the serials in row order. On the first failure, or once the
+    /// lease is lost, it starts no more, waits for those in flight, and
+    /// returns every serial issued so far with the error, for
+    /// [`Self::abort_import`] to revoke.
     async fn certify_all(
         &self,
+        batch_id: &BatchId,
         rows: &[(usize, Box<GoodRow>)],
-    ) -> std::result::Result<Vec<String>, (Vec<String>, CertifierError)> {
+        keeper: &LeaseKeeper,
+    ) -> std::result::Result<Vec<String>, (Vec<String>, ProvisioningError)> {
         let parallel = self.kms.hsm_workers().max(1);
         let mut serials: Vec<Option<String>> = vec![None; rows.len()];
         let mut running = tokio::task::JoinSet::new();
         let mut next = 0;
         let mut failure = None;
         loop {
+            if failure.is_none() && keeper.lost() {
+                failure = Some(ProvisioningError::ImportAborted(batch_id.clone()));
+            }
             while failure.is_none() && next < rows.len() && running.len() < parallel {
                 let certifier = Arc::clone(&self.certifier);
                 let (csr, device) = (rows[next].1.csr.clone(), rows[next].1.device);
@@ -472,14 +537,12 @@ impl Provisioning {
             match joined {
                 Ok((index, Ok(cert))) => serials[index] = Some(cert.serial),
                 Ok((_, Err(e))) => {
-                    failure.get_or_insert(e);
+                    failure.get_or_insert(e.into());
                 }
                 Err(task) => {
-                    failure.get_or_insert(CertifierError::new(
-                        "internal_error",
-                        ErrorKind::Internal,
-                        task,
-                    ));
+                    failure.get_or_insert(
+                        CertifierError::new("internal_error", ErrorKind::Internal, task).into(),
+                    );
                 }
             }
         }
@@ -492,31 +555,42 @@ impl Provisioning {
                     "internal_error",
                     ErrorKind::Internal,
                     "a certification left no result",
-                ),
+                )
+                .into(),
             )),
             Some(e) => Err((issued, e)),
         }
     }
 
-    /// Records the certificate serials and completes the batch.
+    /// Records the certificate serials and completes the batch if `importer`
+    /// still holds it (`false`: taken over, nothing written).
     async fn complete(
         &self,
         batch_id: &BatchId,
+        importer: &str,
         rows: &[(usize, Box<GoodRow>)],
         serials: &[String],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let certs: Vec<(DeviceId, &str)> = rows
             .iter()
             .zip(serials)
             .map(|((_, row), serial)| (row.device, serial.as_str()))
             .collect();
-        self.store.complete_batch(batch_id, &certs).await
+        self.store.complete_batch(batch_id, importer, &certs).await
     }
 
-    /// Undoes a failed import: revokes what was issued, removes the
-    /// reservation. Best effort; what cannot be undone is logged by serial.
-    async fn abort_import(&self, batch_id: &BatchId, serials: &[String]) {
-        for serial in serials {
+    /// Undoes a failed import: revokes what was issued (first: a crash in
+    /// between leaves a reservation that recovery finds, not certificates
+    /// nothing owns), then removes the reservation if `importer` still holds
+    /// it. Best effort; what cannot be undone is logged by serial, and an
+    /// unremoved reservation is recovered once its lease runs out.
+    async fn abort_import(&self, batch_id: &BatchId, importer: &str, serials: &[String]) {
+        let all = self
+            .certifier
+            .revoke_all(serials, RevokeReason::ImportAborted)
+            .await;
+        // One by one after all, to name each serial that cannot be revoked.
+        for serial in serials.iter().filter(|_| all.is_err()) {
             if let Err(e) = self
                 .certifier
                 .revoke(serial, RevokeReason::ImportAborted)
@@ -526,10 +600,12 @@ impl Provisioning {
                     "could not revoke a certificate of an aborted import; revoke it by hand");
             }
         }
-        let removed = self.store.remove_reservation(batch_id).await;
-        if let Err(e) = removed {
-            tracing::error!(batch = %batch_id, code = e.code(), error = %e,
-                "could not remove the reservation of an aborted import; its devices stay uncheckable");
+        match self.store.remove_reservation(batch_id, importer).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(batch = %batch_id,
+                "the aborted import's batch was taken over; its new holder removes it"),
+            Err(e) => tracing::error!(batch = %batch_id, code = e.code(), error = %e,
+                "could not remove the reservation of an aborted import; recovery removes it once its lease runs out"),
         }
     }
 

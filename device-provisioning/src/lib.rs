@@ -37,6 +37,9 @@
 //! - [`recertify`]: a new certificate for a new key of a registered device,
 //!   requested by one operator and approved by another; every other
 //!   certificate of the device is revoked.
+//! - [`recovery`]: import leases, recovery of imports whose process died,
+//!   an operator's abort, and the OCSP standing of device certificates
+//!   ([`keyward_ca::ocsp::CertStanding`]).
 //! - [`init`]: init packages (`Kms::init_package`) per (device, issuer),
 //!   KCV confirmation, operator reinit.
 //! - [`customers`]: applications, review, approve/reject/resubmit/close.
@@ -68,6 +71,7 @@ pub mod init;
 pub mod intake;
 pub mod lifecycle;
 pub mod recertify;
+pub mod recovery;
 mod store;
 pub mod types;
 
@@ -91,6 +95,7 @@ pub use init::{InitRecord, InitState};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
 pub use lifecycle::DeviceRecord;
 pub use recertify::Recertification;
+pub use recovery::{AbortReport, DEFAULT_IMPORT_LEASE};
 pub use types::{
     Account, ApplicationId, ApplicationState, BatchId, Contact, ContactKind, CustomerApplication,
     CustomerId, DeviceState, NationalId, OperatorId, Reason, SeSerial, SecureElement,
@@ -106,6 +111,8 @@ pub struct Provisioning {
     challenges: Challenges,
     challenge_ttl: Duration,
     check_attempt_limit: u32,
+    /// How long an import holds its batch without renewing (`recovery`).
+    import_lease: Duration,
 }
 
 impl Provisioning {
@@ -122,6 +129,7 @@ impl Provisioning {
             store,
             challenge_ttl: DEFAULT_CHALLENGE_TTL,
             check_attempt_limit: DEFAULT_CHECK_ATTEMPT_LIMIT,
+            import_lease: DEFAULT_IMPORT_LEASE,
         })
     }
 

@@ -86,7 +86,10 @@ pub async fn open(config: &Config, metrics: Option<Metrics>) -> anyhow::Result<O
     let provisioning = Provisioning::new(kms.clone(), Arc::new(ca.clone()))
         .await
         .context("bringing up the provisioning registry")?
-        .with_check_attempt_limit(config.provisioning.check_attempt_limit);
+        .with_check_attempt_limit(config.provisioning.check_attempt_limit)
+        .with_import_lease(std::time::Duration::from_millis(
+            config.provisioning.import_lease_ms,
+        ));
     let audit = AuditLog::new(&kms, metrics);
     Ok(Opened {
         kms,

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub log_suppressed: IntCounterVec,
     pub connections_refused: IntCounterVec,
     pub ocsp_responses: IntCounterVec,
+    /// Unfinished imports taken over (by recovery or an operator's abort).
+    pub import_recoveries: IntCounterVec,
     /// Login steps by outcome (`success` or the refusal code).
     pub logins: IntCounterVec,
     /// Login challenges by event (`issued`, `expired`).
@@ -273,6 +275,12 @@ impl Metrics {
                 "keyward_ocsp_responses_total",
                 "OCSP answers by source (cached, signed, refused, throttled).",
                 &["source"],
+            )?,
+            import_recoveries: counter_vec(
+                &r,
+                "keyward_import_recoveries_total",
+                "Batch imports whose process died, taken over and undone (certificates revoked, batch removed), by outcome (success, failure).",
+                &["outcome"],
             )?,
             logins: counter_vec(
                 &r,

@@ -16,6 +16,11 @@
 //! down gracefully, then closed [`CLOSE_GRACE`] later if the client ignores
 //! that (an HTTP/2 client, or one that never sent a byte).
 //!
+//! Imports whose process died (their batch lease ran out) are undone before
+//! the listeners open and then once a lease period
+//! (`provisioning.import_lease_ms`) by [`recover_imports`]: safe on every
+//! replica at once, since each batch is claimed by one.
+//!
 //! Failed handshakes are counted per listener and written to the audit trail
 //! as `tls.client_refused`, at most [`REFUSALS_PER_MINUTE`] records per
 //! listener per minute (a port scan must not flood the trail); the records
@@ -152,6 +157,11 @@ pub async fn state_from(
 pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<()> {
     let state = open_state(config).await?;
     crate::audit::verify::check_at_start(&state.audit, allow_broken_audit).await?;
+    // Before listening: nothing a killed import issued stays valid, and its
+    // batch can be imported again.
+    recover_imports(&state)
+        .await
+        .context("recovering unfinished batch imports")?;
     let server = &state.config.server;
     let public = TcpListener::bind(&server.public_listen)
         .await
@@ -230,6 +240,7 @@ pub async fn run(
     let limits = Arc::new(Limits::new(&state));
     let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
     let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
+    let recoverer = tokio::spawn(import_recovery_loop(state.clone()));
     let online_jobs = tokio::spawn(crate::online::jobs::run(state.clone()));
 
     tokio::pin!(shutdown);
@@ -284,6 +295,7 @@ pub async fn run(
     state.set_draining();
     refresher.abort();
     purger.abort();
+    recoverer.abort();
     online_jobs.abort();
     drop(listeners);
     drop(stop_rx);
@@ -299,6 +311,59 @@ pub async fn run(
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
     Ok(())
+}
+
+/// Takes over and undoes every import whose lease ran out
+/// ([`keyward_device_provisioning::Provisioning::recover_stale_imports`]),
+/// writes one audit record per batch (actor `system`) and counts them in
+/// `keyward_import_recoveries_total`; reloads the CRL if anything was revoked.
+/// Fails if the stale batches cannot be listed or a record not written.
+pub async fn recover_imports(state: &AppState) -> anyhow::Result<usize> {
+    let notes = state.provisioning.recover_stale_imports().await?;
+    let mut revoked = false;
+    for note in &notes {
+        state
+            .metrics
+            .import_recoveries
+            .with_label_values(&[note.outcome.as_str()])
+            .inc();
+        revoked |= note.get("revoked").is_some_and(|n| n != "0");
+        state
+            .audit
+            .append(
+                &Actor::System,
+                &AuditEvent::Provisioning(note.clone()),
+                note.outcome,
+                "-",
+            )
+            .await
+            .context("writing the audit trail")?;
+    }
+    if revoked && let Err(e) = crate::pki::refresh_crl(state).await {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "import recovery revoked certificates, but the TLS listeners could not load the new CRL yet; the schedule retries"
+        );
+    }
+    Ok(notes.len())
+}
+
+/// [`recover_imports`] once a lease period, for imports killed on this or
+/// another replica; failures are logged and tried again next time.
+async fn import_recovery_loop(state: AppState) {
+    let every = state.provisioning.import_lease();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = recover_imports(&state).await {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "recovering unfinished imports failed; retried next period"
+            );
+        }
+    }
 }
 
 /// What every connection task shares: the per-address counts and the

@@ -52,7 +52,9 @@ impl AppState {
                 cache_entries: config.server.ocsp_cache_entries,
                 signatures_per_second: config.server.ocsp_signatures_per_second,
             },
-        )?;
+        )?
+        // Device certificates of imports that never completed are not `good`.
+        .with_standing(Arc::new(provisioning.clone()));
         let online = Online::new(kms.db(), config.online.clone());
         Ok(Self(Arc::new(Inner {
             online,

@@ -70,6 +70,35 @@ impl Ca {
         Ok(())
     }
 
+    /// Revokes several certificates for good, then re-signs the CRL once:
+    /// undoing an import revokes hundreds, and a CRL for each would take
+    /// minutes. Already revoked ones are skipped (retries are safe); returns
+    /// how many this call revoked. On an error the revocations made stand and
+    /// the stored CRL is known to be stale, as after [`Ca::revoke`].
+    pub async fn revoke_all(&self, serials: &[Serial], reason: RevocationReason) -> Result<usize> {
+        let at = ms(now_s());
+        let mut revoked = 0;
+        for serial in serials {
+            match self.inner.store.revoke(serial, reason, at).await {
+                Ok(()) => revoked += 1,
+                Err(CaError::AlreadyRevoked(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(revoked, reason = %reason, "certificates revoked");
+        if revoked > 0
+            && let Err(e) = self.generate_crl().await
+        {
+            tracing::error!(
+                revoked,
+                code = e.code(),
+                error = %e,
+                "CRL not re-signed after revocations; it will be on the next refresh"
+            );
+        }
+        Ok(revoked)
+    }
+
     /// The current CRL: the latest stored one while it covers every
     /// revocation and has not passed its nextUpdate, else a freshly signed one.
     pub async fn crl(&self) -> Result<Crl> {

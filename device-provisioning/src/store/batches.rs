@@ -2,6 +2,11 @@
 //! over a batch and its devices: reserve (batch `importing`, devices
 //! `manufactured` without a certificate), complete (serials recorded, batch
 //! `complete`) and the undo of an import cut short.
+//!
+//! An `importing` batch belongs to one import attempt (`importer`) while its
+//! lease (`lease_until_ms`) runs: completing, renewing and removing are
+//! conditional on still holding it, so an attempt whose batch was taken over
+//! by recovery (or an operator's abort) cannot complete it afterwards.
 
 use keyward_kms::types::DeviceId;
 use sqlx::Row;
@@ -48,19 +53,22 @@ impl Store {
         batch_id: &BatchId,
         devices: &[NewDevice<'_>],
         operator: &OperatorId,
+        lease: &Lease<'_>,
     ) -> Result<()> {
         let count = i64::try_from(devices.len()).unwrap_or(i64::MAX);
         self.retrying(|| async {
             let now = now_ms();
             let mut tx = self.begin_write().await?;
             sqlx::query(
-                "INSERT INTO prov_batches (id, state, device_count, imported_by, imported_at_ms) \
-                 VALUES ($1, 'importing', $2, $3, $4)",
+                "INSERT INTO prov_batches (id, state, device_count, imported_by, imported_at_ms, \
+                 importer, lease_until_ms) VALUES ($1, 'importing', $2, $3, $4, $5, $6)",
             )
             .bind(batch_id.as_str())
             .bind(count)
             .bind(operator.as_str())
             .bind(now)
+            .bind(lease.importer)
+            .bind(now.saturating_add(lease.ms))
             .execute(&mut *tx)
             .await?;
             for d in devices {
@@ -95,14 +103,32 @@ impl Store {
         .await
     }
 
-    /// Records each device's certificate serial and completes the batch.
+    /// Records each device's certificate serial and completes the batch, if
+    /// `importer` still holds it; `false` (nothing written) if it does not:
+    /// the batch was taken over, and its certificates are being revoked.
     pub(crate) async fn complete_batch(
         &self,
         batch_id: &BatchId,
+        importer: &str,
         certs: &[(DeviceId, &str)],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
+            // The claim first: a lost batch writes nothing at all.
+            let done = sqlx::query(
+                "UPDATE prov_batches SET state = 'complete', completed_at_ms = $2, \
+                 lease_until_ms = NULL \
+                 WHERE id = $1 AND state = 'importing' AND importer = $3",
+            )
+            .bind(batch_id.as_str())
+            .bind(now_ms())
+            .bind(importer)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             for (device, serial) in certs {
                 sqlx::query(
                     "UPDATE prov_devices SET cert_serial = $2 \
@@ -114,25 +140,96 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            sqlx::query(
-                "UPDATE prov_batches SET state = 'complete', completed_at_ms = $2 \
-                 WHERE id = $1 AND state = 'importing'",
-            )
-            .bind(batch_id.as_str())
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
 
-    /// Removes the reservation of an import that did not complete: its
-    /// devices, and the batch while it is still `importing`.
-    pub(crate) async fn remove_reservation(&self, batch_id: &BatchId) -> Result<()> {
+    /// Extends `importer`'s lease on an `importing` batch to `until_ms`;
+    /// `false` when it no longer holds the batch.
+    pub(crate) async fn renew_lease(
+        &self,
+        batch_id: &BatchId,
+        importer: &str,
+        until_ms: i64,
+    ) -> Result<bool> {
         self.retrying(|| async {
             let mut tx = self.begin_write().await?;
+            let renewed = sqlx::query(
+                "UPDATE prov_batches SET lease_until_ms = $3 \
+                 WHERE id = $1 AND state = 'importing' AND importer = $2",
+            )
+            .bind(batch_id.as_str())
+            .bind(importer)
+            .bind(until_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(renewed.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// `importing` batches whose lease ran out before `now_ms` (or that have
+    /// none: left by a version without leases), oldest first.
+    pub(crate) async fn stale_imports(&self, now_ms: i64) -> Result<Vec<BatchId>> {
+        let rows = sqlx::query(
+            "SELECT id FROM prov_batches WHERE state = 'importing' \
+             AND (lease_until_ms IS NULL OR lease_until_ms < $1) ORDER BY imported_at_ms, id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(parse_col(r, "id", "prov_batches.id")?))
+            .collect()
+    }
+
+    /// Takes over an `importing` batch whose lease ran out: one conditional
+    /// update, so of two replicas recovering at once exactly one wins.
+    pub(crate) async fn claim_import(&self, batch_id: &BatchId, lease: &Lease<'_>) -> Result<bool> {
+        self.retrying(|| async {
+            let now = now_ms();
+            let mut tx = self.begin_write().await?;
+            let claimed = sqlx::query(
+                "UPDATE prov_batches SET importer = $2, lease_until_ms = $3 \
+                 WHERE id = $1 AND state = 'importing' \
+                 AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+            )
+            .bind(batch_id.as_str())
+            .bind(lease.importer)
+            .bind(now.saturating_add(lease.ms))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(claimed.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Removes the reservation of an import that did not complete — its
+    /// devices, their keys and the batch — if `importer` still holds it;
+    /// `false` (nothing removed) if it does not.
+    pub(crate) async fn remove_reservation(
+        &self,
+        batch_id: &BatchId,
+        importer: &str,
+    ) -> Result<bool> {
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            let held = sqlx::query(
+                "SELECT id FROM prov_batches WHERE id = $1 AND state = 'importing' AND importer = $2",
+            )
+            .bind(batch_id.as_str())
+            .bind(importer)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             sqlx::query(
                 "DELETE FROM prov_device_keys WHERE device_id IN \
                  (SELECT device_id FROM prov_devices WHERE batch_id = $1)",
@@ -144,15 +241,42 @@ impl Store {
                 .bind(batch_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM prov_batches WHERE id = $1 AND state = 'importing'")
-                .bind(batch_id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            let removed = sqlx::query(
+                "DELETE FROM prov_batches WHERE id = $1 AND state = 'importing' AND importer = $2",
+            )
+            .bind(batch_id.as_str())
+            .bind(importer)
+            .execute(&mut *tx)
+            .await?;
+            if removed.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
+
+    /// The device ids reserved or registered in a batch.
+    pub(crate) async fn batch_device_ids(&self, batch_id: &BatchId) -> Result<Vec<DeviceId>> {
+        let rows = sqlx::query(
+            "SELECT device_id FROM prov_devices WHERE batch_id = $1 ORDER BY device_id",
+        )
+        .bind(batch_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(parse_col(r, "device_id", "prov_devices.device_id")?))
+            .collect()
+    }
+}
+
+/// An import attempt's hold on a batch: its random id and lease length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease<'a> {
+    pub importer: &'a str,
+    pub ms: i64,
 }
 
 /// A batch state column.

@@ -3,7 +3,8 @@
 //! theirs:
 //!
 //! - `batches`: `prov_batches`, and the import's reserve / complete / undo
-//!   (a batch and its devices in one transaction);
+//!   (a batch and its devices in one transaction), each conditional on the
+//!   import attempt that holds the batch's lease;
 //! - `devices`: `prov_devices`, the registry and its state changes;
 //! - `checks`: `prov_challenges`, challenges by id for every purpose;
 //! - `keys`: `prov_device_keys` (a public key belongs to one device, ever)
@@ -42,7 +43,7 @@ use sqlx::{Any, AnyPool, Transaction};
 
 use crate::error::{ProvisioningError, Result};
 
-pub(crate) use batches::NewDevice;
+pub(crate) use batches::{Lease, NewDevice};
 pub(crate) use checks::StoredChallenge;
 pub(crate) use devices::UniqueColumn;
 pub(crate) use keys::PendingRecertification;
@@ -60,6 +61,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../../migrations/sqlite/3002_device_identity.sql"),
         ),
         (
+            3003,
+            "import lease",
+            include_str!("../../migrations/sqlite/3003_import_lease.sql"),
+        ),
+        (
             3004,
             "challenge scope",
             include_str!("../../migrations/sqlite/3004_challenge_scope.sql"),
@@ -75,6 +81,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             3002,
             "device identity",
             include_str!("../../migrations/postgres/3002_device_identity.sql"),
+        ),
+        (
+            3003,
+            "import lease",
+            include_str!("../../migrations/postgres/3003_import_lease.sql"),
         ),
         (
             3004,

@@ -70,6 +70,51 @@ pub async fn batch(
     }
 }
 
+/// `POST /admin/v1/batches/{id}/abort`: undoes an import whose process died
+/// (its lease ran out) without waiting for the server's own recovery:
+/// certificates revoked, batch removed, so the file imports again.
+pub async fn abort_batch(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+) -> Result<Json<wire::AbortAnswer>, ApiError> {
+    op.require(&state, PROVISIONERS).await?;
+    let batch: BatchId = id.parse()?;
+    let operator = op.operator_id()?;
+    let p = state.provisioning.clone();
+    let b = batch.clone();
+    let decided = op
+        .decide(
+            &state,
+            Action::AbortImport,
+            format!("batch:{batch}"),
+            async move { p.abort_batch(&b, &operator).await },
+        )
+        .await;
+    let outcome = if decided.is_ok() {
+        "success"
+    } else {
+        "failure"
+    };
+    if !matches!(&decided, Err(e) if e.status.is_client_error()) {
+        state
+            .metrics
+            .import_recoveries
+            .with_label_values(&[outcome])
+            .inc();
+    }
+    let report = decided?;
+    if report.revoked > 0 {
+        refresh_crl_after(&state, "aborted import's certificates revoked").await;
+    }
+    Ok(Json(wire::AbortAnswer {
+        batch_id: batch.as_str().to_owned(),
+        state: "aborted".to_owned(),
+        devices: report.devices,
+        revoked: report.revoked,
+    }))
+}
+
 // ---- devices: reads ---------------------------------------------------------
 
 #[derive(Debug, Deserialize)]

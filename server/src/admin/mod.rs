@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/v1/issuers/{id}", get(issuers::show))
         .route("/admin/v1/batches/{id}", get(devices::batch))
+        .route("/admin/v1/batches/{id}/abort", post(devices::abort_batch))
         .route("/admin/v1/devices", get(devices::list))
         .route("/admin/v1/devices/{id}", get(devices::show))
         .route("/admin/v1/devices/{id}/challenge", post(devices::challenge))

@@ -107,6 +107,18 @@ impl From<&BatchRecord> for Batch {
     }
 }
 
+/// The answer of `POST /admin/v1/batches/{id}/abort`: the batch is gone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbortAnswer {
+    pub batch_id: String,
+    /// Always `aborted`.
+    pub state: String,
+    /// Devices whose reservation was removed.
+    pub devices: usize,
+    /// Certificates of those devices revoked.
+    pub revoked: usize,
+}
+
 // ---- devices --------------------------------------------------------------------
 
 /// A device as the registry holds it.

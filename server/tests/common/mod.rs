@@ -52,6 +52,8 @@ pub struct Options {
     pub max_concurrent_requests: usize,
     /// More `[server]` lines, verbatim.
     pub extra_server: String,
+    /// More config after `[server]`, verbatim (other sections).
+    pub extra: String,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             max_body_bytes: 1 << 20,
             max_concurrent_requests: 64,
             extra_server: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -139,6 +142,7 @@ max_body_bytes = {max_body}
 max_concurrent_requests = {max_concurrent}
 crl_refresh_secs = {crl_refresh}
 {extra_server}
+{extra}
 "#,
             data = toml_str(&data.display().to_string()),
             module = toml_str(&hsm.module.display().to_string()),
@@ -151,6 +155,7 @@ crl_refresh_secs = {crl_refresh}
             crl_refresh = opts.crl_refresh_secs,
             max_concurrent = opts.max_concurrent_requests,
             extra_server = opts.extra_server,
+            extra = opts.extra,
         );
         std::fs::write(&config, text).unwrap();
         Self {
@@ -317,6 +322,13 @@ crl_refresh_secs = {crl_refresh}
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, as a crash would: no drain, no last audit record.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn operators(&self) -> PathBuf {

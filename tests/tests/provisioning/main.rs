@@ -11,3 +11,4 @@ mod customers;
 mod init;
 mod intake;
 mod lifecycle;
+mod recovery;

@@ -29,8 +29,16 @@ pub enum DeviceCommand {
         batch_id: String,
         manifest: PathBuf,
     },
-    /// Show a manufacturing batch.
-    Batch { batch_id: String },
+    /// Show a manufacturing batch (`device batch ID`), or abort an import of
+    /// one whose server died mid-way (`device batch abort ID`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Batch {
+        /// The batch to show.
+        #[arg(required = true)]
+        batch_id: Option<String>,
+        #[command(subcommand)]
+        action: Option<BatchCommand>,
+    },
     /// List devices, by device id.
     List {
         #[arg(long, value_parser = one_of::<DeviceState>(DeviceState::ALL.map(DeviceState::as_str)))]
@@ -141,6 +149,18 @@ pub enum DeviceCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Show a manufacturing batch (the same as `device batch ID`).
+    Show { batch_id: String },
+    /// Abort an unfinished import whose lease ran out (its server was
+    /// killed): its certificates are revoked and the batch removed, so the
+    /// same file can be imported again (audited). Refused while the import
+    /// is still running, and for a complete batch. The server also does this
+    /// by itself within a lease period (`provisioning.import_lease_ms`).
+    Abort { batch_id: String },
+}
+
 #[derive(Debug, Args)]
 pub struct Transition {
     device_id: String,
@@ -190,10 +210,17 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Import { batch_id, manifest } => {
             manifest::import(ctx, &batch_id, &manifest).await?;
         }
-        DeviceCommand::Batch { batch_id } => {
-            ctx.show(get(format!("/batches/{}", encode(&batch_id))))
-                .await?;
-        }
+        DeviceCommand::Batch { batch_id, action } => match (action, batch_id) {
+            (Some(BatchCommand::Abort { batch_id }), _) => {
+                ctx.show(post_empty(format!("/batches/{}/abort", encode(&batch_id))))
+                    .await?;
+            }
+            (Some(BatchCommand::Show { batch_id }), _) | (None, Some(batch_id)) => {
+                ctx.show(get(format!("/batches/{}", encode(&batch_id))))
+                    .await?;
+            }
+            (None, None) => bail!("give a batch id, or `abort ID`"),
+        },
         DeviceCommand::List {
             state,
             batch_id,
