@@ -10,7 +10,7 @@
 //!   `keyward/ca/issuing`, the two CA certificates, the first CRL);
 //!   `issue.rs` issuance and the leaf self-check; `crl.rs` revocation, CRL
 //!   signing and refresh.
-//! - [`profile`]: [`Profile`] (`device`, `server-tls`, `operator`,
+//! - [`profile`]: [`Profile`] (`device`, `server-tls`, `operator`, `service`,
 //!   `load-permit`), [`Role`], [`IssueRequest`]: the profile alone decides a
 //!   certificate's subject, extensions and validity.
 //! - `csr`: [`VerifiedCsr`], a CSR parsed and its signature checked once;
@@ -54,5 +54,5 @@ pub use ocsp::{
     OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, OcspAnswer, OcspLimits, OcspResponder,
     OcspSource, malformed_request_der,
 };
-pub use profile::{IssueRequest, Profile, Role, normal_name};
+pub use profile::{IssueRequest, Profile, Role, SERVICE_OU, normal_name};
 pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};

@@ -12,12 +12,26 @@ use keyward_kms::db::{Database, EmbeddedMigrations};
 use crate::error::Result;
 
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
-    sqlite: &[(101, "ca", include_str!("../migrations/sqlite/0101_ca.sql"))],
-    postgres: &[(
-        101,
-        "ca",
-        include_str!("../migrations/postgres/0101_ca.sql"),
-    )],
+    sqlite: &[
+        (101, "ca", include_str!("../migrations/sqlite/0101_ca.sql")),
+        (
+            102,
+            "service profile",
+            include_str!("../migrations/sqlite/0102_service_profile.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            101,
+            "ca",
+            include_str!("../migrations/postgres/0101_ca.sql"),
+        ),
+        (
+            102,
+            "service profile",
+            include_str!("../migrations/postgres/0102_service_profile.sql"),
+        ),
+    ],
 };
 
 /// Applies what is missing; a second run changes nothing.

@@ -37,14 +37,18 @@ pub enum Profile {
     Operator,
     /// The key that signs e-purse load permits: digitalSignature only.
     LoadPermit,
+    /// A back-end system's admin-API client certificate (the transaction
+    /// switch that verifies MACs in bulk): CN = name, OU = `service`.
+    Service,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::Device,
         Profile::ServerTls,
         Profile::Operator,
         Profile::LoadPermit,
+        Profile::Service,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Profile {
             Self::ServerTls => "server-tls",
             Self::Operator => "operator",
             Self::LoadPermit => "load-permit",
+            Self::Service => "service",
         }
     }
 
@@ -61,7 +66,7 @@ impl Profile {
     pub fn validity_days(self, cfg: &CaConfig) -> u32 {
         match self {
             Self::Device => cfg.device_validity_days,
-            Self::ServerTls | Self::LoadPermit => cfg.server_validity_days,
+            Self::ServerTls | Self::LoadPermit | Self::Service => cfg.server_validity_days,
             Self::Operator => cfg.operator_validity_days,
         }
     }
@@ -81,7 +86,7 @@ impl FromStr for Profile {
             .find(|p| p.as_str() == s)
             .ok_or(CaError::Invalid {
                 field: "profile",
-                reason: "one of device, server-tls, operator, load-permit",
+                reason: "one of device, server-tls, operator, load-permit, service",
             })
     }
 }
@@ -137,8 +142,9 @@ pub struct IssueRequest {
     pub operator: Option<(String, Role)>,
     /// Server-TLS profile only, at least one: DNS names and IP literals.
     pub dns_names: Vec<String>,
-    /// Load-permit profile only, optional: the subject CN (default
-    /// "`<organization>` Load Permit").
+    /// Load-permit profile, optional: the subject CN (default
+    /// "`<organization>` Load Permit"); service profile, required: the
+    /// service's name.
     pub common_name: Option<String>,
 }
 
@@ -180,6 +186,13 @@ impl IssueRequest {
             ..Self::empty(Profile::LoadPermit)
         }
     }
+
+    pub fn service(name: impl Into<String>) -> Self {
+        Self {
+            common_name: Some(name.into()),
+            ..Self::empty(Profile::Service)
+        }
+    }
 }
 
 /// What the registry records about a certificate besides its PEM.
@@ -208,8 +221,8 @@ pub(crate) fn params_for(
     if p != Profile::ServerTls && !req.dns_names.is_empty() {
         return refuse("DNS names belong only in a server-tls certificate");
     }
-    if p != Profile::LoadPermit && req.common_name.is_some() {
-        return refuse("a free common name belongs only in a load-permit certificate");
+    if !matches!(p, Profile::LoadPermit | Profile::Service) && req.common_name.is_some() {
+        return refuse("a free common name belongs only in a load-permit or service certificate");
     }
 
     let mut params = CertificateParams::default();
@@ -298,9 +311,34 @@ pub(crate) fn params_for(
             };
             dn.push(DnType::CommonName, cn);
         }
+        Profile::Service => {
+            let Some(name) = req.common_name.as_deref().and_then(service_name) else {
+                return refuse(
+                    "a service name of 1 to 64 characters a-z, 0-9, '-', '.' and '_' is required",
+                );
+            };
+            // OU `service` is what the admin listener reads the kind from;
+            // no role OU, so an operator route never admits it.
+            dn.push(DnType::OrganizationalUnitName, SERVICE_OU);
+            dn.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
     }
     params.distinguished_name = dn;
     Ok((params, facts))
+}
+
+/// The subject OU of a service certificate.
+pub const SERVICE_OU: &str = "service";
+
+/// A service name: a machine identifier, so plain ASCII (no look-alikes to
+/// fold), 1 to 64 characters.
+fn service_name(s: &str) -> Option<String> {
+    let ok = (1..=MAX_NAME_CHARS).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+        });
+    ok.then(|| s.to_owned())
 }
 
 /// A DNS host name (LDH labels, optional trailing dot not allowed), or a

@@ -220,6 +220,14 @@ pub struct ServerConfig {
     /// is about 7 MB.
     #[serde(default = "default_batch_max_body_bytes")]
     pub batch_max_body_bytes: usize,
+    /// Most items one bulk MAC verification (`POST /admin/v1/macs/verify`)
+    /// may carry; a larger batch is refused whole (413 `batch_too_large`).
+    #[serde(default = "default_bulk_max_items")]
+    pub bulk_max_items: usize,
+    /// Largest bulk MAC verification body (100 000 items of short messages
+    /// in JSON are about 25 MB). Its time limit is `batch_timeout_ms`.
+    #[serde(default = "default_bulk_max_body_bytes")]
+    pub bulk_max_body_bytes: usize,
     /// How often the CRL used for client-certificate checks is rebuilt.
     #[serde(default = "default_crl_refresh_secs")]
     pub crl_refresh_secs: u64,
@@ -270,6 +278,8 @@ impl Default for ServerConfig {
             max_concurrent_requests: default_max_concurrent_requests(),
             batch_timeout_ms: default_batch_timeout_ms(),
             batch_max_body_bytes: default_batch_max_body_bytes(),
+            bulk_max_items: default_bulk_max_items(),
+            bulk_max_body_bytes: default_bulk_max_body_bytes(),
             crl_refresh_secs: default_crl_refresh_secs(),
             revocation_poll_ms: default_revocation_poll_ms(),
             ocsp_max_concurrent_requests: default_ocsp_max_concurrent_requests(),
@@ -375,6 +385,12 @@ fn default_batch_timeout_ms() -> u64 {
 }
 fn default_batch_max_body_bytes() -> usize {
     32 * 1024 * 1024
+}
+fn default_bulk_max_items() -> usize {
+    100_000
+}
+fn default_bulk_max_body_bytes() -> usize {
+    64 * 1024 * 1024
 }
 fn default_revocation_poll_ms() -> u64 {
     1000
@@ -776,6 +792,8 @@ impl Config {
                 srv.ocsp_max_concurrent_requests as u64,
             ),
             ("server.ocsp_max_body_bytes", srv.ocsp_max_body_bytes as u64),
+            ("server.bulk_max_items", srv.bulk_max_items as u64),
+            ("server.bulk_max_body_bytes", srv.bulk_max_body_bytes as u64),
             (
                 "server.ocsp_signatures_per_second",
                 u64::from(srv.ocsp_signatures_per_second),

@@ -3,8 +3,9 @@
 //!
 //! The TLS verifier has already checked the chain to the Keyward root and the
 //! CRL; this only reads the subject. Operator certificates carry their role in
-//! the subject OU (`admin`, `operator`, `auditor`); device certificates carry
-//! the device id in CN and `serialNumber`.
+//! the subject OU (`admin`, `operator`, `auditor`); service certificates OU
+//! `service` and their name in CN; device certificates carry the device id
+//! in CN and `serialNumber`.
 
 use std::net::SocketAddr;
 
@@ -34,13 +35,16 @@ pub struct PeerCertificate {
     pub not_after: i64,
 }
 
-/// The two kinds of client the listeners know.
+/// The kinds of client the listeners know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertKind {
     /// An operator certificate with a known role in its OU.
     Operator(Role),
     /// A device certificate (serialNumber = device id).
     Device { device_id: String },
+    /// A back-end system (OU `service`, CN = name): only the bulk MAC route
+    /// admits it.
+    Service { name: String },
     /// Anything else the CA signed (server, load-permit, an OU that is not a role).
     Other,
 }
@@ -67,6 +71,9 @@ impl PeerCertificate {
             .find(|a| a.attr_type().to_id_string() == OID_SERIAL_NUMBER)
             .and_then(text);
         let kind = match (ous.as_slice(), device_serial) {
+            ([ou], None) if ou == keyward_ca::SERVICE_OU => CertKind::Service {
+                name: common_name.clone(),
+            },
             ([ou], None) => match ou.parse::<Role>() {
                 Ok(role) => CertKind::Operator(role),
                 Err(_) => CertKind::Other,
@@ -110,6 +117,7 @@ impl ClientIdentity {
                 kind: match c.kind {
                     CertKind::Operator(_) => "operator",
                     CertKind::Device { .. } => "device",
+                    CertKind::Service { .. } => "service",
                     CertKind::Other => "certificate",
                 },
                 name: c.common_name.clone(),

@@ -121,6 +121,12 @@ pub async fn issue(
                 "operator certificates are issued by POST /admin/v1/operators",
             ));
         }
+        Profile::Service => {
+            return Err(ApiError::bad_request(
+                "use_services_endpoint",
+                "service certificates are issued by POST /admin/v1/services",
+            ));
+        }
     };
     op.require(&state, allowed).await?;
     let device_id = body

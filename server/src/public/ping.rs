@@ -11,6 +11,7 @@ pub async fn ping(Extension(id): Extension<ClientIdentity>) -> Json<Ping> {
         let (kind, device_id, role) = match &c.kind {
             CertKind::Device { device_id } => ("device", Some(device_id.clone()), None),
             CertKind::Operator(r) => ("operator", None, Some(r.as_str().to_owned())),
+            CertKind::Service { .. } => ("service", None, None),
             CertKind::Other => ("other", None, None),
         };
         PingClient {

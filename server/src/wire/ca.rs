@@ -31,7 +31,18 @@ pub struct OperatorRequest {
     pub role: String,
 }
 
-/// The `201` answer of both issuing routes.
+/// `POST /admin/v1/services`: certify a back-end system's key (the
+/// transaction switch that verifies MACs in bulk).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRequest {
+    /// PKCS#10 request, PEM, made by the service (the key stays with it).
+    pub csr_pem: String,
+    /// The service's name (`switch-1`): the certificate's CN.
+    pub name: String,
+}
+
+/// The `201` answer of the issuing routes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
     pub serial: String,
