@@ -60,6 +60,12 @@ pub struct Metrics {
     /// New working-key versions offered, by issuer and trigger.
     pub key_rotations: IntCounterVec,
     pub sessions_active: IntGauge,
+    /// Bulk-verified MACs by algorithm and result (`valid`, `invalid`, `error`).
+    pub mac_verifications: IntCounterVec,
+    /// Items per bulk verification request, by caller kind.
+    pub mac_batch_items: HistogramVec,
+    /// HSM (and key look-up) time per bulk verification request.
+    pub mac_batch_hsm_seconds: HistogramVec,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -310,6 +316,26 @@ impl Metrics {
                 &r,
                 "keyward_sessions_active",
                 "Unexpired device sessions (every replica reads the shared table).",
+            )?,
+            mac_verifications: counter_vec(
+                &r,
+                "keyward_mac_verifications_total",
+                "Bulk-verified transaction MACs by algorithm and result (valid, invalid, error).",
+                &["algorithm", "result"],
+            )?,
+            mac_batch_items: histogram_vec(
+                &r,
+                "keyward_mac_batch_items",
+                "Items per bulk MAC verification request, by caller (service, operator).",
+                &["caller"],
+                prometheus::exponential_buckets(1.0, 4.0, 10)?,
+            )?,
+            mac_batch_hsm_seconds: histogram_vec(
+                &r,
+                "keyward_mac_batch_hsm_seconds",
+                "Time in key look-up and the HSM per bulk MAC verification request, by caller.",
+                &["caller"],
+                prometheus::exponential_buckets(0.001, 2.0, 18)?,
             )?,
             registry: r,
         };

@@ -390,6 +390,29 @@ impl SimDevice {
             Family::Aes => device::cmac_aes(tak, msg).to_vec(),
         })
     }
+
+    /// The full transaction MAC of docs/protocol.md §6 over `msg` with the
+    /// current `TAK`, by algorithm name, computed in software
+    /// ([`device`]); `padding` (1 or 2) for the ISO 9797-1 algorithms. The
+    /// caller truncates.
+    pub fn transaction_mac(
+        &self,
+        issuer: &str,
+        algorithm: &str,
+        padding: u8,
+        msg: &[u8],
+    ) -> Result<Vec<u8>> {
+        let keys = self.issuers.get(issuer).context("no keys for issuer")?;
+        let tak = keys.working.get("TAK").context("no working keys")?;
+        Ok(match (algorithm, keys.family) {
+            ("ISO9797-1-M1-TDES", Family::Tdes) => device::mac_m1_tdes(tak, msg, padding).to_vec(),
+            ("ISO9797-1-M3", Family::Tdes) => device::mac_x919(tak, msg, padding).to_vec(),
+            ("CMAC-TDES", Family::Tdes) => device::cmac_tdes(tak, msg).to_vec(),
+            ("CMAC-AES", Family::Aes) => device::cmac_aes(tak, msg).to_vec(),
+            ("CUP-ECB", Family::Tdes) => device::mac_cup_ecb(tak, msg).to_vec(),
+            (a, f) => bail!("{a} is not an algorithm of the {f:?} family"),
+        })
+    }
 }
 
 /// Version of the saved-device file format.

@@ -9,7 +9,10 @@
 //!   connections with an operator certificate carrying a role (OU); each
 //!   handler then checks the role it needs with [`Operator::require`].
 //!   Refusals are audited (`access.refused`).
-//! - `certificates`, `operators`, `trail`: the CA and the audit trail.
+//! - `certificates`, `operators`, `trail`: the CA (operator and service
+//!   certificates) and the audit trail.
+//! - `macs`: bulk MAC verification, for `service` certificates as well as
+//!   operators, with a caller check and limits of its own.
 //! - `issuers`, `devices`, `customers`: provisioning (issuers and their
 //!   master keys, manufacturing batches, the genuine-device check, init
 //!   packages, lifecycle, customer review, bindings).
@@ -25,6 +28,7 @@ mod devices;
 mod health;
 mod issuers;
 mod keys;
+pub mod macs;
 mod ocsp;
 mod operators;
 mod trail;
@@ -66,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/v1/ca/crl", get(certificates::crl))
         .route("/admin/v1/operators", post(operators::issue))
+        .route("/admin/v1/services", post(operators::issue_service))
         .route(
             "/admin/v1/issuers",
             get(issuers::list).post(issuers::create),
@@ -157,6 +162,21 @@ pub fn router(state: AppState) -> Router {
         std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
     batch_stack.body_read_timeout = batch_stack.request_timeout;
     batch_stack.max_body_bytes = state.config.server.batch_max_body_bytes;
+    // Bulk MAC verification: services as well as operators (its own caller
+    // check), bodies of up to `bulk_max_items` items, the batch time limit;
+    // no idempotency layer (it verifies, changes nothing, and streams).
+    let macs_routes = Router::new()
+        .route("/admin/v1/macs/verify", post(macs::verify))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            macs::require_verifier,
+        ))
+        .with_state(state.clone());
+    let mut macs_stack = stack_config(&state, Listener::Admin);
+    macs_stack.request_timeout =
+        std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
+    macs_stack.body_read_timeout = macs_stack.request_timeout;
+    macs_stack.max_body_bytes = state.config.server.bulk_max_body_bytes;
     // Anonymous OCSP: a concurrency budget and body limit of its own, so a
     // flood of it cannot make health, metrics or the admin API answer 503.
     let ocsp_routes = Router::new()
@@ -178,6 +198,11 @@ pub fn router(state: AppState) -> Router {
         state.metrics.clone(),
     )
     .merge(layers::apply(batches, &batch_stack, state.metrics.clone()))
+    .merge(layers::apply(
+        macs_routes,
+        &macs_stack,
+        state.metrics.clone(),
+    ))
     .merge(layers::apply(
         ocsp_routes,
         &ocsp_stack,

@@ -216,6 +216,21 @@ impl From<OnlineError> for ApiError {
     }
 }
 
+impl From<crate::admin::macs::MacBatchError> for ApiError {
+    /// A bulk verification refused whole: too many items is 413, a frame
+    /// that cannot be cut into items or a body that is not the JSON shape
+    /// is 400, another content type 415.
+    fn from(e: crate::admin::macs::MacBatchError) -> Self {
+        use crate::admin::macs::MacBatchError as E;
+        let status = match e {
+            E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::Frame(_) | E::Json(_) => StatusCode::BAD_REQUEST,
+            E::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         match &e {

@@ -15,6 +15,8 @@
 //! - [`issuers`]: issuers and their master keys (`/admin/v1/issuers`).
 //! - [`ca`]: certificates, revocation, operators (`/admin/v1/ca`,
 //!   `/admin/v1/operators`).
+//! - [`macs`]: bulk MAC verification (`/admin/v1/macs/verify`), JSON and
+//!   the binary encoding.
 //! - [`login`]: device login and sessions (`/v1/login`, `/v1/session`), and
 //!   the operators' key-rotation and credential routes.
 //! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`], [`AuditCheckpoint`]:
@@ -26,6 +28,7 @@ pub mod customers;
 pub mod devices;
 pub mod issuers;
 pub mod login;
+pub mod macs;
 
 pub use crate::audit::AuditRecord;
 /// `GET /admin/v1/audit/checkpoint`: a signed head to store elsewhere, and

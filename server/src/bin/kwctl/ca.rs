@@ -163,13 +163,13 @@ async fn revoke(ctx: &Ctx, serial: &str, reason: Option<String>) -> anyhow::Resu
     Ok(())
 }
 
-fn read_pem(path: &Path) -> anyhow::Result<String> {
+pub fn read_pem(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Writes the PEM of an answer: an issued certificate followed by its chain
 /// (issuing CA, root), which is what a TLS client sends; or the CRL.
-fn save_pem(ctx: &Ctx, v: &Value, out: Option<&Path>) -> anyhow::Result<()> {
+pub fn save_pem(ctx: &Ctx, v: &Value, out: Option<&Path>) -> anyhow::Result<()> {
     let Some(path) = out else { return Ok(()) };
     let pem = match (v["certificate_pem"].as_str(), v.as_str()) {
         (Some(cert), _) => format!("{cert}{}", v["chain_pem"].as_str().unwrap_or_default()),

@@ -184,7 +184,48 @@ impl Client {
         Ok(value)
     }
 
+    /// Posts a body of `content_type` (the binary MAC encoding, say) and
+    /// returns the raw answer; a non-2xx answer is a [`Refused`] error.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Bytes> {
+        let path = format!("/admin/v1{path}");
+        let (status, bytes) = self
+            .exchange("POST", &path, None, Some((content_type, Bytes::from(body))))
+            .await?;
+        if !status.is_success() {
+            let value: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            let error = value.get("error").cloned().unwrap_or(value);
+            return Err(Refused { status, error }.into());
+        }
+        Ok(bytes)
+    }
+
     async fn send(&self, call: Call) -> anyhow::Result<(StatusCode, Bytes)> {
+        let body = match &call.body {
+            Some(v) => Some(("application/json", Bytes::from(serde_json::to_vec(v)?))),
+            None => None,
+        };
+        self.exchange(
+            call.method,
+            &call.path,
+            call.idempotency_key.as_deref(),
+            body,
+        )
+        .await
+    }
+
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        idempotency_key: Option<&str>,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
@@ -195,23 +236,23 @@ impl Client {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         let mut req = Request::builder()
-            .method(call.method)
-            .uri(&call.path)
+            .method(method)
+            .uri(path)
             .header(HOST, format!("{}:{}", self.host, self.port));
-        if let Some(key) = &call.idempotency_key {
+        if let Some(key) = idempotency_key {
             req = req.header("idempotency-key", key);
         }
-        let body = match &call.body {
-            Some(v) => {
-                req = req.header(CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(v)?)
+        let body = match body {
+            Some((content_type, bytes)) => {
+                req = req.header(CONTENT_TYPE, content_type);
+                bytes
             }
             None => Bytes::new(),
         };
         let resp = sender
             .send_request(req.body(Full::new(body))?)
             .await
-            .with_context(|| format!("{} {}", call.method, call.path))?;
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, bytes))

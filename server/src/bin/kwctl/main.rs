@@ -6,7 +6,8 @@
 //! Modules by noun: [`ca`] (certificates, operators), [`audit`], [`issuer`],
 //! [`device`] (devices, batches, bindings; the manifest upload in
 //! [`manifest`], device agents in [`agent`]; login credentials), [`key`]
-//! (working-key versions and rotation), [`customer`]. The admin API
+//! (working-key versions and rotation), [`customer`], [`service`]
+//! (back-end systems' certificates), [`mac`] (bulk MAC verification). The admin API
 //! client is [`client`]; everything printed goes through [`output`].
 
 mod agent;
@@ -17,8 +18,10 @@ mod customer;
 mod device;
 mod issuer;
 mod key;
+mod mac;
 mod manifest;
 mod output;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,6 +121,12 @@ enum Command {
     /// Operator (admin client) certificates.
     #[command(subcommand)]
     Operator(ca::OperatorCommand),
+    /// Service (back-end system) client certificates.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Bulk transaction-MAC verification.
+    #[command(subcommand)]
+    Mac(mac::MacCommand),
     /// Card issuers and their master keys.
     #[command(subcommand)]
     Issuer(issuer::IssuerCommand),
@@ -179,6 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami => ctx.show(client::get("/whoami")).await.map(drop),
         Command::Ca(cmd) => ca::run(&ctx, cmd).await,
         Command::Operator(cmd) => ca::run_operator(&ctx, cmd).await,
+        Command::Service(cmd) => service::run(&ctx, cmd).await,
+        Command::Mac(cmd) => mac::run(&ctx, cmd).await,
         Command::Issuer(cmd) => issuer::run(&ctx, cmd).await,
         Command::Device(cmd) => device::run(&ctx, cmd).await,
         Command::Key(cmd) => key::run(&ctx, cmd).await,

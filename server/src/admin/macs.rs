@@ -1,0 +1,556 @@
+//! `POST /admin/v1/macs/verify`: bulk transaction-MAC verification for
+//! back-end systems (a `service` certificate: the bank's transaction
+//! switch) and for operators (`admin`, `operator`: `kwctl mac verify`).
+//!
+//! The request is JSON or the binary encoding of docs/protocol.md §6.6; the
+//! answer is one verdict per item, in order, in the request's encoding, all
+//! at once or streamed as chunks complete (`Accept: application/x-ndjson`
+//! or `?stream=1`). A batch over `server.bulk_max_items` is refused whole
+//! (413 `batch_too_large`) and so is a binary frame that cannot be cut into
+//! items (400 `malformed_frame`); anything wrong with one item is that
+//! item's `error`. Items go to [`Kms::verify_macs`](keyward_kms::Kms) in
+//! chunks of [`CHUNK`], which bounds both kms's per-call limit and how long
+//! a streamed answer waits for its next bytes.
+//!
+//! One audit record per batch, with counts by result and error code; never
+//! a message or a MAC.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use keyward_ca::Role;
+use keyward_kms::service::{MacItem, MacOutcome};
+use keyward_kms::types::{DeviceId, IssuerId, KeyVersion, MacAlgorithm, Padding};
+use serde::Deserialize;
+
+use super::still_valid;
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::http::ApiError;
+use crate::http::layers::request_id;
+use crate::identity::{CertKind, ClientIdentity};
+use crate::state::AppState;
+use crate::wire::macs as wire;
+
+/// Items handed to kms at once (within its `MAX_BULK_ITEMS`).
+pub const CHUNK: usize = 2048;
+
+/// Why a bulk request was refused whole; mapped to HTTP in `http/error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum MacBatchError {
+    #[error("{items} items is more than the {max} one request may carry")]
+    TooLarge { items: usize, max: usize },
+    #[error(transparent)]
+    Frame(#[from] wire::FrameError),
+    #[error("the body is not a JSON object with an items array: {0}")]
+    Json(String),
+    #[error("expected Content-Type application/json or {}", wire::BINARY)]
+    MediaType,
+}
+
+impl MacBatchError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "batch_too_large",
+            Self::Frame(_) => "malformed_frame",
+            Self::Json(_) => "invalid_request",
+            Self::MediaType => "unsupported_media_type",
+        }
+    }
+}
+
+/// Who called: a service, or an operator with a role that may verify.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    /// `service` or `operator`: a bounded metric label.
+    pub kind: &'static str,
+    pub actor: Actor,
+    pub request_id: String,
+}
+
+/// The roles, by name, that may call this route (for the refusal message).
+const ALLOWED: &str = "service, admin or operator";
+
+/// Admits a valid service certificate or an admin/operator one; refuses
+/// (and audits) devices, auditors, other certificates and no certificate.
+pub async fn require_verifier(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let rid = request_id(req.extensions());
+    let route = "/admin/v1/macs/verify".to_owned();
+    let method = req.method().to_string();
+    let identity = req.extensions().get::<ClientIdentity>().cloned();
+    let (actor, refusal, role) = match identity.as_ref().map(|i| (i, i.cert.as_ref())) {
+        Some((id, Some(cert))) => {
+            let kind = match &cert.kind {
+                CertKind::Service { .. } => Some("service"),
+                CertKind::Operator(Role::Admin | Role::Operator) => Some("operator"),
+                _ => None,
+            };
+            let role = match &cert.kind {
+                CertKind::Operator(r) => Some(r.as_str().to_owned()),
+                CertKind::Device { .. } => Some("device".to_owned()),
+                _ => None,
+            };
+            match (kind, still_valid(&state, cert).await) {
+                (Some(kind), Ok(())) => {
+                    req.extensions_mut().insert(Verifier {
+                        kind,
+                        actor: id.actor(),
+                        request_id: rid,
+                    });
+                    return next.run(req).await;
+                }
+                (Some(_), Err(e)) => (id.actor(), e, role),
+                (None, _) => (id.actor(), ApiError::forbidden_role(ALLOWED), role),
+            }
+        }
+        Some((id, None)) => (id.actor(), ApiError::certificate_required(), None),
+        None => (Actor::Anonymous, ApiError::certificate_required(), None),
+    };
+    let code = match refusal.code.as_ref() {
+        "certificate_revoked" => "certificate_revoked",
+        "forbidden_role" => "forbidden_role",
+        "client_certificate_required" => "client_certificate_required",
+        _ => "registry_unavailable",
+    };
+    let event = AuditEvent::AccessRefused {
+        method,
+        route,
+        code,
+        role,
+    };
+    let _ = state
+        .audit
+        .append(&actor, &event, Outcome::Refused { code }, &rid)
+        .await;
+    refusal.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// `1`: stream the answer as chunks complete.
+    stream: Option<u8>,
+}
+
+/// The encoding of a request and its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Binary,
+}
+
+impl Encoding {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Binary => "binary",
+        }
+    }
+}
+
+/// An item ready for kms, or why it cannot be checked; the algorithm (when
+/// known) labels the metric.
+type Prepared = (Option<MacAlgorithm>, Result<MacItem, &'static str>);
+
+/// `POST /admin/v1/macs/verify`.
+pub async fn verify(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Verifier>,
+    Query(q): Query<VerifyQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let max = state.config.server.bulk_max_items;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let encoding = match content_type.as_str() {
+        "application/json" => Encoding::Json,
+        t if t == wire::BINARY => Encoding::Binary,
+        _ => return Err(MacBatchError::MediaType.into()),
+    };
+    let accept_ndjson = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(wire::NDJSON));
+    let stream = q.stream == Some(1) || (encoding == Encoding::Json && accept_ndjson);
+    let items = match decode(&body, encoding, max) {
+        Ok(items) => items,
+        Err(e) => {
+            refuse(&state, &caller, &e, encoding).await?;
+            return Err(e.into());
+        }
+    };
+    drop(body);
+    state
+        .metrics
+        .mac_batch_items
+        .with_label_values(&[caller.kind])
+        .observe(items.len() as f64);
+    if stream {
+        return Ok(streamed(state, caller, items, encoding));
+    }
+    let mut tally = Tally::default();
+    let mut verdicts = Vec::with_capacity(items.len());
+    let mut rest = items;
+    while !rest.is_empty() {
+        let tail = rest.split_off(CHUNK.min(rest.len()));
+        let chunk = std::mem::replace(&mut rest, tail);
+        verdicts.extend(run_chunk(&state, chunk, &mut tally).await);
+    }
+    tally.finish(&state, &caller, encoding, false).await?;
+    Ok(match encoding {
+        Encoding::Json => {
+            let mut summary = wire::Summary::default();
+            let results = verdicts
+                .iter()
+                .map(|v| {
+                    summary.add(v);
+                    wire::ItemResult::from(v)
+                })
+                .collect();
+            Json(wire::VerifyAnswer {
+                count: verdicts.len() as u64,
+                summary,
+                results,
+            })
+            .into_response()
+        }
+        Encoding::Binary => {
+            let mut out = wire::encode_answer_header(verdicts.len() as u32);
+            for v in &verdicts {
+                wire::encode_verdict(&mut out, v);
+            }
+            ([(header::CONTENT_TYPE, wire::BINARY)], out).into_response()
+        }
+    })
+}
+
+/// Audits a batch refused whole (fail closed: no record, 503).
+async fn refuse(
+    state: &AppState,
+    caller: &Verifier,
+    e: &MacBatchError,
+    encoding: Encoding,
+) -> Result<(), ApiError> {
+    let code = e.code();
+    let mut detail = serde_json::json!({ "encoding": encoding.as_str(), "code": code });
+    if let MacBatchError::TooLarge { items, max } = e {
+        detail["items"] = (*items).into();
+        detail["max"] = (*max).into();
+    }
+    let event = AuditEvent::Online {
+        action: "mac.verify_batch",
+        target: "-".into(),
+        detail,
+    };
+    state
+        .audit
+        .append(
+            &caller.actor,
+            &event,
+            Outcome::Refused { code },
+            &caller.request_id,
+        )
+        .await
+        .map(drop)
+        .map_err(ApiError::audit_unavailable)
+}
+
+/// Cuts the body into items; the count is checked before any item is read.
+fn decode(body: &[u8], encoding: Encoding, max: usize) -> Result<Vec<Prepared>, MacBatchError> {
+    match encoding {
+        Encoding::Binary => {
+            let count = wire::decode_request_header(body)? as usize;
+            if count > max {
+                return Err(MacBatchError::TooLarge { items: count, max });
+            }
+            Ok(wire::decode_request(body)?
+                .into_iter()
+                .map(binary_item)
+                .collect())
+        }
+        Encoding::Json => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Loose {
+                items: Vec<serde_json::Value>,
+            }
+            let loose: Loose =
+                serde_json::from_slice(body).map_err(|e| MacBatchError::Json(e.to_string()))?;
+            if loose.items.len() > max {
+                return Err(MacBatchError::TooLarge {
+                    items: loose.items.len(),
+                    max,
+                });
+            }
+            Ok(loose.items.into_iter().map(json_item).collect())
+        }
+    }
+}
+
+fn algorithm(name: &str) -> Result<MacAlgorithm, &'static str> {
+    name.parse().map_err(|_| "unsupported_algorithm")
+}
+
+fn padding(n: u8) -> Result<Option<Padding>, &'static str> {
+    match n {
+        0 => Ok(None),
+        n => Padding::from_number(n)
+            .map(Some)
+            .map_err(|_| "invalid_padding"),
+    }
+}
+
+fn issuer(s: &str) -> Result<IssuerId, &'static str> {
+    s.parse().map_err(|_| "invalid_issuer_id")
+}
+
+fn json_item(v: serde_json::Value) -> Prepared {
+    let Ok(it) = serde_json::from_value::<wire::Item>(v) else {
+        return (None, Err("invalid_item"));
+    };
+    let alg = algorithm(&it.algorithm);
+    let known = alg.ok();
+    let item = (|| {
+        let algorithm = alg?;
+        let device: DeviceId = it.device_id.parse().map_err(|_| "invalid_device_id")?;
+        let message = B64.decode(&it.message).map_err(|_| "invalid_message")?;
+        // CUP-ECB's MAC is 8 ASCII hex characters; they may come as they are.
+        let mac = if algorithm == MacAlgorithm::CupEcb
+            && it.mac.len() == 8
+            && it.mac.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            it.mac.into_bytes()
+        } else {
+            B64.decode(&it.mac).map_err(|_| "invalid_mac")?
+        };
+        Ok(MacItem {
+            issuer: issuer(&it.issuer_id)?,
+            device,
+            version: KeyVersion(it.key_version),
+            algorithm,
+            padding: padding(it.padding.unwrap_or(0))?,
+            message,
+            mac,
+        })
+    })();
+    (known, item)
+}
+
+fn binary_item(it: wire::BinaryItem) -> Prepared {
+    let alg = wire::algorithm_name(it.algorithm)
+        .ok_or("unsupported_algorithm")
+        .and_then(algorithm);
+    let known = alg.ok();
+    let item = (|| {
+        let issuer_text = std::str::from_utf8(&it.issuer_id).map_err(|_| "invalid_issuer_id")?;
+        Ok(MacItem {
+            issuer: issuer(issuer_text)?,
+            device: DeviceId::from_bytes(it.device_id),
+            version: KeyVersion(it.key_version),
+            algorithm: alg?,
+            padding: padding(it.padding)?,
+            message: it.message,
+            mac: it.mac,
+        })
+    })();
+    (known, item)
+}
+
+/// Counts of one batch, for the audit record and the metrics.
+#[derive(Debug, Default)]
+struct Tally {
+    summary: wire::Summary,
+    codes: BTreeMap<String, u64>,
+    hsm: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, state: &AppState, alg: Option<MacAlgorithm>, v: &wire::Verdict) {
+        self.summary.add(v);
+        if let wire::Verdict::Error(code) = v {
+            *self.codes.entry(code.clone()).or_default() += 1;
+        }
+        state
+            .metrics
+            .mac_verifications
+            .with_label_values(&[alg.map_or("unknown", MacAlgorithm::as_str), v.as_str()])
+            .inc();
+    }
+
+    /// The one audit record of a batch; counts only.
+    async fn finish(
+        &self,
+        state: &AppState,
+        caller: &Verifier,
+        encoding: Encoding,
+        streamed: bool,
+    ) -> Result<(), ApiError> {
+        state
+            .metrics
+            .mac_batch_hsm_seconds
+            .with_label_values(&[caller.kind])
+            .observe(self.hsm.as_secs_f64());
+        let event = AuditEvent::Online {
+            action: "mac.verify_batch",
+            target: "-".into(),
+            detail: serde_json::json!({
+                "items": self.summary.total(),
+                "valid": self.summary.valid,
+                "invalid": self.summary.invalid,
+                "error": self.summary.error,
+                "error_codes": self.codes,
+                "encoding": encoding.as_str(),
+                "streamed": streamed,
+            }),
+        };
+        state
+            .audit
+            .append(&caller.actor, &event, Outcome::Success, &caller.request_id)
+            .await
+            .map(drop)
+            .map_err(ApiError::audit_unavailable)
+    }
+}
+
+/// Verifies one chunk: the items that could be read go to kms together,
+/// the others keep their error. A failure of kms as a whole (the pool is
+/// closed, say) is every item's error, not the request's.
+async fn run_chunk(
+    state: &AppState,
+    chunk: Vec<Prepared>,
+    tally: &mut Tally,
+) -> Vec<wire::Verdict> {
+    let mut algs = Vec::with_capacity(chunk.len());
+    let mut verdicts: Vec<Option<wire::Verdict>> = Vec::with_capacity(chunk.len());
+    let mut ready = Vec::new();
+    for (alg, item) in chunk {
+        algs.push(alg);
+        match item {
+            Ok(item) => {
+                verdicts.push(None);
+                ready.push(item);
+            }
+            Err(code) => verdicts.push(Some(wire::Verdict::Error(code.to_owned()))),
+        }
+    }
+    let started = Instant::now();
+    let outcomes = match state.kms.verify_macs(ready).await {
+        Ok(o) => o.into_iter().map(verdict).collect::<Vec<_>>(),
+        Err(e) => {
+            let n = verdicts.iter().filter(|v| v.is_none()).count();
+            vec![wire::Verdict::Error(e.code().to_owned()); n]
+        }
+    };
+    tally.hsm += started.elapsed();
+    let mut outcomes = outcomes.into_iter();
+    let out: Vec<wire::Verdict> = verdicts
+        .into_iter()
+        .map(|v| {
+            v.or_else(|| outcomes.next())
+                .unwrap_or_else(|| wire::Verdict::Error("internal_error".into()))
+        })
+        .collect();
+    for (alg, v) in algs.into_iter().zip(&out) {
+        tally.add(state, alg, v);
+    }
+    out
+}
+
+fn verdict(o: MacOutcome) -> wire::Verdict {
+    match o {
+        MacOutcome::Valid => wire::Verdict::Valid,
+        MacOutcome::Invalid => wire::Verdict::Invalid,
+        MacOutcome::Error(code) => wire::Verdict::Error(code.to_owned()),
+    }
+}
+
+/// The streamed answer: a task verifies chunk after chunk and sends each
+/// chunk's results as soon as it has them. If the client goes away the task
+/// stops; the batch's audit record is written either way, and if it cannot
+/// be the body ends with an error (the client sees a cut-off answer, not a
+/// complete one).
+fn streamed(
+    state: AppState,
+    caller: Verifier,
+    items: Vec<Prepared>,
+    encoding: Encoding,
+) -> Response {
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    let count = items.len();
+    tokio::spawn(async move {
+        let mut tally = Tally::default();
+        let mut sent = true;
+        if encoding == Encoding::Binary {
+            let head = wire::encode_answer_header(count as u32);
+            sent = tx.send_data(Bytes::from(head)).await.is_ok();
+        }
+        let mut rest = items;
+        let mut index = 0u64;
+        while sent && !rest.is_empty() {
+            let tail = rest.split_off(CHUNK.min(rest.len()));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let verdicts = run_chunk(&state, chunk, &mut tally).await;
+            let mut out = Vec::with_capacity(verdicts.len() * 32);
+            for v in &verdicts {
+                match encoding {
+                    Encoding::Binary => wire::encode_verdict(&mut out, v),
+                    Encoding::Json => {
+                        let line = wire::StreamLine {
+                            index: Some(index),
+                            item: Some(v.into()),
+                            summary: None,
+                        };
+                        if serde_json::to_writer(&mut out, &line).is_ok() {
+                            out.push(b'\n');
+                        }
+                    }
+                }
+                index += 1;
+            }
+            sent = tx.send_data(Bytes::from(out)).await.is_ok();
+        }
+        let audited = tally.finish(&state, &caller, encoding, true).await;
+        if audited.is_err() {
+            tx.abort(std::io::Error::other("audit record not written"));
+            return;
+        }
+        if sent && encoding == Encoding::Json {
+            let line = wire::StreamLine {
+                index: None,
+                item: None,
+                summary: Some(tally.summary),
+            };
+            if let Ok(mut out) = serde_json::to_vec(&line) {
+                out.push(b'\n');
+                let _ = tx.send_data(Bytes::from(out)).await;
+            }
+        }
+    });
+    let content_type = match encoding {
+        Encoding::Json => wire::NDJSON,
+        Encoding::Binary => wire::BINARY,
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::new(body),
+    )
+        .into_response()
+}
