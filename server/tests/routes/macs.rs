@@ -39,6 +39,7 @@ fn device_bytes(id: &str) -> [u8; 8] {
     b
 }
 
+#[allow(clippy::too_many_arguments)] // one column per item field
 fn case(
     device: &str,
     issuer: &str,
@@ -98,7 +99,9 @@ async fn device_with_keys(app: &App) -> (SimDevice, u32, u32) {
 fn cases(d: &SimDevice, vt: u32, va: u32) -> Vec<Case> {
     let id = d.id.to_string();
     let mut out = Vec::new();
-    let variants: &[(&str, &str, u32, Option<u8>, &[usize])] = &[
+    // (algorithm, issuer, version, padding, MAC lengths)
+    type Variant<'a> = (&'a str, &'a str, u32, Option<u8>, &'a [usize]);
+    let variants: &[Variant<'_>] = &[
         ("ISO9797-1-M1-TDES", "bank-t", vt, Some(1), &[4, 8]),
         ("ISO9797-1-M1-TDES", "bank-t", vt, Some(2), &[4, 8]),
         ("ISO9797-1-M3", "bank-t", vt, Some(1), &[4, 8]),
