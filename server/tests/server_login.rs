@@ -366,3 +366,201 @@ async fn two_replicas_share_challenges_sessions_and_the_failure_count() {
     );
     drop(b);
 }
+
+/// Issue 11 §4/§5 end to end: a terminal takes its keys by logging in with
+/// kwsim; the transaction switch gets a `service` certificate with `kwctl
+/// service issue`, and `kwctl mac verify --file` as the switch (over real
+/// mutual TLS on the admin listener) checks MACs the simulator computed, from
+/// CSV, JSON and binary files; a 10 000-item file shows the throughput.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_verifies_a_terminals_macs_with_kwctl() {
+    use base64::Engine;
+    use keyward_server::wire::macs;
+    require_tool("openssl", "openssl");
+    let s = Server::started().await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision(&[("bank-a", "tdes")]);
+    let chain_file = s.dir.path().join("d1.pem");
+    std::fs::write(&chain_file, st.chain(D1)).unwrap();
+    let out = st.kwsim(&[
+        "login",
+        D1,
+        "--issuer",
+        "bank-a",
+        "--server",
+        &format!("https://{}", s.public),
+        "--ca",
+        s.ca_pem().to_str().unwrap(),
+        "--cert",
+        chain_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let d1 = st.device(D1);
+    let v = d1.key_version("bank-a").unwrap();
+
+    // The switch's certificate, from its own key.
+    let (_, csr) = s.openssl_csr("switch-1");
+    let csr_path = s.dir.path().join("switch-1.csr");
+    std::fs::write(&csr_path, csr).unwrap();
+    let cert = s.dir.path().join("switch-1.pem");
+    let issued = st.ok(
+        "admin",
+        &[
+            "service",
+            "issue",
+            "--name",
+            "switch-1",
+            "--csr",
+            csr_path.to_str().unwrap(),
+            "--out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(issued["profile"], "service");
+    let listed = st.ok("admin", &["service", "list"]);
+    assert!(listed.to_string().contains("switch-1"), "{listed}");
+    let switch = |args: &[&str]| s.kwctl(s.dir.path(), "switch-1", args);
+
+    // CSV: valid, invalid, another algorithm, an unknown version.
+    let msg = b"0200|6222020200112233|000000010000";
+    let m3 = d1
+        .transaction_mac("bank-a", "ISO9797-1-M3", 1, msg)
+        .unwrap();
+    let cup = d1.transaction_mac("bank-a", "CUP-ECB", 0, msg).unwrap();
+    let mut bad = m3.clone();
+    bad[0] ^= 1;
+    let hexm = hex::encode(msg);
+    let csv = format!(
+        "device_id,issuer_id,key_version,algorithm,padding,message_hex,mac_hex\n\
+         {D1},bank-a,{v},ISO9797-1-M3,1,{hexm},{}\n\
+         {D1},bank-a,{v},ISO9797-1-M3,1,{hexm},{}\n\
+         {D1},bank-a,{v},CUP-ECB,,{hexm},{}\n\
+         {D1},bank-a,{},ISO9797-1-M3,1,{hexm},{}\n",
+        hex::encode(&m3[..4]),
+        hex::encode(&bad),
+        hex::encode(&cup),
+        v + 9,
+        hex::encode(&m3),
+    );
+    let file = s.dir.path().join("batch.csv");
+    std::fs::write(&file, csv).unwrap();
+    let out = switch(&[
+        "-o",
+        "json",
+        "mac",
+        "verify",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let r = stdout_json(&out);
+    let results: Vec<(&str, &str)> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["result"].as_str().unwrap(),
+                x["code"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("valid", ""),
+            ("invalid", ""),
+            ("valid", ""),
+            ("error", "unknown_key_version")
+        ],
+        "{r}"
+    );
+
+    // 10 000 items (CMAC-TDES, ISO9797-1-M1-TDES), JSON then binary, in
+    // chunks: progress and the rate on stderr.
+    let mut json_items = Vec::new();
+    let mut bin_items = Vec::new();
+    for i in 0..10_000u32 {
+        let msg = format!("0200|{i:08}|000000010000").into_bytes();
+        let (alg, pad) = if i % 2 == 0 {
+            ("CMAC-TDES", 0)
+        } else {
+            ("ISO9797-1-M1-TDES", 2)
+        };
+        let mac = d1.transaction_mac("bank-a", alg, pad, &msg).unwrap()[..8].to_vec();
+        json_items.push(macs::Item {
+            device_id: D1.into(),
+            issuer_id: "bank-a".into(),
+            key_version: v,
+            algorithm: alg.into(),
+            padding: (pad != 0).then_some(pad),
+            message: base64::engine::general_purpose::STANDARD.encode(&msg),
+            mac: base64::engine::general_purpose::STANDARD.encode(&mac),
+        });
+        bin_items.push(macs::BinaryItem {
+            device_id: D1.parse::<DeviceId>().unwrap().bytes(),
+            issuer_id: b"bank-a".to_vec(),
+            key_version: v,
+            algorithm: macs::algorithm_code(alg).unwrap(),
+            padding: pad,
+            message: msg,
+            mac,
+        });
+    }
+    let jfile = s.dir.path().join("big.json");
+    std::fs::write(
+        &jfile,
+        serde_json::to_vec(&macs::VerifyRequest { items: json_items }).unwrap(),
+    )
+    .unwrap();
+    let bfile = s.dir.path().join("big.bin");
+    std::fs::write(&bfile, macs::encode_request(&bin_items).unwrap()).unwrap();
+    for f in [&jfile, &bfile] {
+        let out = switch(&[
+            "mac",
+            "verify",
+            "--file",
+            f.to_str().unwrap(),
+            "--chunk",
+            "5000",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("valid:   10000"), "{stdout}");
+        assert!(stderr.contains("verified 5000/10000"), "{stderr}");
+        eprintln!("{}: {stderr}", f.display());
+    }
+
+    // An auditor may not; a device certificate does not pass as a service.
+    s.new_operator("audrey", "auditor");
+    let out = s.kwctl(
+        s.dir.path(),
+        "audrey",
+        &[
+            "-o",
+            "json",
+            "mac",
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(stdout_json(&out)["code"], "forbidden_role");
+    let metrics = s.metrics();
+    assert!(
+        common::sample(
+            &metrics,
+            "keyward_mac_verifications_total{algorithm=\"CMAC-TDES\",result=\"valid\"}"
+        )
+        .unwrap_or(0.0)
+            >= 10_000.0,
+        "{metrics}"
+    );
+}
