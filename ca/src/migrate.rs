@@ -44,6 +44,79 @@ pub(crate) async fn run(db: &Database) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Issue 11 §3: 0102 rebuilds `certificates` on SQLite; the rows of a
+    /// registry made under 0101 survive it, the indexes come back, and a
+    /// `service` row is accepted afterwards (not before).
+    #[tokio::test]
+    async fn the_sqlite_rebuild_keeps_the_registry() {
+        use sqlx::Row;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = keyward_config::DatabaseConfig {
+            url: format!("sqlite://{}", dir.path().join("ca.db").display()),
+            ..Default::default()
+        };
+        let db = Database::connect(&cfg).await.unwrap();
+        let first = EmbeddedMigrations {
+            sqlite: &MIGRATIONS.sqlite[..1],
+            postgres: &MIGRATIONS.postgres[..1],
+        };
+        db.migrate(&first).await.unwrap();
+        let insert = |serial: &'static str, profile: &'static str| {
+            sqlx::query(
+                "INSERT INTO certificates (serial, profile, subject, device_id, operator_role, \
+                 not_before_ms, not_after_ms, issued_at_ms, status, pem) \
+                 VALUES ($1, $2, 'x', $3, $4, 1, 2, 1, 'valid', 'pem')",
+            )
+            .bind(serial)
+            .bind(profile)
+            .bind((profile == "device").then_some("0011223344556677"))
+            .bind((profile == "operator").then_some("admin"))
+        };
+        let pool = db.pool();
+        insert("00000000000000000000000000000001", "device")
+            .execute(pool)
+            .await
+            .unwrap();
+        insert("00000000000000000000000000000002", "operator")
+            .execute(pool)
+            .await
+            .unwrap();
+        assert!(
+            insert("00000000000000000000000000000003", "service")
+                .execute(pool)
+                .await
+                .is_err()
+        );
+        run(&db).await.unwrap();
+        let rows = sqlx::query("SELECT serial, profile FROM certificates ORDER BY serial")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let got: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("00000000000000000000000000000001".into(), "device".into()),
+                ("00000000000000000000000000000002".into(), "operator".into()),
+            ]
+        );
+        insert("00000000000000000000000000000003", "service")
+            .execute(pool)
+            .await
+            .unwrap();
+        let indexes = sqlx::query(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'certificates' \
+             AND name IN ('certificates_device', 'certificates_revoked')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(indexes.get::<i64, _>(0), 2);
+    }
+
     #[test]
     fn every_migration_file_is_embedded_in_range() {
         MIGRATIONS
