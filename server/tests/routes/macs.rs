@@ -654,3 +654,82 @@ async fn only_services_and_operators_may_verify() {
     assert_eq!(list.len(), 1);
     assert!(list[0]["subject"].as_str().unwrap().contains("switch-3"));
 }
+
+/// After a rotation the replaced version is still accepted during its grace
+/// period (`retiring`), then refused per item once retired; a revoked
+/// service certificate is refused on the next request.
+#[tokio::test]
+async fn retired_versions_fail_per_item_and_a_revoked_switch_is_refused() {
+    let app = App::with_config(|c| {
+        app_config(c);
+        c.online.rotation_grace_secs = 0;
+    })
+    .await;
+    let (mut d, v1, _) = device_with_keys(&app).await;
+    let switch = service(&app, "switch-4").await;
+    let msg = b"0200|old key";
+    let old = d.transaction_mac("bank-t", "CMAC-TDES", 0, msg).unwrap();
+    app.post(
+        &app.root,
+        "/admin/v1/issuers/bank-t/rotations",
+        json!({"device_id": d.id.to_string()}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let who = crate::access::device_identity(&app, &d).await;
+    let (_, a) = login(&app, &who, &mut d, "bank-t", LoginOptions::default()).await;
+    a.expect(StatusCode::OK);
+    let v2 = d.key_version("bank-t").unwrap();
+    assert_eq!(v2, v1 + 1);
+    let new = d.transaction_mac("bank-t", "CMAC-TDES", 0, msg).unwrap();
+    let item = |v: u32, mac: &[u8]| {
+        json!({"device_id": d.id.to_string(), "issuer_id": "bank-t", "key_version": v,
+               "algorithm": "CMAC-TDES", "message": B64.encode(msg), "mac": B64.encode(mac)})
+    };
+    let items = vec![item(v1, &old), item(v2, &new), item(v2, &old)];
+    let got: Vec<wire::Verdict> = verify_json(&app, &switch, items.clone())
+        .await
+        .results
+        .iter()
+        .map(|r| r.verdict())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            wire::Verdict::Valid,
+            wire::Verdict::Valid,
+            wire::Verdict::Invalid
+        ]
+    );
+    // The grace period (0 s) ends: v1 is retired.
+    assert!(app.state.kms.end_grace_periods().await.unwrap() >= 1);
+    let got: Vec<wire::Verdict> = verify_json(&app, &switch, items)
+        .await
+        .results
+        .iter()
+        .map(|r| r.verdict())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            err("key_version_not_usable"),
+            wire::Verdict::Valid,
+            wire::Verdict::Invalid
+        ]
+    );
+
+    // Revoked: the registry check refuses the next request.
+    let serial = switch.cert.as_ref().unwrap().serial.clone();
+    app.post(
+        &app.root,
+        &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+        json!({"reason": "keyCompromise"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let body = serde_json::to_vec(&json!({ "items": [] })).unwrap();
+    let (status, _, bytes) = raw(&app, &switch, PATH, "application/json", None, body).await;
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "certificate_revoked");
+}
