@@ -60,6 +60,10 @@ pub struct Metrics {
     /// New working-key versions offered, by issuer and trigger.
     pub key_rotations: IntCounterVec,
     pub sessions_active: IntGauge,
+    /// Device transaction MACs by algorithm and result.
+    pub transaction_macs: IntCounterVec,
+    /// Credentials that reached a streak of consecutive MAC failures.
+    pub mac_failure_streaks: IntCounterVec,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -310,6 +314,18 @@ impl Metrics {
                 &r,
                 "keyward_sessions_active",
                 "Unexpired device sessions (every replica reads the shared table).",
+            )?,
+            transaction_macs: counter_vec(
+                &r,
+                "keyward_transaction_macs_total",
+                "Device transaction MACs verified, by algorithm and result (valid, invalid).",
+                &["algorithm", "result"],
+            )?,
+            mac_failure_streaks: counter_vec(
+                &r,
+                "keyward_transaction_mac_failure_streaks_total",
+                "Device credentials that reached 5 consecutive transaction MAC failures, by issuer.",
+                &["issuer"],
             )?,
             registry: r,
         };

@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
             post(keys::unlock),
         )
         .route("/admin/v1/issuers/{id}/rotations", post(keys::rotate))
+        .route("/admin/v1/issuers/{id}/keys", post(issuers::add_key))
         .route(
             "/admin/v1/issuers/{id}/rotations/pending",
             get(keys::pending),

@@ -17,7 +17,7 @@ use crate::harness::{Answer, App, call, send};
 
 /// A device from the factory to `issued` for `issuers` (the first one
 /// bound through its PSAM), and the identity of its certificate.
-async fn issued(app: &App, n: u8, issuers: &[&str]) -> (SimDevice, ClientIdentity) {
+pub(crate) async fn issued(app: &App, n: u8, issuers: &[&str]) -> (SimDevice, ClientIdentity) {
     let mut d = SimDevice::p256(format!("0A0B0C0D0E0F10{n:02X}").parse().unwrap()).unwrap();
     app.import(&format!("L-{n}"), &[&d])
         .await
@@ -103,7 +103,7 @@ fn start_body(d: &SimDevice, issuer: &str) -> Value {
 }
 
 /// A whole login as the device does it; the finish answer.
-async fn login(
+pub(crate) async fn login(
     app: &App,
     who: &ClientIdentity,
     d: &mut SimDevice,

@@ -25,3 +25,4 @@ mod idempotency;
 mod issuers;
 mod login;
 mod trail;
+mod transactions;
