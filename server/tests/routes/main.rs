@@ -24,4 +24,5 @@ mod devices;
 mod idempotency;
 mod issuers;
 mod login;
+mod openapi;
 mod trail;
