@@ -233,14 +233,14 @@ async fn try_start(
         return Err(locked());
     }
     let versions = state.kms.key_versions(&issuer, device.device_id).await?;
-    if let Some(v) = req.key_version {
-        if !versions.iter().any(|r| r.version.0 == v) {
-            return Err(OnlineError::refused(
-                ErrorKind::Conflict,
-                "unknown_key_version",
-                "the server never offered the key version the device reports",
-            ));
-        }
+    if let Some(v) = req.key_version
+        && !versions.iter().any(|r| r.version.0 == v)
+    {
+        return Err(OnlineError::refused(
+            ErrorKind::Conflict,
+            "unknown_key_version",
+            "the server never offered the key version the device reports",
+        ));
     }
     let active = versions.iter().find(|v| v.state == KeyState::Active);
     let policy = IssuerPolicy::of(&online.config, &issuer);
