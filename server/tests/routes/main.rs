@@ -24,5 +24,6 @@ mod devices;
 mod idempotency;
 mod issuers;
 mod login;
+mod openapi;
 mod trail;
 mod transactions;
