@@ -154,7 +154,7 @@ impl Kms {
                 "one cipher block of the issuer's family",
             ));
         }
-        if data.is_empty() || data.len() % block != 0 || data.len() > MAX_ACCOUNT_FIELD {
+        if data.is_empty() || !data.len().is_multiple_of(block) || data.len() > MAX_ACCOUNT_FIELD {
             return Err(KmsError::invalid(
                 "account",
                 "a non-empty multiple of the block size, at most 256 bytes",
