@@ -63,6 +63,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::BodyExt;
 use keyward_ca::{IssueRequest, Role};
 use keyward_config::Config;
+use keyward_kms::Kms;
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::{DeviceId, IssuerId};
 use keyward_server::identity::{ClientIdentity, PeerCertificate};
@@ -209,7 +210,9 @@ impl Admin {
         }
     }
 
-    /// One POST as `who`; the body, which must have `status`.
+    /// One POST as `who`; the body, which must have `status`. A 503 (the
+    /// SQLite write lock not taken in time on a busy machine: "not
+    /// performed") is retried.
     async fn post(
         &self,
         who: &ClientIdentity,
@@ -217,18 +220,25 @@ impl Admin {
         body: Value,
         status: StatusCode,
     ) -> Value {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        req.extensions_mut().insert(who.clone());
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let got = res.status();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(got, status, "{path}: {}", String::from_utf8_lossy(&bytes));
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        for attempt in 1.. {
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            req.extensions_mut().insert(who.clone());
+            let res = self.router.clone().oneshot(req).await.unwrap();
+            let got = res.status();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            if got == StatusCode::SERVICE_UNAVAILABLE && attempt < 10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(got, status, "{path}: {}", String::from_utf8_lossy(&bytes));
+            return serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        }
+        unreachable!()
     }
 
     /// Check, original keys, customer, binding: device `n` is `issued`.
@@ -360,6 +370,7 @@ where
 struct Spawned {
     child: Child,
     public: String,
+    admin: String,
 }
 
 impl Drop for Spawned {
@@ -410,8 +421,70 @@ fn spawn_serve(config: &Path, log: &Path) -> Spawned {
             std::fs::read_to_string(log).unwrap_or_default()
         )
     });
-    let public = v["listening"]["public"].as_str().unwrap().to_owned();
-    Spawned { child, public }
+    let addr = |which: &str| v["listening"][which].as_str().unwrap().to_owned();
+    Spawned {
+        child,
+        public: addr("public"),
+        admin: addr("admin"),
+    }
+}
+
+/// The `_sum` and `_count` samples of the server's latency histograms
+/// (`keyward_http_request_duration_seconds`,
+/// `keyward_hsm_operation_duration_seconds`) from its `/metrics`.
+fn latency_samples(admin: &str, ca_pem: &Path) -> std::collections::BTreeMap<String, f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca_pem)
+        .arg(format!("https://{admin}/metrics"))
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("_duration_seconds_sum{") || l.contains("_duration_seconds_count{"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Mean server-side latency per route and HSM operation between two
+/// [`latency_samples`], for the ones that ran at least `min` times.
+fn print_server_side(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    min: f64,
+) {
+    let mut parts = Vec::new();
+    for (key, count) in after {
+        let Some(base) = key.split_once("_count{").map(|(n, l)| (n, l)) else {
+            continue;
+        };
+        let n = count - before.get(key).copied().unwrap_or(0.0);
+        let sum_key = format!("{}_sum{{{}", base.0, base.1);
+        let sum = after.get(&sum_key).copied().unwrap_or(0.0)
+            - before.get(&sum_key).copied().unwrap_or(0.0);
+        if n < min {
+            continue;
+        }
+        // The label values only: `public /v1/login/start`, `hsm tls_handshake_sign ok`.
+        let values: Vec<&str> = base
+            .1
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.trim_matches('"')))
+            .collect();
+        let what = if base.0.contains("hsm") {
+            format!("hsm {}", values.join(" "))
+        } else {
+            values.join(" ")
+        };
+        parts.push(format!("{what}: {:.2} ms", sum / n * 1000.0));
+    }
+    if !parts.is_empty() {
+        println!("    server-side means: {}", parts.join("; "));
+    }
 }
 
 // ---- measuring ---------------------------------------------------------------
@@ -633,6 +706,53 @@ fn print_row(what: &str, conc: usize, s: &Stats, show_server: bool) {
     }
 }
 
+/// A steady-state login: start, the device's answer, finish.
+async fn login_op(mut w: Worker) -> (Worker, Outcome) {
+    let r = terminal::login(&w.terminal, &mut w.dev, ISSUER, LoginOptions::default()).await;
+    let outcome = match r {
+        Ok(out) if out.challenge.key_update.is_some() => {
+            Err("a steady-state login carried a key update".to_owned())
+        }
+        Ok(out) => out.answer().map(|_| ()).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    (w, outcome)
+}
+
+/// A fresh mTLS connection and `GET /v1/ping` on it.
+async fn ping_op(w: Worker) -> (Worker, Outcome) {
+    let r = w.terminal.call(Method::GET, "/v1/ping", None, None).await;
+    let outcome = match r {
+        Ok(reply) if reply.status == StatusCode::OK => Ok(()),
+        Ok(reply) => Err(format!("ping: {} {}", reply.status, reply.body)),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    (w, outcome)
+}
+
+/// The login's two HSM calls alone, in process: an HSM-random challenge and
+/// the check of the device's answer.
+async fn hsm_op(kms: Kms, issuer: IssuerId, w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        let ch = kms.challenge(&issuer).await.map_err(|e| e.to_string())?;
+        let resp = w
+            .dev
+            .auth_response(ISSUER, &ch)
+            .map_err(|e| e.to_string())?;
+        let ok = kms
+            .verify_challenge_response(&issuer, w.dev.id, &ch, &resp)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ok {
+            Ok(())
+        } else {
+            Err("response refused".to_owned())
+        }
+    }
+    .await;
+    (w, outcome)
+}
+
 // ---- one backend -------------------------------------------------------------
 
 fn one_backend(backend: &str) {
@@ -680,7 +800,10 @@ fn one_backend(backend: &str) {
     rt.block_on(async {
         // 1. The installation, in process.
         let t = Instant::now();
-        let config = Config::load(&config_path).unwrap();
+        let mut config = Config::load(&config_path).unwrap();
+        // The set-up waits longer for SQLite's write lock than the service
+        // default (as the tests do); the spawned server keeps the default.
+        config.database.acquire_timeout_ms = keyward_tests::db::TEST_ACQUIRE_TIMEOUT_MS;
         let metrics = Metrics::new().unwrap();
         let opened = bootstrap::open(&config, Some(metrics.clone()))
             .await
@@ -731,6 +854,7 @@ fn one_backend(backend: &str) {
         let issuing_pem = state.ca.issuing_pem().to_owned();
         let server = spawn_serve(&config_path, &dir.path().join("serve.log"));
         let server_pid = server.child.id().to_string();
+        let ca_file = data.join("operators/ca.pem");
         let url = format!("https://{}", server.public);
         let mut workers = Vec::new();
         for dev in devs {
@@ -797,48 +921,18 @@ fn one_backend(backend: &str) {
             } else {
                 None
             };
-            let (back, s) = closed_loop(workers, window, &server_pid, perf_here, |mut w| async move {
-                let r = terminal::login(&w.terminal, &mut w.dev, ISSUER, LoginOptions::default()).await;
-                let outcome = match r {
-                    Ok(out) if out.challenge.key_update.is_some() => {
-                        Err("a steady-state login carried a key update".to_owned())
-                    }
-                    Ok(out) => out.answer().map(|_| ()).map_err(|e| format!("{e:#}")),
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                (w, outcome)
-            })
-            .await;
+            let m0 = latency_samples(&server.admin, &ca_file);
+            let (back, s) = closed_loop(workers, window, &server_pid, perf_here, login_op).await;
             print_row("login (start + finish, 2 mTLS connections)", conc, &s, true);
-            let (back, s) = closed_loop(back, window, &server_pid, None, |w| async move {
-                let r = w.terminal.call(Method::GET, "/v1/ping", None, None).await;
-                let outcome = match r {
-                    Ok(reply) if reply.status == StatusCode::OK => Ok(()),
-                    Ok(reply) => Err(format!("ping: {} {}", reply.status, reply.body)),
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                (w, outcome)
-            })
-            .await;
+            let m1 = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m0, &m1, 10.0);
+            let (back, s) = closed_loop(back, window, &server_pid, None, ping_op).await;
             print_row("  (a) mTLS connect + handshake + GET /v1/ping", conc, &s, true);
+            let m2 = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m1, &m2, 10.0);
             let (kms, issuer) = (state.kms.clone(), issuer.clone());
-            let (back, s) = closed_loop(back, window, &server_pid, None, move |w| {
-                let (kms, issuer) = (kms.clone(), issuer.clone());
-                async move {
-                    let outcome = async {
-                        let ch = kms.challenge(&issuer).await.map_err(|e| e.to_string())?;
-                        let resp = w.dev.auth_response(ISSUER, &ch).map_err(|e| e.to_string())?;
-                        let ok = kms
-                            .verify_challenge_response(&issuer, w.dev.id, &ch, &resp)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        if ok { Ok(()) } else { Err("response refused".to_owned()) }
-                    }
-                    .await;
-                    (w, outcome)
-                }
-            })
-            .await;
+            let hsm_op = move |w| hsm_op(kms.clone(), issuer.clone(), w);
+            let (back, s) = closed_loop(back, window, &server_pid, None, hsm_op).await;
             print_row("  (b) HSM challenge + verify, in process", conc, &s, false);
             workers = back;
             workers.extend(rest);
