@@ -28,6 +28,11 @@
 //!    (b) `Kms::challenge` + `Kms::verify_challenge_response` alone, in
 //!    this process on the same token, from the same number of tasks.
 //!
+//! Connections are fresh, TLS sessions need not be: neither side configures
+//! resumption, so rustls's defaults apply (server: 256 sessions in memory and
+//! tickets; client: each device's `Terminal` resumes). The server-side line
+//! under a row shows how many handshakes still needed the HSM signature.
+//!
 //! The table gives the rate, p50/p99 latency of one operation, refusals and
 //! errors, and the CPU the server process and this process (the load
 //! client) used during the window, in cores. The load client shares the
