@@ -714,6 +714,7 @@ mod tests {
                 tmk: [fill; 16],
                 auth: [fill ^ 0xFF; 16],
                 working: HashMap::new(),
+                version: None,
             },
         );
     }
