@@ -463,7 +463,7 @@ fn print_server_side(
 ) {
     let mut parts = Vec::new();
     for (key, count) in after {
-        let Some(base) = key.split_once("_count{").map(|(n, l)| (n, l)) else {
+        let Some(base) = key.split_once("_count{") else {
             continue;
         };
         let n = count - before.get(key).copied().unwrap_or(0.0);
