@@ -24,7 +24,8 @@
 //! 3. Measured, closed loop, each concurrent worker with its own device:
 //!    steady-state logins (no key update) at 50 and 200 concurrent devices,
 //!    and, beside them for scale, (a) fresh mTLS connection + handshake +
-//!    `GET /v1/ping` against the same listener (server key in the HSM) and
+//!    `GET /v1/ping` against the same listener (server key in the HSM), the
+//!    same with TLS session resumption off (every handshake a full one), and
 //!    (b) `Kms::challenge` + `Kms::verify_challenge_response` alone, in
 //!    this process on the same token, from the same number of tasks.
 //!
@@ -45,7 +46,7 @@
 //! ```
 //!
 //! (without the variable, SQLite only). `KW_BENCH_SECS` sets the measured
-//! window (default 8 s, after 2 s of warm-up), `KW_BENCH_HSM_SESSIONS` the
+//! window (default 6 s, after 2 s of warm-up), `KW_BENCH_HSM_SESSIONS` the
 //! HSM sessions of both server and in-process KMS (default 2, the config
 //! default), `KW_BENCH_BACKENDS=sqlite|postgres` picks one backend and
 //! `KW_BENCH_PERF=FILE` records a `perf record -g -e cpu-clock` profile of
@@ -574,6 +575,8 @@ struct Stats {
 struct Worker {
     dev: SimDevice,
     terminal: Terminal,
+    /// The same client without TLS session resumption.
+    full: Terminal,
 }
 
 type Outcome = Result<(), String>;
@@ -735,6 +738,18 @@ async fn ping_op(w: Worker) -> (Worker, Outcome) {
     (w, outcome)
 }
 
+/// A fresh mTLS connection with a full handshake (no resumption) and
+/// `GET /v1/ping` on it.
+async fn ping_full_op(w: Worker) -> (Worker, Outcome) {
+    let r = w.full.call(Method::GET, "/v1/ping", None, None).await;
+    let outcome = match r {
+        Ok(reply) if reply.status == StatusCode::OK => Ok(()),
+        Ok(reply) => Err(format!("ping: {} {}", reply.status, reply.body)),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    (w, outcome)
+}
+
 /// The login's two HSM calls alone, in process: an HSM-random challenge and
 /// the check of the device's answer.
 async fn hsm_op(kms: Kms, issuer: IssuerId, w: Worker) -> (Worker, Outcome) {
@@ -762,7 +777,7 @@ async fn hsm_op(kms: Kms, issuer: IssuerId, w: Worker) -> (Worker, Outcome) {
 
 fn one_backend(backend: &str) {
     let devices = env_usize("KW_BENCH_DEVICES", 200).max(CONCURRENCY[1]);
-    let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 8) as u64);
+    let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 6) as u64);
     let sessions = env_usize("KW_BENCH_HSM_SESSIONS", 2);
     let perf = std::env::var_os("KW_BENCH_PERF").map(PathBuf::from);
     // The token must exist before the PKCS#11 module is first loaded, and
@@ -875,7 +890,12 @@ fn one_backend(backend: &str) {
             let rec = state.ca.get(&serial).await.unwrap().unwrap();
             let chain = format!("{}{issuing_pem}", rec.pem);
             let terminal = Terminal::new(&url, &root_pem, &chain, &dev).unwrap();
-            workers.push(Worker { dev, terminal });
+            let full = terminal.without_resumption();
+            workers.push(Worker {
+                dev,
+                terminal,
+                full,
+            });
         }
         let t = Instant::now();
         let retried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -935,6 +955,10 @@ fn one_backend(backend: &str) {
             print_row("  (a) mTLS connect + handshake + GET /v1/ping", conc, &s, true);
             let m2 = latency_samples(&server.admin, &ca_file);
             print_server_side(&m1, &m2, 10.0);
+            let (back, s) = closed_loop(back, window, &server_pid, None, ping_full_op).await;
+            print_row("  (a) same, TLS resumption off (full handshake)", conc, &s, true);
+            let m3 = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m2, &m3, 10.0);
             let (kms, issuer) = (state.kms.clone(), issuer.clone());
             let hsm_op = move |w| hsm_op(kms.clone(), issuer.clone(), w);
             let (back, s) = closed_loop(back, window, &server_pid, None, hsm_op).await;
