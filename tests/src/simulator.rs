@@ -430,7 +430,7 @@ impl SimDevice {
         ensure!(iv.len() == block, "the IV is one block");
         let mut data = field.to_vec();
         data.push(0x80);
-        while data.len() % block != 0 {
+        while !data.len().is_multiple_of(block) {
             data.push(0);
         }
         let mut chain = iv.to_vec();

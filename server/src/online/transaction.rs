@@ -151,7 +151,7 @@ pub async fn verify(
             .unwrap_or_default()
             .to_ascii_uppercase();
         checks.push(wire::AccountCheck {
-            bound: bound.iter().any(|a| *a == value),
+            bound: bound.contains(&value),
             name,
         });
     }
