@@ -15,6 +15,12 @@ KW_HSM_PACKAGES=(softhsm2 opensc)
 # What the end-to-end tests drive as a user would: curl, openssl, promtool.
 # shellcheck disable=SC2034
 KW_TEST_PACKAGES=(curl openssl prometheus)
+# What the OpenAPI check needs: Python 3 with venv and pip (ensurepip).
+# shellcheck disable=SC2034
+KW_PYTHON_PACKAGES=(python3 python3-venv)
+# The OpenAPI validator ops/test.sh runs on docs/openapi.json (PyPI).
+# shellcheck disable=SC2034
+KW_OPENAPI_VALIDATOR="openapi-spec-validator==0.9.0"
 
 kw_banner() { printf '\n==> %s\n' "$*" >&2; }
 kw_info() { printf '    %s\n' "$*" >&2; }
@@ -35,6 +41,9 @@ kw_has_package() {
         curl) command -v curl >/dev/null ;;
         openssl) command -v openssl >/dev/null ;;
         prometheus) command -v promtool >/dev/null ;;
+        python3) command -v python3 >/dev/null ;;
+        # Any python3 that can make a venv with pip (Debian splits it out).
+        python3-venv) command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null ;;
         *) dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' ;;
     esac
 }
@@ -68,6 +77,22 @@ kw_ensure_packages() {
     for p in "${missing[@]}"; do
         kw_has_package "$p" || kw_die "package $p still missing after apt-get install"
     done
+}
+
+# kw_python_venv DIR REQUIREMENT...: makes a Python venv in DIR (once) and
+# installs the requirements into it (pip does nothing for one already
+# satisfied, so a rerun stays offline). Prints DIR/bin/python on stdout.
+kw_python_venv() {
+    local dir="$1"
+    shift
+    kw_ensure_packages "${KW_PYTHON_PACKAGES[@]}" || return 1
+    if [[ ! -x "$dir/bin/python" ]] || ! "$dir/bin/python" -m pip --version >/dev/null 2>&1; then
+        kw_info "python3 -m venv $dir"
+        rm -rf -- "$dir"
+        python3 -m venv "$dir" >&2 || return 1
+    fi
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@" </dev/null >&2 || return 1
+    printf '%s\n' "$dir/bin/python"
 }
 
 # kw_write_softhsm_conf DIR: writes DIR/softhsm2.conf with its tokens in

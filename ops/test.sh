@@ -4,12 +4,13 @@
 # SoftHSM tokens made in a temp dir for this run.
 #
 #   ./ops/test.sh                 everything
-#   ./ops/test.sh --no-lint       skip cargo fmt --check and clippy
+#   ./ops/test.sh --no-lint       skip cargo fmt --check, clippy, the OpenAPI check
 #   ./ops/test.sh --sqlite-only   skip PostgreSQL
 #
-# Installs what it needs when run as root (softhsm2, opensc, cargo-nextest),
-# starts the local PostgreSQL 15 cluster and creates the role `keyward` and the
-# database `keyward_test` in it. Idempotent. With CI=true a missing PostgreSQL
+# Installs what it needs when run as root (softhsm2, opensc, cargo-nextest,
+# python3-venv; openapi-spec-validator from PyPI into a venv under the target
+# dir), starts the local PostgreSQL 15 cluster and creates the role `keyward`
+# and the database `keyward_test` in it. Idempotent. With CI=true a missing PostgreSQL
 # is an error; otherwise the PostgreSQL run is skipped with a warning.
 # KEYWARD_TEST_DATABASE_URL, if set, names another PostgreSQL database to use
 # (then nothing is set up locally).
@@ -19,7 +20,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$KW_ROOT"
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 lint=1
 postgres=1
@@ -173,6 +174,14 @@ if ((lint)); then
     cargo fmt --all -- --check
     kw_banner "cargo clippy --workspace --all-targets -- -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings
+    # The API description the admin listener serves (GET /openapi.json),
+    # checked by a real OpenAPI 3.1 validator; the route tests compare it
+    # with the routers and live answers.
+    kw_banner "openapi-spec-validator docs/openapi.json"
+    openapi_venv="${CARGO_TARGET_DIR:-$KW_ROOT/target}/openapi-venv"
+    openapi_python="$(kw_python_venv "$openapi_venv" "$KW_OPENAPI_VALIDATOR")" ||
+        kw_die "cannot set up $KW_OPENAPI_VALIDATOR in $openapi_venv"
+    "$openapi_python" -m openapi_spec_validator docs/openapi.json
 fi
 
 # --- 5. tests ----------------------------------------------------------------

@@ -487,6 +487,9 @@ pub struct MechanismOverrides {
     /// A vendor ANSI X9.19 retail-MAC mechanism (e.g. `CKM_VENDOR_DEFINED + 0x150`);
     /// without one the MAC is built from single-DES-equivalent DES2 keys.
     pub des3_retail_mac: Option<u64>,
+    /// A vendor PIN-translation mechanism (TPK → ZPK inside the HSM). SoftHSM
+    /// has none: without one, PIN routes answer `501 hsm_mechanism_missing`.
+    pub pin_translate: Option<u64>,
 }
 
 /// Where the key catalog lives.

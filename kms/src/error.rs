@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Unavailable,
     /// Our fault (a bug, a corrupt record, a misconfiguration).
     Internal,
+    /// This HSM cannot do it: the operation needs a vendor mechanism the
+    /// token does not have or the configuration does not name (a 501; never
+    /// a software fallback with a bank-side secret).
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -47,6 +51,7 @@ impl ErrorKind {
             Self::Busy => "busy",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::Unsupported => "unsupported",
         }
     }
 }
@@ -75,6 +80,14 @@ pub enum KmsError {
         name: &'static str,
         number: u64,
         purpose: &'static str,
+    },
+    /// An operation this HSM cannot perform inside the token (PIN
+    /// translation on SoftHSM): the caller gets a 501, never a host-side
+    /// fallback.
+    #[error("the HSM cannot {operation}: {reason}")]
+    Unsupported {
+        operation: &'static str,
+        reason: &'static str,
     },
     /// The token refused a mechanism at call time (`CKR_MECHANISM_INVALID`).
     #[error("HSM refused the mechanism of {function}")]
@@ -162,9 +175,9 @@ impl KmsError {
             Self::Module { .. } => "hsm_module",
             Self::TokenNotFound(_) => "hsm_token_not_found",
             Self::Login(_) => "hsm_login",
-            Self::MechanismMissing { .. } | Self::MechanismRejected { .. } => {
-                "hsm_mechanism_missing"
-            }
+            Self::MechanismMissing { .. }
+            | Self::MechanismRejected { .. }
+            | Self::Unsupported { .. } => "hsm_mechanism_missing",
             Self::Pkcs11 { .. } | Self::Hsm { .. } => "hsm_error",
             Self::HsmBusy { .. } => "hsm_busy",
             Self::HsmUnavailable { .. } => "hsm_unavailable",
@@ -204,6 +217,7 @@ impl KmsError {
             | Self::AlgorithmFamily { .. }
             | Self::TooManyItems { .. } => K::Invalid,
             Self::Busy | Self::HsmBusy { .. } => K::Busy,
+            Self::Unsupported { .. } => K::Unsupported,
             Self::Database(e) => crate::db::error_kind(e),
             Self::PoolClosed
             | Self::HsmUnavailable { .. }

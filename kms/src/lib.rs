@@ -45,5 +45,5 @@ pub mod wrap;
 pub use error::{ErrorKind, KmsError, Result};
 pub use service::{
     AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS, Kms, KmsStats, MAX_BULK_ITEMS,
-    MacItem, MacOutcome, OfferedKey, WorkingKeyOffer,
+    MacItem, MacOutcome, OfferedKey, PinBlock, PinFormat, WorkingKeyOffer,
 };

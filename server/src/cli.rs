@@ -158,12 +158,26 @@ async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {
     let kms = open_kms(config).await?;
     kms.ready().await?;
     let issuers = kms.issuers().await?;
+    let caps = kms.capabilities();
+    let pin = if caps.pin_translate {
+        "PIN translation: vendor mechanism configured (hsm.mechanisms.pin_translate), present"
+    } else {
+        "PIN translation: not available (no vendor mechanism configured; SoftHSM has none): \
+         PIN routes answer 501 hsm_mechanism_missing"
+    };
+    let retail = if caps.vendor_retail_mac {
+        "X9.19 retail MAC: vendor mechanism"
+    } else {
+        "X9.19 retail MAC: emulated from DES2 keys (docs/protocol.md §6.3)"
+    };
     let report = serde_json::json!({
         "hsm": {
             "token_label": config.hsm.token_label,
             "module": config.hsm.module,
             "workers": kms.hsm_workers(),
             "mechanisms": "all required mechanisms present",
+            "pin_translation": caps.pin_translate,
+            "vendor_retail_mac": caps.vendor_retail_mac,
             "audit_mechanisms": keyward_kms::AUDIT_MECHANISMS
                 .iter()
                 .map(|(m, purpose)| format!("{} ({purpose})", keyward_kms::hsm::mechanism_name(*m)))
@@ -174,7 +188,7 @@ async fn check(json: bool, config: &Config) -> anyhow::Result<bool> {
     });
     output(json, &report, || {
         format!(
-            "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present (audit trail: {})\nkey catalog ({:?}): reachable, {} issuer(s)",
+            "HSM token {:?}: logged in, {} worker session(s), all required mechanisms present (audit trail: {})\n{pin}\n{retail}\nkey catalog ({:?}): reachable, {} issuer(s)",
             config.hsm.token_label,
             kms.hsm_workers(),
             keyward_kms::AUDIT_MECHANISMS

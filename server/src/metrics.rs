@@ -66,6 +66,10 @@ pub struct Metrics {
     pub mac_batch_items: HistogramVec,
     /// HSM (and key look-up) time per bulk verification request.
     pub mac_batch_hsm_seconds: HistogramVec,
+    /// Device transaction MACs by algorithm and result.
+    pub transaction_macs: IntCounterVec,
+    /// Credentials that reached a streak of consecutive MAC failures.
+    pub mac_failure_streaks: IntCounterVec,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -336,6 +340,18 @@ impl Metrics {
                 "Time in key look-up and the HSM per bulk MAC verification request, by caller.",
                 &["caller"],
                 prometheus::exponential_buckets(0.001, 2.0, 18)?,
+            )?,
+            transaction_macs: counter_vec(
+                &r,
+                "keyward_transaction_macs_total",
+                "Device transaction MACs verified, by algorithm and result (valid, invalid).",
+                &["algorithm", "result"],
+            )?,
+            mac_failure_streaks: counter_vec(
+                &r,
+                "keyward_transaction_mac_failure_streaks_total",
+                "Device credentials that reached 5 consecutive transaction MAC failures, by issuer.",
+                &["issuer"],
             )?,
             registry: r,
         };

@@ -37,6 +37,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "login",
             include_str!("../migrations/sqlite/2020_login.sql"),
         ),
+        (
+            2021,
+            "mac failures",
+            include_str!("../migrations/sqlite/2021_mac_failures.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -58,6 +63,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2020,
             "login",
             include_str!("../migrations/postgres/2020_login.sql"),
+        ),
+        (
+            2021,
+            "mac failures",
+            include_str!("../migrations/postgres/2021_mac_failures.sql"),
         ),
     ],
 };

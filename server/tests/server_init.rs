@@ -113,7 +113,8 @@ async fn issuer_create_at_the_console_is_audited() {
     assert!(out.status.success());
     let issuer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(issuer["issuer_id"], "bank-x");
-    assert_eq!(issuer["master_keys"].as_array().unwrap().len(), 2);
+    // IMK-TMK, IMK-AUTH, ZPK.
+    assert_eq!(issuer["master_keys"].as_array().unwrap().len(), 3);
     // A second one is refused, and that too is on record.
     let again = s.keyward(&["issuer", "create", "bank-x", "--family", "aes"]);
     assert!(!again.status.success());

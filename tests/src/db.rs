@@ -56,7 +56,8 @@ pub async fn test_database() -> Result<TestDb> {
     }
 }
 
-fn sqlite() -> Result<TestDb> {
+/// A fresh SQLite file in its own temp dir.
+pub fn sqlite() -> Result<TestDb> {
     let dir = tempfile::Builder::new().prefix("keyward-db-").tempdir()?;
     // A directory that does not exist yet: the catalog must create it.
     let path = dir.path().join("var").join("keyward.db");
@@ -70,7 +71,8 @@ fn sqlite() -> Result<TestDb> {
     })
 }
 
-async fn postgres(admin_url: &str) -> Result<TestDb> {
+/// A fresh schema in the PostgreSQL database `admin_url` (see the module).
+pub async fn postgres(admin_url: &str) -> Result<TestDb> {
     if !(admin_url.starts_with("postgres://") || admin_url.starts_with("postgresql://")) {
         bail!("{TEST_DATABASE_URL_ENV} must be a postgres:// URL");
     }

@@ -391,10 +391,9 @@ impl SimDevice {
         })
     }
 
-    /// The full transaction MAC of docs/protocol.md §6 over `msg` with the
-    /// current `TAK`, by algorithm name, computed in software
-    /// ([`device`]); `padding` (1 or 2) for the ISO 9797-1 algorithms. The
-    /// caller truncates.
+    /// The full transaction MAC (8 bytes; CMAC-AES 16) over `msg` with the
+    /// current `TAK`, computed in software ([`device`]); `padding` 1 or 2
+    /// for the ISO 9797-1 algorithms, 0 for none. The caller truncates.
     pub fn transaction_mac(
         &self,
         issuer: &str,
@@ -402,16 +401,70 @@ impl SimDevice {
         padding: u8,
         msg: &[u8],
     ) -> Result<Vec<u8>> {
+        let len = if algorithm == "CMAC-AES" { 16 } else { 8 };
+        self.mac(
+            issuer,
+            algorithm,
+            (padding != 0).then_some(padding),
+            msg,
+            len,
+        )
+    }
+
+    /// The transaction MAC of PROTOCOL.md "Transaction MAC" with the current
+    /// `TAK`: `algorithm` by its name, `padding` 1 or 2 where it takes one,
+    /// truncated to `len` bytes (`CUP-ECB`: its 8 ASCII characters).
+    pub fn mac(
+        &self,
+        issuer: &str,
+        algorithm: &str,
+        padding: Option<u8>,
+        msg: &[u8],
+        len: usize,
+    ) -> Result<Vec<u8>> {
         let keys = self.issuers.get(issuer).context("no keys for issuer")?;
         let tak = keys.working.get("TAK").context("no working keys")?;
-        Ok(match (algorithm, keys.family) {
-            ("ISO9797-1-M1-TDES", Family::Tdes) => device::mac_m1_tdes(tak, msg, padding).to_vec(),
-            ("ISO9797-1-M3", Family::Tdes) => device::mac_x919(tak, msg, padding).to_vec(),
-            ("CMAC-TDES", Family::Tdes) => device::cmac_tdes(tak, msg).to_vec(),
-            ("CMAC-AES", Family::Aes) => device::cmac_aes(tak, msg).to_vec(),
-            ("CUP-ECB", Family::Tdes) => device::mac_cup_ecb(tak, msg).to_vec(),
-            (a, f) => bail!("{a} is not an algorithm of the {f:?} family"),
-        })
+        let full = match algorithm {
+            "ISO9797-1-M1-TDES" => {
+                device::mac_m1_tdes(tak, msg, padding.context("padding")?).to_vec()
+            }
+            "ISO9797-1-M3" => device::mac_x919(tak, msg, padding.context("padding")?).to_vec(),
+            "CMAC-TDES" => device::cmac_tdes(tak, msg).to_vec(),
+            "CMAC-AES" => device::cmac_aes(tak, msg).to_vec(),
+            "CUP-ECB" => device::mac_cup_ecb(tak, msg).to_vec(),
+            other => bail!("unknown MAC algorithm {other}"),
+        };
+        ensure!(len <= full.len(), "MAC longer than the algorithm's");
+        Ok(full[..len].to_vec())
+    }
+
+    /// An account field as the device sends it: CBC under the current `TDK`
+    /// with `iv`, over the field padded with ISO/IEC 9797-1 method 2.
+    pub fn encrypt_field(&self, issuer: &str, iv: &[u8], field: &[u8]) -> Result<Vec<u8>> {
+        let keys = self.issuers.get(issuer).context("no keys for issuer")?;
+        let tdk = keys.working.get("TDK").context("no working keys")?;
+        let block = match keys.family {
+            Family::Tdes => 8,
+            Family::Aes => 16,
+        };
+        ensure!(iv.len() == block, "the IV is one block");
+        let mut data = field.to_vec();
+        data.push(0x80);
+        while !data.len().is_multiple_of(block) {
+            data.push(0);
+        }
+        let mut chain = iv.to_vec();
+        let mut out = Vec::with_capacity(data.len());
+        for chunk in data.chunks(block) {
+            let x: Vec<u8> = chunk.iter().zip(&chain).map(|(a, b)| a ^ b).collect();
+            let c = match keys.family {
+                Family::Tdes => device::tdes_encrypt_block(tdk, x.as_slice().try_into()?).to_vec(),
+                Family::Aes => device::aes_encrypt_block(tdk, x.as_slice().try_into()?).to_vec(),
+            };
+            out.extend_from_slice(&c);
+            chain = c;
+        }
+        Ok(out)
     }
 }
 

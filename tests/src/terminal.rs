@@ -89,6 +89,18 @@ impl Terminal {
         })
     }
 
+    /// The same client with TLS session resumption off: every connection
+    /// is a full handshake (certificates, signatures) with the server.
+    pub fn without_resumption(&self) -> Self {
+        let mut config = rustls::ClientConfig::clone(self.connector.config());
+        config.resumption = rustls::client::Resumption::disabled();
+        Self {
+            host: self.host.clone(),
+            port: self.port,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        }
+    }
+
     /// One request over a fresh TLS connection.
     pub async fn call(
         &self,

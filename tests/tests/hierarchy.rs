@@ -150,7 +150,8 @@ async fn tdes_issuer_end_to_end() {
         .create_issuer(issuer.clone(), KeyFamily::Tdes)
         .await
         .unwrap();
-    assert_eq!(rec.master_keys.len(), 2);
+    // IMK-TMK, IMK-AUTH and the zone PIN key.
+    assert_eq!(rec.master_keys.len(), 3);
     assert!(matches!(
         kms.create_issuer(issuer.clone(), KeyFamily::Tdes).await,
         Err(KmsError::IssuerExists(_))
@@ -540,15 +541,26 @@ async fn master_keys_are_locked_down_on_the_token() {
     let text = f._token.list_objects("secrkey").unwrap();
     assert!(text.contains("keyward/bank-c/IMK-TMK"), "{text}");
     assert!(text.contains("keyward/bank-c/IMK-AUTH"), "{text}");
+    assert!(text.contains("keyward/bank-c/ZPK"), "{text}");
     for block in text.split("Secret Key Object").skip(1) {
-        assert!(
-            block.contains("Usage:") && block.contains("derive"),
-            "{block}"
-        );
-        assert!(
-            !block.contains("encrypt"),
-            "master key must not encrypt: {block}"
-        );
+        if block.contains("keyward/bank-c/ZPK") {
+            // The zone PIN key only encrypts (PIN blocks translated to it);
+            // nothing may decrypt under it or derive from it.
+            assert!(block.contains("encrypt"), "{block}");
+            assert!(
+                !block.contains("decrypt") && !block.contains("derive"),
+                "{block}"
+            );
+        } else {
+            assert!(
+                block.contains("Usage:") && block.contains("derive"),
+                "{block}"
+            );
+            assert!(
+                !block.contains("encrypt"),
+                "master key must not encrypt: {block}"
+            );
+        }
         assert!(
             block.contains("Access:") && block.contains("sensitive"),
             "{block}"

@@ -47,16 +47,30 @@ pub use model::{
 
 /// The key catalog's own tables (versions 1..=100 of the shared table).
 const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
-    sqlite: &[(
-        1,
-        "catalog",
-        include_str!("../../migrations/sqlite/0001_catalog.sql"),
-    )],
-    postgres: &[(
-        1,
-        "catalog",
-        include_str!("../../migrations/postgres/0001_catalog.sql"),
-    )],
+    sqlite: &[
+        (
+            1,
+            "catalog",
+            include_str!("../../migrations/sqlite/0001_catalog.sql"),
+        ),
+        (
+            2,
+            "zone pin key",
+            include_str!("../../migrations/sqlite/0002_zone_pin_key.sql"),
+        ),
+    ],
+    postgres: &[
+        (
+            1,
+            "catalog",
+            include_str!("../../migrations/postgres/0001_catalog.sql"),
+        ),
+        (
+            2,
+            "zone pin key",
+            include_str!("../../migrations/postgres/0002_zone_pin_key.sql"),
+        ),
+    ],
 };
 
 /// The key catalog. Cheap to clone: clones share one connection pool.
@@ -149,6 +163,30 @@ impl Catalog {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records one more token key of an existing issuer (the zone PIN key of
+    /// an issuer made before it existed). `Ok(false)` if the issuer already
+    /// has a key of that role.
+    pub async fn add_master_key(&self, issuer: &IssuerId, key: &MasterKeyRecord) -> Result<bool> {
+        self.retrying(false, || async {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(
+                "INSERT INTO master_keys (issuer_id, role, label, kcv_method, kcv) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer_id, role) DO NOTHING",
+            )
+            .bind(issuer.as_str())
+            .bind(key.role.as_str())
+            .bind(key.label.as_str())
+            .bind(key.kcv.method.as_str())
+            .bind(key.kcv.hex())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(done == 1)
+        })
+        .await
     }
 
     /// One issuer with its master keys; `None` lets the caller choose the error.

@@ -34,22 +34,35 @@ pub struct MasterKeyRecord {
     pub kcv: Kcv,
 }
 
-/// Which issuer master derivation key (docs/protocol.md §3.1).
+/// Which issuer token key: the master derivation keys (docs/protocol.md
+/// §3.1) and the zone PIN key (§8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MasterKeyRole {
     /// Derives `TMK_d`, which protects working-key delivery.
     ImkTmk,
     /// Derives `AUTH_d`, the challenge/response key.
     ImkAuth,
+    /// The zone PIN key a PIN block is translated to for the issuer's
+    /// systems; encrypt-only (no host may decrypt a PIN block under it).
+    Zpk,
 }
 
 impl MasterKeyRole {
-    pub const ALL: [MasterKeyRole; 2] = [Self::ImkTmk, Self::ImkAuth];
+    pub const ALL: [MasterKeyRole; 3] = [Self::ImkTmk, Self::ImkAuth, Self::Zpk];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ImkTmk => "IMK-TMK",
             Self::ImkAuth => "IMK-AUTH",
+            Self::Zpk => "ZPK",
+        }
+    }
+
+    /// What the key may do on the token.
+    pub fn usage(self) -> crate::hsm::Usage {
+        match self {
+            Self::ImkTmk | Self::ImkAuth => crate::hsm::Usage::DERIVE,
+            Self::Zpk => crate::hsm::Usage::ENCRYPT,
         }
     }
 }
@@ -60,7 +73,11 @@ impl FromStr for MasterKeyRole {
         match s {
             "IMK-TMK" => Ok(Self::ImkTmk),
             "IMK-AUTH" => Ok(Self::ImkAuth),
-            _ => Err(KmsError::invalid("role", "must be IMK-TMK or IMK-AUTH")),
+            "ZPK" => Ok(Self::Zpk),
+            _ => Err(KmsError::invalid(
+                "role",
+                "must be IMK-TMK, IMK-AUTH or ZPK",
+            )),
         }
     }
 }

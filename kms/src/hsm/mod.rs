@@ -32,6 +32,11 @@ pub struct Capabilities {
     /// start): `ISO9797-1-M3` uses it, with `sign` on the TAK, instead of the
     /// two-key emulation.
     pub vendor_retail_mac: bool,
+    /// A vendor PIN-translation mechanism is configured
+    /// (`[hsm.mechanisms] pin_translate`, checked against the token at
+    /// start); without one PIN blocks are refused, never decrypted on the
+    /// host.
+    pub pin_translate: bool,
     /// Serialise object creation, lookup and destruction on one lock.
     /// SoftHSM 2.6.1 races between object creation and `C_FindObjects`
     /// (SoftHSMv2 #573). On for every module: no other module has been
@@ -44,6 +49,7 @@ impl Capabilities {
     pub fn from_config(mechanisms: &MechanismOverrides) -> Self {
         Self {
             vendor_retail_mac: mechanisms.des3_retail_mac.is_some(),
+            pin_translate: mechanisms.pin_translate.is_some(),
             serialize_object_ops: true,
         }
     }
@@ -88,6 +94,10 @@ impl Usage {
     };
     pub const ENCRYPT: Usage = Usage {
         encrypt: true,
+        ..Usage::NONE
+    };
+    pub const DECRYPT: Usage = Usage {
+        decrypt: true,
         ..Usage::NONE
     };
     pub const MAC: Usage = Usage {
@@ -146,6 +156,18 @@ pub enum Cipher {
     Des3Cbc([u8; 8]),
     AesEcb,
     AesCbc([u8; 16]),
+}
+
+/// What a PIN translation needs besides the two keys: ISO 9564 formats in
+/// and out, and the PAN the block is bound to (formats 0, 3 and 4 mix it in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinTranslation {
+    pub from_format: u8,
+    pub to_format: u8,
+    /// The account number, decimal digits.
+    pub pan: String,
+    /// The encrypted PIN block (8 bytes formats 0 and 3, 16 bytes format 4).
+    pub block: Vec<u8>,
 }
 
 /// MAC mechanisms with a native PKCS#11 form.
@@ -215,6 +237,8 @@ pub enum MechanismId {
     Des3Cmac,
     AesCmac,
     Des3RetailVendor,
+    /// A vendor PIN-translation mechanism (configured, never standard).
+    PinTranslateVendor,
     AesKeyWrap,
     RsaOaep,
     EcKeyPairGen,
@@ -263,6 +287,14 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
         spec: &KeySpec,
     ) -> Result<ObjectId>;
     fn encrypt(&self, key: ObjectId, cipher: Cipher, data: &[u8]) -> Result<Vec<u8>>;
+    /// `C_Decrypt` (a data key's account fields; never a PIN block).
+    fn decrypt(&self, key: ObjectId, cipher: Cipher, data: &[u8]) -> Result<Vec<u8>>;
+    /// Re-encrypts a PIN block from `from` (the device's `TPK`) to `to` (the
+    /// issuer's `ZPK`) inside the HSM, with the vendor mechanism of
+    /// `[hsm.mechanisms] pin_translate`. The clear block never reaches the
+    /// host; a module without such a mechanism answers
+    /// [`crate::KmsError::Unsupported`].
+    fn translate_pin(&self, from: ObjectId, to: ObjectId, pin: &PinTranslation) -> Result<Vec<u8>>;
     fn mac(&self, key: ObjectId, mech: MacMechanism, data: &[u8]) -> Result<Vec<u8>>;
     /// An ephemeral P-256 key pair as session objects; returns the private key
     /// and the public point.

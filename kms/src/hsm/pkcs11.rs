@@ -22,7 +22,7 @@ use super::raw::RawModule;
 use super::rv::classify;
 use super::{
     Capabilities, Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId,
-    ObjectId, PublicKey, SecretKind, SignMechanism, WrapMechanism,
+    ObjectId, PinTranslation, PublicKey, SecretKind, SignMechanism, WrapMechanism,
 };
 use crate::error::{KmsError, Result};
 
@@ -387,6 +387,7 @@ pub fn mechanism_name(m: MechanismId) -> &'static str {
         MechanismId::Des3Cmac => "CKM_DES3_CMAC",
         MechanismId::AesCmac => "CKM_AES_CMAC",
         MechanismId::Des3RetailVendor => "vendor X9.19 retail MAC",
+        MechanismId::PinTranslateVendor => "vendor PIN translation",
         MechanismId::AesKeyWrap => "CKM_AES_KEY_WRAP",
         MechanismId::RsaOaep => "CKM_RSA_PKCS_OAEP",
         MechanismId::EcKeyPairGen => "CKM_EC_KEY_PAIR_GEN",
@@ -431,6 +432,7 @@ impl Hsm for Pkcs11Hsm {
             MechanismId::Des3Cmac => o.des3_cmac.unwrap_or(CKM_DES3_CMAC),
             MechanismId::AesCmac => MechanismType::AES_CMAC.into(),
             MechanismId::Des3RetailVendor => return o.des3_retail_mac,
+            MechanismId::PinTranslateVendor => return o.pin_translate,
             MechanismId::AesKeyWrap => MechanismType::AES_KEY_WRAP.into(),
             MechanismId::RsaOaep => MechanismType::RSA_PKCS_OAEP.into(),
             MechanismId::EcKeyPairGen => MechanismType::ECC_KEY_PAIR_GEN.into(),
@@ -535,6 +537,39 @@ impl Hsm for Pkcs11Hsm {
             Cipher::AesCbc(iv) => Mechanism::AesCbc(iv),
         };
         self.with_session(&[key], |s| s.encrypt(&mech, Self::handle(key), data))
+    }
+
+    fn decrypt(&self, key: ObjectId, cipher: Cipher, data: &[u8]) -> Result<Vec<u8>> {
+        let mech = match cipher {
+            Cipher::Des3Ecb => Mechanism::Des3Ecb,
+            Cipher::Des3Cbc(iv) => Mechanism::Des3Cbc(iv),
+            Cipher::AesEcb => Mechanism::AesEcb,
+            Cipher::AesCbc(iv) => Mechanism::AesCbc(iv),
+        };
+        self.with_session(&[key], |s| s.decrypt(&mech, Self::handle(key), data))
+    }
+
+    fn translate_pin(
+        &self,
+        _from: ObjectId,
+        _to: ObjectId,
+        _pin: &PinTranslation,
+    ) -> Result<Vec<u8>> {
+        // Vendors define PIN translation each with their own mechanism
+        // parameter block (formats, PAN, key handles); none is standard
+        // PKCS#11. The seam is here for the module that has one; until its
+        // parameter block is written for it, a configured number is probed
+        // at start but the call is refused rather than guessed.
+        Err(KmsError::Unsupported {
+            operation: "translate a PIN block",
+            reason: match self.capabilities().pin_translate {
+                false => {
+                    "no PIN-translation mechanism is configured (hsm.mechanisms.pin_translate); \
+                     SoftHSM has none"
+                }
+                true => "the configured vendor mechanism's parameter block is not implemented",
+            },
+        })
     }
 
     fn mac(&self, key: ObjectId, mech: MacMechanism, data: &[u8]) -> Result<Vec<u8>> {

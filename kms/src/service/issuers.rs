@@ -4,44 +4,30 @@
 use crate::catalog::{IssuerRecord, MasterKeyRecord, MasterKeyRole};
 use crate::db::now_ms;
 use crate::error::{KmsError, Result};
-use crate::hsm::{KeySpec, Usage};
+use crate::hsm::KeySpec;
 use crate::keys::{self, IssuerKeys, master_label};
 use crate::service::Kms;
 use crate::types::{IssuerId, Kcv, KeyFamily};
 
 impl Kms {
     /// Creates an issuer: its master keys are generated in the HSM as token
-    /// objects (sensitive, non-extractable, derive-only) and recorded with
-    /// their KCVs. A master key left on the token by an interrupted earlier
+    /// objects (sensitive, non-extractable, derive-only; the zone PIN key
+    /// encrypt-only) and recorded with their KCVs. A master key left on the token by an interrupted earlier
     /// attempt is adopted rather than duplicated.
     pub async fn create_issuer(&self, id: IssuerId, family: KeyFamily) -> Result<IssuerRecord> {
         if self.catalog.issuer(&id).await?.is_some() {
             return Err(KmsError::IssuerExists(id));
         }
         self.probe_families(&[family]).await?;
-        let roles = [MasterKeyRole::ImkTmk, MasterKeyRole::ImkAuth];
-        let labels: Vec<String> = roles.iter().map(|r| master_label(&id, *r)).collect();
+        let roles = MasterKeyRole::ALL;
+        let wanted: Vec<(String, MasterKeyRole)> =
+            roles.iter().map(|r| (master_label(&id, *r), *r)).collect();
         let generated = self
             .pool
             .run(move |hsm| {
                 let mut out = Vec::new();
-                for label in labels {
-                    let (obj, created) = match hsm.find_key(&label)? {
-                        Some(obj) => (obj, false),
-                        None => {
-                            let spec = KeySpec {
-                                kind: family.secret_kind(),
-                                usage: Usage::DERIVE,
-                                token_label: Some(label.clone()),
-                                extractable: false,
-                            };
-                            (hsm.generate_key(&spec)?, true)
-                        }
-                    };
-                    let kcv = hsm.check_value(obj)?.ok_or(KmsError::Hsm {
-                        function: "C_GetAttributeValue",
-                        problem: "token gave no CKA_CHECK_VALUE",
-                    })?;
+                for (label, role) in wanted {
+                    let (obj, created, kcv) = token_key(hsm, family, &label, role)?;
                     out.push((label, obj, created, kcv));
                 }
                 Ok(out)
@@ -82,6 +68,38 @@ impl Kms {
         Ok(record)
     }
 
+    /// Gives an existing issuer its token key of `role` if it has none (the
+    /// zone PIN key of an issuer created before there was one); returns the
+    /// issuer as it is now, and whether a key was added.
+    pub async fn add_issuer_key(
+        &self,
+        id: &IssuerId,
+        role: MasterKeyRole,
+    ) -> Result<(IssuerRecord, bool)> {
+        let issuer = self.issuer(id).await?;
+        if issuer.master_keys.iter().any(|k| k.role == role) {
+            return Ok((issuer, false));
+        }
+        let label = master_label(id, role);
+        let family = issuer.family;
+        let at = label.clone();
+        let (_, _, kcv) = self
+            .pool
+            .run(move |hsm| token_key(hsm, family, &at, role))
+            .await?;
+        let record = MasterKeyRecord {
+            role,
+            label,
+            kcv: Kcv {
+                method: keys::master_kcv_method(family),
+                value: kcv,
+            },
+        };
+        let added = self.catalog.add_master_key(id, &record).await?;
+        tracing::info!(issuer = %id, role = %role, "issuer token key added");
+        Ok((self.issuer(id).await?, added))
+    }
+
     /// An issuer or [`KmsError::UnknownIssuer`].
     pub async fn issuer(&self, id: &IssuerId) -> Result<IssuerRecord> {
         self.catalog
@@ -115,4 +133,31 @@ impl Kms {
             .insert(id.clone(), ik.clone());
         Ok(ik)
     }
+}
+
+/// The token key `label` of `role`: found (left by an interrupted earlier
+/// attempt, adopted rather than duplicated) or generated, with its KCV.
+fn token_key(
+    hsm: &dyn crate::hsm::Hsm,
+    family: KeyFamily,
+    label: &str,
+    role: MasterKeyRole,
+) -> Result<(crate::hsm::ObjectId, bool, [u8; 3])> {
+    let (obj, created) = match hsm.find_key(label)? {
+        Some(obj) => (obj, false),
+        None => {
+            let spec = KeySpec {
+                kind: family.secret_kind(),
+                usage: role.usage(),
+                token_label: Some(label.to_owned()),
+                extractable: false,
+            };
+            (hsm.generate_key(&spec)?, true)
+        }
+    };
+    let kcv = hsm.check_value(obj)?.ok_or(KmsError::Hsm {
+        function: "C_GetAttributeValue",
+        problem: "token gave no CKA_CHECK_VALUE",
+    })?;
+    Ok((obj, created, kcv))
 }

@@ -21,6 +21,7 @@ mod challenges;
 mod init_package;
 mod issuers;
 mod signing;
+mod transaction;
 mod verify;
 mod working_keys;
 
@@ -32,6 +33,7 @@ use std::time::Duration;
 use keyward_config::Config;
 
 pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
+pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
 pub use verify::{MAX_BULK_ITEMS, MacItem, MacOutcome};
 pub use working_keys::{OfferedKey, WorkingKeyOffer};
 
@@ -186,6 +188,12 @@ impl Kms {
                 needed.extend_from_slice(required_mechanisms(f));
             }
         }
+        if self.pool.capabilities().pin_translate {
+            needed.push((
+                MechanismId::PinTranslateVendor,
+                "PIN translation (configured)",
+            ));
+        }
         if self.pool.capabilities().vendor_retail_mac {
             needed.push((
                 MechanismId::Des3RetailVendor,
@@ -225,6 +233,11 @@ impl Kms {
 
     /// HSM worker threads, which is how many HSM operations run at once:
     /// callers size their own parallelism by it.
+    /// The token's vendor differences (what `keyward check` reports).
+    pub fn capabilities(&self) -> crate::hsm::Capabilities {
+        self.pool.capabilities()
+    }
+
     pub fn hsm_workers(&self) -> usize {
         self.pool.workers()
     }

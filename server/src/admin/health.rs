@@ -1,4 +1,5 @@
-//! `/live`, `/ready`, `/metrics`: for Prometheus and orchestrators, reachable
+//! `/live`, `/ready`, `/metrics`: for Prometheus and orchestrators, and
+//! `/openapi.json`, the API description of both listeners; all reachable
 //! without a client certificate.
 
 use axum::Json;
@@ -70,4 +71,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     update_crl_metrics(&state.metrics, &state.tls.crl());
     let (content_type, body) = state.metrics.render();
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// docs/openapi.json: the OpenAPI 3.1 description of both listeners, built in.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
+/// `GET /openapi.json`: [`OPENAPI_JSON`] as it is.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use keyward_ca::Role;
-use keyward_kms::catalog::IssuerRecord;
+use keyward_kms::catalog::{IssuerRecord, MasterKeyRole};
 use keyward_kms::types::{IssuerId, KeyFamily};
 use keyward_kms::{Kms, KmsError};
 
@@ -88,6 +88,45 @@ pub async fn create(
         Err(CreateError::Audit(e)) => Err(ApiError::audit_unavailable(e)),
         Err(CreateError::Kms(e)) => Err(e.into()),
     }
+}
+
+/// `POST /admin/v1/issuers/{id}/keys` (admin): generates a token key the
+/// issuer lacks (the zone PIN key of an issuer created before there was
+/// one); `200` with the issuer either way, audited `issuer.add_key`.
+pub async fn add_key(
+    State(state): State<AppState>,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+    Json(body): Json<wire::AddIssuerKey>,
+) -> Result<Json<wire::Issuer>, ApiError> {
+    op.require(&state, &[Role::Admin]).await?;
+    let id: IssuerId = id.parse()?;
+    let role: MasterKeyRole = body.role.to_ascii_uppercase().parse()?;
+    if role != MasterKeyRole::Zpk {
+        return Err(KmsError::Invalid {
+            field: "role",
+            reason: "only ZPK can be added to an existing issuer".into(),
+        }
+        .into());
+    }
+    let requested = AuditEvent::OperatorAction {
+        action: "issuer.add_key",
+        target: format!("issuer:{id}"),
+    };
+    let kms = state.kms.clone();
+    let settled = requested.clone();
+    let (rec, _) = op
+        .recorded(
+            &state,
+            requested,
+            async move { kms.add_issuer_key(&id, role).await },
+            move |r| match r {
+                Ok(_) => (settled, Outcome::Success),
+                Err(e) => AuditEvent::failed("issuer.add_key", e.code()),
+            },
+        )
+        .await??;
+    Ok(Json(wire::Issuer::from(&rec)))
 }
 
 /// `GET /admin/v1/issuers`.

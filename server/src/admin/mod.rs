@@ -1,8 +1,9 @@
 //! The admin listener: health and metrics for Prometheus, and the admin API
 //! for operators (docs/admin-api.md).
 //!
-//! - `health`: `/live`, `/ready`, `/metrics`, reachable without a client
-//!   certificate (the admin listener's TLS verifier allows that).
+//! - `health`: `/live`, `/ready`, `/metrics` and `/openapi.json` (the API
+//!   description of both listeners, docs/openapi.json), reachable without a
+//!   client certificate (the admin listener's TLS verifier allows that).
 //! - `ocsp`: `POST /ocsp` and `GET /ocsp/{request}`, the OCSP responder for
 //!   the issuing CA's certificates, also without a client certificate.
 //! - `/admin/v1/*`: the [`require_operator`] middleware admits only
@@ -131,6 +132,7 @@ pub fn router(state: AppState) -> Router {
             post(keys::unlock),
         )
         .route("/admin/v1/issuers/{id}/rotations", post(keys::rotate))
+        .route("/admin/v1/issuers/{id}/keys", post(issuers::add_key))
         .route(
             "/admin/v1/issuers/{id}/rotations/pending",
             get(keys::pending),
@@ -190,6 +192,7 @@ pub fn router(state: AppState) -> Router {
         .route("/live", get(health::live))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
         .merge(api)
         .with_state(state.clone());
     layers::apply(

@@ -179,6 +179,7 @@ impl ApiError {
                 .with_source(source);
             }
             ErrorKind::Internal => return Self::internal(source).with_code(code),
+            ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
         };
         let message = source.to_string();
         Self::new(status, code, message)

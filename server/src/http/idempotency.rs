@@ -11,7 +11,9 @@
 //! method, path or body is `422 idempotency_key_reused`. Refusals and failures
 //! (4xx, 5xx) are not stored: they had no effect, and a retry is tried anew.
 //! Keys are 1–128 characters of `[A-Za-z0-9._:-]` (a UUID fits) and are kept
-//! for [`KEEP`].
+//! for [`KEEP`]. Answers of the customer routes are stored without their
+//! personal data (names, national ids, contacts, accounts): their replay
+//! carries the ids and states only.
 
 use std::time::Duration;
 
@@ -237,6 +239,7 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
             .into_response();
         }
     }
+    let personal = holds_personal_data(parts.uri.path());
     let req = Request::from_parts(parts, Body::from(bytes));
     // In a task of its own: a client that goes away (or a timeout) does not
     // stop the work, and its answer is still stored for the retry.
@@ -252,8 +255,13 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
                     .headers
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok());
+                let kept = if personal {
+                    redact_personal(&bytes)
+                } else {
+                    bytes.to_vec()
+                };
                 store
-                    .finish(&principal, &key, parts.status.as_u16(), ct, &bytes)
+                    .finish(&principal, &key, parts.status.as_u16(), ct, &kept)
                     .await
             } else {
                 store.forget(&principal, &key).await
@@ -268,6 +276,41 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
     );
     task.await
         .unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+/// Routes whose answers carry customers' personal data (names, national
+/// ids, contact addresses, accounts): their stored replay keeps every other
+/// member (ids, states, times) and drops those, so the idempotency table
+/// never holds personal data for its 24 hours.
+fn holds_personal_data(path: &str) -> bool {
+    path.starts_with("/admin/v1/applications") || path.starts_with("/admin/v1/customers")
+}
+
+/// Members that hold personal data, removed at any depth.
+const PERSONAL_MEMBERS: [&str; 4] = ["name", "national_id", "contact", "accounts"];
+
+/// A JSON answer without [`PERSONAL_MEMBERS`]; anything that is not JSON is
+/// not kept at all.
+fn redact_personal(body: &[u8]) -> Vec<u8> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for m in PERSONAL_MEMBERS {
+                    map.remove(m);
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            strip(&mut v);
+            serde_json::to_vec(&v).unwrap_or_default()
+        }
+        Err(_) => b"{}".to_vec(),
+    }
 }
 
 fn replay(status: u16, content_type: Option<&str>, body: Vec<u8>) -> Response {
@@ -302,6 +345,19 @@ pub async fn purge_loop(state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn personal_data_is_not_kept_for_replay() {
+        assert!(holds_personal_data("/admin/v1/applications/A1/approve"));
+        assert!(!holds_personal_data("/admin/v1/devices/01/init"));
+        let body = br#"{"application_id":"A1","name":"Li Lei","national_id":"110101","contact":{"kind":"sms"},"nested":[{"accounts":["6222"],"state":"submitted"}]}"#;
+        let kept: serde_json::Value = serde_json::from_slice(&redact_personal(body)).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({"application_id": "A1", "nested": [{"state": "submitted"}]})
+        );
+        assert_eq!(redact_personal(b"not json"), b"{}");
+    }
 
     #[test]
     fn keys_are_short_and_plain() {

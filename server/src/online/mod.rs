@@ -8,6 +8,8 @@
 //!   rotation at login;
 //! - [`session`]: the bearer sessions a login opens, checked on every later
 //!   online call;
+//! - [`transaction`]: a device's transaction MAC, account fields and PIN
+//!   block, over a session;
 //! - [`jobs`]: background work one replica runs at a time (grace-period
 //!   retirement, expired sessions and challenges);
 //! - next: signed confirmations over the second channel, the e-purse ledger
@@ -22,6 +24,7 @@ pub mod jobs;
 pub mod login;
 pub mod session;
 pub mod store;
+pub mod transaction;
 
 use std::time::Duration;
 

@@ -281,6 +281,44 @@ impl OnlineStore {
         .await
     }
 
+    // ---- transaction MAC failures ------------------------------------------
+
+    /// One more consecutive MAC failure of a credential; the new streak.
+    pub async fn record_mac_failure(&self, issuer: &IssuerId, device: DeviceId) -> Result<u32> {
+        let device = device.to_string();
+        self.retrying(|| async {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query(
+                "INSERT INTO online_credentials (issuer_id, device_id, mac_failures) \
+                 VALUES ($1, $2, 1) ON CONFLICT (issuer_id, device_id) \
+                 DO UPDATE SET mac_failures = online_credentials.mac_failures + 1 \
+                 RETURNING mac_failures",
+            )
+            .bind(issuer.as_str())
+            .bind(device.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let n: i64 = row.try_get("mac_failures")?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    /// A valid MAC ends a failure streak. One statement that writes nothing
+    /// when there is no streak (the common case).
+    pub async fn clear_mac_failures(&self, issuer: &IssuerId, device: DeviceId) -> Result<()> {
+        sqlx::query(
+            "UPDATE online_credentials SET mac_failures = 0 \
+             WHERE issuer_id = $1 AND device_id = $2 AND mac_failures > 0",
+        )
+        .bind(issuer.as_str())
+        .bind(device.to_string())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
     // ---- sessions --------------------------------------------------------
 
     pub async fn session(&self, token_hash: &str) -> Result<Option<StoredSession>> {

@@ -17,11 +17,13 @@
 //!   connectivity check).
 //! - `login`: `POST /v1/login/start`, `POST /v1/login/finish`.
 //! - `session`: `GET|DELETE /v1/session`, behind
-//!   [`session::require_session`] like every session-bound route to come.
+//!   [`session::require_session`] like every session-bound route.
+//! - `transactions`: `POST /v1/transactions` (session-bound).
 
 mod login;
 mod ping;
 pub mod session;
+mod transactions;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -44,6 +46,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let with_session = Router::new()
         .route("/v1/session", get(session::show).delete(session::end))
+        .route("/v1/transactions", post(transactions::verify))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             session::require_session,

@@ -14,6 +14,14 @@ pub struct CreateIssuer {
     pub family: String,
 }
 
+/// `POST /admin/v1/issuers/{id}/keys`: give an existing issuer a token key
+/// it lacks (today: `ZPK`, the zone PIN key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddIssuerKey {
+    pub role: String,
+}
+
 /// An issuer and its master keys; also what `keyward issuer` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issuer {

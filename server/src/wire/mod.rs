@@ -19,6 +19,8 @@
 //!   the binary encoding.
 //! - [`login`]: device login and sessions (`/v1/login`, `/v1/session`), and
 //!   the operators' key-rotation and credential routes.
+//! - [`transactions`]: a device's transaction (MAC, account fields, PIN
+//!   block) (`/v1/transactions`).
 //! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`], [`AuditCheckpoint`]:
 //!   the operator and the audit trail.
 //! - [`Ping`]: `GET /v1/ping` on the public listener.
@@ -29,6 +31,7 @@ pub mod devices;
 pub mod issuers;
 pub mod login;
 pub mod macs;
+pub mod transactions;
 
 pub use crate::audit::AuditRecord;
 /// `GET /admin/v1/audit/checkpoint`: a signed head to store elsewhere, and

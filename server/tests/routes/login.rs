@@ -47,7 +47,7 @@ pub(crate) async fn issued(app: &App, n: u8, issuers: &[&str]) -> (SimDevice, Cl
 }
 
 /// Customer `n`, applied for by one operator and approved by another.
-async fn customer(app: &App, n: u8) -> String {
+pub(crate) async fn customer(app: &App, n: u8) -> String {
     let alice = app.operator(&format!("alice-{n}"), Role::Operator).await;
     let bob = app.operator(&format!("bob-{n}"), Role::Operator).await;
     let applied = app
@@ -76,7 +76,7 @@ async fn customer(app: &App, n: u8) -> String {
         .to_owned()
 }
 
-async fn start(app: &App, who: &ClientIdentity, body: Value) -> Answer {
+pub(crate) async fn start(app: &App, who: &ClientIdentity, body: Value) -> Answer {
     call(
         &app.public,
         who,
@@ -87,7 +87,7 @@ async fn start(app: &App, who: &ClientIdentity, body: Value) -> Answer {
     .await
 }
 
-async fn finish(app: &App, who: &ClientIdentity, body: Value) -> Answer {
+pub(crate) async fn finish(app: &App, who: &ClientIdentity, body: Value) -> Answer {
     call(
         &app.public,
         who,
@@ -98,7 +98,7 @@ async fn finish(app: &App, who: &ClientIdentity, body: Value) -> Answer {
     .await
 }
 
-fn start_body(d: &SimDevice, issuer: &str) -> Value {
+pub(crate) fn start_body(d: &SimDevice, issuer: &str) -> Value {
     serde_json::to_value(terminal::start_body(d, issuer)).unwrap()
 }
 
@@ -122,7 +122,7 @@ pub(crate) async fn login(
     (c, a)
 }
 
-async fn session(app: &App, who: &ClientIdentity, token: &str) -> Answer {
+pub(crate) async fn session(app: &App, who: &ClientIdentity, token: &str) -> Answer {
     let req = Request::builder()
         .method(Method::GET)
         .uri("/v1/session")

@@ -25,4 +25,6 @@ mod idempotency;
 mod issuers;
 mod login;
 mod macs;
+mod openapi;
 mod trail;
+mod transactions;

@@ -21,6 +21,13 @@ pub enum IssuerCommand {
     List,
     /// Show one issuer with its master keys' KCVs.
     Show { issuer_id: String },
+    /// Give an existing issuer a token key it lacks (admin only): `zpk`, the
+    /// zone PIN key PIN blocks are translated to.
+    AddKey {
+        issuer_id: String,
+        #[arg(long, value_parser = ["zpk"])]
+        key: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, cmd: IssuerCommand) -> anyhow::Result<()> {
@@ -34,6 +41,11 @@ pub async fn run(ctx: &Ctx, cmd: IssuerCommand) -> anyhow::Result<()> {
         }
         IssuerCommand::List => {
             ctx.show_list(get("/issuers"), &["issuer_id", "family", "created_at_ms"])
+                .await?;
+        }
+        IssuerCommand::AddKey { issuer_id, key } => {
+            let body = keyward_server::wire::issuers::AddIssuerKey { role: key };
+            ctx.show(post(format!("/issuers/{}/keys", encode(&issuer_id)), body))
                 .await?;
         }
         IssuerCommand::Show { issuer_id } => {

@@ -1,0 +1,277 @@
+//! A device transaction's encrypted parts (docs/protocol.md §6.7, §8.1):
+//! account fields under the data key `TDK`, decrypted in the HSM, and the
+//! PIN block under `TPK`, translated to the issuer's zone PIN key inside the
+//! HSM or refused — never decrypted on the host.
+
+use std::str::FromStr;
+
+use crate::catalog::{MasterKeyRole, WorkingKeyRecord};
+use crate::error::{KmsError, Result};
+use crate::hsm::{Cipher, PinTranslation, Usage};
+use crate::keys::{master_label, with_fresh_handles};
+use crate::service::Kms;
+use crate::types::{DeviceId, IssuerId, KeyFamily, KeyVersion, WorkingKeyRole};
+
+/// Largest encrypted account field, in bytes.
+pub const MAX_ACCOUNT_FIELD: usize = 256;
+
+/// ISO 9564-1 PIN block formats a device may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinFormat {
+    /// Format 0: PIN field XOR PAN field, 8 bytes (TDES).
+    Iso0,
+    /// Format 3: format 0 with random fill, 8 bytes (TDES).
+    Iso3,
+    /// Format 4: the AES format, 16 bytes, two blocks bound to the PAN.
+    Iso4,
+}
+
+impl PinFormat {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Iso0 => 0,
+            Self::Iso3 => 3,
+            Self::Iso4 => 4,
+        }
+    }
+
+    /// The family of the key a block of this format is encrypted under.
+    pub fn family(self) -> KeyFamily {
+        match self {
+            Self::Iso0 | Self::Iso3 => KeyFamily::Tdes,
+            Self::Iso4 => KeyFamily::Aes,
+        }
+    }
+
+    /// The encrypted block's length.
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Iso0 | Self::Iso3 => 8,
+            Self::Iso4 => 16,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Result<Self> {
+        match n {
+            0 => Ok(Self::Iso0),
+            3 => Ok(Self::Iso3),
+            4 => Ok(Self::Iso4),
+            _ => Err(KmsError::invalid("pin_format", "ISO 9564 format 0, 3 or 4")),
+        }
+    }
+}
+
+impl FromStr for PinFormat {
+    type Err = KmsError;
+    fn from_str(s: &str) -> Result<Self> {
+        s.parse::<u8>()
+            .map_err(|_| KmsError::invalid("pin_format", "ISO 9564 format 0, 3 or 4"))
+            .and_then(Self::from_number)
+    }
+}
+
+/// A PIN block as a device sends it, checked for what can be checked without
+/// opening it: the format is the issuer family's, the block has the format's
+/// length, the PAN is 12 to 19 digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinBlock {
+    pub format: PinFormat,
+    pub block: Vec<u8>,
+    pub pan: String,
+}
+
+impl PinBlock {
+    pub fn check(&self, family: KeyFamily) -> Result<()> {
+        if self.format.family() != family {
+            return Err(KmsError::invalid(
+                "pin_format",
+                "formats 0 and 3 go with tdes issuers, format 4 with aes issuers",
+            ));
+        }
+        if self.block.len() != self.format.block_len() {
+            return Err(KmsError::invalid(
+                "pin_block",
+                "8 bytes for formats 0 and 3, 16 bytes for format 4",
+            ));
+        }
+        if !(12..=19).contains(&self.pan.len()) || !self.pan.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(KmsError::invalid("pan", "12 to 19 decimal digits"));
+        }
+        Ok(())
+    }
+}
+
+/// Strips ISO/IEC 9797-1 padding method 2 (`0x80` then zeros).
+fn unpad_method2(mut data: Vec<u8>) -> Result<Vec<u8>> {
+    while data.last() == Some(&0) {
+        data.pop();
+    }
+    match data.pop() {
+        Some(0x80) => Ok(data),
+        _ => Err(KmsError::invalid(
+            "account",
+            "the decrypted field is not padded with ISO/IEC 9797-1 method 2",
+        )),
+    }
+}
+
+impl Kms {
+    /// A working key of `role` and `version` that may still be used (active,
+    /// or replaced and inside its grace period).
+    async fn usable_working_key(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        role: WorkingKeyRole,
+    ) -> Result<WorkingKeyRecord> {
+        let rec = self.working_key(issuer, device, version, role).await?;
+        if !rec.state.usable() {
+            return Err(KmsError::KeyVersionNotUsable {
+                version,
+                state: rec.state.as_str().to_owned(),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Decrypts one account field the device encrypted under its `TDK` of
+    /// `version`: CBC (3DES or AES by the issuer's family) with the device's
+    /// IV over the field padded with ISO/IEC 9797-1 method 2.
+    pub async fn decrypt_account_field(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        iv: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        let ik = self.issuer_keys(issuer).await?;
+        let block = ik.family.block_len();
+        if iv.len() != block {
+            return Err(KmsError::invalid(
+                "iv",
+                "one cipher block of the issuer's family",
+            ));
+        }
+        if data.is_empty() || !data.len().is_multiple_of(block) || data.len() > MAX_ACCOUNT_FIELD {
+            return Err(KmsError::invalid(
+                "account",
+                "a non-empty multiple of the block size, at most 256 bytes",
+            ));
+        }
+        let tdk = self
+            .usable_working_key(issuer, device, version, WorkingKeyRole::Tdk)
+            .await?;
+        let cipher = match ik.family {
+            KeyFamily::Tdes => Cipher::Des3Cbc(
+                iv.try_into()
+                    .map_err(|_| KmsError::invalid("iv", "8 bytes"))?,
+            ),
+            KeyFamily::Aes => Cipher::AesCbc(
+                iv.try_into()
+                    .map_err(|_| KmsError::invalid("iv", "16 bytes"))?,
+            ),
+        };
+        let data = data.to_vec();
+        let cache = self.cache.clone();
+        let clear = self
+            .pool
+            .run(move |hsm| {
+                with_fresh_handles(&cache, || {
+                    let key = cache.working(hsm, &ik, device, tdk.r, Usage::DECRYPT)?;
+                    hsm.decrypt(key, cipher, &data)
+                })
+            })
+            .await?;
+        unpad_method2(clear)
+    }
+
+    /// Translates a PIN block from the device's `TPK` of `version` to the
+    /// issuer's zone PIN key, inside the HSM. The block is checked first
+    /// ([`PinBlock::check`]); then a token without a PIN-translation
+    /// mechanism ([`crate::hsm::Capabilities::pin_translate`]) refuses with
+    /// [`KmsError::Unsupported`] before any key is derived.
+    pub async fn translate_pin(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        pin: &PinBlock,
+    ) -> Result<Vec<u8>> {
+        let ik = self.issuer_keys(issuer).await?;
+        pin.check(ik.family)?;
+        if !self.pool.capabilities().pin_translate {
+            return Err(KmsError::Unsupported {
+                operation: "translate a PIN block",
+                reason: "no PIN-translation mechanism is configured \
+                         (hsm.mechanisms.pin_translate); SoftHSM has none",
+            });
+        }
+        let tpk = self
+            .usable_working_key(issuer, device, version, WorkingKeyRole::Tpk)
+            .await?;
+        let request = PinTranslation {
+            from_format: pin.format.number(),
+            to_format: pin.format.number(),
+            pan: pin.pan.clone(),
+            block: pin.block.clone(),
+        };
+        let zpk_label = master_label(issuer, MasterKeyRole::Zpk);
+        let cache = self.cache.clone();
+        self.pool
+            .run(move |hsm| {
+                with_fresh_handles(&cache, || {
+                    let from = cache.working(hsm, &ik, device, tpk.r, Usage::DECRYPT)?;
+                    let to = cache.master(hsm, &zpk_label)?;
+                    hsm.translate_pin(from, to, &request)
+                })
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_block_rules() {
+        let ok = PinBlock {
+            format: PinFormat::Iso0,
+            block: vec![0; 8],
+            pan: "6222020200112233".into(),
+        };
+        ok.check(KeyFamily::Tdes).unwrap();
+        assert!(
+            ok.check(KeyFamily::Aes).is_err(),
+            "format 0 under an AES key"
+        );
+        let short = PinBlock {
+            block: vec![0; 7],
+            ..ok.clone()
+        };
+        assert!(short.check(KeyFamily::Tdes).is_err());
+        let iso4 = PinBlock {
+            format: PinFormat::Iso4,
+            block: vec![0; 16],
+            ..ok.clone()
+        };
+        iso4.check(KeyFamily::Aes).unwrap();
+        for pan in ["12345678901", "12345678901234567890", "62220202001122AB"] {
+            let bad = PinBlock {
+                pan: pan.into(),
+                ..ok.clone()
+            };
+            assert!(bad.check(KeyFamily::Tdes).is_err(), "{pan}");
+        }
+        assert!("1".parse::<PinFormat>().is_err());
+        assert_eq!("3".parse::<PinFormat>().unwrap(), PinFormat::Iso3);
+    }
+
+    #[test]
+    fn method2_padding_is_stripped_or_refused() {
+        assert_eq!(unpad_method2(b"1234\x80\0\0\0".to_vec()).unwrap(), b"1234");
+        assert!(unpad_method2(b"1234\0\0\0\0".to_vec()).is_err());
+    }
+}

@@ -1,0 +1,983 @@
+//! Device login throughput against a real `keyward serve` (issue 10):
+//! a load client that opens a fresh mutual-TLS connection for every request
+//! (a terminal dialling in) and runs the whole login flow of
+//! docs/protocol.md §10 — `POST /v1/login/start` on one connection, the
+//! device's answer, `POST /v1/login/finish` on a second — with the
+//! simulator computing every response ([`keyward_tests::terminal::login`]).
+//!
+//! For each database backend (SQLite always; PostgreSQL too when
+//! `KEYWARD_BENCH_DATABASE_URL` names one, each run in its own schema):
+//!
+//! 1. An installation is made in this process through the library
+//!    (`bootstrap::open` + `init_opened` on a fresh SoftHSM token), and a
+//!    fleet of devices (200; `KW_BENCH_DEVICES`) is brought to `issued`
+//!    through the admin router (`oneshot` requests): one batch import, then
+//!    per device the genuine-device check, original keys for a TDES issuer
+//!    and their confirmation, a customer applied for and approved by two
+//!    operators, and the binding.
+//! 2. `keyward serve` is spawned on that database and token (this bench
+//!    binary re-executed as the `keyward` CLI — the same `cli::main` as the
+//!    `keyward` binary, built with the bench profile; `KEYWARD_BIN=path` runs
+//!    another binary instead), and every device logs in once (that login
+//!    carries the initial key update and its confirmation; not part of the
+//!    steady state).
+//! 3. Measured, closed loop, each concurrent worker with its own device:
+//!    steady-state logins (no key update) at 50 and 200 concurrent devices,
+//!    and, beside them for scale, (a) fresh mTLS connection + handshake +
+//!    `GET /v1/ping` against the same listener (server key in the HSM), the
+//!    same with TLS session resumption off (every handshake a full one), and
+//!    (b) `Kms::challenge` + `Kms::verify_challenge_response` alone, in
+//!    this process on the same token, from the same number of tasks.
+//!
+//! Connections are fresh, TLS sessions need not be: neither side configures
+//! resumption, so rustls's defaults apply (server: 256 sessions in memory and
+//! tickets; client: each device's `Terminal` resumes). The server-side line
+//! under a row shows how many handshakes still needed the HSM signature.
+//!
+//! The table gives the rate, p50/p99 latency of one operation, refusals and
+//! errors, and the CPU the server process and this process (the load
+//! client) used during the window, in cores. The load client shares the
+//! machine with the server. It prints figures; it asserts nothing about
+//! them. Run with
+//!
+//! ```text
+//! KEYWARD_BENCH_DATABASE_URL=postgres://keyward:keyward@127.0.0.1:5432/keyward_bench \
+//!   cargo bench -p keyward-tests --bench login
+//! ```
+//!
+//! (without the variable, SQLite only). `KW_BENCH_SECS` sets the measured
+//! window (default 6 s, after 2 s of warm-up), `KW_BENCH_HSM_SESSIONS` the
+//! HSM sessions of both server and in-process KMS (default 2, the config
+//! default), `KW_BENCH_BACKENDS=sqlite|postgres` picks one backend and
+//! `KW_BENCH_PERF=FILE` records a `perf record -g -e cpu-clock` profile of
+//! the server during the 200-device login window.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http_body_util::BodyExt;
+use keyward_ca::{IssueRequest, Role};
+use keyward_config::Config;
+use keyward_kms::Kms;
+use keyward_kms::hsm::PublicKey;
+use keyward_kms::types::{DeviceId, IssuerId};
+use keyward_server::identity::{ClientIdentity, PeerCertificate};
+use keyward_server::metrics::Metrics;
+use keyward_server::{AppState, admin_app, bootstrap, serve};
+use keyward_tests::db::{TestDb, postgres, sqlite};
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::softhsm::TestToken;
+use keyward_tests::terminal::{self, LoginOptions, Terminal};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const AS_KEYWARD_ENV: &str = "KW_BENCH_AS_KEYWARD";
+const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
+const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
+const ISSUER: &str = "bench-tdes";
+const CONCURRENCY: [usize; 2] = [50, 200];
+/// Tasks bringing the fleet to `issued` and making the first logins.
+const SETUP_TASKS: usize = 8;
+const WARMUP: Duration = Duration::from_secs(2);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number")),
+        Err(_) => default,
+    }
+}
+
+fn main() -> ExitCode {
+    // This binary re-executed as the server: `… --config FILE serve`.
+    if std::env::var_os(AS_KEYWARD_ENV).is_some() {
+        return keyward_server::cli::main();
+    }
+    match std::env::var(BACKEND_ENV) {
+        Ok(backend) => {
+            one_backend(&backend);
+            ExitCode::SUCCESS
+        }
+        Err(_) => {
+            // One child process per backend: its own SoftHSM token, its own
+            // PKCS#11 module initialisation, its own server.
+            let pg = std::env::var(DATABASE_URL_ENV)
+                .ok()
+                .filter(|u| !u.trim().is_empty());
+            let backends: Vec<String> = match std::env::var("KW_BENCH_BACKENDS") {
+                Ok(b) => b.split(',').map(|s| s.trim().to_owned()).collect(),
+                Err(_) if pg.is_some() => vec!["sqlite".into(), "postgres".into()],
+                Err(_) => vec!["sqlite".into()],
+            };
+            let exe = std::env::current_exe().unwrap();
+            let mut ok = true;
+            for b in backends {
+                let status = Command::new(&exe).env(BACKEND_ENV, &b).status().unwrap();
+                ok &= status.success();
+                println!();
+            }
+            if pg.is_none() {
+                println!("(PostgreSQL skipped: set {DATABASE_URL_ENV}=postgres://…)");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+// ---- the installation and its fleet ------------------------------------------
+
+/// A JSON string literal, which is also a valid TOML basic string.
+fn toml_str(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+fn write_config(dir: &Path, token: &TestToken, db: &TestDb, sessions: usize) -> PathBuf {
+    let hsm = token.hsm_config(sessions);
+    let config = dir.join("keyward.toml");
+    // All load comes from 127.0.0.1: the per-address connection cap (128 by
+    // default, against one abusive client) would refuse the 200 devices.
+    let text = format!(
+        r#"data_dir = {data}
+
+[hsm]
+module = {module}
+token_label = {label}
+pin_file = {pin}
+sessions = {sessions}
+
+[database]
+url = {url}
+
+[server]
+public_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+public_names = ["localhost", "127.0.0.1"]
+max_connections_per_address = 4096
+"#,
+        data = toml_str(&dir.join("data").display().to_string()),
+        module = toml_str(&hsm.module.display().to_string()),
+        label = toml_str(&hsm.token_label),
+        pin = toml_str(&hsm.pin_file.as_ref().unwrap().display().to_string()),
+        url = toml_str(&db.config.url),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn identity_of(der: &[u8]) -> ClientIdentity {
+    ClientIdentity {
+        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
+        cert: Some(PeerCertificate::from_der(der).expect("a certificate")),
+    }
+}
+
+fn der_of_pem(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// The admin router with the operators that bring devices to `issued`.
+#[derive(Clone)]
+struct Admin {
+    router: Router,
+    root: ClientIdentity,
+    alice: ClientIdentity,
+    bob: ClientIdentity,
+}
+
+impl Admin {
+    async fn new(state: &AppState, data: &Path) -> Self {
+        let pem = std::fs::read_to_string(data.join("operators/admin.pem")).unwrap();
+        Self {
+            router: admin_app(state.clone()),
+            root: identity_of(&der_of_pem(&pem)),
+            alice: operator(state, "alice").await,
+            bob: operator(state, "bob").await,
+        }
+    }
+
+    /// One POST as `who`; the body, which must have `status`. A 503 (the
+    /// SQLite write lock not taken in time on a busy machine: "not
+    /// performed") is retried.
+    async fn post(
+        &self,
+        who: &ClientIdentity,
+        path: &str,
+        body: Value,
+        status: StatusCode,
+    ) -> Value {
+        for attempt in 1.. {
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            req.extensions_mut().insert(who.clone());
+            let res = self.router.clone().oneshot(req).await.unwrap();
+            let got = res.status();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            if got == StatusCode::SERVICE_UNAVAILABLE && attempt < 10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(got, status, "{path}: {}", String::from_utf8_lossy(&bytes));
+            return serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        }
+        unreachable!()
+    }
+
+    /// Check, original keys, customer, binding: device `n` is `issued`.
+    async fn issue(&self, d: &mut SimDevice, n: usize) {
+        let id = d.id;
+        let path = |tail: &str| format!("/admin/v1/devices/{id}{tail}");
+        let c = self
+            .post(
+                &self.root,
+                &path("/challenge"),
+                json!({}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let sig = d.sign_challenge(&hex::decode(c["challenge"].as_str().unwrap()).unwrap());
+        self.post(
+            &self.root,
+            &path("/check"),
+            json!({"challenge_id": c["challenge_id"], "signature": B64.encode(sig)}),
+            StatusCode::OK,
+        )
+        .await;
+        let pkg = self
+            .post(
+                &self.root,
+                &path("/init"),
+                json!({"issuer_id": ISSUER}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let pkg = keyward_tests::wire::init_package_from_json(&pkg).unwrap();
+        let answer = d.load_init_package(&pkg).unwrap();
+        assert!(answer.accepted);
+        let confirm =
+            serde_json::to_value(keyward_tests::wire::confirm_body(ISSUER, &answer)).unwrap();
+        self.post(&self.root, &path("/init/confirm"), confirm, StatusCode::OK)
+            .await;
+        let account = format!("62220202{n:08}");
+        let applied = self
+            .post(
+                &self.alice,
+                "/admin/v1/applications",
+                json!({"name": format!("Bench Customer {n}"),
+                       "national_id": format!("1101011990{n:08}"),
+                       "accounts": [account],
+                       "contact": {"kind": "sms", "address": "+8613800138000"}}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let app_id = applied["application_id"].as_str().unwrap();
+        let approved = self
+            .post(
+                &self.bob,
+                &format!("/admin/v1/applications/{app_id}/approve"),
+                json!({}),
+                StatusCode::OK,
+            )
+            .await;
+        self.post(
+            &self.root,
+            &path("/bindings"),
+            json!({"customer_id": approved["customer_id"], "issuer_id": ISSUER,
+                   "secure_element": "psam", "accounts": [account]}),
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+}
+
+async fn operator(state: &AppState, name: &str) -> ClientIdentity {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = secret
+        .public_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec();
+    let cert = state
+        .ca
+        .issue_for_public_key(
+            &PublicKey::P256(point),
+            IssueRequest::operator(name, Role::Operator),
+        )
+        .await
+        .unwrap();
+    identity_of(&cert.der)
+}
+
+fn dev_id(i: usize) -> DeviceId {
+    let n = u32::try_from(i).unwrap().to_be_bytes();
+    DeviceId::from_bytes([0x62, 0x22, 0xbe, 0x00, n[0], n[1], n[2], n[3]])
+}
+
+/// Runs `f` over `items`, `tasks` at a time; the items back in order.
+async fn in_parallel<T, F, Fut>(items: Vec<T>, tasks: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, T) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send,
+{
+    let n = items.len();
+    let queue = Arc::new(std::sync::Mutex::new(
+        items.into_iter().enumerate().collect::<Vec<_>>(),
+    ));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (queue, f) = (queue.clone(), f.clone());
+        set.spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some((i, item)) = next else { break };
+                done.push((i, f(i, item).await));
+            }
+            done
+        });
+    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        for (i, item) in r.unwrap() {
+            out[i] = Some(item);
+        }
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+// ---- the server --------------------------------------------------------------
+
+struct Spawned {
+    child: Child,
+    public: String,
+    admin: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_serve(config: &Path, log: &Path) -> Spawned {
+    let (exe, as_cli) = match std::env::var_os("KEYWARD_BIN") {
+        Some(p) => (PathBuf::from(p), false),
+        None => (std::env::current_exe().unwrap(), true),
+    };
+    let mut cmd = Command::new(exe);
+    if as_cli {
+        cmd.env(AS_KEYWARD_ENV, "1");
+    }
+    let mut child = cmd
+        .env_remove(BACKEND_ENV)
+        .env_remove("RUST_LOG")
+        .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        panic!(
+            "serve did not start: {line:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    let addr = |which: &str| v["listening"][which].as_str().unwrap().to_owned();
+    Spawned {
+        child,
+        public: addr("public"),
+        admin: addr("admin"),
+    }
+}
+
+/// The `_sum` and `_count` samples of the server's latency histograms
+/// (`keyward_http_request_duration_seconds`,
+/// `keyward_hsm_operation_duration_seconds`) from its `/metrics`.
+fn latency_samples(admin: &str, ca_pem: &Path) -> std::collections::BTreeMap<String, f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca_pem)
+        .arg(format!("https://{admin}/metrics"))
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("_duration_seconds_sum{") || l.contains("_duration_seconds_count{"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Mean server-side latency per route and HSM operation between two
+/// [`latency_samples`], for the ones that ran at least `min` times.
+fn print_server_side(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    min: f64,
+) {
+    let mut parts = Vec::new();
+    for (key, count) in after {
+        let Some(base) = key.split_once("_count{") else {
+            continue;
+        };
+        let n = count - before.get(key).copied().unwrap_or(0.0);
+        let sum_key = format!("{}_sum{{{}", base.0, base.1);
+        let sum = after.get(&sum_key).copied().unwrap_or(0.0)
+            - before.get(&sum_key).copied().unwrap_or(0.0);
+        if n < min {
+            continue;
+        }
+        // The label values only: `public /v1/login/start`, `hsm tls_handshake_sign ok`.
+        let values: Vec<&str> = base
+            .1
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.trim_matches('"')))
+            .collect();
+        let what = if base.0.contains("hsm") {
+            format!("hsm {}", values.join(" "))
+        } else {
+            values.join(" ")
+        };
+        parts.push(format!("{what}: {:.2} ms", sum / n * 1000.0));
+    }
+    if !parts.is_empty() {
+        println!("    server-side means: {}", parts.join("; "));
+    }
+}
+
+// ---- measuring ---------------------------------------------------------------
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / clock_ticks()
+}
+
+/// CPU seconds used so far by all processes named `comm` (PostgreSQL's
+/// backends: `postgres`).
+fn procs_cpu_secs(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .map(|e| cpu_secs(&e.file_name().to_string_lossy()))
+        .sum()
+}
+
+/// CPU seconds all processes of the machine have used so far (busy, that
+/// is neither idle nor waiting for I/O), from `/proc/stat`.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let total: f64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0);
+    (total - idle) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// What one closed-loop run measured.
+struct Stats {
+    ops: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: usize,
+    first_failure: Option<String>,
+    server_cores: f64,
+    client_cores: f64,
+    /// Cores busy in PostgreSQL's processes.
+    db_cores: f64,
+    /// Cores busy with anything else on the machine (other builds).
+    other_cores: f64,
+}
+
+/// One device and its mTLS client.
+struct Worker {
+    dev: SimDevice,
+    terminal: Terminal,
+    /// The same client without TLS session resumption.
+    full: Terminal,
+}
+
+type Outcome = Result<(), String>;
+
+/// Every worker runs `op` back to back for the warm-up and the window;
+/// operations that started and ended inside the window are counted.
+async fn closed_loop<F, Fut>(
+    workers: Vec<Worker>,
+    window: Duration,
+    server_pid: &str,
+    perf: Option<&Path>,
+    op: F,
+) -> (Vec<Worker>, Stats)
+where
+    F: Fn(Worker) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = (Worker, Outcome)> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let (from, to) = (t0 + WARMUP, t0 + WARMUP + window);
+    let mut set = tokio::task::JoinSet::new();
+    for mut w in workers {
+        let (stop, op) = (stop.clone(), op.clone());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            let mut failures: Vec<String> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let (back, outcome) = op(w).await;
+                w = back;
+                let end = Instant::now();
+                if start >= from && end <= to {
+                    match outcome {
+                        Ok(()) => lat.push(end - start),
+                        Err(e) => failures.push(e),
+                    }
+                }
+            }
+            (w, lat, failures)
+        });
+    }
+    tokio::time::sleep_until(from.into()).await;
+    let self_pid = std::process::id().to_string();
+    let (s0, c0, d0, m0) = (
+        cpu_secs(server_pid),
+        cpu_secs(&self_pid),
+        procs_cpu_secs("postgres"),
+        machine_busy_secs(),
+    );
+    let recorder = perf.map(|out| {
+        Command::new("perf")
+            .args(["record", "-q", "-g", "-e", "cpu-clock", "-F", "999", "-p"])
+            .arg(server_pid)
+            .arg("-o")
+            .arg(out)
+            .args(["--", "sleep"])
+            .arg(format!("{}", window.as_secs_f64()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running perf")
+    });
+    tokio::time::sleep_until(to.into()).await;
+    let (s1, c1, d1, m1) = (
+        cpu_secs(server_pid),
+        cpu_secs(&self_pid),
+        procs_cpu_secs("postgres"),
+        machine_busy_secs(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut workers = Vec::new();
+    let mut lat = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (w, l, f) = r.unwrap();
+        workers.push(w);
+        lat.extend(l);
+        failures.extend(f);
+    }
+    if let Some(mut p) = recorder {
+        let _ = p.wait();
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    let secs = window.as_secs_f64();
+    let stats = Stats {
+        ops: lat.len(),
+        secs,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        failed: failures.len(),
+        first_failure: failures.into_iter().next(),
+        server_cores: (s1 - s0) / secs,
+        client_cores: (c1 - c0) / secs,
+        db_cores: (d1 - d0) / secs,
+        other_cores: ((m1 - m0) - (s1 - s0) - (c1 - c0) - (d1 - d0)).max(0.0) / secs,
+    };
+    (workers, stats)
+}
+
+fn header() {
+    println!(
+        "{:<50} {:>5} {:>9} {:>8} {:>8} {:>6} {:>7} {:>7} {:>5} {:>6}",
+        "what", "conc", "per s", "p50 ms", "p99 ms", "failed", "server", "client", "pg", "other"
+    );
+}
+
+fn print_row(what: &str, conc: usize, s: &Stats, show_server: bool) {
+    let srv = if show_server {
+        format!("{:.2}", s.server_cores)
+    } else {
+        "-".to_owned()
+    };
+    println!(
+        "{:<50} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>7} {:>7.2} {:>5.2} {:>6.2}",
+        what,
+        conc,
+        s.ops as f64 / s.secs,
+        s.p50_ms,
+        s.p99_ms,
+        s.failed,
+        srv,
+        s.client_cores,
+        s.db_cores,
+        s.other_cores
+    );
+    if let Some(e) = &s.first_failure {
+        println!("    first failure: {e}");
+    }
+}
+
+/// A steady-state login: start, the device's answer, finish.
+async fn login_op(mut w: Worker) -> (Worker, Outcome) {
+    let r = terminal::login(&w.terminal, &mut w.dev, ISSUER, LoginOptions::default()).await;
+    let outcome = match r {
+        Ok(out) if out.challenge.key_update.is_some() => {
+            Err("a steady-state login carried a key update".to_owned())
+        }
+        Ok(out) => out.answer().map(|_| ()).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    (w, outcome)
+}
+
+/// A fresh mTLS connection and `GET /v1/ping` on it.
+async fn ping_op(w: Worker) -> (Worker, Outcome) {
+    let r = w.terminal.call(Method::GET, "/v1/ping", None, None).await;
+    let outcome = match r {
+        Ok(reply) if reply.status == StatusCode::OK => Ok(()),
+        Ok(reply) => Err(format!("ping: {} {}", reply.status, reply.body)),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    (w, outcome)
+}
+
+/// A fresh mTLS connection with a full handshake (no resumption) and
+/// `GET /v1/ping` on it.
+async fn ping_full_op(w: Worker) -> (Worker, Outcome) {
+    let r = w.full.call(Method::GET, "/v1/ping", None, None).await;
+    let outcome = match r {
+        Ok(reply) if reply.status == StatusCode::OK => Ok(()),
+        Ok(reply) => Err(format!("ping: {} {}", reply.status, reply.body)),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    (w, outcome)
+}
+
+/// The login's two HSM calls alone, in process: an HSM-random challenge and
+/// the check of the device's answer.
+async fn hsm_op(kms: Kms, issuer: IssuerId, w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        let ch = kms.challenge(&issuer).await.map_err(|e| e.to_string())?;
+        let resp = w
+            .dev
+            .auth_response(ISSUER, &ch)
+            .map_err(|e| e.to_string())?;
+        let ok = kms
+            .verify_challenge_response(&issuer, w.dev.id, &ch, &resp)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ok {
+            Ok(())
+        } else {
+            Err("response refused".to_owned())
+        }
+    }
+    .await;
+    (w, outcome)
+}
+
+// ---- one backend -------------------------------------------------------------
+
+fn one_backend(backend: &str) {
+    let devices = env_usize("KW_BENCH_DEVICES", 200).max(CONCURRENCY[1]);
+    let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 6) as u64);
+    let sessions = env_usize("KW_BENCH_HSM_SESSIONS", 2);
+    let perf = std::env::var_os("KW_BENCH_PERF").map(PathBuf::from);
+    // The token must exist before the PKCS#11 module is first loaded, and
+    // creating it sets SOFTHSM2_CONF: before any other thread runs.
+    let token = TestToken::create().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = match backend {
+        "sqlite" => sqlite().unwrap(),
+        "postgres" => {
+            let url = std::env::var(DATABASE_URL_ENV)
+                .unwrap_or_else(|_| panic!("{DATABASE_URL_ENV} is not set"));
+            rt.block_on(postgres(url.trim())).unwrap()
+        }
+        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("keyward-loginbench-")
+        .tempdir()
+        .unwrap();
+    let config_path = write_config(dir.path(), &token, &db, sessions);
+    let data = dir.path().join("data");
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let db_name = match backend {
+        "sqlite" => "SQLite (WAL, temp file)",
+        _ => "PostgreSQL (own schema)",
+    };
+    println!(
+        "== Login on {db_name}: {devices} P-256 devices, TDES issuer, SoftHSM token {}, \
+         {sessions} HSM sessions, {cores} cores, window {}s after {}s warm-up",
+        token.label,
+        window.as_secs(),
+        WARMUP.as_secs()
+    );
+
+    rt.block_on(async {
+        // 1. The installation, in process.
+        let t = Instant::now();
+        let mut config = Config::load(&config_path).unwrap();
+        // The set-up waits longer for SQLite's write lock than the service
+        // default (as the tests do); the spawned server keeps the default.
+        config.database.acquire_timeout_ms = keyward_tests::db::TEST_ACQUIRE_TIMEOUT_MS;
+        let metrics = Metrics::new().unwrap();
+        let opened = bootstrap::open(&config, Some(metrics.clone()))
+            .await
+            .unwrap();
+        bootstrap::init_opened(&config, &opened).await.unwrap();
+        let state = serve::state_from(config, opened, metrics).await.unwrap();
+        let admin = Admin::new(&state, &data).await;
+        admin
+            .post(
+                &admin.root,
+                "/admin/v1/issuers",
+                json!({"issuer_id": ISSUER, "family": "tdes"}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let devs: Vec<SimDevice> = (0..devices)
+            .map(|i| SimDevice::p256(dev_id(i)).unwrap())
+            .collect();
+        let mut manifest = format!("{}\n", keyward_device_provisioning::MANIFEST_HEADER);
+        for d in &devs {
+            manifest.push_str(&d.manifest_row());
+            manifest.push('\n');
+        }
+        admin
+            .post(
+                &admin.root,
+                "/admin/v1/batches",
+                json!({"batch_id": "LOGIN-BENCH", "manifest": manifest}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let a = admin.clone();
+        let devs = in_parallel(devs, SETUP_TASKS, move |i, mut d| {
+            let a = a.clone();
+            async move {
+                a.issue(&mut d, i).await;
+                d
+            }
+        })
+        .await;
+        println!(
+            "(set-up in process: init, {devices} devices imported and issued in {:.1}s, not timed)",
+            t.elapsed().as_secs_f64()
+        );
+
+        // 2. The server, and the fleet's first logins (with key update).
+        let root_pem = state.ca.root_pem().to_owned();
+        let issuing_pem = state.ca.issuing_pem().to_owned();
+        let server = spawn_serve(&config_path, &dir.path().join("serve.log"));
+        let server_pid = server.child.id().to_string();
+        let ca_file = data.join("operators/ca.pem");
+        let url = format!("https://{}", server.public);
+        let mut workers = Vec::new();
+        for dev in devs {
+            let serial: keyward_ca::Serial = state
+                .provisioning
+                .device(dev.id)
+                .await
+                .unwrap()
+                .cert_serial
+                .unwrap()
+                .parse()
+                .unwrap();
+            let rec = state.ca.get(&serial).await.unwrap().unwrap();
+            let chain = format!("{}{issuing_pem}", rec.pem);
+            let terminal = Terminal::new(&url, &root_pem, &chain, &dev).unwrap();
+            let full = terminal.without_resumption();
+            workers.push(Worker {
+                dev,
+                terminal,
+                full,
+            });
+        }
+        let t = Instant::now();
+        let retried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = retried.clone();
+        let mut workers = in_parallel(workers, SETUP_TASKS, move |_, mut w: Worker| {
+            let retried = r.clone();
+            async move {
+                // A busy server may answer 503 (e.g. SQLite's write lock not
+                // acquired in time): the device dials in again.
+                for attempt in 1.. {
+                    let out =
+                        terminal::login(&w.terminal, &mut w.dev, ISSUER, LoginOptions::default())
+                            .await;
+                    match out.and_then(|o| o.answer().map(|a| (o, a))) {
+                        Ok((o, a)) => {
+                            assert!(o.challenge.key_update.is_some() || attempt > 1);
+                            assert_eq!(a.key_update.as_deref(), Some("activated"));
+                            break;
+                        }
+                        Err(e) if attempt < 10 => {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("first login of {}: {e:#}", w.dev.id),
+                    }
+                }
+                w
+            }
+        })
+        .await;
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "(first login of every device, with key update + confirmation: {devices} in {secs:.1}s, \
+             {:.0}/s from {SETUP_TASKS} tasks, {} retried, not in the table)",
+            devices as f64 / secs,
+            retried.load(Ordering::Relaxed)
+        );
+        println!();
+        header();
+
+        // 3. The table.
+        let issuer: IssuerId = ISSUER.parse().unwrap();
+        for conc in CONCURRENCY {
+            let rest = workers.split_off(conc);
+            let perf_here = if conc == CONCURRENCY[1] {
+                perf.as_deref()
+            } else {
+                None
+            };
+            let m0 = latency_samples(&server.admin, &ca_file);
+            let (back, s) = closed_loop(workers, window, &server_pid, perf_here, login_op).await;
+            print_row("login (start + finish, 2 mTLS connections)", conc, &s, true);
+            let m1 = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m0, &m1, 10.0);
+            let (back, s) = closed_loop(back, window, &server_pid, None, ping_op).await;
+            print_row("  (a) mTLS connect + handshake + GET /v1/ping", conc, &s, true);
+            let m2 = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m1, &m2, 10.0);
+            let (back, s) = closed_loop(back, window, &server_pid, None, ping_full_op).await;
+            print_row("  (a) same, TLS resumption off (full handshake)", conc, &s, true);
+            let m3 = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m2, &m3, 10.0);
+            let (kms, issuer) = (state.kms.clone(), issuer.clone());
+            let hsm_op = move |w| hsm_op(kms.clone(), issuer.clone(), w);
+            let (back, s) = closed_loop(back, window, &server_pid, None, hsm_op).await;
+            print_row("  (b) HSM challenge + verify, in process", conc, &s, false);
+            workers = back;
+            workers.extend(rest);
+        }
+        println!(
+            "(server, client, pg, other: CPU cores busy in the window with `keyward serve`, this \
+             process (load client, in-process KMS), PostgreSQL and everything else on the machine)"
+        );
+        drop(server);
+        if let Some(p) = &perf {
+            println!("(perf profile of the server, 200-device login window: {})", p.display());
+        }
+        drop(state);
+    });
+    drop(rt);
+    bootstrap::close_hsm();
+    drop(db);
+    drop(token);
+}
