@@ -34,6 +34,27 @@ struct Workers {
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// When the last pool clone goes (its sender first, so the workers' queue is
+/// closed and they stop after their current job), wait for the workers: a
+/// worker still inside the PKCS#11 module (closing its session) while the
+/// process runs its exit handlers can crash it (SoftHSM 2.6.1), which a test
+/// process that simply returns would otherwise risk. A worker never joins
+/// itself (a job that held the last clone).
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let me = std::thread::current().id();
+        let handles = match self.handles.get_mut() {
+            Ok(h) => std::mem::take(h),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        for h in handles {
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
 /// Counters for metrics and readiness.
 #[derive(Debug, Default)]
 pub struct PoolStats {

@@ -236,6 +236,17 @@ async fn a_terminal_logs_in_rotates_and_is_locked_out_over_mtls() {
     assert_eq!(keys["versions"][0]["state"], "active");
     assert_eq!(keys["versions"][1]["state"], "retiring");
 
+    // A transaction over the session: its CMAC verified in the HSM.
+    let out = login(&["--transaction", "0200|6222020200112233|000000012345"]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let verdict: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (verdict["result"].clone(), verdict["key_version"].clone()),
+        (json!("valid"), json!(2)),
+        "{text}"
+    );
+
     // The session works over this certificate, through the real listener.
     let mut d1 = st.device(D1);
     let term = st.terminal(&s.public, &d1, &chain);

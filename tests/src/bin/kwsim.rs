@@ -36,7 +36,9 @@
 //!   matches), answer the challenge. Prints one JSON line per login: the
 //!   server's answer (without the session token) or its refusal; exits 1 if
 //!   the last login was refused. `--wrong-response` answers wrongly (the
-//!   lockout demo).
+//!   lockout demo). `--transaction TEXT`: after the login, the transaction
+//!   TEXT with its CMAC over the session (`POST /v1/transactions`), and the
+//!   server's verdict on a second line.
 //! - `tamper DEVICE_ID --issuer I`: corrupts the device's `TMK_d` for the
 //!   issuer, so its next key update shows a KCV mismatch (intrusion demo).
 //!
@@ -135,6 +137,11 @@ enum Cmd {
         /// Log in this many times in a row.
         #[arg(long, default_value_t = 1)]
         times: u32,
+        /// After a successful login, send this transaction message with its
+        /// CMAC (CMAC-TDES or CMAC-AES by the issuer's family) over the
+        /// session and print the server's verdict.
+        #[arg(long, value_name = "TEXT")]
+        transaction: Option<String>,
     },
     /// Corrupt the device's TMK for an issuer (its next key update mismatches).
     Tamper {
@@ -182,8 +189,15 @@ fn warn(text: &str) {
     let _ = writeln!(std::io::stderr(), "kwsim: {text}");
 }
 
-/// `kwsim login`: see the module docs. Whether the last login was refused.
-#[allow(clippy::too_many_arguments)]
+/// How `kwsim login` runs.
+struct LoginRun {
+    wrong_response: bool,
+    times: u32,
+    transaction: Option<String>,
+}
+
+/// `kwsim login`: see the module docs. Whether the last login (or the
+/// transaction after it) was refused.
 fn login(
     dir: &Path,
     id: DeviceId,
@@ -191,9 +205,9 @@ fn login(
     server: &str,
     ca: &Path,
     cert: &Path,
-    wrong_response: bool,
-    times: u32,
+    run: &LoginRun,
 ) -> Result<bool> {
+    let (wrong_response, times) = (run.wrong_response, run.times);
     use keyward_tests::terminal::{self, LoginOptions, Terminal};
     let mut dev = SimDevice::load(dir, id)?;
     let ca_pem =
@@ -227,6 +241,26 @@ fn login(
         }
         out(&shown.to_string())?;
         refused = !outcome.finish.status.is_success();
+        if let (Some(text), false) = (&run.transaction, refused) {
+            let token = outcome.answer()?.session_token;
+            let algorithm = match dev.held_keys().iter().find(|k| k.issuer == issuer) {
+                Some(k) if k.family == keyward_kms::types::KeyFamily::Aes => "CMAC-AES",
+                _ => "CMAC-TDES",
+            };
+            let version = dev.key_version(issuer).context("no working keys")?;
+            let mac = dev.mac(issuer, algorithm, None, text.as_bytes(), 8)?;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let body = json!({"key_version": version, "algorithm": algorithm,
+                              "message": b64.encode(text), "mac": b64.encode(mac)});
+            let reply = runtime.block_on(term.call(
+                hyper::Method::POST,
+                "/v1/transactions",
+                Some(&body),
+                Some(&token),
+            ))?;
+            out(&reply.body.to_string())?;
+            refused = !reply.status.is_success() || reply.body["result"] != "valid";
+        }
     }
     Ok(refused)
 }
@@ -265,9 +299,15 @@ fn run(cli: Cli) -> Result<()> {
             cert,
             wrong_response,
             times,
+            transaction,
         } => {
             let id = device_id(&id)?;
-            if login(dir, id, &issuer, &server, &ca, &cert, wrong_response, times)? {
+            let opts = LoginRun {
+                wrong_response,
+                times,
+                transaction,
+            };
+            if login(dir, id, &issuer, &server, &ca, &cert, &opts)? {
                 // The refusal is on stdout; 1 tells a script it was one.
                 std::process::exit(1);
             }
