@@ -17,7 +17,8 @@
 # 6. the device logs in over mutual TLS (kwsim login) and takes its first
 #    working keys; alice forces a rotation (kwctl key rotate), the device logs
 #    in again and confirms the new keys (kwctl key list);
-#    then sends a transaction whose MAC the server verifies in the HSM;
+#    then sends a transaction whose MAC the server verifies in the HSM, and
+#    a batch of its MACs is verified in bulk (kwctl mac verify);
 # 7. a device with tampered keys logs in: the KCV mismatch is an intrusion
 #    event, the offered version is rejected;
 # 8. ten wrong answers lock the first device's credential and revoke its
@@ -140,6 +141,10 @@ as alice key list --device "${ids[0]}" --issuer bank-a
 
 kw_banner "${ids[0]} sends a transaction over its session: the MAC is verified in the HSM"
 login "${ids[0]}" --transaction "0200|6222020200112233|000000012345|$run"
+
+kw_banner "the switch verifies a batch of the terminal's MACs in bulk (every tenth is wrong)"
+"${kwsim[@]}" macs "${ids[0]}" --issuer bank-a --count 1000 --out "$demo/macs.csv"
+as admin mac verify --file "$demo/macs.csv"
 
 kw_banner "${ids[1]} has tampered keys: its key update is an intrusion event"
 "${kwsim[@]}" tamper "${ids[1]}" --issuer bank-a

@@ -20,7 +20,10 @@ dir="$KW_ROOT/var/softhsm"
 
 kw_ensure_packages "${KW_HSM_PACKAGES[@]}"
 
-mkdir -p "$dir"
+# var/ is Keyward's data dir too (config/dev.toml), which `keyward` refuses
+# to use when others can read it: make it, and everything under it, 0700.
+(umask 077 && mkdir -p "$dir")
+chmod 700 "$KW_ROOT/var"
 conf="$(kw_write_softhsm_conf "$dir")"
 export SOFTHSM2_CONF="$conf"
 

@@ -39,6 +39,9 @@
 //!   lockout demo). `--transaction TEXT`: after the login, the transaction
 //!   TEXT with its CMAC over the session (`POST /v1/transactions`), and the
 //!   server's verdict on a second line.
+//! - `macs DEVICE_ID --issuer I [--count N] --out FILE`: a MAC batch in the
+//!   CSV `kwctl mac verify` reads, MACed with the device's current TAK
+//!   (every tenth MAC wrong), for the bulk-verification demo.
 //! - `tamper DEVICE_ID --issuer I`: corrupts the device's `TMK_d` for the
 //!   issuer, so its next key update shows a KCV mismatch (intrusion demo).
 //!
@@ -142,6 +145,18 @@ enum Cmd {
         /// session and print the server's verdict.
         #[arg(long, value_name = "TEXT")]
         transaction: Option<String>,
+    },
+    /// Write a MAC batch (the CSV `kwctl mac verify` reads) of COUNT
+    /// transactions this device MACs with its current TAK, every tenth with
+    /// a wrong MAC.
+    Macs {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Corrupt the device's TMK for an issuer (its next key update mismatches).
     Tamper {
@@ -311,6 +326,39 @@ fn run(cli: Cli) -> Result<()> {
                 // The refusal is on stdout; 1 tells a script it was one.
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Cmd::Macs {
+            device_id: id,
+            issuer,
+            count,
+            out: path,
+        } => {
+            let dev = SimDevice::load(dir, device_id(&id)?)?;
+            let version = dev
+                .key_version(&issuer)
+                .context("no working keys: log in first")?;
+            let algorithm = match dev.held_keys().iter().find(|k| k.issuer == issuer) {
+                Some(k) if k.family == keyward_kms::types::KeyFamily::Aes => "CMAC-AES",
+                _ => "CMAC-TDES",
+            };
+            let mut text = String::from(
+                "device_id,issuer_id,key_version,algorithm,padding,message_hex,mac_hex\n",
+            );
+            for i in 0..count {
+                let msg = format!("0200|{}|{:012}", dev.id, u64::from(i) * 100);
+                let mut mac = dev.mac(&issuer, algorithm, None, msg.as_bytes(), 8)?;
+                if i % 10 == 9 {
+                    mac[0] ^= 0x01;
+                }
+                text.push_str(&format!(
+                    "{},{issuer},{version},{algorithm},,{},{}\n",
+                    dev.id,
+                    hex::encode_upper(msg.as_bytes()),
+                    hex::encode_upper(mac)
+                ));
+            }
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
             Ok(())
         }
         Cmd::Tamper {
