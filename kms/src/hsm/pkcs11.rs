@@ -530,22 +530,12 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn encrypt(&self, key: ObjectId, cipher: Cipher, data: &[u8]) -> Result<Vec<u8>> {
-        let mech = match cipher {
-            Cipher::Des3Ecb => Mechanism::Des3Ecb,
-            Cipher::Des3Cbc(iv) => Mechanism::Des3Cbc(iv),
-            Cipher::AesEcb => Mechanism::AesEcb,
-            Cipher::AesCbc(iv) => Mechanism::AesCbc(iv),
-        };
+        let mech = cipher_mechanism(cipher);
         self.with_session(&[key], |s| s.encrypt(&mech, Self::handle(key), data))
     }
 
     fn decrypt(&self, key: ObjectId, cipher: Cipher, data: &[u8]) -> Result<Vec<u8>> {
-        let mech = match cipher {
-            Cipher::Des3Ecb => Mechanism::Des3Ecb,
-            Cipher::Des3Cbc(iv) => Mechanism::Des3Cbc(iv),
-            Cipher::AesEcb => Mechanism::AesEcb,
-            Cipher::AesCbc(iv) => Mechanism::AesCbc(iv),
-        };
+        let mech = cipher_mechanism(cipher);
         self.with_session(&[key], |s| s.decrypt(&mech, Self::handle(key), data))
     }
 
@@ -860,5 +850,15 @@ impl Hsm for Pkcs11Hsm {
             }
             Ok(())
         })
+    }
+}
+
+/// The cryptoki mechanism of a [`Cipher`] (encrypt and decrypt alike).
+fn cipher_mechanism(cipher: Cipher) -> Mechanism<'static> {
+    match cipher {
+        Cipher::Des3Ecb => Mechanism::Des3Ecb,
+        Cipher::Des3Cbc(iv) => Mechanism::Des3Cbc(iv),
+        Cipher::AesEcb => Mechanism::AesEcb,
+        Cipher::AesCbc(iv) => Mechanism::AesCbc(iv),
     }
 }

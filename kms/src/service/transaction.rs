@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 
-use crate::catalog::{MasterKeyRole, WorkingKeyRecord};
+use crate::catalog::MasterKeyRole;
 use crate::error::{KmsError, Result};
 use crate::hsm::{Cipher, PinTranslation, Usage};
 use crate::keys::{master_label, with_fresh_handles};
@@ -116,25 +116,6 @@ fn unpad_method2(mut data: Vec<u8>) -> Result<Vec<u8>> {
 }
 
 impl Kms {
-    /// A working key of `role` and `version` that may still be used (active,
-    /// or replaced and inside its grace period).
-    async fn usable_working_key(
-        &self,
-        issuer: &IssuerId,
-        device: DeviceId,
-        version: KeyVersion,
-        role: WorkingKeyRole,
-    ) -> Result<WorkingKeyRecord> {
-        let rec = self.working_key(issuer, device, version, role).await?;
-        if !rec.state.usable() {
-            return Err(KmsError::KeyVersionNotUsable {
-                version,
-                state: rec.state.as_str().to_owned(),
-            });
-        }
-        Ok(rec)
-    }
-
     /// Decrypts one account field the device encrypted under its `TDK` of
     /// `version`: CBC (3DES or AES by the issuer's family) with the device's
     /// IV over the field padded with ISO/IEC 9797-1 method 2.

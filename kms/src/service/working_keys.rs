@@ -158,6 +158,24 @@ impl Kms {
     pub async fn retire_device_keys(&self, device: DeviceId) -> Result<u64> {
         self.catalog.retire_device(device, now_ms()).await
     }
+    /// A working key of `role` and `version` that may still be used (active,
+    /// or replaced and inside its grace period).
+    pub(super) async fn usable_working_key(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        role: WorkingKeyRole,
+    ) -> Result<WorkingKeyRecord> {
+        let rec = self.working_key(issuer, device, version, role).await?;
+        if !rec.state.usable() {
+            return Err(KmsError::KeyVersionNotUsable {
+                version,
+                state: rec.state.as_str().to_owned(),
+            });
+        }
+        Ok(rec)
+    }
 
     pub(super) async fn working_key(
         &self,

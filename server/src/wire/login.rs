@@ -85,8 +85,9 @@ pub struct RoleKcv {
     pub kcv: Kcv,
 }
 
-/// The answer to a successful [`LoginFinish`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a successful [`LoginFinish`]. Its `Debug` leaves the
+/// token out: a bearer secret never reaches a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginAnswer {
     /// The bearer token for later online calls (`Authorization: Bearer …`),
     /// valid only over this device's current certificate.
@@ -98,6 +99,19 @@ pub struct LoginAnswer {
     pub key_version: Option<u32>,
     /// `activated` or `rejected` when the login carried a key confirmation.
     pub key_update: Option<String>,
+}
+
+impl std::fmt::Debug for LoginAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginAnswer")
+            .field("session_token", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("device_id", &self.device_id)
+            .field("issuer_id", &self.issuer_id)
+            .field("key_version", &self.key_version)
+            .field("key_update", &self.key_update)
+            .finish()
+    }
 }
 
 /// `GET /v1/session`: the session the bearer token stands for.
@@ -192,4 +206,26 @@ pub struct PendingDevice {
     pub device_id: String,
     pub reason: String,
     pub active_version: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_answer_never_prints_its_token() {
+        let a = LoginAnswer {
+            session_token: "s3cr3t-token".into(),
+            expires_at_ms: 1,
+            device_id: "F000000000000001".into(),
+            issuer_id: "bank-a".into(),
+            key_version: Some(1),
+            key_update: None,
+        };
+        let shown = format!("{a:?}");
+        assert!(
+            !shown.contains("s3cr3t-token") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 }

@@ -49,13 +49,24 @@ pub(crate) async fn init(app: &App, d: &mut SimDevice, issuer: &str) -> Value {
 
 /// A customer applied for by one operator and approved by another.
 async fn customer(app: &App, account: &str) -> String {
-    let alice = app.operator("alice", Role::Operator).await;
-    let bob = app.operator("bob", Role::Operator).await;
+    customer_as(app, ("alice", "bob"), "110101199003071234", account).await
+}
+
+/// A customer with `national_id` and `account`, applied for by the first of
+/// `operators` and approved by the second (both made here).
+pub(crate) async fn customer_as(
+    app: &App,
+    operators: (&str, &str),
+    national_id: &str,
+    account: &str,
+) -> String {
+    let maker = app.operator(operators.0, Role::Operator).await;
+    let checker = app.operator(operators.1, Role::Operator).await;
     let applied = app
         .post(
-            &alice,
+            &maker,
             "/admin/v1/applications",
-            json!({"name": "Li Lei", "national_id": "110101199003071234",
+            json!({"name": "Li Lei", "national_id": national_id,
                    "accounts": [account], "contact": {"kind": "sms", "address": "+8613800138000"}}),
         )
         .await;
@@ -65,7 +76,7 @@ async fn customer(app: &App, account: &str) -> String {
         .to_owned();
     let approved = app
         .post(
-            &bob,
+            &checker,
             &format!("/admin/v1/applications/{id}/approve"),
             json!({}),
         )

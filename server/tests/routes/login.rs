@@ -12,7 +12,7 @@ use keyward_tests::terminal::{self, LoginOptions};
 use serde_json::{Value, json};
 
 use crate::access::device_identity;
-use crate::devices::{check, init};
+use crate::devices::{check, customer_as, init};
 use crate::harness::{Answer, App, call, send};
 
 /// A device from the factory to `issued` for `issuers` (the first one
@@ -47,33 +47,14 @@ pub(crate) async fn issued(app: &App, n: u8, issuers: &[&str]) -> (SimDevice, Cl
 }
 
 /// Customer `n`, applied for by one operator and approved by another.
-pub(crate) async fn customer(app: &App, n: u8) -> String {
-    let alice = app.operator(&format!("alice-{n}"), Role::Operator).await;
-    let bob = app.operator(&format!("bob-{n}"), Role::Operator).await;
-    let applied = app
-        .post(
-            &alice,
-            "/admin/v1/applications",
-            json!({"name": "Li Lei", "national_id": format!("1101011990030712{n:02}"),
-                   "accounts": [format!("62220202001122{n:02}")],
-                   "contact": {"kind": "sms", "address": "+8613800138000"}}),
-        )
-        .await;
-    let id = applied.expect(StatusCode::CREATED)["application_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let approved = app
-        .post(
-            &bob,
-            &format!("/admin/v1/applications/{id}/approve"),
-            json!({}),
-        )
-        .await;
-    approved.expect(StatusCode::OK)["customer_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+async fn customer(app: &App, n: u8) -> String {
+    customer_as(
+        app,
+        (&format!("alice-{n}"), &format!("bob-{n}")),
+        &format!("1101011990030712{n:02}"),
+        &format!("62220202001122{n:02}"),
+    )
+    .await
 }
 
 pub(crate) async fn start(app: &App, who: &ClientIdentity, body: Value) -> Answer {
