@@ -22,7 +22,8 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 
 struct Fixture {
     kms: Kms,
-    _db: TestDb,
+    pool: HsmPool,
+    db: TestDb,
     _token: TestToken,
 }
 
@@ -34,10 +35,11 @@ async fn fixture(sessions: usize) -> Fixture {
     let pool = HsmPool::start(Arc::new(hsm), sessions, 4096).unwrap();
     let db = test_database().await.unwrap();
     let catalog = Catalog::connect(&db.config).await.unwrap();
-    let kms = Kms::new(pool, catalog, 1000).with_rotation_grace(Duration::from_secs(60));
+    let kms = Kms::new(pool.clone(), catalog, 1000).with_rotation_grace(Duration::from_secs(60));
     Fixture {
         kms,
-        _db: db,
+        pool,
+        db,
         _token: token,
     }
 }
@@ -488,6 +490,78 @@ async fn bulk_verify_answers_in_order() {
     let outcomes = kms.verify_macs(items).await.unwrap();
     assert_eq!(outcomes, expected);
     assert!(kms.stats().cache_hits > 1000);
+}
+
+/// Each `Kms` holds working-key records in memory; a change made through
+/// another one (another replica: its own catalog connections and records)
+/// holds on this one from its next call, and a grace period ends on time
+/// whether or not the retirement job has run.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_in_memory_follow_changes_made_by_another_replica() {
+    let f = fixture(2).await;
+    let a = &f.kms;
+    let catalog = Catalog::connect(&f.db.config).await.unwrap();
+    let b = Kms::new(f.pool.clone(), catalog, 1000).with_rotation_grace(Duration::from_millis(400));
+    let issuer: IssuerId = "bank-replicas".parse().unwrap();
+    a.create_issuer(issuer.clone(), KeyFamily::Aes)
+        .await
+        .unwrap();
+    let dev = init_device(a, &issuer, KeyFamily::Aes, "00000000000000A1").await;
+    let (v1, tak1) = rotate(a, &issuer, &dev).await;
+    let msg = b"replica txn".to_vec();
+    let mac_item = |version, tak: &[u8; 16]| {
+        item(
+            &issuer,
+            &dev,
+            version,
+            MacAlgorithm::CmacAes,
+            None,
+            &msg,
+            device::cmac_aes(tak, &msg).to_vec(),
+        )
+    };
+    // A holds v1 now.
+    assert!(a.verify_mac(mac_item(v1, &tak1)).await.unwrap());
+    assert_eq!(
+        a.verify_macs(vec![mac_item(v1, &tak1)]).await.unwrap(),
+        vec![MacOutcome::Valid]
+    );
+
+    // B rotates with a 400 ms grace: v1 is still good on A, then not, with
+    // no job run in between.
+    let (v2, tak2) = rotate(&b, &issuer, &dev).await;
+    assert!(a.verify_mac(mac_item(v1, &tak1)).await.unwrap());
+    assert!(a.verify_mac(mac_item(v2, &tak2)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.verify_macs(vec![mac_item(v1, &tak1), mac_item(v2, &tak2)])
+            .await
+            .unwrap(),
+        vec![
+            MacOutcome::Error("key_version_not_usable"),
+            MacOutcome::Valid
+        ]
+    );
+    let err = a.verify_mac(mac_item(v1, &tak1)).await.unwrap_err();
+    assert!(
+        matches!(err, KmsError::KeyVersionNotUsable { .. }),
+        "{err:?}"
+    );
+
+    // B retires the device: A, which holds v2, refuses it on its next call.
+    assert!(b.retire_device_keys(dev.id).await.unwrap() >= 1);
+    assert_eq!(
+        a.verify_macs(vec![mac_item(v2, &tak2)]).await.unwrap(),
+        vec![MacOutcome::Error("key_version_not_usable")]
+    );
+    let err = a.verify_mac(mac_item(v2, &tak2)).await.unwrap_err();
+    assert!(
+        matches!(err, KmsError::KeyVersionNotUsable { .. }),
+        "{err:?}"
+    );
+
+    // The change log is pruned by age only: nothing this young goes.
+    assert_eq!(a.prune_key_changes().await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -58,6 +58,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "zone pin key",
             include_str!("../../migrations/sqlite/0002_zone_pin_key.sql"),
         ),
+        (
+            3,
+            "working key changes",
+            include_str!("../../migrations/sqlite/0003_working_key_changes.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -69,6 +74,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2,
             "zone pin key",
             include_str!("../../migrations/postgres/0002_zone_pin_key.sql"),
+        ),
+        (
+            3,
+            "working key changes",
+            include_str!("../../migrations/postgres/0003_working_key_changes.sql"),
         ),
     ],
 };
@@ -314,8 +324,8 @@ impl Catalog {
     }
 
     /// One working key with its version's state, whatever that state is: the
-    /// caller decides (a MAC check wants [`KeyState::usable`], a confirmation
-    /// wants [`KeyState::Pending`]).
+    /// caller decides (a MAC check wants [`WorkingKeyRecord::usable_at`], a
+    /// confirmation wants [`KeyState::Pending`]).
     pub async fn working_key(
         &self,
         issuer: &IssuerId,
@@ -324,7 +334,8 @@ impl Catalog {
         role: WorkingKeyRole,
     ) -> Result<Option<WorkingKeyRecord>> {
         let row = sqlx::query(
-            "SELECT k.r, k.kcv_method, k.kcv, v.state, v.created_at_ms \
+            "SELECT k.device_id, k.version, k.r, k.kcv_method, k.kcv, v.state, \
+                    v.created_at_ms, v.retire_at_ms \
              FROM working_keys k JOIN working_key_versions v \
                ON v.issuer_id = k.issuer_id AND v.device_id = k.device_id \
               AND v.version = k.version \
@@ -336,21 +347,135 @@ impl Catalog {
         .bind(role.as_str())
         .fetch_optional(self.db.pool())
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let r_hex: String = row.try_get("r")?;
-        let mut r = [0u8; 16];
-        hex::decode_to_slice(&r_hex, &mut r)
-            .map_err(|_| KmsError::CorruptRecord("working_keys.r"))?;
-        Ok(Some(WorkingKeyRecord {
-            issuer: issuer.clone(),
-            device,
-            version,
-            role,
-            r,
-            kcv: kcv_from(&row, "working_keys.kcv")?,
-            state: parse_col(&row, "state", "working_key_versions.state")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-        }))
+        row.map(|row| working_key_from(&row, issuer, role))
+            .transpose()
+    }
+
+    /// The `role` keys of many (device, version) pairs of one issuer, in as
+    /// few statements as the backends' parameter limits allow (the bulk MAC
+    /// path reads thousands at once). Pairs without a record are left out;
+    /// the order of the answer is not the order of `pairs`.
+    pub async fn working_keys(
+        &self,
+        issuer: &IssuerId,
+        role: WorkingKeyRole,
+        pairs: &[(DeviceId, KeyVersion)],
+    ) -> Result<Vec<WorkingKeyRecord>> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for part in pairs.chunks(PAIRS_PER_STATEMENT) {
+            let mut sql = String::with_capacity(300 + part.len() * 16);
+            sql.push_str(
+                "SELECT k.device_id, k.version, k.r, k.kcv_method, k.kcv, v.state, \
+                        v.created_at_ms, v.retire_at_ms \
+                 FROM working_keys k JOIN working_key_versions v \
+                   ON v.issuer_id = k.issuer_id AND v.device_id = k.device_id \
+                  AND v.version = k.version \
+                 WHERE k.issuer_id = $1 AND k.role = $2 AND (k.device_id, k.version) IN (VALUES ",
+            );
+            for i in 0..part.len() {
+                use std::fmt::Write as _;
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(sql, "{sep}(${}, CAST(${} AS BIGINT))", 3 + 2 * i, 4 + 2 * i);
+            }
+            sql.push(')');
+            // The text is built from placeholders only; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(issuer.as_str())
+                .bind(role.as_str());
+            for (device, version) in part {
+                q = q.bind(device.to_string()).bind(i64::from(version.0));
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                out.push(working_key_from(&row, issuer, role)?);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- change log ----------------------------------------------------------
+
+    /// The (issuer, device) pairs whose working keys lost usability after
+    /// change `after`, and the newest change's number (`after` when none):
+    /// what a process holding working-key records in memory must forget.
+    pub async fn key_changes_since(&self, after: i64) -> Result<(Vec<(IssuerId, DeviceId)>, i64)> {
+        let rows = sqlx::query(
+            "SELECT seq, issuer_id, device_id FROM working_key_changes \
+             WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(after)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut newest = after;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            newest = newest.max(row.try_get::<i64, _>("seq")?);
+            out.push((
+                parse_col(row, "issuer_id", "working_key_changes.issuer_id")?,
+                parse_col(row, "device_id", "working_key_changes.device_id")?,
+            ));
+        }
+        Ok((out, newest))
+    }
+
+    /// The newest change's number (0 on an empty log): where a process that
+    /// holds nothing yet starts reading.
+    pub async fn newest_key_change(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS newest FROM working_key_changes")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>("newest")?)
+    }
+
+    /// Deletes changes recorded before `before_ms`; returns how many.
+    pub async fn prune_key_changes(&self, before_ms: i64) -> Result<u64> {
+        self.retrying(false, || async {
+            let mut tx = self.begin_write().await?;
+            let n = sqlx::query("DELETE FROM working_key_changes WHERE at_ms < $1")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Records, inside the caller's transaction, that the working keys of
+    /// `device` at `issuer` (at every issuer where it holds a usable version
+    /// when `None`) are about to lose usability. On PostgreSQL the table is
+    /// locked first so change numbers are handed out in commit order (see
+    /// the migration).
+    async fn log_key_change(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        issuer: Option<&IssuerId>,
+        device: DeviceId,
+        now: i64,
+    ) -> Result<()> {
+        if self.db.kind() == DatabaseKind::Postgres {
+            sqlx::query("LOCK TABLE working_key_changes IN EXCLUSIVE MODE")
+                .execute(&mut **tx)
+                .await?;
+        }
+        let q = match issuer {
+            Some(issuer) => sqlx::query(
+                "INSERT INTO working_key_changes (issuer_id, device_id, at_ms) \
+                 VALUES ($2, $1, $3)",
+            )
+            .bind(device.to_string())
+            .bind(issuer.as_str())
+            .bind(now),
+            None => sqlx::query(
+                "INSERT INTO working_key_changes (issuer_id, device_id, at_ms) \
+                 SELECT DISTINCT issuer_id, device_id, $2 FROM working_key_versions \
+                 WHERE device_id = $1 AND state IN ('active', 'retiring')",
+            )
+            .bind(device.to_string())
+            .bind(now),
+        };
+        q.execute(&mut **tx).await?;
+        Ok(())
     }
 
     /// Every version of a device's working keys, newest first: the history an
@@ -409,13 +534,15 @@ impl Catalog {
             .bind(device_hex.as_str())
             .fetch_optional(&mut *tx)
             .await?;
+            let now = now_ms();
             if let Some(row) = active {
                 let active = version_col(&row)?;
                 if active > version {
                     return Err(KmsError::KeyVersionSuperseded { version, active });
                 }
+                self.log_key_change(&mut tx, Some(issuer), device, now)
+                    .await?;
             }
-            let now = now_ms();
             // Retire first: the schema allows one active version per device
             // at every statement, not only at commit.
             sqlx::query(
@@ -509,6 +636,7 @@ impl Catalog {
     pub async fn retire_device(&self, device: DeviceId, now_ms: i64) -> Result<u64> {
         self.retrying(false, || async {
             let mut tx = self.begin_write().await?;
+            self.log_key_change(&mut tx, None, device, now_ms).await?;
             let rejected = sqlx::query(
                 "UPDATE working_key_versions SET state = 'rejected' \
                  WHERE device_id = $1 AND state = 'pending'",
@@ -596,6 +724,33 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// (device, version) pairs per statement of [`Catalog::working_keys`]: two
+/// parameters each, far below SQLite's 32 766 and PostgreSQL's 65 535.
+const PAIRS_PER_STATEMENT: usize = 500;
+
+/// A `working_keys` row joined with its version, as [`Catalog::working_key`]
+/// and [`Catalog::working_keys`] select it.
+fn working_key_from(
+    row: &AnyRow,
+    issuer: &IssuerId,
+    role: WorkingKeyRole,
+) -> Result<WorkingKeyRecord> {
+    let r_hex: String = row.try_get("r")?;
+    let mut r = [0u8; 16];
+    hex::decode_to_slice(&r_hex, &mut r).map_err(|_| KmsError::CorruptRecord("working_keys.r"))?;
+    Ok(WorkingKeyRecord {
+        issuer: issuer.clone(),
+        device: parse_col(row, "device_id", "working_keys.device_id")?,
+        version: version_col(row)?,
+        role,
+        r,
+        kcv: kcv_from(row, "working_keys.kcv")?,
+        state: parse_col(row, "state", "working_key_versions.state")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        retire_at_ms: row.try_get("retire_at_ms")?,
+    })
 }
 
 /// Rows per retirement batch; also the `LIMIT` in [`Catalog::retire_due`].

@@ -109,6 +109,18 @@ pub struct WorkingKeyRecord {
     pub kcv: Kcv,
     pub state: KeyState,
     pub created_at_ms: i64,
+    /// End of the grace period of a replaced (`retiring`) version.
+    pub retire_at_ms: Option<i64>,
+}
+
+impl WorkingKeyRecord {
+    /// Whether the key may be used at `now_ms`: its version is active, or
+    /// replaced and still inside its grace period. The time is checked here
+    /// too, not only by the job that marks versions `retired`, so a key
+    /// stops at the end of its grace period to the millisecond.
+    pub fn usable_at(&self, now_ms: i64) -> bool {
+        self.state.usable_at(self.retire_at_ms, now_ms)
+    }
 }
 
 /// The life of one working-key version of an (issuer, device).
@@ -161,6 +173,16 @@ impl KeyState {
     /// Whether MACs, PIN blocks and data under keys of this version are accepted.
     pub fn usable(self) -> bool {
         matches!(self, Self::Active | Self::Retiring)
+    }
+
+    /// [`KeyState::usable`], and for a replaced version also before the end
+    /// of its grace period, `retire_at_ms`.
+    pub fn usable_at(self, retire_at_ms: Option<i64>, now_ms: i64) -> bool {
+        match self {
+            Self::Active => true,
+            Self::Retiring => retire_at_ms.is_none_or(|end| now_ms < end),
+            _ => false,
+        }
     }
 }
 

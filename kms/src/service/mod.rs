@@ -11,6 +11,8 @@
 //! - `working_keys.rs`: offering, confirming, listing and retiring a
 //!   device's working-key versions;
 //! - `verify.rs`: transaction-MAC verification, one and in bulk;
+//! - `records.rs`: working-key records held in memory, kept true across
+//!   replicas by the catalog's change log;
 //! - `challenges.rs`: challenge/response login primitives;
 //! - `init_package.rs`: the init package (its HSM job is in [`crate::wrap`]);
 //! - `signing.rs`: token key pairs (the signer is [`crate::signing`]);
@@ -20,6 +22,7 @@ mod audit;
 mod challenges;
 mod init_package;
 mod issuers;
+mod records;
 mod signing;
 mod transaction;
 mod verify;
@@ -33,6 +36,7 @@ use std::time::Duration;
 use keyward_config::Config;
 
 pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
+pub use records::{CHANGE_RETENTION_MS, KeyRecord};
 pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
 pub use verify::{MAX_BULK_ITEMS, MacItem, MacOutcome};
 pub use working_keys::{OfferedKey, WorkingKeyOffer};
@@ -54,6 +58,9 @@ pub struct Kms {
     pool: HsmPool,
     catalog: Catalog,
     cache: Arc<KeyCache>,
+    /// Working-key records of the devices in use, so a MAC check reads no
+    /// catalog row; as many devices as the derived-key cache holds keys.
+    records: Arc<records::KeyRecords>,
     /// Issuers never change once created, so their family is cached here and
     /// the hot paths read one catalog row (the working key), not two.
     issuers: Arc<RwLock<HashMap<IssuerId, IssuerKeys>>>,
@@ -147,6 +154,7 @@ impl Kms {
             pool,
             catalog,
             cache: Arc::new(KeyCache::new(cache_capacity)),
+            records: Arc::new(records::KeyRecords::new(cache_capacity)),
             issuers: Arc::default(),
             grace: DEFAULT_ROTATION_GRACE,
             audit_key: Arc::default(),

@@ -2,22 +2,25 @@
 //! ([`Kms::verify_macs`], "checks MACs in bulk": thousands of items in, one
 //! answer per item out, in order).
 //!
-//! Bulk items are grouped by (issuer, device, version) so each working-key
-//! record is read from the catalog once; the resolved items are then cut into
-//! contiguous chunks (so a chunk mostly hits one cached key) and the chunks
-//! run on all HSM workers at once. A failure is confined to its item or
+//! Working-key records come from memory (`records.rs`: one change-log read
+//! per call, not one catalog read per item); the ones not held are read in
+//! bulk. The resolved items are cut into contiguous chunks that run on all
+//! HSM workers at once. A failure is confined to its item or
 //! group; only a request over [`MAX_BULK_ITEMS`] fails as a whole.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::catalog::WorkingKeyRecord;
+use crate::db::now_ms;
 use crate::error::{KmsError, Result};
 use crate::hsm::{Hsm, Usage};
 use crate::keys::{IssuerKeys, KeyCache, with_fresh_handles};
 use crate::mac::{self, MacKeys};
 use crate::service::Kms;
+use crate::service::records::KeyRecord;
+use crate::service::working_keys::not_usable;
 use crate::types::{DeviceId, IssuerId, KeyVersion, MacAlgorithm, Padding, WorkingKeyRole};
 
 /// The most items one bulk request may carry.
@@ -47,9 +50,35 @@ pub enum MacOutcome {
 /// A bulk item whose issuer and working key are known.
 struct Resolved {
     index: usize,
-    issuer: IssuerKeys,
+    issuer: Arc<IssuerKeys>,
     r: [u8; 16],
     item: MacItem,
+}
+
+/// The code of an item whose (device, version) has no working key.
+const UNKNOWN_KEY_VERSION: &str = "unknown_key_version";
+
+/// An item with its key record: resolved if the key is usable now,
+/// otherwise its error.
+fn place(
+    resolved: &mut Vec<Resolved>,
+    out: &mut [MacOutcome],
+    now: i64,
+    ik: &Arc<IssuerKeys>,
+    rec: &KeyRecord,
+    index: usize,
+    item: MacItem,
+) {
+    if rec.usable_at(now) {
+        resolved.push(Resolved {
+            index,
+            issuer: ik.clone(),
+            r: rec.r,
+            item,
+        });
+    } else {
+        out[index] = MacOutcome::Error(not_usable(rec.version, rec.state).code());
+    }
 }
 
 impl Kms {
@@ -81,46 +110,84 @@ impl Kms {
         Ok(out)
     }
 
-    /// Looks up each group's issuer and working key once; items of a group
-    /// that cannot be resolved get their error in `out`.
+    /// Finds each item's issuer and working key: from the records held in
+    /// memory after one sync of the change log, the rest read from the
+    /// catalog together, one issuer at a time. Items that cannot be
+    /// resolved get their error in `out`.
     async fn resolve(&self, items: Vec<MacItem>, out: &mut [MacOutcome]) -> Vec<Resolved> {
-        let mut groups: HashMap<(IssuerId, DeviceId, KeyVersion), Vec<(usize, MacItem)>> =
-            HashMap::new();
+        let synced = match self.records.sync(&self.catalog).await {
+            Ok(s) => s,
+            Err(e) => {
+                out.fill(MacOutcome::Error(e.code()));
+                return Vec::new();
+            }
+        };
+        let now = now_ms();
+        // A request names few issuers: a list, not a map.
+        let mut issuers: Vec<(IssuerId, Result<Arc<IssuerKeys>, &'static str>)> = Vec::new();
+        let mut resolved = Vec::with_capacity(items.len());
+        let mut missing: Vec<(usize, usize, MacItem)> = Vec::new();
         for (index, item) in items.into_iter().enumerate() {
-            groups
-                .entry((item.issuer.clone(), item.device, item.version))
-                .or_default()
-                .push((index, item));
-        }
-        let mut issuers: HashMap<IssuerId, Result<IssuerKeys, &'static str>> = HashMap::new();
-        let mut resolved = Vec::new();
-        for ((issuer, _, _), members) in groups {
-            let ik = match issuers.get(&issuer) {
-                Some(r) => r.clone(),
+            let slot = match issuers.iter().position(|(id, _)| *id == item.issuer) {
+                Some(slot) => slot,
                 None => {
-                    let r = self.issuer_keys(&issuer).await.map_err(|e| e.code());
-                    issuers.insert(issuer.clone(), r.clone());
-                    r
+                    let ik = self.issuer_keys(&item.issuer).await;
+                    issuers.push((item.issuer.clone(), ik.map(Arc::new).map_err(|e| e.code())));
+                    issuers.len() - 1
                 }
             };
-            let tak = match ik {
-                Ok(ik) => match self.usable_tak(&members[0].1).await {
-                    Ok(rec) => Ok((ik, rec.r)),
-                    Err(e) => Err(e.code()),
-                },
-                Err(code) => Err(code),
-            };
-            match tak {
-                Ok((ik, r)) => resolved.extend(members.into_iter().map(|(index, item)| Resolved {
-                    index,
-                    issuer: ik.clone(),
-                    r,
-                    item,
-                })),
+            let ik = match &issuers[slot].1 {
+                Ok(ik) => ik,
                 Err(code) => {
-                    for (index, _) in members {
-                        out[index] = MacOutcome::Error(code);
+                    out[index] = MacOutcome::Error(code);
+                    continue;
+                }
+            };
+            match self
+                .records
+                .get(&item.issuer, item.device, item.version, WorkingKeyRole::Tak)
+            {
+                Some(rec) => place(&mut resolved, out, now, ik, &rec, index, item),
+                None => missing.push((slot, index, item)),
+            }
+        }
+        for (slot, (issuer, ik)) in issuers.iter().enumerate() {
+            let Ok(ik) = ik else { continue };
+            let wanted: Vec<(usize, MacItem)> = missing
+                .extract_if(.., |(s, _, _)| *s == slot)
+                .map(|(_, index, item)| (index, item))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut pairs: Vec<(DeviceId, KeyVersion)> = wanted
+                .iter()
+                .map(|(_, it)| (it.device, it.version))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            let found = match self
+                .catalog
+                .working_keys(issuer, WorkingKeyRole::Tak, &pairs)
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    for (index, _) in wanted {
+                        out[index] = MacOutcome::Error(e.code());
                     }
+                    continue;
+                }
+            };
+            self.records.keep(synced, &found);
+            let by_key: HashMap<(DeviceId, KeyVersion), KeyRecord> = found
+                .iter()
+                .map(|w| ((w.device, w.version), KeyRecord::from(w)))
+                .collect();
+            for (index, item) in wanted {
+                match by_key.get(&(item.device, item.version)) {
+                    Some(rec) => place(&mut resolved, out, now, ik, rec, index, item),
+                    None => out[index] = MacOutcome::Error(UNKNOWN_KEY_VERSION),
                 }
             }
         }
@@ -176,7 +243,7 @@ impl Kms {
         }
     }
 
-    async fn usable_tak(&self, item: &MacItem) -> Result<WorkingKeyRecord> {
+    async fn usable_tak(&self, item: &MacItem) -> Result<KeyRecord> {
         self.usable_working_key(&item.issuer, item.device, item.version, WorkingKeyRole::Tak)
             .await
     }

@@ -6,6 +6,7 @@ use crate::db::now_ms;
 use crate::error::{KmsError, Result};
 use crate::keys::{self, with_fresh_handles};
 use crate::service::Kms;
+use crate::service::records::{CHANGE_RETENTION_MS, KeyRecord};
 use crate::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
 
 /// A working key offered to a device: it derives `DIV'(TMK_d, r)` and checks `kcv`.
@@ -143,6 +144,14 @@ impl Kms {
         self.catalog.retire_due(now_ms()).await
     }
 
+    /// Deletes change-log rows older than [`CHANGE_RETENTION_MS`]; returns
+    /// how many. Run by the same job as [`Kms::end_grace_periods`].
+    pub async fn prune_key_changes(&self) -> Result<u64> {
+        self.catalog
+            .prune_key_changes(now_ms().saturating_sub(CHANGE_RETENTION_MS))
+            .await
+    }
+
     /// Every working-key version of a device at an issuer, newest first.
     pub async fn key_versions(
         &self,
@@ -159,20 +168,27 @@ impl Kms {
         self.catalog.retire_device(device, now_ms()).await
     }
     /// A working key of `role` and `version` that may still be used (active,
-    /// or replaced and inside its grace period).
+    /// or replaced and inside its grace period), from the records held in
+    /// memory when they are there (after a sync of the change log), else
+    /// from the catalog.
     pub(super) async fn usable_working_key(
         &self,
         issuer: &IssuerId,
         device: DeviceId,
         version: KeyVersion,
         role: WorkingKeyRole,
-    ) -> Result<WorkingKeyRecord> {
-        let rec = self.working_key(issuer, device, version, role).await?;
-        if !rec.state.usable() {
-            return Err(KmsError::KeyVersionNotUsable {
-                version,
-                state: rec.state.as_str().to_owned(),
-            });
+    ) -> Result<KeyRecord> {
+        let synced = self.records.sync(&self.catalog).await?;
+        let rec = match self.records.get(issuer, device, version, role) {
+            Some(rec) => rec,
+            None => {
+                let rec = self.working_key(issuer, device, version, role).await?;
+                self.records.keep(synced, [&rec]);
+                KeyRecord::from(&rec)
+            }
+        };
+        if !rec.usable_at(now_ms()) {
+            return Err(not_usable(version, rec.state));
         }
         Ok(rec)
     }
@@ -192,5 +208,20 @@ impl Kms {
                 device,
                 version,
             })
+    }
+}
+
+/// A version that exists but may not be used (any more, or yet).
+pub(super) fn not_usable(version: KeyVersion, state: KeyState) -> KmsError {
+    KmsError::KeyVersionNotUsable {
+        version,
+        // A retiring version past its end is retired, whether or not the
+        // job has marked it yet.
+        state: match state {
+            KeyState::Retiring => KeyState::Retired,
+            s => s,
+        }
+        .as_str()
+        .to_owned(),
     }
 }

@@ -15,7 +15,7 @@
 //! One audit record per batch, with counts by result and error code; never
 //! a message or a MAC.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -40,7 +40,11 @@ use crate::state::AppState;
 use crate::wire::macs as wire;
 
 /// Items handed to kms at once (within its `MAX_BULK_ITEMS`).
-pub const CHUNK: usize = 2048;
+pub const CHUNK: usize = 4096;
+
+/// Chunks verified at once: while one finishes on the HSM workers the next
+/// is already queued for them.
+const IN_FLIGHT: usize = 2;
 
 /// Why a bulk request was refused whole; mapped to HTTP in `http/error.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -205,14 +209,12 @@ pub async fn verify(
     if stream {
         return Ok(streamed(state, caller, items, encoding));
     }
-    let mut tally = Tally::default();
     let mut verdicts = Vec::with_capacity(items.len());
-    let mut rest = items;
-    while !rest.is_empty() {
-        let tail = rest.split_off(CHUNK.min(rest.len()));
-        let chunk = std::mem::replace(&mut rest, tail);
-        verdicts.extend(run_chunk(&state, chunk, &mut tally).await);
+    let mut chunks = Chunks::start(&state, items);
+    while let Some(chunk) = chunks.next().await {
+        verdicts.extend(chunk);
     }
+    let tally = chunks.finish().await;
     tally.finish(&state, &caller, encoding, false).await?;
     Ok(match encoding {
         Encoding::Json => {
@@ -373,25 +375,37 @@ fn binary_item(it: wire::BinaryItem) -> Prepared {
     (known, item)
 }
 
-/// Counts of one batch, for the audit record and the metrics.
+/// Counts of one batch, for the audit record and the metrics (added to the
+/// counters once per batch, not once per item).
 #[derive(Debug, Default)]
 struct Tally {
     summary: wire::Summary,
     codes: BTreeMap<String, u64>,
+    by_label: HashMap<(&'static str, &'static str), u64>,
     hsm: Duration,
 }
 
 impl Tally {
-    fn add(&mut self, state: &AppState, alg: Option<MacAlgorithm>, v: &wire::Verdict) {
+    fn add(&mut self, alg: Option<MacAlgorithm>, v: &wire::Verdict) {
         self.summary.add(v);
         if let wire::Verdict::Error(code) = v {
             *self.codes.entry(code.clone()).or_default() += 1;
         }
-        state
-            .metrics
-            .mac_verifications
-            .with_label_values(&[alg.map_or("unknown", MacAlgorithm::as_str), v.as_str()])
-            .inc();
+        let alg = alg.map_or("unknown", MacAlgorithm::as_str);
+        *self.by_label.entry((alg, v.as_str())).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.summary.valid += other.summary.valid;
+        self.summary.invalid += other.summary.invalid;
+        self.summary.error += other.summary.error;
+        for (code, n) in other.codes {
+            *self.codes.entry(code).or_default() += n;
+        }
+        for (labels, n) in other.by_label {
+            *self.by_label.entry(labels).or_default() += n;
+        }
+        self.hsm += other.hsm;
     }
 
     /// The one audit record of a batch; counts only.
@@ -402,6 +416,13 @@ impl Tally {
         encoding: Encoding,
         streamed: bool,
     ) -> Result<(), ApiError> {
+        for ((alg, result), n) in &self.by_label {
+            state
+                .metrics
+                .mac_verifications
+                .with_label_values(&[*alg, *result])
+                .inc_by(*n);
+        }
         state
             .metrics
             .mac_batch_hsm_seconds
@@ -429,17 +450,76 @@ impl Tally {
     }
 }
 
+/// Verifies a batch [`CHUNK`] items at a time with [`IN_FLIGHT`] chunks
+/// running at once (the HSM workers never wait for the next chunk to be
+/// handed over); [`Chunks::next`] gives each chunk's verdicts in order.
+struct Chunks {
+    state: AppState,
+    rest: std::vec::IntoIter<Prepared>,
+    running: VecDeque<(usize, tokio::task::JoinHandle<(Vec<wire::Verdict>, Tally)>)>,
+    tally: Tally,
+}
+
+impl Chunks {
+    fn start(state: &AppState, items: Vec<Prepared>) -> Self {
+        let mut chunks = Self {
+            state: state.clone(),
+            rest: items.into_iter(),
+            running: VecDeque::with_capacity(IN_FLIGHT),
+            tally: Tally::default(),
+        };
+        chunks.fill();
+        chunks
+    }
+
+    fn fill(&mut self) {
+        while self.running.len() < IN_FLIGHT {
+            let chunk: Vec<Prepared> = self.rest.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            let len = chunk.len();
+            let task = tokio::spawn(run_chunk(self.state.clone(), chunk));
+            self.running.push_back((len, task));
+        }
+    }
+
+    /// The next chunk's verdicts, `None` after the last.
+    async fn next(&mut self) -> Option<Vec<wire::Verdict>> {
+        let (len, task) = self.running.pop_front()?;
+        self.fill();
+        Some(match task.await {
+            Ok((verdicts, t)) => {
+                self.tally.merge(t);
+                verdicts
+            }
+            // A panicked chunk: its items are errors, the batch goes on.
+            Err(_) => {
+                let v = vec![wire::Verdict::Error("internal_error".into()); len];
+                for item in &v {
+                    self.tally.add(None, item);
+                }
+                v
+            }
+        })
+    }
+
+    /// Stops sending chunks; the ones running are finished and counted.
+    async fn finish(mut self) -> Tally {
+        self.rest = Vec::new().into_iter();
+        while self.next().await.is_some() {}
+        self.tally
+    }
+}
+
 /// Verifies one chunk: the items that could be read go to kms together,
 /// the others keep their error. A failure of kms as a whole (the pool is
 /// closed, say) is every item's error, not the request's.
-async fn run_chunk(
-    state: &AppState,
-    chunk: Vec<Prepared>,
-    tally: &mut Tally,
-) -> Vec<wire::Verdict> {
+async fn run_chunk(state: AppState, chunk: Vec<Prepared>) -> (Vec<wire::Verdict>, Tally) {
+    let mut tally = Tally::default();
     let mut algs = Vec::with_capacity(chunk.len());
     let mut verdicts: Vec<Option<wire::Verdict>> = Vec::with_capacity(chunk.len());
-    let mut ready = Vec::new();
+    let mut ready = Vec::with_capacity(chunk.len());
     for (alg, item) in chunk {
         algs.push(alg);
         match item {
@@ -468,9 +548,9 @@ async fn run_chunk(
         })
         .collect();
     for (alg, v) in algs.into_iter().zip(&out) {
-        tally.add(state, alg, v);
+        tally.add(alg, v);
     }
-    out
+    (out, tally)
 }
 
 fn verdict(o: MacOutcome) -> wire::Verdict {
@@ -495,18 +575,17 @@ fn streamed(
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
     let count = items.len();
     tokio::spawn(async move {
-        let mut tally = Tally::default();
         let mut sent = true;
         if encoding == Encoding::Binary {
             let head = wire::encode_answer_header(count as u32);
             sent = tx.send_data(Bytes::from(head)).await.is_ok();
         }
-        let mut rest = items;
         let mut index = 0u64;
-        while sent && !rest.is_empty() {
-            let tail = rest.split_off(CHUNK.min(rest.len()));
-            let chunk = std::mem::replace(&mut rest, tail);
-            let verdicts = run_chunk(&state, chunk, &mut tally).await;
+        let mut chunks = Chunks::start(&state, if sent { items } else { Vec::new() });
+        while sent {
+            let Some(verdicts) = chunks.next().await else {
+                break;
+            };
             let mut out = Vec::with_capacity(verdicts.len() * 32);
             for v in &verdicts {
                 match encoding {
@@ -526,6 +605,7 @@ fn streamed(
             }
             sent = tx.send_data(Bytes::from(out)).await.is_ok();
         }
+        let tally = chunks.finish().await;
         let audited = tally.finish(&state, &caller, encoding, true).await;
         if audited.is_err() {
             tx.abort(std::io::Error::other("audit record not written"));

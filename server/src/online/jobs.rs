@@ -3,7 +3,7 @@
 //! one holding the lease (`online_jobs`, a conditional write) runs it:
 //!
 //! - end the grace period of replaced working-key versions
-//!   (`retiring` → `retired`);
+//!   (`retiring` → `retired`) and prune the working-key change log;
 //! - delete expired sessions and expired challenges (counted as
 //!   `keyward_login_challenges_total{event="expired"}`).
 //!
@@ -50,6 +50,7 @@ pub async fn once(
         return Ok(false);
     }
     let retired = state.kms.end_grace_periods().await?;
+    state.kms.prune_key_changes().await?;
     let sessions = online.store.purge_sessions(now).await?;
     let expired = state.provisioning.challenges().purge_expired().await?;
     for (purpose, n) in &expired {
