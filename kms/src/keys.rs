@@ -7,7 +7,9 @@
 //! ```
 //! Derived keys are never stored: the catalog keeps `R` and the HSM re-derives
 //! on demand. A bounded LRU keeps recently used derived objects so a MAC
-//! verification costs one HSM call; evicted objects are destroyed. Every
+//! verification costs one HSM call; evicted objects are destroyed. A working
+//! key derived for a MAC does not keep its `TMK_d` (one object per device,
+//! not two: SoftHSM spends ~8 KiB of memory per session object). Every
 //! derived object gets only the usage its caller asked for, and an object id
 //! from before an HSM reconnect is never used (see [`crate::hsm::Hsm::epoch`]).
 
@@ -206,17 +208,19 @@ impl KeyCache {
             device,
             path: KeyPath::Tmk,
         };
-        self.derived(hsm, key, || {
-            let imk = self.master(hsm, &master_label(&issuer.id, MasterKeyRole::ImkTmk))?;
-            derive(
-                hsm,
-                imk,
-                issuer.family,
-                &device.diversification_block(),
-                Usage::DERIVE,
-                false,
-            )
-        })
+        self.derived(hsm, key, || self.derive_tmk(hsm, issuer, device))
+    }
+
+    fn derive_tmk(&self, hsm: &dyn Hsm, issuer: &IssuerKeys, device: DeviceId) -> Result<ObjectId> {
+        let imk = self.master(hsm, &master_label(&issuer.id, MasterKeyRole::ImkTmk))?;
+        derive(
+            hsm,
+            imk,
+            issuer.family,
+            &device.diversification_block(),
+            Usage::DERIVE,
+            false,
+        )
     }
 
     /// `AUTH_d = DIV(IMK-AUTH, D)` with `usage` (encrypt, for challenge responses).
@@ -263,8 +267,25 @@ impl KeyCache {
             },
         };
         self.derived(hsm, key, || {
-            let tmk = self.tmk(hsm, issuer, device)?;
-            derive(hsm, tmk, issuer.family, &data, usage, false)
+            // A held TMK_d is used; otherwise one is derived for this step
+            // and destroyed: the cache's room goes to the keys every MAC
+            // uses, not to one a device needs only when a key is derived.
+            let held = lock(&self.derived)
+                .peek(&CacheKey {
+                    issuer: issuer.id.clone(),
+                    device,
+                    path: KeyPath::Tmk,
+                })
+                .copied();
+            if let Some(tmk) = held {
+                return derive(hsm, tmk, issuer.family, &data, usage, false);
+            }
+            let tmk = self.derive_tmk(hsm, issuer, device)?;
+            let out = derive(hsm, tmk, issuer.family, &data, usage, false);
+            if let Err(e) = hsm.destroy(tmk) {
+                tracing::warn!(error = %e, "could not destroy a transient TMK_d");
+            }
+            out
         })
     }
 }

@@ -345,6 +345,14 @@ impl Padding {
         }
     }
 
+    /// The method's number in ISO 9797-1 (and on the wire).
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Method1 => 1,
+            Self::Method2 => 2,
+        }
+    }
+
     /// Pads `data` to a multiple of `block` bytes.
     pub fn apply(self, data: &[u8], block: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(data.len() + block);

@@ -545,6 +545,15 @@ async fn a_switch_verifies_a_terminals_macs_with_kwctl() {
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(stdout.contains("valid:   10000"), "{stdout}");
         assert!(stderr.contains("verified 5000/10000"), "{stderr}");
+        if f == &bfile {
+            // The binary answer is streamed over the TLS connection: results
+            // arrive chunk by chunk within one 5 000-item request.
+            let first = keyward_server::admin::macs::CHUNK;
+            assert!(
+                stderr.contains(&format!("verified {first}/10000")),
+                "{stderr}"
+            );
+        }
         eprintln!("{}: {stderr}", f.display());
     }
 

@@ -3,10 +3,11 @@
 //! of a real `keyward serve` over mutual TLS, every figure printed with its
 //! ratio to the raw loop of the same run.
 //!
-//! 1. `raw`: a tight native loop of the PKCS#11 calls one CMAC-TDES
-//!    verification needs (`C_SignInit` + `C_Sign` on one cached DES2 key,
-//!    a session per thread from the module's session pool), 1 and 2
-//!    threads, 64-byte messages.
+//! 1. `raw`: a tight native loop of the PKCS#11 calls one verification
+//!    needs (`keyward_kms::mac::compute` on cached session keys, a key and a
+//!    session per thread from the module's session pool; for CMAC-TDES
+//!    `C_SignInit` + `C_Sign`), 1 and 2 threads, 64-byte messages. The
+//!    baseline of a table is the better of the two.
 //! 2. An installation is made in this process through the library
 //!    (`bootstrap::open` + `init_opened` on a fresh SoftHSM token and a
 //!    SQLite database), a TDES issuer created and a fleet of devices given
@@ -20,18 +21,24 @@
 //!    mTLS connections to the admin listener, batches of 1 … 100 000
 //!    CMAC-TDES items, JSON and binary (`application/vnd.keyward.macs.v1`).
 //!    Request bodies are encoded before the window; answers are decoded and
-//!    every item checked `valid` inside it.
+//!    every item checked `valid` (the MACs are the simulator's, computed in
+//!    software from the device's own keys).
 //! 4. For each fleet size (`KW_BENCH_FLEETS`, default `1000`; the fleet
 //!    grows in place, so `1000,10000` adds 9 000 devices after the first
 //!    table) the items of a batch are spread over the whole fleet (item `j`
 //!    is device `j * 7919 mod n`), and consecutive batches start at
 //!    different offsets.
+//! 5. Then every algorithm (`KW_BENCH_ALGORITHMS=0` skips it): 10 000-item
+//!    batches over the last TDES fleet and a 1 000-device AES fleet, kms
+//!    and e2e binary and JSON, each against the raw loop of its own calls.
 //!
 //! Run with `cargo bench -p keyward-tests --bench mac_verify` (needs
 //! SoftHSM). Knobs: `KW_BENCH_FLEETS=1000,10000,100000`, `KW_BENCH_SECS`
 //! (window per row, default 3), `KW_BENCH_BATCHES=1,100,1000,10000,100000`,
-//! `KW_BENCH_HSM_SESSIONS` (default 2). It prints figures and asserts
-//! nothing about them.
+//! `KW_BENCH_HSM_SESSIONS` (default 2), `KW_BENCH_CACHE` (the server's
+//! `hsm.derived_key_cache`; default 4 × the largest fleet + 4 000, so every
+//! device's keys stay held). It prints figures and asserts nothing about
+//! them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
@@ -50,8 +57,9 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use keyward_config::Config;
 use keyward_kms::Kms;
-use keyward_kms::hsm::{Hsm, KeySpec, MacMechanism, Pkcs11Hsm, SecretKind, Usage};
-use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, MacAlgorithm};
+use keyward_kms::hsm::{Hsm, KeySpec, Pkcs11Hsm, SecretKind, Usage};
+use keyward_kms::mac::{self, MacKeys};
+use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, MacAlgorithm, Padding};
 use keyward_kms::{MacItem, MacOutcome};
 use keyward_server::metrics::Metrics;
 use keyward_server::wire::macs as wire;
@@ -103,24 +111,42 @@ fn msg_of(i: usize) -> Vec<u8> {
 
 // ---- raw ---------------------------------------------------------------------
 
-fn raw_loop(
-    hsm: &Arc<Pkcs11Hsm>,
-    threads: usize,
-    mech: MacMechanism,
-    key: keyward_kms::hsm::ObjectId,
-    window: Duration,
-) -> f64 {
+fn raw_loop(hsm: &Arc<Pkcs11Hsm>, threads: usize, alg: MacAlgorithm, window: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let (kind, usage) = match alg.family() {
+        KeyFamily::Tdes => (
+            SecretKind::Des2,
+            Usage {
+                sign: true,
+                ..Usage::ENCRYPT
+            },
+        ),
+        KeyFamily::Aes => (
+            SecretKind::Aes(16),
+            Usage {
+                sign: true,
+                ..Usage::NONE
+            },
+        ),
+    };
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let (hsm, stop, count) = (hsm.clone(), stop.clone(), count.clone());
-            let msg = msg_of(0);
+            // Each thread its own cached key(s), as each HSM worker checks
+            // other devices' MACs.
+            let keys = MacKeys {
+                tak: hsm.generate_key(&KeySpec::session(kind, usage)).unwrap(),
+                k1k1: Some(hsm.generate_key(&KeySpec::session(kind, usage)).unwrap()),
+            };
+            let (padding, msg) = (padding_of(alg), msg_of(0));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    hsm.mac(key, mech, &msg).unwrap();
+                    mac::compute(&*hsm, &keys, alg, padding, &msg).unwrap();
                     count.fetch_add(1, Ordering::Relaxed);
                 }
+                let _ = hsm.destroy(keys.tak);
+                let _ = keys.k1k1.map(|k| hsm.destroy(k));
             })
         })
         .collect();
@@ -133,20 +159,71 @@ fn raw_loop(
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The raw loop on 1 and 2 threads; the baseline is the better of the two
+/// (SoftHSM does not always gain from a second thread).
+fn raw_rows(hsm: &Arc<Pkcs11Hsm>, alg: MacAlgorithm, window: Duration) -> (f64, f64, f64) {
+    let raw1 = raw_loop(hsm, 1, alg, window);
+    let raw2 = raw_loop(hsm, 2, alg, window);
+    (raw1, raw2, raw1.max(raw2))
+}
+
+fn print_raw_rows(raw1: f64, raw2: f64, base: f64) {
+    let r = Row {
+        items_per_s: raw1,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        requests: 0,
+        refused: 0,
+        server_cores: 0.0,
+        client_cores: 1.0,
+    };
+    print_row("raw PKCS#11 loop, 1 thread", 1, 1, &r, base, false);
+    let r = Row {
+        items_per_s: raw2,
+        client_cores: 2.0,
+        ..r
+    };
+    print_row("raw PKCS#11 loop, 2 threads", 1, 2, &r, base, false);
+}
+
+/// The padding the bench uses with `alg` (ISO 9797-1 method 2 for the
+/// CBC-MACs, none for the others).
+fn padding_of(alg: MacAlgorithm) -> Option<Padding> {
+    match alg {
+        MacAlgorithm::Iso9797M1Tdes | MacAlgorithm::Iso9797M3 => {
+            Some(Padding::from_number(2).unwrap())
+        }
+        _ => None,
+    }
+}
+
+/// The device's MAC of `msg` under `tak`, computed in software (the
+/// simulator's code, never the server's).
+fn device_mac(alg: MacAlgorithm, tak: &[u8; 16], msg: &[u8]) -> Vec<u8> {
+    match alg {
+        MacAlgorithm::Iso9797M1Tdes => device::mac_m1_tdes(tak, msg, 2).to_vec(),
+        MacAlgorithm::Iso9797M3 => device::mac_x919(tak, msg, 2).to_vec(),
+        MacAlgorithm::CmacTdes => device::cmac_tdes(tak, msg).to_vec(),
+        MacAlgorithm::CmacAes => device::cmac_aes(tak, msg).to_vec(),
+        MacAlgorithm::CupEcb => device::mac_cup_ecb(tak, msg).to_vec(),
+    }
+}
+
 // ---- the fleet ---------------------------------------------------------------
 
 /// One device of the fleet as the bench knows it: its working-key version
-/// and the CMAC-TDES MAC of its message under its TAK.
+/// and its TAK (the device's own copy, for its MACs).
 #[derive(Clone)]
 struct Dev {
     id: DeviceId,
     version: KeyVersion,
-    mac: Vec<u8>,
+    tak: [u8; 16],
 }
 
-fn dev_id(i: usize) -> DeviceId {
+/// Device `i` of a fleet; `fleet` keeps the ids of two fleets apart.
+fn dev_id(fleet: u8, i: usize) -> DeviceId {
     let n = u32::try_from(i).unwrap().to_be_bytes();
-    DeviceId::from_bytes([0x62, 0x22, 0xbf, 0x00, n[0], n[1], n[2], n[3]])
+    DeviceId::from_bytes([0x62, 0x22, 0xbf, fleet, n[0], n[1], n[2], n[3]])
 }
 
 /// Retries `f` (a busy SQLite write lock is an error after its timeout).
@@ -170,9 +247,9 @@ where
 
 /// Device `i`: its TMK (init package, unwrapped in software as the device
 /// would), then working keys offered and confirmed with its KCVs.
-async fn make_device(kms: &Kms, issuer: &IssuerId, i: usize) -> Dev {
+async fn make_device(kms: &Kms, issuer: &IssuerId, family: Family, i: usize) -> Dev {
     use p256::elliptic_curve::sec1::ToEncodedPoint;
-    let device = dev_id(i);
+    let device = dev_id(matches!(family, Family::Aes) as u8, i);
     let secret = p256::SecretKey::random(&mut rand::thread_rng());
     let point = secret
         .public_key()
@@ -202,12 +279,12 @@ async fn make_device(kms: &Kms, issuer: &IssuerId, i: usize) -> Dev {
         .keys
         .iter()
         .map(|k| {
-            let key = device::diversify(Family::Tdes, &tmk, &k.r);
+            let key = device::diversify(family, &tmk, &k.r);
             (
                 k.role,
                 Kcv {
                     method: k.kcv.method,
-                    value: device::kcv(Family::Tdes, &key),
+                    value: device::kcv(family, &key),
                 },
             )
         })
@@ -216,16 +293,15 @@ async fn make_device(kms: &Kms, issuer: &IssuerId, i: usize) -> Dev {
         kms.confirm_working_keys(issuer, device, offer.version, &kcvs)
     })
     .await;
-    let tak = device::diversify(Family::Tdes, &tmk, &offer.keys[1].r);
     Dev {
         id: device,
         version: offer.version,
-        mac: device::cmac_tdes(&tak, &msg_of(i)).to_vec(),
+        tak: device::diversify(family, &tmk, &offer.keys[1].r),
     }
 }
 
 /// Devices `from..to`, `SETUP_TASKS` at a time.
-async fn grow_fleet(kms: &Kms, issuer: &IssuerId, fleet: &mut Vec<Dev>, to: usize) {
+async fn grow_fleet(kms: &Kms, issuer: &IssuerId, family: Family, fleet: &mut Vec<Dev>, to: usize) {
     let from = fleet.len();
     let next = Arc::new(AtomicU64::new(from as u64));
     let mut set = tokio::task::JoinSet::new();
@@ -238,7 +314,7 @@ async fn grow_fleet(kms: &Kms, issuer: &IssuerId, fleet: &mut Vec<Dev>, to: usiz
                 if i >= to {
                     break;
                 }
-                made.push((i, make_device(&kms, &issuer, i).await));
+                made.push((i, make_device(&kms, &issuer, family, i).await));
             }
             made
         });
@@ -252,24 +328,44 @@ async fn grow_fleet(kms: &Kms, issuer: &IssuerId, fleet: &mut Vec<Dev>, to: usiz
 }
 
 /// Item `j` of the spread over the fleet, as kms takes it.
-fn mac_item(fleet: &[Dev], issuer: &IssuerId, j: usize) -> MacItem {
+fn mac_item(fleet: &[Dev], issuer: &IssuerId, alg: MacAlgorithm, j: usize) -> MacItem {
     let i = (j.wrapping_mul(STRIDE)) % fleet.len();
     let d = &fleet[i];
+    let message = msg_of(i);
     MacItem {
         issuer: issuer.clone(),
         device: d.id,
         version: d.version,
-        algorithm: MacAlgorithm::CmacTdes,
-        padding: None,
-        message: msg_of(i),
-        mac: d.mac.clone(),
+        algorithm: alg,
+        padding: padding_of(alg),
+        mac: device_mac(alg, &d.tak, &message),
+        message,
     }
 }
 
 /// The batch of `len` items starting at item `start` of the spread.
-fn batch(fleet: &[Dev], issuer: &IssuerId, start: usize, len: usize) -> Vec<MacItem> {
+fn batch(
+    fleet: &[Dev],
+    issuer: &IssuerId,
+    alg: MacAlgorithm,
+    start: usize,
+    len: usize,
+) -> Vec<MacItem> {
     (start..start + len)
-        .map(|j| mac_item(fleet, issuer, j))
+        .map(|j| mac_item(fleet, issuer, alg, j))
+        .collect()
+}
+
+fn bodies_of(batches: &[Vec<MacItem>], binary: bool) -> Vec<Bytes> {
+    batches
+        .iter()
+        .map(|it| {
+            if binary {
+                binary_body(it)
+            } else {
+                json_body(it)
+            }
+        })
         .collect()
 }
 
@@ -281,10 +377,14 @@ fn json_body(items: &[MacItem]) -> Bytes {
                 device_id: hex::encode(it.device.bytes()),
                 issuer_id: it.issuer.to_string(),
                 key_version: it.version.0,
-                algorithm: "CMAC-TDES".to_owned(),
-                padding: None,
+                algorithm: it.algorithm.as_str().to_owned(),
+                padding: it.padding.map(|p| p.number()),
                 message: B64.encode(&it.message),
-                mac: B64.encode(&it.mac),
+                mac: if it.algorithm == MacAlgorithm::CupEcb {
+                    String::from_utf8(it.mac.clone()).unwrap()
+                } else {
+                    B64.encode(&it.mac)
+                },
             })
             .collect(),
     };
@@ -298,8 +398,8 @@ fn binary_body(items: &[MacItem]) -> Bytes {
             device_id: it.device.bytes(),
             issuer_id: it.issuer.to_string().into_bytes(),
             key_version: it.version.0,
-            algorithm: wire::algorithm_code("CMAC-TDES").unwrap(),
-            padding: 0,
+            algorithm: wire::algorithm_code(it.algorithm.as_str()).unwrap(),
+            padding: it.padding.map_or(0, |p| p.number()),
             message: it.message.clone(),
             mac: it.mac.clone(),
         })
@@ -314,7 +414,13 @@ fn toml_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
-fn write_config(dir: &Path, token: &TestToken, db: &TestDb, sessions: usize) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    token: &TestToken,
+    db: &TestDb,
+    sessions: usize,
+    cache: usize,
+) -> PathBuf {
     let hsm = token.hsm_config(sessions);
     let config = dir.join("keyward.toml");
     let text = format!(
@@ -325,6 +431,7 @@ module = {module}
 token_label = {label}
 pin_file = {pin}
 sessions = {sessions}
+derived_key_cache = {cache}
 
 [database]
 url = {url}
@@ -403,6 +510,17 @@ fn spawn_serve(config: &Path, log: &Path) -> Spawned {
 }
 
 /// CPU seconds (user + system) a process has used so far.
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some((_, rest)) = stat.rsplit_once(')') else {
@@ -639,6 +757,47 @@ async fn kms_row(kms: &Kms, batches: Arc<Vec<Vec<MacItem>>>, conc: usize, window
     }
 }
 
+/// Every batch once, one after another: what the first sight of these
+/// devices costs (their keys derived and their records read), before the
+/// steady-state rows.
+async fn first_pass_kms(kms: &Kms, batches: &[Vec<MacItem>]) -> Row {
+    let t0 = Instant::now();
+    let mut lat = Vec::new();
+    for b in batches {
+        let s = Instant::now();
+        let out = kms.verify_macs(b.clone()).await.unwrap();
+        assert!(out.iter().all(|o| *o == MacOutcome::Valid), "not all valid");
+        lat.push(s.elapsed());
+    }
+    pass_row(lat, batches[0].len(), t0)
+}
+
+/// [`first_pass_kms`] through the server, one connection.
+async fn first_pass_e2e(client: &Client, binary: bool, bodies: &[Bytes], n: usize) -> Row {
+    let mut sender = client.connect().await;
+    let t0 = Instant::now();
+    let mut lat = Vec::new();
+    for body in bodies {
+        let s = Instant::now();
+        while !client.verify(&mut sender, binary, body.clone(), n).await {}
+        lat.push(s.elapsed());
+    }
+    pass_row(lat, n, t0)
+}
+
+fn pass_row(mut lat: Vec<Duration>, n: usize, t0: Instant) -> Row {
+    let secs = t0.elapsed().as_secs_f64();
+    Row {
+        items_per_s: (lat.len() * n) as f64 / secs,
+        p50_ms: percentile(&mut lat, 0.50),
+        p99_ms: percentile(&mut lat, 0.99),
+        requests: lat.len(),
+        refused: 0,
+        server_cores: 0.0,
+        client_cores: f64::NAN,
+    }
+}
+
 fn header() {
     println!(
         "{:<44} {:>6} {:>4} {:>10} {:>6} {:>8} {:>8} {:>8} {:>5} {:>4} {:>6} {:>6}",
@@ -691,6 +850,14 @@ fn main() -> ExitCode {
     let batches = env_list("KW_BENCH_BATCHES", "1,100,1000,10000,100000");
     let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 3) as u64);
     let sessions = env_usize("KW_BENCH_HSM_SESSIONS", 2);
+    // Derived keys held: the whole fleet's by default, so the cost per item
+    // stays flat as it grows (docs/performance.md): per device its TMK and
+    // its TAK for CMAC (sign), plus, for the table of every algorithm, the
+    // TAK for the CBC-MACs (encrypt) and K1K1, and the AES fleet's.
+    let cache = env_usize(
+        "KW_BENCH_CACHE",
+        fleets.iter().copied().max().unwrap_or(1000) * 4 + 4000,
+    );
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -702,27 +869,18 @@ fn main() -> ExitCode {
         .unwrap();
     println!(
         "== Bulk MAC verification, CMAC-TDES, 64-byte messages, SoftHSM, SQLite, {sessions} HSM \
-         sessions, {cores} cores, window {}s per row",
+         sessions, {cores} cores, window {}s per row, derived_key_cache {cache}",
         window.as_secs()
     );
 
     // 1. The raw loop.
     let cfg = token.hsm_config(sessions);
     let hsm = Arc::new(Pkcs11Hsm::open(&cfg, cfg.pin().unwrap()).unwrap());
-    let key = hsm
-        .generate_key(&KeySpec::session(
-            SecretKind::Des2,
-            Usage {
-                sign: true,
-                ..Usage::NONE
-            },
-        ))
-        .unwrap();
-    let raw1 = raw_loop(&hsm, 1, MacMechanism::Des3Cmac, key, window);
-    let raw2 = raw_loop(&hsm, 2, MacMechanism::Des3Cmac, key, window);
+    let (raw1, raw2, _) = raw_rows(&hsm, MacAlgorithm::CmacTdes, window);
     println!(
-        "raw PKCS#11 loop (C_SignInit + C_Sign, cached DES2 key): 1 thread {raw1:.0}/s \
-         ({:.1} µs), 2 threads {raw2:.0}/s ({:.1} µs); ratios below are to 2 threads",
+        "raw PKCS#11 loop (C_SignInit + C_Sign, a cached DES2 key per thread): 1 thread \
+         {raw1:.0}/s ({:.1} µs), 2 threads {raw2:.0}/s ({:.1} µs); ratios below are to the \
+         better of the two, measured again before each table",
         1e6 / raw1,
         1e6 / raw2
     );
@@ -732,7 +890,7 @@ fn main() -> ExitCode {
         .prefix("keyward-macbench-")
         .tempdir()
         .unwrap();
-    let config_path = write_config(dir.path(), &token, &db, sessions);
+    let config_path = write_config(dir.path(), &token, &db, sessions, cache);
     let data = dir.path().join("data");
 
     rt.block_on(async {
@@ -760,7 +918,7 @@ fn main() -> ExitCode {
         for &n in &fleets {
             let t = Instant::now();
             let before = fleet.len();
-            grow_fleet(&kms, &issuer, &mut fleet, n).await;
+            grow_fleet(&kms, &issuer, Family::Tdes, &mut fleet, n).await;
             let secs = t.elapsed().as_secs_f64();
             println!();
             println!(
@@ -770,34 +928,20 @@ fn main() -> ExitCode {
                 (n - before) as f64 / secs
             );
             header();
-            let raw1 = raw_loop(&hsm, 1, MacMechanism::Des3Cmac, key, window);
-            let raw = raw_loop(&hsm, 2, MacMechanism::Des3Cmac, key, window);
-            let r = Row {
-                items_per_s: raw1,
-                p50_ms: f64::NAN,
-                p99_ms: f64::NAN,
-                requests: 0,
-                refused: 0,
-                server_cores: 0.0,
-                client_cores: 1.0,
-            };
-            print_row("raw PKCS#11 loop, 1 thread", 1, 1, &r, raw, false);
-            let r = Row {
-                items_per_s: raw,
-                client_cores: 2.0,
-                ..r
-            };
-            print_row("raw PKCS#11 loop, 2 threads", 1, 2, &r, raw, false);
+            let (raw1, raw2, raw) = raw_rows(&hsm, MacAlgorithm::CmacTdes, window);
+            print_raw_rows(raw1, raw2, raw);
             let mut start = 0usize;
             for &b in &batches {
                 // Enough bodies to walk the fleet, at most 64 (and 4 for
                 // big batches: memory).
                 let count = n.div_ceil(b).clamp(1, if b >= 10_000 { 4 } else { 64 });
                 let items: Vec<Vec<MacItem>> = (0..count)
-                    .map(|k| batch(&fleet, &issuer, start + k * b, b))
+                    .map(|k| batch(&fleet, &issuer, MacAlgorithm::CmacTdes, start + k * b, b))
                     .collect();
                 start += count * b;
                 if b == 10_000 || (b == *batches.iter().max().unwrap() && b < 10_000) {
+                    let r = first_pass_kms(&kms, &items).await;
+                    print_row("kms verify_macs, first pass", b, 1, &r, raw, false);
                     let all = Arc::new(items.clone());
                     let r = kms_row(&kms, all.clone(), 1, window).await;
                     print_row("kms verify_macs, 1 caller", b, 1, &r, raw, false);
@@ -811,17 +955,11 @@ fn main() -> ExitCode {
                     _ => &[1, 2],
                 };
                 for binary in [true, false] {
-                    let bodies: Vec<Bytes> = items
-                        .iter()
-                        .map(|it| {
-                            if binary {
-                                binary_body(it)
-                            } else {
-                                json_body(it)
-                            }
-                        })
-                        .collect();
-                    let bodies = Arc::new(bodies);
+                    let bodies = Arc::new(bodies_of(&items, binary));
+                    if binary && b >= 1_000 {
+                        let r = first_pass_e2e(&client, binary, &bodies, b).await;
+                        print_row("e2e mTLS bulk, binary, first pass", b, 1, &r, raw, false);
+                    }
                     for &conc in concs {
                         let r =
                             e2e_row(&client, server_pid, conc, binary, bodies.clone(), b, window)
@@ -830,6 +968,66 @@ fn main() -> ExitCode {
                             format!("e2e mTLS bulk, {}", if binary { "binary" } else { "JSON" });
                         print_row(&what, b, conc, &r, raw, true);
                     }
+                }
+            }
+            println!(
+                "(fleet {n}: keyward serve resident memory {:.0} MiB, bench process {:.0} MiB)",
+                rss_mib(server_pid),
+                rss_mib(std::process::id())
+            );
+        }
+
+        // 5. Every algorithm, 10 000-item batches over the last fleet (an
+        // AES issuer and fleet of 1 000 for CMAC-AES), each against the raw
+        // loop of its own PKCS#11 calls.
+        if !env_list("KW_BENCH_ALGORITHMS", "1").contains(&0) {
+            let aes: IssuerId = "bench-aes".parse().unwrap();
+            kms.create_issuer(aes.clone(), KeyFamily::Aes).await.unwrap();
+            let mut aes_fleet = Vec::new();
+            grow_fleet(&kms, &aes, Family::Aes, &mut aes_fleet, 1000).await;
+            println!();
+            println!(
+                "-- every algorithm: 10 000-item batches, 64-byte messages (ISO 9797-1 padding \
+                 method 2 for the CBC-MACs), over {} TDES devices / 1000 AES devices; vs raw: \
+                 the better raw loop of that algorithm's own PKCS#11 calls",
+                fleet.len()
+            );
+            header();
+            for alg in MacAlgorithm::ALL {
+                let (set, who) = match alg.family() {
+                    KeyFamily::Tdes => (&fleet, &issuer),
+                    KeyFamily::Aes => (&aes_fleet, &aes),
+                };
+                let (raw1, raw2, raw) = raw_rows(&hsm, alg, window);
+                let name = alg.as_str();
+                for (threads, v) in [(1, raw1), (2, raw2)] {
+                    let r = Row {
+                        items_per_s: v,
+                        p50_ms: f64::NAN,
+                        p99_ms: f64::NAN,
+                        requests: 0,
+                        refused: 0,
+                        server_cores: 0.0,
+                        client_cores: threads as f64,
+                    };
+                    print_row(&format!("{name}: raw, {threads} thread(s)"), 1, threads, &r, raw, false);
+                }
+                let items: Vec<Vec<MacItem>> = (0..4)
+                    .map(|k| batch(set, who, alg, k * 10_000, 10_000))
+                    .collect();
+                // Steady state: the first passes (keys of this usage derived)
+                // are not shown here.
+                first_pass_kms(&kms, &items).await;
+                let r = kms_row(&kms, Arc::new(items.clone()), 2, window).await;
+                print_row(&format!("{name}: kms verify_macs"), 10_000, 2, &r, raw, false);
+                for binary in [true, false] {
+                    let bodies = Arc::new(bodies_of(&items, binary));
+                    if binary {
+                        first_pass_e2e(&client, binary, &bodies, 10_000).await;
+                    }
+                    let r = e2e_row(&client, server_pid, 2, binary, bodies, 10_000, window).await;
+                    let enc = if binary { "binary" } else { "JSON" };
+                    print_row(&format!("{name}: e2e mTLS, {enc}"), 10_000, 2, &r, raw, true);
                 }
             }
         }

@@ -359,39 +359,100 @@ pub fn encode_verdict(out: &mut Vec<u8>, v: &Verdict) {
 
 /// Decodes a whole binary answer.
 pub fn decode_answer(buf: &[u8]) -> Result<Vec<Verdict>, FrameError> {
-    let mut r = Reader { buf, at: 0 };
-    let count = header(&mut r, ANSWER_MAGIC)? as usize;
-    if count > (buf.len() - HEADER_LEN) / 2 {
-        return Err(FrameError {
-            offset: 6,
-            reason: "count larger than the frame holds",
-        });
-    }
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let at = r.at;
-        let result = r.u8("truncated result")?;
-        let n = r.u8("truncated result: code length")? as usize;
-        let code = r.take(n, "truncated result: code")?;
-        out.push(match (result, n) {
-            (0, 0) => Verdict::Valid,
-            (1, 0) => Verdict::Invalid,
-            (2, _) => Verdict::Error(String::from_utf8_lossy(code).into_owned()),
-            _ => {
-                return Err(FrameError {
-                    offset: at,
-                    reason: "unknown result byte",
-                });
-            }
-        });
-    }
-    if r.at != buf.len() {
-        return Err(FrameError {
-            offset: r.at,
-            reason: "trailing bytes after the last result",
-        });
-    }
+    let mut d = AnswerDecoder::default();
+    let out = d.push(buf)?;
+    d.finish()?;
     Ok(out)
+}
+
+/// Decodes a binary answer as it arrives (a streamed answer comes in
+/// pieces cut anywhere): [`AnswerDecoder::push`] each piece, then
+/// [`AnswerDecoder::finish`].
+#[derive(Debug, Default)]
+pub struct AnswerDecoder {
+    /// Bytes of an incomplete header or result.
+    pending: Vec<u8>,
+    /// Offset of `pending[0]` in the whole answer.
+    offset: usize,
+    count: Option<u32>,
+    seen: u32,
+}
+
+impl AnswerDecoder {
+    /// The item count of the header, once it has arrived.
+    pub fn count(&self) -> Option<u32> {
+        self.count
+    }
+
+    /// The results completed by `bytes`, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Verdict>, FrameError> {
+        self.pending.extend_from_slice(bytes);
+        let mut r = Reader {
+            buf: &self.pending,
+            at: 0,
+        };
+        let count = match self.count {
+            Some(c) => c,
+            None if r.buf.len() < HEADER_LEN => return Ok(Vec::new()),
+            None => {
+                let c = header(&mut r, ANSWER_MAGIC)?;
+                self.count = Some(c);
+                c
+            }
+        };
+        let mut out = Vec::new();
+        while self.seen < count {
+            let at = r.at;
+            let (Some(&result), Some(&n)) = (r.buf.get(at), r.buf.get(at + 1)) else {
+                break;
+            };
+            let Ok(code) = Reader {
+                buf: r.buf,
+                at: at + 2,
+            }
+            .take(n as usize, "") else {
+                break;
+            };
+            r.at = at + 2 + n as usize;
+            out.push(match (result, n) {
+                (0, 0) => Verdict::Valid,
+                (1, 0) => Verdict::Invalid,
+                (2, _) => Verdict::Error(String::from_utf8_lossy(code).into_owned()),
+                _ => {
+                    return Err(FrameError {
+                        offset: self.offset + at,
+                        reason: "unknown result byte",
+                    });
+                }
+            });
+            self.seen += 1;
+        }
+        if self.seen == count && r.at != r.buf.len() {
+            return Err(FrameError {
+                offset: self.offset + r.at,
+                reason: "trailing bytes after the last result",
+            });
+        }
+        let used = r.at;
+        self.pending.drain(..used);
+        self.offset += used;
+        Ok(out)
+    }
+
+    /// Errors unless the whole answer has arrived.
+    pub fn finish(self) -> Result<(), FrameError> {
+        match self.count {
+            None => Err(FrameError {
+                offset: self.offset,
+                reason: "truncated header",
+            }),
+            Some(c) if self.seen < c => Err(FrameError {
+                offset: self.offset,
+                reason: "truncated result",
+            }),
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +507,24 @@ mod tests {
             encode_verdict(&mut buf, v);
         }
         assert_eq!(decode_answer(&buf).unwrap(), vs);
-        assert!(decode_answer(&buf[..buf.len() - 1]).is_err());
+        for cut in 0..buf.len() {
+            assert!(decode_answer(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = buf.clone();
+        long.push(0);
+        assert_eq!(
+            decode_answer(&long).unwrap_err().reason,
+            "trailing bytes after the last result"
+        );
+        // Streamed: the same results whatever the pieces.
+        for size in 1..buf.len() {
+            let mut d = AnswerDecoder::default();
+            let mut got = Vec::new();
+            for piece in buf.chunks(size) {
+                got.extend(d.push(piece).unwrap());
+            }
+            d.finish().unwrap();
+            assert_eq!(got, vs, "pieces of {size}");
+        }
     }
 }

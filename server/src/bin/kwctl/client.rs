@@ -197,12 +197,37 @@ impl Client {
             .exchange("POST", &path, None, Some((content_type, Bytes::from(body))))
             .await?;
         if !status.is_success() {
-            let value: Value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            let error = value.get("error").cloned().unwrap_or(value);
-            return Err(Refused { status, error }.into());
+            return Err(refused(status, &bytes));
         }
         Ok(bytes)
+    }
+
+    /// [`Client::post_raw`] for a streamed answer: each piece of the body
+    /// goes to `on_data` as it arrives.
+    pub async fn post_streamed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        mut on_data: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let path = format!("/admin/v1{path}");
+        let resp = self
+            .request("POST", &path, None, Some((content_type, Bytes::from(body))))
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            return Err(refused(status, &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.with_context(|| format!("reading the answer to POST {path}"))?;
+            if let Some(data) = frame.data_ref() {
+                on_data(data)?;
+            }
+        }
+        Ok(())
     }
 
     async fn send(&self, call: Call) -> anyhow::Result<(StatusCode, Bytes)> {
@@ -226,6 +251,21 @@ impl Client {
         idempotency_key: Option<&str>,
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let resp = self.request(method, path, idempotency_key, body).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// One request on a new mTLS connection; the answer's body is read by
+    /// the caller.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        idempotency_key: Option<&str>,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
@@ -249,12 +289,17 @@ impl Client {
             }
             None => Bytes::new(),
         };
-        let resp = sender
+        sender
             .send_request(req.body(Full::new(body))?)
             .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, bytes))
+            .with_context(|| format!("{method} {path}"))
     }
+}
+
+/// A non-2xx answer as a [`Refused`] error, with the server's error object.
+fn refused(status: StatusCode, bytes: &[u8]) -> anyhow::Error {
+    let value: Value = serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()));
+    let error = value.get("error").cloned().unwrap_or(value);
+    Refused { status, error }.into()
 }

@@ -5,8 +5,9 @@
 //! items), the binary request encoding (docs/protocol.md §6.6), or CSV with
 //! the header `device_id,issuer_id,key_version,algorithm,padding,message_hex,mac_hex`
 //! (padding empty or 0 for none; for `CUP-ECB` `mac_hex` is the hex of the
-//! 8 ASCII characters). It is sent in requests of `--chunk` items, with
-//! progress on stderr; the summary (counts by result and error code) is
+//! 8 ASCII characters). It is sent in requests of `--chunk` items (a
+//! binary file asks for a streamed answer, so progress moves within a
+//! request), with progress on stderr; the summary (counts by result and error code) is
 //! printed, and with `-o json` every item's result, in file order.
 
 use std::collections::BTreeMap;
@@ -94,22 +95,27 @@ pub async fn run(ctx: &Ctx, cmd: MacCommand) -> anyhow::Result<()> {
             }
         }
         Items::Binary(all) => {
+            // Streamed: results (and progress) arrive as the server's
+            // chunks finish, not once per request.
             for part in all.chunks(chunk) {
                 let body = wire::encode_request(part)?;
-                let bytes = ctx
-                    .client
-                    .post_raw("/macs/verify", wire::BINARY, body)
+                let before = verdicts.len();
+                let mut answer = wire::AnswerDecoder::default();
+                ctx.client
+                    .post_streamed("/macs/verify?stream=1", wire::BINARY, body, |piece| {
+                        let got = answer.push(piece).context("reading the answer")?;
+                        if !got.is_empty() {
+                            verdicts.extend(got);
+                            progress(ctx, verdicts.len(), total);
+                        }
+                        Ok(())
+                    })
                     .await?;
-                let answer = wire::decode_answer(&bytes).context("reading the answer")?;
-                if answer.len() != part.len() {
-                    bail!(
-                        "the server answered {} results for {} items",
-                        answer.len(),
-                        part.len()
-                    );
+                answer.finish().context("reading the answer")?;
+                let got = verdicts.len() - before;
+                if got != part.len() {
+                    bail!("the server answered {got} results for {} items", part.len());
                 }
-                verdicts.extend(answer);
-                progress(ctx, verdicts.len(), total);
             }
         }
     }
