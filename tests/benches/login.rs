@@ -53,10 +53,11 @@
 //! the server during the 200-device login window.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -82,7 +83,8 @@ use keyward_tests::terminal::{self, LoginOptions, Terminal};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const AS_KEYWARD_ENV: &str = "KW_BENCH_AS_KEYWARD";
+use common::{clock_ticks, cpu_secs, env_usize, spawn_serve, toml_str};
+
 const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
 const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
 const ISSUER: &str = "bench-tdes";
@@ -91,20 +93,9 @@ const CONCURRENCY: [usize; 2] = [50, 200];
 const SETUP_TASKS: usize = 8;
 const WARMUP: Duration = Duration::from_secs(2);
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number")),
-        Err(_) => default,
-    }
-}
-
 fn main() -> ExitCode {
-    // This binary re-executed as the server: `… --config FILE serve`.
-    if std::env::var_os(AS_KEYWARD_ENV).is_some() {
-        return keyward_server::cli::main();
+    if let Some(code) = common::keyward_if_reexecuted() {
+        return code;
     }
     match std::env::var(BACKEND_ENV) {
         Ok(backend) => {
@@ -142,11 +133,6 @@ fn main() -> ExitCode {
 }
 
 // ---- the installation and its fleet ------------------------------------------
-
-/// A JSON string literal, which is also a valid TOML basic string.
-fn toml_str(s: &str) -> String {
-    Value::String(s.to_owned()).to_string()
-}
 
 fn write_config(dir: &Path, token: &TestToken, db: &TestDb, sessions: usize) -> PathBuf {
     let hsm = token.hsm_config(sessions);
@@ -373,68 +359,6 @@ where
 
 // ---- the server --------------------------------------------------------------
 
-struct Spawned {
-    child: Child,
-    public: String,
-    admin: String,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_serve(config: &Path, log: &Path) -> Spawned {
-    let (exe, as_cli) = match std::env::var_os("KEYWARD_BIN") {
-        Some(p) => (PathBuf::from(p), false),
-        None => (std::env::current_exe().unwrap(), true),
-    };
-    let mut cmd = Command::new(exe);
-    if as_cli {
-        cmd.env(AS_KEYWARD_ENV, "1");
-    }
-    let mut child = cmd
-        .env_remove(BACKEND_ENV)
-        .env_remove("RUST_LOG")
-        .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-        panic!(
-            "serve did not start: {line:?}\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    });
-    let addr = |which: &str| v["listening"][which].as_str().unwrap().to_owned();
-    Spawned {
-        child,
-        public: addr("public"),
-        admin: addr("admin"),
-    }
-}
-
 /// The `_sum` and `_count` samples of the server's latency histograms
 /// (`keyward_http_request_duration_seconds`,
 /// `keyward_hsm_operation_duration_seconds`) from its `/metrics`.
@@ -495,18 +419,6 @@ fn print_server_side(
 
 // ---- measuring ---------------------------------------------------------------
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / clock_ticks()
-}
-
 /// CPU seconds used so far by all processes named `comm` (PostgreSQL's
 /// backends: `postgres`).
 fn procs_cpu_secs(comm: &str) -> f64 {
@@ -521,7 +433,7 @@ fn procs_cpu_secs(comm: &str) -> f64 {
                 .all(|b| b.is_ascii_digit())
         })
         .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
-        .map(|e| cpu_secs(&e.file_name().to_string_lossy()))
+        .map(|e| cpu_secs(e.file_name().to_string_lossy()))
         .sum()
 }
 
@@ -541,18 +453,6 @@ fn machine_busy_secs() -> f64 {
     let total: f64 = f.iter().sum();
     let idle = f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0);
     (total - idle) / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TCK.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
 
 /// What one closed-loop run measured.
@@ -872,7 +772,7 @@ fn one_backend(backend: &str) {
         // 2. The server, and the fleet's first logins (with key update).
         let root_pem = state.ca.root_pem().to_owned();
         let issuing_pem = state.ca.issuing_pem().to_owned();
-        let server = spawn_serve(&config_path, &dir.path().join("serve.log"));
+        let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[BACKEND_ENV]);
         let server_pid = server.child.id().to_string();
         let ca_file = data.join("operators/ca.pem");
         let url = format!("https://{}", server.public);

@@ -41,10 +41,11 @@
 //! them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
+use common::{cpu_secs, env_list, env_usize, rss_mib, spawn_serve, toml_str};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
@@ -69,38 +71,13 @@ use keyward_tests::device::{self, Family};
 use keyward_tests::softhsm::TestToken;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::Value;
 
-const AS_KEYWARD_ENV: &str = "KW_BENCH_AS_KEYWARD";
 const ISSUER: &str = "bench-tdes";
 /// Tasks making the fleet's working keys.
 const SETUP_TASKS: usize = 8;
 /// Item `j` of the spread is device `j * STRIDE mod n` (a prime: every
 /// device is hit before one repeats, unless it divides `n`).
 const STRIDE: usize = 7919;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number")),
-        Err(_) => default,
-    }
-}
-
-fn env_list(name: &str, default: &str) -> Vec<usize> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}: a list of numbers"))
-        })
-        .collect()
-}
 
 fn msg_of(i: usize) -> Vec<u8> {
     let s = format!("0200 4000000000000123 000000010000 156 20261122 {i:010} TERM.");
@@ -409,11 +386,6 @@ fn binary_body(items: &[MacItem]) -> Bytes {
 
 // ---- the server --------------------------------------------------------------
 
-/// A JSON string literal, which is also a valid TOML basic string.
-fn toml_str(s: &str) -> String {
-    Value::String(s.to_owned()).to_string()
-}
-
 fn write_config(
     dir: &Path,
     token: &TestToken,
@@ -449,87 +421,6 @@ public_names = ["localhost", "127.0.0.1"]
     );
     std::fs::write(&config, text).unwrap();
     config
-}
-
-struct Spawned {
-    child: Child,
-    admin: String,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_serve(config: &Path, log: &Path) -> Spawned {
-    let (exe, as_cli) = match std::env::var_os("KEYWARD_BIN") {
-        Some(p) => (PathBuf::from(p), false),
-        None => (std::env::current_exe().unwrap(), true),
-    };
-    let mut cmd = Command::new(exe);
-    if as_cli {
-        cmd.env(AS_KEYWARD_ENV, "1");
-    }
-    let mut child = cmd
-        .env_remove("RUST_LOG")
-        .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-        panic!(
-            "serve did not start: {line:?}\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    });
-    Spawned {
-        child,
-        admin: v["listening"]["admin"].as_str().unwrap().to_owned(),
-    }
-}
-
-/// CPU seconds (user + system) a process has used so far.
-/// Resident memory of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 // ---- the load client ---------------------------------------------------------
@@ -842,9 +733,8 @@ fn print_row(what: &str, batch: usize, conc: usize, r: &Row, raw: f64, server: b
 // ---- main --------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    // This binary re-executed as the server: `… --config FILE serve`.
-    if std::env::var_os(AS_KEYWARD_ENV).is_some() {
-        return keyward_server::cli::main();
+    if let Some(code) = common::keyward_if_reexecuted() {
+        return code;
     }
     let fleets = env_list("KW_BENCH_FLEETS", "1000");
     let batches = env_list("KW_BENCH_BATCHES", "1,100,1000,10000,100000");
@@ -910,7 +800,7 @@ fn main() -> ExitCode {
             .unwrap();
 
         // 3. The server.
-        let server = spawn_serve(&config_path, &dir.path().join("serve.log"));
+        let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[]);
         let server_pid = server.child.id();
         let client = Client::new(&server.admin, &data.join("operators"));
 
@@ -932,9 +822,14 @@ fn main() -> ExitCode {
             print_raw_rows(raw1, raw2, raw);
             let mut start = 0usize;
             for &b in &batches {
-                // Enough bodies to walk the fleet, at most 64 (and 4 for
-                // big batches: memory).
-                let count = n.div_ceil(b).clamp(1, if b >= 10_000 { 4 } else { 64 });
+                // Enough bodies to walk the fleet, at most 64 (4 for 10 000
+                // items, 1 for 100 000: memory, and the devices held).
+                let most = match b {
+                    100_000.. => 1,
+                    10_000.. => 4,
+                    _ => 64,
+                };
+                let count = n.div_ceil(b).clamp(1, most);
                 let items: Vec<Vec<MacItem>> = (0..count)
                     .map(|k| batch(&fleet, &issuer, MacAlgorithm::CmacTdes, start + k * b, b))
                     .collect();

@@ -450,13 +450,17 @@ impl Tally {
     }
 }
 
+/// A chunk being verified: its verdicts and counts when done.
+type ChunkTask = tokio::task::JoinHandle<(Vec<wire::Verdict>, Tally)>;
+
 /// Verifies a batch [`CHUNK`] items at a time with [`IN_FLIGHT`] chunks
 /// running at once (the HSM workers never wait for the next chunk to be
 /// handed over); [`Chunks::next`] gives each chunk's verdicts in order.
 struct Chunks {
     state: AppState,
     rest: std::vec::IntoIter<Prepared>,
-    running: VecDeque<(usize, tokio::task::JoinHandle<(Vec<wire::Verdict>, Tally)>)>,
+    /// Each running chunk's item count and task.
+    running: VecDeque<(usize, ChunkTask)>,
     tally: Tally,
 }
 

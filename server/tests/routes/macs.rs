@@ -656,13 +656,14 @@ async fn only_services_and_operators_may_verify() {
 }
 
 /// After a rotation the replaced version is still accepted during its grace
-/// period (`retiring`), then refused per item once retired; a revoked
-/// service certificate is refused on the next request.
+/// period (`retiring`), then refused per item once it is over (whether or
+/// not the job has marked it retired yet); a revoked service certificate is
+/// refused on the next request.
 #[tokio::test]
 async fn retired_versions_fail_per_item_and_a_revoked_switch_is_refused() {
     let app = App::with_config(|c| {
         app_config(c);
-        c.online.rotation_grace_secs = 0;
+        c.online.rotation_grace_secs = 3;
     })
     .await;
     let (mut d, v1, _) = device_with_keys(&app).await;
@@ -701,7 +702,16 @@ async fn retired_versions_fail_per_item_and_a_revoked_switch_is_refused() {
             wire::Verdict::Invalid
         ]
     );
-    // The grace period (0 s) ends: v1 is retired.
+    // The grace period (3 s) ends: v1 is refused at once, and the job
+    // then marks it retired.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let got: Vec<wire::Verdict> = verify_json(&app, &switch, items.clone())
+        .await
+        .results
+        .iter()
+        .map(|r| r.verdict())
+        .collect();
+    assert_eq!(got[0], err("key_version_not_usable"));
     assert!(app.state.kms.end_grace_periods().await.unwrap() >= 1);
     let got: Vec<wire::Verdict> = verify_json(&app, &switch, items)
         .await
