@@ -87,6 +87,14 @@ pub enum AuditError {
     /// A stored checkpoint given to verify against is not one.
     #[error("invalid audit checkpoint: {0}")]
     InvalidCheckpoint(&'static str),
+    /// The group write this record was part of failed (nothing of it was
+    /// written); the cause, as the writer saw it.
+    #[error("audit group write: {message}")]
+    Group {
+        code: &'static str,
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl AuditError {
@@ -100,6 +108,7 @@ impl AuditError {
             Self::Kms(e) => e.code(),
             Self::Broken { .. } => "audit_chain_broken",
             Self::InvalidCheckpoint(_) => "invalid_checkpoint",
+            Self::Group { code, .. } => code,
         }
     }
 
@@ -111,6 +120,16 @@ impl AuditError {
             Self::Kms(e) => e.kind(),
             Self::Broken { .. } => ErrorKind::Conflict,
             Self::InvalidCheckpoint(_) => ErrorKind::Invalid,
+            Self::Group { kind, .. } => *kind,
+        }
+    }
+
+    /// The same failure for every record of a group write.
+    fn for_group(&self) -> Self {
+        Self::Group {
+            code: self.code(),
+            kind: self.kind(),
+            message: self.to_string(),
         }
     }
 }
@@ -370,6 +389,50 @@ pub struct AuditLog {
     written: Arc<Mutex<Option<Head>>>,
     /// Serialises checkpoint writes; holds the seq last checkpointed.
     checkpointed: Arc<tokio::sync::Mutex<i64>>,
+    /// Records waiting to be written, and the right to write them (group
+    /// commit, see [`AuditLog::append`]).
+    queue: Arc<Mutex<Queue>>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Records in one group write at most: each record's MAC and its head's
+/// go to the HSM in one job (at most 256 MACs).
+const GROUP_MAX: usize = 128;
+
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    next_ticket: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A record waiting for the group write that carries it.
+struct Pending {
+    ticket: u64,
+    entry: Entry,
+    reply: tokio::sync::oneshot::Sender<Result<AuditRecord, AuditError>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("action", &self.entry.action)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a caller records; the writer adds seq, time, chain and MAC.
+#[derive(Debug)]
+struct Entry {
+    actor: String,
+    action: String,
+    target: String,
+    outcome: &'static str,
+    request_id: String,
+    detail_json: String,
 }
 
 impl AuditLog {
@@ -383,6 +446,8 @@ impl AuditLog {
             kms: kms.clone(),
             written: Arc::default(),
             checkpointed: Arc::default(),
+            queue: Arc::default(),
+            writer: Arc::default(),
         }
     }
 
@@ -448,6 +513,13 @@ impl AuditLog {
     }
 
     /// Appends one record and returns it. On error nothing was written.
+    ///
+    /// Group commit: concurrent appends are written together, one
+    /// transaction (one fsync, one head update, one HSM job for all their
+    /// MACs) for as many records as were waiting. The caller that finds the
+    /// writer free takes every waiting record and writes them in a task of
+    /// its own, so a caller that goes away never cuts a group write short;
+    /// each caller gets its own record, or the group's error.
     pub async fn append(
         &self,
         actor: &Actor,
@@ -456,16 +528,15 @@ impl AuditLog {
         request_id: &str,
     ) -> Result<AuditRecord, AuditError> {
         let (action, target, detail) = event.parts();
-        let result = self
-            .try_append(
-                actor.to_string(),
-                action.clone(),
-                target,
-                outcome,
-                request_id,
-                detail.to_string(),
-            )
-            .await;
+        let entry = Entry {
+            actor: actor.to_string(),
+            action: action.clone(),
+            target,
+            outcome: outcome.as_str(),
+            request_id: request_id.to_owned(),
+            detail_json: detail.to_string(),
+        };
+        let result = self.written_in_a_group(entry).await;
         if let Some(m) = &self.metrics {
             match &result {
                 Ok(_) => m.audit_records.with_label_values(&[&action]).inc(),
@@ -478,23 +549,72 @@ impl AuditLog {
         result
     }
 
+    async fn written_in_a_group(&self, entry: Entry) -> Result<AuditRecord, AuditError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let ticket = {
+            let mut q = lock(&self.queue);
+            q.next_ticket += 1;
+            let ticket = q.next_ticket;
+            q.waiting.push(Pending {
+                ticket,
+                entry,
+                reply,
+            });
+            ticket
+        };
+        loop {
+            let writer = self.writer.clone().lock_owned().await;
+            // A writer before us may have taken and written ours.
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+            let group: Vec<Pending> = {
+                let mut q = lock(&self.queue);
+                let n = q.waiting.len().min(GROUP_MAX);
+                q.waiting.drain(..n).collect()
+            };
+            let ours = group.iter().any(|p| p.ticket == ticket);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _writer = writer;
+                let (entries, replies): (Vec<Entry>, Vec<_>) =
+                    group.into_iter().map(|p| (p.entry, p.reply)).unzip();
+                match this.try_append(entries).await {
+                    Ok(records) => {
+                        for (reply, rec) in replies.into_iter().zip(records) {
+                            let _ = reply.send(Ok(rec));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.for_group()));
+                        }
+                    }
+                }
+            });
+            if ours {
+                return answer.await.unwrap_or_else(|_| {
+                    Err(AuditError::Group {
+                        code: "audit_error",
+                        kind: ErrorKind::Internal,
+                        message: "the group writer stopped".into(),
+                    })
+                });
+            }
+            // Ours was beyond this group: wait for the writer again.
+        }
+    }
+
     /// Records that this process wrote `head` (keeps the newest).
     fn note_written(&self, head: Head) {
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.written);
         if w.as_ref().is_none_or(|h| h.seq < head.seq) {
             *w = Some(head);
         }
     }
 
-    async fn try_append(
-        &self,
-        actor: String,
-        action: String,
-        target: String,
-        outcome: Outcome,
-        request_id: &str,
-        detail_json: String,
-    ) -> Result<AuditRecord, AuditError> {
+    /// Writes `entries`, in order, in one transaction; returns their records.
+    async fn try_append(&self, entries: Vec<Entry>) -> Result<Vec<AuditRecord>, AuditError> {
         let mut tx = match self.kind {
             DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             DatabaseKind::Postgres => self.pool.begin().await?,
@@ -509,76 +629,99 @@ impl AuditLog {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(AuditError::NoHead)?;
-        let prev_seq: i64 = head.try_get(0)?;
-        let prev_hash: String = head.try_get(1)?;
+        let mut seq: i64 = head.try_get(0)?;
+        let mut prev_hash: String = head.try_get(1)?;
         let keyed_from: Option<i64> = head.try_get(2)?;
-        let mut rec = AuditRecord {
-            seq: prev_seq + 1,
-            at_ms: now_ms(),
-            actor,
-            action,
-            target,
-            outcome: outcome.as_str().to_owned(),
-            request_id: request_id.to_owned(),
-            detail_json,
-            prev_hash,
-            hash: String::new(),
-            mac: None,
+        let at_ms = now_ms();
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            seq += 1;
+            let mut rec = AuditRecord {
+                seq,
+                at_ms,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome.to_owned(),
+                request_id: e.request_id,
+                detail_json: e.detail_json,
+                prev_hash,
+                hash: String::new(),
+                mac: None,
+            };
+            rec.hash = rec.compute_hash();
+            prev_hash = rec.hash.clone();
+            records.push(rec);
+        }
+        let Some(first) = records.first() else {
+            return Ok(records);
         };
-        rec.hash = rec.compute_hash();
         // The first record written with the key anchors every older one.
-        let keyed_from = keyed_from.unwrap_or(rec.seq);
-        // Both MACs in one HSM job, while the head is locked (the inputs
-        // depend on it). Two C_Sign per append.
-        let macs = self
-            .kms
-            .audit_macs(vec![
-                keyed::record_input(&rec.hash),
-                keyed::head_input(rec.seq, keyed_from, &rec.hash),
-            ])
-            .await?;
-        let [record_mac, head_mac] =
-            <[[u8; 32]; 2]>::try_from(macs).map_err(|_| KmsError::Hsm {
+        let keyed_from = keyed_from.unwrap_or(first.seq);
+        // Each record's MAC and the MAC of the head on it (the head moves
+        // one record at a time, the triggers check it), all in one HSM job
+        // while the head is locked (the inputs depend on it).
+        let inputs: Vec<Vec<u8>> = records
+            .iter()
+            .flat_map(|r| {
+                [
+                    keyed::record_input(&r.hash),
+                    keyed::head_input(r.seq, keyed_from, &r.hash),
+                ]
+            })
+            .collect();
+        let macs = self.kms.audit_macs(inputs).await?;
+        if macs.len() != 2 * records.len() {
+            return Err(KmsError::Hsm {
                 function: "C_Sign",
                 problem: "wrong number of audit MACs",
-            })?;
-        rec.mac = Some(hex::encode(record_mac));
-        let head_mac = hex::encode(head_mac);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at_ms, actor, action, target, outcome, request_id, \
-             detail_json, prev_hash, hash, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(rec.seq)
-        .bind(rec.at_ms)
-        .bind(rec.actor.as_str())
-        .bind(rec.action.as_str())
-        .bind(rec.target.as_str())
-        .bind(rec.outcome.as_str())
-        .bind(rec.request_id.as_str())
-        .bind(rec.detail_json.as_str())
-        .bind(rec.prev_hash.as_str())
-        .bind(rec.hash.as_str())
-        .bind(rec.mac.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE audit_head SET seq = $1, hash = $2, keyed_from = $3, mac = $4 WHERE id = 1",
-        )
-        .bind(rec.seq)
-        .bind(rec.hash.as_str())
-        .bind(keyed_from)
-        .bind(head_mac.as_str())
-        .execute(&mut *tx)
-        .await?;
+            }
+            .into());
+        }
+        let mut head_mac = String::new();
+        for (rec, pair) in records.iter_mut().zip(macs.chunks(2)) {
+            rec.mac = Some(hex::encode(pair[0]));
+            head_mac = hex::encode(pair[1]);
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at_ms, actor, action, target, outcome, request_id, \
+                 detail_json, prev_hash, hash, mac) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(rec.seq)
+            .bind(rec.at_ms)
+            .bind(rec.actor.as_str())
+            .bind(rec.action.as_str())
+            .bind(rec.target.as_str())
+            .bind(rec.outcome.as_str())
+            .bind(rec.request_id.as_str())
+            .bind(rec.detail_json.as_str())
+            .bind(rec.prev_hash.as_str())
+            .bind(rec.hash.as_str())
+            .bind(rec.mac.as_deref())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE audit_head SET seq = $1, hash = $2, keyed_from = $3, mac = $4 WHERE id = 1",
+            )
+            .bind(rec.seq)
+            .bind(rec.hash.as_str())
+            .bind(keyed_from)
+            .bind(head_mac.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (last_seq, last_hash) = match records.last() {
+            Some(r) => (r.seq, r.hash.clone()),
+            None => return Ok(records),
+        };
         tx.commit().await?;
         self.note_written(Head {
-            seq: rec.seq,
-            hash: rec.hash.clone(),
+            seq: last_seq,
+            hash: last_hash,
             keyed_from: Some(keyed_from),
             mac: Some(head_mac),
         });
-        Ok(rec)
+        Ok(records)
     }
 
     /// The last `limit` records, newest first (admin listing).
