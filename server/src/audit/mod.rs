@@ -629,13 +629,12 @@ impl AuditLog {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(AuditError::NoHead)?;
-        let mut seq: i64 = head.try_get(0)?;
+        let head_seq: i64 = head.try_get(0)?;
         let mut prev_hash: String = head.try_get(1)?;
         let keyed_from: Option<i64> = head.try_get(2)?;
         let at_ms = now_ms();
         let mut records = Vec::with_capacity(entries.len());
-        for e in entries {
-            seq += 1;
+        for (seq, e) in (head_seq + 1..).zip(entries) {
             let mut rec = AuditRecord {
                 seq,
                 at_ms,
