@@ -34,7 +34,7 @@ use serde::Deserialize;
 use super::still_valid;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::http::ApiError;
-use crate::http::layers::request_id;
+use crate::http::access::Door;
 use crate::identity::{CertKind, ClientIdentity};
 use crate::state::AppState;
 use crate::wire::macs as wire;
@@ -89,9 +89,7 @@ pub async fn require_verifier(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let rid = request_id(req.extensions());
-    let route = "/admin/v1/macs/verify".to_owned();
-    let method = req.method().to_string();
+    let door = Door::of(&req, "/admin/v1/macs/verify");
     let identity = req.extensions().get::<ClientIdentity>().cloned();
     let (actor, refusal, role) = match identity.as_ref().map(|i| (i, i.cert.as_ref())) {
         Some((id, Some(cert))) => {
@@ -110,7 +108,7 @@ pub async fn require_verifier(
                     req.extensions_mut().insert(Verifier {
                         kind,
                         actor: id.actor(),
-                        request_id: rid,
+                        request_id: door.request_id,
                     });
                     return next.run(req).await;
                 }
@@ -121,23 +119,12 @@ pub async fn require_verifier(
         Some((id, None)) => (id.actor(), ApiError::certificate_required(), None),
         None => (Actor::Anonymous, ApiError::certificate_required(), None),
     };
-    let code = match refusal.code.as_ref() {
-        "certificate_revoked" => "certificate_revoked",
-        "forbidden_role" => "forbidden_role",
-        "client_certificate_required" => "client_certificate_required",
-        _ => "registry_unavailable",
-    };
-    let event = AuditEvent::AccessRefused {
-        method,
-        route,
-        code,
-        role,
-    };
-    let _ = state
-        .audit
-        .append(&actor, &event, Outcome::Refused { code }, &rid)
-        .await;
-    refusal.into_response()
+    let known = [
+        "certificate_revoked",
+        "forbidden_role",
+        "client_certificate_required",
+    ];
+    door.refuse(&state, &actor, role, refusal, &known).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,9 +36,9 @@ mod trail;
 
 pub use issuers::create_recorded;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use keyward_ca::{Role, Serial};
@@ -46,8 +46,9 @@ use keyward_ca::{Role, Serial};
 use keyward_device_provisioning::{Action, Decision, OperatorId};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::http::access::Door;
 use crate::http::idempotency;
-use crate::http::layers::{self, request_id};
+use crate::http::layers;
 use crate::http::{ApiError, stack_config};
 use crate::identity::{ClientIdentity, PeerCertificate};
 use crate::metrics::Listener;
@@ -232,13 +233,7 @@ pub struct Operator {
 
 /// Admits only operator certificates with a role; audits every refusal.
 async fn require_operator(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let rid = request_id(req.extensions());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let method = req.method().to_string();
+    let door = Door::of(&req, "");
     let identity = req.extensions().get::<ClientIdentity>().cloned();
     let cert = identity.as_ref().and_then(|i| i.cert.clone());
     let (actor, refusal) = match (&identity, &cert) {
@@ -249,9 +244,9 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
                     role,
                     serial: c.serial.clone(),
                     actor: id.actor(),
-                    request_id: rid,
-                    method,
-                    route,
+                    request_id: door.request_id.clone(),
+                    method: door.method.clone(),
+                    route: door.route.clone(),
                 });
                 return next.run(req).await;
             }
@@ -262,22 +257,15 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
         (Some(id), None) => (id.actor(), ApiError::certificate_required()),
         (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
     };
-    let code = match refusal.code.as_ref() {
-        "certificate_revoked" => "certificate_revoked",
-        "forbidden_role" => "forbidden_role",
-        "client_certificate_required" => "client_certificate_required",
-        _ => "registry_unavailable",
-    };
-    let event = AuditEvent::AccessRefused {
-        method,
-        route,
-        code,
-        role: None,
-    };
-    let outcome = Outcome::Refused { code };
-    let _ = state.audit.append(&actor, &event, outcome, &rid).await;
-    refusal.into_response()
+    door.refuse(&state, &actor, None, refusal, DOOR_CODES).await
 }
+
+/// The refusals of the admin listener's door, recorded as they are.
+const DOOR_CODES: &[&str] = &[
+    "certificate_revoked",
+    "forbidden_role",
+    "client_certificate_required",
+];
 
 /// The refusal of a certificate without an operator role (a device's, say).
 fn no_operator_role() -> ApiError {

@@ -1,9 +1,11 @@
 //! HTTP plumbing shared by the two listeners.
 //!
 //! - `error`: [`ApiError`], the one place errors become responses.
+//! - `access`: [`access::Door`], refusals at a listener's door, audited.
 //! - `layers`: the tower middleware stack (docs/stack-notes.md §8 order).
 //! - [`idempotency`]: `Idempotency-Key` on mutating requests.
 
+pub mod access;
 pub mod error;
 pub mod idempotency;
 pub mod layers;

@@ -179,19 +179,8 @@ async fn refused<T>(
     let code = e.code();
     state.metrics.logins.with_label_values(&[code]).inc();
     if e.kind().is_client() {
-        let event = AuditEvent::Online {
-            action,
-            target: format!("device:{}", device.device_id),
-            detail: json!({ "issuer": issuer }),
-        };
-        let _ = state
-            .audit
-            .append(
-                &device.actor,
-                &event,
-                Outcome::Refused { code },
-                &device.request_id,
-            )
+        device
+            .audit_refusal(state, action, json!({ "issuer": issuer }), code)
             .await;
     }
     Err(e)

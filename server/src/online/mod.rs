@@ -54,6 +54,30 @@ pub struct Device {
     pub request_id: String,
 }
 
+impl Device {
+    /// Audits a step of this device refused with `code` (`action`, the
+    /// device as target, `detail`). Best effort: a refusal the trail cannot
+    /// record is still refused.
+    pub async fn audit_refusal(
+        &self,
+        state: &crate::state::AppState,
+        action: &'static str,
+        detail: serde_json::Value,
+        code: &'static str,
+    ) {
+        let event = crate::audit::AuditEvent::Online {
+            action,
+            target: format!("device:{}", self.device_id),
+            detail,
+        };
+        let outcome = crate::audit::Outcome::Refused { code };
+        let _ = state
+            .audit
+            .append(&self.actor, &event, outcome, &self.request_id)
+            .await;
+    }
+}
+
 /// The online service's configuration and tables; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Online {

@@ -26,17 +26,18 @@ pub mod session;
 mod transactions;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use keyward_ca::Serial;
 use keyward_device_provisioning::{DeviceState, ProvisioningError};
 use keyward_kms::types::DeviceId;
 
-use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::http::layers::{self, request_id};
+use crate::audit::Actor;
+use crate::http::access::Door;
+use crate::http::layers;
 use crate::http::{ApiError, stack_config};
 use crate::identity::{CertKind, ClientIdentity, PeerCertificate};
 use crate::metrics::Listener;
@@ -84,13 +85,7 @@ fn refusal(code: &'static str, message: &'static str) -> ApiError {
 /// registry row, the certificate's CA record), no cache — a revocation is
 /// seen at the very next request.
 async fn require_device(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let rid = request_id(req.extensions());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let method = req.method().to_string();
+    let door = Door::of(&req, "");
     let identity = req.extensions().get::<ClientIdentity>().cloned();
     let (actor, refused) = match &identity {
         None => (Actor::Anonymous, ApiError::certificate_required()),
@@ -103,7 +98,7 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
                         serial: cert.serial.clone(),
                         state: device_state,
                         actor: id.actor(),
-                        request_id: rid,
+                        request_id: door.request_id.clone(),
                     });
                     return next.run(req).await;
                 }
@@ -111,24 +106,13 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
             },
         },
     };
-    let code = match refused.code.as_ref() {
-        DEVICE_REQUIRED => DEVICE_REQUIRED,
-        NOT_CURRENT => NOT_CURRENT,
-        REVOKED => REVOKED,
-        "client_certificate_required" => "client_certificate_required",
-        _ => "registry_unavailable",
-    };
-    let event = AuditEvent::AccessRefused {
-        method,
-        route,
-        code,
-        role: None,
-    };
-    let _ = state
-        .audit
-        .append(&actor, &event, Outcome::Refused { code }, &rid)
-        .await;
-    refused.into_response()
+    let known = [
+        DEVICE_REQUIRED,
+        NOT_CURRENT,
+        REVOKED,
+        "client_certificate_required",
+    ];
+    door.refuse(&state, &actor, None, refused, &known).await
 }
 
 /// The device a verified client certificate stands for, if it is a device

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
 
-use crate::audit::{AuditEvent, Outcome};
 use crate::http::ApiError;
 use crate::online::{self, Device, Session};
 use crate::state::AppState;
@@ -41,21 +40,10 @@ pub async fn require_session(
             next.run(req).await
         }
         Err(e) => {
-            let code = e.code();
             if e.kind().is_client() {
-                let event = AuditEvent::Online {
-                    action: "session.refused",
-                    target: format!("device:{}", device.device_id),
-                    detail: json!({ "route": req.uri().path() }),
-                };
-                let _ = state
-                    .audit
-                    .append(
-                        &device.actor,
-                        &event,
-                        Outcome::Refused { code },
-                        &device.request_id,
-                    )
+                let detail = json!({ "route": req.uri().path() });
+                device
+                    .audit_refusal(&state, "session.refused", detail, e.code())
                     .await;
             }
             ApiError::from(e).into_response()
