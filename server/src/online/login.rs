@@ -421,11 +421,16 @@ async fn try_finish(
     if cred.locked_at_ms.is_some() {
         return Err(locked());
     }
-    let confirmation = match &req.key_confirmation {
-        None => None,
+    // With a confirmation the versions are read here, once: the answer's
+    // active version follows from them and the confirmation's outcome.
+    let (confirmation, active_before) = match &req.key_confirmation {
+        None => (None, None),
         Some(c) => {
             let versions = state.kms.key_versions(&issuer, device.device_id).await?;
-            Some(parse_confirmation(c, &versions)?)
+            (
+                Some(parse_confirmation(c, &versions)?),
+                Some(active_version(&versions)),
+            )
         }
     };
 
@@ -459,6 +464,7 @@ async fn try_finish(
 
     let mut key_update = None;
     let mut cleared_rotation_before = None;
+    let mut key_version = active_before;
     if let Some(c) = confirmation {
         match state
             .kms
@@ -467,6 +473,7 @@ async fn try_finish(
         {
             Ok(()) => {
                 key_update = Some("activated".to_owned());
+                key_version = Some(Some(c.version));
                 cleared_rotation_before = Some(now_ms());
                 audit_key(
                     state,
@@ -506,18 +513,26 @@ async fn try_finish(
     {
         return Err(locked());
     }
-    let versions = state.kms.key_versions(&issuer, device.device_id).await?;
+    let key_version = match key_version {
+        Some(v) => v,
+        None => active_version(&state.kms.key_versions(&issuer, device.device_id).await?),
+    };
     Ok(wire::LoginAnswer {
         session_token: token,
         expires_at_ms: session.expires_at_ms,
         device_id: device.device_id.to_string(),
         issuer_id: issuer.to_string(),
-        key_version: versions
-            .iter()
-            .find(|v| v.state == KeyState::Active)
-            .map(|v| v.version.0),
+        key_version: key_version.map(|v| v.0),
         key_update,
     })
+}
+
+/// The active version among a device's versions, if any.
+fn active_version(versions: &[VersionRecord]) -> Option<KeyVersion> {
+    versions
+        .iter()
+        .find(|v| v.state == KeyState::Active)
+        .map(|v| v.version)
 }
 
 /// A wrong response: one failure counted; the one that reaches the limit
