@@ -467,6 +467,11 @@ pub struct HsmConfig {
     /// Derived per-device keys kept as session objects (LRU).
     #[serde(default = "default_derived_key_cache")]
     pub derived_key_cache: usize,
+    /// Serialise object creation, lookup and destruction in the process
+    /// (SoftHSM 2.6.1 races without it, SoftHSMv2 #573). Off only for a
+    /// module known not to.
+    #[serde(default = "yes")]
+    pub serialize_object_ops: bool,
     /// Mechanism numbers to use instead of the PKCS#11 standard ones, for
     /// HSMs that expose an operation under a vendor code.
     #[serde(default)]

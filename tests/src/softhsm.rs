@@ -117,6 +117,7 @@ impl TestToken {
             sessions,
             queue_depth: 4096,
             derived_key_cache: 10_000,
+            serialize_object_ops: true,
             mechanisms: MechanismOverrides::default(),
         }
     }

@@ -18,7 +18,7 @@ pub use pkcs11::Pkcs11Hsm;
 pub use pkcs11::mechanism_name;
 pub use rv::Rv;
 
-use keyward_config::MechanismOverrides;
+use keyward_config::{HsmConfig, MechanismOverrides};
 
 use crate::error::Result;
 
@@ -39,18 +39,23 @@ pub struct Capabilities {
     pub pin_translate: bool,
     /// Serialise object creation, lookup and destruction on one lock.
     /// SoftHSM 2.6.1 races between object creation and `C_FindObjects`
-    /// (SoftHSMv2 #573). On for every module: no other module has been
-    /// measured without it, and the lock covers no cryptographic operation.
+    /// (SoftHSMv2 #573). `hsm.serialize_object_ops`, on by default: the lock
+    /// covers no cryptographic operation, but it makes key derivation one
+    /// at a time in the process (the first sight of a device in a bulk
+    /// batch, docs/performance.md); a module without the race may turn it
+    /// off.
     pub serialize_object_ops: bool,
 }
 
 impl Capabilities {
-    /// The capabilities that follow from the configured mechanism overrides.
-    pub fn from_config(mechanisms: &MechanismOverrides) -> Self {
+    /// The capabilities that follow from the configuration: mechanism
+    /// overrides and the object lock.
+    pub fn from_config(hsm: &HsmConfig) -> Self {
+        let mechanisms: &MechanismOverrides = &hsm.mechanisms;
         Self {
             vendor_retail_mac: mechanisms.des3_retail_mac.is_some(),
             pin_translate: mechanisms.pin_translate.is_some(),
-            serialize_object_ops: true,
+            serialize_object_ops: hsm.serialize_object_ops,
         }
     }
 }

@@ -182,7 +182,7 @@ impl Pkcs11Hsm {
                 idle: Vec::new(),
             }),
             epoch: AtomicU64::new(0),
-            caps: Capabilities::from_config(&config.mechanisms),
+            caps: Capabilities::from_config(config),
             objects: Mutex::new(()),
         };
         hsm.reconnect(&mut lock(&hsm.sessions))?;
