@@ -89,8 +89,6 @@ fn msg_of(i: usize) -> Vec<u8> {
 // ---- raw ---------------------------------------------------------------------
 
 fn raw_loop(hsm: &Arc<Pkcs11Hsm>, threads: usize, alg: MacAlgorithm, window: Duration) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let (kind, usage) = match alg.family() {
         KeyFamily::Tdes => (
             SecretKind::Des2,
@@ -107,23 +105,45 @@ fn raw_loop(hsm: &Arc<Pkcs11Hsm>, threads: usize, alg: MacAlgorithm, window: Dur
             },
         ),
     };
+    // Each thread its own cached key(s), as each HSM worker checks other
+    // devices' MACs.
+    let keys: Vec<MacKeys> = (0..threads)
+        .map(|_| MacKeys {
+            tak: hsm.generate_key(&KeySpec::session(kind, usage)).unwrap(),
+            k1k1: Some(hsm.generate_key(&KeySpec::session(kind, usage)).unwrap()),
+        })
+        .collect();
+    let (padding, msg) = (padding_of(alg), msg_of(0));
+    let rate = calls_per_second(threads, window, |t| {
+        let (hsm, keys, msg) = (hsm.clone(), keys[t], msg.clone());
+        move || {
+            mac::compute(&*hsm, &keys, alg, padding, &msg).unwrap();
+        }
+    });
+    for k in keys {
+        let _ = hsm.destroy(k.tak);
+        let _ = k.k1k1.map(|k| hsm.destroy(k));
+    }
+    rate
+}
+
+/// Runs `make(t)()` in a loop on `threads` threads for `window`; calls per
+/// second over all of them.
+fn calls_per_second<F: FnMut() + Send + 'static>(
+    threads: usize,
+    window: Duration,
+    make: impl Fn(usize) -> F,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (hsm, stop, count) = (hsm.clone(), stop.clone(), count.clone());
-            // Each thread its own cached key(s), as each HSM worker checks
-            // other devices' MACs.
-            let keys = MacKeys {
-                tak: hsm.generate_key(&KeySpec::session(kind, usage)).unwrap(),
-                k1k1: Some(hsm.generate_key(&KeySpec::session(kind, usage)).unwrap()),
-            };
-            let (padding, msg) = (padding_of(alg), msg_of(0));
+        .map(|t| {
+            let (stop, count, mut call) = (stop.clone(), count.clone(), make(t));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    mac::compute(&*hsm, &keys, alg, padding, &msg).unwrap();
+                    call();
                     count.fetch_add(1, Ordering::Relaxed);
                 }
-                let _ = hsm.destroy(keys.tak);
-                let _ = keys.k1k1.map(|k| hsm.destroy(k));
             })
         })
         .collect();
@@ -148,30 +168,15 @@ fn raw_spread(
     keys: &Arc<Vec<ObjectId>>,
     window: Duration,
 ) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (hsm, stop, count, keys) = (hsm.clone(), stop.clone(), count.clone(), keys.clone());
-            let msg = msg_of(0);
-            std::thread::spawn(move || {
-                let mut j = t * keys.len() / threads.max(1);
-                while !stop.load(Ordering::Relaxed) {
-                    let key = keys[j.wrapping_mul(STRIDE) % keys.len()];
-                    hsm.mac(key, MacMechanism::Des3Cmac, &msg).unwrap();
-                    count.fetch_add(1, Ordering::Relaxed);
-                    j += 1;
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    std::thread::sleep(window);
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().unwrap();
-    }
-    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    calls_per_second(threads, window, |t| {
+        let (hsm, keys, msg) = (hsm.clone(), keys.clone(), msg_of(0));
+        let mut j = t * keys.len() / threads.max(1);
+        move || {
+            let key = keys[j.wrapping_mul(STRIDE) % keys.len()];
+            hsm.mac(key, MacMechanism::Des3Cmac, &msg).unwrap();
+            j += 1;
+        }
+    })
 }
 
 /// The raw loop on 1 and 2 threads; the baseline is the better of the two

@@ -16,7 +16,7 @@
 //! a message or a MAC.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
@@ -369,7 +369,9 @@ struct Tally {
     summary: wire::Summary,
     codes: BTreeMap<String, u64>,
     by_label: HashMap<(&'static str, &'static str), u64>,
-    hsm: Duration,
+    /// When kms first started and last finished on this batch's chunks:
+    /// they overlap, so the batch's HSM time is the span, not a sum.
+    hsm: Option<(Instant, Instant)>,
 }
 
 impl Tally {
@@ -392,7 +394,10 @@ impl Tally {
         for (labels, n) in other.by_label {
             *self.by_label.entry(labels).or_default() += n;
         }
-        self.hsm += other.hsm;
+        self.hsm = match (self.hsm, other.hsm) {
+            (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+            (a, b) => a.or(b),
+        };
     }
 
     /// The one audit record of a batch; counts only.
@@ -414,7 +419,7 @@ impl Tally {
             .metrics
             .mac_batch_hsm_seconds
             .with_label_values(&[caller.kind])
-            .observe(self.hsm.as_secs_f64());
+            .observe(self.hsm.map_or(0.0, |(from, to)| (to - from).as_secs_f64()));
         let event = AuditEvent::Online {
             action: "mac.verify_batch",
             target: "-".into(),
@@ -529,7 +534,7 @@ async fn run_chunk(state: AppState, chunk: Vec<Prepared>) -> (Vec<wire::Verdict>
             vec![wire::Verdict::Error(e.code().to_owned()); n]
         }
     };
-    tally.hsm += started.elapsed();
+    tally.hsm = Some((started, Instant::now()));
     let mut outcomes = outcomes.into_iter();
     let out: Vec<wire::Verdict> = verdicts
         .into_iter()

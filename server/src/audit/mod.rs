@@ -652,9 +652,10 @@ impl AuditLog {
             prev_hash = rec.hash.clone();
             records.push(rec);
         }
-        let Some(first) = records.first() else {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(records);
         };
+        let (last_seq, last_hash) = (last.seq, last.hash.clone());
         // The first record written with the key anchors every older one.
         let keyed_from = keyed_from.unwrap_or(first.seq);
         // Each record's MAC and the MAC of the head on it (the head moves
@@ -709,10 +710,6 @@ impl AuditLog {
             .execute(&mut *tx)
             .await?;
         }
-        let (last_seq, last_hash) = match records.last() {
-            Some(r) => (r.seq, r.hash.clone()),
-            None => return Ok(records),
-        };
         tx.commit().await?;
         self.note_written(Head {
             seq: last_seq,

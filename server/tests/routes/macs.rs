@@ -333,6 +333,16 @@ async fn verify_json(app: &App, who: &ClientIdentity, items: Vec<Value>) -> wire
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// [`verify_json`]'s verdicts, in order.
+async fn verdicts_of(app: &App, who: &ClientIdentity, items: Vec<Value>) -> Vec<wire::Verdict> {
+    verify_json(app, who, items)
+        .await
+        .results
+        .iter()
+        .map(|r| r.verdict())
+        .collect()
+}
+
 async fn verify_binary(
     app: &App,
     who: &ClientIdentity,
@@ -688,12 +698,7 @@ async fn retired_versions_fail_per_item_and_a_revoked_switch_is_refused() {
                "algorithm": "CMAC-TDES", "message": B64.encode(msg), "mac": B64.encode(mac)})
     };
     let items = vec![item(v1, &old), item(v2, &new), item(v2, &old)];
-    let got: Vec<wire::Verdict> = verify_json(&app, &switch, items.clone())
-        .await
-        .results
-        .iter()
-        .map(|r| r.verdict())
-        .collect();
+    let got = verdicts_of(&app, &switch, items.clone()).await;
     assert_eq!(
         got,
         [
@@ -705,20 +710,10 @@ async fn retired_versions_fail_per_item_and_a_revoked_switch_is_refused() {
     // The grace period (3 s) ends: v1 is refused at once, and the job
     // then marks it retired.
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
-    let got: Vec<wire::Verdict> = verify_json(&app, &switch, items.clone())
-        .await
-        .results
-        .iter()
-        .map(|r| r.verdict())
-        .collect();
+    let got = verdicts_of(&app, &switch, items.clone()).await;
     assert_eq!(got[0], err("key_version_not_usable"));
     assert!(app.state.kms.end_grace_periods().await.unwrap() >= 1);
-    let got: Vec<wire::Verdict> = verify_json(&app, &switch, items)
-        .await
-        .results
-        .iter()
-        .map(|r| r.verdict())
-        .collect();
+    let got = verdicts_of(&app, &switch, items).await;
     assert_eq!(
         got,
         [
