@@ -6,8 +6,10 @@
 //! # Layout
 //! - [`Database`]: the connection pool and its backend, opened once per
 //!   process and shared by every store.
-//! - `tx`: write transactions ([`begin_write`]) and their retry on lost races
-//!   ([`retrying`], [`is_serialization_failure`], [`MAX_ATTEMPTS`]).
+//! - `tx`: the unit of work, [`Database::write`]: one write transaction,
+//!   committed whole, retried whole on a lost race. Stores offer their writes
+//!   as `…_in(&mut tx, …)` functions so one step's rows in several stores
+//!   commit together.
 //! - `migrate`: [`EmbeddedMigrations`], one crate's migrations for both
 //!   backends, sharing sqlx's `_sqlx_migrations` table in disjoint version
 //!   ranges.
@@ -16,6 +18,10 @@
 //! - `error`: what a database error means for the caller ([`error_kind`],
 //!   [`error_code`]): away or saturated is `Unavailable` (503), the rest 500.
 //! - [`now_ms`]: the one wall clock every stored timestamp is written with.
+//!
+//! The rule: **HSM work happens before the write transaction opens; a
+//! protocol step's rows, its audit record's effect and its outbox row commit
+//! in one transaction; no transaction is held across an HSM call.**
 //!
 //! Must not: know any crate's tables; hold a transaction across an HSM call.
 
@@ -29,12 +35,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyward_config::{DatabaseConfig, DatabaseKind};
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+use sqlx::{AnyPool, Connection, Row};
 
 pub use column::{ColumnError, int_col, parse_col, parse_opt};
 pub use error::{ERROR_CODE, UNAVAILABLE_CODE, error_code, error_kind};
 pub use migrate::{Embedded, EmbeddedMigrations};
-pub use tx::{MAX_ATTEMPTS, begin_write, is_serialization_failure, retrying};
+pub use tx::{MAX_ATTEMPTS, Retry, Tx, TxError, begin_write, is_serialization_failure, retrying};
 
 /// The shared database: one connection pool and the backend it speaks to.
 /// Cheap to clone; clones share the pool.
@@ -101,11 +107,6 @@ impl Database {
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// [`begin_write`] on this database.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        begin_write(&self.pool, self.kind).await
     }
 
     /// [`is_serialization_failure`] for this database's backend.

@@ -1,6 +1,14 @@
 //! Write transactions shared by every crate that keeps tables in the shared
-//! database (kms, CA, provisioning, server): how to begin one on each backend,
-//! and how to retry one that lost a race.
+//! database (kms, CA, provisioning, server): the one unit of work
+//! ([`Database::write`]), how it begins on each backend, and how it is retried
+//! when it lost a race.
+//!
+//! The rule this enforces, for every protocol step: **HSM work happens before
+//! the write transaction opens; a step's rows, its audit record's effect and
+//! its outbox row commit in one transaction; no transaction is held across an
+//! HSM call.** A store offers each write as a function over a caller's
+//! transaction (`…_in(&mut tx, …)`), so a step that touches several stores
+//! commits them together; the unit of work only begins, retries and commits.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,16 +16,103 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keyward_config::DatabaseKind;
 use sqlx::{Any, AnyPool, Transaction};
 
-/// Attempts of a PostgreSQL transaction that keeps losing serialization races.
+use super::Database;
+
+/// A write transaction on the shared database.
+pub type Tx = Transaction<'static, Any>;
+
+/// Attempts of a transaction that keeps losing races.
 pub const MAX_ATTEMPTS: u32 = 8;
+
+/// An error a unit of work can end with: it wraps database errors, and says
+/// which one it carries so a lost race is retried.
+pub trait TxError: From<sqlx::Error> {
+    /// The database error inside, if this is one.
+    fn database_error(&self) -> Option<&sqlx::Error>;
+}
+
+impl TxError for sqlx::Error {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        Some(self)
+    }
+}
+
+/// Which failures mean "lost a race, run the whole unit again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// PostgreSQL serialization failures and deadlocks.
+    LostRaces,
+    /// Those, and unique violations too: for a unit that reads a maximum and
+    /// inserts the next value, where a concurrent twin inserting it first is a
+    /// lost race, not bad input.
+    LostRacesAndUniqueViolations,
+}
+
+impl Database {
+    /// The unit of work: begins a write transaction ([`begin_write`]), runs
+    /// `op` in it, commits what `op` hands back, and runs the whole again
+    /// (short jittered backoff, at most [`MAX_ATTEMPTS`]) when it lost a race
+    /// on PostgreSQL. An error from `op` rolls everything back. `what` names
+    /// the unit in logs.
+    ///
+    /// `op` owns the transaction and returns it with its value
+    /// (`Ok((tx, value))`), so it can borrow the caller's data freely.
+    pub async fn write<T, E, F, Fut>(&self, what: &'static str, op: F) -> Result<T, E>
+    where
+        E: TxError,
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<(Tx, T), E>>,
+    {
+        self.write_with(what, Retry::LostRaces, op).await
+    }
+
+    /// [`Database::write`] with the retry rule spelled out.
+    pub async fn write_with<T, E, F, Fut>(
+        &self,
+        what: &'static str,
+        retry: Retry,
+        mut op: F,
+    ) -> Result<T, E>
+    where
+        E: TxError,
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<(Tx, T), E>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let tx = begin_write(&self.pool, self.kind).await?;
+                let (tx, value) = op(tx).await?;
+                tx.commit().await?;
+                Ok::<T, E>(value)
+            }
+            .await;
+            match result {
+                Err(e) if attempt < MAX_ATTEMPTS && self.lost_race(&e, retry) => {
+                    tracing::debug!(attempt, what, "transaction lost a race; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn lost_race<E: TxError>(&self, e: &E, retry: Retry) -> bool {
+        let Some(err) = e.database_error() else {
+            return false;
+        };
+        is_serialization_failure(self.kind, err)
+            || (retry == Retry::LostRacesAndUniqueViolations
+                && self.kind == DatabaseKind::Postgres
+                && matches!(err, sqlx::Error::Database(db) if db.is_unique_violation()))
+    }
+}
 
 /// A write transaction that cannot deadlock on lock upgrades (SQLite:
 /// `BEGIN IMMEDIATE` takes the write lock up front) and sees a serial order
-/// (PostgreSQL: SERIALIZABLE, retried with [`retrying`]).
-pub async fn begin_write(
-    pool: &AnyPool,
-    kind: DatabaseKind,
-) -> Result<Transaction<'static, Any>, sqlx::Error> {
+/// (PostgreSQL: SERIALIZABLE, retried by [`Database::write`]).
+pub async fn begin_write(pool: &AnyPool, kind: DatabaseKind) -> Result<Tx, sqlx::Error> {
     match kind {
         DatabaseKind::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
         DatabaseKind::Postgres => pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await,
@@ -33,8 +128,16 @@ pub fn is_serialization_failure(kind: DatabaseKind, e: &sqlx::Error) -> bool {
     kind == DatabaseKind::Postgres && matches!(db.code().as_deref(), Some("40001" | "40P01"))
 }
 
-/// Runs `op` (one whole transaction) again, with a short jittered backoff,
-/// while `is_race` says its error was a lost race; at most [`MAX_ATTEMPTS`].
+fn backoff(attempt: u32) -> Duration {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 4_000_000)
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
+}
+
+/// Transitional: the per-crate wrappers still call this until each store
+/// runs its writes through [`Database::write`].
 pub async fn retrying<T, E, F, Fut>(
     what: &'static str,
     is_race: impl Fn(&E) -> bool,
@@ -57,10 +160,9 @@ where
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 4_000_000)
-        .unwrap_or(0);
-    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
+impl Database {
+    /// Transitional: [`begin_write`] on this database.
+    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        begin_write(&self.pool, self.kind).await
+    }
 }
