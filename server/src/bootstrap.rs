@@ -161,6 +161,18 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         record(&o.audit, "audit", &what).await?;
         report.created.push(what);
     }
+    if o.kms
+        .ensure_challenge_seal_key()
+        .await
+        .context("the login challenge seal key")?
+    {
+        let what = format!(
+            "login challenge seal key {} (HSM, HMAC-SHA256)",
+            keyward_kms::service::CHALLENGE_SEAL_LABEL
+        );
+        record(&o.audit, "online", &what).await?;
+        report.created.push(what);
+    }
     let r = &o.ca_report;
     for (done, what) in [
         (r.root_key_created, "CA root key keyward/ca/root (HSM)"),

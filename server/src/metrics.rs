@@ -301,7 +301,7 @@ impl Metrics {
             login_challenges: counter_vec(
                 &r,
                 "keyward_login_challenges_total",
-                "Login challenges issued, and expired unanswered.",
+                "Login challenges issued, and answered after they expired.",
                 &["event"],
             )?,
             login_lockouts: counter_vec(

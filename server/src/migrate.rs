@@ -42,6 +42,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "mac failures",
             include_str!("../migrations/sqlite/2021_mac_failures.sql"),
         ),
+        (
+            2022,
+            "login sealed challenges",
+            include_str!("../migrations/sqlite/2022_login_sealed_challenges.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -68,6 +73,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2021,
             "mac failures",
             include_str!("../migrations/postgres/2021_mac_failures.sql"),
+        ),
+        (
+            2022,
+            "login sealed challenges",
+            include_str!("../migrations/postgres/2022_login_sealed_challenges.sql"),
         ),
     ],
 };

@@ -99,6 +99,13 @@ pub async fn state_from(
             keyward_kms::AUDIT_MAC_LABEL
         );
     }
+    // A token made before login challenges were sealed gets its key here.
+    if opened.kms.ensure_challenge_seal_key().await? {
+        tracing::warn!(
+            label = keyward_kms::service::CHALLENGE_SEAL_LABEL,
+            "created the login challenge seal key missing from the HSM"
+        );
+    }
     let key = match opened.kms.signing_key(TLS_KEY_LABEL).await {
         Ok(k) => k,
         Err(keyward_kms::KmsError::KeyMissing(_)) => {
@@ -162,6 +169,16 @@ pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<(
     recover_imports(&state)
         .await
         .context("recovering unfinished batch imports")?;
+    // What a crash cut short: audit records staged with their effects, and
+    // lockouts whose certificate is not revoked yet.
+    state
+        .audit
+        .flush_staged()
+        .await
+        .context("chaining staged audit records")?;
+    crate::online::login::finish_lockouts(&state)
+        .await
+        .context("finishing interrupted lockouts")?;
     let server = &state.config.server;
     let public = TcpListener::bind(&server.public_listen)
         .await

@@ -5,8 +5,10 @@
 //! request and answer shapes are the shared wire types).
 //!
 //! [`Terminal::call`] is one request on a fresh TLS connection (a terminal
-//! that dials in); [`login`] is the whole flow: start, take the key update
-//! if one is offered, answer the challenge, report the KCVs.
+//! that dials in); [`Terminal::connect`] opens one that is kept alive for
+//! several requests; [`login`] is the whole flow on one connection (as
+//! docs/protocol.md advises terminal makers): start, take the key update if
+//! one is offered, answer the challenge, report the KCVs.
 
 use std::sync::Arc;
 
@@ -109,6 +111,14 @@ impl Terminal {
         body: Option<&Value>,
         session: Option<&str>,
     ) -> Result<Reply> {
+        self.connect()
+            .await?
+            .call(method, path, body, session)
+            .await
+    }
+
+    /// A fresh TLS connection, kept alive for the requests made on it.
+    pub async fn connect(&self) -> Result<Connection> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
@@ -118,12 +128,44 @@ impl Terminal {
             .connect(name, tcp)
             .await
             .context("TLS handshake with the public listener")?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
+        Ok(Connection {
+            host: format!("{}:{}", self.host, self.port),
+            sender,
+        })
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Reply> {
+        self.call(Method::POST, path, Some(body), None).await
+    }
+}
+
+/// One kept-alive mTLS connection to the public listener.
+pub struct Connection {
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connection({})", self.host)
+    }
+}
+
+impl Connection {
+    /// One request on this connection.
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        session: Option<&str>,
+    ) -> Result<Reply> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(HOST, format!("{}:{}", self.host, self.port));
+            .header(HOST, self.host.as_str());
         if let Some(token) = session {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -134,14 +176,18 @@ impl Terminal {
             }
             None => Bytes::new(),
         };
-        let resp = sender.send_request(req.body(Full::new(bytes))?).await?;
+        self.sender.ready().await?;
+        let resp = self
+            .sender
+            .send_request(req.body(Full::new(bytes))?)
+            .await?;
         let status = resp.status();
         let raw = resp.into_body().collect().await?.to_bytes();
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         Ok(Reply { status, body })
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Reply> {
+    pub async fn post(&mut self, path: &str, body: &Value) -> Result<Reply> {
         self.call(Method::POST, path, Some(body), None).await
     }
 }
@@ -237,14 +283,16 @@ pub fn finish_body(
     })
 }
 
-/// The whole login of `dev` at `issuer` through `terminal`.
+/// The whole login of `dev` at `issuer` through `terminal`, start and
+/// finish on one kept-alive connection.
 pub async fn login(
     terminal: &Terminal,
     dev: &mut SimDevice,
     issuer: &str,
     opts: LoginOptions,
 ) -> Result<LoginOutcome> {
-    let start = terminal
+    let mut conn = terminal.connect().await?;
+    let start = conn
         .post(
             "/v1/login/start",
             &serde_json::to_value(start_body(dev, issuer))?,
@@ -267,7 +315,7 @@ pub async fn login(
         None => (None, None),
     };
     let body = finish_body(dev, issuer, &challenge, confirmation, opts)?;
-    let finish = terminal
+    let finish = conn
         .post("/v1/login/finish", &serde_json::to_value(body)?)
         .await?;
     Ok(LoginOutcome {

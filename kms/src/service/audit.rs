@@ -36,10 +36,16 @@ pub const AUDIT_MECHANISMS: &[(MechanismId, &str)] = &[
 ];
 
 fn audit_key_spec() -> KeySpec {
+    hmac_key_spec(AUDIT_MAC_LABEL)
+}
+
+/// A 256-bit generic secret on the token for HMAC-SHA256: sign and verify
+/// only, sensitive, never extractable.
+pub(crate) fn hmac_key_spec(label: &str) -> KeySpec {
     KeySpec {
         kind: SecretKind::GenericSecret(32),
         usage: Usage::MAC,
-        token_label: Some(AUDIT_MAC_LABEL.to_owned()),
+        token_label: Some(label.to_owned()),
         extractable: false,
     }
 }
@@ -48,14 +54,25 @@ fn audit_key_spec() -> KeySpec {
 pub(crate) type AuditKeyCache = Arc<Mutex<Option<ObjectId>>>;
 
 fn mac_job(hsm: &dyn Hsm, cache: &Mutex<Option<ObjectId>>, data: &[u8]) -> Result<[u8; 32]> {
+    hmac_job(hsm, cache, AUDIT_MAC_LABEL, data)
+}
+
+/// `HMAC-SHA256` under the token key labelled `label`, its handle found once
+/// (`cache`) and again after an HSM reconnect.
+pub(crate) fn hmac_job(
+    hsm: &dyn Hsm,
+    cache: &Mutex<Option<ObjectId>>,
+    label: &str,
+    data: &[u8],
+) -> Result<[u8; 32]> {
     let attempt = || -> Result<Vec<u8>> {
         let cached = *cache.lock().unwrap_or_else(|p| p.into_inner());
         let key = match cached {
             Some(k) => k,
             None => {
                 let k = hsm
-                    .find_key(AUDIT_MAC_LABEL)?
-                    .ok_or_else(|| KmsError::KeyMissing(AUDIT_MAC_LABEL.to_owned()))?;
+                    .find_key(label)?
+                    .ok_or_else(|| KmsError::KeyMissing(label.to_owned()))?;
                 *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(k);
                 k
             }

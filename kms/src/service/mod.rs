@@ -36,6 +36,7 @@ use std::time::Duration;
 use keyward_config::Config;
 
 pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
+pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};
 pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
 pub use verify::{MAX_BULK_ITEMS, MacItem, MacOutcome};
@@ -67,6 +68,8 @@ pub struct Kms {
     grace: Duration,
     /// The audit MAC key's handle, once found.
     audit_key: audit::AuditKeyCache,
+    /// The login-challenge seal key's handle, once found.
+    seal_key: audit::AuditKeyCache,
 }
 
 /// A snapshot of the service's counters and gauges, for metrics.
@@ -158,6 +161,7 @@ impl Kms {
             issuers: Arc::default(),
             grace: DEFAULT_ROTATION_GRACE,
             audit_key: Arc::default(),
+            seal_key: Arc::default(),
         }
     }
 

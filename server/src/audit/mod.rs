@@ -430,7 +430,7 @@ struct Entry {
     actor: String,
     action: String,
     target: String,
-    outcome: &'static str,
+    outcome: String,
     request_id: String,
     detail_json: String,
 }
@@ -532,7 +532,7 @@ impl AuditLog {
             actor: actor.to_string(),
             action: action.clone(),
             target,
-            outcome: outcome.as_str(),
+            outcome: outcome.as_str().to_owned(),
             request_id: request_id.to_owned(),
             detail_json: detail.to_string(),
         };
@@ -615,10 +615,37 @@ impl AuditLog {
 
     /// Writes `entries`, in order, in one transaction; returns their records.
     async fn try_append(&self, entries: Vec<Entry>) -> Result<Vec<AuditRecord>, AuditError> {
-        let mut tx = match self.kind {
+        let mut tx = self.begin_chain().await?;
+        let (records, head) = self.chain_in(&mut tx, entries).await?;
+        tx.commit().await?;
+        self.noted(head);
+        Ok(records)
+    }
+
+    /// A transaction holding the trail's head: `BEGIN IMMEDIATE` on SQLite;
+    /// on PostgreSQL the head row is locked by [`AuditLog::chain_in`].
+    async fn begin_chain(&self) -> Result<keyward_kms::db::Tx, AuditError> {
+        Ok(match self.kind {
             DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             DatabaseKind::Postgres => self.pool.begin().await?,
-        };
+        })
+    }
+
+    /// Records that this process wrote `head`, once its transaction
+    /// committed.
+    fn noted(&self, head: Option<Head>) {
+        if let Some(head) = head {
+            self.note_written(head);
+        }
+    }
+
+    /// Chains `entries` after the head, in `tx`: sequence numbers, hashes,
+    /// the MACs of each record and of the head on it.
+    async fn chain_in(
+        &self,
+        tx: &mut keyward_kms::db::Tx,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<AuditRecord>, Option<Head>), AuditError> {
         let head_sql = match self.kind {
             DatabaseKind::Sqlite => "SELECT seq, hash, keyed_from FROM audit_head WHERE id = 1",
             DatabaseKind::Postgres => {
@@ -626,7 +653,7 @@ impl AuditLog {
             }
         };
         let head = sqlx::query(head_sql)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .ok_or(AuditError::NoHead)?;
         let head_seq: i64 = head.try_get(0)?;
@@ -641,7 +668,7 @@ impl AuditLog {
                 actor: e.actor,
                 action: e.action,
                 target: e.target,
-                outcome: e.outcome.to_owned(),
+                outcome: e.outcome,
                 request_id: e.request_id,
                 detail_json: e.detail_json,
                 prev_hash,
@@ -652,10 +679,9 @@ impl AuditLog {
             prev_hash = rec.hash.clone();
             records.push(rec);
         }
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            return Ok(records);
+        let Some(first) = records.first() else {
+            return Ok((records, None));
         };
-        let (last_seq, last_hash) = (last.seq, last.hash.clone());
         // The first record written with the key anchors every older one.
         let keyed_from = keyed_from.unwrap_or(first.seq);
         // Each record's MAC and the MAC of the head on it (the head moves
@@ -698,7 +724,7 @@ impl AuditLog {
             .bind(rec.prev_hash.as_str())
             .bind(rec.hash.as_str())
             .bind(rec.mac.as_deref())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             sqlx::query(
                 "UPDATE audit_head SET seq = $1, hash = $2, keyed_from = $3, mac = $4 WHERE id = 1",
@@ -707,17 +733,107 @@ impl AuditLog {
             .bind(rec.hash.as_str())
             .bind(keyed_from)
             .bind(head_mac.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
-        self.note_written(Head {
-            seq: last_seq,
-            hash: last_hash,
+        let head = records.last().map(|last| Head {
+            seq: last.seq,
+            hash: last.hash.clone(),
             keyed_from: Some(keyed_from),
             mac: Some(head_mac),
         });
-        Ok(records)
+        Ok((records, head))
+    }
+
+    /// Stages a record in `tx`, the transaction of the effect it records:
+    /// it commits with that effect or not at all. [`AuditLog::flush_staged`]
+    /// chains it after the commit; a record a crash left staged is chained
+    /// at the next start. A staging that fails fails the effect's
+    /// transaction (fail closed).
+    pub async fn stage_in(
+        &self,
+        tx: &mut keyward_kms::db::Tx,
+        actor: &Actor,
+        event: &AuditEvent,
+        outcome: Outcome,
+        request_id: &str,
+    ) -> Result<(), AuditError> {
+        let (action, target, detail) = event.parts();
+        sqlx::query(
+            "INSERT INTO audit_staged (actor, action, target, outcome, request_id, detail_json) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(actor.to_string())
+        .bind(action.as_str())
+        .bind(target.as_str())
+        .bind(outcome.as_str())
+        .bind(request_id)
+        .bind(detail.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            if let Some(m) = &self.metrics {
+                m.audit_write_failures.inc();
+            }
+            tracing::error!(error = %e, action, request_id, "audit staging failed");
+            AuditError::from(e)
+        })?;
+        Ok(())
+    }
+
+    /// Chains every staged record, oldest first, removing each from the
+    /// stage in the same transaction (so a record is chained once, whichever
+    /// replica flushes); returns how many. Run after a transaction that
+    /// staged records commits, and at start-up.
+    pub async fn flush_staged(&self) -> Result<u64, AuditError> {
+        let mut total = 0u64;
+        loop {
+            let _writer = self.writer.lock().await;
+            let mut tx = self.begin_chain().await?;
+            // On PostgreSQL the head lock comes first, so two flushers
+            // never both take the same staged rows.
+            if self.kind == DatabaseKind::Postgres {
+                sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let rows = sqlx::query(
+                "SELECT id, actor, action, target, outcome, request_id, detail_json \
+                 FROM audit_staged ORDER BY id LIMIT $1",
+            )
+            .bind(i64::try_from(GROUP_MAX).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let mut entries = Vec::with_capacity(rows.len());
+            let mut last_id = 0i64;
+            for row in &rows {
+                last_id = row.try_get("id")?;
+                entries.push(Entry {
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    outcome: row.try_get("outcome")?,
+                    request_id: row.try_get("request_id")?,
+                    detail_json: row.try_get("detail_json")?,
+                });
+            }
+            sqlx::query("DELETE FROM audit_staged WHERE id <= $1")
+                .bind(last_id)
+                .execute(&mut *tx)
+                .await?;
+            let (records, head) = self.chain_in(&mut tx, entries).await?;
+            tx.commit().await?;
+            self.noted(head);
+            if let Some(m) = &self.metrics {
+                for r in &records {
+                    m.audit_records.with_label_values(&[&r.action]).inc();
+                }
+            }
+            total += records.len() as u64;
+        }
     }
 
     /// The last `limit` records, newest first (admin listing).

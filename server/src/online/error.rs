@@ -34,6 +34,16 @@ pub enum OnlineError {
     Database(#[from] sqlx::Error),
 }
 
+impl keyward_kms::db::TxError for OnlineError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Database(e) => Some(e),
+            Self::Kms(KmsError::Database(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<keyward_kms::db::ColumnError> for OnlineError {
     fn from(e: keyward_kms::db::ColumnError) -> Self {
         Self::Kms(e.into())

@@ -4,8 +4,10 @@
 //!
 //! - end the grace period of replaced working-key versions
 //!   (`retiring` → `retired`) and prune the working-key change log;
-//! - delete expired sessions and expired challenges (counted as
-//!   `keyward_login_challenges_total{event="expired"}`).
+//! - delete expired sessions, the seals of expired login challenges and
+//!   expired genuine-device challenges;
+//! - finish lockouts a crash cut short (revoke the certificates they named)
+//!   and chain staged audit records.
 //!
 //! Every replica, lease or not, refreshes its `keyward_sessions_active`
 //! gauge from the database, so a scrape of any replica sees the fleet.
@@ -51,17 +53,12 @@ pub async fn once(
     }
     let retired = state.kms.end_grace_periods().await?;
     state.kms.prune_key_changes().await?;
-    let sessions = online.store.purge_sessions(now).await?;
-    let expired = state.provisioning.challenges().purge_expired().await?;
-    for (purpose, n) in &expired {
-        if purpose == "login" {
-            state
-                .metrics
-                .login_challenges
-                .with_label_values(&["expired"])
-                .inc_by(*n);
-        }
-    }
+    let (sessions, _seals) = online.store.purge_expired(now).await?;
+    state.provisioning.challenges().purge_expired().await?;
+    // Lockouts and staged audit records a crash cut short are finished here
+    // as well as at start-up.
+    crate::online::login::finish_lockouts(state).await?;
+    state.audit.flush_staged().await?;
     if retired > 0 || sessions > 0 {
         tracing::info!(
             retired_versions = retired,

@@ -5,15 +5,19 @@
 //!    the registry: the certificate's device id, state `issued`, a binding to
 //!    that issuer with the same PSAM/ESAM serials, the credential not locked,
 //!    a reported key version the server knows. The answer carries an
-//!    HSM-random challenge (kept by id in provisioning's challenge mechanism,
-//!    scoped to the issuer, single use, expiring) and, when a rotation is due
-//!    ([`rotation_trigger`]), new working keys.
+//!    HSM-random challenge, sealed in its id for this device, issuer and
+//!    certificate ([`super::challenge`]: nothing is written, any replica can
+//!    check it) and, when a rotation is due ([`rotation_trigger`]), new
+//!    working keys.
 //! 2. [`finish`]: the device answers `E_AUTH_d(challenge)`, compared in the
-//!    HSM in constant time, and reports the KCVs of offered keys. A right
-//!    answer resets the failure count and opens a session; a wrong one counts
-//!    a failure, and the issuer's limit locks the credential and (by policy)
-//!    revokes the device certificate. A KCV mismatch is an intrusion signal:
-//!    the version is rejected, never activated.
+//!    HSM in constant time, and reports the KCVs of offered keys. The seal
+//!    and the answer are checked first (HSM work before the write); then one
+//!    unit of work uses the challenge up and applies the answer: a right one
+//!    resets the failure count and opens a session, a wrong one counts a
+//!    failure, and the issuer's limit locks the credential, ends its
+//!    sessions and names the certificate to revoke, with the lockout's audit
+//!    record, all in that one transaction. A KCV mismatch is an intrusion
+//!    signal: the version is rejected, never activated.
 //!
 //! Every refusal, lock, intrusion and activation is audited; successful
 //! logins are counted, not audited one by one (a fleet logs in every day).
@@ -22,9 +26,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use keyward_ca::{RevocationReason, Serial};
 use keyward_config::OnlineConfig;
-use keyward_device_provisioning::{
-    ChallengeId, ChallengePurpose, DeviceState, OperatorId, ProvisioningError, Reason,
-};
+use keyward_device_provisioning::{DeviceState, OperatorId, Reason};
 use keyward_kms::catalog::{KeyState, VersionRecord};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
 use keyward_kms::{ErrorKind, KmsError};
@@ -32,7 +34,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::online::store::StoredSession;
+use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
+use crate::online::store::{OnlineStore, StoredSession};
 use crate::online::{Device, OnlineError};
 use crate::security::{self, SecurityKind};
 use crate::state::AppState;
@@ -246,26 +249,34 @@ async fn try_start(
         None => None,
         Some(trigger) => Some(offer(state, &issuer, device.device_id, trigger).await?),
     };
-    let bytes = state.kms.challenge(&issuer).await?;
-    let issued = state
-        .provisioning
-        .challenges()
-        .issue(
-            device.device_id,
-            ChallengePurpose::Login(issuer.clone()),
-            &bytes,
-            online.challenge_ttl(),
-        )
+    let scope = Scope {
+        device: device.device_id,
+        issuer: &issuer,
+        serial: &device.serial,
+    };
+    let ttl = i64::try_from(online.challenge_ttl().as_millis()).unwrap_or(i64::MAX);
+    let expires_at_ms = now.saturating_add(ttl);
+    let sealed = state
+        .kms
+        .sealed_challenge(&issuer, scope.context(now, expires_at_ms))
         .await?;
+    let id = SealedId {
+        issued_at_ms: now,
+        expires_at_ms,
+        seal: sealed.seal[..SEAL_BYTES]
+            .try_into()
+            .map_err(|_| OnlineError::invalid("challenge", "short seal"))?,
+        challenge: sealed.challenge,
+    };
     state
         .metrics
         .login_challenges
         .with_label_values(&["issued"])
         .inc();
     Ok(wire::LoginChallenge {
-        challenge_id: issued.id.to_string(),
-        challenge: B64.encode(&bytes),
-        expires_at_ms: issued.expires_at_ms,
+        challenge_id: id.encode(),
+        challenge: B64.encode(&id.challenge),
+        expires_at_ms,
         key_version: active.map(|v| v.version.0),
         key_update,
     })
@@ -399,14 +410,57 @@ fn parse_confirmation(
     }
 }
 
+fn challenge_invalid() -> OnlineError {
+    OnlineError::forbidden(
+        "challenge_invalid",
+        "no such challenge for this device and issuer: unknown, used or expired",
+    )
+}
+
+/// The challenge a finish answers, checked: issued by this service (its
+/// seal, in the HSM) to this device, issuer and certificate, and unexpired.
+/// Single use is the finish's unit of work's to enforce.
+async fn check_seal(
+    state: &AppState,
+    device: &Device,
+    issuer: &IssuerId,
+    sealed: SealedId,
+    now: i64,
+) -> Result<SealedId> {
+    if sealed.expires_at_ms <= now {
+        state
+            .metrics
+            .login_challenges
+            .with_label_values(&["expired"])
+            .inc();
+        return Err(challenge_invalid());
+    }
+    let scope = Scope {
+        device: device.device_id,
+        issuer,
+        serial: &device.serial,
+    };
+    if !state
+        .kms
+        .challenge_seal_verify(sealed.sealed_data(&scope), &sealed.seal)
+        .await?
+    {
+        return Err(challenge_invalid());
+    }
+    Ok(sealed)
+}
+
 async fn try_finish(
     state: &AppState,
     device: &Device,
     req: &wire::LoginFinish,
 ) -> Result<wire::LoginAnswer> {
     let issuer = parse_issuer(&req.issuer_id)?;
-    let id: ChallengeId = req.challenge_id.parse().map_err(|_| {
-        OnlineError::invalid("invalid_challenge_id", "challenge_id is 32 hex digits")
+    let sealed = SealedId::decode(&req.challenge_id).ok_or_else(|| {
+        OnlineError::invalid(
+            "invalid_challenge_id",
+            "challenge_id is not one this service issues",
+        )
     })?;
     let response = B64
         .decode(&req.response)
@@ -417,6 +471,8 @@ async fn try_finish(
         })?;
     require_issued(device)?;
     let online = &state.online;
+    let now = now_ms();
+    let challenge = check_seal(state, device, &issuer, sealed, now).await?;
     let cred = online.store.credential(&issuer, device.device_id).await?;
     if cred.locked_at_ms.is_some() {
         return Err(locked());
@@ -433,63 +489,40 @@ async fn try_finish(
             )
         }
     };
-
-    // Single use from here: the challenge is gone whatever the answer.
-    let challenge = match state
-        .provisioning
-        .challenges()
-        .answer(
-            &id,
-            device.device_id,
-            ChallengePurpose::Login(issuer.clone()),
-        )
-        .await
-    {
-        Ok(bytes) => bytes,
-        Err(ProvisioningError::ChallengeInvalid) => {
-            return Err(OnlineError::forbidden(
-                "challenge_invalid",
-                "no such challenge for this device and issuer: unknown, used, expired or replaced",
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
     let right = state
         .kms
-        .verify_challenge_response(&issuer, device.device_id, &challenge, &response)
+        .verify_challenge_response(&issuer, device.device_id, &challenge.challenge, &response)
         .await?;
     if !right {
-        return Err(wrong_answer(state, device, &issuer).await);
+        return Err(wrong_answer(state, device, &issuer, &challenge).await);
     }
+    let used = &challenge.used_key();
+    let expires = challenge.expires_at_ms;
 
     let mut key_update = None;
     let mut cleared_rotation_before = None;
     let mut key_version = active_before;
     if let Some(c) = confirmation {
-        match state
-            .kms
-            .confirm_working_keys(&issuer, device.device_id, c.version, &c.kcvs)
-            .await
-        {
-            Ok(()) => {
+        // A key confirmation changes the catalog: the challenge is used up
+        // first, so a replayed finish cannot confirm twice.
+        let fresh = online
+            .store
+            .db()
+            .write("login.challenge", |mut tx| async move {
+                let fresh = OnlineStore::consume_challenge_in(&mut tx, used, expires).await?;
+                Ok::<_, OnlineError>((tx, fresh))
+            })
+            .await?;
+        if !fresh {
+            return Err(challenge_invalid());
+        }
+        match activate(state, device, &issuer, &c).await? {
+            true => {
                 key_update = Some("activated".to_owned());
                 key_version = Some(Some(c.version));
                 cleared_rotation_before = Some(now_ms());
-                audit_key(
-                    state,
-                    device,
-                    &issuer,
-                    c.version,
-                    "key.activate",
-                    Outcome::Success,
-                )
-                .await?;
             }
-            Err(KmsError::KcvMismatch(v)) => {
-                key_update = Some("rejected".to_owned());
-                intrusion(state, device, &issuer, v).await?;
-            }
-            Err(e) => return Err(e.into()),
+            false => key_update = Some("rejected".to_owned()),
         }
     }
 
@@ -501,18 +534,32 @@ async fn try_finish(
         cert_serial: device.serial.clone(),
         created_at_ms: now,
         expires_at_ms: now.saturating_add(online.session_ttl_ms()),
+        locked: false,
     };
-    if !online
+    let token_hash = session_token_hash(&token);
+    let consumed = key_update.is_some();
+    let (session_ref, token_ref) = (&session, &token_hash);
+    let opened = online
         .store
-        .login_succeeded(
-            &session_token_hash(&token),
-            &session,
-            cleared_rotation_before,
-        )
-        .await?
-    {
-        return Err(locked());
-    }
+        .db()
+        .write("login.finish", |mut tx| async move {
+            if !consumed && !OnlineStore::consume_challenge_in(&mut tx, used, expires).await? {
+                return Ok((tx, Err(challenge_invalid())));
+            }
+            if !OnlineStore::open_session_in(
+                &mut tx,
+                token_ref,
+                session_ref,
+                cleared_rotation_before,
+            )
+            .await?
+            {
+                return Ok((tx, Err(locked())));
+            }
+            Ok::<_, OnlineError>((tx, Ok(())))
+        })
+        .await?;
+    opened?;
     let key_version = match key_version {
         Some(v) => v,
         None => active_version(&state.kms.key_versions(&issuer, device.device_id).await?),
@@ -527,6 +574,47 @@ async fn try_finish(
     })
 }
 
+/// A key confirmation after a right answer: `true` when the version is now
+/// active, `false` when its KCVs did not match (the version is rejected and
+/// the intrusion raised). The activation is recorded before it happens
+/// (`requested`), and its outcome after.
+async fn activate(
+    state: &AppState,
+    device: &Device,
+    issuer: &IssuerId,
+    c: &Confirmation,
+) -> Result<bool> {
+    let event = key_event(device, issuer, c.version);
+    let result = state
+        .audit
+        .recorded(
+            &device.actor,
+            &device.request_id,
+            &event,
+            state
+                .kms
+                .confirm_working_keys(issuer, device.device_id, c.version, &c.kcvs),
+            |r| match r {
+                Ok(()) => (event.clone(), Outcome::Success),
+                Err(e) => (event.clone(), Outcome::Refused { code: e.code() }),
+            },
+        )
+        .await?;
+    match result {
+        Ok(()) => Ok(true),
+        Err(KmsError::KcvMismatch(v)) => {
+            intrusion(state, device, issuer, v).await?;
+            Ok(false)
+        }
+        Err(KmsError::KeyVersionNotUsable { .. }) => Err(OnlineError::refused(
+            ErrorKind::Conflict,
+            "key_version_not_pending",
+            "this key version is not waiting for a confirmation",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The active version among a device's versions, if any.
 fn active_version(versions: &[VersionRecord]) -> Option<KeyVersion> {
     versions
@@ -535,112 +623,145 @@ fn active_version(versions: &[VersionRecord]) -> Option<KeyVersion> {
         .map(|v| v.version)
 }
 
-/// A wrong response: one failure counted; the one that reaches the limit
-/// locks the credential, ends its sessions, drops its outstanding
-/// challenges and, by the issuer's policy, revokes the device certificate
-/// (the CRL and OCSP say so at once, and the TLS listeners reload the CRL).
-async fn wrong_answer(state: &AppState, device: &Device, issuer: &IssuerId) -> OnlineError {
+/// What a wrong answer did.
+enum Wrong {
+    /// The challenge had been used already: nothing counted.
+    Replayed,
+    /// One more failure, below the limit.
+    Counted,
+    /// The failure that reached the limit: locked, sessions ended, and the
+    /// certificate named here to be revoked (by the issuer's policy).
+    LockedOut { revoke: Option<String> },
+}
+
+/// A wrong response: the challenge used up and one failure counted, in one
+/// unit of work; the one that reaches the limit also locks the credential,
+/// ends its sessions, notes the certificate the policy revokes and stages
+/// the `login.lockout` audit record, in the same transaction — a lockout is
+/// whole or absent. The revocation itself follows at once
+/// ([`finish_lockouts`]; at start-up and by the maintenance job too, for a
+/// lockout a crash cut short), then the CRL and the TLS listeners.
+async fn wrong_answer(
+    state: &AppState,
+    device: &Device,
+    issuer: &IssuerId,
+    challenge: &SealedId,
+) -> OnlineError {
+    match try_wrong_answer(state, device, issuer, challenge).await {
+        Ok(Wrong::Replayed) => challenge_invalid(),
+        Ok(Wrong::Counted) => {
+            OnlineError::forbidden("response_invalid", "the response to the challenge is wrong")
+        }
+        Ok(Wrong::LockedOut { revoke }) => {
+            state
+                .metrics
+                .login_lockouts
+                .with_label_values(&[issuer.as_str()])
+                .inc();
+            if let Err(e) = state.audit.flush_staged().await {
+                tracing::warn!(code = e.code(), error = %e,
+                    "lockout recorded; its audit record is chained at the next flush");
+            }
+            if let Some(serial) = revoke {
+                tracing::warn!(device = %device.device_id, issuer = %issuer, serial = %serial,
+                    "credential locked: revoking the device certificate");
+                if let Err(e) = finish_lockouts(state).await {
+                    tracing::error!(code = e.code(), error = %e,
+                        "credential locked; its certificate is revoked by the next recovery run");
+                }
+            }
+            locked()
+        }
+        Err(e) => e,
+    }
+}
+
+async fn try_wrong_answer(
+    state: &AppState,
+    device: &Device,
+    issuer: &IssuerId,
+    challenge: &SealedId,
+) -> Result<Wrong> {
     let policy = IssuerPolicy::of(&state.online.config, issuer);
-    let failure = match state
+    let used = &challenge.used_key();
+    let audit = &state.audit;
+    state
         .online
         .store
-        .record_failure(issuer, device.device_id, policy.max_failures, now_ms())
+        .db()
+        .write("login.failure", |mut tx| async move {
+            if !OnlineStore::consume_challenge_in(&mut tx, used, challenge.expires_at_ms).await? {
+                return Ok((tx, Wrong::Replayed));
+            }
+            let failure = OnlineStore::count_failure_in(
+                &mut tx,
+                issuer,
+                device.device_id,
+                policy.max_failures,
+                now_ms(),
+            )
+            .await?;
+            if !failure.newly_locked {
+                return Ok((tx, Wrong::Counted));
+            }
+            let revoke = policy.revoke_on_lockout.then(|| device.serial.clone());
+            if let Some(serial) = &revoke {
+                OnlineStore::set_revoked_serial_in(&mut tx, issuer, device.device_id, serial)
+                    .await?;
+            }
+            let event = AuditEvent::Online {
+                action: "login.lockout",
+                target: format!("device:{}", device.device_id),
+                detail: json!({ "issuer": issuer.as_str(), "failures": failure.count,
+                                "revoked_serial": revoke }),
+            };
+            let refused = Outcome::Refused {
+                code: "credential_locked",
+            };
+            audit
+                .stage_in(&mut tx, &Actor::System, &event, refused, &device.request_id)
+                .await?;
+            Ok((tx, Wrong::LockedOut { revoke }))
+        })
         .await
-    {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    if !failure.newly_locked {
-        return OnlineError::forbidden(
-            "response_invalid",
-            "the response to the challenge is wrong",
-        );
-    }
-    if let Err(e) = lock_out(state, device, issuer, policy, failure.count).await {
-        tracing::error!(device = %device.device_id, issuer = %issuer, code = e.code(), error = %e,
-            "credential locked, but the lockout's follow-up failed");
-    }
-    locked()
 }
 
-async fn lock_out(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    policy: IssuerPolicy,
-    failures: u32,
-) -> Result<()> {
-    state
-        .metrics
-        .login_lockouts
-        .with_label_values(&[issuer.as_str()])
-        .inc();
-    let _ = state
-        .provisioning
-        .challenges()
-        .drop_all(device.device_id, ChallengePurpose::Login(issuer.clone()))
-        .await;
-    let mut revoked = None;
-    if policy.revoke_on_lockout {
-        let serial: Serial = device
-            .serial
+/// Revokes every certificate a lockout named that is not revoked yet, then
+/// re-signs the CRL and reloads the TLS listeners once; returns how many it
+/// revoked. Safe to run anywhere, any number of times: after a lockout, at
+/// start-up and from the maintenance job, so a lockout a crash cut short is
+/// finished — never a credential locked with its certificate still valid.
+pub async fn finish_lockouts(state: &AppState) -> Result<usize> {
+    let named = state.online.store.lockout_serials().await?;
+    let mut serials = Vec::with_capacity(named.len());
+    for s in &named {
+        let serial: Serial = s
             .parse()
             .map_err(|_| OnlineError::invalid("invalid_serial", "certificate serial"))?;
-        match state
-            .ca
-            .revoke(&serial, RevocationReason::PrivilegeWithdrawn)
-            .await
-        {
-            Ok(()) | Err(keyward_ca::CaError::AlreadyRevoked(_)) => {}
+        match state.ca.is_revoked(&serial).await {
+            Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {}
+            Ok(false) => serials.push(serial),
             Err(e) => return Err(e.into()),
         }
-        state.metrics.certificates_revoked.inc();
-        state
-            .online
-            .store
-            .set_revoked_serial(issuer, device.device_id, &device.serial)
-            .await?;
-        crate::pki::refresh_crl_logged(state, "device certificate revoked by a lockout").await;
-        revoked = Some(device.serial.clone());
     }
-    let event = AuditEvent::Online {
-        action: "login.lockout",
-        target: format!("device:{}", device.device_id),
-        detail: json!({ "issuer": issuer.as_str(), "failures": failures,
-                        "revoked_serial": revoked }),
-    };
-    state
-        .audit
-        .append(
-            &Actor::System,
-            &event,
-            Outcome::Refused {
-                code: "credential_locked",
-            },
-            &device.request_id,
-        )
+    if serials.is_empty() {
+        return Ok(0);
+    }
+    let revoked = state
+        .ca
+        .revoke_all(&serials, RevocationReason::PrivilegeWithdrawn)
         .await?;
-    Ok(())
+    state.metrics.certificates_revoked.inc_by(revoked as u64);
+    crate::pki::refresh_crl_logged(state, "device certificates revoked by lockouts").await;
+    Ok(revoked)
 }
 
-async fn audit_key(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    version: KeyVersion,
-    action: &'static str,
-    outcome: Outcome,
-) -> Result<()> {
-    let event = AuditEvent::Online {
-        action,
+fn key_event(device: &Device, issuer: &IssuerId, version: KeyVersion) -> AuditEvent {
+    AuditEvent::Online {
+        action: "key.activate",
         target: format!("device:{}", device.device_id),
         detail: json!({ "issuer": issuer.as_str(), "version": version.0 }),
-    };
-    state
-        .audit
-        .append(&device.actor, &event, outcome, &device.request_id)
-        .await?;
-    Ok(())
+    }
 }
 
 /// A KCV mismatch on a key update: the version is already rejected (kms);
@@ -682,6 +803,11 @@ async fn intrusion(
         )
         .await?;
     decided.map_err(|r| OnlineError::from(r.error))?;
+    state
+        .online
+        .store
+        .end_device_sessions(device.device_id)
+        .await?;
     Err(OnlineError::forbidden(
         "kcv_mismatch",
         "the device reported wrong KCVs for the offered keys; it is suspended",

@@ -19,6 +19,7 @@
 //! [`error::OnlineError`] is the error of this layer, sorted by kind like the
 //! lower crates' errors and mapped to HTTP once, in `http/error.rs`.
 
+pub mod challenge;
 pub mod error;
 pub mod jobs;
 pub mod login;

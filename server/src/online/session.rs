@@ -71,15 +71,19 @@ pub async fn authorize(state: &AppState, device: &Device, token: Option<&str>) -
             "the session has expired: log in again",
         ));
     }
-    if device.state != DeviceState::Issued {
-        return Err(refuse("device_suspended", "the device is not in service"));
+    match device.state {
+        DeviceState::Issued => {}
+        DeviceState::Suspended => {
+            return Err(refuse("device_suspended", "the device is suspended"));
+        }
+        _ => {
+            return Err(refuse(
+                "device_not_issued",
+                "the device is not issued to a customer",
+            ));
+        }
     }
-    let cred = state
-        .online
-        .store
-        .credential(&stored.issuer, device.device_id)
-        .await?;
-    if cred.locked_at_ms.is_some() {
+    if stored.locked {
         return Err(refuse("credential_locked", "this credential is locked"));
     }
     Ok(Session {

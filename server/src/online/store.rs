@@ -6,18 +6,18 @@
 //!   an operator's rotation request;
 //! - `online_sessions`: sessions by the SHA-256 of their token;
 //! - `online_fleet_rotations`: an issuer-wide rotation request;
+//! - `online_challenges_used`: the seals of login challenges already used
+//!   (challenges themselves are sealed, not stored: `online::challenge`);
 //! - `online_jobs`: leases of the background jobs one replica runs at a time.
 //!
-//! Login challenges are not here: they live in provisioning's challenge
-//! mechanism (purpose `login`, scoped to the issuer). Every write is one
-//! transaction under the catalog's rules (`keyward_kms::db`).
+//! Writes a protocol step composes with others are `…_in(&mut tx, …)`
+//! functions over the caller's unit of work ([`Database::write`]); the rest
+//! are one unit of work each.
 
-use std::future::Future;
-
-use keyward_kms::db::{self, Database};
+use keyward_kms::db::{self, Database, Tx};
 use keyward_kms::types::{DeviceId, IssuerId};
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
 
 use crate::online::OnlineError;
 
@@ -48,6 +48,8 @@ pub struct StoredSession {
     pub cert_serial: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// Whether the credential is locked (as read; written sessions are not).
+    pub locked: bool,
 }
 
 /// What one more failure did: the new count, and whether this failure locked
@@ -75,23 +77,9 @@ impl OnlineStore {
         Self { db }
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.db.begin_write().await?)
-    }
-
-    /// Runs `op` (one whole transaction) again on PostgreSQL serialization
-    /// failures and deadlocks.
-    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        db::retrying(
-            "online",
-            |e| matches!(e, OnlineError::Database(err) if self.db.is_serialization_failure(err)),
-            op,
-        )
-        .await
+    /// The database, for a step's unit of work.
+    pub fn db(&self) -> &Database {
+        &self.db
     }
 
     // ---- credentials -----------------------------------------------------
@@ -111,262 +99,343 @@ impl OnlineStore {
             .map(Option::unwrap_or_default)
     }
 
-    /// Counts one failed response; locks the credential when the count
-    /// reaches `limit`. One transaction, so two replicas counting at once
-    /// both count and exactly one of them locks.
-    pub async fn record_failure(
-        &self,
+    /// Uses a login challenge up: its seal goes into the used set until it
+    /// expires. `false` when it was used already (another finish, on any
+    /// replica, got there first).
+    pub async fn consume_challenge_in(tx: &mut Tx, seal: &str, expires_at_ms: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO online_challenges_used (seal, expires_at_ms) VALUES ($1, $2) \
+             ON CONFLICT (seal) DO NOTHING",
+        )
+        .bind(seal)
+        .bind(expires_at_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Counts one failed response; locks the credential and ends its
+    /// sessions when the count reaches `limit`. In the caller's transaction,
+    /// so two replicas counting at once both count and exactly one locks,
+    /// and the lockout's other effects commit with the lock.
+    pub async fn count_failure_in(
+        tx: &mut Tx,
         issuer: &IssuerId,
         device: DeviceId,
         limit: u32,
         now: i64,
     ) -> Result<Failure> {
         let device = device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let row = sqlx::query(
-                "INSERT INTO online_credentials (issuer_id, device_id, failures) \
-                 VALUES ($1, $2, 1) \
-                 ON CONFLICT (issuer_id, device_id) \
-                 DO UPDATE SET failures = online_credentials.failures + 1 \
-                 RETURNING failures, locked_at_ms",
-            )
-            .bind(issuer.as_str())
-            .bind(device.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            let count: i64 = row.try_get("failures")?;
-            let locked: Option<i64> = row.try_get("locked_at_ms")?;
-            let count = u32::try_from(count).unwrap_or(u32::MAX);
-            let newly_locked = locked.is_none() && count >= limit;
-            if newly_locked {
-                sqlx::query(
-                    "UPDATE online_credentials SET locked_at_ms = $3 \
-                     WHERE issuer_id = $1 AND device_id = $2",
-                )
-                .bind(issuer.as_str())
-                .bind(device.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM online_sessions WHERE issuer_id = $1 AND device_id = $2")
-                    .bind(issuer.as_str())
-                    .bind(device.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(Failure {
-                count,
-                newly_locked,
-            })
-        })
-        .await
-    }
-
-    /// Notes which certificate a lockout revoked (so an unlock knows the
-    /// device needs a new one).
-    pub async fn set_revoked_serial(
-        &self,
-        issuer: &IssuerId,
-        device: DeviceId,
-        serial: &str,
-    ) -> Result<()> {
-        let device = device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "INSERT INTO online_credentials (issuer_id, device_id, failures) \
+             VALUES ($1, $2, 1) \
+             ON CONFLICT (issuer_id, device_id) \
+             DO UPDATE SET failures = online_credentials.failures + 1 \
+             RETURNING failures, locked_at_ms",
+        )
+        .bind(issuer.as_str())
+        .bind(device.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        let count: i64 = row.try_get("failures")?;
+        let locked: Option<i64> = row.try_get("locked_at_ms")?;
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let newly_locked = locked.is_none() && count >= limit;
+        if newly_locked {
             sqlx::query(
-                "UPDATE online_credentials SET revoked_serial = $3 \
+                "UPDATE online_credentials SET locked_at_ms = $3 \
                  WHERE issuer_id = $1 AND device_id = $2",
             )
             .bind(issuer.as_str())
             .bind(device.as_str())
-            .bind(serial)
-            .execute(&mut *tx)
+            .bind(now)
+            .execute(&mut **tx)
             .await?;
-            tx.commit().await?;
-            Ok(())
+            sqlx::query("DELETE FROM online_sessions WHERE issuer_id = $1 AND device_id = $2")
+                .bind(issuer.as_str())
+                .bind(device.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(Failure {
+            count,
+            newly_locked,
         })
-        .await
+    }
+
+    /// Notes which certificate a lockout revoked (so an unlock knows the
+    /// device needs a new one), in the lockout's transaction.
+    pub async fn set_revoked_serial_in(
+        tx: &mut Tx,
+        issuer: &IssuerId,
+        device: DeviceId,
+        serial: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE online_credentials SET revoked_serial = $3 \
+             WHERE issuer_id = $1 AND device_id = $2",
+        )
+        .bind(issuer.as_str())
+        .bind(device.to_string())
+        .bind(serial)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// A successful login: the failure count back to 0 and the session
-    /// stored, in one transaction — unless the credential was locked
-    /// meanwhile (another replica counted the tenth failure), in which case
-    /// nothing is written and `Ok(false)` says so.
-    pub async fn login_succeeded(
-        &self,
+    /// stored — unless the credential was locked meanwhile (another replica
+    /// counted the last failure), in which case nothing is written and
+    /// `Ok(false)` says so. The count is written only when there is one to
+    /// reset, so a steady-state login writes the session row alone.
+    pub async fn open_session_in(
+        tx: &mut Tx,
         token_hash: &str,
         session: &StoredSession,
         cleared_rotation_before: Option<i64>,
     ) -> Result<bool> {
         let device = session.device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let done = sqlx::query(
-                "INSERT INTO online_credentials (issuer_id, device_id, failures, last_login_at_ms) \
-                 VALUES ($1, $2, 0, $3) \
-                 ON CONFLICT (issuer_id, device_id) DO UPDATE \
-                 SET failures = 0, last_login_at_ms = $3 \
-                 WHERE online_credentials.locked_at_ms IS NULL",
-            )
-            .bind(session.issuer.as_str())
-            .bind(device.as_str())
-            .bind(session.created_at_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if done == 0 {
-                return Ok(false);
-            }
-            if let Some(at) = cleared_rotation_before {
-                sqlx::query(
-                    "UPDATE online_credentials SET rotate_requested_at_ms = NULL \
-                     WHERE issuer_id = $1 AND device_id = $2 AND rotate_requested_at_ms <= $3",
-                )
-                .bind(session.issuer.as_str())
-                .bind(device.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
+        let row = sqlx::query(
+            "SELECT failures, locked_at_ms FROM online_credentials \
+             WHERE issuer_id = $1 AND device_id = $2",
+        )
+        .bind(session.issuer.as_str())
+        .bind(device.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let (failures, locked) = match &row {
+            Some(r) => (
+                r.try_get::<i64, _>("failures")?,
+                r.try_get::<Option<i64>, _>("locked_at_ms")?,
+            ),
+            None => (0, None),
+        };
+        if locked.is_some() {
+            return Ok(false);
+        }
+        if row.is_none() || failures > 0 || cleared_rotation_before.is_some() {
             sqlx::query(
-                "INSERT INTO online_sessions \
-                 (token_hash, device_id, issuer_id, cert_serial, created_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO online_credentials \
+                 (issuer_id, device_id, failures, last_login_at_ms) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (issuer_id, device_id) DO UPDATE \
+                 SET failures = 0, last_login_at_ms = $3",
             )
-            .bind(token_hash)
-            .bind(device.as_str())
             .bind(session.issuer.as_str())
-            .bind(session.cert_serial.as_str())
+            .bind(device.as_str())
             .bind(session.created_at_ms)
-            .bind(session.expires_at_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await
+        }
+        if let Some(at) = cleared_rotation_before {
+            sqlx::query(
+                "UPDATE online_credentials SET rotate_requested_at_ms = NULL \
+                 WHERE issuer_id = $1 AND device_id = $2 AND rotate_requested_at_ms <= $3",
+            )
+            .bind(session.issuer.as_str())
+            .bind(device.as_str())
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO online_sessions \
+             (token_hash, device_id, issuer_id, cert_serial, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_hash)
+        .bind(device.as_str())
+        .bind(session.issuer.as_str())
+        .bind(session.cert_serial.as_str())
+        .bind(session.created_at_ms)
+        .bind(session.expires_at_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(true)
+    }
+
+    /// The certificates lockouts named for revocation, of credentials still
+    /// locked: what [`crate::online::login::finish_lockouts`] makes sure are
+    /// revoked.
+    pub async fn lockout_serials(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT revoked_serial FROM online_credentials \
+             WHERE locked_at_ms IS NOT NULL AND revoked_serial IS NOT NULL",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("revoked_serial"))
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// An operator's unlock: count to 0, lock and revoked serial cleared.
     /// Returns the credential as it was, `None` if it was not locked.
     pub async fn unlock(&self, issuer: &IssuerId, device: DeviceId) -> Result<Option<Credential>> {
-        let device = device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let row = sqlx::query(
-                "SELECT failures, locked_at_ms, revoked_serial, rotate_requested_at_ms, \
-                 last_login_at_ms FROM online_credentials WHERE issuer_id = $1 AND device_id = $2",
-            )
-            .bind(issuer.as_str())
-            .bind(device.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let before = row.as_ref().map(credential_from_row).transpose()?;
-            let Some(before) = before.filter(|c| c.locked_at_ms.is_some()) else {
-                return Ok(None);
-            };
-            sqlx::query(
-                "UPDATE online_credentials SET failures = 0, locked_at_ms = NULL, \
-                 revoked_serial = NULL WHERE issuer_id = $1 AND device_id = $2",
-            )
-            .bind(issuer.as_str())
-            .bind(device.as_str())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Some(before))
-        })
-        .await
+        let device = &device.to_string();
+        self.db
+            .write("online.unlock", |mut tx| async move {
+                let row = sqlx::query(
+                    "SELECT failures, locked_at_ms, revoked_serial, rotate_requested_at_ms, \
+                     last_login_at_ms FROM online_credentials \
+                     WHERE issuer_id = $1 AND device_id = $2",
+                )
+                .bind(issuer.as_str())
+                .bind(device.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let before = row.as_ref().map(credential_from_row).transpose()?;
+                let Some(before) = before.filter(|c| c.locked_at_ms.is_some()) else {
+                    return Ok((tx, None));
+                };
+                sqlx::query(
+                    "UPDATE online_credentials SET failures = 0, locked_at_ms = NULL, \
+                     revoked_serial = NULL WHERE issuer_id = $1 AND device_id = $2",
+                )
+                .bind(issuer.as_str())
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, Some(before)))
+            })
+            .await
     }
 
     // ---- transaction MAC failures ------------------------------------------
 
     /// One more consecutive MAC failure of a credential; the new streak.
     pub async fn record_mac_failure(&self, issuer: &IssuerId, device: DeviceId) -> Result<u32> {
-        let device = device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let row = sqlx::query(
-                "INSERT INTO online_credentials (issuer_id, device_id, mac_failures) \
-                 VALUES ($1, $2, 1) ON CONFLICT (issuer_id, device_id) \
-                 DO UPDATE SET mac_failures = online_credentials.mac_failures + 1 \
-                 RETURNING mac_failures",
-            )
-            .bind(issuer.as_str())
-            .bind(device.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let n: i64 = row.try_get("mac_failures")?;
-            Ok(u32::try_from(n).unwrap_or(u32::MAX))
-        })
-        .await
+        let device = &device.to_string();
+        self.db
+            .write("online.mac_failure", |mut tx| async move {
+                let row = sqlx::query(
+                    "INSERT INTO online_credentials (issuer_id, device_id, mac_failures) \
+                     VALUES ($1, $2, 1) ON CONFLICT (issuer_id, device_id) \
+                     DO UPDATE SET mac_failures = online_credentials.mac_failures + 1 \
+                     RETURNING mac_failures",
+                )
+                .bind(issuer.as_str())
+                .bind(device.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                let n: i64 = row.try_get("mac_failures")?;
+                Ok((tx, u32::try_from(n).unwrap_or(u32::MAX)))
+            })
+            .await
     }
 
-    /// A valid MAC ends a failure streak. One statement that writes nothing
-    /// when there is no streak (the common case).
+    /// A valid MAC ends a failure streak. Read first, so the common case (no
+    /// streak) opens no write transaction at all.
     pub async fn clear_mac_failures(&self, issuer: &IssuerId, device: DeviceId) -> Result<()> {
-        sqlx::query(
-            "UPDATE online_credentials SET mac_failures = 0 \
+        let device = &device.to_string();
+        let streak = sqlx::query(
+            "SELECT 1 FROM online_credentials \
              WHERE issuer_id = $1 AND device_id = $2 AND mac_failures > 0",
         )
         .bind(issuer.as_str())
-        .bind(device.to_string())
-        .execute(self.db.pool())
+        .bind(device.as_str())
+        .fetch_optional(self.db.pool())
         .await?;
-        Ok(())
+        if streak.is_none() {
+            return Ok(());
+        }
+        self.db
+            .write("online.mac_failures_clear", |mut tx| async move {
+                sqlx::query(
+                    "UPDATE online_credentials SET mac_failures = 0 \
+                     WHERE issuer_id = $1 AND device_id = $2 AND mac_failures > 0",
+                )
+                .bind(issuer.as_str())
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 
     // ---- sessions --------------------------------------------------------
 
+    /// A session by its token's hash, with whether its credential is locked
+    /// now: one read for the check every session-bound call makes.
     pub async fn session(&self, token_hash: &str) -> Result<Option<StoredSession>> {
         let row = sqlx::query(
-            "SELECT device_id, issuer_id, cert_serial, created_at_ms, expires_at_ms \
-             FROM online_sessions WHERE token_hash = $1",
+            "SELECT s.device_id, s.issuer_id, s.cert_serial, s.created_at_ms, s.expires_at_ms, \
+             c.locked_at_ms FROM online_sessions s LEFT JOIN online_credentials c \
+             ON c.issuer_id = s.issuer_id AND c.device_id = s.device_id \
+             WHERE s.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(self.db.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let locked: Option<i64> = row.try_get("locked_at_ms")?;
         Ok(Some(StoredSession {
             device: db::parse_col(&row, "device_id", "online_sessions.device_id")?,
             issuer: db::parse_col(&row, "issuer_id", "online_sessions.issuer_id")?,
             cert_serial: row.try_get("cert_serial")?,
             created_at_ms: row.try_get("created_at_ms")?,
             expires_at_ms: row.try_get("expires_at_ms")?,
+            locked: locked.is_some(),
         }))
     }
 
     /// Ends one session (logout); whether it existed.
     pub async fn end_session(&self, token_hash: &str) -> Result<bool> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let n = sqlx::query("DELETE FROM online_sessions WHERE token_hash = $1")
-                .bind(token_hash)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            Ok(n > 0)
-        })
-        .await
+        self.db
+            .write("online.logout", |mut tx| async move {
+                let n = sqlx::query("DELETE FROM online_sessions WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                Ok((tx, n > 0))
+            })
+            .await
     }
 
-    /// Deletes expired sessions; returns how many.
-    pub async fn purge_sessions(&self, now: i64) -> Result<u64> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let n = sqlx::query("DELETE FROM online_sessions WHERE expires_at_ms <= $1")
-                .bind(now)
-                .execute(&mut *tx)
+    /// [`OnlineStore::end_device_sessions_in`] as a unit of work of its own.
+    pub async fn end_device_sessions(&self, device: DeviceId) -> Result<u64> {
+        self.db
+            .write("online.end_device_sessions", |mut tx| async move {
+                let n = Self::end_device_sessions_in(&mut tx, device).await?;
+                Ok((tx, n))
+            })
+            .await
+    }
+
+    /// Ends every session of a device, at every issuer (suspension,
+    /// retirement), in the caller's transaction; returns how many.
+    pub async fn end_device_sessions_in(tx: &mut Tx, device: DeviceId) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM online_sessions WHERE device_id = $1")
+                .bind(device.to_string())
+                .execute(&mut **tx)
                 .await?
-                .rows_affected();
-            tx.commit().await?;
-            Ok(n)
-        })
-        .await
+                .rows_affected(),
+        )
+    }
+
+    /// Deletes expired sessions and the seals of expired challenges; returns
+    /// how many of each.
+    pub async fn purge_expired(&self, now: i64) -> Result<(u64, u64)> {
+        self.db
+            .write("online.purge", |mut tx| async move {
+                let sessions = sqlx::query("DELETE FROM online_sessions WHERE expires_at_ms <= $1")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let seals =
+                    sqlx::query("DELETE FROM online_challenges_used WHERE expires_at_ms <= $1")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                Ok((tx, (sessions, seals)))
+            })
+            .await
     }
 
     /// Sessions not yet expired (the `keyward_sessions_active` gauge).
@@ -387,23 +456,22 @@ impl OnlineStore {
         device: DeviceId,
         now: i64,
     ) -> Result<()> {
-        let device = device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO online_credentials (issuer_id, device_id, rotate_requested_at_ms) \
-                 VALUES ($1, $2, $3) ON CONFLICT (issuer_id, device_id) \
-                 DO UPDATE SET rotate_requested_at_ms = $3",
-            )
-            .bind(issuer.as_str())
-            .bind(device.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        let device = &device.to_string();
+        self.db
+            .write("online.rotation_request", |mut tx| async move {
+                sqlx::query(
+                    "INSERT INTO online_credentials (issuer_id, device_id, rotate_requested_at_ms) \
+                     VALUES ($1, $2, $3) ON CONFLICT (issuer_id, device_id) \
+                     DO UPDATE SET rotate_requested_at_ms = $3",
+                )
+                .bind(issuer.as_str())
+                .bind(device.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// An operator asked for new keys for every device of the issuer: one
@@ -414,22 +482,21 @@ impl OnlineStore {
         now: i64,
         by: &str,
     ) -> Result<()> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO online_fleet_rotations (issuer_id, requested_at_ms, requested_by) \
-                 VALUES ($1, $2, $3) ON CONFLICT (issuer_id) \
-                 DO UPDATE SET requested_at_ms = $2, requested_by = $3",
-            )
-            .bind(issuer.as_str())
-            .bind(now)
-            .bind(by)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write("online.fleet_rotation_request", |mut tx| async move {
+                sqlx::query(
+                    "INSERT INTO online_fleet_rotations (issuer_id, requested_at_ms, requested_by) \
+                     VALUES ($1, $2, $3) ON CONFLICT (issuer_id) \
+                     DO UPDATE SET requested_at_ms = $2, requested_by = $3",
+                )
+                .bind(issuer.as_str())
+                .bind(now)
+                .bind(by)
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// When the issuer's latest fleet-wide rotation was asked for.
@@ -501,25 +568,24 @@ impl OnlineStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<bool> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let n = sqlx::query(
-                "INSERT INTO online_jobs (name, holder, lease_until_ms, last_run_at_ms) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE \
-                 SET holder = $2, lease_until_ms = $3, last_run_at_ms = $4 \
-                 WHERE online_jobs.holder = $2 OR online_jobs.lease_until_ms < $4",
-            )
-            .bind(name)
-            .bind(holder)
-            .bind(now.saturating_add(lease_ms))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            Ok(n == 1)
-        })
-        .await
+        self.db
+            .write("online.claim_job", |mut tx| async move {
+                let n = sqlx::query(
+                    "INSERT INTO online_jobs (name, holder, lease_until_ms, last_run_at_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE \
+                     SET holder = $2, lease_until_ms = $3, last_run_at_ms = $4 \
+                     WHERE online_jobs.holder = $2 OR online_jobs.lease_until_ms < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now.saturating_add(lease_ms))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Ok((tx, n == 1))
+            })
+            .await
     }
 }
 

@@ -314,7 +314,8 @@ async fn login_refusals_are_typed_audited_and_change_nothing() {
         .await
         .refused(StatusCode::FORBIDDEN, "session_invalid");
 
-    // Suspending the device ends its session at its next call.
+    // Suspending the device ends its session, and resuming it does not
+    // bring the session back.
     app.post(
         &app.root,
         &format!("/admin/v1/devices/{}/state", d.id),
@@ -324,10 +325,20 @@ async fn login_refusals_are_typed_audited_and_change_nothing() {
     .expect(StatusCode::OK);
     session(&app, &who, &token)
         .await
-        .refused(StatusCode::FORBIDDEN, "device_suspended");
+        .refused(StatusCode::FORBIDDEN, "session_invalid");
     start(&app, &who, start_body(&d, "bank-a"))
         .await
         .refused(StatusCode::FORBIDDEN, "device_suspended");
+    app.post(
+        &app.root,
+        &format!("/admin/v1/devices/{}/state", d.id),
+        json!({"to": "issued", "reason": "route test"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    session(&app, &who, &token)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_invalid");
     assert!(app.audited("login.start", "refused").await);
     assert!(app.audited("login.finish", "refused").await);
     assert!(app.audited("session.refused", "refused").await);
