@@ -24,8 +24,8 @@ use serde_json::json;
 use super::{ALL_ROLES, Operator, PROVISIONERS};
 use crate::audit::{AuditEvent, Outcome};
 use crate::http::ApiError;
-use crate::online::OnlineError;
 use crate::online::store::Credential;
+use crate::online::{OnlineError, Refusal};
 use crate::state::AppState;
 use crate::wire::login as wire;
 
@@ -139,12 +139,7 @@ pub async fn unlock(
         )
         .await??;
     let Some(before) = before else {
-        return Err(OnlineError::refused(
-            keyward_kms::ErrorKind::Conflict,
-            "credential_not_locked",
-            "this credential is not locked",
-        )
-        .into());
+        return Err(OnlineError::from(Refusal::CredentialNotLocked).into());
     };
     let now = state.online.store.credential(&issuer, device).await?;
     Ok(Json(wire::UnlockAnswer {
@@ -167,12 +162,7 @@ pub async fn rotate(
     if let Some(d) = device {
         let bound = state.provisioning.bindings(d).await?;
         if !bound.iter().any(|b| b.issuer == issuer) {
-            return Err(OnlineError::refused(
-                keyward_kms::ErrorKind::Conflict,
-                "issuer_not_bound",
-                "the device is not bound for this issuer",
-            )
-            .into());
+            return Err(OnlineError::from(Refusal::IssuerNotBound).into());
         }
     }
     let target = match device {

@@ -4,19 +4,16 @@ use keyward_ca::CaError;
 use keyward_device_provisioning::ProvisioningError;
 use keyward_kms::{ErrorKind, KmsError};
 
+use super::Refusal;
+
 /// Why an online-protocol step failed. Device-caused refusals carry a stable
 /// code; infrastructure failures keep their cause for the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum OnlineError {
-    /// The protocol refused the request: `code` is stable
-    /// (docs/protocol.md §10 lists them), `message` says why without quoting
-    /// the input.
-    #[error("{message}")]
-    Refused {
-        kind: ErrorKind,
-        code: &'static str,
-        message: &'static str,
-    },
+    /// The protocol refused the request (docs/protocol.md §10 lists the
+    /// codes).
+    #[error("{0}")]
+    Refused(#[from] Refusal),
     /// A key operation failed (the kms error says whether it was the caller).
     #[error(transparent)]
     Kms(#[from] KmsError),
@@ -51,29 +48,10 @@ impl From<keyward_kms::db::ColumnError> for OnlineError {
 }
 
 impl OnlineError {
-    /// A refusal with a stable code.
-    pub fn refused(kind: ErrorKind, code: &'static str, message: &'static str) -> Self {
-        Self::Refused {
-            kind,
-            code,
-            message,
-        }
-    }
-
-    /// A malformed request field (400).
-    pub fn invalid(code: &'static str, message: &'static str) -> Self {
-        Self::refused(ErrorKind::Invalid, code, message)
-    }
-
-    /// A refused identity or state (403).
-    pub fn forbidden(code: &'static str, message: &'static str) -> Self {
-        Self::refused(ErrorKind::Forbidden, code, message)
-    }
-
     /// The stable machine-readable code a client sees.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Refused { code, .. } => code,
+            Self::Refused(r) => r.code(),
             Self::Kms(e) => e.code(),
             Self::Provisioning(e) => e.code(),
             Self::Ca(e) => e.code(),
@@ -85,7 +63,7 @@ impl OnlineError {
     /// What sort of failure it is (mapped to HTTP once, in `http/error.rs`).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Refused { kind, .. } => *kind,
+            Self::Refused(r) => r.kind(),
             Self::Kms(e) => e.kind(),
             Self::Provisioning(e) => e.kind(),
             Self::Ca(e) => e.kind(),

@@ -27,16 +27,16 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use keyward_ca::{RevocationReason, Serial};
 use keyward_config::OnlineConfig;
 use keyward_device_provisioning::{DeviceState, OperatorId, Reason};
+use keyward_kms::KmsError;
 use keyward_kms::catalog::{KeyState, VersionRecord};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
-use keyward_kms::{ErrorKind, KmsError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
 use crate::online::store::{OnlineStore, StoredSession};
-use crate::online::{Device, OnlineError};
+use crate::online::{Device, OnlineError, Refusal};
 use crate::security::{self, SecurityKind};
 use crate::state::AppState;
 use crate::wire::login as wire;
@@ -145,29 +145,20 @@ fn now_ms() -> i64 {
 
 fn parse_issuer(s: &str) -> Result<IssuerId> {
     s.parse()
-        .map_err(|_| OnlineError::invalid("invalid_issuer_id", "issuer_id is not an issuer id"))
+        .map_err(|_| OnlineError::from(Refusal::InvalidIssuerId))
 }
 
 /// The device's state must let it log in; the codes say which state it is in.
 fn require_issued(device: &Device) -> Result<()> {
     match device.state {
         DeviceState::Issued => Ok(()),
-        DeviceState::Suspended => Err(OnlineError::forbidden(
-            "device_suspended",
-            "the device is suspended",
-        )),
-        _ => Err(OnlineError::forbidden(
-            "device_not_issued",
-            "the device is not issued to a customer yet",
-        )),
+        DeviceState::Suspended => Err(OnlineError::from(Refusal::DeviceSuspended)),
+        _ => Err(OnlineError::from(Refusal::DeviceNotIssued)),
     }
 }
 
 fn locked() -> OnlineError {
-    OnlineError::forbidden(
-        "credential_locked",
-        "this device's credential for the issuer is locked; an operator must unlock it",
-    )
+    OnlineError::from(Refusal::CredentialLocked)
 }
 
 /// Audits a refused step (actor: the device's certificate) and counts it;
@@ -210,12 +201,9 @@ async fn try_start(
     let claimed: DeviceId = req
         .device_id
         .parse()
-        .map_err(|_| OnlineError::invalid("invalid_device_id", "device_id is 16 hex digits"))?;
+        .map_err(|_| OnlineError::from(Refusal::InvalidDeviceId))?;
     if claimed != device.device_id {
-        return Err(OnlineError::forbidden(
-            "device_id_mismatch",
-            "device_id is not the device of the client certificate",
-        ));
+        return Err(OnlineError::from(Refusal::DeviceIdMismatch));
     }
     require_issued(device)?;
     check_binding(state, device.device_id, &issuer, req).await?;
@@ -228,11 +216,7 @@ async fn try_start(
     if let Some(v) = req.key_version
         && !versions.iter().any(|r| r.version.0 == v)
     {
-        return Err(OnlineError::refused(
-            ErrorKind::Conflict,
-            "unknown_key_version",
-            "the server never offered the key version the device reports",
-        ));
+        return Err(OnlineError::from(Refusal::UnknownKeyVersion));
     }
     let active = versions.iter().find(|v| v.state == KeyState::Active);
     let policy = IssuerPolicy::of(&online.config, &issuer);
@@ -263,9 +247,7 @@ async fn try_start(
     let id = SealedId {
         issued_at_ms: now,
         expires_at_ms,
-        seal: sealed.seal[..SEAL_BYTES]
-            .try_into()
-            .map_err(|_| OnlineError::invalid("challenge", "short seal"))?,
+        seal: first_bytes(&sealed.seal),
         challenge: sealed.challenge,
     };
     state
@@ -282,6 +264,13 @@ async fn try_start(
     })
 }
 
+/// The part of a seal an id carries.
+fn first_bytes(seal: &[u8; 32]) -> [u8; SEAL_BYTES] {
+    let mut out = [0u8; SEAL_BYTES];
+    out.copy_from_slice(&seal[..SEAL_BYTES]);
+    out
+}
+
 /// The device must be bound to the issuer, with the binding's serials.
 async fn check_binding(
     state: &AppState,
@@ -292,13 +281,8 @@ async fn check_binding(
     let bindings = state.provisioning.bindings(device).await?;
     let Some(binding) = bindings.iter().find(|b| &b.issuer == issuer) else {
         return Err(match state.kms.issuer(issuer).await {
-            Ok(_) => OnlineError::forbidden(
-                "issuer_not_bound",
-                "the device is not bound to a customer for this issuer",
-            ),
-            Err(KmsError::UnknownIssuer(_)) => {
-                OnlineError::refused(ErrorKind::NotFound, "unknown_issuer", "no such issuer")
-            }
+            Ok(_) => OnlineError::from(Refusal::IssuerNotBound),
+            Err(KmsError::UnknownIssuer(_)) => OnlineError::from(Refusal::UnknownIssuer),
             Err(e) => e.into(),
         });
     };
@@ -313,10 +297,7 @@ async fn check_binding(
     if !same(&binding.psam_serial, &req.psam_serial)
         || !same(&binding.esam_serial, &req.esam_serial)
     {
-        return Err(OnlineError::forbidden(
-            "secure_element_mismatch",
-            "the PSAM/ESAM serials are not those bound for this issuer",
-        ));
+        return Err(OnlineError::from(Refusal::SecureElementMismatch));
     }
     Ok(())
 }
@@ -382,7 +363,7 @@ fn parse_confirmation(
     c: &wire::KeyConfirmation,
     versions: &[VersionRecord],
 ) -> Result<Confirmation> {
-    let bad = || OnlineError::invalid("invalid_key_confirmation", "kcvs name a role and a KCV");
+    let bad = || OnlineError::from(Refusal::InvalidKeyConfirmation);
     let kcvs = c
         .kcvs
         .iter()
@@ -393,16 +374,10 @@ fn parse_confirmation(
         })
         .collect::<Result<Vec<_>>>()?;
     match versions.iter().find(|v| v.version.0 == c.version) {
-        None => Err(OnlineError::refused(
-            ErrorKind::Conflict,
-            "unknown_key_version",
-            "the server never offered this key version",
-        )),
-        Some(v) if v.state != KeyState::Pending => Err(OnlineError::refused(
-            ErrorKind::Conflict,
-            "key_version_not_pending",
-            "this key version is not waiting for a confirmation",
-        )),
+        None => Err(OnlineError::from(Refusal::UnknownKeyVersion)),
+        Some(v) if v.state != KeyState::Pending => {
+            Err(OnlineError::from(Refusal::KeyVersionNotPending))
+        }
         Some(v) => Ok(Confirmation {
             version: v.version,
             kcvs,
@@ -411,10 +386,7 @@ fn parse_confirmation(
 }
 
 fn challenge_invalid() -> OnlineError {
-    OnlineError::forbidden(
-        "challenge_invalid",
-        "no such challenge for this device and issuer: unknown, used or expired",
-    )
+    OnlineError::from(Refusal::ChallengeInvalid)
 }
 
 /// The challenge a finish answers, checked: issued by this service (its
@@ -456,19 +428,13 @@ async fn try_finish(
     req: &wire::LoginFinish,
 ) -> Result<wire::LoginAnswer> {
     let issuer = parse_issuer(&req.issuer_id)?;
-    let sealed = SealedId::decode(&req.challenge_id).ok_or_else(|| {
-        OnlineError::invalid(
-            "invalid_challenge_id",
-            "challenge_id is not one this service issues",
-        )
-    })?;
+    let sealed = SealedId::decode(&req.challenge_id)
+        .ok_or_else(|| OnlineError::from(Refusal::InvalidChallengeId))?;
     let response = B64
         .decode(&req.response)
         .ok()
         .filter(|r| !r.is_empty() && r.len() <= 64)
-        .ok_or_else(|| {
-            OnlineError::invalid("invalid_response", "response is base64 of one block")
-        })?;
+        .ok_or_else(|| OnlineError::from(Refusal::InvalidResponse))?;
     require_issued(device)?;
     let online = &state.online;
     let now = now_ms();
@@ -606,11 +572,9 @@ async fn activate(
             intrusion(state, device, issuer, v).await?;
             Ok(false)
         }
-        Err(KmsError::KeyVersionNotUsable { .. }) => Err(OnlineError::refused(
-            ErrorKind::Conflict,
-            "key_version_not_pending",
-            "this key version is not waiting for a confirmation",
-        )),
+        Err(KmsError::KeyVersionNotUsable { .. }) => {
+            Err(OnlineError::from(Refusal::KeyVersionNotPending))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -649,9 +613,7 @@ async fn wrong_answer(
 ) -> OnlineError {
     match try_wrong_answer(state, device, issuer, challenge).await {
         Ok(Wrong::Replayed) => challenge_invalid(),
-        Ok(Wrong::Counted) => {
-            OnlineError::forbidden("response_invalid", "the response to the challenge is wrong")
-        }
+        Ok(Wrong::Counted) => OnlineError::from(Refusal::ResponseInvalid),
         Ok(Wrong::LockedOut { revoke }) => {
             state
                 .metrics
@@ -737,7 +699,7 @@ pub async fn finish_lockouts(state: &AppState) -> Result<usize> {
     for s in &named {
         let serial: Serial = s
             .parse()
-            .map_err(|_| OnlineError::invalid("invalid_serial", "certificate serial"))?;
+            .map_err(|_| OnlineError::from(Refusal::InvalidSerial))?;
         match state.ca.is_revoked(&serial).await {
             Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {}
             Ok(false) => serials.push(serial),
@@ -808,10 +770,7 @@ async fn intrusion(
         .store
         .end_device_sessions(device.device_id)
         .await?;
-    Err(OnlineError::forbidden(
-        "kcv_mismatch",
-        "the device reported wrong KCVs for the offered keys; it is suspended",
-    ))
+    Err(OnlineError::from(Refusal::KcvMismatch))
 }
 
 /// The operator name and reason the online service signs its own

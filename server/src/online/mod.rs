@@ -23,6 +23,7 @@ pub mod challenge;
 pub mod error;
 pub mod jobs;
 pub mod login;
+pub mod refusal;
 pub mod session;
 pub mod store;
 pub mod transaction;
@@ -35,6 +36,7 @@ use keyward_kms::db::Database;
 use keyward_kms::types::DeviceId;
 
 pub use error::OnlineError;
+pub use refusal::Refusal;
 pub use session::Session;
 pub use store::OnlineStore;
 

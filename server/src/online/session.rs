@@ -13,7 +13,7 @@ use keyward_device_provisioning::DeviceState;
 use keyward_kms::types::{DeviceId, IssuerId};
 
 use crate::online::login::session_token_hash;
-use crate::online::{Device, OnlineError};
+use crate::online::{Device, OnlineError, Refusal};
 use crate::state::AppState;
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -29,20 +29,11 @@ pub struct Session {
     pub token_hash: String,
 }
 
-fn refuse(code: &'static str, message: &'static str) -> OnlineError {
-    OnlineError::forbidden(code, message)
-}
-
 /// The session `token` opens for `device`, or why not.
 pub async fn authorize(state: &AppState, device: &Device, token: Option<&str>) -> Result<Session> {
-    let token = token.ok_or_else(|| {
-        refuse(
-            "session_required",
-            "this call needs a session: log in and send Authorization: Bearer <token>",
-        )
-    })?;
+    let token = token.ok_or_else(|| OnlineError::from(Refusal::SessionRequired))?;
     if token.is_empty() || token.len() > 128 {
-        return Err(refuse("session_invalid", "no such session"));
+        return Err(OnlineError::from(Refusal::SessionInvalid));
     }
     let hash = session_token_hash(token);
     let stored = state
@@ -50,41 +41,29 @@ pub async fn authorize(state: &AppState, device: &Device, token: Option<&str>) -
         .store
         .session(&hash)
         .await?
-        .ok_or_else(|| refuse("session_invalid", "no such session"))?;
+        .ok_or_else(|| OnlineError::from(Refusal::SessionInvalid))?;
     if stored.device != device.device_id {
-        return Err(refuse(
-            "session_device_mismatch",
-            "this session belongs to another device",
-        ));
+        return Err(OnlineError::from(Refusal::SessionDeviceMismatch));
     }
     // Serials are public: a plain comparison. The token itself was matched
     // by its hash (a primary-key lookup), never compared as a secret.
     if stored.cert_serial != device.serial {
-        return Err(refuse(
-            "session_certificate_mismatch",
-            "this session was opened over another client certificate",
-        ));
+        return Err(OnlineError::from(Refusal::SessionCertificateMismatch));
     }
     if stored.expires_at_ms <= keyward_kms::db::now_ms() {
-        return Err(refuse(
-            "session_expired",
-            "the session has expired: log in again",
-        ));
+        return Err(OnlineError::from(Refusal::SessionExpired));
     }
     match device.state {
         DeviceState::Issued => {}
         DeviceState::Suspended => {
-            return Err(refuse("device_suspended", "the device is suspended"));
+            return Err(OnlineError::from(Refusal::DeviceSuspended));
         }
         _ => {
-            return Err(refuse(
-                "device_not_issued",
-                "the device is not issued to a customer",
-            ));
+            return Err(OnlineError::from(Refusal::DeviceNotIssued));
         }
     }
     if stored.locked {
-        return Err(refuse("credential_locked", "this credential is locked"));
+        return Err(OnlineError::from(Refusal::CredentialLocked));
     }
     Ok(Session {
         device: stored.device,

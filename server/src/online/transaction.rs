@@ -24,7 +24,7 @@ use keyward_kms::{MacItem, PinBlock, PinFormat};
 use serde_json::json;
 
 use crate::audit::{AuditEvent, Outcome};
-use crate::online::{Device, OnlineError, Session};
+use crate::online::{Device, OnlineError, Refusal, Session};
 use crate::state::AppState;
 use crate::wire::transactions as wire;
 
@@ -38,16 +38,13 @@ pub const MAX_ACCOUNT_FIELDS: usize = 8;
 
 fn b64(field: &'static str, value: &str) -> Result<Vec<u8>> {
     B64.decode(value).map_err(|_| {
-        OnlineError::invalid(
-            "invalid_input",
-            match field {
-                "message" => "message is not base64",
-                "mac" => "mac is not base64",
-                "iv" => "an account iv is not base64",
-                "data" => "an account field is not base64",
-                _ => "pin_block.block is not base64",
-            },
-        )
+        OnlineError::from(Refusal::InvalidInput(match field {
+            "message" => "message is not base64",
+            "mac" => "mac is not base64",
+            "iv" => "an account iv is not base64",
+            "data" => "an account field is not base64",
+            _ => "pin_block.block is not base64",
+        }))
     })
 }
 
@@ -73,10 +70,9 @@ pub async fn verify(
     if req.accounts.len() > MAX_ACCOUNT_FIELDS
         || req.accounts.iter().any(|a| !field_name_ok(&a.name))
     {
-        return Err(OnlineError::invalid(
-            "invalid_input",
+        return Err(OnlineError::from(Refusal::InvalidInput(
             "at most 8 account fields, each named with 1-32 of a-z, 0-9, _",
-        ));
+        )));
     }
     let accounts = req
         .accounts
@@ -101,10 +97,7 @@ pub async fn verify(
             };
             pin.check(state.kms.issuer(issuer).await?.family)?;
             if !bound.iter().any(|a| a == &pin.pan) {
-                return Err(OnlineError::forbidden(
-                    "pan_not_bound",
-                    "the PIN block's PAN is not an account of this device's binding",
-                ));
+                return Err(OnlineError::from(Refusal::PanNotBound));
             }
             Some(pin)
         }
