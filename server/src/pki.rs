@@ -154,6 +154,15 @@ pub async fn refresh_crl(state: &AppState) -> anyhow::Result<bool> {
     apply_crl(state, &crl)
 }
 
+/// Reloads the CRL whenever the online service asks (after a revocation it
+/// made), until the process ends.
+pub async fn crl_reload_on_request(state: AppState) {
+    loop {
+        state.online.crl_reload().requested().await;
+        refresh_crl_logged(&state, "certificates revoked by the online service").await;
+    }
+}
+
 /// [`refresh_crl`] after a revocation this process made, so its own TLS
 /// listeners refuse the certificate at once; a failure is logged (the
 /// revocation stands, and the schedule and the poll retry).

@@ -7,8 +7,8 @@
 //! Raised today by a KCV mismatch on the init package confirmation; login's
 //! key update raises the same [`SecurityKind::KcvMismatch`].
 
-use crate::audit::{Actor, AuditError, AuditEvent, Outcome};
-use crate::state::AppState;
+use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome};
+use crate::metrics::Metrics;
 
 /// What was detected; [`SecurityKind::as_str`] is the stable name (the
 /// audit action's suffix and the metric label).
@@ -35,15 +35,15 @@ impl SecurityKind {
 /// identifiers (issuer, key names), never key bytes or KCV values. The
 /// counter goes up even if the audit record cannot be written.
 pub async fn raise(
-    state: &AppState,
+    audit: &AuditLog,
+    metrics: &Metrics,
     actor: &Actor,
     request_id: &str,
     kind: SecurityKind,
     target: String,
     detail: serde_json::Value,
 ) -> Result<(), AuditError> {
-    state
-        .metrics
+    metrics
         .security_events
         .with_label_values(&[kind.as_str()])
         .inc();
@@ -54,8 +54,7 @@ pub async fn raise(
         target,
         detail,
     };
-    state
-        .audit
+    audit
         .append(
             actor,
             &event,

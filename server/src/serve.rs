@@ -176,7 +176,9 @@ pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<(
         .flush_staged()
         .await
         .context("chaining staged audit records")?;
-    crate::online::login::finish_lockouts(&state)
+    state
+        .online
+        .finish_lockouts()
         .await
         .context("finishing interrupted lockouts")?;
     let server = &state.config.server;
@@ -259,6 +261,7 @@ pub async fn run(
     let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
     let recoverer = tokio::spawn(import_recovery_loop(state.clone()));
     let online_jobs = tokio::spawn(crate::online::jobs::run(state.clone()));
+    let crl_reloads = tokio::spawn(crate::pki::crl_reload_on_request(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -314,6 +317,7 @@ pub async fn run(
     purger.abort();
     recoverer.abort();
     online_jobs.abort();
+    crl_reloads.abort();
     drop(listeners);
     drop(stop_rx);
     tracing::info!(

@@ -10,7 +10,7 @@ use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
-use crate::online::Online;
+use crate::online::{CrlReload, Online};
 use crate::tls::TlsState;
 
 /// Cheap to clone: one `Arc`.
@@ -55,7 +55,15 @@ impl AppState {
         )?
         // Device certificates of imports that never completed are not `good`.
         .with_standing(Arc::new(provisioning.clone()));
-        let online = Online::new(kms.db(), config.online.clone());
+        let online = Online::new(
+            kms.clone(),
+            ca.clone(),
+            provisioning.clone(),
+            audit.clone(),
+            metrics.clone(),
+            config.online.clone(),
+            CrlReload::default(),
+        );
         Ok(Self(Arc::new(Inner {
             online,
             config,

@@ -376,7 +376,8 @@ pub async fn confirm(
     {
         let detail = serde_json::json!({ "issuer": issuer.as_str(), "step": "init_confirm" });
         crate::security::raise(
-            &state,
+            &state.audit,
+            &state.metrics,
             &op.actor,
             &op.request_id,
             SecurityKind::KcvMismatch,
@@ -441,7 +442,7 @@ pub async fn set_state(
     // revives one: ended before the change (a crash after it leaves none)
     // and again after it (none opened in between survives).
     if out_of_service {
-        state.online.store.end_device_sessions(device).await?;
+        state.online.end_device_sessions(device).await?;
     }
     let from = op
         .decide(
@@ -452,7 +453,7 @@ pub async fn set_state(
         )
         .await?;
     if out_of_service {
-        state.online.store.end_device_sessions(device).await?;
+        state.online.end_device_sessions(device).await?;
     }
     if to == DeviceState::Retired {
         refresh_crl_after(&state, "device retired").await;

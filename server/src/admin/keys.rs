@@ -19,13 +19,10 @@ use keyward_ca::Role;
 use keyward_device_provisioning::Reason;
 use keyward_kms::types::{DeviceId, IssuerId};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
-use crate::audit::{AuditEvent, Outcome};
 use crate::http::ApiError;
-use crate::online::store::Credential;
-use crate::online::{OnlineError, Refusal};
+use crate::online::Credential;
 use crate::state::AppState;
 use crate::wire::login as wire;
 
@@ -92,9 +89,7 @@ pub async fn show_credential(
         &format!("device:{device}"),
     )
     .await?;
-    state.kms.issuer(&issuer).await?;
-    state.provisioning.device(device).await?;
-    let c = state.online.store.credential(&issuer, device).await?;
+    let c = state.online.credential(&issuer, device).await?;
     Ok(Json(credential(device, &issuer, &c)))
 }
 
@@ -113,38 +108,20 @@ pub async fn unlock(
     let device: DeviceId = id.parse()?;
     let issuer: IssuerId = issuer.parse()?;
     let reason: Reason = body.reason.parse()?;
-    state.provisioning.device(device).await?;
-    let requested = AuditEvent::Online {
-        action: "credential.unlock",
-        target: format!("device:{device}"),
-        detail: json!({ "issuer": issuer.as_str(), "reason": reason.as_str() }),
-    };
-    let store = state.online.store.clone();
-    let (settled, iss) = (requested.clone(), issuer.clone());
-    let before = op
-        .recorded(
-            &state,
-            requested,
-            async move { store.unlock(&iss, device).await },
-            move |r| match r {
-                Ok(Some(_)) => (settled, Outcome::Success),
-                Ok(None) => (
-                    settled,
-                    Outcome::Refused {
-                        code: "credential_not_locked",
-                    },
-                ),
-                Err(e) => AuditEvent::failed("credential.unlock", e.code()),
-            },
-        )
-        .await??;
-    let Some(before) = before else {
-        return Err(OnlineError::from(Refusal::CredentialNotLocked).into());
-    };
-    let now = state.online.store.credential(&issuer, device).await?;
+    let (online, actor, rid) = (
+        state.online.clone(),
+        op.actor.clone(),
+        op.request_id.clone(),
+    );
+    let iss = issuer.clone();
+    // In a task of its own, so a client timeout does not cut it in half.
+    let unlocked =
+        tokio::spawn(async move { online.unlock(&actor, &rid, &iss, device, &reason).await })
+            .await
+            .map_err(ApiError::internal)??;
     Ok(Json(wire::UnlockAnswer {
-        credential: credential(device, &issuer, &now),
-        recertification_required: before.revoked_serial.is_some(),
+        credential: credential(device, &issuer, &unlocked.credential),
+        recertification_required: unlocked.recertification_required,
     }))
 }
 
@@ -158,40 +135,16 @@ pub async fn rotate(
     op.require(&state, PROVISIONERS).await?;
     let issuer: IssuerId = issuer.parse()?;
     let device: Option<DeviceId> = body.device_id.as_deref().map(str::parse).transpose()?;
-    state.kms.issuer(&issuer).await?;
-    if let Some(d) = device {
-        let bound = state.provisioning.bindings(d).await?;
-        if !bound.iter().any(|b| b.issuer == issuer) {
-            return Err(OnlineError::from(Refusal::IssuerNotBound).into());
-        }
-    }
-    let target = match device {
-        Some(d) => format!("device:{d}"),
-        None => format!("issuer:{issuer}"),
-    };
-    let requested = AuditEvent::Online {
-        action: "key.rotate_request",
-        target,
-        detail: json!({ "issuer": issuer.as_str(), "fleet": device.is_none() }),
-    };
-    let now = keyward_kms::db::now_ms();
-    let (store, iss, by) = (state.online.store.clone(), issuer.clone(), op.name.clone());
-    let settled = requested.clone();
-    op.recorded(
-        &state,
-        requested,
-        async move {
-            match device {
-                Some(d) => store.request_rotation(&iss, d, now).await,
-                None => store.request_fleet_rotation(&iss, now, &by).await,
-            }
-        },
-        move |r| match r {
-            Ok(()) => (settled, Outcome::Success),
-            Err(e) => AuditEvent::failed("key.rotate_request", e.code()),
-        },
-    )
-    .await??;
+    let (online, actor, rid) = (
+        state.online.clone(),
+        op.actor.clone(),
+        op.request_id.clone(),
+    );
+    let iss = issuer.clone();
+    let now =
+        tokio::spawn(async move { online.request_rotation(&actor, &rid, &iss, device).await })
+            .await
+            .map_err(ApiError::internal)??;
     Ok(Json(wire::RotateAnswer {
         issuer_id: issuer.to_string(),
         device_id: device.map(|d| d.to_string()),
@@ -222,34 +175,18 @@ pub async fn pending(
         &format!("issuer:{issuer}"),
     )
     .await?;
-    state.kms.issuer(&issuer).await?;
-    let fleet = state.online.store.fleet_rotation(&issuer).await?;
-    let rows = state
+    let devices = state
         .online
-        .store
         .pending_rotations(&issuer, q.limit.unwrap_or(100).clamp(1, 10_000))
         .await?;
     Ok(Json(wire::PendingRotations {
         issuer_id: issuer.to_string(),
-        devices: rows
+        devices: devices
             .into_iter()
-            .map(|r| {
-                let reason = if r.active_version.is_none() && !r.has_pending {
-                    "no_keys"
-                } else if r.has_pending {
-                    "offered"
-                } else if r.rotate_requested_at_ms.is_some() {
-                    "requested"
-                } else if fleet.is_some() {
-                    "fleet"
-                } else {
-                    "offered"
-                };
-                wire::PendingDevice {
-                    device_id: r.device,
-                    reason: reason.to_owned(),
-                    active_version: r.active_version,
-                }
+            .map(|d| wire::PendingDevice {
+                device_id: d.device,
+                reason: d.reason.as_str().to_owned(),
+                active_version: d.active_version,
             })
             .collect(),
     }))

@@ -36,9 +36,8 @@ use sha2::{Digest, Sha256};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
 use crate::online::store::{OnlineStore, StoredSession};
-use crate::online::{Device, OnlineError, Refusal};
+use crate::online::{Device, Online, OnlineError, Refusal};
 use crate::security::{self, SecurityKind};
-use crate::state::AppState;
 use crate::wire::login as wire;
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -161,194 +160,11 @@ fn locked() -> OnlineError {
     OnlineError::from(Refusal::CredentialLocked)
 }
 
-/// Audits a refused step (actor: the device's certificate) and counts it;
-/// passes the error on. A refusal the trail cannot record is still refused.
-async fn refused<T>(
-    state: &AppState,
-    device: &Device,
-    action: &'static str,
-    issuer: &str,
-    e: OnlineError,
-) -> Result<T> {
-    let code = e.code();
-    state.metrics.logins.with_label_values(&[code]).inc();
-    if e.kind().is_client() {
-        device
-            .audit_refusal(state, action, json!({ "issuer": issuer }), code)
-            .await;
-    }
-    Err(e)
-}
-
-/// Step 1: `POST /v1/login/start`.
-pub async fn start(
-    state: &AppState,
-    device: &Device,
-    req: &wire::LoginStart,
-) -> Result<wire::LoginChallenge> {
-    match try_start(state, device, req).await {
-        Ok(answer) => Ok(answer),
-        Err(e) => refused(state, device, "login.start", &req.issuer_id, e).await,
-    }
-}
-
-async fn try_start(
-    state: &AppState,
-    device: &Device,
-    req: &wire::LoginStart,
-) -> Result<wire::LoginChallenge> {
-    let issuer = parse_issuer(&req.issuer_id)?;
-    let claimed: DeviceId = req
-        .device_id
-        .parse()
-        .map_err(|_| OnlineError::from(Refusal::InvalidDeviceId))?;
-    if claimed != device.device_id {
-        return Err(OnlineError::from(Refusal::DeviceIdMismatch));
-    }
-    require_issued(device)?;
-    check_binding(state, device.device_id, &issuer, req).await?;
-    let online = &state.online;
-    let cred = online.store.credential(&issuer, device.device_id).await?;
-    if cred.locked_at_ms.is_some() {
-        return Err(locked());
-    }
-    let versions = state.kms.key_versions(&issuer, device.device_id).await?;
-    if let Some(v) = req.key_version
-        && !versions.iter().any(|r| r.version.0 == v)
-    {
-        return Err(OnlineError::from(Refusal::UnknownKeyVersion));
-    }
-    let active = versions.iter().find(|v| v.state == KeyState::Active);
-    let policy = IssuerPolicy::of(&online.config, &issuer);
-    let fleet = online.store.fleet_rotation(&issuer).await?;
-    let now = now_ms();
-    let trigger = rotation_trigger(
-        active.and_then(|v| v.activated_at_ms),
-        cred.rotate_requested_at_ms,
-        fleet,
-        now,
-        policy.rotation_max_age_ms,
-    );
-    let key_update = match trigger {
-        None => None,
-        Some(trigger) => Some(offer(state, &issuer, device.device_id, trigger).await?),
-    };
-    let scope = Scope {
-        device: device.device_id,
-        issuer: &issuer,
-        serial: &device.serial,
-    };
-    let ttl = i64::try_from(online.challenge_ttl().as_millis()).unwrap_or(i64::MAX);
-    let expires_at_ms = now.saturating_add(ttl);
-    let sealed = state
-        .kms
-        .sealed_challenge(&issuer, scope.context(now, expires_at_ms))
-        .await?;
-    let id = SealedId {
-        issued_at_ms: now,
-        expires_at_ms,
-        seal: first_bytes(&sealed.seal),
-        challenge: sealed.challenge,
-    };
-    state
-        .metrics
-        .login_challenges
-        .with_label_values(&["issued"])
-        .inc();
-    Ok(wire::LoginChallenge {
-        challenge_id: id.encode(),
-        challenge: B64.encode(&id.challenge),
-        expires_at_ms,
-        key_version: active.map(|v| v.version.0),
-        key_update,
-    })
-}
-
 /// The part of a seal an id carries.
 fn first_bytes(seal: &[u8; 32]) -> [u8; SEAL_BYTES] {
     let mut out = [0u8; SEAL_BYTES];
     out.copy_from_slice(&seal[..SEAL_BYTES]);
     out
-}
-
-/// The device must be bound to the issuer, with the binding's serials.
-async fn check_binding(
-    state: &AppState,
-    device: DeviceId,
-    issuer: &IssuerId,
-    req: &wire::LoginStart,
-) -> Result<()> {
-    let bindings = state.provisioning.bindings(device).await?;
-    let Some(binding) = bindings.iter().find(|b| &b.issuer == issuer) else {
-        return Err(match state.kms.issuer(issuer).await {
-            Ok(_) => OnlineError::from(Refusal::IssuerNotBound),
-            Err(KmsError::UnknownIssuer(_)) => OnlineError::from(Refusal::UnknownIssuer),
-            Err(e) => e.into(),
-        });
-    };
-    // Every serial the binding holds must be sent, and be the same; a serial
-    // the binding does not hold (an ESAM beside a PSAM-only binding) is not
-    // the issuer's to judge.
-    let same = |bound: &Option<keyward_device_provisioning::SeSerial>, sent: &Option<String>| {
-        bound
-            .as_ref()
-            .is_none_or(|b| sent.as_deref() == Some(b.as_str()))
-    };
-    if !same(&binding.psam_serial, &req.psam_serial)
-        || !same(&binding.esam_serial, &req.esam_serial)
-    {
-        return Err(OnlineError::from(Refusal::SecureElementMismatch));
-    }
-    Ok(())
-}
-
-/// New working keys for a login: the pending offer again if the device has
-/// one it did not confirm, otherwise a new version (counted by trigger).
-async fn offer(
-    state: &AppState,
-    issuer: &IssuerId,
-    device: DeviceId,
-    trigger: RotationTrigger,
-) -> Result<wire::KeyUpdate> {
-    let offer = match state.kms.pending_offer(issuer, device).await? {
-        Some(pending) => pending,
-        None => {
-            let made = state.kms.offer_working_keys(issuer, device).await?;
-            state
-                .metrics
-                .key_rotations
-                .with_label_values(&[issuer.as_str(), trigger.as_str()])
-                .inc();
-            made
-        }
-    };
-    Ok(wire::KeyUpdate {
-        version: offer.version.0,
-        keys: offer
-            .keys
-            .iter()
-            .map(|k| wire::OfferedKey {
-                role: k.role.as_str().to_owned(),
-                r: B64.encode(k.r),
-                kcv: (&k.kcv).into(),
-            })
-            .collect(),
-    })
-}
-
-/// Step 2: `POST /v1/login/finish`.
-pub async fn finish(
-    state: &AppState,
-    device: &Device,
-    req: &wire::LoginFinish,
-) -> Result<wire::LoginAnswer> {
-    match try_finish(state, device, req).await {
-        Ok(answer) => {
-            state.metrics.logins.with_label_values(&["success"]).inc();
-            Ok(answer)
-        }
-        Err(e) => refused(state, device, "login.finish", &req.issuer_id, e).await,
-    }
 }
 
 /// A key confirmation, parsed and checked against the catalog before the
@@ -389,196 +205,6 @@ fn challenge_invalid() -> OnlineError {
     OnlineError::from(Refusal::ChallengeInvalid)
 }
 
-/// The challenge a finish answers, checked: issued by this service (its
-/// seal, in the HSM) to this device, issuer and certificate, and unexpired.
-/// Single use is the finish's unit of work's to enforce.
-async fn check_seal(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    sealed: SealedId,
-    now: i64,
-) -> Result<SealedId> {
-    if sealed.expires_at_ms <= now {
-        state
-            .metrics
-            .login_challenges
-            .with_label_values(&["expired"])
-            .inc();
-        return Err(challenge_invalid());
-    }
-    let scope = Scope {
-        device: device.device_id,
-        issuer,
-        serial: &device.serial,
-    };
-    if !state
-        .kms
-        .challenge_seal_verify(sealed.sealed_data(&scope), &sealed.seal)
-        .await?
-    {
-        return Err(challenge_invalid());
-    }
-    Ok(sealed)
-}
-
-async fn try_finish(
-    state: &AppState,
-    device: &Device,
-    req: &wire::LoginFinish,
-) -> Result<wire::LoginAnswer> {
-    let issuer = parse_issuer(&req.issuer_id)?;
-    let sealed = SealedId::decode(&req.challenge_id)
-        .ok_or_else(|| OnlineError::from(Refusal::InvalidChallengeId))?;
-    let response = B64
-        .decode(&req.response)
-        .ok()
-        .filter(|r| !r.is_empty() && r.len() <= 64)
-        .ok_or_else(|| OnlineError::from(Refusal::InvalidResponse))?;
-    require_issued(device)?;
-    let online = &state.online;
-    let now = now_ms();
-    let challenge = check_seal(state, device, &issuer, sealed, now).await?;
-    let cred = online.store.credential(&issuer, device.device_id).await?;
-    if cred.locked_at_ms.is_some() {
-        return Err(locked());
-    }
-    // With a confirmation the versions are read here, once: the answer's
-    // active version follows from them and the confirmation's outcome.
-    let (confirmation, active_before) = match &req.key_confirmation {
-        None => (None, None),
-        Some(c) => {
-            let versions = state.kms.key_versions(&issuer, device.device_id).await?;
-            (
-                Some(parse_confirmation(c, &versions)?),
-                Some(active_version(&versions)),
-            )
-        }
-    };
-    let right = state
-        .kms
-        .verify_challenge_response(&issuer, device.device_id, &challenge.challenge, &response)
-        .await?;
-    if !right {
-        return Err(wrong_answer(state, device, &issuer, &challenge).await);
-    }
-    let used = &challenge.used_key();
-    let expires = challenge.expires_at_ms;
-
-    let mut key_update = None;
-    let mut cleared_rotation_before = None;
-    let mut key_version = active_before;
-    if let Some(c) = confirmation {
-        // A key confirmation changes the catalog: the challenge is used up
-        // first, so a replayed finish cannot confirm twice.
-        let fresh = online
-            .store
-            .db()
-            .write("login.challenge", |mut tx| async move {
-                let fresh = OnlineStore::consume_challenge_in(&mut tx, used, expires).await?;
-                Ok::<_, OnlineError>((tx, fresh))
-            })
-            .await?;
-        if !fresh {
-            return Err(challenge_invalid());
-        }
-        match activate(state, device, &issuer, &c).await? {
-            true => {
-                key_update = Some("activated".to_owned());
-                key_version = Some(Some(c.version));
-                cleared_rotation_before = Some(now_ms());
-            }
-            false => key_update = Some("rejected".to_owned()),
-        }
-    }
-
-    let token = URL_SAFE_NO_PAD.encode(state.kms.random::<SESSION_TOKEN_BYTES>().await?);
-    let now = now_ms();
-    let session = StoredSession {
-        device: device.device_id,
-        issuer: issuer.clone(),
-        cert_serial: device.serial.clone(),
-        created_at_ms: now,
-        expires_at_ms: now.saturating_add(online.session_ttl_ms()),
-        locked: false,
-    };
-    let token_hash = session_token_hash(&token);
-    let consumed = key_update.is_some();
-    let (session_ref, token_ref) = (&session, &token_hash);
-    let opened = online
-        .store
-        .db()
-        .write("login.finish", |mut tx| async move {
-            if !consumed && !OnlineStore::consume_challenge_in(&mut tx, used, expires).await? {
-                return Ok((tx, Err(challenge_invalid())));
-            }
-            if !OnlineStore::open_session_in(
-                &mut tx,
-                token_ref,
-                session_ref,
-                cleared_rotation_before,
-            )
-            .await?
-            {
-                return Ok((tx, Err(locked())));
-            }
-            Ok::<_, OnlineError>((tx, Ok(())))
-        })
-        .await?;
-    opened?;
-    let key_version = match key_version {
-        Some(v) => v,
-        None => active_version(&state.kms.key_versions(&issuer, device.device_id).await?),
-    };
-    Ok(wire::LoginAnswer {
-        session_token: token,
-        expires_at_ms: session.expires_at_ms,
-        device_id: device.device_id.to_string(),
-        issuer_id: issuer.to_string(),
-        key_version: key_version.map(|v| v.0),
-        key_update,
-    })
-}
-
-/// A key confirmation after a right answer: `true` when the version is now
-/// active, `false` when its KCVs did not match (the version is rejected and
-/// the intrusion raised). The activation is recorded before it happens
-/// (`requested`), and its outcome after.
-async fn activate(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    c: &Confirmation,
-) -> Result<bool> {
-    let event = key_event(device, issuer, c.version);
-    let result = state
-        .audit
-        .recorded(
-            &device.actor,
-            &device.request_id,
-            &event,
-            state
-                .kms
-                .confirm_working_keys(issuer, device.device_id, c.version, &c.kcvs),
-            |r| match r {
-                Ok(()) => (event.clone(), Outcome::Success),
-                Err(e) => (event.clone(), Outcome::Refused { code: e.code() }),
-            },
-        )
-        .await?;
-    match result {
-        Ok(()) => Ok(true),
-        Err(KmsError::KcvMismatch(v)) => {
-            intrusion(state, device, issuer, v).await?;
-            Ok(false)
-        }
-        Err(KmsError::KeyVersionNotUsable { .. }) => {
-            Err(OnlineError::from(Refusal::KeyVersionNotPending))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// The active version among a device's versions, if any.
 fn active_version(versions: &[VersionRecord]) -> Option<KeyVersion> {
     versions
@@ -598,126 +224,6 @@ enum Wrong {
     LockedOut { revoke: Option<String> },
 }
 
-/// A wrong response: the challenge used up and one failure counted, in one
-/// unit of work; the one that reaches the limit also locks the credential,
-/// ends its sessions, notes the certificate the policy revokes and stages
-/// the `login.lockout` audit record, in the same transaction — a lockout is
-/// whole or absent. The revocation itself follows at once
-/// ([`finish_lockouts`]; at start-up and by the maintenance job too, for a
-/// lockout a crash cut short), then the CRL and the TLS listeners.
-async fn wrong_answer(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    challenge: &SealedId,
-) -> OnlineError {
-    match try_wrong_answer(state, device, issuer, challenge).await {
-        Ok(Wrong::Replayed) => challenge_invalid(),
-        Ok(Wrong::Counted) => OnlineError::from(Refusal::ResponseInvalid),
-        Ok(Wrong::LockedOut { revoke }) => {
-            state
-                .metrics
-                .login_lockouts
-                .with_label_values(&[issuer.as_str()])
-                .inc();
-            if let Err(e) = state.audit.flush_staged().await {
-                tracing::warn!(code = e.code(), error = %e,
-                    "lockout recorded; its audit record is chained at the next flush");
-            }
-            if let Some(serial) = revoke {
-                tracing::warn!(device = %device.device_id, issuer = %issuer, serial = %serial,
-                    "credential locked: revoking the device certificate");
-                if let Err(e) = finish_lockouts(state).await {
-                    tracing::error!(code = e.code(), error = %e,
-                        "credential locked; its certificate is revoked by the next recovery run");
-                }
-            }
-            locked()
-        }
-        Err(e) => e,
-    }
-}
-
-async fn try_wrong_answer(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    challenge: &SealedId,
-) -> Result<Wrong> {
-    let policy = IssuerPolicy::of(&state.online.config, issuer);
-    let used = &challenge.used_key();
-    let audit = &state.audit;
-    state
-        .online
-        .store
-        .db()
-        .write("login.failure", |mut tx| async move {
-            if !OnlineStore::consume_challenge_in(&mut tx, used, challenge.expires_at_ms).await? {
-                return Ok((tx, Wrong::Replayed));
-            }
-            let failure = OnlineStore::count_failure_in(
-                &mut tx,
-                issuer,
-                device.device_id,
-                policy.max_failures,
-                now_ms(),
-            )
-            .await?;
-            if !failure.newly_locked {
-                return Ok((tx, Wrong::Counted));
-            }
-            let revoke = policy.revoke_on_lockout.then(|| device.serial.clone());
-            if let Some(serial) = &revoke {
-                OnlineStore::set_revoked_serial_in(&mut tx, issuer, device.device_id, serial)
-                    .await?;
-            }
-            let event = AuditEvent::Online {
-                action: "login.lockout",
-                target: format!("device:{}", device.device_id),
-                detail: json!({ "issuer": issuer.as_str(), "failures": failure.count,
-                                "revoked_serial": revoke }),
-            };
-            let refused = Outcome::Refused {
-                code: "credential_locked",
-            };
-            audit
-                .stage_in(&mut tx, &Actor::System, &event, refused, &device.request_id)
-                .await?;
-            Ok((tx, Wrong::LockedOut { revoke }))
-        })
-        .await
-}
-
-/// Revokes every certificate a lockout named that is not revoked yet, then
-/// re-signs the CRL and reloads the TLS listeners once; returns how many it
-/// revoked. Safe to run anywhere, any number of times: after a lockout, at
-/// start-up and from the maintenance job, so a lockout a crash cut short is
-/// finished — never a credential locked with its certificate still valid.
-pub async fn finish_lockouts(state: &AppState) -> Result<usize> {
-    let named = state.online.store.lockout_serials().await?;
-    let mut serials = Vec::with_capacity(named.len());
-    for s in &named {
-        let serial: Serial = s
-            .parse()
-            .map_err(|_| OnlineError::from(Refusal::InvalidSerial))?;
-        match state.ca.is_revoked(&serial).await {
-            Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {}
-            Ok(false) => serials.push(serial),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if serials.is_empty() {
-        return Ok(0);
-    }
-    let revoked = state
-        .ca
-        .revoke_all(&serials, RevocationReason::PrivilegeWithdrawn)
-        .await?;
-    state.metrics.certificates_revoked.inc_by(revoked as u64);
-    crate::pki::refresh_crl_logged(state, "device certificates revoked by lockouts").await;
-    Ok(revoked)
-}
-
 fn key_event(device: &Device, issuer: &IssuerId, version: KeyVersion) -> AuditEvent {
     AuditEvent::Online {
         action: "key.activate",
@@ -726,59 +232,543 @@ fn key_event(device: &Device, issuer: &IssuerId, version: KeyVersion) -> AuditEv
     }
 }
 
-/// A KCV mismatch on a key update: the version is already rejected (kms);
-/// raise the intrusion signal and, by policy, suspend the device at once.
-async fn intrusion(
-    state: &AppState,
-    device: &Device,
-    issuer: &IssuerId,
-    version: KeyVersion,
-) -> Result<()> {
-    security::raise(
-        state,
-        &device.actor,
-        &device.request_id,
-        SecurityKind::KcvMismatch,
-        format!("device:{}", device.device_id),
-        json!({ "issuer": issuer.as_str(), "version": version.0, "step": "login.key_update" }),
-    )
-    .await?;
-    if !IssuerPolicy::of(&state.online.config, issuer).suspend_on_kcv_mismatch {
-        return Ok(());
-    }
-    let (operator, reason) = system_decision("working-key KCV mismatch at login")?;
-    let decided = state
-        .provisioning
-        .transition(device.device_id, DeviceState::Suspended, &operator, &reason)
-        .await;
-    let note = match &decided {
-        Ok(done) => done.note.clone(),
-        Err(refused) => refused.note.clone(),
-    };
-    state
-        .audit
-        .append(
-            &Actor::System,
-            &AuditEvent::Provisioning(note.clone()),
-            note.outcome,
-            &device.request_id,
-        )
-        .await?;
-    decided.map_err(|r| OnlineError::from(r.error))?;
-    state
-        .online
-        .store
-        .end_device_sessions(device.device_id)
-        .await?;
-    Err(OnlineError::from(Refusal::KcvMismatch))
-}
-
 /// The operator name and reason the online service signs its own
 /// provisioning decisions with.
 fn system_decision(reason: &str) -> Result<(OperatorId, Reason)> {
     let operator: OperatorId = "keyward-online".parse()?;
     let reason: Reason = reason.parse()?;
     Ok((operator, reason))
+}
+
+impl Online {
+    /// Audits a refused step (actor: the device's certificate) and counts it;
+    /// passes the error on. A refusal the trail cannot record is still refused.
+    async fn refused<T>(
+        &self,
+        device: &Device,
+        action: &'static str,
+        issuer: &str,
+        e: OnlineError,
+    ) -> Result<T> {
+        let code = e.code();
+        self.metrics.logins.with_label_values(&[code]).inc();
+        if e.kind().is_client() {
+            self.audit_refusal(device, action, json!({ "issuer": issuer }), code)
+                .await;
+        }
+        Err(e)
+    }
+
+    /// Step 1: `POST /v1/login/start`.
+    pub async fn login_start(
+        &self,
+        device: &Device,
+        req: &wire::LoginStart,
+    ) -> Result<wire::LoginChallenge> {
+        match self.try_start(device, req).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => self.refused(device, "login.start", &req.issuer_id, e).await,
+        }
+    }
+
+    async fn try_start(
+        &self,
+        device: &Device,
+        req: &wire::LoginStart,
+    ) -> Result<wire::LoginChallenge> {
+        let issuer = parse_issuer(&req.issuer_id)?;
+        let claimed: DeviceId = req
+            .device_id
+            .parse()
+            .map_err(|_| OnlineError::from(Refusal::InvalidDeviceId))?;
+        if claimed != device.device_id {
+            return Err(OnlineError::from(Refusal::DeviceIdMismatch));
+        }
+        require_issued(device)?;
+        self.check_binding(device.device_id, &issuer, req).await?;
+        let online = self;
+        let cred = online.store.credential(&issuer, device.device_id).await?;
+        if cred.locked_at_ms.is_some() {
+            return Err(locked());
+        }
+        let versions = self.kms.key_versions(&issuer, device.device_id).await?;
+        if let Some(v) = req.key_version
+            && !versions.iter().any(|r| r.version.0 == v)
+        {
+            return Err(OnlineError::from(Refusal::UnknownKeyVersion));
+        }
+        let active = versions.iter().find(|v| v.state == KeyState::Active);
+        let policy = IssuerPolicy::of(&online.config, &issuer);
+        let fleet = online.store.fleet_rotation(&issuer).await?;
+        let now = now_ms();
+        let trigger = rotation_trigger(
+            active.and_then(|v| v.activated_at_ms),
+            cred.rotate_requested_at_ms,
+            fleet,
+            now,
+            policy.rotation_max_age_ms,
+        );
+        let key_update = match trigger {
+            None => None,
+            Some(trigger) => Some(self.offer(&issuer, device.device_id, trigger).await?),
+        };
+        let scope = Scope {
+            device: device.device_id,
+            issuer: &issuer,
+            serial: &device.serial,
+        };
+        let ttl = i64::try_from(online.challenge_ttl().as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = now.saturating_add(ttl);
+        let sealed = self
+            .kms
+            .sealed_challenge(&issuer, scope.context(now, expires_at_ms))
+            .await?;
+        let id = SealedId {
+            issued_at_ms: now,
+            expires_at_ms,
+            seal: first_bytes(&sealed.seal),
+            challenge: sealed.challenge,
+        };
+        self.metrics
+            .login_challenges
+            .with_label_values(&["issued"])
+            .inc();
+        Ok(wire::LoginChallenge {
+            challenge_id: id.encode(),
+            challenge: B64.encode(&id.challenge),
+            expires_at_ms,
+            key_version: active.map(|v| v.version.0),
+            key_update,
+        })
+    }
+
+    /// The device must be bound to the issuer, with the binding's serials.
+    async fn check_binding(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        req: &wire::LoginStart,
+    ) -> Result<()> {
+        let bindings = self.provisioning.bindings(device).await?;
+        let Some(binding) = bindings.iter().find(|b| &b.issuer == issuer) else {
+            return Err(match self.kms.issuer(issuer).await {
+                Ok(_) => OnlineError::from(Refusal::IssuerNotBound),
+                Err(KmsError::UnknownIssuer(_)) => OnlineError::from(Refusal::UnknownIssuer),
+                Err(e) => e.into(),
+            });
+        };
+        // Every serial the binding holds must be sent, and be the same; a serial
+        // the binding does not hold (an ESAM beside a PSAM-only binding) is not
+        // the issuer's to judge.
+        let same = |bound: &Option<keyward_device_provisioning::SeSerial>,
+                    sent: &Option<String>| {
+            bound
+                .as_ref()
+                .is_none_or(|b| sent.as_deref() == Some(b.as_str()))
+        };
+        if !same(&binding.psam_serial, &req.psam_serial)
+            || !same(&binding.esam_serial, &req.esam_serial)
+        {
+            return Err(OnlineError::from(Refusal::SecureElementMismatch));
+        }
+        Ok(())
+    }
+
+    /// New working keys for a login: the pending offer again if the device has
+    /// one it did not confirm, otherwise a new version (counted by trigger).
+    async fn offer(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        trigger: RotationTrigger,
+    ) -> Result<wire::KeyUpdate> {
+        let offer = match self.kms.pending_offer(issuer, device).await? {
+            Some(pending) => pending,
+            None => {
+                let made = self.kms.offer_working_keys(issuer, device).await?;
+                self.metrics
+                    .key_rotations
+                    .with_label_values(&[issuer.as_str(), trigger.as_str()])
+                    .inc();
+                made
+            }
+        };
+        Ok(wire::KeyUpdate {
+            version: offer.version.0,
+            keys: offer
+                .keys
+                .iter()
+                .map(|k| wire::OfferedKey {
+                    role: k.role.as_str().to_owned(),
+                    r: B64.encode(k.r),
+                    kcv: (&k.kcv).into(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Step 2: `POST /v1/login/finish`.
+    pub async fn login_finish(
+        &self,
+        device: &Device,
+        req: &wire::LoginFinish,
+    ) -> Result<wire::LoginAnswer> {
+        match self.try_finish(device, req).await {
+            Ok(answer) => {
+                self.metrics.logins.with_label_values(&["success"]).inc();
+                Ok(answer)
+            }
+            Err(e) => {
+                self.refused(device, "login.finish", &req.issuer_id, e)
+                    .await
+            }
+        }
+    }
+
+    /// The challenge a finish answers, checked: issued by this service (its
+    /// seal, in the HSM) to this device, issuer and certificate, and unexpired.
+    /// Single use is the finish's unit of work's to enforce.
+    async fn check_seal(
+        &self,
+        device: &Device,
+        issuer: &IssuerId,
+        sealed: SealedId,
+        now: i64,
+    ) -> Result<SealedId> {
+        if sealed.expires_at_ms <= now {
+            self.metrics
+                .login_challenges
+                .with_label_values(&["expired"])
+                .inc();
+            return Err(challenge_invalid());
+        }
+        let scope = Scope {
+            device: device.device_id,
+            issuer,
+            serial: &device.serial,
+        };
+        if !self
+            .kms
+            .challenge_seal_verify(sealed.sealed_data(&scope), &sealed.seal)
+            .await?
+        {
+            return Err(challenge_invalid());
+        }
+        Ok(sealed)
+    }
+
+    async fn try_finish(
+        &self,
+        device: &Device,
+        req: &wire::LoginFinish,
+    ) -> Result<wire::LoginAnswer> {
+        let issuer = parse_issuer(&req.issuer_id)?;
+        let sealed = SealedId::decode(&req.challenge_id)
+            .ok_or_else(|| OnlineError::from(Refusal::InvalidChallengeId))?;
+        let response = B64
+            .decode(&req.response)
+            .ok()
+            .filter(|r| !r.is_empty() && r.len() <= 64)
+            .ok_or_else(|| OnlineError::from(Refusal::InvalidResponse))?;
+        require_issued(device)?;
+        let online = self;
+        let now = now_ms();
+        let challenge = self.check_seal(device, &issuer, sealed, now).await?;
+        let cred = online.store.credential(&issuer, device.device_id).await?;
+        if cred.locked_at_ms.is_some() {
+            return Err(locked());
+        }
+        // With a confirmation the versions are read here, once: the answer's
+        // active version follows from them and the confirmation's outcome.
+        let (confirmation, active_before) = match &req.key_confirmation {
+            None => (None, None),
+            Some(c) => {
+                let versions = self.kms.key_versions(&issuer, device.device_id).await?;
+                (
+                    Some(parse_confirmation(c, &versions)?),
+                    Some(active_version(&versions)),
+                )
+            }
+        };
+        let right = self
+            .kms
+            .verify_challenge_response(&issuer, device.device_id, &challenge.challenge, &response)
+            .await?;
+        if !right {
+            return Err(self.wrong_answer(device, &issuer, &challenge).await);
+        }
+        let used = &challenge.used_key();
+        let expires = challenge.expires_at_ms;
+
+        let mut key_update = None;
+        let mut cleared_rotation_before = None;
+        let mut key_version = active_before;
+        if let Some(c) = confirmation {
+            // A key confirmation changes the catalog: the challenge is used up
+            // first, so a replayed finish cannot confirm twice.
+            let fresh = online
+                .store
+                .db()
+                .write("login.challenge", |mut tx| async move {
+                    let fresh = OnlineStore::consume_challenge_in(&mut tx, used, expires).await?;
+                    Ok::<_, OnlineError>((tx, fresh))
+                })
+                .await?;
+            if !fresh {
+                return Err(challenge_invalid());
+            }
+            match self.activate(device, &issuer, &c).await? {
+                true => {
+                    key_update = Some("activated".to_owned());
+                    key_version = Some(Some(c.version));
+                    cleared_rotation_before = Some(now_ms());
+                }
+                false => key_update = Some("rejected".to_owned()),
+            }
+        }
+
+        let token = URL_SAFE_NO_PAD.encode(self.kms.random::<SESSION_TOKEN_BYTES>().await?);
+        let now = now_ms();
+        let session = StoredSession {
+            device: device.device_id,
+            issuer: issuer.clone(),
+            cert_serial: device.serial.clone(),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(online.session_ttl_ms()),
+            locked: false,
+        };
+        let token_hash = session_token_hash(&token);
+        let consumed = key_update.is_some();
+        let (session_ref, token_ref) = (&session, &token_hash);
+        let opened = online
+            .store
+            .db()
+            .write("login.finish", |mut tx| async move {
+                if !consumed && !OnlineStore::consume_challenge_in(&mut tx, used, expires).await? {
+                    return Ok((tx, Err(challenge_invalid())));
+                }
+                if !OnlineStore::open_session_in(
+                    &mut tx,
+                    token_ref,
+                    session_ref,
+                    cleared_rotation_before,
+                )
+                .await?
+                {
+                    return Ok((tx, Err(locked())));
+                }
+                Ok::<_, OnlineError>((tx, Ok(())))
+            })
+            .await?;
+        opened?;
+        let key_version = match key_version {
+            Some(v) => v,
+            None => active_version(&self.kms.key_versions(&issuer, device.device_id).await?),
+        };
+        Ok(wire::LoginAnswer {
+            session_token: token,
+            expires_at_ms: session.expires_at_ms,
+            device_id: device.device_id.to_string(),
+            issuer_id: issuer.to_string(),
+            key_version: key_version.map(|v| v.0),
+            key_update,
+        })
+    }
+
+    /// A key confirmation after a right answer: `true` when the version is now
+    /// active, `false` when its KCVs did not match (the version is rejected and
+    /// the intrusion raised). The activation is recorded before it happens
+    /// (`requested`), and its outcome after.
+    async fn activate(&self, device: &Device, issuer: &IssuerId, c: &Confirmation) -> Result<bool> {
+        let event = key_event(device, issuer, c.version);
+        let result = self
+            .audit
+            .recorded(
+                &device.actor,
+                &device.request_id,
+                &event,
+                self.kms
+                    .confirm_working_keys(issuer, device.device_id, c.version, &c.kcvs),
+                |r| match r {
+                    Ok(()) => (event.clone(), Outcome::Success),
+                    Err(e) => (event.clone(), Outcome::Refused { code: e.code() }),
+                },
+            )
+            .await?;
+        match result {
+            Ok(()) => Ok(true),
+            Err(KmsError::KcvMismatch(v)) => {
+                self.intrusion(device, issuer, v).await?;
+                Ok(false)
+            }
+            Err(KmsError::KeyVersionNotUsable { .. }) => {
+                Err(OnlineError::from(Refusal::KeyVersionNotPending))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A wrong response: the challenge used up and one failure counted, in one
+    /// unit of work; the one that reaches the limit also locks the credential,
+    /// ends its sessions, notes the certificate the policy revokes and stages
+    /// the `login.lockout` audit record, in the same transaction — a lockout is
+    /// whole or absent. The revocation itself follows at once
+    /// ([`finish_lockouts`]; at start-up and by the maintenance job too, for a
+    /// lockout a crash cut short), then the CRL and the TLS listeners.
+    async fn wrong_answer(
+        &self,
+        device: &Device,
+        issuer: &IssuerId,
+        challenge: &SealedId,
+    ) -> OnlineError {
+        match self.try_wrong_answer(device, issuer, challenge).await {
+            Ok(Wrong::Replayed) => challenge_invalid(),
+            Ok(Wrong::Counted) => OnlineError::from(Refusal::ResponseInvalid),
+            Ok(Wrong::LockedOut { revoke }) => {
+                self.metrics
+                    .login_lockouts
+                    .with_label_values(&[issuer.as_str()])
+                    .inc();
+                if let Err(e) = self.audit.flush_staged().await {
+                    tracing::warn!(code = e.code(), error = %e,
+                    "lockout recorded; its audit record is chained at the next flush");
+                }
+                if let Some(serial) = revoke {
+                    tracing::warn!(device = %device.device_id, issuer = %issuer, serial = %serial,
+                    "credential locked: revoking the device certificate");
+                    if let Err(e) = self.finish_lockouts().await {
+                        tracing::error!(code = e.code(), error = %e,
+                        "credential locked; its certificate is revoked by the next recovery run");
+                    }
+                }
+                locked()
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn try_wrong_answer(
+        &self,
+        device: &Device,
+        issuer: &IssuerId,
+        challenge: &SealedId,
+    ) -> Result<Wrong> {
+        let policy = IssuerPolicy::of(&self.config, issuer);
+        let used = &challenge.used_key();
+        let audit = &self.audit;
+        self.store
+            .db()
+            .write("login.failure", |mut tx| async move {
+                if !OnlineStore::consume_challenge_in(&mut tx, used, challenge.expires_at_ms)
+                    .await?
+                {
+                    return Ok((tx, Wrong::Replayed));
+                }
+                let failure = OnlineStore::count_failure_in(
+                    &mut tx,
+                    issuer,
+                    device.device_id,
+                    policy.max_failures,
+                    now_ms(),
+                )
+                .await?;
+                if !failure.newly_locked {
+                    return Ok((tx, Wrong::Counted));
+                }
+                let revoke = policy.revoke_on_lockout.then(|| device.serial.clone());
+                if let Some(serial) = &revoke {
+                    OnlineStore::set_revoked_serial_in(&mut tx, issuer, device.device_id, serial)
+                        .await?;
+                }
+                let event = AuditEvent::Online {
+                    action: "login.lockout",
+                    target: format!("device:{}", device.device_id),
+                    detail: json!({ "issuer": issuer.as_str(), "failures": failure.count,
+                                "revoked_serial": revoke }),
+                };
+                let refused = Outcome::Refused {
+                    code: "credential_locked",
+                };
+                audit
+                    .stage_in(&mut tx, &Actor::System, &event, refused, &device.request_id)
+                    .await?;
+                Ok((tx, Wrong::LockedOut { revoke }))
+            })
+            .await
+    }
+
+    /// Revokes every certificate a lockout named that is not revoked yet, then
+    /// re-signs the CRL and reloads the TLS listeners once; returns how many it
+    /// revoked. Safe to run anywhere, any number of times: after a lockout, at
+    /// start-up and from the maintenance job, so a lockout a crash cut short is
+    /// finished — never a credential locked with its certificate still valid.
+    pub async fn finish_lockouts(&self) -> Result<usize> {
+        let named = self.store.lockout_serials().await?;
+        let mut serials = Vec::with_capacity(named.len());
+        for s in &named {
+            let serial: Serial = s
+                .parse()
+                .map_err(|_| OnlineError::from(Refusal::InvalidSerial))?;
+            match self.ca.is_revoked(&serial).await {
+                Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {}
+                Ok(false) => serials.push(serial),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if serials.is_empty() {
+            return Ok(0);
+        }
+        let revoked = self
+            .ca
+            .revoke_all(&serials, RevocationReason::PrivilegeWithdrawn)
+            .await?;
+        self.metrics.certificates_revoked.inc_by(revoked as u64);
+        self.crl.reload("device certificates revoked by lockouts");
+        Ok(revoked)
+    }
+
+    /// A KCV mismatch on a key update: the version is already rejected (kms);
+    /// raise the intrusion signal and, by policy, suspend the device at once.
+    async fn intrusion(
+        &self,
+        device: &Device,
+        issuer: &IssuerId,
+        version: KeyVersion,
+    ) -> Result<()> {
+        security::raise(
+            &self.audit,
+            &self.metrics,
+            &device.actor,
+            &device.request_id,
+            SecurityKind::KcvMismatch,
+            format!("device:{}", device.device_id),
+            json!({ "issuer": issuer.as_str(), "version": version.0, "step": "login.key_update" }),
+        )
+        .await?;
+        if !IssuerPolicy::of(&self.config, issuer).suspend_on_kcv_mismatch {
+            return Ok(());
+        }
+        let (operator, reason) = system_decision("working-key KCV mismatch at login")?;
+        let decided = self
+            .provisioning
+            .transition(device.device_id, DeviceState::Suspended, &operator, &reason)
+            .await;
+        let note = match &decided {
+            Ok(done) => done.note.clone(),
+            Err(refused) => refused.note.clone(),
+        };
+        self.audit
+            .append(
+                &Actor::System,
+                &AuditEvent::Provisioning(note.clone()),
+                note.outcome,
+                &device.request_id,
+            )
+            .await?;
+        decided.map_err(|r| OnlineError::from(r.error))?;
+        self.store.end_device_sessions(device.device_id).await?;
+        Err(OnlineError::from(Refusal::KcvMismatch))
+    }
 }
 
 #[cfg(test)]

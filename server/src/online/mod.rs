@@ -22,25 +22,30 @@
 pub mod challenge;
 pub mod error;
 pub mod jobs;
+pub mod keys;
 pub mod login;
 pub mod refusal;
 pub mod session;
-pub mod store;
+mod store;
 pub mod transaction;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use keyward_ca::Ca;
 use keyward_config::OnlineConfig;
-use keyward_device_provisioning::DeviceState;
-use keyward_kms::db::Database;
+use keyward_device_provisioning::{DeviceState, Provisioning};
+use keyward_kms::Kms;
 use keyward_kms::types::DeviceId;
 
 pub use error::OnlineError;
 pub use refusal::Refusal;
 pub use session::Session;
-pub use store::OnlineStore;
+pub use store::Credential;
+use store::OnlineStore;
 
-use crate::audit::Actor;
+use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
+use crate::metrics::Metrics;
 
 /// The device behind a public request: its registered, unrevoked device
 /// certificate, as the public listener's per-request check found it. What
@@ -57,55 +62,118 @@ pub struct Device {
     pub request_id: String,
 }
 
-impl Device {
-    /// Audits a step of this device refused with `code` (`action`, the
-    /// device as target, `detail`). Best effort: a refusal the trail cannot
-    /// record is still refused.
+/// The online service: its parts, and the protocol steps as methods over
+/// domain inputs and outputs. Routes translate HTTP into calls here and the
+/// results back; nothing here sees HTTP, and every piece of protocol state
+/// lives in the database (its own tables through a private store, the
+/// catalog's and the registry's through kms and provisioning) so any
+/// replica can take any step. Cheap to clone: one `Arc`.
+#[derive(Debug, Clone)]
+pub struct Online(Arc<Parts>);
+
+/// What the online service stands on.
+#[derive(Debug)]
+pub struct Parts {
+    kms: Kms,
+    ca: Ca,
+    provisioning: Provisioning,
+    audit: AuditLog,
+    metrics: Metrics,
+    store: OnlineStore,
+    config: OnlineConfig,
+    crl: CrlReload,
+    /// This replica's name for the run-once job leases.
+    replica: String,
+}
+
+impl std::ops::Deref for Online {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// Asks the edge to load a new CRL into its TLS listeners now (after a
+/// revocation this service made); the edge's refresh job also does it on
+/// its schedule. A handle, so the online layer needs nothing of the edge.
+#[derive(Debug, Clone, Default)]
+pub struct CrlReload(Arc<tokio::sync::Notify>);
+
+impl CrlReload {
+    /// Wakes the edge's reloader; `what` is logged.
+    pub fn reload(&self, what: &str) {
+        tracing::info!(what, "CRL reload requested");
+        self.0.notify_one();
+    }
+
+    /// Waits for the next request (the edge's reloader loop).
+    pub async fn requested(&self) {
+        self.0.notified().await;
+    }
+}
+
+impl Online {
+    pub fn new(
+        kms: Kms,
+        ca: Ca,
+        provisioning: Provisioning,
+        audit: AuditLog,
+        metrics: Metrics,
+        config: OnlineConfig,
+        crl: CrlReload,
+    ) -> Self {
+        let mut id = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        Self(Arc::new(Parts {
+            store: OnlineStore::new(kms.db().clone()),
+            kms,
+            ca,
+            provisioning,
+            audit,
+            metrics,
+            config,
+            crl,
+            replica: format!("replica-{}", hex::encode(id)),
+        }))
+    }
+
+    /// The `[online]` configuration.
+    pub fn config(&self) -> &OnlineConfig {
+        &self.config
+    }
+
+    /// The CRL reload handle the edge listens on.
+    pub fn crl_reload(&self) -> &CrlReload {
+        &self.crl
+    }
+
+    fn challenge_ttl(&self) -> Duration {
+        Duration::from_millis(self.config.challenge_ttl_ms)
+    }
+
+    fn session_ttl_ms(&self) -> i64 {
+        i64::try_from(self.config.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+
+    /// Audits a step of `device` refused with `code` (`action`, the device
+    /// as target, `detail`). Best effort: a refusal the trail cannot record
+    /// is still refused.
     pub async fn audit_refusal(
         &self,
-        state: &crate::state::AppState,
+        device: &Device,
         action: &'static str,
         detail: serde_json::Value,
         code: &'static str,
     ) {
-        let event = crate::audit::AuditEvent::Online {
+        let event = AuditEvent::Online {
             action,
-            target: format!("device:{}", self.device_id),
+            target: format!("device:{}", device.device_id),
             detail,
         };
-        let outcome = crate::audit::Outcome::Refused { code };
-        let _ = state
+        let outcome = Outcome::Refused { code };
+        let _ = self
             .audit
-            .append(&self.actor, &event, outcome, &self.request_id)
+            .append(&device.actor, &event, outcome, &device.request_id)
             .await;
-    }
-}
-
-/// The online service's configuration and tables; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Online {
-    pub store: OnlineStore,
-    pub config: OnlineConfig,
-    /// This replica's name for the run-once job leases.
-    pub replica: String,
-}
-
-impl Online {
-    pub fn new(db: &Database, config: OnlineConfig) -> Self {
-        let mut id = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-        Self {
-            store: OnlineStore::new(db.clone()),
-            config,
-            replica: format!("replica-{}", hex::encode(id)),
-        }
-    }
-
-    pub fn challenge_ttl(&self) -> Duration {
-        Duration::from_millis(self.config.challenge_ttl_ms)
-    }
-
-    pub fn session_ttl_ms(&self) -> i64 {
-        i64::try_from(self.config.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 }

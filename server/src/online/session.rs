@@ -13,8 +13,7 @@ use keyward_device_provisioning::DeviceState;
 use keyward_kms::types::{DeviceId, IssuerId};
 
 use crate::online::login::session_token_hash;
-use crate::online::{Device, OnlineError, Refusal};
-use crate::state::AppState;
+use crate::online::{Device, Online, OnlineError, Refusal};
 
 type Result<T> = std::result::Result<T, OnlineError>;
 
@@ -29,53 +28,54 @@ pub struct Session {
     pub token_hash: String,
 }
 
-/// The session `token` opens for `device`, or why not.
-pub async fn authorize(state: &AppState, device: &Device, token: Option<&str>) -> Result<Session> {
-    let token = token.ok_or_else(|| OnlineError::from(Refusal::SessionRequired))?;
-    if token.is_empty() || token.len() > 128 {
-        return Err(OnlineError::from(Refusal::SessionInvalid));
-    }
-    let hash = session_token_hash(token);
-    let stored = state
-        .online
-        .store
-        .session(&hash)
-        .await?
-        .ok_or_else(|| OnlineError::from(Refusal::SessionInvalid))?;
-    if stored.device != device.device_id {
-        return Err(OnlineError::from(Refusal::SessionDeviceMismatch));
-    }
-    // Serials are public: a plain comparison. The token itself was matched
-    // by its hash (a primary-key lookup), never compared as a secret.
-    if stored.cert_serial != device.serial {
-        return Err(OnlineError::from(Refusal::SessionCertificateMismatch));
-    }
-    if stored.expires_at_ms <= keyward_kms::db::now_ms() {
-        return Err(OnlineError::from(Refusal::SessionExpired));
-    }
-    match device.state {
-        DeviceState::Issued => {}
-        DeviceState::Suspended => {
-            return Err(OnlineError::from(Refusal::DeviceSuspended));
+impl Online {
+    /// The session `token` opens for `device`, or why not.
+    pub async fn authorize_session(&self, device: &Device, token: Option<&str>) -> Result<Session> {
+        let token = token.ok_or_else(|| OnlineError::from(Refusal::SessionRequired))?;
+        if token.is_empty() || token.len() > 128 {
+            return Err(OnlineError::from(Refusal::SessionInvalid));
         }
-        _ => {
-            return Err(OnlineError::from(Refusal::DeviceNotIssued));
+        let hash = session_token_hash(token);
+        let stored = self
+            .store
+            .session(&hash)
+            .await?
+            .ok_or_else(|| OnlineError::from(Refusal::SessionInvalid))?;
+        if stored.device != device.device_id {
+            return Err(OnlineError::from(Refusal::SessionDeviceMismatch));
         }
+        // Serials are public: a plain comparison. The token itself was matched
+        // by its hash (a primary-key lookup), never compared as a secret.
+        if stored.cert_serial != device.serial {
+            return Err(OnlineError::from(Refusal::SessionCertificateMismatch));
+        }
+        if stored.expires_at_ms <= keyward_kms::db::now_ms() {
+            return Err(OnlineError::from(Refusal::SessionExpired));
+        }
+        match device.state {
+            DeviceState::Issued => {}
+            DeviceState::Suspended => {
+                return Err(OnlineError::from(Refusal::DeviceSuspended));
+            }
+            _ => {
+                return Err(OnlineError::from(Refusal::DeviceNotIssued));
+            }
+        }
+        if stored.locked {
+            return Err(OnlineError::from(Refusal::CredentialLocked));
+        }
+        Ok(Session {
+            device: stored.device,
+            issuer: stored.issuer,
+            created_at_ms: stored.created_at_ms,
+            expires_at_ms: stored.expires_at_ms,
+            token_hash: hash,
+        })
     }
-    if stored.locked {
-        return Err(OnlineError::from(Refusal::CredentialLocked));
-    }
-    Ok(Session {
-        device: stored.device,
-        issuer: stored.issuer,
-        created_at_ms: stored.created_at_ms,
-        expires_at_ms: stored.expires_at_ms,
-        token_hash: hash,
-    })
-}
 
-/// Ends `session` (logout).
-pub async fn end(state: &AppState, session: &Session) -> Result<()> {
-    state.online.store.end_session(&session.token_hash).await?;
-    Ok(())
+    /// Ends `session` (logout).
+    pub async fn logout(&self, session: &Session) -> Result<()> {
+        self.store.end_session(&session.token_hash).await?;
+        Ok(())
+    }
 }

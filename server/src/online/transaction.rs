@@ -24,8 +24,7 @@ use keyward_kms::{MacItem, PinBlock, PinFormat};
 use serde_json::json;
 
 use crate::audit::{AuditEvent, Outcome};
-use crate::online::{Device, OnlineError, Refusal, Session};
-use crate::state::AppState;
+use crate::online::{Device, Online, OnlineError, Refusal, Session};
 use crate::wire::transactions as wire;
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -54,156 +53,152 @@ fn field_name_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// `POST /v1/transactions`.
-pub async fn verify(
-    state: &AppState,
-    device: &Device,
-    session: &Session,
-    req: &wire::TransactionRequest,
-) -> Result<wire::TransactionAnswer> {
-    let issuer = &session.issuer;
-    let algorithm: MacAlgorithm = req.algorithm.parse()?;
-    let padding = req.padding.map(Padding::from_number).transpose()?;
-    let version = KeyVersion(req.key_version);
-    let message = b64("message", &req.message)?;
-    let mac = b64("mac", &req.mac)?;
-    if req.accounts.len() > MAX_ACCOUNT_FIELDS
-        || req.accounts.iter().any(|a| !field_name_ok(&a.name))
-    {
-        return Err(OnlineError::from(Refusal::InvalidInput(
-            "at most 8 account fields, each named with 1-32 of a-z, 0-9, _",
-        )));
-    }
-    let accounts = req
-        .accounts
-        .iter()
-        .map(|a| Ok((a.name.clone(), b64("iv", &a.iv)?, b64("data", &a.data)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let bound: Vec<String> = state
-        .provisioning
-        .bindings(device.device_id)
-        .await?
-        .into_iter()
-        .filter(|b| &b.issuer == issuer)
-        .flat_map(|b| b.accounts.into_iter().map(|a| a.as_str().to_owned()))
-        .collect();
-    let pin = match &req.pin_block {
-        None => None,
-        Some(p) => {
-            let pin = PinBlock {
-                format: PinFormat::from_number(p.format)?,
-                block: b64("block", &p.block)?,
-                pan: p.pan.clone(),
-            };
-            pin.check(state.kms.issuer(issuer).await?.family)?;
-            if !bound.iter().any(|a| a == &pin.pan) {
-                return Err(OnlineError::from(Refusal::PanNotBound));
-            }
-            Some(pin)
+impl Online {
+    /// `POST /v1/transactions`.
+    pub async fn transaction(
+        &self,
+        device: &Device,
+        session: &Session,
+        req: &wire::TransactionRequest,
+    ) -> Result<wire::TransactionAnswer> {
+        let issuer = &session.issuer;
+        let algorithm: MacAlgorithm = req.algorithm.parse()?;
+        let padding = req.padding.map(Padding::from_number).transpose()?;
+        let version = KeyVersion(req.key_version);
+        let message = b64("message", &req.message)?;
+        let mac = b64("mac", &req.mac)?;
+        if req.accounts.len() > MAX_ACCOUNT_FIELDS
+            || req.accounts.iter().any(|a| !field_name_ok(&a.name))
+        {
+            return Err(OnlineError::from(Refusal::InvalidInput(
+                "at most 8 account fields, each named with 1-32 of a-z, 0-9, _",
+            )));
         }
-    };
+        let accounts = req
+            .accounts
+            .iter()
+            .map(|a| Ok((a.name.clone(), b64("iv", &a.iv)?, b64("data", &a.data)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let bound: Vec<String> = self
+            .provisioning
+            .bindings(device.device_id)
+            .await?
+            .into_iter()
+            .filter(|b| &b.issuer == issuer)
+            .flat_map(|b| b.accounts.into_iter().map(|a| a.as_str().to_owned()))
+            .collect();
+        let pin = match &req.pin_block {
+            None => None,
+            Some(p) => {
+                let pin = PinBlock {
+                    format: PinFormat::from_number(p.format)?,
+                    block: b64("block", &p.block)?,
+                    pan: p.pan.clone(),
+                };
+                pin.check(self.kms.issuer(issuer).await?.family)?;
+                if !bound.iter().any(|a| a == &pin.pan) {
+                    return Err(OnlineError::from(Refusal::PanNotBound));
+                }
+                Some(pin)
+            }
+        };
 
-    let item = MacItem {
-        issuer: issuer.clone(),
-        device: device.device_id,
-        version,
-        algorithm,
-        padding,
-        message,
-        mac,
-    };
-    let valid = state.kms.verify_mac(item).await?;
-    state
-        .metrics
-        .transaction_macs
-        .with_label_values(&[algorithm.as_str(), if valid { "valid" } else { "invalid" }])
-        .inc();
-    if !valid {
-        mac_failure(state, device, session, algorithm, version).await?;
-        return Ok(wire::TransactionAnswer {
-            result: "invalid".into(),
-            code: "mac_invalid".into(),
-            key_version: version.0,
-            accounts: Vec::new(),
-            pin_block: None,
-        });
-    }
-    state
-        .online
-        .store
-        .clear_mac_failures(issuer, device.device_id)
-        .await?;
-
-    let mut checks = Vec::with_capacity(accounts.len());
-    for (name, iv, data) in accounts {
-        let clear = state
-            .kms
-            .decrypt_account_field(issuer, device.device_id, version, &iv, &data)
-            .await?;
-        let value = String::from_utf8(clear)
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        checks.push(wire::AccountCheck {
-            bound: bound.contains(&value),
-            name,
-        });
-    }
-    let pin_block = match pin {
-        None => None,
-        Some(pin) => Some(
-            B64.encode(
-                state
-                    .kms
-                    .translate_pin(issuer, device.device_id, version, &pin)
-                    .await?,
-            ),
-        ),
-    };
-    Ok(wire::TransactionAnswer {
-        result: "valid".into(),
-        code: "mac_valid".into(),
-        key_version: version.0,
-        accounts: checks,
-        pin_block,
-    })
-}
-
-/// A wrong MAC: audited, and counted towards the credential's streak.
-async fn mac_failure(
-    state: &AppState,
-    device: &Device,
-    session: &Session,
-    algorithm: MacAlgorithm,
-    version: KeyVersion,
-) -> Result<()> {
-    let streak = state
-        .online
-        .store
-        .record_mac_failure(&session.issuer, device.device_id)
-        .await?;
-    let event = AuditEvent::Online {
-        action: "transaction.mac",
-        target: format!("device:{}", device.device_id),
-        detail: json!({ "issuer": session.issuer.as_str(), "algorithm": algorithm.as_str(),
-                        "version": version.0, "consecutive_failures": streak }),
-    };
-    state
-        .audit
-        .append(
-            &device.actor,
-            &event,
-            Outcome::Refused {
-                code: "mac_invalid",
-            },
-            &device.request_id,
-        )
-        .await?;
-    if streak == MAC_FAILURE_STREAK {
-        state
-            .metrics
-            .mac_failure_streaks
-            .with_label_values(&[session.issuer.as_str()])
+        let item = MacItem {
+            issuer: issuer.clone(),
+            device: device.device_id,
+            version,
+            algorithm,
+            padding,
+            message,
+            mac,
+        };
+        let valid = self.kms.verify_mac(item).await?;
+        self.metrics
+            .transaction_macs
+            .with_label_values(&[algorithm.as_str(), if valid { "valid" } else { "invalid" }])
             .inc();
+        if !valid {
+            self.mac_failure(device, session, algorithm, version)
+                .await?;
+            return Ok(wire::TransactionAnswer {
+                result: "invalid".into(),
+                code: "mac_invalid".into(),
+                key_version: version.0,
+                accounts: Vec::new(),
+                pin_block: None,
+            });
+        }
+        self.store
+            .clear_mac_failures(issuer, device.device_id)
+            .await?;
+
+        let mut checks = Vec::with_capacity(accounts.len());
+        for (name, iv, data) in accounts {
+            let clear = self
+                .kms
+                .decrypt_account_field(issuer, device.device_id, version, &iv, &data)
+                .await?;
+            let value = String::from_utf8(clear)
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            checks.push(wire::AccountCheck {
+                bound: bound.contains(&value),
+                name,
+            });
+        }
+        let pin_block = match pin {
+            None => None,
+            Some(pin) => Some(
+                B64.encode(
+                    self.kms
+                        .translate_pin(issuer, device.device_id, version, &pin)
+                        .await?,
+                ),
+            ),
+        };
+        Ok(wire::TransactionAnswer {
+            result: "valid".into(),
+            code: "mac_valid".into(),
+            key_version: version.0,
+            accounts: checks,
+            pin_block,
+        })
     }
-    Ok(())
+
+    /// A wrong MAC: audited, and counted towards the credential's streak.
+    async fn mac_failure(
+        &self,
+        device: &Device,
+        session: &Session,
+        algorithm: MacAlgorithm,
+        version: KeyVersion,
+    ) -> Result<()> {
+        let streak = self
+            .store
+            .record_mac_failure(&session.issuer, device.device_id)
+            .await?;
+        let event = AuditEvent::Online {
+            action: "transaction.mac",
+            target: format!("device:{}", device.device_id),
+            detail: json!({ "issuer": session.issuer.as_str(), "algorithm": algorithm.as_str(),
+                        "version": version.0, "consecutive_failures": streak }),
+        };
+        self.audit
+            .append(
+                &device.actor,
+                &event,
+                Outcome::Refused {
+                    code: "mac_invalid",
+                },
+                &device.request_id,
+            )
+            .await?;
+        if streak == MAC_FAILURE_STREAK {
+            self.metrics
+                .mac_failure_streaks
+                .with_label_values(&[session.issuer.as_str()])
+                .inc();
+        }
+        Ok(())
+    }
 }

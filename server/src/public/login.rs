@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 
 use crate::http::ApiError;
-use crate::online::{self, Device};
+use crate::online::Device;
 use crate::state::AppState;
 use crate::wire::login as wire;
 
@@ -20,7 +20,7 @@ pub async fn start(
     Extension(device): Extension<Device>,
     Json(body): Json<wire::LoginStart>,
 ) -> Result<(StatusCode, Json<wire::LoginChallenge>), ApiError> {
-    let answer = online::login::start(&state, &device, &body).await?;
+    let answer = state.online.login_start(&device, &body).await?;
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -30,5 +30,5 @@ pub async fn finish(
     Extension(device): Extension<Device>,
     Json(body): Json<wire::LoginFinish>,
 ) -> Result<Json<wire::LoginAnswer>, ApiError> {
-    Ok(Json(online::login::finish(&state, &device, &body).await?))
+    Ok(Json(state.online.login_finish(&device, &body).await?))
 }

@@ -11,7 +11,7 @@ use axum::{Extension, Json};
 use serde_json::json;
 
 use crate::http::ApiError;
-use crate::online::{self, Device, Session};
+use crate::online::{Device, Session};
 use crate::state::AppState;
 use crate::wire::login as wire;
 
@@ -34,7 +34,7 @@ pub async fn require_session(
     let Some(device) = req.extensions().get::<Device>().cloned() else {
         return ApiError::certificate_required().into_response();
     };
-    match online::session::authorize(&state, &device, bearer(&req)).await {
+    match state.online.authorize_session(&device, bearer(&req)).await {
         Ok(session) => {
             req.extensions_mut().insert(session);
             next.run(req).await
@@ -42,8 +42,9 @@ pub async fn require_session(
         Err(e) => {
             if e.kind().is_client() {
                 let detail = json!({ "route": req.uri().path() });
-                device
-                    .audit_refusal(&state, "session.refused", detail, e.code())
+                state
+                    .online
+                    .audit_refusal(&device, "session.refused", detail, e.code())
                     .await;
             }
             ApiError::from(e).into_response()
@@ -66,6 +67,6 @@ pub async fn end(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
 ) -> Result<StatusCode, ApiError> {
-    online::session::end(&state, &session).await?;
+    state.online.logout(&session).await?;
     Ok(StatusCode::NO_CONTENT)
 }

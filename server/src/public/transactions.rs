@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::{Extension, Json};
 
 use crate::http::ApiError;
-use crate::online::{self, Device, Session};
+use crate::online::{Device, Session};
 use crate::state::AppState;
 use crate::wire::transactions as wire;
 
@@ -17,6 +17,6 @@ pub async fn verify(
     Json(body): Json<wire::TransactionRequest>,
 ) -> Result<Json<wire::TransactionAnswer>, ApiError> {
     Ok(Json(
-        online::transaction::verify(&state, &device, &session, &body).await?,
+        state.online.transaction(&device, &session, &body).await?,
     ))
 }

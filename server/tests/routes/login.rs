@@ -546,7 +546,6 @@ async fn expired_challenges_and_sessions_are_refused() {
     let cred = app
         .state
         .online
-        .store
         .credential(&"bank-a".parse().unwrap(), d.id)
         .await
         .unwrap();
@@ -584,7 +583,7 @@ async fn expired_challenges_and_sessions_are_refused() {
 #[tokio::test]
 async fn one_replica_at_a_time_holds_the_maintenance_lease() {
     let app = App::new().await;
-    let store = &app.state.online.store;
+    let store = &app.state.online;
     let now = keyward_kms::db::now_ms();
     assert!(store.claim_job("t", "replica-a", now, 1_000).await.unwrap());
     assert!(
@@ -727,14 +726,10 @@ async fn a_lockout_cut_short_before_its_revocation_is_finished_by_recovery() {
     .await;
     let serial = cert.serial.parse().unwrap();
     assert!(!app.state.ca.is_revoked(&serial).await.unwrap());
-    let revoked = keyward_server::online::login::finish_lockouts(&app.state)
-        .await
-        .unwrap();
+    let revoked = app.state.online.finish_lockouts().await.unwrap();
     assert_eq!(revoked, 1);
     assert!(app.state.ca.is_revoked(&serial).await.unwrap());
     // Again: nothing left to do.
-    let again = keyward_server::online::login::finish_lockouts(&app.state)
-        .await
-        .unwrap();
+    let again = app.state.online.finish_lockouts().await.unwrap();
     assert_eq!(again, 0);
 }
