@@ -167,8 +167,10 @@ pub async fn rotate(
     if let Some(d) = device {
         let bound = state.provisioning.bindings(d).await?;
         if !bound.iter().any(|b| b.issuer == issuer) {
+            // The same code and status as login's refusal: the device has
+            // no binding with this issuer.
             return Err(OnlineError::refused(
-                keyward_kms::ErrorKind::Conflict,
+                keyward_kms::ErrorKind::Forbidden,
                 "issuer_not_bound",
                 "the device is not bound for this issuer",
             )
