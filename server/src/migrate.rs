@@ -33,6 +33,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../migrations/sqlite/2010_idempotency.sql"),
         ),
         (
+            2011,
+            "idempotency lease",
+            include_str!("../migrations/sqlite/2011_idempotency_lease.sql"),
+        ),
+        (
             2020,
             "login",
             include_str!("../migrations/sqlite/2020_login.sql"),
@@ -63,6 +68,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2010,
             "idempotency",
             include_str!("../migrations/postgres/2010_idempotency.sql"),
+        ),
+        (
+            2011,
+            "idempotency lease",
+            include_str!("../migrations/postgres/2011_idempotency_lease.sql"),
         ),
         (
             2020,

@@ -39,7 +39,10 @@ impl Door {
     /// answers it. Its code is recorded when it is one of `known`; any
     /// other is the check itself failing (the registry did not answer) and
     /// is recorded as `registry_unavailable`. A refusal the trail cannot
-    /// record is still refused.
+    /// record is still refused. A check that failed because the database is
+    /// away is not recorded at all: the trail is in that database, and
+    /// trying would make the answer wait a second `acquire_timeout` (the
+    /// bound a request that finds the database away is answered within).
     pub async fn refuse(
         self,
         state: &AppState,
@@ -48,6 +51,13 @@ impl Door {
         refusal: ApiError,
         known: &[&'static str],
     ) -> Response {
+        if refusal.code == keyward_kms::db::UNAVAILABLE_CODE {
+            tracing::warn!(
+                route = %self.route,
+                "request refused unrecorded: the database is away"
+            );
+            return refusal.into_response();
+        }
         let code = known
             .iter()
             .copied()

@@ -48,15 +48,150 @@ pub struct ApiError {
 
 const INTERNAL: &str = "internal error; quote the request id to the operator";
 
+/// Every stable code either listener answers with, and its one status: a
+/// code means the same thing, with the same status, on every route. An
+/// answer takes its status from here (the kind or the status it was made
+/// with only counts for a code not listed); docs/protocol.md §10.4 and
+/// docs/admin-api.md "Errors" list the same pairs, and a route test holds
+/// the three together.
+pub const CODES: &[(&str, StatusCode)] = &[
+    // 400: the request is malformed.
+    ("bad_request", StatusCode::BAD_REQUEST),
+    ("invalid_request", StatusCode::BAD_REQUEST),
+    ("body_unreadable", StatusCode::BAD_REQUEST),
+    ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
+    ("invalid_input", StatusCode::BAD_REQUEST),
+    ("malformed_frame", StatusCode::BAD_REQUEST),
+    ("use_operators_endpoint", StatusCode::BAD_REQUEST),
+    ("use_services_endpoint", StatusCode::BAD_REQUEST),
+    ("csr_invalid", StatusCode::BAD_REQUEST),
+    ("csr_signature", StatusCode::BAD_REQUEST),
+    ("csr_subject_mismatch", StatusCode::BAD_REQUEST),
+    ("unsupported_key", StatusCode::BAD_REQUEST),
+    ("profile_requirements", StatusCode::BAD_REQUEST),
+    ("accounts_not_held", StatusCode::BAD_REQUEST),
+    ("secure_element_missing", StatusCode::BAD_REQUEST),
+    ("invalid_checkpoint", StatusCode::BAD_REQUEST),
+    ("key_version_not_usable", StatusCode::BAD_REQUEST),
+    ("key_version_superseded", StatusCode::BAD_REQUEST),
+    ("message_too_long", StatusCode::BAD_REQUEST),
+    ("algorithm_family_mismatch", StatusCode::BAD_REQUEST),
+    ("invalid_issuer_id", StatusCode::BAD_REQUEST),
+    ("invalid_device_id", StatusCode::BAD_REQUEST),
+    ("invalid_serial", StatusCode::BAD_REQUEST),
+    ("invalid_challenge_id", StatusCode::BAD_REQUEST),
+    ("invalid_response", StatusCode::BAD_REQUEST),
+    ("invalid_key_confirmation", StatusCode::BAD_REQUEST),
+    // 401, 403: who the caller is, or what it may do.
+    ("client_certificate_required", StatusCode::UNAUTHORIZED),
+    ("forbidden_role", StatusCode::FORBIDDEN),
+    ("certificate_revoked", StatusCode::FORBIDDEN),
+    ("device_certificate_required", StatusCode::FORBIDDEN),
+    ("device_certificate_not_current", StatusCode::FORBIDDEN),
+    ("device_id_mismatch", StatusCode::FORBIDDEN),
+    ("device_suspended", StatusCode::FORBIDDEN),
+    ("device_not_issued", StatusCode::FORBIDDEN),
+    ("issuer_not_bound", StatusCode::FORBIDDEN),
+    ("secure_element_mismatch", StatusCode::FORBIDDEN),
+    ("credential_locked", StatusCode::FORBIDDEN),
+    ("challenge_invalid", StatusCode::FORBIDDEN),
+    ("response_invalid", StatusCode::FORBIDDEN),
+    ("kcv_mismatch", StatusCode::FORBIDDEN),
+    ("certificate_invalid", StatusCode::FORBIDDEN),
+    ("proof_of_possession_failed", StatusCode::FORBIDDEN),
+    ("self_approval", StatusCode::FORBIDDEN),
+    ("device_certificates_by_provisioning", StatusCode::FORBIDDEN),
+    ("pan_not_bound", StatusCode::FORBIDDEN),
+    ("session_required", StatusCode::FORBIDDEN),
+    ("session_invalid", StatusCode::FORBIDDEN),
+    ("session_expired", StatusCode::FORBIDDEN),
+    ("session_device_mismatch", StatusCode::FORBIDDEN),
+    ("session_certificate_mismatch", StatusCode::FORBIDDEN),
+    // 404, 405: no such thing.
+    ("not_found", StatusCode::NOT_FOUND),
+    ("unknown_serial", StatusCode::NOT_FOUND),
+    ("unknown_issuer", StatusCode::NOT_FOUND),
+    ("unknown_batch", StatusCode::NOT_FOUND),
+    ("unknown_device", StatusCode::NOT_FOUND),
+    ("unknown_application", StatusCode::NOT_FOUND),
+    ("unknown_customer", StatusCode::NOT_FOUND),
+    ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+    // 408, 413, 415: the body.
+    ("body_timeout", StatusCode::REQUEST_TIMEOUT),
+    ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("batch_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("too_many_items", StatusCode::PAYLOAD_TOO_LARGE),
+    ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    // 409: the state does not allow it (now).
+    ("request_in_progress", StatusCode::CONFLICT),
+    ("already_revoked", StatusCode::CONFLICT),
+    ("issuer_exists", StatusCode::CONFLICT),
+    ("unknown_key_version", StatusCode::CONFLICT),
+    ("key_version_not_pending", StatusCode::CONFLICT),
+    ("credential_not_locked", StatusCode::CONFLICT),
+    ("batch_exists", StatusCode::CONFLICT),
+    ("batch_complete", StatusCode::CONFLICT),
+    ("import_running", StatusCode::CONFLICT),
+    ("import_aborted", StatusCode::CONFLICT),
+    ("device_state", StatusCode::CONFLICT),
+    ("check_locked", StatusCode::CONFLICT),
+    ("public_key_reused", StatusCode::CONFLICT),
+    ("no_pending_recertification", StatusCode::CONFLICT),
+    ("recertification_pending", StatusCode::CONFLICT),
+    ("no_pending_init", StatusCode::CONFLICT),
+    ("reinit_required", StatusCode::CONFLICT),
+    ("application_state", StatusCode::CONFLICT),
+    ("customer_exists", StatusCode::CONFLICT),
+    ("customer_not_approved", StatusCode::CONFLICT),
+    ("issuer_not_initialised", StatusCode::CONFLICT),
+    ("device_bound_elsewhere", StatusCode::CONFLICT),
+    ("already_bound", StatusCode::CONFLICT),
+    ("invalid_transition", StatusCode::CONFLICT),
+    ("conflict", StatusCode::CONFLICT),
+    ("audit_chain_broken", StatusCode::CONFLICT),
+    // 422: well-formed, refused as a whole.
+    ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
+    ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),
+    // 500, 501: the server's fault, or the HSM's capability.
+    ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
+    ("hsm_error", StatusCode::INTERNAL_SERVER_ERROR),
+    ("key_missing", StatusCode::INTERNAL_SERVER_ERROR),
+    ("database_error", StatusCode::INTERNAL_SERVER_ERROR),
+    ("audit_error", StatusCode::INTERNAL_SERVER_ERROR),
+    ("ca_key_mismatch", StatusCode::INTERNAL_SERVER_ERROR),
+    ("ca_expired", StatusCode::INTERNAL_SERVER_ERROR),
+    ("ca_config", StatusCode::INTERNAL_SERVER_ERROR),
+    ("ca_self_check", StatusCode::INTERNAL_SERVER_ERROR),
+    ("certificate_encoding", StatusCode::INTERNAL_SERVER_ERROR),
+    ("ocsp_encoding", StatusCode::INTERNAL_SERVER_ERROR),
+    ("hsm_mechanism_missing", StatusCode::NOT_IMPLEMENTED),
+    // 503: retry later (`Retry-After`).
+    ("timeout", StatusCode::SERVICE_UNAVAILABLE),
+    ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    ("hsm_busy", StatusCode::SERVICE_UNAVAILABLE),
+    ("hsm_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("hsm_module", StatusCode::SERVICE_UNAVAILABLE),
+    ("hsm_token_not_found", StatusCode::SERVICE_UNAVAILABLE),
+    ("hsm_login", StatusCode::SERVICE_UNAVAILABLE),
+    ("database_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("audit_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+];
+
+/// The status of `code`, if it is one of [`CODES`].
+pub fn status_of(code: &str) -> Option<StatusCode> {
+    CODES.iter().find(|(c, _)| *c == code).map(|(_, s)| *s)
+}
+
 impl ApiError {
     pub fn new(
         status: StatusCode,
         code: impl Into<Cow<'static, str>>,
         message: impl Into<Cow<'static, str>>,
     ) -> Self {
+        let code = code.into();
         Self {
-            status,
-            code: code.into(),
+            status: status_of(&code).unwrap_or(status),
+            code,
             message: message.into(),
             extra: None,
             source: None,
@@ -254,6 +389,7 @@ impl From<AuditError> for ApiError {
 impl ApiError {
     /// Keeps the stable code of a server error (the message stays generic).
     fn with_code(mut self, code: &'static str) -> Self {
+        self.status = status_of(code).unwrap_or(self.status);
         self.code = code.into();
         self
     }
@@ -262,20 +398,23 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // Runs inside the request's trace span, which carries the request id.
-        if self.status.is_server_error() {
-            match &self.source {
-                Some(src) => tracing::error!(
-                    status = self.status.as_u16(),
-                    code = %self.code,
-                    error = format!("{src:#}"),
-                    "request failed"
-                ),
-                None => {
-                    tracing::warn!(status = self.status.as_u16(), code = %self.code, "request failed")
-                }
+        let cause = self.source.as_ref().map(|src| format!("{src:#}"));
+        match server_error_level(self.status) {
+            Some(tracing::Level::ERROR) => tracing::error!(
+                status = self.status.as_u16(),
+                code = %self.code,
+                error = cause.as_deref().unwrap_or("-"),
+                "request failed"
+            ),
+            Some(_) => tracing::warn!(
+                status = self.status.as_u16(),
+                code = %self.code,
+                error = cause.as_deref().unwrap_or("-"),
+                "request failed"
+            ),
+            None => {
+                tracing::info!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request refused");
             }
-        } else {
-            tracing::info!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request refused");
         }
         let body = ErrorBody {
             code: self.code,
@@ -292,6 +431,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// How loud a failed answer is logged: ERROR only for a 500 (something is
+/// broken); a 501 (the HSM lacks a capability, as SoftHSM lacks PIN
+/// translation) and a 503 (busy or away, retried) are expected and WARN;
+/// `None` for a client error.
+pub fn server_error_level(status: StatusCode) -> Option<tracing::Level> {
+    match status {
+        s if !s.is_server_error() => None,
+        StatusCode::NOT_IMPLEMENTED | StatusCode::SERVICE_UNAVAILABLE => Some(tracing::Level::WARN),
+        _ => Some(tracing::Level::ERROR),
+    }
+}
+
 /// The JSON error document.
 pub fn render(body: &ErrorBody, request_id: Option<&str>) -> axum::Json<serde_json::Value> {
     let mut error = body.extra.clone().unwrap_or_default();
@@ -301,12 +452,13 @@ pub fn render(body: &ErrorBody, request_id: Option<&str>) -> axum::Json<serde_js
     axum::Json(serde_json::json!({ "error": error }))
 }
 
-/// The error body for a bare status made outside the handlers.
+/// The error body for a bare status made outside the handlers (axum's
+/// rejections, the timeout layer, a panic); its code's status in [`CODES`]
+/// is the status answered, so a JSON body of the wrong shape (axum: 422) is
+/// `400 invalid_request` like every other malformed body.
 pub fn body_for_status(status: StatusCode) -> ErrorBody {
     let (code, message): (&'static str, &'static str) = match status {
         StatusCode::BAD_REQUEST => ("bad_request", "the request is malformed"),
-        StatusCode::UNAUTHORIZED => ("unauthorized", "authentication required"),
-        StatusCode::FORBIDDEN => ("forbidden", "not allowed"),
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
         StatusCode::METHOD_NOT_ALLOWED => {
             ("method_not_allowed", "method not allowed on this route")
@@ -321,8 +473,8 @@ pub fn body_for_status(status: StatusCode) -> ErrorBody {
             "the request body does not fit the schema",
         ),
         StatusCode::SERVICE_UNAVAILABLE => ("timeout", "the request took too long"),
-        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long"),
-        s if s.is_client_error() => ("bad_request", "the request was refused"),
+        StatusCode::REQUEST_TIMEOUT => ("body_timeout", "the request body did not arrive in time"),
+        s if s.is_client_error() => ("bad_request", "the request is malformed"),
         _ => ("internal_error", INTERNAL),
     };
     ErrorBody {
@@ -407,6 +559,38 @@ mod tests {
         assert_eq!(json["error"]["code"], "batch_rejected");
         assert_eq!(json["error"]["rows"][0]["code"], "csr_signature");
         assert_eq!(json["error"]["request_id"], "rid");
+    }
+
+    /// The table decides, whatever kind the lower crate gave the error.
+    #[test]
+    fn a_code_has_the_status_of_the_table() {
+        let e: ApiError = KmsError::UnknownKeyVersion {
+            issuer: "bank-a".parse().unwrap(),
+            device: "0102030405060708".parse().unwrap(),
+            version: keyward_kms::types::KeyVersion(9),
+        }
+        .into();
+        assert_eq!(
+            (e.status, e.code.as_ref()),
+            (StatusCode::CONFLICT, "unknown_key_version")
+        );
+        let e: ApiError = KmsError::MechanismMissing {
+            name: "CKM_X",
+            number: 1,
+            purpose: "test",
+        }
+        .into();
+        assert_eq!(e.status, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(
+            server_error_level(StatusCode::NOT_IMPLEMENTED),
+            Some(tracing::Level::WARN)
+        );
+        assert_eq!(
+            server_error_level(StatusCode::INTERNAL_SERVER_ERROR),
+            Some(tracing::Level::ERROR)
+        );
+        let bare = body_for_status(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(status_of(&bare.code), Some(StatusCode::BAD_REQUEST));
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! its successful answer is stored in the database under (principal, key), so
 //! any replica replays it. While the first is still running a retry gets
 //! `409 request_in_progress` with `Retry-After`; the same key with another
-//! method, path or body is `422 idempotency_key_reused`. Refusals and failures
-//! (4xx, 5xx) are not stored: they had no effect, and a retry is tried anew.
+//! method, path or body is `422 idempotency_key_reused`. A running key is
+//! leased to the run that owns it ([`LEASE`], renewed while it runs): when
+//! that run's process dies the lease lapses, and the next retry takes the
+//! key over and runs the request, instead of meeting 409 until the purge.
+//! Refusals and failures (4xx, 5xx) are not stored: they had no effect, and
+//! a retry is tried anew.
 //! Keys are 1–128 characters of `[A-Za-z0-9._:-]` (a UUID fits) and are kept
 //! for [`KEEP`]. Answers of the customer routes are stored without their
 //! personal data (names, national ids, contacts, accounts): their replay
@@ -39,10 +43,18 @@ pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed")
 pub const KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Largest answer stored for replay (bigger ones are answered, not stored).
 const MAX_STORED_ANSWER: usize = 16 << 20;
+/// How long a running key stays its run's without a renewal. Renewed every
+/// third of it, so a live run keeps it through two missed renewals (a slow
+/// database); a dead one frees it this long after its last renewal.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+fn lease_ms() -> i64 {
+    i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// What the store knew of a key when a request arrived with it.
 enum Begun {
-    /// First use: the request runs.
+    /// First use, or a run whose lease lapsed: the request runs.
     New,
     /// Done before: its answer.
     Replay {
@@ -56,13 +68,23 @@ enum Begun {
     Mismatch,
 }
 
-/// The `http_idempotency` table.
+/// The `http_idempotency` table, as one run sees it: `owner` is written on
+/// the key it runs, and only that run renews, settles or drops it.
 #[derive(Debug, Clone)]
 struct Store {
     db: Database,
+    owner: String,
 }
 
 impl Store {
+    /// The store for one new run (a random owner id).
+    fn for_run(db: Database) -> Self {
+        Self {
+            db,
+            owner: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
     async fn begin(
         &self,
         principal: &str,
@@ -71,21 +93,50 @@ impl Store {
         path: &str,
         body_sha256: &str,
     ) -> Result<Begun, sqlx::Error> {
+        let now = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO http_idempotency \
-             (principal, key, method, path, body_sha256, state, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6) ON CONFLICT DO NOTHING",
+             (principal, key, method, path, body_sha256, state, created_at_ms, owner, \
+              lease_until_ms) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8) ON CONFLICT DO NOTHING",
         )
         .bind(principal)
         .bind(key)
         .bind(method)
         .bind(path)
         .bind(body_sha256)
-        .bind(now_ms())
+        .bind(now)
+        .bind(&self.owner)
+        .bind(now.saturating_add(lease_ms()))
         .execute(self.db.pool())
         .await?
         .rows_affected();
         if inserted == 1 {
+            return Ok(Begun::New);
+        }
+        // The same request whose run's lease lapsed (its process died): one
+        // retry takes it over, atomically. Rows from before leases lapse a
+        // lease after they were made.
+        let taken = sqlx::query(
+            "UPDATE http_idempotency SET owner = $6, lease_until_ms = $7 \
+             WHERE principal = $1 AND key = $2 AND method = $3 AND path = $4 \
+             AND body_sha256 = $5 AND state = 'running' \
+             AND COALESCE(lease_until_ms, created_at_ms + $9) < $8",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(method)
+        .bind(path)
+        .bind(body_sha256)
+        .bind(&self.owner)
+        .bind(now.saturating_add(lease_ms()))
+        .bind(now)
+        .bind(lease_ms())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        if taken == 1 {
+            tracing::warn!(key, "idempotency key taken over: its run's lease lapsed");
             return Ok(Begun::New);
         }
         let row = sqlx::query(
@@ -129,25 +180,49 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE http_idempotency SET state = 'done', status = $3, content_type = $4, \
-             body = $5 WHERE principal = $1 AND key = $2",
+             body = $5, lease_until_ms = NULL \
+             WHERE principal = $1 AND key = $2 AND owner = $6",
         )
         .bind(principal)
         .bind(key)
         .bind(i64::from(status))
         .bind(content_type)
         .bind(body)
+        .bind(&self.owner)
         .execute(self.db.pool())
         .await?;
         Ok(())
     }
 
+    /// Drops the key (the request had no effect), unless another run took
+    /// it over.
     async fn forget(&self, principal: &str, key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM http_idempotency WHERE principal = $1 AND key = $2")
-            .bind(principal)
-            .bind(key)
-            .execute(self.db.pool())
-            .await?;
+        sqlx::query(
+            "DELETE FROM http_idempotency WHERE principal = $1 AND key = $2 AND owner = $3",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(&self.owner)
+        .execute(self.db.pool())
+        .await?;
         Ok(())
+    }
+
+    /// Extends this run's lease; false when the key is no longer its own
+    /// (taken over after a lapse, or settled).
+    async fn renew(&self, principal: &str, key: &str) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(
+            "UPDATE http_idempotency SET lease_until_ms = $4 \
+             WHERE principal = $1 AND key = $2 AND owner = $3 AND state = 'running'",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(&self.owner)
+        .bind(now_ms().saturating_add(lease_ms()))
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn purge(&self, older_than_ms: i64) -> Result<u64, sqlx::Error> {
@@ -199,9 +274,7 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
     else {
         return next.run(req).await;
     };
-    let store = Store {
-        db: state.kms.db().clone(),
-    };
+    let store = Store::for_run(state.kms.db().clone());
     let (parts, body) = req.into_parts();
     // The body limit layer outside has already bounded the body.
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
@@ -245,7 +318,22 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
     // stop the work, and its answer is still stored for the retry.
     let task = tokio::spawn(
         async move {
-            let resp = next.run(req).await;
+            let resp = {
+                let run = next.run(req);
+                tokio::pin!(run);
+                let mut tick = tokio::time::interval(LEASE / 3);
+                tick.tick().await; // the first tick is now
+                loop {
+                    tokio::select! {
+                        resp = &mut run => break resp,
+                        _ = tick.tick() => match store.renew(&principal, &key).await {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!("idempotency key lease lost to a retry"),
+                            Err(e) => tracing::warn!(error = %e, "idempotency key lease not renewed"),
+                        },
+                    }
+                }
+            };
             let (parts, body) = resp.into_parts();
             let bytes = axum::body::to_bytes(body, MAX_STORED_ANSWER)
                 .await
@@ -267,7 +355,8 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
                 store.forget(&principal, &key).await
             };
             if let Err(e) = stored {
-                // The key stays `running` until purged: retries get 409.
+                // The key stays `running` until its lease lapses: retries
+                // get 409 until then, and run the request after.
                 tracing::error!(error = %e, "idempotency key not settled");
             }
             Response::from_parts(parts, Body::from(bytes))
@@ -327,9 +416,7 @@ fn replay(status: u16, content_type: Option<&str>, body: Vec<u8>) -> Response {
 /// Deletes keys older than [`KEEP`], hourly, until aborted. Idempotent, so
 /// every replica may run it.
 pub async fn purge_loop(state: AppState) {
-    let store = Store {
-        db: state.kms.db().clone(),
-    };
+    let store = Store::for_run(state.kms.db().clone());
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;

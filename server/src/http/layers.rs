@@ -9,13 +9,14 @@
 //! 5. metrics: `keyward_http_requests_total{listener,route,status}` and the
 //!    duration histogram, with the matched route template as `route`
 //! 6. normalize: every error response becomes the JSON error document with
-//!    the request id
+//!    the request id, and the status its code has in `error::CODES`
 //! 7. catch-panic (500 through normalize, so it has a request id and JSON)
 //! 8. timeout → 503 `timeout`
 //! 9. body read: the whole body is read within `body_read_timeout` of the
 //!    headers (→ 408 `body_timeout`) and within the body limit (→ 413
-//!    `body_too_large`), *before* a concurrency permit is taken, so slow
-//!    senders hold no permit
+//!    `body_too_large`, once the rest was read and dropped, so the answer
+//!    is not lost to a reset), *before* a concurrency permit is taken, so
+//!    slow senders hold no permit
 //! 10. body limit → 413 `body_too_large`
 //! 11. load-shed + concurrency limit (one semaphore per stack: the admin API
 //!     with health and metrics, anonymous OCSP, batch imports) → 503
@@ -43,7 +44,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use super::error::{ApiError, ErrorBody, body_for_status, render};
+use super::error::{ApiError, ErrorBody, body_for_status, render, server_error_level, status_of};
 use crate::metrics::{Listener, Metrics};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,20 +89,22 @@ where
             header::PROXY_AUTHORIZATION,
         ]))
         .layer(
-            TraceLayer::new_for_http().make_span_with(move |req: &Request| {
-                let request_id = req
-                    .headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!(
-                    "request",
-                    listener,
-                    method = %req.method(),
-                    path = req.uri().path(),
-                    request_id,
-                )
-            }),
+            TraceLayer::new_for_http()
+                .on_failure(log_failure)
+                .make_span_with(move |req: &Request| {
+                    let request_id = req
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        listener,
+                        method = %req.method(),
+                        path = req.uri().path(),
+                        request_id,
+                    )
+                }),
         )
         .layer(middleware::from_fn_with_state(ctx, record_metrics))
         .layer(middleware::from_fn(normalize))
@@ -145,32 +148,83 @@ struct BodyLimits {
 
 /// Reads the whole request body within the time and size limits, so that a
 /// handler (and the concurrency permit it holds) never waits on a slow
-/// sender.
+/// sender. An oversize body is read on and dropped (within the same time,
+/// up to [`DRAIN_MAX`]) before its 413 goes out: a server that closes while
+/// the client still sends makes the kernel reset the connection, which can
+/// destroy the answer before the client reads it.
 async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    let read = axum::body::to_bytes(body, limits.max_bytes);
-    match tokio::time::timeout(limits.timeout, read).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
+    use http_body_util::BodyExt;
+    let (parts, mut body) = req.into_parts();
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut buf = bytes::BytesMut::new();
+    // Bytes read past the limit, when over it.
+    let mut drained: Option<usize> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            // Over the limit, whatever else happens: 413.
+            _ if drained.is_some() => return too_large_answer(),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                )
+                .into_response();
+            }
+            Ok(Some(Err(e))) if too_large(&e) => return too_large_answer(),
+            Ok(Some(Err(_))) => {
+                return ApiError::bad_request(
+                    "body_unreadable",
+                    "the request body could not be read",
+                )
+                .into_response();
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        match drained.as_mut() {
+            Some(n) => {
+                *n += data.len();
+                if *n > DRAIN_MAX {
+                    return too_large_answer();
+                }
+            }
+            None if buf.len() + data.len() > limits.max_bytes => {
+                drained = Some(buf.len() + data.len());
+                buf = bytes::BytesMut::new();
+            }
+            None => buf.extend_from_slice(&data),
         }
-        Ok(Err(e)) if too_large(&e) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "the request body exceeds the limit",
-        )
-        .into_response(),
-        Ok(Err(_)) => {
-            ApiError::bad_request("body_unreadable", "the request body could not be read")
-                .into_response()
-        }
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body did not arrive in time",
-        )
-        .into_response(),
     }
+    if drained.is_some() {
+        return too_large_answer();
+    }
+    next.run(Request::from_parts(
+        parts,
+        axum::body::Body::from(buf.freeze()),
+    ))
+    .await
+}
+
+/// Most bytes of an oversize body read and dropped before its 413; a client
+/// that sends more may see the connection reset.
+const DRAIN_MAX: usize = 64 << 20;
+
+/// `413 body_too_large`, with `Connection: close`: the rest of the body was
+/// read and dropped, so the connection ends cleanly after the answer.
+fn too_large_answer() -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body exceeds the limit",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn too_large(e: &axum::Error) -> bool {
@@ -182,6 +236,26 @@ fn too_large(e: &axum::Error) -> bool {
         cause = c.source();
     }
     false
+}
+
+/// The trace layer's line for a 5xx at the level [`server_error_level`]
+/// gives it: a 501 or 503 is an expected answer, not an error to page on.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass as C;
+    let ms = latency.as_millis();
+    match class {
+        C::StatusCode(s) if server_error_level(s) == Some(tracing::Level::WARN) => {
+            tracing::warn!(status = s.as_u16(), latency_ms = ms, "response failed");
+        }
+        C::StatusCode(s) => {
+            tracing::error!(status = s.as_u16(), latency_ms = ms, "response failed");
+        }
+        C::Error(e) => tracing::error!(error = %e, latency_ms = ms, "response failed"),
+    }
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -279,7 +353,7 @@ async fn normalize(req: Request, next: Next) -> Response {
     };
     drop(body);
     let mut out = render(&error, Some(&rid)).into_response();
-    *out.status_mut() = status;
+    *out.status_mut() = status_of(&error.code).unwrap_or(status);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

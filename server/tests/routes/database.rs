@@ -204,3 +204,63 @@ async fn postgresql_away_is_a_fast_503_and_recovers() {
     let ready = app.get(&anonymous(), "/ready").await;
     ready.expect(StatusCode::OK);
 }
+
+/// Every connection of the pool held elsewhere: each acquisition waits
+/// `database.acquire_timeout_ms`, whichever backend — the database away as
+/// a request sees it. A request that finds it away answers within one such
+/// wait, not one per step it would have taken (the door's registry check,
+/// the refusal's audit record, the idempotency key, the handler).
+#[tokio::test]
+async fn a_request_that_finds_the_database_away_answers_within_one_acquire_timeout() {
+    const WAIT_MS: u64 = 1_000;
+    let app = App::with_config(|c| c.database.acquire_timeout_ms = WAIT_MS).await;
+    let d = keyward_tests::simulator::SimDevice::p256("0102030405060799".parse().unwrap()).unwrap();
+    app.import("B-AWAY", &[&d])
+        .await
+        .expect(StatusCode::CREATED);
+    let device = crate::access::device_identity(&app, &d).await;
+
+    let pool = app.state.kms.db().pool().clone();
+    let mut held = Vec::new();
+    for _ in 0..app.state.config.database.max_connections {
+        held.push(pool.acquire().await.unwrap());
+    }
+    // The bound kept: one wait, plus slack for a loaded machine; two waits
+    // in a row cannot fit.
+    let bound = Duration::from_millis(WAIT_MS * 2);
+    let check = |a: &Answer, took: Duration, what: &str| {
+        a.refused(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_CODE);
+        assert_eq!(a.headers["retry-after"], "1", "{}", a.text);
+        assert!(took < bound, "{what} took {took:?}");
+    };
+    let t = Instant::now();
+    let a = app.get(&app.root, "/admin/v1/whoami").await;
+    check(&a, t.elapsed(), "admin read");
+    let t = Instant::now();
+    let req = axum::http::Request::builder()
+        .method(axum::http::Method::POST)
+        .uri("/admin/v1/issuers")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k-away")
+        .body(axum::body::Body::from(
+            serde_json::json!({"issuer_id": "bank-a", "family": "tdes"}).to_string(),
+        ))
+        .unwrap();
+    let a = crate::harness::send(&app.admin, &app.root, req).await;
+    check(&a, t.elapsed(), "admin write with a key");
+    let t = Instant::now();
+    let a = crate::harness::call(
+        &app.public,
+        &device,
+        axum::http::Method::GET,
+        "/v1/ping",
+        None,
+    )
+    .await;
+    check(&a, t.elapsed(), "public request");
+    drop(held);
+    // Back: the same requests go through.
+    app.get(&app.root, "/admin/v1/whoami")
+        .await
+        .expect(StatusCode::OK);
+}

@@ -244,7 +244,7 @@ async fn device_refusals_are_typed_and_audited() {
             json!({"challenge_id": id, "signature": B64.encode(&other)}),
         )
         .await
-        .refused(StatusCode::BAD_REQUEST, "challenge_invalid");
+        .refused(StatusCode::FORBIDDEN, "challenge_invalid");
     }
     app.post(
         &app.root,
@@ -293,7 +293,7 @@ async fn a_wrong_kcv_confirms_nothing() {
     let a = app
         .post(&app.root, &path(&d1, "/init/confirm"), confirm)
         .await;
-    a.refused(StatusCode::CONFLICT, "kcv_mismatch");
+    a.refused(StatusCode::FORBIDDEN, "kcv_mismatch");
     let shown = app.get(&app.root, &path(&d1, "")).await;
     assert_eq!(shown.expect(StatusCode::OK)["state"], "verified");
 }
@@ -318,7 +318,7 @@ async fn a_kcv_mismatch_is_a_security_event() {
     confirm["kcvs"][0]["value"] = json!("000000");
     app.post(&app.root, &path(&d1, "/init/confirm"), confirm)
         .await
-        .refused(StatusCode::CONFLICT, "kcv_mismatch");
+        .refused(StatusCode::FORBIDDEN, "kcv_mismatch");
     let trail = app.trail().await;
     let event = trail
         .iter()

@@ -1,6 +1,6 @@
 //! `Idempotency-Key`: a retry gets the first answer; a request cut by its
 //! timeout still takes effect, has its outcome recorded, and its retry gets
-//! the real answer (issue 12 §2).
+//! the real answer; a key whose owner died is taken over by its retry.
 
 use std::time::{Duration, Instant};
 
@@ -113,4 +113,56 @@ async fn a_request_cut_by_its_timeout_takes_effect_is_recorded_and_its_retry_get
     assert_eq!(count(&app, "provisioning.import_batch", "success").await, 1);
     let batch = app.get(&app.root, "/admin/v1/batches/T-1").await;
     assert_eq!(batch.expect(StatusCode::OK)["device_count"], DEVICES);
+}
+
+/// Puts key `key` of the root operator in the table as `running` for `body`
+/// on `path`, leased until `lease_until_ms`: what a request leaves behind
+/// when its process dies (lapsed) or while it still runs (live).
+async fn leave_running(app: &App, path: &str, key: &str, body: &Value, lease_until_ms: i64) {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(body.to_string().as_bytes()));
+    let now = keyward_kms::db::now_ms();
+    sqlx::query(
+        "INSERT INTO http_idempotency \
+         (principal, key, method, path, body_sha256, state, created_at_ms, owner, lease_until_ms) \
+         VALUES ($1, $2, 'POST', $3, $4, 'running', $5, 'a-replica-that-died', $6)",
+    )
+    .bind(app.root.actor().to_string())
+    .bind(key)
+    .bind(path)
+    .bind(hash)
+    .bind(now - 60_000)
+    .bind(lease_until_ms)
+    .execute(app.state.kms.db().pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_key_whose_owner_died_is_taken_over_by_the_retry() {
+    let app = App::new().await;
+    let now = keyward_kms::db::now_ms();
+    let body = json!({"issuer_id": "bank-a", "family": "tdes"});
+    // Its process died a while ago: the lease lapsed.
+    leave_running(&app, "/admin/v1/issuers", "k-dead", &body, now - 1_000).await;
+    let retry = post_with_key(&app, "/admin/v1/issuers", "k-dead", &body).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert!(retry.headers.get("idempotent-replayed").is_none());
+    assert_eq!(count(&app, "issuer.create", "requested").await, 1);
+    // Settled by the run that took it over: the next retry replays.
+    let again = post_with_key(&app, "/admin/v1/issuers", "k-dead", &body).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    // A live lease: its owner is still at work.
+    let other = json!({"issuer_id": "bank-b", "family": "tdes"});
+    leave_running(&app, "/admin/v1/issuers", "k-live", &other, now + 60_000).await;
+    let busy = post_with_key(&app, "/admin/v1/issuers", "k-live", &other).await;
+    busy.refused(StatusCode::CONFLICT, "request_in_progress");
+    assert_eq!(busy.headers["retry-after"], "1");
+    // A lapsed lease is taken over only by the same request.
+    leave_running(&app, "/admin/v1/issuers", "k-dead-2", &other, now - 1_000).await;
+    post_with_key(&app, "/admin/v1/issuers", "k-dead-2", &body)
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
 }

@@ -18,6 +18,7 @@ mod harness;
 
 mod access;
 mod ca;
+mod codes;
 mod customers;
 mod database;
 mod devices;

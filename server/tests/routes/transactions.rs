@@ -176,7 +176,7 @@ async fn transaction_refusals_are_typed() {
     t["key_version"] = json!(99);
     transact(&app, &who, Some(&token), t)
         .await
-        .refused(StatusCode::NOT_FOUND, "unknown_key_version");
+        .refused(StatusCode::CONFLICT, "unknown_key_version");
     let mut t = ok.clone();
     t["message"] = json!(B64.encode(vec![0u8; 70_000]));
     transact(&app, &who, Some(&token), t)
