@@ -42,6 +42,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "mac failures",
             include_str!("../migrations/sqlite/2021_mac_failures.sql"),
         ),
+        (
+            2030,
+            "jobs",
+            include_str!("../migrations/sqlite/2030_jobs.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -68,6 +73,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2021,
             "mac failures",
             include_str!("../migrations/postgres/2021_mac_failures.sql"),
+        ),
+        (
+            2030,
+            "jobs",
+            include_str!("../migrations/postgres/2030_jobs.sql"),
         ),
     ],
 };

@@ -1,54 +1,57 @@
-//! Background work of the online service that must run once across
-//! replicas: every replica offers every `online.jobs_interval_ms`, and the
-//! one holding the lease (`online_jobs`, a conditional write) runs it:
+//! The online service's background jobs, both every
+//! `online.jobs_interval_ms` ([`crate::jobs`] runs them):
 //!
-//! - end the grace period of replaced working-key versions
-//!   (`retiring` → `retired`) and prune the working-key change log;
-//! - delete expired sessions and expired challenges (counted as
-//!   `keyward_login_challenges_total{event="expired"}`).
-//!
-//! Every replica, lease or not, refreshes its `keyward_sessions_active`
-//! gauge from the database, so a scrape of any replica sees the fleet.
+//! - [`maintenance`], once across replicas (job `online.maintenance`): end
+//!   the grace period of replaced working-key versions (`retiring` →
+//!   `retired`) and prune the working-key change log; delete expired
+//!   sessions and expired challenges (counted as
+//!   `keyward_login_challenges_total{event="expired"}`);
+//! - [`sessions_gauge`], on every replica (job `online.sessions_gauge`):
+//!   refresh `keyward_sessions_active` from the database, so a scrape of any
+//!   replica sees the fleet.
 
 use std::time::Duration;
 
+use crate::jobs::Job;
+use crate::online::OnlineError;
 use crate::state::AppState;
 
-/// The lease's name.
-const MAINTENANCE: &str = "online.maintenance";
-
-/// Runs until the process ends.
-pub async fn run(state: AppState) {
-    let interval = Duration::from_millis(state.online.config.jobs_interval_ms.max(100));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = once(&state, interval).await {
-            tracing::warn!(code = e.code(), error = %e, "online maintenance did not run; next tick retries");
-        }
-    }
+/// The interval of both jobs.
+fn interval(state: &AppState) -> Duration {
+    Duration::from_millis(state.online.config.jobs_interval_ms.max(100))
 }
 
-/// One round: the gauge, then the jobs if this replica holds the lease.
-/// Returns whether it ran the jobs.
-pub async fn once(
-    state: &AppState,
-    interval: Duration,
-) -> Result<bool, crate::online::OnlineError> {
+/// [`maintenance`] as a job, once across replicas.
+pub fn maintenance_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.maintenance",
+        interval(state),
+        |state: AppState| async move { maintenance(&state).await.map_err(Into::into) },
+    )
+    .once_across_replicas()
+}
+
+/// [`sessions_gauge`] as a job, on every replica.
+pub fn sessions_gauge_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.sessions_gauge",
+        interval(state),
+        |state: AppState| async move { sessions_gauge(&state).await.map_err(Into::into) },
+    )
+}
+
+/// Sets `keyward_sessions_active` from the database.
+pub async fn sessions_gauge(state: &AppState) -> Result<(), OnlineError> {
+    let now = keyward_kms::db::now_ms();
+    let active = state.online.store.active_sessions(now).await?;
+    state.metrics.sessions_active.set(active);
+    Ok(())
+}
+
+/// One round of the once-across-replicas maintenance.
+pub async fn maintenance(state: &AppState) -> Result<(), OnlineError> {
     let online = &state.online;
     let now = keyward_kms::db::now_ms();
-    let active = online.store.active_sessions(now).await?;
-    state.metrics.sessions_active.set(active);
-    // The lease outlives a missed tick or two, not a dead replica.
-    let lease = i64::try_from(interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
-    if !online
-        .store
-        .claim_job(MAINTENANCE, &online.replica, now, lease)
-        .await?
-    {
-        return Ok(false);
-    }
     let retired = state.kms.end_grace_periods().await?;
     state.kms.prune_key_changes().await?;
     let sessions = online.store.purge_sessions(now).await?;
@@ -69,5 +72,5 @@ pub async fn once(
             "online maintenance"
         );
     }
-    Ok(true)
+    Ok(())
 }

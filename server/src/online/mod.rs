@@ -10,8 +10,8 @@
 //!   online call;
 //! - [`transaction`]: a device's transaction MAC, account fields and PIN
 //!   block, over a session;
-//! - [`jobs`]: background work one replica runs at a time (grace-period
-//!   retirement, expired sessions and challenges);
+//! - [`jobs`]: its background jobs (grace-period retirement, expired
+//!   sessions and challenges once across replicas; the sessions gauge);
 //! - next: signed confirmations over the second channel, the e-purse ledger
 //!   (loads and reversals, one transaction with their ledger entries), the
 //!   card-to-server secure channel.
