@@ -24,6 +24,8 @@
 //!   its HSM checkpoint and signed checkpoints; [`migrate`]: its schema;
 //!   [`security`]: intrusion signals (audit record, metric, log) raised the
 //!   same way wherever they are detected.
+//! - [`jobs`]: the background jobs (CRL refresh, pruning, recovery, online
+//!   maintenance) and their runner, some once across replicas by a lease.
 //! - [`metrics`]: the Prometheus registry; [`state`]: what handlers share.
 //! - [`bootstrap`]: opening HSM, database and CA; `init`. [`cli`]: the
 //!   `keyward` commands.
@@ -38,6 +40,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod http;
 pub mod identity;
+pub mod jobs;
 pub mod metrics;
 pub mod migrate;
 pub mod online;

@@ -52,6 +52,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "login sealed challenges",
             include_str!("../migrations/sqlite/2022_login_sealed_challenges.sql"),
         ),
+        (
+            2030,
+            "jobs",
+            include_str!("../migrations/sqlite/2030_jobs.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -88,6 +93,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2022,
             "login sealed challenges",
             include_str!("../migrations/postgres/2022_login_sealed_challenges.sql"),
+        ),
+        (
+            2030,
+            "jobs",
+            include_str!("../migrations/postgres/2030_jobs.sql"),
         ),
     ],
 };

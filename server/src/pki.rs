@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyward_ca::{Ca, CaError, CertStatus, Crl, Serial};
@@ -21,6 +22,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::jobs::{Job, JobError};
 use crate::metrics::{Metrics, timed_hsm};
 use crate::state::AppState;
 use crate::tls::CrlInUse;
@@ -205,41 +207,42 @@ pub fn update_crl_metrics(metrics: &Metrics, crl: &CrlInUse) {
     metrics.crl_number.set(crl.number);
 }
 
-/// Until aborted: every `server.revocation_poll_ms`, looks whether any
-/// replica revoked something or stored a newer CRL and, if so, loads it into
-/// the TLS verifiers at once; and every `server.crl_refresh_secs` refreshes
-/// the CRL regardless (re-signing it when due). A revocation on one replica
-/// thus reaches every replica's handshakes within about one poll.
-pub async fn crl_refresh_loop(state: AppState) {
+/// Job `crl.refresh`, on every replica (each loads the CRL into its own TLS
+/// verifiers): every `server.revocation_poll_ms` it looks whether any
+/// replica revoked something or stored a newer CRL and, if so, loads it at
+/// once; and every `server.crl_refresh_secs` it refreshes the CRL regardless
+/// (re-signing it when due). A revocation on one replica thus reaches every
+/// replica's handshakes within about one poll. A failed refresh keeps the
+/// last good CRL in force and is retried next poll.
+pub async fn crl_refresh_job(state: &AppState) -> Job<AppState> {
     let poll = Duration::from_millis(state.config.server.revocation_poll_ms.max(50));
     let every = Duration::from_secs(state.config.server.crl_refresh_secs.max(1));
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; the CRL was just loaded
-    let mut seen = state.ca.revocation_marker().await.ok();
-    let mut refreshed = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        let marker = match state.ca.revocation_marker().await {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the revocation marker");
-                None
+    // The CRL was just loaded: what it reflects, and when.
+    let seen = state.ca.revocation_marker().await.ok();
+    let last = Arc::new(Mutex::new((seen, tokio::time::Instant::now())));
+    Job::new("crl.refresh", poll, move |state: AppState| {
+        let last = last.clone();
+        async move {
+            let marker = match state.ca.revocation_marker().await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the revocation marker");
+                    None
+                }
+            };
+            let (seen, refreshed) = *last.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = marker.is_some() && marker != seen;
+            if !changed && refreshed.elapsed() < every {
+                return Ok(());
             }
-        };
-        let changed = marker.is_some() && marker != seen;
-        if !changed && refreshed.elapsed() < every {
-            continue;
+            refresh_crl(&state)
+                .await
+                .map_err(|e| JobError::failed("crl_refresh_failed", e))?;
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = (marker, tokio::time::Instant::now());
+            Ok(())
         }
-        match refresh_crl(&state).await {
-            Ok(_) => {
-                seen = marker;
-                refreshed = tokio::time::Instant::now();
-            }
-            // The configs in force keep the last good CRL; retried next poll.
-            Err(e) => tracing::error!(error = format!("{e:#}"), "CRL refresh failed"),
-        }
-    }
+    })
+    .after_first_interval()
 }
 
 #[cfg(test)]

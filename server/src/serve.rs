@@ -19,7 +19,8 @@
 //! Imports whose process died (their batch lease ran out) are undone before
 //! the listeners open and then once a lease period
 //! (`provisioning.import_lease_ms`) by [`recover_imports`]: safe on every
-//! replica at once, since each batch is claimed by one.
+//! replica at once, since each batch is claimed by one. That and the other
+//! background work run as jobs ([`crate::jobs`]) while the listeners serve.
 //!
 //! Failed handshakes are counted per listener and written to the audit trail
 //! as `tls.client_refused`, at most [`REFUSALS_PER_MINUTE`] records per
@@ -52,6 +53,7 @@ use tower::ServiceExt;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::bootstrap;
 use crate::identity::ClientIdentity;
+use crate::jobs::{Job, JobError};
 use crate::metrics::{Listener, Metrics};
 use crate::pki::{self, TlsPaths};
 use crate::state::AppState;
@@ -257,10 +259,9 @@ pub async fn run(
     // Every connection holds a receiver; `closed()` is all of them gone.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = Arc::new(Limits::new(&state));
-    let refresher = tokio::spawn(crate::pki::crl_refresh_loop(state.clone()));
-    let purger = tokio::spawn(crate::http::idempotency::purge_loop(state.clone()));
-    let recoverer = tokio::spawn(import_recovery_loop(state.clone()));
-    let online_jobs = tokio::spawn(crate::online::jobs::run(state.clone()));
+    let jobs = crate::jobs::server_runner(&state)
+        .await
+        .start(state.clone());
     let crl_reloads = tokio::spawn(crate::pki::crl_reload_on_request(state.clone()));
 
     tokio::pin!(shutdown);
@@ -313,10 +314,7 @@ pub async fn run(
     }
 
     state.set_draining();
-    refresher.abort();
-    purger.abort();
-    recoverer.abort();
-    online_jobs.abort();
+    jobs.stop().await;
     crl_reloads.abort();
     drop(listeners);
     drop(stop_rx);
@@ -369,22 +367,22 @@ pub async fn recover_imports(state: &AppState) -> anyhow::Result<usize> {
     Ok(notes.len())
 }
 
-/// [`recover_imports`] once a lease period, for imports killed on this or
-/// another replica; failures are logged and tried again next time.
-async fn import_recovery_loop(state: AppState) {
-    let every = state.provisioning.import_lease();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        if let Err(e) = recover_imports(&state).await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "recovering unfinished imports failed; retried next period"
-            );
-        }
-    }
+/// Job `imports.recover`: [`recover_imports`] once a lease period, for
+/// imports killed on this or another replica, on every replica (each batch
+/// is claimed by one). Its first run is a period after start: `serve` runs
+/// it before listening.
+pub fn import_recovery_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "imports.recover",
+        state.provisioning.import_lease(),
+        |state: AppState| async move {
+            recover_imports(&state)
+                .await
+                .map(drop)
+                .map_err(|e| JobError::failed("import_recovery_failed", e))
+        },
+    )
+    .after_first_interval()
 }
 
 /// What every connection task shares: the per-address counts and the

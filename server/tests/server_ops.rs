@@ -1,12 +1,13 @@
 //! Operations: health and metrics for Prometheus, the audit trail's hash
 //! chain, its HSM checkpoint and signed checkpoints, error documents,
-//! graceful shutdown.
+//! graceful shutdown, background jobs across two replicas.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{Server, require_tool, sample};
 use sqlx::Connection;
@@ -264,4 +265,66 @@ async fn offline_verify_detects_a_forged_record_a_rechained_one_and_a_rewritten_
         assert_eq!(v["ok"], false, "{case}: {v}");
         assert_eq!(v["first_bad"], expected, "{case}: {v}");
     }
+}
+
+/// Two `keyward serve` processes on one database: the online maintenance job
+/// (once across replicas) is held by one of them, as the `jobs` table shows,
+/// and taken over by the other when the holder is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_run_a_once_job_one_at_a_time_and_the_survivor_takes_over() {
+    use keyward_server::jobs::Leases;
+    let mut s = Server::started_with(common::Options {
+        extra: "[online]\njobs_interval_ms = 200\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let b = s.replica("b");
+    let leases = Leases::new(
+        keyward_kms::db::Database::connect(&s.db.config)
+            .await
+            .unwrap(),
+    );
+    let lease = || async {
+        leases
+            .get("online.maintenance")
+            .await
+            .unwrap()
+            .expect("the maintenance job never ran")
+    };
+    // Each process names itself in its log when its jobs start.
+    let b_log = || std::fs::read_to_string(&b.log).unwrap_or_default();
+    let first = lease().await;
+    let on_a = s.log().contains(&first.holder);
+    assert!(
+        on_a != b_log().contains(&first.holder),
+        "holder {} is not exactly one of the two replicas",
+        first.holder
+    );
+    // While both run, the holder keeps renewing and nobody else gets it.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = lease().await;
+        assert_eq!(now.holder, first.holder);
+        assert!(now.last_run_at_ms > first.last_run_at_ms);
+    }
+    // The holder dies without a word; the other takes over after its lease.
+    let (survivor_log, killed) = if on_a {
+        s.kill();
+        (b.log.clone(), None)
+    } else {
+        (s.dir.path().join("serve.log"), Some(b))
+    };
+    drop(killed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let taken = loop {
+        let now = lease().await;
+        if now.holder != first.holder {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let survivor = std::fs::read_to_string(survivor_log).unwrap();
+    assert!(survivor.contains(&taken.holder), "{survivor}");
+    assert!(taken.lease_until_ms > keyward_kms::db::now_ms());
 }

@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use super::error::{ApiError, RETRY_AFTER_SECS};
 use crate::admin::Operator;
+use crate::jobs::Job;
 use crate::state::AppState;
 
 /// The request header.
@@ -413,20 +414,22 @@ fn replay(status: u16, content_type: Option<&str>, body: Vec<u8>) -> Response {
     resp
 }
 
-/// Deletes keys older than [`KEEP`], hourly, until aborted. Idempotent, so
-/// every replica may run it.
-pub async fn purge_loop(state: AppState) {
-    let store = Store::for_run(state.kms.db().clone());
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tick.tick().await;
-        let keep_ms = i64::try_from(KEEP.as_millis()).unwrap_or(i64::MAX);
-        match store.purge(now_ms().saturating_sub(keep_ms)).await {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "idempotency keys purged"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
-        }
-    }
+/// Job `idempotency.purge`: deletes keys older than [`KEEP`], hourly (from
+/// start). Idempotent, so it runs on every replica.
+pub fn purge_job() -> Job<AppState> {
+    Job::new(
+        "idempotency.purge",
+        Duration::from_secs(3600),
+        |state: AppState| async move {
+            let store = Store::for_run(state.kms.db().clone());
+            let keep_ms = i64::try_from(KEEP.as_millis()).unwrap_or(i64::MAX);
+            let n = store.purge(now_ms().saturating_sub(keep_ms)).await?;
+            if n > 0 {
+                tracing::info!(purged = n, "idempotency keys purged");
+            }
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

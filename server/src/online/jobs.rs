@@ -1,75 +1,64 @@
-//! Background work of the online service that must run once across
-//! replicas: every replica offers every `online.jobs_interval_ms`, and the
-//! one holding the lease (`online_jobs`, a conditional write) runs it:
+//! The online service's background jobs, both every
+//! `online.jobs_interval_ms` ([`crate::jobs`] runs them):
 //!
-//! - end the grace period of replaced working-key versions
-//!   (`retiring` → `retired`) and prune the working-key change log;
-//! - delete expired sessions, the seals of expired login challenges and
-//!   expired genuine-device challenges;
-//! - finish lockouts a crash cut short (revoke the certificates they named)
-//!   and chain staged audit records.
-//!
-//! Every replica, lease or not, refreshes its `keyward_sessions_active`
-//! gauge from the database, so a scrape of any replica sees the fleet.
+//! - [`Online::maintain`], once across replicas (job `online.maintenance`):
+//!   end the grace period of replaced working-key versions (`retiring` →
+//!   `retired`) and prune the working-key change log; delete expired
+//!   sessions, the seals of expired login challenges and expired
+//!   genuine-device challenges; finish lockouts a crash cut short (revoke the
+//!   certificates they named) and chain staged audit records;
+//! - [`Online::refresh_sessions_gauge`], on every replica (job
+//!   `online.sessions_gauge`): `keyward_sessions_active` from the database,
+//!   so a scrape of any replica sees the fleet.
 
 use std::time::Duration;
 
+use crate::jobs::Job;
 use crate::online::{Online, OnlineError};
 use crate::state::AppState;
 
-/// The lease's name.
-const MAINTENANCE: &str = "online.maintenance";
-
-/// Runs until the process ends.
-pub async fn run(state: AppState) {
-    let interval = Duration::from_millis(state.online.config().jobs_interval_ms.max(100));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = once(&state, interval).await {
-            tracing::warn!(code = e.code(), error = %e, "online maintenance did not run; next tick retries");
-        }
-    }
+/// The interval of both jobs.
+fn interval(state: &AppState) -> Duration {
+    Duration::from_millis(state.online.config().jobs_interval_ms.max(100))
 }
 
-/// One round: the gauge, then the jobs if this replica holds the lease.
-/// Returns whether it ran the jobs.
-pub async fn once(
-    state: &AppState,
-    interval: Duration,
-) -> Result<bool, crate::online::OnlineError> {
-    state.online.maintain(interval).await
+/// [`Online::maintain`] as a job, once across replicas.
+pub fn maintenance_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.maintenance",
+        interval(state),
+        |state: AppState| async move { state.online.maintain().await.map_err(Into::into) },
+    )
+    .once_across_replicas()
+}
+
+/// [`Online::refresh_sessions_gauge`] as a job, on every replica.
+pub fn sessions_gauge_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.sessions_gauge",
+        interval(state),
+        |state: AppState| async move {
+            state
+                .online
+                .refresh_sessions_gauge()
+                .await
+                .map_err(Into::into)
+        },
+    )
 }
 
 impl Online {
-    /// Takes (or keeps) the lease of job `name` for `holder` until
-    /// `now + lease_ms` unless another holds an unexpired one; whether
-    /// `holder` now runs the job.
-    pub async fn claim_job(
-        &self,
-        name: &str,
-        holder: &str,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<bool, OnlineError> {
-        self.store.claim_job(name, holder, now, lease_ms).await
-    }
-
-    /// [`once`] on this service.
-    pub async fn maintain(&self, interval: Duration) -> Result<bool, OnlineError> {
+    /// Sets `keyward_sessions_active` from the database.
+    pub async fn refresh_sessions_gauge(&self) -> Result<(), OnlineError> {
         let now = keyward_kms::db::now_ms();
         let active = self.store.active_sessions(now).await?;
         self.metrics.sessions_active.set(active);
-        // The lease outlives a missed tick or two, not a dead replica.
-        let lease = i64::try_from(interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
-        if !self
-            .store
-            .claim_job(MAINTENANCE, &self.replica, now, lease)
-            .await?
-        {
-            return Ok(false);
-        }
+        Ok(())
+    }
+
+    /// One round of the once-across-replicas maintenance.
+    pub async fn maintain(&self) -> Result<(), OnlineError> {
+        let now = keyward_kms::db::now_ms();
         let retired = self.kms.end_grace_periods().await?;
         self.kms.prune_key_changes().await?;
         let (sessions, _seals) = self.store.purge_expired(now).await?;
@@ -85,6 +74,6 @@ impl Online {
                 "online maintenance"
             );
         }
-        Ok(true)
+        Ok(())
     }
 }

@@ -10,8 +10,8 @@
 //!   online call;
 //! - [`transaction`]: a device's transaction MAC, account fields and PIN
 //!   block, over a session;
-//! - [`jobs`]: background work one replica runs at a time (grace-period
-//!   retirement, expired sessions and challenges);
+//! - [`jobs`]: its background jobs (grace-period retirement, expired
+//!   sessions and challenges once across replicas; the sessions gauge);
 //! - next: signed confirmations over the second channel, the e-purse ledger
 //!   (loads and reversals, one transaction with their ledger entries), the
 //!   card-to-server secure channel.
@@ -140,6 +140,11 @@ impl Online {
     /// The `[online]` configuration.
     pub fn config(&self) -> &OnlineConfig {
         &self.config
+    }
+
+    /// This replica's name (job leases).
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// The CRL reload handle the edge listens on.

@@ -554,39 +554,6 @@ impl OnlineStore {
             })
             .collect()
     }
-
-    // ---- run-once jobs ---------------------------------------------------
-
-    /// Takes (or keeps) the lease of job `name` for `holder` until
-    /// `now + lease_ms` if nobody else holds an unexpired one; whether this
-    /// holder now runs the job. One conditional write, so of two replicas
-    /// asking at once exactly one wins.
-    pub async fn claim_job(
-        &self,
-        name: &str,
-        holder: &str,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<bool> {
-        self.db
-            .write("online.claim_job", |mut tx| async move {
-                let n = sqlx::query(
-                    "INSERT INTO online_jobs (name, holder, lease_until_ms, last_run_at_ms) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE \
-                     SET holder = $2, lease_until_ms = $3, last_run_at_ms = $4 \
-                     WHERE online_jobs.holder = $2 OR online_jobs.lease_until_ms < $4",
-                )
-                .bind(name)
-                .bind(holder)
-                .bind(now.saturating_add(lease_ms))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, n == 1))
-            })
-            .await
-    }
 }
 
 fn credential_from_row(row: &AnyRow) -> Result<Credential> {

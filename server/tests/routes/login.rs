@@ -561,15 +561,12 @@ async fn expired_challenges_and_sessions_are_refused() {
         .refused(StatusCode::FORBIDDEN, "session_expired");
 
     // The maintenance job sweeps both (an unanswered challenge left to
-    // expire, the expired session), on the replica holding its lease.
+    // expire, the expired session).
     start(&app, &who, start_body(&d, "bank-a"))
         .await
         .expect(StatusCode::CREATED);
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    let ran = keyward_server::online::jobs::once(&app.state, std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(ran);
+    app.state.online.maintain().await.unwrap();
     session(&app, &who, &token)
         .await
         .refused(StatusCode::FORBIDDEN, "session_invalid");
@@ -577,45 +574,6 @@ async fn expired_challenges_and_sessions_are_refused() {
     assert!(
         metrics.contains("keyward_login_challenges_total{event=\"expired\"} 1"),
         "{metrics}"
-    );
-}
-
-#[tokio::test]
-async fn one_replica_at_a_time_holds_the_maintenance_lease() {
-    let app = App::new().await;
-    let store = &app.state.online;
-    let now = keyward_kms::db::now_ms();
-    assert!(store.claim_job("t", "replica-a", now, 1_000).await.unwrap());
-    assert!(
-        !store
-            .claim_job("t", "replica-b", now + 10, 1_000)
-            .await
-            .unwrap()
-    );
-    // The holder renews; another takes over only once the lease lapsed.
-    assert!(
-        store
-            .claim_job("t", "replica-a", now + 500, 1_000)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .claim_job("t", "replica-b", now + 1_400, 1_000)
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .claim_job("t", "replica-b", now + 1_600, 1_000)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .claim_job("t", "replica-a", now + 1_700, 1_000)
-            .await
-            .unwrap()
     );
 }
 

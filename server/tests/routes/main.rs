@@ -24,6 +24,7 @@ mod database;
 mod devices;
 mod idempotency;
 mod issuers;
+mod jobs;
 mod login;
 mod macs;
 mod openapi;
