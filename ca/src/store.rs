@@ -237,8 +237,9 @@ impl Store {
     ) -> Result<()> {
         self.db
             .write("revoke", |mut tx| async move {
-                Self::revoke_in(&mut tx, serial, reason, at_ms).await?;
-                Ok((tx, ()))
+                Self::revoke_in(&mut tx, serial, reason, at_ms)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await
     }

@@ -141,8 +141,9 @@ impl Store {
     pub(crate) async fn mark_verified(&self, device: DeviceId) -> Result<bool> {
         self.db
             .write("mark_verified", |mut tx| async move {
-                let done = Self::mark_verified_in(&mut tx, device).await?;
-                Ok((tx, done))
+                Self::mark_verified_in(&mut tx, device)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await
     }
@@ -206,8 +207,9 @@ impl Store {
     ) -> Result<bool> {
         self.db
             .write("change_state", |mut tx| async move {
-                let done = Self::change_state_in(&mut tx, device, from, to).await?;
-                Ok((tx, done))
+                Self::change_state_in(&mut tx, device, from, to)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await
     }
@@ -219,18 +221,7 @@ impl Store {
         from: DeviceState,
         to: DeviceState,
     ) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE prov_devices SET state = $2, state_changed_at_ms = $3 \
-             WHERE device_id = $1 AND state = $4",
-        )
-        .bind(device.to_string())
-        .bind(to.as_str())
-        .bind(now_ms())
-        .bind(from.as_str())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        advance_in(tx, device, from, to, now_ms()).await
     }
 
     /// Retires a device from whatever state it is in (a retirement wins over
@@ -239,8 +230,7 @@ impl Store {
     pub(crate) async fn retire(&self, device: DeviceId) -> Result<bool> {
         self.db
             .write("retire", |mut tx| async move {
-                let done = Self::retire_in(&mut tx, device).await?;
-                Ok((tx, done))
+                Self::retire_in(&mut tx, device).await.map(|v| (tx, v))
             })
             .await
     }
@@ -275,9 +265,9 @@ pub(super) async fn state_in(tx: &mut Tx, device: DeviceId) -> Result<DeviceStat
     Ok(parse_col(&row, "state", "prov_devices.state")?)
 }
 
-/// Moves a device `initialised → issued` (its first binding) or
-/// `verified → initialised` (its first confirmed keys) inside another
-/// table's write transaction; false if it was not in `from`.
+/// Moves a device `from → to` at `now` inside a write transaction (an
+/// operator edge, or the first binding or confirmed keys inside another
+/// table's); false if it was not in `from`.
 pub(super) async fn advance_in(
     tx: &mut Tx,
     device: DeviceId,

@@ -127,8 +127,7 @@ impl Catalog {
         let created = self
             .db
             .write("create_issuer", |mut tx| async move {
-                Self::insert_issuer(&mut tx, issuer).await?;
-                Ok((tx, ()))
+                Self::insert_issuer(&mut tx, issuer).await.map(|v| (tx, v))
             })
             .await;
         match created {
@@ -244,9 +243,9 @@ impl Catalog {
                 "add_pending_version",
                 Retry::LostRacesAndUniqueViolations,
                 |mut tx| async move {
-                    let version =
-                        Self::add_pending_version_in(&mut tx, issuer, device, keys).await?;
-                    Ok((tx, version))
+                    Self::add_pending_version_in(&mut tx, issuer, device, keys)
+                        .await
+                        .map(|v| (tx, v))
                 },
             )
             .await
@@ -522,8 +521,9 @@ impl Catalog {
     ) -> Result<()> {
         self.db
             .write("activate_version", |mut tx| async move {
-                Self::activate_version_in(&mut tx, issuer, device, version, grace).await?;
-                Ok((tx, ()))
+                Self::activate_version_in(&mut tx, issuer, device, version, grace)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await
     }
@@ -590,8 +590,9 @@ impl Catalog {
     ) -> Result<()> {
         self.db
             .write("reject_version", |mut tx| async move {
-                Self::reject_version_in(&mut tx, issuer, device, version).await?;
-                Ok((tx, ()))
+                Self::reject_version_in(&mut tx, issuer, device, version)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await
     }
@@ -652,8 +653,9 @@ impl Catalog {
     pub async fn retire_device(&self, device: DeviceId, now_ms: i64) -> Result<u64> {
         self.db
             .write("retire_device", |mut tx| async move {
-                let n = Self::retire_device_in(&mut tx, device, now_ms).await?;
-                Ok((tx, n))
+                Self::retire_device_in(&mut tx, device, now_ms)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await
     }
