@@ -5,6 +5,7 @@
 
 pub use keyward_kms::ErrorKind;
 use keyward_kms::KmsError;
+use keyward_kms::db::TxError;
 
 use crate::profile::Profile;
 use crate::registry::Serial;
@@ -83,6 +84,18 @@ impl From<keyward_kms::db::ColumnError> for CaError {
         match e {
             keyward_kms::db::ColumnError::Read(e) => Self::Database(e),
             keyward_kms::db::ColumnError::Corrupt(what) => Self::CorruptRecord(what),
+        }
+    }
+}
+
+/// A catalog write inside a CA unit of work carries its database error in
+/// `Kms`: a lost race there is retried too.
+impl TxError for CaError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Database(e) => Some(e),
+            Self::Kms(e) => e.database_error(),
+            _ => None,
         }
     }
 }

@@ -1,14 +1,11 @@
 //! The CA's tables, in the key catalog's database through the same sqlx Any
-//! pool, with the catalog's transaction rules: every multi-statement write is
-//! one transaction, `BEGIN IMMEDIATE` on SQLite and `SERIALIZABLE` on
-//! PostgreSQL, retried when PostgreSQL reports a serialization failure or
-//! deadlock.
+//! pool, with the catalog's transaction rules: every write is one unit of
+//! work ([`Database::write`]: `BEGIN IMMEDIATE` on SQLite, `SERIALIZABLE` on
+//! PostgreSQL, retried whole on a lost race).
 
-use std::future::Future;
-
-use keyward_kms::db::{self, Database};
+use keyward_kms::db::{self, Database, Tx};
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{AnyPool, Row};
 
 use crate::error::{CaError, Result};
 use crate::profile::{Profile, Role};
@@ -113,21 +110,25 @@ impl Store {
         not_before_ms: i64,
         not_after_ms: i64,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO ca_authorities \
-             (name, serial, pem, not_before_ms, not_after_ms, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(serial.as_str())
-        .bind(pem)
-        .bind(not_before_ms)
-        .bind(not_after_ms)
-        .bind(db::now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        self.db
+            .write("insert_authority", |mut tx| async move {
+                let done = sqlx::query(
+                    "INSERT INTO ca_authorities \
+                     (name, serial, pem, not_before_ms, not_after_ms, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(serial.as_str())
+                .bind(pem)
+                .bind(not_before_ms)
+                .bind(not_after_ms)
+                .bind(db::now_ms())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Ok((tx, done == 1))
+            })
+            .await
     }
 
     // ---- registry --------------------------------------------------------------
@@ -143,25 +144,31 @@ impl Store {
     /// Registers a certificate; `Ok(false)` if its serial is already taken
     /// (the caller signs again with a new serial).
     pub async fn insert_certificate(&self, c: &NewCert<'_>) -> Result<bool> {
-        let res = sqlx::query(
-            "INSERT INTO certificates \
-             (serial, profile, subject, device_id, operator_role, not_before_ms, not_after_ms, \
-              issued_at_ms, status, pem) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'valid', $9)",
-        )
-        .bind(c.serial.as_str())
-        .bind(c.profile.as_str())
-        .bind(c.subject)
-        .bind(c.device_id.clone())
-        .bind(c.role.map(|r| r.as_str()))
-        .bind(c.not_before_ms)
-        .bind(c.not_after_ms)
-        .bind(db::now_ms())
-        .bind(c.pem)
-        .execute(&self.pool)
-        .await;
+        let res = self
+            .db
+            .write("insert_certificate", |mut tx| async move {
+                sqlx::query(
+                    "INSERT INTO certificates \
+                     (serial, profile, subject, device_id, operator_role, not_before_ms, \
+                      not_after_ms, issued_at_ms, status, pem) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'valid', $9)",
+                )
+                .bind(c.serial.as_str())
+                .bind(c.profile.as_str())
+                .bind(c.subject)
+                .bind(c.device_id.clone())
+                .bind(c.role.map(|r| r.as_str()))
+                .bind(c.not_before_ms)
+                .bind(c.not_after_ms)
+                .bind(db::now_ms())
+                .bind(c.pem)
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, ()))
+            })
+            .await;
         match res {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -228,35 +235,46 @@ impl Store {
         reason: RevocationReason,
         at_ms: i64,
     ) -> Result<()> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let row = sqlx::query("SELECT status FROM certificates WHERE serial = $1")
-                .bind(serial.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                return Err(CaError::UnknownSerial(serial.clone()));
-            };
-            match db::parse_col::<CertStatus>(&row, "status", "certificates.status")? {
-                CertStatus::Revoked => return Err(CaError::AlreadyRevoked(serial.clone())),
-                CertStatus::Valid => {}
-            }
-            sqlx::query(
-                "UPDATE certificates SET status = 'revoked', revoked_at_ms = $2, reason = $3 \
-                 WHERE serial = $1 AND status = 'valid'",
-            )
+        self.db
+            .write("revoke", |mut tx| async move {
+                Self::revoke_in(&mut tx, serial, reason, at_ms)
+                    .await
+                    .map(|v| (tx, v))
+            })
+            .await
+    }
+
+    /// [`Store::revoke`] in the caller's transaction.
+    pub async fn revoke_in(
+        tx: &mut Tx,
+        serial: &Serial,
+        reason: RevocationReason,
+        at_ms: i64,
+    ) -> Result<()> {
+        let row = sqlx::query("SELECT status FROM certificates WHERE serial = $1")
             .bind(serial.as_str())
-            .bind(at_ms)
-            .bind(reason.as_str())
-            .execute(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
-            sqlx::query("UPDATE ca_crl SET revision = revision + 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        let Some(row) = row else {
+            return Err(CaError::UnknownSerial(serial.clone()));
+        };
+        match db::parse_col::<CertStatus>(&row, "status", "certificates.status")? {
+            CertStatus::Revoked => return Err(CaError::AlreadyRevoked(serial.clone())),
+            CertStatus::Valid => {}
+        }
+        sqlx::query(
+            "UPDATE certificates SET status = 'revoked', revoked_at_ms = $2, reason = $3 \
+             WHERE serial = $1 AND status = 'valid'",
+        )
+        .bind(serial.as_str())
+        .bind(at_ms)
+        .bind(reason.as_str())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE ca_crl SET revision = revision + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     // ---- CRL -------------------------------------------------------------------
@@ -265,68 +283,73 @@ impl Store {
     /// list it will carry (certificates still unexpired at `now_ms`), so a
     /// higher number never lists less than a lower one.
     pub async fn allocate_crl(&self, now_ms: i64) -> Result<CrlSnapshot> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query("UPDATE ca_crl SET last_number = last_number + 1 WHERE id = 1")
-                .execute(&mut *tx)
+        let (number, revision, rows) = self
+            .db
+            .write("allocate_crl", |mut tx| async move {
+                sqlx::query("UPDATE ca_crl SET last_number = last_number + 1 WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sqlx::query("SELECT last_number, revision FROM ca_crl WHERE id = 1")
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(CaError::CorruptRecord("ca_crl"))?;
+                let number: i64 = row.try_get("last_number")?;
+                let revision: i64 = row.try_get("revision")?;
+                let rows = sqlx::query(
+                    "SELECT serial, revoked_at_ms, reason FROM certificates \
+                     WHERE status = 'revoked' AND not_after_ms > $1 ORDER BY serial",
+                )
+                .bind(now_ms)
+                .fetch_all(&mut *tx)
                 .await?;
-            let row = sqlx::query("SELECT last_number, revision FROM ca_crl WHERE id = 1")
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(CaError::CorruptRecord("ca_crl"))?;
-            let number: i64 = row.try_get("last_number")?;
-            let revision: i64 = row.try_get("revision")?;
-            let rows = sqlx::query(
-                "SELECT serial, revoked_at_ms, reason FROM certificates \
-                 WHERE status = 'revoked' AND not_after_ms > $1 ORDER BY serial",
-            )
-            .bind(now_ms)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            let revoked = rows
-                .iter()
-                .map(|r| {
-                    let at: Option<i64> = r.try_get("revoked_at_ms")?;
-                    let reason: Option<String> = r.try_get("reason")?;
-                    Ok(RevokedEntry {
-                        serial: db::parse_col(r, "serial", "certificates.serial")?,
-                        revoked_at_ms: at
-                            .ok_or(CaError::CorruptRecord("certificates.revoked_at_ms"))?,
-                        reason: reason
-                            .as_deref()
-                            .unwrap_or("unspecified")
-                            .parse()
-                            .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(CrlSnapshot {
-                number,
-                revision,
-                revoked,
+                Ok::<_, CaError>((tx, (number, revision, rows)))
             })
+            .await?;
+        let revoked = rows
+            .iter()
+            .map(|r| {
+                let at: Option<i64> = r.try_get("revoked_at_ms")?;
+                let reason: Option<String> = r.try_get("reason")?;
+                Ok(RevokedEntry {
+                    serial: db::parse_col(r, "serial", "certificates.serial")?,
+                    revoked_at_ms: at
+                        .ok_or(CaError::CorruptRecord("certificates.revoked_at_ms"))?,
+                    reason: reason
+                        .as_deref()
+                        .unwrap_or("unspecified")
+                        .parse()
+                        .map_err(|_| CaError::CorruptRecord("certificates.reason"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CrlSnapshot {
+            number,
+            revision,
+            revoked,
         })
-        .await
     }
 
     /// Stores a signed CRL as the latest unless a higher-numbered one is
     /// already stored; returns whether it was.
     pub async fn publish_crl(&self, crl: &StoredCrl) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE ca_crl SET number = $1, covers_revision = $2, this_update_ms = $3, \
-             next_update_ms = $4, der = $5 \
-             WHERE id = 1 AND (number IS NULL OR number < $1)",
-        )
-        .bind(crl.number)
-        .bind(crl.covers_revision)
-        .bind(crl.this_update_ms)
-        .bind(crl.next_update_ms)
-        .bind(crl.der.clone())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        self.db
+            .write("publish_crl", |mut tx| async move {
+                let done = sqlx::query(
+                    "UPDATE ca_crl SET number = $1, covers_revision = $2, this_update_ms = $3, \
+                     next_update_ms = $4, der = $5 \
+                     WHERE id = 1 AND (number IS NULL OR number < $1)",
+                )
+                .bind(crl.number)
+                .bind(crl.covers_revision)
+                .bind(crl.this_update_ms)
+                .bind(crl.next_update_ms)
+                .bind(crl.der.clone())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Ok((tx, done == 1))
+            })
+            .await
     }
 
     /// `(revision, latest CRL number)`: changes with every revocation and
@@ -367,24 +390,6 @@ impl Store {
             }
         };
         Ok(CrlState { revision, latest })
-    }
-
-    // ---- plumbing ----------------------------------------------------------------
-
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.db.begin_write().await?)
-    }
-
-    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        db::retrying("CA registry", |e| self.is_race(e), op).await
-    }
-
-    fn is_race(&self, e: &CaError) -> bool {
-        matches!(e, CaError::Database(err) if self.db.is_serialization_failure(err))
     }
 }
 

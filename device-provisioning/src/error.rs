@@ -11,6 +11,7 @@ use std::fmt;
 
 use keyward_ca::CaError;
 use keyward_kms::KmsError;
+use keyward_kms::db::TxError;
 use keyward_kms::types::{DeviceId, IssuerId};
 
 use crate::intake::ImportReport;
@@ -148,6 +149,18 @@ impl From<keyward_kms::db::ColumnError> for ProvisioningError {
         match e {
             keyward_kms::db::ColumnError::Read(e) => Self::Database(e),
             keyward_kms::db::ColumnError::Corrupt(what) => Self::CorruptRecord(what),
+        }
+    }
+}
+
+/// A catalog write inside a provisioning unit of work carries its database
+/// error in `Kms`: a lost race there is retried too.
+impl TxError for ProvisioningError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Database(e) => Some(e),
+            Self::Kms(e) => e.database_error(),
+            _ => None,
         }
     }
 }

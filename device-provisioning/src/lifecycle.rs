@@ -12,6 +12,7 @@
 //! valid certificate), then closes every working-key version of the device
 //! at every issuer.
 
+use keyward_kms::db::Tx;
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
@@ -19,6 +20,7 @@ use crate::audit::{Action, Actor, AuditNote, Decision};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
 use crate::error::{ProvisioningError, Result};
 use crate::intake::BatchState;
+use crate::store::Store;
 use crate::types::{BatchId, DeviceState, OperatorId, Reason, SeSerial};
 
 /// A registered device.
@@ -128,6 +130,32 @@ impl Provisioning {
         note.reason(reason);
         let result = self.transition_inner(device, to, &mut note).await;
         note.finish(result)
+    }
+
+    /// The registry's half of an operator's `issued ⇄ suspended` edge in the
+    /// caller's transaction, for a step that commits it with rows of its
+    /// own; false if the device was no longer in `from`.
+    /// [`ProvisioningError::InvalidTransition`] for any other edge.
+    pub async fn change_state_in(
+        tx: &mut Tx,
+        device: DeviceId,
+        from: DeviceState,
+        to: DeviceState,
+    ) -> Result<bool> {
+        if !from.operator_edge(to) || to == DeviceState::Retired {
+            return Err(ProvisioningError::InvalidTransition { from, to });
+        }
+        Store::change_state_in(tx, device, from, to).await
+    }
+
+    /// The registry's half of retiring a device in the caller's transaction:
+    /// its row and its outstanding challenges; false if it was already
+    /// retired. The caller revokes its certificates first (CA and HSM work,
+    /// outside the transaction), as [`Provisioning::transition`] does; its
+    /// working keys can close in the same transaction
+    /// (`Catalog::retire_device_in`).
+    pub async fn retire_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
+        Store::retire_in(tx, device).await
     }
 
     async fn transition_inner(

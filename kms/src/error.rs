@@ -262,5 +262,14 @@ impl From<ColumnError> for KmsError {
     }
 }
 
+impl crate::db::TxError for KmsError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Database(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = KmsError> = std::result::Result<T, E>;

@@ -13,8 +13,8 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use super::{Ca, blocking, from_ms, ms, now_s, pem_encode};
 use crate::error::{CaError, Result};
 use crate::registry::{RevocationReason, Serial};
-use crate::store::StoredCrl;
-use keyward_kms::db::now_ms;
+use crate::store::{Store, StoredCrl};
+use keyward_kms::db::{Tx, now_ms};
 
 /// A CRL signed by the issuing CA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,19 @@ impl Ca {
             );
         }
         Ok(())
+    }
+
+    /// The registry's half of [`Ca::revoke`] in the caller's transaction, for
+    /// a step that revokes with rows of its own. The CRL is not re-signed
+    /// here (no HSM call inside a transaction): the revision this bumps makes
+    /// the next [`Ca::crl`] or [`Ca::refresh_crl_if_due`] sign a fresh one.
+    pub async fn revoke_in(
+        tx: &mut Tx,
+        serial: &Serial,
+        reason: RevocationReason,
+        at_ms: i64,
+    ) -> Result<()> {
+        Store::revoke_in(tx, serial, reason, at_ms).await
     }
 
     /// Revokes several certificates for good, then re-signs the CRL once:

@@ -56,10 +56,10 @@ impl Store {
         lease: &Lease<'_>,
     ) -> Result<()> {
         let count = i64::try_from(devices.len()).unwrap_or(i64::MAX);
-        self.retrying(|| async {
-            let now = now_ms();
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
+        self.db
+            .write("reserve_batch", |mut tx| async move {
+                let now = now_ms();
+                sqlx::query(
                 "INSERT INTO prov_batches (id, state, device_count, imported_by, imported_at_ms, \
                  importer, lease_until_ms) VALUES ($1, 'importing', $2, $3, $4, $5, $6)",
             )
@@ -71,36 +71,35 @@ impl Store {
             .bind(now.saturating_add(lease.ms))
             .execute(&mut *tx)
             .await?;
-            for d in devices {
-                sqlx::query(
-                    "INSERT INTO prov_devices (device_id, batch_id, psam_serial, esam_serial, \
-                     model, firmware, key_kind, state, created_at_ms, state_changed_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'manufactured', $8, $8)",
-                )
-                .bind(d.device.to_string())
-                .bind(batch_id.as_str())
-                .bind(d.psam.map(|s| s.as_str().to_owned()))
-                .bind(d.esam.map(|s| s.as_str().to_owned()))
-                .bind(d.model)
-                .bind(d.firmware)
-                .bind(d.key_kind.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(d.spki_sha256)
-                .bind(d.device.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+                for d in devices {
+                    sqlx::query(
+                        "INSERT INTO prov_devices (device_id, batch_id, psam_serial, esam_serial, \
+                         model, firmware, key_kind, state, created_at_ms, state_changed_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'manufactured', $8, $8)",
+                    )
+                    .bind(d.device.to_string())
+                    .bind(batch_id.as_str())
+                    .bind(d.psam.map(|s| s.as_str().to_owned()))
+                    .bind(d.esam.map(|s| s.as_str().to_owned()))
+                    .bind(d.model)
+                    .bind(d.firmware)
+                    .bind(d.key_kind.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
+                         VALUES ($1, $2, $3)",
+                    )
+                    .bind(d.spki_sha256)
+                    .bind(d.device.to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// Records each device's certificate serial and completes the batch, if
@@ -112,38 +111,36 @@ impl Store {
         importer: &str,
         certs: &[(DeviceId, &str)],
     ) -> Result<bool> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            // The claim first: a lost batch writes nothing at all.
-            let done = sqlx::query(
-                "UPDATE prov_batches SET state = 'complete', completed_at_ms = $2, \
-                 lease_until_ms = NULL \
-                 WHERE id = $1 AND state = 'importing' AND importer = $3",
-            )
-            .bind(batch_id.as_str())
-            .bind(now_ms())
-            .bind(importer)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            for (device, serial) in certs {
-                sqlx::query(
-                    "UPDATE prov_devices SET cert_serial = $2 \
-                     WHERE device_id = $1 AND batch_id = $3",
+        self.db
+            .write("complete_batch", |mut tx| async move {
+                // The claim first: a lost batch writes nothing at all.
+                let done = sqlx::query(
+                    "UPDATE prov_batches SET state = 'complete', completed_at_ms = $2, \
+                     lease_until_ms = NULL \
+                     WHERE id = $1 AND state = 'importing' AND importer = $3",
                 )
-                .bind(device.to_string())
-                .bind(*serial)
                 .bind(batch_id.as_str())
+                .bind(now_ms())
+                .bind(importer)
                 .execute(&mut *tx)
                 .await?;
-            }
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await
+                if done.rows_affected() != 1 {
+                    return Ok((tx, false));
+                }
+                for (device, serial) in certs {
+                    sqlx::query(
+                        "UPDATE prov_devices SET cert_serial = $2 \
+                         WHERE device_id = $1 AND batch_id = $3",
+                    )
+                    .bind(device.to_string())
+                    .bind(*serial)
+                    .bind(batch_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Ok((tx, true))
+            })
+            .await
     }
 
     /// Extends `importer`'s lease on an `importing` batch to `until_ms`;
@@ -154,21 +151,20 @@ impl Store {
         importer: &str,
         until_ms: i64,
     ) -> Result<bool> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let renewed = sqlx::query(
-                "UPDATE prov_batches SET lease_until_ms = $3 \
-                 WHERE id = $1 AND state = 'importing' AND importer = $2",
-            )
-            .bind(batch_id.as_str())
-            .bind(importer)
-            .bind(until_ms)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(renewed.rows_affected() == 1)
-        })
-        .await
+        self.db
+            .write("renew_lease", |mut tx| async move {
+                let renewed = sqlx::query(
+                    "UPDATE prov_batches SET lease_until_ms = $3 \
+                     WHERE id = $1 AND state = 'importing' AND importer = $2",
+                )
+                .bind(batch_id.as_str())
+                .bind(importer)
+                .bind(until_ms)
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, renewed.rows_affected() == 1))
+            })
+            .await
     }
 
     /// `importing` batches whose lease ran out before `now_ms` (or that have
@@ -189,24 +185,23 @@ impl Store {
     /// Takes over an `importing` batch whose lease ran out: one conditional
     /// update, so of two replicas recovering at once exactly one wins.
     pub(crate) async fn claim_import(&self, batch_id: &BatchId, lease: &Lease<'_>) -> Result<bool> {
-        self.retrying(|| async {
-            let now = now_ms();
-            let mut tx = self.begin_write().await?;
-            let claimed = sqlx::query(
-                "UPDATE prov_batches SET importer = $2, lease_until_ms = $3 \
-                 WHERE id = $1 AND state = 'importing' \
-                 AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
-            )
-            .bind(batch_id.as_str())
-            .bind(lease.importer)
-            .bind(now.saturating_add(lease.ms))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(claimed.rows_affected() == 1)
-        })
-        .await
+        self.db
+            .write("claim_import", |mut tx| async move {
+                let now = now_ms();
+                let claimed = sqlx::query(
+                    "UPDATE prov_batches SET importer = $2, lease_until_ms = $3 \
+                     WHERE id = $1 AND state = 'importing' \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+                )
+                .bind(batch_id.as_str())
+                .bind(lease.importer)
+                .bind(now.saturating_add(lease.ms))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, claimed.rows_affected() == 1))
+            })
+            .await
     }
 
     /// Removes the reservation of an import that did not complete — its
@@ -217,18 +212,17 @@ impl Store {
         batch_id: &BatchId,
         importer: &str,
     ) -> Result<bool> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
+        let outcome = self.db.write("remove_reservation", |mut tx| async move {
             let held = sqlx::query(
-                "SELECT id FROM prov_batches WHERE id = $1 AND state = 'importing' AND importer = $2",
+                "SELECT id FROM prov_batches \
+                 WHERE id = $1 AND state = 'importing' AND importer = $2",
             )
             .bind(batch_id.as_str())
             .bind(importer)
             .fetch_optional(&mut *tx)
             .await?;
             if held.is_none() {
-                tx.rollback().await?;
-                return Ok(false);
+                return Ok((tx, false));
             }
             sqlx::query(
                 "DELETE FROM prov_device_keys WHERE device_id IN \
@@ -242,20 +236,23 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let removed = sqlx::query(
-                "DELETE FROM prov_batches WHERE id = $1 AND state = 'importing' AND importer = $2",
+                "DELETE FROM prov_batches \
+                 WHERE id = $1 AND state = 'importing' AND importer = $2",
             )
             .bind(batch_id.as_str())
             .bind(importer)
             .execute(&mut *tx)
             .await?;
             if removed.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(false);
+                // Lost after the deletes: the error rolls them back.
+                return Err(ProvisioningError::ImportAborted(batch_id.clone()));
             }
-            tx.commit().await?;
-            Ok(true)
-        })
-        .await
+            Ok((tx, true))
+        });
+        match outcome.await {
+            Err(ProvisioningError::ImportAborted(_)) => Ok(false),
+            other => other,
+        }
     }
 
     /// The device ids reserved or registered in a batch.

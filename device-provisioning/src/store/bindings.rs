@@ -27,54 +27,54 @@ impl Store {
         F: Fn(DeviceState, &[(IssuerId, CustomerId)]) -> Result<()> + Sync,
     {
         let device = binding.device;
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let state = state_in(&mut tx, device).await?;
-            let existing = sqlx::query(
-                "SELECT issuer_id, customer_id FROM prov_bindings WHERE device_id = $1",
-            )
-            .bind(device.to_string())
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    parse_col(row, "issuer_id", "prov_bindings.issuer_id")?,
-                    parse_col(row, "customer_id", "prov_bindings.customer_id")?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-            allowed(state, &existing)?;
-            sqlx::query(
-                "INSERT INTO prov_bindings (device_id, issuer_id, customer_id, secure_element, \
-                 psam_serial, esam_serial, accounts, bound_by, bound_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(device.to_string())
-            .bind(binding.issuer.as_str())
-            .bind(binding.customer.as_str())
-            .bind(binding.secure_element.as_str())
-            .bind(binding.psam_serial.as_ref().map(|s| s.as_str().to_owned()))
-            .bind(binding.esam_serial.as_ref().map(|s| s.as_str().to_owned()))
-            .bind(join_accounts(&binding.accounts))
-            .bind(binding.bound_by.as_str())
-            .bind(binding.bound_at_ms)
-            .execute(&mut *tx)
-            .await?;
-            if state == DeviceState::Initialised {
-                advance_in(
-                    &mut tx,
-                    device,
-                    DeviceState::Initialised,
-                    DeviceState::Issued,
-                    binding.bound_at_ms,
+        let allowed = &allowed;
+        self.db
+            .write("bind", |mut tx| async move {
+                let state = state_in(&mut tx, device).await?;
+                let existing = sqlx::query(
+                    "SELECT issuer_id, customer_id FROM prov_bindings WHERE device_id = $1",
                 )
+                .bind(device.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        parse_col(row, "issuer_id", "prov_bindings.issuer_id")?,
+                        parse_col(row, "customer_id", "prov_bindings.customer_id")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+                allowed(state, &existing)?;
+                sqlx::query(
+                    "INSERT INTO prov_bindings (device_id, issuer_id, customer_id, secure_element, \
+                     psam_serial, esam_serial, accounts, bound_by, bound_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(device.to_string())
+                .bind(binding.issuer.as_str())
+                .bind(binding.customer.as_str())
+                .bind(binding.secure_element.as_str())
+                .bind(binding.psam_serial.as_ref().map(|s| s.as_str().to_owned()))
+                .bind(binding.esam_serial.as_ref().map(|s| s.as_str().to_owned()))
+                .bind(join_accounts(&binding.accounts))
+                .bind(binding.bound_by.as_str())
+                .bind(binding.bound_at_ms)
+                .execute(&mut *tx)
                 .await?;
-            }
-            tx.commit().await?;
-            Ok(state)
-        })
-        .await
+                if state == DeviceState::Initialised {
+                    advance_in(
+                        &mut tx,
+                        device,
+                        DeviceState::Initialised,
+                        DeviceState::Issued,
+                        binding.bound_at_ms,
+                    )
+                    .await?;
+                }
+                Ok((tx, state))
+            })
+            .await
     }
 
     /// Every binding of a device, by issuer.

@@ -31,40 +31,39 @@ impl Store {
         now: i64,
         max_outstanding: u32,
     ) -> Result<()> {
-        let device = challenge.device.to_string();
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO prov_challenges \
-                 (id, device_id, purpose, scope, challenge, created_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(challenge.id.as_str())
-            .bind(device.as_str())
-            .bind(challenge.purpose)
-            .bind(challenge.scope.as_str())
-            .bind(hex::encode_upper(&challenge.bytes))
-            .bind(now)
-            .bind(challenge.expires_at_ms)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
-                 AND scope = $5 AND (expires_at_ms <= $3 OR id NOT IN (\
-                   SELECT id FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
-                   AND scope = $5 ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
-            )
-            .bind(device.as_str())
-            .bind(challenge.purpose)
-            .bind(now)
-            .bind(i64::from(max_outstanding))
-            .bind(challenge.scope.as_str())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        let device = &challenge.device.to_string();
+        self.db
+            .write("put_challenge", |mut tx| async move {
+                sqlx::query(
+                    "INSERT INTO prov_challenges \
+                     (id, device_id, purpose, scope, challenge, created_at_ms, expires_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(challenge.id.as_str())
+                .bind(device.as_str())
+                .bind(challenge.purpose)
+                .bind(challenge.scope.as_str())
+                .bind(hex::encode_upper(&challenge.bytes))
+                .bind(now)
+                .bind(challenge.expires_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
+                     AND scope = $5 AND (expires_at_ms <= $3 OR id NOT IN (\
+                       SELECT id FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
+                       AND scope = $5 ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
+                )
+                .bind(device.as_str())
+                .bind(challenge.purpose)
+                .bind(now)
+                .bind(i64::from(max_outstanding))
+                .bind(challenge.scope.as_str())
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// Deletes and returns challenge `id` if it is `device`'s for `purpose`
@@ -78,8 +77,8 @@ impl Store {
         purpose: &ChallengePurpose,
     ) -> Result<Option<StoredChallenge>> {
         let row = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+            .db
+            .write("take_challenge", |mut tx| async move {
                 let row = sqlx::query(
                     "DELETE FROM prov_challenges WHERE id = $1 AND device_id = $2 AND purpose = $3 \
                      AND scope = $4 RETURNING challenge, expires_at_ms",
@@ -90,8 +89,7 @@ impl Store {
                 .bind(purpose.scope())
                 .fetch_optional(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(row)
+                Ok::<_, ProvisioningError>((tx, row))
             })
             .await?;
         let Some(row) = row else { return Ok(None) };
@@ -114,9 +112,9 @@ impl Store {
         device: DeviceId,
         purpose: &ChallengePurpose,
     ) -> Result<()> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
+        self.db
+            .write("drop_challenges", |mut tx| async move {
+                sqlx::query(
                 "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 AND scope = $3",
             )
             .bind(device.to_string())
@@ -124,34 +122,34 @@ impl Store {
             .bind(purpose.scope())
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// Deletes every expired challenge (any device, any purpose); returns
     /// how many, by purpose name.
     pub(crate) async fn purge_expired_challenges(&self, now: i64) -> Result<Vec<(String, u64)>> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            let rows = sqlx::query(
-                "DELETE FROM prov_challenges WHERE expires_at_ms <= $1 RETURNING purpose",
-            )
-            .bind(now)
-            .fetch_all(&mut *tx)
+        let rows = self
+            .db
+            .write("purge_expired_challenges", |mut tx| async move {
+                let rows = sqlx::query(
+                    "DELETE FROM prov_challenges WHERE expires_at_ms <= $1 RETURNING purpose",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                Ok::<_, ProvisioningError>((tx, rows))
+            })
             .await?;
-            tx.commit().await?;
-            let mut counts: Vec<(String, u64)> = Vec::new();
-            for row in rows {
-                let purpose: String = row.try_get("purpose")?;
-                match counts.iter_mut().find(|(p, _)| *p == purpose) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((purpose, 1)),
-                }
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        for row in rows {
+            let purpose: String = row.try_get("purpose")?;
+            match counts.iter_mut().find(|(p, _)| *p == purpose) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((purpose, 1)),
             }
-            Ok(counts)
-        })
-        .await
+        }
+        Ok(counts)
     }
 }

@@ -27,28 +27,27 @@ impl Store {
         submitted_by: &OperatorId,
         now: i64,
     ) -> Result<()> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO prov_applications (id, customer_id, state, name, national_id, \
-                 accounts, contact_kind, contact_address, revision, submitted_by, \
-                 submitted_at_ms) VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, 1, $8, $9)",
-            )
-            .bind(id.as_str())
-            .bind(customer_id.as_str())
-            .bind(application.name.as_str())
-            .bind(application.national_id.expose())
-            .bind(join_accounts(&application.accounts))
-            .bind(application.contact.kind.as_str())
-            .bind(application.contact.address())
-            .bind(submitted_by.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write("insert_application", |mut tx| async move {
+                sqlx::query(
+                    "INSERT INTO prov_applications (id, customer_id, state, name, national_id, \
+                     accounts, contact_kind, contact_address, revision, submitted_by, \
+                     submitted_at_ms) VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, 1, $8, $9)",
+                )
+                .bind(id.as_str())
+                .bind(customer_id.as_str())
+                .bind(application.name.as_str())
+                .bind(application.national_id.expose())
+                .bind(join_accounts(&application.accounts))
+                .bind(application.contact.kind.as_str())
+                .bind(application.contact.address())
+                .bind(submitted_by.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// One application by id.
@@ -103,9 +102,8 @@ impl Store {
         operator: &OperatorId,
         now: i64,
     ) -> Result<bool> {
-        let n = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+        self.db
+            .write("resubmit", |mut tx| async move {
                 let n = sqlx::query(
                     "UPDATE prov_applications SET state = 'submitted', name = $3, \
                      national_id = $4, accounts = $5, contact_kind = $6, contact_address = $7, \
@@ -126,11 +124,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+                Ok((tx, n == 1))
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 
     /// Moves an application of `revision` to a decided state (approved and
@@ -150,13 +146,12 @@ impl Store {
             ApplicationState::Closed => "('submitted', 'rejected')",
             _ => "('submitted')",
         };
-        let sql = format!(
+        let sql = &format!(
             "UPDATE prov_applications SET state = $3, decided_by = $4, decided_at_ms = $5, \
              decision_reason = $6 WHERE id = $1 AND revision = $2 AND state IN {from_states}"
         );
-        let n = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+        self.db
+            .write("decide", |mut tx| async move {
                 let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(id.as_str())
                     .bind(i64::from(revision))
@@ -167,11 +162,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+                Ok((tx, n == 1))
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use keyward_kms::types::DeviceId;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::Store;
 use super::batches::batch_state;
@@ -14,7 +14,7 @@ use crate::error::{ProvisioningError, Result};
 use crate::intake::BatchState;
 use crate::lifecycle::DeviceRecord;
 use crate::types::{BatchId, DeviceState};
-use keyward_kms::db::{now_ms, parse_col, parse_opt};
+use keyward_kms::db::{Tx, now_ms, parse_col, parse_opt};
 
 /// Ids per `IN (…)` list when looking rows up in bulk.
 const LOOKUP_CHUNK: usize = 400;
@@ -139,31 +139,34 @@ impl Store {
     /// `manufactured → verified`; false if the device was no longer
     /// `manufactured`.
     pub(crate) async fn mark_verified(&self, device: DeviceId) -> Result<bool> {
-        let n = self
-            .retrying(|| async {
-                let now = now_ms();
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE prov_devices SET state = 'verified', verified_at_ms = $2, \
-                     state_changed_at_ms = $2 WHERE device_id = $1 AND state = 'manufactured'",
-                )
-                .bind(device.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+        self.db
+            .write("mark_verified", |mut tx| async move {
+                Self::mark_verified_in(&mut tx, device)
+                    .await
+                    .map(|v| (tx, v))
             })
-            .await?;
+            .await
+    }
+
+    /// [`Store::mark_verified`] in the caller's transaction.
+    pub(crate) async fn mark_verified_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE prov_devices SET state = 'verified', verified_at_ms = $2, \
+             state_changed_at_ms = $2 WHERE device_id = $1 AND state = 'manufactured'",
+        )
+        .bind(device.to_string())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
         Ok(n == 1)
     }
 
     /// One more failed genuine-device check; returns the new count.
     pub(crate) async fn count_check_failure(&self, device: DeviceId) -> Result<u32> {
-        let n: i64 = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+        let row = self
+            .db
+            .write("count_check_failure", |mut tx| async move {
                 let row = sqlx::query(
                     "UPDATE prov_devices SET check_failures = check_failures + 1 \
                      WHERE device_id = $1 RETURNING check_failures",
@@ -171,28 +174,27 @@ impl Store {
                 .bind(device.to_string())
                 .fetch_optional(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(match row {
-                    Some(row) => row.try_get("check_failures")?,
-                    None => 0,
-                })
+                Ok::<_, ProvisioningError>((tx, row))
             })
             .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("check_failures")?,
+            None => 0,
+        };
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Clears a device's failed-check counter.
     pub(crate) async fn reset_check_failures(&self, device: DeviceId) -> Result<()> {
-        self.retrying(|| async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
-                .bind(device.to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write("reset_check_failures", |mut tx| async move {
+                sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
+                    .bind(device.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 
     /// `from → to` (an operator edge other than retiring); false if the
@@ -203,50 +205,50 @@ impl Store {
         from: DeviceState,
         to: DeviceState,
     ) -> Result<bool> {
-        let n = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE prov_devices SET state = $2, state_changed_at_ms = $3 \
-                     WHERE device_id = $1 AND state = $4",
-                )
-                .bind(device.to_string())
-                .bind(to.as_str())
-                .bind(now_ms())
-                .bind(from.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+        self.db
+            .write("change_state", |mut tx| async move {
+                Self::change_state_in(&mut tx, device, from, to)
+                    .await
+                    .map(|v| (tx, v))
             })
-            .await?;
-        Ok(n == 1)
+            .await
+    }
+
+    /// [`Store::change_state`] in the caller's transaction.
+    pub(crate) async fn change_state_in(
+        tx: &mut Tx,
+        device: DeviceId,
+        from: DeviceState,
+        to: DeviceState,
+    ) -> Result<bool> {
+        advance_in(tx, device, from, to, now_ms()).await
     }
 
     /// Retires a device from whatever state it is in (a retirement wins over
     /// any concurrent change but another retirement) and drops its
     /// outstanding challenge; false if it was already retired.
     pub(crate) async fn retire(&self, device: DeviceId) -> Result<bool> {
-        let n = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE prov_devices SET state = 'retired', state_changed_at_ms = $2 \
-                     WHERE device_id = $1 AND state <> 'retired'",
-                )
-                .bind(device.to_string())
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                sqlx::query("DELETE FROM prov_challenges WHERE device_id = $1")
-                    .bind(device.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(n)
+        self.db
+            .write("retire", |mut tx| async move {
+                Self::retire_in(&mut tx, device).await.map(|v| (tx, v))
             })
+            .await
+    }
+
+    /// [`Store::retire`] in the caller's transaction.
+    pub(crate) async fn retire_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE prov_devices SET state = 'retired', state_changed_at_ms = $2 \
+             WHERE device_id = $1 AND state <> 'retired'",
+        )
+        .bind(device.to_string())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM prov_challenges WHERE device_id = $1")
+            .bind(device.to_string())
+            .execute(&mut **tx)
             .await?;
         Ok(n == 1)
     }
@@ -254,20 +256,20 @@ impl Store {
 
 /// A device's state read inside another table's write transaction;
 /// [`ProvisioningError::UnknownDevice`] if it is not registered.
-pub(super) async fn state_in(conn: &mut AnyConnection, device: DeviceId) -> Result<DeviceState> {
+pub(super) async fn state_in(tx: &mut Tx, device: DeviceId) -> Result<DeviceState> {
     let row = sqlx::query("SELECT state FROM prov_devices WHERE device_id = $1")
         .bind(device.to_string())
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut **tx)
         .await?
         .ok_or(ProvisioningError::UnknownDevice(device))?;
     Ok(parse_col(&row, "state", "prov_devices.state")?)
 }
 
-/// Moves a device `initialised → issued` (its first binding) or
-/// `verified → initialised` (its first confirmed keys) inside another
-/// table's write transaction; false if it was not in `from`.
+/// Moves a device `from → to` at `now` inside a write transaction (an
+/// operator edge, or the first binding or confirmed keys inside another
+/// table's); false if it was not in `from`.
 pub(super) async fn advance_in(
-    conn: &mut AnyConnection,
+    tx: &mut Tx,
     device: DeviceId,
     from: DeviceState,
     to: DeviceState,
@@ -281,7 +283,7 @@ pub(super) async fn advance_in(
     .bind(now)
     .bind(to.as_str())
     .bind(from.as_str())
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
     Ok(n == 1)

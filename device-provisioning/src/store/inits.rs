@@ -61,10 +61,10 @@ impl Store {
     where
         F: Fn(DeviceState) -> Result<()> + Sync,
     {
-        let n = self
-            .retrying(|| async {
+        let allowed = &allowed;
+        self.db
+            .write("record_package", |mut tx| async move {
                 let now = now_ms();
-                let mut tx = self.begin_write().await?;
                 allowed(state_in(&mut tx, device).await?)?;
                 let n = sqlx::query(
                     "INSERT INTO prov_inits (device_id, issuer_id, state, kcv_method, tmk_kcv, \
@@ -86,11 +86,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+                Ok((tx, n == 1))
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 
     /// Allows one more package for a confirmed or refused record; false if
@@ -102,9 +100,8 @@ impl Store {
         operator: &OperatorId,
         reason: &Reason,
     ) -> Result<bool> {
-        let n = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+        self.db
+            .write("allow_reinit", |mut tx| async move {
                 let n = sqlx::query(
                     "UPDATE prov_inits SET reinit_by = $3, reinit_reason = $4 \
                      WHERE device_id = $1 AND issuer_id = $2 \
@@ -117,11 +114,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+                Ok((tx, n == 1))
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 
     /// Settles the pending package that was delivered `packages`-th as
@@ -135,40 +130,39 @@ impl Store {
         outcome: InitState,
         packages: u32,
     ) -> Result<bool> {
-        self.retrying(|| async {
-            let now = now_ms();
-            let mut tx = self.begin_write().await?;
-            let n = sqlx::query(
-                "UPDATE prov_inits SET state = $3, confirmed_at_ms = $4 \
-                 WHERE device_id = $1 AND issuer_id = $2 AND state = 'pending' \
-                   AND packages = $5",
-            )
-            .bind(device.to_string())
-            .bind(issuer.as_str())
-            .bind(outcome.as_str())
-            .bind(now)
-            .bind(i64::from(packages))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n != 1 {
-                return Err(ProvisioningError::Conflict(
-                    "the init package changed during confirmation",
-                ));
-            }
-            let moved = outcome == InitState::Initialised
-                && advance_in(
-                    &mut tx,
-                    device,
-                    DeviceState::Verified,
-                    DeviceState::Initialised,
-                    now,
+        self.db
+            .write("settle_package", |mut tx| async move {
+                let now = now_ms();
+                let n = sqlx::query(
+                    "UPDATE prov_inits SET state = $3, confirmed_at_ms = $4 \
+                     WHERE device_id = $1 AND issuer_id = $2 AND state = 'pending' \
+                       AND packages = $5",
                 )
-                .await?;
-            tx.commit().await?;
-            Ok(moved)
-        })
-        .await
+                .bind(device.to_string())
+                .bind(issuer.as_str())
+                .bind(outcome.as_str())
+                .bind(now)
+                .bind(i64::from(packages))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Err(ProvisioningError::Conflict(
+                        "the init package changed during confirmation",
+                    ));
+                }
+                let moved = outcome == InitState::Initialised
+                    && advance_in(
+                        &mut tx,
+                        device,
+                        DeviceState::Verified,
+                        DeviceState::Initialised,
+                        now,
+                    )
+                    .await?;
+                Ok((tx, moved))
+            })
+            .await
     }
 }
 

@@ -26,8 +26,8 @@ impl Store {
     /// if the device has one already.
     pub(crate) async fn put_recertification(&self, r: &PendingRecertification) -> Result<()> {
         let put = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+            .db
+            .write("put_recertification", |mut tx| async move {
                 sqlx::query(
                     "INSERT INTO prov_recertifications \
                      (device_id, csr, spki_sha256, reason, requested_by, requested_at_ms) \
@@ -41,8 +41,7 @@ impl Store {
                 .bind(r.requested_at_ms)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(())
+                Ok((tx, ()))
             })
             .await;
         match put {
@@ -81,19 +80,16 @@ impl Store {
     /// Drops the device's pending re-certification; false if there was none
     /// (a concurrent approval took it).
     pub(crate) async fn take_recertification(&self, device: DeviceId) -> Result<bool> {
-        let n = self
-            .retrying(|| async {
-                let mut tx = self.begin_write().await?;
+        self.db
+            .write("take_recertification", |mut tx| async move {
                 let n = sqlx::query("DELETE FROM prov_recertifications WHERE device_id = $1")
                     .bind(device.to_string())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                tx.commit().await?;
-                Ok(n)
+                Ok((tx, n == 1))
             })
-            .await?;
-        Ok(n == 1)
+            .await
     }
 
     /// Registers the key `spki_sha256` to `device` (a unique violation if
@@ -105,26 +101,25 @@ impl Store {
         spki_sha256: &str,
         serial: &str,
     ) -> Result<()> {
-        self.retrying(|| async {
-            let now = now_ms();
-            let mut tx = self.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
-                 VALUES ($1, $2, $3)",
-            )
-            .bind(spki_sha256)
-            .bind(device.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE prov_devices SET cert_serial = $2 WHERE device_id = $1")
+        self.db
+            .write("register_new_certificate", |mut tx| async move {
+                let now = now_ms();
+                sqlx::query(
+                    "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(spki_sha256)
                 .bind(device.to_string())
-                .bind(serial)
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
+                sqlx::query("UPDATE prov_devices SET cert_serial = $2 WHERE device_id = $1")
+                    .bind(device.to_string())
+                    .bind(serial)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok((tx, ()))
+            })
+            .await
     }
 }

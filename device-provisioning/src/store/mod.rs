@@ -13,12 +13,13 @@
 //! - `customers`: `prov_applications`, applications and customers;
 //! - `bindings`: `prov_bindings`.
 //!
-//! This file holds the migrations, the transaction rules the key catalog
-//! uses (kms `catalog` module docs) and the column helpers.
+//! This file holds the migrations.
 //!
-//! Every write is one transaction: `BEGIN IMMEDIATE` on SQLite (writers queue
-//! on the write lock instead of failing on a lock upgrade), `SERIALIZABLE` on
-//! PostgreSQL, retried on serialization failures and deadlocks. No
+//! Every write is one unit of work (kms `Database::write`): `BEGIN IMMEDIATE`
+//! on SQLite (writers queue on the write lock instead of failing on a lock
+//! upgrade), `SERIALIZABLE` on PostgreSQL, retried whole on serialization
+//! failures and deadlocks. The device state changes are also offered over a
+//! caller's transaction (`…_in`). No
 //! transaction is held open across an HSM or CA call: the CA writes to the
 //! same database, and on SQLite that would wait on our own write lock.
 //!
@@ -36,10 +37,8 @@ mod devices;
 mod inits;
 mod keys;
 
-use std::future::Future;
-
-use keyward_kms::db::{self, Database, EmbeddedMigrations};
-use sqlx::{Any, AnyPool, Transaction};
+use keyward_kms::db::{Database, EmbeddedMigrations};
+use sqlx::AnyPool;
 
 use crate::error::{ProvisioningError, Result};
 
@@ -114,25 +113,6 @@ impl Store {
     pub(crate) async fn migrate(&self) -> Result<()> {
         self.db.migrate(&MIGRATIONS).await?;
         Ok(())
-    }
-
-    /// A write transaction (see the module docs).
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.db.begin_write().await?)
-    }
-
-    /// Runs `op` (one whole transaction) again while PostgreSQL reports a
-    /// serialization failure or deadlock.
-    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        db::retrying("provisioning", |e| self.is_race(e), op).await
-    }
-
-    fn is_race(&self, e: &ProvisioningError) -> bool {
-        matches!(e, ProvisioningError::Database(err) if self.db.is_serialization_failure(err))
     }
 }
 

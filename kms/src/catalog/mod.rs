@@ -16,10 +16,12 @@
 //! crates' stores is in [`crate::db`].
 //!
 //! # Consistency
-//! Every write is one transaction: `BEGIN IMMEDIATE` on SQLite (the write lock
-//! is taken up front, so writers queue on `busy_timeout` instead of failing),
-//! `SERIALIZABLE` on PostgreSQL, retried on serialization failures and
-//! deadlocks. The schema backs the rules the code keeps: at most one active
+//! Every write is one unit of work ([`Database::write`]): `BEGIN IMMEDIATE`
+//! on SQLite (the write lock is taken up front, so writers queue on
+//! `busy_timeout` instead of failing), `SERIALIZABLE` on PostgreSQL, retried
+//! whole on serialization failures and deadlocks. The steps another crate
+//! commits with its own rows are also offered over the caller's transaction
+//! (`…_in`). The schema backs the rules the code keeps: at most one active
 //! version per (issuer, device), states and hex fields checked, and a master-key
 //! label recorded once.
 //!
@@ -28,14 +30,13 @@
 mod model;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use keyward_config::{DatabaseConfig, DatabaseKind};
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
 
-use crate::db::{self, Database, EmbeddedMigrations, now_ms, parse_col};
+use crate::db::{self, Database, EmbeddedMigrations, Retry, Tx, now_ms, parse_col};
 use crate::error::{KmsError, Result};
 use crate::types::{DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, WorkingKeyRole};
 
@@ -123,10 +124,13 @@ impl Catalog {
     /// for another key, since two records would then name one HSM object.
     pub async fn create_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
         validate_master_keys(&issuer.master_keys)?;
-        match self
-            .retrying(false, || self.try_create_issuer(issuer))
-            .await
-        {
+        let created = self
+            .db
+            .write("create_issuer", |mut tx| async move {
+                Self::insert_issuer(&mut tx, issuer).await.map(|v| (tx, v))
+            })
+            .await;
+        match created {
             Err(KmsError::Database(sqlx::Error::Database(ref db))) if db.is_unique_violation() => {
                 // Lost a race, or a label clash: say which, after the rollback.
                 if self.issuer(&issuer.id).await?.is_some() {
@@ -142,11 +146,10 @@ impl Catalog {
         }
     }
 
-    async fn try_create_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+    async fn insert_issuer(tx: &mut Tx, issuer: &IssuerRecord) -> Result<()> {
         let exists = sqlx::query("SELECT 1 FROM issuers WHERE id = $1")
             .bind(issuer.id.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .is_some();
         if exists {
@@ -156,7 +159,7 @@ impl Catalog {
             .bind(issuer.id.as_str())
             .bind(issuer.family.as_str())
             .bind(issuer.created_at_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         for key in &issuer.master_keys {
             sqlx::query(
@@ -168,10 +171,9 @@ impl Catalog {
             .bind(key.label.as_str())
             .bind(key.kcv.method.as_str())
             .bind(key.kcv.hex())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -179,24 +181,23 @@ impl Catalog {
     /// an issuer made before it existed). `Ok(false)` if the issuer already
     /// has a key of that role.
     pub async fn add_master_key(&self, issuer: &IssuerId, key: &MasterKeyRecord) -> Result<bool> {
-        self.retrying(false, || async {
-            let mut tx = self.begin_write().await?;
-            let done = sqlx::query(
-                "INSERT INTO master_keys (issuer_id, role, label, kcv_method, kcv) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer_id, role) DO NOTHING",
-            )
-            .bind(issuer.as_str())
-            .bind(key.role.as_str())
-            .bind(key.label.as_str())
-            .bind(key.kcv.method.as_str())
-            .bind(key.kcv.hex())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            Ok(done == 1)
-        })
-        .await
+        self.db
+            .write("add_master_key", |mut tx| async move {
+                let done = sqlx::query(
+                    "INSERT INTO master_keys (issuer_id, role, label, kcv_method, kcv) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer_id, role) DO NOTHING",
+                )
+                .bind(issuer.as_str())
+                .bind(key.role.as_str())
+                .bind(key.label.as_str())
+                .bind(key.kcv.method.as_str())
+                .bind(key.kcv.hex())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Ok((tx, done == 1))
+            })
+            .await
     }
 
     /// One issuer with its master keys; `None` lets the caller choose the error.
@@ -236,34 +237,35 @@ impl Catalog {
         device: DeviceId,
         keys: &[NewWorkingKey],
     ) -> Result<KeyVersion> {
-        if keys.is_empty() {
-            return Err(KmsError::invalid("keys", "at least one working key"));
-        }
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].iter().any(|o| o.role == k.role) {
-                return Err(KmsError::invalid(
-                    "role",
-                    "each working-key role at most once",
-                ));
-            }
-        }
-        // On PostgreSQL two offers to one device can both read the same highest
-        // version; the loser hits the primary key and simply tries again.
-        self.retrying(true, || self.try_add_pending_version(issuer, device, keys))
+        validate_working_keys(keys)?;
+        self.db
+            .write_with(
+                "add_pending_version",
+                Retry::LostRacesAndUniqueViolations,
+                |mut tx| async move {
+                    Self::add_pending_version_in(&mut tx, issuer, device, keys)
+                        .await
+                        .map(|v| (tx, v))
+                },
+            )
             .await
     }
 
-    async fn try_add_pending_version(
-        &self,
+    /// [`Catalog::add_pending_version`] in the caller's transaction. The unit
+    /// must retry on [`Retry::LostRacesAndUniqueViolations`]: on PostgreSQL two
+    /// offers to one device can both read the same highest version, and the
+    /// loser hits the primary key.
+    pub async fn add_pending_version_in(
+        tx: &mut Tx,
         issuer: &IssuerId,
         device: DeviceId,
         keys: &[NewWorkingKey],
     ) -> Result<KeyVersion> {
+        validate_working_keys(keys)?;
         let device_hex = device.to_string();
-        let mut tx = self.begin_write().await?;
         let family: KeyFamily = match sqlx::query("SELECT family FROM issuers WHERE id = $1")
             .bind(issuer.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
         {
             Some(row) => parse_col(&row, "family", "issuers.family")?,
@@ -284,7 +286,7 @@ impl Catalog {
         )
         .bind(issuer.as_str())
         .bind(device_hex.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?
         .try_get("highest")?;
         let version = highest
@@ -301,7 +303,7 @@ impl Catalog {
         .bind(device_hex.as_str())
         .bind(i64::from(version.0))
         .bind(now_ms())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         for k in keys {
             sqlx::query(
@@ -316,10 +318,9 @@ impl Catalog {
             .bind(hex::encode_upper(k.r))
             .bind(k.kcv.method.as_str())
             .bind(k.kcv.hex())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(version)
     }
 
@@ -428,17 +429,16 @@ impl Catalog {
 
     /// Deletes changes recorded before `before_ms`; returns how many.
     pub async fn prune_key_changes(&self, before_ms: i64) -> Result<u64> {
-        self.retrying(false, || async {
-            let mut tx = self.begin_write().await?;
-            let n = sqlx::query("DELETE FROM working_key_changes WHERE at_ms < $1")
-                .bind(before_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            Ok(n)
-        })
-        .await
+        self.db
+            .write("prune_key_changes", |mut tx| async move {
+                let n = sqlx::query("DELETE FROM working_key_changes WHERE at_ms < $1")
+                    .bind(before_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                Ok((tx, n))
+            })
+            .await
     }
 
     /// Records, inside the caller's transaction, that the working keys of
@@ -446,14 +446,13 @@ impl Catalog {
     /// when `None`) are about to lose usability. On PostgreSQL the table is
     /// locked first so change numbers are handed out in commit order (see
     /// the migration).
-    async fn log_key_change(
-        &self,
-        tx: &mut Transaction<'static, Any>,
+    async fn log_key_change_in(
+        tx: &mut Tx,
         issuer: Option<&IssuerId>,
         device: DeviceId,
         now: i64,
     ) -> Result<()> {
-        if self.db.kind() == DatabaseKind::Postgres {
+        if db::kind_of(tx) == DatabaseKind::Postgres {
             sqlx::query("LOCK TABLE working_key_changes IN EXCLUSIVE MODE")
                 .execute(&mut **tx)
                 .await?;
@@ -520,52 +519,62 @@ impl Catalog {
         version: KeyVersion,
         grace: Duration,
     ) -> Result<()> {
+        self.db
+            .write("activate_version", |mut tx| async move {
+                Self::activate_version_in(&mut tx, issuer, device, version, grace)
+                    .await
+                    .map(|v| (tx, v))
+            })
+            .await
+    }
+
+    /// [`Catalog::activate_version`] in the caller's transaction, so a
+    /// confirmation commits with the caller's own rows.
+    pub async fn activate_version_in(
+        tx: &mut Tx,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        grace: Duration,
+    ) -> Result<()> {
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        self.retrying(false, || async {
-            let device_hex = device.to_string();
-            let mut tx = self.begin_write().await?;
-            self.expect_pending(&mut tx, issuer, device, version)
-                .await?;
-            let active = sqlx::query(
-                "SELECT version FROM working_key_versions \
-                 WHERE issuer_id = $1 AND device_id = $2 AND state = 'active'",
-            )
-            .bind(issuer.as_str())
-            .bind(device_hex.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let now = now_ms();
-            if let Some(row) = active {
-                let active = version_col(&row)?;
-                if active > version {
-                    return Err(KmsError::KeyVersionSuperseded { version, active });
-                }
-                self.log_key_change(&mut tx, Some(issuer), device, now)
-                    .await?;
+        let device_hex = device.to_string();
+        expect_pending(tx, issuer, device, version).await?;
+        let active = sqlx::query(
+            "SELECT version FROM working_key_versions \
+             WHERE issuer_id = $1 AND device_id = $2 AND state = 'active'",
+        )
+        .bind(issuer.as_str())
+        .bind(device_hex.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let now = now_ms();
+        if let Some(row) = active {
+            let active = version_col(&row)?;
+            if active > version {
+                return Err(KmsError::KeyVersionSuperseded { version, active });
             }
-            // Retire first: the schema allows one active version per device
-            // at every statement, not only at commit.
-            sqlx::query(
-                "UPDATE working_key_versions SET state = 'retiring', retire_at_ms = $3 \
-                 WHERE issuer_id = $1 AND device_id = $2 AND state = 'active'",
-            )
-            .bind(issuer.as_str())
-            .bind(device_hex.as_str())
-            .bind(now.saturating_add(grace_ms))
-            .execute(&mut *tx)
-            .await?;
-            set_state_from_pending(
-                &mut tx,
-                issuer,
-                &device_hex,
-                version,
-                KeyState::Active,
-                Some(now),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
+            Self::log_key_change_in(tx, Some(issuer), device, now).await?;
+        }
+        // Retire first: the schema allows one active version per device
+        // at every statement, not only at commit.
+        sqlx::query(
+            "UPDATE working_key_versions SET state = 'retiring', retire_at_ms = $3 \
+             WHERE issuer_id = $1 AND device_id = $2 AND state = 'active'",
+        )
+        .bind(issuer.as_str())
+        .bind(device_hex.as_str())
+        .bind(now.saturating_add(grace_ms))
+        .execute(&mut **tx)
+        .await?;
+        set_state_from_pending(
+            tx,
+            issuer,
+            &device_hex,
+            version,
+            KeyState::Active,
+            Some(now),
+        )
         .await
     }
 
@@ -579,22 +588,31 @@ impl Catalog {
         device: DeviceId,
         version: KeyVersion,
     ) -> Result<()> {
-        self.retrying(false, || async {
-            let mut tx = self.begin_write().await?;
-            self.expect_pending(&mut tx, issuer, device, version)
-                .await?;
-            set_state_from_pending(
-                &mut tx,
-                issuer,
-                &device.to_string(),
-                version,
-                KeyState::Rejected,
-                None,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
+        self.db
+            .write("reject_version", |mut tx| async move {
+                Self::reject_version_in(&mut tx, issuer, device, version)
+                    .await
+                    .map(|v| (tx, v))
+            })
+            .await
+    }
+
+    /// [`Catalog::reject_version`] in the caller's transaction.
+    pub async fn reject_version_in(
+        tx: &mut Tx,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+    ) -> Result<()> {
+        expect_pending(tx, issuer, device, version).await?;
+        set_state_from_pending(
+            tx,
+            issuer,
+            &device.to_string(),
+            version,
+            KeyState::Rejected,
+            None,
+        )
         .await
     }
 
@@ -606,8 +624,8 @@ impl Catalog {
         let mut total = 0u64;
         loop {
             let n = self
-                .retrying(false, || async {
-                    let mut tx = self.begin_write().await?;
+                .db
+                .write("retire_due", |mut tx| async move {
                     let done = sqlx::query(
                         "UPDATE working_key_versions SET state = 'retired' \
                          WHERE state = 'retiring' AND retire_at_ms <= $1 \
@@ -619,8 +637,7 @@ impl Catalog {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                    tx.commit().await?;
-                    Ok(done)
+                    Ok::<_, KmsError>((tx, done))
                 })
                 .await?;
             total += n;
@@ -634,96 +651,73 @@ impl Catalog {
     /// `rejected` and its active and retiring ones `retired` at `now_ms`, at
     /// every issuer, in one transaction. Returns how many versions changed.
     pub async fn retire_device(&self, device: DeviceId, now_ms: i64) -> Result<u64> {
-        self.retrying(false, || async {
-            let mut tx = self.begin_write().await?;
-            self.log_key_change(&mut tx, None, device, now_ms).await?;
-            let rejected = sqlx::query(
-                "UPDATE working_key_versions SET state = 'rejected' \
-                 WHERE device_id = $1 AND state = 'pending'",
-            )
-            .bind(device.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let retired = sqlx::query(
-                "UPDATE working_key_versions SET state = 'retired', \
-                 retire_at_ms = CASE WHEN state = 'retiring' AND retire_at_ms < $2 \
-                                THEN retire_at_ms ELSE $2 END \
-                 WHERE device_id = $1 AND state IN ('active', 'retiring')",
-            )
-            .bind(device.to_string())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            Ok(rejected + retired)
-        })
-        .await
+        self.db
+            .write("retire_device", |mut tx| async move {
+                Self::retire_device_in(&mut tx, device, now_ms)
+                    .await
+                    .map(|v| (tx, v))
+            })
+            .await
     }
 
-    // ---- plumbing ------------------------------------------------------------
-
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.db.begin_write().await?)
-    }
-
-    /// [`db::retrying`], also treating a unique violation as a lost race when
-    /// `unique_is_race` says it means that rather than bad input.
-    async fn retrying<T, F, Fut>(&self, unique_is_race: bool, op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        db::retrying("catalog", |e| self.is_race(e, unique_is_race), op).await
-    }
-
-    fn is_race(&self, e: &KmsError, unique_is_race: bool) -> bool {
-        let KmsError::Database(sqlx::Error::Database(db)) = e else {
-            return false;
-        };
-        let KmsError::Database(err) = e else {
-            return false;
-        };
-        self.db.is_serialization_failure(err)
-            || (self.db.kind() == DatabaseKind::Postgres
-                && unique_is_race
-                && db.is_unique_violation())
-    }
-
-    /// Errors unless `version` exists and is pending.
-    async fn expect_pending(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        issuer: &IssuerId,
-        device: DeviceId,
-        version: KeyVersion,
-    ) -> Result<()> {
-        let row = sqlx::query(
-            "SELECT state FROM working_key_versions \
-             WHERE issuer_id = $1 AND device_id = $2 AND version = $3",
+    /// [`Catalog::retire_device`] with its change-log row, in the caller's
+    /// transaction: a device's retirement elsewhere commits with its keys'.
+    pub async fn retire_device_in(tx: &mut Tx, device: DeviceId, now_ms: i64) -> Result<u64> {
+        Self::log_key_change_in(tx, None, device, now_ms).await?;
+        let rejected = sqlx::query(
+            "UPDATE working_key_versions SET state = 'rejected' \
+             WHERE device_id = $1 AND state = 'pending'",
         )
-        .bind(issuer.as_str())
         .bind(device.to_string())
-        .bind(i64::from(version.0))
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(KmsError::UnknownKeyVersion {
-                issuer: issuer.clone(),
-                device,
-                version,
-            });
-        };
-        let state: KeyState = parse_col(&row, "state", "working_key_versions.state")?;
-        if state != KeyState::Pending {
-            return Err(KmsError::KeyVersionNotUsable {
-                version,
-                state: state.as_str().to_owned(),
-            });
-        }
-        Ok(())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        let retired = sqlx::query(
+            "UPDATE working_key_versions SET state = 'retired', \
+             retire_at_ms = CASE WHEN state = 'retiring' AND retire_at_ms < $2 \
+                            THEN retire_at_ms ELSE $2 END \
+             WHERE device_id = $1 AND state IN ('active', 'retiring')",
+        )
+        .bind(device.to_string())
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(rejected + retired)
     }
+}
+
+/// Errors unless `version` exists and is pending.
+async fn expect_pending(
+    tx: &mut Tx,
+    issuer: &IssuerId,
+    device: DeviceId,
+    version: KeyVersion,
+) -> Result<()> {
+    let row = sqlx::query(
+        "SELECT state FROM working_key_versions \
+         WHERE issuer_id = $1 AND device_id = $2 AND version = $3",
+    )
+    .bind(issuer.as_str())
+    .bind(device.to_string())
+    .bind(i64::from(version.0))
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(KmsError::UnknownKeyVersion {
+            issuer: issuer.clone(),
+            device,
+            version,
+        });
+    };
+    let state: KeyState = parse_col(&row, "state", "working_key_versions.state")?;
+    if state != KeyState::Pending {
+        return Err(KmsError::KeyVersionNotUsable {
+            version,
+            state: state.as_str().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// (device, version) pairs per statement of [`Catalog::working_keys`]: two
@@ -758,7 +752,7 @@ const RETIRE_BATCH: u64 = 1000;
 
 /// Moves a version the caller has just seen pending to `state`.
 async fn set_state_from_pending(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Tx,
     issuer: &IssuerId,
     device_hex: &str,
     version: KeyVersion,
@@ -840,6 +834,22 @@ fn version_col(row: &AnyRow) -> Result<KeyVersion> {
         return Err(KmsError::CorruptRecord(WHAT));
     }
     Ok(KeyVersion(v))
+}
+
+/// Refuses an offer of no keys or of one role twice.
+fn validate_working_keys(keys: &[NewWorkingKey]) -> Result<()> {
+    if keys.is_empty() {
+        return Err(KmsError::invalid("keys", "at least one working key"));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|o| o.role == k.role) {
+            return Err(KmsError::invalid(
+                "role",
+                "each working-key role at most once",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses master keys that would make an ambiguous issuer record.

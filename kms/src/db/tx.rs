@@ -119,6 +119,16 @@ pub async fn begin_write(pool: &AnyPool, kind: DatabaseKind) -> Result<Tx, sqlx:
     }
 }
 
+/// The backend `tx` runs on: a store's `…_in` function has the caller's
+/// transaction, not its [`Database`], and some SQL differs by backend.
+pub fn kind_of(tx: &Tx) -> DatabaseKind {
+    if tx.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
+        DatabaseKind::Postgres
+    } else {
+        DatabaseKind::Sqlite
+    }
+}
+
 /// PostgreSQL's "try again" answers: serialization failure and deadlock.
 /// SQLite writers are serialised by `BEGIN IMMEDIATE`, so it has none.
 pub fn is_serialization_failure(kind: DatabaseKind, e: &sqlx::Error) -> bool {
@@ -136,8 +146,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
 }
 
-/// Transitional: the per-crate wrappers still call this until each store
-/// runs its writes through [`Database::write`].
+/// Transitional: the server's online store still calls this until its writes
+/// run through [`Database::write`].
 pub async fn retrying<T, E, F, Fut>(
     what: &'static str,
     is_race: impl Fn(&E) -> bool,
