@@ -40,9 +40,7 @@ use sqlx::{AnyPool, Connection, Row};
 pub use column::{ColumnError, int_col, parse_col, parse_opt};
 pub use error::{ERROR_CODE, UNAVAILABLE_CODE, error_code, error_kind};
 pub use migrate::{Embedded, EmbeddedMigrations};
-pub use tx::{
-    MAX_ATTEMPTS, Retry, Tx, TxError, begin_write, is_serialization_failure, kind_of, retrying,
-};
+pub use tx::{MAX_ATTEMPTS, Retry, Tx, TxError, begin_write, is_serialization_failure, kind_of};
 
 /// The shared database: one connection pool and the backend it speaks to.
 /// Cheap to clone; clones share the pool.

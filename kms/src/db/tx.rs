@@ -145,34 +145,3 @@ fn backoff(attempt: u32) -> Duration {
         .unwrap_or(0);
     Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
 }
-
-/// Transitional: the server's online store still calls this until its writes
-/// run through [`Database::write`].
-pub async fn retrying<T, E, F, Fut>(
-    what: &'static str,
-    is_race: impl Fn(&E) -> bool,
-    mut op: F,
-) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if attempt < MAX_ATTEMPTS && is_race(&e) => {
-                tracing::debug!(attempt, what, "transaction lost a race; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-impl Database {
-    /// Transitional: [`begin_write`] on this database.
-    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
-        begin_write(&self.pool, self.kind).await
-    }
-}
