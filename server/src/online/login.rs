@@ -600,7 +600,8 @@ async fn lock_out(
             .store
             .set_revoked_serial(issuer, device.device_id, &device.serial)
             .await?;
-        crate::pki::refresh_crl_logged(state, "device certificate revoked by a lockout").await;
+        crate::edge::pki::refresh_crl_logged(state, "device certificate revoked by a lockout")
+            .await;
         revoked = Some(device.serial.clone());
     }
     let event = AuditEvent::Online {
