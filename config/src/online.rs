@@ -23,8 +23,9 @@ pub struct OnlineConfig {
     /// Consecutive failed responses that lock a (device, issuer) credential.
     #[serde(default = "default_max_login_failures")]
     pub max_login_failures: u32,
-    /// Whether a lockout also revokes the device certificate (PROTOCOL.md:
-    /// yes). The certificate is the device's for every issuer.
+    /// Whether a lockout also revokes the device certificate (on by
+    /// default). The certificate is the device's for every issuer: off keeps
+    /// the device's other issuers working.
     #[serde(default = "yes")]
     pub revoke_on_lockout: bool,
     /// Whether a KCV mismatch on a key update suspends the device at once

@@ -149,7 +149,7 @@ fn pin_from_file() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Issue 9 §3: the slow-client and OCSP limits have defaults and refuse 0.
+/// The slow-client and OCSP limits have defaults and refuse 0.
 #[test]
 fn traffic_limits_default_and_refuse_zero() -> Result<(), ConfigError> {
     let c = parse(MINIMAL, &[])?;

@@ -1,6 +1,6 @@
 //! `Idempotency-Key`: a retry gets the first answer; a request cut by its
 //! timeout still takes effect, has its outcome recorded, and its retry gets
-//! the real answer (issue 12 §2).
+//! the real answer.
 
 use std::time::{Duration, Instant};
 
