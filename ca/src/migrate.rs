@@ -44,7 +44,7 @@ pub(crate) async fn run(db: &Database) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Issue 11 §3: 0102 rebuilds `certificates` on SQLite; the rows of a
+    /// 0102 rebuilds `certificates` on SQLite; the rows of a
     /// registry made under 0101 survive it, the indexes come back, and a
     /// `service` row is accepted afterwards (not before).
     #[tokio::test]

@@ -733,7 +733,7 @@ mod tests {
         );
     }
 
-    /// Issue 9 §3: attacker-sized data is refused before anything is signed.
+    /// Attacker-sized data is refused before anything is signed.
     #[test]
     fn oversized_parts_are_refused() {
         let i = issuer();

@@ -147,6 +147,10 @@ pub enum KmsError {
     /// Bad input from a caller: `field` names what was wrong, never its value.
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A device's account field decrypted and unpadded to bytes that are not
+    /// UTF-8 text: the device sent something other than an account number.
+    #[error("a decrypted account field is not UTF-8 text")]
+    AccountFieldNotUtf8,
     #[error("message of {len} bytes exceeds the {max}-byte limit")]
     MessageTooLong { len: usize, max: usize },
     #[error("algorithm {algorithm} does not apply to {family} keys")]
@@ -192,6 +196,7 @@ impl KmsError {
             Self::KeyVersionSuperseded { .. } => "key_version_superseded",
             Self::KcvMismatch(_) => "kcv_mismatch",
             Self::Invalid { .. } => "invalid_input",
+            Self::AccountFieldNotUtf8 => "account_field_not_utf8",
             Self::MessageTooLong { .. } => "message_too_long",
             Self::AlgorithmFamily { .. } => "algorithm_family_mismatch",
             Self::TooManyItems { .. } => "too_many_items",
@@ -213,6 +218,7 @@ impl KmsError {
             | Self::KeyVersionSuperseded { .. }
             | Self::KcvMismatch(_)
             | Self::Invalid { .. }
+            | Self::AccountFieldNotUtf8
             | Self::MessageTooLong { .. }
             | Self::AlgorithmFamily { .. }
             | Self::TooManyItems { .. } => K::Invalid,

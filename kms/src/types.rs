@@ -90,6 +90,75 @@ impl fmt::Debug for DeviceId {
     }
 }
 
+/// A primary account number: 12 to 19 decimal digits (ISO/IEC 7812; the Luhn
+/// digit is the issuer's business, not checked here). `Debug` and `Display`
+/// show only the last four digits, so a PAN that reaches a log line or an
+/// error is masked; the clear digits come out only through
+/// [`Pan::expose_digits`], where the protocol needs them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Pan(String);
+
+impl Pan {
+    /// The clear digits, for what the protocol binds to the PAN (a PIN
+    /// block's translation, the comparison with a binding's accounts).
+    pub fn expose_digits(&self) -> &str {
+        &self.0
+    }
+
+    /// The last four digits, the part that may be shown.
+    pub fn last_four(&self) -> &str {
+        &self.0[self.0.len() - 4..]
+    }
+}
+
+impl FromStr for Pan {
+    type Err = KmsError;
+    fn from_str(s: &str) -> Result<Self, KmsError> {
+        if (12..=19).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(KmsError::invalid("pan", "12 to 19 decimal digits"))
+        }
+    }
+}
+
+impl TryFrom<String> for Pan {
+    type Error = KmsError;
+    fn try_from(s: String) -> Result<Self, KmsError> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for _ in 4..self.0.len() {
+            f.write_str("*")?;
+        }
+        f.write_str(self.last_four())
+    }
+}
+
+impl fmt::Debug for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pan({self})")
+    }
+}
+
+/// On the wire a PAN is its digits; a malformed one fails deserialisation.
+impl serde::Serialize for Pan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom("a PAN is 12 to 19 decimal digits"))
+    }
+}
+
 /// Version number of a working-key generation for one (issuer, device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyVersion(pub u32);
@@ -406,5 +475,45 @@ mod tests {
         assert_eq!(k.to_string(), "KCV-TDES:08D7B4");
         assert!(Kcv::parse("KCV-TDES", "08D7B").is_err());
         assert!(Kcv::parse("SHA1", "08D7B4").is_err());
+    }
+
+    #[test]
+    fn pan_validates_and_masks_all_but_the_last_four() {
+        let pan: Pan = "6222020200112233".parse().unwrap();
+        assert_eq!(format!("{pan}"), "************2233");
+        assert_eq!(format!("{pan:?}"), "Pan(************2233)");
+        assert_eq!(pan.expose_digits(), "6222020200112233");
+        assert_eq!(pan.last_four(), "2233");
+        let twelve: Pan = "123456789012".parse().unwrap();
+        assert_eq!(format!("{twelve}"), "********9012");
+        assert!("1234567890123456789".parse::<Pan>().is_ok());
+        for bad in [
+            "12345678901",
+            "12345678901234567890",
+            "62220202001122AB",
+            "",
+        ] {
+            assert!(bad.parse::<Pan>().is_err(), "{bad}");
+        }
+        // Inside a struct's derived Debug, too.
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct Holder {
+            pan: Pan,
+        }
+        let shown = format!("{:?}", Holder { pan: pan.clone() });
+        assert!(!shown.contains("622202020011"), "{shown}");
+        assert!(shown.contains("2233"), "{shown}");
+        // A binding's accounts (strings) compare with its digits.
+        let bound = ["6222999988887777".to_owned(), "6222020200112233".to_owned()];
+        assert!(bound.iter().any(|a| a == pan.expose_digits()));
+    }
+
+    #[test]
+    fn pan_serde_is_the_digits_and_refuses_a_malformed_one() {
+        let pan: Pan = serde_json::from_str("\"6222020200112233\"").unwrap();
+        assert_eq!(serde_json::to_string(&pan).unwrap(), "\"6222020200112233\"");
+        let refused = serde_json::from_str::<Pan>("\"62220202001122AB\"").unwrap_err();
+        assert!(!refused.to_string().contains("6222"), "{refused}");
     }
 }

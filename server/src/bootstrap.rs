@@ -22,9 +22,9 @@ use keyward_kms::Kms;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
 
 use crate::audit::{AUDIT_SIGNING_LABEL, Actor, AuditEvent, AuditLog, Outcome};
+use crate::edge::pki::{self, TlsPaths};
+use crate::edge::tls::{TLS_KEY_LABEL, p256_spki};
 use crate::metrics::Metrics;
-use crate::pki::{self, TlsPaths};
-use crate::tls::{TLS_KEY_LABEL, p256_spki};
 
 /// Name (CN) of the operator `init` creates.
 pub const FIRST_ADMIN_NAME: &str = "admin";
@@ -427,7 +427,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// Issue 9 §5: a data dir other users can read is refused at start-up,
+    /// A data dir other users can read is refused at start-up,
     /// with the path and the fix; a new one is made 0700.
     #[cfg(unix)]
     #[tokio::test]

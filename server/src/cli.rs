@@ -142,9 +142,11 @@ pub enum AuditCommand {
 /// Runs a command. `Ok(false)` means it ran but found a problem (exit 1).
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Serve { allow_broken_audit } => crate::serve::serve(config, allow_broken_audit)
-            .await
-            .map(|()| true),
+        Command::Serve { allow_broken_audit } => {
+            crate::edge::serve::serve(config, allow_broken_audit)
+                .await
+                .map(|()| true)
+        }
         Command::Init => init(cli.json, &config).await,
         Command::Audit(AuditCommand::Verify { against }) => {
             audit_verify(cli.json, &config, against).await

@@ -16,10 +16,10 @@
 //!   used by the routes, `kwctl`, `kwsim` and the tests.
 //! - [`http`]: plumbing both listeners share: the middleware stack and
 //!   [`http::ApiError`], the one place errors become responses.
-//! - [`serve`]: the TLS listeners, connection handling, graceful shutdown
-//!   ([`run`]); [`tls`]: the HSM-backed rustls key and client verification;
-//!   [`pki`]: server certificate checks and CRL refresh; [`identity`]: the
-//!   client certificate seen on a connection.
+//! - [`edge`]: the TLS listeners, connection handling, graceful shutdown
+//!   ([`run`]); the HSM-backed rustls key and client verification; server
+//!   certificate checks and CRL refresh; the client certificate seen on a
+//!   connection; opening the state and recovering imports before listening.
 //! - [`audit`]: the audit trail, hash-chained and keyed by HSM MACs, with
 //!   its HSM checkpoint and signed checkpoints; [`migrate`]: its schema;
 //!   [`security`]: intrusion signals (audit record, metric, log) raised the
@@ -38,21 +38,18 @@ pub mod admin;
 pub mod audit;
 pub mod bootstrap;
 pub mod cli;
+pub mod edge;
 pub mod http;
-pub mod identity;
 pub mod jobs;
 pub mod metrics;
 pub mod migrate;
 pub mod online;
-pub mod pki;
 pub mod public;
 pub mod security;
-pub mod serve;
 pub mod state;
-pub mod tls;
 pub mod wire;
 
-pub use serve::{Listeners, run};
+pub use edge::serve::{Listeners, run};
 pub use state::AppState;
 
 /// The public (device) listener's router, with its middleware stack.

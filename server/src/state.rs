@@ -9,9 +9,9 @@ use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
+use crate::edge::tls::TlsState;
 use crate::metrics::Metrics;
 use crate::online::{CrlReload, Online};
-use crate::tls::TlsState;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Debug, Clone)]

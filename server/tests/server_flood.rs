@@ -1,4 +1,4 @@
-//! Issue 9 §3: anonymous traffic on the admin listener cannot starve
+//! Anonymous traffic on the admin listener cannot starve
 //! operators. Slow-body `POST /ocsp` requests neither make `/ready` and
 //! `/metrics` answer 503 nor hold a request slot past the body timeout; idle
 //! anonymous TLS connections are closed; one address cannot hold more than

@@ -1,4 +1,4 @@
-//! Issue 10 end to end: a terminal (the simulator, over real mutual TLS with
+//! Device login end to end: a terminal (the simulator, over real mutual TLS with
 //! its own key and certificate) logs in to `keyward serve` on SoftHSM after
 //! a provisioning through `kwctl`/`kwsim`; rotation through `kwctl key`;
 //! the lockout seen in `openssl ocsp`-backed revocation; and two replicas on
@@ -378,7 +378,7 @@ async fn two_replicas_share_challenges_sessions_and_the_failure_count() {
     drop(b);
 }
 
-/// Issue 11 §4/§5 end to end: a terminal takes its keys by logging in with
+/// Bulk MAC verification end to end: a terminal takes its keys by logging in with
 /// kwsim; the transaction switch gets a `service` certificate with `kwctl
 /// service issue`, and `kwctl mac verify --file` as the switch (over real
 /// mutual TLS on the admin listener) checks MACs the simulator computed, from

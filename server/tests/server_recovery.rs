@@ -1,4 +1,4 @@
-//! Issue 12 §1: `kill -9` of `keyward serve` during a batch import. The
+//! `kill -9` of `keyward serve` during a batch import. The
 //! process is killed at random points of an import of a few hundred devices
 //! through the admin API, restarted on the same database and token (short
 //! import lease), and the batch is all or nothing: complete with every device

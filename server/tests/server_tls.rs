@@ -48,7 +48,7 @@ async fn first_admin_reaches_the_admin_api_with_curl() {
             .unwrap()
             .contains("BEGIN CERTIFICATE")
     );
-    // Issue 9 §5: and the chain above it (issuing CA, then root).
+    // An issued certificate comes with the chain above it (issuing CA, then root).
     let chain = one["chain_pem"].as_str().unwrap();
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
     let missing = s.admin("/admin/v1/ca/certificates/0ABC", &[]);
@@ -240,7 +240,7 @@ async fn a_kept_alive_connection_does_not_outlive_its_revocation() {
     assert!(text.contains("certificate_revoked"), "{text}");
 }
 
-/// Issue 12 §5: a revocation made through one replica reaches the other
+/// A revocation made through one replica reaches the other
 /// replica's TLS verifier within the documented bound
 /// (`server.revocation_poll_ms`, 1 s, plus the reload), not at its next
 /// scheduled CRL refresh (an hour here).

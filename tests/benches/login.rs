@@ -1,4 +1,4 @@
-//! Device login throughput against a real `keyward serve` (issue 10):
+//! Device login throughput against a real `keyward serve`:
 //! a load client that opens a fresh mutual-TLS connection for every request
 //! (a terminal dialling in) and runs the whole login flow of
 //! docs/protocol.md §10 — `POST /v1/login/start` on one connection, the
@@ -73,9 +73,10 @@ use keyward_config::Config;
 use keyward_kms::Kms;
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::{DeviceId, IssuerId};
-use keyward_server::identity::{ClientIdentity, PeerCertificate};
+use keyward_server::edge::identity::{ClientIdentity, PeerCertificate};
+use keyward_server::edge::startup;
 use keyward_server::metrics::Metrics;
-use keyward_server::{AppState, admin_app, bootstrap, serve};
+use keyward_server::{AppState, admin_app, bootstrap};
 use keyward_tests::db::{TestDb, postgres, sqlite};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
@@ -729,7 +730,7 @@ fn one_backend(backend: &str) {
             .await
             .unwrap();
         bootstrap::init_opened(&config, &opened).await.unwrap();
-        let state = serve::state_from(config, opened, metrics).await.unwrap();
+        let state = startup::state_from(config, opened, metrics).await.unwrap();
         let admin = Admin::new(&state, &data).await;
         admin
             .post(

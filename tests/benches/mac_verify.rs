@@ -1,4 +1,4 @@
-//! Bulk MAC verification throughput (issue 11): the raw PKCS#11 loop, the
+//! Bulk MAC verification throughput: the raw PKCS#11 loop, the
 //! same items through `Kms::verify_macs`, and `POST /admin/v1/macs/verify`
 //! of a real `keyward serve` over mutual TLS, every figure printed with its
 //! ratio to the raw loop of the same run.
@@ -63,9 +63,10 @@ use keyward_kms::hsm::{Hsm, KeySpec, MacMechanism, ObjectId, Pkcs11Hsm, SecretKi
 use keyward_kms::mac::{self, MacKeys};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, MacAlgorithm, Padding};
 use keyward_kms::{MacItem, MacOutcome};
+use keyward_server::bootstrap;
+use keyward_server::edge::startup;
 use keyward_server::metrics::Metrics;
 use keyward_server::wire::macs as wire;
-use keyward_server::{bootstrap, serve};
 use keyward_tests::db::{TestDb, sqlite};
 use keyward_tests::device::{self, Family};
 use keyward_tests::softhsm::TestToken;
@@ -869,7 +870,7 @@ fn main() -> ExitCode {
             .await
             .unwrap();
         bootstrap::init_opened(&config, &opened).await.unwrap();
-        let state = serve::state_from(config, opened, metrics).await.unwrap();
+        let state = startup::state_from(config, opened, metrics).await.unwrap();
         let kms = state.kms.clone();
         let issuer: IssuerId = ISSUER.parse().unwrap();
         kms.create_issuer(issuer.clone(), KeyFamily::Tdes)

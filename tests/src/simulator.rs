@@ -314,7 +314,7 @@ impl SimDevice {
         Ok(out)
     }
 
-    /// A login's key update (PROTOCOL.md "Working-key delivery"): derives
+    /// A login's key update: derives
     /// each offered key from `TMK_d` and its `R`, and answers with the KCVs
     /// it computed. Only if every one matches the announced KCV does the
     /// device switch to the new keys and `version`; otherwise it keeps its
@@ -411,8 +411,7 @@ impl SimDevice {
         )
     }
 
-    /// The transaction MAC of PROTOCOL.md "Transaction MAC" with the current
-    /// `TAK`: `algorithm` by its name, `padding` 1 or 2 where it takes one,
+    /// The transaction MAC under the current `TAK`: `algorithm` by its name, `padding` 1 or 2 where it takes one,
     /// truncated to `len` bytes (`CUP-ECB`: its 8 ASCII characters).
     pub fn mac(
         &self,

@@ -721,7 +721,7 @@ fn ocsp_text(dir: &Path, der: &[u8]) -> String {
     text
 }
 
-/// Issue 9 §3: an anonymous OCSP request does not cost an HSM signature each
+/// An anonymous OCSP request does not cost an HSM signature each
 /// time. Answers are signed once, served from the cache (nonce or not) until
 /// a revocation changes the registry, and cache misses beyond the signing
 /// budget are `tryLater`.

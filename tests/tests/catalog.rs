@@ -586,7 +586,7 @@ fn futures_are_send(c: &Catalog, i: &IssuerId, d: DeviceId, keys: &[NewWorkingKe
     send(c.issuers());
 }
 
-/// Issue 9 §5: the SQLite catalog (national ids, contacts) is created 0600 in
+/// The SQLite catalog (national ids, contacts) is created 0600 in
 /// a 0700 directory, and a catalog file other users can read is refused with
 /// its path and the fix. SQLite only: the file is what is checked.
 #[cfg(unix)]

@@ -169,8 +169,8 @@ pub enum Cipher {
 pub struct PinTranslation {
     pub from_format: u8,
     pub to_format: u8,
-    /// The account number, decimal digits.
-    pub pan: String,
+    /// The account number (masked in `Debug`).
+    pub pan: crate::types::Pan,
     /// The encrypted PIN block (8 bytes formats 0 and 3, 16 bytes format 4).
     pub block: Vec<u8>,
 }

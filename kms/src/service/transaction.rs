@@ -10,7 +10,7 @@ use crate::error::{KmsError, Result};
 use crate::hsm::{Cipher, PinTranslation, Usage};
 use crate::keys::{master_label, with_fresh_handles};
 use crate::service::Kms;
-use crate::types::{DeviceId, IssuerId, KeyFamily, KeyVersion, WorkingKeyRole};
+use crate::types::{DeviceId, IssuerId, KeyFamily, KeyVersion, Pan, WorkingKeyRole};
 
 /// Largest encrypted account field, in bytes.
 pub const MAX_ACCOUNT_FIELD: usize = 256;
@@ -72,12 +72,13 @@ impl FromStr for PinFormat {
 
 /// A PIN block as a device sends it, checked for what can be checked without
 /// opening it: the format is the issuer family's, the block has the format's
-/// length, the PAN is 12 to 19 digits.
+/// length (the PAN's 12 to 19 digits are its type's). Its `Debug` shows the
+/// PAN masked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinBlock {
     pub format: PinFormat,
     pub block: Vec<u8>,
-    pub pan: String,
+    pub pan: Pan,
 }
 
 impl PinBlock {
@@ -94,10 +95,17 @@ impl PinBlock {
                 "8 bytes for formats 0 and 3, 16 bytes for format 4",
             ));
         }
-        if !(12..=19).contains(&self.pan.len()) || !self.pan.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(KmsError::invalid("pan", "12 to 19 decimal digits"));
-        }
         Ok(())
+    }
+}
+
+/// A decrypted, unpadded account field as text: account numbers are ASCII,
+/// so bytes that are not UTF-8 are the device's error, refused with a code of
+/// their own rather than compared as an empty string.
+fn account_text(field: Vec<u8>) -> Result<Vec<u8>> {
+    match std::str::from_utf8(&field) {
+        Ok(_) => Ok(field),
+        Err(_) => Err(KmsError::AccountFieldNotUtf8),
     }
 }
 
@@ -118,7 +126,8 @@ fn unpad_method2(mut data: Vec<u8>) -> Result<Vec<u8>> {
 impl Kms {
     /// Decrypts one account field the device encrypted under its `TDK` of
     /// `version`: CBC (3DES or AES by the issuer's family) with the device's
-    /// IV over the field padded with ISO/IEC 9797-1 method 2.
+    /// IV over the field padded with ISO/IEC 9797-1 method 2. The field
+    /// returned is UTF-8 ([`KmsError::AccountFieldNotUtf8`] otherwise).
     pub async fn decrypt_account_field(
         &self,
         issuer: &IssuerId,
@@ -165,7 +174,7 @@ impl Kms {
                 })
             })
             .await?;
-        unpad_method2(clear)
+        account_text(unpad_method2(clear)?)
     }
 
     /// Translates a PIN block from the device's `TPK` of `version` to the
@@ -221,7 +230,7 @@ mod tests {
         let ok = PinBlock {
             format: PinFormat::Iso0,
             block: vec![0; 8],
-            pan: "6222020200112233".into(),
+            pan: "6222020200112233".parse().unwrap(),
         };
         ok.check(KeyFamily::Tdes).unwrap();
         assert!(
@@ -239,13 +248,8 @@ mod tests {
             ..ok.clone()
         };
         iso4.check(KeyFamily::Aes).unwrap();
-        for pan in ["12345678901", "12345678901234567890", "62220202001122AB"] {
-            let bad = PinBlock {
-                pan: pan.into(),
-                ..ok.clone()
-            };
-            assert!(bad.check(KeyFamily::Tdes).is_err(), "{pan}");
-        }
+        let shown = format!("{ok:?}");
+        assert!(!shown.contains("622202020011"), "{shown}");
         assert!("1".parse::<PinFormat>().is_err());
         assert_eq!("3".parse::<PinFormat>().unwrap(), PinFormat::Iso3);
     }
@@ -254,5 +258,17 @@ mod tests {
     fn method2_padding_is_stripped_or_refused() {
         assert_eq!(unpad_method2(b"1234\x80\0\0\0".to_vec()).unwrap(), b"1234");
         assert!(unpad_method2(b"1234\0\0\0\0".to_vec()).is_err());
+    }
+
+    #[test]
+    fn an_account_field_that_is_not_utf8_is_refused_with_its_code() {
+        assert_eq!(
+            account_text(b"6222020200112233".to_vec()).unwrap(),
+            b"6222020200112233"
+        );
+        let e = account_text(vec![0x36, 0xFF, 0xFE, 0x32]).unwrap_err();
+        assert!(matches!(e, KmsError::AccountFieldNotUtf8), "{e:?}");
+        assert_eq!(e.code(), "account_field_not_utf8");
+        assert_eq!(e.kind(), crate::ErrorKind::Invalid);
     }
 }

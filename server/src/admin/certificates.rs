@@ -253,7 +253,7 @@ pub async fn revoke(
         .await?;
         st.metrics.certificates_revoked.inc();
         // Both listeners refuse the certificate from now on.
-        if let Err(e) = crate::pki::refresh_crl(&st).await {
+        if let Err(e) = crate::edge::pki::refresh_crl(&st).await {
             tracing::error!(
                 error = format!("{e:#}"),
                 "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries"

@@ -319,7 +319,7 @@ pub async fn approve_recertify(
 /// Both listeners refuse revoked certificates from now on; a failure is
 /// logged and left to the schedule.
 async fn refresh_crl_after(state: &AppState, what: &str) {
-    crate::pki::refresh_crl_logged(state, what).await;
+    crate::edge::pki::refresh_crl_logged(state, what).await;
 }
 
 // ---- original keys ------------------------------------------------------------

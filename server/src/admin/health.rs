@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::edge::pki::update_crl_metrics;
 use crate::metrics::timed_hsm;
-use crate::pki::update_crl_metrics;
 use crate::state::AppState;
 
 /// The process is up and serving HTTP.

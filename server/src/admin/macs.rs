@@ -33,9 +33,9 @@ use serde::Deserialize;
 
 use super::still_valid;
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::edge::identity::{CertKind, ClientIdentity};
 use crate::http::ApiError;
 use crate::http::access::Door;
-use crate::identity::{CertKind, ClientIdentity};
 use crate::state::AppState;
 use crate::wire::macs as wire;
 

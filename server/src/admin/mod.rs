@@ -46,11 +46,11 @@ use keyward_ca::{Role, Serial};
 use keyward_device_provisioning::{Action, Decision, OperatorId};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::edge::identity::{ClientIdentity, PeerCertificate};
 use crate::http::access::Door;
 use crate::http::idempotency;
 use crate::http::layers;
 use crate::http::{ApiError, stack_config};
-use crate::identity::{ClientIdentity, PeerCertificate};
 use crate::metrics::Listener;
 use crate::state::AppState;
 
@@ -459,7 +459,7 @@ async fn whoami(
 mod tests {
     use super::*;
 
-    /// Issue 9 §5: the refusal read "needs the an operator role".
+    /// The refusal names the roles that would do, in a sentence that reads.
     #[test]
     fn refusal_without_an_operator_role_reads_well() {
         let e = no_operator_role();

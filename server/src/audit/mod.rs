@@ -9,7 +9,7 @@
 //! hex. [`AuditLog::verify_chain`] recomputes the chain and names the first
 //! record that does not fit.
 //!
-//! The chain is keyed in the HSM (issue 9 §2): a database writer can
+//! The chain is keyed in the HSM: a database writer can
 //! recompute SHA-256, so each record appended since migration 2002 also
 //! carries `mac = HMAC-SHA256(K, "keyward-audit-record-v1\0" || hash)` under
 //! the non-extractable token key `keyward/audit/mac`, and the head row its

@@ -290,9 +290,9 @@ async fn run_job<S: Clone + Send + 'static>(
 /// (docs/admin-api.md, "Background jobs").
 pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
     vec![
-        crate::pki::crl_refresh_job(state).await,
+        crate::edge::pki::crl_refresh_job(state).await,
         crate::http::idempotency::purge_job(),
-        crate::serve::import_recovery_job(state),
+        crate::edge::startup::import_recovery_job(state),
         crate::online::jobs::maintenance_job(state),
         crate::online::jobs::sessions_gauge_job(state),
     ]

@@ -96,7 +96,7 @@ impl Online {
                     pan: p.pan.clone(),
                 };
                 pin.check(self.kms.issuer(issuer).await?.family)?;
-                if !bound.iter().any(|a| a == &pin.pan) {
+                if !bound.iter().any(|a| a == pin.pan.expose_digits()) {
                     return Err(OnlineError::from(Refusal::PanNotBound));
                 }
                 Some(pin)
@@ -139,7 +139,7 @@ impl Online {
                 .decrypt_account_field(issuer, device.device_id, version, &iv, &data)
                 .await?;
             let value = String::from_utf8(clear)
-                .unwrap_or_default()
+                .map_err(|_| keyward_kms::KmsError::AccountFieldNotUtf8)?
                 .to_ascii_uppercase();
             checks.push(wire::AccountCheck {
                 bound: bound.contains(&value),

@@ -36,10 +36,10 @@ use keyward_device_provisioning::{DeviceState, ProvisioningError};
 use keyward_kms::types::DeviceId;
 
 use crate::audit::Actor;
+use crate::edge::identity::{CertKind, ClientIdentity, PeerCertificate};
 use crate::http::access::Door;
 use crate::http::layers;
 use crate::http::{ApiError, stack_config};
-use crate::identity::{CertKind, ClientIdentity, PeerCertificate};
 use crate::metrics::Listener;
 use crate::state::AppState;
 

@@ -2,7 +2,7 @@
 
 use axum::{Extension, Json};
 
-use crate::identity::{CertKind, ClientIdentity};
+use crate::edge::identity::{CertKind, ClientIdentity};
 use crate::wire::{Ping, PingClient};
 
 /// Answers with the peer address and the client certificate's identity.

@@ -40,7 +40,8 @@ pub struct LoginChallenge {
     pub key_update: Option<KeyUpdate>,
 }
 
-/// New working keys: `WK = DIV'(TMK_d, R)` for each role (PROTOCOL.md).
+/// New working keys: `WK = DIV'(TMK_d, R)` for each role; only `R` and the
+/// KCVs travel, the device derives the keys itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyUpdate {
     pub version: u32,

@@ -2,6 +2,7 @@
 //! message with its MAC, account fields under `TDK` and a PIN block under
 //! `TPK`. Binary values are base64.
 
+use keyward_kms::types::Pan;
 use serde::{Deserialize, Serialize};
 
 /// The transaction as the device sends it (a session is required).
@@ -10,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub struct TransactionRequest {
     /// The working-key version the device computed with.
     pub key_version: u32,
-    /// One of PROTOCOL.md's five (`CMAC-TDES`, …).
+    /// One of the five transaction MAC algorithms (`ISO9797-1-M1-TDES`,
+    /// `ISO9797-1-M3`, `CMAC-TDES`, `CMAC-AES`, `CUP-ECB`).
     pub algorithm: String,
     /// ISO/IEC 9797-1 padding method (1 or 2) where the algorithm takes one.
     #[serde(default)]
@@ -46,7 +48,9 @@ pub struct PinBlock {
     pub format: u8,
     /// base64 of the encrypted block (8 or 16 bytes).
     pub block: String,
-    pub pan: String,
+    /// 12 to 19 digits, checked as the body is read (a malformed one is the
+    /// body's `422 invalid_request`) and masked in `Debug`.
+    pub pan: Pan,
 }
 
 /// The server's answer.

@@ -1,5 +1,6 @@
-//! Tampering with the audit trail as a database writer would (issue 9 §2),
-//! for the route tests and the end-to-end tests alike.
+//! Tampering with the audit trail as a database writer would, which the
+//! verification must detect each time; for the route tests and the
+//! end-to-end tests alike.
 
 use keyward_config::DatabaseKind;
 use keyward_server::audit::AuditRecord;

@@ -7,7 +7,7 @@ use axum::http::{Method, Request, StatusCode};
 use keyward_ca::Role;
 use serde_json::json;
 
-use keyward_server::identity::ClientIdentity;
+use keyward_server::edge::identity::ClientIdentity;
 
 use crate::harness::{App, anonymous, call, der_of_pem, identity_of, send};
 
@@ -165,7 +165,7 @@ async fn the_public_ping_names_the_device() {
     assert_eq!(client.device_id.as_deref(), Some(d.id.to_string().as_str()));
 }
 
-/// Issue 9 §1: the public listener takes exactly the device profile, and
+/// The public listener takes exactly the device profile, and
 /// only the device's current registered certificate that is not revoked —
 /// checked per request, so a kept-alive connection does not outlive a
 /// revocation.

@@ -88,7 +88,7 @@ async fn certificate_refusals_are_typed() {
     )
     .await
     .refused(StatusCode::BAD_REQUEST, "use_operators_endpoint");
-    // Device certificates come only from provisioning (issue 9 §1), for
+    // Device certificates come only from provisioning, for
     // an admin too; the refusal is audited.
     app.post(
         &app.root,

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use keyward_ca::Role;
-use keyward_server::identity::ClientIdentity;
+use keyward_server::edge::identity::ClientIdentity;
 use serde_json::{Value, json};
 
 use crate::harness::App;

@@ -298,7 +298,7 @@ async fn a_wrong_kcv_confirms_nothing() {
     assert_eq!(shown.expect(StatusCode::OK)["state"], "verified");
 }
 
-/// Issue 9 §1: a KCV mismatch is an intrusion event: its own audit action
+/// A KCV mismatch is an intrusion event: its own audit action
 /// and the `keyward_security_events_total{kind="kcv_mismatch"}` counter.
 #[tokio::test]
 async fn a_kcv_mismatch_is_a_security_event() {
@@ -336,7 +336,7 @@ async fn a_kcv_mismatch_is_a_security_event() {
     );
 }
 
-/// Issue 9 §1: failed checks park the device (`check_locked`) until an
+/// Failed checks park the device (`check_locked`) until an
 /// operator resets it through the audited route.
 #[tokio::test]
 async fn a_parked_device_is_reset_by_an_operator() {
@@ -378,7 +378,8 @@ async fn a_parked_device_is_reset_by_an_operator() {
     check(&app, &d1).await;
 }
 
-/// Issue 9 §1: re-certification through the routes, maker-checker.
+/// Re-certification through the routes is maker-checker: one operator
+/// requests, another approves.
 #[tokio::test]
 async fn recertification_is_requested_by_one_operator_and_approved_by_another() {
     let app = App::new().await;

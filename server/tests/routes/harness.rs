@@ -13,9 +13,10 @@ use http_body_util::BodyExt;
 use keyward_ca::{IssueRequest, Role};
 use keyward_config::Config;
 use keyward_kms::hsm::PublicKey;
-use keyward_server::identity::{ClientIdentity, PeerCertificate};
+use keyward_server::edge::identity::{ClientIdentity, PeerCertificate};
+use keyward_server::edge::startup;
 use keyward_server::metrics::Metrics;
-use keyward_server::{AppState, admin_app, bootstrap, public_app, serve};
+use keyward_server::{AppState, admin_app, bootstrap, public_app};
 use keyward_tests::simulator::SimDevice;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -110,7 +111,7 @@ impl App {
             .await
             .unwrap();
         bootstrap::init_opened(&config, &opened).await.unwrap();
-        let state = serve::state_from(config, opened, metrics).await.unwrap();
+        let state = startup::state_from(config, opened, metrics).await.unwrap();
         let pem = std::fs::read_to_string(install.data.join("operators/admin.pem")).unwrap();
         Self {
             admin: admin_app(state.clone()),

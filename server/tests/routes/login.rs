@@ -1,11 +1,11 @@
-//! Issue 10: device login on the public router — start, key update, random
+//! Device login on the public router — start, key update, random
 //! auth, session, lockout, rotation — with the simulator playing the device
 //! (its responses and KCVs are its own), and every bad input a typed 4xx.
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use keyward_ca::Role;
-use keyward_server::identity::ClientIdentity;
+use keyward_server::edge::identity::ClientIdentity;
 use keyward_server::wire::login as wire;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::{self, LoginOptions};

@@ -1,4 +1,4 @@
-//! Issue 11 §4/§5: bulk MAC verification (`POST /admin/v1/macs/verify`)
+//! Bulk MAC verification (`POST /admin/v1/macs/verify`)
 //! with a device whose working keys came through the real login (offer,
 //! confirm), MACs computed by the simulator in software
 //! (`tests/src/device.rs`), never by the server; every algorithm, padding
@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::BodyExt;
 use keyward_ca::Role;
-use keyward_server::identity::ClientIdentity;
+use keyward_server::edge::identity::ClientIdentity;
 use keyward_server::wire::macs as wire;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::LoginOptions;

@@ -1,5 +1,5 @@
 //! `/admin/v1/audit`: the trail, its verification against a database writer
-//! (issue 9 §2: each tampering is detected), and signed checkpoints.
+//! (each tampering is detected), and signed checkpoints.
 
 use axum::http::StatusCode;
 use keyward_ca::Role;

@@ -1,4 +1,4 @@
-//! Issue 11 §1–2: `POST /v1/transactions` after a real login — MACs of every
+//! `POST /v1/transactions` after a real login — MACs of every
 //! algorithm computed by the simulator, account fields decrypted in the HSM,
 //! PIN blocks refused with 501 on SoftHSM after their format checks.
 
@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_server::identity::ClientIdentity;
+use keyward_server::edge::identity::ClientIdentity;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::LoginOptions;
 use serde_json::{Value, json};
@@ -102,6 +102,16 @@ async fn every_tdes_algorithm_verifies_and_a_wrong_mac_is_invalid() {
         a.expect(StatusCode::OK)["accounts"],
         json!([{"name": "payer", "bound": true}, {"name": "payee", "bound": false}])
     );
+    // A field that decrypts to bytes that are not text: refused with its
+    // own code, not compared as an empty string.
+    let mut t = body(&d, "bank-a", "CMAC-TDES", None, 8, msg);
+    t["accounts"] = json!([
+        {"name": "payer", "iv": B64.encode(iv),
+         "data": B64.encode(d.encrypt_field("bank-a", &iv, &[0x36, 0xFF, 0xFE, 0x32]).unwrap())},
+    ]);
+    transact(&app, &who, Some(&token), t)
+        .await
+        .refused(StatusCode::BAD_REQUEST, "account_field_not_utf8");
     // Six wrong MACs in a row: one streak of five counted (the valid MACs
     // above reset every shorter one).
     for _ in 0..6 {
@@ -214,6 +224,12 @@ async fn transaction_refusals_are_typed() {
     transact(&app, &who, Some(&token), pin(0, 8, "6222999988887777"))
         .await
         .refused(StatusCode::FORBIDDEN, "pan_not_bound");
+    // A PAN that is not 12-19 digits does not fit the body's schema.
+    for pan in ["12345678901", "62220202001122AB"] {
+        transact(&app, &who, Some(&token), pin(0, 8, pan))
+            .await
+            .refused(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    }
 
     // A MAC by a retired version: rotate (grace 0), end the grace period.
     let v1 = d.key_version("bank-a").unwrap();

@@ -110,7 +110,7 @@ async fn genuine_device_check_refusals() {
     refused(env.prov.begin_check(dev.id).await, "device_state");
 }
 
-/// Issue 12 §4: a second challenge no longer replaces the first; either
+/// A second challenge does not replace the first; either
 /// answered correctly passes.
 #[tokio::test]
 async fn two_outstanding_challenges_answered_in_either_order_both_pass() {
@@ -274,7 +274,7 @@ async fn concurrent_answers_to_one_challenge_succeed_at_most_once() {
     }
 }
 
-/// Issue 9 §1: after the limit of failed checks the device is parked until
+/// After the limit of failed checks the device is parked until
 /// an operator resets it; both are audited.
 #[tokio::test]
 async fn failed_checks_park_the_device_until_an_operator_resets_it() {

@@ -119,7 +119,7 @@ async fn customer_review_is_maker_checker() {
     );
 }
 
-/// Issue 9 §4: look-alike operator names and national ids are one identity
+/// Look-alike operator names and national ids are one identity
 /// (or refused), not a second person or a second customer.
 #[tokio::test]
 async fn look_alike_names_and_national_ids_are_one_identity() {

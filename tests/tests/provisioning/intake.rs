@@ -238,7 +238,7 @@ fn row_codes(r: &keyward_device_provisioning::Refused) -> Vec<(usize, &'static s
         .collect()
 }
 
-/// Issue 9 §1: a CSR naming another device, a key in two rows, a key
+/// A CSR naming another device, a key in two rows, a key
 /// already registered to any device: each refused with its own code, so
 /// one key can never pass two devices' checks.
 #[tokio::test]

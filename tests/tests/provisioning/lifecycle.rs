@@ -356,7 +356,7 @@ fn status(records: &[keyward_ca::CertRecord], serial: &str) -> keyward_ca::CertS
         .unwrap()
 }
 
-/// Issue 9 §1: retiring revokes every certificate the CA holds for the
+/// Retiring revokes every certificate the CA holds for the
 /// device id, not only the registered one (a clone minted another way dies
 /// with it).
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Issue 12 §1: an import whose process dies leaves no certificate nothing
+//! An import whose process dies leaves no certificate nothing
 //! owns. The "crash" is the import's future dropped half-way (its lease
 //! keeper goes with it) while the CA stalls; recovery then takes the batch
 //! over once the lease has run out. Also: a stalled but live import keeps

@@ -16,11 +16,8 @@
 //! down gracefully, then closed [`CLOSE_GRACE`] later if the client ignores
 //! that (an HTTP/2 client, or one that never sent a byte).
 //!
-//! Imports whose process died (their batch lease ran out) are undone before
-//! the listeners open and then once a lease period
-//! (`provisioning.import_lease_ms`) by [`recover_imports`]: safe on every
-//! replica at once, since each batch is claimed by one. That and the other
-//! background work run as jobs ([`crate::jobs`]) while the listeners serve.
+//! Opening the state and undoing dead imports before (and beside) the
+//! listeners: [`crate::edge::startup`].
 //!
 //! Failed handshakes are counted per listener and written to the audit trail
 //! as `tls.client_refused`, at most [`REFUSALS_PER_MINUTE`] records per
@@ -38,26 +35,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use keyward_config::Config;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::bootstrap;
-use crate::identity::ClientIdentity;
-use crate::jobs::{Job, JobError};
-use crate::metrics::{Listener, Metrics};
-use crate::pki::{self, TlsPaths};
+use crate::edge::identity::ClientIdentity;
+use crate::edge::startup::{open_state, recover_imports};
+use crate::metrics::Listener;
 use crate::state::AppState;
-use crate::tls::{HsmTlsKey, TLS_KEY_LABEL, TlsMaterial, TlsState};
 
 /// Time a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,87 +67,6 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
-}
-
-/// Opens everything a serving replica needs — HSM, database, CA, the server
-/// TLS key and certificate, the CRL — and checks it, as `keyward serve` does
-/// before it binds. Route tests build their router on the same state.
-pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
-    let metrics = Metrics::new().context("creating the metrics registry")?;
-    let opened = bootstrap::open(&config, Some(metrics.clone())).await?;
-    state_from(config, opened, metrics).await
-}
-
-/// [`open_state`] on an installation already opened (with `metrics`), for a
-/// process that also ran `init` on it (tests: one HSM open per process).
-pub async fn state_from(
-    config: Config,
-    opened: bootstrap::Opened,
-    metrics: Metrics,
-) -> anyhow::Result<AppState> {
-    if opened.ca_report.created_anything() || !opened.migrated.is_empty() {
-        tracing::warn!("serve created CA or schema objects: run `keyward init` before `serve`");
-    }
-    if !opened.kms.has_audit_key().await? {
-        bail!(
-            "no audit MAC key {} in the HSM: run `keyward init` first",
-            keyward_kms::AUDIT_MAC_LABEL
-        );
-    }
-    // A token made before login challenges were sealed gets its key here.
-    if opened.kms.ensure_challenge_seal_key().await? {
-        tracing::warn!(
-            label = keyward_kms::service::CHALLENGE_SEAL_LABEL,
-            "created the login challenge seal key missing from the HSM"
-        );
-    }
-    let key = match opened.kms.signing_key(TLS_KEY_LABEL).await {
-        Ok(k) => k,
-        Err(keyward_kms::KmsError::KeyMissing(_)) => {
-            bail!("no server TLS key {TLS_KEY_LABEL} in the HSM: run `keyward init` first")
-        }
-        Err(e) => return Err(e).context("loading the server TLS key"),
-    };
-    let key = HsmTlsKey::new(key, Some(metrics.clone()))?;
-    let paths = TlsPaths::new(&config);
-    let chain = pki::read_pem_chain(&paths.server_pem).unwrap_or_default();
-    if let Some(problem) = pki::server_cert_problem(
-        &opened.ca,
-        &chain,
-        key.spki(),
-        &config.server.public_names,
-        0,
-    )
-    .await?
-    {
-        bail!(
-            "server TLS certificate {}: {problem}; run `keyward init`",
-            paths.server_pem.display()
-        );
-    }
-    let crl = opened.ca.crl().await.context("loading the CRL")?;
-    let crl_info = pki::crl_in_use(&crl)?;
-    let material = TlsMaterial {
-        chain,
-        key,
-        client_root: CertificateDer::from(opened.ca.root_der().to_vec()),
-    };
-    let tls = TlsState::new(
-        material,
-        CertificateRevocationListDer::from(crl.der.clone()),
-        crl_info.clone(),
-    )?;
-    pki::update_crl_metrics(&metrics, &crl_info);
-    AppState::new(
-        config,
-        opened.kms,
-        opened.ca,
-        opened.provisioning,
-        opened.audit,
-        metrics,
-        tls,
-    )
-    .context("bringing up the OCSP responder")
 }
 
 /// `keyward serve`: opens everything, verifies the audit trail from its HSM
@@ -262,7 +174,7 @@ pub async fn run(
     let jobs = crate::jobs::server_runner(&state)
         .await
         .start(state.clone());
-    let crl_reloads = tokio::spawn(crate::pki::crl_reload_on_request(state.clone()));
+    let crl_reloads = tokio::spawn(crate::edge::pki::crl_reload_on_request(state.clone()));
 
     tokio::pin!(shutdown);
     loop {
@@ -301,16 +213,16 @@ pub async fn run(
             Listener::Public => public_router.clone(),
             Listener::Admin => admin_router.clone(),
         };
-        tokio::spawn(connection(
-            state.clone(),
+        let ctx = Connection {
+            state: state.clone(),
             listener,
-            stream,
             peer,
             router,
-            stop_rx.clone(),
-            limits.clone(),
-            slot,
-        ));
+            stop: stop_rx.clone(),
+            limits: limits.clone(),
+            _slot: slot,
+        };
+        tokio::spawn(connection(ctx, stream));
     }
 
     state.set_draining();
@@ -330,59 +242,6 @@ pub async fn run(
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
     Ok(())
-}
-
-/// Takes over and undoes every import whose lease ran out
-/// ([`keyward_device_provisioning::Provisioning::recover_stale_imports`]),
-/// writes one audit record per batch (actor `system`) and counts them in
-/// `keyward_import_recoveries_total`; reloads the CRL if anything was revoked.
-/// Fails if the stale batches cannot be listed or a record not written.
-pub async fn recover_imports(state: &AppState) -> anyhow::Result<usize> {
-    let notes = state.provisioning.recover_stale_imports().await?;
-    let mut revoked = false;
-    for note in &notes {
-        state
-            .metrics
-            .import_recoveries
-            .with_label_values(&[note.outcome.as_str()])
-            .inc();
-        revoked |= note.get("revoked").is_some_and(|n| n != "0");
-        state
-            .audit
-            .append(
-                &Actor::System,
-                &AuditEvent::Provisioning(note.clone()),
-                note.outcome,
-                "-",
-            )
-            .await
-            .context("writing the audit trail")?;
-    }
-    if revoked && let Err(e) = crate::pki::refresh_crl(state).await {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "import recovery revoked certificates, but the TLS listeners could not load the new CRL yet; the schedule retries"
-        );
-    }
-    Ok(notes.len())
-}
-
-/// Job `imports.recover`: [`recover_imports`] once a lease period, for
-/// imports killed on this or another replica, on every replica (each batch
-/// is claimed by one). Its first run is a period after start: `serve` runs
-/// it before listening.
-pub fn import_recovery_job(state: &AppState) -> Job<AppState> {
-    Job::new(
-        "imports.recover",
-        state.provisioning.import_lease(),
-        |state: AppState| async move {
-            recover_imports(&state)
-                .await
-                .map(drop)
-                .map_err(|e| JobError::failed("import_recovery_failed", e))
-        },
-    )
-    .after_first_interval()
 }
 
 /// What every connection task shares: the per-address counts and the
@@ -515,17 +374,32 @@ impl Drop for Busy {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
+/// What one accepted connection is served with.
+#[derive(Debug)]
+struct Connection {
     state: AppState,
     listener: Listener,
-    stream: TcpStream,
     peer: SocketAddr,
+    /// The listener's router.
     router: Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    /// Flips on shutdown: the connection closes gracefully.
+    stop: tokio::sync::watch::Receiver<bool>,
     limits: Arc<Limits>,
+    /// Its place in the per-address count, held as long as the connection.
     _slot: Slot,
-) {
+}
+
+/// Handshake, then HTTP until the client leaves, goes idle or shutdown asks.
+async fn connection(ctx: Connection, stream: TcpStream) {
+    let Connection {
+        state,
+        listener,
+        peer,
+        router,
+        mut stop,
+        limits,
+        _slot,
+    } = ctx;
     let _ = stream.set_nodelay(true);
     let acceptor = TlsAcceptor::from(state.tls.config(listener));
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -22,10 +22,10 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::edge::tls::CrlInUse;
 use crate::jobs::{Job, JobError};
 use crate::metrics::{Metrics, timed_hsm};
 use crate::state::AppState;
-use crate::tls::CrlInUse;
 
 /// The server certificate is re-issued this close to its notAfter.
 pub const RENEW_BEFORE_DAYS: i64 = 30;

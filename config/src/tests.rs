@@ -1,0 +1,188 @@
+//! Loading, overrides, redaction and validation of whole files.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "keyward"
+pin_env = "KW_PIN"
+"#;
+
+fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_parts(
+        text,
+        Path::new("/etc/keyward/keyward.toml"),
+        &env,
+        Path::new("/etc/keyward"),
+    )
+}
+
+#[test]
+fn defaults_resolve_against_the_config_dir() -> Result<(), ConfigError> {
+    let c = parse(MINIMAL, &[])?;
+    assert_eq!(c.data_dir, Path::new("/etc/keyward/var"));
+    assert_eq!(c.database.url, "sqlite:///etc/keyward/var/keyward.db");
+    assert_eq!(c.database.kind(), DatabaseKind::Sqlite);
+    assert_eq!(c.hsm.sessions, 2);
+    let up = parse(
+        &MINIMAL.replace("[hsm]", "data_dir = \"../var\"\n[hsm]"),
+        &[],
+    )?;
+    assert_eq!(up.database.url, "sqlite:///etc/var/keyward.db");
+    Ok(())
+}
+
+#[test]
+fn env_overrides_typed_values() -> Result<(), ConfigError> {
+    let c = parse(
+        MINIMAL,
+        &[
+            ("KEYWARD__HSM__SESSIONS", "4"),
+            ("KEYWARD__DATABASE__URL", "postgres://u:p@127.0.0.1/db"),
+            ("KEYWARD__HSM__MECHANISMS__DES3_RETAIL_MAC", "0x80000150"),
+        ],
+    )?;
+    assert_eq!(c.hsm.sessions, 4);
+    assert_eq!(c.database.kind(), DatabaseKind::Postgres);
+    assert_eq!(c.hsm.mechanisms.des3_retail_mac, Some(0x8000_0150));
+    Ok(())
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse(&format!("{MINIMAL}\nsesions = 3\n"), &[])
+        .map(|_| ())
+        .err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("sesions"), "{msg}");
+}
+
+#[test]
+fn wrong_type_names_key_not_value() {
+    let text = MINIMAL.replace(
+        "token_label = \"keyward\"",
+        "token_label = \"keyward\"\nsessions = \"s3cr3t-1234\"",
+    );
+    let msg = parse(&text, &[])
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("hsm.sessions"), "{msg}");
+    assert!(!msg.contains("s3cr3t"), "{msg}");
+}
+
+#[test]
+fn inline_pin_is_refused_and_not_echoed() {
+    let text = MINIMAL.replace("pin_env = \"KW_PIN\"", "pin = \"987654\"");
+    let msg = parse(&text, &[])
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("pin"), "{msg}");
+    assert!(!msg.contains("987654"), "{msg}");
+}
+
+#[test]
+fn exactly_one_pin_source() {
+    let text = MINIMAL.replace("pin_env = \"KW_PIN\"", "");
+    let msg = parse(&text, &[])
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("hsm.pin_file"), "{msg}");
+}
+
+#[test]
+fn bad_database_scheme() {
+    let msg = parse(MINIMAL, &[("KEYWARD__DATABASE__URL", "mysql://x")])
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("database.url"), "{msg}");
+    assert!(!msg.contains("mysql://x"), "{msg}");
+}
+
+#[test]
+fn ca_key_algorithm_is_typed_at_load() -> Result<(), ConfigError> {
+    assert_eq!(parse(MINIMAL, &[])?.ca.key_algorithm, CaKeyAlgorithm::P256);
+    let rsa = parse(
+        &format!("{MINIMAL}\n[ca]\nkey_algorithm = \"rsa3072\"\n"),
+        &[],
+    )?;
+    assert_eq!(rsa.ca.key_algorithm, CaKeyAlgorithm::Rsa3072);
+    let env = parse(MINIMAL, &[("KEYWARD__CA__KEY_ALGORITHM", "rsa3072")])?;
+    assert_eq!(env.ca.key_algorithm, CaKeyAlgorithm::Rsa3072);
+    // A bad value is refused by the load (before any HSM is opened),
+    // naming the key and the choices, never the value.
+    let msg = parse(
+        &format!("{MINIMAL}\n[ca]\nkey_algorithm = \"s3cr3t-ed25519\"\n"),
+        &[],
+    )
+    .map(|_| ())
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(msg.contains("ca.key_algorithm"), "{msg}");
+    assert!(msg.contains("p256") && msg.contains("rsa3072"), "{msg}");
+    assert!(!msg.contains("s3cr3t"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn pin_from_file() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "1234\n")?;
+    let text = MINIMAL.replace("pin_env = \"KW_PIN\"", &format!("pin_file = {:?}", pin));
+    let c = parse(&text, &[])?;
+    use secrecy::ExposeSecret;
+    assert_eq!(c.hsm.pin()?.expose_secret(), "1234");
+    Ok(())
+}
+
+/// The slow-client and OCSP limits have defaults and refuse 0.
+#[test]
+fn traffic_limits_default_and_refuse_zero() -> Result<(), ConfigError> {
+    let c = parse(MINIMAL, &[])?;
+    assert_eq!(c.server.ocsp_max_concurrent_requests, 64);
+    assert_eq!(c.server.idle_timeout_ms, 60_000);
+    assert_eq!(c.server.max_connections_per_address, 128);
+    for key in [
+        "OCSP_MAX_CONCURRENT_REQUESTS",
+        "IDLE_TIMEOUT_MS",
+        "MAX_CONNECTIONS_PER_ADDRESS",
+        "OCSP_SIGNATURES_PER_SECOND",
+    ] {
+        let var = format!("KEYWARD__SERVER__{key}");
+        let msg = parse(MINIMAL, &[(var.as_str(), "0")])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(&key.to_ascii_lowercase()), "{key}: {msg}");
+    }
+    Ok(())
+}
+
+#[test]
+fn shipped_examples_parse() -> Result<(), ConfigError> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["example.toml", "dev.toml"] {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::from_parts(&text, &path, &BTreeMap::new(), dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! What a replica does before it listens, and keeps doing beside the
+//! listeners: open the state it serves from (HSM, database, CA, the server
+//! TLS key, certificate and CRL, each checked), and undo imports whose
+//! process died.
+//!
+//! Imports whose batch lease ran out are undone before the listeners open
+//! and then once a lease period (`provisioning.import_lease_ms`) by
+//! [`recover_imports`]: safe on every replica at once, since each batch is
+//! claimed by one.
+
+use anyhow::{Context, bail};
+use keyward_config::Config;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+
+use crate::audit::{Actor, AuditEvent};
+use crate::bootstrap;
+use crate::edge::pki::{self, TlsPaths};
+use crate::edge::tls::{HsmTlsKey, TLS_KEY_LABEL, TlsMaterial, TlsState};
+use crate::jobs::{Job, JobError};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// Opens everything a serving replica needs — HSM, database, CA, the server
+/// TLS key and certificate, the CRL — and checks it, as `keyward serve` does
+/// before it binds. Route tests build their router on the same state.
+pub async fn open_state(config: Config) -> anyhow::Result<AppState> {
+    let metrics = Metrics::new().context("creating the metrics registry")?;
+    let opened = bootstrap::open(&config, Some(metrics.clone())).await?;
+    state_from(config, opened, metrics).await
+}
+
+/// [`open_state`] on an installation already opened (with `metrics`), for a
+/// process that also ran `init` on it (tests: one HSM open per process).
+pub async fn state_from(
+    config: Config,
+    opened: bootstrap::Opened,
+    metrics: Metrics,
+) -> anyhow::Result<AppState> {
+    if opened.ca_report.created_anything() || !opened.migrated.is_empty() {
+        tracing::warn!("serve created CA or schema objects: run `keyward init` before `serve`");
+    }
+    if !opened.kms.has_audit_key().await? {
+        bail!(
+            "no audit MAC key {} in the HSM: run `keyward init` first",
+            keyward_kms::AUDIT_MAC_LABEL
+        );
+    }
+    // A token made before login challenges were sealed gets its key here.
+    if opened.kms.ensure_challenge_seal_key().await? {
+        tracing::warn!(
+            label = keyward_kms::service::CHALLENGE_SEAL_LABEL,
+            "created the login challenge seal key missing from the HSM"
+        );
+    }
+    let key = match opened.kms.signing_key(TLS_KEY_LABEL).await {
+        Ok(k) => k,
+        Err(keyward_kms::KmsError::KeyMissing(_)) => {
+            bail!("no server TLS key {TLS_KEY_LABEL} in the HSM: run `keyward init` first")
+        }
+        Err(e) => return Err(e).context("loading the server TLS key"),
+    };
+    let key = HsmTlsKey::new(key, Some(metrics.clone()))?;
+    let paths = TlsPaths::new(&config);
+    let chain = pki::read_pem_chain(&paths.server_pem).unwrap_or_default();
+    if let Some(problem) = pki::server_cert_problem(
+        &opened.ca,
+        &chain,
+        key.spki(),
+        &config.server.public_names,
+        0,
+    )
+    .await?
+    {
+        bail!(
+            "server TLS certificate {}: {problem}; run `keyward init`",
+            paths.server_pem.display()
+        );
+    }
+    let crl = opened.ca.crl().await.context("loading the CRL")?;
+    let crl_info = pki::crl_in_use(&crl)?;
+    let material = TlsMaterial {
+        chain,
+        key,
+        client_root: CertificateDer::from(opened.ca.root_der().to_vec()),
+    };
+    let tls = TlsState::new(
+        material,
+        CertificateRevocationListDer::from(crl.der.clone()),
+        crl_info.clone(),
+    )?;
+    pki::update_crl_metrics(&metrics, &crl_info);
+    AppState::new(
+        config,
+        opened.kms,
+        opened.ca,
+        opened.provisioning,
+        opened.audit,
+        metrics,
+        tls,
+    )
+    .context("bringing up the OCSP responder")
+}
+
+/// Takes over and undoes every import whose lease ran out
+/// ([`keyward_device_provisioning::Provisioning::recover_stale_imports`]),
+/// writes one audit record per batch (actor `system`) and counts them in
+/// `keyward_import_recoveries_total`; reloads the CRL if anything was revoked.
+/// Fails if the stale batches cannot be listed or a record not written.
+pub async fn recover_imports(state: &AppState) -> anyhow::Result<usize> {
+    let notes = state.provisioning.recover_stale_imports().await?;
+    let mut revoked = false;
+    for note in &notes {
+        state
+            .metrics
+            .import_recoveries
+            .with_label_values(&[note.outcome.as_str()])
+            .inc();
+        revoked |= note.get("revoked").is_some_and(|n| n != "0");
+        state
+            .audit
+            .append(
+                &Actor::System,
+                &AuditEvent::Provisioning(note.clone()),
+                note.outcome,
+                "-",
+            )
+            .await
+            .context("writing the audit trail")?;
+    }
+    if revoked && let Err(e) = pki::refresh_crl(state).await {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "import recovery revoked certificates, but the TLS listeners could not load the new CRL yet; the schedule retries"
+        );
+    }
+    Ok(notes.len())
+}
+
+/// Job `imports.recover`: [`recover_imports`] once a lease period, for
+/// imports killed on this or another replica, on every replica (each batch
+/// is claimed by one). Its first run is a period after start: `serve` runs
+/// it before listening.
+pub fn import_recovery_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "imports.recover",
+        state.provisioning.import_lease(),
+        |state: AppState| async move {
+            recover_imports(&state)
+                .await
+                .map(drop)
+                .map_err(|e| JobError::failed("import_recovery_failed", e))
+        },
+    )
+    .after_first_interval()
+}
