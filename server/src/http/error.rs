@@ -61,6 +61,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("body_unreadable", StatusCode::BAD_REQUEST),
     ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
     ("invalid_input", StatusCode::BAD_REQUEST),
+    ("account_field_not_utf8", StatusCode::BAD_REQUEST),
     ("malformed_frame", StatusCode::BAD_REQUEST),
     ("use_operators_endpoint", StatusCode::BAD_REQUEST),
     ("use_services_endpoint", StatusCode::BAD_REQUEST),

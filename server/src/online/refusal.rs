@@ -212,6 +212,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_refusal_is_in_the_code_table_with_the_status_of_its_kind() {
+        use axum::http::StatusCode;
+        for r in Refusal::ALL {
+            let status = crate::http::error::status_of(r.code())
+                .unwrap_or_else(|| panic!("{} is not in the code table", r.code()));
+            let expected = match r.kind() {
+                ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+                ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+                ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                ErrorKind::Conflict => StatusCode::CONFLICT,
+                other => panic!("{}: a refusal of kind {other:?}", r.code()),
+            };
+            assert_eq!(status, expected, "{}", r.code());
+        }
+    }
+
+    #[test]
     fn one_code_one_refusal() {
         let mut seen = std::collections::HashMap::new();
         for r in Refusal::ALL {

@@ -228,7 +228,7 @@ async fn transaction_refusals_are_typed() {
     for pan in ["12345678901", "62220202001122AB"] {
         transact(&app, &who, Some(&token), pin(0, 8, pan))
             .await
-            .refused(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+            .refused(StatusCode::BAD_REQUEST, "invalid_request");
     }
 
     // A MAC by a retired version: rotate (grace 0), end the grace period.
