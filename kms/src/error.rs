@@ -144,6 +144,14 @@ pub enum KmsError {
     },
     #[error("KCV mismatch for key version {0}")]
     KcvMismatch(KeyVersion),
+    /// A confirmation of a version that is no longer waiting for one
+    /// (another confirmation, on any replica, got there first).
+    #[error("key version {version} is {state}, not pending")]
+    KeyVersionNotPending { version: KeyVersion, state: String },
+    /// The device has a pending offer already (version named): one offer at
+    /// a time per (issuer, device). Internal: the offer is sent again.
+    #[error("key version {0} is already offered")]
+    OfferPending(KeyVersion),
     /// Bad input from a caller: `field` names what was wrong, never its value.
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -195,6 +203,8 @@ impl KmsError {
             Self::KeyVersionNotUsable { .. } => "key_version_not_usable",
             Self::KeyVersionSuperseded { .. } => "key_version_superseded",
             Self::KcvMismatch(_) => "kcv_mismatch",
+            Self::KeyVersionNotPending { .. } => "key_version_not_pending",
+            Self::OfferPending(_) => "offer_pending",
             Self::Invalid { .. } => "invalid_input",
             Self::AccountFieldNotUtf8 => "account_field_not_utf8",
             Self::MessageTooLong { .. } => "message_too_long",
@@ -213,7 +223,9 @@ impl KmsError {
         use ErrorKind as K;
         match self {
             Self::UnknownIssuer(_) | Self::UnknownKeyVersion { .. } => K::NotFound,
-            Self::IssuerExists(_) => K::Conflict,
+            Self::IssuerExists(_) | Self::KeyVersionNotPending { .. } | Self::OfferPending(_) => {
+                K::Conflict
+            }
             Self::KeyVersionNotUsable { .. }
             | Self::KeyVersionSuperseded { .. }
             | Self::KcvMismatch(_)

@@ -64,6 +64,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "working key changes",
             include_str!("../../migrations/sqlite/0003_working_key_changes.sql"),
         ),
+        (
+            4,
+            "one pending offer",
+            include_str!("../../migrations/sqlite/0004_one_pending_offer.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -80,6 +85,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             3,
             "working key changes",
             include_str!("../../migrations/postgres/0003_working_key_changes.sql"),
+        ),
+        (
+            4,
+            "one pending offer",
+            include_str!("../../migrations/postgres/0004_one_pending_offer.sql"),
         ),
     ],
 };
@@ -254,7 +264,9 @@ impl Catalog {
     /// [`Catalog::add_pending_version`] in the caller's transaction. The unit
     /// must retry on [`Retry::LostRacesAndUniqueViolations`]: on PostgreSQL two
     /// offers to one device can both read the same highest version, and the
-    /// loser hits the primary key.
+    /// loser hits the primary key or the one-pending index. A device with a
+    /// pending offer already gets [`KmsError::OfferPending`]: one offer at a
+    /// time per (issuer, device), which the database enforces too.
     pub async fn add_pending_version_in(
         tx: &mut Tx,
         issuer: &IssuerId,
@@ -279,6 +291,17 @@ impl Catalog {
                     family.kcv_method().as_str()
                 ),
             ));
+        }
+        let pending = sqlx::query(
+            "SELECT version FROM working_key_versions \
+             WHERE issuer_id = $1 AND device_id = $2 AND state = 'pending'",
+        )
+        .bind(issuer.as_str())
+        .bind(device_hex.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = pending {
+            return Err(KmsError::OfferPending(version_col(&row)?));
         }
         let highest: i64 = sqlx::query(
             "SELECT COALESCE(MAX(version), 0) AS highest FROM working_key_versions \
@@ -509,7 +532,7 @@ impl Catalog {
     /// The device confirmed the KCVs of a pending version: it becomes active,
     /// and the version it replaces stays accepted for `grace` (`retiring`) for
     /// transactions made before the switch. Both changes commit together.
-    /// [`KmsError::UnknownKeyVersion`] if absent; [`KmsError::KeyVersionNotUsable`]
+    /// [`KmsError::UnknownKeyVersion`] if absent; [`KmsError::KeyVersionNotPending`]
     /// if it is not pending; [`KmsError::KeyVersionSuperseded`] if a newer
     /// version is already active (activating it would roll the device back).
     pub async fn activate_version(
@@ -712,7 +735,7 @@ async fn expect_pending(
     };
     let state: KeyState = parse_col(&row, "state", "working_key_versions.state")?;
     if state != KeyState::Pending {
-        return Err(KmsError::KeyVersionNotUsable {
+        return Err(KmsError::KeyVersionNotPending {
             version,
             state: state.as_str().to_owned(),
         });

@@ -66,11 +66,15 @@ impl Kms {
                 kcv: k.kcv,
             })
             .collect();
-        let version = self
-            .catalog
-            .add_pending_version(issuer, device, &new)
-            .await?;
-        Ok(WorkingKeyOffer { version, keys })
+        match self.catalog.add_pending_version(issuer, device, &new).await {
+            Ok(version) => Ok(WorkingKeyOffer { version, keys }),
+            // A concurrent start offered first: that offer is the one.
+            Err(KmsError::OfferPending(_)) => self
+                .pending_offer(issuer, device)
+                .await?
+                .ok_or(KmsError::CorruptRecord("working_key_versions.state")),
+            Err(e) => Err(e),
+        }
     }
 
     /// The device's KCVs for a pending version. All match: the version becomes
@@ -88,7 +92,7 @@ impl Kms {
         for role in WorkingKeyRole::ALL {
             let rec = self.working_key(issuer, device, version, role).await?;
             if rec.state != KeyState::Pending {
-                return Err(KmsError::KeyVersionNotUsable {
+                return Err(KmsError::KeyVersionNotPending {
                     version,
                     state: rec.state.as_str().to_owned(),
                 });
@@ -120,6 +124,18 @@ impl Kms {
         let Some(pending) = versions.iter().find(|v| v.state == KeyState::Pending) else {
             return Ok(None);
         };
+        // Never offer a version older than one already in use: confirming
+        // it would roll the device back. (The catalog keeps none since the
+        // one-pending rule; this holds for rows from before it.)
+        if versions
+            .iter()
+            .any(|v| v.version > pending.version && v.activated_at_ms.is_some())
+        {
+            self.catalog
+                .reject_version(issuer, device, pending.version)
+                .await?;
+            return Ok(None);
+        }
         let mut keys = Vec::with_capacity(WorkingKeyRole::ALL.len());
         for role in WorkingKeyRole::ALL {
             let rec = self

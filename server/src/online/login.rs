@@ -601,7 +601,7 @@ impl Online {
                 self.intrusion(device, issuer, v).await?;
                 Ok(false)
             }
-            Err(KmsError::KeyVersionNotUsable { .. }) => {
+            Err(KmsError::KeyVersionNotPending { .. }) => {
                 Err(OnlineError::from(Refusal::KeyVersionNotPending))
             }
             Err(e) => Err(e.into()),

@@ -691,3 +691,118 @@ async fn a_lockout_cut_short_before_its_revocation_is_finished_by_recovery() {
     let again = app.state.online.finish_lockouts().await.unwrap();
     assert_eq!(again, 0);
 }
+
+/// The starts of one device at once, answered.
+async fn starts_at_once(app: &App, who: &ClientIdentity, d: &SimDevice, n: usize) -> Vec<Answer> {
+    let body = start_body(d, "bank-a");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (public, who, body) = (app.public.clone(), who.clone(), body.clone());
+        tasks.spawn(async move {
+            call(&public, &who, Method::POST, "/v1/login/start", Some(body)).await
+        });
+    }
+    tasks.join_all().await
+}
+
+#[tokio::test]
+async fn concurrent_starts_share_one_offer_and_the_device_keeps_rotating() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 7, &["bank-a"]).await;
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    a.expect(StatusCode::OK);
+
+    for round in 0..2 {
+        app.post(
+            &app.root,
+            "/admin/v1/issuers/bank-a/rotations",
+            json!({"device_id": d.id.to_string()}),
+        )
+        .await
+        .expect(StatusCode::OK);
+        // Four starts at once (a retry on timeout is enough): one offer.
+        let answers = starts_at_once(&app, &who, &d, 4).await;
+        let versions: Vec<u32> = answers
+            .iter()
+            .map(|a| {
+                a.expect(StatusCode::CREATED)["key_update"]["version"]
+                    .as_u64()
+                    .unwrap() as u32
+            })
+            .collect();
+        assert!(
+            versions.iter().all(|v| *v == versions[0]),
+            "round {round}: {versions:?}"
+        );
+        // The device takes it at its next login, and the next rotation again.
+        let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+        assert_eq!(c.key_update.map(|u| u.version), Some(versions[0]));
+        assert_eq!(
+            a.expect(StatusCode::OK)["key_update"],
+            "activated",
+            "round {round}"
+        );
+    }
+    let keys = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
+        )
+        .await;
+    let keys: wire::KeyVersions =
+        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
+    assert!(keys.versions.iter().all(|v| v.state != "pending"));
+    assert_eq!(keys.versions.len(), 3, "one version per rotation");
+}
+
+#[tokio::test]
+async fn two_finishes_confirming_one_offer_give_one_success_and_one_409() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 8, &["bank-a"]).await;
+    let starts = starts_at_once(&app, &who, &d, 2).await;
+    let challenges: Vec<wire::LoginChallenge> = starts
+        .iter()
+        .map(|a| serde_json::from_value(a.expect(StatusCode::CREATED).clone()).unwrap())
+        .collect();
+    let update = challenges[0]
+        .key_update
+        .clone()
+        .expect("first keys offered");
+    let (confirmation, matched) = terminal::confirm_update(&mut d, "bank-a", &update).unwrap();
+    assert!(matched);
+    let bodies: Vec<Value> = challenges
+        .iter()
+        .map(|c| {
+            let b = terminal::finish_body(
+                &d,
+                "bank-a",
+                c,
+                Some(confirmation.clone()),
+                LoginOptions::default(),
+            )
+            .unwrap();
+            serde_json::to_value(b).unwrap()
+        })
+        .collect();
+    let (a, b) = tokio::join!(
+        finish(&app, &who, bodies[0].clone()),
+        finish(&app, &who, bodies[1].clone())
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{} / {}",
+        a.text,
+        b.text
+    );
+    let loser = if a.status == StatusCode::CONFLICT {
+        &a
+    } else {
+        &b
+    };
+    assert_eq!(loser.code(), "key_version_not_pending");
+}
