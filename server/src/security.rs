@@ -30,10 +30,40 @@ impl SecurityKind {
     }
 }
 
-/// Records an intrusion signal about `target` (`device:<id>`, …) seen in
-/// request `request_id` from `actor`; `detail` holds only non-secret
-/// identifiers (issuer, key names), never key bytes or KCV values. The
-/// counter goes up even if the audit record cannot be written.
+/// The audit record of an intrusion signal about `target` (`device:<id>`,
+/// …); `detail` holds only non-secret identifiers (issuer, key names), never
+/// key bytes or KCV values. For a signal recorded in the transaction of its
+/// effect ([`crate::audit::AuditLog::stage_in`]); [`counted`] after commit.
+pub fn event(
+    kind: SecurityKind,
+    target: String,
+    detail: serde_json::Value,
+) -> (AuditEvent, Outcome) {
+    (
+        AuditEvent::Security {
+            kind,
+            target,
+            detail,
+        },
+        Outcome::Refused {
+            code: kind.as_str(),
+        },
+    )
+}
+
+/// Counts a signal (`keyward_security_events_total{kind}`) and warns in the
+/// log.
+pub fn counted(metrics: &Metrics, kind: SecurityKind, request_id: &str) {
+    metrics
+        .security_events
+        .with_label_values(&[kind.as_str()])
+        .inc();
+    tracing::warn!(kind = kind.as_str(), request_id, "security event");
+}
+
+/// Records an intrusion signal about `target` seen in request `request_id`
+/// from `actor` ([`event`]) and counts it ([`counted`]). The counter goes up
+/// even if the audit record cannot be written.
 pub async fn raise(
     audit: &AuditLog,
     metrics: &Metrics,
@@ -43,26 +73,10 @@ pub async fn raise(
     target: String,
     detail: serde_json::Value,
 ) -> Result<(), AuditError> {
-    metrics
-        .security_events
-        .with_label_values(&[kind.as_str()])
-        .inc();
-    tracing::warn!(kind = kind.as_str(), target = %target, request_id,
-        "security event");
-    let event = AuditEvent::Security {
-        kind,
-        target,
-        detail,
-    };
+    counted(metrics, kind, request_id);
+    let (event, outcome) = event(kind, target, detail);
     audit
-        .append(
-            actor,
-            &event,
-            Outcome::Refused {
-                code: kind.as_str(),
-            },
-            request_id,
-        )
+        .append(actor, &event, outcome, request_id)
         .await
         .map(drop)
 }

@@ -1,8 +1,8 @@
 //! Device login throughput against a real `keyward serve`:
 //! a load client that opens a fresh mutual-TLS connection for every request
 //! (a terminal dialling in) and runs the whole login flow of
-//! docs/protocol.md §10 — `POST /v1/login/start` on one connection, the
-//! device's answer, `POST /v1/login/finish` on a second — with the
+//! docs/protocol.md §10 — `POST /v1/login/start`, the device's answer and
+//! `POST /v1/login/finish` on one kept-alive connection — with the
 //! simulator computing every response ([`keyward_tests::terminal::login`]).
 //!
 //! For each database backend (SQLite always; PostgreSQL too when
@@ -849,7 +849,7 @@ fn one_backend(backend: &str) {
             };
             let m0 = latency_samples(&server.admin, &ca_file);
             let (back, s) = closed_loop(workers, window, &server_pid, perf_here, login_op).await;
-            print_row("login (start + finish, 2 mTLS connections)", conc, &s, true);
+            print_row("login (start + finish, 1 mTLS connection)", conc, &s, true);
             let m1 = latency_samples(&server.admin, &ca_file);
             print_server_side(&m0, &m1, 10.0);
             let (back, s) = closed_loop(back, window, &server_pid, None, ping_op).await;

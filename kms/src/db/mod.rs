@@ -48,6 +48,13 @@ pub use tx::{MAX_ATTEMPTS, Retry, Tx, TxError, begin_write, is_serialization_fai
 pub struct Database {
     pool: AnyPool,
     kind: DatabaseKind,
+    /// SQLite takes one writer at a time: this process's writers queue
+    /// here, holding no pool connection, instead of inside the pool where
+    /// a queue of writers would leave no connection for readers.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// How long a writer waits for its turn (`database.acquire_timeout_ms`,
+    /// as SQLite's own busy timeout): then it is a 503, not a hang.
+    wait: std::time::Duration,
 }
 
 impl Database {
@@ -90,7 +97,12 @@ impl Database {
             })
             .connect(&url)
             .await?;
-        Ok(Self { pool, kind })
+        Ok(Self {
+            pool,
+            kind,
+            writer: std::sync::Arc::default(),
+            wait: std::time::Duration::from_millis(wait),
+        })
     }
 
     /// The connection pool, for stores' queries.

@@ -81,6 +81,14 @@ impl Database {
         let mut attempt = 1;
         loop {
             let result = async {
+                let _turn = match self.kind {
+                    DatabaseKind::Sqlite => Some(
+                        tokio::time::timeout(self.wait, self.writer.lock())
+                            .await
+                            .map_err(|_| sqlx::Error::PoolTimedOut)?,
+                    ),
+                    DatabaseKind::Postgres => None,
+                };
                 let tx = begin_write(&self.pool, self.kind).await?;
                 let (tx, value) = op(tx).await?;
                 tx.commit().await?;

@@ -1,7 +1,8 @@
 //! Working keys: versions offered to a device, confirmed by its KCVs,
 //! replaced with a grace period, and closed when the device is retired.
 
-use crate::catalog::{KeyState, NewWorkingKey, VersionRecord, WorkingKeyRecord};
+use crate::catalog::{Catalog, KeyState, NewWorkingKey, VersionRecord, WorkingKeyRecord};
+use crate::db::Tx;
 use crate::db::now_ms;
 use crate::error::{KmsError, Result};
 use crate::keys::{self, with_fresh_handles};
@@ -80,7 +81,9 @@ impl Kms {
     /// The device's KCVs for a pending version. All match: the version becomes
     /// active and the previous one enters its grace period. Any mismatch (or a
     /// missing role) is an intrusion signal: the version is rejected for good
-    /// and [`KmsError::KcvMismatch`] is returned.
+    /// and [`KmsError::KcvMismatch`] is returned. One unit of work; a caller
+    /// that commits more with it uses [`Kms::check_confirmation`] and
+    /// [`Kms::apply_confirmation_in`].
     pub async fn confirm_working_keys(
         &self,
         issuer: &IssuerId,
@@ -88,6 +91,35 @@ impl Kms {
         version: KeyVersion,
         device_kcvs: &[(WorkingKeyRole, Kcv)],
     ) -> Result<()> {
+        let matched = self
+            .check_confirmation(issuer, device, version, device_kcvs)
+            .await?;
+        self.catalog
+            .db()
+            .write("confirm_working_keys", |mut tx| async move {
+                self.apply_confirmation_in(&mut tx, issuer, device, version, matched)
+                    .await
+                    .map(|()| (tx, ()))
+            })
+            .await?;
+        if matched {
+            Ok(())
+        } else {
+            Err(KmsError::KcvMismatch(version))
+        }
+    }
+
+    /// Whether the device's KCVs are those of every key of the pending
+    /// `version` (a missing role is a mismatch). Reads only: keys of a version
+    /// never change, and its state is checked again where the verdict is
+    /// applied ([`Kms::apply_confirmation_in`]).
+    pub async fn check_confirmation(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        device_kcvs: &[(WorkingKeyRole, Kcv)],
+    ) -> Result<bool> {
         let mut all_match = true;
         for role in WorkingKeyRole::ALL {
             let rec = self.working_key(issuer, device, version, role).await?;
@@ -100,14 +132,28 @@ impl Kms {
             let reported = device_kcvs.iter().find(|(r, _)| *r == role).map(|(_, k)| k);
             all_match &= reported.is_some_and(|k| k.matches(&rec.kcv));
         }
-        if all_match {
-            self.catalog
-                .activate_version(issuer, device, version, self.grace)
-                .await
+        Ok(all_match)
+    }
+
+    /// Applies a verdict of [`Kms::check_confirmation`] in the caller's
+    /// transaction: a match activates the version (the one it replaces
+    /// enters its grace period), a mismatch rejects it for good.
+    /// [`KmsError::KeyVersionNotPending`] if another confirmation got there
+    /// first.
+    pub async fn apply_confirmation_in(
+        &self,
+        tx: &mut Tx,
+        issuer: &IssuerId,
+        device: DeviceId,
+        version: KeyVersion,
+        matched: bool,
+    ) -> Result<()> {
+        if matched {
+            Catalog::activate_version_in(tx, issuer, device, version, self.grace).await
         } else {
-            self.catalog.reject_version(issuer, device, version).await?;
-            tracing::warn!(issuer = %issuer, device = %device, version = %version, "working-key KCV mismatch reported by device; version rejected");
-            Err(KmsError::KcvMismatch(version))
+            tracing::warn!(issuer = %issuer, device = %device, version = %version,
+                "working-key KCV mismatch reported by device; version rejected");
+            Catalog::reject_version_in(tx, issuer, device, version).await
         }
     }
 

@@ -213,6 +213,24 @@ fn active_version(versions: &[VersionRecord]) -> Option<KeyVersion> {
         .map(|v| v.version)
 }
 
+/// How a finish's transaction ended.
+enum Finished {
+    Opened,
+    /// Refused after the challenge was checked (used, or locked meanwhile).
+    Refused(OnlineError),
+    /// A KCV mismatch whose policy suspends the device: the rejection is
+    /// committed, no session opened.
+    Suspend,
+}
+
+/// A confirmation of a version another confirmation already settled.
+fn not_pending(e: KmsError) -> OnlineError {
+    match e {
+        KmsError::KeyVersionNotPending { .. } => Refusal::KeyVersionNotPending.into(),
+        e => e.into(),
+    }
+}
+
 /// What a wrong answer did.
 enum Wrong {
     /// The challenge had been used already: nothing counted.
@@ -499,34 +517,19 @@ impl Online {
         }
         let used = &challenge.used_key();
         let expires = challenge.expires_at_ms;
-
-        let mut key_update = None;
-        let mut cleared_rotation_before = None;
-        let mut key_version = active_before;
-        if let Some(c) = confirmation {
-            // A key confirmation changes the catalog: the challenge is used up
-            // first, so a replayed finish cannot confirm twice.
-            let fresh = online
-                .store
-                .db()
-                .write("login.challenge", |mut tx| async move {
-                    let fresh = OnlineStore::consume_challenge_in(&mut tx, used, expires).await?;
-                    Ok::<_, OnlineError>((tx, fresh))
-                })
-                .await?;
-            if !fresh {
-                return Err(challenge_invalid());
-            }
-            match self.activate(device, &issuer, &c).await? {
-                true => {
-                    key_update = Some("activated".to_owned());
-                    key_version = Some(Some(c.version));
-                    cleared_rotation_before = Some(now_ms());
-                }
-                false => key_update = Some("rejected".to_owned()),
-            }
-        }
-
+        // The KCVs are compared before the transaction (reads only); the
+        // verdict is applied in it.
+        let verdict = match &confirmation {
+            None => None,
+            Some(c) => Some(
+                self.kms
+                    .check_confirmation(&issuer, device.device_id, c.version, &c.kcvs)
+                    .await
+                    .map_err(not_pending)?,
+            ),
+        };
+        let suspend = verdict == Some(false)
+            && IssuerPolicy::of(&self.config, &issuer).suspend_on_kcv_mismatch;
         let token = URL_SAFE_NO_PAD.encode(self.kms.random::<SESSION_TOKEN_BYTES>().await?);
         let now = now_ms();
         let session = StoredSession {
@@ -534,18 +537,48 @@ impl Online {
             issuer: issuer.clone(),
             cert_serial: device.serial.clone(),
             created_at_ms: now,
-            expires_at_ms: now.saturating_add(online.session_ttl_ms()),
+            expires_at_ms: now.saturating_add(self.session_ttl_ms()),
             locked: false,
         };
         let token_hash = session_token_hash(&token);
-        let consumed = key_update.is_some();
-        let (session_ref, token_ref) = (&session, &token_hash);
-        let opened = online
+        let cleared_rotation_before = (verdict == Some(true)).then_some(now);
+        let (session_ref, token_ref, issuer_ref) = (&session, &token_hash, &issuer);
+        let confirmation = confirmation.as_ref();
+        // One transaction: the challenge used up, the key confirmation
+        // applied with its audit record, and the session.
+        let finished = self
             .store
             .db()
             .write("login.finish", |mut tx| async move {
-                if !consumed && !OnlineStore::consume_challenge_in(&mut tx, used, expires).await? {
-                    return Ok((tx, Err(challenge_invalid())));
+                if !OnlineStore::consume_challenge_in(&mut tx, used, expires).await? {
+                    return Ok((tx, Finished::Refused(challenge_invalid())));
+                }
+                if let (Some(c), Some(matched)) = (confirmation, verdict) {
+                    self.kms
+                        .apply_confirmation_in(
+                            &mut tx,
+                            issuer_ref,
+                            device.device_id,
+                            c.version,
+                            matched,
+                        )
+                        .await?;
+                    let (event, outcome) = if matched {
+                        (key_event(device, issuer_ref, c.version), Outcome::Success)
+                    } else {
+                        security::event(
+                            SecurityKind::KcvMismatch,
+                            format!("device:{}", device.device_id),
+                            json!({ "issuer": issuer_ref.as_str(), "version": c.version.0,
+                                    "step": "login.key_update" }),
+                        )
+                    };
+                    self.audit
+                        .stage_in(&mut tx, &device.actor, &event, outcome, &device.request_id)
+                        .await?;
+                }
+                if suspend {
+                    return Ok((tx, Finished::Suspend));
                 }
                 if !OnlineStore::open_session_in(
                     &mut tx,
@@ -555,15 +588,33 @@ impl Online {
                 )
                 .await?
                 {
-                    return Ok((tx, Err(locked())));
+                    return Ok((tx, Finished::Refused(locked())));
                 }
-                Ok::<_, OnlineError>((tx, Ok(())))
+                Ok::<_, OnlineError>((tx, Finished::Opened))
             })
-            .await?;
-        opened?;
-        let key_version = match key_version {
-            Some(v) => v,
-            None => active_version(&self.kms.key_versions(&issuer, device.device_id).await?),
+            .await
+            .map_err(|e| match e {
+                OnlineError::Kms(k) => not_pending(k),
+                e => e,
+            })?;
+        if verdict.is_some() {
+            if let Err(e) = self.audit.flush_staged().await {
+                tracing::warn!(code = e.code(), error = %e,
+                    "key confirmation recorded; its audit record is chained at the next flush");
+            }
+        }
+        if verdict == Some(false) {
+            security::counted(&self.metrics, SecurityKind::KcvMismatch, &device.request_id);
+        }
+        match finished {
+            Finished::Opened => {}
+            Finished::Refused(e) => return Err(e),
+            Finished::Suspend => return Err(self.suspend_for_kcv_mismatch(device).await),
+        }
+        let key_version = match (confirmation, verdict) {
+            (Some(c), Some(true)) => Some(c.version),
+            (Some(_), _) => active_before.flatten(),
+            (None, _) => active_version(&self.kms.key_versions(&issuer, device.device_id).await?),
         };
         Ok(wire::LoginAnswer {
             session_token: token,
@@ -571,41 +622,8 @@ impl Online {
             device_id: device.device_id.to_string(),
             issuer_id: issuer.to_string(),
             key_version: key_version.map(|v| v.0),
-            key_update,
+            key_update: verdict.map(|m| if m { "activated" } else { "rejected" }.to_owned()),
         })
-    }
-
-    /// A key confirmation after a right answer: `true` when the version is now
-    /// active, `false` when its KCVs did not match (the version is rejected and
-    /// the intrusion raised). The activation is recorded before it happens
-    /// (`requested`), and its outcome after.
-    async fn activate(&self, device: &Device, issuer: &IssuerId, c: &Confirmation) -> Result<bool> {
-        let event = key_event(device, issuer, c.version);
-        let result = self
-            .audit
-            .recorded(
-                &device.actor,
-                &device.request_id,
-                &event,
-                self.kms
-                    .confirm_working_keys(issuer, device.device_id, c.version, &c.kcvs),
-                |r| match r {
-                    Ok(()) => (event.clone(), Outcome::Success),
-                    Err(e) => (event.clone(), Outcome::Refused { code: e.code() }),
-                },
-            )
-            .await?;
-        match result {
-            Ok(()) => Ok(true),
-            Err(KmsError::KcvMismatch(v)) => {
-                self.intrusion(device, issuer, v).await?;
-                Ok(false)
-            }
-            Err(KmsError::KeyVersionNotPending { .. }) => {
-                Err(OnlineError::from(Refusal::KeyVersionNotPending))
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// A wrong response: the challenge used up and one failure counted, in one
@@ -727,47 +745,36 @@ impl Online {
         Ok(revoked)
     }
 
-    /// A KCV mismatch on a key update: the version is already rejected (kms);
-    /// raise the intrusion signal and, by policy, suspend the device at once.
-    async fn intrusion(
-        &self,
-        device: &Device,
-        issuer: &IssuerId,
-        version: KeyVersion,
-    ) -> Result<()> {
-        security::raise(
-            &self.audit,
-            &self.metrics,
-            &device.actor,
-            &device.request_id,
-            SecurityKind::KcvMismatch,
-            format!("device:{}", device.device_id),
-            json!({ "issuer": issuer.as_str(), "version": version.0, "step": "login.key_update" }),
-        )
-        .await?;
-        if !IssuerPolicy::of(&self.config, issuer).suspend_on_kcv_mismatch {
-            return Ok(());
-        }
-        let (operator, reason) = system_decision("working-key KCV mismatch at login")?;
-        let decided = self
-            .provisioning
-            .transition(device.device_id, DeviceState::Suspended, &operator, &reason)
-            .await;
-        let note = match &decided {
-            Ok(done) => done.note.clone(),
-            Err(refused) => refused.note.clone(),
+    /// A KCV mismatch under the issuer's `suspend_on_kcv_mismatch`: the
+    /// device is suspended (a provisioning decision, audited) and its sessions
+    /// end; the login is refused.
+    async fn suspend_for_kcv_mismatch(&self, device: &Device) -> OnlineError {
+        let done = async {
+            let (operator, reason) = system_decision("working-key KCV mismatch at login")?;
+            let decided = self
+                .provisioning
+                .transition(device.device_id, DeviceState::Suspended, &operator, &reason)
+                .await;
+            let note = match &decided {
+                Ok(done) => done.note.clone(),
+                Err(refused) => refused.note.clone(),
+            };
+            self.audit
+                .append(
+                    &Actor::System,
+                    &AuditEvent::Provisioning(note.clone()),
+                    note.outcome,
+                    &device.request_id,
+                )
+                .await?;
+            decided.map_err(|r| OnlineError::from(r.error))?;
+            self.store.end_device_sessions(device.device_id).await?;
+            Ok::<_, OnlineError>(())
         };
-        self.audit
-            .append(
-                &Actor::System,
-                &AuditEvent::Provisioning(note.clone()),
-                note.outcome,
-                &device.request_id,
-            )
-            .await?;
-        decided.map_err(|r| OnlineError::from(r.error))?;
-        self.store.end_device_sessions(device.device_id).await?;
-        Err(OnlineError::from(Refusal::KcvMismatch))
+        match done.await {
+            Ok(()) => OnlineError::from(Refusal::KcvMismatch),
+            Err(e) => e,
+        }
     }
 }
 

@@ -806,3 +806,31 @@ async fn two_finishes_confirming_one_offer_give_one_success_and_one_409() {
     };
     assert_eq!(loser.code(), "key_version_not_pending");
 }
+
+#[tokio::test]
+async fn an_activation_whose_audit_record_cannot_be_written_does_not_happen() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 9, &["bank-a"]).await;
+    break_audit_staging(&app).await;
+    // The first login offers keys; its confirmation cannot be recorded, so
+    // nothing is activated and no session opens.
+    let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let offered = c.key_update.expect("first keys offered").version;
+    assert!(a.status.is_server_error(), "{} {}", a.status, a.text);
+    let keys = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
+        )
+        .await;
+    let keys: wire::KeyVersions =
+        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
+    let states: Vec<(u32, &str)> = keys
+        .versions
+        .iter()
+        .map(|v| (v.version, v.state.as_str()))
+        .collect();
+    assert_eq!(states, vec![(offered, "pending")]);
+    assert!(!app.audited("key.activate", "success").await);
+}
