@@ -597,11 +597,11 @@ impl Online {
                 OnlineError::Kms(k) => not_pending(k),
                 e => e,
             })?;
-        if verdict.is_some() {
-            if let Err(e) = self.audit.flush_staged().await {
-                tracing::warn!(code = e.code(), error = %e,
-                    "key confirmation recorded; its audit record is chained at the next flush");
-            }
+        if verdict.is_some()
+            && let Err(e) = self.audit.flush_staged().await
+        {
+            tracing::warn!(code = e.code(), error = %e,
+                "key confirmation recorded; its audit record is chained at the next flush");
         }
         if verdict == Some(false) {
             security::counted(&self.metrics, SecurityKind::KcvMismatch, &device.request_id);
