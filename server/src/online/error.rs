@@ -29,6 +29,10 @@ pub enum OnlineError {
     /// The protocol state could not be read or written.
     #[error("online store: {0}")]
     Database(#[from] sqlx::Error),
+    /// The group write this step was part of failed (nothing of it was
+    /// written); the cause as the writer saw it.
+    #[error("online group write failed ({code})")]
+    Group { code: &'static str, kind: ErrorKind },
 }
 
 impl keyward_kms::db::TxError for OnlineError {
@@ -57,6 +61,7 @@ impl OnlineError {
             Self::Ca(e) => e.code(),
             Self::Audit(_) => "audit_unavailable",
             Self::Database(e) => keyward_kms::db::error_code(e),
+            Self::Group { code, .. } => code,
         }
     }
 
@@ -69,6 +74,7 @@ impl OnlineError {
             Self::Ca(e) => e.kind(),
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Database(e) => keyward_kms::db::error_kind(e),
+            Self::Group { kind, .. } => *kind,
         }
     }
 }

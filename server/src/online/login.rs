@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
-use crate::online::store::{OnlineStore, StoredSession};
+use crate::online::store::{Finish, Finished as StoreFinished, OnlineStore, StoredSession};
 use crate::online::{Device, Online, OnlineError, Refusal};
 use crate::security::{self, SecurityKind};
 use crate::wire::login as wire;
@@ -515,8 +515,6 @@ impl Online {
         if !right {
             return Err(self.wrong_answer(device, &issuer, &challenge).await);
         }
-        let used = &challenge.used_key();
-        let expires = challenge.expires_at_ms;
         // The KCVs are compared before the transaction (reads only); the
         // verdict is applied in it.
         let verdict = match &confirmation {
@@ -540,63 +538,24 @@ impl Online {
             expires_at_ms: now.saturating_add(self.session_ttl_ms()),
             locked: false,
         };
-        let token_hash = session_token_hash(&token);
-        let cleared_rotation_before = (verdict == Some(true)).then_some(now);
-        let (session_ref, token_ref, issuer_ref) = (&session, &token_hash, &issuer);
-        let confirmation = confirmation.as_ref();
-        // One transaction: the challenge used up, the key confirmation
-        // applied with its audit record, and the session.
-        let finished = self
-            .store
-            .db()
-            .write("login.finish", |mut tx| async move {
-                if !OnlineStore::consume_challenge_in(&mut tx, used, expires).await? {
-                    return Ok((tx, Finished::Refused(challenge_invalid())));
-                }
-                if let (Some(c), Some(matched)) = (confirmation, verdict) {
-                    self.kms
-                        .apply_confirmation_in(
-                            &mut tx,
-                            issuer_ref,
-                            device.device_id,
-                            c.version,
-                            matched,
-                        )
-                        .await?;
-                    let (event, outcome) = if matched {
-                        (key_event(device, issuer_ref, c.version), Outcome::Success)
-                    } else {
-                        security::event(
-                            SecurityKind::KcvMismatch,
-                            format!("device:{}", device.device_id),
-                            json!({ "issuer": issuer_ref.as_str(), "version": c.version.0,
-                                    "step": "login.key_update" }),
-                        )
-                    };
-                    self.audit
-                        .stage_in(&mut tx, &device.actor, &event, outcome, &device.request_id)
-                        .await?;
-                }
-                if suspend {
-                    return Ok((tx, Finished::Suspend));
-                }
-                if !OnlineStore::open_session_in(
-                    &mut tx,
-                    token_ref,
-                    session_ref,
-                    cleared_rotation_before,
-                )
-                .await?
-                {
-                    return Ok((tx, Finished::Refused(locked())));
-                }
-                Ok::<_, OnlineError>((tx, Finished::Opened))
-            })
-            .await
-            .map_err(|e| match e {
-                OnlineError::Kms(k) => not_pending(k),
-                e => e,
-            })?;
+        let finish = Finish {
+            seal: challenge.used_key(),
+            seal_expires_at_ms: challenge.expires_at_ms,
+            token_hash: session_token_hash(&token),
+            session,
+        };
+        let finished = match (&confirmation, verdict) {
+            (Some(c), Some(matched)) => {
+                self.confirm_and_open(device, &issuer, c, matched, suspend, &finish)
+                    .await?
+            }
+            // The steady state: grouped with the finishes of other devices.
+            _ => match self.store.finish_login(finish.clone()).await? {
+                StoreFinished::Opened => Finished::Opened,
+                StoreFinished::ChallengeUsed => Finished::Refused(challenge_invalid()),
+                StoreFinished::Locked => Finished::Refused(locked()),
+            },
+        };
         if verdict.is_some()
             && let Err(e) = self.audit.flush_staged().await
         {
@@ -611,19 +570,79 @@ impl Online {
             Finished::Refused(e) => return Err(e),
             Finished::Suspend => return Err(self.suspend_for_kcv_mismatch(device).await),
         }
-        let key_version = match (confirmation, verdict) {
+        let key_version = match (&confirmation, verdict) {
             (Some(c), Some(true)) => Some(c.version),
             (Some(_), _) => active_before.flatten(),
             (None, _) => active_version(&self.kms.key_versions(&issuer, device.device_id).await?),
         };
         Ok(wire::LoginAnswer {
             session_token: token,
-            expires_at_ms: session.expires_at_ms,
+            expires_at_ms: finish.session.expires_at_ms,
             device_id: device.device_id.to_string(),
             issuer_id: issuer.to_string(),
             key_version: key_version.map(|v| v.0),
             key_update: verdict.map(|m| if m { "activated" } else { "rejected" }.to_owned()),
         })
+    }
+
+    /// A finish with a key confirmation, in one transaction: the challenge
+    /// used up, the verdict applied with its audit record, and (unless the
+    /// policy suspends the device) the session, which clears the rotation
+    /// request a matching confirmation served.
+    async fn confirm_and_open(
+        &self,
+        device: &Device,
+        issuer: &IssuerId,
+        c: &Confirmation,
+        matched: bool,
+        suspend: bool,
+        f: &Finish,
+    ) -> Result<Finished> {
+        let cleared_rotation_before = matched.then_some(f.session.created_at_ms);
+        self.store
+            .db()
+            .write("login.finish", |mut tx| async move {
+                if !OnlineStore::consume_challenge_in(&mut tx, &f.seal, f.seal_expires_at_ms)
+                    .await?
+                {
+                    return Ok((tx, Finished::Refused(challenge_invalid())));
+                }
+                self.kms
+                    .apply_confirmation_in(&mut tx, issuer, device.device_id, c.version, matched)
+                    .await?;
+                let (event, outcome) = if matched {
+                    (key_event(device, issuer, c.version), Outcome::Success)
+                } else {
+                    security::event(
+                        SecurityKind::KcvMismatch,
+                        format!("device:{}", device.device_id),
+                        json!({ "issuer": issuer.as_str(), "version": c.version.0,
+                                "step": "login.key_update" }),
+                    )
+                };
+                self.audit
+                    .stage_in(&mut tx, &device.actor, &event, outcome, &device.request_id)
+                    .await?;
+                if suspend {
+                    return Ok((tx, Finished::Suspend));
+                }
+                if !OnlineStore::open_session_in(
+                    &mut tx,
+                    &f.token_hash,
+                    &f.session,
+                    cleared_rotation_before,
+                )
+                .await?
+                {
+                    return Ok((tx, Finished::Refused(locked())));
+                }
+                Ok::<_, OnlineError>((tx, Finished::Opened))
+            })
+            .await
+            .map_err(|e| match e {
+                OnlineError::Kms(k) => not_pending(k),
+                e => e,
+            })
     }
 
     /// A wrong response: the challenge used up and one failure counted, in one
