@@ -19,6 +19,7 @@ use keyward_ca::{
 use keyward_config::{Config, DatabaseKind};
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
+use keyward_kms::db::Database;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
 
 use crate::audit::{AUDIT_SIGNING_LABEL, Actor, AuditEvent, AuditLog, Outcome};
@@ -45,7 +46,8 @@ pub struct Opened {
 /// as the process ends.
 static KMS: OnceLock<Kms> = OnceLock::new();
 
-/// Opens the HSM and the key catalog for a command.
+/// Opens the database and, on it, the HSM and the key catalog, for a
+/// command.
 pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     // The data dir holds the SQLite catalog (national ids, contacts), the
     // TLS certificate and the first operator's key: the owner's only.
@@ -54,7 +56,12 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     }
     keyward_kms::db::refuse_shared(&config.data_dir, true)?;
-    let kms = Kms::open(config)
+    // The process owns the database: opened once here, handed to every
+    // store (kms, CA, provisioning, online, audit).
+    let db = Database::connect(&config.database)
+        .await
+        .context("opening the database")?;
+    let kms = Kms::open(config, db)
         .await
         .context("opening the HSM and the key catalog")?;
     let _ = KMS.set(kms.clone());

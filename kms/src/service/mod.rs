@@ -128,9 +128,11 @@ pub const INIT_PACKAGE_MECHANISMS: &[(MechanismId, &str)] = &[
 ];
 
 impl Kms {
-    /// Opens the HSM and the catalog from configuration, and refuses to start
-    /// when the token lacks a mechanism the catalog's issuers need.
-    pub async fn open(config: &Config) -> Result<Self> {
+    /// Opens the HSM from configuration and the catalog on `db` (the
+    /// process's database, which the process opened and shares with every
+    /// store), and refuses to start when the token lacks a mechanism the
+    /// catalog's issuers need.
+    pub async fn open(config: &Config, db: Database) -> Result<Self> {
         let pin = config
             .hsm
             .pin()
@@ -143,7 +145,7 @@ impl Kms {
                 problem: "the thread opening the module failed",
             })??;
         let pool = HsmPool::start(Arc::new(hsm), config.hsm.sessions, config.hsm.queue_depth)?;
-        let catalog = Catalog::connect(&config.database).await?;
+        let catalog = Catalog::open(db).await?;
         let kms = Self::new(pool, catalog, config.hsm.derived_key_cache)
             .with_rotation_grace(Duration::from_secs(config.online.rotation_grace_secs));
         kms.probe().await?;
