@@ -293,9 +293,39 @@ pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
         crate::edge::pki::crl_refresh_job(state).await,
         crate::http::idempotency::purge_job(),
         crate::edge::startup::import_recovery_job(state),
-        crate::online::jobs::maintenance_job(state),
-        crate::online::jobs::sessions_gauge_job(state),
+        online_maintenance_job(state),
+        sessions_gauge_job(state),
     ]
+}
+
+/// The online service's interval (`online.jobs_interval_ms`).
+fn online_interval(state: &AppState) -> Duration {
+    Duration::from_millis(state.online.config().jobs_interval_ms.max(100))
+}
+
+/// [`crate::online::Online::maintain`], once across replicas.
+fn online_maintenance_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.maintenance",
+        online_interval(state),
+        |state: AppState| async move { state.online.maintain().await.map_err(Into::into) },
+    )
+    .once_across_replicas()
+}
+
+/// [`crate::online::Online::refresh_sessions_gauge`], on every replica.
+fn sessions_gauge_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.sessions_gauge",
+        online_interval(state),
+        |state: AppState| async move {
+            state
+                .online
+                .refresh_sessions_gauge()
+                .await
+                .map_err(Into::into)
+        },
+    )
 }
 
 /// The runner of [`server_jobs`], under this replica's name.

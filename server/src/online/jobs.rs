@@ -1,5 +1,5 @@
-//! The online service's background jobs, both every
-//! `online.jobs_interval_ms` ([`crate::jobs`] runs them):
+//! The online service's background work, which [`crate::jobs`] runs every
+//! `online.jobs_interval_ms`:
 //!
 //! - [`Online::maintain`], once across replicas (job `online.maintenance`):
 //!   end the grace period of replaced working-key versions (`retiring` →
@@ -11,41 +11,7 @@
 //!   `online.sessions_gauge`): `keyward_sessions_active` from the database,
 //!   so a scrape of any replica sees the fleet.
 
-use std::time::Duration;
-
-use crate::jobs::Job;
 use crate::online::{Online, OnlineError};
-use crate::state::AppState;
-
-/// The interval of both jobs.
-fn interval(state: &AppState) -> Duration {
-    Duration::from_millis(state.online.config().jobs_interval_ms.max(100))
-}
-
-/// [`Online::maintain`] as a job, once across replicas.
-pub fn maintenance_job(state: &AppState) -> Job<AppState> {
-    Job::new(
-        "online.maintenance",
-        interval(state),
-        |state: AppState| async move { state.online.maintain().await.map_err(Into::into) },
-    )
-    .once_across_replicas()
-}
-
-/// [`Online::refresh_sessions_gauge`] as a job, on every replica.
-pub fn sessions_gauge_job(state: &AppState) -> Job<AppState> {
-    Job::new(
-        "online.sessions_gauge",
-        interval(state),
-        |state: AppState| async move {
-            state
-                .online
-                .refresh_sessions_gauge()
-                .await
-                .map_err(Into::into)
-        },
-    )
-}
 
 impl Online {
     /// Sets `keyward_sessions_active` from the database.

@@ -23,13 +23,13 @@
 //! logins are counted, not audited one by one (a fleet logs in every day).
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyward_ca::{RevocationReason, Serial};
 use keyward_config::OnlineConfig;
 use keyward_device_provisioning::{DeviceState, OperatorId, Reason};
-use keyward_kms::KmsError;
 use keyward_kms::catalog::{KeyState, VersionRecord};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
+use keyward_kms::{KmsError, WorkingKeyOffer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -38,12 +38,114 @@ use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
 use crate::online::store::{Finish, Finished as StoreFinished, OnlineStore, StoredSession};
 use crate::online::{Device, Online, OnlineError, Refusal};
 use crate::security::{self, SecurityKind};
-use crate::wire::login as wire;
 
 type Result<T> = std::result::Result<T, OnlineError>;
 
 /// Bytes of a session token (base64url, 43 characters on the wire).
 pub const SESSION_TOKEN_BYTES: usize = 32;
+
+/// A login start, as the route read it: the device's claims for one issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    pub issuer: IssuerId,
+    /// Must be the device of the client certificate.
+    pub claimed: DeviceId,
+    pub psam_serial: Option<String>,
+    pub esam_serial: Option<String>,
+    /// The working-key version the device uses now.
+    pub key_version: Option<u32>,
+}
+
+/// The answer to a start: a sealed challenge, and new working keys when a
+/// rotation is due.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// The challenge id (opaque to the device, [`super::challenge`]).
+    pub id: String,
+    pub challenge: Vec<u8>,
+    pub expires_at_ms: i64,
+    /// The version the server holds active.
+    pub key_version: Option<KeyVersion>,
+    pub key_update: Option<WorkingKeyOffer>,
+}
+
+/// A login finish, as the route read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishRequest {
+    pub issuer: IssuerId,
+    /// The challenge as its id carries it (its seal not checked yet).
+    pub challenge: SealedId,
+    /// `E_AUTH_d(challenge)`.
+    pub response: Vec<u8>,
+    /// The KCVs the device computed for an offered version.
+    pub confirmation: Option<ReportedKcvs>,
+}
+
+/// A device's KCVs for an offered version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedKcvs {
+    pub version: u32,
+    pub kcvs: Vec<(WorkingKeyRole, Kcv)>,
+}
+
+/// What a finish's key confirmation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUpdateOutcome {
+    Activated,
+    /// A KCV mismatch: the device keeps its current keys.
+    Rejected,
+}
+
+impl KeyUpdateOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Activated => "activated",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// An opened session. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The bearer token (base64url of 32 HSM-random bytes).
+    pub token: String,
+    pub expires_at_ms: i64,
+    pub device: DeviceId,
+    pub issuer: IssuerId,
+    /// The active working-key version after this login.
+    pub key_version: Option<KeyVersion>,
+    pub key_update: Option<KeyUpdateOutcome>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("token", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("device", &self.device)
+            .field("issuer", &self.issuer)
+            .field("key_version", &self.key_version)
+            .field("key_update", &self.key_update)
+            .finish()
+    }
+}
+
+/// Which step of a login was refused (its audit action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginStep {
+    Start,
+    Finish,
+}
+
+impl LoginStep {
+    fn action(self) -> &'static str {
+        match self {
+            Self::Start => "login.start",
+            Self::Finish => "login.finish",
+        }
+    }
+}
 
 /// One issuer's login policy: the `[online]` defaults with the issuer's
 /// overrides applied.
@@ -142,11 +244,6 @@ fn now_ms() -> i64 {
     keyward_kms::db::now_ms()
 }
 
-fn parse_issuer(s: &str) -> Result<IssuerId> {
-    s.parse()
-        .map_err(|_| OnlineError::from(Refusal::InvalidIssuerId))
-}
-
 /// The device's state must let it log in; the codes say which state it is in.
 fn require_issued(device: &Device) -> Result<()> {
     match device.state {
@@ -175,20 +272,8 @@ struct Confirmation {
     kcvs: Vec<(WorkingKeyRole, Kcv)>,
 }
 
-fn parse_confirmation(
-    c: &wire::KeyConfirmation,
-    versions: &[VersionRecord],
-) -> Result<Confirmation> {
-    let bad = || OnlineError::from(Refusal::InvalidKeyConfirmation);
-    let kcvs = c
-        .kcvs
-        .iter()
-        .map(|k| {
-            let role: WorkingKeyRole = k.role.parse().map_err(|_| bad())?;
-            let kcv = Kcv::try_from(&k.kcv).map_err(|_| bad())?;
-            Ok((role, kcv))
-        })
-        .collect::<Result<Vec<_>>>()?;
+fn parse_confirmation(c: &ReportedKcvs, versions: &[VersionRecord]) -> Result<Confirmation> {
+    let kcvs = c.kcvs.clone();
     match versions.iter().find(|v| v.version.0 == c.version) {
         None => Err(OnlineError::from(Refusal::UnknownKeyVersion)),
         Some(v) if v.state != KeyState::Pending => {
@@ -259,47 +344,40 @@ fn system_decision(reason: &str) -> Result<(OperatorId, Reason)> {
 }
 
 impl Online {
-    /// Audits a refused step (actor: the device's certificate) and counts it;
-    /// passes the error on. A refusal the trail cannot record is still refused.
-    async fn refused<T>(
+    /// Audits a refused login step (actor: the device's certificate) and
+    /// counts it; returns the error. For refusals found here and for
+    /// requests the route could not read. A refusal the trail cannot record
+    /// is still refused.
+    pub async fn login_refused(
         &self,
         device: &Device,
-        action: &'static str,
+        step: LoginStep,
         issuer: &str,
         e: OnlineError,
-    ) -> Result<T> {
+    ) -> OnlineError {
         let code = e.code();
         self.metrics.logins.with_label_values(&[code]).inc();
         if e.kind().is_client() {
-            self.audit_refusal(device, action, json!({ "issuer": issuer }), code)
+            self.audit_refusal(device, step.action(), json!({ "issuer": issuer }), code)
                 .await;
         }
-        Err(e)
+        e
     }
 
-    /// Step 1: `POST /v1/login/start`.
-    pub async fn login_start(
-        &self,
-        device: &Device,
-        req: &wire::LoginStart,
-    ) -> Result<wire::LoginChallenge> {
+    /// Step 1: the device's claims checked, a sealed challenge (and new keys
+    /// when a rotation is due).
+    pub async fn login_start(&self, device: &Device, req: &StartRequest) -> Result<Challenge> {
         match self.try_start(device, req).await {
             Ok(answer) => Ok(answer),
-            Err(e) => self.refused(device, "login.start", &req.issuer_id, e).await,
+            Err(e) => Err(self
+                .login_refused(device, LoginStep::Start, req.issuer.as_str(), e)
+                .await),
         }
     }
 
-    async fn try_start(
-        &self,
-        device: &Device,
-        req: &wire::LoginStart,
-    ) -> Result<wire::LoginChallenge> {
-        let issuer = parse_issuer(&req.issuer_id)?;
-        let claimed: DeviceId = req
-            .device_id
-            .parse()
-            .map_err(|_| OnlineError::from(Refusal::InvalidDeviceId))?;
-        if claimed != device.device_id {
+    async fn try_start(&self, device: &Device, req: &StartRequest) -> Result<Challenge> {
+        let issuer = req.issuer.clone();
+        if req.claimed != device.device_id {
             return Err(OnlineError::from(Refusal::DeviceIdMismatch));
         }
         require_issued(device)?;
@@ -351,11 +429,11 @@ impl Online {
             .login_challenges
             .with_label_values(&["issued"])
             .inc();
-        Ok(wire::LoginChallenge {
-            challenge_id: id.encode(),
-            challenge: B64.encode(&id.challenge),
+        Ok(Challenge {
+            id: id.encode(),
+            challenge: id.challenge,
             expires_at_ms,
-            key_version: active.map(|v| v.version.0),
+            key_version: active.map(|v| v.version),
             key_update,
         })
     }
@@ -365,7 +443,7 @@ impl Online {
         &self,
         device: DeviceId,
         issuer: &IssuerId,
-        req: &wire::LoginStart,
+        req: &StartRequest,
     ) -> Result<()> {
         let bindings = self.provisioning.bindings(device).await?;
         let Some(binding) = bindings.iter().find(|b| &b.issuer == issuer) else {
@@ -399,7 +477,7 @@ impl Online {
         issuer: &IssuerId,
         device: DeviceId,
         trigger: RotationTrigger,
-    ) -> Result<wire::KeyUpdate> {
+    ) -> Result<WorkingKeyOffer> {
         let offer = match self.kms.pending_offer(issuer, device).await? {
             Some(pending) => pending,
             None => {
@@ -411,35 +489,19 @@ impl Online {
                 made
             }
         };
-        Ok(wire::KeyUpdate {
-            version: offer.version.0,
-            keys: offer
-                .keys
-                .iter()
-                .map(|k| wire::OfferedKey {
-                    role: k.role.as_str().to_owned(),
-                    r: B64.encode(k.r),
-                    kcv: (&k.kcv).into(),
-                })
-                .collect(),
-        })
+        Ok(offer)
     }
 
-    /// Step 2: `POST /v1/login/finish`.
-    pub async fn login_finish(
-        &self,
-        device: &Device,
-        req: &wire::LoginFinish,
-    ) -> Result<wire::LoginAnswer> {
+    /// Step 2: the response checked; a session.
+    pub async fn login_finish(&self, device: &Device, req: &FinishRequest) -> Result<Opened> {
         match self.try_finish(device, req).await {
             Ok(answer) => {
                 self.metrics.logins.with_label_values(&["success"]).inc();
                 Ok(answer)
             }
-            Err(e) => {
-                self.refused(device, "login.finish", &req.issuer_id, e)
-                    .await
-            }
+            Err(e) => Err(self
+                .login_refused(device, LoginStep::Finish, req.issuer.as_str(), e)
+                .await),
         }
     }
 
@@ -475,19 +537,10 @@ impl Online {
         Ok(sealed)
     }
 
-    async fn try_finish(
-        &self,
-        device: &Device,
-        req: &wire::LoginFinish,
-    ) -> Result<wire::LoginAnswer> {
-        let issuer = parse_issuer(&req.issuer_id)?;
-        let sealed = SealedId::decode(&req.challenge_id)
-            .ok_or_else(|| OnlineError::from(Refusal::InvalidChallengeId))?;
-        let response = B64
-            .decode(&req.response)
-            .ok()
-            .filter(|r| !r.is_empty() && r.len() <= 64)
-            .ok_or_else(|| OnlineError::from(Refusal::InvalidResponse))?;
+    async fn try_finish(&self, device: &Device, req: &FinishRequest) -> Result<Opened> {
+        let issuer = req.issuer.clone();
+        let sealed = req.challenge.clone();
+        let response = &req.response;
         require_issued(device)?;
         let online = self;
         let now = now_ms();
@@ -498,7 +551,7 @@ impl Online {
         }
         // With a confirmation the versions are read here, once: the answer's
         // active version follows from them and the confirmation's outcome.
-        let (confirmation, active_before) = match &req.key_confirmation {
+        let (confirmation, active_before) = match &req.confirmation {
             None => (None, None),
             Some(c) => {
                 let versions = self.kms.key_versions(&issuer, device.device_id).await?;
@@ -510,7 +563,7 @@ impl Online {
         };
         let right = self
             .kms
-            .verify_challenge_response(&issuer, device.device_id, &challenge.challenge, &response)
+            .verify_challenge_response(&issuer, device.device_id, &challenge.challenge, response)
             .await?;
         if !right {
             return Err(self.wrong_answer(device, &issuer, &challenge).await);
@@ -575,13 +628,19 @@ impl Online {
             (Some(_), _) => active_before.flatten(),
             (None, _) => active_version(&self.kms.key_versions(&issuer, device.device_id).await?),
         };
-        Ok(wire::LoginAnswer {
-            session_token: token,
+        Ok(Opened {
+            token,
             expires_at_ms: finish.session.expires_at_ms,
-            device_id: device.device_id.to_string(),
-            issuer_id: issuer.to_string(),
-            key_version: key_version.map(|v| v.0),
-            key_update: verdict.map(|m| if m { "activated" } else { "rejected" }.to_owned()),
+            device: device.device_id,
+            issuer,
+            key_version,
+            key_update: verdict.map(|m| {
+                if m {
+                    KeyUpdateOutcome::Activated
+                } else {
+                    KeyUpdateOutcome::Rejected
+                }
+            }),
         })
     }
 
