@@ -10,7 +10,7 @@ use keyward_kms::types::{DeviceId, IssuerId};
 use serde_json::json;
 
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::online::store::{Credential, PendingRow};
+use crate::online::store::{Credential, DeviceStanding, PendingRow};
 use crate::online::{Online, OnlineError, Refusal};
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -184,6 +184,12 @@ impl Online {
                 }
             })
             .collect())
+    }
+
+    /// A device's standing for the public listener's per-request check, in
+    /// one read.
+    pub async fn device_standing(&self, device: DeviceId) -> Result<Option<DeviceStanding>> {
+        self.store.device_standing(device).await
     }
 
     /// Ends every session of a device leaving service (suspended, retired),

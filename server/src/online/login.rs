@@ -320,6 +320,8 @@ fn not_pending(e: KmsError) -> OnlineError {
 enum Wrong {
     /// The challenge had been used already: nothing counted.
     Replayed,
+    /// The credential was locked already: nothing counted.
+    Locked,
     /// One more failure, below the limit.
     Counted,
     /// The failure that reached the limit: locked, sessions ended, and the
@@ -382,8 +384,8 @@ impl Online {
         }
         require_issued(device)?;
         self.check_binding(device.device_id, &issuer, req).await?;
-        let online = self;
-        let cred = online.store.credential(&issuer, device.device_id).await?;
+
+        let cred = self.store.credential(&issuer, device.device_id).await?;
         if cred.locked_at_ms.is_some() {
             return Err(locked());
         }
@@ -394,8 +396,8 @@ impl Online {
             return Err(OnlineError::from(Refusal::UnknownKeyVersion));
         }
         let active = versions.iter().find(|v| v.state == KeyState::Active);
-        let policy = IssuerPolicy::of(&online.config, &issuer);
-        let fleet = online.store.fleet_rotation(&issuer).await?;
+        let policy = IssuerPolicy::of(&self.config, &issuer);
+        let fleet = self.store.fleet_rotation(&issuer).await?;
         let now = now_ms();
         let trigger = rotation_trigger(
             active.and_then(|v| v.activated_at_ms),
@@ -413,7 +415,7 @@ impl Online {
             issuer: &issuer,
             serial: &device.serial,
         };
-        let ttl = i64::try_from(online.challenge_ttl().as_millis()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(self.challenge_ttl().as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now.saturating_add(ttl);
         let sealed = self
             .kms
@@ -542,13 +544,10 @@ impl Online {
         let sealed = req.challenge.clone();
         let response = &req.response;
         require_issued(device)?;
-        let online = self;
         let now = now_ms();
         let challenge = self.check_seal(device, &issuer, sealed, now).await?;
-        let cred = online.store.credential(&issuer, device.device_id).await?;
-        if cred.locked_at_ms.is_some() {
-            return Err(locked());
-        }
+        // A locked credential is refused by the finish's own transaction
+        // (right answer or wrong): no read before it.
         // With a confirmation the versions are read here, once: the answer's
         // active version follows from them and the confirmation's outcome.
         let (confirmation, active_before) = match &req.confirmation {
@@ -719,6 +718,7 @@ impl Online {
     ) -> OnlineError {
         match self.try_wrong_answer(device, issuer, challenge).await {
             Ok(Wrong::Replayed) => challenge_invalid(),
+            Ok(Wrong::Locked) => locked(),
             Ok(Wrong::Counted) => OnlineError::from(Refusal::ResponseInvalid),
             Ok(Wrong::LockedOut { revoke }) => {
                 self.metrics
@@ -760,14 +760,17 @@ impl Online {
                 {
                     return Ok((tx, Wrong::Replayed));
                 }
-                let failure = OnlineStore::count_failure_in(
+                let Some(failure) = OnlineStore::count_failure_in(
                     &mut tx,
                     issuer,
                     device.device_id,
                     policy.max_failures,
                     now_ms(),
                 )
-                .await?;
+                .await?
+                else {
+                    return Ok((tx, Wrong::Locked));
+                };
                 if !failure.newly_locked {
                     return Ok((tx, Wrong::Counted));
                 }

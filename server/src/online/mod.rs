@@ -41,8 +41,8 @@ use keyward_kms::types::DeviceId;
 pub use error::OnlineError;
 pub use refusal::Refusal;
 pub use session::Session;
-pub use store::Credential;
 use store::OnlineStore;
+pub use store::{Credential, DeviceStanding};
 
 use crate::audit::{Actor, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;

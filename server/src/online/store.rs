@@ -93,6 +93,17 @@ pub struct Credential {
     pub last_login_at_ms: Option<i64>,
 }
 
+/// What the per-request device check reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStanding {
+    pub state: keyward_device_provisioning::DeviceState,
+    /// The registered certificate's serial, as the registry holds it.
+    pub cert_serial: Option<String>,
+    /// Whether the CA has that certificate revoked; `None` if the CA has no
+    /// row under that exact serial (the caller asks the CA).
+    pub revoked: Option<bool>,
+}
+
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
@@ -217,6 +228,30 @@ impl OnlineStore {
         &self.db
     }
 
+    // ---- devices -----------------------------------------------------------
+
+    /// A device's standing for the per-request check of the public listener:
+    /// its state, its registered certificate's serial and that certificate's
+    /// CA status (`None` when the join found no certificate row), in one read
+    /// of the registry's and the CA's tables.
+    pub async fn device_standing(&self, device: DeviceId) -> Result<Option<DeviceStanding>> {
+        let row = sqlx::query(
+            "SELECT d.state, d.cert_serial, c.status FROM prov_devices d \
+             LEFT JOIN certificates c ON c.serial = d.cert_serial \
+             WHERE d.device_id = $1",
+        )
+        .bind(device.to_string())
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status: Option<String> = row.try_get("status")?;
+        Ok(Some(DeviceStanding {
+            state: db::parse_col(&row, "state", "prov_devices.state")?,
+            cert_serial: row.try_get("cert_serial")?,
+            revoked: status.map(|s| s == "revoked"),
+        }))
+    }
+
     // ---- credentials -----------------------------------------------------
 
     pub async fn credential(&self, issuer: &IssuerId, device: DeviceId) -> Result<Credential> {
@@ -253,30 +288,32 @@ impl OnlineStore {
     /// Counts one failed response; locks the credential and ends its
     /// sessions when the count reaches `limit`. In the caller's transaction,
     /// so two replicas counting at once both count and exactly one locks,
-    /// and the lockout's other effects commit with the lock.
+    /// and the lockout's other effects commit with the lock. A credential
+    /// locked already counts nothing (`None`).
     pub async fn count_failure_in(
         tx: &mut Tx,
         issuer: &IssuerId,
         device: DeviceId,
         limit: u32,
         now: i64,
-    ) -> Result<Failure> {
+    ) -> Result<Option<Failure>> {
         let device = device.to_string();
         let row = sqlx::query(
             "INSERT INTO online_credentials (issuer_id, device_id, failures) \
              VALUES ($1, $2, 1) \
              ON CONFLICT (issuer_id, device_id) \
              DO UPDATE SET failures = online_credentials.failures + 1 \
-             RETURNING failures, locked_at_ms",
+             WHERE online_credentials.locked_at_ms IS NULL \
+             RETURNING failures",
         )
         .bind(issuer.as_str())
         .bind(device.as_str())
-        .fetch_one(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
+        let Some(row) = row else { return Ok(None) };
         let count: i64 = row.try_get("failures")?;
-        let locked: Option<i64> = row.try_get("locked_at_ms")?;
         let count = u32::try_from(count).unwrap_or(u32::MAX);
-        let newly_locked = locked.is_none() && count >= limit;
+        let newly_locked = count >= limit;
         if newly_locked {
             sqlx::query(
                 "UPDATE online_credentials SET locked_at_ms = $3 \
@@ -293,10 +330,10 @@ impl OnlineStore {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(Failure {
+        Ok(Some(Failure {
             count,
             newly_locked,
-        })
+        }))
     }
 
     /// Notes which certificate a lockout revoked (so an unlock knows the

@@ -32,7 +32,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use keyward_ca::Serial;
-use keyward_device_provisioning::{DeviceState, ProvisioningError};
+use keyward_device_provisioning::DeviceState;
 use keyward_kms::types::DeviceId;
 
 use crate::audit::Actor;
@@ -81,8 +81,8 @@ fn refusal(code: &'static str, message: &'static str) -> ApiError {
 }
 
 /// Admits only a device's current, unrevoked device certificate; audits
-/// every refusal. Cost: two primary-key reads per request (the device's
-/// registry row, the certificate's CA record), no cache — a revocation is
+/// every refusal. Cost: one read per request (the device's registry row
+/// joined with its certificate's CA record), no cache — a revocation is
 /// seen at the very next request.
 async fn require_device(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let door = Door::of(&req, "");
@@ -140,22 +140,24 @@ async fn current_device(
     if cert.not_after <= now {
         return Err(refusal(REVOKED, "this device certificate has expired"));
     }
-    let rec = match state.provisioning.device(device).await {
-        Ok(rec) => rec,
-        Err(ProvisioningError::UnknownDevice(_)) => return Err(not_current()),
-        Err(e) => return Err(e.into()),
+    let Some(standing) = state.online.device_standing(device).await? else {
+        return Err(not_current());
     };
     let serial: Serial = cert.serial.parse().map_err(|_| not_current())?;
-    let registered = rec
+    let registered = standing
         .cert_serial
         .as_deref()
         .and_then(|s| s.parse::<Serial>().ok())
         .is_some_and(|s| s == serial);
-    if !registered || rec.state == DeviceState::Retired {
+    if !registered || standing.state == DeviceState::Retired {
         return Err(not_current());
     }
-    match state.ca.is_revoked(&serial).await {
-        Ok(false) => Ok((device, rec.state)),
+    let revoked = match standing.revoked {
+        Some(revoked) => Ok(revoked),
+        None => state.ca.is_revoked(&serial).await,
+    };
+    match revoked {
+        Ok(false) => Ok((device, standing.state)),
         Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {
             Err(refusal(REVOKED, "this device certificate is revoked"))
         }
