@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
-use crate::online::store::{Finish, Finished as StoreFinished, OnlineStore, StoredSession};
+use crate::online::store::{
+    Finish, Finished as StoreFinished, LoginContext, OnlineStore, StoredSession,
+};
 use crate::online::{Device, Online, OnlineError, Refusal};
 use crate::security::{self, SecurityKind};
 
@@ -383,9 +385,8 @@ impl Online {
             return Err(OnlineError::from(Refusal::DeviceIdMismatch));
         }
         require_issued(device)?;
-        self.check_binding(device.device_id, &issuer, req).await?;
-
-        let cred = self.store.credential(&issuer, device.device_id).await?;
+        let context = self.check_binding(device.device_id, &issuer, req).await?;
+        let cred = context.credential;
         if cred.locked_at_ms.is_some() {
             return Err(locked());
         }
@@ -397,12 +398,11 @@ impl Online {
         }
         let active = versions.iter().find(|v| v.state == KeyState::Active);
         let policy = IssuerPolicy::of(&self.config, &issuer);
-        let fleet = self.store.fleet_rotation(&issuer).await?;
         let now = now_ms();
         let trigger = rotation_trigger(
             active.and_then(|v| v.activated_at_ms),
             cred.rotate_requested_at_ms,
-            fleet,
+            context.fleet_rotation_at_ms,
             now,
             policy.rotation_max_age_ms,
         );
@@ -440,15 +440,16 @@ impl Online {
         })
     }
 
-    /// The device must be bound to the issuer, with the binding's serials.
+    /// The device must be bound to the issuer, with the binding's serials;
+    /// what the start needs of the binding, credential and fleet rotation
+    /// comes back from the same read.
     async fn check_binding(
         &self,
         device: DeviceId,
         issuer: &IssuerId,
         req: &StartRequest,
-    ) -> Result<()> {
-        let bindings = self.provisioning.bindings(device).await?;
-        let Some(binding) = bindings.iter().find(|b| &b.issuer == issuer) else {
+    ) -> Result<LoginContext> {
+        let Some(context) = self.store.login_context(issuer, device).await? else {
             return Err(match self.kms.issuer(issuer).await {
                 Ok(_) => OnlineError::from(Refusal::IssuerNotBound),
                 Err(KmsError::UnknownIssuer(_)) => OnlineError::from(Refusal::UnknownIssuer),
@@ -458,18 +459,15 @@ impl Online {
         // Every serial the binding holds must be sent, and be the same; a serial
         // the binding does not hold (an ESAM beside a PSAM-only binding) is not
         // the issuer's to judge.
-        let same = |bound: &Option<keyward_device_provisioning::SeSerial>,
-                    sent: &Option<String>| {
-            bound
-                .as_ref()
-                .is_none_or(|b| sent.as_deref() == Some(b.as_str()))
+        let same = |bound: &Option<String>, sent: &Option<String>| {
+            bound.as_ref().is_none_or(|b| sent.as_deref() == Some(b))
         };
-        if !same(&binding.psam_serial, &req.psam_serial)
-            || !same(&binding.esam_serial, &req.esam_serial)
+        if !same(&context.psam_serial, &req.psam_serial)
+            || !same(&context.esam_serial, &req.esam_serial)
         {
             return Err(OnlineError::from(Refusal::SecureElementMismatch));
         }
-        Ok(())
+        Ok(context)
     }
 
     /// New working keys for a login: the pending offer again if the device has

@@ -93,6 +93,17 @@ pub struct Credential {
     pub last_login_at_ms: Option<i64>,
 }
 
+/// What a login start reads of a bound (device, issuer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginContext {
+    /// The binding's secure-element serials.
+    pub psam_serial: Option<String>,
+    pub esam_serial: Option<String>,
+    pub credential: Credential,
+    /// When the issuer's latest fleet-wide rotation was asked for.
+    pub fleet_rotation_at_ms: Option<i64>,
+}
+
 /// What the per-request device check reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStanding {
@@ -249,6 +260,42 @@ impl OnlineStore {
             state: db::parse_col(&row, "state", "prov_devices.state")?,
             cert_serial: row.try_get("cert_serial")?,
             revoked: status.map(|s| s == "revoked"),
+        }))
+    }
+
+    /// What a login start reads of a (device, issuer), in one read: the
+    /// binding's secure-element serials, the credential and the issuer's
+    /// fleet rotation. `None` when the device is not bound for the issuer.
+    pub async fn login_context(
+        &self,
+        issuer: &IssuerId,
+        device: DeviceId,
+    ) -> Result<Option<LoginContext>> {
+        let row = sqlx::query(
+            "SELECT b.psam_serial, b.esam_serial, c.failures, c.locked_at_ms, \
+             c.revoked_serial, c.rotate_requested_at_ms, c.last_login_at_ms, \
+             f.requested_at_ms AS fleet_requested_at_ms \
+             FROM prov_bindings b \
+             LEFT JOIN online_credentials c \
+               ON c.issuer_id = b.issuer_id AND c.device_id = b.device_id \
+             LEFT JOIN online_fleet_rotations f ON f.issuer_id = b.issuer_id \
+             WHERE b.device_id = $1 AND b.issuer_id = $2",
+        )
+        .bind(device.to_string())
+        .bind(issuer.as_str())
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let failures: Option<i64> = row.try_get("failures")?;
+        let credential = match failures {
+            None => Credential::default(),
+            Some(_) => credential_from_row(&row)?,
+        };
+        Ok(Some(LoginContext {
+            psam_serial: row.try_get("psam_serial")?,
+            esam_serial: row.try_get("esam_serial")?,
+            credential,
+            fleet_rotation_at_ms: row.try_get("fleet_requested_at_ms")?,
         }))
     }
 
