@@ -282,11 +282,11 @@ async fn rejected_version_can_never_become_active() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, KmsError::KeyVersionNotUsable { ref state, .. } if state == "rejected"),
+        matches!(err, KmsError::KeyVersionNotPending { ref state, .. } if state == "rejected"),
         "{err}"
     );
     let err = c.reject_version(&bank.id, d, v2).await.unwrap_err();
-    assert_eq!(err.code(), "key_version_not_usable");
+    assert_eq!(err.code(), "key_version_not_pending");
     // The next offer gets a fresh number; a rejected number is never reused.
     let v3 = c
         .add_pending_version(&bank.id, d, &working_keys(KeyFamily::Tdes, 3))
@@ -315,40 +315,27 @@ async fn only_pending_versions_can_be_activated_or_rejected() {
     ] {
         let err = result.unwrap_err();
         assert!(
-            matches!(err, KmsError::KeyVersionNotUsable { version, ref state } if version == v1 && state == "active"),
+            matches!(err, KmsError::KeyVersionNotPending { version, ref state } if version == v1 && state == "active"),
             "{err}"
         );
     }
     assert_eq!(states(&c, &bank.id, d).await, [(1, KeyState::Active)]);
 
-    // A pending version older than the active one would roll the device back.
+    // One offer at a time: a second while one is pending is refused with
+    // the pending one's number (the database enforces it too).
     let v2 = c
         .add_pending_version(&bank.id, d, &working_keys(KeyFamily::Tdes, 2))
         .await
         .unwrap();
-    let v3 = c
+    let err = c
         .add_pending_version(&bank.id, d, &working_keys(KeyFamily::Tdes, 3))
         .await
-        .unwrap();
-    c.activate_version(&bank.id, d, v3, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let err = c
-        .activate_version(&bank.id, d, v2, Duration::from_secs(60))
-        .await
         .unwrap_err();
-    assert!(
-        matches!(err, KmsError::KeyVersionSuperseded { version, active } if version == v2 && active == v3),
-        "{err}"
-    );
+    assert!(matches!(err, KmsError::OfferPending(v) if v == v2), "{err}");
     assert_eq!(
         states(&c, &bank.id, d).await,
-        [
-            (3, KeyState::Active),
-            (2, KeyState::Pending),
-            (1, KeyState::Retiring)
-        ],
-        "a refused activation changes nothing"
+        [(2, KeyState::Pending), (1, KeyState::Active)],
+        "a refused offer changes nothing"
     );
 }
 
@@ -468,7 +455,7 @@ async fn failed_operations_leave_nothing_half_written() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn concurrent_writers_get_distinct_versions_and_one_active() {
+async fn concurrent_offers_make_one_pending_version_and_one_active() {
     let (_db, c) = setup().await;
     let bank = issuer_record("bank-a", KeyFamily::Tdes);
     c.create_issuer(&bank).await.unwrap();
@@ -483,31 +470,39 @@ async fn concurrent_writers_get_distinct_versions_and_one_active() {
             })
         })
         .collect();
-    let mut got = Vec::new();
+    let (mut made, mut refused) = (Vec::new(), 0);
     for o in offers {
-        got.push(o.await.unwrap().unwrap().0);
+        match o.await.unwrap() {
+            Ok(v) => made.push(v.0),
+            Err(KmsError::OfferPending(v)) => {
+                assert_eq!(v, KeyVersion(1));
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
     }
-    got.sort_unstable();
-    assert_eq!(got, (1..=8).collect::<Vec<u32>>());
+    assert_eq!((made, refused), (vec![1], 7));
 
-    let activations: Vec<_> = (1..=8u32)
-        .map(|v| {
+    let activations: Vec<_> = (0..8)
+        .map(|_| {
             let (c, id) = (c.clone(), bank.id.clone());
             tokio::spawn(async move {
-                c.activate_version(&id, d, KeyVersion(v), Duration::from_secs(60))
+                c.activate_version(&id, d, KeyVersion(1), Duration::from_secs(60))
                     .await
             })
         })
         .collect();
+    let mut activated = 0;
     for a in activations {
         match a.await.unwrap() {
-            Ok(()) | Err(KmsError::KeyVersionSuperseded { .. }) => {}
+            Ok(()) => activated += 1,
+            Err(KmsError::KeyVersionNotPending { .. }) => {}
             Err(e) => panic!("unexpected: {e}"),
         }
     }
+    assert_eq!(activated, 1);
     let s = states(&c, &bank.id, d).await;
-    let active: Vec<_> = s.iter().filter(|(_, st)| *st == KeyState::Active).collect();
-    assert_eq!(active, [&(8, KeyState::Active)], "{s:?}");
+    assert_eq!(s, [(1, KeyState::Active)], "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
