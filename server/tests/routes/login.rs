@@ -103,6 +103,23 @@ pub(crate) async fn login(
     (c, a)
 }
 
+/// A device's working-key versions at bank-a with their states, newest
+/// first, as an operator reads them.
+async fn key_states(app: &App, d: &SimDevice) -> Vec<(u32, String)> {
+    let keys = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
+        )
+        .await;
+    let keys: wire::KeyVersions =
+        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
+    keys.versions
+        .into_iter()
+        .map(|v| (v.version, v.state))
+        .collect()
+}
+
 pub(crate) async fn session(app: &App, who: &ClientIdentity, token: &str) -> Answer {
     let req = Request::builder()
         .method(Method::GET)
@@ -162,20 +179,11 @@ async fn a_device_logs_in_takes_its_first_keys_and_rotates_on_demand() {
     let v2 = c.key_update.expect("rotation offered").version;
     assert_eq!(v2, update.version + 1);
     assert_eq!(a.expect(StatusCode::OK)["key_update"], "activated");
-    let keys = app
-        .get(
-            &app.root,
-            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
-        )
-        .await;
-    let keys: wire::KeyVersions =
-        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
-    let states: Vec<(u32, &str)> = keys
-        .versions
-        .iter()
-        .map(|v| (v.version, v.state.as_str()))
-        .collect();
-    assert_eq!(states, vec![(v2, "active"), (update.version, "retiring")]);
+    let states = key_states(&app, &d).await;
+    assert_eq!(
+        states,
+        vec![(v2, "active".into()), (update.version, "retiring".into())]
+    );
     // Served: the request is not pending any more.
     let (c, _) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
     assert!(c.key_update.is_none());
@@ -744,16 +752,9 @@ async fn concurrent_starts_share_one_offer_and_the_device_keeps_rotating() {
             "round {round}"
         );
     }
-    let keys = app
-        .get(
-            &app.root,
-            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
-        )
-        .await;
-    let keys: wire::KeyVersions =
-        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
-    assert!(keys.versions.iter().all(|v| v.state != "pending"));
-    assert_eq!(keys.versions.len(), 3, "one version per rotation");
+    let states = key_states(&app, &d).await;
+    assert!(states.iter().all(|(_, s)| s != "pending"), "{states:?}");
+    assert_eq!(states.len(), 3, "one version per rotation");
 }
 
 #[tokio::test]
@@ -818,19 +819,7 @@ async fn an_activation_whose_audit_record_cannot_be_written_does_not_happen() {
     let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
     let offered = c.key_update.expect("first keys offered").version;
     assert!(a.status.is_server_error(), "{} {}", a.status, a.text);
-    let keys = app
-        .get(
-            &app.root,
-            &format!("/admin/v1/devices/{}/keys?issuer_id=bank-a", d.id),
-        )
-        .await;
-    let keys: wire::KeyVersions =
-        serde_json::from_value(keys.expect(StatusCode::OK).clone()).unwrap();
-    let states: Vec<(u32, &str)> = keys
-        .versions
-        .iter()
-        .map(|v| (v.version, v.state.as_str()))
-        .collect();
-    assert_eq!(states, vec![(offered, "pending")]);
+    let states = key_states(&app, &d).await;
+    assert_eq!(states, vec![(offered, "pending".to_owned())]);
     assert!(!app.audited("key.activate", "success").await);
 }
