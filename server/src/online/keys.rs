@@ -7,11 +7,10 @@
 
 use keyward_device_provisioning::Reason;
 use keyward_kms::types::{DeviceId, IssuerId};
-use serde_json::json;
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::online::store::{Credential, DeviceStanding, PendingRow};
-use crate::online::{Online, OnlineError, Refusal};
+use crate::online::{Online, OnlineError, OnlineEvent, Refusal};
 
 type Result<T> = std::result::Result<T, OnlineError>;
 
@@ -72,11 +71,11 @@ impl Online {
         reason: &Reason,
     ) -> Result<Unlocked> {
         self.provisioning.device(device).await?;
-        let requested = AuditEvent::Online {
-            action: "credential.unlock",
-            target: format!("device:{device}"),
-            detail: json!({ "issuer": issuer.as_str(), "reason": reason.as_str() }),
-        };
+        let requested = AuditEvent::from(OnlineEvent::Unlock {
+            device,
+            issuer: issuer.clone(),
+            reason: reason.clone(),
+        });
         let settled = requested.clone();
         let before = self
             .audit
@@ -122,15 +121,10 @@ impl Online {
                 return Err(Refusal::IssuerNotBound.into());
             }
         }
-        let target = match device {
-            Some(d) => format!("device:{d}"),
-            None => format!("issuer:{issuer}"),
-        };
-        let requested = AuditEvent::Online {
-            action: "key.rotate_request",
-            target,
-            detail: json!({ "issuer": issuer.as_str(), "fleet": device.is_none() }),
-        };
+        let requested = AuditEvent::from(OnlineEvent::RotationRequest {
+            issuer: issuer.clone(),
+            device,
+        });
         let now = keyward_kms::db::now_ms();
         let settled = requested.clone();
         let by = actor.to_string();

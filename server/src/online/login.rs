@@ -38,7 +38,7 @@ use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
 use crate::online::store::{
     Finish, Finished as StoreFinished, LoginContext, OnlineStore, StoredSession,
 };
-use crate::online::{Device, Online, OnlineError, Refusal};
+use crate::online::{Device, Online, OnlineError, OnlineEvent, Refusal};
 use crate::security::{self, SecurityKind};
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -332,11 +332,12 @@ enum Wrong {
 }
 
 fn key_event(device: &Device, issuer: &IssuerId, version: KeyVersion) -> AuditEvent {
-    AuditEvent::Online {
-        action: "key.activate",
-        target: format!("device:{}", device.device_id),
-        detail: json!({ "issuer": issuer.as_str(), "version": version.0 }),
+    OnlineEvent::KeyActivated {
+        device: device.device_id,
+        issuer: issuer.clone(),
+        version,
     }
+    .into()
 }
 
 /// The operator name and reason the online service signs its own
@@ -362,8 +363,12 @@ impl Online {
         let code = e.code();
         self.metrics.logins.with_label_values(&[code]).inc();
         if e.kind().is_client() {
-            self.audit_refusal(device, step.action(), json!({ "issuer": issuer }), code)
-                .await;
+            let event = OnlineEvent::LoginRefused {
+                device: device.device_id,
+                step: step.action(),
+                issuer: issuer.to_owned(),
+            };
+            self.audit_refusal(device, event, code).await;
         }
         e
     }
@@ -777,12 +782,12 @@ impl Online {
                     OnlineStore::set_revoked_serial_in(&mut tx, issuer, device.device_id, serial)
                         .await?;
                 }
-                let event = AuditEvent::Online {
-                    action: "login.lockout",
-                    target: format!("device:{}", device.device_id),
-                    detail: json!({ "issuer": issuer.as_str(), "failures": failure.count,
-                                "revoked_serial": revoke }),
-                };
+                let event = AuditEvent::from(OnlineEvent::Lockout {
+                    device: device.device_id,
+                    issuer: issuer.clone(),
+                    failures: failure.count,
+                    revoked_serial: revoke.clone(),
+                });
                 let refused = Outcome::Refused {
                     code: "credential_locked",
                 };

@@ -21,6 +21,7 @@
 
 pub mod challenge;
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod login;
@@ -39,6 +40,7 @@ use keyward_kms::Kms;
 use keyward_kms::types::DeviceId;
 
 pub use error::OnlineError;
+pub use events::OnlineEvent;
 pub use refusal::Refusal;
 pub use session::Session;
 use store::OnlineStore;
@@ -160,21 +162,10 @@ impl Online {
         i64::try_from(self.config.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
-    /// Audits a step of `device` refused with `code` (`action`, the device
-    /// as target, `detail`). Best effort: a refusal the trail cannot record
-    /// is still refused.
-    pub async fn audit_refusal(
-        &self,
-        device: &Device,
-        action: &'static str,
-        detail: serde_json::Value,
-        code: &'static str,
-    ) {
-        let event = AuditEvent::Online {
-            action,
-            target: format!("device:{}", device.device_id),
-            detail,
-        };
+    /// Audits a step of `device` refused with `code`. Best effort: a
+    /// refusal the trail cannot record is still refused.
+    pub async fn audit_refusal(&self, device: &Device, event: OnlineEvent, code: &'static str) {
+        let event = AuditEvent::from(event);
         let outcome = Outcome::Refused { code };
         let _ = self
             .audit

@@ -21,10 +21,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_kms::types::{KeyVersion, MacAlgorithm, Padding};
 use keyward_kms::{MacItem, PinBlock, PinFormat};
-use serde_json::json;
 
 use crate::audit::{AuditEvent, Outcome};
-use crate::online::{Device, Online, OnlineError, Refusal, Session};
+use crate::online::{Device, Online, OnlineError, OnlineEvent, Refusal, Session};
 use crate::wire::transactions as wire;
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -177,12 +176,13 @@ impl Online {
             .store
             .record_mac_failure(&session.issuer, device.device_id)
             .await?;
-        let event = AuditEvent::Online {
-            action: "transaction.mac",
-            target: format!("device:{}", device.device_id),
-            detail: json!({ "issuer": session.issuer.as_str(), "algorithm": algorithm.as_str(),
-                        "version": version.0, "consecutive_failures": streak }),
-        };
+        let event = AuditEvent::from(OnlineEvent::MacFailure {
+            device: device.device_id,
+            issuer: session.issuer.clone(),
+            algorithm,
+            version,
+            streak,
+        });
         self.audit
             .append(
                 &device.actor,

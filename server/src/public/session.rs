@@ -8,10 +8,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::json;
 
 use crate::http::ApiError;
-use crate::online::{Device, Session};
+use crate::online::{Device, OnlineEvent, Session};
 use crate::state::AppState;
 use crate::wire::login as wire;
 
@@ -41,11 +40,11 @@ pub async fn require_session(
         }
         Err(e) => {
             if e.kind().is_client() {
-                let detail = json!({ "route": req.uri().path() });
-                state
-                    .online
-                    .audit_refusal(&device, "session.refused", detail, e.code())
-                    .await;
+                let event = OnlineEvent::SessionRefused {
+                    device: device.device_id,
+                    route: req.uri().path().to_owned(),
+                };
+                state.online.audit_refusal(&device, event, e.code()).await;
             }
             ApiError::from(e).into_response()
         }

@@ -1,0 +1,127 @@
+//! The online protocols' audit events, typed: each names its action once and
+//! carries exactly its fields, so a record's shape cannot drift between the
+//! places that write it. They become the trail's generic online record
+//! (action, target `device:<id>` or `issuer:<id>`, detail) in one place.
+
+use keyward_device_provisioning::Reason;
+use keyward_kms::types::{DeviceId, IssuerId, KeyVersion, MacAlgorithm};
+use serde_json::json;
+
+use crate::audit::AuditEvent;
+
+/// Something the online service records.
+#[derive(Debug, Clone)]
+pub enum OnlineEvent {
+    /// A login step (`login.start`, `login.finish`) refused; the issuer as
+    /// the device sent it.
+    LoginRefused {
+        device: DeviceId,
+        step: &'static str,
+        issuer: String,
+    },
+    /// A session-bound call refused.
+    SessionRefused { device: DeviceId, route: String },
+    /// The failure that reached the issuer's limit locked the credential
+    /// (and named the certificate to revoke, by policy).
+    Lockout {
+        device: DeviceId,
+        issuer: IssuerId,
+        failures: u32,
+        revoked_serial: Option<String>,
+    },
+    /// A device confirmed an offered working-key version.
+    KeyActivated {
+        device: DeviceId,
+        issuer: IssuerId,
+        version: KeyVersion,
+    },
+    /// A wrong transaction MAC, with the credential's streak.
+    MacFailure {
+        device: DeviceId,
+        issuer: IssuerId,
+        algorithm: MacAlgorithm,
+        version: KeyVersion,
+        streak: u32,
+    },
+    /// An operator's unlock of a credential.
+    Unlock {
+        device: DeviceId,
+        issuer: IssuerId,
+        reason: Reason,
+    },
+    /// An operator asked for new working keys: one device, or the fleet.
+    RotationRequest {
+        issuer: IssuerId,
+        device: Option<DeviceId>,
+    },
+}
+
+impl From<OnlineEvent> for AuditEvent {
+    fn from(e: OnlineEvent) -> Self {
+        let device = |d: DeviceId| format!("device:{d}");
+        let (action, target, detail) = match e {
+            OnlineEvent::LoginRefused {
+                device: d,
+                step,
+                issuer,
+            } => (step, device(d), json!({ "issuer": issuer })),
+            OnlineEvent::SessionRefused { device: d, route } => {
+                ("session.refused", device(d), json!({ "route": route }))
+            }
+            OnlineEvent::Lockout {
+                device: d,
+                issuer,
+                failures,
+                revoked_serial,
+            } => (
+                "login.lockout",
+                device(d),
+                json!({ "issuer": issuer.as_str(), "failures": failures,
+                        "revoked_serial": revoked_serial }),
+            ),
+            OnlineEvent::KeyActivated {
+                device: d,
+                issuer,
+                version,
+            } => (
+                "key.activate",
+                device(d),
+                json!({ "issuer": issuer.as_str(), "version": version.0 }),
+            ),
+            OnlineEvent::MacFailure {
+                device: d,
+                issuer,
+                algorithm,
+                version,
+                streak,
+            } => (
+                "transaction.mac",
+                device(d),
+                json!({ "issuer": issuer.as_str(), "algorithm": algorithm.as_str(),
+                        "version": version.0, "consecutive_failures": streak }),
+            ),
+            OnlineEvent::Unlock {
+                device: d,
+                issuer,
+                reason,
+            } => (
+                "credential.unlock",
+                device(d),
+                json!({ "issuer": issuer.as_str(), "reason": reason.as_str() }),
+            ),
+            OnlineEvent::RotationRequest { issuer, device: d } => (
+                "key.rotate_request",
+                match d {
+                    Some(d) => device(d),
+                    None => format!("issuer:{issuer}"),
+                },
+                json!({ "issuer": issuer.as_str(), "fleet": d.is_none() }),
+            ),
+        };
+        AuditEvent::Online {
+            action,
+            target,
+            detail,
+        }
+    }
+}
