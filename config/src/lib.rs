@@ -13,6 +13,7 @@
 //! - [`HsmConfig::pin`]: the user PIN, read from a file or an environment variable, never inline.
 //! - [`ConfigError`]: what can go wrong, each variant naming a key or a path.
 
+pub mod bulk;
 mod ca;
 mod database;
 mod hsm;

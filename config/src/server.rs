@@ -34,6 +34,7 @@ pub struct ServerConfig {
     pub batch_max_body_bytes: usize,
     /// Most items one bulk MAC verification (`POST /admin/v1/macs/verify`)
     /// may carry; a larger batch is refused whole (413 `batch_too_large`).
+    /// At most [`crate::bulk::MAX_CALL_ITEMS`]: a request is one kms call.
     #[serde(default = "default_bulk_max_items")]
     pub bulk_max_items: usize,
     /// Largest bulk MAC verification body (100 000 items of short messages
@@ -131,7 +132,7 @@ fn default_batch_max_body_bytes() -> usize {
     32 * 1024 * 1024
 }
 fn default_bulk_max_items() -> usize {
-    100_000
+    crate::bulk::DEFAULT_MAX_ITEMS
 }
 fn default_bulk_max_body_bytes() -> usize {
     64 * 1024 * 1024
@@ -214,6 +215,15 @@ impl ServerConfig {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));
             }
+        }
+        if self.bulk_max_items > crate::bulk::MAX_CALL_ITEMS {
+            return Err(ConfigError::key(
+                "server.bulk_max_items",
+                format!(
+                    "must be at most {} (the items one kms call verifies)",
+                    crate::bulk::MAX_CALL_ITEMS
+                ),
+            ));
         }
         Ok(())
     }

@@ -186,3 +186,19 @@ fn shipped_examples_parse() -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[test]
+fn bulk_max_items_is_bounded_by_one_kms_call() {
+    let at = crate::bulk::MAX_CALL_ITEMS.to_string();
+    let over = (crate::bulk::MAX_CALL_ITEMS + 1).to_string();
+    assert!(parse(MINIMAL, &[("KEYWARD__SERVER__BULK_MAX_ITEMS", at.as_str())]).is_ok());
+    let msg = parse(
+        MINIMAL,
+        &[("KEYWARD__SERVER__BULK_MAX_ITEMS", over.as_str())],
+    )
+    .map(|_| ())
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(msg.contains("server.bulk_max_items"), "{msg}");
+}

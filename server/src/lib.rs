@@ -12,6 +12,9 @@
 //!   challenges, rotation policy, confirmations, the e-purse ledger, the
 //!   secure channel — with its own error type and store; routes in
 //!   [`public`] call it, it never sees HTTP.
+//! - [`bulk`]: **bulk MAC verification** (the bank switch's feature): the
+//!   engine from items to counted, audited answers, and its encodings;
+//!   `admin/macs.rs` is its route.
 //! - [`wire`]: request and response bodies of both APIs, defined once and
 //!   used by the routes, `kwctl`, `kwsim` and the tests.
 //! - [`http`]: plumbing both listeners share: the middleware stack and
@@ -37,6 +40,7 @@
 pub mod admin;
 pub mod audit;
 pub mod bootstrap;
+pub mod bulk;
 pub mod cli;
 pub mod edge;
 pub mod http;

@@ -419,7 +419,7 @@ fn binary_body(items: &[MacItem]) -> Bytes {
             device_id: it.device.bytes(),
             issuer_id: it.issuer.to_string().into_bytes(),
             key_version: it.version.0,
-            algorithm: wire::algorithm_code(it.algorithm.as_str()).unwrap(),
+            algorithm: wire::code_of_algorithm(it.algorithm),
             padding: it.padding.map_or(0, |p| p.number()),
             message: it.message.clone(),
             mac: it.mac.clone(),

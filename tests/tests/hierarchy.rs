@@ -14,7 +14,7 @@ use keyward_kms::types::{
     DeviceId, IssuerId, Kcv, KeyFamily, KeyVersion, MacAlgorithm, Padding, WorkingKeyRole,
 };
 use keyward_kms::wrap::WrapScheme;
-use keyward_kms::{ErrorKind, Kms, KmsError, MAX_BULK_ITEMS, MacItem, MacOutcome};
+use keyward_kms::{ErrorKind, Kms, KmsError, MAX_BULK_ITEMS, MacError, MacItem, MacOutcome};
 use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::device::{self, Family};
 use keyward_tests::softhsm::TestToken;
@@ -468,7 +468,10 @@ async fn bulk_verify_answers_in_order() {
                 mac[2] ^= 4;
                 (*v, MacOutcome::Invalid)
             }
-            1 => (KeyVersion(77), MacOutcome::Error("unknown_key_version")),
+            1 => (
+                KeyVersion(77),
+                MacOutcome::Error(MacError::UnknownKeyVersion),
+            ),
             _ => (*v, MacOutcome::Valid),
         };
         items.push(item(
@@ -486,7 +489,7 @@ async fn bulk_verify_answers_in_order() {
         issuer: "nobody".parse().unwrap(),
         ..items[2].clone()
     });
-    expected.push(MacOutcome::Error("unknown_issuer"));
+    expected.push(MacOutcome::Error(MacError::UnknownIssuer));
     let outcomes = kms.verify_macs(items).await.unwrap();
     assert_eq!(outcomes, expected);
     assert!(kms.stats().cache_hits > 1000);
@@ -538,7 +541,7 @@ async fn records_in_memory_follow_changes_made_by_another_replica() {
             .await
             .unwrap(),
         vec![
-            MacOutcome::Error("key_version_not_usable"),
+            MacOutcome::Error(MacError::KeyVersionNotUsable),
             MacOutcome::Valid
         ]
     );
@@ -552,7 +555,7 @@ async fn records_in_memory_follow_changes_made_by_another_replica() {
     assert!(b.retire_device_keys(dev.id).await.unwrap() >= 1);
     assert_eq!(
         a.verify_macs(vec![mac_item(v2, &tak2)]).await.unwrap(),
-        vec![MacOutcome::Error("key_version_not_usable")]
+        vec![MacOutcome::Error(MacError::KeyVersionNotUsable)]
     );
     let err = a.verify_mac(mac_item(v2, &tak2)).await.unwrap_err();
     assert!(

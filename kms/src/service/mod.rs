@@ -39,7 +39,9 @@ pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
 pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};
 pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
-pub use verify::{MAX_BULK_ITEMS, MacItem, MacOutcome};
+pub use verify::{
+    JOB_ITEMS, JOBS_PER_WORKER, MAX_BULK_ITEMS, MacBatch, MacError, MacItem, MacOutcome,
+};
 pub use working_keys::{OfferedKey, WorkingKeyOffer};
 
 use crate::catalog::Catalog;

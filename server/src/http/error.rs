@@ -353,12 +353,12 @@ impl From<OnlineError> for ApiError {
     }
 }
 
-impl From<crate::admin::macs::MacBatchError> for ApiError {
+impl From<crate::bulk::BatchError> for ApiError {
     /// A bulk verification refused whole: too many items is 413, a frame
     /// that cannot be cut into items or a body that is not the JSON shape
     /// is 400, another content type 415.
-    fn from(e: crate::admin::macs::MacBatchError) -> Self {
-        use crate::admin::macs::MacBatchError as E;
+    fn from(e: crate::bulk::BatchError) -> Self {
+        use crate::bulk::BatchError as E;
         let status = match e {
             E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::Frame(_) | E::Json(_) => StatusCode::BAD_REQUEST,

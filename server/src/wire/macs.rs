@@ -8,6 +8,8 @@
 //! *says* (an unknown algorithm code, a bad issuer id) is the server's to
 //! judge per item.
 
+use keyward_kms::types::MacAlgorithm;
+use keyward_kms::{MacError, MacOutcome};
 use serde::{Deserialize, Serialize};
 
 /// `Content-Type` of the binary encoding, request and answer.
@@ -23,29 +25,33 @@ pub const VERSION: u8 = 1;
 /// Header: magic, version, flags (0), u32 item count.
 pub const HEADER_LEN: usize = 10;
 
-/// The algorithm codes of the binary encoding, by name (docs/protocol.md §6).
-pub const ALGORITHM_CODES: [(u8, &str); 5] = [
-    (1, "ISO9797-1-M1-TDES"),
-    (2, "ISO9797-1-M3"),
-    (3, "CMAC-TDES"),
-    (4, "CMAC-AES"),
-    (5, "CUP-ECB"),
-];
-
-/// The binary code of algorithm `name`.
-pub fn algorithm_code(name: &str) -> Option<u8> {
-    ALGORITHM_CODES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(c, _)| *c)
+/// The algorithm of binary code `code` (docs/protocol.md §6.6).
+pub fn algorithm_of_code(code: u8) -> Option<MacAlgorithm> {
+    Some(match code {
+        1 => MacAlgorithm::Iso9797M1Tdes,
+        2 => MacAlgorithm::Iso9797M3,
+        3 => MacAlgorithm::CmacTdes,
+        4 => MacAlgorithm::CmacAes,
+        5 => MacAlgorithm::CupEcb,
+        _ => return None,
+    })
 }
 
-/// The algorithm name of binary code `code`.
-pub fn algorithm_name(code: u8) -> Option<&'static str> {
-    ALGORITHM_CODES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, n)| *n)
+/// The binary code of `algorithm`.
+pub fn code_of_algorithm(algorithm: MacAlgorithm) -> u8 {
+    match algorithm {
+        MacAlgorithm::Iso9797M1Tdes => 1,
+        MacAlgorithm::Iso9797M3 => 2,
+        MacAlgorithm::CmacTdes => 3,
+        MacAlgorithm::CmacAes => 4,
+        MacAlgorithm::CupEcb => 5,
+    }
+}
+
+/// The binary code of the algorithm named `name`, for clients that hold
+/// names (`kwctl`'s JSON-shaped input).
+pub fn algorithm_code(name: &str) -> Option<u8> {
+    name.parse().ok().map(code_of_algorithm)
 }
 
 /// One item of a JSON request.
@@ -82,7 +88,7 @@ pub struct BinaryItem {
     pub device_id: [u8; 8],
     pub issuer_id: Vec<u8>,
     pub key_version: u32,
-    /// [`ALGORITHM_CODES`]; anything else is an error for the item.
+    /// [`algorithm_of_code`]; anything else is an error for the item.
     pub algorithm: u8,
     /// 0 for none, 1 or 2.
     pub padding: u8,
@@ -133,6 +139,25 @@ impl From<&Verdict> for ItemResult {
     }
 }
 
+impl From<&MacOutcome> for ItemResult {
+    fn from(o: &MacOutcome) -> Self {
+        let (result, code) = outcome_parts(o);
+        Self {
+            result: result.to_owned(),
+            code: code.map(|e| e.code().to_owned()),
+        }
+    }
+}
+
+/// `valid`, `invalid` or `error`, and the error.
+fn outcome_parts(o: &MacOutcome) -> (&'static str, Option<MacError>) {
+    match o {
+        MacOutcome::Valid => ("valid", None),
+        MacOutcome::Invalid => ("invalid", None),
+        MacOutcome::Error(e) => ("error", Some(*e)),
+    }
+}
+
 impl ItemResult {
     pub fn verdict(&self) -> Verdict {
         match (self.result.as_str(), &self.code) {
@@ -158,6 +183,13 @@ impl Summary {
             Verdict::Valid => self.valid += 1,
             Verdict::Invalid => self.invalid += 1,
             Verdict::Error(_) => self.error += 1,
+        }
+    }
+    pub fn add_outcome(&mut self, o: &MacOutcome) {
+        match o {
+            MacOutcome::Valid => self.valid += 1,
+            MacOutcome::Invalid => self.invalid += 1,
+            MacOutcome::Error(_) => self.error += 1,
         }
     }
     pub fn total(&self) -> u64 {
@@ -254,11 +286,21 @@ fn header(r: &mut Reader<'_>, magic: [u8; 4]) -> Result<u32, FrameError> {
 
 /// Decodes a whole binary request (docs/protocol.md §6.6).
 pub fn decode_request(buf: &[u8]) -> Result<Vec<BinaryItem>, FrameError> {
-    let mut r = Reader { buf, at: 0 };
-    let count = header(&mut r, REQUEST_MAGIC)? as usize;
+    let count = decode_request_header(buf)?;
+    decode_request_items(buf, count)
+}
+
+/// Decodes the items of a binary request whose header
+/// ([`decode_request_header`]) said `count`; the header is not read again.
+pub fn decode_request_items(buf: &[u8], count: u32) -> Result<Vec<BinaryItem>, FrameError> {
+    let count = count as usize;
+    let mut r = Reader {
+        buf,
+        at: HEADER_LEN,
+    };
     // The count is checked against the bytes there before anything is
     // allocated for it.
-    if count > (buf.len() - HEADER_LEN) / MIN_ITEM_LEN {
+    if count > buf.len().saturating_sub(HEADER_LEN) / MIN_ITEM_LEN {
         return Err(FrameError {
             offset: 6,
             reason: "count larger than the frame holds",
@@ -350,6 +392,21 @@ pub fn encode_verdict(out: &mut Vec<u8>, v: &Verdict) {
         Verdict::Invalid => out.extend_from_slice(&[1, 0]),
         Verdict::Error(code) => {
             let code = &code.as_bytes()[..code.len().min(255)];
+            out.push(2);
+            out.push(code.len() as u8);
+            out.extend_from_slice(code);
+        }
+    }
+}
+
+/// Appends one result of a binary answer, as [`encode_verdict`].
+pub fn encode_outcome(out: &mut Vec<u8>, o: &MacOutcome) {
+    match o {
+        MacOutcome::Valid => out.extend_from_slice(&[0, 0]),
+        MacOutcome::Invalid => out.extend_from_slice(&[1, 0]),
+        MacOutcome::Error(e) => {
+            let code = e.code().as_bytes();
+            let code = &code[..code.len().min(255)];
             out.push(2);
             out.push(code.len() as u8);
             out.extend_from_slice(code);
@@ -493,6 +550,17 @@ mod tests {
         let mut count = buf.clone();
         count[6..10].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode_request(&count).is_err());
+    }
+
+    #[test]
+    fn algorithm_codes_decode_to_the_enum() {
+        for alg in MacAlgorithm::ALL {
+            let code = code_of_algorithm(alg);
+            assert_eq!(algorithm_of_code(code), Some(alg));
+            assert_eq!(algorithm_code(alg.as_str()), Some(code));
+        }
+        assert_eq!(algorithm_of_code(0), None);
+        assert_eq!(algorithm_of_code(6), None);
     }
 
     #[test]
