@@ -1,7 +1,7 @@
-//! Device login (docs/protocol.md §10, PROTOCOL.md "Login"): two steps over
-//! the device's mTLS connection, each of which any replica can take.
+//! Device login (docs/protocol.md §7 and §10): two steps over the device's
+//! mTLS connection, each of which any replica can take.
 //!
-//! 1. [`start`]: the device says who it is for one issuer. Checked against
+//! 1. [`Online::login_start`]: the device says who it is for one issuer. Checked against
 //!    the registry: the certificate's device id, state `issued`, a binding to
 //!    that issuer with the same PSAM/ESAM serials, the credential not locked,
 //!    a reported key version the server knows. The answer carries an
@@ -9,7 +9,7 @@
 //!    certificate ([`super::challenge`]: nothing is written, any replica can
 //!    check it) and, when a rotation is due ([`rotation_trigger`]), new
 //!    working keys.
-//! 2. [`finish`]: the device answers `E_AUTH_d(challenge)`, compared in the
+//! 2. [`Online::login_finish`]: the device answers `E_AUTH_d(challenge)`, compared in the
 //!    HSM in constant time, and reports the KCVs of offered keys. The seal
 //!    and the answer are checked first (HSM work before the write); then one
 //!    unit of work uses the challenge up and applies the answer: a right one

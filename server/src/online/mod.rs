@@ -1,11 +1,18 @@
-//! The online protocols' domain logic: what terminals do all day once they
-//! are provisioned. Routes in [`crate::public`] translate HTTP into calls
-//! here; nothing here sees HTTP, and every piece of protocol state lives in
-//! the database (through [`store`]) so any replica can take any step.
+//! The online service: what terminals do all day once they are provisioned.
+//! [`Online`] holds its parts (kms, CA, provisioning, audit, metrics, its
+//! private store, a CRL reload handle, its configuration) and offers the
+//! protocol steps as methods over domain inputs and outputs; routes in
+//! `public/` and `admin/` translate HTTP into calls here and nothing else.
+//! Nothing here sees HTTP, and every piece of protocol state lives in the
+//! database (its own tables through the private `store`) so any replica can
+//! take any step. A step's HSM work happens before its write transaction;
+//! its rows and its audit record's effect commit together.
 //!
 //! Rooms, as the protocols arrive (docs/protocol.md):
-//! - [`login`]: random challenge/response, lockout, working-key delivery and
-//!   rotation at login;
+//! - [`login`]: random challenge/response (sealed challenges, [`challenge`]),
+//!   lockout, working-key delivery and rotation at login;
+//! - [`keys`]: what operators do to credentials and working keys (unlock,
+//!   rotation requests, pending rotations);
 //! - [`session`]: the bearer sessions a login opens, checked on every later
 //!   online call;
 //! - [`transaction`]: a device's transaction MAC, account fields and PIN
@@ -17,7 +24,9 @@
 //!   card-to-server secure channel.
 //!
 //! [`error::OnlineError`] is the error of this layer, sorted by kind like the
-//! lower crates' errors and mapped to HTTP once, in `http/error.rs`.
+//! lower crates' errors and mapped to HTTP once, in `http/error.rs`; its
+//! refusals are one table, [`Refusal`]; its audit records are typed,
+//! [`OnlineEvent`].
 
 pub mod challenge;
 pub mod error;
