@@ -17,14 +17,11 @@
 //! [`MAC_FAILURE_STREAK`] raises `keyward_transaction_mac_failure_streaks_total
 //! {issuer}` and an audit record an alert can use without a device label.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use keyward_kms::types::{KeyVersion, MacAlgorithm, Padding};
-use keyward_kms::{MacItem, PinBlock, PinFormat};
+use keyward_kms::{MacItem, PinBlock};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::online::{Device, Online, OnlineError, OnlineEvent, Refusal, Session};
-use crate::wire::transactions as wire;
 
 type Result<T> = std::result::Result<T, OnlineError>;
 
@@ -34,16 +31,29 @@ pub const MAC_FAILURE_STREAK: u32 = 5;
 /// Most account fields one transaction carries.
 pub const MAX_ACCOUNT_FIELDS: usize = 8;
 
-fn b64(field: &'static str, value: &str) -> Result<Vec<u8>> {
-    B64.decode(value).map_err(|_| {
-        OnlineError::from(Refusal::InvalidInput(match field {
-            "message" => "message is not base64",
-            "mac" => "mac is not base64",
-            "iv" => "an account iv is not base64",
-            "data" => "an account field is not base64",
-            _ => "pin_block.block is not base64",
-        }))
-    })
+/// A device's transaction, as the route read it.
+#[derive(Debug, Clone)]
+pub struct TransactionRequest {
+    pub version: KeyVersion,
+    pub algorithm: MacAlgorithm,
+    pub padding: Option<Padding>,
+    pub message: Vec<u8>,
+    pub mac: Vec<u8>,
+    /// Account fields: name, IV and the encrypted field.
+    pub accounts: Vec<(String, Vec<u8>, Vec<u8>)>,
+    pub pin_block: Option<PinBlock>,
+}
+
+/// What the server answers a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionVerdict {
+    /// Whether the MAC verified; nothing else is checked when it did not.
+    pub mac_valid: bool,
+    pub version: KeyVersion,
+    /// Each account field by name: whether it is one of the binding's.
+    pub accounts: Vec<(String, bool)>,
+    /// The PIN block under the issuer's zone PIN key.
+    pub pin_block: Option<Vec<u8>>,
 }
 
 fn field_name_ok(s: &str) -> bool {
@@ -58,26 +68,23 @@ impl Online {
         &self,
         device: &Device,
         session: &Session,
-        req: &wire::TransactionRequest,
-    ) -> Result<wire::TransactionAnswer> {
+        req: TransactionRequest,
+    ) -> Result<TransactionVerdict> {
         let issuer = &session.issuer;
-        let algorithm: MacAlgorithm = req.algorithm.parse()?;
-        let padding = req.padding.map(Padding::from_number).transpose()?;
-        let version = KeyVersion(req.key_version);
-        let message = b64("message", &req.message)?;
-        let mac = b64("mac", &req.mac)?;
-        if req.accounts.len() > MAX_ACCOUNT_FIELDS
-            || req.accounts.iter().any(|a| !field_name_ok(&a.name))
-        {
+        let TransactionRequest {
+            version,
+            algorithm,
+            padding,
+            message,
+            mac,
+            accounts,
+            pin_block,
+        } = req;
+        if accounts.len() > MAX_ACCOUNT_FIELDS || accounts.iter().any(|a| !field_name_ok(&a.0)) {
             return Err(OnlineError::from(Refusal::InvalidInput(
                 "at most 8 account fields, each named with 1-32 of a-z, 0-9, _",
             )));
         }
-        let accounts = req
-            .accounts
-            .iter()
-            .map(|a| Ok((a.name.clone(), b64("iv", &a.iv)?, b64("data", &a.data)?)))
-            .collect::<Result<Vec<_>>>()?;
         let bound: Vec<String> = self
             .provisioning
             .bindings(device.device_id)
@@ -86,14 +93,9 @@ impl Online {
             .filter(|b| &b.issuer == issuer)
             .flat_map(|b| b.accounts.into_iter().map(|a| a.as_str().to_owned()))
             .collect();
-        let pin = match &req.pin_block {
+        let pin = match pin_block {
             None => None,
-            Some(p) => {
-                let pin = PinBlock {
-                    format: PinFormat::from_number(p.format)?,
-                    block: b64("block", &p.block)?,
-                    pan: p.pan.clone(),
-                };
+            Some(pin) => {
                 pin.check(self.kms.issuer(issuer).await?.family)?;
                 if !bound.iter().any(|a| a == pin.pan.expose_digits()) {
                     return Err(OnlineError::from(Refusal::PanNotBound));
@@ -119,10 +121,9 @@ impl Online {
         if !valid {
             self.mac_failure(device, session, algorithm, version)
                 .await?;
-            return Ok(wire::TransactionAnswer {
-                result: "invalid".into(),
-                code: "mac_invalid".into(),
-                key_version: version.0,
+            return Ok(TransactionVerdict {
+                mac_valid: false,
+                version,
                 accounts: Vec::new(),
                 pin_block: None,
             });
@@ -140,25 +141,19 @@ impl Online {
             let value = String::from_utf8(clear)
                 .map_err(|_| keyward_kms::KmsError::AccountFieldNotUtf8)?
                 .to_ascii_uppercase();
-            checks.push(wire::AccountCheck {
-                bound: bound.contains(&value),
-                name,
-            });
+            checks.push((name, bound.contains(&value)));
         }
         let pin_block = match pin {
             None => None,
             Some(pin) => Some(
-                B64.encode(
-                    self.kms
-                        .translate_pin(issuer, device.device_id, version, &pin)
-                        .await?,
-                ),
+                self.kms
+                    .translate_pin(issuer, device.device_id, version, &pin)
+                    .await?,
             ),
         };
-        Ok(wire::TransactionAnswer {
-            result: "valid".into(),
-            code: "mac_valid".into(),
-            key_version: version.0,
+        Ok(TransactionVerdict {
+            mac_valid: true,
+            version,
             accounts: checks,
             pin_block,
         })
