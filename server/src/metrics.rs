@@ -361,7 +361,7 @@ impl Metrics {
         m.logins.with_label_values(&["success"]);
         // Every security event kind is exported from the start (as 0), so an
         // alert on `increase(...) > 0` sees the first one.
-        for kind in crate::security::SecurityKind::ALL {
+        for kind in crate::security::kind::SecurityKind::ALL {
             m.security_events.with_label_values(&[kind.as_str()]);
         }
         Ok(m)

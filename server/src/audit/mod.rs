@@ -199,7 +199,7 @@ pub enum AuditEvent {
     },
     /// An intrusion signal ([`crate::security`]): action `security.<kind>`.
     Security {
-        kind: crate::security::SecurityKind,
+        kind: crate::security::kind::SecurityKind,
         target: String,
         detail: serde_json::Value,
     },

@@ -28,6 +28,7 @@ use keyward_ca::{RevocationReason, Serial};
 use keyward_config::OnlineConfig;
 use keyward_device_provisioning::{DeviceState, OperatorId, Reason};
 use keyward_kms::catalog::{KeyState, VersionRecord};
+use keyward_kms::db::now_ms;
 use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
 use keyward_kms::{KmsError, WorkingKeyOffer};
 use serde_json::json;
@@ -240,10 +241,6 @@ pub fn rotation_trigger(
 /// replay a session.
 pub fn session_token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn now_ms() -> i64 {
-    keyward_kms::db::now_ms()
 }
 
 /// The device's state must let it log in; the codes say which state it is in.

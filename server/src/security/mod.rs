@@ -7,28 +7,12 @@
 //! Raised today by a KCV mismatch on the init package confirmation; login's
 //! key update raises the same [`SecurityKind::KcvMismatch`].
 
+pub mod kind;
+
+pub use kind::SecurityKind;
+
 use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
-
-/// What was detected; [`SecurityKind::as_str`] is the stable name (the
-/// audit action's suffix and the metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SecurityKind {
-    /// A device reported key check values that differ from those of the keys
-    /// it was sent (seed CN102004977A: the keys may have been intercepted
-    /// or replaced).
-    KcvMismatch,
-}
-
-impl SecurityKind {
-    pub const ALL: [SecurityKind; 1] = [Self::KcvMismatch];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::KcvMismatch => "kcv_mismatch",
-        }
-    }
-}
 
 /// The audit record of an intrusion signal about `target` (`device:<id>`,
 /// …); `detail` holds only non-secret identifiers (issuer, key names), never

@@ -1,0 +1,23 @@
+//! The kinds of intrusion signal: a leaf the audit trail (its records) and
+//! the metrics (their labels) name without depending on how a signal is
+//! raised.
+
+/// What was detected; [`SecurityKind::as_str`] is the stable name (the
+/// audit action's suffix and the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecurityKind {
+    /// A device reported key check values that differ from those of the keys
+    /// it was sent (seed CN102004977A: the keys may have been intercepted
+    /// or replaced).
+    KcvMismatch,
+}
+
+impl SecurityKind {
+    pub const ALL: [SecurityKind; 1] = [Self::KcvMismatch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KcvMismatch => "kcv_mismatch",
+        }
+    }
+}
