@@ -21,7 +21,7 @@ use crate::bulk::codec::{self, Streamer};
 use crate::bulk::{self, Caller, Encoding, Run};
 use crate::edge::identity::{CertKind, ClientIdentity};
 use crate::http::ApiError;
-use crate::http::access::Door;
+use crate::http::access::{Door, DoorRefusal};
 use crate::state::AppState;
 use crate::wire::macs as wire;
 
@@ -59,18 +59,13 @@ pub async fn require_verifier(
                     return next.run(req).await;
                 }
                 (Some(_), Err(e)) => (id.actor(), e, role),
-                (None, _) => (id.actor(), ApiError::forbidden_role(ALLOWED), role),
+                (None, _) => (id.actor(), DoorRefusal::ForbiddenRole(ALLOWED), role),
             }
         }
-        Some((id, None)) => (id.actor(), ApiError::certificate_required(), None),
-        None => (Actor::Anonymous, ApiError::certificate_required(), None),
+        Some((id, None)) => (id.actor(), DoorRefusal::CertificateRequired, None),
+        None => (Actor::Anonymous, DoorRefusal::CertificateRequired, None),
     };
-    let known = [
-        "certificate_revoked",
-        "forbidden_role",
-        "client_certificate_required",
-    ];
-    door.refuse(&state, &actor, role, refusal, &known).await
+    door.refuse(&state, &actor, role, refusal).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,7 +47,7 @@ use keyward_device_provisioning::{Action, Decision, OperatorId};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::edge::identity::{ClientIdentity, PeerCertificate};
-use crate::http::access::Door;
+use crate::http::access::{Door, DoorRefusal};
 use crate::http::idempotency;
 use crate::http::layers;
 use crate::http::{ApiError, stack_config};
@@ -252,38 +252,24 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
             }
             (Some(_), Err(e)) => (id.actor(), e),
             // A device (or other) certificate: known, but no operator.
-            (None, _) => (id.actor(), no_operator_role()),
+            (None, _) => (
+                id.actor(),
+                DoorRefusal::ForbiddenRole("admin, operator or auditor"),
+            ),
         },
-        (Some(id), None) => (id.actor(), ApiError::certificate_required()),
-        (None, _) => (Actor::Anonymous, ApiError::certificate_required()),
+        (Some(id), None) => (id.actor(), DoorRefusal::CertificateRequired),
+        (None, _) => (Actor::Anonymous, DoorRefusal::CertificateRequired),
     };
-    door.refuse(&state, &actor, None, refusal, DOOR_CODES).await
-}
-
-/// The refusals of the admin listener's door, recorded as they are.
-const DOOR_CODES: &[&str] = &[
-    "certificate_revoked",
-    "forbidden_role",
-    "client_certificate_required",
-];
-
-/// The refusal of a certificate without an operator role (a device's, say).
-fn no_operator_role() -> ApiError {
-    ApiError::forbidden_role("admin, operator or auditor")
+    door.refuse(&state, &actor, None, refusal).await
 }
 
 /// A connection outlives a revocation (HTTP/2 and keep-alive reuse the
 /// handshake), so each admin request also asks the registry: the certificate
 /// must be registered here, not revoked and not expired. Fails closed: a
 /// registry that does not answer refuses the request (5xx).
-async fn still_valid(state: &AppState, cert: &PeerCertificate) -> Result<(), ApiError> {
-    let revoked = || {
-        ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "certificate_revoked",
-            "this operator certificate is revoked, expired or unknown",
-        )
-    };
+async fn still_valid(state: &AppState, cert: &PeerCertificate) -> Result<(), DoorRefusal> {
+    let revoked =
+        || DoorRefusal::Revoked("this operator certificate is revoked, expired or unknown");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if cert.not_after <= now {
         return Err(revoked());
@@ -462,7 +448,7 @@ mod tests {
     /// The refusal names the roles that would do, in a sentence that reads.
     #[test]
     fn refusal_without_an_operator_role_reads_well() {
-        let e = no_operator_role();
+        let e = DoorRefusal::ForbiddenRole("admin, operator or auditor").into_answer();
         assert_eq!(e.code, "forbidden_role");
         assert_eq!(
             e.message,

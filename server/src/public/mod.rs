@@ -27,7 +27,6 @@ mod transactions;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -37,9 +36,9 @@ use keyward_kms::types::DeviceId;
 
 use crate::audit::Actor;
 use crate::edge::identity::{CertKind, ClientIdentity, PeerCertificate};
-use crate::http::access::Door;
+use crate::http::access::{Door, DoorRefusal};
 use crate::http::layers;
-use crate::http::{ApiError, stack_config};
+use crate::http::stack_config;
 use crate::metrics::Listener;
 use crate::state::AppState;
 
@@ -71,15 +70,6 @@ pub fn router(state: AppState) -> Router {
 
 pub use crate::online::Device;
 
-/// Why a public request was refused (the stable codes).
-const DEVICE_REQUIRED: &str = "device_certificate_required";
-const NOT_CURRENT: &str = "device_certificate_not_current";
-const REVOKED: &str = "certificate_revoked";
-
-fn refusal(code: &'static str, message: &'static str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, code, message)
-}
-
 /// Admits only a device's current, unrevoked device certificate; audits
 /// every refusal. Cost: one read per request (the device's registry row
 /// joined with its certificate's CA record), no cache — a revocation is
@@ -88,9 +78,9 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
     let door = Door::of(&req, "");
     let identity = req.extensions().get::<ClientIdentity>().cloned();
     let (actor, refused) = match &identity {
-        None => (Actor::Anonymous, ApiError::certificate_required()),
+        None => (Actor::Anonymous, DoorRefusal::CertificateRequired),
         Some(id) => match &id.cert {
-            None => (id.actor(), ApiError::certificate_required()),
+            None => (id.actor(), DoorRefusal::CertificateRequired),
             Some(cert) => match current_device(&state, cert).await {
                 Ok((device_id, device_state)) => {
                     req.extensions_mut().insert(Device {
@@ -106,13 +96,7 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
             },
         },
     };
-    let known = [
-        DEVICE_REQUIRED,
-        NOT_CURRENT,
-        REVOKED,
-        "client_certificate_required",
-    ];
-    door.refuse(&state, &actor, None, refused, &known).await
+    door.refuse(&state, &actor, None, refused).await
 }
 
 /// The device a verified client certificate stands for, if it is a device
@@ -122,23 +106,15 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
 async fn current_device(
     state: &AppState,
     cert: &PeerCertificate,
-) -> Result<(DeviceId, DeviceState), ApiError> {
+) -> Result<(DeviceId, DeviceState), DoorRefusal> {
     let CertKind::Device { device_id } = &cert.kind else {
-        return Err(refusal(
-            DEVICE_REQUIRED,
-            "this listener accepts device certificates only",
-        ));
+        return Err(DoorRefusal::DeviceCertificateRequired);
     };
-    let not_current = || {
-        refusal(
-            NOT_CURRENT,
-            "this is not the device's current registered certificate",
-        )
-    };
+    let not_current = || DoorRefusal::DeviceCertificateNotCurrent;
     let device: DeviceId = device_id.parse().map_err(|_| not_current())?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if cert.not_after <= now {
-        return Err(refusal(REVOKED, "this device certificate has expired"));
+        return Err(DoorRefusal::Revoked("this device certificate has expired"));
     }
     let Some(standing) = state.online.device_standing(device).await? else {
         return Err(not_current());
@@ -159,7 +135,7 @@ async fn current_device(
     match revoked {
         Ok(false) => Ok((device, standing.state)),
         Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {
-            Err(refusal(REVOKED, "this device certificate is revoked"))
+            Err(DoorRefusal::Revoked("this device certificate is revoked"))
         }
         Err(e) => Err(e.into()),
     }
