@@ -483,6 +483,60 @@ impl AuditLog {
         Ok(result)
     }
 
+    /// [`AuditLog::recorded`] for an effect that is one unit of work on the
+    /// shared database: `requested` first (fail closed), then `effect` in a
+    /// transaction that also stages the outcome record of its success, so
+    /// the effect and its outcome commit together or not at all. A failed
+    /// effect is rolled back and its outcome appended; staged records are
+    /// chained right after the commit.
+    pub async fn recorded_write<T, E, F, Fut>(
+        &self,
+        db: &keyward_kms::db::Database,
+        actor: &Actor,
+        request_id: &str,
+        requested: &AuditEvent,
+        mut effect: F,
+        settle: impl Fn(Result<&T, &E>) -> (AuditEvent, Outcome),
+    ) -> Result<Result<T, E>, AuditError>
+    where
+        E: keyward_kms::db::TxError + From<AuditError>,
+        F: FnMut(keyward_kms::db::Tx) -> Fut,
+        Fut: std::future::Future<Output = Result<(keyward_kms::db::Tx, T), E>>,
+    {
+        self.append(actor, requested, Outcome::Requested, request_id)
+            .await?;
+        let settle = &settle;
+        let result = db
+            .write("audited effect", |tx| {
+                let effect = effect(tx);
+                async move {
+                    let (mut tx, value) = effect.await?;
+                    let (event, outcome) = settle(Ok(&value));
+                    self.stage_in(&mut tx, actor, &event, outcome, request_id)
+                        .await?;
+                    Ok((tx, value))
+                }
+            })
+            .await;
+        match &result {
+            Ok(_) => {
+                if let Err(e) = self.flush_staged().await {
+                    tracing::warn!(error = %e,
+                        "outcome committed with its effect; chained at the next flush");
+                }
+            }
+            Err(err) => {
+                let (event, outcome) = settle(Err(err));
+                if let Err(e) = self.append(actor, &event, outcome, request_id).await {
+                    let (action, target, _) = event.parts();
+                    tracing::error!(action, target, outcome = outcome.as_str(), error = %e,
+                        "operation refused but its outcome record could not be written");
+                }
+            }
+        }
+        Ok(result)
+    }
+
     /// Recomputes the chain (and checks `against`, a stored signed
     /// checkpoint, when given) and records that it did (after the check, so
     /// the check covers what came before it). A record that cannot be

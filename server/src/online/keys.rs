@@ -9,7 +9,7 @@ use keyward_device_provisioning::Reason;
 use keyward_kms::types::{DeviceId, IssuerId};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::online::store::{Credential, DeviceStanding, PendingRow};
+use crate::online::store::{Credential, DeviceStanding, OnlineStore, PendingRow};
 use crate::online::{Online, OnlineError, OnlineEvent, Refusal};
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -76,18 +76,21 @@ impl Online {
             issuer: issuer.clone(),
             reason: reason.clone(),
         });
-        let settled = requested.clone();
         let before = self
             .audit
-            .recorded(
+            .recorded_write(
+                self.store.db(),
                 actor,
                 request_id,
                 &requested,
-                self.store.unlock(issuer, device),
-                move |r| match r {
-                    Ok(Some(_)) => (settled, Outcome::Success),
+                |mut tx| async move {
+                    let before = OnlineStore::unlock_in(&mut tx, issuer, device).await?;
+                    Ok::<_, OnlineError>((tx, before))
+                },
+                |r| match r {
+                    Ok(Some(_)) => (requested.clone(), Outcome::Success),
                     Ok(None) => (
-                        settled,
+                        requested.clone(),
                         Outcome::Refused {
                             code: Refusal::CredentialNotLocked.code(),
                         },
@@ -126,21 +129,26 @@ impl Online {
             device,
         });
         let now = keyward_kms::db::now_ms();
-        let settled = requested.clone();
-        let by = actor.to_string();
+        let by = &actor.to_string();
         self.audit
-            .recorded(
+            .recorded_write(
+                self.store.db(),
                 actor,
                 request_id,
                 &requested,
-                async {
+                |mut tx| async move {
                     match device {
-                        Some(d) => self.store.request_rotation(issuer, d, now).await,
-                        None => self.store.request_fleet_rotation(issuer, now, &by).await,
+                        Some(d) => {
+                            OnlineStore::request_rotation_in(&mut tx, issuer, d, now).await?
+                        }
+                        None => {
+                            OnlineStore::request_fleet_rotation_in(&mut tx, issuer, now, by).await?
+                        }
                     }
+                    Ok::<_, OnlineError>((tx, ()))
                 },
-                move |r| match r {
-                    Ok(()) => (settled, Outcome::Success),
+                |r| match r {
+                    Ok(()) => (requested.clone(), Outcome::Success),
                     Err(e) => AuditEvent::failed("key.rotate_request", e.code()),
                 },
             )

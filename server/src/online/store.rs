@@ -489,36 +489,37 @@ impl OnlineStore {
             .collect::<std::result::Result<_, _>>()?)
     }
 
-    /// An operator's unlock: count to 0, lock and revoked serial cleared.
-    /// Returns the credential as it was, `None` if it was not locked.
-    pub async fn unlock(&self, issuer: &IssuerId, device: DeviceId) -> Result<Option<Credential>> {
-        let device = &device.to_string();
-        self.db
-            .write("online.unlock", |mut tx| async move {
-                let row = sqlx::query(
-                    "SELECT failures, locked_at_ms, revoked_serial, rotate_requested_at_ms, \
-                     last_login_at_ms FROM online_credentials \
-                     WHERE issuer_id = $1 AND device_id = $2",
-                )
-                .bind(issuer.as_str())
-                .bind(device.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let before = row.as_ref().map(credential_from_row).transpose()?;
-                let Some(before) = before.filter(|c| c.locked_at_ms.is_some()) else {
-                    return Ok((tx, None));
-                };
-                sqlx::query(
-                    "UPDATE online_credentials SET failures = 0, locked_at_ms = NULL, \
-                     revoked_serial = NULL WHERE issuer_id = $1 AND device_id = $2",
-                )
-                .bind(issuer.as_str())
-                .bind(device.as_str())
-                .execute(&mut *tx)
-                .await?;
-                Ok((tx, Some(before)))
-            })
-            .await
+    /// An operator's unlock, in the caller's transaction: count to 0, lock
+    /// and revoked serial cleared. Returns the credential as it was, `None`
+    /// if it was not locked (nothing written).
+    pub async fn unlock_in(
+        tx: &mut Tx,
+        issuer: &IssuerId,
+        device: DeviceId,
+    ) -> Result<Option<Credential>> {
+        let device = device.to_string();
+        let row = sqlx::query(
+            "SELECT failures, locked_at_ms, revoked_serial, rotate_requested_at_ms, \
+             last_login_at_ms FROM online_credentials \
+             WHERE issuer_id = $1 AND device_id = $2",
+        )
+        .bind(issuer.as_str())
+        .bind(device.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let before = row.as_ref().map(credential_from_row).transpose()?;
+        let Some(before) = before.filter(|c| c.locked_at_ms.is_some()) else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE online_credentials SET failures = 0, locked_at_ms = NULL, \
+             revoked_serial = NULL WHERE issuer_id = $1 AND device_id = $2",
+        )
+        .bind(issuer.as_str())
+        .bind(device.as_str())
+        .execute(&mut **tx)
+        .await?;
+        Ok(Some(before))
     }
 
     // ---- transaction MAC failures ------------------------------------------
@@ -668,54 +669,47 @@ impl OnlineStore {
 
     // ---- rotation requests -----------------------------------------------
 
-    /// An operator asked for new keys for one device at its next login.
-    pub async fn request_rotation(
-        &self,
+    /// An operator asked for new keys for one device at its next login, in
+    /// the caller's transaction.
+    pub async fn request_rotation_in(
+        tx: &mut Tx,
         issuer: &IssuerId,
         device: DeviceId,
         now: i64,
     ) -> Result<()> {
-        let device = &device.to_string();
-        self.db
-            .write("online.rotation_request", |mut tx| async move {
-                sqlx::query(
-                    "INSERT INTO online_credentials (issuer_id, device_id, rotate_requested_at_ms) \
-                     VALUES ($1, $2, $3) ON CONFLICT (issuer_id, device_id) \
-                     DO UPDATE SET rotate_requested_at_ms = $3",
-                )
-                .bind(issuer.as_str())
-                .bind(device.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                Ok((tx, ()))
-            })
-            .await
+        sqlx::query(
+            "INSERT INTO online_credentials (issuer_id, device_id, rotate_requested_at_ms) \
+             VALUES ($1, $2, $3) ON CONFLICT (issuer_id, device_id) \
+             DO UPDATE SET rotate_requested_at_ms = $3",
+        )
+        .bind(issuer.as_str())
+        .bind(device.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// An operator asked for new keys for every device of the issuer: one
-    /// row, read by each device's next login (no storm of HSM jobs).
-    pub async fn request_fleet_rotation(
-        &self,
+    /// row, read by each device's next login (no storm of HSM jobs); in the
+    /// caller's transaction.
+    pub async fn request_fleet_rotation_in(
+        tx: &mut Tx,
         issuer: &IssuerId,
         now: i64,
         by: &str,
     ) -> Result<()> {
-        self.db
-            .write("online.fleet_rotation_request", |mut tx| async move {
-                sqlx::query(
-                    "INSERT INTO online_fleet_rotations (issuer_id, requested_at_ms, requested_by) \
-                     VALUES ($1, $2, $3) ON CONFLICT (issuer_id) \
-                     DO UPDATE SET requested_at_ms = $2, requested_by = $3",
-                )
-                .bind(issuer.as_str())
-                .bind(now)
-                .bind(by)
-                .execute(&mut *tx)
-                .await?;
-                Ok((tx, ()))
-            })
-            .await
+        sqlx::query(
+            "INSERT INTO online_fleet_rotations (issuer_id, requested_at_ms, requested_by) \
+             VALUES ($1, $2, $3) ON CONFLICT (issuer_id) \
+             DO UPDATE SET requested_at_ms = $2, requested_by = $3",
+        )
+        .bind(issuer.as_str())
+        .bind(now)
+        .bind(by)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// When the issuer's latest fleet-wide rotation was asked for.
