@@ -14,17 +14,16 @@
 //! device's or purpose's is [`ProvisioningError::ChallengeInvalid`].
 //!
 //! The caller verifies the answer and counts failures (the genuine-device
-//! check: [`crate::check`]; login: the server's `online::login`); this
-//! module only keeps the bytes. A login challenge is scoped to its issuer
-//! ([`ChallengePurpose::Login`]): an answer given for another issuer finds
-//! no challenge.
+//! check: [`crate::check`]); this module only keeps the bytes. Login
+//! challenges are not kept here: the online service seals them instead of
+//! storing them.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use keyward_kms::db::now_ms;
-use keyward_kms::types::{DeviceId, IssuerId};
+use keyward_kms::types::DeviceId;
 use rand::RngCore;
 
 use crate::error::{ProvisioningError, Result};
@@ -42,23 +41,20 @@ pub const MAX_CHALLENGE_BYTES: usize = 64;
 pub enum ChallengePurpose {
     /// The genuine-device check (proof of possession of the certified key).
     GenuineDevice,
-    /// Login's random authentication for one issuer (`E_AUTH_d(challenge)`).
-    Login(IssuerId),
 }
 
 impl ChallengePurpose {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::GenuineDevice => "genuine_device",
-            Self::Login(_) => "login",
         }
     }
 
-    /// What the purpose is narrowed to (the issuer of a login), `""` for none.
+    /// What the purpose is narrowed to, `""` for none (the stored column
+    /// keeps room for a scoped purpose).
     pub fn scope(&self) -> &str {
         match self {
             Self::GenuineDevice => "",
-            Self::Login(issuer) => issuer.as_str(),
         }
     }
 }
