@@ -153,7 +153,16 @@ async fn a_revoked_operator_is_refused_after_the_crl_refresh() {
     );
     // (curl's own message depends on when the alert arrives; the server's
     // log says why.)
-    assert!(s.log().contains("Revoked"), "{}\n{}", after.stderr, s.log());
+    // The server logs the refusal after it sent the alert: wait for it.
+    let mut logged = false;
+    for _ in 0..100 {
+        logged = s.log().contains("Revoked");
+        if logged {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(logged, "{}\n{}", after.stderr, s.log());
     let bob_cert = dir.join("bob.pem");
     let bob_key = dir.join("bob.key");
     let public = s.curl(
