@@ -73,12 +73,23 @@ impl FromStr for PinFormat {
 /// A PIN block as a device sends it, checked for what can be checked without
 /// opening it: the format is the issuer family's, the block has the format's
 /// length (the PAN's 12 to 19 digits are its type's). Its `Debug` shows the
-/// PAN masked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// PAN masked and the block's bytes left out (an encrypted PIN block is
+/// not logged either).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PinBlock {
     pub format: PinFormat,
     pub block: Vec<u8>,
     pub pan: Pan,
+}
+
+impl std::fmt::Debug for PinBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinBlock")
+            .field("format", &self.format)
+            .field("block", &format_args!("<{} bytes>", self.block.len()))
+            .field("pan", &self.pan)
+            .finish()
+    }
 }
 
 impl PinBlock {
@@ -224,6 +235,22 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pin_blocks_debug_shows_neither_block_nor_pan() {
+        let pin = PinBlock {
+            format: PinFormat::from_number(0).unwrap(),
+            block: vec![0xAB; 8],
+            pan: "6222020200112233".parse().unwrap(),
+        };
+        let shown = format!("{pin:?}");
+        assert!(
+            !shown.contains("171") && !shown.to_lowercase().contains("ab, "),
+            "{shown}"
+        );
+        assert!(!shown.contains("622202020011"), "{shown}");
+        assert!(shown.contains("<8 bytes>"), "{shown}");
+    }
 
     #[test]
     fn pin_block_rules() {

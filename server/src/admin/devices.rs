@@ -437,13 +437,6 @@ pub async fn set_state(
     let reason: Reason = body.reason.parse()?;
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
-    let out_of_service = matches!(to, DeviceState::Suspended | DeviceState::Retired);
-    // A device taken out of service keeps no session, so a resume never
-    // revives one: ended before the change (a crash after it leaves none)
-    // and again after it (none opened in between survives).
-    if out_of_service {
-        state.online.end_device_sessions(device).await?;
-    }
     let from = op
         .decide(
             &state,
@@ -452,9 +445,6 @@ pub async fn set_state(
             async move { p.transition(device, to, &operator, &reason).await },
         )
         .await?;
-    if out_of_service {
-        state.online.end_device_sessions(device).await?;
-    }
     if to == DeviceState::Retired {
         refresh_crl_after(&state, "device retired").await;
     }

@@ -193,10 +193,4 @@ impl Online {
     pub async fn device_standing(&self, device: DeviceId) -> Result<Option<DeviceStanding>> {
         self.store.device_standing(device).await
     }
-
-    /// Ends every session of a device leaving service (suspended, retired),
-    /// so a resume never revives one.
-    pub async fn end_device_sessions(&self, device: DeviceId) -> Result<u64> {
-        self.store.end_device_sessions(device).await
-    }
 }

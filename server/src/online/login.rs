@@ -827,8 +827,8 @@ impl Online {
     }
 
     /// A KCV mismatch under the issuer's `suspend_on_kcv_mismatch`: the
-    /// device is suspended (a provisioning decision, audited) and its sessions
-    /// end; the login is refused.
+    /// device is suspended (a provisioning decision, audited), which ends its
+    /// sessions; the login is refused.
     async fn suspend_for_kcv_mismatch(&self, device: &Device) -> OnlineError {
         let done = async {
             let (operator, reason) = system_decision("working-key KCV mismatch at login")?;
@@ -849,7 +849,6 @@ impl Online {
                 )
                 .await?;
             decided.map_err(|r| OnlineError::from(r.error))?;
-            self.store.end_device_sessions(device.device_id).await?;
             Ok::<_, OnlineError>(())
         };
         match done.await {

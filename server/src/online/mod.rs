@@ -68,6 +68,9 @@ pub struct Device {
     /// `cert_serial` for the device.
     pub serial: String,
     pub state: DeviceState,
+    /// When the device's state last changed (suspended, resumed, retired):
+    /// a session opened before it is over, so a resume never revives one.
+    pub state_changed_at_ms: i64,
     /// The audit actor (`device:ID#SERIAL`).
     pub actor: Actor,
     pub request_id: String,

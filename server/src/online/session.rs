@@ -2,12 +2,15 @@
 //! confirmation, load) presents as `Authorization: Bearer <token>`.
 //!
 //! A session is bound to the device, the issuer and the TLS client
-//! certificate it was opened over: [`authorize`] refuses a token presented
-//! by another device or over another certificate. It is checked against the
-//! database on every call, together with the device's state and the
-//! credential's lock, and the public listener re-checks the certificate
-//! (registered, not revoked) per request: suspending, retiring, revoking or
-//! locking ends a device's sessions at its very next call, with no cache.
+//! certificate it was opened over: [`Online::authorize_session`] refuses a
+//! token presented by another device or over another certificate. It is
+//! checked against the database on every call (one read, with the
+//! credential's lock), and the public listener re-checks the certificate
+//! and the device's state per request: revoking or locking ends a device's
+//! sessions at its very next call, and so does any change of the device's
+//! state after the login (a suspension, even one lifted since: a session is
+//! over when the device changed state after it opened), with no cache and
+//! nothing to delete.
 
 use keyward_device_provisioning::DeviceState;
 use keyward_kms::types::{DeviceId, IssuerId};
@@ -48,6 +51,11 @@ impl Online {
         // by its hash (a primary-key lookup), never compared as a secret.
         if stored.cert_serial != device.serial {
             return Err(OnlineError::from(Refusal::SessionCertificateMismatch));
+        }
+        // A state change since the login (a suspension, even one already
+        // lifted) ended the session.
+        if stored.created_at_ms <= device.state_changed_at_ms {
+            return Err(OnlineError::from(Refusal::SessionInvalid));
         }
         if stored.expires_at_ms <= keyward_kms::db::now_ms() {
             return Err(OnlineError::from(Refusal::SessionExpired));

@@ -108,6 +108,8 @@ pub struct LoginContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStanding {
     pub state: keyward_device_provisioning::DeviceState,
+    /// When the state last changed: sessions opened before it are over.
+    pub state_changed_at_ms: i64,
     /// The registered certificate's serial, as the registry holds it.
     pub cert_serial: Option<String>,
     /// Whether the CA has that certificate revoked; `None` if the CA has no
@@ -247,7 +249,7 @@ impl OnlineStore {
     /// of the registry's and the CA's tables.
     pub async fn device_standing(&self, device: DeviceId) -> Result<Option<DeviceStanding>> {
         let row = sqlx::query(
-            "SELECT d.state, d.cert_serial, c.status FROM prov_devices d \
+            "SELECT d.state, d.state_changed_at_ms, d.cert_serial, c.status FROM prov_devices d \
              LEFT JOIN certificates c ON c.serial = d.cert_serial \
              WHERE d.device_id = $1",
         )
@@ -258,6 +260,7 @@ impl OnlineStore {
         let status: Option<String> = row.try_get("status")?;
         Ok(Some(DeviceStanding {
             state: db::parse_col(&row, "state", "prov_devices.state")?,
+            state_changed_at_ms: row.try_get("state_changed_at_ms")?,
             cert_serial: row.try_get("cert_serial")?,
             revoked: status.map(|s| s == "revoked"),
         }))
@@ -474,12 +477,15 @@ impl OnlineStore {
     }
 
     /// The certificates lockouts named for revocation, of credentials still
-    /// locked: what [`crate::online::login::finish_lockouts`] makes sure are
-    /// revoked.
+    /// locked, that the CA does not hold revoked (or holds under another
+    /// spelling of the serial: the caller asks the CA): the work
+    /// `Online::finish_lockouts` has left, usually none.
     pub async fn lockout_serials(&self) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT DISTINCT revoked_serial FROM online_credentials \
-             WHERE locked_at_ms IS NOT NULL AND revoked_serial IS NOT NULL",
+            "SELECT DISTINCT o.revoked_serial FROM online_credentials o \
+             LEFT JOIN certificates c ON c.serial = o.revoked_serial \
+             WHERE o.locked_at_ms IS NOT NULL AND o.revoked_serial IS NOT NULL \
+               AND (c.status IS NULL OR c.status <> 'revoked')",
         )
         .fetch_all(self.db.pool())
         .await?;
@@ -613,28 +619,6 @@ impl OnlineStore {
                 Ok((tx, n > 0))
             })
             .await
-    }
-
-    /// [`OnlineStore::end_device_sessions_in`] as a unit of work of its own.
-    pub async fn end_device_sessions(&self, device: DeviceId) -> Result<u64> {
-        self.db
-            .write("online.end_device_sessions", |mut tx| async move {
-                let n = Self::end_device_sessions_in(&mut tx, device).await?;
-                Ok((tx, n))
-            })
-            .await
-    }
-
-    /// Ends every session of a device, at every issuer (suspension,
-    /// retirement), in the caller's transaction; returns how many.
-    pub async fn end_device_sessions_in(tx: &mut Tx, device: DeviceId) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM online_sessions WHERE device_id = $1")
-                .bind(device.to_string())
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-        )
     }
 
     /// Deletes expired sessions and the seals of expired challenges; returns

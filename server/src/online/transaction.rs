@@ -44,8 +44,9 @@ pub struct TransactionRequest {
     pub pin_block: Option<PinBlock>,
 }
 
-/// What the server answers a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the server answers a transaction. Its `Debug` leaves the PIN block
+/// out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TransactionVerdict {
     /// Whether the MAC verified; nothing else is checked when it did not.
     pub mac_valid: bool,
@@ -60,6 +61,17 @@ fn field_name_ok(s: &str) -> bool {
     (1..=32).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl std::fmt::Debug for TransactionVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionVerdict")
+            .field("mac_valid", &self.mac_valid)
+            .field("version", &self.version)
+            .field("accounts", &self.accounts)
+            .field("pin_block", &self.pin_block.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Online {

@@ -82,11 +82,12 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
         Some(id) => match &id.cert {
             None => (id.actor(), DoorRefusal::CertificateRequired),
             Some(cert) => match current_device(&state, cert).await {
-                Ok((device_id, device_state)) => {
+                Ok((device_id, device_state, state_changed_at_ms)) => {
                     req.extensions_mut().insert(Device {
                         device_id,
                         serial: cert.serial.clone(),
                         state: device_state,
+                        state_changed_at_ms,
                         actor: id.actor(),
                         request_id: door.request_id.clone(),
                     });
@@ -106,7 +107,7 @@ async fn require_device(State(state): State<AppState>, mut req: Request, next: N
 async fn current_device(
     state: &AppState,
     cert: &PeerCertificate,
-) -> Result<(DeviceId, DeviceState), DoorRefusal> {
+) -> Result<(DeviceId, DeviceState, i64), DoorRefusal> {
     let CertKind::Device { device_id } = &cert.kind else {
         return Err(DoorRefusal::DeviceCertificateRequired);
     };
@@ -133,7 +134,7 @@ async fn current_device(
         None => state.ca.is_revoked(&serial).await,
     };
     match revoked {
-        Ok(false) => Ok((device, standing.state)),
+        Ok(false) => Ok((device, standing.state, standing.state_changed_at_ms)),
         Ok(true) | Err(keyward_ca::CaError::UnknownSerial(_)) => {
             Err(DoorRefusal::Revoked("this device certificate is revoked"))
         }
