@@ -81,14 +81,7 @@ impl Database {
         let mut attempt = 1;
         loop {
             let result = async {
-                let _turn = match self.kind {
-                    DatabaseKind::Sqlite => Some(
-                        tokio::time::timeout(self.wait, self.writer.lock())
-                            .await
-                            .map_err(|_| sqlx::Error::PoolTimedOut)?,
-                    ),
-                    DatabaseKind::Postgres => None,
-                };
+                let _turn = self.writer_turn().await?;
                 let tx = begin_write(&self.pool, self.kind).await?;
                 let (tx, value) = op(tx).await?;
                 tx.commit().await?;
@@ -103,6 +96,23 @@ impl Database {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// On SQLite, this process's turn to write, to hold while a write
+    /// transaction is open: writers queue here, holding no pool connection,
+    /// instead of inside the pool where a queue of writers would leave no
+    /// connection for readers. Bounded by `acquire_timeout_ms` (then
+    /// [`sqlx::Error::PoolTimedOut`], a 503). PostgreSQL needs no turn.
+    pub async fn writer_turn(
+        &self,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, sqlx::Error> {
+        match self.kind {
+            DatabaseKind::Sqlite => tokio::time::timeout(self.wait, self.writer.lock())
+                .await
+                .map(Some)
+                .map_err(|_| sqlx::Error::PoolTimedOut),
+            DatabaseKind::Postgres => Ok(None),
         }
     }
 

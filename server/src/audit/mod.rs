@@ -381,6 +381,8 @@ pub(crate) struct Head {
 pub struct AuditLog {
     pool: AnyPool,
     kind: DatabaseKind,
+    /// For the writer's turn ([`keyward_kms::db::Database::writer_turn`]).
+    db: keyward_kms::db::Database,
     metrics: Option<Metrics>,
     kms: Kms,
     /// The newest head this process wrote: the only state the checkpoint
@@ -441,6 +443,7 @@ impl AuditLog {
     pub fn new(kms: &Kms, metrics: Option<Metrics>) -> Self {
         Self {
             pool: kms.db().pool().clone(),
+            db: kms.db().clone(),
             kind: kms.db().kind(),
             metrics,
             kms: kms.clone(),
@@ -669,6 +672,7 @@ impl AuditLog {
 
     /// Writes `entries`, in order, in one transaction; returns their records.
     async fn try_append(&self, entries: Vec<Entry>) -> Result<Vec<AuditRecord>, AuditError> {
+        let _turn = self.db.writer_turn().await?;
         let mut tx = self.begin_chain().await?;
         let (records, head) = self.chain_in(&mut tx, entries).await?;
         tx.commit().await?;
@@ -843,6 +847,7 @@ impl AuditLog {
         let mut total = 0u64;
         loop {
             let _writer = self.writer.lock().await;
+            let _turn = self.db.writer_turn().await?;
             let mut tx = self.begin_chain().await?;
             // On PostgreSQL the head lock comes first, so two flushers
             // never both take the same staged rows.
