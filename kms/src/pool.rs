@@ -1,7 +1,14 @@
 //! The HSM worker pool: a fixed set of OS threads that are the only callers
-//! of [`Hsm`], fed by a bounded queue. Async callers await a oneshot and never
-//! block a tokio worker; a full queue is [`KmsError::Busy`] at once, so the
-//! server can shed load instead of piling up requests.
+//! of [`Hsm`], fed by two bounded queues. Async callers await a oneshot and
+//! never block a tokio worker; a full queue is [`KmsError::Busy`] at once, so
+//! the server can shed load instead of piling up requests.
+//!
+//! The two queues are lanes: [`Lane::Interactive`] (every call a request
+//! waits on: login, transactions, readiness, the audit trail's MACs) and
+//! [`Lane::Bulk`] (chunks of bulk MAC verification). A worker always takes an
+//! interactive job first, so an interactive call waits behind at most one
+//! bulk chunk per worker, never behind a whole queue of them: a switch's
+//! batches cannot make `/ready` time out or logins starve.
 //!
 //! [`HsmPool::shutdown`] finishes the queued jobs and joins the workers. A
 //! process calls it before it exits: a worker still inside the PKCS#11
@@ -13,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::error::{KmsError, Result};
 use crate::hsm::{Capabilities, Hsm};
@@ -66,10 +73,20 @@ pub struct PoolStats {
     pub completed: AtomicU64,
 }
 
+/// Which queue a job waits in; workers serve [`Lane::Interactive`] first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Work a request is waiting on.
+    Interactive,
+    /// Throughput work cut into short jobs (bulk verification).
+    Bulk,
+}
+
 /// Cheap to clone; all clones feed the same workers.
 #[derive(Clone)]
 pub struct HsmPool {
     tx: Sender<Msg>,
+    bulk_tx: Sender<Msg>,
     caps: Capabilities,
     workers: usize,
     threads: Arc<Workers>,
@@ -86,26 +103,35 @@ impl std::fmt::Debug for HsmPool {
 }
 
 impl HsmPool {
-    /// Starts `workers` threads and a queue of `queue_depth` waiting jobs.
+    /// Starts `workers` threads and two queues (one per [`Lane`]) of
+    /// `queue_depth` waiting jobs each.
     pub fn start(hsm: Arc<dyn Hsm>, workers: usize, queue_depth: usize) -> Result<Self> {
         let caps = hsm.capabilities();
         let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
+        let (bulk_tx, bulk_rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
         let stats = Arc::new(PoolStats::default());
         let threads = Arc::new(Workers::default());
         for i in 0..workers.max(1) {
-            let rx = rx.clone();
+            let (rx, bulk_rx) = (rx.clone(), bulk_rx.clone());
             let hsm = hsm.clone();
             let stats = stats.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("hsm-worker-{i}"))
                 .spawn(move || {
-                    while let Ok(Msg::Job(job)) = rx.recv() {
+                    let run = |job: Job| {
                         stats.busy.fetch_add(1, Ordering::Relaxed);
                         // A panicking job must not take the worker with it; its
                         // caller sees the dropped reply as an HSM failure.
                         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&*hsm)));
                         stats.busy.fetch_sub(1, Ordering::Relaxed);
                         stats.completed.fetch_add(1, Ordering::Relaxed);
+                    };
+                    while let Some(job) = next_job(&rx, &bulk_rx) {
+                        run(job);
+                    }
+                    // Stopping: the bulk jobs queued before the stop still run.
+                    while let Ok(Msg::Job(job)) = bulk_rx.try_recv() {
+                        run(job);
                     }
                 })
                 .map_err(|e| {
@@ -121,6 +147,7 @@ impl HsmPool {
         }
         Ok(Self {
             tx,
+            bulk_tx,
             caps,
             workers: workers.max(1),
             threads,
@@ -149,16 +176,29 @@ impl HsmPool {
         }
     }
 
-    /// Runs `f` on a worker and awaits its result.
+    /// Runs `f` on a worker, in the interactive lane, and awaits its result.
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Hsm) -> Result<T> + Send + 'static,
     {
+        self.run_in(Lane::Interactive, f).await
+    }
+
+    /// Runs `f` on a worker, in `lane`, and awaits its result.
+    pub async fn run_in<T, F>(&self, lane: Lane, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Hsm) -> Result<T> + Send + 'static,
+    {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move |hsm| {
+        let job: Job = Box::new(move |hsm| {
             let _ = reply.send(f(hsm));
-        }))?;
+        });
+        match lane {
+            Lane::Interactive => self.submit(&self.tx, job)?,
+            Lane::Bulk => self.submit(&self.bulk_tx, job)?,
+        }
         rx.await.map_err(|_| worker_failed())?
     }
 
@@ -170,17 +210,20 @@ impl HsmPool {
         F: FnOnce(&dyn Hsm) -> Result<T> + Send + 'static,
     {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.submit(Box::new(move |hsm| {
-            let _ = reply.send(f(hsm));
-        }))?;
+        self.submit(
+            &self.tx,
+            Box::new(move |hsm| {
+                let _ = reply.send(f(hsm));
+            }),
+        )?;
         rx.recv().map_err(|_| worker_failed())?
     }
 
-    fn submit(&self, job: Job) -> Result<()> {
+    fn submit(&self, lane: &Sender<Msg>, job: Job) -> Result<()> {
         if self.threads.closed.load(Ordering::SeqCst) {
             return Err(KmsError::PoolClosed);
         }
-        self.tx.try_send(Msg::Job(job)).map_err(|e| match e {
+        lane.try_send(Msg::Job(job)).map_err(|e| match e {
             TrySendError::Full(_) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 KmsError::Busy
@@ -198,13 +241,31 @@ impl HsmPool {
         self.workers
     }
 
-    /// Jobs waiting for a worker.
+    /// Jobs waiting for a worker, in both lanes.
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        self.tx.len() + self.bulk_tx.len()
     }
 
     pub fn stats(&self) -> &PoolStats {
         &self.stats
+    }
+}
+
+/// A worker's next job: an interactive one if any waits, else whichever
+/// lane has one first. `None` on a stop (sent in the interactive lane, after
+/// the jobs queued before it) or when the pool is gone.
+fn next_job(rx: &Receiver<Msg>, bulk_rx: &Receiver<Msg>) -> Option<Job> {
+    let msg = match rx.try_recv() {
+        Ok(msg) => Ok(msg),
+        Err(TryRecvError::Disconnected) => return None,
+        Err(TryRecvError::Empty) => crossbeam_channel::select_biased! {
+            recv(rx) -> msg => msg,
+            recv(bulk_rx) -> msg => msg,
+        },
+    };
+    match msg {
+        Ok(Msg::Job(job)) => Some(job),
+        Ok(Msg::Stop) | Err(_) => None,
     }
 }
 

@@ -86,6 +86,69 @@ async fn a_full_queue_is_busy_not_a_hang() {
     assert_eq!(queued.await.unwrap().unwrap().len(), 8);
 }
 
+/// An interactive job (a login, `/ready`) queued behind a pile of bulk
+/// chunks runs as soon as a worker is free, before any of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn interactive_jobs_pass_queued_bulk_jobs() {
+    use keyward_kms::pool::Lane;
+    use std::sync::Mutex;
+    let token = TestToken::create().unwrap();
+    let pool = HsmPool::start(open(&token, 1), 1, 1000).unwrap();
+    let (release, gate) = crossbeam_channel::bounded::<()>(0);
+    let blocker = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.run_in(Lane::Bulk, move |_| {
+                let _ = gate.recv_timeout(Duration::from_secs(10));
+                Ok(())
+            })
+            .await
+        })
+    };
+    while pool.stats().busy.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut jobs = tokio::task::JoinSet::new();
+    for i in 0..100u32 {
+        let (pool, order) = (pool.clone(), order.clone());
+        jobs.spawn(async move {
+            pool.run_in(Lane::Bulk, move |h| {
+                h.random(8)?;
+                order.lock().unwrap().push(i);
+                Ok(())
+            })
+            .await
+        });
+    }
+    while pool.queued() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let interactive = {
+        let (pool, order) = (pool.clone(), order.clone());
+        tokio::spawn(async move {
+            pool.run(move |h| {
+                h.ping()?;
+                order.lock().unwrap().push(u32::MAX);
+                Ok(())
+            })
+            .await
+        })
+    };
+    while pool.queued() < 101 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    interactive.await.unwrap().unwrap();
+    while let Some(r) = jobs.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let order = order.lock().unwrap();
+    assert_eq!(order.len(), 101);
+    assert_eq!(order[0], u32::MAX, "the interactive job ran first");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pool_heals_after_the_token_drops_every_session() {
     let token = TestToken::create().unwrap();

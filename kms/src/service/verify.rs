@@ -22,6 +22,7 @@ use crate::error::{ErrorKind, KmsError, Result};
 use crate::hsm::{Hsm, Usage};
 use crate::keys::{IssuerKeys, KeyCache, with_fresh_handles};
 use crate::mac::{self, MacKeys};
+use crate::pool::Lane;
 use crate::service::Kms;
 use crate::service::records::KeyRecord;
 use crate::service::working_keys::not_usable;
@@ -287,9 +288,10 @@ impl Kms {
         }
         let indices: Vec<usize> = resolved.iter().map(|r| r.index).collect();
         let cache = self.cache.clone();
+        // The bulk lane: an interactive call waits behind one chunk at most.
         let checked = self
             .pool
-            .run(move |hsm| {
+            .run_in(Lane::Bulk, move |hsm| {
                 Ok(resolved
                     .iter()
                     .map(|r| {
