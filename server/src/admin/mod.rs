@@ -37,6 +37,7 @@ mod trail;
 pub use issuers::create_recorded;
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -49,7 +50,7 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::edge::identity::{ClientIdentity, PeerCertificate};
 use crate::http::access::{Door, DoorRefusal};
 use crate::http::idempotency;
-use crate::http::layers;
+use crate::http::layers::{self, Intake};
 use crate::http::{ApiError, stack_config};
 use crate::metrics::Listener;
 use crate::state::AppState;
@@ -142,76 +143,73 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::admin,
-        ))
+        ));
+    // One budget for the admin API, health and metrics.
+    let intake = Intake::new(&stack_config(&state, Listener::Admin));
+    let api = intake
+        .apply(api)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
         ));
+    let health = intake.apply(
+        Router::new()
+            .route("/live", get(health::live))
+            .route("/ready", get(health::ready))
+            .route("/metrics", get(health::metrics))
+            .route("/openapi.json", get(health::openapi)),
+    );
     // Batch imports certify thousands of devices: their own body limit and
     // time limit, the rest of the stack the same.
-    let batches = Router::new()
-        .route("/admin/v1/batches", post(devices::import_batch))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::admin,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_operator,
-        ))
-        .with_state(state.clone());
     let mut batch_stack = stack_config(&state, Listener::Admin);
     batch_stack.request_timeout =
         std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
     batch_stack.body_read_timeout = batch_stack.request_timeout;
     batch_stack.max_body_bytes = state.config.server.batch_max_body_bytes;
+    let batches = Router::new()
+        .route("/admin/v1/batches", post(devices::import_batch))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::admin,
+        ));
+    let batches =
+        Intake::new(&batch_stack)
+            .apply(batches)
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_operator,
+            ));
     // Bulk MAC verification: services as well as operators (its own caller
     // check), bodies of up to `bulk_max_items` items, the batch time limit;
     // no idempotency layer (it verifies, changes nothing, and streams).
-    let macs_routes = Router::new()
-        .route("/admin/v1/macs/verify", post(macs::verify))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            macs::require_verifier,
-        ))
-        .with_state(state.clone());
     let mut macs_stack = stack_config(&state, Listener::Admin);
     macs_stack.request_timeout =
         std::time::Duration::from_millis(state.config.server.batch_timeout_ms);
     macs_stack.body_read_timeout = macs_stack.request_timeout;
     macs_stack.max_body_bytes = state.config.server.bulk_max_body_bytes;
+    let macs_routes = Intake::new(&macs_stack)
+        .apply(Router::new().route("/admin/v1/macs/verify", post(macs::verify)))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            macs::require_verifier,
+        ));
     // Anonymous OCSP: a concurrency budget and body limit of its own, so a
     // flood of it cannot make health, metrics or the admin API answer 503.
-    let ocsp_routes = Router::new()
-        .route("/ocsp", post(ocsp::post))
-        .route("/ocsp/{*request}", get(ocsp::get))
-        .with_state(state.clone());
     let mut ocsp_stack = stack_config(&state, Listener::Admin);
     ocsp_stack.max_concurrent_requests = state.config.server.ocsp_max_concurrent_requests.max(1);
     ocsp_stack.max_body_bytes = state.config.server.ocsp_max_body_bytes;
-    let router = Router::new()
-        .route("/live", get(health::live))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+    let ocsp_routes = Intake::new(&ocsp_stack).apply(
+        Router::new()
+            .route("/ocsp", post(ocsp::post))
+            .route("/ocsp/{*request}", get(ocsp::get)),
+    );
+    let router = health
         .merge(api)
+        .merge(batches)
+        .merge(macs_routes)
+        .merge(ocsp_routes)
         .with_state(state.clone());
-    layers::apply(
-        router,
-        &stack_config(&state, Listener::Admin),
-        state.metrics.clone(),
-    )
-    .merge(layers::apply(batches, &batch_stack, state.metrics.clone()))
-    .merge(layers::apply(
-        macs_routes,
-        &macs_stack,
-        state.metrics.clone(),
-    ))
-    .merge(layers::apply(
-        ocsp_routes,
-        &ocsp_stack,
-        state.metrics.clone(),
-    ))
+    layers::apply(router, Listener::Admin, state.metrics.clone())
 }
 
 /// Every role: the reads.
@@ -236,8 +234,14 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
     let door = Door::of(&req, "");
     let identity = req.extensions().get::<ClientIdentity>().cloned();
     let cert = identity.as_ref().and_then(|i| i.cert.clone());
+    // Auditors read: a request that could change something is refused
+    // before its body is read or parsed.
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     let (actor, refusal) = match (&identity, &cert) {
         (Some(id), Some(c)) => match (c.role(), still_valid(&state, c).await) {
+            (Some(Role::Auditor), Ok(())) if !reads => {
+                (id.actor(), DoorRefusal::ForbiddenRole("admin or operator"))
+            }
             (Some(role), Ok(())) => {
                 req.extensions_mut().insert(Operator {
                     name: c.common_name.clone(),
@@ -260,7 +264,8 @@ async fn require_operator(State(state): State<AppState>, mut req: Request, next:
         (Some(id), None) => (id.actor(), DoorRefusal::CertificateRequired),
         (None, _) => (Actor::Anonymous, DoorRefusal::CertificateRequired),
     };
-    door.refuse(&state, &actor, None, refusal).await
+    let role = cert.and_then(|c| c.role()).map(|r| r.as_str().to_owned());
+    door.refuse(&state, &actor, role, refusal).await
 }
 
 /// A connection outlives a revocation (HTTP/2 and keep-alive reuse the

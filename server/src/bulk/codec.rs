@@ -6,7 +6,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_kms::types::{DeviceId, IssuerId, KeyVersion, MacAlgorithm, Padding};
 use keyward_kms::{MacError, MacItem, MacOutcome};
-use serde::Deserialize;
 
 use super::BatchError;
 use crate::wire::macs as wire;
@@ -97,26 +96,87 @@ pub fn decode(body: &[u8], encoding: Encoding, max: usize) -> Result<Items, Batc
             Ok(items)
         }
         Encoding::Json => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Loose {
-                items: Vec<serde_json::Value>,
-            }
-            let loose: Loose =
-                serde_json::from_slice(body).map_err(|e| BatchError::Json(e.to_string()))?;
-            if loose.items.len() > max {
-                return Err(BatchError::TooLarge {
-                    items: loose.items.len(),
-                    max,
-                });
-            }
-            let mut items = Items::with_capacity(loose.items.len());
-            for v in loose.items {
-                let (alg, item) = json_item(v);
-                items.push(alg, item);
-            }
-            Ok(items)
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let read = serde::de::DeserializeSeed::deserialize(JsonBody { max }, &mut de)
+                .and_then(|read| de.end().map(|()| read))
+                .map_err(|e| BatchError::Json(e.to_string()))?;
+            read.map_err(|items| BatchError::TooLarge { items, max })
         }
+    }
+}
+
+/// `{"items": [...]}` read as it streams: each item becomes a [`MacItem`]
+/// (or its error) as soon as it is parsed, and past `max` the rest is only
+/// counted, so a refused body costs memory for `max` items, not for the
+/// body's worth of parsed values. `Err(count)` when there are too many.
+struct JsonBody {
+    max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonBody {
+    type Value = Result<Items, usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonBody {
+    type Value = Result<Items, usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#"an object {"items": [...]}"#)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let mut read = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "items" {
+                return Err(A::Error::unknown_field(&key, &["items"]));
+            }
+            if read.is_some() {
+                return Err(A::Error::duplicate_field("items"));
+            }
+            read = Some(map.next_value_seed(JsonItems { max: self.max })?);
+        }
+        read.ok_or_else(|| A::Error::missing_field("items"))
+    }
+}
+
+struct JsonItems {
+    max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonItems {
+    type Value = Result<Items, usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonItems {
+    type Value = Result<Items, usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of items")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Items::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while let Some(v) = seq.next_element::<serde_json::Value>()? {
+            if items.len() == self.max {
+                let mut count = items.len() + 1;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                return Ok(Err(count));
+            }
+            let (alg, item) = json_item(v);
+            items.push(alg, item);
+        }
+        Ok(Ok(items))
     }
 }
 
@@ -273,5 +333,46 @@ impl Streamer {
         let mut out = serde_json::to_vec(&line).ok()?;
         out.push(b'\n');
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(body: &str, max: usize) -> Result<Items, BatchError> {
+        decode(body.as_bytes(), Encoding::Json, max)
+    }
+
+    #[test]
+    fn json_items_past_the_limit_are_only_counted() {
+        let body = format!("{{\"items\":[{}0]}}", "0,".repeat(9));
+        match json(&body, 3) {
+            Err(BatchError::TooLarge { items: 10, max: 3 }) => {}
+            other => panic!("{other:?}"),
+        }
+        let items = json(&body, 10).expect("within the limit");
+        assert_eq!(items.len(), 10);
+        assert!(
+            items
+                .items
+                .iter()
+                .all(|i| matches!(i, Err(MacError::InvalidItem)))
+        );
+    }
+
+    #[test]
+    fn json_body_shape_is_checked() {
+        for bad in [
+            "{}",
+            "[]",
+            r#"{"items":[],"more":1}"#,
+            r#"{"items":[],"items":[]}"#,
+            r#"{"items":[]} x"#,
+            r#"{"items":[0,"#,
+        ] {
+            assert!(matches!(json(bad, 10), Err(BatchError::Json(_))), "{bad}");
+        }
+        assert!(json(r#" {"items":[]} "#, 10).expect("empty").is_empty());
     }
 }

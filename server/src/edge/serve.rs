@@ -9,8 +9,10 @@
 //!
 //! Slow and idle clients: at most `server.max_connections_per_address` open
 //! connections per client IP and listener (more are closed before the
-//! handshake); HTTP/1.1 headers within `server.header_read_timeout_ms`
-//! (also between requests on a kept-alive connection); bodies within
+//! handshake); a first request's headers within
+//! `server.header_read_timeout_ms` of the handshake (HTTP/1.1 and HTTP/2; a
+//! silent connection is closed then), HTTP/1.1 headers within it also
+//! between requests on a kept-alive connection; bodies within
 //! `server.body_read_timeout_ms` (a layer, [`crate::http::layers`]); and a
 //! connection with no request in flight for `server.idle_timeout_ms` is shut
 //! down gracefully, then closed [`CLOSE_GRACE`] later if the client ignores
@@ -31,7 +33,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -335,6 +337,8 @@ impl Drop for Slot {
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
+    /// Whether any request began (the first one's headers were read).
+    spoke: AtomicBool,
     last: Mutex<Instant>,
 }
 
@@ -346,11 +350,13 @@ impl Activity {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
+            spoke: AtomicBool::new(false),
             last: Mutex::new(Instant::now()),
         })
     }
 
     fn start(self: &Arc<Self>) -> Busy {
+        self.spoke.store(true, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
@@ -436,9 +442,11 @@ async fn connection(ctx: Connection, stream: TcpStream) {
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
     tokio::pin!(conn);
+    let opened = Instant::now();
     let idle = limits.idle_timeout;
+    let every = idle.min(limits.header_read_timeout) / 4;
     let mut tick =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        tokio::time::interval(every.clamp(Duration::from_millis(10), Duration::from_secs(1)));
     // Why the connection was asked to close, and when.
     let mut closing: Option<(bool, Instant)> = None;
     loop {
@@ -454,6 +462,12 @@ async fn connection(ctx: Connection, stream: TcpStream) {
                 closing = Some((false, Instant::now()));
             }
             _ = tick.tick() => match closing {
+                // Silent since the handshake: its first request's headers
+                // are late (hyper's own timer starts only at a first byte).
+                None if !activity.spoke.load(Ordering::SeqCst) && opened.elapsed() >= limits.header_read_timeout => {
+                    tracing::debug!(%peer, listener = listener.as_str(), "closing a silent connection");
+                    break;
+                }
                 None if activity.idle_for() >= idle => {
                     tracing::debug!(%peer, listener = listener.as_str(), "closing an idle connection");
                     conn.as_mut().graceful_shutdown();

@@ -56,7 +56,7 @@ impl Door {
                 route = %self.route,
                 "request refused unrecorded: the database is away"
             );
-            return answer.into_response();
+            return closing(answer);
         }
         let event = AuditEvent::AccessRefused {
             method: self.method,
@@ -68,8 +68,20 @@ impl Door {
             .audit
             .append(actor, &event, Outcome::Refused { code }, &self.request_id)
             .await;
-        answer.into_response()
+        closing(answer)
     }
+}
+
+/// A door's answer, read from the headers alone: the body is never read
+/// (the caller was not admitted), so the connection ends after it
+/// (`Connection: close`; HTTP/2 resets the stream instead).
+fn closing(answer: ApiError) -> Response {
+    let mut resp = answer.into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 /// Why a door refused a request: the one set of refusals every admitting

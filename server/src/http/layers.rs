@@ -1,5 +1,7 @@
-//! The tower middleware stack shared by both listeners (docs/stack-notes.md §8), outermost
-//! first:
+//! The tower middleware of both listeners (docs/stack-notes.md §8), in two
+//! parts, so that no body byte is read before the caller is admitted.
+//!
+//! [`apply`] wraps every route of a listener, outermost first:
 //!
 //! 1. catch-panic (safety net for the layers below; the inner one answers)
 //! 2. request id: an incoming `x-request-id` is kept only if it is 1-64 of
@@ -11,19 +13,26 @@
 //! 6. normalize: every error response becomes the JSON error document with
 //!    the request id, and the status its code has in `error::CODES`
 //! 7. catch-panic (500 through normalize, so it has a request id and JSON)
-//! 8. timeout → 503 `timeout`
-//! 9. body read: the whole body is read within `body_read_timeout` of the
-//!    headers (→ 408 `body_timeout`) and within the body limit (→ 413
+//!
+//! Then each route group's door (`require_operator`, `require_device`,
+//! `require_verifier`: certificate and role, from the headers and the TLS
+//! session only), and inside it the group's [`Intake`]:
+//!
+//! 8. body read: the whole body is read within `body_read_timeout` of the
+//!    door (→ 408 `body_timeout`) and within the group's body limit (→ 413
 //!    `body_too_large`, once the rest was read and dropped, so the answer
 //!    is not lost to a reset), *before* a concurrency permit is taken, so
 //!    slow senders hold no permit
-//! 10. body limit → 413 `body_too_large`
-//! 11. load-shed + concurrency limit (one semaphore per stack: the admin API
-//!     with health and metrics, anonymous OCSP, batch imports) → 503
-//!     `overloaded`
+//! 9. body limit → 413 `body_too_large`
+//! 10. load-shed + concurrency limit (one semaphore per [`Intake`]: the
+//!     admin API with health and metrics, anonymous OCSP, batch imports,
+//!     bulk verification) → 503 `overloaded`
+//! 11. timeout of the handler, from its permit → 503 `timeout`
 //!
-//! The stack is added with `Router::layer`, which wraps every route after
-//! routing, so `MatchedPath` is known to the metrics layer.
+//! A request the door refuses is answered from its headers with
+//! `Connection: close`: an anonymous client cannot make the server buffer
+//! a body. Both parts are added after routing (`Router::layer`,
+//! `Router::route_layer`), so `MatchedPath` is known to the metrics layer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +58,7 @@ use crate::metrics::{Listener, Metrics};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Limits of one listener's stack.
+/// Limits of one route group's [`Intake`].
 #[derive(Debug, Clone)]
 pub struct StackConfig {
     pub listener: Listener,
@@ -65,16 +74,13 @@ struct MetricsCtx {
     listener: Listener,
 }
 
-/// Wraps every route of `router` in the stack.
-pub fn apply<S>(router: Router<S>, cfg: &StackConfig, metrics: Metrics) -> Router<S>
+/// Wraps every route of a listener's `router` in the outer stack (1-7).
+pub fn apply<S>(router: Router<S>, listener: Listener, metrics: Metrics) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let ctx = Arc::new(MetricsCtx {
-        metrics,
-        listener: cfg.listener,
-    });
-    let listener = cfg.listener.as_str();
+    let ctx = Arc::new(MetricsCtx { metrics, listener });
+    let listener = listener.as_str();
     let stack = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(sanitize_request_id))
@@ -108,36 +114,64 @@ where
         )
         .layer(middleware::from_fn_with_state(ctx, record_metrics))
         .layer(middleware::from_fn(normalize))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            cfg.request_timeout,
-        ))
-        .layer(middleware::from_fn_with_state(
-            BodyLimits {
-                timeout: cfg.body_read_timeout,
-                max_bytes: cfg.max_body_bytes,
-            },
-            read_body,
-        ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            cfg.max_body_bytes,
-        ))
-        .layer(HandleErrorLayer::new(|err: tower::BoxError| async move {
-            if err.is::<tower::load_shed::error::Overloaded>() {
-                ApiError::overloaded()
-            } else {
-                ApiError::internal(anyhow::anyhow!("middleware: {err}"))
-            }
-        }))
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(
-            cfg.max_concurrent_requests,
-        ));
+        .layer(CatchPanicLayer::custom(panic_response));
     // axum's own 2 MB extractor limit would undercut the configured one.
     router
         .layer(stack)
         .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// The inner stack (8-11) of one route group, sharing one concurrency
+/// budget among every router it is applied to.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    limits: BodyLimits,
+    request_timeout: Duration,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Intake {
+    pub fn new(cfg: &StackConfig) -> Self {
+        Self {
+            limits: BodyLimits {
+                timeout: cfg.body_read_timeout,
+                max_bytes: cfg.max_body_bytes,
+            },
+            request_timeout: cfg.request_timeout,
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_concurrent_requests.max(1),
+            )),
+        }
+    }
+
+    /// Adds the stack to the routes of `router` so far, inside any door
+    /// added after it (`route_layer` wraps what is already there).
+    pub fn apply<S>(&self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let stack = ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(self.limits, read_body))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                self.limits.max_bytes,
+            ))
+            .layer(HandleErrorLayer::new(|err: tower::BoxError| async move {
+                if err.is::<tower::load_shed::error::Overloaded>() {
+                    ApiError::overloaded()
+                } else {
+                    ApiError::internal(anyhow::anyhow!("middleware: {err}"))
+                }
+            }))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                self.permits.clone(),
+            ))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                self.request_timeout,
+            ));
+        router.route_layer(stack)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +190,15 @@ async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -
     use http_body_util::BodyExt;
     let (parts, mut body) = req.into_parts();
     let deadline = tokio::time::Instant::now() + limits.timeout;
-    let mut buf = bytes::BytesMut::new();
+    // Sized once from the announced length (an admitted caller's, within the
+    // limit), so a large body is not copied through doubling buffers.
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .filter(|n| *n <= limits.max_bytes)
+        .unwrap_or(0);
+    let mut buf = bytes::BytesMut::with_capacity(announced);
     // Bytes read past the limit, when over it.
     let mut drained: Option<usize> = None;
     loop {

@@ -37,35 +37,40 @@ use keyward_kms::types::DeviceId;
 use crate::audit::Actor;
 use crate::edge::identity::{CertKind, ClientIdentity, PeerCertificate};
 use crate::http::access::{Door, DoorRefusal};
-use crate::http::layers;
+use crate::http::layers::{self, Intake};
 use crate::http::stack_config;
 use crate::metrics::Listener;
 use crate::state::AppState;
 
 /// Routes of the public (device) listener, with the middleware stack.
 pub fn router(state: AppState) -> Router {
-    let with_session = Router::new()
-        .route("/v1/session", get(session::show).delete(session::end))
-        .route("/v1/transactions", post(transactions::verify))
+    // One budget for the listener; the body is read after the doors (device,
+    // then session), never for a caller they refuse.
+    let intake = Intake::new(&stack_config(&state, Listener::Public));
+    let with_session = intake
+        .apply(
+            Router::new()
+                .route("/v1/session", get(session::show).delete(session::end))
+                .route("/v1/transactions", post(transactions::verify)),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             session::require_session,
         ));
-    let router = Router::new()
-        .route("/v1/ping", get(ping::ping))
-        .route("/v1/login/start", post(login::start))
-        .route("/v1/login/finish", post(login::finish))
+    let router = intake
+        .apply(
+            Router::new()
+                .route("/v1/ping", get(ping::ping))
+                .route("/v1/login/start", post(login::start))
+                .route("/v1/login/finish", post(login::finish)),
+        )
         .merge(with_session)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_device,
         ))
         .with_state(state.clone());
-    layers::apply(
-        router,
-        &stack_config(&state, Listener::Public),
-        state.metrics.clone(),
-    )
+    layers::apply(router, Listener::Public, state.metrics.clone())
 }
 
 pub use crate::online::Device;

@@ -324,6 +324,21 @@ crl_refresh_secs = {crl_refresh}
         }
     }
 
+    /// The serve process's `(VmRSS, VmHWM)` in KiB: resident now, and the
+    /// peak since it started.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("not running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// SIGKILL, as a crash would: no drain, no last audit record.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("not running");

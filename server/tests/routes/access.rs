@@ -91,6 +91,37 @@ async fn roles_decide_what_an_operator_may_do() {
     .refused(StatusCode::FORBIDDEN, "forbidden_role");
 }
 
+/// A role that may not write is refused from the headers: an auditor's
+/// malformed (or huge) body is never parsed, so it is 403 and audited, not
+/// 422.
+#[tokio::test]
+async fn an_auditors_write_is_refused_before_its_body_is_read() {
+    let app = App::new().await;
+    let auditor = app.operator("carol", Role::Auditor).await;
+    for path in [
+        "/admin/v1/issuers",
+        "/admin/v1/batches",
+        "/admin/v1/macs/verify",
+    ] {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{not json"))
+            .unwrap();
+        let answer = send(&app.admin, &auditor, req).await;
+        answer.refused(StatusCode::FORBIDDEN, "forbidden_role");
+        assert_eq!(answer.headers["connection"], "close", "{path}");
+    }
+    let refused: Vec<_> = app
+        .trail()
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "access.refused")
+        .collect::<Vec<_>>();
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+}
+
 #[tokio::test]
 async fn a_revoked_operator_is_refused_on_the_next_request() {
     let app = App::new().await;

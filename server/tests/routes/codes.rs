@@ -157,7 +157,9 @@ async fn issuer_not_bound_is_403_on_the_admin_side_too() {
 #[tokio::test]
 async fn an_oversize_body_gets_a_readable_413() {
     let app = App::new().await;
-    let limit = app.state.config.server.max_body_bytes;
+    // OCSP admits anonymous callers (the other routes answer 401 before
+    // reading a body, which this connection without TLS could not pass).
+    let limit = app.state.config.server.ocsp_max_body_bytes;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.admin.clone();
@@ -171,8 +173,8 @@ async fn an_oversize_body_gets_a_readable_413() {
         let (mut rx, mut tx) = stream.into_split();
         let writer = tokio::spawn(async move {
             let head = format!(
-                "POST /admin/v1/issuers HTTP/1.1\r\nhost: kw\r\n\
-                 content-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+                "POST /ocsp HTTP/1.1\r\nhost: kw\r\n\
+                 content-type: application/ocsp-request\r\ncontent-length: {size}\r\n\r\n"
             );
             tx.write_all(head.as_bytes()).await?;
             let chunk = vec![b' '; 64 << 10];
