@@ -229,6 +229,11 @@ pub(crate) fn parse_request(der: &[u8], issuer: &IssuerHashes) -> Parsed {
     let mut queries = Vec::with_capacity(list.len());
     for r in list {
         let id = r.req_cert;
+        // The DER decoder takes 21 octets (a 20-octet value with its sign
+        // octet); RFC 5280 §4.1.2.2 allows 20 in all.
+        if id.serial_number.as_bytes().len() > 20 {
+            return Parsed::Refused(S::MalformedRequest);
+        }
         match hash_len(&id) {
             None => unsupported = true,
             Some(n)
@@ -688,6 +693,21 @@ mod tests {
         let resp = OcspResponse::from_der(&malformed_request_der()).unwrap();
         assert_eq!(resp.response_status, OcspResponseStatus::MalformedRequest);
         assert!(resp.response_bytes.is_none());
+        // Over 20 octets, even with only a sign octet before 20.
+        let mut long = vec![0x02, 21, 0x00];
+        long.extend([0x80; 20]);
+        let mut id = cert_id(ID_SHA1, &[1; 20], &[2; 20], &[0x0a]);
+        id.serial_number = SerialNumber::from_der(&long).unwrap();
+        assert_eq!(
+            parse_request(&request(vec![id.clone()], None), &i),
+            Parsed::Refused(OcspResponseStatus::MalformedRequest)
+        );
+        // Twenty octets are a serial (not ours: unknown, not malformed).
+        id.serial_number = SerialNumber::new(&[0x7f; 20]).unwrap();
+        assert!(matches!(
+            parse_request(&request(vec![id], None), &i),
+            Parsed::Queries(_)
+        ));
     }
 
     #[test]
