@@ -285,7 +285,7 @@ pub async fn admin(State(state): State<AppState>, req: Request, next: Next) -> R
                 .into_response();
         }
     };
-    let hash = hex::encode(Sha256::digest(&bytes));
+    let hash = fingerprint(parts.uri.query(), &bytes);
     let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
     match store.begin(&principal, &key, &method, &path, &hash).await {
         Err(e) => return ApiError::from(keyward_kms::KmsError::Database(e)).into_response(),
@@ -429,6 +429,19 @@ pub fn purge_job() -> Job<AppState> {
             }
             Ok(())
         },
+    )
+}
+
+/// What a key is bound to besides method and path: the query and the
+/// body (a query holds no NUL, so the two cannot run into each other). The
+/// same key with another query is another request, not a replay.
+pub fn fingerprint(query: Option<&str>, body: &[u8]) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(query.unwrap_or_default())
+            .chain_update([0])
+            .chain_update(body)
+            .finalize(),
     )
 }
 

@@ -48,6 +48,10 @@ async fn a_retry_with_the_same_key_gets_the_first_answer() {
     post_with_key(&app, "/admin/v1/issuers", "k-1", &other)
         .await
         .refused(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    // The same body with another query string is another request.
+    post_with_key(&app, "/admin/v1/issuers?force=1", "k-1", &body)
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
     post_with_key(&app, "/admin/v1/issuers", "k-2", &body)
         .await
         .refused(StatusCode::CONFLICT, "issuer_exists");
@@ -119,8 +123,7 @@ async fn a_request_cut_by_its_timeout_takes_effect_is_recorded_and_its_retry_get
 /// on `path`, leased until `lease_until_ms`: what a request leaves behind
 /// when its process dies (lapsed) or while it still runs (live).
 async fn leave_running(app: &App, path: &str, key: &str, body: &Value, lease_until_ms: i64) {
-    use sha2::Digest;
-    let hash = hex::encode(sha2::Sha256::digest(body.to_string().as_bytes()));
+    let hash = keyward_server::http::idempotency::fingerprint(None, body.to_string().as_bytes());
     let now = keyward_kms::db::now_ms();
     sqlx::query(
         "INSERT INTO http_idempotency \
