@@ -20,6 +20,10 @@ pub struct OnlineConfig {
     /// How long a session lasts from its login (a terminal's working day).
     #[serde(default = "default_session_ttl_secs")]
     pub session_ttl_secs: u64,
+    /// Live sessions one (device, issuer) credential may hold; a login past
+    /// it ends the oldest.
+    #[serde(default = "default_max_sessions_per_credential")]
+    pub max_sessions_per_credential: u32,
     /// Consecutive failed responses that lock a (device, issuer) credential.
     #[serde(default = "default_max_login_failures")]
     pub max_login_failures: u32,
@@ -63,6 +67,7 @@ impl Default for OnlineConfig {
         Self {
             challenge_ttl_ms: default_login_challenge_ttl_ms(),
             session_ttl_secs: default_session_ttl_secs(),
+            max_sessions_per_credential: default_max_sessions_per_credential(),
             max_login_failures: default_max_login_failures(),
             revoke_on_lockout: true,
             suspend_on_kcv_mismatch: false,
@@ -76,6 +81,9 @@ impl Default for OnlineConfig {
 
 fn default_login_challenge_ttl_ms() -> u64 {
     60_000
+}
+fn default_max_sessions_per_credential() -> u32 {
+    4
 }
 fn default_session_ttl_secs() -> u64 {
     8 * 3600
@@ -105,6 +113,12 @@ impl OnlineConfig {
             return Err(ConfigError::key(
                 "online.session_ttl_secs",
                 "must be 60 to 604800",
+            ));
+        }
+        if !(1..=64).contains(&self.max_sessions_per_credential) {
+            return Err(ConfigError::key(
+                "online.max_sessions_per_credential",
+                "must be 1 to 64",
             ));
         }
         if self.jobs_interval_ms < 100 {

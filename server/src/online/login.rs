@@ -595,6 +595,7 @@ impl Online {
             seal_expires_at_ms: challenge.expires_at_ms,
             token_hash: session_token_hash(&token),
             session,
+            max_sessions: self.config.max_sessions_per_credential,
         };
         let finished = match (&confirmation, verdict) {
             (Some(c), Some(matched)) => {
@@ -684,14 +685,7 @@ impl Online {
                 if suspend {
                     return Ok((tx, Finished::Suspend));
                 }
-                if !OnlineStore::open_session_in(
-                    &mut tx,
-                    &f.token_hash,
-                    &f.session,
-                    cleared_rotation_before,
-                )
-                .await?
-                {
+                if !OnlineStore::open_session_in(&mut tx, f, cleared_rotation_before).await? {
                     return Ok((tx, Finished::Refused(locked())));
                 }
                 Ok::<_, OnlineError>((tx, Finished::Opened))

@@ -65,6 +65,9 @@ pub struct Finish {
     pub seal_expires_at_ms: i64,
     pub token_hash: String,
     pub session: StoredSession,
+    /// Live sessions the credential may hold; opening one more ends its
+    /// oldest.
+    pub max_sessions: u32,
 }
 
 /// What writing a [`Finish`] did.
@@ -230,7 +233,7 @@ impl OnlineStore {
         if !Self::consume_challenge_in(tx, &f.seal, f.seal_expires_at_ms).await? {
             return Ok(Finished::ChallengeUsed);
         }
-        if !Self::open_session_in(tx, &f.token_hash, &f.session, None).await? {
+        if !Self::open_session_in(tx, f, None).await? {
             return Ok(Finished::Locked);
         }
         Ok(Finished::Opened)
@@ -413,10 +416,10 @@ impl OnlineStore {
     /// reset, so a steady-state login writes the session row alone.
     pub async fn open_session_in(
         tx: &mut Tx,
-        token_hash: &str,
-        session: &StoredSession,
+        f: &Finish,
         cleared_rotation_before: Option<i64>,
     ) -> Result<bool> {
+        let (token_hash, session) = (f.token_hash.as_str(), &f.session);
         let device = session.device.to_string();
         let row = sqlx::query(
             "SELECT failures, locked_at_ms FROM online_credentials \
@@ -471,6 +474,18 @@ impl OnlineStore {
         .bind(session.cert_serial.as_str())
         .bind(session.created_at_ms)
         .bind(session.expires_at_ms)
+        .execute(&mut **tx)
+        .await?;
+        // A credential holds at most `max_sessions` live sessions: logins
+        // in a loop cannot pile up sessions (each a bearer token for hours).
+        sqlx::query(
+            "DELETE FROM online_sessions WHERE token_hash IN \
+             (SELECT token_hash FROM online_sessions WHERE device_id = $1 AND issuer_id = $2 \
+              ORDER BY created_at_ms DESC, token_hash DESC LIMIT 1000000 OFFSET $3)",
+        )
+        .bind(device.as_str())
+        .bind(session.issuer.as_str())
+        .bind(i64::from(f.max_sessions.max(1)))
         .execute(&mut **tx)
         .await?;
         Ok(true)

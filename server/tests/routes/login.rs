@@ -194,7 +194,7 @@ async fn a_device_logs_in_takes_its_first_keys_and_rotates_on_demand() {
         .expect(StatusCode::OK);
     let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
     assert_eq!(c.key_update.map(|u| u.version), Some(v2 + 1));
-    a.expect(StatusCode::OK);
+    let ok: wire::LoginAnswer = serde_json::from_value(a.expect(StatusCode::OK).clone()).unwrap();
 
     // Logout ends the session.
     let req = Request::builder()
@@ -822,4 +822,37 @@ async fn an_activation_whose_audit_record_cannot_be_written_does_not_happen() {
     let states = key_states(&app, &d).await;
     assert_eq!(states, vec![(offered, "pending".to_owned())]);
     assert!(!app.audited("key.activate", "success").await);
+}
+
+/// Logins in a loop keep at most `max_sessions_per_credential` sessions:
+/// each one past it ends the oldest.
+#[tokio::test]
+async fn a_credential_holds_a_bounded_number_of_sessions() {
+    let app = App::with_config(|c| c.online.max_sessions_per_credential = 3).await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 8, &["bank-a"]).await;
+    let mut tokens = Vec::new();
+    for _ in 0..12 {
+        let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+        tokens.push(
+            a.expect(StatusCode::OK)["session_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM online_sessions WHERE device_id = $1")
+        .bind(d.id.to_string())
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(live, 3);
+    for (i, token) in tokens.iter().enumerate() {
+        let a = session(&app, &who, token).await;
+        if i < 9 {
+            a.refused(StatusCode::FORBIDDEN, "session_invalid");
+        } else {
+            a.expect(StatusCode::OK);
+        }
+    }
 }
