@@ -74,8 +74,10 @@ pub struct ServerConfig {
     /// A connection with no request in flight for this long is closed.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    /// Open connections per client IP address on each listener; more are
-    /// closed before the TLS handshake.
+    /// Open connections per client IP address on each listener without a
+    /// client certificate, and as many with one (the server's
+    /// `AddressSlots`: anonymous connections cannot crowd out certificate
+    /// holders at the same address).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
 }

@@ -8,8 +8,9 @@
 //! [`DRAIN_TIMEOUT`]) and the process exits.
 //!
 //! Slow and idle clients: at most `server.max_connections_per_address` open
-//! connections per client IP and listener (more are closed before the
-//! handshake); a first request's headers within
+//! anonymous connections per client IP and listener, and as many with a
+//! client certificate ([`AddressSlots`]: anonymous ones cannot crowd out
+//! certificate holders at the same address); a first request's headers within
 //! `server.header_read_timeout_ms` of the handshake (HTTP/1.1 and HTTP/2; a
 //! silent connection is closed then), HTTP/1.1 headers within it also
 //! between requests on a kept-alive connection; bodies within
@@ -195,19 +196,7 @@ pub async fn run(
             }
         };
         let Some(slot) = limits.per_address.acquire(listener, peer.ip()) else {
-            state
-                .metrics
-                .connections_refused
-                .with_label_values(&[listener.as_str(), "per_address_limit"])
-                .inc();
-            if let Some(suppressed_before) = limits.admit_log(&state, listener) {
-                tracing::info!(
-                    listener = listener.as_str(),
-                    %peer,
-                    suppressed_before,
-                    "connection refused: too many from this address"
-                );
-            }
+            limits.refuse_over_cap(&state, listener, peer);
             drop(stream);
             continue;
         };
@@ -269,6 +258,24 @@ impl Limits {
         }
     }
 
+    /// Counts and (within the log budget) logs a connection closed for the
+    /// per-address cap.
+    fn refuse_over_cap(&self, state: &AppState, listener: Listener, peer: SocketAddr) {
+        state
+            .metrics
+            .connections_refused
+            .with_label_values(&[listener.as_str(), "per_address_limit"])
+            .inc();
+        if let Some(suppressed_before) = self.admit_log(state, listener) {
+            tracing::info!(
+                listener = listener.as_str(),
+                %peer,
+                suppressed_before,
+                "connection refused: too many from this address"
+            );
+        }
+    }
+
     /// `Some(lines suppressed since the last one)` when a refusal may be
     /// logged; counts the line in `keyward_log_suppressed_total` otherwise.
     fn admit_log(&self, state: &AppState, listener: Listener) -> Option<u64> {
@@ -284,18 +291,44 @@ impl Limits {
     }
 }
 
-/// Open connections per (listener, client address).
+/// Open connections per (listener, client address), in three pools, so
+/// that anonymous connections from an address cannot lock out the
+/// certificate holders behind it (operators behind the same NAT as an
+/// attacker):
+///
+/// - **anonymous**: connections before their handshake, and those without a
+///   client certificate after it; at most `max`;
+/// - **certified**: connections that presented a valid client certificate
+///   (moved here after the handshake, freeing their anonymous place); at
+///   most `max`;
+/// - **probation**: when the anonymous pool is full, at most
+///   [`PROBATION_SLOTS`] more connections get a handshake, within
+///   [`PROBATION_HANDSHAKE`], and stay only if they present a certificate.
 #[derive(Debug)]
 struct AddressSlots {
     max: usize,
-    open: Arc<Mutex<HashMap<(usize, IpAddr), usize>>>,
+    open: Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>,
+}
+
+/// Connections past a full anonymous pool that may still show a certificate.
+pub const PROBATION_SLOTS: usize = 8;
+/// The handshake time of a connection on probation.
+pub const PROBATION_HANDSHAKE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pool {
+    Anonymous,
+    Probation,
+    Certified,
 }
 
 /// One open connection's place in [`AddressSlots`], given back on drop.
 #[derive(Debug)]
 struct Slot {
-    key: (usize, IpAddr),
-    open: Arc<Mutex<HashMap<(usize, IpAddr), usize>>>,
+    key: (usize, IpAddr, Pool),
+    open: Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>,
+    /// The anonymous and certified pools' size.
+    max: usize,
 }
 
 impl AddressSlots {
@@ -306,18 +339,55 @@ impl AddressSlots {
         }
     }
 
+    /// A place for a new connection: anonymous, else on probation.
     fn acquire(&self, listener: Listener, ip: IpAddr) -> Option<Slot> {
-        let key = (listener as usize, ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
+        let key = |pool| (listener as usize, ip, pool);
+        take(&self.open, key(Pool::Anonymous), self.max, self.max)
+            .or_else(|| take(&self.open, key(Pool::Probation), PROBATION_SLOTS, self.max))
+    }
+}
+
+/// A place in the pool of `key` if it holds fewer than `limit`.
+fn take(
+    open: &Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>,
+    key: (usize, IpAddr, Pool),
+    limit: usize,
+    max: usize,
+) -> Option<Slot> {
+    let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
+    let n = counts.entry(key).or_insert(0);
+    if *n >= limit {
+        return None;
+    }
+    *n += 1;
+    Some(Slot {
+        key,
+        open: open.clone(),
+        max,
+    })
+}
+
+impl Slot {
+    fn on_probation(&self) -> bool {
+        self.key.2 == Pool::Probation
+    }
+
+    /// After the handshake: a certificate holder moves to the certified
+    /// pool (giving its place back); a connection on probation without one
+    /// has no place (`None`), nor has a certificate holder past the
+    /// certified pool's size.
+    fn settle(self, certified: bool) -> Option<Slot> {
+        let (listener, ip, pool) = self.key;
+        match (certified, pool) {
+            (true, Pool::Certified) | (false, Pool::Anonymous) => Some(self),
+            (true, _) => take(
+                &self.open,
+                (listener, ip, Pool::Certified),
+                self.max,
+                self.max,
+            ),
+            (false, _) => None,
         }
-        *n += 1;
-        Some(Slot {
-            key,
-            open: self.open.clone(),
-        })
     }
 }
 
@@ -404,11 +474,16 @@ async fn connection(ctx: Connection, stream: TcpStream) {
         router,
         mut stop,
         limits,
-        _slot,
+        _slot: slot,
     } = ctx;
     let _ = stream.set_nodelay(true);
     let acceptor = TlsAcceptor::from(state.tls.config(listener));
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake_time = if slot.on_probation() {
+        PROBATION_HANDSHAKE
+    } else {
+        HANDSHAKE_TIMEOUT
+    };
+    let tls = match tokio::time::timeout(handshake_time, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             return refused(&state, &limits, listener, peer, &handshake_reason(&e)).await;
@@ -416,6 +491,10 @@ async fn connection(ctx: Connection, stream: TcpStream) {
         Err(_) => return refused(&state, &limits, listener, peer, "handshake timed out").await,
     };
     let identity = ClientIdentity::from_peer_certs(peer, tls.get_ref().1.peer_certificates());
+    // Held as long as the connection.
+    let Some(_slot) = slot.settle(identity.cert.is_some()) else {
+        return limits.refuse_over_cap(&state, listener, peer);
+    };
     tracing::debug!(
         listener = listener.as_str(),
         %peer,
