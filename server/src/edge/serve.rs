@@ -307,13 +307,16 @@ impl Limits {
 #[derive(Debug)]
 struct AddressSlots {
     max: usize,
-    open: Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>,
+    open: Counts,
 }
 
 /// Connections past a full anonymous pool that may still show a certificate.
 pub const PROBATION_SLOTS: usize = 8;
 /// The handshake time of a connection on probation.
 pub const PROBATION_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Open connections per (listener, address, pool).
+type Counts = Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Pool {
@@ -326,7 +329,7 @@ enum Pool {
 #[derive(Debug)]
 struct Slot {
     key: (usize, IpAddr, Pool),
-    open: Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>,
+    open: Counts,
     /// The anonymous and certified pools' size.
     max: usize,
 }
@@ -349,7 +352,7 @@ impl AddressSlots {
 
 /// A place in the pool of `key` if it holds fewer than `limit`.
 fn take(
-    open: &Arc<Mutex<HashMap<(usize, IpAddr, Pool), usize>>>,
+    open: &Counts,
     key: (usize, IpAddr, Pool),
     limit: usize,
     max: usize,
