@@ -28,6 +28,11 @@
 //!    same with TLS session resumption off (every handshake a full one), and
 //!    (b) `Kms::challenge` + `Kms::verify_challenge_response` alone, in
 //!    this process on the same token, from the same number of tasks.
+//! 4. Then (`KW_BENCH_UNDER_BULK=0` skips it) logins of 8 devices, and
+//!    `GET /ready` every 100 ms, first idle, then while 4 loops post
+//!    100 000-item bulk batches (wrong MACs over the fleet's keys: each item
+//!    a full HSM verification) to `/admin/v1/macs/verify`: interactive HSM
+//!    work must not queue behind bulk chunks.
 //!
 //! Connections are fresh, TLS sessions need not be: neither side configures
 //! resumption, so rustls's defaults apply (server: 256 sessions in memory and
@@ -676,6 +681,149 @@ async fn hsm_op(kms: Kms, issuer: IssuerId, w: Worker) -> (Worker, Outcome) {
 
 // ---- one backend -------------------------------------------------------------
 
+/// Devices logging in while the bulk batches run (and idle, before them).
+const UNDER_BULK_DEVICES: usize = 8;
+/// Concurrent bulk batches, each of the configured maximum of items.
+const BULK_BATCHES: usize = 4;
+const BULK_ITEMS: usize = keyward_config::bulk::DEFAULT_MAX_ITEMS;
+
+/// A JSON bulk body of `n` CMAC-TDES items spread over the devices' active
+/// working keys, with wrong MACs: each still costs its HSM verification.
+fn bulk_body(workers: &[Worker], n: usize) -> Vec<u8> {
+    let items: Vec<Value> = (0..n)
+        .map(|j| {
+            let d = &workers[j % workers.len()].dev;
+            json!({
+                "device_id": d.id.to_string(),
+                "issuer_id": ISSUER,
+                "key_version": d.key_version(ISSUER).expect("logged in once"),
+                "algorithm": "CMAC-TDES",
+                "message": B64.encode((j as u64).to_be_bytes().repeat(8)),
+                "mac": B64.encode([0u8; 8]),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "items": items })).unwrap()
+}
+
+/// `batches` loops of `POST /admin/v1/macs/verify` with the body in `file`,
+/// as the admin (curl), until stopped.
+struct BulkLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl BulkLoad {
+    fn start(admin: &str, operators: &Path, file: &Path, batches: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..batches)
+            .map(|_| {
+                let stop = stop.clone();
+                let url = format!("https://{admin}/admin/v1/macs/verify");
+                let (ops, file) = (operators.to_owned(), file.to_owned());
+                std::thread::spawn(move || {
+                    let (mut ok, mut other) = (0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let out = Command::new("curl")
+                            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+                            .args(["--max-time", "600", "--cacert"])
+                            .arg(ops.join("ca.pem"))
+                            .arg("--cert")
+                            .arg(ops.join("admin.pem"))
+                            .arg("--key")
+                            .arg(ops.join("admin.key"))
+                            .args(["-H", "content-type: application/json", "--data-binary"])
+                            .arg(format!("@{}", file.display()))
+                            .arg(&url)
+                            .output()
+                            .expect("running curl");
+                        if String::from_utf8_lossy(&out.stdout).trim() == "200" {
+                            ok += 1;
+                        } else {
+                            other += 1;
+                        }
+                    }
+                    (ok, other)
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops after the batches in flight: (answered 200, other answers).
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+}
+
+/// `GET /ready` every 100 ms (curl), as a load balancer probes.
+struct ReadyProbe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u16, f64)>>,
+}
+
+impl ReadyProbe {
+    fn start(admin: &str, ca_pem: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (url, ca) = (format!("https://{admin}/ready"), ca_pem.to_owned());
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let out = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
+                    .args(["--max-time", "10", "--cacert"])
+                    .arg(&ca)
+                    .arg(&url)
+                    .output()
+                    .expect("running curl");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let mut parts = text.split_whitespace();
+                let status = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let secs: f64 = parts
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN);
+                seen.push((status, secs * 1000.0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(u16, f64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn print_ready(what: &str, seen: &[(u16, f64)]) {
+    let ok = seen.iter().filter(|(s, _)| *s == 200).count();
+    let mut ms: Vec<f64> = seen.iter().map(|(_, ms)| *ms).collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        if ms.is_empty() {
+            return f64::NAN;
+        }
+        ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1]
+    };
+    println!(
+        "{:<50} {:>5} {:>9} {:>8.2} {:>8.2} {:>6}   ({ok} of {} answered 200; curl's time, with its TLS handshake)",
+        what,
+        1,
+        "-",
+        pct(0.50),
+        pct(0.99),
+        seen.len() - ok,
+        seen.len()
+    );
+}
+
 fn one_backend(backend: &str) {
     let devices = env_usize("KW_BENCH_DEVICES", 200).max(CONCURRENCY[1]);
     let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 6) as u64);
@@ -871,6 +1019,41 @@ fn one_backend(backend: &str) {
             "(server, client, pg, other: CPU cores busy in the window with `keyward serve`, this \
              process (load client, in-process KMS), PostgreSQL and everything else on the machine)"
         );
+
+        // 4. Logins and readiness while a switch's bulk batches run.
+        if env_usize("KW_BENCH_UNDER_BULK", 1) > 0 {
+            println!();
+            let bulk_file = dir.path().join("bulk.json");
+            std::fs::write(&bulk_file, bulk_body(&workers, BULK_ITEMS)).unwrap();
+            let mut rest = workers.split_off(UNDER_BULK_DEVICES);
+            let operators = data.join("operators");
+            let probe = ReadyProbe::start(&server.admin, &ca_file);
+            let (back, idle) = closed_loop(workers, window, &server_pid, None, login_op).await;
+            let ready_idle = probe.stop();
+            print_row("login, idle", UNDER_BULK_DEVICES, &idle, true);
+            print_ready("  GET /ready, idle", &ready_idle);
+            let bulk = BulkLoad::start(&server.admin, &operators, &bulk_file, BULK_BATCHES);
+            let probe = ReadyProbe::start(&server.admin, &ca_file);
+            let (back, busy) = closed_loop(back, window, &server_pid, None, login_op).await;
+            let ready_busy = probe.stop();
+            let batches = bulk.stop();
+            print_row(
+                &format!("login, {BULK_BATCHES} x {BULK_ITEMS}-item batches running"),
+                UNDER_BULK_DEVICES,
+                &busy,
+                true,
+            );
+            print_ready("  GET /ready, same window", &ready_busy);
+            println!(
+                "(bulk: {} batches answered 200 ({} other) while logins ran; p99 ratio busy/idle \
+                 {:.2})",
+                batches.0,
+                batches.1,
+                busy.p99_ms / idle.p99_ms
+            );
+            workers = back;
+            workers.append(&mut rest);
+        }
         drop(server);
         if let Some(p) = &perf {
             println!("(perf profile of the server, 200-device login window: {})", p.display());

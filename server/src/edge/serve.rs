@@ -351,12 +351,7 @@ impl AddressSlots {
 }
 
 /// A place in the pool of `key` if it holds fewer than `limit`.
-fn take(
-    open: &Counts,
-    key: (usize, IpAddr, Pool),
-    limit: usize,
-    max: usize,
-) -> Option<Slot> {
+fn take(open: &Counts, key: (usize, IpAddr, Pool), limit: usize, max: usize) -> Option<Slot> {
     let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
     let n = counts.entry(key).or_insert(0);
     if *n >= limit {
