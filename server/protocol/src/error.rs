@@ -28,7 +28,10 @@ pub enum ProtocolError {
     #[error("field `{0}` must be 1 to the configured maximum of A-Z and 0-9")]
     AccountInvalid(&'static str),
     #[error("field `{field}` contains a forbidden character (U+{code_point:04X})")]
-    ForbiddenCharacter { field: &'static str, code_point: u32 },
+    ForbiddenCharacter {
+        field: &'static str,
+        code_point: u32,
+    },
     #[error("field `{0}` is not in Unicode normalization form C")]
     NotNfc(&'static str),
     #[error("the payee name mixes scripts or looks like another payee")]

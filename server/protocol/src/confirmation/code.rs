@@ -111,9 +111,13 @@ mod tests {
 
     #[test]
     fn candidates_at_or_above_the_bound_are_never_used() {
-        let c = |v: &[u32]| Code::from_u32_candidates(v.iter().copied()).map(|c| c.as_str().to_owned());
+        let c =
+            |v: &[u32]| Code::from_u32_candidates(v.iter().copied()).map(|c| c.as_str().to_owned());
         assert_eq!(c(&[Code::CANDIDATE_BOUND, 7]).as_deref(), Some("00000007"));
-        assert_eq!(c(&[u32::MAX, Code::CANDIDATE_BOUND - 1]).as_deref(), Some("99999999"));
+        assert_eq!(
+            c(&[u32::MAX, Code::CANDIDATE_BOUND - 1]).as_deref(),
+            Some("99999999")
+        );
         assert_eq!(c(&[Code::CANDIDATE_BOUND, u32::MAX]), None);
         assert_eq!(c(&[]), None);
         assert_eq!(c(&[123_456_789]).as_deref(), Some("23456789"));
@@ -129,8 +133,20 @@ mod tests {
     #[test]
     fn parse_takes_exactly_eight_ascii_digits() {
         assert!(Code::parse("01234567").is_ok());
-        for bad in ["1234567", "123456789", "1234567a", " 1234567", "１２３４５６７８", "-1234567", ""] {
-            assert_eq!(Code::parse(bad).map(|_| ()), Err(ProtocolError::CodeMalformed), "{bad}");
+        for bad in [
+            "1234567",
+            "123456789",
+            "1234567a",
+            " 1234567",
+            "１２３４５６７８",
+            "-1234567",
+            "",
+        ] {
+            assert_eq!(
+                Code::parse(bad).map(|_| ()),
+                Err(ProtocolError::CodeMalformed),
+                "{bad}"
+            );
         }
     }
 

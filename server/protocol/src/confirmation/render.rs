@@ -49,14 +49,14 @@ pub enum SmsEncoding {
 }
 
 impl SmsEncoding {
-    fn single(self) -> usize {
+    pub(super) fn single(self) -> usize {
         match self {
             SmsEncoding::Gsm7 => 160,
             SmsEncoding::Ucs2 => 70,
         }
     }
 
-    fn multi(self) -> usize {
+    pub(super) fn multi(self) -> usize {
         match self {
             SmsEncoding::Gsm7 => 153,
             SmsEncoding::Ucs2 => 67,
@@ -123,8 +123,7 @@ const CUT_MARK: &str = "...";
 /// ```text
 /// Pay EUR 1234.56 to ACME GmbH (DE89..3000)
 /// Code 20481735
-/// To account DE89370400440532013000
-/// From account DE02120300000000202051
+/// To DE89370400440532013000 from DE02..2051
 /// Ref Invoice 2026-117
 /// @bank.example #20481735
 /// ```
@@ -132,9 +131,10 @@ const CUT_MARK: &str = "...";
 /// The first two lines (amount, payee name, the payee account's first and
 /// last four characters, the code) always lie inside the first SMS segment:
 /// [`Transaction::parse`](super::Transaction::parse) refuses a transaction
-/// whose first lines could not (`payee_line_too_long`). A flagged payee
+/// whose first lines could not (`payee_line_too_long`). The third line gives
+/// the payee's whole account and the payer's shortened. A flagged payee
 /// ([`PayeeCheck`]) gets `(!) ` before the first line and a warning line
-/// after the accounts. Amounts have the currency's decimals, a `.` and no
+/// after the accounts line. Amounts have the currency's decimals, a `.` and no
 /// thousands separator. Only the reference is ever cut (ending in `...`,
 /// or left out): as much of it as keeps the first lines in the first
 /// segment (one character outside GSM 03.38 turns the whole message into
@@ -144,8 +144,9 @@ pub fn render(received: &Received, code: &Code, origin: &Origin) -> Rendered {
     let head = head(received, code);
     let tx = received.transaction();
     let mut body = format!(
-        "To account {}\nFrom account {}\n",
-        tx.payee_account, tx.payer_account
+        "To {} from {}\n",
+        tx.payee_account,
+        short_account(&tx.payer_account)
     );
     if received.payee_check() != PayeeCheck::Plain {
         body.push_str(WARNING_LINE);
@@ -204,7 +205,7 @@ fn head(received: &Received, code: &Code) -> String {
 }
 
 /// An account of more than 10 characters as its first and last four
-/// (`DE89..3000`); a shorter one whole. The whole account follows later.
+/// (`DE89..3000`); a shorter one whole.
 fn short_account(account: &str) -> String {
     // Accounts are ASCII (checked at parse), so byte indices are characters.
     if account.len() <= 10 || !account.is_ascii() {
@@ -252,13 +253,16 @@ fn measure(text: &str, head_chars: usize) -> (SmsEncoding, usize, bool) {
 }
 
 /// The alphabet the text needs and its length in that alphabet's units.
-fn units(text: &str) -> (SmsEncoding, usize) {
+pub(super) fn units(text: &str) -> (SmsEncoding, usize) {
     let encoding = if text.chars().all(|c| gsm7_septets(c).is_some()) {
         SmsEncoding::Gsm7
     } else {
         SmsEncoding::Ucs2
     };
-    (encoding, text.chars().map(|c| char_units(c, encoding)).sum())
+    (
+        encoding,
+        text.chars().map(|c| char_units(c, encoding)).sum(),
+    )
 }
 
 fn char_units(c: char, encoding: SmsEncoding) -> usize {
@@ -322,7 +326,16 @@ mod tests {
     fn origins() {
         assert!(Origin::new("bank.example").is_ok());
         assert!(Origin::new("xn--bcher-kva.example").is_ok());
-        for bad in ["", "Bank.example", "bank..example", "-bank.example", "bank.example.", "bänk.example", "bank example", "bank.example #1"] {
+        for bad in [
+            "",
+            "Bank.example",
+            "bank..example",
+            "-bank.example",
+            "bank.example.",
+            "bänk.example",
+            "bank example",
+            "bank.example #1",
+        ] {
             assert_eq!(Origin::new(bad), Err(ProtocolError::OriginInvalid), "{bad}");
         }
     }

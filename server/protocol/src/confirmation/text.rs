@@ -183,7 +183,10 @@ mod tests {
         // Mathematical bold A: not allowed in identifiers.
         assert_eq!(v("\u{1D400}CME"), PayeeCheck::MixedScript);
         // All Cyrillic, one script, yet it reads PayPal.
-        assert_eq!(v("\u{420}\u{430}\u{443}\u{420}\u{430}\u{04CF}"), PayeeCheck::LooksLikeKnownPayee);
+        assert_eq!(
+            v("\u{420}\u{430}\u{443}\u{420}\u{430}\u{04CF}"),
+            PayeeCheck::LooksLikeKnownPayee
+        );
         // Digit one and letter l.
         assert_eq!(v("PayPa1"), PayeeCheck::LooksLikeKnownPayee);
         assert_eq!(v("PayPal"), PayeeCheck::Plain);
