@@ -33,3 +33,85 @@ pub use confirmation::{
     SmsEncoding, Transaction, render, signed_message,
 };
 pub use error::ProtocolError;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// Dependencies this crate may have: pure Rust, no I/O. Adding one is a
+    /// decision for README.md's "must not" list, not a side effect.
+    const ALLOWED: &[&str] = &[
+        "serde",
+        "serde_json",
+        "thiserror",
+        "subtle",
+        "sha2",
+        "unicode-normalization",
+        "unicode-properties",
+        "unicode-security",
+    ];
+
+    /// Crates that would bring HTTP, a database, an HSM, TLS or a runtime.
+    const FORBIDDEN: &[&str] = &[
+        "cryptoki", "sqlx", "axum", "hyper", "rustls", "tokio", "reqwest", "lettre", "keyward-",
+    ];
+
+    #[test]
+    fn dependencies_are_the_pure_ones() {
+        let manifest = include_str!("../Cargo.toml");
+        let section = manifest
+            .split("\n[dependencies]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .unwrap_or_default();
+        let names: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.split(['=', '.', ' ']).next())
+            .filter(|n| !n.is_empty() && !n.starts_with('#'))
+            .collect();
+        assert!(!names.is_empty());
+        for n in names {
+            assert!(
+                ALLOWED.contains(&n),
+                "keyward-protocol may not depend on {n}"
+            );
+        }
+    }
+
+    /// Nothing reachable from this crate in the lock file (dev-dependencies
+    /// included) is one of [`FORBIDDEN`].
+    #[test]
+    fn nothing_forbidden_is_reachable() {
+        let lock = include_str!("../../../Cargo.lock");
+        let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for package in lock.split("[[package]]") {
+            let Some(name) = package
+                .lines()
+                .find_map(|l| l.strip_prefix("name = \""))
+                .and_then(|l| l.strip_suffix('"'))
+            else {
+                continue;
+            };
+            let deps = package
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix('"'))
+                .filter_map(|l| l.split(['"', ' ']).next());
+            graph.entry(name).or_default().extend(deps);
+        }
+        assert!(graph.contains_key("keyward-protocol"));
+        let mut seen = BTreeSet::new();
+        let mut todo = vec!["keyward-protocol"];
+        while let Some(n) = todo.pop() {
+            if seen.insert(n) {
+                todo.extend(graph.get(n).into_iter().flatten());
+            }
+        }
+        assert!(seen.contains("unicode-security") && seen.contains("unicode-script"));
+        for n in seen.iter().filter(|n| **n != "keyward-protocol") {
+            assert!(
+                !FORBIDDEN.iter().any(|f| n.starts_with(f)),
+                "keyward-protocol reaches {n}"
+            );
+        }
+    }
+}
