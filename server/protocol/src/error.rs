@@ -89,3 +89,47 @@ impl ProtocolError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ProtocolError as E;
+
+    #[test]
+    fn codes_lists_every_code_once() {
+        let all = [
+            E::Malformed,
+            E::TooLarge { max: 1 },
+            E::DuplicateField("amount"),
+            E::UnknownField,
+            E::FieldMissing("amount"),
+            E::FieldInvalid("payee_name"),
+            E::FieldTooLong {
+                field: "reference",
+                max: 1,
+            },
+            E::AmountInvalid,
+            E::AmountOverLimit { max: 1 },
+            E::CurrencyUnknown,
+            E::AccountInvalid("payee_account"),
+            E::ForbiddenCharacter {
+                field: "payee_name",
+                code_point: 0x202E,
+            },
+            E::NotNfc("payee_name"),
+            E::PayeeConfusable,
+            E::PayeeLineTooLong,
+            E::CodeMalformed,
+            E::OriginInvalid,
+        ];
+        let codes: Vec<&str> = all.iter().map(E::code).collect();
+        assert_eq!(codes, E::CODES);
+        let mut unique = codes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len());
+        assert_eq!(
+            all[11].to_string(),
+            "field `payee_name` contains a forbidden character (U+202E)"
+        );
+    }
+}
