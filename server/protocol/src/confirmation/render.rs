@@ -168,9 +168,11 @@ pub fn render(received: &Received, code: &Code, origin: &Origin) -> Rendered {
         text.push_str(&last);
         text
     };
-    // Longest reference first; with none at all the head fits (checked at
-    // parse), so the loop always ends with a message.
-    let mut keep = reference.len();
+    // Longest reference first (never more than the allowed segments could
+    // hold); with none at all the head fits (checked at parse), so the loop
+    // always ends with a message.
+    let most = received.sms_max_segments() * SmsEncoding::Gsm7.single();
+    let mut keep = reference.len().min(most);
     loop {
         let text = compose(keep);
         let (encoding, segments, head_fits) = measure(&text, head.chars().count());
