@@ -7,14 +7,16 @@
 //!
 //! # Layout
 //! - [`Config`]: the file's schema (`deny_unknown_fields` everywhere); one
-//!   module per section (`server`, `database`, `hsm`, `online`, `ca`,
-//!   `provisioning`, `log`), each with its defaults and its own checks.
+//!   module per section (`server`, `database`, `hsm`, `online`,
+//!   `confirmation`, `ca`, `provisioning`, `log`), each with its defaults
+//!   and its own checks.
 //! - [`Config::load`]: file → environment overrides (`KEYWARD__SECTION__KEY`) → validation.
 //! - [`HsmConfig::pin`]: the user PIN, read from a file or an environment variable, never inline.
 //! - [`ConfigError`]: what can go wrong, each variant naming a key or a path.
 
 pub mod bulk;
 mod ca;
+mod confirmation;
 mod database;
 mod hsm;
 mod log;
@@ -30,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
+pub use confirmation::ConfirmationConfig;
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
 pub use log::{LogConfig, LogFormat};
@@ -89,6 +92,8 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     #[serde(default)]
     pub online: OnlineConfig,
+    #[serde(default)]
+    pub confirmation: ConfirmationConfig,
 }
 
 /// serde's `default = "…"` wants a function.
@@ -162,6 +167,7 @@ impl Config {
     /// Each section's checks, in the order a file's first error is reported.
     fn validate(&self) -> Result<(), ConfigError> {
         self.online.validate()?;
+        self.confirmation.validate()?;
         self.provisioning.validate()?;
         self.hsm.validate()?;
         self.database.validate_url()?;

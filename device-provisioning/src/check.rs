@@ -216,6 +216,20 @@ impl Provisioning {
         note.finish(result)
     }
 
+    /// Whether `signature_der` over `message` (SHA-256, hashed once) is by
+    /// the key of the device's certificate `serial`, which must be its
+    /// registered one and in good standing at the CA.
+    pub async fn verify_device_signature(
+        &self,
+        device: DeviceId,
+        serial: &str,
+        message: &[u8],
+        signature_der: &[u8],
+    ) -> Result<bool> {
+        let cert = self.good_certificate(serial, device).await?;
+        Ok(verify_signature(&cert.public_key, message, signature_der))
+    }
+
     /// The device's registered certificate, if the CA vouches for it.
     pub(crate) async fn good_certificate(
         &self,

@@ -180,6 +180,18 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         record(&o.audit, "online", &what).await?;
         report.created.push(what);
     }
+    if o.kms
+        .ensure_confirmation_code_key()
+        .await
+        .context("the confirmation code key")?
+    {
+        let what = format!(
+            "confirmation code key {} (HSM, HMAC-SHA256)",
+            keyward_kms::service::CONFIRMATION_CODE_LABEL
+        );
+        record(&o.audit, "confirmation", &what).await?;
+        report.created.push(what);
+    }
     let r = &o.ca_report;
     for (done, what) in [
         (r.root_key_created, "CA root key keyward/ca/root (HSM)"),

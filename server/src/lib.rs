@@ -42,6 +42,7 @@ pub mod audit;
 pub mod bootstrap;
 pub mod bulk;
 pub mod cli;
+pub mod confirmation;
 pub mod edge;
 pub mod http;
 pub mod jobs;

@@ -57,6 +57,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "jobs",
             include_str!("../migrations/sqlite/2030_jobs.sql"),
         ),
+        (
+            2050,
+            "confirmations",
+            include_str!("../migrations/sqlite/2050_confirmations.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -98,6 +103,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2030,
             "jobs",
             include_str!("../migrations/postgres/2030_jobs.sql"),
+        ),
+        (
+            2050,
+            "confirmations",
+            include_str!("../migrations/postgres/2050_confirmations.sql"),
         ),
     ],
 };

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
 use keyward_ca::{Ca, OcspLimits, OcspResponder};
 use keyward_config::Config;
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
+use crate::confirmation::Confirmations;
 use crate::edge::tls::TlsState;
 use crate::metrics::Metrics;
 use crate::online::{CrlReload, Online};
@@ -25,6 +27,8 @@ pub struct Inner {
     pub provisioning: Provisioning,
     /// The online service (login, sessions, rotation).
     pub online: Online,
+    /// Transaction confirmation over a second channel.
+    pub confirmations: Confirmations,
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub tls: TlsState,
@@ -45,14 +49,15 @@ impl AppState {
         audit: AuditLog,
         metrics: Metrics,
         tls: TlsState,
-    ) -> Result<Self, keyward_ca::CaError> {
+    ) -> anyhow::Result<Self> {
         let ocsp = OcspResponder::new(
             ca.clone(),
             OcspLimits {
                 cache_entries: config.server.ocsp_cache_entries,
                 signatures_per_second: config.server.ocsp_signatures_per_second,
             },
-        )?
+        )
+        .context("bringing up the OCSP responder")?
         // Device certificates of imports that never completed are not `good`.
         .with_standing(Arc::new(provisioning.clone()));
         let online = Online::new(
@@ -64,8 +69,15 @@ impl AppState {
             config.online.clone(),
             CrlReload::default(),
         );
+        let confirmations = Confirmations::new(
+            kms.clone(),
+            provisioning.clone(),
+            audit.clone(),
+            config.confirmation.clone(),
+        )?;
         Ok(Self(Arc::new(Inner {
             online,
+            confirmations,
             config,
             kms,
             ca,

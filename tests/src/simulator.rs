@@ -224,6 +224,12 @@ impl SimDevice {
         }
     }
 
+    /// Signs a transaction confirmation: `tx ‖ code` (docs/protocol.md §11),
+    /// with the key of the device's certificate.
+    pub fn sign_confirmation(&self, tx: &[u8], code: &keyward_protocol::confirmation::Code) -> Vec<u8> {
+        self.sign_challenge(&keyward_protocol::confirmation::signed_message(tx, code))
+    }
+
     /// Opens an init package: unwraps `TMK` and `AUTH`, computes their KCVs
     /// and keeps the keys only if every KCV matches the announced one.
     pub fn load_init_package(&mut self, pkg: &InitPackage) -> Result<InitAnswer> {

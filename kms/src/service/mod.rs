@@ -20,6 +20,7 @@
 
 mod audit;
 mod challenges;
+mod confirmation;
 mod init_package;
 mod issuers;
 mod records;
@@ -37,6 +38,7 @@ use keyward_config::Config;
 
 pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
 pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
+pub use confirmation::CONFIRMATION_CODE_LABEL;
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};
 pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
 pub use verify::{
@@ -72,6 +74,8 @@ pub struct Kms {
     audit_key: audit::AuditKeyCache,
     /// The login-challenge seal key's handle, once found.
     seal_key: audit::AuditKeyCache,
+    /// The confirmation-code MAC key's handle, once found.
+    code_key: audit::AuditKeyCache,
 }
 
 /// A snapshot of the service's counters and gauges, for metrics.
@@ -166,6 +170,7 @@ impl Kms {
             grace: DEFAULT_ROTATION_GRACE,
             audit_key: Arc::default(),
             seal_key: Arc::default(),
+            code_key: Arc::default(),
         }
     }
 

@@ -52,6 +52,12 @@ pub async fn state_from(
             "created the login challenge seal key missing from the HSM"
         );
     }
+    if opened.kms.ensure_confirmation_code_key().await? {
+        tracing::warn!(
+            label = keyward_kms::service::CONFIRMATION_CODE_LABEL,
+            "created the confirmation code key missing from the HSM"
+        );
+    }
     let key = match opened.kms.signing_key(TLS_KEY_LABEL).await {
         Ok(k) => k,
         Err(keyward_kms::KmsError::KeyMissing(_)) => {
@@ -98,7 +104,6 @@ pub async fn state_from(
         metrics,
         tls,
     )
-    .context("bringing up the OCSP responder")
 }
 
 /// Takes over and undoes every import whose lease ran out

@@ -83,6 +83,11 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("invalid_challenge_id", StatusCode::BAD_REQUEST),
     ("invalid_response", StatusCode::BAD_REQUEST),
     ("invalid_key_confirmation", StatusCode::BAD_REQUEST),
+    ("transaction_malformed", StatusCode::BAD_REQUEST),
+    ("duplicate_field", StatusCode::BAD_REQUEST),
+    ("unknown_field", StatusCode::BAD_REQUEST),
+    ("field_missing", StatusCode::BAD_REQUEST),
+    ("field_invalid", StatusCode::BAD_REQUEST),
     // 401, 403: who the caller is, or what it may do.
     ("client_certificate_required", StatusCode::UNAUTHORIZED),
     ("forbidden_role", StatusCode::FORBIDDEN),
@@ -108,6 +113,8 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("session_expired", StatusCode::FORBIDDEN),
     ("session_device_mismatch", StatusCode::FORBIDDEN),
     ("session_certificate_mismatch", StatusCode::FORBIDDEN),
+    ("payer_account_not_held", StatusCode::FORBIDDEN),
+    ("confirmation_refused", StatusCode::FORBIDDEN),
     // 404, 405: no such thing.
     ("not_found", StatusCode::NOT_FOUND),
     ("unknown_serial", StatusCode::NOT_FOUND),
@@ -117,12 +124,14 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("unknown_application", StatusCode::NOT_FOUND),
     ("unknown_customer", StatusCode::NOT_FOUND),
     ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+    ("unknown_confirmation", StatusCode::NOT_FOUND),
     // 408, 413, 415: the body.
     ("body_timeout", StatusCode::REQUEST_TIMEOUT),
     ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("batch_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("too_many_items", StatusCode::PAYLOAD_TOO_LARGE),
     ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ("transaction_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     // 409: the state does not allow it (now).
     ("request_in_progress", StatusCode::CONFLICT),
     ("already_revoked", StatusCode::CONFLICT),
@@ -150,9 +159,19 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("invalid_transition", StatusCode::CONFLICT),
     ("conflict", StatusCode::CONFLICT),
     ("audit_chain_broken", StatusCode::CONFLICT),
+    ("confirmation_tampered", StatusCode::CONFLICT),
     // 422: well-formed, refused as a whole.
     ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
     ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),
+    ("field_too_long", StatusCode::UNPROCESSABLE_ENTITY),
+    ("amount_invalid", StatusCode::UNPROCESSABLE_ENTITY),
+    ("amount_over_limit", StatusCode::UNPROCESSABLE_ENTITY),
+    ("currency_unknown", StatusCode::UNPROCESSABLE_ENTITY),
+    ("account_invalid", StatusCode::UNPROCESSABLE_ENTITY),
+    ("text_forbidden_character", StatusCode::UNPROCESSABLE_ENTITY),
+    ("text_not_nfc", StatusCode::UNPROCESSABLE_ENTITY),
+    ("payee_confusable", StatusCode::UNPROCESSABLE_ENTITY),
+    ("payee_line_too_long", StatusCode::UNPROCESSABLE_ENTITY),
     // 500, 501: the server's fault, or the HSM's capability.
     ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
     ("hsm_error", StatusCode::INTERNAL_SERVER_ERROR),
@@ -349,6 +368,12 @@ impl From<ProvisioningError> for ApiError {
 
 impl From<OnlineError> for ApiError {
     fn from(e: OnlineError) -> Self {
+        Self::from_kind(e.kind(), e.code(), e)
+    }
+}
+
+impl From<crate::confirmation::ConfirmError> for ApiError {
+    fn from(e: crate::confirmation::ConfirmError) -> Self {
         Self::from_kind(e.kind(), e.code(), e)
     }
 }

@@ -19,7 +19,11 @@
 //! - `session`: `GET|DELETE /v1/session`, behind
 //!   [`session::require_session`] like every session-bound route.
 //! - `transactions`: `POST /v1/transactions` (session-bound).
+//! - `confirmations`: `POST /v1/confirmations`,
+//!   `POST /v1/confirmations/{id}/confirm` (session-bound): transaction
+//!   confirmation over a second channel.
 
+mod confirmations;
 mod login;
 mod ping;
 pub mod session;
@@ -51,7 +55,12 @@ pub fn router(state: AppState) -> Router {
         .apply(
             Router::new()
                 .route("/v1/session", get(session::show).delete(session::end))
-                .route("/v1/transactions", post(transactions::verify)),
+                .route("/v1/transactions", post(transactions::verify))
+                .route("/v1/confirmations", post(confirmations::submit))
+                .route(
+                    "/v1/confirmations/{id}/confirm",
+                    post(confirmations::confirm),
+                ),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

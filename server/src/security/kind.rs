@@ -10,14 +10,18 @@ pub enum SecurityKind {
     /// it was sent (seed CN102004977A: the keys may have been intercepted
     /// or replaced).
     KcvMismatch,
+    /// A device signed a transaction other than the one the server received
+    /// for it (seed CN101184107A: the PC altered what it passed on).
+    TransactionTampered,
 }
 
 impl SecurityKind {
-    pub const ALL: [SecurityKind; 1] = [Self::KcvMismatch];
+    pub const ALL: [SecurityKind; 2] = [Self::KcvMismatch, Self::TransactionTampered];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::KcvMismatch => "kcv_mismatch",
+            Self::TransactionTampered => "transaction_tampered",
         }
     }
 }

@@ -21,11 +21,14 @@
 //!   the operators' key-rotation and credential routes.
 //! - [`transactions`]: a device's transaction (MAC, account fields, PIN
 //!   block) (`/v1/transactions`).
+//! - [`confirmations`]: transaction confirmation over a second channel
+//!   (`/v1/confirmations`).
 //! - [`WhoAmI`], [`AuditRecords`], [`AuditVerified`], [`AuditCheckpoint`]:
 //!   the operator and the audit trail.
 //! - [`Ping`]: `GET /v1/ping` on the public listener.
 
 pub mod ca;
+pub mod confirmations;
 pub mod customers;
 pub mod devices;
 pub mod issuers;

@@ -19,6 +19,7 @@ mod harness;
 mod access;
 mod ca;
 mod codes;
+mod confirmations;
 mod customers;
 mod database;
 mod devices;

@@ -1,0 +1,479 @@
+//! Transaction confirmation over a second channel (seed CN101184107A,
+//! docs/protocol.md §11): what the customer sees is what the device signs.
+//!
+//! - [`Confirmations::submit`]: a session's device hands in a transaction;
+//!   the bytes are kept exactly as received beside their parsed copy
+//!   (`keyward_protocol`), an 8-digit code is drawn from the HSM RNG and
+//!   kept only as its HMAC under an HSM key, and the message rendered from
+//!   the parsed fields goes to the customer's contact through the outbox —
+//!   row, outbox message and audit record in one transaction.
+//! - [`Confirmations::confirm`]: the device signs `tx ‖ code` with its
+//!   certificate's key. The signature, then the bytes (byte for byte: a
+//!   difference closes it as **tampered**), then the code are checked
+//!   (HSM and signature work before the write transaction opens); only then
+//!   is it **executed** and handed to the executor through the outbox, at
+//!   most once however many confirm at the same time. A wrong, expired or
+//!   used code and a bad signature all answer `confirmation_refused`.
+
+mod error;
+pub mod store;
+
+use std::sync::Arc;
+
+use keyward_config::ConfirmationConfig;
+use keyward_device_provisioning::{ContactKind, Provisioning};
+use keyward_kms::Kms;
+use keyward_kms::db::{Database, now_ms};
+use keyward_protocol::confirmation::{
+    Code, Currency, Origin, PayeeCheck, PayeePolicy, Rules, Transaction, render, signed_message,
+};
+use serde_json::json;
+
+pub use error::ConfirmError;
+pub use store::State;
+
+use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::online::{Device, Session};
+use crate::outbox::{self, NewMessage};
+
+pub type Result<T> = std::result::Result<T, ConfirmError>;
+
+/// Outbox topic of a code for the customer.
+pub const TOPIC_CODE: &str = "confirmation.code";
+/// Outbox topic of an executed transaction for the executor.
+pub const TOPIC_EXECUTE: &str = "confirmation.execute";
+
+/// The confirmation service; cheap to clone.
+#[derive(Clone)]
+pub struct Confirmations(Arc<Parts>);
+
+struct Parts {
+    kms: Kms,
+    provisioning: Provisioning,
+    audit: AuditLog,
+    config: ConfirmationConfig,
+    rules: Rules,
+    origin: Origin,
+}
+
+impl std::fmt::Debug for Confirmations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Confirmations").finish_non_exhaustive()
+    }
+}
+
+/// A submitted transaction, waiting for its confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: String,
+    pub expires_at_ms: i64,
+    pub max_attempts: u32,
+    /// The payee name looks like another (mixed scripts, or a known
+    /// payee's look-alike): the message says so.
+    pub payee_flagged: bool,
+}
+
+/// What a device sends to confirm.
+pub struct ConfirmRequest {
+    pub id: String,
+    /// The transaction bytes the device signed.
+    pub transaction: Vec<u8>,
+    /// The code as typed on the device.
+    pub code: String,
+    /// DER signature over `transaction ‖ code`.
+    pub signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for ConfirmRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfirmRequest")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An executed confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    pub id: String,
+    /// The outbox message that hands it to the executor.
+    pub execution_id: String,
+    pub executed_at_ms: i64,
+}
+
+/// What the configuration's rules could not be made from.
+#[derive(Debug, thiserror::Error)]
+#[error("confirmation configuration: {0}")]
+pub struct ConfigProblem(String);
+
+impl Confirmations {
+    pub fn new(
+        kms: Kms,
+        provisioning: Provisioning,
+        audit: AuditLog,
+        config: ConfirmationConfig,
+    ) -> std::result::Result<Self, ConfigProblem> {
+        let currencies = config
+            .currencies
+            .iter()
+            .map(|c| Currency::from_code(c).ok_or_else(|| ConfigProblem(format!("currency {c}"))))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let rules = Rules {
+            currencies,
+            max_amount: config.max_amount_minor,
+            confusable_payee: if config.confusable_payee == "refuse" {
+                PayeePolicy::Refuse
+            } else {
+                PayeePolicy::Flag
+            },
+            known_payees: config.known_payees.clone(),
+            ..Rules::default()
+        };
+        let origin = Origin::new(&config.origin).map_err(|e| ConfigProblem(e.to_string()))?;
+        Ok(Self(Arc::new(Parts {
+            kms,
+            provisioning,
+            audit,
+            config,
+            rules,
+            origin,
+        })))
+    }
+
+    fn db(&self) -> &Database {
+        self.0.kms.db()
+    }
+
+    /// A device's transaction, as its session's customer: stored, its code
+    /// made and the message queued for the customer's contact.
+    pub async fn submit(&self, device: &Device, session: &Session, raw: &[u8]) -> Result<Submitted> {
+        match self.submitted(device, session, raw).await {
+            Err(e) if e.kind().is_client() => {
+                self.refused(device, "confirmation.submit", None, &e).await;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn submitted(&self, device: &Device, session: &Session, raw: &[u8]) -> Result<Submitted> {
+        let p = &self.0;
+        let received = Transaction::parse(raw, &p.rules)?;
+        let tx = received.transaction();
+        let binding = p
+            .provisioning
+            .bindings(device.device_id)
+            .await?
+            .into_iter()
+            .find(|b| b.issuer == session.issuer)
+            .ok_or(ConfirmError::NotBound)?;
+        if !binding
+            .accounts
+            .iter()
+            .any(|a| a.as_str() == tx.payer_account)
+        {
+            return Err(ConfirmError::AccountNotHeld);
+        }
+        let customer = p.provisioning.customer(&binding.customer).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let code = self.new_code().await?;
+        let code_mac = p.kms.confirmation_code_mac(code_context(&id, &code)).await?;
+        let rendered = render(&received, &code, &p.origin);
+        let flagged = received.payee_check() != PayeeCheck::Plain;
+        let created = now_ms();
+        let ttl_ms = i64::try_from(p.config.code_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let expires = created.saturating_add(ttl_ms);
+        let contact = &customer.contact;
+        let channel = p
+            .config
+            .channels
+            .get(contact_key(contact.kind))
+            .cloned()
+            .unwrap_or_else(|| "file".to_owned());
+        let message = NewMessage {
+            topic: TOPIC_CODE.to_owned(),
+            channel,
+            recipient: contact.address().to_owned(),
+            subject_id: id.clone(),
+            payload: serde_json::to_vec(&json!({
+                "kind": contact.kind.as_str(),
+                "to": contact.address(),
+                "text": rendered.text(),
+            }))
+            .unwrap_or_default(),
+        };
+        let amount_minor = i64::try_from(tx.amount.minor_units())
+            .map_err(|_| ConfirmError::Transaction(keyward_protocol::ProtocolError::AmountInvalid))?;
+        let row = store::NewConfirmation {
+            id: id.clone(),
+            device: device.device_id,
+            issuer: session.issuer.clone(),
+            customer: binding.customer.to_string(),
+            received: received.raw().to_vec(),
+            payer_account: tx.payer_account.clone(),
+            payee_account: tx.payee_account.clone(),
+            payee_name: tx.payee_name.clone(),
+            amount_minor,
+            currency: tx.currency.code().to_owned(),
+            reference: tx.reference.clone(),
+            payee_flagged: flagged,
+            rendered_sha256: hex::encode(rendered.sha256()),
+            code_mac: code_mac.to_vec(),
+            max_attempts: p.config.max_attempts,
+            created_at_ms: created,
+            expires_at_ms: expires,
+            delivery_id: String::new(),
+        };
+        let event = event(
+            "confirmation.submit",
+            device,
+            json!({ "confirmation": id, "issuer": session.issuer.as_str(),
+                    "amount_minor": amount_minor, "currency": tx.currency.code(),
+                    "payee_flagged": flagged, "expires_at_ms": expires }),
+        );
+        let audit = p.audit.clone();
+        let (row, event, message) = (&row, &event, &message);
+        self.db()
+            .write("confirmation.submit", |mut dbtx| async move {
+                let delivery = outbox::enqueue_in(&mut dbtx, message).await?;
+                let mut row = row.clone();
+                row.delivery_id = delivery.to_string();
+                store::insert_in(&mut dbtx, &row).await?;
+                audit
+                    .stage_in(&mut dbtx, &device.actor, event, Outcome::Success, &device.request_id)
+                    .await?;
+                Ok::<_, ConfirmError>((dbtx, ()))
+            })
+            .await?;
+        let _ = p.audit.flush_staged().await;
+        Ok(Submitted {
+            id,
+            expires_at_ms: expires,
+            max_attempts: p.config.max_attempts,
+            payee_flagged: flagged,
+        })
+    }
+
+    /// An 8-digit code from the HSM RNG, uniform (rejection sampling).
+    async fn new_code(&self) -> Result<Code> {
+        loop {
+            let bytes = self.0.kms.random::<{ Code::RANDOM_BYTES }>().await?;
+            if let Some(code) = Code::from_random(&bytes) {
+                return Ok(code);
+            }
+        }
+    }
+
+    /// The device's signed confirmation: executed once, or refused.
+    pub async fn confirm(
+        &self,
+        device: &Device,
+        session: &Session,
+        req: ConfirmRequest,
+    ) -> Result<Executed> {
+        let id = req.id.clone();
+        match self.confirmed(device, session, req).await {
+            Err(e) if e.kind().is_client() => {
+                self.refused(device, "confirmation.confirm", Some(&id), &e).await;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn confirmed(
+        &self,
+        device: &Device,
+        session: &Session,
+        req: ConfirmRequest,
+    ) -> Result<Executed> {
+        let p = &self.0;
+        let stored = store::get(self.db(), &req.id)
+            .await?
+            .filter(|s| {
+                s.device == device.device_id.to_string() && s.issuer == session.issuer.as_str()
+            })
+            .ok_or(ConfirmError::Unknown)?;
+        if stored.state != State::Pending {
+            return Err(ConfirmError::Refused);
+        }
+        let Ok(code) = Code::parse(&req.code) else {
+            return self.wrong(device, &stored).await;
+        };
+        let signed = signed_message(&req.transaction, &code);
+        let signature_ok = p
+            .provisioning
+            .verify_device_signature(device.device_id, &device.serial, &signed, &req.signature)
+            .await?;
+        if !signature_ok {
+            return self.wrong(device, &stored).await;
+        }
+        // Signed by the device, yet not what was received: the PC changed it.
+        if req.transaction != stored.received {
+            return self.tampered(device, &stored, &req.signature).await;
+        }
+        let code_ok = p
+            .kms
+            .confirmation_code_matches(code_context(&stored.id, &code), &stored.code_mac)
+            .await?;
+        let now = now_ms();
+        if !code_ok || now >= stored.expires_at_ms {
+            return self.wrong(device, &stored).await;
+        }
+        self.execute(device, &stored, &req.signature, now).await
+    }
+
+    async fn execute(
+        &self,
+        device: &Device,
+        stored: &store::Stored,
+        signature: &[u8],
+        now: i64,
+    ) -> Result<Executed> {
+        let p = &self.0;
+        let message = NewMessage {
+            topic: TOPIC_EXECUTE.to_owned(),
+            channel: p.config.executor_channel.clone(),
+            recipient: p.config.executor.clone(),
+            subject_id: stored.id.clone(),
+            payload: serde_json::to_vec(&json!({
+                "confirmation_id": stored.id,
+                "device_id": stored.device,
+                "customer_id": stored.customer,
+                "transaction": base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD, &stored.received),
+                "executed_at_ms": now,
+            }))
+            .unwrap_or_default(),
+        };
+        let event = event(
+            "confirmation.execute",
+            device,
+            json!({ "confirmation": stored.id, "amount_minor": stored.amount_minor,
+                    "currency": stored.currency }),
+        );
+        let audit = p.audit.clone();
+        let (message, event) = (&message, &event);
+        let done = self
+            .db()
+            .write("confirmation.execute", |mut dbtx| async move {
+                let execution = outbox::enqueue_in(&mut dbtx, message).await?.to_string();
+                if !store::decide_in(
+                    &mut dbtx,
+                    &stored.id,
+                    State::Executed,
+                    Some(signature),
+                    Some(&execution),
+                    now,
+                )
+                .await?
+                {
+                    // Decided or expired meanwhile: the transaction rolls back.
+                    return Err(ConfirmError::Refused);
+                }
+                audit
+                    .stage_in(&mut dbtx, &device.actor, event, Outcome::Success, &device.request_id)
+                    .await?;
+                Ok::<_, ConfirmError>((dbtx, execution))
+            })
+            .await?;
+        let _ = p.audit.flush_staged().await;
+        Ok(Executed {
+            id: stored.id.clone(),
+            execution_id: done,
+            executed_at_ms: now,
+        })
+    }
+
+    /// A wrong answer: counted (the last one closes it), always the one
+    /// refusal.
+    async fn wrong(&self, device: &Device, stored: &store::Stored) -> Result<Executed> {
+        let now = now_ms();
+        let counted = self
+            .db()
+            .write("confirmation.attempt", |mut dbtx| async move {
+                let c = store::count_attempt_in(&mut dbtx, &stored.id, now).await?;
+                Ok::<_, ConfirmError>((dbtx, c))
+            })
+            .await?;
+        tracing::debug!(confirmation = %stored.id, ?counted, "confirmation attempt refused");
+        let _ = device;
+        Err(ConfirmError::Refused)
+    }
+
+    /// A signed transaction other than the received one: closed for good,
+    /// recorded as a security event.
+    async fn tampered(
+        &self,
+        device: &Device,
+        stored: &store::Stored,
+        signature: &[u8],
+    ) -> Result<Executed> {
+        let p = &self.0;
+        let now = now_ms();
+        let event = AuditEvent::Security {
+            kind: crate::security::kind::SecurityKind::TransactionTampered,
+            target: format!("device:{}", device.device_id),
+            detail: json!({ "confirmation": stored.id }),
+        };
+        let audit = p.audit.clone();
+        let event = &event;
+        self.db()
+            .write("confirmation.tampered", |mut dbtx| async move {
+                store::decide_in(&mut dbtx, &stored.id, State::Tampered, Some(signature), None, now)
+                    .await?;
+                audit
+                    .stage_in(
+                        &mut dbtx,
+                        &device.actor,
+                        event,
+                        Outcome::Refused {
+                            code: "confirmation_tampered",
+                        },
+                        &device.request_id,
+                    )
+                    .await?;
+                Ok::<_, ConfirmError>((dbtx, ()))
+            })
+            .await?;
+        let _ = p.audit.flush_staged().await;
+        Err(ConfirmError::Tampered)
+    }
+
+    /// Records a refused step (best effort: the refusal stands either way).
+    async fn refused(&self, device: &Device, action: &'static str, id: Option<&str>, e: &ConfirmError) {
+        let code = e.code();
+        let event = event(action, device, json!({ "confirmation": id, "code": code }));
+        let _ = self
+            .0
+            .audit
+            .append(&device.actor, &event, Outcome::Refused { code }, &device.request_id)
+            .await;
+    }
+
+    /// A confirmation as an operator sees it (no code, no bytes).
+    pub async fn show(&self, id: &str) -> Result<store::Stored> {
+        store::get(self.db(), id).await?.ok_or(ConfirmError::Unknown)
+    }
+}
+
+/// What the code's MAC covers: the confirmation it belongs to and the code.
+fn code_context(id: &str, code: &Code) -> Vec<u8> {
+    let mut data = b"keyward/confirmation/code/v1\0".to_vec();
+    data.extend_from_slice(id.as_bytes());
+    data.push(0);
+    data.extend_from_slice(code.as_bytes());
+    data
+}
+
+fn contact_key(kind: ContactKind) -> &'static str {
+    kind.as_str()
+}
+
+fn event(action: &'static str, device: &Device, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent::Online {
+        action,
+        target: format!("device:{}", device.device_id),
+        detail,
+    }
+}

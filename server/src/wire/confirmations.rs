@@ -1,0 +1,44 @@
+//! Transaction confirmation over a second channel (`/v1/confirmations`,
+//! docs/protocol.md §11). The transaction itself is submitted as the
+//! request body, exactly the bytes the device will sign; its format is
+//! `keyward_protocol::confirmation`'s.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/confirmations` → 201: the confirmation waiting for the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub confirmation_id: String,
+    pub expires_at_ms: i64,
+    pub max_attempts: u32,
+    /// The payee looks like another: the customer's message warns of it.
+    pub payee_flagged: bool,
+}
+
+/// `POST /v1/confirmations/{id}/confirm`: what the device signed and with
+/// what.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    /// The transaction bytes the device signed, base64.
+    pub transaction: String,
+    /// The 8 digits the customer typed.
+    pub code: String,
+    /// DER signature (ECDSA P-256 or RSA PKCS#1 v1.5, SHA-256) over
+    /// `transaction ‖ code`, base64.
+    pub signature: String,
+}
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Confirm").finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/confirmations/{id}/confirm` → 200: executed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Executed {
+    pub confirmation_id: String,
+    pub state: String,
+    pub executed_at_ms: i64,
+}

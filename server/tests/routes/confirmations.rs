@@ -1,0 +1,281 @@
+//! Transaction confirmation over a second channel on the public router
+//! (docs/protocol.md §11): submit, the code from the customer's message,
+//! the device's signature over `tx ‖ code`, executed once; a transaction
+//! the PC altered is tampered; wrong codes run out; bad input is typed.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use keyward_protocol::confirmation::Code;
+use keyward_server::edge::identity::ClientIdentity;
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::terminal::LoginOptions;
+use serde_json::{Value, json};
+
+use crate::harness::{Answer, App, send};
+use crate::login::{issued, login};
+
+/// A logged-in device of customer `n` at bank-a: the device, its identity,
+/// its session token and its account.
+async fn session(app: &App, n: u8) -> (SimDevice, ClientIdentity, String, String) {
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(app, n, &["bank-a"]).await;
+    let (_, a) = login(app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    let token = a.expect(StatusCode::OK)["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (d, who, token, format!("62220202001122{n:02}"))
+}
+
+async fn post(app: &App, who: &ClientIdentity, token: &str, path: &str, body: Vec<u8>) -> Answer {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(body))
+        .unwrap();
+    send(&app.public, who, req).await
+}
+
+fn tx(payer: &str, amount: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "payer_account": payer,
+        "payee_account": "DE89370400440532013000",
+        "payee_name": "ACME GmbH",
+        "amount": amount,
+        "currency": "EUR",
+        "reference": "Invoice 2026-118",
+    }))
+    .unwrap()
+}
+
+/// The code in the message queued for the customer (what the phone shows).
+async fn code_sent(app: &App, id: &str) -> Code {
+    let payload: Vec<u8> = sqlx::query_scalar(
+        "SELECT o.payload FROM outbox o JOIN confirmations c ON o.message_id = c.delivery_id \
+         WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(app.state.kms.db().pool())
+    .await
+    .unwrap();
+    let text = serde_json::from_slice::<Value>(&payload).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Code "))
+        .expect("a code line");
+    Code::parse(digits.trim()).unwrap()
+}
+
+async fn state_of(app: &App, id: &str) -> String {
+    sqlx::query_scalar("SELECT state FROM confirmations WHERE id = $1")
+        .bind(id)
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap()
+}
+
+fn confirm_body(tx: &[u8], code: &str, signature: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::to_vec(&json!({
+        "transaction": b64.encode(tx),
+        "code": code,
+        "signature": b64.encode(signature),
+    }))
+    .unwrap()
+}
+
+async fn submit(app: &App, who: &ClientIdentity, token: &str, body: Vec<u8>) -> String {
+    let a = post(app, who, token, "/v1/confirmations", body).await;
+    a.expect(StatusCode::CREATED)["confirmation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_honest_confirmation_executes_once() {
+    let app = App::new().await;
+    let (d, who, token, account) = session(&app, 41).await;
+    let t = tx(&account, json!(123456));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    let code = code_sent(&app, &id).await;
+    let sig = d.sign_confirmation(&t, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    let a = post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig)).await;
+    assert_eq!(a.expect(StatusCode::OK)["state"], "executed");
+    assert_eq!(state_of(&app, &id).await, "executed");
+    // Once: the same confirmation again is refused, and one execution is
+    // queued for the executor.
+    post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig))
+        .await
+        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    let executions: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE subject_id = $1 AND topic = 'confirmation.execute'",
+    )
+    .bind(&id)
+    .fetch_one(app.state.kms.db().pool())
+    .await
+    .unwrap();
+    assert_eq!(executions, 1);
+    assert!(app.audited("confirmation.execute", "success").await);
+}
+
+#[tokio::test]
+async fn a_transaction_the_pc_altered_is_tampered() {
+    let app = App::new().await;
+    let (d, who, token, account) = session(&app, 42).await;
+    let t = tx(&account, json!(1000));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    let code = code_sent(&app, &id).await;
+    // The device was shown (and signed) another amount; so was a byte of
+    // whitespace, or the keys in another order.
+    let altered = tx(&account, json!(100000));
+    let sig = d.sign_confirmation(&altered, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    post(&app, &who, &token, &path, confirm_body(&altered, code.as_str(), &sig))
+        .await
+        .refused(StatusCode::CONFLICT, "confirmation_tampered");
+    assert_eq!(state_of(&app, &id).await, "tampered");
+    assert!(app.audited("security.transaction_tampered", "refused").await);
+    // Closed for good: the honest bytes no longer help.
+    let sig = d.sign_confirmation(&t, &code);
+    post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig))
+        .await
+        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+
+    let id = submit(&app, &who, &token, t.clone()).await;
+    let code = code_sent(&app, &id).await;
+    let mut spaced = t.clone();
+    spaced.push(b' ');
+    let sig = d.sign_confirmation(&spaced, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    post(&app, &who, &token, &path, confirm_body(&spaced, code.as_str(), &sig))
+        .await
+        .refused(StatusCode::CONFLICT, "confirmation_tampered");
+}
+
+#[tokio::test]
+async fn wrong_codes_and_bad_signatures_run_out_with_one_answer() {
+    let app = App::new().await;
+    let (d, who, token, account) = session(&app, 43).await;
+    let other = SimDevice::p256("0A0B0C0D0E0F10FF".parse().unwrap()).unwrap();
+    let t = tx(&account, json!(500));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    let code = code_sent(&app, &id).await;
+    let wrong = Code::parse(if code.as_str() == "00000000" { "11111111" } else { "00000000" })
+        .unwrap();
+    let path = format!("/v1/confirmations/{id}/confirm");
+    // A wrong code, a malformed one, another device's signature: one answer.
+    for (c, sig) in [
+        (wrong.as_str().to_owned(), d.sign_confirmation(&t, &wrong)),
+        ("1234".to_owned(), d.sign_confirmation(&t, &wrong)),
+        (code.as_str().to_owned(), other.sign_confirmation(&t, &code)),
+    ] {
+        post(&app, &who, &token, &path, confirm_body(&t, &c, &sig))
+            .await
+            .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    }
+    assert_eq!(state_of(&app, &id).await, "failed");
+    // The right code after the attempts ran out: the same answer.
+    let sig = d.sign_confirmation(&t, &code);
+    post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig))
+        .await
+        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+}
+
+#[tokio::test]
+async fn twenty_confirms_at_once_execute_once() {
+    let app = App::new().await;
+    let (d, who, token, account) = session(&app, 44).await;
+    let t = tx(&account, json!(777));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    let code = code_sent(&app, &id).await;
+    let sig = d.sign_confirmation(&t, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    let body = confirm_body(&t, code.as_str(), &sig);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (app, who, token, path, body) = (
+            app.public.clone(),
+            who.clone(),
+            token.clone(),
+            path.clone(),
+            body.clone(),
+        );
+        set.spawn(async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(body))
+                .unwrap();
+            send(&app, &who, req).await
+        });
+    }
+    let answers: Vec<Answer> = set.join_all().await;
+    let ok = answers.iter().filter(|a| a.status == StatusCode::OK).count();
+    assert_eq!(ok, 1, "{:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
+    assert!(answers
+        .iter()
+        .all(|a| a.status == StatusCode::OK || a.code() == "confirmation_refused"));
+}
+
+#[tokio::test]
+async fn bad_transactions_are_typed_and_change_nothing() {
+    let app = App::new().await;
+    let (_, who, token, account) = session(&app, 45).await;
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (tx(&account, json!(0)), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
+        (tx(&account, json!(-5)), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
+        (tx(&account, json!(12.5)), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
+        (tx(&account, json!("100")), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
+        (
+            tx(&account, json!(1_000_000_000_000u64)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_over_limit",
+        ),
+        (tx("62220202001122999", json!(100)), StatusCode::FORBIDDEN, "payer_account_not_held"),
+        (
+            br#"{"payer_account":"1","payer_account":"2"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "duplicate_field",
+        ),
+        (b"not json".to_vec(), StatusCode::BAD_REQUEST, "transaction_malformed"),
+    ];
+    for (body, status, code) in cases {
+        post(&app, &who, &token, "/v1/confirmations", body)
+            .await
+            .refused(status, code);
+    }
+    let mut bidi = serde_json::from_slice::<Value>(&tx(&account, json!(100))).unwrap();
+    bidi["payee_name"] = json!("ACME\u{202E}HbmG");
+    post(&app, &who, &token, "/v1/confirmations", serde_json::to_vec(&bidi).unwrap())
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY, "text_forbidden_character");
+    let mut yen = serde_json::from_slice::<Value>(&tx(&account, json!(100))).unwrap();
+    yen["currency"] = json!("XXX");
+    post(&app, &who, &token, "/v1/confirmations", serde_json::to_vec(&yen).unwrap())
+        .await
+        .refused(StatusCode::UNPROCESSABLE_ENTITY, "currency_unknown");
+    // No session: the session door answers before the body is read.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/confirmations")
+        .body(Body::from(tx(&account, json!(100))))
+        .unwrap();
+    send(&app.public, &who, req)
+        .await
+        .refused(StatusCode::FORBIDDEN, "session_required");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM confirmations")
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
