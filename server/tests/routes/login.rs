@@ -823,3 +823,53 @@ async fn an_activation_whose_audit_record_cannot_be_written_does_not_happen() {
     assert_eq!(states, vec![(offered, "pending".to_owned())]);
     assert!(!app.audited("key.activate", "success").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_answers_at_once_count_to_the_limit_and_no_further() {
+    // No revocation, so every answer reaches the credential's check.
+    let app = App::with_config(|c| {
+        c.online.issuers.insert(
+            "bank-a".into(),
+            keyward_config::IssuerPolicyConfig {
+                revoke_on_lockout: Some(false),
+                max_login_failures: Some(10),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 9, &["bank-a"]).await;
+    // Keys taken first, so every challenge below is a plain one.
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    a.expect(StatusCode::OK);
+    let wrong = LoginOptions {
+        wrong_response: true,
+    };
+    let mut bodies = Vec::new();
+    for _ in 0..30 {
+        let c = start(&app, &who, start_body(&d, "bank-a")).await;
+        let c: wire::LoginChallenge =
+            serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+        let b = terminal::finish_body(&d, "bank-a", &c, None, wrong).unwrap();
+        bodies.push(serde_json::to_value(b).unwrap());
+    }
+    // Thirty wrong answers at once against a limit of ten.
+    let mut tasks = tokio::task::JoinSet::new();
+    for body in bodies {
+        let (public, who) = (app.public.clone(), who.clone());
+        tasks.spawn(async move {
+            call(&public, &who, Method::POST, "/v1/login/finish", Some(body)).await
+        });
+    }
+    let answers = tasks.join_all().await;
+    let codes: Vec<String> = answers.iter().map(|a| a.code().to_owned()).collect();
+    let invalid = codes.iter().filter(|c| *c == "response_invalid").count();
+    let locked = codes.iter().filter(|c| *c == "credential_locked").count();
+    // Nine are counted and answered as wrong; the tenth locks, and it and
+    // every answer after it are told the credential is locked.
+    assert_eq!((invalid, locked), (9, 21), "{codes:?}");
+    let cred = credential(&app, &d, "bank-a").await;
+    assert!(cred.locked);
+    assert_eq!(cred.failures, 10);
+}
