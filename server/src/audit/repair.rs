@@ -148,9 +148,16 @@ impl AuditLog {
         };
         let effect = async {
             let anchor = self.reanchor().await?;
-            sqlx::query("UPDATE audit_incidents SET repaired_by = $1 WHERE repaired_by IS NULL")
-                .bind(anchor)
-                .execute(&self.pool)
+            self.db
+                .write("audit.repair", |mut tx| async move {
+                    sqlx::query(
+                        "UPDATE audit_incidents SET repaired_by = $1 WHERE repaired_by IS NULL",
+                    )
+                    .bind(anchor)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok::<_, sqlx::Error>((tx, ()))
+                })
                 .await?;
             Ok::<_, AuditError>(anchor)
         };
