@@ -153,6 +153,9 @@ pub const CODES: &[(&str, StatusCode)] = &[
     // 422: well-formed, refused as a whole.
     ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
     ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),
+    // 429: a device refused too often, until its refusal window ends
+    // (`Retry-After`).
+    ("too_many_refusals", StatusCode::TOO_MANY_REQUESTS),
     // 500, 501: the server's fault, or the HSM's capability.
     ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
     ("hsm_error", StatusCode::INTERNAL_SERVER_ERROR),
@@ -349,6 +352,10 @@ impl From<ProvisioningError> for ApiError {
 
 impl From<OnlineError> for ApiError {
     fn from(e: OnlineError) -> Self {
+        if let OnlineError::Throttled { retry_after_secs } = e {
+            return Self::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())
+                .retry_after(retry_after_secs);
+        }
         Self::from_kind(e.kind(), e.code(), e)
     }
 }

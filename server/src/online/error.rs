@@ -33,6 +33,10 @@ pub enum OnlineError {
     /// written); the cause as the writer saw it.
     #[error("online group write failed ({code})")]
     Group { code: &'static str, kind: ErrorKind },
+    /// The device was refused too often in its refusal window: answered
+    /// 429 `too_many_refusals` until the window ends.
+    #[error("too many refused calls from this device; retry after {retry_after_secs} s")]
+    Throttled { retry_after_secs: u32 },
 }
 
 impl keyward_kms::db::TxError for OnlineError {
@@ -62,6 +66,7 @@ impl OnlineError {
             Self::Audit(_) => "audit_unavailable",
             Self::Database(e) => keyward_kms::db::error_code(e),
             Self::Group { code, .. } => code,
+            Self::Throttled { .. } => "too_many_refusals",
         }
     }
 
@@ -75,6 +80,8 @@ impl OnlineError {
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Database(e) => keyward_kms::db::error_kind(e),
             Self::Group { kind, .. } => *kind,
+            // A client's doing; its answer is 429 (the code table).
+            Self::Throttled { .. } => ErrorKind::Forbidden,
         }
     }
 }
