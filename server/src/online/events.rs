@@ -107,7 +107,7 @@ impl From<OnlineEvent> for AuditEvent {
             } => (
                 "credential.unlock",
                 device(d),
-                json!({ "issuer": issuer.as_str(), "reason": reason.as_str() }),
+                json!({ "issuer": issuer.as_str(), "reason": reason.for_trail(&[]) }),
             ),
             OnlineEvent::RotationRequest { issuer, device: d } => (
                 "key.rotate_request",
