@@ -74,8 +74,7 @@ pub fn skeleton(s: &str) -> String {
 /// digit (its UTS #39 skeleton is one): Cyrillic `Х` or Greek `Χ` for `X`.
 pub fn looks_ascii(c: char) -> bool {
     !c.is_ascii()
-        && unicode_security::skeleton(c.encode_utf8(&mut [0; 4]))
-            .all(|k| k.is_ascii_alphanumeric())
+        && unicode_security::skeleton(c.encode_utf8(&mut [0; 4])).all(|k| k.is_ascii_alphanumeric())
 }
 
 /// The value of a decimal digit of any script (`7`, Arabic-Indic `٧`,

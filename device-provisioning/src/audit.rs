@@ -300,7 +300,11 @@ fn invisible(c: char) -> bool {
 /// Separators people type inside one number (`1234 5678`, `138-0013-8000`,
 /// `110101,1990`, `(010) 1234`).
 fn joiner(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '-' | '\u{2010}'..='\u{2015}' | '.' | '/' | '_' | ',' | '(' | ')' | '+')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '-' | '\u{2010}'..='\u{2015}' | '.' | '/' | '_' | ',' | '(' | ')' | '+'
+        )
 }
 
 fn digit(c: char) -> bool {
@@ -310,7 +314,11 @@ fn digit(c: char) -> bool {
 /// `2024-05-01`, `01/05/2024`, `2024.05.01`: eight digits that are a date.
 fn is_date(run: &[char]) -> bool {
     let groups: Vec<&[char]> = run.split(|c| !c.is_ascii_digit()).collect();
-    let seps: Vec<char> = run.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+    let seps: Vec<char> = run
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_digit())
+        .collect();
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
     seps.len() == 2
         && seps[0] == seps[1]
@@ -349,11 +357,14 @@ fn redacted() -> impl Iterator<Item = char> {
 
 /// Tokens with an `@` between other characters.
 fn redact_emails(chars: &[char]) -> Vec<char> {
-    let stop = |c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '"' | '\'' | '[' | ']');
+    let stop =
+        |c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '"' | '\'' | '[' | ']');
     let mut out = Vec::with_capacity(chars.len());
     let mut i = 0;
     while i < chars.len() {
-        let end = (i..chars.len()).find(|&j| stop(chars[j])).unwrap_or(chars.len());
+        let end = (i..chars.len())
+            .find(|&j| stop(chars[j]))
+            .unwrap_or(chars.len());
         let mut token = &chars[i..end];
         while let [rest @ .., ',' | '.' | ';' | ':' | '!' | '?'] = token {
             token = rest;
@@ -389,7 +400,10 @@ fn redact_terms(mut chars: Vec<char>, own: &[&str]) -> Vec<char> {
         let mut i = 0;
         while i < chars.len() {
             let hit = i + term.len() <= chars.len()
-                && chars[i..i + term.len()].iter().zip(&term).all(|(a, b)| same(*a, *b))
+                && chars[i..i + term.len()]
+                    .iter()
+                    .zip(&term)
+                    .all(|(a, b)| same(*a, *b))
                 && boundary(i.checked_sub(1).and_then(|p| chars.get(p)))
                 && boundary(chars.get(i + term.len()));
             if hit {
@@ -468,10 +482,19 @@ mod tests {
             ("id 110101,19900307,457X", "id [redacted]"),
             ("id 110, 101, 199, 003, 074, 578", "id [redacted]"),
             // Arabic-Indic digits.
-            ("id \u{661}\u{662}\u{663}\u{664}\u{665}\u{666}\u{667}", "id [redacted]"),
-            ("mail han.meimei@example.com, please", "mail [redacted], please"),
+            (
+                "id \u{661}\u{662}\u{663}\u{664}\u{665}\u{666}\u{667}",
+                "id [redacted]",
+            ),
+            (
+                "mail han.meimei@example.com, please",
+                "mail [redacted], please",
+            ),
             ("<han@example.com>", "<[redacted]>"),
-            ("ticket 12345 of 2024-05-01 at 12:30", "ticket 12345 of 2024-05-01 at 12:30"),
+            (
+                "ticket 12345 of 2024-05-01 at 12:30",
+                "ticket 12345 of 2024-05-01 at 12:30",
+            ),
             ("3 attempts, 2 left", "3 attempts, 2 left"),
             ("no digits at all", "no digits at all"),
         ] {
@@ -481,10 +504,20 @@ mod tests {
 
     #[test]
     fn the_customers_own_data_is_redacted() {
-        let own = ["Han Meimei", "Han", "Meimei", "X1234", "han@example.com", "张伟"];
+        let own = [
+            "Han Meimei",
+            "Han",
+            "Meimei",
+            "X1234",
+            "han@example.com",
+            "张伟",
+        ];
         for (input, expected) in [
             ("MEIMEI HAN called", "[redacted] [redacted] called"),
-            ("the scan of Han Meimei is blurred", "the scan of [redacted] is blurred"),
+            (
+                "the scan of Han Meimei is blurred",
+                "the scan of [redacted] is blurred",
+            ),
             ("Hannah is not Han", "Hannah is not [redacted]"),
             ("id x1234 wrong", "id [redacted] wrong"),
             ("客户张伟的扫描", "客户[redacted]的扫描"),

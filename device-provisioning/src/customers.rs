@@ -187,7 +187,9 @@ impl Provisioning {
             format!("application:{id}"),
         );
         let app = self.review(id).await;
-        let own = app.as_ref().map_or(Vec::new(), |a| a.application.personal_terms());
+        let own = app
+            .as_ref()
+            .map_or(Vec::new(), |a| a.application.personal_terms());
         note.reason(reason, &own);
         let result = async {
             let app = decidable(app?, operator)?;
@@ -271,7 +273,9 @@ impl Provisioning {
             format!("application:{id}"),
         );
         let app = self.review(id).await;
-        let own = app.as_ref().map_or(Vec::new(), |a| a.application.personal_terms());
+        let own = app
+            .as_ref()
+            .map_or(Vec::new(), |a| a.application.personal_terms());
         note.reason(reason, &own);
         let result = async {
             let app = app?;

@@ -356,7 +356,9 @@ fn canonical_national_id(s: &str) -> Result<String, &'static str> {
         } else if looks_ascii(c) {
             return Err("holds a letter of another script that looks like a Latin letter or digit");
         } else {
-            return Err("must be digits and Latin letters (spaces, dashes, dots and slashes are ignored)");
+            return Err(
+                "must be digits and Latin letters (spaces, dashes, dots and slashes are ignored)",
+            );
         }
     }
     if out.is_empty() {
@@ -732,7 +734,10 @@ mod tests {
         // says so.
         let legacy = NationalId::from_stored("11010119900307123\u{425}".into());
         assert!(!legacy.is_canonical());
-        assert_eq!(NationalId::from_stored("110101-19900307-123x".into()), plain);
+        assert_eq!(
+            NationalId::from_stored("110101-19900307-123x".into()),
+            plain
+        );
     }
 
     #[test]

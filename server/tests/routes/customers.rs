@@ -187,10 +187,7 @@ async fn apply_for(app: &App, maker: &ClientIdentity, national_id: &str) -> Resu
         .post(maker, "/admin/v1/applications", application(national_id))
         .await;
     match applied.status {
-        StatusCode::CREATED => Ok(applied.body["application_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()),
+        StatusCode::CREATED => Ok(applied.body["application_id"].as_str().unwrap().to_owned()),
         _ => Err(format!("{} {}", applied.status, applied.text)),
     }
 }
@@ -201,9 +198,13 @@ async fn one_national_id_in_any_form_is_one_customer() {
     let alice = app.operator("alice", Role::Operator).await;
     let bob = app.operator("bob", Role::Operator).await;
     let first = apply_for(&app, &alice, "11010119900307123X").await.unwrap();
-    app.post(&bob, &format!("/admin/v1/applications/{first}/approve"), json!({}))
-        .await
-        .expect(StatusCode::OK);
+    app.post(
+        &bob,
+        &format!("/admin/v1/applications/{first}/approve"),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
     // The same id with Arabic-Indic digits, an inner space, hyphens, a
     // lower-case check character: the same customer, refused at approval.
     let arabic: String = "11010119900307123"
@@ -224,9 +225,13 @@ async fn one_national_id_in_any_form_is_one_customer() {
             "11010119900307123X",
             "{same:?} is stored canonical"
         );
-        app.post(&bob, &format!("/admin/v1/applications/{id}/approve"), json!({}))
-            .await
-            .refused(StatusCode::CONFLICT, "customer_exists");
+        app.post(
+            &bob,
+            &format!("/admin/v1/applications/{id}/approve"),
+            json!({}),
+        )
+        .await
+        .refused(StatusCode::CONFLICT, "customer_exists");
     }
     // A Cyrillic Х as the check character is refused outright.
     let refused = apply_for(&app, &alice, "11010119900307123\u{425}").await;
@@ -255,9 +260,13 @@ async fn look_alike_operators_are_one_person_to_maker_checker() {
         .operator("\u{441}\u{43e}\u{440}\u{435}", Role::Operator)
         .await;
     let id = apply_for(&app, &cope, "110101198001010055").await.unwrap();
-    app.post(&cyrillic, &format!("/admin/v1/applications/{id}/approve"), json!({}))
-        .await
-        .refused(StatusCode::FORBIDDEN, "self_approval");
+    app.post(
+        &cyrillic,
+        &format!("/admin/v1/applications/{id}/approve"),
+        json!({}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "self_approval");
     app.post(
         &cyrillic,
         &format!("/admin/v1/applications/{id}/reject"),
@@ -304,6 +313,8 @@ async fn personal_data_in_a_reason_does_not_reach_the_trail() {
         assert!(!text.contains(personal), "{personal} reached the trail");
     }
     // The reviewer still reads the reason as typed, on the application.
-    let review = app.get(&alice, &format!("/admin/v1/applications/{id}")).await;
+    let review = app
+        .get(&alice, &format!("/admin/v1/applications/{id}"))
+        .await;
     assert_eq!(review.expect(StatusCode::OK)["decision_reason"], reason);
 }
