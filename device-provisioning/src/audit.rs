@@ -197,6 +197,11 @@ impl AuditNote {
         self.detail("reason", reason.for_trail(own));
     }
 
+    /// Notes an already filtered reason ([`Reason::for_trail`]).
+    pub(crate) fn redacted_reason(&mut self, reason: RedactedText) {
+        self.detail("reason", reason);
+    }
+
     /// The value of a detail, if noted.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.details
@@ -272,6 +277,27 @@ impl From<Box<Refused>> for ProvisioningError {
 /// What a state-changing operation returns. The refusal is boxed: it is the
 /// rare path, and a note plus an error would make every `Result` large.
 pub type Decision<T> = Result<Audited<T>, Box<Refused>>;
+
+/// Operator free text after [`redact_free_text`]: the only form of it an
+/// audit record takes, so an event type that carries a reason cannot carry
+/// it unfiltered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedactedText(String);
+
+impl RedactedText {
+    pub(crate) fn new(text: &str, own: &[&str]) -> Self {
+        Self(redact_free_text(text, own))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedactedText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// What redacted personal data becomes in the trail.
 pub const REDACTED: &str = "[redacted]";

@@ -27,7 +27,7 @@
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, RedactedText};
 use crate::error::{ProvisioningError, Result};
 use crate::store::is_unique_violation;
 use crate::types::{
@@ -339,15 +339,21 @@ impl Provisioning {
         self.store.customer_devices(id).await
     }
 
-    /// Notes `reason` for an operation on `device`, redacted of the
-    /// personal data of the customer the device is bound to, if any (a
-    /// failed lookup leaves the general filter).
+    /// Notes `reason` for an operation on `device`
+    /// ([`Provisioning::device_reason_for_trail`]).
     pub(crate) async fn note_device_reason(
         &self,
         note: &mut AuditNote,
         device: DeviceId,
         reason: &Reason,
     ) {
+        note.redacted_reason(self.device_reason_for_trail(device, reason).await);
+    }
+
+    /// `reason`, given for an operation on `device`, as the trail may keep
+    /// it: redacted of the personal data of the customer the device is bound
+    /// to as well, if any (a failed lookup leaves the general filter).
+    pub async fn device_reason_for_trail(&self, device: DeviceId, reason: &Reason) -> RedactedText {
         let mut apps = Vec::new();
         for b in self.store.bindings(device).await.unwrap_or_default() {
             if let Ok(Some(app)) = self.store.application_of_customer(&b.customer).await {
@@ -358,7 +364,7 @@ impl Provisioning {
             .iter()
             .flat_map(CustomerApplication::personal_terms)
             .collect();
-        note.reason(reason, &own);
+        reason.for_trail(&own)
     }
 
     /// Moves an application of `revision` to a decided state; a concurrent

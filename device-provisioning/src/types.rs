@@ -134,8 +134,8 @@ impl Reason {
     /// The form the permanent audit trail keeps: personal data redacted,
     /// `own` being the terms of the customer concerned, if any
     /// ([`crate::audit::redact_free_text`]).
-    pub fn for_trail(&self, own: &[&str]) -> String {
-        crate::audit::redact_free_text(&self.0, own)
+    pub fn for_trail(&self, own: &[&str]) -> crate::audit::RedactedText {
+        crate::audit::RedactedText::new(&self.0, own)
     }
 }
 
