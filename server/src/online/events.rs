@@ -3,7 +3,7 @@
 //! places that write it. They become the trail's generic online record
 //! (action, target `device:<id>` or `issuer:<id>`, detail) in one place.
 
-use keyward_device_provisioning::Reason;
+use keyward_device_provisioning::RedactedText;
 use keyward_kms::types::{DeviceId, IssuerId, KeyVersion, MacAlgorithm};
 use serde_json::json;
 
@@ -43,11 +43,12 @@ pub enum OnlineEvent {
         version: KeyVersion,
         streak: u32,
     },
-    /// An operator's unlock of a credential.
+    /// An operator's unlock of a credential; the reason as the trail may
+    /// keep it.
     Unlock {
         device: DeviceId,
         issuer: IssuerId,
-        reason: Reason,
+        reason: RedactedText,
     },
     /// An operator asked for new working keys: one device, or the fleet.
     RotationRequest {

@@ -435,8 +435,13 @@ async fn ten_wrong_answers_lock_the_credential_and_revoke_the_certificate() {
     app.post(&alice, &path, json!({"reason": "terminal repaired"}))
         .await
         .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    // The reason reaches the trail without the personal data typed into it.
     let u = app
-        .post(&app.root, &path, json!({"reason": "terminal repaired"}))
+        .post(
+            &app.root,
+            &path,
+            json!({"reason": "terminal repaired, owner at li@mail.example or 138 0013 8000"}),
+        )
         .await;
     let u: wire::UnlockAnswer = serde_json::from_value(u.expect(StatusCode::OK).clone()).unwrap();
     assert!(!u.credential.locked && u.recertification_required);
@@ -451,6 +456,16 @@ async fn ten_wrong_answers_lock_the_credential_and_revoke_the_certificate() {
         .await;
     assert_eq!(b.expect(StatusCode::OK)["locked"], true);
     assert!(app.audited("credential.unlock", "success").await);
+    let trail = app.trail().await;
+    let unlock = trail
+        .iter()
+        .find(|r| r["action"] == "credential.unlock" && r["outcome"] == "success")
+        .expect("an unlock record");
+    let detail: Value = serde_json::from_str(unlock["detail_json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        detail["reason"], "terminal repaired, owner at [redacted] or [redacted]",
+        "{detail}"
+    );
 }
 
 #[tokio::test]
