@@ -137,7 +137,7 @@ impl AuditLog {
         };
         let lost_from = cut_head.map(|h| h + 1);
         let event = AuditEvent::AuditRepaired {
-            reason: redact_free_text(reason),
+            reason: redact_free_text(reason, &[]),
             problem: found.problem.clone().unwrap_or_default(),
             head_seq: head.seq,
             checkpoint_seq: cp.seq,
