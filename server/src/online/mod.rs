@@ -101,6 +101,9 @@ pub struct Parts {
     replica: String,
     /// Refusals per (device, action), so one device cannot flood the trail.
     refusals: RefusalWindows<(DeviceId, &'static str)>,
+    /// Login starts per device in its minute (each one an HSM-random
+    /// challenge and its seal), bounded by `online.login_starts_per_minute`.
+    starts: RefusalWindows<DeviceId>,
 }
 
 /// A device's refusal window: one record in full per action, then a count.
@@ -110,6 +113,8 @@ pub const FULL_REFUSALS_PER_WINDOW: u32 = 1;
 /// Refusals of one action in a window after which the device's calls of
 /// that action are answered 429 `too_many_refusals` until the window ends.
 pub const THROTTLE_AFTER: u64 = 100;
+/// The window of `online.login_starts_per_minute`.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Devices whose refusals one replica tracks at most (the oldest window
 /// closes early to make room).
 pub const TRACKED_REFUSERS: usize = 10_000;
@@ -168,6 +173,7 @@ impl Online {
                 TRACKED_REFUSERS,
             )
             .marking(THROTTLE_AFTER),
+            starts: RefusalWindows::new(0, LOGIN_WINDOW, TRACKED_REFUSERS),
         }))
     }
 

@@ -999,3 +999,30 @@ async fn a_flood_of_refused_session_calls_is_counted_in_a_few_records_and_thrott
         records.len()
     );
 }
+
+/// Login starts past `login_starts_per_minute` are answered 429 with
+/// `Retry-After` before any HSM or database work; another device is not
+/// affected.
+#[tokio::test]
+async fn login_starts_past_the_minutes_budget_are_refused() {
+    let app = App::with_config(|c| c.online.login_starts_per_minute = 5).await;
+    app.issuer("bank-a", "tdes").await;
+    let (d, who) = issued(&app, 9, &["bank-a"]).await;
+    let (e, other) = issued(&app, 10, &["bank-a"]).await;
+    for _ in 0..5 {
+        start(&app, &who, start_body(&d, "bank-a"))
+            .await
+            .expect(StatusCode::CREATED);
+    }
+    let refused = start(&app, &who, start_body(&d, "bank-a")).await;
+    refused.refused(StatusCode::TOO_MANY_REQUESTS, "too_many_logins");
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    start(&app, &other, start_body(&e, "bank-a"))
+        .await
+        .expect(StatusCode::CREATED);
+}
