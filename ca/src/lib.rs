@@ -39,6 +39,7 @@ mod csr;
 pub mod error;
 pub mod hsm_key;
 mod migrate;
+pub mod names;
 pub mod ocsp;
 pub mod profile;
 pub mod registry;
@@ -50,9 +51,10 @@ pub use authority::{
 pub use csr::VerifiedCsr;
 pub use error::{CaError, ErrorKind, Result};
 pub use hsm_key::{HsmKey, SubjectKey};
+pub use names::{normal_name, person_name};
 pub use ocsp::{
     OCSP_REQUEST_CONTENT_TYPE, OCSP_RESPONSE_CONTENT_TYPE, OcspAnswer, OcspLimits, OcspResponder,
     OcspSource, malformed_request_der,
 };
-pub use profile::{IssueRequest, Profile, Role, SERVICE_OU, normal_name};
+pub use profile::{IssueRequest, Profile, Role, SERVICE_OU};
 pub use registry::{CertFilter, CertRecord, CertStatus, RevocationReason, Serial};

@@ -16,6 +16,7 @@ use rcgen::{
 
 use crate::error::{CaError, Result};
 use crate::hsm_key::SubjectKey;
+use crate::names::{normal_name, person_name};
 
 /// X.520 `serialNumber` (2.5.4.5): the device id in a device certificate's
 /// subject, so a verifier can read it without parsing the CN.
@@ -290,10 +291,10 @@ pub(crate) fn params_for(
             let Some((name, role)) = &req.operator else {
                 return refuse("an operator name and role are required");
             };
-            let Some(name) = normal_name(name, MAX_NAME_CHARS) else {
+            let Some(name) = person_name(name, MAX_NAME_CHARS) else {
                 return refuse(
-                    "operator name must be 1 to 64 printable characters, without \
-                     format, zero-width or bidi-control characters",
+                    "operator name must be 1 to 64 printable characters of one script, \
+                     without format, zero-width or bidi-control characters",
                 );
             };
             dn.push(DnType::OrganizationalUnitName, role.as_str());
@@ -356,57 +357,6 @@ fn is_dns_name(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-}
-
-/// A name or identifier typed by a person, in the one form it is compared
-/// in: NFKC (fullwidth `ａｌｉｃｅ` and `１２３` become `alice` and `123`),
-/// 1 to `max_chars` characters, no leading or trailing space, and none of the
-/// characters that make two different strings look the same ([`invisible`]).
-/// `None` when `s` cannot be such a name.
-///
-/// Operator names (certificate CN, which maker-checker compares), customer
-/// names and identifiers all go through it, so `alice` followed by U+200B is
-/// refused rather than taken for a second person.
-pub fn normal_name(s: &str, max_chars: usize) -> Option<String> {
-    use unicode_normalization::UnicodeNormalization;
-    if s.chars().any(invisible) {
-        return None;
-    }
-    let n: String = s.nfkc().collect();
-    let count = n.chars().count();
-    let ok = (1..=max_chars).contains(&count) && n.trim() == n && !n.chars().any(invisible);
-    ok.then_some(n)
-}
-
-/// Characters refused in names: controls (Cc), format characters (Cf: zero
-/// width space and joiners, bidi embeddings, overrides and isolates, the
-/// BOM, soft hyphen), line and paragraph separators, private-use, surrogate
-/// and unassigned code points, and the default-ignorable characters that are
-/// not Cf (combining grapheme joiner, Hangul fillers, variation selectors).
-fn invisible(c: char) -> bool {
-    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
-    matches!(
-        c.general_category(),
-        G::Control
-            | G::Format
-            | G::LineSeparator
-            | G::ParagraphSeparator
-            | G::PrivateUse
-            | G::Surrogate
-            | G::Unassigned
-    ) || matches!(
-        c,
-        '\u{034F}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FFA0}'
-            | '\u{E0100}'..='\u{E01EF}'
-    )
 }
 
 #[cfg(test)]

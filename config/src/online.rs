@@ -20,6 +20,10 @@ pub struct OnlineConfig {
     /// How long a session lasts from its login (a terminal's working day).
     #[serde(default = "default_session_ttl_secs")]
     pub session_ttl_secs: u64,
+    /// Login starts one device may make per minute (per replica); more are
+    /// answered 429 `too_many_logins` until the minute ends.
+    #[serde(default = "default_login_starts_per_minute")]
+    pub login_starts_per_minute: u32,
     /// Live sessions one (device, issuer) credential may hold; a login past
     /// it ends the oldest.
     #[serde(default = "default_max_sessions_per_credential")]
@@ -68,6 +72,7 @@ impl Default for OnlineConfig {
             challenge_ttl_ms: default_login_challenge_ttl_ms(),
             session_ttl_secs: default_session_ttl_secs(),
             max_sessions_per_credential: default_max_sessions_per_credential(),
+            login_starts_per_minute: default_login_starts_per_minute(),
             max_login_failures: default_max_login_failures(),
             revoke_on_lockout: true,
             suspend_on_kcv_mismatch: false,
@@ -81,6 +86,9 @@ impl Default for OnlineConfig {
 
 fn default_login_challenge_ttl_ms() -> u64 {
     60_000
+}
+fn default_login_starts_per_minute() -> u32 {
+    60
 }
 fn default_max_sessions_per_credential() -> u32 {
     4
@@ -113,6 +121,12 @@ impl OnlineConfig {
             return Err(ConfigError::key(
                 "online.session_ttl_secs",
                 "must be 60 to 604800",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.login_starts_per_minute) {
+            return Err(ConfigError::key(
+                "online.login_starts_per_minute",
+                "must be 1 to 1000000",
             ));
         }
         if !(1..=64).contains(&self.max_sessions_per_credential) {

@@ -190,10 +190,16 @@ impl AuditNote {
     }
 
     /// Notes an operator's free-text reason, redacted
-    /// ([`redact_free_text`]): the trail is permanent and must not keep the
+    /// ([`redact_free_text`], `own` the personal terms of the customer it is
+    /// about): the trail is permanent and must not keep the e-mail, name,
     /// national id or account number someone typed into it.
-    pub(crate) fn reason(&mut self, reason: &Reason) {
-        self.detail("reason", redact_free_text(reason.as_str()));
+    pub(crate) fn reason(&mut self, reason: &Reason, own: &[&str]) {
+        self.detail("reason", reason.for_trail(own));
+    }
+
+    /// Notes an already filtered reason ([`Reason::for_trail`]).
+    pub(crate) fn redacted_reason(&mut self, reason: RedactedText) {
+        self.detail("reason", reason);
     }
 
     /// The value of a detail, if noted.
@@ -272,11 +278,35 @@ impl From<Box<Refused>> for ProvisioningError {
 /// rare path, and a note plus an error would make every `Result` large.
 pub type Decision<T> = Result<Audited<T>, Box<Refused>>;
 
-/// What a redacted run of digits becomes in the trail.
+/// Operator free text after [`redact_free_text`]: the only form of it an
+/// audit record takes, so an event type that carries a reason cannot carry
+/// it unfiltered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedactedText(String);
+
+impl RedactedText {
+    pub(crate) fn new(text: &str, own: &[&str]) -> Self {
+        Self(redact_free_text(text, own))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedactedText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What redacted personal data becomes in the trail.
 pub const REDACTED: &str = "[redacted]";
-/// Digits in a run from which it is taken for a national id, an account,
-/// card or phone number.
-pub const REDACT_MIN_DIGITS: usize = 8;
+/// Digits in one number from which it is taken for personal data: a
+/// passport (7 digits and more), national id, account, card or phone number.
+pub const REDACT_MIN_DIGITS: usize = 6;
+/// Most separator characters between two digit groups of one number
+/// (`110101, 1990`).
+const MAX_JOIN: usize = 3;
 
 /// Characters that render as nothing (zero-width, bidi controls, soft
 /// hyphen): dropped first, so `1234\u{200B}5678` is one run.
@@ -293,61 +323,162 @@ fn invisible(c: char) -> bool {
     )
 }
 
-/// Separators people type inside one number (`1234 5678`, `138-0013-8000`).
+/// Separators people type inside one number (`1234 5678`, `138-0013-8000`,
+/// `110101,1990`, `(010) 1234`).
 fn joiner(c: char) -> bool {
-    matches!(c, ' ' | '-' | '.' | '/' | '_')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '-' | '\u{2010}'..='\u{2015}' | '.' | '/' | '_' | ',' | '(' | ')' | '+'
+        )
+}
+
+fn digit(c: char) -> bool {
+    keyward_ca::names::decimal_digit(c).is_some()
 }
 
 /// `2024-05-01`, `01/05/2024`, `2024.05.01`: eight digits that are a date.
-fn is_date(groups: &[usize], seps: &[char]) -> bool {
-    let same_sep = seps.len() == 2 && seps[0] == seps[1] && matches!(seps[0], '-' | '/' | '.');
-    same_sep && (groups == [4, 2, 2] || groups == [2, 2, 4])
+fn is_date(run: &[char]) -> bool {
+    let groups: Vec<&[char]> = run.split(|c| !c.is_ascii_digit()).collect();
+    let seps: Vec<char> = run
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_digit())
+        .collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    seps.len() == 2
+        && seps[0] == seps[1]
+        && matches!(seps[0], '-' | '/' | '.')
+        && (lens == [4, 2, 2] || lens == [2, 2, 4])
 }
 
-/// The one filter for operator free text on its way into the audit trail:
-/// after NFKC (fullwidth digits become ASCII) and with invisible characters
-/// removed, every run of at least [`REDACT_MIN_DIGITS`] digits — single
-/// separators between digits allowed, a trailing check letter `X`
-/// included — becomes [`REDACTED`]. Shorter numbers (dates, counts, ticket
-/// numbers) stay readable.
-pub fn redact_free_text(text: &str) -> String {
+/// The one filter for operator free text on its way into the permanent
+/// audit trail. After NFKC (fullwidth forms folded) and with invisible
+/// characters removed, each of these becomes [`REDACTED`]:
+///
+/// - an e-mail address (any token with `@` inside);
+/// - `own`: each of the personal terms of the customer the text is about
+///   (name and its parts, national id, accounts, contact address), matched
+///   without regard to case;
+/// - a phone- or id-shaped number: digits of any script in groups joined by
+///   up to [`MAX_JOIN`] separators (spaces, dashes, dots, slashes, commas,
+///   parentheses, `+`), with the letters attached to them (`E1234567`,
+///   `…123X`), holding at least [`REDACT_MIN_DIGITS`] digits, unless it is
+///   a date (`2024-05-01`).
+///
+/// Shorter numbers (counts, years, times, short ticket numbers) stay
+/// readable. It cannot recognise a name it has not been given: free text
+/// about a person other than the customer is the operator's responsibility
+/// (see docs/admin-api.md).
+pub fn redact_free_text(text: &str, own: &[&str]) -> String {
     let chars: Vec<char> = text.nfkc().filter(|c| !invisible(*c)).collect();
-    let mut out = String::with_capacity(text.len());
+    let chars = redact_emails(&chars);
+    let chars = redact_terms(chars, own);
+    redact_numbers(&chars).into_iter().collect()
+}
+
+fn redacted() -> impl Iterator<Item = char> {
+    REDACTED.chars()
+}
+
+/// Tokens with an `@` between other characters.
+fn redact_emails(chars: &[char]) -> Vec<char> {
+    let stop =
+        |c: char| c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '"' | '\'' | '[' | ']');
+    let mut out = Vec::with_capacity(chars.len());
     let mut i = 0;
     while i < chars.len() {
-        if !chars[i].is_numeric() {
+        let end = (i..chars.len())
+            .find(|&j| stop(chars[j]))
+            .unwrap_or(chars.len());
+        let mut token = &chars[i..end];
+        while let [rest @ .., ',' | '.' | ';' | ':' | '!' | '?'] = token {
+            token = rest;
+        }
+        let at = token.iter().position(|&c| c == '@');
+        if at.is_some_and(|a| a > 0 && a + 1 < token.len()) {
+            out.extend(redacted());
+            out.extend(&chars[i + token.len()..end]);
+        } else {
+            out.extend(&chars[i..end]);
+        }
+        if end < chars.len() {
+            out.push(chars[end]);
+        }
+        i = end + 1;
+    }
+    out
+}
+
+/// Each `own` term of two characters or more, case-insensitively; on word
+/// boundaries, except for terms in scripts written without spaces (Han,
+/// Kana, Hangul).
+fn redact_terms(mut chars: Vec<char>, own: &[&str]) -> Vec<char> {
+    let same = |a: char, b: char| a == b || a.to_lowercase().eq(b.to_lowercase());
+    for term in own {
+        let term: Vec<char> = term.nfkc().collect();
+        if term.len() < 2 {
+            continue;
+        }
+        let spaced = !keyward_ca::names::written_without_spaces(&term.iter().collect::<String>());
+        let boundary = |c: Option<&char>| !spaced || !c.is_some_and(|c| c.is_alphanumeric());
+        let mut out = Vec::with_capacity(chars.len());
+        let mut i = 0;
+        while i < chars.len() {
+            let hit = i + term.len() <= chars.len()
+                && chars[i..i + term.len()]
+                    .iter()
+                    .zip(&term)
+                    .all(|(a, b)| same(*a, *b))
+                && boundary(i.checked_sub(1).and_then(|p| chars.get(p)))
+                && boundary(chars.get(i + term.len()));
+            if hit {
+                out.extend(redacted());
+                i += term.len();
+            } else {
+                out.push(chars[i]);
+                i += 1;
+            }
+        }
+        chars = out;
+    }
+    chars
+}
+
+/// Phone- and id-shaped numbers (see [`redact_free_text`]).
+fn redact_numbers(chars: &[char]) -> Vec<char> {
+    let mut out: Vec<char> = Vec::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !digit(chars[i]) {
             out.push(chars[i]);
             i += 1;
             continue;
         }
-        let (start, mut end, mut digits, mut j) = (i, i, 0usize, i);
-        // Digit groups and the separators between them, to tell dates apart.
-        let (mut groups, mut seps) = (vec![0usize], Vec::new());
+        // The run: letters and digits, and separators that lead to a digit.
+        let (start, mut end, mut j) = (i, i, i);
         while j < chars.len() {
-            if chars[j].is_numeric() {
-                digits += 1;
-                if let Some(g) = groups.last_mut() {
-                    *g += 1;
-                }
+            if chars[j].is_alphanumeric() {
                 j += 1;
                 end = j;
-            } else if joiner(chars[j]) && chars.get(j + 1).is_some_and(|c| c.is_numeric()) {
-                seps.push(chars[j]);
-                groups.push(0);
-                j += 1;
+                continue;
+            }
+            let seps = chars[j..].iter().take_while(|c| joiner(**c)).count();
+            if seps <= MAX_JOIN && chars.get(j + seps).is_some_and(|c| digit(*c)) {
+                j += seps;
             } else {
                 break;
             }
         }
-        if digits >= REDACT_MIN_DIGITS && !is_date(&groups, &seps) {
-            let check_letter = matches!(chars.get(end), Some('X' | 'x'))
-                && !chars.get(end + 1).is_some_and(|c| c.is_alphanumeric());
-            if check_letter {
-                end += 1;
+        let run = &chars[start..end];
+        if run.iter().filter(|c| digit(**c)).count() >= REDACT_MIN_DIGITS && !is_date(run) {
+            // Letters attached in front belong to it (`E1234567`).
+            while out.last().is_some_and(|c| c.is_alphanumeric()) {
+                out.pop();
             }
-            out.push_str(REDACTED);
+            out.extend(redacted());
         } else {
-            out.extend(&chars[start..end]);
+            out.extend(run);
         }
         i = end;
     }
@@ -359,7 +490,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_digit_runs_are_redacted_short_ones_kept() {
+    fn personal_data_is_redacted_short_numbers_kept() {
         for (input, expected) in [
             ("id 110101199003074578 wrong", "id [redacted] wrong"),
             ("id 11010119900307457X wrong", "id [redacted] wrong"),
@@ -368,11 +499,56 @@ mod tests {
             // Fullwidth digits and a zero-width space do not hide a number.
             ("id １１０１０１１９９００３", "id [redacted]"),
             ("id 1101\u{200B}0119", "id [redacted]"),
-            ("ticket 1234567, 2024-05-01", "ticket 1234567, 2024-05-01"),
             ("ssn 123-45-6789", "ssn [redacted]"),
+            // A 7-digit passport number, with or without its letter.
+            ("passport 1234567 expired", "passport [redacted] expired"),
+            ("passport E1234567.", "passport [redacted]."),
+            ("passport E12A34567", "passport [redacted]"),
+            // A national id split by commas, or by commas and spaces.
+            ("id 110101,19900307,457X", "id [redacted]"),
+            ("id 110, 101, 199, 003, 074, 578", "id [redacted]"),
+            // Arabic-Indic digits.
+            (
+                "id \u{661}\u{662}\u{663}\u{664}\u{665}\u{666}\u{667}",
+                "id [redacted]",
+            ),
+            (
+                "mail han.meimei@example.com, please",
+                "mail [redacted], please",
+            ),
+            ("<han@example.com>", "<[redacted]>"),
+            (
+                "ticket 12345 of 2024-05-01 at 12:30",
+                "ticket 12345 of 2024-05-01 at 12:30",
+            ),
+            ("3 attempts, 2 left", "3 attempts, 2 left"),
             ("no digits at all", "no digits at all"),
         ] {
-            assert_eq!(redact_free_text(input), expected, "{input:?}");
+            assert_eq!(redact_free_text(input, &[]), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn the_customers_own_data_is_redacted() {
+        let own = [
+            "Han Meimei",
+            "Han",
+            "Meimei",
+            "X1234",
+            "han@example.com",
+            "张伟",
+        ];
+        for (input, expected) in [
+            ("MEIMEI HAN called", "[redacted] [redacted] called"),
+            (
+                "the scan of Han Meimei is blurred",
+                "the scan of [redacted] is blurred",
+            ),
+            ("Hannah is not Han", "Hannah is not [redacted]"),
+            ("id x1234 wrong", "id [redacted] wrong"),
+            ("客户张伟的扫描", "客户[redacted]的扫描"),
+        ] {
+            assert_eq!(redact_free_text(input, &own), expected, "{input:?}");
         }
     }
 }

@@ -205,7 +205,7 @@ impl Provisioning {
             Action::ResetCheck,
             format!("device:{device}"),
         );
-        note.detail("reason", reason);
+        self.note_device_reason(&mut note, device, reason).await;
         let result = async {
             let rec = self.device(device).await?;
             note.detail("check_failures", rec.check_failures);

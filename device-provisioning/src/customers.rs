@@ -11,18 +11,23 @@
 //! ```
 //!
 //! The operator who submitted (or last resubmitted) an application may not
-//! approve or reject it ([`ProvisioningError::SelfApproval`]); the schema
-//! backs this for approvals. An application allocates its customer id when
+//! approve or reject it ([`ProvisioningError::SelfApproval`]), nor may an
+//! operator whose name looks like theirs ([`OperatorId::same_person`]); the
+//! schema backs the exact case for approvals. An application allocates its customer id when
 //! it is made; the customer exists, and may be bound to devices, once the
-//! application is approved. One approved customer per national id.
+//! application is approved. One approved customer per national id, in its
+//! canonical form ([`NationalId`]).
 //!
-//! The national id and the contact address are stored as given, returned to
-//! the reviewer, and never logged or put in an audit note.
+//! The national id is stored canonical, the contact address as given; both
+//! are returned to the reviewer, and never logged or put in an audit note. A
+//! reason typed by the checker is stored as typed on the application, and
+//! noted in the trail redacted of this customer's data as well
+//! ([`crate::audit::redact_free_text`]).
 
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, RedactedText};
 use crate::error::{ProvisioningError, Result};
 use crate::store::is_unique_violation;
 use crate::types::{
@@ -130,7 +135,13 @@ impl Provisioning {
             format!("application:{id}"),
         );
         let result = async {
-            let app = self.decidable(id, operator).await?;
+            let app = decidable(self.review(id).await?, operator)?;
+            if !app.application.national_id.is_canonical() {
+                return Err(ProvisioningError::Invalid {
+                    field: "national_id",
+                    reason: "stored before national ids were canonical and not canonical: reject the application so that its maker corrects it",
+                });
+            }
             note.detail("customer_id", &app.customer_id);
             note.detail("revision", app.revision);
             let now = now_ms();
@@ -175,9 +186,13 @@ impl Provisioning {
             Action::Reject,
             format!("application:{id}"),
         );
-        note.reason(reason);
+        let app = self.review(id).await;
+        let own = app
+            .as_ref()
+            .map_or(Vec::new(), |a| a.application.personal_terms());
+        note.reason(reason, &own);
         let result = async {
-            let app = self.decidable(id, operator).await?;
+            let app = decidable(app?, operator)?;
             note.detail("revision", app.revision);
             self.decide(
                 id,
@@ -257,9 +272,13 @@ impl Provisioning {
             Action::Close,
             format!("application:{id}"),
         );
-        note.reason(reason);
+        let app = self.review(id).await;
+        let own = app
+            .as_ref()
+            .map_or(Vec::new(), |a| a.application.personal_terms());
+        note.reason(reason, &own);
         let result = async {
-            let app = self.review(id).await?;
+            let app = app?;
             if !matches!(
                 app.state,
                 ApplicationState::Rejected | ApplicationState::Submitted
@@ -320,24 +339,32 @@ impl Provisioning {
         self.store.customer_devices(id).await
     }
 
-    /// A submitted application that `operator` may decide.
-    async fn decidable(
+    /// Notes `reason` for an operation on `device`
+    /// ([`Provisioning::device_reason_for_trail`]).
+    pub(crate) async fn note_device_reason(
         &self,
-        id: &ApplicationId,
-        operator: &OperatorId,
-    ) -> Result<ApplicationView> {
-        let app = self.review(id).await?;
-        if app.state != ApplicationState::Submitted {
-            return Err(ProvisioningError::ApplicationState {
-                id: id.clone(),
-                state: app.state,
-                needed: "submitted",
-            });
+        note: &mut AuditNote,
+        device: DeviceId,
+        reason: &Reason,
+    ) {
+        note.redacted_reason(self.device_reason_for_trail(device, reason).await);
+    }
+
+    /// `reason`, given for an operation on `device`, as the trail may keep
+    /// it: redacted of the personal data of the customer the device is bound
+    /// to as well, if any (a failed lookup leaves the general filter).
+    pub async fn device_reason_for_trail(&self, device: DeviceId, reason: &Reason) -> RedactedText {
+        let mut apps = Vec::new();
+        for b in self.store.bindings(device).await.unwrap_or_default() {
+            if let Ok(Some(app)) = self.store.application_of_customer(&b.customer).await {
+                apps.push(app.application);
+            }
         }
-        if app.submitted_by == operator.as_str() {
-            return Err(ProvisioningError::SelfApproval);
-        }
-        Ok(app)
+        let own: Vec<&str> = apps
+            .iter()
+            .flat_map(CustomerApplication::personal_terms)
+            .collect();
+        reason.for_trail(&own)
     }
 
     /// Moves an application of `revision` to a decided state; a concurrent
@@ -363,4 +390,20 @@ impl Provisioning {
             ))
         }
     }
+}
+
+/// `app` if it is submitted and `operator` is not its maker, nor looks like
+/// them.
+fn decidable(app: ApplicationView, operator: &OperatorId) -> Result<ApplicationView> {
+    if app.state != ApplicationState::Submitted {
+        return Err(ProvisioningError::ApplicationState {
+            id: app.id.clone(),
+            state: app.state,
+            needed: "submitted",
+        });
+    }
+    if operator.same_person(&app.submitted_by) {
+        return Err(ProvisioningError::SelfApproval);
+    }
+    Ok(app)
 }

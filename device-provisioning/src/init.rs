@@ -159,7 +159,7 @@ impl Provisioning {
             format!("device:{device}"),
         );
         note.detail("issuer", issuer);
-        note.reason(reason);
+        self.note_device_reason(&mut note, device, reason).await;
         let result = async {
             let rec = self.device(device).await?;
             package_allowed(device, rec.state)?;

@@ -80,7 +80,7 @@ use std::time::Duration;
 
 use keyward_kms::Kms;
 
-pub use audit::{Action, Actor, AuditNote, Audited, Decision, Outcome, Refused};
+pub use audit::{Action, Actor, AuditNote, Audited, Decision, Outcome, RedactedText, Refused};
 pub use binding::{BindRequest, Binding};
 pub use certifier::{
     CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceCsr, DeviceKeyKind, RevokeReason,

@@ -127,7 +127,7 @@ impl Provisioning {
             format!("device:{device}"),
         );
         note.detail("to", to);
-        note.reason(reason);
+        self.note_device_reason(&mut note, device, reason).await;
         let result = self.transition_inner(device, to, &mut note).await;
         note.finish(result)
     }

@@ -50,7 +50,7 @@ impl Provisioning {
             Action::RequestRecertify,
             format!("device:{device}"),
         );
-        note.detail("reason", reason);
+        self.note_device_reason(&mut note, device, reason).await;
         let result = async {
             self.recertifiable(device).await?;
             let checked = self.recertify_csr(device, csr).await?;
@@ -58,7 +58,7 @@ impl Provisioning {
                 device,
                 csr: B64.encode(csr),
                 spki_sha256: checked.spki_sha256().to_owned(),
-                reason: reason.to_string(),
+                reason: reason.as_str().to_owned(),
                 requested_by: operator.as_str().to_owned(),
                 requested_at_ms: now_ms(),
             };
@@ -103,7 +103,7 @@ impl Provisioning {
             .await?
             .ok_or(ProvisioningError::NoPendingRecertification(device))?;
         note.detail("requested_by", &pending.requested_by);
-        if pending.requested_by == operator.as_str() {
+        if operator.same_person(&pending.requested_by) {
             return Err(ProvisioningError::SelfApproval);
         }
         self.recertifiable(device).await?;

@@ -23,6 +23,12 @@ fn normal(s: &str, max: usize) -> Option<String> {
     keyward_ca::normal_name(s, max)
 }
 
+/// A person's name: [`normal`] and of one script
+/// ([`keyward_ca::person_name`]), or `None`.
+fn person(s: &str, max: usize) -> Option<String> {
+    keyward_ca::person_name(s, max)
+}
+
 /// A manufacturing batch: 1-64 characters of `A-Z a-z 0-9 . _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId(String);
@@ -58,10 +64,11 @@ impl fmt::Display for BatchId {
 }
 
 /// The operator an action is attributed to: the name the server took from the
-/// operator's client certificate. 1-64 printable characters, in NFKC, without
-/// format, zero-width or bidi-control characters, so that maker-checker
-/// compares people, not byte strings (`alice` + U+200B is refused,
-/// fullwidth `ａｌｉｃｅ` is `alice`).
+/// operator's client certificate. 1-64 printable characters of one script, in
+/// NFKC, without format, zero-width or bidi-control characters, so that
+/// maker-checker compares people, not byte strings (`alice` + U+200B and
+/// `аlice` with a Cyrillic `а` are refused, fullwidth `ａｌｉｃｅ` is
+/// `alice`); and maker-checker compares skeletons ([`OperatorId::same_person`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OperatorId(String);
 
@@ -69,16 +76,24 @@ impl OperatorId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `other` (a stored maker's name) is this operator or looks
+    /// like them: the UTS #39 confusable skeletons of the lower-cased names
+    /// are equal (Cyrillic `соре` is `cope`). Maker-checker refuses a checker
+    /// who is the maker by this rule, not by string equality.
+    pub fn same_person(&self, other: &str) -> bool {
+        keyward_ca::names::skeleton(&self.0) == keyward_ca::names::skeleton(other)
+    }
 }
 
 impl FromStr for OperatorId {
     type Err = ProvisioningError;
     fn from_str(s: &str) -> Result<Self, ProvisioningError> {
-        match normal(s, 64) {
+        match person(s, 64) {
             Some(n) => Ok(Self(n)),
             None => Err(invalid(
                 "operator",
-                "must be 1-64 printable characters without format, zero-width or bidi-control characters",
+                "must be 1-64 printable characters of one script without format, zero-width or bidi-control characters",
             )),
         }
     }
@@ -91,7 +106,10 @@ impl fmt::Display for OperatorId {
 }
 
 /// Why an operator acts (reinit, reject, close, transitions): 1-256 printable
-/// characters. It goes to the audit trail, so it must not hold personal data.
+/// characters. It is stored as typed beside the decision (the application,
+/// the init record), and reaches the permanent audit trail only through
+/// [`crate::audit::redact_free_text`]: it has no `Display`, so it cannot be
+/// noted unfiltered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reason(String);
 
@@ -112,9 +130,12 @@ impl FromStr for Reason {
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl Reason {
+    /// The form the permanent audit trail keeps: personal data redacted,
+    /// `own` being the terms of the customer concerned, if any
+    /// ([`crate::audit::redact_free_text`]).
+    pub fn for_trail(&self, own: &[&str]) -> crate::audit::RedactedText {
+        crate::audit::RedactedText::new(&self.0, own)
     }
 }
 
@@ -269,29 +290,81 @@ impl FromStr for SecureElement {
     }
 }
 
-/// A national identity number, stored in normal form: NFKC (fullwidth digits
-/// are digits), upper case (a check character `x` is `X`), no format,
-/// zero-width or bidi-control characters. One customer per national id is
-/// enforced on that form. `Debug` redacts it and it has no `Display`: it never
-/// reaches a log line or an audit note by accident.
+/// A national identity number in its canonical form, the one it is stored
+/// and compared in: after NFKC (fullwidth forms folded) and without format,
+/// zero-width or bidi-control characters, digits of any script become ASCII
+/// digits (Arabic-Indic `١٢٣` is `123`; mixing two scripts' digits is
+/// refused), separators (spaces, dashes, dots, slashes) are removed, and
+/// Latin letters are upper case (a check character `x` is `X`). Any other
+/// character is refused, a letter of another script that looks like a Latin
+/// one (Cyrillic `Х`, UTS #39 confusables) with its own reason: so one id
+/// has one form, and one customer per national id is enforced on it.
+/// `Debug` redacts it and it has no `Display`: it never reaches a log line or
+/// an audit note by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NationalId(String);
 
 impl NationalId {
-    /// 1-64 printable characters, normalised (see the type).
+    /// 1-64 characters of `A-Z 0-9` once canonical (see the type).
     pub fn new(s: impl Into<String>) -> Result<Self, ProvisioningError> {
-        match normal(&s.into(), 64) {
-            Some(n) => Ok(Self(n.to_uppercase())),
-            None => Err(invalid(
-                "national_id",
-                "must be 1-64 printable characters without format, zero-width or bidi-control characters",
-            )),
-        }
+        canonical_national_id(&s.into())
+            .map(Self)
+            .map_err(|reason| invalid("national_id", reason))
     }
+
+    /// A stored value: canonical if it can be, else as stored (a row written
+    /// before the canonical form that the backfill could not rewrite, see
+    /// [`NationalId::is_canonical`]).
+    pub(crate) fn from_stored(s: String) -> Self {
+        canonical_national_id(&s).map_or(Self(s), Self)
+    }
+
+    /// Whether the value is in canonical form; approving a customer needs it.
+    pub fn is_canonical(&self) -> bool {
+        canonical_national_id(&self.0).is_ok_and(|c| c == self.0)
+    }
+
     /// The value, for the reviewer's screen and the database only.
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// The canonical form of a national id (see [`NationalId`]), or why not.
+fn canonical_national_id(s: &str) -> Result<String, &'static str> {
+    use keyward_ca::names::{decimal_digit, looks_ascii};
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    let n = normal(s, 64).ok_or(
+        "must be 1-64 printable characters without format, zero-width or bidi-control characters",
+    )?;
+    let mut out = String::with_capacity(n.len());
+    let mut zero = None;
+    for c in n.chars() {
+        if let Some(v) = decimal_digit(c) {
+            let z = c as u32 - v;
+            if *zero.get_or_insert(z) != z {
+                return Err("mixes the digits of two scripts");
+            }
+            out.push(char::from(b'0' + v as u8));
+        } else if c.is_whitespace()
+            || c.general_category() == G::DashPunctuation
+            || matches!(c, '.' | '/' | '\u{2212}')
+        {
+            continue;
+        } else if c.is_ascii_alphabetic() {
+            out.push(c.to_ascii_uppercase());
+        } else if looks_ascii(c) {
+            return Err("holds a letter of another script that looks like a Latin letter or digit");
+        } else {
+            return Err(
+                "must be digits and Latin letters (spaces, dashes, dots and slashes are ignored)",
+            );
+        }
+    }
+    if out.is_empty() {
+        return Err("must hold at least one digit or letter");
+    }
+    Ok(out)
 }
 
 impl fmt::Debug for NationalId {
@@ -409,8 +482,9 @@ impl fmt::Debug for Contact {
 /// What a customer hands in (seed CN102004977A, customer registration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerApplication {
-    /// Full name, 1-128 printable characters; stored in NFKC, format,
-    /// zero-width and bidi-control characters refused.
+    /// Full name, 1-128 printable characters of one script (Latin with Han,
+    /// Kana or Hangul allowed); stored in NFKC, format, zero-width and
+    /// bidi-control characters refused.
     pub name: String,
     pub national_id: NationalId,
     /// 1 to [`MAX_ACCOUNTS`] accounts, no repeats.
@@ -419,12 +493,26 @@ pub struct CustomerApplication {
 }
 
 impl CustomerApplication {
+    /// The personal data of this application that free text bound for the
+    /// audit trail must not repeat: the name and each of its words, the
+    /// national id, the accounts and the contact address.
+    pub(crate) fn personal_terms(&self) -> Vec<&str> {
+        let mut terms = vec![
+            self.name.as_str(),
+            self.national_id.expose(),
+            self.contact.address(),
+        ];
+        terms.extend(self.name.split_whitespace());
+        terms.extend(self.accounts.iter().map(Account::as_str));
+        terms
+    }
+
     /// Checks the application and puts the name in normal form.
     pub(crate) fn validate(&mut self) -> Result<(), ProvisioningError> {
-        self.name = normal(&self.name, 128).ok_or_else(|| {
+        self.name = person(&self.name, 128).ok_or_else(|| {
             invalid(
                 "name",
-                "must be 1-128 printable characters without format, zero-width or bidi-control characters",
+                "must be 1-128 printable characters of one script without format, zero-width or bidi-control characters",
             )
         })?;
         if self.accounts.is_empty() || self.accounts.len() > MAX_ACCOUNTS {
@@ -604,6 +692,73 @@ mod tests {
         assert_eq!(app.name, "Li Lei");
         app.name = "Li\u{200B} Lei".into();
         assert!(app.validate().is_err());
+    }
+
+    #[test]
+    fn one_national_id_has_one_canonical_form() {
+        let plain = NationalId::new("11010119900307123X").unwrap();
+        for same in [
+            "11010119900307123x",
+            "110101 19900307 123X",
+            "110101-1990-0307-123X",
+            "110101.19900307/123X",
+            "110101\u{2013}19900307\u{2212}123X",
+            // Arabic-Indic and extended Arabic-Indic digits.
+            "\u{661}\u{661}\u{660}\u{661}\u{660}\u{661}\u{661}\u{669}\u{669}\u{660}\u{660}\u{663}\u{660}\u{667}\u{661}\u{662}\u{663}X",
+            "\u{6F1}\u{6F1}\u{6F0}\u{6F1}\u{6F0}\u{6F1}\u{6F1}\u{6F9}\u{6F9}\u{6F0}\u{6F0}\u{6F3}\u{6F0}\u{6F7}\u{6F1}\u{6F2}\u{6F3}x",
+        ] {
+            let id = NationalId::new(same).unwrap();
+            assert_eq!(id, plain, "{same:?}");
+            assert_eq!(id.expose(), "11010119900307123X");
+            assert!(id.is_canonical());
+        }
+        // A Cyrillic Х (or х) check character, a Greek Χ: confusables.
+        for look_alike in [
+            "11010119900307123\u{425}",
+            "11010119900307123\u{445}",
+            "11010119900307123\u{3A7}",
+        ] {
+            let e = NationalId::new(look_alike).unwrap_err();
+            assert!(e.to_string().contains("looks like"), "{look_alike:?}: {e}");
+        }
+        for bad in [
+            // Two scripts' digits in one id.
+            "1101011990030712\u{663}X",
+            "11010119900307123\u{416}",
+            "110101,19900307",
+            "---",
+        ] {
+            assert!(NationalId::new(bad).is_err(), "{bad:?}");
+        }
+        // A value stored before the canonical form reads back as it was and
+        // says so.
+        let legacy = NationalId::from_stored("11010119900307123\u{425}".into());
+        assert!(!legacy.is_canonical());
+        assert_eq!(
+            NationalId::from_stored("110101-19900307-123x".into()),
+            plain
+        );
+    }
+
+    #[test]
+    fn operators_of_mixed_scripts_are_refused_look_alikes_are_one_person() {
+        for bad in ["\u{430}lice", "alic\u{435}"] {
+            assert!(bad.parse::<OperatorId>().is_err(), "{bad:?}");
+        }
+        let cope: OperatorId = "cope".parse().unwrap();
+        let cyrillic: OperatorId = "\u{441}\u{43e}\u{440}\u{435}".parse().unwrap();
+        assert!(cyrillic.same_person(cope.as_str()));
+        assert!(cope.same_person("Cope"));
+        assert!(!cope.same_person("bob"));
+        let mut app = CustomerApplication {
+            name: "H\u{430}n Meimei".into(),
+            national_id: NationalId::new("110101198001010011").unwrap(),
+            accounts: vec!["6222020200112233".parse().unwrap()],
+            contact: Contact::new(ContactKind::Sms, "+8613800138000").unwrap(),
+        };
+        assert!(app.validate().is_err());
+        app.name = "Zhang Wei \u{5f20}\u{4f1f}".into();
+        app.validate().unwrap();
     }
 
     #[test]

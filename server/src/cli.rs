@@ -1,4 +1,5 @@
-//! The command line: `check`, `init`, `serve`, `issuer …`, `audit verify`.
+//! The command line: `check`, `init`, `serve`, `issuer …`, `audit verify`,
+//! `audit repair`.
 //! One function per command; output as text, or JSON with `--json`.
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use keyward_kms::types::{IssuerId, KeyFamily};
 use crate::admin::create_recorded;
 use anyhow::Context;
 
-use crate::audit::{Actor, AuditLog, SignedCheckpoint};
+use crate::audit::{Actor, AuditLog, RepairOutcome, SignedCheckpoint};
 use crate::bootstrap::open_kms;
 use crate::wire::issuers::Issuer;
 
@@ -137,6 +138,15 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
     },
+    /// Re-anchor a trail cut back to an older, once-valid head: records
+    /// `audit.repair` (what verification found, which records were lost)
+    /// and moves the HSM checkpoint onto it. Refused while the trail
+    /// verifies, and when a record or the head was changed (not only cut).
+    Repair {
+        /// Why (incident reference, what was restored): kept in the record.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// Runs a command. `Ok(false)` means it ran but found a problem (exit 1).
@@ -150,6 +160,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
         Command::Init => init(cli.json, &config).await,
         Command::Audit(AuditCommand::Verify { against }) => {
             audit_verify(cli.json, &config, against).await
+        }
+        Command::Audit(AuditCommand::Repair { reason }) => {
+            audit_repair(cli.json, &config, &reason).await
         }
         Command::Check => check(cli.json, &config).await,
         Command::Issuer(cmd) => issuer(cli.json, &config, cmd).await,
@@ -259,7 +272,10 @@ async fn audit_verify(
     let report = audit
         .verify_and_record(&Actor::Cli, "cli", stored.as_ref())
         .await?;
-    audit.checkpoint().await?;
+    // A failed check wrote nothing to the chain; the checkpoint stays.
+    if report.ok() {
+        audit.checkpoint().await?;
+    }
     let value = serde_json::to_value(crate::wire::AuditVerified::from(&report))?;
     output(json, &value, || match report.first_bad {
         None => format!("audit trail OK: {} record(s), chain intact", report.records),
@@ -270,6 +286,51 @@ async fn audit_verify(
         ),
     });
     Ok(report.ok())
+}
+
+async fn audit_repair(json: bool, config: &Config, reason: &str) -> anyhow::Result<bool> {
+    let reason: keyward_device_provisioning::Reason = reason.parse()?;
+    let kms = open_kms(config).await?;
+    let (pool, kind) = (kms.db().pool().clone(), kms.db().kind());
+    crate::migrate::run(&pool, kind).await?;
+    let audit = AuditLog::new(&kms, None);
+    let outcome = audit.repair(&Actor::Cli, "cli", reason.as_str()).await?;
+    let (ok, value, text) = match &outcome {
+        RepairOutcome::Intact(r) => (
+            false,
+            serde_json::json!({ "repaired": false, "ok": true, "records": r.records }),
+            "audit trail OK: nothing to repair".to_owned(),
+        ),
+        RepairOutcome::NotRepairable(r) => (
+            false,
+            serde_json::json!({ "repaired": false, "ok": false, "first_bad": r.first_bad,
+                                "problem": r.problem }),
+            format!(
+                "not repaired: the stored chain itself is broken at record {}: {} (a repair                  re-anchors only a trail cut back to an older head)",
+                r.first_bad.unwrap_or(0),
+                r.problem.as_deref().unwrap_or("?")
+            ),
+        ),
+        RepairOutcome::Repaired(r) => (
+            r.after.ok(),
+            serde_json::json!({
+                "repaired": true, "ok": r.after.ok(), "problem": r.found.problem,
+                "checkpoint_seq": r.checkpoint_seq, "lost_from": r.lost_from,
+                "lost_to": r.lost_to, "lost": r.lost_from.map(|f| r.lost_to - f + 1),
+                "incidents": r.incidents, "anchor_seq": r.anchor_seq,
+            }),
+            format!(
+                "audit trail re-anchored at record {} (was: {}); records {}..={} lost;                  verification now {}",
+                r.anchor_seq,
+                r.found.problem.as_deref().unwrap_or("?"),
+                r.lost_from.map_or("?".to_owned(), |f| f.to_string()),
+                r.lost_to,
+                if r.after.ok() { "OK" } else { "still BROKEN" }
+            ),
+        ),
+    };
+    output(json, &value, || text);
+    Ok(ok)
 }
 
 async fn issuer(json: bool, config: &Config, cmd: IssuerCommand) -> anyhow::Result<bool> {

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod online;
 pub mod public;
+pub mod refusals;
 pub mod security;
 pub mod state;
 pub mod wire;

@@ -73,7 +73,7 @@ pub struct Metrics {
 }
 
 /// The listener a connection arrived on (a bounded label value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Listener {
     Public,
     Admin,

@@ -28,6 +28,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../migrations/sqlite/2002_audit_keyed.sql"),
         ),
         (
+            2003,
+            "audit incidents",
+            include_str!("../migrations/sqlite/2003_audit_incidents.sql"),
+        ),
+        (
             2010,
             "idempotency",
             include_str!("../migrations/sqlite/2010_idempotency.sql"),
@@ -73,6 +78,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2002,
             "audit keyed",
             include_str!("../migrations/postgres/2002_audit_keyed.sql"),
+        ),
+        (
+            2003,
+            "audit incidents",
+            include_str!("../migrations/postgres/2003_audit_incidents.sql"),
         ),
         (
             2010,

@@ -236,6 +236,114 @@ async fn a_cut_trail_is_caught_by_the_hsm_checkpoint_and_a_stored_signed_one() {
     assert_eq!(api["ok"], false, "{api}");
 }
 
+/// A scheduled verifier must not erase what it finds: a trail cut back to
+/// an older, once-valid head fails every verification (none of them chains
+/// a record onto it or moves the HSM checkpoint), `serve` refuses, and only
+/// an operator's audited repair, whose record names what was lost, settles it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_trail_stays_broken_however_often_it_is_verified_until_repaired() {
+    use common::tamper;
+    let mut s = Server::started().await;
+    let catalog = s.db.catalog().await.unwrap();
+    let pool = catalog.db().pool().clone();
+    let (old_seq, old_hash, old_keyed, old_mac) = tamper::head(&pool).await;
+    for _ in 0..10 {
+        assert_eq!(s.admin("/admin/v1/audit?limit=1", &[]).status, 200);
+    }
+    // Shutdown writes the last HSM checkpoint.
+    assert!(s.stop().success(), "{}", s.log());
+    let (cut_from, _, _, _) = tamper::head(&pool).await;
+
+    tamper::drop_guards(&pool, s.db.kind()).await;
+    sqlx::query("DELETE FROM audit_log WHERE seq > $1")
+        .bind(old_seq)
+        .execute(&pool)
+        .await
+        .unwrap();
+    tamper::set_head(&pool, old_seq, &old_hash, old_keyed, old_mac.as_deref()).await;
+
+    for run in 1..=20 {
+        let out = s.keyward(&["--json", "audit", "verify"]);
+        assert_eq!(out.status.code(), Some(1), "run {run}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["ok"], false, "run {run}: {v}");
+        assert_eq!(v["first_bad"], old_seq + 1, "run {run}: {v}");
+        assert!(
+            v["problem"].as_str().unwrap().contains("removed"),
+            "run {run}: {v}"
+        );
+        // Nothing was chained onto the cut trail.
+        assert_eq!(tamper::head(&pool).await.0, old_seq, "run {run}");
+    }
+    // Each failure is an incident with what it found, outside the chain.
+    let incidents: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT first_bad, head_seq, problem FROM audit_incidents WHERE repaired_by IS NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(incidents.len(), 20);
+    assert!(
+        incidents
+            .iter()
+            .all(|(bad, head, p)| *bad == old_seq + 1 && *head == old_seq && p.contains("removed")),
+        "{incidents:?}"
+    );
+    let (status, stderr) = s.serve_refused();
+    assert!(!status.success());
+    assert!(stderr.contains("checkpoint"), "{stderr}");
+
+    // The operator's repair: refused without a reason, then recorded with
+    // what was lost, and the trail verifies again.
+    assert!(!s.keyward(&["audit", "repair"]).status.success());
+    let out = s.keyward(&[
+        "--json",
+        "audit",
+        "repair",
+        "--reason",
+        "restored from backup",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["repaired"], true, "{r}");
+    assert_eq!(r["lost_from"], old_seq + 1, "{r}");
+    assert!(r["lost_to"].as_i64().unwrap() >= cut_from, "{r}");
+    let records = tamper::records(&pool).await;
+    let repair = records
+        .iter()
+        .find(|r| r.action == "audit.repair" && r.outcome == "requested")
+        .expect("the repair is recorded");
+    let detail: serde_json::Value = serde_json::from_str(&repair.detail_json).unwrap();
+    assert_eq!(detail["lost_from"], old_seq + 1, "{detail}");
+    assert_eq!(detail["reason"], "restored from backup", "{detail}");
+    assert_eq!(detail["open_incidents"], 20, "{detail}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.action == "audit.repair" && r.outcome == "success")
+    );
+    let ok = s.keyward(&["--json", "audit", "verify"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // Repaired once: a second repair finds nothing to do.
+    assert!(
+        !s.keyward(&["audit", "repair", "--reason", "again"])
+            .status
+            .success()
+    );
+    drop(catalog);
+    s.start();
+    let api = s.admin("/admin/v1/audit/verify", &[]).json();
+    assert_eq!(api["ok"], true, "{api}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_verify_detects_a_forged_record_a_rechained_one_and_a_rewritten_head() {
     use common::tamper;

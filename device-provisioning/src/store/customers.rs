@@ -168,6 +168,80 @@ impl Store {
     }
 }
 
+/// The backfill that rewrites national ids stored before the canonical form.
+const CANONICAL_BACKFILL: &str = "national_id_canonical";
+
+impl Store {
+    /// Rewrites, once, the national ids stored before they were canonical
+    /// (`110101-1990…`, Arabic-Indic digits) to their canonical form, so the
+    /// one-customer-per-national-id index holds on old rows too. Two
+    /// approved customers whose ids are one in canonical form (the look-alike
+    /// duplicates this form exists to stop) are left as stored and logged by
+    /// application id for review; an id that has no canonical form (a
+    /// Cyrillic `Х`) is left as stored: such an application cannot be
+    /// approved until it is corrected.
+    pub(crate) async fn canonicalise_national_ids(&self) -> Result<()> {
+        let conflicts = self
+            .db
+            .write("canonicalise_national_ids", |mut tx| async move {
+                let none: Vec<String> = Vec::new();
+                let done = sqlx::query("SELECT name FROM prov_backfills WHERE name = $1")
+                    .bind(CANONICAL_BACKFILL)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if done.is_some() {
+                    return Ok::<_, ProvisioningError>((tx, none));
+                }
+                let rows = sqlx::query("SELECT id, state, national_id FROM prov_applications")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let id: String = row.try_get("id")?;
+                    let state: String = row.try_get("state")?;
+                    let stored: String = row.try_get("national_id")?;
+                    let canonical = NationalId::from_stored(stored.clone()).expose().to_owned();
+                    ids.push((id, state == "approved", stored, canonical));
+                }
+                let mut approved = std::collections::HashMap::<&str, usize>::new();
+                for (_, is_approved, _, canonical) in &ids {
+                    if *is_approved {
+                        *approved.entry(canonical.as_str()).or_default() += 1;
+                    }
+                }
+                let mut conflicts = Vec::new();
+                for (id, is_approved, stored, canonical) in &ids {
+                    if stored == canonical {
+                        continue;
+                    }
+                    if *is_approved && approved[canonical.as_str()] > 1 {
+                        conflicts.push(id.clone());
+                        continue;
+                    }
+                    sqlx::query("UPDATE prov_applications SET national_id = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(canonical)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("INSERT INTO prov_backfills (name, done_at_ms) VALUES ($1, $2)")
+                    .bind(CANONICAL_BACKFILL)
+                    .bind(keyward_kms::db::now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok((tx, conflicts))
+            })
+            .await?;
+        if !conflicts.is_empty() {
+            tracing::warn!(
+                applications = ?conflicts,
+                "approved customers share a national id in canonical form; left as stored for review"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Accounts as one column (accounts are alphanumeric: no comma).
 pub(super) fn join_accounts(accounts: &[Account]) -> String {
     accounts
@@ -201,8 +275,7 @@ fn view_from_row(row: &AnyRow) -> Result<ApplicationView> {
         state: parse_col(row, "state", "prov_applications.state")?,
         application: CustomerApplication {
             name: row.try_get("name")?,
-            national_id: NationalId::new(national_id)
-                .map_err(corrupt("prov_applications.national_id"))?,
+            national_id: NationalId::from_stored(national_id),
             accounts: split_accounts(&accounts, "prov_applications.accounts")?,
             contact: Contact::new(
                 parse_col(row, "contact_kind", "prov_applications.contact_kind")?,

@@ -69,6 +69,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "challenge scope",
             include_str!("../../migrations/sqlite/3004_challenge_scope.sql"),
         ),
+        (
+            3005,
+            "national id canonical",
+            include_str!("../../migrations/sqlite/3005_national_id_canonical.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -91,6 +96,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "challenge scope",
             include_str!("../../migrations/postgres/3004_challenge_scope.sql"),
         ),
+        (
+            3005,
+            "national id canonical",
+            include_str!("../../migrations/postgres/3005_national_id_canonical.sql"),
+        ),
     ],
 };
 
@@ -109,10 +119,11 @@ impl Store {
         }
     }
 
-    /// Applies what is missing; a second run changes nothing.
+    /// Applies what is missing, then the backfills in Rust; a second run
+    /// changes nothing.
     pub(crate) async fn migrate(&self) -> Result<()> {
         self.db.migrate(&MIGRATIONS).await?;
-        Ok(())
+        self.canonicalise_national_ids().await
     }
 }
 

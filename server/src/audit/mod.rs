@@ -41,6 +41,7 @@ macro_rules! record_columns {
 }
 
 pub mod keyed;
+pub mod repair;
 pub mod verify;
 
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
 
+pub use repair::{RepairOutcome, Repaired};
 pub use verify::{SignedCheckpoint, VerifyReport};
 
 use crate::metrics::Metrics;
@@ -178,6 +180,19 @@ pub enum AuditEvent {
         records: u64,
         first_bad: Option<i64>,
     },
+    /// An operator re-anchored a trail cut back to an older head: what the
+    /// verification found and which records were lost (`lost_from` unknown
+    /// when the trail was written on after the cut).
+    AuditRepaired {
+        reason: String,
+        problem: String,
+        head_seq: i64,
+        checkpoint_seq: i64,
+        checkpoint_hash: String,
+        lost_from: Option<i64>,
+        lost_to: i64,
+        incidents: u64,
+    },
     /// The service started or stopped listening.
     Service {
         action: &'static str,
@@ -271,6 +286,24 @@ impl AuditEvent {
                 "audit.verify".into(),
                 "audit_log".into(),
                 json!({ "records": records, "first_bad": first_bad }),
+            ),
+            Self::AuditRepaired {
+                reason,
+                problem,
+                head_seq,
+                checkpoint_seq,
+                checkpoint_hash,
+                lost_from,
+                lost_to,
+                incidents,
+            } => (
+                "audit.repair".into(),
+                "audit_log".into(),
+                json!({ "reason": reason, "problem": problem, "head_seq": head_seq,
+                        "checkpoint_seq": checkpoint_seq, "checkpoint_hash": checkpoint_hash,
+                        "lost_from": lost_from, "lost_to": lost_to,
+                        "lost": lost_from.map(|f| lost_to - f + 1),
+                        "open_incidents": incidents }),
             ),
             Self::Service { action, detail } => (
                 format!("service.{action}"),
@@ -542,8 +575,11 @@ impl AuditLog {
 
     /// Recomputes the chain (and checks `against`, a stored signed
     /// checkpoint, when given) and records that it did (after the check, so
-    /// the check covers what came before it). A record that cannot be
-    /// written is logged; the report stands.
+    /// the check covers what came before it): in the chain when it holds;
+    /// as an incident outside it when it does not, so a failed check never
+    /// moves the head or the checkpoint of a broken trail
+    /// ([`repair`]). A record that cannot be written is logged; the report
+    /// stands.
     pub async fn verify_and_record(
         &self,
         actor: &Actor,
@@ -554,18 +590,17 @@ impl AuditLog {
             Some(stored) => self.verify_against(stored).await?,
             None => self.verify_chain().await?,
         };
-        let outcome = if report.ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failed {
-                code: "audit_chain_broken",
-            }
-        };
-        let event = AuditEvent::AuditVerified {
-            records: report.records,
-            first_bad: report.first_bad,
-        };
-        let _ = self.append(actor, &event, outcome, request_id).await;
+        if report.ok() {
+            let event = AuditEvent::AuditVerified {
+                records: report.records,
+                first_bad: None,
+            };
+            let _ = self
+                .append(actor, &event, Outcome::Success, request_id)
+                .await;
+        } else if let Err(e) = self.record_incident(actor, request_id, &report).await {
+            tracing::error!(error = %e, request_id, "audit incident not recorded");
+        }
         Ok(report)
     }
 

@@ -158,17 +158,17 @@ impl AuditLog {
     /// Recomputes the whole chain, every MAC and the head, and compares
     /// with the HSM checkpoint.
     pub async fn verify_chain(&self) -> Result<VerifyReport, AuditError> {
-        self.verify(false).await
+        self.verify(false, true).await
     }
 
     /// The start-up check: the HSM checkpoint, the records from its seq on
     /// and the head (the whole chain when there is no checkpoint yet).
     pub async fn verify_from_checkpoint(&self) -> Result<VerifyReport, AuditError> {
-        self.verify(true).await
+        self.verify(true, true).await
     }
 
     /// The newest HSM checkpoint whose MAC holds, if one was written.
-    async fn hsm_checkpoint(
+    pub(super) async fn hsm_checkpoint(
         &self,
         report: &mut VerifyReport,
     ) -> Result<Option<Checkpoint>, AuditError> {
@@ -188,10 +188,20 @@ impl AuditLog {
         Ok(best)
     }
 
-    async fn verify(&self, from_checkpoint: bool) -> Result<VerifyReport, AuditError> {
+    /// `with_checkpoint: false` checks the stored chain and head alone (a
+    /// repair's question: is the trail whole apart from what was cut?).
+    pub(super) async fn verify(
+        &self,
+        from_checkpoint: bool,
+        with_checkpoint: bool,
+    ) -> Result<VerifyReport, AuditError> {
         let head = self.read_head().await?;
         let mut report = VerifyReport::new(&head);
-        let cp = self.hsm_checkpoint(&mut report).await?;
+        let cp = if with_checkpoint {
+            self.hsm_checkpoint(&mut report).await?
+        } else {
+            None
+        };
         let keyed = |seq: i64| head.keyed_from.is_some_and(|k| seq >= k);
         // Where to start, and the hash the first record must link to (`None`:
         // the checkpoint's record, whose own hash is what is compared).
@@ -326,11 +336,27 @@ impl AuditLog {
             .await?
             .iter()
             .filter_map(|b| Checkpoint::decode(b))
-            .map(|cp| cp.seq)
-            .max();
-        if newest.is_some_and(|n| n >= seq) {
-            *done = seq;
-            return Ok(false);
+            .max_by_key(|cp| cp.seq);
+        if let Some(newest) = &newest {
+            if newest.seq >= seq {
+                *done = seq;
+                return Ok(false);
+            }
+            // Never forward past a cut: a head written onto a trail that no
+            // longer holds the checkpoint's record would bury the break.
+            let hash: Option<String> =
+                sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+                    .bind(newest.seq)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if hash.as_deref() != Some(newest.hash.as_str()) {
+                return Err(AuditError::Broken {
+                    seq: newest.seq,
+                    problem: "the trail no longer holds the HSM checkpoint's record; the \
+                              checkpoint stays until `keyward audit repair`"
+                        .into(),
+                });
+            }
         }
         let cp = Checkpoint {
             seq,
@@ -428,9 +454,10 @@ impl AuditLog {
 
 /// `keyward serve`'s start-up check ([`AuditLog::verify_from_checkpoint`]):
 /// an error naming the first bad record unless `allow_broken`, in which case
-/// the break is logged and recorded and serving goes on.
+/// the break is logged and recorded as an incident (outside the chain) and
+/// serving goes on; the HSM checkpoint stays where it was until a repair.
 pub async fn check_at_start(audit: &AuditLog, allow_broken: bool) -> anyhow::Result<()> {
-    use super::{Actor, AuditEvent, Outcome};
+    use super::Actor;
     let report = audit.verify_from_checkpoint().await?;
     let Some(seq) = report.first_bad else {
         tracing::info!(
@@ -453,13 +480,6 @@ pub async fn check_at_start(audit: &AuditLog, allow_broken: bool) -> anyhow::Res
         problem,
         "audit trail broken; serving anyway (--allow-broken-audit)"
     );
-    let event = AuditEvent::AuditVerified {
-        records: report.records,
-        first_bad: report.first_bad,
-    };
-    let outcome = Outcome::Failed {
-        code: "audit_chain_broken",
-    };
-    audit.append(&Actor::System, &event, outcome, "-").await?;
+    audit.record_incident(&Actor::System, "-", &report).await?;
     Ok(())
 }

@@ -53,6 +53,7 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::edge::identity::ClientIdentity;
 use crate::edge::startup::{open_state, recover_imports};
 use crate::metrics::Listener;
+use crate::refusals::RefusalWindows;
 use crate::state::AppState;
 
 /// Time a client has to finish the TLS handshake.
@@ -144,6 +145,8 @@ pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<(
     .await;
     checkpoints.abort();
     served?;
+    // Every refusal window's count is written before the trail stops.
+    state.online.close_refusal_windows(true).await;
     let _ = state
         .audit
         .append(
@@ -623,37 +626,28 @@ async fn refused(
 }
 
 /// At most [`REFUSALS_PER_MINUTE`] refusals (audit records, or log lines)
-/// per listener per minute.
-#[derive(Debug, Default)]
-struct RefusalLimiter {
-    windows: Mutex<[Window; 2]>,
-}
+/// per listener per minute: the refusal windows the online service keeps per
+/// device, with one source per listener.
+#[derive(Debug)]
+struct RefusalLimiter(RefusalWindows<Listener>);
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Window {
-    started: Option<Instant>,
-    written: u32,
-    suppressed: u64,
+impl Default for RefusalLimiter {
+    fn default() -> Self {
+        Self(RefusalWindows::new(
+            REFUSALS_PER_MINUTE,
+            Duration::from_secs(60),
+            2,
+        ))
+    }
 }
 
 impl RefusalLimiter {
     /// `Some(suppressed since the last record)` when a record may be written.
     fn admit(&self, listener: Listener, now: Instant) -> Option<u64> {
-        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let w = &mut w[listener as usize];
-        if w.started
-            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(60))
-        {
-            w.started = Some(now);
-            w.written = 0;
-        }
-        if w.written < REFUSALS_PER_MINUTE {
-            w.written += 1;
-            Some(std::mem::take(&mut w.suppressed))
-        } else {
-            w.suppressed += 1;
-            None
-        }
+        let admitted = self.0.admit(listener, now, false, false);
+        admitted
+            .record
+            .then(|| admitted.closed.map_or(0, |c| c.counted))
     }
 }
 

@@ -172,6 +172,10 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("text_not_nfc", StatusCode::UNPROCESSABLE_ENTITY),
     ("payee_confusable", StatusCode::UNPROCESSABLE_ENTITY),
     ("payee_line_too_long", StatusCode::UNPROCESSABLE_ENTITY),
+    // 429: a device refused too often, until its refusal window ends
+    // (`Retry-After`).
+    ("too_many_refusals", StatusCode::TOO_MANY_REQUESTS),
+    ("too_many_logins", StatusCode::TOO_MANY_REQUESTS),
     // 500, 501: the server's fault, or the HSM's capability.
     ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
     ("hsm_error", StatusCode::INTERNAL_SERVER_ERROR),
@@ -368,6 +372,12 @@ impl From<ProvisioningError> for ApiError {
 
 impl From<OnlineError> for ApiError {
     fn from(e: OnlineError) -> Self {
+        if let OnlineError::Throttled { retry_after_secs }
+        | OnlineError::TooManyLogins { retry_after_secs } = e
+        {
+            return Self::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())
+                .retry_after(retry_after_secs);
+        }
         Self::from_kind(e.kind(), e.code(), e)
     }
 }

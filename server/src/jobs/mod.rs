@@ -295,7 +295,21 @@ pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
         crate::edge::startup::import_recovery_job(state),
         online_maintenance_job(state),
         sessions_gauge_job(state),
+        refusal_windows_job(state),
     ]
+}
+
+/// [`crate::online::Online::close_refusal_windows`], on every replica (the
+/// windows are per replica).
+fn refusal_windows_job(state: &AppState) -> Job<AppState> {
+    Job::new(
+        "online.refusal_windows",
+        online_interval(state),
+        |state: AppState| async move {
+            state.online.close_refusal_windows(false).await;
+            Ok(())
+        },
+    )
 }
 
 /// The online service's interval (`online.jobs_interval_ms`).

@@ -33,6 +33,15 @@ pub enum OnlineError {
     /// written); the cause as the writer saw it.
     #[error("online group write failed ({code})")]
     Group { code: &'static str, kind: ErrorKind },
+    /// The device was refused too often in its refusal window: answered
+    /// 429 `too_many_refusals` until the window ends.
+    #[error("too many refused calls from this device; retry after {retry_after_secs} s")]
+    Throttled { retry_after_secs: u32 },
+    /// The device started more logins in a minute than
+    /// `online.login_starts_per_minute`: answered 429 `too_many_logins`
+    /// until its minute ends.
+    #[error("too many login starts from this device; retry after {retry_after_secs} s")]
+    TooManyLogins { retry_after_secs: u32 },
 }
 
 impl keyward_kms::db::TxError for OnlineError {
@@ -62,6 +71,8 @@ impl OnlineError {
             Self::Audit(_) => "audit_unavailable",
             Self::Database(e) => keyward_kms::db::error_code(e),
             Self::Group { code, .. } => code,
+            Self::Throttled { .. } => "too_many_refusals",
+            Self::TooManyLogins { .. } => "too_many_logins",
         }
     }
 
@@ -75,6 +86,8 @@ impl OnlineError {
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Database(e) => keyward_kms::db::error_kind(e),
             Self::Group { kind, .. } => *kind,
+            // A client's doing; its answer is 429 (the code table).
+            Self::Throttled { .. } | Self::TooManyLogins { .. } => ErrorKind::Forbidden,
         }
     }
 }

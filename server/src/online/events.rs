@@ -3,7 +3,7 @@
 //! places that write it. They become the trail's generic online record
 //! (action, target `device:<id>` or `issuer:<id>`, detail) in one place.
 
-use keyward_device_provisioning::Reason;
+use keyward_device_provisioning::RedactedText;
 use keyward_kms::types::{DeviceId, IssuerId, KeyVersion, MacAlgorithm};
 use serde_json::json;
 
@@ -43,17 +43,53 @@ pub enum OnlineEvent {
         version: KeyVersion,
         streak: u32,
     },
-    /// An operator's unlock of a credential.
+    /// An operator's unlock of a credential; the reason as the trail may
+    /// keep it.
     Unlock {
         device: DeviceId,
         issuer: IssuerId,
-        reason: Reason,
+        reason: RedactedText,
     },
     /// An operator asked for new working keys: one device, or the fleet.
     RotationRequest {
         issuer: IssuerId,
         device: Option<DeviceId>,
     },
+    /// A refusal window closed: the refusals of `action` not recorded one by
+    /// one (the first of the window was), `throttled` of them answered 429.
+    RefusalsCounted {
+        device: DeviceId,
+        action: &'static str,
+        counted: u64,
+        throttled: u64,
+        window_started_ms: i64,
+        window_ms: u64,
+    },
+    /// A device refused `refused` times for `action` in a window is
+    /// throttled (429) until the window ends.
+    Throttled {
+        device: DeviceId,
+        action: &'static str,
+        refused: u64,
+        retry_after_ms: u64,
+    },
+}
+
+impl OnlineEvent {
+    /// The trail's action of a refusal event (the refusal windows' key).
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::LoginRefused { step, .. } => step,
+            Self::SessionRefused { .. } => "session.refused",
+            Self::Lockout { .. } => "login.lockout",
+            Self::KeyActivated { .. } => "key.activate",
+            Self::MacFailure { .. } => "transaction.mac",
+            Self::Unlock { .. } => "credential.unlock",
+            Self::RotationRequest { .. } => "key.rotate_request",
+            Self::RefusalsCounted { .. } => "refusal.window",
+            Self::Throttled { .. } => "refusal.throttle",
+        }
+    }
 }
 
 impl From<OnlineEvent> for AuditEvent {
@@ -108,6 +144,29 @@ impl From<OnlineEvent> for AuditEvent {
                 "credential.unlock",
                 device(d),
                 json!({ "issuer": issuer.as_str(), "reason": reason.as_str() }),
+            ),
+            OnlineEvent::RefusalsCounted {
+                device: d,
+                action,
+                counted,
+                throttled,
+                window_started_ms,
+                window_ms,
+            } => (
+                "refusal.window",
+                device(d),
+                json!({ "action": action, "counted": counted, "throttled": throttled,
+                        "window_started_ms": window_started_ms, "window_ms": window_ms }),
+            ),
+            OnlineEvent::Throttled {
+                device: d,
+                action,
+                refused,
+                retry_after_ms,
+            } => (
+                "refusal.throttle",
+                device(d),
+                json!({ "action": action, "refused": refused, "retry_after_ms": retry_after_ms }),
             ),
             OnlineEvent::RotationRequest { issuer, device: d } => (
                 "key.rotate_request",

@@ -71,10 +71,14 @@ impl Online {
         reason: &Reason,
     ) -> Result<Unlocked> {
         self.provisioning.device(device).await?;
+        let reason = self
+            .provisioning
+            .device_reason_for_trail(device, reason)
+            .await;
         let requested = AuditEvent::from(OnlineEvent::Unlock {
             device,
             issuer: issuer.clone(),
-            reason: reason.clone(),
+            reason,
         });
         let before = self
             .audit

@@ -372,6 +372,23 @@ impl Online {
 
     /// Step 1: the device's claims checked, a sealed challenge (and new keys
     /// when a rotation is due).
+    /// Counts a login start of `device` in its minute (per replica); past
+    /// `online.login_starts_per_minute` it is refused until the minute
+    /// ends, before any HSM or database work.
+    fn count_start(&self, device: DeviceId) -> Result<()> {
+        let now = std::time::Instant::now();
+        let budget = u64::from(self.config.login_starts_per_minute);
+        if let Some(wait) = self.starts.retry_after(&device, now, budget) {
+            let secs = u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+            return Err(OnlineError::TooManyLogins {
+                retry_after_secs: secs,
+            });
+        }
+        // Starts are not refusals: a closed window has nothing to record.
+        let _ = self.starts.admit(device, now, false, false);
+        Ok(())
+    }
+
     pub async fn login_start(&self, device: &Device, req: &StartRequest) -> Result<Challenge> {
         match self.try_start(device, req).await {
             Ok(answer) => Ok(answer),
@@ -386,6 +403,7 @@ impl Online {
         if req.claimed != device.device_id {
             return Err(OnlineError::from(Refusal::DeviceIdMismatch));
         }
+        self.count_start(device.device_id)?;
         require_issued(device)?;
         let context = self.check_binding(device.device_id, &issuer, req).await?;
         let cred = context.credential;

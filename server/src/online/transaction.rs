@@ -12,15 +12,16 @@
 //! PIN-translation mechanism (SoftHSM) refuses with `501
 //! hsm_mechanism_missing`; a PIN block is never decrypted on the host.
 //!
-//! A MAC failure is answered `invalid` (200), audited, counted, and counted
-//! per credential: the failure that makes a streak of
+//! A MAC failure is answered `invalid` (200), audited within the device's
+//! refusal window (the first of a window in full, then a count; a device
+//! that keeps failing is answered 429 `too_many_refusals` until the window
+//! ends, before any HSM work), counted, and counted per credential: the failure that makes a streak of
 //! [`MAC_FAILURE_STREAK`] raises `keyward_transaction_mac_failure_streaks_total
 //! {issuer}` and an audit record an alert can use without a device label.
 
 use keyward_kms::types::{KeyVersion, MacAlgorithm, Padding};
 use keyward_kms::{MacItem, PinBlock};
 
-use crate::audit::{AuditEvent, Outcome};
 use crate::online::{Device, Online, OnlineError, OnlineEvent, Refusal, Session};
 
 type Result<T> = std::result::Result<T, OnlineError>;
@@ -82,6 +83,7 @@ impl Online {
         session: &Session,
         req: TransactionRequest,
     ) -> Result<TransactionVerdict> {
+        self.check_throttle(device, "transaction.mac").await?;
         let issuer = &session.issuer;
         let TransactionRequest {
             version,
@@ -183,22 +185,15 @@ impl Online {
             .store
             .record_mac_failure(&session.issuer, device.device_id)
             .await?;
-        let event = AuditEvent::from(OnlineEvent::MacFailure {
+        let event = OnlineEvent::MacFailure {
             device: device.device_id,
             issuer: session.issuer.clone(),
             algorithm,
             version,
             streak,
-        });
-        self.audit
-            .append(
-                &device.actor,
-                &event,
-                Outcome::Refused {
-                    code: "mac_invalid",
-                },
-                &device.request_id,
-            )
+        };
+        // The failure that makes a streak is kept whole (alerts use it).
+        self.refusal_recorded(device, event, "mac_invalid", streak == MAC_FAILURE_STREAK)
             .await?;
         if streak == MAC_FAILURE_STREAK {
             self.metrics

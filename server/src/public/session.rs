@@ -24,7 +24,9 @@ fn bearer(req: &Request) -> Option<&str> {
 /// Admits a request only with a session of the calling device, opened over
 /// this certificate, unexpired, with the device in service and the
 /// credential unlocked; puts the [`Session`] in its extensions. Refusals
-/// are 403 with a stable code and audited.
+/// are 403 with a stable code and audited within the device's refusal
+/// window; a device refused too often is answered 429 `too_many_refusals`
+/// (`Retry-After`) until its window ends.
 pub async fn require_session(
     State(state): State<AppState>,
     mut req: Request,
@@ -33,6 +35,13 @@ pub async fn require_session(
     let Some(device) = req.extensions().get::<Device>().cloned() else {
         return ApiError::certificate_required().into_response();
     };
+    if let Err(e) = state
+        .online
+        .check_throttle(&device, "session.refused")
+        .await
+    {
+        return ApiError::from(e).into_response();
+    }
     match state.online.authorize_session(&device, bearer(&req)).await {
         Ok(session) => {
             req.extensions_mut().insert(session);

@@ -180,3 +180,141 @@ async fn a_national_id_typed_into_a_reject_reason_is_stored_redacted() {
         assert!(!text.contains(digits), "{digits} reached the trail");
     }
 }
+
+/// An application by `maker` for `national_id`; its id, or the refusal.
+async fn apply_for(app: &App, maker: &ClientIdentity, national_id: &str) -> Result<String, String> {
+    let applied = app
+        .post(maker, "/admin/v1/applications", application(national_id))
+        .await;
+    match applied.status {
+        StatusCode::CREATED => Ok(applied.body["application_id"].as_str().unwrap().to_owned()),
+        _ => Err(format!("{} {}", applied.status, applied.text)),
+    }
+}
+
+#[tokio::test]
+async fn one_national_id_in_any_form_is_one_customer() {
+    let app = App::new().await;
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let first = apply_for(&app, &alice, "11010119900307123X").await.unwrap();
+    app.post(
+        &bob,
+        &format!("/admin/v1/applications/{first}/approve"),
+        json!({}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    // The same id with Arabic-Indic digits, an inner space, hyphens, a
+    // lower-case check character: the same customer, refused at approval.
+    let arabic: String = "11010119900307123"
+        .chars()
+        .map(|c| char::from_u32(0x660 + c.to_digit(10).unwrap()).unwrap())
+        .chain(['X'])
+        .collect();
+    for same in [
+        arabic.as_str(),
+        "110101 19900307123X",
+        "110101-1990-0307-123X",
+        "11010119900307123x",
+    ] {
+        let id = apply_for(&app, &alice, same).await.unwrap();
+        let review = app.get(&bob, &format!("/admin/v1/applications/{id}")).await;
+        assert_eq!(
+            review.expect(StatusCode::OK)["national_id"],
+            "11010119900307123X",
+            "{same:?} is stored canonical"
+        );
+        app.post(
+            &bob,
+            &format!("/admin/v1/applications/{id}/approve"),
+            json!({}),
+        )
+        .await
+        .refused(StatusCode::CONFLICT, "customer_exists");
+    }
+    // A Cyrillic Х as the check character is refused outright.
+    let refused = apply_for(&app, &alice, "11010119900307123\u{425}").await;
+    let refused = refused.unwrap_err();
+    assert!(
+        refused.starts_with("400") && refused.contains("invalid_input"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn look_alike_operators_are_one_person_to_maker_checker() {
+    let app = App::new().await;
+    // Mixed-script names (a Cyrillic а or е in `alice`) get no certificate.
+    for look_alike in ["\u{430}lice", "alic\u{435}"] {
+        assert!(
+            app.try_operator(look_alike, Role::Operator).await.is_err(),
+            "{look_alike:?} was issued a certificate"
+        );
+    }
+    // A whole-script look-alike (Cyrillic `соре` for `cope`) is one script,
+    // so it may hold a certificate; maker-checker still takes it for the
+    // maker.
+    let cope = app.operator("cope", Role::Operator).await;
+    let cyrillic = app
+        .operator("\u{441}\u{43e}\u{440}\u{435}", Role::Operator)
+        .await;
+    let id = apply_for(&app, &cope, "110101198001010055").await.unwrap();
+    app.post(
+        &cyrillic,
+        &format!("/admin/v1/applications/{id}/approve"),
+        json!({}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "self_approval");
+    app.post(
+        &cyrillic,
+        &format!("/admin/v1/applications/{id}/reject"),
+        json!({"reason": "looks fine"}),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "self_approval");
+    // A customer name of two scripts is refused too.
+    let mut mixed = application("110101198001010066");
+    mixed["name"] = json!("H\u{430}n Meimei");
+    let mixed = app.post(&cope, "/admin/v1/applications", mixed).await;
+    assert_eq!(mixed.status, StatusCode::BAD_REQUEST, "{}", mixed.text);
+}
+
+#[tokio::test]
+async fn personal_data_in_a_reason_does_not_reach_the_trail() {
+    let app = App::new().await;
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let id = apply(&app, &alice).await;
+    let reason = "Han Meimei (meimei.han@mail.example) showed passport E1234567 \
+                  and id 110101,198001,010011; 3 pages, scan of 2024-05-01";
+    app.post(
+        &bob,
+        &format!("/admin/v1/applications/{id}/reject"),
+        json!({ "reason": reason }),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let trail = app.trail().await;
+    let rejected = trail
+        .iter()
+        .find(|r| r["action"] == "customer.reject" && r["outcome"] == "success")
+        .expect("a reject record");
+    let detail: Value = serde_json::from_str(rejected["detail_json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        detail["reason"],
+        "[redacted] ([redacted]) showed passport [redacted] \
+         and id [redacted]; 3 pages, scan of 2024-05-01",
+        "{detail}"
+    );
+    let text = serde_json::to_string(&trail).unwrap();
+    for personal in ["Meimei", "mail.example", "1234567", "110101", "010011"] {
+        assert!(!text.contains(personal), "{personal} reached the trail");
+    }
+    // The reviewer still reads the reason as typed, on the application.
+    let review = app
+        .get(&alice, &format!("/admin/v1/applications/{id}"))
+        .await;
+    assert_eq!(review.expect(StatusCode::OK)["decision_reason"], reason);
+}

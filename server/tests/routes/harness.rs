@@ -124,6 +124,15 @@ impl App {
 
     /// A new operator with `role`, certified by the installation's CA.
     pub async fn operator(&self, name: &str, role: Role) -> ClientIdentity {
+        self.try_operator(name, role).await.unwrap()
+    }
+
+    /// An operator certificate for `name`, or the CA's refusal.
+    pub async fn try_operator(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<ClientIdentity, keyward_ca::CaError> {
         use p256::elliptic_curve::sec1::ToEncodedPoint;
         let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
         let point = secret
@@ -135,9 +144,8 @@ impl App {
             .state
             .ca
             .issue_for_public_key(&PublicKey::P256(point), IssueRequest::operator(name, role))
-            .await
-            .unwrap();
-        identity_of(&cert.der)
+            .await?;
+        Ok(identity_of(&cert.der))
     }
 
     /// One request to the admin router as `who`.

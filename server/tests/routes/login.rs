@@ -435,8 +435,13 @@ async fn ten_wrong_answers_lock_the_credential_and_revoke_the_certificate() {
     app.post(&alice, &path, json!({"reason": "terminal repaired"}))
         .await
         .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    // The reason reaches the trail without the personal data typed into it.
     let u = app
-        .post(&app.root, &path, json!({"reason": "terminal repaired"}))
+        .post(
+            &app.root,
+            &path,
+            json!({"reason": "terminal repaired, owner at li@mail.example or 138 0013 8000"}),
+        )
         .await;
     let u: wire::UnlockAnswer = serde_json::from_value(u.expect(StatusCode::OK).clone()).unwrap();
     assert!(!u.credential.locked && u.recertification_required);
@@ -451,6 +456,16 @@ async fn ten_wrong_answers_lock_the_credential_and_revoke_the_certificate() {
         .await;
     assert_eq!(b.expect(StatusCode::OK)["locked"], true);
     assert!(app.audited("credential.unlock", "success").await);
+    let trail = app.trail().await;
+    let unlock = trail
+        .iter()
+        .find(|r| r["action"] == "credential.unlock" && r["outcome"] == "success")
+        .expect("an unlock record");
+    let detail: Value = serde_json::from_str(unlock["detail_json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        detail["reason"], "terminal repaired, owner at [redacted] or [redacted]",
+        "{detail}"
+    );
 }
 
 #[tokio::test]
@@ -855,4 +870,159 @@ async fn a_credential_holds_a_bounded_number_of_sessions() {
             a.expect(StatusCode::OK);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_answers_at_once_count_to_the_limit_and_no_further() {
+    // No revocation, so every answer reaches the credential's check.
+    let app = App::with_config(|c| {
+        c.online.issuers.insert(
+            "bank-a".into(),
+            keyward_config::IssuerPolicyConfig {
+                revoke_on_lockout: Some(false),
+                max_login_failures: Some(10),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    app.issuer("bank-a", "tdes").await;
+    let (mut d, who) = issued(&app, 9, &["bank-a"]).await;
+    // Keys taken first, so every challenge below is a plain one.
+    let (_, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
+    a.expect(StatusCode::OK);
+    let wrong = LoginOptions {
+        wrong_response: true,
+    };
+    let mut bodies = Vec::new();
+    for _ in 0..30 {
+        let c = start(&app, &who, start_body(&d, "bank-a")).await;
+        let c: wire::LoginChallenge =
+            serde_json::from_value(c.expect(StatusCode::CREATED).clone()).unwrap();
+        let b = terminal::finish_body(&d, "bank-a", &c, None, wrong).unwrap();
+        bodies.push(serde_json::to_value(b).unwrap());
+    }
+    // Thirty wrong answers at once against a limit of ten.
+    let mut tasks = tokio::task::JoinSet::new();
+    for body in bodies {
+        let (public, who) = (app.public.clone(), who.clone());
+        tasks.spawn(async move {
+            call(&public, &who, Method::POST, "/v1/login/finish", Some(body)).await
+        });
+    }
+    let answers = tasks.join_all().await;
+    let codes: Vec<String> = answers.iter().map(|a| a.code().to_owned()).collect();
+    let invalid = codes.iter().filter(|c| *c == "response_invalid").count();
+    let locked = codes.iter().filter(|c| *c == "credential_locked").count();
+    // Nine are counted and answered as wrong; the tenth locks, and it and
+    // every answer after it are told the credential is locked.
+    assert_eq!((invalid, locked), (9, 21), "{codes:?}");
+    let cred = credential(&app, &d, "bank-a").await;
+    assert!(cred.locked);
+    assert_eq!(cred.failures, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_session_calls_is_counted_in_a_few_records_and_throttled() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (d, who) = issued(&app, 10, &["bank-a"]).await;
+    let target = format!("device:{}", d.id);
+    // 5,000 refused calls from one device, 50 at a time.
+    let started = std::time::Instant::now();
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (public, who) = (app.public.clone(), who.clone());
+            tasks.spawn(async move {
+                let req = Request::builder()
+                    .method(Method::GET)
+                    .uri("/v1/session")
+                    .header("authorization", "Bearer not-a-session")
+                    .body(Body::empty())
+                    .unwrap();
+                send(&public, &who, req).await
+            });
+        }
+        answers.extend(tasks.join_all().await);
+    }
+    let took = started.elapsed();
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::FORBIDDEN && a.code() == "session_invalid")
+        .count();
+    let throttled: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(refused, 100, "refused until the throttle");
+    assert_eq!(throttled.len(), 4_900);
+    for a in &throttled {
+        assert_eq!(a.code(), "too_many_refusals");
+        let wait: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=61).contains(&wait), "{wait}");
+    }
+
+    // Every window closed (as at shutdown): its count is written.
+    app.state.online.close_refusal_windows(true).await;
+    let records: Vec<Value> = app
+        .trail()
+        .await
+        .into_iter()
+        .filter(|r| r["target"] == target.as_str())
+        .filter(|r| {
+            ["session.refused", "refusal.window", "refusal.throttle"]
+                .contains(&r["action"].as_str().unwrap())
+        })
+        .collect();
+    let detail =
+        |r: &Value| -> Value { serde_json::from_str(r["detail_json"].as_str().unwrap()).unwrap() };
+    let whole = records
+        .iter()
+        .filter(|r| r["action"] == "session.refused")
+        .count() as u64;
+    let counted: u64 = records
+        .iter()
+        .filter(|r| r["action"] == "refusal.window")
+        .map(|r| detail(r)["counted"].as_u64().unwrap())
+        .sum();
+    assert!(records.len() <= 4, "{records:#?}");
+    assert_eq!(whole + counted, 5_000, "{records:#?}");
+    let throttle = records
+        .iter()
+        .find(|r| r["action"] == "refusal.throttle")
+        .expect("the throttle is recorded");
+    assert_eq!(detail(throttle)["refused"], 100);
+    eprintln!(
+        "5000 refused session calls in {took:?}: {} records ({whole} whole, {counted} counted)",
+        records.len()
+    );
+}
+
+/// Login starts past `login_starts_per_minute` are answered 429 with
+/// `Retry-After` before any HSM or database work; another device is not
+/// affected.
+#[tokio::test]
+async fn login_starts_past_the_minutes_budget_are_refused() {
+    let app = App::with_config(|c| c.online.login_starts_per_minute = 5).await;
+    app.issuer("bank-a", "tdes").await;
+    let (d, who) = issued(&app, 9, &["bank-a"]).await;
+    let (e, other) = issued(&app, 10, &["bank-a"]).await;
+    for _ in 0..5 {
+        start(&app, &who, start_body(&d, "bank-a"))
+            .await
+            .expect(StatusCode::CREATED);
+    }
+    let refused = start(&app, &who, start_body(&d, "bank-a")).await;
+    refused.refused(StatusCode::TOO_MANY_REQUESTS, "too_many_logins");
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    start(&app, &other, start_body(&e, "bank-a"))
+        .await
+        .expect(StatusCode::CREATED);
 }

@@ -255,3 +255,59 @@ async fn transaction_refusals_are_typed() {
     let a = transact(&app, &who, Some(&token), fresh).await;
     assert_eq!(a.expect(StatusCode::OK)["result"], "valid");
 }
+
+#[tokio::test]
+async fn wrong_macs_from_one_device_are_counted_and_then_throttled() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let (d, who, token, _) = logged_in(&app, 31, "bank-a").await;
+    let msg = b"transfer 100";
+    let mut results = Vec::new();
+    for _ in 0..150 {
+        let mut bad = body(&d, "bank-a", "CMAC-TDES", None, 8, msg);
+        bad["mac"] = json!(B64.encode([0u8; 8]));
+        results.push(transact(&app, &who, Some(&token), bad).await);
+    }
+    // A hundred answered `invalid`, then 429 before any HSM work.
+    let invalid = results
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    assert_eq!(invalid, 100);
+    for a in &results[100..] {
+        a.refused(StatusCode::TOO_MANY_REQUESTS, "too_many_refusals");
+        assert!(a.headers.contains_key("retry-after"));
+    }
+    app.state.online.close_refusal_windows(true).await;
+    let target = format!("device:{}", d.id);
+    let trail: Vec<Value> = app
+        .trail()
+        .await
+        .into_iter()
+        .filter(|r| r["target"] == target.as_str())
+        .collect();
+    let detail =
+        |r: &Value| -> Value { serde_json::from_str(r["detail_json"].as_str().unwrap()).unwrap() };
+    let whole: Vec<Value> = trail
+        .iter()
+        .filter(|r| r["action"] == "transaction.mac")
+        .map(detail)
+        .collect();
+    let counted: u64 = trail
+        .iter()
+        .filter(|r| r["action"] == "refusal.window")
+        .map(|r| detail(r)["counted"].as_u64().unwrap())
+        .sum();
+    // The first, the streak-making fifth and the hundredth are whole.
+    let streaks: Vec<u64> = whole
+        .iter()
+        .map(|w| w["consecutive_failures"].as_u64().unwrap())
+        .collect();
+    assert_eq!(streaks, [100, 5, 1], "{trail:#?}");
+    assert_eq!(whole.len() as u64 + counted, 150);
+    assert!(
+        trail
+            .iter()
+            .any(|r| r["action"] == "refusal.throttle" && r["outcome"] == "refused")
+    );
+}

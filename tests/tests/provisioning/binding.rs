@@ -118,16 +118,22 @@ async fn binding_refusals() {
             .await,
         "device_bound_elsewhere",
     );
-    // A suspended device takes no new binding.
-    env.prov
+    // A suspended device takes no new binding. The reason reaches the trail
+    // without the personal data of the device's customer.
+    let suspended = env
+        .prov
         .transition(
             dev.id,
             DeviceState::Suspended,
             &op("dave"),
-            &reason("fraud check"),
+            &reason("fraud check: li lei called from +8613800138000"),
         )
         .await
         .unwrap();
+    assert_eq!(
+        suspended.note.get("reason"),
+        Some("fraud check: [redacted] called from [redacted]")
+    );
     refused(
         env.prov
             .bind(bind_req(dev.id, &customer, "bank-b", &acct), &op("carol"))

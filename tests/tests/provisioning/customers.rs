@@ -1,5 +1,9 @@
 //! Customer registration with maker-checker review.
-use keyward_device_provisioning::{ApplicationState, NationalId, OperatorId};
+use std::sync::Arc;
+
+use keyward_device_provisioning::{
+    ApplicationId, ApplicationState, NationalId, OperatorId, Provisioning,
+};
 
 use crate::common::*;
 
@@ -160,4 +164,75 @@ async fn look_alike_names_and_national_ids_are_one_identity() {
     );
     // With a zero-width space it is refused outright.
     assert!(NationalId::new("110101199003071234\u{200B}").is_err());
+}
+
+/// A row written before national ids were canonical, straight into the
+/// table; its application id.
+async fn legacy_row(env: &Env, state: &str, national_id: &str) -> ApplicationId {
+    let id = format!("app-{}", hex::encode(rand::random::<[u8; 12]>()));
+    let customer = format!("cust-{}", hex::encode(rand::random::<[u8; 12]>()));
+    let decided = state != "submitted";
+    sqlx::query(
+        "INSERT INTO prov_applications (id, customer_id, state, name, national_id, accounts, \
+         contact_kind, contact_address, revision, submitted_by, submitted_at_ms, decided_by, \
+         decided_at_ms) VALUES ($1, $2, $3, 'Li Lei', $4, '6222020200112233', 'sms', \
+         '+8613800138000', 1, 'alice', 1, $5, $6)",
+    )
+    .bind(&id)
+    .bind(&customer)
+    .bind(state)
+    .bind(national_id)
+    .bind(decided.then_some("bob"))
+    .bind(decided.then_some(2_i64))
+    .execute(env.kms.db().pool())
+    .await
+    .unwrap();
+    id.parse().unwrap()
+}
+
+/// National ids stored before the canonical form are rewritten to it once,
+/// so one customer per national id holds on old rows too; what cannot be
+/// rewritten is left for an operator and cannot be approved.
+#[tokio::test]
+async fn national_ids_stored_before_the_canonical_form_are_rewritten_once() {
+    let env = env().await;
+    approved_customer(&env, "110101199003071234", &["6222020200112233"]).await;
+    let hyphens = legacy_row(&env, "approved", "110101-19900307-5678").await;
+    let spaced_twin = legacy_row(&env, "approved", "110101 199003071234").await;
+    let submitted = legacy_row(&env, "submitted", "110101 199003079999").await;
+    let cyrillic = legacy_row(&env, "submitted", "11010119900307123\u{425}").await;
+    sqlx::query("DELETE FROM prov_backfills")
+        .execute(env.kms.db().pool())
+        .await
+        .unwrap();
+    let stored = |id: ApplicationId| {
+        let pool = env.kms.db().pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT national_id FROM prov_applications WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let prov = Provisioning::new(env.kms.clone(), Arc::new(env.ca.clone()))
+        .await
+        .unwrap();
+    assert_eq!(stored(hyphens.clone()).await, "110101199003075678");
+    assert_eq!(stored(submitted.clone()).await, "110101199003079999");
+    // Two approved customers with one id: left as stored, for review.
+    assert_eq!(stored(spaced_twin).await, "110101 199003071234");
+    // No canonical form: left, read back as stored, not approvable.
+    assert_eq!(stored(cyrillic.clone()).await, "11010119900307123\u{425}");
+    let view = prov.review(&cyrillic).await.unwrap();
+    assert!(!view.application.national_id.is_canonical());
+    refused(prov.approve(&cyrillic, &op("bob")).await, "invalid_input");
+    // Once: a row written afterwards the old way is not touched again.
+    let late = legacy_row(&env, "submitted", "110101-199003070000").await;
+    Provisioning::new(env.kms.clone(), Arc::new(env.ca.clone()))
+        .await
+        .unwrap();
+    assert_eq!(stored(late).await, "110101-199003070000");
 }
