@@ -36,6 +36,10 @@ pub struct ConfirmationConfig {
     /// Outbox channel per contact kind (`sms`, `email`, `im`).
     #[serde(default = "default_channels")]
     pub channels: BTreeMap<String, String>,
+    /// The `[outbox]` webhook endpoint of the SMS/IM gateway, for contact
+    /// kinds whose channel is `webhook`.
+    #[serde(default = "default_gateway")]
+    pub gateway: String,
     /// Outbox channel of executed transactions (the core banking system).
     #[serde(default = "default_executor_channel")]
     pub executor_channel: String,
@@ -55,6 +59,7 @@ impl Default for ConfirmationConfig {
             confusable_payee: default_confusable_payee(),
             known_payees: Vec::new(),
             channels: default_channels(),
+            gateway: default_gateway(),
             executor_channel: default_executor_channel(),
             executor: default_executor(),
         }
@@ -86,6 +91,9 @@ fn default_channels() -> BTreeMap<String, String> {
         .map(|k| (k.to_owned(), "file".to_owned()))
         .into_iter()
         .collect()
+}
+fn default_gateway() -> String {
+    "sms-gateway".into()
 }
 fn default_executor_channel() -> String {
     "file".into()

@@ -34,7 +34,7 @@ pub use store::State;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::online::{Device, Session};
-use crate::outbox::{self, NewMessage};
+use crate::outbox::{self, Channel, NewMessage};
 
 pub type Result<T> = std::result::Result<T, ConfirmError>;
 
@@ -54,6 +54,9 @@ struct Parts {
     config: ConfirmationConfig,
     rules: Rules,
     origin: Origin,
+    /// The outbox channel of each contact kind.
+    channels: Vec<(ContactKind, Channel)>,
+    executor_channel: Channel,
 }
 
 impl std::fmt::Debug for Confirmations {
@@ -130,6 +133,18 @@ impl Confirmations {
             ..Rules::default()
         };
         let origin = Origin::new(&config.origin).map_err(|e| ConfigProblem(e.to_string()))?;
+        let channel = |key: &str, name: &str| {
+            name.parse::<Channel>()
+                .map_err(|_| ConfigProblem(format!("{key}: unknown channel")))
+        };
+        let channels = ContactKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let name = config.channels.get(kind.as_str()).map_or("file", String::as_str);
+                Ok((kind, channel(&format!("channels.{}", kind.as_str()), name)?))
+            })
+            .collect::<std::result::Result<Vec<_>, ConfigProblem>>()?;
+        let executor_channel = channel("executor_channel", &config.executor_channel)?;
         Ok(Self(Arc::new(Parts {
             kms,
             provisioning,
@@ -137,6 +152,8 @@ impl Confirmations {
             config,
             rules,
             origin,
+            channels,
+            executor_channel,
         })))
     }
 
@@ -185,15 +202,20 @@ impl Confirmations {
         let expires = created.saturating_add(ttl_ms);
         let contact = &customer.contact;
         let channel = p
-            .config
             .channels
-            .get(contact_key(contact.kind))
-            .cloned()
-            .unwrap_or_else(|| "file".to_owned());
+            .iter()
+            .find(|(kind, _)| *kind == contact.kind)
+            .map_or(Channel::File, |(_, c)| *c);
+        // A webhook goes to the configured gateway endpoint (the contact is
+        // in the payload); a mail or a file line to the contact.
+        let recipient = match channel {
+            Channel::Webhook => p.config.gateway.clone(),
+            Channel::Smtp | Channel::File => contact.address().to_owned(),
+        };
         let message = NewMessage {
             topic: TOPIC_CODE.to_owned(),
             channel,
-            recipient: contact.address().to_owned(),
+            recipient,
             subject_id: id.clone(),
             payload: serde_json::to_vec(&json!({
                 "kind": contact.kind.as_str(),
@@ -333,7 +355,7 @@ impl Confirmations {
         let p = &self.0;
         let message = NewMessage {
             topic: TOPIC_EXECUTE.to_owned(),
-            channel: p.config.executor_channel.clone(),
+            channel: p.executor_channel,
             recipient: p.config.executor.clone(),
             subject_id: stored.id.clone(),
             payload: serde_json::to_vec(&json!({
@@ -464,10 +486,6 @@ fn code_context(id: &str, code: &Code) -> Vec<u8> {
     data.push(0);
     data.extend_from_slice(code.as_bytes());
     data
-}
-
-fn contact_key(kind: ContactKind) -> &'static str {
-    kind.as_str()
 }
 
 fn event(action: &'static str, device: &Device, detail: serde_json::Value) -> AuditEvent {
