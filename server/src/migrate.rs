@@ -57,6 +57,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "jobs",
             include_str!("../migrations/sqlite/2030_jobs.sql"),
         ),
+        (
+            2040,
+            "outbox",
+            include_str!("../migrations/sqlite/2040_outbox.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -98,6 +103,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2030,
             "jobs",
             include_str!("../migrations/postgres/2030_jobs.sql"),
+        ),
+        (
+            2040,
+            "outbox",
+            include_str!("../migrations/postgres/2040_outbox.sql"),
         ),
     ],
 };

@@ -12,6 +12,7 @@ use crate::audit::AuditLog;
 use crate::edge::tls::TlsState;
 use crate::metrics::Metrics;
 use crate::online::{CrlReload, Online};
+use crate::outbox::Outbox;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Inner {
     pub provisioning: Provisioning,
     /// The online service (login, sessions, rotation).
     pub online: Online,
+    /// Messages protocol steps enqueue, and their delivery.
+    pub outbox: Outbox,
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub tls: TlsState,
@@ -45,6 +48,7 @@ impl AppState {
         audit: AuditLog,
         metrics: Metrics,
         tls: TlsState,
+        outbox: Outbox,
     ) -> Result<Self, keyward_ca::CaError> {
         let ocsp = OcspResponder::new(
             ca.clone(),
@@ -66,6 +70,7 @@ impl AppState {
         );
         Ok(Self(Arc::new(Inner {
             online,
+            outbox,
             config,
             kms,
             ca,

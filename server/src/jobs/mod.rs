@@ -295,6 +295,8 @@ pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
         crate::edge::startup::import_recovery_job(state),
         online_maintenance_job(state),
         sessions_gauge_job(state),
+        crate::outbox::drain_job(state),
+        crate::outbox::gauges_job(state),
     ]
 }
 
