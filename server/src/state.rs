@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
 use keyward_ca::{Ca, OcspLimits, OcspResponder};
 use keyward_config::Config;
 use keyward_device_provisioning::Provisioning;
@@ -48,17 +49,21 @@ impl AppState {
         audit: AuditLog,
         metrics: Metrics,
         tls: TlsState,
-        outbox: Outbox,
-    ) -> Result<Self, keyward_ca::CaError> {
+    ) -> anyhow::Result<Self> {
         let ocsp = OcspResponder::new(
             ca.clone(),
             OcspLimits {
                 cache_entries: config.server.ocsp_cache_entries,
                 signatures_per_second: config.server.ocsp_signatures_per_second,
             },
-        )?
+        )
+        .context("bringing up the OCSP responder")?
         // Device certificates of imports that never completed are not `good`.
         .with_standing(Arc::new(provisioning.clone()));
+        // The senders' secret and CA files are read now: a bad one stops
+        // start-up.
+        let outbox = Outbox::new(kms.db().clone(), &config.outbox, metrics.clone())
+            .context("setting up the outbox's senders")?;
         let online = Online::new(
             kms.clone(),
             ca.clone(),

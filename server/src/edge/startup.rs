@@ -18,7 +18,6 @@ use crate::edge::pki::{self, TlsPaths};
 use crate::edge::tls::{HsmTlsKey, TLS_KEY_LABEL, TlsMaterial, TlsState};
 use crate::jobs::{Job, JobError};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
 use crate::state::AppState;
 
 /// Opens everything a serving replica needs — HSM, database, CA, the server
@@ -90,8 +89,6 @@ pub async fn state_from(
         crl_info.clone(),
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
-    let outbox = Outbox::new(opened.kms.db().clone(), &config.outbox, metrics.clone())
-        .context("setting up the outbox's senders")?;
     AppState::new(
         config,
         opened.kms,
@@ -100,9 +97,7 @@ pub async fn state_from(
         opened.audit,
         metrics,
         tls,
-        outbox,
     )
-    .context("bringing up the OCSP responder")
 }
 
 /// Takes over and undoes every import whose lease ran out

@@ -21,9 +21,7 @@ use keyward_config::OutboxConfig;
 use keyward_kms::db::{Database, now_ms};
 use keyward_server::metrics::Metrics;
 use keyward_server::outbox::senders::{WebhookSecret, WebhookSender};
-use keyward_server::outbox::{
-    Channel, MessageId, NewMessage, Outbox, Senders, State, enqueue_in,
-};
+use keyward_server::outbox::{Channel, MessageId, NewMessage, Outbox, Senders, State, enqueue_in};
 use keyward_tests::db::{TestDb, test_database};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -296,13 +294,20 @@ async fn a_committed_message_is_delivered_once_under_its_id() {
     assert_eq!(view.len(), 1);
     assert_eq!(view[0].message_id, id.to_string());
     assert_eq!(
-        (view[0].state.as_str(), view[0].attempts, view[0].last_error.as_deref()),
+        (
+            view[0].state.as_str(),
+            view[0].attempts,
+            view[0].last_error.as_deref()
+        ),
         ("sent", 1, None)
     );
     assert!(view[0].sent_at_ms.is_some());
     // The admin view carries neither recipient nor payload.
     let shown = serde_json::to_string(&view).unwrap();
-    assert!(!shown.contains("4915112345678") && !shown.contains(GATEWAY), "{shown}");
+    assert!(
+        !shown.contains("4915112345678") && !shown.contains(GATEWAY),
+        "{shown}"
+    );
     assert_eq!(deliveries(&metrics, "sent"), 1);
     assert_eq!(outbox.refresh_gauges().await.unwrap().messages, 0);
     assert_eq!(metrics.outbox_backlog.get(), 0);
@@ -322,7 +327,11 @@ async fn a_503_is_retried_with_the_same_id_until_it_is_sent() {
     assert_eq!(receiver.seen.ids(), [id.clone(), id.clone(), id]);
     let view = &outbox.messages_of("conf-2").await.unwrap()[0];
     assert_eq!(
-        (view.state.as_str(), view.attempts, view.last_error.as_deref()),
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
         ("sent", 3, Some("http_5xx"))
     );
     assert_eq!(deliveries(&metrics, "retry"), 2);
@@ -344,7 +353,11 @@ async fn a_400_gives_up_at_once_and_running_out_of_attempts_gives_up_too() {
     assert_eq!(receiver.seen.ids(), [refused[0].to_string()]);
     let view = &outbox.messages_of("conf-3").await.unwrap()[0];
     assert_eq!(
-        (view.state.as_str(), view.attempts, view.last_error.as_deref()),
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
         ("gave_up", 1, Some("http_4xx"))
     );
 
@@ -359,7 +372,11 @@ async fn a_400_gives_up_at_once_and_running_out_of_attempts_gives_up_too() {
     );
     let view = &outbox.messages_of("conf-4").await.unwrap()[0];
     assert_eq!(
-        (view.state.as_str(), view.attempts, view.last_error.as_deref()),
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
         ("gave_up", 3, Some("http_5xx"))
     );
     assert_eq!(deliveries(&metrics, "gave_up"), 2);
@@ -417,7 +434,10 @@ async fn two_replicas_draining_at_once_send_each_message_once() {
     let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
     expected.sort();
     assert_eq!(seen, expected);
-    let (sent_a, sent_b) = (deliveries(&metrics_a, "sent"), deliveries(&metrics_b, "sent"));
+    let (sent_a, sent_b) = (
+        deliveries(&metrics_a, "sent"),
+        deliveries(&metrics_b, "sent"),
+    );
     assert_eq!(sent_a + sent_b, 120);
     eprintln!("replica a sent {sent_a}, replica b sent {sent_b}");
 }
