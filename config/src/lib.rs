@@ -8,8 +8,8 @@
 //! # Layout
 //! - [`Config`]: the file's schema (`deny_unknown_fields` everywhere); one
 //!   module per section (`server`, `database`, `hsm`, `online`,
-//!   `confirmation`, `ca`, `provisioning`, `log`), each with its defaults
-//!   and its own checks.
+//!   `confirmation`, `outbox`, `ca`, `provisioning`, `log`), each with
+//!   its defaults and its own checks.
 //! - [`Config::load`]: file → environment overrides (`KEYWARD__SECTION__KEY`) → validation.
 //! - [`HsmConfig::pin`]: the user PIN, read from a file or an environment variable, never inline.
 //! - [`ConfigError`]: what can go wrong, each variant naming a key or a path.
@@ -21,6 +21,7 @@ mod database;
 mod hsm;
 mod log;
 mod online;
+mod outbox;
 mod provisioning;
 mod server;
 #[cfg(test)]
@@ -37,6 +38,7 @@ pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
 pub use log::{LogConfig, LogFormat};
 pub use online::{IssuerPolicyConfig, OnlineConfig};
+pub use outbox::{FileSenderConfig, OutboxConfig, WebhookConfig};
 pub use provisioning::ProvisioningConfig;
 pub use server::ServerConfig;
 
@@ -94,6 +96,7 @@ pub struct Config {
     pub online: OnlineConfig,
     #[serde(default)]
     pub confirmation: ConfirmationConfig,
+    pub outbox: OutboxConfig,
 }
 
 /// serde's `default = "…"` wants a function.
@@ -154,6 +157,7 @@ impl Config {
         if let Some(pin_file) = &self.hsm.pin_file {
             self.hsm.pin_file = Some(normalize(&base.join(pin_file)));
         }
+        self.outbox.resolve_paths(base, &self.data_dir);
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let p = Path::new(rest.split('?').next().unwrap_or(rest));
             if p.is_relative() && rest != ":memory:" {
@@ -168,6 +172,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.online.validate()?;
         self.confirmation.validate()?;
+        self.outbox.validate()?;
         self.provisioning.validate()?;
         self.hsm.validate()?;
         self.database.validate_url()?;

@@ -202,3 +202,48 @@ fn bulk_max_items_is_bounded_by_one_kms_call() {
     .unwrap_or_default();
     assert!(msg.contains("server.bulk_max_items"), "{msg}");
 }
+
+#[test]
+fn outbox_senders_resolve_and_are_checked() -> Result<(), ConfigError> {
+    let hook = |url: &str, lease: u64| {
+        format!(
+            "{MINIMAL}\n[outbox]\nlease_ms = {lease}\n[outbox.file]\npath = \"out.jsonl\"\n\
+             [outbox.webhooks.sms]\nurl = \"{url}\"\nca_file = \"gw-ca.pem\"\n\
+             secret_files = [\"gw.whsec\"]\n"
+        )
+    };
+    let c = parse(&hook("https://gw.example:8443/v1/messages", 60_000), &[])?;
+    assert_eq!(
+        c.outbox.file.as_ref().map(|f| f.path.clone()),
+        Some(PathBuf::from("/etc/keyward/var/out.jsonl"))
+    );
+    let sms = &c.outbox.webhooks["sms"];
+    assert_eq!(sms.ca_file, Path::new("/etc/keyward/gw-ca.pem"));
+    assert_eq!(sms.secret_files, [PathBuf::from("/etc/keyward/gw.whsec")]);
+
+    let refused = |text: &str| {
+        parse(text, &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    for url in [
+        "http://gw.example/v1",
+        "https://",
+        "https://user:pw@gw.example/",
+    ] {
+        let msg = refused(&hook(url, 60_000));
+        assert!(msg.contains("outbox.webhooks.sms.url"), "{url}: {msg}");
+        assert!(!msg.contains("pw@"), "{msg}");
+    }
+    // A claim shorter than a slow send would let two replicas send it.
+    assert!(refused(&hook("https://gw.example/", 5_000)).contains("outbox.lease_ms"));
+    assert!(
+        refused(&format!(
+            "{MINIMAL}\n[outbox]\nbackoff_base_ms = 5000\nbackoff_max_ms = 10"
+        ))
+        .contains("outbox.backoff_max_ms")
+    );
+    Ok(())
+}

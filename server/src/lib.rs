@@ -27,6 +27,9 @@
 //!   its HSM checkpoint and signed checkpoints; [`migrate`]: its schema;
 //!   [`security`]: intrusion signals (audit record, metric, log) raised the
 //!   same way wherever they are detected.
+//! - [`outbox`]: the **crash-safe outbox**: messages a protocol step
+//!   enqueues in its own transaction, delivered at least once with a stable
+//!   id by a job through its senders (file, signed HTTPS webhook).
 //! - [`jobs`]: the background jobs (CRL refresh, pruning, recovery, online
 //!   maintenance) and their runner, some once across replicas by a lease.
 //! - [`metrics`]: the Prometheus registry; [`state`]: what handlers share.
@@ -49,6 +52,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod migrate;
 pub mod online;
+pub mod outbox;
 pub mod public;
 pub mod refusals;
 pub mod security;

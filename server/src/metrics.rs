@@ -70,6 +70,11 @@ pub struct Metrics {
     pub transaction_macs: IntCounterVec,
     /// Credentials that reached a streak of consecutive MAC failures.
     pub mac_failure_streaks: IntCounterVec,
+    /// Outbox messages still to send, and the age of the oldest.
+    pub outbox_backlog: IntGauge,
+    pub outbox_oldest_age_seconds: IntGauge,
+    /// Outbox delivery attempts by channel and outcome (sent, retry, gave_up).
+    pub outbox_deliveries: IntCounterVec,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -352,6 +357,22 @@ impl Metrics {
                 "keyward_transaction_mac_failure_streaks_total",
                 "Device credentials that reached 5 consecutive transaction MAC failures, by issuer.",
                 &["issuer"],
+            )?,
+            outbox_backlog: gauge(
+                &r,
+                "keyward_outbox_backlog",
+                "Outbox messages still to send (pending or failed and to be retried).",
+            )?,
+            outbox_oldest_age_seconds: gauge(
+                &r,
+                "keyward_outbox_oldest_age_seconds",
+                "Age of the oldest outbox message still to send (0 when none).",
+            )?,
+            outbox_deliveries: counter_vec(
+                &r,
+                "keyward_outbox_deliveries_total",
+                "Outbox delivery attempts by channel (file, webhook, smtp) and outcome (sent, retry, gave_up).",
+                &["channel", "outcome"],
             )?,
             registry: r,
         };

@@ -63,6 +63,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../migrations/sqlite/2030_jobs.sql"),
         ),
         (
+            2040,
+            "outbox",
+            include_str!("../migrations/sqlite/2040_outbox.sql"),
+        ),
+        (
             2050,
             "confirmations",
             include_str!("../migrations/sqlite/2050_confirmations.sql"),
@@ -113,6 +118,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2030,
             "jobs",
             include_str!("../migrations/postgres/2030_jobs.sql"),
+        ),
+        (
+            2040,
+            "outbox",
+            include_str!("../migrations/postgres/2040_outbox.sql"),
         ),
         (
             2050,

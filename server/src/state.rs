@@ -14,6 +14,7 @@ use crate::confirmation::Confirmations;
 use crate::edge::tls::TlsState;
 use crate::metrics::Metrics;
 use crate::online::{CrlReload, Online};
+use crate::outbox::Outbox;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Inner {
     pub online: Online,
     /// Transaction confirmation over a second channel.
     pub confirmations: Confirmations,
+    /// Messages protocol steps enqueue, and their delivery.
+    pub outbox: Outbox,
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub tls: TlsState,
@@ -60,6 +63,10 @@ impl AppState {
         .context("bringing up the OCSP responder")?
         // Device certificates of imports that never completed are not `good`.
         .with_standing(Arc::new(provisioning.clone()));
+        // The senders' secret and CA files are read now: a bad one stops
+        // start-up.
+        let outbox = Outbox::new(kms.db().clone(), &config.outbox, metrics.clone())
+            .context("setting up the outbox's senders")?;
         let online = Online::new(
             kms.clone(),
             ca.clone(),
@@ -78,6 +85,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             online,
             confirmations,
+            outbox,
             config,
             kms,
             ca,

@@ -296,6 +296,8 @@ pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
         online_maintenance_job(state),
         sessions_gauge_job(state),
         refusal_windows_job(state),
+        crate::outbox::drain_job(state),
+        crate::outbox::gauges_job(state),
     ]
 }
 

@@ -29,5 +29,6 @@ mod jobs;
 mod login;
 mod macs;
 mod openapi;
+mod outbox;
 mod trail;
 mod transactions;

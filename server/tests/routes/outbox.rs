@@ -1,0 +1,516 @@
+//! The outbox on a real database (SQLite, or PostgreSQL with
+//! `KEYWARD_TEST_DATABASE_URL`) delivering to a real local HTTPS receiver
+//! started here (hyper + rustls, a test CA made with rcgen), which checks
+//! every Standard Webhooks signature with its own HMAC and keeps the
+//! message ids it saw, in order. Two `Outbox`es on their own pools play two
+//! replicas.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use keyward_config::OutboxConfig;
+use keyward_kms::db::{Database, now_ms};
+use keyward_server::metrics::Metrics;
+use keyward_server::outbox::senders::{WebhookSecret, WebhookSender};
+use keyward_server::outbox::{Channel, MessageId, NewMessage, Outbox, Senders, State, enqueue_in};
+use keyward_tests::db::{TestDb, test_database};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+
+/// The gateway's endpoint name (a webhook message's recipient).
+const GATEWAY: &str = "gateway";
+
+/// A CA and a `127.0.0.1` server certificate it issued.
+struct TestCa {
+    ca_der: CertificateDer<'static>,
+    leaf_der: CertificateDer<'static>,
+    leaf_key: Vec<u8>,
+}
+
+fn test_ca() -> TestCa {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    TestCa {
+        ca_der: ca.der().clone(),
+        leaf_der: leaf.der().clone(),
+        leaf_key: leaf_key.serialize_der(),
+    }
+}
+
+/// What the receiver saw and how it answers.
+#[derive(Default)]
+struct Seen {
+    /// Message ids of requests with a good signature, in arrival order.
+    ids: Mutex<Vec<String>>,
+    /// Bodies by message id.
+    bodies: Mutex<HashMap<String, Vec<u8>>>,
+    bad_signatures: AtomicUsize,
+    /// Statuses to answer, in order; 200 once empty.
+    script: Mutex<VecDeque<u16>>,
+    /// Milliseconds to wait before answering the next request.
+    stall_ms: Mutex<VecDeque<u64>>,
+}
+
+impl Seen {
+    fn ids(&self) -> Vec<String> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+struct Receiver {
+    url: String,
+    ca: TestCa,
+    secret: Vec<u8>,
+    seen: Arc<Seen>,
+}
+
+impl Receiver {
+    /// A receiver on 127.0.0.1 with a fresh CA and secret.
+    async fn start() -> Self {
+        let ca = test_ca();
+        let secret: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let seen = Arc::new(Seen::default());
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![ca.leaf_der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        let (state, key) = (seen.clone(), secret.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, state, key) = (acceptor.clone(), state.clone(), key.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(state.clone(), key.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url,
+            ca,
+            secret,
+            seen,
+        }
+    }
+
+    /// A sender for this receiver, trusting `ca` (its own by default).
+    fn sender(&self, ca: &CertificateDer<'static>) -> WebhookSender {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let secret =
+            WebhookSecret::parse(&format!("whsec_{}", BASE64.encode(&self.secret))).unwrap();
+        WebhookSender::new(
+            self.url.parse().unwrap(),
+            vec![secret],
+            roots,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+}
+
+async fn handle(
+    seen: Arc<Seen>,
+    key: Vec<u8>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (id, timestamp, signatures) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    // Standard Webhooks: HMAC-SHA256 over "id.timestamp.body", any of the
+    // space-separated v1 signatures, timestamp within five minutes.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&body);
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    let fresh = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (t - now_ms() / 1000).abs() <= 300);
+    if !fresh || !signatures.split(' ').any(|s| s == expected) {
+        seen.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return Ok(answer(401));
+    }
+    seen.ids.lock().unwrap().push(id.clone());
+    seen.bodies.lock().unwrap().insert(id, body.to_vec());
+    let stall = seen.stall_ms.lock().unwrap().pop_front();
+    if let Some(ms) = stall {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = seen.script.lock().unwrap().pop_front().unwrap_or(200);
+    Ok(answer(status))
+}
+
+fn answer(status: u16) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+fn config() -> OutboxConfig {
+    OutboxConfig {
+        batch: 20,
+        concurrency: 8,
+        max_attempts: 5,
+        backoff_base_ms: 10,
+        backoff_max_ms: 40,
+        lease_ms: 20_000,
+        ..OutboxConfig::default()
+    }
+}
+
+/// A fresh database with the server's schema.
+async fn database() -> (TestDb, Database) {
+    let tdb = test_database().await.unwrap();
+    let db = Database::connect(&tdb.config).await.unwrap();
+    keyward_server::migrate::run(db.pool(), db.kind())
+        .await
+        .unwrap();
+    (tdb, db)
+}
+
+/// An outbox on `db` (a replica) sending to `receiver` with `cfg`.
+fn outbox(db: Database, receiver: &Receiver, cfg: &OutboxConfig) -> (Outbox, Metrics) {
+    let metrics = Metrics::new().unwrap();
+    let senders = Senders {
+        file: None,
+        webhooks: BTreeMap::from([(GATEWAY.to_owned(), receiver.sender(&receiver.ca.ca_der))]),
+    };
+    (
+        Outbox::with_senders(db, cfg, senders, metrics.clone()),
+        metrics,
+    )
+}
+
+fn message(subject: &str, n: usize) -> NewMessage {
+    NewMessage {
+        topic: "confirmation.code".to_owned(),
+        channel: Channel::Webhook,
+        recipient: GATEWAY.to_owned(),
+        subject_id: subject.to_owned(),
+        payload: format!(r#"{{"to":"+4915112345678","text":"code {n:08}"}}"#).into_bytes(),
+    }
+}
+
+/// Enqueues `msgs` in one transaction (as a protocol step would).
+async fn enqueue(db: &Database, msgs: &[NewMessage]) -> Vec<MessageId> {
+    db.write("test.enqueue", |mut tx| async move {
+        let mut ids = Vec::new();
+        for m in msgs {
+            ids.push(enqueue_in(&mut tx, m).await?);
+        }
+        Ok::<_, sqlx::Error>((tx, ids))
+    })
+    .await
+    .unwrap()
+}
+
+/// Drains until nothing is left to send (retries come due quickly here).
+async fn drain_until_settled(outbox: &Outbox, owner: &str) {
+    for _ in 0..200 {
+        outbox.drain(owner).await.unwrap();
+        if outbox.backlog().await.unwrap().messages == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the outbox did not settle");
+}
+
+fn deliveries(m: &Metrics, outcome: &str) -> u64 {
+    m.outbox_deliveries
+        .with_label_values(&["webhook", outcome])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_committed_message_is_delivered_once_under_its_id() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    let (outbox, metrics) = outbox(db.clone(), &receiver, &config());
+    let msg = message("conf-1", 1);
+    let [id] = enqueue(&db, std::slice::from_ref(&msg)).await[..] else {
+        panic!("one id")
+    };
+    let backlog = outbox.refresh_gauges().await.unwrap();
+    assert_eq!(backlog.messages, 1);
+    assert_eq!(metrics.outbox_backlog.get(), 1);
+
+    let drained = outbox.drain("replica-a").await.unwrap();
+    assert_eq!((drained.sent, drained.retrying, drained.gave_up), (1, 0, 0));
+    // Nothing more to send: a second drain sends nothing.
+    assert_eq!(outbox.drain("replica-a").await.unwrap().sent, 0);
+
+    assert_eq!(receiver.seen.ids(), [id.to_string()]);
+    assert_eq!(
+        receiver.seen.bodies.lock().unwrap()[&id.to_string()],
+        msg.payload
+    );
+    assert_eq!(receiver.seen.bad_signatures.load(Ordering::SeqCst), 0);
+    let view = outbox.messages_of("conf-1").await.unwrap();
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].message_id, id.to_string());
+    assert_eq!(
+        (
+            view[0].state.as_str(),
+            view[0].attempts,
+            view[0].last_error.as_deref()
+        ),
+        ("sent", 1, None)
+    );
+    assert!(view[0].sent_at_ms.is_some());
+    // The admin view carries neither recipient nor payload.
+    let shown = serde_json::to_string(&view).unwrap();
+    assert!(
+        !shown.contains("4915112345678") && !shown.contains(GATEWAY),
+        "{shown}"
+    );
+    assert_eq!(deliveries(&metrics, "sent"), 1);
+    assert_eq!(outbox.refresh_gauges().await.unwrap().messages, 0);
+    assert_eq!(metrics.outbox_backlog.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_is_retried_with_the_same_id_until_it_is_sent() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    receiver.seen.script.lock().unwrap().extend([503, 503]);
+    let (outbox, metrics) = outbox(db.clone(), &receiver, &config());
+    let ids = enqueue(&db, &[message("conf-2", 2)]).await;
+
+    drain_until_settled(&outbox, "replica-a").await;
+
+    let id = ids[0].to_string();
+    assert_eq!(receiver.seen.ids(), [id.clone(), id.clone(), id]);
+    let view = &outbox.messages_of("conf-2").await.unwrap()[0];
+    assert_eq!(
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
+        ("sent", 3, Some("http_5xx"))
+    );
+    assert_eq!(deliveries(&metrics, "retry"), 2);
+    assert_eq!(deliveries(&metrics, "sent"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_400_gives_up_at_once_and_running_out_of_attempts_gives_up_too() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    receiver.seen.script.lock().unwrap().push_back(400);
+    let cfg = OutboxConfig {
+        max_attempts: 3,
+        ..config()
+    };
+    let (outbox, metrics) = outbox(db.clone(), &receiver, &cfg);
+    let refused = enqueue(&db, &[message("conf-3", 3)]).await;
+    drain_until_settled(&outbox, "replica-a").await;
+    assert_eq!(receiver.seen.ids(), [refused[0].to_string()]);
+    let view = &outbox.messages_of("conf-3").await.unwrap()[0];
+    assert_eq!(
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
+        ("gave_up", 1, Some("http_4xx"))
+    );
+
+    // Always 503: three attempts, then given up.
+    receiver.seen.script.lock().unwrap().extend([503; 10]);
+    let failing = enqueue(&db, &[message("conf-4", 4)]).await;
+    drain_until_settled(&outbox, "replica-a").await;
+    let failing = failing[0].to_string();
+    assert_eq!(
+        receiver.seen.ids()[1..],
+        [failing.clone(), failing.clone(), failing]
+    );
+    let view = &outbox.messages_of("conf-4").await.unwrap()[0];
+    assert_eq!(
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
+        ("gave_up", 3, Some("http_5xx"))
+    );
+    assert_eq!(deliveries(&metrics, "gave_up"), 2);
+    // Nothing given up is tried again.
+    outbox.drain("replica-a").await.unwrap();
+    assert_eq!(receiver.seen.ids().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolled_back_transaction_enqueues_nothing() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    let (outbox, _) = outbox(db.clone(), &receiver, &config());
+    let msg = message("conf-5", 5);
+    let failed: Result<(), sqlx::Error> = db
+        .write("test.rollback", |mut tx| {
+            let msg = msg.clone();
+            async move {
+                enqueue_in(&mut tx, &msg).await?;
+                // The step fails after its message was written.
+                Err(sqlx::Error::RowNotFound)
+            }
+        })
+        .await;
+    assert!(failed.is_err());
+    assert!(outbox.messages_of("conf-5").await.unwrap().is_empty());
+    assert_eq!(outbox.backlog().await.unwrap().messages, 0);
+    assert_eq!(outbox.drain("replica-a").await.unwrap().sent, 0);
+    assert!(receiver.seen.ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_draining_at_once_send_each_message_once() {
+    let (tdb, db_a) = database().await;
+    let db_b = Database::connect(&tdb.config).await.unwrap();
+    let receiver = Receiver::start().await;
+    let cfg = OutboxConfig {
+        batch: 10,
+        ..config()
+    };
+    let (a, metrics_a) = outbox(db_a.clone(), &receiver, &cfg);
+    let (b, metrics_b) = outbox(db_b, &receiver, &cfg);
+    let msgs: Vec<NewMessage> = (0..120).map(|n| message(&format!("race-{n}"), n)).collect();
+    let ids = enqueue(&db_a, &msgs).await;
+
+    let (ra, rb) = tokio::join!(
+        drain_until_settled(&a, "replica-a"),
+        drain_until_settled(&b, "replica-b")
+    );
+    let ((), ()) = (ra, rb);
+
+    let mut seen = receiver.seen.ids();
+    assert_eq!(seen.len(), 120, "each message once, no more");
+    seen.sort();
+    let mut expected: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let (sent_a, sent_b) = (
+        deliveries(&metrics_a, "sent"),
+        deliveries(&metrics_b, "sent"),
+    );
+    assert_eq!(sent_a + sent_b, 120);
+    eprintln!("replica a sent {sent_a}, replica b sent {sent_b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_cut_off_before_its_outcome_is_sent_again_with_the_same_id() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    // The receiver takes its time with the first request; the replica dies
+    // meanwhile, after sending and before recording.
+    receiver.seen.stall_ms.lock().unwrap().push_back(3_000);
+    let cfg = OutboxConfig {
+        lease_ms: 1_500,
+        ..config()
+    };
+    let (outbox, _) = outbox(db.clone(), &receiver, &cfg);
+    let ids = enqueue(&db, &[message("conf-6", 6)]).await;
+    let dying = outbox.clone();
+    let run = tokio::spawn(async move { dying.drain("replica-a").await });
+    for _ in 0..100 {
+        if !receiver.seen.ids().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.abort();
+    let _ = run.await;
+    let view = &outbox.messages_of("conf-6").await.unwrap()[0];
+    assert_eq!((view.state.as_str(), view.attempts), ("pending", 1));
+
+    // Another replica finds nothing due while the lease holds, then resends.
+    assert_eq!(outbox.drain("replica-b").await.unwrap().sent, 0);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    drain_until_settled(&outbox, "replica-b").await;
+    let id = ids[0].to_string();
+    assert_eq!(receiver.seen.ids(), [id.clone(), id]);
+    let view = &outbox.messages_of("conf-6").await.unwrap()[0];
+    assert_eq!((view.state.as_str(), view.attempts), ("sent", 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_receiver_or_unknown_endpoint_is_not_sent_to() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    let other_ca = test_ca();
+    let cfg = config();
+    let senders = Senders {
+        file: None,
+        webhooks: BTreeMap::from([(GATEWAY.to_owned(), receiver.sender(&other_ca.ca_der))]),
+    };
+    let outbox = Outbox::with_senders(db.clone(), &cfg, senders, Metrics::new().unwrap());
+    assert!(outbox.can_send(Channel::Webhook, GATEWAY));
+    assert!(!outbox.can_send(Channel::Webhook, "elsewhere"));
+    assert!(!outbox.can_send(Channel::Smtp, "jane@example.org"));
+    assert!(!outbox.can_send(Channel::File, "anyone"));
+    let unknown = NewMessage {
+        recipient: "elsewhere".to_owned(),
+        subject_id: "conf-8".to_owned(),
+        ..message("conf-8", 8)
+    };
+    enqueue(&db, &[message("conf-7", 7), unknown]).await;
+
+    let drained = outbox.drain("replica-a").await.unwrap();
+    assert_eq!((drained.retrying, drained.gave_up), (1, 1));
+    let view = &outbox.messages_of("conf-7").await.unwrap()[0];
+    assert_eq!(
+        (view.state.as_str(), view.last_error.as_deref()),
+        (State::Failed.as_str(), Some("tls_failed"))
+    );
+    let view = &outbox.messages_of("conf-8").await.unwrap()[0];
+    assert_eq!(
+        (view.state.as_str(), view.last_error.as_deref()),
+        ("gave_up", Some("not_configured"))
+    );
+    assert!(receiver.seen.ids().is_empty());
+}
