@@ -96,6 +96,7 @@ pub struct Config {
     pub online: OnlineConfig,
     #[serde(default)]
     pub confirmation: ConfirmationConfig,
+    #[serde(default)]
     pub outbox: OutboxConfig,
 }
 

@@ -253,7 +253,7 @@ impl Confirmations {
                     "amount_minor": amount_minor, "currency": tx.currency.code(),
                     "payee_flagged": flagged, "expires_at_ms": expires }),
         );
-        let audit = p.audit.clone();
+        let audit = &p.audit;
         let (row, event, message) = (&row, &event, &message);
         self.db()
             .write("confirmation.submit", |mut dbtx| async move {
@@ -374,7 +374,7 @@ impl Confirmations {
             json!({ "confirmation": stored.id, "amount_minor": stored.amount_minor,
                     "currency": stored.currency }),
         );
-        let audit = p.audit.clone();
+        let audit = &p.audit;
         let (message, event) = (&message, &event);
         let done = self
             .db()
@@ -438,7 +438,7 @@ impl Confirmations {
             target: format!("device:{}", device.device_id),
             detail: json!({ "confirmation": stored.id }),
         };
-        let audit = p.audit.clone();
+        let audit = &p.audit;
         let event = &event;
         self.db()
             .write("confirmation.tampered", |mut dbtx| async move {

@@ -64,6 +64,14 @@ pub struct NewConfirmation {
     pub delivery_id: String,
 }
 
+impl std::fmt::Debug for NewConfirmation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewConfirmation")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A confirmation as stored (the code's MAC included: for the check only).
 #[derive(Clone)]
 pub struct Stored {
@@ -139,10 +147,6 @@ pub async fn insert_in(tx: &mut Tx, c: &NewConfirmation) -> Result<(), sqlx::Err
     Ok(())
 }
 
-const COLUMNS: &str = "id, device_id, issuer_id, customer_id, received, code_mac, attempts, \
-     max_attempts, state, created_at_ms, expires_at_ms, decided_at_ms, delivery_id, \
-     execution_id, amount_minor, currency, payee_flagged";
-
 fn stored(r: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error> {
     let state: String = r.try_get("state")?;
     Ok(Stored {
@@ -174,7 +178,11 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error> {
 
 /// The confirmation `id`, if any.
 pub async fn get(db: &Database, id: &str) -> Result<Option<Stored>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM confirmations WHERE id = $1"))
+    let row = sqlx::query(
+        "SELECT id, device_id, issuer_id, customer_id, received, code_mac, attempts, \
+         max_attempts, state, created_at_ms, expires_at_ms, decided_at_ms, delivery_id, \
+         execution_id, amount_minor, currency, payee_flagged FROM confirmations WHERE id = $1",
+    )
         .bind(id)
         .fetch_optional(db.pool())
         .await?;
@@ -222,20 +230,18 @@ pub async fn decide_in(
 ) -> Result<bool, sqlx::Error> {
     // An execution needs a live confirmation; tampering closes any pending
     // one (the evidence is kept even past its expiry).
-    let live = if state == State::Executed {
-        " AND attempts < max_attempts AND expires_at_ms > $3"
-    } else {
-        ""
-    };
-    let done = sqlx::query(&format!(
+    let live = i64::from(state == State::Executed);
+    let done = sqlx::query(
         "UPDATE confirmations SET state = $2, decided_at_ms = $3, signature = $4, \
-         execution_id = $5 WHERE id = $1 AND state = 'pending'{live}"
-    ))
+         execution_id = $5 WHERE id = $1 AND state = 'pending' \
+         AND ($6 = 0 OR (attempts < max_attempts AND expires_at_ms > $3))",
+    )
     .bind(id)
     .bind(state.as_str())
     .bind(now_ms)
     .bind(signature)
     .bind(execution_id)
+    .bind(live)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
