@@ -37,6 +37,8 @@ pub struct Metrics {
     pub certificates_revoked: IntCounter,
     pub provisioning_decisions: IntCounterVec,
     pub security_events: IntCounterVec,
+    /// Transaction confirmations by outcome (docs/protocol.md §11).
+    pub confirmations: IntCounterVec,
     /// 503 answers because a dependency (`database`, `hsm`) was away or full.
     pub dependency_unavailable: IntCounterVec,
     pub crl_age_seconds: IntGauge,
@@ -213,6 +215,12 @@ impl Metrics {
                 "Intrusion signals (security.* audit records), by kind; alert on any increase.",
                 &["kind"],
             )?,
+            confirmations: counter_vec(
+                &r,
+                "keyward_confirmations_total",
+                "Transaction confirmations by outcome: submitted, submit_refused, executed, refused (wrong or expired code, bad signature), failed (attempts ran out), tampered.",
+                &["outcome"],
+            )?,
             dependency_unavailable: counter_vec(
                 &r,
                 "keyward_dependency_unavailable_total",
@@ -384,6 +392,9 @@ impl Metrics {
         // alert on `increase(...) > 0` sees the first one.
         for kind in crate::security::kind::SecurityKind::ALL {
             m.security_events.with_label_values(&[kind.as_str()]);
+        }
+        for outcome in crate::confirmation::OUTCOMES {
+            m.confirmations.with_label_values(&[outcome]);
         }
         Ok(m)
     }

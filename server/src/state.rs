@@ -80,6 +80,7 @@ impl AppState {
             kms.clone(),
             provisioning.clone(),
             audit.clone(),
+            metrics.clone(),
             config.confirmation.clone(),
         )?;
         Ok(Self(Arc::new(Inner {

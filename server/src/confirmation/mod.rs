@@ -33,6 +33,7 @@ pub use error::ConfirmError;
 pub use store::State;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::metrics::Metrics;
 use crate::online::{Device, Session};
 use crate::outbox::{self, Channel, NewMessage};
 
@@ -43,6 +44,16 @@ pub const TOPIC_CODE: &str = "confirmation.code";
 /// Outbox topic of an executed transaction for the executor.
 pub const TOPIC_EXECUTE: &str = "confirmation.execute";
 
+/// The outcomes `keyward_confirmations_total` counts.
+pub const OUTCOMES: [&str; 6] = [
+    "submitted",
+    "submit_refused",
+    "executed",
+    "refused",
+    "failed",
+    "tampered",
+];
+
 /// The confirmation service; cheap to clone.
 #[derive(Clone)]
 pub struct Confirmations(Arc<Parts>);
@@ -51,6 +62,7 @@ struct Parts {
     kms: Kms,
     provisioning: Provisioning,
     audit: AuditLog,
+    metrics: Metrics,
     config: ConfirmationConfig,
     rules: Rules,
     origin: Origin,
@@ -114,6 +126,7 @@ impl Confirmations {
         kms: Kms,
         provisioning: Provisioning,
         audit: AuditLog,
+        metrics: Metrics,
         config: ConfirmationConfig,
     ) -> std::result::Result<Self, ConfigProblem> {
         let currencies = config
@@ -149,6 +162,7 @@ impl Confirmations {
             kms,
             provisioning,
             audit,
+            metrics,
             config,
             rules,
             origin,
@@ -167,6 +181,7 @@ impl Confirmations {
         match self.submitted(device, session, raw).await {
             Err(e) if e.kind().is_client() => {
                 self.refused(device, "confirmation.submit", None, &e).await;
+                self.count("submit_refused");
                 Err(e)
             }
             other => other,
@@ -268,6 +283,7 @@ impl Confirmations {
             })
             .await?;
         let _ = p.audit.flush_staged().await;
+        self.count("submitted");
         Ok(Submitted {
             id,
             expires_at_ms: expires,
@@ -400,6 +416,7 @@ impl Confirmations {
             })
             .await?;
         let _ = p.audit.flush_staged().await;
+        self.count("executed");
         Ok(Executed {
             id: stored.id.clone(),
             execution_id: done,
@@ -420,6 +437,11 @@ impl Confirmations {
             .await?;
         tracing::debug!(confirmation = %stored.id, ?counted, "confirmation attempt refused");
         let _ = device;
+        self.count(if counted == store::Counted::Closed {
+            "failed"
+        } else {
+            "refused"
+        });
         Err(ConfirmError::Refused)
     }
 
@@ -459,6 +481,11 @@ impl Confirmations {
             })
             .await?;
         let _ = p.audit.flush_staged().await;
+        self.count("tampered");
+        p.metrics
+            .security_events
+            .with_label_values(&[crate::security::kind::SecurityKind::TransactionTampered.as_str()])
+            .inc();
         Err(ConfirmError::Tampered)
     }
 
@@ -471,6 +498,10 @@ impl Confirmations {
             .audit
             .append(&device.actor, &event, Outcome::Refused { code }, &device.request_id)
             .await;
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.0.metrics.confirmations.with_label_values(&[outcome]).inc();
     }
 
     /// A confirmation as an operator sees it (no code, no bytes).

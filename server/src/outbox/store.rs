@@ -154,7 +154,7 @@ pub(super) async fn record(
 }
 
 /// One message as the admin view shows it: no recipient, no payload.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageView {
     pub message_id: String,
     pub topic: String,

@@ -42,3 +42,25 @@ pub struct Executed {
     pub state: String,
     pub executed_at_ms: i64,
 }
+
+/// `GET /admin/v1/confirmations/{id}`: a confirmation as an operator sees
+/// it (no code, no transaction bytes, no contact), with its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationView {
+    pub confirmation_id: String,
+    pub device_id: String,
+    pub issuer_id: String,
+    pub customer_id: String,
+    pub state: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub payee_flagged: bool,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub decided_at_ms: Option<i64>,
+    /// The outbox messages of this confirmation: the code's delivery and,
+    /// once executed, the execution.
+    pub deliveries: Vec<crate::outbox::MessageView>,
+}

@@ -124,6 +124,12 @@ async fn an_honest_confirmation_executes_once() {
     .unwrap();
     assert_eq!(executions, 1);
     assert!(app.audited("confirmation.execute", "success").await);
+    // What an operator sees: the state and both deliveries, no code.
+    let view = app.get(&app.root, &format!("/admin/v1/confirmations/{id}")).await;
+    let view = view.expect(StatusCode::OK);
+    assert_eq!(view["state"], "executed");
+    assert_eq!(view["deliveries"].as_array().unwrap().len(), 2);
+    assert!(!view.to_string().contains(code.as_str()));
 }
 
 #[tokio::test]
