@@ -514,3 +514,44 @@ async fn an_untrusted_receiver_or_unknown_endpoint_is_not_sent_to() {
     );
     assert!(receiver.seen.ids().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_woken_drain_sends_at_once_not_at_the_next_interval() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    let cfg = OutboxConfig {
+        interval_ms: 60_000,
+        ..config()
+    };
+    let (outbox, _) = outbox(db.clone(), &receiver, &cfg);
+    let running = outbox.clone();
+    let drain = tokio::spawn(async move {
+        running
+            .drain_for("replica-a", Duration::from_secs(60))
+            .await
+    });
+    // Commit → receiver, one message at a time.
+    let mut took = Vec::new();
+    for n in 0..50 {
+        let t0 = std::time::Instant::now();
+        enqueue(&db, &[message(&format!("wake-{n}"), n)]).await;
+        outbox.wake();
+        while receiver.seen.ids().len() <= n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "not sent after a wake"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        took.push(t0.elapsed());
+    }
+    drain.abort();
+    took.sort();
+    eprintln!(
+        "commit to receiver, {:?}: p50 {:?}, max {:?}",
+        db.kind(),
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    assert!(took[took.len() / 2] < Duration::from_secs(1));
+}
