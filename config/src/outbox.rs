@@ -42,6 +42,41 @@ pub struct OutboxConfig {
     /// `webhook` message's recipient names its endpoint.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// E-mail through an SMTP relay; absent: no `smtp` channel.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// How the SMTP connection is protected: never in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded by STARTTLS, which the relay must offer
+    /// (submission, port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// The SMTP relay: a message's recipient is the address, its payload the
+/// plain-text body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// PEM file of the CA(s) the relay's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// AUTH user; with `password_file` (first line), or neither.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The sender address (`From`).
+    pub from: String,
+    pub subject: String,
+    /// Connecting and each exchange with the relay.
+    #[serde(default = "default_request_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// The file sender: one JSON line per message.
@@ -82,6 +117,7 @@ impl Default for OutboxConfig {
             lease_ms: default_lease_ms(),
             file: None,
             webhooks: BTreeMap::new(),
+            smtp: None,
         }
     }
 }
@@ -188,6 +224,33 @@ impl OutboxConfig {
                 ));
             }
         }
+        if let Some(smtp) = &self.smtp {
+            if smtp.host.is_empty() || smtp.port == 0 {
+                return Err(ConfigError::key(
+                    "outbox.smtp.host",
+                    "host and port are required",
+                ));
+            }
+            if smtp.username.is_some() != smtp.password_file.is_some() {
+                return Err(ConfigError::key(
+                    "outbox.smtp.password_file",
+                    "username and password_file go together (the password is never inline)",
+                ));
+            }
+            if !smtp.from.contains('@') || smtp.subject.is_empty() {
+                return Err(ConfigError::key(
+                    "outbox.smtp.from",
+                    "from must be an address and subject not empty",
+                ));
+            }
+            range("smtp.timeout_ms", smtp.timeout_ms, 10, 120_000)?;
+            if self.lease_ms < 4 * smtp.timeout_ms {
+                return Err(ConfigError::key(
+                    "outbox.lease_ms",
+                    "must be at least four times outbox.smtp.timeout_ms",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -196,6 +259,12 @@ impl OutboxConfig {
     pub(crate) fn resolve_paths(&mut self, base: &Path, data_dir: &Path) {
         if let Some(file) = &mut self.file {
             file.path = crate::normalize(&data_dir.join(&file.path));
+        }
+        if let Some(smtp) = &mut self.smtp {
+            smtp.ca_file = crate::normalize(&base.join(&smtp.ca_file));
+            if let Some(p) = &mut smtp.password_file {
+                *p = crate::normalize(&base.join(&*p));
+            }
         }
         for hook in self.webhooks.values_mut() {
             hook.ca_file = crate::normalize(&base.join(&hook.ca_file));

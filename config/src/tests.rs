@@ -247,3 +247,40 @@ fn outbox_senders_resolve_and_are_checked() -> Result<(), ConfigError> {
     );
     Ok(())
 }
+
+#[test]
+fn outbox_smtp_needs_tls_and_a_password_file_with_a_user() -> Result<(), ConfigError> {
+    let smtp = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[outbox.smtp]\nhost = \"smtp.example\"\nport = 587\ntls = \"starttls\"\n\
+             ca_file = \"smtp-ca.pem\"\nfrom = \"no-reply@bank.example\"\nsubject = \"Code\"\n{extra}"
+        )
+    };
+    let c = parse(
+        &smtp("username = \"kw\"\npassword_file = \"smtp.pw\"\n"),
+        &[],
+    )?;
+    let s = c
+        .outbox
+        .smtp
+        .as_ref()
+        .map(|s| (s.tls, s.password_file.clone()));
+    assert_eq!(
+        s,
+        Some((
+            SmtpTls::Starttls,
+            Some(PathBuf::from("/etc/keyward/smtp.pw"))
+        ))
+    );
+    let refused = |text: &str| {
+        parse(text, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(refused(&smtp("username = \"kw\"\n")).contains("outbox.smtp.password_file"));
+    assert!(refused(&smtp("password = \"hunter2\"\n")).contains("unknown field"));
+    assert!(!refused(&smtp("password = \"hunter2\"\n")).contains("hunter2"));
+    assert!(refused(&smtp("").replace("starttls", "none")).contains("outbox.smtp.tls"));
+    Ok(())
+}

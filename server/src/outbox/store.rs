@@ -1,8 +1,13 @@
 //! Table `outbox` (server migration 2040): enqueue inside a caller's
 //! transaction, the drain's claim and outcome, receipts, the admin view.
-//! Each statement is the same on SQLite and PostgreSQL.
+//! The same SQL on SQLite and PostgreSQL, but for the claim's row locking.
 
-use keyward_kms::db::{ColumnError, Database, Tx, int_col, now_ms, parse_col, parse_opt};
+use std::future::Future;
+
+use keyward_config::DatabaseKind;
+use keyward_kms::db::{
+    ColumnError, Database, MAX_ATTEMPTS, Tx, int_col, now_ms, parse_col, parse_opt,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -50,10 +55,30 @@ pub async fn record_receipt_in(
     Ok(n == 1)
 }
 
+/// The claim: one conditional UPDATE whose WHERE clause holds the whole
+/// rule (due, still to send, not leased), checked again on each row it
+/// changes. PostgreSQL also skips rows another replica's claim has locked,
+/// so that claim takes the next ones instead of waiting.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+             WHERE message_id IN ( \
+                 SELECT message_id FROM outbox \
+                 WHERE state IN ('pending', 'failed') AND next_attempt_at_ms <= $3 \
+                   AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+                 ORDER BY next_attempt_at_ms LIMIT $4",
+            $lock,
+            ") AND state IN ('pending', 'failed') \
+             AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+             RETURNING message_id, topic, channel, recipient, payload, attempts"
+        )
+    };
+}
+
 /// Leases up to `limit` due messages to `owner` until `now + lease_ms` and
-/// counts the attempt. One conditional UPDATE: of two replicas claiming at
-/// once, each message goes to one (PostgreSQL's loser of the serializable
-/// race is run again by [`Database::write`] and claims the next ones).
+/// counts the attempt: of two replicas claiming at once, each message goes
+/// to one.
 pub(super) async fn claim(
     db: &Database,
     owner: &str,
@@ -61,29 +86,47 @@ pub(super) async fn claim(
     lease_ms: i64,
     limit: u32,
 ) -> Result<Vec<Outgoing>, sqlx::Error> {
-    let rows = db
-        .write("outbox.claim", |mut tx| async move {
-            let rows = sqlx::query(
-                "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
-                 WHERE message_id IN ( \
-                     SELECT message_id FROM outbox \
-                     WHERE state IN ('pending', 'failed') AND next_attempt_at_ms <= $3 \
-                       AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
-                     ORDER BY next_attempt_at_ms LIMIT $4) \
-                 AND state IN ('pending', 'failed') \
-                 AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
-                 RETURNING message_id, topic, channel, recipient, payload, attempts",
-            )
+    let sql = match db.kind() {
+        DatabaseKind::Sqlite => claim_sql!(""),
+        DatabaseKind::Postgres => claim_sql!(" FOR UPDATE SKIP LOCKED"),
+    };
+    let rows = alone(db, || {
+        sqlx::query(sql)
             .bind(owner)
             .bind(now.saturating_add(lease_ms))
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-            Ok::<_, sqlx::Error>((tx, rows))
-        })
-        .await?;
+            .fetch_all(db.pool())
+    })
+    .await?;
     rows.iter().map(outgoing).collect()
+}
+
+/// Runs one write statement on its own, in no transaction: the drain's
+/// statements each carry their whole condition, so a transaction would add
+/// nothing but serializable races with the other replica's claim. Takes
+/// this process's writer turn on SQLite, like every write, and runs the
+/// statement again if PostgreSQL still reports a lost race (a server whose
+/// default isolation is serializable).
+async fn alone<T, F, Fut>(db: &Database, mut statement: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        let result = {
+            let _turn = db.writer_turn().await?;
+            statement().await
+        };
+        match result {
+            Err(e) if attempt < MAX_ATTEMPTS && db.is_serialization_failure(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn outgoing(r: &AnyRow) -> Result<Outgoing, sqlx::Error> {
@@ -114,7 +157,8 @@ pub(super) enum Outcome {
 }
 
 /// Records `outcome` for message `id` and ends `owner`'s lease on it, unless
-/// another owner has taken it over. Whether it was recorded.
+/// another owner has taken it over (one conditional UPDATE). Whether it was
+/// recorded.
 pub(super) async fn record(
     db: &Database,
     id: &MessageId,
@@ -128,29 +172,25 @@ pub(super) async fn record(
         Outcome::GaveUp { code } => (State::GaveUp, None, Some(code), None),
     };
     let id = id.to_string();
-    db.write("outbox.record", |mut tx| {
-        let id = id.clone();
-        async move {
-            let n = sqlx::query(
-                "UPDATE outbox SET state = $1, \
-                 next_attempt_at_ms = COALESCE($2, next_attempt_at_ms), \
-                 last_error = COALESCE($3, last_error), sent_at_ms = $4, \
-                 lease_owner = NULL, lease_until_ms = NULL \
-                 WHERE message_id = $5 AND lease_owner = $6 AND state IN ('pending', 'failed')",
-            )
-            .bind(state.as_str())
-            .bind(next_at)
-            .bind(code)
-            .bind(sent_at)
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            Ok((tx, n == 1))
-        }
+    let n = alone(db, || {
+        sqlx::query(
+            "UPDATE outbox SET state = $1, \
+             next_attempt_at_ms = COALESCE($2, next_attempt_at_ms), \
+             last_error = COALESCE($3, last_error), sent_at_ms = $4, \
+             lease_owner = NULL, lease_until_ms = NULL \
+             WHERE message_id = $5 AND lease_owner = $6 AND state IN ('pending', 'failed')",
+        )
+        .bind(state.as_str())
+        .bind(next_at)
+        .bind(code)
+        .bind(sent_at)
+        .bind(&id)
+        .bind(owner)
+        .execute(db.pool())
     })
-    .await
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// One message as the admin view shows it: no recipient, no payload.

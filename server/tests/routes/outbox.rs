@@ -216,8 +216,8 @@ async fn database() -> (TestDb, Database) {
 fn outbox(db: Database, receiver: &Receiver, cfg: &OutboxConfig) -> (Outbox, Metrics) {
     let metrics = Metrics::new().unwrap();
     let senders = Senders {
-        file: None,
         webhooks: BTreeMap::from([(GATEWAY.to_owned(), receiver.sender(&receiver.ca.ca_der))]),
+        ..Senders::default()
     };
     (
         Outbox::with_senders(db, cfg, senders, metrics.clone()),
@@ -485,8 +485,8 @@ async fn an_untrusted_receiver_or_unknown_endpoint_is_not_sent_to() {
     let other_ca = test_ca();
     let cfg = config();
     let senders = Senders {
-        file: None,
         webhooks: BTreeMap::from([(GATEWAY.to_owned(), receiver.sender(&other_ca.ca_der))]),
+        ..Senders::default()
     };
     let outbox = Outbox::with_senders(db.clone(), &cfg, senders, Metrics::new().unwrap());
     assert!(outbox.can_send(Channel::Webhook, GATEWAY));
@@ -513,4 +513,298 @@ async fn an_untrusted_receiver_or_unknown_endpoint_is_not_sent_to() {
         ("gave_up", Some("not_configured"))
     );
     assert!(receiver.seen.ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_woken_drain_sends_at_once_not_at_the_next_interval() {
+    let (_tdb, db) = database().await;
+    let receiver = Receiver::start().await;
+    let cfg = OutboxConfig {
+        interval_ms: 60_000,
+        ..config()
+    };
+    let (outbox, _) = outbox(db.clone(), &receiver, &cfg);
+    let running = outbox.clone();
+    let drain = tokio::spawn(async move {
+        running
+            .drain_for("replica-a", Duration::from_secs(60))
+            .await
+    });
+    // Commit → receiver, one message at a time.
+    let mut took = Vec::new();
+    for n in 0..50 {
+        let t0 = std::time::Instant::now();
+        enqueue(&db, &[message(&format!("wake-{n}"), n)]).await;
+        outbox.wake();
+        while receiver.seen.ids().len() <= n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "not sent after a wake"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        took.push(t0.elapsed());
+    }
+    drain.abort();
+    took.sort();
+    eprintln!(
+        "commit to receiver, {:?}: p50 {:?}, max {:?}",
+        db.kind(),
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    assert!(took[took.len() / 2] < Duration::from_secs(1));
+}
+
+/// What the SMTP relay saw and how it answers.
+#[derive(Default)]
+struct Relay {
+    /// Each accepted mail's DATA, in order.
+    mails: Mutex<Vec<String>>,
+    /// Replies to the next MAIL FROM commands (then `250`).
+    mail_from: Mutex<VecDeque<&'static str>>,
+    /// Whether AUTH was offered or attempted before TLS.
+    auth_in_clear: AtomicUsize,
+}
+
+/// A local SMTP relay on 127.0.0.1: STARTTLS (`implicit` false) or TLS from
+/// the first byte; AUTH PLAIN `keyward`/`relay-password` offered over TLS
+/// only.
+async fn start_relay(ca: &TestCa, implicit: bool) -> (u16, Arc<Relay>) {
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![ca.leaf_der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let relay = Arc::new(Relay::default());
+    let seen = relay.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                if implicit {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = converse(tls, true, true, &seen).await;
+                } else if let Ok(Some(tcp)) = converse(tcp, false, true, &seen).await {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = converse(tls, true, false, &seen).await;
+                }
+            });
+        }
+    });
+    (port, relay)
+}
+
+/// One SMTP conversation; hands the stream back when the client asked for
+/// STARTTLS.
+async fn converse<S>(io: S, secure: bool, greet: bool, relay: &Relay) -> std::io::Result<Option<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut io = BufReader::new(io);
+    if greet {
+        io.write_all(b"220 relay.test ESMTP\r\n").await?;
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let cmd = line.trim_end().to_owned();
+        let verb = cmd
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let reply: String = match verb.as_str() {
+            "EHLO" if secure => "250-relay.test\r\n250 AUTH PLAIN\r\n".into(),
+            "EHLO" => "250-relay.test\r\n250 STARTTLS\r\n".into(),
+            "STARTTLS" if !secure => {
+                io.write_all(b"220 go ahead\r\n").await?;
+                return Ok(Some(io.into_inner()));
+            }
+            "AUTH" => {
+                if !secure {
+                    relay.auth_in_clear.fetch_add(1, Ordering::SeqCst);
+                }
+                let b64 = cmd.rsplit(' ').next().unwrap_or_default();
+                let plain = BASE64.decode(b64).unwrap_or_default();
+                if secure && plain == b"\0keyward\0relay-password" {
+                    "235 ok\r\n".into()
+                } else {
+                    "535 no\r\n".into()
+                }
+            }
+            "MAIL" => {
+                relay
+                    .mail_from
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or("250 ok")
+                    .to_owned()
+                    + "\r\n"
+            }
+            "RCPT" | "RSET" | "NOOP" => "250 ok\r\n".into(),
+            "DATA" => {
+                io.write_all(b"354 go on\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if io.read_line(&mut line).await? == 0 {
+                        return Ok(None);
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    data.push_str(&line);
+                }
+                relay.mails.lock().unwrap().push(data);
+                "250 queued\r\n".into()
+            }
+            "QUIT" => {
+                io.write_all(b"221 bye\r\n").await?;
+                return Ok(None);
+            }
+            _ => "502 unknown\r\n".into(),
+        };
+        io.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// An outbox whose only sender is the SMTP relay at `port`.
+fn smtp_outbox(
+    db: Database,
+    ca: &TestCa,
+    port: u16,
+    implicit: bool,
+) -> (Outbox, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("relay-ca.pem");
+    std::fs::write(
+        &ca_file,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            BASE64.encode(&ca.ca_der)
+        ),
+    )
+    .unwrap();
+    let password_file = dir.path().join("relay.password");
+    std::fs::write(&password_file, "relay-password\n").unwrap();
+    let cfg = OutboxConfig {
+        smtp: Some(keyward_config::SmtpConfig {
+            host: "127.0.0.1".to_owned(),
+            port,
+            tls: if implicit {
+                keyward_config::SmtpTls::Implicit
+            } else {
+                keyward_config::SmtpTls::Starttls
+            },
+            ca_file,
+            username: Some("keyward".to_owned()),
+            password_file: Some(password_file),
+            from: "no-reply@bank.example".to_owned(),
+            subject: "Your confirmation".to_owned(),
+            timeout_ms: 3_000,
+        }),
+        ..config()
+    };
+    let outbox = Outbox::new(db, &cfg, Metrics::new().unwrap()).unwrap();
+    (outbox, dir)
+}
+
+fn mail(subject: &str, text: &str) -> NewMessage {
+    NewMessage {
+        topic: "confirmation.code".to_owned(),
+        channel: Channel::Smtp,
+        recipient: "jane@example.org".to_owned(),
+        subject_id: subject.to_owned(),
+        payload: text.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_over_starttls_delivers_with_the_message_id() {
+    let (_tdb, db) = database().await;
+    let ca = test_ca();
+    let (port, relay) = start_relay(&ca, false).await;
+    let (outbox, _dir) = smtp_outbox(db.clone(), &ca, port, false);
+    assert!(outbox.can_send(Channel::Smtp, "jane@example.org"));
+    let ids = enqueue(
+        &db,
+        &[mail("mail-1", "Pay EUR 12.00 to ACME\r\nCode 12345678")],
+    )
+    .await;
+    drain_until_settled(&outbox, "replica-a").await;
+
+    let view = &outbox.messages_of("mail-1").await.unwrap()[0];
+    assert_eq!(
+        (view.state.as_str(), view.attempts),
+        ("sent", 1),
+        "{view:?}"
+    );
+    let mails = relay.mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].contains(&format!("Message-ID: <{}@keyward>", ids[0])),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("To: jane@example.org"), "{}", mails[0]);
+    assert!(mails[0].contains("Code 12345678"), "{}", mails[0]);
+    assert_eq!(relay.auth_in_clear.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_over_implicit_tls_retries_a_4xx_and_gives_up_on_a_5xx() {
+    let (_tdb, db) = database().await;
+    let ca = test_ca();
+    let (port, relay) = start_relay(&ca, true).await;
+    let (outbox, _dir) = smtp_outbox(db.clone(), &ca, port, true);
+    relay
+        .mail_from
+        .lock()
+        .unwrap()
+        .extend(["451 try later", "250 ok", "550 no such user"]);
+    let ids = enqueue(&db, &[mail("mail-2", "Code 11111111")]).await;
+    drain_until_settled(&outbox, "replica-a").await;
+    enqueue(&db, &[mail("mail-3", "Code 22222222")]).await;
+    drain_until_settled(&outbox, "replica-a").await;
+
+    let view = &outbox.messages_of("mail-2").await.unwrap()[0];
+    assert_eq!(
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
+        ("sent", 2, Some("smtp_4xx"))
+    );
+    let view = &outbox.messages_of("mail-3").await.unwrap()[0];
+    assert_eq!(
+        (
+            view.state.as_str(),
+            view.attempts,
+            view.last_error.as_deref()
+        ),
+        ("gave_up", 1, Some("smtp_5xx"))
+    );
+    let mails = relay.mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains(&format!("<{}@keyward>", ids[0])));
 }

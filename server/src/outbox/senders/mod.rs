@@ -1,10 +1,8 @@
-//! The senders: one per channel ([`file`], [`webhook`]), behind one
-//! [`Sender`] trait, picked per message by [`Senders`].
-//!
-//! SMTP is not built yet: a `smtp` message has no sender and is given up
-//! with `not_configured`.
+//! The senders: one per channel ([`file`], [`webhook`], [`smtp`]), behind
+//! one [`Sender`] trait, picked per message by [`Senders`].
 
 pub mod file;
+pub mod smtp;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -15,6 +13,7 @@ use keyward_config::OutboxConfig;
 use super::{Channel, MessageId};
 
 pub use file::FileSender;
+pub use smtp::SmtpSender;
 pub use webhook::{WebhookSecret, WebhookSender};
 
 /// A claimed message on its way out. `recipient` and `payload` are personal
@@ -65,15 +64,22 @@ pub enum SendError {
     Status(u16),
     #[error("writing the delivery file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the relay answered SMTP {0}")]
+    SmtpReply(u16),
+    #[error("the recipient is not an address this channel can send to")]
+    BadRecipient,
+    #[error("the payload cannot be sent on this channel")]
+    BadPayload,
 }
 
 impl SendError {
     /// Whether a later attempt may succeed: timeouts, connection trouble,
-    /// 5xx, 408 and 429 may pass; other 4xx, redirects and a missing sender
-    /// will not.
+    /// HTTP 5xx, 408 and 429, SMTP 4xx may pass; other HTTP 4xx, redirects,
+    /// SMTP 5xx, a bad address and a missing sender will not.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::NotConfigured => false,
+            Self::NotConfigured | Self::BadRecipient | Self::BadPayload => false,
+            Self::SmtpReply(code) => (400..500).contains(code),
             Self::Timeout | Self::Connect(_) | Self::Tls(_) | Self::Request(_) | Self::Io(_) => {
                 true
             }
@@ -95,6 +101,10 @@ impl SendError {
             Self::Status(500..=599) => "http_5xx",
             Self::Status(_) => "http_other",
             Self::Io(_) => "io_failed",
+            Self::SmtpReply(400..=499) => "smtp_4xx",
+            Self::SmtpReply(_) => "smtp_5xx",
+            Self::BadRecipient => "bad_recipient",
+            Self::BadPayload => "bad_payload",
         }
     }
 }
@@ -112,6 +122,8 @@ pub enum SetupError {
     },
     #[error("outbox.webhooks.{endpoint}: {problem}")]
     Webhook { endpoint: String, problem: String },
+    #[error("outbox.smtp: {problem}")]
+    Smtp { problem: String },
 }
 
 /// Every configured sender, picked per message by channel and recipient.
@@ -120,6 +132,7 @@ pub struct Senders {
     pub file: Option<FileSender>,
     /// By endpoint name (a `webhook` message's recipient).
     pub webhooks: BTreeMap<String, WebhookSender>,
+    pub smtp: Option<SmtpSender>,
 }
 
 impl Senders {
@@ -135,6 +148,11 @@ impl Senders {
                 .as_ref()
                 .map(|f| FileSender::new(f.path.clone())),
             webhooks,
+            smtp: config
+                .smtp
+                .as_ref()
+                .map(SmtpSender::from_config)
+                .transpose()?,
         })
     }
 
@@ -142,7 +160,7 @@ impl Senders {
         match channel {
             Channel::File => self.file.is_some(),
             Channel::Webhook => self.webhooks.contains_key(recipient),
-            Channel::Smtp => false,
+            Channel::Smtp => self.smtp.is_some(),
         }
     }
 
@@ -157,7 +175,10 @@ impl Senders {
                 Some(hook) => hook.send(msg).await,
                 None => Err(SendError::NotConfigured),
             },
-            Channel::Smtp => Err(SendError::NotConfigured),
+            Channel::Smtp => match &self.smtp {
+                Some(smtp) => smtp.send(msg).await,
+                None => Err(SendError::NotConfigured),
+            },
         }
     }
 }
@@ -177,6 +198,9 @@ mod tests {
         assert_eq!(SendError::Status(503).code(), "http_5xx");
         assert_eq!(SendError::Status(404).code(), "http_4xx");
         assert!(SendError::Timeout.retryable());
+        assert!(SendError::SmtpReply(451).retryable());
+        assert!(!SendError::SmtpReply(550).retryable());
+        assert_eq!(SendError::SmtpReply(550).code(), "smtp_5xx");
         assert!(!SendError::NotConfigured.retryable());
     }
 }
