@@ -81,6 +81,7 @@ impl AppState {
             provisioning.clone(),
             audit.clone(),
             metrics.clone(),
+            outbox.clone(),
             config.confirmation.clone(),
         )?;
         Ok(Self(Arc::new(Inner {

@@ -226,7 +226,11 @@ impl SimDevice {
 
     /// Signs a transaction confirmation: `tx ‖ code` (docs/protocol.md §11),
     /// with the key of the device's certificate.
-    pub fn sign_confirmation(&self, tx: &[u8], code: &keyward_protocol::confirmation::Code) -> Vec<u8> {
+    pub fn sign_confirmation(
+        &self,
+        tx: &[u8],
+        code: &keyward_protocol::confirmation::Code,
+    ) -> Vec<u8> {
         self.sign_challenge(&keyward_protocol::confirmation::signed_message(tx, code))
     }
 

@@ -35,7 +35,7 @@ pub use store::State;
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::metrics::Metrics;
 use crate::online::{Device, Session};
-use crate::outbox::{self, Channel, NewMessage};
+use crate::outbox::{self, Channel, NewMessage, Outbox};
 
 pub type Result<T> = std::result::Result<T, ConfirmError>;
 
@@ -63,6 +63,8 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
+    /// Woken after each commit that queued a message, so it goes at once.
+    outbox: Outbox,
     config: ConfirmationConfig,
     rules: Rules,
     origin: Origin,
@@ -127,6 +129,7 @@ impl Confirmations {
         provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
+        outbox: Outbox,
         config: ConfirmationConfig,
     ) -> std::result::Result<Self, ConfigProblem> {
         let currencies = config
@@ -153,7 +156,10 @@ impl Confirmations {
         let channels = ContactKind::ALL
             .into_iter()
             .map(|kind| {
-                let name = config.channels.get(kind.as_str()).map_or("file", String::as_str);
+                let name = config
+                    .channels
+                    .get(kind.as_str())
+                    .map_or("file", String::as_str);
                 Ok((kind, channel(&format!("channels.{}", kind.as_str()), name)?))
             })
             .collect::<std::result::Result<Vec<_>, ConfigProblem>>()?;
@@ -163,6 +169,7 @@ impl Confirmations {
             provisioning,
             audit,
             metrics,
+            outbox,
             config,
             rules,
             origin,
@@ -177,7 +184,12 @@ impl Confirmations {
 
     /// A device's transaction, as its session's customer: stored, its code
     /// made and the message queued for the customer's contact.
-    pub async fn submit(&self, device: &Device, session: &Session, raw: &[u8]) -> Result<Submitted> {
+    pub async fn submit(
+        &self,
+        device: &Device,
+        session: &Session,
+        raw: &[u8],
+    ) -> Result<Submitted> {
         match self.submitted(device, session, raw).await {
             Err(e) if e.kind().is_client() => {
                 self.refused(device, "confirmation.submit", None, &e).await;
@@ -209,7 +221,10 @@ impl Confirmations {
         let customer = p.provisioning.customer(&binding.customer).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let code = self.new_code().await?;
-        let code_mac = p.kms.confirmation_code_mac(code_context(&id, &code)).await?;
+        let code_mac = p
+            .kms
+            .confirmation_code_mac(code_context(&id, &code))
+            .await?;
         let rendered = render(&received, &code, &p.origin);
         let flagged = received.payee_check() != PayeeCheck::Plain;
         let created = now_ms();
@@ -239,8 +254,9 @@ impl Confirmations {
             }))
             .unwrap_or_default(),
         };
-        let amount_minor = i64::try_from(tx.amount.minor_units())
-            .map_err(|_| ConfirmError::Transaction(keyward_protocol::ProtocolError::AmountInvalid))?;
+        let amount_minor = i64::try_from(tx.amount.minor_units()).map_err(|_| {
+            ConfirmError::Transaction(keyward_protocol::ProtocolError::AmountInvalid)
+        })?;
         let row = store::NewConfirmation {
             id: id.clone(),
             device: device.device_id,
@@ -277,11 +293,18 @@ impl Confirmations {
                 row.delivery_id = delivery.to_string();
                 store::insert_in(&mut dbtx, &row).await?;
                 audit
-                    .stage_in(&mut dbtx, &device.actor, event, Outcome::Success, &device.request_id)
+                    .stage_in(
+                        &mut dbtx,
+                        &device.actor,
+                        event,
+                        Outcome::Success,
+                        &device.request_id,
+                    )
                     .await?;
                 Ok::<_, ConfirmError>((dbtx, ()))
             })
             .await?;
+        p.outbox.wake();
         let _ = p.audit.flush_staged().await;
         self.count("submitted");
         Ok(Submitted {
@@ -312,7 +335,8 @@ impl Confirmations {
         let id = req.id.clone();
         match self.confirmed(device, session, req).await {
             Err(e) if e.kind().is_client() => {
-                self.refused(device, "confirmation.confirm", Some(&id), &e).await;
+                self.refused(device, "confirmation.confirm", Some(&id), &e)
+                    .await;
                 Err(e)
             }
             other => other,
@@ -410,11 +434,18 @@ impl Confirmations {
                     return Err(ConfirmError::Refused);
                 }
                 audit
-                    .stage_in(&mut dbtx, &device.actor, event, Outcome::Success, &device.request_id)
+                    .stage_in(
+                        &mut dbtx,
+                        &device.actor,
+                        event,
+                        Outcome::Success,
+                        &device.request_id,
+                    )
                     .await?;
                 Ok::<_, ConfirmError>((dbtx, execution))
             })
             .await?;
+        p.outbox.wake();
         let _ = p.audit.flush_staged().await;
         self.count("executed");
         Ok(Executed {
@@ -464,8 +495,15 @@ impl Confirmations {
         let event = &event;
         self.db()
             .write("confirmation.tampered", |mut dbtx| async move {
-                store::decide_in(&mut dbtx, &stored.id, State::Tampered, Some(signature), None, now)
-                    .await?;
+                store::decide_in(
+                    &mut dbtx,
+                    &stored.id,
+                    State::Tampered,
+                    Some(signature),
+                    None,
+                    now,
+                )
+                .await?;
                 audit
                     .stage_in(
                         &mut dbtx,
@@ -490,23 +528,40 @@ impl Confirmations {
     }
 
     /// Records a refused step (best effort: the refusal stands either way).
-    async fn refused(&self, device: &Device, action: &'static str, id: Option<&str>, e: &ConfirmError) {
+    async fn refused(
+        &self,
+        device: &Device,
+        action: &'static str,
+        id: Option<&str>,
+        e: &ConfirmError,
+    ) {
         let code = e.code();
         let event = event(action, device, json!({ "confirmation": id, "code": code }));
         let _ = self
             .0
             .audit
-            .append(&device.actor, &event, Outcome::Refused { code }, &device.request_id)
+            .append(
+                &device.actor,
+                &event,
+                Outcome::Refused { code },
+                &device.request_id,
+            )
             .await;
     }
 
     fn count(&self, outcome: &'static str) {
-        self.0.metrics.confirmations.with_label_values(&[outcome]).inc();
+        self.0
+            .metrics
+            .confirmations
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     /// A confirmation as an operator sees it (no code, no bytes).
     pub async fn show(&self, id: &str) -> Result<store::Stored> {
-        store::get(self.db(), id).await?.ok_or(ConfirmError::Unknown)
+        store::get(self.db(), id)
+            .await?
+            .ok_or(ConfirmError::Unknown)
     }
 }
 

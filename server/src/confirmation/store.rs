@@ -156,11 +156,11 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error> {
         customer: r.try_get("customer_id")?,
         received: r.try_get("received")?,
         code_mac: r.try_get("code_mac")?,
-        attempts: r.try_get::<i64, _>("attempts")?.try_into().unwrap_or(u32::MAX),
-        max_attempts: r
-            .try_get::<i64, _>("max_attempts")?
+        attempts: r
+            .try_get::<i64, _>("attempts")?
             .try_into()
-            .unwrap_or(0),
+            .unwrap_or(u32::MAX),
+        max_attempts: r.try_get::<i64, _>("max_attempts")?.try_into().unwrap_or(0),
         state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
             index: "state".into(),
             source: "unknown confirmation state".into(),
@@ -183,9 +183,9 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<Stored>, sqlx::Error>
          max_attempts, state, created_at_ms, expires_at_ms, decided_at_ms, delivery_id, \
          execution_id, amount_minor, currency, payee_flagged FROM confirmations WHERE id = $1",
     )
-        .bind(id)
-        .fetch_optional(db.pool())
-        .await?;
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
     row.as_ref().map(stored).transpose()
 }
 

@@ -107,14 +107,27 @@ async fn an_honest_confirmation_executes_once() {
     let code = code_sent(&app, &id).await;
     let sig = d.sign_confirmation(&t, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
-    let a = post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig)).await;
+    let a = post(
+        &app,
+        &who,
+        &token,
+        &path,
+        confirm_body(&t, code.as_str(), &sig),
+    )
+    .await;
     assert_eq!(a.expect(StatusCode::OK)["state"], "executed");
     assert_eq!(state_of(&app, &id).await, "executed");
     // Once: the same confirmation again is refused, and one execution is
     // queued for the executor.
-    post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig))
-        .await
-        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    post(
+        &app,
+        &who,
+        &token,
+        &path,
+        confirm_body(&t, code.as_str(), &sig),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "confirmation_refused");
     let executions: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM outbox WHERE subject_id = $1 AND topic = 'confirmation.execute'",
     )
@@ -125,7 +138,9 @@ async fn an_honest_confirmation_executes_once() {
     assert_eq!(executions, 1);
     assert!(app.audited("confirmation.execute", "success").await);
     // What an operator sees: the state and both deliveries, no code.
-    let view = app.get(&app.root, &format!("/admin/v1/confirmations/{id}")).await;
+    let view = app
+        .get(&app.root, &format!("/admin/v1/confirmations/{id}"))
+        .await;
     let view = view.expect(StatusCode::OK);
     assert_eq!(view["state"], "executed");
     assert_eq!(view["deliveries"].as_array().unwrap().len(), 2);
@@ -144,16 +159,31 @@ async fn a_transaction_the_pc_altered_is_tampered() {
     let altered = tx(&account, json!(100000));
     let sig = d.sign_confirmation(&altered, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
-    post(&app, &who, &token, &path, confirm_body(&altered, code.as_str(), &sig))
-        .await
-        .refused(StatusCode::CONFLICT, "confirmation_tampered");
+    post(
+        &app,
+        &who,
+        &token,
+        &path,
+        confirm_body(&altered, code.as_str(), &sig),
+    )
+    .await
+    .refused(StatusCode::CONFLICT, "confirmation_tampered");
     assert_eq!(state_of(&app, &id).await, "tampered");
-    assert!(app.audited("security.transaction_tampered", "refused").await);
+    assert!(
+        app.audited("security.transaction_tampered", "refused")
+            .await
+    );
     // Closed for good: the honest bytes no longer help.
     let sig = d.sign_confirmation(&t, &code);
-    post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig))
-        .await
-        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    post(
+        &app,
+        &who,
+        &token,
+        &path,
+        confirm_body(&t, code.as_str(), &sig),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "confirmation_refused");
 
     let id = submit(&app, &who, &token, t.clone()).await;
     let code = code_sent(&app, &id).await;
@@ -161,9 +191,15 @@ async fn a_transaction_the_pc_altered_is_tampered() {
     spaced.push(b' ');
     let sig = d.sign_confirmation(&spaced, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
-    post(&app, &who, &token, &path, confirm_body(&spaced, code.as_str(), &sig))
-        .await
-        .refused(StatusCode::CONFLICT, "confirmation_tampered");
+    post(
+        &app,
+        &who,
+        &token,
+        &path,
+        confirm_body(&spaced, code.as_str(), &sig),
+    )
+    .await
+    .refused(StatusCode::CONFLICT, "confirmation_tampered");
 }
 
 #[tokio::test]
@@ -174,8 +210,12 @@ async fn wrong_codes_and_bad_signatures_run_out_with_one_answer() {
     let t = tx(&account, json!(500));
     let id = submit(&app, &who, &token, t.clone()).await;
     let code = code_sent(&app, &id).await;
-    let wrong = Code::parse(if code.as_str() == "00000000" { "11111111" } else { "00000000" })
-        .unwrap();
+    let wrong = Code::parse(if code.as_str() == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    })
+    .unwrap();
     let path = format!("/v1/confirmations/{id}/confirm");
     // A wrong code, a malformed one, another device's signature: one answer.
     for (c, sig) in [
@@ -190,9 +230,15 @@ async fn wrong_codes_and_bad_signatures_run_out_with_one_answer() {
     assert_eq!(state_of(&app, &id).await, "failed");
     // The right code after the attempts ran out: the same answer.
     let sig = d.sign_confirmation(&t, &code);
-    post(&app, &who, &token, &path, confirm_body(&t, code.as_str(), &sig))
-        .await
-        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    post(
+        &app,
+        &who,
+        &token,
+        &path,
+        confirm_body(&t, code.as_str(), &sig),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "confirmation_refused");
 }
 
 #[tokio::test]
@@ -226,11 +272,21 @@ async fn twenty_confirms_at_once_execute_once() {
         });
     }
     let answers: Vec<Answer> = set.join_all().await;
-    let ok = answers.iter().filter(|a| a.status == StatusCode::OK).count();
-    assert_eq!(ok, 1, "{:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
-    assert!(answers
+    let ok = answers
         .iter()
-        .all(|a| a.status == StatusCode::OK || a.code() == "confirmation_refused"));
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    assert_eq!(
+        ok,
+        1,
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status == StatusCode::OK || a.code() == "confirmation_refused")
+    );
 }
 
 #[tokio::test]
@@ -238,22 +294,46 @@ async fn bad_transactions_are_typed_and_change_nothing() {
     let app = App::new().await;
     let (_, who, token, account) = session(&app, 45).await;
     let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
-        (tx(&account, json!(0)), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
-        (tx(&account, json!(-5)), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
-        (tx(&account, json!(12.5)), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
-        (tx(&account, json!("100")), StatusCode::UNPROCESSABLE_ENTITY, "amount_invalid"),
+        (
+            tx(&account, json!(0)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_invalid",
+        ),
+        (
+            tx(&account, json!(-5)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_invalid",
+        ),
+        (
+            tx(&account, json!(12.5)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_invalid",
+        ),
+        (
+            tx(&account, json!("100")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_invalid",
+        ),
         (
             tx(&account, json!(1_000_000_000_000u64)),
             StatusCode::UNPROCESSABLE_ENTITY,
             "amount_over_limit",
         ),
-        (tx("62220202001122999", json!(100)), StatusCode::FORBIDDEN, "payer_account_not_held"),
+        (
+            tx("62220202001122999", json!(100)),
+            StatusCode::FORBIDDEN,
+            "payer_account_not_held",
+        ),
         (
             br#"{"payer_account":"1","payer_account":"2"}"#.to_vec(),
             StatusCode::BAD_REQUEST,
             "duplicate_field",
         ),
-        (b"not json".to_vec(), StatusCode::BAD_REQUEST, "transaction_malformed"),
+        (
+            b"not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "transaction_malformed",
+        ),
     ];
     for (body, status, code) in cases {
         post(&app, &who, &token, "/v1/confirmations", body)
@@ -262,14 +342,26 @@ async fn bad_transactions_are_typed_and_change_nothing() {
     }
     let mut bidi = serde_json::from_slice::<Value>(&tx(&account, json!(100))).unwrap();
     bidi["payee_name"] = json!("ACME\u{202E}HbmG");
-    post(&app, &who, &token, "/v1/confirmations", serde_json::to_vec(&bidi).unwrap())
-        .await
-        .refused(StatusCode::UNPROCESSABLE_ENTITY, "text_forbidden_character");
+    post(
+        &app,
+        &who,
+        &token,
+        "/v1/confirmations",
+        serde_json::to_vec(&bidi).unwrap(),
+    )
+    .await
+    .refused(StatusCode::UNPROCESSABLE_ENTITY, "text_forbidden_character");
     let mut yen = serde_json::from_slice::<Value>(&tx(&account, json!(100))).unwrap();
     yen["currency"] = json!("XXX");
-    post(&app, &who, &token, "/v1/confirmations", serde_json::to_vec(&yen).unwrap())
-        .await
-        .refused(StatusCode::UNPROCESSABLE_ENTITY, "currency_unknown");
+    post(
+        &app,
+        &who,
+        &token,
+        "/v1/confirmations",
+        serde_json::to_vec(&yen).unwrap(),
+    )
+    .await
+    .refused(StatusCode::UNPROCESSABLE_ENTITY, "currency_unknown");
     // No session: the session door answers before the body is read.
     let req = Request::builder()
         .method(Method::POST)
