@@ -436,3 +436,64 @@ async fn two_replicas_run_a_once_job_one_at_a_time_and_the_survivor_takes_over()
     assert!(survivor.contains(&taken.holder), "{survivor}");
     assert!(taken.lease_until_ms > keyward_kms::db::now_ms());
 }
+
+/// A real `keyward serve` drains the outbox: a message committed in the
+/// shared database reaches the file sender's file, and `/metrics` shows the
+/// delivery and an empty backlog.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_drains_the_outbox_through_the_file_sender() {
+    use keyward_server::outbox::{Channel, NewMessage, enqueue_in};
+    let s = Server::started_with(common::Options {
+        extra: "[outbox]\ninterval_ms = 100\n[outbox.file]\npath = \"outbox.jsonl\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let db = keyward_kms::db::Database::connect(&s.db.config)
+        .await
+        .unwrap();
+    let msg = NewMessage {
+        topic: "confirmation.code".into(),
+        channel: Channel::File,
+        recipient: "+4915112345678".into(),
+        subject_id: "conf-e2e".into(),
+        payload: b"Code 12345678".to_vec(),
+    };
+    let id = db
+        .write("test.enqueue", |mut tx| {
+            let msg = msg.clone();
+            async move {
+                let id = enqueue_in(&mut tx, &msg).await?;
+                Ok::<_, sqlx::Error>((tx, id))
+            }
+        })
+        .await
+        .unwrap();
+    let file = s.data.join("outbox.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if let Some(l) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(Instant::now() < deadline, "nothing delivered: {}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["message_id"], id.to_string());
+    assert_eq!(line["payload"], "Code 12345678");
+    // The log names neither recipient nor payload.
+    let log = s.log();
+    assert!(!log.contains("4915112345678") && !log.contains("12345678"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = s.metrics();
+        let sent = sample(
+            &m,
+            "keyward_outbox_deliveries_total{channel=\"file\",outcome=\"sent\"}",
+        );
+        if sent == Some(1.0) && sample(&m, "keyward_outbox_backlog") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -21,7 +21,10 @@ use keyward_config::OutboxConfig;
 use keyward_kms::db::{Database, now_ms};
 use keyward_server::metrics::Metrics;
 use keyward_server::outbox::senders::{WebhookSecret, WebhookSender};
-use keyward_server::outbox::{Channel, MessageId, NewMessage, Outbox, Senders, State, enqueue_in};
+use keyward_server::outbox::{
+    Channel, MessageId, NewMessage, Outbox, ReceiptStatus, Senders, State, enqueue_in,
+    record_receipt_in,
+};
 use keyward_tests::db::{TestDb, test_database};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -311,6 +314,25 @@ async fn a_committed_message_is_delivered_once_under_its_id() {
     assert_eq!(deliveries(&metrics, "sent"), 1);
     assert_eq!(outbox.refresh_gauges().await.unwrap().messages, 0);
     assert_eq!(metrics.outbox_backlog.get(), 0);
+
+    // The gateway's delivery receipt, recorded in the receipt route's
+    // transaction; an unknown id changes nothing.
+    let at = now_ms();
+    let (known, unknown) = db
+        .write("test.receipt", |mut tx| async move {
+            let known = record_receipt_in(&mut tx, &id, ReceiptStatus::Delivered, at).await?;
+            let unknown =
+                record_receipt_in(&mut tx, &MessageId::new(), ReceiptStatus::Failed, at).await?;
+            Ok::<_, sqlx::Error>((tx, (known, unknown)))
+        })
+        .await
+        .unwrap();
+    assert!(known && !unknown);
+    let view = &outbox.messages_of("conf-1").await.unwrap()[0];
+    assert_eq!(
+        (view.receipt_status.as_deref(), view.receipt_at_ms),
+        (Some("delivered"), Some(at))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
