@@ -177,7 +177,8 @@ pub(super) async fn record(
             "UPDATE outbox SET state = $1, \
              next_attempt_at_ms = COALESCE($2, next_attempt_at_ms), \
              last_error = COALESCE($3, last_error), sent_at_ms = $4, \
-             lease_owner = NULL, lease_until_ms = NULL \
+             lease_owner = NULL, lease_until_ms = NULL, \
+             payload = CASE WHEN $1 IN ('sent', 'gave_up') THEN $7 ELSE payload END \
              WHERE message_id = $5 AND lease_owner = $6 AND state IN ('pending', 'failed')",
         )
         .bind(state.as_str())
@@ -186,6 +187,9 @@ pub(super) async fn record(
         .bind(sent_at)
         .bind(&id)
         .bind(owner)
+        // A settled message's body is erased: a one-time code must not
+        // outlive its delivery in the database.
+        .bind(Vec::<u8>::new())
         .execute(db.pool())
     })
     .await?

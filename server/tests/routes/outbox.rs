@@ -305,6 +305,13 @@ async fn a_committed_message_is_delivered_once_under_its_id() {
         ("sent", 1, None)
     );
     assert!(view[0].sent_at_ms.is_some());
+    // Sent, its body (a one-time code) is erased from the database.
+    let kept: Vec<u8> = sqlx::query_scalar("SELECT payload FROM outbox WHERE message_id = $1")
+        .bind(id.to_string())
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(kept.is_empty());
     // The admin view carries neither recipient nor payload.
     let shown = serde_json::to_string(&view).unwrap();
     assert!(
