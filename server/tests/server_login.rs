@@ -584,3 +584,123 @@ async fn a_switch_verifies_a_terminals_macs_with_kwctl() {
         "{metrics}"
     );
 }
+
+/// Transaction confirmation end to end, over mutual TLS against a real
+/// `keyward serve`: the terminal submits, the code reaches the customer's
+/// second channel (the file sender's file, as a phone would show it), the
+/// device signs `tx ‖ code` and confirms; the execution goes out through
+/// the outbox with its own message id. A PC that alters the amount is
+/// caught as tampering.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
+    use axum::http::Method;
+    use keyward_protocol::confirmation::Code;
+    require_tool("openssl", "openssl");
+    let s = Server::started_with(common::Options {
+        extra: "[outbox]\ninterval_ms = 100\n[outbox.file]\npath = \"outbox.jsonl\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision(&[("bank-a", "tdes")]);
+    let mut dev = st.device(D1);
+    let terminal = st.terminal(&s.public, &dev, &st.chain(D1));
+    let out = terminal::login(&terminal, &mut dev, "bank-a", LoginOptions::default())
+        .await
+        .unwrap();
+    let token = out.answer().unwrap().session_token;
+
+    let tx = json!({
+        "payer_account": ACCOUNT,
+        "payee_account": "DE89370400440532013000",
+        "payee_name": "ACME GmbH",
+        "amount": 123456,
+        "currency": "EUR",
+        "reference": "Invoice 2026-118",
+    });
+    let bytes = serde_json::to_vec(&tx).unwrap();
+    let outbox_file = s.data.join("outbox.jsonl");
+    // What the customer's phone shows: the one code message delivered.
+    let code_sent = || -> Code {
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&outbox_file).unwrap_or_default();
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                if v["topic"] != "confirmation.code" {
+                    continue;
+                }
+                let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
+                let shown = payload["text"].as_str().unwrap();
+                let code = shown.lines().find_map(|l| l.strip_prefix("Code ")).unwrap();
+                return Code::parse(code.trim()).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no code delivered\n{}", s.log());
+    };
+    let sub = terminal
+        .call(Method::POST, "/v1/confirmations", Some(&tx), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(sub.status, 201, "{}", sub.body);
+    let id = sub.body["confirmation_id"].as_str().unwrap().to_owned();
+    let code = code_sent();
+
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let confirm = |tx: &[u8], code: &Code, sig: &[u8]| json!({"transaction": b64.encode(tx), "code": code.as_str(), "signature": b64.encode(sig)});
+    let path = format!("/v1/confirmations/{id}/confirm");
+    let sig = dev.sign_confirmation(&bytes, &code);
+    let done = terminal
+        .call(
+            Method::POST,
+            &path,
+            Some(&confirm(&bytes, &code, &sig)),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.body["state"], "executed");
+
+    // The execution leaves through the outbox, once.
+    let mut executions = 0;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&outbox_file).unwrap_or_default();
+        executions = text.matches("confirmation.execute").count();
+        if executions > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(executions, 1, "{}", s.log());
+
+    // The PC shows the customer one amount and hands the device another: the
+    // device signs what it was given, the server refuses it as tampered.
+    let sub = terminal
+        .call(Method::POST, "/v1/confirmations", Some(&tx), Some(&token))
+        .await
+        .unwrap();
+    let id = sub.body["confirmation_id"].as_str().unwrap().to_owned();
+    let mut altered = tx.clone();
+    altered["amount"] = json!(9_999_999);
+    let altered = serde_json::to_vec(&altered).unwrap();
+    let sig = dev.sign_confirmation(&altered, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    let refused = terminal
+        .call(
+            Method::POST,
+            &path,
+            Some(&confirm(&altered, &code, &sig)),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "confirmation_tampered");
+}
