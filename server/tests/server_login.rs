@@ -679,6 +679,11 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(executions, 1, "{}", s.log());
+    // What support sees with kwctl: executed, both deliveries, no code.
+    let shown = st.ok("alice", &["confirmation", "show", &id]);
+    assert_eq!(shown["state"], "executed", "{shown}");
+    assert_eq!(shown["deliveries"].as_array().unwrap().len(), 2, "{shown}");
+    assert!(!shown.to_string().contains(code.as_str()), "{shown}");
 
     // The PC shows the customer one amount and hands the device another: the
     // device signs what it was given, the server refuses it as tampered.

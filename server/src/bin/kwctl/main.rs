@@ -14,6 +14,7 @@ mod agent;
 mod audit;
 mod ca;
 mod client;
+mod confirmation;
 mod customer;
 mod device;
 mod issuer;
@@ -141,6 +142,9 @@ enum Command {
     /// Customer applications (maker-checker) and customers.
     #[command(subcommand)]
     Customer(customer::CustomerCommand),
+    /// Transaction confirmations over a second channel.
+    #[command(subcommand)]
+    Confirmation(confirmation::ConfirmationCommand),
     /// The audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key::run(&ctx, cmd).await,
         Command::Bind(args) => device::bind(&ctx, args).await,
         Command::Customer(cmd) => customer::run(&ctx, cmd).await,
+        Command::Confirmation(cmd) => confirmation::run(&ctx, cmd).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd).await,
     }
 }
