@@ -11,6 +11,7 @@
 //! - [`decimal_digit`]: the value of a digit of any script, so `١٢٣` is
 //!   `123`.
 
+use keyward_protocol::invisible;
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::mixed_script::AugmentedScriptSet;
 
@@ -96,37 +97,6 @@ pub fn decimal_digit(c: char) -> Option<u32> {
         first -= 1;
     }
     Some((c as u32 - first) % 10)
-}
-
-/// Characters refused in names: controls (Cc), format characters (Cf: zero
-/// width space and joiners, bidi embeddings, overrides and isolates, the
-/// BOM, soft hyphen), line and paragraph separators, private-use, surrogate
-/// and unassigned code points, and the default-ignorable characters that are
-/// not Cf (combining grapheme joiner, Hangul fillers, variation selectors).
-fn invisible(c: char) -> bool {
-    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
-    matches!(
-        c.general_category(),
-        G::Control
-            | G::Format
-            | G::LineSeparator
-            | G::ParagraphSeparator
-            | G::PrivateUse
-            | G::Surrogate
-            | G::Unassigned
-    ) || matches!(
-        c,
-        '\u{034F}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FFA0}'
-            | '\u{E0100}'..='\u{E01EF}'
-    )
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ mod error;
 
 pub use confirmation::{
     Amount, Code, Currency, Origin, PayeeCheck, PayeePolicy, Received, Rendered, Rules,
-    SmsEncoding, Transaction, render, signed_message,
+    SmsEncoding, Transaction, invisible, render, signed_message,
 };
 pub use error::ProtocolError;
 

@@ -9,7 +9,7 @@ mod transaction;
 
 pub use code::Code;
 pub use render::{Origin, Rendered, SmsEncoding, render};
-pub use text::{PayeeCheck, PayeePolicy, skeleton};
+pub use text::{PayeeCheck, PayeePolicy, invisible, skeleton};
 pub use transaction::{Amount, Currency, Received, Rules, Transaction};
 
 /// The bytes a device signs to confirm a transaction: `tx || code`, where

@@ -87,40 +87,44 @@ pub(crate) fn check(s: &str, field: &'static str, max_chars: usize) -> Result<()
 }
 
 /// Characters that can make a message show something other than what was
-/// sent: controls (Cc: new lines would let a reference forge lines of the
-/// message), format characters (Cf: bidi embeddings, overrides, isolates and
-/// marks U+202A–202E, U+2066–2069, U+200E/200F, U+061C, which reorder the
-/// digits a reader sees; zero-width spaces and joiners; the BOM; soft
-/// hyphen), every space but U+0020 (a no-break or ideographic space hides a
-/// double space), line and paragraph separators, private-use, surrogate and
-/// unassigned code points, and the default-ignorable characters that are not
-/// Cf (combining grapheme joiner, Hangul fillers, variation selectors).
+/// sent: every space but U+0020 (a no-break or ideographic space hides a
+/// double space), and the [`invisible`] ones.
 pub(crate) fn forbidden(c: char) -> bool {
-    let category = c.general_category();
-    (category == G::SpaceSeparator && c != ' ')
-        || matches!(
-            category,
-            G::Control
-                | G::Format
-                | G::LineSeparator
-                | G::ParagraphSeparator
-                | G::PrivateUse
-                | G::Surrogate
-                | G::Unassigned
-        )
-        || matches!(
-            c,
-            '\u{034F}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{17B4}'
-                | '\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{3164}'
-                | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FFA0}'
-                | '\u{E0100}'..='\u{E01EF}'
-        )
+    (c.general_category() == G::SpaceSeparator && c != ' ') || invisible(c)
+}
+
+/// Characters that render as nothing or reorder what is shown: controls (Cc:
+/// new lines would let a reference forge lines of a message), format
+/// characters (Cf: bidi embeddings, overrides, isolates and marks
+/// U+202A–202E, U+2066–2069, U+200E/200F, U+061C, which reorder the digits a
+/// reader sees; zero-width spaces and joiners; the BOM; soft hyphen), line
+/// and paragraph separators, private-use, surrogate and unassigned code
+/// points, and the default-ignorable characters that are not Cf (combining
+/// grapheme joiner, Hangul fillers, variation selectors). The one rule for
+/// names shown to people, here and in the CA's names.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        G::Control
+            | G::Format
+            | G::LineSeparator
+            | G::ParagraphSeparator
+            | G::PrivateUse
+            | G::Surrogate
+            | G::Unassigned
+    ) || matches!(
+        c,
+        '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
 }
 
 #[cfg(test)]
