@@ -455,24 +455,46 @@ impl Confirmations {
         })
     }
 
-    /// A wrong answer: counted (the last one closes it), always the one
-    /// refusal.
+    /// A wrong answer: counted, always the one refusal. The attempt that
+    /// closes the confirmation as failed is a decision: its audit record
+    /// commits with it (each refusal is recorded by [`Self::confirm`] too).
     async fn wrong(&self, device: &Device, stored: &store::Stored) -> Result<Executed> {
         let now = now_ms();
+        let audit = &self.0.audit;
+        let closed = event(
+            "confirmation.failed",
+            device,
+            json!({ "confirmation": stored.id, "attempts": stored.max_attempts }),
+        );
+        let closed = &closed;
         let counted = self
             .db()
             .write("confirmation.attempt", |mut dbtx| async move {
                 let c = store::count_attempt_in(&mut dbtx, &stored.id, now).await?;
+                if c == store::Counted::Closed {
+                    let outcome = Outcome::Refused {
+                        code: "confirmation_refused",
+                    };
+                    audit
+                        .stage_in(
+                            &mut dbtx,
+                            &device.actor,
+                            closed,
+                            outcome,
+                            &device.request_id,
+                        )
+                        .await?;
+                }
                 Ok::<_, ConfirmError>((dbtx, c))
             })
             .await?;
         tracing::debug!(confirmation = %stored.id, ?counted, "confirmation attempt refused");
-        let _ = device;
-        self.count(if counted == store::Counted::Closed {
-            "failed"
+        if counted == store::Counted::Closed {
+            let _ = audit.flush_staged().await;
+            self.count("failed");
         } else {
-            "refused"
-        });
+            self.count("refused");
+        }
         Err(ConfirmError::Refused)
     }
 

@@ -228,6 +228,7 @@ async fn wrong_codes_and_bad_signatures_run_out_with_one_answer() {
             .refused(StatusCode::FORBIDDEN, "confirmation_refused");
     }
     assert_eq!(state_of(&app, &id).await, "failed");
+    assert!(app.audited("confirmation.failed", "refused").await);
     // The right code after the attempts ran out: the same answer.
     let sig = d.sign_confirmation(&t, &code);
     post(
