@@ -164,6 +164,20 @@ impl Confirmations {
             })
             .collect::<std::result::Result<Vec<_>, ConfigProblem>>()?;
         let executor_channel = channel("executor_channel", &config.executor_channel)?;
+        // A channel without a sender ends its messages `gave_up`: say so at
+        // start, not at the first customer's missing code.
+        let unsent = channels
+            .iter()
+            .map(|(kind, c)| (kind.as_str(), *c, config.gateway.as_str()))
+            .chain([("executor", executor_channel, config.executor.as_str())])
+            .filter(|(_, c, to)| !outbox.can_send(*c, to));
+        for (what, c, _) in unsent {
+            tracing::warn!(
+                what,
+                channel = c.as_str(),
+                "confirmation messages have no configured outbox sender: they will be given up"
+            );
+        }
         Ok(Self(Arc::new(Parts {
             kms,
             provisioning,
