@@ -79,6 +79,19 @@ async fn state_of(app: &App, id: &str) -> String {
         .unwrap()
 }
 
+/// `POST path` (a confirm route) with `tx`, `code` and the signature.
+async fn confirm(
+    app: &App,
+    who: &ClientIdentity,
+    token: &str,
+    path: &str,
+    tx: &[u8],
+    code: &str,
+    signature: &[u8],
+) -> Answer {
+    post(app, who, token, path, confirm_body(tx, code, signature)).await
+}
+
 fn confirm_body(tx: &[u8], code: &str, signature: &[u8]) -> Vec<u8> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -107,27 +120,14 @@ async fn an_honest_confirmation_executes_once() {
     let code = code_sent(&app, &id).await;
     let sig = d.sign_confirmation(&t, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
-    let a = post(
-        &app,
-        &who,
-        &token,
-        &path,
-        confirm_body(&t, code.as_str(), &sig),
-    )
-    .await;
+    let a = confirm(&app, &who, &token, &path, &t, code.as_str(), &sig).await;
     assert_eq!(a.expect(StatusCode::OK)["state"], "executed");
     assert_eq!(state_of(&app, &id).await, "executed");
     // Once: the same confirmation again is refused, and one execution is
     // queued for the executor.
-    post(
-        &app,
-        &who,
-        &token,
-        &path,
-        confirm_body(&t, code.as_str(), &sig),
-    )
-    .await
-    .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    confirm(&app, &who, &token, &path, &t, code.as_str(), &sig)
+        .await
+        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
     let executions: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM outbox WHERE subject_id = $1 AND topic = 'confirmation.execute'",
     )
@@ -159,15 +159,9 @@ async fn a_transaction_the_pc_altered_is_tampered() {
     let altered = tx(&account, json!(100000));
     let sig = d.sign_confirmation(&altered, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
-    post(
-        &app,
-        &who,
-        &token,
-        &path,
-        confirm_body(&altered, code.as_str(), &sig),
-    )
-    .await
-    .refused(StatusCode::CONFLICT, "confirmation_tampered");
+    confirm(&app, &who, &token, &path, &altered, code.as_str(), &sig)
+        .await
+        .refused(StatusCode::CONFLICT, "confirmation_tampered");
     assert_eq!(state_of(&app, &id).await, "tampered");
     assert!(
         app.audited("security.transaction_tampered", "refused")
@@ -175,15 +169,9 @@ async fn a_transaction_the_pc_altered_is_tampered() {
     );
     // Closed for good: the honest bytes no longer help.
     let sig = d.sign_confirmation(&t, &code);
-    post(
-        &app,
-        &who,
-        &token,
-        &path,
-        confirm_body(&t, code.as_str(), &sig),
-    )
-    .await
-    .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    confirm(&app, &who, &token, &path, &t, code.as_str(), &sig)
+        .await
+        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
 
     let id = submit(&app, &who, &token, t.clone()).await;
     let code = code_sent(&app, &id).await;
@@ -191,15 +179,9 @@ async fn a_transaction_the_pc_altered_is_tampered() {
     spaced.push(b' ');
     let sig = d.sign_confirmation(&spaced, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
-    post(
-        &app,
-        &who,
-        &token,
-        &path,
-        confirm_body(&spaced, code.as_str(), &sig),
-    )
-    .await
-    .refused(StatusCode::CONFLICT, "confirmation_tampered");
+    confirm(&app, &who, &token, &path, &spaced, code.as_str(), &sig)
+        .await
+        .refused(StatusCode::CONFLICT, "confirmation_tampered");
 }
 
 #[tokio::test]
@@ -223,7 +205,7 @@ async fn wrong_codes_and_bad_signatures_run_out_with_one_answer() {
         ("1234".to_owned(), d.sign_confirmation(&t, &wrong)),
         (code.as_str().to_owned(), other.sign_confirmation(&t, &code)),
     ] {
-        post(&app, &who, &token, &path, confirm_body(&t, &c, &sig))
+        confirm(&app, &who, &token, &path, &t, &c, &sig)
             .await
             .refused(StatusCode::FORBIDDEN, "confirmation_refused");
     }
@@ -231,15 +213,9 @@ async fn wrong_codes_and_bad_signatures_run_out_with_one_answer() {
     assert!(app.audited("confirmation.failed", "refused").await);
     // The right code after the attempts ran out: the same answer.
     let sig = d.sign_confirmation(&t, &code);
-    post(
-        &app,
-        &who,
-        &token,
-        &path,
-        confirm_body(&t, code.as_str(), &sig),
-    )
-    .await
-    .refused(StatusCode::FORBIDDEN, "confirmation_refused");
+    confirm(&app, &who, &token, &path, &t, code.as_str(), &sig)
+        .await
+        .refused(StatusCode::FORBIDDEN, "confirmation_refused");
 }
 
 #[tokio::test]
