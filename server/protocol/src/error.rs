@@ -42,6 +42,10 @@ pub enum ProtocolError {
     CodeMalformed,
     #[error("an origin is a lower-case ASCII host name")]
     OriginInvalid,
+    #[error("the load {0} message is truncated, too long or not that message")]
+    LoadMalformed(&'static str),
+    #[error("the load message is of a format version this server does not speak")]
+    LoadVersion,
 }
 
 impl ProtocolError {
@@ -64,6 +68,8 @@ impl ProtocolError {
         "payee_line_too_long",
         "code_malformed",
         "origin_invalid",
+        "load_malformed",
+        "load_version",
     ];
 
     /// The stable machine-readable code.
@@ -86,6 +92,8 @@ impl ProtocolError {
             Self::PayeeLineTooLong => "payee_line_too_long",
             Self::CodeMalformed => "code_malformed",
             Self::OriginInvalid => "origin_invalid",
+            Self::LoadMalformed(_) => "load_malformed",
+            Self::LoadVersion => "load_version",
         }
     }
 }
@@ -120,6 +128,8 @@ mod tests {
             E::PayeeLineTooLong,
             E::CodeMalformed,
             E::OriginInvalid,
+            E::LoadMalformed("request"),
+            E::LoadVersion,
         ];
         let codes: Vec<&str> = all.iter().map(E::code).collect();
         assert_eq!(codes, E::CODES);

@@ -27,6 +27,7 @@
 
 pub mod confirmation;
 mod error;
+pub mod load;
 
 pub use confirmation::{
     Amount, Code, Currency, Origin, PayeeCheck, PayeePolicy, Received, Rendered, Rules,
