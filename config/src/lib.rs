@@ -17,6 +17,7 @@
 pub mod bulk;
 mod ca;
 mod confirmation;
+mod load;
 mod database;
 mod hsm;
 mod log;
@@ -34,6 +35,7 @@ use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
 pub use confirmation::ConfirmationConfig;
+pub use load::LoadConfig;
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
 pub use log::{LogConfig, LogFormat};
@@ -98,6 +100,8 @@ pub struct Config {
     pub confirmation: ConfirmationConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub load: LoadConfig,
 }
 
 /// serde's `default = "…"` wants a function.
@@ -173,6 +177,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.online.validate()?;
         self.confirmation.validate()?;
+        self.load.validate()?;
         self.outbox.validate()?;
         self.provisioning.validate()?;
         self.hsm.validate()?;

@@ -192,6 +192,29 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         record(&o.audit, "confirmation", &what).await?;
         report.created.push(what);
     }
+    for (label, what, component) in [
+        (
+            crate::load::PERMIT_KEY_LABEL,
+            "load permit signing key",
+            "load",
+        ),
+        (
+            crate::ledger::CHECKPOINT_KEY_LABEL,
+            "ledger checkpoint signing key",
+            "ledger",
+        ),
+    ] {
+        let (_, created) = o
+            .kms
+            .ensure_signing_key(label, KeyPairKind::P256)
+            .await
+            .with_context(|| format!("the {what}"))?;
+        if created {
+            let what = format!("{what} {label} (HSM, P-256)");
+            record(&o.audit, component, &what).await?;
+            report.created.push(what);
+        }
+    }
     let r = &o.ca_report;
     for (done, what) in [
         (r.root_key_created, "CA root key keyward/ca/root (HSM)"),

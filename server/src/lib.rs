@@ -49,6 +49,8 @@ pub mod confirmation;
 pub mod edge;
 pub mod http;
 pub mod jobs;
+pub mod ledger;
+pub mod load;
 pub mod metrics;
 pub mod migrate;
 pub mod online;

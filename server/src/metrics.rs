@@ -39,6 +39,15 @@ pub struct Metrics {
     pub security_events: IntCounterVec,
     /// Transaction confirmations by outcome (docs/protocol.md §11).
     pub confirmations: IntCounterVec,
+    /// E-purse load steps by outcome (docs/protocol.md §13).
+    pub loads: IntCounterVec,
+    /// Loads by state, and the amount they hold (minor units, all
+    /// currencies summed: a gauge to alert on, the ledger is the account).
+    pub loads_in_state: IntGaugeVec,
+    pub loads_amount_in_state: IntGaugeVec,
+    /// Seconds the oldest overdue pending load has waited past its timeout
+    /// (0 when none): the sweeper's lag.
+    pub load_sweeper_lag_seconds: IntGauge,
     /// 503 answers because a dependency (`database`, `hsm`) was away or full.
     pub dependency_unavailable: IntCounterVec,
     pub crl_age_seconds: IntGauge,
@@ -114,6 +123,17 @@ fn counter_vec(
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     let g = IntGauge::with_opts(Opts::new(name, help))?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -220,6 +240,29 @@ impl Metrics {
                 "keyward_confirmations_total",
                 "Transaction confirmations by outcome: submitted, submit_refused, executed, refused (wrong or expired code, bad signature), failed (attempts ran out), tampered.",
                 &["outcome"],
+            )?,
+            loads: counter_vec(
+                &r,
+                "keyward_loads_total",
+                "E-purse load steps by outcome: permitted, refused, posted, voided (failure report or proven not applied), doubtful (voided without proof: timeout or bad report), late_applied, not_applied, report_refused.",
+                &["outcome"],
+            )?,
+            loads_in_state: gauge_vec(
+                &r,
+                "keyward_loads",
+                "E-purse loads by state (pending = in flight, doubtful = awaiting the purse's proof).",
+                &["state"],
+            )?,
+            loads_amount_in_state: gauge_vec(
+                &r,
+                "keyward_loads_amount_minor",
+                "Amount held by e-purse loads by state, minor units of every currency summed.",
+                &["state"],
+            )?,
+            load_sweeper_lag_seconds: gauge(
+                &r,
+                "keyward_load_sweeper_lag_seconds",
+                "Seconds the oldest pending load has waited past its report timeout (0: none overdue).",
             )?,
             dependency_unavailable: counter_vec(
                 &r,
@@ -395,6 +438,13 @@ impl Metrics {
         }
         for outcome in crate::confirmation::OUTCOMES {
             m.confirmations.with_label_values(&[outcome]);
+        }
+        for outcome in crate::load::OUTCOMES {
+            m.loads.with_label_values(&[outcome]);
+        }
+        for state in crate::load::State::ALL {
+            m.loads_in_state.with_label_values(&[state.as_str()]);
+            m.loads_amount_in_state.with_label_values(&[state.as_str()]);
         }
         Ok(m)
     }

@@ -72,6 +72,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "confirmations",
             include_str!("../migrations/sqlite/2050_confirmations.sql"),
         ),
+        (
+            2060,
+            "ledger and e-purse loads",
+            include_str!("../migrations/sqlite/2060_ledger_loads.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -128,6 +133,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2050,
             "confirmations",
             include_str!("../migrations/postgres/2050_confirmations.sql"),
+        ),
+        (
+            2060,
+            "ledger and e-purse loads",
+            include_str!("../migrations/postgres/2060_ledger_loads.sql"),
         ),
     ],
 };

@@ -11,6 +11,8 @@ use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
 use crate::confirmation::Confirmations;
+use crate::ledger::Ledger;
+use crate::load::Loads;
 use crate::edge::tls::TlsState;
 use crate::metrics::Metrics;
 use crate::online::{CrlReload, Online};
@@ -30,6 +32,10 @@ pub struct Inner {
     pub online: Online,
     /// Transaction confirmation over a second channel.
     pub confirmations: Confirmations,
+    /// The e-purse load.
+    pub loads: Loads,
+    /// The ledger: accounts, credits, sealing and verification.
+    pub ledger: Ledger,
     /// Messages protocol steps enqueue, and their delivery.
     pub outbox: Outbox,
     pub audit: AuditLog,
@@ -84,9 +90,24 @@ impl AppState {
             outbox.clone(),
             config.confirmation.clone(),
         )?;
+        let loads = Loads::new(
+            kms.clone(),
+            provisioning.clone(),
+            audit.clone(),
+            metrics.clone(),
+            config.load.clone(),
+        );
+        let ledger = Ledger::new(
+            kms.clone(),
+            provisioning.clone(),
+            audit.clone(),
+            config.load.clone(),
+        );
         Ok(Self(Arc::new(Inner {
             online,
             confirmations,
+            loads,
+            ledger,
             outbox,
             config,
             kms,

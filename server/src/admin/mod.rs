@@ -25,6 +25,7 @@
 
 mod certificates;
 mod confirmations;
+mod ledger;
 mod customers;
 mod devices;
 mod health;
@@ -123,6 +124,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/applications/{id}/close", post(customers::close))
         .route("/admin/v1/customers/{id}", get(customers::show))
         .route("/admin/v1/confirmations/{id}", get(confirmations::show))
+        .route("/admin/v1/accounts", post(ledger::create_account))
+        .route("/admin/v1/accounts/{id}", get(ledger::show_account))
+        .route("/admin/v1/accounts/{id}/credits", post(ledger::credit))
+        .route("/admin/v1/accounts/{id}/statement", get(ledger::statement))
+        .route("/admin/v1/credits/{id}/approve", post(ledger::approve_credit))
+        .route("/admin/v1/ledger/verify", get(ledger::verify))
+        .route("/admin/v1/loads", get(ledger::list_loads))
+        .route("/admin/v1/loads/{id}", get(ledger::show_load))
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
         .route("/admin/v1/audit/checkpoint", get(trail::checkpoint))

@@ -88,6 +88,8 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("unknown_field", StatusCode::BAD_REQUEST),
     ("field_missing", StatusCode::BAD_REQUEST),
     ("field_invalid", StatusCode::BAD_REQUEST),
+    ("load_malformed", StatusCode::BAD_REQUEST),
+    ("load_version", StatusCode::BAD_REQUEST),
     // 401, 403: who the caller is, or what it may do.
     ("client_certificate_required", StatusCode::UNAUTHORIZED),
     ("forbidden_role", StatusCode::FORBIDDEN),
@@ -115,6 +117,9 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("session_certificate_mismatch", StatusCode::FORBIDDEN),
     ("payer_account_not_held", StatusCode::FORBIDDEN),
     ("confirmation_refused", StatusCode::FORBIDDEN),
+    ("load_signature_invalid", StatusCode::FORBIDDEN),
+    ("load_device_mismatch", StatusCode::FORBIDDEN),
+    ("load_report_mismatch", StatusCode::FORBIDDEN),
     // 404, 405: no such thing.
     ("not_found", StatusCode::NOT_FOUND),
     ("unknown_serial", StatusCode::NOT_FOUND),
@@ -125,6 +130,10 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("unknown_customer", StatusCode::NOT_FOUND),
     ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
     ("unknown_confirmation", StatusCode::NOT_FOUND),
+    ("unknown_load", StatusCode::NOT_FOUND),
+    ("unknown_credit", StatusCode::NOT_FOUND),
+    ("account_not_found", StatusCode::NOT_FOUND),
+    ("transfer_not_found", StatusCode::NOT_FOUND),
     // 408, 413, 415: the body.
     ("body_timeout", StatusCode::REQUEST_TIMEOUT),
     ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
@@ -160,6 +169,20 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("conflict", StatusCode::CONFLICT),
     ("audit_chain_broken", StatusCode::CONFLICT),
     ("confirmation_tampered", StatusCode::CONFLICT),
+    ("load_sequence_stale", StatusCode::CONFLICT),
+    ("load_sequence_conflict", StatusCode::CONFLICT),
+    ("load_finished", StatusCode::CONFLICT),
+    ("exceeds_balance", StatusCode::CONFLICT),
+    ("already_posted", StatusCode::CONFLICT),
+    ("already_voided", StatusCode::CONFLICT),
+    ("not_pending", StatusCode::CONFLICT),
+    ("not_doubtful", StatusCode::CONFLICT),
+    ("already_reconciled", StatusCode::CONFLICT),
+    ("exists_with_different_amount", StatusCode::CONFLICT),
+    ("exists_with_different_accounts", StatusCode::CONFLICT),
+    ("account_exists", StatusCode::CONFLICT),
+    ("account_kind_mismatch", StatusCode::CONFLICT),
+    ("account_mismatch", StatusCode::CONFLICT),
     // 422: well-formed, refused as a whole.
     ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
     ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),
@@ -172,6 +195,14 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("text_not_nfc", StatusCode::UNPROCESSABLE_ENTITY),
     ("payee_confusable", StatusCode::UNPROCESSABLE_ENTITY),
     ("payee_line_too_long", StatusCode::UNPROCESSABLE_ENTITY),
+    ("currency_mismatch", StatusCode::UNPROCESSABLE_ENTITY),
+    ("amount_not_positive", StatusCode::UNPROCESSABLE_ENTITY),
+    ("amount_exceeds_maximum", StatusCode::UNPROCESSABLE_ENTITY),
+    ("currency_invalid", StatusCode::UNPROCESSABLE_ENTITY),
+    ("account_id_invalid", StatusCode::UNPROCESSABLE_ENTITY),
+    ("transfer_id_invalid", StatusCode::UNPROCESSABLE_ENTITY),
+    ("floor_invalid", StatusCode::UNPROCESSABLE_ENTITY),
+    ("overflow", StatusCode::UNPROCESSABLE_ENTITY),
     // 429: a device refused too often, until its refusal window ends
     // (`Retry-After`).
     ("too_many_refusals", StatusCode::TOO_MANY_REQUESTS),
@@ -188,6 +219,10 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("ca_self_check", StatusCode::INTERNAL_SERVER_ERROR),
     ("certificate_encoding", StatusCode::INTERNAL_SERVER_ERROR),
     ("ocsp_encoding", StatusCode::INTERNAL_SERVER_ERROR),
+    // A posting the server built wrong: its bug, nothing was written.
+    ("unbalanced_posting", StatusCode::INTERNAL_SERVER_ERROR),
+    ("posting_empty", StatusCode::INTERNAL_SERVER_ERROR),
+    ("posting_mixes_transfers", StatusCode::INTERNAL_SERVER_ERROR),
     ("hsm_mechanism_missing", StatusCode::NOT_IMPLEMENTED),
     // 503: retry later (`Retry-After`).
     ("timeout", StatusCode::SERVICE_UNAVAILABLE),
@@ -384,6 +419,12 @@ impl From<OnlineError> for ApiError {
 
 impl From<crate::confirmation::ConfirmError> for ApiError {
     fn from(e: crate::confirmation::ConfirmError) -> Self {
+        Self::from_kind(e.kind(), e.code(), e)
+    }
+}
+
+impl From<crate::load::LoadError> for ApiError {
+    fn from(e: crate::load::LoadError) -> Self {
         Self::from_kind(e.kind(), e.code(), e)
     }
 }

@@ -298,6 +298,9 @@ pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
         refusal_windows_job(state),
         crate::outbox::drain_job(state),
         crate::outbox::gauges_job(state),
+        crate::load::sweeper_job(state),
+        crate::load::gauges_job(state),
+        crate::ledger::seal_job(state),
     ]
 }
 

@@ -19,11 +19,14 @@
 //! - `session`: `GET|DELETE /v1/session`, behind
 //!   [`session::require_session`] like every session-bound route.
 //! - `transactions`: `POST /v1/transactions` (session-bound).
+//! - `loads`: `POST /v1/loads`, `POST /v1/loads/{id}/report`,
+//!   `POST /v1/loads/status` (session-bound): the e-purse load.
 //! - `confirmations`: `POST /v1/confirmations`,
 //!   `POST /v1/confirmations/{id}/confirm` (session-bound): transaction
 //!   confirmation over a second channel.
 
 mod confirmations;
+mod loads;
 mod login;
 mod ping;
 pub mod session;
@@ -60,7 +63,10 @@ pub fn router(state: AppState) -> Router {
                 .route(
                     "/v1/confirmations/{id}/confirm",
                     post(confirmations::confirm),
-                ),
+                )
+                .route("/v1/loads", post(loads::request))
+                .route("/v1/loads/status", post(loads::status))
+                .route("/v1/loads/{id}/report", post(loads::report)),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

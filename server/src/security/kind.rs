@@ -13,15 +13,24 @@ pub enum SecurityKind {
     /// A device signed a transaction other than the one the server received
     /// for it (seed CN101184107A: the PC altered what it passed on).
     TransactionTampered,
+    /// A device's load report did not verify, named another load, or its
+    /// wallet balance did not add up (seed CN101211451A): the load is
+    /// voided as doubtful and settled by what the purse proves next.
+    LoadReportInvalid,
 }
 
 impl SecurityKind {
-    pub const ALL: [SecurityKind; 2] = [Self::KcvMismatch, Self::TransactionTampered];
+    pub const ALL: [SecurityKind; 3] = [
+        Self::KcvMismatch,
+        Self::TransactionTampered,
+        Self::LoadReportInvalid,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::KcvMismatch => "kcv_mismatch",
             Self::TransactionTampered => "transaction_tampered",
+            Self::LoadReportInvalid => "load_report_invalid",
         }
     }
 }

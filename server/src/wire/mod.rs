@@ -32,6 +32,7 @@ pub mod confirmations;
 pub mod customers;
 pub mod devices;
 pub mod issuers;
+pub mod loads;
 pub mod login;
 pub mod macs;
 pub mod transactions;
