@@ -623,6 +623,25 @@ mod tests {
         assert!(codes(&b).contains(&"i6_unknown_account"));
     }
 
+    /// Rows read back into a book check the same as the book that wrote them.
+    #[test]
+    fn a_book_from_stored_rows_checks_the_same() {
+        let (mut b, c) = book();
+        b.open_pending(&c, tid(1), amount(30)).unwrap();
+        b.void(&tid(1), VoidReason::Timeout).unwrap();
+        let rows = Book::from_parts(
+            b.accounts().cloned(),
+            b.transfers().cloned(),
+            b.sealed.iter().cloned(),
+        );
+        assert_eq!(rows.check(), []);
+        assert_eq!(rows.head(), b.head());
+        let mut missing = b.sealed.clone();
+        missing.remove(2);
+        let rows = Book::from_parts(b.accounts().cloned(), b.transfers().cloned(), missing);
+        assert!(codes(&rows).contains(&"i7_chain_broken"));
+    }
+
     #[test]
     fn violation_codes_are_distinct() {
         let t = tid(1);

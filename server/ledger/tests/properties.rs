@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use keyward_ledger::{
-    Account, AccountId, AccountKind, Amount, Applied, Balance, Book, Currency, Refusal, Transfer,
-    TransferId, TransferKind, TransferState, VoidReason,
+    Account, AccountId, AccountKind, Amount, Applied, Balance, Book, Currency, Payer,
+    Reconciliation, Refusal, Transfer, TransferId, TransferKind, TransferState, VoidReason,
 };
 use proptest::prelude::*;
 
@@ -348,4 +348,78 @@ proptest! {
             prop_assert_eq!(b.account(&in_flight).map_or(0, |a| a.balance.minor_units()), 0);
         }
     }
+}
+
+/// The lost-report drill in the ledger alone: 1,000 loads, every one applied
+/// by the purse, 10 % of the reports lost so that the load times out. At the
+/// device's next contact each of those is late-applied, from the receivable
+/// when the customer spent the credit-back meanwhile. No money is created:
+/// the float holds exactly what the purse received.
+#[test]
+fn lost_report_drill() {
+    let mut b = new_book();
+    let c = customer_id(0);
+    let eur = currency(0);
+    let id = |n: u32| {
+        let mut bytes = [0u8; 16];
+        bytes[12..].copy_from_slice(&n.to_be_bytes());
+        TransferId::from_bytes(bytes)
+    };
+    let amount_of = |n: u32| Amount::new(i64::from(n % 997) + 1).unwrap();
+    let total: i64 = (0..1_000).map(|n| amount_of(n).minor_units()).sum();
+    b.credit_external(&c, id(1_000_000), Amount::new(total).unwrap())
+        .unwrap();
+
+    let mut lost = Vec::new();
+    let mut top_up = None;
+    for n in 0..1_000u32 {
+        // The next contact reconciles the previous lost report first.
+        for doubtful in lost.drain(..) {
+            assert_eq!(b.reconcile_late(&doubtful), Ok(Applied::Moved));
+        }
+        // Money the customer spent comes back in, after the reconciliation.
+        if let Some(amount) = top_up.take() {
+            b.credit_external(&c, id(3_000_000 + n), amount).unwrap();
+        }
+        assert_eq!(b.open_pending(&c, id(n), amount_of(n)), Ok(Applied::Moved));
+        if n % 10 == 7 {
+            b.void(&id(n), VoidReason::Timeout).unwrap();
+            lost.push(id(n));
+            if n % 50 == 7 {
+                // The customer spends the credit-back before the next contact.
+                let balance = b.account(&c).unwrap().balance.minor_units();
+                let balance = Amount::new(balance).unwrap();
+                b.debit_external(&c, id(2_000_000 + n), balance).unwrap();
+                top_up = Some(balance);
+            }
+        } else {
+            b.post(&id(n)).unwrap();
+        }
+    }
+    for doubtful in lost.drain(..) {
+        b.reconcile_late(&doubtful).unwrap();
+    }
+    assert_eq!(b.check(), []);
+
+    let balance = |kind| {
+        let a = AccountId::system(kind, eur).unwrap();
+        b.account(&a).unwrap().balance.minor_units()
+    };
+    assert_eq!(balance(AccountKind::Float), total);
+    assert_eq!(balance(AccountKind::LoadsInFlight), 0);
+    let late: Vec<&Transfer> = b
+        .transfers()
+        .filter(|t| matches!(t.reconciliation, Reconciliation::LateApplied(_)))
+        .collect();
+    assert_eq!(late.len(), 100);
+    // What the customer could not pay is owed, and visible; the customer
+    // holds exactly that much.
+    let owed = -balance(AccountKind::Receivable);
+    assert!(owed > 0);
+    assert_eq!(b.account(&c).unwrap().balance.minor_units(), owed);
+    let from_receivable = late
+        .iter()
+        .filter(|t| t.reconciliation == Reconciliation::LateApplied(Payer::Receivable))
+        .count();
+    assert_eq!(from_receivable, 20);
 }
