@@ -262,7 +262,7 @@ mod tests {
             Ok(Amount::MAX)
         );
         assert_eq!(Amount::new(1).map(Amount::minor_units), Ok(1));
-        let max = Amount::new(Amount::MAX).unwrap_or_else(|_| unreachable!());
+        let max = Amount::new(Amount::MAX).unwrap();
         assert_eq!(max.checked_add(max), Err(Refusal::AmountExceedsMaximum));
     }
 
@@ -274,14 +274,14 @@ mod tests {
             Delta::from_minor_units(-Amount::MAX - 1),
             Err(Refusal::AmountExceedsMaximum)
         );
-        let d = Delta::from_minor_units(-7).unwrap_or_else(|_| unreachable!());
+        let d = Delta::from_minor_units(-7).unwrap();
         assert!(d.is_debit());
         assert_eq!(d.amount().minor_units(), 7);
     }
 
     #[test]
     fn balance_arithmetic_is_checked() {
-        let one = Amount::new(1).unwrap_or_else(|_| unreachable!());
+        let one = Amount::new(1).unwrap();
         assert_eq!(
             Balance::new(i64::MAX).checked_add(one),
             Err(Refusal::Overflow)

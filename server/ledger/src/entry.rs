@@ -152,23 +152,20 @@ impl Posting {
         self.0
     }
 
-    /// The net change this posting makes to `account`, if any: what the
-    /// server adds to a stored balance and reports as "balance after".
-    pub fn delta_for(&self, account: &AccountId) -> Option<i64> {
-        let mut touched = false;
-        let mut sum = 0i64;
-        for e in self.0.iter().filter(|e| &e.account == account) {
-            touched = true;
-            sum = sum.saturating_add(e.delta.minor_units());
-        }
-        touched.then_some(sum)
+    /// `account`'s balance after this posting: what the server stores and
+    /// reports as "the balance after it".
+    pub fn balance_after(&self, account: &crate::Account) -> Result<crate::Balance, Refusal> {
+        self.0
+            .iter()
+            .filter(|e| e.account == account.id)
+            .try_fold(account.balance, |b, e| b.apply(e.delta))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AccountKind, Amount};
+    use crate::{Account, AccountKind, Balance};
 
     fn entry(transfer: u8, account: &str, currency: &str, delta: i64) -> Entry {
         Entry {
@@ -205,8 +202,12 @@ mod tests {
             Err(Refusal::PostingMixesTransfers)
         );
         let p = Posting::new(vec![entry(1, "A", "EUR", -5), entry(1, "B", "EUR", 5)]).unwrap();
-        assert_eq!(p.delta_for(&"A".parse().unwrap()), Some(-5));
-        assert_eq!(p.delta_for(&"C".parse().unwrap()), None);
+        let mut a =
+            Account::customer("A".parse().unwrap(), "EUR".parse().unwrap(), Balance::ZERO).unwrap();
+        a.balance = Balance::new(7);
+        assert_eq!(p.balance_after(&a), Ok(Balance::new(2)));
+        a.id = "C".parse().unwrap();
+        assert_eq!(p.balance_after(&a), Ok(Balance::new(7)));
     }
 
     #[test]
@@ -231,6 +232,5 @@ mod tests {
         assert!(!EntryKind::Open.may_touch(AccountKind::Float, true));
         assert!(!EntryKind::Void.may_touch(AccountKind::Float, true));
         assert!(!EntryKind::CreditExternal.may_touch(AccountKind::Float, true));
-        let _ = Amount::new(1);
     }
 }

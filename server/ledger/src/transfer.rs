@@ -222,6 +222,30 @@ impl Transfer {
             && self.reconciliation == Reconciliation::None
     }
 
+    /// Refuses a transfer (read back from storage) whose accounts are not
+    /// the ones its kind implies, so that no step sends money where the
+    /// rules do not.
+    pub fn check_shape(&self) -> Result<(), Refusal> {
+        let external = AccountId::sys(AccountKind::External, self.currency);
+        let ok = match self.kind {
+            TransferKind::Load => {
+                self.debit.kind() == AccountKind::Customer
+                    && self.credit == AccountId::sys(AccountKind::Float, self.currency)
+            }
+            TransferKind::ExternalCredit => {
+                self.debit == external && self.credit.kind() == AccountKind::Customer
+            }
+            TransferKind::ExternalDebit => {
+                self.debit.kind() == AccountKind::Customer && self.credit == external
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Refusal::AccountKindMismatch)
+        }
+    }
+
     fn suspense(&self) -> AccountId {
         AccountId::sys(AccountKind::LoadsInFlight, self.currency)
     }
@@ -268,6 +292,7 @@ pub fn open_pending(
 
 /// Refuses anything but a pending load, naming what it is instead.
 fn check_pending(transfer: &Transfer) -> Result<(), Refusal> {
+    transfer.check_shape()?;
     match (transfer.kind, transfer.state) {
         (TransferKind::Load, TransferState::Pending) => Ok(()),
         (TransferKind::Load, TransferState::Posted) => Err(Refusal::AlreadyPosted),
@@ -301,6 +326,7 @@ pub fn void(transfer: &Transfer, reason: VoidReason) -> Result<(Transfer, Postin
 
 /// Refuses anything but a doubtful load.
 fn check_doubtful(transfer: &Transfer) -> Result<(), Refusal> {
+    transfer.check_shape()?;
     if transfer.kind != TransferKind::Load
         || transfer.state != TransferState::Voided(VoidReason::Timeout)
     {
@@ -395,7 +421,7 @@ pub fn check_retry(existing: &Transfer, proposed: &Transfer) -> Result<(), Refus
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Balance, Delta, Entry};
+    use crate::{Balance, Entry};
 
     fn eur() -> Currency {
         "EUR".parse().unwrap()
@@ -462,7 +488,7 @@ mod tests {
                 ("sys:loads_in_flight:EUR".into(), 100, EntryKind::Open)
             ]
         );
-        assert_eq!(p.delta_for(&c.id), Some(-100));
+        assert_eq!(p.balance_after(&c), Ok(Balance::ZERO));
         let (posted, p) = post(&t).unwrap();
         assert_eq!(posted.state, TransferState::Posted);
         assert_eq!(
@@ -598,6 +624,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_transfer_with_the_wrong_accounts_is_refused() {
+        let t = pending(100, 40);
+        let mut to_customer = t.clone();
+        to_customer.credit = t.debit.clone();
+        assert_eq!(post(&to_customer), Err(Refusal::AccountKindMismatch));
+        let mut from_float = t.clone();
+        from_float.debit = t.credit.clone();
+        assert_eq!(
+            void(&from_float, VoidReason::Failure),
+            Err(Refusal::AccountKindMismatch)
+        );
+        let (mut doubtful, _) = void(&t, VoidReason::Timeout).unwrap();
+        doubtful.credit = AccountId::sys(AccountKind::Float, "USD".parse().unwrap());
+        assert_eq!(close_doubtful(&doubtful), Err(Refusal::AccountKindMismatch));
+        let mut credit = credit_external(&customer(0, 0), tid(2), amount(1))
+            .unwrap()
+            .0;
+        assert_eq!(credit.check_shape(), Ok(()));
+        credit.debit = AccountId::sys(AccountKind::Float, eur());
+        assert_eq!(credit.check_shape(), Err(Refusal::AccountKindMismatch));
+        let debit = debit_external(&customer(5, 0), tid(3), amount(1))
+            .unwrap()
+            .0;
+        assert_eq!(debit.check_shape(), Ok(()));
+    }
+
+    #[test]
     fn external_credits_and_debits() {
         let c = customer(10, -5);
         let (t, p) = credit_external(&c, tid(2), amount(7)).unwrap();
@@ -614,7 +667,7 @@ mod tests {
             Err(Refusal::ExceedsBalance)
         );
         let (_, p) = debit_external(&c, tid(3), amount(15)).unwrap();
-        assert_eq!(p.delta_for(&c.id), Some(-15));
+        assert_eq!(p.balance_after(&c), Ok(Balance::new(-5)));
         assert_eq!(
             credit_external(&sys(AccountKind::External), tid(2), amount(7)),
             Err(Refusal::AccountKindMismatch)
@@ -664,6 +717,5 @@ mod tests {
             check_retry(&t, &Transfer::external_debit(tid(1), c, eur(), amount(40))),
             Err(Refusal::ExistsWithDifferentAccounts)
         );
-        let _ = Delta::credit(amount(1));
     }
 }
