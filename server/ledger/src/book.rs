@@ -140,7 +140,7 @@ fn reachable(t: &Transfer) -> bool {
         (t.kind, t.state, t.reconciliation),
         (
             TransferKind::Load,
-            TransferState::Voided(VoidReason::Timeout),
+            TransferState::Voided(VoidReason::Timeout | VoidReason::BadReport),
             _
         ) | (TransferKind::Load, _, Reconciliation::None)
             | (

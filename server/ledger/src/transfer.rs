@@ -7,7 +7,8 @@
 //! loads-in-flight account; [`post`] moves it to the float, or [`void`]
 //! gives it back, each at most once. Expiry is [`void`] with
 //! [`VoidReason::Timeout`], which leaves the load *doubtful*: the purse may
-//! have applied it and its report been lost. [`reconcile_late`] then debits
+//! have applied it and its report been lost (so does a void on a report
+//! that did not verify or add up, [`VoidReason::BadReport`]). [`reconcile_late`] then debits
 //! it again exactly once, or [`close_doubtful`] lets the reversal stand.
 
 use std::fmt;
@@ -102,6 +103,18 @@ pub enum TransferState {
     Pending,
     Posted,
     Voided(VoidReason),
+}
+
+impl TransferState {
+    /// Voided without the purse's proof: by timeout, or on a report that
+    /// did not verify or add up. The purse may still have applied it, so
+    /// such a load is doubtful until its next contact settles it.
+    pub fn is_unproven_void(self) -> bool {
+        matches!(
+            self,
+            TransferState::Voided(VoidReason::Timeout | VoidReason::BadReport)
+        )
+    }
 }
 
 /// Who paid a late-applied load the second time.
@@ -215,10 +228,12 @@ impl Transfer {
         }
     }
 
-    /// Voided by timeout and not yet reconciled: the purse may hold the value.
+    /// Voided without the purse's word (no report in time, or a report
+    /// that could not be trusted) and not yet reconciled: the purse may
+    /// hold the value.
     pub fn is_doubtful(&self) -> bool {
         self.kind == TransferKind::Load
-            && self.state == TransferState::Voided(VoidReason::Timeout)
+            && self.state.is_unproven_void()
             && self.reconciliation == Reconciliation::None
     }
 
@@ -327,9 +342,7 @@ pub fn void(transfer: &Transfer, reason: VoidReason) -> Result<(Transfer, Postin
 /// Refuses anything but a doubtful load.
 fn check_doubtful(transfer: &Transfer) -> Result<(), Refusal> {
     transfer.check_shape()?;
-    if transfer.kind != TransferKind::Load
-        || transfer.state != TransferState::Voided(VoidReason::Timeout)
-    {
+    if transfer.kind != TransferKind::Load || !transfer.state.is_unproven_void() {
         return Err(Refusal::NotDoubtful);
     }
     if transfer.reconciliation != Reconciliation::None {

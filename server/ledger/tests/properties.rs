@@ -46,8 +46,11 @@ enum Op {
         id: u8,
         success: bool,
     },
+    /// A report that could not be trusted; whether the purse had in fact
+    /// applied the load.
     BadReport {
         id: u8,
+        purse_applied: bool,
     },
     /// No report in time; whether the purse had applied the load.
     Timeout {
@@ -85,7 +88,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (customer, id.clone(), amount())
             .prop_map(|(customer, id, amount)| Op::Load { customer, id, amount }),
         3 => (id.clone(), any::<bool>()).prop_map(|(id, success)| Op::Report { id, success }),
-        1 => id.clone().prop_map(|id| Op::BadReport { id }),
+        1 => (id.clone(), any::<bool>())
+            .prop_map(|(id, purse_applied)| Op::BadReport { id, purse_applied }),
         2 => (id.clone(), any::<bool>())
             .prop_map(|(id, purse_applied)| Op::Timeout { id, purse_applied }),
         2 => id.clone().prop_map(|id| Op::Contact { id }),
@@ -235,17 +239,18 @@ fn step(b: &mut Book, purses: &mut Purses, op: &Op) -> Result<(), TestCaseError>
             }
             (result, expected)
         }
-        Op::BadReport { id } => {
-            let expected = expected_settle(b, tid(id));
-            (b.void(&tid(id), VoidReason::BadReport), expected)
-        }
         Op::Operator { id } => {
             let expected = expected_settle(b, tid(id));
             (b.void(&tid(id), VoidReason::Operator), expected)
         }
-        Op::Timeout { id, purse_applied } => {
+        Op::Timeout { id, purse_applied } | Op::BadReport { id, purse_applied } => {
             let expected = expected_settle(b, tid(id));
-            let result = b.void(&tid(id), VoidReason::Timeout);
+            let reason = if matches!(op, Op::Timeout { .. }) {
+                VoidReason::Timeout
+            } else {
+                VoidReason::BadReport
+            };
+            let result = b.void(&tid(id), reason);
             if result.is_ok() {
                 purses.applied_after_timeout.insert(tid(id), purse_applied);
                 if purse_applied {
@@ -260,8 +265,7 @@ fn step(b: &mut Book, purses: &mut Purses, op: &Op) -> Result<(), TestCaseError>
                 None => Err(Refusal::TransferNotFound),
                 Some(t) if t.is_doubtful() => Ok(()),
                 Some(t)
-                    if t.state == TransferState::Voided(VoidReason::Timeout)
-                        && t.kind == TransferKind::Load =>
+                    if t.state.is_unproven_void() && t.kind == TransferKind::Load =>
                 {
                     Err(Refusal::AlreadyReconciled)
                 }
