@@ -17,9 +17,9 @@
 pub mod bulk;
 mod ca;
 mod confirmation;
-mod load;
 mod database;
 mod hsm;
+mod load;
 mod log;
 mod online;
 mod outbox;
@@ -35,9 +35,9 @@ use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
 pub use confirmation::ConfirmationConfig;
-pub use load::LoadConfig;
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
+pub use load::LoadConfig;
 pub use log::{LogConfig, LogFormat};
 pub use online::{IssuerPolicyConfig, OnlineConfig};
 pub use outbox::{FileSenderConfig, OutboxConfig, SmtpConfig, SmtpTls, WebhookConfig};

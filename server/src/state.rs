@@ -11,9 +11,9 @@ use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
 use crate::confirmation::Confirmations;
+use crate::edge::tls::TlsState;
 use crate::ledger::Ledger;
 use crate::load::Loads;
-use crate::edge::tls::TlsState;
 use crate::metrics::Metrics;
 use crate::online::{CrlReload, Online};
 use crate::outbox::Outbox;

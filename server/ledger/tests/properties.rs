@@ -264,9 +264,7 @@ fn step(b: &mut Book, purses: &mut Purses, op: &Op) -> Result<(), TestCaseError>
             let expected = match b.transfer(&tid(id)) {
                 None => Err(Refusal::TransferNotFound),
                 Some(t) if t.is_doubtful() => Ok(()),
-                Some(t)
-                    if t.state.is_unproven_void() && t.kind == TransferKind::Load =>
-                {
+                Some(t) if t.state.is_unproven_void() && t.kind == TransferKind::Load => {
                     Err(Refusal::AlreadyReconciled)
                 }
                 Some(_) => Err(Refusal::NotDoubtful),

@@ -19,7 +19,13 @@ use crate::state::AppState;
 use crate::wire::loads as wire;
 
 /// A refused operator step, recorded before it is answered.
-async fn refused(op: &Operator, state: &AppState, action: &'static str, target: &str, e: LedgerError) -> ApiError {
+async fn refused(
+    op: &Operator,
+    state: &AppState,
+    action: &'static str,
+    target: &str,
+    e: LedgerError,
+) -> ApiError {
     let code = e.code();
     let event = AuditEvent::OperatorAction {
         action,
@@ -69,7 +75,11 @@ pub async fn create_account(
         currency: body.currency,
         overdraft_minor: body.overdraft_minor,
     };
-    match state.ledger.create_account(&op.actor, &op.request_id, new).await {
+    match state
+        .ledger
+        .create_account(&op.actor, &op.request_id, new)
+        .await
+    {
         Ok(v) => Ok((StatusCode::CREATED, Json(account_view(v)))),
         Err(e) => Err(refused(&op, &state, "ledger.account_create", &target, e).await),
     }
@@ -80,8 +90,13 @@ pub async fn show_account(
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
 ) -> Result<Json<wire::AccountView>, ApiError> {
-    op.read(&state, ALL_ROLES, "ledger.account_show", &format!("account:{id}"))
-        .await?;
+    op.read(
+        &state,
+        ALL_ROLES,
+        "ledger.account_show",
+        &format!("account:{id}"),
+    )
+    .await?;
     let v = state
         .ledger
         .account(&id)
@@ -100,7 +115,14 @@ pub async fn credit(
     let target = format!("account:{id}");
     let c = state
         .ledger
-        .credit(&op.name, &op.actor, &op.request_id, &id, body.amount_minor, &body.reference)
+        .credit(
+            &op.name,
+            &op.actor,
+            &op.request_id,
+            &id,
+            body.amount_minor,
+            &body.reference,
+        )
         .await;
     match c {
         Ok(c) => Ok((
@@ -155,8 +177,13 @@ pub async fn statement(
     Path(id): Path<String>,
     Query(q): Query<StatementQuery>,
 ) -> Result<Json<wire::Statement>, ApiError> {
-    op.read(&state, ALL_ROLES, "ledger.statement", &format!("account:{id}"))
-        .await?;
+    op.read(
+        &state,
+        ALL_ROLES,
+        "ledger.statement",
+        &format!("account:{id}"),
+    )
+    .await?;
     let (view, at_balance, lines) = state
         .ledger
         .statement(&id, q.at_ms, q.limit.unwrap_or(100).clamp(1, 10_000))
@@ -207,7 +234,11 @@ fn load_view(l: LoadRow, full: bool, entries: Vec<EntryRow>) -> wire::LoadView {
         settled_at_ms: l.settled_at_ms,
         permit: full.then(|| B64.encode(&l.permit)),
         permit_signature: full.then(|| B64.encode(&l.permit_sig)),
-        report: if full { l.report.map(|r| B64.encode(r)) } else { None },
+        report: if full {
+            l.report.map(|r| B64.encode(r))
+        } else {
+            None
+        },
         entries: entries.into_iter().map(|e| entry_view(e, None)).collect(),
     }
 }
@@ -228,7 +259,10 @@ pub async fn list_loads(
     let filter = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(LoadState::parse(s).ok_or_else(|| {
-            ApiError::bad_request("invalid_input", "state is one of pending, posted, voided, doubtful, late_applied, not_applied")
+            ApiError::bad_request(
+                "invalid_input",
+                "state is one of pending, posted, voided, doubtful, late_applied, not_applied",
+            )
         })?),
     };
     let loads = state

@@ -25,12 +25,12 @@
 
 mod certificates;
 mod confirmations;
-mod ledger;
 mod customers;
 mod devices;
 mod health;
 mod issuers;
 mod keys;
+mod ledger;
 pub mod macs;
 mod ocsp;
 mod operators;
@@ -128,7 +128,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/accounts/{id}", get(ledger::show_account))
         .route("/admin/v1/accounts/{id}/credits", post(ledger::credit))
         .route("/admin/v1/accounts/{id}/statement", get(ledger::statement))
-        .route("/admin/v1/credits/{id}/approve", post(ledger::approve_credit))
+        .route(
+            "/admin/v1/credits/{id}/approve",
+            post(ledger::approve_credit),
+        )
         .route("/admin/v1/ledger/verify", get(ledger::verify))
         .route("/admin/v1/loads", get(ledger::list_loads))
         .route("/admin/v1/loads/{id}", get(ledger::show_load))

@@ -11,7 +11,10 @@
 mod service;
 pub mod store;
 
-pub use service::{CHECKPOINT_KEY_LABEL, AccountView, Credit, Ledger, LedgerError, NewAccount, StatementLine, VerifyReport};
+pub use service::{
+    AccountView, CHECKPOINT_KEY_LABEL, Credit, Ledger, LedgerError, NewAccount, StatementLine,
+    VerifyReport,
+};
 
 use std::str::FromStr;
 
@@ -287,13 +290,17 @@ where
 pub fn seal_job(state: &crate::state::AppState) -> crate::jobs::Job<crate::state::AppState> {
     use crate::jobs::{Job, JobError};
     let every = std::time::Duration::from_millis(state.config.load.sweep_interval_ms);
-    Job::new("ledger.seal", every, |state: crate::state::AppState| async move {
-        state
-            .ledger
-            .seal()
-            .await
-            .map(drop)
-            .map_err(|e| JobError::failed(e.code(), e))
-    })
+    Job::new(
+        "ledger.seal",
+        every,
+        |state: crate::state::AppState| async move {
+            state
+                .ledger
+                .seal()
+                .await
+                .map(drop)
+                .map_err(|e| JobError::failed(e.code(), e))
+        },
+    )
     .once_across_replicas()
 }

@@ -10,15 +10,15 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use keyward_config::DatabaseKind;
 use keyward_config::LoadConfig;
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
-use keyward_config::DatabaseKind;
 use keyward_kms::db::{Database, now_ms};
 use keyward_kms::hsm::{KeyPairKind, PublicKey, SignMechanism};
 use keyward_ledger::{
-    AccountId, AccountKind, Amount, Balance, Book, ChainHead, Currency, Delta, Entry,
-    EntryKind, Refusal, TransferId, chain_hash, checkpoint_message,
+    AccountId, AccountKind, Amount, Balance, Book, ChainHead, Currency, Delta, Entry, EntryKind,
+    Refusal, TransferId, chain_hash, checkpoint_message,
 };
 use serde_json::json;
 use sqlx::Row;
@@ -258,14 +258,19 @@ impl Ledger {
         }
         let credit_id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        let dual = u64::try_from(amount_minor).unwrap_or(u64::MAX) > self.0.config.dual_control_above_minor;
+        let dual = u64::try_from(amount_minor).unwrap_or(u64::MAX)
+            > self.0.config.dual_control_above_minor;
         let transfer = if dual {
             None
         } else {
             Some(TransferId::from_bytes(self.0.kms.random::<16>().await?))
         };
         let event = event(
-            if dual { "ledger.credit_request" } else { "ledger.credit" },
+            if dual {
+                "ledger.credit_request"
+            } else {
+                "ledger.credit"
+            },
             account,
             json!({ "credit": credit_id, "amount_minor": amount_minor, "reference": reference,
                     "transfer": transfer.map(|t| t.to_string()) }),
@@ -400,7 +405,9 @@ impl Ledger {
         let mut at_balance = 0i64;
         let mut lines = Vec::new();
         for e in entries {
-            running = running.checked_add(e.delta_minor).ok_or(Refusal::Overflow)?;
+            running = running
+                .checked_add(e.delta_minor)
+                .ok_or(Refusal::Overflow)?;
             if at_ms.is_none_or(|at| e.created_at_ms <= at) {
                 at_balance = running;
             }
@@ -409,7 +416,9 @@ impl Ledger {
                 balance_after_minor: running,
             });
         }
-        let skip = lines.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        let skip = lines
+            .len()
+            .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
         Ok((view, at_balance, lines.split_off(skip)))
     }
 
@@ -471,8 +480,7 @@ impl Ledger {
 
     async fn sign_checkpoint(&self, message: &[u8]) -> Result<Vec<u8>> {
         let key = self.checkpoint_key().await?;
-        let raw = key.sign(SignMechanism::EcdsaSha256, message).await?;
-        Ok(keyward_kms::signing::ecdsa_raw_to_der(&raw)?)
+        Ok(key.sign(SignMechanism::EcdsaSha256, message).await?)
     }
 
     /// Recomputes the ledger from its rows and checks every invariant: the
@@ -736,7 +744,10 @@ fn corrupt(what: &str) -> sqlx::Error {
 fn p256_valid(point: &[u8], msg: &[u8], der: &[u8]) -> bool {
     use p256::ecdsa::signature::Verifier;
     use p256::ecdsa::{Signature, VerifyingKey};
-    let (Ok(key), Ok(sig)) = (VerifyingKey::from_sec1_bytes(point), Signature::from_der(der)) else {
+    let (Ok(key), Ok(sig)) = (
+        VerifyingKey::from_sec1_bytes(point),
+        Signature::from_der(der),
+    ) else {
         return false;
     };
     key.verify(msg, &sig).is_ok()

@@ -346,7 +346,8 @@ pub async fn account_entries(
 
 /// A transfer's entries in booking order.
 pub async fn transfer_entries(db: &Database, transfer: &str) -> Result<Vec<EntryRow>, sqlx::Error> {
-    let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE transfer_id = $1 ORDER BY id");
+    let sql =
+        format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE transfer_id = $1 ORDER BY id");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(transfer)
         .fetch_all(db.pool())
@@ -357,8 +358,13 @@ pub async fn transfer_entries(db: &Database, transfer: &str) -> Result<Vec<Entry
 }
 
 /// Every entry in booking order, a page at a time (`ledger verify`).
-pub async fn entries_page(db: &Database, after: i64, limit: i64) -> Result<Vec<EntryRow>, sqlx::Error> {
-    let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE id > $1 ORDER BY id LIMIT $2");
+pub async fn entries_page(
+    db: &Database,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EntryRow>, sqlx::Error> {
+    let sql =
+        format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE id > $1 ORDER BY id LIMIT $2");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after)
         .bind(limit)
@@ -384,7 +390,11 @@ pub async fn unsealed(db: &Database, limit: i64) -> Result<Vec<EntryRow>, sqlx::
 }
 
 /// Sealed entries in chain order, after `seq`.
-pub async fn chain_page(db: &Database, after_seq: i64, limit: i64) -> Result<Vec<EntryRow>, sqlx::Error> {
+pub async fn chain_page(
+    db: &Database,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<EntryRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2"
     );

@@ -33,16 +33,18 @@ use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
 use keyward_kms::hsm::SignMechanism;
 use keyward_ledger::{Amount, Currency, Refusal, TransferId, VoidReason};
-use keyward_protocol::load::{LoadPermit, LoadReport, LoadRequest, Outcome, PurseStatus, RequestId};
+use keyward_protocol::load::{
+    LoadPermit, LoadReport, LoadRequest, Outcome, PurseStatus, RequestId,
+};
 use serde_json::json;
 
 pub use error::{LoadError, ledger_kind};
 pub use store::{LoadRow, State};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome as AuditOutcome};
+use crate::jobs::{Job, JobError};
 use crate::metrics::Metrics;
 use crate::online::{Device, Session};
-use crate::jobs::{Job, JobError};
 use crate::security::kind::SecurityKind;
 use crate::state::AppState;
 
@@ -141,15 +143,14 @@ impl Loads {
         &self.0.config
     }
 
-    /// Signs a permit with the HSM load-permit key (DER ECDSA).
+    /// Signs a permit with the HSM load-permit key (DER ECDSA P-256).
     async fn sign_permit(&self, permit: &[u8]) -> Result<Vec<u8>> {
         let key = self
             .0
             .permit_key
             .get_or_try_init(|| self.0.kms.signing_key(PERMIT_KEY_LABEL))
             .await?;
-        let raw = key.sign(SignMechanism::EcdsaSha256, permit).await?;
-        Ok(keyward_kms::signing::ecdsa_raw_to_der(&raw)?)
+        Ok(key.sign(SignMechanism::EcdsaSha256, permit).await?)
     }
 
     /// Verifies a device's signed message under the session device's key.
@@ -168,7 +169,12 @@ impl Loads {
 
     /// A device's signed load request: a permit, or a typed refusal that
     /// moved nothing.
-    pub async fn request(&self, device: &Device, session: &Session, m: Signed) -> Result<Permitted> {
+    pub async fn request(
+        &self,
+        device: &Device,
+        session: &Session,
+        m: Signed,
+    ) -> Result<Permitted> {
         match self.requested(device, session, &m).await {
             Err(e) if e.kind().is_client() => {
                 self.refused(device, "load.request", None, &e).await;
@@ -226,7 +232,8 @@ impl Loads {
         .encode();
         // Signed before the transaction opens: a refusal only wastes it.
         let permit_sig = self.sign_permit(&permit).await?;
-        let ttl = i64::try_from(p.config.report_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let ttl =
+            i64::try_from(p.config.report_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let row = LoadRow {
             id: id.to_string(),
             device_id: device_key.clone(),
@@ -237,7 +244,9 @@ impl Loads {
             amount_minor: amount.minor_units(),
             currency: currency.to_string(),
             wallet_before: i64::try_from(req.wallet_balance).map_err(|_| {
-                LoadError::Message(keyward_protocol::ProtocolError::FieldInvalid("wallet_balance"))
+                LoadError::Message(keyward_protocol::ProtocolError::FieldInvalid(
+                    "wallet_balance",
+                ))
             })?,
             request: m.payload.clone(),
             request_sig: m.signature.clone(),
@@ -280,7 +289,13 @@ impl Loads {
                 .await?;
                 store::insert_in(&mut tx, row).await?;
                 audit
-                    .stage_in(&mut tx, &device.actor, event, AuditOutcome::Success, &device.request_id)
+                    .stage_in(
+                        &mut tx,
+                        &device.actor,
+                        event,
+                        AuditOutcome::Success,
+                        &device.request_id,
+                    )
                     .await?;
                 Ok::<_, LoadError>((tx, after))
             })
@@ -308,7 +323,12 @@ impl Loads {
 
     /// The stored permit when this exact request was answered before; a
     /// conflict when its sequence number was used by other bytes.
-    async fn retried(&self, device: &str, sequence: i64, payload: &[u8]) -> Result<Option<Permitted>> {
+    async fn retried(
+        &self,
+        device: &str,
+        sequence: i64,
+        payload: &[u8],
+    ) -> Result<Option<Permitted>> {
         let Some(existing) = store::by_sequence(self.db(), device, sequence).await? else {
             return Ok(None);
         };
@@ -324,12 +344,7 @@ impl Loads {
     }
 
     /// The device's report on a load.
-    pub async fn report(
-        &self,
-        device: &Device,
-        load_id: &str,
-        m: Signed,
-    ) -> Result<Settled> {
+    pub async fn report(&self, device: &Device, load_id: &str, m: Signed) -> Result<Settled> {
         match self.reported(device, load_id, &m).await {
             Err(e) if e.kind().is_client() => {
                 self.refused(device, "load.report", Some(load_id), &e).await;
@@ -381,7 +396,14 @@ impl Loads {
         };
         match (load.state, report.outcome) {
             (State::Pending, Outcome::Applied) if adds_up => {
-                self.decide(device, &load, id, State::Posted, &decision(None, None, false)).await
+                self.decide(
+                    device,
+                    &load,
+                    id,
+                    State::Posted,
+                    &decision(None, None, false),
+                )
+                .await
             }
             (State::Pending, Outcome::Applied) => {
                 self.bad_report(device, &load, id, "balance").await?;
@@ -405,7 +427,13 @@ impl Loads {
 
     /// A report that did not verify, named another load or did not add up:
     /// a pending load is voided as doubtful, recorded as a security event.
-    async fn bad_report(&self, device: &Device, load: &LoadRow, id: TransferId, why: &str) -> Result<()> {
+    async fn bad_report(
+        &self,
+        device: &Device,
+        load: &LoadRow,
+        id: TransferId,
+        why: &str,
+    ) -> Result<()> {
         let p = &self.0;
         let event = AuditEvent::Security {
             kind: SecurityKind::LoadReportInvalid,
@@ -418,7 +446,8 @@ impl Loads {
                 flagged: true,
                 ..Default::default()
             };
-            self.write_decision(device, load, id, State::Doubtful, &d, &event).await?;
+            self.write_decision(device, load, id, State::Doubtful, &d, &event)
+                .await?;
         } else {
             let _ = p
                 .audit
@@ -502,7 +531,12 @@ impl Loads {
 
     /// Settles each of the device's unsettled loads before `sequence` by
     /// what the purse proves: applied iff it is `last_applied`.
-    async fn settle(&self, device: &Device, sequence: u64, last_applied: u64) -> Result<Vec<Settled>> {
+    async fn settle(
+        &self,
+        device: &Device,
+        sequence: u64,
+        last_applied: u64,
+    ) -> Result<Vec<Settled>> {
         let mut settled = Vec::new();
         let unsettled = store::unsettled(self.db(), &device.device_id.to_string()).await?;
         for load in unsettled {
@@ -523,7 +557,11 @@ impl Loads {
                 _ => State::NotApplied,
             };
             let d = store::Decision {
-                reason: Some(if applied { "proven_applied" } else { "proven_not_applied" }),
+                reason: Some(if applied {
+                    "proven_applied"
+                } else {
+                    "proven_not_applied"
+                }),
                 ..Default::default()
             };
             match self.decide(device, &load, id, to, &d).await {
@@ -566,7 +604,8 @@ impl Loads {
                 Ok::<_, LoadError>((tx, ()))
             })
             .await?;
-        self.settle(device, status.sequence, status.last_applied).await
+        self.settle(device, status.sequence, status.last_applied)
+            .await
     }
 
     /// Voids, as doubtful, each pending load past its timeout. Returns how
@@ -594,8 +633,15 @@ impl Loads {
                         reason: Some("timeout"),
                         ..Default::default()
                     };
-                    if !store::decide_in(&mut tx, &load.id, State::Pending, State::Doubtful, &d, now)
-                        .await?
+                    if !store::decide_in(
+                        &mut tx,
+                        &load.id,
+                        State::Pending,
+                        State::Doubtful,
+                        &d,
+                        now,
+                    )
+                    .await?
                     {
                         return Ok::<_, LoadError>((tx, false));
                     }
@@ -659,13 +705,24 @@ impl Loads {
     }
 
     /// Records a refused step (best effort: the refusal stands either way).
-    async fn refused(&self, device: &Device, action: &'static str, id: Option<&str>, e: &LoadError) {
+    async fn refused(
+        &self,
+        device: &Device,
+        action: &'static str,
+        id: Option<&str>,
+        e: &LoadError,
+    ) {
         let code = e.code();
         let event = event(action, device, json!({ "load": id, "code": code }));
         let _ = self
             .0
             .audit
-            .append(&device.actor, &event, AuditOutcome::Refused { code }, &device.request_id)
+            .append(
+                &device.actor,
+                &event,
+                AuditOutcome::Refused { code },
+                &device.request_id,
+            )
             .await;
     }
 
@@ -697,26 +754,30 @@ async fn ledger_step(
             };
             void_load_in::<LoadError>(tx, id, r, now).await
         }
-        (State::Doubtful, State::LateApplied) => {
-            settle_doubtful_in::<LoadError>(tx, id, true, now).await.map(drop)
-        }
-        (State::Doubtful, State::NotApplied) => {
-            settle_doubtful_in::<LoadError>(tx, id, false, now).await.map(drop)
-        }
+        (State::Doubtful, State::LateApplied) => settle_doubtful_in::<LoadError>(tx, id, true, now)
+            .await
+            .map(drop),
+        (State::Doubtful, State::NotApplied) => settle_doubtful_in::<LoadError>(tx, id, false, now)
+            .await
+            .map(drop),
         _ => Err(LoadError::Ledger(Refusal::NotPending)),
     }
 }
 
 /// [`Loads::sweep`], once across replicas, every `load.sweep_interval_ms`.
 pub fn sweeper_job(state: &AppState) -> Job<AppState> {
-    Job::new("load.sweeper", interval(state), |state: AppState| async move {
-        state
-            .loads
-            .sweep()
-            .await
-            .map(drop)
-            .map_err(|e| JobError::failed(e.code(), e))
-    })
+    Job::new(
+        "load.sweeper",
+        interval(state),
+        |state: AppState| async move {
+            state
+                .loads
+                .sweep()
+                .await
+                .map(drop)
+                .map_err(|e| JobError::failed(e.code(), e))
+        },
+    )
     .once_across_replicas()
 }
 

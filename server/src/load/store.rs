@@ -295,7 +295,11 @@ pub async fn decide_in(
 
 /// Takes `sequence` as the device's newest; `false` when it is not greater
 /// than the last one taken (a replay or an out-of-order message).
-pub async fn take_sequence_in(tx: &mut Tx, device: &str, sequence: i64) -> Result<bool, sqlx::Error> {
+pub async fn take_sequence_in(
+    tx: &mut Tx,
+    device: &str,
+    sequence: i64,
+) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO purse_sequences (device_id, last_sequence) VALUES ($1, $2) \
          ON CONFLICT (device_id) DO NOTHING",

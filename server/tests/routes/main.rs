@@ -26,6 +26,7 @@ mod devices;
 mod idempotency;
 mod issuers;
 mod jobs;
+mod loads;
 mod login;
 mod macs;
 mod openapi;
