@@ -19,6 +19,7 @@ mod customer;
 mod device;
 mod issuer;
 mod key;
+mod ledger;
 mod mac;
 mod manifest;
 mod output;
@@ -145,6 +146,15 @@ enum Command {
     /// Transaction confirmations over a second channel.
     #[command(subcommand)]
     Confirmation(confirmation::ConfirmationCommand),
+    /// Ledger accounts: open, credit, statements.
+    #[command(subcommand)]
+    Account(ledger::AccountCommand),
+    /// E-purse loads.
+    #[command(subcommand)]
+    Load(ledger::LoadCommand),
+    /// The ledger as a whole.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
     /// The audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -200,6 +210,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bind(args) => device::bind(&ctx, args).await,
         Command::Customer(cmd) => customer::run(&ctx, cmd).await,
         Command::Confirmation(cmd) => confirmation::run(&ctx, cmd).await,
+        Command::Account(cmd) => ledger::run_account(&ctx, cmd).await,
+        Command::Load(cmd) => ledger::run_load(&ctx, cmd).await,
+        Command::Ledger(cmd) => ledger::run_ledger(&ctx, cmd).await,
         Command::Audit(cmd) => audit::run(&ctx, cmd).await,
     }
 }
