@@ -19,6 +19,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "service profile",
             include_str!("../migrations/sqlite/0102_service_profile.sql"),
         ),
+        (
+            103,
+            "evidence profile",
+            include_str!("../migrations/sqlite/0103_evidence_profile.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -30,6 +35,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             102,
             "service profile",
             include_str!("../migrations/postgres/0102_service_profile.sql"),
+        ),
+        (
+            103,
+            "evidence profile",
+            include_str!("../migrations/postgres/0103_evidence_profile.sql"),
         ),
     ],
 };

@@ -41,15 +41,20 @@ pub enum Profile {
     /// A back-end system's admin-API client certificate (the transaction
     /// switch that verifies MACs in bulk): CN = name, OU = `service`.
     Service,
+    /// The key that signs confirmation evidence receipts: digitalSignature
+    /// and contentCommitment (non-repudiation) only, no extended key usage,
+    /// so it can neither serve TLS nor log in.
+    Evidence,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 6] = [
         Profile::Device,
         Profile::ServerTls,
         Profile::Operator,
         Profile::LoadPermit,
         Profile::Service,
+        Profile::Evidence,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,15 +64,18 @@ impl Profile {
             Self::Operator => "operator",
             Self::LoadPermit => "load-permit",
             Self::Service => "service",
+            Self::Evidence => "evidence",
         }
     }
 
-    /// Days a certificate of this profile is valid (load-permit keys are
-    /// server keys and follow `server_validity_days`).
+    /// Days a certificate of this profile is valid (load-permit and
+    /// evidence keys are server keys and follow `server_validity_days`).
     pub fn validity_days(self, cfg: &CaConfig) -> u32 {
         match self {
             Self::Device => cfg.device_validity_days,
-            Self::ServerTls | Self::LoadPermit | Self::Service => cfg.server_validity_days,
+            Self::ServerTls | Self::LoadPermit | Self::Service | Self::Evidence => {
+                cfg.server_validity_days
+            }
             Self::Operator => cfg.operator_validity_days,
         }
     }
@@ -87,7 +95,7 @@ impl FromStr for Profile {
             .find(|p| p.as_str() == s)
             .ok_or(CaError::Invalid {
                 field: "profile",
-                reason: "one of device, server-tls, operator, load-permit, service",
+                reason: "one of device, server-tls, operator, load-permit, service, evidence",
             })
     }
 }
@@ -143,9 +151,9 @@ pub struct IssueRequest {
     pub operator: Option<(String, Role)>,
     /// Server-TLS profile only, at least one: DNS names and IP literals.
     pub dns_names: Vec<String>,
-    /// Load-permit profile, optional: the subject CN (default
-    /// "`<organization>` Load Permit"); service profile, required: the
-    /// service's name.
+    /// Load-permit and evidence profiles, optional: the subject CN (default
+    /// "`<organization>` Load Permit", "`<organization>` Confirmation
+    /// Evidence"); service profile, required: the service's name.
     pub common_name: Option<String>,
 }
 
@@ -194,6 +202,13 @@ impl IssueRequest {
             ..Self::empty(Profile::Service)
         }
     }
+
+    pub fn evidence(common_name: Option<String>) -> Self {
+        Self {
+            common_name,
+            ..Self::empty(Profile::Evidence)
+        }
+    }
 }
 
 /// What the registry records about a certificate besides its PEM.
@@ -222,8 +237,14 @@ pub(crate) fn params_for(
     if p != Profile::ServerTls && !req.dns_names.is_empty() {
         return refuse("DNS names belong only in a server-tls certificate");
     }
-    if !matches!(p, Profile::LoadPermit | Profile::Service) && req.common_name.is_some() {
-        return refuse("a free common name belongs only in a load-permit or service certificate");
+    if !matches!(
+        p,
+        Profile::LoadPermit | Profile::Service | Profile::Evidence
+    ) && req.common_name.is_some()
+    {
+        return refuse(
+            "a free common name belongs only in a load-permit, evidence or service certificate",
+        );
     }
 
     let mut params = CertificateParams::default();
@@ -302,15 +323,23 @@ pub(crate) fn params_for(
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             facts.role = Some(*role);
         }
-        Profile::LoadPermit => {
+        Profile::LoadPermit | Profile::Evidence => {
+            let default = match p {
+                Profile::LoadPermit => "Load Permit",
+                _ => "Confirmation Evidence",
+            };
             let cn = match &req.common_name {
                 Some(cn) => match normal_name(cn, MAX_NAME_CHARS) {
                     Some(cn) => cn,
                     None => return refuse("common name must be 1 to 64 printable characters"),
                 },
-                None => format!("{organization} Load Permit"),
+                None => format!("{organization} {default}"),
             };
             dn.push(DnType::CommonName, cn);
+            if p == Profile::Evidence {
+                // What it signs is a statement the bank stands behind.
+                params.key_usages.push(KeyUsagePurpose::ContentCommitment);
+            }
         }
         Profile::Service => {
             let Some(name) = req.common_name.as_deref().and_then(service_name) else {

@@ -14,13 +14,15 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, bail};
 use keyward_ca::{
-    BootstrapReport, Ca, CertFilter, CertStatus, IssueRequest, IssuedCert, Profile, Role,
+    BootstrapReport, Ca, CertFilter, CertRecord, CertStatus, IssueRequest, IssuedCert, Profile,
+    Role, SubjectKey,
 };
 use keyward_config::{Config, DatabaseKind};
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::db::Database;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
+use keyward_kms::signing::SigningKey;
 
 use crate::audit::{AUDIT_SIGNING_LABEL, Actor, AuditEvent, AuditLog, Outcome};
 use crate::edge::pki::{self, TlsPaths};
@@ -232,6 +234,16 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         }
     }
     ensure_server_tls(config, o, &mut report).await?;
+    ensure_certified_key(
+        &o.kms,
+        &o.ca,
+        &o.audit,
+        crate::confirmation::EVIDENCE_KEY_LABEL,
+        KeyPairKind::P256,
+        IssueRequest::evidence(None),
+        &mut report,
+    )
+    .await?;
     ensure_first_admin(config, o, &mut report).await?;
     o.audit
         .checkpoint()
@@ -354,6 +366,139 @@ async fn ensure_server_tls(
             .push(format!("root certificate -> {}", paths.ca_pem.display()));
     }
     Ok(())
+}
+
+/// An HSM signing key and the Keyward CA's current certificate for it.
+#[derive(Debug, Clone)]
+pub struct CertifiedKey {
+    pub key: SigningKey,
+    /// The certificate's registry record (serial, PEM, validity).
+    pub cert: CertRecord,
+}
+
+/// `init`'s step for a server key that signs statements others verify (the
+/// confirmation evidence key, the e-purse load-permit key): the HSM key
+/// pair `label` (generated sign-only and non-extractable when absent) and a
+/// current, unrevoked certificate of `request`'s profile for its public
+/// key, found in the CA registry or issued (again when it is revoked or
+/// within [`pki::RENEW_BEFORE_DAYS`] of its end). Each creation is audited
+/// (component: the profile's name) and reported; a second run changes
+/// nothing.
+pub async fn ensure_certified_key(
+    kms: &Kms,
+    ca: &Ca,
+    audit: &AuditLog,
+    label: &str,
+    kind: KeyPairKind,
+    request: IssueRequest,
+    report: &mut InitReport,
+) -> anyhow::Result<CertifiedKey> {
+    let profile = request.profile;
+    let component = profile.as_str();
+    let (key, created) = kms
+        .ensure_signing_key(label, kind)
+        .await
+        .with_context(|| format!("the {profile} key {label}"))?;
+    if created {
+        let what = format!("{profile} key {label} (HSM, {})", kind_name(key.kind()));
+        record(audit, component, &what).await?;
+        report.created.push(what);
+    }
+    let renew_ms = pki::RENEW_BEFORE_DAYS * 86_400_000;
+    if let Some(cert) = current_certificate(ca, profile, key.public_key(), renew_ms).await? {
+        return Ok(CertifiedKey { key, cert });
+    }
+    let what = format!("{profile} certificate for {label}");
+    let issue = async {
+        ca.issue_for_public_key(key.public_key(), request)
+            .await
+            .with_context(|| format!("issuing the {profile} certificate"))
+    };
+    let issued = recorded(audit, component, &what, issue).await?;
+    report
+        .created
+        .push(format!("{what} (serial {})", issued.serial));
+    let cert = ca
+        .get(&issued.serial)
+        .await?
+        .context("the certificate just issued is not in the registry")?;
+    Ok(CertifiedKey { key, cert })
+}
+
+/// The existing HSM key `label` and its current certificate of `profile`,
+/// as a serving replica loads them; an error naming `keyward init` when
+/// either is missing.
+pub async fn certified_key(
+    kms: &Kms,
+    ca: &Ca,
+    label: &str,
+    profile: Profile,
+) -> anyhow::Result<CertifiedKey> {
+    let key = match kms.signing_key(label).await {
+        Ok(k) => k,
+        Err(keyward_kms::KmsError::KeyMissing(_)) => {
+            bail!("no {profile} key {label} in the HSM: run `keyward init` first")
+        }
+        Err(e) => return Err(e).with_context(|| format!("loading the {profile} key {label}")),
+    };
+    match current_certificate(ca, profile, key.public_key(), 0).await? {
+        Some(cert) => Ok(CertifiedKey { key, cert }),
+        None => bail!("no current {profile} certificate for HSM key {label}: run `keyward init`"),
+    }
+}
+
+/// The newest valid certificate of `profile` for `public` that has more
+/// than `renew_before_ms` left, from the CA registry.
+pub async fn current_certificate(
+    ca: &Ca,
+    profile: Profile,
+    public: &PublicKey,
+    renew_before_ms: i64,
+) -> anyhow::Result<Option<CertRecord>> {
+    let spki = SubjectKey::from_kms(public)?.spki_der();
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let mut best: Option<CertRecord> = None;
+    let mut offset = 0;
+    loop {
+        let page = ca
+            .list(&CertFilter {
+                profile: Some(profile),
+                status: Some(CertStatus::Valid),
+                limit: Some(1000),
+                offset: Some(offset),
+                ..Default::default()
+            })
+            .await?;
+        for c in &page {
+            let current = c.not_before_ms <= now_ms && c.not_after_ms - renew_before_ms > now_ms;
+            if current
+                && best
+                    .as_ref()
+                    .is_none_or(|b| c.not_after_ms > b.not_after_ms)
+                && pem_spki(&c.pem).as_deref() == Some(spki.as_slice())
+            {
+                best = Some(c.clone());
+            }
+        }
+        if page.len() < 1000 {
+            return Ok(best);
+        }
+        offset += 1000;
+    }
+}
+
+/// The `SubjectPublicKeyInfo` of a PEM certificate.
+fn pem_spki(pem: &str) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.public_key().raw.to_vec())
+}
+
+fn kind_name(kind: KeyPairKind) -> String {
+    match kind {
+        KeyPairKind::P256 => "P-256".to_owned(),
+        KeyPairKind::Rsa(bits) => format!("RSA-{bits}"),
+    }
 }
 
 /// Whether a valid, unexpired operator certificate with the admin role exists.

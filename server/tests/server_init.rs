@@ -22,6 +22,8 @@ async fn init_creates_everything_once() {
         "server TLS key keyward/tls/server",
         "server TLS certificate",
         "operator certificate admin (role admin)",
+        "evidence key keyward/confirmation/evidence (HSM, P-256)",
+        "evidence certificate for keyward/confirmation/evidence",
     ] {
         assert!(
             created.iter().any(|c| c.contains(what)),

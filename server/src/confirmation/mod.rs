@@ -39,6 +39,10 @@ use crate::outbox::{self, Channel, NewMessage, Outbox};
 
 pub type Result<T> = std::result::Result<T, ConfirmError>;
 
+/// Label of the HSM key that signs evidence receipts (P-256, sign only,
+/// never extractable; certified under the CA's `evidence` profile).
+pub const EVIDENCE_KEY_LABEL: &str = "keyward/confirmation/evidence";
+
 /// Outbox topic of a code for the customer.
 pub const TOPIC_CODE: &str = "confirmation.code";
 /// Outbox topic of an executed transaction for the executor.

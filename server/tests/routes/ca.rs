@@ -185,3 +185,64 @@ async fn ocsp_answers_anonymous_clients() {
     let a = app.get(&anonymous(), "/ocsp/AAAA").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 }
+
+/// `init`'s certified-key step, on the confirmation evidence key: its
+/// certificate may sign statements (digitalSignature, contentCommitment)
+/// and nothing else; a second run finds it; once revoked, the next run
+/// certifies the same HSM key again, audited.
+#[tokio::test]
+async fn init_certifies_the_evidence_key_once_and_again_after_revocation() {
+    use keyward_ca::{IssueRequest, Profile, RevocationReason};
+    use keyward_kms::hsm::KeyPairKind;
+    use keyward_server::bootstrap::{self, InitReport};
+    use keyward_server::confirmation::EVIDENCE_KEY_LABEL;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let app = App::new().await;
+    let s = &app.state;
+    let first = bootstrap::certified_key(&s.kms, &s.ca, EVIDENCE_KEY_LABEL, Profile::Evidence)
+        .await
+        .unwrap();
+    let der = der_of_pem(&first.cert.pem);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let usage = cert.key_usage().unwrap().unwrap().value;
+    assert!(usage.digital_signature() && usage.non_repudiation());
+    assert!(!usage.key_encipherment() && !usage.key_cert_sign() && !usage.crl_sign());
+    assert!(cert.extended_key_usage().unwrap().is_none());
+    assert!(!cert.is_ca());
+
+    let ensure = || async {
+        let mut report = InitReport::default();
+        let key = bootstrap::ensure_certified_key(
+            &s.kms,
+            &s.ca,
+            &s.audit,
+            EVIDENCE_KEY_LABEL,
+            KeyPairKind::P256,
+            IssueRequest::evidence(None),
+            &mut report,
+        )
+        .await
+        .unwrap();
+        (key, report)
+    };
+    let (again, report) = ensure().await;
+    assert_eq!(again.cert.serial, first.cert.serial);
+    assert!(!report.changed(), "{:?}", report.created);
+
+    s.ca.revoke(&first.cert.serial, RevocationReason::Superseded)
+        .await
+        .unwrap();
+    let (renewed, report) = ensure().await;
+    assert_ne!(renewed.cert.serial, first.cert.serial);
+    assert_eq!(renewed.key.public_key(), first.key.public_key());
+    assert_eq!(report.created.len(), 1, "{:?}", report.created);
+    let trail = app.trail().await;
+    let serial = renewed.cert.serial.to_string();
+    assert!(
+        trail
+            .iter()
+            .any(|r| r.to_string().contains(&serial) && r.to_string().contains("evidence")),
+        "no audit record names the new evidence certificate"
+    );
+}
