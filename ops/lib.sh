@@ -15,6 +15,10 @@ KW_HSM_PACKAGES=(softhsm2 opensc)
 # What the end-to-end tests drive as a user would: curl, openssl, promtool.
 # shellcheck disable=SC2034
 KW_TEST_PACKAGES=(curl openssl prometheus)
+# Cargo features of every test build: the fault points the crash tests
+# trigger (server/src/fault.rs). Never in a build that ships.
+# shellcheck disable=SC2034
+KW_TEST_FEATURES=(--features keyward-server/faults)
 # What the OpenAPI check needs: Python 3 with venv and pip (ensurepip).
 # shellcheck disable=SC2034
 KW_PYTHON_PACKAGES=(python3 python3-venv)

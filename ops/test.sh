@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Keyward's test command: lint, then the whole workspace's tests on SQLite and
 # again on PostgreSQL, each test in its own process (cargo-nextest), against
-# SoftHSM tokens made in a temp dir for this run.
+# SoftHSM tokens made in a temp dir for this run. The tests' binaries are
+# built with the fault points (feature keyward-server/faults), which the
+# crash tests trigger; a production build has none (ops/run-dev.sh).
 #
 #   ./ops/test.sh                 everything
 #   ./ops/test.sh --no-lint       skip cargo fmt --check, clippy, the OpenAPI check
@@ -174,6 +176,8 @@ if ((lint)); then
     cargo fmt --all -- --check
     kw_banner "cargo clippy --workspace --all-targets -- -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings
+    kw_banner "cargo clippy --workspace --all-targets ${KW_TEST_FEATURES[*]} -- -D warnings"
+    cargo clippy --workspace --all-targets "${KW_TEST_FEATURES[@]}" -- -D warnings
     # The API description the admin listener serves (GET /openapi.json),
     # checked by a real OpenAPI 3.1 validator; the route tests compare it
     # with the routers and live answers.
@@ -187,10 +191,10 @@ fi
 # --- 5. tests ----------------------------------------------------------------
 # The end-to-end tests run binaries of other packages too (kwsim, the device
 # simulator, drives provisioning next to keyward and kwctl).
-kw_banner "cargo build --workspace --bins"
-cargo build --workspace --bins
+kw_banner "cargo build --workspace --bins ${KW_TEST_FEATURES[*]}"
+cargo build --workspace --bins "${KW_TEST_FEATURES[@]}"
 
-nextest=(cargo nextest run --workspace)
+nextest=(cargo nextest run --workspace "${KW_TEST_FEATURES[@]}")
 ((ci)) && nextest+=(--profile ci)
 
 kw_banner "tests on SQLite: ${nextest[*]}"

@@ -153,6 +153,7 @@ pub enum AuditCommand {
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<bool> {
     match cli.command {
         Command::Serve { allow_broken_audit } => {
+            crate::fault::arm_from_env()?;
             crate::edge::serve::serve(config, allow_broken_audit)
                 .await
                 .map(|()| true)

@@ -47,6 +47,7 @@ pub mod bulk;
 pub mod cli;
 pub mod confirmation;
 pub mod edge;
+pub mod fault;
 pub mod http;
 pub mod jobs;
 pub mod ledger;

@@ -9,161 +9,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-use common::{KWCTL, Server, require_tool, stdout_json};
+use common::station::{ACCOUNT, D1, D2, Station, code_in, confirm_body, webhook_confirmations};
+use common::{Server, require_tool, stdout_json};
 use keyward_kms::types::DeviceId;
 use keyward_server::wire::login as wire;
-use keyward_tests::simulator::SimDevice;
-use keyward_tests::terminal::{self, LoginOptions, Terminal};
+use keyward_tests::terminal::{self, LoginOptions};
 use serde_json::{Value, json};
-
-const D1: &str = "F000000000000001";
-const D2: &str = "F000000000000002";
-const ACCOUNT: &str = "6222020200112233";
-
-fn kwsim_path() -> PathBuf {
-    Path::new(KWCTL).with_file_name("kwsim")
-}
-
-/// The provisioning station: `kwctl -o json` as an operator, `kwsim`.
-struct Station<'a> {
-    s: &'a Server,
-    devices: PathBuf,
-}
-
-impl Station<'_> {
-    fn ok(&self, who: &str, args: &[&str]) -> Value {
-        let dir = if who == "admin" {
-            self.s.operators()
-        } else {
-            self.s.dir.path().to_owned()
-        };
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.s.kwctl(&dir, who, &all);
-        let v = stdout_json(&out);
-        assert!(
-            out.status.success(),
-            "kwctl {args:?}: {v}\n{}",
-            self.s.log()
-        );
-        v
-    }
-
-    fn kwsim(&self, args: &[&str]) -> Output {
-        Command::new(kwsim_path())
-            .arg("--state")
-            .arg(&self.devices)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn agent(&self) -> String {
-        format!(
-            "{} --state {}",
-            kwsim_path().display(),
-            self.devices.display()
-        )
-    }
-
-    /// D1 and D2 made, imported, checked, keyed for `issuers` and bound to
-    /// one approved customer.
-    fn provision(&self, issuers: &[(&str, &str)]) {
-        for (issuer, family) in issuers {
-            self.ok("admin", &["issuer", "create", issuer, "--family", family]);
-        }
-        let manifest = self.s.dir.path().join("batch.csv");
-        let made = self.kwsim(&[
-            "make",
-            "--count",
-            "2",
-            "--first-id",
-            D1,
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ]);
-        assert!(made.status.success(), "{made:?}");
-        self.ok(
-            "alice",
-            &[
-                "device",
-                "import",
-                "--batch-id",
-                "B-1",
-                manifest.to_str().unwrap(),
-            ],
-        );
-        let agent = self.agent();
-        let app = self.ok(
-            "alice",
-            &[
-                "customer",
-                "apply",
-                "--name",
-                "Li Lei",
-                "--national-id",
-                "110101199003071234",
-                "--account",
-                ACCOUNT,
-                "--contact-kind",
-                "sms",
-                "--contact",
-                "+8613800138000",
-            ],
-        );
-        let app_id = app["application_id"].as_str().unwrap().to_owned();
-        let customer = app["customer_id"].as_str().unwrap().to_owned();
-        self.ok("bob", &["customer", "approve", &app_id]);
-        for d in [D1, D2] {
-            self.ok("alice", &["device", "check", d, "--agent", &agent]);
-            for (issuer, _) in issuers {
-                self.ok(
-                    "alice",
-                    &["device", "init", d, "--issuer", issuer, "--agent", &agent],
-                );
-                self.ok(
-                    "alice",
-                    &[
-                        "bind",
-                        d,
-                        "--customer",
-                        &customer,
-                        "--issuer",
-                        issuer,
-                        "--element",
-                        "both",
-                        "--account",
-                        ACCOUNT,
-                    ],
-                );
-            }
-        }
-    }
-
-    /// The device's certificate and chain (PEM), as its terminal presents it.
-    fn chain(&self, device: &str) -> String {
-        let shown = self.ok("alice", &["device", "show", device]);
-        let serial = shown["cert_serial"].as_str().unwrap().to_owned();
-        let cert = self.ok("alice", &["ca", "show", &serial]);
-        format!(
-            "{}{}",
-            cert["certificate_pem"].as_str().unwrap(),
-            cert["chain_pem"].as_str().unwrap()
-        )
-    }
-
-    fn terminal(&self, public: &str, device: &SimDevice, chain: &str) -> Terminal {
-        let ca = std::fs::read_to_string(self.s.ca_pem()).unwrap();
-        Terminal::new(&format!("https://{public}"), &ca, chain, device).unwrap()
-    }
-
-    fn device(&self, id: &str) -> SimDevice {
-        SimDevice::load(&self.devices, id.parse::<DeviceId>().unwrap()).unwrap()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminal_logs_in_rotates_and_is_locked_out_over_mtls() {
@@ -708,4 +559,127 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
         .unwrap();
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert_eq!(refused.body["error"]["code"], "confirmation_tampered");
+}
+
+/// The same confirmation confirmed 20 times at once, ten times on each of
+/// two replicas on one database (SQLite file or PostgreSQL): executed once,
+/// handed to the executor (a real local HTTPS receiver) under one message
+/// id, and the other 19 answered `403 confirmation_refused`.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_confirms_on_two_replicas_execute_once() {
+    use axum::http::Method;
+    use keyward_tests::webhook::Receiver;
+    require_tool("openssl", "openssl");
+    let receiver = Receiver::start().await;
+    let files = tempfile::tempdir().unwrap();
+    let s = Server::started_with(common::Options {
+        extra: webhook_confirmations(&receiver, files.path()),
+        ..Default::default()
+    })
+    .await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision(&[("bank-a", "tdes")]);
+    let b = s.replica("b");
+    let mut dev = st.device(D1);
+    let chain = st.chain(D1);
+    let on_a = st.terminal(&s.public, &dev, &chain);
+    let on_b = st.terminal(&b.public, &dev, &chain);
+    let token = terminal::login(&on_a, &mut dev, "bank-a", LoginOptions::default())
+        .await
+        .unwrap()
+        .answer()
+        .unwrap()
+        .session_token;
+
+    let tx = json!({
+        "payer_account": ACCOUNT,
+        "payee_account": "DE89370400440532013000",
+        "payee_name": "ACME GmbH",
+        "amount": 4200,
+        "currency": "EUR",
+        "reference": "Twenty at once",
+    });
+    let sub = on_b
+        .call(Method::POST, "/v1/confirmations", Some(&tx), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(sub.status, 201, "{}", sub.body);
+    let id = sub.body["confirmation_id"].as_str().unwrap().to_owned();
+    let shown = st.ok("alice", &["confirmation", "show", &id]);
+    let delivery = shown["deliveries"][0]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut code = None;
+    for _ in 0..200 {
+        code = receiver.seen.bodies().get(&delivery).map(|b| code_in(b));
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let code = code.unwrap_or_else(|| panic!("no code delivered\n{}", s.log()));
+
+    let body = confirm_body(&dev, &serde_json::to_vec(&tx).unwrap(), &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    let confirms = (0..20).map(|i| {
+        let term = if i % 2 == 0 {
+            on_a.clone()
+        } else {
+            on_b.clone()
+        };
+        let (body, path, token) = (body.clone(), path.clone(), token.clone());
+        tokio::spawn(async move {
+            term.call(Method::POST, &path, Some(&body), Some(&token))
+                .await
+                .unwrap()
+        })
+    });
+    let mut answers = Vec::new();
+    for c in confirms.collect::<Vec<_>>() {
+        let r = c.await.unwrap();
+        answers.push((r.status.as_u16(), r.code().to_owned()));
+    }
+    answers.sort();
+    let mut want = vec![(200, String::new())];
+    want.extend(std::iter::repeat_n(
+        (403, "confirmation_refused".to_owned()),
+        19,
+    ));
+    assert_eq!(answers, want, "{}", s.log());
+
+    // One execution, under one message id, received once per attempt.
+    let mut executions = Vec::new();
+    for _ in 0..200 {
+        executions = receiver
+            .seen
+            .bodies()
+            .into_iter()
+            .filter(|(_, b)| {
+                serde_json::from_slice::<Value>(b).unwrap()["confirmation_id"] == id.as_str()
+            })
+            .map(|(message_id, _)| message_id)
+            .collect();
+        if !executions.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let shown = st.ok("alice", &["confirmation", "show", &id]);
+    assert_eq!(shown["state"], "executed", "{shown}");
+    assert_eq!(shown["deliveries"].as_array().unwrap().len(), 2, "{shown}");
+    let execution = shown["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["topic"] == "confirmation.execute")
+        .unwrap()["message_id"]
+        .clone();
+    assert_eq!(executions, [execution.as_str().unwrap()], "{shown}");
+    drop(b);
 }

@@ -14,6 +14,8 @@
 //! - [`softhsm`]: a fresh SoftHSM token per test.
 //! - [`db`]: a fresh, migrated catalog database per test.
 //! - [`vectors`]: loader for `vectors.json`.
+//! - [`webhook`]: a local HTTPS webhook receiver that checks signatures and
+//!   records message ids.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod db;
@@ -22,4 +24,5 @@ pub mod simulator;
 pub mod softhsm;
 pub mod terminal;
 pub mod vectors;
+pub mod webhook;
 pub mod wire;

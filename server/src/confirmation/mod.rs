@@ -243,6 +243,7 @@ impl Confirmations {
             .kms
             .confirmation_code_mac(code_context(&id, &code))
             .await?;
+        crate::fault_point!("confirmation.submit.code_made");
         let rendered = render(&received, &code, &p.origin);
         let flagged = received.payee_check() != PayeeCheck::Plain;
         let created = now_ms();
@@ -322,9 +323,11 @@ impl Confirmations {
                 Ok::<_, ConfirmError>((dbtx, ()))
             })
             .await?;
+        crate::fault_point!("confirmation.submit.committed");
         p.outbox.wake();
         let _ = p.audit.flush_staged().await;
         self.count("submitted");
+        crate::fault_point!("confirmation.submit.answered");
         Ok(Submitted {
             id,
             expires_at_ms: expires,
@@ -400,6 +403,7 @@ impl Confirmations {
         if !code_ok || now >= stored.expires_at_ms {
             return self.wrong(device, &stored).await;
         }
+        crate::fault_point!("confirmation.confirm.verified");
         self.execute(device, &stored, &req.signature, now).await
     }
 
@@ -463,9 +467,11 @@ impl Confirmations {
                 Ok::<_, ConfirmError>((dbtx, execution))
             })
             .await?;
+        crate::fault_point!("confirmation.confirm.committed");
         p.outbox.wake();
         let _ = p.audit.flush_staged().await;
         self.count("executed");
+        crate::fault_point!("confirmation.confirm.answered");
         Ok(Executed {
             id: stored.id.clone(),
             execution_id: done,

@@ -329,6 +329,9 @@ impl Outbox {
         let mut drained = Drained::default();
         loop {
             let claimed = store::claim(&self.0.db, owner, now_ms(), lease_ms, cfg.batch).await?;
+            if !claimed.is_empty() {
+                crate::fault_point!("outbox.claimed");
+            }
             let full = claimed.len() >= cfg.batch as usize;
             let mut sends = JoinSet::new();
             for msg in claimed {
@@ -385,6 +388,12 @@ impl Outbox {
                 "outbox delivery failed"
             );
         }
+        if result.is_ok() {
+            crate::fault_point!("outbox.send.acknowledged");
+            if msg.topic == crate::confirmation::TOPIC_EXECUTE {
+                crate::fault_point!("confirmation.executor.sent");
+            }
+        }
         if !store::record(&self.0.db, &msg.message_id, owner, &outcome, now).await? {
             drained.lost_lease += 1;
             tracing::warn!(message_id = %msg.message_id, "outbox outcome not recorded: the message was taken over");
@@ -392,6 +401,7 @@ impl Outbox {
         }
         let label = match outcome {
             store::Outcome::Sent => {
+                crate::fault_point!("outbox.send.marked");
                 drained.sent += 1;
                 "sent"
             }

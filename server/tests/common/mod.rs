@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod station;
 pub mod tamper;
 
 use keyward_tests::db::{TestDb, test_database};
@@ -216,8 +217,14 @@ crl_refresh_secs = {crl_refresh}
 
     /// [`Server::start`] with more `serve` arguments.
     pub fn start_with(&mut self, args: &[&str]) {
+        self.start_with_env(args, &[]);
+    }
+
+    /// [`Server::start`] with more `serve` arguments and environment
+    /// variables (e.g. `KEYWARD_FAULTS`).
+    pub fn start_with_env(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
-        let (child, public, admin) = self.spawn_serve("serve.log", args);
+        let (child, public, admin) = self.spawn_serve("serve.log", args, env);
         self.child = Some(child);
         self.public = public;
         self.admin = admin;
@@ -227,7 +234,7 @@ crl_refresh_secs = {crl_refresh}
     /// database and HSM token, its own ports and log: another replica.
     pub fn replica(&self, name: &str) -> Replica {
         let log = format!("serve-{name}.log");
-        let (child, public, admin) = self.spawn_serve(&log, &[]);
+        let (child, public, admin) = self.spawn_serve(&log, &[], &[]);
         Replica {
             child,
             public,
@@ -238,9 +245,19 @@ crl_refresh_secs = {crl_refresh}
 
     /// Spawns `keyward serve ARGS`, logging to `log` in the test dir, and
     /// reads the listening line: `(child, public addr, admin addr)`.
-    fn spawn_serve(&self, log: &str, args: &[&str]) -> (Child, String, String) {
+    fn spawn_serve(
+        &self,
+        log: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Child, String, String) {
         let log_path = self.dir.path().join(log);
-        let log_file = std::fs::File::create(&log_path).unwrap();
+        // Appended to: a restarted server's log follows the crashed one's.
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let mut child = Command::new(KEYWARD)
             .arg("--config")
             .arg(&self.config)
@@ -248,6 +265,7 @@ crl_refresh_secs = {crl_refresh}
             .args(args)
             .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -339,7 +357,15 @@ crl_refresh_secs = {crl_refresh}
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// SIGKILL, as a crash would: no drain, no last audit record.
+    /// Whether the serve process is running (not exited or killed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGKILL, as a crash would: no drain, no last audit record. Reaps a
+    /// process that already died on its own.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("not running");
         let _ = child.kill();

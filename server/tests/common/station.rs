@@ -1,0 +1,196 @@
+//! The provisioning station of the end-to-end tests: `kwctl -o json` as an
+//! operator and `kwsim` as the devices' agent, bringing two devices of one
+//! approved customer to the point where their terminals can log in.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use keyward_kms::types::DeviceId;
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::terminal::Terminal;
+use serde_json::Value;
+
+use super::{KWCTL, Server, stdout_json};
+
+pub const D1: &str = "F000000000000001";
+pub const D2: &str = "F000000000000002";
+pub const ACCOUNT: &str = "6222020200112233";
+
+fn kwsim_path() -> PathBuf {
+    Path::new(KWCTL).with_file_name("kwsim")
+}
+
+/// The provisioning station: `kwctl -o json` as an operator, `kwsim`.
+pub struct Station<'a> {
+    pub s: &'a Server,
+    /// Where kwsim keeps its devices.
+    pub devices: PathBuf,
+}
+
+impl Station<'_> {
+    pub fn ok(&self, who: &str, args: &[&str]) -> Value {
+        let dir = if who == "admin" {
+            self.s.operators()
+        } else {
+            self.s.dir.path().to_owned()
+        };
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.s.kwctl(&dir, who, &all);
+        let v = stdout_json(&out);
+        assert!(
+            out.status.success(),
+            "kwctl {args:?}: {v}\n{}",
+            self.s.log()
+        );
+        v
+    }
+
+    pub fn kwsim(&self, args: &[&str]) -> Output {
+        Command::new(kwsim_path())
+            .arg("--state")
+            .arg(&self.devices)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn agent(&self) -> String {
+        format!(
+            "{} --state {}",
+            kwsim_path().display(),
+            self.devices.display()
+        )
+    }
+
+    /// D1 and D2 made, imported, checked, keyed for `issuers` and bound to
+    /// one approved customer.
+    pub fn provision(&self, issuers: &[(&str, &str)]) {
+        for (issuer, family) in issuers {
+            self.ok("admin", &["issuer", "create", issuer, "--family", family]);
+        }
+        let manifest = self.s.dir.path().join("batch.csv");
+        let made = self.kwsim(&[
+            "make",
+            "--count",
+            "2",
+            "--first-id",
+            D1,
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ]);
+        assert!(made.status.success(), "{made:?}");
+        self.ok(
+            "alice",
+            &[
+                "device",
+                "import",
+                "--batch-id",
+                "B-1",
+                manifest.to_str().unwrap(),
+            ],
+        );
+        let agent = self.agent();
+        let app = self.ok(
+            "alice",
+            &[
+                "customer",
+                "apply",
+                "--name",
+                "Li Lei",
+                "--national-id",
+                "110101199003071234",
+                "--account",
+                ACCOUNT,
+                "--contact-kind",
+                "sms",
+                "--contact",
+                "+8613800138000",
+            ],
+        );
+        let app_id = app["application_id"].as_str().unwrap().to_owned();
+        let customer = app["customer_id"].as_str().unwrap().to_owned();
+        self.ok("bob", &["customer", "approve", &app_id]);
+        for d in [D1, D2] {
+            self.ok("alice", &["device", "check", d, "--agent", &agent]);
+            for (issuer, _) in issuers {
+                self.ok(
+                    "alice",
+                    &["device", "init", d, "--issuer", issuer, "--agent", &agent],
+                );
+                self.ok(
+                    "alice",
+                    &[
+                        "bind",
+                        d,
+                        "--customer",
+                        &customer,
+                        "--issuer",
+                        issuer,
+                        "--element",
+                        "both",
+                        "--account",
+                        ACCOUNT,
+                    ],
+                );
+            }
+        }
+    }
+
+    /// The device's certificate and chain (PEM), as its terminal presents it.
+    pub fn chain(&self, device: &str) -> String {
+        let shown = self.ok("alice", &["device", "show", device]);
+        let serial = shown["cert_serial"].as_str().unwrap().to_owned();
+        let cert = self.ok("alice", &["ca", "show", &serial]);
+        format!(
+            "{}{}",
+            cert["certificate_pem"].as_str().unwrap(),
+            cert["chain_pem"].as_str().unwrap()
+        )
+    }
+
+    pub fn terminal(&self, public: &str, device: &SimDevice, chain: &str) -> Terminal {
+        let ca = std::fs::read_to_string(self.s.ca_pem()).unwrap();
+        Terminal::new(&format!("https://{public}"), &ca, chain, device).unwrap()
+    }
+
+    pub fn device(&self, id: &str) -> SimDevice {
+        SimDevice::load(&self.devices, id.parse::<DeviceId>().unwrap()).unwrap()
+    }
+}
+
+/// Config for confirmations over signed webhooks to `receiver`: the code
+/// messages of `sms` contacts to endpoint `gateway`, executions to
+/// endpoint `core` (both the one receiver); the outbox drains every 100 ms
+/// and a dead replica's claim lapses after 3 s. CA and secret files go to
+/// `dir`.
+pub fn webhook_confirmations(receiver: &keyward_tests::webhook::Receiver, dir: &Path) -> String {
+    format!(
+        "[confirmation]\ngateway = \"gateway\"\nexecutor_channel = \"webhook\"\n\
+         executor = \"core\"\n[confirmation.channels]\nsms = \"webhook\"\nim = \"webhook\"\nemail = \"webhook\"\n\
+         [outbox]\ninterval_ms = 100\nlease_ms = 3000\nmax_attempts = 50\n\
+         backoff_base_ms = 50\nbackoff_max_ms = 500\n{}{}",
+        receiver.config_toml("gateway", dir),
+        receiver.config_toml("core", dir),
+    )
+}
+
+/// The code in a delivered code message, as the customer's phone shows it.
+pub fn code_in(payload: &[u8]) -> keyward_protocol::confirmation::Code {
+    let payload: Value = serde_json::from_slice(payload).unwrap();
+    let text = payload["text"].as_str().unwrap();
+    let code = text.lines().find_map(|l| l.strip_prefix("Code ")).unwrap();
+    keyward_protocol::confirmation::Code::parse(code.trim()).unwrap()
+}
+
+/// The confirm request of `tx` with `code`, signed by `dev`.
+pub fn confirm_body(
+    dev: &SimDevice,
+    tx: &[u8],
+    code: &keyward_protocol::confirmation::Code,
+) -> Value {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sig = dev.sign_confirmation(tx, code);
+    serde_json::json!({"transaction": b64.encode(tx), "code": code.as_str(), "signature": b64.encode(sig)})
+}
