@@ -194,28 +194,18 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         record(&o.audit, "confirmation", &what).await?;
         report.created.push(what);
     }
-    for (label, what, component) in [
-        (
-            crate::load::PERMIT_KEY_LABEL,
-            "load permit signing key",
-            "load",
-        ),
-        (
-            crate::ledger::CHECKPOINT_KEY_LABEL,
-            "ledger checkpoint signing key",
-            "ledger",
-        ),
-    ] {
-        let (_, created) = o
-            .kms
-            .ensure_signing_key(label, KeyPairKind::P256)
-            .await
-            .with_context(|| format!("the {what}"))?;
-        if created {
-            let what = format!("{what} {label} (HSM, P-256)");
-            record(&o.audit, component, &what).await?;
-            report.created.push(what);
-        }
+    let (_, created) = o
+        .kms
+        .ensure_signing_key(crate::ledger::CHECKPOINT_KEY_LABEL, KeyPairKind::P256)
+        .await
+        .context("the ledger checkpoint signing key")?;
+    if created {
+        let what = format!(
+            "ledger checkpoint signing key {} (HSM, P-256)",
+            crate::ledger::CHECKPOINT_KEY_LABEL
+        );
+        record(&o.audit, "ledger", &what).await?;
+        report.created.push(what);
     }
     let r = &o.ca_report;
     for (done, what) in [
@@ -241,6 +231,16 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         crate::confirmation::EVIDENCE_KEY_LABEL,
         KeyPairKind::P256,
         IssueRequest::evidence(None),
+        &mut report,
+    )
+    .await?;
+    ensure_certified_key(
+        &o.kms,
+        &o.ca,
+        &o.audit,
+        crate::load::PERMIT_KEY_LABEL,
+        KeyPairKind::P256,
+        IssueRequest::load_permit(None),
         &mut report,
     )
     .await?;

@@ -44,6 +44,24 @@ pub const POINTS: &[&str] = &[
     "confirmation.confirm.answered",
     // The executor answered 2xx for an execution; not marked sent yet.
     "confirmation.executor.sent",
+    // A load request's signature verified and its bytes decoded.
+    "load.request.verified",
+    // The permit signed in the HSM; nothing is written yet.
+    "load.permit.signed",
+    // The debit (pending transfer), load row and permit committed.
+    "load.debit.committed",
+    // Just before the permit goes back to the device.
+    "load.permit.answered",
+    // A report's signature verified; nothing is written yet.
+    "load.report.verified",
+    // A load's post, void or settlement committed.
+    "load.settle.committed",
+    // The sweeper voided an overdue load (committed).
+    "load.sweep.voided",
+    // A ledger checkpoint signed in the HSM; the seal is not written yet.
+    "ledger.seal.signed",
+    // Entries sealed and the checkpoint committed.
+    "ledger.seal.committed",
 ];
 
 /// Whether this build has fault points (the cargo feature `faults`).

@@ -92,6 +92,7 @@ impl AppState {
         )?;
         let loads = Loads::new(
             kms.clone(),
+            ca.clone(),
             provisioning.clone(),
             audit.clone(),
             metrics.clone(),

@@ -447,6 +447,7 @@ impl Ledger {
         }
         // Signed before the transaction opens.
         let signature = self.sign_checkpoint(&checkpoint_message(&head)).await?;
+        crate::fault_point!("ledger.seal.signed");
         let checkpoint = Checkpoint {
             chain_seq: i64::try_from(head.seq).unwrap_or(i64::MAX),
             chain_hash: head.hash.to_vec(),
@@ -466,6 +467,7 @@ impl Ledger {
             Ok::<_, LedgerError>((tx, ()))
         })
         .await?;
+        crate::fault_point!("ledger.seal.committed");
         Ok(sealed.len())
     }
 

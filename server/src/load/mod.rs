@@ -89,6 +89,8 @@ pub struct Permitted {
     /// The customer account's balance after the debit (on a retry: as
     /// stored then, `None`).
     pub balance_after_minor: Option<i64>,
+    /// The permit key's certificate chain (PEM), up to the Keyward root.
+    pub chain_pem: String,
 }
 
 /// What a report or a settlement left the load as.
@@ -107,8 +109,10 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
+    ca: keyward_ca::Ca,
     config: LoadConfig,
-    permit_key: tokio::sync::OnceCell<keyward_kms::signing::SigningKey>,
+    /// The permit key and its `load-permit` certificate, loaded at first use.
+    permit_key: tokio::sync::OnceCell<crate::bootstrap::CertifiedKey>,
 }
 
 impl std::fmt::Debug for Loads {
@@ -120,6 +124,7 @@ impl std::fmt::Debug for Loads {
 impl Loads {
     pub fn new(
         kms: Kms,
+        ca: keyward_ca::Ca,
         provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
@@ -130,6 +135,7 @@ impl Loads {
             provisioning,
             audit,
             metrics,
+            ca,
             config,
             permit_key: tokio::sync::OnceCell::new(),
         }))
@@ -143,14 +149,38 @@ impl Loads {
         &self.0.config
     }
 
+    /// The permit key and its current certificate (`keyward init` makes
+    /// both).
+    async fn permit_key(&self) -> Result<&crate::bootstrap::CertifiedKey> {
+        let p = &self.0;
+        p.permit_key
+            .get_or_try_init(|| async {
+                crate::bootstrap::certified_key(
+                    &p.kms,
+                    &p.ca,
+                    PERMIT_KEY_LABEL,
+                    keyward_ca::Profile::LoadPermit,
+                )
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %format!("{e:#}"), "the load permit key");
+                    LoadError::Kms(keyward_kms::KmsError::KeyMissing(PERMIT_KEY_LABEL.into()))
+                })
+            })
+            .await
+    }
+
     /// Signs a permit with the HSM load-permit key (DER ECDSA P-256).
     async fn sign_permit(&self, permit: &[u8]) -> Result<Vec<u8>> {
-        let key = self
-            .0
-            .permit_key
-            .get_or_try_init(|| self.0.kms.signing_key(PERMIT_KEY_LABEL))
-            .await?;
+        let key = &self.permit_key().await?.key;
         Ok(key.sign(SignMechanism::EcdsaSha256, permit).await?)
+    }
+
+    /// The load-permit certificate (PEM), then the issuing CA's: what a
+    /// purse checks a permit's signature with, up to the Keyward root.
+    pub async fn permit_chain_pem(&self) -> Result<String> {
+        let cert = &self.permit_key().await?.cert;
+        Ok(format!("{}{}", cert.pem, self.0.ca.issuing_pem()))
     }
 
     /// Verifies a device's signed message under the session device's key.
@@ -189,6 +219,7 @@ impl Loads {
         let p = &self.0;
         self.verified(device, m).await?;
         let req = LoadRequest::decode(&m.payload)?;
+        crate::fault_point!("load.request.verified");
         if req.device != device.device_id.bytes() {
             return Err(LoadError::DeviceMismatch);
         }
@@ -232,6 +263,7 @@ impl Loads {
         .encode();
         // Signed before the transaction opens: a refusal only wastes it.
         let permit_sig = self.sign_permit(&permit).await?;
+        crate::fault_point!("load.permit.signed");
         let ttl =
             i64::try_from(p.config.report_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let row = LoadRow {
@@ -311,13 +343,16 @@ impl Loads {
             }
             Err(e) => return Err(e),
         };
+        crate::fault_point!("load.debit.committed");
         let _ = p.audit.flush_staged().await;
         self.count("permitted");
+        crate::fault_point!("load.permit.answered");
         Ok(Permitted {
             load_id: row.id.clone(),
             permit,
             signature: permit_sig,
             balance_after_minor: Some(after.minor_units()),
+            chain_pem: self.permit_chain_pem().await?,
         })
     }
 
@@ -340,6 +375,7 @@ impl Loads {
             permit: existing.permit,
             signature: existing.permit_sig,
             balance_after_minor: None,
+            chain_pem: self.permit_chain_pem().await?,
         }))
     }
 
@@ -365,6 +401,7 @@ impl Loads {
             self.bad_report(device, &load, id, "signature").await?;
             return Err(e);
         }
+        crate::fault_point!("load.report.verified");
         let report = match LoadReport::decode(&m.payload) {
             Ok(r)
                 if r.load == *id.as_bytes()
@@ -524,6 +561,7 @@ impl Loads {
                 Ok::<_, LoadError>((tx, ()))
             })
             .await?;
+        crate::fault_point!("load.settle.committed");
         let _ = p.audit.flush_staged().await;
         self.count(to.as_str());
         Ok(())
@@ -660,6 +698,7 @@ impl Loads {
                 })
                 .await?;
             if done {
+                crate::fault_point!("load.sweep.voided");
                 voided += 1;
                 self.count("doubtful");
             }

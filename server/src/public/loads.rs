@@ -47,6 +47,7 @@ pub async fn request(
             permit: B64.encode(&p.permit),
             signature: B64.encode(&p.signature),
             balance_after_minor: p.balance_after_minor,
+            certificate_chain: p.chain_pem,
         }),
     ))
 }

@@ -34,6 +34,9 @@ pub struct Permit {
     /// The account's balance after the debit; absent on a retry.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub balance_after_minor: Option<i64>,
+    /// The permit key's `load-permit` certificate and the issuing CA's,
+    /// PEM: the purse checks the signature with it, up to the Keyward root.
+    pub certificate_chain: String,
 }
 
 /// A load's state after a report or a settlement.
