@@ -20,6 +20,7 @@
 
 pub mod db;
 pub mod device;
+pub mod purse;
 pub mod simulator;
 pub mod softhsm;
 pub mod terminal;

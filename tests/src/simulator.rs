@@ -208,6 +208,11 @@ impl SimDevice {
         )
     }
 
+    /// Whether the device key is RSA (else ECDSA P-256).
+    pub fn is_rsa(&self) -> bool {
+        matches!(self.key, DeviceKey::Rsa(_))
+    }
+
     /// Signs a genuine-device challenge: ECDSA P-256/SHA-256 (DER) or RSA
     /// PKCS#1 v1.5/SHA-256, over exactly the challenge bytes.
     pub fn sign_challenge(&self, challenge: &[u8]) -> Vec<u8> {

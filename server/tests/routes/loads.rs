@@ -206,6 +206,15 @@ async fn a_load_is_permitted_then_posted_once() {
     assert_eq!(a["balance_after_minor"], 40_000);
     let (id, permit, bytes) = permit_of(&app, &a, &req).await;
     assert_eq!(permit.amount.minor_units(), 10_000);
+    // As a purse checks it: under the load-permit certificate, whose chain
+    // leads to the Keyward root.
+    keyward_tests::purse::verify_chain_signature(
+        a["certificate_chain"].as_str().unwrap(),
+        app.state.ca.root_pem(),
+        &bytes,
+        &B64.decode(a["signature"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
     // A retry of the same request: the same permit, byte for byte, and no
     // second debit.
     let again = p.send_request(&app, &req).await;
