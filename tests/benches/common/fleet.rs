@@ -149,6 +149,18 @@ impl Admin {
 
     /// Check, original keys, customer, binding: device `n` is `issued`.
     pub async fn issue(&self, d: &mut SimDevice, n: usize) {
+        self.issue_as(d, n, None).await;
+    }
+
+    /// [`Self::issue`], bound to an existing customer and account when
+    /// given (several devices of one customer), else to a new customer `n`
+    /// with account `62220202{n:08}`. Returns the customer and account.
+    pub async fn issue_as(
+        &self,
+        d: &mut SimDevice,
+        n: usize,
+        existing: Option<(String, String)>,
+    ) -> (String, String) {
         let id = d.id;
         let path = |tail: &str| format!("/admin/v1/devices/{id}{tail}");
         let c = self
@@ -182,6 +194,24 @@ impl Admin {
             serde_json::to_value(keyward_tests::wire::confirm_body(ISSUER, &answer)).unwrap();
         self.post(&self.root, &path("/init/confirm"), confirm, StatusCode::OK)
             .await;
+        let (customer, account) = match existing {
+            Some(c) => c,
+            None => self.customer(n).await,
+        };
+        self.post(
+            &self.root,
+            &path("/bindings"),
+            json!({"customer_id": customer, "issuer_id": ISSUER,
+                   "secure_element": "psam", "accounts": [account]}),
+            StatusCode::CREATED,
+        )
+        .await;
+        (customer, account)
+    }
+
+    /// Customer `n` applied for by alice and approved by bob: its id and
+    /// account.
+    pub async fn customer(&self, n: usize) -> (String, String) {
         let account = format!("62220202{n:08}");
         let applied = self
             .post(
@@ -203,14 +233,8 @@ impl Admin {
                 StatusCode::OK,
             )
             .await;
-        self.post(
-            &self.root,
-            &path("/bindings"),
-            json!({"customer_id": approved["customer_id"], "issuer_id": ISSUER,
-                   "secure_element": "psam", "accounts": [account]}),
-            StatusCode::CREATED,
-        )
-        .await;
+        let customer = approved["customer_id"].as_str().unwrap().to_owned();
+        (customer, account)
     }
 }
 
