@@ -32,7 +32,7 @@ use wire::{Reader, Writer};
 /// The format version every message carries after its magic.
 pub const VERSION: u8 = 1;
 
-/// No load message is longer (the longest, a request, is at most 176 bytes).
+/// No load message is longer (the longest, a request, is at most 169 bytes).
 pub const MAX_MESSAGE: usize = 512;
 
 /// Longest customer id and account number a request may carry.

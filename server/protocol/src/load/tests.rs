@@ -64,6 +64,76 @@ fn worked_example_in_the_docs() {
     );
 }
 
+/// The permit, the report and the status of `docs/protocol.md` §13.4,
+/// byte for byte: the answers to the request of the worked example.
+#[test]
+fn worked_example_permit_report_and_status_in_the_docs() {
+    let req = request().encode();
+    assert_eq!(
+        RequestId::of(&req).to_string(),
+        "6d2f576007a6042d88ba4889d83e6fd1f71c8c38b01cf62b97b07874ae2cd3ad"
+    );
+    let p = permit(&req).encode();
+    assert_eq!(
+        hex::encode(&p),
+        concat!(
+            "4b574c50",
+            "01",
+            "6d2f576007a6042d88ba4889d83e6fd1f71c8c38b01cf62b97b07874ae2cd3ad",
+            "11111111111111111111111111111111",
+            "0000000000000007",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "0000000000002710",
+            "434e59",
+            "000001a24dccd800",
+        )
+    );
+    let report = LoadReport {
+        load: [0x11; 16],
+        request: RequestId::of(&req),
+        sequence: 7,
+        outcome: Outcome::Applied,
+        wallet_balance: 11_500,
+    }
+    .encode();
+    assert_eq!(
+        hex::encode(&report),
+        concat!(
+            "4b574c58",
+            "01",
+            "11111111111111111111111111111111",
+            "6d2f576007a6042d88ba4889d83e6fd1f71c8c38b01cf62b97b07874ae2cd3ad",
+            "0000000000000007",
+            "01",
+            "00",
+            "0000000000002cec",
+        )
+    );
+    let status = PurseStatus {
+        device: *b"\x01\x02\x03\x04\x05\x06\x07\x08",
+        sequence: 8,
+        last_applied: 7,
+        wallet_balance: 11_500,
+        currency: Currency::from_code("CNY").unwrap(),
+        nonce: [0xBB; 16],
+    }
+    .encode();
+    assert_eq!(
+        hex::encode(&status),
+        concat!(
+            "4b574c53",
+            "01",
+            "0102030405060708",
+            "0000000000000008",
+            "0000000000000007",
+            "0000000000002cec",
+            "434e59",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        )
+    );
+    assert_eq!((p.len(), report.len(), status.len()), (96, 71, 56));
+}
+
 #[test]
 fn every_message_round_trips() {
     let req = request();
