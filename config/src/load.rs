@@ -64,6 +64,12 @@ impl LoadConfig {
                 "must be 1 to 10^15",
             ));
         }
+        if self.dual_control_above_minor > 1_000_000_000_000_000 {
+            return Err(ConfigError::key(
+                "load.dual_control_above_minor",
+                "must be at most 10^15",
+            ));
+        }
         if !(50..=60_000).contains(&self.sweep_interval_ms) {
             return Err(ConfigError::key(
                 "load.sweep_interval_ms",

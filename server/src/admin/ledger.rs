@@ -116,7 +116,7 @@ pub async fn credit(
     let c = state
         .ledger
         .credit(
-            &op.name,
+            op.operator_id()?.as_str(),
             &op.actor,
             &op.request_id,
             &id,
@@ -151,7 +151,7 @@ pub async fn approve_credit(
     let target = format!("credit:{id}");
     match state
         .ledger
-        .approve_credit(&op.name, &op.actor, &op.request_id, &id)
+        .approve_credit(&op.operator_id()?, &op.actor, &op.request_id, &id)
         .await
     {
         Ok(c) => Ok(Json(wire::CreditView {

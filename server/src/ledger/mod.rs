@@ -130,14 +130,23 @@ where
     })
 }
 
-/// A customer account by number, in `currency`, read in the transaction.
-async fn customer_in<E>(tx: &mut Tx, number: &str, currency: Currency) -> Result<Account, E>
+/// A customer account by number, in `currency`, read in the transaction;
+/// when `owner` is given, only if it is that customer's.
+async fn customer_in<E>(
+    tx: &mut Tx,
+    number: &str,
+    currency: Currency,
+    owner: Option<&str>,
+) -> Result<Account, E>
 where
     E: From<Refusal> + From<sqlx::Error>,
 {
     let row = store::account_in(tx, number)
         .await?
         .ok_or(Refusal::AccountNotFound)?;
+    if owner.is_some_and(|o| row.customer_id.as_deref() != Some(o)) {
+        return Err(Refusal::AccountMismatch.into());
+    }
     let account = account_of(&row)?;
     account.check(AccountKind::Customer)?;
     if account.currency != currency {
@@ -177,10 +186,11 @@ fn row_of(t: &Transfer, now: i64) -> TransferRow {
     }
 }
 
-/// Debits the customer's account and holds the amount in loads-in-flight:
+/// Debits `customer`'s account and holds the amount in loads-in-flight:
 /// a pending load. Returns the customer's balance after.
 pub async fn open_load_in<E>(
     tx: &mut Tx,
+    customer: &str,
     account: &str,
     currency: Currency,
     id: TransferId,
@@ -190,7 +200,7 @@ pub async fn open_load_in<E>(
 where
     E: From<Refusal> + From<sqlx::Error>,
 {
-    let customer = customer_in::<E>(tx, account, currency).await?;
+    let customer = customer_in::<E>(tx, account, currency, Some(customer)).await?;
     let suspense = Account::system(AccountKind::LoadsInFlight, currency)?;
     let (transfer, posting) = keyward_ledger::open_pending(&customer, &suspense, id, amount)?;
     store::insert_transfer_in(tx, &row_of(&transfer, now)).await?;
@@ -245,7 +255,8 @@ where
 {
     let transfer = transfer_in::<E>(tx, id).await?;
     let (late, payer) = if applied {
-        let customer = customer_in::<E>(tx, &transfer.debit.to_string(), transfer.currency).await?;
+        let customer =
+            customer_in::<E>(tx, &transfer.debit.to_string(), transfer.currency, None).await?;
         let (next, posting) = keyward_ledger::reconcile_late(&transfer, &customer)?;
         book::<E>(tx, &posting, now).await?;
         match next.reconciliation {

@@ -39,6 +39,12 @@ pub enum LedgerError {
     SelfApproval,
     #[error("no such pending credit")]
     UnknownCredit,
+    /// The account is not one provisioning approved for the customer.
+    #[error("the account is not one of the customer's approved accounts")]
+    NotCustomers,
+    /// A credit's reference is 1 to 64 printable ASCII characters.
+    #[error("the reference is 1 to 64 printable ASCII characters")]
+    ReferenceInvalid,
     #[error(transparent)]
     Provisioning(#[from] keyward_device_provisioning::ProvisioningError),
     #[error(transparent)]
@@ -64,6 +70,8 @@ impl LedgerError {
             Self::Refusal(r) => r.code(),
             Self::SelfApproval => "self_approval",
             Self::UnknownCredit => "unknown_credit",
+            Self::NotCustomers => "accounts_not_held",
+            Self::ReferenceInvalid => "field_invalid",
             Self::Provisioning(e) => e.code(),
             Self::Kms(e) => e.code(),
             Self::Audit(_) => "audit_unavailable",
@@ -77,6 +85,7 @@ impl LedgerError {
             Self::Refusal(r) => crate::load::ledger_kind(r),
             Self::SelfApproval => K::Forbidden,
             Self::UnknownCredit => K::NotFound,
+            Self::NotCustomers | Self::ReferenceInvalid => K::Invalid,
             Self::Provisioning(e) => e.kind(),
             Self::Kms(e) => e.kind(),
             Self::Audit(_) => K::Unavailable,
@@ -184,7 +193,11 @@ impl Ledger {
             .filter(|f| *f <= 0)
             .ok_or(Refusal::FloorInvalid)?;
         let customer: keyward_device_provisioning::CustomerId = new.customer_id.parse()?;
-        self.0.provisioning.customer(&customer).await?;
+        let held = self.0.provisioning.customer(&customer).await?;
+        // Only an account provisioning approved for this customer.
+        if !held.accounts.iter().any(|a| a.as_str() == id.to_string()) {
+            return Err(LedgerError::NotCustomers);
+        }
         let now = now_ms();
         let row = AccountRow {
             id: id.to_string(),
@@ -252,6 +265,11 @@ impl Ledger {
         reference: &str,
     ) -> Result<Credit> {
         let amount = Amount::new(amount_minor)?;
+        if !(1..=64).contains(&reference.len())
+            || !reference.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(LedgerError::ReferenceInvalid);
+        }
         let view = self.account(account).await?;
         if view.row.kind != "customer" {
             return Err(Refusal::AccountKindMismatch.into());
@@ -321,7 +339,7 @@ impl Ledger {
     /// A second operator approves a pending credit: it posts.
     pub async fn approve_credit(
         &self,
-        operator: &str,
+        operator: &keyward_device_provisioning::OperatorId,
         actor: &Actor,
         request_id: &str,
         credit_id: &str,
@@ -337,7 +355,9 @@ impl Ledger {
         let account: String = row.try_get("account_id")?;
         let amount_minor: i64 = row.try_get("amount_minor")?;
         let requested_by: String = row.try_get("requested_by")?;
-        if requested_by == operator {
+        // Compared as maker-checker compares operators: look-alikes of
+        // one name are one person.
+        if operator.same_person(&requested_by) {
             return Err(LedgerError::SelfApproval);
         }
         let amount = Amount::new(amount_minor)?;
@@ -354,20 +374,7 @@ impl Ledger {
             .db()
             .write("ledger.credit_approve", |mut tx| async move {
                 let now = now_ms();
-                let done = sqlx::query(
-                    "UPDATE ledger_credits SET state = 'posted', approved_by = $1, \
-                     transfer_id = $2, posted_at_ms = $3 WHERE id = $4 AND state = 'pending'",
-                )
-                .bind(operator)
-                .bind(transfer.to_string())
-                .bind(now)
-                .bind(credit_id)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() != 1 {
-                    return Err(LedgerError::UnknownCredit);
-                }
-                // The transfer row must exist before the credit names it.
+                // The transfer row first: the credit row names it.
                 let after = super::credit_external_in::<LedgerError>(
                     &mut tx,
                     account_ref,
@@ -376,6 +383,19 @@ impl Ledger {
                     now,
                 )
                 .await?;
+                let done = sqlx::query(
+                    "UPDATE ledger_credits SET state = 'posted', approved_by = $1, \
+                     transfer_id = $2, posted_at_ms = $3 WHERE id = $4 AND state = 'pending'",
+                )
+                .bind(operator.as_str())
+                .bind(transfer.to_string())
+                .bind(now)
+                .bind(credit_id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(LedgerError::UnknownCredit);
+                }
                 audit
                     .stage_in(&mut tx, actor, event, Outcome::Success, request_id)
                     .await?;
@@ -391,8 +411,9 @@ impl Ledger {
         })
     }
 
-    /// An account's entries with the running balance, and the balance at
-    /// `at_ms` (point in time: every entry booked at or before it).
+    /// An account's entries with the running balance, up to `at_ms` when
+    /// given (point in time: every entry booked at or before it), and the
+    /// balance then.
     pub async fn statement(
         &self,
         account: &str,
@@ -408,9 +429,10 @@ impl Ledger {
             running = running
                 .checked_add(e.delta_minor)
                 .ok_or(Refusal::Overflow)?;
-            if at_ms.is_none_or(|at| e.created_at_ms <= at) {
-                at_balance = running;
+            if at_ms.is_some_and(|at| e.created_at_ms > at) {
+                break;
             }
+            at_balance = running;
             lines.push(StatementLine {
                 entry: e,
                 balance_after_minor: running,

@@ -7,8 +7,9 @@ use keyward_protocol::ProtocolError;
 
 /// Why a load step failed. What a device causes carries a stable code
 /// (docs/protocol.md §13); infrastructure failures keep their cause for the
-/// log only. No variant moves money: a refused step changed nothing but
-/// its audit record.
+/// log only. A refused step moves no money of its own: beyond its audit
+/// record, only what the signed request proved about earlier loads
+/// (their settlement) stands.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The signed bytes break the format (after the signature verified).

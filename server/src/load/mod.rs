@@ -247,6 +247,13 @@ impl Loads {
         if let Some(done) = self.retried(&device_key, sequence, &m.payload).await? {
             return Ok(done);
         }
+        // A replayed or out-of-order request settles nothing: only a fresh
+        // one speaks for the purse now.
+        if store::last_sequence(self.db(), &device_key).await? >= sequence {
+            return Err(LoadError::SequenceStale);
+        }
+        // What the signed request proves about earlier loads holds whether
+        // or not this one is permitted.
         self.settle(device, req.sequence, req.last_applied).await?;
 
         let id = TransferId::from_bytes(p.kms.random::<16>().await?);
@@ -312,6 +319,7 @@ impl Loads {
                 }
                 let after = crate::ledger::open_load_in::<LoadError>(
                     &mut tx,
+                    &row.customer_id,
                     &row.account_id,
                     currency,
                     id,
@@ -551,10 +559,12 @@ impl Loads {
         self.db()
             .write("load.decide", |mut tx| async move {
                 let now = now_ms();
-                ledger_step(&mut tx, id, from, to, d.reason, now).await?;
+                // The load's own state first: a step that lost a race answers
+                // `load_finished`, not the ledger's refusal.
                 if !store::decide_in(&mut tx, &load.id, from, to, d, now).await? {
                     return Err(LoadError::Finished(from.as_str()));
                 }
+                ledger_step(&mut tx, id, from, to, d.reason, now).await?;
                 audit
                     .stage_in(&mut tx, &device.actor, event, outcome, &device.request_id)
                     .await?;
@@ -619,6 +629,7 @@ impl Loads {
         match self.statused(device, &m).await {
             Err(e) if e.kind().is_client() => {
                 self.refused(device, "load.status", None, &e).await;
+                self.count("refused");
                 Err(e)
             }
             other => other,

@@ -481,15 +481,16 @@ async fn parallel_debits_never_overdraw_an_account() {
     for _ in 0..60 {
         let db = app.state.kms.db().clone();
         let account = p.account.clone();
+        let customer = p.customer.clone();
         tasks.push(tokio::spawn(async move {
             let id = keyward_ledger::TransferId::from_bytes(rand::random());
             let amount = keyward_ledger::Amount::new(50).unwrap();
             db.write("test.debit", |mut tx| {
-                let account = account.clone();
+                let (account, customer) = (account.clone(), customer.clone());
                 async move {
                     let r =
                         keyward_server::ledger::open_load_in::<keyward_server::load::LoadError>(
-                            &mut tx, &account, currency, id, amount, 1,
+                            &mut tx, &customer, &account, currency, id, amount, 1,
                         )
                         .await;
                     r.map(|_| (tx, ()))
@@ -508,4 +509,86 @@ async fn parallel_debits_never_overdraw_an_account() {
     assert_eq!(ok, 20);
     assert_eq!(balance(&app, &p.account).await, 0);
     assert_eq!(balance(&app, "sys:loads_in_flight:CNY").await, 1_000);
+}
+
+/// Money enters only through an operator's credit: above the configured
+/// amount it waits for a second operator (not the same person under a
+/// look-alike name), and the answer carries the balance after it; an
+/// account opens only for the customer provisioning approved it for; the
+/// statement gives the balance at a point in time.
+#[tokio::test]
+async fn credits_need_a_second_operator_above_the_limit() {
+    use keyward_ca::Role;
+    let app = App::with_config(|c| c.load.dual_control_above_minor = 10_000).await;
+    let p = purse(&app, 68, 5_000).await;
+    let carol = app.operator("carol", Role::Operator).await;
+    let dave = app.operator("dave", Role::Operator).await;
+    let path = format!("/admin/v1/accounts/{}/credits", p.account);
+    let big = app
+        .post(
+            &carol,
+            &path,
+            json!({"amount_minor": 20_000, "reference": "wire 42"}),
+        )
+        .await;
+    let big = big.expect(StatusCode::ACCEPTED).clone();
+    assert_eq!(big["state"], "pending");
+    assert_eq!(balance(&app, &p.account).await, 5_000);
+    let approve = format!(
+        "/admin/v1/credits/{}/approve",
+        big["credit_id"].as_str().unwrap()
+    );
+    app.post(&carol, &approve, json!({}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "self_approval");
+    let done = app.post(&dave, &approve, json!({})).await;
+    assert_eq!(done.expect(StatusCode::OK)["balance_after_minor"], 25_000);
+    app.post(&dave, &approve, json!({}))
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_credit");
+    assert!(app.audited("ledger.credit_approve", "success").await);
+    // A reference is short printable text; an amount positive.
+    app.post(
+        &carol,
+        &path,
+        json!({"amount_minor": 1, "reference": "x\u{202E}y"}),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "field_invalid");
+    app.post(
+        &carol,
+        &path,
+        json!({"amount_minor": 0, "reference": "zero"}),
+    )
+    .await
+    .refused(StatusCode::UNPROCESSABLE_ENTITY, "amount_not_positive");
+    // Another customer's account number is not opened for this one.
+    app.post(
+        &app.root,
+        "/admin/v1/accounts",
+        json!({"account": "6222020200119999", "customer_id": p.customer, "currency": "CNY"}),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "accounts_not_held");
+    // The statement: every entry with the balance after it, and the
+    // balance at a point in time before the second credit.
+    let st = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/accounts/{}/statement", p.account),
+        )
+        .await;
+    let st = st.expect(StatusCode::OK).clone();
+    let entries = st["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1]["balance_after_minor"], 25_000);
+    let at = entries[0]["created_at_ms"].as_i64().unwrap();
+    let then = app
+        .get(
+            &app.root,
+            &format!("/admin/v1/accounts/{}/statement?at_ms={at}", p.account),
+        )
+        .await;
+    assert_eq!(then.expect(StatusCode::OK)["balance_at_minor"], 5_000);
+    verified(&app).await;
 }
