@@ -35,7 +35,19 @@ struct Purse {
 }
 
 async fn purse(app: &App, n: u8, funds: i64) -> Purse {
-    app.issuer("bank-a", "tdes").await;
+    // The issuer, once per installation.
+    let issuer = app
+        .post(
+            &app.root,
+            "/admin/v1/issuers",
+            json!({"issuer_id": "bank-a", "family": "tdes"}),
+        )
+        .await;
+    assert!(
+        issuer.status == StatusCode::CREATED || issuer.code() == "issuer_exists",
+        "{}",
+        issuer.text
+    );
     let (mut d, who) = issued(app, n, &["bank-a"]).await;
     let (_, a) = login(app, &who, &mut d, "bank-a", LoginOptions::default()).await;
     let token = a.expect(StatusCode::OK)["session_token"]
@@ -590,5 +602,82 @@ async fn credits_need_a_second_operator_above_the_limit() {
         )
         .await;
     assert_eq!(then.expect(StatusCode::OK)["balance_at_minor"], 5_000);
+    verified(&app).await;
+}
+
+/// The lost-report drill: 1 000 loads by 10 devices, one report in ten lost
+/// after the purse applied the load; the sweeper reverses those (the
+/// timeout elapses: their expiry is moved to now), and each device's next
+/// request, or its status at the end, proves the purse applied them. Money
+/// created: none; every such load `late_applied`.
+#[tokio::test]
+async fn lost_report_drill_creates_no_money() {
+    use keyward_tests::purse::Purse as DevicePurse;
+    use rand::{Rng, SeedableRng};
+    let app = App::new().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let mut fleet = Vec::new();
+    for n in 0..10u8 {
+        let p = purse(&app, 70 + n, 1_000_000).await;
+        let dp = DevicePurse::new(p.d.id, &p.customer, &p.account, "CNY");
+        fleet.push((p, dp));
+    }
+    let db = app.state.kms.db().pool().clone();
+    let mut lost = Vec::new();
+    for _round in 0..100 {
+        for (p, dp) in fleet.iter_mut() {
+            let req = dp.request(&p.d, 100).unwrap();
+            let a = p
+                .post(&app, "/v1/loads", serde_json::to_vec(&req.body).unwrap())
+                .await;
+            let a = a.expect(StatusCode::CREATED).clone();
+            let permit = dp.check_permit(&a, app.state.ca.root_pem()).unwrap();
+            let id = a["load_id"].as_str().unwrap().to_owned();
+            let report = dp.apply(&p.d, &permit).unwrap();
+            if rng.gen_range(0..10) == 0 {
+                lost.push(id);
+                continue;
+            }
+            let r = p
+                .post(
+                    &app,
+                    &format!("/v1/loads/{id}/report"),
+                    serde_json::to_vec(&report.body).unwrap(),
+                )
+                .await;
+            assert_eq!(r.expect(StatusCode::OK)["state"], "posted");
+        }
+        // The reports lost this round time out: the sweeper reverses them.
+        sqlx::query("UPDATE loads SET expires_at_ms = 0 WHERE state = 'pending'")
+            .execute(&db)
+            .await
+            .unwrap();
+        app.state.loads.sweep().await.unwrap();
+    }
+    // The last round's lost reports: the purses' statuses settle them.
+    for (p, dp) in fleet.iter_mut() {
+        let s = dp.status(&p.d).unwrap();
+        p.post(
+            &app,
+            "/v1/loads/status",
+            serde_json::to_vec(&s.body).unwrap(),
+        )
+        .await
+        .expect(StatusCode::OK);
+    }
+    assert!(lost.len() > 50, "{} reports lost", lost.len());
+    for id in &lost {
+        assert_eq!(load_state(&app, id).await, "late_applied", "{id}");
+    }
+    // Money created: the float holds exactly what the purses hold.
+    let on_purses: i64 = fleet.iter().map(|(_, dp)| dp.balance as i64).sum();
+    assert_eq!(on_purses, 1_000 * 100);
+    assert_eq!(balance(&app, "sys:float:CNY").await, on_purses);
+    for (p, dp) in &fleet {
+        assert_eq!(
+            balance(&app, &p.account).await,
+            1_000_000 - dp.balance as i64
+        );
+    }
     verified(&app).await;
 }
