@@ -134,12 +134,12 @@ pub fn arm_from_env() -> Result<(), SpecError> {
     let Ok(spec) = std::env::var(ENV) else {
         return Ok(());
     };
-    let armed = parse(&spec)?;
-    if armed.is_empty() {
-        return Ok(());
-    }
     if !COMPILED_IN {
         tracing::warn!("{ENV} ignored: this build has no fault points (cargo feature `faults`)");
+        return Ok(());
+    }
+    let armed = parse(&spec)?;
+    if armed.is_empty() {
         return Ok(());
     }
     let shown = armed.iter().map(Armed::to_string).collect::<Vec<_>>();
