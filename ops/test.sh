@@ -197,6 +197,11 @@ cargo build --workspace --bins "${KW_TEST_FEATURES[@]}"
 nextest=(cargo nextest run --workspace "${KW_TEST_FEATURES[@]}")
 ((ci)) && nextest+=(--profile ci)
 
+# Everything below runs with the fault points; this shows the build that
+# ships has none (server/src/fault.rs's tests, without the feature).
+kw_banner "without fault points: cargo nextest run -p keyward-server --lib fault::"
+cargo nextest run -p keyward-server --lib fault::
+
 kw_banner "tests on SQLite: ${nextest[*]}"
 sqlite_rc=0
 "${nextest[@]}" || sqlite_rc=$?

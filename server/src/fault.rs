@@ -1,6 +1,6 @@
 //! Named fault points: places in a durable or external step where a test
 //! can make the server crash, to show that a restart finishes what the
-//! crash interrupted (docs/protocol.md, "Fault points").
+//! crash interrupted (docs/protocol.md §12.4).
 //!
 //! [`fault_point!`](crate::fault_point) marks a point. It compiles to
 //! nothing unless the crate is built with the cargo feature `faults`, which
@@ -152,12 +152,12 @@ pub fn arm_from_env() -> Result<(), SpecError> {
     let Ok(spec) = std::env::var(ENV) else {
         return Ok(());
     };
-    let armed = parse(&spec)?;
-    if armed.is_empty() {
-        return Ok(());
-    }
     if !COMPILED_IN {
         tracing::warn!("{ENV} ignored: this build has no fault points (cargo feature `faults`)");
+        return Ok(());
+    }
+    let armed = parse(&spec)?;
+    if armed.is_empty() {
         return Ok(());
     }
     let shown = armed.iter().map(Armed::to_string).collect::<Vec<_>>();

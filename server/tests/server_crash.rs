@@ -16,8 +16,9 @@
 //!   or pending with its code delivered (a submit whose answer was lost,
 //!   which closes at its expiry).
 //!
-//! 20 runs by default (CI); `KEYWARD_CRASH_RUNS=N` for the long form and
-//! `KEYWARD_CRASH_SEED=S` to replay a run (the seed is printed first).
+//! 20 runs by default (CI); `KEYWARD_CRASH_RUNS=N` for the long form,
+//! `KEYWARD_CRASH_SEED=S` to replay a run (the seed is printed first) and
+//! `KEYWARD_CRASH_POINTS=a,b` to draw from those points only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -184,6 +185,18 @@ async fn confirmations_survive_a_sigkill_at_any_fault_point() {
         .unwrap_or_else(rand::random::<u64>);
     eprintln!("crash runs: {runs}, seed {seed} (replay: KEYWARD_CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
+    let points: Vec<&'static str> = match std::env::var("KEYWARD_CRASH_POINTS") {
+        Ok(only) => POINTS
+            .iter()
+            .copied()
+            .filter(|p| only.split(',').any(|o| o.trim() == *p))
+            .collect(),
+        Err(_) => POINTS.to_vec(),
+    };
+    assert!(
+        !points.is_empty(),
+        "KEYWARD_CRASH_POINTS names no point of {POINTS:?}"
+    );
 
     let receiver = Receiver::start().await;
     let files = tempfile::tempdir().unwrap();
@@ -220,7 +233,7 @@ async fn confirmations_survive_a_sigkill_at_any_fault_point() {
     let mut fired: BTreeMap<&str, u32> = BTreeMap::new();
     let started = Instant::now();
     for run in 0..runs {
-        let point = POINTS[rng.gen_range(0..POINTS.len())];
+        let point = points[rng.gen_range(0..points.len())];
         // The outbox points are met by the code message and the execution.
         let at = if point.starts_with("outbox.") {
             rng.gen_range(1..=2)

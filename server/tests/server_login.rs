@@ -445,7 +445,6 @@ async fn a_switch_verifies_a_terminals_macs_with_kwctl() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
     use axum::http::Method;
-    use keyward_protocol::confirmation::Code;
     require_tool("openssl", "openssl");
     let s = Server::started_with(common::Options {
         extra: "[outbox]\ninterval_ms = 100\n[outbox.file]\npath = \"outbox.jsonl\"\n".into(),
@@ -477,7 +476,7 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
     let bytes = serde_json::to_vec(&tx).unwrap();
     let outbox_file = s.data.join("outbox.jsonl");
     // What the customer's phone shows: the one code message delivered.
-    let code_sent = || -> Code {
+    let code_sent = || -> keyward_protocol::confirmation::Code {
         for _ in 0..100 {
             let text = std::fs::read_to_string(&outbox_file).unwrap_or_default();
             for line in text.lines() {
@@ -485,10 +484,7 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
                 if v["topic"] != "confirmation.code" {
                     continue;
                 }
-                let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
-                let shown = payload["text"].as_str().unwrap();
-                let code = shown.lines().find_map(|l| l.strip_prefix("Code ")).unwrap();
-                return Code::parse(code.trim()).unwrap();
+                return code_in(v["payload"].as_str().unwrap().as_bytes());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -502,16 +498,12 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
     let id = sub.body["confirmation_id"].as_str().unwrap().to_owned();
     let code = code_sent();
 
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let confirm = |tx: &[u8], code: &Code, sig: &[u8]| json!({"transaction": b64.encode(tx), "code": code.as_str(), "signature": b64.encode(sig)});
     let path = format!("/v1/confirmations/{id}/confirm");
-    let sig = dev.sign_confirmation(&bytes, &code);
     let done = terminal
         .call(
             Method::POST,
             &path,
-            Some(&confirm(&bytes, &code, &sig)),
+            Some(&confirm_body(&dev, &bytes, &code)),
             Some(&token),
         )
         .await
@@ -546,13 +538,12 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
     let mut altered = tx.clone();
     altered["amount"] = json!(9_999_999);
     let altered = serde_json::to_vec(&altered).unwrap();
-    let sig = dev.sign_confirmation(&altered, &code);
     let path = format!("/v1/confirmations/{id}/confirm");
     let refused = terminal
         .call(
             Method::POST,
             &path,
-            Some(&confirm(&altered, &code, &sig)),
+            Some(&confirm_body(&dev, &altered, &code)),
             Some(&token),
         )
         .await

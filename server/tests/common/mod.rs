@@ -265,6 +265,8 @@ crl_refresh_secs = {crl_refresh}
             .args(args)
             .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
             .env_remove("RUST_LOG")
+            // Faults only where a test arms them.
+            .env_remove("KEYWARD_FAULTS")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
