@@ -72,6 +72,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "confirmations",
             include_str!("../migrations/sqlite/2050_confirmations.sql"),
         ),
+        (
+            2051,
+            "confirmation evidence",
+            include_str!("../migrations/sqlite/2051_confirmation_evidence.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -128,6 +133,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2050,
             "confirmations",
             include_str!("../migrations/postgres/2050_confirmations.sql"),
+        ),
+        (
+            2051,
+            "confirmation evidence",
+            include_str!("../migrations/postgres/2051_confirmation_evidence.sql"),
         ),
     ],
 };

@@ -42,6 +42,8 @@ pub enum ProtocolError {
     CodeMalformed,
     #[error("an origin is a lower-case ASCII host name")]
     OriginInvalid,
+    #[error("an evidence receipt is not in its canonical form")]
+    EvidenceMalformed,
 }
 
 impl ProtocolError {
@@ -64,6 +66,7 @@ impl ProtocolError {
         "payee_line_too_long",
         "code_malformed",
         "origin_invalid",
+        "evidence_malformed",
     ];
 
     /// The stable machine-readable code.
@@ -86,6 +89,7 @@ impl ProtocolError {
             Self::PayeeLineTooLong => "payee_line_too_long",
             Self::CodeMalformed => "code_malformed",
             Self::OriginInvalid => "origin_invalid",
+            Self::EvidenceMalformed => "evidence_malformed",
         }
     }
 }
@@ -120,6 +124,7 @@ mod tests {
             E::PayeeLineTooLong,
             E::CodeMalformed,
             E::OriginInvalid,
+            E::EvidenceMalformed,
         ];
         let codes: Vec<&str> = all.iter().map(E::code).collect();
         assert_eq!(codes, E::CODES);

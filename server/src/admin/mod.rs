@@ -123,6 +123,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/applications/{id}/close", post(customers::close))
         .route("/admin/v1/customers/{id}", get(customers::show))
         .route("/admin/v1/confirmations/{id}", get(confirmations::show))
+        .route(
+            "/admin/v1/confirmations/{id}/evidence",
+            get(confirmations::evidence),
+        )
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
         .route("/admin/v1/audit/checkpoint", get(trail::checkpoint))

@@ -160,6 +160,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("conflict", StatusCode::CONFLICT),
     ("audit_chain_broken", StatusCode::CONFLICT),
     ("confirmation_tampered", StatusCode::CONFLICT),
+    ("evidence_not_available", StatusCode::CONFLICT),
     // 422: well-formed, refused as a whole.
     ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
     ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),

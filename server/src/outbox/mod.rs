@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use senders::{Outgoing, SendError, Sender, Senders, SetupError};
-pub use store::{Backlog, MessageView, enqueue_in, record_receipt_in};
+pub use store::{Backlog, Delivery, MessageView, enqueue_in, record_receipt_in};
 
 use crate::jobs::{Job, JobError};
 use crate::metrics::Metrics;
