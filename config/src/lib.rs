@@ -38,7 +38,9 @@ pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
 pub use log::{LogConfig, LogFormat};
 pub use online::{IssuerPolicyConfig, OnlineConfig};
-pub use outbox::{FileSenderConfig, OutboxConfig, SmtpConfig, SmtpTls, WebhookConfig};
+pub use outbox::{
+    FileSenderConfig, OutboxConfig, ReceiptsConfig, SmtpConfig, SmtpTls, WebhookConfig,
+};
 pub use provisioning::ProvisioningConfig;
 pub use server::ServerConfig;
 

@@ -77,6 +77,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "confirmation evidence",
             include_str!("../migrations/sqlite/2051_confirmation_evidence.sql"),
         ),
+        (
+            2052,
+            "outbox receipts",
+            include_str!("../migrations/sqlite/2052_outbox_receipts.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -138,6 +143,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2051,
             "confirmation evidence",
             include_str!("../migrations/postgres/2051_confirmation_evidence.sql"),
+        ),
+        (
+            2052,
+            "outbox receipts",
+            include_str!("../migrations/postgres/2052_outbox_receipts.sql"),
         ),
     ],
 };

@@ -57,6 +57,8 @@ const INTERNAL: &str = "internal error; quote the request id to the operator";
 pub const CODES: &[(&str, StatusCode)] = &[
     // 400: the request is malformed.
     ("bad_request", StatusCode::BAD_REQUEST),
+    ("receipt_outside_window", StatusCode::BAD_REQUEST),
+    ("receipt_invalid", StatusCode::BAD_REQUEST),
     ("invalid_request", StatusCode::BAD_REQUEST),
     ("body_unreadable", StatusCode::BAD_REQUEST),
     ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
@@ -90,6 +92,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("field_invalid", StatusCode::BAD_REQUEST),
     // 401, 403: who the caller is, or what it may do.
     ("client_certificate_required", StatusCode::UNAUTHORIZED),
+    ("receipt_signature_invalid", StatusCode::UNAUTHORIZED),
     ("forbidden_role", StatusCode::FORBIDDEN),
     ("certificate_revoked", StatusCode::FORBIDDEN),
     ("device_certificate_required", StatusCode::FORBIDDEN),
@@ -125,6 +128,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("unknown_customer", StatusCode::NOT_FOUND),
     ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
     ("unknown_confirmation", StatusCode::NOT_FOUND),
+    ("unknown_message", StatusCode::NOT_FOUND),
     // 408, 413, 415: the body.
     ("body_timeout", StatusCode::REQUEST_TIMEOUT),
     ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
@@ -161,6 +165,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("audit_chain_broken", StatusCode::CONFLICT),
     ("confirmation_tampered", StatusCode::CONFLICT),
     ("evidence_not_available", StatusCode::CONFLICT),
+    ("receipt_replayed", StatusCode::CONFLICT),
     // 422: well-formed, refused as a whole.
     ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
     ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),
@@ -380,6 +385,17 @@ impl From<OnlineError> for ApiError {
                 .retry_after(retry_after_secs);
         }
         Self::from_kind(e.kind(), e.code(), e)
+    }
+}
+
+impl From<crate::outbox::receipts::ReceiptError> for ApiError {
+    /// A receipt whose signature does not verify lacks its credential: 401.
+    fn from(e: crate::outbox::receipts::ReceiptError) -> Self {
+        use crate::outbox::receipts::ReceiptError as E;
+        match e {
+            E::SignatureInvalid => Self::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            e => Self::from_kind(e.kind(), e.code(), e),
+        }
     }
 }
 

@@ -35,19 +35,22 @@ pub async fn enqueue_in(tx: &mut Tx, msg: &NewMessage) -> Result<MessageId, sqlx
     Ok(id)
 }
 
-/// Records the receiver's report on message `id` (a delivery receipt),
-/// inside the caller's transaction. Whether the message exists.
+/// Records the receiver's report `receipt_id` on message `id` (a delivery
+/// receipt), inside the caller's transaction. Whether the message exists.
 pub async fn record_receipt_in(
     tx: &mut Tx,
     id: &MessageId,
     status: ReceiptStatus,
+    receipt_id: &str,
     at_ms: i64,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
-        "UPDATE outbox SET receipt_status = $1, receipt_at_ms = $2 WHERE message_id = $3",
+        "UPDATE outbox SET receipt_status = $1, receipt_at_ms = $2, receipt_id = $3 \
+         WHERE message_id = $4",
     )
     .bind(status.as_str())
     .bind(at_ms)
+    .bind(receipt_id)
     .bind(id.to_string())
     .execute(&mut **tx)
     .await?

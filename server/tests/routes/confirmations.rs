@@ -356,19 +356,41 @@ async fn bad_transactions_are_typed_and_change_nothing() {
 }
 
 /// An executed confirmation's evidence: none before execution; then a
-/// receipt naming what was received, shown and signed, which `openssl` and
-/// the documented Python check verify from the exported files alone, and
-/// which a changed byte no longer verifies.
+/// receipt naming what was received, shown and signed and the gateway's
+/// delivery receipt, which `openssl` and the documented Python check verify
+/// from the exported files alone, and which a changed byte no longer
+/// verifies.
 #[tokio::test]
 async fn an_executed_confirmation_has_evidence_openssl_verifies() {
     use keyward_protocol::confirmation::{Evidence, evidence::sha256};
     use keyward_server::confirmation::export;
     use keyward_server::wire::confirmations::EvidenceExport;
 
-    let app = App::new().await;
+    let (app, _secrets) = crate::receipts::app_with_receipts().await;
     let (d, who, token, account) = session(&app, 43).await;
     let t = tx(&account, json!(98765));
     let id = submit(&app, &who, &token, t.clone()).await;
+    // The gateway reports the code's message delivered.
+    let delivery: String =
+        sqlx::query_scalar("SELECT delivery_id FROM confirmations WHERE id = $1")
+            .bind(&id)
+            .fetch_one(app.state.kms.db().pool())
+            .await
+            .unwrap();
+    let gateway = crate::macs::service(&app, "sms-gateway").await;
+    let secret = crate::receipts::secret_text();
+    let now = keyward_kms::db::now_ms() / 1000;
+    let r = crate::receipts::post_receipt(
+        &app,
+        &gateway,
+        &secret,
+        "msg_ev1",
+        now,
+        &delivery,
+        "delivered",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     let evidence_path = format!("/admin/v1/confirmations/{id}/evidence");
     app.get(&app.root, &evidence_path)
         .await
@@ -397,6 +419,9 @@ async fn an_executed_confirmation_has_evidence_openssl_verifies() {
     assert_eq!(receipt.confirmation_id, id);
     assert_eq!(receipt.transaction_sha256, sha256(&t));
     assert_eq!(receipt.device_signature, sig);
+    assert_eq!(receipt.delivery_message_id, delivery);
+    assert_eq!(receipt.delivery_receipt_id.as_deref(), Some("msg_ev1"));
+    assert!(receipt.delivered_at_ms.is_some());
     assert!(receipt.sent_at_ms.is_none() || receipt.sent_at_ms >= Some(receipt.submitted_at_ms));
     assert!(receipt.confirmed_at_ms >= receipt.submitted_at_ms);
     let message = std::fs::read_to_string(out.join(export::MESSAGE)).unwrap();
