@@ -40,7 +40,9 @@ pub use hsm::{HsmConfig, MechanismOverrides};
 pub use load::LoadConfig;
 pub use log::{LogConfig, LogFormat};
 pub use online::{IssuerPolicyConfig, OnlineConfig};
-pub use outbox::{FileSenderConfig, OutboxConfig, SmtpConfig, SmtpTls, WebhookConfig};
+pub use outbox::{
+    FileSenderConfig, OutboxConfig, ReceiptsConfig, SmtpConfig, SmtpTls, WebhookConfig,
+};
 pub use provisioning::ProvisioningConfig;
 pub use server::ServerConfig;
 

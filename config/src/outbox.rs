@@ -45,6 +45,27 @@ pub struct OutboxConfig {
     /// E-mail through an SMTP relay; absent: no `smtp` channel.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// The gateway's inbound delivery receipts; absent: every receipt is
+    /// refused (no signature can verify).
+    #[serde(default)]
+    pub receipts: Option<ReceiptsConfig>,
+}
+
+/// How the gateway's delivery receipts are authenticated (besides its
+/// `service` client certificate): Standard Webhooks v1 signatures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// Files each holding one `whsec_<base64>` secret the gateway signs
+    /// with; a receipt verifying under any one is accepted (rotation).
+    pub secret_files: Vec<PathBuf>,
+    /// How far a receipt's `webhook-timestamp` may be from our clock.
+    #[serde(default = "default_receipt_window_secs")]
+    pub window_secs: u64,
+}
+
+fn default_receipt_window_secs() -> u64 {
+    300
 }
 
 /// How the SMTP connection is protected: never in clear.
@@ -118,6 +139,7 @@ impl Default for OutboxConfig {
             file: None,
             webhooks: BTreeMap::new(),
             smtp: None,
+            receipts: None,
         }
     }
 }
@@ -224,6 +246,15 @@ impl OutboxConfig {
                 ));
             }
         }
+        if let Some(r) = &self.receipts {
+            if !(1..=4).contains(&r.secret_files.len()) {
+                return Err(ConfigError::key(
+                    "outbox.receipts.secret_files",
+                    "must name 1 to 4 files",
+                ));
+            }
+            range("receipts.window_secs", r.window_secs, 10, 3_600)?;
+        }
         if let Some(smtp) = &self.smtp {
             if smtp.host.is_empty() || smtp.port == 0 {
                 return Err(ConfigError::key(
@@ -264,6 +295,11 @@ impl OutboxConfig {
             smtp.ca_file = crate::normalize(&base.join(&smtp.ca_file));
             if let Some(p) = &mut smtp.password_file {
                 *p = crate::normalize(&base.join(&*p));
+            }
+        }
+        if let Some(r) = &mut self.receipts {
+            for f in &mut r.secret_files {
+                *f = crate::normalize(&base.join(&*f));
             }
         }
         for hook in self.webhooks.values_mut() {

@@ -284,3 +284,35 @@ fn outbox_smtp_needs_tls_and_a_password_file_with_a_user() -> Result<(), ConfigE
     assert!(refused(&smtp("").replace("starttls", "none")).contains("outbox.smtp.tls"));
     Ok(())
 }
+
+#[test]
+fn receipt_secrets_resolve_and_are_checked() -> Result<(), ConfigError> {
+    let receipts = |body: &str| format!("{MINIMAL}\n[outbox.receipts]\n{body}\n");
+    let c = parse(&receipts("secret_files = [\"receipts.whsec\"]"), &[])?;
+    let r = c
+        .outbox
+        .receipts
+        .as_ref()
+        .map(|r| (r.secret_files.clone(), r.window_secs));
+    assert_eq!(
+        r,
+        Some((vec![PathBuf::from("/etc/keyward/receipts.whsec")], 300))
+    );
+    for (body, key) in [
+        ("secret_files = []", "outbox.receipts.secret_files"),
+        (
+            "secret_files = [\"a\"]\nwindow_secs = 5",
+            "outbox.receipts.window_secs",
+        ),
+        ("secret = \"whsec_inline\"", "secret"),
+    ] {
+        let msg = parse(&receipts(body), &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(key), "{body}: {msg}");
+        assert!(!msg.contains("whsec_inline"), "{msg}");
+    }
+    Ok(())
+}

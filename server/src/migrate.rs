@@ -73,6 +73,16 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../migrations/sqlite/2050_confirmations.sql"),
         ),
         (
+            2051,
+            "confirmation evidence",
+            include_str!("../migrations/sqlite/2051_confirmation_evidence.sql"),
+        ),
+        (
+            2052,
+            "outbox receipts",
+            include_str!("../migrations/sqlite/2052_outbox_receipts.sql"),
+        ),
+        (
             2060,
             "ledger and e-purse loads",
             include_str!("../migrations/sqlite/2060_ledger_loads.sql"),
@@ -133,6 +143,16 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2050,
             "confirmations",
             include_str!("../migrations/postgres/2050_confirmations.sql"),
+        ),
+        (
+            2051,
+            "confirmation evidence",
+            include_str!("../migrations/postgres/2051_confirmation_evidence.sql"),
+        ),
+        (
+            2052,
+            "outbox receipts",
+            include_str!("../migrations/postgres/2052_outbox_receipts.sql"),
         ),
         (
             2060,

@@ -84,6 +84,7 @@ impl AppState {
         );
         let confirmations = Confirmations::new(
             kms.clone(),
+            ca.clone(),
             provisioning.clone(),
             audit.clone(),
             metrics.clone(),

@@ -528,6 +528,37 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
     assert_eq!(shown["deliveries"].as_array().unwrap().len(), 2, "{shown}");
     assert!(!shown.to_string().contains(code.as_str()), "{shown}");
 
+    // The evidence, exported by an auditor with kwctl and checked outside
+    // Keyward as docs/protocol.md §11.6 says.
+    s.new_operator("audra", "auditor");
+    let evidence = s.dir.path().join("evidence");
+    let out = s.kwctl(
+        s.dir.path(),
+        "audra",
+        &[
+            "confirmation",
+            "evidence",
+            &id,
+            "--out",
+            evidence.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::copy(s.ca_pem(), evidence.join("ca.pem")).unwrap();
+    let checked = common::run_evidence_check(&evidence);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success()
+            && said.contains("Verified OK")
+            && said.contains("receipt hashes match"),
+        "{said}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
     // The PC shows the customer one amount and hands the device another: the
     // device signs what it was given, the server refuses it as tampered.
     let sub = terminal

@@ -46,6 +46,8 @@ pub enum ProtocolError {
     LoadMalformed(&'static str),
     #[error("the load message is of a format version this server does not speak")]
     LoadVersion,
+    #[error("an evidence receipt is not in its canonical form")]
+    EvidenceMalformed,
 }
 
 impl ProtocolError {
@@ -70,6 +72,7 @@ impl ProtocolError {
         "origin_invalid",
         "load_malformed",
         "load_version",
+        "evidence_malformed",
     ];
 
     /// The stable machine-readable code.
@@ -94,6 +97,7 @@ impl ProtocolError {
             Self::OriginInvalid => "origin_invalid",
             Self::LoadMalformed(_) => "load_malformed",
             Self::LoadVersion => "load_version",
+            Self::EvidenceMalformed => "evidence_malformed",
         }
     }
 }
@@ -130,6 +134,7 @@ mod tests {
             E::OriginInvalid,
             E::LoadMalformed("request"),
             E::LoadVersion,
+            E::EvidenceMalformed,
         ];
         let codes: Vec<&str> = all.iter().map(E::code).collect();
         assert_eq!(codes, E::CODES);

@@ -34,6 +34,7 @@ mod ledger;
 pub mod macs;
 mod ocsp;
 mod operators;
+mod receipts;
 mod trail;
 
 pub use issuers::create_recorded;
@@ -135,6 +136,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/ledger/verify", get(ledger::verify))
         .route("/admin/v1/loads", get(ledger::list_loads))
         .route("/admin/v1/loads/{id}", get(ledger::show_load))
+        .route(
+            "/admin/v1/confirmations/{id}/evidence",
+            get(confirmations::evidence),
+        )
         .route("/admin/v1/audit", get(trail::recent))
         .route("/admin/v1/audit/verify", get(trail::verify))
         .route("/admin/v1/audit/checkpoint", get(trail::checkpoint))
@@ -217,10 +222,21 @@ pub fn router(state: AppState) -> Router {
             .route("/ocsp", post(ocsp::post))
             .route("/ocsp/{*request}", get(ocsp::get)),
     );
+    // The gateway's delivery receipts: service certificates only, small
+    // bodies; no idempotency layer (the webhook-id is the replay check).
+    let mut receipts_stack = stack_config(&state, Listener::Admin);
+    receipts_stack.max_body_bytes = crate::outbox::receipts::MAX_BODY;
+    let receipt_routes = Intake::new(&receipts_stack)
+        .apply(Router::new().route("/admin/v1/outbox/receipts", post(receipts::receive)))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            receipts::require_service,
+        ));
     let router = health
         .merge(api)
         .merge(batches)
         .merge(macs_routes)
+        .merge(receipt_routes)
         .merge(ocsp_routes)
         .with_state(state.clone());
     layers::apply(router, Listener::Admin, state.metrics.clone())

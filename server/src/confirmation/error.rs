@@ -28,6 +28,14 @@ pub enum ConfirmError {
     /// The signed transaction is not the one received: closed for good.
     #[error("the signed transaction differs from the one received")]
     Tampered,
+    /// Evidence asked of a confirmation that was not executed.
+    #[error("only an executed confirmation has an evidence receipt")]
+    NoEvidence,
+    /// The evidence could not be made or read back (our fault).
+    #[error("evidence receipt: {0}")]
+    Evidence(&'static str),
+    #[error(transparent)]
+    Ca(#[from] keyward_ca::CaError),
     #[error(transparent)]
     Kms(#[from] KmsError),
     #[error(transparent)]
@@ -64,6 +72,9 @@ impl ConfirmError {
             Self::Unknown => "unknown_confirmation",
             Self::Refused => "confirmation_refused",
             Self::Tampered => "confirmation_tampered",
+            Self::NoEvidence => "evidence_not_available",
+            Self::Evidence(_) => "internal_error",
+            Self::Ca(e) => e.code(),
             Self::Kms(e) => e.code(),
             Self::Provisioning(e) => e.code(),
             Self::Audit(_) => "audit_unavailable",
@@ -77,7 +88,9 @@ impl ConfirmError {
             Self::Transaction(_) => ErrorKind::Invalid,
             Self::NotBound | Self::AccountNotHeld | Self::Refused => ErrorKind::Forbidden,
             Self::Unknown => ErrorKind::NotFound,
-            Self::Tampered => ErrorKind::Conflict,
+            Self::Tampered | Self::NoEvidence => ErrorKind::Conflict,
+            Self::Evidence(_) => ErrorKind::Internal,
+            Self::Ca(e) => e.kind(),
             Self::Kms(e) => e.kind(),
             Self::Provisioning(e) => e.kind(),
             Self::Audit(_) => ErrorKind::Unavailable,

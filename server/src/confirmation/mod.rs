@@ -14,25 +14,34 @@
 //!   is it **executed** and handed to the executor through the outbox, at
 //!   most once however many confirm at the same time. A wrong, expired or
 //!   used code and a bad signature all answer `confirmation_refused`.
+//! - Evidence (docs/protocol.md §11.6): before that write transaction opens,
+//!   the receipt of what was received, shown and signed is signed by the
+//!   HSM evidence key; receipt, signature and message commit with the
+//!   execution. [`Confirmations::evidence`] reads it back for export.
 
 mod error;
+pub mod export;
 pub mod store;
 
 use std::sync::Arc;
 
+use keyward_ca::{Ca, Profile, Serial};
 use keyward_config::ConfirmationConfig;
 use keyward_device_provisioning::{ContactKind, Provisioning};
 use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
+use keyward_kms::hsm::SignMechanism;
 use keyward_protocol::confirmation::{
-    Code, Currency, Origin, PayeeCheck, PayeePolicy, Rules, Transaction, render, signed_message,
+    Code, Currency, Evidence, Origin, PayeeCheck, PayeePolicy, Rules, Transaction, evidence,
+    render, signed_message,
 };
 use serde_json::json;
 
 pub use error::ConfirmError;
-pub use store::State;
+pub use store::{State, StoredEvidence};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::bootstrap::{self, CertifiedKey};
 use crate::metrics::Metrics;
 use crate::online::{Device, Session};
 use crate::outbox::{self, Channel, NewMessage, Outbox};
@@ -64,6 +73,10 @@ pub struct Confirmations(Arc<Parts>);
 
 struct Parts {
     kms: Kms,
+    ca: Ca,
+    /// The evidence key and its certificate, loaded at the first execution
+    /// (`serve` checks at start that `init` made them).
+    evidence_key: tokio::sync::OnceCell<CertifiedKey>,
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
@@ -130,6 +143,7 @@ pub struct ConfigProblem(String);
 impl Confirmations {
     pub fn new(
         kms: Kms,
+        ca: Ca,
         provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
@@ -184,6 +198,8 @@ impl Confirmations {
         }
         Ok(Self(Arc::new(Parts {
             kms,
+            ca,
+            evidence_key: tokio::sync::OnceCell::new(),
             provisioning,
             audit,
             metrics,
@@ -404,7 +420,88 @@ impl Confirmations {
             return self.wrong(device, &stored).await;
         }
         crate::fault_point!("confirmation.confirm.verified");
-        self.execute(device, &stored, &req.signature, now).await
+        let evidence = self
+            .signed_evidence(device, &stored, &code, &req.signature, now)
+            .await?;
+        self.execute(device, &stored, &req.signature, now, &evidence)
+            .await
+    }
+
+    /// The evidence receipt of an execution about to be written, signed in
+    /// the HSM (no transaction is open).
+    async fn signed_evidence(
+        &self,
+        device: &Device,
+        stored: &store::Stored,
+        code: &Code,
+        device_signature: &[u8],
+        now: i64,
+    ) -> Result<StoredEvidence> {
+        let p = &self.0;
+        let signer = p
+            .evidence_key
+            .get_or_try_init(|| async {
+                bootstrap::certified_key(&p.kms, &p.ca, EVIDENCE_KEY_LABEL, Profile::Evidence)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = format!("{e:#}"), "no evidence key");
+                        ConfirmError::Evidence("no evidence key or certificate")
+                    })
+            })
+            .await?;
+        // The message again, from the bytes received and the code just
+        // checked: what the customer read, unless the rules changed since.
+        let message = Transaction::parse(&stored.received, &p.rules)
+            .map(|r| render(&r, code, &p.origin))
+            .ok()
+            .filter(|m| hex::encode(m.sha256()) == stored.rendered_sha256)
+            .map(|m| m.text().as_bytes().to_vec());
+        if message.is_none() {
+            tracing::warn!(confirmation = %stored.id, "the message no longer renders the same; evidence keeps its hash only");
+        }
+        let serial: Serial = device.serial.parse()?;
+        let device_cert = p.ca.get(&serial).await?.ok_or(ConfirmError::Evidence(
+            "device certificate not in the registry",
+        ))?;
+        let delivery = outbox::store::delivery(self.db(), &stored.delivery_id)
+            .await?
+            .unwrap_or_default();
+        let rendered_sha256 = hex::decode(&stored.rendered_sha256)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or(ConfirmError::Evidence("stored message hash unreadable"))?;
+        let receipt = Evidence {
+            confirmation_id: stored.id.clone(),
+            device_id: stored.device.clone(),
+            transaction_sha256: evidence::sha256(&stored.received),
+            message_sha256: rendered_sha256,
+            device_signature: device_signature.to_vec(),
+            device_certificate_serial: serial.as_str().to_owned(),
+            device_certificate_sha256: evidence::sha256(&pem_der(&device_cert.pem)?),
+            code_mac_key: keyward_kms::service::CONFIRMATION_CODE_LABEL.to_owned(),
+            code_mac_id: evidence::sha256(&stored.code_mac),
+            delivery_message_id: stored.delivery_id.clone(),
+            delivery_receipt_id: delivery.receipt_id,
+            submitted_at_ms: stored.created_at_ms,
+            sent_at_ms: delivery.sent_at_ms,
+            delivered_at_ms: delivery
+                .receipt_at_ms
+                .filter(|_| delivery.receipt_status == Some(outbox::ReceiptStatus::Delivered)),
+            confirmed_at_ms: now,
+            signer_certificate_serial: signer.cert.serial.as_str().to_owned(),
+        }
+        .encode()
+        .map_err(|_| ConfirmError::Evidence("a field cannot be encoded"))?;
+        let signature = signer
+            .key
+            .sign(SignMechanism::EcdsaSha256, &receipt)
+            .await?;
+        Ok(StoredEvidence {
+            receipt,
+            signature,
+            message: message.unwrap_or_default(),
+            signer_serial: signer.cert.serial.as_str().to_owned(),
+        })
     }
 
     async fn execute(
@@ -413,6 +510,7 @@ impl Confirmations {
         stored: &store::Stored,
         signature: &[u8],
         now: i64,
+        evidence: &StoredEvidence,
     ) -> Result<Executed> {
         let p = &self.0;
         let message = NewMessage {
@@ -434,7 +532,8 @@ impl Confirmations {
             "confirmation.execute",
             device,
             json!({ "confirmation": stored.id, "amount_minor": stored.amount_minor,
-                    "currency": stored.currency }),
+                    "currency": stored.currency,
+                    "evidence_sha256": hex::encode(evidence::sha256(&evidence.receipt)) }),
         );
         let audit = &p.audit;
         let (message, event) = (&message, &event);
@@ -455,6 +554,7 @@ impl Confirmations {
                     // Decided or expired meanwhile: the transaction rolls back.
                     return Err(ConfirmError::Refused);
                 }
+                store::insert_evidence_in(&mut dbtx, &stored.id, evidence, now).await?;
                 audit
                     .stage_in(
                         &mut dbtx,
@@ -603,12 +703,29 @@ impl Confirmations {
             .inc();
     }
 
+    /// The evidence of an executed confirmation, and the transaction bytes
+    /// it hashes.
+    pub async fn evidence(&self, id: &str) -> Result<(store::Stored, StoredEvidence)> {
+        let stored = self.show(id).await?;
+        let evidence = store::evidence(self.db(), id)
+            .await?
+            .ok_or(ConfirmError::NoEvidence)?;
+        Ok((stored, evidence))
+    }
+
     /// A confirmation as an operator sees it (no code, no bytes).
     pub async fn show(&self, id: &str) -> Result<store::Stored> {
         store::get(self.db(), id)
             .await?
             .ok_or(ConfirmError::Unknown)
     }
+}
+
+/// The DER of a PEM certificate.
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map(|(_, p)| p.contents)
+        .map_err(|_| ConfirmError::Evidence("certificate PEM unreadable"))
 }
 
 /// What the code's MAC covers: the confirmation it belongs to and the code.

@@ -1,4 +1,5 @@
-//! The confirmations table (`confirmations`, migration 2050): a submitted
+//! The confirmations table (`confirmations`, migration 2050) and their
+//! evidence receipts (`confirmation_evidence`, migration 2051): a submitted
 //! transaction as received and as parsed, the stored form of its code, and
 //! its state. Writes run inside the caller's transaction (`_in`), so a
 //! step's row, its outbox row and its audit record commit together.
@@ -92,6 +93,8 @@ pub struct Stored {
     pub amount_minor: i64,
     pub currency: String,
     pub payee_flagged: bool,
+    /// SHA-256 (hex) of the message the customer was sent.
+    pub rendered_sha256: String,
 }
 
 impl std::fmt::Debug for Stored {
@@ -173,6 +176,7 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error> {
         amount_minor: r.try_get("amount_minor")?,
         currency: r.try_get("currency")?,
         payee_flagged: r.try_get::<i64, _>("payee_flagged")? != 0,
+        rendered_sha256: r.try_get("rendered_sha256")?,
     })
 }
 
@@ -181,7 +185,8 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<Stored>, sqlx::Error>
     let row = sqlx::query(
         "SELECT id, device_id, issuer_id, customer_id, received, code_mac, attempts, \
          max_attempts, state, created_at_ms, expires_at_ms, decided_at_ms, delivery_id, \
-         execution_id, amount_minor, currency, payee_flagged FROM confirmations WHERE id = $1",
+         execution_id, amount_minor, currency, payee_flagged, rendered_sha256 \
+         FROM confirmations WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -245,4 +250,62 @@ pub async fn decide_in(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// An executed confirmation's evidence: the signed receipt and what it
+/// hashes that the confirmation row does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvidence {
+    /// The canonical receipt bytes (`keyward_protocol` `Evidence`).
+    pub receipt: Vec<u8>,
+    /// The evidence key's DER signature over `receipt`.
+    pub signature: Vec<u8>,
+    /// The rendered message's UTF-8 bytes (its code used up); empty when
+    /// it could not be rendered again identically.
+    pub message: Vec<u8>,
+    pub signer_serial: String,
+}
+
+/// Stores the evidence of confirmation `id`, inside the transaction that
+/// marks it executed.
+pub async fn insert_evidence_in(
+    tx: &mut Tx,
+    id: &str,
+    e: &StoredEvidence,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO confirmation_evidence \
+         (confirmation_id, receipt, signature, message, signer_serial, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(&e.receipt)
+    .bind(&e.signature)
+    .bind(&e.message)
+    .bind(&e.signer_serial)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The evidence of confirmation `id`, if it was executed.
+pub async fn evidence(db: &Database, id: &str) -> Result<Option<StoredEvidence>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT receipt, signature, message, signer_serial FROM confirmation_evidence \
+         WHERE confirmation_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| {
+        Ok(StoredEvidence {
+            receipt: r.try_get("receipt")?,
+            signature: r.try_get("signature")?,
+            message: r.try_get("message")?,
+            signer_serial: r.try_get("signer_serial")?,
+        })
+    })
+    .transpose()
 }

@@ -58,6 +58,15 @@ pub async fn state_from(
             "created the confirmation code key missing from the HSM"
         );
     }
+    // Executions sign evidence receipts: a replica that could not is
+    // stopped here, not at a customer's confirmation.
+    bootstrap::certified_key(
+        &opened.kms,
+        &opened.ca,
+        crate::confirmation::EVIDENCE_KEY_LABEL,
+        keyward_ca::Profile::Evidence,
+    )
+    .await?;
     let key = match opened.kms.signing_key(TLS_KEY_LABEL).await {
         Ok(k) => k,
         Err(keyward_kms::KmsError::KeyMissing(_)) => {

@@ -57,6 +57,8 @@ const INTERNAL: &str = "internal error; quote the request id to the operator";
 pub const CODES: &[(&str, StatusCode)] = &[
     // 400: the request is malformed.
     ("bad_request", StatusCode::BAD_REQUEST),
+    ("receipt_outside_window", StatusCode::BAD_REQUEST),
+    ("receipt_invalid", StatusCode::BAD_REQUEST),
     ("invalid_request", StatusCode::BAD_REQUEST),
     ("body_unreadable", StatusCode::BAD_REQUEST),
     ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
@@ -92,6 +94,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("load_version", StatusCode::BAD_REQUEST),
     // 401, 403: who the caller is, or what it may do.
     ("client_certificate_required", StatusCode::UNAUTHORIZED),
+    ("receipt_signature_invalid", StatusCode::UNAUTHORIZED),
     ("forbidden_role", StatusCode::FORBIDDEN),
     ("certificate_revoked", StatusCode::FORBIDDEN),
     ("device_certificate_required", StatusCode::FORBIDDEN),
@@ -134,6 +137,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("unknown_credit", StatusCode::NOT_FOUND),
     ("account_not_found", StatusCode::NOT_FOUND),
     ("transfer_not_found", StatusCode::NOT_FOUND),
+    ("unknown_message", StatusCode::NOT_FOUND),
     // 408, 413, 415: the body.
     ("body_timeout", StatusCode::REQUEST_TIMEOUT),
     ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE),
@@ -183,6 +187,8 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("account_exists", StatusCode::CONFLICT),
     ("account_kind_mismatch", StatusCode::CONFLICT),
     ("account_mismatch", StatusCode::CONFLICT),
+    ("evidence_not_available", StatusCode::CONFLICT),
+    ("receipt_replayed", StatusCode::CONFLICT),
     // 422: well-formed, refused as a whole.
     ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
     ("batch_rejected", StatusCode::UNPROCESSABLE_ENTITY),
@@ -414,6 +420,17 @@ impl From<OnlineError> for ApiError {
                 .retry_after(retry_after_secs);
         }
         Self::from_kind(e.kind(), e.code(), e)
+    }
+}
+
+impl From<crate::outbox::receipts::ReceiptError> for ApiError {
+    /// A receipt whose signature does not verify lacks its credential: 401.
+    fn from(e: crate::outbox::receipts::ReceiptError) -> Self {
+        use crate::outbox::receipts::ReceiptError as E;
+        match e {
+            E::SignatureInvalid => Self::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            e => Self::from_kind(e.kind(), e.code(), e),
+        }
     }
 }
 

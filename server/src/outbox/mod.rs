@@ -16,6 +16,7 @@
 //! view has neither); hold a transaction across a send; record anything but
 //! a short stable code as a message's error.
 
+pub mod receipts;
 pub mod senders;
 pub mod store;
 
@@ -31,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use senders::{Outgoing, SendError, Sender, Senders, SetupError};
-pub use store::{Backlog, MessageView, enqueue_in, record_receipt_in};
+pub use store::{Backlog, Delivery, MessageView, enqueue_in, record_receipt_in};
 
 use crate::jobs::{Job, JobError};
 use crate::metrics::Metrics;
@@ -215,6 +216,8 @@ struct Inner {
     metrics: Metrics,
     /// Rung by [`Outbox::wake`]; the drain job waits on it between runs.
     wake: tokio::sync::Notify,
+    /// How the gateway's delivery receipts are checked.
+    receipts: receipts::Receipts,
 }
 
 impl fmt::Debug for Outbox {
@@ -231,13 +234,30 @@ impl Outbox {
     /// read now, so a bad one stops start-up).
     pub fn new(db: Database, config: &OutboxConfig, metrics: Metrics) -> Result<Self, SetupError> {
         let senders = Senders::from_config(config)?;
-        Ok(Self::with_senders(db, config, senders, metrics))
+        let receipts = receipts::Receipts::from_config(config.receipts.as_ref())?;
+        Ok(Self::assemble(db, config, senders, receipts, metrics))
     }
 
+    /// How the gateway's delivery receipts are checked.
+    pub fn receipts(&self) -> &receipts::Receipts {
+        &self.0.receipts
+    }
+
+    /// The outbox with `senders` (tests) and no receipt secrets.
     pub fn with_senders(
         db: Database,
         config: &OutboxConfig,
         senders: Senders,
+        metrics: Metrics,
+    ) -> Self {
+        Self::assemble(db, config, senders, receipts::Receipts::default(), metrics)
+    }
+
+    fn assemble(
+        db: Database,
+        config: &OutboxConfig,
+        senders: Senders,
+        receipts: receipts::Receipts,
         metrics: Metrics,
     ) -> Self {
         for channel in Channel::ALL {
@@ -253,6 +273,7 @@ impl Outbox {
             config: config.clone(),
             metrics,
             wake: tokio::sync::Notify::new(),
+            receipts,
         }))
     }
 

@@ -35,19 +35,22 @@ pub async fn enqueue_in(tx: &mut Tx, msg: &NewMessage) -> Result<MessageId, sqlx
     Ok(id)
 }
 
-/// Records the receiver's report on message `id` (a delivery receipt),
-/// inside the caller's transaction. Whether the message exists.
+/// Records the receiver's report `receipt_id` on message `id` (a delivery
+/// receipt), inside the caller's transaction. Whether the message exists.
 pub async fn record_receipt_in(
     tx: &mut Tx,
     id: &MessageId,
     status: ReceiptStatus,
+    receipt_id: &str,
     at_ms: i64,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
-        "UPDATE outbox SET receipt_status = $1, receipt_at_ms = $2 WHERE message_id = $3",
+        "UPDATE outbox SET receipt_status = $1, receipt_at_ms = $2, receipt_id = $3 \
+         WHERE message_id = $4",
     )
     .bind(status.as_str())
     .bind(at_ms)
+    .bind(receipt_id)
     .bind(id.to_string())
     .execute(&mut **tx)
     .await?
@@ -250,6 +253,39 @@ pub(super) async fn messages_of(
             })
         })
         .collect()
+}
+
+/// What became of one message, as an evidence receipt names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// When the receiver accepted it (`sent`).
+    pub sent_at_ms: Option<i64>,
+    /// The receiver's delivery report, if any.
+    pub receipt_status: Option<ReceiptStatus>,
+    pub receipt_at_ms: Option<i64>,
+    /// The receiver's id of that report.
+    pub receipt_id: Option<String>,
+}
+
+/// The delivery facts of message `id`, if it exists.
+pub async fn delivery(db: &Database, id: &str) -> Result<Option<Delivery>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT sent_at_ms, receipt_status, receipt_at_ms, receipt_id FROM outbox \
+         WHERE message_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| {
+        Ok(Delivery {
+            sent_at_ms: r.try_get("sent_at_ms")?,
+            receipt_status: parse_opt(&r, "receipt_status", "outbox.receipt_status")
+                .map_err(corrupt)?,
+            receipt_at_ms: r.try_get("receipt_at_ms")?,
+            receipt_id: r.try_get("receipt_id")?,
+        })
+    })
+    .transpose()
 }
 
 /// Messages still to send (`pending` or `failed`).

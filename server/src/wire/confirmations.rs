@@ -64,3 +64,33 @@ pub struct ConfirmationView {
     /// once executed, the execution.
     pub deliveries: Vec<crate::outbox::MessageView>,
 }
+
+/// `GET /admin/v1/confirmations/{id}/evidence`: an executed confirmation's
+/// evidence receipt and everything needed to check it outside Keyward
+/// (docs/protocol.md §11.6). Holds personal data (the transaction).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceExport {
+    pub confirmation_id: String,
+    /// The canonical receipt bytes, base64.
+    pub receipt: String,
+    /// The evidence key's DER ECDSA P-256/SHA-256 signature over them, base64.
+    pub signature: String,
+    /// The evidence certificate, then the issuing and root CA certificates.
+    pub evidence_chain_pem: String,
+    /// The device certificate the receipt names.
+    pub device_certificate_pem: String,
+    /// The transaction bytes exactly as received, base64.
+    pub transaction: String,
+    /// The message the customer was sent (its code used up), base64 of its
+    /// UTF-8 bytes; `null` when it could not be rendered again identically
+    /// (the receipt still holds its hash).
+    pub message: Option<String>,
+}
+
+impl std::fmt::Debug for EvidenceExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvidenceExport")
+            .field("confirmation_id", &self.confirmation_id)
+            .finish_non_exhaustive()
+    }
+}

@@ -566,3 +566,23 @@ impl Drop for Server {
         }
     }
 }
+
+/// Runs the outside check of an exported evidence receipt exactly as
+/// docs/protocol.md §11.6 writes it (its `sh` block) in `dir`, which holds
+/// the export and the bank's `ca.pem`.
+#[allow(dead_code)]
+pub fn run_evidence_check(dir: &Path) -> Output {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"))
+            .unwrap();
+    let section = &doc[doc.find("### 11.6").unwrap()..];
+    let start = section.find("```sh\n").unwrap() + "```sh\n".len();
+    let script = &section[start..];
+    let script = script[..script.find("\n```").unwrap()].replace("cd DIR\n", "");
+    Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}

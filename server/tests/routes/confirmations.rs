@@ -354,3 +354,130 @@ async fn bad_transactions_are_typed_and_change_nothing() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// An executed confirmation's evidence: none before execution; then a
+/// receipt naming what was received, shown and signed and the gateway's
+/// delivery receipt, which `openssl` and the documented Python check verify
+/// from the exported files alone, and which a changed byte no longer
+/// verifies.
+#[tokio::test]
+async fn an_executed_confirmation_has_evidence_openssl_verifies() {
+    use keyward_protocol::confirmation::{Evidence, evidence::sha256};
+    use keyward_server::confirmation::export;
+    use keyward_server::wire::confirmations::EvidenceExport;
+
+    let (app, _secrets) = crate::receipts::app_with_receipts().await;
+    let (d, who, token, account) = session(&app, 43).await;
+    let t = tx(&account, json!(98765));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    // The gateway reports the code's message delivered.
+    let delivery: String =
+        sqlx::query_scalar("SELECT delivery_id FROM confirmations WHERE id = $1")
+            .bind(&id)
+            .fetch_one(app.state.kms.db().pool())
+            .await
+            .unwrap();
+    let gateway = crate::macs::service(&app, "sms-gateway").await;
+    let secret = crate::receipts::secret_text();
+    let now = keyward_kms::db::now_ms() / 1000;
+    let r = crate::receipts::post_receipt(
+        &app,
+        &gateway,
+        &secret,
+        "msg_ev1",
+        now,
+        &delivery,
+        "delivered",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let evidence_path = format!("/admin/v1/confirmations/{id}/evidence");
+    app.get(&app.root, &evidence_path)
+        .await
+        .refused(StatusCode::CONFLICT, "evidence_not_available");
+    let code = code_sent(&app, &id).await;
+    let sig = d.sign_confirmation(&t, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    confirm(&app, &who, &token, &path, &t, code.as_str(), &sig)
+        .await
+        .expect(StatusCode::OK);
+
+    let operator = app.operator("olga", keyward_ca::Role::Operator).await;
+    app.get(&operator, &evidence_path)
+        .await
+        .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    let auditor = app.operator("aude", keyward_ca::Role::Auditor).await;
+    let a = app.get(&auditor, &evidence_path).await;
+    let e: EvidenceExport = serde_json::from_value(a.expect(StatusCode::OK).clone()).unwrap();
+    assert!(app.audited("confirmations.evidence", "success").await);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("evidence");
+    let files = export::write_dir(&e, &out).unwrap();
+    assert_eq!(files.len(), 6, "{files:?}");
+    let receipt = Evidence::parse(&std::fs::read(out.join(export::RECEIPT)).unwrap()).unwrap();
+    assert_eq!(receipt.confirmation_id, id);
+    assert_eq!(receipt.transaction_sha256, sha256(&t));
+    assert_eq!(receipt.device_signature, sig);
+    assert_eq!(receipt.delivery_message_id, delivery);
+    assert_eq!(receipt.delivery_receipt_id.as_deref(), Some("msg_ev1"));
+    assert!(receipt.delivered_at_ms.is_some());
+    assert!(receipt.sent_at_ms.is_none() || receipt.sent_at_ms >= Some(receipt.submitted_at_ms));
+    assert!(receipt.confirmed_at_ms >= receipt.submitted_at_ms);
+    let message = std::fs::read_to_string(out.join(export::MESSAGE)).unwrap();
+    assert!(
+        message.starts_with("Pay EUR 987.65 to ACME GmbH"),
+        "{message}"
+    );
+    // The code in it is spent: the receipt never carries the code's HMAC.
+    let mac: Vec<u8> = sqlx::query_scalar("SELECT code_mac FROM confirmations WHERE id = $1")
+        .bind(&id)
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert!(!a.text.contains(&hex::encode(&mac)));
+    assert_eq!(receipt.code_mac_id, sha256(&mac));
+
+    std::fs::write(out.join("ca.pem"), app.state.ca.root_pem()).unwrap();
+    let check = |dir: &std::path::Path| crate::common::run_evidence_check(dir);
+    let ran = check(&out);
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(stdout.contains("Verified OK"), "{stdout}");
+    assert!(stdout.contains("receipt hashes match"), "{stdout}");
+
+    // One byte of the receipt changed: the signature no longer verifies.
+    let mut bytes = std::fs::read(out.join(export::RECEIPT)).unwrap();
+    let at = bytes.len() - 2;
+    bytes[at] ^= 1;
+    std::fs::write(out.join(export::RECEIPT), &bytes).unwrap();
+    let ran = check(&out);
+    assert!(!ran.status.success());
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("Verification failure"));
+}
+
+/// A tampered confirmation executes nothing and has no evidence receipt.
+#[tokio::test]
+async fn a_tampered_confirmation_has_no_evidence() {
+    let app = App::new().await;
+    let (d, who, token, account) = session(&app, 44).await;
+    let t = tx(&account, json!(500));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    let code = code_sent(&app, &id).await;
+    let altered = tx(&account, json!(50000));
+    let sig = d.sign_confirmation(&altered, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    confirm(&app, &who, &token, &path, &altered, code.as_str(), &sig)
+        .await
+        .refused(StatusCode::CONFLICT, "confirmation_tampered");
+    app.get(&app.root, &format!("/admin/v1/confirmations/{id}/evidence"))
+        .await
+        .refused(StatusCode::CONFLICT, "evidence_not_available");
+    app.get(&app.root, "/admin/v1/confirmations/nope/evidence")
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_confirmation");
+}

@@ -362,7 +362,7 @@ async fn verify_binary(
 }
 
 /// A service certificate issued through `POST /admin/v1/services`.
-async fn service(app: &App, name: &str) -> ClientIdentity {
+pub async fn service(app: &App, name: &str) -> ClientIdentity {
     let csr = keyward_tests::simulator::client_csr_pem().unwrap();
     let a = app
         .post(

@@ -31,5 +31,6 @@ mod login;
 mod macs;
 mod openapi;
 mod outbox;
+mod receipts;
 mod trail;
 mod transactions;

@@ -161,9 +161,16 @@ async fn a_committed_message_is_delivered_once_under_its_id() {
     let at = now_ms();
     let (known, unknown) = db
         .write("test.receipt", |mut tx| async move {
-            let known = record_receipt_in(&mut tx, &id, ReceiptStatus::Delivered, at).await?;
-            let unknown =
-                record_receipt_in(&mut tx, &MessageId::new(), ReceiptStatus::Failed, at).await?;
+            let known =
+                record_receipt_in(&mut tx, &id, ReceiptStatus::Delivered, "rcpt-1", at).await?;
+            let unknown = record_receipt_in(
+                &mut tx,
+                &MessageId::new(),
+                ReceiptStatus::Failed,
+                "rcpt-2",
+                at,
+            )
+            .await?;
             Ok::<_, sqlx::Error>((tx, (known, unknown)))
         })
         .await

@@ -3,11 +3,13 @@
 //! message the customer reads.
 
 mod code;
+pub mod evidence;
 mod render;
 mod text;
 mod transaction;
 
 pub use code::Code;
+pub use evidence::Evidence;
 pub use render::{Origin, Rendered, SmsEncoding, render};
 pub use text::{PayeeCheck, PayeePolicy, invisible, skeleton};
 pub use transaction::{Amount, Currency, Received, Rules, Transaction};

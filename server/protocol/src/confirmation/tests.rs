@@ -512,3 +512,105 @@ fn units_in(s: &str, encoding: SmsEncoding) -> usize {
         SmsEncoding::Ucs2 => s.encode_utf16().count(),
     }
 }
+
+/// The evidence receipt of the worked example (docs/protocol.md §11.6): the
+/// transaction of §11.3, the message of §11.4; the device signature is the
+/// smallest DER `Ecdsa-Sig-Value` (r = 1, s = 2), to keep the example short.
+fn evidence_example() -> Evidence {
+    let r = parse(SAMPLE).unwrap_or_else(|e| unreachable!("{e}"));
+    let m = render(&r, &code(), &origin());
+    Evidence {
+        confirmation_id: "3f6c2a1e-8d4b-4c1e-9a57-0b2f7d9e6c41".to_owned(),
+        device_id: "00A1B2C3D4E5F601".to_owned(),
+        transaction_sha256: evidence::sha256(r.raw()),
+        message_sha256: m.sha256(),
+        device_signature: vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02],
+        device_certificate_serial: "1CF5A0B7D2E94C3F8A6B1D0E7F2C9A45".to_owned(),
+        device_certificate_sha256: evidence::sha256(b"device certificate DER"),
+        code_mac_key: "keyward/confirmation/code-mac".to_owned(),
+        code_mac_id: evidence::sha256(&[0x5A; 32]),
+        delivery_message_id: "7b0e4c2a-51f3-4d8e-b9a6-2c7d1e0f3a58".to_owned(),
+        delivery_receipt_id: Some("msg_2Lh9bT0QxW".to_owned()),
+        submitted_at_ms: 1_765_000_000_000,
+        sent_at_ms: Some(1_765_000_000_041),
+        delivered_at_ms: Some(1_765_000_002_310),
+        confirmed_at_ms: 1_765_000_031_877,
+        signer_certificate_serial: "4E21B9C07A3D5F1826E0C4B9A17D3F02".to_owned(),
+    }
+}
+
+#[test]
+fn evidence_round_trips_and_is_in_the_docs() {
+    let doc = include_str!("../../../../docs/protocol.md");
+    let e = evidence_example();
+    let bytes = e.encode().unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(Evidence::parse(&bytes), Ok(e.clone()));
+    let text = String::from_utf8(bytes.clone()).unwrap_or_default();
+    let block = format!("```text\n{text}```");
+    println!("{block}\n`{}`", upper_hex(&Sha256::digest(&bytes)));
+    assert!(
+        doc.contains(&block),
+        "docs/protocol.md §11.6 lacks:\n{block}"
+    );
+    // The hashes a checker compares are the ones the earlier sections show.
+    assert!(text.contains(
+        "message_sha256=8513486108d564574da1b5c9abd838e110a07316f1b8423c885ddb9ff5cd25d1\n"
+    ));
+
+    let none = Evidence {
+        delivery_receipt_id: None,
+        sent_at_ms: None,
+        delivered_at_ms: None,
+        ..e
+    };
+    let bytes = none.encode().unwrap_or_else(|e| unreachable!("{e}"));
+    assert!(String::from_utf8_lossy(&bytes).contains("\ndelivery_receipt_id=-\n"));
+    assert_eq!(Evidence::parse(&bytes), Ok(none));
+}
+
+/// One receipt, one encoding: anything the encoder would not have written
+/// is refused, and no value can forge a line.
+#[test]
+fn evidence_is_canonical() {
+    let good = evidence_example()
+        .encode()
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    let text = String::from_utf8(good).unwrap_or_default();
+    let variants = [
+        text.replace('\n', "\r\n"),
+        text.trim_end().to_owned(),
+        format!("{text}\n"),
+        format!("{text}extra=1\n"),
+        text.replace("evidence/v1", "evidence/v2"),
+        text.replace("confirmation_id=", "confirmation_id= "),
+        text.replace("=8513486108d5", "=8513486108D5"),
+        text.replace(
+            "submitted_at_ms=1765000000000",
+            "submitted_at_ms=01765000000000",
+        ),
+        text.replace(
+            "submitted_at_ms=1765000000000",
+            "submitted_at_ms=+1765000000000",
+        ),
+        text.replace("sent_at_ms=1765000000041\n", ""),
+        // Two lines swapped.
+        text.replace(
+            "sent_at_ms=1765000000041\ndelivered_at_ms=1765000002310",
+            "delivered_at_ms=1765000002310\nsent_at_ms=1765000000041",
+        ),
+    ];
+    for v in &variants {
+        assert_eq!(
+            Evidence::parse(v.as_bytes()),
+            Err(ProtocolError::EvidenceMalformed),
+            "{v}"
+        );
+    }
+    for bad in ["", "a b", "id\nforged=1", "é"] {
+        let e = Evidence {
+            delivery_receipt_id: Some(bad.to_owned()),
+            ..evidence_example()
+        };
+        assert_eq!(e.encode(), Err(ProtocolError::EvidenceMalformed), "{bad:?}");
+    }
+}

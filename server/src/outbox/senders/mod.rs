@@ -14,7 +14,7 @@ use super::{Channel, MessageId};
 
 pub use file::FileSender;
 pub use smtp::SmtpSender;
-pub use webhook::{WebhookSecret, WebhookSender};
+pub use webhook::{WebhookSecret, WebhookSender, read_secrets, signature, verify};
 
 /// A claimed message on its way out. `recipient` and `payload` are personal
 /// data: `Debug` shows neither.
@@ -113,9 +113,10 @@ impl SendError {
 /// secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("outbox.webhooks.{endpoint}: cannot read {what} {path}: {reason}")]
+    /// `key`: the configuration table (`webhooks.sms`, `receipts`).
+    #[error("outbox.{key}: cannot read {what} {path}: {reason}")]
     File {
-        endpoint: String,
+        key: String,
         what: &'static str,
         path: String,
         reason: String,

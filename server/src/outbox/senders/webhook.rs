@@ -77,6 +77,10 @@ impl WebhookSecret {
     }
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        BASE64.encode(self.mac_bytes(id, timestamp, body))
+    }
+
+    fn mac_bytes(&self, id: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
         // HMAC takes a key of any length: this never fails.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
@@ -85,8 +89,56 @@ impl WebhookSecret {
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        BASE64.encode(mac.finalize().into_bytes())
+        mac.finalize().into_bytes().into()
     }
+}
+
+/// Whether a `webhook-signature` value holds a `v1` signature of `id`,
+/// `timestamp` and `body` under one of `secrets`, each compared in constant
+/// time (a receiver's check; other versions and malformed entries are
+/// skipped).
+pub fn verify(
+    secrets: &[WebhookSecret],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+    signature: &str,
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let given: Vec<Vec<u8>> = signature
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|b64| BASE64.decode(b64).ok())
+        .collect();
+    secrets.iter().any(|secret| {
+        let expected = secret.mac_bytes(id, timestamp, body);
+        given
+            .iter()
+            .any(|g| bool::from(expected.as_slice().ct_eq(g.as_slice())))
+    })
+}
+
+/// Reads one `whsec_` secret from each file; `key` names the configuration
+/// table in errors (never the secret).
+pub fn read_secrets(
+    key: &str,
+    files: &[std::path::PathBuf],
+) -> Result<Vec<WebhookSecret>, SetupError> {
+    files
+        .iter()
+        .map(|path| {
+            let file_error = |reason: String| SetupError::File {
+                key: key.to_owned(),
+                what: "secret file",
+                path: path.display().to_string(),
+                reason,
+            };
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| file_error(e.kind().to_string()))?,
+            );
+            WebhookSecret::parse(&text).map_err(|reason| file_error(reason.to_owned()))
+        })
+        .collect()
 }
 
 /// The `webhook-signature` value: one `v1,<signature>` per secret, in order,
@@ -121,23 +173,12 @@ impl WebhookSender {
     /// Reads the endpoint's CA and secret files.
     pub fn from_config(name: &str, cfg: &WebhookConfig) -> Result<Self, SetupError> {
         let file_error = |what, path: &std::path::Path, reason: String| SetupError::File {
-            endpoint: name.to_owned(),
+            key: format!("webhooks.{name}"),
             what,
             path: path.display().to_string(),
             reason,
         };
-        let secrets = cfg
-            .secret_files
-            .iter()
-            .map(|path| {
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| file_error("secret file", path, e.kind().to_string()))?,
-                );
-                WebhookSecret::parse(&text)
-                    .map_err(|reason| file_error("secret file", path, reason.to_owned()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let secrets = read_secrets(&format!("webhooks.{name}"), &cfg.secret_files)?;
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(&cfg.ca_file)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
