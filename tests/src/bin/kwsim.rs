@@ -364,7 +364,7 @@ fn step(name: &str, r: &Reply, fields: Value) -> Result<()> {
 /// What the purse does with a checked permit (the faults `kwsim load`
 /// simulates).
 #[derive(Debug, Clone, Copy)]
-enum Apply {
+enum Handling {
     /// Loads it and reports.
     Report,
     /// Does not load it, and reports a failure with this reason.
@@ -443,7 +443,7 @@ fn load(
     online: &OnlineArgs,
     mut purse: Purse,
     amount: u64,
-    apply: Apply,
+    handling: Handling,
 ) -> Result<bool> {
     let mut c = Contact::open(dir, id, online)?;
     let Some(token) = c.login(false)? else {
@@ -474,16 +474,16 @@ fn load(
         json!({ "load_id": load_id, "amount_minor": permit.amount.minor_units(),
                 "account_balance_after_minor": r.body["balance_after_minor"] }),
     )?;
-    let report = match apply {
-        Apply::Report | Apply::LoseReport => Some(purse.apply(&c.dev, &permit)?),
-        Apply::Fail(reason) => Some(purse.fail(&c.dev, &permit, reason)?),
-        Apply::NoApply => None,
+    let report = match handling {
+        Handling::Report | Handling::LoseReport => Some(purse.apply(&c.dev, &permit)?),
+        Handling::Fail(reason) => Some(purse.fail(&c.dev, &permit, reason)?),
+        Handling::NoApply => None,
     };
     // A purse never forgets a load it applied, whatever becomes of the
     // report.
     purse.save(dir)?;
-    let refused = match (report, apply) {
-        (Some(report), Apply::Report | Apply::Fail(_)) => {
+    let refused = match (report, handling) {
+        (Some(report), Handling::Report | Handling::Fail(_)) => {
             let path = format!("/v1/loads/{load_id}/report");
             let r = c.post(&path, &report.body, &token)?;
             step(
@@ -495,7 +495,7 @@ fn load(
         }
         (_, why) => {
             let why = match why {
-                Apply::NoApply => "not_applied",
+                Handling::NoApply => "not_applied",
                 _ => "lost",
             };
             out(
@@ -585,13 +585,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let id = device_id(&id)?;
             let purse = purse_for(dir, id, customer.as_deref(), account.as_deref(), &currency)?;
-            let apply = match (fail, lose_report, no_apply) {
-                (Some(reason), _, _) => Apply::Fail(reason),
-                (_, true, _) => Apply::LoseReport,
-                (_, _, true) => Apply::NoApply,
-                _ => Apply::Report,
+            let handling = match (fail, lose_report, no_apply) {
+                (Some(reason), _, _) => Handling::Fail(reason),
+                (_, true, _) => Handling::LoseReport,
+                (_, _, true) => Handling::NoApply,
+                _ => Handling::Report,
             };
-            if load(dir, id, &online, purse, amount, apply)? {
+            if load(dir, id, &online, purse, amount, handling)? {
                 std::process::exit(1);
             }
             Ok(())
