@@ -22,7 +22,14 @@
 # 7. a device with tampered keys logs in: the KCV mismatch is an intrusion
 #    event, the offered version is rejected;
 # 8. ten wrong answers lock the first device's credential and revoke its
-#    certificate: `openssl ocsp` says revoked.
+#    certificate: `openssl ocsp` says revoked;
+# 9. the e-purse load (kwsim keeps the third device's purse): the account is
+#    opened in the ledger and credited; a completed load; a failure report
+#    reversed; a permit never answered, reversed by the sweeper after
+#    `[load] report_timeout_secs` (config/dev.toml: 5 s) and closed at the
+#    device's next contact; a load whose report is lost, reversed by the
+#    sweeper, then proven applied by the purse at the next login
+#    (late_applied: debited again, no money created); `kwctl ledger verify`.
 # Everything lands in the audit trail (`kwctl audit list`). Files go to
 # var/demo/ (operator keys 0600, device state).
 set -euo pipefail
@@ -76,6 +83,8 @@ as admin issuer show bank-a 2>/dev/null || as admin issuer create bank-a --famil
 run=$(date +%s)
 first=$(printf '%016X' $((run * 16)))
 batch="B-$run"
+# A fresh account number too: the ledger opens it for this run's customer.
+account=$(printf '62220202%08d' $((run % 100000000)))
 kw_banner "the factory makes 3 devices (batch $batch)"
 "${kwsim[@]}" make --count 3 --first-id "$first" --manifest "$demo/$batch.csv"
 mapfile -t ids < <(tail -n +2 "$demo/$batch.csv" | cut -d, -f1)
@@ -98,7 +107,7 @@ done
 
 kw_banner "a customer applies (alice), alice may not approve, bob approves"
 app=$(as alice -o json customer apply --name "Li Lei" --national-id "ID$run" \
-    --account 6222020200112233 --contact-kind sms --contact +8613800138000)
+    --account "$account" --contact-kind sms --contact +8613800138000)
 app_id=$(field application_id <<<"$app")
 customer=$(field customer_id <<<"$app")
 as alice customer approve "$app_id" || true
@@ -107,7 +116,7 @@ as bob customer approve "$app_id"
 kw_banner "bind ${ids[0]} and ${ids[1]} (PSAM and ESAM) to $customer for bank-a"
 for id in "${ids[0]}" "${ids[1]}"; do
     as alice bind "$id" --customer "$customer" --issuer bank-a --element both \
-        --account 6222020200112233
+        --account "$account"
 done
 as alice device show "${ids[0]}"
 as alice device list --batch-id "$batch"
@@ -115,11 +124,15 @@ as alice device list --batch-id "$batch"
 # The device's certificate and chain, as its terminal presents them; the
 # issuing CA alone, for openssl ocsp.
 json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]], end="")' "$1"; }
-for id in "${ids[0]}" "${ids[1]}"; do
-    serial=$(as alice -o json device show "$id" | json_field cert_serial)
+device_pem() {
+    local serial cert
+    serial=$(as alice -o json device show "$1" | json_field cert_serial)
     cert=$(as alice -o json ca show "$serial")
-    { json_field certificate_pem <<<"$cert"; json_field chain_pem <<<"$cert"; } >"$demo/$id.pem"
+    { json_field certificate_pem <<<"$cert"; json_field chain_pem <<<"$cert"; } >"$demo/$1.pem"
     json_field chain_pem <<<"$cert" >"$demo/chain.pem"
+}
+for id in "${ids[0]}" "${ids[1]}"; do
+    device_pem "$id"
 done
 openssl x509 -in "$demo/chain.pem" -out "$demo/issuing.pem"
 public=${KEYWARD_DEMO_PUBLIC:-https://127.0.0.1:8443}
@@ -140,7 +153,7 @@ login "${ids[0]}"
 as alice key list --device "${ids[0]}" --issuer bank-a
 
 kw_banner "${ids[0]} sends a transaction over its session: the MAC is verified in the HSM"
-login "${ids[0]}" --transaction "0200|6222020200112233|000000012345|$run"
+login "${ids[0]}" --transaction "0200|$account|000000012345|$run"
 
 kw_banner "the switch verifies a batch of the terminal's MACs in bulk (every tenth is wrong)"
 "${kwsim[@]}" macs "${ids[0]}" --issuer bank-a --count 1000 --out "$demo/macs.csv"
@@ -157,5 +170,65 @@ as alice device credential "${ids[0]}" --issuer bank-a
 openssl ocsp -issuer "$demo/issuing.pem" -cert "$demo/${ids[0]}.pem" \
     -CAfile "$demo/chain.pem" -url "$admin_url/ocsp" -timeout 10 2>&1 |
     grep -E "${ids[0]}|: (good|revoked|unknown)|Reason" || true
+kw_banner "the e-purse load: ${ids[2]} bound too; the account opened in the ledger and credited"
+as alice bind "${ids[2]}" --customer "$customer" --issuer bank-a --element both \
+    --account "$account"
+device_pem "${ids[2]}"
+as alice account create "$account" --customer "$customer" --currency CNY
+as alice account credit "$account" --amount 100000 --reference "opening deposit"
+# load ARGS...: kwsim logs in as the third device, sends its purse's status,
+# asks for a load, checks the permit up to the Keyward root, applies it and
+# reports (or not, by ARGS); its JSON lines go to stderr, the load id to
+# stdout.
+load() {
+    local lines
+    lines=$("${kwsim[@]}" load "${ids[2]}" --issuer bank-a --server "$public" \
+        --ca var/operators/ca.pem --cert "$demo/${ids[2]}.pem" "$@") ||
+        { printf '%s\n' "$lines" >&2; kw_die "kwsim load $* was refused"; }
+    printf '%s\n' "$lines" >&2
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    v = json.loads(l)
+    if v.get("step") == "permit": print(v["load_id"])' <<<"$lines"
+}
+# doubtful ID: waits until the sweeper has reversed load ID (the timeout).
+doubtful() {
+    for _ in $(seq 60); do
+        [[ $(as alice -o json load show "$1" | field state) == doubtful ]] && return 0
+        sleep 0.5
+    done
+    kw_die "load $1 was not reversed by the sweeper in 30 s"
+}
+
+kw_banner "a completed load: the account pays 100.00, the float receives it, the purse holds it"
+load --amount 10000 --customer "$customer" --account "$account" >/dev/null
+as alice account show "$account"
+
+kw_banner "the purse cannot load: its failure report reverses the debit"
+load --amount 5000 --fail 3 >/dev/null
+as alice account show "$account"
+
+kw_banner "a permit the purse never answers: reversed by the sweeper (doubtful)"
+unanswered=$(load --amount 7000 --no-apply)
+doubtful "$unanswered"
+as alice load doubtful
+
+kw_banner "the next load first closes it (the purse never applied it); this one's report is lost"
+lost=$(load --amount 20000 --lose-report)
+as alice load show "$unanswered"
+doubtful "$lost"
+kw_banner "reversed by the sweeper, though the purse holds the money: money created, for now"
+as alice load doubtful
+as alice account show "$account"
+"${kwsim[@]}" purse "${ids[2]}"
+
+kw_banner "the next login: the purse proves the load applied; late_applied, debited again"
+login "${ids[2]}"
+as alice load show "$lost"
+as alice account show "$account"
+as alice account show sys:float:CNY
+kw_banner "the ledger verifies: every balance recomputed, the chain and its checkpoints"
+as alice ledger verify
+
 kw_banner "the audit trail (newest first)"
 as admin audit list --limit 12

@@ -527,6 +527,32 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Fails the test unless `promtool check metrics` accepts `text`.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    require_tool("promtool", "prometheus");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A command's stdout as JSON (`kwctl -o json` prints one document, also
 /// for errors).
 pub fn stdout_json(out: &Output) -> serde_json::Value {

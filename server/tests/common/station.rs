@@ -64,8 +64,8 @@ impl Station<'_> {
     }
 
     /// D1 and D2 made, imported, checked, keyed for `issuers` and bound to
-    /// one approved customer.
-    pub fn provision(&self, issuers: &[(&str, &str)]) {
+    /// one approved customer, whose id it returns.
+    pub fn provision(&self, issuers: &[(&str, &str)]) -> String {
         for (issuer, family) in issuers {
             self.ok("admin", &["issuer", "create", issuer, "--family", family]);
         }
@@ -135,6 +135,7 @@ impl Station<'_> {
                 );
             }
         }
+        customer
     }
 
     /// The device's certificate and chain (PEM), as its terminal presents it.

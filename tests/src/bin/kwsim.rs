@@ -39,6 +39,22 @@
 //!   lockout demo). `--transaction TEXT`: after the login, the transaction
 //!   TEXT with its CMAC over the session (`POST /v1/transactions`), and the
 //!   server's verdict on a second line.
+//!   When the device holds a purse, its signed status follows each login
+//!   (`POST /v1/loads/status`, one more line): what settles a load whose
+//!   report was lost.
+//! - `load DEVICE_ID --amount N [--customer C --account A --currency CNY]`
+//!   with `login`'s `--issuer --server --ca --cert`: the e-purse load
+//!   (docs/protocol.md §13). The purse (`DIR/<device_id>.purse.json`) is
+//!   made from `--customer --account --currency` at the first load and read
+//!   from disk afterwards. Logs in, sends the purse's status (settling any
+//!   earlier load by what the purse proves), then the request; checks the
+//!   permit under its certificate chain up to the root in `--ca`, applies
+//!   it and reports. Faults: `--fail REASON` (1..=255) reports a failure
+//!   instead, `--lose-report` applies but never reports, `--no-apply`
+//!   neither applies nor reports. One JSON line per step (`"step"`: login,
+//!   status, permit, report, purse); exits 1 on a refusal. No key, token or
+//!   account number is printed.
+//! - `purse DEVICE_ID`: the purse as JSON (the account number masked).
 //! - `macs DEVICE_ID --issuer I [--count N] --out FILE`: a MAC batch in the
 //!   CSV `kwctl mac verify` reads, MACed with the device's current TAK
 //!   (every tenth MAC wrong), for the bulk-verification demo.
@@ -57,11 +73,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyward_kms::types::DeviceId;
+use keyward_tests::purse::Purse;
 use keyward_tests::simulator::{SimDevice, forged_csr};
+use keyward_tests::terminal::{self, LoginOptions, Reply, Terminal};
 use keyward_tests::wire;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Largest init package read from stdin.
 const MAX_PACKAGE_BYTES: u64 = 1 << 20;
@@ -94,6 +112,23 @@ enum KeyKind {
     Rsa,
 }
 
+/// How a device reaches the public listener.
+#[derive(Debug, Args)]
+struct OnlineArgs {
+    #[arg(long)]
+    issuer: String,
+    /// Public listener URL.
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    server: String,
+    /// The Keyward root (PEM): the server's TLS certificate and the load
+    /// permit's certificate chain to it.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+    /// The device certificate and its chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Make devices and print their manufacturing manifest.
@@ -123,17 +158,8 @@ enum Cmd {
     /// Log in to the public listener as the device (mutual TLS).
     Login {
         device_id: String,
-        #[arg(long)]
-        issuer: String,
-        /// Public listener URL.
-        #[arg(long, default_value = "https://127.0.0.1:8443")]
-        server: String,
-        /// CA certificate(s) the server's TLS certificate chains to (PEM).
-        #[arg(long, value_name = "FILE")]
-        ca: PathBuf,
-        /// The device certificate and its chain (PEM).
-        #[arg(long, value_name = "FILE")]
-        cert: PathBuf,
+        #[command(flatten)]
+        online: OnlineArgs,
         /// Answer the challenge wrongly.
         #[arg(long)]
         wrong_response: bool,
@@ -146,6 +172,36 @@ enum Cmd {
         #[arg(long, value_name = "TEXT")]
         transaction: Option<String>,
     },
+    /// Log in and load the device's e-purse (made at the first load).
+    Load {
+        device_id: String,
+        #[command(flatten)]
+        online: OnlineArgs,
+        /// Minor units to load.
+        #[arg(long)]
+        amount: u64,
+        /// The customer id the purse loads for (first load only).
+        #[arg(long)]
+        customer: Option<String>,
+        /// The account the purse loads from (first load only).
+        #[arg(long)]
+        account: Option<String>,
+        /// ISO 4217 alphabetic code (first load only).
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        /// Do not load: report a failure with this reason (1..=255).
+        #[arg(long, value_name = "REASON", value_parser = clap::value_parser!(u8).range(1..),
+              conflicts_with_all = ["lose_report", "no_apply"])]
+        fail: Option<u8>,
+        /// Load, but never send the report (it is lost).
+        #[arg(long, conflicts_with = "no_apply")]
+        lose_report: bool,
+        /// Take the permit, but neither load nor report.
+        #[arg(long)]
+        no_apply: bool,
+    },
+    /// Print the device's purse (the account number masked).
+    Purse { device_id: String },
     /// Write a MAC batch (the CSV `kwctl mac verify` reads) of COUNT
     /// transactions this device MACs with its current TAK, every tenth with
     /// a wrong MAC.
@@ -211,43 +267,55 @@ struct LoginRun {
     transaction: Option<String>,
 }
 
-/// `kwsim login`: see the module docs. Whether the last login (or the
-/// transaction after it) was refused.
-fn login(
-    dir: &Path,
-    id: DeviceId,
-    issuer: &str,
-    server: &str,
-    ca: &Path,
-    cert: &Path,
-    run: &LoginRun,
-) -> Result<bool> {
-    let (wrong_response, times) = (run.wrong_response, run.times);
-    use keyward_tests::terminal::{self, LoginOptions, Terminal};
-    let mut dev = SimDevice::load(dir, id)?;
-    let ca_pem =
-        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
-    let chain =
-        std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let term = Terminal::new(server, &ca_pem, &chain, &dev)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut refused = false;
-    for _ in 0..times.max(1) {
-        let outcome = runtime.block_on(terminal::login(
-            &term,
-            &mut dev,
-            issuer,
+/// A device at the public listener: its terminal (mutual TLS with its own
+/// key and certificate) and the Keyward root.
+struct Contact {
+    dir: PathBuf,
+    dev: SimDevice,
+    issuer: String,
+    term: Terminal,
+    root_pem: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Contact {
+    fn open(dir: &Path, id: DeviceId, o: &OnlineArgs) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let dev = SimDevice::load(dir, id)?;
+        let root_pem = read(&o.ca)?;
+        let term = Terminal::new(&o.server, &root_pem, &read(&o.cert)?, &dev)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            dev,
+            issuer: o.issuer.clone(),
+            term,
+            root_pem,
+            runtime,
+        })
+    }
+
+    /// One login; prints the server's answer (without the session token).
+    /// The session token when it was accepted.
+    fn login(&mut self, wrong_response: bool) -> Result<Option<String>> {
+        let outcome = self.runtime.block_on(terminal::login(
+            &self.term,
+            &mut self.dev,
+            &self.issuer,
             LoginOptions { wrong_response },
         ))?;
-        dev.save(dir)?;
+        self.dev.save(&self.dir)?;
         if outcome.keys_matched == Some(false) {
             warn("the offered working keys do not match this device's TMK (KCV mismatch)");
         }
         let mut shown = outcome.finish.body.clone();
         if let Some(o) = shown.as_object_mut() {
             o.remove("session_token");
+            o.insert("step".into(), json!("login"));
             o.insert("status".into(), json!(outcome.finish.status.as_u16()));
             o.insert(
                 "offered_version".into(),
@@ -255,9 +323,76 @@ fn login(
             );
         }
         out(&shown.to_string())?;
-        refused = !outcome.finish.status.is_success();
-        if let (Some(text), false) = (&run.transaction, refused) {
-            let token = outcome.answer()?.session_token;
+        if !outcome.finish.status.is_success() {
+            return Ok(None);
+        }
+        Ok(Some(outcome.answer()?.session_token))
+    }
+
+    fn post(&self, path: &str, body: &Value, token: &str) -> Result<Reply> {
+        self.runtime.block_on(
+            self.term
+                .call(hyper::Method::POST, path, Some(body), Some(token)),
+        )
+    }
+
+    /// Sends the purse's signed status (its sequence number saved first)
+    /// and prints what it settled. Whether the server took it.
+    fn status(&self, purse: &mut Purse, token: &str) -> Result<bool> {
+        let signed = purse.status(&self.dev)?;
+        purse.save(&self.dir)?;
+        let r = self.post("/v1/loads/status", &signed.body, token)?;
+        step("status", &r, json!({ "settled": r.body["settled"] }))?;
+        Ok(r.status.is_success())
+    }
+}
+
+/// Prints one step of a load: its name, the HTTP status, then `fields`
+/// (or a refusal's code).
+fn step(name: &str, r: &Reply, fields: Value) -> Result<()> {
+    let mut line = json!({ "step": name, "status": r.status.as_u16() });
+    if r.status.is_success() {
+        if let (Some(l), Value::Object(f)) = (line.as_object_mut(), fields) {
+            l.extend(f);
+        }
+    } else {
+        line["code"] = json!(r.code());
+    }
+    out(&line.to_string())
+}
+
+/// What the purse does with a checked permit (the faults `kwsim load`
+/// simulates).
+#[derive(Debug, Clone, Copy)]
+enum Handling {
+    /// Loads it and reports.
+    Report,
+    /// Does not load it, and reports a failure with this reason.
+    Fail(u8),
+    /// Loads it; the report is lost on its way.
+    LoseReport,
+    /// Neither loads nor reports.
+    NoApply,
+}
+
+/// `kwsim login`: see the module docs. Whether the last login (or what
+/// followed it) was refused.
+fn login(dir: &Path, id: DeviceId, online: &OnlineArgs, run: &LoginRun) -> Result<bool> {
+    let mut c = Contact::open(dir, id, online)?;
+    let issuer = online.issuer.as_str();
+    let mut refused = false;
+    for _ in 0..run.times.max(1) {
+        let Some(token) = c.login(run.wrong_response)? else {
+            refused = true;
+            continue;
+        };
+        refused = false;
+        // The purse's status at every contact: it settles a lost report.
+        if let Some(mut purse) = Purse::open(dir, id)? {
+            refused = !c.status(&mut purse, &token)?;
+        }
+        if let Some(text) = &run.transaction {
+            let dev = &c.dev;
             let algorithm = match dev.held_keys().iter().find(|k| k.issuer == issuer) {
                 Some(k) if k.family == keyward_kms::types::KeyFamily::Aes => "CMAC-AES",
                 _ => "CMAC-TDES",
@@ -267,17 +402,129 @@ fn login(
             let b64 = base64::engine::general_purpose::STANDARD;
             let body = json!({"key_version": version, "algorithm": algorithm,
                               "message": b64.encode(text), "mac": b64.encode(mac)});
-            let reply = runtime.block_on(term.call(
-                hyper::Method::POST,
-                "/v1/transactions",
-                Some(&body),
-                Some(&token),
-            ))?;
+            let reply = c.post("/v1/transactions", &body, &token)?;
             out(&reply.body.to_string())?;
-            refused = !reply.status.is_success() || reply.body["result"] != "valid";
+            refused |= !reply.status.is_success() || reply.body["result"] != "valid";
         }
     }
     Ok(refused)
+}
+
+/// The purse `kwsim load` uses: the device's, or a new one from the
+/// first load's flags.
+fn purse_for(
+    dir: &Path,
+    id: DeviceId,
+    customer: Option<&str>,
+    account: Option<&str>,
+    currency: &str,
+) -> Result<Purse> {
+    match Purse::open(dir, id)? {
+        Some(p) => {
+            ensure!(
+                customer.is_none_or(|c| c == p.customer) && account.is_none_or(|a| a == p.account),
+                "the device's purse is for another customer or account"
+            );
+            Ok(p)
+        }
+        None => {
+            let (Some(customer), Some(account)) = (customer, account) else {
+                bail!("device {id} has no purse yet: give --customer and --account");
+            };
+            Ok(Purse::new(id, customer, account, currency))
+        }
+    }
+}
+
+/// `kwsim load`: see the module docs. Whether a step was refused.
+fn load(
+    dir: &Path,
+    id: DeviceId,
+    online: &OnlineArgs,
+    mut purse: Purse,
+    amount: u64,
+    handling: Handling,
+) -> Result<bool> {
+    let mut c = Contact::open(dir, id, online)?;
+    let Some(token) = c.login(false)? else {
+        return Ok(true);
+    };
+    if !c.status(&mut purse, &token)? {
+        return Ok(true);
+    }
+    let request = purse.request(&c.dev, amount)?;
+    // The sequence number is spent once sent: kept before sending.
+    purse.save(dir)?;
+    let r = c.post("/v1/loads", &request.body, &token)?;
+    if !r.status.is_success() {
+        step("permit", &r, json!({}))?;
+        return Ok(true);
+    }
+    let permit = purse
+        .check_permit(&r.body, &c.root_pem)
+        .context("the permit is refused")?;
+    let load_id = hex::encode(permit.load);
+    ensure!(
+        r.body["load_id"] == load_id.as_str(),
+        "the answer's load id is not the permit's"
+    );
+    step(
+        "permit",
+        &r,
+        json!({ "load_id": load_id, "amount_minor": permit.amount.minor_units(),
+                "account_balance_after_minor": r.body["balance_after_minor"] }),
+    )?;
+    let report = match handling {
+        Handling::Report | Handling::LoseReport => Some(purse.apply(&c.dev, &permit)?),
+        Handling::Fail(reason) => Some(purse.fail(&c.dev, &permit, reason)?),
+        Handling::NoApply => None,
+    };
+    // A purse never forgets a load it applied, whatever becomes of the
+    // report.
+    purse.save(dir)?;
+    let refused = match (report, handling) {
+        (Some(report), Handling::Report | Handling::Fail(_)) => {
+            let path = format!("/v1/loads/{load_id}/report");
+            let r = c.post(&path, &report.body, &token)?;
+            step(
+                "report",
+                &r,
+                json!({ "load_id": load_id, "state": r.body["state"] }),
+            )?;
+            !r.status.is_success()
+        }
+        (_, why) => {
+            let why = match why {
+                Handling::NoApply => "not_applied",
+                _ => "lost",
+            };
+            out(
+                &json!({ "step": "report", "sent": false, "why": why, "load_id": load_id })
+                    .to_string(),
+            )?;
+            false
+        }
+    };
+    out(&purse_line(&purse).to_string())?;
+    Ok(refused)
+}
+
+/// The purse as `kwsim` shows it: the account number masked.
+fn purse_line(p: &Purse) -> Value {
+    let tail = p
+        .account
+        .get(p.account.len().saturating_sub(4)..)
+        .unwrap_or("");
+    json!({
+        "step": "purse",
+        "device_id": p.device,
+        "customer_id": p.customer,
+        "account": format!("****{tail}"),
+        "currency": p.currency,
+        "balance_minor": p.balance,
+        "sequence": p.sequence,
+        "last_applied": p.last_applied,
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -308,10 +555,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Show { device_id: id } => show(dir, device_id(&id)?),
         Cmd::Login {
             device_id: id,
-            issuer,
-            server,
-            ca,
-            cert,
+            online,
             wrong_response,
             times,
             transaction,
@@ -322,11 +566,45 @@ fn run(cli: Cli) -> Result<()> {
                 times,
                 transaction,
             };
-            if login(dir, id, &issuer, &server, &ca, &cert, &opts)? {
+            if login(dir, id, &online, &opts)? {
                 // The refusal is on stdout; 1 tells a script it was one.
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Cmd::Load {
+            device_id: id,
+            online,
+            amount,
+            customer,
+            account,
+            currency,
+            fail,
+            lose_report,
+            no_apply,
+        } => {
+            let id = device_id(&id)?;
+            let purse = purse_for(dir, id, customer.as_deref(), account.as_deref(), &currency)?;
+            let handling = match (fail, lose_report, no_apply) {
+                (Some(reason), _, _) => Handling::Fail(reason),
+                (_, true, _) => Handling::LoseReport,
+                (_, _, true) => Handling::NoApply,
+                _ => Handling::Report,
+            };
+            if load(dir, id, &online, purse, amount, handling)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Purse { device_id: id } => {
+            let id = device_id(&id)?;
+            let purse =
+                Purse::open(dir, id)?.with_context(|| format!("device {id} has no purse"))?;
+            let mut shown = purse_line(&purse);
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("step");
+            }
+            out(&serde_json::to_string_pretty(&shown)?)
         }
         Cmd::Macs {
             device_id: id,
