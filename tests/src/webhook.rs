@@ -50,6 +50,9 @@ pub fn test_ca() -> TestCa {
     }
 }
 
+/// Each good request as it arrives: its message id, body and arrival.
+pub type Feed = tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>, std::time::Instant)>;
+
 /// What the receiver saw and how it answers.
 #[derive(Debug, Default)]
 pub struct Seen {
@@ -62,6 +65,9 @@ pub struct Seen {
     pub script: Mutex<VecDeque<u16>>,
     /// Milliseconds to wait before answering the next request.
     pub stall_ms: Mutex<VecDeque<u64>>,
+    /// Where each good request goes as it arrives (id, body, when), for a
+    /// client that waits for its message (the benches).
+    pub feed: Mutex<Option<Feed>>,
 }
 
 impl Seen {
@@ -199,6 +205,9 @@ async fn handle(
     if !fresh || !signatures.split(' ').any(|s| s == expected) {
         seen.bad_signatures.fetch_add(1, Ordering::SeqCst);
         return Ok(answer(401));
+    }
+    if let Some(feed) = seen.feed.lock().unwrap().as_ref() {
+        let _ = feed.send((id.clone(), body.to_vec(), std::time::Instant::now()));
     }
     seen.ids.lock().unwrap().push(id.clone());
     seen.bodies.lock().unwrap().insert(id, body.to_vec());

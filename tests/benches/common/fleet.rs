@@ -209,8 +209,8 @@ impl Admin {
         (customer, account)
     }
 
-    /// Customer `n` applied for by alice and approved by bob: its id and
-    /// account.
+    /// Customer `n` applied for by alice and approved by bob (contact: the
+    /// phone number [`phone`]`(n)`): its id and account.
     pub async fn customer(&self, n: usize) -> (String, String) {
         let account = format!("62220202{n:08}");
         let applied = self
@@ -220,7 +220,7 @@ impl Admin {
                 json!({"name": format!("Bench Customer {n}"),
                        "national_id": format!("1101011990{n:08}"),
                        "accounts": [account],
-                       "contact": {"kind": "sms", "address": "+8613800138000"}}),
+                       "contact": {"kind": "sms", "address": phone(n)}}),
                 StatusCode::CREATED,
             )
             .await;
@@ -541,4 +541,10 @@ pub fn print_row(what: &str, conc: usize, s: &Stats, show_server: bool) {
     if let Some(e) = &s.first_failure {
         println!("    first failure: {e}");
     }
+}
+
+/// Customer `n`'s phone number: its own, so a bench can tell whose code a
+/// delivered message carries.
+pub fn phone(n: usize) -> String {
+    format!("+86138{n:08}")
 }
