@@ -18,7 +18,8 @@
 //!
 //! 20 runs by default (CI); `KEYWARD_CRASH_RUNS=N` for the long form,
 //! `KEYWARD_CRASH_SEED=S` to replay a run (the seed is printed first) and
-//! `KEYWARD_CRASH_POINTS=a,b` to draw from those points only.
+//! `KEYWARD_CRASH_POINTS=a,b` to draw from those points only. A second test
+//! shows `panic` failing only the request that reached its point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -53,6 +54,8 @@ struct Rig {
     s: Server,
     db: Database,
     receiver: Receiver,
+    /// The receiver's CA and secret files, read at each start.
+    _files: tempfile::TempDir,
     dev: SimDevice,
     chain: String,
     terminal: Option<Terminal>,
@@ -62,6 +65,43 @@ struct Rig {
 }
 
 impl Rig {
+    /// A provisioned installation (devices D1, D2 of one customer at
+    /// bank-a) sending to a fresh receiver; not running.
+    async fn new() -> Self {
+        let receiver = Receiver::start().await;
+        let files = tempfile::tempdir().unwrap();
+        let mut s = Server::with_options(common::Options {
+            extra: webhook_confirmations(&receiver, files.path()),
+            ..Default::default()
+        })
+        .await;
+        s.init();
+        s.start();
+        s.new_operator("alice", "operator");
+        s.new_operator("bob", "operator");
+        let (dev, chain) = {
+            let st = Station {
+                s: &s,
+                devices: s.dir.path().join("devices"),
+            };
+            st.provision(&[("bank-a", "tdes")]);
+            (st.device(D1), st.chain(D1))
+        };
+        s.kill();
+        let db = Database::connect(&s.db.config).await.unwrap();
+        Self {
+            s,
+            db,
+            receiver,
+            _files: files,
+            dev,
+            chain,
+            terminal: None,
+            token: String::new(),
+            restarts: 0,
+        }
+    }
+
     /// `keyward serve` with `faults` armed (none when empty), and a login.
     async fn start(&mut self, faults: &str) {
         let env: Vec<(&str, &str)> = if faults.is_empty() {
@@ -198,37 +238,7 @@ async fn confirmations_survive_a_sigkill_at_any_fault_point() {
         "KEYWARD_CRASH_POINTS names no point of {POINTS:?}"
     );
 
-    let receiver = Receiver::start().await;
-    let files = tempfile::tempdir().unwrap();
-    let mut s = Server::with_options(common::Options {
-        extra: webhook_confirmations(&receiver, files.path()),
-        ..Default::default()
-    })
-    .await;
-    s.init();
-    s.start();
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let (dev, chain) = {
-        let st = Station {
-            s: &s,
-            devices: s.dir.path().join("devices"),
-        };
-        st.provision(&[("bank-a", "tdes")]);
-        (st.device(D1), st.chain(D1))
-    };
-    s.kill();
-    let db = Database::connect(&s.db.config).await.unwrap();
-    let mut rig = Rig {
-        s,
-        db,
-        receiver,
-        dev,
-        chain,
-        terminal: None,
-        token: String::new(),
-        restarts: 0,
-    };
+    let mut rig = Rig::new().await;
     let mut history = History::default();
     let mut fired: BTreeMap<&str, u32> = BTreeMap::new();
     let started = Instant::now();
@@ -448,4 +458,39 @@ async fn check(rig: &Rig, history: &History, run: &str) {
     );
     let handed: BTreeSet<String> = execution_ids.keys().cloned().collect();
     assert_eq!(handed, executed, "{run}: executions of unexecuted ones");
+}
+
+/// `panic` fails the one request that reached the point, not the server:
+/// the submit that panicked after its commit answers 500, its confirmation
+/// and code message exist all the same, and the next submit (the point
+/// fires once) is served as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_at_a_point_fails_only_the_request_that_reached_it() {
+    let mut rig = Rig::new().await;
+    rig.start("confirmation.submit.committed=panic").await;
+    let tx = |n: u32| {
+        json!({
+            "payer_account": ACCOUNT,
+            "payee_account": "DE89370400440532013000",
+            "payee_name": "ACME GmbH",
+            "amount": 500 + n,
+            "currency": "EUR",
+            "reference": format!("Panic {n}"),
+        })
+    };
+    let failed = rig.post("/v1/confirmations", &tx(1)).await.unwrap();
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    let served = rig.post("/v1/confirmations", &tx(2)).await.unwrap();
+    assert_eq!(served.status, 201, "{}", served.body);
+    assert!(rig.s.running());
+    assert_eq!(rig.s.log().matches(FIRES).count(), 1);
+    rig.drained().await;
+    let deliveries: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM confirmations")
+        .fetch_all(rig.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 2);
+    for d in deliveries {
+        assert!(rig.received(&d).is_some(), "{d} not delivered");
+    }
 }
