@@ -41,6 +41,8 @@ pub struct Metrics {
     pub confirmations: IntCounterVec,
     /// E-purse load steps by outcome (docs/protocol.md §13).
     pub loads: IntCounterVec,
+    /// Load reversals by reason ([`crate::load::REVERSAL_REASONS`]).
+    pub load_reversals: IntCounterVec,
     /// Loads by state, and the amount they hold (minor units, all
     /// currencies summed: a gauge to alert on, the ledger is the account).
     pub loads_in_state: IntGaugeVec,
@@ -247,6 +249,12 @@ impl Metrics {
                 "E-purse load steps by outcome: permitted, refused, posted, voided (failure report or proven not applied), doubtful (voided without proof: timeout or bad report), late_applied, not_applied, report_refused.",
                 &["outcome"],
             )?,
+            load_reversals: counter_vec(
+                &r,
+                "keyward_load_reversals_total",
+                "E-purse loads reversed (voided), by reason: failure (the purse's report), bad_report (a report that did not verify or add up), timeout (the sweeper), proven_not_applied (the purse's next message).",
+                &["reason"],
+            )?,
             loads_in_state: gauge_vec(
                 &r,
                 "keyward_loads",
@@ -441,6 +449,9 @@ impl Metrics {
         }
         for outcome in crate::load::OUTCOMES {
             m.loads.with_label_values(&[outcome]);
+        }
+        for reason in crate::load::REVERSAL_REASONS {
+            m.load_reversals.with_label_values(&[reason]);
         }
         for state in crate::load::State::ALL {
             m.loads_in_state.with_label_values(&[state.as_str()]);

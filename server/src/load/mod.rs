@@ -65,6 +65,11 @@ pub const OUTCOMES: [&str; 8] = [
     "report_refused",
 ];
 
+/// Why a load was reversed, as `keyward_load_reversals_total` counts it:
+/// the purse's failure report, a report that could not be trusted, no
+/// report in time, or the purse's next message proving it never applied it.
+pub const REVERSAL_REASONS: [&str; 4] = ["failure", "bad_report", "timeout", "proven_not_applied"];
+
 /// A signed message as the device sends it: the exact bytes and the
 /// signature over them.
 pub struct Signed {
@@ -574,6 +579,9 @@ impl Loads {
         crate::fault_point!("load.settle.committed");
         let _ = p.audit.flush_staged().await;
         self.count(to.as_str());
+        if matches!(to, State::Voided | State::Doubtful) {
+            self.reversed(d.reason.unwrap_or("failure"));
+        }
         Ok(())
     }
 
@@ -710,6 +718,7 @@ impl Loads {
                 .await?;
             if done {
                 crate::fault_point!("load.sweep.voided");
+                self.reversed("timeout");
                 voided += 1;
                 self.count("doubtful");
             }
@@ -774,6 +783,19 @@ impl Loads {
                 &device.request_id,
             )
             .await;
+    }
+
+    /// A reversal (a void) by its reason, one of [`REVERSAL_REASONS`].
+    fn reversed(&self, reason: &str) {
+        let reason = REVERSAL_REASONS
+            .into_iter()
+            .find(|r| *r == reason)
+            .unwrap_or("failure");
+        self.0
+            .metrics
+            .load_reversals
+            .with_label_values(&[reason])
+            .inc();
     }
 
     fn count(&self, outcome: &'static str) {

@@ -482,15 +482,15 @@ async fn bad_requests_are_typed_and_move_nothing() {
     verified(&app).await;
 }
 
-/// Many debits at once on one account never take it below its floor: the
+/// 500 debits at once on one account never take it below its floor: the
 /// database's guarded update is the last word, whatever the rules read.
 #[tokio::test]
 async fn parallel_debits_never_overdraw_an_account() {
     let app = App::new().await;
-    let p = purse(&app, 67, 1_000).await;
+    let p = purse(&app, 67, 10_000).await;
     let currency: keyward_ledger::Currency = "CNY".parse().unwrap();
     let mut tasks = Vec::new();
-    for _ in 0..60 {
+    for _ in 0..500 {
         let db = app.state.kms.db().clone();
         let account = p.account.clone();
         let customer = p.customer.clone();
@@ -518,9 +518,9 @@ async fn parallel_debits_never_overdraw_an_account() {
             Err(e) => assert_eq!(e.code(), "exceeds_balance"),
         }
     }
-    assert_eq!(ok, 20);
+    assert_eq!(ok, 200);
     assert_eq!(balance(&app, &p.account).await, 0);
-    assert_eq!(balance(&app, "sys:loads_in_flight:CNY").await, 1_000);
+    assert_eq!(balance(&app, "sys:loads_in_flight:CNY").await, 10_000);
 }
 
 /// Money enters only through an operator's credit: above the configured
