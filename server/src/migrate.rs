@@ -84,7 +84,7 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
         ),
         (
             2060,
-            "ledger and e-purse loads",
+            "ledger loads",
             include_str!("../migrations/sqlite/2060_ledger_loads.sql"),
         ),
     ],
@@ -156,7 +156,7 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
         ),
         (
             2060,
-            "ledger and e-purse loads",
+            "ledger loads",
             include_str!("../migrations/postgres/2060_ledger_loads.sql"),
         ),
     ],
