@@ -82,6 +82,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "outbox receipts",
             include_str!("../migrations/sqlite/2052_outbox_receipts.sql"),
         ),
+        (
+            2053,
+            "confirmation step-up",
+            include_str!("../migrations/sqlite/2053_confirmation_step_up.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -148,6 +153,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2052,
             "outbox receipts",
             include_str!("../migrations/postgres/2052_outbox_receipts.sql"),
+        ),
+        (
+            2053,
+            "confirmation step-up",
+            include_str!("../migrations/postgres/2053_confirmation_step_up.sql"),
         ),
     ],
 };

@@ -94,6 +94,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("client_certificate_required", StatusCode::UNAUTHORIZED),
     ("receipt_signature_invalid", StatusCode::UNAUTHORIZED),
     ("forbidden_role", StatusCode::FORBIDDEN),
+    ("refused_pre_send", StatusCode::FORBIDDEN),
     ("certificate_revoked", StatusCode::FORBIDDEN),
     ("device_certificate_required", StatusCode::FORBIDDEN),
     ("device_certificate_not_current", StatusCode::FORBIDDEN),
@@ -198,6 +199,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     // 503: retry later (`Retry-After`).
     ("timeout", StatusCode::SERVICE_UNAVAILABLE),
     ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    ("presend_check_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("hsm_busy", StatusCode::SERVICE_UNAVAILABLE),
     ("hsm_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("hsm_module", StatusCode::SERVICE_UNAVAILABLE),
