@@ -84,7 +84,7 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
         ),
         (
             2053,
-            "confirmation step-up",
+            "confirmation step_up",
             include_str!("../migrations/sqlite/2053_confirmation_step_up.sql"),
         ),
     ],
@@ -156,7 +156,7 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
         ),
         (
             2053,
-            "confirmation step-up",
+            "confirmation step_up",
             include_str!("../migrations/postgres/2053_confirmation_step_up.sql"),
         ),
     ],
