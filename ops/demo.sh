@@ -19,8 +19,13 @@
 #    in again and confirms the new keys (kwctl key list);
 #    then sends a transaction whose MAC the server verifies in the HSM, and
 #    a batch of its MACs is verified in bulk (kwctl mac verify);
-# 7. a device with tampered keys logs in: the KCV mismatch is an intrusion
-#    event, the offered version is rejected;
+# 7. transaction confirmation over the second channel (kwsim confirm reads
+#    the code from the file sender's output, var/outbox.jsonl): an honest one
+#    is executed and its signed evidence checked with openssl; one whose
+#    amount the PC altered is refused as tampered; a look-alike payee is
+#    flagged in the message; a wrong code is refused;
+#    then a device with tampered keys logs in: the KCV mismatch is an
+#    intrusion event, the offered version is rejected;
 # 8. ten wrong answers lock the first device's credential and revoke its
 #    certificate: `openssl ocsp` says revoked;
 # 9. the e-purse load (kwsim keeps the third device's purse): the account is
@@ -158,6 +163,43 @@ login "${ids[0]}" --transaction "0200|$account|000000012345|$run"
 kw_banner "the switch verifies a batch of the terminal's MACs in bulk (every tenth is wrong)"
 "${kwsim[@]}" macs "${ids[0]}" --issuer bank-a --count 1000 --out "$demo/macs.csv"
 as admin mac verify --file "$demo/macs.csv"
+
+# confirm TX-FILE [kwsim confirm args...]: the customer confirms with ${ids[0]}.
+outbox=${KEYWARD_DEMO_OUTBOX:-var/outbox.jsonl}
+confirm() {
+    local tx=$1
+    shift
+    "${kwsim[@]}" confirm "${ids[0]}" --issuer bank-a --server "$public" \
+        --ca var/operators/ca.pem --cert "$demo/${ids[0]}.pem" \
+        --outbox "$outbox" --transaction "$tx" "$@"
+}
+transaction() { # PAYEE-NAME AMOUNT
+    printf '{"payer_account":"6222020200112233","payee_account":"DE89370400440532013000","payee_name":"%s","amount":%s,"currency":"EUR","reference":"Invoice %s"}' \
+        "$1" "$2" "$run"
+}
+transaction "ACME GmbH" 123456 >"$demo/tx.json"
+transaction "ACME GmbH" 9999999 >"$demo/tx-altered.json"
+transaction "АCME GmbH" 123456 >"$demo/tx-lookalike.json" # a Cyrillic А
+
+kw_banner "an honest confirmation: the code read from the customer's message, tx ‖ code signed"
+confirm "$demo/tx.json" | tee "$demo/confirm.jsonl"
+honest=$(head -1 "$demo/confirm.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["answer"]["confirmation_id"])')
+as admin confirmation show "$honest"
+kw_banner "its evidence receipt, exported and checked outside Keyward"
+rm -rf "$demo/evidence"
+as admin confirmation evidence "$honest" --out "$demo/evidence"
+(
+    cd "$demo/evidence"
+    openssl verify -CAfile ../../operators/ca.pem -untrusted evidence-chain.pem evidence-chain.pem
+    openssl x509 -in evidence-chain.pem -pubkey -noout >evidence-pub.pem
+    openssl dgst -sha256 -verify evidence-pub.pem -signature receipt.sig receipt.txt
+)
+kw_banner "the PC altered the amount it handed the device: refused as tampered"
+confirm "$demo/tx.json" --device-sees "$demo/tx-altered.json" || true
+kw_banner "a look-alike payee (Cyrillic А): flagged in the customer's message"
+confirm "$demo/tx-lookalike.json" || true
+kw_banner "a wrong code: refused, one attempt counted"
+confirm "$demo/tx.json" --wrong-code || true
 
 kw_banner "${ids[1]} has tampered keys: its key update is an intrusion event"
 "${kwsim[@]}" tamper "${ids[1]}" --issuer bank-a

@@ -3,6 +3,7 @@
 //! how the customer's message is made and where deliveries go.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -46,6 +47,64 @@ pub struct ConfirmationConfig {
     /// Recipient (endpoint) of executed transactions on that channel.
     #[serde(default = "default_executor")]
     pub executor: String,
+    /// Checks before a code is sent; by default none.
+    #[serde(default)]
+    pub presend: PresendConfig,
+}
+
+/// `[confirmation.presend]`: what is asked before a code goes to a phone
+/// whose SIM may have been swapped, and what a risk leads to: `refuse`
+/// the confirmation, or `step_up` (it goes on, and the executor's order
+/// names the risk so the core banking system applies its stronger check).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresendConfig {
+    /// A CAMARA SIM-swap `check` endpoint (`https://…/check`: POST
+    /// `{phoneNumber, maxAge}` → `{swapped}`); absent: not asked.
+    pub sim_swap_url: Option<String>,
+    /// PEM file of the CA(s) the endpoint's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// File whose first line is the endpoint's bearer token; absent: none.
+    pub token_file: Option<PathBuf>,
+    /// CAMARA `maxAge`: how many hours back a swap counts (1 to 2400).
+    #[serde(default = "default_max_age_hours")]
+    pub max_age_hours: u32,
+    /// The whole exchange with the endpoint; past it the submit fails
+    /// closed (`presend_check_unavailable`).
+    #[serde(default = "default_presend_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_refuse")]
+    pub on_sim_swap: String,
+    /// A contact that changed within this many days is a risk (0: off).
+    #[serde(default)]
+    pub contact_changed_days: u32,
+    #[serde(default = "default_refuse")]
+    pub on_contact_change: String,
+}
+
+impl Default for PresendConfig {
+    fn default() -> Self {
+        Self {
+            sim_swap_url: None,
+            ca_file: None,
+            token_file: None,
+            max_age_hours: default_max_age_hours(),
+            timeout_ms: default_presend_timeout_ms(),
+            on_sim_swap: default_refuse(),
+            contact_changed_days: 0,
+            on_contact_change: default_refuse(),
+        }
+    }
+}
+
+fn default_max_age_hours() -> u32 {
+    240
+}
+fn default_presend_timeout_ms() -> u64 {
+    3_000
+}
+fn default_refuse() -> String {
+    "refuse".into()
 }
 
 impl Default for ConfirmationConfig {
@@ -62,6 +121,7 @@ impl Default for ConfirmationConfig {
             gateway: default_gateway(),
             executor_channel: default_executor_channel(),
             executor: default_executor(),
+            presend: PresendConfig::default(),
         }
     }
 }
@@ -144,6 +204,51 @@ impl ConfirmationConfig {
                 return Err(ConfigError::key(
                     format!("confirmation.channels.{kind}"),
                     "every contact kind needs a channel",
+                ));
+            }
+        }
+        self.presend.validate()
+    }
+
+    /// The pre-send check's files, relative to the config file's directory.
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        let p = &mut self.presend;
+        for f in [&mut p.ca_file, &mut p.token_file].into_iter().flatten() {
+            *f = crate::normalize(&base.join(&*f));
+        }
+    }
+}
+
+impl PresendConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("confirmation.presend.{k}");
+        for (k, v) in [
+            ("on_sim_swap", &self.on_sim_swap),
+            ("on_contact_change", &self.on_contact_change),
+        ] {
+            if !matches!(v.as_str(), "refuse" | "step_up") {
+                return Err(ConfigError::key(key(k), "must be refuse or step_up"));
+            }
+        }
+        if !(1..=2400).contains(&self.max_age_hours) {
+            return Err(ConfigError::key(key("max_age_hours"), "must be 1 to 2400"));
+        }
+        if !(100..=30_000).contains(&self.timeout_ms) {
+            return Err(ConfigError::key(key("timeout_ms"), "must be 100 to 30000"));
+        }
+        if let Some(url) = &self.sim_swap_url {
+            let rest = url.strip_prefix("https://").unwrap_or_default();
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if host.is_empty() || host.contains('@') {
+                return Err(ConfigError::key(
+                    key("sim_swap_url"),
+                    "must be an https:// URL with a host and no user info",
+                ));
+            }
+            if self.ca_file.is_none() {
+                return Err(ConfigError::key(
+                    key("ca_file"),
+                    "the SIM-swap endpoint's CA is required",
                 ));
             }
         }

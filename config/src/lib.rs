@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
-pub use confirmation::ConfirmationConfig;
+pub use confirmation::{ConfirmationConfig, PresendConfig};
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
 pub use load::LoadConfig;
@@ -165,6 +165,7 @@ impl Config {
             self.hsm.pin_file = Some(normalize(&base.join(pin_file)));
         }
         self.outbox.resolve_paths(base, &self.data_dir);
+        self.confirmation.resolve_paths(base);
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let p = Path::new(rest.split('?').next().unwrap_or(rest));
             if p.is_relative() && rest != ":memory:" {

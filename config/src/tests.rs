@@ -316,3 +316,46 @@ fn receipt_secrets_resolve_and_are_checked() -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[test]
+fn presend_check_resolves_and_is_checked() -> Result<(), ConfigError> {
+    let presend = |body: &str| format!("{MINIMAL}\n[confirmation.presend]\n{body}\n");
+    let c = parse(
+        &presend(
+            "sim_swap_url = \"https://op.example/check\"\nca_file = \"op-ca.pem\"\n\
+             token_file = \"op.token\"\non_sim_swap = \"step_up\"",
+        ),
+        &[],
+    )?;
+    let p = &c.confirmation.presend;
+    assert_eq!(
+        p.ca_file.as_deref(),
+        Some(Path::new("/etc/keyward/op-ca.pem"))
+    );
+    assert_eq!(
+        p.token_file.as_deref(),
+        Some(Path::new("/etc/keyward/op.token"))
+    );
+    assert_eq!((p.max_age_hours, p.contact_changed_days), (240, 0));
+    for (body, key) in [
+        ("on_sim_swap = \"ignore\"", "presend.on_sim_swap"),
+        ("on_contact_change = \"flag\"", "presend.on_contact_change"),
+        ("max_age_hours = 0", "presend.max_age_hours"),
+        (
+            "sim_swap_url = \"http://op.example/check\"\nca_file = \"a\"",
+            "presend.sim_swap_url",
+        ),
+        (
+            "sim_swap_url = \"https://op.example/check\"",
+            "presend.ca_file",
+        ),
+    ] {
+        let msg = parse(&presend(body), &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(key), "{body}: {msg}");
+    }
+    Ok(())
+}

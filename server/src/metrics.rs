@@ -240,7 +240,7 @@ impl Metrics {
             confirmations: counter_vec(
                 &r,
                 "keyward_confirmations_total",
-                "Transaction confirmations by outcome: submitted, submit_refused, executed, refused (wrong or expired code, bad signature), failed (attempts ran out), tampered.",
+                "Transaction confirmations by outcome: submitted, submit_refused, refused_pre_send, stepped_up (also submitted), executed, refused (wrong or expired code, bad signature), failed (attempts ran out), tampered.",
                 &["outcome"],
             )?,
             loads: counter_vec(

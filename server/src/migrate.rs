@@ -83,6 +83,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             include_str!("../migrations/sqlite/2052_outbox_receipts.sql"),
         ),
         (
+            2053,
+            "confirmation step_up",
+            include_str!("../migrations/sqlite/2053_confirmation_step_up.sql"),
+        ),
+        (
             2060,
             "ledger loads",
             include_str!("../migrations/sqlite/2060_ledger_loads.sql"),
@@ -153,6 +158,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2052,
             "outbox receipts",
             include_str!("../migrations/postgres/2052_outbox_receipts.sql"),
+        ),
+        (
+            2053,
+            "confirmation step_up",
+            include_str!("../migrations/postgres/2053_confirmation_step_up.sql"),
         ),
         (
             2060,

@@ -581,6 +581,68 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
         .unwrap();
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert_eq!(refused.body["error"]["code"], "confirmation_tampered");
+
+    // kwsim confirms the way a person does: the code read from the file
+    // sender's output, tx ‖ code signed by the device.
+    dev.save(&st.devices).unwrap();
+    let chain_file = s.dir.path().join("d1-confirm.pem");
+    std::fs::write(&chain_file, st.chain(D1)).unwrap();
+    let tx_file = s.dir.path().join("tx.json");
+    std::fs::write(&tx_file, serde_json::to_vec(&tx).unwrap()).unwrap();
+    let mut altered = tx.clone();
+    altered["amount"] = json!(9_999_999);
+    let altered_file = s.dir.path().join("altered.json");
+    std::fs::write(&altered_file, serde_json::to_vec(&altered).unwrap()).unwrap();
+    let server = format!("https://{}", s.public);
+    let ca_pem = s.ca_pem();
+    let kwsim_confirm = |extra: &[&str]| {
+        let mut args = vec![
+            "confirm",
+            D1,
+            "--issuer",
+            "bank-a",
+            "--server",
+            &server,
+            "--ca",
+            ca_pem.to_str().unwrap(),
+            "--cert",
+            chain_file.to_str().unwrap(),
+            "--outbox",
+            outbox_file.to_str().unwrap(),
+            "--transaction",
+            tx_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = st.kwsim(&args);
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            out.status.success(),
+            lines,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, lines, err) = kwsim_confirm(&[]);
+    assert!(ok, "{lines:?} {err}\n{}", s.log());
+    assert_eq!(
+        lines[1]["shown"],
+        "Pay EUR 1234.56 to ACME GmbH (DE89..3000)"
+    );
+    assert_eq!(lines[2]["answer"]["state"], "executed", "{lines:?}");
+    let (ok, lines, _) = kwsim_confirm(&["--device-sees", altered_file.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(
+        lines[2]["answer"]["error"]["code"], "confirmation_tampered",
+        "{lines:?}"
+    );
+    let (ok, lines, _) = kwsim_confirm(&["--wrong-code"]);
+    assert!(!ok);
+    assert_eq!(
+        lines[2]["answer"]["error"]["code"], "confirmation_refused",
+        "{lines:?}"
+    );
 }
 
 /// The same confirmation confirmed 20 times at once, ten times on each of

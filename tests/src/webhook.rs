@@ -96,37 +96,9 @@ impl Receiver {
         let ca = test_ca();
         let secret: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
         let seen = Arc::new(Seen::default());
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![ca.leaf_der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone())),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://{}/hook", listener.local_addr().unwrap());
         let (state, key) = (seen.clone(), secret.clone());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, state, key) = (acceptor.clone(), state.clone(), key.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(state.clone(), key.clone(), req)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
+        let base = serve_https(&ca, move |req| handle(state.clone(), key.clone(), req)).await;
+        let url = format!("{base}/hook");
         Self {
             url,
             ca,
@@ -217,6 +189,46 @@ async fn handle(
     }
     let status = seen.script.lock().unwrap().pop_front().unwrap_or(200);
     Ok(answer(status))
+}
+
+/// Serves HTTPS on 127.0.0.1 with `ca`'s leaf certificate, every request
+/// to `handler`; the base URL (`https://127.0.0.1:PORT`).
+pub async fn serve_https<F, Fut>(ca: &TestCa, handler: F) -> String
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![ca.leaf_der.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(handler);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    base
 }
 
 fn answer(status: u16) -> Response<Full<Bytes>> {

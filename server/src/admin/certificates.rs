@@ -114,7 +114,15 @@ pub async fn issue(
     let profile: Profile = body.profile.parse()?;
     let allowed: &[Role] = match profile {
         Profile::Device => return refuse_device_profile(&state, &op).await,
-        Profile::ServerTls | Profile::LoadPermit | Profile::Evidence => &[Role::Admin],
+        Profile::ServerTls | Profile::LoadPermit => &[Role::Admin],
+        // Only `keyward init` certifies the HSM evidence key: a receipt
+        // signed by any other key must not verify under the bank's CA.
+        Profile::Evidence => {
+            return Err(ApiError::bad_request(
+                "evidence_profile_reserved",
+                "evidence certificates are issued by keyward init for the HSM evidence key only",
+            ));
+        }
         Profile::Operator => {
             return Err(ApiError::bad_request(
                 "use_operators_endpoint",

@@ -28,6 +28,13 @@ pub enum ConfirmError {
     /// The signed transaction is not the one received: closed for good.
     #[error("the signed transaction differs from the one received")]
     Tampered,
+    /// A pre-send rule whose policy is `refuse` found this risk: no code
+    /// was sent.
+    #[error("the confirmation was refused before sending its code")]
+    RefusedPreSend(super::presend::Risk),
+    /// The SIM-swap endpoint did not answer usably: fails closed.
+    #[error("the pre-send check is unavailable ({0})")]
+    PresendUnavailable(&'static str),
     /// Evidence asked of a confirmation that was not executed.
     #[error("only an executed confirmation has an evidence receipt")]
     NoEvidence,
@@ -73,6 +80,8 @@ impl ConfirmError {
             Self::Refused => "confirmation_refused",
             Self::Tampered => "confirmation_tampered",
             Self::NoEvidence => "evidence_not_available",
+            Self::RefusedPreSend(_) => "refused_pre_send",
+            Self::PresendUnavailable(_) => "presend_check_unavailable",
             Self::Evidence(_) => "internal_error",
             Self::Ca(e) => e.code(),
             Self::Kms(e) => e.code(),
@@ -86,7 +95,10 @@ impl ConfirmError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Transaction(_) => ErrorKind::Invalid,
-            Self::NotBound | Self::AccountNotHeld | Self::Refused => ErrorKind::Forbidden,
+            Self::NotBound | Self::AccountNotHeld | Self::Refused | Self::RefusedPreSend(_) => {
+                ErrorKind::Forbidden
+            }
+            Self::PresendUnavailable(_) => ErrorKind::Unavailable,
             Self::Unknown => ErrorKind::NotFound,
             Self::Tampered | Self::NoEvidence => ErrorKind::Conflict,
             Self::Evidence(_) => ErrorKind::Internal,

@@ -21,6 +21,7 @@
 
 mod error;
 pub mod export;
+pub mod presend;
 pub mod store;
 
 use std::sync::Arc;
@@ -58,9 +59,11 @@ pub const TOPIC_CODE: &str = "confirmation.code";
 pub const TOPIC_EXECUTE: &str = "confirmation.execute";
 
 /// The outcomes `keyward_confirmations_total` counts.
-pub const OUTCOMES: [&str; 6] = [
+pub const OUTCOMES: [&str; 8] = [
     "submitted",
     "submit_refused",
+    "refused_pre_send",
+    "stepped_up",
     "executed",
     "refused",
     "failed",
@@ -83,6 +86,7 @@ struct Parts {
     /// Woken after each commit that queued a message, so it goes at once.
     outbox: Outbox,
     config: ConfirmationConfig,
+    presend: presend::PreSend,
     rules: Rules,
     origin: Origin,
     /// The outbox channel of each contact kind.
@@ -182,6 +186,7 @@ impl Confirmations {
             })
             .collect::<std::result::Result<Vec<_>, ConfigProblem>>()?;
         let executor_channel = channel("executor_channel", &config.executor_channel)?;
+        let presend = presend::PreSend::from_config(&config.presend)?;
         // A channel without a sender ends its messages `gave_up`: say so at
         // start, not at the first customer's missing code.
         let unsent = channels
@@ -205,6 +210,7 @@ impl Confirmations {
             metrics,
             outbox,
             config,
+            presend,
             rules,
             origin,
             channels,
@@ -225,9 +231,13 @@ impl Confirmations {
         raw: &[u8],
     ) -> Result<Submitted> {
         match self.submitted(device, session, raw).await {
-            Err(e) if e.kind().is_client() => {
+            // A pre-send check that fails closed is a refusal too.
+            Err(e) if e.kind().is_client() || matches!(e, ConfirmError::PresendUnavailable(_)) => {
                 self.refused(device, "confirmation.submit", None, &e).await;
-                self.count("submit_refused");
+                self.count(match e {
+                    ConfirmError::RefusedPreSend(_) => "refused_pre_send",
+                    _ => "submit_refused",
+                });
                 Err(e)
             }
             other => other,
@@ -253,6 +263,13 @@ impl Confirmations {
             return Err(ConfirmError::AccountNotHeld);
         }
         let customer = p.provisioning.customer(&binding.customer).await?;
+        // The contact is set when the customer's application is approved
+        // and changes only with a new approved application: that is when.
+        let step_up = p
+            .presend
+            .check(&customer.contact, customer.approved_at_ms, now_ms())
+            .await?;
+        let step_up: Vec<&str> = step_up.iter().map(|r| r.as_str()).collect();
         let id = uuid::Uuid::new_v4().to_string();
         let code = self.new_code().await?;
         let code_mac = p
@@ -311,13 +328,15 @@ impl Confirmations {
             created_at_ms: created,
             expires_at_ms: expires,
             delivery_id: String::new(),
+            step_up: step_up.join(","),
         };
         let event = event(
             "confirmation.submit",
             device,
             json!({ "confirmation": id, "issuer": session.issuer.as_str(),
                     "amount_minor": amount_minor, "currency": tx.currency.code(),
-                    "payee_flagged": flagged, "expires_at_ms": expires }),
+                    "payee_flagged": flagged, "expires_at_ms": expires,
+                    "step_up": step_up }),
         );
         let audit = &p.audit;
         let (row, event, message) = (&row, &event, &message);
@@ -343,6 +362,9 @@ impl Confirmations {
         p.outbox.wake();
         let _ = p.audit.flush_staged().await;
         self.count("submitted");
+        if !step_up.is_empty() {
+            self.count("stepped_up");
+        }
         crate::fault_point!("confirmation.submit.answered");
         Ok(Submitted {
             id,
@@ -525,6 +547,9 @@ impl Confirmations {
                 "transaction": base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD, &stored.received),
                 "executed_at_ms": now,
+                // Risks the pre-send check found: the executor applies its
+                // stronger check before it acts.
+                "step_up": stored.step_up(),
             }))
             .unwrap_or_default(),
         };
@@ -682,7 +707,11 @@ impl Confirmations {
         e: &ConfirmError,
     ) {
         let code = e.code();
-        let event = event(action, device, json!({ "confirmation": id, "code": code }));
+        let mut detail = json!({ "confirmation": id, "code": code });
+        if let ConfirmError::RefusedPreSend(risk) = e {
+            detail["risk"] = risk.as_str().into();
+        }
+        let event = event(action, device, detail);
         let _ = self
             .0
             .audit

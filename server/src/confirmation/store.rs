@@ -63,6 +63,8 @@ pub struct NewConfirmation {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub delivery_id: String,
+    /// The pre-send check's step-up risks, comma-separated (empty: none).
+    pub step_up: String,
 }
 
 impl std::fmt::Debug for NewConfirmation {
@@ -95,6 +97,15 @@ pub struct Stored {
     pub payee_flagged: bool,
     /// SHA-256 (hex) of the message the customer was sent.
     pub rendered_sha256: String,
+    /// The pre-send check's step-up risks, comma-separated.
+    step_up: String,
+}
+
+impl Stored {
+    /// The pre-send check's step-up risks (`sim_swap`, `contact_changed`).
+    pub fn step_up(&self) -> Vec<&str> {
+        self.step_up.split(',').filter(|r| !r.is_empty()).collect()
+    }
 }
 
 impl std::fmt::Debug for Stored {
@@ -123,9 +134,9 @@ pub async fn insert_in(tx: &mut Tx, c: &NewConfirmation) -> Result<(), sqlx::Err
         "INSERT INTO confirmations (id, device_id, issuer_id, customer_id, received, \
          payer_account, payee_account, payee_name, amount_minor, currency, reference, \
          payee_flagged, rendered_sha256, code_mac, attempts, max_attempts, state, \
-         created_at_ms, expires_at_ms, delivery_id) \
+         created_at_ms, expires_at_ms, delivery_id, step_up) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, \
-         'pending', $16, $17, $18)",
+         'pending', $16, $17, $18, $19)",
     )
     .bind(&c.id)
     .bind(c.device.to_string())
@@ -145,6 +156,7 @@ pub async fn insert_in(tx: &mut Tx, c: &NewConfirmation) -> Result<(), sqlx::Err
     .bind(c.created_at_ms)
     .bind(c.expires_at_ms)
     .bind(&c.delivery_id)
+    .bind(&c.step_up)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -177,6 +189,7 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error> {
         currency: r.try_get("currency")?,
         payee_flagged: r.try_get::<i64, _>("payee_flagged")? != 0,
         rendered_sha256: r.try_get("rendered_sha256")?,
+        step_up: r.try_get("step_up")?,
     })
 }
 
@@ -185,7 +198,7 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<Stored>, sqlx::Error>
     let row = sqlx::query(
         "SELECT id, device_id, issuer_id, customer_id, received, code_mac, attempts, \
          max_attempts, state, created_at_ms, expires_at_ms, decided_at_ms, delivery_id, \
-         execution_id, amount_minor, currency, payee_flagged, rendered_sha256 \
+         execution_id, amount_minor, currency, payee_flagged, rendered_sha256, step_up \
          FROM confirmations WHERE id = $1",
     )
     .bind(id)

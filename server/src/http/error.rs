@@ -67,6 +67,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("malformed_frame", StatusCode::BAD_REQUEST),
     ("use_operators_endpoint", StatusCode::BAD_REQUEST),
     ("use_services_endpoint", StatusCode::BAD_REQUEST),
+    ("evidence_profile_reserved", StatusCode::BAD_REQUEST),
     ("csr_invalid", StatusCode::BAD_REQUEST),
     ("csr_signature", StatusCode::BAD_REQUEST),
     ("csr_subject_mismatch", StatusCode::BAD_REQUEST),
@@ -96,6 +97,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("client_certificate_required", StatusCode::UNAUTHORIZED),
     ("receipt_signature_invalid", StatusCode::UNAUTHORIZED),
     ("forbidden_role", StatusCode::FORBIDDEN),
+    ("refused_pre_send", StatusCode::FORBIDDEN),
     ("certificate_revoked", StatusCode::FORBIDDEN),
     ("device_certificate_required", StatusCode::FORBIDDEN),
     ("device_certificate_not_current", StatusCode::FORBIDDEN),
@@ -233,6 +235,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     // 503: retry later (`Retry-After`).
     ("timeout", StatusCode::SERVICE_UNAVAILABLE),
     ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    ("presend_check_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("hsm_busy", StatusCode::SERVICE_UNAVAILABLE),
     ("hsm_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("hsm_module", StatusCode::SERVICE_UNAVAILABLE),

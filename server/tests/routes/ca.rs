@@ -199,6 +199,14 @@ async fn init_certifies_the_evidence_key_once_and_again_after_revocation() {
     use x509_parser::prelude::{FromDer, X509Certificate};
 
     let app = App::new().await;
+    // No other key gets an evidence certificate through the admin API.
+    app.post(
+        &app.root,
+        "/admin/v1/ca/certificates",
+        json!({"csr_pem": csr_pem(), "profile": "evidence"}),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "evidence_profile_reserved");
     let s = &app.state;
     let first = bootstrap::certified_key(&s.kms, &s.ca, EVIDENCE_KEY_LABEL, Profile::Evidence)
         .await

@@ -481,3 +481,205 @@ async fn a_tampered_confirmation_has_no_evidence() {
         .await
         .refused(StatusCode::NOT_FOUND, "unknown_confirmation");
 }
+
+/// What the test's SIM-swap endpoint answers, and what it was asked.
+#[derive(Default)]
+struct SimSwapSide {
+    /// (status, swapped) of the next answers; (200, false) once empty.
+    answers: std::sync::Mutex<std::collections::VecDeque<(u16, bool)>>,
+    /// Each request's JSON body and `authorization` header.
+    asked: std::sync::Mutex<Vec<(Value, String)>>,
+}
+
+/// A CAMARA-style SIM-swap endpoint on a real local HTTPS listener, and an
+/// installation whose `[confirmation.presend]` asks it with `edit` applied.
+async fn app_with_sim_swap(
+    edit: impl FnOnce(&mut keyward_config::PresendConfig),
+) -> (App, std::sync::Arc<SimSwapSide>, tempfile::TempDir) {
+    use http_body_util::{BodyExt, Full};
+    let side = std::sync::Arc::new(SimSwapSide::default());
+    let ca = keyward_tests::webhook::test_ca();
+    let s = side.clone();
+    let base = keyward_tests::webhook::serve_https(
+        &ca,
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let s = s.clone();
+            async move {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                s.asked.lock().unwrap().push((body, auth));
+                let (status, swapped) = s
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or((200, false));
+                let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(
+                    json!({ "swapped": swapped }).to_string(),
+                )));
+                *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("simswap-ca.pem");
+    let pem = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ca.ca_der);
+    let lines: Vec<&str> = pem
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    std::fs::write(
+        &ca_file,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+    let token_file = dir.path().join("simswap.token");
+    std::fs::write(&token_file, "tok-123\n").unwrap();
+    let app = App::with_config(|c| {
+        let p = &mut c.confirmation.presend;
+        p.sim_swap_url = Some(format!("{base}/sim-swap/v1/check"));
+        p.ca_file = Some(ca_file);
+        p.token_file = Some(token_file);
+        edit(p);
+    })
+    .await;
+    (app, side, dir)
+}
+
+fn outcomes(app: &App, outcome: &str) -> u64 {
+    app.state
+        .metrics
+        .confirmations
+        .with_label_values(&[outcome])
+        .get()
+}
+
+/// Confirmations and outbox messages stored.
+async fn rows(app: &App) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM confirmations) AS c, (SELECT COUNT(*) FROM outbox) AS o",
+    )
+    .fetch_one(app.state.kms.db().pool())
+    .await
+    .unwrap()
+}
+
+/// The SIM-swap endpoint is asked before a code goes out: swapped refuses
+/// with nothing sent or stored; not swapped goes on; an endpoint that does
+/// not answer fails closed. Each is audited and counted.
+#[tokio::test]
+async fn a_swapped_sim_refuses_before_any_code_is_sent() {
+    let (app, side, _dir) = app_with_sim_swap(|_| {}).await;
+    let (_d, who, token, account) = session(&app, 45).await;
+    side.answers.lock().unwrap().push_back((200, true));
+    let a = post(
+        &app,
+        &who,
+        &token,
+        "/v1/confirmations",
+        tx(&account, json!(700)),
+    )
+    .await;
+    a.refused(StatusCode::FORBIDDEN, "refused_pre_send");
+    assert!(
+        !a.text.contains("sim"),
+        "the answer names no rule: {}",
+        a.text
+    );
+    assert_eq!(rows(&app).await, (0, 0));
+    assert_eq!(outcomes(&app, "refused_pre_send"), 1);
+    let trail = app.trail().await;
+    assert!(trail.iter().any(|r| r["action"] == "confirmation.submit"
+        && r["outcome"] == "refused"
+        && r.to_string().contains("sim_swap")));
+    // What the endpoint was asked: the number and maxAge, with the token.
+    let asked = side.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        vec![(
+            json!({"phoneNumber": "+8613800138000", "maxAge": 240}),
+            "Bearer tok-123".to_owned()
+        )]
+    );
+
+    // Not swapped: the confirmation goes on.
+    let id = submit(&app, &who, &token, tx(&account, json!(701))).await;
+    assert_eq!(state_of(&app, &id).await, "pending");
+
+    // An endpoint that fails: closed, typed, audited.
+    side.answers.lock().unwrap().push_back((500, false));
+    post(
+        &app,
+        &who,
+        &token,
+        "/v1/confirmations",
+        tx(&account, json!(702)),
+    )
+    .await
+    .refused(StatusCode::SERVICE_UNAVAILABLE, "presend_check_unavailable");
+    assert!(app.audited("confirmation.submit", "refused").await);
+    assert_eq!(rows(&app).await.0, 1);
+}
+
+/// `step_up`: a swapped SIM lets the confirmation go on, and the executor's
+/// order names the risk.
+#[tokio::test]
+async fn a_swapped_sim_is_stepped_up_when_configured() {
+    let (app, side, _dir) = app_with_sim_swap(|p| p.on_sim_swap = "step_up".into()).await;
+    let (d, who, token, account) = session(&app, 46).await;
+    side.answers.lock().unwrap().push_back((200, true));
+    let t = tx(&account, json!(800));
+    let id = submit(&app, &who, &token, t.clone()).await;
+    assert_eq!(outcomes(&app, "stepped_up"), 1);
+    let code = code_sent(&app, &id).await;
+    let sig = d.sign_confirmation(&t, &code);
+    let path = format!("/v1/confirmations/{id}/confirm");
+    confirm(&app, &who, &token, &path, &t, code.as_str(), &sig)
+        .await
+        .expect(StatusCode::OK);
+    let order: Vec<u8> = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE subject_id = $1 AND topic = 'confirmation.execute'",
+    )
+    .bind(&id)
+    .fetch_one(app.state.kms.db().pool())
+    .await
+    .unwrap();
+    let order: Value = serde_json::from_slice(&order).unwrap();
+    assert_eq!(order["step_up"], json!(["sim_swap"]));
+}
+
+/// A contact set within `contact_changed_days` is refused (the test's
+/// customer was approved a moment ago) before the endpoint is asked.
+#[tokio::test]
+async fn a_recently_changed_contact_is_refused() {
+    let (app, side, _dir) = app_with_sim_swap(|p| p.contact_changed_days = 7).await;
+    let (_d, who, token, account) = session(&app, 47).await;
+    post(
+        &app,
+        &who,
+        &token,
+        "/v1/confirmations",
+        tx(&account, json!(900)),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "refused_pre_send");
+    assert!(side.asked.lock().unwrap().is_empty());
+    let trail = app.trail().await;
+    assert!(
+        trail
+            .iter()
+            .any(|r| r.to_string().contains("contact_changed"))
+    );
+}

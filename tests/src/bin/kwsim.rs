@@ -55,6 +55,18 @@
 //!   status, permit, report, purse); exits 1 on a refusal. No key, token or
 //!   account number is printed.
 //! - `purse DEVICE_ID`: the purse as JSON (the account number masked).
+//! - `confirm DEVICE_ID --issuer I --server URL --ca FILE --cert FILE
+//!   --outbox FILE --transaction FILE [--device-sees FILE] [--wrong-code]`:
+//!   a transaction confirmed the way a person does (docs/protocol.md §11):
+//!   log in, submit the transaction (JSON in FILE, as the PC sends it), read
+//!   the code from the message the file sender appends to the outbox FILE
+//!   (the `@origin #code` last line a phone autofills from), sign
+//!   `tx ‖ code` with the device key and confirm. `--device-sees`: the
+//!   device is handed (and signs) this other transaction — a PC that
+//!   altered it, which the server refuses as tampered; `--wrong-code`: one
+//!   digit typed wrong. One JSON line each for the submit, the message's
+//!   first line (what the customer compares) and the confirm; exits 1 if
+//!   the submit or the confirm was refused.
 //! - `macs DEVICE_ID --issuer I [--count N] --out FILE`: a MAC batch in the
 //!   CSV `kwctl mac verify` reads, MACed with the device's current TAK
 //!   (every tenth MAC wrong), for the bulk-verification demo.
@@ -202,6 +214,35 @@ enum Cmd {
     },
     /// Print the device's purse (the account number masked).
     Purse { device_id: String },
+    /// Submit a transaction, read its code from the file sender's output,
+    /// sign `tx ‖ code` and confirm it.
+    Confirm {
+        device_id: String,
+        #[arg(long)]
+        issuer: String,
+        /// Public listener URL.
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+        /// CA certificate(s) the server's TLS certificate chains to (PEM).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The device certificate and its chain (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The file sender's output (`[outbox.file] path`).
+        #[arg(long, value_name = "FILE")]
+        outbox: PathBuf,
+        /// The transaction the PC submits (JSON).
+        #[arg(long, value_name = "FILE")]
+        transaction: PathBuf,
+        /// The transaction the device is handed to sign, if the PC altered
+        /// it.
+        #[arg(long, value_name = "FILE")]
+        device_sees: Option<PathBuf>,
+        /// Type one digit of the code wrong.
+        #[arg(long)]
+        wrong_code: bool,
+    },
     /// Write a MAC batch (the CSV `kwctl mac verify` reads) of COUNT
     /// transactions this device MACs with its current TAK, every tenth with
     /// a wrong MAC.
@@ -527,6 +568,118 @@ fn purse_line(p: &Purse) -> Value {
     })
 }
 
+/// How `kwsim confirm` runs.
+struct ConfirmRun {
+    issuer: String,
+    server: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    outbox: PathBuf,
+    transaction: PathBuf,
+    device_sees: Option<PathBuf>,
+    wrong_code: bool,
+}
+
+/// `kwsim confirm`: see the module docs. Whether it was refused.
+fn confirm(dir: &Path, id: DeviceId, run: &ConfirmRun) -> Result<bool> {
+    use keyward_protocol::confirmation::Code;
+    use keyward_tests::terminal::{self, LoginOptions, Terminal};
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let json = |p: &Path| -> Result<serde_json::Value> {
+        serde_json::from_str(&read(p)?).with_context(|| format!("{} is not JSON", p.display()))
+    };
+    let submitted = json(&run.transaction)?;
+    let signed = match &run.device_sees {
+        Some(p) => json(p)?,
+        None => submitted.clone(),
+    };
+    let mut dev = SimDevice::load(dir, id)?;
+    let term = Terminal::new(&run.server, &read(&run.ca)?, &read(&run.cert)?, &dev)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let login = runtime.block_on(terminal::login(
+        &term,
+        &mut dev,
+        &run.issuer,
+        LoginOptions::default(),
+    ))?;
+    dev.save(dir)?;
+    let token = login.answer()?.session_token;
+    // Messages the file sender writes from now on are this submit's.
+    let before = std::fs::metadata(&run.outbox).map_or(0, |m| m.len());
+    let sub = runtime.block_on(term.call(
+        hyper::Method::POST,
+        "/v1/confirmations",
+        Some(&submitted),
+        Some(&token),
+    ))?;
+    out(&json!({"submit": sub.status.as_u16(), "answer": sub.body}).to_string())?;
+    if !sub.status.is_success() {
+        return Ok(true);
+    }
+    let cid = sub.body["confirmation_id"]
+        .as_str()
+        .context("no confirmation id")?
+        .to_owned();
+    let text = code_message(&run.outbox, before)?;
+    let shown = text.lines().next().unwrap_or_default();
+    out(&json!({ "shown": shown }).to_string())?;
+    // The last line is `@origin #12345678`: the code a phone offers.
+    let digits = text
+        .lines()
+        .last()
+        .and_then(|l| l.rsplit_once('#'))
+        .map(|(_, c)| c.trim().to_owned())
+        .context("the message has no `@origin #code` line")?;
+    let mut typed = digits.into_bytes();
+    if run.wrong_code {
+        typed[0] = if typed[0] == b'9' { b'0' } else { typed[0] + 1 };
+    }
+    let typed = String::from_utf8(typed).context("the code is not ASCII")?;
+    let code = Code::parse(&typed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = serde_json::to_vec(&signed)?;
+    let sig = dev.sign_confirmation(&bytes, &code);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = json!({"transaction": b64.encode(&bytes), "code": code.as_str(),
+                      "signature": b64.encode(sig)});
+    let reply = runtime.block_on(term.call(
+        hyper::Method::POST,
+        &format!("/v1/confirmations/{cid}/confirm"),
+        Some(&body),
+        Some(&token),
+    ))?;
+    out(&json!({"confirm": reply.status.as_u16(), "answer": reply.body}).to_string())?;
+    Ok(!reply.status.is_success())
+}
+
+/// The text of the first code message the file sender appended to `path`
+/// past byte `from`, waiting up to 10 s for the outbox to deliver it.
+fn code_message(path: &Path, from: u64) -> Result<String> {
+    for _ in 0..100 {
+        let all = std::fs::read(path).unwrap_or_default();
+        let fresh = all
+            .get(usize::try_from(from).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        for line in String::from_utf8_lossy(fresh).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["topic"] != "confirmation.code" {
+                continue;
+            }
+            let payload: serde_json::Value =
+                serde_json::from_str(v["payload"].as_str().unwrap_or_default())?;
+            if let Some(text) = payload["text"].as_str() {
+                return Ok(text.to_owned());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("no code message in {} within 10 s", path.display())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let dir = cli.state.as_path();
     match cli.cmd {
@@ -592,6 +745,32 @@ fn run(cli: Cli) -> Result<()> {
                 _ => Handling::Report,
             };
             if load(dir, id, &online, purse, amount, handling)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Confirm {
+            device_id: id,
+            issuer,
+            server,
+            ca,
+            cert,
+            outbox,
+            transaction,
+            device_sees,
+            wrong_code,
+        } => {
+            let run = ConfirmRun {
+                issuer,
+                server,
+                ca,
+                cert,
+                outbox,
+                transaction,
+                device_sees,
+                wrong_code,
+            };
+            if confirm(dir, device_id(&id)?, &run)? {
                 std::process::exit(1);
             }
             Ok(())

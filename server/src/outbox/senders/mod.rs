@@ -14,7 +14,9 @@ use super::{Channel, MessageId};
 
 pub use file::FileSender;
 pub use smtp::SmtpSender;
-pub use webhook::{WebhookSecret, WebhookSender, read_secrets, signature, verify};
+pub use webhook::{
+    HttpsClient, WebhookSecret, WebhookSender, read_roots, read_secrets, signature, verify,
+};
 
 /// A claimed message on its way out. `recipient` and `payload` are personal
 /// data: `Debug` shows neither.

@@ -151,12 +151,92 @@ pub fn signature(secrets: &[WebhookSecret], id: &str, timestamp: i64, body: &[u8
         .join(" ")
 }
 
+/// An HTTPS client that trusts only its roots (HTTP/1.1, TLS 1.2/1.3,
+/// a connect timeout and one for the whole exchange): the webhook sender's
+/// and the confirmation's pre-send check's.
+#[derive(Clone)]
+pub struct HttpsClient {
+    request_timeout: Duration,
+    client: Client<TlsConnector, Full<Bytes>>,
+}
+
+impl fmt::Debug for HttpsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpsClient")
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpsClient {
+    pub fn new(
+        roots: rustls::RootCertStore,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = TlsConnector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            connect_timeout,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            request_timeout,
+            client,
+        })
+    }
+
+    /// Sends `req` and reads at most 64 KiB of the answer, all within the
+    /// request timeout.
+    pub async fn exchange(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, Bytes), SendError> {
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(classify)?;
+            let status = resp.status();
+            // Read the answer (so the connection goes back to the pool).
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+    }
+}
+
+/// The certificates of a PEM CA file as trust roots; an error if it holds
+/// none.
+pub fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err("it holds no usable certificate".to_owned());
+    }
+    Ok(roots)
+}
+
 /// One configured endpoint.
 pub struct WebhookSender {
     url: Uri,
     secrets: Vec<WebhookSecret>,
-    request_timeout: Duration,
-    client: Client<TlsConnector, Full<Bytes>>,
+    http: HttpsClient,
 }
 
 impl fmt::Debug for WebhookSender {
@@ -164,7 +244,7 @@ impl fmt::Debug for WebhookSender {
         f.debug_struct("WebhookSender")
             .field("url", &self.url)
             .field("secrets", &self.secrets.len())
-            .field("request_timeout", &self.request_timeout)
+            .field("request_timeout", &self.http.request_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -179,18 +259,7 @@ impl WebhookSender {
             reason,
         };
         let secrets = read_secrets(&format!("webhooks.{name}"), &cfg.secret_files)?;
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&cfg.ca_file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| file_error("CA file", &cfg.ca_file, e.to_string()))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(file_error(
-                "CA file",
-                &cfg.ca_file,
-                "it holds no usable certificate".to_owned(),
-            ));
-        }
+        let roots = read_roots(&cfg.ca_file).map_err(|e| file_error("CA file", &cfg.ca_file, e))?;
         let problem = |problem: String| SetupError::Webhook {
             endpoint: name.to_owned(),
             problem,
@@ -223,26 +292,10 @@ impl WebhookSender {
         if secrets.is_empty() {
             return Err("at least one secret is needed".to_owned());
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = TlsConnector {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            connect_timeout,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Ok(Self {
             url,
             secrets,
-            request_timeout,
-            client,
+            http: HttpsClient::new(roots, connect_timeout, request_timeout)?,
         })
     }
 
@@ -260,12 +313,7 @@ impl WebhookSender {
             )
             .body(Full::new(Bytes::copy_from_slice(&msg.payload)))
             .map_err(|e| SendError::Request(e.to_string()))?;
-        let resp = self.client.request(req).await.map_err(classify)?;
-        let status = resp.status();
-        // Read (and drop) the answer so the connection goes back to the pool.
-        let _ = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await;
+        let (status, _) = self.http.exchange(req).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -276,9 +324,7 @@ impl WebhookSender {
 
 impl Sender for WebhookSender {
     async fn send(&self, msg: &Outgoing) -> Result<(), SendError> {
-        tokio::time::timeout(self.request_timeout, self.exchange(msg))
-            .await
-            .unwrap_or(Err(SendError::Timeout))
+        self.exchange(msg).await
     }
 }
 
