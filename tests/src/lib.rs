@@ -3,6 +3,8 @@
 //! set), and the published vectors vendored in `tests/vectors/`.
 //!
 //! # Layout
+//! - [`channel`]: the card's side of the card-to-server secure channel
+//!   (docs/protocol.md §14) in software, and a software server for its tests.
 //! - [`device`]: the device side of docs/protocol.md in software.
 //! - [`simulator`]: a whole software device for provisioning tests (key pair,
 //!   CSR, challenge signatures, init package, working keys, MACs), kept on
@@ -18,6 +20,7 @@
 //!   records message ids.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod channel;
 pub mod db;
 pub mod device;
 pub mod purse;

@@ -217,12 +217,29 @@ pub fn verify_chain_signature(
 ) -> Result<()> {
     use p256::ecdsa::signature::Verifier;
     let ders: Vec<Vec<u8>> = pems(chain_pem)?;
+    verify_chain(&ders, root_pem)?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0])
+        .map_err(|e| anyhow!("a certificate does not parse: {e}"))?;
+    let point = leaf.public_key().subject_public_key.data.as_ref();
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
+        .map_err(|_| anyhow!("the permit key is not P-256"))?;
+    let sig =
+        p256::ecdsa::Signature::from_der(sig).map_err(|_| anyhow!("the signature is not DER"))?;
+    if key.verify(msg, &sig).is_err() {
+        bail!("the permit's signature does not verify");
+    }
+    Ok(())
+}
+
+/// Verifies each certificate of `chain` (DER, leaf first) under the next,
+/// the last under the root (`root_pem`).
+pub fn verify_chain(chain: &[Vec<u8>], root_pem: &str) -> Result<()> {
     let root = pems(root_pem)?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("no root certificate"))?;
-    ensure!(!ders.is_empty(), "an empty certificate chain");
-    let parsed: Vec<_> = ders
+    ensure!(!chain.is_empty(), "an empty certificate chain");
+    let parsed: Vec<_> = chain
         .iter()
         .chain(std::iter::once(&root))
         .map(|d| {
@@ -236,19 +253,11 @@ pub fn verify_chain_signature(
             .verify_signature(Some(pair[1].public_key()))
             .map_err(|e| anyhow!("the chain does not verify: {e}"))?;
     }
-    let leaf = &parsed[0];
-    let point = leaf.public_key().subject_public_key.data.as_ref();
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-        .map_err(|_| anyhow!("the permit key is not P-256"))?;
-    let sig =
-        p256::ecdsa::Signature::from_der(sig).map_err(|_| anyhow!("the signature is not DER"))?;
-    if key.verify(msg, &sig).is_err() {
-        bail!("the permit's signature does not verify");
-    }
     Ok(())
 }
 
-fn pems(text: &str) -> Result<Vec<Vec<u8>>> {
+/// The DER of each `CERTIFICATE` block of a PEM text, in order.
+pub fn pems(text: &str) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     for block in text.split("-----BEGIN CERTIFICATE-----").skip(1) {
         let body = block

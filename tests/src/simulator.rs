@@ -120,7 +120,11 @@ fn subject(id: DeviceId) -> Result<CertificateParams> {
 impl SimDevice {
     /// A device with a fresh P-256 key and a PSAM whose serial is its id.
     pub fn p256(id: DeviceId) -> Result<Self> {
-        let sk = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+        Self::p256_with_key(id, p256::ecdsa::SigningKey::random(&mut rand::thread_rng()))
+    }
+
+    /// A device with the given P-256 key (fixed keys of worked examples).
+    pub fn p256_with_key(id: DeviceId, sk: p256::ecdsa::SigningKey) -> Result<Self> {
         let pkcs8 = sk.to_pkcs8_der().context("encoding the device key")?;
         let kp = KeyPair::from_pkcs8_der_and_sign_algo(
             &pkcs8.as_bytes().into(),

@@ -48,6 +48,11 @@ pub enum ProtocolError {
     LoadVersion,
     #[error("an evidence receipt is not in its canonical form")]
     EvidenceMalformed,
+    /// One code for every malformed channel message: the server answers
+    /// every bad handshake with one refusal, so finer codes would only help
+    /// an attacker tell its failures apart.
+    #[error("the channel {0} message is truncated, too long or not that message")]
+    ChannelMalformed(&'static str),
 }
 
 impl ProtocolError {
@@ -73,6 +78,7 @@ impl ProtocolError {
         "load_malformed",
         "load_version",
         "evidence_malformed",
+        "channel_malformed",
     ];
 
     /// The stable machine-readable code.
@@ -98,6 +104,7 @@ impl ProtocolError {
             Self::LoadMalformed(_) => "load_malformed",
             Self::LoadVersion => "load_version",
             Self::EvidenceMalformed => "evidence_malformed",
+            Self::ChannelMalformed(_) => "channel_malformed",
         }
     }
 }
@@ -135,6 +142,7 @@ mod tests {
             E::LoadMalformed("request"),
             E::LoadVersion,
             E::EvidenceMalformed,
+            E::ChannelMalformed("record"),
         ];
         let codes: Vec<&str> = all.iter().map(E::code).collect();
         assert_eq!(codes, E::CODES);

@@ -25,9 +25,11 @@
 //! `docs/protocol.md` §11 gives a worked example byte by byte; the test
 //! `confirmation::tests::worked_example_in_the_docs` keeps it true.
 
+pub mod channel;
 pub mod confirmation;
 mod error;
 pub mod load;
+mod wire;
 
 pub use confirmation::{
     Amount, Code, Currency, Origin, PayeeCheck, PayeePolicy, Received, Rendered, Rules,

@@ -1,7 +1,7 @@
 //! The e-purse load: the three signed messages (request, permit, report)
 //! and the purse status a device sends at its next contact.
 //!
-//! Every message is a fixed binary layout (see [`wire`]): a 4-byte magic
+//! Every message is a fixed binary layout (`crate::wire`): a 4-byte magic
 //! naming the message, a version byte, big-endian integers and
 //! length-prefixed ASCII, nothing after the last field. The signature is
 //! made over these exact bytes and travels beside them; a receiver decodes
@@ -20,20 +20,25 @@
 //! number of the last load the purse applied (0 before the first): what the
 //! purse itself proves about a load whose report was lost.
 
-mod wire;
-
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::wire::{Format, Reader, Writer};
 use crate::{Amount, Currency, ProtocolError};
-use wire::{Reader, Writer};
 
 /// The format version every message carries after its magic.
 pub const VERSION: u8 = 1;
 
 /// No load message is longer (the longest, a request, is at most 169 bytes).
 pub const MAX_MESSAGE: usize = 512;
+
+const FORMAT: Format = Format {
+    version: VERSION,
+    max: MAX_MESSAGE,
+    malformed: ProtocolError::LoadMalformed,
+    wrong_version: ProtocolError::LoadVersion,
+};
 
 /// Longest customer id and account number a request may carry.
 const MAX_CUSTOMER: usize = 64;
@@ -135,7 +140,7 @@ impl LoadRequest {
     /// malformed customer id or account), which is a caller's bug.
     pub fn encode(&self) -> Vec<u8> {
         assert!(valid_customer(&self.customer) && valid_account(&self.account));
-        Writer::new(REQUEST)
+        Writer::new(&FORMAT, REQUEST)
             .bytes(&self.device)
             .u64(self.sequence)
             .u64(self.last_applied)
@@ -151,7 +156,7 @@ impl LoadRequest {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new(bytes, REQUEST, "request")?;
+        let mut r = Reader::new(&FORMAT, bytes, REQUEST, "request")?;
         let device = r.array()?;
         let sequence = r.u64()?;
         let last_applied = r.u64()?;
@@ -220,7 +225,7 @@ const PERMIT: &[u8; 4] = b"KWLP";
 
 impl LoadPermit {
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new(PERMIT)
+        Writer::new(&FORMAT, PERMIT)
             .bytes(&self.request.0)
             .bytes(&self.load)
             .u64(self.sequence)
@@ -232,7 +237,7 @@ impl LoadPermit {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new(bytes, PERMIT, "permit")?;
+        let mut r = Reader::new(&FORMAT, bytes, PERMIT, "permit")?;
         let p = Self {
             request: RequestId(r.array()?),
             load: r.array()?,
@@ -297,7 +302,7 @@ impl LoadReport {
             Outcome::Applied => (1, 0),
             Outcome::Failed { reason } => (2, reason),
         };
-        Writer::new(REPORT)
+        Writer::new(&FORMAT, REPORT)
             .bytes(&self.load)
             .bytes(&self.request.0)
             .u64(self.sequence)
@@ -308,7 +313,7 @@ impl LoadReport {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new(bytes, REPORT, "report")?;
+        let mut r = Reader::new(&FORMAT, bytes, REPORT, "report")?;
         let load = r.array()?;
         let request = RequestId(r.array()?);
         let sequence = r.u64()?;
@@ -357,7 +362,7 @@ const STATUS: &[u8; 4] = b"KWLS";
 
 impl PurseStatus {
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new(STATUS)
+        Writer::new(&FORMAT, STATUS)
             .bytes(&self.device)
             .u64(self.sequence)
             .u64(self.last_applied)
@@ -368,7 +373,7 @@ impl PurseStatus {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new(bytes, STATUS, "status")?;
+        let mut r = Reader::new(&FORMAT, bytes, STATUS, "status")?;
         let s = Self {
             device: r.array()?,
             sequence: r.u64()?,

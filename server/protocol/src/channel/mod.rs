@@ -1,0 +1,514 @@
+//! The card-to-server secure channel (`docs/protocol.md` §14): the four
+//! handshake messages, the record, and the exact inputs of the key schedule.
+//!
+//! | message               | magic  | from   |
+//! |-----------------------|--------|--------|
+//! | [`ClientHello`]       | `KWC1` | card   |
+//! | [`ServerHello`]       | `KWC2` | server |
+//! | [`CardKeyExchange`]   | `KWC3` | card   |
+//! | [`ServerFinished`]    | `KWC4` | server |
+//! | [`Record`]            | `KWCR` | either |
+//!
+//! Layouts follow the load messages (`crate::wire`): a magic, version byte
+//! 1, big-endian integers, u16-length-prefixed byte strings, nothing
+//! trailing. Every layout is canonical (one encoding per value), so a
+//! decoded message re-encodes to the bytes received; the transcript is
+//! nevertheless always hashed over the bytes as they travelled.
+//!
+//! This module holds no key and does no cryptography beyond SHA-256: the
+//! PRF (AES-256 on single blocks), RSA-OAEP, AES-CMAC and AES-GCM are the
+//! caller's (the HSM on the server, software on the card). [`schedule`]
+//! says exactly which bytes go into each of them.
+
+pub mod schedule;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use crate::ProtocolError;
+use crate::wire::{Format, Reader, Writer};
+
+pub use schedule::{
+    Direction, Label, card_signature_input, exporter_context, handshake_hash, iv, label_input,
+    master_input, nonce, rekey_input,
+};
+
+/// The version byte after every channel message's magic. It names the
+/// layout, not the negotiated protocol version: a later card still sends a
+/// `KWC1` with version byte 1 and lists the versions it speaks inside.
+pub const VERSION: u8 = 1;
+
+/// The protocol version this crate implements, as offered in a
+/// [`ClientHello`] and chosen in a [`ServerHello`].
+pub const PROTOCOL_V1: u8 = 1;
+
+/// No handshake message is longer (a chain of four 2 KiB certificates fits).
+pub const MAX_HANDSHAKE: usize = 10 * 1024;
+
+/// The most plaintext one record carries.
+pub const MAX_PLAINTEXT: usize = 16 * 1024;
+
+/// The AES-GCM tag every record's ciphertext ends with.
+pub const TAG_LEN: usize = 16;
+
+/// A record's header (its AAD): magic, version, channel id, type, sequence.
+pub const HEADER_LEN: usize = 4 + 1 + 16 + 1 + 8;
+
+/// No record is longer.
+pub const MAX_RECORD: usize = HEADER_LEN + 4 + MAX_PLAINTEXT + TAG_LEN;
+
+/// A direction's keys carry at most this many records (sequence numbers
+/// `0..REKEY_AFTER_RECORDS`); the sender updates its key by then, and a
+/// receiver refuses a record numbered beyond.
+pub const REKEY_AFTER_RECORDS: u64 = 1 << 20;
+
+/// A direction's keys are updated at the latest after this many seconds.
+pub const REKEY_AFTER_SECONDS: u64 = 3600;
+
+/// Most certificates in a server's channel chain.
+const MAX_CHAIN: usize = 4;
+/// Longest certificate, RSA ciphertext and signature (RSA-4096 fits).
+const MAX_CERTIFICATE: usize = 4096;
+const MAX_CIPHERTEXT: usize = 512;
+const MAX_SIGNATURE: usize = 512;
+/// Most versions or modes a hello may list.
+const MAX_LIST: usize = 8;
+
+const HANDSHAKE: Format = Format {
+    version: VERSION,
+    max: MAX_HANDSHAKE,
+    malformed: ProtocolError::ChannelMalformed,
+    wrong_version: ProtocolError::ChannelMalformed("handshake"),
+};
+
+const RECORD_FORMAT: Format = Format {
+    version: VERSION,
+    max: MAX_RECORD,
+    malformed: ProtocolError::ChannelMalformed,
+    wrong_version: ProtocolError::ChannelMalformed("record"),
+};
+
+const CLIENT_HELLO: &[u8; 4] = b"KWC1";
+const SERVER_HELLO: &[u8; 4] = b"KWC2";
+const CARD_KEY_EXCHANGE: &[u8; 4] = b"KWC3";
+const SERVER_FINISHED: &[u8; 4] = b"KWC4";
+const RECORD: &[u8; 4] = b"KWCR";
+
+/// How the pre-master reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The card encrypts a random pre-master to the channel key (RSA-OAEP).
+    RsaTransport = 1,
+    /// Ephemeral P-256 ECDH; reserved, not built yet.
+    EcdheP256 = 2,
+}
+
+impl Mode {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::RsaTransport),
+            2 => Some(Self::EcdheP256),
+            _ => None,
+        }
+    }
+}
+
+/// A 16-byte channel id, drawn by the server's HSM.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelId(pub [u8; 16]);
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelId({self})")
+    }
+}
+
+/// A list of versions or modes: 1 to [`MAX_LIST`] distinct non-zero bytes.
+/// Unknown values are kept (a later card may offer more than this server
+/// speaks); the server picks among those it knows.
+fn read_list(r: &mut Reader<'_>) -> Result<Vec<u8>, ProtocolError> {
+    let n = usize::from(r.u8()?);
+    if n == 0 || n > MAX_LIST {
+        return Err(r.malformed());
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let v = r.u8()?;
+        if v == 0 || out.contains(&v) {
+            return Err(r.malformed());
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn valid_list(l: &[u8]) -> bool {
+    !l.is_empty()
+        && l.len() <= MAX_LIST
+        && l.iter()
+            .enumerate()
+            .all(|(i, v)| *v != 0 && !l[..i].contains(v))
+}
+
+/// The card opens (magic `KWC1`).
+///
+/// ```text
+/// offset size field
+///      0    4 "KWC1"
+///      4    1 version (1)
+///      5   32 client random
+///     37    1 number of versions n (1..=8), then n distinct non-zero bytes
+///      …    1 number of modes m (1..=8), then m distinct non-zero bytes
+///      …    8 device id
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    pub client_random: [u8; 32],
+    /// Protocol versions the card speaks, its preference first.
+    pub versions: Vec<u8>,
+    /// Modes the card accepts, its preference first ([`Mode`] values, or
+    /// values this crate does not know).
+    pub modes: Vec<u8>,
+    pub device: [u8; 8],
+}
+
+impl ClientHello {
+    /// Panics only on lists [`decode`](Self::decode) could never return
+    /// (empty, over 8, zero or repeated values): a caller's bug.
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(valid_list(&self.versions) && valid_list(&self.modes));
+        Writer::new(&HANDSHAKE, CLIENT_HELLO)
+            .bytes(&self.client_random)
+            .u8(self.versions.len() as u8)
+            .bytes(&self.versions)
+            .u8(self.modes.len() as u8)
+            .bytes(&self.modes)
+            .bytes(&self.device)
+            .finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(&HANDSHAKE, bytes, CLIENT_HELLO, "client hello")?;
+        let client_random = r.array()?;
+        let versions = read_list(&mut r)?;
+        let modes = read_list(&mut r)?;
+        let device = r.array()?;
+        r.end()?;
+        Ok(Self {
+            client_random,
+            versions,
+            modes,
+            device,
+        })
+    }
+
+    /// The mode the server runs: the first of `supported` (the server's
+    /// preference order) that the card offers, provided it offers
+    /// [`PROTOCOL_V1`]; `None` when they share nothing.
+    pub fn negotiate(&self, supported: &[Mode]) -> Option<Mode> {
+        if !self.versions.contains(&PROTOCOL_V1) {
+            return None;
+        }
+        supported
+            .iter()
+            .copied()
+            .find(|m| self.modes.contains(&(*m as u8)))
+    }
+}
+
+/// The server answers (magic `KWC2`).
+///
+/// ```text
+/// offset size field
+///      0    4 "KWC2"
+///      4    1 version (1)
+///      5   32 server random
+///     37   16 channel id
+///     53    1 chosen version (1)
+///     54    1 chosen mode (1 rsa-transport, 2 ecdhe-p256)
+///     55    2 number of certificates (1..=4), then each:
+///           2+n a DER certificate: the channel certificate first, then
+///               its issuing CA (up to, not necessarily including, the root)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    pub server_random: [u8; 32],
+    pub channel: ChannelId,
+    pub mode: Mode,
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl ServerHello {
+    /// Panics only on a chain [`decode`](Self::decode) could never return
+    /// (empty, over 4, or an empty or over-long certificate).
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(
+            !self.chain.is_empty()
+                && self.chain.len() <= MAX_CHAIN
+                && self
+                    .chain
+                    .iter()
+                    .all(|c| !c.is_empty() && c.len() <= MAX_CERTIFICATE)
+        );
+        let w = Writer::new(&HANDSHAKE, SERVER_HELLO)
+            .bytes(&self.server_random)
+            .bytes(&self.channel.0)
+            .u8(PROTOCOL_V1)
+            .u8(self.mode as u8)
+            .u16(self.chain.len() as u16);
+        self.chain.iter().fold(w, |w, c| w.bytes16(c)).finish()
+    }
+
+    /// Refuses a version other than [`PROTOCOL_V1`] and an unknown mode;
+    /// whether the card offered the mode is the card's check.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(&HANDSHAKE, bytes, SERVER_HELLO, "server hello")?;
+        let server_random = r.array()?;
+        let channel = ChannelId(r.array()?);
+        if r.u8()? != PROTOCOL_V1 {
+            return Err(r.malformed());
+        }
+        let mode = Mode::from_byte(r.u8()?).ok_or_else(|| r.malformed())?;
+        let n = usize::from(r.u16()?);
+        if n == 0 || n > MAX_CHAIN {
+            return Err(r.malformed());
+        }
+        let chain = (0..n)
+            .map(|_| r.bytes16(1, MAX_CERTIFICATE).map(<[u8]>::to_vec))
+            .collect::<Result<_, _>>()?;
+        r.end()?;
+        Ok(Self {
+            server_random,
+            channel,
+            mode,
+            chain,
+        })
+    }
+}
+
+/// The card proves itself and sends the pre-master (magic `KWC3`).
+///
+/// ```text
+/// offset size field
+///      0    4 "KWC3"
+///      4    1 version (1)
+///      5  2+n card certificate, DER (1..=4096 bytes)
+///      …  2+n encrypted pre-master (1..=512 bytes; RSA-OAEP-SHA-256)
+///      …  2+n card signature (1..=512 bytes) over
+///             card_signature_input(ClientHello, ServerHello, signed part)
+/// ```
+///
+/// The signed part is every byte before the signature's length field.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CardKeyExchange {
+    pub certificate: Vec<u8>,
+    pub encrypted_pre_master: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl fmt::Debug for CardKeyExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CardKeyExchange")
+            .field("certificate_len", &self.certificate.len())
+            .field("encrypted_pre_master_len", &self.encrypted_pre_master.len())
+            .field("signature_len", &self.signature.len())
+            .finish()
+    }
+}
+
+impl CardKeyExchange {
+    /// The bytes the card's signature covers (with both hellos before them,
+    /// see [`card_signature_input`]): the message up to and including the
+    /// encrypted pre-master. Panics only on fields
+    /// [`decode`](Self::decode) could never return.
+    pub fn signed_part(&self) -> Vec<u8> {
+        self.writer().finish()
+    }
+
+    /// Panics only on fields [`decode`](Self::decode) could never return
+    /// (empty or over-long).
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(!self.signature.is_empty() && self.signature.len() <= MAX_SIGNATURE);
+        self.writer().bytes16(&self.signature).finish()
+    }
+
+    fn writer(&self) -> Writer {
+        assert!(
+            !self.certificate.is_empty()
+                && self.certificate.len() <= MAX_CERTIFICATE
+                && !self.encrypted_pre_master.is_empty()
+                && self.encrypted_pre_master.len() <= MAX_CIPHERTEXT
+        );
+        Writer::new(&HANDSHAKE, CARD_KEY_EXCHANGE)
+            .bytes16(&self.certificate)
+            .bytes16(&self.encrypted_pre_master)
+    }
+
+    /// The ciphertext's length is not checked against the channel key here:
+    /// a wrong length must fail the same way as bad padding, in the
+    /// decryption step.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        Self::split(bytes).map(|(m, _)| m)
+    }
+
+    /// Decodes and returns the signed part as a slice of `bytes`, so the
+    /// server verifies the signature over the bytes that travelled.
+    pub fn split(bytes: &[u8]) -> Result<(Self, &[u8]), ProtocolError> {
+        let mut r = Reader::new(&HANDSHAKE, bytes, CARD_KEY_EXCHANGE, "card key exchange")?;
+        let certificate = r.bytes16(1, MAX_CERTIFICATE)?.to_vec();
+        let encrypted_pre_master = r.bytes16(1, MAX_CIPHERTEXT)?.to_vec();
+        let signed_len = bytes.len() - r.remaining();
+        let signature = r.bytes16(1, MAX_SIGNATURE)?.to_vec();
+        r.end()?;
+        Ok((
+            Self {
+                certificate,
+                encrypted_pre_master,
+                signature,
+            },
+            &bytes[..signed_len],
+        ))
+    }
+}
+
+/// The server confirms the keys (magic `KWC4`).
+///
+/// ```text
+/// offset size field
+///      0    4 "KWC4"
+///      4    1 version (1)
+///      5   16 channel id
+///     21   16 AES-CMAC(K_finished, H)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFinished {
+    pub channel: ChannelId,
+    pub mac: [u8; 16],
+}
+
+impl ServerFinished {
+    pub fn encode(&self) -> Vec<u8> {
+        Writer::new(&HANDSHAKE, SERVER_FINISHED)
+            .bytes(&self.channel.0)
+            .bytes(&self.mac)
+            .finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(&HANDSHAKE, bytes, SERVER_FINISHED, "server finished")?;
+        let channel = ChannelId(r.array()?);
+        let mac = r.array()?;
+        r.end()?;
+        Ok(Self { channel, mac })
+    }
+}
+
+/// What a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    /// Application data: a carried request or its answer.
+    Data = 1,
+    /// The sender closes the channel; the plaintext is empty.
+    Close = 2,
+    /// The sender's next record is under its next key generation, sequence
+    /// 0; the plaintext is empty.
+    KeyUpdate = 3,
+}
+
+impl RecordType {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Data),
+            2 => Some(Self::Close),
+            3 => Some(Self::KeyUpdate),
+            _ => None,
+        }
+    }
+}
+
+/// A protected record (magic `KWCR`).
+///
+/// ```text
+/// offset size field
+///      0    4 "KWCR"          ┐
+///      4    1 version (1)     │ header = the AEAD's
+///      5   16 channel id      │ associated data
+///     21    1 record type     │
+///     22    8 sequence number ┘
+///     30  4+n AES-256-GCM ciphertext with its 16-byte tag
+///             (16..=16400 bytes)
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    pub channel: ChannelId,
+    pub kind: RecordType,
+    pub sequence: u64,
+    /// Ciphertext ‖ tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("channel", &self.channel)
+            .field("kind", &self.kind)
+            .field("sequence", &self.sequence)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+impl Record {
+    /// The header of a record, which is its AEAD associated data.
+    pub fn header(channel: ChannelId, kind: RecordType, sequence: u64) -> [u8; HEADER_LEN] {
+        let mut h = [0; HEADER_LEN];
+        let w = Writer::new(&RECORD_FORMAT, RECORD)
+            .bytes(&channel.0)
+            .u8(kind as u8)
+            .u64(sequence)
+            .finish();
+        h.copy_from_slice(&w);
+        h
+    }
+
+    /// This record's associated data.
+    pub fn aad(&self) -> [u8; HEADER_LEN] {
+        Self::header(self.channel, self.kind, self.sequence)
+    }
+
+    /// Panics only on a ciphertext [`decode`](Self::decode) could never
+    /// return (shorter than the tag, or over [`MAX_PLAINTEXT`] + tag).
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(
+            self.ciphertext.len() >= TAG_LEN && self.ciphertext.len() <= MAX_PLAINTEXT + TAG_LEN
+        );
+        Writer::new(&RECORD_FORMAT, RECORD)
+            .bytes(&self.channel.0)
+            .u8(self.kind as u8)
+            .u64(self.sequence)
+            .bytes32(&self.ciphertext)
+            .finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(&RECORD_FORMAT, bytes, RECORD, "record")?;
+        let channel = ChannelId(r.array()?);
+        let kind = RecordType::from_byte(r.u8()?).ok_or_else(|| r.malformed())?;
+        let sequence = r.u64()?;
+        let ciphertext = r.bytes32(TAG_LEN, MAX_PLAINTEXT + TAG_LEN)?.to_vec();
+        r.end()?;
+        Ok(Self {
+            channel,
+            kind,
+            sequence,
+            ciphertext,
+        })
+    }
+}

@@ -1,0 +1,526 @@
+//! The card's side of the card-to-server secure channel (docs/protocol.md
+//! §14) in software: the device's implementation, and the reference the
+//! HSM side is tested against.
+//!
+//! The bytes come from `keyward_protocol::channel`; the cryptography here
+//! is RustCrypto: AES-256 on single blocks for the PRF, AES-CMAC for the
+//! Finished and the exporter, RSA-OAEP-SHA-256 for the pre-master,
+//! AES-256-GCM for records. The card's signature is the [`SimDevice`]'s.
+//!
+//! [`SoftServer`] is the server's side in software, for the card's tests
+//! and the worked trace only: the real server does its part in the HSM.
+
+use std::time::{Duration, Instant};
+
+use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, Payload};
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use cmac::{Cmac, Mac};
+use keyward_kms::types::DeviceId;
+use keyward_protocol::channel::{
+    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, PROTOCOL_V1, Record,
+    RecordType, ServerFinished, ServerHello,
+};
+use rand::{CryptoRng, RngCore};
+use rsa::pkcs8::DecodePublicKey as _;
+use rsa::traits::PublicKeyParts as _;
+use x509_parser::prelude::X509Certificate;
+
+use crate::purse::verify_chain;
+use crate::simulator::SimDevice;
+
+/// The smallest channel key a card accepts.
+const MIN_RSA_BITS: usize = 2048;
+
+/// `PRF(K, D) = AES-256_K(D[0..16]) ‖ AES-256_K(D[16..32])`: what
+/// `CKM_AES_ECB_ENCRYPT_DATA` derives in the HSM.
+pub fn prf(key: &[u8; 32], input: &[u8; 32]) -> [u8; 32] {
+    let aes = aes::Aes256::new(GenericArray::from_slice(key));
+    let mut out = *input;
+    for block in out.chunks_exact_mut(16) {
+        aes.encrypt_block(GenericArray::from_mut_slice(block));
+    }
+    out
+}
+
+/// AES-CMAC under an AES-256 key.
+pub fn cmac(key: &[u8; 32], msg: &[u8]) -> [u8; 16] {
+    let mut m = <Cmac<aes::Aes256> as KeyInit>::new(GenericArray::from_slice(key));
+    m.update(msg);
+    m.finalize().into_bytes().into()
+}
+
+/// Everything the schedule derives from the pre-master and `H`.
+#[derive(Clone)]
+pub struct Keys {
+    pub h: [u8; 32],
+    pub master: [u8; 32],
+    pub c2s: [u8; 32],
+    pub s2c: [u8; 32],
+    pub finished: [u8; 32],
+    pub exporter: [u8; 32],
+    pub resumption: [u8; 32],
+    pub iv_c2s: [u8; 12],
+    pub iv_s2c: [u8; 12],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<secret>)")
+    }
+}
+
+impl Keys {
+    /// The key schedule of §14.3.
+    pub fn derive(pre_master: &[u8; 32], h: &[u8; 32]) -> Self {
+        let master = prf(pre_master, &channel::master_input(h));
+        let k = |l| prf(&master, &channel::label_input(l, h));
+        Self {
+            h: *h,
+            master,
+            c2s: k(Label::C2sKey),
+            s2c: k(Label::S2cKey),
+            finished: k(Label::Finished),
+            exporter: k(Label::Exporter),
+            resumption: k(Label::Resumption),
+            iv_c2s: channel::iv(Direction::C2s, h),
+            iv_s2c: channel::iv(Direction::S2c, h),
+        }
+    }
+
+    /// The ServerFinished MAC: AES-CMAC(K_finished, H).
+    pub fn finished_mac(&self) -> [u8; 16] {
+        cmac(&self.finished, &self.h)
+    }
+}
+
+/// One direction's cipher state.
+#[derive(Clone)]
+struct Half {
+    key: [u8; 32],
+    iv: [u8; 12],
+    sequence: u64,
+    generation: u64,
+    since: Instant,
+}
+
+impl Half {
+    fn new(key: [u8; 32], iv: [u8; 12]) -> Self {
+        Self {
+            key,
+            iv,
+            sequence: 0,
+            generation: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// The next generation's key; the sequence restarts, the iv stays.
+    fn ratchet(&mut self) {
+        self.generation += 1;
+        self.key = prf(&self.key, &channel::rekey_input(self.generation));
+        self.sequence = 0;
+        self.since = Instant::now();
+    }
+
+    fn update_due(&self, max_age: Duration) -> bool {
+        self.sequence >= channel::REKEY_AFTER_RECORDS - 1 || self.since.elapsed() >= max_age
+    }
+
+    fn seal(&mut self, id: ChannelId, kind: RecordType, plaintext: &[u8]) -> Result<Vec<u8>> {
+        ensure!(
+            plaintext.len() <= channel::MAX_PLAINTEXT,
+            "a record carries at most {} bytes",
+            channel::MAX_PLAINTEXT
+        );
+        let aad = Record::header(id, kind, self.sequence);
+        let nonce = channel::nonce(&self.iv, self.sequence);
+        let ciphertext = gcm(&self.key)
+            .encrypt(
+                GenericArray::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| anyhow!("sealing a record"))?;
+        self.sequence += 1;
+        Ok(Record {
+            channel: id,
+            kind,
+            sequence: self.sequence - 1,
+            ciphertext,
+        }
+        .encode())
+    }
+
+    /// Opens the next record, which must be this channel's, numbered
+    /// exactly the next sequence number, and authentic.
+    fn open(&mut self, id: ChannelId, bytes: &[u8]) -> Option<(RecordType, Vec<u8>)> {
+        let r = Record::decode(bytes).ok()?;
+        if r.channel != id
+            || r.sequence != self.sequence
+            || r.sequence >= channel::REKEY_AFTER_RECORDS
+        {
+            return None;
+        }
+        let nonce = channel::nonce(&self.iv, r.sequence);
+        let plain = gcm(&self.key)
+            .decrypt(
+                GenericArray::from_slice(&nonce),
+                Payload {
+                    msg: &r.ciphertext,
+                    aad: &r.aad(),
+                },
+            )
+            .ok()?;
+        if r.kind != RecordType::Data && !plain.is_empty() {
+            return None;
+        }
+        self.sequence += 1;
+        Some((r.kind, plain))
+    }
+}
+
+fn gcm(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new(GenericArray::from_slice(key))
+}
+
+/// What an opened record was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Data(Vec<u8>),
+    /// The peer moved to its next key; nothing for the application.
+    KeyUpdated,
+    /// The peer closed the channel.
+    Closed,
+}
+
+/// An open channel, from one side.
+#[derive(Clone)]
+pub struct Channel {
+    pub id: ChannelId,
+    send: Half,
+    recv: Half,
+    exporter: [u8; 32],
+    closed: bool,
+    /// How long a key generation may serve (one hour; tests shorten it).
+    pub max_key_age: Duration,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("send_sequence", &self.send.sequence)
+            .field("recv_sequence", &self.recv.sequence)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// The card's side: sends card-to-server, receives server-to-card.
+    pub fn card(id: ChannelId, keys: &Keys) -> Self {
+        Self::with(
+            id,
+            Half::new(keys.c2s, keys.iv_c2s),
+            Half::new(keys.s2c, keys.iv_s2c),
+            keys,
+        )
+    }
+
+    /// The server's side (the software reference).
+    pub fn server(id: ChannelId, keys: &Keys) -> Self {
+        Self::with(
+            id,
+            Half::new(keys.s2c, keys.iv_s2c),
+            Half::new(keys.c2s, keys.iv_c2s),
+            keys,
+        )
+    }
+
+    fn with(id: ChannelId, send: Half, recv: Half, keys: &Keys) -> Self {
+        Self {
+            id,
+            send,
+            recv,
+            exporter: keys.exporter,
+            closed: false,
+            max_key_age: Duration::from_secs(channel::REKEY_AFTER_SECONDS),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The records that carry `data`, in order: a key update first when
+    /// the sending key is due for one (2^20 records or an hour).
+    pub fn seal(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        ensure!(!self.closed, "the channel is closed");
+        let mut out = Vec::with_capacity(2);
+        if self.send.update_due(self.max_key_age) {
+            out.push(self.update_key()?);
+        }
+        out.push(self.send.seal(self.id, RecordType::Data, data)?);
+        Ok(out)
+    }
+
+    /// A key update record; the following records are under the next key.
+    pub fn update_key(&mut self) -> Result<Vec<u8>> {
+        ensure!(!self.closed, "the channel is closed");
+        let r = self.send.seal(self.id, RecordType::KeyUpdate, &[])?;
+        self.send.ratchet();
+        Ok(r)
+    }
+
+    /// The close record; the channel is closed after it.
+    pub fn close(&mut self) -> Result<Vec<u8>> {
+        ensure!(!self.closed, "the channel is closed");
+        let r = self.send.seal(self.id, RecordType::Close, &[])?;
+        self.closed = true;
+        Ok(r)
+    }
+
+    /// Opens the peer's next record. Anything else than that record intact
+    /// (replayed, reordered, truncated, altered, from another channel, or
+    /// after close) closes the channel, with one error whatever the cause.
+    pub fn open(&mut self, bytes: &[u8]) -> Result<Received> {
+        if self.closed {
+            bail!("the channel is closed");
+        }
+        let Some((kind, plain)) = self.recv.open(self.id, bytes) else {
+            self.closed = true;
+            bail!("the channel is closed");
+        };
+        Ok(match kind {
+            RecordType::Data => Received::Data(plain),
+            RecordType::KeyUpdate => {
+                self.recv.ratchet();
+                Received::KeyUpdated
+            }
+            RecordType::Close => {
+                self.closed = true;
+                Received::Closed
+            }
+        })
+    }
+
+    /// The exporter value binding a carried request for `path` to this
+    /// channel: AES-CMAC(K_exporter, "keyward channel v1 exporter" ‖ path).
+    pub fn exporter(&self, path: &str) -> [u8; 16] {
+        cmac(&self.exporter, &channel::exporter_context(path))
+    }
+
+    /// The sending direction's key generation and next sequence number.
+    pub fn send_state(&self) -> (u64, u64) {
+        (self.send.generation, self.send.sequence)
+    }
+}
+
+/// The card before the server's hello.
+#[derive(Debug)]
+pub struct CardHello {
+    hello: Vec<u8>,
+}
+
+/// The card after its key exchange, waiting for the ServerFinished.
+pub struct AwaitFinished {
+    pub channel: ChannelId,
+    pub keys: Keys,
+}
+
+impl std::fmt::Debug for AwaitFinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwaitFinished")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CardHello {
+    /// Opens a handshake: RSA transport, protocol version 1.
+    pub fn new(device: DeviceId, client_random: [u8; 32]) -> Self {
+        let hello = ClientHello {
+            client_random,
+            versions: vec![PROTOCOL_V1],
+            modes: vec![Mode::RsaTransport as u8],
+            device: device.bytes(),
+        }
+        .encode();
+        Self { hello }
+    }
+
+    pub fn client_hello(&self) -> &[u8] {
+        &self.hello
+    }
+
+    /// Checks the server's hello (mode offered, chain to the Keyward root,
+    /// a current RSA channel key of at least 2048 bits for key
+    /// encipherment), encrypts `pre_master` to it and signs the transcript.
+    /// Returns the key exchange to send. `rng` draws the OAEP seed.
+    pub fn key_exchange(
+        &self,
+        server_hello: &[u8],
+        root_pem: &str,
+        dev: &SimDevice,
+        card_certificate: &[u8],
+        pre_master: &[u8; 32],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<(AwaitFinished, Vec<u8>)> {
+        let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("server hello: {e}"))?;
+        ensure!(
+            sh.mode == Mode::RsaTransport,
+            "a mode the card did not offer"
+        );
+        let key = channel_key(&sh.chain, root_pem)?;
+        let encrypted_pre_master = key
+            .encrypt(rng, rsa::Oaep::new::<sha2::Sha256>(), pre_master)
+            .context("encrypting the pre-master")?;
+        let mut cke = CardKeyExchange {
+            certificate: card_certificate.to_vec(),
+            encrypted_pre_master,
+            signature: Vec::new(),
+        };
+        cke.signature = dev.sign_challenge(&channel::card_signature_input(
+            &self.hello,
+            server_hello,
+            &cke.signed_part(),
+        ));
+        let cke = cke.encode();
+        let h = channel::handshake_hash(&self.hello, server_hello, &cke);
+        Ok((
+            AwaitFinished {
+                channel: sh.channel,
+                keys: Keys::derive(pre_master, &h),
+            },
+            cke,
+        ))
+    }
+}
+
+impl AwaitFinished {
+    /// Checks the ServerFinished (explicit key confirmation, in constant
+    /// time); only then is the channel open.
+    pub fn finish(self, server_finished: &[u8]) -> Result<Channel> {
+        use subtle::ConstantTimeEq as _;
+        let f =
+            ServerFinished::decode(server_finished).map_err(|e| anyhow!("server finished: {e}"))?;
+        let good = f.channel == self.channel && bool::from(f.mac.ct_eq(&self.keys.finished_mac()));
+        ensure!(good, "the server's Finished does not verify");
+        Ok(Channel::card(self.channel, &self.keys))
+    }
+}
+
+/// The channel certificate's RSA key, once its chain verified up to the
+/// root, each certificate is current, and the leaf is for key encipherment.
+fn channel_key(chain: &[Vec<u8>], root_pem: &str) -> Result<rsa::RsaPublicKey> {
+    verify_chain(chain, root_pem)?;
+    for der in chain {
+        ensure!(
+            parse(der)?.validity().is_valid(),
+            "a certificate is not current"
+        );
+    }
+    let leaf = parse(&chain[0])?;
+    let usage = leaf
+        .key_usage()
+        .map_err(|e| anyhow!("the channel certificate's key usage: {e}"))?
+        .ok_or_else(|| anyhow!("the channel certificate has no key usage"))?;
+    ensure!(
+        usage.value.key_encipherment(),
+        "the channel certificate is not for key encipherment"
+    );
+    let key = rsa::RsaPublicKey::from_public_key_der(leaf.public_key().raw)
+        .map_err(|_| anyhow!("the channel key is not RSA"))?;
+    ensure!(
+        key.size() * 8 >= MIN_RSA_BITS,
+        "the channel key is too short"
+    );
+    Ok(key)
+}
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| anyhow!("a certificate does not parse: {e}"))
+}
+
+/// The server's side in software: the reference the HSM side is checked
+/// against, for tests and the worked trace.
+pub struct SoftServer {
+    pub key: rsa::RsaPrivateKey,
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SoftServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftServer").finish_non_exhaustive()
+    }
+}
+
+impl SoftServer {
+    pub fn hello(&self, server_random: [u8; 32], id: ChannelId) -> Vec<u8> {
+        ServerHello {
+            server_random,
+            channel: id,
+            mode: Mode::RsaTransport,
+            chain: self.chain.clone(),
+        }
+        .encode()
+    }
+
+    /// Decrypts the pre-master, checks the card's signature under the
+    /// certificate it sent (its chain is the server's concern, not the
+    /// reference's), and returns the keys and the ServerFinished.
+    pub fn finish(
+        &self,
+        client_hello: &[u8],
+        server_hello: &[u8],
+        card_key_exchange: &[u8],
+    ) -> Result<(Keys, Vec<u8>)> {
+        let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("{e}"))?;
+        let (cke, signed) =
+            CardKeyExchange::split(card_key_exchange).map_err(|e| anyhow!("{e}"))?;
+        let pms = self
+            .key
+            .decrypt(rsa::Oaep::new::<sha2::Sha256>(), &cke.encrypted_pre_master)
+            .context("the pre-master")?;
+        let pms: [u8; 32] = pms
+            .try_into()
+            .map_err(|_| anyhow!("the pre-master is not 32 bytes"))?;
+        let msg = channel::card_signature_input(client_hello, server_hello, signed);
+        verify_card_signature(&cke.certificate, &msg, &cke.signature)?;
+        let h = channel::handshake_hash(client_hello, server_hello, card_key_exchange);
+        let keys = Keys::derive(&pms, &h);
+        let fin = ServerFinished {
+            channel: sh.channel,
+            mac: keys.finished_mac(),
+        }
+        .encode();
+        Ok((keys, fin))
+    }
+}
+
+/// ECDSA P-256/SHA-256 (DER) or RSA PKCS#1 v1.5/SHA-256 under the key of
+/// the certificate `cert_der`.
+pub fn verify_card_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
+    use p256::ecdsa::signature::Verifier as _;
+    let cert = parse(cert_der)?;
+    let spki = cert.public_key();
+    if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki.raw) {
+        let sig = p256::ecdsa::Signature::from_der(sig).map_err(|_| anyhow!("bad signature"))?;
+        return key.verify(msg, &sig).map_err(|_| anyhow!("bad signature"));
+    }
+    let key = rsa::RsaPublicKey::from_public_key_der(spki.raw)
+        .map_err(|_| anyhow!("the card key is neither P-256 nor RSA"))?;
+    let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| anyhow!("bad signature"))?;
+    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key)
+        .verify(msg, &sig)
+        .map_err(|_| anyhow!("bad signature"))
+}
+
+#[cfg(test)]
+mod tests;
