@@ -114,7 +114,9 @@ pub async fn issue(
     let profile: Profile = body.profile.parse()?;
     let allowed: &[Role] = match profile {
         Profile::Device => return refuse_device_profile(&state, &op).await,
-        Profile::ServerTls | Profile::LoadPermit | Profile::Evidence => &[Role::Admin],
+        Profile::ServerTls | Profile::LoadPermit | Profile::Evidence | Profile::Channel => {
+            &[Role::Admin]
+        }
         Profile::Operator => {
             return Err(ApiError::bad_request(
                 "use_operators_endpoint",
