@@ -12,7 +12,7 @@ use aes::Aes256;
 use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
 use cmac::{Cmac, Mac};
 use keyward_kms::catalog::Catalog;
-use keyward_kms::hsm::{OaepHash, Pkcs11Hsm, PublicKey, SignMechanism};
+use keyward_kms::hsm::{KeyPairKind, OaepHash, Pkcs11Hsm, PublicKey, SignMechanism};
 use keyward_kms::pool::HsmPool;
 use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse, ChannelSecret};
 use keyward_kms::{ErrorKind, Kms, KmsError};
@@ -566,9 +566,20 @@ async fn every_bad_premaster_is_the_one_refusal() {
         .await
         .unwrap();
     assert!(matches!(
-        kms.unwrap_premaster("keyward/channel/none", good).await,
+        kms.unwrap_premaster("keyward/channel/none", good.clone())
+            .await,
         Err(KmsError::KeyMissing(_))
     ));
+    // A signing key under a channel label is a misconfiguration (a 500),
+    // not a card's refusal.
+    kms.ensure_signing_key("keyward/channel/signer", KeyPairKind::Rsa(2048))
+        .await
+        .unwrap();
+    let e = kms
+        .unwrap_premaster("keyward/channel/signer", good)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal, "{e:?}");
     kms.shutdown();
 }
 

@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cryptoki_sys::{CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ErrorKind, KmsError, Result};
@@ -220,6 +221,16 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId) -> Result<OaepHash> {
             Err(e) if hsm_state(&e) || matches!(e, KmsError::Stale) => return Err(e),
             Err(KmsError::MechanismRejected { .. }) => continue,
             Err(KmsError::Pkcs11 { rv, .. }) if rv.is_argument_error() => continue,
+            // A key that may not unwrap is a misconfiguration, not a refusal.
+            Err(KmsError::Pkcs11 { rv, .. })
+                if rv.code() == CKR_KEY_FUNCTION_NOT_PERMITTED
+                    || rv.code() == CKR_KEY_TYPE_INCONSISTENT =>
+            {
+                return Err(KmsError::Hsm {
+                    function: "C_UnwrapKey",
+                    problem: "the channel key is not an RSA key that may unwrap",
+                });
+            }
             Err(_) => return Ok(hash),
         }
     }
