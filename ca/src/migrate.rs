@@ -24,6 +24,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "evidence profile",
             include_str!("../migrations/sqlite/0103_evidence_profile.sql"),
         ),
+        (
+            104,
+            "channel profile",
+            include_str!("../migrations/sqlite/0104_channel_profile.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -40,6 +45,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             103,
             "evidence profile",
             include_str!("../migrations/postgres/0103_evidence_profile.sql"),
+        ),
+        (
+            104,
+            "channel profile",
+            include_str!("../migrations/postgres/0104_channel_profile.sql"),
         ),
     ],
 };

@@ -45,16 +45,21 @@ pub enum Profile {
     /// and contentCommitment (non-repudiation) only, no extended key usage,
     /// so it can neither serve TLS nor log in.
     Evidence,
+    /// The RSA key cards encrypt the secure channel's pre-master to:
+    /// keyEncipherment only, no extended key usage, so it can neither sign
+    /// nor serve TLS.
+    Channel,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 6] = [
+    pub const ALL: [Profile; 7] = [
         Profile::Device,
         Profile::ServerTls,
         Profile::Operator,
         Profile::LoadPermit,
         Profile::Service,
         Profile::Evidence,
+        Profile::Channel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +70,7 @@ impl Profile {
             Self::LoadPermit => "load-permit",
             Self::Service => "service",
             Self::Evidence => "evidence",
+            Self::Channel => "channel",
         }
     }
 
@@ -73,7 +79,7 @@ impl Profile {
     pub fn validity_days(self, cfg: &CaConfig) -> u32 {
         match self {
             Self::Device => cfg.device_validity_days,
-            Self::ServerTls | Self::LoadPermit | Self::Service | Self::Evidence => {
+            Self::ServerTls | Self::LoadPermit | Self::Service | Self::Evidence | Self::Channel => {
                 cfg.server_validity_days
             }
             Self::Operator => cfg.operator_validity_days,
@@ -95,7 +101,7 @@ impl FromStr for Profile {
             .find(|p| p.as_str() == s)
             .ok_or(CaError::Invalid {
                 field: "profile",
-                reason: "one of device, server-tls, operator, load-permit, service, evidence",
+                reason: "one of device, server-tls, operator, load-permit, service, evidence, channel",
             })
     }
 }
@@ -209,6 +215,13 @@ impl IssueRequest {
             ..Self::empty(Profile::Evidence)
         }
     }
+
+    pub fn channel(common_name: Option<String>) -> Self {
+        Self {
+            common_name,
+            ..Self::empty(Profile::Channel)
+        }
+    }
 }
 
 /// What the registry records about a certificate besides its PEM.
@@ -239,11 +252,12 @@ pub(crate) fn params_for(
     }
     if !matches!(
         p,
-        Profile::LoadPermit | Profile::Service | Profile::Evidence
+        Profile::LoadPermit | Profile::Service | Profile::Evidence | Profile::Channel
     ) && req.common_name.is_some()
     {
         return refuse(
-            "a free common name belongs only in a load-permit, evidence or service certificate",
+            "a free common name belongs only in a load-permit, evidence, channel or service \
+             certificate",
         );
     }
 
@@ -323,9 +337,10 @@ pub(crate) fn params_for(
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             facts.role = Some(*role);
         }
-        Profile::LoadPermit | Profile::Evidence => {
+        Profile::LoadPermit | Profile::Evidence | Profile::Channel => {
             let default = match p {
                 Profile::LoadPermit => "Load Permit",
+                Profile::Channel => "Secure Channel",
                 _ => "Confirmation Evidence",
             };
             let cn = match &req.common_name {
@@ -339,6 +354,13 @@ pub(crate) fn params_for(
             if p == Profile::Evidence {
                 // What it signs is a statement the bank stands behind.
                 params.key_usages.push(KeyUsagePurpose::ContentCommitment);
+            }
+            if p == Profile::Channel {
+                // Cards encrypt to it; it signs nothing.
+                if !key.is_rsa() {
+                    return refuse("the channel key must be RSA");
+                }
+                params.key_usages = vec![KeyUsagePurpose::KeyEncipherment];
             }
         }
         Profile::Service => {

@@ -152,6 +152,12 @@ pub enum KmsError {
     /// a time per (issuer, device). Internal: the offer is sent again.
     #[error("key version {0} is already offered")]
     OfferPending(KeyVersion),
+    /// A secure-channel input the HSM would not take: a pre-master that does
+    /// not unwrap (whatever the reason: padding, length, value) or a record
+    /// that does not open. One variant, one message, so the answer tells a
+    /// peer nothing about which check failed.
+    #[error("secure channel refused")]
+    ChannelRefused,
     /// Bad input from a caller: `field` names what was wrong, never its value.
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -205,6 +211,7 @@ impl KmsError {
             Self::KcvMismatch(_) => "kcv_mismatch",
             Self::KeyVersionNotPending { .. } => "key_version_not_pending",
             Self::OfferPending(_) => "offer_pending",
+            Self::ChannelRefused => "channel_refused",
             Self::Invalid { .. } => "invalid_input",
             Self::AccountFieldNotUtf8 => "account_field_not_utf8",
             Self::MessageTooLong { .. } => "message_too_long",
@@ -223,6 +230,7 @@ impl KmsError {
         use ErrorKind as K;
         match self {
             Self::UnknownIssuer(_) | Self::UnknownKeyVersion { .. } => K::NotFound,
+            Self::ChannelRefused => K::Forbidden,
             Self::IssuerExists(_) | Self::KeyVersionNotPending { .. } | Self::OfferPending(_) => {
                 K::Conflict
             }

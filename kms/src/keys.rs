@@ -81,7 +81,8 @@ impl From<Usage> for UsageBits {
                 | (u.sign as u8) << 2
                 | (u.verify as u8) << 3
                 | (u.derive as u8) << 4
-                | (u.wrap as u8) << 5,
+                | (u.wrap as u8) << 5
+                | (u.unwrap as u8) << 6,
         )
     }
 }
@@ -95,6 +96,7 @@ impl From<UsageBits> for Usage {
             verify: b.0 & 8 != 0,
             derive: b.0 & 16 != 0,
             wrap: b.0 & 32 != 0,
+            unwrap: b.0 & 64 != 0,
         }
     }
 }

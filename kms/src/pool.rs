@@ -219,6 +219,15 @@ impl HsmPool {
         rx.recv().map_err(|_| worker_failed())?
     }
 
+    /// Queues `f` in the interactive lane without waiting for it
+    /// (clean-up from `Drop`).
+    pub(crate) fn detach<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&dyn Hsm) + Send + 'static,
+    {
+        self.submit(&self.tx, Box::new(f))
+    }
+
     fn submit(&self, lane: &Sender<Msg>, job: Job) -> Result<()> {
         if self.threads.closed.load(Ordering::SeqCst) {
             return Err(KmsError::PoolClosed);

@@ -244,6 +244,7 @@ pub async fn init_opened(config: &Config, o: &Opened) -> anyhow::Result<InitRepo
         &mut report,
     )
     .await?;
+    ensure_channel_key(&o.kms, &o.ca, &o.audit, &mut report).await?;
     ensure_first_admin(config, o, &mut report).await?;
     o.audit
         .checkpoint()
@@ -394,23 +395,95 @@ pub async fn ensure_certified_key(
     report: &mut InitReport,
 ) -> anyhow::Result<CertifiedKey> {
     let profile = request.profile;
-    let component = profile.as_str();
     let (key, created) = kms
         .ensure_signing_key(label, kind)
         .await
         .with_context(|| format!("the {profile} key {label}"))?;
-    if created {
-        let what = format!("{profile} key {label} (HSM, {})", kind_name(key.kind()));
+    let what = format!("{profile} key {label} (HSM, {})", kind_name(key.kind()));
+    let cert = certify(
+        ca,
+        audit,
+        label,
+        key.public_key(),
+        created.then_some(what),
+        request,
+        report,
+    )
+    .await?;
+    Ok(CertifiedKey { key, cert })
+}
+
+/// `init`'s step for the secure channel: the RSA key cards encrypt their
+/// pre-master to ([`keyward_kms::service::CHANNEL_KEY_LABEL`]; generated
+/// unwrap-only and non-extractable when absent), a current `channel`
+/// certificate for it (as [`ensure_certified_key`]), and the KEK that wraps
+/// channel state for the database. Each creation is audited and reported.
+pub async fn ensure_channel_key(
+    kms: &Kms,
+    ca: &Ca,
+    audit: &AuditLog,
+    report: &mut InitReport,
+) -> anyhow::Result<CertRecord> {
+    let label = keyward_kms::service::CHANNEL_KEY_LABEL;
+    let (public, created) = kms
+        .ensure_channel_key(label)
+        .await
+        .with_context(|| format!("the channel key {label}"))?;
+    let what = format!(
+        "channel key {label} (HSM, {}, unwrap only)",
+        kind_name(KeyPairKind::Rsa(keyward_kms::service::CHANNEL_KEY_BITS))
+    );
+    let cert = certify(
+        ca,
+        audit,
+        label,
+        &public,
+        created.then_some(what),
+        IssueRequest::channel(None),
+        report,
+    )
+    .await?;
+    if kms
+        .ensure_channel_state_kek()
+        .await
+        .context("the channel state KEK")?
+    {
+        let what = format!(
+            "channel state KEK {} (HSM, AES-256, wrap/unwrap only)",
+            keyward_kms::service::CHANNEL_STATE_KEK_LABEL
+        );
+        record(audit, Profile::Channel.as_str(), &what).await?;
+        report.created.push(what);
+    }
+    Ok(cert)
+}
+
+/// The certificate half of [`ensure_certified_key`] and
+/// [`ensure_channel_key`]: records the key's creation (`created`, when it
+/// was made now), then finds or issues a current certificate of
+/// `request`'s profile for `public`.
+async fn certify(
+    ca: &Ca,
+    audit: &AuditLog,
+    label: &str,
+    public: &PublicKey,
+    created: Option<String>,
+    request: IssueRequest,
+    report: &mut InitReport,
+) -> anyhow::Result<CertRecord> {
+    let profile = request.profile;
+    let component = profile.as_str();
+    if let Some(what) = created {
         record(audit, component, &what).await?;
         report.created.push(what);
     }
     let renew_ms = pki::RENEW_BEFORE_DAYS * 86_400_000;
-    if let Some(cert) = current_certificate(ca, profile, key.public_key(), renew_ms).await? {
-        return Ok(CertifiedKey { key, cert });
+    if let Some(cert) = current_certificate(ca, profile, public, renew_ms).await? {
+        return Ok(cert);
     }
     let what = format!("{profile} certificate for {label}");
     let issue = async {
-        ca.issue_for_public_key(key.public_key(), request)
+        ca.issue_for_public_key(public, request)
             .await
             .with_context(|| format!("issuing the {profile} certificate"))
     };
@@ -418,11 +491,9 @@ pub async fn ensure_certified_key(
     report
         .created
         .push(format!("{what} (serial {})", issued.serial));
-    let cert = ca
-        .get(&issued.serial)
+    ca.get(&issued.serial)
         .await?
-        .context("the certificate just issued is not in the registry")?;
-    Ok(CertifiedKey { key, cert })
+        .context("the certificate just issued is not in the registry")
 }
 
 /// The existing HSM key `label` and its current certificate of `profile`,

@@ -24,6 +24,9 @@ async fn init_creates_everything_once() {
         "operator certificate admin (role admin)",
         "evidence key keyward/confirmation/evidence (HSM, P-256)",
         "evidence certificate for keyward/confirmation/evidence",
+        "channel key keyward/channel/rsa (HSM, RSA-2048, unwrap only)",
+        "channel certificate for keyward/channel/rsa",
+        "channel state KEK keyward/channel/state-kek (HSM, AES-256, wrap/unwrap only)",
     ] {
         assert!(
             created.iter().any(|c| c.contains(what)),

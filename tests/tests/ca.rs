@@ -606,6 +606,64 @@ async fn server_operator_and_permit_profiles() {
     assert_eq!(ops.len(), 1);
 }
 
+/// The secure channel's key: RSA, keyEncipherment only, no EKU, stored and
+/// listed under its own profile (the widened CHECK on both backends).
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_profile_is_key_encipherment_only() {
+    let e = env().await;
+    let label = keyward_kms::service::CHANNEL_KEY_LABEL;
+    let (public, _) = e.kms.ensure_channel_key(label).await.unwrap();
+    let issued =
+        e.ca.issue_for_public_key(&public, IssueRequest::channel(None))
+            .await
+            .unwrap();
+    let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_encipherment());
+    assert!(!ku.digital_signature() && !ku.non_repudiation() && !ku.key_cert_sign());
+    assert!(!ku.data_encipherment() && !ku.key_agreement() && !ku.crl_sign());
+    assert!(cert.extended_key_usage().unwrap().is_none());
+    assert!(!cert.is_ca());
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(cn, format!("{ORG} Secure Channel"));
+    let listed =
+        e.ca.list(&CertFilter {
+            profile: Some(Profile::Channel),
+            ..CertFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].serial, issued.serial);
+    assert_eq!("channel".parse::<Profile>().unwrap(), Profile::Channel);
+
+    // An EC key is not a channel key; a device id does not belong in one.
+    let (ec, _) = e
+        .kms
+        .ensure_signing_key("keyward/not-channel", KeyPairKind::P256)
+        .await
+        .unwrap();
+    assert!(
+        e.ca.issue_for_public_key(ec.public_key(), IssueRequest::channel(None))
+            .await
+            .is_err()
+    );
+    let mut with_device = IssueRequest::channel(None);
+    with_device.device_id = Some(device(1));
+    assert!(
+        e.ca.issue_for_public_key(&public, with_device)
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn revocation_errors_are_typed() {
     let e = env().await;

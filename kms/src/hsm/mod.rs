@@ -90,6 +90,7 @@ pub struct Usage {
     pub verify: bool,
     pub derive: bool,
     pub wrap: bool,
+    pub unwrap: bool,
 }
 
 impl Usage {
@@ -117,6 +118,7 @@ impl Usage {
         verify: false,
         derive: false,
         wrap: false,
+        unwrap: false,
     };
 }
 
@@ -188,13 +190,42 @@ pub enum MacMechanism {
     HmacSha256,
 }
 
-/// How a key is wrapped for a device.
+/// How a key is wrapped (for a device, or for the database).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WrapMechanism {
     /// RFC 3394 AES key wrap (`CKM_AES_KEY_WRAP`).
     AesKeyWrap,
+    /// RFC 5649 AES key wrap with padding (`CKM_AES_KEY_WRAP_PAD`).
+    AesKeyWrapPad,
     /// RSA-OAEP with SHA-1 and MGF1-SHA-1.
     RsaOaepSha1,
+}
+
+/// How a wrapped key is brought into the HSM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnwrapMechanism {
+    /// RSA-OAEP with the given hash for both OAEP and MGF1, empty label.
+    RsaOaep(OaepHash),
+    /// RFC 5649 AES key wrap with padding (`CKM_AES_KEY_WRAP_PAD`).
+    AesKeyWrapPad,
+}
+
+/// The hash of RSA-OAEP (and of its MGF1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OaepHash {
+    Sha1,
+    Sha256,
+}
+
+/// What the private half of a token key pair may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPairUse {
+    /// Sign only (CA, TLS, permits, evidence).
+    Sign,
+    /// Unwrap only: keys encrypted to it become HSM objects and are never
+    /// seen in clear (no `CKA_DECRYPT`, which would hand the host the
+    /// plaintext).
+    Unwrap,
 }
 
 /// A public key as it travels: P-256 uncompressed point or RSA modulus/exponent.
@@ -245,6 +276,8 @@ pub enum MechanismId {
     /// A vendor PIN-translation mechanism (configured, never standard).
     PinTranslateVendor,
     AesKeyWrap,
+    AesKeyWrapPad,
+    AesGcm,
     RsaOaep,
     EcKeyPairGen,
     Ecdh1Derive,
@@ -311,10 +344,44 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     /// Imports a public key as a session object (to wrap keys for a device).
     fn import_public_key(&self, key: &PublicKey) -> Result<ObjectId>;
     fn wrap_key(&self, wrapping: ObjectId, mech: WrapMechanism, key: ObjectId) -> Result<Vec<u8>>;
+    /// A key of `spec` from `wrapped`, decrypted under `unwrapping` inside
+    /// the HSM.
+    fn unwrap_key(
+        &self,
+        unwrapping: ObjectId,
+        mech: UnwrapMechanism,
+        wrapped: &[u8],
+        spec: &KeySpec,
+    ) -> Result<ObjectId>;
+    /// Clears `CKA_EXTRACTABLE` of a key (a one-way change in PKCS#11).
+    fn set_unextractable(&self, key: ObjectId) -> Result<()>;
+    /// AES-GCM encryption with a 12-byte nonce: ciphertext ‖ 16-byte tag.
+    fn gcm_encrypt(
+        &self,
+        key: ObjectId,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>>;
+    /// AES-GCM decryption of ciphertext ‖ 16-byte tag; a tag that does not
+    /// verify is an error.
+    fn gcm_decrypt(
+        &self,
+        key: ObjectId,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>>;
     fn destroy(&self, obj: ObjectId) -> Result<()>;
     /// A key pair generated inside the HSM as token objects labelled `label`:
-    /// the private key sensitive, never extractable, sign-only.
-    fn generate_key_pair(&self, kind: KeyPairKind, label: &str) -> Result<(ObjectId, PublicKey)>;
+    /// the private key sensitive, never extractable, with only the right of
+    /// `usage`.
+    fn generate_key_pair(
+        &self,
+        kind: KeyPairKind,
+        label: &str,
+        usage: KeyPairUse,
+    ) -> Result<(ObjectId, PublicKey)>;
     /// A private key token object by label.
     fn find_private_key(&self, label: &str) -> Result<Option<ObjectId>>;
     /// The public half of the key pair labelled `label`.

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -21,8 +22,9 @@ use secrecy::SecretString;
 use super::raw::RawModule;
 use super::rv::classify;
 use super::{
-    Capabilities, Cipher, Derivation, Hsm, KeyPairKind, KeySpec, MacMechanism, MechanismId,
-    ObjectId, PinTranslation, PublicKey, SecretKind, SignMechanism, WrapMechanism,
+    Capabilities, Cipher, Derivation, Hsm, KeyPairKind, KeyPairUse, KeySpec, MacMechanism,
+    MechanismId, OaepHash, ObjectId, PinTranslation, PublicKey, SecretKind, SignMechanism,
+    UnwrapMechanism, WrapMechanism,
 };
 use crate::error::{KmsError, Result};
 
@@ -32,6 +34,8 @@ const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0
 const CKM_DES3_ECB_ENCRYPT_DATA: u64 = 0x1102;
 const CKM_AES_ECB_ENCRYPT_DATA: u64 = 0x1104;
 const CKM_DES3_CMAC: u64 = 0x138;
+/// Full-length GCM tags only.
+const GCM_TAG_BITS: u64 = 128;
 
 /// PKCS#11 may be initialised once per module per process (cryptoki #260).
 fn context(module: &Path) -> Result<Pkcs11> {
@@ -123,7 +127,7 @@ fn bool_attrs(spec: &KeySpec) -> [Attribute; 7] {
         Attribute::Verify(u.verify),
         Attribute::Derive(u.derive),
         Attribute::Wrap(u.wrap),
-        Attribute::Unwrap(false),
+        Attribute::Unwrap(u.unwrap),
     ]
 }
 
@@ -389,6 +393,8 @@ pub fn mechanism_name(m: MechanismId) -> &'static str {
         MechanismId::Des3RetailVendor => "vendor X9.19 retail MAC",
         MechanismId::PinTranslateVendor => "vendor PIN translation",
         MechanismId::AesKeyWrap => "CKM_AES_KEY_WRAP",
+        MechanismId::AesKeyWrapPad => "CKM_AES_KEY_WRAP_PAD",
+        MechanismId::AesGcm => "CKM_AES_GCM",
         MechanismId::RsaOaep => "CKM_RSA_PKCS_OAEP",
         MechanismId::EcKeyPairGen => "CKM_EC_KEY_PAIR_GEN",
         MechanismId::Ecdh1Derive => "CKM_ECDH1_DERIVE",
@@ -434,6 +440,8 @@ impl Hsm for Pkcs11Hsm {
             MechanismId::Des3RetailVendor => return o.des3_retail_mac,
             MechanismId::PinTranslateVendor => return o.pin_translate,
             MechanismId::AesKeyWrap => MechanismType::AES_KEY_WRAP.into(),
+            MechanismId::AesKeyWrapPad => MechanismType::AES_KEY_WRAP_PAD.into(),
+            MechanismId::AesGcm => MechanismType::AES_GCM.into(),
             MechanismId::RsaOaep => MechanismType::RSA_PKCS_OAEP.into(),
             MechanismId::EcKeyPairGen => MechanismType::ECC_KEY_PAIR_GEN.into(),
             MechanismId::Ecdh1Derive => MechanismType::ECDH1_DERIVE.into(),
@@ -662,6 +670,7 @@ impl Hsm for Pkcs11Hsm {
     fn wrap_key(&self, wrapping: ObjectId, mech: WrapMechanism, key: ObjectId) -> Result<Vec<u8>> {
         let mech = match mech {
             WrapMechanism::AesKeyWrap => Mechanism::AesKeyWrap,
+            WrapMechanism::AesKeyWrapPad => Mechanism::AesKeyWrapPad,
             WrapMechanism::RsaOaepSha1 => Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
                 MechanismType::SHA1,
                 PkcsMgfType::MGF1_SHA1,
@@ -670,6 +679,65 @@ impl Hsm for Pkcs11Hsm {
         };
         self.with_session(&[wrapping, key], |s| {
             s.wrap_key(&mech, Self::handle(wrapping), Self::handle(key))
+        })
+    }
+
+    fn unwrap_key(
+        &self,
+        unwrapping: ObjectId,
+        mech: UnwrapMechanism,
+        wrapped: &[u8],
+        spec: &KeySpec,
+    ) -> Result<ObjectId> {
+        let mech = match mech {
+            UnwrapMechanism::RsaOaep(hash) => {
+                let (hash, mgf) = match hash {
+                    OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
+                    OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+                };
+                Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
+            }
+            UnwrapMechanism::AesKeyWrapPad => Mechanism::AesKeyWrapPad,
+        };
+        // The length comes from the wrapped value; SoftHSM refuses
+        // CKA_VALUE_LEN in an unwrap template (and leaves it 0 after).
+        let template = secret_template(spec, false);
+        self.create(&[unwrapping], |s| {
+            s.unwrap_key(&mech, Self::handle(unwrapping), wrapped, &template)
+        })
+    }
+
+    fn set_unextractable(&self, key: ObjectId) -> Result<()> {
+        self.with_session(&[key], |s| {
+            s.update_attributes(Self::handle(key), &[Attribute::Extractable(false)])
+        })
+    }
+
+    fn gcm_encrypt(
+        &self,
+        key: ObjectId,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.with_session(&[key], |s| {
+            let mut iv = *nonce;
+            let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+            s.encrypt(&Mechanism::AesGcm(params), Self::handle(key), data)
+        })
+    }
+
+    fn gcm_decrypt(
+        &self,
+        key: ObjectId,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.with_session(&[key], |s| {
+            let mut iv = *nonce;
+            let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+            s.decrypt(&Mechanism::AesGcm(params), Self::handle(key), data)
         })
     }
 
@@ -682,14 +750,20 @@ impl Hsm for Pkcs11Hsm {
         }
     }
 
-    fn generate_key_pair(&self, kind: KeyPairKind, label: &str) -> Result<(ObjectId, PublicKey)> {
+    fn generate_key_pair(
+        &self,
+        kind: KeyPairKind,
+        label: &str,
+        usage: KeyPairUse,
+    ) -> Result<(ObjectId, PublicKey)> {
+        let (sign, unwrap) = (usage == KeyPairUse::Sign, usage == KeyPairUse::Unwrap);
         let id = label.as_bytes().to_vec();
         let mut public = vec![
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Label(id.clone()),
             Attribute::Id(id.clone()),
-            Attribute::Verify(true),
+            Attribute::Verify(sign),
             Attribute::Encrypt(false),
             Attribute::Wrap(false),
         ];
@@ -700,10 +774,10 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Id(id),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Sign(true),
+            Attribute::Sign(sign),
             Attribute::Decrypt(false),
             Attribute::Derive(false),
-            Attribute::Unwrap(false),
+            Attribute::Unwrap(unwrap),
         ];
         let mech = match kind {
             KeyPairKind::P256 => {

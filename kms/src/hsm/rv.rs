@@ -29,6 +29,13 @@ impl Rv {
         self.0
     }
 
+    /// Whether the module refused the call's arguments or mechanism
+    /// parameter (`CKR_ARGUMENTS_BAD`, `CKR_MECHANISM_PARAM_INVALID`) rather
+    /// than failing on the data.
+    pub fn is_argument_error(self) -> bool {
+        matches!(self.0, CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID)
+    }
+
     /// Its standard name; `None` for vendor-defined or unknown codes.
     pub fn name(self) -> Option<&'static str> {
         rv_name(self.0)

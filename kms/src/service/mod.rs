@@ -20,6 +20,7 @@
 
 mod audit;
 mod challenges;
+mod channel;
 mod confirmation;
 mod init_package;
 mod issuers;
@@ -38,6 +39,10 @@ use keyward_config::Config;
 
 pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
 pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
+pub use channel::{
+    CHANNEL_KEY_BITS, CHANNEL_KEY_LABEL, CHANNEL_MECHANISMS, CHANNEL_SECRET_LEN,
+    CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSecret, MAX_RECORD_LEN,
+};
 pub use confirmation::CONFIRMATION_CODE_LABEL;
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};
 pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
@@ -76,6 +81,8 @@ pub struct Kms {
     seal_key: audit::AuditKeyCache,
     /// The confirmation-code MAC key's handle, once found.
     code_key: audit::AuditKeyCache,
+    /// The channel private keys' handles, once found.
+    channel_keys: channel::ChannelKeyCache,
 }
 
 /// A snapshot of the service's counters and gauges, for metrics.
@@ -171,6 +178,7 @@ impl Kms {
             audit_key: Arc::default(),
             seal_key: Arc::default(),
             code_key: Arc::default(),
+            channel_keys: Arc::default(),
         }
     }
 
@@ -204,6 +212,7 @@ impl Kms {
     pub async fn probe_families(&self, families: &[KeyFamily]) -> Result<()> {
         let mut needed: Vec<(MechanismId, &'static str)> = INIT_PACKAGE_MECHANISMS.to_vec();
         needed.extend_from_slice(AUDIT_MECHANISMS);
+        needed.extend_from_slice(CHANNEL_MECHANISMS);
         for f in [KeyFamily::Tdes, KeyFamily::Aes] {
             if families.contains(&f) {
                 needed.extend_from_slice(required_mechanisms(f));

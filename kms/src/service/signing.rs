@@ -2,7 +2,7 @@
 //! hand back a [`SigningKey`] that signs through the worker pool.
 
 use crate::error::{KmsError, Result};
-use crate::hsm::{KeyPairKind, PublicKey};
+use crate::hsm::{KeyPairKind, KeyPairUse, PublicKey};
 use crate::service::Kms;
 use crate::signing::SigningKey;
 
@@ -20,7 +20,9 @@ impl Kms {
             .run(move |hsm| match hsm.public_key(&l)? {
                 Some(p) if hsm.find_private_key(&l)?.is_some() => Ok((p, false)),
                 Some(_) => Err(KmsError::KeyMissing(l.clone())),
-                None => hsm.generate_key_pair(kind, &l).map(|(_, p)| (p, true)),
+                None => hsm
+                    .generate_key_pair(kind, &l, KeyPairUse::Sign)
+                    .map(|(_, p)| (p, true)),
             })
             .await?;
         let kind = match (&public, kind) {

@@ -114,7 +114,7 @@ pub async fn issue(
     let profile: Profile = body.profile.parse()?;
     let allowed: &[Role] = match profile {
         Profile::Device => return refuse_device_profile(&state, &op).await,
-        Profile::ServerTls | Profile::LoadPermit => &[Role::Admin],
+        Profile::ServerTls | Profile::LoadPermit | Profile::Channel => &[Role::Admin],
         // Only `keyward init` certifies the HSM evidence key: a receipt
         // signed by any other key must not verify under the bank's CA.
         Profile::Evidence => {

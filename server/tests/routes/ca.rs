@@ -254,3 +254,62 @@ async fn init_certifies_the_evidence_key_once_and_again_after_revocation() {
         "no audit record names the new evidence certificate"
     );
 }
+
+/// `init`'s channel step: the channel key (RSA, unwrap only) with a
+/// keyEncipherment-only `channel` certificate and the state KEK; a second
+/// run finds them; once revoked, the next run certifies the same key again,
+/// audited.
+#[tokio::test]
+async fn init_certifies_the_channel_key_once_and_again_after_revocation() {
+    use keyward_ca::{Profile, RevocationReason};
+    use keyward_kms::service::CHANNEL_KEY_LABEL;
+    use keyward_server::bootstrap::{self, InitReport};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let app = App::new().await;
+    let s = &app.state;
+    let ensure = || async {
+        let mut report = InitReport::default();
+        let cert = bootstrap::ensure_channel_key(&s.kms, &s.ca, &s.audit, &mut report)
+            .await
+            .unwrap();
+        (cert, report)
+    };
+    // `init` made it already.
+    let (first, report) = ensure().await;
+    assert!(!report.changed(), "{:?}", report.created);
+    assert_eq!(first.profile, Profile::Channel);
+    let der = der_of_pem(&first.pem);
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let usage = cert.key_usage().unwrap().unwrap().value;
+    assert!(usage.key_encipherment());
+    assert!(!usage.digital_signature() && !usage.non_repudiation());
+    assert!(cert.extended_key_usage().unwrap().is_none());
+    assert!(!cert.is_ca());
+    let (public, created) = s.kms.ensure_channel_key(CHANNEL_KEY_LABEL).await.unwrap();
+    assert!(!created);
+    assert!(!s.kms.ensure_channel_state_kek().await.unwrap());
+    assert_eq!(
+        bootstrap::current_certificate(&s.ca, Profile::Channel, &public, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .serial,
+        first.serial
+    );
+
+    s.ca.revoke(&first.serial, RevocationReason::Superseded)
+        .await
+        .unwrap();
+    let (renewed, report) = ensure().await;
+    assert_ne!(renewed.serial, first.serial);
+    assert_eq!(report.created.len(), 1, "{:?}", report.created);
+    let trail = app.trail().await;
+    let serial = renewed.serial.to_string();
+    assert!(
+        trail
+            .iter()
+            .any(|r| r.to_string().contains(&serial) && r.to_string().contains("channel")),
+        "no audit record names the new channel certificate"
+    );
+}

@@ -1,0 +1,559 @@
+//! The HSM side of the card-to-server secure channel: the server's RSA
+//! channel key, the pre-master it unwraps, the PRF key schedule, record
+//! encryption, Finished/exporter MACs, and channel state wrapped for the
+//! database so any replica can continue a channel.
+//!
+//! Every channel secret is an HSM session object behind a [`ChannelSecret`]
+//! (destroyed when the handle goes); no key byte reaches the host. The PRF
+//! is AES-256 on single blocks (`CKM_AES_ECB_ENCRYPT_DATA` with 32 bytes of
+//! data gives a 32-byte AES key), because SoftHSM 2.6.1 has no
+//! `CKM_HKDF_DERIVE`.
+//!
+//! One secret, one use ([`ChannelKeyUse`]): the pre-master and master
+//! secret only derive; traffic keys encrypt, decrypt and derive (their
+//! rekeyed successor); Finished and exporter keys only MAC. Traffic, MAC and
+//! resumption secrets are extractable so that they can be wrapped under the
+//! state KEK ([`CHANNEL_STATE_KEK_LABEL`], wrap/unwrap only, never
+//! extractable); they stay sensitive, so never leave in clear.
+//!
+//! The RSA key unwraps only: no `CKA_DECRYPT`, so the pre-master is never
+//! in host memory. The mechanism is RSA-OAEP with an empty label; its hash
+//! is probed on the key's first use, SHA-256 first ([`Kms::channel_oaep_hash`]
+//! says which, and the card must use it). SoftHSM 2.6.1 takes only SHA-1
+//! (MGF1-SHA-1) for OAEP unwrapping, so on it the channel runs OAEP-SHA-1,
+//! which is as sound as an encryption padding (OAEP's security does not rest
+//! on collision resistance). SoftHSM answers a bad ciphertext with an error
+//! (`CKR_GENERAL_ERROR`); every unwrap failure that is not the HSM being busy
+//! or gone becomes [`KmsError::ChannelRefused`], as does a pre-master of any
+//! length but 32 bytes. A length is only reachable with a well-formed OAEP
+//! ciphertext, i.e. one whose sender knows its plaintext, so its own path
+//! tells a sender nothing new; the OAEP decoding itself is the module's.
+//! PKCS#1 v1.5 with implicit rejection is not offered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cryptoki_sys::{CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT};
+use subtle::ConstantTimeEq;
+
+use crate::error::{ErrorKind, KmsError, Result};
+use crate::hsm::{
+    Derivation, Hsm, KeyPairKind, KeyPairUse, KeySpec, MacMechanism, MechanismId, OaepHash,
+    ObjectId, PublicKey, SecretKind, UnwrapMechanism, Usage, WrapMechanism,
+};
+use crate::keys::with_fresh_handles;
+use crate::pool::HsmPool;
+use crate::service::Kms;
+
+/// Label of the channel RSA key pair `keyward init` makes.
+pub const CHANNEL_KEY_LABEL: &str = "keyward/channel/rsa";
+/// Label of the AES-256 key that wraps channel state for the database.
+pub const CHANNEL_STATE_KEK_LABEL: &str = "keyward/channel/state-kek";
+/// Modulus size of a new channel key.
+pub const CHANNEL_KEY_BITS: u32 = 2048;
+/// Length of every channel secret (AES-256).
+pub const CHANNEL_SECRET_LEN: usize = 32;
+/// Largest RSA ciphertext taken (a 4096-bit modulus).
+const MAX_CIPHERTEXT: usize = 512;
+/// Largest record plaintext or ciphertext the HSM is given.
+pub const MAX_RECORD_LEN: usize = 1 << 20;
+/// Largest wrapped state value (an AES-256 key wraps to 40 bytes).
+const MAX_WRAPPED_STATE: usize = 64;
+
+/// Mechanisms the secure channel needs.
+pub const CHANNEL_MECHANISMS: &[(MechanismId, &str)] = &[
+    (
+        MechanismId::RsaKeyPairGen,
+        "the channel key (created by init)",
+    ),
+    (MechanismId::RsaOaep, "channel pre-master unwrap (RSA-OAEP)"),
+    (MechanismId::AesEcbEncryptData, "channel key schedule"),
+    (MechanismId::AesGcm, "channel records"),
+    (MechanismId::AesCmac, "channel Finished and exporter MACs"),
+    (
+        MechanismId::AesKeyGen,
+        "the channel state KEK (created by init)",
+    ),
+    (MechanismId::AesKeyWrapPad, "channel state at rest"),
+    (MechanismId::AesKeyWrap, "channel pre-master length check"),
+];
+
+/// What a channel secret may do; each secret gets exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKeyUse {
+    /// Pre-master and master secret: derive only, never extractable.
+    Secret,
+    /// A direction's record key: AES-GCM both ways, and derive for rekey.
+    Traffic,
+    /// Finished and exporter keys: AES-CMAC only.
+    Mac,
+    /// The resumption secret: derive only, kept (wrapped) for tickets.
+    Resumption,
+}
+
+impl ChannelKeyUse {
+    fn usage(self) -> Usage {
+        match self {
+            Self::Secret | Self::Resumption => Usage::DERIVE,
+            Self::Traffic => Usage {
+                encrypt: true,
+                decrypt: true,
+                derive: true,
+                ..Usage::NONE
+            },
+            Self::Mac => Usage::MAC,
+        }
+    }
+
+    /// Whether the secret may be wrapped for the database.
+    fn extractable(self) -> bool {
+        self != Self::Secret
+    }
+
+    fn spec(self) -> KeySpec {
+        KeySpec {
+            kind: SecretKind::Aes(CHANNEL_SECRET_LEN),
+            usage: self.usage(),
+            token_label: None,
+            extractable: self.extractable(),
+        }
+    }
+}
+
+/// A channel secret in the HSM (a session object). The object is destroyed
+/// when the handle is dropped or [`Kms::channel_forget`] is called; its
+/// `Debug` shows the use only.
+pub struct ChannelSecret {
+    obj: ObjectId,
+    key_use: ChannelKeyUse,
+    pool: HsmPool,
+    /// False once [`Kms::channel_forget`] has taken the destruction over.
+    owned: bool,
+}
+
+impl std::fmt::Debug for ChannelSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSecret")
+            .field("use", &self.key_use)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelSecret {
+    pub fn key_use(&self) -> ChannelKeyUse {
+        self.key_use
+    }
+
+    fn require(&self, key_use: ChannelKeyUse, what: &'static str) -> Result<ObjectId> {
+        if self.key_use == key_use {
+            Ok(self.obj)
+        } else {
+            Err(KmsError::invalid(
+                "channel key",
+                format!("not a key for {what}"),
+            ))
+        }
+    }
+}
+
+impl Drop for ChannelSecret {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let obj = self.obj;
+        let queued = self.pool.detach(move |hsm| {
+            if let Err(e) = hsm.destroy(obj) {
+                tracing::warn!(error = %e, "could not destroy a channel secret");
+            }
+        });
+        if let Err(e) = queued {
+            tracing::warn!(error = %e, "could not queue the destruction of a channel secret");
+        }
+    }
+}
+
+/// Handles of the channel private keys by label, with the OAEP hash each
+/// unwraps with, found once and again after an HSM reconnect.
+pub(crate) type ChannelKeyCache = Arc<Mutex<HashMap<String, (ObjectId, OaepHash)>>>;
+
+/// The private key `label` and its OAEP hash, from `cache` or the token
+/// (probed on first use).
+fn channel_key(
+    hsm: &dyn Hsm,
+    cache: &ChannelKeyCache,
+    label: &str,
+) -> Result<(ObjectId, OaepHash)> {
+    if let Some(k) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(label) {
+        return Ok(*k);
+    }
+    let k = hsm
+        .find_private_key(label)?
+        .ok_or_else(|| KmsError::KeyMissing(label.to_owned()))?;
+    let hash = probe_oaep(hsm, k)?;
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(label.to_owned(), (k, hash));
+    Ok((k, hash))
+}
+
+/// Whether an error says the HSM is busy or gone rather than anything
+/// about the input: those pass through, everything else is the one refusal.
+fn hsm_state(e: &KmsError) -> bool {
+    matches!(e.kind(), ErrorKind::Busy | ErrorKind::Unavailable)
+}
+
+/// The channel key's OAEP hash when the module takes it for unwrapping:
+/// SHA-256 first. A module that does not know a hash refuses the mechanism
+/// parameter before it decrypts anything (SoftHSM 2.6.1: SHA-256 gives
+/// `CKR_ARGUMENTS_BAD`; only SHA-1 unwraps), so a zero ciphertext tells
+/// which is available without a known plaintext.
+fn probe_oaep(hsm: &dyn Hsm, key: ObjectId) -> Result<OaepHash> {
+    let zero = [0u8; 256];
+    for hash in [OaepHash::Sha256, OaepHash::Sha1] {
+        let spec = ChannelKeyUse::Secret.spec();
+        match hsm.unwrap_key(key, UnwrapMechanism::RsaOaep(hash), &zero, &spec) {
+            Ok(obj) => {
+                hsm.destroy(obj)?;
+                return Ok(hash);
+            }
+            Err(e) if hsm_state(&e) || matches!(e, KmsError::Stale) => return Err(e),
+            Err(KmsError::MechanismRejected { .. }) => continue,
+            Err(KmsError::Pkcs11 { rv, .. }) if rv.is_argument_error() => continue,
+            // A key that may not unwrap is a misconfiguration, not a refusal.
+            Err(KmsError::Pkcs11 { rv, .. })
+                if rv.code() == CKR_KEY_FUNCTION_NOT_PERMITTED
+                    || rv.code() == CKR_KEY_TYPE_INCONSISTENT =>
+            {
+                return Err(KmsError::Hsm {
+                    function: "C_UnwrapKey",
+                    problem: "the channel key is not an RSA key that may unwrap",
+                });
+            }
+            Err(_) => return Ok(hash),
+        }
+    }
+    Err(KmsError::MechanismMissing {
+        name: "CKM_RSA_PKCS_OAEP",
+        number: 0x9,
+        purpose: "channel pre-master unwrap (no OAEP hash the module takes)",
+    })
+}
+
+/// Unwraps a pre-master and checks, without seeing it, that it is 32 bytes:
+/// it is unwrapped extractable, wrapped once under the state KEK with RFC
+/// 3394 AES key wrap (which takes only multiples of 8 bytes and adds 8), and
+/// made non-extractable before anything else sees it. SoftHSM 2.6.1 leaves
+/// `CKA_VALUE_LEN` of an unwrapped key at 0 (and refuses it in the unwrap
+/// template), so the length cannot be read. The RFC 3394 value is dropped;
+/// it could not be passed off as state, which is RFC 5649 (another IV).
+fn unwrap_checked(
+    hsm: &dyn Hsm,
+    pool: &HsmPool,
+    key: ObjectId,
+    kek: ObjectId,
+    hash: OaepHash,
+    ciphertext: &[u8],
+) -> Result<ChannelSecret> {
+    let refuse = |e: KmsError| match e {
+        e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
+        _ => KmsError::ChannelRefused,
+    };
+    let spec = KeySpec {
+        extractable: true,
+        ..ChannelKeyUse::Secret.spec()
+    };
+    let obj = hsm
+        .unwrap_key(key, UnwrapMechanism::RsaOaep(hash), ciphertext, &spec)
+        .map_err(refuse)?;
+    let secret = ChannelSecret {
+        obj,
+        key_use: ChannelKeyUse::Secret,
+        pool: pool.clone(),
+        owned: true,
+    };
+    let wrapped = hsm
+        .wrap_key(kek, WrapMechanism::AesKeyWrap, obj)
+        .map_err(refuse)?;
+    if wrapped.len() != CHANNEL_SECRET_LEN + 8 {
+        return Err(KmsError::ChannelRefused);
+    }
+    hsm.set_unextractable(obj)?;
+    Ok(secret)
+}
+
+impl Kms {
+    /// The channel key pair `label` (RSA, unwrap only, never extractable),
+    /// generated in the HSM when absent; returns its public key and whether
+    /// it was created.
+    pub async fn ensure_channel_key(&self, label: &str) -> Result<(PublicKey, bool)> {
+        let l = label.to_owned();
+        self.pool()
+            .run(move |hsm| match hsm.public_key(&l)? {
+                Some(p) if hsm.find_private_key(&l)?.is_some() => Ok((p, false)),
+                Some(_) => Err(KmsError::KeyMissing(l.clone())),
+                None => hsm
+                    .generate_key_pair(KeyPairKind::Rsa(CHANNEL_KEY_BITS), &l, KeyPairUse::Unwrap)
+                    .map(|(_, p)| (p, true)),
+            })
+            .await
+    }
+
+    /// Creates the channel state KEK when the token lacks it; returns
+    /// whether it did.
+    pub async fn ensure_channel_state_kek(&self) -> Result<bool> {
+        self.pool()
+            .run(|hsm| match hsm.find_key(CHANNEL_STATE_KEK_LABEL)? {
+                Some(_) => Ok(false),
+                None => hsm
+                    .generate_key(&KeySpec {
+                        kind: SecretKind::Aes(32),
+                        usage: Usage {
+                            wrap: true,
+                            unwrap: true,
+                            ..Usage::NONE
+                        },
+                        token_label: Some(CHANNEL_STATE_KEK_LABEL.to_owned()),
+                        extractable: false,
+                    })
+                    .map(|_| true),
+            })
+            .await
+    }
+
+    /// The pre-master the card encrypted to the channel key `key_label`
+    /// (RSA-OAEP, SHA-256), unwrapped inside the HSM as a derive-only
+    /// secret. Any ciphertext that does not give a 32-byte secret is
+    /// [`KmsError::ChannelRefused`], whatever the reason.
+    pub async fn unwrap_premaster(
+        &self,
+        key_label: &str,
+        ciphertext: Vec<u8>,
+    ) -> Result<ChannelSecret> {
+        if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
+            return Err(KmsError::ChannelRefused);
+        }
+        let label = key_label.to_owned();
+        let (cache, handles, pool) = (
+            self.channel_keys.clone(),
+            self.cache_arc(),
+            self.pool().clone(),
+        );
+        self.pool()
+            .run(move |hsm| {
+                let attempt = || -> Result<ChannelSecret> {
+                    let (key, hash) = channel_key(hsm, &cache, &label)?;
+                    let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
+                    unwrap_checked(hsm, &pool, key, kek, hash, &ciphertext)
+                };
+                match attempt() {
+                    Err(KmsError::Stale) => {
+                        cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                        handles.clear();
+                        attempt()
+                    }
+                    other => other,
+                }
+            })
+            .await
+    }
+
+    /// The OAEP hash the channel key `key_label` unwraps with on this
+    /// module (probed once): what the card must encrypt with.
+    pub async fn channel_oaep_hash(&self, key_label: &str) -> Result<OaepHash> {
+        let (label, cache) = (key_label.to_owned(), self.channel_keys.clone());
+        self.pool()
+            .run(move |hsm| channel_key(hsm, &cache, &label).map(|(_, h)| h))
+            .await
+    }
+
+    /// `PRF(base, data)`: AES-256 of the two blocks of `data` under `base`,
+    /// inside the HSM, as a new secret of `key_use`. `base` must be able to
+    /// derive (a pre-master, master, traffic or resumption secret).
+    pub async fn channel_derive(
+        &self,
+        base: &ChannelSecret,
+        data: [u8; 32],
+        key_use: ChannelKeyUse,
+    ) -> Result<ChannelSecret> {
+        let mut out = self.channel_derive_all(base, vec![(data, key_use)]).await?;
+        out.pop().ok_or(KmsError::Hsm {
+            function: "C_DeriveKey",
+            problem: "no key derived",
+        })
+    }
+
+    /// [`Kms::channel_derive`] for several inputs in one HSM job (a
+    /// handshake's whole schedule), in order.
+    pub async fn channel_derive_all(
+        &self,
+        base: &ChannelSecret,
+        items: Vec<([u8; 32], ChannelKeyUse)>,
+    ) -> Result<Vec<ChannelSecret>> {
+        if !base.key_use.usage().derive {
+            return Err(KmsError::invalid("channel key", "not a derivation key"));
+        }
+        let (base, pool) = (base.obj, self.pool().clone());
+        self.pool()
+            .run(move |hsm| {
+                items
+                    .iter()
+                    .map(|(data, key_use)| {
+                        let obj =
+                            hsm.derive_key(base, Derivation::AesEcb, data, &key_use.spec())?;
+                        Ok(ChannelSecret {
+                            obj,
+                            key_use: *key_use,
+                            pool: pool.clone(),
+                            owned: true,
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// `AES-CMAC(key, data)` under a [`ChannelKeyUse::Mac`] secret.
+    pub async fn channel_cmac(&self, key: &ChannelSecret, data: Vec<u8>) -> Result<[u8; 16]> {
+        let obj = key.require(ChannelKeyUse::Mac, "a MAC")?;
+        if data.len() > crate::mac::MAX_MESSAGE_LEN {
+            return Err(KmsError::MessageTooLong {
+                len: data.len(),
+                max: crate::mac::MAX_MESSAGE_LEN,
+            });
+        }
+        let out = self
+            .pool()
+            .run(move |hsm| hsm.mac(obj, MacMechanism::AesCmac, &data))
+            .await?;
+        out.try_into().map_err(|_| KmsError::Hsm {
+            function: "C_Sign",
+            problem: "AES-CMAC of unexpected length",
+        })
+    }
+
+    /// Whether `mac` is the full 16-byte CMAC of `data`, compared in
+    /// constant time.
+    pub async fn channel_cmac_verify(
+        &self,
+        key: &ChannelSecret,
+        data: Vec<u8>,
+        mac: &[u8],
+    ) -> Result<bool> {
+        let expected = self.channel_cmac(key, data).await?;
+        Ok(expected.ct_eq(mac).into())
+    }
+
+    /// AES-256-GCM of `plaintext` under a traffic key: ciphertext ‖ 16-byte
+    /// tag. The caller makes the nonce unique (iv XOR sequence).
+    pub async fn channel_seal(
+        &self,
+        key: &ChannelSecret,
+        nonce: [u8; 12],
+        aad: Vec<u8>,
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let obj = key.require(ChannelKeyUse::Traffic, "records")?;
+        if plaintext.len() > MAX_RECORD_LEN || aad.len() > MAX_RECORD_LEN {
+            return Err(KmsError::MessageTooLong {
+                len: plaintext.len().max(aad.len()),
+                max: MAX_RECORD_LEN,
+            });
+        }
+        self.pool()
+            .run(move |hsm| hsm.gcm_encrypt(obj, &nonce, &aad, &plaintext))
+            .await
+    }
+
+    /// The plaintext of a record sealed by [`Kms::channel_seal`] (or the
+    /// card). A record that does not open, whatever the reason, is
+    /// [`KmsError::ChannelRefused`].
+    pub async fn channel_open(
+        &self,
+        key: &ChannelSecret,
+        nonce: [u8; 12],
+        aad: Vec<u8>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let obj = key.require(ChannelKeyUse::Traffic, "records")?;
+        if ciphertext.len() < 16 || ciphertext.len() > MAX_RECORD_LEN || aad.len() > MAX_RECORD_LEN
+        {
+            return Err(KmsError::ChannelRefused);
+        }
+        self.pool()
+            .run(move |hsm| {
+                hsm.gcm_decrypt(obj, &nonce, &aad, &ciphertext)
+                    .map_err(|e| match e {
+                        e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
+                        _ => KmsError::ChannelRefused,
+                    })
+            })
+            .await
+    }
+
+    /// `key` wrapped under the state KEK (AES key wrap with padding), for
+    /// the database. Only extractable secrets (not the pre-master or
+    /// master secret) can be wrapped.
+    pub async fn channel_wrap_state(&self, key: &ChannelSecret) -> Result<Vec<u8>> {
+        if !key.key_use.extractable() {
+            return Err(KmsError::invalid("channel key", "not one that is kept"));
+        }
+        let (obj, cache) = (key.obj, self.cache_arc());
+        self.pool()
+            .run(move |hsm| {
+                let kek =
+                    with_fresh_handles(&cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
+                hsm.wrap_key(kek, WrapMechanism::AesKeyWrapPad, obj)
+            })
+            .await
+    }
+
+    /// A secret of `key_use` from a value of [`Kms::channel_wrap_state`],
+    /// on any replica with the same token. A value that does not unwrap to
+    /// a 32-byte key is [`KmsError::CorruptRecord`].
+    pub async fn channel_unwrap_state(
+        &self,
+        wrapped: Vec<u8>,
+        key_use: ChannelKeyUse,
+    ) -> Result<ChannelSecret> {
+        let corrupt = || KmsError::CorruptRecord("wrapped channel state");
+        if wrapped.is_empty() || wrapped.len() > MAX_WRAPPED_STATE || !key_use.extractable() {
+            return Err(corrupt());
+        }
+        let (cache, pool) = (self.cache_arc(), self.pool().clone());
+        self.pool()
+            .run(move |hsm| {
+                let kek =
+                    with_fresh_handles(&cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
+                let obj = hsm
+                    .unwrap_key(
+                        kek,
+                        UnwrapMechanism::AesKeyWrapPad,
+                        &wrapped,
+                        &key_use.spec(),
+                    )
+                    .map_err(|e| match e {
+                        e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
+                        _ => corrupt(),
+                    })?;
+                // AES key wrap with padding checks the length it wrapped,
+                // and only 32-byte secrets are ever wrapped.
+                Ok(ChannelSecret {
+                    obj,
+                    key_use,
+                    pool,
+                    owned: true,
+                })
+            })
+            .await
+    }
+
+    /// Destroys a channel secret now and waits for it (a closed channel);
+    /// dropping the handle does the same without waiting.
+    pub async fn channel_forget(&self, mut key: ChannelSecret) -> Result<()> {
+        let obj = key.obj;
+        key.owned = false;
+        self.pool().run(move |hsm| hsm.destroy(obj)).await
+    }
+}
