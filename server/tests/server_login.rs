@@ -767,3 +767,109 @@ async fn twenty_confirms_on_two_replicas_execute_once() {
     assert_eq!(executions, [execution.as_str().unwrap()], "{shown}");
     drop(b);
 }
+
+/// A customer whose contact is an e-mail address reads the code from a
+/// real local SMTP relay (STARTTLS, AUTH over TLS only, the relay's
+/// certificate checked against its CA), and the device confirms: the
+/// second channel end to end through SMTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_reads_the_code_from_a_real_smtp_relay_and_confirms() {
+    use axum::http::Method;
+    let ca = keyward_tests::webhook::test_ca();
+    let (port, relay) = keyward_tests::smtp::start_relay(&ca, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("relay-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let password_file = dir.path().join("relay.password");
+    std::fs::write(&password_file, "relay-password\n").unwrap();
+    let extra = format!(
+        "[confirmation.channels]\nemail = \"smtp\"\nsms = \"file\"\nim = \"file\"\n[outbox]\ninterval_ms = 100\n\
+         [outbox.file]\npath = \"outbox.jsonl\"\n[outbox.smtp]\nhost = \"127.0.0.1\"\n\
+         port = {port}\ntls = \"starttls\"\nca_file = {ca:?}\nusername = \"keyward\"\n\
+         password_file = {pw:?}\nfrom = \"no-reply@bank.example\"\nsubject = \"Your code\"\n",
+        ca = ca_file.display().to_string(),
+        pw = password_file.display().to_string(),
+    );
+    let s = Server::started_with(common::Options {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision_with_contact(&[("bank-a", "tdes")], "email", "li.lei@example.org");
+    let mut dev = st.device(D1);
+    let terminal = st.terminal(&s.public, &dev, &st.chain(D1));
+    let out = terminal::login(&terminal, &mut dev, "bank-a", LoginOptions::default())
+        .await
+        .unwrap();
+    let token = out.answer().unwrap().session_token;
+    let tx = json!({
+        "payer_account": ACCOUNT,
+        "payee_account": "DE89370400440532013000",
+        "payee_name": "ACME GmbH",
+        "amount": 4200,
+        "currency": "EUR",
+        "reference": "Invoice 7",
+    });
+    let bytes = serde_json::to_vec(&tx).unwrap();
+    let sub = terminal
+        .call(Method::POST, "/v1/confirmations", Some(&tx), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(sub.status, 201, "{}", sub.body);
+    let id = sub.body["confirmation_id"].as_str().unwrap().to_owned();
+    // The customer's mailbox: one mail, to the contact, with the code.
+    let mut mail = None;
+    for _ in 0..100 {
+        if let Some(m) = relay.mails.lock().unwrap().first() {
+            mail = Some(m.clone());
+        }
+        if mail.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mail = mail.unwrap_or_else(|| panic!("no mail reached the relay\n{}", s.log()));
+    assert!(mail.contains("To: li.lei@example.org"), "{mail}");
+    assert!(mail.contains("@keyward>"), "a stable Message-ID: {mail}");
+    assert_eq!(
+        relay
+            .auth_in_clear
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // The body as the mail reader shows it: quoted-printable undone.
+    let body = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(
+        !body.contains("\"kind\""),
+        "the mail is the text, not a payload: {body}"
+    );
+    assert!(body.contains("Pay EUR 42.00 to ACME GmbH"), "{body}");
+    let digits = body
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Code "))
+        .unwrap_or_else(|| panic!("no code line: {mail}"))
+        .trim()
+        .to_owned();
+    let code = keyward_protocol::confirmation::Code::parse(&digits).unwrap();
+    let done = terminal
+        .call(
+            Method::POST,
+            &format!("/v1/confirmations/{id}/confirm"),
+            Some(&confirm_body(&dev, &bytes, &code)),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.body["state"], "executed");
+    assert_eq!(relay.mails.lock().unwrap().len(), 1, "one mail, sent once");
+}

@@ -25,6 +25,7 @@ pub mod db;
 pub mod device;
 pub mod purse;
 pub mod simulator;
+pub mod smtp;
 pub mod softhsm;
 pub mod terminal;
 pub mod vectors;

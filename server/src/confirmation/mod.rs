@@ -299,12 +299,17 @@ impl Confirmations {
             channel,
             recipient,
             subject_id: id.clone(),
-            payload: serde_json::to_vec(&json!({
-                "kind": contact.kind.as_str(),
-                "to": contact.address(),
-                "text": rendered.text(),
-            }))
-            .unwrap_or_default(),
+            // A mail's body is what the customer reads; a gateway or the
+            // file gets the text with where it goes.
+            payload: match channel {
+                Channel::Smtp => rendered.text().as_bytes().to_vec(),
+                Channel::Webhook | Channel::File => serde_json::to_vec(&json!({
+                    "kind": contact.kind.as_str(),
+                    "to": contact.address(),
+                    "text": rendered.text(),
+                }))
+                .unwrap_or_default(),
+            },
         };
         let amount_minor = i64::try_from(tx.amount.minor_units()).map_err(|_| {
             ConfirmError::Transaction(keyward_protocol::ProtocolError::AmountInvalid)

@@ -64,8 +64,19 @@ impl Station<'_> {
     }
 
     /// D1 and D2 made, imported, checked, keyed for `issuers` and bound to
-    /// one approved customer, whose id it returns.
+    /// one approved customer (an SMS contact), whose id it returns.
     pub fn provision(&self, issuers: &[(&str, &str)]) -> String {
+        self.provision_with_contact(issuers, "sms", "+8613800138000")
+    }
+
+    /// [`Self::provision`] for a customer whose contact is `kind` at
+    /// `address`.
+    pub fn provision_with_contact(
+        &self,
+        issuers: &[(&str, &str)],
+        kind: &str,
+        address: &str,
+    ) -> String {
         for (issuer, family) in issuers {
             self.ok("admin", &["issuer", "create", issuer, "--family", family]);
         }
@@ -103,9 +114,9 @@ impl Station<'_> {
                 "--account",
                 ACCOUNT,
                 "--contact-kind",
-                "sms",
+                kind,
                 "--contact",
-                "+8613800138000",
+                address,
             ],
         );
         let app_id = app["application_id"].as_str().unwrap().to_owned();
