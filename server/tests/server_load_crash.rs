@@ -779,11 +779,13 @@ async fn random_loads_on_two_replicas_killed_at_random_lose_and_create_no_money(
         let what = format!("seed {seed}, run {run}");
         let mut set = tokio::task::JoinSet::new();
         for d in devices.drain(..) {
-            let loads = rng.gen_range(1..=3);
+            let loads = rng.gen_range(2..=4);
             set.spawn(drive(d, addrs.clone(), root.clone(), rng.r#gen(), loads));
         }
+        // The first kill early in the run (the devices' work takes a few
+        // hundred ms), later ones further apart.
+        let mut pause = Duration::from_millis(rng.gen_range(0..150));
         while !set.is_empty() {
-            let pause = Duration::from_millis(rng.gen_range(100..1500));
             tokio::select! {
                 done = set.join_next() => {
                     let (d, seen) = done.unwrap().unwrap();
@@ -794,6 +796,7 @@ async fn random_loads_on_two_replicas_killed_at_random_lose_and_create_no_money(
                     let which = rng.gen_range(0..2);
                     let down = Duration::from_millis(rng.gen_range(0..300));
                     kills += 1;
+                    pause = Duration::from_millis(rng.gen_range(50..600));
                     if which == 0 {
                         s.kill();
                         tokio::time::sleep(down).await;
