@@ -831,6 +831,12 @@ async fn random_loads_on_two_replicas_killed_at_random_lose_and_create_no_money(
             .map(|d| i64::try_from(d.purse.balance).unwrap())
             .sum();
         check(&s, &db, &dir, credited, purses, &h, &what).await;
+        if (run + 1) % 50 == 0 {
+            eprintln!(
+                "load crash runs: {} done, {kills} SIGKILLs, violations 0",
+                run + 1
+            );
+        }
         // Money for the next runs: the long form drains the account.
         if credited - purses < OPENING / 2 {
             let st = Station {
