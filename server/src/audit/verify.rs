@@ -195,13 +195,22 @@ impl AuditLog {
         from_checkpoint: bool,
         with_checkpoint: bool,
     ) -> Result<VerifyReport, AuditError> {
-        let head = self.read_head().await?;
+        let mut head = self.read_head().await?;
         let mut report = VerifyReport::new(&head);
         let cp = if with_checkpoint {
             self.hsm_checkpoint(&mut report).await?
         } else {
             None
         };
+        // Another replica may have appended and checkpointed since the head
+        // was read: a head read after the checkpoint is never behind a
+        // checkpoint of the same trail.
+        if cp.as_ref().is_some_and(|cp| cp.seq > head.seq) {
+            head = self.read_head().await?;
+            report.head_seq = head.seq;
+            report.head_hash.clone_from(&head.hash);
+            report.keyed_from = head.keyed_from;
+        }
         let keyed = |seq: i64| head.keyed_from.is_some_and(|k| seq >= k);
         // Where to start, and the hash the first record must link to (`None`:
         // the checkpoint's record, whose own hash is what is compared).
@@ -213,9 +222,10 @@ impl AuditLog {
             let rows = sqlx::query(concat!(
                 "SELECT ",
                 record_columns!(),
-                " FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2"
+                " FROM audit_log WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
             ))
             .bind(expected_seq)
+            .bind(head.seq)
             .bind(VERIFY_PAGE)
             .fetch_all(&self.pool)
             .await?;
@@ -277,7 +287,20 @@ impl AuditLog {
                 report.flag(cp.keyed_from, "keyed_from differs from the HSM checkpoint");
             }
         }
-        let log_end = expected_seq - 1;
+        // The chain is checked up to the head read first (the head moves
+        // in the transaction of its records). Records after it were either
+        // appended since by another replica, and a head read now covers
+        // them, or written without moving the head.
+        let mut log_end = expected_seq - 1;
+        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        if let Some(last) = last.filter(|l| *l > head.seq)
+            && last > self.read_head().await?.seq
+        {
+            log_end = last;
+        }
         if log_end != head.seq || running.as_deref() != Some(head.hash.as_str()) {
             report.flag(
                 log_end.min(head.seq) + 1,

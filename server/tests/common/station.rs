@@ -16,6 +16,11 @@ pub const D1: &str = "F000000000000001";
 pub const D2: &str = "F000000000000002";
 pub const ACCOUNT: &str = "6222020200112233";
 
+/// The id of the station's `n`th device (0-based): D1, D2, … in order.
+pub fn device_id(n: usize) -> String {
+    format!("F{:015X}", n + 1)
+}
+
 fn kwsim_path() -> PathBuf {
     Path::new(KWCTL).with_file_name("kwsim")
 }
@@ -66,7 +71,7 @@ impl Station<'_> {
     /// D1 and D2 made, imported, checked, keyed for `issuers` and bound to
     /// one approved customer (an SMS contact), whose id it returns.
     pub fn provision(&self, issuers: &[(&str, &str)]) -> String {
-        self.provision_with_contact(issuers, "sms", "+8613800138000")
+        self.provision_devices(issuers, 2)
     }
 
     /// [`Self::provision`] for a customer whose contact is `kind` at
@@ -77,6 +82,24 @@ impl Station<'_> {
         kind: &str,
         address: &str,
     ) -> String {
+        self.provision_as(issuers, 2, kind, address)
+    }
+
+    /// [`Station::provision`] with `count` devices ([`device_id`] 0 to
+    /// `count - 1`).
+    pub fn provision_devices(&self, issuers: &[(&str, &str)], count: usize) -> String {
+        self.provision_as(issuers, count, "sms", "+8613800138000")
+    }
+
+    /// `count` devices bound to one approved customer whose contact is
+    /// `kind` at `address`.
+    fn provision_as(
+        &self,
+        issuers: &[(&str, &str)],
+        count: usize,
+        kind: &str,
+        address: &str,
+    ) -> String {
         for (issuer, family) in issuers {
             self.ok("admin", &["issuer", "create", issuer, "--family", family]);
         }
@@ -84,7 +107,7 @@ impl Station<'_> {
         let made = self.kwsim(&[
             "make",
             "--count",
-            "2",
+            &count.to_string(),
             "--first-id",
             D1,
             "--manifest",
@@ -122,7 +145,8 @@ impl Station<'_> {
         let app_id = app["application_id"].as_str().unwrap().to_owned();
         let customer = app["customer_id"].as_str().unwrap().to_owned();
         self.ok("bob", &["customer", "approve", &app_id]);
-        for d in [D1, D2] {
+        for d in (0..count).map(device_id) {
+            let d = d.as_str();
             self.ok("alice", &["device", "check", d, "--agent", &agent]);
             for (issuer, _) in issuers {
                 self.ok(

@@ -288,3 +288,35 @@ async fn concurrent_appends_are_written_in_groups_and_chain() {
     assert_eq!(api["ok"], true, "{api}");
     assert_eq!(start, None);
 }
+
+/// Verification while another writer (another replica, say) appends: the
+/// head moves in the transaction of its records, so a trail that grows
+/// during the check is whole, never "broken" (a replica restarting beside a
+/// busy one checks the trail at start, and would refuse to serve).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_that_grows_while_it_is_verified_verifies() {
+    use keyward_server::audit::{Actor, AuditEvent, Outcome};
+    let app = App::new().await;
+    let audit = app.state.audit.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..300u32 {
+            let event = AuditEvent::Online {
+                action: "test.grow",
+                target: format!("t{i}"),
+                detail: serde_json::json!({ "i": i }),
+            };
+            audit
+                .append(&Actor::System, &event, Outcome::Success, &format!("r{i}"))
+                .await
+                .unwrap();
+        }
+    });
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let report = app.state.audit.verify_from_checkpoint().await.unwrap();
+        assert!(report.ok(), "check {checks}: {report:?}");
+        checks += 1;
+    }
+    writer.await.unwrap();
+    assert!(checks > 0);
+}
