@@ -165,7 +165,14 @@ fn the_card_encrypts_with_the_oaep_hash_the_server_hello_names() {
         let hello = CardHello::new(dev.id, counting(0));
         let sh = srv.hello(counting(0x20), ChannelId([7; 16]));
         let (_, cke) = hello
-            .key_exchange(&sh, ROOT, &dev, &card_cert, &[9; 32], &mut rand::thread_rng())
+            .key_exchange(
+                &sh,
+                ROOT,
+                &dev,
+                &card_cert,
+                &[9; 32],
+                &mut rand::thread_rng(),
+            )
             .unwrap();
         assert!(srv.finish(hello.client_hello(), &sh, &cke).is_ok());
         let (cke, _) = CardKeyExchange::split(&cke).unwrap();
@@ -173,7 +180,11 @@ fn the_card_encrypts_with_the_oaep_hash_the_server_hello_names() {
             OaepHash::Sha1 => OaepHash::Sha256,
             OaepHash::Sha256 => OaepHash::Sha1,
         };
-        assert!(srv.key.decrypt(oaep(other), &cke.encrypted_pre_master).is_err());
+        assert!(
+            srv.key
+                .decrypt(oaep(other), &cke.encrypted_pre_master)
+                .is_err()
+        );
     }
 }
 

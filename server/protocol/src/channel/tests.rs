@@ -220,7 +220,15 @@ fn hello_lists_are_strict_but_keep_unknown_values() {
 fn a_server_hello_names_version_1_a_known_mode_and_hash_and_one_to_four_certificates() {
     let bytes = server_hello().encode();
     assert_eq!(bytes[55], 2);
-    for (at, v) in [(53, 2u8), (54, 0), (54, 3), (55, 0), (55, 3), (57, 0), (57, 5)] {
+    for (at, v) in [
+        (53, 2u8),
+        (54, 0),
+        (54, 3),
+        (55, 0),
+        (55, 3),
+        (57, 0),
+        (57, 5),
+    ] {
         let mut b = bytes.clone();
         b[at] = v;
         assert_eq!(
