@@ -184,9 +184,11 @@ impl Channels {
     ) -> Result<Vec<u8>> {
         let (cke, signed) = CardKeyExchange::split(&bytes)?;
         let key = id.to_string();
+        // The terminal that relayed the hello relays the key exchange.
+        let terminal_id = terminal.device_id.to_string();
         let Some(hs) = store::handshake(self.db(), &key)
             .await?
-            .filter(|h| h.expires_at_ms > now_ms())
+            .filter(|h| h.expires_at_ms > now_ms() && h.terminal_id == terminal_id)
         else {
             self.count_handshake("expired");
             return Err(ChannelError::Closed);
@@ -214,7 +216,7 @@ impl Channels {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
         let card = self
-            .card(&ch, &hs.server_hello, cke, signed)
+            .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await
             .map_err(refusal)?;
         // Only a genuine card's transcript reaches the OAEP decoding.
@@ -314,6 +316,7 @@ impl Channels {
     async fn card(
         &self,
         ch: &ClientHello,
+        client_hello: &[u8],
         server_hello: &[u8],
         cke: &CardKeyExchange,
         signed: &[u8],
@@ -343,7 +346,7 @@ impl Channels {
         if issued.as_deref() != Some(cke.certificate.as_slice()) {
             return Err(ChannelError::Refused);
         }
-        let msg = channel::card_signature_input(&ch.encode(), server_hello, signed);
+        let msg = channel::card_signature_input(client_hello, server_hello, signed);
         let ok = p
             .provisioning
             .verify_device_signature(device, &cert.serial, &msg, &cke.signature)

@@ -338,6 +338,23 @@ async fn a_bad_signature_a_foreign_certificate_and_a_garbage_pre_master_are_one_
         .count();
     assert_eq!(refused, 3);
 
+    // Another terminal cannot take over a handshake it did not open.
+    let t = card(&app, 76).await;
+    let (hello, id, sh) = say_hello(&app.public, &c).await;
+    let (_, cke) = hello
+        .key_exchange(
+            &sh,
+            &root,
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    key_exchange(&app.public, &t, &id, &cke)
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_closed");
+
     // A garbled key exchange is malformed, not refused.
     let (_, id, _) = say_hello(&app.public, &c).await;
     key_exchange(&app.public, &c, &id, b"KWC3\x01")
