@@ -635,3 +635,26 @@ fn event(action: &'static str, id: &str, detail: serde_json::Value) -> AuditEven
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ping_is_carried_yet() {
+        let ping = br#"{"pong":true}"#;
+        assert_eq!(
+            carried(br#"{"method":"GET","path":"/v1/ping"}"#, ping),
+            ping.to_vec()
+        );
+        for other in [
+            &br#"{"method":"POST","path":"/v1/ping"}"#[..],
+            br#"{"method":"GET","path":"/v1/session"}"#,
+            br#"{"method":"GET","path":"/v1/ping","body":1}"#,
+            b"not json",
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(&carried(other, ping)).unwrap();
+            assert_eq!(v["error"]["code"], "not_found");
+        }
+    }
+}
