@@ -44,6 +44,7 @@ pub mod admin;
 pub mod audit;
 pub mod bootstrap;
 pub mod bulk;
+pub mod channel;
 pub mod cli;
 pub mod confirmation;
 pub mod edge;

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub confirmations: IntCounterVec,
     /// E-purse load steps by outcome (docs/protocol.md §13).
     pub loads: IntCounterVec,
+    /// Secure-channel handshakes by outcome ([`crate::channel::HANDSHAKE_OUTCOMES`]).
+    pub channel_handshakes: IntCounterVec,
+    /// Secure-channel records by outcome ([`crate::channel::RECORD_OUTCOMES`]).
+    pub channel_records: IntCounterVec,
     /// Load reversals by reason ([`crate::load::REVERSAL_REASONS`]).
     pub load_reversals: IntCounterVec,
     /// Loads by state, and the amount they hold (minor units, all
@@ -249,6 +253,18 @@ impl Metrics {
                 "E-purse load steps by outcome: permitted, refused, posted, voided (failure report or proven not applied), doubtful (voided without proof: timeout or bad report), late_applied, not_applied, report_refused.",
                 &["outcome"],
             )?,
+            channel_handshakes: counter_vec(
+                &r,
+                "keyward_channel_handshakes_total",
+                "Secure-channel handshake steps by outcome: hello (a ServerHello answered), opened (keys derived, Finished answered), refused (the key exchange: certificate, signature or pre-master), expired (no handshake to continue).",
+                &["outcome"],
+            )?,
+            channel_records: counter_vec(
+                &r,
+                "keyward_channel_records_total",
+                "Secure-channel records from cards by outcome: data (opened and answered), close, key_update, refused (the channel closed on it).",
+                &["outcome"],
+            )?,
             load_reversals: counter_vec(
                 &r,
                 "keyward_load_reversals_total",
@@ -449,6 +465,12 @@ impl Metrics {
         }
         for outcome in crate::load::OUTCOMES {
             m.loads.with_label_values(&[outcome]);
+        }
+        for outcome in crate::channel::HANDSHAKE_OUTCOMES {
+            m.channel_handshakes.with_label_values(&[outcome]);
+        }
+        for outcome in crate::channel::RECORD_OUTCOMES {
+            m.channel_records.with_label_values(&[outcome]);
         }
         for reason in crate::load::REVERSAL_REASONS {
             m.load_reversals.with_label_values(&[reason]);

@@ -92,6 +92,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "ledger loads",
             include_str!("../migrations/sqlite/2060_ledger_loads.sql"),
         ),
+        (
+            2070,
+            "channels",
+            include_str!("../migrations/sqlite/2070_channels.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -168,6 +173,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2060,
             "ledger loads",
             include_str!("../migrations/postgres/2060_ledger_loads.sql"),
+        ),
+        (
+            2070,
+            "channels",
+            include_str!("../migrations/postgres/2070_channels.sql"),
         ),
     ],
 };

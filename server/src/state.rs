@@ -10,6 +10,7 @@ use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 
 use crate::audit::AuditLog;
+use crate::channel::Channels;
 use crate::confirmation::Confirmations;
 use crate::edge::tls::TlsState;
 use crate::ledger::Ledger;
@@ -34,6 +35,8 @@ pub struct Inner {
     pub confirmations: Confirmations,
     /// The e-purse load.
     pub loads: Loads,
+    /// The card-to-server secure channel.
+    pub channels: Channels,
     /// The ledger: accounts, credits, sealing and verification.
     pub ledger: Ledger,
     /// Messages protocol steps enqueue, and their delivery.
@@ -99,6 +102,13 @@ impl AppState {
             metrics.clone(),
             config.load.clone(),
         );
+        let channels = Channels::new(
+            kms.clone(),
+            ca.clone(),
+            provisioning.clone(),
+            audit.clone(),
+            metrics.clone(),
+        );
         let ledger = Ledger::new(
             kms.clone(),
             provisioning.clone(),
@@ -109,6 +119,7 @@ impl AppState {
             online,
             confirmations,
             loads,
+            channels,
             ledger,
             outbox,
             config,

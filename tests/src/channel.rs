@@ -4,7 +4,8 @@
 //!
 //! The bytes come from `keyward_protocol::channel`; the cryptography here
 //! is RustCrypto: AES-256 on single blocks for the PRF, AES-CMAC for the
-//! Finished and the exporter, RSA-OAEP-SHA-256 for the pre-master,
+//! Finished and the exporter, RSA-OAEP (with the hash the ServerHello
+//! names) for the pre-master,
 //! AES-256-GCM for records. The card's signature is the [`SimDevice`]'s.
 //!
 //! [`SoftServer`] is the server's side in software, for the card's tests
@@ -19,8 +20,8 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use cmac::{Cmac, Mac};
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
-    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, PROTOCOL_V1, Record,
-    RecordType, ServerFinished, ServerHello,
+    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, OaepHash, PROTOCOL_V1,
+    Record, RecordType, ServerFinished, ServerHello,
 };
 use rand::{CryptoRng, RngCore};
 use rsa::pkcs8::DecodePublicKey as _;
@@ -42,6 +43,14 @@ pub fn prf(key: &[u8; 32], input: &[u8; 32]) -> [u8; 32] {
         aes.encrypt_block(GenericArray::from_mut_slice(block));
     }
     out
+}
+
+/// RSA-OAEP padding with `hash` for the digest and MGF1, empty label.
+pub fn oaep(hash: OaepHash) -> rsa::Oaep {
+    match hash {
+        OaepHash::Sha1 => rsa::Oaep::new::<sha1::Sha1>(),
+        OaepHash::Sha256 => rsa::Oaep::new::<sha2::Sha256>(),
+    }
 }
 
 /// AES-CMAC under an AES-256 key.
@@ -359,7 +368,8 @@ impl CardHello {
 
     /// Checks the server's hello (mode offered, chain to the Keyward root,
     /// a current RSA channel key of at least 2048 bits for key
-    /// encipherment), encrypts `pre_master` to it and signs the transcript.
+    /// encipherment), encrypts `pre_master` to it with RSA-OAEP under the
+    /// hash the hello names, and signs the transcript.
     /// Returns the key exchange to send. `rng` draws the OAEP seed.
     pub fn key_exchange(
         &self,
@@ -377,7 +387,7 @@ impl CardHello {
         );
         let key = channel_key(&sh.chain, root_pem)?;
         let encrypted_pre_master = key
-            .encrypt(rng, rsa::Oaep::new::<sha2::Sha256>(), pre_master)
+            .encrypt(rng, oaep(sh.oaep), pre_master)
             .context("encrypting the pre-master")?;
         let mut cke = CardKeyExchange {
             certificate: card_certificate.to_vec(),
@@ -453,6 +463,8 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>> {
 pub struct SoftServer {
     pub key: rsa::RsaPrivateKey,
     pub chain: Vec<Vec<u8>>,
+    /// The OAEP hash its hello names.
+    pub oaep: OaepHash,
 }
 
 impl std::fmt::Debug for SoftServer {
@@ -467,6 +479,7 @@ impl SoftServer {
             server_random,
             channel: id,
             mode: Mode::RsaTransport,
+            oaep: self.oaep,
             chain: self.chain.clone(),
         }
         .encode()
@@ -486,7 +499,7 @@ impl SoftServer {
             CardKeyExchange::split(card_key_exchange).map_err(|e| anyhow!("{e}"))?;
         let pms = self
             .key
-            .decrypt(rsa::Oaep::new::<sha2::Sha256>(), &cke.encrypted_pre_master)
+            .decrypt(oaep(sh.oaep), &cke.encrypted_pre_master)
             .context("the pre-master")?;
         let pms: [u8; 32] = pms
             .try_into()

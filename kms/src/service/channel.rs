@@ -300,6 +300,18 @@ impl Kms {
             .await
     }
 
+    /// The public key of the channel key pair `label`, which must exist
+    /// with its private half (a serving replica never makes one).
+    pub async fn channel_public_key(&self, label: &str) -> Result<PublicKey> {
+        let l = label.to_owned();
+        self.pool()
+            .run(move |hsm| match hsm.public_key(&l)? {
+                Some(p) if hsm.find_private_key(&l)?.is_some() => Ok(p),
+                _ => Err(KmsError::KeyMissing(l.clone())),
+            })
+            .await
+    }
+
     /// Creates the channel state KEK when the token lacks it; returns
     /// whether it did.
     pub async fn ensure_channel_state_kek(&self) -> Result<bool> {

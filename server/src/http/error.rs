@@ -63,6 +63,8 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("body_unreadable", StatusCode::BAD_REQUEST),
     ("invalid_idempotency_key", StatusCode::BAD_REQUEST),
     ("invalid_input", StatusCode::BAD_REQUEST),
+    ("channel_malformed", StatusCode::BAD_REQUEST),
+    ("channel_unsupported", StatusCode::BAD_REQUEST),
     ("account_field_not_utf8", StatusCode::BAD_REQUEST),
     ("malformed_frame", StatusCode::BAD_REQUEST),
     ("use_operators_endpoint", StatusCode::BAD_REQUEST),
@@ -123,6 +125,8 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("payer_account_not_held", StatusCode::FORBIDDEN),
     ("confirmation_refused", StatusCode::FORBIDDEN),
     ("load_signature_invalid", StatusCode::FORBIDDEN),
+    ("channel_refused", StatusCode::FORBIDDEN),
+    ("channel_closed", StatusCode::FORBIDDEN),
     ("load_device_mismatch", StatusCode::FORBIDDEN),
     ("load_report_mismatch", StatusCode::FORBIDDEN),
     // 404, 405: no such thing.
@@ -445,6 +449,12 @@ impl From<crate::confirmation::ConfirmError> for ApiError {
 
 impl From<crate::load::LoadError> for ApiError {
     fn from(e: crate::load::LoadError) -> Self {
+        Self::from_kind(e.kind(), e.code(), e)
+    }
+}
+
+impl From<crate::channel::ChannelError> for ApiError {
+    fn from(e: crate::channel::ChannelError) -> Self {
         Self::from_kind(e.kind(), e.code(), e)
     }
 }

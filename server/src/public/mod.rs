@@ -21,10 +21,14 @@
 //! - `transactions`: `POST /v1/transactions` (session-bound).
 //! - `loads`: `POST /v1/loads`, `POST /v1/loads/{id}/report`,
 //!   `POST /v1/loads/status` (session-bound): the e-purse load.
+//! - `channel`: `POST /v1/channel/hello`, `/v1/channel/key-exchange`,
+//!   `/v1/channel/records` (no session: the card proves itself in the key
+//!   exchange): the card-to-server secure channel.
 //! - `confirmations`: `POST /v1/confirmations`,
 //!   `POST /v1/confirmations/{id}/confirm` (session-bound): transaction
 //!   confirmation over a second channel.
 
+mod channel;
 mod confirmations;
 mod loads;
 mod login;
@@ -77,7 +81,10 @@ pub fn router(state: AppState) -> Router {
             Router::new()
                 .route("/v1/ping", get(ping::ping))
                 .route("/v1/login/start", post(login::start))
-                .route("/v1/login/finish", post(login::finish)),
+                .route("/v1/login/finish", post(login::finish))
+                .route("/v1/channel/hello", post(channel::hello))
+                .route("/v1/channel/key-exchange", post(channel::key_exchange))
+                .route("/v1/channel/records", post(channel::records)),
         )
         .merge(with_session)
         .route_layer(middleware::from_fn_with_state(

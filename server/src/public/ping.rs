@@ -7,6 +7,11 @@ use crate::wire::{Ping, PingClient};
 
 /// Answers with the peer address and the client certificate's identity.
 pub async fn ping(Extension(id): Extension<ClientIdentity>) -> Json<Ping> {
+    Json(body(&id))
+}
+
+/// The ping answer for `id` (also what a ping carried in a channel gets).
+pub fn body(id: &ClientIdentity) -> Ping {
     let client = id.cert.as_ref().map(|c| {
         let (kind, device_id, role) = match &c.kind {
             CertKind::Device { device_id } => ("device", Some(device_id.clone()), None),
@@ -22,9 +27,9 @@ pub async fn ping(Extension(id): Extension<ClientIdentity>) -> Json<Ping> {
             serial: c.serial.clone(),
         }
     });
-    Json(Ping {
+    Ping {
         pong: true,
         peer: id.peer.to_string(),
         client,
-    })
+    }
 }

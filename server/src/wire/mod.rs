@@ -28,6 +28,7 @@
 //! - [`Ping`]: `GET /v1/ping` on the public listener.
 
 pub mod ca;
+pub mod channel;
 pub mod confirmations;
 pub mod customers;
 pub mod devices;

@@ -18,6 +18,7 @@ mod harness;
 
 mod access;
 mod ca;
+mod channel;
 mod codes;
 mod confirmations;
 mod customers;

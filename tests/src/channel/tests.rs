@@ -29,6 +29,7 @@ fn server() -> SoftServer {
     SoftServer {
         key: rsa::RsaPrivateKey::from_pkcs8_pem(CHANNEL_KEY).unwrap(),
         chain: pems(CHAIN).unwrap(),
+        oaep: OaepHash::Sha256,
     }
 }
 
@@ -153,6 +154,41 @@ fn a_handshake_opens_a_channel_both_ways() {
 }
 
 #[test]
+fn the_card_encrypts_with_the_oaep_hash_the_server_hello_names() {
+    let dev = card_device();
+    let card_cert = pems(CARD).unwrap().remove(0);
+    for hash in [OaepHash::Sha1, OaepHash::Sha256] {
+        let srv = SoftServer {
+            oaep: hash,
+            ..server()
+        };
+        let hello = CardHello::new(dev.id, counting(0));
+        let sh = srv.hello(counting(0x20), ChannelId([7; 16]));
+        let (_, cke) = hello
+            .key_exchange(
+                &sh,
+                ROOT,
+                &dev,
+                &card_cert,
+                &[9; 32],
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+        assert!(srv.finish(hello.client_hello(), &sh, &cke).is_ok());
+        let (cke, _) = CardKeyExchange::split(&cke).unwrap();
+        let other = match hash {
+            OaepHash::Sha1 => OaepHash::Sha256,
+            OaepHash::Sha256 => OaepHash::Sha1,
+        };
+        assert!(
+            srv.key
+                .decrypt(oaep(other), &cke.encrypted_pre_master)
+                .is_err()
+        );
+    }
+}
+
+#[test]
 fn a_finished_under_another_key_or_for_another_channel_is_refused() {
     let dev = card_device();
     let card_cert = pems(CARD).unwrap().remove(0);
@@ -198,6 +234,7 @@ fn the_card_refuses_a_chain_that_is_not_a_channel_key_of_the_keyward_root() {
             server_random: [0; 32],
             channel: ChannelId([1; 16]),
             mode: Mode::RsaTransport,
+            oaep: OaepHash::Sha256,
             chain,
         }
         .encode();
@@ -227,6 +264,7 @@ fn the_card_refuses_a_chain_that_is_not_a_channel_key_of_the_keyward_root() {
         server_random: [0; 32],
         channel: ChannelId([1; 16]),
         mode: Mode::EcdheP256,
+        oaep: OaepHash::Sha256,
         chain,
     }
     .encode();

@@ -36,6 +36,8 @@ def check(name, value):
 ch, sh, cke = t["ClientHello"], t["ServerHello"], t["CardKeyExchange"]
 assert ch[5:37] == t["client_random"] and sh[5:37] == t["server_random"]
 assert sh[37:53] == t["channel_id"]
+# ServerHello byte 55: the OAEP hash the card encrypts with (1 SHA-1, 2 SHA-256).
+oaep_hash = {1: hashes.SHA1, 2: hashes.SHA256}[sh[55]]
 # KWC3: cert, encrypted pre-master, signature (u16 lengths).
 n = int.from_bytes(cke[5:7], "big"); cert = cke[7:7 + n]; o = 7 + n
 m = int.from_bytes(cke[o:o + 2], "big"); epms = cke[o + 2:o + 2 + m]; o += 2 + m
@@ -45,7 +47,7 @@ assert o + 2 + s == len(cke)
 check("encrypted_pre_master", epms)
 check("card_signature", sig)
 key = serialization.load_pem_private_key(open("tests/vectors/channel/channel-key.pem", "rb").read(), None)
-oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+oaep = padding.OAEP(mgf=padding.MGF1(oaep_hash()), algorithm=oaep_hash(), label=None)
 assert key.decrypt(epms, oaep) == t["pre_master (PMS)"]
 sig_input = P + b"card signature\0" + sha(ch, sh, signed_part)
 check("card_signature_input", sig_input)

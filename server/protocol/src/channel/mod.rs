@@ -114,6 +114,25 @@ impl Mode {
     }
 }
 
+/// The hash (and MGF1 hash) of the RSA-OAEP the card encrypts its
+/// pre-master with: the one the server's module unwraps with, probed at
+/// start (SoftHSM 2.6.1 unwraps OAEP with SHA-1 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OaepHash {
+    Sha1 = 1,
+    Sha256 = 2,
+}
+
+impl OaepHash {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Sha1),
+            2 => Some(Self::Sha256),
+            _ => None,
+        }
+    }
+}
+
 /// A 16-byte channel id, drawn by the server's HSM.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelId(pub [u8; 16]);
@@ -233,7 +252,8 @@ impl ClientHello {
 ///     37   16 channel id
 ///     53    1 chosen version (1)
 ///     54    1 chosen mode (1 rsa-transport, 2 ecdhe-p256)
-///     55    2 number of certificates (1..=4), then each:
+///     55    1 OAEP hash of the pre-master (1 SHA-1, 2 SHA-256)
+///     56    2 number of certificates (1..=4), then each:
 ///           2+n a DER certificate: the channel certificate first, then
 ///               its issuing CA (up to, not necessarily including, the root)
 /// ```
@@ -242,6 +262,8 @@ pub struct ServerHello {
     pub server_random: [u8; 32],
     pub channel: ChannelId,
     pub mode: Mode,
+    /// What the card encrypts the pre-master with: the module's capability.
+    pub oaep: OaepHash,
     pub chain: Vec<Vec<u8>>,
 }
 
@@ -262,11 +284,13 @@ impl ServerHello {
             .bytes(&self.channel.0)
             .u8(PROTOCOL_V1)
             .u8(self.mode as u8)
+            .u8(self.oaep as u8)
             .u16(self.chain.len() as u16);
         self.chain.iter().fold(w, |w, c| w.bytes16(c)).finish()
     }
 
-    /// Refuses a version other than [`PROTOCOL_V1`] and an unknown mode;
+    /// Refuses a version other than [`PROTOCOL_V1`], an unknown mode or
+    /// OAEP hash;
     /// whether the card offered the mode is the card's check.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader::new(&HANDSHAKE, bytes, SERVER_HELLO, "server hello")?;
@@ -276,6 +300,7 @@ impl ServerHello {
             return Err(r.malformed());
         }
         let mode = Mode::from_byte(r.u8()?).ok_or_else(|| r.malformed())?;
+        let oaep = OaepHash::from_byte(r.u8()?).ok_or_else(|| r.malformed())?;
         let n = usize::from(r.u16()?);
         if n == 0 || n > MAX_CHAIN {
             return Err(r.malformed());
@@ -288,6 +313,7 @@ impl ServerHello {
             server_random,
             channel,
             mode,
+            oaep,
             chain,
         })
     }
@@ -300,7 +326,8 @@ impl ServerHello {
 ///      0    4 "KWC3"
 ///      4    1 version (1)
 ///      5  2+n card certificate, DER (1..=4096 bytes)
-///      …  2+n encrypted pre-master (1..=512 bytes; RSA-OAEP-SHA-256)
+///      …  2+n encrypted pre-master (1..=512 bytes; RSA-OAEP with the
+///             server hello's hash)
 ///      …  2+n card signature (1..=512 bytes) over
 ///             card_signature_input(ClientHello, ServerHello, signed part)
 /// ```

@@ -16,6 +16,7 @@ fn server_hello() -> ServerHello {
         server_random: [0x5e; 32],
         channel: ChannelId([0xcd; 16]),
         mode: Mode::RsaTransport,
+        oaep: OaepHash::Sha256,
         chain: vec![vec![0x30, 0x01], vec![0x30, 0x02, 0x03]],
     }
 }
@@ -64,6 +65,7 @@ fn layouts_byte_for_byte() {
             "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
             "01",
             "01",
+            "02",
             "0002",
             "00023001",
             "0003300203",
@@ -215,9 +217,18 @@ fn hello_lists_are_strict_but_keep_unknown_values() {
 }
 
 #[test]
-fn a_server_hello_names_version_1_a_known_mode_and_one_to_four_certificates() {
+fn a_server_hello_names_version_1_a_known_mode_and_hash_and_one_to_four_certificates() {
     let bytes = server_hello().encode();
-    for (at, v) in [(53, 2u8), (54, 0), (54, 3), (56, 0), (56, 5)] {
+    assert_eq!(bytes[55], 2);
+    for (at, v) in [
+        (53, 2u8),
+        (54, 0),
+        (54, 3),
+        (55, 0),
+        (55, 3),
+        (57, 0),
+        (57, 5),
+    ] {
         let mut b = bytes.clone();
         b[at] = v;
         assert_eq!(
@@ -227,8 +238,8 @@ fn a_server_hello_names_version_1_a_known_mode_and_one_to_four_certificates() {
         );
     }
     // An empty certificate.
-    let mut b = bytes[..57].to_vec();
-    b[56] = 1;
+    let mut b = bytes[..58].to_vec();
+    b[57] = 1;
     b.extend_from_slice(&[0, 0]);
     assert_eq!(ServerHello::decode(&b).map(drop), malformed("server hello"));
 }

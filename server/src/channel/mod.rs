@@ -1,0 +1,660 @@
+//! The card-to-server secure channel, the server's side (docs/protocol.md
+//! §14): a card talks to the server end to end through a terminal that
+//! only relays bytes. The formats and schedule inputs are
+//! `keyward_protocol::channel`'s; every secret lives in the HSM
+//! (`keyward_kms::service::channel`) and only wrapped under the state KEK
+//! in the database, so any replica takes any step.
+//!
+//! - [`Channels::hello`]: a ClientHello → a ServerHello (random and channel
+//!   id from the HSM, the `channel` certificate chain, the OAEP hash the
+//!   module unwraps with); both hellos stored for [`HANDSHAKE_TTL_MS`].
+//! - [`Channels::key_exchange`]: the card's certificate (the Keyward CA's
+//!   registered, current, unrevoked certificate of an issued device) and
+//!   its signature over the transcript are checked **before** the
+//!   pre-master is unwrapped, so only a genuine card ever reaches the OAEP
+//!   decoding; any failure of the three is the one `channel_refused`,
+//!   audited. The schedule runs in the HSM; the handshake is taken, the
+//!   channel stored and the opening audited in one transaction; the
+//!   ServerFinished is answered after the commit.
+//! - [`Channels::record`]: the card's next record, opened in the HSM. A
+//!   replayed, reordered, altered or foreign record closes the channel
+//!   (audited, one `channel_closed`). A data record carries, for now, one
+//!   request line (`GET /v1/ping` only; login and loads through the
+//!   channel are later work); its answer is sealed in the HSM before the
+//!   sequence numbers move in one compare-and-set transaction.
+
+mod error;
+pub mod store;
+
+use std::sync::Arc;
+
+use keyward_ca::Serial;
+use keyward_device_provisioning::{DeviceState, Provisioning};
+use keyward_kms::Kms;
+use keyward_kms::db::{Database, now_ms};
+use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
+use keyward_kms::types::DeviceId;
+use keyward_protocol::channel::{
+    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, OaepHash, Record,
+    RecordType, ServerFinished, ServerHello,
+};
+use serde_json::json;
+
+pub use error::ChannelError;
+use store::{ChannelRow, HandshakeRow};
+
+use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::edge::identity::{CertKind, PeerCertificate};
+use crate::metrics::Metrics;
+use crate::online::Device;
+
+pub type Result<T> = std::result::Result<T, ChannelError>;
+
+/// How long a ServerHello waits for the card's key exchange.
+pub const HANDSHAKE_TTL_MS: i64 = 30_000;
+/// How long a channel lives: its keys never need the one-hour rekey.
+pub const CHANNEL_TTL_MS: i64 = 3_600_000;
+/// The modes this server runs, its preference first.
+const MODES: [Mode; 1] = [Mode::RsaTransport];
+
+/// The outcomes `keyward_channel_handshakes_total` counts.
+pub const HANDSHAKE_OUTCOMES: [&str; 4] = ["hello", "opened", "refused", "expired"];
+/// The outcomes `keyward_channel_records_total` counts.
+pub const RECORD_OUTCOMES: [&str; 4] = ["data", "close", "key_update", "refused"];
+
+/// A record's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The server's record answering a data record.
+    Record(Vec<u8>),
+    /// The card's key moved on; nothing to answer.
+    KeyUpdated,
+    /// The card closed the channel.
+    Closed,
+}
+
+/// The channel service; cheap to clone.
+#[derive(Clone)]
+pub struct Channels(Arc<Parts>);
+
+struct Parts {
+    kms: Kms,
+    ca: keyward_ca::Ca,
+    provisioning: Provisioning,
+    audit: AuditLog,
+    metrics: Metrics,
+    /// The channel certificate chain (DER) and the OAEP hash, at first use.
+    server: tokio::sync::OnceCell<(Vec<Vec<u8>>, OaepHash)>,
+}
+
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channels").finish_non_exhaustive()
+    }
+}
+
+impl Channels {
+    pub fn new(
+        kms: Kms,
+        ca: keyward_ca::Ca,
+        provisioning: Provisioning,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> Self {
+        Self(Arc::new(Parts {
+            kms,
+            ca,
+            provisioning,
+            audit,
+            metrics,
+            server: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    fn db(&self) -> &Database {
+        self.0.kms.db()
+    }
+
+    /// The channel certificate (`keyward init` makes it) then the issuing
+    /// CA, as DER, and the OAEP hash the channel key unwraps with here.
+    async fn server(&self) -> Result<&(Vec<Vec<u8>>, OaepHash)> {
+        let p = &self.0;
+        p.server
+            .get_or_try_init(|| async {
+                let public = p.kms.channel_public_key(CHANNEL_KEY_LABEL).await?;
+                let cert = crate::bootstrap::current_certificate(
+                    &p.ca,
+                    keyward_ca::Profile::Channel,
+                    &public,
+                    0,
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| der_of_pem(&c.pem))
+                .ok_or_else(|| {
+                    tracing::error!("no current channel certificate: run `keyward init`");
+                    keyward_kms::KmsError::KeyMissing(CHANNEL_KEY_LABEL.into())
+                })?;
+                let oaep = match p.kms.channel_oaep_hash(CHANNEL_KEY_LABEL).await? {
+                    keyward_kms::hsm::OaepHash::Sha1 => OaepHash::Sha1,
+                    keyward_kms::hsm::OaepHash::Sha256 => OaepHash::Sha256,
+                };
+                Ok((vec![cert, p.ca.issuing_der().to_vec()], oaep))
+            })
+            .await
+    }
+
+    /// The card's ClientHello, relayed by `terminal`: the ServerHello.
+    pub async fn hello(&self, terminal: &Device, client_hello: Vec<u8>) -> Result<ServerHello> {
+        let ch = ClientHello::decode(&client_hello)?;
+        let mode = ch.negotiate(&MODES).ok_or(ChannelError::Unsupported)?;
+        let (chain, oaep) = self.server().await?.clone();
+        let sh = ServerHello {
+            server_random: self.0.kms.random::<32>().await?,
+            channel: ChannelId(self.0.kms.random::<16>().await?),
+            mode,
+            oaep,
+            chain,
+        };
+        let now = now_ms();
+        store::insert_handshake(
+            self.db(),
+            &HandshakeRow {
+                id: sh.channel.to_string(),
+                terminal_id: terminal.device_id.to_string(),
+                client_hello,
+                server_hello: sh.encode(),
+                created_at_ms: now,
+                expires_at_ms: now.saturating_add(HANDSHAKE_TTL_MS),
+            },
+        )
+        .await?;
+        self.count_handshake("hello");
+        Ok(sh)
+    }
+
+    /// The card's key exchange for the handshake `id`: the ServerFinished
+    /// (`KWC4`) bytes once the channel is stored.
+    pub async fn key_exchange(
+        &self,
+        terminal: &Device,
+        id: ChannelId,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let (cke, signed) = CardKeyExchange::split(&bytes)?;
+        let key = id.to_string();
+        // The terminal that relayed the hello relays the key exchange.
+        let terminal_id = terminal.device_id.to_string();
+        let Some(hs) = store::handshake(self.db(), &key)
+            .await?
+            .filter(|h| h.expires_at_ms > now_ms() && h.terminal_id == terminal_id)
+        else {
+            self.count_handshake("expired");
+            return Err(ChannelError::Closed);
+        };
+        let checked = self.opened(terminal, id, &hs, &cke, signed, &bytes).await;
+        match checked {
+            Ok(fin) => Ok(fin),
+            Err(ChannelError::Refused) => {
+                self.refuse_handshake(terminal, &key).await?;
+                Err(ChannelError::Refused)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn opened(
+        &self,
+        terminal: &Device,
+        id: ChannelId,
+        hs: &HandshakeRow,
+        cke: &CardKeyExchange,
+        signed: &[u8],
+        bytes: &[u8],
+    ) -> Result<Vec<u8>> {
+        let p = &self.0;
+        let ch = ClientHello::decode(&hs.client_hello)?;
+        let card = self
+            .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
+            .await
+            .map_err(refusal)?;
+        // Only a genuine card's transcript reaches the OAEP decoding.
+        let pms = p
+            .kms
+            .unwrap_premaster(CHANNEL_KEY_LABEL, cke.encrypted_pre_master.clone())
+            .await
+            .map_err(|e| refusal(e.into()))?;
+        let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
+        let master = p
+            .kms
+            .channel_derive(&pms, channel::master_input(&h), ChannelKeyUse::Secret)
+            .await?;
+        drop(pms);
+        let mut keys = p
+            .kms
+            .channel_derive_all(
+                &master,
+                vec![
+                    (
+                        channel::label_input(Label::C2sKey, &h),
+                        ChannelKeyUse::Traffic,
+                    ),
+                    (
+                        channel::label_input(Label::S2cKey, &h),
+                        ChannelKeyUse::Traffic,
+                    ),
+                    (
+                        channel::label_input(Label::Finished, &h),
+                        ChannelKeyUse::Mac,
+                    ),
+                    (
+                        channel::label_input(Label::Exporter, &h),
+                        ChannelKeyUse::Mac,
+                    ),
+                ],
+            )
+            .await?
+            .into_iter();
+        drop(master);
+        let mut next = || {
+            keys.next()
+                .ok_or(ChannelError::Kms(keyward_kms::KmsError::Hsm {
+                    function: "C_DeriveKey",
+                    problem: "fewer keys derived than asked",
+                }))
+        };
+        let (c2s, s2c, finished, exporter) = (next()?, next()?, next()?, next()?);
+        let mac = p.kms.channel_cmac(&finished, h.to_vec()).await?;
+        let now = now_ms();
+        let row = ChannelRow {
+            id: id.to_string(),
+            device_id: card.to_string(),
+            terminal_id: terminal.device_id.to_string(),
+            open: true,
+            c2s_key: p.kms.channel_wrap_state(&c2s).await?,
+            s2c_key: p.kms.channel_wrap_state(&s2c).await?,
+            exporter_key: p.kms.channel_wrap_state(&exporter).await?,
+            iv_c2s: channel::iv(Direction::C2s, &h).to_vec(),
+            iv_s2c: channel::iv(Direction::S2c, &h).to_vec(),
+            c2s_sequence: 0,
+            s2c_sequence: 0,
+            c2s_generation: 0,
+            s2c_generation: 0,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(CHANNEL_TTL_MS),
+        };
+        let event = event("channel.open", &row.id, json!({ "card": row.device_id }));
+        let (audit, row, event) = (&p.audit, &row, &event);
+        self.db()
+            .write("channel.open", |mut tx| async move {
+                if !store::take_handshake_in(&mut tx, &row.id).await? {
+                    return Err(ChannelError::Closed);
+                }
+                store::insert_in(&mut tx, row).await?;
+                audit
+                    .stage_in(
+                        &mut tx,
+                        &terminal.actor,
+                        event,
+                        Outcome::Success,
+                        &terminal.request_id,
+                    )
+                    .await?;
+                Ok((tx, ()))
+            })
+            .await?;
+        let _ = p.audit.flush_staged().await;
+        self.count_handshake("opened");
+        Ok(ServerFinished { channel: id, mac }.encode())
+    }
+
+    /// The card the key exchange proves: its certificate is exactly the
+    /// Keyward CA's registered, current, unrevoked certificate of the
+    /// device the ClientHello names, the device is issued, and the
+    /// signature over the transcript verifies under it.
+    async fn card(
+        &self,
+        ch: &ClientHello,
+        client_hello: &[u8],
+        server_hello: &[u8],
+        cke: &CardKeyExchange,
+        signed: &[u8],
+    ) -> Result<DeviceId> {
+        let p = &self.0;
+        let cert = PeerCertificate::from_der(&cke.certificate).ok_or(ChannelError::Refused)?;
+        let CertKind::Device { device_id } = &cert.kind else {
+            return Err(ChannelError::Refused);
+        };
+        let device: DeviceId = device_id.parse().map_err(|_| ChannelError::Refused)?;
+        let serial: Serial = cert.serial.parse().map_err(|_| ChannelError::Refused)?;
+        if device.bytes() != ch.device {
+            return Err(ChannelError::Refused);
+        }
+        let rec = p.provisioning.device(device).await?;
+        let registered = rec
+            .cert_serial
+            .as_deref()
+            .and_then(|s| s.parse::<Serial>().ok())
+            .is_some_and(|s| s == serial);
+        if !registered || rec.state != DeviceState::Issued {
+            return Err(ChannelError::Refused);
+        }
+        // The very bytes the CA issued: a look-alike from another CA
+        // differs even under the same serial.
+        let issued = p.ca.get(&serial).await?.and_then(|c| der_of_pem(&c.pem));
+        if issued.as_deref() != Some(cke.certificate.as_slice()) {
+            return Err(ChannelError::Refused);
+        }
+        let msg = channel::card_signature_input(client_hello, server_hello, signed);
+        let ok = p
+            .provisioning
+            .verify_device_signature(device, &cert.serial, &msg, &cke.signature)
+            .await?;
+        if ok {
+            Ok(device)
+        } else {
+            Err(ChannelError::Refused)
+        }
+    }
+
+    /// A refused key exchange: the handshake is taken and the refusal
+    /// audited in one transaction, before it is answered.
+    async fn refuse_handshake(&self, terminal: &Device, id: &str) -> Result<()> {
+        let event = event("channel.open", id, json!({ "code": "channel_refused" }));
+        let (audit, event) = (&self.0.audit, &event);
+        self.db()
+            .write("channel.refuse", |mut tx| async move {
+                store::take_handshake_in(&mut tx, id).await?;
+                audit
+                    .stage_in(
+                        &mut tx,
+                        &terminal.actor,
+                        event,
+                        Outcome::Refused {
+                            code: "channel_refused",
+                        },
+                        &terminal.request_id,
+                    )
+                    .await?;
+                Ok::<_, ChannelError>((tx, ()))
+            })
+            .await?;
+        let _ = self.0.audit.flush_staged().await;
+        self.count_handshake("refused");
+        Ok(())
+    }
+
+    /// The card's next record, relayed by `terminal`; `ping` is the body
+    /// `GET /v1/ping` answers this terminal with.
+    pub async fn record(&self, terminal: &Device, bytes: Vec<u8>, ping: &[u8]) -> Result<Answer> {
+        let r = Record::decode(&bytes)?;
+        let id = r.channel.to_string();
+        let Some(row) = store::get(self.db(), &id)
+            .await?
+            .filter(|c| c.open && c.expires_at_ms > now_ms())
+        else {
+            self.count_record("refused");
+            return Err(ChannelError::Closed);
+        };
+        match self.accepted(terminal, &row, &r, ping).await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => {
+                self.close(terminal, &row, "refused").await?;
+                Err(ChannelError::Closed)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the record does, or `None` when it is anything but the card's
+    /// next intact record (which closes the channel).
+    async fn accepted(
+        &self,
+        terminal: &Device,
+        row: &ChannelRow,
+        r: &Record,
+        ping: &[u8],
+    ) -> Result<Option<Answer>> {
+        let kms = &self.0.kms;
+        let expected = u64::try_from(row.c2s_sequence).unwrap_or(u64::MAX);
+        if r.sequence != expected || r.sequence >= channel::REKEY_AFTER_RECORDS {
+            return Ok(None);
+        }
+        let (Ok(iv_c2s), Ok(iv_s2c)) = (
+            <[u8; 12]>::try_from(row.iv_c2s.as_slice()),
+            <[u8; 12]>::try_from(row.iv_s2c.as_slice()),
+        ) else {
+            return Err(keyward_kms::KmsError::CorruptRecord("channel iv").into());
+        };
+        let c2s = kms
+            .channel_unwrap_state(row.c2s_key.clone(), ChannelKeyUse::Traffic)
+            .await?;
+        let plain = match kms
+            .channel_open(
+                &c2s,
+                channel::nonce(&iv_c2s, r.sequence),
+                r.aad().to_vec(),
+                r.ciphertext.clone(),
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(keyward_kms::KmsError::ChannelRefused) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if r.kind != RecordType::Data && !plain.is_empty() {
+            return Ok(None);
+        }
+        let seq = row.c2s_sequence;
+        match r.kind {
+            RecordType::Data => {
+                let s2c_seq = u64::try_from(row.s2c_sequence).unwrap_or(u64::MAX);
+                // The server does not rekey its direction yet: a channel
+                // that would need it closes instead.
+                if s2c_seq >= channel::REKEY_AFTER_RECORDS - 1 {
+                    return Ok(None);
+                }
+                let answer = carried(&plain, ping);
+                let s2c = kms
+                    .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
+                    .await?;
+                let header = Record::header(r.channel, RecordType::Data, s2c_seq);
+                let sealed = kms
+                    .channel_seal(
+                        &s2c,
+                        channel::nonce(&iv_s2c, s2c_seq),
+                        header.to_vec(),
+                        answer,
+                    )
+                    .await?;
+                let id = &row.id;
+                let moved = self
+                    .db()
+                    .write("channel.record", |mut tx| async move {
+                        let moved = store::advance_in(&mut tx, id, seq).await?;
+                        Ok::<_, ChannelError>((tx, moved))
+                    })
+                    .await?;
+                if !moved {
+                    // Another replica took this sequence number: this one
+                    // is a replay.
+                    return Ok(None);
+                }
+                self.count_record("data");
+                Ok(Some(Answer::Record(
+                    Record {
+                        channel: r.channel,
+                        kind: RecordType::Data,
+                        sequence: s2c_seq,
+                        ciphertext: sealed,
+                    }
+                    .encode(),
+                )))
+            }
+            RecordType::KeyUpdate => {
+                let generation = row.c2s_generation;
+                let next_gen = u64::try_from(generation)
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(1);
+                let next = kms
+                    .channel_derive(&c2s, channel::rekey_input(next_gen), ChannelKeyUse::Traffic)
+                    .await?;
+                let wrapped = kms.channel_wrap_state(&next).await?;
+                let (id, wrapped) = (&row.id, &wrapped);
+                let moved = self
+                    .db()
+                    .write("channel.rekey", |mut tx| async move {
+                        let moved =
+                            store::rekey_c2s_in(&mut tx, id, seq, generation, wrapped).await?;
+                        Ok::<_, ChannelError>((tx, moved))
+                    })
+                    .await?;
+                if !moved {
+                    return Ok(None);
+                }
+                self.count_record("key_update");
+                Ok(Some(Answer::KeyUpdated))
+            }
+            RecordType::Close => {
+                let (id, now) = (&row.id, now_ms());
+                let event = event("channel.close", id, json!({ "by": "card" }));
+                let (audit, event) = (&self.0.audit, &event);
+                let closed = self
+                    .db()
+                    .write("channel.close", |mut tx| async move {
+                        if !store::close_in(&mut tx, id, now).await? {
+                            return Ok((tx, false));
+                        }
+                        audit
+                            .stage_in(
+                                &mut tx,
+                                &terminal.actor,
+                                event,
+                                Outcome::Success,
+                                &terminal.request_id,
+                            )
+                            .await?;
+                        Ok::<_, ChannelError>((tx, true))
+                    })
+                    .await?;
+                let _ = self.0.audit.flush_staged().await;
+                if !closed {
+                    return Err(ChannelError::Closed);
+                }
+                self.count_record("close");
+                Ok(Some(Answer::Closed))
+            }
+        }
+    }
+
+    /// Closes the channel on a record that was not its next intact one;
+    /// the closing and its audit record commit together.
+    async fn close(
+        &self,
+        terminal: &Device,
+        row: &ChannelRow,
+        outcome: &'static str,
+    ) -> Result<()> {
+        let (id, now) = (&row.id, now_ms());
+        let event = event("channel.close", id, json!({ "by": "server" }));
+        let (audit, event) = (&self.0.audit, &event);
+        self.db()
+            .write("channel.close", |mut tx| async move {
+                if store::close_in(&mut tx, id, now).await? {
+                    audit
+                        .stage_in(
+                            &mut tx,
+                            &terminal.actor,
+                            event,
+                            Outcome::Refused {
+                                code: "channel_closed",
+                            },
+                            &terminal.request_id,
+                        )
+                        .await?;
+                }
+                Ok::<_, ChannelError>((tx, ()))
+            })
+            .await?;
+        let _ = self.0.audit.flush_staged().await;
+        self.count_record(outcome);
+        Ok(())
+    }
+
+    fn count_handshake(&self, outcome: &'static str) {
+        self.0
+            .metrics
+            .channel_handshakes
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    fn count_record(&self, outcome: &'static str) {
+        self.0
+            .metrics
+            .channel_records
+            .with_label_values(&[outcome])
+            .inc();
+    }
+}
+
+/// A client-caused failure of a key-exchange check (an unknown device, a
+/// certificate the CA does not vouch for, a ciphertext that does not
+/// unwrap) is the one refusal; the HSM, CA or database failing is not.
+fn refusal(e: ChannelError) -> ChannelError {
+    match e {
+        ChannelError::Kms(keyward_kms::KmsError::ChannelRefused) => ChannelError::Refused,
+        e if e.kind().is_client() => ChannelError::Refused,
+        e => e,
+    }
+}
+
+/// The answer to a carried request line: for now only `GET /v1/ping`
+/// (its body); anything else is a `not_found` error body.
+fn carried(plain: &[u8], ping: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<crate::wire::channel::Carried>(plain) {
+        Ok(c) if c.method == "GET" && c.path == "/v1/ping" => ping.to_vec(),
+        _ => json!({"error": {"code": "not_found",
+                               "message": "no such route through the channel"}})
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .map(|(_, p)| p.contents)
+}
+
+fn event(action: &'static str, id: &str, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent::Online {
+        action,
+        target: format!("channel:{id}"),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ping_is_carried_yet() {
+        let ping = br#"{"pong":true}"#;
+        assert_eq!(
+            carried(br#"{"method":"GET","path":"/v1/ping"}"#, ping),
+            ping.to_vec()
+        );
+        for other in [
+            &br#"{"method":"POST","path":"/v1/ping"}"#[..],
+            br#"{"method":"GET","path":"/v1/session"}"#,
+            br#"{"method":"GET","path":"/v1/ping","body":1}"#,
+            b"not json",
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(&carried(other, ping)).unwrap();
+            assert_eq!(v["error"]["code"], "not_found");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The channel tables (migration 2070). Writes run inside the caller's
+//! transaction (`_in`); the wrapped keys are written as the HSM gave them
+//! and never read by anything but the HSM's unwrap.
+
+use keyward_kms::db::{Database, Tx};
+use sqlx::Row;
+
+/// A handshake waiting for the card's key exchange.
+#[derive(Debug, Clone)]
+pub struct HandshakeRow {
+    pub id: String,
+    pub terminal_id: String,
+    pub client_hello: Vec<u8>,
+    pub server_hello: Vec<u8>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A channel as stored: its keys are wrapped under the state KEK.
+#[derive(Clone)]
+pub struct ChannelRow {
+    pub id: String,
+    pub device_id: String,
+    pub terminal_id: String,
+    pub open: bool,
+    pub c2s_key: Vec<u8>,
+    pub s2c_key: Vec<u8>,
+    pub exporter_key: Vec<u8>,
+    pub iv_c2s: Vec<u8>,
+    pub iv_s2c: Vec<u8>,
+    pub c2s_sequence: i64,
+    pub s2c_sequence: i64,
+    pub c2s_generation: i64,
+    pub s2c_generation: i64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl std::fmt::Debug for ChannelRow {
+    /// The wrapped keys are not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelRow")
+            .field("id", &self.id)
+            .field("open", &self.open)
+            .field("c2s_sequence", &self.c2s_sequence)
+            .field("s2c_sequence", &self.s2c_sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO channel_handshakes (id, terminal_id, client_hello, server_hello, \
+         created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&h.id)
+    .bind(&h.terminal_id)
+    .bind(&h.client_hello)
+    .bind(&h.server_hello)
+    .bind(h.created_at_ms)
+    .bind(h.expires_at_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT id, terminal_id, client_hello, server_hello, created_at_ms, expires_at_ms \
+         FROM channel_handshakes WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .map(|r| {
+        Ok(HandshakeRow {
+            id: r.try_get("id")?,
+            terminal_id: r.try_get("terminal_id")?,
+            client_hello: r.try_get("client_hello")?,
+            server_hello: r.try_get("server_hello")?,
+            created_at_ms: r.try_get("created_at_ms")?,
+            expires_at_ms: r.try_get("expires_at_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// Takes the handshake `id` (single use); false when another step (or
+/// replica) took it first.
+pub async fn take_handshake_in(tx: &mut Tx, id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM channel_handshakes WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn insert_in(tx: &mut Tx, c: &ChannelRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO channels (id, device_id, terminal_id, state, c2s_key, s2c_key, \
+         exporter_key, iv_c2s, iv_s2c, c2s_sequence, s2c_sequence, c2s_generation, \
+         s2c_generation, created_at_ms, expires_at_ms) \
+         VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, 0, 0, 0, 0, $9, $10)",
+    )
+    .bind(&c.id)
+    .bind(&c.device_id)
+    .bind(&c.terminal_id)
+    .bind(&c.c2s_key)
+    .bind(&c.s2c_key)
+    .bind(&c.exporter_key)
+    .bind(&c.iv_c2s)
+    .bind(&c.iv_s2c)
+    .bind(c.created_at_ms)
+    .bind(c.expires_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT id, device_id, terminal_id, state, c2s_key, s2c_key, exporter_key, iv_c2s, \
+         iv_s2c, c2s_sequence, s2c_sequence, c2s_generation, s2c_generation, created_at_ms, \
+         expires_at_ms FROM channels WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .map(|r| {
+        let state: String = r.try_get("state")?;
+        Ok(ChannelRow {
+            id: r.try_get("id")?,
+            device_id: r.try_get("device_id")?,
+            terminal_id: r.try_get("terminal_id")?,
+            open: state == "open",
+            c2s_key: r.try_get("c2s_key")?,
+            s2c_key: r.try_get("s2c_key")?,
+            exporter_key: r.try_get("exporter_key")?,
+            iv_c2s: r.try_get("iv_c2s")?,
+            iv_s2c: r.try_get("iv_s2c")?,
+            c2s_sequence: r.try_get("c2s_sequence")?,
+            s2c_sequence: r.try_get("s2c_sequence")?,
+            c2s_generation: r.try_get("c2s_generation")?,
+            s2c_generation: r.try_get("s2c_generation")?,
+            created_at_ms: r.try_get("created_at_ms")?,
+            expires_at_ms: r.try_get("expires_at_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// Moves both sequences past one data record, if the channel is still open
+/// at the card's sequence `c2s` (compare-and-set: two replicas never both
+/// accept one record).
+pub async fn advance_in(tx: &mut Tx, id: &str, c2s: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channels SET c2s_sequence = c2s_sequence + 1, s2c_sequence = s2c_sequence + 1 \
+         WHERE id = $1 AND state = 'open' AND c2s_sequence = $2",
+    )
+    .bind(id)
+    .bind(c2s)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The card's key update at sequence `c2s`: its next key, generation + 1,
+/// sequence 0.
+pub async fn rekey_c2s_in(
+    tx: &mut Tx,
+    id: &str,
+    c2s: i64,
+    generation: i64,
+    key: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channels SET c2s_key = $1, c2s_generation = $2 + 1, c2s_sequence = 0 \
+         WHERE id = $3 AND state = 'open' AND c2s_sequence = $4 AND c2s_generation = $2",
+    )
+    .bind(key)
+    .bind(generation)
+    .bind(id)
+    .bind(c2s)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Closes the channel; false when it was closed already.
+pub async fn close_in(tx: &mut Tx, id: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channels SET state = 'closed', closed_at_ms = $1 WHERE id = $2 AND state = 'open'",
+    )
+    .bind(now_ms)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

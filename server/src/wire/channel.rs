@@ -1,0 +1,64 @@
+//! The card-to-server secure channel (`/v1/channel/*`, docs/protocol.md
+//! §14). The messages are `keyward_protocol::channel`'s binary formats,
+//! carried here in base64: the terminal relays them and can read none of
+//! what a record carries.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/channel/hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The card's ClientHello (`KWC1`), base64.
+    pub client_hello: String,
+}
+
+/// `POST /v1/channel/hello` → 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAnswer {
+    /// The channel id (32 hex digits), to name in the key exchange.
+    pub channel_id: String,
+    /// The ServerHello (`KWC2`), base64.
+    pub server_hello: String,
+}
+
+/// `POST /v1/channel/key-exchange`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyExchange {
+    pub channel_id: String,
+    /// The card's CardKeyExchange (`KWC3`), base64.
+    pub key_exchange: String,
+}
+
+/// `POST /v1/channel/key-exchange` → 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// The ServerFinished (`KWC4`), base64.
+    pub server_finished: String,
+}
+
+/// `POST /v1/channel/records`: one record (`KWCR`), base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIn {
+    pub record: String,
+}
+
+/// `POST /v1/channel/records` → 200: the server's record answering a data
+/// record; none after a close or a key update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordOut {
+    pub record: Option<String>,
+    /// Whether the channel is closed now (the card's close record).
+    pub closed: bool,
+}
+
+/// What a data record carries for now: a request line. The answer's
+/// plaintext is the route's JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Carried {
+    pub method: String,
+    pub path: String,
+}
