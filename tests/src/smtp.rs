@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
 use crate::webhook::TestCa;
@@ -29,18 +28,7 @@ pub struct Relay {
 /// the first byte; AUTH PLAIN `keyward`/`relay-password` offered over TLS
 /// only.
 pub async fn start_relay(ca: &TestCa, implicit: bool) -> (u16, Arc<Relay>) {
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![ca.leaf_der.clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone())),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = crate::webhook::tls_acceptor(ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let relay = Arc::new(Relay::default());

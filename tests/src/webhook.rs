@@ -191,15 +191,8 @@ async fn handle(
     Ok(answer(status))
 }
 
-/// Serves HTTPS on 127.0.0.1 with `ca`'s leaf certificate, every request
-/// to `handler`; the base URL (`https://127.0.0.1:PORT`).
-pub async fn serve_https<F, Fut>(ca: &TestCa, handler: F) -> String
-where
-    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>>
-        + Send
-        + 'static,
-{
+/// A TLS acceptor presenting `ca`'s `127.0.0.1` leaf certificate.
+pub fn tls_acceptor(ca: &TestCa) -> tokio_rustls::TlsAcceptor {
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -211,7 +204,19 @@ where
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ca.leaf_key.clone())),
     )
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+}
+
+/// Serves HTTPS on 127.0.0.1 with `ca`'s leaf certificate, every request
+/// to `handler`; the base URL (`https://127.0.0.1:PORT`).
+pub async fn serve_https<F, Fut>(ca: &TestCa, handler: F) -> String
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let acceptor = tls_acceptor(ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

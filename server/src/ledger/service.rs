@@ -520,101 +520,40 @@ impl Ledger {
                 .execute(&mut *conn)
                 .await?;
         }
-        let account_rows: Vec<AccountRow> = {
-            let rows = sqlx::query(
-                "SELECT id, kind, currency, customer_id, floor_minor, balance_minor, created_at_ms \
-                 FROM ledger_accounts ORDER BY id",
-            )
-            .fetch_all(&mut *conn)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(AccountRow {
-                        id: r.try_get("id")?,
-                        kind: r.try_get("kind")?,
-                        currency: r.try_get("currency")?,
-                        customer_id: r.try_get("customer_id")?,
-                        floor_minor: r.try_get("floor_minor")?,
-                        balance_minor: r.try_get("balance_minor")?,
-                        created_at_ms: r.try_get("created_at_ms")?,
-                    })
-                })
-                .collect::<std::result::Result<_, sqlx::Error>>()?
-        };
-        let transfer_ids: Vec<String> = sqlx::query("SELECT id FROM ledger_transfers ORDER BY id")
+        let sql = format!(
+            "SELECT {} FROM ledger_accounts ORDER BY id",
+            store::ACCOUNT_COLUMNS
+        );
+        let account_rows: Vec<AccountRow> = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(&mut *conn)
             .await?
             .iter()
-            .map(|r| r.try_get("id"))
+            .map(store::account_row)
             .collect::<std::result::Result<_, _>>()?;
-        let entry_rows: Vec<EntryRow> = {
-            let rows = sqlx::query(
-                "SELECT id, transfer_id, step, account_id, delta_minor, currency, created_at_ms, \
-                 chain_seq, chain_hash FROM ledger_entries \
-                 ORDER BY CASE WHEN chain_seq IS NULL THEN 1 ELSE 0 END, chain_seq, id",
-            )
+        let sql = format!(
+            "SELECT {} FROM ledger_transfers ORDER BY id",
+            store::TRANSFER_COLUMNS
+        );
+        let transfers = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(&mut *conn)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(EntryRow {
-                        id: r.try_get("id")?,
-                        transfer_id: r.try_get("transfer_id")?,
-                        step: r.try_get("step")?,
-                        account_id: r.try_get("account_id")?,
-                        delta_minor: r.try_get("delta_minor")?,
-                        currency: r.try_get("currency")?,
-                        created_at_ms: r.try_get("created_at_ms")?,
-                        chain_seq: r.try_get("chain_seq")?,
-                        chain_hash: r.try_get("chain_hash")?,
-                    })
-                })
-                .collect::<std::result::Result<_, sqlx::Error>>()?
-        };
-        let mut transfers = Vec::with_capacity(transfer_ids.len());
-        for id in &transfer_ids {
-            let row = sqlx::query(
-                "SELECT id, kind, debit_account, credit_account, amount_minor, currency, state, \
-                 void_reason, late, created_at_ms, decided_at_ms FROM ledger_transfers WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await?;
-            let kind: String = row.try_get("kind")?;
-            transfers.push(super::transfer_of(&store::TransferRow {
-                id: row.try_get("id")?,
-                kind: match kind.as_str() {
-                    "external_credit" => "external_credit",
-                    "external_debit" => "external_debit",
-                    _ => "load",
-                },
-                debit: row.try_get("debit_account")?,
-                credit: row.try_get("credit_account")?,
-                amount_minor: row.try_get("amount_minor")?,
-                currency: row.try_get("currency")?,
-                state: row.try_get("state")?,
-                void_reason: row.try_get("void_reason")?,
-                late: row.try_get("late")?,
-                created_at_ms: row.try_get("created_at_ms")?,
-                decided_at_ms: row.try_get("decided_at_ms")?,
-            })?);
-        }
-        let checkpoints: Vec<Checkpoint> = sqlx::query(
-            "SELECT chain_seq, chain_hash, signature, signed_at_ms FROM ledger_checkpoints \
-             ORDER BY chain_seq",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Checkpoint {
-                chain_seq: r.try_get("chain_seq")?,
-                chain_hash: r.try_get("chain_hash")?,
-                signature: r.try_get("signature")?,
-                signed_at_ms: r.try_get("signed_at_ms")?,
-            })
-        })
-        .collect::<std::result::Result<_, sqlx::Error>>()?;
+            .await?
+            .iter()
+            .map(|r| super::transfer_of(&store::transfer_row(r)?))
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        // Sealed entries in chain order, then the unsealed tail in booking
+        // order.
+        let sql = format!(
+            "SELECT {} FROM ledger_entries \
+             ORDER BY CASE WHEN chain_seq IS NULL THEN 1 ELSE 0 END, chain_seq, id",
+            store::ENTRY_COLUMNS
+        );
+        let entry_rows: Vec<EntryRow> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(store::entry_row)
+            .collect::<std::result::Result<_, _>>()?;
+        let checkpoints = store::checkpoints_in(&mut conn).await?;
         let loads = sqlx::query(
             "SELECT id, device_id, sequence, permit, permit_sig, state, expires_at_ms, flagged \
              FROM loads ORDER BY id",

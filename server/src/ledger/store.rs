@@ -61,10 +61,10 @@ pub enum BookError {
     Database(#[from] sqlx::Error),
 }
 
-const ACCOUNT_COLUMNS: &str =
+pub(super) const ACCOUNT_COLUMNS: &str =
     "id, kind, currency, customer_id, floor_minor, balance_minor, created_at_ms";
 
-fn account_row(r: &sqlx::any::AnyRow) -> Result<AccountRow, sqlx::Error> {
+pub(super) fn account_row(r: &sqlx::any::AnyRow) -> Result<AccountRow, sqlx::Error> {
     Ok(AccountRow {
         id: r.try_get("id")?,
         kind: r.try_get("kind")?,
@@ -169,17 +169,23 @@ pub async fn insert_transfer_in(tx: &mut Tx, t: &TransferRow) -> Result<(), sqlx
     Ok(())
 }
 
-const TRANSFER_COLUMNS: &str = "id, kind, debit_account, credit_account, amount_minor, currency, \
+pub(super) const TRANSFER_COLUMNS: &str = "id, kind, debit_account, credit_account, amount_minor, currency, \
      state, void_reason, late, created_at_ms, decided_at_ms";
 
-fn transfer_row(r: &sqlx::any::AnyRow) -> Result<TransferRow, sqlx::Error> {
+pub(super) fn transfer_row(r: &sqlx::any::AnyRow) -> Result<TransferRow, sqlx::Error> {
     let kind: String = r.try_get("kind")?;
     Ok(TransferRow {
         id: r.try_get("id")?,
         kind: match kind.as_str() {
-            "credit" => "credit",
-            "debit" => "debit",
-            _ => "load",
+            "external_credit" => "external_credit",
+            "external_debit" => "external_debit",
+            "load" => "load",
+            _ => {
+                return Err(sqlx::Error::ColumnDecode {
+                    index: "kind".into(),
+                    source: format!("unknown transfer kind {kind:?}").into(),
+                });
+            }
         },
         debit: r.try_get("debit_account")?,
         credit: r.try_get("credit_account")?,
@@ -305,10 +311,10 @@ pub struct EntryRow {
     pub chain_hash: Option<Vec<u8>>,
 }
 
-const ENTRY_COLUMNS: &str = "id, transfer_id, step, account_id, delta_minor, currency, \
+pub(super) const ENTRY_COLUMNS: &str = "id, transfer_id, step, account_id, delta_minor, currency, \
      created_at_ms, chain_seq, chain_hash";
 
-fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, sqlx::Error> {
+pub(super) fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, sqlx::Error> {
     Ok(EntryRow {
         id: r.try_get("id")?,
         transfer_id: r.try_get("transfer_id")?,
@@ -444,13 +450,14 @@ pub async fn insert_checkpoint_in(tx: &mut Tx, c: &Checkpoint) -> Result<(), sql
     Ok(())
 }
 
-/// Every checkpoint, oldest first.
-pub async fn checkpoints(db: &Database) -> Result<Vec<Checkpoint>, sqlx::Error> {
+/// Every checkpoint, oldest first, read in the caller's transaction (one
+/// snapshot with the rows it checks).
+pub async fn checkpoints_in(tx: &mut Tx) -> Result<Vec<Checkpoint>, sqlx::Error> {
     sqlx::query(
         "SELECT chain_seq, chain_hash, signature, signed_at_ms FROM ledger_checkpoints \
          ORDER BY chain_seq",
     )
-    .fetch_all(db.pool())
+    .fetch_all(&mut **tx)
     .await?
     .iter()
     .map(|r| {
