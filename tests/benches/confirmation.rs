@@ -42,22 +42,18 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_config::Config;
 use keyward_protocol::confirmation::Code;
-use keyward_server::bootstrap;
-use keyward_server::edge::startup;
-use keyward_server::metrics::Metrics;
 use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
-use keyward_tests::terminal::{self, LoginOptions, Terminal};
+use keyward_tests::terminal::Terminal;
 use keyward_tests::webhook::Receiver;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use common::fleet::{
-    Admin, ISSUER, Outcome, Stats, WARMUP, closed_loop, dev_id, header, in_parallel, phone,
-    print_row, write_config,
+    Outcome, Stats, WARMUP, closed_loop, header, import, in_parallel, install, phone, print_row,
+    session, terminal_for, write_config,
 };
 use common::{env_usize, spawn_serve};
 
@@ -262,39 +258,8 @@ fn one_backend(backend: &str) {
             WARMUP.as_secs()
         );
         let t = Instant::now();
-        let mut config = Config::load(&config_path).unwrap();
-        config.database.acquire_timeout_ms = keyward_tests::db::TEST_ACQUIRE_TIMEOUT_MS;
-        let metrics = Metrics::new().unwrap();
-        let opened = bootstrap::open(&config, Some(metrics.clone()))
-            .await
-            .unwrap();
-        bootstrap::init_opened(&config, &opened).await.unwrap();
-        let state = startup::state_from(config, opened, metrics).await.unwrap();
-        let admin = Admin::new(&state, &data).await;
-        admin
-            .post(
-                &admin.root,
-                "/admin/v1/issuers",
-                json!({"issuer_id": ISSUER, "family": "tdes"}),
-                StatusCode::CREATED,
-            )
-            .await;
-        let devs: Vec<SimDevice> = (0..conc)
-            .map(|i| SimDevice::p256(dev_id(i)).unwrap())
-            .collect();
-        let mut manifest = format!("{}\n", keyward_device_provisioning::MANIFEST_HEADER);
-        for d in &devs {
-            manifest.push_str(&d.manifest_row());
-            manifest.push('\n');
-        }
-        admin
-            .post(
-                &admin.root,
-                "/admin/v1/batches",
-                json!({"batch_id": "CONFIRM-BENCH", "manifest": manifest}),
-                StatusCode::CREATED,
-            )
-            .await;
+        let (state, admin) = install(&config_path, &data).await;
+        let devs = import(&admin, conc, "CONFIRM-BENCH").await;
         let a = admin.clone();
         let devs = in_parallel(devs, SETUP_TASKS, move |i, mut d| {
             let a = a.clone();
@@ -327,26 +292,13 @@ fn one_backend(backend: &str) {
             }
         });
 
-        let root_pem = state.ca.root_pem().to_owned();
-        let issuing_pem = state.ca.issuing_pem().to_owned();
         let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[BACKEND_ENV]);
         let server_pid = server.child.id().to_string();
         let url = format!("https://{}", server.public);
         let deliveries: Deliveries = Arc::default();
         let mut workers = Vec::new();
         for (i, dev) in devs.into_iter().enumerate() {
-            let serial: keyward_ca::Serial = state
-                .provisioning
-                .device(dev.id)
-                .await
-                .unwrap()
-                .cert_serial
-                .unwrap()
-                .parse()
-                .unwrap();
-            let rec = state.ca.get(&serial).await.unwrap().unwrap();
-            let chain = format!("{}{issuing_pem}", rec.pem);
-            let terminal = Terminal::new(&url, &root_pem, &chain, &dev).unwrap();
+            let terminal = terminal_for(&state, &dev, &url).await;
             workers.push(Worker {
                 dev,
                 terminal,
@@ -359,21 +311,7 @@ fn one_backend(backend: &str) {
             });
         }
         let workers = in_parallel(workers, SETUP_TASKS, |_, mut w: Worker| async move {
-            for attempt in 1.. {
-                let out =
-                    terminal::login(&w.terminal, &mut w.dev, ISSUER, LoginOptions::default()).await;
-                match out.and_then(|o| o.answer()) {
-                    Ok(a) => {
-                        w.token = a.session_token;
-                        break;
-                    }
-                    Err(e) if attempt < 10 => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => panic!("login of {}: {e:#}", w.dev.id),
-                }
-            }
+            w.token = session(&w.terminal, &mut w.dev).await;
             w
         })
         .await;

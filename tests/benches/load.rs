@@ -45,21 +45,17 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_config::Config;
 use keyward_protocol::load::LoadPermit;
-use keyward_server::bootstrap;
-use keyward_server::edge::startup;
-use keyward_server::metrics::Metrics;
 use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
-use keyward_tests::terminal::{self, LoginOptions, Terminal};
+use keyward_tests::terminal::Terminal;
 use serde_json::json;
 
 use common::fleet::{
-    Admin, ISSUER, Outcome, Stats, WARMUP, closed_loop, dev_id, header, in_parallel, print_row,
-    write_config,
+    Outcome, Stats, WARMUP, closed_loop, header, import, in_parallel, install, print_row, session,
+    terminal_for, write_config,
 };
 use common::{env_usize, spawn_serve};
 
@@ -235,39 +231,8 @@ fn one_backend(backend: &str) {
 
     rt.block_on(async {
         let t = Instant::now();
-        let mut config = Config::load(&config_path).unwrap();
-        config.database.acquire_timeout_ms = keyward_tests::db::TEST_ACQUIRE_TIMEOUT_MS;
-        let metrics = Metrics::new().unwrap();
-        let opened = bootstrap::open(&config, Some(metrics.clone()))
-            .await
-            .unwrap();
-        bootstrap::init_opened(&config, &opened).await.unwrap();
-        let state = startup::state_from(config, opened, metrics).await.unwrap();
-        let admin = Admin::new(&state, &data).await;
-        admin
-            .post(
-                &admin.root,
-                "/admin/v1/issuers",
-                json!({"issuer_id": ISSUER, "family": "tdes"}),
-                StatusCode::CREATED,
-            )
-            .await;
-        let devs: Vec<SimDevice> = (0..devices)
-            .map(|i| SimDevice::p256(dev_id(i)).unwrap())
-            .collect();
-        let mut manifest = format!("{}\n", keyward_device_provisioning::MANIFEST_HEADER);
-        for d in &devs {
-            manifest.push_str(&d.manifest_row());
-            manifest.push('\n');
-        }
-        admin
-            .post(
-                &admin.root,
-                "/admin/v1/batches",
-                json!({"batch_id": "LOAD-BENCH", "manifest": manifest}),
-                StatusCode::CREATED,
-            )
-            .await;
+        let (state, admin) = install(&config_path, &data).await;
+        let devs = import(&admin, devices, "LOAD-BENCH").await;
         // The hot customer first: its devices are bound to it.
         let hot_customer = admin.customer(devices).await;
         let a = admin.clone();
@@ -313,8 +278,6 @@ fn one_backend(backend: &str) {
             t.elapsed().as_secs_f64()
         );
 
-        let root_pem = state.ca.root_pem().to_owned();
-        let issuing_pem = state.ca.issuing_pem().to_owned();
         let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[BACKEND_ENV]);
         let server_pid = server.child.id().to_string();
         let url = format!("https://{}", server.public);
@@ -322,18 +285,7 @@ fn one_backend(backend: &str) {
         let mut workers = Vec::new();
         for (dev, c) in issued {
             let (customer, account) = c.unwrap();
-            let serial: keyward_ca::Serial = state
-                .provisioning
-                .device(dev.id)
-                .await
-                .unwrap()
-                .cert_serial
-                .unwrap()
-                .parse()
-                .unwrap();
-            let rec = state.ca.get(&serial).await.unwrap().unwrap();
-            let chain = format!("{}{issuing_pem}", rec.pem);
-            let terminal = Terminal::new(&url, &root_pem, &chain, &dev).unwrap();
+            let terminal = terminal_for(&state, &dev, &url).await;
             let purse = Purse::new(dev.id, &customer, &account, "CNY");
             workers.push(Worker {
                 dev,
@@ -345,21 +297,7 @@ fn one_backend(backend: &str) {
             });
         }
         let mut workers = in_parallel(workers, SETUP_TASKS, |_, mut w: Worker| async move {
-            for attempt in 1.. {
-                let out =
-                    terminal::login(&w.terminal, &mut w.dev, ISSUER, LoginOptions::default()).await;
-                match out.and_then(|o| o.answer()) {
-                    Ok(a) => {
-                        w.token = a.session_token;
-                        break;
-                    }
-                    Err(e) if attempt < 10 => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => panic!("login of {}: {e:#}", w.dev.id),
-                }
-            }
+            w.token = session(&w.terminal, &mut w.dev).await;
             w
         })
         .await;

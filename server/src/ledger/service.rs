@@ -15,7 +15,7 @@ use keyward_config::LoadConfig;
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
-use keyward_kms::hsm::{KeyPairKind, PublicKey, SignMechanism};
+use keyward_kms::hsm::{PublicKey, SignMechanism};
 use keyward_ledger::{
     AccountId, AccountKind, Amount, Balance, Book, ChainHead, Currency, Delta, Entry, EntryKind,
     Refusal, TransferId, chain_hash, checkpoint_message,
@@ -153,6 +153,7 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     config: LoadConfig,
+    checkpoint_key: tokio::sync::OnceCell<keyward_kms::signing::SigningKey>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -168,6 +169,7 @@ impl Ledger {
             provisioning,
             audit,
             config,
+            checkpoint_key: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -493,13 +495,12 @@ impl Ledger {
         Ok(sealed.len())
     }
 
-    async fn checkpoint_key(&self) -> Result<keyward_kms::signing::SigningKey> {
-        Ok(self
-            .0
-            .kms
-            .ensure_signing_key(CHECKPOINT_KEY_LABEL, KeyPairKind::P256)
-            .await?
-            .0)
+    /// The checkpoint key `keyward init` made, looked up once.
+    async fn checkpoint_key(&self) -> Result<&keyward_kms::signing::SigningKey> {
+        let p = &self.0;
+        Ok(p.checkpoint_key
+            .get_or_try_init(|| p.kms.signing_key(CHECKPOINT_KEY_LABEL))
+            .await?)
     }
 
     async fn sign_checkpoint(&self, message: &[u8]) -> Result<Vec<u8>> {

@@ -117,17 +117,6 @@ pub async fn account(db: &Database, id: &str) -> Result<Option<AccountRow>, sqlx
         .transpose()
 }
 
-/// Every account, by id.
-pub async fn accounts(db: &Database) -> Result<Vec<AccountRow>, sqlx::Error> {
-    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts ORDER BY id");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(account_row)
-        .collect()
-}
-
 /// The account's balance: its row's for a customer's, the sum of its
 /// entries for a system account.
 pub async fn balance(db: &Database, a: &AccountRow) -> Result<i64, sqlx::Error> {
@@ -363,49 +352,12 @@ pub async fn transfer_entries(db: &Database, transfer: &str) -> Result<Vec<Entry
         .collect()
 }
 
-/// Every entry in booking order, a page at a time (`ledger verify`).
-pub async fn entries_page(
-    db: &Database,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<EntryRow>, sqlx::Error> {
-    let sql =
-        format!("SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE id > $1 ORDER BY id LIMIT $2");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(entry_row)
-        .collect()
-}
-
 /// Entries not yet in the chain, oldest first.
 pub async fn unsealed(db: &Database, limit: i64) -> Result<Vec<EntryRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE chain_seq IS NULL ORDER BY id LIMIT $1"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(entry_row)
-        .collect()
-}
-
-/// Sealed entries in chain order, after `seq`.
-pub async fn chain_page(
-    db: &Database,
-    after_seq: i64,
-    limit: i64,
-) -> Result<Vec<EntryRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after_seq)
         .bind(limit)
         .fetch_all(db.pool())
         .await?

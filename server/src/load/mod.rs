@@ -622,9 +622,11 @@ impl Loads {
             };
             match self.decide(device, &load, id, to, &d).await {
                 Ok(s) => settled.push(s),
-                // Settled meanwhile by another replica or the sweeper: the
-                // next contact sees it as it is now.
-                Err(LoadError::Finished(_) | LoadError::Ledger(_)) => {}
+                // Settled meanwhile by another replica or the sweeper (the
+                // load's own state is decided first, so a lost race is
+                // `Finished`): the next contact sees it as it is now. A
+                // ledger refusal after that is an inconsistency, not a race.
+                Err(LoadError::Finished(_)) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -25,6 +25,7 @@ use keyward_server::edge::identity::{ClientIdentity, PeerCertificate};
 use keyward_tests::db::TestDb;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
+use keyward_tests::terminal::Terminal;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -547,4 +548,87 @@ pub fn print_row(what: &str, conc: usize, s: &Stats, show_server: bool) {
 /// delivered message carries.
 pub fn phone(n: usize) -> String {
     format!("+86138{n:08}")
+}
+
+/// The installation in this process on `config_path` (init included; the
+/// set-up waits for SQLite's write lock as the tests do), its admin router
+/// and the bench issuer.
+pub async fn install(config_path: &Path, data: &Path) -> (AppState, Admin) {
+    use keyward_server::{bootstrap, edge::startup, metrics::Metrics};
+    let mut config = keyward_config::Config::load(config_path).unwrap();
+    config.database.acquire_timeout_ms = keyward_tests::db::TEST_ACQUIRE_TIMEOUT_MS;
+    let metrics = Metrics::new().unwrap();
+    let opened = bootstrap::open(&config, Some(metrics.clone()))
+        .await
+        .unwrap();
+    bootstrap::init_opened(&config, &opened).await.unwrap();
+    let state = startup::state_from(config, opened, metrics).await.unwrap();
+    let admin = Admin::new(&state, data).await;
+    admin
+        .post(
+            &admin.root,
+            "/admin/v1/issuers",
+            json!({"issuer_id": ISSUER, "family": "tdes"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    (state, admin)
+}
+
+/// `n` P-256 devices imported as batch `batch`.
+pub async fn import(admin: &Admin, n: usize, batch: &str) -> Vec<SimDevice> {
+    let devs: Vec<SimDevice> = (0..n)
+        .map(|i| SimDevice::p256(dev_id(i)).unwrap())
+        .collect();
+    let mut manifest = format!("{}\n", keyward_device_provisioning::MANIFEST_HEADER);
+    for d in &devs {
+        manifest.push_str(&d.manifest_row());
+        manifest.push('\n');
+    }
+    admin
+        .post(
+            &admin.root,
+            "/admin/v1/batches",
+            json!({"batch_id": batch, "manifest": manifest}),
+            StatusCode::CREATED,
+        )
+        .await;
+    devs
+}
+
+/// The mTLS client of an issued device against the server at `url`: its
+/// registered certificate and the issuing CA's.
+pub async fn terminal_for(state: &AppState, dev: &SimDevice, url: &str) -> Terminal {
+    let serial: keyward_ca::Serial = state
+        .provisioning
+        .device(dev.id)
+        .await
+        .unwrap()
+        .cert_serial
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rec = state.ca.get(&serial).await.unwrap().unwrap();
+    let chain = format!("{}{}", rec.pem, state.ca.issuing_pem());
+    Terminal::new(url, state.ca.root_pem(), &chain, dev).unwrap()
+}
+
+/// A session for the device: a login, dialled again on a busy server's
+/// 503 (e.g. SQLite's write lock not taken in time).
+pub async fn session(terminal: &Terminal, dev: &mut SimDevice) -> String {
+    for attempt in 1.. {
+        let out = keyward_tests::terminal::login(
+            terminal,
+            dev,
+            ISSUER,
+            keyward_tests::terminal::LoginOptions::default(),
+        )
+        .await;
+        match out.and_then(|o| o.answer()) {
+            Ok(a) => return a.session_token,
+            Err(_) if attempt < 10 => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("login of {}: {e:#}", dev.id),
+        }
+    }
+    unreachable!()
 }
