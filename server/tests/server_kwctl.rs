@@ -58,9 +58,9 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
         "--csr",
         csr_path.to_str().unwrap(),
         "--profile",
-        "load-permit",
-        "--common-name",
-        "kwctl test permit",
+        "server-tls",
+        "--dns-name",
+        "kwctl-test.bank.example",
         "--out",
         cert_out.to_str().unwrap(),
     ]);
@@ -72,7 +72,7 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
             .contains("BEGIN CERTIFICATE")
     );
 
-    let list = admin(&["ca", "list", "--profile", "load-permit"]);
+    let list = admin(&["ca", "list", "--profile", "server-tls"]);
     assert!(list.status.success(), "{list:?}");
     let table = String::from_utf8_lossy(&list.stdout);
     assert!(table.contains(&serial), "{table}");

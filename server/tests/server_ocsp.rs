@@ -45,15 +45,15 @@ async fn openssl_ocsp_sees_good_revoked_and_unknown() {
     let s = Server::started().await;
     let dir = s.dir.path().to_owned();
 
-    // Issue a certificate through the admin API (a load permit: device
+    // Issue a certificate through the admin API (a server's: device
     // certificates come only from provisioning).
     let (_, csr) = s.openssl_csr("dev1");
     let r = s.admin_post(
         "/admin/v1/ca/certificates",
         &serde_json::json!({
             "csr_pem": csr,
-            "profile": "load-permit",
-            "common_name": "OCSP test permit",
+            "profile": "server-tls",
+            "dns_names": ["ocsp-test.bank.example"],
         }),
     );
     assert!(r.status == 200 || r.status == 201, "{r:?}");

@@ -114,13 +114,16 @@ pub async fn issue(
     let profile: Profile = body.profile.parse()?;
     let allowed: &[Role] = match profile {
         Profile::Device => return refuse_device_profile(&state, &op).await,
-        Profile::ServerTls | Profile::LoadPermit | Profile::Channel => &[Role::Admin],
-        // Only `keyward init` certifies the HSM evidence key: a receipt
-        // signed by any other key must not verify under the bank's CA.
-        Profile::Evidence => {
+        Profile::ServerTls => &[Role::Admin],
+        // Only `keyward init` (and the key rotations) certify the server's
+        // own HSM keys: a permit, a channel key or a receipt certified for
+        // any other key would let its holder sign what purses, cards or
+        // auditors accept as the bank's.
+        Profile::LoadPermit | Profile::Channel | Profile::Evidence => {
             return Err(ApiError::bad_request(
-                "evidence_profile_reserved",
-                "evidence certificates are issued by keyward init for the HSM evidence key only",
+                "profile_reserved",
+                "load-permit, channel and evidence certificates are issued by keyward init \
+                 for the server's own HSM keys only",
             ));
         }
         Profile::Operator => {

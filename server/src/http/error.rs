@@ -69,7 +69,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("malformed_frame", StatusCode::BAD_REQUEST),
     ("use_operators_endpoint", StatusCode::BAD_REQUEST),
     ("use_services_endpoint", StatusCode::BAD_REQUEST),
-    ("evidence_profile_reserved", StatusCode::BAD_REQUEST),
+    ("profile_reserved", StatusCode::BAD_REQUEST),
     ("csr_invalid", StatusCode::BAD_REQUEST),
     ("csr_signature", StatusCode::BAD_REQUEST),
     ("csr_subject_mismatch", StatusCode::BAD_REQUEST),

@@ -18,12 +18,12 @@ async fn an_admin_issues_lists_shows_and_revokes_certificates() {
         .post(
             &app.root,
             "/admin/v1/ca/certificates",
-            json!({"csr_pem": csr_pem(), "profile": "load-permit", "common_name": "permit-1"}),
+            json!({"csr_pem": csr_pem(), "profile": "server-tls", "dns_names": ["hsm-gw.bank.example"]}),
         )
         .await;
     let body = issued.expect(StatusCode::CREATED).clone();
     let serial = body["serial"].as_str().unwrap().to_owned();
-    assert_eq!(body["profile"], "load-permit");
+    assert_eq!(body["profile"], "server-tls");
     assert!(
         body["chain_pem"]
             .as_str()
@@ -34,7 +34,7 @@ async fn an_admin_issues_lists_shows_and_revokes_certificates() {
     assert!(app.audited("certificate.issue", "success").await);
 
     let list = app
-        .get(&app.root, "/admin/v1/ca/certificates?profile=load-permit")
+        .get(&app.root, "/admin/v1/ca/certificates?profile=server-tls")
         .await;
     let certs = list.expect(StatusCode::OK)["certificates"]
         .as_array()
@@ -103,7 +103,7 @@ async fn certificate_refusals_are_typed() {
         .post(
             &app.root,
             "/admin/v1/ca/certificates",
-            json!({"csr_pem": "garbage", "profile": "load-permit", "common_name": "p"}),
+            json!({"csr_pem": "garbage", "profile": "server-tls", "dns_names": ["p.example"]}),
         )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
@@ -199,14 +199,17 @@ async fn init_certifies_the_evidence_key_once_and_again_after_revocation() {
     use x509_parser::prelude::{FromDer, X509Certificate};
 
     let app = App::new().await;
-    // No other key gets an evidence certificate through the admin API.
-    app.post(
-        &app.root,
-        "/admin/v1/ca/certificates",
-        json!({"csr_pem": csr_pem(), "profile": "evidence"}),
-    )
-    .await
-    .refused(StatusCode::BAD_REQUEST, "evidence_profile_reserved");
+    // No other key gets a certificate of the server's own signing or
+    // channel profiles through the admin API, not even an admin's.
+    for profile in ["evidence", "load-permit", "channel"] {
+        app.post(
+            &app.root,
+            "/admin/v1/ca/certificates",
+            json!({"csr_pem": csr_pem(), "profile": profile, "common_name": "mine"}),
+        )
+        .await
+        .refused(StatusCode::BAD_REQUEST, "profile_reserved");
+    }
     let s = &app.state;
     let first = bootstrap::certified_key(&s.kms, &s.ca, EVIDENCE_KEY_LABEL, Profile::Evidence)
         .await

@@ -32,9 +32,11 @@ pub enum CaCommand {
         /// PKCS#10 request (PEM).
         #[arg(long)]
         csr: PathBuf,
-        /// server-tls or load-permit. `device` is refused by the server
+        /// server-tls. `device` is refused by the server
         /// (`device_certificates_by_provisioning`): device certificates come
-        /// from `device import` or `device recertify`.
+        /// from `device import` or `device recertify`; `load-permit`,
+        /// `channel` and `evidence` (`profile_reserved`) only from
+        /// `keyward init`, for the server's own HSM keys.
         #[arg(long)]
         profile: String,
         #[arg(long)]
