@@ -216,6 +216,21 @@ elif ((postgres)); then
     KEYWARD_TEST_DATABASE_URL="$pg_url" "${nextest[@]}" || pg_rc=$?
 fi
 
+# The soak's short form (tests/benches/soak.rs): two minutes per backend of
+# the device protocols at 80 % of the capacity it measures first, in the
+# test profile; no error, flat memory, the token's objects unchanged.
+soak_rc=0
+if ((sqlite_rc != 101)); then
+    soak=(cargo test -p keyward-tests "${KW_TEST_FEATURES[@]}" --bench soak)
+    kw_banner "soak, short form: KW_SOAK_SECS=${KW_SOAK_SECS:-120} ${soak[*]}"
+    if ((postgres)); then
+        KEYWARD_BENCH_DATABASE_URL="$pg_url" "${soak[@]}" || soak_rc=$?
+    else
+        "${soak[@]}" || soak_rc=$?
+    fi
+fi
+
 ((sqlite_rc == 0)) || kw_warn "the SQLite test run FAILED (exit $sqlite_rc)"
 ((pg_rc == 0 || sqlite_rc == 101)) || kw_warn "the PostgreSQL test run FAILED (exit $pg_rc)"
-((sqlite_rc == 0 && pg_rc == 0))
+((soak_rc == 0)) || kw_warn "the soak FAILED (exit $soak_rc)"
+((sqlite_rc == 0 && pg_rc == 0 && soak_rc == 0))

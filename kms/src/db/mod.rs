@@ -50,7 +50,8 @@ pub struct Database {
     kind: DatabaseKind,
     /// SQLite takes one writer at a time: this process's writers queue
     /// here, holding no pool connection, instead of inside the pool where
-    /// a queue of writers would leave no connection for readers.
+    /// a queue of writers would leave no connection for readers. On
+    /// PostgreSQL the retries of [`Database::write_in_turn`] queue here.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// How long a writer waits for its turn (`database.acquire_timeout_ms`,
     /// as SQLite's own busy timeout): then it is a 503, not a hang.

@@ -22,7 +22,11 @@ use super::Database;
 pub type Tx = Transaction<'static, Any>;
 
 /// Attempts of a transaction that keeps losing races.
-pub const MAX_ATTEMPTS: u32 = 8;
+pub const MAX_ATTEMPTS: u32 = 12;
+
+/// The longest wait between two attempts: twelve attempts wait at most
+/// about 1.5 s in all, about half that on average.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// An error a unit of work can end with: it wraps database errors, and says
 /// which one it carries so a lost race is retried.
@@ -51,7 +55,7 @@ pub enum Retry {
 impl Database {
     /// The unit of work: begins a write transaction ([`begin_write`]), runs
     /// `op` in it, commits what `op` hands back, and runs the whole again
-    /// (short jittered backoff, at most [`MAX_ATTEMPTS`]) when it lost a race
+    /// (exponential backoff with jitter, at most [`MAX_ATTEMPTS`]) when it lost a race
     /// on PostgreSQL. An error from `op` rolls everything back. `what` names
     /// the unit in logs.
     ///
@@ -71,6 +75,43 @@ impl Database {
         &self,
         what: &'static str,
         retry: Retry,
+        op: F,
+    ) -> Result<T, E>
+    where
+        E: TxError,
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<(Tx, T), E>>,
+    {
+        self.unit(what, retry, None, op).await
+    }
+
+    /// [`Database::write`] for units that all read and write one hot
+    /// balance (every load books to the float): on PostgreSQL a unit that
+    /// lost a race runs again in its turn on `table` (`LOCK TABLE … IN
+    /// SHARE ROW EXCLUSIVE MODE`, before any read, so the serializable
+    /// snapshot is taken after the turn). Uncontended units run side by
+    /// side; contended ones queue instead of aborting one another until
+    /// their attempts run out. Plain reads of the table go on. SQLite's
+    /// writers take turns anyway.
+    pub async fn write_in_turn<T, E, F, Fut>(
+        &self,
+        what: &'static str,
+        table: &'static str,
+        op: F,
+    ) -> Result<T, E>
+    where
+        E: TxError,
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<(Tx, T), E>>,
+    {
+        self.unit(what, Retry::LostRaces, Some(table), op).await
+    }
+
+    async fn unit<T, E, F, Fut>(
+        &self,
+        what: &'static str,
+        retry: Retry,
+        turn: Option<&'static str>,
         mut op: F,
     ) -> Result<T, E>
     where
@@ -82,7 +123,23 @@ impl Database {
         loop {
             let result = async {
                 let _turn = self.writer_turn().await?;
-                let tx = begin_write(&self.pool, self.kind).await?;
+                // A retry in turn queues in this process first (holding no
+                // connection, so the queue never drains the pool), then on
+                // the table across replicas.
+                let table = turn.filter(|_| attempt > 1 && self.kind == DatabaseKind::Postgres);
+                let _in_turn = match table {
+                    Some(_) => Some(self.writer.lock().await),
+                    None => None,
+                };
+                let mut tx = begin_write(&self.pool, self.kind).await?;
+                if let Some(table) = table {
+                    // `table` is a constant of the caller's, not input.
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let (tx, value) = op(tx).await?;
                 tx.commit().await?;
                 Ok::<T, E>(value)
@@ -156,10 +213,14 @@ pub fn is_serialization_failure(kind: DatabaseKind, e: &sqlx::Error) -> bool {
     kind == DatabaseKind::Postgres && matches!(db.code().as_deref(), Some("40001" | "40P01"))
 }
 
+/// Exponential backoff with full jitter (0 to 2^attempt ms, capped at
+/// [`MAX_BACKOFF`]): writers that collided on a hot row (the float account
+/// every load posts to) spread out instead of colliding again in step.
 fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(1u64 << attempt.min(16)).min(MAX_BACKOFF);
     let jitter = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 4_000_000)
-        .unwrap_or(0);
-    Duration::from_millis(u64::from(attempt) * 2) + Duration::from_nanos(u64::from(jitter))
+        .map(|d| f64::from(d.subsec_nanos() % 1_000_000) / 1_000_000.0)
+        .unwrap_or(0.5);
+    ceiling.mul_f64(jitter.max(0.1))
 }

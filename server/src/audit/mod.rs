@@ -99,6 +99,18 @@ pub enum AuditError {
     },
 }
 
+/// A staging or chaining write inside a caller's unit of work that lost a
+/// race on PostgreSQL is the unit's lost race: it runs again.
+impl keyward_kms::db::TxError for AuditError {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Database(e) => Some(e),
+            Self::Kms(e) => keyward_kms::db::TxError::database_error(e),
+            _ => None,
+        }
+    }
+}
+
 impl AuditError {
     /// The stable code a client sees.
     pub fn code(&self) -> &'static str {

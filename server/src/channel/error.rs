@@ -38,7 +38,10 @@ impl keyward_kms::db::TxError for ChannelError {
     fn database_error(&self) -> Option<&sqlx::Error> {
         match self {
             Self::Database(e) => Some(e),
-            Self::Kms(KmsError::Database(e)) => Some(e),
+            Self::Kms(e) => keyward_kms::db::TxError::database_error(e),
+            Self::Audit(e) => keyward_kms::db::TxError::database_error(e),
+            Self::Provisioning(e) => keyward_kms::db::TxError::database_error(e),
+            Self::Ca(e) => keyward_kms::db::TxError::database_error(e),
             _ => None,
         }
     }

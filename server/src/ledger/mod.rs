@@ -11,6 +11,12 @@
 mod service;
 pub mod store;
 
+/// The table every unit of work that books on the ledger takes its turn
+/// on first ([`keyward_kms::db::Database::write_in_turn`]): loads all post
+/// to the one float, so on PostgreSQL they queue rather than abort one
+/// another's serializable transactions.
+pub const TURN: &str = "ledger_accounts";
+
 pub use service::{
     AccountView, CHECKPOINT_KEY_LABEL, Credit, Ledger, LedgerError, NewAccount, StatementLine,
     VerifyReport,

@@ -59,6 +59,7 @@ impl keyward_kms::db::TxError for LedgerError {
     fn database_error(&self) -> Option<&sqlx::Error> {
         match self {
             Self::Database(e) => Some(e),
+            Self::Audit(e) => keyward_kms::db::TxError::database_error(e),
             _ => None,
         }
     }
@@ -218,25 +219,29 @@ impl Ledger {
         let audit = &self.0.audit;
         let (row, event) = (&row, &event);
         self.db()
-            .write("ledger.account_create", |mut tx| async move {
-                for kind in AccountKind::SYSTEM {
-                    let system = AccountRow {
-                        id: AccountId::system(kind, currency)?.to_string(),
-                        kind: kind.as_str().into(),
-                        customer_id: None,
-                        floor_minor: 0,
-                        ..row.clone()
-                    };
-                    store::insert_account_in(&mut tx, &system).await?;
-                }
-                if !store::insert_account_in(&mut tx, row).await? {
-                    return Err(LedgerError::Refusal(Refusal::AccountExists));
-                }
-                audit
-                    .stage_in(&mut tx, actor, event, Outcome::Success, request_id)
-                    .await?;
-                Ok::<_, LedgerError>((tx, ()))
-            })
+            .write_in_turn(
+                "ledger.account_create",
+                crate::ledger::TURN,
+                |mut tx| async move {
+                    for kind in AccountKind::SYSTEM {
+                        let system = AccountRow {
+                            id: AccountId::system(kind, currency)?.to_string(),
+                            kind: kind.as_str().into(),
+                            customer_id: None,
+                            floor_minor: 0,
+                            ..row.clone()
+                        };
+                        store::insert_account_in(&mut tx, &system).await?;
+                    }
+                    if !store::insert_account_in(&mut tx, row).await? {
+                        return Err(LedgerError::Refusal(Refusal::AccountExists));
+                    }
+                    audit
+                        .stage_in(&mut tx, actor, event, Outcome::Success, request_id)
+                        .await?;
+                    Ok::<_, LedgerError>((tx, ()))
+                },
+            )
             .await?;
         let _ = audit.flush_staged().await;
         Ok(AccountView {
@@ -299,7 +304,7 @@ impl Ledger {
         let (event, credit_id_ref) = (&event, &credit_id);
         let after = self
             .db()
-            .write("ledger.credit", |mut tx| async move {
+            .write_in_turn("ledger.credit", crate::ledger::TURN, |mut tx| async move {
                 let after = match transfer {
                     Some(t) => Some(
                         super::credit_external_in::<LedgerError>(&mut tx, account, t, amount, now)
@@ -374,35 +379,39 @@ impl Ledger {
         let (event, account_ref) = (&event, &account);
         let after = self
             .db()
-            .write("ledger.credit_approve", |mut tx| async move {
-                let now = now_ms();
-                // The transfer row first: the credit row names it.
-                let after = super::credit_external_in::<LedgerError>(
-                    &mut tx,
-                    account_ref,
-                    transfer,
-                    amount,
-                    now,
-                )
-                .await?;
-                let done = sqlx::query(
-                    "UPDATE ledger_credits SET state = 'posted', approved_by = $1, \
-                     transfer_id = $2, posted_at_ms = $3 WHERE id = $4 AND state = 'pending'",
-                )
-                .bind(operator.as_str())
-                .bind(transfer.to_string())
-                .bind(now)
-                .bind(credit_id)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() != 1 {
-                    return Err(LedgerError::UnknownCredit);
-                }
-                audit
-                    .stage_in(&mut tx, actor, event, Outcome::Success, request_id)
+            .write_in_turn(
+                "ledger.credit_approve",
+                crate::ledger::TURN,
+                |mut tx| async move {
+                    let now = now_ms();
+                    // The transfer row first: the credit row names it.
+                    let after = super::credit_external_in::<LedgerError>(
+                        &mut tx,
+                        account_ref,
+                        transfer,
+                        amount,
+                        now,
+                    )
                     .await?;
-                Ok::<_, LedgerError>((tx, after))
-            })
+                    let done = sqlx::query(
+                        "UPDATE ledger_credits SET state = 'posted', approved_by = $1, \
+                     transfer_id = $2, posted_at_ms = $3 WHERE id = $4 AND state = 'pending'",
+                    )
+                    .bind(operator.as_str())
+                    .bind(transfer.to_string())
+                    .bind(now)
+                    .bind(credit_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(LedgerError::UnknownCredit);
+                    }
+                    audit
+                        .stage_in(&mut tx, actor, event, Outcome::Success, request_id)
+                        .await?;
+                    Ok::<_, LedgerError>((tx, after))
+                },
+            )
             .await?;
         let _ = audit.flush_staged().await;
         Ok(Credit {
@@ -479,7 +488,7 @@ impl Ledger {
             signed_at_ms: now_ms(),
         };
         let (sealed_ref, checkpoint) = (&sealed, &checkpoint);
-        db.write("ledger.seal", |mut tx| async move {
+        db.write_in_turn("ledger.seal", crate::ledger::TURN, |mut tx| async move {
             for (id, seq, hash) in sealed_ref {
                 let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
                 if !store::seal_in(&mut tx, *id, seq, hash).await? {

@@ -318,7 +318,7 @@ impl Loads {
         let (row, event) = (&row, &event);
         let written = self
             .db()
-            .write("load.permit", |mut tx| async move {
+            .write_in_turn("load.permit", crate::ledger::TURN, |mut tx| async move {
                 if !store::take_sequence_in(&mut tx, &row.device_id, row.sequence).await? {
                     return Err(LoadError::SequenceStale);
                 }
@@ -562,7 +562,7 @@ impl Loads {
         };
         let d = &d;
         self.db()
-            .write("load.decide", |mut tx| async move {
+            .write_in_turn("load.decide", crate::ledger::TURN, |mut tx| async move {
                 let now = now_ms();
                 // The load's own state first: a step that lost a race answers
                 // `load_finished`, not the ledger's refusal.
@@ -686,7 +686,7 @@ impl Loads {
             let (load, event) = (&load, &event);
             let done = self
                 .db()
-                .write("load.sweep", |mut tx| async move {
+                .write_in_turn("load.sweep", crate::ledger::TURN, |mut tx| async move {
                     let now = now_ms();
                     let d = store::Decision {
                         reason: Some("timeout"),

@@ -46,6 +46,7 @@ impl keyward_kms::db::TxError for ReceiptError {
     fn database_error(&self) -> Option<&sqlx::Error> {
         match self {
             Self::Database(e) => Some(e),
+            Self::Audit(e) => keyward_kms::db::TxError::database_error(e),
             _ => None,
         }
     }

@@ -497,7 +497,7 @@ async fn parallel_debits_never_overdraw_an_account() {
         tasks.push(tokio::spawn(async move {
             let id = keyward_ledger::TransferId::from_bytes(rand::random());
             let amount = keyward_ledger::Amount::new(50).unwrap();
-            db.write("test.debit", |mut tx| {
+            db.write_in_turn("test.debit", keyward_server::ledger::TURN, |mut tx| {
                 let (account, customer) = (account.clone(), customer.clone());
                 async move {
                     let r =
@@ -515,7 +515,7 @@ async fn parallel_debits_never_overdraw_an_account() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(()) => ok += 1,
-            Err(e) => assert_eq!(e.code(), "exceeds_balance"),
+            Err(e) => assert_eq!(e.code(), "exceeds_balance", "{e}"),
         }
     }
     assert_eq!(ok, 200);
