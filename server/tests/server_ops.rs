@@ -40,8 +40,26 @@ async fn ready_live_and_metrics_that_promtool_accepts() {
         "keyward_crl_age_seconds",
         "keyward_db_pool_connections",
         "keyward_tls_handshake_failures_total",
+        "keyward_job_failures_total",
+        "keyward_job_last_success_timestamp_seconds",
+        "keyward_audit_checkpoint_failures_total",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    // The certificates the replica serves with, for the expiry alerts.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for certificate in ["server", "evidence", "issuing_ca", "root_ca"] {
+        let not_after = sample(
+            &text,
+            &format!(
+                r#"keyward_certificate_expiry_timestamp_seconds{{certificate="{certificate}"}}"#
+            ),
+        )
+        .unwrap_or_else(|| panic!("{certificate} expiry missing:\n{text}"));
+        assert!(not_after > now + 86_400.0, "{certificate}: {not_after}");
     }
     // Route templates, never raw paths.
     assert!(
