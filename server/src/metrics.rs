@@ -669,9 +669,11 @@ mod tests {
         out
     }
 
-    /// Every `keyward_…` selector in `text`: the name and its matchers
-    /// (label, operator, value).
-    fn selectors(text: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+    /// A label matcher: label, operator, value.
+    type Matcher = (String, String, String);
+
+    /// Every `keyward_…` selector in `text`: the name and its matchers.
+    fn selectors(text: &str) -> Vec<(String, Vec<Matcher>)> {
         let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
         let mut out = Vec::new();
         let mut at = 0;
