@@ -188,6 +188,12 @@ if ((lint)); then
     "$openapi_python" -m openapi_spec_validator docs/openapi.json
 fi
 
+# --- 4b. operations pack ------------------------------------------------------
+# Alert rules and their promtool tests, runbook links, the dashboard's JSON,
+# the systemd units (ops/README.md, "Operations pack"). A few seconds.
+kw_banner "operations pack: ops/ops-pack-test.sh"
+./ops/ops-pack-test.sh
+
 # --- 5. tests ----------------------------------------------------------------
 # The end-to-end tests run binaries of other packages too (kwsim, the device
 # simulator, drives provisioning next to keyward and kwctl).

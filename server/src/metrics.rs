@@ -92,6 +92,16 @@ pub struct Metrics {
     pub outbox_oldest_age_seconds: IntGauge,
     /// Outbox delivery attempts by channel and outcome (sent, retry, gave_up).
     pub outbox_deliveries: IntCounterVec,
+    /// notAfter of the certificates a serving replica uses (server, evidence,
+    /// issuing_ca, root_ca): renewal is an operator's step, so it is alerted.
+    pub certificate_expiry: IntGaugeVec,
+    /// Background job runs that failed, and when each last succeeded, by
+    /// job name: a job that fails or hangs on every tick is otherwise silent.
+    pub job_failures: IntCounterVec,
+    pub job_last_success: IntGaugeVec,
+    /// HSM checkpoints of the audit trail not written (a broken trail, the
+    /// HSM or database away): the checkpoint falls behind the head.
+    pub audit_checkpoint_failures: IntCounter,
 }
 
 /// The listener a connection arrived on (a bounded label value).
@@ -449,6 +459,29 @@ impl Metrics {
                 "Outbox delivery attempts by channel (file, webhook, smtp) and outcome (sent, retry, gave_up).",
                 &["channel", "outcome"],
             )?,
+            certificate_expiry: gauge_vec(
+                &r,
+                "keyward_certificate_expiry_timestamp_seconds",
+                "notAfter (Unix seconds) of the certificates this replica serves with: server, evidence, issuing_ca, root_ca.",
+                &["certificate"],
+            )?,
+            job_failures: counter_vec(
+                &r,
+                "keyward_job_failures_total",
+                "Background job runs that failed (retried next tick), by job name.",
+                &["name"],
+            )?,
+            job_last_success: gauge_vec(
+                &r,
+                "keyward_job_last_success_timestamp_seconds",
+                "When each background job last finished a run without error (Unix seconds), by job name; only the lease holder runs a once-across-replicas job.",
+                &["name"],
+            )?,
+            audit_checkpoint_failures: counter(
+                &r,
+                "keyward_audit_checkpoint_failures_total",
+                "Audit trail HSM checkpoints that could not be written (retried every second).",
+            )?,
             registry: r,
         };
         for event in ["issued", "expired"] {
@@ -600,6 +633,189 @@ mod tests {
             "keyward_hsm_pool_busy",
         ] {
             assert!(text.contains(name), "{name} missing");
+        }
+    }
+
+    /// A registered family: its name and its label names.
+    struct Family {
+        name: String,
+        labels: Vec<String>,
+    }
+
+    /// The families this file registers, read from its own source: each
+    /// `"keyward_…"` literal and the label list of its call.
+    fn registered() -> Vec<Family> {
+        let src = include_str!("metrics.rs");
+        let src = &src[..src.find("#[cfg(test)]").unwrap()];
+        let mut out = Vec::new();
+        let mut rest = src;
+        while let Some(i) = rest.find("\"keyward_") {
+            rest = &rest[i + 1..];
+            let end = rest.find('"').unwrap();
+            let name = rest[..end].to_owned();
+            let call = &rest[..rest.find(")?").unwrap()];
+            let labels = call
+                .find("&[")
+                .map(|j| {
+                    let list = &call[j + 2..j + call[j..].find(']').unwrap()];
+                    list.split(',')
+                        .map(|l| l.trim().trim_matches('"').to_owned())
+                        .filter(|l| !l.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Family { name, labels });
+        }
+        out
+    }
+
+    /// A label matcher: label, operator, value.
+    type Matcher = (String, String, String);
+
+    /// Every `keyward_…` selector in `text`: the name and its matchers.
+    fn selectors(text: &str) -> Vec<(String, Vec<Matcher>)> {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(i) = text[at..].find("keyward_") {
+            let start = at + i;
+            let end = text[start..]
+                .find(|c: char| !word(c))
+                .map_or(text.len(), |e| start + e);
+            at = end;
+            if text[..start].chars().next_back().is_some_and(word) {
+                continue;
+            }
+            let name = text[start..end].to_owned();
+            let mut matchers = Vec::new();
+            if text[end..].starts_with('{') {
+                let close = end + text[end..].find('}').unwrap();
+                for m in text[end + 1..close].split(',') {
+                    let m = m.trim();
+                    let Some(op_at) = m.find(['=', '!']) else {
+                        continue;
+                    };
+                    let op_len = if m[op_at..].starts_with('=') && !m[op_at..].starts_with("=~") {
+                        1
+                    } else {
+                        2
+                    };
+                    let value = m[op_at + op_len..].trim().trim_matches(['"', '\\']);
+                    matchers.push((
+                        m[..op_at].trim().to_owned(),
+                        m[op_at..op_at + op_len].to_owned(),
+                        value.to_owned(),
+                    ));
+                }
+            }
+            out.push((name, matchers));
+        }
+        out
+    }
+
+    /// The query text of the operations pack: the alert and recording rules
+    /// and their tests as written, and every `expr` of the dashboard.
+    fn ops_pack_queries() -> Vec<(String, String)> {
+        let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        let mut out = Vec::new();
+        let mut yml = vec![ops.join("prometheus/keyward-rules.yml")];
+        for e in std::fs::read_dir(ops.join("prometheus/tests")).unwrap() {
+            yml.push(e.unwrap().path());
+        }
+        for path in yml {
+            out.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
+        }
+        let dashboard = ops.join("grafana/keyward.json");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&dashboard).unwrap()).unwrap();
+        fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                            _ => exprs(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        exprs(&json, &mut found);
+        assert!(
+            found.len() >= 20,
+            "the dashboard has {} queries",
+            found.len()
+        );
+        out.push((dashboard.display().to_string(), found.join("\n")));
+        out
+    }
+
+    /// The alert rules, their tests and the dashboard query only metrics this
+    /// registry exports, with its label names; where a family's label values
+    /// are all exported from the start (outcomes, kinds, states), a value
+    /// matched exactly is one of them. A rule over a misspelt name would
+    /// never fire.
+    #[test]
+    fn ops_pack_queries_only_exported_metrics() {
+        let families = registered();
+        assert!(families.len() >= 50, "{} families parsed", families.len());
+        let (_, fresh) = Metrics::new().unwrap().render();
+        // Label values exported from the start, by (family, label); the
+        // login outcomes are only `success` until a refusal happens.
+        let mut seeded: std::collections::HashMap<(String, String), Vec<String>> =
+            std::collections::HashMap::new();
+        for (name, matchers) in selectors(&fresh) {
+            if name == "keyward_logins_total" {
+                continue;
+            }
+            for (label, _, value) in matchers {
+                seeded.entry((name.clone(), label)).or_default().push(value);
+            }
+        }
+        for (file, text) in ops_pack_queries() {
+            for (name, matchers) in selectors(&text) {
+                let family = families
+                    .iter()
+                    .find(|f| f.name == name)
+                    .or_else(|| {
+                        let base = ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| name.strip_suffix(s))?;
+                        families.iter().find(|f| f.name == base)
+                    })
+                    .unwrap_or_else(|| panic!("{file}: {name} is not a metric the server exports"));
+                for (label, op, value) in matchers {
+                    let known = family.labels.contains(&label)
+                        || ["instance", "job"].contains(&label.as_str())
+                        || (label == "le" && name.ends_with("_bucket"));
+                    assert!(known, "{file}: {name} has no label {label}");
+                    let Some(values) = seeded.get(&(family.name.clone(), label.clone())) else {
+                        continue;
+                    };
+                    let wanted: Vec<&str> = match op.as_str() {
+                        "=" => vec![value.as_str()],
+                        "=~" if value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_|".contains(c)) =>
+                        {
+                            value.split('|').collect()
+                        }
+                        _ => vec![],
+                    };
+                    for v in wanted {
+                        assert!(
+                            values.iter().any(|x| x == v),
+                            "{file}: {name}{{{label}=\"{v}\"}} is never exported (values: {values:?})"
+                        );
+                    }
+                }
+            }
         }
     }
 

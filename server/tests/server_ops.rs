@@ -40,8 +40,26 @@ async fn ready_live_and_metrics_that_promtool_accepts() {
         "keyward_crl_age_seconds",
         "keyward_db_pool_connections",
         "keyward_tls_handshake_failures_total",
+        "keyward_job_failures_total",
+        "keyward_job_last_success_timestamp_seconds",
+        "keyward_audit_checkpoint_failures_total",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    // The certificates the replica serves with, for the expiry alerts.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for certificate in ["server", "evidence", "issuing_ca", "root_ca"] {
+        let not_after = sample(
+            &text,
+            &format!(
+                r#"keyward_certificate_expiry_timestamp_seconds{{certificate="{certificate}"}}"#
+            ),
+        )
+        .unwrap_or_else(|| panic!("{certificate} expiry missing:\n{text}"));
+        assert!(not_after > now + 86_400.0, "{certificate}: {not_after}");
     }
     // Route templates, never raw paths.
     assert!(
@@ -213,6 +231,22 @@ async fn a_cut_trail_is_caught_by_the_hsm_checkpoint_and_a_stored_signed_one() {
     s.start_with(&["--allow-broken-audit"]);
     let api = s.admin("/admin/v1/audit/verify", &[]).json();
     assert_eq!(api["ok"], false, "{api}");
+    // Once the head this replica writes passes the HSM checkpoint's record,
+    // the checkpoint writer refuses the cut trail every second, counted for
+    // the alert (KeywardAuditCheckpointFailing). Each read is audited.
+    for _ in 0..20 {
+        assert_eq!(s.admin("/admin/v1/audit?limit=1", &[]).status, 200);
+    }
+    let t0 = Instant::now();
+    let failures = loop {
+        let text = s.metrics();
+        let n = sample(&text, "keyward_audit_checkpoint_failures_total").unwrap();
+        if n >= 2.0 || t0.elapsed() > Duration::from_secs(15) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(failures >= 2.0, "{failures}");
 }
 
 /// A scheduled verifier must not erase what it finds: a trail cut back to

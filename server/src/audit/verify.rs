@@ -400,6 +400,9 @@ impl AuditLog {
         loop {
             tick.tick().await;
             if let Err(e) = self.checkpoint().await {
+                if let Some(m) = &self.metrics {
+                    m.audit_checkpoint_failures.inc();
+                }
                 tracing::warn!(error = %e, "audit checkpoint not written; retrying");
             }
         }

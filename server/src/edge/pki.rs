@@ -147,6 +147,13 @@ fn wanted_names(names: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
+/// A DER certificate's notAfter in Unix seconds; `None` if unreadable.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+}
+
 /// Gets the current CRL (re-signing it if due) and swaps the TLS configs if it
 /// changed. Serialised: a revocation and the schedule may call it at once.
 pub async fn refresh_crl(state: &AppState) -> anyhow::Result<bool> {

@@ -60,7 +60,7 @@ pub async fn state_from(
     }
     // Executions sign evidence receipts: a replica that could not is
     // stopped here, not at a customer's confirmation.
-    bootstrap::certified_key(
+    let evidence = bootstrap::certified_key(
         &opened.kms,
         &opened.ca,
         crate::confirmation::EVIDENCE_KEY_LABEL,
@@ -91,6 +91,7 @@ pub async fn state_from(
             paths.server_pem.display()
         );
     }
+    let server_not_after = chain.first().and_then(|c| pki::not_after(c.as_ref()));
     let crl = opened.ca.crl().await.context("loading the CRL")?;
     let crl_info = pki::crl_in_use(&crl)?;
     let material = TlsMaterial {
@@ -104,6 +105,19 @@ pub async fn state_from(
         crl_info.clone(),
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
+    let expiry = &metrics.certificate_expiry;
+    expiry
+        .with_label_values(&["evidence"])
+        .set(evidence.cert.not_after_ms / 1000);
+    for (name, not_after) in [
+        ("server", server_not_after),
+        ("issuing_ca", pki::not_after(opened.ca.issuing_der())),
+        ("root_ca", pki::not_after(opened.ca.root_der())),
+    ] {
+        if let Some(not_after) = not_after {
+            expiry.with_label_values(&[name]).set(not_after);
+        }
+    }
     AppState::new(
         config,
         opened.kms,

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 pub use lease::{Lease, Leases};
 
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// A lease lasts this many intervals: it survives a missed tick or two, not
@@ -146,6 +147,7 @@ pub struct Runner<S> {
     leases: Leases,
     replica: String,
     jobs: Vec<Job<S>>,
+    metrics: Option<Metrics>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Runner<S> {
@@ -155,7 +157,15 @@ impl<S: Clone + Send + Sync + 'static> Runner<S> {
             leases: Leases::new(db),
             replica: replica.into(),
             jobs: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts failed runs and stamps successful ones
+    /// (`keyward_job_failures_total`, `keyward_job_last_success_timestamp_seconds`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn with(mut self, job: Job<S>) -> Self {
@@ -176,6 +186,7 @@ impl<S: Clone + Send + Sync + 'static> Runner<S> {
                     state.clone(),
                     self.leases.clone(),
                     self.replica.clone(),
+                    self.metrics.clone(),
                 ))
             })
             .collect();
@@ -237,7 +248,12 @@ async fn run_job<S: Clone + Send + 'static>(
     state: S,
     leases: Leases,
     replica: String,
+    metrics: Option<Metrics>,
 ) {
+    // Exported from the start, so an alert on its increase sees the first.
+    if let Some(m) = &metrics {
+        m.job_failures.with_label_values(&[job.name]);
+    }
     let mut tick = tokio::time::interval(job.every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if !job.run_at_start {
@@ -279,8 +295,20 @@ async fn run_job<S: Clone + Send + 'static>(
                 anyhow::anyhow!("the job panicked before it started"),
             )),
         };
-        if let Err(e) = outcome {
-            tracing::warn!(job = job.name, code = e.code(), error = %e, "job failed; next tick retries");
+        match outcome {
+            Ok(()) => {
+                if let Some(m) = &metrics {
+                    m.job_last_success
+                        .with_label_values(&[job.name])
+                        .set(keyward_kms::db::now_ms() / 1000);
+                }
+            }
+            Err(e) => {
+                if let Some(m) = &metrics {
+                    m.job_failures.with_label_values(&[job.name]).inc();
+                }
+                tracing::warn!(job = job.name, code = e.code(), error = %e, "job failed; next tick retries");
+            }
         }
     }
 }
@@ -350,7 +378,8 @@ fn sessions_gauge_job(state: &AppState) -> Job<AppState> {
 /// The runner of [`server_jobs`], under this replica's name.
 pub async fn server_runner(state: &AppState) -> Runner<AppState> {
     server_jobs(state).await.into_iter().fold(
-        Runner::new(state.kms.db().clone(), state.online.replica().to_owned()),
+        Runner::new(state.kms.db().clone(), state.online.replica().to_owned())
+            .with_metrics(state.metrics.clone()),
         Runner::with,
     )
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use keyward_kms::db::{Database, now_ms};
 use keyward_server::jobs::{Job, JobError, Leases, Runner};
+use keyward_server::metrics::Metrics;
 use keyward_tests::db::{TestDb, test_database};
 
 const EVERY: Duration = Duration::from_millis(100);
@@ -159,8 +160,23 @@ async fn a_failing_or_panicking_job_keeps_its_schedule() {
         }
     })
     .once_across_replicas();
-    let _running = Runner::new(db, "replica-a").with(job).start(());
+    let metrics = Metrics::new().unwrap();
+    let _running = Runner::new(db, "replica-a")
+        .with_metrics(metrics.clone())
+        .with(job)
+        .start(());
     assert!(moves(&runs, 3, Duration::from_secs(5)).await.is_some());
+    // The failure and the panic are counted; a success is stamped.
+    let failures = metrics
+        .job_failures
+        .with_label_values(&["test.flaky"])
+        .get();
+    assert_eq!(failures, 2);
+    let stamped = metrics
+        .job_last_success
+        .with_label_values(&["test.flaky"])
+        .get();
+    assert!((now_ms() / 1000 - stamped).abs() <= 5, "{stamped}");
 }
 
 #[tokio::test]
