@@ -24,6 +24,7 @@
 //!   sequence numbers move in one compare-and-set transaction.
 
 mod error;
+mod resume;
 pub mod store;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use keyward_protocol::channel::{
 use serde_json::json;
 
 pub use error::ChannelError;
+pub use resume::{Opened, Resumed, TICKET_TTL_MS};
 use store::{ChannelRow, HandshakeRow};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
@@ -58,7 +60,7 @@ pub const CHANNEL_TTL_MS: i64 = 3_600_000;
 const MODES: [Mode; 1] = [Mode::RsaTransport];
 
 /// The outcomes `keyward_channel_handshakes_total` counts.
-pub const HANDSHAKE_OUTCOMES: [&str; 4] = ["hello", "opened", "refused", "expired"];
+pub const HANDSHAKE_OUTCOMES: [&str; 5] = ["hello", "opened", "resumed", "refused", "expired"];
 /// The outcomes `keyward_channel_records_total` counts.
 pub const RECORD_OUTCOMES: [&str; 4] = ["data", "close", "key_update", "refused"];
 
@@ -175,13 +177,13 @@ impl Channels {
     }
 
     /// The card's key exchange for the handshake `id`: the ServerFinished
-    /// (`KWC4`) bytes once the channel is stored.
+    /// (`KWC4`) and a resumption ticket (`KWC6`) once the channel is stored.
     pub async fn key_exchange(
         &self,
         terminal: &Device,
         id: ChannelId,
         bytes: Vec<u8>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Opened> {
         let (cke, signed) = CardKeyExchange::split(&bytes)?;
         let key = id.to_string();
         // The terminal that relayed the hello relays the key exchange.
@@ -212,10 +214,10 @@ impl Channels {
         cke: &CardKeyExchange,
         signed: &[u8],
         bytes: &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Opened> {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
-        let card = self
+        let (card, serial) = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await
             .map_err(refusal)?;
@@ -252,6 +254,10 @@ impl Channels {
                         channel::label_input(Label::Exporter, &h),
                         ChannelKeyUse::Mac,
                     ),
+                    (
+                        channel::label_input(Label::Resumption, &h),
+                        ChannelKeyUse::Resumption,
+                    ),
                 ],
             )
             .await?
@@ -265,7 +271,11 @@ impl Channels {
                 }))
         };
         let (c2s, s2c, finished, exporter) = (next()?, next()?, next()?, next()?);
+        let resumption = next()?;
         let mac = p.kms.channel_cmac(&finished, h.to_vec()).await?;
+        let (ticket, new_ticket) = self
+            .new_ticket(id, &card.to_string(), &serial.to_string(), &resumption)
+            .await?;
         let now = now_ms();
         let row = ChannelRow {
             id: id.to_string(),
@@ -285,13 +295,14 @@ impl Channels {
             expires_at_ms: now.saturating_add(CHANNEL_TTL_MS),
         };
         let event = event("channel.open", &row.id, json!({ "card": row.device_id }));
-        let (audit, row, event) = (&p.audit, &row, &event);
+        let (audit, row, event, ticket) = (&p.audit, &row, &event, &ticket);
         self.db()
             .write("channel.open", |mut tx| async move {
                 if !store::take_handshake_in(&mut tx, &row.id).await? {
                     return Err(ChannelError::Closed);
                 }
                 store::insert_in(&mut tx, row).await?;
+                store::insert_ticket_in(&mut tx, ticket).await?;
                 audit
                     .stage_in(
                         &mut tx,
@@ -306,7 +317,10 @@ impl Channels {
             .await?;
         let _ = p.audit.flush_staged().await;
         self.count_handshake("opened");
-        Ok(ServerFinished { channel: id, mac }.encode())
+        Ok(Opened {
+            server_finished: ServerFinished { channel: id, mac }.encode(),
+            ticket: new_ticket,
+        })
     }
 
     /// The card the key exchange proves: its certificate is exactly the
@@ -320,7 +334,7 @@ impl Channels {
         server_hello: &[u8],
         cke: &CardKeyExchange,
         signed: &[u8],
-    ) -> Result<DeviceId> {
+    ) -> Result<(DeviceId, Serial)> {
         let p = &self.0;
         let cert = PeerCertificate::from_der(&cke.certificate).ok_or(ChannelError::Refused)?;
         let CertKind::Device { device_id } = &cert.kind else {
@@ -352,7 +366,7 @@ impl Channels {
             .verify_device_signature(device, &cert.serial, &msg, &cke.signature)
             .await?;
         if ok {
-            Ok(device)
+            Ok((device, serial))
         } else {
             Err(ChannelError::Refused)
         }

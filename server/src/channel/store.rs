@@ -197,3 +197,82 @@ pub async fn close_in(tx: &mut Tx, id: &str, now_ms: i64) -> Result<bool, sqlx::
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// A resumption ticket as stored (migration 2071): its secret is wrapped
+/// under the state KEK.
+#[derive(Clone)]
+pub struct TicketRow {
+    pub id: String,
+    pub device_id: String,
+    pub cert_serial: String,
+    pub secret: Vec<u8>,
+    pub channel_id: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub used_at_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for TicketRow {
+    /// Neither the handle nor the wrapped secret is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketRow")
+            .field("channel_id", &self.channel_id)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("used", &self.used_at_ms.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pub async fn insert_ticket_in(tx: &mut Tx, t: &TicketRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO channel_tickets (id, device_id, cert_serial, secret, channel_id, \
+         created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&t.id)
+    .bind(&t.device_id)
+    .bind(&t.cert_serial)
+    .bind(&t.secret)
+    .bind(&t.channel_id)
+    .bind(t.created_at_ms)
+    .bind(t.expires_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn ticket(db: &Database, id: &str) -> Result<Option<TicketRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT id, device_id, cert_serial, secret, channel_id, created_at_ms, expires_at_ms, \
+         used_at_ms FROM channel_tickets WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .map(|r| {
+        Ok(TicketRow {
+            id: r.try_get("id")?,
+            device_id: r.try_get("device_id")?,
+            cert_serial: r.try_get("cert_serial")?,
+            secret: r.try_get("secret")?,
+            channel_id: r.try_get("channel_id")?,
+            created_at_ms: r.try_get("created_at_ms")?,
+            expires_at_ms: r.try_get("expires_at_ms")?,
+            used_at_ms: r.try_get("used_at_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// Spends the ticket `id` (single use); false when it was spent already
+/// (by another replica too) or has expired.
+pub async fn use_ticket_in(tx: &mut Tx, id: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channel_tickets SET used_at_ms = $1 \
+         WHERE id = $2 AND used_at_ms IS NULL AND expires_at_ms > $1",
+    )
+    .bind(now_ms)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -36,6 +36,28 @@ pub struct KeyExchange {
 pub struct Finished {
     /// The ServerFinished (`KWC4`), base64.
     pub server_finished: String,
+    /// The card's resumption ticket (`KWC6`), base64.
+    pub ticket: String,
+}
+
+/// `POST /v1/channel/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// The card's ResumeHello (`KWC5`), base64.
+    pub resume_hello: String,
+}
+
+/// `POST /v1/channel/resume` → 200: the channel is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    pub channel_id: String,
+    /// The ServerHello (`KWC2`, mode resumption, no chain), base64.
+    pub server_hello: String,
+    /// The ServerFinished (`KWC4`), base64.
+    pub server_finished: String,
+    /// The next ticket (`KWC6`), base64.
+    pub ticket: String,
 }
 
 /// `POST /v1/channel/records`: one record (`KWCR`), base64.
