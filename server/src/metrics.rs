@@ -256,7 +256,7 @@ impl Metrics {
             channel_handshakes: counter_vec(
                 &r,
                 "keyward_channel_handshakes_total",
-                "Secure-channel handshake steps by outcome: hello (a ServerHello answered), opened (keys derived, Finished answered), refused (the key exchange: certificate, signature or pre-master), expired (no handshake to continue).",
+                "Secure-channel handshake steps by outcome: hello (a ServerHello answered), opened (keys derived, Finished answered), resumed (a ticket opened a channel), refused (a key exchange: certificate, signature or pre-master; or a resumption: ticket or binder), expired (no handshake to continue).",
                 &["outcome"],
             )?,
             channel_records: counter_vec(

@@ -97,6 +97,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channels",
             include_str!("../migrations/sqlite/2070_channels.sql"),
         ),
+        (
+            2071,
+            "channel tickets",
+            include_str!("../migrations/sqlite/2071_channel_tickets.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -178,6 +183,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2070,
             "channels",
             include_str!("../migrations/postgres/2070_channels.sql"),
+        ),
+        (
+            2071,
+            "channel tickets",
+            include_str!("../migrations/postgres/2071_channel_tickets.sql"),
         ),
     ],
 };

@@ -16,7 +16,7 @@ use keyward_server::edge::identity::ClientIdentity;
 use keyward_server::edge::startup;
 use keyward_server::metrics::Metrics;
 use keyward_server::{bootstrap, public_app};
-use keyward_tests::channel::{AwaitFinished, CardHello, Channel, Received};
+use keyward_tests::channel::{AwaitFinished, CardHello, CardResume, Channel, Received, Ticket};
 use keyward_tests::simulator::SimDevice;
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -129,15 +129,26 @@ async fn open(app: &App, hs: &Router, kx: &Router, c: &Card) -> Channel {
 }
 
 async fn finish(router: &Router, c: &Card, id: &str, wait: AwaitFinished, cke: &[u8]) -> Channel {
+    finish_with_ticket(router, c, id, wait, cke).await.0
+}
+
+fn b64_field(b: &Value, name: &str) -> Vec<u8> {
+    B64.decode(b[name].as_str().unwrap()).unwrap()
+}
+
+/// The key exchange answered: the open channel and the card's ticket.
+async fn finish_with_ticket(
+    router: &Router,
+    c: &Card,
+    id: &str,
+    wait: AwaitFinished,
+    cke: &[u8],
+) -> (Channel, Ticket) {
     let a = key_exchange(router, c, id, cke).await;
-    let fin = B64
-        .decode(
-            a.expect(StatusCode::OK)["server_finished"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-    wait.finish(&fin).unwrap()
+    let b = a.expect(StatusCode::OK);
+    let ch = wait.finish(&b64_field(b, "server_finished")).unwrap();
+    let ticket = ch.ticket(&b64_field(b, "ticket"), c.d.id).unwrap();
+    (ch, ticket)
 }
 
 /// A carried ping, answered in a record the card opens.
@@ -430,4 +441,226 @@ async fn another_replica_takes_the_key_exchange_and_the_records() {
     ping(&other, &c, &mut ch).await;
     ping(&app.public, &c, &mut ch).await;
     ping(&other, &c, &mut ch).await;
+}
+
+/// A whole handshake: the open channel and the card's ticket.
+async fn open_with_ticket(app: &App, router: &Router, c: &Card) -> (Channel, Ticket) {
+    let (hello, id, sh) = say_hello(router, c).await;
+    let (wait, cke) = hello
+        .key_exchange(
+            &sh,
+            app.state.ca.root_pem(),
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    finish_with_ticket(router, c, &id, wait, &cke).await
+}
+
+async fn resume_with(router: &Router, relay: &Card, hello: &[u8]) -> Answer {
+    post(
+        router,
+        &relay.who,
+        "/v1/channel/resume",
+        json!({"resume_hello": B64.encode(hello)}),
+    )
+    .await
+}
+
+/// A resumption answered: the new channel and the next ticket.
+async fn resume(router: &Router, c: &Card, ticket: &Ticket) -> (Channel, Ticket) {
+    let r = CardResume::new(ticket, random());
+    let a = resume_with(router, c, r.resume_hello()).await;
+    let b = a.expect(StatusCode::OK);
+    let ch = r
+        .finish(
+            &b64_field(b, "server_hello"),
+            &b64_field(b, "server_finished"),
+        )
+        .unwrap();
+    assert_eq!(ch.id.to_string(), b["channel_id"]);
+    let next = ch.ticket(&b64_field(b, "ticket"), c.d.id).unwrap();
+    (ch, next)
+}
+
+fn resume_refusals(trail: &[Value]) -> usize {
+    trail
+        .iter()
+        .filter(|r| r["action"] == "channel.resume" && r["outcome"] == "refused")
+        .count()
+}
+
+#[tokio::test]
+async fn a_ticket_resumes_on_the_other_replica_once_and_chains() {
+    let app = App::new().await;
+    let c = card(&app, 77).await;
+    let (mut first, ticket) = open_with_ticket(&app, &app.public, &c).await;
+    ping(&app.public, &c, &mut first).await;
+    // The other replica has never loaded the channel key or its chain.
+    let other = replica(&app).await;
+    let (mut ch, next) = resume(&other, &c, &ticket).await;
+    ping(&other, &c, &mut ch).await;
+    ping(&app.public, &c, &mut ch).await;
+    // The first channel is untouched by the resumption.
+    ping(&app.public, &c, &mut first).await;
+    assert!(app.audited("channel.resume", "success").await);
+
+    // Single use: the same ticket again (a replay of a fresh hello, or the
+    // very same bytes) is refused.
+    let again = CardResume::new(&ticket, random());
+    resume_with(&app.public, &c, again.resume_hello())
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_refused");
+    // The resumed channel's ticket resumes in turn, and the new channel
+    // carries records like any other.
+    let (mut third, _) = resume(&app.public, &c, &next).await;
+    ping(&app.public, &c, &mut third).await;
+    let close = third.close().unwrap();
+    assert_eq!(
+        send(&app.public, &c, &close).await.expect(StatusCode::OK)["closed"],
+        true
+    );
+    assert_eq!(handshakes(&app, "resumed"), 1, "this replica's");
+    assert_eq!(resume_refusals(&app.trail().await), 1);
+    // The ticket's secret is stored wrapped, never the secret itself.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT secret FROM channel_tickets")
+        .fetch_all(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|s| s.as_slice() != ticket.secret));
+}
+
+#[tokio::test]
+async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_refusal() {
+    let app = App::new().await;
+    let a = card(&app, 78).await;
+    let b = card(&app, 79).await;
+    let mut answers = Vec::new();
+
+    // Card b presents card a's ticket as its own (its device id, a's
+    // handle; it cannot know a's secret, so its own channel's).
+    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    let (_, tb) = open_with_ticket(&app, &app.public, &b).await;
+    let stolen = Ticket {
+        handle: ta.handle,
+        ..tb.clone()
+    };
+    answers.push(
+        resume_with(
+            &app.public,
+            &b,
+            CardResume::new(&stolen, random()).resume_hello(),
+        )
+        .await,
+    );
+    // Even a's own device id with the handle but b's secret.
+    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    let wrong_binder = Ticket {
+        secret: tb.secret,
+        ..ta.clone()
+    };
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&wrong_binder, random()).resume_hello(),
+        )
+        .await,
+    );
+    // The wrong binder spent the ticket: the right one is too late.
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&ta, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    // Expired.
+    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    sqlx::query("UPDATE channel_tickets SET expires_at_ms = 1 WHERE id = $1")
+        .bind(hex::encode(ta.handle))
+        .execute(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&ta, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    // Unknown.
+    let unknown = Ticket {
+        handle: random(),
+        ..ta.clone()
+    };
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&unknown, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    // The card's certificate revoked after the ticket was given.
+    let (_, tb) = open_with_ticket(&app, &app.public, &b).await;
+    let serial = app
+        .state
+        .provisioning
+        .device(b.d.id)
+        .await
+        .unwrap()
+        .cert_serial
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.state
+        .ca
+        .revoke(&serial, keyward_ca::RevocationReason::KeyCompromise)
+        .await
+        .unwrap();
+    // Relayed by card a's terminal: b's own certificate no longer opens
+    // the public listener.
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&tb, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    for x in &answers {
+        x.refused(StatusCode::FORBIDDEN, "channel_refused");
+        assert_eq!(
+            x.body["error"]["message"],
+            answers[0].body["error"]["message"]
+        );
+    }
+    assert_eq!(handshakes(&app, "resumed"), 0);
+    assert_eq!(handshakes(&app, "refused"), answers.len() as u64);
+    assert_eq!(resume_refusals(&app.trail().await), answers.len());
+    let channels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels")
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(channels, 5, "the full handshakes' only");
+
+    // A garbled or version-less hello is malformed or unsupported.
+    resume_with(&app.public, &a, b"KWC5\x01")
+        .await
+        .refused(StatusCode::BAD_REQUEST, "channel_malformed");
+    let mut v2 = CardResume::new(&ta, random()).resume_hello().to_vec();
+    v2[38] = 2;
+    resume_with(&app.public, &a, &v2)
+        .await
+        .refused(StatusCode::BAD_REQUEST, "channel_unsupported");
 }

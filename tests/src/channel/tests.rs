@@ -416,13 +416,21 @@ fn a_ticket_resumes_into_a_new_channel() {
         )
         .unwrap();
     assert!(
-        srv.resume(&[1; 32], resume.resume_hello(), counting(0x30), ChannelId([9; 16]))
-            .is_err()
+        srv.resume(
+            &[1; 32],
+            resume.resume_hello(),
+            counting(0x30),
+            ChannelId([9; 16])
+        )
+        .is_err()
     );
     let mut card = resume.finish(&sh, &fin).unwrap();
     let mut server = Channel::server(ChannelId([9; 16]), &keys);
     let up = card.seal(b"resumed").unwrap().remove(0);
-    assert_eq!(server.open(&up).unwrap(), Received::Data(b"resumed".to_vec()));
+    assert_eq!(
+        server.open(&up).unwrap(),
+        Received::Data(b"resumed".to_vec())
+    );
     assert_ne!(keys.resumption, run.keys.resumption);
     assert_ne!(keys.c2s, run.keys.c2s);
     // A ticket of another channel, and a Finished of another transcript.
@@ -517,10 +525,7 @@ fn worked_trace_in_the_docs() {
     }
     .encode();
     line("NewTicket", &nt);
-    let ticket = run
-        .card
-        .ticket(&nt, DeviceId::from_bytes(DEVICE))
-        .unwrap();
+    let ticket = run.card.ticket(&nt, DeviceId::from_bytes(DEVICE)).unwrap();
     line("r.client_random", &counting::<32>(0xa0));
     line("r.server_random", &counting::<32>(0xc0));
     line("r.channel_id", &counting::<16>(0xe0));

@@ -468,7 +468,10 @@ fn resumption_inputs_are_the_documented_hashes() {
         hex::encode(resumption_master_input(&h)),
         "0a7d48696b579d0a44ea79af231a1d0c1230ae0726b51e600b80ba08fb60d5d8"
     );
-    assert_eq!(hex::encode(binder_input()), "bbaa5a82768e0b6611f3e854a26ddb8c45261dc3555ae585b021f28ac34000c4");
+    assert_eq!(
+        hex::encode(binder_input()),
+        "bbaa5a82768e0b6611f3e854a26ddb8c45261dc3555ae585b021f28ac34000c4"
+    );
     assert_eq!(
         resumption_hash(b"a", b"b"),
         <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(b"ab"))
