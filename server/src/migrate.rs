@@ -102,6 +102,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channel tickets",
             include_str!("../migrations/sqlite/2071_channel_tickets.sql"),
         ),
+        (
+            2072,
+            "channel keys",
+            include_str!("../migrations/sqlite/2072_channel_keys.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -188,6 +193,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2071,
             "channel tickets",
             include_str!("../migrations/postgres/2071_channel_tickets.sql"),
+        ),
+        (
+            2072,
+            "channel keys",
+            include_str!("../migrations/postgres/2072_channel_keys.sql"),
         ),
     ],
 };

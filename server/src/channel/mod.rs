@@ -25,15 +25,17 @@
 
 mod error;
 mod resume;
+mod rotate;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use keyward_ca::Serial;
 use keyward_device_provisioning::{DeviceState, Provisioning};
 use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
-use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
+use keyward_kms::service::ChannelKeyUse;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
     self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, OaepHash, Record,
@@ -43,6 +45,7 @@ use serde_json::json;
 
 pub use error::ChannelError;
 pub use resume::{Opened, Resumed, TICKET_TTL_MS};
+pub use rotate::RotatedKey;
 use store::{ChannelRow, HandshakeRow};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
@@ -51,6 +54,9 @@ use crate::metrics::Metrics;
 use crate::online::Device;
 
 pub type Result<T> = std::result::Result<T, ChannelError>;
+
+/// A channel key's certificate chain (DER) and OAEP hash.
+type ServerKey = (Vec<Vec<u8>>, OaepHash);
 
 /// How long a ServerHello waits for the card's key exchange.
 pub const HANDSHAKE_TTL_MS: i64 = 30_000;
@@ -85,8 +91,9 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
-    /// The channel certificate chain (DER) and the OAEP hash, at first use.
-    server: tokio::sync::OnceCell<(Vec<Vec<u8>>, OaepHash)>,
+    /// Per channel key label, its certificate chain (DER) and OAEP hash,
+    /// loaded at first use; which label is current is the database's.
+    server: std::sync::Mutex<HashMap<String, ServerKey>>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -109,7 +116,7 @@ impl Channels {
             provisioning,
             audit,
             metrics,
-            server: tokio::sync::OnceCell::new(),
+            server: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -117,41 +124,57 @@ impl Channels {
         self.0.kms.db()
     }
 
-    /// The channel certificate (`keyward init` makes it) then the issuing
-    /// CA, as DER, and the OAEP hash the channel key unwraps with here.
-    async fn server(&self) -> Result<&(Vec<Vec<u8>>, OaepHash)> {
+    /// The certificate of the channel key `label` (`keyward init` or
+    /// `kwctl channel rotate-key` makes it) then the issuing CA, as DER,
+    /// and the OAEP hash the key unwraps with here; cached per label.
+    async fn server(&self, label: &str) -> Result<ServerKey> {
         let p = &self.0;
-        p.server
-            .get_or_try_init(|| async {
-                let public = p.kms.channel_public_key(CHANNEL_KEY_LABEL).await?;
-                let cert = crate::bootstrap::current_certificate(
-                    &p.ca,
-                    keyward_ca::Profile::Channel,
-                    &public,
-                    0,
-                )
-                .await
-                .ok()
-                .flatten()
-                .and_then(|c| der_of_pem(&c.pem))
-                .ok_or_else(|| {
-                    tracing::error!("no current channel certificate: run `keyward init`");
-                    keyward_kms::KmsError::KeyMissing(CHANNEL_KEY_LABEL.into())
-                })?;
-                let oaep = match p.kms.channel_oaep_hash(CHANNEL_KEY_LABEL).await? {
-                    keyward_kms::hsm::OaepHash::Sha1 => OaepHash::Sha1,
-                    keyward_kms::hsm::OaepHash::Sha256 => OaepHash::Sha256,
-                };
-                Ok((vec![cert, p.ca.issuing_der().to_vec()], oaep))
-            })
+        if let Some(k) = p
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(label)
+        {
+            return Ok(k.clone());
+        }
+        let loaded: Result<ServerKey> = async {
+            let public = p.kms.channel_public_key(label).await?;
+            let cert = crate::bootstrap::current_certificate(
+                &p.ca,
+                keyward_ca::Profile::Channel,
+                &public,
+                0,
+            )
             .await
+            .ok()
+            .flatten()
+            .and_then(|c| der_of_pem(&c.pem))
+            .ok_or_else(|| {
+                tracing::error!(label, "no current channel certificate: run `keyward init`");
+                keyward_kms::KmsError::KeyMissing(label.into())
+            })?;
+            let oaep = match p.kms.channel_oaep_hash(label).await? {
+                keyward_kms::hsm::OaepHash::Sha1 => OaepHash::Sha1,
+                keyward_kms::hsm::OaepHash::Sha256 => OaepHash::Sha256,
+            };
+            Ok((vec![cert, p.ca.issuing_der().to_vec()], oaep))
+        }
+        .await;
+        let k = loaded?;
+        p.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label.to_owned(), k.clone());
+        Ok(k)
     }
 
     /// The card's ClientHello, relayed by `terminal`: the ServerHello.
     pub async fn hello(&self, terminal: &Device, client_hello: Vec<u8>) -> Result<ServerHello> {
         let ch = ClientHello::decode(&client_hello)?;
         let mode = ch.negotiate(&MODES).ok_or(ChannelError::Unsupported)?;
-        let (chain, oaep) = self.server().await?.clone();
+        // Read at every hello, so a rotation on any replica applies here.
+        let key_label = store::current_key(self.db()).await?;
+        let (chain, oaep) = self.server(&key_label).await?;
         let sh = ServerHello {
             server_random: self.0.kms.random::<32>().await?,
             channel: ChannelId(self.0.kms.random::<16>().await?),
@@ -167,6 +190,7 @@ impl Channels {
                 terminal_id: terminal.device_id.to_string(),
                 client_hello,
                 server_hello: sh.encode(),
+                key_label,
                 created_at_ms: now,
                 expires_at_ms: now.saturating_add(HANDSHAKE_TTL_MS),
             },
@@ -224,7 +248,7 @@ impl Channels {
         // Only a genuine card's transcript reaches the OAEP decoding.
         let pms = p
             .kms
-            .unwrap_premaster(CHANNEL_KEY_LABEL, cke.encrypted_pre_master.clone())
+            .unwrap_premaster(&hs.key_label, cke.encrypted_pre_master.clone())
             .await
             .map_err(|e| refusal(e.into()))?;
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);

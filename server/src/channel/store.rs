@@ -3,6 +3,7 @@
 //! and never read by anything but the HSM's unwrap.
 
 use keyward_kms::db::{Database, Tx};
+use keyward_kms::service::CHANNEL_KEY_LABEL;
 use sqlx::Row;
 
 /// A handshake waiting for the card's key exchange.
@@ -12,6 +13,8 @@ pub struct HandshakeRow {
     pub terminal_id: String,
     pub client_hello: Vec<u8>,
     pub server_hello: Vec<u8>,
+    /// The channel key the ServerHello named.
+    pub key_label: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
 }
@@ -51,7 +54,7 @@ impl std::fmt::Debug for ChannelRow {
 pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO channel_handshakes (id, terminal_id, client_hello, server_hello, \
-         created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+         created_at_ms, expires_at_ms, key_label) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&h.id)
     .bind(&h.terminal_id)
@@ -59,6 +62,7 @@ pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sql
     .bind(&h.server_hello)
     .bind(h.created_at_ms)
     .bind(h.expires_at_ms)
+    .bind(&h.key_label)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -66,8 +70,8 @@ pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sql
 
 pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, sqlx::Error> {
     sqlx::query(
-        "SELECT id, terminal_id, client_hello, server_hello, created_at_ms, expires_at_ms \
-         FROM channel_handshakes WHERE id = $1",
+        "SELECT id, terminal_id, client_hello, server_hello, created_at_ms, expires_at_ms, \
+         key_label FROM channel_handshakes WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -78,6 +82,9 @@ pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, 
             terminal_id: r.try_get("terminal_id")?,
             client_hello: r.try_get("client_hello")?,
             server_hello: r.try_get("server_hello")?,
+            key_label: r
+                .try_get::<Option<String>, _>("key_label")?
+                .unwrap_or_else(|| CHANNEL_KEY_LABEL.to_owned()),
             created_at_ms: r.try_get("created_at_ms")?,
             expires_at_ms: r.try_get("expires_at_ms")?,
         })
@@ -275,4 +282,29 @@ pub async fn use_ticket_in(tx: &mut Tx, id: &str, now_ms: i64) -> Result<bool, s
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The channel key new handshakes use: the newest rotated one, or init's.
+pub async fn current_key(db: &Database) -> Result<String, sqlx::Error> {
+    let label: Option<String> =
+        sqlx::query_scalar("SELECT label FROM channel_keys ORDER BY created_at_ms DESC LIMIT 1")
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(label.unwrap_or_else(|| CHANNEL_KEY_LABEL.to_owned()))
+}
+
+/// Makes `label` (certified under `serial`) the current channel key.
+pub async fn insert_key_in(
+    tx: &mut Tx,
+    label: &str,
+    serial: &str,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO channel_keys (label, cert_serial, created_at_ms) VALUES ($1, $2, $3)")
+        .bind(label)
+        .bind(serial)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

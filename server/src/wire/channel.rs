@@ -84,3 +84,15 @@ pub struct Carried {
     pub method: String,
     pub path: String,
 }
+
+/// `POST /admin/v1/channel/keys` → 201: the new current channel key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    /// The new key's HSM label.
+    pub label: String,
+    /// Its `channel` certificate's serial.
+    pub cert_serial: String,
+    /// The key new handshakes used before; handshakes begun under it
+    /// finish under it.
+    pub previous: String,
+}

@@ -664,3 +664,70 @@ async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_
         .await
         .refused(StatusCode::BAD_REQUEST, "channel_unsupported");
 }
+
+/// The channel certificate a ServerHello carries.
+fn leaf(sh: &[u8]) -> Vec<u8> {
+    channel::ServerHello::decode(sh).unwrap().chain.remove(0)
+}
+
+#[tokio::test]
+async fn a_rotated_key_serves_new_handshakes_everywhere_and_old_ones_finish() {
+    let app = App::new().await;
+    let c = card(&app, 80).await;
+    let other = replica(&app).await;
+    let root = app.state.ca.root_pem().to_owned();
+    // Both replicas have loaded the first key; a handshake is under way.
+    let (_, _, before) = say_hello(&other, &c).await;
+    let (pending, pending_id, pending_sh) = say_hello(&app.public, &c).await;
+    assert_eq!(leaf(&before), leaf(&pending_sh));
+
+    // Operators may not rotate; an admin may.
+    let op = app.operator("olga", keyward_ca::Role::Operator).await;
+    app.post(&op, "/admin/v1/channel/keys", json!({}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    let a = app
+        .post(&app.root, "/admin/v1/channel/keys", json!({}))
+        .await;
+    let b = a.expect(StatusCode::CREATED);
+    assert_eq!(b["previous"], "keyward/channel/rsa");
+    let label = b["label"].as_str().unwrap().to_owned();
+    assert!(label.starts_with("keyward/channel/rsa/"));
+    assert!(app.audited("channel.rotate_key", "success").await);
+    let serial = b["cert_serial"].as_str().unwrap().parse().unwrap();
+    let issued = der_of_pem(&app.state.ca.get(&serial).await.unwrap().unwrap().pem);
+
+    // The handshake begun under the old key finishes under it.
+    let (wait, cke) = pending
+        .key_exchange(
+            &pending_sh,
+            &root,
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    let mut ch = finish(&app.public, &c, &pending_id, wait, &cke).await;
+    ping(&app.public, &c, &mut ch).await;
+
+    // New hellos on either replica carry the new certificate, and the new
+    // key opens channels; the other replica learnt of it from the database.
+    for router in [&other, &app.public] {
+        let (hello, id, sh) = say_hello(router, &c).await;
+        assert_ne!(leaf(&sh), leaf(&before));
+        assert_eq!(leaf(&sh), issued);
+        let (wait, cke) = hello
+            .key_exchange(
+                &sh,
+                &root,
+                &c.d,
+                &c.cert,
+                &random(),
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+        let mut ch = finish(router, &c, &id, wait, &cke).await;
+        ping(router, &c, &mut ch).await;
+    }
+}
