@@ -27,6 +27,7 @@ mod error;
 mod resume;
 mod rotate;
 pub mod store;
+mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use error::ChannelError;
 pub use resume::{Opened, Resumed, TICKET_TTL_MS};
 pub use rotate::RotatedKey;
 use store::{ChannelRow, HandshakeRow};
+pub use sweep::{SWEEP_INTERVAL, SWEPT_KINDS, Swept, sweep_job};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::edge::identity::{CertKind, PeerCertificate};

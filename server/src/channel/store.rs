@@ -308,3 +308,33 @@ pub async fn insert_key_in(
         .await?;
     Ok(())
 }
+
+/// Removes what can no longer be used at `now_ms`: handshakes past their
+/// expiry, channels expired or closed, tickets expired or spent. Returns
+/// the counts in that order.
+pub async fn sweep(db: &Database, now_ms: i64) -> Result<[u64; 3], sqlx::Error> {
+    let mut out = [0; 3];
+    for (i, sql) in [
+        "DELETE FROM channel_handshakes WHERE expires_at_ms <= $1",
+        "DELETE FROM channels WHERE expires_at_ms <= $1 OR state = 'closed'",
+        "DELETE FROM channel_tickets WHERE expires_at_ms <= $1 OR used_at_ms IS NOT NULL",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out[i] = sqlx::query(sql)
+            .bind(now_ms)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+    }
+    Ok(out)
+}
+
+/// Open channels not yet expired at `now_ms`.
+pub async fn count_open(db: &Database, now_ms: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE state = 'open' AND expires_at_ms > $1")
+        .bind(now_ms)
+        .fetch_one(db.pool())
+        .await
+}

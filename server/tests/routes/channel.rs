@@ -731,3 +731,80 @@ async fn a_rotated_key_serves_new_handshakes_everywhere_and_old_ones_finish() {
         ping(router, &c, &mut ch).await;
     }
 }
+
+#[tokio::test]
+async fn the_sweep_removes_what_can_no_longer_be_used_and_answers_stay_the_same() {
+    let app = App::new().await;
+    let c = card(&app, 81).await;
+    let swept = |kind: &str| {
+        app.state
+            .metrics
+            .channel_swept
+            .with_label_values(&[kind])
+            .get()
+    };
+    // A closed channel, a spent ticket (its successor live), an expired
+    // handshake, and one open channel that stays.
+    let (mut closed, ticket) = open_with_ticket(&app, &app.public, &c).await;
+    let close = closed.close().unwrap();
+    send(&app.public, &c, &close).await.expect(StatusCode::OK);
+    let (mut open, _) = resume(&app.public, &c, &ticket).await;
+    let (hello, id, sh) = say_hello(&app.public, &c).await;
+    let db = app.state.kms.db().pool();
+    sqlx::query("UPDATE channel_handshakes SET expires_at_ms = 1 WHERE id = $1")
+        .bind(&id)
+        .execute(db)
+        .await
+        .unwrap();
+    let (_, live_id, _) = say_hello(&app.public, &c).await;
+
+    let s = app.state.channels.sweep().await.unwrap();
+    assert_eq!((s.handshakes, s.channels, s.tickets), (1, 1, 1));
+    assert_eq!(
+        (swept("handshakes"), swept("channels"), swept("tickets")),
+        (1, 1, 1)
+    );
+    assert_eq!(app.state.metrics.channels_open.get(), 1);
+    // A second sweep finds nothing more.
+    assert_eq!(
+        app.state.channels.sweep().await.unwrap(),
+        Default::default()
+    );
+
+    // The same answers as before the sweep.
+    send(&app.public, &c, &close)
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_closed");
+    let (_, cke) = hello
+        .key_exchange(
+            &sh,
+            app.state.ca.root_pem(),
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    key_exchange(&app.public, &c, &id, &cke)
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_closed");
+    resume_with(
+        &app.public,
+        &c,
+        CardResume::new(&ticket, random()).resume_hello(),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "channel_refused");
+    // What was live still is.
+    ping(&app.public, &c, &mut open).await;
+    let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channel_handshakes WHERE id = $1")
+        .bind(&live_id)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+    // The job runs once across replicas.
+    let jobs = keyward_server::jobs::server_jobs(&app.state).await;
+    let job = jobs.iter().find(|j| j.name == "channel.sweep").unwrap();
+    assert!(job.once_across_replicas);
+}
