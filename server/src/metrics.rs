@@ -267,7 +267,7 @@ impl Metrics {
             channel_records: counter_vec(
                 &r,
                 "keyward_channel_records_total",
-                "Secure-channel records from cards by outcome: data (opened and answered), close, key_update, refused (the channel closed on it).",
+                "Secure-channel records by outcome: data (a card's record opened and answered), close, key_update (the card's), server_key_update (the server's direction moved to its next key), refused (the channel closed on it).",
                 &["outcome"],
             )?,
             channel_swept: counter_vec(

@@ -338,6 +338,18 @@ impl Channel {
         (self.send.generation, self.send.sequence)
     }
 
+    /// The receiving direction's key generation and next sequence number.
+    pub fn recv_state(&self) -> (u64, u64) {
+        (self.recv.generation, self.recv.sequence)
+    }
+
+    /// Moves the receiving sequence number on as if `n` more records had
+    /// been opened: for tests that move the server's counter in its
+    /// database instead of sending a million records.
+    pub fn skip_received(&mut self, n: u64) {
+        self.recv.sequence += n;
+    }
+
     /// The ticket the server gave beside this channel's Finished (`KWC6`),
     /// with this channel's resumption secret, for `device`.
     pub fn ticket(&self, new_ticket: &[u8], device: DeviceId) -> Result<Ticket> {

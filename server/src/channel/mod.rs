@@ -24,6 +24,7 @@
 //!   sequence numbers move in one compare-and-set transaction.
 
 mod error;
+mod rekey;
 mod resume;
 mod rotate;
 pub mod store;
@@ -62,21 +63,36 @@ type ServerKey = (Vec<Vec<u8>>, OaepHash);
 
 /// How long a ServerHello waits for the card's key exchange.
 pub const HANDSHAKE_TTL_MS: i64 = 30_000;
-/// How long a channel lives: its keys never need the one-hour rekey.
+/// How long a channel lives. No key generation of either direction can
+/// outlive its channel, so the one-hour rekey rule holds by expiry (a
+/// record after it is refused as for a closed channel).
 pub const CHANNEL_TTL_MS: i64 = 3_600_000;
+const _: () = assert!(CHANNEL_TTL_MS as u64 <= channel::REKEY_AFTER_SECONDS * 1000);
 /// The modes this server runs, its preference first.
 const MODES: [Mode; 1] = [Mode::RsaTransport];
 
 /// The outcomes `keyward_channel_handshakes_total` counts.
 pub const HANDSHAKE_OUTCOMES: [&str; 5] = ["hello", "opened", "resumed", "refused", "expired"];
 /// The outcomes `keyward_channel_records_total` counts.
-pub const RECORD_OUTCOMES: [&str; 4] = ["data", "close", "key_update", "refused"];
+pub const RECORD_OUTCOMES: [&str; 5] = [
+    "data",
+    "close",
+    "key_update",
+    "server_key_update",
+    "refused",
+];
 
 /// A record's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// The server's record answering a data record.
     Record(Vec<u8>),
+    /// The server's key update record, then its record answering a data
+    /// record under its next key (its direction was due, §14.4).
+    Rekeyed {
+        key_update: Vec<u8>,
+        record: Vec<u8>,
+    },
     /// The card's key moved on; nothing to answer.
     KeyUpdated,
     /// The card closed the channel.
@@ -490,29 +506,21 @@ impl Channels {
         match r.kind {
             RecordType::Data => {
                 let s2c_seq = u64::try_from(row.s2c_sequence).unwrap_or(u64::MAX);
-                // The server does not rekey its direction yet: a channel
-                // that would need it closes instead.
-                if s2c_seq >= channel::REKEY_AFTER_RECORDS - 1 {
-                    return Ok(None);
-                }
                 let answer = carried(&plain, ping);
-                let s2c = kms
-                    .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
+                let sealed = self
+                    .seal_answer(row, r.channel, &iv_s2c, s2c_seq, answer)
                     .await?;
-                let header = Record::header(r.channel, RecordType::Data, s2c_seq);
-                let sealed = kms
-                    .channel_seal(
-                        &s2c,
-                        channel::nonce(&iv_s2c, s2c_seq),
-                        header.to_vec(),
-                        answer,
-                    )
-                    .await?;
-                let id = &row.id;
+                let (id, rekeyed) = (&row.id, sealed.next_key.as_deref());
+                let generation = row.s2c_generation;
                 let moved = self
                     .db()
                     .write("channel.record", |mut tx| async move {
-                        let moved = store::advance_in(&mut tx, id, seq).await?;
+                        let moved = match rekeyed {
+                            None => store::advance_in(&mut tx, id, seq).await?,
+                            Some(key) => {
+                                store::advance_rekeyed_in(&mut tx, id, seq, generation, key).await?
+                            }
+                        };
                         Ok::<_, ChannelError>((tx, moved))
                     })
                     .await?;
@@ -522,15 +530,16 @@ impl Channels {
                     return Ok(None);
                 }
                 self.count_record("data");
-                Ok(Some(Answer::Record(
-                    Record {
-                        channel: r.channel,
-                        kind: RecordType::Data,
-                        sequence: s2c_seq,
-                        ciphertext: sealed,
+                Ok(Some(match sealed.key_update {
+                    None => Answer::Record(sealed.record),
+                    Some(key_update) => {
+                        self.count_record("server_key_update");
+                        Answer::Rekeyed {
+                            key_update,
+                            record: sealed.record,
+                        }
                     }
-                    .encode(),
-                )))
+                }))
             }
             RecordType::KeyUpdate => {
                 let generation = row.c2s_generation;

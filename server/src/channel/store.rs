@@ -338,3 +338,27 @@ pub async fn count_open(db: &Database, now_ms: i64) -> Result<i64, sqlx::Error> 
         .fetch_one(db.pool())
         .await
 }
+
+/// [`advance_in`] for an answer that moved the server's direction to its
+/// next key: the card's sequence + 1, the server's key `key` of generation
+/// `s2c_generation + 1` with its record 0 sent (sequence 1).
+pub async fn advance_rekeyed_in(
+    tx: &mut Tx,
+    id: &str,
+    c2s: i64,
+    s2c_generation: i64,
+    key: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channels SET c2s_sequence = c2s_sequence + 1, s2c_key = $1, \
+         s2c_generation = $2 + 1, s2c_sequence = 1 \
+         WHERE id = $3 AND state = 'open' AND c2s_sequence = $4 AND s2c_generation = $2",
+    )
+    .bind(key)
+    .bind(s2c_generation)
+    .bind(id)
+    .bind(c2s)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -81,14 +81,22 @@ pub async fn records(
     let ping = serde_json::to_vec(&super::ping::body(&identity)).unwrap_or_default();
     let out = match app.channels.record(&terminal, record, &ping).await? {
         Answer::Record(r) => wire::RecordOut {
+            key_update: None,
             record: Some(B64.encode(r)),
             closed: false,
         },
+        Answer::Rekeyed { key_update, record } => wire::RecordOut {
+            key_update: Some(B64.encode(key_update)),
+            record: Some(B64.encode(record)),
+            closed: false,
+        },
         Answer::KeyUpdated => wire::RecordOut {
+            key_update: None,
             record: None,
             closed: false,
         },
         Answer::Closed => wire::RecordOut {
+            key_update: None,
             record: None,
             closed: true,
         },

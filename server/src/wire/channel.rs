@@ -71,6 +71,10 @@ pub struct RecordIn {
 /// record; none after a close or a key update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordOut {
+    /// The server's key update record (`KWCR` type 3), base64, when its
+    /// direction moved to its next key: the card opens it before `record`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_update: Option<String>,
     pub record: Option<String>,
     /// Whether the channel is closed now (the card's close record).
     pub closed: bool,

@@ -808,3 +808,54 @@ async fn the_sweep_removes_what_can_no_longer_be_used_and_answers_stay_the_same(
     let job = jobs.iter().find(|j| j.name == "channel.sweep").unwrap();
     assert!(job.once_across_replicas);
 }
+
+#[tokio::test]
+async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
+    let app = App::new().await;
+    let c = card(&app, 82).await;
+    let mut ch = open(&app, &app.public, &app.public, &c).await;
+    ping(&app.public, &c, &mut ch).await;
+    // Jump the server's counter to the last number of generation 0.
+    let last = channel::REKEY_AFTER_RECORDS - 1;
+    let db = app.state.kms.db().pool();
+    sqlx::query("UPDATE channels SET s2c_sequence = $1 WHERE id = $2")
+        .bind(last as i64)
+        .bind(ch.id.to_string())
+        .execute(db)
+        .await
+        .unwrap();
+    ch.skip_received(last - 1);
+    assert_eq!(ch.recv_state(), (0, last));
+
+    let up = ch.seal(PING).unwrap().remove(0);
+    let a = send(&app.public, &c, &up).await;
+    let b = a.expect(StatusCode::OK);
+    // The key update (its last number, old key), then the answer under the
+    // next key at sequence 0.
+    let update = b64_field(b, "key_update");
+    let r = channel::Record::decode(&update).unwrap();
+    assert_eq!((r.kind, r.sequence), (channel::RecordType::KeyUpdate, last));
+    assert_eq!(ch.open(&update).unwrap(), Received::KeyUpdated);
+    let down = b64_field(b, "record");
+    assert_eq!(channel::Record::decode(&down).unwrap().sequence, 0);
+    let Received::Data(plain) = ch.open(&down).unwrap() else {
+        panic!("not a data record");
+    };
+    assert_eq!(
+        serde_json::from_slice::<Value>(&plain).unwrap()["pong"],
+        true
+    );
+    assert_eq!(ch.recv_state(), (1, 1));
+    assert_eq!(records(&app, "server_key_update"), 1);
+    let (generation, sequence): (i64, i64) =
+        sqlx::query_as("SELECT s2c_generation, s2c_sequence FROM channels WHERE id = $1")
+            .bind(ch.id.to_string())
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!((generation, sequence), (1, 1));
+    // The channel goes on under generation 1, with no further update.
+    ping(&app.public, &c, &mut ch).await;
+    assert_eq!(ch.recv_state(), (1, 2));
+    assert_eq!(records(&app, "server_key_update"), 1);
+}
