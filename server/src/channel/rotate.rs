@@ -43,21 +43,45 @@ impl Channels {
         p.audit
             .append(actor, &rotation(&label), Outcome::Requested, request_id)
             .await?;
+        let made = self.make_current(actor, request_id, &label).await;
+        if let Err(e) = &made {
+            // The switch did not commit: the failure is recorded too.
+            let failed = Outcome::Failed { code: e.code() };
+            if let Err(a) = p
+                .audit
+                .append(actor, &rotation(&label), failed, request_id)
+                .await
+            {
+                tracing::error!(error = %a, "channel key rotation failed, unrecorded");
+            }
+        }
+        let serial = made?;
+        tracing::info!(label, serial, previous, "channel key rotated");
+        Ok(RotatedKey {
+            label,
+            serial,
+            previous,
+        })
+    }
+
+    /// A key `label` made, certified, loaded and current: its serial.
+    async fn make_current(&self, actor: &Actor, request_id: &str, label: &str) -> Result<String> {
+        let p = &self.0;
         // Two rotations in one millisecond share the key; the second's
         // insert below then fails on the label.
-        let (public, _) = p.kms.ensure_channel_key(&label).await?;
+        let (public, _) = p.kms.ensure_channel_key(label).await?;
         let cert =
             p.ca.issue_for_public_key(&public, IssueRequest::channel(None))
                 .await?;
         // Loads the chain and probes the OAEP hash before the key is
         // current: a key that cannot serve never becomes current.
-        self.server(&label).await?;
+        self.server(label).await?;
         let serial = cert.serial.to_string();
-        let event = rotation(&label);
-        let (audit, label_ref, serial_ref, event) = (&p.audit, &label, &serial, &event);
+        let event = rotation(label);
+        let (audit, serial_ref, event) = (&p.audit, &serial, &event);
         self.db()
             .write("channel.rotate_key", |mut tx| async move {
-                store::insert_key_in(&mut tx, label_ref, serial_ref, now_ms()).await?;
+                store::insert_key_in(&mut tx, label, serial_ref, now_ms()).await?;
                 audit
                     .stage_in(&mut tx, actor, event, Outcome::Success, request_id)
                     .await?;
@@ -65,11 +89,6 @@ impl Channels {
             })
             .await?;
         let _ = p.audit.flush_staged().await;
-        tracing::info!(label, serial, previous, "channel key rotated");
-        Ok(RotatedKey {
-            label,
-            serial,
-            previous,
-        })
+        Ok(serial)
     }
 }
