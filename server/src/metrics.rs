@@ -45,6 +45,11 @@ pub struct Metrics {
     pub channel_handshakes: IntCounterVec,
     /// Secure-channel records by outcome ([`crate::channel::RECORD_OUTCOMES`]).
     pub channel_records: IntCounterVec,
+    /// Expired or spent channel rows the sweep removed, by kind
+    /// ([`crate::channel::SWEPT_KINDS`]).
+    pub channel_swept: IntCounterVec,
+    /// Open, unexpired channels (the shared table, counted by the sweep).
+    pub channels_open: IntGauge,
     /// Load reversals by reason ([`crate::load::REVERSAL_REASONS`]).
     pub load_reversals: IntCounterVec,
     /// Loads by state, and the amount they hold (minor units, all
@@ -266,14 +271,25 @@ impl Metrics {
             channel_handshakes: counter_vec(
                 &r,
                 "keyward_channel_handshakes_total",
-                "Secure-channel handshake steps by outcome: hello (a ServerHello answered), opened (keys derived, Finished answered), refused (the key exchange: certificate, signature or pre-master), expired (no handshake to continue).",
+                "Secure-channel handshake steps by outcome: hello (a ServerHello answered), opened (keys derived, Finished answered), resumed (a ticket opened a channel), refused (a key exchange: certificate, signature or pre-master; or a resumption: ticket or binder), expired (no handshake to continue).",
                 &["outcome"],
             )?,
             channel_records: counter_vec(
                 &r,
                 "keyward_channel_records_total",
-                "Secure-channel records from cards by outcome: data (opened and answered), close, key_update, refused (the channel closed on it).",
+                "Secure-channel records by outcome: data (a card's record opened and answered), close, key_update (the card's), server_key_update (the server's direction moved to its next key), refused (the channel closed on it).",
                 &["outcome"],
+            )?,
+            channel_swept: counter_vec(
+                &r,
+                "keyward_channel_swept_total",
+                "Secure-channel rows removed by the sweep, by kind: handshakes (expired), channels (expired or closed), tickets (expired or spent).",
+                &["kind"],
+            )?,
+            channels_open: gauge(
+                &r,
+                "keyward_channels_open",
+                "Open, unexpired secure channels (the shared table, as of the last sweep).",
             )?,
             load_reversals: counter_vec(
                 &r,
@@ -501,6 +517,9 @@ impl Metrics {
         }
         for outcome in crate::channel::HANDSHAKE_OUTCOMES {
             m.channel_handshakes.with_label_values(&[outcome]);
+        }
+        for kind in crate::channel::SWEPT_KINDS {
+            m.channel_swept.with_label_values(&[kind]);
         }
         for outcome in crate::channel::RECORD_OUTCOMES {
             m.channel_records.with_label_values(&[outcome]);

@@ -97,6 +97,16 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channels",
             include_str!("../migrations/sqlite/2070_channels.sql"),
         ),
+        (
+            2071,
+            "channel tickets",
+            include_str!("../migrations/sqlite/2071_channel_tickets.sql"),
+        ),
+        (
+            2072,
+            "channel keys",
+            include_str!("../migrations/sqlite/2072_channel_keys.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -178,6 +188,16 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2070,
             "channels",
             include_str!("../migrations/postgres/2070_channels.sql"),
+        ),
+        (
+            2071,
+            "channel tickets",
+            include_str!("../migrations/postgres/2071_channel_tickets.sql"),
+        ),
+        (
+            2072,
+            "channel keys",
+            include_str!("../migrations/postgres/2072_channel_keys.sql"),
         ),
     ],
 };

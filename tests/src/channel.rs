@@ -20,8 +20,8 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use cmac::{Cmac, Mac};
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
-    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, OaepHash, PROTOCOL_V1,
-    Record, RecordType, ServerFinished, ServerHello,
+    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, NewTicket, OaepHash,
+    PROTOCOL_V1, Record, RecordType, ResumeHello, ServerFinished, ServerHello,
 };
 use rand::{CryptoRng, RngCore};
 use rsa::pkcs8::DecodePublicKey as _;
@@ -83,7 +83,15 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// The key schedule of §14.3.
     pub fn derive(pre_master: &[u8; 32], h: &[u8; 32]) -> Self {
-        let master = prf(pre_master, &channel::master_input(h));
+        Self::from_master(prf(pre_master, &channel::master_input(h)), h)
+    }
+
+    /// The schedule of a resumption (§14.8) under a ticket's secret.
+    pub fn resume(resumption: &[u8; 32], h: &[u8; 32]) -> Self {
+        Self::from_master(prf(resumption, &channel::resumption_master_input(h)), h)
+    }
+
+    fn from_master(master: [u8; 32], h: &[u8; 32]) -> Self {
         let k = |l| prf(&master, &channel::label_input(l, h));
         Self {
             h: *h,
@@ -213,6 +221,7 @@ pub struct Channel {
     send: Half,
     recv: Half,
     exporter: [u8; 32],
+    resumption: [u8; 32],
     closed: bool,
     /// How long a key generation may serve (one hour; tests shorten it).
     pub max_key_age: Duration,
@@ -256,6 +265,7 @@ impl Channel {
             send,
             recv,
             exporter: keys.exporter,
+            resumption: keys.resumption,
             closed: false,
             max_key_age: Duration::from_secs(channel::REKEY_AFTER_SECONDS),
         }
@@ -326,6 +336,91 @@ impl Channel {
     /// The sending direction's key generation and next sequence number.
     pub fn send_state(&self) -> (u64, u64) {
         (self.send.generation, self.send.sequence)
+    }
+
+    /// The receiving direction's key generation and next sequence number.
+    pub fn recv_state(&self) -> (u64, u64) {
+        (self.recv.generation, self.recv.sequence)
+    }
+
+    /// Moves the receiving sequence number on as if `n` more records had
+    /// been opened: for tests that move the server's counter in its
+    /// database instead of sending a million records.
+    pub fn skip_received(&mut self, n: u64) {
+        self.recv.sequence += n;
+    }
+
+    /// The ticket the server gave beside this channel's Finished (`KWC6`),
+    /// with this channel's resumption secret, for `device`.
+    pub fn ticket(&self, new_ticket: &[u8], device: DeviceId) -> Result<Ticket> {
+        let t = NewTicket::decode(new_ticket).map_err(|e| anyhow!("new ticket: {e}"))?;
+        ensure!(t.channel == self.id, "a ticket of another channel");
+        Ok(Ticket {
+            handle: t.ticket,
+            secret: self.resumption,
+            device,
+            expires: Instant::now() + Duration::from_secs(u64::from(t.lifetime)),
+        })
+    }
+}
+
+/// What the card keeps to resume: the server's handle and its own
+/// `K[resumption]`.
+#[derive(Clone)]
+pub struct Ticket {
+    pub handle: [u8; 16],
+    pub secret: [u8; 32],
+    pub device: DeviceId,
+    pub expires: Instant,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket(<secret>)")
+    }
+}
+
+/// The card resuming, before the server's answer.
+#[derive(Debug)]
+pub struct CardResume {
+    hello: Vec<u8>,
+    ticket: Ticket,
+}
+
+impl CardResume {
+    /// The ResumeHello naming `ticket`, its binder under the ticket's
+    /// secret.
+    pub fn new(ticket: &Ticket, client_random: [u8; 32]) -> Self {
+        let mut rh = ResumeHello {
+            client_random,
+            versions: vec![PROTOCOL_V1],
+            device: ticket.device.bytes(),
+            ticket: ticket.handle,
+            binder: [0; 16],
+        };
+        let key = prf(&ticket.secret, &channel::binder_input());
+        rh.binder = cmac(&key, &rh.binder_part());
+        Self {
+            hello: rh.encode(),
+            ticket: ticket.clone(),
+        }
+    }
+
+    pub fn resume_hello(&self) -> &[u8] {
+        &self.hello
+    }
+
+    /// Checks the ServerHello (resumption, no chain) and the ServerFinished
+    /// over the resumption transcript; only then is the channel open.
+    pub fn finish(self, server_hello: &[u8], server_finished: &[u8]) -> Result<Channel> {
+        let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("server hello: {e}"))?;
+        ensure!(sh.mode == Mode::Resumption, "not a resumption");
+        let h = channel::resumption_hash(&self.hello, server_hello);
+        AwaitFinished {
+            channel: sh.channel,
+            keys: Keys::resume(&self.ticket.secret, &h),
+        }
+        .finish(server_finished)
     }
 }
 
@@ -514,6 +609,39 @@ impl SoftServer {
         }
         .encode();
         Ok((keys, fin))
+    }
+}
+
+impl SoftServer {
+    /// A resumption under the ticket secret `resumption`: checks the
+    /// binder, then returns the ServerHello, the keys and the
+    /// ServerFinished.
+    pub fn resume(
+        &self,
+        resumption: &[u8; 32],
+        resume_hello: &[u8],
+        server_random: [u8; 32],
+        id: ChannelId,
+    ) -> Result<(Vec<u8>, Keys, Vec<u8>)> {
+        use subtle::ConstantTimeEq as _;
+        let (rh, bound) = ResumeHello::split(resume_hello).map_err(|e| anyhow!("{e}"))?;
+        let binder = cmac(&prf(resumption, &channel::binder_input()), bound);
+        ensure!(bool::from(binder.ct_eq(&rh.binder)), "the binder");
+        let sh = ServerHello {
+            server_random,
+            channel: id,
+            mode: Mode::Resumption,
+            oaep: OaepHash::Sha256,
+            chain: Vec::new(),
+        }
+        .encode();
+        let keys = Keys::resume(resumption, &channel::resumption_hash(resume_hello, &sh));
+        let fin = ServerFinished {
+            channel: id,
+            mac: keys.finished_mac(),
+        }
+        .encode();
+        Ok((sh, keys, fin))
     }
 }
 

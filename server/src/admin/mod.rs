@@ -24,6 +24,7 @@
 //! the audit trail, and verifies the chain.
 
 mod certificates;
+mod channel;
 mod confirmations;
 mod customers;
 mod devices;
@@ -153,6 +154,7 @@ pub fn router(state: AppState) -> Router {
             post(keys::unlock),
         )
         .route("/admin/v1/issuers/{id}/rotations", post(keys::rotate))
+        .route("/admin/v1/channel/keys", post(channel::rotate_key))
         .route("/admin/v1/issuers/{id}/keys", post(issuers::add_key))
         .route(
             "/admin/v1/issuers/{id}/rotations/pending",

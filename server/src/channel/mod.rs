@@ -24,15 +24,20 @@
 //!   sequence numbers move in one compare-and-set transaction.
 
 mod error;
+mod rekey;
+mod resume;
+mod rotate;
 pub mod store;
+mod sweep;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use keyward_ca::Serial;
 use keyward_device_provisioning::{DeviceState, Provisioning};
 use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
-use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
+use keyward_kms::service::ChannelKeyUse;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
     self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, OaepHash, Record,
@@ -41,7 +46,10 @@ use keyward_protocol::channel::{
 use serde_json::json;
 
 pub use error::ChannelError;
+pub use resume::{Opened, Resumed, TICKET_TTL_MS};
+pub use rotate::RotatedKey;
 use store::{ChannelRow, HandshakeRow};
+pub use sweep::{SWEEP_INTERVAL, SWEPT_KINDS, Swept, sweep_job};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::edge::identity::{CertKind, PeerCertificate};
@@ -50,23 +58,41 @@ use crate::online::Device;
 
 pub type Result<T> = std::result::Result<T, ChannelError>;
 
+/// A channel key's certificate chain (DER) and OAEP hash.
+type ServerKey = (Vec<Vec<u8>>, OaepHash);
+
 /// How long a ServerHello waits for the card's key exchange.
 pub const HANDSHAKE_TTL_MS: i64 = 30_000;
-/// How long a channel lives: its keys never need the one-hour rekey.
+/// How long a channel lives. No key generation of either direction can
+/// outlive its channel, so the one-hour rekey rule holds by expiry (a
+/// record after it is refused as for a closed channel).
 pub const CHANNEL_TTL_MS: i64 = 3_600_000;
+const _: () = assert!(CHANNEL_TTL_MS as u64 <= channel::REKEY_AFTER_SECONDS * 1000);
 /// The modes this server runs, its preference first.
 const MODES: [Mode; 1] = [Mode::RsaTransport];
 
 /// The outcomes `keyward_channel_handshakes_total` counts.
-pub const HANDSHAKE_OUTCOMES: [&str; 4] = ["hello", "opened", "refused", "expired"];
+pub const HANDSHAKE_OUTCOMES: [&str; 5] = ["hello", "opened", "resumed", "refused", "expired"];
 /// The outcomes `keyward_channel_records_total` counts.
-pub const RECORD_OUTCOMES: [&str; 4] = ["data", "close", "key_update", "refused"];
+pub const RECORD_OUTCOMES: [&str; 5] = [
+    "data",
+    "close",
+    "key_update",
+    "server_key_update",
+    "refused",
+];
 
 /// A record's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// The server's record answering a data record.
     Record(Vec<u8>),
+    /// The server's key update record, then its record answering a data
+    /// record under its next key (its direction was due, §14.4).
+    Rekeyed {
+        key_update: Vec<u8>,
+        record: Vec<u8>,
+    },
     /// The card's key moved on; nothing to answer.
     KeyUpdated,
     /// The card closed the channel.
@@ -83,8 +109,9 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
-    /// The channel certificate chain (DER) and the OAEP hash, at first use.
-    server: tokio::sync::OnceCell<(Vec<Vec<u8>>, OaepHash)>,
+    /// Per channel key label, its certificate chain (DER) and OAEP hash,
+    /// loaded at first use; which label is current is the database's.
+    server: std::sync::Mutex<HashMap<String, ServerKey>>,
 }
 
 impl std::fmt::Debug for Channels {
@@ -107,7 +134,7 @@ impl Channels {
             provisioning,
             audit,
             metrics,
-            server: tokio::sync::OnceCell::new(),
+            server: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -115,41 +142,57 @@ impl Channels {
         self.0.kms.db()
     }
 
-    /// The channel certificate (`keyward init` makes it) then the issuing
-    /// CA, as DER, and the OAEP hash the channel key unwraps with here.
-    async fn server(&self) -> Result<&(Vec<Vec<u8>>, OaepHash)> {
+    /// The certificate of the channel key `label` (`keyward init` or
+    /// `kwctl channel rotate-key` makes it) then the issuing CA, as DER,
+    /// and the OAEP hash the key unwraps with here; cached per label.
+    async fn server(&self, label: &str) -> Result<ServerKey> {
         let p = &self.0;
-        p.server
-            .get_or_try_init(|| async {
-                let public = p.kms.channel_public_key(CHANNEL_KEY_LABEL).await?;
-                let cert = crate::bootstrap::current_certificate(
-                    &p.ca,
-                    keyward_ca::Profile::Channel,
-                    &public,
-                    0,
-                )
-                .await
-                .ok()
-                .flatten()
-                .and_then(|c| der_of_pem(&c.pem))
-                .ok_or_else(|| {
-                    tracing::error!("no current channel certificate: run `keyward init`");
-                    keyward_kms::KmsError::KeyMissing(CHANNEL_KEY_LABEL.into())
-                })?;
-                let oaep = match p.kms.channel_oaep_hash(CHANNEL_KEY_LABEL).await? {
-                    keyward_kms::hsm::OaepHash::Sha1 => OaepHash::Sha1,
-                    keyward_kms::hsm::OaepHash::Sha256 => OaepHash::Sha256,
-                };
-                Ok((vec![cert, p.ca.issuing_der().to_vec()], oaep))
-            })
+        if let Some(k) = p
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(label)
+        {
+            return Ok(k.clone());
+        }
+        let loaded: Result<ServerKey> = async {
+            let public = p.kms.channel_public_key(label).await?;
+            let cert = crate::bootstrap::current_certificate(
+                &p.ca,
+                keyward_ca::Profile::Channel,
+                &public,
+                0,
+            )
             .await
+            .ok()
+            .flatten()
+            .and_then(|c| der_of_pem(&c.pem))
+            .ok_or_else(|| {
+                tracing::error!(label, "no current channel certificate: run `keyward init`");
+                keyward_kms::KmsError::KeyMissing(label.into())
+            })?;
+            let oaep = match p.kms.channel_oaep_hash(label).await? {
+                keyward_kms::hsm::OaepHash::Sha1 => OaepHash::Sha1,
+                keyward_kms::hsm::OaepHash::Sha256 => OaepHash::Sha256,
+            };
+            Ok((vec![cert, p.ca.issuing_der().to_vec()], oaep))
+        }
+        .await;
+        let k = loaded?;
+        p.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label.to_owned(), k.clone());
+        Ok(k)
     }
 
     /// The card's ClientHello, relayed by `terminal`: the ServerHello.
     pub async fn hello(&self, terminal: &Device, client_hello: Vec<u8>) -> Result<ServerHello> {
         let ch = ClientHello::decode(&client_hello)?;
         let mode = ch.negotiate(&MODES).ok_or(ChannelError::Unsupported)?;
-        let (chain, oaep) = self.server().await?.clone();
+        // Read at every hello, so a rotation on any replica applies here.
+        let key_label = store::current_key(self.db()).await?;
+        let (chain, oaep) = self.server(&key_label).await?;
         let sh = ServerHello {
             server_random: self.0.kms.random::<32>().await?,
             channel: ChannelId(self.0.kms.random::<16>().await?),
@@ -165,6 +208,7 @@ impl Channels {
                 terminal_id: terminal.device_id.to_string(),
                 client_hello,
                 server_hello: sh.encode(),
+                key_label,
                 created_at_ms: now,
                 expires_at_ms: now.saturating_add(HANDSHAKE_TTL_MS),
             },
@@ -175,13 +219,13 @@ impl Channels {
     }
 
     /// The card's key exchange for the handshake `id`: the ServerFinished
-    /// (`KWC4`) bytes once the channel is stored.
+    /// (`KWC4`) and a resumption ticket (`KWC6`) once the channel is stored.
     pub async fn key_exchange(
         &self,
         terminal: &Device,
         id: ChannelId,
         bytes: Vec<u8>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Opened> {
         let (cke, signed) = CardKeyExchange::split(&bytes)?;
         let key = id.to_string();
         // The terminal that relayed the hello relays the key exchange.
@@ -212,17 +256,17 @@ impl Channels {
         cke: &CardKeyExchange,
         signed: &[u8],
         bytes: &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Opened> {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
-        let card = self
+        let (card, serial) = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await
             .map_err(refusal)?;
         // Only a genuine card's transcript reaches the OAEP decoding.
         let pms = p
             .kms
-            .unwrap_premaster(CHANNEL_KEY_LABEL, cke.encrypted_pre_master.clone())
+            .unwrap_premaster(&hs.key_label, cke.encrypted_pre_master.clone())
             .await
             .map_err(|e| refusal(e.into()))?;
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
@@ -252,6 +296,10 @@ impl Channels {
                         channel::label_input(Label::Exporter, &h),
                         ChannelKeyUse::Mac,
                     ),
+                    (
+                        channel::label_input(Label::Resumption, &h),
+                        ChannelKeyUse::Resumption,
+                    ),
                 ],
             )
             .await?
@@ -265,7 +313,11 @@ impl Channels {
                 }))
         };
         let (c2s, s2c, finished, exporter) = (next()?, next()?, next()?, next()?);
+        let resumption = next()?;
         let mac = p.kms.channel_cmac(&finished, h.to_vec()).await?;
+        let (ticket, new_ticket) = self
+            .new_ticket(id, &card.to_string(), &serial.to_string(), &resumption)
+            .await?;
         let now = now_ms();
         let row = ChannelRow {
             id: id.to_string(),
@@ -285,13 +337,14 @@ impl Channels {
             expires_at_ms: now.saturating_add(CHANNEL_TTL_MS),
         };
         let event = event("channel.open", &row.id, json!({ "card": row.device_id }));
-        let (audit, row, event) = (&p.audit, &row, &event);
+        let (audit, row, event, ticket) = (&p.audit, &row, &event, &ticket);
         self.db()
             .write("channel.open", |mut tx| async move {
                 if !store::take_handshake_in(&mut tx, &row.id).await? {
                     return Err(ChannelError::Closed);
                 }
                 store::insert_in(&mut tx, row).await?;
+                store::insert_ticket_in(&mut tx, ticket).await?;
                 audit
                     .stage_in(
                         &mut tx,
@@ -306,7 +359,10 @@ impl Channels {
             .await?;
         let _ = p.audit.flush_staged().await;
         self.count_handshake("opened");
-        Ok(ServerFinished { channel: id, mac }.encode())
+        Ok(Opened {
+            server_finished: ServerFinished { channel: id, mac }.encode(),
+            ticket: new_ticket,
+        })
     }
 
     /// The card the key exchange proves: its certificate is exactly the
@@ -320,7 +376,7 @@ impl Channels {
         server_hello: &[u8],
         cke: &CardKeyExchange,
         signed: &[u8],
-    ) -> Result<DeviceId> {
+    ) -> Result<(DeviceId, Serial)> {
         let p = &self.0;
         let cert = PeerCertificate::from_der(&cke.certificate).ok_or(ChannelError::Refused)?;
         let CertKind::Device { device_id } = &cert.kind else {
@@ -352,7 +408,7 @@ impl Channels {
             .verify_device_signature(device, &cert.serial, &msg, &cke.signature)
             .await?;
         if ok {
-            Ok(device)
+            Ok((device, serial))
         } else {
             Err(ChannelError::Refused)
         }
@@ -450,29 +506,21 @@ impl Channels {
         match r.kind {
             RecordType::Data => {
                 let s2c_seq = u64::try_from(row.s2c_sequence).unwrap_or(u64::MAX);
-                // The server does not rekey its direction yet: a channel
-                // that would need it closes instead.
-                if s2c_seq >= channel::REKEY_AFTER_RECORDS - 1 {
-                    return Ok(None);
-                }
                 let answer = carried(&plain, ping);
-                let s2c = kms
-                    .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
+                let sealed = self
+                    .seal_answer(row, r.channel, &iv_s2c, s2c_seq, answer)
                     .await?;
-                let header = Record::header(r.channel, RecordType::Data, s2c_seq);
-                let sealed = kms
-                    .channel_seal(
-                        &s2c,
-                        channel::nonce(&iv_s2c, s2c_seq),
-                        header.to_vec(),
-                        answer,
-                    )
-                    .await?;
-                let id = &row.id;
+                let (id, rekeyed) = (&row.id, sealed.next_key.as_deref());
+                let generation = row.s2c_generation;
                 let moved = self
                     .db()
                     .write("channel.record", |mut tx| async move {
-                        let moved = store::advance_in(&mut tx, id, seq).await?;
+                        let moved = match rekeyed {
+                            None => store::advance_in(&mut tx, id, seq).await?,
+                            Some(key) => {
+                                store::advance_rekeyed_in(&mut tx, id, seq, generation, key).await?
+                            }
+                        };
                         Ok::<_, ChannelError>((tx, moved))
                     })
                     .await?;
@@ -482,15 +530,16 @@ impl Channels {
                     return Ok(None);
                 }
                 self.count_record("data");
-                Ok(Some(Answer::Record(
-                    Record {
-                        channel: r.channel,
-                        kind: RecordType::Data,
-                        sequence: s2c_seq,
-                        ciphertext: sealed,
+                Ok(Some(match sealed.key_update {
+                    None => Answer::Record(sealed.record),
+                    Some(key_update) => {
+                        self.count_record("server_key_update");
+                        Answer::Rekeyed {
+                            key_update,
+                            record: sealed.record,
+                        }
                     }
-                    .encode(),
-                )))
+                }))
             }
             RecordType::KeyUpdate => {
                 let generation = row.c2s_generation;

@@ -3,6 +3,7 @@
 //! and never read by anything but the HSM's unwrap.
 
 use keyward_kms::db::{Database, Tx};
+use keyward_kms::service::CHANNEL_KEY_LABEL;
 use sqlx::Row;
 
 /// A handshake waiting for the card's key exchange.
@@ -12,6 +13,8 @@ pub struct HandshakeRow {
     pub terminal_id: String,
     pub client_hello: Vec<u8>,
     pub server_hello: Vec<u8>,
+    /// The channel key the ServerHello named.
+    pub key_label: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
 }
@@ -51,7 +54,7 @@ impl std::fmt::Debug for ChannelRow {
 pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO channel_handshakes (id, terminal_id, client_hello, server_hello, \
-         created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+         created_at_ms, expires_at_ms, key_label) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&h.id)
     .bind(&h.terminal_id)
@@ -59,6 +62,7 @@ pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sql
     .bind(&h.server_hello)
     .bind(h.created_at_ms)
     .bind(h.expires_at_ms)
+    .bind(&h.key_label)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -66,8 +70,8 @@ pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sql
 
 pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, sqlx::Error> {
     sqlx::query(
-        "SELECT id, terminal_id, client_hello, server_hello, created_at_ms, expires_at_ms \
-         FROM channel_handshakes WHERE id = $1",
+        "SELECT id, terminal_id, client_hello, server_hello, created_at_ms, expires_at_ms, \
+         key_label FROM channel_handshakes WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -78,6 +82,9 @@ pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, 
             terminal_id: r.try_get("terminal_id")?,
             client_hello: r.try_get("client_hello")?,
             server_hello: r.try_get("server_hello")?,
+            key_label: r
+                .try_get::<Option<String>, _>("key_label")?
+                .unwrap_or_else(|| CHANNEL_KEY_LABEL.to_owned()),
             created_at_ms: r.try_get("created_at_ms")?,
             expires_at_ms: r.try_get("expires_at_ms")?,
         })
@@ -193,6 +200,164 @@ pub async fn close_in(tx: &mut Tx, id: &str, now_ms: i64) -> Result<bool, sqlx::
     )
     .bind(now_ms)
     .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A resumption ticket as stored (migration 2071): its secret is wrapped
+/// under the state KEK.
+#[derive(Clone)]
+pub struct TicketRow {
+    pub id: String,
+    pub device_id: String,
+    pub cert_serial: String,
+    pub secret: Vec<u8>,
+    pub channel_id: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub used_at_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for TicketRow {
+    /// Neither the handle nor the wrapped secret is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketRow")
+            .field("channel_id", &self.channel_id)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("used", &self.used_at_ms.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pub async fn insert_ticket_in(tx: &mut Tx, t: &TicketRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO channel_tickets (id, device_id, cert_serial, secret, channel_id, \
+         created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&t.id)
+    .bind(&t.device_id)
+    .bind(&t.cert_serial)
+    .bind(&t.secret)
+    .bind(&t.channel_id)
+    .bind(t.created_at_ms)
+    .bind(t.expires_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn ticket(db: &Database, id: &str) -> Result<Option<TicketRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT id, device_id, cert_serial, secret, channel_id, created_at_ms, expires_at_ms, \
+         used_at_ms FROM channel_tickets WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .map(|r| {
+        Ok(TicketRow {
+            id: r.try_get("id")?,
+            device_id: r.try_get("device_id")?,
+            cert_serial: r.try_get("cert_serial")?,
+            secret: r.try_get("secret")?,
+            channel_id: r.try_get("channel_id")?,
+            created_at_ms: r.try_get("created_at_ms")?,
+            expires_at_ms: r.try_get("expires_at_ms")?,
+            used_at_ms: r.try_get("used_at_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// Spends the ticket `id` (single use); false when it was spent already
+/// (by another replica too) or has expired.
+pub async fn use_ticket_in(tx: &mut Tx, id: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channel_tickets SET used_at_ms = $1 \
+         WHERE id = $2 AND used_at_ms IS NULL AND expires_at_ms > $1",
+    )
+    .bind(now_ms)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The channel key new handshakes use: the newest rotated one, or init's.
+pub async fn current_key(db: &Database) -> Result<String, sqlx::Error> {
+    let label: Option<String> =
+        sqlx::query_scalar("SELECT label FROM channel_keys ORDER BY created_at_ms DESC LIMIT 1")
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(label.unwrap_or_else(|| CHANNEL_KEY_LABEL.to_owned()))
+}
+
+/// Makes `label` (certified under `serial`) the current channel key.
+pub async fn insert_key_in(
+    tx: &mut Tx,
+    label: &str,
+    serial: &str,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO channel_keys (label, cert_serial, created_at_ms) VALUES ($1, $2, $3)")
+        .bind(label)
+        .bind(serial)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Removes what can no longer be used at `now_ms`: handshakes past their
+/// expiry, channels expired or closed, tickets expired or spent. Returns
+/// the counts in that order.
+pub async fn sweep(db: &Database, now_ms: i64) -> Result<[u64; 3], sqlx::Error> {
+    let mut out = [0; 3];
+    for (i, sql) in [
+        "DELETE FROM channel_handshakes WHERE expires_at_ms <= $1",
+        "DELETE FROM channels WHERE expires_at_ms <= $1 OR state = 'closed'",
+        "DELETE FROM channel_tickets WHERE expires_at_ms <= $1 OR used_at_ms IS NOT NULL",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out[i] = sqlx::query(sql)
+            .bind(now_ms)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+    }
+    Ok(out)
+}
+
+/// Open channels not yet expired at `now_ms`.
+pub async fn count_open(db: &Database, now_ms: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE state = 'open' AND expires_at_ms > $1")
+        .bind(now_ms)
+        .fetch_one(db.pool())
+        .await
+}
+
+/// [`advance_in`] for an answer that moved the server's direction to its
+/// next key: the card's sequence + 1, the server's key `key` of generation
+/// `s2c_generation + 1` with its record 0 sent (sequence 1).
+pub async fn advance_rekeyed_in(
+    tx: &mut Tx,
+    id: &str,
+    c2s: i64,
+    s2c_generation: i64,
+    key: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE channels SET c2s_sequence = c2s_sequence + 1, s2c_key = $1, \
+         s2c_generation = $2 + 1, s2c_sequence = 1 \
+         WHERE id = $3 AND state = 'open' AND c2s_sequence = $4 AND s2c_generation = $2",
+    )
+    .bind(key)
+    .bind(s2c_generation)
+    .bind(id)
+    .bind(c2s)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -329,6 +329,7 @@ pub async fn server_jobs(state: &AppState) -> Vec<Job<AppState>> {
         crate::load::sweeper_job(state),
         crate::load::gauges_job(state),
         crate::ledger::seal_job(state),
+        crate::channel::sweep_job(),
     ]
 }
 

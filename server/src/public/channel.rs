@@ -1,6 +1,6 @@
 //! `POST /v1/channel/hello`, `POST /v1/channel/key-exchange`,
-//! `POST /v1/channel/records`: the card-to-server secure channel relayed by
-//! a terminal (docs/protocol.md §14). No session: the card proves itself in
+//! `POST /v1/channel/records`, `POST /v1/channel/resume`: the card-to-server
+//! secure channel relayed by a terminal (docs/protocol.md §14). No session: the card proves itself in
 //! the key exchange; the terminal still needs its device certificate, as
 //! on every public route. The protocol is [`crate::channel`]'s; this file
 //! reads base64 in and writes it back.
@@ -49,9 +49,25 @@ pub async fn key_exchange(
 ) -> Result<Json<wire::Finished>, ApiError> {
     let id = channel_id(&body.channel_id)?;
     let cke = b64(&body.key_exchange, "key_exchange is not base64")?;
-    let fin = app.channels.key_exchange(&terminal, id, cke).await?;
+    let opened = app.channels.key_exchange(&terminal, id, cke).await?;
     Ok(Json(wire::Finished {
-        server_finished: B64.encode(fin),
+        server_finished: B64.encode(opened.server_finished),
+        ticket: B64.encode(opened.ticket),
+    }))
+}
+
+pub async fn resume(
+    State(app): State<AppState>,
+    Extension(terminal): Extension<Device>,
+    Json(body): Json<wire::Resume>,
+) -> Result<Json<wire::Resumed>, ApiError> {
+    let rh = b64(&body.resume_hello, "resume_hello is not base64")?;
+    let r = app.channels.resume(&terminal, rh).await?;
+    Ok(Json(wire::Resumed {
+        channel_id: r.channel.to_string(),
+        server_hello: B64.encode(r.server_hello),
+        server_finished: B64.encode(r.server_finished),
+        ticket: B64.encode(r.ticket),
     }))
 }
 
@@ -65,14 +81,22 @@ pub async fn records(
     let ping = serde_json::to_vec(&super::ping::body(&identity)).unwrap_or_default();
     let out = match app.channels.record(&terminal, record, &ping).await? {
         Answer::Record(r) => wire::RecordOut {
+            key_update: None,
             record: Some(B64.encode(r)),
             closed: false,
         },
+        Answer::Rekeyed { key_update, record } => wire::RecordOut {
+            key_update: Some(B64.encode(key_update)),
+            record: Some(B64.encode(record)),
+            closed: false,
+        },
         Answer::KeyUpdated => wire::RecordOut {
+            key_update: None,
             record: None,
             closed: false,
         },
         Answer::Closed => wire::RecordOut {
+            key_update: None,
             record: None,
             closed: true,
         },

@@ -84,7 +84,8 @@ pub fn router(state: AppState) -> Router {
                 .route("/v1/login/finish", post(login::finish))
                 .route("/v1/channel/hello", post(channel::hello))
                 .route("/v1/channel/key-exchange", post(channel::key_exchange))
-                .route("/v1/channel/records", post(channel::records)),
+                .route("/v1/channel/records", post(channel::records))
+                .route("/v1/channel/resume", post(channel::resume)),
         )
         .merge(with_session)
         .route_layer(middleware::from_fn_with_state(

@@ -36,6 +36,28 @@ pub struct KeyExchange {
 pub struct Finished {
     /// The ServerFinished (`KWC4`), base64.
     pub server_finished: String,
+    /// The card's resumption ticket (`KWC6`), base64.
+    pub ticket: String,
+}
+
+/// `POST /v1/channel/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// The card's ResumeHello (`KWC5`), base64.
+    pub resume_hello: String,
+}
+
+/// `POST /v1/channel/resume` → 200: the channel is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    pub channel_id: String,
+    /// The ServerHello (`KWC2`, mode resumption, no chain), base64.
+    pub server_hello: String,
+    /// The ServerFinished (`KWC4`), base64.
+    pub server_finished: String,
+    /// The next ticket (`KWC6`), base64.
+    pub ticket: String,
 }
 
 /// `POST /v1/channel/records`: one record (`KWCR`), base64.
@@ -49,6 +71,10 @@ pub struct RecordIn {
 /// record; none after a close or a key update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordOut {
+    /// The server's key update record (`KWCR` type 3), base64, when its
+    /// direction moved to its next key: the card opens it before `record`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_update: Option<String>,
     pub record: Option<String>,
     /// Whether the channel is closed now (the card's close record).
     pub closed: bool,
@@ -61,4 +87,16 @@ pub struct RecordOut {
 pub struct Carried {
     pub method: String,
     pub path: String,
+}
+
+/// `POST /admin/v1/channel/keys` → 201: the new current channel key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    /// The new key's HSM label.
+    pub label: String,
+    /// Its `channel` certificate's serial.
+    pub cert_serial: String,
+    /// The key new handshakes used before; handshakes begun under it
+    /// finish under it.
+    pub previous: String,
 }

@@ -16,7 +16,7 @@ use keyward_server::edge::identity::ClientIdentity;
 use keyward_server::edge::startup;
 use keyward_server::metrics::Metrics;
 use keyward_server::{bootstrap, public_app};
-use keyward_tests::channel::{AwaitFinished, CardHello, Channel, Received};
+use keyward_tests::channel::{AwaitFinished, CardHello, CardResume, Channel, Received, Ticket};
 use keyward_tests::simulator::SimDevice;
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -129,15 +129,26 @@ async fn open(app: &App, hs: &Router, kx: &Router, c: &Card) -> Channel {
 }
 
 async fn finish(router: &Router, c: &Card, id: &str, wait: AwaitFinished, cke: &[u8]) -> Channel {
+    finish_with_ticket(router, c, id, wait, cke).await.0
+}
+
+fn b64_field(b: &Value, name: &str) -> Vec<u8> {
+    B64.decode(b[name].as_str().unwrap()).unwrap()
+}
+
+/// The key exchange answered: the open channel and the card's ticket.
+async fn finish_with_ticket(
+    router: &Router,
+    c: &Card,
+    id: &str,
+    wait: AwaitFinished,
+    cke: &[u8],
+) -> (Channel, Ticket) {
     let a = key_exchange(router, c, id, cke).await;
-    let fin = B64
-        .decode(
-            a.expect(StatusCode::OK)["server_finished"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-    wait.finish(&fin).unwrap()
+    let b = a.expect(StatusCode::OK);
+    let ch = wait.finish(&b64_field(b, "server_finished")).unwrap();
+    let ticket = ch.ticket(&b64_field(b, "ticket"), c.d.id).unwrap();
+    (ch, ticket)
 }
 
 /// A carried ping, answered in a record the card opens.
@@ -430,4 +441,421 @@ async fn another_replica_takes_the_key_exchange_and_the_records() {
     ping(&other, &c, &mut ch).await;
     ping(&app.public, &c, &mut ch).await;
     ping(&other, &c, &mut ch).await;
+}
+
+/// A whole handshake: the open channel and the card's ticket.
+async fn open_with_ticket(app: &App, router: &Router, c: &Card) -> (Channel, Ticket) {
+    let (hello, id, sh) = say_hello(router, c).await;
+    let (wait, cke) = hello
+        .key_exchange(
+            &sh,
+            app.state.ca.root_pem(),
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    finish_with_ticket(router, c, &id, wait, &cke).await
+}
+
+async fn resume_with(router: &Router, relay: &Card, hello: &[u8]) -> Answer {
+    post(
+        router,
+        &relay.who,
+        "/v1/channel/resume",
+        json!({"resume_hello": B64.encode(hello)}),
+    )
+    .await
+}
+
+/// A resumption answered: the new channel and the next ticket.
+async fn resume(router: &Router, c: &Card, ticket: &Ticket) -> (Channel, Ticket) {
+    let r = CardResume::new(ticket, random());
+    let a = resume_with(router, c, r.resume_hello()).await;
+    let b = a.expect(StatusCode::OK);
+    let ch = r
+        .finish(
+            &b64_field(b, "server_hello"),
+            &b64_field(b, "server_finished"),
+        )
+        .unwrap();
+    assert_eq!(ch.id.to_string(), b["channel_id"]);
+    let next = ch.ticket(&b64_field(b, "ticket"), c.d.id).unwrap();
+    (ch, next)
+}
+
+fn resume_refusals(trail: &[Value]) -> usize {
+    trail
+        .iter()
+        .filter(|r| r["action"] == "channel.resume" && r["outcome"] == "refused")
+        .count()
+}
+
+#[tokio::test]
+async fn a_ticket_resumes_on_the_other_replica_once_and_chains() {
+    let app = App::new().await;
+    let c = card(&app, 77).await;
+    let (mut first, ticket) = open_with_ticket(&app, &app.public, &c).await;
+    ping(&app.public, &c, &mut first).await;
+    // The other replica has never loaded the channel key or its chain.
+    let other = replica(&app).await;
+    let (mut ch, next) = resume(&other, &c, &ticket).await;
+    ping(&other, &c, &mut ch).await;
+    ping(&app.public, &c, &mut ch).await;
+    // The first channel is untouched by the resumption.
+    ping(&app.public, &c, &mut first).await;
+    assert!(app.audited("channel.resume", "success").await);
+
+    // Single use: the same ticket again (a replay of a fresh hello, or the
+    // very same bytes) is refused.
+    let again = CardResume::new(&ticket, random());
+    resume_with(&app.public, &c, again.resume_hello())
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_refused");
+    // The resumed channel's ticket resumes in turn, and the new channel
+    // carries records like any other.
+    let (mut third, _) = resume(&app.public, &c, &next).await;
+    ping(&app.public, &c, &mut third).await;
+    let close = third.close().unwrap();
+    assert_eq!(
+        send(&app.public, &c, &close).await.expect(StatusCode::OK)["closed"],
+        true
+    );
+    assert_eq!(handshakes(&app, "resumed"), 1, "this replica's");
+    assert_eq!(resume_refusals(&app.trail().await), 1);
+    // The ticket's secret is stored wrapped, never the secret itself.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT secret FROM channel_tickets")
+        .fetch_all(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|s| s.as_slice() != ticket.secret));
+}
+
+#[tokio::test]
+async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_refusal() {
+    let app = App::new().await;
+    let a = card(&app, 78).await;
+    let b = card(&app, 79).await;
+    let mut answers = Vec::new();
+
+    // Card b presents card a's ticket as its own (its device id, a's
+    // handle; it cannot know a's secret, so its own channel's).
+    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    let (_, tb) = open_with_ticket(&app, &app.public, &b).await;
+    let stolen = Ticket {
+        handle: ta.handle,
+        ..tb.clone()
+    };
+    answers.push(
+        resume_with(
+            &app.public,
+            &b,
+            CardResume::new(&stolen, random()).resume_hello(),
+        )
+        .await,
+    );
+    // Even a's own device id with the handle but b's secret.
+    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    let wrong_binder = Ticket {
+        secret: tb.secret,
+        ..ta.clone()
+    };
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&wrong_binder, random()).resume_hello(),
+        )
+        .await,
+    );
+    // The wrong binder spent the ticket: the right one is too late.
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&ta, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    // Expired.
+    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    sqlx::query("UPDATE channel_tickets SET expires_at_ms = 1 WHERE id = $1")
+        .bind(hex::encode(ta.handle))
+        .execute(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&ta, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    // Unknown.
+    let unknown = Ticket {
+        handle: random(),
+        ..ta.clone()
+    };
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&unknown, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    // The card's certificate revoked after the ticket was given.
+    let (_, tb) = open_with_ticket(&app, &app.public, &b).await;
+    let serial = app
+        .state
+        .provisioning
+        .device(b.d.id)
+        .await
+        .unwrap()
+        .cert_serial
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.state
+        .ca
+        .revoke(&serial, keyward_ca::RevocationReason::KeyCompromise)
+        .await
+        .unwrap();
+    // Relayed by card a's terminal: b's own certificate no longer opens
+    // the public listener.
+    answers.push(
+        resume_with(
+            &app.public,
+            &a,
+            CardResume::new(&tb, random()).resume_hello(),
+        )
+        .await,
+    );
+
+    for x in &answers {
+        x.refused(StatusCode::FORBIDDEN, "channel_refused");
+        assert_eq!(
+            x.body["error"]["message"],
+            answers[0].body["error"]["message"]
+        );
+    }
+    assert_eq!(handshakes(&app, "resumed"), 0);
+    assert_eq!(handshakes(&app, "refused"), answers.len() as u64);
+    assert_eq!(resume_refusals(&app.trail().await), answers.len());
+    let channels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels")
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    assert_eq!(channels, 5, "the full handshakes' only");
+
+    // A garbled or version-less hello is malformed or unsupported.
+    resume_with(&app.public, &a, b"KWC5\x01")
+        .await
+        .refused(StatusCode::BAD_REQUEST, "channel_malformed");
+    let mut v2 = CardResume::new(&ta, random()).resume_hello().to_vec();
+    v2[38] = 2;
+    resume_with(&app.public, &a, &v2)
+        .await
+        .refused(StatusCode::BAD_REQUEST, "channel_unsupported");
+}
+
+/// The channel certificate a ServerHello carries.
+fn leaf(sh: &[u8]) -> Vec<u8> {
+    channel::ServerHello::decode(sh).unwrap().chain.remove(0)
+}
+
+#[tokio::test]
+async fn a_rotated_key_serves_new_handshakes_everywhere_and_old_ones_finish() {
+    let app = App::new().await;
+    let c = card(&app, 80).await;
+    let other = replica(&app).await;
+    let root = app.state.ca.root_pem().to_owned();
+    // Both replicas have loaded the first key; a handshake is under way.
+    let (_, _, before) = say_hello(&other, &c).await;
+    let (pending, pending_id, pending_sh) = say_hello(&app.public, &c).await;
+    assert_eq!(leaf(&before), leaf(&pending_sh));
+
+    // Operators may not rotate; an admin may.
+    let op = app.operator("olga", keyward_ca::Role::Operator).await;
+    app.post(&op, "/admin/v1/channel/keys", json!({}))
+        .await
+        .refused(StatusCode::FORBIDDEN, "forbidden_role");
+    let a = app
+        .post(&app.root, "/admin/v1/channel/keys", json!({}))
+        .await;
+    let b = a.expect(StatusCode::CREATED);
+    assert_eq!(b["previous"], "keyward/channel/rsa");
+    let label = b["label"].as_str().unwrap().to_owned();
+    assert!(label.starts_with("keyward/channel/rsa/"));
+    assert!(app.audited("channel.rotate_key", "success").await);
+    let serial = b["cert_serial"].as_str().unwrap().parse().unwrap();
+    let issued = der_of_pem(&app.state.ca.get(&serial).await.unwrap().unwrap().pem);
+
+    // The handshake begun under the old key finishes under it.
+    let (wait, cke) = pending
+        .key_exchange(
+            &pending_sh,
+            &root,
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    let mut ch = finish(&app.public, &c, &pending_id, wait, &cke).await;
+    ping(&app.public, &c, &mut ch).await;
+
+    // New hellos on either replica carry the new certificate, and the new
+    // key opens channels; the other replica learnt of it from the database.
+    for router in [&other, &app.public] {
+        let (hello, id, sh) = say_hello(router, &c).await;
+        assert_ne!(leaf(&sh), leaf(&before));
+        assert_eq!(leaf(&sh), issued);
+        let (wait, cke) = hello
+            .key_exchange(
+                &sh,
+                &root,
+                &c.d,
+                &c.cert,
+                &random(),
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+        let mut ch = finish(router, &c, &id, wait, &cke).await;
+        ping(router, &c, &mut ch).await;
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_removes_what_can_no_longer_be_used_and_answers_stay_the_same() {
+    let app = App::new().await;
+    let c = card(&app, 81).await;
+    let swept = |kind: &str| {
+        app.state
+            .metrics
+            .channel_swept
+            .with_label_values(&[kind])
+            .get()
+    };
+    // A closed channel, a spent ticket (its successor live), an expired
+    // handshake, and one open channel that stays.
+    let (mut closed, ticket) = open_with_ticket(&app, &app.public, &c).await;
+    let close = closed.close().unwrap();
+    send(&app.public, &c, &close).await.expect(StatusCode::OK);
+    let (mut open, _) = resume(&app.public, &c, &ticket).await;
+    let (hello, id, sh) = say_hello(&app.public, &c).await;
+    let db = app.state.kms.db().pool();
+    sqlx::query("UPDATE channel_handshakes SET expires_at_ms = 1 WHERE id = $1")
+        .bind(&id)
+        .execute(db)
+        .await
+        .unwrap();
+    let (_, live_id, _) = say_hello(&app.public, &c).await;
+
+    let s = app.state.channels.sweep().await.unwrap();
+    assert_eq!((s.handshakes, s.channels, s.tickets), (1, 1, 1));
+    assert_eq!(
+        (swept("handshakes"), swept("channels"), swept("tickets")),
+        (1, 1, 1)
+    );
+    assert_eq!(app.state.metrics.channels_open.get(), 1);
+    // A second sweep finds nothing more.
+    assert_eq!(
+        app.state.channels.sweep().await.unwrap(),
+        Default::default()
+    );
+
+    // The same answers as before the sweep.
+    send(&app.public, &c, &close)
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_closed");
+    let (_, cke) = hello
+        .key_exchange(
+            &sh,
+            app.state.ca.root_pem(),
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    key_exchange(&app.public, &c, &id, &cke)
+        .await
+        .refused(StatusCode::FORBIDDEN, "channel_closed");
+    resume_with(
+        &app.public,
+        &c,
+        CardResume::new(&ticket, random()).resume_hello(),
+    )
+    .await
+    .refused(StatusCode::FORBIDDEN, "channel_refused");
+    // What was live still is.
+    ping(&app.public, &c, &mut open).await;
+    let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channel_handshakes WHERE id = $1")
+        .bind(&live_id)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+    // The job runs once across replicas.
+    let jobs = keyward_server::jobs::server_jobs(&app.state).await;
+    let job = jobs.iter().find(|j| j.name == "channel.sweep").unwrap();
+    assert!(job.once_across_replicas);
+}
+
+#[tokio::test]
+async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
+    let app = App::new().await;
+    let c = card(&app, 82).await;
+    let mut ch = open(&app, &app.public, &app.public, &c).await;
+    ping(&app.public, &c, &mut ch).await;
+    // Jump the server's counter to the last number of generation 0.
+    let last = channel::REKEY_AFTER_RECORDS - 1;
+    let db = app.state.kms.db().pool();
+    sqlx::query("UPDATE channels SET s2c_sequence = $1 WHERE id = $2")
+        .bind(last as i64)
+        .bind(ch.id.to_string())
+        .execute(db)
+        .await
+        .unwrap();
+    ch.skip_received(last - 1);
+    assert_eq!(ch.recv_state(), (0, last));
+
+    let up = ch.seal(PING).unwrap().remove(0);
+    let a = send(&app.public, &c, &up).await;
+    let b = a.expect(StatusCode::OK);
+    // The key update (its last number, old key), then the answer under the
+    // next key at sequence 0.
+    let update = b64_field(b, "key_update");
+    let r = channel::Record::decode(&update).unwrap();
+    assert_eq!((r.kind, r.sequence), (channel::RecordType::KeyUpdate, last));
+    assert_eq!(ch.open(&update).unwrap(), Received::KeyUpdated);
+    let down = b64_field(b, "record");
+    assert_eq!(channel::Record::decode(&down).unwrap().sequence, 0);
+    let Received::Data(plain) = ch.open(&down).unwrap() else {
+        panic!("not a data record");
+    };
+    assert_eq!(
+        serde_json::from_slice::<Value>(&plain).unwrap()["pong"],
+        true
+    );
+    assert_eq!(ch.recv_state(), (1, 1));
+    assert_eq!(records(&app, "server_key_update"), 1);
+    let (generation, sequence): (i64, i64) =
+        sqlx::query_as("SELECT s2c_generation, s2c_sequence FROM channels WHERE id = $1")
+            .bind(ch.id.to_string())
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!((generation, sequence), (1, 1));
+    // The channel goes on under generation 1, with no further update.
+    ping(&app.public, &c, &mut ch).await;
+    assert_eq!(ch.recv_state(), (1, 2));
+    assert_eq!(records(&app, "server_key_update"), 1);
 }

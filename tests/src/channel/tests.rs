@@ -390,6 +390,61 @@ fn each_direction_rekeys_on_its_own() {
     assert!(run.server.open(&stale).is_err());
 }
 
+/// A ticket from one channel resumes into a new one whose keys both sides
+/// share; a wrong binder (another secret) is refused; the resumed channel
+/// gives its own next ticket with a different secret.
+#[test]
+fn a_ticket_resumes_into_a_new_channel() {
+    let run = random_run();
+    let srv = server();
+    let dev = DeviceId::from_bytes(DEVICE);
+    let nt = NewTicket {
+        channel: run.card.id,
+        ticket: [7; 16],
+        lifetime: 60,
+    }
+    .encode();
+    let ticket = run.card.ticket(&nt, dev).unwrap();
+    assert_eq!(ticket.secret, run.keys.resumption);
+    let resume = CardResume::new(&ticket, counting(0x10));
+    let (sh, keys, fin) = srv
+        .resume(
+            &run.keys.resumption,
+            resume.resume_hello(),
+            counting(0x30),
+            ChannelId([9; 16]),
+        )
+        .unwrap();
+    assert!(
+        srv.resume(
+            &[1; 32],
+            resume.resume_hello(),
+            counting(0x30),
+            ChannelId([9; 16])
+        )
+        .is_err()
+    );
+    let mut card = resume.finish(&sh, &fin).unwrap();
+    let mut server = Channel::server(ChannelId([9; 16]), &keys);
+    let up = card.seal(b"resumed").unwrap().remove(0);
+    assert_eq!(
+        server.open(&up).unwrap(),
+        Received::Data(b"resumed".to_vec())
+    );
+    assert_ne!(keys.resumption, run.keys.resumption);
+    assert_ne!(keys.c2s, run.keys.c2s);
+    // A ticket of another channel, and a Finished of another transcript.
+    let other = NewTicket {
+        channel: ChannelId([1; 16]),
+        ticket: [7; 16],
+        lifetime: 60,
+    }
+    .encode();
+    assert!(run.card.ticket(&other, dev).is_err());
+    let resume = CardResume::new(&ticket, counting(0x11));
+    assert!(resume.finish(&sh, &fin).is_err());
+}
+
 /// The worked trace of docs/protocol.md §14.6: one whole handshake with
 /// fixed inputs, every intermediate value, one record each way. The doc
 /// must contain this text exactly.
@@ -460,6 +515,49 @@ fn worked_trace_in_the_docs() {
     line("E(/v1/login/start)", &run.card.exporter("/v1/login/start"));
     line("rekey_input(1)", &channel::rekey_input(1));
     line("K[c2s key] gen 1", &prf(&k.c2s, &channel::rekey_input(1)));
+
+    // Resumption with this channel's ticket.
+    let ticket_handle: [u8; 16] = counting(0x90);
+    let nt = NewTicket {
+        channel: run.card.id,
+        ticket: ticket_handle,
+        lifetime: 86_400,
+    }
+    .encode();
+    line("NewTicket", &nt);
+    let ticket = run.card.ticket(&nt, DeviceId::from_bytes(DEVICE)).unwrap();
+    line("r.client_random", &counting::<32>(0xa0));
+    line("r.server_random", &counting::<32>(0xc0));
+    line("r.channel_id", &counting::<16>(0xe0));
+    line("D_binder", &channel::binder_input());
+    line("K_binder", &prf(&k.resumption, &channel::binder_input()));
+    let resume = CardResume::new(&ticket, counting(0xa0));
+    line("ResumeHello", resume.resume_hello());
+    let (rsh, rk, rfin) = server()
+        .resume(
+            &k.resumption,
+            resume.resume_hello(),
+            counting(0xc0),
+            ChannelId(counting(0xe0)),
+        )
+        .unwrap();
+    line("r.ServerHello", &rsh);
+    line("r.H", &rk.h);
+    line("r.D_ms", &channel::resumption_master_input(&rk.h));
+    line("r.MS", &rk.master);
+    for (l, key) in [
+        (Label::C2sKey, &rk.c2s),
+        (Label::S2cKey, &rk.s2c),
+        (Label::Finished, &rk.finished),
+        (Label::Exporter, &rk.exporter),
+        (Label::Resumption, &rk.resumption),
+    ] {
+        line(&format!("r.K[{}]", l.as_str()), key);
+    }
+    line("r.iv_c2s", &rk.iv_c2s);
+    line("r.iv_s2c", &rk.iv_s2c);
+    line("r.ServerFinished", &rfin);
+    resume.finish(&rsh, &rfin).unwrap();
 
     let doc = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"),

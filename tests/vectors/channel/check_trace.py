@@ -73,4 +73,24 @@ ctx = P + b"exporter" + b"/v1/login/start"; check("exporter_context", ctx)
 check("E(/v1/login/start)", cmac(K["exporter"], ctx))
 r = sha(P, b"rekey", (1).to_bytes(8, "big")); check("rekey_input(1)", r)
 check("K[c2s key] gen 1", prf(K["c2s key"], r))
+
+# Resumption (section 14.8) with the ticket of the channel above.
+nt = t["NewTicket"]
+assert nt[:5] == b"KWC6\x01" and nt[5:21] == t["channel_id"] and len(nt) == 41
+assert 0 < int.from_bytes(nt[37:41], "big") <= 86400
+rh, rsh = t["ResumeHello"], t["r.ServerHello"]
+assert rh[:5] == b"KWC5\x01" and rh[5:37] == t["r.client_random"]
+assert rh[37:39] == b"\x01\x01" and rh[39:47] == ch[-8:] and rh[47:63] == nt[21:37]
+db = sha(P, b"binder"); check("D_binder", db)
+kb = prf(K["resumption"], db); check("K_binder", kb)
+assert rh[63:] == cmac(kb, rh[:63]) and len(rh) == 79
+assert rsh == b"KWC2\x01" + t["r.server_random"] + t["r.channel_id"] + b"\x01\x03\x02\x00\x00"
+rH = sha(rh, rsh); check("r.H", rH)
+rd = sha(P, b"resumption master", rH); check("r.D_ms", rd)
+rms = prf(K["resumption"], rd); check("r.MS", rms)
+rK = {}
+for l in ["c2s key", "s2c key", "finished", "exporter", "resumption"]:
+    rK[l] = prf(rms, sha(P, l.encode(), rH)); check(f"r.K[{l}]", rK[l])
+check("r.iv_c2s", sha(P, b"c2s iv", rH)[:12]); check("r.iv_s2c", sha(P, b"s2c iv", rH)[:12])
+check("r.ServerFinished", b"KWC4\x01" + t["r.channel_id"] + cmac(rK["finished"], rH))
 print(f"the trace holds: {len(t)} values recomputed or checked")

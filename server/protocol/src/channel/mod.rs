@@ -7,6 +7,8 @@
 //! | [`ServerHello`]       | `KWC2` | server |
 //! | [`CardKeyExchange`]   | `KWC3` | card   |
 //! | [`ServerFinished`]    | `KWC4` | server |
+//! | [`ResumeHello`]       | `KWC5` | card   |
+//! | [`NewTicket`]         | `KWC6` | server |
 //! | [`Record`]            | `KWCR` | either |
 //!
 //! Layouts follow the load messages (`crate::wire`): a magic, version byte
@@ -30,8 +32,8 @@ use crate::ProtocolError;
 use crate::wire::{Format, Reader, Writer};
 
 pub use schedule::{
-    Direction, Label, card_signature_input, exporter_context, handshake_hash, iv, label_input,
-    master_input, nonce, rekey_input,
+    Direction, Label, binder_input, card_signature_input, exporter_context, handshake_hash, iv,
+    label_input, master_input, nonce, rekey_input, resumption_hash, resumption_master_input,
 };
 
 /// The version byte after every channel message's magic. It names the
@@ -94,6 +96,8 @@ const SERVER_HELLO: &[u8; 4] = b"KWC2";
 const CARD_KEY_EXCHANGE: &[u8; 4] = b"KWC3";
 const SERVER_FINISHED: &[u8; 4] = b"KWC4";
 const RECORD: &[u8; 4] = b"KWCR";
+const RESUME_HELLO: &[u8; 4] = b"KWC5";
+const NEW_TICKET: &[u8; 4] = b"KWC6";
 
 /// How the pre-master reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,6 +106,8 @@ pub enum Mode {
     RsaTransport = 1,
     /// Ephemeral P-256 ECDH; reserved, not built yet.
     EcdheP256 = 2,
+    /// A [`ResumeHello`] names a ticket; no certificate, no RSA.
+    Resumption = 3,
 }
 
 impl Mode {
@@ -109,6 +115,7 @@ impl Mode {
         match b {
             1 => Some(Self::RsaTransport),
             2 => Some(Self::EcdheP256),
+            3 => Some(Self::Resumption),
             _ => None,
         }
     }
@@ -251,12 +258,15 @@ impl ClientHello {
 ///      5   32 server random
 ///     37   16 channel id
 ///     53    1 chosen version (1)
-///     54    1 chosen mode (1 rsa-transport, 2 ecdhe-p256)
+///     54    1 chosen mode (1 rsa-transport, 2 ecdhe-p256, 3 resumption)
 ///     55    1 OAEP hash of the pre-master (1 SHA-1, 2 SHA-256)
-///     56    2 number of certificates (1..=4), then each:
+///     56    2 number of certificates (1..=4; 0 in resumption), then each:
 ///           2+n a DER certificate: the channel certificate first, then
 ///               its issuing CA (up to, not necessarily including, the root)
 /// ```
+///
+/// A resumption hello has no chain (the card knows the server by the
+/// ticket's secret) and OAEP hash 2, which means nothing there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerHello {
     pub server_random: [u8; 32],
@@ -269,11 +279,11 @@ pub struct ServerHello {
 
 impl ServerHello {
     /// Panics only on a chain [`decode`](Self::decode) could never return
-    /// (empty, over 4, or an empty or over-long certificate).
+    /// (empty, over 4, or an empty or over-long certificate; not empty in
+    /// resumption).
     pub fn encode(&self) -> Vec<u8> {
         assert!(
-            !self.chain.is_empty()
-                && self.chain.len() <= MAX_CHAIN
+            valid_chain_len(self.mode, self.chain.len())
                 && self
                     .chain
                     .iter()
@@ -302,7 +312,7 @@ impl ServerHello {
         let mode = Mode::from_byte(r.u8()?).ok_or_else(|| r.malformed())?;
         let oaep = OaepHash::from_byte(r.u8()?).ok_or_else(|| r.malformed())?;
         let n = usize::from(r.u16()?);
-        if n == 0 || n > MAX_CHAIN {
+        if !valid_chain_len(mode, n) {
             return Err(r.malformed());
         }
         let chain = (0..n)
@@ -316,6 +326,14 @@ impl ServerHello {
             oaep,
             chain,
         })
+    }
+}
+
+/// A resumption hello carries no chain; every other mode one of 1 to 4.
+fn valid_chain_len(mode: Mode, n: usize) -> bool {
+    match mode {
+        Mode::Resumption => n == 0,
+        _ => n > 0 && n <= MAX_CHAIN,
     }
 }
 
@@ -536,6 +554,144 @@ impl Record {
             kind,
             sequence,
             ciphertext,
+        })
+    }
+}
+
+/// The card resumes with a ticket (magic `KWC5`): a whole handshake in one
+/// round trip, no certificate and no RSA.
+///
+/// ```text
+/// offset size field
+///      0    4 "KWC5"
+///      4    1 version (1)
+///      5   32 client random
+///     37    1 number of versions n (1..=8), then n distinct non-zero bytes
+///      …    8 device id
+///      …   16 ticket (a [`NewTicket`]'s handle)
+///      …   16 binder = AES-CMAC(K_binder, every byte before it)
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResumeHello {
+    pub client_random: [u8; 32],
+    pub versions: Vec<u8>,
+    pub device: [u8; 8],
+    pub ticket: [u8; 16],
+    pub binder: [u8; 16],
+}
+
+impl fmt::Debug for ResumeHello {
+    /// The ticket names a secret; it is not printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResumeHello")
+            .field("versions", &self.versions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResumeHello {
+    /// The bytes the binder covers: the message up to the binder. Panics
+    /// only on versions [`decode`](Self::decode) could never return.
+    pub fn binder_part(&self) -> Vec<u8> {
+        assert!(valid_list(&self.versions));
+        Writer::new(&HANDSHAKE, RESUME_HELLO)
+            .bytes(&self.client_random)
+            .u8(self.versions.len() as u8)
+            .bytes(&self.versions)
+            .bytes(&self.device)
+            .bytes(&self.ticket)
+            .finish()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.binder_part();
+        out.extend_from_slice(&self.binder);
+        out
+    }
+
+    /// Decodes and returns the binder's part as a slice of `bytes`.
+    pub fn split(bytes: &[u8]) -> Result<(Self, &[u8]), ProtocolError> {
+        let mut r = Reader::new(&HANDSHAKE, bytes, RESUME_HELLO, "resume hello")?;
+        let client_random = r.array()?;
+        let versions = read_list(&mut r)?;
+        let device = r.array()?;
+        let ticket = r.array()?;
+        let bound = bytes.len() - r.remaining();
+        let binder = r.array()?;
+        r.end()?;
+        Ok((
+            Self {
+                client_random,
+                versions,
+                device,
+                ticket,
+                binder,
+            },
+            &bytes[..bound],
+        ))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        Self::split(bytes).map(|(m, _)| m)
+    }
+}
+
+/// The server gives the card a resumption ticket (magic `KWC6`), beside
+/// every ServerFinished. The handle names a secret the card derived
+/// itself (`K[resumption]`); the server keeps it wrapped, bound to the
+/// card's certificate, for `lifetime` seconds and one use.
+///
+/// ```text
+/// offset size field
+///      0    4 "KWC6"
+///      4    1 version (1)
+///      5   16 channel id (whose schedule gave the secret)
+///     21   16 ticket
+///     37    4 lifetime in seconds (1..=86400)
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewTicket {
+    pub channel: ChannelId,
+    pub ticket: [u8; 16],
+    pub lifetime: u32,
+}
+
+impl fmt::Debug for NewTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewTicket")
+            .field("channel", &self.channel)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest a ticket lives, in seconds: a day.
+pub const MAX_TICKET_LIFETIME: u32 = 86_400;
+
+impl NewTicket {
+    /// Panics only on a lifetime [`decode`](Self::decode) could never return.
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.lifetime > 0 && self.lifetime <= MAX_TICKET_LIFETIME);
+        Writer::new(&HANDSHAKE, NEW_TICKET)
+            .bytes(&self.channel.0)
+            .bytes(&self.ticket)
+            .u32(self.lifetime)
+            .finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(&HANDSHAKE, bytes, NEW_TICKET, "new ticket")?;
+        let channel = ChannelId(r.array()?);
+        let ticket = r.array()?;
+        let lifetime = r.u32()?;
+        if lifetime == 0 || lifetime > MAX_TICKET_LIFETIME {
+            return Err(r.malformed());
+        }
+        r.end()?;
+        Ok(Self {
+            channel,
+            ticket,
+            lifetime,
         })
     }
 }

@@ -16,6 +16,13 @@
 //! K'      = PRF(K, rekey_input(generation))   the next key of a direction
 //! Finished= AES-CMAC(K_finished, H)
 //! E       = AES-CMAC(K_exporter, exporter_context(path))
+//!
+//! Resumption, under a ticket's K_resumption (from the channel that gave it):
+//! K_binder= PRF(K_resumption, binder_input())
+//! binder  = AES-CMAC(K_binder, ResumeHello up to the binder)
+//! H       = SHA-256(ResumeHello ‖ ServerHello)
+//! MS      = PRF(K_resumption, resumption_master_input(H))
+//! then K_L, iv_d, Finished and E as above, with this H and MS
 //! ```
 
 use sha2::{Digest, Sha256};
@@ -64,6 +71,25 @@ pub fn master_input(h: &[u8; 32]) -> [u8; 32] {
     sha256(&[PREFIX, b"master", h])
 }
 
+/// `H` of a resumption: SHA-256 over the ResumeHello and the ServerHello
+/// exactly as they travelled.
+pub fn resumption_hash(resume_hello: &[u8], server_hello: &[u8]) -> [u8; 32] {
+    sha256(&[resume_hello, server_hello])
+}
+
+/// `SHA-256("keyward channel v1 resumption master" ‖ H)`: the PRF input
+/// under a ticket's resumption secret that gives the resumed master secret.
+/// Its own label keeps it apart from any input a full handshake uses.
+pub fn resumption_master_input(h: &[u8; 32]) -> [u8; 32] {
+    sha256(&[PREFIX, b"resumption master", h])
+}
+
+/// `SHA-256("keyward channel v1 binder")`: the PRF input under a ticket's
+/// resumption secret that gives the binder's AES-CMAC key.
+pub fn binder_input() -> [u8; 32] {
+    sha256(&[PREFIX, b"binder"])
+}
+
 /// A key the master secret yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Label {
@@ -75,7 +101,7 @@ pub enum Label {
     Finished,
     /// AES-CMAC key of the exporter values.
     Exporter,
-    /// The resumption secret (resumption is not built yet).
+    /// The resumption secret: a ticket's, for the next handshake.
     Resumption,
 }
 

@@ -363,3 +363,117 @@ proptest! {
         prop_assert_eq!(Record::decode(&r.encode()).unwrap().encode(), r.encode());
     }
 }
+
+fn resume_hello() -> ResumeHello {
+    ResumeHello {
+        client_random: [0xc1; 32],
+        versions: vec![1],
+        device: [1, 2, 3, 4, 5, 6, 7, 8],
+        ticket: [0x7a; 16],
+        binder: [0xb1; 16],
+    }
+}
+
+fn new_ticket() -> NewTicket {
+    NewTicket {
+        channel: ChannelId([0xcd; 16]),
+        ticket: [0x7a; 16],
+        lifetime: 86_400,
+    }
+}
+
+#[test]
+fn resumption_messages_byte_for_byte_and_strict() {
+    let rh = resume_hello();
+    assert_eq!(
+        hex::encode(rh.encode()),
+        concat!(
+            "4b574335",
+            "01",
+            "c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1",
+            "0101",
+            "0102030405060708",
+            "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a",
+            "b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1",
+        )
+    );
+    let bytes = rh.encode();
+    let (back, bound) = ResumeHello::split(&bytes).unwrap();
+    assert_eq!(back, rh);
+    assert_eq!(bound, &bytes[..bytes.len() - 16]);
+    assert_eq!(bound, rh.binder_part().as_slice());
+    assert_eq!(
+        hex::encode(new_ticket().encode()),
+        concat!(
+            "4b574336",
+            "01",
+            "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+            "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a",
+            "00015180",
+        )
+    );
+    assert_eq!(NewTicket::decode(&new_ticket().encode()), Ok(new_ticket()));
+    type Decode = fn(&[u8]) -> Result<(), ProtocolError>;
+    let cases: [(Vec<u8>, Decode, &str); 2] = [
+        (
+            rh.encode(),
+            |b| ResumeHello::decode(b).map(drop),
+            "resume hello",
+        ),
+        (
+            new_ticket().encode(),
+            |b| NewTicket::decode(b).map(drop),
+            "new ticket",
+        ),
+    ];
+    for (bytes, decode, what) in cases {
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "{what}: {n} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), malformed(what), "{what}");
+    }
+    // A lifetime of 0 or over a day.
+    for l in [0u32, 86_401] {
+        let mut b = new_ticket().encode();
+        b[37..].copy_from_slice(&l.to_be_bytes());
+        assert_eq!(NewTicket::decode(&b).map(drop), malformed("new ticket"));
+    }
+    // The ticket is not printed.
+    assert!(!format!("{rh:?}{:?}", new_ticket()).contains("7a"));
+}
+
+#[test]
+fn a_resumption_server_hello_has_no_chain_and_others_need_one() {
+    let mut sh = server_hello();
+    sh.mode = Mode::Resumption;
+    sh.chain = Vec::new();
+    let bytes = sh.encode();
+    assert_eq!(&bytes[54..], &[3, 2, 0, 0]);
+    assert_eq!(ServerHello::decode(&bytes), Ok(sh));
+    // Mode 3 with a chain, mode 1 without one.
+    let mut b = server_hello().encode();
+    b[54] = 3;
+    assert_eq!(ServerHello::decode(&b).map(drop), malformed("server hello"));
+    let mut b = bytes.clone();
+    b[54] = 1;
+    assert_eq!(ServerHello::decode(&b).map(drop), malformed("server hello"));
+}
+
+#[test]
+fn resumption_inputs_are_the_documented_hashes() {
+    let h = [0x11; 32];
+    assert_eq!(
+        hex::encode(resumption_master_input(&h)),
+        "0a7d48696b579d0a44ea79af231a1d0c1230ae0726b51e600b80ba08fb60d5d8"
+    );
+    assert_eq!(
+        hex::encode(binder_input()),
+        "bbaa5a82768e0b6611f3e854a26ddb8c45261dc3555ae585b021f28ac34000c4"
+    );
+    assert_eq!(
+        resumption_hash(b"a", b"b"),
+        <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(b"ab"))
+    );
+}

@@ -13,6 +13,7 @@
 mod agent;
 mod audit;
 mod ca;
+mod channel;
 mod client;
 mod confirmation;
 mod customer;
@@ -132,6 +133,9 @@ enum Command {
     /// Card issuers and their master keys.
     #[command(subcommand)]
     Issuer(issuer::IssuerCommand),
+    /// The card-to-server secure channel: its RSA key.
+    #[command(subcommand)]
+    Channel(channel::ChannelCommand),
     /// Devices: batch import, genuine-device check, init, lifecycle.
     #[command(subcommand)]
     Device(device::DeviceCommand),
@@ -205,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(cmd) => service::run(&ctx, cmd).await,
         Command::Mac(cmd) => mac::run(&ctx, cmd).await,
         Command::Issuer(cmd) => issuer::run(&ctx, cmd).await,
+        Command::Channel(cmd) => channel::run(&ctx, cmd).await,
         Command::Device(cmd) => device::run(&ctx, cmd).await,
         Command::Key(cmd) => key::run(&ctx, cmd).await,
         Command::Bind(args) => device::bind(&ctx, args).await,

@@ -1,0 +1,302 @@
+//! Resumption (docs/protocol.md §14.8): every channel opening gives the
+//! card a ticket naming the channel's `K[resumption]`, kept wrapped under
+//! the state KEK and bound to the card's device and certificate serial,
+//! for [`TICKET_TTL_MS`] and one use. A [`ResumeHello`] naming it opens a
+//! new channel in one round trip on any replica, with no RSA operation and
+//! no certificate: the card's binder proves it holds the secret, and the
+//! new keys come from the secret and both randoms.
+//!
+//! A ticket that is unknown, spent, expired, of another card, of a card
+//! that is no longer issued or whose certificate was revoked or replaced,
+//! or a binder that does not verify, is the one `channel_refused`: the
+//! ticket is spent and the refusal audited in one transaction, before it
+//! is answered.
+
+use keyward_ca::{CertStatus, Serial};
+use keyward_device_provisioning::DeviceState;
+use keyward_kms::db::now_ms;
+use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
+use keyward_kms::types::DeviceId;
+use keyward_protocol::channel::{
+    self, ChannelId, Direction, Label, Mode, NewTicket, OaepHash, PROTOCOL_V1, ResumeHello,
+    ServerFinished, ServerHello,
+};
+use serde_json::json;
+
+use super::store::{self, ChannelRow, TicketRow};
+use super::{CHANNEL_TTL_MS, ChannelError, Channels, Result, event};
+use crate::audit::Outcome;
+use crate::online::Device;
+
+/// How long a ticket may be used: a day at most (the card's certificate
+/// is checked again at every resumption, so revocation still bites).
+pub const TICKET_TTL_MS: i64 = channel::MAX_TICKET_LIFETIME as i64 * 1000;
+
+/// A full handshake's answer: the ServerFinished (`KWC4`) and the card's
+/// ticket (`KWC6`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub server_finished: Vec<u8>,
+    pub ticket: Vec<u8>,
+}
+
+/// A resumption's answer: the ServerHello (`KWC2`, mode resumption), the
+/// ServerFinished (`KWC4`) and the next ticket (`KWC6`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    pub channel: ChannelId,
+    pub server_hello: Vec<u8>,
+    pub server_finished: Vec<u8>,
+    pub ticket: Vec<u8>,
+}
+
+fn hex16(b: &[u8; 16]) -> String {
+    ChannelId(*b).to_string()
+}
+
+impl Channels {
+    /// A ticket for the channel `channel` of the card `device` (certificate
+    /// `serial`) naming `resumption`: the row to store with the channel and
+    /// the `KWC6` bytes. HSM work only; the caller stores the row in its
+    /// transaction.
+    pub(super) async fn new_ticket(
+        &self,
+        channel: ChannelId,
+        device: &str,
+        serial: &str,
+        resumption: &ChannelSecret,
+    ) -> Result<(TicketRow, Vec<u8>)> {
+        let kms = &self.0.kms;
+        let handle = kms.random::<16>().await?;
+        let secret = kms.channel_wrap_state(resumption).await?;
+        let now = now_ms();
+        let row = TicketRow {
+            id: hex16(&handle),
+            device_id: device.to_owned(),
+            cert_serial: serial.to_owned(),
+            secret,
+            channel_id: channel.to_string(),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(TICKET_TTL_MS),
+            used_at_ms: None,
+        };
+        let bytes = NewTicket {
+            channel,
+            ticket: handle,
+            lifetime: channel::MAX_TICKET_LIFETIME,
+        }
+        .encode();
+        Ok((row, bytes))
+    }
+
+    /// The card's ResumeHello, relayed by `terminal`: a new open channel.
+    pub async fn resume(&self, terminal: &Device, bytes: Vec<u8>) -> Result<Resumed> {
+        let (rh, bound) = ResumeHello::split(&bytes)?;
+        if !rh.versions.contains(&PROTOCOL_V1) {
+            return Err(ChannelError::Unsupported);
+        }
+        let ticket = hex16(&rh.ticket);
+        match self.resumed(terminal, &rh, bound, &bytes, &ticket).await {
+            Err(ChannelError::Refused) => {
+                self.refuse_resumption(terminal, &ticket).await?;
+                Err(ChannelError::Refused)
+            }
+            other => other,
+        }
+    }
+
+    /// The card `rh` names, its ticket still good and its binder right.
+    async fn resumed(
+        &self,
+        terminal: &Device,
+        rh: &ResumeHello,
+        bound: &[u8],
+        bytes: &[u8],
+        ticket_id: &str,
+    ) -> Result<Resumed> {
+        let p = &self.0;
+        let now = now_ms();
+        let device = DeviceId::from_bytes(rh.device);
+        let t = store::ticket(self.db(), ticket_id)
+            .await?
+            .filter(|t| {
+                t.used_at_ms.is_none() && t.expires_at_ms > now && t.device_id == device.to_string()
+            })
+            .ok_or(ChannelError::Refused)?;
+        self.still_good(device, &t.cert_serial).await?;
+        let secret = p
+            .kms
+            .channel_unwrap_state(t.secret.clone(), ChannelKeyUse::Resumption)
+            .await?;
+        let binder_key = p
+            .kms
+            .channel_derive(&secret, channel::binder_input(), ChannelKeyUse::Mac)
+            .await?;
+        if !p
+            .kms
+            .channel_cmac_verify(&binder_key, bound.to_vec(), &rh.binder)
+            .await?
+        {
+            return Err(ChannelError::Refused);
+        }
+        drop(binder_key);
+
+        let id = ChannelId(p.kms.random::<16>().await?);
+        let sh = ServerHello {
+            server_random: p.kms.random::<32>().await?,
+            channel: id,
+            mode: Mode::Resumption,
+            oaep: OaepHash::Sha256,
+            chain: Vec::new(),
+        }
+        .encode();
+        let h = channel::resumption_hash(bytes, &sh);
+        let master = p
+            .kms
+            .channel_derive(
+                &secret,
+                channel::resumption_master_input(&h),
+                ChannelKeyUse::Secret,
+            )
+            .await?;
+        drop(secret);
+        let labels = [
+            (Label::C2sKey, ChannelKeyUse::Traffic),
+            (Label::S2cKey, ChannelKeyUse::Traffic),
+            (Label::Finished, ChannelKeyUse::Mac),
+            (Label::Exporter, ChannelKeyUse::Mac),
+            (Label::Resumption, ChannelKeyUse::Resumption),
+        ];
+        let keys = p
+            .kms
+            .channel_derive_all(
+                &master,
+                labels
+                    .iter()
+                    .map(|(l, u)| (channel::label_input(*l, &h), *u))
+                    .collect(),
+            )
+            .await?;
+        drop(master);
+        let [c2s, s2c, finished, exporter, resumption]: [ChannelSecret; 5] =
+            keys.try_into().map_err(|_| {
+                ChannelError::Kms(keyward_kms::KmsError::Hsm {
+                    function: "C_DeriveKey",
+                    problem: "fewer keys derived than asked",
+                })
+            })?;
+        let mac = p.kms.channel_cmac(&finished, h.to_vec()).await?;
+        let (next, next_bytes) = self
+            .new_ticket(id, &t.device_id, &t.cert_serial, &resumption)
+            .await?;
+        let now = now_ms();
+        let row = ChannelRow {
+            id: id.to_string(),
+            device_id: t.device_id.clone(),
+            terminal_id: terminal.device_id.to_string(),
+            open: true,
+            c2s_key: p.kms.channel_wrap_state(&c2s).await?,
+            s2c_key: p.kms.channel_wrap_state(&s2c).await?,
+            exporter_key: p.kms.channel_wrap_state(&exporter).await?,
+            iv_c2s: channel::iv(Direction::C2s, &h).to_vec(),
+            iv_s2c: channel::iv(Direction::S2c, &h).to_vec(),
+            c2s_sequence: 0,
+            s2c_sequence: 0,
+            c2s_generation: 0,
+            s2c_generation: 0,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(CHANNEL_TTL_MS),
+        };
+        let event = event(
+            "channel.resume",
+            &row.id,
+            json!({ "card": row.device_id, "from": t.channel_id }),
+        );
+        let (audit, row, event, next) = (&p.audit, &row, &event, &next);
+        self.db()
+            .write("channel.resume", |mut tx| async move {
+                // Another replica spent it first: a replay.
+                if !store::use_ticket_in(&mut tx, ticket_id, now).await? {
+                    return Err(ChannelError::Refused);
+                }
+                store::insert_in(&mut tx, row).await?;
+                store::insert_ticket_in(&mut tx, next).await?;
+                audit
+                    .stage_in(
+                        &mut tx,
+                        &terminal.actor,
+                        event,
+                        Outcome::Success,
+                        &terminal.request_id,
+                    )
+                    .await?;
+                Ok((tx, ()))
+            })
+            .await?;
+        let _ = p.audit.flush_staged().await;
+        self.count_handshake("resumed");
+        Ok(Resumed {
+            channel: id,
+            server_hello: sh,
+            server_finished: ServerFinished { channel: id, mac }.encode(),
+            ticket: next_bytes,
+        })
+    }
+
+    /// The card is still the one the ticket was given to: issued, its
+    /// registered certificate the ticket's, that certificate valid and
+    /// current.
+    async fn still_good(&self, device: DeviceId, serial: &str) -> Result<()> {
+        let p = &self.0;
+        let serial: Serial = serial.parse().map_err(|_| ChannelError::Refused)?;
+        let rec = match p.provisioning.device(device).await {
+            Ok(r) => r,
+            Err(e) if e.kind().is_client() => return Err(ChannelError::Refused),
+            Err(e) => return Err(e.into()),
+        };
+        let registered = rec
+            .cert_serial
+            .as_deref()
+            .and_then(|s| s.parse::<Serial>().ok())
+            .is_some_and(|s| s == serial);
+        if !registered || rec.state != DeviceState::Issued {
+            return Err(ChannelError::Refused);
+        }
+        let now = now_ms();
+        let current = p.ca.get(&serial).await?.is_some_and(|c| {
+            c.status == CertStatus::Valid && c.not_before_ms <= now && c.not_after_ms > now
+        });
+        if current {
+            Ok(())
+        } else {
+            Err(ChannelError::Refused)
+        }
+    }
+
+    /// A refused resumption: the ticket is spent and the refusal audited in
+    /// one transaction, before it is answered.
+    async fn refuse_resumption(&self, terminal: &Device, ticket_id: &str) -> Result<()> {
+        let event = event("channel.resume", "-", json!({ "code": "channel_refused" }));
+        let (audit, event, now) = (&self.0.audit, &event, now_ms());
+        self.db()
+            .write("channel.resume.refuse", |mut tx| async move {
+                store::use_ticket_in(&mut tx, ticket_id, now).await?;
+                audit
+                    .stage_in(
+                        &mut tx,
+                        &terminal.actor,
+                        event,
+                        Outcome::Refused {
+                            code: "channel_refused",
+                        },
+                        &terminal.request_id,
+                    )
+                    .await?;
+                Ok::<_, ChannelError>((tx, ()))
+            })
+            .await?;
+        let _ = self.0.audit.flush_staged().await;
+        self.count_handshake("refused");
+        Ok(())
+    }
+}
