@@ -420,6 +420,17 @@ impl Hsm for Pkcs11Hsm {
         self.with_session(&[], |s| s.get_session_info().map(|_| ()))
     }
 
+    fn drop_sessions(&self, logout: bool) -> Result<()> {
+        if !logout {
+            return self.close_all_sessions();
+        }
+        let s = lock(&self.sessions);
+        match &s.anchor {
+            Some(anchor) => anchor.logout().map_err(classify),
+            None => Ok(()),
+        }
+    }
+
     fn mechanism_number(&self, m: MechanismId) -> Option<u64> {
         let o = &self.overrides;
         Some(match m {

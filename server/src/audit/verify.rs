@@ -388,6 +388,7 @@ impl AuditLog {
             mac,
         };
         self.kms.set_audit_checkpoint(&cp.encode()).await?;
+        crate::fault_point!("audit.checkpoint.written");
         *done = seq;
         Ok(true)
     }
