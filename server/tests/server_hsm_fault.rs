@@ -48,10 +48,11 @@ enum Seen {
     Hang,
 }
 
-/// What the load saw: each answer with when it came.
+/// What the load saw: each answer (of a login or a MAC) with its device
+/// and when it came.
 #[derive(Default)]
 struct Log {
-    answers: Vec<(usize, Instant, Seen)>,
+    answers: Vec<(usize, Instant, &'static str, Seen)>,
 }
 
 fn class(status: hyper::StatusCode, code: &str) -> Seen {
@@ -77,18 +78,21 @@ async fn drive(
     let mut count = 0u32;
     while !stop.load(Ordering::SeqCst) {
         count += 1;
+        let kind = if token.is_none() { "login" } else { "mac" };
         let seen = match &token {
             None => {
                 let login = terminal::login(&t, &mut dev, ISSUER, LoginOptions::default());
                 match tokio::time::timeout(HANG, login).await {
                     Err(_) => Seen::Hang,
                     Ok(Err(e)) => {
-                        // The start refused: its status and code are in the text.
+                        // The start refused: its status and code are in the
+                        // text, before the body.
                         let text = e.to_string();
+                        let head = text.split(" (").next().unwrap_or_default().to_owned();
                         if text.contains("503") && text.contains("hsm_") {
-                            Seen::Retry("login start".into())
+                            Seen::Retry(head)
                         } else {
-                            Seen::Bad(text)
+                            Seen::Bad(head)
                         }
                     }
                     Ok(Ok(out)) => {
@@ -121,7 +125,7 @@ async fn drive(
                         if r.status.is_success() {
                             assert_eq!(r.body["result"], "valid", "{}", r.body);
                         }
-                        if r.code().starts_with("session_") || count % 8 == 0 {
+                        if r.code().starts_with("session_") || count % 4 == 0 {
                             token = None;
                         }
                         class(r.status, r.code())
@@ -129,7 +133,7 @@ async fn drive(
                 }
             }
         };
-        log.lock().unwrap().answers.push((n, Instant::now(), seen));
+        log.lock().unwrap().answers.push((n, Instant::now(), kind, seen));
     }
 }
 
@@ -145,15 +149,24 @@ async fn fault_and_heal(s: &Server, signal: &str, log: &Arc<Mutex<Log>>) -> Dura
         .unwrap();
     assert!(ok.success());
     loop {
+        // A device is served again once a login and a MAC of it succeeded.
         let served: Vec<usize> = {
             let l = log.lock().unwrap();
-            let mut by: BTreeMap<usize, bool> = BTreeMap::new();
-            for (n, when, seen) in &l.answers {
+            let mut by: BTreeMap<usize, (bool, bool)> = BTreeMap::new();
+            for (n, when, kind, seen) in &l.answers {
                 if *when > at && *seen == Seen::Ok {
-                    by.insert(*n, true);
+                    let e = by.entry(*n).or_default();
+                    if *kind == "login" {
+                        e.0 = true;
+                    } else {
+                        e.1 = true;
+                    }
                 }
             }
-            by.into_keys().collect()
+            by.into_iter()
+                .filter(|(_, (login, mac))| *login && *mac)
+                .map(|(n, _)| n)
+                .collect()
         };
         if served.len() == DEVICES {
             return at.elapsed();
@@ -211,8 +224,14 @@ async fn closed_sessions_and_a_logout_heal_without_a_restart() {
 
     let l = log.lock().unwrap();
     let mut tally: BTreeMap<Seen, u32> = BTreeMap::new();
-    for (_, _, seen) in &l.answers {
-        *tally.entry(seen.clone()).or_default() += 1;
+    for (_, _, kind, seen) in &l.answers {
+        let seen = match seen {
+            Seen::Ok => Seen::Ok,
+            Seen::Retry(c) => Seen::Retry(format!("{kind} {c}")),
+            Seen::Bad(c) => Seen::Bad(format!("{kind} {c}")),
+            Seen::Hang => Seen::Hang,
+        };
+        *tally.entry(seen).or_default() += 1;
     }
     eprintln!(
         "HSM faults: {} under load from {DEVICES} devices; time to heal {}; answers {tally:?}",

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use keyward_config::{HsmConfig, MechanismOverrides};
 use secrecy::SecretString;
@@ -116,6 +116,46 @@ fn session_lost(e: &CkError) -> bool {
             _
         )
     )
+}
+
+/// Whether the token ended this application's login behind its back (an
+/// administrator at the HSM, a token-side timeout): the sessions stay open,
+/// but private objects drop out of view and their handles stop working.
+fn logged_out(s: &Session) -> bool {
+    s.get_session_info().is_ok_and(|i| {
+        matches!(
+            i.session_state(),
+            SessionState::RoPublic | SessionState::RwPublic
+        )
+    })
+}
+
+/// Errors that name an object handle the session can no longer use.
+fn handle_invalid(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+            _
+        )
+    )
+}
+
+/// The token objects matching `template`; nothing found while logged out
+/// is the lost login it is (private objects are hidden then), not an
+/// absent object, so the caller heals instead of reporting a key missing.
+fn find_visible(
+    s: &Session,
+    template: &[Attribute],
+) -> std::result::Result<Vec<ObjectHandle>, CkError> {
+    let found = s.find_objects(template)?;
+    if found.is_empty() && logged_out(s) {
+        return Err(CkError::Pkcs11(
+            RvError::UserNotLoggedIn,
+            Function::FindObjects,
+        ));
+    }
+    Ok(found)
 }
 
 fn bool_attrs(spec: &KeySpec) -> [Attribute; 7] {
@@ -281,7 +321,7 @@ impl Pkcs11Hsm {
                     self.checkin(session, epoch);
                     return Ok(v);
                 }
-                Err(e) if session_lost(&e) => {
+                Err(e) if session_lost(&e) || (handle_invalid(&e) && logged_out(&session)) => {
                     drop(session);
                     self.heal(epoch)?;
                     if attempt == 0 && objects.is_empty() {
@@ -487,7 +527,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Token(true),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let found = self.with_session(&[], |s| s.find_objects(&template))?;
+        let found = self.with_session(&[], |s| find_visible(s, &template))?;
         Ok(found.first().map(|h| self.id(*h, epoch)))
     }
 
@@ -819,7 +859,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Token(true),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let found = self.with_session(&[], |s| s.find_objects(&template))?;
+        let found = self.with_session(&[], |s| find_visible(s, &template))?;
         Ok(found.first().map(|h| self.id(*h, epoch)))
     }
 
@@ -909,7 +949,7 @@ impl Hsm for Pkcs11Hsm {
         let template = data_template(label);
         self.with_session(&[], |s| {
             let mut values = Vec::new();
-            for h in s.find_objects(&template)? {
+            for h in find_visible(s, &template)? {
                 for a in s.get_attributes(h, &[AttributeType::Value])? {
                     if let Attribute::Value(v) = a {
                         values.push(v);
@@ -924,7 +964,7 @@ impl Hsm for Pkcs11Hsm {
         let _guard = self.object_lock();
         let template = data_template(label);
         self.with_session(&[], |s| {
-            let old = s.find_objects(&template)?;
+            let old = find_visible(s, &template)?;
             let mut t = template.clone();
             t.push(Attribute::Private(true));
             t.push(Attribute::Application(b"keyward".to_vec()));
