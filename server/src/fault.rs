@@ -104,7 +104,14 @@ pub const SWEEPS: &[(&str, &[&str])] = &[
     ("server_load_crash", &["load.", "ledger."]),
     (
         "server_fault_sweep",
-        &["provisioning.", "login.", "rotation.", "crl.", "bulk.", "audit."],
+        &[
+            "provisioning.",
+            "login.",
+            "rotation.",
+            "crl.",
+            "bulk.",
+            "audit.",
+        ],
     ),
 ];
 
@@ -246,7 +253,11 @@ pub async fn hsm_faults_on_signal(kms: keyward_kms::Kms) {
             _ = usr1.recv() => true,
             _ = usr2.recv() => false,
         };
-        let what = if logout { "log out" } else { "close every session" };
+        let what = if logout {
+            "log out"
+        } else {
+            "close every session"
+        };
         eprintln!("keyward: HSM fault: {what}");
         if let Err(e) = kms.drop_hsm_sessions(logout).await {
             eprintln!("keyward: HSM fault {what} failed: {e}");

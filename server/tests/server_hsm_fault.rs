@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Options, Server};
 use common::station::{Station, device_id};
+use common::{Options, Server};
 use hyper::Method;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::{self, LoginOptions, Terminal};
@@ -125,7 +125,7 @@ async fn drive(
                         if r.status.is_success() {
                             assert_eq!(r.body["result"], "valid", "{}", r.body);
                         }
-                        if r.code().starts_with("session_") || count % 4 == 0 {
+                        if r.code().starts_with("session_") || count.is_multiple_of(4) {
                             token = None;
                         }
                         class(r.status, r.code())
@@ -133,7 +133,10 @@ async fn drive(
                 }
             }
         };
-        log.lock().unwrap().answers.push((n, Instant::now(), kind, seen));
+        log.lock()
+            .unwrap()
+            .answers
+            .push((n, Instant::now(), kind, seen));
     }
 }
 
@@ -246,5 +249,9 @@ async fn closed_sessions_and_a_logout_heal_without_a_restart() {
         .keys()
         .filter(|s| matches!(s, Seen::Bad(_) | Seen::Hang))
         .collect();
-    assert!(bad.is_empty(), "answers other than ok or a retryable 503: {tally:?}\n{}", s.log());
+    assert!(
+        bad.is_empty(),
+        "answers other than ok or a retryable 503: {tally:?}\n{}",
+        s.log()
+    );
 }

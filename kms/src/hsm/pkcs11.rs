@@ -134,10 +134,7 @@ fn logged_out(s: &Session) -> bool {
 fn handle_invalid(e: &CkError) -> bool {
     matches!(
         e,
-        CkError::Pkcs11(
-            RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
-            _
-        )
+        CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)
     )
 }
 
