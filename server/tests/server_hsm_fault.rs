@@ -208,11 +208,9 @@ async fn closed_sessions_and_a_logout_heal_without_a_restart() {
         load.spawn(drive(n, dev, t, stop.clone(), log.clone()));
     }
     let mut heals = Vec::new();
-    for (signal, what) in [
-        ("-USR2", "every session closed"),
-        ("-USR1", "logged out"),
-        ("-USR2", "every session closed again"),
-    ] {
+    // Three rounds: a fault may land on any call in flight.
+    let faults = [("-USR2", "every session closed"), ("-USR1", "logged out")];
+    for (signal, what) in faults.iter().cycle().take(6).copied() {
         let took = fault_and_heal(&s, signal, &log).await;
         eprintln!("HSM fault ({what}): healed in {took:.1?}");
         heals.push((what, took));
@@ -222,8 +220,8 @@ async fn closed_sessions_and_a_logout_heal_without_a_restart() {
     while let Some(r) = load.join_next().await {
         r.unwrap();
     }
-    let faults = s.log().matches("keyward: HSM fault:").count();
-    assert_eq!(faults, heals.len(), "{}", s.log());
+    let fired = s.log().matches("keyward: HSM fault:").count();
+    assert_eq!(fired, heals.len(), "{}", s.log());
 
     let l = log.lock().unwrap();
     let mut tally: BTreeMap<Seen, u32> = BTreeMap::new();
@@ -236,14 +234,20 @@ async fn closed_sessions_and_a_logout_heal_without_a_restart() {
         };
         *tally.entry(seen).or_default() += 1;
     }
-    eprintln!(
-        "HSM faults: {} under load from {DEVICES} devices; time to heal {}; answers {tally:?}",
-        heals.len(),
+    let worst = |what: &str| {
         heals
             .iter()
-            .map(|(w, t)| format!("{w} {t:.1?}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+            .filter(|(w, _)| *w == what)
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "HSM faults: {} under load from {DEVICES} devices; time to heal (slowest of 3): \
+         every session closed {:.1?}, logged out {:.1?}; answers {tally:?}",
+        heals.len(),
+        worst("every session closed"),
+        worst("logged out"),
     );
     let bad: Vec<&Seen> = tally
         .keys()

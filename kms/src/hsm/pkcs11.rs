@@ -1,6 +1,7 @@
 //! [`Hsm`] over `cryptoki`: one PKCS#11 context per module per process, an
 //! anchor session that keeps the token logged in, a set of long-lived worker
-//! sessions, and healing after an HSM restart.
+//! sessions, and healing after an HSM restart (every session gone) or a
+//! login the token ended (sessions left open, private objects hidden).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,18 @@ fn logged_out(s: &Session) -> bool {
             SessionState::RoPublic | SessionState::RwPublic
         )
     })
+}
+
+/// Whether `e` from a call on `s` means the session or the login is gone.
+/// A call cut short by its session closing under it (an HSM restart
+/// mid-call) may report anything, SoftHSM `CKR_GENERAL_ERROR`: then the
+/// session itself tells. Asked on errors only.
+fn lost(s: &Session, e: &CkError) -> bool {
+    session_lost(e)
+        || match s.get_session_info() {
+            Err(info) => session_lost(&info),
+            Ok(_) => handle_invalid(e) && logged_out(s),
+        }
 }
 
 /// Errors that name an object handle the session can no longer use.
@@ -318,13 +331,21 @@ impl Pkcs11Hsm {
                     self.checkin(session, epoch);
                     return Ok(v);
                 }
-                Err(e) if session_lost(&e) || (handle_invalid(&e) && logged_out(&session)) => {
+                Err(e) if lost(&session, &e) => {
                     drop(session);
                     self.heal(epoch)?;
                     if attempt == 0 && objects.is_empty() {
                         continue;
                     }
                     return Err(KmsError::Stale);
+                }
+                // A search that met session objects being destroyed as the
+                // sessions closed (SoftHSM) fails so, on a session that
+                // still works: an object-free call is tried once more.
+                Err(CkError::Pkcs11(RvError::GeneralError, _))
+                    if attempt == 0 && objects.is_empty() =>
+                {
+                    self.checkin(session, epoch);
                 }
                 Err(e) => {
                     self.checkin(session, epoch);
