@@ -564,3 +564,42 @@ async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
         rig.restarts,
     );
 }
+
+/// A panic in the audit checkpoint writer loses that run, not the writer:
+/// the next checkpoint is still written (its point met a second time, where
+/// it kills the server).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_checkpoint_writer_survives_a_panic() {
+    let mut s = Server::new().await;
+    s.init();
+    s.start_with_env(
+        &[],
+        &[(
+            ENV,
+            "audit.checkpoint.written=panic@1,audit.checkpoint.written=kill@2",
+        )],
+    );
+    // The trail grows: each operator issued is a record to checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while s.running() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint after the panic\n{}",
+            s.log()
+        );
+        if !s.log().contains("audit.checkpoint.written=panic@1 fires") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        n += 1;
+        s.new_operator(&format!("op{n}"), "operator");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(
+        s.log().contains("audit.checkpoint.written=kill@2 fires"),
+        "{}",
+        s.log()
+    );
+    s.kill();
+}

@@ -400,8 +400,14 @@ impl AuditLog {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.checkpoint().await {
-                tracing::warn!(error = %e, "audit checkpoint not written; retrying");
+            // A run that panics loses its tick, not the loop.
+            let log = self.clone();
+            match tokio::spawn(async move { log.checkpoint().await }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "audit checkpoint not written; retrying");
+                }
+                Err(_) => tracing::error!("audit checkpoint run failed; retrying"),
             }
         }
     }
