@@ -349,6 +349,7 @@ impl Provisioning {
             ms: self.lease_ms(),
         };
         self.reserve(batch_id, &rows, operator, &lease).await?;
+        crate::fault::fault_point!("provisioning.import.reserved");
         note.detail("importer", &importer);
         let keeper = LeaseKeeper::start(
             self.store.clone(),
@@ -364,6 +365,7 @@ impl Provisioning {
                 return Err(e);
             }
         };
+        crate::fault::fault_point!("provisioning.import.certified");
         let completed = self.complete(batch_id, &importer, &rows, &serials).await;
         drop(keeper);
         match completed {

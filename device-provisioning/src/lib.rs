@@ -67,6 +67,7 @@ pub mod challenges;
 pub mod check;
 pub mod customers;
 pub mod error;
+pub mod fault;
 pub mod init;
 pub mod intake;
 pub mod lifecycle;

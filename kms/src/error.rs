@@ -199,7 +199,9 @@ impl KmsError {
             Self::Pkcs11 { .. } | Self::Hsm { .. } => "hsm_error",
             Self::HsmBusy { .. } => "hsm_busy",
             Self::HsmUnavailable { .. } => "hsm_unavailable",
-            Self::Stale => "hsm_error",
+            // The HSM reconnected under the call more than its own retry
+            // covers: the request may be sent again.
+            Self::Stale => "hsm_unavailable",
             Self::Busy => "hsm_busy",
             Self::PoolClosed => "hsm_unavailable",
             Self::KeyMissing(_) => "key_missing",

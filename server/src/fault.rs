@@ -22,7 +22,8 @@ use std::fmt;
 /// The environment variable naming the points to arm.
 pub const ENV: &str = "KEYWARD_FAULTS";
 
-/// Every fault point, in the order a confirmation meets them.
+/// Every fault point: a confirmation's in the order it meets them, then
+/// the load's, provisioning's, the login's and the trail's.
 pub const POINTS: &[&str] = &[
     // The code was drawn and its MAC made; nothing is written yet.
     "confirmation.submit.code_made",
@@ -62,7 +63,70 @@ pub const POINTS: &[&str] = &[
     "ledger.seal.signed",
     // Entries sealed and the checkpoint committed.
     "ledger.seal.committed",
+    // An import's rows reserved under its lease; no certificate issued yet.
+    "provisioning.import.reserved",
+    // Every row's certificate issued; the batch is not complete yet.
+    "provisioning.import.certified",
+    // The batch complete and its decision audited; the answer not sent.
+    "provisioning.import.committed",
+    // An init package recorded as pending and audited; not answered yet.
+    "provisioning.init.committed",
+    // A login's challenge sealed (and any key offer made); not answered.
+    "login.start.answered",
+    // New working keys offered (a pending version stored).
+    "rotation.offer.made",
+    // A login's session committed; the token not answered yet.
+    "login.finish.committed",
+    // A key confirmation applied and its session committed.
+    "rotation.confirm.committed",
+    // A lockout committed (credential locked, serial named, audit staged);
+    // the certificate is not revoked yet.
+    "login.lockout.committed",
+    // The lockout's certificates revoked; the CRL is not re-signed yet.
+    "login.lockout.revoked",
+    // The current CRL signed (when due) and stored; the TLS listeners do
+    // not check it yet.
+    "crl.published",
+    // A bulk MAC batch's audit record written; the summary not answered.
+    "bulk.batch.audited",
+    // Audit records chained and committed; the head not noted yet.
+    "audit.append.committed",
+    // Staged audit records chained and committed.
+    "audit.staged.flushed",
+    // The audit checkpoint written to the HSM token.
+    "audit.checkpoint.written",
 ];
+
+/// The crash tests that sweep the points, each with the prefixes of the
+/// points it covers; every point falls to exactly one (a test checks).
+pub const SWEEPS: &[(&str, &[&str])] = &[
+    ("server_crash", &["confirmation.", "outbox."]),
+    ("server_load_crash", &["load.", "ledger."]),
+    (
+        "server_fault_sweep",
+        &[
+            "provisioning.",
+            "login.",
+            "rotation.",
+            "crl.",
+            "bulk.",
+            "audit.",
+        ],
+    ),
+];
+
+/// The points the sweep `test` covers, in [`POINTS`] order.
+pub fn swept_by(test: &str) -> Vec<&'static str> {
+    let prefixes = SWEEPS
+        .iter()
+        .find(|(t, _)| *t == test)
+        .map_or(&[][..], |(_, p)| *p);
+    POINTS
+        .iter()
+        .copied()
+        .filter(|p| prefixes.iter().any(|pre| p.starts_with(pre)))
+        .collect()
+}
 
 /// Whether this build has fault points (the cargo feature `faults`).
 pub const COMPILED_IN: bool = cfg!(feature = "faults");
@@ -170,6 +234,37 @@ pub fn arm_from_env() -> Result<(), SpecError> {
 #[cfg(feature = "faults")]
 pub use imp::hit;
 
+/// HSM faults on signal, for the HSM fault test: SIGUSR2 closes every HSM
+/// session of the process, SIGUSR1 logs it out of the token (what an HSM
+/// restart or an administrator at the HSM does). Only with the feature;
+/// `keyward serve` runs it beside the listeners.
+#[cfg(feature = "faults")]
+pub async fn hsm_faults_on_signal(kms: keyward_kms::Kms) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut usr1), Ok(mut usr2)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        tracing::warn!("HSM fault signals not available");
+        return;
+    };
+    loop {
+        let logout = tokio::select! {
+            _ = usr1.recv() => true,
+            _ = usr2.recv() => false,
+        };
+        let what = if logout {
+            "log out"
+        } else {
+            "close every session"
+        };
+        eprintln!("keyward: HSM fault: {what}");
+        if let Err(e) = kms.drop_hsm_sessions(logout).await {
+            eprintln!("keyward: HSM fault {what} failed: {e}");
+        }
+    }
+}
+
 #[cfg(feature = "faults")]
 mod imp {
     use std::sync::OnceLock;
@@ -182,6 +277,8 @@ mod imp {
 
     pub(super) fn arm(armed: Vec<Armed>) {
         let _ = ARMED.set(armed.into_iter().map(|a| (a, AtomicU64::new(0))).collect());
+        // Provisioning's points (its own crate) call back here.
+        let _ = keyward_device_provisioning::fault::HOOK.set(hit);
     }
 
     /// A point was reached: fires it if armed and this is its hit.
@@ -274,10 +371,9 @@ mod tests {
             }
         }
         let mut found = Vec::new();
-        scan(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut found,
-        );
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        scan(&manifest.join("src"), &mut found);
+        scan(&manifest.join("../device-provisioning/src"), &mut found);
         let mut listed: Vec<String> = POINTS.iter().map(|p| (*p).to_owned()).collect();
         listed.sort();
         let mut unique = found.clone();
@@ -289,6 +385,29 @@ mod tests {
             "a point is used twice: {found:?}"
         );
         assert_eq!(unique, listed);
+    }
+
+    /// Every point is swept by exactly one crash test, and each of those
+    /// tests exists and selects its points by [`swept_by`].
+    #[test]
+    fn every_point_is_covered_by_one_sweep() {
+        for p in POINTS {
+            let by: Vec<&str> = SWEEPS
+                .iter()
+                .filter(|(t, _)| swept_by(t).contains(p))
+                .map(|(t, _)| *t)
+                .collect();
+            assert_eq!(by.len(), 1, "{p} is swept by {by:?}");
+        }
+        let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+        for (test, _) in SWEEPS {
+            let text = std::fs::read_to_string(tests.join(format!("{test}.rs")))
+                .unwrap_or_else(|e| panic!("{test}: {e}"));
+            assert!(
+                text.contains(&format!("swept_by(\"{test}\")")),
+                "{test} does not select its points with swept_by"
+            );
+        }
     }
 
     /// A build without the feature (every production build) has no point:

@@ -16,6 +16,10 @@
 //!   or pending with its code delivered (a submit whose answer was lost,
 //!   which closes at its expiry).
 //!
+//! The runs go through the confirmation and outbox points in rounds, each
+//! round every point once in a random order, and every point must have
+//! fired once the runs are at least as many as the points.
+//!
 //! 20 runs by default (CI); `KEYWARD_CRASH_RUNS=N` for the long form,
 //! `KEYWARD_CRASH_SEED=S` to replay a run (the seed is printed first) and
 //! `KEYWARD_CRASH_POINTS=a,b` to draw from those points only. A second test
@@ -32,11 +36,12 @@ use common::station::{ACCOUNT, D1, Station, code_in, confirm_body, webhook_confi
 use hyper::Method;
 use keyward_kms::db::Database;
 use keyward_protocol::confirmation::Code;
-use keyward_server::fault::{ENV, POINTS};
+use keyward_server::fault::{ENV, swept_by};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::{self, LoginOptions, Reply, Terminal};
 use keyward_tests::webhook::Receiver;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -225,25 +230,32 @@ async fn confirmations_survive_a_sigkill_at_any_fault_point() {
         .unwrap_or_else(rand::random::<u64>);
     eprintln!("crash runs: {runs}, seed {seed} (replay: KEYWARD_CRASH_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
+    let mine = swept_by("server_crash");
     let points: Vec<&'static str> = match std::env::var("KEYWARD_CRASH_POINTS") {
-        Ok(only) => POINTS
+        Ok(only) => mine
             .iter()
             .copied()
             .filter(|p| only.split(',').any(|o| o.trim() == *p))
             .collect(),
-        Err(_) => POINTS.to_vec(),
+        Err(_) => mine.clone(),
     };
     assert!(
         !points.is_empty(),
-        "KEYWARD_CRASH_POINTS names no point of {POINTS:?}"
+        "KEYWARD_CRASH_POINTS names no point of {mine:?}"
     );
+    // Each round of runs meets every point once, in a random order.
+    let mut order: Vec<&'static str> = Vec::new();
 
     let mut rig = Rig::new().await;
     let mut history = History::default();
     let mut fired: BTreeMap<&str, u32> = BTreeMap::new();
     let started = Instant::now();
     for run in 0..runs {
-        let point = points[rng.gen_range(0..points.len())];
+        if order.is_empty() {
+            order = points.clone();
+            order.shuffle(&mut rng);
+        }
+        let point = order.pop().unwrap();
         // The outbox points are met by the code message and the execution.
         let at = if point.starts_with("outbox.") {
             rng.gen_range(1..=2)
@@ -266,6 +278,10 @@ async fn confirmations_survive_a_sigkill_at_any_fault_point() {
         rig.drained().await;
         check(&rig, &history, &format!("seed {seed}, run {run}, {spec}")).await;
         rig.s.kill();
+    }
+    if runs as usize >= points.len() {
+        let missed: Vec<&&str> = points.iter().filter(|p| !fired.contains_key(*p)).collect();
+        assert!(missed.is_empty(), "seed {seed}: never fired: {missed:?}");
     }
     let ids = rig.receiver.seen.ids();
     let unique = ids.iter().collect::<BTreeSet<_>>().len();

@@ -46,7 +46,7 @@ use common::station::{ACCOUNT, Station, device_id};
 use common::{Options, Server};
 use hyper::Method;
 use keyward_kms::db::Database;
-use keyward_server::fault::{ENV, POINTS};
+use keyward_server::fault::{ENV, swept_by};
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::{self, LoginOptions, Terminal};
@@ -529,10 +529,8 @@ fn hits(point: &str) -> &'static [u64] {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_load_fault_point_killed_or_panicked_leaves_the_money_whole() {
     let only = std::env::var("KEYWARD_LOAD_CRASH_POINTS").ok();
-    let points: Vec<&str> = POINTS
-        .iter()
-        .copied()
-        .filter(|p| p.starts_with("load.") || p.starts_with("ledger."))
+    let points: Vec<&str> = swept_by("server_load_crash")
+        .into_iter()
         .filter(|p| {
             only.as_ref()
                 .is_none_or(|o| o.split(',').any(|o| o.trim() == *p))

@@ -299,6 +299,11 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     fn epoch(&self) -> u64;
     /// Cheap liveness check (session info), for readiness probes.
     fn ping(&self) -> Result<()>;
+    /// Ends this application's hold on the token as an HSM restart or an
+    /// administrator at the HSM would: every session closed, or (`logout`)
+    /// the login ended with the sessions left open. The next calls heal.
+    /// For the HSM fault tests and an operator dropping a wedged connection.
+    fn drop_sessions(&self, logout: bool) -> Result<()>;
     /// The mechanism number this implementation will use for `m`, after
     /// overrides; `None` when it is not configured at all.
     fn mechanism_number(&self, m: MechanismId) -> Option<u64>;

@@ -1,20 +1,21 @@
 //! [`Hsm`] over `cryptoki`: one PKCS#11 context per module per process, an
 //! anchor session that keeps the token logged in, a set of long-lived worker
-//! sessions, and healing after an HSM restart.
+//! sessions, and healing after an HSM restart (every session gone) or a
+//! login the token ended (sessions left open, private objects hidden).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use keyward_config::{HsmConfig, MechanismOverrides};
 use secrecy::SecretString;
@@ -116,6 +117,55 @@ fn session_lost(e: &CkError) -> bool {
             _
         )
     )
+}
+
+/// Whether the token ended this application's login behind its back (an
+/// administrator at the HSM, a token-side timeout): the sessions stay open,
+/// but private objects drop out of view and their handles stop working.
+fn logged_out(s: &Session) -> bool {
+    s.get_session_info().is_ok_and(|i| {
+        matches!(
+            i.session_state(),
+            SessionState::RoPublic | SessionState::RwPublic
+        )
+    })
+}
+
+/// Whether `e` from a call on `s` means the session or the login is gone.
+/// A call cut short by its session closing under it (an HSM restart
+/// mid-call) may report anything, SoftHSM `CKR_GENERAL_ERROR`: then the
+/// session itself tells. Asked on errors only.
+fn lost(s: &Session, e: &CkError) -> bool {
+    session_lost(e)
+        || match s.get_session_info() {
+            Err(info) => session_lost(&info),
+            Ok(_) => handle_invalid(e) && logged_out(s),
+        }
+}
+
+/// Errors that name an object handle the session can no longer use.
+fn handle_invalid(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)
+    )
+}
+
+/// The token objects matching `template`; nothing found while logged out
+/// is the lost login it is (private objects are hidden then), not an
+/// absent object, so the caller heals instead of reporting a key missing.
+fn find_visible(
+    s: &Session,
+    template: &[Attribute],
+) -> std::result::Result<Vec<ObjectHandle>, CkError> {
+    let found = s.find_objects(template)?;
+    if found.is_empty() && logged_out(s) {
+        return Err(CkError::Pkcs11(
+            RvError::UserNotLoggedIn,
+            Function::FindObjects,
+        ));
+    }
+    Ok(found)
 }
 
 fn bool_attrs(spec: &KeySpec) -> [Attribute; 7] {
@@ -281,13 +331,21 @@ impl Pkcs11Hsm {
                     self.checkin(session, epoch);
                     return Ok(v);
                 }
-                Err(e) if session_lost(&e) => {
+                Err(e) if lost(&session, &e) => {
                     drop(session);
                     self.heal(epoch)?;
                     if attempt == 0 && objects.is_empty() {
                         continue;
                     }
                     return Err(KmsError::Stale);
+                }
+                // A search that met session objects being destroyed as the
+                // sessions closed (SoftHSM) fails so, on a session that
+                // still works: an object-free call is tried once more.
+                Err(CkError::Pkcs11(RvError::GeneralError, _))
+                    if attempt == 0 && objects.is_empty() =>
+                {
+                    self.checkin(session, epoch);
                 }
                 Err(e) => {
                     self.checkin(session, epoch);
@@ -420,6 +478,17 @@ impl Hsm for Pkcs11Hsm {
         self.with_session(&[], |s| s.get_session_info().map(|_| ()))
     }
 
+    fn drop_sessions(&self, logout: bool) -> Result<()> {
+        if !logout {
+            return self.close_all_sessions();
+        }
+        let s = lock(&self.sessions);
+        match &s.anchor {
+            Some(anchor) => anchor.logout().map_err(classify),
+            None => Ok(()),
+        }
+    }
+
     fn mechanism_number(&self, m: MechanismId) -> Option<u64> {
         let o = &self.overrides;
         Some(match m {
@@ -476,7 +545,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Token(true),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let found = self.with_session(&[], |s| s.find_objects(&template))?;
+        let found = self.with_session(&[], |s| find_visible(s, &template))?;
         Ok(found.first().map(|h| self.id(*h, epoch)))
     }
 
@@ -808,7 +877,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Token(true),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let found = self.with_session(&[], |s| s.find_objects(&template))?;
+        let found = self.with_session(&[], |s| find_visible(s, &template))?;
         Ok(found.first().map(|h| self.id(*h, epoch)))
     }
 
@@ -898,7 +967,7 @@ impl Hsm for Pkcs11Hsm {
         let template = data_template(label);
         self.with_session(&[], |s| {
             let mut values = Vec::new();
-            for h in s.find_objects(&template)? {
+            for h in find_visible(s, &template)? {
                 for a in s.get_attributes(h, &[AttributeType::Value])? {
                     if let Attribute::Value(v) = a {
                         values.push(v);
@@ -913,7 +982,7 @@ impl Hsm for Pkcs11Hsm {
         let _guard = self.object_lock();
         let template = data_template(label);
         self.with_session(&[], |s| {
-            let old = s.find_objects(&template)?;
+            let old = find_visible(s, &template)?;
             let mut t = template.clone();
             t.push(Attribute::Private(true));
             t.push(Attribute::Application(b"keyward".to_vec()));

@@ -298,6 +298,12 @@ impl Kms {
         self.pool.shutdown();
     }
 
+    /// Drops the HSM sessions (or, `logout`, the login) as an HSM restart
+    /// would ([`crate::hsm::Hsm::drop_sessions`]); the next calls heal.
+    pub async fn drop_hsm_sessions(&self, logout: bool) -> Result<()> {
+        self.pool.run(move |h| h.drop_sessions(logout)).await
+    }
+
     pub(crate) fn pool(&self) -> &HsmPool {
         &self.pool
     }

@@ -40,6 +40,7 @@ pub async fn import_batch(
             p.import_batch(&batch, &body.manifest, &operator).await
         })
         .await?;
+    crate::fault_point!("provisioning.import.committed");
     Ok((
         StatusCode::CREATED,
         Json(wire::ImportAnswer {
@@ -344,6 +345,7 @@ pub async fn init(
             async move { p.init_package(device, &issuer, &operator).await },
         )
         .await?;
+    crate::fault_point!("provisioning.init.committed");
     Ok((StatusCode::CREATED, Json(wire::InitPackage::from(&package))).into_response())
 }
 

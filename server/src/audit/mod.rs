@@ -723,6 +723,7 @@ impl AuditLog {
         let mut tx = self.begin_chain().await?;
         let (records, head) = self.chain_in(&mut tx, entries).await?;
         tx.commit().await?;
+        crate::fault_point!("audit.append.committed");
         self.noted(head);
         Ok(records)
     }
@@ -932,6 +933,7 @@ impl AuditLog {
                 .await?;
             let (records, head) = self.chain_in(&mut tx, entries).await?;
             tx.commit().await?;
+            crate::fault_point!("audit.staged.flushed");
             self.noted(head);
             if let Some(m) = &self.metrics {
                 for r in &records {

@@ -388,6 +388,7 @@ impl AuditLog {
             mac,
         };
         self.kms.set_audit_checkpoint(&cp.encode()).await?;
+        crate::fault_point!("audit.checkpoint.written");
         *done = seq;
         Ok(true)
     }
@@ -399,11 +400,21 @@ impl AuditLog {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.checkpoint().await {
-                if let Some(m) = &self.metrics {
-                    m.audit_checkpoint_failures.inc();
+            // A run that panics loses its tick, not the loop.
+            let log = self.clone();
+            let failed = match tokio::spawn(async move { log.checkpoint().await }).await {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "audit checkpoint not written; retrying");
+                    true
                 }
-                tracing::warn!(error = %e, "audit checkpoint not written; retrying");
+                Err(_) => {
+                    tracing::error!("audit checkpoint run failed; retrying");
+                    true
+                }
+            };
+            if failed && let Some(m) = &self.metrics {
+                m.audit_checkpoint_failures.inc();
             }
         }
     }

@@ -137,6 +137,7 @@ impl Run {
             .append(&caller.actor, &event, Outcome::Success, &caller.request_id)
             .await
             .map_err(ApiError::audit_unavailable)?;
+        crate::fault_point!("bulk.batch.audited");
         Ok(tally.summary)
     }
 }

@@ -160,6 +160,7 @@ pub async fn refresh_crl(state: &AppState) -> anyhow::Result<bool> {
     let _guard = state.crl_lock.lock().await;
     timed_hsm(&state.metrics, "crl_refresh", state.ca.refresh_crl_if_due()).await?;
     let crl = timed_hsm(&state.metrics, "crl_get", state.ca.crl()).await?;
+    crate::fault_point!("crl.published");
     apply_crl(state, &crl)
 }
 

@@ -621,6 +621,9 @@ mod tests {
         };
         let code = gone.code();
         assert_retry_later(gone.into(), code);
+        // A key handle outdated by reconnects under the request: retry too.
+        assert_retry_later(KmsError::Stale.into(), "hsm_unavailable");
+        assert_retry_later(OnlineError::Kms(KmsError::Stale).into(), "hsm_unavailable");
         assert_retry_later(ApiError::overloaded(), "overloaded");
     }
 

@@ -391,7 +391,10 @@ impl Online {
 
     pub async fn login_start(&self, device: &Device, req: &StartRequest) -> Result<Challenge> {
         match self.try_start(device, req).await {
-            Ok(answer) => Ok(answer),
+            Ok(answer) => {
+                crate::fault_point!("login.start.answered");
+                Ok(answer)
+            }
             Err(e) => Err(self
                 .login_refused(device, LoginStep::Start, req.issuer.as_str(), e)
                 .await),
@@ -502,6 +505,7 @@ impl Online {
             Some(pending) => pending,
             None => {
                 let made = self.kms.offer_working_keys(issuer, device).await?;
+                crate::fault_point!("rotation.offer.made");
                 self.metrics
                     .key_rotations
                     .with_label_values(&[issuer.as_str(), trigger.as_str()])
@@ -637,7 +641,10 @@ impl Online {
             security::counted(&self.metrics, SecurityKind::KcvMismatch, &device.request_id);
         }
         match finished {
-            Finished::Opened => {}
+            Finished::Opened if verdict.is_some() => {
+                crate::fault_point!("rotation.confirm.committed");
+            }
+            Finished::Opened => crate::fault_point!("login.finish.committed"),
             Finished::Refused(e) => return Err(e),
             Finished::Suspend => return Err(self.suspend_for_kcv_mismatch(device).await),
         }
@@ -733,6 +740,7 @@ impl Online {
             Ok(Wrong::Locked) => locked(),
             Ok(Wrong::Counted) => OnlineError::from(Refusal::ResponseInvalid),
             Ok(Wrong::LockedOut { revoke }) => {
+                crate::fault_point!("login.lockout.committed");
                 self.metrics
                     .login_lockouts
                     .with_label_values(&[issuer.as_str()])
@@ -834,6 +842,7 @@ impl Online {
             .revoke_all(&serials, RevocationReason::PrivilegeWithdrawn)
             .await?;
         self.metrics.certificates_revoked.inc_by(revoked as u64);
+        crate::fault_point!("login.lockout.revoked");
         self.crl.reload("device certificates revoked by lockouts");
         Ok(revoked)
     }

@@ -359,6 +359,11 @@ crl_refresh_secs = {crl_refresh}
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// The serve process's id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not running").id()
+    }
+
     /// Whether the serve process is running (not exited or killed).
     pub fn running(&mut self) -> bool {
         self.child

@@ -1,0 +1,605 @@
+//! Crash safety of provisioning, the login, key rotation, lockouts, bulk MAC
+//! batches, the CRL and the audit trail, end to end (docs/protocol.md
+//! §12.4): the sweep of every fault point the confirmation and load crash
+//! tests do not cover (`keyward_server::fault::SWEEPS`).
+//!
+//! For every such point × {kill, panic}, a real `keyward serve` built with
+//! fault points is armed there and runs one scenario that meets every point:
+//! a one-device batch imported, a device's init package and binding, its
+//! first login (working keys offered and confirmed), a second login, a bulk
+//! MAC batch over its key, wrong responses until its credential locks (its
+//! certificate revoked, the CRL re-signed), all audited and checkpointed.
+//! Whenever the server dies it is started again without faults and the
+//! client carries on as a station or terminal would (the same request
+//! again). After each case the server is restarted without faults, its
+//! recovery runs, and:
+//!
+//! - the batch is all or nothing: complete with its device certified, or
+//!   absent with no valid certificate for it (and then it imports again);
+//! - no credential is locked with its certificate still valid, and the TLS
+//!   listener refuses the locked device's certificate (the CRL in force);
+//! - every credential has at most one active and one pending working-key
+//!   version, and a bound device that logged in has an active one;
+//! - `keyward audit verify` finds the chain and the HSM checkpoint whole.
+//!
+//! `KEYWARD_FAULT_SWEEP_POINTS=a,b` limits the sweep to those points. It
+//! prints its figures (cases, restarts, time, violations).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::station::{ACCOUNT, Station};
+use common::{Options, Server};
+use keyward_kms::db::Database;
+use keyward_server::fault::{ENV, swept_by};
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::terminal::{self, LoginOptions, Terminal};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+/// What the server logs when a point fires (server/src/fault.rs).
+const FIRES: &str = "keyward: fault point";
+/// How long any one step may take, restarts included.
+const STEP: Duration = Duration::from_secs(30);
+/// `[online] max_login_failures` of this server: two wrong answers lock.
+const MAX_FAILURES: u32 = 2;
+/// The issuer every device is keyed for.
+const ISSUER: &str = "bank-a";
+
+/// The `n`th device of the sweep (one per case).
+fn device_id(n: usize) -> String {
+    format!("D{:015X}", n + 1)
+}
+
+/// The hit a case arms its point at: the server's own start record is the
+/// trail's first append, so a case's first is the second.
+fn hit(point: &str) -> u32 {
+    if point == "audit.append.committed" {
+        2
+    } else {
+        1
+    }
+}
+
+struct Rig {
+    s: Server,
+    db: Database,
+    /// Where kwsim keeps the devices.
+    devices: PathBuf,
+    customer: String,
+    root: String,
+    /// Times the server died (or a request panicked) and the client went
+    /// on after it.
+    restarts: u32,
+}
+
+impl Rig {
+    fn station(&self) -> Station<'_> {
+        Station {
+            s: &self.s,
+            devices: self.devices.clone(),
+        }
+    }
+
+    /// A server that died is started again, without faults.
+    fn revive(&mut self) {
+        if !self.s.running() {
+            self.s.kill();
+            self.restarts += 1;
+            self.s.start();
+        }
+    }
+
+    /// After a request got no good answer: a server that is dying is given
+    /// 2 s to die, then revived; one that `answered` (a panic fails only
+    /// its request) is not waited for.
+    async fn after_failure(&mut self, answered: bool) {
+        let died = Instant::now() + Duration::from_secs(2);
+        while !answered && self.s.running() && Instant::now() < died {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.revive();
+    }
+
+    /// `kwctl -o json ARGS` as alice until it succeeds; after a failure a
+    /// repeat may find the step done (`done_code`), which counts as done.
+    async fn kwctl(&mut self, args: &[&str], done_code: Option<&str>) -> Value {
+        let deadline = Instant::now() + STEP;
+        let mut failed = false;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "kwctl {args:?}: no success\n{}",
+                self.s.log()
+            );
+            let mut all = vec!["-o", "json"];
+            all.extend_from_slice(args);
+            let out = self.s.kwctl(self.s.dir.path(), "alice", &all);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if out.status.success() {
+                return v;
+            }
+            if failed && done_code.is_some_and(|c| v["code"] == c) {
+                return v;
+            }
+            failed = true;
+            self.after_failure(!v.is_null()).await;
+        }
+    }
+
+    /// A one-device batch `batch` imported (all or nothing; a batch the
+    /// crash left absent imports again).
+    async fn import(&mut self, batch: &str, manifest: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "import {batch}\n{}",
+                self.s.log()
+            );
+            let r = self.s.admin_post(
+                "/admin/v1/batches",
+                &json!({ "batch_id": batch, "manifest": manifest }),
+            );
+            if r.status == 201 {
+                return;
+            }
+            self.after_failure(r.status != 0).await;
+            if settled(&mut self.s, batch).await.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// A login of `dev` until a session opens; its answer.
+    async fn login(&mut self, dev: &mut SimDevice, chain: &str) -> Value {
+        let deadline = Instant::now() + STEP;
+        loop {
+            assert!(Instant::now() < deadline, "login\n{}", self.s.log());
+            let t = Terminal::new(
+                &format!("https://{}", self.s.public),
+                &self.root,
+                chain,
+                dev,
+            )
+            .unwrap();
+            let out = terminal::login(&t, dev, ISSUER, LoginOptions::default());
+            let answered = match tokio::time::timeout(Duration::from_secs(10), out).await {
+                Ok(Ok(out)) => {
+                    if out.finish.status.is_success() {
+                        return out.finish.body;
+                    }
+                    assert!(
+                        out.finish.status.is_server_error(),
+                        "login refused: {} {}",
+                        out.finish.status,
+                        out.finish.body
+                    );
+                    true
+                }
+                // A start answered 500 (its text holds the status).
+                Ok(Err(e)) => e.to_string().contains(" 500 "),
+                Err(_) => false,
+            };
+            self.after_failure(answered).await;
+        }
+    }
+
+    /// Whether `device`'s credential is locked.
+    async fn locked(&self, device: &str) -> bool {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT locked_at_ms FROM online_credentials WHERE device_id = $1 AND issuer_id = $2",
+        )
+        .bind(device)
+        .bind(ISSUER)
+        .fetch_optional(self.db.pool())
+        .await
+        .unwrap()
+        .flatten()
+        .is_some()
+    }
+
+    /// Wrong responses until the credential is locked.
+    async fn lock_out(&mut self, dev: &mut SimDevice, chain: &str) {
+        let deadline = Instant::now() + STEP;
+        let id = dev.id.to_string();
+        while !self.locked(&id).await {
+            assert!(Instant::now() < deadline, "lockout\n{}", self.s.log());
+            let t = Terminal::new(
+                &format!("https://{}", self.s.public),
+                &self.root,
+                chain,
+                dev,
+            )
+            .unwrap();
+            let wrong = LoginOptions {
+                wrong_response: true,
+            };
+            let out = terminal::login(&t, dev, ISSUER, wrong);
+            match tokio::time::timeout(Duration::from_secs(10), out).await {
+                Ok(Ok(out)) if out.finish.status.is_client_error() => {}
+                Ok(Ok(_)) => self.after_failure(true).await,
+                _ => self.after_failure(false).await,
+            }
+        }
+    }
+
+    /// One bulk MAC batch over `dev`'s key `version`, until answered.
+    async fn bulk(&mut self, dev: &SimDevice, version: u64) {
+        let msg = b"0200|6222020200112233|000000010000";
+        let mac = dev.transaction_mac(ISSUER, "ISO9797-1-M3", 1, msg).unwrap();
+        let body = json!({ "items": [{
+            "device_id": dev.id.to_string(), "issuer_id": ISSUER, "key_version": version,
+            "algorithm": "ISO9797-1-M3", "padding": 1,
+            "message": B64.encode(msg), "mac": B64.encode(&mac[..4]),
+        }]});
+        let deadline = Instant::now() + STEP;
+        loop {
+            assert!(Instant::now() < deadline, "bulk\n{}", self.s.log());
+            let r = self.s.admin_post("/admin/v1/macs/verify", &body);
+            if r.status == 200 {
+                assert_eq!(r.json()["results"][0]["result"], "valid", "{}", r.body);
+                return;
+            }
+            self.after_failure(r.status != 0).await;
+        }
+    }
+}
+
+/// The batch once the server has settled it: `None` when absent, else its
+/// JSON (complete). A server that dies meanwhile is not revived here.
+async fn settled(s: &mut Server, batch: &str) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.admin(&format!("/admin/v1/batches/{batch}"), &[]);
+        match r.status {
+            404 => return None,
+            200 if r.json()["state"] == "complete" => return Some(r.json()),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch {batch} still importing: {r:?}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A one-device manufacturing batch (a factory's CSR) for `device`.
+fn factory_manifest(s: &Server, device: &str) -> String {
+    let (_, csr) = s.openssl_csr(&format!("factory-{device}"));
+    format!(
+        "{}\n{device},P{device},,TEST-MODEL,1.0,{}\n",
+        keyward_device_provisioning::MANIFEST_HEADER,
+        B64.encode(csr)
+    )
+}
+
+/// Valid certificates of `device` in the CA registry.
+async fn valid_certs(db: &Database, device: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM certificates \
+         WHERE device_id = $1 AND profile = 'device' AND status = 'valid'",
+    )
+    .bind(device)
+    .fetch_one(db.pool())
+    .await
+    .unwrap()
+}
+
+/// An installation with `count` devices made (kwsim), imported, checked,
+/// and one approved customer; the server runs.
+async fn bank(count: usize) -> Rig {
+    let mut s = Server::with_options(Options {
+        extra: format!(
+            "[provisioning]\nimport_lease_ms = 1000\n\
+             [online]\nmax_login_failures = {MAX_FAILURES}\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    s.init();
+    s.start();
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let devices = s.dir.path().join("devices");
+    let st = Station {
+        s: &s,
+        devices: devices.clone(),
+    };
+    st.ok("admin", &["issuer", "create", ISSUER, "--family", "tdes"]);
+    let manifest = s.dir.path().join("batch.csv");
+    let made = st.kwsim(&[
+        "make",
+        "--count",
+        &count.to_string(),
+        "--first-id",
+        &device_id(0),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    st.ok(
+        "alice",
+        &[
+            "device",
+            "import",
+            "--batch-id",
+            "B-1",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let app = st.ok(
+        "alice",
+        &[
+            "customer",
+            "apply",
+            "--name",
+            "Li Lei",
+            "--national-id",
+            "110101199003071234",
+            "--account",
+            ACCOUNT,
+            "--contact-kind",
+            "sms",
+            "--contact",
+            "+8613800138000",
+        ],
+    );
+    let customer = app["customer_id"].as_str().unwrap().to_owned();
+    st.ok(
+        "bob",
+        &[
+            "customer",
+            "approve",
+            app["application_id"].as_str().unwrap(),
+        ],
+    );
+    let agent = st.agent();
+    for d in (0..count).map(device_id) {
+        st.ok("alice", &["device", "check", &d, "--agent", &agent]);
+    }
+    let db = Database::connect(&s.db.config).await.unwrap();
+    let root = std::fs::read_to_string(s.ca_pem()).unwrap();
+    Rig {
+        s,
+        db,
+        devices,
+        customer,
+        root,
+        restarts: 0,
+    }
+}
+
+/// The checks after a case (see the module), on a server restarted
+/// without faults; `batch` and `device` are the case's.
+async fn check(rig: &mut Rig, batch: &str, factory: &str, device: &str, what: &str) {
+    // All or nothing; an absent batch imports again.
+    match settled(&mut rig.s, batch).await {
+        Some(b) => {
+            assert_eq!(b["device_count"], 1, "{what}: {b}");
+            assert_eq!(valid_certs(&rig.db, factory).await, 1, "{what}");
+        }
+        None => {
+            assert_eq!(
+                valid_certs(&rig.db, factory).await,
+                0,
+                "{what}: orphan certificate"
+            );
+            let manifest = factory_manifest(&rig.s, factory);
+            let r = rig.s.admin_post(
+                "/admin/v1/batches",
+                &json!({ "batch_id": batch, "manifest": manifest }),
+            );
+            assert_eq!(r.status, 201, "{what}: {r:?}");
+        }
+    }
+
+    // No credential locked with its certificate still valid (recovery at
+    // start finishes a lockout a crash cut short).
+    let valid_locked: Vec<String> = sqlx::query(
+        "SELECT o.device_id FROM online_credentials o \
+         JOIN certificates c ON c.device_id = o.device_id AND c.profile = 'device' \
+         WHERE o.locked_at_ms IS NOT NULL AND o.revoked_serial IS NOT NULL \
+           AND c.status = 'valid'",
+    )
+    .fetch_all(rig.db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("device_id"))
+    .collect();
+    assert!(
+        valid_locked.is_empty(),
+        "{what}: locked with a valid certificate: {valid_locked:?}"
+    );
+    // ... and the listener refuses it: the CRL in force lists it.
+    let dev = rig.station().device(device);
+    let chain = rig.station().chain(device);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t = Terminal::new(
+            &format!("https://{}", rig.s.public),
+            &rig.root,
+            &chain,
+            &dev,
+        )
+        .unwrap();
+        let r = t.call(hyper::Method::GET, "/v1/session", None, None).await;
+        if r.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the locked device's certificate still passes TLS: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Working keys: at most one active and one pending version per
+    // credential; the case's device has an active one.
+    let bad: Vec<(String, i64, i64)> = sqlx::query(
+        "SELECT device_id, \
+           SUM(CASE WHEN state = 'active' THEN 1 ELSE 0 END) AS active, \
+           SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending \
+         FROM working_key_versions GROUP BY issuer_id, device_id",
+    )
+    .fetch_all(rig.db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get("device_id"), r.get("active"), r.get("pending")))
+    .filter(|(d, a, p)| *a > 1 || *p > 1 || (d == device && *a != 1))
+    .collect();
+    assert!(bad.is_empty(), "{what}: working-key versions: {bad:?}");
+
+    // The trail and its HSM checkpoint (offline, as an auditor would).
+    rig.s.kill();
+    let out = rig.s.keyward(&["--json", "audit", "verify"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "{what}: audit verify: {v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
+    let only = std::env::var("KEYWARD_FAULT_SWEEP_POINTS").ok();
+    let points: Vec<&str> = swept_by("server_fault_sweep")
+        .into_iter()
+        .filter(|p| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|o| o.trim() == *p))
+        })
+        .collect();
+    assert!(!points.is_empty(), "no point selected");
+    let cases: Vec<String> = points
+        .iter()
+        .flat_map(|p| ["kill", "panic"].map(|a| format!("{p}={a}@{}", hit(p))))
+        .collect();
+    let mut rig = bank(cases.len()).await;
+    rig.s.kill();
+    let started = Instant::now();
+    for (i, spec) in cases.iter().enumerate() {
+        eprintln!("fault sweep case {i}: {ENV}={spec}");
+        let case_started = Instant::now();
+        let fires = rig.s.log().matches(FIRES).count();
+        rig.s.start_with_env(&[], &[(ENV, spec)]);
+        let device = device_id(i);
+
+        // Provisioning: a factory batch, the device's init package and
+        // binding.
+        let batch = format!("S-{i}");
+        let factory = format!("E{:015X}", i + 1);
+        let manifest = factory_manifest(&rig.s, &factory);
+        rig.import(&batch, &manifest).await;
+        let agent = rig.station().agent();
+        rig.kwctl(
+            &[
+                "device", "init", &device, "--issuer", ISSUER, "--agent", &agent,
+            ],
+            None,
+        )
+        .await;
+        let customer = rig.customer.clone();
+        rig.kwctl(
+            &[
+                "bind",
+                &device,
+                "--customer",
+                &customer,
+                "--issuer",
+                ISSUER,
+                "--element",
+                "both",
+                "--account",
+                ACCOUNT,
+            ],
+            Some("already_bound"),
+        )
+        .await;
+
+        // The login: keys offered and confirmed, then a plain one; a bulk
+        // batch over the key; a lockout.
+        let mut dev = rig.station().device(&device);
+        let chain = rig.station().chain(&device);
+        rig.login(&mut dev, &chain).await;
+        let second = rig.login(&mut dev, &chain).await;
+        let version = second["key_version"].as_u64().unwrap();
+        rig.bulk(&dev, version).await;
+        rig.lock_out(&mut dev, &chain).await;
+
+        // A background point (CRL, checkpoint) may still be due.
+        let due = Instant::now() + Duration::from_secs(3);
+        while rig.s.log().matches(FIRES).count() == fires {
+            assert!(
+                Instant::now() < due,
+                "case {spec}: the point never fired\n{}",
+                rig.s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rig.s.kill();
+        rig.s.start();
+        check(&mut rig, &batch, &factory, &device, spec).await;
+        eprintln!(
+            "fault sweep case {i}: {spec} whole after {:.1?}",
+            case_started.elapsed()
+        );
+    }
+    eprintln!(
+        "fault sweep: {} cases ({} points × kill, panic) in {:.0?}, every point fired; \
+         {} restarts or repeats after a fault; violations 0",
+        cases.len(),
+        points.len(),
+        started.elapsed(),
+        rig.restarts,
+    );
+}
+
+/// A panic in the audit checkpoint writer loses that run, not the writer:
+/// the next checkpoint is still written (its point met a second time, where
+/// it kills the server).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_checkpoint_writer_survives_a_panic() {
+    let mut s = Server::new().await;
+    s.init();
+    s.start_with_env(
+        &[],
+        &[(
+            ENV,
+            "audit.checkpoint.written=panic@1,audit.checkpoint.written=kill@2",
+        )],
+    );
+    // The trail grows: each operator issued is a record to checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while s.running() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint after the panic\n{}",
+            s.log()
+        );
+        if !s.log().contains("audit.checkpoint.written=panic@1 fires") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        n += 1;
+        s.new_operator(&format!("op{n}"), "operator");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(
+        s.log().contains("audit.checkpoint.written=kill@2 fires"),
+        "{}",
+        s.log()
+    );
+    s.kill();
+}
