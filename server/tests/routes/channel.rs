@@ -251,7 +251,7 @@ pub(crate) fn forged(
 
 /// The card's own key and serial under another CA: a look-alike of its
 /// Keyward certificate.
-fn lookalike(c: &Card) -> Vec<u8> {
+pub(crate) fn lookalike(c: &Card) -> Vec<u8> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SerialNumber,
     };
