@@ -39,6 +39,9 @@ impl keyward_kms::db::TxError for ChannelError {
         match self {
             Self::Database(e) => Some(e),
             Self::Kms(KmsError::Database(e)) => Some(e),
+            // The audit record is staged in the step's transaction: a race
+            // it loses there is the transaction's, retried like any other.
+            Self::Audit(crate::audit::AuditError::Database(e)) => Some(e),
             _ => None,
         }
     }
