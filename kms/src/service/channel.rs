@@ -25,11 +25,11 @@
 //! on collision resistance). SoftHSM answers a bad ciphertext with an error
 //! (`CKR_GENERAL_ERROR`); every unwrap failure that is not the HSM being busy
 //! or gone becomes [`KmsError::ChannelRefused`], as does a pre-master of any
-//! length but 32 bytes. A ciphertext of the wrong length or not below the
-//! modulus reaches the module as an in-range decoy, so it costs the same
-//! RSA operation as bad padding. A length is only reachable with a well-formed OAEP
-//! ciphertext, i.e. one whose sender knows its plaintext, so its own path
-//! tells a sender nothing new; the OAEP decoding itself is the module's.
+//! length but 32 bytes. Every refusal costs the same HSM work: a ciphertext
+//! of the wrong length or not below the modulus reaches the module as an
+//! in-range decoy (one RSA operation, as bad padding), and a refused unwrap
+//! goes on with a random secret through the steps a good pre-master takes
+//! (docs/security.md §1). The OAEP decoding itself is the module's.
 //! PKCS#1 v1.5 with implicit rejection is not offered.
 
 use std::collections::HashMap;
@@ -244,7 +244,9 @@ fn hsm_state(e: &KmsError) -> bool {
 /// SHA-256 first. A module that does not know a hash refuses the mechanism
 /// parameter before it decrypts anything (SoftHSM 2.6.1: SHA-256 gives
 /// `CKR_ARGUMENTS_BAD`; only SHA-1 unwraps), so a zero ciphertext tells
-/// which is available without a known plaintext.
+/// which is available without a known plaintext. What the module does with
+/// that ciphertext's bad padding (an error, as SoftHSM; or a key, as a
+/// module that rejects implicitly) is logged: the path refusals take.
 fn probe_oaep(hsm: &dyn Hsm, key: ObjectId, modulus_len: usize) -> Result<OaepHash> {
     let zero = vec![0u8; modulus_len];
     for hash in [OaepHash::Sha256, OaepHash::Sha1] {
@@ -252,6 +254,11 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId, modulus_len: usize) -> Result<OaepHa
         match hsm.unwrap_key(key, UnwrapMechanism::RsaOaep(hash), &zero, &spec) {
             Ok(obj) => {
                 hsm.destroy(obj)?;
+                tracing::info!(
+                    ?hash,
+                    "channel key: the module answers bad OAEP padding with a key \
+                     (rejects implicitly); such a key fails the card's Finished"
+                );
                 return Ok(hash);
             }
             Err(e) if hsm_state(&e) || matches!(e, KmsError::Stale) => return Err(e),
@@ -267,7 +274,14 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId, modulus_len: usize) -> Result<OaepHa
                     problem: "the channel key is not an RSA key that may unwrap",
                 });
             }
-            Err(_) => return Ok(hash),
+            Err(_) => {
+                tracing::info!(
+                    ?hash,
+                    "channel key: the module answers bad OAEP padding with an error; \
+                     a refused unwrap goes on with a random secret, then is refused"
+                );
+                return Ok(hash);
+            }
         }
     }
     Err(KmsError::MechanismMissing {
@@ -615,5 +629,22 @@ impl Kms {
         let obj = key.obj;
         key.owned = false;
         self.pool().run(move |hsm| hsm.destroy(obj)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_range;
+
+    #[test]
+    fn only_a_ciphertext_of_the_modulus_length_below_it_reaches_the_module() {
+        let n = [0xc0, 0x01, 0x02];
+        let decoy = vec![0, 0, 2];
+        assert_eq!(in_range(&[0xbf, 0xff, 0xff], &n), vec![0xbf, 0xff, 0xff]);
+        assert_eq!(in_range(&[0, 0, 0], &n), vec![0, 0, 0]);
+        assert_eq!(in_range(&[0xc0, 0x01, 0x02], &n), decoy, "equal to n");
+        assert_eq!(in_range(&[0xff, 0xff, 0xff], &n), decoy, "above n");
+        assert_eq!(in_range(&[0x01, 0x02], &n), decoy, "short");
+        assert_eq!(in_range(&[0, 0x01, 0x02, 0x03], &n), decoy, "long");
     }
 }
