@@ -179,6 +179,36 @@ async fn mutate(
     }
 }
 
+async fn debug_rows(app: &App, target: &str) -> String {
+    use sqlx::Row;
+    let pool = app.state.kms.db().pool();
+    let staged = sqlx::query("SELECT action, outcome FROM audit_staged WHERE target = $1")
+        .bind(target)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1)))
+        .collect::<Vec<_>>();
+    let id = target.trim_start_matches("channel:");
+    let row = sqlx::query("SELECT state, terminal_id, closed_at_ms FROM channels WHERE id = $1")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {:?}",
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<Option<i64>, _>(2)
+            )
+        })
+        .collect::<Vec<_>>();
+    format!("staged {staged:?}, channel {row:?}")
+}
+
 fn is_refusal(a: &Answer) -> bool {
     (a.status == StatusCode::FORBIDDEN && a.code() == "channel_closed")
         || (a.status == StatusCode::BAD_REQUEST && a.code() == "channel_malformed")
@@ -257,14 +287,26 @@ async fn attack(
             a.status,
             a.text
         );
-        // The closing is in the trail, refused, for this channel.
+        // The closing is in the trail, refused, for this channel: staged
+        // with it (another terminal's flush may be chaining it just now).
         let target = format!("channel:{}", ch.id);
-        let trail = app.state.audit.recent(32).await.unwrap();
+        app.state.audit.flush_staged().await.unwrap();
+        let trail = app.state.audit.recent(64).await.unwrap();
         assert!(
             trail.iter().any(|r| r.action == "channel.close"
                 && r.outcome == "refused"
                 && r.target == target),
-            "{at}: the closing is not audited"
+            "{at}: the closing is not audited: {:?} {}",
+            app.state
+                .audit
+                .recent(1000)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.target == target)
+                .map(|r| (r.seq, &r.action, &r.outcome, &r.detail_json))
+                .collect::<Vec<_>>(),
+            debug_rows(app, &target).await
         );
         *seen.entry(m).or_default() += 1;
     }
@@ -452,7 +494,7 @@ mod stats {
             return f64::NAN;
         }
         let m = v.len() / 2;
-        if v.len() % 2 == 0 {
+        if v.len().is_multiple_of(2) {
             (v[m - 1] + v[m]) / 2.0
         } else {
             v[m]
