@@ -519,6 +519,21 @@ impl AwaitFinished {
     }
 }
 
+/// `plaintext` encrypted to the channel key of `server_hello` (chain
+/// checked as the card does) with the OAEP the hello names: a well-formed
+/// ciphertext of any plaintext, for tests of the server's refusals.
+pub fn encrypt_to_server(
+    server_hello: &[u8],
+    root_pem: &str,
+    plaintext: &[u8],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Vec<u8>> {
+    let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("server hello: {e}"))?;
+    let key = channel_key(&sh.chain, root_pem)?;
+    key.encrypt(rng, oaep(sh.oaep), plaintext)
+        .context("encrypting to the channel key")
+}
+
 /// The channel certificate's RSA key, once its chain verified up to the
 /// root, each certificate is current, and the leaf is for key encipherment.
 fn channel_key(chain: &[Vec<u8>], root_pem: &str) -> Result<rsa::RsaPublicKey> {

@@ -25,9 +25,11 @@
 //! on collision resistance). SoftHSM answers a bad ciphertext with an error
 //! (`CKR_GENERAL_ERROR`); every unwrap failure that is not the HSM being busy
 //! or gone becomes [`KmsError::ChannelRefused`], as does a pre-master of any
-//! length but 32 bytes. A length is only reachable with a well-formed OAEP
-//! ciphertext, i.e. one whose sender knows its plaintext, so its own path
-//! tells a sender nothing new; the OAEP decoding itself is the module's.
+//! length but 32 bytes. Every refusal costs the same HSM work: a ciphertext
+//! of the wrong length or not below the modulus reaches the module as an
+//! in-range decoy (one RSA operation, as bad padding), and a refused unwrap
+//! goes on with a random secret through the steps a good pre-master takes
+//! (docs/security.md §1). The OAEP decoding itself is the module's.
 //! PKCS#1 v1.5 with implicit rejection is not offered.
 
 use std::collections::HashMap;
@@ -173,29 +175,63 @@ impl Drop for ChannelSecret {
     }
 }
 
-/// Handles of the channel private keys by label, with the OAEP hash each
-/// unwraps with, found once and again after an HSM reconnect.
-pub(crate) type ChannelKeyCache = Arc<Mutex<HashMap<String, (ObjectId, OaepHash)>>>;
+/// A channel private key's handle, the OAEP hash it unwraps with, and its
+/// modulus (big-endian, no leading zero).
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelKey {
+    obj: ObjectId,
+    hash: OaepHash,
+    modulus: Arc<[u8]>,
+}
 
-/// The private key `label` and its OAEP hash, from `cache` or the token
-/// (probed on first use).
-fn channel_key(
-    hsm: &dyn Hsm,
-    cache: &ChannelKeyCache,
-    label: &str,
-) -> Result<(ObjectId, OaepHash)> {
+/// The channel private keys by label, found once and again after an HSM
+/// reconnect.
+pub(crate) type ChannelKeyCache = Arc<Mutex<HashMap<String, ChannelKey>>>;
+
+/// The private key `label`, from `cache` or the token (its OAEP hash probed
+/// on first use).
+fn channel_key(hsm: &dyn Hsm, cache: &ChannelKeyCache, label: &str) -> Result<ChannelKey> {
     if let Some(k) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(label) {
-        return Ok(*k);
+        return Ok(k.clone());
     }
-    let k = hsm
+    let obj = hsm
         .find_private_key(label)?
         .ok_or_else(|| KmsError::KeyMissing(label.to_owned()))?;
-    let hash = probe_oaep(hsm, k)?;
+    let Some(PublicKey::Rsa { modulus, .. }) = hsm.public_key(label)? else {
+        return Err(KmsError::KeyMissing(label.to_owned()));
+    };
+    let start = modulus
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(modulus.len());
+    let k = ChannelKey {
+        obj,
+        hash: probe_oaep(hsm, obj, modulus.len() - start)?,
+        modulus: modulus[start..].into(),
+    };
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(label.to_owned(), (k, hash));
-    Ok((k, hash))
+        .insert(label.to_owned(), k.clone());
+    Ok(k)
+}
+
+/// The ciphertext the module is given: `ciphertext` when it is exactly the
+/// modulus's length and below the modulus (RFC 8017 §7.1.2), otherwise a
+/// fixed in-range value that fails the padding check. A module refuses an
+/// out-of-range ciphertext before its private-key operation, so without
+/// this a wrong length or a value ≥ the modulus would be answered faster
+/// than bad padding; now every refusal costs one RSA operation. (Length and
+/// value are public: comparing them leaks nothing.)
+fn in_range(ciphertext: &[u8], modulus: &[u8]) -> Vec<u8> {
+    if ciphertext.len() == modulus.len() && ciphertext < modulus {
+        return ciphertext.to_vec();
+    }
+    let mut decoy = vec![0u8; modulus.len()];
+    if let Some(last) = decoy.last_mut() {
+        *last = 2;
+    }
+    decoy
 }
 
 /// Whether an error says the HSM is busy or gone rather than anything
@@ -208,14 +244,21 @@ fn hsm_state(e: &KmsError) -> bool {
 /// SHA-256 first. A module that does not know a hash refuses the mechanism
 /// parameter before it decrypts anything (SoftHSM 2.6.1: SHA-256 gives
 /// `CKR_ARGUMENTS_BAD`; only SHA-1 unwraps), so a zero ciphertext tells
-/// which is available without a known plaintext.
-fn probe_oaep(hsm: &dyn Hsm, key: ObjectId) -> Result<OaepHash> {
-    let zero = [0u8; 256];
+/// which is available without a known plaintext. What the module does with
+/// that ciphertext's bad padding (an error, as SoftHSM; or a key, as a
+/// module that rejects implicitly) is logged: the path refusals take.
+fn probe_oaep(hsm: &dyn Hsm, key: ObjectId, modulus_len: usize) -> Result<OaepHash> {
+    let zero = vec![0u8; modulus_len];
     for hash in [OaepHash::Sha256, OaepHash::Sha1] {
         let spec = ChannelKeyUse::Secret.spec();
         match hsm.unwrap_key(key, UnwrapMechanism::RsaOaep(hash), &zero, &spec) {
             Ok(obj) => {
                 hsm.destroy(obj)?;
+                tracing::info!(
+                    ?hash,
+                    "channel key: the module answers bad OAEP padding with a key \
+                     (rejects implicitly); such a key fails the card's Finished"
+                );
                 return Ok(hash);
             }
             Err(e) if hsm_state(&e) || matches!(e, KmsError::Stale) => return Err(e),
@@ -231,7 +274,14 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId) -> Result<OaepHash> {
                     problem: "the channel key is not an RSA key that may unwrap",
                 });
             }
-            Err(_) => return Ok(hash),
+            Err(_) => {
+                tracing::info!(
+                    ?hash,
+                    "channel key: the module answers bad OAEP padding with an error; \
+                     a refused unwrap goes on with a random secret, then is refused"
+                );
+                return Ok(hash);
+            }
         }
     }
     Err(KmsError::MechanismMissing {
@@ -248,39 +298,51 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId) -> Result<OaepHash> {
 /// `CKA_VALUE_LEN` of an unwrapped key at 0 (and refuses it in the unwrap
 /// template), so the length cannot be read. The RFC 3394 value is dropped;
 /// it could not be passed off as state, which is RFC 5649 (another IV).
+///
+/// A ciphertext the module refuses goes on with a random secret through the
+/// same steps (made, wrapped, made non-extractable, destroyed), so a
+/// refusal costs what a good ciphertext does whichever check failed; only
+/// then is it refused.
 fn unwrap_checked(
     hsm: &dyn Hsm,
     pool: &HsmPool,
-    key: ObjectId,
+    key: &ChannelKey,
     kek: ObjectId,
-    hash: OaepHash,
     ciphertext: &[u8],
 ) -> Result<ChannelSecret> {
-    let refuse = |e: KmsError| match e {
-        e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
-        _ => KmsError::ChannelRefused,
-    };
+    let passes = |e: &KmsError| hsm_state(e) || matches!(e, KmsError::Stale);
     let spec = KeySpec {
         extractable: true,
         ..ChannelKeyUse::Secret.spec()
     };
-    let obj = hsm
-        .unwrap_key(key, UnwrapMechanism::RsaOaep(hash), ciphertext, &spec)
-        .map_err(refuse)?;
+    let ciphertext = in_range(ciphertext, &key.modulus);
+    let (obj, unwrapped) = match hsm.unwrap_key(
+        key.obj,
+        UnwrapMechanism::RsaOaep(key.hash),
+        &ciphertext,
+        &spec,
+    ) {
+        Ok(obj) => (obj, true),
+        Err(e) if passes(&e) => return Err(e),
+        Err(_) => (hsm.generate_key(&spec)?, false),
+    };
     let secret = ChannelSecret {
         obj,
         key_use: ChannelKeyUse::Secret,
         pool: pool.clone(),
         owned: true,
     };
-    let wrapped = hsm
-        .wrap_key(kek, WrapMechanism::AesKeyWrap, obj)
-        .map_err(refuse)?;
-    if wrapped.len() != CHANNEL_SECRET_LEN + 8 {
-        return Err(KmsError::ChannelRefused);
-    }
+    let length_ok = match hsm.wrap_key(kek, WrapMechanism::AesKeyWrap, obj) {
+        Ok(wrapped) => wrapped.len() == CHANNEL_SECRET_LEN + 8,
+        Err(e) if passes(&e) => return Err(e),
+        Err(_) => false,
+    };
     hsm.set_unextractable(obj)?;
-    Ok(secret)
+    if unwrapped && length_ok {
+        Ok(secret)
+    } else {
+        Err(KmsError::ChannelRefused)
+    }
 }
 
 impl Kms {
@@ -355,9 +417,9 @@ impl Kms {
         self.pool()
             .run(move |hsm| {
                 let attempt = || -> Result<ChannelSecret> {
-                    let (key, hash) = channel_key(hsm, &cache, &label)?;
+                    let key = channel_key(hsm, &cache, &label)?;
                     let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
-                    unwrap_checked(hsm, &pool, key, kek, hash, &ciphertext)
+                    unwrap_checked(hsm, &pool, &key, kek, &ciphertext)
                 };
                 match attempt() {
                     Err(KmsError::Stale) => {
@@ -376,7 +438,7 @@ impl Kms {
     pub async fn channel_oaep_hash(&self, key_label: &str) -> Result<OaepHash> {
         let (label, cache) = (key_label.to_owned(), self.channel_keys.clone());
         self.pool()
-            .run(move |hsm| channel_key(hsm, &cache, &label).map(|(_, h)| h))
+            .run(move |hsm| channel_key(hsm, &cache, &label).map(|k| k.hash))
             .await
     }
 
@@ -567,5 +629,22 @@ impl Kms {
         let obj = key.obj;
         key.owned = false;
         self.pool().run(move |hsm| hsm.destroy(obj)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_range;
+
+    #[test]
+    fn only_a_ciphertext_of_the_modulus_length_below_it_reaches_the_module() {
+        let n = [0xc0, 0x01, 0x02];
+        let decoy = vec![0, 0, 2];
+        assert_eq!(in_range(&[0xbf, 0xff, 0xff], &n), vec![0xbf, 0xff, 0xff]);
+        assert_eq!(in_range(&[0, 0, 0], &n), vec![0, 0, 0]);
+        assert_eq!(in_range(&[0xc0, 0x01, 0x02], &n), decoy, "equal to n");
+        assert_eq!(in_range(&[0xff, 0xff, 0xff], &n), decoy, "above n");
+        assert_eq!(in_range(&[0x01, 0x02], &n), decoy, "short");
+        assert_eq!(in_range(&[0, 0x01, 0x02, 0x03], &n), decoy, "long");
     }
 }

@@ -915,9 +915,9 @@ impl AuditLog {
                 return Ok(total);
             }
             let mut entries = Vec::with_capacity(rows.len());
-            let mut last_id = 0i64;
+            let mut ids = Vec::with_capacity(rows.len());
             for row in &rows {
-                last_id = row.try_get("id")?;
+                ids.push(row.try_get::<i64, _>("id")?);
                 entries.push(Entry {
                     actor: row.try_get("actor")?,
                     action: row.try_get("action")?,
@@ -927,10 +927,15 @@ impl AuditLog {
                     detail_json: row.try_get("detail_json")?,
                 });
             }
-            sqlx::query("DELETE FROM audit_staged WHERE id <= $1")
-                .bind(last_id)
-                .execute(&mut *tx)
-                .await?;
+            // Exactly the rows read: on PostgreSQL (read committed) a row
+            // with a lower id whose transaction commits after the read would
+            // fall under `id <= last` and be removed without being chained.
+            for id in &ids {
+                sqlx::query("DELETE FROM audit_staged WHERE id = $1")
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let (records, head) = self.chain_in(&mut tx, entries).await?;
             tx.commit().await?;
             crate::fault_point!("audit.staged.flushed");

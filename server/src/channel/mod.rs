@@ -9,18 +9,19 @@
 //!   id from the HSM, the `channel` certificate chain, the OAEP hash the
 //!   module unwraps with); both hellos stored for [`HANDSHAKE_TTL_MS`].
 //! - [`Channels::key_exchange`]: the card's certificate (the Keyward CA's
-//!   registered, current, unrevoked certificate of an issued device) and
-//!   its signature over the transcript are checked **before** the
-//!   pre-master is unwrapped, so only a genuine card ever reaches the OAEP
-//!   decoding; any failure of the three is the one `channel_refused`,
+//!   registered, current, unrevoked certificate of an issued device), its
+//!   signature over the transcript and the pre-master (unwrapped in the
+//!   HSM) are all checked whichever fails, so the refusal's work does not
+//!   say which; any failure of the three is the one `channel_refused`,
 //!   audited. The schedule runs in the HSM; the handshake is taken, the
 //!   channel stored and the opening audited in one transaction; the
 //!   ServerFinished is answered after the commit.
 //! - [`Channels::record`]: the card's next record, opened in the HSM. A
 //!   replayed, reordered, altered or foreign record closes the channel
-//!   (audited, one `channel_closed`). A data record carries, for now, one
-//!   request line (`GET /v1/ping` only; login and loads through the
-//!   channel are later work); its answer is sealed in the HSM before the
+//!   (audited, one `channel_closed`); one that is no record or names no
+//!   open channel closes every channel its terminal relays. A data record
+//!   carries, for now, one request line (`GET /v1/ping` only; login and
+//!   loads through the channel are later work); its answer is sealed in the HSM before the
 //!   sequence numbers move in one compare-and-set transaction.
 
 mod error;
@@ -52,7 +53,6 @@ use store::{ChannelRow, HandshakeRow};
 pub use sweep::{SWEEP_INTERVAL, SWEPT_KINDS, Swept, sweep_job};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
-use crate::edge::identity::{CertKind, PeerCertificate};
 use crate::metrics::Metrics;
 use crate::online::Device;
 
@@ -259,16 +259,26 @@ impl Channels {
     ) -> Result<Opened> {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
-        let (card, serial) = self
+        // The refusal costs the same work whichever check fails: the card
+        // is checked in full and the pre-master unwrapped (one RSA
+        // operation) before either outcome is looked at, and both
+        // failures are the one refusal.
+        let card = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
-            .await
-            .map_err(refusal)?;
-        // Only a genuine card's transcript reaches the OAEP decoding.
+            .await;
         let pms = p
             .kms
             .unwrap_premaster(&hs.key_label, cke.encrypted_pre_master.clone())
-            .await
-            .map_err(|e| refusal(e.into()))?;
+            .await;
+        let ((card, serial), pms) =
+            match (card.map_err(refusal), pms.map_err(|e| refusal(e.into()))) {
+                (Ok(card), Ok(pms)) => (card, pms),
+                // A failure of the HSM, CA or database shows as itself.
+                (Err(e), _) | (_, Err(e)) if !matches!(e, ChannelError::Refused) => {
+                    return Err(e);
+                }
+                _ => return Err(ChannelError::Refused),
+            };
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
         let master = p
             .kms
@@ -365,10 +375,13 @@ impl Channels {
         })
     }
 
-    /// The card the key exchange proves: its certificate is exactly the
-    /// Keyward CA's registered, current, unrevoked certificate of the
-    /// device the ClientHello names, the device is issued, and the
-    /// signature over the transcript verifies under it.
+    /// The card the key exchange proves: the device the ClientHello names
+    /// is issued, the certificate sent is byte for byte the Keyward CA's
+    /// registered, current, unrevoked certificate of that device (a
+    /// look-alike from another CA differs even under the same serial), and
+    /// the signature over the transcript verifies under that registered
+    /// certificate. Every check runs whichever fails, so a bad certificate
+    /// and a bad signature cost the same work.
     async fn card(
         &self,
         ch: &ClientHello,
@@ -378,39 +391,27 @@ impl Channels {
         signed: &[u8],
     ) -> Result<(DeviceId, Serial)> {
         let p = &self.0;
-        let cert = PeerCertificate::from_der(&cke.certificate).ok_or(ChannelError::Refused)?;
-        let CertKind::Device { device_id } = &cert.kind else {
+        let device = DeviceId::from_bytes(ch.device);
+        let rec = p.provisioning.device(device).await?;
+        let Some(serial) = rec.cert_serial.as_deref() else {
             return Err(ChannelError::Refused);
         };
-        let device: DeviceId = device_id.parse().map_err(|_| ChannelError::Refused)?;
-        let serial: Serial = cert.serial.parse().map_err(|_| ChannelError::Refused)?;
-        if device.bytes() != ch.device {
-            return Err(ChannelError::Refused);
-        }
-        let rec = p.provisioning.device(device).await?;
-        let registered = rec
-            .cert_serial
-            .as_deref()
-            .and_then(|s| s.parse::<Serial>().ok())
-            .is_some_and(|s| s == serial);
-        if !registered || rec.state != DeviceState::Issued {
-            return Err(ChannelError::Refused);
-        }
-        // The very bytes the CA issued: a look-alike from another CA
-        // differs even under the same serial.
-        let issued = p.ca.get(&serial).await?.and_then(|c| der_of_pem(&c.pem));
-        if issued.as_deref() != Some(cke.certificate.as_slice()) {
-            return Err(ChannelError::Refused);
-        }
+        let parsed = serial.parse::<Serial>().ok();
+        let issued = match &parsed {
+            Some(s) => p.ca.get(s).await?.and_then(|c| der_of_pem(&c.pem)),
+            None => None,
+        };
         let msg = channel::card_signature_input(client_hello, server_hello, signed);
-        let ok = p
+        let signature_ok = p
             .provisioning
-            .verify_device_signature(device, &cert.serial, &msg, &cke.signature)
+            .verify_device_signature(device, serial, &msg, &cke.signature)
             .await?;
-        if ok {
-            Ok((device, serial))
-        } else {
-            Err(ChannelError::Refused)
+        let presented = issued.as_deref() == Some(cke.certificate.as_slice());
+        match parsed {
+            Some(serial) if signature_ok & presented & (rec.state == DeviceState::Issued) => {
+                Ok((device, serial))
+            }
+            _ => Err(ChannelError::Refused),
         }
     }
 
@@ -444,13 +445,19 @@ impl Channels {
     /// The card's next record, relayed by `terminal`; `ping` is the body
     /// `GET /v1/ping` answers this terminal with.
     pub async fn record(&self, terminal: &Device, bytes: Vec<u8>, ping: &[u8]) -> Result<Answer> {
-        let r = Record::decode(&bytes)?;
+        let r = match Record::decode(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.close_relayed(terminal).await?;
+                return Err(e.into());
+            }
+        };
         let id = r.channel.to_string();
         let Some(row) = store::get(self.db(), &id)
             .await?
             .filter(|c| c.open && c.expires_at_ms > now_ms())
         else {
-            self.count_record("refused");
+            self.close_relayed(terminal).await?;
             return Err(ChannelError::Closed);
         };
         match self.accepted(terminal, &row, &r, ping).await {
@@ -628,6 +635,37 @@ impl Channels {
             .await?;
         let _ = self.0.audit.flush_staged().await;
         self.count_record(outcome);
+        Ok(())
+    }
+
+    /// A record that is no record, or names no open channel, cannot be
+    /// told apart from one of this terminal's records with its header
+    /// altered or cut: every channel the terminal relays closes (each
+    /// audited), as an altered record of a known channel closes that one.
+    async fn close_relayed(&self, terminal: &Device) -> Result<()> {
+        let (terminal_id, now) = (terminal.device_id.to_string(), now_ms());
+        let (audit, terminal_id) = (&self.0.audit, &terminal_id);
+        self.db()
+            .write("channel.close", |mut tx| async move {
+                for id in store::close_relayed_in(&mut tx, terminal_id, now).await? {
+                    let event = event("channel.close", &id, json!({ "by": "server" }));
+                    audit
+                        .stage_in(
+                            &mut tx,
+                            &terminal.actor,
+                            &event,
+                            Outcome::Refused {
+                                code: "channel_closed",
+                            },
+                            &terminal.request_id,
+                        )
+                        .await?;
+                }
+                Ok::<_, ChannelError>((tx, ()))
+            })
+            .await?;
+        let _ = self.0.audit.flush_staged().await;
+        self.count_record("refused");
         Ok(())
     }
 

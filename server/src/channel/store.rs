@@ -1,4 +1,4 @@
-//! The channel tables (migration 2070). Writes run inside the caller's
+//! The channel tables (migrations 2070, 2078). Writes run inside the caller's
 //! transaction (`_in`); the wrapped keys are written as the HSM gave them
 //! and never read by anything but the HSM's unwrap.
 
@@ -361,4 +361,20 @@ pub async fn advance_rekeyed_in(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Closes every open channel `terminal` relays; their ids.
+pub async fn close_relayed_in(
+    tx: &mut Tx,
+    terminal: &str,
+    now_ms: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE channels SET state = 'closed', closed_at_ms = $1 \
+         WHERE terminal_id = $2 AND state = 'open' RETURNING id",
+    )
+    .bind(now_ms)
+    .bind(terminal)
+    .fetch_all(&mut **tx)
+    .await
 }

@@ -19,6 +19,7 @@ mod harness;
 mod access;
 mod ca;
 mod channel;
+mod channel_attack;
 mod codes;
 mod confirmations;
 mod customers;
