@@ -97,6 +97,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channels",
             include_str!("../migrations/sqlite/2070_channels.sql"),
         ),
+        (
+            2075,
+            "channel card serial",
+            include_str!("../migrations/sqlite/2075_channel_card_serial.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -178,6 +183,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2070,
             "channels",
             include_str!("../migrations/postgres/2070_channels.sql"),
+        ),
+        (
+            2075,
+            "channel card serial",
+            include_str!("../migrations/postgres/2075_channel_card_serial.sql"),
         ),
     ],
 };

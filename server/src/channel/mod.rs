@@ -18,14 +18,17 @@
 //!   ServerFinished is answered after the commit.
 //! - [`Channels::record`]: the card's next record, opened in the HSM. A
 //!   replayed, reordered, altered or foreign record closes the channel
-//!   (audited, one `channel_closed`). A data record carries, for now, one
-//!   request line (`GET /v1/ping` only; login and loads through the
-//!   channel are later work); its answer is sealed in the HSM before the
-//!   sequence numbers move in one compare-and-set transaction.
+//!   (audited, one `channel_closed`). A data record carries one request
+//!   (`crate::wire::channel::Carried`), which the caller runs as the card;
+//!   the record is claimed (both sequences moved in one compare-and-set
+//!   transaction) **before** the request runs, so a record raced or
+//!   replayed to two replicas runs once, and the answer is sealed in the
+//!   HSM under the server sequence claimed.
 
 mod error;
 pub mod store;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use keyward_ca::Serial;
@@ -215,7 +218,7 @@ impl Channels {
     ) -> Result<Vec<u8>> {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
-        let card = self
+        let (card, card_serial) = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await
             .map_err(refusal)?;
@@ -270,6 +273,7 @@ impl Channels {
         let row = ChannelRow {
             id: id.to_string(),
             device_id: card.to_string(),
+            card_serial,
             terminal_id: terminal.device_id.to_string(),
             open: true,
             c2s_key: p.kms.channel_wrap_state(&c2s).await?,
@@ -312,7 +316,8 @@ impl Channels {
     /// The card the key exchange proves: its certificate is exactly the
     /// Keyward CA's registered, current, unrevoked certificate of the
     /// device the ClientHello names, the device is issued, and the
-    /// signature over the transcript verifies under it.
+    /// signature over the transcript verifies under it. The device and its
+    /// certificate's serial (upper-case hex).
     async fn card(
         &self,
         ch: &ClientHello,
@@ -320,7 +325,7 @@ impl Channels {
         server_hello: &[u8],
         cke: &CardKeyExchange,
         signed: &[u8],
-    ) -> Result<DeviceId> {
+    ) -> Result<(DeviceId, String)> {
         let p = &self.0;
         let cert = PeerCertificate::from_der(&cke.certificate).ok_or(ChannelError::Refused)?;
         let CertKind::Device { device_id } = &cert.kind else {
@@ -352,7 +357,7 @@ impl Channels {
             .verify_device_signature(device, &cert.serial, &msg, &cke.signature)
             .await?;
         if ok {
-            Ok(device)
+            Ok((device, cert.serial))
         } else {
             Err(ChannelError::Refused)
         }
@@ -385,9 +390,22 @@ impl Channels {
         Ok(())
     }
 
-    /// The card's next record, relayed by `terminal`; `ping` is the body
-    /// `GET /v1/ping` answers this terminal with.
-    pub async fn record(&self, terminal: &Device, bytes: Vec<u8>, ping: &[u8]) -> Result<Answer> {
+    /// The card's next record, relayed by `terminal`. A data record's
+    /// plaintext goes to `carry` with the card's certificate (as the CA
+    /// issued it; `None` if it has none), once the record is claimed;
+    /// `carry`'s answer (at most [`channel::MAX_PLAINTEXT`] bytes) is
+    /// sealed back. A failure after the claim loses the answer, never runs
+    /// the request twice.
+    pub async fn record<F, Fut>(
+        &self,
+        terminal: &Device,
+        bytes: Vec<u8>,
+        carry: F,
+    ) -> Result<Answer>
+    where
+        F: FnOnce(Option<PeerCertificate>, Vec<u8>) -> Fut,
+        Fut: Future<Output = Vec<u8>>,
+    {
         let r = Record::decode(&bytes)?;
         let id = r.channel.to_string();
         let Some(row) = store::get(self.db(), &id)
@@ -397,7 +415,7 @@ impl Channels {
             self.count_record("refused");
             return Err(ChannelError::Closed);
         };
-        match self.accepted(terminal, &row, &r, ping).await {
+        match self.accepted(terminal, &row, &r, carry).await {
             Ok(Some(answer)) => Ok(answer),
             Ok(None) => {
                 self.close(terminal, &row, "refused").await?;
@@ -409,13 +427,17 @@ impl Channels {
 
     /// What the record does, or `None` when it is anything but the card's
     /// next intact record (which closes the channel).
-    async fn accepted(
+    async fn accepted<F, Fut>(
         &self,
         terminal: &Device,
         row: &ChannelRow,
         r: &Record,
-        ping: &[u8],
-    ) -> Result<Option<Answer>> {
+        carry: F,
+    ) -> Result<Option<Answer>>
+    where
+        F: FnOnce(Option<PeerCertificate>, Vec<u8>) -> Fut,
+        Fut: Future<Output = Vec<u8>>,
+    {
         let kms = &self.0.kms;
         let expected = u64::try_from(row.c2s_sequence).unwrap_or(u64::MAX);
         if r.sequence != expected || r.sequence >= channel::REKEY_AFTER_RECORDS {
@@ -446,7 +468,6 @@ impl Channels {
         if r.kind != RecordType::Data && !plain.is_empty() {
             return Ok(None);
         }
-        let seq = row.c2s_sequence;
         match r.kind {
             RecordType::Data => {
                 let s2c_seq = u64::try_from(row.s2c_sequence).unwrap_or(u64::MAX);
@@ -455,10 +476,26 @@ impl Channels {
                 if s2c_seq >= channel::REKEY_AFTER_RECORDS - 1 {
                     return Ok(None);
                 }
-                let answer = carried(&plain, ping);
+                // Everything that can fail before the request runs does
+                // so before the claim: the card may then resend the record.
+                let card = self.card_certificate(row).await?;
                 let s2c = kms
                     .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
                     .await?;
+                let now = now_ms();
+                let claimed = self
+                    .db()
+                    .write("channel.record", |mut tx| async move {
+                        let claimed = store::claim_in(&mut tx, row, now).await?;
+                        Ok::<_, ChannelError>((tx, claimed))
+                    })
+                    .await?;
+                if !claimed {
+                    // Another replica took this sequence number (or the
+                    // channel closed or expired meanwhile): a replay.
+                    return Ok(None);
+                }
+                let answer = carry(card, plain).await;
                 let header = Record::header(r.channel, RecordType::Data, s2c_seq);
                 let sealed = kms
                     .channel_seal(
@@ -468,19 +505,6 @@ impl Channels {
                         answer,
                     )
                     .await?;
-                let id = &row.id;
-                let moved = self
-                    .db()
-                    .write("channel.record", |mut tx| async move {
-                        let moved = store::advance_in(&mut tx, id, seq).await?;
-                        Ok::<_, ChannelError>((tx, moved))
-                    })
-                    .await?;
-                if !moved {
-                    // Another replica took this sequence number: this one
-                    // is a replay.
-                    return Ok(None);
-                }
                 self.count_record("data");
                 Ok(Some(Answer::Record(
                     Record {
@@ -493,7 +517,7 @@ impl Channels {
                 )))
             }
             RecordType::KeyUpdate => {
-                let generation = row.c2s_generation;
+                let (seq, generation) = (row.c2s_sequence, row.c2s_generation);
                 let next_gen = u64::try_from(generation)
                     .unwrap_or(u64::MAX)
                     .saturating_add(1);
@@ -582,6 +606,21 @@ impl Channels {
         Ok(())
     }
 
+    /// The card certificate the channel's key exchange proved, as the CA
+    /// stores it: a carried request runs as this certificate.
+    async fn card_certificate(&self, row: &ChannelRow) -> Result<Option<PeerCertificate>> {
+        let Ok(serial) = row.card_serial.parse::<Serial>() else {
+            return Ok(None);
+        };
+        Ok(self
+            .0
+            .ca
+            .get(&serial)
+            .await?
+            .and_then(|c| der_of_pem(&c.pem))
+            .and_then(|der| PeerCertificate::from_der(&der)))
+    }
+
     fn count_handshake(&self, outcome: &'static str) {
         self.0
             .metrics
@@ -610,18 +649,6 @@ fn refusal(e: ChannelError) -> ChannelError {
     }
 }
 
-/// The answer to a carried request line: for now only `GET /v1/ping`
-/// (its body); anything else is a `not_found` error body.
-fn carried(plain: &[u8], ping: &[u8]) -> Vec<u8> {
-    match serde_json::from_slice::<crate::wire::channel::Carried>(plain) {
-        Ok(c) if c.method == "GET" && c.path == "/v1/ping" => ping.to_vec(),
-        _ => json!({"error": {"code": "not_found",
-                               "message": "no such route through the channel"}})
-        .to_string()
-        .into_bytes(),
-    }
-}
-
 fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .ok()
@@ -633,28 +660,5 @@ fn event(action: &'static str, id: &str, detail: serde_json::Value) -> AuditEven
         action,
         target: format!("channel:{id}"),
         detail,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_ping_is_carried_yet() {
-        let ping = br#"{"pong":true}"#;
-        assert_eq!(
-            carried(br#"{"method":"GET","path":"/v1/ping"}"#, ping),
-            ping.to_vec()
-        );
-        for other in [
-            &br#"{"method":"POST","path":"/v1/ping"}"#[..],
-            br#"{"method":"GET","path":"/v1/session"}"#,
-            br#"{"method":"GET","path":"/v1/ping","body":1}"#,
-            b"not json",
-        ] {
-            let v: serde_json::Value = serde_json::from_slice(&carried(other, ping)).unwrap();
-            assert_eq!(v["error"]["code"], "not_found");
-        }
     }
 }

@@ -21,6 +21,8 @@ pub struct HandshakeRow {
 pub struct ChannelRow {
     pub id: String,
     pub device_id: String,
+    /// The serial of the card certificate the key exchange proved.
+    pub card_serial: String,
     pub terminal_id: String,
     pub open: bool,
     pub c2s_key: Vec<u8>,
@@ -99,8 +101,8 @@ pub async fn insert_in(tx: &mut Tx, c: &ChannelRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO channels (id, device_id, terminal_id, state, c2s_key, s2c_key, \
          exporter_key, iv_c2s, iv_s2c, c2s_sequence, s2c_sequence, c2s_generation, \
-         s2c_generation, created_at_ms, expires_at_ms) \
-         VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, 0, 0, 0, 0, $9, $10)",
+         s2c_generation, created_at_ms, expires_at_ms, card_serial) \
+         VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, 0, 0, 0, 0, $9, $10, $11)",
     )
     .bind(&c.id)
     .bind(&c.device_id)
@@ -112,6 +114,7 @@ pub async fn insert_in(tx: &mut Tx, c: &ChannelRow) -> Result<(), sqlx::Error> {
     .bind(&c.iv_s2c)
     .bind(c.created_at_ms)
     .bind(c.expires_at_ms)
+    .bind(&c.card_serial)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -121,7 +124,7 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Er
     sqlx::query(
         "SELECT id, device_id, terminal_id, state, c2s_key, s2c_key, exporter_key, iv_c2s, \
          iv_s2c, c2s_sequence, s2c_sequence, c2s_generation, s2c_generation, created_at_ms, \
-         expires_at_ms FROM channels WHERE id = $1",
+         expires_at_ms, card_serial FROM channels WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -131,6 +134,7 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Er
         Ok(ChannelRow {
             id: r.try_get("id")?,
             device_id: r.try_get("device_id")?,
+            card_serial: r.try_get("card_serial")?,
             terminal_id: r.try_get("terminal_id")?,
             open: state == "open",
             c2s_key: r.try_get("c2s_key")?,
@@ -149,16 +153,23 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Er
     .transpose()
 }
 
-/// Moves both sequences past one data record, if the channel is still open
-/// at the card's sequence `c2s` (compare-and-set: two replicas never both
-/// accept one record).
-pub async fn advance_in(tx: &mut Tx, id: &str, c2s: i64) -> Result<bool, sqlx::Error> {
+/// Claims one data record: moves both sequences past it if the channel is
+/// still open, unexpired, and exactly where the record was opened (the
+/// card's generation and sequence, the server's sequence). A compare-and-set
+/// committed before the carried request runs: two replicas never both run
+/// one record, and its answer is sealed under the server sequence claimed.
+pub async fn claim_in(tx: &mut Tx, row: &ChannelRow, now_ms: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE channels SET c2s_sequence = c2s_sequence + 1, s2c_sequence = s2c_sequence + 1 \
-         WHERE id = $1 AND state = 'open' AND c2s_sequence = $2",
+         WHERE id = $1 AND state = 'open' AND expires_at_ms > $2 AND c2s_sequence = $3 \
+         AND c2s_generation = $4 AND s2c_sequence = $5 AND s2c_generation = $6",
     )
-    .bind(id)
-    .bind(c2s)
+    .bind(&row.id)
+    .bind(now_ms)
+    .bind(row.c2s_sequence)
+    .bind(row.c2s_generation)
+    .bind(row.s2c_sequence)
+    .bind(row.s2c_generation)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
