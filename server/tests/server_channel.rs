@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Output;
 
 use common::station::{D1, D2, Station};
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 /// `kwsim channel D2 --terminal D1 …` with the card's certificate chain
 /// `card` to the public listener `public`: its exit and lines.
-fn channel(st: &Station<'_>, public: &str, card: &PathBuf, args: &[&str]) -> (Output, Vec<Value>) {
+fn channel(st: &Station<'_>, public: &str, card: &Path, args: &[&str]) -> (Output, Vec<Value>) {
     let dir = st.s.dir.path();
     let terminal = dir.join("terminal.pem");
     std::fs::write(&terminal, st.chain(D1)).unwrap();

@@ -583,7 +583,8 @@ impl Carrier {
         root_pem: &str,
     ) -> Result<std::result::Result<Self, Reply>> {
         use rand::RngCore as _;
-        let mut rng = rand::thread_rng();
+        // Held across the awaits: a `Send` generator.
+        let mut rng = rand::rngs::OsRng;
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
         let hello = CardHello::new(dev.id, random);
