@@ -58,6 +58,7 @@ use common::fleet::{
 };
 use common::{env_usize, spawn_serve};
 
+const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
 const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
 const SETUP_TASKS: usize = 8;
 
@@ -219,6 +220,10 @@ fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
         return ExitCode::SUCCESS;
     }
+    if let Ok(backend) = std::env::var(BACKEND_ENV) {
+        one_backend(&backend);
+        return ExitCode::SUCCESS;
+    }
     let backends = match std::env::var("KW_BENCH_BACKENDS") {
         Ok(b) => vec![b],
         Err(_) if std::env::var(DATABASE_URL_ENV).is_ok() => {
@@ -226,10 +231,23 @@ fn main() -> ExitCode {
         }
         Err(_) => vec!["sqlite".to_owned()],
     };
+    // One child process per backend: SoftHSM sees only the tokens that
+    // existed when the process initialised the module.
+    let exe = std::env::current_exe().unwrap();
+    let mut ok = true;
     for b in backends {
-        one_backend(&b);
+        ok &= std::process::Command::new(&exe)
+            .env(BACKEND_ENV, &b)
+            .status()
+            .unwrap()
+            .success();
+        println!();
     }
-    ExitCode::SUCCESS
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn one_backend(backend: &str) {
@@ -304,7 +322,7 @@ fn one_backend(backend: &str) {
         let (_, all) = closed_loop(vec![(); conc], window, "self", None, op).await;
         print_row("in process: one handshake's HSM calls", conc, &all, false);
 
-        let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[]);
+        let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[BACKEND_ENV]);
         let pid = server.child.id().to_string();
         let url = format!("https://{}", server.public);
         let mut workers = Vec::new();
