@@ -20,7 +20,9 @@
 //!    connection: full handshakes (hello + key exchange, the card checking
 //!    the chain and the Finished); a steady-state login (start + finish)
 //!    sent directly; the same login carried in an open channel (each request
-//!    sealed by the card, opened, run as the card and answered in the HSM).
+//!    sealed by the card, opened, run as the card and answered in the HSM);
+//!    then `GET /v1/ping` direct and carried, the cost of one record beside
+//!    the route's own.
 //! 4. [`resumption`]: the row for resumption on the other replica.
 //!
 //! It prints figures beside their baselines; it asserts nothing about
@@ -42,6 +44,7 @@ mod common;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use axum::http::Method;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{OaepHash as HsmOaep, PublicKey};
 use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
@@ -50,7 +53,7 @@ use keyward_tests::channel::{Carrier, oaep};
 use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
-use keyward_tests::terminal::{self, Connection, LoginOptions, Terminal};
+use keyward_tests::terminal::{self, Caller as _, Connection, LoginOptions, Terminal};
 
 use common::fleet::{
     ISSUER, Outcome, Stats, WARMUP, closed_loop, der_of_pem, header, import, in_parallel, install,
@@ -113,6 +116,25 @@ async fn carried_login_op(mut w: Worker) -> (Worker, Outcome) {
         let carrier = w.carrier.as_mut().ok_or("no channel")?;
         let r = terminal::login_over(carrier, &mut w.dev, ISSUER, LoginOptions::default()).await;
         steady(r)
+    }
+    .await;
+    (w, outcome)
+}
+
+/// `GET /v1/ping` on the worker's kept-alive connection, or carried in its
+/// channel: the cost of one record beside the route's own.
+async fn ping_op(mut w: Worker, carried: bool) -> (Worker, Outcome) {
+    let outcome = async {
+        let r = match (carried, w.carrier.as_mut(), w.conn.as_mut()) {
+            (true, Some(c), _) => c.request(Method::GET, "/v1/ping", None, None).await,
+            (false, _, Some(c)) => c.request(Method::GET, "/v1/ping", None, None).await,
+            _ => return Err("no connection".to_owned()),
+        };
+        match r {
+            Ok(r) if r.status.is_success() => Ok(()),
+            Ok(r) => Err(format!("ping: {} {}", r.status, r.body)),
+            Err(e) => Err(format!("{e:#}")),
+        }
     }
     .await;
     (w, outcome)
@@ -374,8 +396,13 @@ fn one_backend(backend: &str) {
             let c = Carrier::open(conn, &w.dev, &w.cert, &w.root).await.unwrap();
             w.carrier = Some(c.unwrap_or_else(|r| panic!("{} {}", r.status, r.body)));
         }
-        let (_, carried) = closed_loop(workers, window, &pid, None, carried_login_op).await;
+        let (workers, carried) = closed_loop(workers, window, &pid, None, carried_login_op).await;
         print_row("login carried in a channel", conc, &carried, true);
+        let (workers, ping) = closed_loop(workers, window, &pid, None, |w| ping_op(w, false)).await;
+        print_row("ping direct, kept-alive", conc, &ping, true);
+        let (_, ping_carried) =
+            closed_loop(workers, window, &pid, None, |w| ping_op(w, true)).await;
+        print_row("ping carried in a channel", conc, &ping_carried, true);
 
         println!();
         println!(
