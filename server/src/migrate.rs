@@ -107,6 +107,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channel keys",
             include_str!("../migrations/sqlite/2072_channel_keys.sql"),
         ),
+        (
+            2075,
+            "channel card serial",
+            include_str!("../migrations/sqlite/2075_channel_card_serial.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -198,6 +203,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2072,
             "channel keys",
             include_str!("../migrations/postgres/2072_channel_keys.sql"),
+        ),
+        (
+            2075,
+            "channel card serial",
+            include_str!("../migrations/postgres/2075_channel_card_serial.sql"),
         ),
     ],
 };

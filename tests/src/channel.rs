@@ -17,19 +17,25 @@ use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{Aead, Payload};
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use cmac::{Cmac, Mac};
+use hyper::StatusCode;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
     self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, NewTicket, OaepHash,
     PROTOCOL_V1, Record, RecordType, ResumeHello, ServerFinished, ServerHello,
 };
+use keyward_server::wire::channel::{Carried, CarriedAnswer};
 use rand::{CryptoRng, RngCore};
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::traits::PublicKeyParts as _;
+use serde_json::Value;
 use x509_parser::prelude::X509Certificate;
 
 use crate::purse::verify_chain;
 use crate::simulator::SimDevice;
+use crate::terminal::{Caller, Connection, Reply};
 
 /// The smallest channel key a card accepts.
 const MIN_RSA_BITS: usize = 2048;
@@ -676,6 +682,153 @@ pub fn verify_card_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<
     rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key)
         .verify(msg, &sig)
         .map_err(|_| anyhow!("bad signature"))
+}
+
+/// A card's channel relayed by a terminal: the terminal's kept-alive
+/// mutual-TLS connection to the public listener (its own device
+/// certificate) and the card's open channel. Requests sent through it
+/// ([`Caller`]) are carried in records the terminal cannot read.
+pub struct Carrier {
+    /// The relaying connection; another replica's may take its place.
+    pub conn: Connection,
+    pub channel: Channel,
+}
+
+impl std::fmt::Debug for Carrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carrier")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record step's answer that is not `200` (the relay's refusal: the
+/// channel is closed, or the record malformed).
+fn relayed(r: &Reply) -> Result<&Value> {
+    ensure!(
+        r.status == StatusCode::OK,
+        "the server refused the record: {} {}",
+        r.status,
+        r.code()
+    );
+    Ok(&r.body)
+}
+
+impl Carrier {
+    /// The card's whole handshake relayed over `conn`: hello, key exchange
+    /// (the card's certificate `card_cert`, DER, and `dev`'s signature),
+    /// the ServerFinished checked. `Ok(Err(reply))` when the server
+    /// refused a step.
+    pub async fn open(
+        mut conn: Connection,
+        dev: &SimDevice,
+        card_cert: &[u8],
+        root_pem: &str,
+    ) -> Result<std::result::Result<Self, Reply>> {
+        use rand::RngCore as _;
+        // Held across the awaits: a `Send` generator.
+        let mut rng = rand::rngs::OsRng;
+        let mut random = [0u8; 32];
+        rng.fill_bytes(&mut random);
+        let hello = CardHello::new(dev.id, random);
+        let a = conn
+            .post(
+                "/v1/channel/hello",
+                &serde_json::json!({"client_hello": B64.encode(hello.client_hello())}),
+            )
+            .await?;
+        if a.status != StatusCode::OK {
+            return Ok(Err(a));
+        }
+        let id = a.body["channel_id"]
+            .as_str()
+            .context("no channel_id")?
+            .to_owned();
+        let sh = B64.decode(a.body["server_hello"].as_str().context("no server_hello")?)?;
+        let mut pre_master = [0u8; 32];
+        rng.fill_bytes(&mut pre_master);
+        let (wait, cke) =
+            hello.key_exchange(&sh, root_pem, dev, card_cert, &pre_master, &mut rng)?;
+        let a = conn
+            .post(
+                "/v1/channel/key-exchange",
+                &serde_json::json!({"channel_id": id, "key_exchange": B64.encode(cke)}),
+            )
+            .await?;
+        if a.status != StatusCode::OK {
+            return Ok(Err(a));
+        }
+        let fin = B64.decode(
+            a.body["server_finished"]
+                .as_str()
+                .context("no server_finished")?,
+        )?;
+        Ok(Ok(Self {
+            conn,
+            channel: wait.finish(&fin)?,
+        }))
+    }
+
+    /// Relays one record as it is: the server's answer.
+    pub async fn send(&mut self, record: &[u8]) -> Result<Reply> {
+        self.conn
+            .post(
+                "/v1/channel/records",
+                &serde_json::json!({"record": B64.encode(record)}),
+            )
+            .await
+    }
+
+    /// The card's key update; its next records are under the next key.
+    pub async fn update_key(&mut self) -> Result<()> {
+        let r = self.channel.update_key()?;
+        let a = self.send(&r).await?;
+        relayed(&a)?;
+        Ok(())
+    }
+
+    /// The card's close record; whether the server says it is closed.
+    pub async fn close(&mut self) -> Result<bool> {
+        let r = self.channel.close()?;
+        let a = self.send(&r).await?;
+        Ok(relayed(&a)?["closed"] == true)
+    }
+}
+
+impl Caller for Carrier {
+    /// One request carried in a data record (docs/protocol.md §14.8), its
+    /// answer opened from the server's record. A relay that is refused
+    /// (`403 channel_closed`) is an error: the channel is closed.
+    async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&Value>,
+        session: Option<&str>,
+    ) -> Result<Reply> {
+        let carried = Carried {
+            method: method.as_str().to_owned(),
+            path: path.to_owned(),
+            headers: session
+                .map(|t| [("authorization".to_owned(), format!("Bearer {t}"))].into())
+                .unwrap_or_default(),
+            body: body.cloned(),
+        };
+        let mut answer = None;
+        for record in self.channel.seal(&serde_json::to_vec(&carried)?)? {
+            let a = self.send(&record).await?;
+            answer = relayed(&a)?["record"].as_str().map(str::to_owned);
+        }
+        let down = B64.decode(answer.context("no answering record")?)?;
+        let Received::Data(plain) = self.channel.open(&down)? else {
+            bail!("the server answered with another record than data");
+        };
+        let a: CarriedAnswer = serde_json::from_slice(&plain).context("the carried answer")?;
+        Ok(Reply {
+            status: StatusCode::from_u16(a.status)?,
+            body: a.body,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -192,6 +192,32 @@ impl Connection {
     }
 }
 
+/// Something that takes a terminal's requests to the public listener: a
+/// kept-alive [`Connection`], or a card's channel carrying them
+/// (`crate::channel::Carrier`). The login flow runs over either.
+#[allow(async_fn_in_trait)]
+pub trait Caller {
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        session: Option<&str>,
+    ) -> Result<Reply>;
+}
+
+impl Caller for Connection {
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        session: Option<&str>,
+    ) -> Result<Reply> {
+        self.call(method, path, body, session).await
+    }
+}
+
 /// How a [`login`] should misbehave (for tests and the demo).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoginOptions {
@@ -292,10 +318,23 @@ pub async fn login(
     opts: LoginOptions,
 ) -> Result<LoginOutcome> {
     let mut conn = terminal.connect().await?;
-    let start = conn
-        .post(
+    login_over(&mut conn, dev, issuer, opts).await
+}
+
+/// The whole login of `dev` at `issuer` over `to` (a connection or a
+/// channel).
+pub async fn login_over(
+    to: &mut impl Caller,
+    dev: &mut SimDevice,
+    issuer: &str,
+    opts: LoginOptions,
+) -> Result<LoginOutcome> {
+    let start = to
+        .request(
+            Method::POST,
             "/v1/login/start",
-            &serde_json::to_value(start_body(dev, issuer))?,
+            Some(&serde_json::to_value(start_body(dev, issuer))?),
+            None,
         )
         .await?;
     if start.status != StatusCode::CREATED {
@@ -315,12 +354,32 @@ pub async fn login(
         None => (None, None),
     };
     let body = finish_body(dev, issuer, &challenge, confirmation, opts)?;
-    let finish = conn
-        .post("/v1/login/finish", &serde_json::to_value(body)?)
+    let finish = to
+        .request(
+            Method::POST,
+            "/v1/login/finish",
+            Some(&serde_json::to_value(body)?),
+            None,
+        )
         .await?;
     Ok(LoginOutcome {
         challenge,
         finish,
         keys_matched,
     })
+}
+
+/// The body of `POST /v1/transactions` for `text`, MACed by `dev` with its
+/// current TAK for `issuer` (CMAC-TDES or CMAC-AES by the issuer's family).
+pub fn transaction_body(dev: &SimDevice, issuer: &str, text: &str) -> Result<Value> {
+    let algorithm = match dev.held_keys().iter().find(|k| k.issuer == issuer) {
+        Some(k) if k.family == keyward_kms::types::KeyFamily::Aes => "CMAC-AES",
+        _ => "CMAC-TDES",
+    };
+    let version = dev.key_version(issuer).context("no working keys")?;
+    let mac = dev.mac(issuer, algorithm, None, text.as_bytes(), 8)?;
+    Ok(
+        serde_json::json!({"key_version": version, "algorithm": algorithm,
+                          "message": B64.encode(text), "mac": B64.encode(mac)}),
+    )
 }

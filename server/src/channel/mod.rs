@@ -20,9 +20,11 @@
 //!   replayed, reordered, altered or foreign record closes the channel
 //!   (audited, one `channel_closed`); one that is no record or names no
 //!   open channel closes every channel its terminal relays. A data record
-//!   carries, for now, one request line (`GET /v1/ping` only; login and
-//!   loads through the channel are later work); its answer is sealed in the HSM before the
-//!   sequence numbers move in one compare-and-set transaction.
+//!   carries one request (`crate::wire::channel::Carried`), which the
+//!   caller runs as the card; the record is claimed (both sequences moved
+//!   in one compare-and-set transaction) **before** the request runs, so a
+//!   record raced or replayed to two replicas runs once, and the answer is
+//!   sealed in the HSM under the server sequence claimed.
 
 mod error;
 mod rekey;
@@ -32,6 +34,7 @@ pub mod store;
 mod sweep;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use keyward_ca::Serial;
@@ -53,6 +56,7 @@ use store::{ChannelRow, HandshakeRow};
 pub use sweep::{SWEEP_INTERVAL, SWEPT_KINDS, Swept, sweep_job};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::edge::identity::PeerCertificate;
 use crate::metrics::Metrics;
 use crate::online::Device;
 
@@ -332,6 +336,7 @@ impl Channels {
         let row = ChannelRow {
             id: id.to_string(),
             device_id: card.to_string(),
+            card_serial: serial.to_string(),
             terminal_id: terminal.device_id.to_string(),
             open: true,
             c2s_key: p.kms.channel_wrap_state(&c2s).await?,
@@ -442,9 +447,22 @@ impl Channels {
         Ok(())
     }
 
-    /// The card's next record, relayed by `terminal`; `ping` is the body
-    /// `GET /v1/ping` answers this terminal with.
-    pub async fn record(&self, terminal: &Device, bytes: Vec<u8>, ping: &[u8]) -> Result<Answer> {
+    /// The card's next record, relayed by `terminal`. A data record's
+    /// plaintext goes to `carry` with the card's certificate (as the CA
+    /// issued it; `None` if it has none), once the record is claimed;
+    /// `carry`'s answer (at most [`channel::MAX_PLAINTEXT`] bytes) is
+    /// sealed back. A failure after the claim loses the answer, never runs
+    /// the request twice.
+    pub async fn record<F, Fut>(
+        &self,
+        terminal: &Device,
+        bytes: Vec<u8>,
+        carry: F,
+    ) -> Result<Answer>
+    where
+        F: FnOnce(Option<PeerCertificate>, Vec<u8>) -> Fut,
+        Fut: Future<Output = Vec<u8>>,
+    {
         let r = match Record::decode(&bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -460,7 +478,7 @@ impl Channels {
             self.close_relayed(terminal).await?;
             return Err(ChannelError::Closed);
         };
-        match self.accepted(terminal, &row, &r, ping).await {
+        match self.accepted(terminal, &row, &r, carry).await {
             Ok(Some(answer)) => Ok(answer),
             Ok(None) => {
                 self.close(terminal, &row, "refused").await?;
@@ -472,13 +490,17 @@ impl Channels {
 
     /// What the record does, or `None` when it is anything but the card's
     /// next intact record (which closes the channel).
-    async fn accepted(
+    async fn accepted<F, Fut>(
         &self,
         terminal: &Device,
         row: &ChannelRow,
         r: &Record,
-        ping: &[u8],
-    ) -> Result<Option<Answer>> {
+        carry: F,
+    ) -> Result<Option<Answer>>
+    where
+        F: FnOnce(Option<PeerCertificate>, Vec<u8>) -> Fut,
+        Fut: Future<Output = Vec<u8>>,
+    {
         let kms = &self.0.kms;
         let expected = u64::try_from(row.c2s_sequence).unwrap_or(u64::MAX);
         if r.sequence != expected || r.sequence >= channel::REKEY_AFTER_RECORDS {
@@ -509,33 +531,30 @@ impl Channels {
         if r.kind != RecordType::Data && !plain.is_empty() {
             return Ok(None);
         }
-        let seq = row.c2s_sequence;
         match r.kind {
             RecordType::Data => {
                 let s2c_seq = u64::try_from(row.s2c_sequence).unwrap_or(u64::MAX);
-                let answer = carried(&plain, ping);
-                let sealed = self
-                    .seal_answer(row, r.channel, &iv_s2c, s2c_seq, answer)
-                    .await?;
-                let (id, rekeyed) = (&row.id, sealed.next_key.as_deref());
-                let generation = row.s2c_generation;
-                let moved = self
+                // Everything that can fail before the request runs does
+                // so before the claim: the card may then resend the record.
+                let card = self.card_certificate(row).await?;
+                let keys = self.s2c_keys(row, s2c_seq).await?;
+                let (now, next_key) = (now_ms(), keys.next.as_ref().map(|n| n.1.as_slice()));
+                let claimed = self
                     .db()
                     .write("channel.record", |mut tx| async move {
-                        let moved = match rekeyed {
-                            None => store::advance_in(&mut tx, id, seq).await?,
-                            Some(key) => {
-                                store::advance_rekeyed_in(&mut tx, id, seq, generation, key).await?
-                            }
-                        };
-                        Ok::<_, ChannelError>((tx, moved))
+                        let claimed = store::claim_in(&mut tx, row, now, next_key).await?;
+                        Ok::<_, ChannelError>((tx, claimed))
                     })
                     .await?;
-                if !moved {
-                    // Another replica took this sequence number: this one
-                    // is a replay.
+                if !claimed {
+                    // Another replica took this sequence number (or the
+                    // channel closed or expired meanwhile): a replay.
                     return Ok(None);
                 }
+                let answer = carry(card, plain).await;
+                let sealed = self
+                    .seal_answer(&keys, r.channel, &iv_s2c, s2c_seq, answer)
+                    .await?;
                 self.count_record("data");
                 Ok(Some(match sealed.key_update {
                     None => Answer::Record(sealed.record),
@@ -549,7 +568,7 @@ impl Channels {
                 }))
             }
             RecordType::KeyUpdate => {
-                let generation = row.c2s_generation;
+                let (seq, generation) = (row.c2s_sequence, row.c2s_generation);
                 let next_gen = u64::try_from(generation)
                     .unwrap_or(u64::MAX)
                     .saturating_add(1);
@@ -669,6 +688,21 @@ impl Channels {
         Ok(())
     }
 
+    /// The card certificate the channel's key exchange proved, as the CA
+    /// stores it: a carried request runs as this certificate.
+    async fn card_certificate(&self, row: &ChannelRow) -> Result<Option<PeerCertificate>> {
+        let Ok(serial) = row.card_serial.parse::<Serial>() else {
+            return Ok(None);
+        };
+        Ok(self
+            .0
+            .ca
+            .get(&serial)
+            .await?
+            .and_then(|c| der_of_pem(&c.pem))
+            .and_then(|der| PeerCertificate::from_der(&der)))
+    }
+
     fn count_handshake(&self, outcome: &'static str) {
         self.0
             .metrics
@@ -697,18 +731,6 @@ fn refusal(e: ChannelError) -> ChannelError {
     }
 }
 
-/// The answer to a carried request line: for now only `GET /v1/ping`
-/// (its body); anything else is a `not_found` error body.
-fn carried(plain: &[u8], ping: &[u8]) -> Vec<u8> {
-    match serde_json::from_slice::<crate::wire::channel::Carried>(plain) {
-        Ok(c) if c.method == "GET" && c.path == "/v1/ping" => ping.to_vec(),
-        _ => json!({"error": {"code": "not_found",
-                               "message": "no such route through the channel"}})
-        .to_string()
-        .into_bytes(),
-    }
-}
-
 fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .ok()
@@ -720,28 +742,5 @@ fn event(action: &'static str, id: &str, detail: serde_json::Value) -> AuditEven
         action,
         target: format!("channel:{id}"),
         detail,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_ping_is_carried_yet() {
-        let ping = br#"{"pong":true}"#;
-        assert_eq!(
-            carried(br#"{"method":"GET","path":"/v1/ping"}"#, ping),
-            ping.to_vec()
-        );
-        for other in [
-            &br#"{"method":"POST","path":"/v1/ping"}"#[..],
-            br#"{"method":"GET","path":"/v1/session"}"#,
-            br#"{"method":"GET","path":"/v1/ping","body":1}"#,
-            b"not json",
-        ] {
-            let v: serde_json::Value = serde_json::from_slice(&carried(other, ping)).unwrap();
-            assert_eq!(v["error"]["code"], "not_found");
-        }
     }
 }

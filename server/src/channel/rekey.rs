@@ -4,7 +4,7 @@
 //! the next key at sequence 0. (The one-hour rule holds by the channel's
 //! one-hour lifetime.)
 
-use keyward_kms::service::ChannelKeyUse;
+use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
 use keyward_protocol::channel::{self, ChannelId, Record, RecordType};
 
 use super::store::ChannelRow;
@@ -16,8 +16,15 @@ pub(super) struct Sealed {
     pub key_update: Option<Vec<u8>>,
     /// The data record.
     pub record: Vec<u8>,
-    /// The direction's next key, wrapped for the database, when it rekeyed.
-    pub next_key: Option<Vec<u8>>,
+}
+
+/// The server's direction for one answer: its current key and, when the
+/// answer is due to move it on, the next (with its wrapped form, which the
+/// record's claim stores). Made before the claim: it depends on the
+/// channel's state only, never on the answer.
+pub(super) struct S2cKeys {
+    current: ChannelSecret,
+    pub next: Option<(ChannelSecret, Vec<u8>)>,
 }
 
 /// Whether the server's direction must move to its next key before sending
@@ -27,20 +34,44 @@ pub(super) fn s2c_due(s2c_seq: u64) -> bool {
 }
 
 impl Channels {
-    /// `answer` sealed as the server's record `s2c_seq` of channel `id`,
-    /// rekeying first when due. HSM work only; the caller stores the move.
+    /// The keys the server's record `s2c_seq` is sealed under. HSM work
+    /// only.
+    pub(super) async fn s2c_keys(&self, row: &ChannelRow, s2c_seq: u64) -> Result<S2cKeys> {
+        let kms = &self.0.kms;
+        let current = kms
+            .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
+            .await?;
+        let next = if s2c_due(s2c_seq) {
+            let next_gen = u64::try_from(row.s2c_generation)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
+            let next = kms
+                .channel_derive(
+                    &current,
+                    channel::rekey_input(next_gen),
+                    ChannelKeyUse::Traffic,
+                )
+                .await?;
+            let wrapped = kms.channel_wrap_state(&next).await?;
+            Some((next, wrapped))
+        } else {
+            None
+        };
+        Ok(S2cKeys { current, next })
+    }
+
+    /// `answer` sealed as the server's record `s2c_seq` of channel `id`:
+    /// when the direction moves on, a key update under the current key at
+    /// `s2c_seq` first, then the answer under the next key at 0.
     pub(super) async fn seal_answer(
         &self,
-        row: &ChannelRow,
+        keys: &S2cKeys,
         id: ChannelId,
         iv_s2c: &[u8; 12],
         s2c_seq: u64,
         answer: Vec<u8>,
     ) -> Result<Sealed> {
         let kms = &self.0.kms;
-        let s2c = kms
-            .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
-            .await?;
         let seal = |key, kind, sequence, plain| async move {
             let header = Record::header(id, kind, sequence);
             let ciphertext = kms
@@ -61,28 +92,18 @@ impl Channels {
                 .encode(),
             )
         };
-        if !s2c_due(s2c_seq) {
-            let record = seal(&s2c, RecordType::Data, s2c_seq, answer).await?;
-            return Ok(Sealed {
+        match &keys.next {
+            None => Ok(Sealed {
                 key_update: None,
-                record,
-                next_key: None,
-            });
+                record: seal(&keys.current, RecordType::Data, s2c_seq, answer).await?,
+            }),
+            Some((next, _)) => Ok(Sealed {
+                key_update: Some(
+                    seal(&keys.current, RecordType::KeyUpdate, s2c_seq, Vec::new()).await?,
+                ),
+                record: seal(next, RecordType::Data, 0, answer).await?,
+            }),
         }
-        let key_update = seal(&s2c, RecordType::KeyUpdate, s2c_seq, Vec::new()).await?;
-        let next_gen = u64::try_from(row.s2c_generation)
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let next = kms
-            .channel_derive(&s2c, channel::rekey_input(next_gen), ChannelKeyUse::Traffic)
-            .await?;
-        let record = seal(&next, RecordType::Data, 0, answer).await?;
-        let next_key = kms.channel_wrap_state(&next).await?;
-        Ok(Sealed {
-            key_update: Some(key_update),
-            record,
-            next_key: Some(next_key),
-        })
     }
 }
 

@@ -193,6 +193,7 @@ impl Channels {
         let row = ChannelRow {
             id: id.to_string(),
             device_id: t.device_id.clone(),
+            card_serial: t.cert_serial.clone(),
             terminal_id: terminal.device_id.to_string(),
             open: true,
             c2s_key: p.kms.channel_wrap_state(&c2s).await?,

@@ -24,6 +24,8 @@ pub struct HandshakeRow {
 pub struct ChannelRow {
     pub id: String,
     pub device_id: String,
+    /// The serial of the card certificate the key exchange proved.
+    pub card_serial: String,
     pub terminal_id: String,
     pub open: bool,
     pub c2s_key: Vec<u8>,
@@ -106,8 +108,8 @@ pub async fn insert_in(tx: &mut Tx, c: &ChannelRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO channels (id, device_id, terminal_id, state, c2s_key, s2c_key, \
          exporter_key, iv_c2s, iv_s2c, c2s_sequence, s2c_sequence, c2s_generation, \
-         s2c_generation, created_at_ms, expires_at_ms) \
-         VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, 0, 0, 0, 0, $9, $10)",
+         s2c_generation, created_at_ms, expires_at_ms, card_serial) \
+         VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, 0, 0, 0, 0, $9, $10, $11)",
     )
     .bind(&c.id)
     .bind(&c.device_id)
@@ -119,6 +121,7 @@ pub async fn insert_in(tx: &mut Tx, c: &ChannelRow) -> Result<(), sqlx::Error> {
     .bind(&c.iv_s2c)
     .bind(c.created_at_ms)
     .bind(c.expires_at_ms)
+    .bind(&c.card_serial)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -128,7 +131,7 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Er
     sqlx::query(
         "SELECT id, device_id, terminal_id, state, c2s_key, s2c_key, exporter_key, iv_c2s, \
          iv_s2c, c2s_sequence, s2c_sequence, c2s_generation, s2c_generation, created_at_ms, \
-         expires_at_ms FROM channels WHERE id = $1",
+         expires_at_ms, card_serial FROM channels WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -138,6 +141,7 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Er
         Ok(ChannelRow {
             id: r.try_get("id")?,
             device_id: r.try_get("device_id")?,
+            card_serial: r.try_get("card_serial")?,
             terminal_id: r.try_get("terminal_id")?,
             open: state == "open",
             c2s_key: r.try_get("c2s_key")?,
@@ -156,16 +160,34 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ChannelRow>, sqlx::Er
     .transpose()
 }
 
-/// Moves both sequences past one data record, if the channel is still open
-/// at the card's sequence `c2s` (compare-and-set: two replicas never both
-/// accept one record).
-pub async fn advance_in(tx: &mut Tx, id: &str, c2s: i64) -> Result<bool, sqlx::Error> {
+/// Claims one data record: moves both sequences past it if the channel is
+/// still open, unexpired, and exactly where the record was opened (the
+/// card's generation and sequence, the server's generation and sequence). A
+/// compare-and-set committed before the carried request runs: two replicas
+/// never both run one record, and its answer is sealed under the server
+/// sequence claimed. With `next_key` the server's direction moves to its
+/// next key: generation + 1, its record 0 then sent (sequence 1).
+pub async fn claim_in(
+    tx: &mut Tx,
+    row: &ChannelRow,
+    now_ms: i64,
+    next_key: Option<&[u8]>,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE channels SET c2s_sequence = c2s_sequence + 1, s2c_sequence = s2c_sequence + 1 \
-         WHERE id = $1 AND state = 'open' AND c2s_sequence = $2",
+        "UPDATE channels SET c2s_sequence = c2s_sequence + 1, \
+         s2c_sequence = CASE WHEN $7 IS NULL THEN s2c_sequence + 1 ELSE 1 END, \
+         s2c_generation = CASE WHEN $7 IS NULL THEN s2c_generation ELSE s2c_generation + 1 END, \
+         s2c_key = COALESCE($7, s2c_key) \
+         WHERE id = $1 AND state = 'open' AND expires_at_ms > $2 AND c2s_sequence = $3 \
+         AND c2s_generation = $4 AND s2c_sequence = $5 AND s2c_generation = $6",
     )
-    .bind(id)
-    .bind(c2s)
+    .bind(&row.id)
+    .bind(now_ms)
+    .bind(row.c2s_sequence)
+    .bind(row.c2s_generation)
+    .bind(row.s2c_sequence)
+    .bind(row.s2c_generation)
+    .bind(next_key)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -337,30 +359,6 @@ pub async fn count_open(db: &Database, now_ms: i64) -> Result<i64, sqlx::Error> 
         .bind(now_ms)
         .fetch_one(db.pool())
         .await
-}
-
-/// [`advance_in`] for an answer that moved the server's direction to its
-/// next key: the card's sequence + 1, the server's key `key` of generation
-/// `s2c_generation + 1` with its record 0 sent (sequence 1).
-pub async fn advance_rekeyed_in(
-    tx: &mut Tx,
-    id: &str,
-    c2s: i64,
-    s2c_generation: i64,
-    key: &[u8],
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE channels SET c2s_sequence = c2s_sequence + 1, s2c_key = $1, \
-         s2c_generation = $2 + 1, s2c_sequence = 1 \
-         WHERE id = $3 AND state = 'open' AND c2s_sequence = $4 AND s2c_generation = $2",
-    )
-    .bind(key)
-    .bind(s2c_generation)
-    .bind(id)
-    .bind(c2s)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 /// Closes every open channel `terminal` relays; their ids.

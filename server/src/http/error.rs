@@ -127,6 +127,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     ("load_signature_invalid", StatusCode::FORBIDDEN),
     ("channel_refused", StatusCode::FORBIDDEN),
     ("channel_closed", StatusCode::FORBIDDEN),
+    ("channel_not_carried", StatusCode::FORBIDDEN),
     ("load_device_mismatch", StatusCode::FORBIDDEN),
     ("load_report_mismatch", StatusCode::FORBIDDEN),
     // 404, 405: no such thing.

@@ -3,17 +3,25 @@
 //! secure channel relayed by a terminal (docs/protocol.md §14). No session: the card proves itself in
 //! the key exchange; the terminal still needs its device certificate, as
 //! on every public route. The protocol is [`crate::channel`]'s; this file
-//! reads base64 in and writes it back.
+//! reads base64 in and writes it back, and runs a data record's carried
+//! request ([`carry`]) as the card through the public router itself.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_protocol::channel::ChannelId;
+use keyward_protocol::channel::{ChannelId, MAX_PLAINTEXT};
+use tower::ServiceExt as _;
 
 use crate::channel::Answer;
-use crate::edge::identity::ClientIdentity;
+use crate::edge::identity::{ClientIdentity, PeerCertificate};
 use crate::http::ApiError;
+use crate::http::error::{ErrorBody, render, status_of};
 use crate::online::Device;
 use crate::state::AppState;
 use crate::wire::channel as wire;
@@ -78,8 +86,9 @@ pub async fn records(
     Json(body): Json<wire::RecordIn>,
 ) -> Result<Json<wire::RecordOut>, ApiError> {
     let record = b64(&body.record, "record is not base64")?;
-    let ping = serde_json::to_vec(&super::ping::body(&identity)).unwrap_or_default();
-    let out = match app.channels.record(&terminal, record, &ping).await? {
+    let (peer, request_id) = (identity.peer, terminal.request_id.clone());
+    let run = |card, plain| carry(app.clone(), peer, request_id, card, plain);
+    let out = match app.channels.record(&terminal, record, run).await? {
         Answer::Record(r) => wire::RecordOut {
             key_update: None,
             record: Some(B64.encode(r)),
@@ -102,4 +111,207 @@ pub async fn records(
         },
     };
     Ok(Json(out))
+}
+
+/// The routes a channel carries (`*`: one id segment); the channel's own
+/// routes are not among them.
+const CARRIED: [&str; 10] = [
+    "/v1/ping",
+    "/v1/login/start",
+    "/v1/login/finish",
+    "/v1/session",
+    "/v1/transactions",
+    "/v1/confirmations",
+    "/v1/confirmations/*/confirm",
+    "/v1/loads",
+    "/v1/loads/status",
+    "/v1/loads/*/report",
+];
+
+/// Whether `path` is one of [`CARRIED`], segment by segment (no query, no
+/// escapes, no dot segments can pass).
+fn carried_route(path: &str) -> bool {
+    let id = |s: &str| {
+        (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
+    CARRIED.iter().any(|t| {
+        t.split('/').count() == path.split('/').count()
+            && t.split('/')
+                .zip(path.split('/'))
+                .all(|(t, s)| if t == "*" { id(s) } else { t == s })
+    })
+}
+
+/// Runs the request a data record carries as the card (`card`: the
+/// certificate its key exchange proved) through the public router, so the
+/// route's own doors (`require_device`: current, unrevoked; the session)
+/// and logic apply exactly as to a direct call; the terminal's identity
+/// only lends the peer address and request id. The answer's plaintext
+/// (`CarriedAnswer`).
+async fn carry(
+    app: AppState,
+    peer: SocketAddr,
+    request_id: String,
+    card: Option<PeerCertificate>,
+    plain: Vec<u8>,
+) -> Vec<u8> {
+    let (status, body) = match carried_request(&plain, &request_id) {
+        Err(e) => error_answer(e, &request_id),
+        Ok(mut req) => {
+            req.extensions_mut()
+                .insert(ClientIdentity { peer, cert: card });
+            let resp = match super::router(app).oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let status = resp.status().as_u16();
+            match axum::body::to_bytes(resp.into_body(), MAX_PLAINTEXT).await {
+                Ok(b) if b.is_empty() => (status, serde_json::Value::Null),
+                Ok(b) => match serde_json::from_slice(&b) {
+                    Ok(v) => (status, v),
+                    Err(_) => too_large(&request_id),
+                },
+                Err(_) => too_large(&request_id),
+            }
+        }
+    };
+    let answer = wire::CarriedAnswer { status, body };
+    match serde_json::to_vec(&answer) {
+        Ok(v) if v.len() <= MAX_PLAINTEXT => v,
+        _ => serde_json::to_vec(&{
+            let (status, body) = too_large(&request_id);
+            wire::CarriedAnswer { status, body }
+        })
+        .unwrap_or_default(),
+    }
+}
+
+/// An answer the channel cannot carry (every route's answer fits a record;
+/// this is the guard, not a path taken).
+fn too_large(request_id: &str) -> (u16, serde_json::Value) {
+    let e = ApiError::internal(anyhow::anyhow!("a carried answer does not fit a record"));
+    tracing::error!(request_id, "a carried answer does not fit a record");
+    error_answer(e, request_id)
+}
+
+/// The HTTP request a record's plaintext stands for: a [`wire::Carried`]
+/// to a [`CARRIED`] route, with only the session's `authorization` header.
+fn carried_request(plain: &[u8], request_id: &str) -> Result<Request, ApiError> {
+    let bad = |m: &'static str| ApiError::bad_request("invalid_input", m);
+    let c: wire::Carried = serde_json::from_slice(plain)
+        .map_err(|_| bad("the carried request is not the documented JSON"))?;
+    let method = match c.method.as_str() {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        "DELETE" => Method::DELETE,
+        _ => return Err(bad("the carried method is not GET, POST or DELETE")),
+    };
+    if !carried_route(&c.path) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "channel_not_carried",
+            "this route is not carried in a channel",
+        ));
+    }
+    let mut req = Request::builder()
+        .method(method)
+        .uri(&c.path)
+        .header("x-request-id", request_id);
+    for (name, value) in &c.headers {
+        if name != "authorization" {
+            return Err(bad("only the authorization header is carried"));
+        }
+        let value =
+            HeaderValue::from_str(value).map_err(|_| bad("a carried header is not text"))?;
+        req = req.header(AUTHORIZATION, value);
+    }
+    let body = match &c.body {
+        Some(v) => {
+            req = req.header(CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    req.body(body)
+        .map_err(|_| bad("the carried request is not a valid request"))
+}
+
+/// A refusal as the route stack would answer it: its code's status and the
+/// JSON error document with the request id.
+fn error_answer(e: ApiError, request_id: &str) -> (u16, serde_json::Value) {
+    let status = status_of(&e.code).unwrap_or(e.status).as_u16();
+    let body = ErrorBody {
+        code: e.code,
+        message: e.message,
+        extra: None,
+    };
+    (status, render(&body, Some(request_id)).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_listed_routes_are_carried() {
+        for p in [
+            "/v1/ping",
+            "/v1/login/start",
+            "/v1/session",
+            "/v1/transactions",
+            "/v1/confirmations/c-1_a/confirm",
+            "/v1/loads/L1/report",
+            "/v1/loads/status",
+        ] {
+            assert!(carried_route(p), "{p}");
+        }
+        for p in [
+            "/v1/channel/records",
+            "/v1/channel/hello",
+            "/v1/ping?x=1",
+            "/v1/ping/",
+            "v1/ping",
+            "//v1/ping",
+            "/v1/loads/../channel/report",
+            "/v1/loads/%2e%2e/report",
+            "/v1/confirmations//confirm",
+            "/admin/v1/devices",
+            "",
+        ] {
+            assert!(!carried_route(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_carried_request_is_checked_before_it_runs() {
+        let code = |plain: &[u8]| carried_request(plain, "rid").unwrap_err().code;
+        assert_eq!(
+            code(br#"{"method":"POST","path":"/v1/channel/hello"}"#),
+            "channel_not_carried"
+        );
+        assert_eq!(
+            code(br#"{"method":"PUT","path":"/v1/ping"}"#),
+            "invalid_input"
+        );
+        assert_eq!(
+            code(br#"{"method":"GET","path":"/v1/ping","headers":{"x-request-id":"a"}}"#),
+            "invalid_input"
+        );
+        assert_eq!(
+            code(br#"{"method":"GET","path":"/v1/ping","extra":1}"#),
+            "invalid_input"
+        );
+        assert_eq!(code(b"not json"), "invalid_input");
+        let req = carried_request(
+            br#"{"method":"POST","path":"/v1/transactions","headers":{"authorization":"Bearer t"},"body":{"a":1}}"#,
+            "rid",
+        )
+        .unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.headers()[AUTHORIZATION], "Bearer t");
+        assert_eq!(req.headers()["x-request-id"], "rid");
+        assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+    }
 }

@@ -3,6 +3,8 @@
 //! carried here in base64: the terminal relays them and can read none of
 //! what a record carries.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/channel/hello`.
@@ -80,13 +82,32 @@ pub struct RecordOut {
     pub closed: bool,
 }
 
-/// What a data record carries for now: a request line. The answer's
-/// plaintext is the route's JSON body.
+/// What a card's data record carries: one request to a public route
+/// (docs/protocol.md §14.8). It runs as the card, through the same routes
+/// as a direct call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Carried {
+    /// `GET`, `POST` or `DELETE`.
     pub method: String,
+    /// The route's path, e.g. `/v1/login/start`.
     pub path: String,
+    /// Request headers by lower-case name; only `authorization` (the
+    /// session's bearer token) is carried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body, if the route takes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+/// The server's data record answering a [`Carried`] request: the route's
+/// status and JSON body (`null` when it has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarriedAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
 }
 
 /// `POST /admin/v1/channel/keys` → 201: the new current channel key.

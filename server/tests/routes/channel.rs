@@ -4,7 +4,8 @@
 //! bad signature, a look-alike certificate from another CA and a garbage
 //! pre-master; a replayed or altered record closes the channel; the key
 //! exchange and the records taken by a second replica on the same database
-//! and token.
+//! and token; a login and a transaction carried for a card behind another
+//! terminal, run as the card; a record raced to two replicas runs once.
 
 use axum::Router;
 use axum::http::{Method, StatusCode};
@@ -21,8 +22,19 @@ use keyward_tests::simulator::SimDevice;
 use rand::RngCore;
 use serde_json::{Value, json};
 
+use keyward_server::wire::channel::{Carried, CarriedAnswer};
+use keyward_tests::terminal::{self, Caller, LoginOptions, Reply};
+
 use crate::harness::{Answer, App, call, der_of_pem};
 use crate::login::issued;
+
+/// A carried answer: the route's status and body.
+fn answer(down: &[u8], ch: &mut Channel) -> CarriedAnswer {
+    let Received::Data(plain) = ch.open(down).unwrap() else {
+        panic!("not a data record");
+    };
+    serde_json::from_slice(&plain).unwrap()
+}
 
 pub(crate) const PING: &[u8] = br#"{"method":"GET","path":"/v1/ping"}"#;
 
@@ -164,12 +176,10 @@ pub(crate) async fn ping(router: &Router, c: &Card, ch: &mut Channel) {
     let b = a.expect(StatusCode::OK);
     assert_eq!(b["closed"], false);
     let down = B64.decode(b["record"].as_str().unwrap()).unwrap();
-    let Received::Data(plain) = ch.open(&down).unwrap() else {
-        panic!("not a data record");
-    };
-    let body: Value = serde_json::from_slice(&plain).unwrap();
-    assert_eq!(body["pong"], true);
-    assert_eq!(body["client"]["device_id"], c.d.id.to_string());
+    let a = answer(&down, ch);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["pong"], true);
+    assert_eq!(a.body["client"]["device_id"], c.d.id.to_string());
 }
 
 pub(crate) fn handshakes(app: &App, outcome: &str) -> u64 {
@@ -203,21 +213,19 @@ async fn a_card_opens_a_channel_carries_a_ping_and_closes_it() {
     assert_eq!(a.expect(StatusCode::OK)["record"], Value::Null);
     assert_eq!(ch.send_state(), (1, 0));
     ping(&app.public, &c, &mut ch).await;
-    // Anything but GET /v1/ping is not carried yet: an error body, sealed.
+    // The channel's own routes are not carried: a typed error, sealed.
     let up = ch
-        .seal(br#"{"method":"POST","path":"/v1/loads"}"#)
+        .seal(br#"{"method":"POST","path":"/v1/channel/hello","body":{}}"#)
         .unwrap()
         .remove(0);
     let a = send(&app.public, &c, &up).await;
     let down = B64
         .decode(a.expect(StatusCode::OK)["record"].as_str().unwrap())
         .unwrap();
-    let Received::Data(plain) = ch.open(&down).unwrap() else {
-        panic!("not a data record");
-    };
+    let a = answer(&down, &mut ch);
     assert_eq!(
-        serde_json::from_slice::<Value>(&plain).unwrap()["error"]["code"],
-        "not_found"
+        (a.status, a.body["error"]["code"].as_str()),
+        (403, Some("channel_not_carried"))
     );
     assert_eq!(records(&app, "data"), 5);
     assert_eq!(records(&app, "key_update"), 1);
@@ -845,13 +853,8 @@ async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
     assert_eq!(ch.open(&update).unwrap(), Received::KeyUpdated);
     let down = b64_field(b, "record");
     assert_eq!(channel::Record::decode(&down).unwrap().sequence, 0);
-    let Received::Data(plain) = ch.open(&down).unwrap() else {
-        panic!("not a data record");
-    };
-    assert_eq!(
-        serde_json::from_slice::<Value>(&plain).unwrap()["pong"],
-        true
-    );
+    let a = answer(&down, &mut ch);
+    assert_eq!((a.status, &a.body["pong"]), (200, &Value::Bool(true)));
     assert_eq!(ch.recv_state(), (1, 1));
     assert_eq!(records(&app, "server_key_update"), 1);
     let (generation, sequence): (i64, i64) =
@@ -865,4 +868,221 @@ async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
     ping(&app.public, &c, &mut ch).await;
     assert_eq!(ch.recv_state(), (1, 2));
     assert_eq!(records(&app, "server_key_update"), 1);
+}
+
+/// The card's requests carried through `router` by the terminal `who`.
+struct InChannel<'a> {
+    router: &'a Router,
+    who: &'a ClientIdentity,
+    ch: &'a mut Channel,
+}
+
+impl Caller for InChannel<'_> {
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        session: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let carried = Carried {
+            method: method.as_str().to_owned(),
+            path: path.to_owned(),
+            headers: session
+                .map(|t| [("authorization".to_owned(), format!("Bearer {t}"))].into())
+                .unwrap_or_default(),
+            body: body.cloned(),
+        };
+        let up = self.ch.seal(&serde_json::to_vec(&carried)?)?.remove(0);
+        let a = post(
+            self.router,
+            self.who,
+            "/v1/channel/records",
+            json!({"record": B64.encode(up)}),
+        )
+        .await;
+        anyhow::ensure!(a.status == StatusCode::OK, "{}", a.text);
+        let down = B64.decode(a.body["record"].as_str().unwrap_or_default())?;
+        let a = answer(&down, self.ch);
+        Ok(Reply {
+            status: StatusCode::from_u16(a.status)?,
+            body: a.body,
+        })
+    }
+}
+
+/// The card `c`'s channel, its handshake relayed by the terminal `relay`.
+async fn open_relayed(app: &App, c: &Card, relay: &ClientIdentity) -> Channel {
+    let hello = CardHello::new(c.d.id, random());
+    let a = post(
+        &app.public,
+        relay,
+        "/v1/channel/hello",
+        json!({"client_hello": B64.encode(hello.client_hello())}),
+    )
+    .await;
+    let b = a.expect(StatusCode::OK);
+    let id = b["channel_id"].as_str().unwrap().to_owned();
+    let sh = B64.decode(b["server_hello"].as_str().unwrap()).unwrap();
+    let (wait, cke) = hello
+        .key_exchange(
+            &sh,
+            app.state.ca.root_pem(),
+            &c.d,
+            &c.cert,
+            &random(),
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    let a = post(
+        &app.public,
+        relay,
+        "/v1/channel/key-exchange",
+        json!({"channel_id": id, "key_exchange": B64.encode(cke)}),
+    )
+    .await;
+    let fin = B64
+        .decode(
+            a.expect(StatusCode::OK)["server_finished"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    wait.finish(&fin).unwrap()
+}
+
+#[tokio::test]
+async fn a_login_and_a_transaction_travel_in_the_channel_as_the_card() {
+    let app = App::new().await;
+    let t = card(&app, 81).await;
+    let mut c = card(&app, 82).await;
+    let mut ch = open_relayed(&app, &c, &t.who).await;
+    let mut via = InChannel {
+        router: &app.public,
+        who: &t.who,
+        ch: &mut ch,
+    };
+    // The server sees the card, not the terminal that relays it.
+    let ping = via
+        .request(Method::GET, "/v1/ping", None, None)
+        .await
+        .unwrap();
+    assert_eq!(ping.body["client"]["device_id"], c.d.id.to_string());
+    let card_serial = c.who.cert.as_ref().unwrap().serial.clone();
+    assert_eq!(ping.body["client"]["serial"], card_serial);
+
+    // A whole login (with its first key update) and a transaction.
+    let login = terminal::login_over(&mut via, &mut c.d, "bank-a", LoginOptions::default())
+        .await
+        .unwrap();
+    let token = login.answer().unwrap().session_token;
+    let tx = terminal::transaction_body(&c.d, "bank-a", "pay 100 to 42").unwrap();
+    let r = via
+        .request(Method::POST, "/v1/transactions", Some(&tx), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, &r.body["result"]),
+        (StatusCode::OK, &json!("valid")),
+        "{}",
+        r.body
+    );
+    let r = via
+        .request(Method::GET, "/v1/session", None, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(r.body["device_id"], c.d.id.to_string(), "{}", r.body);
+    // Another header, a method the channel does not know: refused inside.
+    let up = via
+        .ch
+        .seal(br#"{"method":"GET","path":"/v1/ping","headers":{"x-forwarded-for":"1.2.3.4"}}"#)
+        .unwrap()
+        .remove(0);
+    let a = send(&app.public, &t, &up).await;
+    let down = B64
+        .decode(a.expect(StatusCode::OK)["record"].as_str().unwrap())
+        .unwrap();
+    let a = answer(&down, via.ch);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (400, Some("invalid_input"))
+    );
+
+    // The session is the card's certificate's: the terminal cannot use it.
+    let direct = crate::login::session(&app, &t.who, &token).await;
+    assert!(direct.status.is_client_error(), "{}", direct.text);
+    // The audit trail names the card as the actor of the login's key
+    // activation.
+    let trail = app.trail().await;
+    let activated = trail
+        .iter()
+        .rev()
+        .find(|r| r["action"] == "key.activate")
+        .expect("a key.activate record");
+    assert!(activated.to_string().contains(&card_serial), "{activated}");
+    assert!(
+        !activated
+            .to_string()
+            .contains(&t.who.cert.as_ref().unwrap().serial)
+    );
+
+    // Revoked: the card's next carried request is refused inside the channel.
+    app.post(
+        &app.root,
+        &format!("/admin/v1/ca/certificates/{card_serial}/revoke"),
+        json!({"reason": "keyCompromise"}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let r = via
+        .request(Method::GET, "/v1/ping", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("certificate_revoked")),
+        "{}",
+        r.body
+    );
+}
+
+fn pings_run(metrics: &Metrics) -> u64 {
+    metrics
+        .http_requests
+        .with_label_values(&["public", "/v1/ping", "200"])
+        .get()
+}
+
+#[tokio::test]
+async fn a_record_raced_to_two_replicas_runs_once() {
+    let app = App::new().await;
+    let c = card(&app, 83).await;
+    let config = Config::load(&app.install.config).unwrap();
+    let metrics = Metrics::new().unwrap();
+    let opened = bootstrap::open(&config, Some(metrics.clone()))
+        .await
+        .unwrap();
+    let other = public_app(
+        startup::state_from(config, opened, metrics.clone())
+            .await
+            .unwrap(),
+    );
+    for _ in 0..5 {
+        let mut ch = open(&app, &app.public, &app.public, &c).await;
+        let before = pings_run(&app.state.metrics) + pings_run(&metrics);
+        let up = ch.seal(PING).unwrap().remove(0);
+        let (a, b) = tokio::join!(send(&app.public, &c, &up), send(&other, &c, &up));
+        let ok = [&a, &b]
+            .iter()
+            .filter(|x| x.status == StatusCode::OK)
+            .count();
+        assert_eq!(ok, 1, "{} / {}", a.text, b.text);
+        for x in [&a, &b] {
+            if x.status != StatusCode::OK {
+                x.refused(StatusCode::FORBIDDEN, "channel_closed");
+            }
+        }
+        let after = pings_run(&app.state.metrics) + pings_run(&metrics);
+        assert_eq!(after - before, 1, "the carried ping ran once");
+    }
 }

@@ -54,6 +54,23 @@
 //!   neither applies nor reports. One JSON line per step (`"step"`: login,
 //!   status, permit, report, purse); exits 1 on a refusal. No key, token or
 //!   account number is printed.
+//! - `channel DEVICE_ID` with `login`'s `--issuer --server --ca --cert`
+//!   (`--cert`: the **card's** certificate chain, PEM) `[--terminal ID
+//!   --terminal-cert FILE] [--transaction TEXT] [--continue-on URL]
+//!   [--carry PATH]… [--no-login] [--after-close]`: the device as a bank
+//!   card in the secure channel (docs/protocol.md §14) relayed by the
+//!   terminal ID (its own mutual TLS; default: the card itself): the
+//!   handshake, a carried ping, a carried login (start and finish), the
+//!   transaction TEXT's CMAC, a key update and a ping under the new key, a
+//!   close. `--continue-on URL`: everything after the login goes to that
+//!   (another replica's) public listener. `--carry PATH`: a carried
+//!   `GET PATH` after the first ping (a route the channel does not carry is
+//!   refused inside it). `--after-close`: the card's next record after the
+//!   close (refused: the channel is closed). One JSON line per step
+//!   (`"step"`: handshake with the channel id, ping with the identity the
+//!   server saw, carry, login, transaction, key_update, close,
+//!   after_close); exits 1 if a step was refused (the carried probes and
+//!   the after-close record excepted). No key or token is printed.
 //! - `purse DEVICE_ID`: the purse as JSON (the account number masked).
 //! - `confirm DEVICE_ID --issuer I --server URL --ca FILE --cert FILE
 //!   --outbox FILE --transaction FILE [--device-sees FILE] [--wrong-code]`:
@@ -87,10 +104,12 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyward_kms::types::DeviceId;
+use keyward_tests::channel::Carrier;
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::{SimDevice, forged_csr};
-use keyward_tests::terminal::{self, LoginOptions, Reply, Terminal};
+use keyward_tests::terminal::{self, Caller as _, LoginOptions, Reply, Terminal};
 use keyward_tests::wire;
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
 /// Largest init package read from stdin.
@@ -139,6 +158,35 @@ struct OnlineArgs {
     /// The device certificate and its chain (PEM).
     #[arg(long, value_name = "FILE")]
     cert: PathBuf,
+}
+
+/// `kwsim channel`'s options.
+#[derive(Debug, Args)]
+struct ChannelArgs {
+    #[command(flatten)]
+    online: OnlineArgs,
+    /// The terminal that relays (a device in DIR); default: the card.
+    #[arg(long, value_name = "ID", requires = "terminal_cert")]
+    terminal: Option<String>,
+    /// The terminal's certificate chain (PEM), for its mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    terminal_cert: Option<PathBuf>,
+    /// After the login, continue the channel on this public listener
+    /// (another replica).
+    #[arg(long, value_name = "URL")]
+    continue_on: Option<String>,
+    /// After the login, this transaction message with its CMAC.
+    #[arg(long, value_name = "TEXT")]
+    transaction: Option<String>,
+    /// Carry `GET PATH` after the first ping.
+    #[arg(long, value_name = "PATH")]
+    carry: Vec<String>,
+    /// No login (nor transaction).
+    #[arg(long, conflicts_with = "transaction")]
+    no_login: bool,
+    /// Send the card's next record after the close.
+    #[arg(long)]
+    after_close: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +259,13 @@ enum Cmd {
         /// Take the permit, but neither load nor report.
         #[arg(long)]
         no_apply: bool,
+    },
+    /// Open a secure channel as the card, relayed by a terminal, and carry
+    /// a ping, a login and a transaction through it.
+    Channel {
+        device_id: String,
+        #[command(flatten)]
+        args: ChannelArgs,
     },
     /// Print the device's purse (the account number masked).
     Purse { device_id: String },
@@ -433,22 +488,121 @@ fn login(dir: &Path, id: DeviceId, online: &OnlineArgs, run: &LoginRun) -> Resul
             refused = !c.status(&mut purse, &token)?;
         }
         if let Some(text) = &run.transaction {
-            let dev = &c.dev;
-            let algorithm = match dev.held_keys().iter().find(|k| k.issuer == issuer) {
-                Some(k) if k.family == keyward_kms::types::KeyFamily::Aes => "CMAC-AES",
-                _ => "CMAC-TDES",
-            };
-            let version = dev.key_version(issuer).context("no working keys")?;
-            let mac = dev.mac(issuer, algorithm, None, text.as_bytes(), 8)?;
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let body = json!({"key_version": version, "algorithm": algorithm,
-                              "message": b64.encode(text), "mac": b64.encode(mac)});
+            let body = terminal::transaction_body(&c.dev, issuer, text)?;
             let reply = c.post("/v1/transactions", &body, &token)?;
             out(&reply.body.to_string())?;
             refused |= !reply.status.is_success() || reply.body["result"] != "valid";
         }
     }
     Ok(refused)
+}
+
+/// `kwsim channel`: see the module docs. Whether a step was refused.
+fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let o = &a.online;
+    let mut card = SimDevice::load(dir, id)?;
+    let root_pem = read(&o.ca)?;
+    let card_chain = read(&o.cert)?;
+    let card_cert = rustls::pki_types::CertificateDer::pem_slice_iter(card_chain.as_bytes())
+        .next()
+        .context("no card certificate given")??
+        .to_vec();
+    // The terminal relays with its own certificate; the card's is only
+    // ever in the key exchange.
+    let (relay, relay_chain) = match (&a.terminal, &a.terminal_cert) {
+        (Some(t), Some(chain)) => (SimDevice::load(dir, device_id(t)?)?, read(chain)?),
+        _ => (SimDevice::load(dir, id)?, card_chain.clone()),
+    };
+    let term = Terminal::new(&o.server, &root_pem, &relay_chain, &relay)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let conn = term.connect().await?;
+        let mut c = match Carrier::open(conn, &card, &card_cert, &root_pem).await? {
+            Ok(c) => c,
+            Err(r) => {
+                step("handshake", &r, json!({}))?;
+                return Ok(true);
+            }
+        };
+        let id = c.channel.id.to_string();
+        out(&json!({"step": "handshake", "status": 200, "channel_id": id}).to_string())?;
+        let mut refused = !ping(&mut c).await?;
+        for path in &a.carry {
+            let r = c.request(hyper::Method::GET, path, None, None).await?;
+            // A probe: its refusal is the answer looked for.
+            step("carry", &r, json!({ "path": path }))?;
+        }
+        let mut token = None;
+        if !a.no_login {
+            let outcome =
+                terminal::login_over(&mut c, &mut card, &o.issuer, LoginOptions::default()).await?;
+            card.save(dir)?;
+            let offered = outcome.challenge.key_update.as_ref().map(|u| u.version);
+            step(
+                "login",
+                &outcome.finish,
+                json!({ "offered_version": offered }),
+            )?;
+            if outcome.finish.status.is_success() {
+                token = Some(outcome.answer()?.session_token);
+            } else {
+                refused = true;
+            }
+        }
+        if let Some(url) = &a.continue_on {
+            c.conn = Terminal::new(url, &root_pem, &relay_chain, &relay)?
+                .connect()
+                .await?;
+        }
+        if let (Some(text), Some(token)) = (&a.transaction, &token) {
+            let body = terminal::transaction_body(&card, &o.issuer, text)?;
+            let r = c
+                .request(
+                    hyper::Method::POST,
+                    "/v1/transactions",
+                    Some(&body),
+                    Some(token),
+                )
+                .await?;
+            step("transaction", &r, json!({ "result": r.body["result"] }))?;
+            refused |= !r.status.is_success() || r.body["result"] != "valid";
+        }
+        c.update_key().await?;
+        let (generation, _) = c.channel.send_state();
+        out(&json!({"step": "key_update", "generation": generation}).to_string())?;
+        refused |= !ping(&mut c).await?;
+        // The record the card would send next, were the channel not closed.
+        let mut ghost = c.channel.clone();
+        ghost.seal(b"{}")?;
+        let closed = c.close().await?;
+        out(&json!({"step": "close", "closed": closed}).to_string())?;
+        refused |= !closed;
+        if a.after_close {
+            let record = ghost.seal(br#"{"method":"GET","path":"/v1/ping"}"#)?;
+            let r = c.send(&record[0]).await?;
+            step("after_close", &r, json!({}))?;
+        }
+        Ok(refused)
+    })
+}
+
+/// A carried `GET /v1/ping`, printed with the identity the server saw.
+/// Whether it was answered.
+async fn ping(c: &mut Carrier) -> Result<bool> {
+    let r = c
+        .request(hyper::Method::GET, "/v1/ping", None, None)
+        .await?;
+    let client = &r.body["client"];
+    step(
+        "ping",
+        &r,
+        json!({"kind": client["kind"], "device_id": client["device_id"]}),
+    )?;
+    Ok(r.status.is_success())
 }
 
 /// The purse `kwsim load` uses: the device's, or a new one from the
@@ -771,6 +925,16 @@ fn run(cli: Cli) -> Result<()> {
                 wrong_code,
             };
             if confirm(dir, device_id(&id)?, &run)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Channel {
+            device_id: id,
+            args,
+        } => {
+            let id = device_id(&id)?;
+            if channel(dir, id, &args)? {
                 std::process::exit(1);
             }
             Ok(())

@@ -1,0 +1,425 @@
+//! The card-to-server secure channel against a real `keyward serve`
+//! (docs/protocol.md §14): full RSA handshakes and a login carried in a
+//! channel, each beside its same-run baseline.
+//!
+//! For each backend (SQLite always; PostgreSQL too when
+//! `KEYWARD_BENCH_DATABASE_URL` names one):
+//!
+//! 1. An installation in process (`init` on a fresh SoftHSM token: the
+//!    channel key and certificate among it) and a fleet of issued devices;
+//!    each device is its own card and relaying terminal (its mutual TLS).
+//! 2. In process, on the same token, from the same number of tasks: the
+//!    raw SoftHSM RSA-OAEP unwrap of a pre-master (`Kms::unwrap_premaster`,
+//!    the handshake's one RSA private operation), then every HSM call one
+//!    handshake makes (two randoms for the hello; the unwrap, the master,
+//!    the four keys, the Finished MAC and three state wraps for the key
+//!    exchange), once from one task (its p50 is the HSM µs per handshake)
+//!    and from all of them.
+//! 3. `keyward serve` spawned on it; every device logs in once (its first
+//!    key update). Measured, closed loop, each worker on its own kept-alive
+//!    connection: full handshakes (hello + key exchange, the card checking
+//!    the chain and the Finished); a steady-state login (start + finish)
+//!    sent directly; the same login carried in an open channel (each request
+//!    sealed by the card, opened, run as the card and answered in the HSM);
+//!    then `GET /v1/ping` direct and carried, the cost of one record beside
+//!    the route's own.
+//! 4. [`resumption`]: the row for resumption on the other replica.
+//!
+//! It prints figures beside their baselines; it asserts nothing about
+//! them. Run with
+//!
+//! ```text
+//! KEYWARD_BENCH_DATABASE_URL=postgres://keyward:keyward@127.0.0.1:5432/keyward_bench \
+//!   cargo bench -p keyward-tests --bench channel
+//! ```
+//!
+//! `KW_BENCH_SECS` sets the window (default 6 s), `KW_BENCH_CONC` the
+//! concurrent devices (default 16), `KW_BENCH_BACKENDS=sqlite|postgres` one
+//! backend, `KW_BENCH_HSM_SESSIONS` the HSM sessions of both the server and
+//! the in-process KMS (default 2).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::http::Method;
+use keyward_kms::Kms;
+use keyward_kms::hsm::{OaepHash as HsmOaep, PublicKey};
+use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
+use keyward_protocol::channel::{self, Label, OaepHash};
+use keyward_tests::channel::{Carrier, oaep};
+use keyward_tests::db::{postgres, sqlite};
+use keyward_tests::simulator::SimDevice;
+use keyward_tests::softhsm::TestToken;
+use keyward_tests::terminal::{self, Caller as _, Connection, LoginOptions, Terminal};
+
+use common::fleet::{
+    ISSUER, Outcome, Stats, WARMUP, closed_loop, der_of_pem, header, import, in_parallel, install,
+    print_row, session, terminal_for, write_config,
+};
+use common::{env_usize, spawn_serve};
+
+const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
+const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
+const SETUP_TASKS: usize = 8;
+
+/// One device: the card, and the terminal relaying it.
+struct Worker {
+    dev: SimDevice,
+    terminal: Terminal,
+    /// The card's certificate (DER) and the Keyward root (PEM).
+    cert: Vec<u8>,
+    root: String,
+    conn: Option<Connection>,
+    carrier: Option<Carrier>,
+}
+
+/// A full RSA handshake on the worker's kept-alive connection.
+async fn handshake_op(mut w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        let conn = match w.conn.take() {
+            Some(c) => c,
+            None => w.terminal.connect().await.map_err(|e| format!("{e:#}"))?,
+        };
+        match Carrier::open(conn, &w.dev, &w.cert, &w.root).await {
+            Ok(Ok(c)) => {
+                w.conn = Some(c.conn);
+                Ok(())
+            }
+            Ok(Err(r)) => Err(format!("handshake: {} {}", r.status, r.body)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+    .await;
+    (w, outcome)
+}
+
+/// A steady-state login on the worker's kept-alive connection.
+async fn direct_login_op(mut w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        if w.conn.is_none() {
+            w.conn = Some(w.terminal.connect().await.map_err(|e| format!("{e:#}"))?);
+        }
+        let conn = w.conn.as_mut().ok_or("no connection")?;
+        let r = terminal::login_over(conn, &mut w.dev, ISSUER, LoginOptions::default()).await;
+        steady(r)
+    }
+    .await;
+    (w, outcome)
+}
+
+/// The same login carried in the worker's open channel.
+async fn carried_login_op(mut w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        let carrier = w.carrier.as_mut().ok_or("no channel")?;
+        let r = terminal::login_over(carrier, &mut w.dev, ISSUER, LoginOptions::default()).await;
+        steady(r)
+    }
+    .await;
+    (w, outcome)
+}
+
+/// `GET /v1/ping` on the worker's kept-alive connection, or carried in its
+/// channel: the cost of one record beside the route's own.
+async fn ping_op(mut w: Worker, carried: bool) -> (Worker, Outcome) {
+    let outcome = async {
+        let r = match (carried, w.carrier.as_mut(), w.conn.as_mut()) {
+            (true, Some(c), _) => c.request(Method::GET, "/v1/ping", None, None).await,
+            (false, _, Some(c)) => c.request(Method::GET, "/v1/ping", None, None).await,
+            _ => return Err("no connection".to_owned()),
+        };
+        match r {
+            Ok(r) if r.status.is_success() => Ok(()),
+            Ok(r) => Err(format!("ping: {} {}", r.status, r.body)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+    .await;
+    (w, outcome)
+}
+
+fn steady(r: anyhow::Result<terminal::LoginOutcome>) -> Outcome {
+    match r {
+        Ok(out) if out.challenge.key_update.is_some() => {
+            Err("a steady-state login carried a key update".to_owned())
+        }
+        Ok(out) => out.answer().map(|_| ()).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// The raw RSA private operation: one OAEP unwrap in the HSM.
+async fn rsa_op(kms: Kms, ciphertext: Vec<u8>, w: ()) -> ((), Outcome) {
+    let r = kms.unwrap_premaster(CHANNEL_KEY_LABEL, ciphertext).await;
+    (w, r.map(drop).map_err(|e| e.to_string()))
+}
+
+/// Every HSM call of one handshake, in the server's order.
+async fn hsm_handshake_op(kms: Kms, ciphertext: Vec<u8>, w: ()) -> ((), Outcome) {
+    let r = async {
+        kms.random::<32>().await?;
+        kms.random::<16>().await?;
+        let h = kms.random::<32>().await?;
+        let pms = kms.unwrap_premaster(CHANNEL_KEY_LABEL, ciphertext).await?;
+        let master = kms
+            .channel_derive(&pms, channel::master_input(&h), ChannelKeyUse::Secret)
+            .await?;
+        let keys = kms
+            .channel_derive_all(
+                &master,
+                vec![
+                    (
+                        channel::label_input(Label::C2sKey, &h),
+                        ChannelKeyUse::Traffic,
+                    ),
+                    (
+                        channel::label_input(Label::S2cKey, &h),
+                        ChannelKeyUse::Traffic,
+                    ),
+                    (
+                        channel::label_input(Label::Finished, &h),
+                        ChannelKeyUse::Mac,
+                    ),
+                    (
+                        channel::label_input(Label::Exporter, &h),
+                        ChannelKeyUse::Mac,
+                    ),
+                ],
+            )
+            .await?;
+        kms.channel_cmac(&keys[2], h.to_vec()).await?;
+        for k in [&keys[0], &keys[1], &keys[3]] {
+            kms.channel_wrap_state(k).await?;
+        }
+        Ok::<_, keyward_kms::KmsError>(())
+    }
+    .await;
+    (w, r.map_err(|e| e.to_string()))
+}
+
+/// A pre-master encrypted to the channel key as a card does it.
+async fn premaster_ciphertext(kms: &Kms) -> Vec<u8> {
+    let PublicKey::Rsa { modulus, exponent } =
+        kms.channel_public_key(CHANNEL_KEY_LABEL).await.unwrap()
+    else {
+        panic!("the channel key is not RSA");
+    };
+    let key = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&modulus),
+        rsa::BigUint::from_bytes_be(&exponent),
+    )
+    .unwrap();
+    let hash = match kms.channel_oaep_hash(CHANNEL_KEY_LABEL).await.unwrap() {
+        HsmOaep::Sha1 => OaepHash::Sha1,
+        HsmOaep::Sha256 => OaepHash::Sha256,
+    };
+    key.encrypt(&mut rand::thread_rng(), oaep(hash), &[7u8; 32])
+        .unwrap()
+}
+
+/// Resumption on the other replica: a resumption handshake (no RSA
+/// operation) against a second `keyward serve` on the same database, beside
+/// the full handshake's rate `full`. Not built yet in the server: the row
+/// says so until it is.
+fn resumption(conc: usize, full: &Stats) {
+    let _ = full;
+    println!(
+        "{:<50} {:>5} {:>9}",
+        "resumption, other replica (not built yet)", conc, "-"
+    );
+}
+
+fn rate(s: &Stats) -> f64 {
+    s.ops as f64 / s.secs
+}
+
+fn main() -> ExitCode {
+    if let Some(code) = common::keyward_if_reexecuted() {
+        return code;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return ExitCode::SUCCESS;
+    }
+    if let Ok(backend) = std::env::var(BACKEND_ENV) {
+        one_backend(&backend);
+        return ExitCode::SUCCESS;
+    }
+    let backends = match std::env::var("KW_BENCH_BACKENDS") {
+        Ok(b) => vec![b],
+        Err(_) if std::env::var(DATABASE_URL_ENV).is_ok() => {
+            vec!["sqlite".to_owned(), "postgres".to_owned()]
+        }
+        Err(_) => vec!["sqlite".to_owned()],
+    };
+    // One child process per backend: SoftHSM sees only the tokens that
+    // existed when the process initialised the module.
+    let exe = std::env::current_exe().unwrap();
+    let mut ok = true;
+    for b in backends {
+        ok &= std::process::Command::new(&exe)
+            .env(BACKEND_ENV, &b)
+            .status()
+            .unwrap()
+            .success();
+        println!();
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn one_backend(backend: &str) {
+    let conc = env_usize("KW_BENCH_CONC", 16).max(1);
+    let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 6) as u64);
+    let sessions = env_usize("KW_BENCH_HSM_SESSIONS", 2);
+    let token = TestToken::create().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = match backend {
+        "sqlite" => sqlite().unwrap(),
+        "postgres" => {
+            let url = std::env::var(DATABASE_URL_ENV)
+                .unwrap_or_else(|_| panic!("{DATABASE_URL_ENV} is not set"));
+            rt.block_on(postgres(url.trim())).unwrap()
+        }
+        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("keyward-channelbench-")
+        .tempdir()
+        .unwrap();
+    let config_path = write_config(dir.path(), &token, &db, sessions, "");
+    let data = dir.path().join("data");
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let db_name = match backend {
+        "sqlite" => "SQLite (WAL, temp file)",
+        _ => "PostgreSQL (own schema)",
+    };
+    println!(
+        "== Secure channel on {db_name}: {conc} P-256 cards, SoftHSM token {}, \
+         {sessions} HSM sessions, {cores} cores, window {}s after {}s warm-up",
+        token.label,
+        window.as_secs(),
+        WARMUP.as_secs()
+    );
+
+    rt.block_on(async {
+        let (state, admin) = install(&config_path, &data).await;
+        let devs = import(&admin, conc, "CHANNEL-BENCH").await;
+        let a = admin.clone();
+        let devs = in_parallel(devs, SETUP_TASKS, move |i, mut d: SimDevice| {
+            let a = a.clone();
+            async move {
+                a.issue(&mut d, i).await;
+                d
+            }
+        })
+        .await;
+
+        header();
+        // The HSM alone, in process, before the server starts.
+        let kms = state.kms.clone();
+        let ct = premaster_ciphertext(&kms).await;
+        let (k, c) = (kms.clone(), ct.clone());
+        let op = move |w| rsa_op(k.clone(), c.clone(), w);
+        let (_, raw) = closed_loop(vec![(); conc], window, "self", None, op).await;
+        print_row(
+            "in process: RSA-OAEP unwrap (SoftHSM, raw)",
+            conc,
+            &raw,
+            false,
+        );
+        let (k, c) = (kms.clone(), ct.clone());
+        let op = move |w| hsm_handshake_op(k.clone(), c.clone(), w);
+        let (_, one) = closed_loop(vec![()], window, "self", None, op.clone()).await;
+        print_row("in process: one handshake's HSM calls", 1, &one, false);
+        let (_, all) = closed_loop(vec![(); conc], window, "self", None, op).await;
+        print_row("in process: one handshake's HSM calls", conc, &all, false);
+
+        let server = spawn_serve(&config_path, &dir.path().join("serve.log"), &[BACKEND_ENV]);
+        let pid = server.child.id().to_string();
+        let url = format!("https://{}", server.public);
+        let mut workers = Vec::new();
+        for dev in devs {
+            let terminal = terminal_for(&state, &dev, &url).await;
+            let serial: keyward_ca::Serial = state
+                .provisioning
+                .device(dev.id)
+                .await
+                .unwrap()
+                .cert_serial
+                .unwrap()
+                .parse()
+                .unwrap();
+            let cert = der_of_pem(&state.ca.get(&serial).await.unwrap().unwrap().pem);
+            workers.push(Worker {
+                dev,
+                terminal,
+                cert,
+                root: state.ca.root_pem().to_owned(),
+                conn: None,
+                carrier: None,
+            });
+        }
+        // Every card's first login (its first key update): not measured.
+        let workers = in_parallel(workers, SETUP_TASKS, |_, mut w: Worker| async move {
+            session(&w.terminal, &mut w.dev).await;
+            w
+        })
+        .await;
+
+        let (workers, full) = closed_loop(workers, window, &pid, None, handshake_op).await;
+        print_row(
+            "full RSA handshake, kept-alive connection",
+            conc,
+            &full,
+            true,
+        );
+        resumption(conc, &full);
+        let (mut workers, direct) = closed_loop(workers, window, &pid, None, direct_login_op).await;
+        print_row(
+            "login direct (start + finish), kept-alive",
+            conc,
+            &direct,
+            true,
+        );
+        for w in &mut workers {
+            let conn = w.terminal.connect().await.unwrap();
+            let c = Carrier::open(conn, &w.dev, &w.cert, &w.root).await.unwrap();
+            w.carrier = Some(c.unwrap_or_else(|r| panic!("{} {}", r.status, r.body)));
+        }
+        let (workers, carried) = closed_loop(workers, window, &pid, None, carried_login_op).await;
+        print_row("login carried in a channel", conc, &carried, true);
+        let (workers, ping) = closed_loop(workers, window, &pid, None, |w| ping_op(w, false)).await;
+        print_row("ping direct, kept-alive", conc, &ping, true);
+        let (_, ping_carried) =
+            closed_loop(workers, window, &pid, None, |w| ping_op(w, true)).await;
+        print_row("ping carried in a channel", conc, &ping_carried, true);
+
+        println!();
+        println!(
+            "    handshakes {:.0}/s = {:.0}% of the raw RSA-OAEP unwrap rate {:.0}/s; \
+             HSM per handshake {:.0} µs (p50, one task)",
+            rate(&full),
+            rate(&full) / rate(&raw) * 100.0,
+            rate(&raw),
+            one.p50_ms * 1000.0
+        );
+        println!(
+            "    carried login vs direct: rate {:.0}% ({:+.0}% slower), p50 {:.2} vs {:.2} ms",
+            rate(&carried) / rate(&direct) * 100.0,
+            (1.0 - rate(&carried) / rate(&direct)) * 100.0,
+            carried.p50_ms,
+            direct.p50_ms
+        );
+        drop(server);
+    });
+}
