@@ -194,6 +194,17 @@ fi
 kw_banner "cargo build --workspace --bins ${KW_TEST_FEATURES[*]}"
 cargo build --workspace --bins "${KW_TEST_FEATURES[@]}"
 
+# The API fuzzing test (server/tests/server_schemathesis.rs) runs
+# schemathesis from a venv under the target dir; without it, it is skipped.
+kw_banner "schemathesis (API fuzzing) into a venv"
+st_venv="${CARGO_TARGET_DIR:-$KW_ROOT/target}/schemathesis-venv"
+if st_python="$(kw_python_venv "$st_venv" "$KW_SCHEMATHESIS")"; then
+    export KEYWARD_SCHEMATHESIS="${st_python%/python}/schemathesis"
+else
+    ((ci)) && kw_die "cannot set up $KW_SCHEMATHESIS in $st_venv"
+    kw_warn "schemathesis not installed: the API fuzzing test will be skipped"
+fi
+
 nextest=(cargo nextest run --workspace "${KW_TEST_FEATURES[@]}")
 ((ci)) && nextest+=(--profile ci)
 
@@ -216,6 +227,17 @@ elif ((postgres)); then
     KEYWARD_TEST_DATABASE_URL="$pg_url" "${nextest[@]}" || pg_rc=$?
 fi
 
+# Coverage-guided fuzzing, short form (tests/fuzz, ops/fuzz.sh): needs
+# cargo-afl, which ops/fuzz.sh installs when run as root.
+fuzz_rc=0
+if cargo afl --version >/dev/null 2>&1 || kw_is_root; then
+    kw_banner "fuzzing: ops/fuzz.sh --short"
+    "$KW_ROOT/ops/fuzz.sh" --short || fuzz_rc=$?
+else
+    kw_warn "cargo-afl not installed (cargo install cargo-afl --locked): fuzzing SKIPPED"
+fi
+
+((fuzz_rc == 0)) || kw_warn "the short fuzzing run FAILED (exit $fuzz_rc)"
 ((sqlite_rc == 0)) || kw_warn "the SQLite test run FAILED (exit $sqlite_rc)"
 ((pg_rc == 0 || sqlite_rc == 101)) || kw_warn "the PostgreSQL test run FAILED (exit $pg_rc)"
-((sqlite_rc == 0 && pg_rc == 0))
+((sqlite_rc == 0 && pg_rc == 0 && fuzz_rc == 0))
