@@ -649,19 +649,19 @@ fn read_row(text: &str) -> std::result::Result<RowFields, (Option<DeviceId>, &'s
     })
 }
 
+/// A data line's number with its device id and CSR bytes, or the reason
+/// the line is refused.
+pub type ManifestRow = (
+    usize,
+    std::result::Result<(DeviceId, Vec<u8>), &'static str>,
+);
+
 /// Reads a manifest as an import does before any CSR is checked: the whole
 /// file refused, or each data line's number with its device id or the
 /// reason it is refused. The CSR bytes of a row that passes are returned for
 /// the caller to check ([`keyward_ca::VerifiedCsr::parse`]). The manifest's
 /// fuzz target calls this.
-pub fn check_manifest(
-    manifest: &str,
-) -> Result<
-    Vec<(
-        usize,
-        std::result::Result<(DeviceId, Vec<u8>), &'static str>,
-    )>,
-> {
+pub fn check_manifest(manifest: &str) -> Result<Vec<ManifestRow>> {
     Ok(manifest_lines(manifest)?
         .into_iter()
         .map(|(line, text)| {
