@@ -35,9 +35,9 @@ const MAX_ITEMS: usize = 64;
 /// A decoded message must encode to the bytes it was decoded from: the
 /// formats are canonical, and the server verifies signatures over the bytes
 /// that travelled, so two encodings of one value would be two messages.
-fn round_trip<T>(
+fn round_trip<T, E>(
     data: &[u8],
-    decode: impl Fn(&[u8]) -> Result<T, impl Sized>,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
     encode: impl Fn(&T) -> Vec<u8>,
 ) {
     if let Ok(v) = decode(data) {
