@@ -52,7 +52,9 @@ if ! cargo afl --version >/dev/null 2>&1; then
 fi
 # Builds AFL++ and its runtime for this rustc once; says so when it is there.
 cargo afl config --build >/dev/null 2>&1 || true
-cargo afl fuzz -h >/dev/null 2>&1 || kw_die "cargo afl fuzz does not run (cargo afl config --build --force)"
+# (afl-fuzz -h prints its usage and exits 1.)
+[[ "$(cargo afl fuzz -h 2>&1)" == *afl-fuzz* ]] ||
+    kw_die "cargo afl fuzz does not run (cargo afl config --build --force)"
 
 kw_banner "cargo afl build --release (tests/fuzz)"
 export CARGO_TARGET_DIR="$fuzz_dir/target"
@@ -62,7 +64,6 @@ cargo afl build --release --bins
 # Not interactive, no core-dump handler or CPU governor to insist on, and no
 # CPU pinning (the machine is shared).
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
-export AFL_SKIP_BIN_CHECK=0 AFL_QUIET=1
 
 stat_of() { awk -F' *: *' -v k="$2" '$1 == k { print $2 }' "$1"; }
 
@@ -77,8 +78,9 @@ for t in "${targets[@]}"; do
     [[ -n "$seconds" ]] && limit+=(-V "$seconds")
     [[ -n "$execs" ]] && limit+=(-E "$execs")
     kw_banner "fuzz $t (${limit[*]})"
-    # -t: a hang is an input that takes over a second.
-    cargo afl fuzz -i "corpus/$t" -o "$out" -t 1000 "${limit[@]}" -- "target/release/$t" \
+    # -t: a hang is an input that takes over 5 s (an execution takes
+    # microseconds; the margin is for a shared, loaded machine).
+    cargo afl fuzz -i "corpus/$t" -o "$out" -t 5000 "${limit[@]}" -- "target/release/$t" \
         >"$out/afl.log" 2>&1 || {
         tail -n 30 "$out/afl.log" >&2
         kw_die "afl-fuzz failed on $t (log: $out/afl.log)"
