@@ -161,7 +161,11 @@ impl Purse {
 
 /// The permit in an answer, its signature checked with the HSM key's
 /// public half, as the purse checks it.
-pub(crate) async fn permit_of(app: &App, a: &Value, req: &LoadRequest) -> (String, LoadPermit, Vec<u8>) {
+pub(crate) async fn permit_of(
+    app: &App,
+    a: &Value,
+    req: &LoadRequest,
+) -> (String, LoadPermit, Vec<u8>) {
     use p256::ecdsa::signature::Verifier;
     let bytes = B64.decode(a["permit"].as_str().unwrap()).unwrap();
     let sig = B64.decode(a["signature"].as_str().unwrap()).unwrap();
