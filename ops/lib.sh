@@ -25,6 +25,9 @@ KW_PYTHON_PACKAGES=(python3 python3-venv)
 # The OpenAPI validator ops/test.sh runs on docs/openapi.json (PyPI).
 # shellcheck disable=SC2034
 KW_OPENAPI_VALIDATOR="openapi-spec-validator==0.9.0"
+# The API fuzzer server/tests/server_schemathesis.rs drives (PyPI).
+# shellcheck disable=SC2034
+KW_SCHEMATHESIS="schemathesis==4.32.5"
 
 kw_banner() { printf '\n==> %s\n' "$*" >&2; }
 kw_info() { printf '    %s\n' "$*" >&2; }

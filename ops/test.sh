@@ -200,6 +200,17 @@ kw_banner "operations pack: ops/ops-pack-test.sh"
 kw_banner "cargo build --workspace --bins ${KW_TEST_FEATURES[*]}"
 cargo build --workspace --bins "${KW_TEST_FEATURES[@]}"
 
+# The API fuzzing test (server/tests/server_schemathesis.rs) runs
+# schemathesis from a venv under the target dir; without it, it is skipped.
+kw_banner "schemathesis (API fuzzing) into a venv"
+st_venv="${CARGO_TARGET_DIR:-$KW_ROOT/target}/schemathesis-venv"
+if st_python="$(kw_python_venv "$st_venv" "$KW_SCHEMATHESIS")"; then
+    export KEYWARD_SCHEMATHESIS="${st_python%/python}/schemathesis"
+else
+    ((ci)) && kw_die "cannot set up $KW_SCHEMATHESIS in $st_venv"
+    kw_warn "schemathesis not installed: the API fuzzing test will be skipped"
+fi
+
 nextest=(cargo nextest run --workspace "${KW_TEST_FEATURES[@]}")
 ((ci)) && nextest+=(--profile ci)
 
@@ -236,7 +247,20 @@ if ((sqlite_rc != 101)); then
     fi
 fi
 
+# Coverage-guided fuzzing, short form (tests/fuzz, ops/fuzz.sh), with
+# KW_FUZZ=1: its instrumented build of the server's dependency tree takes
+# 15-35 minutes on two cores, past this run's budget; it needs cargo-afl,
+# which ops/fuzz.sh installs when run as root.
+fuzz_rc=0
+if [[ "${KW_FUZZ:-0}" == 1 ]]; then
+    kw_banner "fuzzing: ops/fuzz.sh --short"
+    "$KW_ROOT/ops/fuzz.sh" --short || fuzz_rc=$?
+else
+    kw_info "fuzzing not run (KW_FUZZ=1 ./ops/test.sh, or ./ops/fuzz.sh --short)"
+fi
+
 ((sqlite_rc == 0)) || kw_warn "the SQLite test run FAILED (exit $sqlite_rc)"
 ((pg_rc == 0 || sqlite_rc == 101)) || kw_warn "the PostgreSQL test run FAILED (exit $pg_rc)"
 ((soak_rc == 0)) || kw_warn "the soak FAILED (exit $soak_rc)"
-((sqlite_rc == 0 && pg_rc == 0 && soak_rc == 0))
+((fuzz_rc == 0)) || kw_warn "the short fuzzing run FAILED (exit $fuzz_rc)"
+((sqlite_rc == 0 && pg_rc == 0 && soak_rc == 0 && fuzz_rc == 0))

@@ -268,6 +268,28 @@ pub(crate) fn parse_request(der: &[u8], issuer: &IssuerHashes) -> Parsed {
     Parsed::Queries(queries)
 }
 
+/// How [`OcspResponder::respond`] classifies `request_der` for the issuer
+/// whose certificate is `issuer_der`, without the registry or the HSM: the
+/// serials asked about (`None` for one this CA cannot have assigned, or
+/// another issuer's), or the status that refuses the request. The parser's
+/// fuzz target calls this.
+pub fn classify_request(
+    request_der: &[u8],
+    issuer_der: &[u8],
+) -> Result<std::result::Result<Vec<Option<Serial>>, x509_ocsp::OcspResponseStatus>> {
+    let issuer = IssuerHashes::from_cert_der(issuer_der)?;
+    Ok(match parse_request(request_der, &issuer) {
+        Parsed::Queries(q) => Ok(q
+            .into_iter()
+            .map(|q| match q {
+                Query::Ours(_, serial) => serial,
+                Query::Foreign(_) => None,
+            })
+            .collect()),
+        Parsed::Refused(status) => Err(status),
+    })
+}
+
 /// The registry serial of a `CertID`, if it can be one (positive, ≤ 20 bytes).
 fn serial_of(id: &CertId) -> Option<Serial> {
     let bytes = id.serial_number.as_bytes();

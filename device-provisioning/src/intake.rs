@@ -414,42 +414,19 @@ impl Provisioning {
     }
 
     fn parse_row(&self, text: &str) -> Parsed {
-        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
-        let [id, psam, esam, model, firmware, csr] = fields[..] else {
-            return bad(None, "malformed", "expected 6 comma-separated fields");
+        let row = match read_row(text) {
+            Ok(row) => row,
+            Err((device, reason)) => return bad(device, "malformed", reason),
         };
-        let Ok(device) = id.parse::<DeviceId>() else {
-            return bad(None, "malformed", "device_id must be 16 hex digits");
-        };
+        let RowFields {
+            device,
+            psam,
+            esam,
+            model,
+            firmware,
+            csr,
+        } = row;
         let d = Some(device);
-        let se = |s: &str| -> std::result::Result<Option<SeSerial>, ()> {
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                s.parse().map(Some).map_err(|_| ())
-            }
-        };
-        let (Ok(psam), Ok(esam)) = (se(psam), se(esam)) else {
-            return bad(
-                d,
-                "malformed",
-                "secure-element serials are 1-32 characters of A-Z and 0-9",
-            );
-        };
-        if psam.is_none() && esam.is_none() {
-            return bad(d, "malformed", "a PSAM or an ESAM serial is required");
-        }
-        if !text_field(model) || !text_field(firmware) {
-            return bad(
-                d,
-                "malformed",
-                "model and firmware are 1-64 printable characters",
-            );
-        }
-        let csr = match base64::engine::general_purpose::STANDARD.decode(csr) {
-            Ok(b) if !b.is_empty() && b.len() <= MAX_CSR_LEN => b,
-            _ => return bad(d, "malformed", "csr must be base64 of a DER or PEM request"),
-        };
         let csr = match self.certifier.check_csr(&csr) {
             Ok(checked) => checked,
             Err(e) if e.is_client_error() => {
@@ -478,8 +455,8 @@ impl Provisioning {
             device,
             psam,
             esam,
-            model: model.to_owned(),
-            firmware: firmware.to_owned(),
+            model,
+            firmware,
             csr,
         }))
     }
@@ -615,6 +592,85 @@ impl Provisioning {
     pub async fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
         self.store.batch(id).await
     }
+}
+
+/// A row's fields, checked for form only (the CSR is not parsed yet).
+struct RowFields {
+    device: DeviceId,
+    psam: Option<SeSerial>,
+    esam: Option<SeSerial>,
+    model: String,
+    firmware: String,
+    csr: Vec<u8>,
+}
+
+/// Reads one data line of a manifest: everything `Provisioning::parse_row`
+/// checks before it asks the certifier about the CSR (a refusal is always
+/// `malformed`, with the device id when it was read).
+fn read_row(text: &str) -> std::result::Result<RowFields, (Option<DeviceId>, &'static str)> {
+    let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+    let [id, psam, esam, model, firmware, csr] = fields[..] else {
+        return Err((None, "expected 6 comma-separated fields"));
+    };
+    let Ok(device) = id.parse::<DeviceId>() else {
+        return Err((None, "device_id must be 16 hex digits"));
+    };
+    let d = Some(device);
+    let se = |s: &str| -> std::result::Result<Option<SeSerial>, ()> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            s.parse().map(Some).map_err(|_| ())
+        }
+    };
+    let (Ok(psam), Ok(esam)) = (se(psam), se(esam)) else {
+        return Err((
+            d,
+            "secure-element serials are 1-32 characters of A-Z and 0-9",
+        ));
+    };
+    if psam.is_none() && esam.is_none() {
+        return Err((d, "a PSAM or an ESAM serial is required"));
+    }
+    if !text_field(model) || !text_field(firmware) {
+        return Err((d, "model and firmware are 1-64 printable characters"));
+    }
+    let csr = match base64::engine::general_purpose::STANDARD.decode(csr) {
+        Ok(b) if !b.is_empty() && b.len() <= MAX_CSR_LEN => b,
+        _ => {
+            return Err((d, "csr must be base64 of a DER or PEM request"));
+        }
+    };
+    Ok(RowFields {
+        device,
+        psam,
+        esam,
+        model: model.to_owned(),
+        firmware: firmware.to_owned(),
+        csr,
+    })
+}
+
+/// A data line's number with its device id and CSR bytes, or the reason
+/// the line is refused.
+pub type ManifestRow = (
+    usize,
+    std::result::Result<(DeviceId, Vec<u8>), &'static str>,
+);
+
+/// Reads a manifest as an import does before any CSR is checked: the whole
+/// file refused, or each data line's number with its device id or the
+/// reason it is refused. The CSR bytes of a row that passes are returned for
+/// the caller to check ([`keyward_ca::VerifiedCsr::parse`]). The manifest's
+/// fuzz target calls this.
+pub fn check_manifest(manifest: &str) -> Result<Vec<ManifestRow>> {
+    Ok(manifest_lines(manifest)?
+        .into_iter()
+        .map(|(line, text)| {
+            let row = read_row(text).map(|r| (r.device, r.csr));
+            (line, row.map_err(|(_, reason)| reason))
+        })
+        .collect())
 }
 
 fn good(parsed: &[(usize, Parsed)]) -> impl Iterator<Item = &GoodRow> {

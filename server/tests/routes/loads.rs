@@ -23,18 +23,18 @@ use crate::login::{issued, login};
 
 /// A logged-in device with a purse, its customer's account opened in the
 /// ledger and credited with `funds`.
-struct Purse {
-    d: SimDevice,
-    who: ClientIdentity,
-    token: String,
-    customer: String,
-    account: String,
+pub(crate) struct Purse {
+    pub(crate) d: SimDevice,
+    pub(crate) who: ClientIdentity,
+    pub(crate) token: String,
+    pub(crate) customer: String,
+    pub(crate) account: String,
     sequence: u64,
     last_applied: u64,
     wallet: u64,
 }
 
-async fn purse(app: &App, n: u8, funds: i64) -> Purse {
+pub(crate) async fn purse(app: &App, n: u8, funds: i64) -> Purse {
     // The issuer, once per installation.
     let issuer = app
         .post(
@@ -93,7 +93,7 @@ async fn purse(app: &App, n: u8, funds: i64) -> Purse {
 
 impl Purse {
     /// The next request for `amount`, as the purse builds it.
-    fn request(&mut self, amount: u64) -> LoadRequest {
+    pub(crate) fn request(&mut self, amount: u64) -> LoadRequest {
         self.sequence += 1;
         LoadRequest {
             device: self.d.id.bytes(),
@@ -110,7 +110,7 @@ impl Purse {
         }
     }
 
-    fn signed(&self, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn signed(&self, payload: &[u8]) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "payload": B64.encode(payload),
             "signature": B64.encode(self.d.sign_challenge(payload)),
@@ -129,14 +129,14 @@ impl Purse {
         send(&app.public, &self.who, req).await
     }
 
-    async fn send_request(&self, app: &App, req: &LoadRequest) -> Answer {
+    pub(crate) async fn send_request(&self, app: &App, req: &LoadRequest) -> Answer {
         self.post(app, "/v1/loads", self.signed(&req.encode()))
             .await
     }
 
     /// The report of `permit`, as the purse makes it after applying it
     /// (or failing to).
-    fn report(
+    pub(crate) fn report(
         &self,
         req: &LoadRequest,
         permit: &LoadPermit,
@@ -153,7 +153,7 @@ impl Purse {
         .encode()
     }
 
-    async fn send_report(&self, app: &App, load_id: &str, report: &[u8]) -> Answer {
+    pub(crate) async fn send_report(&self, app: &App, load_id: &str, report: &[u8]) -> Answer {
         let path = format!("/v1/loads/{load_id}/report");
         self.post(app, &path, self.signed(report)).await
     }
@@ -161,7 +161,11 @@ impl Purse {
 
 /// The permit in an answer, its signature checked with the HSM key's
 /// public half, as the purse checks it.
-async fn permit_of(app: &App, a: &Value, req: &LoadRequest) -> (String, LoadPermit, Vec<u8>) {
+pub(crate) async fn permit_of(
+    app: &App,
+    a: &Value,
+    req: &LoadRequest,
+) -> (String, LoadPermit, Vec<u8>) {
     use p256::ecdsa::signature::Verifier;
     let bytes = B64.decode(a["permit"].as_str().unwrap()).unwrap();
     let sig = B64.decode(a["signature"].as_str().unwrap()).unwrap();

@@ -17,6 +17,7 @@ mod common;
 mod harness;
 
 mod access;
+mod bad_inputs;
 mod ca;
 mod channel;
 mod channel_attack;

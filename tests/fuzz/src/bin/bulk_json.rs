@@ -1,0 +1,4 @@
+//! AFL++ entry point of the `bulk_json` target (see the crate's documentation).
+fn main() {
+    afl::fuzz!(|data: &[u8]| keyward_fuzz::bulk_json(data));
+}

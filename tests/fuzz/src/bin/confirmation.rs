@@ -1,0 +1,4 @@
+//! AFL++ entry point of the `confirmation` target (see the crate's documentation).
+fn main() {
+    afl::fuzz!(|data: &[u8]| keyward_fuzz::confirmation(data));
+}
