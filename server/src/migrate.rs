@@ -112,6 +112,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channel card serial",
             include_str!("../migrations/sqlite/2075_channel_card_serial.sql"),
         ),
+        (
+            2078,
+            "channels by terminal",
+            include_str!("../migrations/sqlite/2078_channels_by_terminal.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -208,6 +213,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2075,
             "channel card serial",
             include_str!("../migrations/postgres/2075_channel_card_serial.sql"),
+        ),
+        (
+            2078,
+            "channels by terminal",
+            include_str!("../migrations/postgres/2078_channels_by_terminal.sql"),
         ),
     ],
 };
