@@ -242,34 +242,10 @@ fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
         return ExitCode::SUCCESS;
     }
-    if let Ok(backend) = std::env::var(BACKEND_ENV) {
-        one_backend(&backend);
-        return ExitCode::SUCCESS;
-    }
-    let backends = match std::env::var("KW_BENCH_BACKENDS") {
-        Ok(b) => vec![b],
-        Err(_) if std::env::var(DATABASE_URL_ENV).is_ok() => {
-            vec!["sqlite".to_owned(), "postgres".to_owned()]
-        }
-        Err(_) => vec!["sqlite".to_owned()],
-    };
-    // One child process per backend: SoftHSM sees only the tokens that
-    // existed when the process initialised the module.
-    let exe = std::env::current_exe().unwrap();
-    let mut ok = true;
-    for b in backends {
-        ok &= std::process::Command::new(&exe)
-            .env(BACKEND_ENV, &b)
-            .status()
-            .unwrap()
-            .success();
-        println!();
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    common::each_backend(|b| {
+        one_backend(b);
+        true
+    })
 }
 
 fn one_backend(backend: &str) {

@@ -171,17 +171,10 @@ fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
         return ExitCode::SUCCESS;
     }
-    let backends = match std::env::var("KW_BENCH_BACKENDS") {
-        Ok(b) => vec![b],
-        Err(_) if std::env::var(DATABASE_URL_ENV).is_ok() => {
-            vec!["sqlite".to_owned(), "postgres".to_owned()]
-        }
-        Err(_) => vec!["sqlite".to_owned()],
-    };
-    for b in backends {
-        one_backend(&b);
-    }
-    ExitCode::SUCCESS
+    common::each_backend(|b| {
+        one_backend(b);
+        true
+    })
 }
 
 fn one_backend(backend: &str) {

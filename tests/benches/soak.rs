@@ -216,23 +216,11 @@ fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
         return ExitCode::SUCCESS;
     }
-    let backends = match std::env::var("KW_BENCH_BACKENDS") {
-        Ok(b) => vec![b],
-        Err(_) if std::env::var(DATABASE_URL_ENV).is_ok() => {
-            vec!["sqlite".to_owned(), "postgres".to_owned()]
-        }
-        Err(_) => vec!["sqlite".to_owned()],
-    };
-    let mut failed = false;
-    for b in backends {
-        failed |= !one_backend(&b);
-    }
-    if failed {
+    let ok = common::each_backend(one_backend);
+    if ok != ExitCode::SUCCESS {
         println!("SOAK FAILED");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
     }
+    ok
 }
 
 /// One backend's soak; whether every check held.

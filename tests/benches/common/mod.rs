@@ -26,6 +26,46 @@ pub fn keyward_if_reexecuted() -> Option<ExitCode> {
     std::env::var_os(AS_KEYWARD_ENV).map(|_| keyward_server::cli::main())
 }
 
+/// Names the backend a child process of [`each_backend`] runs.
+const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
+
+/// Runs `one` for each backend asked for (`KW_BENCH_BACKENDS`, else SQLite,
+/// and PostgreSQL too when `KEYWARD_BENCH_DATABASE_URL` is set), each in a
+/// child process of this binary: SoftHSM sees only the tokens that existed
+/// when the process initialised the module. `one` says whether its checks
+/// held.
+pub fn each_backend(one: fn(&str) -> bool) -> ExitCode {
+    if let Ok(backend) = std::env::var(BACKEND_ENV) {
+        return if one(&backend) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let backends = match std::env::var("KW_BENCH_BACKENDS") {
+        Ok(b) => vec![b],
+        Err(_) if std::env::var("KEYWARD_BENCH_DATABASE_URL").is_ok() => {
+            vec!["sqlite".to_owned(), "postgres".to_owned()]
+        }
+        Err(_) => vec!["sqlite".to_owned()],
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut ok = true;
+    for b in backends {
+        ok &= Command::new(&exe)
+            .env(BACKEND_ENV, &b)
+            .status()
+            .unwrap()
+            .success();
+        println!();
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v
