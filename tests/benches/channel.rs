@@ -50,7 +50,6 @@ use keyward_kms::hsm::{OaepHash as HsmOaep, PublicKey};
 use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
 use keyward_protocol::channel::{self, Label, OaepHash};
 use keyward_tests::channel::{Carrier, oaep};
-use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
 use keyward_tests::terminal::{self, Caller as _, Connection, LoginOptions, Terminal};
@@ -62,7 +61,6 @@ use common::fleet::{
 use common::{env_usize, spawn_serve};
 
 const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
-const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
 const SETUP_TASKS: usize = 8;
 
 /// One device: the card, and the terminal relaying it.
@@ -257,15 +255,7 @@ fn one_backend(backend: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let db = match backend {
-        "sqlite" => sqlite().unwrap(),
-        "postgres" => {
-            let url = std::env::var(DATABASE_URL_ENV)
-                .unwrap_or_else(|_| panic!("{DATABASE_URL_ENV} is not set"));
-            rt.block_on(postgres(url.trim())).unwrap()
-        }
-        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
-    };
+    let db = common::backend_db(backend, &rt);
     let dir = tempfile::Builder::new()
         .prefix("keyward-channelbench-")
         .tempdir()

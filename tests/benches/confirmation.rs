@@ -43,7 +43,6 @@ use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_protocol::confirmation::Code;
-use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
 use keyward_tests::terminal::Terminal;
@@ -58,7 +57,6 @@ use common::fleet::{
 use common::{env_usize, spawn_serve};
 
 const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
-const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
 const SETUP_TASKS: usize = 8;
 
 /// Code messages awaited, by phone number: (body, when the receiver had it).
@@ -210,15 +208,7 @@ fn one_backend(backend: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let db = match backend {
-        "sqlite" => sqlite().unwrap(),
-        "postgres" => {
-            let url = std::env::var(DATABASE_URL_ENV)
-                .unwrap_or_else(|_| panic!("{DATABASE_URL_ENV} is not set"));
-            rt.block_on(postgres(url.trim())).unwrap()
-        }
-        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
-    };
+    let db = common::backend_db(backend, &rt);
     let dir = tempfile::Builder::new()
         .prefix("keyward-confirmbench-")
         .tempdir()

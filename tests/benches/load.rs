@@ -46,7 +46,6 @@ use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_protocol::load::LoadPermit;
-use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
@@ -60,7 +59,6 @@ use common::fleet::{
 use common::{env_usize, spawn_serve};
 
 const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
-const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
 const SETUP_TASKS: usize = 8;
 /// Credited to every account: far more than the window can load.
 const FUNDS: i64 = 900_000_000_000;
@@ -186,15 +184,7 @@ fn one_backend(backend: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let db = match backend {
-        "sqlite" => sqlite().unwrap(),
-        "postgres" => {
-            let url = std::env::var(DATABASE_URL_ENV)
-                .unwrap_or_else(|_| panic!("{DATABASE_URL_ENV} is not set"));
-            rt.block_on(postgres(url.trim())).unwrap()
-        }
-        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
-    };
+    let db = common::backend_db(backend, &rt);
     let dir = tempfile::Builder::new()
         .prefix("keyward-loadbench-")
         .tempdir()

@@ -49,7 +49,6 @@ use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_protocol::load::LoadPermit;
-use keyward_tests::db::{postgres, sqlite};
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
@@ -63,7 +62,6 @@ use common::fleet::{
 use common::{env_usize, rss_mib, spawn_serve};
 
 const BACKEND_ENV: &str = "KW_BENCH_BACKEND";
-const DATABASE_URL_ENV: &str = "KEYWARD_BENCH_DATABASE_URL";
 const SETUP_TASKS: usize = 8;
 const FUNDS: i64 = 900_000_000_000;
 const AMOUNT: u64 = 100;
@@ -239,15 +237,7 @@ fn one_backend(backend: &str) -> bool {
         .enable_all()
         .build()
         .unwrap();
-    let db = match backend {
-        "sqlite" => sqlite().unwrap(),
-        "postgres" => {
-            let url = std::env::var(DATABASE_URL_ENV)
-                .unwrap_or_else(|_| panic!("{DATABASE_URL_ENV} is not set"));
-            rt.block_on(postgres(url.trim())).unwrap()
-        }
-        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
-    };
+    let db = common::backend_db(backend, &rt);
     let dir = tempfile::Builder::new()
         .prefix("keyward-soak-")
         .tempdir()

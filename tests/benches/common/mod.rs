@@ -66,6 +66,21 @@ pub fn each_backend(one: fn(&str) -> bool) -> ExitCode {
     }
 }
 
+/// The database of `backend`: a temporary SQLite file, or an own schema in
+/// the PostgreSQL database `KEYWARD_BENCH_DATABASE_URL` names.
+pub fn backend_db(backend: &str, rt: &tokio::runtime::Runtime) -> keyward_tests::db::TestDb {
+    match backend {
+        "sqlite" => keyward_tests::db::sqlite().unwrap(),
+        "postgres" => {
+            let url = std::env::var("KEYWARD_BENCH_DATABASE_URL")
+                .unwrap_or_else(|_| panic!("KEYWARD_BENCH_DATABASE_URL is not set"));
+            rt.block_on(keyward_tests::db::postgres(url.trim()))
+                .unwrap()
+        }
+        other => panic!("unknown backend {other:?} (sqlite or postgres)"),
+    }
+}
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v
