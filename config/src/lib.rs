@@ -8,7 +8,7 @@
 //! # Layout
 //! - [`Config`]: the file's schema (`deny_unknown_fields` everywhere); one
 //!   module per section (`server`, `database`, `hsm`, `online`,
-//!   `confirmation`, `outbox`, `ca`, `provisioning`, `log`), each with
+//!   `confirmation`, `outbox`, `ca`, `provisioning`, `log`, `channel`), each with
 //!   its defaults and its own checks.
 //! - [`Config::load`]: file → environment overrides (`KEYWARD__SECTION__KEY`) → validation.
 //! - [`HsmConfig::pin`]: the user PIN, read from a file or an environment variable, never inline.
@@ -16,6 +16,7 @@
 
 pub mod bulk;
 mod ca;
+mod channel;
 mod confirmation;
 mod database;
 mod hsm;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
+pub use channel::{ChannelConfig, ChannelPadding};
 pub use confirmation::{ConfirmationConfig, PresendConfig};
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
@@ -104,6 +106,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub load: LoadConfig,
+    #[serde(default)]
+    pub channel: ChannelConfig,
 }
 
 /// serde's `default = "…"` wants a function.

@@ -359,3 +359,22 @@ fn presend_check_resolves_and_is_checked() -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[test]
+fn channel_padding_defaults_to_oaep_and_takes_pkcs1v15_only_by_name() -> Result<(), ConfigError> {
+    assert_eq!(parse(MINIMAL, &[])?.channel.padding, ChannelPadding::Oaep);
+    let c = parse(
+        &format!("{MINIMAL}\n[channel]\npadding = \"pkcs1v15\"\n"),
+        &[],
+    )?;
+    assert_eq!(c.channel.padding, ChannelPadding::Pkcs1v15);
+    let c = parse(MINIMAL, &[("KEYWARD__CHANNEL__PADDING", "pkcs1v15")])?;
+    assert_eq!(c.channel.padding, ChannelPadding::Pkcs1v15);
+    let err = parse(&format!("{MINIMAL}\n[channel]\npadding = \"raw\"\n"), &[])
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("channel.padding"), "{err}");
+    Ok(())
+}

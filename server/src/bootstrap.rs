@@ -416,8 +416,11 @@ pub async fn ensure_certified_key(
 /// `init`'s step for the secure channel: the RSA key cards encrypt their
 /// pre-master to ([`keyward_kms::service::CHANNEL_KEY_LABEL`]; generated
 /// unwrap-only and non-extractable when absent), a current `channel`
-/// certificate for it (as [`ensure_certified_key`]), and the KEK that wraps
-/// channel state for the database. Each creation is audited and reported.
+/// certificate for it (as [`ensure_certified_key`]), the KEK that wraps
+/// channel state for the database, and the key PKCS#1 v1.5's substitute
+/// pre-masters are derived under (made whatever `channel.padding` says, so
+/// switching it needs no second init). Each creation is audited and
+/// reported.
 pub async fn ensure_channel_key(
     kms: &Kms,
     ca: &Ca,
@@ -451,6 +454,18 @@ pub async fn ensure_channel_key(
         let what = format!(
             "channel state KEK {} (HSM, AES-256, wrap/unwrap only)",
             keyward_kms::service::CHANNEL_STATE_KEK_LABEL
+        );
+        record(audit, Profile::Channel.as_str(), &what).await?;
+        report.created.push(what);
+    }
+    if kms
+        .ensure_channel_implicit_rejection_key()
+        .await
+        .context("the channel implicit-rejection key")?
+    {
+        let what = format!(
+            "channel implicit-rejection key {} (HSM, AES-256, derive only)",
+            keyward_kms::service::CHANNEL_IMPLICIT_REJECTION_LABEL
         );
         record(audit, Profile::Channel.as_str(), &what).await?;
         report.created.push(what);

@@ -6,7 +6,8 @@
 //! replica, the transaction MAC, a key update and the close on a second
 //! replica (another `keyward serve` on the same database and token), a
 //! record after the close; then a card certificate that is not the card's
-//! (a look-alike under another CA, another device's) refused.
+//! (a look-alike under another CA, another device's) refused. Once with
+//! RSA-OAEP, once with PKCS#1 v1.5 key transport.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -15,7 +16,7 @@ use std::path::Path;
 use std::process::Output;
 
 use common::station::{D1, D2, Station};
-use common::{Server, sample};
+use common::{Options, Server, sample};
 use serde_json::Value;
 
 /// `kwsim channel D2 --terminal D1 …` with the card's certificate chain
@@ -81,7 +82,29 @@ fn lookalike(st: &Station<'_>, card_pem: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_card_behind_a_terminal_logs_in_and_pays_through_the_channel_on_two_replicas() {
-    let s = Server::started().await;
+    two_replicas(Options::default()).await;
+}
+
+/// The same run with `channel.padding = "pkcs1v15"` on both replicas: the
+/// card encrypts its pre-master with PKCS#1 v1.5 (the ServerHello's byte
+/// `03`), and the server logged at start what its module does with bad
+/// padding.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_with_pkcs1_v15_key_transport() {
+    let s = two_replicas(Options {
+        extra: "[channel]\npadding = \"pkcs1v15\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let log = s.log();
+    assert!(
+        log.contains("the module answers bad PKCS#1 v1.5 padding with"),
+        "{log}"
+    );
+}
+
+async fn two_replicas(opts: Options) -> Server {
+    let s = Server::started_with(opts).await;
     s.new_operator("alice", "operator");
     s.new_operator("bob", "operator");
     let st = Station {
@@ -206,4 +229,5 @@ async fn a_card_behind_a_terminal_logs_in_and_pays_through_the_channel_on_two_re
         sample(&m, "keyward_channel_handshakes_total{outcome=\"refused\"}"),
         Some(2.0)
     );
+    s
 }

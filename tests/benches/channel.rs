@@ -49,7 +49,7 @@ use keyward_kms::Kms;
 use keyward_kms::hsm::{OaepHash as HsmOaep, PublicKey};
 use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
 use keyward_protocol::channel::{self, Label, OaepHash};
-use keyward_tests::channel::{Carrier, oaep};
+use keyward_tests::channel::{Carrier, encrypt_pre_master};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
 use keyward_tests::terminal::{self, Caller as _, Connection, LoginOptions, Terminal};
@@ -213,8 +213,7 @@ async fn premaster_ciphertext(kms: &Kms) -> Vec<u8> {
         HsmOaep::Sha1 => OaepHash::Sha1,
         HsmOaep::Sha256 => OaepHash::Sha256,
     };
-    key.encrypt(&mut rand::thread_rng(), oaep(hash), &[7u8; 32])
-        .unwrap()
+    encrypt_pre_master(&key, hash, &[7u8; 32], &mut rand::thread_rng()).unwrap()
 }
 
 /// Resumption on the other replica: a resumption handshake (no RSA

@@ -5,7 +5,7 @@
 //! The bytes come from `keyward_protocol::channel`; the cryptography here
 //! is RustCrypto: AES-256 on single blocks for the PRF, AES-CMAC for the
 //! Finished and the exporter, RSA-OAEP (with the hash the ServerHello
-//! names) for the pre-master,
+//! names) or, where the hello says so, RSAES-PKCS1-v1_5 for the pre-master,
 //! AES-256-GCM for records. The card's signature is the [`SimDevice`]'s.
 //!
 //! [`SoftServer`] is the server's side in software, for the card's tests
@@ -51,11 +51,33 @@ pub fn prf(key: &[u8; 32], input: &[u8; 32]) -> [u8; 32] {
     out
 }
 
-/// RSA-OAEP padding with `hash` for the digest and MGF1, empty label.
-pub fn oaep(hash: OaepHash) -> rsa::Oaep {
-    match hash {
-        OaepHash::Sha1 => rsa::Oaep::new::<sha1::Sha1>(),
-        OaepHash::Sha256 => rsa::Oaep::new::<sha2::Sha256>(),
+/// `plaintext` encrypted to `key` as the ServerHello's encryption byte
+/// says: RSA-OAEP with its hash for the digest and MGF1, empty label; or
+/// RSAES-PKCS1-v1_5 (byte `03`).
+pub fn encrypt_pre_master(
+    key: &rsa::RsaPublicKey,
+    encryption: OaepHash,
+    plaintext: &[u8],
+    rng: &mut (impl RngCore + CryptoRng),
+) -> rsa::Result<Vec<u8>> {
+    match encryption {
+        OaepHash::Sha1 => key.encrypt(rng, rsa::Oaep::new::<sha1::Sha1>(), plaintext),
+        OaepHash::Sha256 => key.encrypt(rng, rsa::Oaep::new::<sha2::Sha256>(), plaintext),
+        OaepHash::Pkcs1v15 => key.encrypt(rng, rsa::Pkcs1v15Encrypt, plaintext),
+    }
+}
+
+/// The reverse of [`encrypt_pre_master`] (the software server's; no
+/// implicit rejection: a reference for good ciphertexts only).
+fn decrypt_pre_master(
+    key: &rsa::RsaPrivateKey,
+    encryption: OaepHash,
+    ciphertext: &[u8],
+) -> rsa::Result<Vec<u8>> {
+    match encryption {
+        OaepHash::Sha1 => key.decrypt(rsa::Oaep::new::<sha1::Sha1>(), ciphertext),
+        OaepHash::Sha256 => key.decrypt(rsa::Oaep::new::<sha2::Sha256>(), ciphertext),
+        OaepHash::Pkcs1v15 => key.decrypt(rsa::Pkcs1v15Encrypt, ciphertext),
     }
 }
 
@@ -469,9 +491,9 @@ impl CardHello {
 
     /// Checks the server's hello (mode offered, chain to the Keyward root,
     /// a current RSA channel key of at least 2048 bits for key
-    /// encipherment), encrypts `pre_master` to it with RSA-OAEP under the
-    /// hash the hello names, and signs the transcript.
-    /// Returns the key exchange to send. `rng` draws the OAEP seed.
+    /// encipherment), encrypts `pre_master` to it as the hello names
+    /// (RSA-OAEP with its hash, or PKCS#1 v1.5), and signs the transcript.
+    /// Returns the key exchange to send. `rng` draws the padding.
     pub fn key_exchange(
         &self,
         server_hello: &[u8],
@@ -487,8 +509,7 @@ impl CardHello {
             "a mode the card did not offer"
         );
         let key = channel_key(&sh.chain, root_pem)?;
-        let encrypted_pre_master = key
-            .encrypt(rng, oaep(sh.oaep), pre_master)
+        let encrypted_pre_master = encrypt_pre_master(&key, sh.oaep, pre_master, rng)
             .context("encrypting the pre-master")?;
         let mut cke = CardKeyExchange {
             certificate: card_certificate.to_vec(),
@@ -526,7 +547,7 @@ impl AwaitFinished {
 }
 
 /// `plaintext` encrypted to the channel key of `server_hello` (chain
-/// checked as the card does) with the OAEP the hello names: a well-formed
+/// checked as the card does) as the hello names: a well-formed
 /// ciphertext of any plaintext, for tests of the server's refusals.
 pub fn encrypt_to_server(
     server_hello: &[u8],
@@ -536,8 +557,7 @@ pub fn encrypt_to_server(
 ) -> Result<Vec<u8>> {
     let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("server hello: {e}"))?;
     let key = channel_key(&sh.chain, root_pem)?;
-    key.encrypt(rng, oaep(sh.oaep), plaintext)
-        .context("encrypting to the channel key")
+    encrypt_pre_master(&key, sh.oaep, plaintext, rng).context("encrypting to the channel key")
 }
 
 /// The channel certificate's RSA key, once its chain verified up to the
@@ -613,9 +633,7 @@ impl SoftServer {
         let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("{e}"))?;
         let (cke, signed) =
             CardKeyExchange::split(card_key_exchange).map_err(|e| anyhow!("{e}"))?;
-        let pms = self
-            .key
-            .decrypt(oaep(sh.oaep), &cke.encrypted_pre_master)
+        let pms = decrypt_pre_master(&self.key, sh.oaep, &cke.encrypted_pre_master)
             .context("the pre-master")?;
         let pms: [u8; 32] = pms
             .try_into()

@@ -206,6 +206,9 @@ pub enum WrapMechanism {
 pub enum UnwrapMechanism {
     /// RSA-OAEP with the given hash for both OAEP and MGF1, empty label.
     RsaOaep(OaepHash),
+    /// RSAES-PKCS1-v1_5 (`CKM_RSA_PKCS`): only behind implicit rejection
+    /// (the secure channel's `pkcs1v15` padding), never on its own.
+    RsaPkcs,
     /// RFC 5649 AES key wrap with padding (`CKM_AES_KEY_WRAP_PAD`).
     AesKeyWrapPad,
 }
@@ -279,6 +282,7 @@ pub enum MechanismId {
     AesKeyWrapPad,
     AesGcm,
     RsaOaep,
+    RsaPkcs,
     EcKeyPairGen,
     Ecdh1Derive,
     Ecdsa,

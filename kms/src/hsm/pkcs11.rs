@@ -454,6 +454,7 @@ pub fn mechanism_name(m: MechanismId) -> &'static str {
         MechanismId::AesKeyWrapPad => "CKM_AES_KEY_WRAP_PAD",
         MechanismId::AesGcm => "CKM_AES_GCM",
         MechanismId::RsaOaep => "CKM_RSA_PKCS_OAEP",
+        MechanismId::RsaPkcs => "CKM_RSA_PKCS",
         MechanismId::EcKeyPairGen => "CKM_EC_KEY_PAIR_GEN",
         MechanismId::Ecdh1Derive => "CKM_ECDH1_DERIVE",
         MechanismId::Ecdsa => "CKM_ECDSA",
@@ -512,6 +513,7 @@ impl Hsm for Pkcs11Hsm {
             MechanismId::AesKeyWrapPad => MechanismType::AES_KEY_WRAP_PAD.into(),
             MechanismId::AesGcm => MechanismType::AES_GCM.into(),
             MechanismId::RsaOaep => MechanismType::RSA_PKCS_OAEP.into(),
+            MechanismId::RsaPkcs => MechanismType::RSA_PKCS.into(),
             MechanismId::EcKeyPairGen => MechanismType::ECC_KEY_PAIR_GEN.into(),
             MechanismId::Ecdh1Derive => MechanismType::ECDH1_DERIVE.into(),
             MechanismId::Ecdsa => MechanismType::ECDSA.into(),
@@ -766,6 +768,7 @@ impl Hsm for Pkcs11Hsm {
                 };
                 Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
             }
+            UnwrapMechanism::RsaPkcs => Mechanism::RsaPkcs,
             UnwrapMechanism::AesKeyWrapPad => Mechanism::AesKeyWrapPad,
         };
         // The length comes from the wrapped value; SoftHSM refuses

@@ -30,7 +30,8 @@
 //! in-range decoy (one RSA operation, as bad padding), and a refused unwrap
 //! goes on with a random secret through the steps a good pre-master takes
 //! (docs/security.md §1). The OAEP decoding itself is the module's.
-//! PKCS#1 v1.5 with implicit rejection is not offered.
+//! PKCS#1 v1.5, where configured, goes through the same unwrap behind
+//! implicit rejection (`channel_pkcs1`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -112,7 +113,7 @@ impl ChannelKeyUse {
         self != Self::Secret
     }
 
-    fn spec(self) -> KeySpec {
+    pub(super) fn spec(self) -> KeySpec {
         KeySpec {
             kind: SecretKind::Aes(CHANNEL_SECRET_LEN),
             usage: self.usage(),
@@ -126,11 +127,11 @@ impl ChannelKeyUse {
 /// when the handle is dropped or [`Kms::channel_forget`] is called; its
 /// `Debug` shows the use only.
 pub struct ChannelSecret {
-    obj: ObjectId,
-    key_use: ChannelKeyUse,
-    pool: HsmPool,
+    pub(super) obj: ObjectId,
+    pub(super) key_use: ChannelKeyUse,
+    pub(super) pool: HsmPool,
     /// False once [`Kms::channel_forget`] has taken the destruction over.
-    owned: bool,
+    pub(super) owned: bool,
 }
 
 impl std::fmt::Debug for ChannelSecret {
@@ -179,9 +180,9 @@ impl Drop for ChannelSecret {
 /// modulus (big-endian, no leading zero).
 #[derive(Debug, Clone)]
 pub(crate) struct ChannelKey {
-    obj: ObjectId,
+    pub(super) obj: ObjectId,
     hash: OaepHash,
-    modulus: Arc<[u8]>,
+    pub(super) modulus: Arc<[u8]>,
 }
 
 /// The channel private keys by label, found once and again after an HSM
@@ -190,7 +191,11 @@ pub(crate) type ChannelKeyCache = Arc<Mutex<HashMap<String, ChannelKey>>>;
 
 /// The private key `label`, from `cache` or the token (its OAEP hash probed
 /// on first use).
-fn channel_key(hsm: &dyn Hsm, cache: &ChannelKeyCache, label: &str) -> Result<ChannelKey> {
+pub(super) fn channel_key(
+    hsm: &dyn Hsm,
+    cache: &ChannelKeyCache,
+    label: &str,
+) -> Result<ChannelKey> {
     if let Some(k) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(label) {
         return Ok(k.clone());
     }
@@ -236,7 +241,7 @@ fn in_range(ciphertext: &[u8], modulus: &[u8]) -> Vec<u8> {
 
 /// Whether an error says the HSM is busy or gone rather than anything
 /// about the input: those pass through, everything else is the one refusal.
-fn hsm_state(e: &KmsError) -> bool {
+pub(super) fn hsm_state(e: &KmsError) -> bool {
     matches!(e.kind(), ErrorKind::Busy | ErrorKind::Unavailable)
 }
 
@@ -294,7 +299,9 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId, modulus_len: usize) -> Result<OaepHa
 /// Unwraps a pre-master and checks, without seeing it, that it is 32 bytes:
 /// it is unwrapped extractable, wrapped once under the state KEK with RFC
 /// 3394 AES key wrap (which takes only multiples of 8 bytes and adds 8), and
-/// made non-extractable before anything else sees it. SoftHSM 2.6.1 leaves
+/// made non-extractable before anything else sees it, and one key derived
+/// from it (only an AES key derives: the wrap alone passes 25 to 31
+/// bytes, which SoftHSM pads). SoftHSM 2.6.1 leaves
 /// `CKA_VALUE_LEN` of an unwrapped key at 0 (and refuses it in the unwrap
 /// template), so the length cannot be read. The RFC 3394 value is dropped;
 /// it could not be passed off as state, which is RFC 5649 (another IV).
@@ -303,11 +310,12 @@ fn probe_oaep(hsm: &dyn Hsm, key: ObjectId, modulus_len: usize) -> Result<OaepHa
 /// same steps (made, wrapped, made non-extractable, destroyed), so a
 /// refusal costs what a good ciphertext does whichever check failed; only
 /// then is it refused.
-fn unwrap_checked(
+pub(super) fn unwrap_checked(
     hsm: &dyn Hsm,
     pool: &HsmPool,
     key: &ChannelKey,
     kek: ObjectId,
+    mech: UnwrapMechanism,
     ciphertext: &[u8],
 ) -> Result<ChannelSecret> {
     let passes = |e: &KmsError| hsm_state(e) || matches!(e, KmsError::Stale);
@@ -316,12 +324,7 @@ fn unwrap_checked(
         ..ChannelKeyUse::Secret.spec()
     };
     let ciphertext = in_range(ciphertext, &key.modulus);
-    let (obj, unwrapped) = match hsm.unwrap_key(
-        key.obj,
-        UnwrapMechanism::RsaOaep(key.hash),
-        &ciphertext,
-        &spec,
-    ) {
+    let (obj, unwrapped) = match hsm.unwrap_key(key.obj, mech, &ciphertext, &spec) {
         Ok(obj) => (obj, true),
         Err(e) if passes(&e) => return Err(e),
         Err(_) => (hsm.generate_key(&spec)?, false),
@@ -337,8 +340,30 @@ fn unwrap_checked(
         Err(e) if passes(&e) => return Err(e),
         Err(_) => false,
     };
+    // SoftHSM pads a key of 25 to 31 bytes with zeros for RFC 3394, so it
+    // wraps to 40 bytes as 32 do; of those lengths only 32 is an AES key,
+    // and only an AES key derives. The derived key is dropped (destroyed
+    // by a detached job, as a refused secret is).
+    let derives = match hsm.derive_key(
+        obj,
+        Derivation::AesEcb,
+        &[0; CHANNEL_SECRET_LEN],
+        &ChannelKeyUse::Secret.spec(),
+    ) {
+        Ok(probe) => {
+            drop(ChannelSecret {
+                obj: probe,
+                key_use: ChannelKeyUse::Secret,
+                pool: pool.clone(),
+                owned: true,
+            });
+            true
+        }
+        Err(e) if passes(&e) => return Err(e),
+        Err(_) => false,
+    };
     hsm.set_unextractable(obj)?;
-    if unwrapped && length_ok {
+    if unwrapped & length_ok & derives {
         Ok(secret)
     } else {
         Err(KmsError::ChannelRefused)
@@ -419,7 +444,8 @@ impl Kms {
                 let attempt = || -> Result<ChannelSecret> {
                     let key = channel_key(hsm, &cache, &label)?;
                     let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
-                    unwrap_checked(hsm, &pool, &key, kek, &ciphertext)
+                    let oaep = UnwrapMechanism::RsaOaep(key.hash);
+                    unwrap_checked(hsm, &pool, &key, kek, oaep, &ciphertext)
                 };
                 match attempt() {
                     Err(KmsError::Stale) => {

@@ -16,11 +16,14 @@
 //! - `challenges.rs`: challenge/response login primitives;
 //! - `init_package.rs`: the init package (its HSM job is in [`crate::wrap`]);
 //! - `signing.rs`: token key pairs (the signer is [`crate::signing`]);
-//! - `audit.rs`: the audit trail's HMAC key and its checkpoint on the token.
+//! - `audit.rs`: the audit trail's HMAC key and its checkpoint on the token;
+//! - `channel.rs`, `channel_pkcs1.rs`: the secure channel's HSM side (the
+//!   second: PKCS#1 v1.5 key transport with implicit rejection).
 
 mod audit;
 mod challenges;
 mod channel;
+mod channel_pkcs1;
 mod confirmation;
 mod init_package;
 mod issuers;
@@ -42,6 +45,9 @@ pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
 pub use channel::{
     CHANNEL_KEY_BITS, CHANNEL_KEY_LABEL, CHANNEL_MECHANISMS, CHANNEL_SECRET_LEN,
     CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSecret, MAX_RECORD_LEN,
+};
+pub use channel_pkcs1::{
+    CHANNEL_IMPLICIT_REJECTION_LABEL, CHANNEL_PKCS1_MECHANISMS, Pkcs1BadPadding,
 };
 pub use confirmation::CONFIRMATION_CODE_LABEL;
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};

@@ -38,6 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use keyward_ca::Serial;
+use keyward_config::ChannelPadding;
 use keyward_device_provisioning::{DeviceState, Provisioning};
 use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
@@ -116,6 +117,8 @@ struct Parts {
     /// Per channel key label, its certificate chain (DER) and OAEP hash,
     /// loaded at first use; which label is current is the database's.
     server: std::sync::Mutex<HashMap<String, ServerKey>>,
+    /// How cards encrypt the pre-master (`channel.padding`).
+    padding: ChannelPadding,
 }
 
 impl std::fmt::Debug for Channels {
@@ -131,6 +134,7 @@ impl Channels {
         provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
+        padding: ChannelPadding,
     ) -> Self {
         Self(Arc::new(Parts {
             kms,
@@ -139,6 +143,7 @@ impl Channels {
             audit,
             metrics,
             server: std::sync::Mutex::new(HashMap::new()),
+            padding,
         }))
     }
 
@@ -197,6 +202,10 @@ impl Channels {
         // Read at every hello, so a rotation on any replica applies here.
         let key_label = store::current_key(self.db()).await?;
         let (chain, oaep) = self.server(&key_label).await?;
+        let oaep = match self.0.padding {
+            ChannelPadding::Oaep => oaep,
+            ChannelPadding::Pkcs1v15 => OaepHash::Pkcs1v15,
+        };
         let sh = ServerHello {
             server_random: self.0.kms.random::<32>().await?,
             channel: ChannelId(self.0.kms.random::<16>().await?),
@@ -270,9 +279,8 @@ impl Channels {
         let card = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await;
-        let pms = p
-            .kms
-            .unwrap_premaster(&hs.key_label, cke.encrypted_pre_master.clone())
+        let pms = self
+            .unwrap_premaster(&hs.key_label, &hs.server_hello, cke)
             .await;
         let ((card, serial), pms) =
             match (card.map_err(refusal), pms.map_err(|e| refusal(e.into()))) {
@@ -378,6 +386,26 @@ impl Channels {
             server_finished: ServerFinished { channel: id, mac }.encode(),
             ticket: new_ticket,
         })
+    }
+
+    /// The pre-master, unwrapped as the handshake's ServerHello told the
+    /// card to encrypt it (so a change of `channel.padding` never mixes
+    /// the two within a handshake). PKCS#1 v1.5 goes through implicit
+    /// rejection: a ciphertext that does not unwrap gives the substitute,
+    /// never a refusal, and the channel opens with keys the card does not
+    /// share (its check of the ServerFinished fails).
+    async fn unwrap_premaster(
+        &self,
+        key_label: &str,
+        server_hello: &[u8],
+        cke: &CardKeyExchange,
+    ) -> std::result::Result<keyward_kms::service::ChannelSecret, keyward_kms::KmsError> {
+        let kms = &self.0.kms;
+        let epms = cke.encrypted_pre_master.clone();
+        match ServerHello::decode(server_hello).map(|sh| sh.oaep) {
+            Ok(OaepHash::Pkcs1v15) => kms.unwrap_premaster_pkcs1(key_label, epms).await,
+            _ => kms.unwrap_premaster(key_label, epms).await,
+        }
     }
 
     /// The card the key exchange proves: the device the ClientHello names

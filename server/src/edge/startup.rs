@@ -58,6 +58,9 @@ pub async fn state_from(
             "created the confirmation code key missing from the HSM"
         );
     }
+    if config.channel.padding == keyward_config::ChannelPadding::Pkcs1v15 {
+        channel_pkcs1_at_start(&opened.kms).await?;
+    }
     // Executions sign evidence receipts: a replica that could not is
     // stopped here, not at a customer's confirmation.
     let evidence = bootstrap::certified_key(
@@ -127,6 +130,27 @@ pub async fn state_from(
         metrics,
         tls,
     )
+}
+
+/// `channel.padding = "pkcs1v15"`: the implicit-rejection key (made here
+/// on a token initialised before it existed, as the challenge seal key),
+/// then the probe of `CKM_RSA_PKCS` and of what the module does with bad
+/// padding (logged), so a replica that could not take v1.5 key exchanges
+/// stops here.
+async fn channel_pkcs1_at_start(kms: &keyward_kms::Kms) -> anyhow::Result<()> {
+    if kms.ensure_channel_implicit_rejection_key().await? {
+        tracing::warn!(
+            label = keyward_kms::service::CHANNEL_IMPLICIT_REJECTION_LABEL,
+            "created the channel implicit-rejection key missing from the HSM"
+        );
+    }
+    let label = crate::channel::store::current_key(kms.db())
+        .await
+        .context("reading the current channel key")?;
+    kms.probe_channel_pkcs1(&label)
+        .await
+        .with_context(|| format!("channel.padding = \"pkcs1v15\" with the channel key {label}"))?;
+    Ok(())
 }
 
 /// Takes over and undoes every import whose lease ran out

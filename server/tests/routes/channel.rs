@@ -871,10 +871,10 @@ async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
 }
 
 /// The card's requests carried through `router` by the terminal `who`.
-struct InChannel<'a> {
-    router: &'a Router,
-    who: &'a ClientIdentity,
-    ch: &'a mut Channel,
+pub(crate) struct InChannel<'a> {
+    pub router: &'a Router,
+    pub who: &'a ClientIdentity,
+    pub ch: &'a mut Channel,
 }
 
 impl Caller for InChannel<'_> {

@@ -427,6 +427,55 @@ async fn every_key_exchange_refusal_is_one_answer_in_one_time() {
     }
 }
 
+/// The same method with PKCS#1 v1.5 key transport (`channel.padding =
+/// "pkcs1v15"`): a good pre-master, bad padding, 31- and 34-byte
+/// plaintexts, a wrong length and a value above the modulus are each
+/// answered with a ServerFinished (implicit rejection) of the same shape,
+/// and must cost the same time, the good one included.
+#[tokio::test]
+async fn every_pkcs1_v15_key_exchange_is_one_answer_in_one_time() {
+    use rand::seq::SliceRandom;
+
+    use crate::channel::{key_exchange, say_hello};
+    use crate::channel_pkcs1::{V15_CLASSES, pkcs1_app, shape, v15_key_exchange};
+
+    let seed = env_u64("KEYWARD_TIMING_SEED").unwrap_or_else(rand::random);
+    let n = env_u64("KEYWARD_TIMING_N").unwrap_or(200) as usize;
+    let warm_up = 10;
+    println!("timing (PKCS#1 v1.5): seed {seed}, {n} key exchanges per class");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let app = pkcs1_app().await;
+    let c = card(&app, 84).await;
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n); V15_CLASSES.len()];
+    let mut first = None;
+    for block in 0..warm_up + n {
+        let mut order: Vec<usize> = (0..V15_CLASSES.len()).collect();
+        order.shuffle(&mut rng);
+        for k in order {
+            let (hello, id, sh) = say_hello(&app.public, &c).await;
+            let (_, cke) = v15_key_exchange(&app, &c, &hello, &sh, V15_CLASSES[k]);
+            let t = std::time::Instant::now();
+            let a = key_exchange(&app.public, &c, &id, &cke).await;
+            let took = t.elapsed().as_secs_f64() * 1e6;
+            let s = shape(&a);
+            let first = first.get_or_insert_with(|| s.clone());
+            assert_eq!(&s, first, "{:?} answers differently", V15_CLASSES[k]);
+            if block >= warm_up {
+                samples[k].push(took);
+            }
+        }
+    }
+    let report = stats::report(&V15_CLASSES.map(|c| format!("{c:?}")), &samples);
+    println!("{}", report.text);
+    if n >= 20_000 {
+        assert!(
+            report.significant.is_empty(),
+            "timing differs: {:?}",
+            report.significant
+        );
+    }
+}
+
 /// The Wilcoxon signed-rank test (normal approximation with the tie
 /// correction, two-sided) and the table the timing test prints.
 mod stats {

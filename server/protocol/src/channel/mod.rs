@@ -121,13 +121,17 @@ impl Mode {
     }
 }
 
-/// The hash (and MGF1 hash) of the RSA-OAEP the card encrypts its
-/// pre-master with: the one the server's module unwraps with, probed at
-/// start (SoftHSM 2.6.1 unwraps OAEP with SHA-1 only).
+/// The ServerHello's encryption byte: how the card encrypts its
+/// pre-master. RSA-OAEP with the hash (and MGF1 hash) the server's module
+/// unwraps with, probed at start (SoftHSM 2.6.1 unwraps OAEP with SHA-1
+/// only); or, where the server is configured for it, RSAES-PKCS1-v1_5
+/// (which the server takes only with implicit rejection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OaepHash {
     Sha1 = 1,
     Sha256 = 2,
+    /// RSAES-PKCS1-v1_5 (no OAEP): `channel.padding = "pkcs1v15"`.
+    Pkcs1v15 = 3,
 }
 
 impl OaepHash {
@@ -135,6 +139,7 @@ impl OaepHash {
         match b {
             1 => Some(Self::Sha1),
             2 => Some(Self::Sha256),
+            3 => Some(Self::Pkcs1v15),
             _ => None,
         }
     }
@@ -259,7 +264,8 @@ impl ClientHello {
 ///     37   16 channel id
 ///     53    1 chosen version (1)
 ///     54    1 chosen mode (1 rsa-transport, 2 ecdhe-p256, 3 resumption)
-///     55    1 OAEP hash of the pre-master (1 SHA-1, 2 SHA-256)
+///     55    1 encryption of the pre-master (1 OAEP-SHA-1, 2 OAEP-SHA-256,
+///             3 PKCS#1 v1.5)
 ///     56    2 number of certificates (1..=4; 0 in resumption), then each:
 ///           2+n a DER certificate: the channel certificate first, then
 ///               its issuing CA (up to, not necessarily including, the root)

@@ -477,3 +477,21 @@ fn resumption_inputs_are_the_documented_hashes() {
         <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(b"ab"))
     );
 }
+
+/// The encryption byte at offset 55: `03` is PKCS#1 v1.5; `00` and `04`
+/// are no encryption this layout knows.
+#[test]
+fn the_server_hello_names_pkcs1_v15_as_byte_3() {
+    let sh = ServerHello {
+        oaep: OaepHash::Pkcs1v15,
+        ..server_hello()
+    };
+    let bytes = sh.encode();
+    assert_eq!(bytes[55], 3);
+    assert_eq!(ServerHello::decode(&bytes), Ok(sh));
+    for b in [0u8, 4] {
+        let mut bad = bytes.clone();
+        bad[55] = b;
+        assert!(ServerHello::decode(&bad).is_err(), "{b}");
+    }
+}
