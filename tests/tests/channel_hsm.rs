@@ -546,6 +546,9 @@ async fn every_bad_premaster_is_the_one_refusal() {
         ("16-byte pre-master", encrypt_pms(&pk, hash, &[0x42; 16])),
         ("48-byte pre-master", encrypt_pms(&pk, hash, &[0x42; 48])),
         ("24-byte pre-master", encrypt_pms(&pk, hash, &[0x42; 24])),
+        // SoftHSM pads these for RFC 3394: the wrap alone took them.
+        ("31-byte pre-master", encrypt_pms(&pk, hash, &[0x42; 31])),
+        ("25-byte pre-master", encrypt_pms(&pk, hash, &[0x42; 25])),
         ("40-byte pre-master", encrypt_pms(&pk, hash, &[0x42; 40])),
         ("1-byte pre-master", encrypt_pms(&pk, hash, &[0x42])),
         ("empty pre-master", encrypt_pms(&pk, hash, &[])),
@@ -580,6 +583,79 @@ async fn every_bad_premaster_is_the_one_refusal() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Internal, "{e:?}");
+    kms.shutdown();
+}
+
+/// PKCS#1 v1.5 behind implicit rejection: a good ciphertext gives the
+/// card's pre-master; every bad one gives the substitute — never an error,
+/// the same for the same ciphertext, another for another.
+#[tokio::test(flavor = "multi_thread")]
+async fn pkcs1_v15_gives_the_pre_master_or_the_substitute_never_a_refusal() {
+    use keyward_kms::service::Pkcs1BadPadding;
+
+    let token = TestToken::create().unwrap();
+    let db = test_database().await.unwrap();
+    let kms = replica(&token, &db).await;
+    let (public, _) = kms.ensure_channel_key(CHANNEL_KEY_LABEL).await.unwrap();
+    kms.ensure_channel_state_kek().await.unwrap();
+    // No implicit-rejection key: the probe says so, no unwrap runs.
+    assert!(matches!(
+        kms.probe_channel_pkcs1(CHANNEL_KEY_LABEL).await,
+        Err(KmsError::KeyMissing(_))
+    ));
+    assert!(kms.ensure_channel_implicit_rejection_key().await.unwrap());
+    assert!(!kms.ensure_channel_implicit_rejection_key().await.unwrap());
+    let probed = kms.probe_channel_pkcs1(CHANNEL_KEY_LABEL).await.unwrap();
+    println!("bad PKCS#1 v1.5 padding: the module answers {probed:?}");
+    assert!(matches!(
+        probed,
+        Pkcs1BadPadding::Error | Pkcs1BadPadding::Value
+    ));
+    let pk = rsa_public(&public);
+    let mut rng = rand::thread_rng();
+    let v15 = |plain: &[u8]| {
+        pk.encrypt(&mut rand::thread_rng(), rsa::Pkcs1v15Encrypt, plain)
+            .unwrap()
+    };
+    // What a secret gives: a MAC under PRF(secret, d).
+    let d = sha(&[b"fingerprint"]);
+    let fingerprint = |ct: Vec<u8>| {
+        let kms = kms.clone();
+        async move {
+            let s = kms
+                .unwrap_premaster_pkcs1(CHANNEL_KEY_LABEL, ct)
+                .await
+                .unwrap();
+            let k = kms.channel_derive(&s, d, ChannelKeyUse::Mac).await.unwrap();
+            kms.channel_cmac(&k, b"x".to_vec()).await.unwrap()
+        }
+    };
+    let pms = [0x42; 32];
+    let good = v15(&pms);
+    assert_eq!(fingerprint(good.clone()).await, cmac(&prf(&pms, &d), b"x"));
+
+    let mut flipped = good.clone();
+    flipped[100] ^= 1;
+    let mut garbage = vec![0u8; 256];
+    rng.fill_bytes(&mut garbage);
+    garbage[0] = 0;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("flipped byte", flipped),
+        ("garbage", garbage),
+        ("value above the modulus", vec![0xFF; 256]),
+        ("short", good[..255].to_vec()),
+        ("31-byte pre-master", v15(&pms[..31])),
+        ("34-byte pre-master with version bytes", v15(&[&[3, 3], &pms[..]].concat())),
+        ("16-byte pre-master", v15(&pms[..16])),
+        ("OAEP", encrypt_pms(&pk, OaepHash::Sha1, &pms)),
+    ];
+    let mut seen = vec![fingerprint(good).await];
+    for (what, ct) in cases {
+        let first = fingerprint(ct.clone()).await;
+        assert_eq!(fingerprint(ct).await, first, "{what}: not the same twice");
+        assert!(!seen.contains(&first), "{what}: seen before");
+        seen.push(first);
+    }
     kms.shutdown();
 }
 
