@@ -645,7 +645,10 @@ async fn pkcs1_v15_gives_the_pre_master_or_the_substitute_never_a_refusal() {
         ("value above the modulus", vec![0xFF; 256]),
         ("short", good[..255].to_vec()),
         ("31-byte pre-master", v15(&pms[..31])),
-        ("34-byte pre-master with version bytes", v15(&[&[3, 3], &pms[..]].concat())),
+        (
+            "34-byte pre-master with version bytes",
+            v15(&[&[3, 3], &pms[..]].concat()),
+        ),
         ("16-byte pre-master", v15(&pms[..16])),
         ("OAEP", encrypt_pms(&pk, OaepHash::Sha1, &pms)),
     ];

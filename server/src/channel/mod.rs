@@ -7,15 +7,18 @@
 //!
 //! - [`Channels::hello`]: a ClientHello → a ServerHello (random and channel
 //!   id from the HSM, the `channel` certificate chain, the OAEP hash the
-//!   module unwraps with); both hellos stored for [`HANDSHAKE_TTL_MS`].
+//!   module unwraps with, or PKCS#1 v1.5 where `channel.padding` says so);
+//!   both hellos stored for [`HANDSHAKE_TTL_MS`].
 //! - [`Channels::key_exchange`]: the card's certificate (the Keyward CA's
 //!   registered, current, unrevoked certificate of an issued device), its
 //!   signature over the transcript and the pre-master (unwrapped in the
 //!   HSM) are all checked whichever fails, so the refusal's work does not
 //!   say which; any failure of the three is the one `channel_refused`,
-//!   audited. The schedule runs in the HSM; the handshake is taken, the
-//!   channel stored and the opening audited in one transaction; the
-//!   ServerFinished is answered after the commit.
+//!   audited. With PKCS#1 v1.5 a pre-master that does not unwrap is no
+//!   refusal: implicit rejection goes on with a substitute, and the card
+//!   cannot verify the ServerFinished. The schedule runs in the HSM; the
+//!   handshake is taken, the channel stored and the opening audited in one
+//!   transaction; the ServerFinished is answered after the commit.
 //! - [`Channels::record`]: the card's next record, opened in the HSM. A
 //!   replayed, reordered, altered or foreign record closes the channel
 //!   (audited, one `channel_closed`); one that is no record or names no
