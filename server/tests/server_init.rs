@@ -27,6 +27,7 @@ async fn init_creates_everything_once() {
         "channel key keyward/channel/rsa (HSM, RSA-2048, unwrap only)",
         "channel certificate for keyward/channel/rsa",
         "channel state KEK keyward/channel/state-kek (HSM, AES-256, wrap/unwrap only)",
+        "channel implicit-rejection key keyward/channel/implicit-rejection (HSM, AES-256, derive only)",
     ] {
         assert!(
             created.iter().any(|c| c.contains(what)),

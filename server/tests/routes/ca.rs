@@ -259,7 +259,8 @@ async fn init_certifies_the_evidence_key_once_and_again_after_revocation() {
 }
 
 /// `init`'s channel step: the channel key (RSA, unwrap only) with a
-/// keyEncipherment-only `channel` certificate and the state KEK; a second
+/// keyEncipherment-only `channel` certificate, the state KEK and the
+/// implicit-rejection key; a second
 /// run finds them; once revoked, the next run certifies the same key again,
 /// audited.
 #[tokio::test]
@@ -292,6 +293,7 @@ async fn init_certifies_the_channel_key_once_and_again_after_revocation() {
     let (public, created) = s.kms.ensure_channel_key(CHANNEL_KEY_LABEL).await.unwrap();
     assert!(!created);
     assert!(!s.kms.ensure_channel_state_kek().await.unwrap());
+    assert!(!s.kms.ensure_channel_implicit_rejection_key().await.unwrap());
     assert_eq!(
         bootstrap::current_certificate(&s.ca, Profile::Channel, &public, 0)
             .await
