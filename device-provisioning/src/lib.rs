@@ -94,7 +94,7 @@ pub use customers::{ApplicationView, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
 pub use init::{InitRecord, InitState};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
-pub use lifecycle::DeviceRecord;
+pub use lifecycle::{DeviceRecord, Transition};
 pub use recertify::Recertification;
 pub use recovery::{AbortReport, DEFAULT_IMPORT_LEASE};
 pub use types::{

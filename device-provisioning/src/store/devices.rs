@@ -197,24 +197,8 @@ impl Store {
             .await
     }
 
-    /// `from → to` (an operator edge other than retiring); false if the
-    /// device was no longer in `from`.
-    pub(crate) async fn change_state(
-        &self,
-        device: DeviceId,
-        from: DeviceState,
-        to: DeviceState,
-    ) -> Result<bool> {
-        self.db
-            .write("change_state", |mut tx| async move {
-                Self::change_state_in(&mut tx, device, from, to)
-                    .await
-                    .map(|v| (tx, v))
-            })
-            .await
-    }
-
-    /// [`Store::change_state`] in the caller's transaction.
+    /// `from → to` (an operator edge other than retiring) in the caller's
+    /// transaction; false if the device was no longer in `from`.
     pub(crate) async fn change_state_in(
         tx: &mut Tx,
         device: DeviceId,
@@ -226,16 +210,8 @@ impl Store {
 
     /// Retires a device from whatever state it is in (a retirement wins over
     /// any concurrent change but another retirement) and drops its
-    /// outstanding challenge; false if it was already retired.
-    pub(crate) async fn retire(&self, device: DeviceId) -> Result<bool> {
-        self.db
-            .write("retire", |mut tx| async move {
-                Self::retire_in(&mut tx, device).await.map(|v| (tx, v))
-            })
-            .await
-    }
-
-    /// [`Store::retire`] in the caller's transaction.
+    /// outstanding challenge, in the caller's transaction; false if it was
+    /// already retired.
     pub(crate) async fn retire_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE prov_devices SET state = 'retired', state_changed_at_ms = $2 \

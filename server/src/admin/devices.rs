@@ -4,7 +4,9 @@
 //!
 //! Every state change goes through [`Operator::decide`]: a `requested`
 //! record first, the provisioning decision in its own task, then the
-//! decision's own audit record.
+//! decision's own audit record. A decision with an `_in` form goes through
+//! [`Operator::decide_write`], which commits its rows and its record in one
+//! transaction.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -17,6 +19,7 @@ use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
+use crate::audit::StepError;
 use crate::http::ApiError;
 use crate::security::SecurityKind;
 use crate::state::AppState;
@@ -439,12 +442,26 @@ pub async fn set_state(
     let reason: Reason = body.reason.parse()?;
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
+    let prepare = {
+        let p = p.clone();
+        async move { p.prepare_transition(device, to, &operator, &reason).await }
+    };
     let from = op
-        .decide(
+        .decide_write(
             &state,
             Action::Transition,
             format!("device:{device}"),
-            async move { p.transition(device, to, &operator, &reason).await },
+            prepare,
+            move |mut tx, step| {
+                let p = p.clone();
+                async move {
+                    let done = p
+                        .transition_in(&mut tx, step)
+                        .await
+                        .map_err(StepError::Effect)?;
+                    Ok((tx, done))
+                }
+            },
         )
         .await?;
     if to == DeviceState::Retired {

@@ -475,6 +475,29 @@ impl From<crate::bulk::BatchError> for ApiError {
     }
 }
 
+impl<E: Into<ApiError>> From<crate::audit::StepError<E>> for ApiError {
+    /// The step's own error as it maps; an outcome record that could not be
+    /// staged is 503 `audit_unavailable` (the step did not happen).
+    fn from(e: crate::audit::StepError<E>) -> Self {
+        use crate::audit::StepError;
+        match e {
+            StepError::Effect(e) => e.into(),
+            StepError::Audit(e) => Self::audit_unavailable(e),
+            StepError::Database(e) => Self::from_kind(
+                keyward_kms::db::error_kind(&e),
+                keyward_kms::db::error_code(&e),
+                e,
+            ),
+        }
+    }
+}
+
+impl From<Box<keyward_device_provisioning::Refused>> for ApiError {
+    fn from(r: Box<keyward_device_provisioning::Refused>) -> Self {
+        r.error.into()
+    }
+}
+
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         match &e {
