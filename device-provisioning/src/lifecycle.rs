@@ -136,7 +136,9 @@ impl Provisioning {
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<DeviceState> {
-        let step = self.prepare_transition(device, to, operator, reason).await?;
+        let step = self
+            .prepare_transition(device, to, operator, reason)
+            .await?;
         let note = step.note.clone();
         self.commit("transition", &note, |mut tx| {
             let step = step.clone();
@@ -168,7 +170,10 @@ impl Provisioning {
             let rec = self.device(device).await?;
             note.detail("from", rec.state);
             if !rec.state.operator_edge(to) {
-                return Err(ProvisioningError::InvalidTransition { from: rec.state, to });
+                return Err(ProvisioningError::InvalidTransition {
+                    from: rec.state,
+                    to,
+                });
             }
             let mut revoke = Vec::new();
             if to == DeviceState::Retired {

@@ -655,9 +655,15 @@ impl AuditLog {
         Fut: std::future::Future<Output = Result<(keyward_kms::db::Tx, T), E>>,
     {
         let prepare = async { Ok(()) };
-        self.recorded_prepared_write(db, actor, request_id, requested, prepare, |tx, ()| {
-            effect(tx)
-        }, settle)
+        self.recorded_prepared_write(
+            db,
+            actor,
+            request_id,
+            requested,
+            prepare,
+            |tx, ()| effect(tx),
+            settle,
+        )
         .await
     }
 

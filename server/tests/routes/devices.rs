@@ -188,6 +188,65 @@ async fn a_device_goes_from_the_factory_to_issued_and_retired_through_the_routes
     assert!(app.audited("device.transition", "success").await);
 }
 
+/// A device's transition writes its `requested` record first and commits
+/// with its outcome record: when that record cannot be staged the device
+/// keeps its state and its certificate; a refusal is recorded after it.
+#[tokio::test]
+async fn a_transition_commits_with_its_outcome_record() {
+    let app = App::new().await;
+    let d = device(3);
+    app.import("F-3", &[&d]).await.expect(StatusCode::CREATED);
+    let shown = app.get(&app.root, &path(&d, "")).await;
+    let shown: wire::DeviceDetail =
+        serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+    let cert = format!(
+        "/admin/v1/ca/certificates/{}",
+        shown.device.cert_serial.unwrap()
+    );
+    let retire = json!({"to": "retired", "reason": "route test"});
+
+    app.break_audit_staging().await;
+    let refused = app
+        .post(&app.root, &path(&d, "/state"), retire.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    let state = app.get(&app.root, &path(&d, "")).await;
+    let state: wire::DeviceDetail =
+        serde_json::from_value(state.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(state.device.state, "manufactured");
+    let c = app.get(&app.root, &cert).await;
+    assert_eq!(c.expect(StatusCode::OK)["status"], "valid");
+    assert_eq!(
+        app.outcomes_of("device.transition", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let retired = app.post(&app.root, &path(&d, "/state"), retire).await;
+    retired.expect(StatusCode::OK);
+    let c = app.get(&app.root, &cert).await;
+    assert_eq!(c.expect(StatusCode::OK)["status"], "revoked");
+    assert_eq!(
+        app.outcomes_of("device.transition", retired.request_id())
+            .await,
+        ["requested", "success"]
+    );
+    let again = app
+        .post(
+            &app.root,
+            &path(&d, "/state"),
+            json!({"to": "issued", "reason": "route test"}),
+        )
+        .await;
+    again.refused(StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(
+        app.outcomes_of("device.transition", again.request_id())
+            .await,
+        ["requested", "refused"]
+    );
+}
+
 #[tokio::test]
 async fn device_refusals_are_typed_and_audited() {
     let app = App::new().await;

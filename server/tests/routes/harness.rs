@@ -49,6 +49,11 @@ impl Answer {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 
+    /// The request id the answer carries (the audit records' `request_id`).
+    pub fn request_id(&self) -> &str {
+        self.headers["x-request-id"].to_str().unwrap()
+    }
+
     /// Asserts the status and returns the body.
     pub fn expect(&self, status: StatusCode) -> &Value {
         assert_eq!(self.status, status, "{}", self.text);

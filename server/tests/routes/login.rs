@@ -661,9 +661,9 @@ async fn a_lockout_cut_short_before_its_revocation_is_finished_by_recovery() {
     // What the lockout's transaction leaves when the process dies right
     // after it: locked, the certificate named, not yet revoked.
     app.exec(&format!(
-            "INSERT INTO online_credentials (issuer_id, device_id, failures, locked_at_ms, \
+        "INSERT INTO online_credentials (issuer_id, device_id, failures, locked_at_ms, \
              revoked_serial) VALUES ('bank-a', '{}', 10, 1, '{}')",
-            d.id, cert.serial
+        d.id, cert.serial
     ))
     .await;
     let serial = cert.serial.parse().unwrap();
