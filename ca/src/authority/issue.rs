@@ -29,6 +29,23 @@ pub struct SignedCert {
     role: Option<Role>,
 }
 
+impl SignedCert {
+    /// The registry row it becomes.
+    fn record(&self) -> NewCert<'_> {
+        let c = &self.cert;
+        NewCert {
+            serial: &c.serial,
+            profile: c.profile,
+            subject: &c.subject,
+            device_id: self.device_id.clone(),
+            role: self.role,
+            not_before_ms: c.not_before_ms,
+            not_after_ms: c.not_after_ms,
+            pem: &c.pem,
+        }
+    }
+}
+
 /// A certificate just issued (and registered).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedCert {
@@ -86,17 +103,7 @@ impl Ca {
     /// was signed (a clash of random serials: a broken RNG) is refused.
     pub async fn register_in(tx: &mut Tx, signed: &SignedCert) -> Result<()> {
         let c = &signed.cert;
-        let record = NewCert {
-            serial: &c.serial,
-            profile: c.profile,
-            subject: &c.subject,
-            device_id: signed.device_id.clone(),
-            role: signed.role,
-            not_before_ms: c.not_before_ms,
-            not_after_ms: c.not_after_ms,
-            pem: &c.pem,
-        };
-        match Store::insert_certificate_in(tx, &record).await {
+        match Store::insert_certificate_in(tx, &signed.record()).await {
             Ok(()) => {
                 tracing::info!(serial = %c.serial, profile = %c.profile, subject = %c.subject,
                     "certificate issued");
@@ -113,17 +120,7 @@ impl Ca {
         for _ in 0..SERIAL_ATTEMPTS {
             let signed = self.sign(key.clone(), req.clone()).await?;
             let c = &signed.cert;
-            let record = NewCert {
-                serial: &c.serial,
-                profile: c.profile,
-                subject: &c.subject,
-                device_id: signed.device_id.clone(),
-                role: signed.role,
-                not_before_ms: c.not_before_ms,
-                not_after_ms: c.not_after_ms,
-                pem: &c.pem,
-            };
-            if self.inner.store.insert_certificate(&record).await? {
+            if self.inner.store.insert_certificate(&signed.record()).await? {
                 tracing::info!(
                     serial = %c.serial,
                     profile = %c.profile,

@@ -34,14 +34,7 @@ pub struct Station<'a> {
 
 impl Station<'_> {
     pub fn ok(&self, who: &str, args: &[&str]) -> Value {
-        let dir = if who == "admin" {
-            self.s.operators()
-        } else {
-            self.s.dir.path().to_owned()
-        };
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.s.kwctl(&dir, who, &all);
+        let out = self.kwctl(who, args);
         let v = stdout_json(&out);
         assert!(
             out.status.success(),
@@ -49,6 +42,19 @@ impl Station<'_> {
             self.s.log()
         );
         v
+    }
+
+    /// `kwctl -o json ARGS` as `who` (`admin`: the first operator), as it
+    /// ended.
+    pub fn kwctl(&self, who: &str, args: &[&str]) -> Output {
+        let dir = if who == "admin" {
+            self.s.operators()
+        } else {
+            self.s.dir.path().to_owned()
+        };
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        self.s.kwctl(&dir, who, &all)
     }
 
     pub fn kwsim(&self, args: &[&str]) -> Output {
@@ -100,6 +106,45 @@ impl Station<'_> {
         kind: &str,
         address: &str,
     ) -> String {
+        let customer = self.checked_devices(issuers, count, kind, address);
+        let agent = self.agent();
+        for d in (0..count).map(device_id) {
+            let d = d.as_str();
+            for (issuer, _) in issuers {
+                self.ok(
+                    "alice",
+                    &["device", "init", d, "--issuer", issuer, "--agent", &agent],
+                );
+                self.ok(
+                    "alice",
+                    &[
+                        "bind",
+                        d,
+                        "--customer",
+                        &customer,
+                        "--issuer",
+                        issuer,
+                        "--element",
+                        "both",
+                        "--account",
+                        ACCOUNT,
+                    ],
+                );
+            }
+        }
+        customer
+    }
+
+    /// `issuers` created, `count` devices ([`device_id`] 0 to `count - 1`)
+    /// made, imported and checked, and one approved customer whose contact
+    /// is `kind` at `address` (its id); nothing keyed or bound yet.
+    pub fn checked_devices(
+        &self,
+        issuers: &[(&str, &str)],
+        count: usize,
+        kind: &str,
+        address: &str,
+    ) -> String {
         for (issuer, family) in issuers {
             self.ok("admin", &["issuer", "create", issuer, "--family", family]);
         }
@@ -124,7 +169,6 @@ impl Station<'_> {
                 manifest.to_str().unwrap(),
             ],
         );
-        let agent = self.agent();
         let app = self.ok(
             "alice",
             &[
@@ -145,30 +189,9 @@ impl Station<'_> {
         let app_id = app["application_id"].as_str().unwrap().to_owned();
         let customer = app["customer_id"].as_str().unwrap().to_owned();
         self.ok("bob", &["customer", "approve", &app_id]);
+        let agent = self.agent();
         for d in (0..count).map(device_id) {
-            let d = d.as_str();
-            self.ok("alice", &["device", "check", d, "--agent", &agent]);
-            for (issuer, _) in issuers {
-                self.ok(
-                    "alice",
-                    &["device", "init", d, "--issuer", issuer, "--agent", &agent],
-                );
-                self.ok(
-                    "alice",
-                    &[
-                        "bind",
-                        d,
-                        "--customer",
-                        &customer,
-                        "--issuer",
-                        issuer,
-                        "--element",
-                        "both",
-                        "--account",
-                        ACCOUNT,
-                    ],
-                );
-            }
+            self.ok("alice", &["device", "check", &d, "--agent", &agent]);
         }
         customer
     }
