@@ -556,6 +556,22 @@ mod tests {
     }
 }
 
+/// A decision read and checked before its transaction opens: what its
+/// `_in` step needs, and its note so far.
+#[derive(Debug, Clone)]
+pub struct Prepared<S> {
+    pub(crate) input: S,
+    pub(crate) note: AuditNote,
+}
+
+impl<S> Prepared<S> {
+    /// Its note so far (what a failure of the unit around it is recorded
+    /// under).
+    pub fn note(&self) -> &AuditNote {
+        &self.note
+    }
+}
+
 /// How a decision's unit of work ended without committing: refused (rolled
 /// back), or the database around it failed.
 enum Undone {

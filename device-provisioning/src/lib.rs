@@ -81,7 +81,9 @@ use std::time::Duration;
 
 use keyward_kms::Kms;
 
-pub use audit::{Action, Actor, AuditNote, Audited, Decision, Outcome, RedactedText, Refused};
+pub use audit::{
+    Action, Actor, AuditNote, Audited, Decision, Outcome, Prepared, RedactedText, Refused,
+};
 pub use binding::{BindRequest, Binding};
 pub use certifier::{
     CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceCsr, DeviceKeyKind, RevokeReason,
@@ -92,7 +94,7 @@ pub use check::{
 };
 pub use customers::{ApplicationView, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
-pub use init::{InitRecord, InitState};
+pub use init::{InitRecord, InitState, Reinit};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
 pub use lifecycle::{DeviceRecord, Transition};
 pub use recertify::Recertification;

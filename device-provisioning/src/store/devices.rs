@@ -184,17 +184,22 @@ impl Store {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    /// Clears a device's failed-check counter.
-    pub(crate) async fn reset_check_failures(&self, device: DeviceId) -> Result<()> {
-        self.db
-            .write("reset_check_failures", |mut tx| async move {
-                sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
-                    .bind(device.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                Ok((tx, ()))
-            })
-            .await
+    /// Clears a device's failed-check counter in the caller's transaction;
+    /// the count it held.
+    pub(crate) async fn reset_check_failures_in(tx: &mut Tx, device: DeviceId) -> Result<u32> {
+        let row = sqlx::query("SELECT check_failures FROM prov_devices WHERE device_id = $1")
+            .bind(device.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("check_failures")?,
+            None => 0,
+        };
+        sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
+            .bind(device.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// `from → to` (an operator edge other than retiring) in the caller's

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_device_provisioning::{Action, BatchId, BindRequest, ChallengeId, DeviceState, Reason};
+use keyward_device_provisioning::{
+    Action, BatchId, BindRequest, ChallengeId, DeviceState, Provisioning, Reason,
+};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use serde::Deserialize;
 
@@ -251,11 +253,17 @@ pub async fn reset_check(
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let cleared = op
-        .decide(
+        .decide_write(
             &state,
             Action::ResetCheck,
             format!("device:{device}"),
-            async move { p.reset_check(device, &operator, &reason).await },
+            async move { p.prepare_reset_check(device, &operator, &reason).await },
+            |mut tx, step| async move {
+                let done = Provisioning::reset_check_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
         )
         .await?;
     Ok(Json(wire::ResetCheckAnswer {
@@ -413,11 +421,17 @@ pub async fn reinit(
     let reason: Reason = body.reason.parse()?;
     let operator = op.operator_id()?;
     let (p, i) = (state.provisioning.clone(), issuer.clone());
-    op.decide(
+    op.decide_write(
         &state,
         Action::Reinit,
         format!("device:{device}"),
-        async move { p.reinit(device, &i, &operator, &reason).await },
+        async move { p.prepare_reinit(device, &i, &operator, &reason).await },
+        |mut tx, step| async move {
+            let done = Provisioning::reinit_in(&mut tx, step)
+                .await
+                .map_err(StepError::Effect)?;
+            Ok((tx, done))
+        },
     )
     .await?;
     Ok(Json(wire::DeviceIssuerState {

@@ -188,11 +188,12 @@ async fn a_device_goes_from_the_factory_to_issued_and_retired_through_the_routes
     assert!(app.audited("device.transition", "success").await);
 }
 
-/// A device's transition writes its `requested` record first and commits
-/// with its outcome record: when that record cannot be staged the device
-/// keeps its state and its certificate; a refusal is recorded after it.
+/// A device's transition and a check reset write their `requested` record
+/// first and commit with their outcome record: when that record cannot be
+/// staged the device keeps its state, its certificate and its counter; a
+/// refusal is recorded after it.
 #[tokio::test]
-async fn a_transition_commits_with_its_outcome_record() {
+async fn device_decisions_commit_with_their_outcome_records() {
     let app = App::new().await;
     let d = device(3);
     app.import("F-3", &[&d]).await.expect(StatusCode::CREATED);
@@ -204,8 +205,30 @@ async fn a_transition_commits_with_its_outcome_record() {
         shown.device.cert_serial.unwrap()
     );
     let retire = json!({"to": "retired", "reason": "route test"});
+    app.exec(&format!(
+        "UPDATE prov_devices SET check_failures = 2 WHERE device_id = '{}'",
+        d.id
+    ))
+    .await;
+    let failures = || async {
+        let shown = app.get(&app.root, &path(&d, "")).await;
+        let shown: wire::DeviceDetail =
+            serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+        shown.device.check_failures
+    };
+    let reset = json!({"reason": "route test"});
 
     app.break_audit_staging().await;
+    let refused = app
+        .post(&app.root, &path(&d, "/check/reset"), reset.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(failures().await, 2);
+    assert_eq!(
+        app.outcomes_of("provisioning.reset_check", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
     let refused = app
         .post(&app.root, &path(&d, "/state"), retire.clone())
         .await;
@@ -223,6 +246,14 @@ async fn a_transition_commits_with_its_outcome_record() {
     );
 
     app.heal_audit_staging().await;
+    let cleared = app.post(&app.root, &path(&d, "/check/reset"), reset).await;
+    assert_eq!(cleared.expect(StatusCode::OK)["check_failures_cleared"], 2);
+    assert_eq!(failures().await, 0);
+    assert_eq!(
+        app.outcomes_of("provisioning.reset_check", cleared.request_id())
+            .await,
+        ["requested", "success"]
+    );
     let retired = app.post(&app.root, &path(&d, "/state"), retire).await;
     retired.expect(StatusCode::OK);
     let c = app.get(&app.root, &cert).await;
