@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::process::{self, STEP};
-use common::station::{ACCOUNT, Station, device_id};
+use common::station::{ACCOUNT, Station, chain_of, device_id};
 use common::{Options, Server};
 use keyward_kms::db::Database;
 use keyward_server::fault::ENV;
@@ -107,6 +107,15 @@ impl Rig {
             failed = true;
             self.after_failure(!v.is_null()).await;
         }
+    }
+
+    /// The device's certificate and chain (PEM), as its terminal presents
+    /// it ([`Station::chain`], asked until answered: a timer's point, the
+    /// CRL's, may kill the server at any step).
+    async fn chain(&mut self, device: &str) -> String {
+        let shown = self.kwctl(&["device", "show", device], None).await;
+        let serial = shown["cert_serial"].as_str().unwrap().to_owned();
+        chain_of(&self.kwctl(&["ca", "show", &serial], None).await)
     }
 
     /// A one-device batch `batch` imported (all or nothing; a batch the
@@ -444,7 +453,7 @@ async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
         // The login: keys offered and confirmed, then a plain one; a bulk
         // batch over the key; a lockout.
         let mut dev = rig.station().device(&device);
-        let chain = rig.station().chain(&device);
+        let chain = rig.chain(&device).await;
         rig.login(&mut dev, &chain).await;
         let second = rig.login(&mut dev, &chain).await;
         let version = second["key_version"].as_u64().unwrap();

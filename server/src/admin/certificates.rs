@@ -272,6 +272,9 @@ pub async fn revoke(
         serial: serial.to_string(),
         reason: reason.as_str().into(),
     };
+    if op.serial.parse::<Serial>().ok().as_ref() == Some(&serial) {
+        return refuse_self_revocation(&state, &op, &event).await;
+    }
     let done = event.clone();
     let s = serial.clone();
     op.recorded_write(
@@ -303,6 +306,25 @@ pub async fn revoke(
         reason: reason.as_str().to_owned(),
         crl_number: state.tls.crl().number,
     }))
+}
+
+/// An operator revoking the certificate it is calling with would lock
+/// itself out (the last admin, the whole installation): refused with 409
+/// `self_revocation`, audited; another admin revokes it.
+async fn refuse_self_revocation<T>(
+    state: &AppState,
+    op: &Operator,
+    event: &AuditEvent,
+) -> Result<T, ApiError> {
+    const CODE: &str = "self_revocation";
+    op.audit(state, event, Outcome::Refused { code: CODE })
+        .await?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        CODE,
+        "this is the certificate of the operator making the request; revoking it would \
+         lock that operator out: another admin must revoke it",
+    ))
 }
 
 /// `GET /admin/v1/ca/crl`: the current CRL, PEM.

@@ -155,6 +155,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     // 409: the state does not allow it (now).
     ("request_in_progress", StatusCode::CONFLICT),
     ("already_revoked", StatusCode::CONFLICT),
+    ("self_revocation", StatusCode::CONFLICT),
     ("issuer_exists", StatusCode::CONFLICT),
     ("unknown_key_version", StatusCode::CONFLICT),
     ("key_version_not_pending", StatusCode::CONFLICT),

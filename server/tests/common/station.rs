@@ -200,12 +200,7 @@ impl Station<'_> {
     pub fn chain(&self, device: &str) -> String {
         let shown = self.ok("alice", &["device", "show", device]);
         let serial = shown["cert_serial"].as_str().unwrap().to_owned();
-        let cert = self.ok("alice", &["ca", "show", &serial]);
-        format!(
-            "{}{}",
-            cert["certificate_pem"].as_str().unwrap(),
-            cert["chain_pem"].as_str().unwrap()
-        )
+        chain_of(&self.ok("alice", &["ca", "show", &serial]))
     }
 
     pub fn terminal(&self, public: &str, device: &SimDevice, chain: &str) -> Terminal {
@@ -216,6 +211,15 @@ impl Station<'_> {
     pub fn device(&self, id: &str) -> SimDevice {
         SimDevice::load(&self.devices, id.parse::<DeviceId>().unwrap()).unwrap()
     }
+}
+
+/// A certificate and its chain (PEM) from `kwctl ca show`'s answer.
+pub fn chain_of(cert: &Value) -> String {
+    format!(
+        "{}{}",
+        cert["certificate_pem"].as_str().unwrap(),
+        cert["chain_pem"].as_str().unwrap()
+    )
 }
 
 /// Config for confirmations over signed webhooks to `receiver`: the code

@@ -137,6 +137,35 @@ async fn issuance_and_revocation_commit_with_their_outcome_records() {
     );
 }
 
+/// An admin revoking the certificate it calls with would lock itself out:
+/// refused with 409 `self_revocation`, audited, the caller still admitted;
+/// another admin may revoke it.
+#[tokio::test]
+async fn an_operator_cannot_revoke_its_own_certificate() {
+    let app = App::new().await;
+    let own = app.root.cert.as_ref().unwrap().serial.clone();
+    let revoke = format!("/admin/v1/ca/certificates/{own}/revoke");
+    let refused = app
+        .post(&app.root, &revoke, json!({"reason": "keyCompromise"}))
+        .await;
+    refused.refused(StatusCode::CONFLICT, "self_revocation");
+    assert_eq!(
+        app.outcomes_of("certificate.revoke", refused.request_id())
+            .await,
+        ["refused"]
+    );
+    app.get(&app.root, "/admin/v1/whoami")
+        .await
+        .expect(StatusCode::OK);
+
+    let second = app.operator("second-admin", Role::Admin).await;
+    let revoked = app.post(&second, &revoke, json!({})).await;
+    assert_eq!(revoked.expect(StatusCode::OK)["status"], "revoked");
+    app.get(&app.root, "/admin/v1/whoami")
+        .await
+        .refused(StatusCode::FORBIDDEN, "certificate_revoked");
+}
+
 #[tokio::test]
 async fn certificate_refusals_are_typed() {
     let app = App::new().await;
