@@ -92,7 +92,7 @@ pub use challenges::{ChallengeId, ChallengePurpose, Challenges, IssuedChallenge}
 pub use check::{
     CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECK_ATTEMPT_LIMIT, verify_signature,
 };
-pub use customers::{ApplicationView, Customer};
+pub use customers::{ApplicationDecision, ApplicationView, Approval, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
 pub use init::{InitRecord, InitState, Reinit};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
