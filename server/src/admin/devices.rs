@@ -511,9 +511,18 @@ pub async fn bind(
     let p = state.provisioning.clone();
     let target = format!("device:{}", req.device);
     let binding = op
-        .decide(&state, Action::Bind, target, async move {
-            p.bind(req, &operator).await
-        })
+        .decide_write(
+            &state,
+            Action::Bind,
+            target,
+            async move { p.prepare_bind(req, &operator).await },
+            |mut tx, step| async move {
+                let done = Provisioning::bind_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::Binding::from(&binding))).into_response())
 }

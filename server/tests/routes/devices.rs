@@ -278,6 +278,50 @@ async fn device_decisions_commit_with_their_outcome_records() {
     );
 }
 
+/// A binding commits with its outcome record: when that record cannot be
+/// staged the device stays unbound and `initialised`.
+#[tokio::test]
+async fn a_binding_commits_with_its_outcome_record() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let mut d = device(4);
+    app.import("F-4", &[&d]).await.expect(StatusCode::CREATED);
+    check(&app, &d).await;
+    let confirm = init(&app, &mut d, "bank-a").await;
+    app.post(&app.root, &path(&d, "/init/confirm"), confirm)
+        .await
+        .expect(StatusCode::OK);
+    let customer = customer(&app, "6222020200112233").await;
+    let bind = json!({"customer_id": customer, "issuer_id": "bank-a",
+                      "secure_element": "psam", "accounts": ["6222020200112233"]});
+    let shown = || async {
+        let shown = app.get(&app.root, &path(&d, "")).await;
+        let shown: wire::DeviceDetail =
+            serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+        (shown.device.state, shown.bindings.len())
+    };
+
+    app.break_audit_staging().await;
+    let refused = app
+        .post(&app.root, &path(&d, "/bindings"), bind.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(shown().await, ("initialised".to_owned(), 0));
+    assert_eq!(
+        app.outcomes_of("device.bind", refused.request_id()).await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let bound = app.post(&app.root, &path(&d, "/bindings"), bind).await;
+    bound.expect(StatusCode::CREATED);
+    assert_eq!(shown().await, ("issued".to_owned(), 1));
+    assert_eq!(
+        app.outcomes_of("device.bind", bound.request_id()).await,
+        ["requested", "success"]
+    );
+}
+
 #[tokio::test]
 async fn device_refusals_are_typed_and_audited() {
     let app = App::new().await;
