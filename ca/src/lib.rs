@@ -47,6 +47,7 @@ mod store;
 
 pub use authority::{
     BootstrapReport, Ca, Crl, ISSUING_KEY_LABEL, IssuedCert, ROOT_KEY_LABEL, RevocationMarker,
+    SignedCert,
 };
 pub use csr::VerifiedCsr;
 pub use error::{CaError, ErrorKind, Result};

@@ -147,23 +147,7 @@ impl Store {
         let res = self
             .db
             .write("insert_certificate", |mut tx| async move {
-                sqlx::query(
-                    "INSERT INTO certificates \
-                     (serial, profile, subject, device_id, operator_role, not_before_ms, \
-                      not_after_ms, issued_at_ms, status, pem) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'valid', $9)",
-                )
-                .bind(c.serial.as_str())
-                .bind(c.profile.as_str())
-                .bind(c.subject)
-                .bind(c.device_id.clone())
-                .bind(c.role.map(|r| r.as_str()))
-                .bind(c.not_before_ms)
-                .bind(c.not_after_ms)
-                .bind(db::now_ms())
-                .bind(c.pem)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_certificate_in(&mut tx, c).await?;
                 Ok((tx, ()))
             })
             .await;
@@ -172,6 +156,29 @@ impl Store {
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// [`Store::insert_certificate`] in the caller's transaction; a taken
+    /// serial is the database's unique violation.
+    pub async fn insert_certificate_in(tx: &mut Tx, c: &NewCert<'_>) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO certificates \
+             (serial, profile, subject, device_id, operator_role, not_before_ms, \
+              not_after_ms, issued_at_ms, status, pem) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'valid', $9)",
+        )
+        .bind(c.serial.as_str())
+        .bind(c.profile.as_str())
+        .bind(c.subject)
+        .bind(c.device_id.clone())
+        .bind(c.role.map(|r| r.as_str()))
+        .bind(c.not_before_ms)
+        .bind(c.not_after_ms)
+        .bind(db::now_ms())
+        .bind(c.pem)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     pub async fn certificate(&self, serial: &Serial) -> Result<Option<CertRecord>> {

@@ -211,19 +211,22 @@ impl AuditNote {
     }
 
     /// Seals the note with the operation's result.
-    pub(crate) fn finish<T>(mut self, result: Result<T, ProvisioningError>) -> Decision<T> {
+    pub(crate) fn finish<T>(self, result: Result<T, ProvisioningError>) -> Decision<T> {
         match result {
             Ok(value) => Ok(Audited { value, note: self }),
-            Err(error) => {
-                let code = error.code();
-                self.outcome = if error.is_client_error() {
-                    Outcome::Refused { code }
-                } else {
-                    Outcome::Failed { code }
-                };
-                Err(Box::new(Refused { note: self, error }))
-            }
+            Err(error) => Err(self.refused(error)),
         }
+    }
+
+    /// Seals the note with the error that ended the operation.
+    pub(crate) fn refused(mut self, error: ProvisioningError) -> Box<Refused> {
+        let code = error.code();
+        self.outcome = if error.is_client_error() {
+            Outcome::Refused { code }
+        } else {
+            Outcome::Failed { code }
+        };
+        Box::new(Refused { note: self, error })
     }
 }
 
@@ -549,6 +552,79 @@ mod tests {
             ("客户张伟的扫描", "客户[redacted]的扫描"),
         ] {
             assert_eq!(redact_free_text(input, &own), expected, "{input:?}");
+        }
+    }
+}
+
+/// A decision read and checked before its transaction opens: what its
+/// `_in` step needs, and its note so far.
+#[derive(Debug, Clone)]
+pub struct Prepared<S> {
+    pub(crate) input: S,
+    pub(crate) note: AuditNote,
+}
+
+impl<S> Prepared<S> {
+    /// Its note so far (what a failure of the unit around it is recorded
+    /// under).
+    pub fn note(&self) -> &AuditNote {
+        &self.note
+    }
+}
+
+/// How a decision's unit of work ended without committing: refused (rolled
+/// back), or the database around it failed.
+enum Undone {
+    Refused(Box<Refused>),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Undone {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl keyward_kms::db::TxError for Undone {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Refused(r) => keyward_kms::db::TxError::database_error(&r.error),
+            Self::Database(e) => Some(e),
+        }
+    }
+}
+
+impl crate::Provisioning {
+    /// Commits a decision's `_in` step in a unit of work of its own, for a
+    /// caller with no rows of its own to commit with it: a refusal rolls it
+    /// back; a failure of the unit itself fails the decision under `note`.
+    pub(crate) async fn commit<T, F, Fut>(
+        &self,
+        what: &'static str,
+        note: &AuditNote,
+        mut step: F,
+    ) -> Decision<T>
+    where
+        F: FnMut(keyward_kms::db::Tx) -> Fut,
+        Fut: std::future::Future<Output = (keyward_kms::db::Tx, Decision<T>)>,
+    {
+        let done = self
+            .kms()
+            .db()
+            .write(what, |tx| {
+                let run = step(tx);
+                async move {
+                    match run.await {
+                        (tx, Ok(done)) => Ok((tx, done)),
+                        (_, Err(refused)) => Err(Undone::Refused(refused)),
+                    }
+                }
+            })
+            .await;
+        match done {
+            Ok(done) => Ok(done),
+            Err(Undone::Refused(r)) => Err(r),
+            Err(Undone::Database(e)) => Err(note.clone().refused(e.into())),
         }
     }
 }

@@ -11,12 +11,12 @@
 use keyward_kms::types::{DeviceId, IssuerId};
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
 use crate::error::{ProvisioningError, Result};
 use crate::init::InitState;
-use crate::store::is_unique_violation;
+use crate::store::{Store, is_unique_violation};
 use crate::types::{Account, CustomerId, DeviceState, OperatorId, SeSerial, SecureElement};
-use keyward_kms::db::now_ms;
+use keyward_kms::db::{Tx, now_ms};
 
 /// What [`Provisioning::bind`] is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +44,27 @@ pub struct Binding {
 }
 
 impl Provisioning {
-    /// Binds a device's secure element(s) to a customer for an issuer.
+    /// Binds a device's secure element(s) to a customer for an issuer. In a
+    /// unit of work of its own; see [`Provisioning::bind_in`].
     pub async fn bind(&self, req: BindRequest, operator: &OperatorId) -> Decision<Binding> {
+        let step = self.prepare_bind(req, operator).await?;
+        self.commit("bind", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::bind_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::bind`]'s reads and checks, before its transaction:
+    /// the binding it will record.
+    pub async fn prepare_bind(
+        &self,
+        req: BindRequest,
+        operator: &OperatorId,
+    ) -> Result<Prepared<Binding>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Bind,
@@ -54,16 +73,58 @@ impl Provisioning {
         note.detail("customer_id", &req.customer);
         note.detail("issuer", &req.issuer);
         note.detail("secure_element", req.secure_element.as_str());
-        let result = self.bind_inner(req, operator, &mut note).await;
+        match self.binding_for(req, operator).await {
+            Ok(input) => Ok(Prepared { input, note }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// The binding recorded in the caller's transaction, if the device's
+    /// state and its bindings read there allow it (all of a device's
+    /// bindings name one customer, one per issuer); the first moves the
+    /// device `initialised → issued`.
+    pub async fn bind_in(tx: &mut Tx, step: Prepared<Binding>) -> Decision<Binding> {
+        let Prepared {
+            input: binding,
+            mut note,
+        } = step;
+        let device = binding.device;
+        let r = Store::bind_in(tx, &binding, |state, existing| {
+            bind_allowed(device, state)?;
+            for (issuer, customer) in existing {
+                if *customer != binding.customer {
+                    return Err(ProvisioningError::BoundToOtherCustomer(device));
+                }
+                if *issuer == binding.issuer {
+                    return Err(ProvisioningError::AlreadyBound {
+                        device,
+                        issuer: binding.issuer.clone(),
+                    });
+                }
+            }
+            Ok(())
+        })
+        .await;
+        let result = match r {
+            Err(e) if is_unique_violation(&e) => Err(ProvisioningError::AlreadyBound {
+                device,
+                issuer: binding.issuer.clone(),
+            }),
+            Err(e) => Err(e),
+            Ok(from) => {
+                if from == DeviceState::Initialised {
+                    note.detail("from", from);
+                    note.detail("to", DeviceState::Issued);
+                }
+                Ok(binding)
+            }
+        };
         note.finish(result)
     }
 
-    async fn bind_inner(
-        &self,
-        req: BindRequest,
-        operator: &OperatorId,
-        note: &mut AuditNote,
-    ) -> Result<Binding> {
+    /// The binding `req` asks for, checked against the customer, the
+    /// device and its keys.
+    async fn binding_for(&self, req: BindRequest, operator: &OperatorId) -> Result<Binding> {
         let customer = self.customer(&req.customer).await?;
         if req.accounts.is_empty() {
             return Err(ProvisioningError::Invalid {
@@ -102,7 +163,7 @@ impl Provisioning {
                 issuer: req.issuer.clone(),
             });
         }
-        let binding = Binding {
+        Ok(Binding {
             device,
             issuer: req.issuer.clone(),
             customer: req.customer.clone(),
@@ -112,40 +173,7 @@ impl Provisioning {
             accounts: req.accounts.clone(),
             bound_by: operator.as_str().to_owned(),
             bound_at_ms: now_ms(),
-        };
-        // All of a device's bindings name one customer, one per issuer.
-        let r = self
-            .store
-            .bind(&binding, |state, existing| {
-                bind_allowed(device, state)?;
-                for (issuer, customer) in existing {
-                    if *customer != req.customer {
-                        return Err(ProvisioningError::BoundToOtherCustomer(device));
-                    }
-                    if *issuer == req.issuer {
-                        return Err(ProvisioningError::AlreadyBound {
-                            device,
-                            issuer: req.issuer.clone(),
-                        });
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        let from = match r {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(ProvisioningError::AlreadyBound {
-                    device,
-                    issuer: req.issuer,
-                });
-            }
-            other => other?,
-        };
-        if from == DeviceState::Initialised {
-            note.detail("from", from);
-            note.detail("to", DeviceState::Issued);
-        }
-        Ok(binding)
+        })
     }
 
     /// Every binding of a device, by issuer.

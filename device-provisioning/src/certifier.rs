@@ -22,6 +22,7 @@ use std::str::FromStr;
 use keyward_ca::{
     CaError, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Serial, VerifiedCsr,
 };
+use keyward_kms::db::Tx;
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
 use x509_parser::certificate::X509Certificate;
@@ -195,6 +196,17 @@ pub trait DeviceCertifier: Send + Sync + fmt::Debug {
         reason: RevokeReason,
     ) -> BoxFuture<'a, Result<(), CertifierError>>;
 
+    /// [`DeviceCertifier::revoke`] in the caller's transaction, for a step
+    /// that commits the revocation with rows of its own: no HSM work (the
+    /// CRL is re-signed after the commit, or by the next refresh). Whether
+    /// this call revoked it (false: it was already revoked).
+    fn revoke_in<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<bool, CertifierError>>;
+
     /// Revokes every one of `serials` for good (already revoked ones are
     /// skipped) and returns how many this call revoked. The CA behind it
     /// re-signs its CRL once, not once per certificate: undoing an import
@@ -298,6 +310,23 @@ impl DeviceCertifier for keyward_ca::Ca {
             let serial = Serial::from_str(serial)?;
             match keyward_ca::Ca::revoke(self, &serial, ca_reason(reason)).await {
                 Ok(()) | Err(CaError::AlreadyRevoked(_)) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn revoke_in<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<bool, CertifierError>> {
+        Box::pin(async move {
+            let serial = Serial::from_str(serial)?;
+            let at = keyward_ca::Ca::revocation_time_ms();
+            match keyward_ca::Ca::revoke_in(tx, &serial, ca_reason(reason), at).await {
+                Ok(()) => Ok(true),
+                Err(CaError::AlreadyRevoked(_)) => Ok(false),
                 Err(e) => Err(e.into()),
             }
         })

@@ -27,14 +27,16 @@
 
 use std::time::Duration;
 
+use keyward_kms::db::Tx;
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
 use crate::challenges::{ChallengeId, ChallengePurpose};
 use crate::error::{ProvisioningError, Result};
+use crate::store::Store;
 use crate::types::{DeviceState, OperatorId, Reason};
 
 /// Bytes of a genuine-device challenge.
@@ -193,26 +195,57 @@ impl Provisioning {
     }
 
     /// An operator clears a device's failed-check counter (a parked device
-    /// may be challenged again). Returns the count it cleared.
+    /// may be challenged again). Returns the count it cleared. In a unit of
+    /// work of its own; see [`Provisioning::reset_check_in`].
     pub async fn reset_check(
         &self,
         device: DeviceId,
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<u32> {
+        let step = self.prepare_reset_check(device, operator, reason).await?;
+        self.commit("reset_check", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::reset_check_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::reset_check`]'s reads, before its transaction.
+    pub async fn prepare_reset_check(
+        &self,
+        device: DeviceId,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Result<Prepared<DeviceId>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::ResetCheck,
             format!("device:{device}"),
         );
         self.note_device_reason(&mut note, device, reason).await;
-        let result = async {
-            let rec = self.device(device).await?;
-            note.detail("check_failures", rec.check_failures);
-            self.store.reset_check_failures(device).await?;
-            Ok(rec.check_failures)
+        match self.device(device).await {
+            Ok(_) => Ok(Prepared {
+                input: device,
+                note,
+            }),
+            Err(e) => Err(note.refused(e)),
         }
-        .await;
+    }
+
+    /// The counter cleared in the caller's transaction; the count it held.
+    pub async fn reset_check_in(tx: &mut Tx, step: Prepared<DeviceId>) -> Decision<u32> {
+        let Prepared {
+            input: device,
+            mut note,
+        } = step;
+        let result = Store::reset_check_failures_in(tx, device).await;
+        if let Ok(cleared) = &result {
+            note.detail("check_failures", cleared);
+        }
         note.finish(result)
     }
 

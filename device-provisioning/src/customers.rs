@@ -27,14 +27,14 @@
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision, RedactedText};
+use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, RedactedText, Refused};
 use crate::error::{ProvisioningError, Result};
-use crate::store::is_unique_violation;
+use crate::store::{Store, is_unique_violation};
 use crate::types::{
     Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
     OperatorId, Reason,
 };
-use keyward_kms::db::now_ms;
+use keyward_kms::db::{Tx, now_ms};
 
 /// An application as the reviewer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,50 @@ pub struct Customer {
 
 /// Most applications one listing returns.
 pub const MAX_LISTING: u32 = 1000;
+
+/// An application moved to a decided state, checked before its
+/// transaction ([`Provisioning::prepare_reject`],
+/// [`Provisioning::prepare_close`], [`Provisioning::prepare_approve`]).
+#[derive(Debug, Clone)]
+pub struct ApplicationDecision {
+    id: ApplicationId,
+    revision: u32,
+    to: ApplicationState,
+    operator: OperatorId,
+    reason: Option<Reason>,
+    now: i64,
+}
+
+impl ApplicationDecision {
+    /// The move in `tx`; a conflict if the application changed meanwhile.
+    async fn apply_in(&self, tx: &mut Tx) -> Result<()> {
+        let decided = Store::decide_in(
+            tx,
+            &self.id,
+            self.revision,
+            self.to,
+            &self.operator,
+            self.reason.as_ref(),
+            self.now,
+        )
+        .await?;
+        if decided {
+            Ok(())
+        } else {
+            Err(ProvisioningError::Conflict(
+                "the application changed meanwhile",
+            ))
+        }
+    }
+}
+
+/// An approval checked before its transaction: the move and the customer
+/// it makes.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    decision: ApplicationDecision,
+    customer: Customer,
+}
 
 impl Provisioning {
     /// Records a customer's application, submitted by `submitted_by` (the maker).
@@ -127,14 +171,32 @@ impl Provisioning {
             .await
     }
 
-    /// The checker approves: the customer exists from now on.
+    /// The checker approves: the customer exists from now on. In a unit of
+    /// work of its own; see [`Provisioning::approve_in`].
     pub async fn approve(&self, id: &ApplicationId, operator: &OperatorId) -> Decision<Customer> {
+        let step = self.prepare_approve(id, operator).await?;
+        self.commit("approve", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::approve_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::approve`]'s reads and checks, before its transaction.
+    pub async fn prepare_approve(
+        &self,
+        id: &ApplicationId,
+        operator: &OperatorId,
+    ) -> Result<Prepared<Approval>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Approve,
             format!("application:{id}"),
         );
-        let result = async {
+        let read = async {
             let app = decidable(self.review(id).await?, operator)?;
             if !app.application.national_id.is_canonical() {
                 return Err(ProvisioningError::Invalid {
@@ -145,42 +207,65 @@ impl Provisioning {
             note.detail("customer_id", &app.customer_id);
             note.detail("revision", app.revision);
             let now = now_ms();
-            let r = self
-                .decide(
-                    id,
-                    app.revision,
-                    ApplicationState::Approved,
-                    operator,
-                    None,
+            Ok(Approval {
+                decision: ApplicationDecision {
+                    id: id.clone(),
+                    revision: app.revision,
+                    to: ApplicationState::Approved,
+                    operator: operator.clone(),
+                    reason: None,
                     now,
-                )
-                .await;
-            match r {
-                Err(e) if is_unique_violation(&e) => return Err(ProvisioningError::CustomerExists),
-                other => other?,
-            }
-            Ok(Customer {
-                id: app.customer_id,
-                application_id: app.id,
-                name: app.application.name,
-                national_id: app.application.national_id,
-                accounts: app.application.accounts,
-                contact: app.application.contact,
-                approved_by: operator.as_str().to_owned(),
-                approved_at_ms: now,
+                },
+                customer: Customer {
+                    id: app.customer_id,
+                    application_id: app.id,
+                    name: app.application.name,
+                    national_id: app.application.national_id,
+                    accounts: app.application.accounts,
+                    contact: app.application.contact,
+                    approved_by: operator.as_str().to_owned(),
+                    approved_at_ms: now,
+                },
             })
         }
         .await;
+        match read {
+            Ok(input) => Ok(Prepared { input, note }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// The approval in the caller's transaction; a second customer with the
+    /// same national id is `customer_exists`.
+    pub async fn approve_in(tx: &mut Tx, step: Prepared<Approval>) -> Decision<Customer> {
+        let Prepared { input, note } = step;
+        let result = match input.decision.apply_in(tx).await {
+            Err(e) if is_unique_violation(&e) => Err(ProvisioningError::CustomerExists),
+            Err(e) => Err(e),
+            Ok(()) => Ok(input.customer),
+        };
         note.finish(result)
     }
 
-    /// The checker rejects; the application goes back to the maker.
+    /// The checker rejects; the application goes back to the maker. In a
+    /// unit of work of its own; see [`Provisioning::application_decision_in`].
     pub async fn reject(
         &self,
         id: &ApplicationId,
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<()> {
+        let step = self.prepare_reject(id, operator, reason).await?;
+        self.commit_application_decision(step).await
+    }
+
+    /// [`Provisioning::reject`]'s reads and checks, before its transaction.
+    pub async fn prepare_reject(
+        &self,
+        id: &ApplicationId,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Result<Prepared<ApplicationDecision>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Reject,
@@ -191,21 +276,47 @@ impl Provisioning {
             .as_ref()
             .map_or(Vec::new(), |a| a.application.personal_terms());
         note.reason(reason, &own);
-        let result = async {
-            let app = decidable(app?, operator)?;
-            note.detail("revision", app.revision);
-            self.decide(
-                id,
-                app.revision,
-                ApplicationState::Rejected,
-                operator,
-                Some(reason),
-                now_ms(),
-            )
-            .await
+        let read = app.and_then(|app| decidable(app, operator));
+        match read {
+            Ok(app) => {
+                note.detail("revision", app.revision);
+                Ok(Prepared {
+                    input: ApplicationDecision {
+                        id: id.clone(),
+                        revision: app.revision,
+                        to: ApplicationState::Rejected,
+                        operator: operator.clone(),
+                        reason: Some(reason.clone()),
+                        now: now_ms(),
+                    },
+                    note,
+                })
+            }
+            Err(e) => Err(note.refused(e)),
         }
-        .await;
-        note.finish(result)
+    }
+
+    /// A rejection or closing in the caller's transaction.
+    pub async fn application_decision_in(
+        tx: &mut Tx,
+        step: Prepared<ApplicationDecision>,
+    ) -> Decision<()> {
+        let Prepared { input, note } = step;
+        note.finish(input.apply_in(tx).await)
+    }
+
+    async fn commit_application_decision(
+        &self,
+        step: Prepared<ApplicationDecision>,
+    ) -> Decision<()> {
+        self.commit("application_decision", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::application_decision_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
     }
 
     /// The maker corrects a rejected application and submits it again; the
@@ -260,13 +371,26 @@ impl Provisioning {
         note.finish(result)
     }
 
-    /// Ends an application for good (rejected, or withdrawn while submitted).
+    /// Ends an application for good (rejected, or withdrawn while
+    /// submitted). In a unit of work of its own; see
+    /// [`Provisioning::application_decision_in`].
     pub async fn close(
         &self,
         id: &ApplicationId,
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<()> {
+        let step = self.prepare_close(id, operator, reason).await?;
+        self.commit_application_decision(step).await
+    }
+
+    /// [`Provisioning::close`]'s reads and checks, before its transaction.
+    pub async fn prepare_close(
+        &self,
+        id: &ApplicationId,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Result<Prepared<ApplicationDecision>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Close,
@@ -277,31 +401,37 @@ impl Provisioning {
             .as_ref()
             .map_or(Vec::new(), |a| a.application.personal_terms());
         note.reason(reason, &own);
-        let result = async {
-            let app = app?;
-            if !matches!(
+        let read = app.and_then(|app| {
+            if matches!(
                 app.state,
                 ApplicationState::Rejected | ApplicationState::Submitted
             ) {
-                return Err(ProvisioningError::ApplicationState {
+                Ok(app)
+            } else {
+                Err(ProvisioningError::ApplicationState {
                     id: id.clone(),
                     state: app.state,
                     needed: "rejected or submitted",
-                });
+                })
             }
-            note.detail("from", app.state);
-            self.decide(
-                id,
-                app.revision,
-                ApplicationState::Closed,
-                operator,
-                Some(reason),
-                now_ms(),
-            )
-            .await
+        });
+        match read {
+            Ok(app) => {
+                note.detail("from", app.state);
+                Ok(Prepared {
+                    input: ApplicationDecision {
+                        id: id.clone(),
+                        revision: app.revision,
+                        to: ApplicationState::Closed,
+                        operator: operator.clone(),
+                        reason: Some(reason.clone()),
+                        now: now_ms(),
+                    },
+                    note,
+                })
+            }
+            Err(e) => Err(note.refused(e)),
         }
-        .await;
-        note.finish(result)
     }
 
     /// A registered customer; [`ProvisioningError::CustomerNotApproved`] if
@@ -365,30 +495,6 @@ impl Provisioning {
             .flat_map(CustomerApplication::personal_terms)
             .collect();
         reason.for_trail(&own)
-    }
-
-    /// Moves an application of `revision` to a decided state; a concurrent
-    /// change (another decision, a resubmission) is a conflict.
-    async fn decide(
-        &self,
-        id: &ApplicationId,
-        revision: u32,
-        to: ApplicationState,
-        operator: &OperatorId,
-        reason: Option<&Reason>,
-        now: i64,
-    ) -> Result<()> {
-        let decided = self
-            .store
-            .decide(id, revision, to, operator, reason, now)
-            .await?;
-        if decided {
-            Ok(())
-        } else {
-            Err(ProvisioningError::Conflict(
-                "the application changed meanwhile",
-            ))
-        }
     }
 }
 

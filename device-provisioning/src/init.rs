@@ -15,12 +15,14 @@
 //! which the next package consumes. A package still `pending` may be fetched
 //! again (it is wrapped to the device's key and carries the same keys).
 
+use keyward_kms::db::Tx;
 use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use keyward_kms::wrap::InitPackage;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
 use crate::error::{ProvisioningError, Result};
+use crate::store::Store;
 use crate::types::{DeviceState, OperatorId, Reason};
 
 /// Where an issuer's original keys for a device are.
@@ -74,6 +76,15 @@ pub struct InitRecord {
 
 /// The package's key names, in the order docs/protocol.md §5.2 lists them.
 const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
+
+/// What an operator's reinit allows (see [`Provisioning::prepare_reinit`]).
+#[derive(Debug, Clone)]
+pub struct Reinit {
+    device: DeviceId,
+    issuer: IssuerId,
+    operator: OperatorId,
+    reason: Reason,
+}
 
 impl Provisioning {
     /// Builds the init package for `device` under `issuer` (rules in the
@@ -145,7 +156,8 @@ impl Provisioning {
 
     /// An operator allows one more init package for (device, issuer) after
     /// its keys were confirmed or refused (a device reset, a replaced secure
-    /// element, a mismatch investigated and cleared).
+    /// element, a mismatch investigated and cleared). In a unit of work of
+    /// its own; see [`Provisioning::reinit_in`].
     pub async fn reinit(
         &self,
         device: DeviceId,
@@ -153,6 +165,27 @@ impl Provisioning {
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<()> {
+        let step = self
+            .prepare_reinit(device, issuer, operator, reason)
+            .await?;
+        self.commit("reinit", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::reinit_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::reinit`]'s reads and checks, before its transaction.
+    pub async fn prepare_reinit(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Result<Prepared<Reinit>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Reinit,
@@ -160,7 +193,7 @@ impl Provisioning {
         );
         note.detail("issuer", issuer);
         self.note_device_reason(&mut note, device, reason).await;
-        let result = async {
+        let read = async {
             let rec = self.device(device).await?;
             package_allowed(device, rec.state)?;
             let init = self.init_record(device, issuer).await?.ok_or(
@@ -170,21 +203,36 @@ impl Provisioning {
                 },
             )?;
             note.detail("init_state", init.state.as_str());
-            let allowed = self
-                .store
-                .allow_reinit(device, issuer, operator, reason)
-                .await?;
-            if allowed {
-                Ok(())
-            } else {
-                // Pending: the device can fetch the package again without a reinit.
-                Err(ProvisioningError::Invalid {
-                    field: "reinit",
-                    reason: "the package is still pending; no reinit is needed",
-                })
-            }
+            Ok(())
         }
         .await;
+        match read {
+            Ok(()) => Ok(Prepared {
+                input: Reinit {
+                    device,
+                    issuer: issuer.clone(),
+                    operator: operator.clone(),
+                    reason: reason.clone(),
+                },
+                note,
+            }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// The reinit allowed in the caller's transaction.
+    pub async fn reinit_in(tx: &mut Tx, step: Prepared<Reinit>) -> Decision<()> {
+        let Prepared { input: r, note } = step;
+        let result =
+            match Store::allow_reinit_in(tx, r.device, &r.issuer, &r.operator, &r.reason).await {
+                Ok(true) => Ok(()),
+                // Pending: the device can fetch the package again without a reinit.
+                Ok(false) => Err(ProvisioningError::Invalid {
+                    field: "reinit",
+                    reason: "the package is still pending; no reinit is needed",
+                }),
+                Err(e) => Err(e),
+            };
         note.finish(result)
     }
 

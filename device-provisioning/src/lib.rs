@@ -81,7 +81,9 @@ use std::time::Duration;
 
 use keyward_kms::Kms;
 
-pub use audit::{Action, Actor, AuditNote, Audited, Decision, Outcome, RedactedText, Refused};
+pub use audit::{
+    Action, Actor, AuditNote, Audited, Decision, Outcome, Prepared, RedactedText, Refused,
+};
 pub use binding::{BindRequest, Binding};
 pub use certifier::{
     CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceCsr, DeviceKeyKind, RevokeReason,
@@ -90,11 +92,11 @@ pub use challenges::{ChallengeId, ChallengePurpose, Challenges, IssuedChallenge}
 pub use check::{
     CHALLENGE_LEN, Challenge, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECK_ATTEMPT_LIMIT, verify_signature,
 };
-pub use customers::{ApplicationView, Customer};
+pub use customers::{ApplicationDecision, ApplicationView, Approval, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
-pub use init::{InitRecord, InitState};
+pub use init::{InitRecord, InitState, Reinit};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
-pub use lifecycle::DeviceRecord;
+pub use lifecycle::{DeviceRecord, Transition};
 pub use recertify::Recertification;
 pub use recovery::{AbortReport, DEFAULT_IMPORT_LEASE};
 pub use types::{

@@ -12,16 +12,29 @@
 //! valid certificate), then closes every working-key version of the device
 //! at every issuer.
 
-use keyward_kms::db::Tx;
+use keyward_kms::catalog::Catalog;
+use keyward_kms::db::{Tx, now_ms};
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, Refused};
 use crate::certifier::{DeviceKeyKind, RevokeReason};
 use crate::error::{ProvisioningError, Result};
 use crate::intake::BatchState;
 use crate::store::Store;
 use crate::types::{BatchId, DeviceState, OperatorId, Reason, SeSerial};
+
+/// An operator's move of a device, checked and ready to commit
+/// ([`Provisioning::prepare_transition`], [`Provisioning::transition_in`]).
+#[derive(Debug, Clone)]
+pub struct Transition {
+    device: DeviceId,
+    from: DeviceState,
+    to: DeviceState,
+    /// The certificates retiring revokes.
+    revoke: Vec<String>,
+    note: AuditNote,
+}
 
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +126,9 @@ impl Provisioning {
     }
 
     /// An operator moves a device along an operator edge (module docs);
-    /// returns the state it left.
+    /// returns the state it left. In a unit of work of its own: a caller
+    /// with an audit trail commits [`Provisioning::transition_in`] with its
+    /// outcome record instead.
     pub async fn transition(
         &self,
         device: DeviceId,
@@ -121,6 +136,29 @@ impl Provisioning {
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<DeviceState> {
+        let step = self
+            .prepare_transition(device, to, operator, reason)
+            .await?;
+        let note = step.note.clone();
+        self.commit("transition", &note, |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = self.transition_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// An operator's move, read and checked before its transaction opens:
+    /// the state it leaves, and for retiring the certificates to revoke.
+    pub async fn prepare_transition(
+        &self,
+        device: DeviceId,
+        to: DeviceState,
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Result<Transition, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Transition,
@@ -128,7 +166,76 @@ impl Provisioning {
         );
         note.detail("to", to);
         self.note_device_reason(&mut note, device, reason).await;
-        let result = self.transition_inner(device, to, &mut note).await;
+        let read = async {
+            let rec = self.device(device).await?;
+            note.detail("from", rec.state);
+            if !rec.state.operator_edge(to) {
+                return Err(ProvisioningError::InvalidTransition {
+                    from: rec.state,
+                    to,
+                });
+            }
+            let mut revoke = Vec::new();
+            if to == DeviceState::Retired {
+                revoke = self.certifier.valid_certificates(device).await?;
+                if let Some(registered) = &rec.cert_serial {
+                    note.detail("revoked_cert_serial", registered);
+                    if !revoke.contains(registered) {
+                        revoke.push(registered.clone());
+                    }
+                }
+            }
+            Ok((rec.state, revoke))
+        }
+        .await;
+        match read {
+            Ok((from, revoke)) => Ok(Transition {
+                device,
+                from,
+                to,
+                revoke,
+                note,
+            }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// The move in the caller's transaction: retiring revokes every
+    /// certificate of the device (fail closed: a device is never retired
+    /// with a valid certificate) and closes its working keys with it; false
+    /// changes (the device moved meanwhile) are a conflict.
+    pub async fn transition_in(&self, tx: &mut Tx, step: Transition) -> Decision<DeviceState> {
+        let Transition {
+            device,
+            from,
+            to,
+            revoke,
+            mut note,
+        } = step;
+        let result = async {
+            let changed = if to == DeviceState::Retired {
+                for serial in &revoke {
+                    self.certifier
+                        .revoke_in(tx, serial, RevokeReason::Retired)
+                        .await?;
+                }
+                note.detail("certificates_revoked", revoke.len());
+                // One identity: the symmetric keys go with the certificate.
+                let keys = Catalog::retire_device_in(tx, device, now_ms()).await?;
+                note.detail("key_versions_closed", keys);
+                Store::retire_in(tx, device).await?
+            } else {
+                // Suspend/resume need the state just read.
+                Store::change_state_in(tx, device, from, to).await?
+            };
+            if !changed {
+                return Err(ProvisioningError::Conflict(
+                    "the device changed state meanwhile",
+                ));
+            }
+            Ok(from)
+        }
+        .await;
         note.finish(result)
     }
 
@@ -150,51 +257,11 @@ impl Provisioning {
 
     /// The registry's half of retiring a device in the caller's transaction:
     /// its row and its outstanding challenges; false if it was already
-    /// retired. The caller revokes its certificates first (CA and HSM work,
-    /// outside the transaction), as [`Provisioning::transition`] does; its
-    /// working keys can close in the same transaction
-    /// (`Catalog::retire_device_in`).
+    /// retired. The caller revokes its certificates
+    /// ([`DeviceCertifier::revoke_in`](crate::DeviceCertifier::revoke_in))
+    /// and closes its working keys (`Catalog::retire_device_in`) in the same
+    /// transaction, as [`Provisioning::transition_in`] does.
     pub async fn retire_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
         Store::retire_in(tx, device).await
-    }
-
-    async fn transition_inner(
-        &self,
-        device: DeviceId,
-        to: DeviceState,
-        note: &mut AuditNote,
-    ) -> Result<DeviceState> {
-        let rec = self.device(device).await?;
-        let from = rec.state;
-        note.detail("from", from);
-        if !from.operator_edge(to) {
-            return Err(ProvisioningError::InvalidTransition { from, to });
-        }
-        if to == DeviceState::Retired {
-            let revoked = self
-                .revoke_device_certificates(device, RevokeReason::Retired, None)
-                .await?;
-            if let Some(serial) = &rec.cert_serial {
-                note.detail("revoked_cert_serial", serial);
-            }
-            note.detail("certificates_revoked", revoked.len());
-        }
-        if to == DeviceState::Retired {
-            // One identity: the symmetric keys go with the certificate.
-            let keys = self.kms.retire_device_keys(device).await?;
-            note.detail("key_versions_closed", keys);
-        }
-        let changed = if to == DeviceState::Retired {
-            self.store.retire(device).await?
-        } else {
-            // Suspend/resume need the state just read.
-            self.store.change_state(device, from, to).await?
-        };
-        if !changed {
-            return Err(ProvisioningError::Conflict(
-                "the device changed state meanwhile",
-            ));
-        }
-        Ok(from)
     }
 }

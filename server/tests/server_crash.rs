@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::process::{FIRES, STEP};
 use common::station::{ACCOUNT, D1, Station, code_in, confirm_body, webhook_confirmations};
 use hyper::Method;
 use keyward_kms::db::Database;
@@ -48,10 +49,6 @@ use sqlx::Row;
 
 /// Runs of the short form (CI).
 const RUNS: u64 = 20;
-/// What the server logs when a point fires (server/src/fault.rs).
-const FIRES: &str = "keyward: fault point";
-/// How long any one step may take, restarts included.
-const STEP: Duration = Duration::from_secs(30);
 
 /// One installation, its device, and the client's session on the server
 /// now running.

@@ -33,36 +33,28 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::station::{ACCOUNT, Station};
+use common::process::{self, STEP};
+use common::station::{ACCOUNT, Station, chain_of, device_id};
 use common::{Options, Server};
 use keyward_kms::db::Database;
-use keyward_server::fault::{ENV, swept_by};
+use keyward_server::fault::ENV;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::{self, LoginOptions, Terminal};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-/// What the server logs when a point fires (server/src/fault.rs).
-const FIRES: &str = "keyward: fault point";
-/// How long any one step may take, restarts included.
-const STEP: Duration = Duration::from_secs(30);
 /// `[online] max_login_failures` of this server: two wrong answers lock.
 const MAX_FAILURES: u32 = 2;
 /// The issuer every device is keyed for.
 const ISSUER: &str = "bank-a";
 
-/// The `n`th device of the sweep (one per case).
-fn device_id(n: usize) -> String {
-    format!("D{:015X}", n + 1)
-}
-
 /// The hit a case arms its point at: the server's own start record is the
 /// trail's first append, so a case's first is the second.
-fn hit(point: &str) -> u32 {
+fn hit(point: &str) -> &'static [u64] {
     if point == "audit.append.committed" {
-        2
+        &[2]
     } else {
-        1
+        &[1]
     }
 }
 
@@ -86,24 +78,11 @@ impl Rig {
         }
     }
 
-    /// A server that died is started again, without faults.
-    fn revive(&mut self) {
-        if !self.s.running() {
-            self.s.kill();
-            self.restarts += 1;
-            self.s.start();
-        }
-    }
-
-    /// After a request got no good answer: a server that is dying is given
-    /// 2 s to die, then revived; one that `answered` (a panic fails only
-    /// its request) is not waited for.
+    /// After a request got no good answer: a dying server is given time
+    /// to die ([`process::let_die`]), then started again.
     async fn after_failure(&mut self, answered: bool) {
-        let died = Instant::now() + Duration::from_secs(2);
-        while !answered && self.s.running() && Instant::now() < died {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.revive();
+        process::let_die(&mut self.s, answered).await;
+        process::revive(&mut self.s, &mut self.restarts);
     }
 
     /// `kwctl -o json ARGS` as alice until it succeeds; after a failure a
@@ -117,9 +96,7 @@ impl Rig {
                 "kwctl {args:?}: no success\n{}",
                 self.s.log()
             );
-            let mut all = vec!["-o", "json"];
-            all.extend_from_slice(args);
-            let out = self.s.kwctl(self.s.dir.path(), "alice", &all);
+            let out = self.station().kwctl("alice", args);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             if out.status.success() {
                 return v;
@@ -130,6 +107,15 @@ impl Rig {
             failed = true;
             self.after_failure(!v.is_null()).await;
         }
+    }
+
+    /// The device's certificate and chain (PEM), as its terminal presents
+    /// it ([`Station::chain`], asked until answered: a timer's point, the
+    /// CRL's, may kill the server at any step).
+    async fn chain(&mut self, device: &str) -> String {
+        let shown = self.kwctl(&["device", "show", device], None).await;
+        let serial = shown["cert_serial"].as_str().unwrap().to_owned();
+        chain_of(&self.kwctl(&["ca", "show", &serial], None).await)
     }
 
     /// A one-device batch `batch` imported (all or nothing; a batch the
@@ -313,60 +299,8 @@ async fn bank(count: usize) -> Rig {
         s: &s,
         devices: devices.clone(),
     };
-    st.ok("admin", &["issuer", "create", ISSUER, "--family", "tdes"]);
-    let manifest = s.dir.path().join("batch.csv");
-    let made = st.kwsim(&[
-        "make",
-        "--count",
-        &count.to_string(),
-        "--first-id",
-        &device_id(0),
-        "--manifest",
-        manifest.to_str().unwrap(),
-    ]);
-    assert!(made.status.success(), "{made:?}");
-    st.ok(
-        "alice",
-        &[
-            "device",
-            "import",
-            "--batch-id",
-            "B-1",
-            manifest.to_str().unwrap(),
-        ],
-    );
-    let app = st.ok(
-        "alice",
-        &[
-            "customer",
-            "apply",
-            "--name",
-            "Li Lei",
-            "--national-id",
-            "110101199003071234",
-            "--account",
-            ACCOUNT,
-            "--contact-kind",
-            "sms",
-            "--contact",
-            "+8613800138000",
-        ],
-    );
-    let customer = app["customer_id"].as_str().unwrap().to_owned();
-    st.ok(
-        "bob",
-        &[
-            "customer",
-            "approve",
-            app["application_id"].as_str().unwrap(),
-        ],
-    );
-    let agent = st.agent();
-    for d in (0..count).map(device_id) {
-        st.ok("alice", &["device", "check", &d, "--agent", &agent]);
-    }
-    let db = Database::connect(&s.db.config).await.unwrap();
-    let root = std::fs::read_to_string(s.ca_pem()).unwrap();
+    let customer = st.checked_devices(&[(ISSUER, "tdes")], count, "sms", "+8613800138000");
+    let (db, root) = process::db_and_root(&s).await;
     Rig {
         s,
         db,
@@ -472,26 +406,15 @@ async fn check(rig: &mut Rig, batch: &str, factory: &str, device: &str, what: &s
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
-    let only = std::env::var("KEYWARD_FAULT_SWEEP_POINTS").ok();
-    let points: Vec<&str> = swept_by("server_fault_sweep")
-        .into_iter()
-        .filter(|p| {
-            only.as_ref()
-                .is_none_or(|o| o.split(',').any(|o| o.trim() == *p))
-        })
-        .collect();
-    assert!(!points.is_empty(), "no point selected");
-    let cases: Vec<String> = points
-        .iter()
-        .flat_map(|p| ["kill", "panic"].map(|a| format!("{p}={a}@{}", hit(p))))
-        .collect();
+    let points = process::sweep_points("server_fault_sweep", "KEYWARD_FAULT_SWEEP_POINTS");
+    let cases = process::sweep_cases(&points, hit);
     let mut rig = bank(cases.len()).await;
     rig.s.kill();
     let started = Instant::now();
     for (i, spec) in cases.iter().enumerate() {
         eprintln!("fault sweep case {i}: {ENV}={spec}");
         let case_started = Instant::now();
-        let fires = rig.s.log().matches(FIRES).count();
+        let fires = process::fired(&rig.s);
         rig.s.start_with_env(&[], &[(ENV, spec)]);
         let device = device_id(i);
 
@@ -530,7 +453,7 @@ async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
         // The login: keys offered and confirmed, then a plain one; a bulk
         // batch over the key; a lockout.
         let mut dev = rig.station().device(&device);
-        let chain = rig.station().chain(&device);
+        let chain = rig.chain(&device).await;
         rig.login(&mut dev, &chain).await;
         let second = rig.login(&mut dev, &chain).await;
         let version = second["key_version"].as_u64().unwrap();
@@ -538,15 +461,7 @@ async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
         rig.lock_out(&mut dev, &chain).await;
 
         // A background point (CRL, checkpoint) may still be due.
-        let due = Instant::now() + Duration::from_secs(3);
-        while rig.s.log().matches(FIRES).count() == fires {
-            assert!(
-                Instant::now() < due,
-                "case {spec}: the point never fired\n{}",
-                rig.s.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process::until_fired(&rig.s, fires, spec).await;
         rig.s.kill();
         rig.s.start();
         check(&mut rig, &batch, &factory, &device, spec).await;

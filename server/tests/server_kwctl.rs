@@ -27,6 +27,16 @@ async fn kwctl_drives_the_ca_and_the_audit_trail() {
     let who = admin(&["-o", "json", "whoami"]);
     assert!(who.status.success(), "{who:?}");
     assert!(json(&who).to_string().contains("admin"));
+    // Its own certificate it may not revoke: the refusal says why.
+    let own = json(&who)["serial"].as_str().unwrap().to_owned();
+    let itself = admin(&["operator", "revoke", &own]);
+    assert_eq!(itself.status.code(), Some(1), "{itself:?}");
+    let said = String::from_utf8_lossy(&itself.stderr);
+    assert!(
+        said.contains("409 self_revocation") && said.contains("another admin must revoke it"),
+        "{said}"
+    );
+    assert!(admin(&["whoami"]).status.success());
 
     // A device certificate is refused (they come only from provisioning,
     // even for a registered device); a load permit from an openssl CSR is

@@ -42,11 +42,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::process::{self, STEP};
 use common::station::{ACCOUNT, Station, device_id};
 use common::{Options, Server};
 use hyper::Method;
 use keyward_kms::db::Database;
-use keyward_server::fault::{ENV, swept_by};
+use keyward_server::fault::ENV;
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::terminal::{self, LoginOptions, Terminal};
@@ -65,10 +66,6 @@ const MAX_AMOUNT: u64 = 10_000;
 const OPENING: i64 = 1_000_000;
 /// Random runs of the short form (CI).
 const RUNS: u64 = 20;
-/// What the server logs when a point fires (server/src/fault.rs).
-const FIRES: &str = "keyward: fault point";
-/// How long any one step may take, restarts included.
-const STEP: Duration = Duration::from_secs(30);
 /// The loads' terminal states.
 const TERMINAL: [&str; 4] = ["posted", "voided", "late_applied", "not_applied"];
 
@@ -230,8 +227,7 @@ async fn bank(devices: usize) -> (Server, Database, String, PathBuf, Vec<Device>
             token: None,
         })
         .collect();
-    let db = Database::connect(&s.db.config).await.unwrap();
-    let root = std::fs::read_to_string(s.ca_pem()).unwrap();
+    let (db, root) = process::db_and_root(&s).await;
     (s, db, root, dir, devices)
 }
 
@@ -400,11 +396,7 @@ struct Rig {
 impl Rig {
     /// A server that died is started again, without faults.
     fn revive(&mut self) {
-        if !self.s.running() {
-            self.s.kill();
-            self.restarts += 1;
-            self.s.start();
-        }
+        process::revive(&mut self.s, &mut self.restarts);
     }
 
     /// Sends `body` until an answer comes: after a lost one, a server that
@@ -432,10 +424,7 @@ impl Rig {
                 }
                 Answer::Unknown(answered) => {
                     self.h.unknown += 1;
-                    let died = Instant::now() + Duration::from_secs(2);
-                    while !answered && self.s.running() && Instant::now() < died {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    process::let_die(&mut self.s, answered).await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     self.revive();
                 }
@@ -528,23 +517,8 @@ fn hits(point: &str) -> &'static [u64] {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_load_fault_point_killed_or_panicked_leaves_the_money_whole() {
-    let only = std::env::var("KEYWARD_LOAD_CRASH_POINTS").ok();
-    let points: Vec<&str> = swept_by("server_load_crash")
-        .into_iter()
-        .filter(|p| {
-            only.as_ref()
-                .is_none_or(|o| o.split(',').any(|o| o.trim() == *p))
-        })
-        .collect();
-    assert!(!points.is_empty(), "no load or ledger point selected");
-    let cases: Vec<String> = points
-        .iter()
-        .flat_map(|p| {
-            hits(p)
-                .iter()
-                .flat_map(move |at| ["kill", "panic"].map(|a| format!("{p}={a}@{at}")))
-        })
-        .collect();
+    let points = process::sweep_points("server_load_crash", "KEYWARD_LOAD_CRASH_POINTS");
+    let cases = process::sweep_cases(&points, hits);
     let (mut s, db, root, dir, mut devices) = bank(1).await;
     s.kill();
     let mut rig = Rig {
@@ -560,7 +534,7 @@ async fn every_load_fault_point_killed_or_panicked_leaves_the_money_whole() {
     let mut money = Money::default();
     for (i, spec) in cases.iter().enumerate() {
         eprintln!("sweep case {i}: {ENV}={spec}");
-        let fires = rig.s.log().matches(FIRES).count();
+        let fires = process::fired(&rig.s);
         rig.s.start_with_env(&[], &[(ENV, spec)]);
         // A: reported (applied, or failed in every third case).
         rig.load(1000, i % 3 != 2, true).await;
@@ -570,16 +544,8 @@ async fn every_load_fault_point_killed_or_panicked_leaves_the_money_whole() {
         // C: its request settles B by what the purse proves; its report
         // is lost too, and the server dies before the sweeper acts.
         rig.load(300, (i / 2) % 2 == 0, false).await;
-        // A job's point (the seal) may still be due: it is given 3 s.
-        let due = Instant::now() + Duration::from_secs(3);
-        while rig.s.log().matches(FIRES).count() == fires {
-            assert!(
-                Instant::now() < due,
-                "case {spec}: the point never fired\n{}",
-                rig.s.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // A job's point (the seal) may still be due.
+        process::until_fired(&rig.s, fires, spec).await;
         rig.s.kill();
         rig.s.start();
         let restarted = Instant::now();

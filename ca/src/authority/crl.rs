@@ -83,6 +83,12 @@ impl Ca {
         Store::revoke_in(tx, serial, reason, at_ms).await
     }
 
+    /// The revocation time of a revocation made now (whole seconds, as the
+    /// CRL states it), for [`Ca::revoke_in`].
+    pub fn revocation_time_ms() -> i64 {
+        ms(now_s())
+    }
+
     /// Revokes several certificates for good, then re-signs the CRL once:
     /// undoing an import revokes hundreds, and a CRL for each would take
     /// minutes. Already revoked ones are skipped (retries are safe); returns

@@ -2,6 +2,7 @@
 //! under a profile, signed by the issuing CA key and self-checked before it
 //! is registered and handed out.
 
+use keyward_kms::db::Tx;
 use keyward_kms::hsm::PublicKey;
 use rcgen::{CertificateParams, Issuer, SerialNumber};
 use x509_parser::certificate::X509Certificate;
@@ -12,13 +13,38 @@ use super::{BACKDATE, Ca, blocking, from_ms, ms, now_s};
 use crate::csr::VerifiedCsr;
 use crate::error::{CaError, Result};
 use crate::hsm_key::SubjectKey;
-use crate::profile::{self, IssueRequest, Profile};
+use crate::profile::{self, IssueRequest, Profile, Role};
 use crate::registry::Serial;
-use crate::store::NewCert;
+use crate::store::{NewCert, Store};
 
 /// Attempts to find an unused serial (a clash of 127-bit random serials
 /// means a broken RNG, not bad luck).
 const SERIAL_ATTEMPTS: usize = 4;
+
+/// A certificate signed but not yet registered ([`Ca::sign_from_csr`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCert {
+    pub cert: IssuedCert,
+    device_id: Option<String>,
+    role: Option<Role>,
+}
+
+impl SignedCert {
+    /// The registry row it becomes.
+    fn record(&self) -> NewCert<'_> {
+        let c = &self.cert;
+        NewCert {
+            serial: &c.serial,
+            profile: c.profile,
+            subject: &c.subject,
+            device_id: self.device_id.clone(),
+            role: self.role,
+            not_before_ms: c.not_before_ms,
+            not_after_ms: c.not_after_ms,
+            pem: &c.pem,
+        }
+    }
+}
 
 /// A certificate just issued (and registered).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +89,52 @@ impl Ca {
         self.issue(key, req).await
     }
 
+    /// Signs a certificate for the key of a CSR (DER or PEM) without
+    /// registering it: HSM work, done before the transaction that registers
+    /// it ([`Ca::register_in`]) with its audit record opens. A signed
+    /// certificate that is never registered is never handed out.
+    pub async fn sign_from_csr(&self, csr: &[u8], req: IssueRequest) -> Result<SignedCert> {
+        let csr = VerifiedCsr::parse(csr)?;
+        self.sign(csr.key().clone(), req).await
+    }
+
+    /// Registers a certificate [`Ca::sign_from_csr`] signed, in the caller's
+    /// transaction; from its commit on it is issued. A serial taken since it
+    /// was signed (a clash of random serials: a broken RNG) is refused.
+    pub async fn register_in(tx: &mut Tx, signed: &SignedCert) -> Result<()> {
+        let c = &signed.cert;
+        match Store::insert_certificate_in(tx, &signed.record()).await {
+            Ok(()) => {
+                tracing::info!(serial = %c.serial, profile = %c.profile, subject = %c.subject,
+                    "certificate issued");
+                Ok(())
+            }
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(CaError::CorruptRecord("certificates.serial"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn issue(&self, key: SubjectKey, req: IssueRequest) -> Result<IssuedCert> {
+        for _ in 0..SERIAL_ATTEMPTS {
+            let signed = self.sign(key.clone(), req.clone()).await?;
+            let c = &signed.cert;
+            if self.inner.store.insert_certificate(&signed.record()).await? {
+                tracing::info!(
+                    serial = %c.serial,
+                    profile = %c.profile,
+                    subject = %c.subject,
+                    "certificate issued"
+                );
+                return Ok(signed.cert);
+            }
+        }
+        Err(CaError::CorruptRecord("certificates.serial"))
+    }
+
+    /// Signs a certificate under a serial not yet registered.
+    async fn sign(&self, key: SubjectKey, req: IssueRequest) -> Result<SignedCert> {
         let inner = &self.inner;
         let (mut params, facts) = profile::params_for(&req, &key, &inner.cfg.organization)?;
         let now = now_s();
@@ -81,35 +152,20 @@ impl Ca {
                 continue;
             }
             params.serial_number = Some(SerialNumber::from_slice(&serial.to_bytes()));
-            let (der, pem, subject) = self.sign_leaf(params.clone(), key.clone()).await?;
-            let (not_before_ms, not_after_ms) = (ms(params.not_before), ms(params.not_after));
-            let record = NewCert {
-                serial: &serial,
-                profile: req.profile,
-                subject: &subject,
-                device_id: facts.device_id.map(|d| d.to_string()),
-                role: facts.role,
-                not_before_ms,
-                not_after_ms,
-                pem: &pem,
-            };
-            if inner.store.insert_certificate(&record).await? {
-                tracing::info!(
-                    serial = %serial,
-                    profile = %req.profile,
-                    subject = %subject,
-                    "certificate issued"
-                );
-                return Ok(IssuedCert {
+            let (der, pem, subject) = self.sign_leaf(params.clone(), key).await?;
+            return Ok(SignedCert {
+                cert: IssuedCert {
                     serial,
                     profile: req.profile,
                     subject,
                     der,
                     pem,
-                    not_before_ms,
-                    not_after_ms,
-                });
-            }
+                    not_before_ms: ms(params.not_before),
+                    not_after_ms: ms(params.not_after),
+                },
+                device_id: facts.device_id.map(|d| d.to_string()),
+                role: facts.role,
+            });
         }
         Err(CaError::CorruptRecord("certificates.serial"))
     }

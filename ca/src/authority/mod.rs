@@ -28,7 +28,7 @@ use keyward_kms::db::now_ms;
 
 pub use bootstrap::BootstrapReport;
 pub use crl::{Crl, RevocationMarker};
-pub use issue::IssuedCert;
+pub use issue::{IssuedCert, SignedCert};
 
 /// HSM label of the root CA key pair.
 pub const ROOT_KEY_LABEL: &str = "keyward/ca/root";

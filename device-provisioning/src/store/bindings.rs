@@ -11,7 +11,7 @@ use super::devices::{advance_in, state_in};
 use crate::binding::Binding;
 use crate::error::Result;
 use crate::types::{CustomerId, DeviceState};
-use keyward_kms::db::{parse_col, parse_opt};
+use keyward_kms::db::{Tx, parse_col, parse_opt};
 
 const BINDING_COLUMNS: &str = "device_id, issuer_id, customer_id, secure_element, psam_serial, \
      esam_serial, accounts, bound_by, bound_at_ms";
@@ -19,23 +19,23 @@ const BINDING_COLUMNS: &str = "device_id, issuer_id, customer_id, secure_element
 impl Store {
     /// Records `binding` if `allowed` passes the device's state and its
     /// existing bindings (issuer, customer), both read in the same
-    /// transaction; the device's first binding moves it `initialised →
-    /// issued`. Returns the state the device was in. A second binding for
+    /// transaction (the caller's); the device's first binding moves it
+    /// `initialised → issued`. Returns the state the device was in. A second binding for
     /// the same issuer that raced this one is a unique violation.
-    pub(crate) async fn bind<F>(&self, binding: &Binding, allowed: F) -> Result<DeviceState>
+    pub(crate) async fn bind_in<F>(
+        tx: &mut Tx,
+        binding: &Binding,
+        allowed: F,
+    ) -> Result<DeviceState>
     where
-        F: Fn(DeviceState, &[(IssuerId, CustomerId)]) -> Result<()> + Sync,
+        F: Fn(DeviceState, &[(IssuerId, CustomerId)]) -> Result<()>,
     {
         let device = binding.device;
-        let allowed = &allowed;
-        self.db
-            .write("bind", |mut tx| async move {
-                let state = state_in(&mut tx, device).await?;
-                let existing = sqlx::query(
-                    "SELECT issuer_id, customer_id FROM prov_bindings WHERE device_id = $1",
-                )
+        let state = state_in(tx, device).await?;
+        let existing =
+            sqlx::query("SELECT issuer_id, customer_id FROM prov_bindings WHERE device_id = $1")
                 .bind(device.to_string())
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await?
                 .iter()
                 .map(|row| {
@@ -45,36 +45,34 @@ impl Store {
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-                allowed(state, &existing)?;
-                sqlx::query(
-                    "INSERT INTO prov_bindings (device_id, issuer_id, customer_id, secure_element, \
-                     psam_serial, esam_serial, accounts, bound_by, bound_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(device.to_string())
-                .bind(binding.issuer.as_str())
-                .bind(binding.customer.as_str())
-                .bind(binding.secure_element.as_str())
-                .bind(binding.psam_serial.as_ref().map(|s| s.as_str().to_owned()))
-                .bind(binding.esam_serial.as_ref().map(|s| s.as_str().to_owned()))
-                .bind(join_accounts(&binding.accounts))
-                .bind(binding.bound_by.as_str())
-                .bind(binding.bound_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                if state == DeviceState::Initialised {
-                    advance_in(
-                        &mut tx,
-                        device,
-                        DeviceState::Initialised,
-                        DeviceState::Issued,
-                        binding.bound_at_ms,
-                    )
-                    .await?;
-                }
-                Ok((tx, state))
-            })
-            .await
+        allowed(state, &existing)?;
+        sqlx::query(
+            "INSERT INTO prov_bindings (device_id, issuer_id, customer_id, secure_element, \
+             psam_serial, esam_serial, accounts, bound_by, bound_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(device.to_string())
+        .bind(binding.issuer.as_str())
+        .bind(binding.customer.as_str())
+        .bind(binding.secure_element.as_str())
+        .bind(binding.psam_serial.as_ref().map(|s| s.as_str().to_owned()))
+        .bind(binding.esam_serial.as_ref().map(|s| s.as_str().to_owned()))
+        .bind(join_accounts(&binding.accounts))
+        .bind(binding.bound_by.as_str())
+        .bind(binding.bound_at_ms)
+        .execute(&mut **tx)
+        .await?;
+        if state == DeviceState::Initialised {
+            advance_in(
+                tx,
+                device,
+                DeviceState::Initialised,
+                DeviceState::Issued,
+                binding.bound_at_ms,
+            )
+            .await?;
+        }
+        Ok(state)
     }
 
     /// Every binding of a device, by issuer.

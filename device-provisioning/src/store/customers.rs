@@ -11,7 +11,7 @@ use crate::types::{
     Account, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
     OperatorId, Reason,
 };
-use keyward_kms::db::{int_col, parse_col};
+use keyward_kms::db::{Tx, int_col, parse_col};
 
 const APP_COLUMNS: &str = "id, customer_id, state, name, national_id, accounts, contact_kind, \
      contact_address, revision, submitted_by, submitted_at_ms, decided_by, decided_at_ms, \
@@ -130,11 +130,11 @@ impl Store {
     }
 
     /// Moves an application of `revision` to a decided state (approved and
-    /// rejected from `submitted`, closed from `submitted` or `rejected`);
-    /// false if it changed meanwhile. Approving a second customer with the
-    /// same national id is a unique violation.
-    pub(crate) async fn decide(
-        &self,
+    /// rejected from `submitted`, closed from `submitted` or `rejected`) in
+    /// the caller's transaction; false if it changed meanwhile. Approving a
+    /// second customer with the same national id is a unique violation.
+    pub(crate) async fn decide_in(
+        tx: &mut Tx,
         id: &ApplicationId,
         revision: u32,
         to: ApplicationState,
@@ -146,25 +146,21 @@ impl Store {
             ApplicationState::Closed => "('submitted', 'rejected')",
             _ => "('submitted')",
         };
-        let sql = &format!(
+        let sql = format!(
             "UPDATE prov_applications SET state = $3, decided_by = $4, decided_at_ms = $5, \
              decision_reason = $6 WHERE id = $1 AND revision = $2 AND state IN {from_states}"
         );
-        self.db
-            .write("decide", |mut tx| async move {
-                let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(id.as_str())
-                    .bind(i64::from(revision))
-                    .bind(to.as_str())
-                    .bind(operator.as_str())
-                    .bind(now)
-                    .bind(reason.map(|r| r.as_str().to_owned()))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                Ok((tx, n == 1))
-            })
-            .await
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .bind(i64::from(revision))
+            .bind(to.as_str())
+            .bind(operator.as_str())
+            .bind(now)
+            .bind(reason.map(|r| r.as_str().to_owned()))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 }
 

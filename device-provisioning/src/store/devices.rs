@@ -184,37 +184,26 @@ impl Store {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    /// Clears a device's failed-check counter.
-    pub(crate) async fn reset_check_failures(&self, device: DeviceId) -> Result<()> {
-        self.db
-            .write("reset_check_failures", |mut tx| async move {
-                sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
-                    .bind(device.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                Ok((tx, ()))
-            })
-            .await
+    /// Clears a device's failed-check counter in the caller's transaction;
+    /// the count it held.
+    pub(crate) async fn reset_check_failures_in(tx: &mut Tx, device: DeviceId) -> Result<u32> {
+        let row = sqlx::query("SELECT check_failures FROM prov_devices WHERE device_id = $1")
+            .bind(device.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("check_failures")?,
+            None => 0,
+        };
+        sqlx::query("UPDATE prov_devices SET check_failures = 0 WHERE device_id = $1")
+            .bind(device.to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
-    /// `from → to` (an operator edge other than retiring); false if the
-    /// device was no longer in `from`.
-    pub(crate) async fn change_state(
-        &self,
-        device: DeviceId,
-        from: DeviceState,
-        to: DeviceState,
-    ) -> Result<bool> {
-        self.db
-            .write("change_state", |mut tx| async move {
-                Self::change_state_in(&mut tx, device, from, to)
-                    .await
-                    .map(|v| (tx, v))
-            })
-            .await
-    }
-
-    /// [`Store::change_state`] in the caller's transaction.
+    /// `from → to` (an operator edge other than retiring) in the caller's
+    /// transaction; false if the device was no longer in `from`.
     pub(crate) async fn change_state_in(
         tx: &mut Tx,
         device: DeviceId,
@@ -226,16 +215,8 @@ impl Store {
 
     /// Retires a device from whatever state it is in (a retirement wins over
     /// any concurrent change but another retirement) and drops its
-    /// outstanding challenge; false if it was already retired.
-    pub(crate) async fn retire(&self, device: DeviceId) -> Result<bool> {
-        self.db
-            .write("retire", |mut tx| async move {
-                Self::retire_in(&mut tx, device).await.map(|v| (tx, v))
-            })
-            .await
-    }
-
-    /// [`Store::retire`] in the caller's transaction.
+    /// outstanding challenge, in the caller's transaction; false if it was
+    /// already retired.
     pub(crate) async fn retire_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE prov_devices SET state = 'retired', state_changed_at_ms = $2 \

@@ -11,7 +11,7 @@ use super::devices::{advance_in, state_in};
 use crate::error::{ProvisioningError, Result};
 use crate::init::{InitRecord, InitState};
 use crate::types::{DeviceState, OperatorId, Reason};
-use keyward_kms::db::{int_col, now_ms, parse_col};
+use keyward_kms::db::{Tx, int_col, now_ms, parse_col};
 
 const INIT_COLUMNS: &str = "issuer_id, state, kcv_method, tmk_kcv, auth_kcv, packages, \
      packaged_at_ms, confirmed_at_ms, reinit_by";
@@ -91,32 +91,29 @@ impl Store {
             .await
     }
 
-    /// Allows one more package for a confirmed or refused record; false if
-    /// the record is not confirmed or refused (a pending one needs none).
-    pub(crate) async fn allow_reinit(
-        &self,
+    /// Allows one more package for a confirmed or refused record, in the
+    /// caller's transaction; false if the record is not confirmed or refused
+    /// (a pending one needs none).
+    pub(crate) async fn allow_reinit_in(
+        tx: &mut Tx,
         device: DeviceId,
         issuer: &IssuerId,
         operator: &OperatorId,
         reason: &Reason,
     ) -> Result<bool> {
-        self.db
-            .write("allow_reinit", |mut tx| async move {
-                let n = sqlx::query(
-                    "UPDATE prov_inits SET reinit_by = $3, reinit_reason = $4 \
-                     WHERE device_id = $1 AND issuer_id = $2 \
-                       AND state IN ('initialised', 'refused')",
-                )
-                .bind(device.to_string())
-                .bind(issuer.as_str())
-                .bind(operator.as_str())
-                .bind(reason.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, n == 1))
-            })
-            .await
+        let n = sqlx::query(
+            "UPDATE prov_inits SET reinit_by = $3, reinit_reason = $4 \
+             WHERE device_id = $1 AND issuer_id = $2 \
+               AND state IN ('initialised', 'refused')",
+        )
+        .bind(device.to_string())
+        .bind(issuer.as_str())
+        .bind(operator.as_str())
+        .bind(reason.as_str())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Settles the pending package that was delivered `packages`-th as

@@ -1,21 +1,23 @@
 //! `/admin/v1/ca/*`: the certificate registry, issuance, revocation, the CRL.
 //!
 //! Issuance and revocation write a `requested` audit record before they act
-//! (and do not act if it cannot be written), run to completion in their own
-//! task (a request timeout does not cut a revocation in half), then record
-//! the result.
+//! (and do not act if it cannot be written) and run to completion in their
+//! own task (a request timeout does not cut a revocation in half); the
+//! certificate's row and the outcome record commit in one transaction.
 
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyward_ca::{CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial};
+use keyward_ca::{
+    Ca, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Role, Serial, SignedCert,
+};
 use keyward_kms::types::DeviceId;
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator};
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::{AuditEvent, Outcome, StepError};
 use crate::http::ApiError;
 use crate::metrics::timed_hsm;
 use crate::state::AppState;
@@ -183,8 +185,9 @@ async fn refuse_device_profile(state: &AppState, op: &Operator) -> Result<Respon
     ))
 }
 
-/// Shared by certificate and operator issuance: audit `requested`, issue in
-/// a task of its own, audit the result, count it.
+/// Shared by certificate and operator issuance: audit `requested`, sign
+/// (HSM, no transaction open), then register the certificate and stage its
+/// outcome record in one transaction, in a task of its own; count it.
 pub async fn issue_and_record(
     state: &AppState,
     op: &Operator,
@@ -199,36 +202,51 @@ pub async fn issue_and_record(
         subject,
     };
     let st = state.clone();
-    let issue = async move {
-        let cert = timed_hsm(
+    let sign = async move {
+        timed_hsm(
             &st.metrics,
             "certificate_issue",
-            st.ca.issue_from_csr(&csr, req),
+            st.ca.sign_from_csr(&csr, req),
         )
-        .await?;
-        st.metrics
-            .certificates_issued
-            .with_label_values(&[profile.as_str()])
-            .inc();
-        Ok::<_, keyward_ca::CaError>(wire::Issued::new(&cert, &st.ca.chain_pem()))
+        .await
+        .map_err(StepError::Effect)
     };
     let issued = op
-        .recorded(state, requested, issue, move |r| match r {
-            Ok(cert) => (
-                AuditEvent::CertificateIssued {
-                    serial: Some(cert.serial.clone()),
-                    profile: profile.as_str().into(),
-                    subject: cert.subject.clone(),
-                },
-                Outcome::Success,
-            ),
-            Err(e) => AuditEvent::failed("certificate.issue", e.code()),
-        })
-        .await?;
-    Ok(issued?)
+        .recorded_write(
+            state,
+            requested,
+            sign,
+            |mut tx, signed: SignedCert| async move {
+                Ca::register_in(&mut tx, &signed)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, signed.cert))
+            },
+            move |r| match r {
+                Ok(cert) => (
+                    AuditEvent::CertificateIssued {
+                        serial: Some(cert.serial.to_string()),
+                        profile: profile.as_str().into(),
+                        subject: cert.subject.clone(),
+                    },
+                    Outcome::Success,
+                ),
+                Err(e) => AuditEvent::failed("certificate.issue", e.code()),
+            },
+        )
+        .await??;
+    state
+        .metrics
+        .certificates_issued
+        .with_label_values(&[profile.as_str()])
+        .inc();
+    Ok(wire::Issued::new(&issued, &state.ca.chain_pem()))
 }
 
-/// `POST /admin/v1/ca/certificates/{serial}/revoke`.
+/// `POST /admin/v1/ca/certificates/{serial}/revoke`: the revocation and its
+/// outcome record commit together; the CRL is signed after (HSM work), and
+/// a failure there is left to the schedule (the revision the revocation
+/// bumped makes the next CRL a fresh one).
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
@@ -254,37 +272,59 @@ pub async fn revoke(
         serial: serial.to_string(),
         reason: reason.as_str().into(),
     };
-    let st = state.clone();
-    let revoke = async move {
-        timed_hsm(
-            &st.metrics,
-            "certificate_revoke",
-            st.ca.revoke(&serial, reason),
-        )
-        .await?;
-        st.metrics.certificates_revoked.inc();
-        // Both listeners refuse the certificate from now on.
-        if let Err(e) = crate::edge::pki::refresh_crl(&st).await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "revoked, but the TLS listeners could not load the new CRL yet; the schedule retries"
-            );
-        }
-        Ok::<_, keyward_ca::CaError>(wire::Revoked {
-            serial: serial.as_str().to_owned(),
-            status: "revoked".to_owned(),
-            reason: reason.as_str().to_owned(),
-            crl_number: st.tls.crl().number,
-        })
-    };
+    if op.serial.parse::<Serial>().ok().as_ref() == Some(&serial) {
+        return refuse_self_revocation(&state, &op, &event).await;
+    }
     let done = event.clone();
-    let revoked = op
-        .recorded(&state, event, revoke, move |r| match r {
-            Ok(_) => (done, Outcome::Success),
+    let s = serial.clone();
+    op.recorded_write(
+        &state,
+        event,
+        async { Ok::<_, StepError<keyward_ca::CaError>>(()) },
+        move |mut tx, ()| {
+            let serial = s.clone();
+            async move {
+                Ca::revoke_in(&mut tx, &serial, reason, Ca::revocation_time_ms())
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, ()))
+            }
+        },
+        move |r| match r {
+            Ok(()) => (done.clone(), Outcome::Success),
             Err(e) => AuditEvent::failed("certificate.revoke", e.code()),
-        })
+        },
+    )
+    .await??;
+    tracing::info!(serial = %serial, reason = %reason, "certificate revoked");
+    state.metrics.certificates_revoked.inc();
+    // Both listeners refuse the certificate from now on.
+    crate::edge::pki::refresh_crl_logged(&state, "certificate revoked").await;
+    Ok(Json(wire::Revoked {
+        serial: serial.as_str().to_owned(),
+        status: "revoked".to_owned(),
+        reason: reason.as_str().to_owned(),
+        crl_number: state.tls.crl().number,
+    }))
+}
+
+/// An operator revoking the certificate it is calling with would lock
+/// itself out (the last admin, the whole installation): refused with 409
+/// `self_revocation`, audited; another admin revokes it.
+async fn refuse_self_revocation<T>(
+    state: &AppState,
+    op: &Operator,
+    event: &AuditEvent,
+) -> Result<T, ApiError> {
+    const CODE: &str = "self_revocation";
+    op.audit(state, event, Outcome::Refused { code: CODE })
         .await?;
-    Ok(Json(revoked?))
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        CODE,
+        "this is the certificate of the operator making the request; revoking it would \
+         lock that operator out: another admin must revoke it",
+    ))
 }
 
 /// `GET /admin/v1/ca/crl`: the current CRL, PEM.

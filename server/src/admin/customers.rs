@@ -12,11 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use keyward_device_provisioning::{
     Action, ApplicationId, ApplicationState, Contact, CustomerApplication, CustomerId, NationalId,
-    Reason,
+    Provisioning, Reason,
 };
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
+use crate::audit::StepError;
 use crate::http::ApiError;
 use crate::state::AppState;
 use crate::wire::customers as wire;
@@ -111,9 +112,18 @@ pub async fn approve(
     let p = state.provisioning.clone();
     let target = format!("application:{id}");
     let customer = op
-        .decide(&state, Action::Approve, target, async move {
-            p.approve(&id, &operator).await
-        })
+        .decide_write(
+            &state,
+            Action::Approve,
+            target,
+            async move { p.prepare_approve(&id, &operator).await },
+            |mut tx, step| async move {
+                let done = Provisioning::approve_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
+        )
         .await?;
     Ok(Json(wire::Customer::new(&customer, &[])))
 }
@@ -174,13 +184,25 @@ async fn decide_with_reason(
     let reason: Reason = reason.parse()?;
     let operator = op.operator_id()?;
     let (p, i) = (state.provisioning.clone(), id.clone());
-    op.decide(&state, action, format!("application:{id}"), async move {
+    let prepare = async move {
         if action == Action::Reject {
-            p.reject(&i, &operator, &reason).await
+            p.prepare_reject(&i, &operator, &reason).await
         } else {
-            p.close(&i, &operator, &reason).await
+            p.prepare_close(&i, &operator, &reason).await
         }
-    })
+    };
+    op.decide_write(
+        &state,
+        action,
+        format!("application:{id}"),
+        prepare,
+        |mut tx, step| async move {
+            let done = Provisioning::application_decision_in(&mut tx, step)
+                .await
+                .map_err(StepError::Effect)?;
+            Ok((tx, done))
+        },
+    )
     .await?;
     Ok(Json(wire::Application::from(
         &state.provisioning.review(&id).await?,

@@ -4,7 +4,9 @@
 //!
 //! Every state change goes through [`Operator::decide`]: a `requested`
 //! record first, the provisioning decision in its own task, then the
-//! decision's own audit record.
+//! decision's own audit record. A decision with an `_in` form goes through
+//! [`Operator::decide_write`], which commits its rows and its record in one
+//! transaction.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,11 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_device_provisioning::{Action, BatchId, BindRequest, ChallengeId, DeviceState, Reason};
+use keyward_device_provisioning::{
+    Action, BatchId, BindRequest, ChallengeId, DeviceState, Provisioning, Reason,
+};
 use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
+use crate::audit::StepError;
 use crate::http::ApiError;
 use crate::security::SecurityKind;
 use crate::state::AppState;
@@ -248,11 +253,17 @@ pub async fn reset_check(
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let cleared = op
-        .decide(
+        .decide_write(
             &state,
             Action::ResetCheck,
             format!("device:{device}"),
-            async move { p.reset_check(device, &operator, &reason).await },
+            async move { p.prepare_reset_check(device, &operator, &reason).await },
+            |mut tx, step| async move {
+                let done = Provisioning::reset_check_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
         )
         .await?;
     Ok(Json(wire::ResetCheckAnswer {
@@ -410,11 +421,17 @@ pub async fn reinit(
     let reason: Reason = body.reason.parse()?;
     let operator = op.operator_id()?;
     let (p, i) = (state.provisioning.clone(), issuer.clone());
-    op.decide(
+    op.decide_write(
         &state,
         Action::Reinit,
         format!("device:{device}"),
-        async move { p.reinit(device, &i, &operator, &reason).await },
+        async move { p.prepare_reinit(device, &i, &operator, &reason).await },
+        |mut tx, step| async move {
+            let done = Provisioning::reinit_in(&mut tx, step)
+                .await
+                .map_err(StepError::Effect)?;
+            Ok((tx, done))
+        },
     )
     .await?;
     Ok(Json(wire::DeviceIssuerState {
@@ -439,12 +456,26 @@ pub async fn set_state(
     let reason: Reason = body.reason.parse()?;
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
+    let prepare = {
+        let p = p.clone();
+        async move { p.prepare_transition(device, to, &operator, &reason).await }
+    };
     let from = op
-        .decide(
+        .decide_write(
             &state,
             Action::Transition,
             format!("device:{device}"),
-            async move { p.transition(device, to, &operator, &reason).await },
+            prepare,
+            move |mut tx, step| {
+                let p = p.clone();
+                async move {
+                    let done = p
+                        .transition_in(&mut tx, step)
+                        .await
+                        .map_err(StepError::Effect)?;
+                    Ok((tx, done))
+                }
+            },
         )
         .await?;
     if to == DeviceState::Retired {
@@ -480,9 +511,18 @@ pub async fn bind(
     let p = state.provisioning.clone();
     let target = format!("device:{}", req.device);
     let binding = op
-        .decide(&state, Action::Bind, target, async move {
-            p.bind(req, &operator).await
-        })
+        .decide_write(
+            &state,
+            Action::Bind,
+            target,
+            async move { p.prepare_bind(req, &operator).await },
+            |mut tx, step| async move {
+                let done = Provisioning::bind_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::Binding::from(&binding))).into_response())
 }

@@ -48,9 +48,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use keyward_ca::{Role, Serial};
 
-use keyward_device_provisioning::{Action, Decision, OperatorId};
+use keyward_device_provisioning::{Action, Audited, Decision, OperatorId, Refused};
+use keyward_kms::db::Tx;
 
-use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::audit::{Actor, AuditEvent, Outcome, StepError};
 use crate::edge::identity::{ClientIdentity, PeerCertificate};
 use crate::http::access::{Door, DoorRefusal};
 use crate::http::idempotency;
@@ -419,6 +420,46 @@ impl Operator {
             .map_err(ApiError::audit_unavailable)
     }
 
+    /// Runs a step whose effect is a write on the shared database between
+    /// this operator's audit records
+    /// ([`AuditLog::recorded_prepared_write`](crate::audit::AuditLog::recorded_prepared_write)):
+    /// `requested` first (503 `audit_unavailable` and nothing done if it
+    /// cannot be written), then `prepare` (HSM work, no transaction open),
+    /// then `effect` in one transaction with its outcome record. In a task
+    /// of its own, so that a client timeout does not cut it in half.
+    pub async fn recorded_write<P, T, E, Pre, F, Fut, S>(
+        &self,
+        state: &AppState,
+        requested: AuditEvent,
+        prepare: Pre,
+        effect: F,
+        settle: S,
+    ) -> Result<Result<T, E>, ApiError>
+    where
+        P: Clone + Send + Sync + 'static,
+        T: Send + 'static,
+        E: keyward_kms::db::TxError + From<crate::audit::AuditError> + Send + Sync + 'static,
+        Pre: Future<Output = Result<P, E>> + Send + 'static,
+        F: FnMut(keyward_kms::db::Tx, P) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(keyward_kms::db::Tx, T), E>> + Send,
+        S: Fn(Result<&T, &E>) -> (AuditEvent, Outcome) + Send + Sync + 'static,
+    {
+        let (audit, db, actor, rid) = (
+            state.audit.clone(),
+            state.kms.db().clone(),
+            self.actor.clone(),
+            self.request_id.clone(),
+        );
+        let task = tokio::spawn(async move {
+            audit
+                .recorded_prepared_write(&db, &actor, &rid, &requested, prepare, effect, settle)
+                .await
+        });
+        task.await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::audit_unavailable)
+    }
+
     /// Runs a provisioning decision the way every state change runs here
     /// ([`Self::recorded`]): the decision's own note is the outcome record,
     /// refusals included.
@@ -454,6 +495,57 @@ impl Operator {
         decided
             .map(|done| done.value)
             .map_err(|refused| ApiError::from(refused.error))
+    }
+
+    /// Runs a provisioning decision whose effect is a write on the shared
+    /// database ([`Self::recorded_write`]): `prepare` reads and checks with
+    /// no transaction open, `effect` commits the decision's rows with its
+    /// note as the outcome record. A refusal is rolled back and its note
+    /// recorded after.
+    pub async fn decide_write<P, T, Pre, F, Fut>(
+        &self,
+        state: &AppState,
+        action: Action,
+        target: String,
+        prepare: Pre,
+        effect: F,
+    ) -> Result<T, ApiError>
+    where
+        P: Clone + Send + Sync + 'static,
+        T: Send + Sync + 'static,
+        Pre: Future<Output = Result<P, Box<Refused>>> + Send + 'static,
+        F: FnMut(Tx, P) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Tx, Audited<T>), StepError<Box<Refused>>>> + Send,
+    {
+        let requested = AuditEvent::OperatorAction {
+            action: action.as_str(),
+            target,
+        };
+        let prepare = async move { prepare.await.map_err(StepError::Effect) };
+        let decided = self
+            .recorded_write(state, requested, prepare, effect, move |r| match r {
+                Ok(done) => (
+                    AuditEvent::Provisioning(done.note.clone()),
+                    done.note.outcome,
+                ),
+                Err(StepError::Effect(refused)) => (
+                    AuditEvent::Provisioning(refused.note.clone()),
+                    refused.note.outcome,
+                ),
+                Err(e) => AuditEvent::failed(action.as_str(), e.code()),
+            })
+            .await?;
+        let outcome = match &decided {
+            Ok(done) => done.note.outcome,
+            Err(StepError::Effect(refused)) => refused.note.outcome,
+            Err(e) => Outcome::Failed { code: e.code() },
+        };
+        state
+            .metrics
+            .provisioning_decisions
+            .with_label_values(&[action.as_str(), outcome.as_str()])
+            .inc();
+        Ok(decided?.value)
     }
 }
 

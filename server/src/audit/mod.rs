@@ -61,6 +61,9 @@ pub use verify::{SignedCheckpoint, VerifyReport};
 
 use crate::metrics::Metrics;
 
+/// The action of a bulk MAC verification batch's record, answered or refused.
+const MAC_BATCH: &str = "mac.verify_batch";
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// How often serve writes the HSM checkpoint when the trail has grown: the
@@ -148,6 +151,66 @@ impl AuditError {
     }
 }
 
+/// Why a step run through [`AuditLog::recorded_write`] failed, for a
+/// step whose own error cannot hold an audit error (a crate below the
+/// server's): its own refusal or failure, the outcome record that could not
+/// be staged (the step is undone), or the database around it.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError<E> {
+    #[error(transparent)]
+    Effect(E),
+    #[error("audit trail: {0}")]
+    Audit(#[from] AuditError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A step's own error: its code, and the database error inside it (a lost
+/// race reruns the step).
+pub trait StepCause {
+    fn code(&self) -> &'static str;
+    fn database_error(&self) -> Option<&sqlx::Error>;
+}
+
+impl StepCause for keyward_ca::CaError {
+    fn code(&self) -> &'static str {
+        keyward_ca::CaError::code(self)
+    }
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        keyward_kms::db::TxError::database_error(self)
+    }
+}
+
+impl StepCause for Box<keyward_device_provisioning::Refused> {
+    fn code(&self) -> &'static str {
+        self.error.code()
+    }
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        keyward_kms::db::TxError::database_error(&self.error)
+    }
+}
+
+impl<E: StepCause> keyward_kms::db::TxError for StepError<E> {
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Effect(e) => e.database_error(),
+            Self::Audit(e) => keyward_kms::db::TxError::database_error(e),
+            Self::Database(e) => Some(e),
+        }
+    }
+}
+
+impl<E: StepCause> StepError<E> {
+    /// The stable code of the failure (the outcome record's).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Effect(e) => e.code(),
+            Self::Audit(_) => "audit_unavailable",
+            Self::Database(e) => keyward_kms::db::error_code(e),
+        }
+    }
+}
+
 /// What happened. Each variant gives an `action`, a `target` and a detail
 /// object; the enum is the list of everything the trail can say.
 #[derive(Debug, Clone)]
@@ -223,6 +286,21 @@ pub enum AuditEvent {
         action: &'static str,
         target: String,
         detail: serde_json::Value,
+    },
+    /// A bulk MAC verification batch, answered: counts only, never a
+    /// message or a MAC.
+    MacBatchVerified {
+        summary: crate::wire::macs::Summary,
+        error_codes: std::collections::BTreeMap<&'static str, u64>,
+        encoding: crate::bulk::Encoding,
+        streamed: bool,
+    },
+    /// A bulk MAC verification batch refused whole (`code`), with its
+    /// item count and the limit when it was too large.
+    MacBatchRefused {
+        code: &'static str,
+        encoding: crate::bulk::Encoding,
+        too_large: Option<(usize, usize)>,
     },
     /// An intrusion signal ([`crate::security`]): action `security.<kind>`.
     Security {
@@ -330,6 +408,31 @@ impl AuditEvent {
                 target,
                 detail,
             } => ((*action).to_owned(), target.clone(), detail.clone()),
+            Self::MacBatchVerified {
+                summary,
+                error_codes,
+                encoding,
+                streamed,
+            } => (
+                MAC_BATCH.into(),
+                "-".into(),
+                json!({ "items": summary.total(), "valid": summary.valid,
+                        "invalid": summary.invalid, "error": summary.error,
+                        "error_codes": error_codes, "encoding": encoding.as_str(),
+                        "streamed": streamed }),
+            ),
+            Self::MacBatchRefused {
+                code,
+                encoding,
+                too_large,
+            } => {
+                let mut detail = json!({ "encoding": encoding.as_str(), "code": code });
+                if let Some((items, max)) = too_large {
+                    detail["items"] = (*items).into();
+                    detail["max"] = (*max).into();
+                }
+                (MAC_BATCH.into(), "-".into(), detail)
+            }
             Self::Security {
                 kind,
                 target,
@@ -551,21 +654,60 @@ impl AuditLog {
         F: FnMut(keyward_kms::db::Tx) -> Fut,
         Fut: std::future::Future<Output = Result<(keyward_kms::db::Tx, T), E>>,
     {
+        let prepare = async { Ok(()) };
+        self.recorded_prepared_write(
+            db,
+            actor,
+            request_id,
+            requested,
+            prepare,
+            |tx, ()| effect(tx),
+            settle,
+        )
+        .await
+    }
+
+    /// [`AuditLog::recorded_write`] for an effect with HSM work (signing a
+    /// certificate, say): `prepare` runs after the `requested` record and
+    /// before the transaction opens, and hands `effect` what it made; a
+    /// failed `prepare` is settled as a failed effect.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn recorded_prepared_write<P, T, E, Pre, F, Fut>(
+        &self,
+        db: &keyward_kms::db::Database,
+        actor: &Actor,
+        request_id: &str,
+        requested: &AuditEvent,
+        prepare: Pre,
+        mut effect: F,
+        settle: impl Fn(Result<&T, &E>) -> (AuditEvent, Outcome),
+    ) -> Result<Result<T, E>, AuditError>
+    where
+        P: Clone,
+        E: keyward_kms::db::TxError + From<AuditError>,
+        Pre: std::future::Future<Output = Result<P, E>>,
+        F: FnMut(keyward_kms::db::Tx, P) -> Fut,
+        Fut: std::future::Future<Output = Result<(keyward_kms::db::Tx, T), E>>,
+    {
         self.append(actor, requested, Outcome::Requested, request_id)
             .await?;
         let settle = &settle;
-        let result = db
-            .write("audited effect", |tx| {
-                let effect = effect(tx);
-                async move {
-                    let (mut tx, value) = effect.await?;
-                    let (event, outcome) = settle(Ok(&value));
-                    self.stage_in(&mut tx, actor, &event, outcome, request_id)
-                        .await?;
-                    Ok((tx, value))
-                }
-            })
-            .await;
+        let result = match prepare.await {
+            Ok(prepared) => {
+                db.write("audited effect", |tx| {
+                    let effect = effect(tx, prepared.clone());
+                    async move {
+                        let (mut tx, value) = effect.await?;
+                        let (event, outcome) = settle(Ok(&value));
+                        self.stage_in(&mut tx, actor, &event, outcome, request_id)
+                            .await?;
+                        Ok((tx, value))
+                    }
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(_) => {
                 if let Err(e) = self.flush_staged().await {
@@ -1022,6 +1164,42 @@ mod tests {
             edit(&mut t);
             assert_ne!(t.compute_hash(), a.hash);
         }
+    }
+
+    /// A batch's record keeps one action and one detail shape, answered or
+    /// refused: counts and codes, nothing of an item.
+    #[test]
+    fn mac_batch_events_name_one_action_and_carry_counts() {
+        let answered = AuditEvent::MacBatchVerified {
+            summary: crate::wire::macs::Summary {
+                valid: 2,
+                invalid: 1,
+                error: 1,
+            },
+            error_codes: [("key_not_found", 1)].into(),
+            encoding: crate::bulk::Encoding::Binary,
+            streamed: true,
+        };
+        let (action, target, detail) = answered.parts();
+        assert_eq!((action.as_str(), target.as_str()), (MAC_BATCH, "-"));
+        assert_eq!(
+            detail,
+            serde_json::json!({ "items": 4, "valid": 2, "invalid": 1, "error": 1,
+                                "error_codes": { "key_not_found": 1 },
+                                "encoding": "binary", "streamed": true })
+        );
+        let refused = AuditEvent::MacBatchRefused {
+            code: "batch_too_large",
+            encoding: crate::bulk::Encoding::Json,
+            too_large: Some((10, 5)),
+        };
+        let (action, _, detail) = refused.parts();
+        assert_eq!(action, MAC_BATCH);
+        assert_eq!(
+            detail,
+            serde_json::json!({ "encoding": "json", "code": "batch_too_large",
+                                "items": 10, "max": 5 })
+        );
     }
 
     #[test]

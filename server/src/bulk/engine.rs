@@ -119,18 +119,11 @@ impl Run {
             .mac_batch_hsm_seconds
             .with_label_values(&[caller.kind])
             .observe(hsm);
-        let event = AuditEvent::Online {
-            action: "mac.verify_batch",
-            target: "-".into(),
-            detail: serde_json::json!({
-                "items": tally.summary.total(),
-                "valid": tally.summary.valid,
-                "invalid": tally.summary.invalid,
-                "error": tally.summary.error,
-                "error_codes": tally.codes,
-                "encoding": self.encoding.as_str(),
-                "streamed": self.streamed,
-            }),
+        let event = AuditEvent::MacBatchVerified {
+            summary: tally.summary,
+            error_codes: tally.codes.clone(),
+            encoding: self.encoding,
+            streamed: self.streamed,
         };
         state
             .audit
@@ -150,15 +143,13 @@ pub async fn refuse(
     encoding: Encoding,
 ) -> Result<(), ApiError> {
     let code = e.code();
-    let mut detail = serde_json::json!({ "encoding": encoding.as_str(), "code": code });
-    if let BatchError::TooLarge { items, max } = e {
-        detail["items"] = (*items).into();
-        detail["max"] = (*max).into();
-    }
-    let event = AuditEvent::Online {
-        action: "mac.verify_batch",
-        target: "-".into(),
-        detail,
+    let event = AuditEvent::MacBatchRefused {
+        code,
+        encoding,
+        too_large: match e {
+            BatchError::TooLarge { items, max } => Some((*items, *max)),
+            _ => None,
+        },
     };
     state
         .audit

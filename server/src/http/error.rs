@@ -155,6 +155,7 @@ pub const CODES: &[(&str, StatusCode)] = &[
     // 409: the state does not allow it (now).
     ("request_in_progress", StatusCode::CONFLICT),
     ("already_revoked", StatusCode::CONFLICT),
+    ("self_revocation", StatusCode::CONFLICT),
     ("issuer_exists", StatusCode::CONFLICT),
     ("unknown_key_version", StatusCode::CONFLICT),
     ("key_version_not_pending", StatusCode::CONFLICT),
@@ -472,6 +473,29 @@ impl From<crate::bulk::BatchError> for ApiError {
             E::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         };
         Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl<E: Into<ApiError>> From<crate::audit::StepError<E>> for ApiError {
+    /// The step's own error as it maps; an outcome record that could not be
+    /// staged is 503 `audit_unavailable` (the step did not happen).
+    fn from(e: crate::audit::StepError<E>) -> Self {
+        use crate::audit::StepError;
+        match e {
+            StepError::Effect(e) => e.into(),
+            StepError::Audit(e) => Self::audit_unavailable(e),
+            StepError::Database(e) => Self::from_kind(
+                keyward_kms::db::error_kind(&e),
+                keyward_kms::db::error_code(&e),
+                e,
+            ),
+        }
+    }
+}
+
+impl From<Box<keyward_device_provisioning::Refused>> for ApiError {
+    fn from(r: Box<keyward_device_provisioning::Refused>) -> Self {
+        r.error.into()
     }
 }
 

@@ -34,14 +34,7 @@ pub struct Station<'a> {
 
 impl Station<'_> {
     pub fn ok(&self, who: &str, args: &[&str]) -> Value {
-        let dir = if who == "admin" {
-            self.s.operators()
-        } else {
-            self.s.dir.path().to_owned()
-        };
-        let mut all = vec!["-o", "json"];
-        all.extend_from_slice(args);
-        let out = self.s.kwctl(&dir, who, &all);
+        let out = self.kwctl(who, args);
         let v = stdout_json(&out);
         assert!(
             out.status.success(),
@@ -49,6 +42,19 @@ impl Station<'_> {
             self.s.log()
         );
         v
+    }
+
+    /// `kwctl -o json ARGS` as `who` (`admin`: the first operator), as it
+    /// ended.
+    pub fn kwctl(&self, who: &str, args: &[&str]) -> Output {
+        let dir = if who == "admin" {
+            self.s.operators()
+        } else {
+            self.s.dir.path().to_owned()
+        };
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        self.s.kwctl(&dir, who, &all)
     }
 
     pub fn kwsim(&self, args: &[&str]) -> Output {
@@ -100,54 +106,10 @@ impl Station<'_> {
         kind: &str,
         address: &str,
     ) -> String {
-        for (issuer, family) in issuers {
-            self.ok("admin", &["issuer", "create", issuer, "--family", family]);
-        }
-        let manifest = self.s.dir.path().join("batch.csv");
-        let made = self.kwsim(&[
-            "make",
-            "--count",
-            &count.to_string(),
-            "--first-id",
-            D1,
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ]);
-        assert!(made.status.success(), "{made:?}");
-        self.ok(
-            "alice",
-            &[
-                "device",
-                "import",
-                "--batch-id",
-                "B-1",
-                manifest.to_str().unwrap(),
-            ],
-        );
+        let customer = self.checked_devices(issuers, count, kind, address);
         let agent = self.agent();
-        let app = self.ok(
-            "alice",
-            &[
-                "customer",
-                "apply",
-                "--name",
-                "Li Lei",
-                "--national-id",
-                "110101199003071234",
-                "--account",
-                ACCOUNT,
-                "--contact-kind",
-                kind,
-                "--contact",
-                address,
-            ],
-        );
-        let app_id = app["application_id"].as_str().unwrap().to_owned();
-        let customer = app["customer_id"].as_str().unwrap().to_owned();
-        self.ok("bob", &["customer", "approve", &app_id]);
         for d in (0..count).map(device_id) {
             let d = d.as_str();
-            self.ok("alice", &["device", "check", d, "--agent", &agent]);
             for (issuer, _) in issuers {
                 self.ok(
                     "alice",
@@ -173,16 +135,72 @@ impl Station<'_> {
         customer
     }
 
+    /// `issuers` created, `count` devices ([`device_id`] 0 to `count - 1`)
+    /// made, imported and checked, and one approved customer whose contact
+    /// is `kind` at `address` (its id); nothing keyed or bound yet.
+    pub fn checked_devices(
+        &self,
+        issuers: &[(&str, &str)],
+        count: usize,
+        kind: &str,
+        address: &str,
+    ) -> String {
+        for (issuer, family) in issuers {
+            self.ok("admin", &["issuer", "create", issuer, "--family", family]);
+        }
+        let manifest = self.s.dir.path().join("batch.csv");
+        let made = self.kwsim(&[
+            "make",
+            "--count",
+            &count.to_string(),
+            "--first-id",
+            D1,
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ]);
+        assert!(made.status.success(), "{made:?}");
+        self.ok(
+            "alice",
+            &[
+                "device",
+                "import",
+                "--batch-id",
+                "B-1",
+                manifest.to_str().unwrap(),
+            ],
+        );
+        let app = self.ok(
+            "alice",
+            &[
+                "customer",
+                "apply",
+                "--name",
+                "Li Lei",
+                "--national-id",
+                "110101199003071234",
+                "--account",
+                ACCOUNT,
+                "--contact-kind",
+                kind,
+                "--contact",
+                address,
+            ],
+        );
+        let app_id = app["application_id"].as_str().unwrap().to_owned();
+        let customer = app["customer_id"].as_str().unwrap().to_owned();
+        self.ok("bob", &["customer", "approve", &app_id]);
+        let agent = self.agent();
+        for d in (0..count).map(device_id) {
+            self.ok("alice", &["device", "check", &d, "--agent", &agent]);
+        }
+        customer
+    }
+
     /// The device's certificate and chain (PEM), as its terminal presents it.
     pub fn chain(&self, device: &str) -> String {
         let shown = self.ok("alice", &["device", "show", device]);
         let serial = shown["cert_serial"].as_str().unwrap().to_owned();
-        let cert = self.ok("alice", &["ca", "show", &serial]);
-        format!(
-            "{}{}",
-            cert["certificate_pem"].as_str().unwrap(),
-            cert["chain_pem"].as_str().unwrap()
-        )
+        chain_of(&self.ok("alice", &["ca", "show", &serial]))
     }
 
     pub fn terminal(&self, public: &str, device: &SimDevice, chain: &str) -> Terminal {
@@ -193,6 +211,15 @@ impl Station<'_> {
     pub fn device(&self, id: &str) -> SimDevice {
         SimDevice::load(&self.devices, id.parse::<DeviceId>().unwrap()).unwrap()
     }
+}
+
+/// A certificate and its chain (PEM) from `kwctl ca show`'s answer.
+pub fn chain_of(cert: &Value) -> String {
+    format!(
+        "{}{}",
+        cert["certificate_pem"].as_str().unwrap(),
+        cert["chain_pem"].as_str().unwrap()
+    )
 }
 
 /// Config for confirmations over signed webhooks to `receiver`: the code

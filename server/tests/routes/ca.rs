@@ -68,6 +68,104 @@ async fn an_admin_issues_lists_shows_and_revokes_certificates() {
     .refused(StatusCode::CONFLICT, "already_revoked");
 }
 
+/// Issuance and revocation write their `requested` record first and commit
+/// the certificate's row with the outcome record: when that record cannot
+/// be staged, nothing is issued or revoked.
+#[tokio::test]
+async fn issuance_and_revocation_commit_with_their_outcome_records() {
+    let app = App::new().await;
+    let body =
+        json!({"csr_pem": csr_pem(), "profile": "server-tls", "dns_names": ["gw.bank.example"]});
+    let issued = app
+        .post(&app.root, "/admin/v1/ca/certificates", body.clone())
+        .await;
+    let serial = issued.expect(StatusCode::CREATED)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.outcomes_of("certificate.issue", issued.request_id())
+            .await,
+        ["requested", "success"]
+    );
+    let server_certs = || async {
+        let a = app
+            .get(&app.root, "/admin/v1/ca/certificates?profile=server-tls")
+            .await;
+        a.expect(StatusCode::OK)["certificates"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = server_certs().await;
+
+    app.break_audit_staging().await;
+    let refused = app
+        .post(&app.root, "/admin/v1/ca/certificates", body.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(server_certs().await, before, "nothing was issued");
+    assert_eq!(
+        app.outcomes_of("certificate.issue", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    let revoke = format!("/admin/v1/ca/certificates/{serial}/revoke");
+    let refused = app
+        .post(&app.root, &revoke, json!({"reason": "superseded"}))
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    let show = app
+        .get(&app.root, &format!("/admin/v1/ca/certificates/{serial}"))
+        .await;
+    assert_eq!(show.expect(StatusCode::OK)["status"], "valid");
+    assert_eq!(
+        app.outcomes_of("certificate.revoke", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let revoked = app
+        .post(&app.root, &revoke, json!({"reason": "superseded"}))
+        .await;
+    assert_eq!(revoked.expect(StatusCode::OK)["status"], "revoked");
+    assert_eq!(
+        app.outcomes_of("certificate.revoke", revoked.request_id())
+            .await,
+        ["requested", "success"]
+    );
+}
+
+/// An admin revoking the certificate it calls with would lock itself out:
+/// refused with 409 `self_revocation`, audited, the caller still admitted;
+/// another admin may revoke it.
+#[tokio::test]
+async fn an_operator_cannot_revoke_its_own_certificate() {
+    let app = App::new().await;
+    let own = app.root.cert.as_ref().unwrap().serial.clone();
+    let revoke = format!("/admin/v1/ca/certificates/{own}/revoke");
+    let refused = app
+        .post(&app.root, &revoke, json!({"reason": "keyCompromise"}))
+        .await;
+    refused.refused(StatusCode::CONFLICT, "self_revocation");
+    assert_eq!(
+        app.outcomes_of("certificate.revoke", refused.request_id())
+            .await,
+        ["refused"]
+    );
+    app.get(&app.root, "/admin/v1/whoami")
+        .await
+        .expect(StatusCode::OK);
+
+    let second = app.operator("second-admin", Role::Admin).await;
+    let revoked = app.post(&second, &revoke, json!({})).await;
+    assert_eq!(revoked.expect(StatusCode::OK)["status"], "revoked");
+    app.get(&app.root, "/admin/v1/whoami")
+        .await
+        .refused(StatusCode::FORBIDDEN, "certificate_revoked");
+}
+
 #[tokio::test]
 async fn certificate_refusals_are_typed() {
     let app = App::new().await;

@@ -29,6 +29,60 @@ async fn apply(app: &App, maker: &ClientIdentity) -> String {
         .to_owned()
 }
 
+/// A checker's decision writes its `requested` record first and commits
+/// with its outcome record: when that record cannot be staged the
+/// application stays as it was.
+#[tokio::test]
+async fn review_decisions_commit_with_their_outcome_records() {
+    let app = App::new().await;
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let id = apply(&app, &alice).await;
+    let review = format!("/admin/v1/applications/{id}");
+    let state = || async {
+        let a = app.get(&bob, &review).await;
+        a.expect(StatusCode::OK)["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    app.break_audit_staging().await;
+    for (step, body) in [
+        ("approve", json!({})),
+        ("reject", json!({"reason": "typo"})),
+    ] {
+        let refused = app.post(&bob, &format!("{review}/{step}"), body).await;
+        refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+        assert_eq!(state().await, "submitted", "{step}");
+        assert_eq!(
+            app.outcomes_of(&format!("customer.{step}"), refused.request_id())
+                .await,
+            ["requested", "failure"]
+        );
+    }
+
+    app.heal_audit_staging().await;
+    let approved = app
+        .post(&bob, &format!("{review}/approve"), json!({}))
+        .await;
+    approved.expect(StatusCode::OK);
+    assert_eq!(state().await, "approved");
+    assert_eq!(
+        app.outcomes_of("customer.approve", approved.request_id())
+            .await,
+        ["requested", "success"]
+    );
+    let closed = app
+        .post(&bob, &format!("{review}/close"), json!({"reason": "late"}))
+        .await;
+    closed.refused(StatusCode::CONFLICT, "application_state");
+    assert_eq!(
+        app.outcomes_of("customer.close", closed.request_id()).await,
+        ["requested", "refused"]
+    );
+}
+
 #[tokio::test]
 async fn review_is_maker_checker_through_the_routes() {
     let app = App::new().await;

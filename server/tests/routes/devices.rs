@@ -188,6 +188,140 @@ async fn a_device_goes_from_the_factory_to_issued_and_retired_through_the_routes
     assert!(app.audited("device.transition", "success").await);
 }
 
+/// A device's transition and a check reset write their `requested` record
+/// first and commit with their outcome record: when that record cannot be
+/// staged the device keeps its state, its certificate and its counter; a
+/// refusal is recorded after it.
+#[tokio::test]
+async fn device_decisions_commit_with_their_outcome_records() {
+    let app = App::new().await;
+    let d = device(3);
+    app.import("F-3", &[&d]).await.expect(StatusCode::CREATED);
+    let shown = app.get(&app.root, &path(&d, "")).await;
+    let shown: wire::DeviceDetail =
+        serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+    let cert = format!(
+        "/admin/v1/ca/certificates/{}",
+        shown.device.cert_serial.unwrap()
+    );
+    let retire = json!({"to": "retired", "reason": "route test"});
+    app.exec(&format!(
+        "UPDATE prov_devices SET check_failures = 2 WHERE device_id = '{}'",
+        d.id
+    ))
+    .await;
+    let failures = || async {
+        let shown = app.get(&app.root, &path(&d, "")).await;
+        let shown: wire::DeviceDetail =
+            serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+        shown.device.check_failures
+    };
+    let reset = json!({"reason": "route test"});
+
+    app.break_audit_staging().await;
+    let refused = app
+        .post(&app.root, &path(&d, "/check/reset"), reset.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(failures().await, 2);
+    assert_eq!(
+        app.outcomes_of("provisioning.reset_check", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    let refused = app
+        .post(&app.root, &path(&d, "/state"), retire.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    let state = app.get(&app.root, &path(&d, "")).await;
+    let state: wire::DeviceDetail =
+        serde_json::from_value(state.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(state.device.state, "manufactured");
+    let c = app.get(&app.root, &cert).await;
+    assert_eq!(c.expect(StatusCode::OK)["status"], "valid");
+    assert_eq!(
+        app.outcomes_of("device.transition", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let cleared = app.post(&app.root, &path(&d, "/check/reset"), reset).await;
+    assert_eq!(cleared.expect(StatusCode::OK)["check_failures_cleared"], 2);
+    assert_eq!(failures().await, 0);
+    assert_eq!(
+        app.outcomes_of("provisioning.reset_check", cleared.request_id())
+            .await,
+        ["requested", "success"]
+    );
+    let retired = app.post(&app.root, &path(&d, "/state"), retire).await;
+    retired.expect(StatusCode::OK);
+    let c = app.get(&app.root, &cert).await;
+    assert_eq!(c.expect(StatusCode::OK)["status"], "revoked");
+    assert_eq!(
+        app.outcomes_of("device.transition", retired.request_id())
+            .await,
+        ["requested", "success"]
+    );
+    let again = app
+        .post(
+            &app.root,
+            &path(&d, "/state"),
+            json!({"to": "issued", "reason": "route test"}),
+        )
+        .await;
+    again.refused(StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(
+        app.outcomes_of("device.transition", again.request_id())
+            .await,
+        ["requested", "refused"]
+    );
+}
+
+/// A binding commits with its outcome record: when that record cannot be
+/// staged the device stays unbound and `initialised`.
+#[tokio::test]
+async fn a_binding_commits_with_its_outcome_record() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let mut d = device(4);
+    app.import("F-4", &[&d]).await.expect(StatusCode::CREATED);
+    check(&app, &d).await;
+    let confirm = init(&app, &mut d, "bank-a").await;
+    app.post(&app.root, &path(&d, "/init/confirm"), confirm)
+        .await
+        .expect(StatusCode::OK);
+    let customer = customer(&app, "6222020200112233").await;
+    let bind = json!({"customer_id": customer, "issuer_id": "bank-a",
+                      "secure_element": "psam", "accounts": ["6222020200112233"]});
+    let shown = || async {
+        let shown = app.get(&app.root, &path(&d, "")).await;
+        let shown: wire::DeviceDetail =
+            serde_json::from_value(shown.expect(StatusCode::OK).clone()).unwrap();
+        (shown.device.state, shown.bindings.len())
+    };
+
+    app.break_audit_staging().await;
+    let refused = app
+        .post(&app.root, &path(&d, "/bindings"), bind.clone())
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(shown().await, ("initialised".to_owned(), 0));
+    assert_eq!(
+        app.outcomes_of("device.bind", refused.request_id()).await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let bound = app.post(&app.root, &path(&d, "/bindings"), bind).await;
+    bound.expect(StatusCode::CREATED);
+    assert_eq!(shown().await, ("issued".to_owned(), 1));
+    assert_eq!(
+        app.outcomes_of("device.bind", bound.request_id()).await,
+        ["requested", "success"]
+    );
+}
+
 #[tokio::test]
 async fn device_refusals_are_typed_and_audited() {
     let app = App::new().await;

@@ -49,6 +49,11 @@ impl Answer {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 
+    /// The request id the answer carries (the audit records' `request_id`).
+    pub fn request_id(&self) -> &str {
+        self.headers["x-request-id"].to_str().unwrap()
+    }
+
     /// Asserts the status and returns the body.
     pub fn expect(&self, status: StatusCode) -> &Value {
         assert_eq!(self.status, status, "{}", self.text);
@@ -208,6 +213,56 @@ impl App {
             .await
             .iter()
             .any(|r| r["action"] == action && r["outcome"] == outcome)
+    }
+
+    /// The outcomes of `action`'s records for `request_id`, oldest first.
+    pub async fn outcomes_of(&self, action: &str, request_id: &str) -> Vec<String> {
+        let mut outcomes: Vec<String> = self
+            .trail()
+            .await
+            .iter()
+            .filter(|r| r["action"] == action && r["request_id"] == request_id)
+            .map(|r| r["outcome"].as_str().unwrap_or("").to_owned())
+            .collect();
+        outcomes.reverse();
+        outcomes
+    }
+
+    /// Makes every audit staging fail, as a trail that cannot take the
+    /// outcome record of an effect, until [`App::heal_audit_staging`].
+    pub async fn break_audit_staging(&self) {
+        let sql = match self.state.kms.db().kind() {
+            keyward_config::DatabaseKind::Sqlite => {
+                "CREATE TRIGGER kw_audit_down BEFORE INSERT ON audit_staged \
+                 BEGIN SELECT RAISE(ABORT, 'audit down'); END"
+            }
+            keyward_config::DatabaseKind::Postgres => {
+                "CREATE FUNCTION kw_audit_down() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'audit down'; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER kw_audit_down BEFORE INSERT ON audit_staged \
+                 FOR EACH ROW EXECUTE FUNCTION kw_audit_down()"
+            }
+        };
+        self.exec(sql).await;
+    }
+
+    /// Undoes [`App::break_audit_staging`].
+    pub async fn heal_audit_staging(&self) {
+        let sql = match self.state.kms.db().kind() {
+            keyward_config::DatabaseKind::Sqlite => "DROP TRIGGER kw_audit_down",
+            keyward_config::DatabaseKind::Postgres => {
+                "DROP TRIGGER kw_audit_down ON audit_staged; DROP FUNCTION kw_audit_down()"
+            }
+        };
+        self.exec(sql).await;
+    }
+
+    /// Runs `sql` (one or more statements) on the app's database.
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(self.state.kms.db().pool())
+            .await
+            .unwrap();
     }
 }
 

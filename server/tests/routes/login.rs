@@ -600,38 +600,6 @@ async fn expired_challenges_and_sessions_are_refused() {
     );
 }
 
-/// Runs `sql` on the app's database (test set-up of faults).
-async fn exec(app: &App, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(app.state.kms.db().pool())
-        .await
-        .unwrap();
-}
-
-/// Makes every audit staging fail (as a trail that cannot be written).
-async fn break_audit_staging(app: &App) {
-    match app.state.kms.db().kind() {
-        keyward_config::DatabaseKind::Sqlite => {
-            exec(
-                app,
-                "CREATE TRIGGER kw_audit_down BEFORE INSERT ON audit_staged \
-                 BEGIN SELECT RAISE(ABORT, 'audit down'); END",
-            )
-            .await
-        }
-        keyward_config::DatabaseKind::Postgres => {
-            exec(
-                app,
-                "CREATE FUNCTION kw_audit_down() RETURNS trigger AS $$ \
-                 BEGIN RAISE EXCEPTION 'audit down'; END $$ LANGUAGE plpgsql; \
-                 CREATE TRIGGER kw_audit_down BEFORE INSERT ON audit_staged \
-                 FOR EACH ROW EXECUTE FUNCTION kw_audit_down()",
-            )
-            .await
-        }
-    }
-}
-
 async fn credential(app: &App, d: &SimDevice, issuer: &str) -> wire::Credential {
     let cred = app
         .get(
@@ -664,7 +632,7 @@ async fn a_lockout_whose_audit_record_cannot_be_written_does_not_happen() {
 
     // The failure that would lock cannot stage its audit record: nothing
     // of the lockout happens (no lock, no revocation, the count unchanged).
-    break_audit_staging(&app).await;
+    app.break_audit_staging().await;
     let (_, a) = login(&app, &who, &mut d, "bank-a", wrong).await;
     assert!(a.status.is_server_error(), "{} {}", a.status, a.text);
     let serial = who.cert.as_ref().unwrap().serial.parse().unwrap();
@@ -676,11 +644,7 @@ async fn a_lockout_whose_audit_record_cannot_be_written_does_not_happen() {
 
     // Once the trail can be written, the same failure locks, revokes and
     // is recorded.
-    let heal = match app.state.kms.db().kind() {
-        keyward_config::DatabaseKind::Sqlite => "DROP TRIGGER kw_audit_down",
-        keyward_config::DatabaseKind::Postgres => "DROP TRIGGER kw_audit_down ON audit_staged",
-    };
-    exec(&app, heal).await;
+    app.heal_audit_staging().await;
     let (_, a) = login(&app, &who, &mut d, "bank-a", wrong).await;
     a.refused(StatusCode::FORBIDDEN, "credential_locked");
     assert!(app.state.ca.is_revoked(&serial).await.unwrap());
@@ -696,14 +660,11 @@ async fn a_lockout_cut_short_before_its_revocation_is_finished_by_recovery() {
     let cert = who.cert.as_ref().unwrap();
     // What the lockout's transaction leaves when the process dies right
     // after it: locked, the certificate named, not yet revoked.
-    exec(
-        &app,
-        &format!(
-            "INSERT INTO online_credentials (issuer_id, device_id, failures, locked_at_ms, \
+    app.exec(&format!(
+        "INSERT INTO online_credentials (issuer_id, device_id, failures, locked_at_ms, \
              revoked_serial) VALUES ('bank-a', '{}', 10, 1, '{}')",
-            d.id, cert.serial
-        ),
-    )
+        d.id, cert.serial
+    ))
     .await;
     let serial = cert.serial.parse().unwrap();
     assert!(!app.state.ca.is_revoked(&serial).await.unwrap());
@@ -828,7 +789,7 @@ async fn an_activation_whose_audit_record_cannot_be_written_does_not_happen() {
     let app = App::new().await;
     app.issuer("bank-a", "tdes").await;
     let (mut d, who) = issued(&app, 9, &["bank-a"]).await;
-    break_audit_staging(&app).await;
+    app.break_audit_staging().await;
     // The first login offers keys; its confirmation cannot be recorded, so
     // nothing is activated and no session opens.
     let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;

@@ -144,6 +144,14 @@ impl DeviceCertifier for OutageAt {
     ) -> BoxFuture<'a, Result<(), CertifierError>> {
         DeviceCertifier::revoke(&self.ca, serial, reason)
     }
+    fn revoke_in<'a>(
+        &'a self,
+        tx: &'a mut keyward_kms::db::Tx,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<bool, CertifierError>> {
+        DeviceCertifier::revoke_in(&self.ca, tx, serial, reason)
+    }
     fn valid_certificates<'a>(
         &'a self,
         device: DeviceId,

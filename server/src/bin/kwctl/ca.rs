@@ -78,7 +78,8 @@ pub enum OperatorCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Revoke an operator certificate.
+    /// Revoke an operator certificate (not the one kwctl calls with: the
+    /// server refuses that with `self_revocation`; another admin revokes it).
     Revoke {
         serial: String,
         #[arg(long)]
