@@ -141,6 +141,8 @@ struct History {
     /// MACs answered, but not `valid`, by a device whose keys the server
     /// had confirmed.
     bad_macs: Vec<String>,
+    /// The refusals' codes, counted.
+    codes: BTreeMap<String, u32>,
 }
 
 impl History {
@@ -166,6 +168,17 @@ impl History {
         self.refused_confirms.extend(o.refused_confirms);
         self.refusals.extend(o.refusals);
         self.bad_macs.extend(o.bad_macs);
+        for (k, v) in o.codes {
+            *self.codes.entry(k).or_default() += v;
+        }
+    }
+
+    /// A refusal that should not happen, unless the device was suspended
+    /// (an operator's action the scheduler takes).
+    fn refused(&mut self, what: String) {
+        if !what.contains("device_suspended") {
+            self.refusals.push(what);
+        }
     }
 
     fn total(&self, c: Class) -> u32 {
@@ -200,6 +213,16 @@ async fn attempt(addr: &str, root: &str, d: &Device, path: &str, body: &Value) -
     }
 }
 
+/// What an operation came to, as the client knows it.
+enum Outcome {
+    Ok(Value),
+    /// Refused, every earlier attempt answered too: no effect may exist.
+    Failed(String),
+    /// No answer, or a refusal after an attempt whose answer was lost
+    /// (the lost one may have had the effect).
+    Unknown,
+}
+
 /// A login of `d` at `addr` (taking new working keys if offered).
 async fn login(addr: &str, root: &str, d: &mut Device, h: &mut History) -> Class {
     let Ok(t) = Terminal::new(&format!("https://{addr}"), root, &d.chain, &d.dev) else {
@@ -215,13 +238,16 @@ async fn login(addr: &str, root: &str, d: &mut Device, h: &mut History) -> Class
             Class::Ok
         }
         Ok(Ok(out)) if out.finish.status.is_client_error() => {
-            h.refusals
-                .push(format!("login finish {} {}", out.finish.status, out.finish.code()));
+            h.refused(format!(
+                "login finish {} {}",
+                out.finish.status,
+                out.finish.code()
+            ));
             Class::Failed
         }
         // A start refused with a 4xx (its text names the status).
         Ok(Err(e)) if e.to_string().starts_with("login start refused: 4") => {
-            h.refusals.push(format!("{e:#}"));
+            h.refused(format!("{e:#}"));
             Class::Failed
         }
         _ => {
@@ -233,11 +259,15 @@ async fn login(addr: &str, root: &str, d: &mut Device, h: &mut History) -> Class
     class
 }
 
-/// The replicas' public addresses, as the devices find them now.
-type Addrs = Arc<RwLock<[String; 2]>>;
+/// The replicas' (public, admin) addresses, as clients find them now.
+type Addrs = Arc<RwLock<[(String, String); 2]>>;
 
 fn addr(addrs: &Addrs, i: usize) -> String {
-    addrs.read().unwrap()[i].clone()
+    addrs.read().unwrap()[i].0.clone()
+}
+
+fn admin_addr(addrs: &Addrs, i: usize) -> String {
+    addrs.read().unwrap()[i].1.clone()
 }
 
 /// What every client task shares.
@@ -247,6 +277,10 @@ struct Ctx {
     root: String,
     db: Database,
     seen: Arc<keyward_tests::webhook::Seen>,
+    /// The CA root and an operator's certificate and key (PEM files), for
+    /// bulk batches on the admin listeners; a dir for request bodies.
+    files: [PathBuf; 3],
+    tmp: PathBuf,
 }
 
 impl Ctx {
@@ -260,18 +294,24 @@ impl Ctx {
         path: &str,
         body: &Value,
         mut to: impl FnMut() -> usize,
-    ) -> Option<Result<Value, String>> {
+    ) -> Outcome {
         let deadline = Instant::now() + OP;
+        let mut lost = false;
         while Instant::now() < deadline {
             let at = addr(&self.addrs, to());
             match attempt(&at, &self.root, d, path, body).await {
                 Answer::Ok(v) => {
                     h.tally(kind, Class::Ok);
-                    return Some(Ok(v));
+                    return Outcome::Ok(v);
                 }
                 Answer::Failed(code) => {
+                    *h.codes.entry(format!("{kind}: {code}")).or_default() += 1;
+                    if lost {
+                        h.tally(kind, Class::Unknown);
+                        return Outcome::Unknown;
+                    }
                     h.tally(kind, Class::Failed);
-                    return Some(Err(code));
+                    return Outcome::Failed(code);
                 }
                 Answer::Session => {
                     if !matches!(login(&at, &self.root, d, h).await, Class::Ok) {
@@ -279,12 +319,13 @@ impl Ctx {
                     }
                 }
                 Answer::Unknown => {
-                    h.tally(kind, Class::Unknown);
+                    lost = true;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        None
+        h.tally(kind, Class::Unknown);
+        Outcome::Unknown
     }
 
     /// A load: the request to a random replica, the report (if the
@@ -305,15 +346,15 @@ impl Ctx {
             })
             .await;
         let answer = match answer {
-            Some(Ok(a)) => a,
-            Some(Err(code)) => {
-                if !code.ends_with("amount_too_large") && amount <= MAX_AMOUNT {
-                    h.refusals.push(format!("load request {code}"));
+            Outcome::Ok(a) => a,
+            Outcome::Failed(code) => {
+                if amount <= MAX_AMOUNT {
+                    h.refused(format!("load request {code}"));
                 }
                 h.failed_requests.push(req.bytes);
                 return;
             }
-            None => return,
+            Outcome::Unknown => return,
         };
         let permit = d.purse.check_permit(&answer, &self.root).unwrap();
         let b64 = |k: &str| B64.decode(answer[k].as_str().unwrap()).unwrap();
@@ -343,11 +384,11 @@ impl Ctx {
             .deliver(d, h, "load report", &path, &rep.body, || other)
             .await
         {
-            Some(Ok(v)) => h
+            Outcome::Ok(v) => h
                 .reported
                 .push((id, v["state"].as_str().unwrap().to_owned())),
-            Some(Err(_)) => h.failed_reports.push((id, rep.bytes)),
-            None => {}
+            Outcome::Failed(_) => h.failed_reports.push((id, rep.bytes)),
+            Outcome::Unknown => {}
         }
     }
 
@@ -364,13 +405,71 @@ impl Ctx {
             .deliver(d, h, "transaction MAC", "/v1/transactions", &body, || to)
             .await;
         match answer {
-            Some(Ok(v)) if v["result"] != "valid" && !d.login_unknown => {
+            Outcome::Ok(v) if v["result"] != "valid" && !d.login_unknown => {
                 h.bad_macs.push(v.to_string());
             }
-            Some(Err(code)) if !d.login_unknown => {
-                h.refusals.push(format!("transaction MAC {code}"));
+            Outcome::Failed(code) if !d.login_unknown => {
+                h.refused(format!("transaction MAC {code}"));
             }
             _ => {}
+        }
+    }
+
+    /// A bulk batch (one item: a MAC by the device's current key) on a
+    /// replica's admin listener, as a back office sends it.
+    async fn bulk(&self, d: &Device, h: &mut History, rng: &mut StdRng, n: u64) {
+        let Some(version) = d.dev.key_version(ISSUER) else {
+            return;
+        };
+        let msg = format!("0200|{ACCOUNT}|{n:012}");
+        let mac = d
+            .dev
+            .transaction_mac(ISSUER, "ISO9797-1-M3", 1, msg.as_bytes())
+            .unwrap();
+        let body = json!({ "items": [{
+            "device_id": d.dev.id.to_string(), "issuer_id": ISSUER, "key_version": version,
+            "algorithm": "ISO9797-1-M3", "padding": 1,
+            "message": B64.encode(&msg), "mac": B64.encode(&mac[..4]),
+        }]});
+        let file = self.tmp.join(format!("bulk-{}-{n}.json", d.dev.id));
+        std::fs::write(&file, body.to_string()).unwrap();
+        let url = format!(
+            "https://{}/admin/v1/macs/verify",
+            admin_addr(&self.addrs, rng.gen_range(0..2))
+        );
+        let [ca, cert, key] = self.files.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+                .arg("--cacert")
+                .arg(ca)
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key)
+                .args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(format!("@{}", file.display()))
+                .arg(url)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        match status.trim() {
+            "200" => {
+                h.tally("bulk batch", Class::Ok);
+                let v: Value = serde_json::from_str(body).unwrap();
+                if v["results"][0]["result"] != "valid" && !d.login_unknown {
+                    h.bad_macs.push(format!("bulk: {v}"));
+                }
+            }
+            s if s.starts_with('4') => {
+                h.tally("bulk batch", Class::Failed);
+                h.refused(format!("bulk batch {s} {body}"));
+            }
+            _ => h.tally("bulk batch", Class::Unknown),
         }
     }
 
@@ -405,7 +504,7 @@ impl Ctx {
                 }
                 Answer::Failed(code) => {
                     h.tally("confirmation submit", Class::Failed);
-                    h.refusals.push(format!("confirmation submit {code}"));
+                    h.refused(format!("confirmation submit {code}"));
                     return;
                 }
                 Answer::Unknown => {
@@ -422,21 +521,17 @@ impl Ctx {
         let body = confirm_body(&d.dev, &bytes, &code);
         let path = format!("/v1/confirmations/{id}/confirm");
         h.confirm_sent.insert(id.clone());
-        let unknown_before = h.kinds.get("confirm").map_or(0, |t| t[2]);
         let to = rng.gen_range(0..2);
         match self.deliver(d, h, "confirm", &path, &body, || to).await {
-            Some(Ok(v)) => {
+            Outcome::Ok(v) => {
                 assert_eq!(v["state"], "executed", "confirm of {id}: {v}");
                 h.confirmed.insert(id);
             }
-            Some(Err(code)) => {
-                let repeated = h.kinds.get("confirm").map_or(0, |t| t[2]) > unknown_before;
-                if !repeated {
-                    h.refusals.push(format!("confirm {code}"));
-                    h.refused_confirms.insert(id);
-                }
+            Outcome::Failed(code) => {
+                h.refused(format!("confirm {code}"));
+                h.refused_confirms.insert(id);
             }
-            None => {}
+            Outcome::Unknown => {}
         }
     }
 
@@ -471,7 +566,11 @@ async fn drive(ctx: Ctx, mut d: Device, seed: u64, ops: u32) -> (Device, History
                 let at = addr(&ctx.addrs, rng.gen_range(0..2));
                 login(&at, &ctx.root, &mut d, &mut h).await;
             }
-            12..=14 => ctx.mac(&mut d, &mut h, &mut rng).await,
+            12..=13 => ctx.mac(&mut d, &mut h, &mut rng).await,
+            14 => {
+                let n = seed.wrapping_add(u64::from(n));
+                ctx.bulk(&d, &mut h, &mut rng, n).await;
+            }
             _ => {
                 let n = seed.wrapping_add(u64::from(n));
                 ctx.confirmation(&mut d, &mut h, &mut rng, n).await;
@@ -490,6 +589,7 @@ enum Fault {
     PgImmediate,
     CutB,
     Rotate,
+    Suspend,
 }
 
 /// The installation: replica A (the harness's server), replica B behind
@@ -517,6 +617,27 @@ impl Rig {
         }
     }
 
+    /// `kwctl -o json ARGS` as alice on replica A until it succeeds (a
+    /// database just restarted may fail a first call).
+    async fn operator(&self, args: &[&str]) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let mut all = vec!["-o", "json"];
+            all.extend_from_slice(args);
+            let out = tokio::task::block_in_place(|| self.s.kwctl(self.s.dir.path(), "alice", &all));
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kwctl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Applies `f`, healing before it returns: a replica comes back, the
     /// database accepts connections again, the cut ends after `down`.
     async fn inject(&mut self, f: Fault, down: Duration, devices: &[String], pick: usize) {
@@ -526,13 +647,13 @@ impl Rig {
                 self.s.kill();
                 tokio::time::sleep(down).await;
                 tokio::task::block_in_place(|| self.s.start());
-                self.addrs.write().unwrap()[0] = self.s.public.clone();
+                self.addrs.write().unwrap()[0] = (self.s.public.clone(), self.s.admin.clone());
             }
             Fault::KillB => {
                 self.b = None;
                 tokio::time::sleep(down).await;
                 let b = tokio::task::block_in_place(|| self.s.replica_via("b", &self.b_url));
-                self.addrs.write().unwrap()[1] = b.public.clone();
+                self.addrs.write().unwrap()[1] = (b.public.clone(), b.admin.clone());
                 self.b = Some(b);
             }
             Fault::PgFast | Fault::PgImmediate => {
@@ -546,15 +667,18 @@ impl Rig {
             }
             Fault::Rotate => {
                 let device = &devices[pick % devices.len()];
-                // Refused or lost while a fault lasts: an operator asks again
-                // another day.
-                let _ = tokio::task::block_in_place(|| {
-                    self.s.kwctl(
-                        self.s.dir.path(),
-                        "alice",
-                        &["-o", "json", "key", "rotate", "--issuer", ISSUER, "--device", device],
-                    )
-                });
+                self.operator(&["key", "rotate", "--issuer", ISSUER, "--device", device])
+                    .await;
+            }
+            Fault::Suspend => {
+                // Refused meanwhile (`device_suspended`), then resumed.
+                let device = &devices[pick % devices.len()];
+                let why = ["--reason", "replica run"];
+                self.operator(&["device", "suspend", device, why[0], why[1]])
+                    .await;
+                tokio::time::sleep(down).await;
+                self.operator(&["device", "resume", device, why[0], why[1]])
+                    .await;
             }
         }
     }
@@ -616,7 +740,10 @@ async fn bank() -> Option<(Rig, Vec<Device>)> {
     let b = s.replica_via("b", &b_url);
     let db = Database::connect(&s.db.config).await.unwrap();
     let root = std::fs::read_to_string(s.ca_pem()).unwrap();
-    let addrs = Arc::new(RwLock::new([s.public.clone(), b.public.clone()]));
+    let addrs = Arc::new(RwLock::new([
+        (s.public.clone(), s.admin.clone()),
+        (b.public.clone(), b.admin.clone()),
+    ]));
     let rig = Rig {
         s,
         b: Some(b),
@@ -1118,6 +1245,12 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
         root: rig.root.clone(),
         db: rig.db.clone(),
         seen: rig.receiver.seen.clone(),
+        files: [
+            rig.s.ca_pem(),
+            rig.s.dir.path().join("alice.pem"),
+            rig.s.dir.path().join("alice.key"),
+        ],
+        tmp: rig.s.dir.path().to_owned(),
     };
     let mut h = History::default();
     let mut credited = OPENING;
@@ -1129,7 +1262,7 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
         let mut rng = StdRng::seed_from_u64(seed);
         let mut set = tokio::task::JoinSet::new();
         for d in devices.drain(..) {
-            let ops = rng.gen_range(2..=5);
+            let ops = rng.gen_range(3..=7);
             set.spawn(drive(ctx.clone(), d, rng.r#gen(), ops));
         }
         // One to three faults, the first early (a run's work takes a
@@ -1145,13 +1278,14 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
                 }
                 () = tokio::time::sleep(pause), if left > 0 => {
                     left -= 1;
-                    let f = match rng.gen_range(0..12) {
+                    let f = match rng.gen_range(0..14) {
                         0..=2 => Fault::KillA,
                         3..=5 => Fault::KillB,
                         6 => Fault::PgFast,
                         7 => Fault::PgImmediate,
                         8..=10 => Fault::CutB,
-                        _ => Fault::Rotate,
+                        11 | 12 => Fault::Rotate,
+                        _ => Fault::Suspend,
                     };
                     let down = Duration::from_millis(rng.gen_range(0..800));
                     let pick = rng.gen_range(0..DEVICES);
@@ -1188,7 +1322,8 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
     eprintln!(
         "replica runs: {seeds} seeds from {first} in {:.0?} (setup {setup:.1?}, {per:.1?} a seed, \
          slowest {slowest:.1?}); faults {:?}; answers ok {}, failed {}, unknown {} ({:?}); \
-         {} loads permitted, {} confirmations executed as confirmed; refusals {:?}; violations 0",
+         {} loads permitted, {} confirmations executed as confirmed; refusals {:?} \
+         (expected: {:?}); violations 0",
         runs.elapsed(),
         rig.faults,
         h.total(Class::Ok),
@@ -1198,5 +1333,6 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
         h.applied.len(),
         h.confirmed.len(),
         h.refusals,
+        h.codes,
     );
 }
