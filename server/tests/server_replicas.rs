@@ -624,7 +624,8 @@ impl Rig {
         loop {
             let mut all = vec!["-o", "json"];
             all.extend_from_slice(args);
-            let out = tokio::task::block_in_place(|| self.s.kwctl(self.s.dir.path(), "alice", &all));
+            let out =
+                tokio::task::block_in_place(|| self.s.kwctl(self.s.dir.path(), "alice", &all));
             if out.status.success() {
                 return;
             }
@@ -788,7 +789,10 @@ async fn until_none(db: &Database, sql: &str, what: &str) {
         if n == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: {n} left after {SETTLE:?} ({sql})");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} left after {SETTLE:?} ({sql})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -872,12 +876,18 @@ async fn replay(db: &Database, what: &str) -> BTreeMap<String, i64> {
             assert_eq!(stored, model, "{what}: model: balance of {id}");
             assert!(model >= floor, "{what}: model: {id} below its floor");
         } else {
-            assert_eq!(stored, 0, "{what}: model: system account {id} holds a balance");
+            assert_eq!(
+                stored, 0,
+                "{what}: model: system account {id} holds a balance"
+            );
         }
         known.insert(id);
     }
     for id in balances.keys() {
-        assert!(known.contains(id), "{what}: model: entries of unknown account {id}");
+        assert!(
+            known.contains(id),
+            "{what}: model: entries of unknown account {id}"
+        );
     }
 
     let transfers = sqlx::query(
@@ -936,7 +946,10 @@ async fn replay(db: &Database, what: &str) -> BTreeMap<String, i64> {
             ("load", "voided") => &["open", "void"],
             _ => panic!("{what}: model: transfer {id} is a {kind} {state}"),
         };
-        assert_eq!(names, expected, "{what}: model: steps of {kind} {id} ({state})");
+        assert_eq!(
+            names, expected,
+            "{what}: model: steps of {kind} {id} ({state})"
+        );
         if kind == "load" {
             let suspense = leg("open", 1);
             assert!(
@@ -1035,7 +1048,10 @@ async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -
         );
         let applied = h.applied.get(&id).copied().unwrap_or(false);
         let paid = state == "posted" || state == "late_applied";
-        assert_eq!(paid, applied, "{what}: load {id} is {state}, applied: {applied}");
+        assert_eq!(
+            paid, applied,
+            "{what}: load {id} is {state}, applied: {applied}"
+        );
         let report: Option<Vec<u8>> = r.get("report");
         loads.insert(
             id,
@@ -1052,7 +1068,10 @@ async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -
         let (_, p, s, _, _) = loads
             .get(id)
             .unwrap_or_else(|| panic!("{what}: a permit for {id}, which is no load"));
-        assert!(p == permit && s == sig, "{what}: I4: the permit of {id} changed");
+        assert!(
+            p == permit && s == sig,
+            "{what}: I4: the permit of {id} changed"
+        );
     }
     for (id, state) in &h.reported {
         assert_eq!(&loads[id].3, state, "{what}: {id} was answered {state}");
@@ -1079,7 +1098,10 @@ async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -
         receivable: sum("sys:receivable:CNY"),
     };
     let in_flight = sum("sys:loads_in_flight:CNY");
-    assert_eq!(in_flight, 0, "{what}: money in flight after every load ended");
+    assert_eq!(
+        in_flight, 0,
+        "{what}: money in flight after every load ended"
+    );
     assert_eq!(
         money.account + money.float + money.receivable,
         credited,
@@ -1088,11 +1110,18 @@ async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -
         money.float,
         money.receivable
     );
-    assert_eq!(purses, money.float, "{what}: money created: purses {purses}");
+    assert_eq!(
+        purses, money.float,
+        "{what}: money created: purses {purses}"
+    );
 
     check_confirmations(rig, h, what).await;
     check_credentials(&rig.db, what).await;
-    assert!(h.bad_macs.is_empty(), "{what}: MACs not valid: {:?}", h.bad_macs);
+    assert!(
+        h.bad_macs.is_empty(),
+        "{what}: MACs not valid: {:?}",
+        h.bad_macs
+    );
     money
 }
 
@@ -1100,7 +1129,8 @@ async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -
 async fn check_confirmations(rig: &Rig, h: &History, what: &str) {
     let seen = &rig.receiver.seen;
     assert_eq!(
-        seen.bad_signatures.load(std::sync::atomic::Ordering::SeqCst),
+        seen.bad_signatures
+            .load(std::sync::atomic::Ordering::SeqCst),
         0,
         "{what}: bad webhook signatures"
     );
@@ -1124,7 +1154,10 @@ async fn check_confirmations(rig: &Rig, h: &History, what: &str) {
         *per_step.entry((subject, topic)).or_default() += 1;
         messages.insert(id);
     }
-    assert!(ids.is_subset(&messages), "{what}: a received id is no message");
+    assert!(
+        ids.is_subset(&messages),
+        "{what}: a received id is no message"
+    );
     assert!(
         per_step.values().all(|n| *n == 1),
         "{what}: two messages for one step: {per_step:?}"
@@ -1150,7 +1183,10 @@ async fn check_confirmations(rig: &Rig, h: &History, what: &str) {
     for r in &rows {
         let (id, state, delivery): (String, String, String) =
             (r.get("id"), r.get("state"), r.get("delivery_id"));
-        assert!(ids.contains(&delivery), "{what}: {id}: code never delivered");
+        assert!(
+            ids.contains(&delivery),
+            "{what}: {id}: code never delivered"
+        );
         if state == "executed" {
             let execution: String = r.get::<Option<String>, _>("execution_id").unwrap();
             let got = execution_ids.get(&id).cloned().unwrap_or_default();
@@ -1175,7 +1211,9 @@ async fn check_confirmations(rig: &Rig, h: &History, what: &str) {
     assert!(
         h.refused_confirms.is_disjoint(&executed),
         "{what}: a refused confirm executed: {:?}",
-        h.refused_confirms.intersection(&executed).collect::<Vec<_>>()
+        h.refused_confirms
+            .intersection(&executed)
+            .collect::<Vec<_>>()
     );
     let handed: BTreeSet<String> = execution_ids.keys().cloned().collect();
     assert_eq!(handed, executed, "{what}: executions of unexecuted ones");
@@ -1298,12 +1336,22 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
         // Healed (every fault heals itself); the sweeper ends what is
         // pending, each purse's next contact settles what it proves, the
         // outbox drains.
-        until_none(&rig.db, "SELECT COUNT(*) FROM loads WHERE state = 'pending'", &what).await;
+        until_none(
+            &rig.db,
+            "SELECT COUNT(*) FROM loads WHERE state = 'pending'",
+            &what,
+        )
+        .await;
         for d in &mut devices {
             let at = rng.gen_range(0..2);
             next_contact(&ctx, d, &mut h, at, &what).await;
         }
-        until_none(&rig.db, "SELECT COUNT(*) FROM outbox WHERE state <> 'sent'", &what).await;
+        until_none(
+            &rig.db,
+            "SELECT COUNT(*) FROM outbox WHERE state <> 'sent'",
+            &what,
+        )
+        .await;
         let purses = devices
             .iter()
             .map(|d| i64::try_from(d.purse.balance).unwrap())

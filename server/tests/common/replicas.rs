@@ -87,7 +87,9 @@ impl PgCluster {
         let log = pg.dir.path().join("pg.log").display().to_string();
         pg.run(
             "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"],
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
         );
         Some(pg)
     }
@@ -138,7 +140,9 @@ impl PgCluster {
         let log = self.dir.path().join("pg.log").display().to_string();
         self.run(
             "pg_ctl",
-            &["-D", &data, "-l", &log, "-m", mode, "-w", "-t", "60", "restart"],
+            &[
+                "-D", &data, "-l", &log, "-m", mode, "-w", "-t", "60", "restart",
+            ],
         );
     }
 }
