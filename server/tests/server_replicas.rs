@@ -1025,13 +1025,20 @@ async fn replay(db: &Database, what: &str) -> BTreeMap<String, i64> {
 /// Every check of a run (see the module).
 async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -> Money {
     let st = rig.station();
+    let t = Instant::now();
     let verified = st.ok("alice", &["ledger", "verify"]);
     assert!(
         verified["ok"] == true && verified["violations"] == json!([]),
         "{what}: ledger verify: {verified}"
     );
+    let ledger = t.elapsed();
     let audit = st.ok("admin", &["audit", "verify"]);
     assert!(audit["ok"] == true, "{what}: audit verify: {audit}");
+    eprintln!(
+        "{what}: ledger verify {ledger:.1?}, audit verify {:.1?} ({} records)",
+        t.elapsed() - ledger,
+        audit["records"]
+    );
 
     // Loads: the history against the rows.
     let rows = sqlx::query("SELECT id, request, permit, permit_sig, state, report FROM loads")
@@ -1122,6 +1129,9 @@ async fn check(rig: &Rig, h: &History, credited: i64, purses: i64, what: &str) -
         "{what}: MACs not valid: {:?}",
         h.bad_macs
     );
+    // A refusal of a well-formed request, every earlier attempt answered,
+    // other than a suspended device's: one the server should not make.
+    assert!(h.refusals.is_empty(), "{what}: refused: {:?}", h.refusals);
     money
 }
 
