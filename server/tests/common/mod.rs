@@ -19,6 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod process;
+pub mod replicas;
 pub mod station;
 pub mod tamper;
 
@@ -107,10 +108,14 @@ impl Server {
     }
 
     pub async fn with_options(opts: Options) -> Self {
+        Self::with_database(opts, test_database().await.unwrap())
+    }
+
+    /// [`Server::with_options`] on the database `db`.
+    pub fn with_database(opts: Options, db: TestDb) -> Self {
         require_tool("curl", "curl");
         require_tool("openssl", "openssl");
         let token = TestToken::create().unwrap();
-        let db = test_database().await.unwrap();
         let dir = tempfile::Builder::new()
             .prefix("keyward-e2e-")
             .tempdir()
@@ -252,6 +257,17 @@ crl_refresh_secs = {crl_refresh}
         args: &[&str],
         env: &[(&str, &str)],
     ) -> (Child, String, String) {
+        self.spawn_serve_as(&self.config, log, args, env)
+    }
+
+    /// [`Server::spawn_serve`] with the configuration file `config`.
+    fn spawn_serve_as(
+        &self,
+        config: &Path,
+        log: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Child, String, String) {
         let log_path = self.dir.path().join(log);
         // Appended to: a restarted server's log follows the crashed one's.
         let log_file = std::fs::OpenOptions::new()
@@ -261,7 +277,7 @@ crl_refresh_secs = {crl_refresh}
             .unwrap();
         let mut child = Command::new(KEYWARD)
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("serve")
             .args(args)
             .env("SOFTHSM2_CONF", TestToken::conf_path().unwrap())
