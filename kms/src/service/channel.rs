@@ -32,6 +32,10 @@
 //! (docs/security.md §1). The OAEP decoding itself is the module's.
 //! PKCS#1 v1.5 with implicit rejection is not offered.
 
+mod ecdhe;
+
+pub use ecdhe::P256_POINT_LEN;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -78,6 +82,12 @@ pub const CHANNEL_MECHANISMS: &[(MechanismId, &str)] = &[
     ),
     (MechanismId::AesKeyWrapPad, "channel state at rest"),
     (MechanismId::AesKeyWrap, "channel pre-master length check"),
+    (MechanismId::EcKeyPairGen, "channel ECDHE ephemeral key"),
+    (MechanismId::Ecdh1Derive, "channel ECDHE key agreement"),
+    (
+        MechanismId::AesEcb,
+        "channel ECDHE salt of the master secret",
+    ),
 ];
 
 /// What a channel secret may do; each secret gets exactly one.

@@ -41,7 +41,7 @@ pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
 pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
 pub use channel::{
     CHANNEL_KEY_BITS, CHANNEL_KEY_LABEL, CHANNEL_MECHANISMS, CHANNEL_SECRET_LEN,
-    CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSecret, MAX_RECORD_LEN,
+    CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSecret, MAX_RECORD_LEN, P256_POINT_LEN,
 };
 pub use confirmation::CONFIRMATION_CODE_LABEL;
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};
