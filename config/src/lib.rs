@@ -16,6 +16,7 @@
 
 pub mod bulk;
 mod ca;
+mod channel;
 mod confirmation;
 mod database;
 mod hsm;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
+pub use channel::{ChannelConfig, ChannelMode};
 pub use confirmation::{ConfirmationConfig, PresendConfig};
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
@@ -104,6 +106,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub load: LoadConfig,
+    #[serde(default)]
+    pub channel: ChannelConfig,
 }
 
 /// serde's `default = "…"` wants a function.
@@ -181,6 +185,7 @@ impl Config {
         self.online.validate()?;
         self.confirmation.validate()?;
         self.load.validate()?;
+        self.channel.validate()?;
         self.outbox.validate()?;
         self.provisioning.validate()?;
         self.hsm.validate()?;

@@ -108,6 +108,7 @@ impl AppState {
             provisioning.clone(),
             audit.clone(),
             metrics.clone(),
+            &config.channel,
         );
         let ledger = Ledger::new(
             kms.clone(),

@@ -7,7 +7,8 @@
 //!
 //! - [`Channels::hello`]: a ClientHello → a ServerHello (random and channel
 //!   id from the HSM, the `channel` certificate chain, the OAEP hash the
-//!   module unwraps with); both hellos stored for [`HANDSHAKE_TTL_MS`].
+//!   module unwraps with, in the ECDHE mode an ephemeral key: `ecdhe`);
+//!   both hellos stored for [`HANDSHAKE_TTL_MS`].
 //! - [`Channels::key_exchange`]: the card's certificate (the Keyward CA's
 //!   registered, current, unrevoked certificate of an issued device), its
 //!   signature over the transcript and the pre-master (unwrapped in the
@@ -26,6 +27,7 @@
 //!   record raced or replayed to two replicas runs once, and the answer is
 //!   sealed in the HSM under the server sequence claimed.
 
+mod ecdhe;
 mod error;
 mod rekey;
 mod resume;
@@ -49,6 +51,7 @@ use keyward_protocol::channel::{
 };
 use serde_json::json;
 
+pub use ecdhe::MODE_LABELS;
 pub use error::ChannelError;
 pub use resume::{Opened, Resumed, TICKET_TTL_MS};
 pub use rotate::RotatedKey;
@@ -72,9 +75,6 @@ pub const HANDSHAKE_TTL_MS: i64 = 30_000;
 /// record after it is refused as for a closed channel).
 pub const CHANNEL_TTL_MS: i64 = 3_600_000;
 const _: () = assert!(CHANNEL_TTL_MS as u64 <= channel::REKEY_AFTER_SECONDS * 1000);
-/// The modes this server runs, its preference first.
-const MODES: [Mode; 1] = [Mode::RsaTransport];
-
 /// The outcomes `keyward_channel_handshakes_total` counts.
 pub const HANDSHAKE_OUTCOMES: [&str; 5] = ["hello", "opened", "resumed", "refused", "expired"];
 /// The outcomes `keyward_channel_records_total` counts.
@@ -113,6 +113,8 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
+    /// The modes this server runs, its preference first (`channel.modes`).
+    modes: Vec<Mode>,
     /// Per channel key label, its certificate chain (DER) and OAEP hash,
     /// loaded at first use; which label is current is the database's.
     server: std::sync::Mutex<HashMap<String, ServerKey>>,
@@ -131,6 +133,7 @@ impl Channels {
         provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
+        config: &keyward_config::ChannelConfig,
     ) -> Self {
         Self(Arc::new(Parts {
             kms,
@@ -138,6 +141,7 @@ impl Channels {
             provisioning,
             audit,
             metrics,
+            modes: ecdhe::modes(&config.modes),
             server: std::sync::Mutex::new(HashMap::new()),
         }))
     }
@@ -193,16 +197,20 @@ impl Channels {
     /// The card's ClientHello, relayed by `terminal`: the ServerHello.
     pub async fn hello(&self, terminal: &Device, client_hello: Vec<u8>) -> Result<ServerHello> {
         let ch = ClientHello::decode(&client_hello)?;
-        let mode = ch.negotiate(&MODES).ok_or(ChannelError::Unsupported)?;
+        let mode = ch
+            .negotiate(&self.0.modes)
+            .ok_or(ChannelError::Unsupported)?;
         // Read at every hello, so a rotation on any replica applies here.
         let key_label = store::current_key(self.db()).await?;
         let (chain, oaep) = self.server(&key_label).await?;
+        let (ephemeral, server_ephemeral) = ecdhe::ephemeral(&self.0.kms, mode).await?;
         let sh = ServerHello {
             server_random: self.0.kms.random::<32>().await?,
             channel: ChannelId(self.0.kms.random::<16>().await?),
             mode,
             oaep,
             chain,
+            ephemeral,
         };
         let now = now_ms();
         store::insert_handshake(
@@ -215,6 +223,7 @@ impl Channels {
                 key_label,
                 created_at_ms: now,
                 expires_at_ms: now.saturating_add(HANDSHAKE_TTL_MS),
+                server_ephemeral,
             },
         )
         .await?;
@@ -230,7 +239,6 @@ impl Channels {
         id: ChannelId,
         bytes: Vec<u8>,
     ) -> Result<Opened> {
-        let (cke, signed) = CardKeyExchange::split(&bytes)?;
         let key = id.to_string();
         // The terminal that relayed the hello relays the key exchange.
         let terminal_id = terminal.device_id.to_string();
@@ -241,9 +249,19 @@ impl Channels {
             self.count_handshake("expired");
             return Err(ChannelError::Closed);
         };
+        // The layout follows the mode this server's hello chose.
+        let mode = ServerHello::decode(&hs.server_hello)?.mode;
+        let (cke, signed) = CardKeyExchange::split_in(&bytes, mode)?;
         let checked = self.opened(terminal, id, &hs, &cke, signed, &bytes).await;
         match checked {
-            Ok(fin) => Ok(fin),
+            Ok(fin) => {
+                self.0
+                    .metrics
+                    .channel_handshake_modes
+                    .with_label_values(&[ecdhe::mode_label(mode)])
+                    .inc();
+                Ok(fin)
+            }
             Err(ChannelError::Refused) => {
                 self.refuse_handshake(terminal, &key).await?;
                 Err(ChannelError::Refused)
@@ -264,9 +282,9 @@ impl Channels {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
         // The refusal costs the same work whichever check fails: the card
-        // is checked in full and the pre-master unwrapped (one RSA
-        // operation) before either outcome is looked at, and both
-        // failures are the one refusal.
+        // is checked in full, the pre-master unwrapped (one RSA
+        // operation) and, in the ECDHE mode, the ECDH step run before any
+        // outcome is looked at, and every failure is the one refusal.
         let card = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await;
@@ -274,19 +292,25 @@ impl Channels {
             .kms
             .unwrap_premaster(&hs.key_label, cke.encrypted_pre_master.clone())
             .await;
-        let ((card, serial), pms) =
-            match (card.map_err(refusal), pms.map_err(|e| refusal(e.into()))) {
-                (Ok(card), Ok(pms)) => (card, pms),
-                // A failure of the HSM, CA or database shows as itself.
-                (Err(e), _) | (_, Err(e)) if !matches!(e, ChannelError::Refused) => {
-                    return Err(e);
-                }
-                _ => return Err(ChannelError::Refused),
-            };
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
+        let master_input = ecdhe::master_input(&p.kms, hs, cke, &h).await;
+        let ((card, serial), pms, master_input) = match (
+            card.map_err(refusal),
+            pms.map_err(|e| refusal(e.into())),
+            master_input.map_err(refusal),
+        ) {
+            (Ok(card), Ok(pms), Ok(input)) => (card, pms, input),
+            // A failure of the HSM, CA or database shows as itself.
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e))
+                if !matches!(e, ChannelError::Refused) =>
+            {
+                return Err(e);
+            }
+            _ => return Err(ChannelError::Refused),
+        };
         let master = p
             .kms
-            .channel_derive(&pms, channel::master_input(&h), ChannelKeyUse::Secret)
+            .channel_derive(&pms, master_input, ChannelKeyUse::Secret)
             .await?;
         drop(pms);
         let mut keys = p

@@ -256,6 +256,7 @@ pub(crate) fn forged(
     let mut cke = CardKeyExchange {
         certificate: cert,
         encrypted_pre_master: epms,
+        ephemeral: None,
         signature: Vec::new(),
     };
     cke.signature = signature.unwrap_or_else(|| {
