@@ -155,7 +155,7 @@ fn b64_field(b: &Value, name: &str) -> Vec<u8> {
 }
 
 /// The key exchange answered: the open channel and the card's ticket.
-async fn finish_with_ticket(
+pub(crate) async fn finish_with_ticket(
     router: &Router,
     c: &Card,
     id: &str,
@@ -438,7 +438,7 @@ async fn a_replayed_or_altered_record_closes_the_channel() {
 
 /// A second replica: its own HSM sessions and state, the same token and
 /// database.
-async fn replica(app: &App) -> Router {
+pub(crate) async fn replica(app: &App) -> Router {
     let config = Config::load(&app.install.config).unwrap();
     let metrics = Metrics::new().unwrap();
     let opened = bootstrap::open(&config, Some(metrics.clone()))
@@ -485,7 +485,7 @@ async fn resume_with(router: &Router, relay: &Card, hello: &[u8]) -> Answer {
 }
 
 /// A resumption answered: the new channel and the next ticket.
-async fn resume(router: &Router, c: &Card, ticket: &Ticket) -> (Channel, Ticket) {
+pub(crate) async fn resume(router: &Router, c: &Card, ticket: &Ticket) -> (Channel, Ticket) {
     let r = CardResume::new(ticket, random());
     let a = resume_with(router, c, r.resume_hello()).await;
     let b = a.expect(StatusCode::OK);
@@ -872,10 +872,10 @@ async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
 }
 
 /// The card's requests carried through `router` by the terminal `who`.
-struct InChannel<'a> {
-    router: &'a Router,
-    who: &'a ClientIdentity,
-    ch: &'a mut Channel,
+pub(crate) struct InChannel<'a> {
+    pub router: &'a Router,
+    pub who: &'a ClientIdentity,
+    pub ch: &'a mut Channel,
 }
 
 impl Caller for InChannel<'_> {
