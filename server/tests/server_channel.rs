@@ -6,7 +6,9 @@
 //! replica, the transaction MAC, a key update and the close on a second
 //! replica (another `keyward serve` on the same database and token), a
 //! record after the close; then a card certificate that is not the card's
-//! (a look-alike under another CA, another device's) refused.
+//! (a look-alike under another CA, another device's) refused. The first
+//! run is the ECDHE mode (kwsim's default, the server's preference); the
+//! same card then opens in RSA transport.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -112,6 +114,7 @@ async fn a_card_behind_a_terminal_logs_in_and_pays_through_the_channel_on_two_re
     let hs = step(&lines, "handshake");
     assert_eq!(hs["status"], 200, "{lines:?}");
     assert_eq!(hs["channel_id"].as_str().unwrap().len(), 32);
+    assert_eq!(hs["mode"], "ecdhe", "{lines:?}");
     // The server sees the card, not the terminal relaying it.
     let ping = step(&lines, "ping");
     assert_eq!(
@@ -180,6 +183,25 @@ async fn a_card_behind_a_terminal_logs_in_and_pays_through_the_channel_on_two_re
         "the record after the close"
     );
     assert_eq!(records(&first, "data") + records(&second, "data"), 6.0);
+
+    // The same card in RSA transport (what a card without ECDHE offers),
+    // on the second replica.
+    let (out, lines) = channel(&st, &replica.public, &card, &["--mode", "rsa", "--no-login"]);
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    assert_eq!(step(&lines, "handshake")["mode"], "rsa", "{lines:?}");
+    assert_eq!(step(&lines, "ping")["status"], 200, "{lines:?}");
+    let modes = |m: &str, mode: &str| {
+        sample(
+            m,
+            &format!("keyward_channel_handshake_modes_total{{mode=\"{mode}\"}}"),
+        )
+        .unwrap_or(-1.0)
+    };
+    let second = s.curl(&replica.admin, "/metrics", &[]).body;
+    assert_eq!(modes(&first, "ecdhe-p256"), 1.0, "{first}");
+    assert_eq!(modes(&first, "rsa-transport"), 0.0);
+    assert_eq!(modes(&second, "rsa-transport"), 1.0, "{second}");
+    assert_eq!(modes(&second, "ecdhe-p256"), 0.0);
 
     // Not the card's certificate: a look-alike of it under another CA, and
     // the terminal's own. One refusal, the same bytes for both.
