@@ -186,7 +186,12 @@ async fn a_card_behind_a_terminal_logs_in_and_pays_through_the_channel_on_two_re
 
     // The same card in RSA transport (what a card without ECDHE offers),
     // on the second replica.
-    let (out, lines) = channel(&st, &replica.public, &card, &["--mode", "rsa", "--no-login"]);
+    let (out, lines) = channel(
+        &st,
+        &replica.public,
+        &card,
+        &["--mode", "rsa", "--no-login"],
+    );
     assert!(out.status.success(), "{out:?}\n{}", s.log());
     assert_eq!(step(&lines, "handshake")["mode"], "rsa", "{lines:?}");
     assert_eq!(step(&lines, "ping")["status"], 200, "{lines:?}");

@@ -684,3 +684,44 @@ async fn ecdhe_ephemeral_is_wrapped_at_rest_and_salts_the_master_on_any_replica(
         Err(KmsError::CorruptRecord(_))
     ));
 }
+
+/// HSM time the ECDHE mode adds to a handshake: the hello's ephemeral
+/// (generate, wrap, destroy) and the key exchange's salt (unwrap, ECDH,
+/// one AES block pair, destroy); printed, not asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecdhe_hsm_time() {
+    let token = TestToken::create().unwrap();
+    let db = test_database().await.unwrap();
+    let kms = replica(&token, &db).await;
+    kms.ensure_channel_state_kek().await.unwrap();
+    let card = p256::SecretKey::random(&mut rand::thread_rng());
+    let point: [u8; 65] =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&card.public_key(), false)
+            .as_bytes()
+            .try_into()
+            .unwrap();
+    let n = 200;
+    let (mut hello_t, mut kx_t) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let (_, wrapped) = kms.channel_ephemeral().await.unwrap();
+        let t1 = Instant::now();
+        kms.channel_ecdhe_salt(wrapped, point, [7; 32])
+            .await
+            .unwrap();
+        kx_t.push(t1.elapsed());
+        hello_t.push(t1 - t0);
+    }
+    let stats = |mut v: Vec<Duration>| {
+        v.sort();
+        let mean = v.iter().sum::<Duration>() / v.len() as u32;
+        (mean, v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+    let (hm, hp50, hp99) = stats(hello_t);
+    let (km, kp50, kp99) = stats(kx_t);
+    println!(
+        "ECDHE HSM time over {n} (one caller, SoftHSM): hello's ephemeral mean {hm:?} p50 {hp50:?} p99 {hp99:?}; \
+         key exchange's salt mean {km:?} p50 {kp50:?} p99 {kp99:?}"
+    );
+    kms.shutdown();
+}
