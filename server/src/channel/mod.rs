@@ -12,9 +12,9 @@
 //! - [`Channels::key_exchange`]: the card's certificate (the Keyward CA's
 //!   registered, current, unrevoked certificate of an issued device), its
 //!   signature over the transcript and the pre-master (unwrapped in the
-//!   HSM) are all checked whichever fails, so the refusal's work does not
-//!   say which; any failure of the three is the one `channel_refused`,
-//!   audited. The schedule runs in the HSM; the handshake is taken, the
+//!   HSM; in the ECDHE mode, then the ECDH step) are all checked whichever
+//!   fails, so the refusal's work does not say which; any failure is the
+//!   one `channel_refused`, audited. The schedule runs in the HSM; the handshake is taken, the
 //!   channel stored and the opening audited in one transaction; the
 //!   ServerFinished is answered after the commit.
 //! - [`Channels::record`]: the card's next record, opened in the HSM. A

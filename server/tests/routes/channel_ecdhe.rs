@@ -3,7 +3,7 @@
 //! wrapped in the handshake's row and any replica takes the key exchange;
 //! a login travels in it; a tampered ephemeral is the one refusal (or,
 //! not being a point at all, malformed); a ticket from an ECDHE channel
-//! resumes.
+//! resumes; every ECDHE refusal is one answer in one time.
 
 use axum::Router;
 use axum::http::{Method, StatusCode};
@@ -270,4 +270,122 @@ async fn a_ticket_from_an_ecdhe_channel_resumes_on_either_replica() {
     ping(&app.public, &c, &mut ch).await;
     let (mut third, _) = resume(&app.public, &c, &next).await;
     ping(&other, &c, &mut third).await;
+}
+
+/// The card's ECDHE key exchange with the pre-master ciphertext, its point
+/// and signature chosen by the test: the signature is over the transcript
+/// with `signed_point` (the point sent unless given), or `signature`.
+fn forged_ecdhe(
+    hello: &CardHello,
+    sh: &[u8],
+    c: &Card,
+    epms: Vec<u8>,
+    point: EphemeralKey,
+    signed_point: Option<EphemeralKey>,
+    signature: Option<Vec<u8>>,
+) -> Vec<u8> {
+    let mut cke = CardKeyExchange {
+        certificate: c.cert.clone(),
+        encrypted_pre_master: epms,
+        ephemeral: Some(signed_point.unwrap_or(point)),
+        signature: Vec::new(),
+    };
+    cke.signature = signature.unwrap_or_else(|| {
+        c.d.sign_challenge(&keyward_protocol::channel::card_signature_input(
+            hello.client_hello(),
+            sh,
+            &cke.signed_part(),
+        ))
+    });
+    cke.ephemeral = Some(point);
+    cke.encode()
+}
+
+/// The RSA mode's timing method (channel_attack.rs) over the ECDHE mode's
+/// refusals: bad padding, a good pre-master of the wrong length, a
+/// signature over another transcript, the card's point swapped after its
+/// signature. Each runs the ECDH step; the p-values are printed, and judged
+/// from `KEYWARD_TIMING_N` = 20,000 on. Every refusal's bytes are the same.
+#[tokio::test]
+async fn every_ecdhe_refusal_is_one_answer_in_one_time() {
+    use keyward_tests::channel::encrypt_to_server;
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+
+    use crate::channel_attack::{env_u64, refusal_bytes, stats};
+
+    const CLASSES: [&str; 4] = [
+        "BadPadding",
+        "ValidThenWrongLength",
+        "BadSignature",
+        "SwappedPoint",
+    ];
+    let seed = env_u64("KEYWARD_TIMING_SEED").unwrap_or_else(rand::random);
+    let n = env_u64("KEYWARD_TIMING_N").unwrap_or(100) as usize;
+    let warm_up = 10;
+    println!("ecdhe timing: seed {seed}, {n} key exchanges per class");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let app = App::new().await;
+    let c = card(&app, 96).await;
+    let root = app.state.ca.root_pem().to_owned();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n); CLASSES.len()];
+    let mut first: Option<String> = None;
+    for block in 0..warm_up + n {
+        let mut order: Vec<usize> = (0..CLASSES.len()).collect();
+        order.shuffle(&mut rng);
+        for k in order {
+            let (h, id, sh) = hello(&app.public, &c, &[Mode::EcdheP256]).await;
+            let good = |plain: &[u8]| {
+                encrypt_to_server(&sh, &root, plain, &mut rand::thread_rng()).unwrap()
+            };
+            let point = EphemeralKey::from_bytes(&other_point()).unwrap();
+            let cke = match CLASSES[k] {
+                "BadPadding" => {
+                    let mut b = random::<256>();
+                    b[0] = 0;
+                    forged_ecdhe(&h, &sh, &c, b.to_vec(), point, None, None)
+                }
+                "ValidThenWrongLength" => {
+                    forged_ecdhe(&h, &sh, &c, good(&random::<48>()), point, None, None)
+                }
+                "BadSignature" => forged_ecdhe(
+                    &h,
+                    &sh,
+                    &c,
+                    good(&random::<32>()),
+                    point,
+                    None,
+                    Some(c.d.sign_challenge(b"another transcript")),
+                ),
+                _ => forged_ecdhe(
+                    &h,
+                    &sh,
+                    &c,
+                    good(&random::<32>()),
+                    point,
+                    EphemeralKey::from_bytes(&other_point()),
+                    None,
+                ),
+            };
+            let t = std::time::Instant::now();
+            let a = key_exchange(&app.public, &c, &id, &cke).await;
+            let took = t.elapsed().as_secs_f64() * 1e6;
+            let bytes = refusal_bytes(&a);
+            let first = first.get_or_insert_with(|| bytes.clone());
+            assert_eq!(&bytes, first, "{} answers differently", CLASSES[k]);
+            if block >= warm_up {
+                samples[k].push(took);
+            }
+        }
+    }
+    assert!(first.is_some_and(|f| f.contains("channel_refused")));
+    let report = stats::report(&CLASSES.map(String::from), &samples);
+    println!("{}", report.text);
+    if n >= 20_000 {
+        assert!(
+            report.significant.is_empty(),
+            "timing differs: {:?}",
+            report.significant
+        );
+    }
 }

@@ -17,9 +17,10 @@
 //! decoded message re-encodes to the bytes received; the transcript is
 //! nevertheless always hashed over the bytes as they travelled.
 //!
-//! This module holds no key and does no cryptography beyond SHA-256: the
-//! PRF (AES-256 on single blocks), RSA-OAEP, AES-CMAC and AES-GCM are the
-//! caller's (the HSM on the server, software on the card). [`schedule`]
+//! This module holds no key and does no cryptography beyond SHA-256 and the
+//! check that an ephemeral key is a P-256 point ([`EphemeralKey`]): the
+//! PRF (AES-256 on single blocks), RSA-OAEP, ECDH, AES-CMAC and AES-GCM are
+//! the caller's (the HSM on the server, software on the card). [`schedule`]
 //! says exactly which bytes go into each of them.
 
 pub mod schedule;
