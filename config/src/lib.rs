@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use ca::{CaConfig, CaKeyAlgorithm};
-pub use channel::{ChannelConfig, ChannelPadding};
+pub use channel::{ChannelConfig, ChannelMode, ChannelPadding};
 pub use confirmation::{ConfirmationConfig, PresendConfig};
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use hsm::{HsmConfig, MechanismOverrides};
@@ -185,6 +185,7 @@ impl Config {
         self.online.validate()?;
         self.confirmation.validate()?;
         self.load.validate()?;
+        self.channel.validate()?;
         self.outbox.validate()?;
         self.provisioning.validate()?;
         self.hsm.validate()?;

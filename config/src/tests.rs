@@ -378,3 +378,29 @@ fn channel_padding_defaults_to_oaep_and_takes_pkcs1v15_only_by_name() -> Result<
     assert!(err.contains("channel.padding"), "{err}");
     Ok(())
 }
+
+#[test]
+fn channel_modes_are_typed_distinct_and_ecdhe_first_by_default() -> Result<(), ConfigError> {
+    assert_eq!(
+        parse(MINIMAL, &[])?.channel.modes,
+        [ChannelMode::EcdheP256, ChannelMode::RsaTransport]
+    );
+    let rsa = parse(
+        &format!("{MINIMAL}\n[channel]\nmodes = [\"rsa-transport\"]\n"),
+        &[],
+    )?;
+    assert_eq!(rsa.channel.modes, [ChannelMode::RsaTransport]);
+    for bad in [
+        "[]",
+        "[\"rsa-transport\", \"rsa-transport\"]",
+        "[\"x25519\"]",
+    ] {
+        let msg = parse(&format!("{MINIMAL}\n[channel]\nmodes = {bad}\n"), &[])
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("channel.modes"), "{bad}: {msg}");
+    }
+    Ok(())
+}

@@ -96,7 +96,7 @@ pub(crate) fn build(
     };
     let (kek, mech, point) = match device_key {
         PublicKey::P256(point) => {
-            let (eph, eph_point) = hsm.generate_ephemeral_p256()?;
+            let (eph, eph_point) = hsm.generate_ephemeral_p256(false)?;
             scratch.keep(eph);
             let spec = KeySpec {
                 kind: SecretKind::Aes(32),

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub loads: IntCounterVec,
     /// Secure-channel handshakes by outcome ([`crate::channel::HANDSHAKE_OUTCOMES`]).
     pub channel_handshakes: IntCounterVec,
+    /// Secure-channel full handshakes opened, by mode
+    /// ([`crate::channel::MODE_LABELS`]).
+    pub channel_handshake_modes: IntCounterVec,
     /// Secure-channel records by outcome ([`crate::channel::RECORD_OUTCOMES`]).
     pub channel_records: IntCounterVec,
     /// Expired or spent channel rows the sweep removed, by kind
@@ -273,6 +276,12 @@ impl Metrics {
                 "keyward_channel_handshakes_total",
                 "Secure-channel handshake steps by outcome: hello (a ServerHello answered), opened (keys derived, Finished answered), resumed (a ticket opened a channel), refused (a key exchange: certificate, signature or pre-master; or a resumption: ticket or binder), expired (no handshake to continue).",
                 &["outcome"],
+            )?,
+            channel_handshake_modes: counter_vec(
+                &r,
+                "keyward_channel_handshake_modes_total",
+                "Secure-channel full handshakes opened, by mode: rsa-transport, ecdhe-p256 (forward secret).",
+                &["mode"],
             )?,
             channel_records: counter_vec(
                 &r,
@@ -517,6 +526,9 @@ impl Metrics {
         }
         for outcome in crate::channel::HANDSHAKE_OUTCOMES {
             m.channel_handshakes.with_label_values(&[outcome]);
+        }
+        for mode in crate::channel::MODE_LABELS {
+            m.channel_handshake_modes.with_label_values(&[mode]);
         }
         for kind in crate::channel::SWEPT_KINDS {
             m.channel_swept.with_label_values(&[kind]);

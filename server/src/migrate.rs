@@ -117,6 +117,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             "channels by terminal",
             include_str!("../migrations/sqlite/2078_channels_by_terminal.sql"),
         ),
+        (
+            2081,
+            "channel handshake ephemeral",
+            include_str!("../migrations/sqlite/2081_channel_handshake_ephemeral.sql"),
+        ),
     ],
     postgres: &[
         (
@@ -218,6 +223,11 @@ const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations {
             2078,
             "channels by terminal",
             include_str!("../migrations/postgres/2078_channels_by_terminal.sql"),
+        ),
+        (
+            2081,
+            "channel handshake ephemeral",
+            include_str!("../migrations/postgres/2081_channel_handshake_ephemeral.sql"),
         ),
     ],
 };

@@ -108,7 +108,7 @@ impl AppState {
             provisioning.clone(),
             audit.clone(),
             metrics.clone(),
-            config.channel.padding,
+            &config.channel,
         );
         let ledger = Ledger::new(
             kms.clone(),

@@ -6,8 +6,10 @@
 //! replica, the transaction MAC, a key update and the close on a second
 //! replica (another `keyward serve` on the same database and token), a
 //! record after the close; then a card certificate that is not the card's
-//! (a look-alike under another CA, another device's) refused. Once with
-//! RSA-OAEP, once with PKCS#1 v1.5 key transport.
+//! (a look-alike under another CA, another device's) refused. The first
+//! run is the ECDHE mode (kwsim's default, the server's preference); the
+//! same card then opens in RSA transport; the whole again with PKCS#1 v1.5
+//! key transport.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -135,6 +137,7 @@ async fn two_replicas(opts: Options) -> Server {
     let hs = step(&lines, "handshake");
     assert_eq!(hs["status"], 200, "{lines:?}");
     assert_eq!(hs["channel_id"].as_str().unwrap().len(), 32);
+    assert_eq!(hs["mode"], "ecdhe", "{lines:?}");
     // The server sees the card, not the terminal relaying it.
     let ping = step(&lines, "ping");
     assert_eq!(
@@ -203,6 +206,30 @@ async fn two_replicas(opts: Options) -> Server {
         "the record after the close"
     );
     assert_eq!(records(&first, "data") + records(&second, "data"), 6.0);
+
+    // The same card in RSA transport (what a card without ECDHE offers),
+    // on the second replica.
+    let (out, lines) = channel(
+        &st,
+        &replica.public,
+        &card,
+        &["--mode", "rsa", "--no-login"],
+    );
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    assert_eq!(step(&lines, "handshake")["mode"], "rsa", "{lines:?}");
+    assert_eq!(step(&lines, "ping")["status"], 200, "{lines:?}");
+    let modes = |m: &str, mode: &str| {
+        sample(
+            m,
+            &format!("keyward_channel_handshake_modes_total{{mode=\"{mode}\"}}"),
+        )
+        .unwrap_or(-1.0)
+    };
+    let second = s.curl(&replica.admin, "/metrics", &[]).body;
+    assert_eq!(modes(&first, "ecdhe-p256"), 1.0, "{first}");
+    assert_eq!(modes(&first, "rsa-transport"), 0.0);
+    assert_eq!(modes(&second, "rsa-transport"), 1.0, "{second}");
+    assert_eq!(modes(&second, "ecdhe-p256"), 0.0);
 
     // Not the card's certificate: a look-alike of it under another CA, and
     // the terminal's own. One refusal, the same bytes for both.

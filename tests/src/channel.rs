@@ -6,6 +6,7 @@
 //! is RustCrypto: AES-256 on single blocks for the PRF, AES-CMAC for the
 //! Finished and the exporter, RSA-OAEP (with the hash the ServerHello
 //! names) or, where the hello says so, RSAES-PKCS1-v1_5 for the pre-master,
+//! P-256 ECDH for the ECDHE mode's ephemerals,
 //! AES-256-GCM for records. The card's signature is the [`SimDevice`]'s.
 //!
 //! [`SoftServer`] is the server's side in software, for the card's tests
@@ -23,8 +24,8 @@ use cmac::{Cmac, Mac};
 use hyper::StatusCode;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
-    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, NewTicket, OaepHash,
-    PROTOCOL_V1, Record, RecordType, ResumeHello, ServerFinished, ServerHello,
+    self, CardKeyExchange, ChannelId, ClientHello, Direction, EphemeralKey, Label, Mode, NewTicket,
+    OaepHash, PROTOCOL_V1, Record, RecordType, ResumeHello, ServerFinished, ServerHello,
 };
 use keyward_server::wire::channel::{Carried, CarriedAnswer};
 use rand::{CryptoRng, RngCore};
@@ -81,6 +82,26 @@ fn decrypt_pre_master(
     }
 }
 
+/// `C = PRF(Z, D_ms)`: the ECDHE mode's salt of the master secret, what
+/// the HSM computes with one `C_Encrypt` under the ECDH key.
+pub fn ecdhe_salt(z: &[u8; 32], h: &[u8; 32]) -> [u8; 32] {
+    prf(z, &channel::master_input(h))
+}
+
+/// The ECDH secret's x-coordinate of `secret` and the peer's key, and
+/// `secret`'s own public key as it travels.
+pub fn ecdh(secret: &p256::SecretKey, peer: &EphemeralKey) -> Result<(EphemeralKey, [u8; 32])> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+    let peer =
+        p256::PublicKey::from_sec1_bytes(peer.as_bytes()).map_err(|_| anyhow!("not a point"))?;
+    let z = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
+    let mut x = [0u8; 32];
+    x.copy_from_slice(z.raw_secret_bytes().as_ref());
+    let public = EphemeralKey::from_bytes(secret.public_key().to_encoded_point(false).as_bytes())
+        .ok_or_else(|| anyhow!("own key not a point"))?;
+    Ok((public, x))
+}
+
 /// AES-CMAC under an AES-256 key.
 pub fn cmac(key: &[u8; 32], msg: &[u8]) -> [u8; 16] {
     let mut m = <Cmac<aes::Aes256> as KeyInit>::new(GenericArray::from_slice(key));
@@ -112,6 +133,14 @@ impl Keys {
     /// The key schedule of §14.3.
     pub fn derive(pre_master: &[u8; 32], h: &[u8; 32]) -> Self {
         Self::from_master(prf(pre_master, &channel::master_input(h)), h)
+    }
+
+    /// The ECDHE mode's schedule (§14.3): `C = PRF(Z, D_ms)` with `Z` the
+    /// ECDH secret's x-coordinate, then `MS = PRF(PMS, hybrid input)`.
+    pub fn derive_hybrid(pre_master: &[u8; 32], z: &[u8; 32], h: &[u8; 32]) -> Self {
+        let c = ecdhe_salt(z, h);
+        let master = prf(pre_master, &channel::hybrid_master_input(&c, h));
+        Self::from_master(master, h)
     }
 
     /// The schedule of a resumption (§14.8) under a ticket's secret.
@@ -456,6 +485,7 @@ impl CardResume {
 #[derive(Debug)]
 pub struct CardHello {
     hello: Vec<u8>,
+    modes: Vec<Mode>,
 }
 
 /// The card after its key exchange, waiting for the ServerFinished.
@@ -475,14 +505,23 @@ impl std::fmt::Debug for AwaitFinished {
 impl CardHello {
     /// Opens a handshake: RSA transport, protocol version 1.
     pub fn new(device: DeviceId, client_random: [u8; 32]) -> Self {
+        Self::offering(device, client_random, &[Mode::RsaTransport])
+    }
+
+    /// Opens a handshake offering `modes` (RSA transport and/or ECDHE),
+    /// its preference first.
+    pub fn offering(device: DeviceId, client_random: [u8; 32], modes: &[Mode]) -> Self {
         let hello = ClientHello {
             client_random,
             versions: vec![PROTOCOL_V1],
-            modes: vec![Mode::RsaTransport as u8],
+            modes: modes.iter().map(|m| *m as u8).collect(),
             device: device.bytes(),
         }
         .encode();
-        Self { hello }
+        Self {
+            hello,
+            modes: modes.to_vec(),
+        }
     }
 
     pub fn client_hello(&self) -> &[u8] {
@@ -492,8 +531,10 @@ impl CardHello {
     /// Checks the server's hello (mode offered, chain to the Keyward root,
     /// a current RSA channel key of at least 2048 bits for key
     /// encipherment), encrypts `pre_master` to it as the hello names
-    /// (RSA-OAEP with its hash, or PKCS#1 v1.5), and signs the transcript.
-    /// Returns the key exchange to send. `rng` draws the padding.
+    /// (RSA-OAEP with its hash, or PKCS#1 v1.5), in the ECDHE mode makes
+    /// its ephemeral key and the ECDH secret with the server's, and signs
+    /// the transcript. Returns the key exchange to send. `rng` draws the
+    /// padding, then the ephemeral key.
     pub fn key_exchange(
         &self,
         server_hello: &[u8],
@@ -505,15 +546,23 @@ impl CardHello {
     ) -> Result<(AwaitFinished, Vec<u8>)> {
         let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("server hello: {e}"))?;
         ensure!(
-            sh.mode == Mode::RsaTransport,
+            sh.mode != Mode::Resumption && self.modes.contains(&sh.mode),
             "a mode the card did not offer"
         );
         let key = channel_key(&sh.chain, root_pem)?;
         let encrypted_pre_master = encrypt_pre_master(&key, sh.oaep, pre_master, rng)
             .context("encrypting the pre-master")?;
+        let (ephemeral, z) = match sh.ephemeral {
+            Some(server) => {
+                let (public, z) = ecdh(&p256::SecretKey::random(rng), &server)?;
+                (Some(public), Some(z))
+            }
+            None => (None, None),
+        };
         let mut cke = CardKeyExchange {
             certificate: card_certificate.to_vec(),
             encrypted_pre_master,
+            ephemeral,
             signature: Vec::new(),
         };
         cke.signature = dev.sign_challenge(&channel::card_signature_input(
@@ -523,10 +572,14 @@ impl CardHello {
         ));
         let cke = cke.encode();
         let h = channel::handshake_hash(&self.hello, server_hello, &cke);
+        let keys = match z {
+            Some(z) => Keys::derive_hybrid(pre_master, &z, &h),
+            None => Keys::derive(pre_master, &h),
+        };
         Ok((
             AwaitFinished {
                 channel: sh.channel,
-                keys: Keys::derive(pre_master, &h),
+                keys,
             },
             cke,
         ))
@@ -611,12 +664,31 @@ impl std::fmt::Debug for SoftServer {
 
 impl SoftServer {
     pub fn hello(&self, server_random: [u8; 32], id: ChannelId) -> Vec<u8> {
+        self.hello_with(server_random, id, None)
+    }
+
+    /// The hello of the ECDHE mode with the server's ephemeral `secret`,
+    /// or (`None`) of RSA transport.
+    pub fn hello_with(
+        &self,
+        server_random: [u8; 32],
+        id: ChannelId,
+        ephemeral: Option<&p256::SecretKey>,
+    ) -> Vec<u8> {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let ephemeral = ephemeral.and_then(|e| {
+            EphemeralKey::from_bytes(e.public_key().to_encoded_point(false).as_bytes())
+        });
         ServerHello {
             server_random,
             channel: id,
-            mode: Mode::RsaTransport,
+            mode: match ephemeral {
+                Some(_) => Mode::EcdheP256,
+                None => Mode::RsaTransport,
+            },
             oaep: self.oaep,
             chain: self.chain.clone(),
+            ephemeral,
         }
         .encode()
     }
@@ -630,9 +702,21 @@ impl SoftServer {
         server_hello: &[u8],
         card_key_exchange: &[u8],
     ) -> Result<(Keys, Vec<u8>)> {
+        self.finish_with(client_hello, server_hello, card_key_exchange, None)
+    }
+
+    /// [`Self::finish`] of a handshake whose hello [`Self::hello_with`]
+    /// made with `ephemeral`.
+    pub fn finish_with(
+        &self,
+        client_hello: &[u8],
+        server_hello: &[u8],
+        card_key_exchange: &[u8],
+        ephemeral: Option<&p256::SecretKey>,
+    ) -> Result<(Keys, Vec<u8>)> {
         let sh = ServerHello::decode(server_hello).map_err(|e| anyhow!("{e}"))?;
         let (cke, signed) =
-            CardKeyExchange::split(card_key_exchange).map_err(|e| anyhow!("{e}"))?;
+            CardKeyExchange::split_in(card_key_exchange, sh.mode).map_err(|e| anyhow!("{e}"))?;
         let pms = decrypt_pre_master(&self.key, sh.oaep, &cke.encrypted_pre_master)
             .context("the pre-master")?;
         let pms: [u8; 32] = pms
@@ -641,7 +725,11 @@ impl SoftServer {
         let msg = channel::card_signature_input(client_hello, server_hello, signed);
         verify_card_signature(&cke.certificate, &msg, &cke.signature)?;
         let h = channel::handshake_hash(client_hello, server_hello, card_key_exchange);
-        let keys = Keys::derive(&pms, &h);
+        let keys = match (ephemeral, cke.ephemeral) {
+            (Some(secret), Some(card)) => Keys::derive_hybrid(&pms, &ecdh(secret, &card)?.1, &h),
+            (None, None) => Keys::derive(&pms, &h),
+            _ => bail!("the ephemerals do not match the mode"),
+        };
         let fin = ServerFinished {
             channel: sh.channel,
             mac: keys.finished_mac(),
@@ -672,6 +760,7 @@ impl SoftServer {
             mode: Mode::Resumption,
             oaep: OaepHash::Sha256,
             chain: Vec::new(),
+            ephemeral: None,
         }
         .encode();
         let keys = Keys::resume(resumption, &channel::resumption_hash(resume_hello, &sh));
@@ -710,6 +799,8 @@ pub struct Carrier {
     /// The relaying connection; another replica's may take its place.
     pub conn: Connection,
     pub channel: Channel,
+    /// The mode the server chose.
+    pub mode: Mode,
 }
 
 impl std::fmt::Debug for Carrier {
@@ -738,17 +829,28 @@ impl Carrier {
     /// the ServerFinished checked. `Ok(Err(reply))` when the server
     /// refused a step.
     pub async fn open(
+        conn: Connection,
+        dev: &SimDevice,
+        card_cert: &[u8],
+        root_pem: &str,
+    ) -> Result<std::result::Result<Self, Reply>> {
+        Self::open_offering(conn, dev, card_cert, root_pem, &[Mode::RsaTransport]).await
+    }
+
+    /// [`Self::open`] offering `modes`, the card's preference first.
+    pub async fn open_offering(
         mut conn: Connection,
         dev: &SimDevice,
         card_cert: &[u8],
         root_pem: &str,
+        modes: &[Mode],
     ) -> Result<std::result::Result<Self, Reply>> {
         use rand::RngCore as _;
         // Held across the awaits: a `Send` generator.
         let mut rng = rand::rngs::OsRng;
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
-        let hello = CardHello::new(dev.id, random);
+        let hello = CardHello::offering(dev.id, random, modes);
         let a = conn
             .post(
                 "/v1/channel/hello",
@@ -784,6 +886,7 @@ impl Carrier {
         Ok(Ok(Self {
             conn,
             channel: wait.finish(&fin)?,
+            mode: ServerHello::decode(&sh).map_err(|e| anyhow!("{e}"))?.mode,
         }))
     }
 

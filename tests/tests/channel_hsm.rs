@@ -700,3 +700,107 @@ async fn handshake_hsm_time() {
     );
     kms.shutdown();
 }
+
+/// The ECDHE mode's HSM steps: SoftHSM wraps the ephemeral P-256 private
+/// key under the state KEK (AES key wrap with padding) and unwraps it on
+/// another replica as a derive-only key; its ECDH secret salts the master
+/// exactly as the card computes it in software; the objects are gone after
+/// each step; a wrapped value altered at rest does not unwrap.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecdhe_ephemeral_is_wrapped_at_rest_and_salts_the_master_on_any_replica() {
+    let token = TestToken::create().unwrap();
+    let db = test_database().await.unwrap();
+    let (a, b) = (replica(&token, &db).await, replica(&token, &db).await);
+    assert!(a.ensure_channel_state_kek().await.unwrap());
+    let before = token.list_objects("privkey").unwrap();
+
+    let (point, wrapped) = a.channel_ephemeral().await.unwrap();
+    assert_eq!(point[0], 4);
+    assert!(
+        wrapped.len() > 64 && wrapped.len() % 8 == 0,
+        "{}",
+        wrapped.len()
+    );
+    assert_eq!(
+        token.list_objects("privkey").unwrap(),
+        before,
+        "object left"
+    );
+
+    // The card's ephemeral and its view of C = PRF(x(Z), D_ms).
+    let card = p256::SecretKey::random(&mut rand::thread_rng());
+    let card_point: [u8; 65] =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&card.public_key(), false)
+            .as_bytes()
+            .try_into()
+            .unwrap();
+    let server = p256::PublicKey::from_sec1_bytes(&point).unwrap();
+    let z = p256::ecdh::diffie_hellman(card.to_nonzero_scalar(), server.as_affine());
+    let d_ms = sha(&[b"keyward channel v1 master", b"H"]);
+    let expected = prf(z.raw_secret_bytes().as_ref(), &d_ms);
+
+    // The other replica unwraps it and computes the same C.
+    let c = b
+        .channel_ecdhe_salt(wrapped.clone(), card_point, d_ms)
+        .await
+        .unwrap();
+    assert_eq!(c, expected);
+    assert_eq!(
+        token.list_objects("privkey").unwrap(),
+        before,
+        "object left"
+    );
+
+    let mut altered = wrapped.clone();
+    altered[20] ^= 1;
+    assert!(matches!(
+        b.channel_ecdhe_salt(altered, card_point, d_ms).await,
+        Err(KmsError::CorruptRecord(_))
+    ));
+    assert!(matches!(
+        b.channel_ecdhe_salt(wrapped[..40].to_vec(), card_point, d_ms)
+            .await,
+        Err(KmsError::CorruptRecord(_))
+    ));
+}
+
+/// HSM time the ECDHE mode adds to a handshake: the hello's ephemeral
+/// (generate, wrap, destroy) and the key exchange's salt (unwrap, ECDH,
+/// one AES block pair, destroy); printed, not asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecdhe_hsm_time() {
+    let token = TestToken::create().unwrap();
+    let db = test_database().await.unwrap();
+    let kms = replica(&token, &db).await;
+    kms.ensure_channel_state_kek().await.unwrap();
+    let card = p256::SecretKey::random(&mut rand::thread_rng());
+    let point: [u8; 65] =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&card.public_key(), false)
+            .as_bytes()
+            .try_into()
+            .unwrap();
+    let n = 200;
+    let (mut hello_t, mut kx_t) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let (_, wrapped) = kms.channel_ephemeral().await.unwrap();
+        let t1 = Instant::now();
+        kms.channel_ecdhe_salt(wrapped, point, [7; 32])
+            .await
+            .unwrap();
+        kx_t.push(t1.elapsed());
+        hello_t.push(t1 - t0);
+    }
+    let stats = |mut v: Vec<Duration>| {
+        v.sort();
+        let mean = v.iter().sum::<Duration>() / v.len() as u32;
+        (mean, v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+    let (hm, hp50, hp99) = stats(hello_t);
+    let (km, kp50, kp99) = stats(kx_t);
+    println!(
+        "ECDHE HSM time over {n} (one caller, SoftHSM): hello's ephemeral mean {hm:?} p50 {hp50:?} p99 {hp99:?}; \
+         key exchange's salt mean {km:?} p50 {kp50:?} p99 {kp99:?}"
+    );
+    kms.shutdown();
+}

@@ -344,8 +344,13 @@ pub trait Hsm: Send + Sync + std::fmt::Debug {
     fn translate_pin(&self, from: ObjectId, to: ObjectId, pin: &PinTranslation) -> Result<Vec<u8>>;
     fn mac(&self, key: ObjectId, mech: MacMechanism, data: &[u8]) -> Result<Vec<u8>>;
     /// An ephemeral P-256 key pair as session objects; returns the private key
-    /// and the public point.
-    fn generate_ephemeral_p256(&self) -> Result<(ObjectId, Vec<u8>)>;
+    /// (derive only, sensitive; `extractable` so that it can be wrapped for
+    /// another replica) and the public point.
+    fn generate_ephemeral_p256(&self, extractable: bool) -> Result<(ObjectId, Vec<u8>)>;
+    /// A P-256 private key wrapped by [`Hsm::wrap_key`] with
+    /// [`WrapMechanism::AesKeyWrapPad`], unwrapped under `unwrapping` as a
+    /// session object that may only derive (ECDH), never extractable.
+    fn unwrap_p256_private(&self, unwrapping: ObjectId, wrapped: &[u8]) -> Result<ObjectId>;
     /// ECDH (null KDF) of `private` with the peer's uncompressed point, giving
     /// a session AES key of `spec`.
     fn ecdh_derive(&self, private: ObjectId, peer_point: &[u8], spec: &KeySpec)

@@ -661,7 +661,7 @@ impl Hsm for Pkcs11Hsm {
         }
     }
 
-    fn generate_ephemeral_p256(&self) -> Result<(ObjectId, Vec<u8>)> {
+    fn generate_ephemeral_p256(&self, extractable: bool) -> Result<(ObjectId, Vec<u8>)> {
         let public = [
             Attribute::Token(false),
             Attribute::Private(false),
@@ -672,7 +672,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Token(false),
             Attribute::Private(false),
             Attribute::Sensitive(true),
-            Attribute::Extractable(false),
+            Attribute::Extractable(extractable),
             Attribute::Derive(true),
             Attribute::Sign(false),
         ];
@@ -712,6 +712,30 @@ impl Hsm for Pkcs11Hsm {
         let mech = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), peer_point));
         self.create(&[private], |s| {
             s.derive_key(&mech, Self::handle(private), &template)
+        })
+    }
+
+    fn unwrap_p256_private(&self, unwrapping: ObjectId, wrapped: &[u8]) -> Result<ObjectId> {
+        // SoftHSM takes the curve and value from the PKCS#8 inside.
+        let template = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(false),
+            Attribute::Private(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Derive(true),
+            Attribute::Sign(false),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+        ];
+        self.create(&[unwrapping], |s| {
+            s.unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                Self::handle(unwrapping),
+                wrapped,
+                &template,
+            )
         })
     }
 

@@ -33,6 +33,10 @@
 //! PKCS#1 v1.5, where configured, goes through the same unwrap behind
 //! implicit rejection (`channel_pkcs1`).
 
+mod ecdhe;
+
+pub use ecdhe::P256_POINT_LEN;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +83,12 @@ pub const CHANNEL_MECHANISMS: &[(MechanismId, &str)] = &[
     ),
     (MechanismId::AesKeyWrapPad, "channel state at rest"),
     (MechanismId::AesKeyWrap, "channel pre-master length check"),
+    (MechanismId::EcKeyPairGen, "channel ECDHE ephemeral key"),
+    (MechanismId::Ecdh1Derive, "channel ECDHE key agreement"),
+    (
+        MechanismId::AesEcb,
+        "channel ECDHE salt of the master secret",
+    ),
 ];
 
 /// What a channel secret may do; each secret gets exactly one.

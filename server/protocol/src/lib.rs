@@ -49,6 +49,7 @@ mod tests {
         "thiserror",
         "subtle",
         "sha2",
+        "p256",
         "unicode-normalization",
         "unicode-properties",
         "unicode-security",

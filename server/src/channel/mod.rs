@@ -7,18 +7,20 @@
 //!
 //! - [`Channels::hello`]: a ClientHello → a ServerHello (random and channel
 //!   id from the HSM, the `channel` certificate chain, the OAEP hash the
-//!   module unwraps with, or PKCS#1 v1.5 where `channel.padding` says so);
+//!   module unwraps with, or PKCS#1 v1.5 where `channel.padding` says so;
+//!   in the ECDHE mode an ephemeral key: `ecdhe`);
 //!   both hellos stored for [`HANDSHAKE_TTL_MS`].
 //! - [`Channels::key_exchange`]: the card's certificate (the Keyward CA's
 //!   registered, current, unrevoked certificate of an issued device), its
 //!   signature over the transcript and the pre-master (unwrapped in the
-//!   HSM) are all checked whichever fails, so the refusal's work does not
-//!   say which; any failure of the three is the one `channel_refused`,
-//!   audited. With PKCS#1 v1.5 a pre-master that does not unwrap is no
-//!   refusal: implicit rejection goes on with a substitute, and the card
-//!   cannot verify the ServerFinished. The schedule runs in the HSM; the
-//!   handshake is taken, the channel stored and the opening audited in one
-//!   transaction; the ServerFinished is answered after the commit.
+//!   HSM; in the ECDHE mode, then the ECDH step) are all checked whichever
+//!   fails, so the refusal's work does not say which; any failure is the
+//!   one `channel_refused`, audited. With PKCS#1 v1.5 a pre-master that
+//!   does not unwrap is no refusal: implicit rejection goes on with a
+//!   substitute, and the card cannot verify the ServerFinished. The
+//!   schedule runs in the HSM; the handshake is taken, the channel stored
+//!   and the opening audited in one transaction; the ServerFinished is
+//!   answered after the commit.
 //! - [`Channels::record`]: the card's next record, opened in the HSM. A
 //!   replayed, reordered, altered or foreign record closes the channel
 //!   (audited, one `channel_closed`); one that is no record or names no
@@ -29,6 +31,7 @@
 //!   record raced or replayed to two replicas runs once, and the answer is
 //!   sealed in the HSM under the server sequence claimed.
 
+mod ecdhe;
 mod error;
 mod rekey;
 mod resume;
@@ -53,6 +56,7 @@ use keyward_protocol::channel::{
 };
 use serde_json::json;
 
+pub use ecdhe::MODE_LABELS;
 pub use error::ChannelError;
 pub use resume::{Opened, Resumed, TICKET_TTL_MS};
 pub use rotate::RotatedKey;
@@ -76,9 +80,6 @@ pub const HANDSHAKE_TTL_MS: i64 = 30_000;
 /// record after it is refused as for a closed channel).
 pub const CHANNEL_TTL_MS: i64 = 3_600_000;
 const _: () = assert!(CHANNEL_TTL_MS as u64 <= channel::REKEY_AFTER_SECONDS * 1000);
-/// The modes this server runs, its preference first.
-const MODES: [Mode; 1] = [Mode::RsaTransport];
-
 /// The outcomes `keyward_channel_handshakes_total` counts.
 pub const HANDSHAKE_OUTCOMES: [&str; 5] = ["hello", "opened", "resumed", "refused", "expired"];
 /// The outcomes `keyward_channel_records_total` counts.
@@ -117,6 +118,8 @@ struct Parts {
     provisioning: Provisioning,
     audit: AuditLog,
     metrics: Metrics,
+    /// The modes this server runs, its preference first (`channel.modes`).
+    modes: Vec<Mode>,
     /// Per channel key label, its certificate chain (DER) and OAEP hash,
     /// loaded at first use; which label is current is the database's.
     server: std::sync::Mutex<HashMap<String, ServerKey>>,
@@ -137,7 +140,7 @@ impl Channels {
         provisioning: Provisioning,
         audit: AuditLog,
         metrics: Metrics,
-        padding: ChannelPadding,
+        config: &keyward_config::ChannelConfig,
     ) -> Self {
         Self(Arc::new(Parts {
             kms,
@@ -145,8 +148,9 @@ impl Channels {
             provisioning,
             audit,
             metrics,
+            modes: ecdhe::modes(&config.modes),
             server: std::sync::Mutex::new(HashMap::new()),
-            padding,
+            padding: config.padding,
         }))
     }
 
@@ -201,7 +205,9 @@ impl Channels {
     /// The card's ClientHello, relayed by `terminal`: the ServerHello.
     pub async fn hello(&self, terminal: &Device, client_hello: Vec<u8>) -> Result<ServerHello> {
         let ch = ClientHello::decode(&client_hello)?;
-        let mode = ch.negotiate(&MODES).ok_or(ChannelError::Unsupported)?;
+        let mode = ch
+            .negotiate(&self.0.modes)
+            .ok_or(ChannelError::Unsupported)?;
         // Read at every hello, so a rotation on any replica applies here.
         let key_label = store::current_key(self.db()).await?;
         let (chain, oaep) = self.server(&key_label).await?;
@@ -209,12 +215,14 @@ impl Channels {
             ChannelPadding::Oaep => oaep,
             ChannelPadding::Pkcs1v15 => OaepHash::Pkcs1v15,
         };
+        let (ephemeral, server_ephemeral) = ecdhe::ephemeral(&self.0.kms, mode).await?;
         let sh = ServerHello {
             server_random: self.0.kms.random::<32>().await?,
             channel: ChannelId(self.0.kms.random::<16>().await?),
             mode,
             oaep,
             chain,
+            ephemeral,
         };
         let now = now_ms();
         store::insert_handshake(
@@ -227,6 +235,7 @@ impl Channels {
                 key_label,
                 created_at_ms: now,
                 expires_at_ms: now.saturating_add(HANDSHAKE_TTL_MS),
+                server_ephemeral,
             },
         )
         .await?;
@@ -242,7 +251,6 @@ impl Channels {
         id: ChannelId,
         bytes: Vec<u8>,
     ) -> Result<Opened> {
-        let (cke, signed) = CardKeyExchange::split(&bytes)?;
         let key = id.to_string();
         // The terminal that relayed the hello relays the key exchange.
         let terminal_id = terminal.device_id.to_string();
@@ -253,9 +261,19 @@ impl Channels {
             self.count_handshake("expired");
             return Err(ChannelError::Closed);
         };
+        // The layout follows the mode this server's hello chose.
+        let mode = ServerHello::decode(&hs.server_hello)?.mode;
+        let (cke, signed) = CardKeyExchange::split_in(&bytes, mode)?;
         let checked = self.opened(terminal, id, &hs, &cke, signed, &bytes).await;
         match checked {
-            Ok(fin) => Ok(fin),
+            Ok(fin) => {
+                self.0
+                    .metrics
+                    .channel_handshake_modes
+                    .with_label_values(&[ecdhe::mode_label(mode)])
+                    .inc();
+                Ok(fin)
+            }
             Err(ChannelError::Refused) => {
                 self.refuse_handshake(terminal, &key).await?;
                 Err(ChannelError::Refused)
@@ -276,28 +294,34 @@ impl Channels {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
         // The refusal costs the same work whichever check fails: the card
-        // is checked in full and the pre-master unwrapped (one RSA
-        // operation) before either outcome is looked at, and both
-        // failures are the one refusal.
+        // is checked in full, the pre-master unwrapped (one RSA
+        // operation) and, in the ECDHE mode, the ECDH step run before any
+        // outcome is looked at, and every failure is the one refusal.
         let card = self
             .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
             .await;
         let pms = self
             .unwrap_premaster(&hs.key_label, &hs.server_hello, cke)
             .await;
-        let ((card, serial), pms) =
-            match (card.map_err(refusal), pms.map_err(|e| refusal(e.into()))) {
-                (Ok(card), Ok(pms)) => (card, pms),
-                // A failure of the HSM, CA or database shows as itself.
-                (Err(e), _) | (_, Err(e)) if !matches!(e, ChannelError::Refused) => {
-                    return Err(e);
-                }
-                _ => return Err(ChannelError::Refused),
-            };
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
+        let master_input = ecdhe::master_input(&p.kms, hs, cke, &h).await;
+        let ((card, serial), pms, master_input) = match (
+            card.map_err(refusal),
+            pms.map_err(|e| refusal(e.into())),
+            master_input.map_err(refusal),
+        ) {
+            (Ok(card), Ok(pms), Ok(input)) => (card, pms, input),
+            // A failure of the HSM, CA or database shows as itself.
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e))
+                if !matches!(e, ChannelError::Refused) =>
+            {
+                return Err(e);
+            }
+            _ => return Err(ChannelError::Refused),
+        };
         let master = p
             .kms
-            .channel_derive(&pms, channel::master_input(&h), ChannelKeyUse::Secret)
+            .channel_derive(&pms, master_input, ChannelKeyUse::Secret)
             .await?;
         drop(pms);
         let mut keys = p

@@ -148,6 +148,7 @@ impl Channels {
             mode: Mode::Resumption,
             oaep: OaepHash::Sha256,
             chain: Vec::new(),
+            ephemeral: None,
         }
         .encode();
         let h = channel::resumption_hash(bytes, &sh);

@@ -1,4 +1,4 @@
-//! The channel tables (migrations 2070, 2078). Writes run inside the caller's
+//! The channel tables (migrations 2070, 2078, 2081). Writes run inside the caller's
 //! transaction (`_in`); the wrapped keys are written as the HSM gave them
 //! and never read by anything but the HSM's unwrap.
 
@@ -7,7 +7,7 @@ use keyward_kms::service::CHANNEL_KEY_LABEL;
 use sqlx::Row;
 
 /// A handshake waiting for the card's key exchange.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HandshakeRow {
     pub id: String,
     pub terminal_id: String,
@@ -17,6 +17,19 @@ pub struct HandshakeRow {
     pub key_label: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The ECDHE mode's ephemeral private key, wrapped under the state KEK.
+    pub server_ephemeral: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for HandshakeRow {
+    /// The wrapped ephemeral is not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandshakeRow")
+            .field("id", &self.id)
+            .field("key_label", &self.key_label)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A channel as stored: its keys are wrapped under the state KEK.
@@ -56,7 +69,8 @@ impl std::fmt::Debug for ChannelRow {
 pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO channel_handshakes (id, terminal_id, client_hello, server_hello, \
-         created_at_ms, expires_at_ms, key_label) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         created_at_ms, expires_at_ms, key_label, server_ephemeral) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&h.id)
     .bind(&h.terminal_id)
@@ -65,6 +79,7 @@ pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sql
     .bind(h.created_at_ms)
     .bind(h.expires_at_ms)
     .bind(&h.key_label)
+    .bind(&h.server_ephemeral)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -73,7 +88,7 @@ pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sql
 pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, sqlx::Error> {
     sqlx::query(
         "SELECT id, terminal_id, client_hello, server_hello, created_at_ms, expires_at_ms, \
-         key_label FROM channel_handshakes WHERE id = $1",
+         key_label, server_ephemeral FROM channel_handshakes WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -89,6 +104,7 @@ pub async fn handshake(db: &Database, id: &str) -> Result<Option<HandshakeRow>, 
                 .unwrap_or_else(|| CHANNEL_KEY_LABEL.to_owned()),
             created_at_ms: r.try_get("created_at_ms")?,
             expires_at_ms: r.try_get("expires_at_ms")?,
+            server_ephemeral: r.try_get("server_ephemeral")?,
         })
     })
     .transpose()

@@ -155,7 +155,7 @@ fn b64_field(b: &Value, name: &str) -> Vec<u8> {
 }
 
 /// The key exchange answered: the open channel and the card's ticket.
-async fn finish_with_ticket(
+pub(crate) async fn finish_with_ticket(
     router: &Router,
     c: &Card,
     id: &str,
@@ -256,6 +256,7 @@ pub(crate) fn forged(
     let mut cke = CardKeyExchange {
         certificate: cert,
         encrypted_pre_master: epms,
+        ephemeral: None,
         signature: Vec::new(),
     };
     cke.signature = signature.unwrap_or_else(|| {
@@ -437,7 +438,7 @@ async fn a_replayed_or_altered_record_closes_the_channel() {
 
 /// A second replica: its own HSM sessions and state, the same token and
 /// database.
-async fn replica(app: &App) -> Router {
+pub(crate) async fn replica(app: &App) -> Router {
     let config = Config::load(&app.install.config).unwrap();
     let metrics = Metrics::new().unwrap();
     let opened = bootstrap::open(&config, Some(metrics.clone()))
@@ -484,7 +485,7 @@ async fn resume_with(router: &Router, relay: &Card, hello: &[u8]) -> Answer {
 }
 
 /// A resumption answered: the new channel and the next ticket.
-async fn resume(router: &Router, c: &Card, ticket: &Ticket) -> (Channel, Ticket) {
+pub(crate) async fn resume(router: &Router, c: &Card, ticket: &Ticket) -> (Channel, Ticket) {
     let r = CardResume::new(ticket, random());
     let a = resume_with(router, c, r.resume_hello()).await;
     let b = a.expect(StatusCode::OK);

@@ -62,7 +62,7 @@ const MUTATIONS: [Mutation; 10] = [
     Mutation::Extend,
 ];
 
-fn env_u64(name: &str) -> Option<u64> {
+pub(crate) fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
@@ -342,7 +342,7 @@ const CLASSES: [Class; 6] = [
 ];
 
 /// A refusal's bytes without its request id (which differs per request).
-fn refusal_bytes(a: &Answer) -> String {
+pub(crate) fn refusal_bytes(a: &Answer) -> String {
     let mut b = a.body.clone();
     if let Some(e) = b.get_mut("error").and_then(|e| e.as_object_mut()) {
         e.remove("request_id");
@@ -478,7 +478,7 @@ async fn every_pkcs1_v15_key_exchange_is_one_answer_in_one_time() {
 
 /// The Wilcoxon signed-rank test (normal approximation with the tie
 /// correction, two-sided) and the table the timing test prints.
-mod stats {
+pub(crate) mod stats {
     /// The two-sided p-value that the paired differences `a[i] - b[i]`
     /// are centred on zero.
     pub fn wilcoxon(a: &[f64], b: &[f64]) -> f64 {

@@ -21,6 +21,7 @@ mod bad_inputs;
 mod ca;
 mod channel;
 mod channel_attack;
+mod channel_ecdhe;
 mod channel_pkcs1;
 mod codes;
 mod confirmations;

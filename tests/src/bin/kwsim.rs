@@ -57,17 +57,19 @@
 //! - `channel DEVICE_ID` with `login`'s `--issuer --server --ca --cert`
 //!   (`--cert`: the **card's** certificate chain, PEM) `[--terminal ID
 //!   --terminal-cert FILE] [--transaction TEXT] [--continue-on URL]
-//!   [--carry PATH]… [--no-login] [--after-close]`: the device as a bank
+//!   [--carry PATH]… [--no-login] [--after-close] [--mode ecdhe|rsa]`: the
+//!   device as a bank
 //!   card in the secure channel (docs/protocol.md §14) relayed by the
 //!   terminal ID (its own mutual TLS; default: the card itself): the
 //!   handshake, a carried ping, a carried login (start and finish), the
 //!   transaction TEXT's CMAC, a key update and a ping under the new key, a
-//!   close. `--continue-on URL`: everything after the login goes to that
+//!   close. `--mode`: the handshake mode the card offers (default `ecdhe`,
+//!   forward secret; `rsa`: RSA transport). `--continue-on URL`: everything after the login goes to that
 //!   (another replica's) public listener. `--carry PATH`: a carried
 //!   `GET PATH` after the first ping (a route the channel does not carry is
 //!   refused inside it). `--after-close`: the card's next record after the
 //!   close (refused: the channel is closed). One JSON line per step
-//!   (`"step"`: handshake with the channel id, ping with the identity the
+//!   (`"step"`: handshake with the channel id and mode, ping with the identity the
 //!   server saw, carry, login, transaction, key_update, close,
 //!   after_close); exits 1 if a step was refused (the carried probes and
 //!   the after-close record excepted). No key or token is printed.
@@ -104,6 +106,7 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyward_kms::types::DeviceId;
+use keyward_protocol::channel::Mode;
 use keyward_tests::channel::Carrier;
 use keyward_tests::purse::Purse;
 use keyward_tests::simulator::{SimDevice, forged_csr};
@@ -187,6 +190,18 @@ struct ChannelArgs {
     /// Send the card's next record after the close.
     #[arg(long)]
     after_close: bool,
+    /// The handshake mode the card offers.
+    #[arg(long, value_enum, default_value = "ecdhe")]
+    mode: HandshakeMode,
+}
+
+/// `kwsim channel --mode`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HandshakeMode {
+    /// ECDHE-P256 (forward secret).
+    Ecdhe,
+    /// RSA transport of the pre-master.
+    Rsa,
 }
 
 #[derive(Debug, Subcommand)]
@@ -521,7 +536,12 @@ fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
         .build()?;
     runtime.block_on(async {
         let conn = term.connect().await?;
-        let mut c = match Carrier::open(conn, &card, &card_cert, &root_pem).await? {
+        let mode = match a.mode {
+            HandshakeMode::Ecdhe => Mode::EcdheP256,
+            HandshakeMode::Rsa => Mode::RsaTransport,
+        };
+        let opened = Carrier::open_offering(conn, &card, &card_cert, &root_pem, &[mode]).await?;
+        let mut c = match opened {
             Ok(c) => c,
             Err(r) => {
                 step("handshake", &r, json!({}))?;
@@ -529,7 +549,14 @@ fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
             }
         };
         let id = c.channel.id.to_string();
-        out(&json!({"step": "handshake", "status": 200, "channel_id": id}).to_string())?;
+        let mode = match c.mode {
+            Mode::EcdheP256 => "ecdhe",
+            _ => "rsa",
+        };
+        out(
+            &json!({"step": "handshake", "status": 200, "channel_id": id, "mode": mode})
+                .to_string(),
+        )?;
         let mut refused = !ping(&mut c).await?;
         for path in &a.carry {
             let r = c.request(hyper::Method::GET, path, None, None).await?;

@@ -98,6 +98,119 @@ fn handshake(pms: [u8; 32], rng: &mut (impl RngCore + CryptoRng)) -> Run {
     }
 }
 
+/// The trace's fixed ephemeral P-256 keys: SHA-256 of a label each.
+fn trace_ephemeral(label: &str) -> p256::SecretKey {
+    use sha2::Digest as _;
+    p256::SecretKey::from_slice(&sha2::Sha256::digest(label.as_bytes())).unwrap()
+}
+
+/// Both sides of one ECDHE handshake, in software, with the server's
+/// ephemeral `eph` (the card's is drawn from `rng` after the OAEP seed).
+fn ecdhe_handshake(
+    pms: [u8; 32],
+    eph: &p256::SecretKey,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Run {
+    let dev = card_device();
+    let card_cert = pems(CARD).unwrap().remove(0);
+    let srv = server();
+    let hello = CardHello::offering(
+        dev.id,
+        counting(0x00),
+        &[Mode::EcdheP256, Mode::RsaTransport],
+    );
+    let ch = hello.client_hello().to_vec();
+    let sh = srv.hello_with(counting(0x20), ChannelId(counting(0x40)), Some(eph));
+    let (wait, cke) = hello
+        .key_exchange(&sh, ROOT, &dev, &card_cert, &pms, rng)
+        .unwrap();
+    let (keys, fin) = srv.finish_with(&ch, &sh, &cke, Some(eph)).unwrap();
+    assert_eq!(keys.h, wait.keys.h);
+    let id = wait.channel;
+    let card = wait.finish(&fin).unwrap();
+    let server = Channel::server(id, &keys);
+    Run {
+        ch,
+        sh,
+        cke,
+        fin,
+        keys,
+        card,
+        server,
+    }
+}
+
+/// The ECDHE mode opens a channel whose master is not RSA transport's
+/// under the same pre-master and transcript shape; a card that offered
+/// only RSA transport refuses an ECDHE hello; a server ephemeral altered
+/// in transit leaves the card with other keys, so the Finished fails.
+#[test]
+fn an_ecdhe_handshake_opens_a_channel_salted_by_both_ephemerals() {
+    let eph = p256::SecretKey::random(&mut rand::thread_rng());
+    let mut run = ecdhe_handshake([9; 32], &eph, &mut rand::thread_rng());
+    let up = run.card.seal(b"ping").unwrap().remove(0);
+    assert_eq!(
+        run.server.open(&up).unwrap(),
+        Received::Data(b"ping".to_vec())
+    );
+    assert_eq!(ServerHello::decode(&run.sh).unwrap().mode, Mode::EcdheP256);
+    let (cke, _) = CardKeyExchange::split_in(&run.cke, Mode::EcdheP256).unwrap();
+    let card_point = cke.ephemeral.unwrap();
+    assert_ne!(run.keys.master, Keys::derive(&[9; 32], &run.keys.h).master);
+    // The hybrid master from its parts.
+    let z = ecdh(&eph, &card_point).unwrap().1;
+    assert_eq!(
+        run.keys.master,
+        prf(
+            &[9; 32],
+            &channel::hybrid_master_input(&ecdhe_salt(&z, &run.keys.h), &run.keys.h)
+        )
+    );
+
+    let dev = card_device();
+    let card_cert = pems(CARD).unwrap().remove(0);
+    let rsa_only = CardHello::new(dev.id, counting(0));
+    assert!(
+        rsa_only
+            .key_exchange(
+                &run.sh,
+                ROOT,
+                &dev,
+                &card_cert,
+                &[9; 32],
+                &mut rand::thread_rng()
+            )
+            .is_err()
+    );
+
+    let other = p256::SecretKey::random(&mut rand::thread_rng());
+    let hello = CardHello::offering(dev.id, counting(0), &[Mode::EcdheP256]);
+    let sh = server().hello_with(counting(0x20), ChannelId(counting(0x40)), Some(&eph));
+    let swapped = server().hello_with(counting(0x20), ChannelId(counting(0x40)), Some(&other));
+    let (wait, cke) = hello
+        .key_exchange(
+            &swapped,
+            ROOT,
+            &dev,
+            &card_cert,
+            &[9; 32],
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+    // The server, with its own hello and ephemeral, verifies the signature
+    // over its hello: the swap is refused there; and were it not, the
+    // Finished under the real ephemeral fails at the card.
+    assert!(
+        server()
+            .finish_with(hello.client_hello(), &sh, &cke, Some(&eph))
+            .is_err()
+    );
+    let (_, fin) = server()
+        .finish_with(hello.client_hello(), &swapped, &cke, Some(&eph))
+        .unwrap();
+    assert!(wait.finish(&fin).is_err());
+}
+
 fn random_run() -> Run {
     let mut pms = [0; 32];
     rand::thread_rng().fill_bytes(&mut pms);
@@ -235,6 +348,7 @@ fn the_card_refuses_a_chain_that_is_not_a_channel_key_of_the_keyward_root() {
             mode: Mode::RsaTransport,
             oaep: OaepHash::Sha256,
             chain,
+            ephemeral: None,
         }
         .encode();
         hello
@@ -265,6 +379,16 @@ fn the_card_refuses_a_chain_that_is_not_a_channel_key_of_the_keyward_root() {
         mode: Mode::EcdheP256,
         oaep: OaepHash::Sha256,
         chain,
+        ephemeral: EphemeralKey::from_bytes(
+            &[
+                vec![4],
+                hex::decode("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296")
+                    .unwrap(),
+                hex::decode("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5")
+                    .unwrap(),
+            ]
+            .concat(),
+        ),
     }
     .encode();
     assert!(
@@ -568,6 +692,83 @@ fn worked_trace_in_the_docs() {
         std::fs::write(&out, &block).unwrap();
         panic!(
             "docs/protocol.md §14.6 does not hold the trace; the trace is in {}",
+            out.display()
+        );
+    }
+}
+
+/// The worked trace of the ECDHE mode (docs/protocol.md §14.6, second
+/// block): the same fixtures and "random" inputs, and two fixed ephemeral
+/// keys; every value the mode adds, then the schedule to the Finished.
+#[test]
+fn worked_ecdhe_trace_in_the_docs() {
+    let pms: [u8; 32] = counting(0x50);
+    let seed: [u8; 32] = counting(0x70);
+    let server_eph = trace_ephemeral("keyward channel trace server ephemeral");
+    let card_eph = trace_ephemeral("keyward channel trace card ephemeral");
+    let rng = [seed.as_slice(), card_eph.to_bytes().as_slice()].concat();
+    let run = ecdhe_handshake(pms, &server_eph, &mut Fixed(rng));
+    let k = &run.keys;
+    let h = k.h;
+    let mut t = String::new();
+    let mut line = |name: &str, bytes: &[u8]| {
+        let hex = hex::encode(bytes);
+        let mut chunks = hex.as_bytes().chunks(64);
+        let first = std::str::from_utf8(chunks.next().unwrap_or_default()).unwrap();
+        writeln!(t, "{name:<22}{first}").unwrap();
+        for c in chunks {
+            writeln!(t, "{:<22}{}", "", std::str::from_utf8(c).unwrap()).unwrap();
+        }
+    };
+    line("pre_master (PMS)", &pms);
+    line("oaep_seed", &seed);
+    line("server_ephemeral_key", &server_eph.to_bytes());
+    line("card_ephemeral_key", &card_eph.to_bytes());
+    line("ClientHello", &run.ch);
+    line("ServerHello", &run.sh);
+    let (cke, signed) = CardKeyExchange::split_in(&run.cke, Mode::EcdheP256).unwrap();
+    let sh = ServerHello::decode(&run.sh).unwrap();
+    line("server_ephemeral", sh.ephemeral.unwrap().as_bytes());
+    line("card_ephemeral", cke.ephemeral.unwrap().as_bytes());
+    line("encrypted_pre_master", &cke.encrypted_pre_master);
+    line(
+        "card_signature_input",
+        &channel::card_signature_input(&run.ch, &run.sh, signed),
+    );
+    line("card_signature", &cke.signature);
+    line("CardKeyExchange", &run.cke);
+    let (_, z) = ecdh(&server_eph, &cke.ephemeral.unwrap()).unwrap();
+    assert_eq!(ecdh(&card_eph, &sh.ephemeral.unwrap()).unwrap().1, z);
+    line("Z (ECDH x)", &z);
+    line("H", &h);
+    line("D_ms", &channel::master_input(&h));
+    let c = ecdhe_salt(&z, &h);
+    line("C", &c);
+    line("D_hybrid", &channel::hybrid_master_input(&c, &h));
+    line("MS", &k.master);
+    for (l, key) in [
+        (Label::C2sKey, &k.c2s),
+        (Label::S2cKey, &k.s2c),
+        (Label::Finished, &k.finished),
+        (Label::Exporter, &k.exporter),
+        (Label::Resumption, &k.resumption),
+    ] {
+        line(&format!("K[{}]", l.as_str()), key);
+    }
+    line("iv_c2s", &k.iv_c2s);
+    line("iv_s2c", &k.iv_s2c);
+    line("ServerFinished", &run.fin);
+
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"),
+    )
+    .unwrap();
+    let block = format!("<!-- channel-trace-ecdhe -->\n```text\n{t}```\n");
+    if !doc.contains(&block) {
+        let out = std::env::temp_dir().join("keyward-channel-trace-ecdhe.txt");
+        std::fs::write(&out, &block).unwrap();
+        panic!(
+            "docs/protocol.md §14.6 does not hold the ECDHE trace; it is in {}",
             out.display()
         );
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Recomputes the worked trace of docs/protocol.md section 14.6 from its
-inputs with Python's `cryptography`, independently of the Rust code:
+"""Recomputes the worked traces (RSA transport, ECDHE) of docs/protocol.md
+section 14.6 from their inputs with Python's `cryptography`, independently of the Rust code:
   python3 tests/vectors/channel/check_trace.py [docs/protocol.md]
 Exits non-zero on the first value that differs."""
 import hashlib, re, sys
@@ -12,15 +12,17 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography import x509
 
 doc = open(sys.argv[1] if len(sys.argv) > 1 else "docs/protocol.md").read()
-block = doc.split("<!-- channel-trace -->", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
-t, name = {}, None
-for line in block.splitlines():
-    head, hexpart = line[:22].strip(), line[22:].strip()
-    if head:
-        name = head
-        t[name] = ""
-    t[name] += hexpart
-t = {k: bytes.fromhex(v) for k, v in t.items()}
+def values(marker):
+    block = doc.split(marker, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    t, name = {}, None
+    for line in block.splitlines():
+        head, hexpart = line[:22].strip(), line[22:].strip()
+        if head:
+            name = head
+            t[name] = ""
+        t[name] += hexpart
+    return {k: bytes.fromhex(v) for k, v in t.items()}
+t = values("<!-- channel-trace -->")
 
 P = b"keyward channel v1 "
 sha = lambda *a: hashlib.sha256(b"".join(a)).digest()
@@ -94,3 +96,46 @@ for l in ["c2s key", "s2c key", "finished", "exporter", "resumption"]:
 check("r.iv_c2s", sha(P, b"c2s iv", rH)[:12]); check("r.iv_s2c", sha(P, b"s2c iv", rH)[:12])
 check("r.ServerFinished", b"KWC4\x01" + t["r.channel_id"] + cmac(rK["finished"], rH))
 print(f"the trace holds: {len(t)} values recomputed or checked")
+
+# The ECDHE-P256 mode (mode 02): both ephemerals, C and the hybrid master.
+e = values("<!-- channel-trace-ecdhe -->")
+def check_e(name, value):
+    if e[name] != value:
+        sys.exit(f"ecdhe {name}: trace {e[name].hex()} != recomputed {value.hex()}")
+label_key = lambda l: ec.derive_private_key(int.from_bytes(sha(l), "big"), ec.SECP256R1())
+server_eph = label_key(b"keyward channel trace server ephemeral")
+card_eph = label_key(b"keyward channel trace card ephemeral")
+check_e("server_ephemeral_key", server_eph.private_numbers().private_value.to_bytes(32, "big"))
+check_e("card_ephemeral_key", card_eph.private_numbers().private_value.to_bytes(32, "big"))
+point = lambda k: k.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+check_e("server_ephemeral", point(server_eph)); check_e("card_ephemeral", point(card_eph))
+ch, sh, cke = e["ClientHello"], e["ServerHello"], e["CardKeyExchange"]
+# The card offers 02 then 01; the server chose 02 and ends its hello with its key.
+assert ch[37:42] == b"\x01\x01\x02\x02\x01" and sh[54] == 2
+assert sh.endswith(b"\x00\x41" + point(server_eph))
+n = int.from_bytes(cke[5:7], "big"); o = 7 + n
+m = int.from_bytes(cke[o:o + 2], "big"); epms = cke[o + 2:o + 2 + m]; o += 2 + m
+assert cke[o:o + 67] == b"\x00\x41" + point(card_eph); o += 67
+signed_part = cke[:o]
+s = int.from_bytes(cke[o:o + 2], "big"); sig = cke[o + 2:o + 2 + s]
+assert o + 2 + s == len(cke)
+check_e("encrypted_pre_master", epms); check_e("card_signature", sig)
+oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+assert sh[55] == 2 and key.decrypt(epms, oaep) == e["pre_master (PMS)"]
+sig_input = P + b"card signature\0" + sha(ch, sh, signed_part)
+check_e("card_signature_input", sig_input)
+x509.load_der_x509_certificate(cke[7:7 + n]).public_key().verify(sig, sig_input, ec.ECDSA(hashes.SHA256()))
+z = server_eph.exchange(ec.ECDH(), card_eph.public_key())
+assert z == card_eph.exchange(ec.ECDH(), server_eph.public_key())
+check_e("Z (ECDH x)", z)
+H = sha(ch, sh, cke); check_e("H", H)
+d = sha(P, b"master", H); check_e("D_ms", d)
+c = prf(z, d); check_e("C", c)
+dh = sha(P, b"hybrid master", c, H); check_e("D_hybrid", dh)
+ms = prf(e["pre_master (PMS)"], dh); check_e("MS", ms)
+K = {}
+for l in ["c2s key", "s2c key", "finished", "exporter", "resumption"]:
+    K[l] = prf(ms, sha(P, l.encode(), H)); check_e(f"K[{l}]", K[l])
+check_e("iv_c2s", sha(P, b"c2s iv", H)[:12]); check_e("iv_s2c", sha(P, b"s2c iv", H)[:12])
+check_e("ServerFinished", b"KWC4\x01" + sh[37:53] + cmac(K["finished"], H))
+print(f"the ECDHE trace holds: {len(e)} values recomputed or checked")

@@ -17,9 +17,10 @@
 //! decoded message re-encodes to the bytes received; the transcript is
 //! nevertheless always hashed over the bytes as they travelled.
 //!
-//! This module holds no key and does no cryptography beyond SHA-256: the
-//! PRF (AES-256 on single blocks), RSA-OAEP, AES-CMAC and AES-GCM are the
-//! caller's (the HSM on the server, software on the card). [`schedule`]
+//! This module holds no key and does no cryptography beyond SHA-256 and the
+//! check that an ephemeral key is a P-256 point ([`EphemeralKey`]): the
+//! PRF (AES-256 on single blocks), RSA-OAEP, ECDH, AES-CMAC and AES-GCM are
+//! the caller's (the HSM on the server, software on the card). [`schedule`]
 //! says exactly which bytes go into each of them.
 
 pub mod schedule;
@@ -32,8 +33,9 @@ use crate::ProtocolError;
 use crate::wire::{Format, Reader, Writer};
 
 pub use schedule::{
-    Direction, Label, binder_input, card_signature_input, exporter_context, handshake_hash, iv,
-    label_input, master_input, nonce, rekey_input, resumption_hash, resumption_master_input,
+    Direction, Label, binder_input, card_signature_input, exporter_context, handshake_hash,
+    hybrid_master_input, iv, label_input, master_input, nonce, rekey_input, resumption_hash,
+    resumption_master_input,
 };
 
 /// The version byte after every channel message's magic. It names the
@@ -104,7 +106,8 @@ const NEW_TICKET: &[u8; 4] = b"KWC6";
 pub enum Mode {
     /// The card encrypts a random pre-master to the channel key (RSA-OAEP).
     RsaTransport = 1,
-    /// Ephemeral P-256 ECDH; reserved, not built yet.
+    /// RSA transport as above, and both sides' ephemeral P-256 keys, whose
+    /// ECDH secret salts the master secret (forward secrecy, §14.1).
     EcdheP256 = 2,
     /// A [`ResumeHello`] names a ticket; no certificate, no RSA.
     Resumption = 3,
@@ -143,6 +146,47 @@ impl OaepHash {
             _ => None,
         }
     }
+}
+
+/// An ephemeral P-256 public key of the ECDHE mode: an uncompressed SEC1
+/// point (`04 ‖ X ‖ Y`, 65 bytes) on the curve. It cannot be the identity
+/// (which has no uncompressed encoding), and a point off the curve does
+/// not decode; the compressed form is not taken, so the encoding is
+/// canonical.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EphemeralKey([u8; EphemeralKey::LEN]);
+
+impl EphemeralKey {
+    pub const LEN: usize = 65;
+
+    /// `None` unless `bytes` is an uncompressed point on P-256.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let point: [u8; Self::LEN] = bytes.try_into().ok()?;
+        (point[0] == 4 && p256::PublicKey::from_sec1_bytes(&point).is_ok()).then_some(Self(point))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EphemeralKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EphemeralKey(")?;
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        f.write_str("…)")
+    }
+}
+
+/// The ephemeral key after the other fields, in the ECDHE mode only.
+fn read_ephemeral(r: &mut Reader<'_>, mode: Mode) -> Result<Option<EphemeralKey>, ProtocolError> {
+    if mode != Mode::EcdheP256 {
+        return Ok(None);
+    }
+    let bytes = r.bytes16(EphemeralKey::LEN, EphemeralKey::LEN)?;
+    EphemeralKey::from_bytes(bytes)
+        .map(Some)
+        .ok_or_else(|| r.malformed())
 }
 
 /// A 16-byte channel id, drawn by the server's HSM.
@@ -269,6 +313,7 @@ impl ClientHello {
 ///     56    2 number of certificates (1..=4; 0 in resumption), then each:
 ///           2+n a DER certificate: the channel certificate first, then
 ///               its issuing CA (up to, not necessarily including, the root)
+///      …  2+65 the server's ephemeral P-256 key (ECDHE mode only)
 /// ```
 ///
 /// A resumption hello has no chain (the card knows the server by the
@@ -281,12 +326,15 @@ pub struct ServerHello {
     /// What the card encrypts the pre-master with: the module's capability.
     pub oaep: OaepHash,
     pub chain: Vec<Vec<u8>>,
+    /// The server's ephemeral key: present exactly in [`Mode::EcdheP256`].
+    pub ephemeral: Option<EphemeralKey>,
 }
 
 impl ServerHello {
     /// Panics only on a chain [`decode`](Self::decode) could never return
     /// (empty, over 4, or an empty or over-long certificate; not empty in
-    /// resumption).
+    /// resumption), or an ephemeral key in a mode without one (or none in
+    /// the ECDHE mode).
     pub fn encode(&self) -> Vec<u8> {
         assert!(
             valid_chain_len(self.mode, self.chain.len())
@@ -294,6 +342,7 @@ impl ServerHello {
                     .chain
                     .iter()
                     .all(|c| !c.is_empty() && c.len() <= MAX_CERTIFICATE)
+                && self.ephemeral.is_some() == (self.mode == Mode::EcdheP256)
         );
         let w = Writer::new(&HANDSHAKE, SERVER_HELLO)
             .bytes(&self.server_random)
@@ -302,7 +351,11 @@ impl ServerHello {
             .u8(self.mode as u8)
             .u8(self.oaep as u8)
             .u16(self.chain.len() as u16);
-        self.chain.iter().fold(w, |w, c| w.bytes16(c)).finish()
+        let w = self.chain.iter().fold(w, |w, c| w.bytes16(c));
+        match &self.ephemeral {
+            Some(e) => w.bytes16(e.as_bytes()).finish(),
+            None => w.finish(),
+        }
     }
 
     /// Refuses a version other than [`PROTOCOL_V1`], an unknown mode or
@@ -324,6 +377,7 @@ impl ServerHello {
         let chain = (0..n)
             .map(|_| r.bytes16(1, MAX_CERTIFICATE).map(<[u8]>::to_vec))
             .collect::<Result<_, _>>()?;
+        let ephemeral = read_ephemeral(&mut r, mode)?;
         r.end()?;
         Ok(Self {
             server_random,
@@ -331,6 +385,7 @@ impl ServerHello {
             mode,
             oaep,
             chain,
+            ephemeral,
         })
     }
 }
@@ -352,15 +407,21 @@ fn valid_chain_len(mode: Mode, n: usize) -> bool {
 ///      5  2+n card certificate, DER (1..=4096 bytes)
 ///      …  2+n encrypted pre-master (1..=512 bytes; RSA-OAEP with the
 ///             server hello's hash)
+///      … 2+65 the card's ephemeral P-256 key (ECDHE mode only)
 ///      …  2+n card signature (1..=512 bytes) over
 ///             card_signature_input(ClientHello, ServerHello, signed part)
 /// ```
 ///
-/// The signed part is every byte before the signature's length field.
+/// The signed part is every byte before the signature's length field (so
+/// it covers the card's ephemeral key, and the ServerHello before it the
+/// server's). Which layout a message has follows from the mode the
+/// ServerHello chose ([`CardKeyExchange::split_in`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CardKeyExchange {
     pub certificate: Vec<u8>,
     pub encrypted_pre_master: Vec<u8>,
+    /// The card's ephemeral key: present exactly in [`Mode::EcdheP256`].
+    pub ephemeral: Option<EphemeralKey>,
     pub signature: Vec<u8>,
 }
 
@@ -369,6 +430,7 @@ impl fmt::Debug for CardKeyExchange {
         f.debug_struct("CardKeyExchange")
             .field("certificate_len", &self.certificate.len())
             .field("encrypted_pre_master_len", &self.encrypted_pre_master.len())
+            .field("ephemeral", &self.ephemeral)
             .field("signature_len", &self.signature.len())
             .finish()
     }
@@ -397,24 +459,39 @@ impl CardKeyExchange {
                 && !self.encrypted_pre_master.is_empty()
                 && self.encrypted_pre_master.len() <= MAX_CIPHERTEXT
         );
-        Writer::new(&HANDSHAKE, CARD_KEY_EXCHANGE)
+        let w = Writer::new(&HANDSHAKE, CARD_KEY_EXCHANGE)
             .bytes16(&self.certificate)
-            .bytes16(&self.encrypted_pre_master)
+            .bytes16(&self.encrypted_pre_master);
+        match &self.ephemeral {
+            Some(e) => w.bytes16(e.as_bytes()),
+            None => w,
+        }
     }
 
     /// The ciphertext's length is not checked against the channel key here:
     /// a wrong length must fail the same way as bad padding, in the
-    /// decryption step.
+    /// decryption step. RSA-transport layout; see [`Self::split_in`].
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         Self::split(bytes).map(|(m, _)| m)
     }
 
-    /// Decodes and returns the signed part as a slice of `bytes`, so the
-    /// server verifies the signature over the bytes that travelled.
+    /// [`Self::split_in`] of the RSA-transport layout.
     pub fn split(bytes: &[u8]) -> Result<(Self, &[u8]), ProtocolError> {
+        Self::split_in(bytes, Mode::RsaTransport)
+    }
+
+    /// Decodes the layout of `mode` (the ServerHello's) and returns the
+    /// signed part as a slice of `bytes`, so the server verifies the
+    /// signature over the bytes that travelled. A resumption has no key
+    /// exchange.
+    pub fn split_in(bytes: &[u8], mode: Mode) -> Result<(Self, &[u8]), ProtocolError> {
         let mut r = Reader::new(&HANDSHAKE, bytes, CARD_KEY_EXCHANGE, "card key exchange")?;
+        if mode == Mode::Resumption {
+            return Err(r.malformed());
+        }
         let certificate = r.bytes16(1, MAX_CERTIFICATE)?.to_vec();
         let encrypted_pre_master = r.bytes16(1, MAX_CIPHERTEXT)?.to_vec();
+        let ephemeral = read_ephemeral(&mut r, mode)?;
         let signed_len = bytes.len() - r.remaining();
         let signature = r.bytes16(1, MAX_SIGNATURE)?.to_vec();
         r.end()?;
@@ -422,6 +499,7 @@ impl CardKeyExchange {
             Self {
                 certificate,
                 encrypted_pre_master,
+                ephemeral,
                 signature,
             },
             &bytes[..signed_len],

@@ -11,6 +11,9 @@
 //! ```text
 //! H       = SHA-256(ClientHello ‖ ServerHello ‖ CardKeyExchange)
 //! MS      = PRF(PMS, master_input(H))
+//!   or, in the ECDHE mode, with Z the x-coordinate of the ECDH secret:
+//! C       = PRF(Z, master_input(H))
+//! MS      = PRF(PMS, hybrid_master_input(C, H))
 //! K_L     = PRF(MS, label_input(L, H))        for each Label L
 //! iv_d    = iv(d, H)                          for each Direction d
 //! K'      = PRF(K, rekey_input(generation))   the next key of a direction
@@ -69,6 +72,18 @@ pub fn card_signature_input(
 /// the pre-master that gives the master secret.
 pub fn master_input(h: &[u8; 32]) -> [u8; 32] {
     sha256(&[PREFIX, b"master", h])
+}
+
+/// `SHA-256("keyward channel v1 hybrid master" ‖ C ‖ H)`: the PRF input
+/// under the pre-master that gives the ECDHE mode's master secret, where
+/// `C = PRF(Z, master_input(H))` and `Z` is the ECDH secret's x-coordinate.
+/// The pre-master (RSA-transported to the channel key) keeps the server
+/// authenticated; `C` makes the master depend on the ephemerals, which are
+/// destroyed after the handshake (forward secrecy). Two PRFs in a chain
+/// because an HSM without a concatenating derivation (SoftHSM 2.6.1) can
+/// only feed `C` back as data.
+pub fn hybrid_master_input(c: &[u8; 32], h: &[u8; 32]) -> [u8; 32] {
+    sha256(&[PREFIX, b"hybrid master", c, h])
 }
 
 /// `H` of a resumption: SHA-256 over the ResumeHello and the ServerHello

@@ -18,6 +18,7 @@ fn server_hello() -> ServerHello {
         mode: Mode::RsaTransport,
         oaep: OaepHash::Sha256,
         chain: vec![vec![0x30, 0x01], vec![0x30, 0x02, 0x03]],
+        ephemeral: None,
     }
 }
 
@@ -25,6 +26,7 @@ fn card_key_exchange() -> CardKeyExchange {
     CardKeyExchange {
         certificate: vec![0x30; 3],
         encrypted_pre_master: vec![0xee; 4],
+        ephemeral: None,
         signature: vec![0x51; 2],
     }
 }
@@ -354,7 +356,7 @@ proptest! {
         seq in any::<u64>(),
         ct in proptest::collection::vec(any::<u8>(), 16..100),
     ) {
-        let cke = CardKeyExchange { certificate: cert, encrypted_pre_master: epms, signature: sig };
+        let cke = CardKeyExchange { certificate: cert, encrypted_pre_master: epms, ephemeral: None, signature: sig };
         let bytes = cke.encode();
         let (back, signed) = CardKeyExchange::split(&bytes).unwrap();
         prop_assert_eq!(back.encode(), bytes.clone());
@@ -494,4 +496,130 @@ fn the_server_hello_names_pkcs1_v15_as_byte_3() {
         bad[55] = b;
         assert!(ServerHello::decode(&bad).is_err(), "{b}");
     }
+}
+
+/// The P-256 generator, uncompressed: a valid ephemeral key.
+const G: &str = "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+
+fn point() -> EphemeralKey {
+    EphemeralKey::from_bytes(&hex::decode(G).unwrap()).unwrap()
+}
+
+/// The ECDHE mode's layouts: the server's key after the chain, the card's
+/// after the encrypted pre-master and inside the signed part.
+#[test]
+fn ecdhe_layouts_carry_both_ephemerals() {
+    let sh = ServerHello {
+        mode: Mode::EcdheP256,
+        ephemeral: Some(point()),
+        ..server_hello()
+    };
+    let bytes = sh.encode();
+    let plain = server_hello().encode();
+    assert_eq!(bytes[54], 2);
+    assert_eq!(&bytes[..54], &plain[..54]);
+    assert_eq!(&bytes[55..plain.len()], &plain[55..]);
+    assert_eq!(hex::encode(&bytes[plain.len()..]), format!("0041{G}"));
+    assert_eq!(ServerHello::decode(&bytes).unwrap(), sh);
+
+    let cke = CardKeyExchange {
+        ephemeral: Some(point()),
+        ..card_key_exchange()
+    };
+    let bytes = cke.encode();
+    let (back, signed) = CardKeyExchange::split_in(&bytes, Mode::EcdheP256).unwrap();
+    assert_eq!(back, cke);
+    assert_eq!(signed, cke.signed_part().as_slice());
+    assert!(hex::encode(signed).ends_with(&format!("0041{G}")));
+    assert_eq!(&bytes[signed.len()..], &[0, 2, 0x51, 0x51]);
+    // Each layout only in its mode.
+    assert!(CardKeyExchange::split(&bytes).is_err());
+    assert!(CardKeyExchange::split_in(&card_key_exchange().encode(), Mode::EcdheP256).is_err());
+    assert!(CardKeyExchange::split_in(&card_key_exchange().encode(), Mode::Resumption).is_err());
+    let mut rsa_with_key = server_hello().encode();
+    rsa_with_key.extend_from_slice(&hex::decode(format!("0041{G}")).unwrap());
+    assert!(ServerHello::decode(&rsa_with_key).is_err());
+    let mut ecdhe = sh.encode();
+    ecdhe.truncate(plain.len());
+    assert!(ServerHello::decode(&ecdhe).is_err());
+}
+
+/// Only an uncompressed point on the curve is an ephemeral key: not off
+/// the curve, not compressed, not the identity, no other length.
+#[test]
+fn an_ephemeral_key_is_an_uncompressed_point_on_the_curve() {
+    let g = hex::decode(G).unwrap();
+    let mut off = g.clone();
+    off[64] ^= 1;
+    let mut compressed = vec![0x03];
+    compressed.extend_from_slice(&g[1..33]);
+    let mut hybrid = g.clone();
+    hybrid[0] = 0x07;
+    let zero = {
+        let mut z = vec![0u8; 65];
+        z[0] = 4;
+        z
+    };
+    for bad in [
+        &off,
+        &compressed,
+        &hybrid,
+        &zero,
+        &vec![0u8],
+        &g[..64].to_vec(),
+    ] {
+        assert!(
+            EphemeralKey::from_bytes(bad).is_none(),
+            "{}",
+            hex::encode(bad)
+        );
+    }
+    // The same refusals inside a message are the one malformed code.
+    for bad in [&off, &hybrid, &zero] {
+        let mut bytes = server_hello().encode();
+        bytes[54] = 2;
+        bytes.extend_from_slice(&[0, 65]);
+        bytes.extend_from_slice(bad);
+        assert_eq!(
+            ServerHello::decode(&bytes).map(|_| ()),
+            malformed("server hello")
+        );
+        let mut bytes = CardKeyExchange {
+            ephemeral: Some(point()),
+            ..card_key_exchange()
+        }
+        .encode();
+        let at = bytes.len() - 4 - 65;
+        bytes[at..at + 65].copy_from_slice(bad);
+        assert_eq!(
+            CardKeyExchange::split_in(&bytes, Mode::EcdheP256).map(|_| ()),
+            malformed("card key exchange")
+        );
+    }
+    assert!(!format!("{:?}", point()).contains(&G[20..]));
+}
+
+#[test]
+#[should_panic]
+fn an_ephemeral_key_outside_the_ecdhe_mode_is_a_callers_bug() {
+    ServerHello {
+        ephemeral: Some(point()),
+        ..server_hello()
+    }
+    .encode();
+}
+
+/// The hybrid master's input is its own label over C then H.
+#[test]
+fn hybrid_master_input_is_labelled_c_then_h() {
+    use sha2::{Digest, Sha256};
+    let (c, h) = ([0xcc; 32], [0x11; 32]);
+    let want: [u8; 32] = Sha256::new()
+        .chain_update(b"keyward channel v1 hybrid master")
+        .chain_update(c)
+        .chain_update(h)
+        .finalize()
+        .into();
+    assert_eq!(hybrid_master_input(&c, &h), want);
+    assert_ne!(hybrid_master_input(&c, &h), master_input(&h));
 }
