@@ -120,7 +120,12 @@ impl Ca {
         for _ in 0..SERIAL_ATTEMPTS {
             let signed = self.sign(key.clone(), req.clone()).await?;
             let c = &signed.cert;
-            if self.inner.store.insert_certificate(&signed.record()).await? {
+            if self
+                .inner
+                .store
+                .insert_certificate(&signed.record())
+                .await?
+            {
                 tracing::info!(
                     serial = %c.serial,
                     profile = %c.profile,
