@@ -227,7 +227,7 @@ fn a_server_hello_names_version_1_a_known_mode_and_hash_and_one_to_four_certific
         (54, 0),
         (54, 3),
         (55, 0),
-        (55, 3),
+        (55, 4),
         (57, 0),
         (57, 5),
     ] {
