@@ -44,7 +44,8 @@ impl Channels {
     pub(super) async fn establish(
         &self,
         terminal: &Device,
-        master: ChannelSecret,
+        base: ChannelSecret,
+        master_input: [u8; 32],
         e: Establish<'_>,
     ) -> Result<Opened> {
         let kms = &self.0.kms;
@@ -56,32 +57,43 @@ impl Channels {
             (Label::Exporter, ChannelKeyUse::Mac),
             (Label::Resumption, ChannelKeyUse::Resumption),
         ];
+        // Few HSM jobs, the independent ones side by side: under load each
+        // job waits its turn in the pool's queue.
         let hsm = async {
             let keys = kms
-                .channel_derive_all(
-                    &master,
+                .channel_schedule(
+                    &base,
+                    master_input,
                     labels
                         .iter()
                         .map(|(l, u)| (channel::label_input(*l, &h), *u))
                         .collect(),
                 )
                 .await?;
-            drop(master);
+            kms.channel_forget_all(vec![base]);
             let [c2s, s2c, finished, exporter, resumption]: [ChannelSecret; 5] =
                 keys.try_into().map_err(|_| KmsError::Hsm {
                     function: "C_DeriveKey",
                     problem: "fewer keys derived than asked",
                 })?;
-            tokio::try_join!(
+            let kept = [&c2s, &s2c, &exporter, &resumption];
+            let (mac, handle, wrapped) = tokio::try_join!(
                 kms.channel_cmac(&finished, h.to_vec()),
-                self.new_ticket(e.id, e.device, e.card_serial, &resumption),
-                kms.channel_wrap_state(&c2s),
-                kms.channel_wrap_state(&s2c),
-                kms.channel_wrap_state(&exporter),
-            )
+                kms.random::<16>(),
+                kms.channel_wrap_state_all(&kept),
+            )?;
+            kms.channel_forget_all(vec![c2s, s2c, finished, exporter, resumption]);
+            let [c2s, s2c, exporter, resumption]: [Vec<u8>; 4] =
+                wrapped.try_into().map_err(|_| KmsError::Hsm {
+                    function: "C_WrapKey",
+                    problem: "fewer keys wrapped than asked",
+                })?;
+            Ok::<_, KmsError>((mac, handle, c2s, s2c, exporter, resumption))
         };
-        let (mac, (ticket, new_ticket), c2s_key, s2c_key, exporter_key) =
+        let (mac, handle, c2s_key, s2c_key, exporter_key, resumption) =
             self.timed("channel_schedule", hsm).await?;
+        let (ticket, new_ticket) =
+            self.new_ticket(e.id, e.device, e.card_serial, handle, resumption);
         let now = now_ms();
         let row = ChannelRow {
             id: e.id.to_string(),

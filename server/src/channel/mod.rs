@@ -296,16 +296,12 @@ impl Channels {
                 _ => return Err(ChannelError::Refused),
             };
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
-        let master = p
-            .kms
-            .channel_derive(&pms, channel::master_input(&h), ChannelKeyUse::Secret)
-            .await?;
-        drop(pms);
         let (device, serial) = (card.to_string(), serial.to_string());
         let event = event("channel.open", &id.to_string(), json!({ "card": device }));
         self.establish(
             terminal,
-            master,
+            pms,
+            channel::master_input(&h),
             Establish {
                 id,
                 h,

@@ -15,7 +15,7 @@
 use keyward_ca::{CertStatus, Serial};
 use keyward_device_provisioning::DeviceState;
 use keyward_kms::db::now_ms;
-use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
+use keyward_kms::service::ChannelKeyUse;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
     self, ChannelId, Mode, NewTicket, OaepHash, PROTOCOL_V1, ResumeHello, ServerHello,
@@ -56,19 +56,17 @@ fn hex16(b: &[u8; 16]) -> String {
 
 impl Channels {
     /// A ticket for the channel `channel` of the card `device` (certificate
-    /// `serial`) naming `resumption`: the row to store with the channel and
-    /// the `KWC6` bytes. HSM work only; the caller stores the row in its
-    /// transaction.
-    pub(super) async fn new_ticket(
+    /// `serial`) under the handle `handle` (random) naming the resumption
+    /// secret `secret` (wrapped under the state KEK): the row to store with
+    /// the channel and the `KWC6` bytes.
+    pub(super) fn new_ticket(
         &self,
         channel: ChannelId,
         device: &str,
         serial: &str,
-        resumption: &ChannelSecret,
-    ) -> keyward_kms::Result<(TicketRow, Vec<u8>)> {
-        let kms = &self.0.kms;
-        let (handle, secret) =
-            tokio::try_join!(kms.random::<16>(), kms.channel_wrap_state(resumption))?;
+        handle: [u8; 16],
+        secret: Vec<u8>,
+    ) -> (TicketRow, Vec<u8>) {
         let now = now_ms();
         let row = TicketRow {
             id: hex16(&handle),
@@ -86,7 +84,7 @@ impl Channels {
             lifetime: channel::MAX_TICKET_LIFETIME,
         }
         .encode();
-        Ok((row, bytes))
+        (row, bytes)
     }
 
     /// The card's ResumeHello, relayed by `terminal`: a new open channel.
@@ -151,15 +149,6 @@ impl Channels {
         }
         .encode();
         let h = channel::resumption_hash(bytes, &sh);
-        let master = p
-            .kms
-            .channel_derive(
-                &secret,
-                channel::resumption_master_input(&h),
-                ChannelKeyUse::Secret,
-            )
-            .await?;
-        drop(secret);
         let event = event(
             "channel.resume",
             &id.to_string(),
@@ -168,7 +157,8 @@ impl Channels {
         let opened = self
             .establish(
                 terminal,
-                master,
+                secret,
+                channel::resumption_master_input(&h),
                 Establish {
                     id,
                     h,
