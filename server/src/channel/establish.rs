@@ -37,10 +37,12 @@ pub(super) struct Establish<'a> {
 }
 
 impl Channels {
-    /// The channel `e` from `master`: its keys derived, its Finished MAC and
-    /// next ticket made and its traffic keys wrapped (the independent HSM
-    /// jobs run side by side on the pool's sessions), then stored under the
-    /// guard with its audit record; the ServerFinished and ticket bytes.
+    /// The channel `e` from `base` (the pre-master, or a ticket's
+    /// resumption secret) and `master_input`: its keys derived, its
+    /// Finished MAC made and its kept keys wrapped (the independent HSM
+    /// jobs side by side on the pool's sessions), then stored with its next
+    /// ticket under the guard with its audit record; the ServerFinished and
+    /// ticket bytes.
     pub(super) async fn establish(
         &self,
         terminal: &Device,
