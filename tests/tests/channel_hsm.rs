@@ -314,7 +314,10 @@ async fn channel_handshake_records_and_resumption_in_the_hsm() {
         .await
         .unwrap();
     assert_eq!(one_job.len(), 5);
-    assert_eq!(kms.channel_cmac(&one_job[2], h.to_vec()).await.unwrap(), fin);
+    assert_eq!(
+        kms.channel_cmac(&one_job[2], h.to_vec()).await.unwrap(),
+        fin
+    );
     let wrapped = kms
         .channel_wrap_state_all(&[&one_job[3], &exporter])
         .await
