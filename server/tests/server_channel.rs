@@ -5,11 +5,12 @@
 //! does not carry, a carried login (start, finish, first key update) on one
 //! replica, the transaction MAC, a key update and the close on a second
 //! replica (another `keyward serve` on the same database and token), a
-//! record after the close; then a card certificate that is not the card's
-//! (a look-alike under another CA, another device's) refused. The first
-//! run is the ECDHE mode (kwsim's default, the server's preference); the
-//! same card then opens in RSA transport; the whole again with PKCS#1 v1.5
-//! key transport.
+//! record after the close, and the opening's ticket resuming on the second
+//! replica (no RSA operation there) with a ping carried in the new
+//! channel; then a card certificate that is not the card's (a look-alike
+//! under another CA, another device's) refused. The first run is the ECDHE
+//! mode (kwsim's default, the server's preference); the same card then
+//! opens in RSA transport; the whole again with PKCS#1 v1.5 key transport.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -131,6 +132,8 @@ async fn two_replicas(opts: Options) -> Server {
             "--carry",
             "/v1/channel/hello",
             "--after-close",
+            "--resume-on",
+            &format!("https://{}", replica.public),
         ],
     );
     assert!(out.status.success(), "{out:?}\n{}", s.log());
@@ -176,6 +179,18 @@ async fn two_replicas(opts: Options) -> Server {
         "{lines:?}"
     );
 
+    // The opening's ticket resumes on the second replica (which never
+    // saw the key exchange): a new channel that carries a ping as the card.
+    let resumed = step(&lines, "resume");
+    assert_eq!(resumed["status"], 200, "{lines:?}");
+    assert_ne!(resumed["channel_id"], hs["channel_id"]);
+    let ping = step(&lines, "resumed_ping");
+    assert_eq!(
+        (ping["status"].as_i64(), ping["device_id"].as_str()),
+        (Some(200), Some(D2)),
+        "{lines:?}"
+    );
+
     // The login ran on the first replica, the transaction, key update and
     // close on the second.
     let first = s.metrics();
@@ -205,7 +220,35 @@ async fn two_replicas(opts: Options) -> Server {
         1.0,
         "the record after the close"
     );
-    assert_eq!(records(&first, "data") + records(&second, "data"), 6.0);
+    assert_eq!(records(&first, "data") + records(&second, "data"), 7.0);
+    let handshakes = |m: &str, outcome: &str| {
+        sample(
+            m,
+            &format!("keyward_channel_handshakes_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (handshakes(&first, "opened"), handshakes(&first, "resumed")),
+        (1.0, 0.0)
+    );
+    assert_eq!(
+        (
+            handshakes(&second, "opened"),
+            handshakes(&second, "resumed")
+        ),
+        (0.0, 1.0)
+    );
+    // The resumption took no RSA operation: the second replica never
+    // unwrapped a pre-master.
+    let unwraps = |m: &str| {
+        sample(
+            m,
+            "keyward_hsm_operation_duration_seconds_count{operation=\"channel_unwrap_premaster\",outcome=\"ok\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((unwraps(&first), unwraps(&second)), (1.0, 0.0));
 
     // The same card in RSA transport (what a card without ECDHE offers),
     // on the second replica.

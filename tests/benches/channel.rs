@@ -23,7 +23,12 @@
 //!    sealed by the card, opened, run as the card and answered in the HSM);
 //!    then `GET /v1/ping` direct and carried, the cost of one record beside
 //!    the route's own.
-//! 4. [`resumption`]: the row for resumption on the other replica.
+//! 4. Resumption on the other replica: a second `keyward serve` on the
+//!    same database and token; each card resumes under its latest ticket
+//!    on the replica that did not issue it (one round trip, no RSA
+//!    operation: the pre-master unwraps both servers count in
+//!    `keyward_hsm_operation_duration_seconds` stay where they were, which
+//!    the bench asserts).
 //!
 //! It prints figures beside their baselines; it asserts nothing about
 //! them. Run with
@@ -41,6 +46,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,14 +55,14 @@ use keyward_kms::Kms;
 use keyward_kms::hsm::{OaepHash as HsmOaep, PublicKey};
 use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse};
 use keyward_protocol::channel::{self, Label, OaepHash};
-use keyward_tests::channel::{Carrier, encrypt_pre_master};
+use keyward_tests::channel::{Carrier, Ticket, encrypt_pre_master};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
 use keyward_tests::terminal::{self, Caller as _, Connection, LoginOptions, Terminal};
 
 use common::fleet::{
     ISSUER, Outcome, Stats, WARMUP, closed_loop, der_of_pem, header, import, in_parallel, install,
-    print_row, session, terminal_for, write_config,
+    latency_samples, print_row, print_server_side, session, terminal_for, write_config,
 };
 use common::{env_usize, spawn_serve};
 
@@ -72,6 +78,11 @@ struct Worker {
     root: String,
     conn: Option<Connection>,
     carrier: Option<Carrier>,
+    /// The same terminal on the second replica, and its connection.
+    other: Option<Terminal>,
+    other_conn: Option<Connection>,
+    /// The card's latest ticket, and whether the second replica issued it.
+    ticket: Option<(Ticket, bool)>,
 }
 
 /// A full RSA handshake on the worker's kept-alive connection.
@@ -84,9 +95,42 @@ async fn handshake_op(mut w: Worker) -> (Worker, Outcome) {
         match Carrier::open(conn, &w.dev, &w.cert, &w.root).await {
             Ok(Ok(c)) => {
                 w.conn = Some(c.conn);
+                w.ticket = Some((c.ticket, false));
                 Ok(())
             }
             Ok(Err(r)) => Err(format!("handshake: {} {}", r.status, r.body)),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+    .await;
+    (w, outcome)
+}
+
+/// A resumption under the card's latest ticket, always on the replica
+/// that did not issue it (so nothing the issuing process holds helps); the
+/// new channel's ticket is the next one's.
+async fn resume_op(mut w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        let (ticket, by_other) = w.ticket.take().ok_or("no ticket left")?;
+        let (slot, terminal) = if by_other {
+            (&mut w.conn, &w.terminal)
+        } else {
+            (
+                &mut w.other_conn,
+                w.other.as_ref().ok_or("no second replica")?,
+            )
+        };
+        let conn = match slot.take() {
+            Some(c) => c,
+            None => terminal.connect().await.map_err(|e| format!("{e:#}"))?,
+        };
+        match Carrier::resume(conn, &ticket).await {
+            Ok(Ok(c)) => {
+                *slot = Some(c.conn);
+                w.ticket = Some((c.ticket, !by_other));
+                Ok(())
+            }
+            Ok(Err(r)) => Err(format!("resumption: {} {}", r.status, r.body)),
             Err(e) => Err(format!("{e:#}")),
         }
     }
@@ -216,16 +260,13 @@ async fn premaster_ciphertext(kms: &Kms) -> Vec<u8> {
     encrypt_pre_master(&key, hash, &[7u8; 32], &mut rand::thread_rng()).unwrap()
 }
 
-/// Resumption on the other replica: a resumption handshake (no RSA
-/// operation) against a second `keyward serve` on the same database, beside
-/// the full handshake's rate `full`. Not built yet in the server: the row
-/// says so until it is.
-fn resumption(conc: usize, full: &Stats) {
-    let _ = full;
-    println!(
-        "{:<50} {:>5} {:>9}",
-        "resumption, other replica (not built yet)", conc, "-"
-    );
+/// The pre-master unwraps (the handshake's one RSA operation) a server
+/// counted in a [`latency_samples`] reading.
+fn unwraps(m: &BTreeMap<String, f64>) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.contains("_count{") && k.contains("channel_unwrap_premaster"))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn rate(s: &Stats) -> f64 {
@@ -332,6 +373,9 @@ fn one_backend(backend: &str) {
                 root: state.ca.root_pem().to_owned(),
                 conn: None,
                 carrier: None,
+                other: None,
+                other_conn: None,
+                ticket: None,
             });
         }
         // Every card's first login (its first key update): not measured.
@@ -341,14 +385,49 @@ fn one_backend(backend: &str) {
         })
         .await;
 
+        let ca_file = data.join("operators/ca.pem");
+        let m0 = latency_samples(&server.admin, &ca_file);
         let (workers, full) = closed_loop(workers, window, &pid, None, handshake_op).await;
+        let m1 = latency_samples(&server.admin, &ca_file);
         print_row(
             "full RSA handshake, kept-alive connection",
             conc,
             &full,
             true,
         );
-        resumption(conc, &full);
+        print_server_side(&m0, &m1, 10.0);
+
+        // Resumption on the other replica: a second `keyward serve` on the
+        // same database and token takes every ticket the first issued, and
+        // the other way round.
+        let second = spawn_serve(&config_path, &dir.path().join("serve2.log"), &[BACKEND_ENV]);
+        let url2 = format!("https://{}", second.public);
+        let mut workers = workers;
+        for w in &mut workers {
+            w.other = Some(terminal_for(&state, &w.dev, &url2).await);
+        }
+        let counted = unwraps(&m1) - unwraps(&m0);
+        let before = [m1, latency_samples(&second.admin, &ca_file)];
+        let (workers, resumed) = closed_loop(workers, window, &pid, None, resume_op).await;
+        let after = [
+            latency_samples(&server.admin, &ca_file),
+            latency_samples(&second.admin, &ca_file),
+        ];
+        print_row("resumption, other replica (no RSA)", conc, &resumed, true);
+        print_server_side(&before[1], &after[1], 10.0);
+        let rsa: Vec<f64> = (0..2)
+            .map(|i| unwraps(&after[i]) - unwraps(&before[i]))
+            .collect();
+        if counted > 0.0 {
+            println!(
+                "    RSA operations while resuming: {} and {} (the full handshakes: {counted})",
+                rsa[0], rsa[1]
+            );
+            assert_eq!(rsa, [0.0, 0.0], "a resumption ran an RSA operation");
+        } else {
+            println!("    RSA operations while resuming: not counted by this server");
+        }
+        drop(second);
         let (mut workers, direct) = closed_loop(workers, window, &pid, None, direct_login_op).await;
         print_row(
             "login direct (start + finish), kept-alive",
@@ -377,6 +456,13 @@ fn one_backend(backend: &str) {
             rate(&full) / rate(&raw) * 100.0,
             rate(&raw),
             one.p50_ms * 1000.0
+        );
+        println!(
+            "    resumptions {:.0}/s = {:.1}× the full handshake's, p50 {:.2} ms, p99 {:.2} ms",
+            rate(&resumed),
+            rate(&resumed) / rate(&full),
+            resumed.p50_ms,
+            resumed.p99_ms
         );
         println!(
             "    carried login vs direct: rate {:.0}% ({:+.0}% slower), p50 {:.2} vs {:.2} ms",

@@ -801,6 +801,9 @@ pub struct Carrier {
     pub channel: Channel,
     /// The mode the server chose.
     pub mode: Mode,
+    /// The ticket the server gave with this channel: the card's next
+    /// resumption.
+    pub ticket: Ticket,
 }
 
 impl std::fmt::Debug for Carrier {
@@ -809,6 +812,14 @@ impl std::fmt::Debug for Carrier {
             .field("channel", &self.channel)
             .finish_non_exhaustive()
     }
+}
+
+/// The base64 field `name` of a channel step's answer.
+fn field(r: &Reply, name: &str) -> Result<Vec<u8>> {
+    let v = r.body[name]
+        .as_str()
+        .with_context(|| format!("no {name}"))?;
+    Ok(B64.decode(v)?)
 }
 
 /// A record step's answer that is not `200` (the relay's refusal: the
@@ -878,15 +889,48 @@ impl Carrier {
         if a.status != StatusCode::OK {
             return Ok(Err(a));
         }
-        let fin = B64.decode(
-            a.body["server_finished"]
-                .as_str()
-                .context("no server_finished")?,
-        )?;
+        let channel = wait.finish(&field(&a, "server_finished")?)?;
+        let ticket = channel.ticket(&field(&a, "ticket")?, dev.id)?;
         Ok(Ok(Self {
             conn,
-            channel: wait.finish(&fin)?,
+            channel,
             mode: ServerHello::decode(&sh).map_err(|e| anyhow!("{e}"))?.mode,
+            ticket,
+        }))
+    }
+
+    /// The card's resumption under `ticket` relayed over `conn` (any
+    /// replica's): one round trip, the ServerFinished checked; the new
+    /// channel carries the next ticket. `Ok(Err(reply))` when the server
+    /// refused it.
+    pub async fn resume(
+        mut conn: Connection,
+        ticket: &Ticket,
+    ) -> Result<std::result::Result<Self, Reply>> {
+        use rand::RngCore as _;
+        let mut random = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        let r = CardResume::new(ticket, random);
+        let a = conn
+            .post(
+                "/v1/channel/resume",
+                &serde_json::json!({"resume_hello": B64.encode(r.resume_hello())}),
+            )
+            .await?;
+        if a.status != StatusCode::OK {
+            return Ok(Err(a));
+        }
+        let channel = r.finish(&field(&a, "server_hello")?, &field(&a, "server_finished")?)?;
+        ensure!(
+            a.body["channel_id"] == channel.id.to_string(),
+            "the answer names another channel"
+        );
+        let ticket = channel.ticket(&field(&a, "ticket")?, ticket.device)?;
+        Ok(Ok(Self {
+            conn,
+            channel,
+            mode: Mode::Resumption,
+            ticket,
         }))
     }
 

@@ -22,6 +22,14 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const LABELS: [&str; 5] = ["c2s key", "s2c key", "finished", "exporter", "resumption"];
+/// What each of [`LABELS`] is for.
+const USES: [ChannelKeyUse; 5] = [
+    ChannelKeyUse::Traffic,
+    ChannelKeyUse::Traffic,
+    ChannelKeyUse::Mac,
+    ChannelKeyUse::Mac,
+    ChannelKeyUse::Resumption,
+];
 
 fn sha(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -189,16 +197,9 @@ async fn schedule(kms: &Kms, pms: &ChannelSecret, h: &[u8; 32]) -> Vec<ChannelSe
         .channel_derive(pms, d_ms, ChannelKeyUse::Secret)
         .await
         .unwrap();
-    let uses = [
-        ChannelKeyUse::Traffic,
-        ChannelKeyUse::Traffic,
-        ChannelKeyUse::Mac,
-        ChannelKeyUse::Mac,
-        ChannelKeyUse::Resumption,
-    ];
     let items = LABELS
         .iter()
-        .zip(uses)
+        .zip(USES)
         .map(|(l, u)| (sha(&[b"keyward channel v1 ", l.as_bytes(), h]), u))
         .collect();
     kms.channel_derive_all(&ms, items).await.unwrap()
@@ -297,6 +298,42 @@ async fn channel_handshake_records_and_resumption_in_the_hsm() {
         kms.channel_cmac(&exporter, ctx.clone()).await.unwrap(),
         cmac(&card[3], &ctx)
     );
+    // The server's schedule in one HSM job (the master made and destroyed
+    // in it) gives the same keys, and the kept ones wrapped in one job
+    // unwrap to them.
+    let one_job = kms
+        .channel_schedule(
+            &hsm_pms,
+            sha(&[b"keyward channel v1 master", &h]),
+            LABELS
+                .iter()
+                .zip(USES)
+                .map(|(l, u)| (sha(&[b"keyward channel v1 ", l.as_bytes(), &h]), u))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(one_job.len(), 5);
+    assert_eq!(
+        kms.channel_cmac(&one_job[2], h.to_vec()).await.unwrap(),
+        fin
+    );
+    let wrapped = kms
+        .channel_wrap_state_all(&[&one_job[3], &exporter])
+        .await
+        .unwrap();
+    for w in wrapped {
+        let back = kms
+            .channel_unwrap_state(w, ChannelKeyUse::Mac)
+            .await
+            .unwrap();
+        assert_eq!(
+            kms.channel_cmac(&back, ctx.clone()).await.unwrap(),
+            cmac(&card[3], &ctx)
+        );
+    }
+    assert!(kms.channel_wrap_state_all(&[&hsm_pms]).await.is_err());
+    kms.channel_forget_all(one_job);
 
     // Records, card to server and back, with nonce = iv XOR sequence.
     let channel_id = [7u8; 16];

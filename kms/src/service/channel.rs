@@ -659,6 +659,89 @@ impl Kms {
             .await
     }
 
+    /// A whole key schedule in one HSM job: the master secret
+    /// `PRF(base, master_input)`, then [`Kms::channel_derive`] of each of
+    /// `items` under it, in order; the master is destroyed in the same
+    /// job, so it never outlives the schedule.
+    pub async fn channel_schedule(
+        &self,
+        base: &ChannelSecret,
+        master_input: [u8; 32],
+        items: Vec<([u8; 32], ChannelKeyUse)>,
+    ) -> Result<Vec<ChannelSecret>> {
+        if !base.key_use.usage().derive {
+            return Err(KmsError::invalid("channel key", "not a derivation key"));
+        }
+        let (base, pool) = (base.obj, self.pool().clone());
+        self.pool()
+            .run(move |hsm| {
+                let master = hsm.derive_key(
+                    base,
+                    Derivation::AesEcb,
+                    &master_input,
+                    &ChannelKeyUse::Secret.spec(),
+                )?;
+                let keys: Result<Vec<ChannelSecret>> = items
+                    .iter()
+                    .map(|(data, key_use)| {
+                        let obj =
+                            hsm.derive_key(master, Derivation::AesEcb, data, &key_use.spec())?;
+                        Ok(ChannelSecret {
+                            obj,
+                            key_use: *key_use,
+                            pool: pool.clone(),
+                            owned: true,
+                        })
+                    })
+                    .collect();
+                if let Err(e) = hsm.destroy(master) {
+                    tracing::warn!(error = %e, "could not destroy a channel master secret");
+                }
+                keys
+            })
+            .await
+    }
+
+    /// [`Kms::channel_wrap_state`] of each of `keys`, in one HSM job.
+    pub async fn channel_wrap_state_all(&self, keys: &[&ChannelSecret]) -> Result<Vec<Vec<u8>>> {
+        if keys.iter().any(|k| !k.key_use.extractable()) {
+            return Err(KmsError::invalid("channel key", "not one that is kept"));
+        }
+        let (objs, cache): (Vec<ObjectId>, _) =
+            (keys.iter().map(|k| k.obj).collect(), self.cache_arc());
+        self.pool()
+            .run(move |hsm| {
+                let kek =
+                    with_fresh_handles(&cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
+                objs.iter()
+                    .map(|obj| hsm.wrap_key(kek, WrapMechanism::AesKeyWrapPad, *obj))
+                    .collect()
+            })
+            .await
+    }
+
+    /// Destroys `keys` in one queued HSM job without waiting (dropping
+    /// each does the same in a job of its own).
+    pub fn channel_forget_all(&self, keys: Vec<ChannelSecret>) {
+        let objs: Vec<ObjectId> = keys
+            .into_iter()
+            .map(|mut k| {
+                k.owned = false;
+                k.obj
+            })
+            .collect();
+        let queued = self.pool().detach(move |hsm| {
+            for obj in objs {
+                if let Err(e) = hsm.destroy(obj) {
+                    tracing::warn!(error = %e, "could not destroy a channel secret");
+                }
+            }
+        });
+        if let Err(e) = queued {
+            tracing::warn!(error = %e, "could not queue the destruction of channel secrets");
+        }
+    }
+
     /// Destroys a channel secret now and waits for it (a closed channel);
     /// dropping the handle does the same without waiting.
     pub async fn channel_forget(&self, mut key: ChannelSecret) -> Result<()> {

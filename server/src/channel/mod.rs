@@ -33,6 +33,7 @@
 
 mod ecdhe;
 mod error;
+mod establish;
 mod rekey;
 mod resume;
 mod rotate;
@@ -51,13 +52,13 @@ use keyward_kms::db::{Database, now_ms};
 use keyward_kms::service::ChannelKeyUse;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
-    self, CardKeyExchange, ChannelId, ClientHello, Direction, Label, Mode, OaepHash, Record,
-    RecordType, ServerFinished, ServerHello,
+    self, CardKeyExchange, ChannelId, ClientHello, Mode, OaepHash, Record, RecordType, ServerHello,
 };
 use serde_json::json;
 
 pub use ecdhe::MODE_LABELS;
 pub use error::ChannelError;
+use establish::{Establish, Guard};
 pub use resume::{Opened, Resumed, TICKET_TTL_MS};
 pub use rotate::RotatedKey;
 use store::{ChannelRow, HandshakeRow};
@@ -202,6 +203,15 @@ impl Channels {
         Ok(k)
     }
 
+    /// A ServerHello's random and a new channel id, from one HSM call.
+    async fn server_random_and_id(&self) -> Result<([u8; 32], ChannelId)> {
+        let r = self.0.kms.random::<48>().await?;
+        let (mut random, mut id) = ([0u8; 32], [0u8; 16]);
+        random.copy_from_slice(&r[..32]);
+        id.copy_from_slice(&r[32..]);
+        Ok((random, ChannelId(id)))
+    }
+
     /// The card's ClientHello, relayed by `terminal`: the ServerHello.
     pub async fn hello(&self, terminal: &Device, client_hello: Vec<u8>) -> Result<ServerHello> {
         let ch = ClientHello::decode(&client_hello)?;
@@ -216,9 +226,10 @@ impl Channels {
             ChannelPadding::Pkcs1v15 => OaepHash::Pkcs1v15,
         };
         let (ephemeral, server_ephemeral) = ecdhe::ephemeral(&self.0.kms, mode).await?;
+        let (server_random, channel) = self.server_random_and_id().await?;
         let sh = ServerHello {
-            server_random: self.0.kms.random::<32>().await?,
-            channel: ChannelId(self.0.kms.random::<16>().await?),
+            server_random,
+            channel,
             mode,
             oaep,
             chain,
@@ -294,15 +305,17 @@ impl Channels {
         let p = &self.0;
         let ch = ClientHello::decode(&hs.client_hello)?;
         // The refusal costs the same work whichever check fails: the card
-        // is checked in full, the pre-master unwrapped (one RSA
-        // operation) and, in the ECDHE mode, the ECDH step run before any
-        // outcome is looked at, and every failure is the one refusal.
-        let card = self
-            .card(&ch, &hs.client_hello, &hs.server_hello, cke, signed)
-            .await;
-        let pms = self
-            .unwrap_premaster(&hs.key_label, &hs.server_hello, cke)
-            .await;
+        // is checked in full and the pre-master unwrapped (one RSA
+        // operation) side by side, then in the ECDHE mode the ECDH step
+        // runs, before any outcome is looked at; every failure is the one
+        // refusal.
+        let (card, pms) = tokio::join!(
+            self.card(&ch, &hs.client_hello, &hs.server_hello, cke, signed),
+            self.timed(
+                "channel_unwrap_premaster",
+                self.unwrap_premaster(&hs.key_label, &hs.server_hello, cke),
+            ),
+        );
         let h = channel::handshake_hash(&hs.client_hello, &hs.server_hello, bytes);
         let master_input = ecdhe::master_input(&p.kms, hs, cke, &h).await;
         let ((card, serial), pms, master_input) = match (
@@ -319,100 +332,22 @@ impl Channels {
             }
             _ => return Err(ChannelError::Refused),
         };
-        let master = p
-            .kms
-            .channel_derive(&pms, master_input, ChannelKeyUse::Secret)
-            .await?;
-        drop(pms);
-        let mut keys = p
-            .kms
-            .channel_derive_all(
-                &master,
-                vec![
-                    (
-                        channel::label_input(Label::C2sKey, &h),
-                        ChannelKeyUse::Traffic,
-                    ),
-                    (
-                        channel::label_input(Label::S2cKey, &h),
-                        ChannelKeyUse::Traffic,
-                    ),
-                    (
-                        channel::label_input(Label::Finished, &h),
-                        ChannelKeyUse::Mac,
-                    ),
-                    (
-                        channel::label_input(Label::Exporter, &h),
-                        ChannelKeyUse::Mac,
-                    ),
-                    (
-                        channel::label_input(Label::Resumption, &h),
-                        ChannelKeyUse::Resumption,
-                    ),
-                ],
-            )
-            .await?
-            .into_iter();
-        drop(master);
-        let mut next = || {
-            keys.next()
-                .ok_or(ChannelError::Kms(keyward_kms::KmsError::Hsm {
-                    function: "C_DeriveKey",
-                    problem: "fewer keys derived than asked",
-                }))
-        };
-        let (c2s, s2c, finished, exporter) = (next()?, next()?, next()?, next()?);
-        let resumption = next()?;
-        let mac = p.kms.channel_cmac(&finished, h.to_vec()).await?;
-        let (ticket, new_ticket) = self
-            .new_ticket(id, &card.to_string(), &serial.to_string(), &resumption)
-            .await?;
-        let now = now_ms();
-        let row = ChannelRow {
-            id: id.to_string(),
-            device_id: card.to_string(),
-            card_serial: serial.to_string(),
-            terminal_id: terminal.device_id.to_string(),
-            open: true,
-            c2s_key: p.kms.channel_wrap_state(&c2s).await?,
-            s2c_key: p.kms.channel_wrap_state(&s2c).await?,
-            exporter_key: p.kms.channel_wrap_state(&exporter).await?,
-            iv_c2s: channel::iv(Direction::C2s, &h).to_vec(),
-            iv_s2c: channel::iv(Direction::S2c, &h).to_vec(),
-            c2s_sequence: 0,
-            s2c_sequence: 0,
-            c2s_generation: 0,
-            s2c_generation: 0,
-            created_at_ms: now,
-            expires_at_ms: now.saturating_add(CHANNEL_TTL_MS),
-        };
-        let event = event("channel.open", &row.id, json!({ "card": row.device_id }));
-        let (audit, row, event, ticket) = (&p.audit, &row, &event, &ticket);
-        self.db()
-            .write("channel.open", |mut tx| async move {
-                if !store::take_handshake_in(&mut tx, &row.id).await? {
-                    return Err(ChannelError::Closed);
-                }
-                store::insert_in(&mut tx, row).await?;
-                store::insert_ticket_in(&mut tx, ticket).await?;
-                audit
-                    .stage_in(
-                        &mut tx,
-                        &terminal.actor,
-                        event,
-                        Outcome::Success,
-                        &terminal.request_id,
-                    )
-                    .await?;
-                Ok((tx, ()))
-            })
-            .await?;
-        let _ = p.audit.flush_staged().await;
-        self.count_handshake("opened");
-        Ok(Opened {
-            server_finished: ServerFinished { channel: id, mac }.encode(),
-            ticket: new_ticket,
-        })
+        let (device, serial) = (card.to_string(), serial.to_string());
+        let event = event("channel.open", &id.to_string(), json!({ "card": device }));
+        self.establish(
+            terminal,
+            pms,
+            master_input,
+            Establish {
+                id,
+                h,
+                device: &device,
+                card_serial: &serial,
+                guard: Guard::Handshake,
+                event,
+            },
+        )
+        .await
     }
 
     /// The pre-master, unwrapped as the handshake's ServerHello told the
@@ -457,15 +392,22 @@ impl Channels {
             return Err(ChannelError::Refused);
         };
         let parsed = serial.parse::<Serial>().ok();
-        let issued = match &parsed {
-            Some(s) => p.ca.get(s).await?.and_then(|c| der_of_pem(&c.pem)),
-            None => None,
-        };
         let msg = channel::card_signature_input(client_hello, server_hello, signed);
-        let signature_ok = p
-            .provisioning
-            .verify_device_signature(device, serial, &msg, &cke.signature)
-            .await?;
+        let (issued, signature_ok) = tokio::join!(
+            async {
+                match &parsed {
+                    Some(s) => {
+                        p.ca.get(s)
+                            .await
+                            .map(|c| c.and_then(|c| der_of_pem(&c.pem)))
+                    }
+                    None => Ok(None),
+                }
+            },
+            p.provisioning
+                .verify_device_signature(device, serial, &msg, &cke.signature),
+        );
+        let (issued, signature_ok) = (issued?, signature_ok?);
         let presented = issued.as_deref() == Some(cke.certificate.as_slice());
         match parsed {
             Some(serial) if signature_ok & presented & (rec.state == DeviceState::Issued) => {
@@ -756,6 +698,27 @@ impl Channels {
             .await?
             .and_then(|c| der_of_pem(&c.pem))
             .and_then(|der| PeerCertificate::from_der(&der)))
+    }
+
+    /// Runs one HSM step of a handshake, its latency in
+    /// `keyward_hsm_operation_duration_seconds` under `operation`: where a
+    /// handshake's time goes, and how many RSA operations a replica ran.
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        step: impl Future<Output = keyward_kms::Result<T>>,
+    ) -> keyward_kms::Result<T> {
+        let start = std::time::Instant::now();
+        let r = step.await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(keyward_kms::KmsError::ChannelRefused) => "refused",
+            Err(_) => "error",
+        };
+        self.0
+            .metrics
+            .observe_hsm(operation, outcome, start.elapsed());
+        r
     }
 
     fn count_handshake(&self, outcome: &'static str) {

@@ -15,16 +15,16 @@
 use keyward_ca::{CertStatus, Serial};
 use keyward_device_provisioning::DeviceState;
 use keyward_kms::db::now_ms;
-use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
+use keyward_kms::service::ChannelKeyUse;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
-    self, ChannelId, Direction, Label, Mode, NewTicket, OaepHash, PROTOCOL_V1, ResumeHello,
-    ServerFinished, ServerHello,
+    self, ChannelId, Mode, NewTicket, OaepHash, PROTOCOL_V1, ResumeHello, ServerHello,
 };
 use serde_json::json;
 
-use super::store::{self, ChannelRow, TicketRow};
-use super::{CHANNEL_TTL_MS, ChannelError, Channels, Result, event};
+use super::establish::{Establish, Guard};
+use super::store::{self, TicketRow};
+use super::{ChannelError, Channels, Result, event};
 use crate::audit::Outcome;
 use crate::online::Device;
 
@@ -56,19 +56,17 @@ fn hex16(b: &[u8; 16]) -> String {
 
 impl Channels {
     /// A ticket for the channel `channel` of the card `device` (certificate
-    /// `serial`) naming `resumption`: the row to store with the channel and
-    /// the `KWC6` bytes. HSM work only; the caller stores the row in its
-    /// transaction.
-    pub(super) async fn new_ticket(
+    /// `serial`) under the handle `handle` (random) naming the resumption
+    /// secret `secret` (wrapped under the state KEK): the row to store with
+    /// the channel and the `KWC6` bytes.
+    pub(super) fn new_ticket(
         &self,
         channel: ChannelId,
         device: &str,
         serial: &str,
-        resumption: &ChannelSecret,
-    ) -> Result<(TicketRow, Vec<u8>)> {
-        let kms = &self.0.kms;
-        let handle = kms.random::<16>().await?;
-        let secret = kms.channel_wrap_state(resumption).await?;
+        handle: [u8; 16],
+        secret: Vec<u8>,
+    ) -> (TicketRow, Vec<u8>) {
         let now = now_ms();
         let row = TicketRow {
             id: hex16(&handle),
@@ -86,7 +84,7 @@ impl Channels {
             lifetime: channel::MAX_TICKET_LIFETIME,
         }
         .encode();
-        Ok((row, bytes))
+        (row, bytes)
     }
 
     /// The card's ResumeHello, relayed by `terminal`: a new open channel.
@@ -141,9 +139,9 @@ impl Channels {
         }
         drop(binder_key);
 
-        let id = ChannelId(p.kms.random::<16>().await?);
+        let (server_random, id) = self.server_random_and_id().await?;
         let sh = ServerHello {
-            server_random: p.kms.random::<32>().await?,
+            server_random,
             channel: id,
             mode: Mode::Resumption,
             oaep: OaepHash::Sha256,
@@ -152,96 +150,31 @@ impl Channels {
         }
         .encode();
         let h = channel::resumption_hash(bytes, &sh);
-        let master = p
-            .kms
-            .channel_derive(
-                &secret,
-                channel::resumption_master_input(&h),
-                ChannelKeyUse::Secret,
-            )
-            .await?;
-        drop(secret);
-        let labels = [
-            (Label::C2sKey, ChannelKeyUse::Traffic),
-            (Label::S2cKey, ChannelKeyUse::Traffic),
-            (Label::Finished, ChannelKeyUse::Mac),
-            (Label::Exporter, ChannelKeyUse::Mac),
-            (Label::Resumption, ChannelKeyUse::Resumption),
-        ];
-        let keys = p
-            .kms
-            .channel_derive_all(
-                &master,
-                labels
-                    .iter()
-                    .map(|(l, u)| (channel::label_input(*l, &h), *u))
-                    .collect(),
-            )
-            .await?;
-        drop(master);
-        let [c2s, s2c, finished, exporter, resumption]: [ChannelSecret; 5] =
-            keys.try_into().map_err(|_| {
-                ChannelError::Kms(keyward_kms::KmsError::Hsm {
-                    function: "C_DeriveKey",
-                    problem: "fewer keys derived than asked",
-                })
-            })?;
-        let mac = p.kms.channel_cmac(&finished, h.to_vec()).await?;
-        let (next, next_bytes) = self
-            .new_ticket(id, &t.device_id, &t.cert_serial, &resumption)
-            .await?;
-        let now = now_ms();
-        let row = ChannelRow {
-            id: id.to_string(),
-            device_id: t.device_id.clone(),
-            card_serial: t.cert_serial.clone(),
-            terminal_id: terminal.device_id.to_string(),
-            open: true,
-            c2s_key: p.kms.channel_wrap_state(&c2s).await?,
-            s2c_key: p.kms.channel_wrap_state(&s2c).await?,
-            exporter_key: p.kms.channel_wrap_state(&exporter).await?,
-            iv_c2s: channel::iv(Direction::C2s, &h).to_vec(),
-            iv_s2c: channel::iv(Direction::S2c, &h).to_vec(),
-            c2s_sequence: 0,
-            s2c_sequence: 0,
-            c2s_generation: 0,
-            s2c_generation: 0,
-            created_at_ms: now,
-            expires_at_ms: now.saturating_add(CHANNEL_TTL_MS),
-        };
         let event = event(
             "channel.resume",
-            &row.id,
-            json!({ "card": row.device_id, "from": t.channel_id }),
+            &id.to_string(),
+            json!({ "card": t.device_id, "from": t.channel_id }),
         );
-        let (audit, row, event, next) = (&p.audit, &row, &event, &next);
-        self.db()
-            .write("channel.resume", |mut tx| async move {
-                // Another replica spent it first: a replay.
-                if !store::use_ticket_in(&mut tx, ticket_id, now).await? {
-                    return Err(ChannelError::Refused);
-                }
-                store::insert_in(&mut tx, row).await?;
-                store::insert_ticket_in(&mut tx, next).await?;
-                audit
-                    .stage_in(
-                        &mut tx,
-                        &terminal.actor,
-                        event,
-                        Outcome::Success,
-                        &terminal.request_id,
-                    )
-                    .await?;
-                Ok((tx, ()))
-            })
+        let opened = self
+            .establish(
+                terminal,
+                secret,
+                channel::resumption_master_input(&h),
+                Establish {
+                    id,
+                    h,
+                    device: &t.device_id,
+                    card_serial: &t.cert_serial,
+                    guard: Guard::Ticket(ticket_id),
+                    event,
+                },
+            )
             .await?;
-        let _ = p.audit.flush_staged().await;
-        self.count_handshake("resumed");
         Ok(Resumed {
             channel: id,
             server_hello: sh,
-            server_finished: ServerFinished { channel: id, mac }.encode(),
-            ticket: next_bytes,
+            server_finished: opened.server_finished,
+            ticket: opened.ticket,
         })
     }
 

@@ -90,10 +90,19 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 
 /// A ClientHello answered: the card, the channel id and the ServerHello.
 pub(crate) async fn say_hello(router: &Router, c: &Card) -> (CardHello, String, Vec<u8>) {
+    hello_via(router, &c.who, c).await
+}
+
+/// [`say_hello`] relayed by the terminal `relay`.
+async fn hello_via(
+    router: &Router,
+    relay: &ClientIdentity,
+    c: &Card,
+) -> (CardHello, String, Vec<u8>) {
     let hello = CardHello::new(c.d.id, random());
     let a = post(
         router,
-        &c.who,
+        relay,
         "/v1/channel/hello",
         json!({"client_hello": B64.encode(hello.client_hello())}),
     )
@@ -105,9 +114,13 @@ pub(crate) async fn say_hello(router: &Router, c: &Card) -> (CardHello, String, 
 }
 
 pub(crate) async fn key_exchange(router: &Router, c: &Card, id: &str, cke: &[u8]) -> Answer {
+    key_exchange_via(router, &c.who, id, cke).await
+}
+
+async fn key_exchange_via(router: &Router, relay: &ClientIdentity, id: &str, cke: &[u8]) -> Answer {
     post(
         router,
-        &c.who,
+        relay,
         "/v1/channel/key-exchange",
         json!({"channel_id": id, "key_exchange": B64.encode(cke)}),
     )
@@ -126,7 +139,20 @@ pub(crate) async fn send(router: &Router, c: &Card, record: &[u8]) -> Answer {
 
 /// A whole handshake: the card's open channel.
 pub(crate) async fn open(app: &App, hs: &Router, kx: &Router, c: &Card) -> Channel {
-    let (hello, id, sh) = say_hello(hs, c).await;
+    handshake(app, hs, kx, c, &c.who).await.0
+}
+
+/// A whole handshake of the card `c` relayed by the terminal `relay`, its
+/// hello to `hs` and its key exchange to `kx`: the open channel and the
+/// card's ticket.
+async fn handshake(
+    app: &App,
+    hs: &Router,
+    kx: &Router,
+    c: &Card,
+    relay: &ClientIdentity,
+) -> (Channel, Ticket) {
+    let (hello, id, sh) = hello_via(hs, relay, c).await;
     let (wait, cke) = hello
         .key_exchange(
             &sh,
@@ -137,7 +163,7 @@ pub(crate) async fn open(app: &App, hs: &Router, kx: &Router, c: &Card) -> Chann
             &mut rand::thread_rng(),
         )
         .unwrap();
-    finish(kx, c, &id, wait, &cke).await
+    finished(kx, relay, c, &id, wait, &cke).await
 }
 
 pub(crate) async fn finish(
@@ -147,7 +173,7 @@ pub(crate) async fn finish(
     wait: AwaitFinished,
     cke: &[u8],
 ) -> Channel {
-    finish_with_ticket(router, c, id, wait, cke).await.0
+    finished(router, &c.who, c, id, wait, cke).await.0
 }
 
 fn b64_field(b: &Value, name: &str) -> Vec<u8> {
@@ -155,14 +181,15 @@ fn b64_field(b: &Value, name: &str) -> Vec<u8> {
 }
 
 /// The key exchange answered: the open channel and the card's ticket.
-pub(crate) async fn finish_with_ticket(
+pub(crate) async fn finished(
     router: &Router,
+    relay: &ClientIdentity,
     c: &Card,
     id: &str,
     wait: AwaitFinished,
     cke: &[u8],
 ) -> (Channel, Ticket) {
-    let a = key_exchange(router, c, id, cke).await;
+    let a = key_exchange_via(router, relay, id, cke).await;
     let b = a.expect(StatusCode::OK);
     let ch = wait.finish(&b64_field(b, "server_finished")).unwrap();
     let ticket = ch.ticket(&b64_field(b, "ticket"), c.d.id).unwrap();
@@ -458,22 +485,6 @@ async fn another_replica_takes_the_key_exchange_and_the_records() {
     ping(&other, &c, &mut ch).await;
 }
 
-/// A whole handshake: the open channel and the card's ticket.
-async fn open_with_ticket(app: &App, router: &Router, c: &Card) -> (Channel, Ticket) {
-    let (hello, id, sh) = say_hello(router, c).await;
-    let (wait, cke) = hello
-        .key_exchange(
-            &sh,
-            app.state.ca.root_pem(),
-            &c.d,
-            &c.cert,
-            &random(),
-            &mut rand::thread_rng(),
-        )
-        .unwrap();
-    finish_with_ticket(router, c, &id, wait, &cke).await
-}
-
 async fn resume_with(router: &Router, relay: &Card, hello: &[u8]) -> Answer {
     post(
         router,
@@ -511,7 +522,7 @@ fn resume_refusals(trail: &[Value]) -> usize {
 async fn a_ticket_resumes_on_the_other_replica_once_and_chains() {
     let app = App::new().await;
     let c = card(&app, 77).await;
-    let (mut first, ticket) = open_with_ticket(&app, &app.public, &c).await;
+    let (mut first, ticket) = handshake(&app, &app.public, &app.public, &c, &c.who).await;
     ping(&app.public, &c, &mut first).await;
     // The other replica has never loaded the channel key or its chain.
     let other = replica(&app).await;
@@ -557,8 +568,8 @@ async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_
 
     // Card b presents card a's ticket as its own (its device id, a's
     // handle; it cannot know a's secret, so its own channel's).
-    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
-    let (_, tb) = open_with_ticket(&app, &app.public, &b).await;
+    let (_, ta) = handshake(&app, &app.public, &app.public, &a, &a.who).await;
+    let (_, tb) = handshake(&app, &app.public, &app.public, &b, &b.who).await;
     let stolen = Ticket {
         handle: ta.handle,
         ..tb.clone()
@@ -572,7 +583,7 @@ async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_
         .await,
     );
     // Even a's own device id with the handle but b's secret.
-    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    let (_, ta) = handshake(&app, &app.public, &app.public, &a, &a.who).await;
     let wrong_binder = Ticket {
         secret: tb.secret,
         ..ta.clone()
@@ -596,7 +607,7 @@ async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_
     );
 
     // Expired.
-    let (_, ta) = open_with_ticket(&app, &app.public, &a).await;
+    let (_, ta) = handshake(&app, &app.public, &app.public, &a, &a.who).await;
     sqlx::query("UPDATE channel_tickets SET expires_at_ms = 1 WHERE id = $1")
         .bind(hex::encode(ta.handle))
         .execute(app.state.kms.db().pool())
@@ -626,7 +637,7 @@ async fn a_ticket_of_another_card_expired_revoked_or_with_a_wrong_binder_is_one_
     );
 
     // The card's certificate revoked after the ticket was given.
-    let (_, tb) = open_with_ticket(&app, &app.public, &b).await;
+    let (_, tb) = handshake(&app, &app.public, &app.public, &b, &b.who).await;
     let serial = app
         .state
         .provisioning
@@ -760,7 +771,7 @@ async fn the_sweep_removes_what_can_no_longer_be_used_and_answers_stay_the_same(
     };
     // A closed channel, a spent ticket (its successor live), an expired
     // handshake, and one open channel that stays.
-    let (mut closed, ticket) = open_with_ticket(&app, &app.public, &c).await;
+    let (mut closed, ticket) = handshake(&app, &app.public, &app.public, &c, &c.who).await;
     let close = closed.close().unwrap();
     send(&app.public, &c, &close).await.expect(StatusCode::OK);
     let (mut open, _) = resume(&app.public, &c, &ticket).await;
@@ -912,52 +923,12 @@ impl Caller for InChannel<'_> {
     }
 }
 
-/// The card `c`'s channel, its handshake relayed by the terminal `relay`.
-async fn open_relayed(app: &App, c: &Card, relay: &ClientIdentity) -> Channel {
-    let hello = CardHello::new(c.d.id, random());
-    let a = post(
-        &app.public,
-        relay,
-        "/v1/channel/hello",
-        json!({"client_hello": B64.encode(hello.client_hello())}),
-    )
-    .await;
-    let b = a.expect(StatusCode::OK);
-    let id = b["channel_id"].as_str().unwrap().to_owned();
-    let sh = B64.decode(b["server_hello"].as_str().unwrap()).unwrap();
-    let (wait, cke) = hello
-        .key_exchange(
-            &sh,
-            app.state.ca.root_pem(),
-            &c.d,
-            &c.cert,
-            &random(),
-            &mut rand::thread_rng(),
-        )
-        .unwrap();
-    let a = post(
-        &app.public,
-        relay,
-        "/v1/channel/key-exchange",
-        json!({"channel_id": id, "key_exchange": B64.encode(cke)}),
-    )
-    .await;
-    let fin = B64
-        .decode(
-            a.expect(StatusCode::OK)["server_finished"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-    wait.finish(&fin).unwrap()
-}
-
 #[tokio::test]
 async fn a_login_and_a_transaction_travel_in_the_channel_as_the_card() {
     let app = App::new().await;
     let t = card(&app, 81).await;
     let mut c = card(&app, 82).await;
-    let mut ch = open_relayed(&app, &c, &t.who).await;
+    let (mut ch, _) = handshake(&app, &app.public, &app.public, &c, &t.who).await;
     let mut via = InChannel {
         router: &app.public,
         who: &t.who,

@@ -16,8 +16,7 @@ use keyward_tests::terminal::{self, Caller, LoginOptions};
 use serde_json::json;
 
 use crate::channel::{
-    Card, InChannel, card, finish_with_ticket, handshakes, key_exchange, ping, random, replica,
-    resume,
+    Card, InChannel, card, finished, handshakes, key_exchange, ping, random, replica, resume,
 };
 use crate::harness::{App, call};
 
@@ -69,7 +68,7 @@ async fn open_ecdhe(app: &App, hs: &Router, kx: &Router, c: &Card) -> (Channel, 
             &mut rand::thread_rng(),
         )
         .unwrap();
-    finish_with_ticket(kx, c, &id, wait, &cke).await
+    finished(kx, &c.who, c, &id, wait, &cke).await
 }
 
 fn opened_in(app: &App, mode: &str) -> u64 {
@@ -124,7 +123,7 @@ async fn an_ecdhe_hello_on_one_replica_opens_on_another_and_carries_a_login() {
             &mut rand::thread_rng(),
         )
         .unwrap();
-    let (mut ch, _) = finish_with_ticket(&other, &c, &id, wait, &cke).await;
+    let (mut ch, _) = finished(&other, &c.who, &c, &id, wait, &cke).await;
     assert_eq!(stored_ephemeral(&app, &id).await, None);
     ping(&app.public, &c, &mut ch).await;
     ping(&other, &c, &mut ch).await;

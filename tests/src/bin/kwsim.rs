@@ -57,9 +57,9 @@
 //! - `channel DEVICE_ID` with `login`'s `--issuer --server --ca --cert`
 //!   (`--cert`: the **card's** certificate chain, PEM) `[--terminal ID
 //!   --terminal-cert FILE] [--transaction TEXT] [--continue-on URL]
-//!   [--carry PATH]… [--no-login] [--after-close] [--mode ecdhe|rsa]`: the
-//!   device as a bank
-//!   card in the secure channel (docs/protocol.md §14) relayed by the
+//!   [--carry PATH]… [--no-login] [--after-close] [--mode ecdhe|rsa]
+//!   [--resume-on URL]`: the device as a bank card in the secure channel
+//!   (docs/protocol.md §14) relayed by the
 //!   terminal ID (its own mutual TLS; default: the card itself): the
 //!   handshake, a carried ping, a carried login (start and finish), the
 //!   transaction TEXT's CMAC, a key update and a ping under the new key, a
@@ -72,7 +72,10 @@
 //!   (`"step"`: handshake with the channel id and mode, ping with the identity the
 //!   server saw, carry, login, transaction, key_update, close,
 //!   after_close); exits 1 if a step was refused (the carried probes and
-//!   the after-close record excepted). No key or token is printed.
+//!   the after-close record excepted). `--resume-on URL`: at the end, the
+//!   card resumes with the opening's ticket on that (another replica's)
+//!   public listener, no RSA operation (steps resume with the new channel
+//!   id, resumed_ping). No key or token is printed.
 //! - `purse DEVICE_ID`: the purse as JSON (the account number masked).
 //! - `confirm DEVICE_ID --issuer I --server URL --ca FILE --cert FILE
 //!   --outbox FILE --transaction FILE [--device-sees FILE] [--wrong-code]`:
@@ -193,6 +196,10 @@ struct ChannelArgs {
     /// The handshake mode the card offers.
     #[arg(long, value_enum, default_value = "ecdhe")]
     mode: HandshakeMode,
+    /// At the end, resume with the opening's ticket on this public
+    /// listener (another replica) and carry a ping in the new channel.
+    #[arg(long, value_name = "URL")]
+    resume_on: Option<String>,
 }
 
 /// `kwsim channel --mode`.
@@ -557,7 +564,7 @@ fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
             &json!({"step": "handshake", "status": 200, "channel_id": id, "mode": mode})
                 .to_string(),
         )?;
-        let mut refused = !ping(&mut c).await?;
+        let mut refused = !ping(&mut c, "ping").await?;
         for path in &a.carry {
             let r = c.request(hyper::Method::GET, path, None, None).await?;
             // A probe: its refusal is the answer looked for.
@@ -601,7 +608,7 @@ fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
         c.update_key().await?;
         let (generation, _) = c.channel.send_state();
         out(&json!({"step": "key_update", "generation": generation}).to_string())?;
-        refused |= !ping(&mut c).await?;
+        refused |= !ping(&mut c, "ping").await?;
         // The record the card would send next, were the channel not closed.
         let mut ghost = c.channel.clone();
         ghost.seal(b"{}")?;
@@ -613,19 +620,35 @@ fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
             let r = c.send(&record[0]).await?;
             step("after_close", &r, json!({}))?;
         }
+        if let Some(url) = &a.resume_on {
+            let conn = Terminal::new(url, &root_pem, &relay_chain, &relay)?
+                .connect()
+                .await?;
+            match Carrier::resume(conn, &c.ticket).await? {
+                Ok(mut resumed) => {
+                    let id = resumed.channel.id.to_string();
+                    out(&json!({"step": "resume", "status": 200, "channel_id": id}).to_string())?;
+                    refused |= !ping(&mut resumed, "resumed_ping").await?;
+                }
+                Err(r) => {
+                    step("resume", &r, json!({}))?;
+                    refused = true;
+                }
+            }
+        }
         Ok(refused)
     })
 }
 
 /// A carried `GET /v1/ping`, printed with the identity the server saw.
 /// Whether it was answered.
-async fn ping(c: &mut Carrier) -> Result<bool> {
+async fn ping(c: &mut Carrier, name: &str) -> Result<bool> {
     let r = c
         .request(hyper::Method::GET, "/v1/ping", None, None)
         .await?;
     let client = &r.body["client"];
     step(
-        "ping",
+        name,
         &r,
         json!({"kind": client["kind"], "device_id": client["device_id"]}),
     )?;
