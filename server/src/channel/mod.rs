@@ -20,7 +20,8 @@
 //!   replayed, reordered, altered or foreign record closes the channel
 //!   (audited, one `channel_closed`); one that is no record or names no
 //!   open channel closes every channel its terminal relays. A data record
-//!   carries one request (`crate::wire::channel::Carried`), which the
+//!   carries one request (`crate::wire::channel::Carried`), bound to the
+//!   channel by its exporter value (a wrong one closes it), which the
 //!   caller runs as the card; the record is claimed (both sequences moved
 //!   in one compare-and-set transaction) **before** the request runs, so a
 //!   record raced or replayed to two replicas runs once, and the answer is
@@ -544,10 +545,10 @@ impl Channels {
                 // A carried request runs only bound to this channel by its
                 // exporter value; a plaintext that is no carried request
                 // runs nothing (`carry` answers it as such).
-                if let Ok(c) = serde_json::from_slice::<crate::wire::channel::Carried>(&plain) {
-                    if !self.bound(row, &c.path, &c.exporter).await? {
-                        return Ok(None);
-                    }
+                if let Ok(c) = serde_json::from_slice::<crate::wire::channel::Carried>(&plain)
+                    && !self.bound(row, &c.path, &c.exporter).await?
+                {
+                    return Ok(None);
                 }
                 let card = self.card_certificate(row).await?;
                 let keys = self.s2c_keys(row, s2c_seq).await?;

@@ -174,7 +174,7 @@ async fn finish_with_ticket(
 
 /// A carried ping, answered in a record the card opens.
 pub(crate) async fn ping(router: &Router, c: &Card, ch: &mut Channel) {
-    let up = ch.seal(&ping_of(&ch)).unwrap().remove(0);
+    let up = ch.seal(&ping_of(ch)).unwrap().remove(0);
     let a = send(router, c, &up).await;
     let b = a.expect(StatusCode::OK);
     assert_eq!(b["closed"], false);
