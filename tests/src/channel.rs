@@ -390,6 +390,28 @@ impl Channel {
         cmac(&self.exporter, &channel::exporter_context(path))
     }
 
+    /// The plaintext of a carried request (docs/protocol.md §14.11) bound
+    /// to this channel by its exporter value: `authorization` from
+    /// `session`, when given.
+    pub fn carried(
+        &self,
+        method: &str,
+        path: &str,
+        session: Option<&str>,
+        body: Option<&Value>,
+    ) -> Vec<u8> {
+        let carried = Carried {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: session
+                .map(|t| [("authorization".to_owned(), format!("Bearer {t}"))].into())
+                .unwrap_or_default(),
+            body: body.cloned(),
+            exporter: B64.encode(self.exporter(path)),
+        };
+        serde_json::to_vec(&carried).unwrap_or_default()
+    }
+
     /// The sending direction's key generation and next sequence number.
     pub fn send_state(&self) -> (u64, u64) {
         (self.send.generation, self.send.sequence)
@@ -971,16 +993,9 @@ impl Caller for Carrier {
         body: Option<&Value>,
         session: Option<&str>,
     ) -> Result<Reply> {
-        let carried = Carried {
-            method: method.as_str().to_owned(),
-            path: path.to_owned(),
-            headers: session
-                .map(|t| [("authorization".to_owned(), format!("Bearer {t}"))].into())
-                .unwrap_or_default(),
-            body: body.cloned(),
-        };
+        let carried = self.channel.carried(method.as_str(), path, session, body);
         let mut answer = None;
-        for record in self.channel.seal(&serde_json::to_vec(&carried)?)? {
+        for record in self.channel.seal(&carried)? {
             let a = self.send(&record).await?;
             answer = relayed(&a)?["record"].as_str().map(str::to_owned);
         }

@@ -610,11 +610,14 @@ impl Kms {
             return Err(KmsError::invalid("channel key", "not one that is kept"));
         }
         let (obj, cache) = (key.obj, self.cache_arc());
+        // The KEK's kept handle may be of an older epoch (the HSM reopened
+        // its sessions): looked up again, and the wrap run once more.
         self.pool()
             .run(move |hsm| {
-                let kek =
-                    with_fresh_handles(&cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
-                hsm.wrap_key(kek, WrapMechanism::AesKeyWrapPad, obj)
+                with_fresh_handles(&cache, || {
+                    let kek = cache.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
+                    hsm.wrap_key(kek, WrapMechanism::AesKeyWrapPad, obj)
+                })
             })
             .await
     }
@@ -634,10 +637,10 @@ impl Kms {
         let (cache, pool) = (self.cache_arc(), self.pool().clone());
         self.pool()
             .run(move |hsm| {
-                let kek =
-                    with_fresh_handles(&cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
-                let obj = hsm
-                    .unwrap_key(
+                // As for the wrap: a stale KEK handle is looked up again.
+                let obj = with_fresh_handles(&cache, || {
+                    let kek = cache.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
+                    hsm.unwrap_key(
                         kek,
                         UnwrapMechanism::AesKeyWrapPad,
                         &wrapped,
@@ -646,7 +649,8 @@ impl Kms {
                     .map_err(|e| match e {
                         e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
                         _ => corrupt(),
-                    })?;
+                    })
+                })?;
                 // AES key wrap with padding checks the length it wrapped,
                 // and only 32-byte secrets are ever wrapped.
                 Ok(ChannelSecret {

@@ -25,12 +25,14 @@
 //!   replayed, reordered, altered or foreign record closes the channel
 //!   (audited, one `channel_closed`); one that is no record or names no
 //!   open channel closes every channel its terminal relays. A data record
-//!   carries one request (`crate::wire::channel::Carried`), which the
+//!   carries one request (`crate::wire::channel::Carried`), bound to the
+//!   channel by its exporter value (a wrong one closes it), which the
 //!   caller runs as the card; the record is claimed (both sequences moved
 //!   in one compare-and-set transaction) **before** the request runs, so a
 //!   record raced or replayed to two replicas runs once, and the answer is
 //!   sealed in the HSM under the server sequence claimed.
 
+mod cache;
 mod ecdhe;
 mod error;
 mod establish;
@@ -44,17 +46,22 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use keyward_ca::Serial;
 use keyward_config::ChannelPadding;
 use keyward_device_provisioning::{DeviceState, Provisioning};
 use keyward_kms::Kms;
+use keyward_kms::KmsError;
 use keyward_kms::db::{Database, now_ms};
-use keyward_kms::service::ChannelKeyUse;
+use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
-    self, CardKeyExchange, ChannelId, ClientHello, Mode, OaepHash, Record, RecordType, ServerHello,
+    self, CardKeyExchange, ChannelId, ClientHello, Direction, Mode, OaepHash, Record, RecordType,
+    ServerHello,
 };
 use serde_json::json;
+use subtle::ConstantTimeEq as _;
 
 pub use ecdhe::MODE_LABELS;
 pub use error::ChannelError;
@@ -126,6 +133,9 @@ struct Parts {
     server: std::sync::Mutex<HashMap<String, ServerKey>>,
     /// How cards encrypt the pre-master (`channel.padding`).
     padding: ChannelPadding,
+    /// The recent channels' unwrapped traffic keys, card certificates and
+    /// exporter values.
+    cache: cache::Cache,
 }
 
 impl std::fmt::Debug for Channels {
@@ -152,6 +162,7 @@ impl Channels {
             modes: ecdhe::modes(&config.modes),
             server: std::sync::Mutex::new(HashMap::new()),
             padding: config.padding,
+            cache: cache::Cache::default(),
         }))
     }
 
@@ -509,20 +520,16 @@ impl Channels {
         ) else {
             return Err(keyward_kms::KmsError::CorruptRecord("channel iv").into());
         };
-        let c2s = kms
-            .channel_unwrap_state(row.c2s_key.clone(), ChannelKeyUse::Traffic)
-            .await?;
-        let plain = match kms
-            .channel_open(
-                &c2s,
-                channel::nonce(&iv_c2s, r.sequence),
-                r.aad().to_vec(),
-                r.ciphertext.clone(),
-            )
-            .await
-        {
+        let nonce = channel::nonce(&iv_c2s, r.sequence);
+        let opened = self
+            .with_key(row, Direction::C2s, |c2s| {
+                let (aad, ciphertext) = (r.aad().to_vec(), r.ciphertext.clone());
+                async move { kms.channel_open(&c2s, nonce, aad, ciphertext).await }
+            })
+            .await;
+        let plain = match opened {
             Ok(p) => p,
-            Err(keyward_kms::KmsError::ChannelRefused) => return Ok(None),
+            Err(KmsError::ChannelRefused) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         if r.kind != RecordType::Data && !plain.is_empty() {
@@ -533,6 +540,14 @@ impl Channels {
                 let s2c_seq = u64::try_from(row.s2c_sequence).unwrap_or(u64::MAX);
                 // Everything that can fail before the request runs does
                 // so before the claim: the card may then resend the record.
+                // A carried request runs only bound to this channel by its
+                // exporter value; a plaintext that is no carried request
+                // runs nothing (`carry` answers it as such).
+                if let Ok(c) = serde_json::from_slice::<crate::wire::channel::Carried>(&plain)
+                    && !self.bound(row, &c.path, &c.exporter).await?
+                {
+                    return Ok(None);
+                }
                 let card = self.card_certificate(row).await?;
                 let keys = self.s2c_keys(row, s2c_seq).await?;
                 let (now, next_key) = (now_ms(), keys.next.as_ref().map(|n| n.1.as_slice()));
@@ -549,9 +564,28 @@ impl Channels {
                     return Ok(None);
                 }
                 let answer = carry(card, plain).await;
-                let sealed = self
-                    .seal_answer(&keys, r.channel, &iv_s2c, s2c_seq, answer)
-                    .await?;
+                let first = self
+                    .seal_answer(&keys, r.channel, &iv_s2c, s2c_seq, answer.clone())
+                    .await;
+                let (sealed, keys) = match first {
+                    // The HSM reopened its sessions since the keys were
+                    // kept: the same keys again, from the row.
+                    Err(ChannelError::Kms(KmsError::Stale)) => {
+                        self.0.cache.clear();
+                        let keys = self.s2c_keys(row, s2c_seq).await?;
+                        let sealed = self
+                            .seal_answer(&keys, r.channel, &iv_s2c, s2c_seq, answer)
+                            .await?;
+                        (sealed, keys)
+                    }
+                    sealed => (sealed?, keys),
+                };
+                if let Some((next, wrapped)) = keys.next {
+                    let generation = row.s2c_generation.saturating_add(1);
+                    self.0
+                        .cache
+                        .put_key(row, Direction::S2c, generation, &wrapped, next);
+                }
                 self.count_record("data");
                 Ok(Some(match sealed.key_update {
                     None => Answer::Record(sealed.record),
@@ -569,8 +603,15 @@ impl Channels {
                 let next_gen = u64::try_from(generation)
                     .unwrap_or(u64::MAX)
                     .saturating_add(1);
-                let next = kms
-                    .channel_derive(&c2s, channel::rekey_input(next_gen), ChannelKeyUse::Traffic)
+                let next = self
+                    .with_key(row, Direction::C2s, |c2s| async move {
+                        kms.channel_derive(
+                            &c2s,
+                            channel::rekey_input(next_gen),
+                            ChannelKeyUse::Traffic,
+                        )
+                        .await
+                    })
                     .await?;
                 let wrapped = kms.channel_wrap_state(&next).await?;
                 let (id, wrapped) = (&row.id, &wrapped);
@@ -585,6 +626,10 @@ impl Channels {
                 if !moved {
                     return Ok(None);
                 }
+                let generation = generation.saturating_add(1);
+                self.0
+                    .cache
+                    .put_key(row, Direction::C2s, generation, wrapped, Arc::new(next));
                 self.count_record("key_update");
                 Ok(Some(Answer::KeyUpdated))
             }
@@ -611,6 +656,7 @@ impl Channels {
                     })
                     .await?;
                 let _ = self.0.audit.flush_staged().await;
+                self.0.cache.forget(id);
                 if !closed {
                     return Err(ChannelError::Closed);
                 }
@@ -650,6 +696,7 @@ impl Channels {
             })
             .await?;
         let _ = self.0.audit.flush_staged().await;
+        self.0.cache.forget(id);
         self.count_record(outcome);
         Ok(())
     }
@@ -661,10 +708,12 @@ impl Channels {
     async fn close_relayed(&self, terminal: &Device) -> Result<()> {
         let (terminal_id, now) = (terminal.device_id.to_string(), now_ms());
         let (audit, terminal_id) = (&self.0.audit, &terminal_id);
-        self.db()
+        let closed = self
+            .db()
             .write("channel.close", |mut tx| async move {
-                for id in store::close_relayed_in(&mut tx, terminal_id, now).await? {
-                    let event = event("channel.close", &id, json!({ "by": "server" }));
+                let closed = store::close_relayed_in(&mut tx, terminal_id, now).await?;
+                for id in &closed {
+                    let event = event("channel.close", id, json!({ "by": "server" }));
                     audit
                         .stage_in(
                             &mut tx,
@@ -677,27 +726,107 @@ impl Channels {
                         )
                         .await?;
                 }
-                Ok::<_, ChannelError>((tx, ()))
+                Ok::<_, ChannelError>((tx, closed))
             })
             .await?;
         let _ = self.0.audit.flush_staged().await;
+        for id in &closed {
+            self.0.cache.forget(id);
+        }
         self.count_record("refused");
         Ok(())
     }
 
     /// The card certificate the channel's key exchange proved, as the CA
     /// stores it: a carried request runs as this certificate.
+    /// Kept per channel: a serial's certificate never changes (whether it
+    /// is still current and unrevoked is the route's check, every time).
     async fn card_certificate(&self, row: &ChannelRow) -> Result<Option<PeerCertificate>> {
+        if let Some(card) = self.0.cache.card(&row.id) {
+            return Ok(card);
+        }
         let Ok(serial) = row.card_serial.parse::<Serial>() else {
             return Ok(None);
         };
-        Ok(self
+        let card = self
             .0
             .ca
             .get(&serial)
             .await?
             .and_then(|c| der_of_pem(&c.pem))
-            .and_then(|der| PeerCertificate::from_der(&der)))
+            .and_then(|der| PeerCertificate::from_der(&der));
+        self.0.cache.put_card(row, card.clone());
+        Ok(card)
+    }
+
+    /// Whether `exporter` (base64) is the exporter value of `path` in the
+    /// channel `row` (docs/protocol.md §14.3), compared in constant time.
+    /// The value is deterministic, so it is kept per channel and path.
+    async fn bound(&self, row: &ChannelRow, path: &str, exporter: &str) -> Result<bool> {
+        let expected = match self.0.cache.exporter(&row.id, path) {
+            Some(v) => v,
+            None => {
+                let kms = &self.0.kms;
+                let key = kms
+                    .channel_unwrap_state(row.exporter_key.clone(), ChannelKeyUse::Mac)
+                    .await?;
+                let v = kms
+                    .channel_cmac(&key, channel::exporter_context(path))
+                    .await?;
+                self.0.cache.put_exporter(row, path, v);
+                v
+            }
+        };
+        let given = B64.decode(exporter).unwrap_or_default();
+        Ok(expected.ct_eq(given.as_slice()).into())
+    }
+
+    /// The traffic key of `direction` that `row` names, unwrapped from the
+    /// row and kept.
+    async fn unwrapped_key(
+        &self,
+        row: &ChannelRow,
+        direction: Direction,
+    ) -> keyward_kms::Result<Arc<ChannelSecret>> {
+        let wrapped = match direction {
+            Direction::C2s => &row.c2s_key,
+            Direction::S2c => &row.s2c_key,
+        };
+        let key = self
+            .0
+            .kms
+            .channel_unwrap_state(wrapped.clone(), ChannelKeyUse::Traffic)
+            .await?;
+        let key = Arc::new(key);
+        self.0.cache.put_named(row, direction, key.clone());
+        Ok(key)
+    }
+
+    /// `op` under the traffic key of `direction` that `row` names: the kept
+    /// one, or unwrapped from the row. A kept key of an older HSM epoch
+    /// (the module reopened its sessions) is unwrapped again and `op` run
+    /// once more.
+    async fn with_key<T, F, Fut>(
+        &self,
+        row: &ChannelRow,
+        direction: Direction,
+        op: F,
+    ) -> keyward_kms::Result<T>
+    where
+        F: Fn(Arc<ChannelSecret>) -> Fut,
+        Fut: Future<Output = keyward_kms::Result<T>>,
+    {
+        let key = match self.0.cache.key(row, direction) {
+            Some(k) => k,
+            None => self.unwrapped_key(row, direction).await?,
+        };
+        match op(key).await {
+            Err(KmsError::Stale) => {
+                self.0.cache.clear();
+                op(self.unwrapped_key(row, direction).await?).await
+            }
+            done => done,
+        }
     }
 
     /// Runs one HSM step of a handshake, its latency in

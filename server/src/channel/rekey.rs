@@ -4,8 +4,10 @@
 //! the next key at sequence 0. (The one-hour rule holds by the channel's
 //! one-hour lifetime.)
 
+use std::sync::Arc;
+
 use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
-use keyward_protocol::channel::{self, ChannelId, Record, RecordType};
+use keyward_protocol::channel::{self, ChannelId, Direction, Record, RecordType};
 
 use super::store::ChannelRow;
 use super::{Channels, Result};
@@ -23,8 +25,8 @@ pub(super) struct Sealed {
 /// record's claim stores). Made before the claim: it depends on the
 /// channel's state only, never on the answer.
 pub(super) struct S2cKeys {
-    current: ChannelSecret,
-    pub next: Option<(ChannelSecret, Vec<u8>)>,
+    current: Arc<ChannelSecret>,
+    pub next: Option<(Arc<ChannelSecret>, Vec<u8>)>,
 }
 
 /// Whether the server's direction must move to its next key before sending
@@ -34,29 +36,30 @@ pub(super) fn s2c_due(s2c_seq: u64) -> bool {
 }
 
 impl Channels {
-    /// The keys the server's record `s2c_seq` is sealed under. HSM work
-    /// only.
+    /// The keys the server's record `s2c_seq` is sealed under (the current
+    /// one kept by the replica, or unwrapped). HSM work only.
     pub(super) async fn s2c_keys(&self, row: &ChannelRow, s2c_seq: u64) -> Result<S2cKeys> {
         let kms = &self.0.kms;
-        let current = kms
-            .channel_unwrap_state(row.s2c_key.clone(), ChannelKeyUse::Traffic)
+        let next_gen = u64::try_from(row.s2c_generation)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let due = s2c_due(s2c_seq);
+        let (current, next) = self
+            .with_key(row, Direction::S2c, |current| async move {
+                if !due {
+                    return Ok((current, None));
+                }
+                let next = kms
+                    .channel_derive(
+                        &current,
+                        channel::rekey_input(next_gen),
+                        ChannelKeyUse::Traffic,
+                    )
+                    .await?;
+                let wrapped = kms.channel_wrap_state(&next).await?;
+                Ok((current, Some((Arc::new(next), wrapped))))
+            })
             .await?;
-        let next = if s2c_due(s2c_seq) {
-            let next_gen = u64::try_from(row.s2c_generation)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1);
-            let next = kms
-                .channel_derive(
-                    &current,
-                    channel::rekey_input(next_gen),
-                    ChannelKeyUse::Traffic,
-                )
-                .await?;
-            let wrapped = kms.channel_wrap_state(&next).await?;
-            Some((next, wrapped))
-        } else {
-            None
-        };
         Ok(S2cKeys { current, next })
     }
 

@@ -79,15 +79,21 @@ pub async fn resume(
     }))
 }
 
+/// The public routes a carried request runs through (`super::router`
+/// builds them once).
+#[derive(Clone)]
+pub struct CarriedRouter(pub axum::Router);
+
 pub async fn records(
     State(app): State<AppState>,
     Extension(terminal): Extension<Device>,
     Extension(identity): Extension<ClientIdentity>,
+    Extension(CarriedRouter(routes)): Extension<CarriedRouter>,
     Json(body): Json<wire::RecordIn>,
 ) -> Result<Json<wire::RecordOut>, ApiError> {
     let record = b64(&body.record, "record is not base64")?;
     let (peer, request_id) = (identity.peer, terminal.request_id.clone());
-    let run = |card, plain| carry(app.clone(), peer, request_id, card, plain);
+    let run = |card, plain| carry(routes, peer, request_id, card, plain);
     let out = match app.channels.record(&terminal, record, run).await? {
         Answer::Record(r) => wire::RecordOut {
             key_update: None,
@@ -145,13 +151,13 @@ fn carried_route(path: &str) -> bool {
 }
 
 /// Runs the request a data record carries as the card (`card`: the
-/// certificate its key exchange proved) through the public router, so the
+/// certificate its key exchange proved) through the public routes, so the
 /// route's own doors (`require_device`: current, unrevoked; the session)
 /// and logic apply exactly as to a direct call; the terminal's identity
 /// only lends the peer address and request id. The answer's plaintext
 /// (`CarriedAnswer`).
 async fn carry(
-    app: AppState,
+    routes: axum::Router,
     peer: SocketAddr,
     request_id: String,
     card: Option<PeerCertificate>,
@@ -162,7 +168,7 @@ async fn carry(
         Ok(mut req) => {
             req.extensions_mut()
                 .insert(ClientIdentity { peer, cert: card });
-            let resp = match super::router(app).oneshot(req).await {
+            let resp = match routes.oneshot(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
@@ -288,15 +294,15 @@ mod tests {
     fn a_carried_request_is_checked_before_it_runs() {
         let code = |plain: &[u8]| carried_request(plain, "rid").unwrap_err().code;
         assert_eq!(
-            code(br#"{"method":"POST","path":"/v1/channel/hello"}"#),
+            code(br#"{"method":"POST","path":"/v1/channel/hello","exporter":"AA=="}"#),
             "channel_not_carried"
         );
         assert_eq!(
-            code(br#"{"method":"PUT","path":"/v1/ping"}"#),
+            code(br#"{"method":"PUT","path":"/v1/ping","exporter":"AA=="}"#),
             "invalid_input"
         );
         assert_eq!(
-            code(br#"{"method":"GET","path":"/v1/ping","headers":{"x-request-id":"a"}}"#),
+            code(br#"{"method":"GET","path":"/v1/ping","headers":{"x-request-id":"a"},"exporter":"AA=="}"#),
             "invalid_input"
         );
         assert_eq!(
@@ -304,8 +310,13 @@ mod tests {
             "invalid_input"
         );
         assert_eq!(code(b"not json"), "invalid_input");
+        assert_eq!(
+            code(br#"{"method":"GET","path":"/v1/ping"}"#),
+            "invalid_input",
+            "no exporter value"
+        );
         let req = carried_request(
-            br#"{"method":"POST","path":"/v1/transactions","headers":{"authorization":"Bearer t"},"body":{"a":1}}"#,
+            br#"{"method":"POST","path":"/v1/transactions","headers":{"authorization":"Bearer t"},"body":{"a":1},"exporter":"AA=="}"#,
             "rid",
         )
         .unwrap();

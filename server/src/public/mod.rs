@@ -54,7 +54,15 @@ use crate::metrics::Listener;
 use crate::state::AppState;
 
 /// Routes of the public (device) listener, with the middleware stack.
+/// The requests a channel carries run through a second copy of them, built
+/// here once (never per record); it is handed to the records route as an
+/// extension, not kept in [`AppState`], which the routes themselves hold.
 pub fn router(state: AppState) -> Router {
+    let carried = channel::CarriedRouter(routes(state.clone()));
+    routes(state).layer(axum::Extension(carried))
+}
+
+fn routes(state: AppState) -> Router {
     // One budget for the listener; the body is read after the doors (device,
     // then session), never for a caller they refuse.
     let intake = Intake::new(&stack_config(&state, Listener::Public));

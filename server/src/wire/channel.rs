@@ -99,6 +99,9 @@ pub struct Carried {
     /// The JSON body, if the route takes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+    /// The exporter value of `path` in this channel (base64 of 16 bytes,
+    /// docs/protocol.md §14.3): binds the request to the channel.
+    pub exporter: String,
 }
 
 /// The server's data record answering a [`Carried`] request: the route's

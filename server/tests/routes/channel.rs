@@ -36,7 +36,10 @@ fn answer(down: &[u8], ch: &mut Channel) -> CarriedAnswer {
     serde_json::from_slice(&plain).unwrap()
 }
 
-pub(crate) const PING: &[u8] = br#"{"method":"GET","path":"/v1/ping"}"#;
+/// A carried `GET /v1/ping`, bound to `ch` by its exporter value.
+pub(crate) fn ping_of(ch: &Channel) -> Vec<u8> {
+    ch.carried("GET", "/v1/ping", None, None)
+}
 
 /// An issued card (it is also the terminal relaying, by its device
 /// certificate) and its certificate's DER.
@@ -198,7 +201,7 @@ pub(crate) async fn finished(
 
 /// A carried ping, answered in a record the card opens.
 pub(crate) async fn ping(router: &Router, c: &Card, ch: &mut Channel) {
-    let up = ch.seal(PING).unwrap().remove(0);
+    let up = ch.seal(&ping_of(ch)).unwrap().remove(0);
     let a = send(router, c, &up).await;
     let b = a.expect(StatusCode::OK);
     assert_eq!(b["closed"], false);
@@ -242,7 +245,7 @@ async fn a_card_opens_a_channel_carries_a_ping_and_closes_it() {
     ping(&app.public, &c, &mut ch).await;
     // The channel's own routes are not carried: a typed error, sealed.
     let up = ch
-        .seal(br#"{"method":"POST","path":"/v1/channel/hello","body":{}}"#)
+        .seal(&ch.carried("POST", "/v1/channel/hello", None, Some(&json!({}))))
         .unwrap()
         .remove(0);
     let a = send(&app.public, &c, &up).await;
@@ -422,20 +425,20 @@ async fn a_replayed_or_altered_record_closes_the_channel() {
 
     // Replayed.
     let mut ch = open(&app, &app.public, &app.public, &c).await;
-    let up = ch.seal(PING).unwrap().remove(0);
+    let up = ch.seal(&ping_of(&ch)).unwrap().remove(0);
     send(&app.public, &c, &up).await.expect(StatusCode::OK);
     send(&app.public, &c, &up)
         .await
         .refused(StatusCode::FORBIDDEN, "channel_closed");
     // The card's next, intact record comes too late: the channel is closed.
-    let next = ch.seal(PING).unwrap().remove(0);
+    let next = ch.seal(&ping_of(&ch)).unwrap().remove(0);
     send(&app.public, &c, &next)
         .await
         .refused(StatusCode::FORBIDDEN, "channel_closed");
 
     // Altered (one ciphertext bit), then the intact original.
     let mut ch = open(&app, &app.public, &app.public, &c).await;
-    let up = ch.seal(PING).unwrap().remove(0);
+    let up = ch.seal(&ping_of(&ch)).unwrap().remove(0);
     let mut bad = up.clone();
     *bad.last_mut().unwrap() ^= 1;
     send(&app.public, &c, &bad)
@@ -447,8 +450,8 @@ async fn a_replayed_or_altered_record_closes_the_channel() {
 
     // Reordered: the second record first.
     let mut ch = open(&app, &app.public, &app.public, &c).await;
-    let _first = ch.seal(PING).unwrap().remove(0);
-    let second = ch.seal(PING).unwrap().remove(0);
+    let _first = ch.seal(&ping_of(&ch)).unwrap().remove(0);
+    let second = ch.seal(&ping_of(&ch)).unwrap().remove(0);
     send(&app.public, &c, &second)
         .await
         .refused(StatusCode::FORBIDDEN, "channel_closed");
@@ -854,7 +857,7 @@ async fn the_server_rekeys_its_direction_before_its_last_sequence_number() {
     ch.skip_received(last - 1);
     assert_eq!(ch.recv_state(), (0, last));
 
-    let up = ch.seal(PING).unwrap().remove(0);
+    let up = ch.seal(&ping_of(&ch)).unwrap().remove(0);
     let a = send(&app.public, &c, &up).await;
     let b = a.expect(StatusCode::OK);
     // The key update (its last number, old key), then the answer under the
@@ -897,15 +900,8 @@ impl Caller for InChannel<'_> {
         body: Option<&Value>,
         session: Option<&str>,
     ) -> anyhow::Result<Reply> {
-        let carried = Carried {
-            method: method.as_str().to_owned(),
-            path: path.to_owned(),
-            headers: session
-                .map(|t| [("authorization".to_owned(), format!("Bearer {t}"))].into())
-                .unwrap_or_default(),
-            body: body.cloned(),
-        };
-        let up = self.ch.seal(&serde_json::to_vec(&carried)?)?.remove(0);
+        let carried = self.ch.carried(method.as_str(), path, session, body);
+        let up = self.ch.seal(&carried)?.remove(0);
         let a = post(
             self.router,
             self.who,
@@ -965,9 +961,16 @@ async fn a_login_and_a_transaction_travel_in_the_channel_as_the_card() {
         .unwrap();
     assert_eq!(r.body["device_id"], c.d.id.to_string(), "{}", r.body);
     // Another header, a method the channel does not know: refused inside.
+    let carried = Carried {
+        method: "GET".into(),
+        path: "/v1/ping".into(),
+        headers: [("x-forwarded-for".to_owned(), "1.2.3.4".to_owned())].into(),
+        body: None,
+        exporter: B64.encode(via.ch.exporter("/v1/ping")),
+    };
     let up = via
         .ch
-        .seal(br#"{"method":"GET","path":"/v1/ping","headers":{"x-forwarded-for":"1.2.3.4"}}"#)
+        .seal(&serde_json::to_vec(&carried).unwrap())
         .unwrap()
         .remove(0);
     let a = send(&app.public, &t, &up).await;
@@ -1042,7 +1045,7 @@ async fn a_record_raced_to_two_replicas_runs_once() {
     for _ in 0..5 {
         let mut ch = open(&app, &app.public, &app.public, &c).await;
         let before = pings_run(&app.state.metrics) + pings_run(&metrics);
-        let up = ch.seal(PING).unwrap().remove(0);
+        let up = ch.seal(&ping_of(&ch)).unwrap().remove(0);
         let (a, b) = tokio::join!(send(&app.public, &c, &up), send(&other, &c, &up));
         let ok = [&a, &b]
             .iter()
@@ -1057,4 +1060,121 @@ async fn a_record_raced_to_two_replicas_runs_once() {
         let after = pings_run(&app.state.metrics) + pings_run(&metrics);
         assert_eq!(after - before, 1, "the carried ping ran once");
     }
+}
+
+/// The channel's state and `c2s_sequence` in the database.
+async fn channel_row(app: &App, ch: &Channel) -> (String, i64) {
+    sqlx::query_as("SELECT state, c2s_sequence FROM channels WHERE id = $1")
+        .bind(ch.id.to_string())
+        .fetch_one(app.state.kms.db().pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_carried_request_runs_only_with_its_channels_exporter_value() {
+    let app = App::new().await;
+    let c = card(&app, 84).await;
+    let mut ch = open(&app, &app.public, &app.public, &c).await;
+    ping(&app.public, &c, &mut ch).await;
+    // No exporter value: not the documented request, answered inside.
+    let up = ch
+        .seal(br#"{"method":"GET","path":"/v1/ping"}"#)
+        .unwrap()
+        .remove(0);
+    let a = send(&app.public, &c, &up).await;
+    let a = answer(&b64_field(a.expect(StatusCode::OK), "record"), &mut ch);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (400, Some("invalid_input"))
+    );
+    ping(&app.public, &c, &mut ch).await;
+
+    // Another path's value, then another channel's for this path: each
+    // closes its channel before the record is claimed (nothing runs).
+    let other = open(&app, &app.public, &app.public, &c).await;
+    let wrong = [ch.exporter("/v1/session"), other.exporter("/v1/ping")];
+    let mut closed = 0;
+    for value in wrong {
+        let mut ch = open(&app, &app.public, &app.public, &c).await;
+        ping(&app.public, &c, &mut ch).await;
+        let carried = Carried {
+            method: "GET".into(),
+            path: "/v1/ping".into(),
+            headers: Default::default(),
+            body: None,
+            exporter: B64.encode(value),
+        };
+        let up = ch
+            .seal(&serde_json::to_vec(&carried).unwrap())
+            .unwrap()
+            .remove(0);
+        send(&app.public, &c, &up)
+            .await
+            .refused(StatusCode::FORBIDDEN, "channel_closed");
+        closed += 1;
+        let (state, sequence) = channel_row(&app, &ch).await;
+        assert_eq!(
+            (state.as_str(), sequence),
+            ("closed", 1),
+            "closed, not claimed"
+        );
+    }
+    assert_eq!(records(&app, "refused"), closed);
+    let audited = app
+        .trail()
+        .await
+        .iter()
+        .filter(|r| r["action"] == "channel.close" && r["outcome"] == "refused")
+        .count();
+    assert_eq!(audited as u64, closed, "one closing per channel");
+}
+
+#[tokio::test]
+async fn a_replica_uses_a_kept_key_only_for_the_generation_the_row_names() {
+    let app = App::new().await;
+    let c = card(&app, 85).await;
+    let other = replica(&app).await;
+    let mut ch = open(&app, &app.public, &app.public, &c).await;
+    // Both replicas keep generation 0 of both directions.
+    ping(&app.public, &c, &mut ch).await;
+    ping(&other, &c, &mut ch).await;
+    // The card's direction moves on at the other replica.
+    let update = ch.update_key().unwrap();
+    let a = send(&other, &c, &update).await;
+    assert_eq!(a.expect(StatusCode::OK)["record"], Value::Null);
+    ping(&app.public, &c, &mut ch).await;
+    // The server's direction moves on at this one, then the other answers.
+    let last = channel::REKEY_AFTER_RECORDS - 1;
+    sqlx::query("UPDATE channels SET s2c_sequence = $1 WHERE id = $2")
+        .bind(last as i64)
+        .bind(ch.id.to_string())
+        .execute(app.state.kms.db().pool())
+        .await
+        .unwrap();
+    let (_, received) = ch.recv_state();
+    ch.skip_received(last - received);
+    let up = ch.seal(&ping_of(&ch)).unwrap().remove(0);
+    let b = send(&app.public, &c, &up).await;
+    let b = b.expect(StatusCode::OK);
+    assert_eq!(
+        ch.open(&b64_field(b, "key_update")).unwrap(),
+        Received::KeyUpdated
+    );
+    assert_eq!(answer(&b64_field(b, "record"), &mut ch).status, 200);
+    ping(&other, &c, &mut ch).await;
+    ping(&app.public, &c, &mut ch).await;
+    assert_eq!(ch.recv_state(), (1, 3));
+    assert_eq!(records(&app, "refused"), 0);
+}
+
+#[tokio::test]
+async fn kept_keys_are_unwrapped_again_after_the_hsm_reconnects() {
+    let app = App::new().await;
+    let c = card(&app, 86).await;
+    let mut ch = open(&app, &app.public, &app.public, &c).await;
+    ping(&app.public, &c, &mut ch).await;
+    app.state.kms.drop_hsm_sessions(false).await.unwrap();
+    ping(&app.public, &c, &mut ch).await;
+    ping(&app.public, &c, &mut ch).await;
 }

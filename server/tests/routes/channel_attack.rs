@@ -18,7 +18,7 @@ use keyward_tests::channel::Channel;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::channel::{Card, PING, card, open, ping, send};
+use crate::channel::{Card, card, open, ping, ping_of, send};
 use crate::harness::{Answer, App};
 
 /// What the terminal does to the card's next record.
@@ -72,7 +72,7 @@ fn next_record(rng: &mut StdRng, ch: &mut Channel) -> Vec<u8> {
     match rng.gen_range(0..10) {
         0 => ch.update_key().unwrap(),
         1 => ch.close().unwrap(),
-        _ => ch.seal(PING).unwrap().remove(0),
+        _ => ch.seal(&ping_of(ch)).unwrap().remove(0),
     }
 }
 
@@ -121,20 +121,20 @@ async fn mutate(
         Mutation::Drop => {
             let dropped = rng.gen_range(1..=3);
             let mut rs: Vec<_> = (0..=dropped + 1)
-                .map(|_| ch.seal(PING).unwrap().remove(0))
+                .map(|_| ch.seal(&ping_of(ch)).unwrap().remove(0))
                 .collect();
             let later = rs.pop().unwrap();
             (rs.pop().unwrap(), later)
         }
         Mutation::Duplicate => {
-            let r = ch.seal(PING).unwrap().remove(0);
+            let r = ch.seal(&ping_of(ch)).unwrap().remove(0);
             send(&app.public, c, &r).await.expect(StatusCode::OK);
-            let later = ch.seal(PING).unwrap().remove(0);
+            let later = ch.seal(&ping_of(ch)).unwrap().remove(0);
             (r, later)
         }
         Mutation::Reorder => {
-            let first = ch.seal(PING).unwrap().remove(0);
-            let second = ch.seal(PING).unwrap().remove(0);
+            let first = ch.seal(&ping_of(ch)).unwrap().remove(0);
+            let second = ch.seal(&ping_of(ch)).unwrap().remove(0);
             (second, first)
         }
         Mutation::Splice => {
@@ -142,9 +142,10 @@ async fn mutate(
             let own = Record::decode(&r).unwrap();
             // The other channel's record of the same number.
             let mut other = donor.clone();
-            let mut theirs = Record::decode(&other.seal(PING).unwrap().remove(0)).unwrap();
+            let mut theirs =
+                Record::decode(&other.seal(&ping_of(&other)).unwrap().remove(0)).unwrap();
             while theirs.sequence < own.sequence {
-                theirs = Record::decode(&other.seal(PING).unwrap().remove(0)).unwrap();
+                theirs = Record::decode(&other.seal(&ping_of(&other)).unwrap().remove(0)).unwrap();
             }
             let spliced = Record {
                 ciphertext: theirs.ciphertext,

@@ -170,7 +170,7 @@ async fn v15_round(app: &App, c: &Card, class: V15) -> (Answer, Option<Answer>) 
         "{class:?}: the Finished verified"
     );
     let mut ch = keyward_tests::channel::Channel::card(channel, &keys);
-    let up = ch.seal(crate::channel::PING).unwrap().remove(0);
+    let up = ch.seal(&crate::channel::ping_of(&ch)).unwrap().remove(0);
     let r = send(&app.public, c, &up).await;
     (a, Some(r))
 }
@@ -195,7 +195,7 @@ async fn every_bad_pkcs1_v15_ciphertext_is_answered_as_a_good_one_then_refused_a
     // A record refused on a channel that opened with the card's keys: the
     // same bytes as after a bad ciphertext.
     let mut ch = open(&app, &app.public, &app.public, &c).await;
-    let up = ch.seal(crate::channel::PING).unwrap().remove(0);
+    let up = ch.seal(&crate::channel::ping_of(&ch)).unwrap().remove(0);
     let mut bad = up.clone();
     *bad.last_mut().unwrap() ^= 1;
     let r = send(&app.public, &c, &bad).await;

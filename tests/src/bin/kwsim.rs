@@ -616,7 +616,7 @@ fn channel(dir: &Path, id: DeviceId, a: &ChannelArgs) -> Result<bool> {
         out(&json!({"step": "close", "closed": closed}).to_string())?;
         refused |= !closed;
         if a.after_close {
-            let record = ghost.seal(br#"{"method":"GET","path":"/v1/ping"}"#)?;
+            let record = ghost.seal(&ghost.carried("GET", "/v1/ping", None, None))?;
             let r = c.send(&record[0]).await?;
             step("after_close", &r, json!({}))?;
         }
