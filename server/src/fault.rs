@@ -388,7 +388,8 @@ mod tests {
     }
 
     /// Every point is swept by exactly one crash test, and each of those
-    /// tests exists and selects its points by [`swept_by`].
+    /// tests exists and selects its points by [`swept_by`] (directly or
+    /// through the tests' `sweep_points`).
     #[test]
     fn every_point_is_covered_by_one_sweep() {
         for p in POINTS {
@@ -404,7 +405,8 @@ mod tests {
             let text = std::fs::read_to_string(tests.join(format!("{test}.rs")))
                 .unwrap_or_else(|e| panic!("{test}: {e}"));
             assert!(
-                text.contains(&format!("swept_by(\"{test}\")")),
+                text.contains(&format!("swept_by(\"{test}\")"))
+                    || text.contains(&format!("sweep_points(\"{test}\"")),
                 "{test} does not select its points with swept_by"
             );
         }
