@@ -164,8 +164,17 @@ async fn every_answer_matches_the_openapi_document() {
     ];
     let mut failed = Vec::new();
     for (who, addr, (cert, key), paths) in &runs {
-        let (ok, text) = run(&st, &s, &schema, addr, cert, key, paths);
+        let (mut ok, text) = run(&st, &s, &schema, addr, cert, key, paths);
         eprintln!("== schemathesis as {who} ==\n{text}");
+        // A connection lost under a loaded CI machine (once in several
+        // runs, on PostgreSQL, not reproduced) is a network error, not a
+        // check's failure: that run is made once more, and a second one
+        // fails the test.
+        if !ok && text.contains("Network Error") && !text.contains("FAILURES") {
+            let (again, text) = run(&st, &s, &schema, addr, cert, key, paths);
+            eprintln!("== schemathesis as {who}, again after a network error ==\n{text}");
+            ok = again;
+        }
         if !ok {
             failed.push(*who);
         }
