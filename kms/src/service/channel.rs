@@ -48,7 +48,7 @@ use crate::hsm::{
     Derivation, Hsm, KeyPairKind, KeyPairUse, KeySpec, MacMechanism, MechanismId, OaepHash,
     ObjectId, PublicKey, SecretKind, UnwrapMechanism, Usage, WrapMechanism,
 };
-use crate::keys::with_fresh_handles;
+use crate::keys::{KeyCache, with_fresh_handles};
 use crate::pool::HsmPool;
 use crate::service::Kms;
 
@@ -443,20 +443,28 @@ impl Kms {
         if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
             return Err(KmsError::ChannelRefused);
         }
+        let pool = self.pool().clone();
+        self.with_channel_key(key_label, move |hsm, key, handles| {
+            let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
+            let oaep = UnwrapMechanism::RsaOaep(key.hash);
+            unwrap_checked(hsm, &pool, key, kek, oaep, &ciphertext)
+        })
+        .await
+    }
+
+    /// Runs `step` on an HSM worker with the channel key `key_label`; a
+    /// stale handle (the module reopened its sessions) clears the key
+    /// caches and runs it once more.
+    pub(super) async fn with_channel_key<T, F>(&self, key_label: &str, step: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&dyn Hsm, &ChannelKey, &KeyCache) -> Result<T> + Send + 'static,
+    {
         let label = key_label.to_owned();
-        let (cache, handles, pool) = (
-            self.channel_keys.clone(),
-            self.cache_arc(),
-            self.pool().clone(),
-        );
+        let (cache, handles) = (self.channel_keys.clone(), self.cache_arc());
         self.pool()
             .run(move |hsm| {
-                let attempt = || -> Result<ChannelSecret> {
-                    let key = channel_key(hsm, &cache, &label)?;
-                    let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
-                    let oaep = UnwrapMechanism::RsaOaep(key.hash);
-                    unwrap_checked(hsm, &pool, &key, kek, oaep, &ciphertext)
-                };
+                let attempt = || step(hsm, &channel_key(hsm, &cache, &label)?, &handles);
                 match attempt() {
                     Err(KmsError::Stale) => {
                         cache.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -158,30 +158,13 @@ impl Kms {
         key_label: &str,
         ciphertext: Vec<u8>,
     ) -> Result<ChannelSecret> {
-        let label = key_label.to_owned();
-        let (cache, handles, pool) = (
-            self.channel_keys.clone(),
-            self.cache_arc(),
-            self.pool().clone(),
-        );
-        self.pool()
-            .run(move |hsm| {
-                let attempt = || -> Result<ChannelSecret> {
-                    let key = channel_key(hsm, &cache, &label)?;
-                    let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
-                    let ir = handles.master(hsm, CHANNEL_IMPLICIT_REJECTION_LABEL)?;
-                    unwrap_or_substitute(hsm, &pool, &key, kek, ir, &ciphertext)
-                };
-                match attempt() {
-                    Err(KmsError::Stale) => {
-                        cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                        handles.clear();
-                        attempt()
-                    }
-                    other => other,
-                }
-            })
-            .await
+        let pool = self.pool().clone();
+        self.with_channel_key(key_label, move |hsm, key, handles| {
+            let kek = handles.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
+            let ir = handles.master(hsm, CHANNEL_IMPLICIT_REJECTION_LABEL)?;
+            unwrap_or_substitute(hsm, &pool, key, kek, ir, &ciphertext)
+        })
+        .await
     }
 
     /// The start-up check of the `pkcs1v15` padding: the module offers
