@@ -27,6 +27,7 @@
 
 mod column;
 mod error;
+mod group;
 mod migrate;
 mod tx;
 
@@ -53,6 +54,8 @@ pub struct Database {
     /// a queue of writers would leave no connection for readers. On
     /// PostgreSQL the retries of [`Database::write_in_turn`] queue here.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite's open group of units of work (`group`).
+    groups: std::sync::Arc<group::Groups>,
     /// How long a writer waits for its turn (`database.acquire_timeout_ms`,
     /// as SQLite's own busy timeout): then it is a 503, not a hang.
     wait: std::time::Duration,
@@ -102,6 +105,7 @@ impl Database {
             pool,
             kind,
             writer: std::sync::Arc::default(),
+            groups: std::sync::Arc::default(),
             wait: std::time::Duration::from_millis(wait),
         })
     }

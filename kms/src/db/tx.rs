@@ -14,12 +14,11 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyward_config::DatabaseKind;
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::AnyPool;
 
 use super::Database;
-
-/// A write transaction on the shared database.
-pub type Tx = Transaction<'static, Any>;
+use super::group::Grouped;
+pub use super::group::Tx;
 
 /// Attempts of a transaction that keeps losing races.
 pub const MAX_ATTEMPTS: u32 = 12;
@@ -107,6 +106,23 @@ impl Database {
         self.unit(what, Retry::LostRaces, Some(table), op).await
     }
 
+    /// One write statement as a unit of work of its own, for a statement
+    /// that carries its whole condition: `make` builds it (again, for a
+    /// retry). Returns the rows it affected.
+    pub async fn execute<'q, F>(&self, what: &'static str, mut make: F) -> Result<u64, sqlx::Error>
+    where
+        F: FnMut() -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    {
+        self.write(what, |mut tx| {
+            let statement = make();
+            async move {
+                let n = statement.execute(&mut *tx).await?.rows_affected();
+                Ok((tx, n))
+            }
+        })
+        .await
+    }
+
     async fn unit<T, E, F, Fut>(
         &self,
         what: &'static str,
@@ -121,30 +137,25 @@ impl Database {
     {
         let mut attempt = 1;
         loop {
-            let result = async {
-                let _turn = self.writer_turn().await?;
-                // A retry in turn queues in this process first (holding no
-                // connection, so the queue never drains the pool), then on
-                // the table across replicas.
-                let table = turn.filter(|_| attempt > 1 && self.kind == DatabaseKind::Postgres);
-                let _in_turn = match table {
-                    Some(_) => Some(self.writer.lock().await),
-                    None => None,
-                };
-                let mut tx = begin_write(&self.pool, self.kind).await?;
-                if let Some(table) = table {
-                    // `table` is a constant of the caller's, not input.
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"
-                    )))
-                    .execute(&mut *tx)
-                    .await?;
+            let result = if self.kind == DatabaseKind::Sqlite {
+                match self.writer_turn_open().await {
+                    Err(e) => Err(e.into()),
+                    Ok(turn) => match self.grouped(turn, &mut op).await {
+                        Grouped::Done(result) => result,
+                        Grouped::Again if attempt < MAX_ATTEMPTS => {
+                            tracing::debug!(attempt, what, "group commit failed; running again");
+                            attempt += 1;
+                            continue;
+                        }
+                        Grouped::Again => Err(sqlx::Error::Io(std::io::Error::other(
+                            "the write transaction's group kept failing to commit",
+                        ))
+                        .into()),
+                    },
                 }
-                let (tx, value) = op(tx).await?;
-                tx.commit().await?;
-                Ok::<T, E>(value)
-            }
-            .await;
+            } else {
+                self.attempt(turn.filter(|_| attempt > 1), &mut op).await
+            };
             match result {
                 Err(e) if attempt < MAX_ATTEMPTS && self.lost_race(&e, retry) => {
                     tracing::debug!(attempt, what, "transaction lost a race; retrying");
@@ -156,21 +167,59 @@ impl Database {
         }
     }
 
+    /// One PostgreSQL attempt of a unit: its own serializable transaction,
+    /// after a turn on `table` when it is a retry in turn.
+    async fn attempt<T, E, F, Fut>(&self, table: Option<&'static str>, op: &mut F) -> Result<T, E>
+    where
+        E: TxError,
+        F: FnMut(Tx) -> Fut,
+        Fut: Future<Output = Result<(Tx, T), E>>,
+    {
+        // A retry in turn queues in this process first (holding no
+        // connection, so the queue never drains the pool), then on the
+        // table across replicas.
+        let _in_turn = match table {
+            Some(_) => Some(self.writer.lock().await),
+            None => None,
+        };
+        let mut tx = begin_write(&self.pool, self.kind).await?;
+        if let Some(table) = table {
+            // `table` is a constant of the caller's, not input.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (tx, value) = op(tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
     /// On SQLite, this process's turn to write, to hold while a write
-    /// transaction is open: writers queue here, holding no pool connection,
-    /// instead of inside the pool where a queue of writers would leave no
-    /// connection for readers. Bounded by `acquire_timeout_ms` (then
+    /// transaction of the caller's own is open (the open group committed
+    /// first): writers queue here, holding no pool connection, instead of
+    /// inside the pool where a queue of writers would leave no connection
+    /// for readers. Bounded by `acquire_timeout_ms` (then
     /// [`sqlx::Error::PoolTimedOut`], a 503). PostgreSQL needs no turn.
     pub async fn writer_turn(
         &self,
     ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, sqlx::Error> {
         match self.kind {
-            DatabaseKind::Sqlite => tokio::time::timeout(self.wait, self.writer.lock())
-                .await
-                .map(Some)
-                .map_err(|_| sqlx::Error::PoolTimedOut),
+            DatabaseKind::Sqlite => {
+                let turn = self.writer_turn_open().await?;
+                self.close_group(None).await;
+                Ok(Some(turn))
+            }
             DatabaseKind::Postgres => Ok(None),
         }
+    }
+
+    /// The writer's turn on SQLite, with the open group left open.
+    async fn writer_turn_open(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, sqlx::Error> {
+        tokio::time::timeout(self.wait, self.writer.lock())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)
     }
 
     fn lost_race<E: TxError>(&self, e: &E, retry: Retry) -> bool {
@@ -188,10 +237,14 @@ impl Database {
 /// `BEGIN IMMEDIATE` takes the write lock up front) and sees a serial order
 /// (PostgreSQL: SERIALIZABLE, retried by [`Database::write`]).
 pub async fn begin_write(pool: &AnyPool, kind: DatabaseKind) -> Result<Tx, sqlx::Error> {
-    match kind {
-        DatabaseKind::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-        DatabaseKind::Postgres => pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE").await,
+    Ok(match kind {
+        DatabaseKind::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        DatabaseKind::Postgres => {
+            pool.begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                .await?
+        }
     }
+    .into())
 }
 
 /// The backend `tx` runs on: a store's `…_in` function has the caller's

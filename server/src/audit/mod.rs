@@ -876,7 +876,8 @@ impl AuditLog {
         Ok(match self.kind {
             DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             DatabaseKind::Postgres => self.pool.begin().await?,
-        })
+        }
+        .into())
     }
 
     /// Records that this process wrote `head`, once its transaction

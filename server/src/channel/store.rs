@@ -67,20 +67,21 @@ impl std::fmt::Debug for ChannelRow {
 }
 
 pub async fn insert_handshake(db: &Database, h: &HandshakeRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO channel_handshakes (id, terminal_id, client_hello, server_hello, \
-         created_at_ms, expires_at_ms, key_label, server_ephemeral) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&h.id)
-    .bind(&h.terminal_id)
-    .bind(&h.client_hello)
-    .bind(&h.server_hello)
-    .bind(h.created_at_ms)
-    .bind(h.expires_at_ms)
-    .bind(&h.key_label)
-    .bind(&h.server_ephemeral)
-    .execute(db.pool())
+    db.execute("channel.hello", || {
+        sqlx::query(
+            "INSERT INTO channel_handshakes (id, terminal_id, client_hello, server_hello, \
+             created_at_ms, expires_at_ms, key_label, server_ephemeral) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&h.id)
+        .bind(&h.terminal_id)
+        .bind(&h.client_hello)
+        .bind(&h.server_hello)
+        .bind(h.created_at_ms)
+        .bind(h.expires_at_ms)
+        .bind(&h.key_label)
+        .bind(&h.server_ephemeral)
+    })
     .await?;
     Ok(())
 }
@@ -360,11 +361,9 @@ pub async fn sweep(db: &Database, now_ms: i64) -> Result<[u64; 3], sqlx::Error> 
     .into_iter()
     .enumerate()
     {
-        out[i] = sqlx::query(sql)
-            .bind(now_ms)
-            .execute(db.pool())
-            .await?
-            .rows_affected();
+        out[i] = db
+            .execute("channel.sweep", || sqlx::query(sql).bind(now_ms))
+            .await?;
     }
     Ok(out)
 }

@@ -95,47 +95,51 @@ impl Store {
         body_sha256: &str,
     ) -> Result<Begun, sqlx::Error> {
         let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO http_idempotency \
-             (principal, key, method, path, body_sha256, state, created_at_ms, owner, \
-              lease_until_ms) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(method)
-        .bind(path)
-        .bind(body_sha256)
-        .bind(now)
-        .bind(&self.owner)
-        .bind(now.saturating_add(lease_ms()))
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
+        let inserted = self
+            .db
+            .execute("http.idempotency", || {
+                sqlx::query(
+                    "INSERT INTO http_idempotency \
+                 (principal, key, method, path, body_sha256, state, created_at_ms, owner, \
+                  lease_until_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8) ON CONFLICT DO NOTHING",
+                )
+                .bind(principal)
+                .bind(key)
+                .bind(method)
+                .bind(path)
+                .bind(body_sha256)
+                .bind(now)
+                .bind(&self.owner)
+                .bind(now.saturating_add(lease_ms()))
+            })
+            .await?;
         if inserted == 1 {
             return Ok(Begun::New);
         }
         // The same request whose run's lease lapsed (its process died): one
         // retry takes it over, atomically. Rows from before leases lapse a
         // lease after they were made.
-        let taken = sqlx::query(
-            "UPDATE http_idempotency SET owner = $6, lease_until_ms = $7 \
-             WHERE principal = $1 AND key = $2 AND method = $3 AND path = $4 \
-             AND body_sha256 = $5 AND state = 'running' \
-             AND COALESCE(lease_until_ms, created_at_ms + $9) < $8",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(method)
-        .bind(path)
-        .bind(body_sha256)
-        .bind(&self.owner)
-        .bind(now.saturating_add(lease_ms()))
-        .bind(now)
-        .bind(lease_ms())
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
+        let taken = self
+            .db
+            .execute("http.idempotency", || {
+                sqlx::query(
+                    "UPDATE http_idempotency SET owner = $6, lease_until_ms = $7 \
+                 WHERE principal = $1 AND key = $2 AND method = $3 AND path = $4 \
+                 AND body_sha256 = $5 AND state = 'running' \
+                 AND COALESCE(lease_until_ms, created_at_ms + $9) < $8",
+                )
+                .bind(principal)
+                .bind(key)
+                .bind(method)
+                .bind(path)
+                .bind(body_sha256)
+                .bind(&self.owner)
+                .bind(now.saturating_add(lease_ms()))
+                .bind(now)
+                .bind(lease_ms())
+            })
+            .await?;
         if taken == 1 {
             tracing::warn!(key, "idempotency key taken over: its run's lease lapsed");
             return Ok(Begun::New);
@@ -179,61 +183,67 @@ impl Store {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE http_idempotency SET state = 'done', status = $3, content_type = $4, \
-             body = $5, lease_until_ms = NULL \
-             WHERE principal = $1 AND key = $2 AND owner = $6",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(i64::from(status))
-        .bind(content_type)
-        .bind(body)
-        .bind(&self.owner)
-        .execute(self.db.pool())
-        .await?;
+        self.db
+            .execute("http.idempotency", || {
+                sqlx::query(
+                    "UPDATE http_idempotency SET state = 'done', status = $3, content_type = $4, \
+                 body = $5, lease_until_ms = NULL \
+                 WHERE principal = $1 AND key = $2 AND owner = $6",
+                )
+                .bind(principal)
+                .bind(key)
+                .bind(i64::from(status))
+                .bind(content_type)
+                .bind(body)
+                .bind(&self.owner)
+            })
+            .await?;
         Ok(())
     }
 
     /// Drops the key (the request had no effect), unless another run took
     /// it over.
     async fn forget(&self, principal: &str, key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "DELETE FROM http_idempotency WHERE principal = $1 AND key = $2 AND owner = $3",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(&self.owner)
-        .execute(self.db.pool())
-        .await?;
+        self.db
+            .execute("http.idempotency", || {
+                sqlx::query(
+                    "DELETE FROM http_idempotency WHERE principal = $1 AND key = $2 AND owner = $3",
+                )
+                .bind(principal)
+                .bind(key)
+                .bind(&self.owner)
+            })
+            .await?;
         Ok(())
     }
 
     /// Extends this run's lease; false when the key is no longer its own
     /// (taken over after a lapse, or settled).
     async fn renew(&self, principal: &str, key: &str) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
-            "UPDATE http_idempotency SET lease_until_ms = $4 \
-             WHERE principal = $1 AND key = $2 AND owner = $3 AND state = 'running'",
-        )
-        .bind(principal)
-        .bind(key)
-        .bind(&self.owner)
-        .bind(now_ms().saturating_add(lease_ms()))
-        .execute(self.db.pool())
-        .await?
-        .rows_affected();
+        let n = self
+            .db
+            .execute("http.idempotency", || {
+                sqlx::query(
+                    "UPDATE http_idempotency SET lease_until_ms = $4 \
+                 WHERE principal = $1 AND key = $2 AND owner = $3 AND state = 'running'",
+                )
+                .bind(principal)
+                .bind(key)
+                .bind(&self.owner)
+                .bind(now_ms().saturating_add(lease_ms()))
+            })
+            .await?;
         Ok(n == 1)
     }
 
     async fn purge(&self, older_than_ms: i64) -> Result<u64, sqlx::Error> {
-        Ok(
-            sqlx::query("DELETE FROM http_idempotency WHERE created_at_ms < $1")
-                .bind(older_than_ms)
-                .execute(self.db.pool())
-                .await?
-                .rows_affected(),
-        )
+        Ok(self
+            .db
+            .execute("http.idempotency", || {
+                sqlx::query("DELETE FROM http_idempotency WHERE created_at_ms < $1")
+                    .bind(older_than_ms)
+            })
+            .await?)
     }
 }
 

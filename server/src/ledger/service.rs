@@ -524,7 +524,7 @@ impl Ledger {
     /// numbers and timeouts.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let db = self.db();
-        let mut conn = db.pool().begin().await?;
+        let mut conn = keyward_kms::db::Tx::from(db.pool().begin().await?);
         if db.kind() == DatabaseKind::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .execute(&mut *conn)
