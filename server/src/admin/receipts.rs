@@ -119,7 +119,7 @@ async fn record(state: &AppState, gw: &Gateway, r: &Checked, now: i64) -> Result
             Ok::<_, ReceiptError>((tx, ()))
         })
         .await?;
-    let _ = state.audit.flush_staged().await;
+    state.audit.chain_staged().await;
     Ok(())
 }
 

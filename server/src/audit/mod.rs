@@ -543,6 +543,9 @@ pub struct AuditLog {
     /// commit, see [`AuditLog::append`]).
     queue: Arc<Mutex<Queue>>,
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the background chainer, once `serve` started one
+    /// ([`AuditLog::chain_in_background`]).
+    chainer: Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>,
 }
 
 /// Records in one group write at most: each record's MAC and its head's
@@ -599,6 +602,7 @@ impl AuditLog {
             checkpointed: Arc::default(),
             queue: Arc::default(),
             writer: Arc::default(),
+            chainer: Arc::default(),
         }
     }
 
@@ -709,12 +713,7 @@ impl AuditLog {
             Err(e) => Err(e),
         };
         match &result {
-            Ok(_) => {
-                if let Err(e) = self.flush_staged().await {
-                    tracing::warn!(error = %e,
-                        "outcome committed with its effect; chained at the next flush");
-                }
-            }
+            Ok(_) => self.chain_staged().await,
             Err(err) => {
                 let (event, outcome) = settle(Err(err));
                 if let Err(e) = self.append(actor, &event, outcome, request_id).await {
@@ -1092,8 +1091,60 @@ impl AuditLog {
         }
     }
 
+    /// After a transaction that staged records committed: they are chained
+    /// by the background chainer where `serve` runs one (the request does
+    /// not wait for the chain's commit and HSM MAC, and a burst of
+    /// requests is chained in a few group writes), else here. A record
+    /// staged is durable with its effect already; one not chained yet (the
+    /// chain failed, or the process died) is chained by the next flush or
+    /// at the next start.
+    pub async fn chain_staged(&self) {
+        if let Some(wake) = self.chainer.get() {
+            wake.notify_one();
+        } else if let Err(e) = self.flush_staged().await {
+            tracing::warn!(code = e.code(), error = %e,
+                "audit record committed with its effect; chained at the next flush");
+        }
+    }
+
+    /// Starts the background chainer ([`AuditLog::chain_staged`]); it also
+    /// runs every second while a failure left records staged, and every
+    /// minute otherwise.
+    pub fn chain_in_background(&self) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if self.chainer.set(wake.clone()).is_err() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut behind = false;
+            loop {
+                let wait = Duration::from_secs(if behind { 1 } else { 60 });
+                let _ = tokio::time::timeout(wait, wake.notified()).await;
+                // A task of its own: a panic in one flush (a fault point)
+                // does not end the chainer.
+                let flush = tokio::spawn({
+                    let this = this.clone();
+                    async move { this.flush_staged().await }
+                });
+                behind = match flush.await {
+                    Ok(Ok(_)) => false,
+                    Ok(Err(e)) => {
+                        tracing::warn!(code = e.code(), error = %e,
+                            "chaining staged audit records failed; retrying");
+                        true
+                    }
+                    Err(_) => true,
+                };
+            }
+        });
+    }
+
     /// The last `limit` records, newest first (admin listing).
     pub async fn recent(&self, limit: i64) -> Result<Vec<AuditRecord>, AuditError> {
+        if self.chainer.get().is_some() {
+            self.flush_staged().await?;
+        }
         let rows = sqlx::query(concat!(
             "SELECT ",
             record_columns!(),

@@ -148,7 +148,7 @@ impl Channels {
                 Ok((tx, ()))
             })
             .await?;
-        let _ = self.0.audit.flush_staged().await;
+        self.0.audit.chain_staged().await;
         self.count_handshake(outcome);
         Ok(Opened {
             server_finished: ServerFinished { channel: e.id, mac }.encode(),

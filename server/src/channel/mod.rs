@@ -450,7 +450,7 @@ impl Channels {
                 Ok::<_, ChannelError>((tx, ()))
             })
             .await?;
-        let _ = self.0.audit.flush_staged().await;
+        self.0.audit.chain_staged().await;
         self.count_handshake("refused");
         Ok(())
     }
@@ -655,7 +655,7 @@ impl Channels {
                         Ok::<_, ChannelError>((tx, true))
                     })
                     .await?;
-                let _ = self.0.audit.flush_staged().await;
+                self.0.audit.chain_staged().await;
                 self.0.cache.forget(id);
                 if !closed {
                     return Err(ChannelError::Closed);
@@ -695,7 +695,7 @@ impl Channels {
                 Ok::<_, ChannelError>((tx, ()))
             })
             .await?;
-        let _ = self.0.audit.flush_staged().await;
+        self.0.audit.chain_staged().await;
         self.0.cache.forget(id);
         self.count_record(outcome);
         Ok(())
@@ -729,7 +729,7 @@ impl Channels {
                 Ok::<_, ChannelError>((tx, closed))
             })
             .await?;
-        let _ = self.0.audit.flush_staged().await;
+        self.0.audit.chain_staged().await;
         for id in &closed {
             self.0.cache.forget(id);
         }

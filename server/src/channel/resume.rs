@@ -230,7 +230,7 @@ impl Channels {
                 Ok::<_, ChannelError>((tx, ()))
             })
             .await?;
-        let _ = self.0.audit.flush_staged().await;
+        self.0.audit.chain_staged().await;
         self.count_handshake("refused");
         Ok(())
     }

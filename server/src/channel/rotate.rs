@@ -88,7 +88,7 @@ impl Channels {
                 Ok::<_, ChannelError>((tx, ()))
             })
             .await?;
-        let _ = p.audit.flush_staged().await;
+        p.audit.chain_staged().await;
         Ok(serial)
     }
 }

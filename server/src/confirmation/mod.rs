@@ -365,7 +365,7 @@ impl Confirmations {
             .await?;
         crate::fault_point!("confirmation.submit.committed");
         p.outbox.wake();
-        let _ = p.audit.flush_staged().await;
+        p.audit.chain_staged().await;
         self.count("submitted");
         if !step_up.is_empty() {
             self.count("stepped_up");
@@ -599,7 +599,7 @@ impl Confirmations {
             .await?;
         crate::fault_point!("confirmation.confirm.committed");
         p.outbox.wake();
-        let _ = p.audit.flush_staged().await;
+        p.audit.chain_staged().await;
         self.count("executed");
         crate::fault_point!("confirmation.confirm.answered");
         Ok(Executed {
@@ -644,7 +644,7 @@ impl Confirmations {
             .await?;
         tracing::debug!(confirmation = %stored.id, ?counted, "confirmation attempt refused");
         if counted == store::Counted::Closed {
-            let _ = audit.flush_staged().await;
+            audit.chain_staged().await;
             self.count("failed");
         } else {
             self.count("refused");
@@ -694,7 +694,7 @@ impl Confirmations {
                 Ok::<_, ConfirmError>((dbtx, ()))
             })
             .await?;
-        let _ = p.audit.flush_staged().await;
+        p.audit.chain_staged().await;
         self.count("tampered");
         p.metrics
             .security_events

@@ -131,6 +131,7 @@ pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<(
         writeln!(out, "{line}")?;
         out.flush()?;
     }
+    state.audit.chain_in_background();
     #[cfg(feature = "faults")]
     tokio::spawn(crate::fault::hsm_faults_on_signal(state.kms.clone()));
     let checkpoints = tokio::spawn(

@@ -243,7 +243,7 @@ impl Ledger {
                 },
             )
             .await?;
-        let _ = audit.flush_staged().await;
+        audit.chain_staged().await;
         Ok(AccountView {
             row: row.clone(),
             balance_minor: 0,
@@ -334,7 +334,7 @@ impl Ledger {
                 Ok::<_, LedgerError>((tx, after))
             })
             .await?;
-        let _ = audit.flush_staged().await;
+        audit.chain_staged().await;
         Ok(Credit {
             credit_id,
             state: if dual { "pending" } else { "posted" },
@@ -413,7 +413,7 @@ impl Ledger {
                 },
             )
             .await?;
-        let _ = audit.flush_staged().await;
+        audit.chain_staged().await;
         Ok(Credit {
             credit_id: credit_id.to_owned(),
             state: "posted",

@@ -357,7 +357,7 @@ impl Loads {
             Err(e) => return Err(e),
         };
         crate::fault_point!("load.debit.committed");
-        let _ = p.audit.flush_staged().await;
+        p.audit.chain_staged().await;
         self.count("permitted");
         crate::fault_point!("load.permit.answered");
         Ok(Permitted {
@@ -577,7 +577,7 @@ impl Loads {
             })
             .await?;
         crate::fault_point!("load.settle.committed");
-        let _ = p.audit.flush_staged().await;
+        p.audit.chain_staged().await;
         self.count(to.as_str());
         if matches!(to, State::Voided | State::Doubtful) {
             self.reversed(d.reason.unwrap_or("failure"));
@@ -726,7 +726,7 @@ impl Loads {
             }
         }
         if voided > 0 {
-            let _ = p.audit.flush_staged().await;
+            p.audit.chain_staged().await;
         }
         Ok(voided)
     }

@@ -631,11 +631,8 @@ impl Online {
                 StoreFinished::Locked => Finished::Refused(locked()),
             },
         };
-        if verdict.is_some()
-            && let Err(e) = self.audit.flush_staged().await
-        {
-            tracing::warn!(code = e.code(), error = %e,
-                "key confirmation recorded; its audit record is chained at the next flush");
+        if verdict.is_some() {
+            self.audit.chain_staged().await;
         }
         if verdict == Some(false) {
             security::counted(&self.metrics, SecurityKind::KcvMismatch, &device.request_id);
@@ -745,10 +742,7 @@ impl Online {
                     .login_lockouts
                     .with_label_values(&[issuer.as_str()])
                     .inc();
-                if let Err(e) = self.audit.flush_staged().await {
-                    tracing::warn!(code = e.code(), error = %e,
-                    "lockout recorded; its audit record is chained at the next flush");
-                }
+                self.audit.chain_staged().await;
                 if let Some(serial) = revoke {
                     tracing::warn!(device = %device.device_id, issuer = %issuer, serial = %serial,
                     "credential locked: revoking the device certificate");
