@@ -148,8 +148,12 @@ pub async fn serve(config: Config, allow_broken_audit: bool) -> anyhow::Result<(
     .await;
     checkpoints.abort();
     served?;
-    // Every refusal window's count is written before the trail stops.
+    // Every refusal window's count is written, and every staged record
+    // chained, before the trail stops.
     state.online.close_refusal_windows(true).await;
+    if let Err(e) = state.audit.flush_staged().await {
+        tracing::warn!(error = %e, "staged audit records are chained at the next start");
+    }
     let _ = state
         .audit
         .append(
