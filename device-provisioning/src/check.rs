@@ -285,30 +285,19 @@ impl Provisioning {
 /// Verifies a proof-of-possession signature over `message` (hashed once with
 /// SHA-256) with a device's public key. Any malformed input is a `false`.
 pub fn verify_signature(key: &PublicKey, message: &[u8], signature_der: &[u8]) -> bool {
+    use aws_lc_rs::signature;
     match key {
         PublicKey::P256(point) => {
-            use p256::ecdsa::signature::Verifier;
-            let Ok(vk) = p256::ecdsa::VerifyingKey::from_sec1_bytes(point) else {
-                return false;
-            };
-            let Ok(sig) = p256::ecdsa::Signature::from_der(signature_der) else {
-                return false;
-            };
-            vk.verify(message, &sig).is_ok()
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, point)
+                .verify(message, signature_der)
+                .is_ok()
         }
-        PublicKey::Rsa { modulus, exponent } => {
-            use rsa::signature::Verifier;
-            let n = rsa::BigUint::from_bytes_be(modulus);
-            let e = rsa::BigUint::from_bytes_be(exponent);
-            let Ok(pk) = rsa::RsaPublicKey::new(n, e) else {
-                return false;
-            };
-            let vk = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk);
-            let Ok(sig) = rsa::pkcs1v15::Signature::try_from(signature_der) else {
-                return false;
-            };
-            vk.verify(message, &sig).is_ok()
+        PublicKey::Rsa { modulus, exponent } => signature::RsaPublicKeyComponents {
+            n: modulus.as_slice(),
+            e: exponent.as_slice(),
         }
+        .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature_der)
+        .is_ok(),
     }
 }
 
