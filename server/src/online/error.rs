@@ -29,6 +29,10 @@ pub enum OnlineError {
     /// The protocol state could not be read or written.
     #[error("online store: {0}")]
     Database(#[from] sqlx::Error),
+    /// The group write this step was part of failed (nothing of it was
+    /// written); the cause as the writer saw it.
+    #[error("online group write failed ({code})")]
+    Group { code: &'static str, kind: ErrorKind },
     /// The device was refused too often in its refusal window: answered
     /// 429 `too_many_refusals` until the window ends.
     #[error("too many refused calls from this device; retry after {retry_after_secs} s")]
@@ -69,6 +73,7 @@ impl OnlineError {
             Self::Ca(e) => e.code(),
             Self::Audit(_) => "audit_unavailable",
             Self::Database(e) => keyward_kms::db::error_code(e),
+            Self::Group { code, .. } => code,
             Self::Throttled { .. } => "too_many_refusals",
             Self::TooManyLogins { .. } => "too_many_logins",
         }
@@ -83,6 +88,7 @@ impl OnlineError {
             Self::Ca(e) => e.kind(),
             Self::Audit(_) => ErrorKind::Unavailable,
             Self::Database(e) => keyward_kms::db::error_kind(e),
+            Self::Group { kind, .. } => *kind,
             // A client's doing; its answer is 429 (the code table).
             Self::Throttled { .. } | Self::TooManyLogins { .. } => ErrorKind::Forbidden,
         }

@@ -14,6 +14,7 @@
 //! functions over the caller's unit of work ([`Database::write`]); the rest
 //! are one unit of work each.
 
+use std::sync::{Arc, Mutex};
 
 use keyward_kms::db::{self, Database, Tx};
 use keyward_kms::types::{DeviceId, IssuerId};
@@ -28,6 +29,32 @@ type Result<T> = std::result::Result<T, OnlineError>;
 #[derive(Debug, Clone)]
 pub struct OnlineStore {
     db: Database,
+    /// Finishes waiting for the group write that carries them.
+    finishes: Arc<Group>,
+}
+
+/// Group commit of login finishes: concurrent finishes share one
+/// transaction (one fsync), as the audit trail's appends do.
+#[derive(Debug, Default)]
+struct Group {
+    waiting: Mutex<Vec<Waiting>>,
+    next_ticket: std::sync::atomic::AtomicU64,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Finishes written in one transaction at most.
+const GROUP_MAX: usize = 256;
+
+struct Waiting {
+    ticket: u64,
+    finish: Finish,
+    reply: tokio::sync::oneshot::Sender<Result<Finished>>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waiting")
+    }
 }
 
 /// A steady-state login finish to write: its challenge's seal to use up and
@@ -52,6 +79,10 @@ pub enum Finished {
     /// The credential was locked meanwhile: the challenge is used up, no
     /// session.
     Locked,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A (device, issuer) credential's row; absent rows read as
@@ -123,23 +154,81 @@ pub struct PendingRow {
 impl OnlineStore {
     /// A store over the catalog's database.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            finishes: Arc::default(),
+        }
     }
 
     /// Writes one login finish: its challenge used up and its session
-    /// opened, in one unit of work (on SQLite group-committed with every
-    /// write waiting at the same time: one fsync for all of them).
+    /// opened, in a transaction shared with every finish waiting at the same
+    /// time (one commit, one fsync for all of them). The caller that finds
+    /// the writer free writes the whole queue in a task of its own, so a
+    /// caller that goes away never cuts a group short; each gets its own
+    /// outcome, or the group's error.
     pub async fn finish_login(&self, finish: Finish) -> Result<Finished> {
-        let finish = &finish;
-        self.db
-            .write("login.finish", |mut tx| async move {
-                let done = Self::finish_in(&mut tx, finish).await?;
-                Ok::<_, OnlineError>((tx, done))
-            })
-            .await
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let ticket = self
+            .finishes
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.finishes.waiting).push(Waiting {
+            ticket,
+            finish,
+            reply,
+        });
+        loop {
+            let writer = self.finishes.writer.clone().lock_owned().await;
+            // A writer before us may have taken and written ours.
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+            let group: Vec<Waiting> = {
+                let mut q = lock(&self.finishes.waiting);
+                let n = q.len().min(GROUP_MAX);
+                q.drain(..n).collect()
+            };
+            let ours = group.iter().any(|w| w.ticket == ticket);
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                let _writer = writer;
+                let (finishes, replies): (Vec<Finish>, Vec<_>) =
+                    group.into_iter().map(|w| (w.finish, w.reply)).unzip();
+                let finishes = &finishes;
+                let written = db
+                    .write("login.finish", |mut tx| async move {
+                        let mut out = Vec::with_capacity(finishes.len());
+                        for f in finishes {
+                            out.push(Self::finish_in(&mut tx, f).await?);
+                        }
+                        Ok::<_, OnlineError>((tx, out))
+                    })
+                    .await;
+                match written {
+                    Ok(outcomes) => {
+                        for (reply, o) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(o));
+                        }
+                    }
+                    Err(e) => {
+                        let (code, kind) = (e.code(), e.kind());
+                        for reply in replies {
+                            let _ = reply.send(Err(OnlineError::Group { code, kind }));
+                        }
+                    }
+                }
+            });
+            if ours {
+                return answer.await.unwrap_or(Err(OnlineError::Group {
+                    code: "database_error",
+                    kind: keyward_kms::ErrorKind::Internal,
+                }));
+            }
+            // Ours was beyond this group: wait for the writer again.
+        }
     }
 
-    /// One [`Finish`] in the caller's transaction.
+    /// One [`Finish`] in the group's transaction.
     async fn finish_in(tx: &mut Tx, f: &Finish) -> Result<Finished> {
         if !Self::consume_challenge_in(tx, &f.seal, f.seal_expires_at_ms).await? {
             return Ok(Finished::ChallengeUsed);
