@@ -296,7 +296,11 @@ pub fn verify_signature(key: &PublicKey, message: &[u8], signature_der: &[u8]) -
             n: modulus.as_slice(),
             e: exponent.as_slice(),
         }
-        .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature_der)
+        .verify(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            message,
+            signature_der,
+        )
         .is_ok(),
     }
 }

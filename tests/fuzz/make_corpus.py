@@ -85,7 +85,16 @@ def channel():
           + u16(len(chain)) + body)
     signed = b"KWC3\x01" + u16(len(card)) + card + u16(256) + bytes(256)
     write("channel", "card-key-exchange", signed + u16(72) + bytes([0x30, 70]) + bytes(70))
+    # ECDHE: the card's ephemeral (here the P-256 generator) after the
+    # pre-master, inside the signed part.
+    g = bytes.fromhex("046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296"
+                      "4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5")
+    write("channel", "card-key-exchange-ecdhe",
+          signed + u16(len(g)) + g + u16(72) + bytes([0x30, 70]) + bytes(70))
     write("channel", "server-finished", b"KWC4\x01" + bytes(range(16)) + bytes(range(16, 32)))
+    write("channel", "resume-hello",
+          b"KWC5\x01" + bytes(range(32)) + b"\x01\x01" + device + bytes(range(16)) + bytes(16))
+    write("channel", "new-ticket", b"KWC6\x01" + bytes(range(16)) + bytes(range(16, 32)) + u32(86400))
     for kind in (1, 2, 3):
         ct = bytes(16) if kind != 1 else bytes(48)
         write("channel", f"record-{kind}",

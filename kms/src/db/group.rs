@@ -520,7 +520,9 @@ mod tests {
         assert_eq!(rows(&db).await, expected);
         // The writer is free again: a transaction of one's own goes through.
         let turn = db.writer_turn().await.unwrap();
-        let mut tx = super::super::begin_write(db.pool(), db.kind()).await.unwrap();
+        let mut tx = super::super::begin_write(db.pool(), db.kind())
+            .await
+            .unwrap();
         sqlx::query("INSERT INTO t (n) VALUES (1000)")
             .execute(&mut *tx)
             .await

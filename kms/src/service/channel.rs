@@ -638,35 +638,72 @@ impl Kms {
         wrapped: Vec<u8>,
         key_use: ChannelKeyUse,
     ) -> Result<ChannelSecret> {
-        let corrupt = || KmsError::CorruptRecord("wrapped channel state");
-        if wrapped.is_empty() || wrapped.len() > MAX_WRAPPED_STATE || !key_use.extractable() {
-            return Err(corrupt());
-        }
+        check_wrapped_state(&wrapped, key_use)?;
         let (cache, pool) = (self.cache_arc(), self.pool().clone());
         self.pool()
             .run(move |hsm| {
-                // As for the wrap: a stale KEK handle is looked up again.
-                let obj = with_fresh_handles(&cache, || {
-                    let kek = cache.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
-                    hsm.unwrap_key(
-                        kek,
-                        UnwrapMechanism::AesKeyWrapPad,
-                        &wrapped,
-                        &key_use.spec(),
-                    )
-                    .map_err(|e| match e {
-                        e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
-                        _ => corrupt(),
-                    })
-                })?;
-                // AES key wrap with padding checks the length it wrapped,
-                // and only 32-byte secrets are ever wrapped.
+                let obj = unwrap_state(hsm, &cache, &wrapped, key_use)?;
                 Ok(ChannelSecret {
                     obj,
                     key_use,
                     pool,
                     owned: true,
                 })
+            })
+            .await
+    }
+
+    /// A resumption's check in one HSM job: the ticket's secret unwrapped
+    /// (as [`Kms::channel_unwrap_state`]), `K_binder = PRF(secret,
+    /// binder_input)`, and the card's `binder` compared in constant time with
+    /// `AES-CMAC(K_binder, bound)`; the binder key is destroyed in the same
+    /// job. The secret when the binder verifies, `None` when it does not.
+    pub async fn channel_resumption_secret(
+        &self,
+        wrapped: Vec<u8>,
+        binder_input: [u8; 32],
+        bound: Vec<u8>,
+        binder: [u8; 16],
+    ) -> Result<Option<ChannelSecret>> {
+        if bound.len() > crate::mac::MAX_MESSAGE_LEN {
+            return Err(KmsError::MessageTooLong {
+                len: bound.len(),
+                max: crate::mac::MAX_MESSAGE_LEN,
+            });
+        }
+        check_wrapped_state(&wrapped, ChannelKeyUse::Resumption)?;
+        let (cache, pool) = (self.cache_arc(), self.pool().clone());
+        self.pool()
+            .run(move |hsm| {
+                let obj = unwrap_state(hsm, &cache, &wrapped, ChannelKeyUse::Resumption)?;
+                let verified = (|| {
+                    let key = hsm.derive_key(
+                        obj,
+                        Derivation::AesEcb,
+                        &binder_input,
+                        &ChannelKeyUse::Mac.spec(),
+                    )?;
+                    let mac = hsm.mac(key, MacMechanism::AesCmac, &bound);
+                    if let Err(e) = hsm.destroy(key) {
+                        tracing::warn!(error = %e, "could not destroy a binder key");
+                    }
+                    Ok::<_, KmsError>(bool::from(mac?.as_slice().ct_eq(&binder)))
+                })();
+                match verified {
+                    Ok(true) => Ok(Some(ChannelSecret {
+                        obj,
+                        key_use: ChannelKeyUse::Resumption,
+                        pool,
+                        owned: true,
+                    })),
+                    other => {
+                        // Refused or failed: the secret goes now, in this job.
+                        if let Err(e) = hsm.destroy(obj) {
+                            tracing::warn!(error = %e, "could not destroy a channel secret");
+                        }
+                        other.map(|_| None)
+                    }
+                }
             })
             .await
     }
@@ -761,6 +798,41 @@ impl Kms {
         key.owned = false;
         self.pool().run(move |hsm| hsm.destroy(obj)).await
     }
+}
+
+/// A value of [`Kms::channel_wrap_state`] worth trying to unwrap as a
+/// secret of `key_use`; anything else is [`KmsError::CorruptRecord`].
+fn check_wrapped_state(wrapped: &[u8], key_use: ChannelKeyUse) -> Result<()> {
+    if wrapped.is_empty() || wrapped.len() > MAX_WRAPPED_STATE || !key_use.extractable() {
+        return Err(KmsError::CorruptRecord("wrapped channel state"));
+    }
+    Ok(())
+}
+
+/// Unwraps channel state under the state KEK, in a worker's job. A value
+/// that does not unwrap to a 32-byte key is [`KmsError::CorruptRecord`]
+/// (AES key wrap with padding checks the length it wrapped, and only
+/// 32-byte secrets are ever wrapped).
+fn unwrap_state(
+    hsm: &dyn Hsm,
+    cache: &KeyCache,
+    wrapped: &[u8],
+    key_use: ChannelKeyUse,
+) -> Result<ObjectId> {
+    // As for the wrap: a stale KEK handle is looked up again.
+    with_fresh_handles(cache, || {
+        let kek = cache.master(hsm, CHANNEL_STATE_KEK_LABEL)?;
+        hsm.unwrap_key(
+            kek,
+            UnwrapMechanism::AesKeyWrapPad,
+            wrapped,
+            &key_use.spec(),
+        )
+        .map_err(|e| match e {
+            e if hsm_state(&e) || matches!(e, KmsError::Stale) => e,
+            _ => KmsError::CorruptRecord("wrapped channel state"),
+        })
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 use keyward_ca::{CertStatus, Serial};
 use keyward_device_provisioning::DeviceState;
 use keyward_kms::db::now_ms;
-use keyward_kms::service::ChannelKeyUse;
 use keyward_kms::types::DeviceId;
 use keyward_protocol::channel::{
     self, ChannelId, Mode, NewTicket, OaepHash, PROTOCOL_V1, ResumeHello, ServerHello,
@@ -124,20 +123,14 @@ impl Channels {
         self.still_good(device, &t.cert_serial).await?;
         let secret = p
             .kms
-            .channel_unwrap_state(t.secret.clone(), ChannelKeyUse::Resumption)
-            .await?;
-        let binder_key = p
-            .kms
-            .channel_derive(&secret, channel::binder_input(), ChannelKeyUse::Mac)
-            .await?;
-        if !p
-            .kms
-            .channel_cmac_verify(&binder_key, bound.to_vec(), &rh.binder)
+            .channel_resumption_secret(
+                t.secret.clone(),
+                channel::binder_input(),
+                bound.to_vec(),
+                rh.binder,
+            )
             .await?
-        {
-            return Err(ChannelError::Refused);
-        }
-        drop(binder_key);
+            .ok_or(ChannelError::Refused)?;
 
         let (server_random, id) = self.server_random_and_id().await?;
         let sh = ServerHello {

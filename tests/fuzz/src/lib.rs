@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use keyward_protocol::channel::{
-    CardKeyExchange, ClientHello, Mode, Record, ServerFinished, ServerHello,
+    CardKeyExchange, ClientHello, Mode, NewTicket, Record, ResumeHello, ServerFinished,
+    ServerHello,
 };
 use keyward_protocol::confirmation::evidence::Evidence;
 use keyward_protocol::load::{LoadPermit, LoadReport, LoadRequest, PurseStatus};
@@ -60,16 +61,27 @@ pub fn channel(data: &[u8]) {
         let _ = hello.negotiate(&[Mode::EcdheP256, Mode::RsaTransport]);
     }
     round_trip(data, ServerHello::decode, ServerHello::encode);
-    round_trip(data, CardKeyExchange::decode, CardKeyExchange::encode);
-    if let Ok((kx, signed)) = CardKeyExchange::split(data) {
-        assert_eq!(
-            kx.signed_part(),
-            signed,
-            "the signed part is not the bytes sent"
-        );
+    // The key exchange's layout follows the ServerHello's mode; a
+    // resumption has none.
+    for mode in [Mode::RsaTransport, Mode::EcdheP256, Mode::Resumption] {
+        if let Ok((kx, signed)) = CardKeyExchange::split_in(data, mode) {
+            assert_ne!(mode, Mode::Resumption, "a resumption has no key exchange");
+            assert_eq!(kx.ephemeral.is_some(), mode == Mode::EcdheP256);
+            assert_eq!(kx.encode(), data, "decode then encode changed the bytes");
+            assert_eq!(
+                kx.signed_part(),
+                signed,
+                "the signed part is not the bytes sent"
+            );
+        }
     }
     round_trip(data, ServerFinished::decode, ServerFinished::encode);
     round_trip(data, Record::decode, Record::encode);
+    round_trip(data, ResumeHello::decode, ResumeHello::encode);
+    if let Ok((rh, bound)) = ResumeHello::split(data) {
+        assert_eq!(rh.binder_part(), bound, "the binder's part is not the bytes sent");
+    }
+    round_trip(data, NewTicket::decode, NewTicket::encode);
 }
 
 /// A submitted transaction (JSON) and what is rendered from it, the code as
