@@ -20,7 +20,7 @@ use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use keyward_kms::wrap::InitPackage;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
+use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Prepared, Refused};
 use crate::error::{ProvisioningError, Result};
 use crate::store::Store;
 use crate::types::{DeviceState, OperatorId, Reason};
@@ -76,6 +76,15 @@ pub struct InitRecord {
 
 /// The package's key names, in the order docs/protocol.md §5.2 lists them.
 const KEY_NAMES: [&str; 2] = ["TMK", "AUTH"];
+
+/// A confirmation compared against the pending package, to settle.
+#[derive(Debug, Clone)]
+pub struct ConfirmInit {
+    device: DeviceId,
+    issuer: IssuerId,
+    packages: u32,
+    matched: bool,
+}
 
 /// What an operator's reinit allows (see [`Provisioning::prepare_reinit`]).
 #[derive(Debug, Clone)]
@@ -241,72 +250,118 @@ impl Provisioning {
     /// issuer's keys are `initialised` and a `verified` device becomes
     /// `initialised`. Otherwise the record becomes `refused` (kept, an
     /// intrusion signal) and [`ProvisioningError::KcvMismatch`] is returned.
+    /// One unit of work of its own; see [`Provisioning::confirm_init_in`].
     pub async fn confirm_init<S: AsRef<str>>(
         &self,
         device: DeviceId,
         issuer: &IssuerId,
         kcvs: &[(S, Kcv)],
     ) -> Decision<()> {
+        let step = self.prepare_confirm_init(device, issuer, kcvs).await?;
+        let settled = self
+            .commit("confirm_init", step.note(), |mut tx| {
+                let step = step.clone();
+                async move {
+                    let done = Self::confirm_init_in(&mut tx, step).await;
+                    (tx, done)
+                }
+            })
+            .await?;
+        let Audited { value, note } = settled;
+        match value {
+            Ok(()) => Ok(Audited { value: (), note }),
+            Err(error) => Err(Box::new(Refused { note, error })),
+        }
+    }
+
+    /// [`Provisioning::confirm_init`]'s reads and its comparison of the
+    /// KCVs, before its transaction. Every comparison runs, whatever the
+    /// earlier ones gave.
+    pub async fn prepare_confirm_init<S: AsRef<str>>(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        kcvs: &[(S, Kcv)],
+    ) -> Result<Prepared<ConfirmInit>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Device(device),
             Action::ConfirmInit,
             format!("device:{device}"),
         );
         note.detail("issuer", issuer);
-        let result = self.confirm(device, issuer, kcvs, &mut note).await;
-        note.finish(result)
-    }
-
-    async fn confirm<S: AsRef<str>>(
-        &self,
-        device: DeviceId,
-        issuer: &IssuerId,
-        kcvs: &[(S, Kcv)],
-        note: &mut AuditNote,
-    ) -> Result<()> {
-        let init = match self.init_record(device, issuer).await? {
-            Some(i) if i.state == InitState::Pending => i,
-            _ => {
-                return Err(ProvisioningError::NoPendingInit {
+        let init = match self.init_record(device, issuer).await {
+            Ok(Some(i)) if i.state == InitState::Pending => i,
+            Ok(_) => {
+                return Err(note.refused(ProvisioningError::NoPendingInit {
                     device,
                     issuer: issuer.clone(),
-                });
+                }));
             }
+            Err(e) => return Err(note.refused(e)),
         };
-        // Every comparison runs, whatever the earlier ones gave.
-        let mut all_match = kcvs.len() == KEY_NAMES.len();
+        let mut matched = kcvs.len() == KEY_NAMES.len();
         for (name, expected) in KEY_NAMES.iter().zip([&init.tmk_kcv, &init.auth_kcv]) {
             let mut found = 0usize;
             for (n, k) in kcvs {
                 if n.as_ref() == *name {
                     found += 1;
-                    all_match &= k.matches(expected);
+                    matched &= k.matches(expected);
                 }
             }
-            all_match &= found == 1;
+            matched &= found == 1;
         }
-        let new_state = if all_match {
+        Ok(Prepared {
+            input: ConfirmInit {
+                device,
+                issuer: issuer.clone(),
+                packages: init.packages,
+                matched,
+            },
+            note,
+        })
+    }
+
+    /// The confirmation settled in the caller's transaction. A match
+    /// initialises the keys (and a `verified` device). A mismatch refuses
+    /// the package for good, and that is kept: the decision commits, its
+    /// note records the refusal, and its value is the error to answer.
+    pub async fn confirm_init_in(
+        tx: &mut Tx,
+        step: Prepared<ConfirmInit>,
+    ) -> Decision<std::result::Result<(), ProvisioningError>> {
+        let Prepared { input: c, mut note } = step;
+        let outcome = if c.matched {
             InitState::Initialised
         } else {
             InitState::Refused
         };
-        let moved = self
-            .store
-            .settle_package(device, issuer, new_state, init.packages)
-            .await?;
-        if !all_match {
-            tracing::warn!(device = %device, issuer = %issuer,
-                "device reported init-package KCVs that do not match: intrusion signal, keys refused");
-            return Err(ProvisioningError::KcvMismatch {
-                device,
-                issuer: issuer.clone(),
-            });
+        match Store::settle_package_in(tx, c.device, &c.issuer, outcome, c.packages).await {
+            Err(e) => Err(note.refused(e)),
+            Ok(moved) if c.matched => {
+                if moved {
+                    note.detail("from", DeviceState::Verified);
+                    note.detail("to", DeviceState::Initialised);
+                }
+                Ok(Audited {
+                    value: Ok(()),
+                    note,
+                })
+            }
+            Ok(_) => {
+                tracing::warn!(device = %c.device, issuer = %c.issuer,
+                    "device reported init-package KCVs that do not match: intrusion signal, keys refused");
+                let error = ProvisioningError::KcvMismatch {
+                    device: c.device,
+                    issuer: c.issuer,
+                };
+                let refused = note.refused(error);
+                let Refused { note, error } = *refused;
+                Ok(Audited {
+                    value: Err(error),
+                    note,
+                })
+            }
         }
-        if moved {
-            note.detail("from", DeviceState::Verified);
-            note.detail("to", DeviceState::Initialised);
-        }
-        Ok(())
     }
 
     /// The original-key record of (device, issuer), if any.

@@ -94,7 +94,7 @@ pub use check::{
 };
 pub use customers::{ApplicationDecision, ApplicationView, Approval, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};
-pub use init::{InitRecord, InitState, Reinit};
+pub use init::{ConfirmInit, InitRecord, InitState, Reinit};
 pub use intake::{BatchRecord, BatchState, ImportReport, MANIFEST_HEADER, RowOutcome, RowReport};
 pub use lifecycle::{DeviceRecord, Transition};
 pub use recertify::Recertification;

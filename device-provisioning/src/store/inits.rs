@@ -116,50 +116,46 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Settles the pending package that was delivered `packages`-th as
-    /// `outcome`; when initialised, a `verified` device becomes
-    /// `initialised` in the same transaction. Returns whether the device
-    /// moved. A package changed meanwhile is a conflict and changes nothing.
-    pub(crate) async fn settle_package(
-        &self,
+    /// Settles the pending package of (device, issuer) confirmed from
+    /// `packages` packages as `outcome`, in the caller's transaction; an
+    /// `initialised` package moves a `verified` device to `initialised`
+    /// (`true` when it did). A package that changed since it was read is a
+    /// conflict.
+    pub(crate) async fn settle_package_in(
+        tx: &mut Tx,
         device: DeviceId,
         issuer: &IssuerId,
         outcome: InitState,
         packages: u32,
     ) -> Result<bool> {
-        self.db
-            .write("settle_package", |mut tx| async move {
-                let now = now_ms();
-                let n = sqlx::query(
-                    "UPDATE prov_inits SET state = $3, confirmed_at_ms = $4 \
-                     WHERE device_id = $1 AND issuer_id = $2 AND state = 'pending' \
-                       AND packages = $5",
-                )
-                .bind(device.to_string())
-                .bind(issuer.as_str())
-                .bind(outcome.as_str())
-                .bind(now)
-                .bind(i64::from(packages))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n != 1 {
-                    return Err(ProvisioningError::Conflict(
-                        "the init package changed during confirmation",
-                    ));
-                }
-                let moved = outcome == InitState::Initialised
-                    && advance_in(
-                        &mut tx,
-                        device,
-                        DeviceState::Verified,
-                        DeviceState::Initialised,
-                        now,
-                    )
-                    .await?;
-                Ok((tx, moved))
-            })
-            .await
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE prov_inits SET state = $3, confirmed_at_ms = $4 \
+             WHERE device_id = $1 AND issuer_id = $2 AND state = 'pending' \
+               AND packages = $5",
+        )
+        .bind(device.to_string())
+        .bind(issuer.as_str())
+        .bind(outcome.as_str())
+        .bind(now)
+        .bind(i64::from(packages))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Err(ProvisioningError::Conflict(
+                "the init package changed during confirmation",
+            ));
+        }
+        Ok(outcome == InitState::Initialised
+            && advance_in(
+                tx,
+                device,
+                DeviceState::Verified,
+                DeviceState::Initialised,
+                now,
+            )
+            .await?)
     }
 }
 

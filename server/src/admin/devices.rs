@@ -376,14 +376,23 @@ pub async fn confirm(
         .map(|k| Ok((k.name, Kcv::parse(&k.method, &k.value)?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
     let (p, i) = (state.provisioning.clone(), issuer.clone());
+    // A mismatch is kept (the package refused for good) and answered as
+    // the refusal it is: the decision commits with its record either way.
     let confirmed = op
-        .decide(
+        .decide_write(
             &state,
             Action::ConfirmInit,
             format!("device:{device}"),
-            async move { p.confirm_init(device, &i, &kcvs).await },
+            async move { p.prepare_confirm_init(device, &i, &kcvs).await },
+            |mut tx, step| async move {
+                let done = Provisioning::confirm_init_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
         )
-        .await;
+        .await?
+        .map_err(ApiError::from);
     if let Err(e) = &confirmed
         && e.code == "kcv_mismatch"
     {

@@ -432,6 +432,51 @@ async fn a_wrong_kcv_confirms_nothing() {
     assert_eq!(shown.expect(StatusCode::OK)["state"], "verified");
 }
 
+/// An init confirmation commits with its outcome record: with the trail
+/// unable to take it nothing is initialised; a mismatch is kept (the
+/// package refused for good, recorded as refused) in the same transaction.
+#[tokio::test]
+async fn an_init_confirmation_commits_with_its_outcome_record_and_a_mismatch_is_kept() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let mut d = device(5);
+    app.import("F-5", &[&d]).await.expect(StatusCode::CREATED);
+    check(&app, &d).await;
+    let confirm = init(&app, &mut d, "bank-a").await;
+    let state = || async {
+        let shown = app.get(&app.root, &path(&d, "")).await;
+        shown.expect(StatusCode::OK)["state"].clone()
+    };
+
+    app.break_audit_staging().await;
+    let cut = app
+        .post(&app.root, &path(&d, "/init/confirm"), confirm.clone())
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(state().await, "verified");
+    assert_eq!(
+        app.outcomes_of("provisioning.confirm_init", cut.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    app.heal_audit_staging().await;
+
+    let mut wrong = confirm.clone();
+    wrong["kcvs"][0]["value"] = json!("000000");
+    let refused = app.post(&app.root, &path(&d, "/init/confirm"), wrong).await;
+    refused.refused(StatusCode::FORBIDDEN, "kcv_mismatch");
+    assert_eq!(
+        app.outcomes_of("provisioning.confirm_init", refused.request_id())
+            .await,
+        ["requested", "refused"]
+    );
+    // Kept: the right KCVs now find no pending package.
+    app.post(&app.root, &path(&d, "/init/confirm"), confirm)
+        .await
+        .refused(StatusCode::CONFLICT, "no_pending_init");
+    assert_eq!(state().await, "verified");
+}
+
 /// A KCV mismatch is an intrusion event: its own audit action
 /// and the `keyward_security_events_total{kind="kcv_mismatch"}` counter.
 #[tokio::test]
