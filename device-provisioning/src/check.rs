@@ -27,12 +27,12 @@
 
 use std::time::Duration;
 
-use keyward_kms::db::Tx;
+use keyward_kms::db::{Tx, now_ms};
 use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
+use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Prepared, Refused};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
 use crate::challenges::{ChallengeId, ChallengePurpose};
 use crate::error::{ProvisioningError, Result};
@@ -54,6 +54,45 @@ pub struct Challenge {
     pub device: DeviceId,
     pub bytes: [u8; CHALLENGE_LEN],
     pub expires_at_ms: i64,
+}
+
+/// A genuine-device answer judged against the challenge it names, to
+/// settle ([`Provisioning::complete_check_in`]).
+#[derive(Debug, Clone)]
+pub struct CompleteCheck {
+    device: DeviceId,
+    challenge: String,
+    verdict: Verdict,
+    limit: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    Verified,
+    Failed(FailedCheck),
+}
+
+/// Why an answer to a live challenge failed: each uses the challenge up
+/// and counts against the device.
+#[derive(Debug, Clone, Copy)]
+enum FailedCheck {
+    State(DeviceState),
+    Certificate(&'static str),
+    ProofOfPossession,
+}
+
+impl FailedCheck {
+    fn error(self, device: DeviceId) -> ProvisioningError {
+        match self {
+            Self::State(state) => ProvisioningError::DeviceState {
+                device,
+                state,
+                needed: "manufactured",
+            },
+            Self::Certificate(why) => ProvisioningError::CertificateInvalid(why),
+            Self::ProofOfPossession => ProvisioningError::ProofOfPossession,
+        }
+    }
 }
 
 impl Provisioning {
@@ -103,95 +142,156 @@ impl Provisioning {
 
     /// Completes the check with the device's signature over challenge `id`.
     /// Pass: the device becomes `verified` (the note's `cert_serial` names
-    /// the certificate that proved it).
+    /// the certificate that proved it). A failed answer uses the challenge
+    /// up and counts against the device (at the limit it is parked and its
+    /// other challenges go), committed with its refusal. One unit of work
+    /// of its own; see [`Provisioning::complete_check_in`].
     pub async fn complete_check(
         &self,
         device: DeviceId,
         id: &ChallengeId,
         signature_der: &[u8],
     ) -> Decision<()> {
+        let step = self
+            .prepare_complete_check(device, id, signature_der)
+            .await?;
+        let Audited { value, note } = self
+            .commit("complete_check", step.note(), |mut tx| {
+                let step = step.clone();
+                async move {
+                    let done = Self::complete_check_in(&mut tx, step).await;
+                    (tx, done)
+                }
+            })
+            .await?;
+        match value {
+            Ok(()) => Ok(Audited { value: (), note }),
+            Err(error) => Err(Box::new(Refused { note, error })),
+        }
+    }
+
+    /// [`Provisioning::complete_check`]'s reads and its verdict on the
+    /// answer, before its transaction: the challenge is read, not taken
+    /// yet. A refusal here (unknown or expired challenge, a parked device,
+    /// a failure of the CA or database) writes nothing.
+    pub async fn prepare_complete_check(
+        &self,
+        device: DeviceId,
+        id: &ChallengeId,
+        signature_der: &[u8],
+    ) -> Result<Prepared<CompleteCheck>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Device(device),
             Action::CompleteCheck,
             format!("device:{device}"),
         );
         note.detail("challenge_id", id);
-        let mut consumed = false;
-        let result = self
-            .complete_inner(device, id, signature_der, &mut note, &mut consumed)
-            .await;
-        if let Err(e) = &result
-            && consumed
-            && e.is_client_error()
-        {
-            match self.store.count_check_failure(device).await {
-                Ok(failures) => {
-                    note.detail("check_failures", failures);
-                    if failures >= self.check_attempt_limit {
-                        note.detail("locked", true);
-                        if let Err(e) = self
-                            .challenges
-                            .drop_all(device, ChallengePurpose::GenuineDevice)
-                            .await
-                        {
-                            tracing::warn!(device = %device, code = e.code(),
-                                "could not drop the challenges of a locked device");
-                        }
-                    }
-                }
-                Err(db) => {
-                    tracing::warn!(device = %device, code = db.code(), error = %db,
-                        "could not count a failed genuine-device check");
-                }
-            }
+        match self.verdict(device, id, signature_der, &mut note).await {
+            Ok(verdict) => Ok(Prepared {
+                input: CompleteCheck {
+                    device,
+                    challenge: id.as_str().to_owned(),
+                    verdict,
+                    limit: self.check_attempt_limit,
+                },
+                note,
+            }),
+            Err(e) => Err(note.refused(e)),
         }
-        note.finish(result)
     }
 
-    async fn complete_inner(
+    async fn verdict(
         &self,
         device: DeviceId,
         id: &ChallengeId,
         signature_der: &[u8],
         note: &mut AuditNote,
-        consumed: &mut bool,
-    ) -> Result<()> {
+    ) -> Result<Verdict> {
         let rec = self.checkable(device).await?;
         if rec.check_failures >= self.check_attempt_limit {
             return Err(ProvisioningError::CheckLocked(device));
         }
-        let challenge = self
-            .challenges
-            .answer(id, device, ChallengePurpose::GenuineDevice)
-            .await?;
-        *consumed = true;
+        let purpose = ChallengePurpose::GenuineDevice;
+        let challenge = match self.store.challenge(id.as_str(), device, &purpose).await? {
+            Some(c) if now_ms() < c.expires_at_ms => c.bytes,
+            _ => return Err(ProvisioningError::ChallengeInvalid),
+        };
         if rec.state != DeviceState::Manufactured {
-            return Err(ProvisioningError::DeviceState {
-                device,
-                state: rec.state,
-                needed: "manufactured",
-            });
+            return Ok(Verdict::Failed(FailedCheck::State(rec.state)));
         }
-        let serial = rec
-            .cert_serial
-            .as_deref()
-            .ok_or(ProvisioningError::CertificateInvalid(
+        let Some(serial) = rec.cert_serial.as_deref() else {
+            return Ok(Verdict::Failed(FailedCheck::Certificate(
                 "no certificate recorded",
-            ))?;
+            )));
+        };
         note.detail("cert_serial", serial);
-        let cert = self.good_certificate(serial, device).await?;
-        if !verify_signature(&cert.public_key, &challenge, signature_der) {
-            return Err(ProvisioningError::ProofOfPossession);
+        let cert = match self.good_certificate(serial, device).await {
+            Ok(cert) => cert,
+            Err(ProvisioningError::CertificateInvalid(why)) => {
+                return Ok(Verdict::Failed(FailedCheck::Certificate(why)));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(
+            if verify_signature(&cert.public_key, &challenge, signature_der) {
+                Verdict::Verified
+            } else {
+                Verdict::Failed(FailedCheck::ProofOfPossession)
+            },
+        )
+    }
+
+    /// The check settled in the caller's transaction: the challenge taken
+    /// (gone already: another answer used it, refused), then the device
+    /// verified, or the failure counted and, at the limit, its other
+    /// challenges dropped. A failure commits; its note records the refusal
+    /// and its value is the error to answer.
+    pub async fn complete_check_in(
+        tx: &mut Tx,
+        step: Prepared<CompleteCheck>,
+    ) -> Decision<std::result::Result<(), ProvisioningError>> {
+        let Prepared { input: c, mut note } = step;
+        let result = async {
+            let purpose = ChallengePurpose::GenuineDevice;
+            if !Store::take_challenge_in(tx, &c.challenge, c.device, &purpose).await? {
+                return Err(ProvisioningError::ChallengeInvalid);
+            }
+            let failed = match c.verdict {
+                Verdict::Verified => {
+                    if !Store::mark_verified_in(tx, c.device).await? {
+                        return Err(ProvisioningError::Conflict(
+                            "the device changed state during the check",
+                        ));
+                    }
+                    note.detail("from", DeviceState::Manufactured);
+                    note.detail("to", DeviceState::Verified);
+                    return Ok(None);
+                }
+                Verdict::Failed(f) => f.error(c.device),
+            };
+            let failures = Store::count_check_failure_in(tx, c.device).await?;
+            note.detail("check_failures", failures);
+            if failures >= c.limit {
+                note.detail("locked", true);
+                Store::drop_challenges_in(tx, c.device, &purpose).await?;
+            }
+            Ok(Some(failed))
         }
-        let done = self.store.mark_verified(device).await?;
-        if !done {
-            return Err(ProvisioningError::Conflict(
-                "the device changed state during the check",
-            ));
+        .await;
+        match result {
+            Ok(None) => Ok(Audited {
+                value: Ok(()),
+                note,
+            }),
+            Ok(Some(error)) => {
+                let Refused { note, error } = *note.refused(error);
+                Ok(Audited {
+                    value: Err(error),
+                    note,
+                })
+            }
+            Err(e) => Err(note.refused(e)),
         }
-        note.detail("from", DeviceState::Manufactured);
-        note.detail("to", DeviceState::Verified);
-        Ok(())
     }
 
     /// An operator clears a device's failed-check counter (a parked device

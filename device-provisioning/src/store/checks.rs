@@ -1,6 +1,7 @@
 //! `prov_challenges`: challenges by id, several outstanding per (device,
 //! purpose, scope), each used once. The domain rules are in `crate::challenges`.
 
+use keyward_kms::db::Tx;
 use keyward_kms::types::DeviceId;
 use sqlx::Row;
 
@@ -114,17 +115,83 @@ impl Store {
     ) -> Result<()> {
         self.db
             .write("drop_challenges", |mut tx| async move {
-                sqlx::query(
-                "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 AND scope = $3",
-            )
-            .bind(device.to_string())
-            .bind(purpose.as_str())
-            .bind(purpose.scope())
-            .execute(&mut *tx)
-            .await?;
+                Self::drop_challenges_in(&mut tx, device, purpose).await?;
                 Ok((tx, ()))
             })
             .await
+    }
+
+    /// [`Store::drop_challenges`] in the caller's transaction.
+    pub(crate) async fn drop_challenges_in(
+        tx: &mut Tx,
+        device: DeviceId,
+        purpose: &ChallengePurpose,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 AND scope = $3",
+        )
+        .bind(device.to_string())
+        .bind(purpose.as_str())
+        .bind(purpose.scope())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Challenge `id` if it is `device`'s for `purpose` and its scope
+    /// (expired or not), left in place: what a check reads before its
+    /// transaction, which takes it with [`Store::take_challenge_in`].
+    pub(crate) async fn challenge(
+        &self,
+        id: &str,
+        device: DeviceId,
+        purpose: &ChallengePurpose,
+    ) -> Result<Option<StoredChallenge>> {
+        let row = sqlx::query(
+            "SELECT challenge, expires_at_ms FROM prov_challenges WHERE id = $1 \
+             AND device_id = $2 AND purpose = $3 AND scope = $4",
+        )
+        .bind(id)
+        .bind(device.to_string())
+        .bind(purpose.as_str())
+        .bind(purpose.scope())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let hex_text: String = row.try_get("challenge")?;
+        let bytes = hex::decode(&hex_text)
+            .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
+        Ok(Some(StoredChallenge {
+            id: id.to_owned(),
+            device,
+            purpose: purpose.as_str(),
+            scope: purpose.scope().to_owned(),
+            bytes,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+        }))
+    }
+
+    /// Deletes challenge `id` of `device` for `purpose` in the caller's
+    /// transaction; `false` when it is gone already (another answer took
+    /// it).
+    pub(crate) async fn take_challenge_in(
+        tx: &mut Tx,
+        id: &str,
+        device: DeviceId,
+        purpose: &ChallengePurpose,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "DELETE FROM prov_challenges WHERE id = $1 AND device_id = $2 AND purpose = $3 \
+             AND scope = $4",
+        )
+        .bind(id)
+        .bind(device.to_string())
+        .bind(purpose.as_str())
+        .bind(purpose.scope())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Deletes every expired challenge (any device, any purpose); returns

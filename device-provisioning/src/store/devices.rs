@@ -136,19 +136,8 @@ impl Store {
         rows.iter().map(device_from_row).collect()
     }
 
-    /// `manufactured → verified`; false if the device was no longer
-    /// `manufactured`.
-    pub(crate) async fn mark_verified(&self, device: DeviceId) -> Result<bool> {
-        self.db
-            .write("mark_verified", |mut tx| async move {
-                Self::mark_verified_in(&mut tx, device)
-                    .await
-                    .map(|v| (tx, v))
-            })
-            .await
-    }
-
-    /// [`Store::mark_verified`] in the caller's transaction.
+    /// A `manufactured` device becomes `verified`, in the caller's
+    /// transaction; `false` when it is in another state.
     pub(crate) async fn mark_verified_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE prov_devices SET state = 'verified', verified_at_ms = $2, \
@@ -162,21 +151,16 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// One more failed genuine-device check; returns the new count.
-    pub(crate) async fn count_check_failure(&self, device: DeviceId) -> Result<u32> {
-        let row = self
-            .db
-            .write("count_check_failure", |mut tx| async move {
-                let row = sqlx::query(
-                    "UPDATE prov_devices SET check_failures = check_failures + 1 \
-                     WHERE device_id = $1 RETURNING check_failures",
-                )
-                .bind(device.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-                Ok::<_, ProvisioningError>((tx, row))
-            })
-            .await?;
+    /// One more failed genuine-device check, in the caller's transaction;
+    /// returns the new count.
+    pub(crate) async fn count_check_failure_in(tx: &mut Tx, device: DeviceId) -> Result<u32> {
+        let row = sqlx::query(
+            "UPDATE prov_devices SET check_failures = check_failures + 1 \
+             WHERE device_id = $1 RETURNING check_failures",
+        )
+        .bind(device.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
         let n: i64 = match row {
             Some(row) => row.try_get("check_failures")?,
             None => 0,

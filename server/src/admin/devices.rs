@@ -226,13 +226,24 @@ pub async fn check(
         .decode(body.signature.trim())
         .map_err(|_| ApiError::bad_request("invalid_input", "signature: must be base64"))?;
     let p = state.provisioning.clone();
-    op.decide(
+    // A failed answer is kept (the challenge used up, the failure counted)
+    // and answered as the refusal it is: it commits with its record.
+    op.decide_write(
         &state,
         Action::CompleteCheck,
         format!("device:{device}"),
-        async move { p.complete_check(device, &challenge, &signature).await },
+        async move {
+            p.prepare_complete_check(device, &challenge, &signature)
+                .await
+        },
+        |mut tx, step| async move {
+            let done = Provisioning::complete_check_in(&mut tx, step)
+                .await
+                .map_err(StepError::Effect)?;
+            Ok((tx, done))
+        },
     )
-    .await?;
+    .await??;
     Ok(Json(wire::DeviceState {
         device_id: device.to_string(),
         state: DeviceState::Verified.as_str().to_owned(),

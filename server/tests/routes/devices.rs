@@ -432,6 +432,66 @@ async fn a_wrong_kcv_confirms_nothing() {
     assert_eq!(shown.expect(StatusCode::OK)["state"], "verified");
 }
 
+/// A check's answer commits with its outcome record: with the trail
+/// unable to take it the challenge is not used up (the same answer
+/// verifies once the trail heals); a wrong answer uses it up and counts
+/// against the device in the same transaction as its refused record.
+#[tokio::test]
+async fn a_check_answer_commits_with_its_outcome_record() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    let d = device(6);
+    app.import("F-6", &[&d]).await.expect(StatusCode::CREATED);
+    let challenge = || async {
+        let c = app
+            .post(&app.root, &path(&d, "/challenge"), json!({}))
+            .await;
+        serde_json::from_value::<wire::ChallengeAnswer>(c.expect(StatusCode::CREATED).clone())
+            .unwrap()
+    };
+    let answer = |c: &wire::ChallengeAnswer, sig: Vec<u8>| json!({"challenge_id": c.challenge_id, "signature": B64.encode(sig)});
+
+    let wrong = challenge().await;
+    let refused = app
+        .post(
+            &app.root,
+            &path(&d, "/check"),
+            answer(&wrong, vec![0x30, 0]),
+        )
+        .await;
+    refused.refused(StatusCode::FORBIDDEN, "proof_of_possession_failed");
+    assert_eq!(
+        app.outcomes_of("provisioning.complete_check", refused.request_id())
+            .await,
+        ["requested", "refused"]
+    );
+    let shown = app.get(&app.root, &path(&d, "")).await;
+    assert_eq!(shown.expect(StatusCode::OK)["check_failures"], 1);
+    // Used up: the right answer to it now finds no challenge.
+    let sig = d.sign_challenge(&hex::decode(&wrong.challenge).unwrap());
+    app.post(&app.root, &path(&d, "/check"), answer(&wrong, sig))
+        .await
+        .refused(StatusCode::FORBIDDEN, "challenge_invalid");
+
+    let c = challenge().await;
+    let sig = d.sign_challenge(&hex::decode(&c.challenge).unwrap());
+    app.break_audit_staging().await;
+    let cut = app
+        .post(&app.root, &path(&d, "/check"), answer(&c, sig.clone()))
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("provisioning.complete_check", cut.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    app.heal_audit_staging().await;
+    let done = app
+        .post(&app.root, &path(&d, "/check"), answer(&c, sig))
+        .await;
+    assert_eq!(done.expect(StatusCode::OK)["state"], "verified");
+}
+
 /// An init confirmation commits with its outcome record: with the trail
 /// unable to take it nothing is initialised; a mismatch is kept (the
 /// package refused for good, recorded as refused) in the same transaction.
