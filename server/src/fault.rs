@@ -89,6 +89,14 @@ pub const POINTS: &[&str] = &[
     "crl.published",
     // A bulk MAC batch's audit record written; the summary not answered.
     "bulk.batch.audited",
+    // A secure channel (and its ticket and record) committed, full or
+    // resumed; the ServerFinished not answered.
+    "channel.open.committed",
+    // A carried record claimed (both sequences moved); its request not
+    // run, its answer not sealed.
+    "channel.record.claimed",
+    // The card's key update committed; not acknowledged.
+    "channel.rekey.committed",
     // Audit records chained and committed; the head not noted yet.
     "audit.append.committed",
     // Staged audit records chained and committed.
@@ -110,6 +118,7 @@ pub const SWEEPS: &[(&str, &[&str])] = &[
             "rotation.",
             "crl.",
             "bulk.",
+            "channel.",
             "audit.",
         ],
     ),

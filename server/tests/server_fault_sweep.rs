@@ -7,7 +7,8 @@
 //! fault points is armed there and runs one scenario that meets every point:
 //! a one-device batch imported, a device's init package and binding, its
 //! first login (working keys offered and confirmed), a second login, a bulk
-//! MAC batch over its key, wrong responses until its credential locks (its
+//! MAC batch over its key, the device as a card in the secure channel
+//! (opened, a carried login, a key update, closed, then resumed), wrong responses until its credential locks (its
 //! certificate revoked, the CRL re-signed), all audited and checkpointed.
 //! Whenever the server dies it is started again without faults and the
 //! client carries on as a station or terminal would (the same request
@@ -20,6 +21,7 @@
 //!   listener refuses the locked device's certificate (the CRL in force);
 //! - every credential has at most one active and one pending working-key
 //!   version, and a bound device that logged in has an active one;
+//! - every stored channel has its opening's audit record;
 //! - `keyward audit verify` finds the chain and the HSM checkpoint whole.
 //!
 //! `KEYWARD_FAULT_SWEEP_POINTS=a,b` limits the sweep to those points. It
@@ -90,14 +92,16 @@ impl Rig {
     async fn kwctl(&mut self, args: &[&str], done_code: Option<&str>) -> Value {
         let deadline = Instant::now() + STEP;
         let mut failed = false;
+        let mut last = Value::Null;
         loop {
             assert!(
                 Instant::now() < deadline,
-                "kwctl {args:?}: no success\n{}",
+                "kwctl {args:?}: no success: {last}\n{}",
                 self.s.log()
             );
             let out = self.station().kwctl("alice", args);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            last = v.clone();
             if out.status.success() {
                 return v;
             }
@@ -173,6 +177,51 @@ impl Rig {
                 Err(_) => false,
             };
             self.after_failure(answered).await;
+        }
+    }
+
+    /// `dev` as a bank card in the secure channel (kwsim: the handshake, a
+    /// carried ping and login, a key update, a close, then a resumption)
+    /// until one whole run succeeds; a run cut by a fault is
+    /// started again with a new channel, as a card would.
+    async fn channel(&mut self, device: &str, chain: &str) {
+        let card = self.s.dir.path().join(format!("card-{device}.pem"));
+        std::fs::write(&card, chain).unwrap();
+        let deadline = Instant::now() + STEP;
+        let mut last = String::new();
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "channel: {last}\n{}",
+                self.s.log()
+            );
+            // The listener's port changes at every restart.
+            let (server, ca) = (format!("https://{}", self.s.public), self.s.ca_pem());
+            let args = [
+                "channel",
+                device,
+                "--issuer",
+                ISSUER,
+                "--server",
+                &server,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--cert",
+                card.to_str().unwrap(),
+                "--resume-on",
+                &server,
+            ];
+            let out = self.station().kwsim(&args);
+            if out.status.success() {
+                return;
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Any line at all: the server answered before it failed.
+            self.after_failure(!out.stdout.is_empty()).await;
         }
     }
 
@@ -285,7 +334,8 @@ async fn bank(count: usize) -> Rig {
     let mut s = Server::with_options(Options {
         extra: format!(
             "[provisioning]\nimport_lease_ms = 1000\n\
-             [online]\nmax_login_failures = {MAX_FAILURES}\n"
+             [online]\nmax_login_failures = {MAX_FAILURES}\n\
+             login_starts_per_minute = 1000\n"
         ),
         ..Default::default()
     })
@@ -376,6 +426,24 @@ async fn check(rig: &mut Rig, batch: &str, factory: &str, device: &str, what: &s
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Every channel stored was recorded with it (the record staged in the
+    // channel's transaction is chained at start).
+    let unrecorded: Vec<String> = sqlx::query(
+        "SELECT c.id FROM channels c WHERE NOT EXISTS (SELECT 1 FROM audit_log a \
+         WHERE a.target = 'channel:' || c.id AND a.action IN ('channel.open', 'channel.resume') \
+           AND a.outcome = 'success')",
+    )
+    .fetch_all(rig.db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("id"))
+    .collect();
+    assert!(
+        unrecorded.is_empty(),
+        "{what}: channels without their record: {unrecorded:?}"
+    );
+
     // Working keys: at most one active and one pending version per
     // credential; the case's device has an active one.
     let bad: Vec<(String, i64, i64)> = sqlx::query(
@@ -425,11 +493,12 @@ async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
         let manifest = factory_manifest(&rig.s, &factory);
         rig.import(&batch, &manifest).await;
         let agent = rig.station().agent();
+        // A repeat after a lost answer may find the keys confirmed.
         rig.kwctl(
             &[
                 "device", "init", &device, "--issuer", ISSUER, "--agent", &agent,
             ],
-            None,
+            Some("reinit_required"),
         )
         .await;
         let customer = rig.customer.clone();
@@ -458,6 +527,7 @@ async fn every_other_fault_point_killed_or_panicked_recovers_whole() {
         let second = rig.login(&mut dev, &chain).await;
         let version = second["key_version"].as_u64().unwrap();
         rig.bulk(&dev, version).await;
+        rig.channel(&device, &chain).await;
         rig.lock_out(&mut dev, &chain).await;
 
         // A background point (CRL, checkpoint) may still be due.

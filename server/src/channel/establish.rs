@@ -148,6 +148,7 @@ impl Channels {
                 Ok((tx, ()))
             })
             .await?;
+        crate::fault_point!("channel.open.committed");
         self.0.audit.chain_staged().await;
         self.count_handshake(outcome);
         Ok(Opened {

@@ -563,6 +563,7 @@ impl Channels {
                     // channel closed or expired meanwhile): a replay.
                     return Ok(None);
                 }
+                crate::fault_point!("channel.record.claimed");
                 let answer = carry(card, plain).await;
                 let first = self
                     .seal_answer(&keys, r.channel, &iv_s2c, s2c_seq, answer.clone())
@@ -626,6 +627,7 @@ impl Channels {
                 if !moved {
                     return Ok(None);
                 }
+                crate::fault_point!("channel.rekey.committed");
                 let generation = generation.saturating_add(1);
                 self.0
                     .cache
