@@ -218,6 +218,16 @@ impl AuditNote {
         }
     }
 
+    /// Seals the note with a refusal that is kept: committed with what
+    /// it changed ([`Kept`]).
+    pub(crate) fn kept<T>(self, error: ProvisioningError) -> Kept<T> {
+        let Refused { note, error } = *self.refused(error);
+        Audited {
+            value: Err(error),
+            note,
+        }
+    }
+
     /// Seals the note with the error that ended the operation.
     pub(crate) fn refused(mut self, error: ProvisioningError) -> Box<Refused> {
         let code = error.code();
@@ -240,6 +250,27 @@ pub struct Audited<T> {
 impl<T> Audited<T> {
     pub fn into_value(self) -> T {
         self.value
+    }
+}
+
+/// A decision that commits even when it refuses (the refusal is itself a
+/// change to keep: a package refused for good, a failed check counted): its
+/// value is the answer, its note the record committed with it.
+pub type Kept<T> = Audited<std::result::Result<T, ProvisioningError>>;
+
+impl<T> Kept<T> {
+    /// The committed decision as the answer: its value, or its refusal.
+    pub fn answer(self) -> Decision<T> {
+        match self.value {
+            Ok(value) => Ok(Audited {
+                value,
+                note: self.note,
+            }),
+            Err(error) => Err(Box::new(Refused {
+                note: self.note,
+                error,
+            })),
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use keyward_kms::hsm::PublicKey;
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Prepared, Refused};
+use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Kept, Prepared, Refused};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
 use crate::challenges::{ChallengeId, ChallengePurpose};
 use crate::error::{ProvisioningError, Result};
@@ -155,19 +155,15 @@ impl Provisioning {
         let step = self
             .prepare_complete_check(device, id, signature_der)
             .await?;
-        let Audited { value, note } = self
-            .commit("complete_check", step.note(), |mut tx| {
-                let step = step.clone();
-                async move {
-                    let done = Self::complete_check_in(&mut tx, step).await;
-                    (tx, done)
-                }
-            })
-            .await?;
-        match value {
-            Ok(()) => Ok(Audited { value: (), note }),
-            Err(error) => Err(Box::new(Refused { note, error })),
-        }
+        self.commit("complete_check", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::complete_check_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await?
+        .answer()
     }
 
     /// [`Provisioning::complete_check`]'s reads and its verdict on the
@@ -249,7 +245,7 @@ impl Provisioning {
     pub async fn complete_check_in(
         tx: &mut Tx,
         step: Prepared<CompleteCheck>,
-    ) -> Decision<std::result::Result<(), ProvisioningError>> {
+    ) -> Result<Kept<()>, Box<Refused>> {
         let Prepared { input: c, mut note } = step;
         let result = async {
             let purpose = ChallengePurpose::GenuineDevice;
@@ -283,13 +279,7 @@ impl Provisioning {
                 value: Ok(()),
                 note,
             }),
-            Ok(Some(error)) => {
-                let Refused { note, error } = *note.refused(error);
-                Ok(Audited {
-                    value: Err(error),
-                    note,
-                })
-            }
+            Ok(Some(error)) => Ok(note.kept(error)),
             Err(e) => Err(note.refused(e)),
         }
     }

@@ -20,7 +20,7 @@ use keyward_kms::types::{DeviceId, IssuerId, Kcv};
 use keyward_kms::wrap::InitPackage;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Prepared, Refused};
+use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Kept, Prepared, Refused};
 use crate::error::{ProvisioningError, Result};
 use crate::store::Store;
 use crate::types::{DeviceState, OperatorId, Reason};
@@ -258,20 +258,15 @@ impl Provisioning {
         kcvs: &[(S, Kcv)],
     ) -> Decision<()> {
         let step = self.prepare_confirm_init(device, issuer, kcvs).await?;
-        let settled = self
-            .commit("confirm_init", step.note(), |mut tx| {
-                let step = step.clone();
-                async move {
-                    let done = Self::confirm_init_in(&mut tx, step).await;
-                    (tx, done)
-                }
-            })
-            .await?;
-        let Audited { value, note } = settled;
-        match value {
-            Ok(()) => Ok(Audited { value: (), note }),
-            Err(error) => Err(Box::new(Refused { note, error })),
-        }
+        self.commit("confirm_init", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::confirm_init_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await?
+        .answer()
     }
 
     /// [`Provisioning::confirm_init`]'s reads and its comparison of the
@@ -328,7 +323,7 @@ impl Provisioning {
     pub async fn confirm_init_in(
         tx: &mut Tx,
         step: Prepared<ConfirmInit>,
-    ) -> Decision<std::result::Result<(), ProvisioningError>> {
+    ) -> Result<Kept<()>, Box<Refused>> {
         let Prepared { input: c, mut note } = step;
         let outcome = if c.matched {
             InitState::Initialised
@@ -350,16 +345,10 @@ impl Provisioning {
             Ok(_) => {
                 tracing::warn!(device = %c.device, issuer = %c.issuer,
                     "device reported init-package KCVs that do not match: intrusion signal, keys refused");
-                let error = ProvisioningError::KcvMismatch {
+                Ok(note.kept(ProvisioningError::KcvMismatch {
                     device: c.device,
                     issuer: c.issuer,
-                };
-                let refused = note.refused(error);
-                let Refused { note, error } = *refused;
-                Ok(Audited {
-                    value: Err(error),
-                    note,
-                })
+                }))
             }
         }
     }

@@ -82,7 +82,7 @@ use std::time::Duration;
 use keyward_kms::Kms;
 
 pub use audit::{
-    Action, Actor, AuditNote, Audited, Decision, Outcome, Prepared, RedactedText, Refused,
+    Action, Actor, AuditNote, Audited, Decision, Kept, Outcome, Prepared, RedactedText, Refused,
 };
 pub use binding::{BindRequest, Binding};
 pub use certifier::{

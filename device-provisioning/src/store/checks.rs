@@ -93,18 +93,7 @@ impl Store {
                 Ok::<_, ProvisioningError>((tx, row))
             })
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let hex_text: String = row.try_get("challenge")?;
-        let bytes = hex::decode(&hex_text)
-            .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
-        Ok(Some(StoredChallenge {
-            id: id.to_owned(),
-            device,
-            purpose: purpose.as_str(),
-            scope: purpose.scope().to_owned(),
-            bytes,
-            expires_at_ms: row.try_get("expires_at_ms")?,
-        }))
+        row.map(|row| stored(&row, id, device, purpose)).transpose()
     }
 
     /// Drops every outstanding challenge of `device` for `purpose`.
@@ -157,18 +146,7 @@ impl Store {
         .bind(purpose.scope())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let hex_text: String = row.try_get("challenge")?;
-        let bytes = hex::decode(&hex_text)
-            .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
-        Ok(Some(StoredChallenge {
-            id: id.to_owned(),
-            device,
-            purpose: purpose.as_str(),
-            scope: purpose.scope().to_owned(),
-            bytes,
-            expires_at_ms: row.try_get("expires_at_ms")?,
-        }))
+        row.map(|row| stored(&row, id, device, purpose)).transpose()
     }
 
     /// Deletes challenge `id` of `device` for `purpose` in the caller's
@@ -219,4 +197,24 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+/// A challenge row (`challenge`, `expires_at_ms`) of `device` for `purpose`.
+fn stored(
+    row: &sqlx::any::AnyRow,
+    id: &str,
+    device: DeviceId,
+    purpose: &ChallengePurpose,
+) -> Result<StoredChallenge> {
+    let hex_text: String = row.try_get("challenge")?;
+    let bytes = hex::decode(&hex_text)
+        .map_err(|_| ProvisioningError::CorruptRecord("prov_challenges.challenge"))?;
+    Ok(StoredChallenge {
+        id: id.to_owned(),
+        device,
+        purpose: purpose.as_str(),
+        scope: purpose.scope().to_owned(),
+        bytes,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+    })
 }
