@@ -45,8 +45,9 @@ const ROLLBACK: &str = "ROLLBACK TO SAVEPOINT keyward_unit";
 /// group the unit's savepoint).
 pub struct Tx {
     inner: Option<Transaction<'static, Any>>,
-    /// The group this unit runs in, where the transaction goes back on drop.
-    group: Option<Arc<Groups>>,
+    /// The group this unit runs in (and its id), where the transaction goes
+    /// back on drop.
+    group: Option<(Arc<Groups>, u64)>,
 }
 
 impl std::fmt::Debug for Tx {
@@ -114,8 +115,8 @@ impl DerefMut for Tx {
 
 impl Drop for Tx {
     fn drop(&mut self) {
-        if let (Some(t), Some(groups)) = (self.inner.take(), &self.group) {
-            groups.hand_back(t);
+        if let (Some(t), Some((groups, id))) = (self.inner.take(), &self.group) {
+            groups.hand_back(t, *id);
         }
     }
 }
@@ -164,13 +165,13 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl Groups {
-    fn hand_back(&self, t: Transaction<'static, Any>) {
+    fn hand_back(&self, t: Transaction<'static, Any>, id: u64) {
         let mut s = lock(&self.state);
-        if let Some(open) = s.open.as_mut().filter(|o| o.tx.is_none()) {
+        if let Some(open) = s.open.as_mut().filter(|o| o.id == id && o.tx.is_none()) {
             open.tx = Some(t);
             open.dropped = true;
         }
-        // Otherwise the group is gone already: dropping rolls back.
+        // Otherwise its group is gone already: dropping rolls back.
     }
 }
 
@@ -193,7 +194,7 @@ impl Database {
         };
         let mut tx = Tx {
             inner: Some(tx),
-            group: Some(self.groups.clone()),
+            group: Some((self.groups.clone(), id)),
         };
         if let Err(e) = sqlx::query(SAVEPOINT).execute(&mut *tx).await {
             drop(tx);
