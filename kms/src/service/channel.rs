@@ -514,21 +514,7 @@ impl Kms {
         }
         let (base, pool) = (base.obj, self.pool().clone());
         self.pool()
-            .run(move |hsm| {
-                items
-                    .iter()
-                    .map(|(data, key_use)| {
-                        let obj =
-                            hsm.derive_key(base, Derivation::AesEcb, data, &key_use.spec())?;
-                        Ok(ChannelSecret {
-                            obj,
-                            key_use: *key_use,
-                            pool: pool.clone(),
-                            owned: true,
-                        })
-                    })
-                    .collect()
-            })
+            .run(move |hsm| derive_secrets(hsm, &pool, base, &items))
             .await
     }
 
@@ -730,19 +716,7 @@ impl Kms {
                     &master_input,
                     &ChannelKeyUse::Secret.spec(),
                 )?;
-                let keys: Result<Vec<ChannelSecret>> = items
-                    .iter()
-                    .map(|(data, key_use)| {
-                        let obj =
-                            hsm.derive_key(master, Derivation::AesEcb, data, &key_use.spec())?;
-                        Ok(ChannelSecret {
-                            obj,
-                            key_use: *key_use,
-                            pool: pool.clone(),
-                            owned: true,
-                        })
-                    })
-                    .collect();
+                let keys = derive_secrets(hsm, &pool, master, &items);
                 if let Err(e) = hsm.destroy(master) {
                     tracing::warn!(error = %e, "could not destroy a channel master secret");
                 }
@@ -798,6 +772,28 @@ impl Kms {
         key.owned = false;
         self.pool().run(move |hsm| hsm.destroy(obj)).await
     }
+}
+
+/// `PRF(base, data)` for each of `items`, in order, as owned secrets, in a
+/// worker's job.
+fn derive_secrets(
+    hsm: &dyn Hsm,
+    pool: &HsmPool,
+    base: ObjectId,
+    items: &[([u8; 32], ChannelKeyUse)],
+) -> Result<Vec<ChannelSecret>> {
+    items
+        .iter()
+        .map(|(data, key_use)| {
+            let obj = hsm.derive_key(base, Derivation::AesEcb, data, &key_use.spec())?;
+            Ok(ChannelSecret {
+                obj,
+                key_use: *key_use,
+                pool: pool.clone(),
+                owned: true,
+            })
+        })
+        .collect()
 }
 
 /// A value of [`Kms::channel_wrap_state`] worth trying to unwrap as a

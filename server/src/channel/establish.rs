@@ -11,7 +11,7 @@ use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
 use keyward_protocol::channel::{self, ChannelId, Direction, Label, ServerFinished};
 
 use super::store::{self, ChannelRow};
-use super::{CHANNEL_TTL_MS, ChannelError, Channels, Opened, Result};
+use super::{CHANNEL_TTL_MS, ChannelError, Channels, Opened, Result, stage};
 use crate::audit::{AuditEvent, Outcome};
 use crate::online::Device;
 
@@ -136,15 +136,7 @@ impl Channels {
                 }
                 store::insert_in(&mut tx, row).await?;
                 store::insert_ticket_in(&mut tx, ticket).await?;
-                audit
-                    .stage_in(
-                        &mut tx,
-                        &terminal.actor,
-                        event,
-                        Outcome::Success,
-                        &terminal.request_id,
-                    )
-                    .await?;
+                stage(&mut tx, audit, terminal, event, Outcome::Success).await?;
                 Ok((tx, ()))
             })
             .await?;

@@ -436,17 +436,16 @@ impl Channels {
         self.db()
             .write("channel.refuse", |mut tx| async move {
                 store::take_handshake_in(&mut tx, id).await?;
-                audit
-                    .stage_in(
-                        &mut tx,
-                        &terminal.actor,
-                        event,
-                        Outcome::Refused {
-                            code: "channel_refused",
-                        },
-                        &terminal.request_id,
-                    )
-                    .await?;
+                stage(
+                    &mut tx,
+                    audit,
+                    terminal,
+                    event,
+                    Outcome::Refused {
+                        code: "channel_refused",
+                    },
+                )
+                .await?;
                 Ok::<_, ChannelError>((tx, ()))
             })
             .await?;
@@ -645,15 +644,7 @@ impl Channels {
                         if !store::close_in(&mut tx, id, now).await? {
                             return Ok((tx, false));
                         }
-                        audit
-                            .stage_in(
-                                &mut tx,
-                                &terminal.actor,
-                                event,
-                                Outcome::Success,
-                                &terminal.request_id,
-                            )
-                            .await?;
+                        stage(&mut tx, audit, terminal, event, Outcome::Success).await?;
                         Ok::<_, ChannelError>((tx, true))
                     })
                     .await?;
@@ -682,17 +673,16 @@ impl Channels {
         self.db()
             .write("channel.close", |mut tx| async move {
                 if store::close_in(&mut tx, id, now).await? {
-                    audit
-                        .stage_in(
-                            &mut tx,
-                            &terminal.actor,
-                            event,
-                            Outcome::Refused {
-                                code: "channel_closed",
-                            },
-                            &terminal.request_id,
-                        )
-                        .await?;
+                    stage(
+                        &mut tx,
+                        audit,
+                        terminal,
+                        event,
+                        Outcome::Refused {
+                            code: "channel_closed",
+                        },
+                    )
+                    .await?;
                 }
                 Ok::<_, ChannelError>((tx, ()))
             })
@@ -716,17 +706,16 @@ impl Channels {
                 let closed = store::close_relayed_in(&mut tx, terminal_id, now).await?;
                 for id in &closed {
                     let event = event("channel.close", id, json!({ "by": "server" }));
-                    audit
-                        .stage_in(
-                            &mut tx,
-                            &terminal.actor,
-                            &event,
-                            Outcome::Refused {
-                                code: "channel_closed",
-                            },
-                            &terminal.request_id,
-                        )
-                        .await?;
+                    stage(
+                        &mut tx,
+                        audit,
+                        terminal,
+                        &event,
+                        Outcome::Refused {
+                            code: "channel_closed",
+                        },
+                    )
+                    .await?;
                 }
                 Ok::<_, ChannelError>((tx, closed))
             })
@@ -884,6 +873,19 @@ fn der_of_pem(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .ok()
         .map(|(_, p)| p.contents)
+}
+
+/// Stages `event` by the terminal's call in the step's transaction `tx`.
+async fn stage(
+    tx: &mut keyward_kms::db::Tx,
+    audit: &AuditLog,
+    terminal: &Device,
+    event: &AuditEvent,
+    outcome: Outcome,
+) -> std::result::Result<(), crate::audit::AuditError> {
+    audit
+        .stage_in(tx, &terminal.actor, event, outcome, &terminal.request_id)
+        .await
 }
 
 fn event(action: &'static str, id: &str, detail: serde_json::Value) -> AuditEvent {

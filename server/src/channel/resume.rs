@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::establish::{Establish, Guard};
 use super::store::{self, TicketRow};
-use super::{ChannelError, Channels, Result, event};
+use super::{ChannelError, Channels, Result, event, stage};
 use crate::audit::Outcome;
 use crate::online::Device;
 
@@ -209,17 +209,16 @@ impl Channels {
         self.db()
             .write("channel.resume.refuse", |mut tx| async move {
                 store::use_ticket_in(&mut tx, ticket_id, now).await?;
-                audit
-                    .stage_in(
-                        &mut tx,
-                        &terminal.actor,
-                        event,
-                        Outcome::Refused {
-                            code: "channel_refused",
-                        },
-                        &terminal.request_id,
-                    )
-                    .await?;
+                stage(
+                    &mut tx,
+                    audit,
+                    terminal,
+                    event,
+                    Outcome::Refused {
+                        code: "channel_refused",
+                    },
+                )
+                .await?;
                 Ok::<_, ChannelError>((tx, ()))
             })
             .await?;
