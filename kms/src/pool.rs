@@ -10,14 +10,16 @@
 //! bulk chunk per worker, never behind a whole queue of them: a switch's
 //! batches cannot make `/ready` time out or logins starve.
 //!
-//! [`HsmPool::shutdown`] finishes the queued jobs and joins the workers. A
-//! process calls it before it exits: a worker still inside the PKCS#11
-//! module while the process runs its exit handlers can crash it (seen with
-//! SoftHSM 2.6.1 in `C_CloseSession`).
+//! [`HsmPool::shutdown`] finishes the queued jobs and joins the workers, and
+//! so does dropping the last clone: a worker still inside the PKCS#11 module
+//! while the process runs its exit handlers can crash it (seen with SoftHSM
+//! 2.6.1 in `C_CloseSession`, and in the session-object clean-up that
+//! dropped channel keys queue). So nothing may keep a pool alive for the
+//! whole process: a process-wide handle is a [`PoolExit`], which does not.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -41,8 +43,9 @@ struct Workers {
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// When the last pool clone goes (its sender first, so the workers' queue is
-/// closed and they stop after their current job), wait for the workers: a
+/// When the last pool clone goes (its senders first, so the workers' queues
+/// are closed and they stop after the jobs already queued), wait for the
+/// workers: a
 /// worker still inside the PKCS#11 module (closing its session) while the
 /// process runs its exit handlers can crash it (SoftHSM 2.6.1), which a test
 /// process that simply returns would otherwise risk. A worker never joins
@@ -84,19 +87,38 @@ pub enum Lane {
 
 /// Cheap to clone; all clones feed the same workers.
 #[derive(Clone)]
-pub struct HsmPool {
+pub struct HsmPool(Arc<Shared>);
+
+/// What the clones share. The senders drop before the workers' handles, so
+/// the queues are closed when [`Workers`] joins.
+struct Shared {
     tx: Sender<Msg>,
     bulk_tx: Sender<Msg>,
     caps: Capabilities,
     workers: usize,
-    threads: Arc<Workers>,
     stats: Arc<PoolStats>,
+    threads: Workers,
+}
+
+/// Shuts a pool down at the end of a process if it is still alive, without
+/// keeping it alive meanwhile (a pool whose clones are all gone has already
+/// joined its workers).
+#[derive(Clone, Debug, Default)]
+pub struct PoolExit(Weak<Shared>);
+
+impl PoolExit {
+    /// [`HsmPool::shutdown`], if the pool still exists.
+    pub fn shutdown(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            HsmPool(shared).shutdown();
+        }
+    }
 }
 
 impl std::fmt::Debug for HsmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HsmPool")
-            .field("workers", &self.workers)
+            .field("workers", &self.0.workers)
             .field("queued", &self.queued())
             .finish_non_exhaustive()
     }
@@ -110,7 +132,7 @@ impl HsmPool {
         let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
         let (bulk_tx, bulk_rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
         let stats = Arc::new(PoolStats::default());
-        let threads = Arc::new(Workers::default());
+        let threads = Workers::default();
         for i in 0..workers.max(1) {
             let (rx, bulk_rx) = (rx.clone(), bulk_rx.clone());
             let hsm = hsm.clone();
@@ -145,14 +167,20 @@ impl HsmPool {
                 handles.push(handle);
             }
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             tx,
             bulk_tx,
             caps,
             workers: workers.max(1),
-            threads,
             stats,
-        })
+            threads,
+        })))
+    }
+
+    /// A handle that shuts this pool down at the end of the process without
+    /// keeping it alive until then.
+    pub fn exit_handle(&self) -> PoolExit {
+        PoolExit(Arc::downgrade(&self.0))
     }
 
     /// Runs the jobs already queued, stops the workers and waits for them.
@@ -160,14 +188,14 @@ impl HsmPool {
     /// Blocks: call it outside the async runtime, as the process ends.
     /// A second call does nothing.
     pub fn shutdown(&self) {
-        if self.threads.closed.swap(true, Ordering::SeqCst) {
+        if self.0.threads.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        for _ in 0..self.workers {
+        for _ in 0..self.0.workers {
             // Blocks while the queue is full; fails only if every worker is gone.
-            let _ = self.tx.send(Msg::Stop);
+            let _ = self.0.tx.send(Msg::Stop);
         }
-        let handles = match self.threads.handles.lock() {
+        let handles = match self.0.threads.handles.lock() {
             Ok(mut h) => std::mem::take(&mut *h),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
@@ -196,8 +224,8 @@ impl HsmPool {
             let _ = reply.send(f(hsm));
         });
         match lane {
-            Lane::Interactive => self.submit(&self.tx, job)?,
-            Lane::Bulk => self.submit(&self.bulk_tx, job)?,
+            Lane::Interactive => self.submit(&self.0.tx, job)?,
+            Lane::Bulk => self.submit(&self.0.bulk_tx, job)?,
         }
         rx.await.map_err(|_| worker_failed())?
     }
@@ -211,7 +239,7 @@ impl HsmPool {
     {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.submit(
-            &self.tx,
+            &self.0.tx,
             Box::new(move |hsm| {
                 let _ = reply.send(f(hsm));
             }),
@@ -225,16 +253,16 @@ impl HsmPool {
     where
         F: FnOnce(&dyn Hsm) + Send + 'static,
     {
-        self.submit(&self.tx, Box::new(f))
+        self.submit(&self.0.tx, Box::new(f))
     }
 
     fn submit(&self, lane: &Sender<Msg>, job: Job) -> Result<()> {
-        if self.threads.closed.load(Ordering::SeqCst) {
+        if self.0.threads.closed.load(Ordering::SeqCst) {
             return Err(KmsError::PoolClosed);
         }
         lane.try_send(Msg::Job(job)).map_err(|e| match e {
             TrySendError::Full(_) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                self.0.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 KmsError::Busy
             }
             TrySendError::Disconnected(_) => KmsError::PoolClosed,
@@ -243,20 +271,20 @@ impl HsmPool {
 
     /// The vendor differences of the HSM behind the pool.
     pub fn capabilities(&self) -> Capabilities {
-        self.caps
+        self.0.caps
     }
 
     pub fn workers(&self) -> usize {
-        self.workers
+        self.0.workers
     }
 
     /// Jobs waiting for a worker, in both lanes.
     pub fn queued(&self) -> usize {
-        self.tx.len() + self.bulk_tx.len()
+        self.0.tx.len() + self.0.bulk_tx.len()
     }
 
     pub fn stats(&self) -> &PoolStats {
-        &self.stats
+        &self.0.stats
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use keyward_ca::{
@@ -22,6 +22,7 @@ use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::db::Database;
 use keyward_kms::hsm::{KeyPairKind, PublicKey};
+use keyward_kms::pool::PoolExit;
 use keyward_kms::signing::SigningKey;
 
 use crate::audit::{AUDIT_SIGNING_LABEL, Actor, AuditEvent, AuditLog, Outcome};
@@ -44,9 +45,12 @@ pub struct Opened {
     pub migrated: Vec<i64>,
 }
 
-/// The key service of this process, whose HSM workers [`close_hsm`] joins
-/// as the process ends.
-static KMS: OnceLock<Kms> = OnceLock::new();
+/// The key services this process opened, whose HSM workers [`close_hsm`]
+/// joins as the process ends. Weak: a service whose last clone is gone has
+/// joined its workers already, and one kept here would keep its workers (and
+/// the jobs queued behind a test's last request) running into the exit
+/// handlers.
+static OPENED_HSMS: Mutex<Vec<PoolExit>> = Mutex::new(Vec::new());
 
 /// Opens the database and, on it, the HSM and the key catalog, for a
 /// command.
@@ -66,7 +70,10 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
     let kms = Kms::open(config, db)
         .await
         .context("opening the HSM and the key catalog")?;
-    let _ = KMS.set(kms.clone());
+    OPENED_HSMS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(kms.exit_handle());
     Ok(kms)
 }
 
@@ -75,8 +82,9 @@ pub async fn open_kms(config: &Config) -> anyhow::Result<Kms> {
 /// PKCS#11 module while the process runs its exit handlers can crash it
 /// (SoftHSM 2.6.1, `C_CloseSession`).
 pub fn close_hsm() {
-    if let Some(kms) = KMS.get() {
-        kms.shutdown();
+    let opened = std::mem::take(&mut *OPENED_HSMS.lock().unwrap_or_else(|p| p.into_inner()));
+    for hsm in opened {
+        hsm.shutdown();
     }
 }
 

@@ -304,6 +304,12 @@ impl Kms {
         self.pool.shutdown();
     }
 
+    /// A handle for [`Kms::shutdown`] at the end of the process that does not
+    /// keep the HSM workers alive until then.
+    pub fn exit_handle(&self) -> crate::pool::PoolExit {
+        self.pool.exit_handle()
+    }
+
     /// Drops the HSM sessions (or, `logout`, the login) as an HSM restart
     /// would ([`crate::hsm::Hsm::drop_sessions`]); the next calls heal.
     pub async fn drop_hsm_sessions(&self, logout: bool) -> Result<()> {
