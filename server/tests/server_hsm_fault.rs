@@ -34,8 +34,10 @@ const DEVICES: usize = 3;
 const ISSUER: &str = "bank-a";
 /// No answer within this is a hang.
 const HANG: Duration = Duration::from_secs(10);
-/// Healing must take less than this.
-const HEAL_WITHIN: Duration = Duration::from_secs(5);
+/// Not healed after this is a failure to heal: a liveness bound, far above
+/// the measured time (tens of milliseconds), which the test prints; a timed
+/// bound near it would only measure how loaded the CI machine is.
+const HEAL_WITHIN: Duration = Duration::from_secs(30);
 
 /// One answer, as the load classes it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -176,11 +178,23 @@ async fn fault_and_heal(s: &Server, signal: &str, log: &Arc<Mutex<Log>>) -> Dura
         }
         assert!(
             at.elapsed() < HEAL_WITHIN,
-            "{signal}: not healed after {HEAL_WITHIN:?}: devices served again {served:?}\n{}",
+            "{signal}: not healed after {HEAL_WITHIN:?}: devices served again {served:?}\n\
+             answers since the fault:\n{}\n{}",
+            since(&log.lock().unwrap(), at),
             s.log()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The answers after `at`, one line each: when, device, call, answer.
+fn since(log: &Log, at: Instant) -> String {
+    log.answers
+        .iter()
+        .filter(|(_, when, _, _)| *when > at)
+        .map(|(n, when, kind, seen)| format!("  +{:?} device {n} {kind}: {seen:?}", *when - at))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread")]
