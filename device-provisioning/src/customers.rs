@@ -5,7 +5,7 @@
 //! ```text
 //! apply ─▶ submitted ─approve─▶ approved   (the customer exists)
 //!              │  ▲
-//!           reject │ correct_and_resubmit
+//!           reject │ resubmit
 //!              ▼  │
 //!           rejected ─close─▶ closed        (submitted ─close─▶ closed too)
 //! ```
@@ -113,42 +113,58 @@ pub struct Approval {
     customer: Customer,
 }
 
+/// A rejected application corrected, checked before its transaction: the
+/// revision it replaces and the application as it will stand.
+#[derive(Debug, Clone)]
+pub struct Resubmission {
+    from_revision: u32,
+    view: ApplicationView,
+}
+
 impl Provisioning {
-    /// Records a customer's application, submitted by `submitted_by` (the maker).
-    pub async fn apply(
+    /// A customer's application by `submitted_by` (the maker), checked and
+    /// given its ids before its transaction ([`Provisioning::apply_in`]).
+    pub fn prepare_apply(
         &self,
-        mut application: CustomerApplication,
+        application: CustomerApplication,
         submitted_by: &OperatorId,
-    ) -> Decision<ApplicationView> {
+    ) -> Result<Prepared<ApplicationView>, Box<Refused>> {
         let id = ApplicationId::generate();
         let mut note = AuditNote::new(
             Actor::Operator(submitted_by.clone()),
             Action::Apply,
             format!("application:{id}"),
         );
-        let result = async {
-            application.validate()?;
-            let customer_id = CustomerId::generate();
-            note.detail("customer_id", &customer_id);
-            let now = now_ms();
-            self.store
-                .insert_application(&id, &customer_id, &application, submitted_by, now)
-                .await?;
-            Ok(ApplicationView {
-                id: id.clone(),
-                customer_id,
-                state: ApplicationState::Submitted,
-                application,
-                revision: 1,
-                submitted_by: submitted_by.as_str().to_owned(),
-                submitted_at_ms: now,
-                decided_by: None,
-                decided_at_ms: None,
-                decision_reason: None,
-            })
+        let mut application = application;
+        if let Err(e) = application.validate() {
+            return Err(note.refused(e));
         }
-        .await;
-        note.finish(result)
+        let customer_id = CustomerId::generate();
+        note.detail("customer_id", &customer_id);
+        let input = ApplicationView {
+            id,
+            customer_id,
+            state: ApplicationState::Submitted,
+            application,
+            revision: 1,
+            submitted_by: submitted_by.as_str().to_owned(),
+            submitted_at_ms: now_ms(),
+            decided_by: None,
+            decided_at_ms: None,
+            decision_reason: None,
+        };
+        Ok(Prepared { input, note })
+    }
+
+    /// Records the application ([`Provisioning::prepare_apply`]) in the
+    /// caller's transaction.
+    pub async fn apply_in(
+        tx: &mut Tx,
+        step: Prepared<ApplicationView>,
+    ) -> Decision<ApplicationView> {
+        let Prepared { input, note } = step;
+        let result = Store::insert_application_in(tx, &input).await;
+        note.finish(result.map(|()| input))
     }
 
     /// One application, for the checker's review.
@@ -320,19 +336,21 @@ impl Provisioning {
     }
 
     /// The maker corrects a rejected application and submits it again; the
-    /// corrector becomes its submitter (and may not decide it).
-    pub async fn correct_and_resubmit(
+    /// corrector becomes its submitter (and may not decide it). Checked
+    /// before its transaction ([`Provisioning::resubmit_in`]).
+    pub async fn prepare_resubmit(
         &self,
         id: &ApplicationId,
-        mut corrected: CustomerApplication,
+        corrected: CustomerApplication,
         operator: &OperatorId,
-    ) -> Decision<ApplicationView> {
+    ) -> Result<Prepared<Resubmission>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::Resubmit,
             format!("application:{id}"),
         );
-        let result = async {
+        let mut corrected = corrected;
+        let read = async {
             corrected.validate()?;
             let app = self.review(id).await?;
             if app.state != ApplicationState::Rejected {
@@ -342,32 +360,48 @@ impl Provisioning {
                     needed: "rejected",
                 });
             }
-            let revision = app.revision + 1;
-            note.detail("revision", revision);
-            let now = now_ms();
-            let resubmitted = self
-                .store
-                .resubmit(id, app.revision, &corrected, revision, operator, now)
-                .await?;
-            if !resubmitted {
-                return Err(ProvisioningError::Conflict(
-                    "the application changed meanwhile",
-                ));
-            }
-            Ok(ApplicationView {
-                id: id.clone(),
-                customer_id: app.customer_id,
-                state: ApplicationState::Submitted,
-                application: corrected,
-                revision,
-                submitted_by: operator.as_str().to_owned(),
-                submitted_at_ms: now,
-                decided_by: None,
-                decided_at_ms: None,
-                decision_reason: None,
-            })
+            Ok(app)
         }
         .await;
+        match read {
+            Ok(app) => {
+                let revision = app.revision + 1;
+                note.detail("revision", revision);
+                let input = Resubmission {
+                    from_revision: app.revision,
+                    view: ApplicationView {
+                        id: id.clone(),
+                        customer_id: app.customer_id,
+                        state: ApplicationState::Submitted,
+                        application: corrected,
+                        revision,
+                        submitted_by: operator.as_str().to_owned(),
+                        submitted_at_ms: now_ms(),
+                        decided_by: None,
+                        decided_at_ms: None,
+                        decision_reason: None,
+                    },
+                };
+                Ok(Prepared { input, note })
+            }
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// The resubmission ([`Provisioning::prepare_resubmit`]) in the caller's
+    /// transaction; a conflict if the application changed meanwhile.
+    pub async fn resubmit_in(
+        tx: &mut Tx,
+        step: Prepared<Resubmission>,
+    ) -> Decision<ApplicationView> {
+        let Prepared { input, note } = step;
+        let result = match Store::resubmit_in(tx, input.from_revision, &input.view).await {
+            Ok(true) => Ok(input.view),
+            Ok(false) => Err(ProvisioningError::Conflict(
+                "the application changed meanwhile",
+            )),
+            Err(e) => Err(e),
+        };
         note.finish(result)
     }
 

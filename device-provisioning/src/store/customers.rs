@@ -18,36 +18,27 @@ const APP_COLUMNS: &str = "id, customer_id, state, name, national_id, accounts, 
      decision_reason";
 
 impl Store {
-    /// Records a new application (`submitted`, revision 1).
-    pub(crate) async fn insert_application(
-        &self,
-        id: &ApplicationId,
-        customer_id: &CustomerId,
-        application: &CustomerApplication,
-        submitted_by: &OperatorId,
-        now: i64,
-    ) -> Result<()> {
-        self.db
-            .write("insert_application", |mut tx| async move {
-                sqlx::query(
-                    "INSERT INTO prov_applications (id, customer_id, state, name, national_id, \
-                     accounts, contact_kind, contact_address, revision, submitted_by, \
-                     submitted_at_ms) VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, 1, $8, $9)",
-                )
-                .bind(id.as_str())
-                .bind(customer_id.as_str())
-                .bind(application.name.as_str())
-                .bind(application.national_id.expose())
-                .bind(join_accounts(&application.accounts))
-                .bind(application.contact.kind.as_str())
-                .bind(application.contact.address())
-                .bind(submitted_by.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                Ok((tx, ()))
-            })
-            .await
+    /// Records a new application (`submitted`, revision 1) in the caller's
+    /// transaction.
+    pub(crate) async fn insert_application_in(tx: &mut Tx, app: &ApplicationView) -> Result<()> {
+        let a = &app.application;
+        sqlx::query(
+            "INSERT INTO prov_applications (id, customer_id, state, name, national_id, \
+             accounts, contact_kind, contact_address, revision, submitted_by, \
+             submitted_at_ms) VALUES ($1, $2, 'submitted', $3, $4, $5, $6, $7, 1, $8, $9)",
+        )
+        .bind(app.id.as_str())
+        .bind(app.customer_id.as_str())
+        .bind(a.name.as_str())
+        .bind(a.national_id.expose())
+        .bind(join_accounts(&a.accounts))
+        .bind(a.contact.kind.as_str())
+        .bind(a.contact.address())
+        .bind(app.submitted_by.as_str())
+        .bind(app.submitted_at_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// One application by id.
@@ -92,41 +83,34 @@ impl Store {
     }
 
     /// A rejected application of `revision`, corrected and submitted again
-    /// as `new_revision` by `operator`; false if it changed meanwhile.
-    pub(crate) async fn resubmit(
-        &self,
-        id: &ApplicationId,
+    /// as `app` in the caller's transaction; false if it changed meanwhile.
+    pub(crate) async fn resubmit_in(
+        tx: &mut Tx,
         revision: u32,
-        corrected: &CustomerApplication,
-        new_revision: u32,
-        operator: &OperatorId,
-        now: i64,
+        app: &ApplicationView,
     ) -> Result<bool> {
-        self.db
-            .write("resubmit", |mut tx| async move {
-                let n = sqlx::query(
-                    "UPDATE prov_applications SET state = 'submitted', name = $3, \
-                     national_id = $4, accounts = $5, contact_kind = $6, contact_address = $7, \
-                     revision = $8, submitted_by = $9, submitted_at_ms = $10, \
-                     decided_by = NULL, decided_at_ms = NULL, decision_reason = NULL \
-                     WHERE id = $1 AND state = 'rejected' AND revision = $2",
-                )
-                .bind(id.as_str())
-                .bind(i64::from(revision))
-                .bind(corrected.name.as_str())
-                .bind(corrected.national_id.expose())
-                .bind(join_accounts(&corrected.accounts))
-                .bind(corrected.contact.kind.as_str())
-                .bind(corrected.contact.address())
-                .bind(i64::from(new_revision))
-                .bind(operator.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, n == 1))
-            })
-            .await
+        let a = &app.application;
+        let n = sqlx::query(
+            "UPDATE prov_applications SET state = 'submitted', name = $3, \
+             national_id = $4, accounts = $5, contact_kind = $6, contact_address = $7, \
+             revision = $8, submitted_by = $9, submitted_at_ms = $10, \
+             decided_by = NULL, decided_at_ms = NULL, decision_reason = NULL \
+             WHERE id = $1 AND state = 'rejected' AND revision = $2",
+        )
+        .bind(app.id.as_str())
+        .bind(i64::from(revision))
+        .bind(a.name.as_str())
+        .bind(a.national_id.expose())
+        .bind(join_accounts(&a.accounts))
+        .bind(a.contact.kind.as_str())
+        .bind(a.contact.address())
+        .bind(i64::from(app.revision))
+        .bind(app.submitted_by.as_str())
+        .bind(app.submitted_at_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Moves an application of `revision` to a decided state (approved and

@@ -45,13 +45,19 @@ pub async fn apply(
     op.require(&state, PROVISIONERS).await?;
     let application = application(body)?;
     let operator = op.operator_id()?;
-    let p = state.provisioning.clone();
+    let step = state.provisioning.prepare_apply(application, &operator);
     let view = op
-        .decide(
+        .decide_write(
             &state,
             Action::Apply,
             "application:new".into(),
-            async move { p.apply(application, &operator).await },
+            async move { step },
+            |mut tx, step| async move {
+                let done = Provisioning::apply_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::Application::from(&view))).into_response())
@@ -153,9 +159,18 @@ pub async fn resubmit(
     let p = state.provisioning.clone();
     let target = format!("application:{id}");
     let view = op
-        .decide(&state, Action::Resubmit, target, async move {
-            p.correct_and_resubmit(&id, corrected, &operator).await
-        })
+        .decide_write(
+            &state,
+            Action::Resubmit,
+            target,
+            async move { p.prepare_resubmit(&id, corrected, &operator).await },
+            |mut tx, step| async move {
+                let done = Provisioning::resubmit_in(&mut tx, step)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, done))
+            },
+        )
         .await?;
     Ok(Json(wire::Application::from(&view)))
 }

@@ -83,6 +83,81 @@ async fn review_decisions_commit_with_their_outcome_records() {
     );
 }
 
+/// An application and its resubmission commit with their outcome records:
+/// when that record cannot be staged nothing is created or changed.
+#[tokio::test]
+async fn applications_commit_with_their_outcome_records() {
+    let app = App::new().await;
+    let alice = app.operator("alice", Role::Operator).await;
+    let bob = app.operator("bob", Role::Operator).await;
+    let queue = || async {
+        let a = app
+            .get(&bob, "/admin/v1/applications?state=submitted")
+            .await;
+        a.expect(StatusCode::OK)["applications"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    app.break_audit_staging().await;
+    let refused = app
+        .post(
+            &alice,
+            "/admin/v1/applications",
+            application("110101198001010011"),
+        )
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(queue().await, 0);
+    assert_eq!(
+        app.outcomes_of("customer.apply", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let id = apply(&app, &alice).await;
+    assert_eq!(queue().await, 1);
+    let review = format!("/admin/v1/applications/{id}");
+    app.post(&bob, &format!("{review}/reject"), json!({"reason": "typo"}))
+        .await
+        .expect(StatusCode::OK);
+
+    app.break_audit_staging().await;
+    let resubmit = format!("{review}/resubmit");
+    let refused = app
+        .post(&alice, &resubmit, application("110101198001010011"))
+        .await;
+    refused.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    let rejected = app.get(&bob, &review).await;
+    assert_eq!(rejected.expect(StatusCode::OK)["state"], "rejected");
+    assert_eq!(
+        app.outcomes_of("customer.resubmit", refused.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+
+    app.heal_audit_staging().await;
+    let again = app
+        .post(&alice, &resubmit, application("110101198001010011"))
+        .await;
+    let again = again.expect(StatusCode::OK);
+    assert_eq!(
+        (again["state"].as_str(), again["revision"].as_u64()),
+        (Some("submitted"), Some(2))
+    );
+    let stale = app
+        .post(&alice, &resubmit, application("110101198001010011"))
+        .await;
+    stale.refused(StatusCode::CONFLICT, "application_state");
+    assert_eq!(
+        app.outcomes_of("customer.resubmit", stale.request_id())
+            .await,
+        ["requested", "refused"]
+    );
+}
+
 #[tokio::test]
 async fn review_is_maker_checker_through_the_routes() {
     let app = App::new().await;
