@@ -22,7 +22,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use keyward_kms::db::now_ms;
+use keyward_kms::db::{Tx, now_ms};
 use keyward_kms::types::DeviceId;
 use rand::RngCore;
 
@@ -109,6 +109,22 @@ pub struct IssuedChallenge {
     pub expires_at_ms: i64,
 }
 
+/// A challenge checked and named, not kept yet ([`Challenges::prepare`]).
+#[derive(Debug, Clone)]
+pub struct NewChallenge {
+    stored: StoredChallenge,
+    now: i64,
+}
+
+impl NewChallenge {
+    fn issued(&self) -> IssuedChallenge {
+        IssuedChallenge {
+            id: ChallengeId(self.stored.id.clone()),
+            expires_at_ms: self.stored.expires_at_ms,
+        }
+    }
+}
+
 /// The challenges of every purpose, in the provisioning database. Cheap to
 /// clone.
 #[derive(Debug, Clone)]
@@ -130,6 +146,21 @@ impl Challenges {
         bytes: &[u8],
         ttl: Duration,
     ) -> Result<IssuedChallenge> {
+        let new = Self::prepare(device, purpose, bytes, ttl)?;
+        self.store
+            .put_challenge(&new.stored, new.now, MAX_OUTSTANDING)
+            .await?;
+        Ok(new.issued())
+    }
+
+    /// [`Challenges::issue`]'s checks and id, before the transaction that
+    /// keeps it ([`Challenges::issue_in`]).
+    pub fn prepare(
+        device: DeviceId,
+        purpose: ChallengePurpose,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<NewChallenge> {
         if bytes.is_empty() || bytes.len() > MAX_CHALLENGE_BYTES {
             return Err(ProvisioningError::Invalid {
                 field: "challenge",
@@ -138,22 +169,23 @@ impl Challenges {
         }
         let now = now_ms();
         let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let issued = IssuedChallenge {
-            id: ChallengeId::random(),
-            expires_at_ms: now.saturating_add(ttl),
-        };
-        let stored = StoredChallenge {
-            id: issued.id.0.clone(),
-            device,
-            purpose: purpose.as_str(),
-            scope: purpose.scope().to_owned(),
-            bytes: bytes.to_vec(),
-            expires_at_ms: issued.expires_at_ms,
-        };
-        self.store
-            .put_challenge(&stored, now, MAX_OUTSTANDING)
-            .await?;
-        Ok(issued)
+        Ok(NewChallenge {
+            stored: StoredChallenge {
+                id: ChallengeId::random().0,
+                device,
+                purpose: purpose.as_str(),
+                scope: purpose.scope().to_owned(),
+                bytes: bytes.to_vec(),
+                expires_at_ms: now.saturating_add(ttl),
+            },
+            now,
+        })
+    }
+
+    /// Keeps a prepared challenge in the caller's transaction.
+    pub async fn issue_in(tx: &mut Tx, new: &NewChallenge) -> Result<IssuedChallenge> {
+        Store::put_challenge_in(tx, &new.stored, new.now, MAX_OUTSTANDING).await?;
+        Ok(new.issued())
     }
 
     /// Consumes challenge `id` and returns its bytes if it is `device`'s, for

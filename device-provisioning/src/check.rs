@@ -34,7 +34,7 @@ use keyward_kms::types::DeviceId;
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Audited, Decision, Kept, Prepared, Refused};
 use crate::certifier::{CertificateStatus, DeviceCertificate};
-use crate::challenges::{ChallengeId, ChallengePurpose};
+use crate::challenges::{ChallengeId, ChallengePurpose, Challenges, NewChallenge};
 use crate::error::{ProvisioningError, Result};
 use crate::store::Store;
 use crate::types::{DeviceState, OperatorId, Reason};
@@ -54,6 +54,15 @@ pub struct Challenge {
     pub device: DeviceId,
     pub bytes: [u8; CHALLENGE_LEN],
     pub expires_at_ms: i64,
+}
+
+/// A genuine-device challenge drawn for a device that may take the check,
+/// to keep ([`Provisioning::begin_check_in`]).
+#[derive(Debug, Clone)]
+pub struct NewCheck {
+    device: DeviceId,
+    bytes: [u8; CHALLENGE_LEN],
+    challenge: NewChallenge,
 }
 
 /// A genuine-device answer judged against the challenge it names, to
@@ -99,18 +108,53 @@ impl Provisioning {
     /// Starts a genuine-device check: a fresh HSM random challenge with its
     /// own id (earlier ones stay, up to four). Refused unless the device is
     /// registered, its batch is complete, it is `manufactured` and not
-    /// locked.
+    /// locked. In a unit of work of its own; see
+    /// [`Provisioning::begin_check_in`].
     pub async fn begin_check(&self, device: DeviceId) -> Decision<Challenge> {
+        let step = self.prepare_begin_check(device).await?;
+        self.commit("begin_check", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::begin_check_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::begin_check`]'s reads, checks and HSM random, before
+    /// its transaction.
+    pub async fn prepare_begin_check(
+        &self,
+        device: DeviceId,
+    ) -> Result<Prepared<NewCheck>, Box<Refused>> {
         let note = AuditNote::new(
             Actor::Device(device),
             Action::BeginCheck,
             format!("device:{device}"),
         );
-        let result = self.begin(device).await;
+        match self.draw_challenge(device).await {
+            Ok(input) => Ok(Prepared { input, note }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// Keeps the challenge ([`Provisioning::prepare_begin_check`]) in the
+    /// caller's transaction.
+    pub async fn begin_check_in(tx: &mut Tx, step: Prepared<NewCheck>) -> Decision<Challenge> {
+        let Prepared { input, note } = step;
+        let result = Challenges::issue_in(tx, &input.challenge)
+            .await
+            .map(|issued| Challenge {
+                id: issued.id,
+                device: input.device,
+                bytes: input.bytes,
+                expires_at_ms: issued.expires_at_ms,
+            });
         note.finish(result)
     }
 
-    async fn begin(&self, device: DeviceId) -> Result<Challenge> {
+    async fn draw_challenge(&self, device: DeviceId) -> Result<NewCheck> {
         let rec = self.checkable(device).await?;
         if rec.state != DeviceState::Manufactured {
             return Err(ProvisioningError::DeviceState {
@@ -123,20 +167,16 @@ impl Provisioning {
             return Err(ProvisioningError::CheckLocked(device));
         }
         let bytes: [u8; CHALLENGE_LEN] = self.kms.random().await?;
-        let issued = self
-            .challenges
-            .issue(
-                device,
-                ChallengePurpose::GenuineDevice,
-                &bytes,
-                self.challenge_ttl,
-            )
-            .await?;
-        Ok(Challenge {
-            id: issued.id,
+        let challenge = Challenges::prepare(
+            device,
+            ChallengePurpose::GenuineDevice,
+            &bytes,
+            self.challenge_ttl,
+        )?;
+        Ok(NewCheck {
             device,
             bytes,
-            expires_at_ms: issued.expires_at_ms,
+            challenge,
         })
     }
 

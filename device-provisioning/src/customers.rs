@@ -5,7 +5,7 @@
 //! ```text
 //! apply ─▶ submitted ─approve─▶ approved   (the customer exists)
 //!              │  ▲
-//!           reject │ resubmit
+//!           reject │ correct_and_resubmit
 //!              ▼  │
 //!           rejected ─close─▶ closed        (submitted ─close─▶ closed too)
 //! ```
@@ -122,8 +122,25 @@ pub struct Resubmission {
 }
 
 impl Provisioning {
-    /// A customer's application by `submitted_by` (the maker), checked and
-    /// given its ids before its transaction ([`Provisioning::apply_in`]).
+    /// Records a customer's application, submitted by `submitted_by` (the
+    /// maker). In a unit of work of its own; see [`Provisioning::apply_in`].
+    pub async fn apply(
+        &self,
+        application: CustomerApplication,
+        submitted_by: &OperatorId,
+    ) -> Decision<ApplicationView> {
+        let step = self.prepare_apply(application, submitted_by)?;
+        self.commit("apply", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::apply_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::apply`]'s checks and ids, before its transaction.
     pub fn prepare_apply(
         &self,
         application: CustomerApplication,
@@ -336,8 +353,27 @@ impl Provisioning {
     }
 
     /// The maker corrects a rejected application and submits it again; the
-    /// corrector becomes its submitter (and may not decide it). Checked
-    /// before its transaction ([`Provisioning::resubmit_in`]).
+    /// corrector becomes its submitter (and may not decide it). In a unit of
+    /// work of its own; see [`Provisioning::resubmit_in`].
+    pub async fn correct_and_resubmit(
+        &self,
+        id: &ApplicationId,
+        corrected: CustomerApplication,
+        operator: &OperatorId,
+    ) -> Decision<ApplicationView> {
+        let step = self.prepare_resubmit(id, corrected, operator).await?;
+        self.commit("resubmit", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::resubmit_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::correct_and_resubmit`]'s reads and checks, before its
+    /// transaction.
     pub async fn prepare_resubmit(
         &self,
         id: &ApplicationId,

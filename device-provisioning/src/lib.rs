@@ -19,7 +19,7 @@
 //!   ─init_package/confirm_init─▶ initialised ─bind─▶ issued ⇄ suspended
 //!   (any state) ─transition─▶ retired (certificate revoked)
 //! apply ─▶ submitted ─approve (another operator)─▶ approved customer
-//!                    └reject─▶ rejected ─resubmit / close
+//!                    └reject─▶ rejected ─correct_and_resubmit / close
 //! ```
 //!
 //! # Layout

@@ -14,14 +14,14 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use keyward_kms::db::now_ms;
+use keyward_kms::db::{Tx, now_ms};
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
-use crate::audit::{Action, Actor, AuditNote, Decision};
+use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
 use crate::certifier::{DeviceCsr, RevokeReason};
 use crate::error::{ProvisioningError, Result};
-use crate::store::{PendingRecertification, UniqueColumn, is_unique_violation};
+use crate::store::{PendingRecertification, Store, UniqueColumn, is_unique_violation};
 use crate::types::{DeviceState, OperatorId, Reason};
 
 /// A re-certification, pending or done.
@@ -36,8 +36,14 @@ pub struct Recertification {
     pub revoked: Vec<String>,
 }
 
+/// A re-certification request checked before its transaction
+/// ([`Provisioning::request_recertify_in`]).
+#[derive(Debug, Clone)]
+pub struct RecertifyRequest(PendingRecertification);
+
 impl Provisioning {
-    /// One operator asks for a new certificate for `device`'s new key.
+    /// One operator asks for a new certificate for `device`'s new key. In a
+    /// unit of work of its own; see [`Provisioning::request_recertify_in`].
     pub async fn request_recertify(
         &self,
         device: DeviceId,
@@ -45,33 +51,74 @@ impl Provisioning {
         operator: &OperatorId,
         reason: &Reason,
     ) -> Decision<Recertification> {
+        let step = self
+            .prepare_request_recertify(device, csr, operator, reason)
+            .await?;
+        self.commit("request_recertify", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::request_recertify_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::request_recertify`]'s reads and CSR checks, before
+    /// its transaction.
+    pub async fn prepare_request_recertify(
+        &self,
+        device: DeviceId,
+        csr: &[u8],
+        operator: &OperatorId,
+        reason: &Reason,
+    ) -> Result<Prepared<RecertifyRequest>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::RequestRecertify,
             format!("device:{device}"),
         );
         self.note_device_reason(&mut note, device, reason).await;
-        let result = async {
+        let checked = async {
             self.recertifiable(device).await?;
-            let checked = self.recertify_csr(device, csr).await?;
-            let pending = PendingRecertification {
-                device,
-                csr: B64.encode(csr),
-                spki_sha256: checked.spki_sha256().to_owned(),
-                reason: reason.as_str().to_owned(),
-                requested_by: operator.as_str().to_owned(),
-                requested_at_ms: now_ms(),
-            };
-            self.store.put_recertification(&pending).await?;
-            Ok(Recertification {
-                device,
-                requested_by: pending.requested_by,
-                requested_at_ms: pending.requested_at_ms,
-                cert_serial: None,
-                revoked: Vec::new(),
-            })
+            self.recertify_csr(device, csr).await
         }
         .await;
+        match checked {
+            Ok(checked) => Ok(Prepared {
+                input: RecertifyRequest(PendingRecertification {
+                    device,
+                    csr: B64.encode(csr),
+                    spki_sha256: checked.spki_sha256().to_owned(),
+                    reason: reason.as_str().to_owned(),
+                    requested_by: operator.as_str().to_owned(),
+                    requested_at_ms: now_ms(),
+                }),
+                note,
+            }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// Keeps the request ([`Provisioning::prepare_request_recertify`]) in
+    /// the caller's transaction.
+    pub async fn request_recertify_in(
+        tx: &mut Tx,
+        step: Prepared<RecertifyRequest>,
+    ) -> Decision<Recertification> {
+        let Prepared {
+            input: RecertifyRequest(input),
+            note,
+        } = step;
+        let result = Store::put_recertification_in(tx, &input)
+            .await
+            .map(|()| Recertification {
+                device: input.device,
+                requested_by: input.requested_by,
+                requested_at_ms: input.requested_at_ms,
+                cert_serial: None,
+                revoked: Vec::new(),
+            });
         note.finish(result)
     }
 

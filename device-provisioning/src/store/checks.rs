@@ -32,39 +32,50 @@ impl Store {
         now: i64,
         max_outstanding: u32,
     ) -> Result<()> {
-        let device = &challenge.device.to_string();
         self.db
             .write("put_challenge", |mut tx| async move {
-                sqlx::query(
-                    "INSERT INTO prov_challenges \
-                     (id, device_id, purpose, scope, challenge, created_at_ms, expires_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(challenge.id.as_str())
-                .bind(device.as_str())
-                .bind(challenge.purpose)
-                .bind(challenge.scope.as_str())
-                .bind(hex::encode_upper(&challenge.bytes))
-                .bind(now)
-                .bind(challenge.expires_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
-                     AND scope = $5 AND (expires_at_ms <= $3 OR id NOT IN (\
-                       SELECT id FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
-                       AND scope = $5 ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
-                )
-                .bind(device.as_str())
-                .bind(challenge.purpose)
-                .bind(now)
-                .bind(i64::from(max_outstanding))
-                .bind(challenge.scope.as_str())
-                .execute(&mut *tx)
-                .await?;
+                Self::put_challenge_in(&mut tx, challenge, now, max_outstanding).await?;
                 Ok((tx, ()))
             })
             .await
+    }
+
+    /// [`Store::put_challenge`] in the caller's transaction.
+    pub(crate) async fn put_challenge_in(
+        tx: &mut Tx,
+        challenge: &StoredChallenge,
+        now: i64,
+        max_outstanding: u32,
+    ) -> Result<()> {
+        let device = challenge.device.to_string();
+        sqlx::query(
+            "INSERT INTO prov_challenges \
+             (id, device_id, purpose, scope, challenge, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(challenge.id.as_str())
+        .bind(device.as_str())
+        .bind(challenge.purpose)
+        .bind(challenge.scope.as_str())
+        .bind(hex::encode_upper(&challenge.bytes))
+        .bind(now)
+        .bind(challenge.expires_at_ms)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
+             AND scope = $5 AND (expires_at_ms <= $3 OR id NOT IN (\
+               SELECT id FROM prov_challenges WHERE device_id = $1 AND purpose = $2 \
+               AND scope = $5 ORDER BY created_at_ms DESC, id DESC LIMIT $4))",
+        )
+        .bind(device.as_str())
+        .bind(challenge.purpose)
+        .bind(now)
+        .bind(i64::from(max_outstanding))
+        .bind(challenge.scope.as_str())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Deletes and returns challenge `id` if it is `device`'s for `purpose`

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::Store;
 use crate::error::{ProvisioningError, Result};
-use keyward_kms::db::now_ms;
+use keyward_kms::db::{Tx, now_ms};
 
 /// A re-certification as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,33 +22,31 @@ pub(crate) struct PendingRecertification {
 }
 
 impl Store {
-    /// Keeps a re-certification request; [`ProvisioningError::RecertificationPending`]
-    /// if the device has one already.
-    pub(crate) async fn put_recertification(&self, r: &PendingRecertification) -> Result<()> {
-        let put = self
-            .db
-            .write("put_recertification", |mut tx| async move {
-                sqlx::query(
-                    "INSERT INTO prov_recertifications \
-                     (device_id, csr, spki_sha256, reason, requested_by, requested_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(r.device.to_string())
-                .bind(r.csr.as_str())
-                .bind(r.spki_sha256.as_str())
-                .bind(r.reason.as_str())
-                .bind(r.requested_by.as_str())
-                .bind(r.requested_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                Ok((tx, ()))
-            })
-            .await;
-        match put {
+    /// Keeps a re-certification request in the caller's transaction;
+    /// [`ProvisioningError::RecertificationPending`] if the device has one
+    /// already.
+    pub(crate) async fn put_recertification_in(
+        tx: &mut Tx,
+        r: &PendingRecertification,
+    ) -> Result<()> {
+        let put = sqlx::query(
+            "INSERT INTO prov_recertifications \
+             (device_id, csr, spki_sha256, reason, requested_by, requested_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.device.to_string())
+        .bind(r.csr.as_str())
+        .bind(r.spki_sha256.as_str())
+        .bind(r.reason.as_str())
+        .bind(r.requested_by.as_str())
+        .bind(r.requested_at_ms)
+        .execute(&mut **tx)
+        .await;
+        match put.map_err(ProvisioningError::from) {
             Err(e) if super::is_unique_violation(&e) => {
                 Err(ProvisioningError::RecertificationPending(r.device))
             }
-            other => other,
+            other => other.map(|_| ()),
         }
     }
 

@@ -17,7 +17,6 @@ use keyward_device_provisioning::{
 use serde::Deserialize;
 
 use super::{ALL_ROLES, Operator, PROVISIONERS};
-use crate::audit::StepError;
 use crate::http::ApiError;
 use crate::state::AppState;
 use crate::wire::customers as wire;
@@ -52,12 +51,7 @@ pub async fn apply(
             Action::Apply,
             "application:new".into(),
             async move { step },
-            |mut tx, step| async move {
-                let done = Provisioning::apply_in(&mut tx, step)
-                    .await
-                    .map_err(StepError::Effect)?;
-                Ok((tx, done))
-            },
+            in_tx!(Provisioning::apply_in),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::Application::from(&view))).into_response())
@@ -123,12 +117,7 @@ pub async fn approve(
             Action::Approve,
             target,
             async move { p.prepare_approve(&id, &operator).await },
-            |mut tx, step| async move {
-                let done = Provisioning::approve_in(&mut tx, step)
-                    .await
-                    .map_err(StepError::Effect)?;
-                Ok((tx, done))
-            },
+            in_tx!(Provisioning::approve_in),
         )
         .await?;
     Ok(Json(wire::Customer::new(&customer, &[])))
@@ -164,12 +153,7 @@ pub async fn resubmit(
             Action::Resubmit,
             target,
             async move { p.prepare_resubmit(&id, corrected, &operator).await },
-            |mut tx, step| async move {
-                let done = Provisioning::resubmit_in(&mut tx, step)
-                    .await
-                    .map_err(StepError::Effect)?;
-                Ok((tx, done))
-            },
+            in_tx!(Provisioning::resubmit_in),
         )
         .await?;
     Ok(Json(wire::Application::from(&view)))
@@ -211,12 +195,7 @@ async fn decide_with_reason(
         action,
         format!("application:{id}"),
         prepare,
-        |mut tx, step| async move {
-            let done = Provisioning::application_decision_in(&mut tx, step)
-                .await
-                .map_err(StepError::Effect)?;
-            Ok((tx, done))
-        },
+        in_tx!(Provisioning::application_decision_in),
     )
     .await?;
     Ok(Json(wire::Application::from(

@@ -202,11 +202,12 @@ pub async fn challenge(
     let device: DeviceId = id.parse()?;
     let p = state.provisioning.clone();
     let c = op
-        .decide(
+        .decide_write(
             &state,
             Action::BeginCheck,
             format!("device:{device}"),
-            async move { p.begin_check(device).await },
+            async move { p.prepare_begin_check(device).await },
+            in_tx!(Provisioning::begin_check_in),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::ChallengeAnswer::from(&c))).into_response())
@@ -236,12 +237,7 @@ pub async fn check(
             p.prepare_complete_check(device, &challenge, &signature)
                 .await
         },
-        |mut tx, step| async move {
-            let done = Provisioning::complete_check_in(&mut tx, step)
-                .await
-                .map_err(StepError::Effect)?;
-            Ok((tx, done))
-        },
+        in_tx!(Provisioning::complete_check_in),
     )
     .await??;
     Ok(Json(wire::DeviceState {
@@ -269,12 +265,7 @@ pub async fn reset_check(
             Action::ResetCheck,
             format!("device:{device}"),
             async move { p.prepare_reset_check(device, &operator, &reason).await },
-            |mut tx, step| async move {
-                let done = Provisioning::reset_check_in(&mut tx, step)
-                    .await
-                    .map_err(StepError::Effect)?;
-                Ok((tx, done))
-            },
+            in_tx!(Provisioning::reset_check_in),
         )
         .await?;
     Ok(Json(wire::ResetCheckAnswer {
@@ -299,14 +290,15 @@ pub async fn recertify(
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let pending = op
-        .decide(
+        .decide_write(
             &state,
             Action::RequestRecertify,
             format!("device:{device}"),
             async move {
-                p.request_recertify(device, body.csr_pem.as_bytes(), &operator, &reason)
+                p.prepare_request_recertify(device, body.csr_pem.as_bytes(), &operator, &reason)
                     .await
             },
+            in_tx!(Provisioning::request_recertify_in),
         )
         .await?;
     Ok((
@@ -395,12 +387,7 @@ pub async fn confirm(
             Action::ConfirmInit,
             format!("device:{device}"),
             async move { p.prepare_confirm_init(device, &i, &kcvs).await },
-            |mut tx, step| async move {
-                let done = Provisioning::confirm_init_in(&mut tx, step)
-                    .await
-                    .map_err(StepError::Effect)?;
-                Ok((tx, done))
-            },
+            in_tx!(Provisioning::confirm_init_in),
         )
         .await?
         .map_err(ApiError::from);
@@ -446,12 +433,7 @@ pub async fn reinit(
         Action::Reinit,
         format!("device:{device}"),
         async move { p.prepare_reinit(device, &i, &operator, &reason).await },
-        |mut tx, step| async move {
-            let done = Provisioning::reinit_in(&mut tx, step)
-                .await
-                .map_err(StepError::Effect)?;
-            Ok((tx, done))
-        },
+        in_tx!(Provisioning::reinit_in),
     )
     .await?;
     Ok(Json(wire::DeviceIssuerState {
@@ -536,12 +518,7 @@ pub async fn bind(
             Action::Bind,
             target,
             async move { p.prepare_bind(req, &operator).await },
-            |mut tx, step| async move {
-                let done = Provisioning::bind_in(&mut tx, step)
-                    .await
-                    .map_err(StepError::Effect)?;
-                Ok((tx, done))
-            },
+            in_tx!(Provisioning::bind_in),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(wire::Binding::from(&binding))).into_response())

@@ -23,6 +23,19 @@
 //! creating issuers); `auditor` reads everything that is not a secret and
 //! the audit trail, and verifies the chain.
 
+/// A provisioning step's `…_in(&mut tx, prepared)` as the effect of
+/// [`Operator::decide_write`]: its refusal rolls the transaction back.
+macro_rules! in_tx {
+    ($step:path) => {
+        |mut tx, step| async move {
+            let done = $step(&mut tx, step)
+                .await
+                .map_err(crate::audit::StepError::Effect)?;
+            Ok((tx, done))
+        }
+    };
+}
+
 mod certificates;
 mod channel;
 mod confirmations;

@@ -473,6 +473,21 @@ async fn a_check_answer_commits_with_its_outcome_record() {
         .await
         .refused(StatusCode::FORBIDDEN, "challenge_invalid");
 
+    // A challenge is kept with its outcome record, or not at all.
+    let kept = app.rows("prov_challenges").await;
+    app.break_audit_staging().await;
+    let cut = app
+        .post(&app.root, &path(&d, "/challenge"), json!({}))
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("provisioning.begin_check", cut.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    assert_eq!(app.rows("prov_challenges").await, kept);
+    app.heal_audit_staging().await;
+
     let c = challenge().await;
     let sig = d.sign_challenge(&hex::decode(&c.challenge).unwrap());
     app.break_audit_staging().await;
@@ -641,13 +656,25 @@ async fn recertification_is_requested_by_one_operator_and_approved_by_another() 
     );
     let alice = app.operator("alice", Role::Operator).await;
     let bob = app.operator("bob", Role::Operator).await;
-    let asked = app
-        .post(
+    let ask = || async {
+        app.post(
             &alice,
             &path(&d1, "/recertify"),
             json!({"csr_pem": pem, "reason": "key rotated"}),
         )
-        .await;
+        .await
+    };
+    // The request is kept with its outcome record, or not at all.
+    app.break_audit_staging().await;
+    let cut = ask().await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("provisioning.recertify_request", cut.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    app.heal_audit_staging().await;
+    let asked = ask().await;
     assert_eq!(asked.expect(StatusCode::ACCEPTED)["state"], "pending");
     app.post(&alice, &path(&d1, "/recertify/approve"), json!({}))
         .await

@@ -257,6 +257,15 @@ impl App {
         self.exec(sql).await;
     }
 
+    /// The rows of `table`.
+    pub async fn rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .fetch_one(self.state.kms.db().pool())
+            .await
+            .unwrap()
+    }
+
     /// Runs `sql` (one or more statements) on the app's database.
     pub async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
