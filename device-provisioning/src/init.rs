@@ -99,19 +99,66 @@ impl Provisioning {
     /// Builds the init package for `device` under `issuer` (rules in the
     /// module docs) and records it as pending. `operator` is the one at the
     /// provisioning station who asked for it (the audit note's subject).
+    /// In a unit of work of its own; see [`Provisioning::init_package_in`].
     pub async fn init_package(
         &self,
         device: DeviceId,
         issuer: &IssuerId,
         operator: &OperatorId,
     ) -> Decision<InitPackage> {
+        let step = self.prepare_init_package(device, issuer, operator).await?;
+        self.commit("record_package", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = Self::init_package_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::init_package`]'s reads, checks and HSM work (the keys
+    /// made and wrapped to the device), before its transaction.
+    pub async fn prepare_init_package(
+        &self,
+        device: DeviceId,
+        issuer: &IssuerId,
+        operator: &OperatorId,
+    ) -> Result<Prepared<InitPackage>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::InitPackage,
             format!("device:{device}"),
         );
         note.detail("issuer", issuer);
-        let result = self.package(device, issuer, &mut note).await;
+        match self.package(device, issuer, &mut note).await {
+            Ok(input) => Ok(Prepared { input, note }),
+            Err(e) => Err(note.refused(e)),
+        }
+    }
+
+    /// Records the package ([`Provisioning::prepare_init_package`]) as the
+    /// pending one of (device, issuer) in the caller's transaction, the
+    /// device's state checked again there.
+    pub async fn init_package_in(
+        tx: &mut Tx,
+        step: Prepared<InitPackage>,
+    ) -> Decision<InitPackage> {
+        let Prepared { input, note } = step;
+        let (device, issuer) = (input.device, input.issuer.clone());
+        let result = async {
+            let (tmk, auth) = package_kcvs(&input)?;
+            let written = Store::record_package_in(tx, device, &issuer, tmk, auth, |state| {
+                package_allowed(device, state)
+            })
+            .await?;
+            if written {
+                Ok(input)
+            } else {
+                Err(ProvisioningError::ReinitRequired { device, issuer })
+            }
+        }
+        .await;
         note.finish(result)
     }
 
@@ -147,19 +194,6 @@ impl Provisioning {
         note.detail("scheme", pkg.scheme.as_str());
         note.detail("tmk_kcv", tmk);
         note.detail("auth_kcv", auth);
-
-        let written = self
-            .store
-            .record_package(device, issuer, tmk, auth, |state| {
-                package_allowed(device, state)
-            })
-            .await?;
-        if !written {
-            return Err(ProvisioningError::ReinitRequired {
-                device,
-                issuer: issuer.clone(),
-            });
-        }
         Ok(pkg)
     }
 

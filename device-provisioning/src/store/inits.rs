@@ -46,12 +46,12 @@ impl Store {
         rows.iter().map(|r| init_from_row(device, r)).collect()
     }
 
-    /// Records a delivered package as `pending`, if the device's state (read
-    /// in the same transaction) passes `allowed`. A confirmed or refused
-    /// record is overwritten only with an operator's reinit, which this
-    /// consumes; false when there was none.
-    pub(crate) async fn record_package<F>(
-        &self,
+    /// Records a delivered package as `pending` in the caller's transaction,
+    /// if the device's state (read in it) passes `allowed`. A confirmed or
+    /// refused record is overwritten only with an operator's reinit, which
+    /// this consumes; false when there was none.
+    pub(crate) async fn record_package_in<F>(
+        tx: &mut Tx,
         device: DeviceId,
         issuer: &IssuerId,
         tmk: Kcv,
@@ -59,36 +59,30 @@ impl Store {
         allowed: F,
     ) -> Result<bool>
     where
-        F: Fn(DeviceState) -> Result<()> + Sync,
+        F: Fn(DeviceState) -> Result<()>,
     {
-        let allowed = &allowed;
-        self.db
-            .write("record_package", |mut tx| async move {
-                let now = now_ms();
-                allowed(state_in(&mut tx, device).await?)?;
-                let n = sqlx::query(
-                    "INSERT INTO prov_inits (device_id, issuer_id, state, kcv_method, tmk_kcv, \
-                     auth_kcv, packages, packaged_at_ms) \
-                     VALUES ($1, $2, 'pending', $3, $4, $5, 1, $6) \
-                     ON CONFLICT (device_id, issuer_id) DO UPDATE SET state = 'pending', \
-                       kcv_method = excluded.kcv_method, tmk_kcv = excluded.tmk_kcv, \
-                       auth_kcv = excluded.auth_kcv, packages = prov_inits.packages + 1, \
-                       packaged_at_ms = excluded.packaged_at_ms, confirmed_at_ms = NULL, \
-                       reinit_by = NULL, reinit_reason = NULL \
-                     WHERE prov_inits.state = 'pending' OR prov_inits.reinit_by IS NOT NULL",
-                )
-                .bind(device.to_string())
-                .bind(issuer.as_str())
-                .bind(tmk.method.as_str())
-                .bind(tmk.hex())
-                .bind(auth.hex())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, n == 1))
-            })
-            .await
+        allowed(state_in(tx, device).await?)?;
+        let n = sqlx::query(
+            "INSERT INTO prov_inits (device_id, issuer_id, state, kcv_method, tmk_kcv, \
+             auth_kcv, packages, packaged_at_ms) \
+             VALUES ($1, $2, 'pending', $3, $4, $5, 1, $6) \
+             ON CONFLICT (device_id, issuer_id) DO UPDATE SET state = 'pending', \
+               kcv_method = excluded.kcv_method, tmk_kcv = excluded.tmk_kcv, \
+               auth_kcv = excluded.auth_kcv, packages = prov_inits.packages + 1, \
+               packaged_at_ms = excluded.packaged_at_ms, confirmed_at_ms = NULL, \
+               reinit_by = NULL, reinit_reason = NULL \
+             WHERE prov_inits.state = 'pending' OR prov_inits.reinit_by IS NOT NULL",
+        )
+        .bind(device.to_string())
+        .bind(issuer.as_str())
+        .bind(tmk.method.as_str())
+        .bind(tmk.hex())
+        .bind(auth.hex())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Allows one more package for a confirmed or refused record, in the

@@ -352,11 +352,12 @@ pub async fn init(
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
     let package = op
-        .decide(
+        .decide_write(
             &state,
             Action::InitPackage,
             format!("device:{device}"),
-            async move { p.init_package(device, &issuer, &operator).await },
+            async move { p.prepare_init_package(device, &issuer, &operator).await },
+            in_tx!(Provisioning::init_package_in),
         )
         .await?;
     crate::fault_point!("provisioning.init.committed");

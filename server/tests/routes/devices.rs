@@ -507,8 +507,8 @@ async fn a_check_answer_commits_with_its_outcome_record() {
     assert_eq!(done.expect(StatusCode::OK)["state"], "verified");
 }
 
-/// An init confirmation commits with its outcome record: with the trail
-/// unable to take it nothing is initialised; a mismatch is kept (the
+/// An init package and its confirmation commit with their outcome records:
+/// with the trail unable to take them nothing is recorded or initialised; a mismatch is kept (the
 /// package refused for good, recorded as refused) in the same transaction.
 #[tokio::test]
 async fn an_init_confirmation_commits_with_its_outcome_record_and_a_mismatch_is_kept() {
@@ -517,6 +517,23 @@ async fn an_init_confirmation_commits_with_its_outcome_record_and_a_mismatch_is_
     let mut d = device(5);
     app.import("F-5", &[&d]).await.expect(StatusCode::CREATED);
     check(&app, &d).await;
+    // A package is recorded with its outcome record, or not at all.
+    app.break_audit_staging().await;
+    let cut = app
+        .post(
+            &app.root,
+            &path(&d, "/init"),
+            json!({"issuer_id": "bank-a"}),
+        )
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("provisioning.init_package", cut.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    assert_eq!(app.rows("prov_inits").await, 0);
+    app.heal_audit_staging().await;
     let confirm = init(&app, &mut d, "bank-a").await;
     let state = || async {
         let shown = app.get(&app.root, &path(&d, "")).await;
