@@ -133,23 +133,39 @@ impl Catalog {
     /// taken; [`KmsError::Invalid`] (`label`) if a label is already recorded
     /// for another key, since two records would then name one HSM object.
     pub async fn create_issuer(&self, issuer: &IssuerRecord) -> Result<()> {
-        validate_master_keys(&issuer.master_keys)?;
         let created = self
             .db
             .write("create_issuer", |mut tx| async move {
-                Self::insert_issuer(&mut tx, issuer).await.map(|v| (tx, v))
+                Self::create_issuer_in(&mut tx, issuer)
+                    .await
+                    .map(|v| (tx, v))
             })
             .await;
         match created {
-            Err(KmsError::Database(sqlx::Error::Database(ref db))) if db.is_unique_violation() => {
-                // Lost a race, or a label clash: say which, after the rollback.
-                if self.issuer(&issuer.id).await?.is_some() {
-                    Err(KmsError::IssuerExists(issuer.id.clone()))
-                } else {
-                    Err(KmsError::invalid(
-                        "label",
-                        "already recorded for another master key",
-                    ))
+            Err(e) => Err(self.creation_refused(&issuer.id, e).await),
+            ok => ok,
+        }
+    }
+
+    /// [`Catalog::create_issuer`] in the caller's transaction; a unique
+    /// violation is named by [`Catalog::creation_refused`] after the
+    /// rollback.
+    pub async fn create_issuer_in(tx: &mut Tx, issuer: &IssuerRecord) -> Result<()> {
+        validate_master_keys(&issuer.master_keys)?;
+        Self::insert_issuer(tx, issuer).await
+    }
+
+    /// Why creating issuer `id` failed with `e`: a unique violation was a
+    /// lost race or a label clash, which a read after the rollback tells.
+    pub async fn creation_refused(&self, id: &IssuerId, e: KmsError) -> KmsError {
+        match e {
+            KmsError::Database(sqlx::Error::Database(ref db)) if db.is_unique_violation() => {
+                match self.issuer(id).await {
+                    Ok(Some(_)) => KmsError::IssuerExists(id.clone()),
+                    Ok(None) => {
+                        KmsError::invalid("label", "already recorded for another master key")
+                    }
+                    Err(read) => read,
                 }
             }
             other => other,

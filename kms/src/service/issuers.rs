@@ -1,13 +1,28 @@
 //! Issuers: their master keys are generated in the HSM and recorded, with
 //! their KCVs, in the catalog.
 
-use crate::catalog::{IssuerRecord, MasterKeyRecord, MasterKeyRole};
-use crate::db::now_ms;
+use crate::catalog::{Catalog, IssuerRecord, MasterKeyRecord, MasterKeyRole};
+use crate::db::{Tx, now_ms};
 use crate::error::{KmsError, Result};
-use crate::hsm::KeySpec;
+use crate::hsm::{KeySpec, ObjectId};
 use crate::keys::{self, IssuerKeys, master_label};
 use crate::service::Kms;
 use crate::types::{IssuerId, Kcv, KeyFamily};
+
+/// An issuer whose master keys the HSM holds, not recorded yet
+/// ([`Kms::prepare_issuer`]).
+#[derive(Debug, Clone)]
+pub struct NewIssuer {
+    record: IssuerRecord,
+    /// The keys this attempt made (not adopted ones), destroyed if it fails.
+    created: Vec<ObjectId>,
+}
+
+impl NewIssuer {
+    pub fn record(&self) -> &IssuerRecord {
+        &self.record
+    }
+}
 
 impl Kms {
     /// Creates an issuer: its master keys are generated in the HSM as token
@@ -15,6 +30,31 @@ impl Kms {
     /// encrypt-only) and recorded with their KCVs. A master key left on the token by an interrupted earlier
     /// attempt is adopted rather than duplicated.
     pub async fn create_issuer(&self, id: IssuerId, family: KeyFamily) -> Result<IssuerRecord> {
+        let new = self.prepare_issuer(id, family).await?;
+        let created = self
+            .db()
+            .write("create_issuer", |mut tx| {
+                let new = &new;
+                async move { Self::create_issuer_in(&mut tx, new).await.map(|v| (tx, v)) }
+            })
+            .await;
+        match created {
+            Ok(record) => {
+                tracing::info!(issuer = %record.id, family = %record.family,
+                    "issuer created with HSM master keys");
+                Ok(record)
+            }
+            Err(e) => {
+                self.discard_issuer(&new).await;
+                Err(self.creation_refused(&new.record.id, e).await)
+            }
+        }
+    }
+
+    /// [`Kms::create_issuer`]'s checks and HSM work: the master keys made
+    /// (or adopted) on the token, before the transaction that records them
+    /// ([`Kms::create_issuer_in`]); [`Kms::discard_issuer`] if that fails.
+    pub async fn prepare_issuer(&self, id: IssuerId, family: KeyFamily) -> Result<NewIssuer> {
         if self.catalog.issuer(&id).await?.is_some() {
             return Err(KmsError::IssuerExists(id));
         }
@@ -34,7 +74,7 @@ impl Kms {
             })
             .await?;
         let record = IssuerRecord {
-            id: id.clone(),
+            id,
             family,
             master_keys: roles
                 .iter()
@@ -50,22 +90,40 @@ impl Kms {
                 .collect(),
             created_at_ms: now_ms(),
         };
-        if let Err(e) = self.catalog.create_issuer(&record).await {
-            // Leave no orphan master keys behind that this call created.
-            let created: Vec<_> = generated.iter().filter(|g| g.2).map(|g| g.1).collect();
-            let _ = self
-                .pool
-                .run(move |hsm| {
-                    for obj in created {
-                        hsm.destroy(obj)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            return Err(e);
+        let created = generated.iter().filter(|g| g.2).map(|g| g.1).collect();
+        Ok(NewIssuer { record, created })
+    }
+
+    /// Records a prepared issuer in the caller's transaction.
+    pub async fn create_issuer_in(tx: &mut Tx, new: &NewIssuer) -> Result<IssuerRecord> {
+        Catalog::create_issuer_in(tx, &new.record).await?;
+        Ok(new.record.clone())
+    }
+
+    /// After a failed transaction: destroys the master keys
+    /// [`Kms::prepare_issuer`] made (adopted ones stay), so a failed
+    /// creation leaves none behind.
+    pub async fn discard_issuer(&self, new: &NewIssuer) {
+        let objects = new.created.clone();
+        let destroyed = self
+            .pool
+            .run(move |hsm| {
+                for obj in objects {
+                    hsm.destroy(obj)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = destroyed {
+            tracing::warn!(issuer = %new.record.id, code = e.code(),
+                "master keys of a failed issuer creation stay on the token; the next attempt adopts them");
         }
-        tracing::info!(issuer = %id, family = %family, "issuer created with HSM master keys");
-        Ok(record)
+    }
+
+    /// Why creating issuer `id` failed with `e`, a unique violation named
+    /// ([`Catalog::creation_refused`]).
+    pub async fn creation_refused(&self, id: &IssuerId, e: KmsError) -> KmsError {
+        self.catalog.creation_refused(id, e).await
     }
 
     /// Gives an existing issuer its token key of `role` if it has none (the

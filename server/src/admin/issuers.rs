@@ -8,10 +8,10 @@ use axum::{Extension, Json};
 use keyward_ca::Role;
 use keyward_kms::catalog::{IssuerRecord, MasterKeyRole};
 use keyward_kms::types::{IssuerId, KeyFamily};
-use keyward_kms::{Kms, KmsError};
+use keyward_kms::{Kms, KmsError, NewIssuer};
 
 use super::{ALL_ROLES, Operator};
-use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome};
+use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome, StepError};
 use crate::http::ApiError;
 use crate::metrics::{Metrics, timed_hsm};
 use crate::state::AppState;
@@ -29,8 +29,10 @@ pub enum CreateError {
 
 /// Creates an issuer and its master keys between their audit records, for
 /// the admin API and `keyward issuer create` alike: `requested` first
-/// (nothing is created if it cannot be written), then success, or the
-/// failure's code. The HSM work is timed in `metrics` when given.
+/// (nothing is created if it cannot be written), then the keys in the HSM,
+/// then the issuer's rows committed with its outcome record; a failure
+/// leaves no key behind that this call made, and its code is recorded. The
+/// HSM work is timed in `metrics` when given.
 pub async fn create_recorded(
     kms: &Kms,
     audit: &AuditLog,
@@ -44,19 +46,49 @@ pub async fn create_recorded(
         issuer: id.to_string(),
         family: family.as_str(),
     };
-    let create = async {
-        match metrics {
-            Some(m) => timed_hsm(m, "issuer_create", kms.create_issuer(id, family)).await,
-            None => kms.create_issuer(id, family).await,
+    let issuer = id.clone();
+    let mut made: Option<NewIssuer> = None;
+    let kept = &mut made;
+    let prepare = async move {
+        let new = match metrics {
+            Some(m) => timed_hsm(m, "issuer_create", kms.prepare_issuer(id, family)).await,
+            None => kms.prepare_issuer(id, family).await,
         }
+        .map_err(StepError::Effect)?;
+        *kept = Some(new.clone());
+        Ok(new)
     };
     let created = audit
-        .recorded(actor, request_id, &event, create, |r| match r {
-            Ok(_) => (event.clone(), Outcome::Success),
-            Err(e) => AuditEvent::failed("issuer.create", e.code()),
-        })
+        .recorded_prepared_write(
+            kms.db(),
+            actor,
+            request_id,
+            &event,
+            prepare,
+            |mut tx, new: NewIssuer| async move {
+                let record = Kms::create_issuer_in(&mut tx, &new)
+                    .await
+                    .map_err(StepError::Effect)?;
+                Ok((tx, record))
+            },
+            |r: Result<&IssuerRecord, &StepError<KmsError>>| match r {
+                Ok(_) => (event.clone(), Outcome::Success),
+                Err(e) => AuditEvent::failed("issuer.create", e.code()),
+            },
+        )
         .await?;
-    Ok(created?)
+    let failed = match created {
+        Ok(record) => return Ok(record),
+        Err(e) => e,
+    };
+    if let Some(new) = &made {
+        kms.discard_issuer(new).await;
+    }
+    Err(match failed {
+        StepError::Audit(e) => CreateError::Audit(e),
+        StepError::Effect(e) => CreateError::Kms(kms.creation_refused(&issuer, e).await),
+        StepError::Database(e) => CreateError::Kms(kms.creation_refused(&issuer, e.into()).await),
+    })
 }
 
 /// `POST /admin/v1/issuers`: generates the issuer's master keys in the HSM,

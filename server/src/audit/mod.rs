@@ -181,6 +181,15 @@ impl StepCause for keyward_ca::CaError {
     }
 }
 
+impl StepCause for keyward_kms::KmsError {
+    fn code(&self) -> &'static str {
+        keyward_kms::KmsError::code(self)
+    }
+    fn database_error(&self) -> Option<&sqlx::Error> {
+        keyward_kms::db::TxError::database_error(self)
+    }
+}
+
 impl StepCause for Box<keyward_device_provisioning::Refused> {
     fn code(&self) -> &'static str {
         self.error.code()

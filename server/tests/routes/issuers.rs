@@ -40,6 +40,42 @@ async fn an_admin_creates_issuers_everyone_reads_them() {
     );
 }
 
+/// An issuer is recorded with its outcome record, or not at all: with the
+/// trail unable to take it, no issuer exists and its master keys are gone
+/// from the token; the next attempt creates it.
+#[tokio::test]
+async fn an_issuer_commits_with_its_outcome_record() {
+    let app = App::new().await;
+    let secret_keys = || {
+        let listed = app.install.token.list_objects("secrkey").unwrap();
+        listed.matches("Secret Key Object").count()
+    };
+    let before = secret_keys();
+    let create = json!({"issuer_id": "bank-a", "family": "tdes"});
+    app.break_audit_staging().await;
+    let cut = app
+        .post(&app.root, "/admin/v1/issuers", create.clone())
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("issuer.create", cut.request_id()).await,
+        ["requested", "failure"]
+    );
+    app.get(&app.root, "/admin/v1/issuers/bank-a")
+        .await
+        .refused(StatusCode::NOT_FOUND, "unknown_issuer");
+    assert_eq!(secret_keys(), before);
+
+    app.heal_audit_staging().await;
+    let done = app.post(&app.root, "/admin/v1/issuers", create).await;
+    done.expect(StatusCode::CREATED);
+    assert_eq!(
+        app.outcomes_of("issuer.create", done.request_id()).await,
+        ["requested", "success"]
+    );
+    assert!(secret_keys() > before);
+}
+
 #[tokio::test]
 async fn issuer_refusals_are_typed_and_audited() {
     let app = App::new().await;
