@@ -20,7 +20,8 @@ use std::pin::Pin;
 use std::str::FromStr;
 
 use keyward_ca::{
-    CaError, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Serial, VerifiedCsr,
+    CaError, CertFilter, CertStatus, IssueRequest, Profile, RevocationReason, Serial, SignedCert,
+    VerifiedCsr,
 };
 use keyward_kms::db::Tx;
 use keyward_kms::hsm::PublicKey;
@@ -167,6 +168,14 @@ pub enum RevokeReason {
     Superseded,
 }
 
+/// A device certificate signed, not yet registered
+/// ([`DeviceCertifier::sign`]).
+#[derive(Debug, Clone)]
+pub struct SignedDeviceCertificate {
+    pub certificate: DeviceCertificate,
+    signed: SignedCert,
+}
+
 /// The certificate authority behind provisioning.
 pub trait DeviceCertifier: Send + Sync + fmt::Debug {
     /// Verifies a CSR (DER or PEM) — its self-signature and that its key is
@@ -180,6 +189,24 @@ pub trait DeviceCertifier: Send + Sync + fmt::Debug {
         csr: &'a DeviceCsr,
         device: DeviceId,
     ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>>;
+
+    /// Signs the device certificate for a checked CSR's key without
+    /// recording it: HSM work, before the transaction in which
+    /// [`DeviceCertifier::register_in`] makes it issued. A signed
+    /// certificate never registered is never handed out.
+    fn sign<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>>;
+
+    /// Records a certificate [`DeviceCertifier::sign`] made, in the caller's
+    /// transaction: from its commit on it is issued.
+    fn register_in<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        signed: &'a SignedDeviceCertificate,
+    ) -> BoxFuture<'a, Result<(), CertifierError>>;
 
     /// The certificate `serial`, checked for `device`.
     fn certificate<'a>(
@@ -261,6 +288,34 @@ impl DeviceCertifier for keyward_ca::Ca {
                 not_after_ms: cert.not_after_ms,
             })
         })
+    }
+
+    fn sign<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>> {
+        Box::pin(async move {
+            let signed = self
+                .sign_from_verified_csr(csr.verified(), IssueRequest::device(device))
+                .await?;
+            Ok(SignedDeviceCertificate {
+                certificate: DeviceCertificate {
+                    serial: signed.cert.serial.to_string(),
+                    public_key: csr.public_key().clone(),
+                    not_after_ms: signed.cert.not_after_ms,
+                },
+                signed,
+            })
+        })
+    }
+
+    fn register_in<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        signed: &'a SignedDeviceCertificate,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        Box::pin(async move { Ok(keyward_ca::Ca::register_in(tx, &signed.signed).await?) })
     }
 
     fn certificate<'a>(

@@ -87,6 +87,7 @@ pub use audit::{
 pub use binding::{BindRequest, Binding};
 pub use certifier::{
     CertificateStatus, DeviceCertificate, DeviceCertifier, DeviceCsr, DeviceKeyKind, RevokeReason,
+    SignedDeviceCertificate,
 };
 pub use challenges::{ChallengeId, ChallengePurpose, Challenges, IssuedChallenge};
 pub use check::{

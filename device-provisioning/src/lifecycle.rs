@@ -102,25 +102,20 @@ impl Provisioning {
         Ok(rec)
     }
 
-    /// Revokes every valid certificate the CA holds for `device` (and its
-    /// registered one, whatever the CA lists) but `keep`; returns the
-    /// serials revoked. Retiring, locking and re-certifying all go through
-    /// here: a certificate minted for the device id any other way dies too.
-    pub(crate) async fn revoke_device_certificates(
+    /// Every valid certificate the CA holds for `device`, and its
+    /// `registered` one whatever the CA lists: what retiring or
+    /// re-certifying revokes, so a certificate minted for the device id any
+    /// other way dies too.
+    pub(crate) async fn device_certificates(
         &self,
         device: DeviceId,
-        reason: RevokeReason,
-        keep: Option<&str>,
+        registered: Option<&str>,
     ) -> Result<Vec<String>> {
         let mut serials = self.certifier.valid_certificates(device).await?;
-        if let Some(registered) = self.device(device).await?.cert_serial
-            && !serials.contains(&registered)
+        if let Some(registered) = registered
+            && !serials.iter().any(|s| s == registered)
         {
-            serials.push(registered);
-        }
-        serials.retain(|s| Some(s.as_str()) != keep);
-        for serial in &serials {
-            self.certifier.revoke(serial, reason).await?;
+            serials.push(registered.to_owned());
         }
         Ok(serials)
     }
@@ -177,13 +172,12 @@ impl Provisioning {
             }
             let mut revoke = Vec::new();
             if to == DeviceState::Retired {
-                revoke = self.certifier.valid_certificates(device).await?;
                 if let Some(registered) = &rec.cert_serial {
                     note.detail("revoked_cert_serial", registered);
-                    if !revoke.contains(registered) {
-                        revoke.push(registered.clone());
-                    }
                 }
+                revoke = self
+                    .device_certificates(device, rec.cert_serial.as_deref())
+                    .await?;
             }
             Ok((rec.state, revoke))
         }

@@ -7,9 +7,12 @@
 //! ([`Provisioning::approve_recertify`]). Both are audited. The CSR is
 //! checked at both steps like a batch row's (signature, key type, a subject
 //! serialNumber naming only this device, a key no device ever had). On
-//! approval the new certificate is issued, its key registered to the device
-//! and the certificate recorded as the device's, then every other
-//! certificate of the device id is revoked (`superseded`). A retired device
+//! approval the new certificate is signed first (HSM work, no transaction
+//! open), then in one transaction with the approval's audit record it is
+//! registered (issued), its key registered to the device, the certificate
+//! recorded as the device's, and every other certificate of the device id
+//! revoked (`superseded`): a crash leaves either the old certificates or
+//! only the new one valid, never both. A retired device
 //! is not re-certified; at most one request is pending per device.
 
 use base64::Engine;
@@ -19,7 +22,7 @@ use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
 use crate::audit::{Action, Actor, AuditNote, Decision, Prepared, Refused};
-use crate::certifier::{DeviceCsr, RevokeReason};
+use crate::certifier::{DeviceCsr, RevokeReason, SignedDeviceCertificate};
 use crate::error::{ProvisioningError, Result};
 use crate::store::{PendingRecertification, Store, UniqueColumn, is_unique_violation};
 use crate::types::{DeviceState, OperatorId, Reason};
@@ -34,6 +37,19 @@ pub struct Recertification {
     pub cert_serial: Option<String>,
     /// Certificates revoked by the approval.
     pub revoked: Vec<String>,
+}
+
+/// A re-certification approved and its certificate signed, before its
+/// transaction ([`Provisioning::approve_recertify_in`]).
+#[derive(Debug, Clone)]
+pub struct RecertifyApproval {
+    device: DeviceId,
+    spki_sha256: String,
+    requested_by: String,
+    requested_at_ms: i64,
+    signed: SignedDeviceCertificate,
+    /// The device's certificates that the new one replaces.
+    replaced: Vec<String>,
 }
 
 /// A re-certification request checked before its transaction
@@ -123,27 +139,49 @@ impl Provisioning {
     }
 
     /// A second operator approves the pending request: the new certificate
-    /// is issued and every other certificate of the device revoked.
+    /// is issued and every other certificate of the device revoked. In a
+    /// unit of work of its own; see [`Provisioning::approve_recertify_in`].
     pub async fn approve_recertify(
         &self,
         device: DeviceId,
         operator: &OperatorId,
     ) -> Decision<Recertification> {
+        let step = self.prepare_approve_recertify(device, operator).await?;
+        self.commit("approve_recertify", step.note(), |mut tx| {
+            let step = step.clone();
+            async move {
+                let done = self.approve_recertify_in(&mut tx, step).await;
+                (tx, done)
+            }
+        })
+        .await
+    }
+
+    /// [`Provisioning::approve_recertify`]'s reads and checks, and the new
+    /// certificate signed (HSM work), before its transaction; the
+    /// certificates it replaces are read here too.
+    pub async fn prepare_approve_recertify(
+        &self,
+        device: DeviceId,
+        operator: &OperatorId,
+    ) -> Result<Prepared<RecertifyApproval>, Box<Refused>> {
         let mut note = AuditNote::new(
             Actor::Operator(operator.clone()),
             Action::ApproveRecertify,
             format!("device:{device}"),
         );
-        let result = self.approve_inner(device, operator, &mut note).await;
-        note.finish(result)
+        match self.approvable(device, operator, &mut note).await {
+            Ok(input) => Ok(Prepared { input, note }),
+            Err(e) => Err(note.refused(e)),
+        }
     }
 
-    async fn approve_inner(
+    async fn approvable(
         &self,
         device: DeviceId,
         operator: &OperatorId,
         note: &mut AuditNote,
-    ) -> Result<Recertification> {
+    ) -> Result<RecertifyApproval> {
         let pending = self
             .store
             .recertification(device)
@@ -158,42 +196,67 @@ impl Provisioning {
             .decode(&pending.csr)
             .map_err(|_| ProvisioningError::CorruptRecord("prov_recertifications.csr"))?;
         let checked = self.recertify_csr(device, &csr).await?;
-        if !self.store.take_recertification(device).await? {
-            return Err(ProvisioningError::NoPendingRecertification(device));
-        }
-        let cert = self.certifier.certify(&checked, device).await?;
-        note.detail("cert_serial", &cert.serial);
-        let registered = self
-            .store
-            .register_new_certificate(device, checked.spki_sha256(), &cert.serial)
-            .await;
-        if let Err(e) = registered {
-            // Never leave a valid certificate the registry does not own.
-            if let Err(r) = self
-                .certifier
-                .revoke(&cert.serial, RevokeReason::Superseded)
-                .await
-            {
-                tracing::error!(device = %device, serial = %cert.serial, code = r.code(),
-                    "could not revoke an unregistered re-certification; revoke it by hand");
-            }
-            return Err(if is_unique_violation(&e) {
-                ProvisioningError::PublicKeyReused
-            } else {
-                e
-            });
-        }
-        let revoked = self
-            .revoke_device_certificates(device, RevokeReason::Superseded, Some(&cert.serial))
+        let registered = self.device(device).await?.cert_serial;
+        let replaced = self
+            .device_certificates(device, registered.as_deref())
             .await?;
-        note.detail("certificates_revoked", revoked.len());
-        Ok(Recertification {
+        let signed = self.certifier.sign(&checked, device).await?;
+        note.detail("cert_serial", &signed.certificate.serial);
+        Ok(RecertifyApproval {
             device,
+            spki_sha256: checked.spki_sha256().to_owned(),
             requested_by: pending.requested_by,
             requested_at_ms: pending.requested_at_ms,
-            cert_serial: Some(cert.serial),
-            revoked,
+            signed,
+            replaced,
         })
+    }
+
+    /// The approval ([`Provisioning::prepare_approve_recertify`]) in the
+    /// caller's transaction: the request taken, the new certificate issued
+    /// and registered to the device, the ones it replaces revoked (the CRL
+    /// is re-signed after the commit). A request gone meanwhile is
+    /// refused, and so is a key another device registered meanwhile.
+    pub async fn approve_recertify_in(
+        &self,
+        tx: &mut Tx,
+        step: Prepared<RecertifyApproval>,
+    ) -> Decision<Recertification> {
+        let Prepared { input, mut note } = step;
+        let result = async {
+            let device = input.device;
+            if !Store::take_recertification_in(tx, device).await? {
+                return Err(ProvisioningError::NoPendingRecertification(device));
+            }
+            self.certifier.register_in(tx, &input.signed).await?;
+            let serial = &input.signed.certificate.serial;
+            match Store::register_new_certificate_in(tx, device, &input.spki_sha256, serial).await {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(ProvisioningError::PublicKeyReused);
+                }
+                other => other?,
+            }
+            let mut revoked = Vec::new();
+            for old in input.replaced.iter().filter(|s| *s != serial) {
+                if self
+                    .certifier
+                    .revoke_in(tx, old, RevokeReason::Superseded)
+                    .await?
+                {
+                    revoked.push(old.clone());
+                }
+            }
+            note.detail("certificates_revoked", revoked.len());
+            Ok(Recertification {
+                device,
+                requested_by: input.requested_by.clone(),
+                requested_at_ms: input.requested_at_ms,
+                cert_serial: Some(serial.clone()),
+                revoked,
+            })
+        }
+        .await;
+        note.finish(result)
     }
 
     async fn recertifiable(&self, device: DeviceId) -> Result<()> {

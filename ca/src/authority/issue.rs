@@ -95,6 +95,15 @@ impl Ca {
     /// certificate that is never registered is never handed out.
     pub async fn sign_from_csr(&self, csr: &[u8], req: IssueRequest) -> Result<SignedCert> {
         let csr = VerifiedCsr::parse(csr)?;
+        self.sign_from_verified_csr(&csr, req).await
+    }
+
+    /// [`Ca::sign_from_csr`] for a CSR already parsed and verified.
+    pub async fn sign_from_verified_csr(
+        &self,
+        csr: &VerifiedCsr,
+        req: IssueRequest,
+    ) -> Result<SignedCert> {
         self.sign(csr.key().clone(), req).await
     }
 

@@ -75,49 +75,40 @@ impl Store {
         .transpose()
     }
 
-    /// Drops the device's pending re-certification; false if there was none
-    /// (a concurrent approval took it).
-    pub(crate) async fn take_recertification(&self, device: DeviceId) -> Result<bool> {
-        self.db
-            .write("take_recertification", |mut tx| async move {
-                let n = sqlx::query("DELETE FROM prov_recertifications WHERE device_id = $1")
-                    .bind(device.to_string())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                Ok((tx, n == 1))
-            })
-            .await
+    /// Takes the device's pending re-certification in the caller's
+    /// transaction; false if there was none.
+    pub(crate) async fn take_recertification_in(tx: &mut Tx, device: DeviceId) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM prov_recertifications WHERE device_id = $1")
+            .bind(device.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     /// Registers the key `spki_sha256` to `device` (a unique violation if
     /// any device has it) and makes `serial` the device's certificate, in
-    /// one transaction.
-    pub(crate) async fn register_new_certificate(
-        &self,
+    /// the caller's transaction.
+    pub(crate) async fn register_new_certificate_in(
+        tx: &mut Tx,
         device: DeviceId,
         spki_sha256: &str,
         serial: &str,
     ) -> Result<()> {
-        self.db
-            .write("register_new_certificate", |mut tx| async move {
-                let now = now_ms();
-                sqlx::query(
-                    "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(spki_sha256)
-                .bind(device.to_string())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE prov_devices SET cert_serial = $2 WHERE device_id = $1")
-                    .bind(device.to_string())
-                    .bind(serial)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok((tx, ()))
-            })
-            .await
+        sqlx::query(
+            "INSERT INTO prov_device_keys (spki_sha256, device_id, registered_at_ms) \
+             VALUES ($1, $2, $3)",
+        )
+        .bind(spki_sha256)
+        .bind(device.to_string())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE prov_devices SET cert_serial = $2 WHERE device_id = $1")
+            .bind(device.to_string())
+            .bind(serial)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 }

@@ -319,12 +319,23 @@ pub async fn approve_recertify(
     let device: DeviceId = id.parse()?;
     let operator = op.operator_id()?;
     let p = state.provisioning.clone();
+    let q = p.clone();
     let done = op
-        .decide(
+        .decide_write(
             &state,
             Action::ApproveRecertify,
             format!("device:{device}"),
-            async move { p.approve_recertify(device, &operator).await },
+            async move { q.prepare_approve_recertify(device, &operator).await },
+            move |mut tx, step| {
+                let p = p.clone();
+                async move {
+                    let done = p
+                        .approve_recertify_in(&mut tx, step)
+                        .await
+                        .map_err(StepError::Effect)?;
+                    Ok((tx, done))
+                }
+            },
         )
         .await?;
     refresh_crl_after(&state, "device re-certified").await;

@@ -696,6 +696,25 @@ async fn recertification_is_requested_by_one_operator_and_approved_by_another() 
     app.post(&alice, &path(&d1, "/recertify/approve"), json!({}))
         .await
         .refused(StatusCode::FORBIDDEN, "self_approval");
+    // The approval commits with its outcome record or not at all: no new
+    // certificate, the old one valid, the request still pending.
+    let certificates = app.rows("certificates").await;
+    app.break_audit_staging().await;
+    let cut = app
+        .post(&bob, &path(&d1, "/recertify/approve"), json!({}))
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("provisioning.recertify_approve", cut.request_id())
+            .await,
+        ["requested", "failure"]
+    );
+    assert_eq!(app.rows("certificates").await, certificates);
+    let still = app
+        .get(&app.root, &format!("/admin/v1/ca/certificates/{old}"))
+        .await;
+    assert_eq!(still.expect(StatusCode::OK)["status"], "valid");
+    app.heal_audit_staging().await;
     let done = app
         .post(&bob, &path(&d1, "/recertify/approve"), json!({}))
         .await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use keyward_ca::CaError;
 use keyward_ca::{Ca, CertFilter, CertStatus, Profile};
-use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason};
+use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason, SignedDeviceCertificate};
 use keyward_device_provisioning::{
     CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier, DeviceCsr, ErrorKind,
 };
@@ -129,6 +129,20 @@ impl DeviceCertifier for OutageAt {
             return Box::pin(async { Err(CaError::Kms(KmsError::Busy).into()) });
         }
         DeviceCertifier::certify(&self.ca, csr, device)
+    }
+    fn sign<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>> {
+        DeviceCertifier::sign(&self.ca, csr, device)
+    }
+    fn register_in<'a>(
+        &'a self,
+        tx: &'a mut keyward_kms::db::Tx,
+        signed: &'a SignedDeviceCertificate,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        DeviceCertifier::register_in(&self.ca, tx, signed)
     }
     fn certificate<'a>(
         &'a self,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use keyward_ca::{
     Ca, CertFilter, CertStatus, OcspLimits, OcspResponder, Profile, Serial, ocsp::CertStanding,
 };
-use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason};
+use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason, SignedDeviceCertificate};
 use keyward_device_provisioning::{
     Action, BatchState, CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier,
     DeviceCsr, Outcome, Provisioning,
@@ -52,6 +52,20 @@ impl DeviceCertifier for StallAfter {
             }
             DeviceCertifier::certify(&self.ca, csr, device).await
         })
+    }
+    fn sign<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>> {
+        DeviceCertifier::sign(&self.ca, csr, device)
+    }
+    fn register_in<'a>(
+        &'a self,
+        tx: &'a mut keyward_kms::db::Tx,
+        signed: &'a SignedDeviceCertificate,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        DeviceCertifier::register_in(&self.ca, tx, signed)
     }
     fn certificate<'a>(
         &'a self,
