@@ -204,26 +204,26 @@ impl Catalog {
     }
 
     /// Records one more token key of an existing issuer (the zone PIN key of
-    /// an issuer made before it existed). `Ok(false)` if the issuer already
-    /// has a key of that role.
-    pub async fn add_master_key(&self, issuer: &IssuerId, key: &MasterKeyRecord) -> Result<bool> {
-        self.db
-            .write("add_master_key", |mut tx| async move {
-                let done = sqlx::query(
-                    "INSERT INTO master_keys (issuer_id, role, label, kcv_method, kcv) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer_id, role) DO NOTHING",
-                )
-                .bind(issuer.as_str())
-                .bind(key.role.as_str())
-                .bind(key.label.as_str())
-                .bind(key.kcv.method.as_str())
-                .bind(key.kcv.hex())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                Ok((tx, done == 1))
-            })
-            .await
+    /// an issuer made before it existed) in the caller's transaction.
+    /// `Ok(false)` if the issuer already has a key of that role.
+    pub async fn add_master_key_in(
+        tx: &mut Tx,
+        issuer: &IssuerId,
+        key: &MasterKeyRecord,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO master_keys (issuer_id, role, label, kcv_method, kcv) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (issuer_id, role) DO NOTHING",
+        )
+        .bind(issuer.as_str())
+        .bind(key.role.as_str())
+        .bind(key.label.as_str())
+        .bind(key.kcv.method.as_str())
+        .bind(key.kcv.hex())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     /// One issuer with its master keys; `None` lets the caller choose the error.

@@ -24,6 +24,14 @@ impl NewIssuer {
     }
 }
 
+/// A token key made for an existing issuer, not recorded yet
+/// ([`Kms::prepare_issuer_key`]); none if the issuer has one of that role.
+#[derive(Debug, Clone)]
+pub struct NewIssuerKey {
+    issuer: IssuerId,
+    record: Option<MasterKeyRecord>,
+}
+
 impl Kms {
     /// Creates an issuer: its master keys are generated in the HSM as token
     /// objects (sensitive, non-extractable, derive-only; the zone PIN key
@@ -134,9 +142,32 @@ impl Kms {
         id: &IssuerId,
         role: MasterKeyRole,
     ) -> Result<(IssuerRecord, bool)> {
+        let new = self.prepare_issuer_key(id, role).await?;
+        let added = self
+            .db()
+            .write("add_issuer_key", |mut tx| {
+                let new = &new;
+                async move { Self::add_issuer_key_in(&mut tx, new).await.map(|v| (tx, v)) }
+            })
+            .await?;
+        Ok((self.issuer(id).await?, added))
+    }
+
+    /// [`Kms::add_issuer_key`]'s HSM work: the key made (or adopted) on the
+    /// token, before the transaction that records it
+    /// ([`Kms::add_issuer_key_in`]). A key left on the token by a failed
+    /// transaction is adopted by the next attempt.
+    pub async fn prepare_issuer_key(
+        &self,
+        id: &IssuerId,
+        role: MasterKeyRole,
+    ) -> Result<NewIssuerKey> {
         let issuer = self.issuer(id).await?;
         if issuer.master_keys.iter().any(|k| k.role == role) {
-            return Ok((issuer, false));
+            return Ok(NewIssuerKey {
+                issuer: id.clone(),
+                record: None,
+            });
         }
         let label = master_label(id, role);
         let family = issuer.family;
@@ -145,17 +176,30 @@ impl Kms {
             .pool
             .run(move |hsm| token_key(hsm, family, &at, role))
             .await?;
-        let record = MasterKeyRecord {
-            role,
-            label,
-            kcv: Kcv {
-                method: keys::master_kcv_method(family),
-                value: kcv,
-            },
+        Ok(NewIssuerKey {
+            issuer: id.clone(),
+            record: Some(MasterKeyRecord {
+                role,
+                label,
+                kcv: Kcv {
+                    method: keys::master_kcv_method(family),
+                    value: kcv,
+                },
+            }),
+        })
+    }
+
+    /// Records a prepared key in the caller's transaction; false if the
+    /// issuer had a key of that role already.
+    pub async fn add_issuer_key_in(tx: &mut Tx, new: &NewIssuerKey) -> Result<bool> {
+        let Some(record) = &new.record else {
+            return Ok(false);
         };
-        let added = self.catalog.add_master_key(id, &record).await?;
-        tracing::info!(issuer = %id, role = %role, "issuer token key added");
-        Ok((self.issuer(id).await?, added))
+        let added = Catalog::add_master_key_in(tx, &new.issuer, record).await?;
+        if added {
+            tracing::info!(issuer = %new.issuer, role = %record.role, "issuer token key added");
+        }
+        Ok(added)
     }
 
     /// An issuer or [`KmsError::UnknownIssuer`].

@@ -50,7 +50,7 @@ pub use channel_pkcs1::{
     CHANNEL_IMPLICIT_REJECTION_LABEL, CHANNEL_PKCS1_MECHANISMS, Pkcs1BadPadding,
 };
 pub use confirmation::CONFIRMATION_CODE_LABEL;
-pub use issuers::NewIssuer;
+pub use issuers::{NewIssuer, NewIssuerKey};
 pub use records::{CHANGE_RETENTION_MS, KeyRecord};
 pub use transaction::{MAX_ACCOUNT_FIELD, PinBlock, PinFormat};
 pub use verify::{

@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use keyward_ca::Role;
 use keyward_kms::catalog::{IssuerRecord, MasterKeyRole};
 use keyward_kms::types::{IssuerId, KeyFamily};
-use keyward_kms::{Kms, KmsError, NewIssuer};
+use keyward_kms::{Kms, KmsError, NewIssuer, NewIssuerKey};
 
 use super::{ALL_ROLES, Operator};
 use crate::audit::{Actor, AuditError, AuditEvent, AuditLog, Outcome, StepError};
@@ -145,20 +145,29 @@ pub async fn add_key(
         action: "issuer.add_key",
         target: format!("issuer:{id}"),
     };
-    let kms = state.kms.clone();
+    let (kms, at) = (state.kms.clone(), id.clone());
     let settled = requested.clone();
-    let (rec, _) = op
-        .recorded(
-            &state,
-            requested,
-            async move { kms.add_issuer_key(&id, role).await },
-            move |r| match r {
-                Ok(_) => (settled, Outcome::Success),
-                Err(e) => AuditEvent::failed("issuer.add_key", e.code()),
-            },
-        )
-        .await??;
-    Ok(Json(wire::Issuer::from(&rec)))
+    op.recorded_write(
+        &state,
+        requested,
+        async move {
+            kms.prepare_issuer_key(&at, role)
+                .await
+                .map_err(StepError::Effect)
+        },
+        |mut tx, new: NewIssuerKey| async move {
+            let added = Kms::add_issuer_key_in(&mut tx, &new)
+                .await
+                .map_err(StepError::Effect)?;
+            Ok((tx, added))
+        },
+        move |r: Result<&bool, &StepError<KmsError>>| match r {
+            Ok(_) => (settled.clone(), Outcome::Success),
+            Err(e) => AuditEvent::failed("issuer.add_key", e.code()),
+        },
+    )
+    .await??;
+    Ok(Json(wire::Issuer::from(&state.kms.issuer(&id).await?)))
 }
 
 /// `GET /admin/v1/issuers`.

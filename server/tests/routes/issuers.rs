@@ -105,3 +105,60 @@ async fn issuer_refusals_are_typed_and_audited() {
         .await
         .refused(StatusCode::NOT_FOUND, "unknown_issuer");
 }
+
+/// An issuer made before the zone PIN key existed gets it by
+/// `POST …/keys`, recorded with its outcome record or not at all; a second
+/// call adds nothing.
+#[tokio::test]
+async fn a_missing_zone_pin_key_is_added_once_with_its_outcome_record() {
+    let app = App::new().await;
+    app.issuer("bank-a", "tdes").await;
+    app.exec("DELETE FROM master_keys WHERE issuer_id = 'bank-a' AND role = 'ZPK'")
+        .await;
+    let roles = || async {
+        let shown = app.get(&app.root, "/admin/v1/issuers/bank-a").await;
+        let mut roles: Vec<String> = shown.expect(StatusCode::OK)["master_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["role"].as_str().unwrap().to_owned())
+            .collect();
+        roles.sort();
+        roles
+    };
+    assert_eq!(roles().await, ["IMK-AUTH", "IMK-TMK"]);
+    let add = json!({"role": "zpk"});
+    app.post(
+        &app.root,
+        "/admin/v1/issuers/bank-a/keys",
+        json!({"role": "imk-tmk"}),
+    )
+    .await
+    .refused(StatusCode::BAD_REQUEST, "invalid_input");
+
+    app.break_audit_staging().await;
+    let cut = app
+        .post(&app.root, "/admin/v1/issuers/bank-a/keys", add.clone())
+        .await;
+    cut.refused(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable");
+    assert_eq!(
+        app.outcomes_of("issuer.add_key", cut.request_id()).await,
+        ["requested", "failure"]
+    );
+    assert_eq!(roles().await, ["IMK-AUTH", "IMK-TMK"]);
+
+    app.heal_audit_staging().await;
+    let added = app
+        .post(&app.root, "/admin/v1/issuers/bank-a/keys", add.clone())
+        .await;
+    added.expect(StatusCode::OK);
+    assert_eq!(
+        app.outcomes_of("issuer.add_key", added.request_id()).await,
+        ["requested", "success"]
+    );
+    assert_eq!(roles().await, ["IMK-AUTH", "IMK-TMK", "ZPK"]);
+    let again = app
+        .post(&app.root, "/admin/v1/issuers/bank-a/keys", add)
+        .await;
+    assert_eq!(again.expect(StatusCode::OK), added.expect(StatusCode::OK));
+}
