@@ -5,21 +5,123 @@
 //! uses every helper.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use keyward_ca::Ca;
 use keyward_config::CaConfig;
+use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason, SignedDeviceCertificate};
 use keyward_device_provisioning::{
     Account, Action, AuditNote, BatchId, BindRequest, Contact, ContactKind, CustomerApplication,
     CustomerId, NationalId, OperatorId, Outcome, Provisioning, Reason, Refused, SecureElement,
 };
+use keyward_device_provisioning::{
+    CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier, DeviceCsr,
+};
 use keyward_kms::Kms;
 use keyward_kms::catalog::Catalog;
+use keyward_kms::db::Tx;
 use keyward_kms::hsm::Pkcs11Hsm;
 use keyward_kms::pool::HsmPool;
 use keyward_kms::types::{DeviceId, IssuerId, KeyFamily};
 use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
+
+/// What [`HookedCa`] runs before the `n`th certification (from 1): a
+/// fault injected, or a stall.
+pub type CertifyHook =
+    Box<dyn Fn(usize) -> BoxFuture<'static, Result<(), CertifierError>> + Send + Sync>;
+
+/// The real CA with a hook before each certification; everything else goes
+/// straight to the CA.
+pub struct HookedCa {
+    ca: Ca,
+    calls: AtomicUsize,
+    hook: CertifyHook,
+}
+
+impl HookedCa {
+    pub fn new(
+        ca: Ca,
+        hook: impl Fn(usize) -> BoxFuture<'static, Result<(), CertifierError>> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            ca,
+            calls: AtomicUsize::new(0),
+            hook: Box::new(hook),
+        }
+    }
+
+    /// Certifications asked for so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for HookedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedCa").finish_non_exhaustive()
+    }
+}
+
+impl DeviceCertifier for HookedCa {
+    fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError> {
+        DeviceCertifier::check_csr(&self.ca, csr)
+    }
+    fn certify<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            (self.hook)(n).await?;
+            DeviceCertifier::certify(&self.ca, csr, device).await
+        })
+    }
+    fn sign<'a>(
+        &'a self,
+        csr: &'a DeviceCsr,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>> {
+        DeviceCertifier::sign(&self.ca, csr, device)
+    }
+    fn register_in<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        signed: &'a SignedDeviceCertificate,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        DeviceCertifier::register_in(&self.ca, tx, signed)
+    }
+    fn certificate<'a>(
+        &'a self,
+        serial: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>> {
+        DeviceCertifier::certificate(&self.ca, serial, device)
+    }
+    fn revoke<'a>(
+        &'a self,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<(), CertifierError>> {
+        DeviceCertifier::revoke(&self.ca, serial, reason)
+    }
+    fn revoke_in<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        serial: &'a str,
+        reason: RevokeReason,
+    ) -> BoxFuture<'a, Result<bool, CertifierError>> {
+        DeviceCertifier::revoke_in(&self.ca, tx, serial, reason)
+    }
+    fn valid_certificates<'a>(
+        &'a self,
+        device: DeviceId,
+    ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>> {
+        DeviceCertifier::valid_certificates(&self.ca, device)
+    }
+}
 
 pub struct Env {
     pub prov: Provisioning,

@@ -4,14 +4,10 @@
 use std::sync::Arc;
 
 use keyward_ca::CaError;
-use keyward_ca::{Ca, CertFilter, CertStatus, Profile};
-use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason, SignedDeviceCertificate};
-use keyward_device_provisioning::{
-    CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier, DeviceCsr, ErrorKind,
-};
+use keyward_ca::{CertFilter, CertStatus, Profile};
+use keyward_device_provisioning::ErrorKind;
 use keyward_device_provisioning::{Outcome, Provisioning, RowOutcome};
 use keyward_kms::KmsError;
-use keyward_kms::types::DeviceId;
 use keyward_tests::simulator::{SimDevice, forged_csr};
 
 use crate::common::*;
@@ -107,73 +103,6 @@ async fn a_batch_with_one_bad_row_registers_nothing() {
     );
 }
 
-/// outage would: fault injection for the import's undo path.
-#[derive(Debug)]
-struct OutageAt {
-    ca: Ca,
-    fail_at: usize,
-    calls: std::sync::atomic::AtomicUsize,
-}
-
-impl DeviceCertifier for OutageAt {
-    fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError> {
-        DeviceCertifier::check_csr(&self.ca, csr)
-    }
-    fn certify<'a>(
-        &'a self,
-        csr: &'a DeviceCsr,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
-        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if n == self.fail_at {
-            return Box::pin(async { Err(CaError::Kms(KmsError::Busy).into()) });
-        }
-        DeviceCertifier::certify(&self.ca, csr, device)
-    }
-    fn sign<'a>(
-        &'a self,
-        csr: &'a DeviceCsr,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>> {
-        DeviceCertifier::sign(&self.ca, csr, device)
-    }
-    fn register_in<'a>(
-        &'a self,
-        tx: &'a mut keyward_kms::db::Tx,
-        signed: &'a SignedDeviceCertificate,
-    ) -> BoxFuture<'a, Result<(), CertifierError>> {
-        DeviceCertifier::register_in(&self.ca, tx, signed)
-    }
-    fn certificate<'a>(
-        &'a self,
-        serial: &'a str,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>> {
-        DeviceCertifier::certificate(&self.ca, serial, device)
-    }
-    fn revoke<'a>(
-        &'a self,
-        serial: &'a str,
-        reason: RevokeReason,
-    ) -> BoxFuture<'a, Result<(), CertifierError>> {
-        DeviceCertifier::revoke(&self.ca, serial, reason)
-    }
-    fn revoke_in<'a>(
-        &'a self,
-        tx: &'a mut keyward_kms::db::Tx,
-        serial: &'a str,
-        reason: RevokeReason,
-    ) -> BoxFuture<'a, Result<bool, CertifierError>> {
-        DeviceCertifier::revoke_in(&self.ca, tx, serial, reason)
-    }
-    fn valid_certificates<'a>(
-        &'a self,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>> {
-        DeviceCertifier::valid_certificates(&self.ca, device)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_import_cut_short_by_the_ca_leaves_no_device_and_no_valid_certificate() {
     let env = env().await;
@@ -183,11 +112,16 @@ async fn an_import_cut_short_by_the_ca_leaves_no_device_and_no_valid_certificate
     let refs: Vec<&SimDevice> = devs.iter().collect();
     let failing = Provisioning::new(
         env.kms.clone(),
-        Arc::new(OutageAt {
-            ca: env.ca.clone(),
-            fail_at: 4,
-            calls: Default::default(),
-        }),
+        // The CA answers the 4th certification as an HSM outage would.
+        Arc::new(HookedCa::new(env.ca.clone(), |n| {
+            Box::pin(async move {
+                if n == 4 {
+                    Err(CaError::Kms(KmsError::Busy).into())
+                } else {
+                    Ok(())
+                }
+            })
+        })),
     )
     .await
     .unwrap();

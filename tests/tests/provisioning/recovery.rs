@@ -7,18 +7,12 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keyward_ca::{
-    Ca, CertFilter, CertStatus, OcspLimits, OcspResponder, Profile, Serial, ocsp::CertStanding,
+    CertFilter, CertStatus, OcspLimits, OcspResponder, Profile, Serial, ocsp::CertStanding,
 };
-use keyward_device_provisioning::certifier::{BoxFuture, RevokeReason, SignedDeviceCertificate};
-use keyward_device_provisioning::{
-    Action, BatchState, CertificateStatus, CertifierError, DeviceCertificate, DeviceCertifier,
-    DeviceCsr, Outcome, Provisioning,
-};
-use keyward_kms::types::DeviceId;
+use keyward_device_provisioning::{Action, BatchState, Outcome, Provisioning};
 use keyward_tests::simulator::SimDevice;
 use tokio::sync::Semaphore;
 
@@ -28,83 +22,18 @@ const LEASE: Duration = Duration::from_millis(400);
 
 /// The CA, but certifications after the first `pass` wait for the gate (an
 /// HSM stall, or a process about to be killed).
-#[derive(Debug)]
-struct StallAfter {
-    ca: Ca,
-    pass: usize,
-    calls: AtomicUsize,
-    gate: Arc<Semaphore>,
-}
-
-impl DeviceCertifier for StallAfter {
-    fn check_csr(&self, csr: &[u8]) -> Result<DeviceCsr, CertifierError> {
-        DeviceCertifier::check_csr(&self.ca, csr)
-    }
-    fn certify<'a>(
-        &'a self,
-        csr: &'a DeviceCsr,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<DeviceCertificate, CertifierError>> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            if n >= self.pass {
-                let _permit = self.gate.acquire().await;
-            }
-            DeviceCertifier::certify(&self.ca, csr, device).await
-        })
-    }
-    fn sign<'a>(
-        &'a self,
-        csr: &'a DeviceCsr,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<SignedDeviceCertificate, CertifierError>> {
-        DeviceCertifier::sign(&self.ca, csr, device)
-    }
-    fn register_in<'a>(
-        &'a self,
-        tx: &'a mut keyward_kms::db::Tx,
-        signed: &'a SignedDeviceCertificate,
-    ) -> BoxFuture<'a, Result<(), CertifierError>> {
-        DeviceCertifier::register_in(&self.ca, tx, signed)
-    }
-    fn certificate<'a>(
-        &'a self,
-        serial: &'a str,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<CertificateStatus, CertifierError>> {
-        DeviceCertifier::certificate(&self.ca, serial, device)
-    }
-    fn revoke<'a>(
-        &'a self,
-        serial: &'a str,
-        reason: RevokeReason,
-    ) -> BoxFuture<'a, Result<(), CertifierError>> {
-        DeviceCertifier::revoke(&self.ca, serial, reason)
-    }
-    fn revoke_in<'a>(
-        &'a self,
-        tx: &'a mut keyward_kms::db::Tx,
-        serial: &'a str,
-        reason: RevokeReason,
-    ) -> BoxFuture<'a, Result<bool, CertifierError>> {
-        DeviceCertifier::revoke_in(&self.ca, tx, serial, reason)
-    }
-    fn valid_certificates<'a>(
-        &'a self,
-        device: DeviceId,
-    ) -> BoxFuture<'a, Result<Vec<String>, CertifierError>> {
-        DeviceCertifier::valid_certificates(&self.ca, device)
-    }
-}
-
-fn stalling(env: &Env, pass: usize) -> (Arc<StallAfter>, Arc<Semaphore>) {
+fn stalling(env: &Env, pass: usize) -> (Arc<HookedCa>, Arc<Semaphore>) {
     let gate = Arc::new(Semaphore::new(0));
-    let certifier = Arc::new(StallAfter {
-        ca: env.ca.clone(),
-        pass,
-        calls: AtomicUsize::new(0),
-        gate: gate.clone(),
-    });
+    let held = gate.clone();
+    let certifier = Arc::new(HookedCa::new(env.ca.clone(), move |n| {
+        let gate = held.clone();
+        Box::pin(async move {
+            if n > pass {
+                let _permit = gate.acquire().await;
+            }
+            Ok(())
+        })
+    }));
     (certifier, gate)
 }
 
@@ -353,10 +282,7 @@ async fn an_import_taken_over_stops_revokes_its_own_and_cannot_complete() {
     assert_eq!(r.code(), "import_aborted");
     assert!(r.is_client_error());
     assert!(matches!(r.note.outcome, Outcome::Refused { .. }));
-    assert!(
-        certifier.calls.load(Ordering::SeqCst) < devs.len(),
-        "it stopped issuing"
-    );
+    assert!(certifier.calls() < devs.len(), "it stopped issuing");
     // It did not complete, and revoked what it issued itself.
     let b = prov.batch(&batch("B-TAKEN")).await.unwrap().unwrap();
     assert_eq!(b.state, BatchState::Importing);
