@@ -11,7 +11,9 @@
 //! confirm), e-purse loads (permit, apply, report to the other replica) —
 //! while it SIGKILLs and restarts a replica, restarts PostgreSQL (`-m
 //! fast` or `-m immediate`), cuts replica B from the database for a while,
-//! and requests key rotations. Every answer is recorded as ok, failed (a
+//! requests key rotations, suspends a device, revokes an operator's
+//! certificate, and has a spare device answer its logins wrongly until it
+//! is locked out (in the background, while the next faults strike). Every answer is recorded as ok, failed (a
 //! typed 4xx) or unknown (no answer, a reset, a 5xx): a failed answer
 //! whose effect happened is a bug; an unknown one may have either outcome.
 //!
@@ -33,8 +35,12 @@
 //! - confirmations: every message sent and received under one id, one
 //!   message per step, one id per code text and per execution; every
 //!   confirm answered ok executed once, none refused executed;
-//! - no credential locked with a valid certificate; at most one active and
-//!   one pending working-key version per credential.
+//! - no credential locked with a valid certificate (every device the run
+//!   locked out has none left); at most one active and one pending
+//!   working-key version per credential;
+//! - every certificate the run revoked is refused at the TLS handshake by
+//!   both replicas (the CRL published, and reloaded by the other replica's
+//!   poll), while a valid operator's is served.
 //!
 //! PostgreSQL only: it skips (and says so) on the SQLite pass, i.e. without
 //! `KEYWARD_TEST_DATABASE_URL` (that database itself is not used), and when
@@ -81,6 +87,9 @@ const OPENING: i64 = 1_000_000;
 const SEEDS: u64 = 20;
 /// Devices, each one client task.
 const DEVICES: usize = 3;
+/// Spare devices, one for each lockout a run may make (more with
+/// `KEYWARD_REPLICA_VICTIMS`); once they are used up no lockout is made.
+const VICTIMS: usize = 4;
 /// The issuer every device is keyed for.
 const ISSUER: &str = "bank-a";
 /// How long one client call may take before its answer counts as lost.
@@ -590,6 +599,13 @@ enum Fault {
     CutB,
     Rotate,
     Suspend,
+    /// An operator certificate issued, then revoked: every replica must
+    /// refuse it from then on (the CRL published and reloaded).
+    Revoke,
+    /// A spare device answers logins wrongly, in the background while the
+    /// next faults strike, until its credential is locked (and its
+    /// certificate revoked).
+    Lockout,
 }
 
 /// The installation: replica A (the harness's server), replica B behind
@@ -607,6 +623,11 @@ struct Rig {
     dir: PathBuf,
     addrs: Addrs,
     faults: BTreeMap<String, u32>,
+    /// Operators whose certificates were revoked since the last check.
+    revoked: Vec<String>,
+    /// Spare devices a lockout may take, and the lockouts under way.
+    victims: Vec<Device>,
+    lockouts: tokio::task::JoinSet<String>,
 }
 
 impl Rig {
@@ -637,6 +658,36 @@ impl Rig {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// POSTs `body` to replica A's admin listener as the first admin until
+    /// it answers one of `done` (a database just restarted may fail a first
+    /// call); the answer.
+    async fn as_admin(&self, path: &str, body: &Value, done: &[u16]) -> Value {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let r = tokio::task::block_in_place(|| self.s.admin_post(path, body));
+            if done.contains(&r.status) {
+                return r.json();
+            }
+            assert!(Instant::now() < deadline, "POST {path}: {r:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A new auditor certificate `NAME.pem` (and key) in the server's dir;
+    /// its serial.
+    async fn spare_operator(&self, name: &str) -> String {
+        let (_, csr) = tokio::task::block_in_place(|| self.s.openssl_csr(name));
+        let body = json!({ "csr_pem": csr, "name": name, "role": "auditor" });
+        let v = self.as_admin("/admin/v1/operators", &body, &[201]).await;
+        let pem = format!(
+            "{}{}",
+            v["certificate_pem"].as_str().unwrap(),
+            v["chain_pem"].as_str().unwrap()
+        );
+        std::fs::write(self.s.dir.path().join(format!("{name}.pem")), pem).unwrap();
+        v["serial"].as_str().unwrap().to_owned()
     }
 
     /// Applies `f`, healing before it returns: a replica comes back, the
@@ -670,6 +721,21 @@ impl Rig {
                 let device = &devices[pick % devices.len()];
                 self.operator(&["key", "rotate", "--issuer", ISSUER, "--device", device])
                     .await;
+            }
+            Fault::Lockout => {
+                if let Some(victim) = self.victims.pop() {
+                    let (addrs, root, db) =
+                        (self.addrs.clone(), self.root.clone(), self.db.clone());
+                    self.lockouts
+                        .spawn(lock_out(addrs, root, db, victim, pick as u64));
+                }
+            }
+            Fault::Revoke => {
+                let name = format!("spare-{}", self.faults["Revoke"]);
+                let serial = self.spare_operator(&name).await;
+                let path = format!("/admin/v1/ca/certificates/{serial}/revoke");
+                self.as_admin(&path, &json!({}), &[200, 409]).await;
+                self.revoked.push(name);
             }
             Fault::Suspend => {
                 // Refused meanwhile (`device_suspended`), then resumed.
@@ -712,7 +778,8 @@ async fn bank() -> Option<(Rig, Vec<Device>)> {
         s: &s,
         devices: dir.clone(),
     };
-    let customer = st.provision_devices(&[(ISSUER, "tdes")], DEVICES);
+    let victims = env_u64("KEYWARD_REPLICA_VICTIMS").unwrap_or(VICTIMS as u64) as usize;
+    let customer = st.provision_devices(&[(ISSUER, "tdes")], DEVICES + victims);
     st.ok(
         "alice",
         &[
@@ -726,7 +793,7 @@ async fn bank() -> Option<(Rig, Vec<Device>)> {
         ],
     );
     credit(&st, OPENING, "opening");
-    let devices = (0..DEVICES)
+    let mut devices: Vec<Device> = (0..DEVICES + victims)
         .map(device_id)
         .map(|id| Device {
             dev: st.device(&id),
@@ -736,6 +803,7 @@ async fn bank() -> Option<(Rig, Vec<Device>)> {
             login_unknown: false,
         })
         .collect();
+    let victims = devices.split_off(DEVICES);
     let proxy = Proxy::start(pg.port).await;
     let b_url = with_port(&s.db.config.url, pg.port, proxy.port);
     let b = s.replica_via("b", &b_url);
@@ -758,6 +826,9 @@ async fn bank() -> Option<(Rig, Vec<Device>)> {
         dir,
         addrs,
         faults: BTreeMap::new(),
+        revoked: Vec::new(),
+        victims,
+        lockouts: tokio::task::JoinSet::new(),
     };
     Some((rig, devices))
 }
@@ -1262,6 +1333,118 @@ async fn check_credentials(db: &Database, what: &str) {
     assert!(bad.is_empty(), "{what}: working-key versions: {bad:?}");
 }
 
+/// A spare device answers its logins wrongly at either replica until its
+/// credential is locked; its id. Faults strike meanwhile: an answer may be
+/// lost, a replica gone, the database away.
+async fn lock_out(addrs: Addrs, root: String, db: Database, mut d: Device, seed: u64) -> String {
+    let id = d.dev.id.to_string();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let deadline = Instant::now() + SETTLE;
+    while !is_locked(&db, &id).await {
+        assert!(
+            Instant::now() < deadline,
+            "{id}: not locked after {SETTLE:?}"
+        );
+        let at = addr(&addrs, rng.gen_range(0..2));
+        if let Ok(t) = Terminal::new(&format!("https://{at}"), &root, &d.chain, &d.dev) {
+            let wrong = LoginOptions {
+                wrong_response: true,
+            };
+            let _ =
+                tokio::time::timeout(CALL, terminal::login(&t, &mut d.dev, ISSUER, wrong)).await;
+        }
+    }
+    id
+}
+
+/// Whether `device`'s credential is locked (false while the database is
+/// away).
+async fn is_locked(db: &Database, device: &str) -> bool {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM online_credentials WHERE device_id = $1 AND locked_at_ms IS NOT NULL",
+    )
+    .bind(device)
+    .fetch_one(db.pool())
+    .await
+    .is_ok_and(|n| n > 0)
+}
+
+/// Every device locked in the run has no valid certificate left (the
+/// lockout's revocation committed with it, or recovery finished it):
+/// [`check_credentials`] holds for every credential; this names the run's.
+async fn check_locked(rig: &Rig, locked: &[String], what: &str) {
+    for id in locked {
+        let valid: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM certificates WHERE device_id = $1 AND profile = 'device' \
+             AND status = 'valid'",
+        )
+        .bind(id)
+        .fetch_one(rig.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(valid, 0, "{what}: {id} locked with a valid certificate");
+    }
+}
+
+/// Every certificate revoked in the run is refused by both replicas
+/// (within [`SETTLE`]: a replica learns of another's revocation by its
+/// poll), while alice's is still served there.
+async fn check_revocations(rig: &mut Rig, ctx: &Ctx, what: &str) {
+    let deadline = Instant::now() + SETTLE;
+    for name in std::mem::take(&mut rig.revoked) {
+        for replica in 0..2 {
+            loop {
+                let at = admin_addr(&ctx.addrs, replica);
+                let (spare, alice) = (
+                    whoami(ctx, &at, &name).await,
+                    whoami(ctx, &at, "alice").await,
+                );
+                if spare != "200" && alice == "200" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: replica {replica} still serves revoked {name} ({spare}; alice {alice})"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The HTTP status of `GET /admin/v1/whoami` on `admin` as operator
+/// `name`, `000` when the TLS handshake is refused.
+async fn whoami(ctx: &Ctx, admin: &str, name: &str) -> String {
+    let dir = ctx.files[1].parent().unwrap().to_owned();
+    let ca = ctx.files[0].clone();
+    let url = format!("https://{admin}/admin/v1/whoami");
+    let name = name.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(ca)
+            .arg("--cert")
+            .arg(dir.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(dir.join(format!("{name}.key")))
+            .arg(url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Whether this run is the PostgreSQL pass (see the module).
 fn postgres_pass() -> bool {
     std::env::var(keyward_tests::db::TEST_DATABASE_URL_ENV).is_ok_and(|u| !u.trim().is_empty())
@@ -1303,6 +1486,7 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
     let mut h = History::default();
     let mut credited = OPENING;
     let mut slowest = Duration::ZERO;
+    let mut locked_out = 0;
     let runs = Instant::now();
     for seed in first..first + seeds {
         let what = format!("seed {seed} (KEYWARD_REPLICA_SEED={seed} KEYWARD_REPLICA_SEEDS=1)");
@@ -1326,14 +1510,16 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
                 }
                 () = tokio::time::sleep(pause), if left > 0 => {
                     left -= 1;
-                    let f = match rng.gen_range(0..14) {
+                    let f = match rng.gen_range(0..16) {
                         0..=2 => Fault::KillA,
                         3..=5 => Fault::KillB,
                         6 => Fault::PgFast,
                         7 => Fault::PgImmediate,
                         8..=10 => Fault::CutB,
                         11 | 12 => Fault::Rotate,
-                        _ => Fault::Suspend,
+                        13 => Fault::Suspend,
+                        14 => Fault::Revoke,
+                        _ => Fault::Lockout,
                     };
                     let down = Duration::from_millis(rng.gen_range(0..800));
                     let pick = rng.gen_range(0..DEVICES);
@@ -1343,6 +1529,11 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
             }
         }
         devices.sort_by(|x, y| x.purse.device.cmp(&y.purse.device));
+        let mut locked = Vec::new();
+        while let Some(id) = rig.lockouts.join_next().await {
+            locked.push(id.unwrap());
+        }
+        locked_out += locked.len();
         // Healed (every fault heals itself); the sweeper ends what is
         // pending, each purse's next contact settles what it proves, the
         // outbox drains.
@@ -1367,6 +1558,8 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
             .map(|d| i64::try_from(d.purse.balance).unwrap())
             .sum();
         let money = check(&rig, &h, credited, purses, &what).await;
+        check_revocations(&mut rig, &ctx, &what).await;
+        check_locked(&rig, &locked, &what).await;
         let took = run_started.elapsed();
         slowest = slowest.max(took);
         eprintln!("{what}: whole after {took:.1?}");
@@ -1380,8 +1573,8 @@ async fn seeded_runs_on_two_replicas_with_crashes_restarts_and_a_cut_keep_every_
     eprintln!(
         "replica runs: {seeds} seeds from {first} in {:.0?} (setup {setup:.1?}, {per:.1?} a seed, \
          slowest {slowest:.1?}); faults {:?}; answers ok {}, failed {}, unknown {} ({:?}); \
-         {} loads permitted, {} confirmations executed as confirmed; refusals {:?} \
-         (expected: {:?}); violations 0",
+         {} loads permitted, {} confirmations executed as confirmed, {locked_out} devices \
+         locked out; refusals {:?} (expected: {:?}); violations 0",
         runs.elapsed(),
         rig.faults,
         h.total(Class::Ok),
