@@ -13,9 +13,10 @@
 //! [`HsmPool::shutdown`] finishes the queued jobs and joins the workers, and
 //! so does dropping the last clone: a worker still inside the PKCS#11 module
 //! while the process runs its exit handlers can crash it (seen with SoftHSM
-//! 2.6.1 in `C_CloseSession`, and in the session-object clean-up that
-//! dropped channel keys queue). So nothing may keep a pool alive for the
-//! whole process: a process-wide handle is a [`PoolExit`], which does not.
+//! 2.6.1: in `C_CloseSession`, and at the exit of a test process whose last
+//! requests left channel-key clean-up jobs queued). So nothing may keep a
+//! pool alive for the whole process: a process-wide handle is a
+//! [`PoolExit`], which does not.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,11 +46,10 @@ struct Workers {
 
 /// When the last pool clone goes (its senders first, so the workers' queues
 /// are closed and they stop after the jobs already queued), wait for the
-/// workers: a
-/// worker still inside the PKCS#11 module (closing its session) while the
-/// process runs its exit handlers can crash it (SoftHSM 2.6.1), which a test
-/// process that simply returns would otherwise risk. A worker never joins
-/// itself (a job that held the last clone).
+/// workers: a worker still inside the PKCS#11 module (closing its session)
+/// while the process runs its exit handlers can crash it (SoftHSM 2.6.1),
+/// which a test process that simply returns would otherwise risk. A worker
+/// never joins itself (a job that held the last clone).
 impl Drop for Workers {
     fn drop(&mut self) {
         let me = std::thread::current().id();
