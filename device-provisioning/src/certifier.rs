@@ -144,6 +144,17 @@ pub struct DeviceCertificate {
     pub not_after_ms: i64,
 }
 
+impl DeviceCertificate {
+    /// The certificate the CA made for a checked CSR's key.
+    fn issued(cert: &keyward_ca::IssuedCert, csr: &DeviceCsr) -> Self {
+        Self {
+            serial: cert.serial.to_string(),
+            public_key: csr.public_key().clone(),
+            not_after_ms: cert.not_after_ms,
+        }
+    }
+}
+
 /// What the CA says about a device's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateStatus {
@@ -282,11 +293,7 @@ impl DeviceCertifier for keyward_ca::Ca {
             let cert = self
                 .issue_from_verified_csr(csr.verified(), IssueRequest::device(device))
                 .await?;
-            Ok(DeviceCertificate {
-                serial: cert.serial.to_string(),
-                public_key: csr.public_key().clone(),
-                not_after_ms: cert.not_after_ms,
-            })
+            Ok(DeviceCertificate::issued(&cert, csr))
         })
     }
 
@@ -300,11 +307,7 @@ impl DeviceCertifier for keyward_ca::Ca {
                 .sign_from_verified_csr(csr.verified(), IssueRequest::device(device))
                 .await?;
             Ok(SignedDeviceCertificate {
-                certificate: DeviceCertificate {
-                    serial: signed.cert.serial.to_string(),
-                    public_key: csr.public_key().clone(),
-                    not_after_ms: signed.cert.not_after_ms,
-                },
+                certificate: DeviceCertificate::issued(&signed.cert, csr),
                 signed,
             })
         })
