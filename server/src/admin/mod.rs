@@ -473,9 +473,11 @@ impl Operator {
             .map_err(ApiError::audit_unavailable)
     }
 
-    /// Runs a provisioning decision the way every state change runs here
+    /// Runs a provisioning decision that is a long job with durable steps of
+    /// its own (a batch import, its abort) between its audit records
     /// ([`Self::recorded`]): the decision's own note is the outcome record,
-    /// refusals included.
+    /// refusals included, written after its last step. Every other decision
+    /// commits with its record ([`Self::decide_write`]).
     pub async fn decide<T, F>(
         &self,
         state: &AppState,
