@@ -110,8 +110,14 @@ impl Kms {
 
     /// After a failed transaction: destroys the master keys
     /// [`Kms::prepare_issuer`] made (adopted ones stay), so a failed
-    /// creation leaves none behind.
+    /// creation leaves none behind; none if the issuer is recorded after
+    /// all, or its record cannot be read (the next attempt adopts them).
     pub async fn discard_issuer(&self, new: &NewIssuer) {
+        // A commit whose answer was lost may have recorded the issuer: its
+        // keys are destroyed only once a read shows it absent.
+        if !matches!(self.catalog.issuer(&new.record.id).await, Ok(None)) {
+            return;
+        }
         let objects = new.created.clone();
         let destroyed = self
             .pool
