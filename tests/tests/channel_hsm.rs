@@ -14,7 +14,7 @@ use cmac::{Cmac, Mac};
 use keyward_kms::catalog::Catalog;
 use keyward_kms::hsm::{KeyPairKind, OaepHash, Pkcs11Hsm, PublicKey, SignMechanism};
 use keyward_kms::pool::HsmPool;
-use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse, ChannelSecret};
+use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelKeyUse, ChannelSchedule, ChannelSecret};
 use keyward_kms::{ErrorKind, Kms, KmsError};
 use keyward_tests::db::{TestDb, test_database};
 use keyward_tests::softhsm::TestToken;
@@ -298,42 +298,46 @@ async fn channel_handshake_records_and_resumption_in_the_hsm() {
         kms.channel_cmac(&exporter, ctx.clone()).await.unwrap(),
         cmac(&card[3], &ctx)
     );
-    // The server's schedule in one HSM job (the master made and destroyed
-    // in it) gives the same keys, and the kept ones wrapped in one job
-    // unwrap to them.
-    let one_job = kms
-        .channel_schedule(
-            &hsm_pms,
-            sha(&[b"keyward channel v1 master", &h]),
-            LABELS
-                .iter()
-                .zip(USES)
-                .map(|(l, u)| (sha(&[b"keyward channel v1 ", l.as_bytes(), &h]), u))
-                .collect(),
+    // The server's whole opening in one HSM job (the master made and
+    // destroyed in it) gives the same Finished MAC, and its wrapped keys
+    // unwrap to the card's.
+    let again = kms
+        .unwrap_premaster(CHANNEL_KEY_LABEL, encrypt_pms(&pk, hash, &pms))
+        .await
+        .unwrap();
+    let input = |l: &str| sha(&[b"keyward channel v1 ", l.as_bytes(), &h]);
+    let made = kms
+        .channel_establish(
+            again,
+            ChannelSchedule {
+                master_input: sha(&[b"keyward channel v1 master", &h]),
+                c2s: input(LABELS[0]),
+                s2c: input(LABELS[1]),
+                finished: input(LABELS[2]),
+                exporter: input(LABELS[3]),
+                resumption: input(LABELS[4]),
+                finished_data: h.to_vec(),
+            },
         )
         .await
         .unwrap();
-    assert_eq!(one_job.len(), 5);
-    assert_eq!(
-        kms.channel_cmac(&one_job[2], h.to_vec()).await.unwrap(),
-        fin
-    );
-    let wrapped = kms
-        .channel_wrap_state_all(&[&one_job[3], &exporter])
+    assert_eq!(made.finished_mac, fin);
+    let back = kms
+        .channel_unwrap_state(made.exporter.clone(), ChannelKeyUse::Mac)
         .await
         .unwrap();
-    for w in wrapped {
-        let back = kms
-            .channel_unwrap_state(w, ChannelKeyUse::Mac)
-            .await
-            .unwrap();
-        assert_eq!(
-            kms.channel_cmac(&back, ctx.clone()).await.unwrap(),
-            cmac(&card[3], &ctx)
-        );
+    assert_eq!(
+        kms.channel_cmac(&back, ctx.clone()).await.unwrap(),
+        cmac(&card[3], &ctx)
+    );
+    for (w, key_use) in [
+        (&made.c2s, ChannelKeyUse::Traffic),
+        (&made.s2c, ChannelKeyUse::Traffic),
+        (&made.resumption, ChannelKeyUse::Resumption),
+    ] {
+        kms.channel_unwrap_state(w.clone(), key_use).await.unwrap();
     }
-    assert!(kms.channel_wrap_state_all(&[&hsm_pms]).await.is_err());
-    kms.channel_forget_all(one_job);
+    assert!(kms.channel_wrap_state(&hsm_pms).await.is_err());
 
     // Records, card to server and back, with nonce = iv XOR sequence.
     let channel_id = [7u8; 16];

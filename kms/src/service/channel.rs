@@ -694,51 +694,32 @@ impl Kms {
             .await
     }
 
-    /// A whole key schedule in one HSM job: the master secret
-    /// `PRF(base, master_input)`, then [`Kms::channel_derive`] of each of
-    /// `items` under it, in order; the master is destroyed in the same
-    /// job, so it never outlives the schedule.
-    pub async fn channel_schedule(
+    /// A channel's opening in **one** HSM job (each job is two thread
+    /// hand-offs, which cost more than SoftHSM's own work here): the master
+    /// `PRF(base, master_input)`, the five keys of [`ChannelSchedule`] under
+    /// it, the Finished MAC over `schedule.finished_data`, a 16-byte ticket
+    /// handle from the module's RNG, and the four kept keys wrapped under
+    /// the state KEK. `base` and every derived key are destroyed in the same
+    /// job, whatever its outcome; nothing of the schedule outlives it.
+    pub async fn channel_establish(
         &self,
-        base: &ChannelSecret,
-        master_input: [u8; 32],
-        items: Vec<([u8; 32], ChannelKeyUse)>,
-    ) -> Result<Vec<ChannelSecret>> {
+        base: ChannelSecret,
+        schedule: ChannelSchedule,
+    ) -> Result<EstablishedChannel> {
         if !base.key_use.usage().derive {
             return Err(KmsError::invalid("channel key", "not a derivation key"));
         }
-        let (base, pool) = (base.obj, self.pool().clone());
+        let cache = self.cache_arc();
         self.pool()
             .run(move |hsm| {
-                let master = hsm.derive_key(
-                    base,
-                    Derivation::AesEcb,
-                    &master_input,
-                    &ChannelKeyUse::Secret.spec(),
-                )?;
-                let keys = derive_secrets(hsm, &pool, master, &items);
-                if let Err(e) = hsm.destroy(master) {
-                    tracing::warn!(error = %e, "could not destroy a channel master secret");
+                let mut base = base;
+                let made = establish_in(hsm, &cache, base.obj, &schedule);
+                // Destroyed here, not by a job of its own.
+                base.owned = false;
+                if let Err(e) = hsm.destroy(base.obj) {
+                    tracing::warn!(error = %e, "could not destroy a channel secret");
                 }
-                keys
-            })
-            .await
-    }
-
-    /// [`Kms::channel_wrap_state`] of each of `keys`, in one HSM job.
-    pub async fn channel_wrap_state_all(&self, keys: &[&ChannelSecret]) -> Result<Vec<Vec<u8>>> {
-        if keys.iter().any(|k| !k.key_use.extractable()) {
-            return Err(KmsError::invalid("channel key", "not one that is kept"));
-        }
-        let (objs, cache): (Vec<ObjectId>, _) =
-            (keys.iter().map(|k| k.obj).collect(), self.cache_arc());
-        self.pool()
-            .run(move |hsm| {
-                let kek =
-                    with_fresh_handles(&cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
-                objs.iter()
-                    .map(|obj| hsm.wrap_key(kek, WrapMechanism::AesKeyWrapPad, *obj))
-                    .collect()
+                made
             })
             .await
     }
@@ -772,6 +753,93 @@ impl Kms {
         key.owned = false;
         self.pool().run(move |hsm| hsm.destroy(obj)).await
     }
+}
+
+/// The inputs of [`Kms::channel_establish`]: the master's PRF input, each
+/// key's label input (`keyward_protocol::channel::label_input`), and what
+/// the Finished MAC covers.
+#[derive(Debug, Clone)]
+pub struct ChannelSchedule {
+    pub master_input: [u8; 32],
+    pub c2s: [u8; 32],
+    pub s2c: [u8; 32],
+    pub finished: [u8; 32],
+    pub exporter: [u8; 32],
+    pub resumption: [u8; 32],
+    pub finished_data: Vec<u8>,
+}
+
+/// A new channel as the HSM leaves it: the Finished MAC, the ticket handle,
+/// and the kept keys wrapped under the state KEK (public: they name keys
+/// only this HSM can unwrap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EstablishedChannel {
+    pub finished_mac: [u8; 16],
+    pub ticket_handle: [u8; 16],
+    pub c2s: Vec<u8>,
+    pub s2c: Vec<u8>,
+    pub exporter: Vec<u8>,
+    pub resumption: Vec<u8>,
+}
+
+/// [`Kms::channel_establish`]'s work on a worker: every object it makes is
+/// destroyed before it returns.
+fn establish_in(
+    hsm: &dyn Hsm,
+    cache: &KeyCache,
+    base: ObjectId,
+    s: &ChannelSchedule,
+) -> Result<EstablishedChannel> {
+    use ChannelKeyUse::{Mac, Resumption, Secret, Traffic};
+    let master = hsm.derive_key(base, Derivation::AesEcb, &s.master_input, &Secret.spec())?;
+    let mut made = Vec::with_capacity(5);
+    let derived = [
+        (&s.c2s, Traffic),
+        (&s.s2c, Traffic),
+        (&s.finished, Mac),
+        (&s.exporter, Mac),
+        (&s.resumption, Resumption),
+    ]
+    .iter()
+    .try_for_each(|(data, key_use)| {
+        made.push(hsm.derive_key(master, Derivation::AesEcb, *data, &key_use.spec())?);
+        Ok::<_, KmsError>(())
+    });
+    let out = derived.and_then(|()| {
+        let [c2s, s2c, finished, exporter, resumption] = made[..] else {
+            return Err(KmsError::Hsm {
+                function: "C_DeriveKey",
+                problem: "fewer keys derived than asked",
+            });
+        };
+        let fixed = |v: Vec<u8>, function| {
+            <[u8; 16]>::try_from(v.as_slice()).map_err(|_| KmsError::Hsm {
+                function,
+                problem: "unexpected length",
+            })
+        };
+        let finished_mac = fixed(
+            hsm.mac(finished, MacMechanism::AesCmac, &s.finished_data)?,
+            "C_Sign",
+        )?;
+        let ticket_handle = fixed(hsm.random(16)?, "C_GenerateRandom")?;
+        let kek = with_fresh_handles(cache, || cache.master(hsm, CHANNEL_STATE_KEK_LABEL))?;
+        let wrap = |obj| hsm.wrap_key(kek, WrapMechanism::AesKeyWrapPad, obj);
+        Ok(EstablishedChannel {
+            finished_mac,
+            ticket_handle,
+            c2s: wrap(c2s)?,
+            s2c: wrap(s2c)?,
+            exporter: wrap(exporter)?,
+            resumption: wrap(resumption)?,
+        })
+    });
+    for obj in std::iter::once(master).chain(made) {
+        if let Err(e) = hsm.destroy(obj) {
+            tracing::warn!(error = %e, "could not destroy a channel secret");
+        }
+    }
+    out
 }
 
 /// `PRF(base, data)` for each of `items`, in order, as owned secrets, in a

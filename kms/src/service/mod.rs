@@ -44,7 +44,8 @@ pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
 pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
 pub use channel::{
     CHANNEL_KEY_BITS, CHANNEL_KEY_LABEL, CHANNEL_MECHANISMS, CHANNEL_SECRET_LEN,
-    CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSecret, MAX_RECORD_LEN, P256_POINT_LEN,
+    CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSchedule, ChannelSecret, EstablishedChannel,
+    MAX_RECORD_LEN, P256_POINT_LEN,
 };
 pub use channel_pkcs1::{
     CHANNEL_IMPLICIT_REJECTION_LABEL, CHANNEL_PKCS1_MECHANISMS, Pkcs1BadPadding,

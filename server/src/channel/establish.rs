@@ -5,9 +5,8 @@
 //! handshake taken, or the ticket spent). All HSM work is done before the
 //! transaction opens.
 
-use keyward_kms::KmsError;
 use keyward_kms::db::now_ms;
-use keyward_kms::service::{ChannelKeyUse, ChannelSecret};
+use keyward_kms::service::{ChannelSchedule, ChannelSecret};
 use keyward_protocol::channel::{self, ChannelId, Direction, Label, ServerFinished};
 
 use super::store::{self, ChannelRow};
@@ -39,10 +38,9 @@ pub(super) struct Establish<'a> {
 impl Channels {
     /// The channel `e` from `base` (the pre-master, or a ticket's
     /// resumption secret) and `master_input`: its keys derived, its
-    /// Finished MAC made and its kept keys wrapped (the independent HSM
-    /// jobs side by side on the pool's sessions), then stored with its next
-    /// ticket under the guard with its audit record; the ServerFinished and
-    /// ticket bytes.
+    /// Finished MAC made and its kept keys wrapped in one HSM job, then
+    /// stored with its next ticket under the guard with its audit record;
+    /// the ServerFinished and ticket bytes.
     pub(super) async fn establish(
         &self,
         terminal: &Device,
@@ -50,52 +48,30 @@ impl Channels {
         master_input: [u8; 32],
         e: Establish<'_>,
     ) -> Result<Opened> {
-        let kms = &self.0.kms;
         let h = e.h;
-        let labels = [
-            (Label::C2sKey, ChannelKeyUse::Traffic),
-            (Label::S2cKey, ChannelKeyUse::Traffic),
-            (Label::Finished, ChannelKeyUse::Mac),
-            (Label::Exporter, ChannelKeyUse::Mac),
-            (Label::Resumption, ChannelKeyUse::Resumption),
-        ];
-        // Few HSM jobs, the independent ones side by side: under load each
-        // job waits its turn in the pool's queue.
-        let hsm = async {
-            let keys = kms
-                .channel_schedule(
-                    &base,
-                    master_input,
-                    labels
-                        .iter()
-                        .map(|(l, u)| (channel::label_input(*l, &h), *u))
-                        .collect(),
-                )
-                .await?;
-            kms.channel_forget_all(vec![base]);
-            let [c2s, s2c, finished, exporter, resumption]: [ChannelSecret; 5] =
-                keys.try_into().map_err(|_| KmsError::Hsm {
-                    function: "C_DeriveKey",
-                    problem: "fewer keys derived than asked",
-                })?;
-            let kept = [&c2s, &s2c, &exporter, &resumption];
-            let (mac, handle, wrapped) = tokio::try_join!(
-                kms.channel_cmac(&finished, h.to_vec()),
-                kms.random::<16>(),
-                kms.channel_wrap_state_all(&kept),
-            )?;
-            kms.channel_forget_all(vec![c2s, s2c, finished, exporter, resumption]);
-            let [c2s, s2c, exporter, resumption]: [Vec<u8>; 4] =
-                wrapped.try_into().map_err(|_| KmsError::Hsm {
-                    function: "C_WrapKey",
-                    problem: "fewer keys wrapped than asked",
-                })?;
-            Ok::<_, KmsError>((mac, handle, c2s, s2c, exporter, resumption))
+        let label = |l| channel::label_input(l, &h);
+        let schedule = ChannelSchedule {
+            master_input,
+            c2s: label(Label::C2sKey),
+            s2c: label(Label::S2cKey),
+            finished: label(Label::Finished),
+            exporter: label(Label::Exporter),
+            resumption: label(Label::Resumption),
+            finished_data: h.to_vec(),
         };
-        let (mac, handle, c2s_key, s2c_key, exporter_key, resumption) =
-            self.timed("channel_schedule", hsm).await?;
-        let (ticket, new_ticket) =
-            self.new_ticket(e.id, e.device, e.card_serial, handle, resumption);
+        let made = self
+            .timed(
+                "channel_schedule",
+                self.0.kms.channel_establish(base, schedule),
+            )
+            .await?;
+        let (ticket, new_ticket) = self.new_ticket(
+            e.id,
+            e.device,
+            e.card_serial,
+            made.ticket_handle,
+            made.resumption,
+        );
         let now = now_ms();
         let row = ChannelRow {
             id: e.id.to_string(),
@@ -103,9 +79,9 @@ impl Channels {
             card_serial: e.card_serial.to_owned(),
             terminal_id: terminal.device_id.to_string(),
             open: true,
-            c2s_key,
-            s2c_key,
-            exporter_key,
+            c2s_key: made.c2s,
+            s2c_key: made.s2c,
+            exporter_key: made.exporter,
             iv_c2s: channel::iv(Direction::C2s, &h).to_vec(),
             iv_s2c: channel::iv(Direction::S2c, &h).to_vec(),
             c2s_sequence: 0,
@@ -144,7 +120,11 @@ impl Channels {
         self.0.audit.chain_staged().await;
         self.count_handshake(outcome);
         Ok(Opened {
-            server_finished: ServerFinished { channel: e.id, mac }.encode(),
+            server_finished: ServerFinished {
+                channel: e.id,
+                mac: made.finished_mac,
+            }
+            .encode(),
             ticket: new_ticket,
         })
     }

@@ -120,19 +120,20 @@ impl Channels {
                 t.used_at_ms.is_none() && t.expires_at_ms > now && t.device_id == device.to_string()
             })
             .ok_or(ChannelError::Refused)?;
-        self.still_good(device, &t.cert_serial).await?;
-        let secret = p
-            .kms
-            .channel_resumption_secret(
+        // The card's standing (database) and the binder (HSM) side by side.
+        let (good, secret, fresh) = tokio::join!(
+            self.still_good(device, &t.cert_serial),
+            p.kms.channel_resumption_secret(
                 t.secret.clone(),
                 channel::binder_input(),
                 bound.to_vec(),
                 rh.binder,
-            )
-            .await?
-            .ok_or(ChannelError::Refused)?;
-
-        let (server_random, id) = self.server_random_and_id().await?;
+            ),
+            self.server_random_and_id(),
+        );
+        good?;
+        let secret = secret?.ok_or(ChannelError::Refused)?;
+        let (server_random, id) = fresh?;
         let sh = ServerHello {
             server_random,
             channel: id,
