@@ -1,6 +1,8 @@
 //! What a replica keeps of its recent channels so that a record costs no
 //! unwrap: the traffic keys it unwrapped (HSM session objects), the card
-//! certificate the channel runs as, and the exporter values it computed.
+//! certificate the channel runs as, the exporter values it computed, and
+//! the channel's row as its own last claim left it (a guess the claim's
+//! compare-and-set checks, never a decision).
 //!
 //! The database stays the source of truth. A traffic key is found only for
 //! exactly the wrapped value, direction and generation the channel's row
@@ -44,6 +46,8 @@ struct Entry {
     keys: Vec<Key>,
     card: Option<Option<PeerCertificate>>,
     exporter: HashMap<String, [u8; 16]>,
+    /// The row after this replica's latest claim.
+    row: Option<ChannelRow>,
 }
 
 struct Key {
@@ -134,6 +138,22 @@ impl Cache {
         });
     }
 
+    /// The row of channel `id` as this replica's latest claim left it.
+    pub fn row(&self, id: &str) -> Option<ChannelRow> {
+        self.with(id, |e| e.row.clone()).flatten()
+    }
+
+    pub fn put_row(&self, row: ChannelRow) {
+        let kept = row.clone();
+        self.with_entry(&row, |e| e.row = Some(kept));
+    }
+
+    /// Drops the kept row of channel `id` (another replica moved on, or a
+    /// step other than a claim changed it).
+    pub fn forget_row(&self, id: &str) {
+        self.with(id, |e| e.row = None);
+    }
+
     /// Drops channel `id` (closed).
     pub fn forget(&self, id: &str) {
         let gone = self.lock().channels.remove(id);
@@ -153,7 +173,7 @@ impl Cache {
         self.lock().channels.len()
     }
 
-    fn with<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -198,6 +218,7 @@ impl Cache {
                 keys: Vec::new(),
                 card: None,
                 exporter: HashMap::new(),
+                row: None,
             });
         e.used = tick;
         let out = f(e);

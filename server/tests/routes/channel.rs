@@ -485,7 +485,12 @@ async fn another_replica_takes_the_key_exchange_and_the_records() {
     let mut ch = open(&app, &app.public, &other, &c).await;
     ping(&other, &c, &mut ch).await;
     ping(&app.public, &c, &mut ch).await;
+    // Each replica's row of its own last claim is now behind the database:
+    // the record is decided on the row read, and the channel stays open.
     ping(&other, &c, &mut ch).await;
+    ping(&other, &c, &mut ch).await;
+    ping(&app.public, &c, &mut ch).await;
+    ping(&app.public, &c, &mut ch).await;
 }
 
 async fn resume_with(router: &Router, relay: &Card, hello: &[u8]) -> Answer {
