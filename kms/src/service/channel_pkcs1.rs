@@ -208,9 +208,13 @@ impl Kms {
             })
             .await?;
         match found {
-            Pkcs1BadPadding::Error => tracing::info!(
+            // Measured with SoftHSM 2.6.1: the module's error path is timed
+            // apart from its success path (docs/security.md §2).
+            Pkcs1BadPadding::Error => tracing::warn!(
                 "channel key: the module answers bad PKCS#1 v1.5 padding with an error; \
-                 such a key exchange goes on with the server's substitute pre-master"
+                 such a key exchange goes on with the server's substitute pre-master, \
+                 but the module may time its error apart from its success: \
+                 prefer channel.padding = \"oaep\" with this module"
             ),
             Pkcs1BadPadding::Value => tracing::info!(
                 "channel key: the module answers bad PKCS#1 v1.5 padding with a key \

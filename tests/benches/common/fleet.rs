@@ -47,6 +47,9 @@ pub fn write_config(
     extra: &str,
 ) -> PathBuf {
     let hsm = token.hsm_config(sessions);
+    // `KW_BENCH_SERIALIZE_OBJECT_OPS=false` measures what a module without
+    // SoftHSM 2.6.1's object races would allow (`hsm.serialize_object_ops`).
+    let serialize = std::env::var("KW_BENCH_SERIALIZE_OBJECT_OPS").map_or(true, |v| v != "false");
     let config = dir.join("keyward.toml");
     // All load comes from 127.0.0.1: the per-address connection cap (128 by
     // default, against one abusive client) would refuse the 200 devices.
@@ -58,6 +61,7 @@ module = {module}
 token_label = {label}
 pin_file = {pin}
 sessions = {sessions}
+serialize_object_ops = {serialize}
 
 [database]
 url = {url}
