@@ -770,9 +770,10 @@ pub struct ChannelSchedule {
 }
 
 /// A new channel as the HSM leaves it: the Finished MAC, the ticket handle,
-/// and the kept keys wrapped under the state KEK (public: they name keys
-/// only this HSM can unwrap).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// and the kept keys wrapped under the state KEK (they name keys only this
+/// HSM can unwrap). Its `Debug` shows none of them: the handle is a card's
+/// ticket.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EstablishedChannel {
     pub finished_mac: [u8; 16],
     pub ticket_handle: [u8; 16],
@@ -780,6 +781,12 @@ pub struct EstablishedChannel {
     pub s2c: Vec<u8>,
     pub exporter: Vec<u8>,
     pub resumption: Vec<u8>,
+}
+
+impl std::fmt::Debug for EstablishedChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EstablishedChannel").finish_non_exhaustive()
+    }
 }
 
 /// [`Kms::channel_establish`]'s work on a worker: every object it makes is
