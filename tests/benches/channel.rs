@@ -53,8 +53,8 @@ use std::time::Duration;
 use axum::http::Method;
 use keyward_kms::Kms;
 use keyward_kms::hsm::{OaepHash as HsmOaep, PublicKey};
-use keyward_kms::service::{CHANNEL_KEY_LABEL, ChannelSchedule};
-use keyward_protocol::channel::{self, Label, OaepHash};
+use keyward_kms::service::CHANNEL_KEY_LABEL;
+use keyward_protocol::channel::{self, OaepHash};
 use keyward_tests::channel::{Carrier, Ticket, encrypt_pre_master};
 use keyward_tests::simulator::SimDevice;
 use keyward_tests::softhsm::TestToken;
@@ -206,20 +206,8 @@ async fn hsm_handshake_op(kms: Kms, ciphertext: Vec<u8>, w: ()) -> ((), Outcome)
         let r = kms.random::<48>().await?;
         let h: [u8; 32] = r[..32].try_into().unwrap();
         let pms = kms.unwrap_premaster(CHANNEL_KEY_LABEL, ciphertext).await?;
-        let label = |l| channel::label_input(l, &h);
-        kms.channel_establish(
-            pms,
-            ChannelSchedule {
-                master_input: channel::master_input(&h),
-                c2s: label(Label::C2sKey),
-                s2c: label(Label::S2cKey),
-                finished: label(Label::Finished),
-                exporter: label(Label::Exporter),
-                resumption: label(Label::Resumption),
-                finished_data: h.to_vec(),
-            },
-        )
-        .await?;
+        let schedule = keyward_server::channel::schedule(&h, channel::master_input(&h));
+        kms.channel_establish(pms, schedule).await?;
         Ok::<_, keyward_kms::KmsError>(())
     }
     .await;

@@ -35,6 +35,22 @@ pub(super) struct Establish<'a> {
     pub event: AuditEvent,
 }
 
+/// What the HSM derives a channel bound to the handshake hash `h` from
+/// (docs/protocol.md §14.3): the master's input, each key's label input,
+/// and the transcript the Finished MAC covers.
+pub fn schedule(h: &[u8; 32], master_input: [u8; 32]) -> ChannelSchedule {
+    let label = |l| channel::label_input(l, h);
+    ChannelSchedule {
+        master_input,
+        c2s: label(Label::C2sKey),
+        s2c: label(Label::S2cKey),
+        finished: label(Label::Finished),
+        exporter: label(Label::Exporter),
+        resumption: label(Label::Resumption),
+        finished_data: h.to_vec(),
+    }
+}
+
 impl Channels {
     /// The channel `e` from `base` (the pre-master, or a ticket's
     /// resumption secret) and `master_input`: its keys derived, its
@@ -49,16 +65,7 @@ impl Channels {
         e: Establish<'_>,
     ) -> Result<Opened> {
         let h = e.h;
-        let label = |l| channel::label_input(l, &h);
-        let schedule = ChannelSchedule {
-            master_input,
-            c2s: label(Label::C2sKey),
-            s2c: label(Label::S2cKey),
-            finished: label(Label::Finished),
-            exporter: label(Label::Exporter),
-            resumption: label(Label::Resumption),
-            finished_data: h.to_vec(),
-        };
+        let schedule = schedule(&h, master_input);
         let made = self
             .timed(
                 "channel_schedule",

@@ -65,6 +65,7 @@ use subtle::ConstantTimeEq as _;
 
 pub use ecdhe::MODE_LABELS;
 pub use error::ChannelError;
+pub use establish::schedule;
 use establish::{Establish, Guard};
 pub use resume::{Opened, Resumed, TICKET_TTL_MS};
 pub use rotate::RotatedKey;
