@@ -207,7 +207,7 @@ impl Metrics {
             hsm_pool_workers: gauge(
                 &r,
                 "keyward_hsm_pool_workers",
-                "HSM worker sessions (configured hsm.sessions).",
+                "HSM worker threads, each with its session: hsm.sessions interactive plus hsm.bulk_sessions bulk.",
             )?,
             hsm_jobs_rejected: counter(
                 &r,
@@ -309,13 +309,13 @@ impl Metrics {
             loads_in_state: gauge_vec(
                 &r,
                 "keyward_loads",
-                "E-purse loads by state (pending = in flight, doubtful = awaiting the purse's proof).",
+                "Unsettled e-purse loads by state: pending (in flight), doubtful (awaiting the purse's proof). Settled loads are counted by keyward_loads_total.",
                 &["state"],
             )?,
             loads_amount_in_state: gauge_vec(
                 &r,
                 "keyward_loads_amount_minor",
-                "Amount held by e-purse loads by state, minor units of every currency summed.",
+                "Amount held by unsettled e-purse loads by state (pending, doubtful), minor units of every currency summed.",
                 &["state"],
             )?,
             load_sweeper_lag_seconds: gauge(
@@ -539,7 +539,7 @@ impl Metrics {
         for reason in crate::load::REVERSAL_REASONS {
             m.load_reversals.with_label_values(&[reason]);
         }
-        for state in crate::load::State::ALL {
+        for state in crate::load::State::UNSETTLED {
             m.loads_in_state.with_label_values(&[state.as_str()]);
             m.loads_amount_in_state.with_label_values(&[state.as_str()]);
         }

@@ -731,11 +731,12 @@ impl Loads {
         Ok(voided)
     }
 
-    /// Loads and amounts by state, and the sweeper's lag, into the gauges.
+    /// Unsettled loads and their amounts by state, and the sweeper's lag,
+    /// into the gauges.
     pub async fn refresh_gauges(&self) -> Result<()> {
         let m = &self.0.metrics;
-        let counts = store::counts(self.db()).await?;
-        for state in State::ALL {
+        let counts = store::unsettled_counts(self.db()).await?;
+        for state in State::UNSETTLED {
             let (n, amount) = counts
                 .iter()
                 .find(|(s, _, _)| s == state.as_str())
