@@ -20,9 +20,20 @@ pub struct HsmConfig {
     pub pin_file: Option<PathBuf>,
     /// Name of an environment variable holding the user PIN.
     pub pin_env: Option<String>,
-    /// Worker threads, each owning one long-lived session.
+    /// Interactive worker threads (the calls a request waits on), each
+    /// using one long-lived session.
     #[serde(default = "default_sessions")]
     pub sessions: usize,
+    /// Bulk MAC verification's own worker threads and sessions (default:
+    /// as many as `sessions`): a switch's batches never hold an interactive
+    /// worker.
+    #[serde(default)]
+    pub bulk_sessions: Option<usize>,
+    /// The bulk workers' nice value, 0 to 19 (Linux): where the module
+    /// computes on the server's cores (SoftHSM), bulk work takes only the
+    /// CPU that logins, transactions and readiness leave. 0 turns it off.
+    #[serde(default = "default_bulk_nice")]
+    pub bulk_nice: i32,
     /// Jobs that may wait for a worker before callers get a "busy" error.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,
@@ -60,6 +71,11 @@ pub struct MechanismOverrides {
 }
 
 impl HsmConfig {
+    /// The bulk lane's workers: `bulk_sessions`, else as many as `sessions`.
+    pub fn bulk_sessions(&self) -> usize {
+        self.bulk_sessions.unwrap_or(self.sessions)
+    }
+
     /// Reads the user PIN from its file or environment variable.
     pub fn pin(&self) -> Result<SecretString, ConfigError> {
         let (source_name, raw) = match (&self.pin_file, &self.pin_env) {
@@ -113,6 +129,18 @@ impl HsmConfig {
                 "must be between 1 and 256",
             ));
         }
+        if !(1..=256).contains(&self.bulk_sessions()) {
+            return Err(ConfigError::key(
+                "hsm.bulk_sessions",
+                "must be between 1 and 256",
+            ));
+        }
+        if !(0..=19).contains(&self.bulk_nice) {
+            return Err(ConfigError::key(
+                "hsm.bulk_nice",
+                "must be between 0 and 19",
+            ));
+        }
         if self.queue_depth < self.sessions {
             return Err(ConfigError::key(
                 "hsm.queue_depth",
@@ -131,6 +159,12 @@ impl HsmConfig {
 
 fn default_sessions() -> usize {
     2
+}
+/// `hsm.bulk_nice` when the file says nothing.
+pub const DEFAULT_BULK_NICE: i32 = 10;
+
+fn default_bulk_nice() -> i32 {
+    DEFAULT_BULK_NICE
 }
 fn default_queue_depth() -> usize {
     4096

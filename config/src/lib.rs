@@ -38,7 +38,7 @@ pub use ca::{CaConfig, CaKeyAlgorithm};
 pub use channel::{ChannelConfig, ChannelMode, ChannelPadding};
 pub use confirmation::{ConfirmationConfig, PresendConfig};
 pub use database::{DatabaseConfig, DatabaseKind};
-pub use hsm::{HsmConfig, MechanismOverrides};
+pub use hsm::{DEFAULT_BULK_NICE, HsmConfig, MechanismOverrides};
 pub use load::LoadConfig;
 pub use log::{LogConfig, LogFormat};
 pub use online::{IssuerPolicyConfig, OnlineConfig};

@@ -3,12 +3,15 @@
 //! never block a tokio worker; a full queue is [`KmsError::Busy`] at once, so
 //! the server can shed load instead of piling up requests.
 //!
-//! The two queues are lanes: [`Lane::Interactive`] (every call a request
-//! waits on: login, transactions, readiness, the audit trail's MACs) and
-//! [`Lane::Bulk`] (chunks of bulk MAC verification). A worker always takes an
-//! interactive job first, so an interactive call waits behind at most one
-//! bulk chunk per worker, never behind a whole queue of them: a switch's
-//! batches cannot make `/ready` time out or logins starve.
+//! The two queues are lanes, each with its own workers: [`Lane::Interactive`]
+//! (every call a request waits on: login, transactions, readiness, the audit
+//! trail's MACs) and [`Lane::Bulk`] (chunks of bulk MAC verification). An
+//! interactive call never waits behind a bulk chunk, and the bulk workers
+//! run at a lower CPU priority ([`PoolSize::bulk_nice`]): where the module
+//! computes on the server's own cores (SoftHSM, or any software token) a
+//! switch's batches take the CPU the interactive work leaves, and no more,
+//! so `/ready` and logins keep their pace during a burst. With no interactive
+//! work the bulk workers have the whole machine.
 //!
 //! [`HsmPool::shutdown`] finishes the queued jobs and joins the workers, and
 //! so does dropping the last clone: a worker still inside the PKCS#11 module
@@ -23,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::error::{KmsError, Result};
 use crate::hsm::{Capabilities, Hsm};
@@ -85,6 +88,33 @@ pub enum Lane {
     Bulk,
 }
 
+/// How many workers each lane has and how the bulk ones yield the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Interactive workers: the HSM calls requests wait on, at once.
+    pub interactive: usize,
+    /// Bulk workers (each uses its own HSM session while it works).
+    pub bulk: usize,
+    /// The bulk workers' nice value (0 to 19; Linux only, elsewhere ignored):
+    /// the kernel runs them only on CPU the rest of the process leaves.
+    pub bulk_nice: i32,
+    /// Jobs that may wait in each lane before a caller gets
+    /// [`KmsError::Busy`].
+    pub queue_depth: usize,
+}
+
+impl PoolSize {
+    /// `workers` in each lane, bulk at the same priority: for tools and tests.
+    pub fn even(workers: usize, queue_depth: usize) -> Self {
+        Self {
+            interactive: workers,
+            bulk: workers,
+            bulk_nice: 0,
+            queue_depth,
+        }
+    }
+}
+
 /// Cheap to clone; all clones feed the same workers.
 #[derive(Clone)]
 pub struct HsmPool(Arc<Shared>);
@@ -95,7 +125,7 @@ struct Shared {
     tx: Sender<Msg>,
     bulk_tx: Sender<Msg>,
     caps: Capabilities,
-    workers: usize,
+    size: PoolSize,
     stats: Arc<PoolStats>,
     threads: Workers,
 }
@@ -118,60 +148,78 @@ impl PoolExit {
 impl std::fmt::Debug for HsmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HsmPool")
-            .field("workers", &self.0.workers)
+            .field("size", &self.0.size)
             .field("queued", &self.queued())
             .finish_non_exhaustive()
     }
 }
 
 impl HsmPool {
-    /// Starts `workers` threads and two queues (one per [`Lane`]) of
-    /// `queue_depth` waiting jobs each.
+    /// Starts `workers` threads in each lane, both at the same priority
+    /// ([`PoolSize::even`]).
     pub fn start(hsm: Arc<dyn Hsm>, workers: usize, queue_depth: usize) -> Result<Self> {
+        Self::start_sized(hsm, PoolSize::even(workers, queue_depth))
+    }
+
+    /// Starts each lane's workers and queue.
+    pub fn start_sized(hsm: Arc<dyn Hsm>, size: PoolSize) -> Result<Self> {
+        let size = PoolSize {
+            interactive: size.interactive.max(1),
+            bulk: size.bulk.max(1),
+            bulk_nice: size.bulk_nice.clamp(0, 19),
+            queue_depth: size.queue_depth.max(1),
+        };
         let caps = hsm.capabilities();
-        let (tx, rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
-        let (bulk_tx, bulk_rx) = crossbeam_channel::bounded::<Msg>(queue_depth);
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(size.queue_depth);
+        let (bulk_tx, bulk_rx) = crossbeam_channel::bounded::<Msg>(size.queue_depth);
         let stats = Arc::new(PoolStats::default());
         let threads = Workers::default();
-        for i in 0..workers.max(1) {
-            let (rx, bulk_rx) = (rx.clone(), bulk_rx.clone());
-            let hsm = hsm.clone();
-            let stats = stats.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("hsm-worker-{i}"))
-                .spawn(move || {
-                    let run = |job: Job| {
-                        stats.busy.fetch_add(1, Ordering::Relaxed);
-                        // A panicking job must not take the worker with it; its
-                        // caller sees the dropped reply as an HSM failure.
-                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&*hsm)));
-                        stats.busy.fetch_sub(1, Ordering::Relaxed);
-                        stats.completed.fetch_add(1, Ordering::Relaxed);
-                    };
-                    while let Some(job) = next_job(&rx, &bulk_rx) {
-                        run(job);
-                    }
-                    // Stopping: the bulk jobs queued before the stop still run.
-                    while let Ok(Msg::Job(job)) = bulk_rx.try_recv() {
-                        run(job);
-                    }
-                })
-                .map_err(|e| {
-                    tracing::error!(error = %e, "cannot start an HSM worker thread");
-                    KmsError::Hsm {
-                        function: "spawn worker",
-                        problem: "the OS refused a thread",
-                    }
-                })?;
-            if let Ok(mut handles) = threads.handles.lock() {
-                handles.push(handle);
+        let lanes = [
+            (Lane::Interactive, size.interactive, rx, 0),
+            (Lane::Bulk, size.bulk, bulk_rx, size.bulk_nice),
+        ];
+        for (lane, workers, rx, nice) in lanes {
+            for i in 0..workers {
+                let (rx, hsm, stats) = (rx.clone(), hsm.clone(), stats.clone());
+                let name = match lane {
+                    Lane::Interactive => format!("hsm-worker-{i}"),
+                    Lane::Bulk => format!("hsm-bulk-{i}"),
+                };
+                let handle = std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || {
+                        if nice > 0 {
+                            lower_priority(nice);
+                        }
+                        // Until a stop, sent in the lane after the jobs
+                        // queued before it, or until the pool is gone.
+                        while let Ok(Msg::Job(job)) = rx.recv() {
+                            stats.busy.fetch_add(1, Ordering::Relaxed);
+                            // A panicking job must not take the worker with
+                            // it; its caller sees the dropped reply as an HSM
+                            // failure.
+                            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&*hsm)));
+                            stats.busy.fetch_sub(1, Ordering::Relaxed);
+                            stats.completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot start an HSM worker thread");
+                        KmsError::Hsm {
+                            function: "spawn worker",
+                            problem: "the OS refused a thread",
+                        }
+                    })?;
+                if let Ok(mut handles) = threads.handles.lock() {
+                    handles.push(handle);
+                }
             }
         }
         Ok(Self(Arc::new(Shared {
             tx,
             bulk_tx,
             caps,
-            workers: workers.max(1),
+            size,
             stats,
             threads,
         })))
@@ -191,9 +239,12 @@ impl HsmPool {
         if self.0.threads.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        for _ in 0..self.0.workers {
-            // Blocks while the queue is full; fails only if every worker is gone.
+        // Blocks while a queue is full; fails only if its workers are gone.
+        for _ in 0..self.0.size.interactive {
             let _ = self.0.tx.send(Msg::Stop);
+        }
+        for _ in 0..self.0.size.bulk {
+            let _ = self.0.bulk_tx.send(Msg::Stop);
         }
         let handles = match self.0.threads.handles.lock() {
             Ok(mut h) => std::mem::take(&mut *h),
@@ -274,8 +325,14 @@ impl HsmPool {
         self.0.caps
     }
 
+    /// Worker threads in both lanes.
     pub fn workers(&self) -> usize {
-        self.0.workers
+        self.0.size.interactive + self.0.size.bulk
+    }
+
+    /// Bulk workers: how many bulk chunks run at once.
+    pub fn bulk_workers(&self) -> usize {
+        self.0.size.bulk
     }
 
     /// Jobs waiting for a worker, in both lanes.
@@ -288,22 +345,22 @@ impl HsmPool {
     }
 }
 
-/// A worker's next job: an interactive one if any waits, else whichever
-/// lane has one first. `None` on a stop (sent in the interactive lane, after
-/// the jobs queued before it) or when the pool is gone.
-fn next_job(rx: &Receiver<Msg>, bulk_rx: &Receiver<Msg>) -> Option<Job> {
-    let msg = match rx.try_recv() {
-        Ok(msg) => Ok(msg),
-        Err(TryRecvError::Disconnected) => return None,
-        Err(TryRecvError::Empty) => crossbeam_channel::select_biased! {
-            recv(rx) -> msg => msg,
-            recv(bulk_rx) -> msg => msg,
-        },
-    };
-    match msg {
-        Ok(Msg::Job(job)) => Some(job),
-        Ok(Msg::Stop) | Err(_) => None,
+/// Lowers the calling thread's CPU priority to `nice` (Linux: a thread has
+/// its own nice value). A refusal is logged, not fatal: the lane still works,
+/// at the process's priority.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        let me = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(me), nice) {
+            tracing::warn!(nice, error = %e, "cannot lower the bulk HSM worker's priority");
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    tracing::info!(
+        nice,
+        "bulk HSM workers run at the process's priority on this OS"
+    );
 }
 
 fn worker_failed() -> KmsError {

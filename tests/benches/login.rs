@@ -32,7 +32,9 @@
 //!    `GET /ready` every 100 ms, first idle, then while 4 loops post
 //!    100 000-item bulk batches (wrong MACs over the fleet's keys: each item
 //!    a full HSM verification) to `/admin/v1/macs/verify`: interactive HSM
-//!    work must not queue behind bulk chunks.
+//!    work must not queue behind bulk chunks. `KW_BENCH_BULK_NICE=N` sets
+//!    the bulk HSM workers' nice value (`hsm.bulk_nice`; 0 measures the
+//!    lanes without it).
 //!
 //! Connections are fresh, TLS sessions need not be: neither side configures
 //! resumption, so rustls's defaults apply (server: 256 sessions in memory and

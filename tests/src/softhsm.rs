@@ -115,6 +115,8 @@ impl TestToken {
             pin_file: Some(self.pin_file.clone()),
             pin_env: None,
             sessions,
+            bulk_sessions: None,
+            bulk_nice: keyward_config::DEFAULT_BULK_NICE,
             queue_depth: 4096,
             derived_key_cache: 10_000,
             serialize_object_ops: true,

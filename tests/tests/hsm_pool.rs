@@ -86,21 +86,27 @@ async fn a_full_queue_is_busy_not_a_hang() {
     assert_eq!(queued.await.unwrap().unwrap().len(), 8);
 }
 
-/// An interactive job (a login, `/ready`) queued behind a pile of bulk
-/// chunks runs as soon as a worker is free, before any of them.
+/// An interactive job (a login, `/ready`) runs at once while every bulk
+/// worker is busy and a pile of bulk chunks waits: the lanes have their own
+/// workers, and the bulk ones run at the configured lower priority.
 #[tokio::test(flavor = "multi_thread")]
-async fn interactive_jobs_pass_queued_bulk_jobs() {
-    use keyward_kms::pool::Lane;
-    use std::sync::Mutex;
+async fn interactive_jobs_do_not_wait_for_bulk_jobs() {
+    use keyward_kms::pool::{Lane, PoolSize};
     let token = TestToken::create().unwrap();
-    let pool = HsmPool::start(open(&token, 1), 1, 1000).unwrap();
+    let size = PoolSize {
+        interactive: 1,
+        bulk: 1,
+        bulk_nice: 7,
+        queue_depth: 1000,
+    };
+    let pool = HsmPool::start_sized(open(&token, 1), size).unwrap();
     let (release, gate) = crossbeam_channel::bounded::<()>(0);
     let blocker = {
         let pool = pool.clone();
         tokio::spawn(async move {
             pool.run_in(Lane::Bulk, move |_| {
                 let _ = gate.recv_timeout(Duration::from_secs(10));
-                Ok(())
+                Ok(thread_nice())
             })
             .await
         })
@@ -108,45 +114,45 @@ async fn interactive_jobs_pass_queued_bulk_jobs() {
     while pool.stats().busy.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let order = Arc::new(Mutex::new(Vec::new()));
     let mut jobs = tokio::task::JoinSet::new();
-    for i in 0..100u32 {
-        let (pool, order) = (pool.clone(), order.clone());
-        jobs.spawn(async move {
-            pool.run_in(Lane::Bulk, move |h| {
-                h.random(8)?;
-                order.lock().unwrap().push(i);
-                Ok(())
-            })
-            .await
-        });
+    for _ in 0..100u32 {
+        let pool = pool.clone();
+        jobs.spawn(async move { pool.run_in(Lane::Bulk, |h| h.random(8)).await });
     }
     while pool.queued() < 100 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let interactive = {
-        let (pool, order) = (pool.clone(), order.clone());
-        tokio::spawn(async move {
-            pool.run(move |h| {
-                h.ping()?;
-                order.lock().unwrap().push(u32::MAX);
-                Ok(())
-            })
-            .await
-        })
-    };
-    while pool.queued() < 101 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let interactive = tokio::time::timeout(
+        Duration::from_secs(5),
+        pool.run(|h| {
+            h.ping()?;
+            Ok(thread_nice())
+        }),
+    )
+    .await
+    .expect("the interactive job waited for the bulk lane")
+    .unwrap();
+    assert_eq!(pool.queued(), 100, "no bulk job ran meanwhile");
     release.send(()).unwrap();
-    blocker.await.unwrap().unwrap();
-    interactive.await.unwrap().unwrap();
+    let bulk = blocker.await.unwrap().unwrap();
     while let Some(r) = jobs.join_next().await {
-        r.unwrap().unwrap();
+        assert_eq!(r.unwrap().unwrap().len(), 8);
     }
-    let order = order.lock().unwrap();
-    assert_eq!(order.len(), 101);
-    assert_eq!(order[0], u32::MAX, "the interactive job ran first");
+    if cfg!(target_os = "linux") {
+        assert_eq!((interactive, bulk), (Some(0), Some(7)), "nice values");
+    }
+}
+
+/// The calling thread's nice value (Linux), from `/proc/thread-self/stat`.
+fn thread_nice() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Field 19; fields from 3 on follow the command name's closing ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,7 +64,7 @@ use crate::db::Database;
 use crate::error::{KmsError, Result};
 use crate::hsm::{MechanismId, Pkcs11Hsm};
 use crate::keys::{IssuerKeys, KeyCache};
-use crate::pool::HsmPool;
+use crate::pool::{HsmPool, PoolSize};
 use crate::types::{IssuerId, KeyFamily};
 
 /// Default time a replaced working-key version stays valid.
@@ -165,7 +165,15 @@ impl Kms {
                 function: "open",
                 problem: "the thread opening the module failed",
             })??;
-        let pool = HsmPool::start(Arc::new(hsm), config.hsm.sessions, config.hsm.queue_depth)?;
+        let pool = HsmPool::start_sized(
+            Arc::new(hsm),
+            PoolSize {
+                interactive: config.hsm.sessions,
+                bulk: config.hsm.bulk_sessions(),
+                bulk_nice: config.hsm.bulk_nice,
+                queue_depth: config.hsm.queue_depth,
+            },
+        )?;
         let catalog = Catalog::open(db).await?;
         let kms = Self::new(pool, catalog, config.hsm.derived_key_cache)
             .with_rotation_grace(Duration::from_secs(config.online.rotation_grace_secs));
@@ -269,13 +277,12 @@ impl Kms {
         })
     }
 
-    /// HSM worker threads, which is how many HSM operations run at once:
-    /// callers size their own parallelism by it.
     /// The token's vendor differences (what `keyward check` reports).
     pub fn capabilities(&self) -> crate::hsm::Capabilities {
         self.pool.capabilities()
     }
 
+    /// HSM worker threads, interactive and bulk.
     pub fn hsm_workers(&self) -> usize {
         self.pool.workers()
     }

@@ -265,7 +265,7 @@ impl Kms {
             kms: self.clone(),
             rest: items.into_iter(),
             running: VecDeque::new(),
-            in_flight: (self.pool.workers() * JOBS_PER_WORKER).max(1),
+            in_flight: (self.pool.bulk_workers() * JOBS_PER_WORKER).max(1),
         };
         batch.fill();
         Ok(batch)
@@ -288,7 +288,7 @@ impl Kms {
         }
         let indices: Vec<usize> = resolved.iter().map(|r| r.index).collect();
         let cache = self.cache.clone();
-        // The bulk lane: an interactive call waits behind one chunk at most.
+        // The bulk lane: its own workers, below the interactive ones.
         let checked = self
             .pool
             .run_in(Lane::Bulk, move |hsm| {

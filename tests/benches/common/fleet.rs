@@ -50,6 +50,12 @@ pub fn write_config(
     // `KW_BENCH_SERIALIZE_OBJECT_OPS=false` measures what a module without
     // SoftHSM 2.6.1's object races would allow (`hsm.serialize_object_ops`).
     let serialize = std::env::var("KW_BENCH_SERIALIZE_OBJECT_OPS").map_or(true, |v| v != "false");
+    // `KW_BENCH_BULK_NICE=N` sets the bulk HSM workers' nice value
+    // (`hsm.bulk_nice`; unset: the shipped default).
+    let bulk_nice = std::env::var("KW_BENCH_BULK_NICE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(String::new(), |n| format!("bulk_nice = {n}\n"));
     let config = dir.join("keyward.toml");
     // All load comes from 127.0.0.1: the per-address connection cap (128 by
     // default, against one abusive client) would refuse the 200 devices.
@@ -62,7 +68,7 @@ token_label = {label}
 pin_file = {pin}
 sessions = {sessions}
 serialize_object_ops = {serialize}
-
+{bulk_nice}
 [database]
 url = {url}
 
