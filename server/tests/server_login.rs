@@ -144,6 +144,7 @@ async fn a_terminal_logs_in_rotates_and_is_locked_out_over_mtls() {
         ],
     );
     assert_eq!(unlocked["recertification_required"], true);
+    s.assert_log_holds_none(&[("session token", &token)]);
     let metrics = s.metrics();
     for series in [
         "keyward_logins_total{outcome=\"success\"}",
@@ -527,6 +528,13 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
     assert_eq!(shown["state"], "executed", "{shown}");
     assert_eq!(shown["deliveries"].as_array().unwrap().len(), 2, "{shown}");
     assert!(!shown.to_string().contains(code.as_str()), "{shown}");
+    // Nor does the server's own log, at debug: no code, token or account.
+    s.assert_log_holds_none(&[
+        ("confirmation code", code.as_str()),
+        ("session token", &token),
+        ("payer account", ACCOUNT),
+        ("payee account", "DE89370400440532013000"),
+    ]);
 
     // The evidence, exported by an auditor with kwctl and checked outside
     // Keyward as docs/protocol.md §11.6 says.

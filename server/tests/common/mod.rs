@@ -343,6 +343,25 @@ crl_refresh_secs = {crl_refresh}
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
 
+    /// Fails if the serve process's log (at `keyward=debug`) holds any of
+    /// `secrets` (name, value: a session token, a code, an account number),
+    /// each matched whole: not as part of a longer run of letters and digits,
+    /// so an 8-digit code inside a timestamp is no finding.
+    pub fn assert_log_holds_none(&self, secrets: &[(&str, &str)]) {
+        let log = self.log();
+        assert!(!log.is_empty(), "no log to check");
+        for (name, value) in secrets {
+            assert!(value.len() >= 8, "{name}: too short to look for");
+            let found = log.match_indices(value).any(|(at, _)| {
+                let before = log[..at].chars().next_back();
+                let after = log[at + value.len()..].chars().next();
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
+            });
+            assert!(!found, "the server logged a {name}");
+        }
+    }
+
     /// SIGTERM, and the exit status once it has drained.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("not running");
