@@ -325,9 +325,9 @@ impl HsmPool {
         self.0.caps
     }
 
-    /// Worker threads in both lanes.
+    /// Interactive workers: how many interactive HSM calls run at once.
     pub fn workers(&self) -> usize {
-        self.0.size.interactive + self.0.size.bulk
+        self.0.size.interactive
     }
 
     /// Bulk workers: how many bulk chunks run at once.

@@ -35,7 +35,8 @@
 //! Run with `cargo bench -p keyward-tests --bench mac_verify` (needs
 //! SoftHSM). Knobs: `KW_BENCH_FLEETS=1000,10000,100000`, `KW_BENCH_SECS`
 //! (window per row, default 3), `KW_BENCH_BATCHES=1,100,1000,10000,100000`,
-//! `KW_BENCH_HSM_SESSIONS` (default 2), `KW_BENCH_CACHE` (the server's
+//! `KW_BENCH_HSM_SESSIONS` (default 2), `KW_BENCH_BULK_NICE` (the bulk
+//! workers' `hsm.bulk_nice`), `KW_BENCH_CACHE` (the server's
 //! `hsm.derived_key_cache`; default 4 × the largest fleet + 4 000, so every
 //! device's keys stay held). It prints figures and asserts nothing about
 //! them.
@@ -448,7 +449,7 @@ token_label = {label}
 pin_file = {pin}
 sessions = {sessions}
 derived_key_cache = {cache}
-
+{bulk_nice}
 [database]
 url = {url}
 
@@ -462,6 +463,7 @@ public_names = ["localhost", "127.0.0.1"]
         label = toml_str(&hsm.token_label),
         pin = toml_str(&hsm.pin_file.as_ref().unwrap().display().to_string()),
         url = toml_str(&db.config.url),
+        bulk_nice = common::bulk_nice_line(),
     );
     std::fs::write(&config, text).unwrap();
     config

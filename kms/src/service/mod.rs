@@ -96,7 +96,8 @@ pub struct Kms {
 /// A snapshot of the service's counters and gauges, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KmsStats {
-    /// HSM worker threads (one session each).
+    /// HSM worker threads in both lanes (one session each), as `hsm_busy`
+    /// counts them.
     pub hsm_workers: usize,
     /// Jobs running on a worker.
     pub hsm_busy: usize,
@@ -282,7 +283,8 @@ impl Kms {
         self.pool.capabilities()
     }
 
-    /// HSM worker threads, interactive and bulk.
+    /// Interactive HSM worker threads, which is how many interactive HSM
+    /// operations run at once: callers size their own parallelism by it.
     pub fn hsm_workers(&self) -> usize {
         self.pool.workers()
     }
@@ -293,7 +295,7 @@ impl Kms {
         let cache = &self.cache.stats;
         let db = self.db().pool();
         KmsStats {
-            hsm_workers: self.pool.workers(),
+            hsm_workers: self.pool.workers() + self.pool.bulk_workers(),
             hsm_busy: pool.busy.load(Relaxed),
             hsm_queued: self.pool.queued(),
             hsm_rejected: pool.rejected.load(Relaxed),

@@ -50,12 +50,7 @@ pub fn write_config(
     // `KW_BENCH_SERIALIZE_OBJECT_OPS=false` measures what a module without
     // SoftHSM 2.6.1's object races would allow (`hsm.serialize_object_ops`).
     let serialize = std::env::var("KW_BENCH_SERIALIZE_OBJECT_OPS").map_or(true, |v| v != "false");
-    // `KW_BENCH_BULK_NICE=N` sets the bulk HSM workers' nice value
-    // (`hsm.bulk_nice`; unset: the shipped default).
-    let bulk_nice = std::env::var("KW_BENCH_BULK_NICE")
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(String::new(), |n| format!("bulk_nice = {n}\n"));
+    let bulk_nice = super::bulk_nice_line();
     let config = dir.join("keyward.toml");
     // All load comes from 127.0.0.1: the per-address connection cap (128 by
     // default, against one abusive client) would refuse the 200 devices.
@@ -420,6 +415,9 @@ pub struct Stats {
     pub other_cores: f64,
 }
 
+/// How long the operations in flight when a window ends may take to finish.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
 /// Every worker runs `op` back to back for the warm-up and the window;
 /// operations that started and ended inside the window are counted.
 pub async fn closed_loop<W, F, Fut>(
@@ -490,12 +488,22 @@ where
     let mut workers = Vec::new();
     let mut lat = Vec::new();
     let mut failures = Vec::new();
-    while let Some(r) = set.join_next().await {
-        let (w, l, f) = r.unwrap();
-        workers.push(w);
-        lat.extend(l);
-        failures.extend(f);
-    }
+    // Each worker ends with the operation it is in; one that never ends is a
+    // hung request, and the bench says so instead of spinning unseen.
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while let Some(r) = set.join_next().await {
+            let (w, l, f) = r.unwrap();
+            workers.push(w);
+            lat.extend(l);
+            failures.extend(f);
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "{} of the operations in flight at the window's end did not finish within {DRAIN_LIMIT:?}",
+        set.len()
+    );
     if let Some(mut p) = recorder {
         let _ = p.wait();
     }

@@ -110,6 +110,15 @@ pub fn toml_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
+/// The `[hsm]` line `KW_BENCH_BULK_NICE=N` asks for (the bulk HSM workers'
+/// nice value, `hsm.bulk_nice`); empty when unset: the shipped default.
+pub fn bulk_nice_line() -> String {
+    std::env::var("KW_BENCH_BULK_NICE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(String::new(), |n| format!("bulk_nice = {n}\n"))
+}
+
 /// A running `keyward serve`, stopped (SIGTERM, then SIGKILL after 20 s)
 /// when dropped.
 pub struct Spawned {

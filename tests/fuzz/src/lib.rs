@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use keyward_protocol::channel::{
-    CardKeyExchange, ClientHello, Mode, NewTicket, Record, ResumeHello, ServerFinished,
-    ServerHello,
+    CardKeyExchange, ClientHello, Mode, NewTicket, Record, ResumeHello, ServerFinished, ServerHello,
 };
 use keyward_protocol::confirmation::evidence::Evidence;
 use keyward_protocol::load::{LoadPermit, LoadReport, LoadRequest, PurseStatus};
@@ -79,7 +78,11 @@ pub fn channel(data: &[u8]) {
     round_trip(data, Record::decode, Record::encode);
     round_trip(data, ResumeHello::decode, ResumeHello::encode);
     if let Ok((rh, bound)) = ResumeHello::split(data) {
-        assert_eq!(rh.binder_part(), bound, "the binder's part is not the bytes sent");
+        assert_eq!(
+            rh.binder_part(),
+            bound,
+            "the binder's part is not the bytes sent"
+        );
     }
     round_trip(data, NewTicket::decode, NewTicket::encode);
 }
