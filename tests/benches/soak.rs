@@ -348,8 +348,7 @@ fn one_backend(backend: &str) -> bool {
             "window", "ops", "per s", "failed", "p50 ms", "p99 ms", "RSS MiB", "objects"
         );
         let windows = (soak.as_secs_f64() / window.as_secs_f64()).ceil().max(1.0) as usize;
-        // Per window: p99, RSS, token objects, operations, seconds.
-        let mut rows: Vec<(f64, f64, usize, usize, f64)> = Vec::new();
+        let mut rows: Vec<Window> = Vec::new();
         let mut first_failure = None;
         let mut from = Instant::now();
         for n in 1..=windows {
@@ -382,7 +381,13 @@ fn one_backend(backend: &str) -> bool {
                 objects
             );
             ok &= failed == 0;
-            rows.push((p99, rss, objects, ops, (to - from).as_secs_f64()));
+            rows.push(Window {
+                p99,
+                rss,
+                objects,
+                ops,
+                secs: (to - from).as_secs_f64(),
+            });
             from = to;
         }
         stop.store(true, Ordering::Relaxed);
@@ -391,22 +396,23 @@ fn one_backend(backend: &str) -> bool {
             println!("    first failure: {e}");
         }
 
-        let (p99_first, rss_first, ..) = rows[0];
-        let (p99_last, rss_last, objects_last, ..) = rows[rows.len() - 1];
+        let (first, last) = (&rows[0], &rows[rows.len() - 1]);
+        let (p99_first, rss_first) = (first.p99, first.rss);
+        let (p99_last, rss_last, objects_last) = (last.p99, last.rss, last.objects);
         let rss_bound = rss_first + (rss_first * 0.25).max(32.0);
         let rss_ok = rss_last <= rss_bound;
         // A checkpoint object replaced (the new made, then the old
         // destroyed) may be counted twice at an instant: a leak is a count
         // that grows from window to window.
-        let objects_ok = objects_last <= rows[0].2.max(objects_before);
+        let objects_ok = objects_last <= first.objects.max(objects_before);
         let drift = p99_last / p99_first;
         let judge_drift = soak >= Duration::from_secs(600);
         let p99_ok = !judge_drift || drift <= 2.0;
         // The second half's windows together (a shortfall in one window is
         // caught up in the next; one that lasts is a server slowing down).
         let late = &rows[rows.len() / 2..];
-        let late_rate = late.iter().map(|r| r.3 as f64).sum::<f64>()
-            / late.iter().map(|r| r.4).sum::<f64>();
+        let late_rate = late.iter().map(|w| w.ops as f64).sum::<f64>()
+            / late.iter().map(|w| w.secs).sum::<f64>();
         let rate_share = late_rate / target;
         let rate_ok = !judge_drift || rate_share >= 0.95;
         let books = state.ledger.verify().await.unwrap();
@@ -434,6 +440,15 @@ fn one_backend(backend: &str) -> bool {
         }
         ok && rss_ok && objects_ok && p99_ok && rate_ok && books.ok
     })
+}
+
+/// What one window of the paced run measured.
+struct Window {
+    p99: f64,
+    rss: f64,
+    objects: usize,
+    ops: usize,
+    secs: f64,
 }
 
 /// A drift check's word: judged only in runs of 10 minutes or more.

@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../fuzz/src/lib.rs"]
-#[allow(dead_code)]
 mod targets;
 
 use std::path::Path;
@@ -17,21 +16,6 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn target_fn(name: &str) -> fn(&[u8]) {
-    match name {
-        "load" => targets::load,
-        "channel" => targets::channel,
-        "confirmation" => targets::confirmation,
-        "bulk_json" => targets::bulk_json,
-        "bulk_binary" => targets::bulk_binary,
-        "csr" => targets::csr,
-        "ocsp" => targets::ocsp,
-        "manifest" => targets::manifest,
-        "config" => targets::config,
-        other => panic!("no function for target {other}"),
-    }
-}
 
 /// One mutation of `input`, with `other` (another corpus input) for splices.
 fn mutate(rng: &mut StdRng, input: &[u8], other: &[u8]) -> Vec<u8> {
@@ -86,8 +70,7 @@ fn every_target_takes_its_corpus_and_mutations_of_it() {
     println!("KEYWARD_FUZZ_SEED={seed}");
     // A panic is this test's finding: report it once, with its input, below.
     std::panic::set_hook(Box::new(|_| {}));
-    for (n, name) in targets::TARGETS.iter().enumerate() {
-        let run = target_fn(name);
+    for (n, &(name, run)) in targets::TARGETS.iter().enumerate() {
         let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(root.join(name))
             .unwrap_or_else(|e| panic!("corpus of {name}: {e}"))
             .map(|e| std::fs::read(e.unwrap().path()).unwrap())

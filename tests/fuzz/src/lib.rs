@@ -1,7 +1,7 @@
 //! Fuzz targets: one function per parser of outside input, each a property
 //! beyond "no panic" where one is cheap (a canonical format decodes and
 //! encodes back to the very same bytes). `src/bin/<target>.rs` hands each
-//! to AFL++; [`TARGETS`] names them for `ops/fuzz.sh`.
+//! to AFL++; [`TARGETS`] lists them with their corpus directories.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,17 +15,22 @@ use keyward_protocol::{Code, Origin, Rules, Transaction, render};
 use keyward_server::bulk::codec::{self, Encoding};
 use keyward_server::wire::macs;
 
-/// Every target, by the name of its binary and corpus directory.
-pub const TARGETS: &[&str] = &[
-    "load",
-    "channel",
-    "confirmation",
-    "bulk_json",
-    "bulk_binary",
-    "csr",
-    "ocsp",
-    "manifest",
-    "config",
+/// A fuzz target: one input, a panic on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its binary and corpus directory, with its
+/// function (the uninstrumented short form, `tests/tests/fuzz_corpus.rs`,
+/// runs each through it).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("load", load),
+    ("channel", channel),
+    ("confirmation", confirmation),
+    ("bulk_json", bulk_json),
+    ("bulk_binary", bulk_binary),
+    ("csr", csr),
+    ("ocsp", ocsp),
+    ("manifest", manifest),
+    ("config", config),
 ];
 
 /// Largest bulk batch the targets read (the server's default is larger; a
