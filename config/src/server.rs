@@ -63,6 +63,15 @@ pub struct ServerConfig {
     /// Signed OCSP answers kept until the registry changes.
     #[serde(default = "default_ocsp_cache_entries")]
     pub ocsp_cache_entries: usize,
+    /// TLS sessions each listener keeps in memory for resumption (about
+    /// 1.5 KiB each, most with the client's certificate chain); 0 turns
+    /// resumption off. A terminal that reconnects within its session
+    /// resumes without a certificate signature in the HSM, so this should
+    /// exceed the terminals that reconnect to one replica in a session's
+    /// life. Kept across CRL changes: both listeners check revocation on
+    /// every request.
+    #[serde(default = "default_tls_session_cache_entries")]
+    pub tls_session_cache_entries: usize,
     /// Time a client has to send a request's headers (HTTP/1.1, also while a
     /// kept-alive connection waits for its next request).
     #[serde(default = "default_header_read_timeout_ms")]
@@ -101,6 +110,7 @@ impl Default for ServerConfig {
             ocsp_max_body_bytes: default_ocsp_max_body_bytes(),
             ocsp_signatures_per_second: default_ocsp_signatures_per_second(),
             ocsp_cache_entries: default_ocsp_cache_entries(),
+            tls_session_cache_entries: default_tls_session_cache_entries(),
             header_read_timeout_ms: default_header_read_timeout_ms(),
             body_read_timeout_ms: default_body_read_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
@@ -157,6 +167,9 @@ fn default_ocsp_signatures_per_second() -> u32 {
 }
 fn default_ocsp_cache_entries() -> usize {
     10_000
+}
+fn default_tls_session_cache_entries() -> usize {
+    20_000
 }
 fn default_header_read_timeout_ms() -> u64 {
     10_000

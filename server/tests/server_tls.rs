@@ -308,3 +308,59 @@ async fn a_revocation_reaches_the_other_replica_within_the_poll() {
     let log = std::fs::read_to_string(&b.log).unwrap();
     assert!(log.contains("TLS listeners now check the new CRL"), "{log}");
 }
+
+/// A terminal that reconnects resumes its TLS session (no certificate
+/// signature in the HSM), across a CRL change too; the resumed session of
+/// a certificate revoked meanwhile is refused by the per-request check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_resumes_across_a_crl_change_and_revocation_still_holds() {
+    use common::station::{D1, D2, Station};
+    use hyper::Method;
+    let s = Server::started().await;
+    s.new_operator("alice", "operator");
+    s.new_operator("bob", "operator");
+    let st = Station {
+        s: &s,
+        devices: s.dir.path().join("devices"),
+    };
+    st.provision(&[("bank-a", "tdes")]);
+    let term = st.terminal(&s.public, &st.device(D1), &st.chain(D1));
+    let (term, server) = (&term, &s);
+    let ping = |resumed: bool, status: u16| async move {
+        let mut c = term.connect().await.unwrap();
+        assert_eq!(c.resumed(), resumed, "{}", server.log());
+        let r = c.call(Method::GET, "/v1/ping", None, None).await.unwrap();
+        assert_eq!(r.status.as_u16(), status, "{:?}", r.body);
+        r
+    };
+    ping(false, 200).await;
+    ping(true, 200).await;
+    let signed = || {
+        sample(
+            &s.metrics(),
+            r#"keyward_hsm_operation_duration_seconds_count{operation="tls_handshake_sign",outcome="ok"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let revoke = |device: &str| {
+        let serial = st.ok("alice", &["device", "show", device])["cert_serial"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = s.admin_post(
+            &format!("/admin/v1/ca/certificates/{serial}/revoke"),
+            &serde_json::json!({ "reason": "keyCompromise" }),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    // Another device's revocation changes the CRL: D1 still resumes.
+    revoke(D2);
+    let before = signed();
+    ping(true, 200).await;
+    // The one signature since is the metrics scrape's own handshake (curl).
+    assert_eq!(signed(), before + 1.0, "a resumption signed in the HSM");
+    // D1's own: the resumed session is refused at its first request.
+    revoke(D1);
+    let refused = ping(true, 403).await;
+    assert_eq!(refused.body["error"]["code"], "certificate_revoked", "{refused:?}");
+}

@@ -36,10 +36,11 @@
 //!    the bulk HSM workers' nice value (`hsm.bulk_nice`; 0 measures the
 //!    lanes without it).
 //!
-//! Connections are fresh, TLS sessions need not be: neither side configures
-//! resumption, so rustls's defaults apply (server: 256 sessions in memory and
-//! tickets; client: each device's `Terminal` resumes). The server-side line
-//! under a row shows how many handshakes still needed the HSM signature.
+//! Connections are fresh, TLS sessions need not be: the server resumes
+//! from its session store (`server.tls_session_cache_entries`, one ticket
+//! per connection) and each device's `Terminal` resumes. The server-side
+//! line under a row shows how many handshakes still needed the HSM
+//! signature.
 //!
 //! The table gives the rate, p50/p99 latency of one operation, refusals and
 //! errors, and the CPU the server process and this process (the load
@@ -57,7 +58,8 @@
 //! HSM sessions of both server and in-process KMS (default 2, the config
 //! default), `KW_BENCH_BACKENDS=sqlite|postgres` picks one backend and
 //! `KW_BENCH_PERF=FILE` records a `perf record -g -e cpu-clock` profile of
-//! the server during the 200-device login window.
+//! the server during the 200-device login window (`KW_BENCH_PERF_CONC=50`:
+//! the 50-device one).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -353,6 +355,7 @@ fn one_backend(backend: &str) {
     let window = Duration::from_secs(env_usize("KW_BENCH_SECS", 6) as u64);
     let sessions = env_usize("KW_BENCH_HSM_SESSIONS", 2);
     let perf = std::env::var_os("KW_BENCH_PERF").map(PathBuf::from);
+    let perf_conc = env_usize("KW_BENCH_PERF_CONC", CONCURRENCY[1]);
     // The token must exist before the PKCS#11 module is first loaded, and
     // creating it sets SOFTHSM2_CONF: before any other thread runs.
     let token = TestToken::create().unwrap();
@@ -514,7 +517,7 @@ fn one_backend(backend: &str) {
         let issuer: IssuerId = ISSUER.parse().unwrap();
         for conc in CONCURRENCY {
             let rest = workers.split_off(conc);
-            let perf_here = if conc == CONCURRENCY[1] {
+            let perf_here = if conc == perf_conc {
                 perf.as_deref()
             } else {
                 None
@@ -580,7 +583,10 @@ fn one_backend(backend: &str) {
         }
         drop(server);
         if let Some(p) = &perf {
-            println!("(perf profile of the server, 200-device login window: {})", p.display());
+            println!(
+                "(perf profile of the server, {perf_conc}-device login window: {})",
+                p.display()
+            );
         }
         drop(state);
     });

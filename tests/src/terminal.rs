@@ -128,11 +128,13 @@ impl Terminal {
             .connect(name, tcp)
             .await
             .context("TLS handshake with the public listener")?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         Ok(Connection {
             host: format!("{}:{}", self.host, self.port),
             sender,
+            resumed,
         })
     }
 
@@ -145,6 +147,7 @@ impl Terminal {
 pub struct Connection {
     host: String,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    resumed: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -154,6 +157,12 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// Whether the handshake resumed a TLS session (no certificates sent,
+    /// no signature made).
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     /// One request on this connection.
     pub async fn call(
         &mut self,

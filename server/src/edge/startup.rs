@@ -106,6 +106,7 @@ pub async fn state_from(
         material,
         CertificateRevocationListDer::from(crl.der.clone()),
         crl_info.clone(),
+        config.server.tls_session_cache_entries,
     )?;
     pki::update_crl_metrics(&metrics, &crl_info);
     let expiry = &metrics.certificate_expiry;

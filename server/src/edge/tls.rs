@@ -16,6 +16,11 @@
 //!   `/metrics`, `/live`, `/ready`; the admin API refuses them (`admin/`).
 //!   A certificate that is presented is always verified: a revoked one fails
 //!   the handshake on both listeners.
+//! - Resumption: each listener keeps `server.tls_session_cache_entries`
+//!   sessions in memory and sends one ticket per connection, so a terminal
+//!   holds one session at a time. The store outlives CRL changes: a resumed
+//!   session skips the handshake's certificate checks, and both listeners
+//!   check revocation again on every request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,7 +29,9 @@ use arc_swap::ArcSwap;
 use keyward_kms::hsm::{PublicKey, SignMechanism};
 use keyward_kms::signing::SigningKey as KmsSigningKey;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{
+    NoServerSessionStorage, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{RootCertStore, ServerConfig, SignatureAlgorithm, SignatureScheme};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, SubjectPublicKeyInfoDer};
@@ -155,11 +162,22 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// One listener's `ServerConfig`.
+/// A listener's TLS session store: `entries` sessions (none: resumption
+/// off).
+pub fn session_store(entries: usize) -> Arc<dyn StoresServerSessions> {
+    if entries == 0 {
+        Arc::new(NoServerSessionStorage {})
+    } else {
+        ServerSessionMemoryCache::new(entries)
+    }
+}
+
+/// One listener's `ServerConfig`, resuming sessions from `sessions`.
 pub fn server_config(
     material: &TlsMaterial,
     crl: &CertificateRevocationListDer<'static>,
     listener: Listener,
+    sessions: &Arc<dyn StoresServerSessions>,
 ) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
@@ -178,6 +196,10 @@ pub fn server_config(
         .with_client_cert_verifier(verifier.build()?)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = sessions.clone();
+    // One ticket per connection: a reconnecting client uses one and gets
+    // one, so a fleet fills the store once, not twice.
+    cfg.send_tls13_tickets = usize::from(sessions.can_cache());
     Ok(cfg)
 }
 
@@ -187,21 +209,45 @@ pub struct TlsState {
     material: TlsMaterial,
     public: ArcSwap<ServerConfig>,
     admin: ArcSwap<ServerConfig>,
+    /// Each listener's sessions, the same store across CRL changes.
+    sessions: [Arc<dyn StoresServerSessions>; 2],
     crl: Mutex<CrlInUse>,
 }
 
 impl TlsState {
+    /// `session_entries`: each listener's TLS session store
+    /// (`server.tls_session_cache_entries`).
     pub fn new(
         material: TlsMaterial,
         crl_der: CertificateRevocationListDer<'static>,
         crl: CrlInUse,
+        session_entries: usize,
     ) -> Result<Self, TlsError> {
+        let sessions = [
+            session_store(session_entries),
+            session_store(session_entries),
+        ];
+        let [public, admin] = Self::configs(&material, &crl_der, &sessions)?;
         Ok(Self {
-            public: ArcSwap::from_pointee(server_config(&material, &crl_der, Listener::Public)?),
-            admin: ArcSwap::from_pointee(server_config(&material, &crl_der, Listener::Admin)?),
+            public: ArcSwap::from_pointee(public),
+            admin: ArcSwap::from_pointee(admin),
             material,
+            sessions,
             crl: Mutex::new(crl),
         })
+    }
+
+    /// Both listeners' configs (public, admin) for `crl_der`.
+    fn configs(
+        material: &TlsMaterial,
+        crl_der: &CertificateRevocationListDer<'static>,
+        sessions: &[Arc<dyn StoresServerSessions>; 2],
+    ) -> Result<[ServerConfig; 2], TlsError> {
+        let [public, admin] = sessions;
+        Ok([
+            server_config(material, crl_der, Listener::Public, public)?,
+            server_config(material, crl_der, Listener::Admin, admin)?,
+        ])
     }
 
     /// The config new connections on `listener` get.
@@ -229,8 +275,7 @@ impl TlsState {
             return Ok(false);
         }
         // Build both before swapping either: a failure changes nothing.
-        let public = server_config(&self.material, &crl_der, Listener::Public)?;
-        let admin = server_config(&self.material, &crl_der, Listener::Admin)?;
+        let [public, admin] = Self::configs(&self.material, &crl_der, &self.sessions)?;
         self.public.store(Arc::new(public));
         self.admin.store(Arc::new(admin));
         *current = info;
@@ -241,6 +286,16 @@ impl TlsState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_store_of_no_entries_resumes_nothing() {
+        assert!(!session_store(0).can_cache());
+        let store = session_store(1);
+        assert!(store.put(vec![1], vec![2]));
+        assert!(store.put(vec![3], vec![4]));
+        assert_eq!(store.get(&[3]), Some(vec![4]));
+        assert_eq!(store.get(&[1]), None, "beyond its size, the oldest goes");
+    }
 
     #[test]
     fn p256_spki_is_91_bytes_of_der() {

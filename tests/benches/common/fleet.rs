@@ -323,7 +323,7 @@ pub fn latency_samples(admin: &str, ca_pem: &Path) -> std::collections::BTreeMap
         .collect()
 }
 
-/// Mean server-side latency per route and HSM operation between two
+/// Mean server-side latency (and count) per route and HSM operation between two
 /// [`latency_samples`], for the ones that ran at least `min` times.
 pub fn print_server_side(
     before: &std::collections::BTreeMap<String, f64>,
@@ -354,7 +354,7 @@ pub fn print_server_side(
         } else {
             values.join(" ")
         };
-        parts.push(format!("{what}: {:.2} ms", sum / n * 1000.0));
+        parts.push(format!("{what}: {:.2} ms ×{n:.0}", sum / n * 1000.0));
     }
     if !parts.is_empty() {
         println!("    server-side means: {}", parts.join("; "));
