@@ -44,7 +44,7 @@ pub mod wrap;
 
 pub use error::{ErrorKind, KmsError, Result};
 pub use service::{
-    AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS, JOB_ITEMS, JOBS_PER_WORKER, Kms,
-    KmsStats, MAX_BULK_ITEMS, MacBatch, MacError, MacItem, MacOutcome, NewIssuer, NewIssuerKey,
-    OfferedKey, PinBlock, PinFormat, WorkingKeyOffer,
+    AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS, AnswerCheck, JOB_ITEMS,
+    JOBS_PER_WORKER, Kms, KmsStats, MAX_BULK_ITEMS, MacBatch, MacError, MacItem, MacOutcome,
+    NewIssuer, NewIssuerKey, OfferedKey, PinBlock, PinFormat, WorkingKeyOffer,
 };

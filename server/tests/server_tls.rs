@@ -362,5 +362,8 @@ async fn a_terminal_resumes_across_a_crl_change_and_revocation_still_holds() {
     // D1's own: the resumed session is refused at its first request.
     revoke(D1);
     let refused = ping(true, 403).await;
-    assert_eq!(refused.body["error"]["code"], "certificate_revoked", "{refused:?}");
+    assert_eq!(
+        refused.body["error"]["code"], "certificate_revoked",
+        "{refused:?}"
+    );
 }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use keyward_config::Config;
 
 pub use audit::{AUDIT_CHECKPOINT_LABEL, AUDIT_MAC_LABEL, AUDIT_MECHANISMS};
-pub use challenges::{CHALLENGE_SEAL_LABEL, SealedChallenge};
+pub use challenges::{AnswerCheck, CHALLENGE_SEAL_LABEL, SealedChallenge};
 pub use channel::{
     CHANNEL_KEY_BITS, CHANNEL_KEY_LABEL, CHANNEL_MECHANISMS, CHANNEL_SECRET_LEN,
     CHANNEL_STATE_KEK_LABEL, ChannelKeyUse, ChannelSchedule, ChannelSecret, EstablishedChannel,

@@ -30,14 +30,14 @@ use keyward_device_provisioning::{DeviceState, OperatorId, Reason};
 use keyward_kms::catalog::{KeyState, VersionRecord};
 use keyward_kms::db::now_ms;
 use keyward_kms::types::{DeviceId, IssuerId, Kcv, KeyVersion, WorkingKeyRole};
-use keyward_kms::{KmsError, WorkingKeyOffer};
+use keyward_kms::{AnswerCheck, KmsError, WorkingKeyOffer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::online::challenge::{SEAL_BYTES, Scope, SealedId};
 use crate::online::store::{
-    Finish, Finished as StoreFinished, LoginContext, OnlineStore, StoredSession,
+    Finish, Finished as StoreFinished, LoginContext, OnlineStore, Opening, StoredSession,
 };
 use crate::online::{Device, Online, OnlineError, OnlineEvent, Refusal};
 use crate::security::{self, SecurityKind};
@@ -289,17 +289,10 @@ fn challenge_invalid() -> OnlineError {
     OnlineError::from(Refusal::ChallengeInvalid)
 }
 
-/// The active version among a device's versions, if any.
-fn active_version(versions: &[VersionRecord]) -> Option<KeyVersion> {
-    versions
-        .iter()
-        .find(|v| v.state == KeyState::Active)
-        .map(|v| v.version)
-}
-
 /// How a finish's transaction ended.
 enum Finished {
-    Opened,
+    /// With the active working-key version the transaction saw.
+    Opened { active: Option<KeyVersion> },
     /// Refused after the challenge was checked (used, or locked meanwhile).
     Refused(OnlineError),
     /// A KCV mismatch whose policy suspends the device: the rejection is
@@ -529,16 +522,19 @@ impl Online {
         }
     }
 
-    /// The challenge a finish answers, checked: issued by this service (its
-    /// seal, in the HSM) to this device, issuer and certificate, and unexpired.
-    /// Single use is the finish's unit of work's to enforce.
-    async fn check_seal(
+    /// The challenge a finish answers and the answer, checked in one HSM
+    /// job: the challenge issued by this service (its seal) to this device,
+    /// issuer and certificate, and unexpired; the answer right or wrong; and
+    /// the token of the session a right answer opens. Single use is the
+    /// finish's unit of work's to enforce.
+    async fn check_answer(
         &self,
         device: &Device,
         issuer: &IssuerId,
-        sealed: SealedId,
+        sealed: &SealedId,
+        response: &[u8],
         now: i64,
-    ) -> Result<SealedId> {
+    ) -> Result<AnswerCheck<SESSION_TOKEN_BYTES>> {
         if sealed.expires_at_ms <= now {
             self.metrics
                 .login_challenges
@@ -551,43 +547,42 @@ impl Online {
             issuer,
             serial: &device.serial,
         };
-        if !self
+        let check = self
             .kms
-            .challenge_seal_verify(sealed.sealed_data(&scope), &sealed.seal)
-            .await?
-        {
+            .check_login_answer(
+                issuer,
+                device.device_id,
+                sealed.sealed_data(&scope),
+                &sealed.seal,
+                &sealed.challenge,
+                response,
+            )
+            .await?;
+        if !check.seal_ok {
             return Err(challenge_invalid());
         }
-        Ok(sealed)
+        Ok(check)
     }
 
     async fn try_finish(&self, device: &Device, req: &FinishRequest) -> Result<Opened> {
         let issuer = req.issuer.clone();
-        let sealed = req.challenge.clone();
-        let response = &req.response;
+        let challenge = &req.challenge;
         require_issued(device)?;
         let now = now_ms();
-        let challenge = self.check_seal(device, &issuer, sealed, now).await?;
+        let check = self
+            .check_answer(device, &issuer, challenge, &req.response, now)
+            .await?;
         // A locked credential is refused by the finish's own transaction
         // (right answer or wrong): no read before it.
-        // With a confirmation the versions are read here, once: the answer's
-        // active version follows from them and the confirmation's outcome.
-        let (confirmation, active_before) = match &req.confirmation {
-            None => (None, None),
+        let confirmation = match &req.confirmation {
+            None => None,
             Some(c) => {
                 let versions = self.kms.key_versions(&issuer, device.device_id).await?;
-                (
-                    Some(parse_confirmation(c, &versions)?),
-                    Some(active_version(&versions)),
-                )
+                Some(parse_confirmation(c, &versions)?)
             }
         };
-        let right = self
-            .kms
-            .verify_challenge_response(&issuer, device.device_id, &challenge.challenge, response)
-            .await?;
-        if !right {
-            return Err(self.wrong_answer(device, &issuer, &challenge).await);
+        if !check.right {
+            return Err(self.wrong_answer(device, &issuer, challenge).await);
         }
         // The KCVs are compared before the transaction (reads only); the
         // verdict is applied in it.
@@ -602,7 +597,7 @@ impl Online {
         };
         let suspend = verdict == Some(false)
             && IssuerPolicy::of(&self.config, &issuer).suspend_on_kcv_mismatch;
-        let token = URL_SAFE_NO_PAD.encode(self.kms.random::<SESSION_TOKEN_BYTES>().await?);
+        let token = URL_SAFE_NO_PAD.encode(check.random);
         let now = now_ms();
         let session = StoredSession {
             device: device.device_id,
@@ -626,7 +621,7 @@ impl Online {
             }
             // The steady state: grouped with the finishes of other devices.
             _ => match self.store.finish_login(finish.clone()).await? {
-                StoreFinished::Opened => Finished::Opened,
+                StoreFinished::Opened { active } => Finished::Opened { active },
                 StoreFinished::ChallengeUsed => Finished::Refused(challenge_invalid()),
                 StoreFinished::Locked => Finished::Refused(locked()),
             },
@@ -637,18 +632,18 @@ impl Online {
         if verdict == Some(false) {
             security::counted(&self.metrics, SecurityKind::KcvMismatch, &device.request_id);
         }
-        match finished {
-            Finished::Opened if verdict.is_some() => {
-                crate::fault_point!("rotation.confirm.committed");
+        // The active version as the finish's own transaction left it.
+        let key_version = match finished {
+            Finished::Opened { active } => {
+                if verdict.is_some() {
+                    crate::fault_point!("rotation.confirm.committed");
+                } else {
+                    crate::fault_point!("login.finish.committed");
+                }
+                active
             }
-            Finished::Opened => crate::fault_point!("login.finish.committed"),
             Finished::Refused(e) => return Err(e),
             Finished::Suspend => return Err(self.suspend_for_kcv_mismatch(device).await),
-        }
-        let key_version = match (&confirmation, verdict) {
-            (Some(c), Some(true)) => Some(c.version),
-            (Some(_), _) => active_before.flatten(),
-            (None, _) => active_version(&self.kms.key_versions(&issuer, device.device_id).await?),
         };
         Ok(Opened {
             token,
@@ -707,10 +702,17 @@ impl Online {
                 if suspend {
                     return Ok((tx, Finished::Suspend));
                 }
-                if !OnlineStore::open_session_in(&mut tx, f, cleared_rotation_before).await? {
-                    return Ok((tx, Finished::Refused(locked())));
-                }
-                Ok::<_, OnlineError>((tx, Finished::Opened))
+                let finished = match OnlineStore::open_session_in(
+                    &mut tx,
+                    f,
+                    cleared_rotation_before,
+                )
+                .await?
+                {
+                    Opening::Opened { active } => Finished::Opened { active },
+                    Opening::Locked => Finished::Refused(locked()),
+                };
+                Ok::<_, OnlineError>((tx, finished))
             })
             .await
             .map_err(|e| match e {

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 
 use keyward_kms::db::{self, Database, Tx};
-use keyward_kms::types::{DeviceId, IssuerId};
+use keyward_kms::types::{DeviceId, IssuerId, KeyVersion};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -73,11 +73,22 @@ pub struct Finish {
 /// What writing a [`Finish`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
-    Opened,
+    /// The session is open; `active` is the device's active working-key
+    /// version as the transaction saw it.
+    Opened { active: Option<KeyVersion> },
     /// The challenge was used already: nothing written.
     ChallengeUsed,
     /// The credential was locked meanwhile: the challenge is used up, no
     /// session.
+    Locked,
+}
+
+/// What opening a session in a finish's transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Opened; `active` is the device's active working-key version.
+    Opened { active: Option<KeyVersion> },
+    /// The credential is locked: nothing written.
     Locked,
 }
 
@@ -233,10 +244,10 @@ impl OnlineStore {
         if !Self::consume_challenge_in(tx, &f.seal, f.seal_expires_at_ms).await? {
             return Ok(Finished::ChallengeUsed);
         }
-        if !Self::open_session_in(tx, f, None).await? {
-            return Ok(Finished::Locked);
-        }
-        Ok(Finished::Opened)
+        Ok(match Self::open_session_in(tx, f, None).await? {
+            Opening::Opened { active } => Finished::Opened { active },
+            Opening::Locked => Finished::Locked,
+        })
     }
 
     /// The database, for a step's unit of work.
@@ -412,34 +423,41 @@ impl OnlineStore {
     /// A successful login: the failure count back to 0 and the session
     /// stored — unless the credential was locked meanwhile (another replica
     /// counted the last failure), in which case nothing is written and
-    /// `Ok(false)` says so. The count is written only when there is one to
-    /// reset, so a steady-state login writes the session row alone.
+    /// [`Opening::Locked`] says so. The count is written only when there is
+    /// one to reset, so a steady-state login writes the session row alone.
+    /// The same read returns the device's active working-key version (the
+    /// catalog's row, read here so the answer costs no statement of its
+    /// own).
     pub async fn open_session_in(
         tx: &mut Tx,
         f: &Finish,
         cleared_rotation_before: Option<i64>,
-    ) -> Result<bool> {
+    ) -> Result<Opening> {
         let (token_hash, session) = (f.token_hash.as_str(), &f.session);
         let device = session.device.to_string();
         let row = sqlx::query(
-            "SELECT failures, locked_at_ms FROM online_credentials \
-             WHERE issuer_id = $1 AND device_id = $2",
+            "SELECT c.failures, c.locked_at_ms, \
+             (SELECT MAX(v.version) FROM working_key_versions v \
+              WHERE v.issuer_id = $1 AND v.device_id = $2 AND v.state = 'active') AS active \
+             FROM (SELECT 1 AS one) AS o \
+             LEFT JOIN online_credentials c ON c.issuer_id = $1 AND c.device_id = $2",
         )
         .bind(session.issuer.as_str())
         .bind(device.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
-        let (failures, locked) = match &row {
-            Some(r) => (
-                r.try_get::<i64, _>("failures")?,
-                r.try_get::<Option<i64>, _>("locked_at_ms")?,
-            ),
-            None => (0, None),
+        let failures: Option<i64> = row.try_get("failures")?;
+        let locked: Option<i64> = row.try_get("locked_at_ms")?;
+        let active = match row.try_get::<Option<i64>, _>("active")? {
+            None => None,
+            Some(v) => Some(KeyVersion(u32::try_from(v).map_err(|_| {
+                db::ColumnError::Corrupt("working_key_versions.version")
+            })?)),
         };
         if locked.is_some() {
-            return Ok(false);
+            return Ok(Opening::Locked);
         }
-        if row.is_none() || failures > 0 || cleared_rotation_before.is_some() {
+        if failures != Some(0) || cleared_rotation_before.is_some() {
             sqlx::query(
                 "INSERT INTO online_credentials \
                  (issuer_id, device_id, failures, last_login_at_ms) VALUES ($1, $2, 0, $3) \
@@ -488,7 +506,7 @@ impl OnlineStore {
         .bind(i64::from(f.max_sessions.max(1)))
         .execute(&mut **tx)
         .await?;
-        Ok(true)
+        Ok(Opening::Opened { active })
     }
 
     /// The certificates lockouts named for revocation, of credentials still
