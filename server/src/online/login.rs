@@ -402,17 +402,14 @@ impl Online {
         self.count_start(device.device_id)?;
         require_issued(device)?;
         let context = self.check_binding(device.device_id, &issuer, req).await?;
-        let cred = context.credential;
+        let cred = &context.credential;
         if cred.locked_at_ms.is_some() {
             return Err(locked());
         }
-        let versions = self.kms.key_versions(&issuer, device.device_id).await?;
-        if let Some(v) = req.key_version
-            && !versions.iter().any(|r| r.version.0 == v)
-        {
+        if req.key_version.is_some() && !context.reported_known {
             return Err(OnlineError::from(Refusal::UnknownKeyVersion));
         }
-        let active = versions.iter().find(|v| v.state == KeyState::Active);
+        let active = context.active;
         let policy = IssuerPolicy::of(&self.config, &issuer);
         let now = now_ms();
         let trigger = rotation_trigger(
@@ -465,7 +462,8 @@ impl Online {
         issuer: &IssuerId,
         req: &StartRequest,
     ) -> Result<LoginContext> {
-        let Some(context) = self.store.login_context(issuer, device).await? else {
+        let reported = req.key_version.map(KeyVersion);
+        let Some(context) = self.store.login_context(issuer, device, reported).await? else {
             return Err(match self.kms.issuer(issuer).await {
                 Ok(_) => OnlineError::from(Refusal::IssuerNotBound),
                 Err(KmsError::UnknownIssuer(_)) => OnlineError::from(Refusal::UnknownIssuer),

@@ -83,6 +83,14 @@ pub enum Finished {
     Locked,
 }
 
+/// A working-key version number read from the catalog's table.
+fn key_version(v: i64) -> Result<KeyVersion> {
+    match u32::try_from(v) {
+        Ok(v) if v > 0 => Ok(KeyVersion(v)),
+        _ => Err(db::ColumnError::Corrupt("working_key_versions.version").into()),
+    }
+}
+
 /// What opening a session in a finish's transaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opening {
@@ -116,6 +124,18 @@ pub struct LoginContext {
     pub credential: Credential,
     /// When the issuer's latest fleet-wide rotation was asked for.
     pub fleet_rotation_at_ms: Option<i64>,
+    /// The device's active working-key version, and since when.
+    pub active: Option<ActiveVersion>,
+    /// Whether the version the device reported is one the catalog holds
+    /// (`false` when it reported none).
+    pub reported_known: bool,
+}
+
+/// A device's active working-key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveVersion {
+    pub version: KeyVersion,
+    pub activated_at_ms: Option<i64>,
 }
 
 /// What the per-request device check reads.
@@ -281,25 +301,35 @@ impl OnlineStore {
     }
 
     /// What a login start reads of a (device, issuer), in one read: the
-    /// binding's secure-element serials, the credential and the issuer's
-    /// fleet rotation. `None` when the device is not bound for the issuer.
+    /// binding's secure-element serials, the credential, the issuer's fleet
+    /// rotation, and of the catalog's working-key versions the active one
+    /// and whether the device's `reported` version exists. `None` when the
+    /// device is not bound for the issuer.
     pub async fn login_context(
         &self,
         issuer: &IssuerId,
         device: DeviceId,
+        reported: Option<KeyVersion>,
     ) -> Result<Option<LoginContext>> {
         let row = sqlx::query(
             "SELECT b.psam_serial, b.esam_serial, c.failures, c.locked_at_ms, \
              c.revoked_serial, c.rotate_requested_at_ms, c.last_login_at_ms, \
-             f.requested_at_ms AS fleet_requested_at_ms \
+             f.requested_at_ms AS fleet_requested_at_ms, \
+             a.version AS active_version, a.activated_at_ms AS active_since, \
+             (SELECT COUNT(*) FROM working_key_versions r \
+              WHERE r.issuer_id = b.issuer_id AND r.device_id = b.device_id \
+              AND r.version = $3) AS reported_known \
              FROM prov_bindings b \
              LEFT JOIN online_credentials c \
                ON c.issuer_id = b.issuer_id AND c.device_id = b.device_id \
              LEFT JOIN online_fleet_rotations f ON f.issuer_id = b.issuer_id \
+             LEFT JOIN working_key_versions a \
+               ON a.issuer_id = b.issuer_id AND a.device_id = b.device_id AND a.state = 'active' \
              WHERE b.device_id = $1 AND b.issuer_id = $2",
         )
         .bind(device.to_string())
         .bind(issuer.as_str())
+        .bind(reported.map(|v| i64::from(v.0)))
         .fetch_optional(self.db.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -308,11 +338,21 @@ impl OnlineStore {
             None => Credential::default(),
             Some(_) => credential_from_row(&row)?,
         };
+        let active = match row.try_get::<Option<i64>, _>("active_version")? {
+            None => None,
+            Some(v) => Some(ActiveVersion {
+                version: key_version(v)?,
+                activated_at_ms: row.try_get("active_since")?,
+            }),
+        };
+        let known: i64 = row.try_get("reported_known")?;
         Ok(Some(LoginContext {
             psam_serial: row.try_get("psam_serial")?,
             esam_serial: row.try_get("esam_serial")?,
             credential,
             fleet_rotation_at_ms: row.try_get("fleet_requested_at_ms")?,
+            active,
+            reported_known: known > 0,
         }))
     }
 
