@@ -14,6 +14,7 @@
 //! functions over the caller's unit of work ([`Database::write`]); the rest
 //! are one unit of work each.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use keyward_kms::db::{self, Database, Tx};
@@ -91,6 +92,41 @@ fn key_version(v: i64) -> Result<KeyVersion> {
     }
 }
 
+/// A credential's standing as a finish's transaction reads it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Standing {
+    /// `None`: no credential row yet (the device's first login).
+    failures: Option<i64>,
+    locked: bool,
+    active: Option<KeyVersion>,
+}
+
+/// `rows` parenthesised rows of `width` placeholders, numbered from `$1`:
+/// `($1, $2), ($3, $4)`. The group statements' text is built from these
+/// placeholders only; every value is bound.
+fn value_rows(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `n` placeholders numbered from `$1`: `$1, $2, …`.
+fn value_list(n: usize) -> String {
+    value_list_from(1, n)
+}
+
+/// `n` placeholders numbered from `$first`.
+fn value_list_from(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What opening a session in a finish's transaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opening {
@@ -163,6 +199,14 @@ pub struct StoredSession {
     pub locked: bool,
 }
 
+impl StoredSession {
+    /// The (issuer, device) of the session's credential, as the tables
+    /// spell them.
+    fn credential_key(&self) -> (String, String) {
+        (self.issuer.as_str().to_owned(), self.device.to_string())
+    }
+}
+
 /// What one more failure did: the new count, and whether this failure locked
 /// the credential (only the one that crosses the limit does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,10 +272,7 @@ impl OnlineStore {
                 let finishes = &finishes;
                 let written = db
                     .write("login.finish", |mut tx| async move {
-                        let mut out = Vec::with_capacity(finishes.len());
-                        for f in finishes {
-                            out.push(Self::finish_in(&mut tx, f).await?);
-                        }
+                        let out = Self::finish_group_in(&mut tx, finishes).await?;
                         Ok::<_, OnlineError>((tx, out))
                     })
                     .await;
@@ -259,15 +300,180 @@ impl OnlineStore {
         }
     }
 
-    /// One [`Finish`] in the group's transaction.
-    async fn finish_in(tx: &mut Tx, f: &Finish) -> Result<Finished> {
-        if !Self::consume_challenge_in(tx, &f.seal, f.seal_expires_at_ms).await? {
-            return Ok(Finished::ChallengeUsed);
+    /// A group of [`Finish`]es in one transaction, in set statements: the
+    /// seals used up, the credentials read, the sessions stored and each
+    /// credential's oldest sessions beyond its limit ended, each one
+    /// statement for the whole group (a failure count to reset costs one
+    /// more). The outcomes are in the group's order.
+    async fn finish_group_in(tx: &mut Tx, group: &[Finish]) -> Result<Vec<Finished>> {
+        let fresh = Self::consume_challenges_in(tx, group).await?;
+        // A seal twice in one group is used by its first finish only.
+        let mut claimed = HashSet::new();
+        let used: Vec<bool> = group
+            .iter()
+            .map(|f| fresh.contains(&f.seal) && claimed.insert(f.seal.as_str()))
+            .collect();
+        let claimants: Vec<&Finish> = group
+            .iter()
+            .zip(&used)
+            .filter_map(|(f, used)| used.then_some(f))
+            .collect();
+        let standing = Self::standing_in(tx, &claimants).await?;
+        let mut out = Vec::with_capacity(group.len());
+        let mut opening = Vec::with_capacity(claimants.len());
+        for (f, used) in group.iter().zip(used) {
+            let s = standing.get(&f.session.credential_key());
+            out.push(match s {
+                _ if !used => Finished::ChallengeUsed,
+                Some(s) if s.locked => Finished::Locked,
+                s => {
+                    if s.and_then(|s| s.failures) != Some(0) {
+                        Self::reset_failures_in(tx, &f.session).await?;
+                    }
+                    opening.push(f);
+                    Finished::Opened {
+                        active: s.and_then(|s| s.active),
+                    }
+                }
+            });
         }
-        Ok(match Self::open_session_in(tx, f, None).await? {
-            Opening::Opened { active } => Finished::Opened { active },
-            Opening::Locked => Finished::Locked,
-        })
+        Self::store_sessions_in(tx, &opening).await?;
+        Ok(out)
+    }
+
+    /// Uses login challenges up: their seals go into the used set until they
+    /// expire, in one statement. Returns the seals that were not used yet
+    /// (another finish, on any replica, may have got there first).
+    async fn consume_challenges_in(tx: &mut Tx, group: &[Finish]) -> Result<HashSet<String>> {
+        if group.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sql = format!(
+            "INSERT INTO online_challenges_used (seal, expires_at_ms) VALUES {} \
+             ON CONFLICT (seal) DO NOTHING RETURNING seal",
+            value_rows(group.len(), 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for f in group {
+            q = q.bind(f.seal.as_str()).bind(f.seal_expires_at_ms);
+        }
+        let rows = q.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("seal").map_err(Into::into))
+            .collect()
+    }
+
+    /// The credentials (failure count, lock) and active working-key
+    /// versions of the finishes' devices, in two reads for all of them; the
+    /// versions are the catalog's rows, read here so a login's answer costs
+    /// no statement of its own.
+    async fn standing_in(
+        tx: &mut Tx,
+        finishes: &[&Finish],
+    ) -> Result<HashMap<(String, String), Standing>> {
+        let mut out: HashMap<(String, String), Standing> = HashMap::new();
+        if finishes.is_empty() {
+            return Ok(out);
+        }
+        let devices: Vec<String> = finishes
+            .iter()
+            .map(|f| f.session.device.to_string())
+            .collect();
+        let list = value_list(devices.len());
+        let sql = format!(
+            "SELECT issuer_id, device_id, failures, locked_at_ms FROM online_credentials \
+             WHERE device_id IN ({list})"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for d in &devices {
+            q = q.bind(d.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let key = (row.try_get("issuer_id")?, row.try_get("device_id")?);
+            let s = out.entry(key).or_default();
+            s.failures = Some(row.try_get("failures")?);
+            s.locked = row.try_get::<Option<i64>, _>("locked_at_ms")?.is_some();
+        }
+        let sql = format!(
+            "SELECT issuer_id, device_id, version FROM working_key_versions \
+             WHERE state = 'active' AND device_id IN ({list})"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for d in &devices {
+            q = q.bind(d.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let key = (row.try_get("issuer_id")?, row.try_get("device_id")?);
+            let version = key_version(row.try_get("version")?)?;
+            let s = out.entry(key).or_default();
+            s.active = s.active.max(Some(version));
+        }
+        Ok(out)
+    }
+
+    /// A successful login's failure count back to 0 (the credential's row
+    /// made at its first login).
+    async fn reset_failures_in(tx: &mut Tx, session: &StoredSession) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO online_credentials \
+             (issuer_id, device_id, failures, last_login_at_ms) VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (issuer_id, device_id) DO UPDATE \
+             SET failures = 0, last_login_at_ms = $3",
+        )
+        .bind(session.issuer.as_str())
+        .bind(session.device.to_string())
+        .bind(session.created_at_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the sessions of `finishes` in one statement, then ends each
+    /// credential's oldest sessions beyond its limit in another: logins in a
+    /// loop cannot pile up sessions (each a bearer token for hours).
+    async fn store_sessions_in(tx: &mut Tx, finishes: &[&Finish]) -> Result<()> {
+        if finishes.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO online_sessions \
+             (token_hash, device_id, issuer_id, cert_serial, created_at_ms, expires_at_ms) \
+             VALUES {}",
+            value_rows(finishes.len(), 6)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for f in finishes {
+            let s = &f.session;
+            q = q
+                .bind(f.token_hash.as_str())
+                .bind(s.device.to_string())
+                .bind(s.issuer.as_str())
+                .bind(s.cert_serial.as_str())
+                .bind(s.created_at_ms)
+                .bind(s.expires_at_ms);
+        }
+        q.execute(&mut **tx).await?;
+        // One limit for the group: the strictest asked for.
+        let max = finishes
+            .iter()
+            .map(|f| f.max_sessions.max(1))
+            .min()
+            .unwrap_or(1);
+        let sql = format!(
+            "DELETE FROM online_sessions WHERE token_hash IN \
+             (SELECT token_hash FROM \
+               (SELECT token_hash, ROW_NUMBER() OVER (PARTITION BY device_id, issuer_id \
+                  ORDER BY created_at_ms DESC, token_hash DESC) AS n \
+                FROM online_sessions WHERE device_id IN ({})) AS ranked \
+              WHERE n > $1)",
+            value_list_from(2, finishes.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(i64::from(max));
+        for f in finishes {
+            q = q.bind(f.session.device.to_string());
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
     }
 
     /// The database, for a step's unit of work.
@@ -465,50 +671,22 @@ impl OnlineStore {
     /// counted the last failure), in which case nothing is written and
     /// [`Opening::Locked`] says so. The count is written only when there is
     /// one to reset, so a steady-state login writes the session row alone.
-    /// The same read returns the device's active working-key version (the
-    /// catalog's row, read here so the answer costs no statement of its
-    /// own).
+    /// `cleared_rotation_before`: an operator's rotation request made
+    /// before then is served (cleared). Returns the device's active
+    /// working-key version as this transaction sees it.
     pub async fn open_session_in(
         tx: &mut Tx,
         f: &Finish,
         cleared_rotation_before: Option<i64>,
     ) -> Result<Opening> {
-        let (token_hash, session) = (f.token_hash.as_str(), &f.session);
-        let device = session.device.to_string();
-        let row = sqlx::query(
-            "SELECT c.failures, c.locked_at_ms, \
-             (SELECT MAX(v.version) FROM working_key_versions v \
-              WHERE v.issuer_id = $1 AND v.device_id = $2 AND v.state = 'active') AS active \
-             FROM (SELECT 1 AS one) AS o \
-             LEFT JOIN online_credentials c ON c.issuer_id = $1 AND c.device_id = $2",
-        )
-        .bind(session.issuer.as_str())
-        .bind(device.as_str())
-        .fetch_one(&mut **tx)
-        .await?;
-        let failures: Option<i64> = row.try_get("failures")?;
-        let locked: Option<i64> = row.try_get("locked_at_ms")?;
-        let active = match row.try_get::<Option<i64>, _>("active")? {
-            None => None,
-            Some(v) => Some(KeyVersion(u32::try_from(v).map_err(|_| {
-                db::ColumnError::Corrupt("working_key_versions.version")
-            })?)),
-        };
-        if locked.is_some() {
+        let session = &f.session;
+        let standing = Self::standing_in(tx, &[f]).await?;
+        let s = standing.get(&session.credential_key());
+        if s.is_some_and(|s| s.locked) {
             return Ok(Opening::Locked);
         }
-        if failures != Some(0) || cleared_rotation_before.is_some() {
-            sqlx::query(
-                "INSERT INTO online_credentials \
-                 (issuer_id, device_id, failures, last_login_at_ms) VALUES ($1, $2, 0, $3) \
-                 ON CONFLICT (issuer_id, device_id) DO UPDATE \
-                 SET failures = 0, last_login_at_ms = $3",
-            )
-            .bind(session.issuer.as_str())
-            .bind(device.as_str())
-            .bind(session.created_at_ms)
-            .execute(&mut **tx)
-            .await?;
+        if s.and_then(|s| s.failures) != Some(0) || cleared_rotation_before.is_some() {
+            Self::reset_failures_in(tx, session).await?;
         }
         if let Some(at) = cleared_rotation_before {
             sqlx::query(
@@ -516,37 +694,15 @@ impl OnlineStore {
                  WHERE issuer_id = $1 AND device_id = $2 AND rotate_requested_at_ms <= $3",
             )
             .bind(session.issuer.as_str())
-            .bind(device.as_str())
+            .bind(session.device.to_string())
             .bind(at)
             .execute(&mut **tx)
             .await?;
         }
-        sqlx::query(
-            "INSERT INTO online_sessions \
-             (token_hash, device_id, issuer_id, cert_serial, created_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(token_hash)
-        .bind(device.as_str())
-        .bind(session.issuer.as_str())
-        .bind(session.cert_serial.as_str())
-        .bind(session.created_at_ms)
-        .bind(session.expires_at_ms)
-        .execute(&mut **tx)
-        .await?;
-        // A credential holds at most `max_sessions` live sessions: logins
-        // in a loop cannot pile up sessions (each a bearer token for hours).
-        sqlx::query(
-            "DELETE FROM online_sessions WHERE token_hash IN \
-             (SELECT token_hash FROM online_sessions WHERE device_id = $1 AND issuer_id = $2 \
-              ORDER BY created_at_ms DESC, token_hash DESC LIMIT 1000000 OFFSET $3)",
-        )
-        .bind(device.as_str())
-        .bind(session.issuer.as_str())
-        .bind(i64::from(f.max_sessions.max(1)))
-        .execute(&mut **tx)
-        .await?;
-        Ok(Opening::Opened { active })
+        Self::store_sessions_in(tx, &[f]).await?;
+        Ok(Opening::Opened {
+            active: s.and_then(|s| s.active),
+        })
     }
 
     /// The certificates lockouts named for revocation, of credentials still
@@ -835,4 +991,143 @@ fn credential_from_row(row: &AnyRow) -> Result<Credential> {
         rotate_requested_at_ms: row.try_get("rotate_requested_at_ms")?,
         last_login_at_ms: row.try_get("last_login_at_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_config::DatabaseConfig;
+
+    #[test]
+    fn placeholders_are_numbered_across_rows() {
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_list(2), "$1, $2");
+        assert_eq!(value_list_from(2, 3), "$2, $3, $4");
+    }
+
+    fn finish(device: &str, seal: u8, n: u8, created_at_ms: i64) -> Finish {
+        Finish {
+            seal: hex::encode([seal; 16]),
+            seal_expires_at_ms: i64::MAX,
+            token_hash: hex::encode([n; 32]),
+            session: StoredSession {
+                device: device.parse().unwrap(),
+                issuer: "bank-a".parse().unwrap(),
+                cert_serial: "01".into(),
+                created_at_ms,
+                expires_at_ms: i64::MAX,
+                locked: false,
+            },
+            max_sessions: 2,
+        }
+    }
+
+    /// One group: a seal twice (its first finish only), a seal used by an
+    /// earlier group, a locked credential (its seal used up, no session),
+    /// a first login (its credential row made), a count reset, and each
+    /// credential left with its newest sessions up to the limit.
+    #[tokio::test]
+    async fn a_group_of_finishes_settles_each_finish_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        let db = Database::connect(&DatabaseConfig {
+            url,
+            ..DatabaseConfig::default()
+        })
+        .await
+        .unwrap();
+        keyward_kms::catalog::Catalog::open(db.clone()).await.unwrap();
+        crate::migrate::run(db.pool(), db.kind()).await.unwrap();
+        let (ok, locked, new, counted) = (
+            "A000000000000001",
+            "A000000000000002",
+            "A000000000000003",
+            "A000000000000004",
+        );
+        for (device, failures, locked_at) in
+            [(ok, 0, None), (locked, 10, Some(1)), (counted, 3, None)]
+        {
+            sqlx::query(
+                "INSERT INTO online_credentials (issuer_id, device_id, failures, locked_at_ms) \
+                 VALUES ('bank-a', $1, $2, $3)",
+            )
+            .bind(device)
+            .bind(failures)
+            .bind(locked_at)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        let write = |group: Vec<Finish>| {
+            let db = db.clone();
+            async move {
+                let group = &group;
+                db.write("test", |mut tx| async move {
+                    let out = OnlineStore::finish_group_in(&mut tx, group).await?;
+                    Ok::<_, OnlineError>((tx, out))
+                })
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(
+            write(vec![finish(ok, 0, 0, 1)]).await,
+            [Finished::Opened { active: None }]
+        );
+        let out = write(vec![
+            finish(ok, 1, 1, 2),
+            finish(ok, 1, 2, 2),
+            finish(ok, 0, 3, 2),
+            finish(locked, 2, 4, 2),
+            finish(new, 3, 5, 2),
+            finish(counted, 4, 6, 2),
+            finish(ok, 5, 7, 3),
+        ])
+        .await;
+        use Finished::*;
+        let opened = Opened { active: None };
+        assert_eq!(
+            out,
+            [
+                opened,
+                ChallengeUsed,
+                ChallengeUsed,
+                Locked,
+                opened,
+                opened,
+                opened
+            ]
+        );
+        let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM online_challenges_used")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(used, 6, "s0 to s5, the locked credential's too");
+        let sessions: Vec<(String, String)> = sqlx::query_as(
+            "SELECT device_id, token_hash FROM online_sessions ORDER BY device_id, created_at_ms",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        let of = |d: &str| sessions.iter().filter(|(x, _)| x == d).count();
+        assert_eq!((of(ok), of(locked), of(new), of(counted)), (2, 0, 1, 1));
+        assert!(
+            !sessions.iter().any(|(_, t)| *t == hex::encode([0u8; 32])),
+            "the oldest of three sessions ended"
+        );
+        let failures: Vec<(String, i64)> =
+            sqlx::query_as("SELECT device_id, failures FROM online_credentials ORDER BY device_id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            failures,
+            [
+                (ok.into(), 0),
+                (locked.into(), 10),
+                (new.into(), 0),
+                (counted.into(), 0)
+            ]
+        );
+    }
 }

@@ -151,10 +151,15 @@ async fn a_device_logs_in_takes_its_first_keys_and_rotates_on_demand() {
     assert_eq!(info.device_id, d.id.to_string());
     assert!(app.audited("key.activate", "success").await);
 
-    // Second login: nothing due.
+    // Second login: nothing due; start and finish name the active version.
     let (c, a) = login(&app, &who, &mut d, "bank-a", LoginOptions::default()).await;
     assert!(c.key_update.is_none());
-    a.expect(StatusCode::OK);
+    assert_eq!(c.key_version, Some(update.version));
+    let ok: wire::LoginAnswer = serde_json::from_value(a.expect(StatusCode::OK).clone()).unwrap();
+    assert_eq!(
+        (ok.key_version, ok.key_update),
+        (Some(update.version), None)
+    );
 
     // An operator asks for a rotation; the next login carries it.
     let pending = app
