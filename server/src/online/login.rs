@@ -632,12 +632,12 @@ impl Online {
         }
         // The active version as the finish's own transaction left it.
         let key_version = match finished {
+            Finished::Opened { active } if verdict.is_some() => {
+                crate::fault_point!("rotation.confirm.committed");
+                active
+            }
             Finished::Opened { active } => {
-                if verdict.is_some() {
-                    crate::fault_point!("rotation.confirm.committed");
-                } else {
-                    crate::fault_point!("login.finish.committed");
-                }
+                crate::fault_point!("login.finish.committed");
                 active
             }
             Finished::Refused(e) => return Err(e),

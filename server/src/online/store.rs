@@ -1036,7 +1036,9 @@ mod tests {
         })
         .await
         .unwrap();
-        keyward_kms::catalog::Catalog::open(db.clone()).await.unwrap();
+        keyward_kms::catalog::Catalog::open(db.clone())
+            .await
+            .unwrap();
         crate::migrate::run(db.pool(), db.kind()).await.unwrap();
         let (ok, locked, new, counted) = (
             "A000000000000001",
