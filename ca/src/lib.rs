@@ -11,7 +11,7 @@
 //!   `issue.rs` issuance and the leaf self-check; `crl.rs` revocation, CRL
 //!   signing and refresh.
 //! - [`profile`]: [`Profile`] (`device`, `server-tls`, `operator`, `service`,
-//!   `load-permit`, `evidence`), [`Role`], [`IssueRequest`]: the profile alone decides a
+//!   `load-permit`, `evidence`, `channel`), [`Role`], [`IssueRequest`]: the profile alone decides a
 //!   certificate's subject, extensions and validity.
 //! - `csr`: [`VerifiedCsr`], a CSR parsed and its signature checked once;
 //!   only the public key is kept.

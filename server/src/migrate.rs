@@ -259,6 +259,27 @@ async fn applied(pool: &AnyPool) -> Result<Vec<i64>, sqlx::Error> {
     rows.iter().map(|r| r.try_get::<i64, _>(0)).collect()
 }
 
+/// A fresh SQLite database in a temporary folder with every migration
+/// applied (the catalog's and the server's), for unit tests of a store.
+#[cfg(test)]
+pub(crate) async fn test_database() -> (tempfile::TempDir, keyward_kms::db::Database) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let db = keyward_kms::db::Database::connect(&keyward_config::DatabaseConfig {
+        url,
+        ..keyward_config::DatabaseConfig::default()
+    })
+    .await
+    .expect("a SQLite database");
+    keyward_kms::catalog::Catalog::open(db.clone())
+        .await
+        .expect("the catalog's migrations");
+    run(db.pool(), db.kind())
+        .await
+        .expect("the server's migrations");
+    (dir, db)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -342,22 +342,13 @@ pub async fn last_sequence(db: &Database, device: &str) -> Result<i64, sqlx::Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_config::DatabaseConfig;
 
     /// The gauge query finds the unsettled loads by an index, never by
     /// scanning the table: a scan of every load ever made, every second,
     /// slowed a 30-minute soak by a fifth.
     #[tokio::test]
     async fn the_gauge_query_reads_only_unsettled_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("k.db").display());
-        let db = Database::connect(&DatabaseConfig {
-            url,
-            ..DatabaseConfig::default()
-        })
-        .await
-        .unwrap();
-        crate::migrate::run(db.pool(), db.kind()).await.unwrap();
+        let (_dir, db) = crate::migrate::test_database().await;
         let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "EXPLAIN QUERY PLAN {UNSETTLED_COUNTS}"
         )))

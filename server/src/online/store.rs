@@ -996,7 +996,6 @@ fn credential_from_row(row: &AnyRow) -> Result<Credential> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_config::DatabaseConfig;
 
     #[test]
     fn placeholders_are_numbered_across_rows() {
@@ -1028,18 +1027,7 @@ mod tests {
     /// credential left with its newest sessions up to the limit.
     #[tokio::test]
     async fn a_group_of_finishes_settles_each_finish_on_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("k.db").display());
-        let db = Database::connect(&DatabaseConfig {
-            url,
-            ..DatabaseConfig::default()
-        })
-        .await
-        .unwrap();
-        keyward_kms::catalog::Catalog::open(db.clone())
-            .await
-            .unwrap();
-        crate::migrate::run(db.pool(), db.kind()).await.unwrap();
+        let (_dir, db) = crate::migrate::test_database().await;
         let (ok, locked, new, counted) = (
             "A000000000000001",
             "A000000000000002",
