@@ -299,8 +299,9 @@ crl_refresh_secs = {crl_refresh}
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let why = stalled(&mut child);
             panic!(
-                "serve did not start: {line:?}\n{}",
+                "serve did not start: {line:?}\n{}\n{why}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             )
         });
@@ -652,4 +653,37 @@ pub fn run_evidence_check(dir: &Path) -> Output {
         .current_dir(dir)
         .output()
         .unwrap()
+}
+
+/// Why a spawned `serve` gave no first line: how it ended, or, still
+/// running, its threads' stacks (`gdb`, where the machine has it), so a
+/// stall that a seed does not replay can be read from the failure.
+fn stalled(child: &mut Child) -> String {
+    if let Ok(Some(status)) = child.try_wait() {
+        return format!("serve exited: {status}");
+    }
+    let pid = child.id().to_string();
+    let gdb = Command::new("timeout")
+        .args([
+            "60",
+            "gdb",
+            "-p",
+            &pid,
+            "-batch",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .output();
+    let _ = child.kill();
+    match gdb {
+        Ok(out) if out.status.success() => format!(
+            "serve still running, its threads' stacks (gdb):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Ok(out) => format!(
+            "serve still running; gdb could not attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("serve still running; no gdb to read its stacks: {e}"),
+    }
 }
