@@ -108,12 +108,7 @@ async fn the_same_with_pkcs1_v15_key_transport() {
 
 async fn two_replicas(opts: Options) -> Server {
     let s = Server::started_with(opts).await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "tdes")]);
     let card = s.dir.path().join("card.pem");
     let card_pem = st.chain(D2);

@@ -205,12 +205,7 @@ async fn closed_sessions_and_a_logout_heal_without_a_restart() {
         ..Default::default()
     })
     .await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision_devices(&[(ISSUER, "tdes")], DEVICES);
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Log::default()));

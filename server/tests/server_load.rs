@@ -107,12 +107,7 @@ async fn loads_complete_fail_time_out_and_a_lost_report_is_settled_at_the_next_l
         ..Options::default()
     })
     .await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     // Two devices of one customer, both loading from the one account.
     let customer = st.provision(&[("bank-a", "tdes")]);
     st.ok(

@@ -20,12 +20,7 @@ use serde_json::{Value, json};
 async fn a_terminal_logs_in_rotates_and_is_locked_out_over_mtls() {
     require_tool("openssl", "openssl");
     let s = Server::started().await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "tdes")]);
     let chain = st.chain(D1);
     let chain_file = s.dir.path().join("d1.pem");
@@ -162,12 +157,7 @@ async fn a_terminal_logs_in_rotates_and_is_locked_out_over_mtls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_share_challenges_sessions_and_the_failure_count() {
     let s = Server::started().await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "aes")]);
     let b = s.replica("b");
     let mut d = st.device(D1);
@@ -241,12 +231,7 @@ async fn a_switch_verifies_a_terminals_macs_with_kwctl() {
     use keyward_server::wire::macs;
     require_tool("openssl", "openssl");
     let s = Server::started().await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "tdes")]);
     let chain_file = s.dir.path().join("d1.pem");
     std::fs::write(&chain_file, st.chain(D1)).unwrap();
@@ -452,12 +437,7 @@ async fn a_customer_confirms_a_transaction_read_from_the_second_channel() {
         ..Default::default()
     })
     .await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "tdes")]);
     let mut dev = st.device(D1);
     let terminal = st.terminal(&s.public, &dev, &st.chain(D1));
@@ -669,12 +649,7 @@ async fn twenty_confirms_on_two_replicas_execute_once() {
         ..Default::default()
     })
     .await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "tdes")]);
     let b = s.replica("b");
     let mut dev = st.device(D1);
@@ -803,12 +778,7 @@ async fn a_customer_reads_the_code_from_a_real_smtp_relay_and_confirms() {
         ..Default::default()
     })
     .await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision_with_contact(&[("bank-a", "tdes")], "email", "li.lei@example.org");
     let mut dev = st.device(D1);
     let terminal = st.terminal(&s.public, &dev, &st.chain(D1));

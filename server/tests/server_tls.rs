@@ -317,12 +317,7 @@ async fn a_terminal_resumes_across_a_crl_change_and_revocation_still_holds() {
     use common::station::{D1, D2, Station};
     use hyper::Method;
     let s = Server::started().await;
-    s.new_operator("alice", "operator");
-    s.new_operator("bob", "operator");
-    let st = Station {
-        s: &s,
-        devices: s.dir.path().join("devices"),
-    };
+    let st = Station::with_operators(&s);
     st.provision(&[("bank-a", "tdes")]);
     let term = st.terminal(&s.public, &st.device(D1), &st.chain(D1));
     let (term, server) = (&term, &s);

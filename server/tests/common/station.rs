@@ -32,7 +32,18 @@ pub struct Station<'a> {
     pub devices: PathBuf,
 }
 
-impl Station<'_> {
+impl<'a> Station<'a> {
+    /// The station of `s`, with two operators (alice and bob, both
+    /// `operator`) added for the two-person decisions provisioning needs.
+    pub fn with_operators(s: &'a Server) -> Self {
+        s.new_operator("alice", "operator");
+        s.new_operator("bob", "operator");
+        Station {
+            s,
+            devices: s.dir.path().join("devices"),
+        }
+    }
+
     pub fn ok(&self, who: &str, args: &[&str]) -> Value {
         let out = self.kwctl(who, args);
         let v = stdout_json(&out);
