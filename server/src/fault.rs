@@ -1,6 +1,6 @@
 //! Named fault points: places in a durable or external step where a test
 //! can make the server crash, to show that a restart finishes what the
-//! crash interrupted (docs/protocol.md §12.4).
+//! crash interrupted (docs/protocol.md §12.5).
 //!
 //! [`fault_point!`](crate::fault_point) marks a point. It compiles to
 //! nothing unless the crate is built with the cargo feature `faults`, which

@@ -1,5 +1,5 @@
 //! Crash safety of transaction confirmation, end to end (docs/protocol.md
-//! §12.4): the real `keyward serve`, built with fault points, is armed to
+//! §12.5): the real `keyward serve`, built with fault points, is armed to
 //! SIGKILL itself at a random point and hit (`KEYWARD_FAULTS`); the terminal
 //! (the simulator over mutual TLS) submits, the code reaches a real local
 //! HTTPS webhook receiver, the device confirms, the execution goes to the

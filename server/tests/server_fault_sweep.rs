@@ -1,6 +1,6 @@
 //! Crash safety of provisioning, the login, key rotation, lockouts, bulk MAC
 //! batches, the CRL and the audit trail, end to end (docs/protocol.md
-//! §12.4): the sweep of every fault point the confirmation and load crash
+//! §12.5): the sweep of every fault point the confirmation and load crash
 //! tests do not cover (`keyward_server::fault::SWEEPS`).
 //!
 //! For every such point × {kill, panic}, a real `keyward serve` built with

@@ -1,4 +1,4 @@
-//! Crash safety of the e-purse load, end to end (docs/protocol.md §12.4,
+//! Crash safety of the e-purse load, end to end (docs/protocol.md §12.5,
 //! §13): the real `keyward serve`, built with fault points, over mutual
 //! TLS; the devices are purses (`keyward_tests::purse`) that check every
 //! permit, apply it, report, and carry on after a lost answer as a terminal

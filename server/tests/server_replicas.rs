@@ -1,4 +1,4 @@
-//! Seeded two-replica runs on PostgreSQL (docs/protocol.md §12.4): two real
+//! Seeded two-replica runs on PostgreSQL (docs/protocol.md §12.5): two real
 //! `keyward serve` replicas on one database and one HSM token, replica B
 //! reaching the database through a TCP proxy of the test's; the
 //! PostgreSQL cluster is the test's own (`initdb` in a temp dir), so
