@@ -163,6 +163,14 @@ impl<'de> serde::Deserialize<'de> for Pan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyVersion(pub u32);
 
+impl KeyVersion {
+    /// The version a database column holds: versions start at 1, so 0, a
+    /// negative number or one past `u32` is a corrupt record (`None`).
+    pub fn from_stored(v: i64) -> Option<Self> {
+        u32::try_from(v).ok().filter(|&v| v > 0).map(Self)
+    }
+}
+
 impl fmt::Display for KeyVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

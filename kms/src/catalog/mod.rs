@@ -868,11 +868,7 @@ fn kcv_from(row: &AnyRow, what: &'static str) -> Result<Kcv> {
 
 fn version_col(row: &AnyRow) -> Result<KeyVersion> {
     const WHAT: &str = "working_key_versions.version";
-    let v: u32 = db::int_col(row, "version", WHAT)?;
-    if v == 0 {
-        return Err(KmsError::CorruptRecord(WHAT));
-    }
-    Ok(KeyVersion(v))
+    KeyVersion::from_stored(row.try_get("version")?).ok_or(KmsError::CorruptRecord(WHAT))
 }
 
 /// Refuses an offer of no keys or of one role twice.

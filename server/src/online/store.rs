@@ -86,10 +86,8 @@ pub enum Finished {
 
 /// A working-key version number read from the catalog's table.
 fn key_version(v: i64) -> Result<KeyVersion> {
-    match u32::try_from(v) {
-        Ok(v) if v > 0 => Ok(KeyVersion(v)),
-        _ => Err(db::ColumnError::Corrupt("working_key_versions.version").into()),
-    }
+    KeyVersion::from_stored(v)
+        .ok_or_else(|| db::ColumnError::Corrupt("working_key_versions.version").into())
 }
 
 /// A credential's standing as a finish's transaction reads it.
