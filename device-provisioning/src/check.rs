@@ -28,7 +28,7 @@
 use std::time::Duration;
 
 use keyward_kms::db::{Tx, now_ms};
-use keyward_kms::hsm::PublicKey;
+use keyward_kms::signing::verify;
 use keyward_kms::types::DeviceId;
 
 use crate::Provisioning;
@@ -268,13 +268,11 @@ impl Provisioning {
             }
             Err(e) => return Err(e),
         };
-        Ok(
-            if verify_signature(&cert.public_key, &challenge, signature_der) {
-                Verdict::Verified
-            } else {
-                Verdict::Failed(FailedCheck::ProofOfPossession)
-            },
-        )
+        Ok(if verify(&cert.public_key, &challenge, signature_der) {
+            Verdict::Verified
+        } else {
+            Verdict::Failed(FailedCheck::ProofOfPossession)
+        })
     }
 
     /// The check settled in the caller's transaction: the challenge taken
@@ -390,7 +388,7 @@ impl Provisioning {
         signature_der: &[u8],
     ) -> Result<bool> {
         let cert = self.good_certificate(serial, device).await?;
-        Ok(verify_signature(&cert.public_key, message, signature_der))
+        Ok(verify(&cert.public_key, message, signature_der))
     }
 
     /// The device's registered certificate, if the CA vouches for it.
@@ -409,68 +407,5 @@ impl Provisioning {
             )),
             CertificateStatus::Invalid(why) => Err(ProvisioningError::CertificateInvalid(why)),
         }
-    }
-}
-
-/// Verifies a proof-of-possession signature over `message` (hashed once with
-/// SHA-256) with a device's public key. Any malformed input is a `false`.
-pub fn verify_signature(key: &PublicKey, message: &[u8], signature_der: &[u8]) -> bool {
-    use aws_lc_rs::signature;
-    match key {
-        PublicKey::P256(point) => {
-            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, point)
-                .verify(message, signature_der)
-                .is_ok()
-        }
-        PublicKey::Rsa { modulus, exponent } => signature::RsaPublicKeyComponents {
-            n: modulus.as_slice(),
-            e: exponent.as_slice(),
-        }
-        .verify(
-            &signature::RSA_PKCS1_2048_8192_SHA256,
-            message,
-            signature_der,
-        )
-        .is_ok(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use p256::ecdsa::signature::Signer;
-
-    #[test]
-    fn p256_proof_of_possession() {
-        let sk = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
-        let point = sk
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec();
-        let key = PublicKey::P256(point);
-        let msg = [7u8; 32];
-        let sig: p256::ecdsa::Signature = sk.sign(&msg);
-        let der = sig.to_der();
-        assert!(verify_signature(&key, &msg, der.as_bytes()));
-        assert!(!verify_signature(&key, &[8u8; 32], der.as_bytes()));
-        assert!(!verify_signature(&key, &msg, &sig.to_bytes()));
-        assert!(!verify_signature(&key, &msg, b""));
-    }
-
-    #[test]
-    fn rsa_proof_of_possession() {
-        use rsa::signature::{SignatureEncoding, Signer};
-        use rsa::traits::PublicKeyParts;
-        let sk = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-        let key = PublicKey::Rsa {
-            modulus: sk.n().to_bytes_be(),
-            exponent: sk.e().to_bytes_be(),
-        };
-        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(sk);
-        let msg = [9u8; 32];
-        let sig = signer.sign(&msg).to_vec();
-        assert!(verify_signature(&key, &msg, &sig));
-        assert!(!verify_signature(&key, &[1u8; 32], &sig));
     }
 }

@@ -92,7 +92,6 @@ pub use certifier::{
 pub use challenges::{ChallengeId, ChallengePurpose, Challenges, IssuedChallenge};
 pub use check::{
     CHALLENGE_LEN, Challenge, CompleteCheck, DEFAULT_CHALLENGE_TTL, DEFAULT_CHECK_ATTEMPT_LIMIT,
-    verify_signature,
 };
 pub use customers::{ApplicationDecision, ApplicationView, Approval, Customer};
 pub use error::{CertifierError, ErrorKind, ProvisioningError, Result};

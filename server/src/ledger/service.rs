@@ -15,7 +15,8 @@ use keyward_config::LoadConfig;
 use keyward_device_provisioning::Provisioning;
 use keyward_kms::Kms;
 use keyward_kms::db::{Database, now_ms};
-use keyward_kms::hsm::{PublicKey, SignMechanism};
+use keyward_kms::hsm::SignMechanism;
+use keyward_kms::signing::verify;
 use keyward_ledger::{
     AccountId, AccountKind, Amount, Balance, Book, ChainHead, Currency, Delta, Entry, EntryKind,
     Refusal, TransferId, chain_hash, checkpoint_message,
@@ -625,10 +626,7 @@ impl Ledger {
         }
 
         // I7: each checkpoint signs a head the chain reaches.
-        let key = self.checkpoint_key().await?;
-        let PublicKey::P256(point) = key.public_key() else {
-            return Err(corrupt("checkpoint key is not P-256").into());
-        };
+        let key = self.checkpoint_key().await?.public_key();
         let hashes: BTreeMap<i64, &Vec<u8>> = entry_rows
             .iter()
             .filter_map(|e| Some((e.chain_seq?, e.chain_hash.as_ref()?)))
@@ -642,7 +640,7 @@ impl Ledger {
                 seq: u64::try_from(c.chain_seq).unwrap_or_default(),
                 hash,
             });
-            if !p256_valid(point, &message, &c.signature) {
+            if !verify(key, &message, &c.signature) {
                 v.push(format!("i7_checkpoint_signature: {}", c.chain_seq));
             }
             if hashes.get(&c.chain_seq).map(|h| h.as_slice()) != Some(&hash[..]) {
@@ -673,10 +671,9 @@ impl Ledger {
             if sequences.get(&device).is_none_or(|last| *last < sequence) {
                 v.push(format!("i3_sequence_not_taken: {id}"));
             }
-            let permit_ok = permit_key.as_ref().is_some_and(|k| match k.public_key() {
-                PublicKey::P256(point) => p256_valid(point, &permit, &permit_sig),
-                PublicKey::Rsa { .. } => false,
-            });
+            let permit_ok = permit_key
+                .as_ref()
+                .is_some_and(|k| verify(k.public_key(), &permit, &permit_sig));
             let names_load = keyward_protocol::load::LoadPermit::decode(&permit)
                 .is_ok_and(|p| TransferId::from_bytes(p.load).to_string() == id);
             if !permit_ok || !names_load {
@@ -712,18 +709,6 @@ fn entry_of(row: &EntryRow) -> std::result::Result<Entry, sqlx::Error> {
 
 fn corrupt(what: &str) -> sqlx::Error {
     sqlx::Error::Protocol(format!("ledger row does not parse: {what}"))
-}
-
-fn p256_valid(point: &[u8], msg: &[u8], der: &[u8]) -> bool {
-    use p256::ecdsa::signature::Verifier;
-    use p256::ecdsa::{Signature, VerifyingKey};
-    let (Ok(key), Ok(sig)) = (
-        VerifyingKey::from_sec1_bytes(point),
-        Signature::from_der(der),
-    ) else {
-        return false;
-    };
-    key.verify(msg, &sig).is_ok()
 }
 
 fn event(action: &'static str, account: &str, detail: serde_json::Value) -> AuditEvent {
