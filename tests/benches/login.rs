@@ -25,7 +25,9 @@
 //!    steady-state logins (no key update) at 50 and 200 concurrent devices,
 //!    and, beside them for scale, (a) fresh mTLS connection + handshake +
 //!    `GET /v1/ping` against the same listener (server key in the HSM), the
-//!    same with TLS session resumption off (every handshake a full one), and
+//!    same with two pings on the connection (a login's two requests without
+//!    its work: what any two-step login could reach), the same with TLS
+//!    session resumption off (every handshake a full one), and
 //!    (b) `Kms::challenge` + `Kms::verify_challenge_response` alone, in
 //!    this process on the same token, from the same number of tasks.
 //! 4. Then (`KW_BENCH_UNDER_BULK=0` skips it) logins of 8 devices, and
@@ -86,8 +88,8 @@ use keyward_tests::terminal::{self, LoginOptions, Terminal};
 use serde_json::{Value, json};
 
 use common::fleet::{
-    Admin, ISSUER, Outcome, WARMUP, closed_loop, dev_id, header, in_parallel, latency_samples,
-    print_row, print_server_side, write_config,
+    Admin, ISSUER, Outcome, Stats, WARMUP, closed_loop, dev_id, header, in_parallel,
+    latency_samples, print_row, print_server_side, write_config,
 };
 use common::{env_usize, spawn_serve};
 
@@ -167,6 +169,27 @@ async fn ping_op(w: Worker) -> (Worker, Outcome) {
         Ok(reply) => Err(format!("ping: {} {}", reply.status, reply.body)),
         Err(e) => Err(format!("{e:#}")),
     };
+    (w, outcome)
+}
+
+/// A fresh mTLS connection and two `GET /v1/ping` on it: a login's shape
+/// (two requests on one connection) without its work, the ceiling of any
+/// two-step protocol against row (a).
+async fn ping_twice_op(w: Worker) -> (Worker, Outcome) {
+    let outcome = async {
+        let mut c = w.terminal.connect().await.map_err(|e| format!("{e:#}"))?;
+        for _ in 0..2 {
+            let reply = c
+                .call(Method::GET, "/v1/ping", None, None)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if reply.status != StatusCode::OK {
+                return Err(format!("ping: {} {}", reply.status, reply.body));
+            }
+        }
+        Ok(())
+    }
+    .await;
     (w, outcome)
 }
 
@@ -523,14 +546,24 @@ fn one_backend(backend: &str) {
                 None
             };
             let m0 = latency_samples(&server.admin, &ca_file);
-            let (back, s) = closed_loop(workers, window, &server_pid, perf_here, login_op).await;
-            print_row("login (start + finish, 1 mTLS connection)", conc, &s, true);
+            let (back, login) =
+                closed_loop(workers, window, &server_pid, perf_here, login_op).await;
+            print_row("login (start + finish, 1 mTLS connection)", conc, &login, true);
             let m1 = latency_samples(&server.admin, &ca_file);
             print_server_side(&m0, &m1, 10.0);
-            let (back, s) = closed_loop(back, window, &server_pid, None, ping_op).await;
-            print_row("  (a) mTLS connect + handshake + GET /v1/ping", conc, &s, true);
+            let (back, ping) = closed_loop(back, window, &server_pid, None, ping_op).await;
+            print_row("  (a) mTLS connect + handshake + GET /v1/ping", conc, &ping, true);
             let m2 = latency_samples(&server.admin, &ca_file);
             print_server_side(&m1, &m2, 10.0);
+            let (back, twice) = closed_loop(back, window, &server_pid, None, ping_twice_op).await;
+            print_row("  (a) same, two pings on the one connection", conc, &twice, true);
+            let rate = |s: &Stats| s.ops as f64 / s.secs;
+            println!(
+                "      of (a)'s rate: login {:.0} %, two pings {:.0} %",
+                100.0 * rate(&login) / rate(&ping),
+                100.0 * rate(&twice) / rate(&ping)
+            );
+            let m2 = latency_samples(&server.admin, &ca_file);
             let (back, s) = closed_loop(back, window, &server_pid, None, ping_full_op).await;
             print_row("  (a) same, TLS resumption off (full handshake)", conc, &s, true);
             let m3 = latency_samples(&server.admin, &ca_file);
