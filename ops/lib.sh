@@ -28,6 +28,10 @@ KW_OPENAPI_VALIDATOR="openapi-spec-validator==0.9.0"
 # The API fuzzer server/tests/server_schemathesis.rs drives (PyPI).
 # shellcheck disable=SC2034
 KW_SCHEMATHESIS="schemathesis==4.32.5"
+# The supply-chain check ops/test.sh runs over Cargo.lock (deny.toml), from
+# crates.io; built from source when missing (about 6 minutes on 2 cores).
+# shellcheck disable=SC2034
+KW_CARGO_DENY_VERSION="0.20.2"
 
 kw_banner() { printf '\n==> %s\n' "$*" >&2; }
 kw_info() { printf '    %s\n' "$*" >&2; }

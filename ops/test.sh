@@ -6,11 +6,11 @@
 # crash tests trigger; a production build has none (ops/run-dev.sh).
 #
 #   ./ops/test.sh                 everything
-#   ./ops/test.sh --no-lint       skip cargo fmt --check, clippy, the OpenAPI check
+#   ./ops/test.sh --no-lint       skip cargo fmt --check, clippy, the OpenAPI check, cargo deny
 #   ./ops/test.sh --sqlite-only   skip PostgreSQL
 #
 # Installs what it needs when run as root (softhsm2, opensc, cargo-nextest,
-# python3-venv; openapi-spec-validator from PyPI into a venv under the target
+# cargo-deny, python3-venv; openapi-spec-validator from PyPI into a venv under the target
 # dir), starts the local PostgreSQL 15 cluster and creates the role `keyward`
 # and the database `keyward_test` in it. Idempotent. With CI=true a missing PostgreSQL
 # is an error; otherwise the PostgreSQL run is skipped with a warning.
@@ -57,6 +57,10 @@ fi
 if ((lint)); then
     cargo fmt --version >/dev/null 2>&1 || kw_die "rustfmt missing: rustup component add rustfmt"
     cargo clippy --version >/dev/null 2>&1 || kw_die "clippy missing: rustup component add clippy"
+    if ! cargo deny --version >/dev/null 2>&1; then
+        kw_info "cargo-deny missing: cargo install cargo-deny --locked --version $KW_CARGO_DENY_VERSION"
+        cargo install cargo-deny --locked --version "$KW_CARGO_DENY_VERSION"
+    fi
 fi
 kw_info "$(cargo --version); $(cargo nextest --version | head -n1); SoftHSM $(softhsm2-util --version)"
 
@@ -186,6 +190,21 @@ if ((lint)); then
     openapi_python="$(kw_python_venv "$openapi_venv" "$KW_OPENAPI_VALIDATOR")" ||
         kw_die "cannot set up $KW_OPENAPI_VALIDATOR in $openapi_venv"
     "$openapi_python" -m openapi_spec_validator docs/openapi.json
+    # The supply chain (deny.toml): licences, banned crates and sources need
+    # no network; advisories need RustSec's database, fetched when reachable,
+    # else the local copy (its date said), else skipped with a warning.
+    kw_banner "cargo deny check (bans, licenses, sources, advisories)"
+    cargo deny --offline check bans licenses sources
+    if ! cargo deny check advisories; then
+        advisory_db="$(find "${CARGO_HOME:-$HOME/.cargo}/advisory-dbs" -mindepth 1 -maxdepth 1 \
+            -type d -name 'advisory-db-*' 2>/dev/null | head -n1)"
+        if [[ -n "$advisory_db" ]]; then
+            kw_warn "RustSec's database not fetched (above): checking against the local copy of $(git -C "$advisory_db" log -1 --format=%cs)"
+            cargo deny --offline check advisories
+        else
+            kw_warn "advisories NOT checked: RustSec's database is neither reachable nor copied here"
+        fi
+    fi
 fi
 
 # --- 4b. operations pack ------------------------------------------------------
