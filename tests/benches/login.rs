@@ -557,13 +557,15 @@ fn one_backend(backend: &str) {
             print_server_side(&m1, &m2, 10.0);
             let (back, twice) = closed_loop(back, window, &server_pid, None, ping_twice_op).await;
             print_row("  (a) same, two pings on the one connection", conc, &twice, true);
+            let m2b = latency_samples(&server.admin, &ca_file);
+            print_server_side(&m2, &m2b, 10.0);
             let rate = |s: &Stats| s.ops as f64 / s.secs;
             println!(
                 "      of (a)'s rate: login {:.0} %, two pings {:.0} %",
                 100.0 * rate(&login) / rate(&ping),
                 100.0 * rate(&twice) / rate(&ping)
             );
-            let m2 = latency_samples(&server.admin, &ca_file);
+            let m2 = m2b;
             let (back, s) = closed_loop(back, window, &server_pid, None, ping_full_op).await;
             print_row("  (a) same, TLS resumption off (full handshake)", conc, &s, true);
             let m3 = latency_samples(&server.admin, &ca_file);
