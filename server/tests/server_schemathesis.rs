@@ -168,6 +168,13 @@ async fn every_answer_matches_the_openapi_document() {
     // `KEYWARD_SCHEMATHESIS_AS=operator,admin`: only those certificates.
     let only = std::env::var("KEYWARD_SCHEMATHESIS_AS").unwrap_or_default();
     let chosen = |who: &str| only.is_empty() || only.split(',').any(|w| w.trim() == who);
+    // A misspelt name would run nothing and pass.
+    for name in only.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        assert!(
+            runs.iter().any(|r| r.0 == name),
+            "KEYWARD_SCHEMATHESIS_AS names {name:?}, which is not one of the parts"
+        );
+    }
     let mut failed = Vec::new();
     for (who, addr, (cert, key), paths) in runs.iter().filter(|r| chosen(r.0)) {
         let (mut ok, text) = run(&st, &s, &schema, addr, cert, key, paths);
